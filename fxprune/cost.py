@@ -1,0 +1,124 @@
+"""Cost models: what a layer costs at a given number of kept input and output channels.
+
+The knapsack never looks inside a layer; it asks a :class:`CostModel` for
+``layer_cost(layer, c_in, c_out)``. Three ship with fxprune: :class:`FlopsCost`,
+:class:`ParamsCost` and :class:`fxprune.deploy.LatencyTable` (measured on the runtime the
+model ships on). Anything with a ``name`` and that one method plugs in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A costed layer (conv or linear) of a prepared model, described by value.
+
+    ``in_channels``/``out_channels`` are the dense counts. ``groups`` is the dense group count;
+    a depthwise conv (``groups == in_channels``) keeps ``groups == c_in == c_out`` when pruned,
+    any other grouped conv keeps ``groups`` and shrinks every group equally.
+    ``input_shape`` is the full activation shape the layer sees (batch first), which fixes the
+    spatial size a latency measurement must use.
+    """
+
+    name: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    bias: bool = True
+    dtype: str = "float32"
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
+
+    def groups_at(self, c_in: int) -> int:
+        """The conv's ``groups`` once pruned to ``c_in`` input channels."""
+        return c_in if self.depthwise else self.groups
+
+    @property
+    def batch(self) -> int:
+        return int(self.input_shape[0]) if self.input_shape else 1
+
+    def _outputs_per_channel(self) -> int:
+        """Output positions computed per output channel (spatial size x batch, or rows for linear)."""
+        # Linear acts on the last dim: every other dim (batch included) is a row.
+        if self.kind == "linear":
+            return math.prod(self.output_shape[:-1])
+        return self.output_shape[0] * math.prod(self.output_shape[2:])
+
+    def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
+        c_in = self.in_channels if c_in is None else c_in
+        c_out = self.out_channels if c_out is None else c_out
+        if self.kind == "linear":
+            return self._outputs_per_channel() * c_in * c_out
+        per_group_in = c_in // self.groups_at(c_in) if c_in else 0
+        return self._outputs_per_channel() * c_out * per_group_in * math.prod(self.kernel_size)
+
+    def flops(self, c_in: int | None = None, c_out: int | None = None) -> int:
+        # Same convention as torch.utils.flop_counter: 2 FLOPs per multiply-accumulate, bias ignored.
+        return 2 * self.macs(c_in, c_out)
+
+    def params(self, c_in: int | None = None, c_out: int | None = None) -> int:
+        c_in = self.in_channels if c_in is None else c_in
+        c_out = self.out_channels if c_out is None else c_out
+        if self.kind == "linear":
+            return c_in * c_out + (c_out if self.bias else 0)
+        per_group_in = c_in // self.groups_at(c_in) if c_in else 0
+        return c_out * per_group_in * math.prod(self.kernel_size) + (c_out if self.bias else 0)
+
+    def signature(self) -> str:
+        """What fixes this layer's cost apart from its channel counts (a latency cache key)."""
+        dw = "dw" if self.depthwise else f"g{self.groups}"
+        if self.kind == "linear":
+            rows = "x".join(str(s) for s in self.input_shape[:-1])
+            return f"linear[{rows}]{'b' if self.bias else ''}:{self.dtype}"
+        k = "x".join(map(str, self.kernel_size))
+        s = "x".join(map(str, self.stride))
+        p = "x".join(map(str, self.padding))
+        d = "x".join(map(str, self.dilation))
+        hw = "x".join(str(v) for v in self.input_shape[2:])
+        return (f"conv{len(self.kernel_size)}d[n{self.batch},{hw}]k{k}s{s}p{p}d{d}{dw}"
+                f"{'b' if self.bias else ''}:{self.dtype}")
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """What the knapsack needs to know about cost.
+
+    ``layer_cost(layer, c_in, c_out)`` returns the cost of ``layer`` when it keeps ``c_in``
+    input and ``c_out`` output channels, in any unit, as long as it is consistent across
+    layers. It should be non-decreasing in both counts. ``name`` labels logs and reports.
+    """
+
+    name: str
+
+    def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float: ...
+
+
+class FlopsCost:
+    """Floating point operations of conv and linear layers (2 per multiply-accumulate)."""
+
+    name = "flops"
+
+    def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
+        return float(layer.flops(c_in, c_out))
+
+
+class ParamsCost:
+    """Weight and bias parameters of conv and linear layers."""
+
+    name = "params"
+
+    def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
+        return float(layer.params(c_in, c_out))
