@@ -1,0 +1,33 @@
+"""fxprune: cost-constrained channel pruning as a torch.fx pass.
+
+    pm = fxprune.prepare(model, (x,))      # trace, find channel groups, insert soft masks
+    fxprune.channel_groups(pm)             # the groups and their live masks
+    small = fxprune.finalize(pm)           # remove masked channels; output unchanged
+"""
+from __future__ import annotations
+
+from .api import finalize, layer_specs, prepare
+from .cost import CostModel, FlopsCost, LayerSpec, ParamsCost
+from .errors import ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError, TraceError
+from .groups import ChannelGroup, channel_groups
+from .summary import summary
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LatencyTable": ("fxprune.deploy.latency_table", "LatencyTable"),
+    "solve_mckp": ("fxprune.knapsack", "solve_mckp"),
+}
+
+
+def __getattr__(name):  # heavy or optional parts load on first use
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'fxprune' has no attribute {name!r}")
+
+
+__all__ = ["prepare", "finalize", "channel_groups", "summary", "layer_specs", "ChannelGroup",
+           "CostModel", "FlopsCost", "ParamsCost", "LayerSpec", "FxPruneError", "TraceError",
+           "ExampleInputsError", "SurgeryError", "NotPreparedError", *_LAZY]

@@ -1,0 +1,73 @@
+"""fxprune's public functions: prepare -> (train) -> finalize, and what to look at in between."""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from fxprune.passes.group_analysis import analyze
+from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
+from fxprune.passes.shape_prop import normalize_example_inputs, propagate_shapes
+from fxprune.passes.surgery import remove_channels, verify
+from fxprune.passes.trace import trace
+
+from .cost import LayerSpec
+from .groups import PreparedState, channel_groups, state_of
+from .op_table import DEFAULT_LEAF_MODULES
+
+
+def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
+    """Trace ``model``, find its channel groups and insert soft masks.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace. It is deep-copied first and never modified:
+            the prepared model owns its own copy of every weight.
+        example_inputs: the forward arguments, e.g. ``(torch.randn(1, 3, 224, 224),)``; they fix
+            the shapes the analysis reasons about (the batch size does not matter).
+        leaf_modules: module classes or module paths traced as one call. Use it for modules with
+            data-dependent control flow; a leaf with no channel rule keeps its channels whole.
+        rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``),
+            see :mod:`fxprune.op_table`.
+
+    Returns:
+        A ``torch.fx.GraphModule`` computing the same function while all masks are 1. Its groups
+        are in :func:`channel_groups`; :func:`finalize` turns it into a smaller plain model.
+        Tracing follows the model's mode at call time for ``self.training`` branches in Python
+        (e.g. auxiliary heads); BN, dropout and stochastic depth still follow ``.train()/.eval()``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
+        raise ValueError("this model is already prepared by fxprune; prepare the original model")
+    example_inputs = normalize_example_inputs(example_inputs)
+    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules))
+    propagate_shapes(gm, example_inputs)
+    channels = analyze(gm, rules)
+    insert_masks(gm, channels)
+    stored = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
+    return gm
+
+
+def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float = 1e-4) -> fx.GraphModule:
+    """Remove every channel whose mask is 0 and return a smaller plain model.
+
+    Masks are folded into the weights, so the result computes what the masked model computes
+    (in eval mode). With ``check`` (default) both are run on the example inputs given to
+    :func:`prepare` and a :class:`~fxprune.errors.SurgeryError` is raised if their outputs differ
+    by more than ``rtol`` relative to the output's scale. ``prepared`` is left untouched.
+    The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
+    function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
+    """
+    state = state_of(prepared)
+    pruned = remove_channels(prepared)
+    if check:
+        verify(prepared, pruned, state.example_inputs, rtol)
+    return pruned
+
+
+def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:
+    """Every conv/linear call of the model, as a :class:`~fxprune.cost.LayerSpec` (dense sizes)."""
+    return [layer.spec for layer in state_of(prepared).channels.layers]
+
+
+__all__ = ["prepare", "finalize", "layer_specs", "channel_groups"]

@@ -1,0 +1,37 @@
+"""The ``fxprune`` command: ``fxprune demo``, ``fxprune train CONFIG``, ``fxprune deploy MODEL``.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; they are imported only when chosen, so ``fxprune deploy --help`` does
+not pay for loading training code and vice versa.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("fxprune.demo", "prune half of every channel group of a torchvision model and report"),
+    "train": ("fxprune.train", "train a YAML recipe dense or with a pruning method, then finalize"),
+    "deploy": ("fxprune.deploy.cli", "export ONNX, build/time an engine, compare with a dense model"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="fxprune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

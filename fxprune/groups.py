@@ -1,0 +1,190 @@
+"""Channel groups: sets of channels that must be pruned together, and where they live.
+
+A *space* is one dim of one weight or buffer of the model (``layer1.0.conv1.weight`` dim 0 is
+the conv's output channels). Its positions are *elements*. The group analysis ties elements
+that must be removed together into *units* (a unit is one prunable channel, e.g. output
+channel 5 of a conv, the BN entry that normalizes it, and the input column of every layer that
+reads it) and spaces that share units into *groups* (connected components of the networkx
+graph of spaces). A group's mask has one entry per unit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import fx
+
+from .cost import LayerSpec
+from .errors import NotPreparedError
+
+
+@dataclass
+class Space:
+    key: str  # "layer1.0.conv1.weight:0"
+    tensor: str  # qualified name of the weight or buffer
+    dim: int
+    size: int
+    start: int  # first element id; the space owns [start, start + size)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(self.start, self.start + self.size)
+
+
+@dataclass
+class MaskSite:
+    """A layer whose weight reads a group's channels along ``dim``: SMCP masks it there."""
+
+    module: str
+    tensor: str
+    dim: int
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StatSite:
+    """A norm whose statistics span channel dims: it computes them over kept channels only."""
+
+    node: str
+    act_dims: tuple[int, ...]  # dims of its input that carry channels
+    mask_dims: tuple[int, ...]  # the same dims, counted within the normalized shape
+    labels: list[np.ndarray]  # the input's labels on those dims
+
+
+@dataclass
+class LayerInfo:
+    """One call of a conv or linear layer: what a cost model prices."""
+
+    node: str
+    module: str
+    spec: LayerSpec
+
+
+@dataclass
+class GroupInfo:
+    key: str
+    name: str
+    size: int
+    prunable: bool
+    reason: str
+    spaces: list[str]
+    members: list[str]  # modules (or graph tensors) that own a space of the group
+    producers: list[str]  # layers whose output channels are the group's
+    consumers: list[str]  # layers that read the group through masked weights
+    listed: bool  # has a conv/linear in it (groups of stray graph tensors are kept internal)
+    #: (positions, why): at least one of these channels must be kept (a split piece or slice)
+    keep_one_of: list = field(default_factory=list)
+
+
+class ChannelGraph:
+    """The result of the group analysis, stored in ``prepared.meta["fxprune"]``."""
+
+    def __init__(self, spaces, graph, element_unit, unit_group, unit_pos, groups, mask_sites,
+                 stat_sites, layers, unit_barrier):
+        self.spaces: list[Space] = spaces
+        self.space_by_key = {s.key: s for s in spaces}
+        self.graph: nx.Graph = graph
+        self.element_unit: np.ndarray = element_unit
+        self.unit_group: np.ndarray = unit_group
+        self.unit_pos: np.ndarray = unit_pos
+        self.groups: list[GroupInfo] = groups
+        self.group_by_key = {g.key: g for g in groups}
+        self.mask_sites: list[MaskSite] = mask_sites
+        self.stat_sites: list[StatSite] = stat_sites
+        self.layers: list[LayerInfo] = layers
+        self.unit_barrier: np.ndarray = unit_barrier
+
+    def space_ids(self, tensor: str, dim: int) -> np.ndarray | None:
+        s = self.space_by_key.get(f"{tensor}:{dim}")
+        return None if s is None else s.ids
+
+    def units(self, ids: np.ndarray) -> np.ndarray:
+        """Unit of each element id (-1 stays -1)."""
+        ids = np.asarray(ids)
+        return np.where(ids >= 0, self.element_unit[np.maximum(ids, 0)], -1)
+
+    def unit_kept(self, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """Per unit: kept (mask != 0) or not; units of groups without a mask are always kept."""
+        kept = np.ones(len(self.unit_group), dtype=bool)
+        for key, m in masks.items():
+            g = self.groups.index(self.group_by_key[key])
+            sel = self.unit_group == g
+            kept[sel] = np.asarray(m)[self.unit_pos[sel]] != 0
+        return kept
+
+    def kept(self, ids: np.ndarray, unit_kept: np.ndarray) -> np.ndarray:
+        u = self.units(ids)
+        return np.where(u >= 0, unit_kept[np.maximum(u, 0)], True)
+
+    def touches_prunable(self, ids: np.ndarray) -> bool:
+        u = self.units(ids)
+        u = u[u >= 0]
+        return bool(u.size) and any(self.groups[g].prunable for g in np.unique(self.unit_group[u]))
+
+
+@dataclass
+class ChannelGroup:
+    """A set of channels pruned together, as seen by users.
+
+    ``mask`` is the group's mask buffer inside the prepared model (length ``size``; write into
+    it in place: a 0 prunes that channel from every layer of the group). Groups that cannot be
+    pruned have ``prunable=False``, a ``reason``, and ``mask=None``.
+    """
+
+    key: str
+    name: str
+    size: int
+    prunable: bool
+    reason: str
+    mask: torch.Tensor | None
+    producers: list[str]
+    consumers: list[str]
+    members: list[str]
+    #: index tensors: at least one channel of each must be kept (each is a piece of a split or
+    #: a slice further down the graph; an empty piece would leave a layer with no input)
+    keep_one_of: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return self.size if self.mask is None else int((self.mask != 0).sum())
+
+    def __repr__(self) -> str:
+        state = f"kept={self.kept}" if self.prunable else f"not prunable: {self.reason}"
+        return f"ChannelGroup({self.key} {self.name!r}, size={self.size}, {state})"
+
+
+def state_of(prepared) -> "PreparedState":
+    state = getattr(prepared, "meta", {}).get("fxprune") if isinstance(prepared, fx.GraphModule) else None
+    if state is None:
+        raise NotPreparedError(
+            f"expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "
+            f"{type(prepared).__name__}; call fxprune.prepare first")
+    return state
+
+
+@dataclass
+class PreparedState:
+    """What ``prepare`` leaves in ``prepared.meta["fxprune"]`` for later steps."""
+
+    channels: ChannelGraph
+    rules: dict
+    example_inputs: tuple
+    mask_owner: str = "fxprune_masks"
+
+
+def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> list[ChannelGroup]:
+    """The channel groups of a prepared model (those with a conv or linear in them, unless
+    ``all_groups``), each with its live mask tensor."""
+    state = state_of(prepared)
+    masks = prepared.get_submodule(state.mask_owner)
+    out = []
+    for g in state.channels.groups:
+        if not (g.listed or all_groups):
+            continue
+        mask = getattr(masks, g.key) if g.prunable else None
+        out.append(ChannelGroup(g.key, g.name, g.size, g.prunable, g.reason, mask,
+                                list(g.producers), list(g.consumers), list(g.members),
+                                [torch.from_numpy(p) for p, _ in g.keep_one_of]))
+    return out

@@ -1,0 +1,236 @@
+"""What a prepared graph computes with: soft masks on input channels and masked statistics.
+
+SMCP masks *input* channels: a layer that reads a group's channels multiplies the input-channel
+slice of its weight by the group's mask, ``W~ = W * m``. With a straight-through estimator the
+weight's gradient ignores the mask (``dL/dW = dL/dW~``) so a masked-out channel keeps learning
+and can come back. ``finalize`` folds ``m`` into the weight and deletes the channels.
+
+The masked layer classes below subclass the torch.nn classes they stand for and are swapped in
+by assigning ``__class__`` on the prepared model's own layer object: parameters, state-dict keys
+and ``isinstance`` checks stay what they were, and ``unwrap`` puts the plain class back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _StraightThroughScale(torch.autograd.Function):
+    """``x * s`` forward; the gradient reaches ``x`` as if ``s`` were 1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def scale(x: torch.Tensor, s: torch.Tensor, *, straight_through: bool) -> torch.Tensor:
+    s = s.to(x.dtype)
+    return _StraightThroughScale.apply(x, s) if straight_through else x * s
+
+
+def broadcast_along(mask: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return mask.view(shape)
+
+
+def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor:
+    """Per-position mask of a layer input that mixes groups (concat) or repeats them (flatten).
+
+    ``index`` points into ``[1, *group_masks]``: 0 marks a position no group owns (never masked).
+    """
+    ones = group_masks[0].new_ones(1)
+    return torch.cat([ones, *group_masks])[index]
+
+
+# -- layers whose input channels are masked -------------------------------------------------------
+
+class _InputMasked:
+    """Mixin: ``forward(x, mask)`` masks ``weight`` along dim 1 (its input channels)."""
+
+    _fxprune_base: type = nn.Module
+    #: True: straight-through (SMCP). False: the gradient is masked too (a "hard" mask, as HALP).
+    fxprune_straight_through: bool = True
+
+    def masked_weight(self, mask: torch.Tensor) -> torch.Tensor:
+        m = broadcast_along(mask, self.weight.ndim, 1)
+        return scale(self.weight, m, straight_through=self.fxprune_straight_through)
+
+
+class MaskedConv1d(_InputMasked, nn.Conv1d):
+    _fxprune_base = nn.Conv1d
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(mask), self.bias)
+
+
+class MaskedConv2d(_InputMasked, nn.Conv2d):
+    _fxprune_base = nn.Conv2d
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(mask), self.bias)
+
+
+class MaskedConv3d(_InputMasked, nn.Conv3d):
+    _fxprune_base = nn.Conv3d
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(mask), self.bias)
+
+
+class MaskedLinear(_InputMasked, nn.Linear):
+    _fxprune_base = nn.Linear
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight(mask), self.bias)
+
+
+# -- norms whose statistics mix channels ----------------------------------------------------------
+# A pruned channel's value is still computed (only its readers' weights are masked), so a norm
+# that averages over channels must leave masked channels out of its statistics, or removing them
+# later would change every other channel's output.
+
+def _all_ones(masks) -> bool:
+    return all(bool(torch.all(m == 1)) for m in masks)
+
+
+def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks):
+    """``F.layer_norm`` whose mean and variance count only channels with a nonzero mask.
+
+    ``mask_dims[i]`` is the index, within ``normalized_shape``, of the dim ``masks[i]`` covers.
+    """
+    if _all_ones(masks):
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    k = len(normalized_shape)
+    dims = tuple(range(x.ndim - k, x.ndim))
+    w = x.new_ones(())
+    for j, m in zip(mask_dims, masks):
+        w = w * broadcast_along(m.to(x.dtype), k, j)
+    w = w.expand(tuple(normalized_shape))
+    count = w.sum()
+    mean = (x * w).sum(dims, keepdim=True) / count
+    var = ((x - mean).pow(2) * w).sum(dims, keepdim=True) / count
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def masked_group_norm(x, num_groups, weight, bias, eps, mask):
+    """``F.group_norm`` whose per-group statistics count only channels with a nonzero mask."""
+    if _all_ones((mask,)):
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    n, c = x.shape[:2]
+    xg = x.reshape(n, num_groups, c // num_groups, -1)
+    w = mask.to(x.dtype).view(1, num_groups, c // num_groups, 1).expand(1, -1, -1, xg.shape[-1])
+    count = w.sum(dim=(2, 3), keepdim=True)
+    mean = (xg * w).sum(dim=(2, 3), keepdim=True) / count
+    var = ((xg - mean).pow(2) * w).sum(dim=(2, 3), keepdim=True) / count
+    y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+    if weight is not None:
+        y = y * broadcast_along(weight, x.ndim, 1)
+    if bias is not None:
+        y = y + broadcast_along(bias, x.ndim, 1)
+    return y
+
+
+class MaskedLayerNorm(nn.LayerNorm):
+    _fxprune_base = nn.LayerNorm
+    #: indices, within normalized_shape, of the dims the masks passed to forward cover
+    fxprune_mask_dims: tuple[int, ...] = ()
+
+    def forward(self, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+        return masked_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
+                                 self.fxprune_mask_dims, *masks)
+
+
+class MaskedGroupNorm(nn.GroupNorm):
+    _fxprune_base = nn.GroupNorm
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, mask)
+
+
+# -- SMCP's batch-norm rescaling ------------------------------------------------------------------
+
+def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight) -> torch.Tensor:
+    """``_BatchNorm.forward`` with a substitute ``weight`` (same running-stat bookkeeping)."""
+    bn._check_input_dim(x)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        weight, bn.bias, use_batch_stats, factor, bn.eps)
+
+
+class _RescaledBatchNorm:
+    """SMCP: the BN after a layer with masked inputs scales gamma by the kept input fraction.
+
+    ``gamma_used = gamma * sum(m) / C_in``. Pruning many inputs shrinks the layer's output; the
+    rescale keeps the BN's output scale in step and tames the large gradients this causes at high
+    pruning ratios. The gradient reaches gamma unscaled (straight-through), so the optimiser sees
+    the unscaled parameter. ``finalize`` folds the factor into gamma.
+    """
+
+    _fxprune_base: type = nn.Module
+    #: "kept_fraction" (SMCP) or "off"
+    fxprune_rescale: str = "kept_fraction"
+
+    def rescale_factor(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.fxprune_rescale == "off":
+            return mask.new_ones(())
+        return mask.sum() / mask.numel()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight is not None and self.fxprune_rescale != "off":
+            weight = scale(weight, self.rescale_factor(mask), straight_through=True)
+        return _batch_norm(self, x, weight)
+
+
+class RescaledBatchNorm1d(_RescaledBatchNorm, nn.BatchNorm1d):
+    _fxprune_base = nn.BatchNorm1d
+
+
+class RescaledBatchNorm2d(_RescaledBatchNorm, nn.BatchNorm2d):
+    _fxprune_base = nn.BatchNorm2d
+
+
+class RescaledBatchNorm3d(_RescaledBatchNorm, nn.BatchNorm3d):
+    _fxprune_base = nn.BatchNorm3d
+
+
+MASKED_CLASS = {
+    nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d,
+    nn.Linear: MaskedLinear, nn.LayerNorm: MaskedLayerNorm, nn.GroupNorm: MaskedGroupNorm,
+}
+RESCALED_CLASS = {
+    nn.BatchNorm1d: RescaledBatchNorm1d, nn.BatchNorm2d: RescaledBatchNorm2d,
+    nn.BatchNorm3d: RescaledBatchNorm3d,
+}
+FXPRUNE_CLASSES = tuple(MASKED_CLASS.values()) + tuple(RESCALED_CLASS.values())
+
+
+def wrap(module: nn.Module, table: dict[type, type]) -> nn.Module:
+    """Turn ``module`` (in place) into its fxprune variant; parameters stay the same objects."""
+    module.__class__ = table[type(module)]
+    return module
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Give ``module`` (in place) back its plain torch.nn class and drop fxprune attributes."""
+    if isinstance(module, FXPRUNE_CLASSES):
+        module.__class__ = module._fxprune_base
+        for attr in [a for a in vars(module) if a.startswith("fxprune_")]:
+            delattr(module, attr)
+    return module

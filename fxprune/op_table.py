@@ -1,0 +1,161 @@
+"""The table of channel rules: which op maps channels how.
+
+Keys are module classes (for ``call_module``; exact class, subclasses are not assumed to behave
+the same), functions (``call_function``) or method names (``call_method`` on tensors). Values
+are rule instances from :mod:`fxprune.channel_rules`. Supporting a new op is adding a row here:
+
+    CHANNEL_RULES[MyNorm] = ChannelAffine(("weight", "bias"))
+
+or, without editing fxprune, ``fxprune.prepare(model, x, rules={MyNorm: ...})``. An op missing
+from the table is a barrier: the channels reaching it are kept whole, with the op named as the
+reason.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .channel_rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, Elementwise,
+                            Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
+                            Metadata, MixesDim, Pad, Permute, Reduce, Reshape, ShapeRead, Spatial,
+                            Split, Stack, TupleItem)
+
+ELEMENTWISE = Elementwise()
+SPATIAL = Spatial()
+RESHAPE = Reshape()
+PERMUTE = Permute()
+REDUCE = Reduce()
+METADATA = Metadata()
+SHAPE_READ = ShapeRead()
+SPLIT = Split(dim_pos=2)
+
+_ACTIVATIONS = [
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+]
+_POOLS = {
+    1: [nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d,
+        nn.ReflectionPad1d, nn.ReplicationPad1d, nn.ZeroPad1d, nn.ConstantPad1d, nn.CircularPad1d],
+    2: [nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
+        nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.CircularPad2d],
+    3: [nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d,
+        nn.ReflectionPad3d, nn.ReplicationPad3d, nn.ZeroPad3d, nn.ConstantPad3d, nn.CircularPad3d],
+}
+
+CHANNEL_RULES: dict = {
+    # -- layers that read and write channels
+    nn.Conv1d: Conv(), nn.Conv2d: Conv(), nn.Conv3d: Conv(),
+    nn.Linear: Linear(),
+    # -- per-channel layers
+    nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.BatchNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.InstanceNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.InstanceNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.InstanceNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.PReLU: ChannelAffine(("weight",)),
+    # -- norms whose statistics span channels
+    nn.LayerNorm: LayerNorm(),
+    nn.GroupNorm: GroupNorm(),
+    F.layer_norm: FunctionalLayerNorm(),
+    # -- shape ops
+    nn.Flatten: RESHAPE, nn.Unflatten: RESHAPE,
+    torch.flatten: RESHAPE, "flatten": RESHAPE,
+    torch.reshape: Reshape(sizes_from=1), "reshape": Reshape(sizes_from=1), "view": Reshape(sizes_from=1),
+    "unflatten": Reshape(unflatten=True), torch.unflatten: Reshape(unflatten=True),
+    torch.squeeze: RESHAPE, "squeeze": RESHAPE, torch.unsqueeze: RESHAPE, "unsqueeze": RESHAPE,
+    "view_as": RESHAPE, "reshape_as": RESHAPE,
+    torch.permute: PERMUTE, "permute": PERMUTE, torch.transpose: PERMUTE, "transpose": PERMUTE,
+    torch.swapaxes: PERMUTE, "swapaxes": PERMUTE, "swapdims": PERMUTE, torch.t: PERMUTE, "t": PERMUTE,
+    torch.movedim: PERMUTE, "movedim": PERMUTE, "moveaxis": PERMUTE,
+    "expand": Expand(), "expand_as": Expand(),
+    torch.cat: Concat(), torch.concat: Concat(), torch.concatenate: Concat(), torch.stack: Stack(),
+    torch.split: SPLIT, "split": Split(dim_pos=2), torch.chunk: SPLIT, "chunk": SPLIT,
+    torch.tensor_split: SPLIT, "tensor_split": SPLIT,
+    torch.unbind: Split(dim_pos=1, removes_dim=True), "unbind": Split(dim_pos=1, removes_dim=True),
+    nn.ChannelShuffle: ChannelShuffle(),
+    # -- spatial ops keep channels
+    F.adaptive_avg_pool1d: SPATIAL, F.adaptive_avg_pool2d: SPATIAL, F.adaptive_avg_pool3d: SPATIAL,
+    F.adaptive_max_pool1d: SPATIAL, F.adaptive_max_pool2d: SPATIAL, F.adaptive_max_pool3d: SPATIAL,
+    F.avg_pool1d: SPATIAL, F.avg_pool2d: SPATIAL, F.avg_pool3d: SPATIAL, torch._C._nn.avg_pool2d: SPATIAL,
+    F.max_pool1d: SPATIAL, F.max_pool2d: SPATIAL, F.max_pool3d: SPATIAL,
+    F.interpolate: SPATIAL, nn.Upsample: SPATIAL, nn.UpsamplingNearest2d: SPATIAL,
+    nn.UpsamplingBilinear2d: SPATIAL, F.pad: Pad(),
+    # -- reductions and ops along one dim
+    torch.mean: REDUCE, "mean": REDUCE, torch.sum: REDUCE, "sum": REDUCE,
+    torch.amax: REDUCE, "amax": REDUCE, torch.amin: REDUCE, "amin": REDUCE,
+    torch.std: REDUCE, "std": REDUCE, torch.var: REDUCE, "var": REDUCE,
+    torch.logsumexp: REDUCE, "logsumexp": REDUCE,
+    F.softmax: MixesDim(), torch.softmax: MixesDim(), "softmax": MixesDim(),
+    F.log_softmax: MixesDim(), torch.log_softmax: MixesDim(), "log_softmax": MixesDim(),
+    torch.cumsum: MixesDim(), "cumsum": MixesDim(),
+    # -- reading shape only
+    "size": SHAPE_READ, "numel": SHAPE_READ, getattr: SHAPE_READ, "dim": METADATA,
+    # -- indexing
+    # -- attention is not pruned in this version
+    nn.MultiheadAttention: Barrier("multi-head attention: its heads and embedding dims are kept"),
+    F.scaled_dot_product_attention: Barrier("attention: heads and head dims are kept"),
+}
+
+TUPLE_ITEM = TupleItem()
+INDEX = Index()
+
+for _m in _ACTIVATIONS:
+    CHANNEL_RULES[_m] = ELEMENTWISE
+for _n, _mods in _POOLS.items():
+    for _m in _mods:
+        CHANNEL_RULES[_m] = Spatial(_n)
+for _m in (nn.PixelShuffle, nn.PixelUnshuffle):
+    # These move channels into space: a channel dim that changes size is a barrier.
+    CHANNEL_RULES[_m] = Barrier("pixel (un)shuffle moves channels into spatial positions")
+for _f in (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
+    operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub, operator.imul,
+    operator.itruediv, operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
+    torch.true_divide, torch.maximum, torch.minimum, torch.where, torch.clamp, torch.clip,
+    torch.pow, torch.abs, torch.neg, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.sigmoid,
+    torch.tanh, torch.relu, torch.erf, torch.sin, torch.cos, torch.square, torch.reciprocal,
+    torch.nn.functional.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.leaky_relu, F.elu, F.selu, F.celu, F.softplus, F.sigmoid, F.tanh, F.dropout,
+    F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.relu_, F.relu_,
+):
+    CHANNEL_RULES[_f] = ELEMENTWISE
+for _name in (
+    "add", "sub", "mul", "div", "truediv", "pow", "neg", "abs", "exp", "log", "sqrt", "rsqrt",
+    "sigmoid", "tanh", "relu", "clamp", "clip", "square", "reciprocal", "maximum", "minimum",
+    "add_", "sub_", "mul_", "div_", "relu_", "sigmoid_", "clamp_", "masked_fill", "where",
+    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type",
+    "type_as", "cpu", "cuda", "requires_grad_",
+):
+    CHANNEL_RULES[_name] = ELEMENTWISE
+CHANNEL_RULES[nn.Softmax] = MixesDim()
+CHANNEL_RULES[nn.LogSoftmax] = MixesDim()
+
+#: Modules traced as one call by default. torchvision's StochasticDepth reads ``self.training``
+#: in Python; traced through, the mode at prepare time would be frozen into the graph.
+DEFAULT_LEAF_MODULES: list[type] = []
+try:  # torchvision is a dependency, but the table should not need it
+    from torchvision.ops import StochasticDepth as _StochasticDepth
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+except ImportError:
+    pass
+else:  # stochastic depth scales whole samples: channels pass through
+    CHANNEL_RULES[_stochastic_depth] = Elementwise(tensor_args=(0,))
+    CHANNEL_RULES[_StochasticDepth] = ELEMENTWISE
+    DEFAULT_LEAF_MODULES.append(_StochasticDepth)
+
+
+def describe(node, gm) -> str:
+    """A readable name for the op a node runs (for barrier reasons and tables)."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    return f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', repr(target))}".lstrip(".")

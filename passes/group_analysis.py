@@ -1,0 +1,358 @@
+"""Pass 3: find the channel groups.
+
+Walks the graph once in topological order. Every weight or buffer dim a rule touches becomes a
+*space* (a node of a networkx graph) whose positions are fresh element ids; each node's output
+gets labels (per channel dim, the element at each position) from its rule in
+:data:`fxprune.op_table.CHANNEL_RULES`. Rules unify elements that must go together (an edge
+between their spaces, carrying the index mapping) and mark elements that must stay. Afterwards
+units are the classes of unified elements and groups the connected components of spaces.
+"""
+from __future__ import annotations
+
+import operator
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import fx
+
+from fxprune.channel_rules import Elementwise, SizeOf
+from fxprune.cost import LayerSpec
+from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, StatSite
+from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
+
+from .shape_prop import TensorMeta
+
+
+def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = None):
+    """The channel rule for ``node`` (None: no rule, the op is a barrier)."""
+    if node.op == "call_module":
+        key = type(gm.get_submodule(node.target))
+    else:
+        key = node.target
+    if extra_rules and key in extra_rules:
+        return extra_rules[key]
+    if node.target is operator.getitem:
+        container = node.args[0].meta.get("fxprune_value") if isinstance(node.args[0], fx.Node) else None
+        return INDEX if isinstance(container, TensorMeta) else TUPLE_ITEM
+    try:
+        return CHANNEL_RULES.get(key)
+    except TypeError:  # unhashable target
+        return None
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: list[int] = []
+
+    def add(self, n: int) -> int:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return start
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        while p[a] != a:
+            p[a] = p[p[a]]
+            a = p[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:  # the older element stays root: units keep their first owner's order
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+
+class ChannelAnalysis:
+    """Runs the rules over a shape-propagated GraphModule; the ``ctx`` every rule receives."""
+
+    def __init__(self, gm: fx.GraphModule, extra_rules: dict | None = None):
+        self.gm, self.extra_rules = gm, extra_rules or {}
+        self.modules = dict(gm.named_modules())
+        self.uf = _UnionFind()
+        self.spaces: list[Space] = []
+        self.space_by_key: dict[str, Space] = {}
+        self.starts: list[int] = []
+        self.graph = nx.Graph()
+        self.marks: list[tuple[np.ndarray, str]] = []
+        self.sources: set[str] = set()
+        self.keep_one: list[tuple[np.ndarray, str]] = []
+        self.mask_sites: dict[str, MaskSite] = {}
+        self.stat_sites: list[StatSite] = []
+        self.layers: list[LayerInfo] = []
+        self.node: fx.Node | None = None
+
+    # -- what rules read ------------------------------------------------------------------------
+    def module(self):
+        return self.modules[self.node.target]
+
+    def module_name(self) -> str:
+        return self.node.target
+
+    def value(self, a):
+        if isinstance(a, fx.Node):
+            return a.meta.get("fxprune_value")
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.value(v) for v in a)
+        return a
+
+    def shape(self, a):
+        v = self.value(a) if isinstance(a, fx.Node) else None
+        return v.shape if isinstance(v, TensorMeta) else None
+
+    def out_shape(self):
+        return self.shape(self.node)
+
+    def out_meta(self, node=None):
+        return (node or self.node).meta.get("fxprune_value")
+
+    def labels(self, a):
+        if isinstance(a, fx.Node):
+            return a.meta.get("fxprune_labels") or {}
+        return {}
+
+    # -- what rules do ---------------------------------------------------------------------------
+    def space(self, tensor: str, dim: int, *, source: bool = False) -> np.ndarray:
+        """Element ids of one dim of a weight or buffer (created on first use). ``source``: the
+        dim creates channels (a layer's output), which is what defines a group."""
+        key = f"{tensor}:{dim}"
+        if source:
+            self.sources.add(key)
+        s = self.space_by_key.get(key)
+        if s is None:
+            size = self._tensor(tensor).shape[dim]
+            s = Space(key, tensor, dim, size, self.uf.add(size))
+            self.spaces.append(s)
+            self.space_by_key[key] = s
+            self.starts.append(s.start)
+            self.graph.add_node(key, tensor=tensor, dim=dim, size=size)
+        return s.ids
+
+    def _tensor(self, qualname: str) -> torch.Tensor:
+        owner, _, attr = qualname.rpartition(".")
+        return getattr(self.gm.get_submodule(owner) if owner else self.gm, attr)
+
+    def _space_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.starts), ids, side="right") - 1
+
+    def why(self, what: str) -> str:
+        return f"{what} at `{self.node.name}` ({describe(self.node, self.gm)})"
+
+    def unify(self, a, b, what: str) -> None:
+        """Elements at equal positions of ``a`` and ``b`` are the same channel."""
+        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        a, b = a.ravel(), b.ravel()
+        lone = (a < 0) != (b < 0)
+        if lone.any():
+            self.untracked(np.where(a < 0, b, a)[lone], f"{what}, meeting channels that are not tracked")
+        both = (a >= 0) & (b >= 0)
+        a, b = a[both], b[both]
+        if not a.size:
+            return
+        for x, y in zip(a.tolist(), b.tolist()):
+            self.uf.union(x, y)
+        sa, sb = self._space_of(a), self._space_of(b)
+        why = self.why(what)
+        for pa, pb in set(zip(sa.tolist(), sb.tolist())):
+            ka, kb = self.spaces[pa].key, self.spaces[pb].key
+            sel = (sa == pa) & (sb == pb)
+            edge = self.graph.get_edge_data(ka, kb)
+            if edge is None:
+                self.graph.add_edge(ka, kb, constraints=[])
+                edge = self.graph.get_edge_data(ka, kb)
+            edge["constraints"].append(
+                (why, a[sel] - self.spaces[pa].start, b[sel] - self.spaces[pb].start))
+
+    def connect(self, space_ids, act_ids, what: str, broadcast: bool = False) -> None:
+        """A weight dim reads (or writes) an activation's channel dim."""
+        if act_ids is None:
+            self.untracked(space_ids, f"{what} reads channels that are not tracked (e.g. the model input)")
+        else:
+            self.unify(space_ids, act_ids, what)
+
+    def untracked(self, ids, reason: str) -> None:
+        """These elements must stay: something outside fxprune's rules depends on them."""
+        ids = np.asarray(ids).ravel()
+        ids = ids[ids >= 0]
+        if ids.size:
+            self.marks.append((ids, self.why(reason)))
+
+    def keep_one_of(self, ids, what: str) -> None:
+        """At least one of these channels must stay (an empty slice would break the graph)."""
+        ids = np.asarray(ids).ravel()
+        if ids.size and not (ids < 0).any():
+            self.keep_one.append((ids, self.why(what)))
+
+    def untracked_inputs(self, reason: str) -> None:
+        for a in _flatten(list(self.node.args) + list(self.node.kwargs.values())):
+            for ids in self._all_labels(self.labels(a)):
+                self.untracked(ids, reason)
+
+    @staticmethod
+    def _all_labels(labels):
+        if isinstance(labels, SizeOf):
+            yield labels.ids
+        elif isinstance(labels, dict):
+            yield from labels.values()
+        elif isinstance(labels, (list, tuple)):
+            for item in labels:
+                yield from ChannelAnalysis._all_labels(item)
+
+    def same_channels(self, a, b) -> bool:
+        """Do ``a`` and ``b`` hold the same set of channels (as unified so far)?"""
+        roots = lambda ids: {self.uf.find(i) if i >= 0 else -1 for i in np.asarray(ids).tolist()}  # noqa: E731
+        return roots(a) == roots(b)
+
+    def mask_site(self, tensor: str, dim: int) -> None:
+        site = self.mask_sites.setdefault(tensor, MaskSite(self.module_name(), tensor, dim))
+        site.nodes.append(self.node.name)
+
+    def stat_site(self, act_dims: tuple[int, ...], mask_dims: tuple[int, ...]) -> None:
+        labels = self.labels(self.node.args[0])
+        self.stat_sites.append(StatSite(self.node.name, act_dims, mask_dims,
+                                        [labels[d] for d in act_dims]))
+
+    def layer(self, kind: str) -> None:
+        m, x = self.module(), self.node.args[0]
+        in_shape, out_shape = tuple(self.shape(x)), tuple(self.out_shape())
+        dtype = str(m.weight.dtype).replace("torch.", "")
+        if kind == "conv":
+            k = tuple(m.kernel_size)
+            pad = m.padding
+            if isinstance(pad, str):  # "valid" / "same" as numbers, for cost tables and ONNX
+                pad = tuple(0 if pad == "valid" else d * (kk - 1) // 2 for kk, d in zip(k, m.dilation))
+            spec = LayerSpec(self.node.target, "conv", m.in_channels, m.out_channels, in_shape,
+                             out_shape, k, tuple(m.stride), tuple(pad), tuple(m.dilation), m.groups,
+                             m.bias is not None, dtype)
+        else:
+            spec = LayerSpec(self.node.target, "linear", m.in_features, m.out_features, in_shape,
+                             out_shape, bias=m.bias is not None, dtype=dtype)
+        self.layers.append(LayerInfo(self.node.name, self.node.target, spec))
+
+    # -- the walk ---------------------------------------------------------------------------------
+    def run(self) -> ChannelGraph:
+        for node in self.gm.graph.nodes:
+            self.node = node
+            node.meta["fxprune_labels"] = self._visit(node) or {}
+        return self._result()
+
+    def _visit(self, node: fx.Node):
+        if node.op == "placeholder":
+            return {}
+        if node.op == "get_attr":
+            value = self._tensor(node.target) if isinstance(node.target, str) else None
+            if not isinstance(value, torch.Tensor):
+                return {}
+            return {d: self.space(node.target, d) for d in range(value.ndim) if value.shape[d] > 1}
+        if node.op == "output":
+            self.untracked_inputs("reaches the model output")
+            return {}
+        rule = lookup_rule(node, self.gm, self.extra_rules)
+        args = list(_flatten(list(node.args) + list(node.kwargs.values())))
+        has_labels = any(True for a in args for _ in self._all_labels(self.labels(a)))
+        counts = [lab.ids for a in args for lab in [self.labels(a)] if isinstance(lab, SizeOf)]
+        if counts:
+            # an int that counts channels: arithmetic keeps following it, shape ops check it,
+            # anything else (asserts, creating tensors) would break once the count changes
+            if isinstance(rule, Elementwise) and not isinstance(self.out_meta(), TensorMeta):
+                return SizeOf(np.concatenate(counts))
+            if not getattr(rule, "checks_sizes", False):
+                for ids in counts:
+                    self.untracked(ids, f"channel count read as a number by {describe(node, self.gm)}")
+        if rule is None:
+            if has_labels:
+                self.untracked_inputs(f"no channel rule for {describe(node, self.gm)}; "
+                                      "add one to fxprune.op_table.CHANNEL_RULES or pass rules=")
+            return {}
+        return rule.propagate(self)
+
+    def _result(self) -> ChannelGraph:
+        n = len(self.uf.parent)
+        roots = np.fromiter((self.uf.find(i) for i in range(n)), dtype=np.int64, count=n)
+        _, element_unit = np.unique(roots, return_inverse=True)  # units numbered by oldest element
+        n_units = int(element_unit.max()) + 1 if n else 0
+        barrier_reason: dict[int, str] = {}
+        for ids, reason in self.marks:
+            for u in np.unique(element_unit[ids]).tolist():
+                barrier_reason.setdefault(u, reason)
+        unit_barrier = np.zeros(n_units, dtype=bool)
+        unit_barrier[list(barrier_reason)] = True
+
+        site_units = set()
+        for site in self.mask_sites.values():
+            site_units.update(np.unique(element_unit[self.space_by_key[f"{site.tensor}:{site.dim}"].ids]).tolist())
+        layer_modules = {li.module for li in self.layers}
+
+        # A group is what one producer's output channels are tied to: units sharing a source
+        # space (a layer's output dim) go together; a consumer's input dim may span several
+        # groups (concat) without merging them. Units no layer produces (the model's input
+        # channels) are grouped by the spaces they sit in.
+        unit_sets = {sp.key: np.unique(element_unit[sp.ids]) for sp in self.spaces}
+        has_source = np.zeros(n_units, dtype=bool)
+        for key in self.sources:
+            has_source[unit_sets[key]] = True
+        links = nx.Graph()
+        links.add_nodes_from(range(n_units))
+        first_seen = np.full(n_units, -1, dtype=np.int64)
+        seen = 0
+        for sp in self.spaces:  # creation order: a group's units follow its first producer
+            us = element_unit[sp.ids]
+            for u in us.tolist():
+                if first_seen[u] < 0:
+                    first_seen[u] = seen
+                    seen += 1
+            linked = unit_sets[sp.key]
+            if sp.key not in self.sources:
+                linked = linked[~has_source[linked]]
+            links.add_edges_from(zip(linked[:-1].tolist(), linked[1:].tolist()))
+        components = sorted((sorted(c, key=first_seen.__getitem__) for c in nx.connected_components(links)),
+                            key=lambda c: first_seen[c[0]])
+        unit_group = np.full(n_units, -1, dtype=np.int64)
+        unit_pos = np.full(n_units, -1, dtype=np.int64)
+        for gi, units in enumerate(components):
+            unit_group[units] = gi
+            unit_pos[units] = np.arange(len(units))
+        space_groups = {k: set(unit_group[us].tolist()) for k, us in unit_sets.items()}
+        groups = []
+        for gi, units in enumerate(components):
+            keys = [sp.key for sp in self.spaces if gi in space_groups[sp.key]]
+            reason = next((barrier_reason[u] for u in units if u in barrier_reason), "")
+            if not reason and not site_units.intersection(units):
+                reason = "no layer reads these channels through weights"
+            tensors = [self.space_by_key[k].tensor for k in keys]
+            owners = [t.rpartition(".")[0] or t for t in tensors]
+            producers = [o for o, k in zip(owners, keys) if k in self.sources]
+            consumers = [o for o, k in zip(owners, keys)
+                         if k.endswith(".weight:1") and self.mask_sites.get(f"{o}.weight")]
+            lead = self.space_by_key[keys[0]]
+            name = producers[0] if producers else f"{lead.tensor}[{lead.dim}]"
+            groups.append(GroupInfo(
+                key=f"g{gi}", name=name, size=len(units), prunable=not reason, reason=reason,
+                spaces=keys, members=list(dict.fromkeys(owners)), producers=list(dict.fromkeys(producers)),
+                consumers=list(dict.fromkeys(consumers)),
+                listed=any(o in layer_modules for o in owners)))
+        for ids, why in self.keep_one:
+            units = np.unique(element_unit[ids])
+            owner = np.bincount(unit_group[units]).argmax()  # the group holding most of them
+            positions = np.unique(unit_pos[units[unit_group[units] == owner]])
+            if positions.size < groups[owner].size:
+                groups[owner].keep_one_of.append((positions, why))
+        return ChannelGraph(self.spaces, self.graph, element_unit, unit_group, unit_pos, groups,
+                            list(self.mask_sites.values()), self.stat_sites, self.layers, unit_barrier)
+
+
+def _flatten(items):
+    for a in items:
+        if isinstance(a, (list, tuple)):
+            yield from _flatten(a)
+        elif isinstance(a, dict):
+            yield from _flatten(list(a.values()))
+        else:
+            yield a
+
+
+def analyze(gm: fx.GraphModule, extra_rules: dict | None = None) -> ChannelGraph:
+    return ChannelAnalysis(gm, extra_rules).run()

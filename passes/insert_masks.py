@@ -1,0 +1,108 @@
+"""Pass 4: put the masks into the graph.
+
+Each prunable group gets a buffer ``fxprune_masks.<key>`` (ones, one entry per channel) and a
+``get_attr`` node. Every layer that reads a prunable group through its weights becomes its
+masked variant (:mod:`fxprune.masks`) and receives, as an extra argument, its per-input-channel
+mask: the group's buffer itself when the layer reads exactly that group in order, otherwise a
+``gather_mask`` node that assembles it (concatenated groups, flatten's repeats, untracked
+positions held at 1). Norms whose statistics span a prunable group get the same treatment.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxprune.channel_rules import node_arg
+from fxprune.groups import ChannelGraph
+from fxprune.masks import MASKED_CLASS, gather_mask, masked_layer_norm, wrap
+
+MASK_OWNER = "fxprune_masks"
+
+
+class _MaskGraphBuilder:
+    def __init__(self, gm: fx.GraphModule, channels: ChannelGraph):
+        self.gm, self.ch = gm, channels
+        self.bank = nn.Module()
+        gm.add_submodule(MASK_OWNER, self.bank)
+        for g in channels.groups:
+            if g.prunable:
+                self.bank.register_buffer(g.key, torch.ones(g.size))
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.anchor = placeholders[-1] if placeholders else None
+        self.group_nodes: dict[str, fx.Node] = {}
+        self.n_index = 0
+
+    def _get_attr_at_top(self, target: str) -> fx.Node:
+        g = self.gm.graph
+        ctx = g.inserting_after(self.anchor) if self.anchor is not None else g.inserting_before(None)
+        with ctx:
+            node = g.get_attr(target)
+        self.anchor = node
+        return node
+
+    def group_node(self, key: str) -> fx.Node:
+        if key not in self.group_nodes:
+            self.group_nodes[key] = self._get_attr_at_top(f"{MASK_OWNER}.{key}")
+        return self.group_nodes[key]
+
+    def mask_for(self, ids: np.ndarray) -> fx.Node:
+        """A node computing the per-position mask of a dim whose elements are ``ids``."""
+        ch = self.ch
+        units = ch.units(ids)
+        groups = np.where(units >= 0, ch.unit_group[np.maximum(units, 0)], -1)
+        prunable = np.array([g >= 0 and ch.groups[g].prunable for g in groups.tolist()], dtype=bool)
+        involved = sorted(set(groups[prunable].tolist()))
+        pos = ch.unit_pos[np.maximum(units, 0)]
+        if len(involved) == 1 and prunable.all():
+            g = ch.groups[involved[0]]
+            if len(pos) == g.size and np.array_equal(pos, np.arange(g.size)):
+                return self.group_node(g.key)
+        offsets, total = {}, 1
+        for gi in involved:
+            offsets[gi] = total
+            total += ch.groups[gi].size
+        index = np.zeros(len(ids), dtype=np.int64)
+        for p in np.nonzero(prunable)[0]:
+            index[p] = offsets[groups[p]] + pos[p]
+        name = f"index{self.n_index}"
+        self.n_index += 1
+        self.bank.register_buffer(name, torch.from_numpy(index), persistent=False)
+        index_node = self._get_attr_at_top(f"{MASK_OWNER}.{name}")
+        masks = [self.group_node(ch.groups[gi].key) for gi in involved]
+        with self.gm.graph.inserting_after(self.anchor):
+            node = self.gm.graph.call_function(gather_mask, (index_node, *masks))
+        self.anchor = node
+        return node
+
+
+def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
+    builder = _MaskGraphBuilder(gm, channels)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for site in channels.mask_sites:
+        ids = channels.space_ids(site.tensor, site.dim)
+        if not channels.touches_prunable(ids):
+            continue
+        mask = builder.mask_for(ids)
+        wrap(gm.get_submodule(site.module), MASKED_CLASS)
+        for name in site.nodes:
+            node = nodes[name]
+            node.args, node.kwargs = (node.args[0], mask), {}
+    for stat in channels.stat_sites:
+        if not any(channels.touches_prunable(ids) for ids in stat.labels):
+            continue
+        node = nodes[stat.node]
+        masks = tuple(builder.mask_for(ids) for ids in stat.labels)
+        if node.op == "call_module":
+            module = wrap(gm.get_submodule(node.target), MASKED_CLASS)
+            if isinstance(module, nn.LayerNorm):
+                module.fxprune_mask_dims = stat.mask_dims
+            node.args, node.kwargs = (node.args[0], *masks), {}
+        elif node.target is F.layer_norm:
+            args = (node.args[0], node_arg(node, 1, "normalized_shape"), node_arg(node, 2, "weight", None),
+                    node_arg(node, 3, "bias", None), node_arg(node, 4, "eps", 1e-5))
+            node.target = masked_layer_norm
+            node.args, node.kwargs = (*args, stat.mask_dims, *masks), {}
+    gm.graph.lint()
+    gm.recompile()

@@ -1,0 +1,229 @@
+"""Pass 6: remove masked channels for real.
+
+On a copy of the prepared model: fold each mask (and SMCP's BN rescale) into the weights, slice
+every weight and buffer dim that belongs to a group at the kept channels, give every fxprune
+layer its plain torch.nn class back with updated sizes, fix literal channel counts in the graph
+(``view``/``split``/slices), and delete the mask nodes. Then run the masked and the pruned model
+on the example inputs and refuse to return a model whose output differs.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxprune.errors import SurgeryError
+from fxprune.groups import ChannelGraph, state_of
+from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, gather_mask,
+                           masked_layer_norm, unwrap)
+
+from .group_analysis import lookup_rule
+from .shape_prop import TensorMeta
+
+
+class _FinalizeContext:
+    """What a rule's ``rewrite``/``resize`` reads: the analysis labels and which elements stay."""
+
+    def __init__(self, channels: ChannelGraph, unit_kept: np.ndarray):
+        self.ch, self.unit_kept = channels, unit_kept
+
+    def labels(self, a):
+        return a.meta.get("fxprune_labels") or {} if isinstance(a, fx.Node) else {}
+
+    def value(self, a):
+        if isinstance(a, fx.Node):
+            return a.meta.get("fxprune_value")
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.value(v) for v in a)
+        return a
+
+    def shape(self, a):
+        v = self.value(a) if isinstance(a, fx.Node) else None
+        return v.shape if isinstance(v, TensorMeta) else None
+
+    def out_meta(self, node):
+        return node.meta.get("fxprune_value")
+
+    def kept(self, ids) -> np.ndarray:
+        return self.ch.kept(np.asarray(ids), self.unit_kept)
+
+    def pruned_size(self, a, dim: int) -> int:
+        ids = self.labels(a).get(dim)
+        return int(self.kept(ids).sum()) if ids is not None else self.shape(a)[dim]
+
+
+def group_masks(prepared: fx.GraphModule) -> dict[str, np.ndarray]:
+    state = state_of(prepared)
+    bank = prepared.get_submodule(state.mask_owner)
+    return {g.key: getattr(bank, g.key).detach().float().cpu().numpy()
+            for g in state.channels.groups if g.prunable}
+
+
+def position_mask(channels: ChannelGraph, ids: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
+    """The mask value at each position of a dim whose elements are ``ids`` (1 where no group)."""
+    units = channels.units(ids)
+    out = np.ones(len(ids), dtype=np.float64)
+    for p, u in enumerate(units.tolist()):
+        if u >= 0:
+            g = channels.groups[channels.unit_group[u]]
+            if g.prunable:
+                out[p] = masks[g.key][channels.unit_pos[u]]
+    return out
+
+
+def _check_masks(channels: ChannelGraph, masks: dict[str, np.ndarray]) -> None:
+    for g in channels.groups:
+        if not g.prunable:
+            continue
+        m = masks[g.key]
+        if not np.all(np.isfinite(m)):
+            raise SurgeryError(f"group {g.key} ({g.name}) has a non-finite mask value; masks hold 0 or 1")
+        if not np.any(m != 0):
+            raise SurgeryError(f"every channel of group {g.key} ({g.name}) is masked; keep at least one "
+                               "(removing a whole group would disconnect the layers that read it)")
+        for positions, why in g.keep_one_of:
+            if not np.any(m[positions] != 0):
+                raise SurgeryError(
+                    f"group {g.key} ({g.name}): channels {positions.tolist()[:8]}... feed {why} that would "
+                    "be left empty; keep at least one of them (ChannelGroup.keep_one_of lists these)")
+    for stat in channels.stat_sites:
+        for ids in stat.labels:
+            m = position_mask(channels, ids, masks)
+            if not np.all((m == 0) | (m == 1)):
+                raise SurgeryError(f"norm `{stat.node}` normalizes over channels whose masks are not 0/1; "
+                                   "its statistics cannot be folded: set those masks to 0 or 1")
+
+
+def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = qualname.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    old = getattr(owner, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(value, requires_grad=old.requires_grad))
+    elif attr in owner._buffers:
+        owner._buffers[attr] = value
+    else:
+        setattr(owner, attr, value)
+
+
+def _get_tensor(gm, qualname):
+    owner_name, _, attr = qualname.rpartition(".")
+    return getattr(gm.get_submodule(owner_name) if owner_name else gm, attr)
+
+
+def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
+    state = state_of(prepared)
+    ch = state.channels
+    masks = group_masks(prepared)
+    _check_masks(ch, masks)
+    unit_kept = ch.unit_kept(masks)
+    gm = copy.deepcopy(prepared)
+    ctx = _FinalizeContext(ch, unit_kept)
+    modules = dict(gm.named_modules())
+    site_by_module = {s.module: s for s in ch.mask_sites}
+
+    with torch.no_grad():
+        # 1. fold masks and rescale factors into the weights they scale
+        for name, m in modules.items():
+            if isinstance(m, _InputMasked):
+                site = site_by_module[name]
+                pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
+                shape = [1] * m.weight.ndim
+                shape[site.dim] = -1
+                m.weight.mul_(torch.as_tensor(pm, dtype=m.weight.dtype).view(shape))
+            if isinstance(m, _RescaledBatchNorm) and m.weight is not None:
+                site = site_by_module[m.fxprune_source]
+                pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
+                m.weight.mul_(m.rescale_factor(torch.as_tensor(pm)).to(m.weight.dtype))
+
+        # 2. slice every grouped weight/buffer dim at the kept channels
+        for space in ch.spaces:
+            keep = ctx.kept(space.ids)
+            if keep.all():
+                continue
+            t = _get_tensor(gm, space.tensor)
+            index = torch.as_tensor(np.nonzero(keep)[0], device=t.device)
+            _set_tensor(gm, space.tensor, t.detach().index_select(space.dim, index).clone())
+
+    # 3. plain classes, sizes, literal channel counts; the graph loses its mask nodes
+    wrapped = {name for name, m in modules.items() if isinstance(m, FXPRUNE_CLASSES)}
+    for name in wrapped:
+        unwrap(modules[name])
+    resized = set()
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            m = modules[node.target]
+            if node.target in wrapped:
+                node.args, node.kwargs = node.args[:1], {}
+            rule = lookup_rule(node, gm, state.rules)
+            if rule is not None and node.target not in resized:
+                rule.resize(m, node, ctx)
+                resized.add(node.target)
+        elif node.op == "call_function" and node.target is masked_layer_norm:
+            node.target = F.layer_norm
+            node.args = node.args[:5]
+        if node.op in ("call_function", "call_method", "call_module"):
+            rule = lookup_rule(node, gm, state.rules)
+            if rule is not None:
+                rule.rewrite(node, ctx)
+    for node in reversed(list(gm.graph.nodes)):
+        if (node.op == "call_function" and node.target is gather_mask) or (
+                node.op == "get_attr" and node.target.startswith(state.mask_owner + ".")):
+            gm.graph.erase_node(node)
+    delattr(gm, state.mask_owner)
+    for node in gm.graph.nodes:
+        node.meta.pop("fxprune_labels", None)
+    gm.meta.pop("fxprune", None)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _flat_tensors(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flat_tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flat_tensors(o)]
+    return []
+
+
+def max_relative_error(a, b) -> float:
+    """max |a - b| / max |a| over all output tensors (compared in the same order)."""
+    ta, tb = _flat_tensors(a), _flat_tensors(b)
+    if len(ta) != len(tb):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(ta, tb):
+        if x.shape != y.shape:
+            return float("inf")
+        scale = x.detach().abs().max().item() if x.numel() else 0.0
+        diff = (x.detach().double() - y.detach().double()).abs().max().item() if x.numel() else 0.0
+        worst = max(worst, diff / max(scale, 1e-12))
+    return worst
+
+
+def run_eval(model: nn.Module, inputs: tuple):
+    """Run ``model`` in eval mode without grad, then restore every module's mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
+    err = max_relative_error(run_eval(prepared, inputs), run_eval(pruned, inputs))
+    if not err <= rtol:
+        raise SurgeryError(
+            f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "
+            f"allowed {rtol:g}). This is a bug in fxprune or in a custom rule: please report it with "
+            "the model. finalize(prepared, check=False) returns the model anyway.")
+    return err

@@ -1,0 +1,49 @@
+"""Shared checks for the pass's tests."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.masks import FXPRUNE_CLASSES
+from fxprune.passes.surgery import max_relative_error, run_eval
+
+
+def random_masks(pm, fraction: float = 0.5, seed: int = 0) -> None:
+    """Zero a random ``fraction`` of every prunable group's mask, keeping one channel of each
+    split piece the group feeds (``ChannelGroup.keep_one_of``)."""
+    gen = torch.Generator().manual_seed(seed)
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask[torch.randperm(g.size, generator=gen)[: int(g.size * fraction)]] = 0
+            for positions in g.keep_one_of:
+                if not g.mask[positions].any():
+                    g.mask[positions[0]] = 1
+
+
+def assert_plain(module: nn.Module) -> None:
+    """No fxprune class or function left in a finalized model."""
+    for name, m in module.named_modules():
+        assert not isinstance(m, FXPRUNE_CLASSES), name
+        assert not type(m).__module__.startswith("fxprune"), (name, type(m))
+    if hasattr(module, "graph"):
+        for node in module.graph.nodes:
+            mod = getattr(node.target, "__module__", "") or ""
+            assert not mod.startswith("fxprune"), node.format_node()
+            assert "fxprune" not in str(node.target), node.format_node()
+
+
+def prune_and_check(model: nn.Module, *inputs, fraction=0.5, seed=0, rtol=1e-4, **prepare_kw):
+    """prepare -> all-ones equality -> random masks -> finalize -> exact and smaller."""
+    pm = fxprune.prepare(model, inputs, **prepare_kw)
+    ref = run_eval(model, inputs)
+    assert max_relative_error(ref, run_eval(pm, inputs)) <= 1e-5
+    random_masks(pm, fraction, seed)
+    small = fxprune.finalize(pm, rtol=rtol)
+    assert max_relative_error(run_eval(pm, inputs), run_eval(small, inputs)) <= rtol
+    assert_plain(small)
+    return pm, small
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())

@@ -1,0 +1,410 @@
+"""One small hand-written model per channel behaviour: groups found, masks exact, surgery exact."""
+from __future__ import annotations
+
+import copy
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.passes.surgery import max_relative_error
+from helpers import n_params, prune_and_check
+
+
+def cbr(cin, cout, k=3, groups=1, bias=False):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=bias),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Plain(nn.Module):
+    def __init__(self, bias=False):
+        super().__init__()
+        self.a, self.b = cbr(3, 16, bias=bias), cbr(16, 24, bias=bias)
+        self.head = nn.Conv2d(24, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)))
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 16)
+        self.g = cbr(16, 32, groups=4)
+        self.head = nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.g(self.a(x)))
+
+
+class Depthwise(nn.Module):
+    def __init__(self, mult=1):
+        super().__init__()
+        self.a = cbr(3, 16)
+        self.dw = cbr(16, 16 * mult, groups=16)
+        self.pw = nn.Conv2d(16 * mult, 8, 1)
+
+    def forward(self, x):
+        return self.pw(self.dw(self.a(x)))
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn, self.c2 = nn.Conv1d(4, 16, 3), nn.BatchNorm1d(16), nn.Conv1d(16, 6, 3)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.bn(self.c1(x))))
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(12, 32), nn.Dropout(0.1), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.a, self.pool = cbr(3, 8), pool
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.a(x)), 1))
+
+
+class Residual(nn.Module):
+    def __init__(self, op=operator.add):
+        super().__init__()
+        self.stem, self.b1, self.b2, self.op = cbr(3, 16), cbr(16, 16), cbr(16, 16), op
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.op(x, self.b1(x))
+        x = torch.add(x, self.b2(x))
+        return self.head(x)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 16)
+        self.fc1, self.fc2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.head = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.head(x * s)
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 8), cbr(3, 12), cbr(20, 16)
+        self.head = nn.Conv2d(16 + 20, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.head(torch.cat([self.c(y), y], 1))
+
+
+class SplitChunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 24)
+        self.p, self.q, self.r = nn.Conv2d(12, 6, 1), nn.Conv2d(8, 6, 1), nn.Conv2d(4, 6, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        u, v = x.chunk(2, dim=1)
+        s1, s2 = torch.split(x, [16, 8], dim=1)
+        return self.p(u) + self.p(v) + self.q(s1[:, 8:]) + self.r(s2[:, :4])
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt-style block: depthwise conv, LayerNorm over channels last, MLP, layer scale."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.head = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        return self.head(x + self.gamma * y)
+
+
+class FunctionalNorms(nn.Module):
+    def __init__(self, c=12):
+        super().__init__()
+        self.a = nn.Conv2d(3, c, 3, padding=1)
+        self.gn = nn.GroupNorm(3, c)
+        self.w, self.b = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+        self.head = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.gn(self.a(x)))
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.w, self.b).permute(0, 3, 1, 2)
+        return self.head(x)
+
+
+class ViewKeepsChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = cbr(3, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c = x.shape[:2]
+        y = x.view(n, c, -1).mean(-1)
+        y = y.reshape(n, 16)
+        return self.fc(y)
+
+
+class Upsample(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.up, self.b = cbr(3, 8), nn.Upsample(scale_factor=2), cbr(8, 8)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        y = F.interpolate(self.b(self.up(x)), size=x.shape[-2:], mode="bilinear")
+        return self.head(torch.cat([x, y], 1))
+
+
+class Pools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.a(x), 2)
+        x = nn.functional.avg_pool2d(self.b(x), 2)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class TransformerMLP(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.embed = nn.Linear(6, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.ln = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.mlp(self.ln(x))
+        return self.head(x[:, 0])
+
+
+IMG = (2, 3, 16, 16)
+CASES = {
+    "conv_bn_relu": (Plain, IMG), "conv_bias": (lambda: Plain(bias=True), IMG),
+    "grouped_conv": (Grouped, IMG), "depthwise": (Depthwise, IMG),
+    "depthwise_multiplier": (lambda: Depthwise(mult=2), IMG), "conv1d": (Conv1dNet, (2, 4, 20)),
+    "linear_2d": (MLP, (3, 12)), "linear_3d": (MLP, (2, 5, 12)),
+    "flatten_linear_maxpool": (lambda: FlattenLinear(nn.MaxPool2d(4)), IMG),
+    "flatten_linear_adaptive": (lambda: FlattenLinear(nn.AdaptiveAvgPool2d(4)), IMG),
+    "residual_add": (Residual, IMG), "residual_sub": (lambda: Residual(operator.sub), IMG),
+    "squeeze_excite": (SqueezeExcite, IMG), "concat": (Concat, IMG), "split_chunk": (SplitChunk, IMG),
+    "channels_last_layernorm": (ChannelsLast, IMG), "group_norm_functional_layer_norm": (FunctionalNorms, IMG),
+    "view_keeps_channels": (ViewKeepsChannels, IMG), "upsample_interpolate": (Upsample, IMG),
+    "pools": (Pools, IMG), "transformer_mlp": (TransformerMLP, (2, 5, 6)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exact_surgery(case):
+    torch.manual_seed(0)
+    factory, shape = CASES[case]
+    model = factory().eval()
+    x = torch.randn(*shape)
+    pm, small = prune_and_check(model, x)
+    assert n_params(small) < n_params(model)
+    assert any(g.prunable for g in fxprune.channel_groups(pm))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_prepared_matches_original_in_train_mode(case):
+    torch.manual_seed(0)
+    factory, shape = CASES[case]
+    model = factory().train()
+    for m in model.modules():  # dropout would draw different noise in the two runs
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    x = torch.randn(*shape)
+    pm = fxprune.prepare(model, (x,)).train()
+    reference = copy.deepcopy(model)
+    assert max_relative_error(reference(x), pm(x)) <= 1e-5
+
+
+def groups_by_producer(pm):
+    return {p: g for g in fxprune.channel_groups(pm) for p in g.producers}
+
+
+def test_residual_ties_branches_to_the_shortcut():
+    pm = fxprune.prepare(Residual(), (torch.randn(*IMG),))
+    g = groups_by_producer(pm)
+    assert g["stem.0"] is g["b1.0"] is g["b2.0"]
+    assert set(g["stem.0"].consumers) == {"b1.0", "b2.0", "head"}
+
+
+def test_squeeze_excite_scale_joins_the_features_it_scales():
+    pm = fxprune.prepare(SqueezeExcite(), (torch.randn(*IMG),))
+    g = groups_by_producer(pm)
+    assert g["a.0"] is g["fc2"]
+    assert g["fc1"].prunable and g["fc1"].size == 4
+
+
+def test_concat_inputs_stay_separate_groups():
+    pm = fxprune.prepare(Concat(), (torch.randn(*IMG),))
+    g = groups_by_producer(pm)
+    assert g["a.0"] is not g["b.0"] and g["a.0"].size == 8 and g["b.0"].size == 12
+    assert "c.0" in g["a.0"].consumers and "head" in g["a.0"].consumers
+
+
+def test_grouped_conv_keeps_groups_equal():
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Grouped().eval(), torch.randn(*IMG))
+    conv = small.get_submodule("g.0")
+    assert conv.groups == 4 and conv.in_channels % 4 == 0 and conv.out_channels % 4 == 0
+    g = groups_by_producer(pm)
+    assert g["a.0"].size == 4  # 16 channels in 4 groups: position j of every group goes together
+
+
+def test_depthwise_follows_its_input_group():
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Depthwise(mult=2).eval(), torch.randn(*IMG))
+    g = groups_by_producer(pm)
+    assert g["a.0"] is g["dw.0"]
+    dw = small.get_submodule("dw.0")
+    assert dw.groups == dw.in_channels == dw.out_channels // 2
+
+
+def test_flatten_linear_prunes_whole_feature_blocks():
+    torch.manual_seed(0)
+    pm, small = prune_and_check(FlattenLinear(nn.MaxPool2d(4)).eval(), torch.randn(*IMG))
+    kept = groups_by_producer(pm)["a.0"].kept
+    assert small.get_submodule("fc").in_features == kept * 16
+
+
+def test_layer_norm_over_channels_is_masked_and_shrinks():
+    torch.manual_seed(0)
+    pm, small = prune_and_check(ChannelsLast().eval(), torch.randn(*IMG))
+    g = groups_by_producer(pm)
+    assert g["stem"] is g["fc2"]  # the residual stream, LayerNorm and layer scale included
+    assert small.get_submodule("norm").normalized_shape == (g["stem"].kept,)
+    assert small.gamma.shape[0] == g["stem"].kept
+    assert g["fc1"].prunable and g["fc1"].size == 64  # the MLP's hidden dim
+
+
+def test_attention_is_a_barrier_but_mlp_hidden_is_prunable():
+    pm = fxprune.prepare(TransformerMLP(), (torch.randn(2, 5, 6),))
+    g = groups_by_producer(pm)
+    assert not g["embed"].prunable and "attention" in g["embed"].reason
+    assert g["mlp.0"].prunable and g["mlp.0"].size == 64
+
+
+def test_slices_and_splits_rewrite_their_bounds():
+    torch.manual_seed(0)
+    pm, small = prune_and_check(SplitChunk().eval(), torch.randn(*IMG))
+    g = groups_by_producer(pm)["a.0"]
+    # p reads both chunk halves with the same weights, which ties channel j of one half to
+    # channel j of the other: 24 channels, 12 prunable units
+    assert g.prunable and g.size == 12
+    assert len(g.keep_one_of) >= 3  # split pieces and slices that must not end up empty
+    assert small.get_submodule("p").in_channels == g.kept
+
+
+def test_integer_index_on_channels_keeps_that_channel():
+    class PickOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.b(x) + x[:, 3].mean()
+
+    x = torch.randn(*IMG)
+    pm = fxprune.prepare(PickOne(), (x,))
+    g = groups_by_producer(pm)["a.0"]
+    assert not g.prunable and "index" in g.reason
+
+
+def test_unknown_op_is_a_barrier_with_a_reason():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 8), cbr(8, 8)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.head(self.b(torch.fft.fft2(x).real))
+
+    pm = fxprune.prepare(Odd(), (torch.randn(*IMG),))
+    g = groups_by_producer(pm)
+    assert not g["a.0"].prunable and "no channel rule" in g["a.0"].reason and "fft2" in g["a.0"].reason
+    assert g["b.0"].prunable
+
+
+def test_channel_count_used_elsewhere_keeps_channels():
+    class CountsChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = cbr(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.a(x)
+            n, c = x.shape[0], x.shape[1]
+            bias = x.new_zeros(n, c)  # shaped by the channel count, but holds none of the channels
+            return self.head(x.mean((2, 3)) + bias)
+
+    pm = fxprune.prepare(CountsChannels(), (torch.randn(*IMG),))
+    g = groups_by_producer(pm)["a.0"]
+    assert not g.prunable
+
+
+def test_custom_rule_makes_a_leaf_prunable():
+    class Scale(nn.Module):  # a per-channel op fxprune cannot see into once it is a leaf
+        def __init__(self, c):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(c) + 0.5)
+
+        def forward(self, x):
+            return x * self.weight.view(1, -1, 1, 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.s, self.head = cbr(3, 8), Scale(8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.s(self.a(x)))
+
+    x = torch.randn(*IMG)
+    pm = fxprune.prepare(Net(), (x,), leaf_modules=[Scale])
+    assert not groups_by_producer(pm)["a.0"].prunable
+    from fxprune.channel_rules import ChannelAffine
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Net().eval(), x, leaf_modules=[Scale], rules={Scale: ChannelAffine(("weight",))})
+    assert small.get_submodule("s").weight.shape[0] == groups_by_producer(pm)["a.0"].kept
