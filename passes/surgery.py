@@ -177,6 +177,9 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     for node in gm.graph.nodes:
         node.meta.pop("fxprune_labels", None)
     gm.meta.pop("fxprune", None)
+    # The tracer class is pickled with a GraphModule; ours lives in fxprune, and the result must
+    # load where fxprune is not installed.
+    gm._tracer_cls, gm._tracer_extras = None, {}
     gm.graph.lint()
     gm.recompile()
     return gm

@@ -1,0 +1,216 @@
+"""The public API's promises: errors that explain, inputs left alone, plain portable results."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxprune
+from fxprune.masks import MaskedConv2d
+from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.summary import count_flops
+from helpers import assert_plain, random_masks
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: torch.fx cannot trace this
+            return self.conv(x)
+        return x
+
+
+class WithBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = Branchy()
+        self.head = nn.Conv2d(8, 4, 1)
+        self.mid = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.head(self.mid(self.block(self.stem(x))))
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def test_untraceable_model_names_module_line_and_leaf_modules():
+    with pytest.raises(fxprune.TraceError) as err:
+        fxprune.prepare(WithBranch(), (X,))
+    msg = str(err.value)
+    assert "`block`" in msg and "Branchy" in msg
+    assert "if x.sum() > 0" in msg and "test_api.py" in msg
+    assert "leaf_modules" in msg
+
+
+def test_leaf_module_is_traced_whole_and_becomes_a_barrier():
+    torch.manual_seed(0)
+    model = WithBranch().eval()
+    pm = fxprune.prepare(model, (X,), leaf_modules=[Branchy])
+    groups = {g.name: g for g in fxprune.channel_groups(pm)}
+    assert not groups["stem"].prunable and "Branchy" in groups["stem"].reason
+    assert groups["mid"].prunable
+    assert max_relative_error(run_eval(model, (X,)), run_eval(pm, (X,))) <= 1e-6
+
+
+def test_wrong_example_inputs_are_explained(resnet18):
+    with pytest.raises(fxprune.ExampleInputsError, match="example_inputs.*conv1"):
+        fxprune.prepare(resnet18, (torch.randn(1, 1, 32, 32),))  # 1 channel, model wants 3
+    with pytest.raises(fxprune.ExampleInputsError, match="1 required argument"):
+        fxprune.prepare(resnet18, (X, X))
+    with pytest.raises(fxprune.ExampleInputsError, match="tuple"):
+        fxprune.prepare(resnet18, {"x": X})
+    with pytest.raises(TypeError, match="nn.Module"):
+        fxprune.prepare(lambda x: x, (X,))
+
+
+def test_a_single_tensor_is_accepted_as_example_inputs(resnet18):
+    pm = fxprune.prepare(resnet18, X)
+    assert len(fxprune.channel_groups(pm)) > 0
+
+
+def test_user_model_is_never_modified(resnet18):
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    pm = fxprune.prepare(resnet18, (X,))
+    random_masks(pm, 0.5)
+    with torch.no_grad():
+        for p in pm.parameters():
+            p.add_(1.0)  # training the prepared model must not touch the original
+    fxprune.finalize(pm, check=False)
+    after = resnet18.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p is q for p in pm.parameters() for q in resnet18.parameters())
+    assert all(type(m).__module__.startswith("torch") or m is resnet18 for m in resnet18.modules())
+
+
+def test_groups_expose_live_masks(resnet18):
+    pm = fxprune.prepare(resnet18, (X,))
+    g = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+    assert g.mask.shape == (g.size,) and g.mask.dtype == torch.float32
+    assert g.mask.data_ptr() == getattr(pm.fxprune_masks, g.key).data_ptr()
+    before = run_eval(pm, (X,))
+    g.mask[: g.size // 2] = 0
+    assert fxprune.channel_groups(pm)[0].kept <= g.size
+    assert not torch.allclose(before, run_eval(pm, (X,)))  # the mask is what the graph reads
+    assert g.producers and g.consumers and isinstance(g.reason, str)
+    barrier = [g for g in fxprune.channel_groups(pm) if not g.prunable]
+    assert barrier and all(g.reason and g.mask is None for g in barrier)
+
+
+def test_finalize_leaves_prepared_untouched_and_returns_plain_module(resnet18):
+    pm = fxprune.prepare(resnet18, (X,))
+    random_masks(pm, 0.5)
+    masks = {k: v.clone() for k, v in pm.state_dict().items() if k.startswith("fxprune_masks")}
+    small = fxprune.finalize(pm)
+    assert isinstance(pm.conv1, nn.Conv2d) and isinstance(pm.get_submodule("layer1.0.conv1"), MaskedConv2d)
+    assert all(torch.equal(v, pm.state_dict()[k]) for k, v in masks.items())
+    assert_plain(small)
+    assert not hasattr(small, "fxprune_masks")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in resnet18.parameters())
+
+
+def test_finalize_folds_fractional_masks_exactly(resnet18):
+    pm = fxprune.prepare(resnet18, (X,))
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask.uniform_(0.2, 1.0)
+            g.mask[::3] = 0
+    small = fxprune.finalize(pm)
+    assert max_relative_error(run_eval(pm, (X,)), run_eval(small, (X,))) <= 1e-4
+
+
+def test_finalize_refuses_an_empty_group(resnet18):
+    pm = fxprune.prepare(resnet18, (X,))
+    g = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+    g.mask.zero_()
+    with pytest.raises(fxprune.SurgeryError, match=f"every channel of group {g.key}"):
+        fxprune.finalize(pm)
+
+
+def test_finalized_model_saves_and_loads_without_fxprune(resnet18, tmp_path):
+    pm = fxprune.prepare(resnet18, (X,))
+    random_masks(pm, 0.5)
+    small = fxprune.finalize(pm)
+    path = tmp_path / "small.pt"
+    torch.save(small, path)
+    torch.save(X, tmp_path / "x.pt")
+    expected = run_eval(small, (X,))
+    torch.save(expected, tmp_path / "y.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules["fxprune"] = None  # importing fxprune now fails: the file must not need it
+        m = torch.load({str(path)!r}, weights_only=False).eval()
+        x, y = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'y.pt')!r})
+        with torch.no_grad():
+            assert torch.allclose(m(x), y, atol=1e-6), "output changed"
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_finalized_model_exports_to_onnx_and_runs(resnet18, tmp_path):
+    import onnxruntime as ort
+
+    pm = fxprune.prepare(resnet18, (X,))
+    random_masks(pm, 0.5)
+    small = fxprune.finalize(pm)
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(small, (X,), str(path), dynamo=True, external_data=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: X.numpy()})
+    np.testing.assert_allclose(out, run_eval(small, (X,)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_prepared_model_deepcopies_and_pickles(resnet18, tmp_path):
+    pm = fxprune.prepare(resnet18, (X,))
+    random_masks(pm, 0.5)
+    twin = copy.deepcopy(pm)
+    assert max_relative_error(run_eval(pm, (X,)), run_eval(twin, (X,))) == 0
+    fxprune.finalize(twin)  # the analysis travels with the copy
+    state = pm.state_dict()
+    assert any(k.startswith("fxprune_masks.") for k in state)
+
+
+def test_layer_specs_add_up_to_the_flop_counter(resnet18):
+    pm = fxprune.prepare(resnet18, (X,))
+    specs = fxprune.layer_specs(pm)
+    n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in resnet18.modules())
+    assert len(specs) == n_layers
+    assert sum(s.flops() for s in specs) == count_flops(resnet18, (X,))
+
+
+def test_summary_lists_groups_and_savings(resnet18, capsys):
+    pm = fxprune.prepare(resnet18, (X,))
+    random_masks(pm, 0.5)
+    fxprune.summary(pm)
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "prunable" in out
+    assert "params" in out and "FLOPs" in out and "->" in out
+
+
+def test_already_prepared_or_unprepared_inputs_are_rejected(resnet18):
+    pm = fxprune.prepare(resnet18, (X,))
+    with pytest.raises(ValueError, match="already prepared"):
+        fxprune.prepare(pm, (X,))
+    with pytest.raises(fxprune.NotPreparedError, match="fxprune.prepare"):
+        fxprune.finalize(resnet18)
+    with pytest.raises(fxprune.NotPreparedError):
+        fxprune.channel_groups(torch.fx.symbolic_trace(resnet18))

@@ -1,0 +1,60 @@
+"""Every torchvision classification and segmentation model: prepare, prune half of every
+prunable group at random, finalize; the pruned model must compute what the masked one does."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import segmentation
+
+import fxprune
+from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.summary import count_flops
+from helpers import assert_plain, random_masks
+
+CLASSIFICATION = torchvision.models.list_models(module=torchvision.models)
+SEGMENTATION = torchvision.models.list_models(module=segmentation)
+# Fixed-resolution models (positional embeddings / attention partitions); the rest run at 64x64
+# (inception_v3 needs at least 75) to keep the sweep fast on 2 CPU cores.
+INPUT_SIZE = {"inception_v3": 96, "maxvit_t": 224, **{n: 224 for n in CLASSIFICATION if n.startswith("vit_")}}
+# Over ~7 s each here: still run in CI, skipped locally with -m "not slow".
+HEAVY = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf", "efficientnet_v2_l",
+         "efficientnet_v2_m", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6",
+         "efficientnet_b7", "convnext_large", "convnext_base", "densenet161", "densenet201",
+         "swin_b", "swin_v2_b", "swin_v2_s", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vgg13",
+         "vgg13_bn", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d"}
+
+
+def build(name: str) -> torch.nn.Module:
+    kwargs = {}
+    if name in SEGMENTATION:
+        kwargs = {"weights_backbone": None, "aux_loss": False}
+    elif name in ("inception_v3", "googlenet"):
+        kwargs = {"init_weights": False}  # scipy-based truncated-normal init is slow and irrelevant
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+def params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
+@pytest.mark.parametrize("name", params(CLASSIFICATION + SEGMENTATION))
+def test_prune_half_of_every_group(name):
+    torch.manual_seed(0)
+    model = build(name)
+    size = INPUT_SIZE.get(name, 64)
+    x = torch.randn(1, 3, size, size)
+    pm = fxprune.prepare(model, (x,))
+    groups = fxprune.channel_groups(pm)
+    assert any(g.prunable for g in groups)
+    random_masks(pm, 0.5, seed=0)
+    small = fxprune.finalize(pm, rtol=1e-3)  # finalize itself refuses outputs that differ
+    masked_out, small_out = run_eval(pm, (x,)), run_eval(small, (x,))
+    assert max_relative_error(masked_out, small_out) <= 1e-3
+    dense_flops, pruned_flops = count_flops(pm, (x,)), count_flops(small, (x,))
+    assert pruned_flops <= 0.9 * dense_flops, (dense_flops, pruned_flops)
+    assert_plain(small)
+    del model, pm, small
+    gc.collect()
