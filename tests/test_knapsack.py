@@ -1,0 +1,186 @@
+"""solve_mckp against brute force on small instances, plus its input checks."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fxprune.knapsack import solve_mckp
+
+
+def brute_force_best(values, costs, budget):
+    """Best total value over every choice with total cost <= budget (None if none fits)."""
+    best = None
+    for choice in itertools.product(*(range(len(v)) for v in values)):
+        cost = sum(c[j] for c, j in zip(costs, choice))
+        if cost <= budget:
+            value = sum(v[j] for v, j in zip(values, choice))
+            best = value if best is None else max(best, value)
+    return best
+
+
+def totals(values, costs, choice):
+    return (sum(v[j] for v, j in zip(values, choice)),
+            sum(c[j] for c, j in zip(costs, choice)))
+
+
+def random_instance(rng, integer_costs):
+    n_groups = int(rng.integers(1, 5))
+    sizes = rng.integers(1, 6, size=n_groups)
+    values = [rng.normal(size=n) for n in sizes]  # negative values and any order allowed
+    if integer_costs:
+        costs = [rng.integers(0, 12, size=n).astype(float) for n in sizes]
+    else:
+        costs = [rng.uniform(0, 10, size=n) for n in sizes]
+    low = sum(c.min() for c in costs)
+    high = sum(c.max() for c in costs)
+    budget = float(rng.uniform(low, high))
+    if integer_costs:
+        budget = float(np.floor(budget)) if np.floor(budget) >= low else budget
+    return values, costs, budget
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_integer_costs_match_brute_force_exactly(seed):
+    rng = np.random.default_rng(seed)
+    values, costs, budget = random_instance(rng, integer_costs=True)
+    choice = solve_mckp(values, costs, budget)
+    value, cost = totals(values, costs, choice)
+    assert choice.dtype == np.int64 and choice.shape == (len(values),)
+    assert cost <= budget
+    assert value == pytest.approx(brute_force_best(values, costs, budget), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(200))
+@pytest.mark.parametrize("resolution", [7, 100])
+def test_float_costs_within_rounding_bound(seed, resolution):
+    rng = np.random.default_rng(1000 + seed)
+    values, costs, budget = random_instance(rng, integer_costs=False)
+    choice = solve_mckp(values, costs, budget, resolution=resolution)
+    value, cost = totals(values, costs, choice)
+    assert cost <= budget
+    assert value <= brute_force_best(values, costs, budget) + 1e-12
+    # The documented guarantee: at least the optimum with n_groups units less budget.
+    min_total = sum(c.min() for c in costs)
+    unit = (budget - min_total) / resolution
+    reduced = brute_force_best(values, costs, budget - len(values) * unit)
+    if reduced is not None:
+        assert value >= reduced - 1e-12
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_hypothesis_integer_instances(data):
+    n_groups = data.draw(st.integers(1, 4))
+    sizes = [data.draw(st.integers(1, 5)) for _ in range(n_groups)]
+    values = [np.array(data.draw(st.lists(st.integers(-20, 20), min_size=n, max_size=n)),
+                       dtype=float) for n in sizes]
+    costs = [np.array(data.draw(st.lists(st.integers(0, 15), min_size=n, max_size=n)),
+                      dtype=float) for n in sizes]
+    low, high = sum(c.min() for c in costs), sum(c.max() for c in costs)
+    budget = data.draw(st.integers(int(low), int(high)))
+    choice = solve_mckp(values, costs, budget)
+    value, cost = totals(values, costs, choice)
+    assert cost <= budget
+    assert value == brute_force_best(values, costs, budget)
+
+
+def test_integer_costs_above_resolution_still_feasible():
+    # Slack 1000 > resolution 10: costs get quantised; feasibility must survive the rounding.
+    rng = np.random.default_rng(3)
+    values = [np.sort(rng.uniform(size=6)).cumsum() for _ in range(4)]
+    costs = [np.sort(rng.integers(0, 500, size=6)).astype(float) for _ in range(4)]
+    budget = sum(c.min() for c in costs) + 1000
+    choice = solve_mckp(values, costs, budget, resolution=10)
+    assert totals(values, costs, choice)[1] <= budget
+
+
+def test_non_monotone_costs_pick_cheap_valuable_option():
+    # The last option is the most valuable and also the cheapest: index order means nothing.
+    values = [np.array([1.0, 2.0, 3.0]), np.array([5.0, 1.0])]
+    costs = [np.array([5.0, 9.0, 1.0]), np.array([4.0, 0.0])]
+    assert solve_mckp(values, costs, 5.0).tolist() == [2, 0]
+    assert solve_mckp(values, costs, 4.0).tolist() == [2, 1]
+
+
+def test_budget_not_binding_returns_most_valuable_options():
+    values = [np.array([1.0, 3.0, 2.0]), np.array([0.0, 4.0])]
+    costs = [np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0])]
+    assert solve_mckp(values, costs, 1e9).tolist() == [1, 1]
+
+
+def test_ties_prefer_the_cheaper_option():
+    values = [np.array([2.0, 2.0, 2.0])]
+    costs = [np.array([3.0, 1.0, 2.0])]
+    assert solve_mckp(values, costs, 10.0).tolist() == [1]
+    values = [np.array([1.0, 2.0, 2.0]), np.array([0.0, 1.0])]
+    costs = [np.array([0.0, 3.0, 2.0]), np.array([0.0, 7.0])]
+    assert solve_mckp(values, costs, 5.0).tolist() == [2, 0]
+
+
+def test_budget_exactly_at_minimum_cost():
+    values = [np.array([1.0, 5.0, 3.0]), np.array([2.0, 9.0])]
+    costs = [np.array([1.0, 2.0, 1.0]), np.array([0.5, 3.0])]
+    assert solve_mckp(values, costs, 1.5).tolist() == [2, 0]
+
+
+def test_infeasible_budget_names_minimum_cost():
+    values = [np.array([1.0, 2.0]), np.array([1.0])]
+    costs = [np.array([3.0, 4.0]), np.array([2.5])]
+    with pytest.raises(ValueError, match=r"infeasible.*5\.5.*exceeds the budget 5 by 0\.5"):
+        solve_mckp(values, costs, 5.0)
+
+
+@pytest.mark.parametrize("values, costs, match", [
+    ([np.ones(2)], [np.ones(2), np.ones(1)], "costs has 2"),
+    ([np.ones(2)], [np.ones(3)], "2 values but 3 costs"),
+    ([np.ones(0)], [np.ones(0)], "no options"),
+    ([np.array([1.0, np.nan])], [np.ones(2)], "values must be finite"),
+    ([np.ones(2)], [np.array([1.0, np.inf])], "costs must be finite"),
+    ([np.ones(2)], [np.array([1.0, -1.0])], "costs must be >= 0"),
+    ([np.ones((2, 2))], [np.ones((2, 2))], "1-D"),
+])
+def test_malformed_input_rejected(values, costs, match):
+    with pytest.raises(ValueError, match=match):
+        solve_mckp(values, costs, 10.0)
+
+
+@pytest.mark.parametrize("resolution", [0, -5, 2.5, True])
+def test_bad_resolution_rejected(resolution):
+    with pytest.raises(ValueError, match="resolution"):
+        solve_mckp([np.ones(2)], [np.ones(2)], 1.0, resolution=resolution)
+
+
+def test_nan_budget_rejected():
+    with pytest.raises(ValueError, match="NaN"):
+        solve_mckp([np.ones(2)], [np.ones(2)], float("nan"))
+
+
+def test_inputs_not_mutated_and_lists_accepted():
+    values = [[3.0, 1.0, 2.0], [1.0, 2.0]]
+    costs = [[2.0, 0.0, 1.0], [0.0, 3.0]]
+    snapshot = [list(v) for v in values], [list(c) for c in costs]
+    choice = solve_mckp(values, costs, 3.0)
+    assert (values, costs) == snapshot
+    assert totals(values, costs, choice) == (4.0, 2.0)
+
+
+def test_no_groups_gives_empty_choice():
+    assert solve_mckp([], [], 0.0).shape == (0,)
+
+
+def test_resnet50_sized_problem_is_feasible_and_near_budget():
+    rng = np.random.default_rng(0)
+    values, costs = [], []
+    for _ in range(55):
+        n = int(rng.choice([64, 256, 512, 2048]))
+        k = np.arange(8, n + 1, 8)
+        values.append(np.cumsum(np.sort(rng.exponential(size=n))[::-1])[k - 1])
+        costs.append(float(rng.uniform(1e3, 1e4)) * k * k)
+    budget = 0.5 * sum(c[-1] for c in costs)
+    choice = solve_mckp(values, costs, budget)
+    _, cost = totals(values, costs, choice)
+    assert 0.99 * budget <= cost <= budget
