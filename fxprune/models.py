@@ -1,0 +1,143 @@
+"""Models for the recipes: a small ResNet for 1x28x28 images, plus torchvision's zoo by name.
+
+``resnet_fmnist`` is torchvision's ResNet recipe (``BasicBlock`` residual stages, BN, a 1x1
+conv + BN shortcut where the shape changes, global average pooling, one linear head) scaled
+down for 28x28 inputs: a 3x3 stem with no max-pool, since at 28x28 every early downsampling
+costs accuracy, and stride-2 transitions between stages. It exercises everything channel
+pruning has to get right on real networks (residual adds tying channels across blocks,
+shortcut convs, BN after every conv, the head) while training in about a minute an epoch on
+two CPU cores.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+__all__ = ["ResNetFMNIST", "build_model", "available_models"]
+
+DEFAULT_WIDTHS = (16, 32, 64)
+DEFAULT_BLOCKS = (1, 1, 1)
+
+
+class ResNetFMNIST(nn.Module):
+    """A torchvision-style ResNet for small grayscale images.
+
+    ``widths[i]`` is the channel count of stage ``i`` and ``blocks[i]`` its number of
+    ``BasicBlock``\\ s; every stage after the first halves the spatial size. At 28x28 the
+    three default stages run at 28x28, 14x14 and 7x7.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        blocks: Sequence[int] = DEFAULT_BLOCKS,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
+        if not widths or len(widths) != len(blocks):
+            raise ValueError(
+                f"widths {widths} and blocks {blocks} must be non-empty and of equal length "
+                "(one entry per stage)")
+        if min(widths) < 1 or min(blocks) < 1:
+            raise ValueError(f"every stage needs width >= 1 and at least one block; got "
+                             f"widths={widths}, blocks={blocks}")
+        self.widths, self.blocks = widths, blocks
+
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages = []
+        in_width = widths[0]
+        for i, (width, n_blocks) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            stages.append(self._make_stage(in_width, width, n_blocks, stride))
+            in_width = width
+        # Named layer1..layerN like torchvision so module paths read the same in reports.
+        for i, stage in enumerate(stages, start=1):
+            self.add_module(f"layer{i}", stage)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_width, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            # Each block starts as the identity (Goyal et al.): helps large-batch ImageNet; off
+            # by default like torchvision, as it slowed the first epoch here.
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    @staticmethod
+    def _make_stage(in_width: int, width: int, n_blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or in_width != width:
+            downsample = nn.Sequential(
+                nn.Conv2d(in_width, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+        layers = [BasicBlock(in_width, width, stride, downsample)]
+        layers += [BasicBlock(width, width) for _ in range(n_blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(1, len(self.widths) + 1):
+            x = getattr(self, f"layer{i}")(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"resnet_fmnist": ResNetFMNIST}
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def available_models() -> list[str]:
+    """Names ``build_model`` accepts: fxprune's own, then torchvision's classification models."""
+    return sorted(_BUILDERS) + _torchvision_names()
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by name, randomly initialised.
+
+    ``"resnet_fmnist"`` takes ``widths``, ``blocks``, ``num_classes``, ``in_channels`` and
+    ``zero_init_residual`` (see :class:`ResNetFMNIST`). Any torchvision classification model
+    name (``"resnet18"``, ``"mobilenet_v2"``, ...) is built with ``torchvision.models.get_model``
+    and the given keyword arguments (``num_classes`` and the like); those models expect
+    3-channel inputs, so they do not train on Fashion-MNIST as they are.
+    """
+    if name in _BUILDERS:
+        builder = _BUILDERS[name]
+        params = inspect.signature(builder).parameters
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise TypeError(f"model {name!r} does not take {unknown}; it takes "
+                            f"{sorted(params)}")
+        return builder(**kwargs)
+    tv_names = _torchvision_names()
+    if name not in tv_names:
+        raise ValueError(f"unknown model {name!r}; choose 'resnet_fmnist' or a torchvision "
+                         f"classification model: {', '.join(tv_names)}")
+    import torchvision.models as tvm
+
+    stray = sorted(k for k in ("widths", "blocks", "in_channels") if k in kwargs)
+    if stray:
+        raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the torchvision model "
+                        f"{name!r} takes its own keyword arguments (e.g. num_classes). In a "
+                        f"config, set them to null: --set model.{stray[0]}=null")
+    return tvm.get_model(name, weights=None, **kwargs)

@@ -1,0 +1,89 @@
+"""The Fashion-MNIST ResNet and the model registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxprune.models import ResNetFMNIST, available_models, build_model
+
+
+def expected_params(widths, blocks, in_channels=1, num_classes=10):
+    """Count by hand: 3x3 convs without bias, BN (weight + bias), 1x1 shortcuts, linear head."""
+    total = 9 * in_channels * widths[0] + 2 * widths[0]
+    prev = widths[0]
+    for stage, (width, n) in enumerate(zip(widths, blocks)):
+        for b in range(n):
+            cin = prev if b == 0 else width
+            total += 9 * cin * width + 2 * width + 9 * width * width + 2 * width
+            if b == 0 and (stage > 0 or cin != width):  # stride 2 or new width
+                total += cin * width + 2 * width
+        prev = width
+    return total + widths[-1] * num_classes + num_classes
+
+
+@pytest.mark.parametrize("widths, blocks", [((16, 32, 64), (1, 1, 1)), ((8, 16), (2, 3)),
+                                            ((16, 16, 32), (1, 2, 1))])
+def test_shapes_and_parameter_count(widths, blocks):
+    model = build_model("resnet_fmnist", widths=widths, blocks=blocks)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert sum(p.numel() for p in model.parameters()) == expected_params(widths, blocks)
+
+
+def test_default_architecture_and_flops():
+    model = build_model("resnet_fmnist").eval()
+    assert model.widths == (16, 32, 64) and model.blocks == (1, 1, 1)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 3 + 2  # stem, two per block, two shortcuts
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 1, 28, 28))
+    # 3x3 convs at 28x28/14x14/7x7 with widths 16/32/64: about 18.7 MFLOPs an image.
+    assert 15e6 < counter.get_total_flops() < 25e6
+    # Stages downsample 28 -> 14 -> 7 before pooling.
+    shapes = []
+    model.layer3.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)) and None)
+    model(torch.zeros(2, 1, 28, 28))
+    assert shapes == [(2, 64, 7, 7)]
+
+
+def test_zero_init_residual_starts_blocks_as_identity():
+    model = build_model("resnet_fmnist", zero_init_residual=True)
+    for stage in (model.layer1, model.layer2, model.layer3):
+        for block in stage:
+            assert torch.count_nonzero(block.bn2.weight) == 0
+    plain = build_model("resnet_fmnist")  # torchvision's default: off
+    assert torch.count_nonzero(plain.layer1[0].bn2.weight) > 0
+
+
+def test_symbolic_trace_matches_eager():
+    model = build_model("resnet_fmnist", widths=(8, 16, 16), blocks=(2, 1, 1)).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model(x), atol=1e-6)
+    targets = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {"conv1", "layer1.0.conv1", "layer2.0.downsample.0", "fc"} <= targets
+
+
+def test_torchvision_model_by_name():
+    model = build_model("resnet18", num_classes=7)
+    assert model.fc.out_features == 7
+    assert "resnet18" in available_models() and "resnet_fmnist" in available_models()
+
+
+@pytest.mark.parametrize("name, kwargs, error, match", [
+    ("resnet_fmnsit", {}, ValueError, "unknown model 'resnet_fmnsit'"),
+    ("resnet_fmnist", {"width": (8,)}, TypeError, r"does not take \['width'\]"),
+    ("resnet_fmnist", {"widths": (8, 16), "blocks": (1,)}, ValueError, "equal length"),
+    ("resnet_fmnist", {"widths": (8, 0), "blocks": (1, 1)}, ValueError, "width >= 1"),
+    ("resnet18", {"widths": (8,)}, TypeError, "model.widths=null"),
+])
+def test_bad_arguments_are_clear_errors(name, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        build_model(name, **kwargs)
+
+
+def test_class_is_exported_and_configurable_input_channels():
+    model = ResNetFMNIST(widths=(8,), blocks=(1,), in_channels=3, num_classes=4)
+    assert model(torch.randn(1, 3, 28, 28)).shape == (1, 4)
