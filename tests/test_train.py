@@ -1,0 +1,260 @@
+"""``fxprune train``: config overrides, logs, checkpoints, exact resume, pruning hooks.
+
+Runs use the synthetic data set and a tiny ResNet so each takes a second or two.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+import fxprune
+from fxprune import train as train_mod
+from fxprune.cli import main as cli_main
+from fxprune.train import ConfigError, apply_overrides, load_config, resolve_config, train
+
+TINY = {
+    "seed": 3,
+    "num_threads": 1,
+    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
+             "batch_size": 32, "test_batch_size": 64},
+    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
+    "optim": {"epochs": 2, "lr": 0.05},
+    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+}
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def tiny_cfg(out, *overrides):
+    return resolve_config(TINY, [f"out={out}", *overrides])
+
+
+def read_csv(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_overrides_are_yaml_typed():
+    cfg = apply_overrides(resolve_config(), [
+        "optim.epochs=2", "optim.lr=1e-3", "model.widths=[8, 16, 32]", "data.root=null",
+        "data.root=/some/where", "optim.nesterov=false", "prune.method=smcp",
+        "prune.target=0.5", "prune.cost=flops"])
+    assert cfg["optim"]["epochs"] == 2 and isinstance(cfg["optim"]["epochs"], int)
+    assert cfg["optim"]["lr"] == pytest.approx(1e-3)
+    assert cfg["model"]["widths"] == [8, 16, 32]
+    assert cfg["data"]["root"] == "/some/where"
+    assert cfg["optim"]["nesterov"] is False
+    # prune belongs to the method: any key passes through untouched.
+    assert cfg["prune"] == {"method": "smcp", "target": 0.5, "cost": "flops"}
+
+
+def test_overrides_do_not_mutate_input():
+    base = resolve_config()
+    snapshot = copy.deepcopy(base)
+    apply_overrides(base, ["optim.epochs=7", "prune.target=0.3"])
+    assert base == snapshot
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.epoch=2", r"unknown config key 'optim.epoch'.*optim\.epochs"),
+    ("optimizer.lr=0.1", r"unknown config key 'optimizer'.*prune\.\*"),
+    ("optim.epochs=two", r"optim.epochs expects a int"),
+    ("optim.lr=fast", r"optim.lr expects a float"),
+    ("optim=3", r"optim is a section"),
+    ("optim.epochs", r"not KEY=VALUE"),
+    ("optim.schedule=linear", r"cosine, step or constant"),
+    ("prune.method=magic", r"prune.method 'magic'"),
+    ("optim.epochs=null", r"cannot be null"),
+])
+def test_bad_overrides_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(None, [override])
+
+
+def test_typo_in_recipe_file_names_file_and_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown config key 'optim.learning_rate'"):
+        load_config(path)
+
+
+def test_shipped_recipe_loads_and_builds():
+    cfg = load_config("configs/fashion_mnist_resnet.yaml", ["optim.epochs=1"])
+    assert cfg["prune"]["method"] == "none" and cfg["optim"]["epochs"] == 1
+    assert cfg["optim"]["weight_decay"] == pytest.approx(5e-4)
+
+
+def test_cli_reports_config_errors(recipe, tmp_path, capsys):
+    rc = cli_main(["train", str(recipe), "--set", "optim.epoch=1", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "unknown config key 'optim.epoch'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    rows = read_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0
+    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == [4]  # 6 steps, every 4
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 6 and ckpt["pruner"] is None
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config"}
+    model = torch.load(out / "model_dense.pt", weights_only=False)
+    assert model.fxprune_input_shape == (1, 1, 28, 28)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 1 and results["method"] == "none"
+    assert results["params"] == sum(p.numel() for p in model.parameters())
+    assert results["flops"] > 0 and results["flops_ratio"] == 1.0
+    assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_checkpoint(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--resume", "--out", str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set", "optim.lr=0.2",
+                     "--resume", "--out", str(out)]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+
+
+def test_resume_extends_epochs(recipe, tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
+                     "--out", str(out)]) == 0
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
+    straight = train(tiny_cfg(tmp_path / "straight"))
+    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+
+    real_evaluate = train_mod.evaluate
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_cfg(tmp_path / "crashed"))
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    assert torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+    resumed = train(tiny_cfg(tmp_path / "crashed"), resume=True)
+    final = torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=False)
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    assert resumed["accuracy"] == straight["accuracy"]
+    straight_rows = read_csv(tmp_path / "straight" / "metrics.csv")
+    resumed_rows = read_csv(tmp_path / "crashed" / "metrics.csv")
+    assert [r["test_loss"] for r in resumed_rows] == [r["test_loss"] for r in straight_rows]
+    # steps.csv rows of the crashed epoch were dropped, then written again once.
+    assert [r["step"] for r in read_csv(tmp_path / "crashed" / "steps.csv")] == ["4", "8", "12"]
+
+
+# ----------------------------------------------------------------------------- pruning hooks
+
+class RecordingPruner:
+    """Stands in for a pruning method: checks when it is called and what is saved."""
+
+    instances: list = []
+
+    def __init__(self, pm, target, steps_per_epoch=None, **kwargs):
+        self.pm, self.target, self.kwargs = pm, target, kwargs
+        self.steps_per_epoch = steps_per_epoch
+        self.steps, self.loaded = 0, None
+        self.at_forward = None
+        pm.register_forward_pre_hook(self._snapshot)
+        RecordingPruner.instances.append(self)
+
+    def _params(self):
+        return [p for p in self.pm.parameters() if p.requires_grad]
+
+    def _snapshot(self, module, args):
+        self.at_forward = [p.detach().clone() for p in self._params()]
+
+    def step(self):
+        params = self._params()
+        assert all(p.grad is not None for p in params), "step() must come after backward()"
+        # Weights are still those of the forward pass: the optimizer has not stepped yet.
+        assert all(torch.equal(p, q) for p, q in zip(params, self.at_forward)), \
+            "step() must come before optimizer.step()"
+        self.steps += 1
+
+    def cost(self):
+        return {"ratio": 1.0 - self.target, "flops": 123.0}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+        self.steps = state["steps"]
+
+
+def test_pruning_hooks_called_in_order_and_saved(tmp_path, monkeypatch):
+    RecordingPruner.instances = []
+    prepared = []
+
+    def fake_prepare(model, example_inputs):
+        assert example_inputs[0].shape == (32, 1, 28, 28)
+        gm = torch.fx.symbolic_trace(copy.deepcopy(model))
+        prepared.append(gm)
+        return gm
+
+    monkeypatch.setattr(fxprune, "prepare", fake_prepare, raising=False)
+    monkeypatch.setattr(fxprune, "SMCP", RecordingPruner, raising=False)
+    monkeypatch.setattr(fxprune, "finalize", lambda pm: copy.deepcopy(pm), raising=False)
+
+    out = tmp_path / "pruned"
+    cfg = tiny_cfg(out, "optim.epochs=1", "prune.method=smcp", "prune.target=0.25",
+                   "prune.extra=7")
+    results = train(cfg)
+    pruner = RecordingPruner.instances[-1]
+    assert pruner.pm is prepared[-1] and pruner.kwargs == {"extra": 7}
+    assert pruner.steps == 6 and pruner.steps_per_epoch == 6
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["pruner"] == {"steps": 6}
+    rows = read_csv(out / "metrics.csv")
+    assert float(rows[0]["cost.ratio"]) == 0.75 and float(rows[0]["cost.flops"]) == 123.0
+    saved = torch.load(out / "model_pruned.pt", weights_only=False)
+    assert saved.fxprune_input_shape == (1, 1, 28, 28)
+    assert results["accuracy"] == results["accuracy_masked"]
+    assert results["finalize_mismatched_samples"] == 0
+    assert results["pruner_cost"] == {"cost.ratio": 0.75, "cost.flops": 123.0}
+
+    resumed = train(resolve_config(cfg, ["optim.epochs=2"]), resume=True)
+    pruner = RecordingPruner.instances[-1]
+    assert pruner.loaded == {"steps": 6} and pruner.steps == 12
+    assert resumed["epochs"] == 2
