@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "LatencyTable": ("fxprune.deploy.latency_table", "LatencyTable"),
     "solve_mckp": ("fxprune.knapsack", "solve_mckp"),
+    "SMCP": ("fxprune.methods.smcp", "SMCP"),
+    "PruningSchedule": ("fxprune.schedule", "PruningSchedule"),
 }
 
 

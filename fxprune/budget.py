@@ -1,0 +1,95 @@
+"""The model's cost under a :class:`~fxprune.cost.CostModel`, and what each group's choice costs.
+
+The real cost of a layer depends on both its input width (one group) and its output width
+(the next group), so the total is not a sum of per-group terms. As SMCP does, a group's option
+"keep k channels" is priced with every other group held at its current width: a layer is
+charged to the groups it *reads* (its output held fixed; a depthwise conv's output moves with
+its input), and a layer reading several groups (after a concat) is shared between them so that
+the parts add up to its current cost. When widths shrink the prediction overestimates (the
+producers of a pruned group get cheaper too); the pruner re-prices around its answer and then
+repairs it with exact costs, so the result always fits (see ``fxprune.methods.smcp``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cost import CostModel
+from .units import CostedLayer, UnitIndex
+
+
+class Budget:
+    def __init__(self, index: UnitIndex, layers: list[CostedLayer], cost_model: CostModel,
+                 other_cost: float = 0.0):
+        self.index, self.layers, self.model = index, layers, cost_model
+        self.other_cost = float(other_cost)  # cost outside conv/linear layers (constant)
+        self.dense = self.total(np.ones(index.n, dtype=bool))
+        if not self.dense > 0:
+            raise ValueError(f"the model's dense cost under {cost_model.name!r} is {self.dense}; "
+                             "a cost model must give a positive total")
+        # per layer, per prunable group it reads: how many positions each channel occupies
+        self._reads = []
+        for layer in layers:
+            reads = layer.out_flat if layer.in_flat is None else layer.in_flat
+            per_group = {}
+            for i in range(len(index.groups)):
+                sl = index.group_slice(i)
+                inside = (reads >= sl.start) & (reads < sl.stop)
+                if inside.any():
+                    per_group[i] = np.bincount(reads[inside] - sl.start, minlength=sl.stop - sl.start)
+            self._reads.append(per_group)
+        # layers whose input or output width moves with each group (for exact local re-pricing)
+        self.touching: list[list[int]] = [[] for _ in index.groups]
+        for li, layer in enumerate(layers):
+            for i in range(len(index.groups)):
+                sl = index.group_slice(i)
+                flats = [layer.out_flat] + ([layer.in_flat] if layer.in_flat is not None else [])
+                if any(((f >= sl.start) & (f < sl.stop)).any() for f in flats):
+                    self.touching[i].append(li)
+
+    def layer_cost(self, layer: CostedLayer, c_in: int, c_out: int) -> float:
+        return float(self.model.layer_cost(layer.spec, c_in, c_out))
+
+    def total(self, kept: np.ndarray) -> float:
+        """Real cost when ``kept`` (bool per flat channel) says which channels stay."""
+        return self.other_cost + sum(self.layer_cost(l, *l.widths(kept)) for l in self.layers)
+
+    def cost_of(self, kept: np.ndarray, layer_ids: list[int]) -> float:
+        """Real cost of some layers only (to price a change of one group exactly)."""
+        return sum(self.layer_cost(self.layers[i], *self.layers[i].widths(kept)) for i in layer_ids)
+
+    def fraction(self, kept: np.ndarray) -> float:
+        return self.total(kept) / self.dense
+
+    def option_costs(self, kept: np.ndarray, orders: list[np.ndarray], ks: list[np.ndarray]):
+        """Per group, the cost of keeping its top ``ks[i][j]`` channels (``orders[i]`` ranks them),
+        other groups as in ``kept``; and the constant the group costs add to."""
+        costs = [np.zeros(len(k), dtype=np.float64) for k in ks]
+        constant = self.other_cost
+        for layer, per_group in zip(self.layers, self._reads):
+            c_in, c_out = layer.widths(kept)
+            now = self.layer_cost(layer, c_in, c_out)
+            positions_now = max(self._positions(layer, kept), 1)
+            shared = 0.0
+            for i, counts in per_group.items():
+                sl = self.index.group_slice(i)
+                mine_now = int(counts[kept[sl]].sum())
+                others = self._positions(layer, kept) - mine_now
+                cum = np.concatenate([[0], np.cumsum(counts[orders[i]])])
+                share = mine_now / positions_now
+                for j, k in enumerate(ks[i]):
+                    n = others + int(cum[k])
+                    if layer.in_flat is None:  # depthwise: output moves with input
+                        c_out_k, c_in_k = n, n // layer.mult
+                    else:
+                        c_in_k, c_out_k = layer.in_factor * n, c_out
+                    costs[i][j] += self.layer_cost(layer, c_in_k, c_out_k) - now * (1 - share)
+                shared += share
+            constant += now * (1 - shared)
+        return costs, constant
+
+    @staticmethod
+    def _positions(layer: CostedLayer, kept: np.ndarray) -> int:
+        reads = layer.out_flat if layer.in_flat is None else layer.in_flat
+        if not kept.size:
+            return len(reads)
+        return int(np.where(reads >= 0, kept[np.maximum(reads, 0)], True).sum())

@@ -1,0 +1,314 @@
+"""SMCP: Soft Masking for Cost-Constrained Channel Pruning (Humble et al., ECCV 2022).
+
+    pm = fxprune.prepare(model, (x,))
+    pruner = fxprune.SMCP(pm, target=0.5, cost="flops", warmup=500, ramp=5000, update_every=200)
+    for x, y in loader:
+        criterion(pm(x), y).backward()
+        pruner.step()              # importance; on schedule, re-solve the knapsack
+        optimizer.step(); optimizer.zero_grad()
+    small = fxprune.finalize(pm)
+
+Masks prune input channels with a straight-through estimator (masked weights keep learning, so
+channels can come back at a later update); importance is the Taylor score of the unmasked
+weights; the BN after a masked layer is rescaled by the kept fraction; every ``update_every``
+steps a multiple-choice knapsack over all groups picks how many channels each keeps so that
+the cost stays under a target that ramps down from 1.0.
+
+Baselines on the same engine: ``masks="hard"`` (gradients masked, pruned channels never come
+back, as HALP), ``importance="magnitude"`` and ``allocation="uniform"`` (every group keeps the
+same fraction instead of the global knapsack).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import fx
+
+from fxprune.passes.bn_rescale import insert_bn_rescale
+
+from ..budget import Budget
+from ..cost import CostModel, FlopsCost, ParamsCost
+from ..knapsack import DEFAULT_RESOLUTION, solve_mckp
+from ..importance import ImportanceAccumulator
+from ..masks import _InputMasked
+from ..schedule import PruningSchedule
+from ..units import UnitIndex, consumer_weights, costed_layers
+
+
+def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
+    """A cost model and the constant cost outside conv/linear layers it does not see."""
+    if isinstance(cost, str):
+        if cost == "flops":
+            from ..summary import count_flops
+            from ..groups import state_of
+            from ..api import layer_specs
+            dense = count_flops(prepared, state_of(prepared).example_inputs)
+            return FlopsCost(), max(dense - sum(s.flops() for s in layer_specs(prepared)), 0)
+        if cost == "params":
+            return ParamsCost(), 0.0
+        if cost == "latency":
+            from fxprune.deploy.latency_table import LatencyTable
+            return LatencyTable.measure(prepared, step=channel_step), 0.0
+        raise ValueError(f"cost must be 'flops', 'params', 'latency' or a CostModel, got {cost!r}")
+    if isinstance(cost, CostModel):
+        return cost, 0.0
+    raise TypeError(f"cost must be 'flops', 'params', 'latency' or an object with a `name` and "
+                    f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel), got {type(cost).__name__}")
+
+
+def allowed_counts(size: int, step: int, low: int, high: int) -> np.ndarray:
+    """Channel counts a group may keep: multiples of ``step`` (plus all of it) when the group
+    has room for at least two steps, every count otherwise; within ``[low, high]``."""
+    if step > 1 and size >= 2 * step:
+        ks = set(range(step, size + 1, step)) | {size}
+    else:
+        ks = set(range(1, size + 1))
+    ks = sorted(k for k in ks if low <= k <= high)
+    if not ks:  # the constraints leave only counts off the step grid
+        ks = [max(low, min(high, size))]
+    return np.array(ks, dtype=np.int64)
+
+
+class SMCP:
+    def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
+                 warmup: int = 0, ramp: int = 1000, update_every: int = 100,
+                 freeze_after: int | None = None, ramp_shape: str = "exp",
+                 schedule: PruningSchedule | None = None, importance: str = "taylor",
+                 accumulate: str = "mean", momentum: float = 0.9, masks: str = "soft",
+                 allocation: str = "knapsack", channel_step: int = 8,
+                 bn_rescale: str = "kept_fraction", masked_decay: float = 0.0,
+                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6):
+        if not 0 < target <= 1:
+            raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
+        if masks not in ("soft", "hard"):
+            raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
+        if allocation not in ("knapsack", "uniform"):
+            raise ValueError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
+        self.prepared, self.target = prepared, float(target)
+        self.schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
+        self.masks_kind, self.allocation, self.channel_step = masks, allocation, int(channel_step)
+        self.masked_decay, self.resolution, self.max_resolves = masked_decay, resolution, max_resolves
+        self.index = UnitIndex(prepared)
+        if not self.index.n:
+            raise ValueError("the prepared model has no prunable channel group; see "
+                             "fxprune.summary(prepared) for why each group is kept")
+        self.consumers = consumer_weights(prepared, self.index)
+        self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
+        cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
+        self.budget = Budget(self.index, costed_layers(self.index), cost_model, other)
+        self.bn_rescale = bn_rescale
+        self.rescaled_bns = insert_bn_rescale(prepared, bn_rescale)
+        for m in prepared.modules():
+            if isinstance(m, _InputMasked):
+                m.fxprune_straight_through = masks == "soft"
+        self.step_count = 0
+        self.dead = np.zeros(self.index.n, dtype=bool)  # hard masks: pruned for good
+        self.history: list[dict] = []
+
+    # -- the training-loop API ------------------------------------------------------------------
+    def step(self) -> dict | None:
+        """Call after ``loss.backward()`` and before ``optimizer.step()``. Returns the update's
+        record when masks were re-solved at this step, else None."""
+        self.step_count += 1
+        flat = self.index.masks(self.prepared)
+        self.importance.observe(flat)
+        if self.masked_decay:
+            self._decay_masked(flat)
+        if self.schedule.updates_at(self.step_count):
+            return self.update()
+        return None
+
+    def cost(self) -> float:
+        """Current cost as a fraction of the dense model's, by this pruner's cost model."""
+        return self.budget.fraction(self._kept_now())
+
+    def target_now(self) -> float:
+        return self.schedule.target(self.step_count, self.target)
+
+    # -- the update ----------------------------------------------------------------------------
+    def update(self) -> dict:
+        start = time.perf_counter()
+        target = self.target_now()
+        scores = self.importance.scores()
+        before = self._kept_now()
+        if self.allocation == "knapsack":
+            kept, (predicted, solved), resolves = self._solve_knapsack(target, scores, before)
+        else:
+            kept, predicted, resolves = self._solve_uniform(target, scores)
+            solved = predicted
+        self.index.set_masks(self.prepared, kept.astype(np.float32))
+        if self.masks_kind == "hard":
+            self.dead |= ~kept
+        self.importance.reset()
+        actual = self.budget.fraction(kept)
+        record = {
+            # predicted: the knapsack's estimate of its first answer, solved_actual: that answer's
+            # real cost, error: their relative gap; actual: cost after re-pricing and repair
+            "step": self.step_count, "target": target, "predicted": predicted,
+            "solved_actual": solved, "error": (predicted - solved) / solved, "actual": actual,
+            "kept": int(kept.sum()), "channels": self.index.n,
+            "returned": int((kept & ~before).sum()), "pruned": int((~kept & before).sum()),
+            "resolves": resolves, "solve_s": time.perf_counter() - start,
+        }
+        self.history.append(record)
+        return record
+
+    def _rankings(self, scores):
+        orders, ks, values = [], [], []
+        for i, g in enumerate(self.index.groups):
+            sl = self.index.group_slice(i)
+            s = scores[sl].astype(np.float64)
+            dead = self.dead[sl]
+            order, min_k = self.index.ranking(i, np.where(dead, -np.inf, s))
+            alive = int((~dead).sum())
+            k = allowed_counts(g.size, self.channel_step, min_k, max(alive, min_k))
+            cum = np.concatenate([[0.0], np.cumsum(np.where(dead, 0.0, s)[order])])
+            orders.append(order)
+            ks.append(k)
+            values.append(cum[k])
+        return orders, ks, values
+
+    def _kept_from(self, orders, ks, choice) -> np.ndarray:
+        kept = np.zeros(self.index.n, dtype=bool)
+        for i, (order, k, c) in enumerate(zip(orders, ks, choice)):
+            start = self.index.group_slice(i).start
+            kept[start + order[: k[c]]] = True
+        return kept
+
+    def _solve_knapsack(self, target, scores, before):
+        """Solve the knapsack priced around the current widths, re-price around the answer and
+        solve again (the pricing holds other groups fixed, so it is exact only near the answer),
+        then repair with exact costs: drop the least valuable steps while over the budget, add
+        the most valuable ones that still fit. The result always fits the budget."""
+        budget = target * self.budget.dense
+        orders, ks, values = self._rankings(scores)
+        current, first, attempt = before, None, 0
+        for attempt in range(1, self.max_resolves + 1):
+            costs, constant = self.budget.option_costs(current, orders, ks)
+            choice, predicted = self._solve_priced(values, costs, constant, budget)
+            kept = self._kept_from(orders, ks, choice)
+            real = self.budget.total(kept)
+            if first is None:  # how good is pricing with the other widths held? (logged)
+                first = (predicted / self.budget.dense, real / self.budget.dense)
+            if real <= budget and attempt > 1 or np.array_equal(kept, current):
+                break
+            current = kept
+        choice = self._repair(list(choice), orders, ks, values, budget, target)
+        return self._kept_from(orders, ks, choice), first, attempt
+
+    def _repair(self, choice, orders, ks, values, budget, target):
+        kept = self._kept_from(orders, ks, choice)
+        total = self.budget.total(kept)
+
+        def move(i, new):  # exact change of total cost if group i takes option `new`
+            sl = self.index.group_slice(i)
+            layers = self.budget.touching[i]
+            old_cost = self.budget.cost_of(kept, layers)
+            trial = kept.copy()
+            trial[sl] = False
+            trial[sl.start + orders[i][: ks[i][new]]] = True
+            return self.budget.cost_of(trial, layers) - old_cost, trial
+
+        while total > budget * (1 + 1e-9):  # over: drop the step that loses least per cost saved
+            best = None
+            for i, c in enumerate(choice):
+                if c > 0:
+                    dc, trial = move(i, c - 1)
+                    loss = values[i][c] - values[i][c - 1]
+                    rate = loss / max(-dc, 1e-12)
+                    if dc < 0 and (best is None or rate < best[0]):
+                        best = (rate, i, dc, trial)
+            if best is None:
+                self._raise_infeasible(target, orders, ks)
+            _, i, dc, kept = best
+            choice[i] -= 1
+            total += dc
+        while True:  # room left: add the step that gains most per cost
+            best = None
+            for i, c in enumerate(choice):
+                if c + 1 < len(ks[i]):
+                    dc, trial = move(i, c + 1)
+                    if total + dc <= budget * (1 + 1e-9):
+                        gain = values[i][c + 1] - values[i][c]
+                        rate = gain / max(dc, 1e-12)
+                        if best is None or rate > best[0]:
+                            best = (rate, i, dc, trial)
+            if best is None:
+                return choice
+            _, i, dc, kept = best
+            choice[i] += 1
+            total += dc
+
+    def _solve_priced(self, values, costs, constant, budget):
+        floor = [float(c.min()) for c in costs]
+        shifted = [c - f for c, f in zip(costs, floor)]
+        avail = budget - constant - sum(floor)
+        if avail < 0:  # even the cheapest options are predicted over: take them
+            choice = np.array([int(np.argmin(c)) for c in costs])
+        else:
+            choice = solve_mckp(values, shifted, avail, resolution=self.resolution)
+        predicted = constant + sum(float(c[j]) for c, j in zip(costs, choice))
+        return choice, predicted
+
+    def _solve_uniform(self, target, scores):
+        budget = target * self.budget.dense
+        orders, ks, _ = self._rankings(scores)
+
+        def pick(rho):
+            choice = [int(np.argmin(np.abs(k - rho * g.size))) for k, g in zip(ks, self.index.groups)]
+            return self._kept_from(orders, ks, choice)
+
+        lo, hi, best = 0.0, 1.0, None
+        if self.budget.total(pick(1.0)) <= budget:
+            return pick(1.0), self.budget.fraction(pick(1.0)), 1
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            kept = pick(mid)
+            if self.budget.total(kept) <= budget * (1 + 1e-9):
+                lo, best = mid, kept
+            else:
+                hi = mid
+        if best is None:
+            self._raise_infeasible(target, orders, ks)
+        return best, self.budget.fraction(best), 40
+
+    def _raise_infeasible(self, target, orders, ks):
+        floor = self._kept_from(orders, ks, [0] * len(ks))
+        raise ValueError(
+            f"cost target {target:.3f} of dense is below the cheapest model the constraints allow "
+            f"({self.budget.fraction(floor):.3f}: every group at its smallest allowed width, "
+            f"channel_step={self.channel_step}); raise the target or lower channel_step")
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _kept_now(self) -> np.ndarray:
+        return self.index.masks(self.prepared).numpy() != 0
+
+    @torch.no_grad()
+    def _decay_masked(self, flat: torch.Tensor) -> None:
+        """SMCP's extra weight decay, only on masked-out weights (added to their gradient)."""
+        for c in self.consumers:
+            if c.param.grad is None:
+                continue
+            ext = torch.cat([flat.to(c.param.device, c.param.dtype), c.param.new_ones(1)])
+            shape = [1] * c.param.ndim
+            shape[c.dim] = -1
+            off = (1 - ext[c.in_flat]).view(shape)
+            c.param.grad.add_(c.param * off, alpha=self.masked_decay)
+
+    # -- resuming ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "importance": self.importance.state_dict(),
+                "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
+                "history": list(self.history), "schedule": self.schedule.state(), "target": self.target}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["masks"].numel() != self.index.n:
+            raise ValueError(f"this state holds {state['masks'].numel()} channels but the prepared "
+                             f"model has {self.index.n}: it was saved for a different model")
+        self.step_count = int(state["step"])
+        self.importance.load_state_dict(state["importance"])
+        self.index.set_masks(self.prepared, state["masks"])
+        self.dead = state["dead"].numpy().astype(bool).copy()
+        self.history = list(state["history"])

@@ -1,0 +1,59 @@
+"""When to prune and how much: warm-up, a ramp of the cost target, a frozen cool-down.
+
+SMCP ramps the pruned fraction exponentially, ``r(t) = r * (1 - exp(-a t)) / (1 - exp(-a T))``
+(ImageNet: a = 0.05 per epoch over T = 55 epochs, so ``a*T = 2.75``): it prunes fast at first,
+when most channels are redundant, and slowly near the target.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class PruningSchedule:
+    """Step counts are optimizer steps (calls of ``pruner.step()``).
+
+    warmup: steps before the first mask update (the dense network trains).
+    ramp: steps over which the cost target goes from 1.0 to the final target.
+    update_every: masks are re-solved every this many steps from the end of warm-up.
+    freeze_after: from this step on masks stay as they are (cool-down); None: never frozen.
+    shape: "exp" (SMCP) or "linear". sharpness: ``a*T`` of the exponential ramp.
+    """
+
+    warmup: int = 0
+    ramp: int = 1000
+    update_every: int = 100
+    freeze_after: int | None = None
+    shape: str = "exp"
+    sharpness: float = 2.75
+
+    def __post_init__(self):
+        if self.shape not in ("exp", "linear"):
+            raise ValueError(f"schedule shape must be 'exp' or 'linear', got {self.shape!r}")
+        if self.update_every < 1 or self.ramp < 0 or self.warmup < 0:
+            raise ValueError("schedule needs update_every >= 1, ramp >= 0 and warmup >= 0 "
+                             f"(got {self.update_every}, {self.ramp}, {self.warmup})")
+
+    def progress(self, step: int) -> float:
+        """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""
+        if step <= self.warmup:
+            return 0.0
+        if self.ramp == 0:
+            return 1.0
+        t = min((step - self.warmup) / self.ramp, 1.0)
+        if self.shape == "linear":
+            return t
+        return (1 - math.exp(-self.sharpness * t)) / (1 - math.exp(-self.sharpness))
+
+    def target(self, step: int, final: float) -> float:
+        """Cost budget (fraction of dense) at ``step`` when the final target is ``final``."""
+        return 1.0 - (1.0 - final) * self.progress(step)
+
+    def updates_at(self, step: int) -> bool:
+        if step <= self.warmup or (self.freeze_after is not None and step > self.freeze_after):
+            return False
+        return (step - self.warmup) % self.update_every == 0
+
+    def state(self) -> dict:
+        return asdict(self)

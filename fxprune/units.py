@@ -1,0 +1,139 @@
+"""A flat numbering of every prunable channel, and where each layer reads and writes them.
+
+Pruning methods work on one vector over all prunable channels (group by group, in
+``channel_groups`` order): masks, importance and keep decisions are slices of it. ``-1`` marks
+a position no prunable group owns (always kept).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .cost import LayerSpec
+from .groups import ChannelGraph, GroupInfo, state_of
+
+
+class UnitIndex:
+    def __init__(self, prepared: fx.GraphModule):
+        state = state_of(prepared)
+        ch: ChannelGraph = state.channels
+        self.channels = ch
+        self.groups: list[GroupInfo] = [g for g in ch.groups if g.prunable]
+        sizes = np.array([g.size for g in self.groups], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n = int(self.offsets[-1])
+        self.mask_owner = state.mask_owner
+        group_number = {g.key: i for i, g in enumerate(self.groups)}
+        gi = np.array([group_number.get(ch.groups[g].key, -1) for g in ch.unit_group], dtype=np.int64)
+        self._unit_flat = np.where(gi >= 0, self.offsets[np.maximum(gi, 0)] + ch.unit_pos, -1)
+
+    def group_slice(self, i: int) -> slice:
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def flat(self, ids: np.ndarray) -> np.ndarray:
+        """Flat channel index of each element id (-1: not prunable)."""
+        units = self.channels.units(np.asarray(ids))
+        return np.where(units >= 0, self._unit_flat[np.maximum(units, 0)], -1)
+
+    def space_flat(self, tensor: str, dim: int) -> np.ndarray | None:
+        ids = self.channels.space_ids(tensor, dim)
+        return None if ids is None else self.flat(ids)
+
+    def mask_tensors(self, prepared: fx.GraphModule) -> list[torch.Tensor]:
+        bank = prepared.get_submodule(self.mask_owner)
+        return [getattr(bank, g.key) for g in self.groups]
+
+    def masks(self, prepared: fx.GraphModule) -> torch.Tensor:
+        tensors = self.mask_tensors(prepared)
+        return torch.cat([t.detach().float().cpu() for t in tensors]) if tensors else torch.zeros(0)
+
+    def set_masks(self, prepared: fx.GraphModule, flat: torch.Tensor | np.ndarray) -> None:
+        flat = torch.as_tensor(np.asarray(flat, dtype=np.float32))
+        with torch.no_grad():
+            for i, t in enumerate(self.mask_tensors(prepared)):
+                t.copy_(flat[self.group_slice(i)].to(t.device, t.dtype))
+
+    def ranking(self, i: int, scores: np.ndarray) -> tuple[np.ndarray, int]:
+        """Group ``i``'s channels, most important first, and the fewest that may be kept.
+
+        The best channel of every split piece or slice the group feeds (``keep_one_of``) is moved
+        to the front, so keeping the top ``k >= min_k`` never empties a piece.
+        """
+        order = np.argsort(-scores, kind="stable")
+        front = []
+        for positions, _ in self.groups[i].keep_one_of:
+            best = int(positions[np.argmax(scores[positions])])
+            if best not in front:
+                front.append(best)
+        if not front:
+            return order, 1
+        front = sorted(front, key=lambda p: -scores[p])
+        rest = order[~np.isin(order, front)]
+        return np.concatenate([np.array(front, dtype=order.dtype), rest]), len(front)
+
+
+@dataclass
+class ConsumerWeight:
+    """A weight that reads prunable channels along ``dim`` (SMCP's masked input channels)."""
+
+    module: str
+    param: nn.Parameter
+    dim: int
+    in_flat: torch.Tensor  # position along dim -> flat channel (-1: not prunable)
+    out_flat: torch.Tensor  # position along dim 0 -> flat channel (-1: not prunable)
+
+
+def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[ConsumerWeight]:
+    out = []
+    for site in index.channels.mask_sites:
+        in_flat = index.space_flat(site.tensor, site.dim)
+        if in_flat is None or not (in_flat >= 0).any():
+            continue
+        param = prepared.get_parameter(site.tensor)
+        out_flat = index.space_flat(site.tensor, 0)
+        if out_flat is None:
+            out_flat = np.full(param.shape[0], -1)
+        out.append(ConsumerWeight(site.module, param, site.dim,
+                                  torch.as_tensor(in_flat, device=param.device),
+                                  torch.as_tensor(out_flat, device=param.device)))
+    return out
+
+
+@dataclass
+class CostedLayer:
+    """One conv/linear call and which flat channels set its input and output widths."""
+
+    spec: LayerSpec
+    out_flat: np.ndarray  # output positions (weight dim 0)
+    in_flat: np.ndarray | None  # weight dim 1 positions; None for depthwise (input = output)
+    in_factor: int  # channels per weight-dim-1 position (groups for a grouped conv)
+    mult: int  # depthwise channel multiplier
+
+    def widths(self, kept: np.ndarray) -> tuple[int, int]:
+        """(c_in, c_out) when ``kept[flat]`` says which prunable channels stay."""
+        c_out = int(_count(self.out_flat, kept))
+        if self.in_flat is None:
+            return c_out // self.mult, c_out
+        return self.in_factor * int(_count(self.in_flat, kept)), c_out
+
+
+def _count(flat: np.ndarray, kept: np.ndarray) -> int:
+    if not kept.size:
+        return len(flat)
+    return int(np.where(flat >= 0, kept[np.maximum(flat, 0)], True).sum())
+
+
+def costed_layers(index: UnitIndex) -> list[CostedLayer]:
+    layers = []
+    for layer in index.channels.layers:
+        spec = layer.spec
+        out_flat = index.space_flat(f"{layer.module}.weight", 0)
+        if spec.depthwise:
+            layers.append(CostedLayer(spec, out_flat, None, 1, spec.out_channels // spec.in_channels))
+        else:
+            in_flat = index.space_flat(f"{layer.module}.weight", 1)
+            layers.append(CostedLayer(spec, out_flat, in_flat, spec.groups, 1))
+    return layers

@@ -1,0 +1,40 @@
+"""Pass 5: SMCP's batch-norm rescaling.
+
+A batch norm that directly follows a layer whose input channels are masked gets that layer's
+mask as an extra argument and scales its gamma by the kept fraction ``sum(m) / C_in``
+(:class:`fxprune.masks.RescaledBatchNorm2d`). ``finalize`` folds the factor into gamma.
+"""
+from __future__ import annotations
+
+from torch import fx
+
+from fxprune.masks import RESCALED_CLASS, _InputMasked, wrap
+
+
+def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[str]:
+    """Wrap every BN fed only by a masked layer; returns the BN module names. Idempotent: a BN
+    already wrapped just gets ``mode`` updated."""
+    if mode not in ("kept_fraction", "off"):
+        raise ValueError(f"bn_rescale must be 'kept_fraction' or 'off', got {mode!r}")
+    modules = dict(gm.named_modules())
+    wrapped = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], _InputMasked):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module":
+            continue
+        bn_node = users[0]
+        bn = modules[bn_node.target]
+        if type(bn) in RESCALED_CLASS:
+            if sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == bn_node.target) > 1:
+                continue  # a BN shared by several layers has no single kept fraction
+            wrap(bn, RESCALED_CLASS)
+            bn.fxprune_source = node.target
+            bn_node.args = (bn_node.args[0], node.args[1])
+        elif not hasattr(bn, "fxprune_rescale"):
+            continue
+        bn.fxprune_rescale = mode
+        wrapped.append(bn_node.target)
+    gm.recompile()
+    return wrapped

@@ -1,0 +1,291 @@
+"""SMCP: importance, soft/hard masks, BN rescaling, the budget, the schedule, resuming."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.budget import Budget
+from fxprune.cost import FlopsCost
+from fxprune.schedule import PruningSchedule
+from fxprune.summary import count_flops
+from fxprune.units import UnitIndex, costed_layers
+
+
+class SmallNet(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.c1 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w))
+        self.short = nn.Conv2d(w, 2 * w, 1, bias=False)
+        self.c3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False),
+                                nn.BatchNorm2d(4 * w), nn.ReLU())
+        self.fc = nn.Linear(4 * w, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.c2(self.c1(x)) + self.short(x))
+        x = self.c3(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def data(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 12, 12, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def train(pm, pruner, steps, seed=0, lr=0.05, optimizer=None):
+    optimizer = optimizer or torch.optim.SGD(pm.parameters(), lr=lr, momentum=0.9)
+    for step in range(steps):
+        x, y = data(seed=seed * 1000 + step)
+        F.cross_entropy(pm(x), y).backward()
+        pruner.step()
+        optimizer.step()
+        optimizer.zero_grad()
+    return optimizer
+
+
+def prepared(width=16, seed=0):
+    torch.manual_seed(seed)
+    return fxprune.prepare(SmallNet(width), (data()[0],))
+
+
+@pytest.mark.parametrize("allocation,masks,cost", [("knapsack", "soft", "flops"), ("knapsack", "hard", "params"),
+                                                   ("uniform", "soft", "flops")])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_budget_is_respected_after_every_solve(allocation, masks, cost, target):
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=target, cost=cost, warmup=2, ramp=8, update_every=2,
+                          allocation=allocation, masks=masks, channel_step=4)
+    x = data()[0]
+    dense = count_flops(pm, (x,)) if cost == "flops" else None
+    for _ in range(14):
+        pm.zero_grad()
+        F.cross_entropy(pm(x), data()[1]).backward()
+        record = pruner.step()
+        if record:
+            assert record["actual"] <= record["target"] + 1e-9
+            assert pruner.cost() == pytest.approx(record["actual"])
+    assert pruner.cost() <= target + 1e-9
+    assert pruner.cost() >= target - 0.15  # and the budget is used, not thrown away
+    if cost == "flops":  # the pruner's FLOPs are the flop counter's FLOPs of the finalized model
+        small = fxprune.finalize(pm)
+        assert count_flops(small, (x,)) / dense == pytest.approx(pruner.cost(), rel=1e-6)
+
+
+def held_output_cost(budget, trial, kept):
+    """Each layer at its input width from ``trial`` and output width from ``kept`` (SMCP's pricing;
+    a depthwise conv's output follows its input)."""
+    total = budget.other_cost
+    for layer in budget.layers:
+        c_in, c_out = layer.widths(trial)
+        if layer.in_flat is not None:
+            c_out = layer.widths(kept)[1]
+        total += budget.layer_cost(layer, c_in, c_out)
+    return total
+
+
+def test_option_costs_add_up_and_price_a_group_with_outputs_held():
+    pm = prepared()
+    index = UnitIndex(pm)
+    budget = Budget(index, costed_layers(index), FlopsCost())
+    kept = np.random.default_rng(0).random(index.n) > 0.3
+    # rank each group's kept channels first, so "keep k" with k = kept count is today's choice
+    order = [np.concatenate([np.flatnonzero(kept[index.group_slice(j)]), np.flatnonzero(~kept[index.group_slice(j)])])
+             for j in range(len(index.groups))]
+    now = [np.array([int(kept[index.group_slice(j)].sum())]) for j in range(len(index.groups))]
+    costs, constant = budget.option_costs(kept, order, now)
+    assert constant + sum(c[0] for c in costs) == pytest.approx(budget.total(kept), rel=1e-9)
+    for i, group in enumerate(index.groups):  # move one group: the prediction is the real cost
+        sl = index.group_slice(i)
+        for k in (1, group.size // 2, group.size):
+            ks = [k_ if j != i else np.array([k]) for j, k_ in enumerate(now)]
+            costs_k, constant_k = budget.option_costs(kept, order, ks)
+            trial = kept.copy()
+            trial[sl] = False
+            trial[sl.start + order[i][:k]] = True
+            predicted = constant_k + sum(c[0] for c in costs_k)
+            assert predicted == pytest.approx(held_output_cost(budget, trial, kept), rel=1e-9)
+
+
+def test_taylor_importance_matches_a_hand_computation():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=100, ramp=10, update_every=10)
+    x, y = data()
+    F.cross_entropy(pm(x), y).backward()
+    pruner.step()
+    scores = pruner.importance.scores()
+    index = pruner.index
+    g = next(i for i, grp in enumerate(index.groups) if grp.name == "c1.0")
+    conv = pm.get_submodule("c2.0")  # the only layer reading c1's channels
+    expected = (conv.weight.double() * conv.weight.grad.double()).detach().sum(dim=(0, 2, 3)).abs().numpy()
+    np.testing.assert_allclose(scores[index.group_slice(g)], expected, rtol=1e-6)
+
+
+def test_soft_masks_pass_gradient_hard_masks_block_it():
+    for kind, expect_grad in (("soft", True), ("hard", False)):
+        pm = prepared()
+        fxprune.SMCP(pm, target=0.5, masks=kind)
+        group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
+        group.mask[:8] = 0
+        x, y = data()
+        F.cross_entropy(pm(x), y).backward()
+        grad = pm.get_submodule("c2.0").weight.grad[:, :8]
+        assert bool(grad.abs().sum() > 0) is expect_grad
+
+
+def test_bn_rescale_factor_is_the_kept_fraction():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5)
+    assert "c2.1" in pruner.rescaled_bns
+    group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
+    group.mask[:12] = 0  # c2 reads c1's 32 channels; 20 stay
+    bn = pm.get_submodule("c2.1")
+    assert float(bn.rescale_factor(group.mask)) == pytest.approx(20 / 32)
+    gamma = bn.weight.detach().clone()
+    pm.eval()
+    x = data()[0]
+    small = fxprune.finalize(pm)  # gamma * 20/32 folded in; the outputs agree
+    kept = _kept_out(pm, "c2.0")
+    np.testing.assert_allclose(small.get_submodule("c2.1").weight.detach().numpy(),
+                               (gamma * 20 / 32).numpy()[kept], rtol=1e-6)
+    torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
+
+
+def _kept_out(pm, conv):
+    g = {p: g for g in fxprune.channel_groups(pm) for p in g.producers}[conv]
+    return (g.mask != 0).numpy() if g.mask is not None else np.ones(g.size, bool)
+
+
+def test_bn_rescale_off_leaves_gamma_alone():
+    pm = prepared()
+    fxprune.SMCP(pm, target=0.5, bn_rescale="off")
+    group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
+    group.mask[:12] = 0
+    assert float(pm.get_submodule("c2.1").rescale_factor(group.mask)) == 1.0
+
+
+def test_a_pruned_channel_comes_back_when_its_importance_rises():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.6, warmup=1, ramp=2, update_every=1, channel_step=1)
+    train(pm, pruner, 3)  # ramp done: masks at the target
+    index = pruner.index
+    g = next(i for i, grp in enumerate(index.groups) if grp.name == "c1.0")
+    mask = index.mask_tensors(pm)[g]
+    pruned = torch.nonzero(mask == 0).flatten()
+    assert len(pruned) > 0
+    victim = int(pruned[0])
+    with torch.no_grad():  # make the channel matter: its reader's weights grow large
+        pm.get_submodule("c2.0").weight[:, victim] *= 50
+    train(pm, pruner, 1, seed=7)
+    assert mask[victim] == 1
+    assert pruner.history[-1]["returned"] >= 1
+
+
+def test_hard_masks_never_bring_a_channel_back():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.4, warmup=1, ramp=6, update_every=1, masks="hard", channel_step=1)
+    flat_before = None
+    ever_pruned = np.zeros(pruner.index.n, bool)
+    for step in range(10):
+        train(pm, pruner, 1, seed=step)
+        flat = pruner.index.masks(pm).numpy()
+        assert not (flat[ever_pruned] != 0).any()
+        ever_pruned |= flat == 0
+        flat_before = flat
+    assert flat_before is not None and ever_pruned.any()
+
+
+def test_uniform_allocation_keeps_similar_fractions():
+    pm = prepared(width=32)
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1, allocation="uniform", channel_step=1)
+    train(pm, pruner, 1)
+    fractions = [g.kept / g.size for g in fxprune.channel_groups(pm) if g.prunable]
+    assert max(fractions) - min(fractions) < 0.1
+
+
+def test_magnitude_importance_keeps_the_largest_weights():
+    pm = prepared()
+    with torch.no_grad():
+        w = pm.get_submodule("c2.0").weight
+        w.mul_(0.01)
+        w[:, [3, 5, 7]] *= 1000
+    pruner = fxprune.SMCP(pm, target=0.2, warmup=0, ramp=1, update_every=1, importance="magnitude", channel_step=1)
+    train(pm, pruner, 1)
+    group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
+    assert group.kept < group.size
+    assert all(group.mask[i] == 1 for i in (3, 5, 7))
+
+
+def test_state_dict_resumes_to_identical_masks(tmp_path):
+    def run(split_at=None):
+        pm = prepared(seed=1)
+        pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2, masked_decay=2e-4)
+        opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9)
+        for step in range(12):
+            if step == split_at:  # save everything, rebuild from scratch, load, go on
+                torch.save({"model": pm.state_dict(), "pruner": pruner.state_dict(), "opt": opt.state_dict()},
+                           tmp_path / "ckpt.pt")
+                pm = prepared(seed=5)  # different init: everything must come from the checkpoint
+                pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2, masked_decay=2e-4)
+                opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9)
+                ckpt = torch.load(tmp_path / "ckpt.pt")
+                pm.load_state_dict(ckpt["model"])
+                pruner.load_state_dict(ckpt["pruner"])
+                opt.load_state_dict(ckpt["opt"])
+            x, y = data(seed=step)
+            F.cross_entropy(pm(x), y).backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+        return pruner.index.masks(pm), pruner.history
+
+    masks_a, history_a = run()
+    masks_b, history_b = run(split_at=5)
+    assert torch.equal(masks_a, masks_b)
+    assert [h["kept"] for h in history_a] == [h["kept"] for h in history_b]
+
+
+def test_schedule_ramps_and_freezes():
+    s = PruningSchedule(warmup=10, ramp=100, update_every=10, freeze_after=200, shape="exp")
+    assert s.target(5, 0.4) == 1.0 and s.target(110, 0.4) == pytest.approx(0.4)
+    mid_exp = s.target(60, 0.4)
+    lin = PruningSchedule(warmup=10, ramp=100, shape="linear")
+    assert mid_exp < lin.target(60, 0.4)  # exponential prunes faster early
+    assert [t for t in range(0, 260) if s.updates_at(t)] == list(range(20, 201, 10))
+    with pytest.raises(ValueError, match="shape"):
+        PruningSchedule(shape="cosine")
+
+
+def test_bad_arguments_are_explained():
+    pm = prepared()
+    with pytest.raises(ValueError, match="fraction of the dense cost"):
+        fxprune.SMCP(pm, target=1.5)
+    with pytest.raises(ValueError, match="cost must be"):
+        fxprune.SMCP(pm, cost="watts")
+    with pytest.raises(TypeError, match="layer_cost"):
+        fxprune.SMCP(pm, cost=object())
+    pruner = fxprune.SMCP(pm, target=0.01, warmup=0, ramp=1, update_every=1, channel_step=8)
+    x, y = data()
+    F.cross_entropy(pm(x), y).backward()
+    with pytest.raises(ValueError, match="below the cheapest model"):
+        pruner.step()
+
+
+def test_custom_cost_model_plugs_in():
+    class ConvOnlyParams:
+        name = "conv_params"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return float(layer.params(c_in, c_out)) if layer.kind == "conv" else 0.0
+
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, cost=ConvOnlyParams(), warmup=0, ramp=1, update_every=1)
+    train(pm, pruner, 1)
+    assert pruner.cost() <= 0.5 + 1e-9
+    assert fxprune.finalize(pm) is not None
