@@ -1,0 +1,43 @@
+"""Deployment: ONNX export, ONNX Runtime / TensorRT timing, reports, measured latency tables.
+
+The names below load on first use, so ``import fxprune.deploy`` stays cheap and never imports
+``tensorrt`` (which may not be installed).
+
+- ``deploy(model, out_dir, backend="auto", precision="fp32", input_shape=None, batch=None,
+  compare=None, threads=2, iters=100, warmup=10, ...) -> dict`` (the report)
+- ``LatencyTable.measure(layers_or_prepared_model, backend="onnxruntime", step=8, threads=2,
+  cache=None, progress=True, ...)``: a ``CostModel`` in ms
+- ``export_onnx``, ``verify_onnx``, ``load_model``, ``resolve_input_shape``, ``DeployError``
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "deploy": "pipeline",
+    "choose_backend": "pipeline",
+    "LatencyTable": "latency_table",
+    "UnmeasuredLayerError": "latency_table",
+    "export_onnx": "onnx_export",
+    "verify_onnx": "onnx_export",
+    "load_model": "model_io",
+    "resolve_input_shape": "model_io",
+    "INPUT_SHAPE_ATTR": "model_io",
+    "DeployError": "common",
+    "format_table": "report",
+    "tensorrt_status": "tensorrt_backend",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,59 @@
+"""``fxprune deploy MODEL --out DIR``: export ONNX, build and time an engine, compare with dense.
+
+MODEL and DENSE_MODEL are files written by ``torch.save(module)``. The input shape comes from
+``--input-shape`` or from the module's ``fxprune_input_shape`` attribute (set before saving).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import DeployError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="module saved with torch.save(module, path)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for model.onnx, model.engine and report.json")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
+                   help="auto: TensorRT when it imports and a CUDA GPU exists, else ONNX Runtime")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: TensorRT 10 builds with its FP16 flag from an fp32 ONNX; "
+                        "TensorRT 11 (strongly typed) and ONNX Runtime get an fp16 ONNX")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size to deploy at (replaces the input shape's first dim)")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
+                   help="input shape, batch first, e.g. 1,3,224,224 (required unless the model "
+                        "file records fxprune_input_shape)")
+    p.add_argument("--compare", default=None, metavar="DENSE_MODEL",
+                   help="dense model (torch.save file) to time interleaved with MODEL")
+    p.add_argument("--threads", type=int, default=2,
+                   help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--iters", type=int, default=100, help="timed runs per model (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch the TensorRT engine accepts (default: --batch)")
+    p.add_argument("--workspace-mib", type=int, default=1024,
+                   help="TensorRT builder workspace in MiB (default 1024)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="ONNX vs PyTorch check: absolute tolerance (default 1e-4 fp32, 1e-2 fp16)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="ONNX vs PyTorch check: tolerance relative to max|output| "
+                        "(default 1e-3 fp32, 2e-2 fp16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .pipeline import deploy
+
+    try:
+        deploy(args.model, args.out, backend=args.backend, precision=args.precision,
+               input_shape=args.input_shape, batch=args.batch, compare=args.compare,
+               threads=args.threads, iters=args.iters, warmup=args.warmup, opset=args.opset,
+               max_batch=args.max_batch, workspace=args.workspace_mib * 1024 * 1024,
+               atol=args.atol, rtol=args.rtol, progress=not args.no_progress)
+    except DeployError as e:
+        print(f"fxprune deploy: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,60 @@
+"""Small pieces shared by the deploy backends: the error type, device names, timing statistics."""
+from __future__ import annotations
+
+import math
+import platform
+from typing import Sequence
+
+
+class DeployError(RuntimeError):
+    """A deploy step failed for a reason the user can act on (the message says how)."""
+
+
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo reports it (falls back to ``platform``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) without needing numpy."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def latency_stats(times_ms: Sequence[float]) -> dict:
+    """Median, p90, mean and min of per-inference times in ms (the figures reports carry)."""
+    return {
+        "median": percentile(times_ms, 50),
+        "p90": percentile(times_ms, 90),
+        "mean": sum(times_ms) / len(times_ms),
+        "min": min(times_ms),
+        "runs": len(times_ms),
+    }
+
+
+def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,3,224,224"`` (or a sequence) -> ``(1, 3, 224, 224)``, every dim a positive int."""
+    if isinstance(text, str):
+        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        try:
+            shape = tuple(int(p) for p in parts)
+        except ValueError:
+            raise DeployError(f"input shape {text!r} is not a comma-separated list of integers "
+                              "(expected e.g. 1,3,224,224)") from None
+    else:
+        shape = tuple(int(d) for d in text)
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise DeployError(f"input shape {shape} must have a batch dim and at least one more, "
+                          "all positive (e.g. 1,3,224,224)")
+    return shape

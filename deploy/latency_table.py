@@ -1,0 +1,399 @@
+"""Measured per-layer latency lookup tables: a :class:`fxprune.cost.CostModel` in milliseconds.
+
+``LatencyTable.measure(layers, ...)`` times every conv/linear layer alone, at its real input
+spatial size, batch and dtype, on a grid of (kept input channels, kept output channels) on the
+runtime the model will ship on; ``layer_cost(layer, c_in, c_out)`` interpolates bilinearly
+between grid points (clamped at the grid's edges).
+
+Grids: counts ``step, 2*step, ...`` below the dense count, plus the dense count itself. A
+depthwise conv keeps ``c_in == c_out == groups``, so its grid is one axis (the diagonal); any
+other grouped conv keeps its ``groups`` and its counts are rounded up to multiples of it.
+
+Layers with the same :meth:`LayerSpec.signature` share their measurements (a ResNet's repeated
+blocks are timed once), and so do runs: points are cached in a JSON file keyed by backend,
+runtime version, device name and threads, then by the layer signature (which holds the batch,
+spatial size, kernel, stride, groups and dtype) and the channel counts. A second ``measure`` with
+the same cache times nothing.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Callable, Sequence
+
+from fxprune.cost import LayerSpec
+
+from .common import DeployError
+
+Timer = Callable[[LayerSpec, int, int], float]
+_TABLE_FORMAT = "fxprune-latency-table"
+_CACHE_FORMAT = "fxprune-latency-cache"
+_BACKENDS = ("onnxruntime", "tensorrt")
+_CACHE_SAVE_EVERY_S = 30.0  # an interrupted measurement keeps what it had timed
+
+
+class UnmeasuredLayerError(LookupError):
+    """``layer_cost`` was asked about a layer whose grid was never measured."""
+
+
+def grid_counts(dense: int, step: int, multiple_of: int = 1) -> list[int]:
+    """``step, 2*step, ... < dense`` rounded up to ``multiple_of``, plus ``dense`` itself."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    unit = multiple_of
+    counts = {dense}
+    for c in range(step, dense, step):
+        c = -(-c // unit) * unit
+        if c < dense:
+            counts.add(c)
+    return sorted(counts)
+
+
+def layer_grid(layer: LayerSpec, step: int) -> tuple[list[int], list[int], bool]:
+    """(c_in axis, c_out axis, diagonal) for ``layer``; diagonal means c_in == c_out (depthwise)."""
+    if layer.depthwise:
+        ks = grid_counts(layer.in_channels, step)
+        return ks, ks, True
+    g = layer.groups if layer.kind == "conv" else 1
+    return grid_counts(layer.in_channels, step, g), grid_counts(layer.out_channels, step, g), False
+
+
+def grid_key(layer: LayerSpec) -> str:
+    return f"b{layer.batch}|{layer.signature()}|{layer.in_channels}x{layer.out_channels}"
+
+
+def point_key(layer: LayerSpec) -> str:
+    return f"b{layer.batch}|{layer.signature()}"
+
+
+def _points_of(cins, couts, diagonal):
+    if diagonal:
+        return list(zip(cins, couts, strict=True))
+    return [(ci, co) for ci in cins for co in couts]
+
+
+def _upper_neighbours(cins, couts, diag):
+    """Each grid point with the adjacent points that keep more channels (one axis at a time)."""
+    if diag:
+        for i, k in enumerate(cins):
+            yield (k, k), [(cins[i + 1], cins[i + 1])] if i + 1 < len(cins) else []
+        return
+    for i, ci in enumerate(cins):
+        for j, co in enumerate(couts):
+            ups = [(cins[i + 1], co)] if i + 1 < len(cins) else []
+            ups += [(ci, couts[j + 1])] if j + 1 < len(couts) else []
+            yield (ci, co), ups
+
+
+def _interp(axis: Sequence[int], x: float) -> tuple[int, int, float]:
+    """Indices (lo, hi) around x on ``axis`` and x's weight toward hi; clamped to the ends."""
+    if x <= axis[0]:
+        return 0, 0, 0.0
+    if x >= axis[-1]:
+        n = len(axis) - 1
+        return n, n, 0.0
+    hi = bisect.bisect_left(axis, x)
+    lo = hi - 1
+    return lo, hi, (x - axis[lo]) / (axis[hi] - axis[lo])
+
+
+class LatencyTable:
+    """Per-layer latency (ms) on one backend, device and thread count; a ``CostModel``."""
+
+    name = "latency"
+
+    def __init__(self, backend: str = "onnxruntime", device: str = "", threads: int = 2,
+                 runtime_version: str = ""):
+        self.backend = backend
+        self.device = device
+        self.threads = threads
+        self.runtime_version = runtime_version
+        # point_key -> {(c_in, c_out): ms}; shared by every layer with that signature.
+        self._points: dict[str, dict[tuple[int, int], float]] = {}
+        # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
+        self._grids: dict[str, tuple[list[int], list[int], bool, list[str]]] = {}
+        self.stats = {"measured": 0, "cached": 0, "retimed": 0, "seconds": 0.0}
+
+    # ----------------------------------------------------------------- measuring
+    @classmethod
+    def measure(cls, layers, backend: str = "onnxruntime", step: int = 8, threads: int = 2,
+                cache: str | os.PathLike | None = None, progress: bool = True, *,
+                timer: Timer | None = None, device: str | None = None, warmup: int = 2,
+                min_runs: int = 5, max_runs: int = 25, target_ms: float = 15.0,
+                retime_rounds: int = 2, outlier_ratio: float = 1.25,
+                retime_fraction: float = 0.1,
+                log: Callable[[str], None] = print) -> "LatencyTable":
+        """Time every layer's (c_in, c_out) grid and return the table.
+
+        ``layers``: a list of :class:`LayerSpec`, or a prepared model (anything else), whose
+        layers come from ``fxprune.layer_specs``. ``timer(layer, c_in, c_out) -> ms`` replaces
+        the backend's timing (tests, custom runtimes); its results are cached like real ones,
+        so give it its own cache file. ``warmup``/``min_runs``/``max_runs``/``target_ms`` set
+        how long each point is timed: up to ``max_runs`` runs, stopping after ``min_runs`` once
+        ``target_ms`` of runs have been spent (slow layers get fewer repeats).
+
+        On a shared machine a burst of load inflates whichever points run during it. Such a
+        point stands out as slower than ``outlier_ratio`` x a grid neighbour that keeps more
+        channels; up to ``retime_rounds`` times, the worst of those points are timed again and
+        keep the lower median (load only ever adds time). At most ``retime_fraction`` of the
+        points are re-timed in all, so a machine loaded throughout does not double the cost.
+        """
+        if backend not in _BACKENDS:
+            raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
+        layers = _as_layer_specs(layers)
+        if timer is None:
+            timer, runtime_version, default_device = _backend_timer(
+                backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
+                target_ms=target_ms)
+        else:
+            runtime_version, default_device = "custom-timer", "custom-timer"
+        table = cls(backend, device or default_device, threads, runtime_version)
+
+        todo: dict[tuple[str, int, int], LayerSpec] = {}
+        for layer in layers:
+            cins, couts, diag = layer_grid(layer, step)
+            key = grid_key(layer)
+            names = table._grids.get(key, (None, None, None, []))[3]
+            table._grids[key] = (cins, couts, diag, names + [layer.name])
+            for ci, co in _points_of(cins, couts, diag):
+                todo.setdefault((point_key(layer), ci, co), layer)
+
+        cached = _read_cache(cache).get(table._context(), {}) if cache else {}
+        for pk, ci, co in list(todo):
+            hit = cached.get(pk, {}).get(f"{ci},{co}")
+            if hit is not None:
+                table._points.setdefault(pk, {})[(ci, co)] = float(hit)
+                del todo[(pk, ci, co)]
+        table.stats["cached"] = sum(len(v) for v in table._points.values())
+        log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} layers, "
+            f"{len(table._grids)} distinct, {len(todo) + table.stats['cached']} grid points "
+            f"({table.stats['cached']} cached, {len(todo)} to time)")
+
+        from tqdm import tqdm
+
+        t_start = last_save = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=f"latency table ({backend})", unit="pt",
+                   disable=not progress or not todo)
+        try:
+            for (pk, ci, co), layer in todo.items():
+                table._points.setdefault(pk, {})[(ci, co)] = _timed(timer, layer, ci, co)
+                table.stats["measured"] += 1
+                bar.update()
+                if cache and time.perf_counter() - last_save > _CACHE_SAVE_EVERY_S:
+                    table._write_cache(cache)
+                    last_save = time.perf_counter()
+            budget = int(retime_fraction * len(todo))
+            for _ in range(retime_rounds):
+                found = table._outliers(outlier_ratio)
+                suspects = sorted((p for p in found if p in todo), key=found.get, reverse=True)
+                suspects = suspects[:budget - table.stats["retimed"]]
+                for pk, ci, co in suspects:
+                    pts = table._points[pk]
+                    pts[(ci, co)] = min(pts[(ci, co)], _timed(timer, todo[(pk, ci, co)], ci, co))
+                    table.stats["retimed"] += 1
+                if not suspects:
+                    break
+        finally:
+            bar.close()
+            if cache and table.stats["measured"]:
+                table._write_cache(cache)
+        table.stats["seconds"] = time.perf_counter() - t_start
+        if table.stats["retimed"]:
+            log(f"latency table: timed {table.stats['retimed']} points again that were slower "
+                "than a neighbour with more channels (machine load)")
+        return table
+
+    def _outliers(self, ratio: float) -> dict[tuple[str, int, int], float]:
+        """Points slower than ``ratio`` x the fastest neighbour keeping more channels, with
+        how many times slower they are."""
+        found = {}
+        for key, (cins, couts, diag, _) in self._grids.items():
+            pk = key.rsplit("|", 1)[0]
+            pts = self._points.get(pk, {})
+            for (ci, co), ups in _upper_neighbours(cins, couts, diag):
+                times = [pts[u] for u in ups if u in pts]
+                if times and (ci, co) in pts and pts[(ci, co)] > ratio * min(times):
+                    found[(pk, ci, co)] = pts[(ci, co)] / min(times)
+        return found
+
+    def _context(self) -> str:
+        return f"{self.backend}|{self.runtime_version}|{self.device}|threads={self.threads}"
+
+    def _write_cache(self, path) -> None:
+        data = _read_cache(path)
+        ctx = data.setdefault(self._context(), {})
+        for pk, pts in self._points.items():
+            ctx.setdefault(pk, {}).update({f"{ci},{co}": ms for (ci, co), ms in pts.items()})
+        _atomic_write_json(path, {"format": _CACHE_FORMAT, "version": 1, "contexts": data})
+
+    # ------------------------------------------------------------------ querying
+    def __contains__(self, layer: LayerSpec) -> bool:
+        return grid_key(layer) in self._grids
+
+    def __len__(self) -> int:
+        return len(self._grids)
+
+    def grid(self, layer: LayerSpec) -> tuple[list[int], list[int]]:
+        """The (c_in, c_out) axes measured for ``layer``."""
+        cins, couts, _, _ = self._grid_for(layer)
+        return list(cins), list(couts)
+
+    def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
+        """Interpolated ms of ``layer`` keeping ``c_in``/``c_out`` channels (0 if either is 0).
+
+        Depthwise layers are looked up at ``c_in`` (their kept count is c_in == c_out).
+        """
+        cins, couts, diag, _ = self._grid_for(layer)
+        if c_in <= 0 or c_out <= 0:
+            return 0.0  # a layer with no channels left is removed from the network
+        pts = self._points.get(point_key(layer), {})
+        try:
+            if diag:
+                lo, hi, w = _interp(cins, c_in)
+                a, b = pts[(cins[lo], cins[lo])], pts[(cins[hi], cins[hi])]
+                return a + (b - a) * w
+            i0, i1, wi = _interp(cins, c_in)
+            o0, o1, wo = _interp(couts, c_out)
+            f00, f01 = pts[(cins[i0], couts[o0])], pts[(cins[i0], couts[o1])]
+            f10, f11 = pts[(cins[i1], couts[o0])], pts[(cins[i1], couts[o1])]
+        except KeyError as e:
+            raise UnmeasuredLayerError(
+                f"the latency table lacks grid point {e.args[0]} of layer {layer.name!r} "
+                f"({point_key(layer)}); measure it again with LatencyTable.measure") from None
+        return ((1 - wi) * ((1 - wo) * f00 + wo * f01) + wi * ((1 - wo) * f10 + wo * f11))
+
+    def _grid_for(self, layer: LayerSpec):
+        try:
+            return self._grids[grid_key(layer)]
+        except KeyError:
+            raise UnmeasuredLayerError(
+                f"no latency was measured for layer {layer.name!r} ({layer.kind} "
+                f"{layer.in_channels}->{layer.out_channels}, {point_key(layer)}) on "
+                f"{self.backend} / {self.device or 'unknown device'}: call "
+                "LatencyTable.measure(...) with this layer (or the model it belongs to) "
+                "first") from None
+
+    # ------------------------------------------------------------- persistence
+    def to_dict(self) -> dict:
+        return {
+            "format": _TABLE_FORMAT, "version": 1, "name": self.name, "backend": self.backend,
+            "device": self.device, "threads": self.threads,
+            "runtime_version": self.runtime_version,
+            "grids": {k: {"c_in": ci, "c_out": co, "diagonal": d, "layers": names}
+                      for k, (ci, co, d, names) in self._grids.items()},
+            "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
+                       for pk, pts in self._points.items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        _atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("format") != _TABLE_FORMAT:
+            raise DeployError(f"{os.fspath(path)!r} is not a saved LatencyTable "
+                              f"(format {data.get('format')!r})")
+        table = cls(data["backend"], data["device"], data["threads"], data["runtime_version"])
+        for k, g in data["grids"].items():
+            table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
+                               list(g["layers"]))
+        for pk, pts in data["points"].items():
+            table._points[pk] = {_parse_point(p): float(ms) for p, ms in pts.items()}
+        return table
+
+    def __repr__(self) -> str:
+        n = sum(len(v) for v in self._points.values())
+        return (f"LatencyTable(backend={self.backend!r}, device={self.device!r}, "
+                f"threads={self.threads}, layers={len(self._grids)}, points={n})")
+
+
+def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
+    ms = float(timer(layer, c_in, c_out))
+    if not math.isfinite(ms) or ms < 0:
+        raise DeployError(f"timing {layer.name!r} at {c_in}->{c_out} channels gave {ms} ms")
+    return ms
+
+
+def _parse_point(text: str) -> tuple[int, int]:
+    ci, co = text.split(",")
+    return int(ci), int(co)
+
+
+def _as_layer_specs(layers) -> list[LayerSpec]:
+    if not isinstance(layers, (list, tuple)):
+        from fxprune import layer_specs  # the prepared-model path; imported late (fxprune core)
+
+        layers = layer_specs(layers)
+    layers = list(layers)
+    bad = [type(x).__name__ for x in layers if not isinstance(x, LayerSpec)]
+    if bad:
+        raise TypeError(f"LatencyTable.measure needs LayerSpec objects, got {sorted(set(bad))}")
+    return layers
+
+
+def _backend_timer(backend: str, threads: int, **timing) -> tuple[Timer, str, str]:
+    """(timer, runtime version, device name) for a real backend."""
+    from .layer_onnx import layer_input_shape, layer_model_bytes
+
+    if backend == "onnxruntime":
+        from . import onnxruntime_backend as ortb
+        from .common import cpu_name
+
+        def timer(layer: LayerSpec, c_in: int, c_out: int) -> float:
+            return ortb.time_single(layer_model_bytes(layer, c_in, c_out),
+                                    layer_input_shape(layer, c_in), threads=threads, **timing)
+
+        return timer, f"onnxruntime {ortb.version()}", cpu_name()
+
+    from . import tensorrt_backend as trtb
+
+    trt = trtb.require_tensorrt()
+    layer_timer = trtb.LayerTimer(trt, warmup=max(timing["warmup"], 10),
+                                  min_runs=max(timing["min_runs"], 20))
+
+    def timer(layer: LayerSpec, c_in: int, c_out: int) -> float:
+        return layer_timer.time(layer_model_bytes(layer, c_in, c_out),
+                                layer_input_shape(layer, c_in),
+                                precision="fp16" if layer.dtype == "float16" else "fp32")
+
+    return timer, f"tensorrt {trt.__version__}", trtb.gpu_name()
+
+
+def _read_cache(path) -> dict:
+    if path is None or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DeployError(f"latency cache {os.fspath(path)!r} is not valid JSON ({e}); "
+                              "delete it or pass another cache path") from e
+    if data.get("format") != _CACHE_FORMAT:
+        raise DeployError(f"{os.fspath(path)!r} is not a latency cache (format "
+                          f"{data.get('format')!r}); pass another cache path")
+    return data["contexts"]
+
+
+def _atomic_write_json(path, data) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file behind."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+__all__ = ["LatencyTable", "UnmeasuredLayerError", "grid_counts", "layer_grid"]

@@ -1,0 +1,103 @@
+"""Single-layer ONNX models built directly with ``onnx.helper``, for latency tables.
+
+Going through ``torch.onnx.export`` costs about a second per model; a table needs thousands.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fxprune.cost import LayerSpec
+
+from .common import DeployError
+
+# onnx 1.23 writes IR version 14 by default, which onnxruntime 1.31 refuses to load.
+IR_VERSION = 10
+OPSET = 18
+_ONNX_DTYPES = {"float32": ("FLOAT", np.float32), "float16": ("FLOAT16", np.float16)}
+
+
+class _RandomPool:
+    """Random weights sliced from one pre-drawn buffer: drawing fresh normals for every grid
+    point would cost more than timing the layer. Values are finite, non-denormal normals."""
+
+    def __init__(self, seed: int = 0):
+        self._rng = np.random.default_rng(seed)
+        self._buf = np.zeros(0, np.float32)
+
+    def take(self, shape, dtype) -> np.ndarray:
+        n = int(np.prod(shape)) if len(shape) else 1
+        if n > self._buf.size:
+            self._buf = self._rng.standard_normal(max(n, 1 << 20), dtype=np.float32)
+        return self._buf[:n].reshape(shape).astype(dtype, copy=False)
+
+
+_POOL = _RandomPool()
+
+
+def layer_input_shape(layer: LayerSpec, c_in: int) -> tuple[int, ...]:
+    shape = list(layer.input_shape)
+    if not shape:
+        raise DeployError(f"layer {layer.name!r} has no input_shape; a latency table needs one")
+    if layer.kind == "linear":
+        shape[-1] = c_in
+    else:
+        shape[1] = c_in
+    return tuple(shape)
+
+
+def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
+    """Serialized ONNX model holding just ``layer`` pruned to ``c_in`` -> ``c_out`` channels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if layer.dtype not in _ONNX_DTYPES:
+        raise DeployError(f"layer {layer.name!r} has dtype {layer.dtype!r}; latency tables "
+                          f"support {sorted(_ONNX_DTYPES)}")
+    elem_name, np_dtype = _ONNX_DTYPES[layer.dtype]
+    elem = getattr(TensorProto, elem_name)
+    x_shape = layer_input_shape(layer, c_in)
+    inits, nodes = [], []
+    if layer.kind == "conv":
+        groups = layer.groups_at(c_in)
+        if c_in % groups or c_out % groups:
+            raise DeployError(f"layer {layer.name!r}: {c_in}->{c_out} channels are not divisible "
+                              f"by its {groups} groups")
+        w = _POOL.take((c_out, c_in // groups, *layer.kernel_size), np_dtype)
+        inits.append(numpy_helper.from_array(w, "W"))
+        inputs = ["x", "W"]
+        if layer.bias:
+            inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
+            inputs.append("B")
+        nd = len(layer.kernel_size)
+        pads = list(layer.padding) * 2 if layer.padding else [0] * (2 * nd)
+        nodes.append(helper.make_node(
+            "Conv", inputs, ["y"], kernel_shape=list(layer.kernel_size),
+            strides=list(layer.stride) or [1] * nd, pads=pads,
+            dilations=list(layer.dilation) or [1] * nd, group=groups))
+    elif layer.kind == "linear":
+        w = _POOL.take((c_out, c_in), np_dtype)
+        inits.append(numpy_helper.from_array(w, "W"))
+        if len(x_shape) == 2:
+            # What torch exports for a 2-D nn.Linear: one Gemm with the weight transposed.
+            inputs = ["x", "W"]
+            if layer.bias:
+                inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
+                inputs.append("B")
+            nodes.append(helper.make_node("Gemm", inputs, ["y"], transB=1))
+        else:
+            inits[-1] = numpy_helper.from_array(np.ascontiguousarray(w.T), "W")
+            nodes.append(helper.make_node("MatMul", ["x", "W"], ["y" if not layer.bias else "m"]))
+            if layer.bias:
+                inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
+                nodes.append(helper.make_node("Add", ["m", "B"], ["y"]))
+    else:
+        raise DeployError(f"layer {layer.name!r} has kind {layer.kind!r}; latency tables time "
+                          "'conv' and 'linear' layers")
+    graph = helper.make_graph(
+        nodes, f"layer_{layer.kind}",
+        [helper.make_tensor_value_info("x", elem, list(x_shape))],
+        [helper.make_tensor_value_info("y", elem, None)],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="fxprune.latency_table")
+    model.ir_version = IR_VERSION
+    return model.SerializeToString()

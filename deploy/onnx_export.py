@@ -1,0 +1,140 @@
+"""Export a module to ONNX (dynamic batch, weights inside the file) and check it against PyTorch.
+
+The model must take one floating-point tensor (batch first); its outputs may be a tensor or
+any nesting of tuples/lists/dicts of tensors, compared in flattened order.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from .common import DeployError
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+# ONNX protobufs cannot hold more than 2 GiB; above that the weights must go to a side file.
+_PROTOBUF_LIMIT = 2 * 1024**3
+# max|onnx - torch| must stay under atol + rtol * max|torch| (fp16 rounds every layer's output).
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 2e-2)}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def eval_copy(module: nn.Module, precision: str = "fp32") -> nn.Module:
+    """An eval-mode CPU copy in the wanted dtype: export needs eval(), and the caller's module
+    (its training flag, dtype and device) must stay as it was."""
+    return copy.deepcopy(module).eval().to(device="cpu", dtype=_DTYPES[precision])
+
+
+def example_input(input_shape, precision: str = "fp32", seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*input_shape, generator=gen).to(_DTYPES[precision])
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    leaves = pytree.tree_leaves(out)
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise DeployError(f"the model returned no tensor (got {type(out).__name__})")
+    return tensors
+
+
+def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
+                precision: str = "fp32", opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                log: Callable[[str], None] = print) -> dict:
+    """Write ``module`` (copied, never modified) as ONNX to ``path``, check it, describe it.
+
+    Uses torch's default (dynamo) exporter; if that raises, says so in one line and retries
+    with the TorchScript exporter (``dynamo=False``); if both fail, raises with both errors.
+    """
+    if precision not in _DTYPES:
+        raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
+    path = os.fspath(path)
+    model = eval_copy(module, precision)
+    x = example_input(input_shape, precision)
+    with torch.no_grad():
+        n_out = len(flat_outputs(model(x)))
+    output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    external = weight_bytes >= _PROTOBUF_LIMIT
+    if external:
+        log(f"weights take {weight_bytes / 1024**3:.1f} GiB, over ONNX's 2 GiB limit: "
+            f"writing them to {os.path.basename(path)}.data beside the model")
+    common = dict(input_names=[INPUT_NAME], output_names=output_names, opset_version=opset,
+                  external_data=external)
+
+    exporter = "dynamo"
+    try:
+        dyn = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+        torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=dyn, verbose=False,
+                          **common)
+    except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
+        first_line = (str(dynamo_err).strip().splitlines() or [""])[0][:200]
+        log(f"dynamo ONNX exporter failed ({type(dynamo_err).__name__}: {first_line}); "
+            "retrying with dynamo=False")
+        exporter = "torchscript"
+        axes = ({name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
+                if dynamic_batch else None)
+        try:
+            torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, **common)
+        except Exception as legacy_err:
+            raise DeployError(
+                f"ONNX export failed with both exporters. dynamo: {type(dynamo_err).__name__}: "
+                f"{dynamo_err}\nTorchScript: {type(legacy_err).__name__}: {legacy_err}"
+            ) from legacy_err
+    check_onnx(path)
+    return {"path": path, "exporter": exporter, "opset": opset, "precision": precision,
+            "dynamic_batch": dynamic_batch, "external_data": external, "outputs": output_names}
+
+
+def check_onnx(path: str) -> None:
+    import onnx
+
+    try:
+        # Given a path, the checker also handles models whose weights sit in a side file.
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:
+        raise DeployError(f"onnx.checker rejected {path}: {e}") from e
+
+
+def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "fp32",
+                atol: float | None = None, rtol: float | None = None, threads: int = 2) -> float:
+    """Run the ONNX file in ONNX Runtime and the fp32 PyTorch module on the same input.
+
+    Returns max |onnx - torch| over all outputs; raises :class:`DeployError` naming the
+    difference when it exceeds ``atol + rtol * max|torch|``.
+    """
+    import numpy as np
+
+    from .onnxruntime_backend import make_session
+
+    d_atol, d_rtol = TOLERANCES[precision]
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    x = example_input(input_shape, "fp32", seed=1)
+    with torch.no_grad():
+        ref = [t.float().numpy() for t in flat_outputs(eval_copy(module, "fp32")(x))]
+    sess = make_session(path, threads)
+    feed = x.to(_DTYPES[precision]).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: feed})
+    if len(got) != len(ref):
+        raise DeployError(f"{path} has {len(got)} outputs but the PyTorch model returns {len(ref)}")
+    max_diff, max_ref = 0.0, 0.0
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        if tuple(g.shape) != tuple(r.shape):
+            raise DeployError(f"output {i} of {path} has shape {tuple(g.shape)}, "
+                              f"PyTorch gives {tuple(r.shape)}")
+        max_diff = max(max_diff, float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0)
+        max_ref = max(max_ref, float(np.max(np.abs(r))) if r.size else 0.0)
+    limit = atol + rtol * max_ref
+    if not max_diff <= limit:  # also catches NaN
+        raise DeployError(
+            f"ONNX Runtime's output differs from PyTorch's: max abs diff {max_diff:.3g} > "
+            f"tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|output| {max_ref:.3g}) "
+            f"for {path} at {precision}. The export changed the model's behaviour; check for "
+            "ops whose export is lossy, or loosen atol/rtol if the gap is expected.")
+    return max_diff

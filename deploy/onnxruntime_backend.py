@@ -1,0 +1,109 @@
+"""Timing ONNX models with ONNX Runtime on the CPU.
+
+Thread counts are fixed (intra-op = ``threads``, inter-op = 1) because ORT's default uses every
+core and the timings would then depend on what else the machine runs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .common import DeployError
+
+BACKEND = "onnxruntime"
+
+
+def version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def make_session(model, threads: int = 2):
+    """An ORT CPU session for a path or serialized ONNX bytes, with fixed thread counts."""
+    import onnxruntime as ort
+
+    if threads < 1:
+        raise DeployError(f"threads must be >= 1, got {threads}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        where = model if isinstance(model, str) else "an in-memory ONNX model"
+        raise DeployError(f"ONNX Runtime could not load {where}: {e}") from e
+
+
+def random_feed(session, input_shape, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every session input at ``input_shape`` in the input's own dtype."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in session.get_inputs():
+        dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        feed[inp.name] = rng.standard_normal(tuple(input_shape)).astype(dtype)
+    return feed
+
+
+def time_interleaved(runs: Mapping[str, Callable[[], object]], iters: int, warmup: int,
+                     progress: bool = True, desc: str = "timing") -> dict[str, list[float]]:
+    """Call each function ``warmup`` times, then ``iters`` rounds of A, B, A, B, ...
+
+    Interleaving makes machine noise (other processes, frequency changes) hit every model
+    alike, so their medians compare fairly. Returns per-call wall times in ms.
+    """
+    if iters < 1 or warmup < 0:
+        raise DeployError(f"need iters >= 1 and warmup >= 0 (got iters={iters}, warmup={warmup})")
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rounds = range(iters)
+    if progress:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc=desc, unit="round", leave=False)
+    for _ in rounds:
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def time_onnx_models(paths: Mapping[str, str], input_shape, *, threads: int = 2, iters: int = 100,
+                     warmup: int = 10, progress: bool = True) -> dict[str, list[float]]:
+    """Per-inference ms of each ONNX file at ``input_shape``, interleaved in one process."""
+    runs = {}
+    for name, path in paths.items():
+        sess = make_session(path, threads)
+        feed = random_feed(sess, input_shape)
+        runs[name] = (lambda s=sess, f=feed: s.run(None, f))
+    return time_interleaved(runs, iters, warmup, progress, desc=f"{BACKEND} ({threads} threads)")
+
+
+def time_single(model_bytes: bytes, input_shape, *, threads: int = 2, warmup: int = 2,
+                min_runs: int = 5, max_runs: int = 25, target_ms: float = 15.0) -> float:
+    """Median ms of one small model (a single layer), with the run count adapted to its speed.
+
+    Fast layers get up to ``max_runs`` runs so the median is stable; slow ones stop at
+    ``min_runs`` once ``target_ms`` of timing has been spent, which is where a big table's
+    time goes.
+    """
+    sess = make_session(model_bytes, threads)
+    feed = random_feed(sess, input_shape)
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    spent = 0.0
+    while len(times) < max_runs and (len(times) < min_runs or spent < target_ms):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        dt = (time.perf_counter() - t0) * 1e3
+        times.append(dt)
+        spent += dt
+    return float(np.median(times))

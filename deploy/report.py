@@ -1,0 +1,89 @@
+"""The deploy report: one dict (written as report.json) and the same as a readable table."""
+from __future__ import annotations
+
+import json
+import os
+
+from .common import latency_stats
+
+
+def model_entry(*, label: str, params: int, times_ms, batch: int, onnx_info: dict,
+                engine: str | None = None, backend_max_abs_diff: float | None = None) -> dict:
+    """One model's figures: latency stats, throughput, size, export facts."""
+    stats = latency_stats(times_ms)
+    entry = {
+        "model": label,
+        "params": int(params),
+        "latency_ms": stats,
+        "throughput_per_s": batch * 1000.0 / stats["median"] if stats["median"] > 0 else None,
+        "onnx": onnx_info,
+        "onnx_max_abs_diff": onnx_info.get("max_abs_diff"),
+    }
+    if engine is not None:
+        entry["engine"] = engine
+    if backend_max_abs_diff is not None:
+        entry["tensorrt_max_abs_diff"] = backend_max_abs_diff
+    return entry
+
+
+def build_report(*, backend: str, device: str, precision: str, input_shape, threads, iters: int,
+                 warmup: int, versions: dict, pruned: dict, dense: dict | None = None) -> dict:
+    report = {
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "batch": int(input_shape[0]),
+        "input_shape": [int(d) for d in input_shape],
+        "threads": threads,
+        "iters": iters,
+        "warmup": warmup,
+        **{f"{k}_version": v for k, v in versions.items()},
+        **pruned,
+    }
+    if dense is not None:
+        report["dense"] = dense
+        # Medians of interleaved runs: both models saw the same machine noise.
+        report["speedup"] = dense["latency_ms"]["median"] / pruned["latency_ms"]["median"]
+        report["params_ratio"] = dense["params"] / pruned["params"] if pruned["params"] else None
+    return report
+
+
+def write_report(report: dict, out_dir: str) -> str:
+    path = os.path.join(out_dir, "report.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(report: dict) -> str:
+    """Pruned vs dense side by side (just the model when there is no dense one)."""
+    dense = report.get("dense")
+    cols = [("pruned", report), ("dense", dense)] if dense else [("model", report)]
+    rows = [
+        ("params", lambda e: f"{e['params']:,}"),
+        ("latency median (ms)", lambda e: _fmt(e["latency_ms"]["median"], ".3f")),
+        ("latency p90 (ms)", lambda e: _fmt(e["latency_ms"]["p90"], ".3f")),
+        ("throughput (/s)", lambda e: _fmt(e["throughput_per_s"], ".1f")),
+        ("ONNX max abs diff", lambda e: _fmt(e.get("onnx_max_abs_diff"), ".2e")),
+    ]
+    if "tensorrt_max_abs_diff" in report:
+        rows.append(("TensorRT max abs diff",
+                     lambda e: _fmt(e.get("tensorrt_max_abs_diff"), ".2e")))
+    threads = f", {report['threads']} threads" if report.get("threads") else ""
+    lines = [f"{report['backend']} on {report['device']}: {report['precision']}, "
+             f"input {'x'.join(map(str, report['input_shape']))}{threads}, "
+             f"{report['iters']} timed runs"]
+    width = max(len(r[0]) for r in rows) + 2
+    cells = [[fn(e) for _, e in cols] for _, fn in rows]
+    colw = max(12, *(len(c) for row in cells for c in row)) + 2
+    lines.append(" " * width + "".join(name.rjust(colw) for name, _ in cols))
+    for (label, _), row in zip(rows, cells, strict=True):
+        lines.append(label.ljust(width) + "".join(c.rjust(colw) for c in row))
+    if dense:
+        lines.append(f"speedup (dense median / pruned median): {report['speedup']:.2f}x")
+    return "\n".join(lines)

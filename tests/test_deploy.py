@@ -1,0 +1,176 @@
+"""``fxprune deploy`` end to end on tiny models with ONNX Runtime (a few seconds each)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from fxprune.cli import main
+from fxprune.deploy import DeployError, choose_backend, deploy, export_onnx, verify_onnx
+from fxprune.deploy import pipeline
+from fxprune.deploy.report import build_report, format_table, model_entry
+
+SHAPE = (1, 3, 16, 16)
+QUICK = ["--iters", "5", "--warmup", "1", "--no-progress", "--backend", "onnxruntime"]
+
+
+def small_net(width: int) -> nn.Module:
+    torch.manual_seed(width)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    dense, pruned = small_net(16), small_net(8)
+    pruned.fxprune_input_shape = SHAPE  # the pruned file records its input shape
+    torch.save(dense, d / "dense.pt")
+    torch.save(pruned, d / "pruned.pt")
+    return d
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_cli_end_to_end_with_compare(saved, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--compare",
+               str(saved / "dense.pt"), "--input-shape", "1,3,16,16", *QUICK])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["backend"] == "onnxruntime" and report["precision"] == "fp32"
+    assert report["batch"] == 1 and report["input_shape"] == list(SHAPE) and report["threads"] == 2
+    assert report["device"] and report["onnxruntime_version"] == ort.__version__
+    assert report["params"] == n_params(small_net(8))
+    assert report["dense"]["params"] == n_params(small_net(16))
+    for entry in (report, report["dense"]):
+        lat = entry["latency_ms"]
+        assert 0 < lat["median"] <= lat["p90"] and lat["runs"] == 5
+        assert entry["throughput_per_s"] == pytest.approx(1000 / lat["median"])
+        assert 0 <= entry["onnx_max_abs_diff"] < 1e-4
+    assert report["speedup"] == pytest.approx(
+        report["dense"]["latency_ms"]["median"] / report["latency_ms"]["median"])
+
+    # The written ONNX computes what PyTorch does, also at another batch (dynamic batch dim).
+    model = onnx.load(out / "model.onnx")
+    assert model.opset_import[0].version >= 18
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert not (out / "model.onnx.data").exists()
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 16, 16)
+    ref = torch.load(saved / "pruned.pt", weights_only=False).eval()(x).detach().numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_subprocess_uses_recorded_shape_and_batch(saved, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fxprune.cli", "deploy", str(saved / "pruned.pt"), "--out",
+         str(out), "--batch", "2", "--threads", "1", *QUICK],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["input_shape"] == [2, 3, 16, 16] and report["threads"] == 1
+    assert "dense" not in report and "speedup" not in report
+    assert "latency median (ms)" in proc.stdout  # the table is printed
+
+
+def test_missing_input_shape_names_the_option(saved, tmp_path, capsys):
+    rc = main(["deploy", str(saved / "dense.pt"), "--out", str(tmp_path), *QUICK])
+    assert rc == 1
+    assert "--input-shape" in capsys.readouterr().err
+    with pytest.raises(DeployError, match="--input-shape"):
+        deploy(small_net(4), tmp_path, backend="onnxruntime")
+
+
+def test_user_module_is_not_modified(tmp_path):
+    model = small_net(4).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deploy(model, tmp_path, backend="onnxruntime", precision="fp16", input_shape=SHAPE, iters=2,
+           warmup=1, progress=False, log=lambda s: None)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def test_verification_reports_the_max_abs_diff(tmp_path):
+    path = tmp_path / "a.onnx"
+    export_onnx(small_net(4), SHAPE, path, log=lambda s: None)
+    with pytest.raises(DeployError, match=r"max abs diff [0-9.e+-]+ > tolerance"):
+        verify_onnx(str(path), small_net(4).apply(_perturb), SHAPE)  # same weights but a bias
+
+
+def _perturb(m):
+    if isinstance(m, nn.Linear):
+        with torch.no_grad():
+            m.bias.add_(1.0)
+
+
+class DataDependent(nn.Module):
+    """A branch on a tensor's value: torch.export cannot trace it, TorchScript tracing can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > -1e9:  # always true, but only known at run time
+            y = y * 2
+        return y
+
+
+def test_dynamo_failure_falls_back_to_torchscript_with_one_line(tmp_path):
+    lines = []
+    model = DataDependent()
+    info = export_onnx(model, SHAPE, tmp_path / "dd.onnx", log=lines.append)
+    assert info["exporter"] == "torchscript"
+    assert len(lines) == 1 and "retrying with dynamo=False" in lines[0]
+    assert verify_onnx(info["path"], model, SHAPE) < 1e-4
+
+
+def test_auto_backend_picks_onnxruntime_without_tensorrt(monkeypatch):
+    lines = []
+    monkeypatch.setattr(pipeline.trtb, "tensorrt_status", lambda: (False, "no tensorrt here"))
+    assert choose_backend("auto", lines.append) == "onnxruntime"
+    assert len(lines) == 1 and "ONNX Runtime" in lines[0] and "no tensorrt here" in lines[0]
+    with pytest.raises(DeployError, match="not one of"):
+        choose_backend("openvino")
+
+
+def test_report_table_shows_both_models():
+    onnx_info = {"max_abs_diff": 1e-7}
+    pruned = model_entry(label="p", params=100, times_ms=[1.0, 2.0, 3.0], batch=4,
+                         onnx_info=onnx_info)
+    dense = model_entry(label="d", params=400, times_ms=[4.0, 5.0, 6.0], batch=4,
+                        onnx_info=onnx_info)
+    report = build_report(backend="onnxruntime", device="cpu", precision="fp32",
+                          input_shape=(4, 3, 8, 8), threads=2, iters=3, warmup=0,
+                          versions={"onnxruntime": "x"}, pruned=pruned, dense=dense)
+    assert report["speedup"] == pytest.approx(2.5) and report["params_ratio"] == 4
+    assert report["throughput_per_s"] == pytest.approx(4 * 1000 / 2.0)
+    assert report["latency_ms"]["p90"] == pytest.approx(2.8)
+    text = format_table(report)
+    assert "2.50x" in text and "400" in text and "dense" in text
+
+
+def test_import_is_light():
+    code = ("import sys, fxprune.deploy as d; "
+            "assert 'tensorrt' not in sys.modules and 'onnxruntime' not in sys.modules; "
+            "d.LatencyTable; d.deploy; assert 'tensorrt' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr

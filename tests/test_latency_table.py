@@ -1,0 +1,245 @@
+"""LatencyTable: grids, interpolation, caching, errors, persistence (tiny layers, seconds)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fxprune
+from fxprune.cost import CostModel, LayerSpec
+from fxprune.deploy import DeployError, LatencyTable, UnmeasuredLayerError
+from fxprune.deploy import onnxruntime_backend as ortb
+from fxprune.deploy.latency_table import grid_counts, layer_grid
+from fxprune.deploy.layer_onnx import layer_input_shape, layer_model_bytes
+
+FAST = dict(warmup=1, min_runs=2, max_runs=3, target_ms=0.5, progress=False, log=lambda s: None)
+
+
+def conv(name="c", cin=16, cout=24, hw=8, k=3, stride=1, groups=1, bias=True, dtype="float32"):
+    out_hw = (hw + 2 * (k // 2) - k) // stride + 1
+    return LayerSpec(name, "conv", cin, cout, (1, cin, hw, hw), (1, cout, out_hw, out_hw),
+                     (k, k), (stride, stride), (k // 2, k // 2), (1, 1), groups, bias, dtype)
+
+
+def linear(name="fc", cin=16, cout=10, rows=(2,), bias=True):
+    return LayerSpec(name, "linear", cin, cout, (*rows, cin), (*rows, cout), bias=bias)
+
+
+def bilinear_fn(ci, co):
+    # Bilinear in (ci, co), so bilinear interpolation between grid points must reproduce it.
+    return 0.5 + 0.01 * ci + 0.02 * co + 0.001 * ci * co
+
+
+class CountingTimer:
+    def __init__(self, fn=bilinear_fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, layer, ci, co):
+        self.calls.append((layer.name, ci, co))
+        return self.fn(ci, co)
+
+
+# ------------------------------------------------------------------------------- grids
+def test_grid_counts_include_dense_and_respect_step():
+    assert grid_counts(64, 32) == [32, 64]
+    assert grid_counts(70, 32) == [32, 64, 70]
+    assert grid_counts(3, 32) == [3]
+    assert grid_counts(24, 8) == [8, 16, 24]
+    # Grouped convs: counts rounded up to multiples of the group count.
+    assert grid_counts(48, 32, multiple_of=12) == [36, 48]
+
+
+def test_layer_grid_depthwise_is_diagonal_and_grouped_keeps_groups():
+    cins, couts, diag = layer_grid(conv(cin=32, cout=32, groups=32), step=8)
+    assert diag and cins == couts == [8, 16, 24, 32]
+    cins, couts, diag = layer_grid(conv(cin=24, cout=48, groups=6), step=8)
+    assert not diag
+    assert all(c % 6 == 0 for c in cins + couts) and cins[-1] == 24 and couts[-1] == 48
+
+
+# ---------------------------------------------------------------------- interpolation
+def test_bilinear_interpolation_is_exact_on_a_bilinear_cost_and_clamps():
+    layer = conv(cin=32, cout=48)
+    table = LatencyTable.measure([layer], step=16, timer=CountingTimer(), **FAST)
+    assert table.grid(layer) == ([16, 32], [16, 32, 48])
+    for ci, co in [(16, 16), (20, 40), (31, 17), (32, 48), (25, 33)]:
+        assert table.layer_cost(layer, ci, co) == pytest.approx(bilinear_fn(ci, co))
+    # Outside the grid the value is clamped to the nearest edge.
+    assert table.layer_cost(layer, 4, 100) == pytest.approx(bilinear_fn(16, 48))
+    assert table.layer_cost(layer, 0, 10) == 0.0  # a layer with no channels left costs nothing
+
+
+def test_depthwise_interpolates_along_the_diagonal():
+    layer = conv(cin=32, cout=32, groups=32)
+    timer = CountingTimer(lambda ci, co: float(ci * co))
+    table = LatencyTable.measure([layer], step=8, timer=timer, **FAST)
+    assert all(ci == co for _, ci, co in timer.calls)  # only k = c_in = c_out is timed
+    assert table.layer_cost(layer, 12, 12) == pytest.approx((64 + 256) / 2)
+
+
+def test_is_a_cost_model():
+    table = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST)
+    assert isinstance(table, CostModel) and table.name == "latency"
+
+
+# -------------------------------------------------------------------- real measurement
+def test_onnxruntime_measurement_of_tiny_layers():
+    layers = [conv(), conv("dw", 16, 16, groups=16), linear(), linear("fc3", rows=(2, 3))]
+    table = LatencyTable.measure(layers, step=8, threads=1, **FAST)
+    assert table.backend == "onnxruntime" and table.runtime_version.startswith("onnxruntime")
+    for layer in layers:
+        ms = table.layer_cost(layer, layer.in_channels, layer.out_channels)
+        assert math.isfinite(ms) and 0 < ms < 1000
+
+
+@pytest.mark.parametrize("layer", [
+    conv(cin=8, cout=12, hw=9, k=3, stride=2, groups=4, bias=True),
+    conv(cin=8, cout=8, hw=6, k=3, groups=8, bias=False),
+    linear(cin=8, cout=5, rows=(3,)),
+    linear(cin=8, cout=5, rows=(2, 4), bias=False),
+])
+def test_single_layer_onnx_computes_the_layer(layer):
+    """The hand-built ONNX is the layer torch would run: same output shape and values."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(layer_model_bytes(layer, layer.in_channels, layer.out_channels))
+    w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    x = torch.randn(layer_input_shape(layer, layer.in_channels))
+    sess = ortb.make_session(model.SerializeToString(), threads=1)
+    got = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+    if layer.kind == "conv":
+        ref = F.conv2d(x, w["W"], w.get("B"), layer.stride, layer.padding, layer.dilation,
+                       layer.groups)
+    else:
+        weight = w["W"] if w["W"].shape == (layer.out_channels, layer.in_channels) else w["W"].T
+        ref = F.linear(x, weight, w.get("B"))
+    assert tuple(got.shape) == tuple(layer.output_shape)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_layer_is_timed_in_fp16():
+    import onnx
+
+    layer = conv(cin=8, cout=8, dtype="float16")
+    model = onnx.load_from_string(layer_model_bytes(layer, 8, 8))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    table = LatencyTable.measure([layer], step=8, threads=1, **FAST)
+    assert table.layer_cost(layer, 8, 8) > 0
+
+
+# ---------------------------------------------------------------------------- caching
+def test_identical_layers_are_measured_once():
+    timer = CountingTimer()
+    a, b = conv("block1.conv"), conv("block2.conv")  # same signature and counts
+    table = LatencyTable.measure([a, b], step=8, timer=timer, **FAST)
+    cins, couts = table.grid(a)
+    assert len(timer.calls) == len(cins) * len(couts)
+    assert table.layer_cost(b, 8, 8) == table.layer_cost(a, 8, 8)
+
+
+def test_second_measure_with_cache_times_nothing(tmp_path):
+    cache = tmp_path / "cache.json"
+    layers = [conv(), linear()]
+    first = CountingTimer()
+    t1 = LatencyTable.measure(layers, step=8, cache=cache, timer=first, **FAST)
+    assert first.calls and t1.stats["measured"] == len(first.calls)
+    second = CountingTimer(lambda ci, co: -1.0)  # would be rejected if it were ever called
+    t2 = LatencyTable.measure(layers, step=8, cache=cache, timer=second, **FAST)
+    assert second.calls == [] and t2.stats["measured"] == 0
+    for layer in layers:
+        assert t2.layer_cost(layer, 12, 9) == t1.layer_cost(layer, 12, 9)
+    # Another thread count is another cache key: it is measured again.
+    third = CountingTimer()
+    LatencyTable.measure(layers, step=8, cache=cache, threads=1, timer=third, **FAST)
+    assert len(third.calls) == len(first.calls)
+
+
+def test_cache_with_the_real_backend(tmp_path, monkeypatch):
+    calls = []
+    real = ortb.time_single
+    monkeypatch.setattr(ortb, "time_single", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "ort.json"
+    layers = [conv(cin=8, cout=8)]
+    LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+    n = len(calls)
+    assert n == 1
+    again = LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+    assert len(calls) == n and again.stats["measured"] == 0 and again.stats["cached"] == 1
+
+
+def test_a_load_spike_is_timed_again():
+    spiked = {(16, 8)}
+
+    def spiky(ci, co):  # the first timing of (16, 8) ran during a burst of machine load
+        if (ci, co) in spiked:
+            spiked.discard((ci, co))
+            return 100.0
+        return bilinear_fn(ci, co)
+
+    timer = CountingTimer(spiky)
+    layer = conv(cin=32, cout=24)
+    table = LatencyTable.measure([layer], step=8, timer=timer, **FAST)
+    assert timer.calls.count(("c", 16, 8)) == 2 and table.stats["retimed"] == 1
+    assert table.layer_cost(layer, 16, 8) == pytest.approx(bilinear_fn(16, 8))
+
+
+def test_bad_cache_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    with pytest.raises(DeployError, match="not valid JSON"):
+        LatencyTable.measure([conv()], step=8, cache=bad, timer=CountingTimer(), **FAST)
+
+
+# ------------------------------------------------------------------ errors, save/load
+def test_unknown_layer_error_names_the_layer_and_the_fix():
+    table = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST)
+    other = conv("layer4.2.conv3", cin=16, cout=24, hw=4)
+    with pytest.raises(UnmeasuredLayerError, match=r"layer4\.2\.conv3.*measure"):
+        table.layer_cost(other, 8, 8)
+
+
+def test_save_load_round_trip(tmp_path):
+    layers = [conv(), conv("dw", 16, 16, groups=16), linear()]
+    table = LatencyTable.measure(layers, step=8, timer=CountingTimer(), **FAST)
+    path = tmp_path / "t.json"
+    table.save(path)
+    loaded = LatencyTable.load(path)
+    assert (loaded.backend, loaded.device, loaded.threads) == (table.backend, table.device,
+                                                               table.threads)
+    for layer in layers:
+        assert loaded.grid(layer) == table.grid(layer)
+        for ci, co in [(8, 8), (11, 13), (16, 10)]:
+            assert loaded.layer_cost(layer, ci, co) == table.layer_cost(layer, ci, co)
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(DeployError, match="not a saved LatencyTable"):
+        LatencyTable.load(tmp_path / "other.json")
+
+
+def test_measure_accepts_a_prepared_model_via_layer_specs(monkeypatch):
+    seen = []
+    specs = [conv()]
+    monkeypatch.setattr(fxprune, "layer_specs", lambda m: seen.append(m) or specs, raising=False)
+    prepared = object()
+    table = LatencyTable.measure(prepared, step=8, timer=CountingTimer(), **FAST)
+    assert seen == [prepared] and specs[0] in table
+
+
+def test_measure_a_really_prepared_model():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    prepared = fxprune.prepare(model, (torch.randn(1, 3, 16, 16),))
+    table = LatencyTable.measure(prepared, step=8, timer=CountingTimer(), **FAST)
+    specs = fxprune.layer_specs(prepared)
+    assert len(specs) == 3 and all(s in table for s in specs)
+
+
+def test_non_layer_specs_are_rejected():
+    with pytest.raises(TypeError, match="LayerSpec"):
+        LatencyTable.measure([np.zeros(3)], step=8, timer=CountingTimer(), **FAST)
