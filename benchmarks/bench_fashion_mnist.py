@@ -1,0 +1,130 @@
+"""Accuracy under a FLOPs budget on Fashion-MNIST: dense vs SMCP vs its baselines.
+
+    python benchmarks/bench_fashion_mnist.py --epochs 10 --jobs 2
+
+Runs ``fxprune train configs/fashion_mnist_smcp.yaml`` once per row (same seed, epochs and
+schedule; only the method's switches differ), each in its own process with one thread, and
+writes ``benchmarks/results/fashion_mnist.{json,md}``. Rows:
+
+* dense: ``prune.method=none``
+* SMCP: soft masks, Taylor importance, global knapsack
+* hard masks (HALP-style: pruned channels never return, gradients masked)
+* magnitude importance (L2 norm of the weights reading a channel) instead of Taylor
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
+METHODS = {
+    "dense": ["prune.method=none"],
+    "SMCP": [],
+    "hard masks": ["prune.masks=hard"],
+    "magnitude": ["prune.importance=magnitude"],
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path) -> dict:
+    sets = [f"optim.epochs={epochs}", f"seed={seed}", "num_threads=1", "log.progress=false",
+            "log.tensorboard=false", *METHODS[name]]
+    if target is not None:
+        sets.append(f"prune.target={target}")
+    cmd = [sys.executable, "-m", "fxprune.cli", "train", str(CONFIG), "--out", str(out), "--overwrite"]
+    for s in sets:
+        cmd += ["--set", s]
+    started = time.time()
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} @ {target}: exit {proc.returncode}, see {log}")
+    result = json.loads((out / "results.json").read_text())
+    result.update(row=name, target=target, seed=seed, wall_s=round(time.time() - started, 1),
+                  command=" ".join(cmd[2:]))
+    return result
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# Fashion-MNIST: accuracy at a FLOPs budget",
+        "",
+        f"Command: `{meta['command']}`",
+        f"Machine: {meta['cpu']}, {meta['cores']} cores; {meta['jobs']} runs at a time, 1 thread each; "
+        f"torch {meta['torch']}. Model: ResNetFMNIST widths {meta['widths']}, {meta['epochs']} epochs, "
+        f"seeds {meta['seeds']}; schedule from `configs/fashion_mnist_smcp.yaml`.",
+        "",
+        "| method | FLOPs target | test accuracy | FLOPs (final/dense) | params (final/dense) | train time (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        target = "-" if r["target"] is None else f"{r['target']:.0%}"
+        lines.append(f"| {r['row']} | {target} | {r['accuracy'] * 100:.2f}% | {r['flops_ratio']:.3f} | "
+                     f"{r['params_ratio']:.3f} | {r['train_time_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_fashion_mnist")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist")
+    args = parser.parse_args(argv)
+
+    plan = []
+    for seed in args.seeds:
+        for name in args.methods:
+            for target in ([None] if name == "dense" else args.targets):
+                tag = f"{name.replace(' ', '_')}_{'dense' if target is None else int(target * 100)}_s{seed}"
+                plan.append((name, target, seed, args.runs_dir / tag))
+    print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_one, n, t, s, args.epochs, d) for n, t, s, d in plan]
+        rows = []
+        for f in futures:
+            rows.append(f.result())
+            r = rows[-1]
+            print(f"{r['row']:>12} target={r['target']} acc={r['accuracy']:.4f} "
+                  f"flops={r['flops_ratio']:.3f} ({r['wall_s']:.0f}s)", flush=True)
+
+    import torch
+    from fxprune.train import load_config
+
+    meta = {
+        "command": "python benchmarks/bench_fashion_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "jobs": args.jobs, "torch": torch.__version__,
+        "epochs": args.epochs, "seeds": args.seeds, "widths": load_config(CONFIG)["model"]["widths"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    table = markdown(rows, meta)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
