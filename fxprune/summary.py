@@ -34,7 +34,7 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
     for g in groups:
         rows.append((g.key, g.name, str(g.size), str(g.kept), "yes" if g.prunable else g.reason,
                      _short(g.producers), _short(g.consumers)))
-    widths = [min(max(len(r[i]) for r in rows), 60) for i in range(len(rows[0]))]
+    widths = [min(max(len(r[i]) for r in rows), 72) for i in range(len(rows[0]))]
     lines = ["  ".join(c[:w].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     inputs = state.example_inputs

@@ -169,7 +169,7 @@ class ChannelAnalysis:
     def connect(self, space_ids, act_ids, what: str, broadcast: bool = False) -> None:
         """A weight dim reads (or writes) an activation's channel dim."""
         if act_ids is None:
-            self.untracked(space_ids, f"{what} reads channels that are not tracked (e.g. the model input)")
+            self.untracked(space_ids, f"{what} reads untracked channels (e.g. the model input)")
         else:
             self.unify(space_ids, act_ids, what)
 
