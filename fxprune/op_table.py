@@ -2,7 +2,7 @@
 
 Keys are module classes (for ``call_module``; exact class, subclasses are not assumed to behave
 the same), functions (``call_function``) or method names (``call_method`` on tensors). Values
-are rule instances from :mod:`fxprune.channel_rules`. Supporting a new op is adding a row here:
+are rule instances from :mod:`fxprune.rules`. Supporting a new op is adding a row here:
 
     CHANNEL_RULES[MyNorm] = ChannelAffine(("weight", "bias"))
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .channel_rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, Elementwise,
+from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, Elementwise,
                             Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
                             Metadata, MixesDim, Pad, Permute, Reduce, Reshape, ShapeRead, Spatial,
                             Split, Stack, TupleItem)

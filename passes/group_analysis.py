@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from fxprune.channel_rules import Elementwise, SizeOf
+from fxprune.rules import Elementwise, SizeOf
 from fxprune.cost import LayerSpec
 from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, StatSite
 from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
@@ -166,7 +166,7 @@ class ChannelAnalysis:
             edge["constraints"].append(
                 (why, a[sel] - self.spaces[pa].start, b[sel] - self.spaces[pb].start))
 
-    def connect(self, space_ids, act_ids, what: str, broadcast: bool = False) -> None:
+    def connect(self, space_ids, act_ids, what: str) -> None:
         """A weight dim reads (or writes) an activation's channel dim."""
         if act_ids is None:
             self.untracked(space_ids, f"{what} reads untracked channels (e.g. the model input)")
@@ -334,7 +334,10 @@ class ChannelAnalysis:
                 spaces=keys, members=list(dict.fromkeys(owners)), producers=list(dict.fromkeys(producers)),
                 consumers=list(dict.fromkeys(consumers)),
                 listed=any(o in layer_modules for o in owners)))
-        for ids, why in self.keep_one:
+        # No weight or buffer dim may end up empty (a conv with no output channels is an
+        # error): a space that holds only part of its group must keep one of its channels.
+        keep_one = self.keep_one + [(sp.ids, f"`{sp.tensor}` (dim {sp.dim})") for sp in self.spaces]
+        for ids, why in keep_one:
             units = np.unique(element_unit[ids])
             owner = np.bincount(unit_group[units]).argmax()  # the group holding most of them
             positions = np.unique(unit_pos[units[unit_group[units] == owner]])

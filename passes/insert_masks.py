@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.channel_rules import node_arg
+from fxprune.rules import node_arg
 from fxprune.groups import ChannelGraph
 from fxprune.masks import MASKED_CLASS, gather_mask, masked_layer_norm, wrap
 

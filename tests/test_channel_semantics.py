@@ -404,7 +404,36 @@ def test_custom_rule_makes_a_leaf_prunable():
     x = torch.randn(*IMG)
     pm = fxprune.prepare(Net(), (x,), leaf_modules=[Scale])
     assert not groups_by_producer(pm)["a.0"].prunable
-    from fxprune.channel_rules import ChannelAffine
+    from fxprune.rules import ChannelAffine
     torch.manual_seed(0)
     pm, small = prune_and_check(Net().eval(), x, leaf_modules=[Scale], rules={Scale: ChannelAffine(("weight",))})
     assert small.get_submodule("s").weight.shape[0] == groups_by_producer(pm)["a.0"].kept
+
+
+def test_no_layer_is_left_without_channels():
+    """Found by the property test: a grouped conv ties the stem's channels to the channels of
+    two concatenated convs, so one group spans three producers. Masking all of `b`'s share of
+    the group would leave `b` with zero output channels; the group must say so."""
+
+    class TiedByGroups(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 3, padding=1)
+            self.g = nn.Conv2d(16, 4, 3, padding=1, groups=2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.g(torch.cat([x, self.a(x), self.b(x)], 1))
+
+    x = torch.randn(*IMG)
+    pm = fxprune.prepare(TiedByGroups(), (x,))
+    g = groups_by_producer(pm)["stem"]
+    assert g.key == groups_by_producer(pm)["b"].key and g.size == 8
+    b_share = [p for p in g.keep_one_of if len(p) == 4]
+    assert b_share
+    g.mask.zero_()
+    g.mask[[i for i in range(8) if i not in b_share[0].tolist()][:2]] = 1
+    with pytest.raises(fxprune.SurgeryError, match="left empty"):
+        fxprune.finalize(pm)
+    g.mask[b_share[0][0]] = 1
+    fxprune.finalize(pm)

@@ -1,0 +1,28 @@
+"""The kinds of channel behaviour an op can have, each a small class the group analysis calls.
+
+Every tensor in the graph carries *labels*: for each dim that holds channels, an integer array
+naming, position by position, the channel element found there (-1: a position no prunable
+channel owns, e.g. the model's input). Elements are born as the dims of the model's weights and
+buffers ("spaces"); a rule says how an op maps its inputs' labels to its output's and which
+elements must be equal (``unify``) or may never be removed (``untracked``).
+
+Which op has which behaviour is data: see :mod:`fxprune.op_table`. The kinds live in
+``base`` (the base class, barriers, shape reads), ``elementwise``, ``shape`` and ``layers``. A rule is used in two places:
+
+* ``propagate(ctx)`` during analysis returns the output labels (a dict ``dim -> ids``, or a
+  tuple of them for ops returning tuples);
+* ``rewrite(node, ctx)`` during ``finalize`` fixes literal arguments that spell out channel
+  counts (``view(n, 256, 7, 7)``, ``split([32, 32])``, ``x[:, :64]``) for the pruned sizes.
+"""
+from .base import (Barrier, ChannelRule, Labels, Metadata, ShapeRead, SizeOf, check_size_args, node_arg,
+                   norm_dim, set_node_arg, varargs)
+from .elementwise import Elementwise, MixesDim, Pad, Reduce, Spatial, broadcast_unify
+from .layers import ChannelAffine, Conv, FunctionalLayerNorm, GroupNorm, LayerNorm, Linear
+from .shape import (ChannelShuffle, Concat, Expand, Index, Permute, Reshape, Split, Stack, TupleItem,
+                    reshape_blocks)
+
+__all__ = ["Barrier", "ChannelAffine", "ChannelRule", "ChannelShuffle", "Concat", "Conv", "Elementwise",
+           "Expand", "FunctionalLayerNorm", "GroupNorm", "Index", "LayerNorm", "Labels", "Linear",
+           "Metadata", "MixesDim", "Pad", "Permute", "Reduce", "Reshape", "ShapeRead", "SizeOf", "Spatial",
+           "Split", "Stack", "TupleItem", "broadcast_unify", "check_size_args", "node_arg", "norm_dim",
+           "reshape_blocks", "set_node_arg", "varargs"]

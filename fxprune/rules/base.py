@@ -1,0 +1,136 @@
+"""The rule base class and what every rule uses: argument access, channel-count labels."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import fx
+
+Labels = dict  # dim -> np.ndarray of element ids
+
+_MISSING = object()
+
+
+def node_arg(node: fx.Node, pos: int, name: str | None = None, default: Any = _MISSING) -> Any:
+    if len(node.args) > pos:
+        return node.args[pos]
+    if name is not None and name in node.kwargs:
+        return node.kwargs[name]
+    if default is _MISSING:
+        raise KeyError(f"{node.name}: argument {name or pos} missing")
+    return default
+
+
+def set_node_arg(node: fx.Node, pos: int, name: str | None, value: Any) -> None:
+    if len(node.args) > pos:
+        args = list(node.args)
+        args[pos] = value
+        node.args = tuple(args)
+    else:
+        kwargs = dict(node.kwargs)
+        kwargs[name] = value
+        node.kwargs = kwargs
+
+
+def norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def varargs(node: fx.Node, start: int, name: str) -> list:
+    """``x.view(2, 3)`` and ``x.view((2, 3))`` / ``torch.reshape(x, shape=(2, 3))`` alike."""
+    rest = list(node.args[start:])
+    if not rest and name in node.kwargs:
+        rest = [node.kwargs[name]]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        return list(rest[0])
+    return rest
+
+
+class ChannelRule:
+    """Base: how one op maps channel labels. Subclasses override ``propagate``."""
+
+    kind = "rule"
+    #: True when propagate itself checks arguments that are channel counts (SizeOf labels);
+    #: otherwise the analysis keeps channels whose count reaches this op whole.
+    checks_sizes = False
+
+    def propagate(self, ctx) -> Labels | tuple | None:
+        raise NotImplementedError
+
+    def rewrite(self, node: fx.Node, ctx) -> None:
+        """Fix literal channel counts in ``node``'s arguments after pruning (default: none)."""
+
+    def resize(self, module, node: fx.Node, ctx) -> None:
+        """Set a module's size attributes (``in_channels``...) after its tensors were sliced."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class Barrier(ChannelRule):
+    """The op mixes or hides channels in a way fxprune does not model: its inputs are kept whole."""
+
+    kind = "barrier"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def propagate(self, ctx):
+        ctx.untracked_inputs(self.reason)
+        return None
+
+
+class Metadata(ChannelRule):
+    """Reads nothing that depends on channels (``x.dim()``, ``x.dtype``)."""
+
+    kind = "metadata"
+
+    def propagate(self, ctx):
+        return None
+
+
+class SizeOf(NamedTuple):
+    """The label of an int that counts channels (``x.size(1)``): pruning changes its value, so
+    the analysis follows it through arithmetic to where it is used."""
+
+    ids: np.ndarray
+
+
+class ShapeRead(ChannelRule):
+    """``x.size()``, ``x.size(d)``, ``x.shape``, ``x.numel()``: sizes of channel dims carry
+    :class:`SizeOf` labels. Using such a number to shape a tensor holding the same channels is
+    fine (``x.view(b, c // g, g, h, w)``); any other use keeps those channels whole."""
+
+    kind = "reads the shape"
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, shape = ctx.labels(x), ctx.shape(x)
+        if shape is None:
+            return None
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name == "getattr" and node.args[1] != "shape":
+            return None
+        if name == "numel":
+            return SizeOf(np.concatenate(list(labels.values()))) if labels else None
+        d = node_arg(node, 1, "dim", None) if name == "size" else None
+        if d is not None:
+            d = norm_dim(int(d), len(shape))
+            return SizeOf(labels[d]) if d in labels else None
+        return tuple(SizeOf(labels[d]) if d in labels else None for d in range(len(shape)))
+
+
+def check_size_args(ctx, sizes: list, out_labels: dict, first_dim: int = 0) -> None:
+    """Sizes computed from channel counts must shape a dim that holds those same channels."""
+    for k, s in enumerate(sizes):
+        prov = ctx.labels(s) if isinstance(s, fx.Node) else None
+        if isinstance(prov, SizeOf):
+            d = first_dim + k
+            if d not in out_labels or not ctx.same_channels(prov.ids, out_labels[d]):
+                ctx.untracked(prov.ids, "channel count used as a size of a dim without those channels")
+
+
+def pruned_size(ctx, labels, d, size):
+    return int(ctx.kept(labels[d]).sum()) if d in labels else size

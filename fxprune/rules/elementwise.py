@@ -1,0 +1,139 @@
+"""Ops that keep channels where they are: elementwise, spatial, reductions over other dims."""
+from __future__ import annotations
+
+from torch import fx
+
+from .base import ChannelRule, Labels, node_arg, norm_dim
+
+class Elementwise(ChannelRule):
+    """Output position i depends on input position i, with broadcasting (add, mul, relu, ...).
+
+    Inputs that meet at a channel dim must hold the same channels there, so their labels are
+    unified: this is what ties a residual branch's channels to its shortcut's, and a
+    squeeze-excite scale to the features it multiplies.
+    """
+
+    kind = "passes through"
+
+    def __init__(self, tensor_args: tuple[int, ...] | None = None):
+        self.tensor_args = tensor_args  # positions that are tensors; None: every arg and kwarg
+
+    def inputs(self, node: fx.Node) -> list:
+        if self.tensor_args is None:
+            flat = []
+            for a in list(node.args) + list(node.kwargs.values()):
+                flat.extend(a if isinstance(a, (list, tuple)) else [a])
+            return flat
+        return [node.args[i] for i in self.tensor_args if i < len(node.args)]
+
+    def propagate(self, ctx):
+        out_shape = ctx.out_shape()
+        if out_shape is None:
+            return None
+        inputs = [a for a in self.inputs(ctx.node) if ctx.shape(a) is not None]
+        return broadcast_unify(ctx, inputs, out_shape, "elementwise")
+
+
+def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
+    nd = len(out_shape)
+    result: Labels = {}
+    for d in range(nd):
+        present = []  # labels (or None) of inputs that are not broadcast along d
+        for a in inputs:
+            shape = ctx.shape(a)
+            ad = d - (nd - len(shape))
+            if ad < 0 or (shape[ad] == 1 and out_shape[d] != 1):
+                continue
+            present.append(ctx.labels(a).get(ad))
+        labelled = [p for p in present if p is not None]
+        if not labelled:
+            continue
+        if len(labelled) < len(present):
+            for p in labelled:
+                ctx.untracked(p, f"{what} with a tensor whose channels fxprune does not track")
+        for other in labelled[1:]:
+            ctx.unify(labelled[0], other, what)
+        result[d] = labelled[0]
+    return result
+
+
+class Spatial(ChannelRule):
+    """Transforms the last ``n`` (spatial) dims, keeps the others (pooling, interpolate, pad)."""
+
+    kind = "passes through (spatial op)"
+
+    def __init__(self, n: int | None = None):
+        self.n = n  # None: every dim after (batch, channel)
+
+    def spatial_dims(self, ctx, ndim: int) -> int:
+        return ndim - 2 if self.n is None else self.n
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels, shape = ctx.labels(x), ctx.shape(x)
+        out_shape = ctx.out_shape()
+        if out_shape is None or len(out_shape) != len(shape):
+            ctx.untracked_inputs("changes the number of dims")
+            return None
+        first_spatial = len(shape) - self.spatial_dims(ctx, len(shape))
+        out = {}
+        for d, ids in labels.items():
+            if d >= first_spatial:
+                ctx.untracked(ids, "a spatial op over a channel dim")
+            else:
+                out[d] = ids
+        return out
+
+
+class Pad(Spatial):
+    """``F.pad``: pads as many trailing dims as the pad tuple covers."""
+
+    def spatial_dims(self, ctx, ndim):
+        return len(ctx.value(node_arg(ctx.node, 1, "pad"))) // 2
+
+
+class Reduce(ChannelRule):
+    """Reduces some dims (``x.mean((2, 3))``): reducing a channel dim would mix channels."""
+
+    kind = "reduces"
+
+    def __init__(self, dim_pos: int = 1, keepdim_pos: int = 2):
+        self.dim_pos, self.keepdim_pos = dim_pos, keepdim_pos
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        dims = ctx.value(node_arg(node, self.dim_pos, "dim", None))
+        keepdim = bool(ctx.value(node_arg(node, self.keepdim_pos, "keepdim", False)))
+        if dims is None:
+            reduced = set(range(ndim))
+        else:
+            reduced = {norm_dim(d, ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        out, shift = {}, 0
+        for d in range(ndim):
+            if d in reduced:
+                if d in labels:
+                    ctx.untracked(labels[d], "reduced over (would mix channels)")
+                shift += 0 if keepdim else 1
+            elif d in labels:
+                out[d - shift] = labels[d]
+        return out
+
+
+class MixesDim(ChannelRule):
+    """Elementwise except along one dim, whose positions it mixes (softmax, cumsum)."""
+
+    kind = "mixes one dim"
+
+    def __init__(self, dim_pos: int = 1):
+        self.dim_pos = dim_pos
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        d = ctx.module().dim if ctx.node.op == "call_module" else ctx.value(
+            node_arg(ctx.node, self.dim_pos, "dim"))
+        d = norm_dim(int(d), ndim)
+        if d in labels:
+            ctx.untracked(labels[d], "mixed along the channel dim")
+        return {k: v for k, v in labels.items() if k != d}

@@ -1,0 +1,404 @@
+"""Ops that move channels: concat, split, reshape, permute, indexing, channel shuffle."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .base import (ChannelRule, Labels, check_size_args, node_arg, norm_dim, pruned_size, set_node_arg,
+                   varargs)
+from .elementwise import broadcast_unify
+
+class Concat(ChannelRule):
+    """``torch.cat``: labels along ``dim`` are concatenated (each input keeps its offset)."""
+
+    kind = "concatenates"
+
+    def propagate(self, ctx):
+        node = ctx.node
+        tensors = [t for t in node_arg(node, 0, "tensors")]
+        out_shape = ctx.out_shape()
+        d = norm_dim(int(ctx.value(node_arg(node, 1, "dim", 0))), len(out_shape))
+        out: Labels = {}
+        pieces = [ctx.labels(t).get(d) for t in tensors]
+        if any(p is not None for p in pieces):
+            out[d] = np.concatenate([p if p is not None else np.full(ctx.shape(t)[d], -1)
+                                     for p, t in zip(pieces, tensors)])
+        for od in range(len(out_shape)):
+            if od == d:
+                continue
+            present = [ctx.labels(t).get(od) for t in tensors]
+            labelled = [p for p in present if p is not None]
+            if not labelled:
+                continue
+            if len(labelled) < len(present):
+                for p in labelled:
+                    ctx.untracked(p, "concatenated with a tensor whose channels are not tracked")
+            for other in labelled[1:]:
+                ctx.unify(labelled[0], other, "concatenated along another dim")
+            out[od] = labelled[0]
+        return out
+
+
+class Stack(ChannelRule):
+    """``torch.stack``: a new dim in front of ``dim``; the inputs' dims must agree."""
+
+    kind = "stacks"
+
+    def propagate(self, ctx):
+        node = ctx.node
+        tensors = list(node_arg(node, 0, "tensors"))
+        out_shape = ctx.out_shape()
+        d = norm_dim(int(ctx.value(node_arg(node, 1, "dim", 0))), len(out_shape))
+        inner = broadcast_unify(ctx, tensors, ctx.shape(tensors[0]), "stacked")
+        return {(k if k < d else k + 1): v for k, v in inner.items()}
+
+
+class Split(ChannelRule):
+    """split / chunk / tensor_split / unbind: each output takes a slice of the labels along ``dim``.
+
+    After pruning, the slices keep different numbers of channels, so ``rewrite`` turns the call
+    into ``split`` with the new sizes.
+    """
+
+    kind = "splits"
+
+    def __init__(self, dim_pos: int = 2, removes_dim: bool = False):
+        self.dim_pos, self.removes_dim = dim_pos, removes_dim
+
+    def _dim(self, node, ndim, ctx):
+        return norm_dim(int(ctx.value(node_arg(node, self.dim_pos, "dim", 0))), ndim)
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, shape = ctx.labels(x), ctx.shape(x)
+        d = self._dim(node, len(shape), ctx)
+        outs = ctx.out_meta()
+        if self.removes_dim:
+            if d in labels:
+                ctx.untracked(labels[d], "unbound into single channels")
+            rest = {(k if k < d else k - 1): v for k, v in labels.items() if k != d}
+            return tuple(dict(rest) for _ in outs)
+        result, start = [], 0
+        for piece in outs:
+            size = piece.shape[d]
+            result.append({k: (v[start:start + size] if k == d else v) for k, v in labels.items()})
+            if d in labels:
+                ctx.keep_one_of(labels[d][start:start + size], "a split piece")
+            start += size
+        return tuple(result)
+
+    def rewrite(self, node, ctx):
+        x = node.args[0]
+        labels = ctx.labels(x)
+        if self.removes_dim:
+            return
+        d = self._dim(node, len(ctx.shape(x)), ctx)
+        if d not in labels:
+            return
+        kept = ctx.kept(labels[d])
+        sizes, start = [], 0
+        for piece in ctx.out_meta(node):
+            size = piece.shape[d]
+            sizes.append(int(kept[start:start + size].sum()))
+            start += size
+        if node.op == "call_method":
+            node.target = "split"
+            node.args, node.kwargs = (x, sizes, d), {}
+        else:
+            node.target = torch.split
+            node.args, node.kwargs = (x, sizes, d), {}
+
+
+class Reshape(ChannelRule):
+    """view / reshape / flatten / unflatten / squeeze / unsqueeze, worked out from the shapes.
+
+    Dims are matched in blocks of equal size. Merging a channel dim with others repeats its
+    labels (flatten -> linear: every H*W feature of a channel carries that channel's label).
+    Splitting a channel dim into several (``view(n, groups, c // groups, h, w)``) keeps the
+    labels on the innermost varying dim and ties together the elements that land on the same
+    index there, so a pruned tensor still reshapes to the same arrangement.
+    """
+
+    kind = "reshapes"
+    checks_sizes = True
+
+    def __init__(self, sizes_from: int | None = None, unflatten: bool = False):
+        self.sizes_from = sizes_from  # first positional arg that spells out sizes (view/reshape)
+        self.unflatten = unflatten
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        in_shape, labels = tuple(ctx.shape(x)), ctx.labels(x)
+        out_shape = tuple(ctx.out_shape())
+        if not labels:
+            self.check_sizes(ctx, {})
+            return {}
+        if math.prod(in_shape) != math.prod(out_shape) or 0 in in_shape:
+            ctx.untracked_inputs("reshape between shapes of different sizes")
+            return None
+        out: Labels = {}
+        for ins, outs in reshape_blocks(in_shape, out_shape):
+            lab_dims = [d for d in ins if d in labels and in_shape[d] > 1]
+            if not lab_dims:
+                continue
+            if len(lab_dims) > 1:
+                for d in lab_dims:
+                    ctx.untracked(labels[d], "reshape merges two channel dims")
+                continue
+            if not outs:
+                continue
+            block = [in_shape[d] for d in ins]
+            axis = ins.index(lab_dims[0])
+            full = np.broadcast_to(np.expand_dims(labels[lab_dims[0]],
+                                                  [k for k in range(len(ins)) if k != axis]), block)
+            full = full.reshape([out_shape[d] for d in outs])
+            varying = [k for k in range(len(outs)) if not _constant_along(full, k)]
+            if not varying:  # one channel spread over the block: keep it on its largest dim
+                varying = [int(np.argmax(full.shape))]
+            keep = varying[-1]
+            rep = np.moveaxis(full, keep, 0).reshape(full.shape[keep], -1)
+            for col in range(1, rep.shape[1]):
+                ctx.unify(rep[:, 0], rep[:, col], "reshape splits a channel dim")
+            out[outs[keep]] = rep[:, 0].copy()
+        self.check_sizes(ctx, out)
+        return out
+
+    def check_sizes(self, ctx, out):
+        node = ctx.node
+        if self.unflatten:
+            start = norm_dim(int(ctx.value(node_arg(node, 1, "dim"))), len(ctx.shape(node.args[0])))
+            check_size_args(ctx, list(node_arg(node, 2, "sizes")), out, start)
+        elif self.sizes_from is not None:
+            check_size_args(ctx, varargs(node, self.sizes_from, "shape"), out)
+
+    def rewrite(self, node, ctx):
+        if self.sizes_from is None and not self.unflatten:
+            return
+        labels = ctx.labels(node)
+        if not labels:
+            return
+        out_shape = ctx.shape(node)
+        if self.unflatten:
+            start = norm_dim(int(ctx.value(node_arg(node, 1, "dim"))), len(ctx.shape(node.args[0])))
+            sizes = list(ctx.value(node_arg(node, 2, "sizes")))
+            new = [pruned_size(ctx, labels, start + i, s) for i, s in enumerate(sizes)]
+            set_node_arg(node, 2, "sizes", tuple(new))
+            return
+        sizes = varargs(node, self.sizes_from, "shape")
+        if len(sizes) != len(out_shape):
+            return
+        new = [s if not isinstance(s, int) or s == -1 else pruned_size(ctx, labels, d, s)
+               for d, s in enumerate(sizes)]
+        if new != sizes:
+            node.args = (node.args[0], *new) if node.op == "call_method" else (node.args[0], tuple(new))
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "shape"}
+
+
+def _constant_along(a: np.ndarray, axis: int) -> bool:
+    first = np.take(a, [0], axis=axis)
+    return bool(np.all(a == first))
+
+
+def reshape_blocks(in_shape, out_shape):
+    """Pair up contiguous runs of dims with equal products: ``(2, 3, 4) -> (6, 4)`` gives
+    ``[([0, 1], [0]), ([2], [1])]``."""
+    blocks, i, j = [], 0, 0
+    while i < len(in_shape) or j < len(out_shape):
+        ins, outs, pi, pj = [], [], 1, 1
+        if i < len(in_shape):
+            ins.append(i); pi *= in_shape[i]; i += 1
+        if j < len(out_shape):
+            outs.append(j); pj *= out_shape[j]; j += 1
+        while pi != pj:
+            if pi < pj and i < len(in_shape):
+                ins.append(i); pi *= in_shape[i]; i += 1
+            elif j < len(out_shape):
+                outs.append(j); pj *= out_shape[j]; j += 1
+            else:
+                break
+        blocks.append((ins, outs))
+    return blocks
+
+
+class Expand(ChannelRule):
+    """``expand``: size-1 dims are repeated (no channels there); other dims pass through."""
+
+    kind = "broadcasts"
+    checks_sizes = True
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels, in_shape, out_shape = ctx.labels(x), ctx.shape(x), ctx.out_shape()
+        lead = len(out_shape) - len(in_shape)
+        out = {d + lead: v for d, v in labels.items() if in_shape[d] == out_shape[d + lead]}
+        if ctx.node.target == "expand":
+            check_size_args(ctx, varargs(ctx.node, 1, "size"), out)
+        return out
+
+    def rewrite(self, node, ctx):
+        labels = ctx.labels(node)
+        if not labels or node.target not in ("expand",):
+            return
+        sizes = varargs(node, 1, "size")
+        new = [s if not isinstance(s, int) or s == -1 else pruned_size(ctx, labels, d, s)
+               for d, s in enumerate(sizes)]
+        if new != sizes:
+            node.args = (node.args[0], *new)
+
+
+class Permute(ChannelRule):
+    """permute / transpose / swapaxes / movedim / t: labels move with their dims."""
+
+    kind = "permutes"
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        perm = self.permutation(ctx, node, ndim)
+        return {out_d: labels[in_d] for out_d, in_d in enumerate(perm) if in_d in labels}
+
+    @staticmethod
+    def permutation(ctx, node, ndim) -> list[int]:
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name == "permute":
+            return [norm_dim(int(d), ndim) for d in ctx.value(varargs(node, 1, "dims"))]
+        perm = list(range(ndim))
+        if name in ("transpose", "swapaxes", "swapdims"):
+            a = norm_dim(int(ctx.value(node_arg(node, 1, "dim0"))), ndim)
+            b = norm_dim(int(ctx.value(node_arg(node, 2, "dim1"))), ndim)
+            perm[a], perm[b] = perm[b], perm[a]
+        elif name == "t":
+            perm = perm[::-1]
+        elif name in ("movedim", "moveaxis"):
+            src = ctx.value(node_arg(node, 1, "source"))
+            dst = ctx.value(node_arg(node, 2, "destination"))
+            src = [src] if isinstance(src, int) else list(src)
+            dst = [dst] if isinstance(dst, int) else list(dst)
+            src = [norm_dim(s, ndim) for s in src]
+            dst = [norm_dim(s, ndim) for s in dst]
+            rest = [d for d in range(ndim) if d not in src]
+            perm = [None] * ndim
+            for s, t in zip(src, dst):
+                perm[t] = s
+            it = iter(rest)
+            perm = [p if p is not None else next(it) for p in perm]
+        return perm
+
+
+class TupleItem(ChannelRule):
+    """``out[i]`` on a tuple an op returned (split, max with dim, attention)."""
+
+    kind = "selects an output"
+    checks_sizes = True
+
+    def propagate(self, ctx):
+        container, idx = ctx.node.args
+        labels = ctx.labels(container)
+        if isinstance(labels, (tuple, list)) and isinstance(idx, int) and -len(labels) <= idx < len(labels):
+            return labels[idx] if labels[idx] is not None else {}
+        return {}
+
+
+class Index(ChannelRule):
+    """``x[...]`` with ints, slices, None and Ellipsis; tensors or lists as indices are barriers.
+
+    A slice of a channel dim keeps the labels it covers; ``rewrite`` moves its bounds to the
+    pruned positions. An integer index on a channel dim reads one channel outside any layer, so
+    that channel is kept.
+    """
+
+    kind = "indexes"
+
+    @staticmethod
+    def _items(ctx, node):
+        """The written index items, each with the input dims it covers."""
+        x, idx = node.args
+        ndim = len(ctx.shape(x))
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+        out, d = [], 0
+        for item in items:
+            if item is Ellipsis:
+                out.append((item, list(range(d, d + ndim - n_real)))); d += ndim - n_real
+            elif item is None:
+                out.append((item, []))
+            else:
+                out.append((item, [d])); d += 1
+        out.extend((slice(None), [k]) for k in range(d, ndim))
+        return out
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels = ctx.labels(x)
+        out, od = {}, 0
+        for item, dims in self._items(ctx, node):
+            if item is None:
+                od += 1
+            elif item is Ellipsis:
+                for d in dims:
+                    if d in labels:
+                        out[od] = labels[d]
+                    od += 1
+            elif isinstance(item, int):
+                if dims[0] in labels:
+                    ctx.untracked(labels[dims[0]][[item]], "one channel read by index")
+            elif isinstance(item, slice):
+                ids = labels.get(dims[0])
+                if ids is not None:
+                    plain = item.step in (None, 1) and all(
+                        isinstance(v, (int, type(None))) for v in (item.start, item.stop))
+                    if plain:
+                        out[od] = ids[item]
+                        ctx.keep_one_of(ids[item], "a slice")
+                    else:
+                        ctx.untracked(ids, "strided or computed slice of a channel dim")
+                od += 1
+            else:
+                for k, ids in labels.items():
+                    ctx.untracked(ids, "advanced indexing (tensor or list index)")
+                return {}
+        return out
+
+    def rewrite(self, node, ctx):
+        x, idx = node.args
+        labels = ctx.labels(x)
+        if not labels:
+            return
+        new_items, changed = [], False
+        for item, dims in self._items(ctx, node)[:len(idx) if isinstance(idx, tuple) else 1]:
+            ids = labels.get(dims[0]) if len(dims) == 1 and item is not Ellipsis else None
+            if ids is not None and isinstance(item, (int, slice)):
+                kept = ctx.kept(ids)
+                before = np.concatenate([[0], np.cumsum(kept)])
+                if isinstance(item, int):
+                    new = int(before[item]) if item >= 0 else -int(kept[item:].sum())
+                else:
+                    start, stop, _ = item.indices(len(ids))
+                    new = slice(None if item.start is None else int(before[start]),
+                                None if item.stop is None else int(before[stop]), item.step)
+                changed |= new != item
+                item = new
+            new_items.append(item)
+        if changed:
+            node.args = (x, tuple(new_items) if isinstance(idx, tuple) else new_items[0])
+
+
+class ChannelShuffle(ChannelRule):
+    """``nn.ChannelShuffle(g)``: position ``j*g + r`` of the output is input ``r*(C/g) + j``."""
+
+    kind = "shuffles"
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels = ctx.labels(x)
+        if 1 not in labels:
+            return dict(labels)
+        g = ctx.module().groups
+        blocks = labels[1].reshape(g, -1)
+        for r in range(1, g):
+            ctx.unify(blocks[0], blocks[r], "channel shuffle keeps groups equal")
+        out = dict(labels)
+        out[1] = np.repeat(blocks[0], g)
+        return out
