@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fxprune.deploy.common import cpu_name
+
 from fxprune.knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 # ResNet-50's channel groups: the stem's output, the two block-internal widths of each of the
@@ -69,16 +71,6 @@ def time_problem(name: str, resolution: int, ratio: float, repeats: int) -> dict
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -97,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "runs": runs,
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": cpu_name(),
             "logical_cpus": os.cpu_count(),
             # numpy's vector ops here are single-threaded; these only matter for BLAS calls.
             "thread_env": {k: os.environ[k] for k in

@@ -21,7 +21,7 @@ from fxprune.cost import LayerSpec
 from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, StatSite
 from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
 
-from .shape_prop import TensorMeta
+from .shape_prop import NodeFacts, TensorMeta
 
 
 def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = None):
@@ -66,7 +66,7 @@ class _UnionFind:
                 self.parent[ra] = rb
 
 
-class ChannelAnalysis:
+class ChannelAnalysis(NodeFacts):
     """Runs the rules over a shape-propagated GraphModule; the ``ctx`` every rule receives."""
 
     def __init__(self, gm: fx.GraphModule, extra_rules: dict | None = None):
@@ -91,28 +91,6 @@ class ChannelAnalysis:
 
     def module_name(self) -> str:
         return self.node.target
-
-    def value(self, a):
-        if isinstance(a, fx.Node):
-            return a.meta.get("fxprune_value")
-        if isinstance(a, (list, tuple)):
-            return type(a)(self.value(v) for v in a)
-        return a
-
-    def shape(self, a):
-        v = self.value(a) if isinstance(a, fx.Node) else None
-        return v.shape if isinstance(v, TensorMeta) else None
-
-    def out_shape(self):
-        return self.shape(self.node)
-
-    def out_meta(self, node=None):
-        return (node or self.node).meta.get("fxprune_value")
-
-    def labels(self, a):
-        if isinstance(a, fx.Node):
-            return a.meta.get("fxprune_labels") or {}
-        return {}
 
     # -- what rules do ---------------------------------------------------------------------------
     def space(self, tensor: str, dim: int, *, source: bool = False) -> np.ndarray:

@@ -57,6 +57,33 @@ class _Recorder(fx.Interpreter):
         return result
 
 
+class NodeFacts:
+    """Reads what passes leave on nodes: this pass's values and shapes, the analysis's labels.
+    Rule contexts (analysis and surgery) inherit it; ``node`` is the node being handled."""
+
+    node: fx.Node | None = None
+
+    def value(self, a) -> Any:
+        if isinstance(a, fx.Node):
+            return a.meta.get("fxprune_value")
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.value(v) for v in a)
+        return a
+
+    def shape(self, a) -> tuple[int, ...] | None:
+        v = self.value(a) if isinstance(a, fx.Node) else None
+        return v.shape if isinstance(v, TensorMeta) else None
+
+    def out_meta(self, node: fx.Node | None = None) -> Any:
+        return (node or self.node).meta.get("fxprune_value")
+
+    def out_shape(self) -> tuple[int, ...] | None:
+        return self.shape(self.node)
+
+    def labels(self, a):
+        return (a.meta.get("fxprune_labels") or {}) if isinstance(a, fx.Node) else {}
+
+
 def normalize_example_inputs(example_inputs) -> tuple:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)

@@ -21,31 +21,14 @@ from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, ga
                            masked_layer_norm, unwrap)
 
 from .group_analysis import lookup_rule
-from .shape_prop import TensorMeta
+from .shape_prop import NodeFacts
 
 
-class _FinalizeContext:
+class _FinalizeContext(NodeFacts):
     """What a rule's ``rewrite``/``resize`` reads: the analysis labels and which elements stay."""
 
     def __init__(self, channels: ChannelGraph, unit_kept: np.ndarray):
         self.ch, self.unit_kept = channels, unit_kept
-
-    def labels(self, a):
-        return a.meta.get("fxprune_labels") or {} if isinstance(a, fx.Node) else {}
-
-    def value(self, a):
-        if isinstance(a, fx.Node):
-            return a.meta.get("fxprune_value")
-        if isinstance(a, (list, tuple)):
-            return type(a)(self.value(v) for v in a)
-        return a
-
-    def shape(self, a):
-        v = self.value(a) if isinstance(a, fx.Node) else None
-        return v.shape if isinstance(v, TensorMeta) else None
-
-    def out_meta(self, node):
-        return node.meta.get("fxprune_value")
 
     def kept(self, ids) -> np.ndarray:
         return self.ch.kept(np.asarray(ids), self.unit_kept)
