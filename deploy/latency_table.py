@@ -21,6 +21,7 @@ import bisect
 import json
 import math
 import os
+import random
 import tempfile
 import time
 from typing import Callable, Sequence
@@ -76,19 +77,6 @@ def _points_of(cins, couts, diagonal):
     return [(ci, co) for ci in cins for co in couts]
 
 
-def _upper_neighbours(cins, couts, diag):
-    """Each grid point with the adjacent points that keep more channels (one axis at a time)."""
-    if diag:
-        for i, k in enumerate(cins):
-            yield (k, k), [(cins[i + 1], cins[i + 1])] if i + 1 < len(cins) else []
-        return
-    for i, ci in enumerate(cins):
-        for j, co in enumerate(couts):
-            ups = [(cins[i + 1], co)] if i + 1 < len(cins) else []
-            ups += [(ci, couts[j + 1])] if j + 1 < len(couts) else []
-            yield (ci, co), ups
-
-
 def _interp(axis: Sequence[int], x: float) -> tuple[int, int, float]:
     """Indices (lo, hi) around x on ``axis`` and x's weight toward hi; clamped to the ends."""
     if x <= axis[0]:
@@ -116,7 +104,7 @@ class LatencyTable:
         self._points: dict[str, dict[tuple[int, int], float]] = {}
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
         self._grids: dict[str, tuple[list[int], list[int], bool, list[str]]] = {}
-        self.stats = {"measured": 0, "cached": 0, "retimed": 0, "seconds": 0.0}
+        self.stats = {"measured": 0, "cached": 0, "seconds": 0.0}
 
     # ----------------------------------------------------------------- measuring
     @classmethod
@@ -124,8 +112,7 @@ class LatencyTable:
                 cache: str | os.PathLike | None = None, progress: bool = True, *,
                 timer: Timer | None = None, device: str | None = None, warmup: int = 2,
                 min_runs: int = 5, max_runs: int = 25, target_ms: float = 15.0,
-                retime_rounds: int = 2, outlier_ratio: float = 1.25,
-                retime_fraction: float = 0.1,
+                passes: int = 2, seed: int = 0,
                 log: Callable[[str], None] = print) -> "LatencyTable":
         """Time every layer's (c_in, c_out) grid and return the table.
 
@@ -136,11 +123,11 @@ class LatencyTable:
         how long each point is timed: up to ``max_runs`` runs, stopping after ``min_runs`` once
         ``target_ms`` of runs have been spent (slow layers get fewer repeats).
 
-        On a shared machine a burst of load inflates whichever points run during it. Such a
-        point stands out as slower than ``outlier_ratio`` x a grid neighbour that keeps more
-        channels; up to ``retime_rounds`` times, the worst of those points are timed again and
-        keep the lower median (load only ever adds time). At most ``retime_fraction`` of the
-        points are re-timed in all, so a machine loaded throughout does not double the cost.
+        Machine load only ever adds time, and a knapsack steered by a table picks exactly the
+        points that load made look expensive or happened to spare. So the grid is timed in
+        ``passes`` passes, each in a fresh random order (``seed``), and every point keeps its
+        fastest pass: a burst of load hits scattered points in one pass, not a layer's whole
+        grid, and is then outvoted.
         """
         if backend not in _BACKENDS:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
@@ -176,49 +163,28 @@ class LatencyTable:
         from tqdm import tqdm
 
         t_start = last_save = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"latency table ({backend})", unit="pt",
+        order = list(todo)
+        rng = random.Random(seed)
+        bar = tqdm(total=len(todo) * passes, desc=f"latency table ({backend})", unit="pt",
                    disable=not progress or not todo)
         try:
-            for (pk, ci, co), layer in todo.items():
-                table._points.setdefault(pk, {})[(ci, co)] = _timed(timer, layer, ci, co)
-                table.stats["measured"] += 1
-                bar.update()
-                if cache and time.perf_counter() - last_save > _CACHE_SAVE_EVERY_S:
-                    table._write_cache(cache)
-                    last_save = time.perf_counter()
-            budget = int(retime_fraction * len(todo))
-            for _ in range(retime_rounds):
-                found = table._outliers(outlier_ratio)
-                suspects = sorted((p for p in found if p in todo), key=found.get, reverse=True)
-                suspects = suspects[:budget - table.stats["retimed"]]
-                for pk, ci, co in suspects:
-                    pts = table._points[pk]
-                    pts[(ci, co)] = min(pts[(ci, co)], _timed(timer, todo[(pk, ci, co)], ci, co))
-                    table.stats["retimed"] += 1
-                if not suspects:
-                    break
+            for p in range(passes):
+                rng.shuffle(order)
+                for pk, ci, co in order:
+                    ms = _timed(timer, todo[(pk, ci, co)], ci, co)
+                    pts = table._points.setdefault(pk, {})
+                    pts[(ci, co)] = ms if p == 0 else min(pts[(ci, co)], ms)
+                    bar.update()
+                    if cache and time.perf_counter() - last_save > _CACHE_SAVE_EVERY_S:
+                        table._write_cache(cache)
+                        last_save = time.perf_counter()
+            table.stats["measured"] = len(todo)
         finally:
             bar.close()
-            if cache and table.stats["measured"]:
+            if cache and todo:
                 table._write_cache(cache)
         table.stats["seconds"] = time.perf_counter() - t_start
-        if table.stats["retimed"]:
-            log(f"latency table: timed {table.stats['retimed']} points again that were slower "
-                "than a neighbour with more channels (machine load)")
         return table
-
-    def _outliers(self, ratio: float) -> dict[tuple[str, int, int], float]:
-        """Points slower than ``ratio`` x the fastest neighbour keeping more channels, with
-        how many times slower they are."""
-        found = {}
-        for key, (cins, couts, diag, _) in self._grids.items():
-            pk = key.rsplit("|", 1)[0]
-            pts = self._points.get(pk, {})
-            for (ci, co), ups in _upper_neighbours(cins, couts, diag):
-                times = [pts[u] for u in ups if u in pts]
-                if times and (ci, co) in pts and pts[(ci, co)] > ratio * min(times):
-                    found[(pk, ci, co)] = pts[(ci, co)] / min(times)
-        return found
 
     def _context(self) -> str:
         return f"{self.backend}|{self.runtime_version}|{self.device}|threads={self.threads}"

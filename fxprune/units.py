@@ -29,6 +29,17 @@ class UnitIndex:
         group_number = {g.key: i for i, g in enumerate(self.groups)}
         gi = np.array([group_number.get(ch.groups[g].key, -1) for g in ch.unit_group], dtype=np.int64)
         self._unit_flat = np.where(gi >= 0, self.offsets[np.maximum(gi, 0)] + ch.unit_pos, -1)
+        #: channels one unit is in its producer's output (more than 1 when a grouped conv ties
+        #: position j of every group, or a depthwise conv multiplies channels)
+        self.unit_channels = [self._channels_per_unit(g) for g in self.groups]
+
+    def _channels_per_unit(self, group: GroupInfo) -> int:
+        for key in group.spaces:
+            if group.producers and key == f"{group.producers[0]}.weight:0":
+                space = self.channels.space_by_key[key]
+                units = np.unique(self.channels.units(space.ids))
+                return max(1, space.size // max(len(units), 1))
+        return 1
 
     def group_slice(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))

@@ -9,7 +9,7 @@ from torch import nn
 
 import fxprune
 from fxprune.budget import Budget
-from fxprune.cost import FlopsCost
+from fxprune.cost import FlopsCost, ParamsCost
 from fxprune.schedule import PruningSchedule
 from fxprune.summary import count_flops
 from fxprune.units import UnitIndex, costed_layers
@@ -289,3 +289,23 @@ def test_custom_cost_model_plugs_in():
     train(pm, pruner, 1)
     assert pruner.cost() <= 0.5 + 1e-9
     assert fxprune.finalize(pm) is not None
+
+
+def test_counts_stay_on_the_channel_step_grid():
+    from fxprune.methods.smcp import allowed_counts
+
+    assert allowed_counts(64, 8, 1, 64).tolist() == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert allowed_counts(24, 16, 1, 24).tolist() == [16, 24]  # small groups: no odd counts
+    assert allowed_counts(12, 16, 1, 12).tolist() == [12]
+    assert allowed_counts(4, 8, 1, 4, unit_channels=32).tolist() == [1, 2, 3, 4]  # 32 channels per unit
+    assert allowed_counts(20, 8, 1, 20, unit_channels=2).tolist() == [4, 8, 12, 16, 20]
+    assert allowed_counts(64, 8, 20, 30).tolist() == [24]
+
+
+def test_cost_can_be_priced_by_another_model():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, cost="flops", warmup=0, ramp=1, update_every=1)
+    train(pm, pruner, 1)
+    assert pruner.cost() <= 0.5 + 1e-9
+    by_params = pruner.cost(ParamsCost())
+    assert 0 < by_params < 1 and by_params != pytest.approx(pruner.cost())

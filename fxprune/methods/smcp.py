@@ -20,6 +20,7 @@ same fraction instead of the global knapsack).
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -58,13 +59,14 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
                     f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel), got {type(cost).__name__}")
 
 
-def allowed_counts(size: int, step: int, low: int, high: int) -> np.ndarray:
-    """Channel counts a group may keep: multiples of ``step`` (plus all of it) when the group
-    has room for at least two steps, every count otherwise; within ``[low, high]``."""
-    if step > 1 and size >= 2 * step:
-        ks = set(range(step, size + 1, step)) | {size}
-    else:
-        ks = set(range(1, size + 1))
+def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int = 1) -> np.ndarray:
+    """How many of a group's ``size`` channels it may keep: counts whose channel total is a
+    multiple of ``step`` (runtimes' kernels work on blocks of channels: an odd count can cost
+    more than a round one, across layers, where no per-layer cost sees it), plus all of them;
+    within ``[low, high]``. ``unit_channels``: channels per unit of the group (a grouped conv's
+    tied positions), so a unit count k keeps ``k * unit_channels`` channels."""
+    per = max(1, step // math.gcd(step, unit_channels)) if step > 1 else 1
+    ks = set(range(per, size + 1, per)) | {size}
     ks = sorted(k for k in ks if low <= k <= high)
     if not ks:  # the constraints leave only counts off the step grid
         ks = [max(low, min(high, size))]
@@ -120,9 +122,12 @@ class SMCP:
             return self.update()
         return None
 
-    def cost(self) -> float:
-        """Current cost as a fraction of the dense model's, by this pruner's cost model."""
-        return self.budget.fraction(self._kept_now())
+    def cost(self, cost_model: CostModel | None = None) -> float:
+        """Current cost as a fraction of the dense model's, by this pruner's cost model or by
+        ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table)."""
+        if cost_model is None or cost_model is self.budget.model:
+            return self.budget.fraction(self._kept_now())
+        return Budget(self.index, self.budget.layers, cost_model).fraction(self._kept_now())
 
     def target_now(self) -> float:
         return self.schedule.target(self.step_count, self.target)
@@ -163,7 +168,8 @@ class SMCP:
             dead = self.dead[sl]
             order, min_k = self.index.ranking(i, np.where(dead, -np.inf, s))
             alive = int((~dead).sum())
-            k = allowed_counts(g.size, self.channel_step, min_k, max(alive, min_k))
+            k = allowed_counts(g.size, self.channel_step, min_k, max(alive, min_k),
+                               self.index.unit_channels[i])
             cum = np.concatenate([[0.0], np.cumsum(np.where(dead, 0.0, s)[order])])
             orders.append(order)
             ks.append(k)

@@ -1,0 +1,114 @@
+"""What fxprune costs: prepare/finalize time, and a training step with masks vs without.
+
+    python benchmarks/bench_overheads.py
+
+* prepare and finalize (with its exactness check) wall time for torchvision models at 224x224;
+* training step time (forward, backward, SGD step) of the plain model vs the prepared model
+  with SMCP's per-step work (Taylor importance, masked weight decay), the two interleaved step
+  by step so background load hits both alike; medians. Target from the issue: <= 1.10x.
+
+Writes ``benchmarks/results/overheads.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import fxprune
+from fxprune.deploy.common import cpu_name
+from fxprune.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def time_prepare_finalize(name: str, size: int, repeats: int) -> dict:
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, size, size)
+    prep, fin = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        pm = fxprune.prepare(model, (x,))
+        prep.append(time.perf_counter() - started)
+        for g in fxprune.channel_groups(pm):  # prune something so finalize has work to do
+            if g.prunable:
+                g.mask[: g.size // 2] = 0
+                for positions in g.keep_one_of:
+                    if not g.mask[positions].any():
+                        g.mask[positions[0]] = 1
+        started = time.perf_counter()
+        fxprune.finalize(pm)
+        fin.append(time.perf_counter() - started)
+    return {"model": name, "input": f"1x3x{size}x{size}", "prepare_s": statistics.median(prep),
+            "finalize_s": statistics.median(fin), "repeats": repeats}
+
+
+def time_training_steps(name: str, batch: int, steps: int, shape) -> dict:
+    torch.manual_seed(0)
+    if name == "resnet_fmnist":
+        plain = build_model(name)
+    else:
+        plain = torchvision.models.get_model(name, weights=None, num_classes=10)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+    pm = fxprune.prepare(plain, (x[:1],))
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=10 ** 9, masked_decay=2e-4)  # never updates
+    runs = {"plain": (plain, None), "masked": (pm, pruner)}
+    optim = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, (m, _) in runs.items()}
+    times = {k: [] for k in runs}
+    for step in range(steps + 3):
+        for key, (model, p) in runs.items():
+            started = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            optim[key].zero_grad()
+            loss.backward()
+            if p is not None:
+                p.step()
+            optim[key].step()
+            if step >= 3:  # warm-up steps are not timed
+                times[key].append(time.perf_counter() - started)
+    plain_s, masked_s = statistics.median(times["plain"]), statistics.median(times["masked"])
+    return {"model": name, "batch": batch, "input": "x".join(map(str, shape)), "steps": steps,
+            "plain_step_ms": plain_s * 1e3, "masked_step_ms": masked_s * 1e3, "ratio": masked_s / plain_s}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overheads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    passes = [time_prepare_finalize(n, 224, 3) for n in ("resnet50", "convnext_tiny", "mobilenet_v2")]
+    steps = [time_training_steps("resnet_fmnist", 128, args.steps, (1, 28, 28)),
+             time_training_steps("resnet18", 32, args.steps, (3, 64, 64))]
+    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "passes": passes, "steps": steps}, indent=2))
+    lines = ["# fxprune overheads", "",
+             f"`python benchmarks/bench_overheads.py` on {meta['cpu']}, {meta['cores']} cores, "
+             f"{args.threads} threads, torch {meta['torch']}; load average {load_before[0]:.2f} -> "
+             f"{meta['load_average_after'][0]:.2f}.", "",
+             "| model | input | prepare (s) | finalize incl. check (s) |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['input']} | {r['prepare_s']:.2f} | {r['finalize_s']:.2f} |" for r in passes]
+    lines += ["", "| model | batch x input | plain step (ms) | masked + SMCP step (ms) | ratio |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['batch']} x {r['input']} | {r['plain_step_ms']:.1f} | "
+              f"{r['masked_step_ms']:.1f} | {r['ratio']:.3f} |" for r in steps]
+    table = "\n".join(lines) + "\n"
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

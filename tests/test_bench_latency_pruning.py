@@ -1,0 +1,58 @@
+"""benchmarks/bench_latency_pruning.py's core on a tiny CNN (real ONNX Runtime timing, seconds)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import nn
+
+BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_latency_pruning.py")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_latency_pruning", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    # Wide enough at 32x32 that conv time, not ORT's per-call overhead, dominates the table:
+    # otherwise half the latency could be out of reach of any channel count.
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    ).eval()
+
+
+def test_bench_model_rows_and_latency_budget(tmp_path):
+    bench = load_bench()
+    result = bench.bench_model("tiny", tiny_cnn(), (1, 3, 32, 32), table_step=8,
+                               channel_steps=(8,), target=0.5, iters=5, warmup=1, threads=1,
+                               cache=tmp_path / "cache.json", workdir=str(tmp_path),
+                               progress=False, log=lambda s: None)
+    assert result["table"]["points_timed"] > 0 and (tmp_path / "cache.json").exists()
+    assert result["timing"]["order"] == ["dense", "flops@8", "latency@8"]
+    rows = {r["cost"]: r for r in result["rows"]}
+    assert set(rows) == {"flops", "latency"}
+    for r in rows.values():
+        assert "error" not in r
+        assert 0 < r["flops_ratio"] < 1 and 0 < r["params_ratio"] < 1
+        assert r["dense_median_ms"] > 0 and r["pruned_median_ms"] > 0
+        assert r["pruned_p90_ms"] >= r["pruned_median_ms"]
+        assert r["measured_speedup"] == r["dense_median_ms"] / r["pruned_median_ms"]
+        assert r["measured_over_pred_table"] == r["measured_speedup"] / r["pred_speedup_table"]
+    # Each prune respects its own cost model's budget...
+    assert rows["flops"]["pred_speedup_flops"] >= 1 / 0.5 * (1 - 1e-6)
+    assert rows["latency"]["cost_fraction_own"] <= 0.5 + 1e-9
+    # ...and the latency row's table prediction is that same fraction.
+    assert rows["latency"]["pred_speedup_table"] == 1 / rows["latency"]["cost_fraction_own"]
+    assert isinstance(rows["latency"]["goal_met"], bool)
+
+    # The report renders both rows.
+    text = bench.text_table(result["rows"])
+    assert "flops" in text and "latency" in text
