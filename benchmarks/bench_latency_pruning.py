@@ -233,23 +233,20 @@ CHOICES = """\
   default) is reported too: its odd multiples of 8 fall between grid points, where the table
   interpolates a cost the runtime's staircase does not have, and the FLOPs rows show what
   multiples of 8 do on this runtime.
-- The SMCP engine lets a group smaller than two channel steps keep any count (column
-  `off_grid_groups` in the JSON lists the groups that ended off the step grid).
+- SMCP keeps every group's channel total on the `channel_step` grid (plus the dense count);
+  `off_grid_groups` in the JSON lists any group that still ended off it.
 - Timing: all variants of one model interleaved in one process (dense, then each pruned
   model, repeated), {warmup} warm-up rounds then {iters} timed rounds, medians and p90.
-  ORT spin-waiting: {spinning}. With spinning on (ORT's default, and what
-  `fxprune.deploy`'s sessions use) an idle session's worker thread spins while the next
-  session runs, so interleaved sessions slow each other down, unevenly across models (see
-  `ort_session` in the script); off, every model pays ORT's thread wake-up per op instead,
-  alike for dense and pruned.
+  ORT spin-waiting: {spinning} (`fxprune.deploy`'s default). With spinning on (ORT's own
+  default) an idle session's worker thread spins while the next session runs, so interleaved
+  sessions slow each other down, unevenly across models; off, every model pays ORT's thread
+  wake-up per op instead, alike for dense and pruned.
   Load averages (1, 5, 15 min) are recorded around the table measurement and the timing.
-- Load and the table: interleaving protects the end-to-end timing, not the table. The table
-  times one layer's whole grid in one block, so load during that block inflates the layer's
-  every point alike (the re-timing of points slower than a bigger neighbour cannot see it) and
-  the knapsack then prunes that layer for savings it will not get. Compare "table dense sum"
-  with "dense measured": the table leaves out only non-conv ops (BN and activations are fused
-  into the convs by ORT; pooling and adds are cheap), so far apart means a disturbed table or
-  timing run.
+- Load and the table: interleaving protects the end-to-end timing; the table is protected by
+  timing its grid in two passes, each in a fresh random order, keeping each point's fastest.
+  Compare "table dense sum" with "dense measured": the table leaves out only non-conv ops (BN
+  and activations are fused into the convs by ORT; pooling and adds are cheap), so far apart
+  means a disturbed table or timing run.
 """
 
 
@@ -302,6 +299,12 @@ def machine_facts(args) -> dict:
             "batch": args.batch, "input": f"{args.batch}x3x{args.size}x{args.size}",
             "onnxruntime": ortb.version(), "torch": torch.__version__,
             "python": platform.python_version(), "load_average_start": load_average()}
+
+
+def render(json_path: str) -> str:
+    """Markdown from a results JSON (to refresh the text without re-measuring)."""
+    with open(json_path, encoding="utf-8") as f:
+        return markdown(json.load(f))
 
 
 def main(argv=None) -> int:
