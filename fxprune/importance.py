@@ -46,10 +46,12 @@ class ImportanceAccumulator:
             if g is None:
                 continue
             seen = True
-            s = (c.param.double() * g.double())
+            # W*g in the weights' dtype (a full pass over the weights: keep it single precision);
+            # the per-channel sums it reduces to are accumulated in double.
+            s = c.param.detach() * g
             s = s.sum(dim=tuple(range(2, s.ndim))) if s.ndim > 2 else s  # (C_out, C_in)
-            out_kept = ext[c.out_flat]  # -1 indexes the trailing 1: not prunable, always kept
-            per_input = (s * out_kept[:, None]).sum(0)
+            out_kept = ext[c.out_flat].to(s.dtype)  # -1 picks the trailing 1: always kept
+            per_input = (out_kept @ s).double()
             valid = c.in_flat >= 0
             step.index_add_(0, c.in_flat[valid], per_input[valid])
         if not seen:

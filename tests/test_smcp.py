@@ -115,7 +115,7 @@ def test_option_costs_add_up_and_price_a_group_with_outputs_held():
 
 def test_taylor_importance_matches_a_hand_computation():
     pm = prepared()
-    pruner = fxprune.SMCP(pm, target=0.5, warmup=100, ramp=10, update_every=10)
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=5, ramp=10, update_every=10)  # step 1 is observed
     x, y = data()
     F.cross_entropy(pm(x), y).backward()
     pruner.step()
@@ -124,7 +124,8 @@ def test_taylor_importance_matches_a_hand_computation():
     g = next(i for i, grp in enumerate(index.groups) if grp.name == "c1.0")
     conv = pm.get_submodule("c2.0")  # the only layer reading c1's channels
     expected = (conv.weight.double() * conv.weight.grad.double()).detach().sum(dim=(0, 2, 3)).abs().numpy()
-    np.testing.assert_allclose(scores[index.group_slice(g)], expected, rtol=1e-6)
+    # products are formed in the weights' single precision: agree to float32 accuracy
+    np.testing.assert_allclose(scores[index.group_slice(g)], expected, rtol=1e-4, atol=1e-9)
 
 
 def test_soft_masks_pass_gradient_hard_masks_block_it():
@@ -309,3 +310,10 @@ def test_cost_can_be_priced_by_another_model():
     assert pruner.cost() <= 0.5 + 1e-9
     by_params = pruner.cost(ParamsCost())
     assert 0 < by_params < 1 and by_params != pytest.approx(pruner.cost())
+
+
+def test_importance_is_only_gathered_before_updates():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=20, ramp=10, update_every=5, freeze_after=30)
+    observed = [t for t in range(1, 40) if pruner._observing(t)]
+    assert observed == list(range(16, 31))

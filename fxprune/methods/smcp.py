@@ -115,12 +115,21 @@ class SMCP:
         record when masks were re-solved at this step, else None."""
         self.step_count += 1
         flat = self.index.masks(self.prepared)
-        self.importance.observe(flat)
+        if self._observing(self.step_count):
+            self.importance.observe(flat)
         if self.masked_decay:
             self._decay_masked(flat)
         if self.schedule.updates_at(self.step_count):
             return self.update()
         return None
+
+    def _observing(self, step: int) -> bool:
+        """Importance only matters in the window before an update: skip the pass over every
+        weight early in warm-up and once masks are frozen."""
+        s = self.schedule
+        if s.freeze_after is not None and step > s.freeze_after:
+            return False
+        return step > s.warmup - s.update_every
 
     def cost(self, cost_model: CostModel | None = None) -> float:
         """Current cost as a fraction of the dense model's, by this pruner's cost model or by
@@ -294,14 +303,16 @@ class SMCP:
     @torch.no_grad()
     def _decay_masked(self, flat: torch.Tensor) -> None:
         """SMCP's extra weight decay, only on masked-out weights (added to their gradient)."""
+        if bool((flat != 0).all()):
+            return  # nothing masked yet: skip a pass over every weight
         for c in self.consumers:
             if c.param.grad is None:
                 continue
             ext = torch.cat([flat.to(c.param.device, c.param.dtype), c.param.new_ones(1)])
             shape = [1] * c.param.ndim
             shape[c.dim] = -1
-            off = (1 - ext[c.in_flat]).view(shape)
-            c.param.grad.add_(c.param * off, alpha=self.masked_decay)
+            off = (ext[c.in_flat] == 0).to(c.param.dtype).view(shape)
+            c.param.grad.addcmul_(c.param, off, value=self.masked_decay)  # one fused pass
 
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
