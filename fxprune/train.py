@@ -222,8 +222,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """Read a YAML recipe, apply ``section.key=value`` overrides, validate."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found (the shipped recipe is "
-                          "configs/fashion_mnist_resnet.yaml)")
+        raise ConfigError(f"config file {path} not found; the shipped recipes are "
+                          "configs/fashion_mnist_smcp.yaml (SMCP), configs/fashion_mnist_quick.yaml "
+                          "(a few minutes) and configs/fashion_mnist_resnet.yaml (dense)")
     with path.open() as f:
         try:
             raw = yaml.load(f, Loader=_YamlLoader) or {}
