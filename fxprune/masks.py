@@ -62,25 +62,22 @@ class _InputMasked:
         return scale(self.weight, m, straight_through=self.fxprune_straight_through)
 
 
-class MaskedConv1d(_InputMasked, nn.Conv1d):
+class _MaskedConv(_InputMasked):
+    # nn.Conv1d/2d/3d share _conv_forward(x, weight, bias); one forward serves all three.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(mask), self.bias)
+
+
+class MaskedConv1d(_MaskedConv, nn.Conv1d):
     _fxprune_base = nn.Conv1d
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.masked_weight(mask), self.bias)
 
-
-class MaskedConv2d(_InputMasked, nn.Conv2d):
+class MaskedConv2d(_MaskedConv, nn.Conv2d):
     _fxprune_base = nn.Conv2d
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.masked_weight(mask), self.bias)
 
-
-class MaskedConv3d(_InputMasked, nn.Conv3d):
+class MaskedConv3d(_MaskedConv, nn.Conv3d):
     _fxprune_base = nn.Conv3d
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.masked_weight(mask), self.bias)
 
 
 class MaskedLinear(_InputMasked, nn.Linear):
