@@ -4,7 +4,9 @@
 
 Runs ``fxprune train configs/fashion_mnist_smcp.yaml`` once per row (same seed, epochs and
 schedule; only the method's switches differ), each in its own process with one thread, and
-writes ``benchmarks/results/fashion_mnist.{json,md}``. Rows:
+writes ``benchmarks/results/fashion_mnist.{json,md}``. A run whose folder already holds a
+finished run of the same resolved config is reused, an interrupted one is resumed from its
+checkpoint (training resumes exactly); ``--fresh`` retrains everything. Rows:
 
 * dense: ``prune.method=none``
 * SMCP: soft masks, Taylor importance, global knapsack
@@ -18,11 +20,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from fxprune.deploy.common import cpu_name
+from fxprune.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
@@ -34,23 +38,40 @@ METHODS = {
 }
 
 
-def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path) -> dict:
+def _saved_config(out: Path, name: str) -> dict | None:
+    path = out / name
+    if not path.is_file():
+        return None
+    if name == "config.yaml":
+        return yaml.safe_load(path.read_text())
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False).get("config")
+
+
+def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,
+            fresh: bool) -> dict:
     sets = [f"optim.epochs={epochs}", f"seed={seed}", "num_threads=1", "log.progress=false",
             "log.tensorboard=false", *METHODS[name]]
     if target is not None:
         sets.append(f"prune.target={target}")
-    cmd = [sys.executable, "-m", "fxprune.cli", "train", str(CONFIG), "--out", str(out), "--overwrite"]
+    planned = load_config(CONFIG, [*sets, f"out={json.dumps(str(out))}"])
+    cmd = [sys.executable, "-m", "fxprune.cli", "train", str(CONFIG), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
-    started = time.time()
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} @ {target}: exit {proc.returncode}, see {log}")
+    finished = (out / "results.json").is_file() and _saved_config(out, "config.yaml") == planned
+    if fresh or not finished:
+        # An interrupted run of exactly this config continues where its checkpoint left off.
+        resume = not fresh and _saved_config(out, "checkpoint.pt") == planned
+        with open(log, "a" if resume else "w") as f:
+            proc = subprocess.run(cmd + ["--resume" if resume else "--overwrite"], stdout=f,
+                                  stderr=subprocess.STDOUT, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} @ {target}: exit {proc.returncode}, see {log}")
     result = json.loads((out / "results.json").read_text())
-    result.update(row=name, target=target, seed=seed, wall_s=round(time.time() - started, 1),
+    result.update(row=name, target=target, seed=seed,
                   command=" ".join(cmd[2:]))
     return result
 
@@ -82,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_fashion_mnist")
+    parser.add_argument("--fresh", action="store_true",
+                        help="retrain every run instead of reusing or resuming the saved ones")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist")
     args = parser.parse_args(argv)
 
@@ -93,16 +116,15 @@ def main(argv=None) -> int:
                 plan.append((name, target, seed, args.runs_dir / tag))
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, n, t, s, args.epochs, d) for n, t, s, d in plan]
+        futures = [pool.submit(run_one, n, t, s, args.epochs, d, args.fresh) for n, t, s, d in plan]
         rows = []
         for f in futures:
             rows.append(f.result())
             r = rows[-1]
             print(f"{r['row']:>12} target={r['target']} acc={r['accuracy']:.4f} "
-                  f"flops={r['flops_ratio']:.3f} ({r['wall_s']:.0f}s)", flush=True)
+                  f"flops={r['flops_ratio']:.3f} ({r['train_time_s']:.0f}s training)", flush=True)
 
     import torch
-    from fxprune.train import load_config
 
     meta = {
         "command": "python benchmarks/bench_fashion_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
