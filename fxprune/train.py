@@ -37,203 +37,18 @@ import torch
 import yaml
 from torch import nn
 
-from .data import DATA_DEFAULTS, make_loaders
+from .data import make_loaders
 from .errors import FxPruneError
-from .models import DEFAULT_BLOCKS, DEFAULT_WIDTHS, build_model
+from .models import build_model
+from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
+                            ConfigError, _flatten, apply_overrides, check_schedule_steps,
+                            load_config, parse_value, pruner_class, resolve_config)
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "resolve_config", "apply_overrides",
+__all__ = ["DEFAULTS", "ConfigError", "CheckpointError", "TargetNotReachedError", "load_config",
+           "resolve_config", "apply_overrides", "check_out_folder", "save_checkpoint", "load_checkpoint",
            "make_pruner", "train", "evaluate", "model_stats", "add_arguments", "run"]
 
 INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "device": "auto",        # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    "num_threads": None,     # torch CPU threads; None: every core
-    "channels_last": True,   # NHWC activations: ~1.4x faster convs on CPU for this model
-    "out": "runs/fashion_mnist_resnet",
-    "data": dict(DATA_DEFAULTS),
-    "model": {
-        "name": "resnet_fmnist",
-        "widths": list(DEFAULT_WIDTHS),
-        "blocks": list(DEFAULT_BLOCKS),
-        "num_classes": 10,
-    },
-    "optim": {
-        "epochs": 10,
-        "lr": 0.1,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "schedule": "cosine",      # cosine | step | constant, stepped every batch
-        "warmup_epochs": 0.0,      # linear warm-up from 0, may be fractional
-        "milestones": [],          # step schedule: epochs where lr *= gamma
-        "gamma": 0.1,
-        "label_smoothing": 0.0,
-    },
-    # Owned by the pruning method: everything but "method" goes to its constructor.
-    "prune": {"method": "none"},
-    "log": {
-        "every_steps": 50,         # rows of steps.csv
-        "tensorboard": "auto",     # true | false | auto (if tensorboard is installed)
-        "progress": True,          # tqdm bars
-    },
-}
-FREE_SECTIONS = {"prune"}
-# Where null is meaningful although the default is not (torchvision models take no widths).
-NULLABLE = {"model.widths", "model.blocks"}
-# Keys whose value is one of a few choices of mixed kinds.
-CHOICES = {"log.tensorboard": (True, False, "auto")}
-# What may change between a run and its --resume without breaking exact continuation.
-RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_workers",
-                     "log.every_steps", "log.tensorboard", "log.progress"}
-
-# pruning method name -> class name in the fxprune package (looked up when first used).
-PRUNERS = {"smcp": "SMCP"}
-
-
-class ConfigError(FxPruneError, ValueError):
-    """A recipe or an override names an unknown key or has a value of the wrong kind."""
-
-
-# ----------------------------------------------------------------------------- config
-
-class _YamlLoader(yaml.SafeLoader):
-    """YAML with 1.2 floats: PyYAML alone reads ``1e-3`` (no dot) as a string."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def parse_value(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in defaults.items():
-        if isinstance(v, dict) and k not in FREE_SECTIONS:
-            keys += _valid_keys(v, f"{prefix}{k}.")
-        else:
-            keys.append(f"{prefix}{k}" + (".*" if k in FREE_SECTIONS else ""))
-    return keys
-
-
-def _check_type(key: str, value: Any, default: Any) -> None:
-    if key in CHOICES:
-        if not any(value is c or (isinstance(c, str) and value == c) for c in CHOICES[key]):
-            raise ConfigError(f"{key} must be one of {CHOICES[key]}, got {value!r}")
-        return
-    if value is None:
-        if default is None or key in NULLABLE:
-            return
-        raise ConfigError(f"{key} cannot be null (default {default!r})")
-    if default is None:
-        return
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        list: lambda v: isinstance(v, list),
-    }.get(type(default), lambda v: True)
-    if not ok(value):
-        raise ConfigError(f"{key} expects a {type(default).__name__} like {default!r}, got "
-                          f"{value!r} ({type(value).__name__})")
-
-
-def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
-    """Merge ``update`` into ``base`` in place, checking keys and kinds against ``defaults``."""
-    for key, value in update.items():
-        path = f"{prefix}{key}"
-        if key not in defaults:
-            raise ConfigError(f"unknown config key {path!r}; valid keys: "
-                              f"{', '.join(_valid_keys(DEFAULTS))}")
-        default = defaults[key]
-        if isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path} is a section (a mapping of keys), got {value!r}")
-            if prefix == "" and key in FREE_SECTIONS:
-                base[key].update(copy.deepcopy(value))
-            else:
-                _merge(base[key], value, default, path + ".")
-        else:
-            _check_type(path, value, default)
-            base[key] = copy.deepcopy(value)
-
-
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML)."""
-    cfg = copy.deepcopy(cfg)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.epochs=2)")
-        try:
-            value = parse_value(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
-        update: dict = {}
-        node = update
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-        _merge(cfg, update, DEFAULTS)
-    return cfg
-
-
-def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:
-    """DEFAULTS updated with ``cfg`` then ``overrides``; validated, never mutating ``cfg``."""
-    resolved = copy.deepcopy(DEFAULTS)
-    if cfg:
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"a config is a mapping of sections, got {type(cfg).__name__}")
-        _merge(resolved, cfg, DEFAULTS)
-    resolved = apply_overrides(resolved, overrides or [])
-    optim = resolved["optim"]
-    if optim["schedule"] not in ("cosine", "step", "constant"):
-        raise ConfigError(f"optim.schedule must be cosine, step or constant, got "
-                          f"{optim['schedule']!r}")
-    if optim["epochs"] < 1:
-        raise ConfigError(f"optim.epochs must be >= 1, got {optim['epochs']}")
-    method = resolved["prune"].get("method", "none")
-    if method != "none" and method not in PRUNERS:
-        raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
-    return resolved
-
-
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
-    """Read a YAML recipe, apply ``section.key=value`` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; the shipped recipes are "
-                          "configs/fashion_mnist_smcp.yaml (SMCP), configs/fashion_mnist_quick.yaml "
-                          "(a few minutes) and configs/fashion_mnist_resnet.yaml (dense)")
-    with path.open() as f:
-        try:
-            raw = yaml.load(f, Loader=_YamlLoader) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return resolve_config(raw, overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -241,24 +56,21 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     """The pruning method of ``prune_cfg["method"]`` attached to prepared model ``pm``.
 
-    ``None`` for ``"none"``. Every other key of ``prune_cfg`` is a keyword argument of the
-    method's class (``fxprune.SMCP(pm, target=0.5, cost="flops", ...)``). ``context`` holds
-    facts of the training run (``steps_per_epoch``, ``epochs``): each is passed only if the
-    class's constructor names it and the recipe does not set it, so schedules written in
-    epochs can be converted to steps by the method.
+    ``None`` for ``"none"``. Every other key of ``prune_cfg`` but the recipe's own
+    (:data:`~fxprune.recipe_config.RECIPE_PRUNE_KEYS`) is a keyword argument of the method's
+    class (``fxprune.SMCP(pm, target=0.5, cost="flops", ...)``). ``context`` holds facts of the
+    training run (``steps_per_epoch``, ``epochs``): each is passed only if the class's
+    constructor names it and the recipe does not set it, so schedules written in epochs can be
+    converted to steps by the method.
     """
-    kwargs = dict(prune_cfg)
-    method = kwargs.pop("method", "none")
+    kwargs = {k: v for k, v in prune_cfg.items()
+              if k not in RECIPE_PRUNE_KEYS or k.endswith("_epochs")}
+    method = prune_cfg.get("method", "none")
     if method == "none":
         return None
     if method not in PRUNERS:
         raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
-    import fxprune
-
-    cls = getattr(fxprune, PRUNERS[method], None)
-    if cls is None:
-        raise ConfigError(f"prune.method {method!r} needs fxprune.{PRUNERS[method]}, which this "
-                          f"fxprune installation does not provide")
+    cls = pruner_class(method)
     _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"))
     try:
         accepted = inspect.signature(cls).parameters
@@ -267,25 +79,36 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     for name, value in context.items():
         if name in accepted and name not in kwargs:
             kwargs[name] = value
-    return cls(pm, **kwargs)
+    try:
+        return cls(pm, **kwargs)
+    except (ValueError, TypeError) as exc:  # the method's own checks: a config error
+        raise ConfigError(f"prune ({method}): {exc}") from None
 
 
 def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None) -> None:
     """Recipes schedule pruning in epochs; methods count optimizer steps.
 
     ``warmup_epochs`` -> ``warmup``, ``ramp_epochs`` -> ``ramp``, ``cooldown_epochs`` (the last
-    epochs, masks frozen) -> ``freeze_after``. Fractions of an epoch are fine.
+    epochs, masks frozen) -> ``freeze_after``. Fractions of an epoch are fine. Ends are rounded,
+    not lengths, so a ramp that ends where the cool-down starts does so in steps too.
     """
     if steps_per_epoch is None:
         return
-    for key, name in (("warmup_epochs", "warmup"), ("ramp_epochs", "ramp")):
-        if key in kwargs:
-            kwargs[name] = int(round(float(kwargs.pop(key)) * steps_per_epoch))
+
+    def at(epoch: float) -> int:
+        return int(round(epoch * steps_per_epoch))
+
+    has_warmup = "warmup_epochs" in kwargs
+    warmup = float(kwargs.pop("warmup_epochs", 0.0))
+    if has_warmup:
+        kwargs["warmup"] = at(warmup)
+    if "ramp_epochs" in kwargs:
+        kwargs["ramp"] = at(warmup + float(kwargs.pop("ramp_epochs"))) - at(warmup)
     if "cooldown_epochs" in kwargs:
         cooldown = float(kwargs.pop("cooldown_epochs"))
         if epochs is None:
             raise ConfigError("prune.cooldown_epochs needs the run's optim.epochs")
-        kwargs["freeze_after"] = int(round((epochs - cooldown) * steps_per_epoch))
+        kwargs["freeze_after"] = at(epochs - cooldown)
 
 
 def lr_factor(step: int, optim: dict, steps_per_epoch: int) -> float:
@@ -407,7 +230,8 @@ class CsvLog:
         os.replace(tmp, self.path)
 
 
-def _tensorboard_writer(setting: Any, out: Path):
+def _tensorboard_writer(setting: Any, out: Path | None):
+    """A function making the SummaryWriter for folder ``out`` (None: no TensorBoard)."""
     wanted = setting is True or (setting == "auto"
                                  and importlib.util.find_spec("tensorboard") is not None)
     if not wanted:
@@ -417,12 +241,17 @@ def _tensorboard_writer(setting: Any, out: Path):
                           "pip install tensorboard, or --set log.tensorboard=false")
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
+    return lambda out: SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+    """Every RNG's state as tensors and plain data (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, words, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+             "python": {"version": version, "words": list(words), "gauss": gauss}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -430,8 +259,11 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["words"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -456,24 +288,133 @@ def _save_module(module: nn.Module, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- training
 
+RUN_MARKER = ".fxprune-run"  # in every folder a run writes to: it holds fxprune's files only
+# Every file a run writes (under its folder); nothing else there is ever touched.
+RUN_FILES = ("config.yaml", "metrics.csv", "steps.csv", "checkpoint.pt", "checkpoint.prev.pt",
+             "model_dense.pt", "model_pruned.pt", "results.json")
+
+
+class CheckpointError(FxPruneError):
+    """A checkpoint cannot be read (truncated, empty, not fxprune's) or does not fit the run."""
+
+
+class TargetNotReachedError(FxPruneError):
+    """The run ended with the pruner's cost above its target."""
+
+
+def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder the run did not create (one holding files but no run marker), a file
+    in the folder's place, and a finished run unless ``resume`` or ``overwrite``. Creates
+    nothing: it runs before any work."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume "
+                                    "to start, or point --out at the run to continue")
+        if not (out / RUN_MARKER).is_file():
+            raise FileExistsError(f"--resume: {out} has no {RUN_MARKER} marker, so fxprune did "
+                                  "not write it; point --out at a folder of a fxprune run")
+        return
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
+        some = sorted(p.name for p in out.iterdir())[:3]
+        raise FileExistsError(f"--out {out} already holds files fxprune did not write "
+                              f"({', '.join(some)}, ...); choose a new or empty folder")
+    if ckpt.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({ckpt}); pass --resume to "
+                              "continue it, --overwrite to start over, or another --out")
+
+
+def _claim_out_folder(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / RUN_MARKER
+    if not marker.exists():
+        marker.write_text("This folder holds a fxprune train run; fxprune writes here only "
+                          f"these files: {', '.join(RUN_FILES)} and tensorboard/.\n")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write to a temporary file, keep the previous checkpoint as ``*.prev.pt``, then rename:
+    a crash mid-write loses at most the epoch being saved."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    if path.exists():
+        os.replace(path, path.with_name(path.stem + ".prev.pt"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True``
+    (tensors and plain data only: loading it runs no code)."""
+    prev = path.with_name(path.stem + ".prev.pt")
+    way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
+               "or start over with --overwrite" if prev.is_file()
+               else "start over with --overwrite or use another --out")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if path.stat().st_size == 0:
+            why = "the file is empty"
+        raise CheckpointError(f"--resume: checkpoint {path} is damaged or not a fxprune "
+                              f"checkpoint ({why[:200]}); {way_out}") from None
+    needed = {"format", "epoch", "step", "config", "model", "optimizer", "scheduler", "rng"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise CheckpointError(f"--resume: {path} is not a fxprune train checkpoint (it lacks "
+                              f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}"
+                              f"); {way_out}")
+    return ckpt
+
+
+def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader) -> None:
+    """One forward on one image before any work: a model that cannot read the data, or has
+    fewer outputs than the data has classes, is a config error, not a traceback mid-run."""
+    x, y = next(iter(train_loader))
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x[:1])
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the model does not fit the data
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model.name {cfg['model']['name']!r} does not run on the data's "
+                          f"images of shape {tuple(x.shape[1:])}: {first[:200]}") from None
+    finally:
+        model.train()
+    classes = int(train_loader.labels.max()) + 1
+    if not (isinstance(logits, torch.Tensor) and logits.ndim == 2
+            and logits.shape[1] >= classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model.num_classes: the model gives outputs of shape {got} but the "
+                          f"data has {classes} classes; set model.num_classes={classes}")
+
+
+# ----------------------------------------------------------------------------- training
+
 def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Train the recipe ``cfg`` (resolved against DEFAULTS) and return the results summary.
 
-    ``resume`` continues from ``OUT/checkpoint.pt``; without it an existing checkpoint is an
-    error unless ``overwrite``, so a finished run is never silently replaced.
+    Everything is checked before any work (the config, the output folder, the device, the
+    model against the data, the pruning schedule against the run's length); the output folder
+    is created only then. ``resume`` continues from ``OUT/checkpoint.pt``; without it an
+    existing checkpoint is an error unless ``overwrite``, so a finished run is never silently
+    replaced. A folder holding files but no ``.fxprune-run`` marker is never written to.
+    Raises :class:`TargetNotReachedError` (after saving everything) when a pruning run ends
+    above its cost target, unless ``prune.allow_above_target``.
     """
     from tqdm import tqdm
 
     cfg = resolve_config(cfg)
-    out = Path(cfg["out"])
+    out = Path(cfg["out"]).expanduser()
+    cfg["out"] = str(out)
     ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run without --resume "
-                                "to start, or point --out at the run to continue")
-    if not resume and ckpt_path.exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a run ({ckpt_path}); pass --resume to "
-                              "continue it, --overwrite to start over, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_folder(out, resume=resume, overwrite=overwrite)
 
     torch.set_num_threads(int(cfg["num_threads"] or os.cpu_count() or 1))
     device = _pick_device(cfg["device"])
@@ -482,11 +423,26 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     optim_cfg, prune_cfg, log_cfg = cfg["optim"], cfg["prune"], cfg["log"]
     method = prune_cfg.get("method", "none")
 
+    ckpt = load_checkpoint(ckpt_path, device) if resume else None
+    if ckpt is not None:
+        changed = [k for k in _config_changes(ckpt["config"], cfg)
+                   if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
+                              "pass the same recipe and overrides (only "
+                              f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
+                              "with another --out")
+
     _seed_everything(seed)
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
     model = build_model(cfg["model"]["name"], **model_kwargs)
+    train_loader.set_epoch(0)
+    rng = torch.get_rng_state()
+    _check_model_fits_data(model, cfg, train_loader)
+    torch.set_rng_state(rng)  # the check must not change what the run draws
     dense_stats = model_stats(model)
+    steps_per_epoch = len(train_loader)
 
     pruner = None
     net: nn.Module = model
@@ -500,8 +456,12 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
         # finalize's exactness check runs on it.
         example_batch = next(iter(train_loader))[0][:1]
         net = fxprune.prepare(model, (example_batch,))
-        pruner = make_pruner(net, prune_cfg, steps_per_epoch=len(train_loader),
+        pruner = make_pruner(net, prune_cfg, steps_per_epoch=steps_per_epoch,
                              epochs=int(optim_cfg["epochs"]))
+        target = getattr(pruner, "target", None)
+        if isinstance(target, (int, float)):
+            check_schedule_steps(getattr(pruner, "schedule", None), float(target),
+                                 int(optim_cfg["epochs"]) * steps_per_epoch)
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -510,31 +470,28 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                                 momentum=optim_cfg["momentum"],
                                 nesterov=bool(optim_cfg["nesterov"]) and optim_cfg["momentum"] > 0,
                                 weight_decay=optim_cfg["weight_decay"])
-    steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, optim_cfg, steps_per_epoch))
     criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"])
 
+    writer = _tensorboard_writer(log_cfg["tensorboard"], None)  # checks before any write
+    _claim_out_folder(out)
     start_epoch, step, elapsed = 0, 0, 0.0
     metrics, steps_log = CsvLog(out / "metrics.csv"), CsvLog(out / "steps.csv")
-    if resume:
-        # Our own file with numpy RNG state in it: the weights-only unpickler would refuse it.
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        changed = [k for k in _config_changes(ckpt["config"], cfg)
-                   if k not in RESUMABLE_CHANGES]
-        if changed:
-            raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
-                              "pass the same recipe and overrides (only "
-                              f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
-                              "with another --out")
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt is not None:
+        try:
+            net.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if pruner is not None:
+                pruner.load_state_dict(ckpt["pruner"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"--resume: {ckpt_path} does not fit this run ({first[:200]}); "
+                                  "start over with --overwrite or use another --out") from None
         # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
-        if pruner is not None:
-            pruner.load_state_dict(ckpt["pruner"])
         _set_rng_state(ckpt["rng"])
         start_epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
         metrics.truncate("epoch", start_epoch)
@@ -544,8 +501,9 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             log.rows = []
             if log.path.exists():
                 log.path.unlink()
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    writer = _tensorboard_writer(log_cfg["tensorboard"], out)
+    _atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    if writer is not None:
+        writer = writer(out)
 
     epochs = int(optim_cfg["epochs"])
     every = max(int(log_cfg["every_steps"]), 1)
@@ -611,9 +569,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             "pruner": pruner.state_dict() if pruner is not None else None,
             "rng": _rng_state(),
         }
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, ckpt_path)  # a crash mid-save leaves the previous checkpoint intact
+        save_checkpoint(checkpoint, ckpt_path)
     if writer is not None:
         writer.close()
 
@@ -650,8 +606,20 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     results.update(dense_params=dense_stats["params"], dense_flops=dense_stats["flops"],
                    params_ratio=results["params"] / dense_stats["params"],
                    flops_ratio=results["flops"] / max(dense_stats["flops"], 1))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    target = getattr(pruner, "target", None)
+    final_cost = cost.get("cost") if pruner is not None else None
+    above = (isinstance(target, (int, float)) and isinstance(final_cost, (int, float))
+             and final_cost > float(target) * (1 + 1e-6))
+    if pruner is not None and isinstance(target, (int, float)):
+        results["target"] = float(target)
+        results["target_reached"] = not above
+    _atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(format_results(results))
+    if above and not cfg["prune"].get("allow_above_target", False):
+        raise TargetNotReachedError(
+            f"the run ended at cost {final_cost:.4f} of dense, above its target {target:.4f}: "
+            f"{results['model']} is not pruned as asked (results in {out / 'results.json'}); "
+            "lengthen the schedule, or set prune.allow_above_target=true to accept it")
     return results
 
 
@@ -681,10 +649,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, YAML-typed (repeatable): "
                              "--set optim.epochs=2 --set prune.method=none")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoint.pt")
+                        help="continue from OUT/checkpoint.pt (read with torch.load("
+                             "weights_only=True): tensors and plain data only, no code runs)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start over even if OUT already holds a run")
-    parser.add_argument("--out", help="output folder (overrides the recipe's 'out')")
+                        help="start over even if OUT already holds a run (fxprune's own files "
+                             "only are replaced)")
+    parser.add_argument("--out", help="output folder (overrides the recipe's 'out'): a new or "
+                                      "empty folder, or one of an earlier run (it holds a "
+                                      f"{RUN_MARKER} marker); a folder of other files is refused")
+    parser.epilog = ("Every config error is reported before any work, with the valid values. "
+                     "A pruning run that ends above its cost target exits with status 2 unless "
+                     "prune.allow_above_target=true.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -694,7 +669,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
+    except (FxPruneError, ValueError, OSError) as exc:
+        # fxprune's own errors, invalid data files, folders: the message alone, no traceback
         print(f"fxprune train: error: {exc}", file=sys.stderr)
         return 2
     return 0

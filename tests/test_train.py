@@ -77,12 +77,12 @@ def test_overrides_do_not_mutate_input():
 @pytest.mark.parametrize("override, message", [
     ("optim.epoch=2", r"unknown config key 'optim.epoch'.*optim\.epochs"),
     ("optimizer.lr=0.1", r"unknown config key 'optimizer'.*prune\.\*"),
-    ("optim.epochs=two", r"optim.epochs expects a int"),
-    ("optim.lr=fast", r"optim.lr expects a float"),
+    ("optim.epochs=two", r"optim.epochs takes an integer >= 1; got 'two'"),
+    ("optim.lr=fast", r"optim.lr takes a number > 0; got 'fast'"),
     ("optim=3", r"optim is a section"),
     ("optim.epochs", r"not KEY=VALUE"),
-    ("optim.schedule=linear", r"cosine, step or constant"),
-    ("prune.method=magic", r"prune.method 'magic'"),
+    ("optim.schedule=linear", r"optim.schedule must be one of 'cosine' \| 'step' \| 'constant'"),
+    ("prune.method=magic", r"prune.method must be one of 'none' \| 'smcp'; got 'magic'"),
     ("optim.epochs=null", r"cannot be null"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):

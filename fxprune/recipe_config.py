@@ -1,0 +1,493 @@
+"""Recipe configs: the defaults, one schema for every key, loading and validation.
+
+A recipe is a YAML file whose sections are those of :data:`DEFAULTS`. :func:`load_config` /
+:func:`resolve_config` merge it over the defaults, apply ``section.key=value`` overrides and
+validate the whole result once, before any work: every key against :data:`SCHEMA` (declared
+kind, range, choices), the ``prune`` section's keys against the pruning method's constructor
+(``inspect.signature``), and the pruning schedule against the run's length. Every problem is a
+:class:`ConfigError` whose one-line message names the key and the values it takes.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import DATA_DEFAULTS
+from .errors import FxPruneError
+from .models import DEFAULT_BLOCKS, DEFAULT_WIDTHS
+
+__all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_config",
+           "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS"]
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",        # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    "num_threads": None,     # torch CPU threads; None: every core
+    "channels_last": True,   # NHWC activations: ~1.4x faster convs on CPU for this model
+    "out": "runs/fashion_mnist_resnet",
+    "data": dict(DATA_DEFAULTS),
+    "model": {
+        "name": "resnet_fmnist",
+        "widths": list(DEFAULT_WIDTHS),
+        "blocks": list(DEFAULT_BLOCKS),
+        "num_classes": 10,
+    },
+    "optim": {
+        "epochs": 10,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",      # cosine | step | constant, stepped every batch
+        "warmup_epochs": 0.0,      # linear warm-up from 0, may be fractional
+        "milestones": [],          # step schedule: epochs where lr *= gamma
+        "gamma": 0.1,
+        "label_smoothing": 0.0,
+    },
+    # Owned by the pruning method: everything but "method" (and the recipe's own keys,
+    # RECIPE_PRUNE_KEYS) goes to its constructor.
+    "prune": {"method": "none"},
+    "log": {
+        "every_steps": 50,         # rows of steps.csv
+        "tensorboard": "auto",     # true | false | auto (if tensorboard is installed)
+        "progress": True,          # tqdm bars
+    },
+}
+FREE_SECTIONS = {"prune"}
+# What may change between a run and its --resume without breaking exact continuation.
+RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_workers",
+                     "log.every_steps", "log.tensorboard", "log.progress",
+                     "prune.allow_above_target"}
+
+# pruning method name -> class name in the fxprune package (looked up when first used).
+PRUNERS = {"smcp": "SMCP"}
+
+
+class ConfigError(FxPruneError, ValueError):
+    """A recipe or an override names an unknown key or has a value of the wrong kind."""
+
+
+# ----------------------------------------------------------------------------- the schema
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config key takes: ``kind`` ("int", "float", "bool", "str", "ints",
+    "numbers"), whether null is allowed, a closed range ``[low, high]`` (``open_low``: low
+    excluded), or a fixed tuple of ``choices``."""
+
+    kind: str
+    nullable: bool = False
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            text = " | ".join(_show(c) for c in self.choices)
+        else:
+            text = {"int": "an integer", "float": "a number", "bool": "true or false",
+                    "str": "a string", "ints": "a list of integers",
+                    "numbers": "a list of numbers"}[self.kind]
+            if self.low is not None or self.high is not None:
+                lo = "" if self.low is None else f"{'>' if self.open_low else '>='} {_show(self.low)}"
+                hi = "" if self.high is None else f"{'<' if self.open_high else '<='} {_show(self.high)}"
+                each = " each" if self.kind in ("ints", "numbers") else ""
+                text += f"{each} {' and '.join(p for p in (lo, hi) if p)}"
+        return text + (" (or null)" if self.nullable else "")
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None:
+            if self.nullable:
+                return
+            raise ConfigError(f"{key} cannot be null; it takes {self.describe()}")
+        if self.choices is not None:
+            if not any(_same(value, c) for c in self.choices):
+                raise ConfigError(f"{key} must be one of {self.describe()}; got {_show(value)}")
+            return
+        items = value if self.kind in ("ints", "numbers") else [value]
+        if self.kind in ("ints", "numbers") and not isinstance(value, list):
+            raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)}")
+        item_kind = {"ints": "int", "numbers": "float"}.get(self.kind, self.kind)
+        for v in items:
+            if not _is_kind(v, item_kind):
+                raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)} "
+                                  f"({type(value).__name__})")
+            if item_kind in ("int", "float"):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)}")
+                too_low = self.low is not None and (v <= self.low if self.open_low else v < self.low)
+                too_high = self.high is not None and (v >= self.high if self.open_high
+                                                      else v > self.high)
+                if too_low or too_high:
+                    raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)}")
+
+
+def _is_kind(v: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    raise AssertionError(kind)
+
+
+def _same(value: Any, choice: Any) -> bool:
+    if isinstance(choice, bool) or isinstance(value, bool):
+        return value is choice
+    return type(value) is type(choice) and value == choice
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+POSITIVE_INT = Rule("int", low=1)
+SCHEMA: dict[str, Rule] = {
+    "seed": Rule("int", low=0),
+    "device": Rule("str"),             # also parsed by torch.device (see _check_device)
+    "num_threads": Rule("int", nullable=True, low=1),
+    "channels_last": Rule("bool"),
+    "out": Rule("str"),
+    "data.name": Rule("str", choices=("fashion_mnist", "synthetic")),
+    "data.root": Rule("str", nullable=True),
+    "data.batch_size": POSITIVE_INT,
+    "data.test_batch_size": POSITIVE_INT,
+    "data.subset_train": Rule("int", nullable=True, low=1),
+    "data.subset_test": Rule("int", nullable=True, low=1),
+    "data.augment": Rule("bool"),
+    "data.num_workers": Rule("int", low=0),
+    "data.synthetic_train": POSITIVE_INT,
+    "data.synthetic_test": POSITIVE_INT,
+    "model.name": Rule("str"),         # fxprune's own or a torchvision model (see _check_model)
+    "model.widths": Rule("ints", nullable=True, low=1),
+    "model.blocks": Rule("ints", nullable=True, low=1),
+    "model.num_classes": Rule("int", low=2),
+    "optim.epochs": POSITIVE_INT,
+    "optim.lr": Rule("float", low=0, open_low=True),
+    "optim.momentum": Rule("float", low=0, high=1, open_high=True),
+    "optim.nesterov": Rule("bool"),
+    "optim.weight_decay": Rule("float", low=0),
+    "optim.schedule": Rule("str", choices=("cosine", "step", "constant")),
+    "optim.warmup_epochs": Rule("float", low=0),
+    "optim.milestones": Rule("numbers", low=0),
+    "optim.gamma": Rule("float", low=0, open_low=True),
+    "optim.label_smoothing": Rule("float", low=0, high=1, open_high=True),
+    "log.every_steps": POSITIVE_INT,
+    "log.tensorboard": Rule("bool", choices=(True, False, "auto")),
+    "log.progress": Rule("bool"),
+}
+
+# Keys of the prune section the recipe itself reads (the method never sees them).
+RECIPE_PRUNE_KEYS: dict[str, Rule] = {
+    "method": Rule("str", choices=("none", *PRUNERS)),
+    # Schedules in epochs, converted to the method's step counts.
+    "warmup_epochs": Rule("float", low=0),
+    "ramp_epochs": Rule("float", low=0),
+    "cooldown_epochs": Rule("float", low=0),
+    # A run ending above its cost target is an error unless this is true.
+    "allow_above_target": Rule("bool"),
+}
+# Ranges and choices of method arguments; kinds of the others come from their defaults.
+PRUNE_RULES: dict[str, Rule] = {
+    "target": Rule("float", low=0, high=1, open_low=True),
+    "cost": Rule("str", choices=("flops", "params", "latency")),
+    "warmup": Rule("int", low=0),
+    "ramp": Rule("int", low=0),
+    "update_every": POSITIVE_INT,
+    "freeze_after": Rule("int", nullable=True, low=0),
+    "ramp_shape": Rule("str", choices=("exp", "linear")),
+    "importance": Rule("str", choices=("taylor", "magnitude")),
+    "accumulate": Rule("str", choices=("mean", "momentum")),
+    "momentum": Rule("float", low=0, high=1, open_high=True),
+    "masks": Rule("str", choices=("soft", "hard")),
+    "allocation": Rule("str", choices=("knapsack", "uniform")),
+    "channel_step": POSITIVE_INT,
+    "bn_rescale": Rule("str", choices=("kept_fraction", "off")),
+    "masked_decay": Rule("float", low=0),
+    "resolution": POSITIVE_INT,
+    "max_resolves": POSITIVE_INT,
+}
+# Arguments the recipe provides itself (the prepared model, facts of the run).
+_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule"}
+_EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
+
+
+def pruner_class(method: str):
+    import fxprune
+
+    cls = getattr(fxprune, PRUNERS[method], None)
+    if cls is None:
+        raise ConfigError(f"prune.method {method!r} needs fxprune.{PRUNERS[method]}, which this "
+                          f"fxprune installation does not provide")
+    return cls
+
+
+def prune_keys(method: str) -> dict[str, Rule | None]:
+    """The keys ``prune`` may hold for ``method``: the recipe's own and every constructor
+    argument of the method's class (a Rule, or None where only the default's kind is known)."""
+    keys: dict[str, Rule | None] = dict(RECIPE_PRUNE_KEYS)
+    if method == "none":
+        return {"method": RECIPE_PRUNE_KEYS["method"]}
+    cls = pruner_class(method)
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return keys
+    for name, p in params.items():
+        if p.kind == p.VAR_KEYWORD:  # takes any keyword: let it judge unknown ones
+            keys["*"] = None
+        if name in _CONTEXT_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        rule = PRUNE_RULES.get(name)
+        if rule is None and p.default is not inspect.Parameter.empty:
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(p.default))
+            rule = Rule(kind) if kind else None
+        keys[name] = rule
+    for epochs_key, steps_key in _EPOCH_KEYS.items():
+        if steps_key not in keys:  # the method has no such schedule: no epoch form of it
+            keys.pop(epochs_key, None)
+    return keys
+
+
+# ----------------------------------------------------------------------------- YAML
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with 1.2 floats: PyYAML alone reads ``1e-3`` (no dot) as a string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_value(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in defaults.items():
+        if isinstance(v, dict) and k not in FREE_SECTIONS:
+            keys += _valid_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(f"{prefix}{k}" + (".*" if k in FREE_SECTIONS else ""))
+    return keys
+
+
+def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
+    """Merge ``update`` into ``base`` in place, checking keys (kinds: :func:`validate`)."""
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in defaults:
+            raise ConfigError(f"unknown config key {path!r}; valid keys: "
+                              f"{', '.join(_valid_keys(DEFAULTS))}")
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} is a section (a mapping of keys), got {_show(value)}")
+            if prefix == "" and key in FREE_SECTIONS:
+                base[key].update(copy.deepcopy(value))
+            else:
+                _merge(base[key], value, default, path + ".")
+        else:
+            SCHEMA[path].check(path, value)  # early, so the error names the override
+            base[key] = copy.deepcopy(value)
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.epochs=2)")
+        try:
+            value = parse_value(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({first})") from None
+        update: dict = {}
+        node = update
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        _merge(cfg, update, DEFAULTS)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate(cfg: dict) -> None:
+    """Check every key of a resolved config; raise a one-line :class:`ConfigError` if wrong."""
+    for key, value in _flatten({k: v for k, v in cfg.items() if k not in FREE_SECTIONS}).items():
+        if key in SCHEMA:
+            SCHEMA[key].check(key, value)
+    _check_device(cfg["device"])
+    _check_model(cfg["model"])
+    _check_prune(cfg["prune"], cfg["optim"])
+    optim = cfg["optim"]
+    if optim["warmup_epochs"] >= optim["epochs"] and optim["warmup_epochs"] > 0:
+        raise ConfigError(f"optim.warmup_epochs ({optim['warmup_epochs']}) must be below "
+                          f"optim.epochs ({optim['epochs']})")
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N"
+                          ) from None
+
+
+def _check_model(model: dict) -> None:
+    from .models import available_models
+
+    name = model["name"]
+    if name != "resnet_fmnist":
+        if name not in available_models():
+            raise ConfigError(f"model.name {name!r} is not a model: use resnet_fmnist or a "
+                              f"torchvision classification model (resnet18, mobilenet_v2, ...; "
+                              f"see fxprune.models.available_models())")
+        stray = [k for k in ("widths", "blocks") if model.get(k) is not None]
+        if stray:
+            raise ConfigError(f"model.{stray[0]} only applies to resnet_fmnist; set "
+                              f"model.{stray[0]}=null for the torchvision model {name!r}")
+        return
+    widths, blocks = model.get("widths"), model.get("blocks")
+    widths = list(DEFAULT_WIDTHS) if widths is None else widths
+    blocks = list(DEFAULT_BLOCKS) if blocks is None else blocks
+    if len(widths) != len(blocks) or not widths:
+        raise ConfigError(f"model.widths and model.blocks need one entry per stage (the same "
+                          f"length, at least 1); got {widths} and {blocks}")
+
+
+def _check_prune(prune: dict, optim: dict) -> None:
+    method = prune.get("method", "none")
+    RECIPE_PRUNE_KEYS["method"].check("prune.method", method)
+    keys = prune_keys(method)
+    extra = [k for k in prune if k not in keys and (method == "none" or "*" not in keys)]
+    if extra and method == "none":
+        raise ConfigError(f"prune.{extra[0]} is set but prune.method is none (no pruning); set "
+                          f"prune.method to one of {', '.join(PRUNERS)}, or remove the prune.* "
+                          f"keys")
+    if extra:
+        raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}; valid: "
+                          f"{', '.join(sorted(k for k in keys if k != '*'))}")
+    for key, value in prune.items():
+        rule = keys.get(key)
+        if rule is not None:
+            rule.check(f"prune.{key}", value)
+    if method == "none":
+        return
+    _check_schedule_epochs(prune, optim)
+
+
+def _check_schedule_epochs(prune: dict, optim: dict) -> None:
+    """A schedule written in epochs must reach its target within the run."""
+    epochs = optim["epochs"]
+    if prune.get("target", 1.0) >= 1.0:
+        return
+    cooldown = prune.get("cooldown_epochs")
+    if cooldown is not None and cooldown >= epochs:
+        raise ConfigError(f"prune.cooldown_epochs ({cooldown}) >= optim.epochs ({epochs}) "
+                          f"leaves no epoch to prune in, so the target would never be reached; "
+                          f"lower cooldown_epochs or raise optim.epochs")
+    prune_until = epochs - (cooldown or 0)
+    warmup, ramp = prune.get("warmup_epochs"), prune.get("ramp_epochs")
+    if warmup is not None and warmup >= prune_until:
+        raise ConfigError(f"prune.warmup_epochs ({warmup}) leaves no epoch to prune in before "
+                          f"{'the cool-down' if cooldown else 'the end'} (epoch {prune_until}); "
+                          f"lower warmup_epochs or raise optim.epochs")
+    if warmup is not None and ramp is not None and warmup + ramp > prune_until + 1e-9:
+        raise ConfigError(
+            f"the pruning ramp ends at epoch {warmup + ramp:g} (warmup_epochs {warmup:g} + "
+            f"ramp_epochs {ramp:g}) but masks stop changing at epoch {prune_until:g} "
+            f"(optim.epochs {epochs}{f' - cooldown_epochs {cooldown:g}' if cooldown else ''}), "
+            f"so the target would not be reached; shorten the ramp or raise optim.epochs")
+
+
+def check_schedule_steps(schedule, target: float, total_steps: int) -> None:
+    """The same check in optimizer steps, once the run's length is known: the ramp (and
+    with it the last update, at its end) must fit before masks freeze and training ends."""
+    if schedule is None or target >= 1.0:
+        return
+    ramp_end = schedule.warmup + schedule.ramp
+    last = total_steps if schedule.freeze_after is None else min(schedule.freeze_after,
+                                                                  total_steps)
+    if ramp_end > last:
+        raise ConfigError(
+            f"the pruning schedule reaches its target at step {ramp_end} (warmup {schedule.warmup} "
+            f"+ ramp {schedule.ramp}) but masks stop changing at step {last} of {total_steps}; "
+            f"shorten prune.ramp/ramp_epochs or raise optim.epochs")
+
+
+def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:
+    """DEFAULTS updated with ``cfg`` then ``overrides``; validated, never mutating ``cfg``."""
+    resolved = copy.deepcopy(DEFAULTS)
+    if cfg:
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"a config is a mapping of sections, got {type(cfg).__name__}")
+        _merge(resolved, cfg, DEFAULTS)
+    resolved = apply_overrides(resolved, overrides or [])
+    validate(resolved)
+    return resolved
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    """Read a YAML recipe, apply ``section.key=value`` overrides, validate."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; the shipped recipes are "
+                          "configs/fashion_mnist_smcp.yaml (SMCP), configs/fashion_mnist_quick.yaml "
+                          "(a few minutes) and configs/fashion_mnist_resnet.yaml (dense)")
+    try:
+        text = path.read_text()
+        raw = yaml.load(text, Loader=_YamlLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not a valid YAML recipe ({first})") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty; a recipe needs at least its sections (see "
+                          "configs/fashion_mnist_quick.yaml), or pass {} to use every default")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections (data:, model:, ...), "
+                          f"got a {type(raw).__name__}")
+    try:
+        return resolve_config(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
