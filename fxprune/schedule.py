@@ -51,9 +51,11 @@ class PruningSchedule:
         return 1.0 - (1.0 - final) * self.progress(step)
 
     def updates_at(self, step: int) -> bool:
+        """Every ``update_every`` steps after warm-up, and at the step the ramp ends (so the
+        final target is always reached, whatever ``update_every``), until frozen."""
         if step <= self.warmup or (self.freeze_after is not None and step > self.freeze_after):
             return False
-        return (step - self.warmup) % self.update_every == 0
+        return (step - self.warmup) % self.update_every == 0 or step == self.warmup + self.ramp
 
     def state(self) -> dict:
         return asdict(self)

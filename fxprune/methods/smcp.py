@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -73,6 +74,46 @@ def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int
     return np.array(ks, dtype=np.int64)
 
 
+def _plain(record: dict) -> dict:
+    """numpy scalars as Python numbers (the weights-only unpickler refuses numpy objects)."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in record.items()}
+
+
+def _check_args(**args) -> None:
+    """One-line ValueErrors for SMCP's numeric and named arguments."""
+    def number(name, low=None, high=None, *, integer=False, open_low=False, open_high=False):
+        v = args[name]
+        kind = (int,) if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float)
+                                                              and not math.isfinite(v)):
+            raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, "
+                             f"got {v!r}")
+        if low is not None and (v <= low if open_low else v < low):
+            raise ValueError(f"{name} must be {'>' if open_low else '>='} {low}, got {v!r}")
+        if high is not None and (v >= high if open_high else v > high):
+            raise ValueError(f"{name} must be {'<' if open_high else '<='} {high}, got {v!r}")
+
+    t = args["target"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+        raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {t!r}")
+    for name in ("warmup", "ramp"):
+        number(name, 0, integer=True)
+    for name in ("update_every", "channel_step", "resolution", "max_resolves"):
+        number(name, 1, integer=True)
+    if args["freeze_after"] is not None:
+        number("freeze_after", 0, integer=True)
+    number("momentum", 0, 1, open_high=True)
+    number("masked_decay", 0)
+    if args["bn_rescale"] not in ("kept_fraction", "off"):
+        raise ValueError(f"bn_rescale must be 'kept_fraction' (SMCP) or 'off', got "
+                         f"{args['bn_rescale']!r}")
+    freeze, end = args["freeze_after"], args["warmup"] + args["ramp"]
+    if args["schedule"] is None and args["target"] < 1 and freeze is not None and freeze < end:
+        raise ValueError(f"freeze_after={freeze} stops mask updates before the ramp ends at step "
+                         f"{end} (warmup {args['warmup']} + ramp {args['ramp']}), so the target "
+                         "would never be reached; freeze later or shorten the ramp")
+
+
 class SMCP:
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  warmup: int = 0, ramp: int = 1000, update_every: int = 100,
@@ -82,8 +123,10 @@ class SMCP:
                  allocation: str = "knapsack", channel_step: int = 8,
                  bn_rescale: str = "kept_fraction", masked_decay: float = 0.0,
                  resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6):
-        if not 0 < target <= 1:
-            raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
+        _check_args(target=target, warmup=warmup, ramp=ramp, update_every=update_every,
+                    freeze_after=freeze_after, momentum=momentum, channel_step=channel_step,
+                    masked_decay=masked_decay, resolution=resolution, max_resolves=max_resolves,
+                    bn_rescale=bn_rescale, schedule=schedule)
         if masks not in ("soft", "hard"):
             raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
         if allocation not in ("knapsack", "uniform"):
@@ -108,6 +151,8 @@ class SMCP:
         self.step_count = 0
         self.dead = np.zeros(self.index.n, dtype=bool)  # hard masks: pruned for good
         self.history: list[dict] = []
+        self.skipped_updates = 0  # updates due with no gradient evidence (see update)
+        self._check_reachable()
 
     # -- the training-loop API ------------------------------------------------------------------
     def step(self) -> dict | None:
@@ -142,7 +187,21 @@ class SMCP:
         return self.schedule.target(self.step_count, self.target)
 
     # -- the update ----------------------------------------------------------------------------
-    def update(self) -> dict:
+    def update(self) -> dict | None:
+        """Re-solve the masks for the current target; returns the update's record.
+
+        With Taylor importance and no gradient seen since the last update (``step()`` called
+        before ``loss.backward()``, or after ``zero_grad``), there is no evidence to rank
+        channels by: the update is skipped with a ``RuntimeWarning`` (counted in
+        ``skipped_updates``) and None returned, rather than ranking all-zero scores.
+        """
+        if self.importance.kind == "taylor" and self.importance.count == 0:
+            self.skipped_updates += 1
+            warnings.warn(
+                f"SMCP: mask update at step {self.step_count} skipped: no gradients were seen "
+                "since the last update, so channels cannot be ranked. Call pruner.step() after "
+                "loss.backward() and before optimizer.zero_grad()", RuntimeWarning, stacklevel=2)
+            return None
         start = time.perf_counter()
         target = self.target_now()
         scores = self.importance.scores()
@@ -289,6 +348,21 @@ class SMCP:
             self._raise_infeasible(target, orders, ks)
         return best, self.budget.fraction(best), 40
 
+    def _check_reachable(self) -> None:
+        """The final target must be reachable: every group at its smallest allowed width."""
+        orders, ks, _ = self._rankings(np.zeros(self.index.n))
+        floor = self.budget.fraction(self._kept_from(orders, ks, [0] * len(ks)))
+        if self.target < floor * (1 - 1e-9):
+            raise ValueError(
+                f"target {self.target:.3f} of dense is below the cheapest model the constraints "
+                f"allow ({floor:.3f}: every group at its smallest allowed width, channel_step="
+                f"{self.channel_step}); raise the target to at least {floor:.3f} or lower "
+                "channel_step")
+
+    def signature(self) -> list[list]:
+        """The prunable groups as ``[key, name, size]``: what a saved state must match."""
+        return [[g.key, g.name, int(g.size)] for g in self.index.groups]
+
     def _raise_infeasible(self, target, orders, ks):
         floor = self._kept_from(orders, ks, [0] * len(ks))
         raise ValueError(
@@ -316,14 +390,26 @@ class SMCP:
 
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``."""
         return {"step": self.step_count, "importance": self.importance.state_dict(),
                 "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
-                "history": list(self.history), "schedule": self.schedule.state(), "target": self.target}
+                "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
+                "target": self.target, "groups": self.signature(),
+                "skipped_updates": self.skipped_updates}
 
     def load_state_dict(self, state: dict) -> None:
+        """Refuses a state saved for other groups (names or sizes differ), naming both."""
+        mine = self.signature()
+        theirs = state.get("groups")
+        if theirs is not None and [list(g) for g in theirs] != mine:
+            show = lambda gs: ", ".join(f"{name} ({size})" for _, name, size in gs)  # noqa: E731
+            raise ValueError(f"this pruner state was saved for channel groups {show(theirs)} but "
+                             f"the prepared model has {show(mine)}: it belongs to a different "
+                             "model; load it into a model prepared like the one that saved it")
         if state["masks"].numel() != self.index.n:
             raise ValueError(f"this state holds {state['masks'].numel()} channels but the prepared "
                              f"model has {self.index.n}: it was saved for a different model")
+        self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
         self.importance.load_state_dict(state["importance"])
         self.index.set_masks(self.prepared, state["masks"])
