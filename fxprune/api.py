@@ -13,6 +13,7 @@ from fxprune.passes.trace import trace
 from .cost import LayerSpec
 from .groups import PreparedState, channel_groups, state_of
 from .op_table import DEFAULT_LEAF_MODULES
+from .serialization import make_savable
 
 
 def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
@@ -45,6 +46,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     insert_masks(gm, channels)
     stored = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
+    make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
     return gm
 
 

@@ -21,7 +21,9 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+    # The traced graph records this class; unpickling a GraphModule re-traces its code with
+    # ``tracer_cls()``, so every argument needs a default or torch.load fails.
+    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset()):
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types, self.leaf_names = leaf_types, leaf_names

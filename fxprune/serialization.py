@@ -1,0 +1,54 @@
+"""``torch.save`` / ``torch.load`` of a prepared model, masks, groups and all.
+
+torch.fx pickles a GraphModule as its generated Python code and, on load, re-traces that code
+into a new graph (``GraphModule.__reduce__``). For a prepared model that loses what the later
+steps need: ``meta["fxprune"]`` (the channel groups) is dropped, the re-traced graph has other
+nodes (one ``get_attr`` per use of a mask) and none of the per-node facts the group analysis
+and shape propagation recorded, so ``finalize`` could not work on the loaded model. A prepared
+model therefore pickles its graph itself (nodes, names and ``meta``) with the module's state,
+and is rebuilt with the public ``GraphModule(root, graph)`` constructor.
+
+Once ``finalize`` has removed ``meta["fxprune"]`` the model pickles the standard way again, so
+finalized models load where fxprune is not installed.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import fx, nn
+
+
+def make_savable(gm: fx.GraphModule) -> None:
+    """Give ``gm`` (and every deep copy of it) the pickling described above."""
+    # GraphModule.__new__ gives each instance a class of its own: patching it touches no other.
+    type(gm).__reduce__ = _reduce_prepared
+    if make_savable not in gm._deepcopy_hooks:
+        gm._deepcopy_hooks.append(make_savable)
+
+
+def _reduce_prepared(self: fx.GraphModule):
+    if "fxprune" not in getattr(self, "meta", {}):  # finalized: torch's own, fxprune-free form
+        fn, (body, import_block) = fx.GraphModule.__reduce__(self)
+        body = dict(body)
+        hooks = [h for h in body.get("_deepcopy_hooks", []) if h is not make_savable]
+        body["_deepcopy_hooks"] = hooks
+        return fn, (body, import_block)
+    body = self.__dict__.copy()
+    graph = copy.deepcopy(body.pop("_graph"))  # a copy that no module owns: pickles alone
+    return _rebuild_prepared, (body, graph, self._get_name())
+
+
+def _rebuild_prepared(body: dict, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    root = nn.Module()
+    root.__dict__.update(body)
+    gm = fx.GraphModule(root, graph, class_name)
+    for key, value in body.items():  # attributes the graph does not reference, flags, meta
+        if key in ("_modules", "_parameters", "_buffers"):
+            for name, item in value.items():  # what the graph does not call is kept too
+                getattr(gm, key).setdefault(name, item)
+        elif key not in ("_graph", "_code"):
+            gm.__dict__[key] = value
+    gm.meta = body["meta"]
+    gm.recompile()
+    make_savable(gm)
+    return gm
