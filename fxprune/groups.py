@@ -146,6 +146,14 @@ class ChannelGroup:
     #: a slice further down the graph; an empty piece would leave a layer with no input)
     keep_one_of: list[torch.Tensor] = field(default_factory=list)
 
+    def __setattr__(self, name, value):
+        if name == "mask" and "mask" in self.__dict__:
+            raise AttributeError(
+                f"group {self.key} ({self.name}): `g.mask = ...` would rebind this view, not the "
+                "model's mask buffer; write into it instead: g.mask[:] = values (or "
+                "g.mask.copy_(values))")
+        super().__setattr__(name, value)
+
     @property
     def kept(self) -> int:
         return self.size if self.mask is None else int((self.mask != 0).sum())
@@ -153,6 +161,18 @@ class ChannelGroup:
     def __repr__(self) -> str:
         state = f"kept={self.kept}" if self.prunable else f"not prunable: {self.reason}"
         return f"ChannelGroup({self.key} {self.name!r}, size={self.size}, {state})"
+
+
+def mask_buffer(bank: torch.nn.Module, key: str, name: str, size: int) -> torch.Tensor:
+    """Group ``key``'s mask buffer in the model's mask bank, checked to be a tensor of
+    ``size`` entries (a buffer replaced by one of another length would mask wrong channels)."""
+    mask = getattr(bank, key, None)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (size,):
+        got = f"shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else repr(type(mask).__name__)
+        raise ValueError(f"the mask buffer of group {key} ({name}) must be a tensor of {size} "
+                         f"entries, one per channel, but it is {got}; write into the mask "
+                         "(g.mask[:] = values) instead of replacing it")
+    return mask
 
 
 def state_of(prepared) -> "PreparedState":
@@ -183,7 +203,7 @@ def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> lis
     for g in state.channels.groups:
         if not (g.listed or all_groups):
             continue
-        mask = getattr(masks, g.key) if g.prunable else None
+        mask = mask_buffer(masks, g.key, g.name, g.size) if g.prunable else None
         out.append(ChannelGroup(g.key, g.name, g.size, g.prunable, g.reason, mask,
                                 list(g.producers), list(g.consumers), list(g.members),
                                 [torch.from_numpy(p) for p, _ in g.keep_one_of]))

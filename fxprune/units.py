@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from .cost import LayerSpec
-from .groups import ChannelGraph, GroupInfo, state_of
+from .groups import ChannelGraph, GroupInfo, mask_buffer, state_of
 
 
 class UnitIndex:
@@ -55,7 +55,7 @@ class UnitIndex:
 
     def mask_tensors(self, prepared: fx.GraphModule) -> list[torch.Tensor]:
         bank = prepared.get_submodule(self.mask_owner)
-        return [getattr(bank, g.key) for g in self.groups]
+        return [mask_buffer(bank, g.key, g.name, g.size) for g in self.groups]
 
     def masks(self, prepared: fx.GraphModule) -> torch.Tensor:
         tensors = self.mask_tensors(prepared)

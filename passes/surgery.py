@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxprune.errors import SurgeryError
-from fxprune.groups import ChannelGraph, state_of
+from fxprune.groups import ChannelGraph, mask_buffer, state_of
 from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, gather_mask,
                            masked_layer_norm, unwrap)
 
@@ -41,7 +41,7 @@ class _FinalizeContext(NodeFacts):
 def group_masks(prepared: fx.GraphModule) -> dict[str, np.ndarray]:
     state = state_of(prepared)
     bank = prepared.get_submodule(state.mask_owner)
-    return {g.key: getattr(bank, g.key).detach().float().cpu().numpy()
+    return {g.key: mask_buffer(bank, g.key, g.name, g.size).detach().float().cpu().numpy()
             for g in state.channels.groups if g.prunable}
 
 
