@@ -4,7 +4,8 @@ The names below load on first use, so ``import fxprune.deploy`` stays cheap and 
 ``tensorrt`` (which may not be installed).
 
 - ``deploy(model, out_dir, backend="auto", precision="fp32", input_shape=None, batch=None,
-  compare=None, threads=2, iters=100, warmup=10, ...) -> dict`` (the report)
+  compare=None, threads=2, iters=100, warmup=10, trust_model_file=False, ...) -> dict`` (the
+  report; pickled .pt files load only with trust_model_file=True, ONNX files always)
 - ``LatencyTable.measure(layers_or_prepared_model, backend="onnxruntime", step=8, threads=2,
   cache=None, progress=True, ...)``: a ``CostModel`` in ms
 - ``export_onnx``, ``verify_onnx``, ``load_model``, ``resolve_input_shape``, ``DeployError``

@@ -1,7 +1,9 @@
 """``fxprune deploy MODEL --out DIR``: export ONNX, build and time an engine, compare with dense.
 
-MODEL and DENSE_MODEL are files written by ``torch.save(module)``. The input shape comes from
-``--input-shape`` or from the module's ``fxprune_input_shape`` attribute (set before saving).
+MODEL and DENSE_MODEL are ONNX files, or files written by ``torch.save(module)``: those are
+pickles, and unpickling runs code the file carries, so they load only with
+``--trust-model-file``. The input shape comes from ``--input-shape``, from the module's
+``fxprune_input_shape`` attribute (set before saving), or from the ONNX file's input.
 """
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ from .common import DeployError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="module saved with torch.save(module, path)")
+    p.add_argument("model", metavar="MODEL",
+                   help="an ONNX file (model.onnx: runs no code), or a module saved with "
+                        "torch.save(module, path) (a pickle: needs --trust-model-file)")
+    p.add_argument("--trust-model-file", action="store_true",
+                   help="allow loading pickled .pt modules (MODEL and --compare): unpickling "
+                        "runs any code the file carries, so only for files you wrote or trust")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for model.onnx, model.engine and report.json")
     p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
@@ -26,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="input shape, batch first, e.g. 1,3,224,224 (required unless the model "
                         "file records fxprune_input_shape)")
     p.add_argument("--compare", default=None, metavar="DENSE_MODEL",
-                   help="dense model (torch.save file) to time interleaved with MODEL")
+                   help="dense model (ONNX, or torch.save file with --trust-model-file) to time "
+                        "interleaved with MODEL")
     p.add_argument("--threads", type=int, default=2,
                    help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--iters", type=int, default=100, help="timed runs per model (default 100)")
@@ -52,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                input_shape=args.input_shape, batch=args.batch, compare=args.compare,
                threads=args.threads, iters=args.iters, warmup=args.warmup, opset=args.opset,
                max_batch=args.max_batch, workspace=args.workspace_mib * 1024 * 1024,
-               atol=args.atol, rtol=args.rtol, progress=not args.no_progress)
+               atol=args.atol, rtol=args.rtol, progress=not args.no_progress,
+               trust_model_file=args.trust_model_file)
     except DeployError as e:
         print(f"fxprune deploy: error: {e}", file=sys.stderr)
         return 1

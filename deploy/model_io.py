@@ -1,8 +1,11 @@
 """Loading the models ``fxprune deploy`` is given, and the input shape they run at.
 
-A model file is a whole module pickled with ``torch.save(module, path)`` (a plain
-``nn.Module`` or a ``torch.fx.GraphModule``; a pruned model's layers have new shapes, so a
-``state_dict`` alone could not be loaded back into the original class).
+A model file is either an ONNX file (``*.onnx``: plain data, loading it runs no code) or a
+whole module pickled with ``torch.save(module, path)`` (a plain ``nn.Module`` or a
+``torch.fx.GraphModule``; a pruned model's layers have new shapes, so a ``state_dict`` alone
+could not be loaded back into the original class). Unpickling a module can run any code the
+file carries, so pickled files load only with ``trust_model_file=True``
+(``--trust-model-file``).
 
 How a file records its input shape: whoever saves the module may set the attribute
 ``module.fxprune_input_shape`` to the full input shape, batch first, e.g.
@@ -23,26 +26,91 @@ from .common import DeployError, parse_shape
 INPUT_SHAPE_ATTR = "fxprune_input_shape"
 
 
-def load_model(model: nn.Module | str | os.PathLike) -> tuple[nn.Module, str]:
-    """The module itself and a label for reports (its path, or its class name)."""
+TRUST_HELP = (
+    "a .pt file holding a whole module is a pickle: loading it runs code stored in the file "
+    "(torch.load(weights_only=False)), so fxprune loads it only when you say you trust it: "
+    "--trust-model-file (trust_model_file=True in Python) if you wrote it or trust its source; "
+    "or deploy an ONNX file (model.onnx), which runs no code")
+
+
+def is_onnx(model) -> bool:
+    return isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
+
+
+def load_model(model: nn.Module | str | os.PathLike, *,
+               trust_model_file: bool = False) -> tuple[nn.Module, str]:
+    """The module itself and a label for reports (its path, or its class name).
+
+    A path is unpickled only with ``trust_model_file=True`` (unpickling can run any code the
+    file carries); otherwise :class:`DeployError` says why and how to allow it. A file that
+    loads with ``torch.load(weights_only=True)`` (a state_dict) is refused with the way out.
+    """
     if isinstance(model, nn.Module):
         return model, type(model).__name__
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise DeployError(f"model file {path!r} does not exist")
-    try:
-        # weights_only=False: these files are whole pickled modules (possibly fx GraphModules
-        # with generated code), which the weights-only unpickler refuses by design. Only load
-        # files you trust: unpickling can run code.
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise DeployError(f"could not load {path!r} with torch.load: "
-                          f"{type(e).__name__}: {e}") from e
+    if not trust_model_file:
+        try:  # safe: tensors and plain data only; a pickled module fails here by design
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - not plain data: a pickled object, or not torch's
+            raise DeployError(f"{path!r} not loaded: {TRUST_HELP}") from None
+    else:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise DeployError(f"could not load {path!r} with torch.load ({type(e).__name__}: "
+                              f"{first}); is it a file written by torch.save(module, path)?"
+                              ) from None
     if not isinstance(loaded, nn.Module):
         hint = (" (it looks like a state_dict: save the whole module with torch.save(model, path))"
                 if isinstance(loaded, dict) else "")
         raise DeployError(f"{path!r} holds a {type(loaded).__name__}, not an nn.Module{hint}")
     return loaded, path
+
+
+def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:
+    """Run ``module`` once at ``shape``: a shape that does not fit is a one-line error showing
+    the shape the file records, not a traceback from inside the exporter."""
+    from .onnx_export import eval_copy
+
+    try:
+        with torch.no_grad():
+            eval_copy(module, "fp32")(torch.zeros(shape))
+    except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        recorded = getattr(module, INPUT_SHAPE_ATTR, None)
+        rec = (f"the file records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
+               else f"the file records no input shape ({INPUT_SHAPE_ATTR})")
+        raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
+                          "pass a fitting --input-shape") from None
+
+
+def onnx_input_shape(path: str, input_shape=None, batch: int | None = None) -> tuple[int, ...]:
+    """The input shape of an ONNX file: ``input_shape`` if given, else its first input's static
+    dims (a symbolic batch dim counts as 1); ``batch`` replaces the first dim."""
+    import onnx
+
+    if input_shape is not None:
+        shape = parse_shape(input_shape)
+    else:
+        m = onnx.load(path, load_external_data=False)
+        inits = {i.name for i in m.graph.initializer}
+        inputs = [i for i in m.graph.input if i.name not in inits]
+        if not inputs:
+            raise DeployError(f"{path} has no graph input")
+        dims = inputs[0].type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.dim_value > 0 else (1 if i == 0 else 0)
+                      for i, d in enumerate(dims))
+        if not shape or 0 in shape:
+            raise DeployError(f"{path}: input {inputs[0].name!r} has symbolic dims beyond the "
+                              "batch; pass --input-shape")
+    if batch is not None:
+        if int(batch) <= 0:
+            raise DeployError(f"--batch must be positive, got {batch}")
+        shape = (int(batch),) + shape[1:]
+    return shape
 
 
 def resolve_input_shape(module: nn.Module, input_shape: str | Sequence[int] | None = None,

@@ -14,7 +14,8 @@ from torch import nn
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from .common import DeployError, cpu_name
-from .model_io import count_params, load_model, resolve_input_shape
+from .model_io import (check_input_fits, count_params, is_onnx, load_model, onnx_input_shape,
+                       resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
 from .report import build_report, format_table, model_entry, write_report
 
@@ -44,7 +45,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
            threads: int = 2, iters: int = 100, warmup: int = 10, opset: int = DEFAULT_OPSET,
            max_batch: int | None = None, workspace: int = trtb.DEFAULT_WORKSPACE,
            atol: float | None = None, rtol: float | None = None, progress: bool = True,
-           log: Callable[[str], None] = print) -> dict:
+           trust_model_file: bool = False, log: Callable[[str], None] = print) -> dict:
     """Deploy ``model`` (a module or a ``torch.save`` file) and return the report dict.
 
     ``input_shape`` is batch first ("1,3,224,224" or a tuple); without it the module's
@@ -52,23 +53,49 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     replaces its first dim. ``compare`` is the dense model, timed interleaved with ``model``.
     ``max_batch`` widens the TensorRT engine's batch range (default: the batch itself).
     ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. Nothing passed in is modified.
+
+    Files: ``*.onnx`` files are used as they are (no code runs; their outputs are not checked
+    against PyTorch, there is no PyTorch model). Pickled ``torch.save`` modules are loaded only
+    with ``trust_model_file=True``: unpickling runs code the file carries.
+    ``out_dir`` must be a folder (created if missing); files there that a deploy did not write
+    are never replaced.
     """
     if precision not in PRECISIONS:
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
+    out_dir = os.path.expanduser(os.fspath(out_dir))
+    _check_out_dir(out_dir, compare is not None)
     backend = choose_backend(backend, log)
-    module, label = load_model(model)
-    shape = resolve_input_shape(module, input_shape, batch)
-    models = {"model": (module, label)}
-    if compare is not None:
-        models["dense"] = load_model(compare)
-    out_dir = os.fspath(out_dir)
+    models: dict = {}
+    for name, given in (("model", model), ("dense", compare)):
+        if given is None:
+            continue
+        if is_onnx(given):
+            path = os.fspath(given)
+            if not os.path.isfile(path):
+                raise DeployError(f"model file {path!r} does not exist")
+            models[name] = (None, path)
+        else:
+            models[name] = load_model(given, trust_model_file=trust_model_file)
+    module, label = models["model"]
+    if module is None:
+        shape = onnx_input_shape(label, input_shape, batch)
+    else:
+        shape = resolve_input_shape(module, input_shape, batch)
+    for mod, lbl in models.values():
+        if mod is not None:
+            check_input_fits(mod, shape, lbl)
     os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, DEPLOY_MARKER), "w") as f:
+        f.write("fxprune deploy writes here: " + ", ".join(DEPLOY_FILES) + "\n")
 
     trt = trtb.require_tensorrt() if backend == "tensorrt" else None
     onnx_precision = trtb.onnx_precision_for(trt, precision) if trt else precision
     onnx_infos = {}
     for name, (mod, lbl) in models.items():
         path = os.path.join(out_dir, f"{name}.onnx")
+        if mod is None:
+            onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log)
+            continue
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
         info = export_onnx(mod, shape, path, precision=onnx_precision, opset=opset, log=log)
         info["max_abs_diff"] = verify_onnx(path, mod, shape, precision=onnx_precision,
@@ -94,13 +121,15 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                               max_batch=max_batch, workspace=workspace)
             with open(engines[name], "rb") as f:
                 runners[name] = trtb.EngineRunner(trt, f.read(), shape)
-            trt_diffs[name] = _backend_diff(runners[name], mod, shape)
+            if mod is not None:
+                trt_diffs[name] = _backend_diff(runners[name], mod, shape)
         log(f"timing on TensorRT ({warmup} warm-up + {iters} runs, GPU time per inference)")
         times = trtb.time_runners(runners, iters=iters, warmup=warmup, progress=progress)
         device, run_threads = trtb.gpu_name(), None
 
     entries = {
-        name: model_entry(label=lbl, params=count_params(mod), times_ms=times[name],
+        name: model_entry(label=lbl, params=count_params(mod) if mod is not None
+                          else _onnx_params(onnx_infos[name]["path"]), times_ms=times[name],
                           batch=shape[0], onnx_info=onnx_infos[name], engine=engines.get(name),
                           backend_max_abs_diff=trt_diffs.get(name))
         for name, (mod, lbl) in models.items()
@@ -114,6 +143,58 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     log(format_table(report))
     log(f"report written to {path}")
     return report
+
+
+DEPLOY_MARKER = ".fxprune-deploy"
+DEPLOY_FILES = ("model.onnx", "dense.onnx", "model.onnx.data", "dense.onnx.data", "model.engine",
+                "dense.engine", "report.json")
+
+
+def _check_out_dir(out_dir: str, compare: bool) -> None:
+    """``out_dir`` is a folder; files of the names deploy writes there must be its own."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DeployError(f"--out {out_dir} is a file, not a folder; choose another --out")
+    if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, DEPLOY_MARKER)):
+        return
+    clash = [f for f in DEPLOY_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if clash:
+        raise DeployError(f"--out {out_dir} holds {', '.join(clash)} that fxprune deploy did not "
+                          "write; choose a new or empty folder")
+
+
+def _given_onnx(source: str, path: str, precision: str, log) -> dict:
+    """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported)."""
+    import shutil
+
+    import onnx
+
+    from .onnx_export import check_onnx
+
+    if precision != "fp32":
+        raise DeployError(f"{source} is an ONNX file: it is timed as it is, so precision "
+                          f"{precision} needs an ONNX file exported at that precision (pass "
+                          "--precision fp32 for this one)")
+    check_onnx(source)
+    if os.path.abspath(source) != os.path.abspath(path):
+        shutil.copyfile(source, path)
+    m = onnx.load(path, load_external_data=False)
+    log(f"using ONNX file {source} as it is (no PyTorch model to compare its outputs with)")
+    return {"path": path, "exporter": "given", "opset": m.opset_import[0].version,
+            "precision": precision, "source": os.fspath(source), "max_abs_diff": None,
+            "outputs": [o.name for o in m.graph.output]}
+
+
+def _onnx_params(path: str) -> int:
+    import onnx
+
+    m = onnx.load(path)
+    total = 0
+    for t in m.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        total += n
+    return total
 
 
 def _backend_diff(runner, module: nn.Module, shape) -> float:

@@ -20,6 +20,7 @@ from fxprune.deploy.report import build_report, format_table, model_entry
 
 SHAPE = (1, 3, 16, 16)
 QUICK = ["--iters", "5", "--warmup", "1", "--no-progress", "--backend", "onnxruntime"]
+TRUST = ["--trust-model-file"]  # these test files are pickles written by the fixture
 
 
 def small_net(width: int) -> nn.Module:
@@ -47,7 +48,7 @@ def n_params(m):
 def test_cli_end_to_end_with_compare(saved, tmp_path):
     out = tmp_path / "out"
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--compare",
-               str(saved / "dense.pt"), "--input-shape", "1,3,16,16", *QUICK])
+               str(saved / "dense.pt"), "--input-shape", "1,3,16,16", *QUICK, *TRUST])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["backend"] == "onnxruntime" and report["precision"] == "fp32"
@@ -79,7 +80,7 @@ def test_cli_subprocess_uses_recorded_shape_and_batch(saved, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "fxprune.cli", "deploy", str(saved / "pruned.pt"), "--out",
-         str(out), "--batch", "2", "--threads", "1", *QUICK],
+         str(out), "--batch", "2", "--threads", "1", *QUICK, *TRUST],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -89,7 +90,7 @@ def test_cli_subprocess_uses_recorded_shape_and_batch(saved, tmp_path):
 
 
 def test_missing_input_shape_names_the_option(saved, tmp_path, capsys):
-    rc = main(["deploy", str(saved / "dense.pt"), "--out", str(tmp_path), *QUICK])
+    rc = main(["deploy", str(saved / "dense.pt"), "--out", str(tmp_path), *QUICK, *TRUST])
     assert rc == 1
     assert "--input-shape" in capsys.readouterr().err
     with pytest.raises(DeployError, match="--input-shape"):
@@ -174,3 +175,85 @@ def test_import_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={**os.environ})
     assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------- safety (issue 8)
+
+class _Payload:
+    """Unpickling this runs a command: what a crafted .pt file can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_model_is_refused_without_consent_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(marker)}, evil)
+    rc = main(["deploy", str(evil), "--out", str(tmp_path / "o"), *QUICK])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--trust-model-file" in err and "runs code" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()  # the payload never ran
+    assert not (tmp_path / "o").exists()  # nothing written either
+    with pytest.raises(DeployError, match="trust_model_file=True"):
+        deploy(str(evil), tmp_path / "o2", backend="onnxruntime")
+    assert not marker.exists()
+
+
+def test_compare_file_needs_consent_too(saved, tmp_path, capsys):
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(tmp_path / "o"), *QUICK])
+    assert rc == 1 and "--trust-model-file" in capsys.readouterr().err
+    onnx_path = tmp_path / "pruned.onnx"
+    export_onnx(small_net(8), SHAPE, onnx_path, log=lambda s: None)
+    rc = main(["deploy", str(onnx_path), "--compare", str(saved / "dense.pt"),
+               "--out", str(tmp_path / "o"), *QUICK])
+    assert rc == 1 and "--trust-model-file" in capsys.readouterr().err
+
+
+def test_onnx_file_deploys_without_unpickling(tmp_path):
+    onnx_path = tmp_path / "given.onnx"
+    export_onnx(small_net(8), SHAPE, onnx_path, log=lambda s: None)
+    report = deploy(str(onnx_path), tmp_path / "out", backend="onnxruntime", iters=3, warmup=1,
+                    progress=False, log=lambda s: None)
+    assert report["input_shape"] == list(SHAPE)  # read from the ONNX input (batch dim -> 1)
+    # an ONNX file's params are its initializers' elements (BN is folded into the convs)
+    inits = onnx.load(onnx_path).graph.initializer
+    assert report["params"] == sum(int(np.prod(t.dims)) for t in inits) > 0
+    assert report["onnx"]["exporter"] == "given" and report["onnx_max_abs_diff"] is None
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == onnx_path.read_bytes()
+
+
+def test_wrong_input_shape_shows_the_recorded_one(saved, tmp_path, capsys):
+    rc = main(["deploy", str(saved / "pruned.pt"), "--input-shape", "1,1,28", "--out",
+               str(tmp_path / "o"), *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "input shape (1, 1, 28) does not fit" in err
+    assert "records fxprune_input_shape = (1, 3, 16, 16)" in err
+
+
+def test_out_naming_a_file_is_one_line_and_file_untouched(saved, tmp_path, capsys):
+    target = tmp_path / "report.txt"
+    target.write_bytes(b"mine\n")
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(target), *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == b"mine\n"
+
+
+def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"my own model")
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(folder), *QUICK, *TRUST])
+    assert rc == 1 and "did not write" in capsys.readouterr().err
+    assert (folder / "model.onnx").read_bytes() == b"my own model"
+    # a folder of an earlier deploy is fxprune's own: deploying again there works
+    again = tmp_path / "again"
+    for _ in range(2):
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK,
+                     *TRUST]) == 0
