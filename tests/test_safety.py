@@ -1,0 +1,438 @@
+"""Reliability and safety (issue 8): nothing silently wrong, nothing of the user's destroyed,
+no code run from a file without consent, every bad input a one-line error.
+
+Each test names the issue's bullet it covers. Runs use synthetic data and a tiny ResNet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+import fxprune
+from fxprune.cli import main as cli_main
+from fxprune.data import write_idx
+from fxprune.train import (ConfigError, TargetNotReachedError, load_config,
+                           resolve_config, train)
+
+TINY = {
+    "seed": 3,
+    "num_threads": 1,
+    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
+             "batch_size": 32, "test_batch_size": 64},
+    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
+    "optim": {"epochs": 2, "lr": 0.05},
+    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+}
+SMCP_TINY = ["prune.method=smcp", "prune.target=0.5", "prune.warmup_epochs=0.5",
+             "prune.ramp_epochs=1", "prune.cooldown_epochs=0.5", "prune.update_every=2",
+             "prune.channel_step=1"]
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# ----------------------------------------------------------------------------- 1. target reached
+
+@pytest.mark.parametrize("epochs, phrase", [
+    (1, r"prune.cooldown_epochs \(1\) >= optim.epochs \(1\) leaves no epoch to prune"),
+    (2, r"the pruning ramp ends at epoch 2 .* but masks stop changing at epoch 1"),
+])
+def test_schedule_that_cannot_reach_target_is_a_config_error(tmp_path, capsys, epochs, phrase):
+    out = tmp_path / "run"
+    rc = cli_main(["train", "configs/fashion_mnist_quick.yaml", "--set",
+                   f"optim.epochs={epochs}", "--out", str(out)])
+    err = one_line_error(capsys)
+    assert rc == 2
+    assert re.search(phrase, err), err
+    assert not out.exists()  # refused before any work: no folder left behind
+
+
+def test_schedule_in_steps_cut_by_freeze_is_refused():
+    from fxprune.recipe_config import check_schedule_steps
+    from fxprune.schedule import PruningSchedule
+
+    with pytest.raises(ConfigError, match="reaches its target at step 150 .* stop changing at "
+                                          "step 120 of 200"):
+        check_schedule_steps(PruningSchedule(50, 100, 10, freeze_after=120), 0.5, 200)
+    check_schedule_steps(PruningSchedule(50, 100, 10, freeze_after=150), 0.5, 200)  # fits
+
+
+def test_last_update_lands_on_the_ramp_end_whatever_update_every():
+    from fxprune.schedule import PruningSchedule
+
+    s = PruningSchedule(warmup=5, ramp=23, update_every=10)
+    assert [t for t in range(60) if s.updates_at(t)] == [15, 25, 28, 35, 45, 55]
+    assert s.target(28, 0.5) == pytest.approx(0.5)
+
+
+class AboveTargetPruner:
+    """A method that never gets below its target (what the loud check exists for)."""
+
+    def __init__(self, pm, target, **kwargs):
+        self.target = target
+
+    def step(self):
+        pass
+
+    def cost(self):
+        return 0.9
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_run_ending_above_target_fails_loudly_unless_allowed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fxprune, "SMCP", AboveTargetPruner, raising=False)
+    out = tmp_path / "run"
+    cfg = resolve_config(TINY, [f"out={out}", "optim.epochs=1", "prune.method=smcp",
+                                "prune.target=0.5"])
+    with pytest.raises(TargetNotReachedError, match=r"cost 0.9000 of dense, above its target "
+                                                    r"0.5000.*prune.allow_above_target=true"):
+        train(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["target_reached"] is False and results["target"] == 0.5
+    # the CLI: one line, non-zero exit
+    yaml_path = tmp_path / "r.yaml"
+    yaml_path.write_text(yaml.safe_dump(TINY))
+    rc = cli_main(["train", str(yaml_path), "--set", "optim.epochs=1", "--set",
+                   "prune.method=smcp", "--set", "prune.target=0.5", "--out", str(out),
+                   "--overwrite"])
+    assert rc == 2 and "above its target" in one_line_error(capsys)
+    allowed = train(resolve_config(cfg, ["prune.allow_above_target=true"]), overwrite=True)
+    assert allowed["target_reached"] is False
+
+
+def test_smcp_run_reaches_its_target(tmp_path):
+    results = train(resolve_config(TINY, [f"out={tmp_path / 'run'}", *SMCP_TINY]))
+    assert results["target_reached"] is True
+    assert results["pruner_cost"]["cost"] <= 0.5 + 1e-9
+
+
+# ----------------------------------------------------------------------------- 2. user files
+
+def test_folder_of_user_files_is_refused_byte_for_byte(recipe, tmp_path, capsys):
+    project = tmp_path / "myproject"
+    project.mkdir()
+    (project / "config.yaml").write_text("mine\n")
+    (project / "metrics.csv").write_text("a,b\n")
+    before = snapshot(project)
+    rc = cli_main(["train", str(recipe), "--out", str(project)])
+    err = one_line_error(capsys)
+    assert rc == 2 and "already holds files fxprune did not write" in err
+    assert snapshot(project) == before
+    rc = cli_main(["train", str(recipe), "--out", str(project), "--overwrite"])
+    assert rc == 2 and snapshot(project) == before  # --overwrite is for fxprune's own runs
+
+
+def test_recipe_inside_its_own_out_folder_is_not_replaced(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    text = "# my comments\n" + yaml.safe_dump(TINY)
+    (exp / "config.yaml").write_text(text)
+    rc = cli_main(["train", str(exp / "config.yaml"), "--out", str(exp), "--set",
+                   "optim.epochs=1"])
+    assert rc == 2 and "did not write" in one_line_error(capsys)
+    assert (exp / "config.yaml").read_text() == text
+
+
+def test_overwrite_of_own_run_leaves_other_files_alone(recipe, tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    assert (out / ".fxprune-run").is_file()
+    (out / "notes.txt").write_text("my notes")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out),
+                     "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_out_tilde_is_expanded(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", "~/x"]) == 0
+    assert (tmp_path / "home" / "x" / "model_dense.pt").is_file()
+    assert not (tmp_path / "~").exists()
+
+
+# ----------------------------------------------------------------------------- 3. no evidence
+
+def small_prepared(widths=(16, 32)):
+    torch.manual_seed(0)
+    a, b = widths
+    model = nn.Sequential(nn.Conv2d(3, a, 3, padding=1), nn.BatchNorm2d(a), nn.ReLU(),
+                          nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(b, 10))
+    return fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+
+
+def test_update_with_no_gradients_is_skipped_with_a_warning_not_ranked_on_zeros():
+    pm = small_prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1, channel_step=1)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    for _ in range(3):  # the wrong order: step() before backward(), gradients cleared
+        opt.zero_grad(set_to_none=True)
+        with pytest.warns(RuntimeWarning, match="skipped: no gradients were seen"):
+            assert pruner.step() is None
+        F.cross_entropy(pm(x), y).backward()
+        opt.zero_grad(set_to_none=True)
+    assert pruner.skipped_updates == 3 and pruner.history == []
+    assert all(bool((g.mask == 1).all()) for g in fxprune.channel_groups(pm) if g.prunable)
+    # the right order prunes
+    F.cross_entropy(pm(x), y).backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record = pruner.step()
+    assert record is not None and pruner.cost() <= 0.5 + 1e-9
+
+
+# ----------------------------------------------------------------------------- 4. save/load
+
+def test_prepared_model_round_trips_through_torch_save_in_a_fresh_process(tmp_path):
+    pm = small_prepared()
+    group = [g for g in fxprune.channel_groups(pm) if g.prunable][1]
+    group.mask[:5] = 0
+    x = torch.randn(2, 3, 8, 8)
+    torch.save(pm, tmp_path / "pm.pt")
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(pm.eval()(x), tmp_path / "ref.pt")
+    script = (
+        "import torch, fxprune\n"
+        f"pm = torch.load({str(tmp_path / 'pm.pt')!r}, weights_only=False).eval()\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        f"ref = torch.load({str(tmp_path / 'ref.pt')!r})\n"
+        "masks = [g.mask.tolist() for g in fxprune.channel_groups(pm) if g.prunable]\n"
+        "small = fxprune.finalize(pm)\n"
+        "with torch.no_grad():\n"
+        "    print(torch.equal(pm(x), ref), masks[1][:6], float((small(x) - ref).abs().max()))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "True"
+    assert "[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]" in proc.stdout
+    assert float(proc.stdout.split()[-1]) < 1e-5
+
+
+def test_finalized_model_still_loads_without_fxprune(tmp_path):
+    small = fxprune.finalize(small_prepared())
+    torch.save(small, tmp_path / "small.pt")
+    script = ("import sys, torch; sys.modules['fxprune'] = None\n"
+              f"m = torch.load({str(tmp_path / 'small.pt')!r}, weights_only=False)\n"
+              "print(m(torch.zeros(1, 3, 8, 8)).shape)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch.Size([1, 10])" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- 5. state signature
+
+@pytest.mark.parametrize("other", [(32, 16), (24, 24)])
+def test_pruner_state_refuses_other_groups_naming_both(other):
+    source = fxprune.SMCP(small_prepared((16, 32)), target=0.5, channel_step=1)
+    target = fxprune.SMCP(small_prepared(other), target=0.5, channel_step=1)
+    state = source.state_dict()
+    with pytest.raises(ValueError, match=rf"saved for channel groups .*\(16\), .*\(32\) but the "
+                                         rf"prepared model has .*\({other[0]}\), .*\({other[1]}\)"):
+        target.load_state_dict(state)
+    fxprune.SMCP(small_prepared((16, 32)), target=0.5, channel_step=1).load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- 6. loading safely
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    train(resolve_config(TINY, [f"out={tmp_path / 'run'}", *SMCP_TINY]))
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["pruner"]["groups"]
+    assert torch.load(tmp_path / "run" / "checkpoint.prev.pt", weights_only=True)["epoch"] == 1
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_never_unpickles_code(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 1, "evil": _Payload(marker)}, out / "checkpoint.pt")
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume", "--out",
+                   str(out)])
+    assert rc == 2 and "is damaged or not a fxprune checkpoint" in one_line_error(capsys)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- clear errors
+
+BAD_OVERRIDES = [
+    (["prune.method=smcp", "prune.target=1.5"], "prune.target takes a number > 0 and <= 1"),
+    (["prune.method=smcp", "prune.target=0"], "prune.target takes a number > 0 and <= 1"),
+    (["prune.method=smcp", "prune.target=-1"], "prune.target takes a number > 0 and <= 1"),
+    (["prune.method=smcp", "prune.target=abc"], "prune.target takes a number > 0 and <= 1"),
+    (["prune.method=smcp", "prune.cost=banana"],
+     "prune.cost must be one of 'flops' | 'params' | 'latency'; got 'banana'"),
+    (["prune.method=smcp", "prune.tagret=0.5"], "unknown key prune.tagret for prune.method smcp; "
+                                                "valid: accumulate"),
+    (["model.name=banana"], "model.name 'banana' is not a model: use resnet_fmnist"),
+    (["model.widths=[0,32,64]"], "model.widths takes a list of integers each >= 1"),
+    (["data.name=banana"], "data.name must be one of 'fashion_mnist' | 'synthetic'"),
+    (["data.batch_size=0"], "data.batch_size takes an integer >= 1; got 0"),
+    (["data.subset_train=0"], "data.subset_train takes an integer >= 1 (or null); got 0"),
+    (["device=banana"], "device 'banana' is not a device: use auto, cpu, cuda or cuda:N"),
+    (["prune.method=smcp", "prune.channel_step=0"], "prune.channel_step takes an integer >= 1"),
+    (["prune.target=0.5"], "prune.target is set but prune.method is none"),
+    (["model.num_classes=3"], "model.num_classes: the model gives outputs of shape (1, 3) but "
+                              "the data has 10 classes"),
+    (["model.name=resnet18", "model.widths=null", "model.blocks=null"],
+     "model.name 'resnet18' does not run on the data's images of shape (1, 28, 28)"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_OVERRIDES)
+def test_config_errors_are_one_line_before_any_work(recipe, tmp_path, capsys, overrides,
+                                                    message):
+    out = tmp_path / "run"
+    argv = ["train", str(recipe), "--out", str(out)]
+    for o in overrides:
+        argv += ["--set", o]
+    assert cli_main(argv) == 2
+    err = one_line_error(capsys)
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_smcp_constructor_rejects_bad_arguments_in_one_line():
+    pm = small_prepared()
+    for kwargs, phrase in [({"channel_step": 0}, "channel_step must be >= 1, got 0"),
+                           ({"update_every": 0}, "update_every must be >= 1"),
+                           ({"momentum": 1.5}, "momentum must be < 1"),
+                           ({"masked_decay": -1.0}, "masked_decay must be >= 0"),
+                           ({"warmup": -3}, "warmup must be >= 0"),
+                           ({"target": "abc"}, "fraction of the dense cost"),
+                           ({"ramp": 100, "freeze_after": 50}, "stops mask updates before the "
+                                                              "ramp ends at step 100")]:
+        with pytest.raises(ValueError, match=phrase) as info:
+            fxprune.SMCP(pm, **kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_empty_recipe_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    rc = cli_main(["train", str(empty), "--out", str(tmp_path / "run")])
+    assert rc == 2 and "is empty" in one_line_error(capsys)
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(empty)
+
+
+def test_corrupt_data_prints_the_message_alone(recipe, tmp_path, capsys):
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz",
+                  rng.integers(0, 10, n, dtype=np.uint8))
+    base = ["train", str(recipe), "--set", "data.name=fashion_mnist", "--set",
+            f"data.root={root}", "--out", str(tmp_path / "run")]
+    good = (root / "train-images-idx3-ubyte.gz").read_bytes()
+    (root / "train-images-idx3-ubyte.gz").write_bytes(good[: len(good) // 2])
+    assert cli_main(base) == 2
+    assert "the file is corrupt or truncated" in one_line_error(capsys)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(good)
+    # labels from the other split
+    (root / "train-labels-idx1-ubyte.gz").write_bytes(
+        (root / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    assert cli_main(base) == 2
+    assert "has 40 images but" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign"])
+def test_resume_on_a_damaged_checkpoint_says_what_to_do(recipe, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--out", str(out)]) == 0  # 2 epochs
+    ckpt = out / "checkpoint.pt"
+    prev = (out / "checkpoint.prev.pt").read_bytes()
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, ckpt)
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=3", "--resume", "--out",
+                   str(out)])
+    err = one_line_error(capsys)
+    assert rc == 2 and "checkpoint.prev.pt holds the epoch before it" in err
+    assert ("is damaged" in err) if damage != "foreign" else ("not a fxprune train checkpoint"
+                                                              in err)
+    assert (out / "checkpoint.prev.pt").read_bytes() == prev  # the way out is intact
+    os.replace(out / "checkpoint.prev.pt", ckpt)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=3", "--resume", "--out",
+                     str(out)]) == 0
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fxprune {fxprune.__version__}"
+
+
+def test_rebinding_a_group_mask_raises_and_wrong_length_names_the_group():
+    pm = small_prepared()
+    group = [g for g in fxprune.channel_groups(pm) if g.prunable][0]
+    with pytest.raises(AttributeError, match=rf"group {group.key} .*write into it instead"):
+        group.mask = torch.zeros(group.size)
+    group.mask[:] = 1  # writing into it is the way
+    pruner = fxprune.SMCP(pm, target=0.5)
+    pm.get_submodule("fxprune_masks").register_buffer(group.key, torch.ones(group.size - 1))
+    message = (rf"mask buffer of group {group.key} \({group.name}\) must be a tensor of "
+               rf"{group.size} entries, one per channel, but it is shape \({group.size - 1},\)")
+    with pytest.raises(ValueError, match=message):
+        fxprune.finalize(pm)
+    with pytest.raises(ValueError, match=message):
+        pruner.cost()
+    with pytest.raises(ValueError, match=message):
+        fxprune.channel_groups(pm)
