@@ -51,11 +51,20 @@ class PruningSchedule:
         return 1.0 - (1.0 - final) * self.progress(step)
 
     def updates_at(self, step: int) -> bool:
-        """Every ``update_every`` steps after warm-up, and at the step the ramp ends (so the
-        final target is always reached, whatever ``update_every``), until frozen."""
+        """Every ``update_every`` steps after warm-up until frozen; also at the step the ramp
+        ends when no regular update falls between it and the freeze (or nothing freezes), so
+        the final target is reached whatever ``update_every``."""
         if step <= self.warmup or (self.freeze_after is not None and step > self.freeze_after):
             return False
-        return (step - self.warmup) % self.update_every == 0 or step == self.warmup + self.ramp
+        if (step - self.warmup) % self.update_every == 0:
+            return True
+        end = self.warmup + self.ramp
+        if step != end:
+            return False
+        if self.freeze_after is None:
+            return True
+        next_regular = self.warmup + math.ceil(self.ramp / self.update_every) * self.update_every
+        return next_regular > self.freeze_after
 
     def state(self) -> dict:
         return asdict(self)

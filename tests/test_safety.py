@@ -96,6 +96,9 @@ def test_last_update_lands_on_the_ramp_end_whatever_update_every():
     s = PruningSchedule(warmup=5, ramp=23, update_every=10)
     assert [t for t in range(60) if s.updates_at(t)] == [15, 25, 28, 35, 45, 55]
     assert s.target(28, 0.5) == pytest.approx(0.5)
+    # with a cool-down: the extra update only where no regular one is left before the freeze
+    assert PruningSchedule(5, 23, 10, freeze_after=30).updates_at(28)
+    assert not PruningSchedule(5, 23, 10, freeze_after=35).updates_at(28)  # 35 updates
 
 
 class AboveTargetPruner:
