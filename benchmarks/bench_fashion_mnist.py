@@ -46,7 +46,7 @@ def _saved_config(out: Path, name: str) -> dict | None:
         return yaml.safe_load(path.read_text())
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False).get("config")
+    return torch.load(path, map_location="cpu", weights_only=True).get("config")
 
 
 def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,

@@ -563,7 +563,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                         for k, v in cost_columns.items()), flush=True)
 
         checkpoint = {
-            "format": 1, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed, "config": cfg,
+            "format": 2, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed, "config": cfg,
             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "pruner": pruner.state_dict() if pruner is not None else None,

@@ -118,7 +118,7 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert [r["epoch"] for r in rows] == ["1"]
     assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0
     assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == [4]  # 6 steps, every 4
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 6 and ckpt["pruner"] is None
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config"}
     model = torch.load(out / "model_dense.pt", weights_only=False)
@@ -149,13 +149,13 @@ def test_resume_extends_epochs(recipe, tmp_path):
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
                      "--out", str(out)]) == 0
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
     straight = train(tiny_cfg(tmp_path / "straight"))
-    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
 
     real_evaluate = train_mod.evaluate
     calls = {"n": 0}
@@ -170,10 +170,10 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tiny_cfg(tmp_path / "crashed"))
     monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
-    assert torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
     resumed = train(tiny_cfg(tmp_path / "crashed"), resume=True)
-    final = torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=False)
+    final = torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=True)
     for key, value in reference["model"].items():
         assert torch.equal(value, final["model"][key]), key
     assert resumed["accuracy"] == straight["accuracy"]
@@ -247,7 +247,7 @@ def test_pruning_hooks_called_in_order_and_saved(tmp_path, monkeypatch):
     pruner = RecordingPruner.instances[-1]
     assert pruner.pm is prepared[-1] and pruner.kwargs == {"extra": 7}
     assert pruner.steps == 6 and pruner.steps_per_epoch == 6
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["pruner"] == {"steps": 6}
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["pruner"] == {"steps": 6}
     rows = read_csv(out / "metrics.csv")
     assert float(rows[0]["cost.ratio"]) == 0.75 and float(rows[0]["cost.flops"]) == 123.0
     saved = torch.load(out / "model_pruned.pt", weights_only=False)
