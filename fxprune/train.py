@@ -2,14 +2,16 @@
 
 A recipe is a YAML file whose sections are those of :data:`DEFAULTS` (see
 ``configs/fashion_mnist_resnet.yaml``); ``--set section.key=value`` overrides single values
-with YAML-typed values (``--set optim.epochs=2``, ``--set model.widths=[8,16,32]``). Unknown
-keys are errors, except inside ``prune``, whose keys belong to the pruning method and are
-passed to it as they are.
+with YAML-typed values (``--set optim.epochs=2``, ``--set model.widths=[8,16,32]``). The
+config is validated whole before any work (:mod:`fxprune.recipe_config`); ``prune`` keys are
+the pruning method's constructor arguments plus the recipe's own (``*_epochs`` schedules,
+``allow_above_target``).
 
 Each epoch appends to ``OUT/metrics.csv`` (and every ``log.every_steps`` steps to
-``OUT/steps.csv``), evaluates on the test split and saves ``OUT/checkpoint.pt``; ``--resume``
-continues from it exactly (model, optimizer, schedule, pruner, RNG states; the data order is a
-function of seed and epoch). At the end the model is saved whole to ``OUT/model_dense.pt``, or,
+``OUT/steps.csv``), evaluates on the test split and saves ``OUT/checkpoint.pt`` (the previous
+one kept as ``checkpoint.prev.pt``; tensors and plain data only); ``--resume`` continues from
+it exactly (model, optimizer, schedule, pruner, RNG states; the data order is a function of
+seed and epoch). OUT must be new, empty, or a run's own folder (``.fxprune-run`` marker). At the end the model is saved whole to ``OUT/model_dense.pt``, or,
 when pruning, finalized to ``OUT/model_pruned.pt``, with ``fxprune_input_shape`` set for
 ``fxprune deploy``; ``OUT/results.json`` holds the summary the command prints.
 
@@ -18,7 +20,6 @@ From Python: ``train(load_config("configs/fashion_mnist_resnet.yaml", ["optim.ep
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import importlib.util
 import inspect
@@ -26,7 +27,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -43,6 +43,9 @@ from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
                             ConfigError, _flatten, apply_overrides, check_schedule_steps,
                             load_config, parse_value, pruner_class, resolve_config)
+
+# Names this module exported before the config moved to recipe_config stay importable here.
+_REEXPORTED = (DEFAULTS, apply_overrides, parse_value)
 
 __all__ = ["DEFAULTS", "ConfigError", "CheckpointError", "TargetNotReachedError", "load_config",
            "resolve_config", "apply_overrides", "check_out_folder", "save_checkpoint", "load_checkpoint",
@@ -310,6 +313,11 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
     ckpt = out / "checkpoint.pt"
     if resume:
+        prev = out / "checkpoint.prev.pt"
+        if not ckpt.is_file() and prev.is_file():  # interrupted between the two renames
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} but {prev.name} holds "
+                                    f"the epoch before it: move it to {ckpt.name} and --resume "
+                                    "again")
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume "
                                     "to start, or point --out at the run to continue")
