@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                max_batch=args.max_batch, workspace=args.workspace_mib * 1024 * 1024,
                atol=args.atol, rtol=args.rtol, progress=not args.no_progress,
                trust_model_file=args.trust_model_file)
-    except DeployError as e:
+    except (DeployError, OSError) as e:  # the message alone: it says what to do
         print(f"fxprune deploy: error: {e}", file=sys.stderr)
         return 1
     return 0
