@@ -670,10 +670,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "prune.allow_above_target=true.")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={json.dumps(args.out)}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # a clean stop, like Ctrl-C
+    cfg = None
     try:
         cfg = load_config(args.config, overrides)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -681,4 +691,10 @@ def run(args: argparse.Namespace) -> int:
         # fxprune's own errors, invalid data files, folders: the message alone, no traceback
         print(f"fxprune train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = Path(cfg["out"]).expanduser() / "checkpoint.pt" if cfg else None
+        saved = (f"the last finished epoch is in {where}; continue with --resume"
+                 if where is not None and where.is_file() else "no epoch had finished")
+        print(f"fxprune train: interrupted; {saved}", file=sys.stderr)
+        return 130
     return 0

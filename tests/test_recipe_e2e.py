@@ -51,8 +51,12 @@ def test_quick_recipe_prunes_and_deploys(tmp_path):
     assert len(metrics) == 1 + 3 and "cost" in metrics[0]
 
     out = tmp_path / "deploy"
+    # the run's own model file is a pickle: deploying it is an explicit choice
     assert cli_main(["deploy", str(model_path), "--out", str(out), "--backend", "onnxruntime",
-                     "--iters", "20", "--warmup", "3", "--no-progress"]) == 0
+                     "--iters", "20", "--warmup", "3", "--no-progress"]) == 1
+    assert cli_main(["deploy", str(model_path), "--out", str(out), "--backend", "onnxruntime",
+                     "--iters", "20", "--warmup", "3", "--no-progress",
+                     "--trust-model-file"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["backend"] == "onnxruntime" and report["latency_ms"]["median"] > 0
     assert report["onnx_max_abs_diff"] < 1e-3

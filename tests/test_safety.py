@@ -439,3 +439,41 @@ def test_rebinding_a_group_mask_raises_and_wrong_length_names_the_group():
         pruner.cost()
     with pytest.raises(ValueError, match=message):
         fxprune.channel_groups(pm)
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A recipe long enough to interrupt, and its uninterrupted run."""
+    folder = tmp_path_factory.mktemp("interrupt")
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["data"].update(synthetic_train=512, synthetic_test=32)
+    cfg["optim"]["epochs"] = 6
+    recipe = folder / "r.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    threads = torch.get_num_threads()
+    assert cli_main(["train", str(recipe), "--out", str(folder / "straight")]) == 0
+    torch.set_num_threads(threads)
+    return recipe, torch.load(folder / "straight" / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_then_resume_is_bit_identical(long_run, tmp_path, sig):
+    import signal
+    import time
+
+    recipe, reference = long_run
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "fxprune.cli", "train", str(recipe), "--out",
+                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(getattr(signal, sig))
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "continue with --resume" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] < 6  # interrupted
+    assert cli_main(["train", str(recipe), "--out", str(out), "--resume"]) == 0
+    resumed = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
