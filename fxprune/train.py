@@ -381,7 +381,7 @@ def load_checkpoint(path: Path, device) -> dict:
     return ckpt
 
 
-def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader) -> None:
+def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loader) -> None:
     """One forward on one image before any work: a model that cannot read the data, or has
     fewer outputs than the data has classes, is a config error, not a traceback mid-run."""
     x, y = next(iter(train_loader))
@@ -395,7 +395,9 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader) -> None:
                           f"images of shape {tuple(x.shape[1:])}: {first[:200]}") from None
     finally:
         model.train()
-    classes = int(train_loader.labels.max()) + 1
+    # both splits: a tiny training split may lack the highest label the test split has
+    classes = max(int(loader.labels.max()) + 1 for loader in (train_loader, test_loader)
+                  if len(loader.labels))
     if not (isinstance(logits, torch.Tensor) and logits.ndim == 2
             and logits.shape[1] >= classes):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -447,7 +449,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     model = build_model(cfg["model"]["name"], **model_kwargs)
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
-    _check_model_fits_data(model, cfg, train_loader)
+    _check_model_fits_data(model, cfg, train_loader, test_loader)
     torch.set_rng_state(rng)  # the check must not change what the run draws
     dense_stats = model_stats(model)
     steps_per_epoch = len(train_loader)

@@ -1,0 +1,13 @@
+"""Shared pytest set-up.
+
+Hypothesis runs derandomized by default so that CI on a clean clone sees the same cases on
+every run (a failure found there is reproducible, and a pass is not luck). To hunt for new
+failures, run with ``HYPOTHESIS_PROFILE=explore`` (random cases, more of them).
+"""
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=500, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
