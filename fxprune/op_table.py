@@ -1,7 +1,7 @@
 """The table of channel rules: which op maps channels how.
 
-Keys are module classes (for ``call_module``; exact class, subclasses are not assumed to behave
-the same), functions (``call_function``) or method names (``call_method`` on tensors). Values
+Keys are module classes (for ``call_module``; a subclass that does not override ``forward``
+uses its base's row, one that does is traced through), functions (``call_function``) or method names (``call_method`` on tensors). Values
 are rule instances from :mod:`fxprune.rules`. Supporting a new op is adding a row here:
 
     CHANNEL_RULES[MyNorm] = ChannelAffine(("weight", "bias"))
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, Elementwise,
+from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvTranspose, Elementwise,
                             Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
                             Metadata, MixesDim, Pad, Permute, Reduce, Reshape, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
@@ -50,7 +50,15 @@ _POOLS = {
 CHANNEL_RULES: dict = {
     # -- layers that read and write channels
     nn.Conv1d: Conv(), nn.Conv2d: Conv(), nn.Conv3d: Conv(),
+    nn.ConvTranspose1d: ConvTranspose(), nn.ConvTranspose2d: ConvTranspose(),
+    nn.ConvTranspose3d: ConvTranspose(),
     nn.Linear: Linear(),
+    # -- the same layers written functionally on a module's own parameters (a subclass's forward
+    #    calling F.conv2d(x, self.weight, ...)); a weight computed in the graph is a barrier
+    F.conv1d: Conv(functional=True), F.conv2d: Conv(functional=True), F.conv3d: Conv(functional=True),
+    F.conv_transpose1d: ConvTranspose(functional=True), F.conv_transpose2d: ConvTranspose(functional=True),
+    F.conv_transpose3d: ConvTranspose(functional=True),
+    F.linear: Linear(functional=True),
     # -- per-channel layers
     nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),

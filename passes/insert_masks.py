@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.rules import node_arg
+from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import MASKED_CLASS, gather_mask, masked_layer_norm, wrap
+from fxprune.masks import MASKED_CLASS, gather_mask, mask_weight, masked_layer_norm, wrap
 
 MASK_OWNER = "fxprune_masks"
 
@@ -85,10 +85,16 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
         if not channels.touches_prunable(ids):
             continue
         mask = builder.mask_for(ids)
-        wrap(gm.get_submodule(site.module), MASKED_CLASS)
         for name in site.nodes:
             node = nodes[name]
-            node.args, node.kwargs = (node.args[0], mask), {}
+            if name in site.functional_nodes:  # F.conv2d(x, w, ...): mask the weight argument
+                weight = node_arg(node, 1, "weight")
+                with gm.graph.inserting_before(node):
+                    masked = gm.graph.call_function(mask_weight, (weight, mask, site.dim))
+                set_node_arg(node, 1, "weight", masked)
+            else:
+                gm.get_submodule(site.module).__class__ = site.masked_class
+                node.args, node.kwargs = (node.args[0], mask), {}
     for stat in channels.stat_sites:
         if not any(channels.touches_prunable(ids) for ids in stat.labels):
             continue
