@@ -39,7 +39,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
         raise ValueError("this model is already prepared by fxprune; prepare the original model")
     example_inputs = normalize_example_inputs(example_inputs)
-    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules))
+    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules)
     propagate_shapes(gm, example_inputs)
     channels = analyze(gm, rules)
     insert_masks(gm, channels)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvTranspose, Elementwise,
+from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvTranspose, Create,
+                    Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
                             Metadata, MixesDim, Pad, Permute, Reduce, Reshape, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
@@ -71,6 +72,7 @@ CHANNEL_RULES: dict = {
     nn.LayerNorm: LayerNorm(),
     nn.GroupNorm: GroupNorm(),
     F.layer_norm: FunctionalLayerNorm(),
+    F.batch_norm: FunctionalAffine(), F.instance_norm: FunctionalAffine(),
     # -- shape ops
     nn.Flatten: RESHAPE, nn.Unflatten: RESHAPE,
     torch.flatten: RESHAPE, "flatten": RESHAPE,
@@ -118,9 +120,15 @@ for _m in _ACTIVATIONS:
 for _n, _mods in _POOLS.items():
     for _m in _mods:
         CHANNEL_RULES[_m] = Spatial(_n)
-for _m in (nn.PixelShuffle, nn.PixelUnshuffle):
-    # These move channels into space: a channel dim that changes size is a barrier.
-    CHANNEL_RULES[_m] = Barrier("pixel (un)shuffle moves channels into spatial positions")
+# pixel (un)shuffle move r*r channels into space: pruned in blocks
+CHANNEL_RULES[nn.PixelShuffle] = CHANNEL_RULES[F.pixel_shuffle] = PixelShuffle()
+CHANNEL_RULES[nn.PixelUnshuffle] = CHANNEL_RULES[F.pixel_unshuffle] = PixelShuffle(inverse=True)
+# tensors the graph creates: a channel count from a shape, or a literal one surgery rewrites
+for _name in ("new_zeros", "new_ones", "new_empty"):
+    CHANNEL_RULES[_name] = Create(sizes_from=1)
+for _f in (torch.zeros, torch.ones, torch.empty, torch.randn, torch.rand):
+    CHANNEL_RULES[_f] = Create(sizes_from=0)
+CHANNEL_RULES[F.normalize] = MixesDim(dim_pos=2, default_dim=1)  # elementwise but along dim
 for _f in (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
     operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub, operator.imul,

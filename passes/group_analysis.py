@@ -122,14 +122,14 @@ class ChannelAnalysis(NodeFacts):
             self.graph.add_node(key, tensor=tensor, dim=dim, size=size)
         return s.ids
 
-    def virtual_space(self, key: str, size: int) -> np.ndarray:
+    def virtual_space(self, tensor: str, dim: int, size: int) -> np.ndarray:
         """Element ids for a channel dim of a tensor the graph creates (``x.new_zeros(b, 16, h,
         w)``): no weight holds it, but its positions are channels like any other; surgery
         rewrites the literal count."""
+        key = f"{tensor}:{dim}"
         s = self.space_by_key.get(key)
         if s is None:
-            s = Space(key, key.rpartition(":")[0], int(key.rpartition(":")[2]), size, self.uf.add(size),
-                      virtual=True)
+            s = Space(key, tensor, dim, size, self.uf.add(size), virtual=True)
             self.spaces.append(s)
             self.space_by_key[key] = s
             self.starts.append(s.start)

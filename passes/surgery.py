@@ -140,6 +140,10 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             _set_tensor(gm, space.tensor, t.detach().index_select(space.dim, index).clone())
 
     # 3. plain classes, sizes, literal channel counts; the graph loses its mask nodes
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is mask_weight:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
     wrapped = {name for name, m in modules.items() if isinstance(m, FXPRUNE_CLASSES)}
     for name in wrapped:
         unwrap(modules[name])
@@ -160,10 +164,6 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             rule = lookup_rule(node, gm, state.rules)
             if rule is not None:
                 rule.rewrite(node, ctx)
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is mask_weight:
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
     for node in reversed(list(gm.graph.nodes)):
         if (node.op == "call_function" and node.target is gather_mask) or (
                 node.op == "get_attr" and node.target.startswith(state.mask_owner + ".")):

@@ -294,6 +294,25 @@ class ChannelAffine(ChannelRule):
                 setattr(m, attr, n)
 
 
+class FunctionalAffine(ChannelRule):
+    """``F.batch_norm`` / ``F.instance_norm(x, running_mean, running_var, weight, bias, ...)`` on
+    a module's own tensors (timm's BatchNormAct2d): those tensors follow the channels of dim 1."""
+
+    kind = "per-channel"
+    _ARGS = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, shape = ctx.labels(x), ctx.shape(x)
+        cdim = 1 if len(shape) > 1 else 0
+        for pos, name in self._ARGS:
+            a = node_arg(node, pos, name, None)
+            ids = ctx.labels(a).get(0) if isinstance(a, fx.Node) else None
+            if ids is not None and isinstance(ctx.labels(a), dict):
+                ctx.connect(ids, labels.get(cdim), f"{name} of a functional norm")
+        return dict(labels)
+
+
 class LayerNorm(ChannelRule):
     """LayerNorm over the last dims: its statistics mix those dims' channels, so when they carry
     channels the norm is masked (statistics over kept channels only), and weight/bias follow."""
