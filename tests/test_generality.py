@@ -487,11 +487,27 @@ def test_summary_says_why_nothing_is_prunable(capsys):
         def forward(self, x):
             return self.b(torch.fft.fft2(self.a(x)).real)
 
-    pm = fxprune.prepare(Odd(), (X,))
-    text = fxprune.summary_table(pm) if hasattr(fxprune, "summary_table") else None
     from fxprune.summary import summary_table
+    pm = fxprune.prepare(Odd(), (X,))
     text = summary_table(pm)
     assert "0 prunable" in text
-    assert "kept whole" in text and "no channel rule for torch._C._fft.fft_fft2" in text
-    full = summary_table(pm, all_groups=True)
-    assert full.count("fft2") >= text.count("fft2")
+    assert "groups kept whole:" in text and "no channel rule for torch._C._fft.fft_fft2" in text
+    assert "reaches the model output" in text  # every kept group is listed with its reason
+
+
+def test_summary_counts_hidden_groups_reasons():
+    from fxprune.summary import summary_table
+
+    class Scaled(nn.Module):  # a stray graph tensor with no layer: a hidden group
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+            self.gain = nn.Parameter(torch.ones(1, 5, 1, 1))
+
+        def forward(self, x):
+            return self.b(self.a(x)), torch.fft.fft2(self.gain).real
+
+    pm = fxprune.prepare(Scaled(), (X,))
+    text, full = summary_table(pm), summary_table(pm, all_groups=True)
+    assert "1 more groups hold no conv/linear weights" in text and "no channel rule" in text
+    assert "gain[1]" in full and "gain[1]" not in text
