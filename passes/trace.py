@@ -148,7 +148,8 @@ def _iteration_cause(node) -> str:
 def _user_frame(exc: BaseException):
     """The deepest traceback frame outside torch: the line of model code that failed."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_TORCH_DIR)]
+              if not os.path.abspath(f.filename).startswith(_TORCH_DIR)
+              and os.path.abspath(f.filename) != os.path.abspath(__file__)]
     return frames[-1] if frames else None
 
 
