@@ -511,3 +511,40 @@ def test_summary_counts_hidden_groups_reasons():
     text, full = summary_table(pm), summary_table(pm, all_groups=True)
     assert "1 more groups hold no conv/linear weights" in text and "no channel rule" in text
     assert "gain[1]" in full and "gain[1]" not in text
+
+
+# -- the row's cost spec: what cost models price is what the flop counter counts -------------------
+
+@pytest.mark.parametrize("factory", [UNetish, lambda: UNetish(groups=4), FunctionalParams, SubclassNet])
+def test_layer_specs_price_what_the_flop_counter_counts(factory):
+    from fxprune.summary import count_flops
+    model = factory().eval()
+    pm = fxprune.prepare(model, (X,))
+    assert sum(s.flops() for s in fxprune.layer_specs(pm)) == count_flops(model, (X,))
+
+
+def test_smcp_cost_matches_the_finalized_model_with_transposed_convs():
+    from fxprune.summary import count_flops
+    torch.manual_seed(0)
+    pm = fxprune.prepare(UNetish(groups=4), (X,))
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=1, ramp=4, update_every=1)
+    for _ in range(6):
+        pm.zero_grad()
+        pm(X).square().mean().backward()
+        pruner.step()
+    assert pruner.cost() <= 0.5 + 1e-9
+    small = fxprune.finalize(pm)
+    assert count_flops(small, (X,)) / count_flops(pm, (X,)) == pytest.approx(pruner.cost(), rel=1e-6)
+
+
+def test_unrolled_chunk_checked_on_the_example_inputs():
+    class Uneven(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 1)
+
+        def forward(self, x):
+            return torch.cat(list(self.a(x).chunk(4, 1)), 1)  # 6 channels: 3 pieces, not 4
+
+    with pytest.raises(fxprune.ExampleInputsError, match="unrolled into 4 pieces.*returns 3"):
+        fxprune.prepare(Uneven(), (X,))
