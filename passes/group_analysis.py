@@ -284,7 +284,11 @@ class ChannelAnalysis(NodeFacts):
     def _result(self) -> ChannelGraph:
         for count_ids, dim_ids, why in self.deferred:
             if dim_ids is None or not self.same_channels(count_ids, dim_ids):
-                self.marks.append((count_ids[count_ids >= 0], why))
+                # the count stays what it was, so the dim it shapes must keep its size too
+                for ids in (count_ids, dim_ids if dim_ids is not None else count_ids[:0]):
+                    ids = ids[ids >= 0]
+                    if ids.size:
+                        self.marks.append((ids, why))
         n = len(self.uf.parent)
         roots = np.fromiter((self.uf.find(i) for i in range(n)), dtype=np.int64, count=n)
         _, element_unit = np.unique(roots, return_inverse=True)  # units numbered by oldest element
