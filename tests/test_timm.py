@@ -103,29 +103,29 @@ MODELS = [
     ('xcit_nano_12_p8_224', 64, 16, 53, 0.67),  # xcit
 ]
 
-#: Families whose stock code torch.fx cannot trace (checked with torch.fx.symbolic_trace on the
-#: model named; fxprune raises TraceError naming the module and source line for each).
-UNTRACEABLE = {
-    "convit": "convit_tiny: GPSA branches on a traced value",
-    "cpubone": "cpubone_nano: ConvAttention branches on a traced shape",
-    "crossvit": "crossvit_tiny_240: scale_image branches on the input size",
-    "efficientvit_mit": "efficientvit_b0: LiteMLA branches on a traced value",
-    "efficientvit_msra": "efficientvit_m0: LocalWindowAttention branches on a traced shape",
-    "gemma4_vit": "gemma4_vit_167m: asserts on the input size in Python",
+#: Families whose stock code torch.fx cannot trace (torch.fx.symbolic_trace fails on the model
+#: named; fxprune raises a TraceError naming the module and the source line for each).
+UNTRACEABLE = {  # model tried: where torch.fx stops (timm 1.0.31)
+    "convit": "convit_tiny: Python control flow on a traced value in GPSA.forward (convit.py:77)",
+    "cpubone": "cpubone_nano: control flow on a traced value in ConvAttention.forward (cpubone.py:409)",
+    "crossvit": "crossvit_tiny_240: control flow on the traced input size in scale_image (crossvit.py:306)",
+    "efficientvit_mit": "efficientvit_b0: control flow on a traced value in LiteMLA.forward (efficientvit_mit.py:384)",
+    "efficientvit_msra": "efficientvit_m0: control flow on a traced value in LocalWindowAttention.forward",
+    "gemma4_vit": "gemma4_vit_167m: control flow in _assert_raw_img_conformant (gemma4_vit.py:830)",
     "hiera": "hiera_tiny_224: len() of a traced value in PatchEmbed",
-    "mobilenetv5": "mobilenetv5_300m: MultiScaleFusionAdapter branches on a traced shape",
-    "mobilevit": "mobilevit_xxs: MobileVitBlock branches on a traced shape",
-    "mvitv2": "mvitv2_tiny: relative position code branches on a traced shape",
-    "naflexvit": "naflexvit_base_patch16_siglip: NaFlexEmbeds branches on a traced value",
-    "nasnet": "nasnetalarge: Conv2dSame computes padding from a traced shape in Python",
-    "nest": "nest_tiny: int() of a traced shape in deblockify",
-    "pnasnet": "pnasnet5large: Conv2dSame computes padding from a traced shape in Python",
-    "qwen3_vit": "qwen3_vit_88m: resamples its position grid from a traced shape",
-    "tiny_vit": "tiny_vit_5m_224: TinyVitBlock branches on a traced shape",
-    "twins": "twins_svt_small: LocallyGroupedAttn branches on a traced shape",
-    "vgg": "vgg11: ConvMlp branches on the input size",
-    "vision_transformer_hybrid": "vit_tiny_r_s16_p8_224: StdConv2dSame computes padding in Python",
-    "vision_transformer_sam": "samvit_base_patch16: resamples position embeddings from a traced shape",
+    "mobilenetv5": "mobilenetv5_300m: control flow on a traced value in MultiScaleFusionAdapter.forward",
+    "mobilevit": "mobilevit_xxs: control flow on a traced value in MobileVitBlock.forward (mobilevit.py:252)",
+    "mvitv2": "mvitv2_tiny: control flow on a traced value in cal_rel_pos_type (mvitv2.py:172)",
+    "naflexvit": "naflexvit_base_patch16_siglip: control flow on a traced value in NaFlexEmbeds.forward",
+    "nasnet": "nasnetalarge: Conv2dSame computes its padding from a traced shape (padding.py:28)",
+    "nest": "nest_tiny: int() of a traced value in deblockify (nest.py:211)",
+    "pnasnet": "pnasnet5large: Conv2dSame computes its padding from a traced shape (padding.py:28)",
+    "qwen3_vit": "qwen3_vit_88m: control flow on a traced value in resample_pos_embed_grid",
+    "tiny_vit": "tiny_vit_5m_224: control flow on a traced value in TinyVitBlock.forward (tiny_vit.py:394)",
+    "twins": "twins_svt_small: control flow on a traced value in LocallyGroupedAttn.forward (twins.py:100)",
+    "vgg": "vgg11: control flow on a traced value in ConvMlp.forward (vgg.py:84)",
+    "vision_transformer_hybrid": "vit_tiny_r_s16_p8_224: StdConv2dSame computes its padding from a traced shape",
+    "vision_transformer_sam": "samvit_base_patch16: control flow in resample_abs_pos_embed_nhwc (pos_embed.py:77)",
 }
 
 
