@@ -97,9 +97,9 @@ class _MaskedConvTranspose(_InputMasked):
     # weight [in, out/groups, k...]: the input channels are dim 0
     _fxprune_in_dim = 0
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, output_size=None) -> torch.Tensor:
         n = len(self.kernel_size)
-        out_pad = self._output_padding(x, None, self.stride, self.padding, self.kernel_size, n,
+        out_pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n,
                                        self.dilation)
         fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
         return fn(x, self.masked_weight(mask), self.bias, self.stride, self.padding, out_pad,
@@ -123,12 +123,12 @@ class _OwnForwardMasked(_InputMasked):
     row through ``rules=``): its own ``forward`` runs with the masked weight in place of its
     ``weight`` parameter, so whatever else that forward does stays as it was."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         params = self._parameters
         weight = params["weight"]
         params["weight"] = self.masked_weight(mask)
         try:
-            return self._fxprune_base.forward(self, x)
+            return self._fxprune_base.forward(self, x, *args, **kwargs)
         finally:
             params["weight"] = weight
 

@@ -97,7 +97,8 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
             else:
                 module = gm.get_submodule(site.module)
                 module.__class__ = site.masked_class or input_masked_class(type(module), site.dim)
-                node.args, node.kwargs = (node.args[0], mask), {}
+                # the mask goes second; the call's other arguments (output_size) stay
+                node.args = (node.args[0], mask, *node.args[1:])
     for stat in channels.stat_sites:
         if not any(channels.touches_prunable(ids) for ids in stat.labels):
             continue

@@ -145,13 +145,16 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     wrapped = {name for name, m in modules.items() if isinstance(m, FXPRUNE_CLASSES)}
+    input_masked = {name for name in wrapped if isinstance(modules[name], _InputMasked)}
     for name in wrapped:
         unwrap(modules[name])
     resized = set()
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
             m = modules[node.target]
-            if node.target in wrapped:
+            if node.target in input_masked:  # called as (x, mask, *rest)
+                node.args = (node.args[0], *node.args[2:])
+            elif node.target in wrapped:  # norms: every argument after x is a mask
                 node.args, node.kwargs = node.args[:1], {}
             rule = lookup_rule(node, gm, state.rules)
             if rule is not None and node.target not in resized:

@@ -548,3 +548,21 @@ def test_unrolled_chunk_checked_on_the_example_inputs():
 
     with pytest.raises(fxprune.ExampleInputsError, match="unrolled into 4 pieces.*returns 3"):
         fxprune.prepare(Uneven(), (X,))
+
+
+def test_conv_transpose_called_with_output_size():
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 16)
+            self.down = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(24, 8, 3, stride=2, padding=1)
+            self.head = nn.Conv2d(8 + 16, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            u = self.up(F.relu(self.down(y)), output_size=y.shape[-2:])  # odd sizes need it
+            return self.head(torch.cat([u, y], 1))
+
+    pm, small = check(Up(), torch.randn(2, 3, 15, 15), torch.randn(1, 3, 21, 17))
+    assert prunable(pm) == {"a.0": 16, "down": 24, "up": 8}
