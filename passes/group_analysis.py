@@ -356,7 +356,9 @@ class ChannelAnalysis(NodeFacts):
                 listed=any(o in layer_modules for o in owners)))
         # No weight or buffer dim may end up empty (a conv with no output channels is an
         # error): a space that holds only part of its group must keep one of its channels.
-        keep_one = self.keep_one + [(sp.ids, f"`{sp.tensor}` (dim {sp.dim})") for sp in self.spaces]
+        # (A created tensor's or a pad's own channels may all go: a pad of 0 is still a pad.)
+        keep_one = self.keep_one + [(sp.ids, f"`{sp.tensor}` (dim {sp.dim})") for sp in self.spaces
+                                    if not sp.virtual]
         for ids, why in keep_one:
             units = np.unique(element_unit[ids])
             owner = np.bincount(unit_group[units]).argmax()  # the group holding most of them

@@ -566,3 +566,15 @@ def test_conv_transpose_called_with_output_size():
 
     pm, small = check(Up(), torch.randn(2, 3, 15, 15), torch.randn(1, 3, 21, 17))
     assert prunable(pm) == {"a.0": 16, "down": 24, "up": 8}
+
+
+def test_channel_pad_may_lose_all_its_zero_channels():
+    torch.manual_seed(0)
+    pm = fxprune.prepare(CifarResNet().eval(), (X,))
+    g = [gr for gr in fxprune.channel_groups(pm) if "stem.0" in gr.producers][0]
+    g.mask.zero_()
+    g.mask[:4] = 1  # four of the stem's channels: s2's and s3's padded channels all go
+    small = fxprune.finalize(pm)
+    pads = [n.args[1] for n in small.graph.nodes if n.target is F.pad]
+    assert all(p[4] + p[5] < 16 for p in pads) and any(p[4] == p[5] == 0 for p in pads), pads
+    assert max_relative_error(run_eval(pm, (X2,)), run_eval(small, (X2,))) <= 1e-4
