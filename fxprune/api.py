@@ -26,8 +26,11 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             the shapes the analysis reasons about (the batch size does not matter).
         leaf_modules: module classes or module paths traced as one call. Use it for modules with
             data-dependent control flow; a leaf with no channel rule keeps its channels whole.
-        rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``),
-            see :mod:`fxprune.op_table`.
+        rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
+            ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A module class given a row is
+            traced as one call. A row that cannot describe its module (a conv rule for a module
+            without ``groups``, ``Conv()`` for a transposed conv) raises
+            :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
 
     Returns:
         A ``torch.fx.GraphModule`` computing the same function while all masks are 1. Its groups
@@ -40,7 +43,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
         raise ValueError("this model is already prepared by fxprune; prepare the original model")
     example_inputs = normalize_example_inputs(example_inputs)
-    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules))
+    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules)
     propagate_shapes(gm, example_inputs)
     channels = analyze(gm, rules)
     insert_masks(gm, channels)

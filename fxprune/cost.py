@@ -24,7 +24,7 @@ class LayerSpec:
     """
 
     name: str
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv", "conv_transpose" or "linear"
     in_channels: int
     out_channels: int
     input_shape: tuple[int, ...]
@@ -40,7 +40,7 @@ class LayerSpec:
 
     @property
     def depthwise(self) -> bool:
-        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
+        return self.kind in ("conv", "conv_transpose") and self.groups > 1 and self.groups == self.in_channels
 
     def groups_at(self, c_in: int) -> int:
         """The conv's ``groups`` once pruned to ``c_in`` input channels."""
@@ -62,6 +62,9 @@ class LayerSpec:
         c_out = self.out_channels if c_out is None else c_out
         if self.kind == "linear":
             return self._outputs_per_channel() * c_in * c_out
+        if self.kind == "conv_transpose":  # every input position scatters a k-window per output
+            inputs = self.input_shape[0] * math.prod(self.input_shape[2:])
+            return inputs * c_in * (c_out // self.groups_at(c_in) if c_in else 0) * math.prod(self.kernel_size)
         per_group_in = c_in // self.groups_at(c_in) if c_in else 0
         return self._outputs_per_channel() * c_out * per_group_in * math.prod(self.kernel_size)
 
@@ -84,6 +87,8 @@ class LayerSpec:
             rows = "x".join(str(s) for s in self.input_shape[:-1])
             return f"linear[{rows}]{'b' if self.bias else ''}:{self.dtype}"
         k = "x".join(map(str, self.kernel_size))
+        if self.kind == "conv_transpose":
+            k = "T" + k
         s = "x".join(map(str, self.stride))
         p = "x".join(map(str, self.padding))
         d = "x".join(map(str, self.dilation))

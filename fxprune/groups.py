@@ -27,6 +27,7 @@ class Space:
     dim: int
     size: int
     start: int  # first element id; the space owns [start, start + size)
+    virtual: bool = False  # a dim of a tensor the graph creates (new_zeros), not of a weight
 
     @property
     def ids(self) -> np.ndarray:
@@ -41,6 +42,11 @@ class MaskSite:
     tensor: str
     dim: int
     nodes: list[str] = field(default_factory=list)
+    out_dim: int = 0  # the weight dim holding the layer's output channels
+    #: nodes calling a functional layer (``F.conv2d(x, self.weight)``): their weight argument
+    #: is masked in the graph instead of the module's class being swapped
+    functional_nodes: list[str] = field(default_factory=list)
+    masked_class: type | None = None  # the module's masked form (from its op-table row)
 
 
 @dataclass
@@ -60,6 +66,10 @@ class LayerInfo:
     node: str
     module: str
     spec: LayerSpec
+    weight: str = ""  # qualified name of its weight
+    in_dim: int = 1  # weight dim of its input channels
+    out_dim: int = 0  # weight dim of its output channels
+    depthwise: bool = False
 
 
 @dataclass
@@ -69,6 +79,7 @@ class GroupInfo:
     size: int
     prunable: bool
     reason: str
+    sources: list[str]  # spaces that create the group's channels (layer outputs)
     spaces: list[str]
     members: list[str]  # modules (or graph tensors) that own a space of the group
     producers: list[str]  # layers whose output channels are the group's

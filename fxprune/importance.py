@@ -48,7 +48,7 @@ class ImportanceAccumulator:
             seen = True
             # W*g in the weights' dtype (a full pass over the weights: keep it single precision);
             # the per-channel sums it reduces to are accumulated in double.
-            s = c.param.detach() * g
+            s = (c.param.detach() * g).movedim((c.out_dim, c.dim), (0, 1))
             s = s.sum(dim=tuple(range(2, s.ndim))) if s.ndim > 2 else s  # (C_out, C_in)
             out_kept = ext[c.out_flat].to(s.dtype)  # -1 picks the trailing 1: always kept
             per_input = (out_kept @ s).double()

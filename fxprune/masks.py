@@ -50,16 +50,29 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
 
 # -- layers whose input channels are masked -------------------------------------------------------
 
-class _InputMasked:
-    """Mixin: ``forward(x, mask)`` masks ``weight`` along dim 1 (its input channels)."""
+class _FxPruneLayer:
+    """Marker of every class fxprune swaps in (``unwrap`` puts ``_fxprune_base`` back)."""
 
     _fxprune_base: type = nn.Module
+
+
+class _InputMasked(_FxPruneLayer):
+    """Mixin: ``forward(x, mask)`` masks ``weight`` along ``_fxprune_in_dim`` (its input channels:
+    1 for conv/linear ``[out, in, ...]``, 0 for a transposed conv ``[in, out/groups, k...]``)."""
+
+    _fxprune_in_dim: int = 1
     #: True: straight-through (SMCP). False: the gradient is masked too (a "hard" mask, as HALP).
     fxprune_straight_through: bool = True
 
     def masked_weight(self, mask: torch.Tensor) -> torch.Tensor:
-        m = broadcast_along(mask, self.weight.ndim, 1)
+        m = broadcast_along(mask, self.weight.ndim, self._fxprune_in_dim)
         return scale(self.weight, m, straight_through=self.fxprune_straight_through)
+
+
+def mask_weight(weight: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """A functional layer's weight (``F.conv2d(x, self.w)``) masked along its input dim ``dim``
+    (straight-through, as the masked layer classes)."""
+    return scale(weight, broadcast_along(mask, weight.ndim, dim), straight_through=True)
 
 
 class _MaskedConv(_InputMasked):
@@ -78,6 +91,46 @@ class MaskedConv2d(_MaskedConv, nn.Conv2d):
 
 class MaskedConv3d(_MaskedConv, nn.Conv3d):
     _fxprune_base = nn.Conv3d
+
+
+class _MaskedConvTranspose(_InputMasked):
+    # weight [in, out/groups, k...]: the input channels are dim 0
+    _fxprune_in_dim = 0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, output_size=None) -> torch.Tensor:
+        n = len(self.kernel_size)
+        out_pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n,
+                                       self.dilation)
+        fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+        return fn(x, self.masked_weight(mask), self.bias, self.stride, self.padding, out_pad,
+                  self.groups, self.dilation)
+
+
+class MaskedConvTranspose1d(_MaskedConvTranspose, nn.ConvTranspose1d):
+    _fxprune_base = nn.ConvTranspose1d
+
+
+class MaskedConvTranspose2d(_MaskedConvTranspose, nn.ConvTranspose2d):
+    _fxprune_base = nn.ConvTranspose2d
+
+
+class MaskedConvTranspose3d(_MaskedConvTranspose, nn.ConvTranspose3d):
+    _fxprune_base = nn.ConvTranspose3d
+
+
+class _OwnForwardMasked(_InputMasked):
+    """A layer fxprune has no masked class for (a subclass of a torch layer, a user's layer given a
+    row through ``rules=``): its own ``forward`` runs with the masked weight in place of its
+    ``weight`` parameter, so whatever else that forward does stays as it was."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        params = self._parameters
+        weight = params["weight"]
+        params["weight"] = self.masked_weight(mask)
+        try:
+            return self._fxprune_base.forward(self, x, *args, **kwargs)
+        finally:
+            params["weight"] = weight
 
 
 class MaskedLinear(_InputMasked, nn.Linear):
@@ -138,7 +191,7 @@ def masked_group_norm(x, num_groups, weight, bias, eps, mask):
     return y
 
 
-class MaskedLayerNorm(nn.LayerNorm):
+class MaskedLayerNorm(_FxPruneLayer, nn.LayerNorm):
     _fxprune_base = nn.LayerNorm
     #: indices, within normalized_shape, of the dims the masks passed to forward cover
     fxprune_mask_dims: tuple[int, ...] = ()
@@ -148,7 +201,7 @@ class MaskedLayerNorm(nn.LayerNorm):
                                  self.fxprune_mask_dims, *masks)
 
 
-class MaskedGroupNorm(nn.GroupNorm):
+class MaskedGroupNorm(_FxPruneLayer, nn.GroupNorm):
     _fxprune_base = nn.GroupNorm
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -170,7 +223,7 @@ def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight) ->
                         weight, bn.bias, use_batch_stats, factor, bn.eps)
 
 
-class _RescaledBatchNorm:
+class _RescaledBatchNorm(_FxPruneLayer):
     """SMCP: the BN after a layer with masked inputs scales gamma by the kept input fraction.
 
     ``gamma_used = gamma * sum(m) / C_in``. Pruning many inputs shrinks the layer's output; the
@@ -179,7 +232,6 @@ class _RescaledBatchNorm:
     the unscaled parameter. ``finalize`` folds the factor into gamma.
     """
 
-    _fxprune_base: type = nn.Module
     #: "kept_fraction" (SMCP) or "off"
     fxprune_rescale: str = "kept_fraction"
 
@@ -209,18 +261,56 @@ class RescaledBatchNorm3d(_RescaledBatchNorm, nn.BatchNorm3d):
 
 MASKED_CLASS = {
     nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d,
+    nn.ConvTranspose1d: MaskedConvTranspose1d, nn.ConvTranspose2d: MaskedConvTranspose2d,
+    nn.ConvTranspose3d: MaskedConvTranspose3d,
     nn.Linear: MaskedLinear, nn.LayerNorm: MaskedLayerNorm, nn.GroupNorm: MaskedGroupNorm,
 }
 RESCALED_CLASS = {
     nn.BatchNorm1d: RescaledBatchNorm1d, nn.BatchNorm2d: RescaledBatchNorm2d,
     nn.BatchNorm3d: RescaledBatchNorm3d,
 }
-FXPRUNE_CLASSES = tuple(MASKED_CLASS.values()) + tuple(RESCALED_CLASS.values())
+FXPRUNE_CLASSES = (_FxPruneLayer,)
+_DERIVED: dict[tuple[type, type], type] = {}
+
+
+def variant_class(cls: type, table: dict[type, type]) -> type | None:
+    """The fxprune variant of ``cls``: the table's class for a torch class, and for a subclass of
+    one (a user's ``class MyConv(nn.Conv2d)``) a class deriving from both (made once, cached), so
+    the subclass keeps its own attributes and methods. None when no base of ``cls`` is known."""
+    if cls in table:
+        return table[cls]
+    base = next((b for b in cls.__mro__[1:] if b in table), None)
+    if base is None:
+        return None
+    key = (cls, table[base])
+    if key not in _DERIVED:
+        masked = table[base]  # its forward comes first in the MRO, the subclass's attributes after
+        _DERIVED[key] = type(f"{masked.__name__}_{cls.__name__}", (masked, cls),
+                             {"_fxprune_base": cls, "__module__": __name__})
+    return _DERIVED[key]
+
+
+def input_masked_class(cls: type, in_dim: int) -> type:
+    """The masked form of a layer class whose weight reads input channels along ``in_dim``."""
+    if cls in MASKED_CLASS and MASKED_CLASS[cls]._fxprune_in_dim == in_dim:
+        return MASKED_CLASS[cls]
+    key = (cls, _OwnForwardMasked, in_dim)
+    if key not in _DERIVED:
+        _DERIVED[key] = type(f"Masked_{cls.__name__}", (_OwnForwardMasked, cls),
+                             {"_fxprune_base": cls, "_fxprune_in_dim": in_dim, "__module__": __name__})
+    return _DERIVED[key]
 
 
 def wrap(module: nn.Module, table: dict[type, type]) -> nn.Module:
     """Turn ``module`` (in place) into its fxprune variant; parameters stay the same objects."""
-    module.__class__ = table[type(module)]
+    variant = variant_class(type(module), table)
+    if variant is None:
+        from .errors import FxPruneError
+        known = ", ".join(sorted(c.__name__ for c in table))
+        raise FxPruneError(f"{type(module).__name__} has no masked form: it is not a subclass of any of "
+                           f"{known}; give it a rule whose layer it is (e.g. rules={{MyLayer: Conv()}} "
+                           "for a subclass of nn.Conv2d)")
+    module.__class__ = variant
     return module
 
 

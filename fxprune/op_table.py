@@ -1,7 +1,7 @@
 """The table of channel rules: which op maps channels how.
 
-Keys are module classes (for ``call_module``; exact class, subclasses are not assumed to behave
-the same), functions (``call_function``) or method names (``call_method`` on tensors). Values
+Keys are module classes (for ``call_module``; a subclass that does not override ``forward``
+uses its base's row, one that does is traced through), functions (``call_function``) or method names (``call_method`` on tensors). Values
 are rule instances from :mod:`fxprune.rules`. Supporting a new op is adding a row here:
 
     CHANNEL_RULES[MyNorm] = ChannelAffine(("weight", "bias"))
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, Elementwise,
+from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvTranspose, Create,
+                    Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
                             Metadata, MixesDim, Pad, Permute, Reduce, Reshape, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
@@ -50,7 +51,15 @@ _POOLS = {
 CHANNEL_RULES: dict = {
     # -- layers that read and write channels
     nn.Conv1d: Conv(), nn.Conv2d: Conv(), nn.Conv3d: Conv(),
+    nn.ConvTranspose1d: ConvTranspose(), nn.ConvTranspose2d: ConvTranspose(),
+    nn.ConvTranspose3d: ConvTranspose(),
     nn.Linear: Linear(),
+    # -- the same layers written functionally on a module's own parameters (a subclass's forward
+    #    calling F.conv2d(x, self.weight, ...)); a weight computed in the graph is a barrier
+    F.conv1d: Conv(functional=True), F.conv2d: Conv(functional=True), F.conv3d: Conv(functional=True),
+    F.conv_transpose1d: ConvTranspose(functional=True), F.conv_transpose2d: ConvTranspose(functional=True),
+    F.conv_transpose3d: ConvTranspose(functional=True),
+    F.linear: Linear(functional=True),
     # -- per-channel layers
     nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
@@ -63,6 +72,7 @@ CHANNEL_RULES: dict = {
     nn.LayerNorm: LayerNorm(),
     nn.GroupNorm: GroupNorm(),
     F.layer_norm: FunctionalLayerNorm(),
+    F.batch_norm: FunctionalAffine(), F.instance_norm: FunctionalAffine(),
     # -- shape ops
     nn.Flatten: RESHAPE, nn.Unflatten: RESHAPE,
     torch.flatten: RESHAPE, "flatten": RESHAPE,
@@ -110,9 +120,15 @@ for _m in _ACTIVATIONS:
 for _n, _mods in _POOLS.items():
     for _m in _mods:
         CHANNEL_RULES[_m] = Spatial(_n)
-for _m in (nn.PixelShuffle, nn.PixelUnshuffle):
-    # These move channels into space: a channel dim that changes size is a barrier.
-    CHANNEL_RULES[_m] = Barrier("pixel (un)shuffle moves channels into spatial positions")
+# pixel (un)shuffle move r*r channels into space: pruned in blocks
+CHANNEL_RULES[nn.PixelShuffle] = CHANNEL_RULES[F.pixel_shuffle] = PixelShuffle()
+CHANNEL_RULES[nn.PixelUnshuffle] = CHANNEL_RULES[F.pixel_unshuffle] = PixelShuffle(inverse=True)
+# tensors the graph creates: a channel count from a shape, or a literal one surgery rewrites
+for _name in ("new_zeros", "new_ones", "new_empty"):
+    CHANNEL_RULES[_name] = Create(sizes_from=1)
+for _f in (torch.zeros, torch.ones, torch.empty, torch.randn, torch.rand):
+    CHANNEL_RULES[_f] = Create(sizes_from=0)
+CHANNEL_RULES[F.normalize] = MixesDim(dim_pos=2, default_dim=1)  # elementwise but along dim
 for _f in (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
     operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub, operator.imul,

@@ -25,24 +25,60 @@ def _short(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "")
 
 
+def _table(rows, wide: int = -1) -> list[str]:
+    """Aligned columns, each at most 72 characters (``wide``: a column allowed 160, for reasons)."""
+    widths = [min(max(len(r[i]) for r in rows), 160 if i == wide % len(rows[0]) else 72)
+              for i in range(len(rows[0]))]
+    lines = ["  ".join(c[:w].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without where it happened (``... at `node` (op)``), to count alike reasons."""
+    return reason.split(" at `")[0]
+
+
 def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
+    """The text :func:`summary` prints: prunable groups, then every kept group with its reason
+    (groups without a conv/linear only with ``all_groups``; otherwise their reasons are counted)."""
     from .api import finalize  # a finalize of the current masks gives the pruned figures
 
     state = state_of(prepared)
-    groups = channel_groups(prepared, all_groups=all_groups)
-    rows = [("group", "name", "size", "kept", "prunable / reason", "producers", "consumers")]
-    for g in groups:
-        rows.append((g.key, g.name, str(g.size), str(g.kept), "yes" if g.prunable else g.reason,
-                     _short(g.producers), _short(g.consumers)))
-    widths = [min(max(len(r[i]) for r in rows), 72) for i in range(len(rows[0]))]
-    lines = ["  ".join(c[:w].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    listed = channel_groups(prepared)
+    everything = channel_groups(prepared, all_groups=True)
+    groups = everything if all_groups else listed
+    lines = []
+    prunable = [g for g in groups if g.prunable]
+    if prunable:
+        rows = [("group", "name", "size", "kept", "producers", "consumers")]
+        rows += [(g.key, g.name, str(g.size), str(g.kept), _short(g.producers), _short(g.consumers))
+                 for g in prunable]
+        lines += ["prunable groups:"] + _table(rows)
+    kept = [g for g in groups if not g.prunable]
+    if kept:
+        rows = [("group", "name", "size", "kept whole because", "producers")]
+        rows += [(g.key, g.name, str(g.size), g.reason, _short(g.producers)) for g in kept]
+        lines += ([""] if lines else []) + ["groups kept whole:"] + _table(rows, wide=3)
+    hidden = [g for g in everything if g.key not in {h.key for h in listed} and not g.prunable]
+    if hidden and not all_groups:
+        counts: dict[str, int] = {}
+        for g in hidden:
+            counts[_reason_kind(g.reason)] = counts.get(_reason_kind(g.reason), 0) + 1
+        lines.append("")
+        lines.append(f"{len(hidden)} more groups hold no conv/linear weights and are kept whole "
+                     "(all_groups=True lists them): "
+                     + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     inputs = state.example_inputs
     dense_flops, dense_params = count_flops(prepared, inputs), count_params(prepared)
     n_prunable = sum(g.prunable for g in groups)
     lines.append("")
     lines.append(f"{len(groups)} groups, {n_prunable} prunable; "
                  f"{sum(g.size for g in groups if g.prunable)} prunable channels")
+    if not listed:
+        lines.append("no group has a conv or linear layer in it: fxprune found no layer it prunes "
+                     "(a layer with no row in fxprune.op_table.CHANNEL_RULES is traced through or a "
+                     "barrier; see the reasons above, or pass rules=)")
     if any(g.kept < g.size for g in groups if g.prunable):
         small = finalize(prepared, check=False)
         flops, params = count_flops(small, inputs), count_params(small)

@@ -34,11 +34,10 @@ class UnitIndex:
         self.unit_channels = [self._channels_per_unit(g) for g in self.groups]
 
     def _channels_per_unit(self, group: GroupInfo) -> int:
-        for key in group.spaces:
-            if group.producers and key == f"{group.producers[0]}.weight:0":
-                space = self.channels.space_by_key[key]
-                units = np.unique(self.channels.units(space.ids))
-                return max(1, space.size // max(len(units), 1))
+        for key in group.sources[:1]:
+            space = self.channels.space_by_key[key]
+            units = np.unique(self.channels.units(space.ids))
+            return max(1, space.size // max(len(units), 1))
         return 1
 
     def group_slice(self, i: int) -> slice:
@@ -93,8 +92,9 @@ class ConsumerWeight:
     module: str
     param: nn.Parameter
     dim: int
+    out_dim: int  # the weight dim of the layer's outputs (0; 1 for a transposed conv)
     in_flat: torch.Tensor  # position along dim -> flat channel (-1: not prunable)
-    out_flat: torch.Tensor  # position along dim 0 -> flat channel (-1: not prunable)
+    out_flat: torch.Tensor  # position along out_dim -> flat channel (-1: not prunable)
 
 
 def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[ConsumerWeight]:
@@ -104,10 +104,10 @@ def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[Consume
         if in_flat is None or not (in_flat >= 0).any():
             continue
         param = prepared.get_parameter(site.tensor)
-        out_flat = index.space_flat(site.tensor, 0)
+        out_flat = index.space_flat(site.tensor, site.out_dim)
         if out_flat is None:
-            out_flat = np.full(param.shape[0], -1)
-        out.append(ConsumerWeight(site.module, param, site.dim,
+            out_flat = np.full(param.shape[site.out_dim], -1)
+        out.append(ConsumerWeight(site.module, param, site.dim, site.out_dim,
                                   torch.as_tensor(in_flat, device=param.device),
                                   torch.as_tensor(out_flat, device=param.device)))
     return out
@@ -122,10 +122,11 @@ class CostedLayer:
     in_flat: np.ndarray | None  # weight dim 1 positions; None for depthwise (input = output)
     in_factor: int  # channels per weight-dim-1 position (groups for a grouped conv)
     mult: int  # depthwise channel multiplier
+    out_factor: int = 1  # channels per output position (groups for a grouped transposed conv)
 
     def widths(self, kept: np.ndarray) -> tuple[int, int]:
         """(c_in, c_out) when ``kept[flat]`` says which prunable channels stay."""
-        c_out = int(_count(self.out_flat, kept))
+        c_out = self.out_factor * int(_count(self.out_flat, kept))
         if self.in_flat is None:
             return c_out // self.mult, c_out
         return self.in_factor * int(_count(self.in_flat, kept)), c_out
@@ -141,10 +142,16 @@ def costed_layers(index: UnitIndex) -> list[CostedLayer]:
     layers = []
     for layer in index.channels.layers:
         spec = layer.spec
-        out_flat = index.space_flat(f"{layer.module}.weight", 0)
-        if spec.depthwise:
-            layers.append(CostedLayer(spec, out_flat, None, 1, spec.out_channels // spec.in_channels))
+        mult = spec.out_channels // max(spec.in_channels, 1)
+        if layer.depthwise and layer.in_dim == 0:  # transposed: outputs repeat their input's flat
+            in_flat = index.space_flat(layer.weight, 0)
+            layers.append(CostedLayer(spec, np.repeat(in_flat, mult), None, 1, mult))
+        elif layer.depthwise:
+            layers.append(CostedLayer(spec, index.space_flat(layer.weight, layer.out_dim), None, 1, mult))
         else:
-            in_flat = index.space_flat(f"{layer.module}.weight", 1)
-            layers.append(CostedLayer(spec, out_flat, in_flat, spec.groups, 1))
+            out_flat = index.space_flat(layer.weight, layer.out_dim)
+            in_flat = index.space_flat(layer.weight, layer.in_dim)
+            in_factor = spec.groups if layer.in_dim == 1 else 1
+            out_factor = spec.groups if layer.out_dim == 1 else 1
+            layers.append(CostedLayer(spec, out_flat, in_flat, in_factor, 1, out_factor))
     return layers

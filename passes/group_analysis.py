@@ -24,12 +24,24 @@ from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
 from .shape_prop import NodeFacts, TensorMeta
 
 
+def module_rule(cls: type, extra_rules: dict | None = None):
+    """The row for a module class: its own, else its nearest base's when the class does not
+    override ``forward`` (``class MyConv(nn.Conv2d): pass`` is a Conv2d). A subclass with its own
+    ``forward`` has no row (it is traced through, see :mod:`fxprune.passes.trace`)."""
+    for base in cls.__mro__:
+        row = (extra_rules or {}).get(base)
+        if row is None:
+            row = CHANNEL_RULES.get(base)
+        if row is not None:
+            return row if base is cls or cls.forward is base.forward else None
+    return None
+
+
 def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = None):
     """The channel rule for ``node`` (None: no rule, the op is a barrier)."""
     if node.op == "call_module":
-        key = type(gm.get_submodule(node.target))
-    else:
-        key = node.target
+        return module_rule(type(gm.get_submodule(node.target)), extra_rules)
+    key = node.target
     if extra_rules and key in extra_rules:
         return extra_rules[key]
     if node.target is operator.getitem:
@@ -83,6 +95,7 @@ class ChannelAnalysis(NodeFacts):
         self.mask_sites: dict[str, MaskSite] = {}
         self.stat_sites: list[StatSite] = []
         self.layers: list[LayerInfo] = []
+        self.deferred: list[tuple] = []
         self.node: fx.Node | None = None
 
     # -- what rules read ------------------------------------------------------------------------
@@ -108,6 +121,23 @@ class ChannelAnalysis(NodeFacts):
             self.starts.append(s.start)
             self.graph.add_node(key, tensor=tensor, dim=dim, size=size)
         return s.ids
+
+    def virtual_space(self, tensor: str, dim: int, size: int) -> np.ndarray:
+        """Element ids for a channel dim of a tensor the graph creates (``x.new_zeros(b, 16, h,
+        w)``): no weight holds it, but its positions are channels like any other; surgery
+        rewrites the literal count."""
+        key = f"{tensor}:{dim}"
+        s = self.space_by_key.get(key)
+        if s is None:
+            s = Space(key, tensor, dim, size, self.uf.add(size), virtual=True)
+            self.spaces.append(s)
+            self.space_by_key[key] = s
+            self.starts.append(s.start)
+            self.graph.add_node(key, tensor=s.tensor, dim=s.dim, size=size)
+        return s.ids
+
+    def tensor(self, qualname: str) -> torch.Tensor:
+        return self._tensor(qualname)
 
     def _tensor(self, qualname: str) -> torch.Tensor:
         owner, _, attr = qualname.rpartition(".")
@@ -184,31 +214,35 @@ class ChannelAnalysis(NodeFacts):
         roots = lambda ids: {self.uf.find(i) if i >= 0 else -1 for i in np.asarray(ids).tolist()}  # noqa: E731
         return roots(a) == roots(b)
 
-    def mask_site(self, tensor: str, dim: int) -> None:
-        site = self.mask_sites.setdefault(tensor, MaskSite(self.module_name(), tensor, dim))
+    def mask_site(self, tensor: str, dim: int, rule=None) -> None:
+        """The weight ``tensor`` reads this node's input channels along ``dim``: SMCP masks it
+        there (a module call becomes its rule's masked class; a functional call gets its weight
+        argument masked)."""
+        functional = self.node.op != "call_module"
+        owner = tensor.rpartition(".")[0] if functional else self.module_name()
+        out_dim = getattr(rule, "out_dim", 0)
+        site = self.mask_sites.setdefault(tensor, MaskSite(owner, tensor, dim, out_dim=out_dim))
         site.nodes.append(self.node.name)
+        if functional:
+            site.functional_nodes.append(self.node.name)
+        elif rule is not None:
+            site.masked_class = rule.masked_class(self.module())
+
+    def check_later(self, count_ids, dim_ids, reason: str) -> None:
+        """A channel count shapes a dim: fine if that dim holds the same channels once the whole
+        graph is seen (an SE's ``view(b, c)`` sits before the multiply that ties its channels to
+        the features the count was read from)."""
+        self.deferred.append((np.asarray(count_ids), None if dim_ids is None else np.asarray(dim_ids),
+                              self.why(reason)))
 
     def stat_site(self, act_dims: tuple[int, ...], mask_dims: tuple[int, ...]) -> None:
         labels = self.labels(self.node.args[0])
         self.stat_sites.append(StatSite(self.node.name, act_dims, mask_dims,
                                         [labels[d] for d in act_dims]))
 
-    def layer(self, kind: str) -> None:
-        m, x = self.module(), self.node.args[0]
-        in_shape, out_shape = tuple(self.shape(x)), tuple(self.out_shape())
-        dtype = str(m.weight.dtype).replace("torch.", "")
-        if kind == "conv":
-            k = tuple(m.kernel_size)
-            pad = m.padding
-            if isinstance(pad, str):  # "valid" / "same" as numbers, for cost tables and ONNX
-                pad = tuple(0 if pad == "valid" else d * (kk - 1) // 2 for kk, d in zip(k, m.dilation))
-            spec = LayerSpec(self.node.target, "conv", m.in_channels, m.out_channels, in_shape,
-                             out_shape, k, tuple(m.stride), tuple(pad), tuple(m.dilation), m.groups,
-                             m.bias is not None, dtype)
-        else:
-            spec = LayerSpec(self.node.target, "linear", m.in_features, m.out_features, in_shape,
-                             out_shape, bias=m.bias is not None, dtype=dtype)
-        self.layers.append(LayerInfo(self.node.name, self.node.target, spec))
+    def layer(self, spec: LayerSpec, weight: str, in_dim: int, out_dim: int, depthwise: bool = False) -> None:
+        """A costed layer: its spec, and which weight dims hold its input and output channels."""
+        self.layers.append(LayerInfo(self.node.name, spec.name, spec, weight, in_dim, out_dim, depthwise))
 
     # -- the walk ---------------------------------------------------------------------------------
     def run(self) -> ChannelGraph:
@@ -248,6 +282,13 @@ class ChannelAnalysis(NodeFacts):
         return rule.propagate(self)
 
     def _result(self) -> ChannelGraph:
+        for count_ids, dim_ids, why in self.deferred:
+            if dim_ids is None or not self.same_channels(count_ids, dim_ids):
+                # the count stays what it was, so the dim it shapes must keep its size too
+                for ids in (count_ids, dim_ids if dim_ids is not None else count_ids[:0]):
+                    ids = ids[ids >= 0]
+                    if ids.size:
+                        self.marks.append((ids, why))
         n = len(self.uf.parent)
         roots = np.fromiter((self.uf.find(i) for i in range(n)), dtype=np.int64, count=n)
         _, element_unit = np.unique(roots, return_inverse=True)  # units numbered by oldest element
@@ -263,6 +304,7 @@ class ChannelAnalysis(NodeFacts):
         for site in self.mask_sites.values():
             site_units.update(np.unique(element_unit[self.space_by_key[f"{site.tensor}:{site.dim}"].ids]).tolist())
         layer_modules = {li.module for li in self.layers}
+        site_keys = {f"{s.tensor}:{s.dim}" for s in self.mask_sites.values()}
 
         # A group is what one producer's output channels are tied to: units sharing a source
         # space (a layer's output dim) go together; a consumer's input dim may span several
@@ -303,23 +345,26 @@ class ChannelAnalysis(NodeFacts):
             tensors = [self.space_by_key[k].tensor for k in keys]
             owners = [t.rpartition(".")[0] or t for t in tensors]
             producers = [o for o, k in zip(owners, keys) if k in self.sources]
-            consumers = [o for o, k in zip(owners, keys)
-                         if k.endswith(".weight:1") and self.mask_sites.get(f"{o}.weight")]
+            consumers = [o for o, k in zip(owners, keys) if k in site_keys]
             lead = self.space_by_key[keys[0]]
             name = producers[0] if producers else f"{lead.tensor}[{lead.dim}]"
             groups.append(GroupInfo(
                 key=f"g{gi}", name=name, size=len(units), prunable=not reason, reason=reason,
+                sources=[k for k in keys if k in self.sources],
                 spaces=keys, members=list(dict.fromkeys(owners)), producers=list(dict.fromkeys(producers)),
                 consumers=list(dict.fromkeys(consumers)),
                 listed=any(o in layer_modules for o in owners)))
         # No weight or buffer dim may end up empty (a conv with no output channels is an
         # error): a space that holds only part of its group must keep one of its channels.
-        keep_one = self.keep_one + [(sp.ids, f"`{sp.tensor}` (dim {sp.dim})") for sp in self.spaces]
+        # (A created tensor's or a pad's own channels may all go: a pad of 0 is still a pad.)
+        keep_one = self.keep_one + [(sp.ids, f"`{sp.tensor}` (dim {sp.dim})") for sp in self.spaces
+                                    if not sp.virtual]
         for ids, why in keep_one:
             units = np.unique(element_unit[ids])
             owner = np.bincount(unit_group[units]).argmax()  # the group holding most of them
             positions = np.unique(unit_pos[units[unit_group[units] == owner]])
-            if positions.size < groups[owner].size:
+            listed = {p.tobytes() for p, _ in groups[owner].keep_one_of}
+            if positions.size < groups[owner].size and positions.tobytes() not in listed:
                 groups[owner].keep_one_of.append((positions, why))
         return ChannelGraph(self.spaces, self.graph, element_unit, unit_group, unit_pos, groups,
                             list(self.mask_sites.values()), self.stat_sites, self.layers, unit_barrier)

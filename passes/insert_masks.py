@@ -1,10 +1,11 @@
 """Pass 4: put the masks into the graph.
 
 Each prunable group gets a buffer ``fxprune_masks.<key>`` (ones, one entry per channel) and a
-``get_attr`` node. Every layer that reads a prunable group through its weights becomes its
-masked variant (:mod:`fxprune.masks`) and receives, as an extra argument, its per-input-channel
-mask: the group's buffer itself when the layer reads exactly that group in order, otherwise a
-``gather_mask`` node that assembles it (concatenated groups, flatten's repeats, untracked
+``get_attr`` node. Every layer that reads a prunable group through its weights becomes the
+masked form its op-table row names (:mod:`fxprune.masks`) and receives, as an extra argument,
+its per-input-channel mask (a functional ``F.conv2d(x, self.w)`` gets ``mask_weight(w, mask,
+dim)`` as its weight instead): the group's buffer itself when the layer reads exactly that
+group in order, otherwise a ``gather_mask`` node that assembles it (concatenated groups, flatten's repeats, untracked
 positions held at 1). Norms whose statistics span a prunable group get the same treatment.
 """
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.rules import node_arg
+from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import MASKED_CLASS, gather_mask, masked_layer_norm, wrap
+from fxprune.masks import (MASKED_CLASS, gather_mask, input_masked_class, mask_weight, masked_layer_norm,
+                           wrap)
 
 MASK_OWNER = "fxprune_masks"
 
@@ -85,10 +87,18 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
         if not channels.touches_prunable(ids):
             continue
         mask = builder.mask_for(ids)
-        wrap(gm.get_submodule(site.module), MASKED_CLASS)
         for name in site.nodes:
             node = nodes[name]
-            node.args, node.kwargs = (node.args[0], mask), {}
+            if name in site.functional_nodes:  # F.conv2d(x, w, ...): mask the weight argument
+                weight = node_arg(node, 1, "weight")
+                with gm.graph.inserting_before(node):
+                    masked = gm.graph.call_function(mask_weight, (weight, mask, site.dim))
+                set_node_arg(node, 1, "weight", masked)
+            else:
+                module = gm.get_submodule(site.module)
+                module.__class__ = site.masked_class or input_masked_class(type(module), site.dim)
+                # the mask goes second; the call's other arguments (output_size) stay
+                node.args = (node.args[0], mask, *node.args[1:])
     for stat in channels.stat_sites:
         if not any(channels.touches_prunable(ids) for ids in stat.labels):
             continue

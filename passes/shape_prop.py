@@ -53,6 +53,14 @@ class _Recorder(fx.Interpreter):
                 f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: {e}\n"
                 f"Check that example_inputs match what the model expects (shapes {self.input_shapes}); "
                 f"for an image model that is usually (torch.randn(1, 3, H, W),).") from e
+        pieces = n.meta.get("fxprune_pieces")
+        if pieces is not None and (not isinstance(result, (list, tuple)) or len(result) != pieces):
+            raise ExampleInputsError(
+                f"`{n.name}` ({getattr(n.target, '__name__', n.target)}) was unrolled into {pieces} pieces "
+                f"while tracing (the model iterates over its result), but returns "
+                f"{len(result) if isinstance(result, (list, tuple)) else 'no tuple'} on example_inputs "
+                f"(shapes {self.input_shapes}): its input's size along the split dim does not divide "
+                "evenly; unpack the pieces to names or use split with explicit sizes")
         n.meta["fxprune_value"] = summarize(result)
         return result
 

@@ -18,7 +18,7 @@ from torch import fx, nn
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mask_buffer, state_of
 from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, gather_mask,
-                           masked_layer_norm, unwrap)
+                           mask_weight, masked_layer_norm, unwrap)
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts
@@ -122,24 +122,39 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
                 pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
                 m.weight.mul_(m.rescale_factor(torch.as_tensor(pm)).to(m.weight.dtype))
 
+        for site in ch.mask_sites:  # functional layers: the weight argument was masked in the graph
+            if site.functional_nodes and ch.touches_prunable(ch.space_ids(site.tensor, site.dim)):
+                w = _get_tensor(gm, site.tensor)
+                pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
+                shape = [1] * w.ndim
+                shape[site.dim] = -1
+                w.mul_(torch.as_tensor(pm, dtype=w.dtype, device=w.device).view(shape))
+
         # 2. slice every grouped weight/buffer dim at the kept channels
         for space in ch.spaces:
             keep = ctx.kept(space.ids)
-            if keep.all():
+            if keep.all() or space.virtual:  # a created tensor's size is rewritten in the graph
                 continue
             t = _get_tensor(gm, space.tensor)
             index = torch.as_tensor(np.nonzero(keep)[0], device=t.device)
             _set_tensor(gm, space.tensor, t.detach().index_select(space.dim, index).clone())
 
     # 3. plain classes, sizes, literal channel counts; the graph loses its mask nodes
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is mask_weight:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
     wrapped = {name for name, m in modules.items() if isinstance(m, FXPRUNE_CLASSES)}
+    input_masked = {name for name in wrapped if isinstance(modules[name], _InputMasked)}
     for name in wrapped:
         unwrap(modules[name])
     resized = set()
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
             m = modules[node.target]
-            if node.target in wrapped:
+            if node.target in input_masked:  # called as (x, mask, *rest)
+                node.args = (node.args[0], *node.args[2:])
+            elif node.target in wrapped:  # norms: every argument after x is a mask
                 node.args, node.kwargs = node.args[:1], {}
             rule = lookup_rule(node, gm, state.rules)
             if rule is not None and node.target not in resized:

@@ -17,23 +17,65 @@ from torch import fx, nn
 
 from fxprune.errors import TraceError
 
+from .group_analysis import module_rule
+
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _Tracer(fx.Tracer):
     # The traced graph records this class; unpickling a GraphModule re-traces its code with
     # ``tracer_cls()``, so every argument needs a default or torch.load fails.
-    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset()):
+    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset(),
+                 rules: dict | None = None):
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
+        self.rules = rules or {}
         self.module_path: list[tuple[str, type]] = []
         self.failed_at: list[tuple[str, type]] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, self.leaf_types) or qualname in self.leaf_names:
             return True
+        # A module with a row of the op table (its own, or its base's when it keeps the base's
+        # forward) is called as one op; a subclass with its own forward is traced through.
+        if module_rule(type(m), self.rules) is not None:
+            return True
         return super().is_leaf_module(m, qualname)
+
+    def trace(self, root, concrete_args=None):
+        # torch.zeros(b, c, h, w) with sizes read from x.shape: torch's argument parser rejects
+        # proxies before torch.fx sees the call, so the creation functions are wrapped while
+        # tracing to record the call when a proxy is among their arguments.
+        originals = {name: getattr(torch, name) for name in _CREATORS}
+
+        def recording(fn):
+            def call(*args, **kwargs):
+                if any(isinstance(a, fx.Proxy) for a in _flat(list(args) + list(kwargs.values()))):
+                    return self.create_proxy("call_function", fn, args, kwargs)
+                return fn(*args, **kwargs)
+            return call
+
+        try:
+            for name, fn in originals.items():
+                setattr(torch, name, recording(fn))
+            return super().trace(root, concrete_args)
+        finally:
+            for name, fn in originals.items():
+                setattr(torch, name, fn)
+
+    def proxy(self, node):
+        return _Proxy(node, self)
+
+    def iter(self, obj):
+        """``list(x.chunk(2, 1))`` / ``for y in x.split([a, b], 1)``: unrolled when the piece
+        count is written in the call (shape propagation later checks it on real inputs)."""
+        node = obj.node
+        n = _piece_count(node)
+        if n is None:
+            raise fx.proxy.TraceError(_iteration_cause(node))
+        node.meta["fxprune_pieces"] = n
+        return iter([obj[i] for i in range(n)])
 
     def call_module(self, m, forward, args, kwargs):
         self.module_path.append((self.path_of_module(m), type(m)))
@@ -47,15 +89,76 @@ class _Tracer(fx.Tracer):
             self.module_path.pop()
 
 
+_CREATORS = ("zeros", "ones", "empty", "full", "rand", "randn")
+_SPLITS = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
+
+
+def _flat(items):
+    for a in items:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        else:
+            yield a
+
+
+def _op_name(node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def _piece_count(node) -> int | None:
+    """How many tensors a split-like call returns, when its arguments say so."""
+    if node.op not in ("call_method", "call_function") or _op_name(node) not in _SPLITS:
+        return None
+    name = _op_name(node)
+    arg = node.args[1] if len(node.args) > 1 else next(
+        (node.kwargs[k] for k in ("chunks", "split_size_or_sections", "split_size", "sections",
+                                  "indices_or_sections", "split_sizes") if k in node.kwargs), None)
+    if name == "chunk" and isinstance(arg, int):
+        return arg
+    if name in ("split", "split_with_sizes") and isinstance(arg, (list, tuple)):
+        return len(arg)
+    if name == "tensor_split":
+        if isinstance(arg, int):
+            return arg
+        if isinstance(arg, (list, tuple)):
+            return len(arg) + 1
+    return None
+
+
+class _Proxy(fx.Proxy):
+    """A proxy whose ``len`` is known for split-like calls with a written piece count (``list()``
+    asks for it before iterating)."""
+
+    def __len__(self) -> int:
+        n = _piece_count(self.node)
+        if n is None:
+            return super().__len__()
+        return n
+
+
+def _iteration_cause(node) -> str:
+    name = _op_name(node)
+    if name in _SPLITS:
+        return (f"iterating the result of `{name}` needs its number of pieces, which depends on the "
+                "input's size that torch.fx does not know while tracing; unpack it to names "
+                f"(`a, b = x.{name}(...)`), or write the count in the call (`x.chunk(2, 1)`, "
+                "`x.split([16, 16], 1)`)")
+    return (f"iterating over a traced value (`{node.name}`, from {name or node.op}) needs its length, "
+            "which torch.fx does not know while tracing; unpack it to names (`a, b = ...`) or index it "
+            "(`x[0]`, `x[1]`)")
+
+
 def _user_frame(exc: BaseException):
     """The deepest traceback frame outside torch: the line of model code that failed."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_TORCH_DIR)]
+              if not os.path.abspath(f.filename).startswith(_TORCH_DIR)
+              and os.path.abspath(f.filename) != os.path.abspath(__file__)]
     return frames[-1] if frames else None
 
 
-def trace(model: nn.Module, *, leaf_modules=()) -> fx.GraphModule:
-    """Deep-copy ``model`` and trace the copy; ``leaf_modules`` holds classes or module paths."""
+def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
+    """Deep-copy ``model`` and trace the copy; ``leaf_modules`` holds classes or module paths,
+    ``rules`` extra op-table rows (a module class with a row is called as one op)."""
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
     leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
     bad = [m for m in leaf_modules if not isinstance(m, (type, str))]
@@ -70,7 +173,7 @@ def trace(model: nn.Module, *, leaf_modules=()) -> fx.GraphModule:
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
                         f"be deep-copied ({e}); make its attributes copyable") from e
-    tracer = _Tracer(leaf_types, leaf_names)
+    tracer = _Tracer(leaf_types, leaf_names, rules)
     try:
         graph = tracer.trace(root)
     except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
@@ -92,7 +195,9 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
                    f"keeps that module whole (its channels are then not pruned)")
     else:
         way_out = "move the data-dependent part into a submodule and pass it in leaf_modules"
-    if isinstance(e, fx.proxy.TraceError):
+    if isinstance(e, fx.proxy.TraceError) and str(e).startswith("iterating"):
+        why = f"Either rewrite it as said, or {way_out}."
+    elif isinstance(e, fx.proxy.TraceError):
         why = ("Python control flow that depends on tensor values cannot be traced. Either "
                f"{way_out}, or rewrite the branch so it does not depend on tensor values.")
     else:

@@ -128,8 +128,9 @@ def check_size_args(ctx, sizes: list, out_labels: dict, first_dim: int = 0) -> N
         prov = ctx.labels(s) if isinstance(s, fx.Node) else None
         if isinstance(prov, SizeOf):
             d = first_dim + k
-            if d not in out_labels or not ctx.same_channels(prov.ids, out_labels[d]):
-                ctx.untracked(prov.ids, "channel count used as a size of a dim without those channels")
+            # judged once the whole graph is seen: the dim may be tied to those channels later
+            ctx.check_later(prov.ids, out_labels.get(d),
+                            "channel count used as a size of a dim without those channels")
 
 
 def pruned_size(ctx, labels, d, size):

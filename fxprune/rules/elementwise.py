@@ -1,9 +1,10 @@
 """Ops that keep channels where they are: elementwise, spatial, reductions over other dims."""
 from __future__ import annotations
 
+import numpy as np
 from torch import fx
 
-from .base import ChannelRule, Labels, node_arg, norm_dim
+from .base import ChannelRule, Labels, node_arg, norm_dim, set_node_arg
 
 class Elementwise(ChannelRule):
     """Output position i depends on input position i, with broadcasting (add, mul, relu, ...).
@@ -85,11 +86,52 @@ class Spatial(ChannelRule):
         return out
 
 
-class Pad(Spatial):
-    """``F.pad``: pads as many trailing dims as the pad tuple covers."""
+class Pad(ChannelRule):
+    """``F.pad``: spatial padding keeps channels; constant padding of a channel dim is a concat
+    with constant channels (CIFAR ResNet's "option A" shortcut ``F.pad(x, (0, 0, 0, 0, p, p))``).
 
-    def spatial_dims(self, ctx, ndim):
-        return len(ctx.value(node_arg(ctx.node, 1, "pad"))) // 2
+    The padded positions get channels of their own (no weight holds them): an add ties them to the
+    other branch's channels, and pruning those prunes the padded positions too, so ``rewrite``
+    sets the pad amounts to the kept counts. Other modes (reflect, replicate) and negative pads
+    (crops) on a channel dim copy or drop channels: kept whole.
+    """
+
+    kind = "pads"
+
+    @staticmethod
+    def _args(ctx, node):
+        pad = list(ctx.value(node_arg(node, 1, "pad")))
+        mode = ctx.value(node_arg(node, 2, "mode", "constant"))
+        return pad, mode
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        pad, mode = self._args(ctx, node)
+        out = {}
+        for d, ids in labels.items():
+            k = ndim - 1 - d  # F.pad lists the last dim first
+            before, after = (pad[2 * k], pad[2 * k + 1]) if 2 * k + 1 < len(pad) else (0, 0)
+            if before == after == 0:
+                out[d] = ids
+            elif mode != "constant" or before < 0 or after < 0:
+                ctx.untracked(ids, f"{mode} padding or cropping of a channel dim")
+            else:
+                parts = [ctx.virtual_space(f"{node.name}.before", d, before) if before else ids[:0], ids,
+                         ctx.virtual_space(f"{node.name}.after", d, after) if after else ids[:0]]
+                out[d] = np.concatenate(parts)
+        return out
+
+    def rewrite(self, node, ctx):
+        pad, mode = self._args(ctx, node)
+        ndim, new = len(ctx.shape(node.args[0])), list(pad)
+        for j in range(len(pad)):
+            d = ndim - 1 - j // 2
+            ids = ctx.ch.space_ids(f"{node.name}.{'before' if j % 2 == 0 else 'after'}", d)
+            if ids is not None:
+                new[j] = int(ctx.kept(ids).sum())
+        if new != pad:
+            set_node_arg(node, 1, "pad", tuple(new))
 
 
 class Reduce(ChannelRule):
@@ -125,14 +167,18 @@ class MixesDim(ChannelRule):
 
     kind = "mixes one dim"
 
-    def __init__(self, dim_pos: int = 1):
-        self.dim_pos = dim_pos
+    def __init__(self, dim_pos: int = 1, default_dim: int | None = None):
+        self.dim_pos, self.default_dim = dim_pos, default_dim
 
     def propagate(self, ctx):
         x = ctx.node.args[0]
         labels, ndim = ctx.labels(x), len(ctx.shape(x))
-        d = ctx.module().dim if ctx.node.op == "call_module" else ctx.value(
-            node_arg(ctx.node, self.dim_pos, "dim"))
+        if ctx.node.op == "call_module":
+            d = ctx.module().dim
+        elif self.default_dim is None:
+            d = ctx.value(node_arg(ctx.node, self.dim_pos, "dim"))
+        else:
+            d = ctx.value(node_arg(ctx.node, self.dim_pos, "dim", self.default_dim))
         d = norm_dim(int(d), ndim)
         if d in labels:
             ctx.untracked(labels[d], "mixed along the channel dim")

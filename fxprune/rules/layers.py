@@ -1,13 +1,73 @@
 """Layers with weights: convs and linears read and write channels; norms follow them."""
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
+
+from fxprune.cost import LayerSpec
+from fxprune.errors import FxPruneError
 
 from .base import ChannelRule, check_size_args, node_arg, pruned_size, set_node_arg
 
-class Conv(ChannelRule):
-    """Conv1d/2d/3d: reads dim 1 through ``weight[:, i]``, writes new channels ``weight[o]``.
+class _LayerCall(NamedTuple):
+    """What a conv/linear rule needs of one call, from a module or from ``F.conv2d(x, self.w)``."""
+
+    x: fx.Node
+    weight: str  # qualified name of the weight tensor
+    bias: str | None
+    kernel: tuple
+    stride: tuple
+    padding: Any
+    dilation: tuple
+    groups: int
+    module: str  # the module owning the weight (cost tables and reports name it)
+
+
+def _tuple(v, n):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,) * n
+
+
+def _qualname(ctx, a) -> str | None:
+    """The parameter a functional layer reads, if it is one of the model's (a get_attr node)."""
+    return a.target if isinstance(a, fx.Node) and a.op == "get_attr" else None
+
+
+class _WeightLayer(ChannelRule):
+    """A layer with a weight whose dims have roles: ``in_dim`` reads channels, ``out_dim`` writes
+    them. One row owns everything about the layer: the channel mapping (``propagate``), the masked
+    form (``masked_class``, or ``fxprune.masks.mask_weight`` on a functional call's weight), the
+    :class:`~fxprune.cost.LayerSpec` a cost model prices (``layer_spec``) and the sizes surgery
+    sets once the weight dims are sliced (``resize``)."""
+
+    in_dim, out_dim = 1, 0
+    #: attributes a module must have for this row to apply to it
+    needs: tuple[str, ...] = ("weight",)
+
+    def masked_class(self, module) -> type:
+        from fxprune.masks import input_masked_class
+        return input_masked_class(type(module), self.in_dim)
+
+    def check(self, ctx) -> None:
+        """A row given for a module it cannot describe fails here, naming what is missing."""
+        m = ctx.module()
+        missing = [a for a in self.needs if not hasattr(m, a)]
+        if not missing and not isinstance(m._parameters.get("weight"), nn.Parameter):
+            missing = ["`weight` as an nn.Parameter"]
+        elif not missing and m.weight.ndim < 2:
+            missing = [f"a weight with input and output dims (its weight has shape {tuple(m.weight.shape)})"]
+        if missing:
+            raise FxPruneError(
+                f"rule {type(self).__name__}() cannot apply to `{ctx.module_name()}` ({type(m).__name__}): "
+                f"it lacks {', '.join(missing)}. Give it a rule of its own kind (a subclass of "
+                f"fxprune.rules.ChannelRule), or leave it out of rules= to keep its channels whole")
+
+
+class Conv(_WeightLayer):
+    """Conv1d/2d/3d (and a subclass of one, and ``F.conv2d(x, self.weight)`` on a module's own
+    parameters): reads dim 1 through ``weight[:, i]``, writes new channels ``weight[o]``.
 
     groups == 1: input channels are the weight's dim 1 (masked: SMCP prunes inputs).
     depthwise (groups == in_channels): output channel ``o`` is input ``o // mult``, so the
@@ -17,33 +77,94 @@ class Conv(ChannelRule):
     """
 
     kind = "conv (reads and writes channels)"
+    transposed = False
+    needs = ("weight", "bias", "groups", "kernel_size", "stride", "padding", "dilation")
+
+    def __init__(self, functional: bool = False):
+        self.functional = functional
+
+    def check(self, ctx):
+        super().check(ctx)
+        m = ctx.module()
+        if bool(getattr(m, "transposed", False)) != self.transposed:
+            right = "ConvTranspose()" if getattr(m, "transposed", False) else "Conv()"
+            raise FxPruneError(
+                f"rule {type(self).__name__}() cannot apply to `{ctx.module_name()}` ({type(m).__name__}): "
+                f"its weight is laid out as {'[in, out/groups, k...]' if getattr(m, 'transposed', False) else '[out, in/groups, k...]'}"
+                f"; use {right}")
+
+    def call(self, ctx) -> _LayerCall | None:
+        node = ctx.node
+        if not self.functional:
+            self.check(ctx)
+            m, name = ctx.module(), ctx.module_name()
+            return _LayerCall(node.args[0], f"{name}.weight", None if m.bias is None else f"{name}.bias",
+                              tuple(m.kernel_size), tuple(m.stride), m.padding, tuple(m.dilation),
+                              m.groups, name)
+        w = _qualname(ctx, node_arg(node, 1, "weight"))
+        if w is None:
+            return None
+        b = node_arg(node, 2, "bias", None)
+        k = tuple(ctx.shape(node.args[1])[2:])
+        n = len(k)
+        v = lambda pos, name, d: ctx.value(node_arg(node, pos, name, d))  # noqa: E731
+        if self.transposed:
+            stride, padding, groups, dilation = v(3, "stride", 1), v(4, "padding", 0), v(6, "groups", 1), v(7, "dilation", 1)
+        else:
+            stride, padding, dilation, groups = v(3, "stride", 1), v(4, "padding", 0), v(5, "dilation", 1), v(6, "groups", 1)
+        return _LayerCall(node.args[0], w, _qualname(ctx, b), k, _tuple(stride, n),
+                          padding if isinstance(padding, str) else _tuple(padding, n),
+                          _tuple(dilation, n), int(groups), w.rpartition(".")[0] or w)
 
     def propagate(self, ctx):
-        m, name = ctx.module(), ctx.module_name()
-        x = ctx.node.args[0]
+        call = self.call(ctx)
+        if call is None:
+            ctx.untracked_inputs("a functional conv/linear whose weight is computed in the graph")
+            return None
+        x = call.x
         labels, shape = ctx.labels(x), ctx.shape(x)
-        cdim = len(shape) - len(m.kernel_size) - 1  # unbatched inputs have no batch dim
+        cdim = len(shape) - len(call.kernel) - 1  # unbatched inputs have no batch dim
         for d, ids in labels.items():
             if d != cdim:
                 ctx.untracked(ids, "spatial dim of a conv")
+        if self.functional:  # a weight read from the graph has labels on its kernel dims too
+            for d, ids in ctx.labels(ctx.node.args[1]).items():
+                if d >= 2:
+                    ctx.untracked(ids, "conv kernel dim")
         x_in = labels.get(cdim)
-        g, c_in = m.groups, m.in_channels
-        w_out = ctx.space(f"{name}.weight", 0, source=True)
+        g, c_in = call.groups, shape[cdim]
+        out = self.connect(ctx, call, x_in, g, c_in)
+        if call.bias is not None:
+            ctx.unify(ctx.space(call.bias, 0), out, "conv bias")
+        ctx.layer(self.layer_spec(ctx, call, c_in, len(out)), call.weight, self.in_dim, self.out_dim,
+                  depthwise=g > 1 and c_in == g)
+        return {cdim: out}
+
+    def connect(self, ctx, call, x_in, g, c_in):
+        w_out = ctx.space(call.weight, 0, source=True)
         if g > 1 and c_in == g:  # depthwise (with channel multiplier c_out // c_in)
             ctx.connect(w_out.reshape(g, -1), None if x_in is None else x_in[:, None], "depthwise conv")
         else:
-            w_in = ctx.space(f"{name}.weight", 1)
+            w_in = ctx.space(call.weight, 1)
             per_group = x_in.reshape(g, -1) if x_in is not None else None
             for b in range(g):
                 ctx.connect(w_in, None if per_group is None else per_group[b], "conv input")
             blocks = w_out.reshape(g, -1)
             for b in range(1, g):
                 ctx.unify(blocks[0], blocks[b], "grouped conv keeps groups equal")
-            ctx.mask_site(f"{name}.weight", 1)
-        if m.bias is not None:
-            ctx.unify(ctx.space(f"{name}.bias", 0), w_out, "conv bias")
-        ctx.layer("conv")
-        return {cdim: w_out}
+            ctx.mask_site(call.weight, 1, self)
+        return w_out
+
+    def layer_spec(self, ctx, call, c_in, c_out):
+        k = call.kernel
+        pad = call.padding
+        if isinstance(pad, str):  # "valid" / "same" as numbers, for cost tables and ONNX
+            pad = tuple(0 if pad == "valid" else d * (kk - 1) // 2 for kk, d in zip(k, call.dilation))
+        w = ctx.tensor(call.weight)
+        return LayerSpec(call.module, "conv_transpose" if self.transposed else "conv", c_in, c_out,
+                         tuple(ctx.shape(call.x)), tuple(ctx.out_shape()), k, call.stride, tuple(pad),
+                         call.dilation, call.groups, call.bias is not None,
+                         str(w.dtype).replace("torch.", ""))
 
     def resize(self, m, node, ctx):
         out = m.weight.shape[0]
@@ -54,22 +175,90 @@ class Conv(ChannelRule):
             m.in_channels = m.weight.shape[1] * m.groups
         m.out_channels = out
 
+    def rewrite(self, node, ctx):
+        """A functional depthwise conv's literal ``groups`` follows its pruned channel count."""
+        if not self.functional or node.op != "call_function":
+            return
+        x = node.args[0]
+        shape = ctx.shape(x)
+        if shape is None:
+            return
+        cdim = len(shape) - (len(ctx.shape(node.args[1])) - 2) - 1
+        pos = 6
+        g = ctx.value(node_arg(node, pos, "groups", 1))
+        if isinstance(g, int) and g > 1 and g == shape[cdim]:
+            set_node_arg(node, pos, "groups", ctx.pruned_size(x, cdim))
 
-class Linear(ChannelRule):
-    """nn.Linear: reads the last dim through ``weight[:, i]``, writes ``weight[o]``."""
+
+class ConvTranspose(Conv):
+    """ConvTranspose1d/2d/3d: the weight is ``[in, out/groups, k...]``, so the input channels are
+    weight dim 0 (masked there) and the output channels dim 1, repeated once per group.
+
+    groups == 1: output channel ``o`` is ``weight[:, o]``. Grouped: output ``b*(out/g) + j`` is
+    column ``j`` of group ``b``'s rows, so column ``j`` is one unit for every group, and input
+    position ``j`` of each group is tied across groups. Depthwise (groups == in_channels): the
+    output channels ``i*mult..`` come from input ``i`` alone: the group passes through.
+    """
+
+    kind = "transposed conv (reads and writes channels)"
+    transposed = True
+    in_dim, out_dim = 0, 1
+    needs = Conv.needs + ("output_padding",)
+
+    def connect(self, ctx, call, x_in, g, c_in):
+        w_in = ctx.space(call.weight, 0)
+        ctx.connect(w_in, x_in, "transposed conv input")
+        mult = ctx.tensor(call.weight).shape[1]
+        if g > 1 and c_in == g:  # depthwise: output channels follow their input channel
+            return np.repeat(w_in, mult)
+        blocks = w_in.reshape(g, -1)
+        for b in range(1, g):
+            ctx.unify(blocks[0], blocks[b], "grouped transposed conv keeps groups equal")
+        ctx.mask_site(call.weight, 0, self)
+        return np.tile(ctx.space(call.weight, 1, source=True), g)
+
+    def resize(self, m, node, ctx):
+        depthwise = m.groups > 1 and m.groups == m.in_channels
+        m.in_channels = m.weight.shape[0]
+        if depthwise:
+            m.groups = m.in_channels
+        m.out_channels = m.weight.shape[1] * m.groups
+
+
+class Linear(_WeightLayer):
+    """nn.Linear (and ``F.linear(x, self.weight, self.bias)``): reads the last dim through
+    ``weight[:, i]``, writes ``weight[o]``."""
 
     kind = "linear (reads and writes channels)"
+    needs = ("weight", "bias", "in_features", "out_features")
+
+    def __init__(self, functional: bool = False):
+        self.functional = functional
 
     def propagate(self, ctx):
-        name = ctx.module_name()
-        x = ctx.node.args[0]
+        node = ctx.node
+        if self.functional:
+            name, bias = _qualname(ctx, node_arg(node, 1, "weight")), _qualname(ctx, node_arg(node, 2, "bias", None))
+            if name is None:
+                ctx.untracked_inputs("a functional linear whose weight is computed in the graph")
+                return None
+            module = name.rpartition(".")[0] or name
+        else:
+            self.check(ctx)
+            module = ctx.module_name()
+            name = f"{module}.weight"
+            bias = f"{module}.bias" if ctx.module().bias is not None else None
+        x = node.args[0]
         labels, last = ctx.labels(x), len(ctx.shape(x)) - 1
-        w_out, w_in = ctx.space(f"{name}.weight", 0, source=True), ctx.space(f"{name}.weight", 1)
+        w_out, w_in = ctx.space(name, 0, source=True), ctx.space(name, 1)
         ctx.connect(w_in, labels.get(last), "linear input")
-        ctx.mask_site(f"{name}.weight", 1)
-        if ctx.module().bias is not None:
-            ctx.unify(ctx.space(f"{name}.bias", 0), w_out, "linear bias")
-        ctx.layer("linear")
+        ctx.mask_site(name, 1, self)
+        if bias is not None:
+            ctx.unify(ctx.space(bias, 0), w_out, "linear bias")
+        w = ctx.tensor(name)
+        ctx.layer(LayerSpec(module, "linear", w.shape[1], w.shape[0], tuple(ctx.shape(x)),
+                            tuple(ctx.out_shape()), bias=bias is not None,
+                            dtype=str(w.dtype).replace("torch.", "")), name, 1, 0)
         out = {d: v for d, v in labels.items() if d != last}
         out[last] = w_out
         return out
@@ -103,6 +292,25 @@ class ChannelAffine(ChannelRule):
         for attr in ("num_features", "num_parameters"):
             if hasattr(m, attr) and getattr(m, attr) > 1:
                 setattr(m, attr, n)
+
+
+class FunctionalAffine(ChannelRule):
+    """``F.batch_norm`` / ``F.instance_norm(x, running_mean, running_var, weight, bias, ...)`` on
+    a module's own tensors (timm's BatchNormAct2d): those tensors follow the channels of dim 1."""
+
+    kind = "per-channel"
+    _ARGS = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, shape = ctx.labels(x), ctx.shape(x)
+        cdim = 1 if len(shape) > 1 else 0
+        for pos, name in self._ARGS:
+            a = node_arg(node, pos, name, None)
+            ids = ctx.labels(a).get(0) if isinstance(a, fx.Node) else None
+            if ids is not None and isinstance(ctx.labels(a), dict):
+                ctx.connect(ids, labels.get(cdim), f"{name} of a functional norm")
+        return dict(labels)
 
 
 class LayerNorm(ChannelRule):

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import torch
 
-from .base import (ChannelRule, Labels, check_size_args, node_arg, norm_dim, pruned_size, set_node_arg,
-                   varargs)
+from .base import (ChannelRule, Labels, SizeOf, check_size_args, node_arg, norm_dim, pruned_size,
+                   set_node_arg, varargs)
 from .elementwise import broadcast_unify
 
 class Concat(ChannelRule):
@@ -116,6 +116,8 @@ class Reshape(ChannelRule):
 
     Dims are matched in blocks of equal size. Merging a channel dim with others repeats its
     labels (flatten -> linear: every H*W feature of a channel carries that channel's label).
+    The inverse, a linear's last dim unflattened into ``(c, h, w)`` after the batch dim, labels
+    the new channel dim and ties each channel's ``h*w`` features.
     Splitting a channel dim into several (``view(n, groups, c // groups, h, w)``) keeps the
     labels on the innermost varying dim and ties together the elements that land on the same
     index there, so a pruned tensor still reshapes to the same arrangement.
@@ -158,6 +160,12 @@ class Reshape(ChannelRule):
             if not varying:  # one channel spread over the block: keep it on its largest dim
                 varying = [int(np.argmax(full.shape))]
             keep = varying[-1]
+            if (lab_dims[0] == len(in_shape) - 1 and outs[0] == 1 and outs[-1] == len(out_shape) - 1
+                    and len(out_shape) >= 3):
+                # a linear's features unflattened into (channels, spatial...) (DCGAN's
+                # ``fc(z).view(b, c, 4, 4)``): the channels are the outermost dim, each one
+                # spanning a spatial block of the linear's outputs
+                keep = varying[0]
             rep = np.moveaxis(full, keep, 0).reshape(full.shape[keep], -1)
             for col in range(1, rep.shape[1]):
                 ctx.unify(rep[:, 0], rep[:, col], "reshape splits a channel dim")
@@ -402,3 +410,83 @@ class ChannelShuffle(ChannelRule):
         out = dict(labels)
         out[1] = np.repeat(blocks[0], g)
         return out
+
+
+class PixelShuffle(ChannelRule):
+    """``nn.PixelShuffle(r)`` / ``F.pixel_shuffle``: output channel ``c`` is made of the ``r*r``
+    consecutive input channels ``c*r*r ...``: those are one unit (pruned as a block).
+    ``nn.PixelUnshuffle(r)``: output channels ``c*r*r ...`` all come from input channel ``c``."""
+
+    kind = "moves channels into space"
+
+    def __init__(self, inverse: bool = False):
+        self.inverse = inverse
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        if node.op == "call_module":
+            m = ctx.module()
+            r = m.downscale_factor if self.inverse else m.upscale_factor
+        else:
+            r = ctx.value(node_arg(node, 1, "downscale_factor" if self.inverse else "upscale_factor"))
+        cdim = ndim - 3
+        out = {d: v for d, v in labels.items() if d < cdim}
+        for d, ids in labels.items():
+            if d > cdim:
+                ctx.untracked(ids, "pixel (un)shuffle over a dim that holds channels")
+        ids = labels.get(cdim)
+        if ids is None:
+            return out
+        if self.inverse:
+            out[cdim] = np.repeat(ids, r * r)
+        else:
+            blocks = ids.reshape(-1, r * r)
+            for j in range(1, r * r):
+                ctx.unify(blocks[:, 0], blocks[:, j], "pixel shuffle moves r*r channels into one")
+            out[cdim] = blocks[:, 0].copy()
+        return out
+
+
+class Create(ChannelRule):
+    """``x.new_zeros(b, c, h, w)``, ``torch.zeros(b, c, h, w, device=x.device)`` and the like:
+    a tensor the graph creates. A size read from another tensor's channel count gives its dim 1
+    those channels; a literal count (``self.hidden``) gives it channels of its own, which an op
+    that meets it (cat into a conv, an add) ties to the rest, and ``rewrite`` sets the literal to
+    the kept count (the recurrent state of a conv-LSTM)."""
+
+    kind = "creates a tensor"
+    checks_sizes = True
+
+    def __init__(self, sizes_from: int):
+        self.sizes_from = sizes_from
+
+    def _sizes(self, node):
+        return varargs(node, self.sizes_from, "size")
+
+    def propagate(self, ctx):
+        node = ctx.node
+        sizes = self._sizes(node)
+        out, out_shape = {}, ctx.out_shape()
+        for d, s in enumerate(sizes):
+            prov = ctx.labels(s) if isinstance(s, torch.fx.Node) else None
+            if d == 1 and isinstance(prov, SizeOf) and len(prov.ids) == out_shape[d]:
+                out[d] = prov.ids.copy()
+            elif d == 1 and isinstance(s, int) and s > 1:
+                out[d] = ctx.virtual_space(node.name, d, s)
+        check_size_args(ctx, sizes, out)
+        return out
+
+    def rewrite(self, node, ctx):
+        sizes = self._sizes(node)
+        if len(sizes) < 2 or not isinstance(sizes[1], int):
+            return
+        ids = ctx.ch.space_ids(node.name, 1)
+        if ids is None:
+            return
+        new = list(sizes)
+        new[1] = int(ctx.kept(ids).sum())
+        if new != sizes:
+            rest = node.args[:self.sizes_from]
+            node.args = (*rest, *new)
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "size"}

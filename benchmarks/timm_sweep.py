@@ -1,0 +1,129 @@
+"""Sweep timm: the smallest model of every family (timm module), no pretrained weights.
+
+For each: trace + prepare at a small resolution, mask half of every prunable group at random,
+finalize, and compare the pruned model's output with the masked model's. Prints one line per
+model and writes a JSON file (the slow test tests/test_timm.py runs the models listed there).
+
+    python benchmarks/timm_sweep.py --out benchmarks/results/timm_sweep.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Name parts that mark a family's small variants, smallest first.
+PREFERENCE = ["test_", "atto", "femto", "pico", "nano", "xxs", "_xs", "tiny", "mini", "_s0", "_b0", "_m0",
+              "_s1", "_t", "small", "_s", "050", "_b1", "18", "26", "34", "_100", "_002", "b_224"]
+
+
+def pick(names: list[str]) -> str:
+    def score(n):
+        for i, key in enumerate(PREFERENCE):
+            if key in n:
+                return (i, len(n), n)
+        return (len(PREFERENCE), len(n), n)
+    return min(names, key=score)
+
+
+def create(name: str, size: int):
+    import timm
+    try:  # transformers take the resolution at construction
+        model = timm.create_model(name, pretrained=False, img_size=size)
+    except TypeError:
+        model = timm.create_model(name, pretrained=False)
+    return model.eval()
+
+
+def run_one(name: str, size: int) -> dict:
+    import fxprune
+    from fxprune.passes.surgery import max_relative_error, run_eval
+    from fxprune.summary import count_flops
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import random_masks
+
+    torch.manual_seed(0)
+    model = create(name, size)
+    x = torch.randn(1, 3, size, size)
+    out = {"model": name, "size": size}
+    t0 = time.perf_counter()
+    pm = fxprune.prepare(model, (x,))
+    groups = fxprune.channel_groups(pm)
+    out["groups"] = len(groups)
+    out["prunable"] = sum(g.prunable for g in groups)
+    reasons = {}
+    for g in groups:
+        if not g.prunable:
+            r = g.reason.split(" at `")[0]
+            reasons[r] = reasons.get(r, 0) + 1
+    out["kept_reasons"] = reasons
+    if out["prunable"]:
+        random_masks(pm, 0.5, seed=0)
+        small = fxprune.finalize(pm, rtol=1e-3)
+        out["error"] = max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,)))
+        out["flops_kept"] = count_flops(small, (x,)) / max(count_flops(pm, (x,)), 1)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+class _Timeout(Exception):
+    pass
+
+
+def main():
+    import timm
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results/timm_sweep.json")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--timeout", type=int, default=120)
+    p.add_argument("--only", default="", help="regex of family names")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    results = []
+
+    def alarm(*_):
+        raise _Timeout()
+    signal.signal(signal.SIGALRM, alarm)
+    for family in timm.list_modules():
+        if args.only and not re.search(args.only, family):
+            continue
+        names = timm.list_models(module=family)
+        if not names:
+            continue
+        name = pick(names)
+        signal.alarm(args.timeout)
+        try:
+            try:
+                r = run_one(name, args.size)
+            except _Timeout:
+                raise
+            except Exception as e:  # noqa: BLE001 - a model at 64 px may need its own size
+                if "trace" in type(e).__name__.lower() or args.size >= 224:
+                    raise
+                r = run_one(name, 224)
+                r["note"] = f"at {args.size}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        except _Timeout:
+            r = {"model": name, "failure": f"over {args.timeout}s"}
+        except Exception as e:  # noqa: BLE001 - reported per model
+            r = {"model": name, "failure": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        finally:
+            signal.alarm(0)
+        r["family"] = family
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({
+        "machine": platform.platform(), "processor": platform.processor(), "threads": 1,
+        "device": "cpu", "batch": 1, "torch": torch.__version__, "timm": timm.__version__,
+        "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,580 @@
+"""Issue 9: layers users really write. One small model per behaviour: its prunable groups written
+out (producer -> units), finalize exact on the example inputs and on another batch size and
+resolution."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.passes.surgery import max_relative_error, run_eval
+from helpers import prune_and_check
+
+
+def cbr(cin, cout, k=3, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def prunable(pm) -> dict[str, int]:
+    """{first producer (or group name): units} of every prunable group."""
+    return {(g.producers[0] if g.producers else g.name): g.size
+            for g in fxprune.channel_groups(pm) if g.prunable}
+
+
+def check(model, x, other, **kw):
+    """prepare -> half of every group masked -> finalize: exact on ``x`` and on ``other`` (another
+    batch size and resolution)."""
+    torch.manual_seed(0)
+    pm, small = prune_and_check(model.eval(), x, **kw)
+    err = max_relative_error(run_eval(pm, (other,)), run_eval(small, (other,)))
+    assert err <= 1e-4, err
+    return pm, small
+
+
+X, X2 = torch.randn(2, 3, 16, 16), torch.randn(3, 3, 24, 20)
+
+
+# -- subclasses of torch layers, functional layers on a module's own parameters -------------------
+
+class PlainSubConv(nn.Conv2d):  # keeps Conv2d's forward: handled as a Conv2d
+    pass
+
+
+class DetectronConv(nn.Conv2d):  # detection libraries' wrapper: its own forward, F.conv2d on self
+    def __init__(self, *a, norm=None, activation=None, **k):
+        super().__init__(*a, **k)
+        self.norm, self.activation = norm, activation
+
+    def forward(self, x):
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.activation(x) if self.activation is not None else x
+
+
+class BatchNormAct2d(nn.BatchNorm2d):  # timm's fused norm + activation
+    def __init__(self, c):
+        super().__init__(c)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        return self.act(x)
+
+
+class SubclassNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = PlainSubConv(3, 16, 3, padding=1)
+        self.bn = BatchNormAct2d(16)
+        self.b = DetectronConv(16, 24, 3, padding=1, norm=nn.BatchNorm2d(24), activation=nn.ReLU())
+        self.dw = DetectronConv(24, 24, 3, padding=1, groups=24, bias=False)
+        self.head = PlainSubConv(24, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.dw(self.b(self.bn(self.a(x)))))
+
+
+def test_subclasses_of_torch_layers_are_pruned():
+    pm, small = check(SubclassNet(), X, X2)
+    assert prunable(pm) == {"a": 16, "b": 24}
+    assert isinstance(small.get_submodule("a"), PlainSubConv)  # a leaf, still the user's class
+    assert small.get_submodule("a").out_channels == fxprune.channel_groups(pm)[0].kept
+
+
+class FunctionalParams(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(16, 3, 3, 3) * 0.3)
+        self.w2 = nn.Parameter(torch.randn(12, 16, 1, 1) * 0.3)
+        self.fc_w, self.fc_b = nn.Parameter(torch.randn(20, 12) * 0.3), nn.Parameter(torch.randn(20))
+        self.out = nn.Linear(20, 4)
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.w1, padding=1))
+        x = F.relu(F.conv2d(x, self.w2)).mean((2, 3))
+        return self.out(F.relu(F.linear(x, self.fc_w, self.fc_b)))
+
+
+def test_functional_layers_on_module_parameters():
+    pm, small = check(FunctionalParams(), X, X2)
+    assert prunable(pm) == {"w1": 16, "w2": 12, "fc_w": 20}
+    g = {p: gr for gr in fxprune.channel_groups(pm) for p in gr.producers}
+    assert small.w1.shape[0] == g["w1"].kept and small.w2.shape[1] == g["w1"].kept
+    assert [s.kind for s in fxprune.layer_specs(pm)] == ["conv", "conv", "linear", "linear"]
+
+
+# -- rules= for layers with weights ---------------------------------------------------------------
+
+class WrappedConv(nn.Conv2d):
+    def forward(self, x):  # scales its output: a leaf's own forward must keep running
+        return super().forward(x) * 2.0
+
+
+class UserRuleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = WrappedConv(3, 16, 3, padding=1), WrappedConv(16, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.b(F.relu(self.a(x)))))
+
+
+def test_user_rule_for_a_conv_subclass_leaf():
+    from fxprune.rules import Conv
+    pm, small = check(UserRuleNet(), X, X2, leaf_modules=[WrappedConv], rules={WrappedConv: Conv()})
+    assert prunable(pm) == {"a": 16, "b": 8}
+    assert type(small.get_submodule("a")) is WrappedConv
+
+
+def test_a_row_that_cannot_apply_names_the_module():
+    from fxprune.rules import Conv
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return self.up(self.a(x))
+
+    with pytest.raises(fxprune.FxPruneError, match=r"`up` \(ConvTranspose2d\).*ConvTranspose\(\)"):
+        fxprune.prepare(Up(), (X,), rules={nn.ConvTranspose2d: Conv()})
+
+    class NotAConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.weight.view(1, -1, 1, 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.odd = NotAConv()
+
+        def forward(self, x):
+            return self.odd(x)
+
+    with pytest.raises(fxprune.FxPruneError, match=r"`odd` \(NotAConv\).*lacks .*groups"):
+        fxprune.prepare(Net(), (X,), leaf_modules=[NotAConv], rules={NotAConv: Conv()})
+
+
+# -- transposed convs -----------------------------------------------------------------------------
+
+class UNetish(nn.Module):
+    def __init__(self, groups=1):
+        super().__init__()
+        self.down = cbr(3, 16)
+        self.pool = nn.MaxPool2d(2)
+        self.mid = cbr(16, 32)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2, groups=groups)
+        self.dw_up = nn.ConvTranspose2d(16, 32, 3, padding=1, groups=16)  # depthwise, multiplier 2
+        self.fuse = cbr(16 + 32, 16)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        d = self.down(x)
+        u = self.dw_up(F.relu(self.up(self.mid(self.pool(d)))))
+        return self.head(self.fuse(torch.cat([d, u], 1)))
+
+
+class TransposedNd(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        conv, tconv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1], (nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                                             nn.ConvTranspose3d)[n - 1]
+        self.a = conv(2, 8, 3, padding=1)
+        self.t = tconv(8, 12, 2, stride=2, output_padding=0)
+        self.b = conv(12, 3, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.t(F.relu(self.a(x)))))
+
+
+def test_conv_transpose_unet_decoder():
+    pm, small = check(UNetish(), X, X2)
+    assert prunable(pm) == {"down.0": 16, "mid.0": 32, "up": 16, "fuse.0": 16}
+    assert small.get_submodule("dw_up").groups == small.get_submodule("dw_up").in_channels
+
+
+def test_conv_transpose_grouped():
+    pm, small = check(UNetish(groups=4), X, X2)
+    # groups=4: input position j of each group tied (32 -> 8 units); the 16 outputs are 4 columns
+    # repeated per group
+    assert prunable(pm) == {"down.0": 16, "mid.0": 8, "up": 4, "fuse.0": 16}
+    up = small.get_submodule("up")
+    assert up.groups == 4 and up.in_channels % 4 == 0 and up.out_channels % 4 == 0
+
+
+@pytest.mark.parametrize("n, shape, other", [(1, (2, 2, 10), (3, 2, 7)), (2, (2, 2, 6, 6), (1, 2, 5, 9)),
+                                             (3, (2, 2, 4, 4, 4), (1, 2, 3, 5, 4))])
+def test_conv_transpose_1d_2d_3d(n, shape, other):
+    pm, small = check(TransposedNd(n), torch.randn(*shape), torch.randn(*other))
+    assert prunable(pm) == {"a": 8, "t": 12}
+    spec = [s for s in fxprune.layer_specs(pm) if s.name == "t"][0]
+    assert spec.kind == "conv_transpose" and spec.in_channels == 8 and spec.out_channels == 12
+
+
+# -- linear -> view -> conv ------------------------------------------------------------------------
+
+class Generator(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.fc = nn.Linear(10, 16 * 4 * 4)
+        self.c1 = nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, z):
+        h = F.relu(self.fc(z))
+        if self.how == "view":
+            h = h.view(z.shape[0], 16, 4, 4)
+        elif self.how == "reshape":
+            h = h.reshape(-1, 16, 4, 4)
+        else:
+            h = h.unflatten(1, (16, 4, 4))
+        return torch.tanh(self.c2(F.relu(self.bn(self.c1(h)))))
+
+
+@pytest.mark.parametrize("how", ["view", "reshape", "unflatten"])
+def test_linear_view_conv(how):
+    pm, small = check(Generator(how), torch.randn(2, 10), torch.randn(5, 10))
+    assert prunable(pm) == {"fc": 16, "c1": 8}  # 16 channels of 4x4 linear outputs each
+    g = [gr for gr in fxprune.channel_groups(pm) if "fc" in gr.producers][0]
+    assert small.get_submodule("fc").out_features == 16 * g.kept
+
+
+# -- pixel shuffle ---------------------------------------------------------------------------------
+
+class SuperRes(nn.Module):
+    def __init__(self, functional=False):
+        super().__init__()
+        self.functional = functional
+        self.a = cbr(3, 16)
+        self.expand = nn.Conv2d(16, 8 * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.b = cbr(8, 12)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.head = nn.Conv2d(12 * 4, 3, 1)
+
+    def forward(self, x):
+        y = self.expand(self.a(x))
+        y = F.pixel_shuffle(y, 2) if self.functional else self.shuffle(y)
+        return self.head(self.unshuffle(self.b(y)))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_pixel_shuffle_prunes_blocks(functional):
+    pm, small = check(SuperRes(functional), X, X2)
+    assert prunable(pm) == {"a.0": 16, "expand": 8, "b.0": 12}  # expand: 8 blocks of 2*2
+    g = {p: gr for gr in fxprune.channel_groups(pm) for p in gr.producers}
+    assert small.get_submodule("expand").out_channels == 4 * g["expand"].kept
+    assert small.get_submodule("head").in_channels == 4 * g["b.0"].kept
+
+
+# -- channel pad (CIFAR ResNet option A) -------------------------------------------------------------
+
+class OptionA(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                                nn.BatchNorm2d(cout), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                                nn.BatchNorm2d(cout))
+        self.pad = (cout - cin) // 2
+
+    def forward(self, x):
+        short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(self.c1(x) + short)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.s2, self.s3 = OptionA(8, 16), OptionA(16, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.s3(self.s2(self.stem(x))).mean((2, 3)))
+
+
+def test_channel_pad_is_a_concat_with_zero_channels():
+    pm, small = check(CifarResNet(), X, X2)
+    # one residual stream: the stem's 8 channels, s2's 16 (8 of them the padded zeros), s3's 32
+    assert prunable(pm) == {"stem.0": 32, "s2.c1.0": 16, "s3.c1.0": 32}
+    g = {p: gr for gr in fxprune.channel_groups(pm) for p in gr.producers}
+    assert g["stem.0"] is g["s2.c1.3"] is g["s3.c1.3"]
+
+
+# -- squeeze-excite written with x.size() ---------------------------------------------------------
+
+class SE(nn.Module):
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(c, c // r), nn.ReLU(), nn.Linear(c // r, c), nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SENet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.se, self.head = cbr(3, 16), SE(16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.se(self.a(x)))
+
+
+def test_squeeze_excite_with_size_views():
+    pm, small = check(SENet(), X, X2)
+    assert prunable(pm) == {"a.0": 16, "se.fc.0": 4}
+    g = {p: gr for gr in fxprune.channel_groups(pm) for p in gr.producers}
+    assert g["a.0"] is g["se.fc.2"]
+
+
+# -- recurrent state created from a literal channel count -----------------------------------------
+
+class ConvLSTM(nn.Module):
+    def __init__(self, cin=3, hidden=8):
+        super().__init__()
+        self.hidden = hidden
+        self.gates = nn.Conv2d(cin + hidden, 4 * hidden, 3, padding=1)
+        self.head = nn.Conv2d(hidden, 2, 1)
+
+    def forward(self, x):  # x: (b, t, c, h, w)
+        b, t, _, hh, ww = x.shape
+        h = x.new_zeros(b, self.hidden, hh, ww)
+        c = x.new_zeros(b, self.hidden, hh, ww)
+        for step in range(3):
+            i, f, o, g = self.gates(torch.cat([x[:, step], h], 1)).split(self.hidden, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.head(h)
+
+
+def test_recurrent_state_from_a_literal_count():
+    pm, small = check(ConvLSTM(), torch.randn(2, 3, 3, 8, 8), torch.randn(1, 3, 3, 10, 6))
+    # the gates' four pieces are tied to each other and to the hidden state (8 units)
+    assert prunable(pm) == {"gates": 8}
+    kept = fxprune.channel_groups(pm)[0].kept
+    assert small.get_submodule("gates").in_channels == 3 + kept
+    assert small.get_submodule("gates").out_channels == 4 * kept
+    assert any(n.target == "new_zeros" and n.args[2] == kept for n in small.graph.nodes)
+
+
+# -- F.normalize over a non-channel dim -----------------------------------------------------------
+
+class Normalized(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = F.normalize(y.flatten(2), dim=2).view_as(y)  # over space: per channel
+        return self.b(F.normalize(y, dim=1) + y)  # over channels: mixes them
+
+
+def test_normalize_over_a_non_channel_dim():
+    class SpatialOnly(Normalized):
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(F.normalize(y.flatten(2), dim=-1).view_as(y))
+
+    pm, _ = check(SpatialOnly(), X, X2)
+    assert prunable(pm) == {"a.0": 16}
+    pm = fxprune.prepare(Normalized(), (X,))
+    g = fxprune.channel_groups(pm)[0]
+    assert not g.prunable and "mixed along the channel dim" in g.reason
+
+
+# -- tracing help -----------------------------------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.cv1, self.cv2 = cbr(c, c), cbr(c, c)
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):  # as in YOLOv8
+    def __init__(self, c1, c2, n=2):
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = cbr(c1, 2 * self.c, 1)
+        self.cv2 = cbr((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class Yolo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.c2f, self.head = cbr(3, 16), C2f(16, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.c2f(self.stem(x)))
+
+
+def test_iterating_a_chunk_unrolls():
+    pm, small = check(Yolo(), X, X2)
+    assert prunable(pm) == {"stem.0": 16, "c2f.cv1.0": 16, "c2f.m.0.cv1.0": 8, "c2f.m.1.cv1.0": 8,
+                            "c2f.cv2.0": 16}
+    for g in fxprune.channel_groups(pm):  # each index list once
+        lists = [tuple(p.tolist()) for p in g.keep_one_of]
+        assert len(lists) == len(set(lists)), g
+
+
+def test_iterating_an_unknown_piece_count_names_the_cause():
+    class SplitInt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return sum(list(self.a(x).split(4, 1)))
+
+    with pytest.raises(fxprune.TraceError, match=r"iterating the result of `split`.*a, b = x.split"):
+        fxprune.prepare(SplitInt(), (X,))
+
+
+class ZerosFromShape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 8), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        b, c, h, w = y.shape
+        z = torch.zeros(b, c, h, w, device=x.device, dtype=x.dtype)
+        return self.b(torch.cat([y, z + 1.0], 1))
+
+
+def test_torch_zeros_with_sizes_from_shape_traces():
+    pm, small = check(ZerosFromShape(), X, X2)
+    assert prunable(pm) == {"a.0": 8}
+    assert small.get_submodule("b").in_channels == 2 * fxprune.channel_groups(pm)[0].kept
+
+
+# -- diagnostics ------------------------------------------------------------------------------------
+
+def test_summary_says_why_nothing_is_prunable(capsys):
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.fft.fft2(self.a(x)).real)
+
+    from fxprune.summary import summary_table
+    pm = fxprune.prepare(Odd(), (X,))
+    text = summary_table(pm)
+    assert "0 prunable" in text
+    assert "groups kept whole:" in text and "no channel rule for torch._C._fft.fft_fft2" in text
+    assert "reaches the model output" in text  # every kept group is listed with its reason
+
+
+def test_summary_counts_hidden_groups_reasons():
+    from fxprune.summary import summary_table
+
+    class Scaled(nn.Module):  # a stray graph tensor with no layer: a hidden group
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+            self.gain = nn.Parameter(torch.ones(1, 5, 1, 1))
+
+        def forward(self, x):
+            return self.b(self.a(x)), torch.fft.fft2(self.gain).real
+
+    pm = fxprune.prepare(Scaled(), (X,))
+    text, full = summary_table(pm), summary_table(pm, all_groups=True)
+    assert "1 more groups hold no conv/linear weights" in text and "no channel rule" in text
+    assert "gain[1]" in full and "gain[1]" not in text
+
+
+# -- the row's cost spec: what cost models price is what the flop counter counts -------------------
+
+@pytest.mark.parametrize("factory", [UNetish, lambda: UNetish(groups=4), FunctionalParams, SubclassNet])
+def test_layer_specs_price_what_the_flop_counter_counts(factory):
+    from fxprune.summary import count_flops
+    model = factory().eval()
+    pm = fxprune.prepare(model, (X,))
+    assert sum(s.flops() for s in fxprune.layer_specs(pm)) == count_flops(model, (X,))
+
+
+def test_smcp_cost_matches_the_finalized_model_with_transposed_convs():
+    from fxprune.summary import count_flops
+    torch.manual_seed(0)
+    pm = fxprune.prepare(UNetish(groups=4), (X,))
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=1, ramp=4, update_every=1)
+    for _ in range(6):
+        pm.zero_grad()
+        pm(X).square().mean().backward()
+        pruner.step()
+    assert pruner.cost() <= 0.5 + 1e-9
+    small = fxprune.finalize(pm)
+    assert count_flops(small, (X,)) / count_flops(pm, (X,)) == pytest.approx(pruner.cost(), rel=1e-6)
+
+
+def test_unrolled_chunk_checked_on_the_example_inputs():
+    class Uneven(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 1)
+
+        def forward(self, x):
+            return torch.cat(list(self.a(x).chunk(4, 1)), 1)  # 6 channels: 3 pieces, not 4
+
+    with pytest.raises(fxprune.ExampleInputsError, match="unrolled into 4 pieces.*returns 3"):
+        fxprune.prepare(Uneven(), (X,))
+
+
+def test_conv_transpose_called_with_output_size():
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 16)
+            self.down = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(24, 8, 3, stride=2, padding=1)
+            self.head = nn.Conv2d(8 + 16, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            u = self.up(F.relu(self.down(y)), output_size=y.shape[-2:])  # odd sizes need it
+            return self.head(torch.cat([u, y], 1))
+
+    pm, small = check(Up(), torch.randn(2, 3, 15, 15), torch.randn(1, 3, 21, 17))
+    assert prunable(pm) == {"a.0": 16, "down": 24, "up": 8}
+
+
+def test_channel_pad_may_lose_all_its_zero_channels():
+    torch.manual_seed(0)
+    pm = fxprune.prepare(CifarResNet().eval(), (X,))
+    g = [gr for gr in fxprune.channel_groups(pm) if "stem.0" in gr.producers][0]
+    g.mask.zero_()
+    g.mask[:4] = 1  # four of the stem's channels: s2's and s3's padded channels all go
+    small = fxprune.finalize(pm)
+    pads = [n.args[1] for n in small.graph.nodes if n.target is F.pad]
+    assert all(p[4] + p[5] < 16 for p in pads) and any(p[4] == p[5] == 0 for p in pads), pads
+    assert max_relative_error(run_eval(pm, (X2,)), run_eval(small, (X2,))) <= 1e-4
