@@ -262,7 +262,7 @@ def rewrap_after_finalize(finalized: nn.Module, ddp_kwargs: dict | None,
     if isinstance(finalized, nn.parallel.DistributedDataParallel):
         raise TypeError("rewrap_after_finalize expects the finalized plain module, got a "
                         "DistributedDataParallel wrapper; pass fxprune.finalize(ddp.module)")
-    if isinstance(finalized, fx.GraphModule) and "fxprune" in getattr(finalized, "meta", {}):
+    if isinstance(finalized, fx.GraphModule) and "fxprune" in finalized.meta:
         raise TypeError("this model still has fxprune masks (it is the prepared model); "
                         "pass fxprune.finalize(prepared), the smaller plain model")
     model = finalized
