@@ -5,14 +5,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
 import fxprune
 from fxprune.integrations.lightning import PruningCallback, find_prepared
-from lightning_app import SMCP_ARGS, Classifier, RecordMasks, dataset, loader, trainer
+from lightning_app import BATCH, SMCP_ARGS, Classifier, RecordMasks, dataset, loader, trainer
+from test_distributed import NoBNNet
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,38 @@ def test_ddp_two_processes_identical_masks(full_run, tmp_path):
     for (name, a), b in zip(small.state_dict().items(), reference.state_dict().values()):
         assert a.shape == b.shape, name
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+class Float32Classifier(Classifier):
+    def __init__(self):
+        pl.LightningModule.__init__(self)
+        torch.manual_seed(0)
+        self.model = fxprune.prepare(NoBNNet(), (torch.zeros(1, 1, 8, 8),))
+
+
+def test_once_per_optimizer_step_under_accumulation_and_amp(tmp_path):
+    """bf16 autocast (Lightning's CPU AMP) and 2 micro-batches per optimizer step."""
+    prune = PruningCallback("smcp", target=0.5, warmup=1, ramp=2, update_every=1, channel_step=1)
+    t = pl.Trainer(max_epochs=2, callbacks=[prune], logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1,
+                   precision="bf16-mixed", accumulate_grad_batches=2, default_root_dir=tmp_path)
+    data = dataset()
+    t.fit(Float32Classifier(), DataLoader(TensorDataset(data.tensors[0].float(), data.tensors[1]), batch_size=BATCH))
+    assert t.global_step == 4 and prune.pruner.step_count == 4  # 8 micro-batches
+    assert [r["step"] for r in prune.pruner.history] == [2, 3, 4]
+    assert prune.pruner.history[-1]["kept"] < prune.pruner.history[-1]["channels"]
+
+
+def test_an_overflowed_amp_step_is_not_observed():
+    """fp16 AMP (CUDA only in Lightning) skips steps whose unscaled gradients hold inf: so does
+    the callback. Checked with torch's GradScaler on the CPU."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    stub = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu")))
+    for grad, overflowed in ((torch.tensor([1.0, float("inf"), 0.0]), True), (torch.ones(3), False)):
+        scaler = stub.precision_plugin.scaler = torch.amp.GradScaler("cpu")
+        w.grad = None
+        scaler.scale((w * grad).sum()).backward()
+        scaler.unscale_(opt)  # as Lightning does before on_before_optimizer_step
+        assert PruningCallback._overflowed(stub, opt) is overflowed
+    assert PruningCallback._overflowed(SimpleNamespace(precision_plugin=SimpleNamespace()), opt) is False

@@ -28,8 +28,11 @@ The LightningModule owns the prepared model; the callback finds it and drives a 
 - **The end.** ``on_train_end`` finalizes on rank 0 (``self.finalized``) and, with
   ``save_path``, ``torch.save``-s the pruned model (a plain module, loadable without fxprune).
 
-Strategies that shard parameters (FSDP, DeepSpeed) are not supported: the method reads whole
-weights and their gradients.
+Use ``strategy="ddp"`` (Lightning's launcher runs the script once per device; or ``torchrun``),
+not ``"ddp_spawn"``: that pickles the LightningModule into each process, and a prepared model
+does not survive pickling (torch.fx rebuilds the graph from its generated code, without the
+graph metadata fxprune's analysis lives in). Strategies that shard parameters (FSDP, DeepSpeed)
+are not supported: the method reads whole weights and their gradients.
 """
 from __future__ import annotations
 
