@@ -21,7 +21,17 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+    def __init__(self, leaf_types: tuple[type, ...] | None = None, leaf_names: frozenset[str] = frozenset()):
+        if leaf_types is None:
+            # Only unpickling constructs it without arguments: torch.fx rebuilds a pickled
+            # GraphModule by re-tracing its generated code, which loses the graph metadata
+            # fxprune's analysis lives in. Say so instead of failing on a missing argument.
+            raise TypeError(
+                "a model prepared by fxprune cannot be unpickled (torch.save/torch.load of the "
+                "module, or a process spawned with it, e.g. Lightning's ddp_spawn): torch.fx "
+                "rebuilds it without fxprune's analysis. Save pm.state_dict() and call "
+                "fxprune.prepare again before load_state_dict, or start processes that build the "
+                "model themselves (torchrun, Lightning strategy='ddp')")
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types, self.leaf_names = leaf_types, leaf_names

@@ -187,6 +187,10 @@ def test_prepared_model_deepcopies_and_pickles(resnet18, tmp_path):
     fxprune.finalize(twin)  # the analysis travels with the copy
     state = pm.state_dict()
     assert any(k.startswith("fxprune_masks.") for k in state)
+    # whole-module pickling cannot keep the analysis: loading says so and names the way out
+    torch.save(pm, tmp_path / "pm.pt")
+    with pytest.raises(TypeError, match=r"cannot be unpickled.*pm.state_dict\(\)"):
+        torch.load(tmp_path / "pm.pt", weights_only=False)
 
 
 def test_layer_specs_add_up_to_the_flop_counter(resnet18):
