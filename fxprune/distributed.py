@@ -140,7 +140,8 @@ def all_reduce_sum_count(total: torch.Tensor, count) -> tuple[torch.Tensor, Any]
         count: an int/float, or a tensor of counts (e.g. per channel).
 
     Returns:
-        ``(total_sum, count_sum)``: ``total_sum`` a new float64 tensor of ``total``'s shape;
+        ``(total_sum, count_sum)``: ``total_sum`` a float64 tensor of ``total``'s shape
+        (``total`` itself, converted, when not distributed);
         ``count_sum`` of ``count``'s kind (int stays int, a tensor comes back as float64).
     """
     if not is_distributed():

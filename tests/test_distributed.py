@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fxprune
 from fxprune import distributed as fxdist
+from fxprune.deploy.latency_table import LatencyTable
 
 WORLD = 2
 BATCH = 16
@@ -121,6 +122,11 @@ def _worker(rank, init_file, out_dir):
         total, count = fxdist.all_reduce_sum_count(torch.full((3,), rank + 1.0), rank + 1)
         out["reduced"] = (total, count)
         out["on_main"] = fxdist.compute_on_main(lambda: {"measured_by": rank})
+        # a latency table timed once, on rank 0 (each rank's timer would answer differently)
+        table = fxdist.compute_on_main(lambda: LatencyTable.measure(
+            pm, step=4, timer=lambda layer, ci, co: float(ci * co * (rank + 1)), progress=False,
+            log=lambda line: None))
+        out["latency"] = table.layer_cost(fxprune.layer_specs(pm)[1], 4, 8)
         try:
             fxdist.compute_on_main(lambda: 1 / 0)
         except Exception as exc:  # noqa: BLE001 - every rank must raise, none may hang
@@ -204,6 +210,7 @@ def test_reduce_broadcast_and_rewrap(ranks):
         assert total.dtype == torch.float64 and torch.equal(total, torch.full((3,), 3.0, dtype=torch.float64))
         assert count == 3 and isinstance(count, int)
         assert r["on_main"] == {"measured_by": 0}
+        assert r["latency"] == 4 * 8  # rank 0's timing (rank 1's timer says 64)
     # the new wrapper averages the finalized model's gradients: ranks stay equal after a step
     for a, b in zip(results[0]["finetuned"], results[1]["finetuned"]):
         assert torch.equal(a, b)
