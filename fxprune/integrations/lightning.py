@@ -146,8 +146,10 @@ class PruningCallback(pl.Callback):
 
     # -- hooks ------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (self.save_path is not None and self.save_path.exists() and not self.overwrite
-                and trainer.is_global_zero):
+        # rank 0 writes the file, so its view decides; every rank raises (none waits for it)
+        taken = fxdist.broadcast_object(self.save_path is not None and self.save_path.exists()
+                                        and not self.overwrite)
+        if taken:
             raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
                                   f"PruningCallback(overwrite=True)")
         if self.pruner is None:
