@@ -187,6 +187,11 @@ def test_prepared_model_deepcopies_and_pickles(resnet18, tmp_path):
     fxprune.finalize(twin)  # the analysis travels with the copy
     state = pm.state_dict()
     assert any(k.startswith("fxprune_masks.") for k in state)
+    # whole-module pickling keeps the analysis too (fxprune/serialization.py)
+    torch.save(pm, tmp_path / "pm.pt")
+    loaded = torch.load(tmp_path / "pm.pt", weights_only=False)
+    assert max_relative_error(run_eval(pm, (X,)), run_eval(loaded, (X,))) == 0
+    fxprune.finalize(loaded)
 
 
 def test_layer_specs_add_up_to_the_flop_counter(resnet18):

@@ -1,0 +1,214 @@
+"""PyTorch Lightning: prune while ``Trainer.fit`` trains (``pip install fxprune[lightning]``).
+
+The LightningModule owns the prepared model; the callback finds it and drives a pruning method::
+
+    class Classifier(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = fxprune.prepare(resnet18(), (torch.randn(1, 3, 224, 224),))
+        def training_step(self, batch, _):
+            x, y = batch
+            return F.cross_entropy(self.model(x), y)
+        ...
+
+    callback = PruningCallback("smcp", target=0.5, warmup=500, ramp=5000, update_every=200,
+                               save_path="model_pruned.pt")
+    lightning.Trainer(callbacks=[callback], ...).fit(Classifier(), ckpt_path=...)
+
+- **When.** The method's ``step()`` runs in ``on_before_optimizer_step``: once per optimizer
+  step (after the last micro-batch under ``accumulate_grad_batches``), after the gradients are
+  unscaled under 16-bit AMP and, under DDP, after they are averaged (the rule of
+  :mod:`fxprune.distributed`). Not ``on_after_backward``: that fires per micro-batch with scaled
+  gradients. An AMP step whose gradients overflowed (the scaler skips it) is not counted.
+- **Where.** The method is built in ``on_fit_start``, when the model is on its device (and
+  wrapped by the strategy), on every rank; after each mask update rank 0's masks are broadcast.
+- **Resuming.** The method's state (step count, accumulated importance, masks, history) is the
+  callback's ``state_dict``, so ``Trainer.fit(ckpt_path=...)`` resumes with identical masks.
+  Counts and means of averaged gradients: a checkpoint resumes on any number of devices.
+- **The end.** ``on_train_end`` finalizes on rank 0 (``self.finalized``) and, with
+  ``save_path``, ``torch.save``-s the pruned model (a plain module, loadable without fxprune).
+
+Use ``strategy="ddp"`` (Lightning's launcher runs the script once per device; or ``torchrun``),
+not ``"ddp_spawn"``: that pickles the LightningModule and the callback into each process, a
+path this callback is not tested on (each process must step a method bound to the model it
+trains). Strategies that shard parameters (FSDP, DeepSpeed)
+are not supported: the method reads whole weights and their gradients.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("fxprune.integrations.lightning needs PyTorch Lightning: "
+                      "pip install 'fxprune[lightning]' (or pip install lightning)") from exc
+
+import fxprune
+
+from .. import distributed as fxdist
+
+
+def _method_class(name: str):
+    """The pruning method registered under ``name``.
+
+    ``fxprune.methods.get_method`` is the methods registry once it exists; until then a local
+    table of the methods this module knows (remove it when every supported version has the
+    registry)."""
+    from fxprune import methods
+    get_method = getattr(methods, "get_method", None)
+    if get_method is not None:
+        return get_method(name)
+    local = {"smcp": fxprune.SMCP}
+    if name not in local:
+        raise ValueError(f"unknown pruning method {name!r}; known: {sorted(local)}")
+    return local[name]
+
+
+def _checkpoint_safe(value: Any) -> Any:
+    """Numpy values as Python numbers and tensors: Lightning loads checkpoints with
+    ``torch.load(weights_only=True)`` by default, which refuses numpy objects."""
+    if isinstance(value, dict):
+        return {k: _checkpoint_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_checkpoint_safe(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_prepared(m: nn.Module) -> bool:
+    return isinstance(m, fx.GraphModule) and "fxprune" in m.meta
+
+
+def find_prepared(pl_module: nn.Module, attribute: str | None = None) -> fx.GraphModule:
+    """The model ``fxprune.prepare`` returned, held by ``pl_module`` (at ``attribute``, or the
+    only one among its submodules)."""
+    if attribute is not None:
+        model = pl_module.get_submodule(attribute)
+        if not _is_prepared(model):
+            raise TypeError(f"{type(pl_module).__name__}.{attribute} is a {type(model).__name__}, "
+                            f"not a model prepared by fxprune; set it to fxprune.prepare(model, inputs)")
+        return model
+    found = [(name, m) for name, m in pl_module.named_modules()
+             if _is_prepared(m)]
+    if not found:
+        raise ValueError(f"{type(pl_module).__name__} holds no model prepared by fxprune; in its "
+                         f"__init__, set e.g. self.model = fxprune.prepare(model, example_inputs)")
+    if len(found) > 1:
+        raise ValueError(f"{type(pl_module).__name__} holds several prepared models "
+                         f"({', '.join(n for n, _ in found)}); pass PruningCallback(attribute=NAME)")
+    return found[0][1]
+
+
+class PruningCallback(pl.Callback):
+    """Prune the LightningModule's prepared model with a registered method while it trains.
+
+    Args:
+        method: the method's registered name (``"smcp"``).
+        attribute: the LightningModule attribute holding ``fxprune.prepare``'s model; None finds
+            the only one.
+        save_path: where rank 0 saves the finalized model at the end of training (``torch.save``
+            of the module); None keeps it in memory only (``callback.finalized``).
+        overwrite: replace an existing ``save_path`` (by default an existing file is an error,
+            raised before training starts).
+        check_masks: debug mode under DDP: after each update every rank checks that its masks
+            equal rank 0's and raises naming the first differing group.
+        **method_kwargs: the method's own arguments (SMCP: ``target``, ``cost``, ``warmup``, ...;
+            step counts are optimizer steps).
+    """
+
+    def __init__(self, method: str = "smcp", *, attribute: str | None = None,
+                 save_path: str | os.PathLike | None = None, overwrite: bool = False,
+                 check_masks: bool = False, **method_kwargs):
+        self.method = method
+        self.method_class = _method_class(method)  # an unknown name fails here, not mid-fit
+        self.method_kwargs = method_kwargs
+        self.attribute, self.check_masks = attribute, check_masks
+        self.save_path = None if save_path is None else Path(save_path)
+        self.overwrite = overwrite
+        self.pruner = None
+        self.prepared: fx.GraphModule | None = None
+        self.finalized: nn.Module | None = None
+        self._pending_state: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method, attribute=self.attribute)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # rank 0 writes the file, so its view decides; every rank raises (none waits for it)
+        taken = fxdist.broadcast_object(self.save_path is not None and self.save_path.exists()
+                                        and not self.overwrite)
+        if taken:
+            raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
+                                  f"PruningCallback(overwrite=True)")
+        if self.pruner is None:
+            self.prepared = find_prepared(pl_module, self.attribute)
+            self.pruner = self.method_class(self.prepared, **self.method_kwargs)
+        if self._pending_state is not None:
+            self._load(self._pending_state)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if self.pruner is None or self._overflowed(trainer, optimizer):
+            return
+        record = self.pruner.step()
+        if record is not None:
+            fxdist.broadcast_masks(self.prepared, check=self.check_masks)
+            logged = {f"pruning/{k}": float(record[k]) for k in ("target", "actual", "kept")
+                      if k in record}
+            if logged:
+                pl_module.log_dict(logged, on_step=True, on_epoch=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prepared is None or not trainer.is_global_zero:
+            return
+        self.finalized = fxprune.finalize(self.prepared)
+        if self.save_path is not None:
+            self.save_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.finalized, self.save_path)
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.pruner is None:
+            return dict(self._pending_state or {})
+        return {"method": self.method, "state": _checkpoint_safe(self.pruner.state_dict())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("method") != self.method:
+            raise ValueError(f"this checkpoint holds the state of pruning method "
+                             f"{state_dict.get('method')!r}, not {self.method!r}")
+        if self.pruner is None:  # Lightning restores callbacks before on_fit_start builds it
+            self._pending_state = state_dict
+        else:
+            self._load(state_dict)
+
+    def _load(self, state_dict: dict) -> None:
+        self.pruner.load_state_dict(state_dict["state"])
+        self._pending_state = None
+
+    @staticmethod
+    def _overflowed(trainer: pl.Trainer, optimizer) -> bool:
+        """True on a 16-bit AMP step the grad scaler skips (inf/NaN gradients): no importance
+        from it. The scaler reads the same flag on the host right after this hook anyway."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        found = getattr(scaler, "_found_inf_per_device", None)
+        if found is None:
+            return False
+        per_device = found(optimizer)
+        return bool(sum(v.item() for v in per_device.values())) if per_device else False
+
+
+__all__ = ["PruningCallback", "find_prepared"]

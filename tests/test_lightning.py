@@ -1,0 +1,138 @@
+"""PruningCallback with a real lightning.Trainer on the CPU: 2 epochs, resume, DDP on 2 processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+import fxprune
+from fxprune.integrations.lightning import PruningCallback, find_prepared
+from lightning_app import BATCH, SMCP_ARGS, Classifier, RecordMasks, dataset, loader, trainer
+from test_distributed import NoBNNet
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """2 epochs in one go, a checkpoint after each."""
+    tmp = tmp_path_factory.mktemp("full")
+    prune = PruningCallback("smcp", save_path=tmp / "pruned.pt", **SMCP_ARGS)
+    record = RecordMasks()
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", save_top_k=-1, every_n_epochs=1)
+    module = Classifier()
+    trainer(tmp, 2, [prune, record, ckpt]).fit(module, loader())
+    return tmp, prune, record, module
+
+
+def test_two_epochs_update_masks_and_save_an_exact_pruned_model(full_run):
+    tmp, prune, record, module = full_run
+    assert prune.pruner.step_count == 8  # once per optimizer step
+    assert [r["step"] for r in prune.pruner.history] == [4, 6, 8]
+    first = record.masks[0].numel()
+    assert torch.equal(record.masks[2], torch.ones(first, dtype=torch.float64))  # before the first update
+    assert record.masks[-1].sum() < first  # channels pruned
+    small = torch.load(tmp / "pruned.pt", weights_only=False)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in module.model.parameters())
+    x = dataset().tensors[0][:8]
+    module.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), module.model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_resume_from_the_checkpoint_gives_identical_masks(full_run, tmp_path):
+    tmp, prune, record, module = full_run
+    ckpt = sorted((tmp / "ckpt").glob("epoch=0-*.ckpt"))
+    assert len(ckpt) == 1
+    resumed = PruningCallback("smcp", save_path=tmp_path / "pruned.pt", **SMCP_ARGS)
+    rec2 = RecordMasks()
+    module2 = Classifier()
+    trainer(tmp_path, 2, [resumed, rec2]).fit(module2, loader(), ckpt_path=ckpt[0])
+    assert torch.equal(rec2.at_start, record.masks[3])  # the masks the checkpoint was taken with
+    assert resumed.pruner.step_count == 8
+    def strip(history):  # solve_s is a wall-clock time
+        return [{k: v for k, v in r.items() if k != "solve_s"} for r in history]
+    assert strip(resumed.pruner.history) == strip(prune.pruner.history)
+    for a, b in zip(rec2.masks, record.masks[4:]):
+        assert torch.equal(a, b)
+    small, small2 = torch.load(tmp / "pruned.pt", weights_only=False), torch.load(tmp_path / "pruned.pt", weights_only=False)
+    for (n, p), (n2, p2) in zip(small.state_dict().items(), small2.state_dict().items()):
+        assert n == n2 and torch.equal(p, p2), n
+
+
+def test_errors_name_the_way_out(tmp_path):
+    with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
+        PruningCallback("nope")
+    with pytest.raises(ValueError, match="self.model = fxprune.prepare"):
+        find_prepared(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    (tmp_path / "taken.pt").write_bytes(b"not ours")
+    cb = PruningCallback("smcp", save_path=tmp_path / "taken.pt", **SMCP_ARGS)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trainer(tmp_path, 1, [cb]).fit(Classifier(), loader())
+    assert (tmp_path / "taken.pt").read_bytes() == b"not ours"
+
+
+def test_ddp_two_processes_identical_masks(full_run, tmp_path):
+    """Lightning's DDP strategy (its launcher starts rank 1; gloo on the CPU): each rank trains on
+    half of every batch of the 1-process run, so the decisions equal it."""
+    tmp, _, record, _ = full_run
+    script = Path(__file__).with_name("lightning_app.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"masks_rank{r}.pt") for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert len(ranks[0]["masks"]) == len(record.masks) == 8
+    for a, b, ref in zip(ranks[0]["masks"], ranks[1]["masks"], record.masks):
+        assert torch.equal(a, b) and torch.equal(a, ref)
+    for y0, y1, y in zip(ranks[0]["labels"], ranks[1]["labels"], record.labels):  # disjoint halves
+        assert torch.equal(torch.stack([y0, y1], 1).flatten(), y)
+    # rank 0's finalized model: the 1-process one, up to the order of float64 sums
+    small = torch.load(tmp_path / "pruned.pt", weights_only=False)
+    reference = torch.load(tmp / "pruned.pt", weights_only=False)
+    assert small.state_dict().keys() == reference.state_dict().keys()
+    for (name, a), b in zip(small.state_dict().items(), reference.state_dict().values()):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+class Float32Classifier(Classifier):
+    def __init__(self):
+        pl.LightningModule.__init__(self)
+        torch.manual_seed(0)
+        self.model = fxprune.prepare(NoBNNet(), (torch.zeros(1, 1, 8, 8),))
+
+
+def test_once_per_optimizer_step_under_accumulation_and_amp(tmp_path):
+    """bf16 autocast (Lightning's CPU AMP) and 2 micro-batches per optimizer step."""
+    prune = PruningCallback("smcp", target=0.5, warmup=1, ramp=2, update_every=1, channel_step=1)
+    t = pl.Trainer(max_epochs=2, callbacks=[prune], logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1,
+                   precision="bf16-mixed", accumulate_grad_batches=2, default_root_dir=tmp_path)
+    data = dataset()
+    t.fit(Float32Classifier(), DataLoader(TensorDataset(data.tensors[0].float(), data.tensors[1]), batch_size=BATCH))
+    assert t.global_step == 4 and prune.pruner.step_count == 4  # 8 micro-batches
+    assert [r["step"] for r in prune.pruner.history] == [2, 3, 4]
+    assert prune.pruner.history[-1]["kept"] < prune.pruner.history[-1]["channels"]
+
+
+def test_an_overflowed_amp_step_is_not_observed():
+    """fp16 AMP (CUDA only in Lightning) skips steps whose unscaled gradients hold inf: so does
+    the callback. Checked with torch's GradScaler on the CPU."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    stub = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu")))
+    for grad, overflowed in ((torch.tensor([1.0, float("inf"), 0.0]), True), (torch.ones(3), False)):
+        scaler = stub.precision_plugin.scaler = torch.amp.GradScaler("cpu")
+        w.grad = None
+        scaler.scale((w * grad).sum()).backward()
+        scaler.unscale_(opt)  # as Lightning does before on_before_optimizer_step
+        assert PruningCallback._overflowed(stub, opt) is overflowed
+    assert PruningCallback._overflowed(SimpleNamespace(precision_plugin=SimpleNamespace()), opt) is False
