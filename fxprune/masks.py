@@ -93,7 +93,28 @@ class MaskedLinear(_InputMasked, nn.Linear):
 # later would change every other channel's output.
 
 def _all_ones(masks) -> bool:
-    return all(bool(torch.all(m == 1)) for m in masks)
+    return all(_is_all_ones(m) for m in masks)
+
+
+def _is_all_ones(mask: torch.Tensor) -> bool:
+    """Whether every entry of ``mask`` is 1, remembered per mask version.
+
+    Reading the answer is a device-to-host copy; on a GPU that stalls the CPU until every
+    queued kernel has run, once per norm per forward. In-place writes (the pruner's
+    ``copy_``, ``g.mask[...] = 0``) bump the tensor's version counter, so the cached answer
+    is reused until the mask really changes. A mask computed in the forward (``gather_mask``)
+    is a new tensor each time and is checked each time.
+    """
+    key = (mask._version, mask.data_ptr())
+    cached = getattr(mask, "_fxprune_all_ones", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    answer = bool(torch.all(mask == 1))
+    try:
+        mask._fxprune_all_ones = (key, answer)
+    except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
+        pass
+    return answer
 
 
 def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks):
