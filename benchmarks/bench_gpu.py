@@ -159,16 +159,20 @@ def train_section(name, s, device, deadline, amp) -> dict:
                 "smcp_outside": (pm, outside)}
     optims = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m, _ in variants.values()}
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    # fp16 needs loss scaling (bf16 does not); pruner.step() goes after unscale_, before step
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def step(model, pruner):
         with torch.autocast(device.type, dtype=dtype, enabled=amp != "off"):
             loss = F.cross_entropy(model(x), y)
         opt = optims[id(model)]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         if pruner is not None:
-            pruner.step()  # bf16 needs no GradScaler; with fp16: after scaler.unscale_(opt)
-        opt.step()
+            pruner.step()  # importance from unscaled gradients; inf/nan steps are skipped
+        scaler.step(opt)
+        scaler.update()
 
     times = {k: [] for k in variants}
     for i in range(s["train_steps"] + 2):
