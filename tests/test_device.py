@@ -229,3 +229,73 @@ def test_update_record_counts_skipped_steps():
         pm.zero_grad()
     assert record is not None and record["skipped_steps"] == 1
     assert pruner.importance.skipped == 0  # reset with the window
+
+
+# -- masked LayerNorm: no host read per forward, a lean exact path, autocast ----------------------
+
+def _weighted_reference(x, weight, bias, eps, mask):
+    """The definition: statistics weighted by the mask, in float64."""
+    x, w = x.double(), mask.double()
+    mean = (x * w).sum(-1, keepdim=True) / w.sum()
+    var = ((x - mean) ** 2 * w).sum(-1, keepdim=True) / w.sum()
+    return (x - mean) / torch.sqrt(var + eps) * weight.double() + bias.double()
+
+
+def test_masked_layer_norm_fast_path_matches_the_definition_with_gradients():
+    from fxprune.masks import masked_layer_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 5, 24, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(24, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(24, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(24, dtype=torch.float64)
+    mask[::3] = 0
+    y = masked_layer_norm(x, (24,), weight, bias, 1e-6, (0,), mask)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    ref = _weighted_reference(x2, w2, b2, 1e-6, mask)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (ref * g).sum().backward()
+    for a, b in ((x, x2), (weight, w2), (bias, b2)):
+        assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-10)
+    # a soft (non 0/1) mask weights the statistics: the general path, still the definition
+    soft = mask.clone()
+    soft[1] = 0.5
+    y_soft = masked_layer_norm(x, (24,), weight, bias, 1e-6, (0,), soft)
+    assert torch.allclose(y_soft, _weighted_reference(x, weight, bias, 1e-6, soft), atol=1e-12)
+
+
+def test_masked_layer_norm_reads_the_mask_once_per_change(monkeypatch):
+    from fxprune import masks as masks_module
+
+    x = torch.randn(2, 4, 4, 16)
+    ln = nn.LayerNorm(16)
+    mask = torch.ones(16)
+    reads = []
+    real = masks_module.torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or real(t))
+    for _ in range(3):
+        masks_module.masked_layer_norm(x, (16,), ln.weight, ln.bias, 1e-5, (0,), mask)
+    assert len(reads) == 1
+    mask[3] = 0  # an in-place write: a new version, read once more
+    for _ in range(3):
+        masks_module.masked_layer_norm(x, (16,), ln.weight, ln.bias, 1e-5, (0,), mask)
+    assert len(reads) == 2
+
+
+def test_masked_layer_norm_under_bfloat16_autocast_computes_in_float32():
+    from fxprune.masks import masked_layer_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 3, 64) * 3 + 5
+    ln = nn.LayerNorm(64)
+    mask = torch.ones(64)
+    mask[::2] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = masked_layer_norm(x.bfloat16(), (64,), ln.weight, ln.bias, 1e-5, (0,), mask)
+        plain = F.layer_norm(x.bfloat16(), (64,), ln.weight, ln.bias, 1e-5)
+    assert y.dtype == plain.dtype  # what F.layer_norm gives under autocast (bf16 on the CPU)
+    ref = _weighted_reference(x.bfloat16().float(), ln.weight, ln.bias, 1e-5, mask)
+    # statistics in float32: only the final rounding to bfloat16 remains
+    assert torch.allclose(y.double(), ref, rtol=1e-2, atol=1e-2)
