@@ -29,6 +29,10 @@ class ImportanceAccumulator:
             raise ValueError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
         self.consumers, self.n, self.kind = consumers, n, kind
         self.accumulate, self.momentum = accumulate, momentum
+        # Where each consumer's input positions add up: position -> flat channel, and the
+        # positions no prunable group owns (-1) -> a spill slot n. A boolean selection would
+        # size its result from the data: a device-to-host sync per layer per step on a GPU.
+        self._targets = [torch.where(c.in_flat >= 0, c.in_flat, n) for c in consumers]
         device = consumers[0].param.device if consumers else torch.device("cpu")
         self.total = torch.zeros(n, dtype=torch.float64, device=device)
         self.count = 0  # steps observed (a host-side int: counting costs no device sync)
@@ -39,9 +43,11 @@ class ImportanceAccumulator:
     def follow_model(self) -> None:
         """Move the running state and the consumers' index tensors to where the weights are:
         the model may have moved to a GPU (or back) after the pruner was built."""
-        for c in self.consumers:
+        for i, c in enumerate(self.consumers):
             if c.in_flat.device != c.param.device:
                 c.in_flat, c.out_flat = c.in_flat.to(c.param.device), c.out_flat.to(c.param.device)
+            if self._targets[i].device != c.param.device:
+                self._targets[i] = self._targets[i].to(c.param.device)
         device = self.consumers[0].param.device if self.consumers else self.total.device
         if self.total.device != device:
             self.total = self.total.to(device)
@@ -58,9 +64,9 @@ class ImportanceAccumulator:
             return
         self.follow_model()
         ext = torch.cat([flat_masks.to(self.total.device, torch.float64), self.total.new_ones(1)])
-        step = torch.zeros_like(self.total)
+        spill = self.total.new_zeros(self.n + 1)  # [n]: positions outside every prunable group
         seen = False
-        for c in self.consumers:
+        for c, target in zip(self.consumers, self._targets):
             g = c.param.grad
             if g is None:
                 continue
@@ -75,10 +81,10 @@ class ImportanceAccumulator:
             s = s.sum(dim=tuple(range(2, s.ndim))) if s.ndim > 2 else s  # (C_out, C_in)
             out_kept = ext[c.out_flat].to(s.dtype)  # -1 picks the trailing 1: always kept
             per_input = (out_kept @ s).double()
-            valid = c.in_flat >= 0
-            step.index_add_(0, c.in_flat[valid], per_input[valid])
+            spill.index_add_(0, target, per_input)
         if not seen:
             return
+        step = spill[: self.n]
         finite = torch.isfinite(step).all()
         step = torch.where(finite, step.abs(), 0.0)
         if self.accumulate == "mean":

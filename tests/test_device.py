@@ -189,6 +189,22 @@ def test_step_copies_nothing_to_the_host_between_updates(monkeypatch):
     assert pruner.step() is None  # importance window, masked decay, LayerNorm masks: no copy
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_cuda_step_between_updates_never_synchronizes():
+    pm = prepared().cuda()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=4, channel_step=4,
+                          masked_decay=2e-4)
+    train(pm, pruner, 5, "cuda", torch.float32)  # an update, then a forward with its masks
+    x, y = batch(5, "cuda", torch.float32)
+    F.cross_entropy(pm(x), y).backward()
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host sync raises
+    try:
+        assert pruner.step() is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("accumulate", ["mean", "momentum"])
 def test_steps_with_non_finite_gradients_are_skipped_and_counted(accumulate):
     """A step whose gradients hold inf/nan (a GradScaler overflow) leaves the importance as if
