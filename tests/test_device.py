@@ -315,3 +315,35 @@ def test_masked_layer_norm_under_bfloat16_autocast_computes_in_float32():
     ref = _weighted_reference(x.bfloat16().float(), ln.weight, ln.bias, 1e-5, mask)
     # statistics in float32: only the final rounding to bfloat16 remains
     assert torch.allclose(y.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+# -- the recipe: only the device changes ------------------------------------------------------------
+
+RECIPE = {
+    "seed": 3, "num_threads": 1,
+    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
+             "batch_size": 32, "test_batch_size": 64},
+    "model": {"widths": [8, 16, 16], "blocks": [1, 1, 1]},
+    "optim": {"epochs": 1, "lr": 0.05},
+    "prune": {"method": "smcp", "target": 0.5, "warmup": 1, "ramp": 3, "update_every": 2,
+              "channel_step": 4, "masked_decay": 2e-4},
+    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, needs_cuda])])
+def test_recipe_trains_on_the_device_and_resumes_on_the_cpu(device, tmp_path):
+    from fxprune.train import resolve_config, train
+
+    threads = torch.get_num_threads()
+    try:
+        out = tmp_path / "run"
+        first = train(resolve_config(RECIPE, [f"out={out}", f"device={device}"]))
+        assert first["finalize_mismatched_samples"] == 0 and first["flops_ratio"] <= 0.5 + 1e-6
+        # the checkpoint written on `device` continues on the CPU
+        resumed = train(resolve_config(RECIPE, [f"out={out}", "device=cpu", "optim.epochs=2"]),
+                        resume=True)
+        assert resumed["epochs"] == 2 and resumed["finalize_mismatched_samples"] == 0
+        assert torch.load(resumed["model"], weights_only=False).training is False
+    finally:
+        torch.set_num_threads(threads)
