@@ -271,8 +271,10 @@ class LayerTimer:
         shape = layer_input_shape(layer, c_in)
         with timing_settings(self.device, self.threads):
             torch.manual_seed(0)
+            # channels_last is a conv's layout; a Linear's 4-D input (N, H, W, C) already is
             module, x = prepare_module(layer_module(layer, c_in, c_out), shape, self.device,
-                                       precision, channels_last=self.channels_last)
+                                       precision,
+                                       channels_last=self.channels_last and layer.kind == "conv")
             fn = make_runner(module, x, cuda_graphs=self.cuda_graphs, warmup=self.warmup)
             # as many samples as fit in target_ms, between min_runs and max_runs
             probe = time_interleaved({"l": fn}, self.device, iters=1, warmup=0,
