@@ -138,7 +138,36 @@ def time_mask_overhead(name: str, batch: int, size: int, steps: int) -> dict:
             "ones_ratio": med["masks_ones"] / med["plain"], "half_ratio": med["masks_half"] / med["plain"]}
 
 
-def mask_overhead_table(rows, meta) -> str:
+def time_masked_layer_norm(shape=(4, 28, 28, 192), reps: int = 20) -> dict:
+    """Forward + backward ms of one channels-last LayerNorm with half its channels masked:
+    F.layer_norm (no mask), the weighted-sum form (before), the gathered var_mean (now)."""
+    from fxprune.masks import layer_norm_over_kept, layer_norm_weighted
+
+    torch.manual_seed(0)
+    c = shape[-1]
+    x0, grad = torch.randn(shape), torch.randn(shape)
+    ln = torch.nn.LayerNorm(c)
+    mask = torch.ones(c)
+    mask[1::2] = 0
+    kept = mask.nonzero().reshape(-1)
+    forms = {
+        "plain": lambda x: F.layer_norm(x, (c,), ln.weight, ln.bias, 1e-6),
+        "weighted_sums": lambda x: layer_norm_weighted(x, (c,), ln.weight, ln.bias, 1e-6, (0,), (mask,)),
+        "gathered_var_mean": lambda x: layer_norm_over_kept(x, kept, ln.weight, ln.bias, 1e-6),
+    }
+    times = {k: [] for k in forms}
+    for rep in range(reps + 3):
+        for key, fn in forms.items():
+            x = x0.clone().requires_grad_()
+            started = time.perf_counter()
+            fn(x).backward(grad)
+            if rep >= 3:
+                times[key].append(time.perf_counter() - started)
+    return {"shape": "x".join(map(str, shape)), "reps": reps,
+            **{f"{k}_ms": round(statistics.median(v) * 1e3, 2) for k, v in times.items()}}
+
+
+def mask_overhead_table(rows, meta, ln=None) -> str:
     lines = ["# fxprune mask overhead (CPU, not GPU)", "",
              f"`python benchmarks/bench_overheads.py --masks-only` on {meta['cpu']}, {meta['threads']} "
              f"threads, torch {meta['torch']}; load average {meta['load_average_before'][0]:.2f} -> "
@@ -146,6 +175,11 @@ def mask_overhead_table(rows, meta) -> str:
              "| model | batch x input | plain (ms) | masks all 1 | half masked |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['batch']} x {r['input']} | {r['plain_ms']:.1f} | {r['ones_ratio']:.3f}x | "
               f"{r['half_ratio']:.3f}x |" for r in rows]
+    if ln:
+        lines += ["", f"Masked LayerNorm alone ({ln['shape']}, half the channels masked, forward + backward, "
+                  f"median of {ln['reps']}): F.layer_norm without mask {ln['plain_ms']:.2f} ms; weighted sums "
+                  f"(the form before) {ln['weighted_sums_ms']:.2f} ms; gathered var_mean (now, 0/1 masks) "
+                  f"{ln['gathered_var_mean_ms']:.2f} ms."]
     return "\n".join(lines) + "\n"
 
 
@@ -166,12 +200,14 @@ def main(argv=None) -> int:
         out = args.out or ROOT / "benchmarks" / "results" / "overheads_masks"
         rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
                 for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
+        ln = time_masked_layer_norm()
         meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                 "torch": torch.__version__, "device": "cpu", "load_average_before": load_before,
                 "load_average_after": os.getloadavg()}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "mask_overhead": rows}, indent=2))
-        table = mask_overhead_table(rows, meta)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "mask_overhead": rows,
+                                                          "masked_layer_norm": ln}, indent=2))
+        table = mask_overhead_table(rows, meta, ln)
         out.with_suffix(".md").write_text(table)
         print(table)
         return 0

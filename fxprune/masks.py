@@ -145,24 +145,35 @@ def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks)
 
 
 def _masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, masks):
-    k = len(normalized_shape)
-    dims = tuple(range(x.ndim - k, x.ndim))
     if weight is not None:
         weight = weight.to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)
-    if k == 1 and len(masks) == 1 and _mask_facts(masks[0])[2]:
-        # One channel dim with a 0/1 mask (ConvNeXt's channels-last LayerNorm): statistics of
-        # the kept channels in one fused pass over a gathered copy, and one fused affine; about
-        # half the time of the weighted sums below (forward + backward, CPU), same result.
-        kept = _mask_facts(masks[0])[1]
-        var, mean = torch.var_mean(x.index_select(-1, kept), -1, correction=0, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + eps)
-        if weight is not None and bias is not None:
-            return torch.addcmul(bias, y, weight)
-        if weight is not None:
-            return y * weight
-        return y + bias if bias is not None else y
+    if len(normalized_shape) == 1 and len(masks) == 1 and _mask_facts(masks[0])[2]:
+        return layer_norm_over_kept(x, _mask_facts(masks[0])[1], weight, bias, eps)
+    return layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks)
+
+
+def layer_norm_over_kept(x, kept, weight, bias, eps):
+    """Layer norm over the last dim with statistics of the channels ``kept`` (indices) only.
+
+    For one channel dim and a 0/1 mask (ConvNeXt's channels-last LayerNorm): statistics in one
+    fused ``var_mean`` over a gathered copy and one fused affine, instead of weighted sums over
+    the whole activation; the same values and gradients (``tests/test_device.py``), about half
+    the forward + backward time on the CPU (``bench_overheads.py --masks-only``)."""
+    var, mean = torch.var_mean(x.index_select(-1, kept), -1, correction=0, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None and bias is not None:
+        return torch.addcmul(bias, y, weight)
+    if weight is not None:
+        return y * weight
+    return y + bias if bias is not None else y
+
+
+def layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks):
+    """Layer norm whose statistics weight each position by its mask value (any masks/dims)."""
+    k = len(normalized_shape)
+    dims = tuple(range(x.ndim - k, x.ndim))
     w = x.new_ones(())
     for j, m in zip(mask_dims, masks):
         w = w * broadcast_along(m.to(x.dtype), k, j)
