@@ -93,33 +93,29 @@ class MaskedLinear(_InputMasked, nn.Linear):
 # later would change every other channel's output.
 
 def _all_ones(masks) -> bool:
-    return all(_mask_facts(m)[0] for m in masks)
+    return all(_is_all_ones(m) for m in masks)
 
 
-def _mask_facts(mask: torch.Tensor) -> tuple[bool, torch.Tensor | None, bool]:
-    """(every entry is 1, indices of the nonzero entries, every entry is 0 or 1), remembered
-    per mask version.
+def _is_all_ones(mask: torch.Tensor) -> bool:
+    """Whether every entry of ``mask`` is 1, remembered per mask version.
 
-    Reading either is a device-to-host copy; on a GPU that stalls the CPU until every queued
-    kernel has run, and it happened once per norm per forward (23 times per ConvNeXt-T forward).
-    In-place writes (the pruner's ``copy_``, ``g.mask[...] = 0``) bump the tensor's version
-    counter, so the facts are recomputed only when the mask really changes. A mask computed in
-    the forward (``gather_mask``) is a new tensor each time and is checked each time.
+    Reading the answer is a device-to-host copy; on a GPU that stalls the CPU until every
+    queued kernel has run, and it happened once per norm per forward (23 times per ConvNeXt-T
+    forward). In-place writes (the pruner's ``copy_``, ``g.mask[...] = 0``) bump the tensor's
+    version counter, so the answer is read again only when the mask really changes. A mask
+    computed in the forward (``gather_mask``) is a new tensor each time and is read each time.
     """
     key = (mask._version, mask.data_ptr(), mask.device)
-    cached = getattr(mask, "_fxprune_facts", None)
+    cached = getattr(mask, "_fxprune_all_ones", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     with torch.no_grad():
-        ones, zeros = mask == 1, mask == 0
-        all_ones, binary = torch.stack([ones.all(), (ones | zeros).all()]).tolist()
-        kept = None if all_ones else torch.nonzero(~zeros.reshape(-1)).reshape(-1)
-    facts = (bool(all_ones), kept, bool(binary))
+        answer = bool((mask == 1).all().item())
     try:
-        mask._fxprune_facts = (key, facts)
+        mask._fxprune_all_ones = (key, answer)
     except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
         pass
-    return facts
+    return answer
 
 
 def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks):
@@ -149,20 +145,24 @@ def _masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, masks)
         weight = weight.to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)
-    if len(normalized_shape) == 1 and len(masks) == 1 and _mask_facts(masks[0])[2]:
-        return layer_norm_over_kept(x, _mask_facts(masks[0])[1], weight, bias, eps)
+    if len(normalized_shape) == 1 and len(masks) == 1:
+        return layer_norm_mask_vector(x, masks[0], weight, bias, eps)
     return layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks)
 
 
-def layer_norm_over_kept(x, kept, weight, bias, eps):
-    """Layer norm over the last dim with statistics of the channels ``kept`` (indices) only.
+def layer_norm_mask_vector(x, mask, weight, bias, eps):
+    """Layer norm over the last dim whose statistics weight channel c by ``mask[c]``.
 
-    For one channel dim and a 0/1 mask (ConvNeXt's channels-last LayerNorm): statistics in one
-    fused ``var_mean`` over a gathered copy and one fused affine, instead of weighted sums over
-    the whole activation; the same values and gradients (``tests/test_device.py``), about half
-    the forward + backward time on the CPU (``bench_overheads.py --masks-only``)."""
-    var, mean = torch.var_mean(x.index_select(-1, kept), -1, correction=0, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + eps)
+    For one channel dim (ConvNeXt's channels-last LayerNorm) the weighted means are products
+    with the normalized mask vector, ``x @ (m / sum(m))``: one GEMV reads the activation instead
+    of a product written out and a sum, and the affine is one ``addcmul``. The same values and
+    gradients as :func:`layer_norm_weighted` (``tests/test_device.py``); faster forward +
+    backward on the CPU (``bench_overheads.py --masks-only``)."""
+    wn = mask.to(x.dtype)
+    wn = wn / wn.sum()
+    mean = (x @ wn).unsqueeze(-1)
+    d = x - mean
+    y = d * torch.rsqrt(((d * d) @ wn).unsqueeze(-1) + eps)
     if weight is not None and bias is not None:
         return torch.addcmul(bias, y, weight)
     if weight is not None:
