@@ -48,7 +48,9 @@ def measure(pm, cache, device, **kw):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_table_is_measured_at_the_deployment_batch_cached_and_prices_the_knapsack(device, tmp_path):
-    pm = fxprune.prepare(small_net(16), (torch.randn(1, 3, 16, 16),))
+    # wide enough at 32x32 that conv time, not per-call overhead, dominates: the knapsack below
+    # then has room under its target even when a loaded machine makes timings noisy
+    pm = fxprune.prepare(small_net(32), (torch.randn(1, 3, 32, 32),))
     precision = "fp16" if device == "cuda" else None
     table = measure(pm, tmp_path / "cache.json", device, batch=4, precision=precision)
     assert table.backend == "torch" and table.batch == 4
@@ -73,13 +75,13 @@ def test_table_is_measured_at_the_deployment_batch_cached_and_prices_the_knapsac
     table.save(tmp_path / "table.json")
     loaded = LatencyTable.load(tmp_path / "table.json")
     spec = fxprune.layer_specs(pm)[1]
-    assert loaded.layer_cost(spec, 8, 16) == table.layer_cost(spec, 8, 16)
+    assert loaded.layer_cost(spec, 8, 16) == table.layer_cost(spec, 8, 16) > 0
     pm = pm.to(device)
     # (tiny layers: latency is far from proportional to channels, so a mild target)
     pruner = fxprune.SMCP(pm, target=0.9, cost=table, warmup=0, ramp=1, update_every=1,
                           channel_step=8)
     for step in range(2):
-        x = torch.randn(4, 3, 16, 16, device=device)
+        x = torch.randn(4, 3, 32, 32, device=device)
         F.cross_entropy(pm(x), torch.randint(0, 10, (4,), device=device)).backward()
         pruner.step()
         pm.zero_grad()
