@@ -7,9 +7,14 @@
   with SMCP's per-step work during the ramp (half the channels masked, Taylor importance,
   masked weight decay), the two interleaved step by step so background load hits both alike;
   medians. Target from the issue: <= 1.10x;
-* one SMCP mask update (ranking, knapsack, re-pricing, exact repair) on resnet50/mobilenet_v2.
+* one SMCP mask update (ranking, knapsack, re-pricing, exact repair) on resnet50/mobilenet_v2;
+* mask overhead alone (``--masks-only`` runs just this): forward + backward of the plain model
+  vs the prepared model with all masks 1 and with half of every group masked, no pruner work,
+  for resnet50, mobilenet_v2 and convnext_tiny at a small batch, interleaved, medians. On the
+  CPU, not a GPU: on a GPU the cost of a host sync per norm (fixed in fxprune.masks) shows,
+  here the cost of the extra passes over activations does.
 
-Writes ``benchmarks/results/overheads.{json,md}``.
+Writes ``benchmarks/results/overheads.{json,md}`` (``--masks-only``: ``overheads_masks``).
 """
 from __future__ import annotations
 
@@ -63,10 +68,11 @@ def time_training_steps(name: str, batch: int, steps: int, shape) -> dict:
     pm = fxprune.prepare(plain, (x[:1],))
     # The ramp's per-step work, the worst case: importance gathered, half the channels masked
     # (straight-through masks, masked weight decay); no mask update inside the timed steps.
-    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=10 ** 6, update_every=10 ** 6, masked_decay=2e-4)
+    # Masks first: the pruner's per-step decay goes by the masks it knows at construction.
     for g in fxprune.channel_groups(pm):
         if g.prunable:
             g.mask[1::2] = 0
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=10 ** 6, update_every=10 ** 6, masked_decay=2e-4)
     runs = {"plain": (plain, None), "masked": (pm, pruner)}
     optim = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, (m, _) in runs.items()}
     times = {k: [] for k in runs}
@@ -101,14 +107,120 @@ def time_update(name: str, size: int, repeats: int = 3) -> dict:
             "resolves": records[-1]["resolves"], "cost_after": records[-1]["actual"]}
 
 
+def time_mask_overhead(name: str, batch: int, size: int, steps: int) -> dict:
+    """Forward + backward ms of the plain model, the prepared one with all masks 1, and with
+    half of every group masked (no pruner, no optimizer), interleaved step by step; medians."""
+    torch.manual_seed(0)
+    plain = torchvision.models.get_model(name, weights=None, num_classes=10)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    ones = fxprune.prepare(plain, (x[:1],))
+    half = fxprune.prepare(plain, (x[:1],))
+    for g in fxprune.channel_groups(half):
+        if g.prunable:
+            g.mask[1::2] = 0
+            for positions in g.keep_one_of:
+                if not g.mask[positions].any():
+                    g.mask[positions[0]] = 1
+    runs = {"plain": plain, "masks_ones": ones, "masks_half": half}
+    times = {k: [] for k in runs}
+    for step in range(steps + 2):
+        for key, model in runs.items():
+            started = time.perf_counter()
+            F.cross_entropy(model(x), y).backward()
+            elapsed = time.perf_counter() - started
+            model.zero_grad(set_to_none=True)
+            if step >= 2:
+                times[key].append(elapsed)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    low = {k: min(v) * 1e3 for k, v in times.items()}  # load only adds time: steadier when shared
+    return {"model": name, "batch": batch, "input": f"3x{size}x{size}", "steps": steps,
+            **{f"{k}_ms": round(v, 2) for k, v in med.items()},
+            **{f"{k}_min_ms": round(v, 2) for k, v in low.items()},
+            "ones_ratio": med["masks_ones"] / med["plain"], "half_ratio": med["masks_half"] / med["plain"],
+            "ones_ratio_min": low["masks_ones"] / low["plain"], "half_ratio_min": low["masks_half"] / low["plain"]}
+
+
+def time_masked_layer_norm(shape=(4, 28, 28, 192), reps: int = 20) -> dict:
+    """Forward + backward ms of one channels-last LayerNorm with half its channels masked:
+    F.layer_norm (no mask), the weighted-sum form (before), the mask-vector GEMV form (now)."""
+    from fxprune.masks import layer_norm_mask_vector, layer_norm_weighted
+
+    torch.manual_seed(0)
+    c = shape[-1]
+    x0, grad = torch.randn(shape), torch.randn(shape)
+    ln = torch.nn.LayerNorm(c)
+    mask = torch.ones(c)
+    mask[1::2] = 0
+    forms = {
+        "plain": lambda x: F.layer_norm(x, (c,), ln.weight, ln.bias, 1e-6),
+        "weighted_sums": lambda x: layer_norm_weighted(x, (c,), ln.weight, ln.bias, 1e-6, (0,), (mask,)),
+        "mask_vector": lambda x: layer_norm_mask_vector(x, mask, ln.weight, ln.bias, 1e-6),
+    }
+    times = {k: [] for k in forms}
+    for rep in range(reps + 3):
+        for key, fn in forms.items():
+            x = x0.clone().requires_grad_()
+            started = time.perf_counter()
+            fn(x).backward(grad)
+            if rep >= 3:
+                times[key].append(time.perf_counter() - started)
+    # medians, and minimums (load only ever adds time: on a shared machine the minimum is the
+    # steadier comparison)
+    return {"shape": "x".join(map(str, shape)), "reps": reps,
+            **{f"{k}_ms": round(statistics.median(v) * 1e3, 2) for k, v in times.items()},
+            **{f"{k}_min_ms": round(min(v) * 1e3, 2) for k, v in times.items()}}
+
+
+def mask_overhead_table(rows, meta, ln=None) -> str:
+    lines = ["# fxprune mask overhead (CPU, not GPU)", "",
+             f"`python benchmarks/bench_overheads.py --masks-only` on {meta['cpu']}, {meta['threads']} "
+             f"threads, torch {meta['torch']}; load average {meta['load_average_before'][0]:.2f} -> "
+             f"{meta['load_average_after'][0]:.2f}. Forward + backward, interleaved steps; ratios of "
+             "medians and of minimums (the machine is shared: load only adds time).", "",
+             "| model | batch x input | plain (ms), median / min | masks all 1, median / min | "
+             "half masked, median / min |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['batch']} x {r['input']} | {r['plain_ms']:.1f} / {r['plain_min_ms']:.1f} | "
+              f"{r['ones_ratio']:.3f}x / {r['ones_ratio_min']:.3f}x | {r['half_ratio']:.3f}x / "
+              f"{r['half_ratio_min']:.3f}x |" for r in rows]
+    if ln:
+        lines += ["", f"Masked LayerNorm alone ({ln['shape']}, half the channels masked, forward + backward, "
+                  f"median / minimum of {ln['reps']}, ms): F.layer_norm without mask {ln['plain_ms']:.2f} / "
+                  f"{ln['plain_min_ms']:.2f}; weighted sums (the form before) {ln['weighted_sums_ms']:.2f} / "
+                  f"{ln['weighted_sums_min_ms']:.2f}; mask-vector GEMV (now) {ln['mask_vector_ms']:.2f} / "
+                  f"{ln['mask_vector_min_ms']:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overheads")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--masks-only", action="store_true",
+                        help="only the mask-overhead section (plain vs masked forward + backward)")
+    parser.add_argument("--mask-batch", type=int, default=2)
+    parser.add_argument("--mask-size", type=int, default=160)
+    parser.add_argument("--mask-steps", type=int, default=8)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    if args.masks_only:
+        out = args.out or ROOT / "benchmarks" / "results" / "overheads_masks"
+        rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
+                for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
+        ln = time_masked_layer_norm()
+        meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+                "torch": torch.__version__, "device": "cpu", "load_average_before": load_before,
+                "load_average_after": os.getloadavg()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "mask_overhead": rows,
+                                                          "masked_layer_norm": ln}, indent=2))
+        table = mask_overhead_table(rows, meta, ln)
+        out.with_suffix(".md").write_text(table)
+        print(table)
+        return 0
+    args.out = args.out or ROOT / "benchmarks" / "results" / "overheads"
     passes = [time_prepare_finalize(n, 224, 3) for n in ("resnet50", "convnext_tiny", "mobilenet_v2")]
     steps = [time_training_steps("resnet_fmnist", 128, args.steps, (1, 28, 28)),
              time_training_steps("resnet18", 32, args.steps, (3, 64, 64))]

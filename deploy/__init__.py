@@ -1,4 +1,4 @@
-"""Deployment: ONNX export, ONNX Runtime / TensorRT timing, reports, measured latency tables.
+"""Deployment: ONNX export, ONNX Runtime / TensorRT / PyTorch timing, reports, latency tables.
 
 The names below load on first use, so ``import fxprune.deploy`` stays cheap and never imports
 ``tensorrt`` (which may not be installed).
@@ -7,7 +7,8 @@ The names below load on first use, so ``import fxprune.deploy`` stays cheap and 
   compare=None, threads=2, iters=100, warmup=10, trust_model_file=False, ...) -> dict`` (the
   report; pickled .pt files load only with trust_model_file=True, ONNX files always)
 - ``LatencyTable.measure(layers_or_prepared_model, backend="onnxruntime", step=8, threads=2,
-  cache=None, progress=True, ...)``: a ``CostModel`` in ms
+  cache=None, progress=True, batch=None, precision=None, ...)``: a ``CostModel`` in ms;
+  ``backend="torch"`` times with PyTorch (CUDA graphs + cuDNN on a GPU, eager on the CPU)
 - ``export_onnx``, ``verify_onnx``, ``load_model``, ``resolve_input_shape``, ``DeployError``
 """
 from __future__ import annotations

@@ -22,11 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "runs any code the file carries, so only for files you wrote or trust")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for model.onnx, model.engine and report.json")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
-                   help="auto: TensorRT when it imports and a CUDA GPU exists, else ONNX Runtime")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"),
+                   default="auto",
+                   help="auto: TensorRT when it imports and a CUDA GPU exists, else PyTorch on "
+                        "the CUDA GPU (CUDA graphs, cuDNN), else ONNX Runtime on the CPU")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="fp16: TensorRT 10 builds with its FP16 flag from an fp32 ONNX; "
-                        "TensorRT 11 (strongly typed) and ONNX Runtime get an fp16 ONNX")
+                        "TensorRT 11 (strongly typed) and ONNX Runtime get an fp16 ONNX; "
+                        "bf16: torch backend only")
+    p.add_argument("--device", default=None,
+                   help="torch backend: cuda, cuda:1 or cpu (default: CUDA when available)")
     p.add_argument("--batch", type=int, default=None,
                    help="batch size to deploy at (replaces the input shape's first dim)")
     p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
@@ -36,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dense model (ONNX, or torch.save file with --trust-model-file) to time "
                         "interleaved with MODEL")
     p.add_argument("--threads", type=int, default=2,
-                   help="ONNX Runtime intra-op threads (default 2)")
+                   help="CPU threads: ONNX Runtime intra-op, or torch on the CPU (default 2)")
     p.add_argument("--iters", type=int, default=100, help="timed runs per model (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                threads=args.threads, iters=args.iters, warmup=args.warmup, opset=args.opset,
                max_batch=args.max_batch, workspace=args.workspace_mib * 1024 * 1024,
                atol=args.atol, rtol=args.rtol, progress=not args.no_progress,
-               trust_model_file=args.trust_model_file)
+               trust_model_file=args.trust_model_file, device=args.device)
     except (DeployError, OSError) as e:  # the message alone: it says what to do
         print(f"fxprune deploy: error: {e}", file=sys.stderr)
         return 1

@@ -14,10 +14,17 @@ blocks are timed once), and so do runs: points are cached in a JSON file keyed b
 runtime version, device name and threads, then by the layer signature (which holds the batch,
 spatial size, kernel, stride, groups and dtype) and the channel counts. A second ``measure`` with
 the same cache times nothing.
+
+Backends: ``onnxruntime`` (CPU), ``tensorrt`` (CUDA GPU) and ``torch`` (PyTorch itself: cuDNN
+with CUDA graphs on a GPU, eager on the CPU; see :mod:`fxprune.deploy.torch_backend`). A table
+may be measured at another batch and precision than the prepared model's example inputs (the
+deployment batch, fp16): ``measure(..., batch=256, precision="fp16")``; the table then looks
+every layer up at that batch and dtype.
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 import os
@@ -33,7 +40,8 @@ from .common import DeployError
 Timer = Callable[[LayerSpec, int, int], float]
 _TABLE_FORMAT = "fxprune-latency-table"
 _CACHE_FORMAT = "fxprune-latency-cache"
-_BACKENDS = ("onnxruntime", "tensorrt")
+_BACKENDS = ("onnxruntime", "tensorrt", "torch")
+_PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _CACHE_SAVE_EVERY_S = 30.0  # an interrupted measurement keeps what it had timed
 
 
@@ -95,11 +103,13 @@ class LatencyTable:
     name = "latency"
 
     def __init__(self, backend: str = "onnxruntime", device: str = "", threads: int = 2,
-                 runtime_version: str = ""):
+                 runtime_version: str = "", batch: int | None = None, dtype: str | None = None):
         self.backend = backend
         self.device = device
         self.threads = threads
         self.runtime_version = runtime_version
+        #: batch and dtype the table was measured at, when they override the layers' own
+        self.batch, self.dtype = batch, dtype
         # point_key -> {(c_in, c_out): ms}; shared by every layer with that signature.
         self._points: dict[str, dict[tuple[int, int], float]] = {}
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
@@ -112,7 +122,9 @@ class LatencyTable:
                 cache: str | os.PathLike | None = None, progress: bool = True, *,
                 timer: Timer | None = None, device: str | None = None, warmup: int = 2,
                 min_runs: int = 5, max_runs: int = 25, target_ms: float = 15.0,
-                passes: int = 2, seed: int = 0,
+                passes: int = 2, seed: int = 0, batch: int | None = None,
+                precision: str | None = None, torch_device: str | None = None,
+                cuda_graphs: bool = True, channels_last: bool = True,
                 log: Callable[[str], None] = print) -> "LatencyTable":
         """Time every layer's (c_in, c_out) grid and return the table.
 
@@ -128,17 +140,29 @@ class LatencyTable:
         ``passes`` passes, each in a fresh random order (``seed``), and every point keeps its
         fastest pass: a burst of load hits scattered points in one pass, not a layer's whole
         grid, and is then outvoted.
+
+        ``batch`` and ``precision`` ("fp32", "fp16", "bf16") time every layer at the deployment
+        batch and dtype instead of the prepared model's (SMCP's tables: batch 256, fp16).
+        ``torch_device`` ("cuda", "cuda:1", "cpu"; default: CUDA when there is one),
+        ``cuda_graphs`` and ``channels_last`` are the torch backend's settings.
         """
         if backend not in _BACKENDS:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
+        if precision is not None and precision not in _PRECISION_DTYPES:
+            raise DeployError(f"precision {precision!r} is not one of {tuple(_PRECISION_DTYPES)}")
+        if batch is not None and batch < 1:
+            raise DeployError(f"batch must be >= 1, got {batch}")
+        dtype = _PRECISION_DTYPES.get(precision)
         layers = _as_layer_specs(layers)
         if timer is None:
             timer, runtime_version, default_device = _backend_timer(
                 backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
-                target_ms=target_ms)
+                target_ms=target_ms, torch_device=torch_device, cuda_graphs=cuda_graphs,
+                channels_last=channels_last)
         else:
             runtime_version, default_device = "custom-timer", "custom-timer"
-        table = cls(backend, device or default_device, threads, runtime_version)
+        table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
+        layers = [table._as_measured(layer) for layer in layers]
 
         todo: dict[tuple[str, int, int], LayerSpec] = {}
         for layer in layers:
@@ -186,6 +210,18 @@ class LatencyTable:
         table.stats["seconds"] = time.perf_counter() - t_start
         return table
 
+    def _as_measured(self, layer: LayerSpec) -> LayerSpec:
+        """``layer`` at the batch and dtype this table was measured at."""
+        if self.batch is None and self.dtype is None:
+            return layer
+        changes = {}
+        if self.dtype is not None and layer.dtype != self.dtype:
+            changes["dtype"] = self.dtype
+        if self.batch is not None and layer.input_shape and layer.batch != self.batch:
+            changes["input_shape"] = (self.batch, *layer.input_shape[1:])
+            changes["output_shape"] = (self.batch, *layer.output_shape[1:])
+        return dataclasses.replace(layer, **changes) if changes else layer
+
     def _context(self) -> str:
         return f"{self.backend}|{self.runtime_version}|{self.device}|threads={self.threads}"
 
@@ -198,14 +234,14 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ querying
     def __contains__(self, layer: LayerSpec) -> bool:
-        return grid_key(layer) in self._grids
+        return grid_key(self._as_measured(layer)) in self._grids
 
     def __len__(self) -> int:
         return len(self._grids)
 
     def grid(self, layer: LayerSpec) -> tuple[list[int], list[int]]:
         """The (c_in, c_out) axes measured for ``layer``."""
-        cins, couts, _, _ = self._grid_for(layer)
+        cins, couts, _, _ = self._grid_for(self._as_measured(layer))
         return list(cins), list(couts)
 
     def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
@@ -213,6 +249,7 @@ class LatencyTable:
 
         Depthwise layers are looked up at ``c_in`` (their kept count is c_in == c_out).
         """
+        layer = self._as_measured(layer)
         cins, couts, diag, _ = self._grid_for(layer)
         if c_in <= 0 or c_out <= 0:
             return 0.0  # a layer with no channels left is removed from the network
@@ -248,7 +285,7 @@ class LatencyTable:
         return {
             "format": _TABLE_FORMAT, "version": 1, "name": self.name, "backend": self.backend,
             "device": self.device, "threads": self.threads,
-            "runtime_version": self.runtime_version,
+            "runtime_version": self.runtime_version, "batch": self.batch, "dtype": self.dtype,
             "grids": {k: {"c_in": ci, "c_out": co, "diagonal": d, "layers": names}
                       for k, (ci, co, d, names) in self._grids.items()},
             "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
@@ -265,7 +302,8 @@ class LatencyTable:
         if data.get("format") != _TABLE_FORMAT:
             raise DeployError(f"{os.fspath(path)!r} is not a saved LatencyTable "
                               f"(format {data.get('format')!r})")
-        table = cls(data["backend"], data["device"], data["threads"], data["runtime_version"])
+        table = cls(data["backend"], data["device"], data["threads"], data["runtime_version"],
+                    data.get("batch"), data.get("dtype"))
         for k, g in data["grids"].items():
             table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
                                list(g["layers"]))
@@ -276,7 +314,8 @@ class LatencyTable:
     def __repr__(self) -> str:
         n = sum(len(v) for v in self._points.values())
         return (f"LatencyTable(backend={self.backend!r}, device={self.device!r}, "
-                f"threads={self.threads}, layers={len(self._grids)}, points={n})")
+                f"threads={self.threads}, batch={self.batch}, dtype={self.dtype}, "
+                f"layers={len(self._grids)}, points={n})")
 
 
 def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
@@ -303,9 +342,19 @@ def _as_layer_specs(layers) -> list[LayerSpec]:
     return layers
 
 
-def _backend_timer(backend: str, threads: int, **timing) -> tuple[Timer, str, str]:
+def _backend_timer(backend: str, threads: int, *, torch_device=None, cuda_graphs: bool = True,
+                   channels_last: bool = True, **timing) -> tuple[Timer, str, str]:
     """(timer, runtime version, device name) for a real backend."""
     from .layer_onnx import layer_input_shape, layer_model_bytes
+
+    if backend == "torch":
+        from . import torch_backend as tb
+
+        timer = tb.LayerTimer(torch_device, threads=threads, cuda_graphs=cuda_graphs,
+                              channels_last=channels_last, **timing)
+        version = tb.runtime_version(timer.device, cuda_graphs=cuda_graphs,
+                                     channels_last=channels_last)
+        return timer, version, tb.device_name(timer.device)
 
     if backend == "onnxruntime":
         from . import onnxruntime_backend as ortb

@@ -1,7 +1,10 @@
 """``fxprune.deploy.deploy``: export, verify, build and time a model (and a dense one to compare).
 
 Files written to ``out_dir``: ``model.onnx`` (and ``dense.onnx``), ``model.engine`` (and
-``dense.engine``) with the TensorRT backend, and ``report.json``.
+``dense.engine``) with the TensorRT backend, and ``report.json``. The ``torch`` backend times the
+PyTorch modules themselves (CUDA graphs + cuDNN on a GPU, eager on the CPU; see
+:mod:`fxprune.deploy.torch_backend`); it still exports and checks the ONNX file so every
+backend's report has the same fields.
 """
 from __future__ import annotations
 
@@ -13,18 +16,20 @@ from torch import nn
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
+from . import torch_backend as tb
 from .common import DeployError, cpu_name
 from .model_io import (check_input_fits, count_params, is_onnx, load_model, onnx_input_shape,
                        resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
 from .report import build_report, format_table, model_entry, write_report
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def choose_backend(backend: str, log: Callable[[str], None] = print) -> str:
-    """Resolve ``auto`` (TensorRT when it imports and a CUDA device exists, else ONNX Runtime)."""
+    """Resolve ``auto``: TensorRT when it imports and a CUDA device exists, else PyTorch on the
+    CUDA device, else ONNX Runtime on the CPU; says why."""
     if backend not in BACKENDS:
         raise DeployError(f"backend {backend!r} is not one of {BACKENDS}")
     if backend == "tensorrt":
@@ -35,7 +40,12 @@ def choose_backend(backend: str, log: Callable[[str], None] = print) -> str:
     if ok:
         log(f"backend auto: using TensorRT {trtb.version()} on {trtb.gpu_name()}")
         return "tensorrt"
-    log(f"backend auto: using ONNX Runtime on the CPU ({why})")
+    if torch.cuda.is_available():
+        log(f"backend auto: using PyTorch (CUDA graphs, cuDNN) on {torch.cuda.get_device_name()} "
+            f"(TensorRT not usable: {why})")
+        return "torch"
+    log(f"backend auto: using ONNX Runtime on the CPU ({why}; no CUDA device for the torch "
+        "backend either)")
     return "onnxruntime"
 
 
@@ -45,14 +55,18 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
            threads: int = 2, iters: int = 100, warmup: int = 10, opset: int = DEFAULT_OPSET,
            max_batch: int | None = None, workspace: int = trtb.DEFAULT_WORKSPACE,
            atol: float | None = None, rtol: float | None = None, progress: bool = True,
-           trust_model_file: bool = False, log: Callable[[str], None] = print) -> dict:
+           trust_model_file: bool = False, device: str | None = None,
+           log: Callable[[str], None] = print) -> dict:
     """Deploy ``model`` (a module or a ``torch.save`` file) and return the report dict.
 
     ``input_shape`` is batch first ("1,3,224,224" or a tuple); without it the module's
     ``fxprune_input_shape`` attribute is used (see :mod:`fxprune.deploy.model_io`); ``batch``
     replaces its first dim. ``compare`` is the dense model, timed interleaved with ``model``.
     ``max_batch`` widens the TensorRT engine's batch range (default: the batch itself).
-    ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. Nothing passed in is modified.
+    ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. ``device`` is where the torch backend
+    times ("cuda", "cpu"; default: CUDA when there is one). ``precision="bf16"`` is for the
+    torch backend only (its ONNX file is then exported and checked in fp32). Nothing passed in
+    is modified.
 
     Files: ``*.onnx`` files are used as they are (no code runs; their outputs are not checked
     against PyTorch, there is no PyTorch model). Pickled ``torch.save`` modules are loaded only
@@ -65,6 +79,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     out_dir = os.path.expanduser(os.fspath(out_dir))
     _check_out_dir(out_dir, compare is not None)
     backend = choose_backend(backend, log)
+    if precision == "bf16" and backend != "torch":
+        raise DeployError(f"precision bf16 is timed by the torch backend only, not {backend}; "
+                          "pass --backend torch or --precision fp16")
     models: dict = {}
     for name, given in (("model", model), ("dense", compare)):
         if given is None:
@@ -73,6 +90,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             path = os.fspath(given)
             if not os.path.isfile(path):
                 raise DeployError(f"model file {path!r} does not exist")
+            if backend == "torch":
+                raise DeployError(f"{path} is an ONNX file and the torch backend times PyTorch "
+                                  "modules; pass --backend onnxruntime (or tensorrt), or the "
+                                  "torch.save file of the module")
             models[name] = (None, path)
         else:
             models[name] = load_model(given, trust_model_file=trust_model_file)
@@ -90,6 +111,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
 
     trt = trtb.require_tensorrt() if backend == "tensorrt" else None
     onnx_precision = trtb.onnx_precision_for(trt, precision) if trt else precision
+    if onnx_precision == "bf16":
+        onnx_precision = "fp32"
     onnx_infos = {}
     for name, (mod, lbl) in models.items():
         path = os.path.join(out_dir, f"{name}.onnx")
@@ -111,6 +134,15 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                                       threads=threads, iters=iters, warmup=warmup,
                                       progress=progress)
         device, run_threads = cpu_name(), threads
+    elif backend == "torch":
+        where = tb.resolve_device(device)
+        log(f"timing with PyTorch on {where} ({precision}, {warmup} warm-up + {iters} runs"
+            f"{', CUDA graphs' if where.type == 'cuda' else f', {threads} threads'}"
+            f"{', interleaved' if len(models) > 1 else ''})")
+        times = tb.time_models({n: mod for n, (mod, _) in models.items()}, shape, device=where,
+                               precision=precision, threads=threads, iters=iters,
+                               warmup=warmup, progress=progress)
+        device, run_threads = tb.device_name(where), (threads if where.type == "cpu" else None)
     else:
         runners = {}
         for name, (mod, _) in models.items():
@@ -135,7 +167,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         for name, (mod, lbl) in models.items()
     }
     versions = {"torch": torch.__version__, "onnxruntime": ortb.version(),
-                "tensorrt": trt.__version__ if trt else trtb.version()}
+                "tensorrt": trt.__version__ if trt else trtb.version(),
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
     report = build_report(backend=backend, device=device, precision=precision, input_shape=shape,
                           threads=run_threads, iters=iters, warmup=warmup, versions=versions,
                           pruned=entries["model"], dense=entries.get("dense"))

@@ -7,7 +7,7 @@ from torch import fx, nn
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.shape_prop import normalize_example_inputs, propagate_shapes
-from fxprune.passes.surgery import remove_channels, verify
+from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channels, verify
 from fxprune.passes.trace import trace
 
 from .cost import LayerSpec
@@ -44,7 +44,9 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         raise ValueError("this model is already prepared by fxprune; prepare the original model")
     example_inputs = normalize_example_inputs(example_inputs)
     gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules)
-    propagate_shapes(gm, example_inputs)
+    # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
+    # inputs are stored as given and moved again at each later use (finalize's check, FLOPs).
+    propagate_shapes(gm, inputs_for(gm, example_inputs))
     channels = analyze(gm, rules)
     insert_masks(gm, channels)
     stored = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
@@ -53,19 +55,30 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     return gm
 
 
-def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float = 1e-4) -> fx.GraphModule:
+#: finalize's default check tolerance by the model's floating dtype: half-precision models sum
+#: the kept channels in another order than the masked model does, which moves results by
+#: about their rounding step (bfloat16: 8 bits of mantissa).
+DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None = None) -> fx.GraphModule:
     """Remove every channel whose mask is 0 and return a smaller plain model.
 
     Masks are folded into the weights, so the result computes what the masked model computes
     (in eval mode). With ``check`` (default) both are run on the example inputs given to
-    :func:`prepare` and a :class:`~fxprune.errors.SurgeryError` is raised if their outputs differ
-    by more than ``rtol`` relative to the output's scale. ``prepared`` is left untouched.
+    :func:`prepare` (moved to the model's device and cast to its floating dtype) and a
+    :class:`~fxprune.errors.SurgeryError` is raised if their outputs differ
+    by more than ``rtol`` relative to the output's scale (default 1e-4; for float16/bfloat16
+    models :data:`DEFAULT_RTOL`). ``prepared`` is left untouched; the result stays on its device
+    and dtype.
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
     """
     state = state_of(prepared)
     pruned = remove_channels(prepared)
     if check:
+        if rtol is None:
+            rtol = DEFAULT_RTOL.get(model_device_dtype(prepared)[1], 1e-4)
         verify(prepared, pruned, state.example_inputs, rtol)
     return pruned
 

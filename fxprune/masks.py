@@ -146,16 +146,88 @@ class MaskedLinear(_InputMasked, nn.Linear):
 # later would change every other channel's output.
 
 def _all_ones(masks) -> bool:
-    return all(bool(torch.all(m == 1)) for m in masks)
+    return all(_is_all_ones(m) for m in masks)
+
+
+def _is_all_ones(mask: torch.Tensor) -> bool:
+    """Whether every entry of ``mask`` is 1, remembered per mask version.
+
+    Reading the answer is a device-to-host copy; on a GPU that stalls the CPU until every
+    queued kernel has run, and it happened once per norm per forward (23 times per ConvNeXt-T
+    forward). In-place writes (the pruner's ``copy_``, ``g.mask[...] = 0``) bump the tensor's
+    version counter, so the answer is read again only when the mask really changes. A mask
+    computed in the forward (``gather_mask``) is a new tensor each time and is read each time.
+    """
+    key = (mask._version, mask.data_ptr(), mask.device)
+    cached = getattr(mask, "_fxprune_all_ones", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        answer = bool((mask == 1).all().item())
+    try:
+        mask._fxprune_all_ones = (key, answer)
+    except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
+        pass
+    return answer
 
 
 def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks):
     """``F.layer_norm`` whose mean and variance count only channels with a nonzero mask.
 
     ``mask_dims[i]`` is the index, within ``normalized_shape``, of the dim ``masks[i]`` covers.
+    Masked-out channels are normalized with the kept channels' statistics (their values still
+    reach the masked weights that read them, whose straight-through gradient needs them).
     """
     if _all_ones(masks):
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    # Statistics in float32 (in bfloat16 a sum over hundreds of channels loses most of its
+    # digits); the result in the dtype F.layer_norm gives: float32 under CUDA autocast (an fp32
+    # op there), the autocast dtype under CPU autocast, else the input's.
+    out_dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        out_dtype = (torch.float32 if x.device.type == "cuda"
+                     else torch.get_autocast_dtype(x.device.type))
+    if x.element_size() < 4:
+        x = x.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return _masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, masks).to(out_dtype)
+
+
+def _masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, masks):
+    if weight is not None:
+        weight = weight.to(x.dtype)
+    if bias is not None:
+        bias = bias.to(x.dtype)
+    if len(normalized_shape) == 1 and len(masks) == 1:
+        return layer_norm_mask_vector(x, masks[0], weight, bias, eps)
+    return layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks)
+
+
+def layer_norm_mask_vector(x, mask, weight, bias, eps):
+    """Layer norm over the last dim whose statistics weight channel c by ``mask[c]``.
+
+    For one channel dim (ConvNeXt's channels-last LayerNorm) the weighted means are products
+    with the normalized mask vector, ``x @ (m / sum(m))``: one GEMV reads the activation instead
+    of a product written out and a sum, and the affine is one ``addcmul``: about 7 passes over
+    the activation instead of 12 (what a GPU pays for). The same values and gradients as
+    :func:`layer_norm_weighted` (``tests/test_device.py``). On the shared 2-core CPU the two
+    measured within noise of each other, both 3-5x ``F.layer_norm``
+    (``bench_overheads.py --masks-only``); a gathered ``var_mean`` over the kept channels was
+    slower there (index_select on the last dim and its scatter backward)."""
+    wn = mask.to(x.dtype)
+    wn = wn / wn.sum()
+    mean = (x @ wn).unsqueeze(-1)
+    d = x - mean
+    y = d * torch.rsqrt(((d * d) @ wn).unsqueeze(-1) + eps)
+    if weight is not None and bias is not None:
+        return torch.addcmul(bias, y, weight)
+    if weight is not None:
+        return y * weight
+    return y + bias if bias is not None else y
+
+
+def layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks):
+    """Layer norm whose statistics weight each position by its mask value (any masks/dims)."""
     k = len(normalized_shape)
     dims = tuple(range(x.ndim - k, x.ndim))
     w = x.new_ones(())

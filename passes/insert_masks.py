@@ -28,9 +28,13 @@ class _MaskGraphBuilder:
         self.gm, self.ch = gm, channels
         self.bank = nn.Module()
         gm.add_submodule(MASK_OWNER, self.bank)
+        # masks live where the model does, in its dtype (a model prepared on a GPU gets GPU masks)
+        tensors = (*gm.parameters(), *gm.buffers())
+        self.device = next((t.device for t in tensors), torch.device("cpu"))
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         for g in channels.groups:
             if g.prunable:
-                self.bank.register_buffer(g.key, torch.ones(g.size))
+                self.bank.register_buffer(g.key, torch.ones(g.size, device=self.device, dtype=dtype))
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.anchor = placeholders[-1] if placeholders else None
         self.group_nodes: dict[str, fx.Node] = {}
@@ -70,7 +74,7 @@ class _MaskGraphBuilder:
             index[p] = offsets[groups[p]] + pos[p]
         name = f"index{self.n_index}"
         self.n_index += 1
-        self.bank.register_buffer(name, torch.from_numpy(index), persistent=False)
+        self.bank.register_buffer(name, torch.from_numpy(index).to(self.device), persistent=False)
         index_node = self._get_attr_at_top(f"{MASK_OWNER}.{name}")
         masks = [self.group_node(ch.groups[gi].key) for gi in involved]
         with self.gm.graph.inserting_after(self.anchor):

@@ -116,11 +116,12 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
                 pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
                 shape = [1] * m.weight.ndim
                 shape[site.dim] = -1
-                m.weight.mul_(torch.as_tensor(pm, dtype=m.weight.dtype).view(shape))
+                m.weight.mul_(torch.as_tensor(pm, dtype=m.weight.dtype, device=m.weight.device).view(shape))
             if isinstance(m, _RescaledBatchNorm) and m.weight is not None:
                 site = site_by_module[m.fxprune_source]
                 pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
-                m.weight.mul_(m.rescale_factor(torch.as_tensor(pm)).to(m.weight.dtype))
+                factor = m.rescale_factor(torch.as_tensor(pm, dtype=torch.float64))
+                m.weight.mul_(factor.to(m.weight.device, m.weight.dtype))
 
         for site in ch.mask_sites:  # functional layers: the weight argument was masked in the graph
             if site.functional_nodes and ch.touches_prunable(ch.space_ids(site.tensor, site.dim)):
@@ -208,13 +209,42 @@ def max_relative_error(a, b) -> float:
     return worst
 
 
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    """The device of the model's first parameter (or buffer) and its first floating dtype."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), None)
+    return device, dtype
+
+
+def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
+    """``inputs`` moved to ``model``'s device, floating tensors cast to its floating dtype.
+
+    The example inputs stored at ``prepare`` stay where they were given (usually the CPU, in
+    float32); the model may since have moved to a GPU or been cast to float64/bfloat16, and
+    every stored-input run (finalize's check, FLOPs counting, summary) must follow it.
+    Integer inputs (token ids) keep their dtype. Nothing is modified in place.
+    """
+    device, dtype = model_device_dtype(model)
+
+    def move(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point() and dtype is not None:
+            return t.to(device=device, dtype=dtype)
+        return t.to(device)
+
+    return tuple(move(t) for t in inputs)
+
+
 def run_eval(model: nn.Module, inputs: tuple):
-    """Run ``model`` in eval mode without grad, then restore every module's mode."""
+    """Run ``model`` in eval mode without grad on ``inputs`` moved to the model's device and
+    floating dtype (:func:`inputs_for`), then restore every module's mode."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            return model(*inputs)
+            return model(*inputs_for(model, inputs))
     finally:
         for m, training in modes.items():
             m.training = training

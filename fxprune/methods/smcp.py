@@ -14,6 +14,24 @@ weights; the BN after a masked layer is rescaled by the kept fraction; every ``u
 steps a multiple-choice knapsack over all groups picks how many channels each keeps so that
 the cost stays under a target that ramps down from 1.0.
 
+Devices and mixed precision: the pruner follows the prepared model's device and dtype (build
+it before or after ``pm.cuda()``; a ``state_dict`` holds CPU tensors and resumes on any
+device). ``step()`` queues its work on the model's device without waiting for it: the only
+device-to-host copies happen at mask updates. With ``torch.autocast`` and a
+``torch.amp.GradScaler``, call ``pruner.step()`` after ``scaler.unscale_(optimizer)`` (the
+importance needs the true, unscaled gradients) and before ``scaler.step(optimizer)``::
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = criterion(pm(x), y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    pruner.step()
+    scaler.step(optimizer); scaler.update(); optimizer.zero_grad()
+
+A step whose gradients hold inf/nan (the scaler's overflow steps, which ``scaler.step`` also
+skips) is left out of the importance average and counted in the update record's
+``skipped_steps``.
+
 Baselines on the same engine: ``masks="hard"`` (gradients masked, pruned channels never come
 back, as HALP), ``importance="magnitude"`` and ``allocation="uniform"`` (every group keeps the
 same fraction instead of the global knapsack).
@@ -150,6 +168,9 @@ class SMCP:
                 m.fxprune_straight_through = masks == "soft"
         self.step_count = 0
         self.dead = np.zeros(self.index.n, dtype=bool)  # hard masks: pruned for good
+        # Host-side copy of the masks as of construction / the last update / load: step() reads
+        # it instead of copying the masks off the device every step.
+        self._kept_host = self._kept_now()
         self.history: list[dict] = []
         self.skipped_updates = 0  # updates due with no gradient evidence (see update)
         self._check_reachable()
@@ -159,11 +180,14 @@ class SMCP:
         """Call after ``loss.backward()`` and before ``optimizer.step()``. Returns the update's
         record when masks were re-solved at this step, else None."""
         self.step_count += 1
-        flat = self.index.masks(self.prepared)
-        if self._observing(self.step_count):
-            self.importance.observe(flat)
-        if self.masked_decay:
-            self._decay_masked(flat)
+        observing = self._observing(self.step_count)
+        decaying = bool(self.masked_decay) and not self._kept_host.all()
+        if observing or decaying:
+            flat = self._device_masks()
+            if observing:
+                self.importance.observe(flat)
+            if decaying:
+                self._decay_masked(flat)
         if self.schedule.updates_at(self.step_count):
             return self.update()
         return None
@@ -214,6 +238,8 @@ class SMCP:
         self.index.set_masks(self.prepared, kept.astype(np.float32))
         if self.masks_kind == "hard":
             self.dead |= ~kept
+        self._kept_host = kept.copy()
+        skipped = self.importance.skipped
         self.importance.reset()
         actual = self.budget.fraction(kept)
         record = {
@@ -223,7 +249,7 @@ class SMCP:
             "solved_actual": solved, "error": (predicted - solved) / solved, "actual": actual,
             "kept": int(kept.sum()), "channels": self.index.n,
             "returned": int((kept & ~before).sum()), "pruned": int((~kept & before).sum()),
-            "resolves": resolves, "solve_s": time.perf_counter() - start,
+            "resolves": resolves, "skipped_steps": skipped, "solve_s": time.perf_counter() - start,
         }
         self.history.append(record)
         return record
@@ -372,13 +398,19 @@ class SMCP:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _kept_now(self) -> np.ndarray:
+        """The masks as they are now (a device-to-host copy: not for the per-step path)."""
         return self.index.masks(self.prepared).numpy() != 0
+
+    def _device_masks(self) -> torch.Tensor:
+        """All masks as one flat tensor on the model's device (no host copy)."""
+        tensors = self.index.mask_tensors(self.prepared)
+        return torch.cat([t.detach() for t in tensors])
 
     @torch.no_grad()
     def _decay_masked(self, flat: torch.Tensor) -> None:
-        """SMCP's extra weight decay, only on masked-out weights (added to their gradient)."""
-        if bool((flat != 0).all()):
-            return  # nothing masked yet: skip a pass over every weight
+        """SMCP's extra weight decay, only on masked-out weights (added to their gradient).
+        ``step`` skips it while the pruner's last masks keep every channel."""
+        self.importance.follow_model()
         for c in self.consumers:
             if c.param.grad is None:
                 continue
@@ -390,7 +422,8 @@ class SMCP:
 
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``."""
+        """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``.
+        CPU tensors: a checkpoint saved on a GPU resumes on the CPU and the reverse."""
         return {"step": self.step_count, "importance": self.importance.state_dict(),
                 "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
                 "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
@@ -412,6 +445,8 @@ class SMCP:
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
         self.importance.load_state_dict(state["importance"])
-        self.index.set_masks(self.prepared, state["masks"])
-        self.dead = state["dead"].numpy().astype(bool).copy()
+        # torch.load(map_location=...) may have put these on any device
+        self.index.set_masks(self.prepared, state["masks"].detach().cpu())
+        self.dead = state["dead"].detach().cpu().numpy().astype(bool).copy()
+        self._kept_host = self._kept_now()
         self.history = list(state["history"])

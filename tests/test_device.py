@@ -1,0 +1,347 @@
+"""Every tensor follows the prepared model's device and dtype.
+
+A model prepared in float32 on the CPU and then cast to float64 fails wherever fxprune makes a
+tensor of its own without following the model (stored example inputs, masks, index tensors,
+importance state) in the same way as a model moved to a GPU does, so the CPU float64 case
+catches the kind without a GPU. The same tests run on CUDA (marked ``cuda``) where one exists.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.summary import summary_table
+from helpers import random_masks
+
+HAVE_CUDA = torch.cuda.is_available()
+cuda = pytest.mark.cuda
+needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+
+# (device, dtype) the prepared model is moved to after a float32 CPU prepare
+PLACES = [
+    pytest.param("cpu", torch.float64, id="cpu-float64"),
+    pytest.param("cuda", torch.float32, id="cuda-float32", marks=[cuda, needs_cuda]),
+    pytest.param("cuda", torch.float64, id="cuda-float64", marks=[cuda, needs_cuda]),
+]
+
+
+class Net(nn.Module):
+    """Conv/BN with a residual, a channels-last LayerNorm + Linear block (as ConvNeXt), a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c1 = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.norm = nn.LayerNorm(16)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.c2(self.c1(x)))
+        y = x.permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def batch(seed, device, dtype, n=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 12, 12, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x.to(device, dtype), y.to(device)
+
+
+def prepared(seed=0):
+    torch.manual_seed(seed)
+    return fxprune.prepare(Net(), (torch.randn(1, 3, 12, 12),))
+
+
+def train(pm, pruner, steps, device, dtype, first=0):
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9)
+    for step in range(first, first + steps):
+        x, y = batch(step, device, dtype)
+        F.cross_entropy(pm(x), y).backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+
+
+def smcp(pm):
+    return fxprune.SMCP(pm, target=0.5, warmup=2, ramp=6, update_every=2, channel_step=4,
+                        masked_decay=2e-4)
+
+
+def assert_on(module, device, dtype):
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        assert t.device.type == device, name
+        if t.is_floating_point():
+            assert t.dtype == dtype, name
+
+
+@pytest.mark.parametrize("device,dtype", PLACES)
+def test_smcp_trains_finalizes_and_summarizes_on_the_models_device_and_dtype(device, dtype):
+    pm = prepared().to(device, dtype)
+    pruner = smcp(pm)  # its FLOPs count runs the stored float32 CPU inputs through the model
+    train(pm, pruner, 10, device, dtype)
+    updates = pruner.history  # steps 4, 6, 8, 10
+    assert len(updates) == 4 and updates[-1]["kept"] < updates[-1]["channels"]
+    assert all(h["skipped_steps"] == 0 for h in updates)
+    assert pruner.cost() <= 0.5 + 1e-9
+    small = fxprune.finalize(pm)  # its check runs the stored inputs on the model's device/dtype
+    assert_on(small, device, dtype)
+    x, _ = batch(99, device, dtype)
+    assert max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,))) <= 1e-6
+    text = summary_table(pm)
+    assert "FLOPs" in text and "->" in text  # pruned figures were computed
+
+
+@pytest.mark.parametrize("device,dtype", PLACES)
+def test_pruner_built_before_the_model_moves_follows_it(device, dtype):
+    """As the recipe does: prepare and build the pruner on the CPU, then move the model."""
+    pm = prepared()
+    pruner = smcp(pm)
+    pm.to(device, dtype)
+    train(pm, pruner, 6, device, dtype)
+    assert pruner.history and pruner.importance.total.device.type == device
+    fxprune.finalize(pm)
+
+
+@pytest.mark.parametrize("device,dtype", PLACES)
+def test_checkpoint_resumes_across_devices_and_dtypes(device, dtype, tmp_path):
+    """Saved from the moved model, loaded with map_location into a CPU float32 run (and back)
+    the masks and the update history match an uninterrupted run."""
+    def run(split):
+        pm = prepared(seed=1).to(device, dtype)
+        pruner = smcp(pm)
+        train(pm, pruner, 5, device, dtype)
+        if split:
+            torch.save({"model": pm.state_dict(), "pruner": pruner.state_dict()}, tmp_path / "c.pt")
+            # resume on the CPU in float32: everything must come from the checkpoint
+            cpu = prepared(seed=7)
+            cpu_pruner = smcp(cpu)
+            ckpt = torch.load(tmp_path / "c.pt", map_location="cpu")
+            cpu.load_state_dict(ckpt["model"])
+            cpu_pruner.load_state_dict(ckpt["pruner"])
+            torch.save({"model": cpu.state_dict(), "pruner": cpu_pruner.state_dict()}, tmp_path / "d.pt")
+            # and back to the original device/dtype
+            pm = prepared(seed=9).to(device, dtype)
+            pruner = smcp(pm)
+            ckpt = torch.load(tmp_path / "d.pt", map_location=device)
+            pm.load_state_dict(ckpt["model"])
+            pruner.load_state_dict(ckpt["pruner"])
+        state = pruner.state_dict()
+        assert all(t.device.type == "cpu" for t in (state["masks"], state["dead"],
+                                                     state["importance"]["total"]))
+        train(pm, pruner, 5, device, dtype, first=5)
+        return pruner.index.masks(pm), [h["kept"] for h in pruner.history]
+
+    masks_a, kept_a = run(False)
+    masks_b, kept_b = run(True)
+    assert torch.equal(masks_a, masks_b) and kept_a == kept_b
+
+
+@pytest.mark.parametrize("device,dtype", PLACES)
+def test_prepare_a_model_already_on_its_device(device, dtype):
+    torch.manual_seed(0)
+    model = Net().to(device, dtype)
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))  # CPU float32 example is moved
+    assert_on(pm, device, dtype)
+    random_masks(pm, 0.5)
+    small = fxprune.finalize(pm)
+    assert_on(small, device, dtype)
+
+
+def test_bfloat16_finalize_is_checked_at_its_precision():
+    pm = prepared()
+    random_masks(pm, 0.5)
+    pm = pm.to(torch.bfloat16)
+    small = fxprune.finalize(pm)  # default tolerance follows the dtype (fxprune.api.DEFAULT_RTOL)
+    assert_on(small, "cpu", torch.bfloat16)
+    x, _ = batch(3, "cpu", torch.bfloat16)
+    assert max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,))) <= 5e-2
+
+
+def test_step_copies_nothing_to_the_host_between_updates(monkeypatch):
+    """SMCP.step() outside update steps reads no mask off the device (on a GPU every such
+    read waits for all queued work)."""
+    pm = prepared().to(torch.float64)
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=4, channel_step=4,
+                          masked_decay=2e-4)
+    train(pm, pruner, 5, "cpu", torch.float64)  # one update: some channels are masked now
+    assert not pruner._kept_host.all()
+    # (the first forward after an update checks the new LayerNorm masks once; later ones not)
+
+    def no_host_copy(*args, **kwargs):
+        raise AssertionError("a host copy of the masks in a step without an update")
+
+    monkeypatch.setattr(pruner.index, "masks", no_host_copy)
+    monkeypatch.setattr(torch.Tensor, "item", no_host_copy)
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_host_copy)
+    x, y = batch(5, "cpu", torch.float64)
+    F.cross_entropy(pm(x), y).backward()
+    assert pruner.step() is None  # importance window, masked decay, LayerNorm masks: no copy
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_cuda_step_between_updates_never_synchronizes():
+    pm = prepared().cuda()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=4, channel_step=4,
+                          masked_decay=2e-4)
+    train(pm, pruner, 5, "cuda", torch.float32)  # an update, then a forward with its masks
+    x, y = batch(5, "cuda", torch.float32)
+    F.cross_entropy(pm(x), y).backward()
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host sync raises
+    try:
+        assert pruner.step() is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("accumulate", ["mean", "momentum"])
+def test_steps_with_non_finite_gradients_are_skipped_and_counted(accumulate):
+    """A step whose gradients hold inf/nan (a GradScaler overflow) leaves the importance as if
+    it had never been observed, and is counted."""
+    def scores(observe, poison=None):
+        pm = prepared()
+        pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=100, update_every=100,
+                              accumulate=accumulate)
+        for step in range(3):
+            x, y = batch(step, "cpu", torch.float32)
+            F.cross_entropy(pm(x), y).backward()
+            if step == poison:
+                pm.get_submodule("fc1").weight.grad[0, 0] = float("inf")
+                pm.get_submodule("c2.0").weight.grad[1, 2, 0, 0] = float("nan")
+            if step in observe:
+                pruner.step()
+            pm.zero_grad()
+        return torch.as_tensor(pruner.importance.scores()), pruner.importance.skipped
+
+    poisoned, skipped = scores(observe=(0, 1, 2), poison=1)
+    left_out, none_skipped = scores(observe=(0, 2))
+    clean, _ = scores(observe=(0, 1, 2))
+    assert skipped == 1 and none_skipped == 0
+    assert torch.isfinite(poisoned).all()
+    assert torch.allclose(poisoned, left_out, rtol=1e-12, atol=0)
+    assert not torch.allclose(poisoned, clean)  # step 1 did carry evidence when clean
+
+
+def test_update_record_counts_skipped_steps():
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=3, channel_step=4)
+    for step in range(3):
+        x, y = batch(step, "cpu", torch.float32)
+        F.cross_entropy(pm(x), y).backward()
+        if step == 0:
+            pm.get_submodule("fc2").weight.grad.fill_(float("nan"))
+        record = pruner.step()
+        pm.zero_grad()
+    assert record is not None and record["skipped_steps"] == 1
+    assert pruner.importance.skipped == 0  # reset with the window
+
+
+# -- masked LayerNorm: no host read per forward, a lean exact path, autocast ----------------------
+
+def _weighted_reference(x, weight, bias, eps, mask):
+    """The definition: statistics weighted by the mask, in float64."""
+    x, w = x.double(), mask.double()
+    mean = (x * w).sum(-1, keepdim=True) / w.sum()
+    var = ((x - mean) ** 2 * w).sum(-1, keepdim=True) / w.sum()
+    return (x - mean) / torch.sqrt(var + eps) * weight.double() + bias.double()
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_masked_layer_norm_matches_the_definition_with_gradients(soft):
+    from fxprune.masks import layer_norm_weighted, masked_layer_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 5, 24, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(24, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(24, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(24, dtype=torch.float64)
+    mask[::3] = 0
+    if soft:
+        mask[1] = 0.5  # a soft mask weights the statistics
+    y = masked_layer_norm(x, (24,), weight, bias, 1e-6, (0,), mask)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad((y * g).sum(), (x, weight, bias))
+    for ref in (_weighted_reference(x, weight, bias, 1e-6, mask),
+                layer_norm_weighted(x, (24,), weight, bias, 1e-6, (0,), (mask,))):
+        assert torch.allclose(y, ref, rtol=0, atol=1e-12)
+        ref_grads = torch.autograd.grad((ref * g).sum(), (x, weight, bias))
+        for a, b in zip(grads, ref_grads):
+            assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_masked_layer_norm_reads_the_mask_once_per_change(monkeypatch):
+    from fxprune import masks as masks_module
+
+    x = torch.randn(2, 4, 4, 16)
+    ln = nn.LayerNorm(16)
+    mask = torch.ones(16)
+    reads = []
+    real = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or real(t))
+    for _ in range(3):
+        masks_module.masked_layer_norm(x, (16,), ln.weight, ln.bias, 1e-5, (0,), mask)
+    assert len(reads) == 1
+    mask[3] = 0  # an in-place write: a new version, read once more
+    for _ in range(3):
+        masks_module.masked_layer_norm(x, (16,), ln.weight, ln.bias, 1e-5, (0,), mask)
+    assert len(reads) == 2
+
+
+def test_masked_layer_norm_under_bfloat16_autocast_computes_in_float32():
+    from fxprune.masks import masked_layer_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 3, 64) * 3 + 5
+    ln = nn.LayerNorm(64)
+    mask = torch.ones(64)
+    mask[::2] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = masked_layer_norm(x.bfloat16(), (64,), ln.weight, ln.bias, 1e-5, (0,), mask)
+        plain = F.layer_norm(x.bfloat16(), (64,), ln.weight, ln.bias, 1e-5)
+    assert y.dtype == plain.dtype  # what F.layer_norm gives under autocast (bf16 on the CPU)
+    ref = _weighted_reference(x.bfloat16().float(), ln.weight, ln.bias, 1e-5, mask)
+    # statistics in float32: only the final rounding to bfloat16 remains
+    assert torch.allclose(y.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+# -- the recipe: only the device changes ------------------------------------------------------------
+
+RECIPE = {
+    "seed": 3, "num_threads": 1,
+    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
+             "batch_size": 32, "test_batch_size": 64},
+    "model": {"widths": [8, 16, 16], "blocks": [1, 1, 1]},
+    "optim": {"epochs": 1, "lr": 0.05},
+    "prune": {"method": "smcp", "target": 0.5, "warmup": 1, "ramp": 3, "update_every": 2,
+              "channel_step": 4, "masked_decay": 2e-4},
+    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, needs_cuda])])
+def test_recipe_trains_on_the_device_and_resumes_on_the_cpu(device, tmp_path):
+    from fxprune.train import resolve_config, train
+
+    threads = torch.get_num_threads()
+    try:
+        out = tmp_path / "run"
+        first = train(resolve_config(RECIPE, [f"out={out}", f"device={device}"]))
+        assert first["finalize_mismatched_samples"] == 0 and first["flops_ratio"] <= 0.5 + 1e-6
+        # the checkpoint written on `device` continues on the CPU
+        resumed = train(resolve_config(RECIPE, [f"out={out}", "device=cpu", "optim.epochs=2"]),
+                        resume=True)
+        assert resumed["epochs"] == 2 and resumed["finalize_mismatched_samples"] == 0
+        assert torch.load(resumed["model"], weights_only=False).training is False
+    finally:
+        torch.set_num_threads(threads)

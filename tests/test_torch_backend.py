@@ -1,0 +1,158 @@
+"""The PyTorch latency backend (``backend="torch"``): tables and ``fxprune deploy``.
+
+The CPU path is timed for real; the CUDA path (CUDA events, cuDNN autotuning, CUDA graphs,
+fp16/bf16, channels_last) runs in the tests marked ``cuda``.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.cli import main
+from fxprune.deploy import DeployError, LatencyTable, choose_backend, deploy
+from fxprune.deploy import pipeline
+from fxprune.deploy import torch_backend as tb
+
+HAVE_CUDA = torch.cuda.is_available()
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")]
+SHAPE = (2, 3, 16, 16)
+QUICK = ["--iters", "5", "--warmup", "1", "--no-progress", "--input-shape", "2,3,16,16"]
+
+
+def small_net(width: int) -> nn.Module:
+    torch.manual_seed(width)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    torch.save(small_net(16), d / "dense.pt")
+    torch.save(small_net(8), d / "pruned.pt")
+    return d
+
+
+def measure(pm, cache, device, **kw):
+    return LatencyTable.measure(pm, backend="torch", step=8, cache=cache, progress=False,
+                                torch_device=device, passes=1, min_runs=3, max_runs=5,
+                                log=lambda _: None, **kw)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_table_is_measured_at_the_deployment_batch_cached_and_prices_the_knapsack(device, tmp_path):
+    # wide enough at 32x32 that conv time, not per-call overhead, dominates: the knapsack below
+    # then has room under its target even when a loaded machine makes timings noisy
+    pm = fxprune.prepare(small_net(32), (torch.randn(1, 3, 32, 32),))
+    precision = "fp16" if device == "cuda" else None
+    table = measure(pm, tmp_path / "cache.json", device, batch=4, precision=precision)
+    assert table.backend == "torch" and table.batch == 4
+    assert table.stats["measured"] > 0 and table.stats["cached"] == 0
+    for spec in fxprune.layer_specs(pm):  # batch-1 specs are looked up at the table's batch
+        assert spec.batch == 1 and spec in table
+        full = table.layer_cost(spec, spec.in_channels, spec.out_channels)
+        assert full > 0
+        assert table.layer_cost(spec, 8, spec.out_channels) > 0
+    assert all(k.startswith("b4|") for k in table._points)
+    cache = json.loads((tmp_path / "cache.json").read_text())
+    (context,) = cache["contexts"]
+    assert context.startswith("torch|torch " + torch.__version__) and tb.device_name(
+        tb.resolve_device(device)) in context
+    if device == "cuda":
+        assert "cudnn" in context and "graphs" in context
+        assert all(":float16" in k for k in table._points)
+    again = measure(pm, tmp_path / "cache.json", device, batch=4, precision=precision)
+    assert again.stats["measured"] == 0 and again.stats["cached"] == table.stats["measured"]
+    other_batch = measure(pm, tmp_path / "cache.json", device, batch=2, precision=precision)
+    assert other_batch.stats["cached"] == 0  # the batch is part of the key
+    table.save(tmp_path / "table.json")
+    loaded = LatencyTable.load(tmp_path / "table.json")
+    spec = fxprune.layer_specs(pm)[1]
+    assert loaded.layer_cost(spec, 8, 16) == table.layer_cost(spec, 8, 16) > 0
+    pm = pm.to(device)
+    # (tiny layers: latency is far from proportional to channels, so a mild target)
+    pruner = fxprune.SMCP(pm, target=0.9, cost=table, warmup=0, ramp=1, update_every=1,
+                          channel_step=8)
+    for step in range(2):
+        x = torch.randn(4, 3, 32, 32, device=device)
+        F.cross_entropy(pm(x), torch.randint(0, 10, (4,), device=device)).backward()
+        pruner.step()
+        pm.zero_grad()
+    assert pruner.history[-1]["actual"] <= 0.9 + 1e-9
+
+
+def test_deploy_report_has_the_onnxruntime_backends_fields(saved, tmp_path):
+    reports = {}
+    for backend in ("onnxruntime", "torch"):
+        out = tmp_path / backend
+        extra = ["--device", "cpu"] if backend == "torch" else []
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--backend", backend,
+                     "--compare", str(saved / "dense.pt"), "--trust-model-file", *QUICK,
+                     *extra]) == 0
+        reports[backend] = json.loads((out / "report.json").read_text())
+    ort_report, torch_report = reports["onnxruntime"], reports["torch"]
+    assert set(torch_report) == set(ort_report)
+    assert set(torch_report["dense"]) == set(ort_report["dense"])
+    assert torch_report["backend"] == "torch" and torch_report["threads"] == 2
+    assert torch_report["latency_ms"]["median"] > 0 and torch_report["latency_ms"]["runs"] == 5
+    assert torch_report["dense"]["latency_ms"]["median"] > 0 and torch_report["speedup"] > 0
+    assert torch_report["onnx_max_abs_diff"] < 1e-3  # the ONNX file is still checked
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("graphs", [True, False])
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_cuda_models_timed_with_events_and_graphs(precision, graphs):
+    times = tb.time_models({"a": small_net(16), "b": small_net(8)}, (8, 3, 32, 32),
+                           device="cuda", precision=precision, iters=5, warmup=2,
+                           cuda_graphs=graphs)
+    assert all(len(t) == 5 and min(t) > 0 for t in times.values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_cuda_deploy_with_the_torch_backend(saved, tmp_path):
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(tmp_path), "--backend", "torch",
+                 "--device", "cuda", "--precision", "bf16", "--trust-model-file", *QUICK]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["device"] == torch.cuda.get_device_name() and report["threads"] is None
+    assert report["cudnn_version"] == torch.backends.cudnn.version()
+
+
+def test_auto_prefers_tensorrt_then_torch_on_cuda_then_onnxruntime(monkeypatch):
+    lines = []
+    monkeypatch.setattr(pipeline.trtb, "tensorrt_status", lambda: (False, "no tensorrt here"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")
+    assert choose_backend("auto", lines.append) == "torch"
+    assert "PyTorch" in lines[-1] and "Some GPU" in lines[-1] and "no tensorrt here" in lines[-1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_backend("auto", lines.append) == "onnxruntime"
+    assert "no CUDA device" in lines[-1]
+    monkeypatch.setattr(pipeline.trtb, "tensorrt_status", lambda: (True, ""))
+    monkeypatch.setattr(pipeline.trtb, "version", lambda: "10.0")
+    monkeypatch.setattr(pipeline.trtb, "gpu_name", lambda: "Some GPU")
+    assert choose_backend("auto", lines.append) == "tensorrt"
+
+
+def test_clear_errors(saved, tmp_path):
+    with pytest.raises(DeployError, match="bf16 is timed by the torch backend only"):
+        deploy(saved / "pruned.pt", tmp_path, backend="onnxruntime", precision="bf16",
+               input_shape=SHAPE, log=lambda _: None)
+    if not HAVE_CUDA:
+        with pytest.raises(DeployError, match="CUDA is not available"):
+            tb.resolve_device("cuda")
+    with pytest.raises(DeployError, match="precision"):
+        LatencyTable.measure([], backend="torch", precision="int8", log=lambda _: None)
+    onnx_file = tmp_path / "given.onnx"
+    onnx_file.write_bytes(b"not read: refused before loading")
+    with pytest.raises(DeployError, match="ONNX file and the torch backend times PyTorch modules"):
+        deploy(onnx_file, tmp_path / "o", backend="torch", input_shape=SHAPE, log=lambda _: None)
