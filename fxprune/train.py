@@ -88,8 +88,13 @@ CHOICES = {"log.tensorboard": (True, False, "auto")}
 RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_workers",
                      "log.every_steps", "log.tensorboard", "log.progress"}
 
-# pruning method name -> class name in the fxprune package (looked up when first used).
-PRUNERS = {"smcp": "SMCP"}
+
+
+def _method_names() -> list[str]:
+    """The pruning methods ``prune.method`` may name (fxprune.methods.registry)."""
+    from .methods.base import method_names
+
+    return method_names()
 
 
 class ConfigError(FxPruneError, ValueError):
@@ -213,8 +218,8 @@ def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) 
     if optim["epochs"] < 1:
         raise ConfigError(f"optim.epochs must be >= 1, got {optim['epochs']}")
     method = resolved["prune"].get("method", "none")
-    if method != "none" and method not in PRUNERS:
-        raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
+    if method != "none" and method not in _method_names():
+        raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(_method_names())}")
     return resolved
 
 
@@ -251,30 +256,31 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     method = kwargs.pop("method", "none")
     if method == "none":
         return None
-    if method not in PRUNERS:
-        raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
-    import fxprune
+    if method not in _method_names():
+        raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(_method_names())}")
+    from .methods.base import get_method
 
-    cls = getattr(fxprune, PRUNERS[method], None)
-    if cls is None:
-        raise ConfigError(f"prune.method {method!r} needs fxprune.{PRUNERS[method]}, which this "
-                          f"fxprune installation does not provide")
-    _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"))
+    entry = get_method(method)
+    cls = entry.cls
     try:
         accepted = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         accepted = {}
+    _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"), accepted)
     for name, value in context.items():
         if name in accepted and name not in kwargs:
             kwargs[name] = value
-    return cls(pm, **kwargs)
+    return entry.build(pm, **kwargs)
 
 
-def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None) -> None:
+def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None,
+                     accepted=()) -> None:
     """Recipes schedule pruning in epochs; methods count optimizer steps.
 
     ``warmup_epochs`` -> ``warmup``, ``ramp_epochs`` -> ``ramp``, ``cooldown_epochs`` (the last
-    epochs, masks frozen) -> ``freeze_after``. Fractions of an epoch are fine.
+    epochs, masks frozen) -> ``freeze_after``; any other ``NAME_epochs`` -> ``NAME`` in steps
+    when the method takes ``NAME`` (``explore_epochs``, ``prune_at_epochs``, ...). Fractions of
+    an epoch are fine.
     """
     if steps_per_epoch is None:
         return
@@ -286,6 +292,10 @@ def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | No
         if epochs is None:
             raise ConfigError("prune.cooldown_epochs needs the run's optim.epochs")
         kwargs["freeze_after"] = int(round((epochs - cooldown) * steps_per_epoch))
+    for key in [k for k in kwargs if k.endswith("_epochs")]:
+        name = key[: -len("_epochs")]
+        if name in accepted:
+            kwargs[name] = int(round(float(kwargs.pop(key)) * steps_per_epoch))
 
 
 def lr_factor(step: int, optim: dict, steps_per_epoch: int) -> float:
@@ -564,7 +574,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if pruner is not None:
-                pruner.step()  # sees this batch's gradients; may update masks and weights
+                pruner.step(loss)  # sees this batch's gradients; may update masks and weights
             optimizer.step()
             scheduler.step()
             step += 1
@@ -637,6 +647,10 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     else:
         import fxprune
 
+        finalize_masks = getattr(pruner, "finalize_masks", None)
+        # the method's final masks (e.g. CUCB: top channels by mu), if they differ from now's
+        if finalize_masks is not None and finalize_masks():
+            test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
         cost = _cost_columns(pruner.cost())
         small = fxprune.finalize(net)
         small_loss, small_acc = evaluate(small, test_loader, device, channels_last)

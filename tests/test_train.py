@@ -205,7 +205,8 @@ class RecordingPruner:
     def _snapshot(self, module, args):
         self.at_forward = [p.detach().clone() for p in self._params()]
 
-    def step(self):
+    def step(self, loss=None):
+        assert isinstance(loss, torch.Tensor) and loss.ndim == 0, "the trainer passes the loss"
         params = self._params()
         assert all(p.grad is not None for p in params), "step() must come after backward()"
         # Weights are still those of the forward pass: the optimizer has not stepped yet.
