@@ -217,7 +217,8 @@ class InputTaps:
                 with torch.no_grad():
                     prod = (saved * g).double()
                     dim = channel_dim % prod.ndim
-                    per = prod.sum(dim=tuple(d for d in range(1, prod.ndim) if d != dim))  # (N, C_in)
+                    others = tuple(d for d in range(1, prod.ndim) if d != dim)
+                    per = prod.sum(dim=others) if others else prod  # (N, C_in)
                     if self.loss_reduction == "mean":
                         per = per * prod.shape[0]
                     t = per.new_zeros(per.shape[0], self.n)
