@@ -122,7 +122,7 @@ def test_ccp_removes_a_cancelling_pair_that_single_channel_criteria_keep():
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(1, 8)
     pm = fxprune.prepare(model, (x0,))
-    pruner = CCP(pm, ratio=4 / 6, collect_steps=8, channel_step=1, cost="params")
+    pruner = CCP(pm, ratio=4 / 6, collect=8, channel_step=1, cost="params")
     for _ in range(8):
         x = torch.randn(256, 8, generator=g)
         with torch.no_grad():  # labels drawn from the model itself: it sits at its own optimum
@@ -160,7 +160,7 @@ def _train(pm, pruner, steps, seed=0):
 @pytest.mark.parametrize("mode", ["ratio", "adaptive"])
 def test_ccp_method_prunes_in_rounds_and_finalizes(mode):
     pm = prepared()
-    pruner = CCP(pm, target=0.5, mode=mode, collect_steps=3, rounds=2, round_every=3, channel_step=4,
+    pruner = CCP(pm, target=0.5, mode=mode, collect=3, rounds=2, round_every=3, channel_step=4,
                  exhaustive_max=8)
     records = _train(pm, pruner, 9)
     assert [r["round"] for r in records] == [1, 2] and [r["step"] for r in records] == [3, 6]
@@ -184,13 +184,13 @@ def test_ccp_method_prunes_in_rounds_and_finalizes(mode):
 def test_ccp_resumes_exactly(tmp_path):
     def run(split=None):
         pm = prepared(seed=2)
-        pruner = CCP(pm, target=0.5, mode="adaptive", collect_steps=4, prune_at=5, channel_step=4)
+        pruner = CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4)
         opt = torch.optim.SGD(pm.parameters(), lr=0.05)
         for step in range(7):
             if step == split:
                 torch.save({"m": pm.state_dict(), "p": pruner.state_dict(), "o": opt.state_dict()}, tmp_path / "c.pt")
                 pm = prepared(seed=3)
-                pruner = CCP(pm, target=0.5, mode="adaptive", collect_steps=4, prune_at=5, channel_step=4)
+                pruner = CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4)
                 opt = torch.optim.SGD(pm.parameters(), lr=0.05)
                 ck = torch.load(tmp_path / "c.pt")
                 pm.load_state_dict(ck["m"])

@@ -1,6 +1,6 @@
 """CCP: Collaborative Channel Pruning (Peng, Wu, Chen & Huang, ICML 2019), on fxprune's masks.
 
-    pruner = fxprune.CCP(pm, ratio=0.5, collect_steps=50)            # the paper's per-layer ratio
+    pruner = fxprune.CCP(pm, ratio=0.5, collect=50)            # the paper's per-layer ratio
     pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, cost="flops")  # counts by the allocator
     for x, y in loader:
         loss = criterion(pm(x), y); loss.backward()
@@ -15,7 +15,7 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   channel (where the group's mask acts), summed over those layers; ``a_i = mean t_i``,
   ``B_ij = mean t_i t_j`` per group, in float64. B is the Gauss-Newton / empirical-Fisher
   approximation of the Hessian in the mask coordinates (exact for cross-entropy with one-hot
-  labels: the notes' [D]). They are gathered over the ``collect_steps`` training steps before
+  labels: the notes' [D]). They are gathered over the ``collect`` training steps before
   each pruning step, from the trainer's own forward/backward (train-mode BN, which couples the
   samples of a batch a little; the notes suggest eval-mode BN - not done, the method never sees
   the batch itself). Collect >= ~10x as many samples as the widest group has channels.
@@ -190,7 +190,7 @@ class CCP(PruningMethod):
     name = "ccp"
 
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
-                 mode: str = "ratio", ratio: float | None = None, collect_steps: int = 20,
+                 mode: str = "ratio", ratio: float | None = None, collect: int = 20,
                  prune_at: int | None = None, rounds: int = 1, round_every: int = 100,
                  channel_step: int = 1, exhaustive_max: int = 12, swaps: bool = True,
                  loss_reduction: str = "mean", resolution: int = DEFAULT_RESOLUTION,
@@ -203,12 +203,12 @@ class CCP(PruningMethod):
         ratio = target if ratio is None else ratio
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio is the fraction of each group's channels to keep, in (0, 1]; got {ratio}")
-        if rounds < 1 or collect_steps < 1:
-            raise ValueError(f"rounds and collect_steps must be >= 1, got {rounds}, {collect_steps}")
+        if rounds < 1 or collect < 1:
+            raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
         super().__init__(prepared, cost, channel_step)
         self.mode, self.target, self.ratio = mode, float(target), float(ratio)
-        self.collect_steps, self.rounds, self.round_every = int(collect_steps), int(rounds), int(round_every)
-        self.prune_at = int(prune_at if prune_at is not None else collect_steps)
+        self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
+        self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
         self.resolution, self.max_resolves = resolution, max_resolves
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
@@ -222,7 +222,7 @@ class CCP(PruningMethod):
         return [self.prune_at + k * self.round_every for k in range(self.rounds)]
 
     def _collecting(self, step: int) -> bool:
-        return any(p - self.collect_steps < step <= p for p in self.prune_steps())
+        return any(p - self.collect < step <= p for p in self.prune_steps())
 
     def step(self, loss=None) -> dict | None:
         """After ``loss.backward()``: take this batch's per-sample terms if collecting; prune at
@@ -235,8 +235,17 @@ class CCP(PruningMethod):
         self.stats.taps.enabled = self._collecting(self.step_count + 1)
         if self.step_count in self.prune_steps():
             k = self.prune_steps().index(self.step_count) + 1
-            return self.prune(k)
+            record = self.prune(k)
+            if k == self.rounds:  # statistics are no longer needed: the model carries no hooks
+                self.stats.close()
+            return record
         return None
+
+    def finalize_masks(self) -> bool:
+        """Remove the statistics hooks (a finalized model must not carry them); masks stay.
+        A run that ends before the last round keeps the masks of the rounds done."""
+        self.stats.close()
+        return False
 
     # -- selection ---------------------------------------------------------------------------
     def _group_problem(self, i: int):
@@ -320,3 +329,5 @@ class CCP(PruningMethod):
         self.dead = state["dead"].numpy().astype(bool).copy()
         self.history = list(state["history"])
         self.stats.taps.enabled = self._collecting(self.step_count + 1)
+        if self.step_count >= self.prune_steps()[-1]:
+            self.stats.close()
