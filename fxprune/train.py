@@ -520,6 +520,8 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                                 momentum=optim_cfg["momentum"],
                                 nesterov=bool(optim_cfg["nesterov"]) and optim_cfg["momentum"] > 0,
                                 weight_decay=optim_cfg["weight_decay"])
+    if pruner is not None and hasattr(pruner, "attach_optimizer"):
+        pruner.attach_optimizer(optimizer)  # e.g. CUCB: inactive weights keep their state
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, optim_cfg, steps_per_epoch))
@@ -569,7 +571,9 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                    disable=not log_cfg["progress"], dynamic_ncols=True)
         for x, y in bar:
             x, y = _to_device(x, device, channels_last), y.to(device)
-            logits = net(x)
+            # a method may train a sub-network of the same weights (CUCB's active channels)
+            forward = getattr(pruner, "train_forward", None) or net
+            logits = forward(x)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -168,3 +168,37 @@ def test_bad_arguments_are_explained():
         CUCB(pm, selection="greedy")
     with pytest.raises(ValueError, match="rho is the fraction"):
         CUCB(pm, rho=0)
+
+
+def test_gathered_execution_is_the_default_and_masked_is_the_fallback():
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=3, channel_step=4)
+    assert pruner.execution == "gathered" and pruner.train_forward is pruner.gathered
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    pruner.attach_optimizer(opt)
+    for step in range(4):
+        x, y = data(seed=step)
+        w = pm.get_submodule("c2.0").weight.detach().clone()
+        active_in = torch.from_numpy(pruner.active[pruner.index.group_slice(
+            next(i for i, g in enumerate(pruner.index.groups) if g.name == "c1.0"))])
+        loss = F.cross_entropy(pruner.train_forward(x), y)
+        loss.backward()
+        final = pruner.final
+        pruner.step(loss)
+        opt.step()
+        opt.zero_grad()
+        if not final:  # c2 reads c1's channels: inactive columns did not move
+            assert torch.equal(pm.get_submodule("c2.0").weight.detach()[:, ~active_in], w[:, ~active_in])
+    assert pruner.final and pruner.train_forward is pm  # fine-tuning runs the prepared model
+
+    class WithLayerNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.ln, self.fc2 = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc2(self.ln(self.fc1(x)))
+
+    with pytest.warns(UserWarning, match="runs masked"):
+        masked = CUCB(fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),)), rho=0.5, cost="params")
+    assert masked.execution == "masked"

@@ -36,15 +36,24 @@ Conventions chosen here (../shared/notes/methods.md tags what is confirmed):
   fixed and the trainer's remaining steps fine-tune.
 * ``keep_one_of`` (split pieces) is respected by every active set.
 
-Execution: **masked**. Inactive channels are hard-masked at the layers reading them (no
-gradient reaches their readers' columns from the loss), but every layer still runs at full
-width, so a step costs what a dense step costs; SGD's weight decay and momentum and BN's
-running statistics still move for inactive channels. The gathered execution of the issue
-(index_select of the active weights, static shapes per active count) is not implemented yet.
+Execution (``execution=``):
+
+* ``"gathered"`` (default): the trainer runs :attr:`train_forward`, the active sub-network of
+  :mod:`fxprune.passes.gathered` (``index_select`` of the active weights, sharing the prepared
+  model's parameters; autograd scatters the gradients back), and :meth:`attach_optimizer` hooks
+  the optimizer so inactive weights and their momentum stay bit-identical; BN running
+  statistics of inactive channels are untouched. With ``mode="ratio"`` every step has the same
+  active count per group, so shapes are static. Masks always mirror the active set, so
+  evaluation (full width, masked) computes the same function. A graph the pass cannot gather
+  (e.g. a layer norm over pruned channels) falls back to masked execution with a warning.
+* ``"masked"``: inactive channels are hard-masked at the layers reading them, every layer runs
+  at full width (a step costs a dense step), and SGD's weight decay and momentum and BN's
+  running statistics still move for inactive channels.
 """
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -65,7 +74,7 @@ class CUCB(PruningMethod):
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  rho: float | None = None, mode: str = "ratio", c: float = 1.0,
                  warmup: int = 100, explore: int | None = None, selection: str = "cucb",
-                 seed: int = 0, channel_step: int = 1, reduce_fn=None,
+                 seed: int = 0, channel_step: int = 1, execution: str = "gathered", reduce_fn=None,
                  resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6):
         if mode not in ("ratio", "budget"):
             raise ValueError(f"mode must be 'ratio' (top rho per group) or 'budget' (the allocator "
@@ -77,6 +86,9 @@ class CUCB(PruningMethod):
         rho = target if rho is None else rho
         if not 0 < rho <= 1:
             raise ValueError(f"rho is the fraction of each group's channels active, in (0, 1]; got {rho}")
+        if execution not in ("gathered", "masked"):
+            raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
+                             f"'masked' (full width, inactive channels masked), got {execution!r}")
         if c < 0 or warmup < 0:
             raise ValueError(f"c and warmup must be >= 0, got {c}, {warmup}")
         super().__init__(prepared, cost, channel_step)
@@ -90,8 +102,36 @@ class CUCB(PruningMethod):
         for m in prepared.modules():  # inactive channels get no gradient through their readers
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = False
+        self.gathered = None
+        if execution == "gathered":
+            from fxprune.errors import SurgeryError
+            from fxprune.passes.gathered import gathered_module
+
+            try:
+                self.gathered = gathered_module(prepared)
+            except SurgeryError as exc:
+                warnings.warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
+                              "at full width", stacklevel=2)
+        self.execution = "gathered" if self.gathered is not None else "masked"
+        self._hooks = []
         self.active = self._select(step=0)
         self._apply(self.active)
+
+    # -- what the trainer runs ----------------------------------------------------------------
+    @property
+    def train_forward(self):
+        """The module the training step should call: the active sub-network while exploring
+        (gathered execution), the prepared model otherwise."""
+        if self.gathered is None or self.final:
+            return self.prepared
+        self.gathered.train(self.prepared.training)
+        return self.gathered
+
+    def attach_optimizer(self, optimizer) -> None:
+        """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
+        (gathered execution; nothing to do when masked)."""
+        if self.gathered is not None:
+            self._hooks += list(self.gathered.protect(optimizer))
 
     # -- the training-loop API --------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
@@ -163,6 +203,8 @@ class CUCB(PruningMethod):
 
     def _apply(self, active: np.ndarray) -> None:
         self.index.set_masks(self.prepared, active.astype(np.float32))
+        if self.gathered is not None:
+            self.gathered.set_active(active)
 
     def active_cost(self) -> float:
         """Cost fraction of the current active sub-network."""
