@@ -11,8 +11,8 @@ pruning schedule is scaled to the epoch count (fractions below are of the total 
 * SMCP: warm-up 0.1 E, ramp 0.5 E, cool-down 0.3 E, a knapsack every 0.02 E (its recipe)
 * CUCB: budget mode (active sets under 50% FLOPs; gathered execution), random warm-up 0.05 E, bandit until 0.7 E,
   then the top channels by mu fine-tune; CUCB random: the same with random active sets
-* CCP ratio (every group keeps 70%; FLOPs land near 50%, reported) and CCP adaptive (allocator
-  under 50% FLOPs): dense training to 0.3 E, statistics over the 0.025 E before, fine-tune
+* CCP ratio (one kept fraction for every group, the largest under 50% FLOPs) and CCP adaptive
+  (counts per group by the allocator under 50% FLOPs): dense training to 0.3 E, statistics over the 0.025 E before, fine-tune
 * one-shot magnitude and one-shot Taylor (importance over 0.025 E) at 0.3 E, fine-tune
 
 Also: CCP's greedy + 1-swap solver against exhaustive search on random instances (hit rate),
@@ -57,7 +57,7 @@ def rows_for(epochs: float) -> dict[str, dict]:
                  "explore_epochs": 0.7 * E},
         "CUCB random": {"method": "cucb_random", **common, "mode": "budget", "warmup_epochs": 0.05 * E,
                         "explore_epochs": 0.7 * E},
-        "CCP ratio": {"method": "ccp", **common, "mode": "ratio", "ratio": 0.7,
+        "CCP ratio": {"method": "ccp", **common, "mode": "ratio", "ratio": None,
                       "collect_epochs": short, "prune_at_epochs": 0.3 * E},
         "CCP adaptive": {"method": "ccp", **common, "mode": "adaptive", "collect_epochs": short,
                          "prune_at_epochs": 0.3 * E},

@@ -157,16 +157,16 @@ def _train(pm, pruner, steps, seed=0):
     return [r for r in records if r]
 
 
-@pytest.mark.parametrize("mode", ["ratio", "adaptive"])
-def test_ccp_method_prunes_in_rounds_and_finalizes(mode):
+@pytest.mark.parametrize("mode,ratio", [("ratio", 0.5), ("ratio", None), ("adaptive", None)])
+def test_ccp_method_prunes_in_rounds_and_finalizes(mode, ratio):
     pm = prepared()
-    pruner = CCP(pm, target=0.5, mode=mode, collect=3, rounds=2, round_every=3, channel_step=4,
+    pruner = CCP(pm, target=0.5, mode=mode, ratio=ratio, collect=3, rounds=2, round_every=3, channel_step=4,
                  exhaustive_max=8)
     records = _train(pm, pruner, 9)
     assert [r["round"] for r in records] == [1, 2] and [r["step"] for r in records] == [3, 6]
     assert records[0]["samples"] == 3 * 32
     assert records[1]["kept"] < records[0]["kept"]
-    if mode == "adaptive":
+    if ratio is None:  # a cost target: adaptive counts, or one common ratio fitted to it
         assert records[0]["actual"] <= 0.75 + 1e-9 and records[1]["actual"] <= 0.5 + 1e-9
         assert pruner.cost() <= 0.5 + 1e-9
     else:

@@ -31,7 +31,8 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   1-swap local search at each count asked for. ``keep_one_of`` constraints (a split piece must
   keep a channel) are enforced by both.
 * How many per group: ``mode="ratio"``: every group keeps ``ratio`` of its channels (the paper's
-  preset per-layer ratio; on the ``channel_step`` grid); ``mode="adaptive"``: each group offers
+  preset per-layer ratio; on the ``channel_step`` grid; ``ratio=None``: the largest common ratio
+  whose real cost fits ``target``); ``mode="adaptive"``: each group offers
   its best subset at every allowed count, valued by minus its predicted loss change, and
   fxprune's allocator picks the counts under ``target`` x the dense cost (FLOPs, params or a
   latency table). This is the notes' "principled adaptive version"; the paper's CCP-AC
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..allocation import GroupOptions, allocate, allowed_counts
+from ..allocation import GroupOptions, allocate, allocate_uniform, allowed_counts
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
@@ -200,13 +201,13 @@ class CCP(PruningMethod):
                              f"(counts by the allocator under a cost target), got {mode!r}")
         if not 0 < target <= 1:
             raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
-        ratio = target if ratio is None else ratio
-        if not 0 < ratio <= 1:
+        if ratio is not None and not 0 < ratio <= 1:
             raise ValueError(f"ratio is the fraction of each group's channels to keep, in (0, 1]; got {ratio}")
         if rounds < 1 or collect < 1:
             raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
         super().__init__(prepared, cost, channel_step)
-        self.mode, self.target, self.ratio = mode, float(target), float(ratio)
+        self.mode, self.target = mode, float(target)
+        self.ratio = None if ratio is None else float(ratio)
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
@@ -280,7 +281,7 @@ class CCP(PruningMethod):
         for i, g in enumerate(self.index.groups):
             S, alive, constraints = self._group_problem(i)
             counts = self._counts(i, len(alive), constraints)
-            if self.mode == "ratio":
+            if self.mode == "ratio" and self.ratio is not None:
                 want = (1 - (1 - self.ratio) * frac) * g.size
                 counts = counts[[int(np.argmin(np.abs(counts - want)))]]
             subsets = self._subsets(S, counts, constraints)
@@ -293,10 +294,15 @@ class CCP(PruningMethod):
                 values[j] = full - val  # minus the predicted loss change of this subset
             options.append(GroupOptions(counts, values, keep))
             problems.append(len(S))
-        if self.mode == "ratio":
+        if self.mode == "ratio" and self.ratio is not None:
             choice = [0] * len(options)
             kept = np.concatenate([o.keep[0] for o in options])
             target = None
+        elif self.mode == "ratio":  # one ratio for every group: the largest that fits the target
+            target = 1 - (1 - self.target) * frac
+            result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
+                                      hint=f", channel_step={self.channel_step}")
+            kept, choice = result.kept, result.choice
         else:
             target = 1 - (1 - self.target) * frac
             result = allocate(options, self.budget, target, before, resolution=self.resolution,
