@@ -203,8 +203,13 @@ class InputTaps:
                 self._pre_hook(c.in_flat, channel_dim)))
 
     def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int):
-        valid = in_flat >= 0
-        flat = in_flat[valid]
+        valid_cpu = in_flat >= 0
+        per_device: dict = {}  # index tensors on the activations' device, made once
+
+        def indices(device):
+            if device not in per_device:
+                per_device[device] = (in_flat[valid_cpu].to(device), valid_cpu.to(device))
+            return per_device[device]
 
         def pre(module, args):
             x = args[0]
@@ -221,8 +226,9 @@ class InputTaps:
                     per = prod.sum(dim=others) if others else prod  # (N, C_in)
                     if self.loss_reduction == "mean":
                         per = per * prod.shape[0]
+                    flat, valid = indices(per.device)
                     t = per.new_zeros(per.shape[0], self.n)
-                    t.index_add_(1, flat.to(t.device), per[:, valid.to(per.device)])
+                    t.index_add_(1, flat, per[:, valid])
                     self.pending = t if self.pending is None else self.pending + t
                 return None
 
@@ -255,11 +261,13 @@ class ActivationTaylor(ImportanceStrategy):
         t = self.taps.take()
         if t is None:
             return
-        self.sum_t += t.sum(0).cpu()
+        if self.sum_t.device != t.device:
+            self.sum_t = self.sum_t.to(t.device)
+        self.sum_t += t.sum(0)
         self.samples += t.shape[0]
 
     def scores(self) -> np.ndarray:
-        return (self.sum_t / max(self.samples, 1)).abs().numpy()
+        return (self.sum_t / max(self.samples, 1)).abs().cpu().numpy()
 
     def reset(self) -> None:
         self.sum_t.zero_()
@@ -273,10 +281,10 @@ class ActivationTaylor(ImportanceStrategy):
         self.samples = int(round(float(packed[-1])))
 
     def state_dict(self) -> dict:
-        return {"sum_t": self.sum_t.clone(), "samples": self.samples}
+        return {"sum_t": self.sum_t.cpu().clone(), "samples": self.samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sum_t.copy_(state["sum_t"])
+        self.sum_t.copy_(state["sum_t"].to(self.sum_t.device))
         self.samples = int(state["samples"])
 
     def close(self) -> None:
@@ -301,12 +309,14 @@ class PairwiseTaylor(ImportanceStrategy):
         t = self.taps.take()
         if t is None:
             return
-        t = t.cpu()
         self.add(t)
 
     def add(self, t: torch.Tensor) -> None:
-        """Accumulate per-sample terms ``t`` (N, n)."""
+        """Accumulate per-sample terms ``t`` (N, n), on ``t``'s device (no host copy per step)."""
         t = t.double()
+        if self.sum_t.device != t.device:
+            self.sum_t = self.sum_t.to(t.device)
+            self.sum_tt = [m.to(t.device) for m in self.sum_tt]
         self.sum_t += t.sum(0)
         for g, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             tg = t[:, int(a):int(b)]
@@ -317,14 +327,14 @@ class PairwiseTaylor(ImportanceStrategy):
         """Group ``g``'s ``a`` (size,) and ``B`` (size, size), float64."""
         a, b = int(self.offsets[g]), int(self.offsets[g + 1])
         s = max(self.samples, 1)
-        return (self.sum_t[a:b] / s).numpy(), (self.sum_tt[g] / s).numpy()
+        return (self.sum_t[a:b] / s).cpu().numpy(), (self.sum_tt[g] / s).cpu().numpy()
 
     def scores(self) -> np.ndarray:
         """Single-channel second-order loss change of removing channel i alone:
         ``-a_i + B_ii / 2`` (for comparison; CCP itself uses the pairwise form)."""
         s = max(self.samples, 1)
         diag = torch.cat([m.diagonal() for m in self.sum_tt]) if self.sum_tt else self.sum_t
-        return ((-self.sum_t + diag / 2) / s).numpy()
+        return ((-self.sum_t + diag / 2) / s).cpu().numpy()
 
     def reset(self) -> None:
         self.sum_t.zero_()
@@ -344,13 +354,13 @@ class PairwiseTaylor(ImportanceStrategy):
         self.samples = int(round(float(packed[-1])))
 
     def state_dict(self) -> dict:
-        return {"sum_t": self.sum_t.clone(), "sum_tt": [m.clone() for m in self.sum_tt],
+        return {"sum_t": self.sum_t.cpu().clone(), "sum_tt": [m.cpu().clone() for m in self.sum_tt],
                 "samples": self.samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sum_t.copy_(state["sum_t"])
+        self.sum_t.copy_(state["sum_t"].to(self.sum_t.device))
         for m, s in zip(self.sum_tt, state["sum_tt"]):
-            m.copy_(s)
+            m.copy_(s.to(m.device))
         self.samples = int(state["samples"])
 
     def close(self) -> None:

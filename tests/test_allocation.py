@@ -170,3 +170,21 @@ def test_hard_and_magnitude_entries_are_smcp_options():
         records.append(one.step())
     assert [r is not None for r in records] == [False, True, False, False]  # once, at step 2
     assert one.cost() <= 0.5 + 1e-9
+
+
+def test_activation_taylor_is_the_batch_mean_of_the_per_sample_terms():
+    from fxprune.importance import ActivationTaylor, InputTaps
+
+    pm = prepared()
+    index = UnitIndex(pm)
+    consumers = consumer_weights(pm, index)
+    act = ActivationTaylor(pm, consumers, index.n)
+    x, y = data()
+    F.cross_entropy(pm(x), y).backward()
+    act.observe()
+    # the same channel sums from the weights: |sum W dL/dW| = |batch sum of t| / N for mask 1
+    w = WeightTaylor(consumers, index.n)
+    w.observe(index.masks(pm))
+    np.testing.assert_allclose(act.scores(), w.scores(), rtol=1e-4, atol=1e-9)
+    act.close()
+    assert not any(m._forward_pre_hooks for m in pm.modules())
