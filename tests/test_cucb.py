@@ -202,3 +202,10 @@ def test_gathered_execution_is_the_default_and_masked_is_the_fallback():
     with pytest.warns(UserWarning, match="runs masked"):
         masked = CUCB(fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),)), rho=0.5, cost="params")
     assert masked.execution == "masked"
+
+
+def test_a_state_for_other_groups_is_refused():
+    pruner = CUCB(prepared(width=16), rho=0.5, channel_step=4)
+    other = CUCB(prepared(width=8), rho=0.5, channel_step=4)
+    with pytest.raises(ValueError, match="saved for channel groups"):
+        other.load_state_dict(pruner.state_dict())

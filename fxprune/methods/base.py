@@ -107,6 +107,20 @@ class PruningMethod:
         True when this changed them."""
         return False
 
+    def signature(self) -> list[list]:
+        """The prunable groups as ``[key, name, size]``: what a saved state must match."""
+        return [[g.key, g.name, int(g.size)] for g in self.index.groups]
+
+    def _check_state(self, state: dict, masks) -> None:
+        """Refuse a state saved for other groups (names or sizes differ), naming both."""
+        mine, theirs = self.signature(), state.get("groups")
+        if theirs is not None and [list(g) for g in theirs] != mine:
+            show = lambda gs: ", ".join(f"{name} ({size})" for _, name, size in gs)  # noqa: E731
+            raise ValueError(f"this pruner state was saved for channel groups {show(theirs)} but "
+                             f"the prepared model has {show(mine)}: it belongs to a different "
+                             "model; load it into a model prepared like the one that saved it")
+        self._check_channels(masks)
+
     def _check_channels(self, masks) -> None:
         if masks.numel() != self.index.n:
             raise ValueError(f"this state holds {masks.numel()} channels but the prepared "

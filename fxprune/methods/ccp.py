@@ -314,21 +314,21 @@ class CCP(PruningMethod):
         samples = int(self.stats.samples)
         self.stats.reset()
         record = {"step": self.step_count, "round": round_k, "mode": self.mode, "target": target,
-                  "actual": self.budget.fraction(kept), "kept": int(kept.sum()),
+                  "actual": float(self.budget.fraction(kept)), "kept": int(kept.sum()),
                   "channels": self.index.n, "predicted_loss_change": predicted,
                   "samples": samples, "solve_s": time.perf_counter() - start,
-                  "exhaustive_groups": sum(n <= self.exhaustive_max for n in problems)}
+                  "exhaustive_groups": int(sum(n <= self.exhaustive_max for n in problems))}
         self.history.append(record)
         return record
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "stats": self.stats.state_dict(),
+        return {"step": self.step_count, "groups": self.signature(), "stats": self.stats.state_dict(),
                 "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_channels(state["masks"])
+        self._check_state(state, state["masks"])
         self.step_count = int(state["step"])
         self.stats.load_state_dict(state["stats"])
         self.index.set_masks(self.prepared, state["masks"])

@@ -212,12 +212,12 @@ class CUCB(PruningMethod):
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "stats": self.stats.state_dict(), "final": self.final,
+        return {"step": self.step_count, "groups": self.signature(), "stats": self.stats.state_dict(), "final": self.final,
                 "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_channels(state["active"])
+        self._check_state(state, state["active"])
         self.step_count, self.final = int(state["step"]), bool(state["final"])
         self.stats.load_state_dict(state["stats"])
         self.active = state["active"].numpy().astype(bool).copy()
