@@ -206,7 +206,9 @@ class CCP(PruningMethod):
         if rounds < 1 or collect < 1:
             raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
         super().__init__(prepared, cost, channel_step)
-        self.mode, self.target = mode, float(target)
+        self.mode, self.cost_target = mode, float(target)
+        #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
+        self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
         self.ratio = None if ratio is None else float(ratio)
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)
@@ -299,12 +301,12 @@ class CCP(PruningMethod):
             kept = np.concatenate([o.keep[0] for o in options])
             target = None
         elif self.mode == "ratio":  # one ratio for every group: the largest that fits the target
-            target = 1 - (1 - self.target) * frac
+            target = 1 - (1 - self.cost_target) * frac
             result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
                                       hint=f", channel_step={self.channel_step}")
             kept, choice = result.kept, result.choice
         else:
-            target = 1 - (1 - self.target) * frac
+            target = 1 - (1 - self.cost_target) * frac
             result = allocate(options, self.budget, target, before, resolution=self.resolution,
                               max_resolves=self.max_resolves, hint=f", channel_step={self.channel_step}")
             kept, choice = result.kept, result.choice

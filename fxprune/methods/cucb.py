@@ -92,7 +92,9 @@ class CUCB(PruningMethod):
         if c < 0 or warmup < 0:
             raise ValueError(f"c and warmup must be >= 0, got {c}, {warmup}")
         super().__init__(prepared, cost, channel_step)
-        self.target, self.rho, self.mode, self.c = float(target), float(rho), mode, float(c)
+        self.cost_target, self.rho, self.mode, self.c = float(target), float(rho), mode, float(c)
+        #: the cost fraction this method promises (None in ratio mode: rho sets the widths)
+        self.target = self.cost_target if mode == "budget" else None
         self.warmup, self.explore, self.selection = int(warmup), explore, selection
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.rng = np.random.default_rng(seed)
@@ -179,7 +181,7 @@ class CUCB(PruningMethod):
                 options.append(ranked_options(np.maximum(s, 0.0), order, counts))
         if self.mode == "budget":
             current = self.active if hasattr(self, "active") else np.ones(self.index.n, bool)
-            kept = allocate(options, self.budget, self.target, current, resolution=self.resolution,
+            kept = allocate(options, self.budget, self.cost_target, current, resolution=self.resolution,
                             max_resolves=self.max_resolves, hint=f", channel_step={self.channel_step}").kept
         return kept
 
