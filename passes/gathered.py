@@ -61,6 +61,8 @@ class _GatheredLayer(nn.Module):
 
     def forward(self, x, *masks):
         m = self.layer
+        if getattr(m, "transposed", False):
+            raise SurgeryError(f"gathered execution does not support transposed convs ({self.name})")
         if isinstance(m, nn.modules.conv._ConvNd):
             w = self._gather(m.weight, "weight", (0, 1))
             b = self._gather(m.bias, "bias")
