@@ -188,3 +188,14 @@ def test_activation_taylor_is_the_batch_mean_of_the_per_sample_terms():
     np.testing.assert_allclose(act.scores(), w.scores(), rtol=1e-4, atol=1e-9)
     act.close()
     assert not any(m._forward_pre_hooks for m in pm.modules())
+
+
+def test_cli_lists_the_registry(capsys):
+    from fxprune.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("smcp", "ccp", "cucb", "cucb_random", "magnitude"))
+    assert main(["methods", "ccp"]) == 0
+    assert "exhaustive_max = 12" in capsys.readouterr().out
+    assert main(["methods", "nope"]) == 2
