@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             entry = get_method(name)
         except ValueError as exc:
-            print(f"fxprune methods: error: {exc}")
+            print(f"fxprune methods: error: {exc}", file=sys.stderr)
             return 2
         fixed = "".join(f" {k}={v!r}" for k, v in entry.defaults.items())
         print(f"{name:14} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
