@@ -205,3 +205,20 @@ def test_ccp_resumes_exactly(tmp_path):
         return pruner.index.masks(pm)
 
     assert torch.equal(run(), run(split=3))
+
+
+def test_batch_norms_run_in_eval_mode_on_collection_steps_only():
+    pm = prepared()
+    pm.train()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4)
+    bn = pm.get_submodule("c1.1")
+    modes = []
+    for step in range(5):
+        modes.append(bn.training)
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        pruner.step(loss)
+        pm.zero_grad()
+    assert modes == [True, False, False, True, True]  # steps 2 and 3 collect
+    assert pruner.history[0]["samples"] == 2 * 16

@@ -16,9 +16,11 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   ``B_ij = mean t_i t_j`` per group, in float64. B is the Gauss-Newton / empirical-Fisher
   approximation of the Hessian in the mask coordinates (exact for cross-entropy with one-hot
   labels: the notes' [D]). They are gathered over the ``collect`` training steps before
-  each pruning step, from the trainer's own forward/backward (train-mode BN, which couples the
-  samples of a batch a little; the notes suggest eval-mode BN - not done, the method never sees
-  the batch itself). Collect >= ~10x as many samples as the widest group has channels.
+  each pruning step, from the trainer's own forward/backward. With ``collect_bn="eval"`` (the
+  default, as the notes advise) the batch norms run in eval mode on those steps (switched by
+  ``step()`` one step ahead and back after), so samples do not interact through batch
+  statistics and ``t`` is truly per sample; ``"train"`` leaves them alone. Collect >= ~10x as
+  many samples as the widest group has channels.
 * Objective. z = 1 - beta marks pruned channels. Second order:
   ``dL(z) = -sum_i z_i a_i + 1/2 z^T B z``. Keep form (what is solved here):
   ``min beta^T S beta`` s.t. ``1^T beta = p`` with ``S_ij = B_ij / 2`` (i != j) and
@@ -194,7 +196,8 @@ class CCP(PruningMethod):
                  mode: str = "ratio", ratio: float | None = None, collect: int = 20,
                  prune_at: int | None = None, rounds: int = 1, round_every: int = 100,
                  channel_step: int = 1, exhaustive_max: int = 12, swaps: bool = True,
-                 loss_reduction: str = "mean", resolution: int = DEFAULT_RESOLUTION,
+                 loss_reduction: str = "mean", collect_bn: str = "eval",
+                 resolution: int = DEFAULT_RESOLUTION,
                  max_resolves: int = 6):
         if mode not in ("ratio", "adaptive"):
             raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
@@ -203,6 +206,8 @@ class CCP(PruningMethod):
             raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
         if ratio is not None and not 0 < ratio <= 1:
             raise ValueError(f"ratio is the fraction of each group's channels to keep, in (0, 1]; got {ratio}")
+        if collect_bn not in ("eval", "train"):
+            raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
         if rounds < 1 or collect < 1:
             raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
         super().__init__(prepared, cost, channel_step)
@@ -215,7 +220,9 @@ class CCP(PruningMethod):
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
         self.resolution, self.max_resolves = resolution, max_resolves
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
-        self.stats.taps.enabled = self._collecting(1)
+        self.collect_bn = collect_bn
+        self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self._set_collecting(self._collecting(1))
         for m in prepared.modules():  # pruned channels are gone for good: no gradient through
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = False
@@ -235,7 +242,7 @@ class CCP(PruningMethod):
             self.stats.observe()
         else:
             self.stats.taps.take()
-        self.stats.taps.enabled = self._collecting(self.step_count + 1)
+        self._set_collecting(self._collecting(self.step_count + 1))
         if self.step_count in self.prune_steps():
             k = self.prune_steps().index(self.step_count) + 1
             record = self.prune(k)
@@ -243,6 +250,14 @@ class CCP(PruningMethod):
                 self.stats.close()
             return record
         return None
+
+    def _set_collecting(self, on: bool) -> None:
+        """Taps on for the next forward; BN in eval mode for it (``collect_bn="eval"``) while
+        the model trains."""
+        self.stats.taps.enabled = on
+        if self.collect_bn == "eval" and self.prepared.training:
+            for bn in self._bns:
+                bn.train(not on)
 
     def finalize_masks(self) -> bool:
         """Remove the statistics hooks (a finalized model must not carry them); masks stay.
@@ -336,6 +351,6 @@ class CCP(PruningMethod):
         self.index.set_masks(self.prepared, state["masks"])
         self.dead = state["dead"].numpy().astype(bool).copy()
         self.history = list(state["history"])
-        self.stats.taps.enabled = self._collecting(self.step_count + 1)
+        self._set_collecting(self._collecting(self.step_count + 1))
         if self.step_count >= self.prune_steps()[-1]:
             self.stats.close()
