@@ -298,6 +298,16 @@ def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | No
             kwargs[name] = int(round(float(kwargs.pop(key)) * steps_per_epoch))
 
 
+def _takes_loss(step) -> bool:
+    """Whether a method's ``step`` accepts the loss (the protocol's ``step(loss=None)``); a
+    method written before the loss was passed keeps working with ``step()``."""
+    try:
+        params = inspect.signature(step).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
 def lr_factor(step: int, optim: dict, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
     total = optim["epochs"] * steps_per_epoch
@@ -561,6 +571,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
 
     epochs = int(optim_cfg["epochs"])
     every = max(int(log_cfg["every_steps"]), 1)
+    step_takes_loss = pruner is not None and _takes_loss(pruner.step)
     net.train()
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
@@ -578,7 +589,8 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if pruner is not None:
-                pruner.step(loss)  # sees this batch's gradients; may update masks and weights
+                # sees this batch's gradients; may update masks and weights
+                pruner.step(loss) if step_takes_loss else pruner.step()
             optimizer.step()
             scheduler.step()
             step += 1

@@ -39,3 +39,17 @@ def test_recipe_prunes_to_budget_and_finalizes_exactly(method, tmp_path):
                                 [*SMALL, *EXTRA[method], f"out={tmp_path / 'run'}", "optim.epochs=3"]),
                     resume=True)
     assert resumed["flops_ratio"] <= 0.5 + 1e-6 and resumed["finalize_mismatched_samples"] == 0
+
+
+def test_the_trainer_passes_the_loss_to_methods_that_take_it():
+    from fxprune.train import _takes_loss
+
+    class Old:
+        def step(self):
+            pass
+
+    class New:
+        def step(self, loss=None):
+            pass
+
+    assert not _takes_loss(Old().step) and _takes_loss(New().step)
