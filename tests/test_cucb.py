@@ -209,3 +209,18 @@ def test_a_state_for_other_groups_is_refused():
     other = CUCB(prepared(width=8), rho=0.5, channel_step=4)
     with pytest.raises(ValueError, match="saved for channel groups"):
         other.load_state_dict(pruner.state_dict())
+
+
+def test_ratio_mode_gathers_static_shapes_every_step():
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=4)
+    sizes = []
+    for step in range(6):
+        sizes.append({k: (None if v is None else len(v)) for k, v in pruner.gathered.indices.items()})
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pruner.train_forward(x), y)
+        loss.backward()
+        pruner.step(loss)
+        pm.zero_grad()
+    assert all(s == sizes[0] for s in sizes)  # same active count per group: same shapes
+    assert len({tuple(np.flatnonzero(pruner.active))} | {()}) > 1
