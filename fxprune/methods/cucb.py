@@ -46,6 +46,9 @@ Execution (``execution=``):
   active count per group, so shapes are static. Masks always mirror the active set, so
   evaluation (full width, masked) computes the same function. A graph the pass cannot gather
   (e.g. a layer norm over pruned channels) falls back to masked execution with a warning.
+* Known cost on a GPU: the per-step selection runs on the host (numpy), so each step copies the
+  n saliencies to the host and the new active indices back (a device sync per step); on the
+  CPU this is ~5-10 ms per step for the recipe's ResNet (budget mode: one allocator solve).
 * ``"masked"``: inactive channels are hard-masked at the layers reading them, every layer runs
   at full width (a step costs a dense step), and SGD's weight decay and momentum and BN's
   running statistics still move for inactive channels.
