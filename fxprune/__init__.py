@@ -18,6 +18,9 @@ _LAZY = {
     "LatencyTable": ("fxprune.deploy.latency_table", "LatencyTable"),
     "solve_mckp": ("fxprune.knapsack", "solve_mckp"),
     "SMCP": ("fxprune.methods.smcp", "SMCP"),
+    "CCP": ("fxprune.methods.ccp", "CCP"),
+    "CUCB": ("fxprune.methods.cucb", "CUCB"),
+    "get_method": ("fxprune.methods.base", "get_method"),
     "PruningSchedule": ("fxprune.schedule", "PruningSchedule"),
 }
 

@@ -63,7 +63,19 @@ class Budget:
     def option_costs(self, kept: np.ndarray, orders: list[np.ndarray], ks: list[np.ndarray]):
         """Per group, the cost of keeping its top ``ks[i][j]`` channels (``orders[i]`` ranks them),
         other groups as in ``kept``; and the constant the group costs add to."""
-        costs = [np.zeros(len(k), dtype=np.float64) for k in ks]
+        keeps = []
+        for i, (order, k) in enumerate(zip(orders, ks)):
+            size = self.index.group_slice(i).stop - self.index.group_slice(i).start
+            rank = np.empty(size, dtype=np.int64)
+            rank[order] = np.arange(size)
+            keeps.append(rank[None, :] < np.asarray(k)[:, None])
+        return self.subset_costs(kept, keeps)
+
+    def subset_costs(self, kept: np.ndarray, keeps: list[np.ndarray]):
+        """Per group, the cost of each option ``keeps[i][j]`` (a bool row over the group's
+        channels: which it keeps; options need not be nested), other groups as in ``kept``;
+        and the constant the group costs add to. Shapes: ``keeps[i]`` is (options, size)."""
+        costs = [np.zeros(len(k), dtype=np.float64) for k in keeps]
         constant = self.other_cost
         for layer, per_group in zip(self.layers, self._reads):
             c_in, c_out = layer.widths(kept)
@@ -74,10 +86,10 @@ class Budget:
                 sl = self.index.group_slice(i)
                 mine_now = int(counts[kept[sl]].sum())
                 others = self._positions(layer, kept) - mine_now
-                cum = np.concatenate([[0], np.cumsum(counts[orders[i]])])
+                mine = np.asarray(keeps[i], dtype=np.int64) @ counts  # positions per option
                 share = mine_now / positions_now
-                for j, k in enumerate(ks[i]):
-                    n = others + int(cum[k])
+                for j, m in enumerate(mine.tolist()):
+                    n = others + int(m)
                     if layer.in_flat is None:  # depthwise: output moves with input
                         c_out_k, c_in_k = n, n // layer.mult
                     else:

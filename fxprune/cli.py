@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "demo": ("fxprune.demo", "prune half of every channel group of a torchvision model and report"),
     "train": ("fxprune.train", "train a YAML recipe dense or with a pruning method, then finalize"),
     "deploy": ("fxprune.deploy.cli", "export ONNX, build/time an engine, compare with a dense model"),
+    "methods": ("fxprune.methods.cli", "list the pruning methods (prune.method) and their arguments"),
 }
 
 

@@ -1,34 +1,79 @@
-"""Channel importance, one score per prunable channel (see :class:`fxprune.units.UnitIndex`).
+"""Channel importance strategies, one score (or statistic) per prunable channel.
 
-``taylor`` (SMCP): for every layer reading channel i through weight W,
-``s_i = sum over its kept output channels o and kernel positions of W[o, i] * dL/dW[o, i]``;
-the channel's score is ``|sum of s_i over those layers|`` (sum first, abs last). It is computed
-on the unmasked W with the straight-through gradient, so a masked-out channel keeps a meaningful
-score and can come back. Scores are accumulated over the steps between mask updates: ``mean``
-(default: each update sees evidence gathered under the current masks only, not stale scores
-from before the last re-solve) or an exponential ``momentum`` average that carries over.
+Channels are numbered as in :class:`fxprune.units.UnitIndex` (flat, group by group). Every
+strategy has ``observe(...)`` (called by its method after ``loss.backward()``), ``reset()``,
+``scores()``, ``state_dict()``/``load_state_dict()`` and ONE synchronisation point,
+``sync(reduce_fn)``: ``reduce_fn(t)`` returns the element-wise sum of a float64 tensor over all
+processes (e.g. ``torch.distributed.all_reduce`` on a copy). Without it (``None``) ``sync`` does
+nothing, which is what a single process needs. A strategy puts everything it accumulates (sums
+and counts) into one tensor per call, so a data-parallel run costs one all-reduce per sync.
 
-``magnitude``: the L2 norm of the weights that read the channel (a data-free baseline).
+* :class:`WeightTaylor` (SMCP): for every layer reading channel i through weight W,
+  ``s_i = sum over its kept output channels o and kernel positions of W[o, i] * dL/dW[o, i]``;
+  the channel's score is ``|sum of s_i over those layers|`` (sum first, abs last). It is computed
+  on the unmasked W with the straight-through gradient, so a masked-out channel keeps a meaningful
+  score and can come back. Accumulated ``mean`` over the steps between updates (each update sees
+  evidence under the current masks only) or as an exponential ``momentum`` average.
+* :class:`WeightMagnitude`: the L2 norm of the weights that read the channel (data-free baseline).
+* :class:`ActivationTaylor` (Molchanov et al., ICLR 2017): ``|mean over samples of t_i|`` with
+  ``t_i = sum over positions of A_i * dL/dA_i``, A the input of a layer reading the channel
+  (the activation the group's mask acts on), summed over every such layer.
+* :class:`PairwiseTaylor` (CCP, Peng et al., ICML 2019): per-sample ``t_i`` as above, and their
+  first and second moments ``a_i = mean t_i``, ``B_ij = mean t_i t_j`` per group in float64.
+* :class:`BanditStats` (CUCB, Chen, Wang & Yuan 2013; Spasov & Lio 2019): per channel the number
+  of times it was active ``T_i`` and its mean reward ``mu_i`` (rewards in [0, 1]).
+
+For a channel of a mask that is 1, ``sum_i`` of the weight form and ``t_i`` summed over the
+batch are the same number, ``dL/dm_i`` (the mask's own gradient): the weight form needs no
+hooks, the activation form gives per-sample terms.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from torch import nn
 
 from .units import ConsumerWeight
 
+ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
-class ImportanceAccumulator:
-    KINDS = ("taylor", "magnitude")
 
-    def __init__(self, consumers: list[ConsumerWeight], n: int, kind: str = "taylor",
-                 accumulate: str = "mean", momentum: float = 0.9):
-        if kind not in self.KINDS:
-            raise ValueError(f"importance must be one of {self.KINDS}, got {kind!r}")
-        if accumulate not in ("mean", "momentum"):
-            raise ValueError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
-        self.consumers, self.n, self.kind = consumers, n, kind
-        self.accumulate, self.momentum = accumulate, momentum
+class ImportanceStrategy:
+    """The protocol (see the module docstring). Subclasses override what they need."""
+
+    def observe(self, *args, **kwargs) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def scores(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def sync(self, reduce_fn: ReduceFn | None = None) -> None:
+        """Sum the accumulated statistics over processes (no-op without ``reduce_fn``)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        """Remove hooks this strategy installed."""
+
+
+# ----------------------------------------------------------------------------- weight based
+
+class _ConsumerStrategy(ImportanceStrategy):
+    """Strategies computed from the weights that read prunable channels."""
+
+    kind = ""
+
+    def __init__(self, consumers: list[ConsumerWeight], n: int):
+        self.consumers, self.n = consumers, n
         # Where each consumer's input positions add up: position -> flat channel, and the
         # positions no prunable group owns (-1) -> a spill slot n. A boolean selection would
         # size its result from the data: a device-to-host sync per layer per step on a GPU.
@@ -53,15 +98,28 @@ class ImportanceAccumulator:
             self.total = self.total.to(device)
             self._finite, self._skipped = self._finite.to(device), self._skipped.to(device)
 
-    @torch.no_grad()
-    def observe(self, flat_masks: torch.Tensor) -> None:
-        """Add one step's Taylor scores from the current gradients (no-op for magnitude).
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for non-finite gradients since the last reset (reading it syncs)."""
+        return int(self._skipped)
 
-        A step whose gradients hold inf or nan (a loss-scaler overflow under mixed precision)
-        is not averaged in, and is counted in :attr:`skipped`; the decision is made on the
-        device (``torch.where`` on a finite flag), so no step waits for the GPU."""
-        if self.kind != "taylor" or not self.n or not self.consumers:
-            return
+
+class WeightTaylor(_ConsumerStrategy):
+    kind = "taylor"
+
+    def __init__(self, consumers: list[ConsumerWeight], n: int, accumulate: str = "mean",
+                 momentum: float = 0.9):
+        if accumulate not in ("mean", "momentum"):
+            raise ValueError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
+        super().__init__(consumers, n)
+        self.accumulate, self.momentum = accumulate, momentum
+
+    @torch.no_grad()
+    def step_scores(self, flat_masks: torch.Tensor) -> torch.Tensor | None:
+        """This step's |Taylor| per channel from the current gradients, on the weights' device
+        (None: no gradient). Non-finite where a gradient held inf/nan."""
+        if not self.n or not self.consumers:
+            return None
         self.follow_model()
         ext = torch.cat([flat_masks.to(self.total.device, torch.float64), self.total.new_ones(1)])
         spill = self.total.new_zeros(self.n + 1)  # [n]: positions outside every prunable group
@@ -82,11 +140,20 @@ class ImportanceAccumulator:
             out_kept = ext[c.out_flat].to(s.dtype)  # -1 picks the trailing 1: always kept
             per_input = (out_kept @ s).double()
             spill.index_add_(0, target, per_input)
-        if not seen:
+        return spill[: self.n].abs() if seen else None
+
+    @torch.no_grad()
+    def observe(self, flat_masks: torch.Tensor) -> None:
+        """Add one step's Taylor scores from the current gradients.
+
+        A step whose gradients hold inf or nan (a loss-scaler overflow under mixed precision)
+        is not averaged in, and is counted in :attr:`skipped`; the decision is made on the
+        device (``torch.where`` on a finite flag), so no step waits for the GPU."""
+        step = self.step_scores(flat_masks)
+        if step is None:
             return
-        step = spill[: self.n]
         finite = torch.isfinite(step).all()
-        step = torch.where(finite, step.abs(), 0.0)
+        step = torch.where(finite, step, 0.0)
         if self.accumulate == "mean":
             self.total += step
         else:
@@ -96,25 +163,25 @@ class ImportanceAccumulator:
         self._skipped += ~finite
         self.count += 1
 
-    @property
-    def skipped(self) -> int:
-        """Steps skipped for non-finite gradients since the last reset (reading it syncs)."""
-        return int(self._skipped)
-
     @torch.no_grad()
     def scores(self) -> np.ndarray:
         self.follow_model()
-        if self.kind == "magnitude":
-            sq = torch.zeros(self.n, dtype=torch.float64, device=self.total.device)
-            for c in self.consumers:
-                w2 = c.param.double().pow(2)
-                per_input = w2.sum(dim=tuple(d for d in range(w2.ndim) if d != c.dim))
-                valid = c.in_flat >= 0
-                sq.index_add_(0, c.in_flat[valid], per_input[valid])
-            return sq.sqrt().cpu().numpy()
         if self.accumulate == "mean":
             return (self.total / self._finite.clamp(min=1)).cpu().numpy()
         return self.total.cpu().numpy()
+
+    def sync(self, reduce_fn: ReduceFn | None = None) -> None:
+        if reduce_fn is None:
+            return
+        # mean: sums and counts add up; momentum: every process keeps the mean of the averages
+        weight = self._finite.double() if self.accumulate == "mean" else self.total.new_ones(())
+        packed = reduce_fn(torch.cat([self.total, weight.reshape(1).to(self.total.device)]))
+        if self.accumulate == "mean":
+            self.total.copy_(packed[:-1])
+            self._finite.fill_(int(round(float(packed[-1]))))
+            self.count = int(self._finite)
+        else:
+            self.total.copy_(packed[:-1] / packed[-1])
 
     def reset(self) -> None:
         self._skipped.zero_()
@@ -133,3 +200,304 @@ class ImportanceAccumulator:
         self.count = int(state["count"])
         self._finite.fill_(int(state.get("finite", self.count)))
         self._skipped.fill_(int(state.get("skipped", 0)))
+
+
+class WeightMagnitude(_ConsumerStrategy):
+    kind = "magnitude"
+
+    @torch.no_grad()
+    def scores(self) -> np.ndarray:
+        self.follow_model()
+        sq = torch.zeros(self.n + 1, dtype=torch.float64, device=self.total.device)
+        for c, target in zip(self.consumers, self._targets):
+            w2 = c.param.double().pow(2)
+            per_input = w2.sum(dim=tuple(d for d in range(w2.ndim) if d != c.dim))
+            sq.index_add_(0, target, per_input)
+        return sq[: self.n].sqrt().cpu().numpy()
+
+    def state_dict(self) -> dict:
+        return {"total": self.total.detach().cpu().clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state.get("count", 0))
+
+
+def ImportanceAccumulator(consumers: list[ConsumerWeight], n: int, kind: str = "taylor",
+                          accumulate: str = "mean", momentum: float = 0.9) -> ImportanceStrategy:
+    """SMCP's importance by name: ``taylor`` (:class:`WeightTaylor`) or ``magnitude``."""
+    if kind == "taylor":
+        return WeightTaylor(consumers, n, accumulate, momentum)
+    if kind == "magnitude":
+        if accumulate not in ("mean", "momentum"):
+            raise ValueError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
+        return WeightMagnitude(consumers, n)
+    raise ValueError(f"importance must be one of ('taylor', 'magnitude'), got {kind!r}")
+
+
+ImportanceAccumulator.KINDS = ("taylor", "magnitude")
+
+
+# ----------------------------------------------------------------------------- activation based
+
+class InputTaps:
+    """Per-sample ``t_i = sum over positions of A_i * dL/dA_i`` at every layer reading prunable
+    channels (A its input), summed per flat channel. Shape of each batch's result: (N, n).
+
+    A forward pre-hook hands each reader a fresh alias of its input, so the alias's gradient is
+    the contribution through that reader only (a residual stream read by several layers and the
+    skip path gets the sum over its masked readers, which is what zeroing the channel removes).
+    ``loss_reduction="mean"`` (the trainer's loss): per-sample gradients are N times the
+    batch loss's, so t is scaled by N.
+    """
+
+    def __init__(self, prepared: nn.Module, consumers: list[ConsumerWeight], n: int,
+                 loss_reduction: str = "mean"):
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        self.n, self.loss_reduction, self.enabled = n, loss_reduction, True
+        self.pending: torch.Tensor | None = None
+        self.handles = []
+        seen = set()
+        for c in consumers:
+            if c.module in seen:
+                continue
+            seen.add(c.module)
+            module = prepared.get_submodule(c.module)
+            channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+            self.handles.append(module.register_forward_pre_hook(
+                self._pre_hook(c.in_flat, channel_dim)))
+
+    def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int):
+        valid_cpu = in_flat >= 0
+        per_device: dict = {}  # index tensors on the activations' device, made once
+
+        def indices(device):
+            if device not in per_device:
+                per_device[device] = (in_flat[valid_cpu].to(device), valid_cpu.to(device))
+            return per_device[device]
+
+        def pre(module, args):
+            x = args[0]
+            if not (self.enabled and torch.is_grad_enabled() and x.requires_grad):
+                return None
+            alias = x.view_as(x)
+            saved = x.detach()
+
+            def on_grad(g):
+                with torch.no_grad():
+                    prod = (saved * g).double()
+                    dim = channel_dim % prod.ndim
+                    others = tuple(d for d in range(1, prod.ndim) if d != dim)
+                    per = prod.sum(dim=others) if others else prod  # (N, C_in)
+                    if self.loss_reduction == "mean":
+                        per = per * prod.shape[0]
+                    flat, valid = indices(per.device)
+                    t = per.new_zeros(per.shape[0], self.n)
+                    t.index_add_(1, flat, per[:, valid])
+                    self.pending = t if self.pending is None else self.pending + t
+                return None
+
+            alias.register_hook(on_grad)
+            return (alias, *args[1:])
+
+        return pre
+
+    def take(self) -> torch.Tensor | None:
+        """The (N, n) float64 per-sample terms of the last backward (None if none ran)."""
+        t, self.pending = self.pending, None
+        return t
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class ActivationTaylor(ImportanceStrategy):
+    """|mean over samples of t_i| (first-order Taylor on activations), accumulated over steps."""
+
+    def __init__(self, prepared, consumers, n, loss_reduction: str = "mean"):
+        self.taps = InputTaps(prepared, consumers, n, loss_reduction)
+        self.n = n
+        self.sum_t = torch.zeros(n, dtype=torch.float64)
+        self.samples = 0
+
+    def observe(self, *_args) -> None:
+        t = self.taps.take()
+        if t is None:
+            return
+        if self.sum_t.device != t.device:
+            self.sum_t = self.sum_t.to(t.device)
+        self.sum_t += t.sum(0)
+        self.samples += t.shape[0]
+
+    def scores(self) -> np.ndarray:
+        return (self.sum_t / max(self.samples, 1)).abs().cpu().numpy()
+
+    def reset(self) -> None:
+        self.sum_t.zero_()
+        self.samples = 0
+
+    def sync(self, reduce_fn: ReduceFn | None = None) -> None:
+        if reduce_fn is None:
+            return
+        packed = reduce_fn(torch.cat([self.sum_t, self.sum_t.new_tensor([float(self.samples)])]))
+        self.sum_t.copy_(packed[:-1])
+        self.samples = int(round(float(packed[-1])))
+
+    def state_dict(self) -> dict:
+        return {"sum_t": self.sum_t.cpu().clone(), "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sum_t.copy_(state["sum_t"].to(self.sum_t.device))
+        self.samples = int(state["samples"])
+
+    def close(self) -> None:
+        self.taps.close()
+
+
+class PairwiseTaylor(ImportanceStrategy):
+    """CCP's statistics per group: ``a = mean t`` (n,) and ``B_g = mean t_g t_g^T`` per group,
+    from per-sample ``t`` (:class:`InputTaps`), accumulated in float64 (sums and a count)."""
+
+    def __init__(self, prepared, consumers, offsets: np.ndarray, loss_reduction: str = "mean"):
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        n = int(self.offsets[-1])
+        self.taps = InputTaps(prepared, consumers, n, loss_reduction)
+        self.n = n
+        self.sum_t = torch.zeros(n, dtype=torch.float64)
+        self.sum_tt = [torch.zeros(int(b - a), int(b - a), dtype=torch.float64)
+                       for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+        self.samples = 0
+
+    def observe(self, *_args) -> None:
+        t = self.taps.take()
+        if t is None:
+            return
+        self.add(t)
+
+    def add(self, t: torch.Tensor) -> None:
+        """Accumulate per-sample terms ``t`` (N, n), on ``t``'s device (no host copy per step)."""
+        t = t.double()
+        if self.sum_t.device != t.device:
+            self.sum_t = self.sum_t.to(t.device)
+            self.sum_tt = [m.to(t.device) for m in self.sum_tt]
+        self.sum_t += t.sum(0)
+        for g, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+            tg = t[:, int(a):int(b)]
+            self.sum_tt[g] += tg.T @ tg
+        self.samples += t.shape[0]
+
+    def moments(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """Group ``g``'s ``a`` (size,) and ``B`` (size, size), float64."""
+        a, b = int(self.offsets[g]), int(self.offsets[g + 1])
+        s = max(self.samples, 1)
+        return (self.sum_t[a:b] / s).cpu().numpy(), (self.sum_tt[g] / s).cpu().numpy()
+
+    def scores(self) -> np.ndarray:
+        """Single-channel second-order loss change of removing channel i alone:
+        ``-a_i + B_ii / 2`` (for comparison; CCP itself uses the pairwise form)."""
+        s = max(self.samples, 1)
+        diag = torch.cat([m.diagonal() for m in self.sum_tt]) if self.sum_tt else self.sum_t
+        return ((-self.sum_t + diag / 2) / s).cpu().numpy()
+
+    def reset(self) -> None:
+        self.sum_t.zero_()
+        for m in self.sum_tt:
+            m.zero_()
+        self.samples = 0
+
+    def sync(self, reduce_fn: ReduceFn | None = None) -> None:
+        if reduce_fn is None:
+            return
+        parts = [self.sum_t, *[m.flatten() for m in self.sum_tt], self.sum_t.new_tensor([float(self.samples)])]
+        packed = reduce_fn(torch.cat(parts))
+        pos = 0
+        for m in [self.sum_t, *self.sum_tt]:
+            m.copy_(packed[pos:pos + m.numel()].view_as(m))
+            pos += m.numel()
+        self.samples = int(round(float(packed[-1])))
+
+    def state_dict(self) -> dict:
+        return {"sum_t": self.sum_t.cpu().clone(), "sum_tt": [m.cpu().clone() for m in self.sum_tt],
+                "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sum_t.copy_(state["sum_t"].to(self.sum_t.device))
+        for m, s in zip(self.sum_tt, state["sum_tt"]):
+            m.copy_(s.to(m.device))
+        self.samples = int(state["samples"])
+
+    def close(self) -> None:
+        self.taps.close()
+
+
+# ----------------------------------------------------------------------------- bandit
+
+class BanditStats(ImportanceStrategy):
+    """CUCB's arm statistics: ``T`` (times active) and ``mu`` (mean reward in [0, 1]).
+
+    ``observe(saliency, active)`` scales each active channel's saliency into [0, 1] by its
+    group's *running maximum* of all saliencies seen so far (not the current batch's maximum,
+    which would make one arm's reward depend on which other arms were drawn with it) and adds it
+    to a pending sum; ``sync`` folds the pending sums and counts into ``T`` and ``mu`` (after an
+    optional cross-process sum; the running maximum is each process's own).
+    """
+
+    def __init__(self, offsets: np.ndarray):
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        n = int(self.offsets[-1])
+        self.n = n
+        self.group_of = torch.from_numpy(np.repeat(np.arange(len(self.offsets) - 1),
+                                                   np.diff(self.offsets)))
+        self.T = torch.zeros(n, dtype=torch.float64)
+        self.mu = torch.zeros(n, dtype=torch.float64)
+        self.running_max = torch.zeros(len(self.offsets) - 1, dtype=torch.float64)
+        self.pending_sum = torch.zeros(n, dtype=torch.float64)
+        self.pending_count = torch.zeros(n, dtype=torch.float64)
+
+    @torch.no_grad()
+    def observe(self, saliency: torch.Tensor, active: torch.Tensor) -> None:
+        s = saliency.detach().double().cpu()
+        active = torch.as_tensor(active, dtype=torch.bool).cpu()
+        if not torch.isfinite(s[active]).all():
+            return  # a non-finite step says nothing about the arms
+        masked = torch.where(active, s, torch.zeros_like(s))
+        group_max = torch.zeros_like(self.running_max).scatter_reduce(
+            0, self.group_of, masked, reduce="amax")
+        self.running_max = torch.maximum(self.running_max, group_max)
+        scale = self.running_max[self.group_of]
+        reward = torch.where(scale > 0, masked / scale.clamp_min(1e-300), torch.zeros_like(s))
+        self.pending_sum += torch.where(active, reward, torch.zeros_like(reward))
+        self.pending_count += active.double()
+
+    def sync(self, reduce_fn: ReduceFn | None = None) -> None:
+        """Fold pending rewards into ``T``/``mu``; with ``reduce_fn``, everyone's pending ones."""
+        packed = torch.cat([self.pending_sum, self.pending_count])
+        if reduce_fn is not None:
+            packed = reduce_fn(packed)
+        reward_sum, count = packed[: self.n], packed[self.n:]
+        new_T = self.T + count
+        self.mu = torch.where(new_T > 0, (self.mu * self.T + reward_sum) / new_T.clamp_min(1), self.mu)
+        self.T = new_T
+        self.pending_sum.zero_()
+        self.pending_count.zero_()
+
+    def index(self, t: int, c: float = 1.0) -> torch.Tensor:
+        """The CUCB index ``mu + c sqrt(3 ln t / (2 T))`` per channel; +inf where ``T == 0``."""
+        bonus = c * torch.sqrt(1.5 * np.log(max(t, 1)) / self.T.clamp_min(1))
+        return torch.where(self.T > 0, self.mu + bonus, torch.full_like(self.mu, float("inf")))
+
+    def scores(self) -> np.ndarray:
+        return self.mu.numpy().copy()
+
+    def reset(self) -> None:
+        for x in (self.T, self.mu, self.running_max, self.pending_sum, self.pending_count):
+            x.zero_()
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).clone() for k in ("T", "mu", "running_max", "pending_sum", "pending_count")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            getattr(self, k).copy_(v)

@@ -67,8 +67,17 @@ RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_w
                      "log.every_steps", "log.tensorboard", "log.progress",
                      "prune.allow_above_target"}
 
-# pruning method name -> class name in the fxprune package (looked up when first used).
-PRUNERS = {"smcp": "SMCP"}
+
+
+def _registered_methods() -> dict[str, str]:
+    """``prune.method`` names: the method registry (:mod:`fxprune.methods.base`), name -> summary."""
+    from .methods.base import get_method, method_names
+
+    return {name: get_method(name).summary for name in method_names()}
+
+
+# pruning method name -> what it is (the registry, read once at import)
+PRUNERS = _registered_methods()
 
 
 class ConfigError(FxPruneError, ValueError):
@@ -230,13 +239,13 @@ _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epoch
 
 
 def pruner_class(method: str):
-    import fxprune
+    """The class (or factory) registered as ``method`` (looked up at each call)."""
+    from .methods.base import get_method
 
-    cls = getattr(fxprune, PRUNERS[method], None)
-    if cls is None:
-        raise ConfigError(f"prune.method {method!r} needs fxprune.{PRUNERS[method]}, which this "
-                          f"fxprune installation does not provide")
-    return cls
+    try:
+        return get_method(method).cls
+    except (ValueError, AttributeError, ImportError) as exc:
+        raise ConfigError(f"prune.method {method!r}: {exc}") from None
 
 
 def prune_keys(method: str) -> dict[str, Rule | None]:
@@ -263,6 +272,10 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
     for epochs_key, steps_key in _EPOCH_KEYS.items():
         if steps_key not in keys:  # the method has no such schedule: no epoch form of it
             keys.pop(epochs_key, None)
+    for name, p in params.items():  # any step count the method takes may be written in epochs
+        if (name not in _CONTEXT_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                and (p.default is None or type(p.default) is int)):
+            keys.setdefault(f"{name}_epochs", Rule("float", low=0))
     return keys
 
 

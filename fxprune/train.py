@@ -73,27 +73,33 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         return None
     if method not in PRUNERS:
         raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
-    cls = pruner_class(method)
-    _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"))
+    from .methods.base import get_method
+
+    entry = get_method(method)
+    cls = entry.cls
     try:
         accepted = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         accepted = {}
+    _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"), accepted)
     for name, value in context.items():
         if name in accepted and name not in kwargs:
             kwargs[name] = value
     try:
-        return cls(pm, **kwargs)
+        return entry.build(pm, **kwargs)
     except (ValueError, TypeError) as exc:  # the method's own checks: a config error
         raise ConfigError(f"prune ({method}): {exc}") from None
 
 
-def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None) -> None:
+def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None,
+                     accepted=()) -> None:
     """Recipes schedule pruning in epochs; methods count optimizer steps.
 
     ``warmup_epochs`` -> ``warmup``, ``ramp_epochs`` -> ``ramp``, ``cooldown_epochs`` (the last
-    epochs, masks frozen) -> ``freeze_after``. Fractions of an epoch are fine. Ends are rounded,
-    not lengths, so a ramp that ends where the cool-down starts does so in steps too.
+    epochs, masks frozen) -> ``freeze_after``; any other ``NAME_epochs`` -> ``NAME`` in steps
+    when the method takes ``NAME`` (``explore_epochs``, ``prune_at_epochs``, ...). Fractions of
+    an epoch are fine. Ends are rounded, not lengths, so a ramp that ends where the cool-down
+    starts does so in steps too.
     """
     if steps_per_epoch is None:
         return
@@ -112,6 +118,20 @@ def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | No
         if epochs is None:
             raise ConfigError("prune.cooldown_epochs needs the run's optim.epochs")
         kwargs["freeze_after"] = at(epochs - cooldown)
+    for key in [k for k in kwargs if k.endswith("_epochs")]:
+        name = key[: -len("_epochs")]
+        if name in accepted:
+            kwargs[name] = at(float(kwargs.pop(key)))
+
+
+def _takes_loss(step) -> bool:
+    """Whether a method's ``step`` accepts the loss (the protocol's ``step(loss=None)``); a
+    method written before the loss was passed keeps working with ``step()``."""
+    try:
+        params = inspect.signature(step).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
 def lr_factor(step: int, optim: dict, steps_per_epoch: int) -> float:
@@ -480,6 +500,8 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                                 momentum=optim_cfg["momentum"],
                                 nesterov=bool(optim_cfg["nesterov"]) and optim_cfg["momentum"] > 0,
                                 weight_decay=optim_cfg["weight_decay"])
+    if pruner is not None and hasattr(pruner, "attach_optimizer"):
+        pruner.attach_optimizer(optimizer)  # e.g. CUCB: inactive weights keep their state
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, optim_cfg, steps_per_epoch))
     criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"])
@@ -517,6 +539,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
 
     epochs = int(optim_cfg["epochs"])
     every = max(int(log_cfg["every_steps"]), 1)
+    step_takes_loss = pruner is not None and _takes_loss(pruner.step)
     net.train()
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
@@ -527,12 +550,15 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                    disable=not log_cfg["progress"], dynamic_ncols=True)
         for x, y in bar:
             x, y = _to_device(x, device, channels_last), y.to(device)
-            logits = net(x)
+            # a method may train a sub-network of the same weights (CUCB's active channels)
+            forward = getattr(pruner, "train_forward", None) or net
+            logits = forward(x)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if pruner is not None:
-                pruner.step()  # sees this batch's gradients; may update masks and weights
+                # sees this batch's gradients; may update masks and weights
+                pruner.step(loss) if step_takes_loss else pruner.step()
             optimizer.step()
             scheduler.step()
             step += 1
@@ -603,6 +629,10 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     else:
         import fxprune
 
+        finalize_masks = getattr(pruner, "finalize_masks", None)
+        # the method's final masks (e.g. CUCB: top channels by mu), if they differ from now's
+        if finalize_masks is not None and finalize_masks():
+            test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
         cost = _cost_columns(pruner.cost())
         small = fxprune.finalize(net)
         small_loss, small_acc = evaluate(small, test_loader, device, channels_last)

@@ -55,20 +55,12 @@ import fxprune
 from .. import distributed as fxdist
 
 
-def _method_class(name: str):
-    """The pruning method registered under ``name``.
+def _method_entry(name: str):
+    """The pruning method registered under ``name`` (:mod:`fxprune.methods.base`); an unknown
+    name raises ValueError naming the registered ones."""
+    from fxprune.methods.base import get_method
 
-    ``fxprune.methods.get_method`` is the methods registry once it exists; until then a local
-    table of the methods this module knows (remove it when every supported version has the
-    registry)."""
-    from fxprune import methods
-    get_method = getattr(methods, "get_method", None)
-    if get_method is not None:
-        return get_method(name)
-    local = {"smcp": fxprune.SMCP}
-    if name not in local:
-        raise ValueError(f"unknown pruning method {name!r}; known: {sorted(local)}")
-    return local[name]
+    return get_method(name)
 
 
 def _checkpoint_safe(value: Any) -> Any:
@@ -130,7 +122,7 @@ class PruningCallback(pl.Callback):
                  save_path: str | os.PathLike | None = None, overwrite: bool = False,
                  check_masks: bool = False, **method_kwargs):
         self.method = method
-        self.method_class = _method_class(method)  # an unknown name fails here, not mid-fit
+        self.method_entry = _method_entry(method)  # an unknown name fails here, not mid-fit
         self.method_kwargs = method_kwargs
         self.attribute, self.check_masks = attribute, check_masks
         self.save_path = None if save_path is None else Path(save_path)
@@ -154,7 +146,10 @@ class PruningCallback(pl.Callback):
                                   f"PruningCallback(overwrite=True)")
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
-            self.pruner = self.method_class(self.prepared, **self.method_kwargs)
+            self.pruner = self.method_entry.build(self.prepared, **self.method_kwargs)
+            if hasattr(self.pruner, "attach_optimizer") and trainer.optimizers:
+                # e.g. CUCB: inactive weights keep their optimizer state
+                self.pruner.attach_optimizer(trainer.optimizers[0])
         if self._pending_state is not None:
             self._load(self._pending_state)
 

@@ -48,48 +48,14 @@ from torch import fx
 
 from fxprune.passes.bn_rescale import insert_bn_rescale
 
-from ..budget import Budget
-from ..cost import CostModel, FlopsCost, ParamsCost
-from ..knapsack import DEFAULT_RESOLUTION, solve_mckp
+from ..allocation import allocate, allocate_uniform, allowed_counts, kept_from, ranked_options
 from ..importance import ImportanceAccumulator
+from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
 from ..schedule import PruningSchedule
-from ..units import UnitIndex, consumer_weights, costed_layers
+from .base import PruningMethod, resolve_cost_model
 
-
-def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
-    """A cost model and the constant cost outside conv/linear layers it does not see."""
-    if isinstance(cost, str):
-        if cost == "flops":
-            from ..summary import count_flops
-            from ..groups import state_of
-            from ..api import layer_specs
-            dense = count_flops(prepared, state_of(prepared).example_inputs)
-            return FlopsCost(), max(dense - sum(s.flops() for s in layer_specs(prepared)), 0)
-        if cost == "params":
-            return ParamsCost(), 0.0
-        if cost == "latency":
-            from fxprune.deploy.latency_table import LatencyTable
-            return LatencyTable.measure(prepared, step=channel_step), 0.0
-        raise ValueError(f"cost must be 'flops', 'params', 'latency' or a CostModel, got {cost!r}")
-    if isinstance(cost, CostModel):
-        return cost, 0.0
-    raise TypeError(f"cost must be 'flops', 'params', 'latency' or an object with a `name` and "
-                    f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel), got {type(cost).__name__}")
-
-
-def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int = 1) -> np.ndarray:
-    """How many of a group's ``size`` channels it may keep: counts whose channel total is a
-    multiple of ``step`` (runtimes' kernels work on blocks of channels: an odd count can cost
-    more than a round one, across layers, where no per-layer cost sees it), plus all of them;
-    within ``[low, high]``. ``unit_channels``: channels per unit of the group (a grouped conv's
-    tied positions), so a unit count k keeps ``k * unit_channels`` channels."""
-    per = max(1, step // math.gcd(step, unit_channels)) if step > 1 else 1
-    ks = set(range(per, size + 1, per)) | {size}
-    ks = sorted(k for k in ks if low <= k <= high)
-    if not ks:  # the constraints leave only counts off the step grid
-        ks = [max(low, min(high, size))]
-    return np.array(ks, dtype=np.int64)
+__all__ = ["SMCP", "one_shot", "allowed_counts", "resolve_cost_model"]
 
 
 def _plain(record: dict) -> dict:
@@ -132,7 +98,9 @@ def _check_args(**args) -> None:
                          "would never be reached; freeze later or shorten the ramp")
 
 
-class SMCP:
+class SMCP(PruningMethod):
+    name = "smcp"
+
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  warmup: int = 0, ramp: int = 1000, update_every: int = 100,
                  freeze_after: int | None = None, ramp_shape: str = "exp",
@@ -149,36 +117,29 @@ class SMCP:
             raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
         if allocation not in ("knapsack", "uniform"):
             raise ValueError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
-        self.prepared, self.target = prepared, float(target)
+        super().__init__(prepared, cost, channel_step)
+        self.target = float(target)
         self.schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
-        self.masks_kind, self.allocation, self.channel_step = masks, allocation, int(channel_step)
+        self.masks_kind, self.allocation = masks, allocation
         self.masked_decay, self.resolution, self.max_resolves = masked_decay, resolution, max_resolves
-        self.index = UnitIndex(prepared)
-        if not self.index.n:
-            raise ValueError("the prepared model has no prunable channel group; see "
-                             "fxprune.summary(prepared) for why each group is kept")
-        self.consumers = consumer_weights(prepared, self.index)
         self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
-        cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
-        self.budget = Budget(self.index, costed_layers(self.index), cost_model, other)
         self.bn_rescale = bn_rescale
         self.rescaled_bns = insert_bn_rescale(prepared, bn_rescale)
         for m in prepared.modules():
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = masks == "soft"
-        self.step_count = 0
         self.dead = np.zeros(self.index.n, dtype=bool)  # hard masks: pruned for good
         # Host-side copy of the masks as of construction / the last update / load: step() reads
         # it instead of copying the masks off the device every step.
         self._kept_host = self._kept_now()
-        self.history: list[dict] = []
         self.skipped_updates = 0  # updates due with no gradient evidence (see update)
         self._check_reachable()
 
     # -- the training-loop API ------------------------------------------------------------------
-    def step(self) -> dict | None:
+    def step(self, loss=None) -> dict | None:
         """Call after ``loss.backward()`` and before ``optimizer.step()``. Returns the update's
-        record when masks were re-solved at this step, else None."""
+        record when masks were re-solved at this step, else None. (``loss`` is not needed: the
+        importance comes from the weights' gradients.)"""
         self.step_count += 1
         observing = self._observing(self.step_count)
         decaying = bool(self.masked_decay) and not self._kept_host.all()
@@ -199,13 +160,6 @@ class SMCP:
         if s.freeze_after is not None and step > s.freeze_after:
             return False
         return step > s.warmup - s.update_every
-
-    def cost(self, cost_model: CostModel | None = None) -> float:
-        """Current cost as a fraction of the dense model's, by this pruner's cost model or by
-        ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table)."""
-        if cost_model is None or cost_model is self.budget.model:
-            return self.budget.fraction(self._kept_now())
-        return Budget(self.index, self.budget.layers, cost_model).fraction(self._kept_now())
 
     def target_now(self) -> float:
         return self.schedule.target(self.step_count, self.target)
@@ -230,11 +184,15 @@ class SMCP:
         target = self.target_now()
         scores = self.importance.scores()
         before = self._kept_now()
+        options = self._options(scores)
+        hint = f", channel_step={self.channel_step}"
         if self.allocation == "knapsack":
-            kept, (predicted, solved), resolves = self._solve_knapsack(target, scores, before)
+            result = allocate(options, self.budget, target, before, resolution=self.resolution,
+                              max_resolves=self.max_resolves, hint=hint)
         else:
-            kept, predicted, resolves = self._solve_uniform(target, scores)
-            solved = predicted
+            result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
+                                      hint=hint)
+        kept, predicted, solved, resolves = result.kept, result.predicted, result.solved_actual, result.resolves
         self.index.set_masks(self.prepared, kept.astype(np.float32))
         if self.masks_kind == "hard":
             self.dead |= ~kept
@@ -254,8 +212,9 @@ class SMCP:
         self.history.append(record)
         return record
 
-    def _rankings(self, scores):
-        orders, ks, values = [], [], []
+    def _options(self, scores):
+        """Per group: keep the top-k by importance, for every allowed k (dead channels last)."""
+        options = []
         for i, g in enumerate(self.index.groups):
             sl = self.index.group_slice(i)
             s = scores[sl].astype(np.float64)
@@ -264,120 +223,13 @@ class SMCP:
             alive = int((~dead).sum())
             k = allowed_counts(g.size, self.channel_step, min_k, max(alive, min_k),
                                self.index.unit_channels[i])
-            cum = np.concatenate([[0.0], np.cumsum(np.where(dead, 0.0, s)[order])])
-            orders.append(order)
-            ks.append(k)
-            values.append(cum[k])
-        return orders, ks, values
-
-    def _kept_from(self, orders, ks, choice) -> np.ndarray:
-        kept = np.zeros(self.index.n, dtype=bool)
-        for i, (order, k, c) in enumerate(zip(orders, ks, choice)):
-            start = self.index.group_slice(i).start
-            kept[start + order[: k[c]]] = True
-        return kept
-
-    def _solve_knapsack(self, target, scores, before):
-        """Solve the knapsack priced around the current widths, re-price around the answer and
-        solve again (the pricing holds other groups fixed, so it is exact only near the answer),
-        then repair with exact costs: drop the least valuable steps while over the budget, add
-        the most valuable ones that still fit. The result always fits the budget."""
-        budget = target * self.budget.dense
-        orders, ks, values = self._rankings(scores)
-        current, first, attempt = before, None, 0
-        for attempt in range(1, self.max_resolves + 1):
-            costs, constant = self.budget.option_costs(current, orders, ks)
-            choice, predicted = self._solve_priced(values, costs, constant, budget)
-            kept = self._kept_from(orders, ks, choice)
-            real = self.budget.total(kept)
-            if first is None:  # how good is pricing with the other widths held? (logged)
-                first = (predicted / self.budget.dense, real / self.budget.dense)
-            if real <= budget and attempt > 1 or np.array_equal(kept, current):
-                break
-            current = kept
-        choice = self._repair(list(choice), orders, ks, values, budget, target)
-        return self._kept_from(orders, ks, choice), first, attempt
-
-    def _repair(self, choice, orders, ks, values, budget, target):
-        kept = self._kept_from(orders, ks, choice)
-        total = self.budget.total(kept)
-
-        def move(i, new):  # exact change of total cost if group i takes option `new`
-            sl = self.index.group_slice(i)
-            layers = self.budget.touching[i]
-            old_cost = self.budget.cost_of(kept, layers)
-            trial = kept.copy()
-            trial[sl] = False
-            trial[sl.start + orders[i][: ks[i][new]]] = True
-            return self.budget.cost_of(trial, layers) - old_cost, trial
-
-        while total > budget * (1 + 1e-9):  # over: drop the step that loses least per cost saved
-            best = None
-            for i, c in enumerate(choice):
-                if c > 0:
-                    dc, trial = move(i, c - 1)
-                    loss = values[i][c] - values[i][c - 1]
-                    rate = loss / max(-dc, 1e-12)
-                    if dc < 0 and (best is None or rate < best[0]):
-                        best = (rate, i, dc, trial)
-            if best is None:
-                self._raise_infeasible(target, orders, ks)
-            _, i, dc, kept = best
-            choice[i] -= 1
-            total += dc
-        while True:  # room left: add the step that gains most per cost
-            best = None
-            for i, c in enumerate(choice):
-                if c + 1 < len(ks[i]):
-                    dc, trial = move(i, c + 1)
-                    if total + dc <= budget * (1 + 1e-9):
-                        gain = values[i][c + 1] - values[i][c]
-                        rate = gain / max(dc, 1e-12)
-                        if best is None or rate > best[0]:
-                            best = (rate, i, dc, trial)
-            if best is None:
-                return choice
-            _, i, dc, kept = best
-            choice[i] += 1
-            total += dc
-
-    def _solve_priced(self, values, costs, constant, budget):
-        floor = [float(c.min()) for c in costs]
-        shifted = [c - f for c, f in zip(costs, floor)]
-        avail = budget - constant - sum(floor)
-        if avail < 0:  # even the cheapest options are predicted over: take them
-            choice = np.array([int(np.argmin(c)) for c in costs])
-        else:
-            choice = solve_mckp(values, shifted, avail, resolution=self.resolution)
-        predicted = constant + sum(float(c[j]) for c, j in zip(costs, choice))
-        return choice, predicted
-
-    def _solve_uniform(self, target, scores):
-        budget = target * self.budget.dense
-        orders, ks, _ = self._rankings(scores)
-
-        def pick(rho):
-            choice = [int(np.argmin(np.abs(k - rho * g.size))) for k, g in zip(ks, self.index.groups)]
-            return self._kept_from(orders, ks, choice)
-
-        lo, hi, best = 0.0, 1.0, None
-        if self.budget.total(pick(1.0)) <= budget:
-            return pick(1.0), self.budget.fraction(pick(1.0)), 1
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            kept = pick(mid)
-            if self.budget.total(kept) <= budget * (1 + 1e-9):
-                lo, best = mid, kept
-            else:
-                hi = mid
-        if best is None:
-            self._raise_infeasible(target, orders, ks)
-        return best, self.budget.fraction(best), 40
+            options.append(ranked_options(np.where(dead, 0.0, s), order, k))
+        return options
 
     def _check_reachable(self) -> None:
         """The final target must be reachable: every group at its smallest allowed width."""
-        orders, ks, _ = self._rankings(np.zeros(self.index.n))
-        floor = self.budget.fraction(self._kept_from(orders, ks, [0] * len(ks)))
+        options = self._options(np.zeros(self.index.n))
+        floor = self.budget.fraction(kept_from(self.index.offsets, options, [0] * len(options)))
         if self.target < floor * (1 - 1e-9):
             raise ValueError(
                 f"target {self.target:.3f} of dense is below the cheapest model the constraints "
@@ -385,22 +237,7 @@ class SMCP:
                 f"{self.channel_step}); raise the target to at least {floor:.3f} or lower "
                 "channel_step")
 
-    def signature(self) -> list[list]:
-        """The prunable groups as ``[key, name, size]``: what a saved state must match."""
-        return [[g.key, g.name, int(g.size)] for g in self.index.groups]
-
-    def _raise_infeasible(self, target, orders, ks):
-        floor = self._kept_from(orders, ks, [0] * len(ks))
-        raise ValueError(
-            f"cost target {target:.3f} of dense is below the cheapest model the constraints allow "
-            f"({self.budget.fraction(floor):.3f}: every group at its smallest allowed width, "
-            f"channel_step={self.channel_step}); raise the target or lower channel_step")
-
     # -- helpers -----------------------------------------------------------------------------------
-    def _kept_now(self) -> np.ndarray:
-        """The masks as they are now (a device-to-host copy: not for the per-step path)."""
-        return self.index.masks(self.prepared).numpy() != 0
-
     def _device_masks(self) -> torch.Tensor:
         """All masks as one flat tensor on the model's device (no host copy)."""
         tensors = self.index.mask_tensors(self.prepared)
@@ -422,8 +259,8 @@ class SMCP:
 
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``.
-        CPU tensors: a checkpoint saved on a GPU resumes on the CPU and the reverse."""
+        """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``;
+        CPU tensors, so a checkpoint saved on a GPU resumes on the CPU and the reverse."""
         return {"step": self.step_count, "importance": self.importance.state_dict(),
                 "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
                 "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
@@ -432,16 +269,7 @@ class SMCP:
 
     def load_state_dict(self, state: dict) -> None:
         """Refuses a state saved for other groups (names or sizes differ), naming both."""
-        mine = self.signature()
-        theirs = state.get("groups")
-        if theirs is not None and [list(g) for g in theirs] != mine:
-            show = lambda gs: ", ".join(f"{name} ({size})" for _, name, size in gs)  # noqa: E731
-            raise ValueError(f"this pruner state was saved for channel groups {show(theirs)} but "
-                             f"the prepared model has {show(mine)}: it belongs to a different "
-                             "model; load it into a model prepared like the one that saved it")
-        if state["masks"].numel() != self.index.n:
-            raise ValueError(f"this state holds {state['masks'].numel()} channels but the prepared "
-                             f"model has {self.index.n}: it was saved for a different model")
+        self._check_state(state, state["masks"])
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
         self.importance.load_state_dict(state["importance"])
@@ -450,3 +278,12 @@ class SMCP:
         self.dead = state["dead"].detach().cpu().numpy().astype(bool).copy()
         self._kept_host = self._kept_now()
         self.history = list(state["history"])
+
+def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, prune_at: int = 1,
+             window: int = 1, importance: str = "magnitude", **kwargs) -> SMCP:
+    """One-shot pruning baseline on SMCP's engine: at step ``prune_at`` (importance gathered
+    over the ``window`` steps before it) the global allocator picks the channels under
+    ``target`` and they are removed for good (hard masks); the remaining steps fine-tune."""
+    window = max(1, min(int(window), int(prune_at)))
+    return SMCP(prepared, target, cost, warmup=int(prune_at) - window, ramp=0, update_every=window,
+                freeze_after=int(prune_at), masks="hard", importance=importance, **kwargs)

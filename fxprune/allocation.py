@@ -1,0 +1,236 @@
+"""The global allocator: which channels each group keeps so the model's real cost fits a budget.
+
+Every pruning method reduces to the same question. Each prunable group offers *options*: "keep
+these channels" (a bool row over the group's channels), how many that is, and what the option
+is worth. A cost model prices each option, a multiple-choice knapsack picks one option per
+group under the budget, and exact repair makes the answer fit the real cost. What differs
+between methods is only how the options are generated:
+
+* SMCP / one-shot baselines: the top-k of a ranking (:func:`ranked_options`), value = summed
+  importance of the kept channels;
+* CCP: per count, the best subset of the group's pairwise quadratic (value = minus its predicted
+  loss change), subsets need not be nested;
+* CUCB's cost-budget oracle: the top-k by the bandit index, value = summed index.
+
+The functions here are pure over arrays, given a :class:`~fxprune.budget.Budget` (which prices
+a bool vector of kept channels with the cost model). The flat channel numbering is that of
+:class:`~fxprune.units.UnitIndex`: group ``i`` owns ``offsets[i]:offsets[i+1]``.
+
+Pricing (``Budget.subset_costs``) holds every other group at its current width, which is exact
+only near the answer; :func:`allocate` re-prices around its answer and solves again (at most
+``max_resolves`` times), then :func:`repair` walks single option steps with *exact* costs:
+drops the least valuable step per cost saved while over the budget, then adds the most valuable
+step per cost that still fits. The result always fits (or :class:`InfeasibleBudget` is raised).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .budget import Budget
+from .knapsack import DEFAULT_RESOLUTION, solve_mckp
+
+__all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "ranked_options",
+           "kept_from", "allocate", "allocate_uniform", "repair"]
+
+_SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
+
+
+class InfeasibleBudget(ValueError):
+    """The cost target is below the cheapest model the options allow."""
+
+
+@dataclass
+class GroupOptions:
+    """One group's choices. ``keep``: (options, size) bool, which channels option j keeps;
+    ``counts``: (options,) kept channels; ``values``: (options,) float64, higher is better.
+    Options are ordered by count (the repair steps between neighbours)."""
+
+    counts: np.ndarray
+    values: np.ndarray
+    keep: np.ndarray
+
+    def __post_init__(self):
+        self.counts = np.asarray(self.counts, dtype=np.int64)
+        self.values = np.asarray(self.values, dtype=np.float64)
+        self.keep = np.asarray(self.keep, dtype=bool)
+        if self.keep.ndim != 2 or len(self.keep) != len(self.counts) or len(self.values) != len(self.counts):
+            raise ValueError(f"GroupOptions needs keep (options, size) and one count and value per "
+                             f"option; got shapes {self.keep.shape}, {self.counts.shape}, {self.values.shape}")
+        if not len(self.counts):
+            raise ValueError("a group needs at least one option (e.g. keep every channel)")
+
+
+@dataclass
+class Allocation:
+    """What :func:`allocate` chose. ``kept``: bool per flat channel; ``choice``: option index
+    per group; ``predicted``: the first knapsack answer's priced cost and ``solved_actual`` its
+    real cost (both fractions of dense: how good pricing with the other widths held is);
+    ``actual``: the final real cost fraction; ``resolves``: knapsack solves made."""
+
+    kept: np.ndarray
+    choice: list[int]
+    predicted: float
+    solved_actual: float
+    actual: float
+    resolves: int
+
+
+def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int = 1) -> np.ndarray:
+    """How many of a group's ``size`` channels it may keep: counts whose channel total is a
+    multiple of ``step`` (runtimes' kernels work on blocks of channels: an odd count can cost
+    more than a round one, across layers, where no per-layer cost sees it), plus all of them;
+    within ``[low, high]``. ``unit_channels``: channels per unit of the group (a grouped conv's
+    tied positions), so a unit count k keeps ``k * unit_channels`` channels."""
+    per = max(1, step // math.gcd(step, unit_channels)) if step > 1 else 1
+    ks = set(range(per, size + 1, per)) | {size}
+    ks = sorted(k for k in ks if low <= k <= high)
+    if not ks:  # the constraints leave only counts off the step grid
+        ks = [max(low, min(high, size))]
+    return np.array(ks, dtype=np.int64)
+
+
+def ranked_options(scores: np.ndarray, order: np.ndarray, counts: np.ndarray) -> GroupOptions:
+    """Options "keep the top ``k`` of ``order``" for each ``k`` in ``counts``, each worth the
+    summed ``scores`` of the channels it keeps. ``scores``/``order``: (size,)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.asarray(order, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    cum = np.concatenate([[0.0], np.cumsum(scores[order])])
+    return GroupOptions(counts, cum[counts], rank[None, :] < counts[:, None])
+
+
+def kept_from(offsets: np.ndarray, options: list[GroupOptions], choice) -> np.ndarray:
+    """The flat bool vector of kept channels when group ``i`` takes option ``choice[i]``."""
+    kept = np.zeros(int(offsets[-1]), dtype=bool)
+    for i, (opt, c) in enumerate(zip(options, choice)):
+        kept[int(offsets[i]):int(offsets[i + 1])] = opt.keep[int(c)]
+    return kept
+
+
+def _solve_priced(values, costs, constant, budget, resolution):
+    floor = [float(c.min()) for c in costs]
+    shifted = [c - f for c, f in zip(costs, floor)]
+    avail = budget - constant - sum(floor)
+    if avail < 0:  # even the cheapest options are predicted over: take them (repair fixes it)
+        choice = np.array([int(np.argmin(c)) for c in costs])
+    else:
+        choice = solve_mckp(values, shifted, avail, resolution=resolution)
+    predicted = constant + sum(float(c[j]) for c, j in zip(costs, choice))
+    return choice, predicted
+
+
+def allocate(options: list[GroupOptions], budget: Budget, target: float, current: np.ndarray, *,
+             resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6, hint: str = "") -> Allocation:
+    """One option per group maximising the summed value with real cost <= ``target`` x dense.
+
+    ``current``: bool per flat channel, the widths the first pricing holds the other groups at.
+    Raises :class:`InfeasibleBudget` (with ``hint`` appended) when even the cheapest options
+    are over the target.
+    """
+    offsets = budget.index.offsets
+    limit = target * budget.dense
+    values = [o.values for o in options]
+    keeps = [o.keep for o in options]
+    first, attempt, choice = None, 0, None
+    for attempt in range(1, max_resolves + 1):
+        costs, constant = budget.subset_costs(current, keeps)
+        choice, predicted = _solve_priced(values, costs, constant, limit, resolution)
+        kept = kept_from(offsets, options, choice)
+        real = budget.total(kept)
+        if first is None:  # how good is pricing with the other widths held? (logged)
+            first = (predicted / budget.dense, real / budget.dense)
+        if real <= limit and attempt > 1 or np.array_equal(kept, current):
+            break
+        current = kept
+    choice = repair([int(c) for c in choice], options, budget, limit, target, hint)
+    kept = kept_from(offsets, options, choice)
+    return Allocation(kept, choice, first[0], first[1], budget.fraction(kept), attempt)
+
+
+def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
+           target: float = float("nan"), hint: str = "") -> list[int]:
+    """Make ``choice`` fit ``limit`` (absolute cost) by exact single steps between neighbouring
+    options, then spend what is left on the most valuable steps per cost that still fit."""
+    offsets = budget.index.offsets
+    choice = list(choice)
+    kept = kept_from(offsets, options, choice)
+    total = budget.total(kept)
+
+    def move(i, new):  # exact change of total cost if group i takes option `new`
+        layers = budget.touching[i]
+        old_cost = budget.cost_of(kept, layers)
+        trial = kept.copy()
+        trial[int(offsets[i]):int(offsets[i + 1])] = options[i].keep[new]
+        return budget.cost_of(trial, layers) - old_cost, trial
+
+    while total > limit * _SLACK:  # over: drop the step that loses least per cost saved
+        best = None
+        for i, c in enumerate(choice):
+            if c > 0:
+                dc, trial = move(i, c - 1)
+                loss = options[i].values[c] - options[i].values[c - 1]
+                rate = loss / max(-dc, 1e-12)
+                if dc < 0 and (best is None or rate < best[0]):
+                    best = (rate, i, dc, trial)
+        if best is None:
+            raise_infeasible(options, budget, target, hint)
+        _, i, dc, kept = best
+        choice[i] -= 1
+        total += dc
+    while True:  # room left: add the step that gains most per cost
+        best = None
+        for i, c in enumerate(choice):
+            if c + 1 < len(options[i].counts):
+                dc, trial = move(i, c + 1)
+                if total + dc <= limit * _SLACK:
+                    gain = options[i].values[c + 1] - options[i].values[c]
+                    rate = gain / max(dc, 1e-12)
+                    if best is None or rate > best[0]:
+                        best = (rate, i, dc, trial)
+        if best is None:
+            return choice
+        _, i, dc, kept = best
+        choice[i] += 1
+        total += dc
+
+
+def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float, sizes, *,
+                     hint: str = "") -> Allocation:
+    """Every group keeps (about) the same fraction ``rho`` of its channels: the largest ``rho``
+    (bisection) whose real cost fits ``target`` x dense. A baseline to the knapsack."""
+    offsets = budget.index.offsets
+    limit = target * budget.dense
+
+    def pick(rho):
+        choice = [int(np.argmin(np.abs(o.counts - rho * s))) for o, s in zip(options, sizes)]
+        return choice, kept_from(offsets, options, choice)
+
+    full_choice, full = pick(1.0)
+    if budget.total(full) <= limit:
+        a = budget.fraction(full)
+        return Allocation(full, full_choice, a, a, a, 1)
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        choice, kept = pick(mid)
+        if budget.total(kept) <= limit * _SLACK:
+            lo, best = mid, (choice, kept)
+        else:
+            hi = mid
+    if best is None:
+        raise_infeasible(options, budget, target, hint)
+    a = budget.fraction(best[1])
+    return Allocation(best[1], best[0], a, a, a, 40)
+
+
+def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float, hint: str = ""):
+    floor = kept_from(budget.index.offsets, options, [0] * len(options))
+    raise InfeasibleBudget(
+        f"cost target {target:.3f} of dense is below the cheapest model the constraints allow "
+        f"({budget.fraction(floor):.3f}: every group at its smallest allowed width{hint}); "
+        "raise the target" + (" or relax the constraints" if not hint else " or lower channel_step"))

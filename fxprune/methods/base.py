@@ -1,0 +1,185 @@
+"""The protocol every pruning method follows, and the one registry the recipe, the CLI and the
+benchmarks read.
+
+    pruner = get_method("cucb").build(prepared, target=0.5, ...)
+    for x, y in loader:
+        loss = criterion(prepared(x), y)
+        loss.backward()
+        pruner.step(loss)            # after backward, before optimizer.step(); a record or None
+        optimizer.step(); optimizer.zero_grad()
+    pruner.finalize_masks()          # the method's final 0/1 masks (e.g. CUCB: top channels by mu)
+    small = fxprune.finalize(prepared)
+
+A method is any object with ``step(loss=None) -> dict | None``, ``cost(cost_model=None) ->
+float`` (the current masks' cost as a fraction of dense), ``history`` (the records ``step``
+returned), ``state_dict()``/``load_state_dict()`` (exact resume) and ``finalize_masks()`` (True when it changed the masks).
+Two optional hooks let a method train a sub-network of the same weights (CUCB's gathered
+execution): ``train_forward`` (the module the training step calls instead of the prepared
+model) and ``attach_optimizer(optimizer)`` (called once the trainer has built its optimizer).
+:class:`PruningMethod` gives the shared parts (unit index, cost model, budget, masks).
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from torch import fx
+
+from ..budget import Budget
+from ..cost import CostModel
+from ..units import UnitIndex, consumer_weights, costed_layers
+
+__all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
+           "resolve_cost_model"]
+
+
+@runtime_checkable
+class Method(Protocol):
+    history: list
+
+    def step(self, loss=None) -> dict | None: ...
+
+    def cost(self, cost_model: CostModel | None = None) -> float: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def finalize_masks(self) -> bool: ...
+
+
+def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
+    """A cost model and the constant cost outside conv/linear layers it does not see."""
+    if isinstance(cost, str):
+        if cost == "flops":
+            from ..api import layer_specs
+            from ..cost import FlopsCost
+            from ..groups import state_of
+            from ..summary import count_flops
+            dense = count_flops(prepared, state_of(prepared).example_inputs)
+            return FlopsCost(), max(dense - sum(s.flops() for s in layer_specs(prepared)), 0)
+        if cost == "params":
+            from ..cost import ParamsCost
+            return ParamsCost(), 0.0
+        if cost == "latency":
+            from fxprune.deploy.latency_table import LatencyTable
+            return LatencyTable.measure(prepared, step=channel_step), 0.0
+        raise ValueError(f"cost must be 'flops', 'params', 'latency' or a CostModel, got {cost!r}")
+    if isinstance(cost, CostModel):
+        return cost, 0.0
+    raise TypeError(f"cost must be 'flops', 'params', 'latency' or an object with a `name` and "
+                    f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel), got {type(cost).__name__}")
+
+
+class PruningMethod:
+    """Shared state of the methods on prepared-graph masks: the flat channel index, the
+    weights that read prunable channels, the cost model and the budget."""
+
+    name = "method"
+
+    def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
+        self.prepared, self.channel_step = prepared, int(channel_step)
+        self.index = UnitIndex(prepared)
+        if not self.index.n:
+            raise ValueError("the prepared model has no prunable channel group; see "
+                             "fxprune.summary(prepared) for why each group is kept")
+        self.consumers = consumer_weights(prepared, self.index)
+        cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
+        self.budget = Budget(self.index, costed_layers(self.index), cost_model, other)
+        self.step_count = 0
+        self.history: list[dict] = []
+
+    def cost(self, cost_model: CostModel | None = None) -> float:
+        """Current cost as a fraction of the dense model's, by this method's cost model or by
+        ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table)."""
+        if cost_model is None or cost_model is self.budget.model:
+            return self.budget.fraction(self._kept_now())
+        return Budget(self.index, self.budget.layers, cost_model).fraction(self._kept_now())
+
+    def _kept_now(self) -> np.ndarray:
+        return self.index.masks(self.prepared).numpy() != 0
+
+    def finalize_masks(self) -> bool:
+        """Leave the masks ``fxprune.finalize`` should apply (default: the current ones);
+        True when this changed them."""
+        return False
+
+    def signature(self) -> list[list]:
+        """The prunable groups as ``[key, name, size]``: what a saved state must match."""
+        return [[g.key, g.name, int(g.size)] for g in self.index.groups]
+
+    def _check_state(self, state: dict, masks) -> None:
+        """Refuse a state saved for other groups (names or sizes differ), naming both."""
+        mine, theirs = self.signature(), state.get("groups")
+        if theirs is not None and [list(g) for g in theirs] != mine:
+            show = lambda gs: ", ".join(f"{name} ({size})" for _, name, size in gs)  # noqa: E731
+            raise ValueError(f"this pruner state was saved for channel groups {show(theirs)} but "
+                             f"the prepared model has {show(mine)}: it belongs to a different "
+                             "model; load it into a model prepared like the one that saved it")
+        self._check_channels(masks)
+
+    def _check_channels(self, masks) -> None:
+        if masks.numel() != self.index.n:
+            raise ValueError(f"this state holds {masks.numel()} channels but the prepared "
+                             f"model has {self.index.n}: it was saved for a different model")
+
+
+# ----------------------------------------------------------------------------- registry
+
+@dataclass
+class MethodEntry:
+    """A registered method: ``load()`` returns its class or factory (imported when first
+    used, so a test or plug-in may replace it), ``defaults`` are keyword arguments added
+    before the recipe's own."""
+
+    name: str
+    load: Callable[[], Callable]
+    defaults: dict = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def cls(self) -> Callable:
+        return self.load()
+
+    def build(self, prepared, **kwargs) -> Any:
+        return self.cls(prepared, **{**self.defaults, **kwargs})
+
+
+registry: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, target: str | Callable, *, defaults: dict | None = None,
+                    summary: str = "") -> MethodEntry:
+    """Register ``target`` (a class/factory, or ``"package.module:attr"`` imported on first
+    use; ``"fxprune:SMCP"`` looks the attribute up on the fxprune package each time) as
+    ``prune.method: name``."""
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+
+        def load(module=module, attr=attr):
+            return getattr(importlib.import_module(module), attr)
+    else:
+        def load(target=target):
+            return target
+    entry = MethodEntry(name, load, dict(defaults or {}), summary)
+    registry[name] = entry
+    return entry
+
+
+def get_method(name: str) -> MethodEntry:
+    _load_builtin()
+    if name not in registry:
+        raise ValueError(f"unknown pruning method {name!r}; registered: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def method_names() -> list[str]:
+    _load_builtin()
+    return list(registry)
+
+
+def _load_builtin() -> None:
+    importlib.import_module("fxprune.methods")  # registers the shipped methods

@@ -1,0 +1,356 @@
+"""CCP: Collaborative Channel Pruning (Peng, Wu, Chen & Huang, ICML 2019), on fxprune's masks.
+
+    pruner = fxprune.CCP(pm, ratio=0.5, collect=50)            # the paper's per-layer ratio
+    pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, cost="flops")  # counts by the allocator
+    for x, y in loader:
+        loss = criterion(pm(x), y); loss.backward()
+        pruner.step(loss)          # gathers statistics; at prune_at, selects and masks for good
+        optimizer.step(); optimizer.zero_grad()
+    small = fxprune.finalize(pm)
+
+What it does (conventions chosen here; ../shared/notes/methods.md tags what is confirmed):
+
+* Statistics (:class:`fxprune.importance.PairwiseTaylor`): per sample n and channel i,
+  ``t_i = sum over positions of A_i * dL_n/dA_i`` with A the input of each layer reading the
+  channel (where the group's mask acts), summed over those layers; ``a_i = mean t_i``,
+  ``B_ij = mean t_i t_j`` per group, in float64. B is the Gauss-Newton / empirical-Fisher
+  approximation of the Hessian in the mask coordinates (exact for cross-entropy with one-hot
+  labels: the notes' [D]). They are gathered over the ``collect`` training steps before
+  each pruning step, from the trainer's own forward/backward. With ``collect_bn="eval"`` (the
+  default, as the notes advise) the batch norms run in eval mode on those steps (switched by
+  ``step()`` one step ahead and back after), so samples do not interact through batch
+  statistics and ``t`` is truly per sample; ``"train"`` leaves them alone. Collect >= ~10x as
+  many samples as the widest group has channels.
+* Objective. z = 1 - beta marks pruned channels. Second order:
+  ``dL(z) = -sum_i z_i a_i + 1/2 z^T B z``. Keep form (what is solved here):
+  ``min beta^T S beta`` s.t. ``1^T beta = p`` with ``S_ij = B_ij / 2`` (i != j) and
+  ``S_ii = B_ii / 2 + a_i - sum_j B_ij`` (:func:`keep_form`); it equals ``dL`` plus a constant
+  over all masks (:func:`predicted_change`). Groups are treated as independent (no cross-group
+  terms): the predicted change of the whole model is the sum over groups.
+* Solver per group: exhaustive search when the group has at most ``exhaustive_max`` alive
+  channels (the test oracle); otherwise greedy backward elimination (remove the channel whose
+  removal raises the objective least, O(n) per removal with a running ``S beta``) followed by
+  1-swap local search at each count asked for. ``keep_one_of`` constraints (a split piece must
+  keep a channel) are enforced by both.
+* How many per group: ``mode="ratio"``: every group keeps ``ratio`` of its channels (the paper's
+  preset per-layer ratio; on the ``channel_step`` grid; ``ratio=None``: the largest common ratio
+  whose real cost fits ``target``); ``mode="adaptive"``: each group offers
+  its best subset at every allowed count, valued by minus its predicted loss change, and
+  fxprune's allocator picks the counts under ``target`` x the dense cost (FLOPs, params or a
+  latency table). This is the notes' "principled adaptive version"; the paper's CCP-AC
+  mechanism is unconfirmed.
+* Rounds: ``rounds`` prune/re-estimate rounds ``round_every`` steps apart, the kept ratio (or
+  cost target) moving linearly to its final value; pruned channels stay pruned (hard masks).
+  After the last round the trainer's remaining steps fine-tune. ``rounds=1`` is one-shot.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+from torch import fx
+
+from ..allocation import GroupOptions, allocate, allocate_uniform, allowed_counts
+from ..importance import PairwiseTaylor
+from ..knapsack import DEFAULT_RESOLUTION
+from ..masks import _InputMasked
+from .base import PruningMethod
+
+__all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
+           "best_subsets", "solve"]
+
+
+# ----------------------------------------------------------------------------- the quadratic
+
+def keep_form(a: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """S with ``beta^T S beta = dL(1 - beta) + const`` over 0/1 ``beta`` (keep form)."""
+    a, B = np.asarray(a, np.float64), np.asarray(B, np.float64)
+    S = B / 2
+    S[np.diag_indices_from(S)] = np.diag(B) / 2 + a - B.sum(1)
+    return S
+
+
+def prune_form(a: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """S_z with ``z^T S_z z = dL(z)`` over 0/1 ``z`` (prune form): ``B/2 - diag(a)``."""
+    a, B = np.asarray(a, np.float64), np.asarray(B, np.float64)
+    return B / 2 - np.diag(a)
+
+
+def predicted_change(a: np.ndarray, B: np.ndarray, keep: np.ndarray) -> float:
+    """Second-order predicted loss change of removing the channels ``keep`` leaves out."""
+    z = (~np.asarray(keep, bool)).astype(np.float64)
+    return float(-z @ a + 0.5 * z @ B @ z)
+
+
+def objective(S: np.ndarray, keep: np.ndarray) -> float:
+    b = np.asarray(keep, np.float64)
+    return float(b @ S @ b)
+
+
+def _constraint_matrix(n: int, keep_one_of) -> np.ndarray:
+    M = np.zeros((len(keep_one_of), n), dtype=bool)
+    for c, positions in enumerate(keep_one_of):
+        M[c, np.asarray(positions, dtype=np.int64)] = True
+    return M
+
+
+def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=()) -> tuple[np.ndarray, float]:
+    """The exact ``argmin beta^T S beta`` over all 0/1 beta with ``p`` ones satisfying every
+    ``keep_one_of`` set (at least one kept from each). C(n, p) candidates: small n only."""
+    n = len(S)
+    M = _constraint_matrix(n, keep_one_of)
+    best, best_val = None, np.inf
+    combos = np.array(list(itertools.combinations(range(n), p)), dtype=np.int64).reshape(-1, p)
+    for chunk in np.array_split(combos, max(1, len(combos) // 4096)):
+        beta = np.zeros((len(chunk), n))
+        np.put_along_axis(beta, chunk, 1.0, axis=1)
+        if len(M):
+            ok = ((beta @ M.T.astype(np.float64)) > 0).all(1)
+            beta = beta[ok]
+            if not len(beta):
+                continue
+        vals = np.einsum("ci,ij,cj->c", beta, S, beta)
+        j = int(np.argmin(vals))
+        if vals[j] < best_val:
+            best_val, best = float(vals[j]), beta[j] > 0
+    if best is None:
+        raise ValueError(f"no subset of {p} channels satisfies the keep_one_of constraints")
+    return best, best_val
+
+
+def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Best-improvement 1-swap (one kept channel out, one removed in) until none improves."""
+    beta = beta.copy()
+    diag = np.diag(S)
+    scale = max(np.abs(S).max(), 1e-300)
+    for _ in range(len(S) ** 2):
+        K, O = np.flatnonzero(beta), np.flatnonzero(~beta)
+        if not len(K) or not len(O):
+            break
+        r = S[:, beta].sum(1)
+        delta = (2 * (r[O][None, :] - r[K][:, None]) + diag[O][None, :] + diag[K][:, None]
+                 - 2 * S[np.ix_(K, O)])
+        if len(M):
+            critical = M[M[:, beta].sum(1) == 1]  # constraints held by one kept channel
+            if len(critical):
+                bad = (critical[:, K][:, :, None] & ~critical[:, O][:, None, :]).any(0)
+                delta = np.where(bad, np.inf, delta)
+        i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
+        if not delta[i, j] < -1e-12 * scale:
+            break
+        beta[K[i]], beta[O[j]] = False, True
+    return beta
+
+
+def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -> dict[int, tuple[np.ndarray, float]]:
+    """For every ``p`` in ``counts``: a good ``beta`` (bool) with ``p`` ones and its objective,
+    by greedy backward elimination from all-kept (one pass gives every count) plus 1-swap local
+    search at each requested count. O(n^2) for the path, O(n^2) per swap."""
+    S = np.asarray(S, np.float64)
+    n = len(S)
+    M = _constraint_matrix(n, keep_one_of)
+    wanted = sorted({int(p) for p in counts}, reverse=True)
+    beta = np.ones(n, dtype=bool)
+    r = S.sum(1)
+    f = float(r.sum())
+    diag = np.diag(S)
+    held = M.sum(1) if len(M) else np.zeros(0, dtype=np.int64)
+    out = {}
+    for size in range(n, wanted[-1] - 1, -1):
+        if size in wanted:
+            b = _local_search(S, beta, M) if swaps and size < n else beta.copy()
+            out[size] = (b, objective(S, b))
+        if size == wanted[-1]:
+            break
+        removable = beta.copy()
+        if len(M):
+            removable &= ~(M[held == 1].any(0))
+        if not removable.any():
+            raise ValueError(f"cannot keep fewer than {size} channels under the keep_one_of constraints")
+        delta = np.where(removable, -2 * r + diag, np.inf)
+        i = int(np.argmin(delta))
+        beta[i] = False
+        f += float(delta[i])
+        r -= S[:, i]
+        if len(M):
+            held -= M[:, i]
+    return out
+
+
+def solve(S: np.ndarray, p: int, keep_one_of=(), *, exhaustive_max: int = 12) -> tuple[np.ndarray, float]:
+    """``min beta^T S beta, 1^T beta = p``: exhaustive up to ``exhaustive_max`` channels,
+    greedy elimination + 1-swap beyond."""
+    if len(S) <= exhaustive_max:
+        return solve_exhaustive(S, p, keep_one_of)
+    return best_subsets(S, [p], keep_one_of)[p]
+
+
+# ----------------------------------------------------------------------------- the method
+
+class CCP(PruningMethod):
+    name = "ccp"
+
+    def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
+                 mode: str = "ratio", ratio: float | None = None, collect: int = 20,
+                 prune_at: int | None = None, rounds: int = 1, round_every: int = 100,
+                 channel_step: int = 1, exhaustive_max: int = 12, swaps: bool = True,
+                 loss_reduction: str = "mean", collect_bn: str = "eval",
+                 resolution: int = DEFAULT_RESOLUTION,
+                 max_resolves: int = 6):
+        if mode not in ("ratio", "adaptive"):
+            raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
+                             f"(counts by the allocator under a cost target), got {mode!r}")
+        if not 0 < target <= 1:
+            raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
+        if ratio is not None and not 0 < ratio <= 1:
+            raise ValueError(f"ratio is the fraction of each group's channels to keep, in (0, 1]; got {ratio}")
+        if collect_bn not in ("eval", "train"):
+            raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
+        if rounds < 1 or collect < 1:
+            raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
+        super().__init__(prepared, cost, channel_step)
+        self.mode, self.cost_target = mode, float(target)
+        #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
+        self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
+        self.ratio = None if ratio is None else float(ratio)
+        self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
+        self.prune_at = int(prune_at if prune_at is not None else collect)
+        self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
+        self.resolution, self.max_resolves = resolution, max_resolves
+        self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
+        self.collect_bn = collect_bn
+        self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self._set_collecting(self._collecting(1))
+        for m in prepared.modules():  # pruned channels are gone for good: no gradient through
+            if isinstance(m, _InputMasked):
+                m.fxprune_straight_through = False
+        self.dead = np.zeros(self.index.n, dtype=bool)
+
+    def prune_steps(self) -> list[int]:
+        return [self.prune_at + k * self.round_every for k in range(self.rounds)]
+
+    def _collecting(self, step: int) -> bool:
+        return any(p - self.collect < step <= p for p in self.prune_steps())
+
+    def step(self, loss=None) -> dict | None:
+        """After ``loss.backward()``: take this batch's per-sample terms if collecting; prune at
+        the scheduled steps. The taps for the next batch switch on one step ahead."""
+        self.step_count += 1
+        if self._collecting(self.step_count):
+            self.stats.observe()
+        else:
+            self.stats.taps.take()
+        self._set_collecting(self._collecting(self.step_count + 1))
+        if self.step_count in self.prune_steps():
+            k = self.prune_steps().index(self.step_count) + 1
+            record = self.prune(k)
+            if k == self.rounds:  # statistics are no longer needed: the model carries no hooks
+                self.stats.close()
+            return record
+        return None
+
+    def _set_collecting(self, on: bool) -> None:
+        """Taps on for the next forward; BN in eval mode for it (``collect_bn="eval"``) while
+        the model trains."""
+        self.stats.taps.enabled = on
+        if self.collect_bn == "eval" and self.prepared.training:
+            for bn in self._bns:
+                bn.train(not on)
+
+    def finalize_masks(self) -> bool:
+        """Remove the statistics hooks (a finalized model must not carry them); masks stay.
+        A run that ends before the last round keeps the masks of the rounds done."""
+        self.stats.close()
+        return False
+
+    # -- selection ---------------------------------------------------------------------------
+    def _group_problem(self, i: int):
+        """Group i's keep-form S over its alive channels, their positions, constraints."""
+        a, B = self.stats.moments(i)
+        sl = self.index.group_slice(i)
+        alive = np.flatnonzero(~self.dead[sl])
+        S = keep_form(a[alive], B[np.ix_(alive, alive)])
+        where = {p: j for j, p in enumerate(alive.tolist())}
+        constraints = []
+        for positions, _ in self.index.groups[i].keep_one_of:
+            inside = [where[p] for p in np.asarray(positions).tolist() if p in where]
+            if inside:
+                constraints.append(inside)
+        return S, alive, constraints
+
+    def _counts(self, i: int, alive: int, constraints) -> np.ndarray:
+        g = self.index.groups[i]
+        return allowed_counts(g.size, self.channel_step, max(1, len(constraints)), alive,
+                              self.index.unit_channels[i])
+
+    def _subsets(self, S, counts, constraints):
+        if len(S) <= self.exhaustive_max:
+            return {int(p): solve_exhaustive(S, int(p), constraints) for p in counts}
+        return best_subsets(S, counts, constraints, swaps=self.swaps)
+
+    def prune(self, round_k: int = 1) -> dict:
+        start = time.perf_counter()
+        frac = round_k / self.rounds
+        before = self._kept_now()
+        options, problems = [], []
+        for i, g in enumerate(self.index.groups):
+            S, alive, constraints = self._group_problem(i)
+            counts = self._counts(i, len(alive), constraints)
+            if self.mode == "ratio" and self.ratio is not None:
+                want = (1 - (1 - self.ratio) * frac) * g.size
+                counts = counts[[int(np.argmin(np.abs(counts - want)))]]
+            subsets = self._subsets(S, counts, constraints)
+            full = objective(S, np.ones(len(S), bool))
+            keep = np.zeros((len(counts), g.size), dtype=bool)
+            values = np.zeros(len(counts))
+            for j, p in enumerate(counts.tolist()):
+                beta, val = subsets[p]
+                keep[j, alive[beta]] = True
+                values[j] = full - val  # minus the predicted loss change of this subset
+            options.append(GroupOptions(counts, values, keep))
+            problems.append(len(S))
+        if self.mode == "ratio" and self.ratio is not None:
+            choice = [0] * len(options)
+            kept = np.concatenate([o.keep[0] for o in options])
+            target = None
+        elif self.mode == "ratio":  # one ratio for every group: the largest that fits the target
+            target = 1 - (1 - self.cost_target) * frac
+            result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
+                                      hint=f", channel_step={self.channel_step}")
+            kept, choice = result.kept, result.choice
+        else:
+            target = 1 - (1 - self.cost_target) * frac
+            result = allocate(options, self.budget, target, before, resolution=self.resolution,
+                              max_resolves=self.max_resolves, hint=f", channel_step={self.channel_step}")
+            kept, choice = result.kept, result.choice
+        self.index.set_masks(self.prepared, kept.astype(np.float32))
+        self.dead |= ~kept
+        predicted = float(-sum(o.values[c] for o, c in zip(options, choice)))
+        samples = int(self.stats.samples)
+        self.stats.reset()
+        record = {"step": self.step_count, "round": round_k, "mode": self.mode, "target": target,
+                  "actual": float(self.budget.fraction(kept)), "kept": int(kept.sum()),
+                  "channels": self.index.n, "predicted_loss_change": predicted,
+                  "samples": samples, "solve_s": time.perf_counter() - start,
+                  "exhaustive_groups": int(sum(n <= self.exhaustive_max for n in problems))}
+        self.history.append(record)
+        return record
+
+    # -- resuming ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "groups": self.signature(), "stats": self.stats.state_dict(),
+                "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._check_state(state, state["masks"])
+        self.step_count = int(state["step"])
+        self.stats.load_state_dict(state["stats"])
+        self.index.set_masks(self.prepared, state["masks"])
+        self.dead = state["dead"].numpy().astype(bool).copy()
+        self.history = list(state["history"])
+        self._set_collecting(self._collecting(self.step_count + 1))
+        if self.step_count >= self.prune_steps()[-1]:
+            self.stats.close()

@@ -1,0 +1,33 @@
+"""``fxprune methods``: the pruning methods a recipe's ``prune.method`` may name, read from the
+registry (:mod:`fxprune.methods.base`), with each one's arguments and defaults."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="show one method's arguments")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .base import get_method, method_names
+
+    names = [args.name] if args.name else method_names()
+    for name in names:
+        try:
+            entry = get_method(name)
+        except ValueError as exc:
+            print(f"fxprune methods: error: {exc}", file=sys.stderr)
+            return 2
+        fixed = "".join(f" {k}={v!r}" for k, v in entry.defaults.items())
+        print(f"{name:14} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
+        if args.name:
+            params = inspect.signature(entry.cls).parameters
+            for p in list(params.values())[1:]:
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    continue
+                default = entry.defaults.get(p.name, p.default)
+                print(f"    {p.name} = {default!r}")
+    return 0

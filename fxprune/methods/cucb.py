@@ -1,0 +1,231 @@
+"""CUCB channel execution (Spasov & Lio, BMVC 2019): a combinatorial bandit over channels picks
+which channels train at each step; at the end the best channels by mean reward are kept.
+
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=200, explore=5000)
+    for x, y in loader:
+        loss = criterion(pm(x), y); loss.backward()
+        pruner.step(loss)          # rewards of the active channels; the next step's active set
+        optimizer.step(); optimizer.zero_grad()
+    pruner.finalize_masks()        # (done at step ``explore`` already) top channels by mu
+    small = fxprune.finalize(pm)
+
+Arms are the channels of each prunable group (a residual stream is one group: its channels are
+active together in every layer that reads them). Per channel ``T_i`` (times active) and ``mu_i``
+(mean reward), :class:`fxprune.importance.BanditStats`.
+
+Conventions chosen here (../shared/notes/methods.md tags what is confirmed):
+
+* Reward: the first-order Taylor saliency of each active channel, ``|dL/dm_i|`` = ``|sum over
+  its readers' weights of W * dL/dW|`` (= ``|sum over the batch and positions of A_i dL/dA_i|``
+  for an active channel), scaled into [0, 1] per group by the running maximum of every saliency
+  the group has shown so far (not the batch's maximum, which would make one arm's reward depend
+  on the arms drawn with it; a running max only grows, so early rewards are scaled by a smaller
+  maximum - the warm-up evens that out).
+* Index ``mu_i + c sqrt(3 ln t / (2 T_i))`` (Chen, Wang & Yuan 2013), ``c`` a parameter
+  (default 1; the notes found 0.25 picks the best set more reliably late on), +inf for channels
+  never played; ties broken at random by a seeded generator (the state is checkpointed).
+* Per step: ``mode="ratio"`` activates the top ``rho`` fraction of every group (the paper's
+  per-layer budget; the exact oracle for a per-group cardinality budget); ``mode="budget"``
+  (beyond the paper) lets fxprune's allocator pick the active set maximising the summed index
+  with cost <= ``target`` x dense (FLOPs, params or a latency table).
+* ``warmup`` steps of uniformly random active sets of the same size first.
+* ``selection="random"``: the poster's control, random active sets all along, same budget and
+  same final rule.
+* At step ``explore`` (or at ``finalize_masks()``): keep the top channels by ``mu`` under the
+  same rule (top ``rho`` per group, or the allocator with values ``mu``); the masks then stay
+  fixed and the trainer's remaining steps fine-tune.
+* ``keep_one_of`` (split pieces) is respected by every active set.
+
+Execution (``execution=``):
+
+* ``"gathered"`` (default): the trainer runs :attr:`train_forward`, the active sub-network of
+  :mod:`fxprune.passes.gathered` (``index_select`` of the active weights, sharing the prepared
+  model's parameters; autograd scatters the gradients back), and :meth:`attach_optimizer` hooks
+  the optimizer so inactive weights and their momentum stay bit-identical; BN running
+  statistics of inactive channels are untouched. With ``mode="ratio"`` every step has the same
+  active count per group, so shapes are static. Masks always mirror the active set, so
+  evaluation (full width, masked) computes the same function. A graph the pass cannot gather
+  (e.g. a layer norm over pruned channels) falls back to masked execution with a warning.
+* Known cost on a GPU: the per-step selection runs on the host (numpy), so each step copies the
+  n saliencies to the host and the new active indices back (a device sync per step); on the
+  CPU this is ~5-10 ms per step for the recipe's ResNet (budget mode: one allocator solve).
+* ``"masked"``: inactive channels are hard-masked at the layers reading them, every layer runs
+  at full width (a step costs a dense step), and SGD's weight decay and momentum and BN's
+  running statistics still move for inactive channels.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import fx
+
+from ..allocation import allocate, allowed_counts, ranked_options
+from ..importance import BanditStats, WeightTaylor
+from ..knapsack import DEFAULT_RESOLUTION
+from ..masks import _InputMasked
+from .base import PruningMethod
+
+__all__ = ["CUCB"]
+
+
+class CUCB(PruningMethod):
+    name = "cucb"
+
+    def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
+                 rho: float | None = None, mode: str = "ratio", c: float = 1.0,
+                 warmup: int = 100, explore: int | None = None, selection: str = "cucb",
+                 seed: int = 0, channel_step: int = 1, execution: str = "gathered", reduce_fn=None,
+                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6):
+        if mode not in ("ratio", "budget"):
+            raise ValueError(f"mode must be 'ratio' (top rho per group) or 'budget' (the allocator "
+                             f"under a cost target), got {mode!r}")
+        if selection not in ("cucb", "random"):
+            raise ValueError(f"selection must be 'cucb' or 'random' (the control), got {selection!r}")
+        if not 0 < target <= 1:
+            raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
+        rho = target if rho is None else rho
+        if not 0 < rho <= 1:
+            raise ValueError(f"rho is the fraction of each group's channels active, in (0, 1]; got {rho}")
+        if execution not in ("gathered", "masked"):
+            raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
+                             f"'masked' (full width, inactive channels masked), got {execution!r}")
+        if c < 0 or warmup < 0:
+            raise ValueError(f"c and warmup must be >= 0, got {c}, {warmup}")
+        super().__init__(prepared, cost, channel_step)
+        self.cost_target, self.rho, self.mode, self.c = float(target), float(rho), mode, float(c)
+        #: the cost fraction this method promises (None in ratio mode: rho sets the widths)
+        self.target = self.cost_target if mode == "budget" else None
+        self.warmup, self.explore, self.selection = int(warmup), explore, selection
+        self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
+        self.rng = np.random.default_rng(seed)
+        self.saliency = WeightTaylor(self.consumers, self.index.n)
+        self.stats = BanditStats(self.index.offsets)
+        self.final = False
+        for m in prepared.modules():  # inactive channels get no gradient through their readers
+            if isinstance(m, _InputMasked):
+                m.fxprune_straight_through = False
+        self.gathered = None
+        if execution == "gathered":
+            from fxprune.errors import SurgeryError
+            from fxprune.passes.gathered import gathered_module
+
+            try:
+                self.gathered = gathered_module(prepared)
+            except SurgeryError as exc:
+                warnings.warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
+                              "at full width", stacklevel=2)
+        self.execution = "gathered" if self.gathered is not None else "masked"
+        self._hooks = []
+        self.active = self._select(step=0)
+        self._apply(self.active)
+
+    # -- what the trainer runs ----------------------------------------------------------------
+    @property
+    def train_forward(self):
+        """The module the training step should call: the active sub-network while exploring
+        (gathered execution), the prepared model otherwise."""
+        if self.gathered is None or self.final:
+            return self.prepared
+        self.gathered.train(self.prepared.training)
+        return self.gathered
+
+    def attach_optimizer(self, optimizer) -> None:
+        """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
+        (gathered execution; nothing to do when masked)."""
+        if self.gathered is not None:
+            self._hooks += list(self.gathered.protect(optimizer))
+
+    # -- the training-loop API --------------------------------------------------------------
+    def step(self, loss=None) -> dict | None:
+        """After ``loss.backward()``: reward the active channels, pick the next active set.
+        Returns a record at the final selection, else None."""
+        self.step_count += 1
+        if self.final:
+            return None
+        flat = torch.from_numpy(self.active.astype(np.float32))
+        s = self.saliency.step_scores(flat)
+        if s is not None:
+            self.stats.observe(s, torch.from_numpy(self.active))
+        self.stats.sync(self.reduce_fn)
+        if self.explore is not None and self.step_count >= self.explore:
+            return self.select_final()
+        self.active = self._select(self.step_count)
+        self._apply(self.active)
+        return None
+
+    def finalize_masks(self) -> bool:
+        if self.final:
+            return False
+        self.select_final()
+        return True
+
+    # -- selection ---------------------------------------------------------------------------
+    def _counts(self, i: int, min_k: int) -> np.ndarray:
+        g = self.index.groups[i]
+        return allowed_counts(g.size, self.channel_step, min_k, g.size, self.index.unit_channels[i])
+
+    def _keep(self, scores: np.ndarray, *, final: bool = False) -> np.ndarray:
+        """Per group the top channels by ``scores`` (finite; random tie-breaks): ``rho`` of each
+        group, or the allocator's choice under the cost target with values = summed scores."""
+        jitter = self.rng.random(self.index.n) * 1e-9
+        options, kept = [], np.zeros(self.index.n, dtype=bool)
+        for i, g in enumerate(self.index.groups):
+            sl = self.index.group_slice(i)
+            s = scores[sl] + jitter[sl]
+            order, min_k = self.index.ranking(i, s)
+            counts = self._counts(i, min_k)
+            if self.mode == "ratio":
+                k = int(counts[int(np.argmin(np.abs(counts - self.rho * g.size)))])
+                kept[sl.start + order[:k]] = True
+            else:
+                options.append(ranked_options(np.maximum(s, 0.0), order, counts))
+        if self.mode == "budget":
+            current = self.active if hasattr(self, "active") else np.ones(self.index.n, bool)
+            kept = allocate(options, self.budget, self.cost_target, current, resolution=self.resolution,
+                            max_resolves=self.max_resolves, hint=f", channel_step={self.channel_step}").kept
+        return kept
+
+    def _select(self, step: int) -> np.ndarray:
+        if self.selection == "random" or step < self.warmup:
+            return self._keep(self.rng.random(self.index.n))
+        index = self.stats.index(step + 1, self.c).numpy()  # t counts plays, from 1
+        cap = 2.0 + self.c * np.sqrt(1.5 * np.log(step + 1)) + 1.0  # above every finite index
+        return self._keep(np.where(np.isfinite(index), index, cap))
+
+    def select_final(self) -> dict:
+        start = time.perf_counter()
+        kept = self._keep(self.stats.mu.numpy().copy(), final=True)
+        self.active, self.final = kept, True
+        self._apply(kept)
+        record = {"step": self.step_count, "final": True, "mode": self.mode, "selection": self.selection,
+                  "kept": int(kept.sum()), "channels": self.index.n, "actual": self.budget.fraction(kept),
+                  "played_min": float(self.stats.T.min()), "solve_s": time.perf_counter() - start}
+        self.history.append(record)
+        return record
+
+    def _apply(self, active: np.ndarray) -> None:
+        self.index.set_masks(self.prepared, active.astype(np.float32))
+        if self.gathered is not None:
+            self.gathered.set_active(active)
+
+    def active_cost(self) -> float:
+        """Cost fraction of the current active sub-network."""
+        return self.budget.fraction(self.active)
+
+    # -- resuming ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "groups": self.signature(), "stats": self.stats.state_dict(), "final": self.final,
+                "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._check_state(state, state["active"])
+        self.step_count, self.final = int(state["step"]), bool(state["final"])
+        self.stats.load_state_dict(state["stats"])
+        self.active = state["active"].numpy().astype(bool).copy()
+        self.rng.bit_generator.state = state["rng"]
+        self.history = list(state["history"])
+        self._apply(self.active)

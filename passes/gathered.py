@@ -1,0 +1,288 @@
+"""Pass: run only the active channels (CUCB's training step on the active sub-network).
+
+``gathered_module(prepared)`` returns a :class:`GatheredModule`: a second GraphModule over the
+SAME parameters and buffers as the prepared model, in which every conv/linear computes with
+``weight.index_select`` of its active output rows and input columns and every batch norm
+normalises only its active channels. Which positions of which tensor dim belong to a group is
+what surgery uses (the analysis' spaces: ``ChannelGraph.spaces``): with ``set_active(flat)`` each
+space gets the sorted indices of its kept positions, exactly the channels ``finalize`` would keep,
+so the gathered forward computes what the finalized model would, without copying weights.
+
+Autograd scatters the gathered weights' gradients back into the full parameters (zeros for
+inactive channels). A batch norm's running statistics are sliced (a copy), updated by
+``F.batch_norm`` and written back at the active positions only. :meth:`GatheredModule.protect`
+hooks an optimizer so that its step leaves inactive elements of every parameter and of every
+per-element state tensor (momentum, Adam moments) bit-identical: SGD's weight decay and
+momentum would otherwise move them although their gradient is zero.
+
+With a fixed number of active channels per group every gathered shape is static across steps.
+Supported: conv (groups == 1 or depthwise), linear, batch norm, and channel-agnostic ops
+(activations, pooling, flatten, add, cat). Anything else (masked layer/group norm, a literal
+channel count in a view) raises, and construction checks the gathered forward against the
+masked model on the example inputs, as ``finalize`` checks itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fxprune.errors import SurgeryError
+from fxprune.groups import state_of
+from fxprune.masks import _RescaledBatchNorm
+
+from .surgery import max_relative_error, run_eval
+
+__all__ = ["GatheredModule", "gathered_module"]
+
+
+class _GatheredLayer(nn.Module):
+    """Calls ``module`` with its weights gathered at the owner's current indices."""
+
+    def __init__(self, owner: "GatheredModule", name: str, module: nn.Module):
+        super().__init__()
+        # plain attributes, not submodules: the parameters stay owned by the prepared model
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "layer", module)
+        self.name = name
+
+    def _index(self, tensor: str, dim: int):
+        return self.owner.indices.get(f"{self.name}.{tensor}:{dim}")
+
+    def _gather(self, t: torch.Tensor | None, tensor: str, dims=(0,)):
+        if t is None:
+            return None
+        for d in dims:
+            idx = self._index(tensor, d)
+            if idx is not None:
+                t = t.index_select(d, idx)
+        return t
+
+    def forward(self, x, *masks):
+        m = self.layer
+        if getattr(m, "transposed", False):
+            raise SurgeryError(f"gathered execution does not support transposed convs ({self.name})")
+        if isinstance(m, nn.modules.conv._ConvNd):
+            w = self._gather(m.weight, "weight", (0, 1))
+            b = self._gather(m.bias, "bias")
+            if w.ndim == 4 and m.weight.is_contiguous(memory_format=torch.channels_last):
+                w = w.contiguous(memory_format=torch.channels_last)  # keep the fast layout
+            if m.groups == 1:
+                return m._conv_forward(x, w, b)
+            # depthwise: one group per (active) input channel
+            if m.padding_mode != "zeros":
+                raise SurgeryError(f"gathered execution: {self.name} pads with {m.padding_mode}")
+            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
+            return conv(x, w, b, m.stride, m.padding, m.dilation, x.shape[1])
+        if isinstance(m, nn.Linear):
+            return F.linear(x, self._gather(m.weight, "weight", (0, 1)), self._gather(m.bias, "bias"))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return self._batch_norm(m, x)
+        raise SurgeryError(f"gathered execution does not support {type(m).__name__} ({self.name})")
+
+    def _batch_norm(self, bn, x):
+        # the gathered module's own mode decides (the prepared model's BN may be in another)
+        training = self.training
+        idx = self._index("weight", 0) if bn.affine else self._index("running_mean", 0)
+        if idx is None:
+            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                training or bn.running_mean is None, 0.0 if bn.momentum is None else bn.momentum,
+                                bn.eps) if not training else bn(x)
+        weight = bn.weight.index_select(0, idx) if bn.weight is not None else None
+        bias = bn.bias.index_select(0, idx) if bn.bias is not None else None
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        use_batch_stats = training or (bn.running_mean is None and bn.running_var is None)
+        track = (not training or bn.track_running_stats) and bn.running_mean is not None
+        mean = bn.running_mean.index_select(0, idx) if track else None
+        var = bn.running_var.index_select(0, idx) if track else None
+        out = F.batch_norm(x, mean, var, weight, bias, use_batch_stats, factor, bn.eps)
+        if track and training:  # the copies were updated in place: write the active ones back
+            with torch.no_grad():
+                bn.running_mean.index_copy_(0, idx, mean)
+                bn.running_var.index_copy_(0, idx, var)
+        return out
+
+
+class GatheredModule(nn.Module):
+    """The active sub-network of a prepared model (see the module docstring)."""
+
+    def __init__(self, prepared: fx.GraphModule):
+        super().__init__()
+        state = state_of(prepared)
+        self.channels = state.channels
+        self.prepared_ref = [prepared]  # a list: not registered as a submodule
+        self.indices: dict[str, torch.Tensor | None] = {}
+        self._spaces = [s for s in self.channels.spaces if self.channels.touches_prunable(s.ids)]
+        modules = dict(prepared.named_modules())
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        root = nn.Module()
+        for node in prepared.graph.nodes:
+            if node.op == "call_module":
+                m = modules[node.target]
+                if isinstance(m, _RescaledBatchNorm) and m.fxprune_rescale != "off":
+                    raise SurgeryError(f"gathered execution: {node.target} rescales BN by the mask "
+                                       "(SMCP); use masked execution")
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                    gathered_name = "g_" + node.target.replace(".", "_")
+                    if not hasattr(root, gathered_name):
+                        root.add_module(gathered_name, _GatheredLayer(self, node.target, m))
+                    env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
+                    continue
+                if self._touches(node) and not isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity,
+                                                              nn.modules.pooling._AdaptiveAvgPoolNd,
+                                                              nn.modules.pooling._AvgPoolNd,
+                                                              nn.modules.pooling._MaxPoolNd, nn.Flatten,
+                                                              nn.Dropout, nn.Hardswish, nn.Sigmoid)):
+                    raise SurgeryError(f"gathered execution does not support {type(m).__name__} "
+                                       f"({node.target}) on pruned channels; use masked execution")
+                _copy_attr(root, prepared, node.target)
+            elif node.op == "get_attr":
+                _copy_attr(root, prepared, node.target)
+            env[node] = graph.node_copy(node, lambda n: env[n])
+        self.gm = fx.GraphModule(root, graph)
+        self.gm.graph.eliminate_dead_code()  # the mask nodes: gathered layers need no mask
+        self.gm.recompile()
+        self.check(prepared)
+
+    def _touches(self, node: fx.Node) -> bool:
+        labels = node.meta.get("fxprune_labels") or {}
+        return any(self.channels.touches_prunable(np.asarray(ids)) for ids in labels.values())
+
+    def set_active(self, flat_active: np.ndarray, device=None) -> None:
+        """Gather at the channels ``flat_active`` (bool per flat channel, UnitIndex order) keeps."""
+        from fxprune.units import UnitIndex
+
+        prepared = self.prepared_ref[0]
+        index = getattr(self, "_unit_index", None) or UnitIndex(prepared)
+        self._unit_index = index
+        flat_active = np.asarray(flat_active, dtype=bool)
+        masks = {g.key: flat_active[index.group_slice(i)] for i, g in enumerate(index.groups)}
+        unit_kept = self.channels.unit_kept(masks)
+        if device is None:
+            device = next((p.device for p in prepared.parameters()), torch.device("cpu"))
+        indices = {}
+        for space in self._spaces:
+            keep = self.channels.kept(space.ids, unit_kept)
+            indices[space.key] = None if keep.all() else torch.as_tensor(np.flatnonzero(keep), device=device)
+        self.indices = indices
+
+    def forward(self, *args):
+        # the optimizer step that follows protects what THIS forward left out, even when the
+        # method picks the next active set (set_active) before optimizer.step()
+        self.forward_indices = self.indices
+        return self.gm(*args)
+
+    def check(self, prepared: fx.GraphModule, rtol: float = 1e-4) -> float:
+        """Gathered vs masked output on the example inputs at a random half of every group."""
+        from fxprune.units import UnitIndex
+
+        index = UnitIndex(prepared)
+        rng = np.random.default_rng(0)
+        active = np.zeros(index.n, dtype=bool)
+        for i, g in enumerate(index.groups):
+            sl = index.group_slice(i)
+            order, _ = index.ranking(i, rng.random(g.size))
+            active[sl.start + order[: max(1, g.size // 2)]] = True
+        before = index.masks(prepared)
+        index.set_masks(prepared, active.astype(np.float32))
+        try:
+            self.set_active(active)
+            inputs = state_of(prepared).example_inputs
+            err = max_relative_error(run_eval(prepared, inputs), run_eval(self, inputs))
+        finally:
+            index.set_masks(prepared, before)
+        if not err <= rtol:
+            raise SurgeryError(f"gathered execution differs from the masked model by {err:.3g} "
+                               "(relative); this graph has an op it cannot gather (e.g. a literal "
+                               "channel count): use masked execution")
+        return err
+
+    # -- the optimizer --------------------------------------------------------------------------
+    def element_masks(self, indices=None) -> dict[nn.Parameter, torch.Tensor]:
+        """Per gathered parameter, a bool tensor (broadcastable) marking its active elements in
+        the last forward (or under ``indices``)."""
+        prepared = self.prepared_ref[0]
+        if indices is None:
+            indices = getattr(self, "forward_indices", None)
+            if indices is None:  # no gathered forward since the last step: nothing to protect
+                return {}
+        out = {}
+        for space in self._spaces:
+            idx = indices.get(space.key)
+            tensor_name = space.tensor
+            try:
+                p = prepared.get_parameter(tensor_name)
+            except AttributeError:
+                continue
+            shape = [1] * p.ndim
+            shape[space.dim] = -1
+            keep = torch.zeros(p.shape[space.dim], dtype=torch.bool, device=p.device)
+            if idx is None:
+                keep[:] = True
+            else:
+                keep[idx] = True
+            keep = keep.view(shape)
+            out[p] = keep if p not in out else (out[p] & keep)
+        return out
+
+    def protect(self, optimizer: torch.optim.Optimizer):
+        """Hook ``optimizer`` so a step that follows a gathered forward leaves the elements that
+        forward left out, and their per-element state (same shape as the parameter; state the
+        step creates starts at zero there), bit-identical. Steps after a forward of the full
+        model are not touched. Returns the hook handles."""
+        saved = {}
+
+        def pre(opt, args, kwargs):
+            saved.clear()
+            for p, keep in self.element_masks().items():
+                if bool(keep.all()):
+                    continue
+                st = {k: v.detach().clone() for k, v in opt.state.get(p, {}).items()
+                      if isinstance(v, torch.Tensor) and v.shape == p.shape}
+                saved[p] = (keep, p.detach().clone(), st)
+
+        def post(opt, args, kwargs):
+            with torch.no_grad():
+                for p, (keep, value, st) in saved.items():
+                    p.copy_(torch.where(keep, p, value))
+                    state = opt.state.get(p, {})
+                    for k, v in st.items():
+                        state[k].copy_(torch.where(keep, state[k], v))
+                    for k, v in state.items():  # state created at this step: zero where inactive
+                        if k not in st and isinstance(v, torch.Tensor) and v.shape == p.shape:
+                            v.copy_(torch.where(keep, v, torch.zeros_like(v)))
+            saved.clear()
+            self.forward_indices = None
+
+        return optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)
+
+
+def _copy_attr(root: nn.Module, prepared: nn.Module, target: str) -> None:
+    """Make ``target`` (a dotted path) resolve in ``root`` to the prepared model's object."""
+    parts = target.split(".")
+    owner_src, owner_dst = prepared, root
+    for part in parts[:-1]:
+        owner_src = getattr(owner_src, part)
+        if not hasattr(owner_dst, part):
+            owner_dst.add_module(part, nn.Module())
+        owner_dst = getattr(owner_dst, part)
+    obj = getattr(owner_src, parts[-1])
+    if isinstance(obj, nn.Module):
+        if not hasattr(owner_dst, parts[-1]):
+            owner_dst.add_module(parts[-1], obj)
+    elif isinstance(obj, nn.Parameter):
+        owner_dst.register_parameter(parts[-1], obj)
+    elif isinstance(obj, torch.Tensor):
+        owner_dst.register_buffer(parts[-1], obj)
+    else:
+        setattr(owner_dst, parts[-1], obj)
+
+
+def gathered_module(prepared: fx.GraphModule) -> GatheredModule:
+    """The active sub-network of ``prepared`` sharing its parameters (see the module docstring)."""
+    return GatheredModule(prepared)

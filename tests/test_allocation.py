@@ -1,0 +1,201 @@
+"""The shared engine: option pricing, the allocator, importance strategies' sync, the registry."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fxprune
+from fxprune.allocation import GroupOptions, allocate, kept_from, ranked_options
+from fxprune.budget import Budget
+from fxprune.cost import FlopsCost
+from fxprune.importance import BanditStats, PairwiseTaylor, WeightTaylor
+from fxprune.methods import get_method, registry
+from fxprune.units import UnitIndex, consumer_weights, costed_layers
+
+from test_smcp import data, held_output_cost, prepared
+
+
+def _budget(pm):
+    index = UnitIndex(pm)
+    return index, Budget(index, costed_layers(index), FlopsCost())
+
+
+def test_subset_costs_price_non_nested_options_exactly():
+    pm = prepared()
+    index, budget = _budget(pm)
+    rng = np.random.default_rng(1)
+    kept = rng.random(index.n) > 0.3
+    for i, g in enumerate(index.groups):
+        keeps = [kept[index.group_slice(j)][None] for j in range(len(index.groups))]
+        rows = rng.random((5, g.size)) > 0.5  # arbitrary subsets, not top-k of one order
+        rows[:, 0] = True
+        keeps[i] = rows
+        costs, constant = budget.subset_costs(kept, keeps)
+        for j, row in enumerate(rows):
+            trial = kept.copy()
+            trial[index.group_slice(i)] = row
+            predicted = constant + sum(c[0] for k, c in enumerate(costs) if k != i) + costs[i][j]
+            assert predicted == pytest.approx(held_output_cost(budget, trial, kept), rel=1e-9)
+
+
+@pytest.mark.parametrize("target", [0.35, 0.6])
+def test_allocate_fits_and_prefers_valuable_subsets(target):
+    pm = prepared()
+    index, budget = _budget(pm)
+    rng = np.random.default_rng(0)
+    options = []
+    for i, g in enumerate(index.groups):
+        scores = rng.random(g.size)
+        order = np.argsort(-scores)
+        options.append(ranked_options(scores, order, np.arange(1, g.size + 1)))
+    result = allocate(options, budget, target, np.ones(index.n, bool))
+    assert result.actual <= target + 1e-9
+    assert result.actual >= target - 0.1
+    assert np.array_equal(result.kept, kept_from(index.offsets, options, result.choice))
+    # each group keeps its top channels by score
+    for i, c in enumerate(result.choice):
+        assert np.array_equal(result.kept[index.group_slice(i)], options[i].keep[c])
+
+
+def test_group_options_reject_bad_shapes():
+    with pytest.raises(ValueError, match="one count and value per option"):
+        GroupOptions([1, 2], [0.0], np.ones((2, 3), bool))
+
+
+def fake_all_reduce(strategies):
+    """Run ``sync`` on every strategy as if each were a process of one job: the reduce returns
+    the sum of everyone's packed tensor (first gathered from deep copies)."""
+    packs = []
+
+    class Gathered(Exception):
+        pass
+
+    for s in strategies:
+        def grab(t):
+            packs.append(t.clone())
+            raise Gathered
+        with pytest.raises(Gathered):
+            copy.deepcopy(s).sync(grab)
+    total = sum(packs)
+    for s in strategies:
+        s.sync(lambda t: total.clone())
+
+
+def test_weight_taylor_sync_sums_counts_and_totals_in_float64():
+    pm = prepared()
+    index = UnitIndex(pm)
+    consumers = consumer_weights(pm, index)
+    a, b = WeightTaylor(consumers, index.n), WeightTaylor(consumers, index.n)
+    flat = index.masks(pm)
+    for s, seed in ((a, 0), (b, 1)):
+        x, y = data(seed=seed)
+        pm.zero_grad()
+        F.cross_entropy(pm(x), y).backward()
+        s.observe(flat)
+    a.observe(flat)  # a has seen 2 steps, b 1
+    expected = (a.total + b.total) / 3
+    single = a.scores().copy()
+    a_alone = copy.deepcopy(a)
+    a_alone.sync(None)  # one process: nothing changes
+    np.testing.assert_array_equal(a_alone.scores(), single)
+    fake_all_reduce([a, b])
+    assert a.total.dtype == torch.float64 and a.count == b.count == 3
+    np.testing.assert_allclose(a.scores(), expected.numpy())
+    np.testing.assert_array_equal(a.scores(), b.scores())
+
+
+def test_bandit_stats_sync_pools_rewards_of_every_process():
+    offsets = np.array([0, 3, 5])
+    a, b = BanditStats(offsets), BanditStats(offsets)
+    a.observe(torch.tensor([1.0, 2.0, 0.0, 4.0, 0.0]), torch.tensor([1, 1, 0, 1, 0], dtype=torch.bool))
+    b.observe(torch.tensor([2.0, 0.0, 1.0, 0.0, 3.0]), torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool))
+    single = copy.deepcopy(a)
+    single.sync(None)  # one process: its own rewards, scaled by its running max per group
+    np.testing.assert_allclose(single.mu.numpy(), [0.5, 1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(single.T.numpy(), [1, 1, 0, 1, 0])
+    fake_all_reduce([a, b])
+    np.testing.assert_array_equal(a.T.numpy(), [2, 1, 1, 1, 1])
+    np.testing.assert_allclose(a.mu.numpy(), [0.75, 1.0, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(a.mu.numpy(), b.mu.numpy())
+    idx = a.index(t=10, c=1.0)
+    assert torch.isinf(BanditStats(offsets).index(3)).all()  # never played: infinite
+    assert idx[0] < idx[1]  # played twice: smaller bonus than once, same-ish mean
+
+
+def test_pairwise_sync_and_moments():
+    offsets = np.array([0, 2, 5])
+    a, b = (PairwiseTaylor.__new__(PairwiseTaylor) for _ in range(2))
+    for s in (a, b):  # no hooks needed: feed per-sample terms directly
+        s.offsets, s.n, s.samples = offsets, 5, 0
+        s.sum_t = torch.zeros(5, dtype=torch.float64)
+        s.sum_tt = [torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)]
+    ta, tb = torch.randn(4, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    a.add(ta)
+    b.add(tb)
+    fake_all_reduce([a, b])
+    t = torch.cat([ta, tb])
+    mean, B = a.moments(1)
+    np.testing.assert_allclose(mean, t[:, 2:].mean(0).numpy())
+    np.testing.assert_allclose(B, (t[:, 2:].T @ t[:, 2:] / 10).numpy())
+    assert a.samples == b.samples == 10
+
+
+def test_registry_serves_recipe_cli_and_benchmarks():
+    for name in ("smcp", "cucb", "ccp", "hard", "uniform", "magnitude", "taylor", "cucb_random"):
+        assert name in registry
+    assert get_method("smcp").cls is fxprune.SMCP
+    with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
+        get_method("nope")
+    from fxprune.train import ConfigError, resolve_config
+    assert resolve_config({"prune": {"method": "cucb"}})["prune"]["method"] == "cucb"
+    with pytest.raises(ConfigError, match="ccp"):
+        resolve_config({"prune": {"method": "nope"}})
+
+
+def test_hard_and_magnitude_entries_are_smcp_options():
+    pm = prepared()
+    hard = get_method("hard").build(pm, target=0.5, channel_step=4)
+    assert hard.masks_kind == "hard"
+    pm = prepared()
+    one = get_method("magnitude").build(pm, target=0.5, prune_at=2, window=1, channel_step=1)
+    x, y = data()
+    records = []
+    for _ in range(4):
+        pm.zero_grad()
+        F.cross_entropy(pm(x), y).backward()
+        records.append(one.step())
+    assert [r is not None for r in records] == [False, True, False, False]  # once, at step 2
+    assert one.cost() <= 0.5 + 1e-9
+
+
+def test_activation_taylor_is_the_batch_mean_of_the_per_sample_terms():
+    from fxprune.importance import ActivationTaylor, InputTaps
+
+    pm = prepared()
+    index = UnitIndex(pm)
+    consumers = consumer_weights(pm, index)
+    act = ActivationTaylor(pm, consumers, index.n)
+    x, y = data()
+    F.cross_entropy(pm(x), y).backward()
+    act.observe()
+    # the same channel sums from the weights: |sum W dL/dW| = |batch sum of t| / N for mask 1
+    w = WeightTaylor(consumers, index.n)
+    w.observe(index.masks(pm))
+    np.testing.assert_allclose(act.scores(), w.scores(), rtol=1e-4, atol=1e-9)
+    act.close()
+    assert not any(m._forward_pre_hooks for m in pm.modules())
+
+
+def test_cli_lists_the_registry(capsys):
+    from fxprune.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("smcp", "ccp", "cucb", "cucb_random", "magnitude"))
+    assert main(["methods", "ccp"]) == 0
+    assert "exhaustive_max = 12" in capsys.readouterr().out
+    assert main(["methods", "nope"]) == 2

@@ -1,0 +1,224 @@
+"""CCP: the quadratic's forms and signs, the solvers against exhaustive search, per-sample terms,
+the planted cancelling pair, and the method on a small CNN (ratio, adaptive, rounds, resume)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.importance import InputTaps
+from fxprune.methods.ccp import (CCP, best_subsets, keep_form, objective, predicted_change, prune_form,
+                                 solve_exhaustive)
+from fxprune.units import UnitIndex, consumer_weights
+
+from test_smcp import data, prepared
+
+
+def random_instance(n, seed, samples=None):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(samples or 3 * n, n)) + rng.normal(size=n) * 0.5
+    return t.mean(0), t.T @ t / len(t)
+
+
+def test_keep_and_prune_forms_equal_the_taylor_change_up_to_a_constant():
+    a, B = random_instance(8, 0)
+    S, Sz = keep_form(a, B), prune_form(a, B)
+    gaps = []
+    for bits in itertools.product([0, 1], repeat=8):
+        keep = np.array(bits, bool)
+        dl = predicted_change(a, B, keep)
+        assert objective(Sz, ~keep) == pytest.approx(dl, abs=1e-12)
+        gaps.append(objective(S, keep) - dl)
+    assert np.ptp(gaps) < 1e-9  # the keep form is dL plus one constant
+
+
+def test_sign_convention_keeps_the_channel_whose_removal_costs():
+    # channel 0: removing it (A_0 -> 0) changes the loss by -t_0 = +3 to first order: it costs a
+    # lot; the others hardly matter
+    a = np.array([-3.0, -0.01, 0.02, 0.0, 0.01])
+    B = np.eye(5) * 0.1
+    keep, _ = solve_exhaustive(keep_form(a, B), 3)
+    assert keep[0]
+    prune, _ = solve_exhaustive(prune_form(a, B), 2)  # the prune form picks the removed set
+    assert np.array_equal(~prune, keep)
+    mixed, _ = solve_exhaustive(keep_form(a, B), 2)  # keep-form S read as a prune set: wrong
+    assert mixed[0]  # ... it would remove the one channel that matters
+
+
+def test_greedy_plus_swap_hits_the_exhaustive_optimum_often():
+    hits, greedy_only, trials = 0, 0, 60
+    for seed in range(trials):
+        a, B = random_instance(12, seed)
+        S = keep_form(a, B)
+        p = 3 + seed % 7
+        _, exact = solve_exhaustive(S, p)
+        beta, val = best_subsets(S, [p])[p]
+        _, val_greedy = best_subsets(S, [p], swaps=False)[p]
+        assert beta.sum() == p and val >= exact - 1e-9 and val <= val_greedy + 1e-12
+        hits += val <= exact + 1e-9 * max(1, abs(exact))
+        greedy_only += val_greedy <= exact + 1e-9 * max(1, abs(exact))
+    print(f"hit rate vs exhaustive (n=12, {trials} instances): greedy {greedy_only / trials:.2f}, "
+          f"greedy+1-swap {hits / trials:.2f}")
+    assert hits / trials >= 0.65 and hits >= greedy_only
+
+
+def test_solvers_respect_keep_one_of():
+    a, B = random_instance(10, 3)
+    S = keep_form(a, B)
+    free, _ = solve_exhaustive(S, 2)
+    piece = [int(np.flatnonzero(~free)[0]), int(np.flatnonzero(~free)[1])]  # a piece it empties
+    for keep, _ in (solve_exhaustive(S, 2, [piece]), best_subsets(S, [2, 5], [piece])[2],
+                    best_subsets(S, [2, 5], [piece])[5]):
+        assert keep[piece].any()
+
+
+class MLP(nn.Module):
+    def __init__(self, d=8, h=6, k=3):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, h), nn.Linear(h, k)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_per_sample_terms_match_per_sample_autograd():
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(5, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    pm = fxprune.prepare(model, (x[:1],))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+    F.cross_entropy(pm(x), y).backward()  # mean over the batch
+    t = taps.take()
+    for n in range(5):  # t_i(n) = h_i * dL_n/dh_i for sample n's own loss
+        h = F.relu(model.fc1(x[n:n + 1])).detach().requires_grad_(True)
+        F.cross_entropy(model.fc2(h), y[n:n + 1]).backward()
+        np.testing.assert_allclose(t[n].numpy(), (h * h.grad)[0].detach().numpy(), rtol=1e-10, atol=1e-14)
+    taps.close()
+
+
+def planted_mlp(seed=0):
+    """Hidden units 0 and 1: identical inputs, opposite (large) outputs. Removing both changes
+    nothing; removing one changes the logits a lot."""
+    torch.manual_seed(seed)
+    model = MLP(d=8, h=6, k=3)
+    with torch.no_grad():
+        model.fc1.weight[1] = model.fc1.weight[0]
+        model.fc1.bias[1] = model.fc1.bias[0]
+        model.fc1.weight[:2] *= 3
+        model.fc2.weight[:, 0] = torch.tensor([4.0, -3.0, 2.0])
+        model.fc2.weight[:, 1] = -model.fc2.weight[:, 0]
+    return model
+
+
+def test_ccp_removes_a_cancelling_pair_that_single_channel_criteria_keep():
+    model = planted_mlp()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, 8)
+    pm = fxprune.prepare(model, (x0,))
+    pruner = CCP(pm, ratio=4 / 6, collect=8, channel_step=1, cost="params")
+    for _ in range(8):
+        x = torch.randn(256, 8, generator=g)
+        with torch.no_grad():  # labels drawn from the model itself: it sits at its own optimum
+            y = torch.multinomial(F.softmax(model(x), 1), 1, generator=g).squeeze(1)
+        pm.zero_grad()
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        single = pruner.stats.scores()  # before pruning resets the statistics
+        record = pruner.step(loss)
+    assert record is not None and record["kept"] == 4
+    mask = fxprune.channel_groups(pm)[0].mask
+    assert mask[:2].tolist() == [0.0, 0.0] and mask[2:].tolist() == [1.0] * 4
+    # single-channel criteria: removing unit 0 or 1 alone is the most costly, and they are the
+    # largest by weight magnitude: any of them keeps the pair
+    assert set(np.argsort(-single)[:2].tolist()) == {0, 1}
+    norms = model.fc2.weight.norm(dim=0) * model.fc1.weight.norm(dim=1)
+    assert set(torch.argsort(-norms)[:2].tolist()) == {0, 1}
+    small = fxprune.finalize(pm)
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)  # nothing was lost
+
+
+def _train(pm, pruner, steps, seed=0):
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9)
+    records = []
+    for step in range(steps):
+        x, y = data(n=32, seed=seed * 1000 + step)
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        records.append(pruner.step(loss))
+        opt.step()
+        opt.zero_grad()
+    return [r for r in records if r]
+
+
+@pytest.mark.parametrize("mode,ratio", [("ratio", 0.5), ("ratio", None), ("adaptive", None)])
+def test_ccp_method_prunes_in_rounds_and_finalizes(mode, ratio):
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode=mode, ratio=ratio, collect=3, rounds=2, round_every=3, channel_step=4,
+                 exhaustive_max=8)
+    records = _train(pm, pruner, 9)
+    assert [r["round"] for r in records] == [1, 2] and [r["step"] for r in records] == [3, 6]
+    assert records[0]["samples"] == 3 * 32
+    assert records[1]["kept"] < records[0]["kept"]
+    if ratio is None:  # a cost target: adaptive counts, or one common ratio fitted to it
+        assert records[0]["actual"] <= 0.75 + 1e-9 and records[1]["actual"] <= 0.5 + 1e-9
+        assert pruner.cost() <= 0.5 + 1e-9
+    else:
+        for g in fxprune.channel_groups(pm):
+            if g.prunable:
+                assert g.kept == g.size // 2  # every group at the ratio (16, 32, 64 channels)
+    flat = pruner.index.masks(pm).numpy()
+    assert not flat[pruner.dead].any()  # pruned for good
+    x = data()[0]
+    small = fxprune.finalize(pm).eval()
+    pm.eval()
+    torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
+
+
+def test_ccp_resumes_exactly(tmp_path):
+    def run(split=None):
+        pm = prepared(seed=2)
+        pruner = CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4)
+        opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+        for step in range(7):
+            if step == split:
+                torch.save({"m": pm.state_dict(), "p": pruner.state_dict(), "o": opt.state_dict()}, tmp_path / "c.pt")
+                pm = prepared(seed=3)
+                pruner = CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4)
+                opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+                ck = torch.load(tmp_path / "c.pt")
+                pm.load_state_dict(ck["m"])
+                pruner.load_state_dict(ck["p"])
+                opt.load_state_dict(ck["o"])
+            x, y = data(seed=step)
+            loss = F.cross_entropy(pm(x), y)
+            loss.backward()
+            pruner.step(loss)
+            opt.step()
+            opt.zero_grad()
+        return pruner.index.masks(pm)
+
+    assert torch.equal(run(), run(split=3))
+
+
+def test_batch_norms_run_in_eval_mode_on_collection_steps_only():
+    pm = prepared()
+    pm.train()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4)
+    bn = pm.get_submodule("c1.1")
+    modes = []
+    for step in range(5):
+        modes.append(bn.training)
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        pruner.step(loss)
+        pm.zero_grad()
+    assert modes == [True, False, False, True, True]  # steps 2 and 3 collect
+    assert pruner.history[0]["samples"] == 2 * 16

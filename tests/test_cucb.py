@@ -1,0 +1,226 @@
+"""CUCB: planted high-signal channels are found (and random sets do not find them), the budget
+mode fits the cost target, the final rule, exact resume, and the method on a small CNN."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.methods.cucb import CUCB
+
+from test_smcp import data, prepared
+
+PLANTED = [2, 5, 9, 13]
+
+
+class Wide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def planted_model():
+    """16 hidden units; units PLANTED carry the signal (large weights in and out), the others
+    are small."""
+    torch.manual_seed(0)
+    m = Wide()
+    with torch.no_grad():
+        m.fc1.weight.mul_(0.2)
+        m.fc2.weight.mul_(0.2)
+        m.fc1.weight[PLANTED] *= 10
+        m.fc2.weight[:, PLANTED] *= 10
+    return m
+
+
+def run_bandit(selection, steps=300, seed=0):
+    model = planted_model()
+    pm = fxprune.prepare(model, (torch.randn(1, 8),))
+    pruner = CUCB(pm, rho=0.25, c=0.25, warmup=30, explore=steps, selection=selection, seed=seed,
+                  cost="params")
+    g = torch.Generator().manual_seed(seed)
+    teacher = planted_model()
+    late_overlap = []
+    for step in range(steps):
+        x = torch.randn(64, 8, generator=g)
+        with torch.no_grad():
+            y = teacher(x).argmax(1)
+        pm.zero_grad()
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        active = np.flatnonzero(pruner.active)
+        if step >= steps - 100:
+            late_overlap.append(len(set(active.tolist()) & set(PLANTED)) / len(PLANTED))
+        pruner.step(loss)  # weights stay fixed: a pure bandit on real gradients
+    final = np.flatnonzero(pruner.index.masks(pm).numpy())
+    return pruner, len(set(final.tolist()) & set(PLANTED)) / len(PLANTED), float(np.mean(late_overlap))
+
+
+def test_cucb_recovers_planted_channels_and_random_sets_do_not():
+    pruner, final_overlap, late = run_bandit("cucb")
+    assert pruner.final and pruner.history[-1]["kept"] == 4
+    assert final_overlap == 1.0  # top-4 by mu is the planted set
+    assert late >= 0.8  # and late on, the bandit trains the planted channels
+    _, _, late_random = run_bandit("random")
+    assert late_random < 0.5  # random sets hold ~rho = 1/4 of them
+    print(f"overlap with the planted set, last 100 steps: CUCB {late:.2f}, random {late_random:.2f}")
+
+
+def test_unplayed_channels_are_tried_first_with_random_ties():
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=0, channel_step=1)
+    x, y = data()
+    seen = pruner.active.copy()
+    for _ in range(2):
+        pm.zero_grad()
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        pruner.step(loss)
+        seen |= pruner.active
+    assert seen.all()  # with rho = 1/2, two rounds play every channel once
+    np.testing.assert_array_equal(pruner.stats.T.numpy(), np.ones(pruner.index.n))
+
+
+def _train(pm, pruner, steps):
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9)
+    for step in range(steps):
+        x, y = data(n=32, seed=step)
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        pruner.step(loss)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_budget_mode_active_sets_fit_the_cost_target():
+    pm = prepared()
+    pruner = CUCB(pm, target=0.4, mode="budget", warmup=2, explore=6, channel_step=4)
+    costs = []
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    for step in range(8):
+        costs.append(pruner.active_cost())
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        pruner.step(loss)
+        opt.step()
+        opt.zero_grad()
+    assert max(costs) <= 0.4 + 1e-9 and min(costs) >= 0.25
+    assert pruner.final and pruner.cost() <= 0.4 + 1e-9
+    small = fxprune.finalize(pm).eval()
+    pm.eval()
+    x = data()[0]
+    torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
+
+
+def test_ratio_mode_keeps_rho_of_every_group_and_finalize_masks_selects_by_mu():
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=None, channel_step=4)
+    _train(pm, pruner, 4)
+    assert not pruner.final
+    for i, g in enumerate(pruner.index.groups):
+        assert pruner.active[pruner.index.group_slice(i)].sum() == g.size // 2
+    assert pruner.finalize_masks() is True and pruner.finalize_masks() is False
+    mu = pruner.stats.mu.numpy()
+    flat = pruner.index.masks(pm).numpy() != 0
+    for i in range(len(pruner.index.groups)):
+        sl = pruner.index.group_slice(i)
+        assert mu[sl][flat[sl]].min() >= mu[sl][~flat[sl]].max()  # the top by mu are kept
+
+
+def test_cucb_resumes_exactly(tmp_path):
+    def run(split=None):
+        pm = prepared(seed=1)
+        make = lambda pm: CUCB(pm, rho=0.5, warmup=2, explore=8, channel_step=4, seed=3)
+        pruner = make(pm)
+        opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+        for step in range(10):
+            if step == split:
+                torch.save({"m": pm.state_dict(), "p": pruner.state_dict(), "o": opt.state_dict()},
+                           tmp_path / "c.pt")
+                pm = prepared(seed=4)
+                pruner = make(pm)
+                opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+                ck = torch.load(tmp_path / "c.pt", weights_only=False)
+                pm.load_state_dict(ck["m"])
+                pruner.load_state_dict(ck["p"])
+                opt.load_state_dict(ck["o"])
+            x, y = data(seed=step)
+            loss = F.cross_entropy(pm(x), y)
+            loss.backward()
+            pruner.step(loss)
+            opt.step()
+            opt.zero_grad()
+        return pruner.index.masks(pm), pruner.stats.mu
+
+    (m_a, mu_a), (m_b, mu_b) = run(), run(split=5)
+    assert torch.equal(m_a, m_b) and torch.equal(mu_a, mu_b)
+
+
+def test_bad_arguments_are_explained():
+    pm = prepared()
+    with pytest.raises(ValueError, match="selection must be"):
+        CUCB(pm, selection="greedy")
+    with pytest.raises(ValueError, match="rho is the fraction"):
+        CUCB(pm, rho=0)
+
+
+def test_gathered_execution_is_the_default_and_masked_is_the_fallback():
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=3, channel_step=4)
+    assert pruner.execution == "gathered" and pruner.train_forward is pruner.gathered
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    pruner.attach_optimizer(opt)
+    for step in range(4):
+        x, y = data(seed=step)
+        w = pm.get_submodule("c2.0").weight.detach().clone()
+        active_in = torch.from_numpy(pruner.active[pruner.index.group_slice(
+            next(i for i, g in enumerate(pruner.index.groups) if g.name == "c1.0"))])
+        loss = F.cross_entropy(pruner.train_forward(x), y)
+        loss.backward()
+        final = pruner.final
+        pruner.step(loss)
+        opt.step()
+        opt.zero_grad()
+        if not final:  # c2 reads c1's channels: inactive columns did not move
+            assert torch.equal(pm.get_submodule("c2.0").weight.detach()[:, ~active_in], w[:, ~active_in])
+    assert pruner.final and pruner.train_forward is pm  # fine-tuning runs the prepared model
+
+    class WithLayerNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.ln, self.fc2 = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc2(self.ln(self.fc1(x)))
+
+    with pytest.warns(UserWarning, match="runs masked"):
+        masked = CUCB(fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),)), rho=0.5, cost="params")
+    assert masked.execution == "masked"
+
+
+def test_a_state_for_other_groups_is_refused():
+    pruner = CUCB(prepared(width=16), rho=0.5, channel_step=4)
+    other = CUCB(prepared(width=8), rho=0.5, channel_step=4)
+    with pytest.raises(ValueError, match="saved for channel groups"):
+        other.load_state_dict(pruner.state_dict())
+
+
+def test_ratio_mode_gathers_static_shapes_every_step():
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=4)
+    sizes = []
+    for step in range(6):
+        sizes.append({k: (None if v is None else len(v)) for k, v in pruner.gathered.indices.items()})
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pruner.train_forward(x), y)
+        loss.backward()
+        pruner.step(loss)
+        pm.zero_grad()
+    assert all(s == sizes[0] for s in sizes)  # same active count per group: same shapes
+    assert len({tuple(np.flatnonzero(pruner.active))} | {()}) > 1

@@ -1,0 +1,109 @@
+"""Gathered execution (CUCB's active sub-network): same loss and gradients as the masked
+full-width network, and inactive weights, optimizer state and BN statistics untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fxprune
+from fxprune.masks import _InputMasked
+from fxprune.models import build_model
+from fxprune.passes.gathered import gathered_module
+from fxprune.units import UnitIndex
+
+
+def setup(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("resnet_fmnist", widths=[8, 16, 16]).to(dtype)
+    x = torch.randn(16, 1, 28, 28, dtype=dtype)
+    y = torch.randint(0, 10, (16,))
+    pm = fxprune.prepare(model, (x[:1],))
+    for m in pm.modules():
+        if isinstance(m, _InputMasked):
+            m.fxprune_straight_through = False  # CUCB's hard masks
+    index = UnitIndex(pm)
+    rng = np.random.default_rng(seed)
+    active = np.zeros(index.n, dtype=bool)
+    for i, g in enumerate(index.groups):
+        order, _ = index.ranking(i, rng.random(g.size))
+        active[index.group_slice(i).start + order[: g.size // 2]] = True
+    index.set_masks(pm, active.astype(np.float32))
+    gathered = gathered_module(pm)
+    gathered.set_active(active)
+    return pm, gathered, x, y, active
+
+
+def grads(pm):
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in pm.named_parameters()}
+
+
+def test_same_loss_and_gradients_as_the_masked_network():
+    pm, gathered, x, y, _ = setup()
+    loss_masked = F.cross_entropy(pm(x), y)
+    loss_masked.backward()
+    g_masked = grads(pm)
+    pm.zero_grad(set_to_none=True)  # (train-mode BN normalises by batch statistics: the masked
+    # forward's update of the running ones does not change the gathered forward)
+    loss_gathered = F.cross_entropy(gathered(x), y)
+    loss_gathered.backward()
+    g_gathered = grads(pm)
+    torch.testing.assert_close(loss_gathered, loss_masked, rtol=1e-12, atol=1e-12)
+    for n in g_masked:
+        torch.testing.assert_close(g_gathered[n], g_masked[n], rtol=1e-10, atol=1e-12, msg=n)
+    assert any(bool((g != 0).any()) for g in g_gathered.values())
+
+
+def test_a_step_leaves_inactive_weights_optimizer_state_and_bn_statistics_bit_identical():
+    pm, gathered, x, y, active = setup(torch.float32)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    gathered.protect(opt)
+    for step in range(3):
+        before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+        buffers = {n: b.clone() for n, b in pm.named_buffers()}
+        momentum = {p: opt.state[p]["momentum_buffer"].clone() for p in pm.parameters()
+                    if "momentum_buffer" in opt.state.get(p, {})}
+        F.cross_entropy(gathered(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        keeps = gathered.element_masks(gathered.indices)
+        changed_active = False
+        for n, p in pm.named_parameters():
+            keep = keeps.get(p)
+            if keep is None:
+                continue
+            inactive = ~keep.expand_as(p)
+            assert torch.equal(p.detach()[inactive], before[n][inactive]), n
+            changed_active |= not torch.equal(p.detach()[~inactive], before[n][~inactive])
+            if p in momentum:
+                assert torch.equal(opt.state[p]["momentum_buffer"][inactive], momentum[p][inactive]), n
+            else:  # created at this step: nothing for inactive elements
+                assert not opt.state[p]["momentum_buffer"][inactive].any(), n
+        assert changed_active
+        for name in ("bn1", "layer1.0.bn1", "layer2.0.bn2"):
+            bn = pm.get_submodule(name)
+            idx = gathered.indices[f"{name}.weight:0"]
+            off = torch.ones(bn.running_mean.numel(), dtype=torch.bool)
+            off[idx] = False
+            for stat in ("running_mean", "running_var"):
+                now, then = getattr(bn, stat), buffers[f"{name}.{stat}"]
+                assert torch.equal(now[off], then[off]), (name, stat)
+                assert not torch.equal(now[~off], then[~off]), (name, stat)
+
+
+def test_unsupported_graphs_are_refused_with_a_reason():
+    from torch import nn
+    from fxprune.errors import SurgeryError
+
+    class WithLayerNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.ln, self.fc2 = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc2(self.ln(self.fc1(x)))
+
+    pm = fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),))
+    with pytest.raises(SurgeryError, match="masked execution"):
+        gathered_module(pm)
