@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import platform
-from typing import Sequence
+import time
+from typing import Callable, Mapping, Sequence
 
 
 class DeployError(RuntimeError):
@@ -58,3 +59,29 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
         raise DeployError(f"input shape {shape} must have a batch dim and at least one more, "
                           "all positive (e.g. 1,3,224,224)")
     return shape
+
+
+def time_interleaved_wall(runs: Mapping[str, Callable[[], object]], iters: int, warmup: int,
+                     progress: bool = True, desc: str = "timing") -> dict[str, list[float]]:
+    """Call each function ``warmup`` times, then ``iters`` rounds of A, B, A, B, ...
+
+    Interleaving makes machine noise (other processes, frequency changes) hit every model
+    alike, so their medians compare fairly. Returns per-call wall times in ms.
+    """
+    if iters < 1 or warmup < 0:
+        raise DeployError(f"need iters >= 1 and warmup >= 0 (got iters={iters}, warmup={warmup})")
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rounds = range(iters)
+    if progress:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc=desc, unit="round", leave=False)
+    for _ in rounds:
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times

@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .common import DeployError
+from .common import time_interleaved_wall as time_interleaved
 
 BACKEND = "onnxruntime"
 
@@ -54,32 +55,6 @@ def random_feed(session, input_shape, seed: int = 0) -> dict[str, np.ndarray]:
         dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         feed[inp.name] = rng.standard_normal(tuple(input_shape)).astype(dtype)
     return feed
-
-
-def time_interleaved(runs: Mapping[str, Callable[[], object]], iters: int, warmup: int,
-                     progress: bool = True, desc: str = "timing") -> dict[str, list[float]]:
-    """Call each function ``warmup`` times, then ``iters`` rounds of A, B, A, B, ...
-
-    Interleaving makes machine noise (other processes, frequency changes) hit every model
-    alike, so their medians compare fairly. Returns per-call wall times in ms.
-    """
-    if iters < 1 or warmup < 0:
-        raise DeployError(f"need iters >= 1 and warmup >= 0 (got iters={iters}, warmup={warmup})")
-    for _ in range(warmup):
-        for fn in runs.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    rounds = range(iters)
-    if progress:
-        from tqdm import tqdm
-
-        rounds = tqdm(rounds, desc=desc, unit="round", leave=False)
-    for _ in rounds:
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def time_onnx_models(paths: Mapping[str, str], input_shape, *, threads: int = 2, iters: int = 100,

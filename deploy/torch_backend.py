@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-import time
 from typing import Callable, Mapping
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 
 from fxprune.cost import LayerSpec
 
-from .common import DeployError, cpu_name
+from .common import DeployError, cpu_name, time_interleaved_wall
 
 BACKEND = "torch"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -176,6 +175,8 @@ def time_interleaved(runs: Mapping[str, Callable[[], object]], device: torch.dev
                      iters: int = 50, warmup: int = 5, sample_ms: float = 1.0,
                      progress: bool = False, desc: str = "timing") -> dict[str, list[float]]:
     """Per-forward ms of each runner, ``iters`` rounds of A, B, A, B, ... after ``warmup``."""
+    if device.type != "cuda":  # wall clock, one call per sample: ONNX Runtime's loop
+        return time_interleaved_wall(runs, iters, warmup, progress, desc)
     if iters < 1 or warmup < 0:
         raise DeployError(f"need iters >= 1 and warmup >= 0 (got iters={iters}, warmup={warmup})")
     for _ in range(warmup):
@@ -187,27 +188,18 @@ def time_interleaved(runs: Mapping[str, Callable[[], object]], device: torch.dev
         from tqdm import tqdm
 
         rounds = tqdm(rounds, desc=desc, unit="round", leave=False)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    if device.type == "cuda":
-        events = {name: [] for name in runs}
-        for _ in rounds:
-            for name, fn in runs.items():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(inner[name]):
-                    fn()
-                end.record()
-                events[name].append((start, end))
-        torch.cuda.synchronize(device)
-        for name, pairs in events.items():
-            times[name] = [s.elapsed_time(e) / inner[name] for s, e in pairs]
-        return times
+    events: dict[str, list] = {name: [] for name in runs}
     for _ in rounds:
         for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner[name]):
+                fn()
+            end.record()
+            events[name].append((start, end))
+    torch.cuda.synchronize(device)
+    return {name: [s.elapsed_time(e) / inner[name] for s, e in pairs]
+            for name, pairs in events.items()}
 
 
 def time_models(models: Mapping[str, nn.Module], input_shape, *, device=None,
