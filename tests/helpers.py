@@ -47,3 +47,12 @@ def prune_and_check(model: nn.Module, *inputs, fraction=0.5, seed=0, rtol=1e-4, 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def small_deploy_net(width: int) -> nn.Module:
+    """conv-bn-relu x2, pool, linear: a model small enough to export and time in seconds."""
+    torch.manual_seed(width)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))

@@ -17,18 +17,14 @@ from fxprune.cli import main
 from fxprune.deploy import DeployError, choose_backend, deploy, export_onnx, verify_onnx
 from fxprune.deploy import pipeline
 from fxprune.deploy.report import build_report, format_table, model_entry
+from helpers import small_deploy_net
 
 SHAPE = (1, 3, 16, 16)
 QUICK = ["--iters", "5", "--warmup", "1", "--no-progress", "--backend", "onnxruntime"]
 TRUST = ["--trust-model-file"]  # these test files are pickles written by the fixture
 
 
-def small_net(width: int) -> nn.Module:
-    torch.manual_seed(width)
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+small_net = small_deploy_net
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from fxprune.cli import main
 from fxprune.deploy import DeployError, LatencyTable, choose_backend, deploy
 from fxprune.deploy import pipeline
 from fxprune.deploy import torch_backend as tb
+from helpers import small_deploy_net
 
 HAVE_CUDA = torch.cuda.is_available()
 needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")]
@@ -24,12 +25,7 @@ SHAPE = (2, 3, 16, 16)
 QUICK = ["--iters", "5", "--warmup", "1", "--no-progress", "--input-shape", "2,3,16,16"]
 
 
-def small_net(width: int) -> nn.Module:
-    torch.manual_seed(width)
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+small_net = small_deploy_net
 
 
 @pytest.fixture(scope="module")
