@@ -243,7 +243,7 @@ PRUNE_RULES: dict[str, Rule] = {
     "max_resolves": POSITIVE_INT,
 }
 # Arguments the recipe provides itself (the prepared model, facts of the run).
-_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule"}
+_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn"}
 _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
 
 
