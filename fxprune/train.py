@@ -41,7 +41,7 @@ from .errors import FxPruneError
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
                             ConfigError, apply_overrides, check_schedule_steps,
-                            load_config, parse_value, resolve_config)
+                            load_config, parse_value, pruner_class, resolve_config)
 from .run_io import (INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs, check_out_folder,
                      config_changes, cost_columns, format_results, load_checkpoint, rng_state,
                      save_checkpoint, save_module, set_rng_state, write_results)
@@ -373,12 +373,20 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             channel_step = int(prune_cfg.get("channel_step", 1))
             build_cfg = {**prune_cfg, "cost": fxdist.compute_on_main(
                 lambda: LatencyTable.measure(net, step=channel_step))}
+        context = {}
+        if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
+            context["reduce_fn"] = _all_reduce_sum  # e.g. CCP's activation statistics
         pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
-                             epochs=int(optim_cfg["epochs"]))
+                             epochs=int(optim_cfg["epochs"]), **context)
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
             check_schedule_steps(getattr(pruner, "schedule", None), float(target),
                                  int(optim_cfg["epochs"]) * steps_per_epoch)
+        own_forward = getattr(pruner, "train_forward", None)
+        if distributed and own_forward is not None and own_forward is not net:
+            raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
+                              "outside the DDP wrapper, whose gradients would not be averaged; "
+                              "under torchrun set prune.execution=masked")
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -417,11 +425,6 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
 
     forward = net
     if distributed:
-        own_forward = getattr(pruner, "train_forward", None)
-        if own_forward is not None and own_forward is not net:
-            raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
-                              "outside the DDP wrapper, whose gradients would not be averaged; "
-                              "under torchrun set prune.execution=masked")
         if sync_bn:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         forward = nn.parallel.DistributedDataParallel(
@@ -512,6 +515,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       epochs, elapsed, speed, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise float64 sum of ``t`` over every process (a method's ``reduce_fn``)."""
+    return fxdist.all_reduce_sum_count(t, 0)[0]
 
 
 def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:

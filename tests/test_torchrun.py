@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ import torch.distributed as dist
 import yaml
 
 from fxprune.data import BatchLoader, load_split
-from fxprune.train import ConfigError, evaluate, resolve_config, train
+from fxprune import train as train_mod
+from fxprune.train import ConfigError, evaluate, load_config, resolve_config, train
 
 TINY = {
     "seed": 3,
@@ -131,6 +133,43 @@ def test_distributed_path_with_one_process_equals_plain_run(tmp_path):
     assert ddp["world_size"] == 1 and ddp["images_per_s"] > 0
 
 
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["data.name=synthetic", "data.synthetic_train=256", "data.synthetic_test=64",
+         "data.batch_size=32", "model.widths=[8,16,16]", "optim.epochs=2", "num_threads=1",
+         "log.progress=false", "log.tensorboard=false", "device=cpu"]
+METHODS = {
+    "cucb": ["prune.warmup_epochs=0.25", "prune.explore_epochs=1.5", "prune.execution=masked"],
+    "ccp": ["prune.collect_epochs=0.5", "prune.prune_at_epochs=1", "prune.rounds=2",
+            "prune.round_every_epochs=0.5"],
+}
+
+
+def test_cucb_gathered_execution_is_refused_under_ddp(tmp_path):
+    """Its sub-network runs outside the DDP wrapper: gradients would not be averaged."""
+    cfg = load_config(ROOT / "configs" / "fashion_mnist_cucb.yaml",
+                      [*SMALL, *METHODS["cucb"][:2], f"out={tmp_path / 'r'}"])
+    with one_process_group(), pytest.raises(ConfigError, match="prune.execution=masked"):
+        train(cfg)
+    assert not (tmp_path / "r").exists()  # refused before any write
+
+
+def test_ccp_statistics_go_through_the_reduction_under_ddp(tmp_path, monkeypatch):
+    calls = []
+    real = train_mod._all_reduce_sum
+
+    def counted(t):
+        calls.append(t.numel())
+        return real(t)
+
+    monkeypatch.setattr(train_mod, "_all_reduce_sum", counted)
+    cfg = load_config(ROOT / "configs" / "fashion_mnist_ccp.yaml",
+                      [*SMALL, *METHODS["ccp"], f"out={tmp_path / 'r'}"])
+    with one_process_group():
+        results = train(cfg)
+    assert len(calls) == 2  # one sum per pruning round, before its decision
+    assert results["finalize_mismatched_samples"] == 0
+
+
 def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     with one_process_group(), pytest.raises(ConfigError, match="train.sync_bn"):
         train(resolve_config(TINY, [f"out={tmp_path / 'r'}", "device=cpu", "train.sync_bn=true"]))
@@ -195,3 +234,19 @@ def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3"]
     assert json.loads((out / "results.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ccp", "cucb"])
+def test_torchrun_two_processes_keep_masks_equal(method, tmp_path):
+    """CCP decides on statistics summed over the processes, CUCB (masked execution) on averaged
+    gradients with an identically seeded generator: every step the processes compare their masks
+    with rank 0's (train.check_masks), and the finalized models too."""
+    out = tmp_path / "run"
+    done = torchrun(2, str(ROOT / "configs" / f"fashion_mnist_{method}.yaml"),
+                    *[a for o in [*SMALL, *METHODS[method], "train.check_masks=true"]
+                      for a in ("--set", o)], "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["finalize_mismatched_samples"] == 0
+    assert results["flops_ratio"] <= 0.5 + 1e-6
