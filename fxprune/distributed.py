@@ -135,6 +135,36 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
         dist.broadcast(b, src=src)
 
 
+def use_sync_batchnorm(module: nn.Module) -> Callable[[], None]:
+    """Swap every BatchNorm of ``module`` for ``nn.SyncBatchNorm`` (batch statistics over all
+    processes; CUDA only), in place; returns ``undo()``, which puts the original modules back.
+
+    The SyncBatchNorm modules share the originals' parameters and running statistics (that is
+    how ``nn.SyncBatchNorm.convert_sync_batchnorm`` builds them), so after ``undo()`` the
+    originals hold everything trained. Call ``undo()`` before ``fxprune.finalize``: surgery
+    knows BatchNorm, and the saved model should not need a process group. ``module`` itself
+    must not be a BatchNorm.
+    """
+    originals = [(name, m) for name, m in module.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and name]
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    other = next((f"{name} ({type(m).__name__})" for name, m in originals
+                  if type(m) not in plain), None)
+    if other is not None:  # the conversion would drop what the subclass adds
+        raise TypeError(f"use_sync_batchnorm: {other} is not a plain BatchNorm; "
+                        "SyncBatchNorm would replace its behaviour: set train.sync_bn=false")
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if converted is not module:
+        raise TypeError("use_sync_batchnorm: pass the model, not a BatchNorm layer")
+
+    def undo() -> None:
+        for name, original in originals:
+            parent, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, leaf, original)
+
+    return undo
+
+
 def barrier_if_distributed() -> None:
     """``dist.barrier()`` when distributed (e.g. the others wait until rank 0 wrote a file)."""
     if is_distributed():
@@ -348,6 +378,6 @@ def rewrap_after_finalize(finalized: nn.Module, ddp_kwargs: dict | None,
 
 __all__ = ["MaskMismatchError", "is_distributed", "rank", "world_size", "is_main_process",
            "launched_with_several_processes", "local_rank", "local_world_size", "init_from_env",
-           "broadcast_buffers",
+           "broadcast_buffers", "use_sync_batchnorm",
            "barrier_if_distributed", "broadcast_object", "compute_on_main", "all_reduce_sum_count",
            "broadcast_masks", "check_masks_equal", "check_models_equal", "rewrap_after_finalize"]

@@ -423,10 +423,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
     logs.open(cfg, (start_epoch, step) if ckpt is not None else None)
 
-    forward = net
+    forward, undo_sync_bn = net, None
     if distributed:
         if sync_bn:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            undo_sync_bn = fxdist.use_sync_batchnorm(net)  # undone before finalize
         forward = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -508,6 +508,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 save_checkpoint(checkpoint, ckpt_path)
     finally:
         logs.close()
+        if undo_sync_bn is not None:
+            undo_sync_bn()
 
     speed = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
              "world_size": world}

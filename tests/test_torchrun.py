@@ -176,6 +176,29 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     assert not (tmp_path / "r").exists()  # refused before any write
 
 
+def test_sync_batchnorm_swap_is_undone_before_finalize():
+    """SyncBatchNorm itself needs CUDA; the swap and its undo are checked here."""
+    import fxprune
+    from fxprune.distributed import use_sync_batchnorm
+    from fxprune.models import build_model
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(build_model("resnet_fmnist", widths=[4, 8, 8], blocks=[1, 1, 1]),
+                         (torch.randn(1, 1, 28, 28),))
+    bns = {n: m for n, m in pm.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    undo = use_sync_batchnorm(pm)
+    swapped = {n: m for n, m in pm.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)}
+    assert set(swapped) == set(bns) and bns
+    for name, sync in swapped.items():  # trained in place of the originals
+        assert sync.weight is bns[name].weight and sync.running_mean is bns[name].running_mean
+    undo()
+    assert {n: m for n, m in pm.named_modules() if isinstance(m, torch.nn.BatchNorm2d)} == bns
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in pm.modules())
+    pm.eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(fxprune.finalize(pm)(x), pm(x), atol=1e-5)
+
+
 def test_sync_bn_alone_in_one_process_is_nothing(tmp_path):
     """Without torchrun there is nothing to synchronise: the key is accepted and changes nothing."""
     results = train(resolve_config(TINY, [f"out={tmp_path / 'r'}", "device=cpu",
