@@ -16,6 +16,11 @@ when pruning, finalized to ``OUT/model_pruned.pt``, with ``fxprune_input_shape``
 ``fxprune deploy``; ``OUT/results.json`` holds the summary the command prints.
 
 From Python: ``train(load_config("configs/fashion_mnist_resnet.yaml", ["optim.epochs=1"]))``.
+
+This module is the training loop; the config is :mod:`fxprune.recipe_config`, everything
+written to the run folder :mod:`fxprune.run_io`, and what each process does under ``torchrun
+--nproc-per-node N -m fxprune train CONFIG`` (DDP, one slice of every batch per process, rank 0
+writing) follows :mod:`fxprune.distributed` (see :func:`_train`).
 """
 from __future__ import annotations
 
