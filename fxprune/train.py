@@ -335,7 +335,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                           "train.sync_bn=false on the CPU (each process then normalises with "
                           "its own slice's batch statistics)")
 
-    ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu")) if resume else None
+    ckpt = None
+    if resume and not distributed:
+        ckpt = load_checkpoint(ckpt_path, device)
+    elif resume:  # read by rank 0, sent to all; the RNG states stay CPU tensors
+        ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu"))
+        ckpt = {k: v if k == "rng" else _to(v, device) for k, v in ckpt.items()}
     if ckpt is not None:
         changed = [k for k in config_changes(ckpt["config"], cfg)
                    if k not in RESUMABLE_CHANGES]
@@ -522,6 +527,17 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       epochs, elapsed, speed, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -258,6 +258,14 @@ def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3"]
     assert json.loads((out / "results.json").read_text())["world_size"] == 1
 
+    # ... and that one resumes in 2 again (rank 0 reads the checkpoint and sends it)
+    again = torchrun(2, str(recipe), "--set", "device=cpu", "--set", "optim.epochs=4",
+                     "--set", "train.check_masks=true", "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3", "4"]
+    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == list(range(4, 25, 4))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["world_size"] == 2
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ccp", "cucb"])
