@@ -126,8 +126,8 @@ def test_distributed_path_with_one_process_equals_plain_run(tmp_path):
         ddp = train(resolve_config(TINY, [f"out={tmp_path / 'ddp'}", "train.check_masks=true"]))
     a = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
-    for key, value in a["model"].items():
-        assert torch.allclose(value.double(), b["model"][key].double(), atol=1e-6), key
+    for key, value in a["model"].items():  # DDP over one process averages nothing: bit-equal
+        assert torch.equal(value, b["model"][key]), key
     assert plain["params"] == ddp["params"] and plain["flops"] == ddp["flops"]
     assert plain["accuracy"] == ddp["accuracy"]
     assert ddp["world_size"] == 1 and ddp["images_per_s"] > 0
