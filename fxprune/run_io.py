@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import random
 from pathlib import Path
@@ -298,8 +299,6 @@ class RunLogs:
 
 def write_results(out: Path, results: dict) -> None:
     """``OUT/results.json``: the run's summary (what ``fxprune train`` prints)."""
-    import json
-
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
 
 
