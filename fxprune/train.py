@@ -632,7 +632,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       f"{RUN_MARKER} marker); a folder of other files is refused")
     parser.epilog = ("Every config error is reported before any work, with the valid values. "
                      "A pruning run that ends above its cost target exits with status 2 unless "
-                     "prune.allow_above_target=true.")
+                     "prune.allow_above_target=true. Data-parallel: torchrun --nproc-per-node N "
+                     "-m fxprune train CONFIG (data.batch_size is the global batch; rank 0 "
+                     "writes every file).")
 
 
 def _interrupt(signum, frame):
