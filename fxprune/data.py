@@ -209,23 +209,33 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator,
 
 
 class _EpochBatches(Sampler):
-    """Yields ``(epoch, batch_no, sample indices)`` keys: the batching of one epoch."""
+    """Yields ``(epoch, batch_no, sample indices, shard)`` keys: the batching of one epoch.
+
+    The epoch's order and its global batches are the same in every process (a function of
+    ``seed`` and ``epoch``); ``shard = (rank, world)`` picks rows ``rank::world`` of each global
+    batch, so the ranks' slices are disjoint, cover the epoch, and are reshuffled every epoch.
+    """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool):
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.rank, self.world, self.drop_small_last = 0, 1, True
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        full, rest = divmod(self.n, self.batch_size)
+        # a last batch smaller than the number of ranks would leave a rank without samples
+        small = rest < self.world and self.drop_small_last
+        return full + (rest > 0 and not self.drop_last and not small)
 
-    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor, tuple[int, int]]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0x5EED))
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
         for i in range(len(self)):
-            yield self.epoch, i, order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield (self.epoch, i, order[i * self.batch_size:(i + 1) * self.batch_size],
+                   (self.rank, self.world))
 
 
 class _TensorBatches(Dataset):
@@ -239,12 +249,16 @@ class _TensorBatches(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, batch_no, idx = key
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, batch_no, idx, (rank, world) = key
         images = self.images[idx]
         if self.augment:
+            # augmented as the whole global batch, then sliced: a sample gets the same crop and
+            # flip whatever the number of processes
             g = torch.Generator().manual_seed(_mix(self.seed, epoch, batch_no, 0xA06))
             images = augment_batch(images, g)
+        if world > 1:
+            idx, images = idx[rank::world], images[rank::world]
         x = images.unsqueeze(1).to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
         return x, self.labels[idx]
 
@@ -258,7 +272,8 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class BatchLoader:
-    """Iterates ``(x, y)`` batches of in-memory tensors; ``set_epoch`` picks the shuffle.
+    """Iterates ``(x, y)`` batches of in-memory tensors; ``set_epoch`` picks the shuffle,
+    ``shard`` this process's slice of each batch under data parallelism.
 
     ``x`` is float32 ``[B, 1, H, W]`` normalised with ``mean``/``std``; ``y`` is int64 ``[B]``.
     Batches are made whole (one index, one gather), through a ``torch.utils.data.DataLoader``
@@ -288,6 +303,27 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self._sampler.epoch = int(epoch)
+
+    def shard(self, rank: int, world: int, *, drop_small_last: bool = True) -> None:
+        """Yield only this process's slice of every batch (data-parallel training).
+
+        Batch ``i`` of an epoch is the same global batch in every process, of ``batch_size``
+        samples; process ``rank`` of ``world`` gets its rows ``rank::world`` (sizes differ by at
+        most one). The slices are disjoint, together cover the epoch, and follow the epoch's
+        shuffle, so every process runs ``len(self)`` steps and the optimisation matches one
+        process with the same ``batch_size``. A last batch with fewer samples than ``world`` is
+        dropped (a training step would find a process without samples) unless
+        ``drop_small_last=False`` (evaluation: some processes then get an empty last batch).
+        ``shard(0, 1)`` undoes it.
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world), got rank {rank} of world {world}")
+        if world > self.batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than the {world} "
+                             "processes: each needs at least one sample per step; raise "
+                             "data.batch_size (it is the global batch) or use fewer processes")
+        self._sampler.rank, self._sampler.world = int(rank), int(world)
+        self._sampler.drop_small_last = bool(drop_small_last)
 
     def __len__(self) -> int:
         return len(self._sampler)

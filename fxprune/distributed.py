@@ -52,6 +52,7 @@ checkpoint written by rank 0 resumes on any number of ranks.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -83,6 +84,85 @@ def is_main_process() -> bool:
     """True on global rank 0, and in a process without ``torch.distributed``: the one that
     writes checkpoints, logs and the pruned model."""
     return rank() == 0
+
+
+def launched_with_several_processes() -> bool:
+    """True when ``torchrun`` (or any launcher setting ``WORLD_SIZE``) started more than one
+    process for this job."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_rank() -> int:
+    """This process's index on its machine (``LOCAL_RANK``; 0 without a launcher): its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """Processes on this machine (``LOCAL_WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the job ``torchrun`` started: ``init_process_group`` from its environment
+    (``env://``: ``MASTER_ADDR``/``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``), NCCL when ``device``
+    is CUDA (set as this process's current device first), gloo on the CPU.
+
+    Returns True when it created the process group (the caller ends it with
+    ``dist.destroy_process_group()``); False with a single process or when a group already
+    exists (e.g. Lightning made it).
+    """
+    if is_distributed() or not launched_with_several_processes():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+@torch.no_grad()
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (masks, BatchNorm running statistics) to every rank.
+
+    DDP sends rank 0's buffers at the start of each forward, but the last training forward then
+    updates each rank's BatchNorm statistics with its own batch: call this before evaluating,
+    finalizing or saving so that every rank holds rank ``src``'s model.
+    """
+    if not is_distributed():
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=src)
+
+
+def use_sync_batchnorm(module: nn.Module) -> Callable[[], None]:
+    """Swap every BatchNorm of ``module`` for ``nn.SyncBatchNorm`` (batch statistics over all
+    processes; CUDA only), in place; returns ``undo()``, which puts the original modules back.
+
+    The SyncBatchNorm modules share the originals' parameters and running statistics (that is
+    how ``nn.SyncBatchNorm.convert_sync_batchnorm`` builds them), so after ``undo()`` the
+    originals hold everything trained. Call ``undo()`` before ``fxprune.finalize``: surgery
+    knows BatchNorm, and the saved model should not need a process group. ``module`` itself
+    must not be a BatchNorm.
+    """
+    originals = [(name, m) for name, m in module.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and name]
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    other = next((f"{name} ({type(m).__name__})" for name, m in originals
+                  if type(m) not in plain), None)
+    if other is not None:  # the conversion would drop what the subclass adds
+        raise TypeError(f"use_sync_batchnorm: {other} is not a plain BatchNorm; "
+                        "SyncBatchNorm would replace its behaviour: set train.sync_bn=false")
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if converted is not module:
+        raise TypeError("use_sync_batchnorm: pass the model, not a BatchNorm layer")
+
+    def undo() -> None:
+        for name, original in originals:
+            parent, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, leaf, original)
+
+    return undo
 
 
 def barrier_if_distributed() -> None:
@@ -239,6 +319,28 @@ def check_masks_equal(prepared: nn.Module, src: int = 0) -> None:
             f"synchronised backward (see fxprune.distributed)")
 
 
+@torch.no_grad()
+def check_models_equal(module: nn.Module, what: str = "model", src: int = 0) -> None:
+    """Raise :class:`MaskMismatchError` on every rank unless every rank's ``module`` has rank
+    ``src``'s state (names, shapes, values): e.g. the finalized model, which every rank builds
+    from its own masks and weights. A debug check: rank ``src``'s state is pickled to all."""
+    if not is_distributed():
+        return
+    mine = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    theirs = broadcast_object(mine, src=src)
+    first = next((k for k in sorted(set(mine) | set(theirs))
+                  if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape
+                  or not torch.equal(mine[k], theirs[k])), None)
+    flag = torch.tensor([0 if first is None else 1], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag)
+    if int(flag.item()):
+        where = f"; here it differs at {first!r}" if first is not None else ""
+        raise MaskMismatchError(f"the {what} differs across ranks ({int(flag.item())} rank(s) "
+                                f"differ from rank {src}){where}")
+
+
 # -- after finalize -------------------------------------------------------------------------
 
 def rewrap_after_finalize(finalized: nn.Module, ddp_kwargs: dict | None,
@@ -275,5 +377,7 @@ def rewrap_after_finalize(finalized: nn.Module, ddp_kwargs: dict | None,
 
 
 __all__ = ["MaskMismatchError", "is_distributed", "rank", "world_size", "is_main_process",
+           "launched_with_several_processes", "local_rank", "local_world_size", "init_from_env",
+           "broadcast_buffers", "use_sync_batchnorm",
            "barrier_if_distributed", "broadcast_object", "compute_on_main", "all_reduce_sum_count",
-           "broadcast_masks", "check_masks_equal", "rewrap_after_finalize"]
+           "broadcast_masks", "check_masks_equal", "check_models_equal", "rewrap_after_finalize"]

@@ -55,6 +55,12 @@ DEFAULTS: dict[str, Any] = {
     # Owned by the pruning method: everything but "method" (and the recipe's own keys,
     # RECIPE_PRUNE_KEYS) goes to its constructor.
     "prune": {"method": "none"},
+    # Data-parallel training under torchrun (README, "Distributed training").
+    "train": {
+        "sync_bn": False,          # nn.SyncBatchNorm over the processes: CUDA only (an error
+                                   # on the CPU); nothing to do with one process
+        "check_masks": False,      # debug: every step, every process compares its masks with
+    },                             # rank 0's (and the finalized model at the end); raises
     "log": {
         "every_steps": 50,         # rows of steps.csv
         "tensorboard": "auto",     # true | false | auto (if tensorboard is installed)
@@ -65,7 +71,8 @@ FREE_SECTIONS = {"prune"}
 # What may change between a run and its --resume without breaking exact continuation.
 RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_workers",
                      "log.every_steps", "log.tensorboard", "log.progress",
-                     "prune.allow_above_target"}
+                     "prune.allow_above_target", "train.sync_bn",
+                     "train.check_masks"}
 
 
 
@@ -198,6 +205,8 @@ SCHEMA: dict[str, Rule] = {
     "optim.milestones": Rule("numbers", low=0),
     "optim.gamma": Rule("float", low=0, open_low=True),
     "optim.label_smoothing": Rule("float", low=0, high=1, open_high=True),
+    "train.sync_bn": Rule("bool"),
+    "train.check_masks": Rule("bool"),
     "log.every_steps": POSITIVE_INT,
     "log.tensorboard": Rule("bool", choices=(True, False, "auto")),
     "log.progress": Rule("bool"),
@@ -234,7 +243,7 @@ PRUNE_RULES: dict[str, Rule] = {
     "max_resolves": POSITIVE_INT,
 }
 # Arguments the recipe provides itself (the prepared model, facts of the run).
-_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule"}
+_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn"}
 _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
 
 

@@ -16,12 +16,15 @@ when pruning, finalized to ``OUT/model_pruned.pt``, with ``fxprune_input_shape``
 ``fxprune deploy``; ``OUT/results.json`` holds the summary the command prints.
 
 From Python: ``train(load_config("configs/fashion_mnist_resnet.yaml", ["optim.epochs=1"]))``.
+
+This module is the training loop; the config is :mod:`fxprune.recipe_config`, everything
+written to the run folder :mod:`fxprune.run_io`, and what each process does under ``torchrun
+--nproc-per-node N -m fxprune train CONFIG`` (DDP, one slice of every batch per process, rank 0
+writing) follows :mod:`fxprune.distributed` (see :func:`_train`).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
 import inspect
 import json
 import math
@@ -34,24 +37,32 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
+import torch.distributed as dist
 from torch import nn
 
+from . import distributed as fxdist
 from .data import make_loaders
 from .errors import FxPruneError
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
-                            ConfigError, _flatten, apply_overrides, check_schedule_steps,
+                            ConfigError, apply_overrides, check_schedule_steps,
                             load_config, parse_value, pruner_class, resolve_config)
+from .run_io import (INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs, check_out_folder,
+                     config_changes, cost_columns, format_results, load_checkpoint, rng_state,
+                     save_checkpoint, save_module, set_rng_state, write_results)
 
-# Names this module exported before the config moved to recipe_config stay importable here.
-_REEXPORTED = (DEFAULTS, apply_overrides, parse_value)
+# Names this module exported before the config and the run I/O moved out stay importable here.
+_REEXPORTED = (DEFAULTS, apply_overrides, parse_value, format_results)
 
 __all__ = ["DEFAULTS", "ConfigError", "CheckpointError", "TargetNotReachedError", "load_config",
            "resolve_config", "apply_overrides", "check_out_folder", "save_checkpoint", "load_checkpoint",
            "make_pruner", "train", "evaluate", "model_stats", "add_arguments", "run"]
 
-INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
+
+class TargetNotReachedError(FxPruneError):
+    """The run ended with the pruner's cost above its target."""
+
+
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -152,17 +163,24 @@ def lr_factor(step: int, optim: dict, steps_per_epoch: int) -> float:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device,
              channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader``, in eval mode."""
+    """Mean cross-entropy and accuracy of ``model`` over ``loader``, in eval mode.
+
+    Under ``torch.distributed`` each process evaluates its slice of the loader (see
+    :meth:`~fxprune.data.BatchLoader.shard`) and the sums and counts are added over processes:
+    every process returns the numbers of the whole split."""
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in loader:
+        if not len(y):  # a process's share of a last batch smaller than the number of processes
+            continue
         x, y = _to_device(x, device, channels_last), y.to(device)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
     model.train(was_training)
+    loss_sum, correct, seen = _summed(loss_sum, correct, seen)
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
@@ -185,110 +203,22 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _pick_device(name: str) -> torch.device:
+def _pick_device(name: str, distributed: bool = False) -> torch.device:
+    """The device of ``device``; with several processes on CUDA, this process's GPU
+    (``cuda:LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available; "
                           "use --set device=cpu (or auto)")
+    if distributed and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(f"device {name!r}: under torchrun each process uses the GPU of its "
+                              "local rank; set device=cuda (or auto), and choose GPUs with "
+                              "CUDA_VISIBLE_DEVICES")
+        device = torch.device("cuda", fxdist.local_rank())
     return device
-
-
-def _cost_columns(cost: Any) -> dict[str, Any]:
-    """A pruner's ``cost()`` as CSV columns: a number is ``cost``, a mapping ``cost.KEY``."""
-    if cost is None:
-        return {}
-    if isinstance(cost, dict):
-        return {f"cost.{k}": _scalar(v) for k, v in cost.items()}
-    return {"cost": _scalar(cost)}
-
-
-def _scalar(v: Any) -> Any:
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return v.item()
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    return v
-
-
-class CsvLog:
-    """Rows appended to a CSV file whose header grows when new columns appear."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict] = []
-        if path.exists():
-            with path.open(newline="") as f:
-                self.rows = list(csv.DictReader(f))
-
-    def truncate(self, key: str, last: int) -> None:
-        """Drop rows written after the checkpoint being resumed (``key`` > ``last``)."""
-        kept = [r for r in self.rows if int(float(r[key])) <= last]
-        if len(kept) != len(self.rows):
-            self.rows = kept
-            self._rewrite()
-
-    def append(self, row: dict) -> None:
-        header = self._header()
-        self.rows.append(row)
-        if set(row) - set(header) or not self.path.exists():
-            self._rewrite()
-        else:
-            with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=header).writerow(row)
-
-    def _header(self) -> list[str]:
-        header: list[str] = []
-        for r in self.rows:
-            header += [k for k in r if k not in header]
-        return header
-
-    def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._header())
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
-
-
-def _tensorboard_writer(setting: Any, out: Path | None):
-    """A function making the SummaryWriter for folder ``out`` (None: no TensorBoard)."""
-    wanted = setting is True or (setting == "auto"
-                                 and importlib.util.find_spec("tensorboard") is not None)
-    if not wanted:
-        return None
-    if importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("log.tensorboard is true but tensorboard is not installed: "
-                          "pip install tensorboard, or --set log.tensorboard=false")
-    from torch.utils.tensorboard import SummaryWriter
-
-    return lambda out: SummaryWriter(log_dir=str(out / "tensorboard"))
-
-
-def _rng_state() -> dict:
-    """Every RNG's state as tensors and plain data (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, words, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-             "python": {"version": version, "words": list(words), "gauss": gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["words"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _seed_everything(seed: int) -> None:
@@ -297,109 +227,7 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _config_changes(old: dict, new: dict) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-def _save_module(module: nn.Module, path: Path) -> None:
-    # Standard NCHW CPU weights so the file loads anywhere; the training layout is not its concern.
-    module = module.to("cpu", memory_format=torch.contiguous_format).eval()
-    module.fxprune_input_shape = INPUT_SHAPE
-    torch.save(module, path)
-
-
 # ----------------------------------------------------------------------------- training
-
-RUN_MARKER = ".fxprune-run"  # in every folder a run writes to: it holds fxprune's files only
-# Every file a run writes (under its folder); nothing else there is ever touched.
-RUN_FILES = ("config.yaml", "metrics.csv", "steps.csv", "checkpoint.pt", "checkpoint.prev.pt",
-             "model_dense.pt", "model_pruned.pt", "results.json")
-
-
-class CheckpointError(FxPruneError):
-    """A checkpoint cannot be read (truncated, empty, not fxprune's) or does not fit the run."""
-
-
-class TargetNotReachedError(FxPruneError):
-    """The run ended with the pruner's cost above its target."""
-
-
-def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder the run did not create (one holding files but no run marker), a file
-    in the folder's place, and a finished run unless ``resume`` or ``overwrite``. Creates
-    nothing: it runs before any work."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    ckpt = out / "checkpoint.pt"
-    if resume:
-        prev = out / "checkpoint.prev.pt"
-        if not ckpt.is_file() and prev.is_file():  # interrupted between the two renames
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} but {prev.name} holds "
-                                    f"the epoch before it: move it to {ckpt.name} and --resume "
-                                    "again")
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume "
-                                    "to start, or point --out at the run to continue")
-        if not (out / RUN_MARKER).is_file():
-            raise FileExistsError(f"--resume: {out} has no {RUN_MARKER} marker, so fxprune did "
-                                  "not write it; point --out at a folder of a fxprune run")
-        return
-    if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
-        some = sorted(p.name for p in out.iterdir())[:3]
-        raise FileExistsError(f"--out {out} already holds files fxprune did not write "
-                              f"({', '.join(some)}, ...); choose a new or empty folder")
-    if ckpt.exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a run ({ckpt}); pass --resume to "
-                              "continue it, --overwrite to start over, or another --out")
-
-
-def _claim_out_folder(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / RUN_MARKER
-    if not marker.exists():
-        marker.write_text("This folder holds a fxprune train run; fxprune writes here only "
-                          f"these files: {', '.join(RUN_FILES)} and tensorboard/.\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Write to a temporary file, keep the previous checkpoint as ``*.prev.pt``, then rename:
-    a crash mid-write loses at most the epoch being saved."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    if path.exists():
-        os.replace(path, path.with_name(path.stem + ".prev.pt"))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, device) -> dict:
-    """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True``
-    (tensors and plain data only: loading it runs no code)."""
-    prev = path.with_name(path.stem + ".prev.pt")
-    way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
-               "or start over with --overwrite" if prev.is_file()
-               else "start over with --overwrite or use another --out")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if path.stat().st_size == 0:
-            why = "the file is empty"
-        raise CheckpointError(f"--resume: checkpoint {path} is damaged or not a fxprune "
-                              f"checkpoint ({why[:200]}); {way_out}") from None
-    needed = {"format", "epoch", "step", "config", "model", "optimizer", "scheduler", "rng"}
-    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise CheckpointError(f"--resume: {path} is not a fxprune train checkpoint (it lacks "
-                              f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}"
-                              f"); {way_out}")
-    return ckpt
-
 
 def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loader) -> None:
     """One forward on one image before any work: a model that cannot read the data, or has
@@ -437,25 +265,84 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     replaced. A folder holding files but no ``.fxprune-run`` marker is never written to.
     Raises :class:`TargetNotReachedError` (after saving everything) when a pruning run ends
     above its cost target, unless ``prune.allow_above_target``.
+
+    Under ``torchrun`` with several processes (``WORLD_SIZE > 1``) the function joins the job
+    (:func:`fxprune.distributed.init_from_env`) and trains data-parallel: see
+    :func:`_train`'s notes and the README's "Distributed training".
+    """
+    cfg = resolve_config(cfg)
+    device = _pick_device(cfg["device"], distributed=fxdist.launched_with_several_processes())
+    created = fxdist.init_from_env(device)
+    try:
+        return _train(cfg, device, resume=resume, overwrite=overwrite)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _on_main(fn):
+    """``fn()`` run on rank 0, its result (or its exception, raised again) on every rank:
+    folder checks and checkpoint reads happen once, where the files are written, so several
+    machines need no shared file system."""
+    if not fxdist.is_distributed():
+        return fn()
+    if fxdist.is_main_process():
+        try:
+            result = (True, fn())
+        except Exception as exc:  # noqa: BLE001 - every rank must stop with the same error
+            fxdist.broadcast_object((False, exc))
+            raise
+        return fxdist.broadcast_object(result)[1]
+    ok, payload = fxdist.broadcast_object(None)
+    if not ok:
+        raise payload
+    return payload
+
+
+def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) -> dict:
+    """The run on this process; under DDP (notes where one process differs):
+
+    * ``data.batch_size`` is the global batch: each process gets its slice of every batch
+      (:meth:`~fxprune.data.BatchLoader.shard`), so steps per epoch, the learning-rate
+      schedule, the pruning schedule and the checkpoint's step count do not depend on the number
+      of processes, and a run resumes on any number of them.
+    * The model is prepared and the pruner built on every process, before the DDP wrap;
+      ``pruner.step()`` runs after ``backward()`` returned (gradients averaged) and rank 0's
+      masks are broadcast after it (:func:`fxprune.distributed.broadcast_masks`).
+    * The test split is sharded too; losses and counts are summed over the processes.
+    * Rank 0 checks the folder, reads the checkpoint and writes every file.
     """
     from tqdm import tqdm
 
-    cfg = resolve_config(cfg)
+    distributed = fxdist.is_distributed()
+    main = fxdist.is_main_process()
+    world = fxdist.world_size()
     out = Path(cfg["out"]).expanduser()
     cfg["out"] = str(out)
     ckpt_path = out / "checkpoint.pt"
-    check_out_folder(out, resume=resume, overwrite=overwrite)
+    _on_main(lambda: check_out_folder(out, resume=resume, overwrite=overwrite))
 
-    torch.set_num_threads(int(cfg["num_threads"] or os.cpu_count() or 1))
-    device = _pick_device(cfg["device"])
+    threads = cfg["num_threads"] or max((os.cpu_count() or 1) // fxdist.local_world_size(), 1)
+    torch.set_num_threads(int(threads))
     channels_last = bool(cfg["channels_last"])
     seed = int(cfg["seed"])
     optim_cfg, prune_cfg, log_cfg = cfg["optim"], cfg["prune"], cfg["log"]
     method = prune_cfg.get("method", "none")
+    sync_bn = bool(cfg["train"]["sync_bn"]) and distributed
+    check_masks = bool(cfg["train"]["check_masks"])
+    if sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn: nn.SyncBatchNorm runs on CUDA only; set "
+                          "train.sync_bn=false on the CPU (each process then normalises with "
+                          "its own slice's batch statistics)")
 
-    ckpt = load_checkpoint(ckpt_path, device) if resume else None
+    ckpt = None
+    if resume and not distributed:
+        ckpt = load_checkpoint(ckpt_path, device)
+    elif resume:  # read by rank 0, sent to all; the RNG states stay CPU tensors
+        ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu"))
+        ckpt = {k: v if k == "rng" else _to(v, device) for k, v in ckpt.items()}
     if ckpt is not None:
-        changed = [k for k in _config_changes(ckpt["config"], cfg)
+        changed = [k for k in config_changes(ckpt["config"], cfg)
                    if k not in RESUMABLE_CHANGES]
         if changed:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
@@ -463,7 +350,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
                               f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
                               "with another --out")
 
-    _seed_everything(seed)
+    _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
     model = build_model(cfg["model"]["name"], **model_kwargs)
@@ -472,6 +359,14 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     _check_model_fits_data(model, cfg, train_loader, test_loader)
     torch.set_rng_state(rng)  # the check must not change what the run draws
     dense_stats = model_stats(model)
+    # The first training batch of epoch 0 (fixed by the seed, so a resumed run prepares the same
+    # graph; taken before sharding, so the same on every process). One image: cost models and
+    # latency tables describe the batch-1 deployment, and finalize's exactness check runs on it.
+    train_loader.set_epoch(0)
+    example_batch = next(iter(train_loader))[0][:1]
+    if distributed:
+        train_loader.shard(fxdist.rank(), world)
+        test_loader.shard(fxdist.rank(), world, drop_small_last=False)
     steps_per_epoch = len(train_loader)
 
     pruner = None
@@ -479,19 +374,29 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     if method != "none":
         import fxprune
 
-        # The first training batch of epoch 0: fixed by the seed, so a resumed run prepares
-        # the same graph.
-        train_loader.set_epoch(0)
-        # One image: cost models and latency tables describe the batch-1 deployment, and
-        # finalize's exactness check runs on it.
-        example_batch = next(iter(train_loader))[0][:1]
         net = fxprune.prepare(model, (example_batch,))
-        pruner = make_pruner(net, prune_cfg, steps_per_epoch=steps_per_epoch,
-                             epochs=int(optim_cfg["epochs"]))
+        build_cfg = prune_cfg
+        if distributed and prune_cfg.get("cost") == "latency":
+            # measured once, by rank 0 (or read from its cache), then sent to the others
+            from fxprune.deploy.latency_table import LatencyTable
+
+            channel_step = int(prune_cfg.get("channel_step", 1))
+            build_cfg = {**prune_cfg, "cost": fxdist.compute_on_main(
+                lambda: LatencyTable.measure(net, step=channel_step))}
+        context = {}
+        if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
+            context["reduce_fn"] = _all_reduce_sum  # e.g. CCP's activation statistics
+        pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
+                             epochs=int(optim_cfg["epochs"]), **context)
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
             check_schedule_steps(getattr(pruner, "schedule", None), float(target),
                                  int(optim_cfg["epochs"]) * steps_per_epoch)
+        own_forward = getattr(pruner, "train_forward", None)
+        if distributed and own_forward is not None and own_forward is not net:
+            raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
+                              "outside the DDP wrapper, whose gradients would not be averaged; "
+                              "under torchrun set prune.execution=masked")
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -506,10 +411,9 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
         optimizer, lambda step: lr_factor(step, optim_cfg, steps_per_epoch))
     criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"])
 
-    writer = _tensorboard_writer(log_cfg["tensorboard"], None)  # checks before any write
-    _claim_out_folder(out)
+    logs = RunLogs(out, log_cfg["tensorboard"], main=main)  # checks before any write
     start_epoch, step, elapsed = 0, 0, 0.0
-    metrics, steps_log = CsvLog(out / "metrics.csv"), CsvLog(out / "steps.csv")
+    images, loop_s = 0, 0.0  # training images and seconds in the training loop (throughput)
     if ckpt is not None:
         try:
             net.load_state_dict(ckpt["model"])
@@ -524,107 +428,148 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
         # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         start_epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
-        metrics.truncate("epoch", start_epoch)
-        steps_log.truncate("step", step)
-    else:
-        for log in (metrics, steps_log):
-            log.rows = []
-            if log.path.exists():
-                log.path.unlink()
-    _atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    if writer is not None:
-        writer = writer(out)
+        images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
+    logs.open(cfg, (start_epoch, step) if ckpt is not None else None)
+
+    forward, undo_sync_bn = net, None
+    if distributed:
+        if sync_bn:
+            undo_sync_bn = fxdist.use_sync_batchnorm(net)  # undone before finalize
+        forward = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
 
     epochs = int(optim_cfg["epochs"])
     every = max(int(log_cfg["every_steps"]), 1)
     step_takes_loss = pruner is not None and _takes_loss(pruner.step)
     net.train()
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        loss_sum, correct, seen = 0.0, 0, 0
-        window_loss, window_correct, window_seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not log_cfg["progress"], dynamic_ncols=True)
-        for x, y in bar:
-            x, y = _to_device(x, device, channels_last), y.to(device)
-            # a method may train a sub-network of the same weights (CUCB's active channels)
-            forward = getattr(pruner, "train_forward", None) or net
-            logits = forward(x)
-            loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if pruner is not None:
-                # sees this batch's gradients; may update masks and weights
-                pruner.step(loss) if step_takes_loss else pruner.step()
-            optimizer.step()
-            scheduler.step()
-            step += 1
+    try:
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            train_loader.set_epoch(epoch)
+            loss_sum, correct, seen = 0.0, 0, 0
+            window_loss, window_correct, window_seen = 0.0, 0, 0
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=not (log_cfg["progress"] and main), dynamic_ncols=True)
+            for x, y in bar:
+                x, y = _to_device(x, device, channels_last), y.to(device)
+                # a method may train a sub-network of the same weights (CUCB's active channels)
+                run = forward if distributed else (getattr(pruner, "train_forward", None) or net)
+                logits = run(x)
+                loss = criterion(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # under DDP: gradients averaged over the processes on return
+                if pruner is not None:
+                    # sees this batch's gradients; may update masks and weights
+                    pruner.step(loss) if step_takes_loss else pruner.step()
+                    # one small tensor; equal masks by construction (see fxprune.distributed)
+                    fxdist.broadcast_masks(net, check=check_masks)
+                optimizer.step()
+                scheduler.step()
+                step += 1
 
-            batch_loss = loss.item() * len(y)
-            batch_correct = (logits.argmax(1) == y).sum().item()
-            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
-            window_loss += batch_loss
-            window_correct += batch_correct
-            window_seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-            if step % every == 0:
-                row = {"step": step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                       "loss": window_loss / window_seen, "acc": window_correct / window_seen}
-                steps_log.append(row)
-                if writer is not None:
-                    writer.add_scalar("train/loss_step", row["loss"], step)
-                window_loss, window_correct, window_seen = 0.0, 0, 0
-        bar.close()
+                batch_loss = loss.item() * len(y)
+                batch_correct = (logits.argmax(1) == y).sum().item()
+                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+                window_loss += batch_loss
+                window_correct += batch_correct
+                window_seen += len(y)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+                if step % every == 0:
+                    window_loss, window_correct, window_seen = _summed(
+                        window_loss, window_correct, window_seen)
+                    logs.step_row({"step": step, "epoch": epoch + 1,
+                                   "lr": optimizer.param_groups[0]["lr"],
+                                   "loss": window_loss / window_seen,
+                                   "acc": window_correct / window_seen})
+                    window_loss, window_correct, window_seen = 0.0, 0, 0
+            bar.close()
+            loss_sum, correct, seen = _summed(loss_sum, correct, seen)
+            epoch_loop_s = time.perf_counter() - started
+            images, loop_s = images + seen, loop_s + epoch_loop_s
+            fxdist.broadcast_buffers(net)  # rank 0's BatchNorm statistics everywhere
 
-        test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
-        elapsed += time.perf_counter() - started
-        row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "test_loss": test_loss, "test_acc": test_acc,
-               "epoch_s": round(time.perf_counter() - started, 3), "elapsed_s": round(elapsed, 3)}
-        cost_columns = _cost_columns(pruner.cost()) if pruner is not None else {}
-        row.update(cost_columns)
-        metrics.append(row)
-        if writer is not None:
-            for k, v in row.items():
-                if k not in ("epoch", "step") and isinstance(v, (int, float)):
-                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
-              f"{row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-              f"{row['epoch_s']:.1f}s"
-              + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}"
-                        for k, v in cost_columns.items()), flush=True)
+            test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
+            elapsed += time.perf_counter() - started
+            row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                   "test_loss": test_loss, "test_acc": test_acc,
+                   "epoch_s": round(time.perf_counter() - started, 3),
+                   "elapsed_s": round(elapsed, 3),
+                   "images_per_s": round(seen / max(epoch_loop_s, 1e-9), 1)}
+            epoch_cost = cost_columns(pruner.cost()) if pruner is not None else {}
+            row.update(epoch_cost)
+            logs.epoch_row(row)
+            if main:
+                print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
+                      f"{row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+                      f"{row['epoch_s']:.1f}s | {row['images_per_s']:.0f} img/s"
+                      + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}"
+                                for k, v in epoch_cost.items()), flush=True)
+                checkpoint = {
+                    "format": 2, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
+                    "config": cfg, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "pruner": pruner.state_dict() if pruner is not None else None,
+                    "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
+                    "world_size": world,
+                }
+                save_checkpoint(checkpoint, ckpt_path)
+    finally:
+        logs.close()
+        if undo_sync_bn is not None:
+            undo_sync_bn()
 
-        checkpoint = {
-            "format": 2, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed, "config": cfg,
-            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "pruner": pruner.state_dict() if pruner is not None else None,
-            "rng": _rng_state(),
-        }
-        save_checkpoint(checkpoint, ckpt_path)
-    if writer is not None:
-        writer.close()
+    speed = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
+             "world_size": world}
+    results = _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,
+                      epochs, elapsed, speed, check=check_masks)
+    fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
+    return results
 
-    return _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,
-                   epochs, elapsed)
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise float64 sum of ``t`` over every process (a method's ``reduce_fn``)."""
+    return fxdist.all_reduce_sum_count(t, 0)[0]
+
+
+def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:
+    """Sums over every process (one all-reduce; the numbers as they are with one process)."""
+    if not fxdist.is_distributed():
+        return loss, correct, seen
+    total, n = fxdist.all_reduce_sum_count(torch.tensor([loss, float(correct)]), seen)
+    return float(total[0]), int(round(float(total[1]))), n
 
 
 def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out, epochs,
-            elapsed) -> dict:
-    """Evaluate, finalize when pruning, save the model and the results; print the table."""
+            elapsed, speed, check: bool = False) -> dict:
+    """Evaluate, finalize when pruning, save the model and the results; print the table.
+
+    Under DDP every process finalizes the unwrapped model (equal masks and weights: the same
+    small model) and evaluates its test slice; rank 0 saves."""
+    main = fxdist.is_main_process()
     method = cfg["prune"].get("method", "none")
     test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
     results: dict[str, Any] = {"method": method, "epochs": epochs,
-                               "train_time_s": round(elapsed, 1),
+                               "train_time_s": round(elapsed, 1), **speed,
                                "test_samples": test_loader.dataset_size, "out": str(out)}
     if pruner is None:
         path = out / "model_dense.pt"
         stats = model_stats(net)
-        _save_module(net, path)
+        if main:
+            save_module(net, path)
         results.update(accuracy=test_acc, test_loss=test_loss, **stats, model=str(path))
     else:
         import fxprune
@@ -632,13 +577,17 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         finalize_masks = getattr(pruner, "finalize_masks", None)
         # the method's final masks (e.g. CUCB: top channels by mu), if they differ from now's
         if finalize_masks is not None and finalize_masks():
+            fxdist.broadcast_masks(net)
             test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
-        cost = _cost_columns(pruner.cost())
+        cost = cost_columns(pruner.cost())
         small = fxprune.finalize(net)
+        if check:
+            fxdist.check_models_equal(small, "finalized model")
         small_loss, small_acc = evaluate(small, test_loader, device, channels_last)
         stats = model_stats(small)
         path = out / "model_pruned.pt"
-        _save_module(small, path)
+        if main:
+            save_module(small, path)
         mismatched = round(abs(small_acc - test_acc) * test_loader.dataset_size)
         results.update(accuracy=small_acc, test_loss=small_loss, accuracy_masked=test_acc,
                        finalize_mismatched_samples=mismatched, **stats, model=str(path),
@@ -653,31 +602,15 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     if pruner is not None and isinstance(target, (int, float)):
         results["target"] = float(target)
         results["target_reached"] = not above
-    _atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    print(format_results(results))
+    if main:
+        write_results(out, results)
+        print(format_results(results))
     if above and not cfg["prune"].get("allow_above_target", False):
         raise TargetNotReachedError(
             f"the run ended at cost {final_cost:.4f} of dense, above its target {target:.4f}: "
             f"{results['model']} is not pruned as asked (results in {out / 'results.json'}); "
             "lengthen the schedule, or set prune.allow_above_target=true to accept it")
     return results
-
-
-def format_results(results: dict) -> str:
-    lines = [f"{'':22}{'dense':>14}{'final':>14}{'final/dense':>13}"]
-    lines.append(f"{'params':22}{results['dense_params']:>14,}{results['params']:>14,}"
-                 f"{results['params_ratio']:>13.3f}")
-    lines.append(f"{'FLOPs (batch 1)':22}{results['dense_flops']:>14,}{results['flops']:>14,}"
-                 f"{results['flops_ratio']:>13.3f}")
-    lines.append(f"{'test accuracy':22}{'':>14}{results['accuracy']:>14.4f}")
-    if "accuracy_masked" in results:
-        lines.append(f"{'  masked (before fin.)':22}{'':>14}{results['accuracy_masked']:>14.4f}"
-                     f"   ({results['finalize_mismatched_samples']} samples differ)")
-        for k, v in results["pruner_cost"].items():
-            lines.append(f"{'  pruner ' + k:22}{'':>14}{v!s:>14}")
-    lines.append(f"method {results['method']}, {results['epochs']} epochs, "
-                 f"{results['train_time_s']} s training; model: {results['model']}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -699,7 +632,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       f"{RUN_MARKER} marker); a folder of other files is refused")
     parser.epilog = ("Every config error is reported before any work, with the valid values. "
                      "A pruning run that ends above its cost target exits with status 2 unless "
-                     "prune.allow_above_target=true.")
+                     "prune.allow_above_target=true. Data-parallel: torchrun --nproc-per-node N "
+                     "-m fxprune train CONFIG (data.batch_size is the global batch; rank 0 "
+                     "writes every file).")
 
 
 def _interrupt(signum, frame):

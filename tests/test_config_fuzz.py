@@ -65,6 +65,8 @@ CHEAP_VALID = {
     "log.every_steps": st.integers(1, 10),
     "log.tensorboard": st.just(False),
     "log.progress": st.just(False),
+    "train.sync_bn": st.booleans(),  # nothing to synchronise in one process: valid both ways
+    "train.check_masks": st.booleans(),
 }
 CHEAP_PRUNE = {
     "method": st.sampled_from(["none", "smcp"]),

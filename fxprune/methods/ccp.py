@@ -191,6 +191,9 @@ def solve(S: np.ndarray, p: int, keep_one_of=(), *, exhaustive_max: int = 12) ->
 
 class CCP(PruningMethod):
     name = "ccp"
+    #: its statistics come from activation hooks, each process's own samples: a data-parallel
+    #: trainer passes ``reduce_fn`` (a float64 sum over processes), applied before each decision
+    rank_local_statistics = True
 
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  mode: str = "ratio", ratio: float | None = None, collect: int = 20,
@@ -198,7 +201,7 @@ class CCP(PruningMethod):
                  channel_step: int = 1, exhaustive_max: int = 12, swaps: bool = True,
                  loss_reduction: str = "mean", collect_bn: str = "eval",
                  resolution: int = DEFAULT_RESOLUTION,
-                 max_resolves: int = 6):
+                 max_resolves: int = 6, reduce_fn=None):
         if mode not in ("ratio", "adaptive"):
             raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
                              f"(counts by the allocator under a cost target), got {mode!r}")
@@ -218,7 +221,7 @@ class CCP(PruningMethod):
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
-        self.resolution, self.max_resolves = resolution, max_resolves
+        self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
         self.collect_bn = collect_bn
         self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -292,6 +295,9 @@ class CCP(PruningMethod):
 
     def prune(self, round_k: int = 1) -> dict:
         start = time.perf_counter()
+        # per-sample terms come from activation hooks: this process's samples only; summed
+        # over the processes (one all-reduce) before the decision
+        self.stats.sync(self.reduce_fn)
         frac = round_k / self.rounds
         before = self._kept_now()
         options, problems = [], []

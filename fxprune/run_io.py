@@ -1,0 +1,323 @@
+"""Run I/O of ``fxprune train``: the run folder, checkpoints, CSV and TensorBoard logs, saved
+models and ``results.json``.
+
+Everything ``fxprune train`` writes goes through this module, and only the main process
+(global rank 0 under ``torchrun``, see :func:`fxprune.distributed.is_main_process`) writes:
+:class:`RunLogs` does nothing on the other ranks, and the loop calls :func:`save_checkpoint`,
+:func:`save_module` and :func:`write_results` on rank 0 only. Every rank reads the same
+checkpoint on ``--resume``.
+
+Safety rules: a run writes only into a folder it created or one holding its ``.fxprune-run``
+marker (:func:`check_out_folder`), only the files of :data:`RUN_FILES` (and ``tensorboard/``),
+each through a temporary file and a rename, so a crash never leaves a half-written file.
+Checkpoints hold tensors and plain data only and are read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .errors import FxPruneError
+from .recipe_config import ConfigError, _flatten
+
+__all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
+           "claim_out_folder", "atomic_write_text", "save_checkpoint", "load_checkpoint",
+           "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs", "cost_columns",
+           "save_module", "write_results", "format_results"]
+
+INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
+
+# ----------------------------------------------------------------------------- the run folder
+
+RUN_MARKER = ".fxprune-run"  # in every folder a run writes to: it holds fxprune's files only
+# Every file a run writes (under its folder); nothing else there is ever touched.
+RUN_FILES = ("config.yaml", "metrics.csv", "steps.csv", "checkpoint.pt", "checkpoint.prev.pt",
+             "model_dense.pt", "model_pruned.pt", "results.json")
+
+
+class CheckpointError(FxPruneError):
+    """A checkpoint cannot be read (truncated, empty, not fxprune's) or does not fit the run."""
+
+
+def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder the run did not create (one holding files but no run marker), a file
+    in the folder's place, and a finished run unless ``resume`` or ``overwrite``. Creates
+    nothing: it runs before any work."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        prev = out / "checkpoint.prev.pt"
+        if not ckpt.is_file() and prev.is_file():  # interrupted between the two renames
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} but {prev.name} holds "
+                                    f"the epoch before it: move it to {ckpt.name} and --resume "
+                                    "again")
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume "
+                                    "to start, or point --out at the run to continue")
+        if not (out / RUN_MARKER).is_file():
+            raise FileExistsError(f"--resume: {out} has no {RUN_MARKER} marker, so fxprune did "
+                                  "not write it; point --out at a folder of a fxprune run")
+        return
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
+        some = sorted(p.name for p in out.iterdir())[:3]
+        raise FileExistsError(f"--out {out} already holds files fxprune did not write "
+                              f"({', '.join(some)}, ...); choose a new or empty folder")
+    if ckpt.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({ckpt}); pass --resume to "
+                              "continue it, --overwrite to start over, or another --out")
+
+
+def claim_out_folder(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / RUN_MARKER
+    if not marker.exists():
+        marker.write_text("This folder holds a fxprune train run; fxprune writes here only "
+                          f"these files: {', '.join(RUN_FILES)} and tensorboard/.\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write to a temporary file, keep the previous checkpoint as ``*.prev.pt``, then rename:
+    a crash mid-write loses at most the epoch being saved."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    if path.exists():
+        os.replace(path, path.with_name(path.stem + ".prev.pt"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True``
+    (tensors and plain data only: loading it runs no code)."""
+    prev = path.with_name(path.stem + ".prev.pt")
+    way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
+               "or start over with --overwrite" if prev.is_file()
+               else "start over with --overwrite or use another --out")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if path.stat().st_size == 0:
+            why = "the file is empty"
+        raise CheckpointError(f"--resume: checkpoint {path} is damaged or not a fxprune "
+                              f"checkpoint ({why[:200]}); {way_out}") from None
+    needed = {"format", "epoch", "step", "config", "model", "optimizer", "scheduler", "rng"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise CheckpointError(f"--resume: {path} is not a fxprune train checkpoint (it lacks "
+                              f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}"
+                              f"); {way_out}")
+    return ckpt
+
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+def rng_state() -> dict:
+    """Every RNG's state as tensors and plain data (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, words, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+             "python": {"version": version, "words": list(words), "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["words"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def save_module(module: nn.Module, path: Path) -> None:
+    # Standard NCHW CPU weights so the file loads anywhere; the training layout is not its concern.
+    module = module.to("cpu", memory_format=torch.contiguous_format).eval()
+    module.fxprune_input_shape = INPUT_SHAPE
+    torch.save(module, path)
+
+
+
+# ----------------------------------------------------------------------------- logs
+
+def cost_columns(cost: Any) -> dict[str, Any]:
+    """A pruner's ``cost()`` as CSV columns: a number is ``cost``, a mapping ``cost.KEY``."""
+    if cost is None:
+        return {}
+    if isinstance(cost, dict):
+        return {f"cost.{k}": _scalar(v) for k, v in cost.items()}
+    return {"cost": _scalar(cost)}
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    return v
+
+
+class CsvLog:
+    """Rows appended to a CSV file whose header grows when new columns appear."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+        if path.exists():
+            with path.open(newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def truncate(self, key: str, last: int) -> None:
+        """Drop rows written after the checkpoint being resumed (``key`` > ``last``)."""
+        kept = [r for r in self.rows if int(float(r[key])) <= last]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._rewrite()
+
+    def append(self, row: dict) -> None:
+        header = self._header()
+        self.rows.append(row)
+        if set(row) - set(header) or not self.path.exists():
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=header).writerow(row)
+
+    def _header(self) -> list[str]:
+        header: list[str] = []
+        for r in self.rows:
+            header += [k for k in r if k not in header]
+        return header
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._header())
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def tensorboard_writer(setting: Any, out: Path | None):
+    """A function making the SummaryWriter for folder ``out`` (None: no TensorBoard)."""
+    wanted = setting is True or (setting == "auto"
+                                 and importlib.util.find_spec("tensorboard") is not None)
+    if not wanted:
+        return None
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("log.tensorboard is true but tensorboard is not installed: "
+                          "pip install tensorboard, or --set log.tensorboard=false")
+    from torch.utils.tensorboard import SummaryWriter
+
+    return lambda out: SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+
+class RunLogs:
+    """``metrics.csv`` (a row per epoch), ``steps.csv`` (a row every ``log.every_steps``
+    optimizer steps) and TensorBoard of a run in folder ``out``.
+
+    Built on every process (so a missing tensorboard fails everywhere, before any work); only
+    where ``main`` is true does it write, the other processes' calls do nothing.
+    """
+
+    def __init__(self, out: Path, tensorboard: Any, *, main: bool = True):
+        self.out, self.main = out, main
+        self._make_writer = tensorboard_writer(tensorboard, None)  # checks before any write
+        self.writer = None
+        self.metrics: CsvLog | None = None
+        self.steps: CsvLog | None = None
+
+    def open(self, cfg: dict, resumed_at: tuple[int, int] | None) -> None:
+        """Claim the folder, write ``config.yaml``, and continue the logs of a run resumed at
+        ``(epoch, step)`` (rows written after its checkpoint dropped) or start them afresh."""
+        if not self.main:
+            return
+        claim_out_folder(self.out)
+        self.metrics, self.steps = CsvLog(self.out / "metrics.csv"), CsvLog(self.out / "steps.csv")
+        if resumed_at is not None:
+            self.metrics.truncate("epoch", resumed_at[0])
+            self.steps.truncate("step", resumed_at[1])
+        else:
+            for log in (self.metrics, self.steps):
+                log.rows = []
+                if log.path.exists():
+                    log.path.unlink()
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        if self._make_writer is not None:
+            self.writer = self._make_writer(self.out)
+
+    def step_row(self, row: dict) -> None:
+        if not self.main:
+            return
+        self.steps.append(row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss_step", row["loss"], row["step"])
+
+    def epoch_row(self, row: dict) -> None:
+        if not self.main:
+            return
+        self.metrics.append(row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step") and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def write_results(out: Path, results: dict) -> None:
+    """``OUT/results.json``: the run's summary (what ``fxprune train`` prints)."""
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+def format_results(results: dict) -> str:
+    lines = [f"{'':22}{'dense':>14}{'final':>14}{'final/dense':>13}"]
+    lines.append(f"{'params':22}{results['dense_params']:>14,}{results['params']:>14,}"
+                 f"{results['params_ratio']:>13.3f}")
+    lines.append(f"{'FLOPs (batch 1)':22}{results['dense_flops']:>14,}{results['flops']:>14,}"
+                 f"{results['flops_ratio']:>13.3f}")
+    lines.append(f"{'test accuracy':22}{'':>14}{results['accuracy']:>14.4f}")
+    if "accuracy_masked" in results:
+        lines.append(f"{'  masked (before fin.)':22}{'':>14}{results['accuracy_masked']:>14.4f}"
+                     f"   ({results['finalize_mismatched_samples']} samples differ)")
+        for k, v in results["pruner_cost"].items():
+            lines.append(f"{'  pruner ' + k:22}{'':>14}{v!s:>14}")
+    lines.append(f"method {results['method']}, {results['epochs']} epochs, "
+                 f"{results['train_time_s']} s training; model: {results['model']}")
+    if results.get("images_per_s") is not None:
+        lines.append(f"throughput {results['images_per_s']:.1f} training images/s on "
+                     f"{results.get('world_size', 1)} process(es)")
+    return "\n".join(lines)
+

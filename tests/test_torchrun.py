@@ -1,0 +1,283 @@
+"""``fxprune train`` data-parallel: the per-process data slices, the distributed code path in one
+process, and ``torchrun --nproc-per-node 2 -m fxprune train`` end to end on the CPU (gloo).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+
+from fxprune.data import BatchLoader, load_split
+from fxprune import train as train_mod
+from fxprune.train import ConfigError, evaluate, load_config, resolve_config, train
+
+TINY = {
+    "seed": 3,
+    "num_threads": 1,
+    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
+             "batch_size": 32, "test_batch_size": 64},
+    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
+    "optim": {"epochs": 2, "lr": 0.05},
+    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+    "prune": {"method": "smcp", "target": 0.5, "warmup_epochs": 0.5, "ramp_epochs": 1,
+              "cooldown_epochs": 0.5, "update_every": 2, "channel_step": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_csv(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- sharding
+
+def id_loader(n: int, batch_size: int, *, shuffle=True, augment=False) -> BatchLoader:
+    """Image i is filled with the value i (n <= 256), so a batch tells which samples it holds."""
+    images = torch.arange(n, dtype=torch.uint8)[:, None, None].expand(n, 6, 6).contiguous()
+    return BatchLoader(images, torch.arange(n), batch_size=batch_size, shuffle=shuffle,
+                       augment=augment, seed=7, mean=0.0, std=1.0)
+
+
+def epoch_batches(loader: BatchLoader, epoch: int) -> list[torch.Tensor]:
+    loader.set_epoch(epoch)
+    return [y for _, y in loader]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_are_disjoint_cover_the_epoch_and_reshuffle(world):
+    n, batch = 103, 10
+    whole = id_loader(n, batch)
+    shards = [id_loader(n, batch) for _ in range(world)]
+    for r, loader in enumerate(shards):
+        loader.shard(r, world)
+    orders = []
+    for epoch in (0, 1):
+        per_rank = [epoch_batches(loader, epoch) for loader in shards]
+        assert len({len(b) for b in per_rank}) == 1  # every process runs the same steps
+        taken = torch.cat([torch.cat(b) for b in per_rank])
+        assert len(taken) == len(set(taken.tolist())) == n  # disjoint, covering
+        # batch i of every process together is batch i of one process
+        for i, full in enumerate(epoch_batches(whole, epoch)):
+            assert sorted(torch.cat([b[i] for b in per_rank]).tolist()) == sorted(full.tolist())
+        orders.append(torch.cat(per_rank[0]))
+    assert not torch.equal(orders[0], orders[1])  # reshuffled per epoch
+
+
+def test_shard_slices_the_augmented_global_batch():
+    """A sample gets the same crop and flip whatever the number of processes."""
+    whole, a, b = (id_loader(64, 16, augment=True) for _ in range(3))
+    a.shard(0, 2)
+    b.shard(1, 2)
+    for (x, y), (xa, ya), (xb, yb) in zip(whole, a, b):
+        assert torch.equal(x[0::2], xa) and torch.equal(x[1::2], xb)
+        assert torch.equal(y[0::2], ya) and torch.equal(y[1::2], yb)
+
+
+def test_small_last_batch_dropped_in_training_kept_in_evaluation():
+    train_shards, test_shards = [id_loader(101, 10) for _ in range(2)], []
+    for r, loader in enumerate(train_shards):
+        loader.shard(r, 2)
+    for r in range(2):
+        loader = id_loader(101, 10, shuffle=False)
+        loader.shard(r, 2, drop_small_last=False)
+        test_shards.append(loader)
+    assert [len(s) for s in train_shards] == [10, 10]  # 1 sample left over: no step for it
+    seen = torch.cat([torch.cat(epoch_batches(s, 0)) for s in test_shards])
+    assert sorted(seen.tolist()) == list(range(101))  # evaluation sees every sample
+    with pytest.raises(ValueError, match="smaller than the 3 processes"):
+        id_loader(10, 2).shard(0, 3)
+
+
+# ----------------------------------------------------------------------------- one process
+
+@contextmanager
+def one_process_group():
+    """A gloo process group of one process: the distributed code path, in this process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_path_with_one_process_equals_plain_run(tmp_path):
+    plain = train(resolve_config(TINY, [f"out={tmp_path / 'plain'}"]))
+    with one_process_group():
+        ddp = train(resolve_config(TINY, [f"out={tmp_path / 'ddp'}", "train.check_masks=true"]))
+    a = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    for key, value in a["model"].items():  # DDP over one process averages nothing: bit-equal
+        assert torch.equal(value, b["model"][key]), key
+    assert plain["params"] == ddp["params"] and plain["flops"] == ddp["flops"]
+    assert plain["accuracy"] == ddp["accuracy"]
+    assert ddp["world_size"] == 1 and ddp["images_per_s"] > 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["data.name=synthetic", "data.synthetic_train=256", "data.synthetic_test=64",
+         "data.batch_size=32", "model.widths=[8,16,16]", "optim.epochs=2", "num_threads=1",
+         "log.progress=false", "log.tensorboard=false", "device=cpu"]
+METHODS = {
+    "cucb": ["prune.warmup_epochs=0.25", "prune.explore_epochs=1.5", "prune.execution=masked"],
+    "ccp": ["prune.collect_epochs=0.5", "prune.prune_at_epochs=1", "prune.rounds=2",
+            "prune.round_every_epochs=0.5"],
+}
+
+
+def test_cucb_gathered_execution_is_refused_under_ddp(tmp_path):
+    """Its sub-network runs outside the DDP wrapper: gradients would not be averaged."""
+    cfg = load_config(ROOT / "configs" / "fashion_mnist_cucb.yaml",
+                      [*SMALL, *METHODS["cucb"][:2], f"out={tmp_path / 'r'}"])
+    with one_process_group(), pytest.raises(ConfigError, match="prune.execution=masked"):
+        train(cfg)
+    assert not (tmp_path / "r").exists()  # refused before any write
+
+
+def test_ccp_statistics_go_through_the_reduction_under_ddp(tmp_path, monkeypatch):
+    calls = []
+    real = train_mod._all_reduce_sum
+
+    def counted(t):
+        calls.append(t.numel())
+        return real(t)
+
+    monkeypatch.setattr(train_mod, "_all_reduce_sum", counted)
+    cfg = load_config(ROOT / "configs" / "fashion_mnist_ccp.yaml",
+                      [*SMALL, *METHODS["ccp"], f"out={tmp_path / 'r'}"])
+    with one_process_group():
+        results = train(cfg)
+    assert len(calls) == 2  # one sum per pruning round, before its decision
+    assert results["finalize_mismatched_samples"] == 0
+
+
+def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
+    with one_process_group(), pytest.raises(ConfigError, match="train.sync_bn"):
+        train(resolve_config(TINY, [f"out={tmp_path / 'r'}", "device=cpu", "train.sync_bn=true"]))
+    assert not (tmp_path / "r").exists()  # refused before any write
+
+
+def test_sync_batchnorm_swap_is_undone_before_finalize():
+    """SyncBatchNorm itself needs CUDA; the swap and its undo are checked here."""
+    import fxprune
+    from fxprune.distributed import use_sync_batchnorm
+    from fxprune.models import build_model
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(build_model("resnet_fmnist", widths=[4, 8, 8], blocks=[1, 1, 1]),
+                         (torch.randn(1, 1, 28, 28),))
+    bns = {n: m for n, m in pm.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    undo = use_sync_batchnorm(pm)
+    swapped = {n: m for n, m in pm.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)}
+    assert set(swapped) == set(bns) and bns
+    for name, sync in swapped.items():  # trained in place of the originals
+        assert sync.weight is bns[name].weight and sync.running_mean is bns[name].running_mean
+    undo()
+    assert {n: m for n, m in pm.named_modules() if isinstance(m, torch.nn.BatchNorm2d)} == bns
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in pm.modules())
+    pm.eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(fxprune.finalize(pm)(x), pm(x), atol=1e-5)
+
+
+def test_sync_bn_alone_in_one_process_is_nothing(tmp_path):
+    """Without torchrun there is nothing to synchronise: the key is accepted and changes nothing."""
+    results = train(resolve_config(TINY, [f"out={tmp_path / 'r'}", "device=cpu",
+                                          "train.sync_bn=true", "optim.epochs=1",
+                                          "prune.cooldown_epochs=0.25", "prune.ramp_epochs=0.5",
+                                          "prune.warmup_epochs=0.25"]))
+    assert results["world_size"] == 1
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    # torch.distributed.run is what the torchrun script runs; --standalone: a local rendezvous
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "fxprune", "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    done = torchrun(2, str(recipe), "--set", "device=cpu", "--set", "train.check_masks=true",
+                    "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # rank 0 alone wrote and printed: one row per step/epoch, one summary
+    steps = [int(r["step"]) for r in read_csv(out / "steps.csv")]
+    assert steps == [4, 8, 12]  # 192 / 32 = 6 steps per epoch, 2 epochs, a row every 4
+    metrics = read_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in metrics] == ["1", "2"]
+    assert all(float(r["images_per_s"]) > 0 for r in metrics)
+    assert done.stdout.count("epoch 2/2:") == 1 and done.stdout.count("throughput") == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["images_per_s"] > 0
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
+
+    # the saved pruned model is what results.json reports, on the whole test split here
+    model = torch.load(out / "model_pruned.pt", weights_only=False)
+    assert sum(p.numel() for p in model.parameters()) == results["params"]
+    cfg = resolve_config(TINY)
+    x, y = load_split(cfg["data"], "test", seed=cfg["seed"])
+    test = BatchLoader(x, y, batch_size=64, shuffle=False, augment=False)
+    loss, acc = evaluate(model, test, torch.device("cpu"))
+    assert acc == results["accuracy"]
+    assert loss == pytest.approx(results["test_loss"], rel=1e-5)
+    assert results["finalize_mismatched_samples"] == 0
+
+    # the checkpoint of 2 processes resumes in 1, one more epoch
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fxprune", "train", str(recipe), "--set", "device=cpu",
+         "--set", "optim.epochs=3", "--out", str(out), "--resume"],
+        capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3"]
+    assert json.loads((out / "results.json").read_text())["world_size"] == 1
+
+    # ... and that one resumes in 2 again (rank 0 reads the checkpoint and sends it)
+    again = torchrun(2, str(recipe), "--set", "device=cpu", "--set", "optim.epochs=4",
+                     "--set", "train.check_masks=true", "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3", "4"]
+    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == list(range(4, 25, 4))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ccp", "cucb"])
+def test_torchrun_two_processes_keep_masks_equal(method, tmp_path):
+    """CCP decides on statistics summed over the processes, CUCB (masked execution) on averaged
+    gradients with an identically seeded generator: every step the processes compare their masks
+    with rank 0's (train.check_masks), and the finalized models too."""
+    out = tmp_path / "run"
+    done = torchrun(2, str(ROOT / "configs" / f"fashion_mnist_{method}.yaml"),
+                    *[a for o in [*SMALL, *METHODS[method], "train.check_masks=true"]
+                      for a in ("--set", o)], "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["finalize_mismatched_samples"] == 0
+    assert results["flops_ratio"] <= 0.5 + 1e-6
