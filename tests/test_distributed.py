@@ -232,3 +232,68 @@ def test_identity_without_a_process_group():
     assert model is small and opt.param_groups[0]["params"][0] is next(small.parameters())
     with pytest.raises(TypeError, match="prepared model"):
         fxdist.rewrap_after_finalize(pm, None, lambda m: None)
+
+
+# --------------------------------------------------------------------- CCP and CUCB under DDP
+
+def make_method(name, reduce_fn=None):
+    """A prepared NoBNNet with CCP (its statistics summed over processes by ``reduce_fn``) or
+    CUCB (masked execution: rewards from DDP's averaged gradients, no reduction needed)."""
+    pm, _ = make_pruner()
+    if name == "ccp":
+        return pm, fxprune.methods.base.get_method("ccp").build(
+            pm, target=0.5, cost="flops", mode="adaptive", collect=4, prune_at=6,
+            reduce_fn=reduce_fn)
+    return pm, fxprune.methods.base.get_method("cucb").build(
+        pm, target=0.5, cost="flops", warmup=2, explore=8, execution="masked", seed=0)
+
+
+def run_method(model, pm, method, data, sync):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    masks = []
+    for x, y in data:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        method.step(loss.detach())
+        if sync:
+            fxdist.broadcast_masks(pm, check=True)  # raises if a rank decided otherwise
+        masks.append(flat_masks(pm))
+        opt.step()
+        opt.zero_grad()
+    return masks
+
+
+def _method_worker(rank, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        out = {}
+        half = BATCH // WORLD
+        mine = [(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]) for x, y in batches()]
+        for name in ("ccp", "cucb"):
+            pm, method = make_method(name, reduce_fn=lambda t: fxdist.all_reduce_sum_count(t, 0)[0])
+            seed = 1000 + rank  # ranks seeded differently: nothing in pruning may depend on it
+            torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+            out[name] = run_method(DDP(pm), pm, method, mine, sync=True)
+        torch.save(out, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def method_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_methods")
+    mp.spawn(_method_worker, args=(str(out / "rendezvous"), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", ["ccp", "cucb"])
+def test_ccp_and_cucb_decide_on_every_rank_as_one_process_on_the_whole_batch(method_ranks, name):
+    pm, method = make_method(name)
+    single = run_method(pm, pm, method, batches(), sync=False)
+    for r in range(WORLD):
+        got = method_ranks[r][name]
+        assert len(got) == len(single) == STEPS
+        for step, (a, b) in enumerate(zip(got, single)):
+            assert torch.equal(a, b), f"{name}: rank {r} masks differ from one process at step {step}"
+    assert not bool(single[-1].all())  # something was pruned: the comparison is not vacuous
