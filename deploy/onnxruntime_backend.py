@@ -6,7 +6,7 @@ core and the timings would then depend on what else the machine runs.
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 

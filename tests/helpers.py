@@ -56,3 +56,15 @@ def small_deploy_net(width: int) -> nn.Module:
         nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+
+
+# The smallest recipe that trains, prunes and finalizes in seconds (synthetic images).
+TINY_RECIPE = {
+    "seed": 3,
+    "num_threads": 1,
+    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
+             "batch_size": 32, "test_batch_size": 64},
+    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
+    "optim": {"epochs": 2, "lr": 0.05},
+    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+}

@@ -173,7 +173,7 @@ def test_hard_and_magnitude_entries_are_smcp_options():
 
 
 def test_activation_taylor_is_the_batch_mean_of_the_per_sample_terms():
-    from fxprune.importance import ActivationTaylor, InputTaps
+    from fxprune.importance import ActivationTaylor
 
     pm = prepared()
     index = UnitIndex(pm)

@@ -5,17 +5,8 @@ import importlib.util
 import json
 import os
 
-import pytest
-import torch
 
 BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_methods.py")
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_mode_runs_every_row(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from fxprune.train import load_config, train
 
@@ -18,13 +17,6 @@ EXTRA = {
     "cucb": ["prune.warmup_epochs=0.25", "prune.explore_epochs=1.5"],
     "ccp": ["prune.collect_epochs=0.5", "prune.prune_at_epochs=1", "prune.rounds=2", "prune.round_every_epochs=0.5"],
 }
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("method", ["cucb", "ccp"])

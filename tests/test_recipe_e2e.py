@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from fxprune.cli import main as cli_main
 from fxprune.data import find_fashion_mnist
@@ -28,13 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not _have_fashion_mnist(),
                        reason="Fashion-MNIST not installed: apt-get install -y dataset-fashion-mnist"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quick_recipe_prunes_and_deploys(tmp_path):

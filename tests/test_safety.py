@@ -24,26 +24,11 @@ from fxprune.cli import main as cli_main
 from fxprune.data import write_idx
 from fxprune.train import (ConfigError, TargetNotReachedError, load_config,
                            resolve_config, train)
+from helpers import TINY_RECIPE as TINY
 
-TINY = {
-    "seed": 3,
-    "num_threads": 1,
-    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
-             "batch_size": 32, "test_batch_size": 64},
-    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
-    "optim": {"epochs": 2, "lr": 0.05},
-    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
-}
 SMCP_TINY = ["prune.method=smcp", "prune.target=0.5", "prune.warmup_epochs=0.5",
              "prune.ramp_epochs=1", "prune.cooldown_epochs=0.5", "prune.update_every=2",
              "prune.channel_step=1"]
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fxprune
 from fxprune.cli import main

@@ -34,13 +34,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def read_csv(path):
     with path.open(newline="") as f:
         return list(csv.DictReader(f))

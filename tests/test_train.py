@@ -16,23 +16,8 @@ import fxprune
 from fxprune import train as train_mod
 from fxprune.cli import main as cli_main
 from fxprune.train import ConfigError, apply_overrides, load_config, resolve_config, train
+from helpers import TINY_RECIPE as TINY
 
-TINY = {
-    "seed": 3,
-    "num_threads": 1,
-    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
-             "batch_size": 32, "test_batch_size": 64},
-    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
-    "optim": {"epochs": 2, "lr": 0.05},
-    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
-}
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
