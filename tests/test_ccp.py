@@ -210,7 +210,8 @@ def test_ccp_resumes_exactly(tmp_path):
 def test_batch_norms_run_in_eval_mode_on_collection_steps_only():
     pm = prepared()
     pm.train()
-    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4,
+                 collect_bn="eval")
     bn = pm.get_submodule("c1.1")
     modes = []
     for step in range(5):
@@ -222,3 +223,18 @@ def test_batch_norms_run_in_eval_mode_on_collection_steps_only():
         pm.zero_grad()
     assert modes == [True, False, False, True, True]  # steps 2 and 3 collect
     assert pruner.history[0]["samples"] == 2 * 16
+
+
+def test_non_finite_statistics_stop_with_one_line_naming_the_way_out():
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=2, channel_step=4)
+    x, y = data(seed=0)
+    F.cross_entropy(pm(x), y).backward()
+    pruner.step()
+    pm.zero_grad()
+    pruner.stats.sum_t[0] = float("nan")  # what a diverged collection step leaves
+    F.cross_entropy(pm(x), y).backward()
+    with pytest.raises(ValueError, match=r"hold inf/nan at step 2: training diverged.*lower the "
+                                         r"learning rate") as info:
+        pruner.step()
+    assert "\n" not in str(info.value)
