@@ -8,10 +8,11 @@ training images (no augmentation), 2 epochs, SGD (momentum 0.9, Nesterov, weight
 a one-cycle learning rate (peak 0.1), batch 128; SMCP to 50% of the dense FLOPs with warm-up 10%
 of the steps, the cost target ramping until 60%, masks frozen from 75%, a knapsack every 20
 steps, channel_step 8 (SMCP's recipe otherwise: Taylor importance, soft masks, BN rescale,
-masked decay 2e-4). Rows differ only in SMCP's options:
+masked decay 2e-4). Rows differ only in SMCP's options (rows without ``hysteresis`` in their
+options use the default, 3 since this benchmark; ``--extra`` adds rows):
 
 * dense: no pruning
-* SMCP: the options off (the code's defaults before this benchmark)
+* SMCP: both options off (SMCP as published; ``hysteresis=0``, the default before this benchmark)
 * +bn_recal: ``bn_recalibrate=N`` (BN statistics re-estimated over N batches after a mask change)
 * +hysteresis: ``hysteresis=H`` (a masked channel must beat a kept one by H to come back)
 * both: the first value of each
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -48,8 +50,8 @@ from fmnist_nets import ConcatResNet  # noqa: E402
 
 def variants(bn_recal: list[int], hysteresis: list[float]) -> dict[str, dict | None]:
     """Rows: dense, SMCP as it was, each option alone at each value, both at the first values."""
-    rows: dict[str, dict | None] = {"dense": None, "SMCP": {}}
-    rows.update({f"+bn_recal {n}": {"bn_recalibrate": n} for n in bn_recal})
+    rows: dict[str, dict | None] = {"dense": None, "SMCP": {"hysteresis": 0.0}}
+    rows.update({f"+bn_recal {n}": {"bn_recalibrate": n, "hysteresis": 0.0} for n in bn_recal})
     rows.update({f"+hysteresis {h}": {"hysteresis": h} for h in hysteresis})
     rows[f"+bn_recal {bn_recal[0]} +hysteresis {hysteresis[0]}"] = {
         "bn_recalibrate": bn_recal[0], "hysteresis": hysteresis[0]}
@@ -132,6 +134,37 @@ def fmt(s: dict | None, scale=1.0, digits=2) -> str:
     return f"{s['mean'] * scale:.{digits}f} +- {s['std'] * scale:.{digits}f}"
 
 
+def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -> list[str]:
+    """Write ``stem.json`` and ``stem.md``; with ``append``, rows are added to (or replace
+    same-named rows of) the file already there, and each run's command and machine are kept."""
+    runs = [meta]  # each run's command and machine
+    if append and stem.with_suffix(".json").is_file():
+        old = json.loads(stem.with_suffix(".json").read_text())
+        if old["meta"].get("schedule") != meta["schedule"]:
+            raise SystemExit(f"--append: {stem}.json was measured on another schedule; use --out")
+        runs = old["meta"].get("runs", [old["meta"]]) + runs
+        results = {**old["rows"], **results}
+    meta = {**meta, "runs": [{k: r.get(k) for k in ("command", "machine", "seeds")} for r in runs]}
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
+    dense = results.get("dense", {}).get("summary", {}).get("accuracy")
+    m = meta["machine"]
+    lines = [f"# SMCP ablation on the short schedule{' (smoke)' if meta['smoke'] else ''}", "",
+             *[f"`{r['command']}`  " for r in meta["runs"]], "",
+             f"{m['cpu']}, {m['cores']} cores, {m['threads']} thread(s), batch {m['batch']}, "
+             f"torch {m['torch']}, CPU; mean +- std over the seeds of each run.", "",
+             "| row | seeds | test acc. (%) | vs dense (pt) | mid-ramp acc. (%) | flips | returned | FLOPs frac. |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        s = r["summary"]
+        gap = f"{100 * (s['accuracy']['mean'] - dense['mean']):+.2f}" if dense and name != "dense" else "-"
+        seeds = ",".join(str(x["seed"]) for x in r["runs"])
+        lines.append(f"| {name} | {seeds} | {fmt(s['accuracy'], 100)} | {gap} "
+                     f"| {fmt(s.get('mid_ramp_accuracy'), 100)} | {fmt(s.get('flips'), 1, 0)} "
+                     f"| {fmt(s.get('returned'), 1, 0)} | {fmt(s.get('cost'), 1, 3)} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -152,6 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="synthetic data, narrow net: seconds")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/smcp_ablation)")
+    p.add_argument("--append", action="store_true",
+                   help="add these rows to the results file already at --out (same schedule)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     stem = Path(args.out or ROOT / "benchmarks" / "results"
@@ -171,8 +206,7 @@ def main(argv=None) -> int:
             print(f"{name:18} seed {seed}: {json.dumps(row)}", flush=True)
             rows.append(row)
         results[name] = {"options": options, "runs": rows, "summary": summarize(rows)}
-    dense = results.get("dense", {}).get("summary", {}).get("accuracy")
-    meta = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+    meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "threads": args.threads, "batch": args.batch, "device": "cpu",
                         "torch": torch.__version__, "load_average_end": list(os.getloadavg())},
@@ -186,20 +220,7 @@ def main(argv=None) -> int:
                                       if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
-    lines = [f"# SMCP ablation on the short schedule{' (smoke)' if args.smoke else ''}", "",
-             f"`{meta['command']}`", "",
-             f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {args.threads} thread(s), "
-             f"batch {args.batch}, torch {torch.__version__}, CPU; seeds {args.seeds}; mean +- std.", "",
-             "| row | test acc. (%) | vs dense (pt) | mid-ramp acc. (%) | flips | returned | FLOPs frac. |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        s = r["summary"]
-        gap = f"{100 * (s['accuracy']['mean'] - dense['mean']):+.2f}" if dense and name != "dense" else "-"
-        lines.append(f"| {name} | {fmt(s['accuracy'], 100)} | {gap} | {fmt(s.get('mid_ramp_accuracy'), 100)} "
-                     f"| {fmt(s.get('flips'), 1, 0)} | {fmt(s.get('returned'), 1, 0)} "
-                     f"| {fmt(s.get('cost'), 1, 3)} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    lines = write_results(stem, meta, results, append=args.append)
     print("\n".join(lines))
     return 0
 

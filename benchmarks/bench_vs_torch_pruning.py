@@ -33,6 +33,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -168,8 +169,9 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
     half = E // 2
     model = copy.deepcopy(base)
     t = Trainer(args, total)
-    t.epochs(model, t.optimizer(model), train, range(half))
-    for kind in args.tp_importance:
+    if args.tp:
+        t.epochs(model, t.optimizer(model), train, range(half))
+    for kind in args.tp_importance if args.tp else ():
         for round_to in args.round_to:
             label = f"tp-{kind}" + (f"-r{round_to}" if round_to else "")
             tt = copy.copy(t)
@@ -258,7 +260,9 @@ def main(argv=None) -> int:
     p.add_argument("--round-to", type=lambda s: None if s == "none" else int(s), nargs="+",
                    default=[None, 8], help="Torch-Pruning round_to values ('none' or an int)")
     p.add_argument("--smcp-options", type=json.loads, default={},
-                   help='extra SMCP arguments as JSON, e.g. \'{"bn_recalibrate": 5}\'')
+                   help='extra SMCP arguments as JSON, e.g. \'{"hysteresis": 0}\'')
+    p.add_argument("--no-tp", dest="tp", action="store_false",
+                   help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads")
@@ -268,7 +272,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, 20
-    tp = require_torch_pruning()
+    tp = require_torch_pruning() if args.tp else None
     torch.set_num_threads(args.threads)
     stem = Path(args.out or ROOT / "benchmarks" / "results"
                 / ("vs_torch_pruning_smoke" if args.smoke else "vs_torch_pruning"))
@@ -281,15 +285,15 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     summary = aggregate(rows, args.latency_batches)
-    meta = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+    meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                         "device": "cpu", "train_batch": args.batch,
                         "latency_batches": args.latency_batches, "onnxruntime": ortb.version(),
-                        "torch": torch.__version__, "torch_pruning": tp.__version__,
+                        "torch": torch.__version__, "torch_pruning": tp.__version__ if tp else None,
                         "load_average_end": list(os.getloadavg())},
             "protocol": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
                          "target": args.target, "seeds": args.seeds, "smoke": args.smoke,
-                         "smcp_options": args.smcp_options},
+                         "smcp_options": args.smcp_options, "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
                                                     indent=2) + "\n")

@@ -55,5 +55,5 @@ def test_smcp_ablation_smoke(tmp_path):
     for name, r in rows.items():
         if name != "dense":
             assert r["summary"]["cost"]["mean"] <= 0.5 + 1e-9, name
-    assert rows["+bn_recal 5"]["options"] == {"bn_recalibrate": 5}
+    assert rows["+bn_recal 5"]["options"] == {"bn_recalibrate": 5, "hysteresis": 0.0}
     assert result["meta"]["machine"]["batch"] == 128 and result["meta"]["smoke"]
