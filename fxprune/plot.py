@@ -242,6 +242,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
+        ax.margins(x=0.15, y=0.1)  # room for the labels at the edges
         ax.grid(True, alpha=0.3)
         if len({p.source for p in drawn}) > 1:
             ax.legend(fontsize=7)
