@@ -1,4 +1,4 @@
-"""The ``fxprune`` command: ``fxprune demo``, ``fxprune train CONFIG``, ``fxprune deploy MODEL``.
+"""The ``fxprune`` command: ``fxprune demo``, ``train CONFIG``, ``deploy MODEL``, ``plot INPUT...``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; they are imported only when chosen, so ``fxprune deploy --help`` does
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "demo": ("fxprune.demo", "prune half of every channel group of a torchvision model and report"),
     "train": ("fxprune.train", "train a YAML recipe dense or with a pruning method, then finalize"),
     "deploy": ("fxprune.deploy.cli", "export ONNX, build/time an engine, compare with a dense model"),
+    "plot": ("fxprune.plot", "draw accuracy against measured latency or FLOPs for runs and benchmarks"),
     "methods": ("fxprune.methods.cli", "list the pruning methods (prune.method) and their arguments"),
 }
 

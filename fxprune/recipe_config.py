@@ -241,6 +241,8 @@ PRUNE_RULES: dict[str, Rule] = {
     "masked_decay": Rule("float", low=0),
     "resolution": POSITIVE_INT,
     "max_resolves": POSITIVE_INT,
+    "hysteresis": Rule("float", low=0),
+    "bn_recalibrate": Rule("int", low=0),
 }
 # Arguments the recipe provides itself (the prepared model, facts of the run).
 _CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn"}

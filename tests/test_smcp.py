@@ -316,3 +316,86 @@ def test_importance_is_only_gathered_before_updates():
     pruner = fxprune.SMCP(pm, target=0.5, warmup=20, ramp=10, update_every=5, freeze_after=30)
     observed = [t for t in range(1, 40) if pruner._observing(t)]
     assert observed == list(range(16, 31))
+
+
+def test_damp_churn_gives_kept_channels_a_margin():
+    from fxprune.methods.smcp import damp_churn
+
+    scores = np.array([1.0, 2.0, 1.1, 0.5])
+    kept = np.array([True, False, False, True])
+    damped = damp_churn(scores, kept, 0.25)
+    assert damped.tolist() == [1.25, 2.0, 1.1, 0.625]
+    assert damped[0] > damped[2]  # 1.1 no longer beats the kept 1.0: within the margin
+    assert damped[1] > damped[0]  # 2.0 still does
+    assert damp_churn(scores, kept, 0.0) is scores
+    assert scores.tolist() == [1.0, 2.0, 1.1, 0.5]  # input untouched
+
+
+def _flips(hysteresis, updates=25):
+    """Mask flips over updates at a fixed target while the importance scores are a noisy
+    copy of a fixed ranking (what a small accumulation window gives)."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=0, update_every=1, channel_step=1,
+                          hysteresis=hysteresis)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 2.0, pruner.index.n)
+    noisy = iter([base * rng.uniform(0.7, 1.3, base.size) for _ in range(updates)])
+    pruner.importance.scores = lambda: next(noisy)
+    pruner.step_count = 1  # past the (empty) ramp: the target is 0.5 at every update
+    for _ in range(updates):
+        pruner.importance.count = 1  # "gradients seen": update() ranks the injected scores
+        pruner.update()
+    return sum(r["returned"] + r["pruned"] for r in pruner.history[1:]), pruner
+
+
+def test_hysteresis_reduces_channel_flips_between_updates():
+    undamped, _ = _flips(0.0)
+    damped, pruner = _flips(0.5)
+    assert undamped > 100
+    assert damped < undamped / 3
+    assert all(r["actual"] <= 0.5 + 1e-9 for r in pruner.history)  # the budget still holds
+
+
+def _bn_inputs(pm, name):
+    seen = []
+    handle = pm.get_submodule(name).register_forward_hook(
+        lambda m, args, out: seen.append(args[0].detach().clone()))
+    return seen, handle
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_bn_recalibration_restarts_statistics_under_the_new_masks(n):
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=1, update_every=100, channel_step=1,
+                          bn_recalibrate=n)
+    bn = pm.get_submodule("c2.1")
+    momentum = bn.momentum
+    opt = train(pm, pruner, 3)  # update at step 3: masks now at half the FLOPs
+    record = pruner.history[-1]
+    assert record["pruned"] > 0 and record["bn_recalibrated"] == (n > 0)
+    seen, handle = _bn_inputs(pm, "c2.1")
+    state = pruner.state_dict()
+    train(pm, pruner, 3, seed=9, optimizer=opt)
+    handle.remove()
+    # The BN statistics are the plain average of the 3 batches seen under the new masks ...
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0)
+    vars_ = torch.stack([x.var((0, 2, 3), unbiased=True) for x in seen]).mean(0)
+    matches = (torch.allclose(bn.running_mean, means, atol=1e-5)
+               and torch.allclose(bn.running_var, vars_, atol=1e-5))
+    assert matches == (n > 0)  # ... only with recalibration; without, old-mask history remains
+    assert bn.momentum == momentum  # the window is over: the layer's own momentum is back
+    if n:
+        assert state["bn_recalibrating"] == n
+        pm2 = prepared(seed=3)
+        p2 = fxprune.SMCP(pm2, target=0.5, warmup=2, ramp=1, update_every=100, channel_step=1,
+                          bn_recalibrate=n)
+        p2.load_state_dict(state)  # resuming inside the window keeps averaging
+        assert pm2.get_submodule("c2.1").momentum is None
+
+
+def test_new_options_are_checked():
+    pm = prepared()
+    with pytest.raises(ValueError, match="hysteresis must be >= 0"):
+        fxprune.SMCP(pm, hysteresis=-0.1)
+    with pytest.raises(ValueError, match="bn_recalibrate must be an integer"):
+        fxprune.SMCP(pm, bn_recalibrate=1.5)

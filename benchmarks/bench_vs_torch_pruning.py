@@ -1,0 +1,320 @@
+"""fxprune SMCP against Torch-Pruning (DepGraph) at the same FLOPs budget, on Fashion-MNIST.
+
+    pip install -e ".[bench]"                                   # torch-pruning
+    python benchmarks/bench_vs_torch_pruning.py --seeds 0        # full: 6 epochs, 20k images
+    python benchmarks/bench_vs_torch_pruning.py --smoke          # ~1 minute: synthetic, tiny
+
+Every row trains the same network for the same total epochs E with the same optimizer (SGD,
+momentum 0.9, Nesterov, weight decay 5e-4, batch 128) and one cosine learning-rate schedule
+over all E epochs:
+
+* dense: E epochs, no pruning.
+* Torch-Pruning (``tp-taylor``, ``tp-magnitude``; ``round_to`` none and 8): E/2 dense epochs,
+  then one global pruning step (``global_pruning=True``, the classifier ignored; Taylor
+  importance from the gradients of 8 training batches) whose channel ratio is found by
+  bisection so that the pruned model's FLOPs are at most the target fraction of dense; the
+  optimizer is rebuilt for the new parameters and the schedule continues for E/2 fine-tune
+  epochs.
+* SMCP (``smcp-flops``): fxprune's SMCP with the FLOPs cost, channel_step 8, the recipe's
+  schedule scaled to E (warm-up 0.1 E, ramp 0.5 E, cool-down 0.3 E, a knapsack every 0.02 E),
+  then ``fxprune.finalize``.
+
+Per row: test accuracy (full test split), FLOPs and parameters (torch's flop counter, batch 1),
+and ONNX Runtime CPU latency at batch 1 and 64 (``--threads`` intra-op threads, every model
+of a network and seed interleaved with its dense model; medians). Writes
+``benchmarks/results/vs_torch_pruning.{json,md}`` (``_smoke`` with ``--smoke``) with machine,
+threads, batches and command. The rows' ``latency_ms`` are ``{batch: ms}``, so
+``fxprune plot benchmarks/results/vs_torch_pruning.json --out pareto.png --batch 64`` draws them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fxprune  # noqa: E402
+from fxprune.data import make_loaders  # noqa: E402
+from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
+from fxprune.deploy.common import cpu_name  # noqa: E402
+from fxprune.deploy.onnx_export import export_onnx  # noqa: E402
+from fxprune.models import ResNetFMNIST  # noqa: E402
+from fxprune.train import model_stats  # noqa: E402
+from fmnist_nets import ConcatResNet  # noqa: E402
+
+
+def require_torch_pruning():
+    try:
+        import torch_pruning
+    except ImportError:
+        raise SystemExit("bench_vs_torch_pruning needs torch-pruning: pip install -e '.[bench]'") from None
+    return torch_pruning
+
+
+NETS = {
+    "concat": lambda smoke: ConcatResNet((16, 32, 64)),
+    "resnet": lambda smoke: ResNetFMNIST(widths=(8, 16, 32) if smoke else (16, 32, 64)),
+    "wide": lambda smoke: ConcatResNet((16, 32, 64) if smoke else (32, 64, 128)),
+}
+
+
+class Trainer:
+    """One cosine schedule over ``total`` steps across optimizer rebuilds (pruning)."""
+
+    def __init__(self, args, total: int):
+        self.args, self.total, self.step = args, total, 0
+
+    def optimizer(self, model):
+        return torch.optim.SGD(model.parameters(), lr=self.lr(), momentum=0.9, nesterov=True,
+                               weight_decay=5e-4)
+
+    def lr(self) -> float:
+        return self.args.lr * 0.5 * (1 + math.cos(math.pi * min(self.step / self.total, 1.0)))
+
+    def epochs(self, model, opt, loader, epochs: range, pruner=None):
+        model.train()
+        for epoch in epochs:
+            loader.set_epoch(epoch)
+            for x, y in loader:
+                for group in opt.param_groups:
+                    group["lr"] = self.lr()
+                F.cross_entropy(model(x), y).backward()
+                if pruner is not None:
+                    pruner.step()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                self.step += 1
+
+
+@torch.no_grad()
+def accuracy(model, loader) -> float:
+    model.eval()
+    correct = seen = 0
+    for x, y in loader:
+        correct += (model(x).argmax(1) == y).sum().item()
+        seen += len(y)
+    model.train()
+    return correct / seen
+
+
+def tp_prune(tp, model, kind: str, round_to, target: float, loader, example, dense_flops: int,
+             bisections: int = 10):
+    """A copy of ``model`` globally pruned by Torch-Pruning to at most ``target`` of the dense
+    FLOPs (bisection on the channel ratio). Returns (model, ratio)."""
+
+    def pruned_at(ratio):
+        m = copy.deepcopy(model)
+        imp = tp.importance.TaylorImportance() if kind == "taylor" else tp.importance.MagnitudeImportance(p=2)
+        pruner = tp.pruner.MetaPruner(m, example, importance=imp, global_pruning=True,
+                                      pruning_ratio=ratio, round_to=round_to,
+                                      ignored_layers=[m.fc])
+        if kind == "taylor":
+            m.zero_grad()
+            for i, (x, y) in enumerate(loader):
+                F.cross_entropy(m(x), y).backward()
+                if i == 7:
+                    break
+        pruner.step()
+        m.zero_grad(set_to_none=True)
+        return m
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(bisections):
+        mid = (lo + hi) / 2
+        m = pruned_at(mid)
+        if model_stats(m)["flops"] <= target * dense_flops:
+            best, hi = (m, mid), mid
+        else:
+            lo = mid
+    if best is None:
+        best = (pruned_at(hi), hi)
+    return best
+
+
+def train_rows(net: str, seed: int, args, tp) -> list[dict]:
+    data = {"name": "synthetic" if args.smoke else "fashion_mnist", "batch_size": args.batch,
+            "subset_train": None if args.smoke else args.train_images, "augment": False}
+    train, test = make_loaders(data, seed=seed)
+    example = next(iter(test))[0][:1]
+    E = args.epochs
+    total = E * len(train)
+    rows, models = [], {}
+
+    torch.manual_seed(seed)
+    base = NETS[net](args.smoke)
+    dense_stats = model_stats(base)
+
+    # dense
+    model = copy.deepcopy(base)
+    t = Trainer(args, total)
+    t.epochs(model, t.optimizer(model), train, range(E))
+    models["dense"] = model
+    rows.append({"label": "dense", "accuracy": accuracy(model, test), **model_stats(model)})
+
+    # Torch-Pruning: train dense E/2, prune once, fine-tune E/2 (the same schedule continues)
+    half = E // 2
+    model = copy.deepcopy(base)
+    t = Trainer(args, total)
+    if args.tp:
+        t.epochs(model, t.optimizer(model), train, range(half))
+    for kind in args.tp_importance if args.tp else ():
+        for round_to in args.round_to:
+            label = f"tp-{kind}" + (f"-r{round_to}" if round_to else "")
+            tt = copy.copy(t)
+            pruned, ratio = tp_prune(tp, model, kind, round_to, args.target, train, example,
+                                     dense_stats["flops"], 6 if args.smoke else 10)
+            tt.epochs(pruned, tt.optimizer(pruned), train, range(half, E))
+            models[label] = pruned
+            rows.append({"label": label, "accuracy": accuracy(pruned, test), "tp_ratio": ratio,
+                         **model_stats(pruned)})
+
+    # SMCP with the FLOPs cost, the recipe's schedule scaled to E
+    model = copy.deepcopy(base)
+    pm = fxprune.prepare(model, (example,))
+    spe = len(train)
+    pruner = fxprune.SMCP(pm, target=args.target, cost="flops", channel_step=8,
+                          warmup=round(0.1 * E * spe), ramp=round(0.6 * E * spe) - round(0.1 * E * spe),
+                          freeze_after=round(0.7 * E * spe),
+                          update_every=max(1, round(0.02 * E * spe)), masked_decay=2e-4,
+                          **args.smcp_options)
+    t = Trainer(args, total)
+    t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
+    masked_acc = accuracy(pm, test)
+    small = fxprune.finalize(pm)
+    x = next(iter(test))[0]
+    with torch.no_grad():
+        pm.eval(), small.eval()
+        finalize_diff = (pm(x) - small(x)).abs().max().item()
+    models["smcp-flops"] = small
+    rows.append({"label": "smcp-flops", "accuracy": accuracy(small, test),
+                 "accuracy_masked": masked_acc, "finalize_max_abs_diff": finalize_diff,
+                 **model_stats(small)})
+
+    # ONNX Runtime latency, every model interleaved with the dense one
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for label, m in models.items():
+            paths[label] = os.path.join(tmp, f"{label}.onnx")
+            export_onnx(m, (1, 1, 28, 28), paths[label], log=lambda s: None)
+        latency = {}
+        for batch in args.latency_batches:
+            times = ortb.time_onnx_models(paths, (batch, 1, 28, 28), threads=args.threads,
+                                          iters=args.iters, warmup=max(3, args.iters // 10),
+                                          progress=False)
+            latency[batch] = {k: statistics.median(v) for k, v in times.items()}
+    for row in rows:
+        row["latency_ms"] = {str(b): latency[b][row["label"]] for b in args.latency_batches}
+        row["speedup"] = {str(b): latency[b]["dense"] / latency[b][row["label"]]
+                          for b in args.latency_batches}
+        row.update(net=net, seed=seed, flops_ratio=row["flops"] / dense_stats["flops"],
+                   params_ratio=row["params"] / dense_stats["params"])
+        if row["label"] != "dense":  # a row above the budget is reported as such, never hidden
+            row["target_reached"] = row["flops_ratio"] <= args.target + 1e-9
+    return rows
+
+
+def aggregate(rows: list[dict], batches) -> list[dict]:
+    """Mean +- std over seeds per (net, label); latency and speedup as medians' means."""
+    out = []
+    keys = list(dict.fromkeys((r["net"], r["label"]) for r in rows))
+    for net, label in keys:
+        mine = [r for r in rows if r["net"] == net and r["label"] == label]
+        acc = [r["accuracy"] for r in mine]
+        out.append({
+            "net": net, "label": f"{net}:{label}", "method": label, "seeds": [r["seed"] for r in mine],
+            "accuracy": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "flops": statistics.fmean(r["flops"] for r in mine),
+            "params": statistics.fmean(r["params"] for r in mine),
+            "flops_ratio": statistics.fmean(r["flops_ratio"] for r in mine),
+            "latency_ms": {str(b): statistics.fmean(r["latency_ms"][str(b)] for r in mine) for b in batches},
+            "speedup": {str(b): statistics.fmean(r["speedup"][str(b)] for r in mine) for b in batches},
+            "target_reached": all(r.get("target_reached", True) for r in mine),
+        })
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nets", nargs="+", default=["concat", "resnet", "wide"], choices=list(NETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--train-images", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--target", type=float, default=0.5, help="fraction of the dense FLOPs kept")
+    p.add_argument("--tp-importance", nargs="+", default=["taylor", "magnitude"])
+    p.add_argument("--round-to", type=lambda s: None if s == "none" else int(s), nargs="+",
+                   default=[None, 8], help="Torch-Pruning round_to values ('none' or an int)")
+    p.add_argument("--smcp-options", type=json.loads, default={},
+                   help='extra SMCP arguments as JSON, e.g. \'{"hysteresis": 0}\'')
+    p.add_argument("--no-tp", dest="tp", action="store_false",
+                   help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
+    p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads")
+    p.add_argument("--smoke", action="store_true",
+                   help="~1 minute: synthetic data, narrow concat net, 2 epochs, 1 seed")
+    p.add_argument("--out", default=None, help="results stem (default benchmarks/results/vs_torch_pruning)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, 20
+    tp = require_torch_pruning() if args.tp else None
+    torch.set_num_threads(args.threads)
+    stem = Path(args.out or ROOT / "benchmarks" / "results"
+                / ("vs_torch_pruning_smoke" if args.smoke else "vs_torch_pruning"))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows = []
+    for net in args.nets:
+        for seed in args.seeds:
+            for row in train_rows(net, seed, args, tp):
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    summary = aggregate(rows, args.latency_batches)
+    meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+                        "device": "cpu", "train_batch": args.batch,
+                        "latency_batches": args.latency_batches, "onnxruntime": ortb.version(),
+                        "torch": torch.__version__, "torch_pruning": tp.__version__ if tp else None,
+                        "load_average_end": list(os.getloadavg())},
+            "protocol": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
+                         "target": args.target, "seeds": args.seeds, "smoke": args.smoke,
+                         "smcp_options": args.smcp_options, "torch_pruning_rows": args.tp},
+            "runtime_s": round(time.perf_counter() - start, 1)}
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
+                                                    indent=2) + "\n")
+    b = args.latency_batches
+    lines = [f"# fxprune SMCP vs Torch-Pruning{' (smoke)' if args.smoke else ''}", "",
+             f"`{meta['command']}`", "",
+             f"{meta['machine']['cpu']}, {os.cpu_count()} cores, {args.threads} threads (torch and "
+             f"ONNX Runtime), training batch {args.batch}, latency at batch {', '.join(map(str, b))}; "
+             f"{args.epochs} epochs for every row; seeds {args.seeds} (mean +- std).", "",
+             "| net | method | acc. (%) | FLOPs frac. | params | " +
+             " | ".join(f"ms b{x} | speedup b{x}" for x in b) + " |",
+             "|---|---|---|---|---|" + "---|---|" * len(b)]
+    for r in summary:
+        lat = " | ".join(f"{r['latency_ms'][str(x)]:.3f} | {r['speedup'][str(x)]:.2f}x" for x in b)
+        over = "" if r["target_reached"] else " (above the FLOPs target)"
+        lines.append(f"| {r['net']} | {r['method']}{over} | {100 * r['accuracy']:.2f} +- "
+                     f"{100 * r['accuracy_std']:.2f} | {r['flops_ratio']:.3f} | {r['params']:,.0f} | {lat} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

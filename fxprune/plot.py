@@ -1,0 +1,288 @@
+"""``fxprune plot INPUT... --out pareto.png``: accuracy against measured latency or FLOPs.
+
+Inputs, any mix of:
+
+* a recipe run folder (``fxprune train --out DIR``) or its ``results.json``: one point, labelled
+  by the folder name, at the run's test accuracy and FLOPs (batch 1). Its measured latency
+  comes from ``fxprune deploy`` reports written inside the run folder
+  (``fxprune deploy RUN/model_pruned.pt --out RUN/deploy_b1 --trust-model-file``): every
+  sub-folder holding a deploy marker and ``report.json``; the report's ``batch`` says which
+  batch that latency is for.
+* a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
+  (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
+  ``flops`` and ``latency_ms`` (a number, for the file's ``batch``, or ``{"BATCH": ms}``)
+  place it; ``accuracy_std`` draws an error bar.
+
+``--x latency`` (default) uses the median latency in milliseconds at ``--batch`` (default: the
+only batch the inputs measured, else the smallest); ``--x flops`` the FLOPs per image.
+The output is a PNG; an existing file is replaced only when ``fxprune plot`` wrote it (its PNG
+metadata says so).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FxPruneError
+
+__all__ = ["PlotError", "Point", "load_points", "plot_points", "add_arguments", "run"]
+
+SOFTWARE = "fxprune plot"  # written into the PNG's metadata: the mark of a file this wrote
+RUN_MARKER = ".fxprune-run"
+DEPLOY_MARKER = ".fxprune-deploy"
+
+
+class PlotError(FxPruneError):
+    """An input cannot be plotted, or the output would replace a file plot did not write."""
+
+
+@dataclass
+class Point:
+    """One model: test accuracy (fraction), FLOPs per image, latency (ms) per batch size."""
+
+    label: str
+    accuracy: float
+    flops: float | None = None
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    accuracy_std: float | None = None
+    source: str = ""
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlotError(f"{path} does not exist; pass a run folder (fxprune train --out), its "
+                        "results.json or a benchmark results .json") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlotError(f"{path} is not JSON ({str(exc).splitlines()[0][:120]}); pass a run "
+                        "folder, its results.json or a benchmark results .json") from None
+
+
+def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PlotError(f"{source}: {what} must be a finite number, got {value!r}")
+    if fraction and not 0 <= value <= 1:
+        raise PlotError(f"{source}: {what} {value!r} is not a fraction in [0, 1] (accuracies are "
+                        "stored as fractions, 0.92 not 92)")
+    return float(value)
+
+
+def _latencies(value, batch, source: str) -> dict[int, float]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        out = {}
+        for b, ms in value.items():
+            try:
+                key = int(b)
+            except ValueError:
+                raise PlotError(f"{source}: latency_ms keys are batch sizes, got {b!r}") from None
+            out[key] = _number(ms, f"latency_ms[{b}]", source)
+        return out
+    if batch is None:
+        raise PlotError(f"{source}: latency_ms is one number but the file states no batch; "
+                        "write it as {\"BATCH\": ms} or add a top-level \"batch\"")
+    return {int(batch): _number(value, "latency_ms", source)}
+
+
+def _deploy_latencies(run_dir: Path) -> dict[int, float]:
+    """Median latency per batch from the deploy reports written inside a run folder."""
+    out: dict[int, float] = {}
+    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        report = sub / "report.json"
+        if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
+            continue
+        data = _read_json(report)
+        try:
+            out[int(data["batch"])] = float(data["latency_ms"]["median"])
+        except (KeyError, TypeError, ValueError):
+            raise PlotError(f"{report} is not an fxprune deploy report (no batch and "
+                            "latency_ms.median)") from None
+    return out
+
+
+def _run_point(results: Path, run_dir: Path | None) -> Point:
+    data = _read_json(results)
+    source = str(results)
+    if not isinstance(data, dict) or "accuracy" not in data or "flops" not in data:
+        raise PlotError(f"{source} is not the results.json of an fxprune train run (no accuracy "
+                        "and flops); pass a run folder or a benchmark results file with rows")
+    label = (run_dir or results.parent).name or str(results)
+    return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
+                 _number(data["flops"], "flops", source),
+                 _deploy_latencies(run_dir) if run_dir is not None else {}, source=source)
+
+
+def _bench_points(data: dict, source: str) -> list[Point]:
+    rows = data["rows"]
+    if not isinstance(rows, list):
+        raise PlotError(f"{source}: rows must be a list of result rows")
+    batch = data.get("batch", (data.get("meta") or data.get("machine") or {}).get("batch"))
+    points = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "accuracy" not in row:
+            continue
+        where = f"{source} row {i}"
+        label = str(row.get("label") or row.get("row") or row.get("method") or f"row {i}")
+        std = row.get("accuracy_std")
+        points.append(Point(
+            label, _number(row["accuracy"], "accuracy", where, fraction=True),
+            None if row.get("flops") is None else _number(row["flops"], "flops", where),
+            _latencies(row.get("latency_ms"), row.get("batch", batch), where),
+            None if std is None else _number(std, "accuracy_std", where), source))
+    if not points:
+        raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
+    return points
+
+
+def load_points(inputs) -> list[Point]:
+    """Points from run folders, runs' ``results.json`` and benchmark results files (see the
+    module docstring); raises :class:`PlotError` naming a missing or foreign input."""
+    points: list[Point] = []
+    for given in inputs:
+        path = Path(os.path.expanduser(os.fspath(given)))
+        if path.is_dir():
+            results = path / "results.json"
+            if not results.is_file():
+                why = ("it is a run that has not finished" if (path / RUN_MARKER).is_file()
+                       else "it is not an fxprune train --out folder")
+                raise PlotError(f"{path} has no results.json ({why}); pass finished run folders "
+                                "or results files")
+            points.append(_run_point(results, path))
+            continue
+        data = _read_json(path)
+        if isinstance(data, dict) and "rows" in data:
+            points.extend(_bench_points(data, str(path)))
+        else:
+            run_dir = path.parent if (path.parent / RUN_MARKER).is_file() else None
+            points.append(_run_point(path, run_dir))
+    return points
+
+
+def _pick_batch(points: list[Point], batch: int | None) -> int:
+    batches = sorted({b for p in points for b in p.latency_ms})
+    if not batches:
+        raise PlotError("no input has a measured latency: deploy the runs (fxprune deploy "
+                        "RUN/model_pruned.pt --out RUN/deploy) or plot with --x flops")
+    if batch is None:
+        return batches[0]
+    if batch not in batches:
+        raise PlotError(f"no input has a latency at batch {batch}; measured batches: "
+                        f"{', '.join(map(str, batches))}")
+    return batch
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() != ".png":
+        raise PlotError(f"--out {out} must be a .png file")
+    if out.is_dir():
+        raise PlotError(f"--out {out} is a folder; give a file name ending in .png")
+    if out.exists():
+        from PIL import Image
+
+        try:
+            with Image.open(out) as im:
+                software = im.info.get("Software")
+        except Exception:  # noqa: BLE001 - any unreadable file is not ours
+            software = None
+        if software != SOFTWARE:
+            raise PlotError(f"--out {out} exists and fxprune plot did not write it; choose "
+                            "another --out")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("fxprune plot needs matplotlib: pip install 'fxprune[plot]' "
+                        "(or pip install matplotlib)") from None
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | None = None,
+                title: str | None = None) -> dict:
+    """Draw accuracy (%) against ``x`` ("latency": median ms at ``batch``; "flops": MFLOPs
+    per image) and save a PNG at ``out``. Returns what was drawn: ``{"x": ..., "batch": ...,
+    "points": [(label, x, accuracy), ...], "skipped": [labels without that x]}``."""
+    if x not in ("latency", "flops"):
+        raise PlotError(f"--x must be latency or flops, got {x!r}")
+    out = Path(os.path.expanduser(os.fspath(out)))
+    plt = _pyplot()
+    _check_out(out)
+    if x == "latency":
+        batch = _pick_batch(points, batch)
+        xs = {id(p): p.latency_ms.get(batch) for p in points}
+        xlabel = f"measured latency, median ms at batch {batch}"
+    else:
+        xs = {id(p): None if p.flops is None else p.flops / 1e6 for p in points}
+        xlabel = "MFLOPs per image (batch 1)"
+    drawn = [p for p in points if xs[id(p)] is not None]
+    if not drawn:
+        raise PlotError(f"no input has {'a latency' if x == 'latency' else 'FLOPs'} to plot "
+                        "against; try the other --x")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    try:
+        for source in dict.fromkeys(p.source for p in drawn):
+            mine = [p for p in drawn if p.source == source]
+            ax.errorbar([xs[id(p)] for p in mine], [100 * p.accuracy for p in mine],
+                        yerr=[100 * (p.accuracy_std or 0.0) for p in mine], fmt="o", capsize=3,
+                        label=Path(source).parent.name if source.endswith("results.json")
+                        and len(mine) == 1 else Path(source).name)
+            for p in mine:
+                ax.annotate(p.label, (xs[id(p)], 100 * p.accuracy), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
+        ax.margins(x=0.15, y=0.1)  # room for the labels at the edges
+        ax.grid(True, alpha=0.3)
+        if len({p.source for p in drawn}) > 1:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        fig.savefig(tmp, format="png", metadata={"Software": SOFTWARE})
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+    return {"x": x, "batch": batch if x == "latency" else None,
+            "points": [(p.label, xs[id(p)], p.accuracy) for p in drawn],
+            "skipped": [p.label for p in points if xs[id(p)] is None]}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="recipe run folders, their results.json, benchmark results .json files")
+    p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
+    p.add_argument("--x", choices=("latency", "flops"), default="latency",
+                   help="x axis: measured median latency (ms) or FLOPs per image")
+    p.add_argument("--batch", type=int, default=None,
+                   help="latency at this batch size (default: the smallest measured)")
+    p.add_argument("--title", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        drawn = plot_points(load_points(args.inputs), args.out, x=args.x, batch=args.batch,
+                            title=args.title)
+    except (PlotError, OSError) as exc:  # the message alone: it says what to do
+        print(f"fxprune plot: error: {exc}", file=sys.stderr)
+        return 2
+    for label, xv, acc in drawn["points"]:
+        print(f"{label:40} {xv:12.4g} {100 * acc:8.2f}%")
+    if drawn["skipped"]:
+        print(f"not drawn (no {args.x}): {', '.join(drawn['skipped'])}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,59 @@
+"""benchmarks/bench_vs_torch_pruning.py --smoke and bench_smcp_ablation.py --smoke run end to end."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_vs_torch_pruning_smoke(tmp_path):
+    if importlib.util.find_spec("torch_pruning") is None:
+        pytest.skip("torch-pruning is a 'bench' extra, not installed here (pip install -e '.[bench]')")
+    bench = _load("bench_vs_torch_pruning")
+    assert bench.main(["--smoke", "--threads", "1", "--out", str(tmp_path / "vs")]) == 0
+    result = json.loads((tmp_path / "vs.json").read_text())
+    labels = [r["method"] for r in result["rows"]]
+    assert labels == ["dense", "tp-taylor", "tp-taylor-r8", "tp-magnitude", "tp-magnitude-r8",
+                      "smcp-flops"]
+    for r in result["runs"]:
+        assert set(r["latency_ms"]) == {"1", "64"} and all(v > 0 for v in r["latency_ms"].values())
+        if r["label"] != "dense":
+            assert r["target_reached"] and r["flops_ratio"] <= 0.5 + 1e-9, r["label"]
+        if r["label"] == "smcp-flops":
+            assert r["finalize_max_abs_diff"] < 1e-4
+    assert result["meta"]["machine"]["threads"] == 1
+    assert "(smoke)" in (tmp_path / "vs.md").read_text()
+
+
+def test_smcp_ablation_smoke(tmp_path):
+    bench = _load("bench_smcp_ablation")
+    assert bench.main(["--smoke", "--seeds", "0", "--out", str(tmp_path / "abl")]) == 0
+    result = json.loads((tmp_path / "abl.json").read_text())
+    rows = result["rows"]
+    assert list(rows) == ["dense", "SMCP", "+bn_recal 5", "+bn_recal 20", "+hysteresis 0.25",
+                          "+hysteresis 1.0", "+bn_recal 5 +hysteresis 0.25"]
+    for name, r in rows.items():
+        if name != "dense":
+            assert r["summary"]["cost"]["mean"] <= 0.5 + 1e-9, name
+    assert rows["+bn_recal 5"]["options"] == {"bn_recalibrate": 5, "hysteresis": 0.0}
+    assert result["meta"]["machine"]["batch"] == 128 and result["meta"]["smoke"]

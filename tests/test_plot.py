@@ -1,0 +1,139 @@
+"""``fxprune plot``: points come from the inputs, the PNG is written and valid, errors are one
+line, and a file plot did not write is never replaced."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from PIL import Image  # matplotlib (in the dev extra) depends on Pillow
+
+from fxprune.cli import main
+from fxprune.plot import PlotError, load_points, plot_points
+
+
+def _run(folder, accuracy, flops, deploys=()):
+    """A fake finished recipe run, with deploy reports at the given (batch, median ms)."""
+    folder.mkdir()
+    (folder / ".fxprune-run").write_text("run\n")
+    (folder / "results.json").write_text(json.dumps(
+        {"method": "smcp", "accuracy": accuracy, "flops": flops, "params": 10}))
+    for batch, ms in deploys:
+        d = folder / f"deploy_b{batch}"
+        d.mkdir()
+        (d / ".fxprune-deploy").write_text("deploy\n")
+        (d / "report.json").write_text(json.dumps({"batch": batch, "latency_ms": {"median": ms}}))
+    return folder
+
+
+def _bench(path):
+    path.write_text(json.dumps({"machine": {"batch": 1}, "rows": [
+        {"label": "tp-taylor", "accuracy": 0.80, "accuracy_std": 0.01, "flops": 4e6,
+         "latency_ms": {"1": 0.9, "64": 20.0}},
+        {"label": "tp-mag", "accuracy": 0.79, "flops": 4.5e6, "latency_ms": 1.1},
+        {"note": "a row without accuracy is not a point"}]}))
+    return path
+
+
+def _software(png):
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        return im.format, im.size, im.info.get("Software")
+
+
+def test_points_come_from_inputs(tmp_path):
+    dense = _run(tmp_path / "dense", 0.90, 8e6, [(1, 2.0), (64, 40.0)])
+    smcp = _run(tmp_path / "smcp50", 0.89, 4e6, [(1, 1.2)])
+    bench = _bench(tmp_path / "bench.json")
+    points = load_points([dense, smcp / "results.json", bench])
+    assert [p.label for p in points] == ["dense", "smcp50", "tp-taylor", "tp-mag"]
+    assert points[0].latency_ms == {1: 2.0, 64: 40.0}
+    assert points[1].latency_ms == {1: 1.2}  # results.json inside a run folder finds its deploys
+    assert points[2].accuracy_std == 0.01 and points[3].latency_ms == {1: 1.1}
+
+    out = tmp_path / "lat.png"
+    drawn = plot_points(points, out, x="latency", batch=64)
+    assert drawn["batch"] == 64
+    assert drawn["points"] == [("dense", 40.0, 0.90), ("tp-taylor", 20.0, 0.80)]
+    assert drawn["skipped"] == ["smcp50", "tp-mag"]
+    fmt, size, software = _software(out)
+    assert fmt == "PNG" and size[0] > 100 and software == "fxprune plot"
+
+    drawn = plot_points(points, tmp_path / "flops.png", x="flops")
+    assert [(label, x) for label, x, _ in drawn["points"]] == [
+        ("dense", 8.0), ("smcp50", 4.0), ("tp-taylor", 4.0), ("tp-mag", 4.5)]
+    # default batch: the smallest measured
+    assert plot_points(points, tmp_path / "b1.png")["batch"] == 1
+
+
+def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
+    run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0)])
+    out = tmp_path / "pareto.png"
+    assert main(["plot", str(run), "--out", str(out)]) == 0
+    assert "r " in capsys.readouterr().out and _software(out)[2] == "fxprune plot"
+    assert main(["plot", str(run), "--out", str(out), "--x", "flops"]) == 0  # its own: replaced
+
+    foreign = tmp_path / "photo.png"
+    from PIL import Image as PILImage
+    PILImage.new("RGB", (4, 4)).save(foreign)
+    before = foreign.read_bytes()
+    assert main(["plot", str(run), "--out", str(foreign)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did not write it" in err and "\n" not in err
+    assert foreign.read_bytes() == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("not_json", "is not JSON"),
+    ("foreign_json", "is not the results.json of an fxprune train run"),
+    ("empty_dir", "not an fxprune train --out folder"),
+    ("unfinished", "run that has not finished"),
+    ("percent", "not a fraction"),
+    ("no_latency", "no input has a measured latency"),
+    ("bad_suffix", "must be a .png"),
+])
+def test_errors_are_one_line(tmp_path, capsys, case, message):
+    out = tmp_path / ("p.jpg" if case == "bad_suffix" else "p.png")
+    if case == "missing":
+        target = tmp_path / "nope.json"
+    elif case == "not_json":
+        target = tmp_path / "x.json"
+        target.write_text("{not json")
+    elif case == "foreign_json":
+        target = tmp_path / "x.json"
+        target.write_text(json.dumps({"hello": 1}))
+    elif case == "empty_dir":
+        target = tmp_path / "d"
+        target.mkdir()
+        (target / "a.txt").write_text("x")
+    elif case == "unfinished":
+        target = tmp_path / "d"
+        target.mkdir()
+        (target / ".fxprune-run").write_text("run\n")
+    elif case == "percent":
+        target = tmp_path / "b.json"
+        target.write_text(json.dumps({"rows": [{"accuracy": 91.5, "flops": 1}]}))
+    else:
+        target = _run(tmp_path / "r", 0.9, 8e6)  # no deploy report: no latency
+    assert main(["plot", str(target), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_missing_matplotlib_names_the_install(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("no matplotlib")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    run = _run(tmp_path / "r", 0.9, 8e6)
+    with pytest.raises(PlotError, match=r"pip install 'fxprune\[plot\]'"):
+        plot_points(load_points([run]), tmp_path / "p.png", x="flops")
