@@ -20,15 +20,10 @@ import yaml
 from fxprune.data import BatchLoader, load_split
 from fxprune import train as train_mod
 from fxprune.train import ConfigError, evaluate, load_config, resolve_config, train
+from helpers import TINY_RECIPE
 
 TINY = {
-    "seed": 3,
-    "num_threads": 1,
-    "data": {"name": "synthetic", "synthetic_train": 192, "synthetic_test": 64,
-             "batch_size": 32, "test_batch_size": 64},
-    "model": {"widths": [4, 8, 8], "blocks": [1, 1, 1]},
-    "optim": {"epochs": 2, "lr": 0.05},
-    "log": {"every_steps": 4, "progress": False, "tensorboard": False},
+    **TINY_RECIPE,
     "prune": {"method": "smcp", "target": 0.5, "warmup_epochs": 0.5, "ramp_epochs": 1,
               "cooldown_epochs": 0.5, "update_every": 2, "channel_step": 1},
 }
