@@ -448,8 +448,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             train_loader.set_epoch(epoch)
-            loss_sum, correct, seen = 0.0, 0, 0
-            window_loss, window_correct, window_seen = 0.0, 0, 0
+            loss_sum, correct, seen = 0.0, 0, 0  # host numbers, from the windows below
+            # The window's sums stay on the device: reading them is a host sync, done once per
+            # logged window (log.every_steps), not once per step.
+            window_loss = torch.zeros((), dtype=torch.float64, device=device)
+            window_correct = torch.zeros((), dtype=torch.int64, device=device)
+            window_seen = 0
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                        disable=not (log_cfg["progress"] and main), dynamic_ncols=True)
             for x, y in bar:
@@ -469,22 +473,24 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 scheduler.step()
                 step += 1
 
-                batch_loss = loss.item() * len(y)
-                batch_correct = (logits.argmax(1) == y).sum().item()
-                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
-                window_loss += batch_loss
-                window_correct += batch_correct
+                window_loss += loss.detach().double() * len(y)
+                window_correct += (logits.argmax(1) == y).sum()
                 window_seen += len(y)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
                 if step % every == 0:
-                    window_loss, window_correct, window_seen = _summed(
-                        window_loss, window_correct, window_seen)
+                    w_loss, w_correct = float(window_loss), int(window_correct)
+                    loss_sum, correct, seen = loss_sum + w_loss, correct + w_correct, seen + window_seen
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+                    w_loss, w_correct, w_seen = _summed(w_loss, w_correct, window_seen)
                     logs.step_row({"step": step, "epoch": epoch + 1,
                                    "lr": optimizer.param_groups[0]["lr"],
-                                   "loss": window_loss / window_seen,
-                                   "acc": window_correct / window_seen})
-                    window_loss, window_correct, window_seen = 0.0, 0, 0
+                                   "loss": w_loss / w_seen, "acc": w_correct / w_seen})
+                    window_loss.zero_(), window_correct.zero_()
+                    window_seen = 0
             bar.close()
+            if window_seen:  # the epoch's steps after the last logged window
+                loss_sum += float(window_loss)
+                correct += int(window_correct)
+                seen += window_seen
             loss_sum, correct, seen = _summed(loss_sum, correct, seen)
             epoch_loop_s = time.perf_counter() - started
             images, loop_s = images + seen, loop_s + epoch_loop_s

@@ -116,6 +116,22 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
 
 
+def test_epoch_totals_add_up_the_logged_windows_and_the_rest(recipe, tmp_path):
+    # the loop reads its device-side sums once per logged window, plus once for the steps after
+    # the last window: the epoch's train loss/accuracy must still cover every batch
+    for every, out in ((1, tmp_path / "every1"), (4, tmp_path / "every4")):
+        assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set",
+                         f"log.every_steps={every}", "--out", str(out)]) == 0
+    steps = read_csv(tmp_path / "every1" / "steps.csv")
+    assert len(steps) == 6  # 192 images / batch 32, equal batches
+    for out in ("every1", "every4"):
+        (epoch,) = read_csv(tmp_path / out / "metrics.csv")
+        assert float(epoch["train_loss"]) == pytest.approx(
+            sum(float(r["loss"]) for r in steps) / 6, rel=1e-9)
+        assert float(epoch["train_acc"]) == pytest.approx(
+            sum(float(r["acc"]) for r in steps) / 6, rel=1e-9)
+
+
 def test_existing_run_is_not_overwritten_and_resume_needs_checkpoint(recipe, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli_main(["train", str(recipe), "--resume", "--out", str(out)]) == 2
