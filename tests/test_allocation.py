@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,30 @@ def test_hard_and_magnitude_entries_are_smcp_options():
         records.append(one.step())
     assert [r is not None for r in records] == [False, True, False, False]  # once, at step 2
     assert one.cost() <= 0.5 + 1e-9
+
+
+def test_a_method_is_not_silently_another():
+    # found by a new-user pass: the quick recipe's `masks: soft` turned prune.method=hard into
+    # SMCP, and its update_every made every one-shot method fail with a TypeError
+    with pytest.raises(ValueError, match=r"method 'hard' runs with masks='hard', but masks='soft'"):
+        get_method("hard").build(prepared(), target=0.5, masks="soft")
+    with pytest.raises(ValueError, match=r"method 'uniform' runs with allocation='uniform'"):
+        get_method("uniform").build(prepared(), target=0.5, allocation="knapsack")
+    assert get_method("hard").build(prepared(), target=0.5, masks="hard").masks_kind == "hard"
+    with pytest.raises(ValueError, match=r"one-shot pruning sets warmup, update_every itself.*"
+                                         r"prune.warmup_epochs"):
+        get_method("magnitude").build(prepared(), target=0.5, prune_at=2, warmup=1, update_every=3)
+
+
+def test_recipe_with_another_methods_keys_is_one_config_error(tmp_path, capsys):
+    from fxprune.cli import main as cli_main
+
+    quick = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_quick.yaml"
+    rc = cli_main(["train", str(quick), "--set", "prune.method=hard",
+                   "--set", "data.name=synthetic", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "masks='soft' is set" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_activation_taylor_is_the_batch_mean_of_the_per_sample_terms():

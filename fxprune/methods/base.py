@@ -145,6 +145,14 @@ class MethodEntry:
         return self.load()
 
     def build(self, prepared, **kwargs) -> Any:
+        """The method on ``prepared``. Its ``defaults`` are what the method is (``hard`` is
+        SMCP with ``masks="hard"``): another value for one of them raises ValueError, since
+        silently running a different method under this name would mislabel its results."""
+        for key, value in kwargs.items():
+            if key in self.defaults and value != self.defaults[key]:
+                raise ValueError(f"method {self.name!r} runs with {key}={self.defaults[key]!r}, but "
+                                 f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}) "
+                                 f"or choose the method that has it")
         return self.cls(prepared, **{**self.defaults, **kwargs})
 
 

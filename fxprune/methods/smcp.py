@@ -344,6 +344,12 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
     """One-shot pruning baseline on SMCP's engine: at step ``prune_at`` (importance gathered
     over the ``window`` steps before it) the global allocator picks the channels under
     ``target`` and they are removed for good (hard masks); the remaining steps fine-tune."""
+    fixed = ("warmup", "ramp", "update_every", "freeze_after", "masks")
+    clash = [k for k in fixed if k in kwargs]
+    if clash:
+        raise ValueError(f"one-shot pruning sets {', '.join(clash)} itself (from prune_at and "
+                         f"window); remove {', '.join(clash)} (in a recipe: prune.{clash[0]} or "
+                         f"prune.{clash[0]}_epochs)")
     window = max(1, min(int(window), int(prune_at)))
     return SMCP(prepared, target, cost, warmup=int(prune_at) - window, ramp=0, update_every=window,
                 freeze_after=int(prune_at), masks="hard", importance=importance, **kwargs)
