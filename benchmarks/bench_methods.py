@@ -51,8 +51,7 @@ def rows_for(epochs: float) -> dict[str, dict]:
     common = {"target": 0.5, "cost": "flops", "channel_step": 4}
     return {
         "dense": {"method": "none"},
-        "SMCP": {**load_config(BASE)["prune"], "warmup_epochs": 0.1 * E, "ramp_epochs": 0.5 * E,
-                 "cooldown_epochs": 0.3 * E, "update_every_epochs": max(0.02 * E, 0.1)},
+        "SMCP": dict(load_config(BASE)["prune"]),  # its schedule is in fractions of the run
         "CUCB": {"method": "cucb", **common, "mode": "budget", "c": 0.25, "warmup_epochs": 0.05 * E,
                  "explore_epochs": 0.7 * E},
         "CUCB random": {"method": "cucb_random", **common, "mode": "budget", "warmup_epochs": 0.05 * E,
@@ -191,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=None, help="a subset of the rows, by name")
+    parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=JSON",
+                        help="more rows: the SMCP row with these prune keys changed, e.g. "
+                             "'late={\"warmup_fraction\": 0.3}'")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timing-steps", type=int, default=20)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_methods")
@@ -201,6 +203,9 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / ("methods_smoke" if args.smoke else "methods")
     threads_before = torch.get_num_threads()
     plan = rows_for(args.epochs)
+    for item in args.extra:
+        name, _, spec = item.partition("=")
+        plan[name] = {**plan["SMCP"], **json.loads(spec)}
     names = args.rows or list(plan)
     unknown = [n for n in names if n not in plan]
     if unknown:

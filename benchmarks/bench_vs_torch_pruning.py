@@ -182,27 +182,34 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
             rows.append({"label": label, "accuracy": accuracy(pruned, test), "tp_ratio": ratio,
                          **model_stats(pruned)})
 
-    # SMCP with the FLOPs cost, the recipe's schedule scaled to E
-    model = copy.deepcopy(base)
-    pm = fxprune.prepare(model, (example,))
+    # SMCP rows: the recipe's schedule scaled to E unless a row says otherwise
     spe = len(train)
-    pruner = fxprune.SMCP(pm, target=args.target, cost="flops", channel_step=8,
-                          warmup=round(0.1 * E * spe), ramp=round(0.6 * E * spe) - round(0.1 * E * spe),
-                          freeze_after=round(0.7 * E * spe),
-                          update_every=max(1, round(0.02 * E * spe)), masked_decay=2e-4,
-                          **args.smcp_options)
-    t = Trainer(args, total)
-    t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
-    masked_acc = accuracy(pm, test)
-    small = fxprune.finalize(pm)
-    x = next(iter(test))[0]
-    with torch.no_grad():
-        pm.eval(), small.eval()
-        finalize_diff = (pm(x) - small(x)).abs().max().item()
-    models["smcp-flops"] = small
-    rows.append({"label": "smcp-flops", "accuracy": accuracy(small, test),
-                 "accuracy_masked": masked_acc, "finalize_max_abs_diff": finalize_diff,
-                 **model_stats(small)})
+    for label, spec in smcp_rows(args).items():
+        opts = dict(spec)
+        at = {k: round(opts.pop(k, v) * E * spe) for k, v in SCHEDULE.items()}
+        cost = opts.pop("cost", "flops")
+        target = opts.pop("target", args.target)
+        torch.manual_seed(seed)
+        model = copy.deepcopy(base)
+        pm = fxprune.prepare(model, (example,))
+        if cost.startswith("latency"):
+            cost = latency_table(pm, net, int(cost.split(":")[1]), args)
+        pruner = fxprune.SMCP(pm, target=target, cost=cost, channel_step=8, warmup=at["warmup"],
+                              ramp=at["ramp_until"] - at["warmup"], freeze_after=at["freeze_from"],
+                              update_every=max(1, at["update_every"]), masked_decay=2e-4,
+                              **{**args.smcp_options, **opts})
+        t = Trainer(args, total)
+        t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
+        masked_acc = accuracy(pm, test)
+        small = fxprune.finalize(pm)
+        x = next(iter(test))[0]
+        with torch.no_grad():
+            pm.eval(), small.eval()
+            finalize_diff = (pm(x) - small(x)).abs().max().item()
+        models[label] = small
+        rows.append({"label": label, "accuracy": accuracy(small, test), "options": spec,
+                     "accuracy_masked": masked_acc, "finalize_max_abs_diff": finalize_diff,
+                     "cost_target": target, **model_stats(small)})
 
     # ONNX Runtime latency, every model interleaved with the dense one
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,9 +229,42 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
                           for b in args.latency_batches}
         row.update(net=net, seed=seed, flops_ratio=row["flops"] / dense_stats["flops"],
                    params_ratio=row["params"] / dense_stats["params"])
-        if row["label"] != "dense":  # a row above the budget is reported as such, never hidden
+        if row["label"] != "dense" and "latency" not in str(row.get("options", {}).get("cost")):
+            # a row above the budget is reported as such, never hidden
             row["target_reached"] = row["flops_ratio"] <= args.target + 1e-9
     return rows
+
+
+# SMCP's schedule as fractions of the E epochs (the recipe's: warm-up 0.1 E, ramp until 0.6 E,
+# masks frozen from 0.7 E, a knapsack every 0.02 E); a row's JSON may override any of them.
+SCHEDULE = {"warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.7, "update_every": 0.02}
+DEFAULT_SMCP = {"smcp-flops": {}}
+
+
+def smcp_rows(args) -> dict[str, dict]:
+    """``--smcp NAME=JSON`` rows (default: smcp-flops with the recipe's schedule)."""
+    rows = {}
+    for item in args.smcp or ():
+        name, _, spec = item.partition("=")
+        rows[name] = json.loads(spec or "{}")
+    return rows or dict(DEFAULT_SMCP)
+
+
+_TABLES: dict = {}
+
+
+def latency_table(pm, net: str, batch: int, args):
+    """An ONNX Runtime latency table of ``pm``'s layers at ``batch`` (``--threads`` threads),
+    measured once per net and batch and cached in ``--table-cache`` (seeds and reruns reuse it)."""
+    from fxprune.deploy.latency_table import LatencyTable
+
+    key = (net, batch, args.smoke)
+    if key not in _TABLES:
+        cache = Path(args.table_cache) / f"{net}{'_smoke' if args.smoke else ''}_b{batch}_t{args.threads}.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _TABLES[key] = LatencyTable.measure(pm, step=8, threads=args.threads, batch=batch,
+                                            cache=cache, progress=False, log=lambda s: None)
+    return _TABLES[key]
 
 
 def aggregate(rows: list[dict], batches) -> list[dict]:
@@ -261,6 +301,13 @@ def main(argv=None) -> int:
                    default=[None, 8], help="Torch-Pruning round_to values ('none' or an int)")
     p.add_argument("--smcp-options", type=json.loads, default={},
                    help='extra SMCP arguments as JSON, e.g. \'{"hysteresis": 0}\'')
+    p.add_argument("--smcp", nargs="+", default=None, metavar="NAME=JSON",
+                   help='SMCP rows, e.g. smcp-flops=\'{}\' \'smcp-lat-b64={"cost": "latency:64", '
+                        '"target": 0.6}\'; schedule keys warmup, ramp_until, freeze_from, update_every '
+                        'are fractions of the epochs (default 0.1, 0.6, 0.7, 0.02); cost "flops" or '
+                        '"latency:BATCH" (an ONNX Runtime table at that batch); other keys go to SMCP')
+    p.add_argument("--table-cache", default=str(ROOT / "runs" / "latency_tables"),
+                   help="folder of the latency tables' cache files")
     p.add_argument("--no-tp", dest="tp", action="store_false",
                    help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
@@ -284,6 +331,38 @@ def main(argv=None) -> int:
             for row in train_rows(net, seed, args, tp):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            write_results(stem, rows, args, tp, start, argv)
+    return 0
+
+
+def head_to_head(summary: list[dict], batch: int) -> list[str]:
+    """Per net: each SMCP row against the most accurate Torch-Pruning row that is no faster
+    than it at ``batch`` (mean latencies), so the comparison is at equal or lower latency for
+    SMCP; Torch-Pruning rows faster than the SMCP row are named, not hidden."""
+    lines = []
+    for net in dict.fromkeys(r["net"] for r in summary):
+        mine = [r for r in summary if r["net"] == net]
+        tp_rows = [r for r in mine if r["method"].startswith("tp-")]
+        for s in (r for r in mine if r["method"].startswith("smcp")):
+            lat = s["latency_ms"][str(batch)]
+            slower = [t for t in tp_rows if t["latency_ms"][str(batch)] >= lat]
+            faster = [t["method"] for t in tp_rows if t["latency_ms"][str(batch)] < lat]
+            if not slower:
+                lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {lat:.3f} | "
+                             f"(every Torch-Pruning row is faster) | - | - | - |")
+                continue
+            best = max(slower, key=lambda t: t["accuracy"])
+            lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {lat:.3f} | "
+                         f"{best['method']} | {100 * best['accuracy']:.2f} | "
+                         f"{best['latency_ms'][str(batch)]:.3f} | "
+                         f"{100 * (s['accuracy'] - best['accuracy']):+.2f}"
+                         f"{' (faster TP rows: ' + ', '.join(faster) + ')' if faster else ''} |")
+    return lines
+
+
+def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) -> None:
+    """The JSON and Markdown results of the rows so far (rewritten after every net and seed,
+    so an interrupted run keeps what it measured)."""
     summary = aggregate(rows, args.latency_batches)
     meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
@@ -293,7 +372,8 @@ def main(argv=None) -> int:
                         "load_average_end": list(os.getloadavg())},
             "protocol": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
                          "target": args.target, "seeds": args.seeds, "smoke": args.smoke,
-                         "smcp_options": args.smcp_options, "torch_pruning_rows": args.tp},
+                         "smcp_options": args.smcp_options, "smcp_rows": smcp_rows(args),
+                         "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
                                                     indent=2) + "\n")
@@ -311,9 +391,15 @@ def main(argv=None) -> int:
         over = "" if r["target_reached"] else " (above the FLOPs target)"
         lines.append(f"| {r['net']} | {r['method']}{over} | {100 * r['accuracy']:.2f} +- "
                      f"{100 * r['accuracy_std']:.2f} | {r['flops_ratio']:.3f} | {r['params']:,.0f} | {lat} |")
+    if tp is not None:
+        lines += ["", "At equal measured latency: each SMCP row against the most accurate Torch-Pruning row "
+                  "that is no faster (mean ONNX Runtime latency over the seeds):", "",
+                  "| net | batch | SMCP row | acc. (%) | ms | Torch-Pruning row | acc. (%) | ms | SMCP - TP (pt) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for x in b:
+            lines += head_to_head(summary, x)
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

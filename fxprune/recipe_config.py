@@ -25,7 +25,8 @@ from .errors import FxPruneError
 from .models import DEFAULT_BLOCKS, DEFAULT_WIDTHS
 
 __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_config",
-           "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS"]
+           "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS",
+           "fractions_to_epochs"]
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -287,7 +288,50 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
         if (name not in _CONTEXT_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                 and (p.default is None or type(p.default) is int)):
             keys.setdefault(f"{name}_epochs", Rule("float", low=0))
+    for key in [k for k in keys if k.endswith("_epochs")]:  # ... or as a fraction of the run
+        keys[key[: -len("_epochs")] + "_fraction"] = Rule("float", low=0, high=1)
     return keys
+
+
+def _schedule_forms(key: str) -> set[str]:
+    """The keys that set the same step count as prune ``key``: NAME (steps), NAME_epochs and
+    NAME_fraction; the cool-down is freeze_after written from the end of the run."""
+    base = key
+    for suffix in ("_epochs", "_fraction"):
+        if key.endswith(suffix):
+            base = key[: -len(suffix)]
+    names = {"cooldown", "freeze_after"} if base in ("cooldown", "freeze_after") else {base}
+    return {f"{n}{s}" for n in names for s in ("", "_epochs", "_fraction")} - {"cooldown"}
+
+
+def _check_one_form(prune: dict) -> None:
+    """A step count written twice (``update_every`` and ``update_every_fraction``) is refused:
+    which one wins would be a guess."""
+    for key in prune:
+        if key == "method":
+            continue
+        clash = sorted(k for k in _schedule_forms(key) & set(prune) if k != key)
+        if clash:
+            raise ConfigError(f"prune.{key} and prune.{clash[0]} set the same thing; keep one "
+                              f"(NAME: steps, NAME_epochs: epochs, NAME_fraction: of optim.epochs)")
+
+
+def fractions_to_epochs(prune: dict, epochs: float) -> dict:
+    """A copy of ``prune`` with every ``NAME_fraction`` (a fraction of the run's
+    ``optim.epochs``) written as ``NAME_epochs``: a recipe whose schedule is in fractions
+    keeps its shape when the run is made shorter or longer (``--set optim.epochs=2``).
+    Raises ConfigError when both forms of one key are given."""
+    out = {}
+    for key, value in prune.items():
+        if not key.endswith("_fraction"):
+            out.setdefault(key, value)
+            continue
+        name = key[: -len("_fraction")]
+        if f"{name}_epochs" in prune:
+            raise ConfigError(f"prune.{key} and prune.{name}_epochs both set {name}; keep one "
+                              f"(_fraction: of optim.epochs, scales with the run; _epochs: fixed)")
+        out[f"{name}_epochs"] = value * epochs
+    return out
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -366,6 +410,11 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
+        if len(parts) == 2 and parts[0] == "prune" and isinstance(cfg.get("prune"), dict):
+            # --set prune.update_every=10 replaces the recipe's update_every_fraction: the
+            # override names the same setting in another unit
+            for other in _schedule_forms(parts[1]) - {parts[1]}:
+                cfg["prune"].pop(other, None)
         _merge(cfg, update, DEFAULTS)
     return cfg
 
@@ -438,7 +487,15 @@ def _check_prune(prune: dict, optim: dict) -> None:
             rule.check(f"prune.{key}", value)
     if method == "none":
         return
-    _check_schedule_epochs(prune, optim)
+    _check_one_form(prune)
+    if "target" not in prune:  # the method's own default target is the one the run will use
+        try:
+            target = inspect.signature(pruner_class(method)).parameters.get("target")
+        except (TypeError, ValueError):
+            target = None
+        if target is not None and isinstance(target.default, (int, float)):
+            prune = {**prune, "target": target.default}
+    _check_schedule_epochs(fractions_to_epochs(prune, optim["epochs"]), optim)
 
 
 def _check_schedule_epochs(prune: dict, optim: dict) -> None:

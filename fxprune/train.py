@@ -46,7 +46,8 @@ from .errors import FxPruneError
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
                             ConfigError, apply_overrides, check_schedule_steps,
-                            load_config, parse_value, pruner_class, resolve_config)
+                            fractions_to_epochs, load_config, parse_value, pruner_class,
+                            resolve_config)
 from .run_io import (INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs, check_out_folder,
                      config_changes, cost_columns, format_results, load_checkpoint, rng_state,
                      save_checkpoint, save_module, set_rng_state, write_results)
@@ -78,10 +79,14 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     converted to steps by the method.
     """
     kwargs = {k: v for k, v in prune_cfg.items()
-              if k not in RECIPE_PRUNE_KEYS or k.endswith("_epochs")}
+              if k not in RECIPE_PRUNE_KEYS or k.endswith(("_epochs", "_fraction"))}
     method = prune_cfg.get("method", "none")
     if method == "none":
         return None
+    if any(k.endswith("_fraction") for k in kwargs):
+        if context.get("epochs") is None:
+            raise ConfigError("prune.*_fraction schedules need the run's optim.epochs")
+        kwargs = fractions_to_epochs(kwargs, context["epochs"])
     if method not in PRUNERS:
         raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
     from .methods.base import get_method
@@ -344,6 +349,14 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     if ckpt is not None:
         changed = [k for k in config_changes(ckpt["config"], cfg)
                    if k not in RESUMABLE_CHANGES]
+        fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))
+        if (not changed and fractions and method != "none"
+                and ckpt["config"]["optim"]["epochs"] != cfg["optim"]["epochs"]):
+            raise ConfigError(
+                f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
+                f"{cfg['optim']['epochs']}: prune.{fractions[0]} is a fraction of the run, so the "
+                f"pruning schedule would move under a run already on it; keep optim.epochs, or "
+                f"write the schedule as prune.*_epochs to extend the run")
         if changed:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
                               "pass the same recipe and overrides (only "

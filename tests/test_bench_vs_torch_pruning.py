@@ -57,3 +57,41 @@ def test_smcp_ablation_smoke(tmp_path):
             assert r["summary"]["cost"]["mean"] <= 0.5 + 1e-9, name
     assert rows["+bn_recal 5"]["options"] == {"bn_recalibrate": 5, "hysteresis": 0.0}
     assert result["meta"]["machine"]["batch"] == 128 and result["meta"]["smoke"]
+
+
+@pytest.mark.slow
+def test_smcp_rows_without_torch_pruning(tmp_path):
+    """The SMCP side of the head-to-head runs in CI (torch-pruning is not a dev dependency):
+    a FLOPs row and a latency-table row, both finalized exactly."""
+    bench = _load("bench_vs_torch_pruning")
+    assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+                       "--table-cache", str(tmp_path / "tables"), "--out", str(tmp_path / "vs"),
+                       "--smcp", "smcp-flops={}",
+                       'smcp-lat-b1={"cost": "latency:1", "target": 0.7, "warmup": 0.2}']) == 0
+    result = json.loads((tmp_path / "vs.json").read_text())
+    runs = {r["label"]: r for r in result["runs"]}
+    assert list(runs) == ["dense", "smcp-flops", "smcp-lat-b1"]
+    assert runs["smcp-flops"]["target_reached"] and runs["smcp-flops"]["flops_ratio"] <= 0.5 + 1e-9
+    lat = runs["smcp-lat-b1"]
+    assert "target_reached" not in lat  # a latency budget is not judged against the FLOPs target
+    assert lat["cost_target"] == 0.7 and lat["options"]["warmup"] == 0.2
+    assert all(r["finalize_max_abs_diff"] < 1e-4 for r in (lat, runs["smcp-flops"]))
+    assert list((tmp_path / "tables").glob("concat_smoke_b1_t1.json"))  # measured once, cached
+
+
+def test_head_to_head_compares_with_no_faster_torch_pruning_rows():
+    bench = _load("bench_vs_torch_pruning")
+
+    def row(method, acc, ms):
+        return {"net": "n", "method": method, "accuracy": acc, "latency_ms": {"1": ms}}
+
+    summary = [row("dense", 0.9, 1.0), row("tp-a", 0.88, 0.9), row("tp-b", 0.895, 0.7),
+               row("tp-c", 0.87, 0.75), row("smcp-lat", 0.885, 0.8)]
+    (line,) = bench.head_to_head(summary, 1)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # tp-b is more accurate but faster: named, not the comparison; tp-a is the best no-faster row
+    assert cells[2:] == ["smcp-lat", "88.50", "0.800", "tp-a", "88.00", "0.900",
+                         "+0.50 (faster TP rows: tp-b, tp-c)"]
+    summary[1]["latency_ms"]["1"] = 0.6
+    (line,) = bench.head_to_head(summary, 1)
+    assert "every Torch-Pruning row is faster" in line

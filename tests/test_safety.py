@@ -55,10 +55,11 @@ def snapshot(folder):
     (1, r"prune.cooldown_epochs \(1\) >= optim.epochs \(1\) leaves no epoch to prune"),
     (2, r"the pruning ramp ends at epoch 2 .* but masks stop changing at epoch 1"),
 ])
-def test_schedule_that_cannot_reach_target_is_a_config_error(tmp_path, capsys, epochs, phrase):
+def test_schedule_that_cannot_reach_target_is_a_config_error(recipe, tmp_path, capsys, epochs, phrase):
     out = tmp_path / "run"
-    rc = cli_main(["train", "configs/fashion_mnist_quick.yaml", "--set",
-                   f"optim.epochs={epochs}", "--out", str(out)])
+    rc = cli_main(["train", str(recipe), "--set", f"optim.epochs={epochs}", "--set", "prune.method=smcp",
+                   "--set", "prune.warmup_epochs=0.5", "--set", "prune.ramp_epochs=1.5",
+                   "--set", "prune.cooldown_epochs=1", "--out", str(out)])
     err = one_line_error(capsys)
     assert rc == 2
     assert re.search(phrase, err), err

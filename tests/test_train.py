@@ -262,3 +262,51 @@ def test_pruning_hooks_called_in_order_and_saved(tmp_path, monkeypatch):
     pruner = RecordingPruner.instances[-1]
     assert pruner.loaded == {"steps": 6} and pruner.steps == 12
     assert resumed["epochs"] == 2
+
+
+# ----------------------------------------------------------------------------- fractions of the run
+
+FRACTION_SCHEDULE = {"method": "smcp", "target": 0.5, "channel_step": 1, "warmup_fraction": 0.1,
+                     "ramp_fraction": 0.5, "cooldown_fraction": 0.3, "update_every_fraction": 0.05}
+
+
+@pytest.mark.parametrize("epochs, expected", [(10, (100, 500, 700, 50)), (2, (20, 100, 140, 10))])
+def test_schedule_in_fractions_keeps_its_shape_at_any_length(epochs, expected):
+    from fxprune.train import make_pruner
+    from fxprune.models import build_model
+
+    pm = fxprune.prepare(build_model("resnet_fmnist", widths=[4, 8, 8]), (torch.randn(1, 1, 28, 28),))
+    cfg = resolve_config({**TINY, "optim": {"epochs": epochs}, "prune": FRACTION_SCHEDULE})
+    pruner = make_pruner(pm, cfg["prune"], steps_per_epoch=100, epochs=epochs)
+    s = pruner.schedule
+    assert (s.warmup, s.ramp, s.freeze_after, s.update_every) == expected
+
+
+def test_fraction_and_epochs_of_one_key_is_a_config_error():
+    with pytest.raises(ConfigError, match="prune.warmup_fraction and prune.warmup_epochs set the same"):
+        resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "warmup_epochs": 1}})
+    with pytest.raises(ConfigError, match="prune.cooldown_fraction and prune.freeze_after set the same"):
+        resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "freeze_after": 10}})
+    with pytest.raises(ConfigError, match="prune.ramp_fraction"):
+        resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "ramp_fraction": 1.5}})
+    with pytest.raises(ConfigError, match="the pruning ramp ends at epoch"):  # 0.1 + 0.8 > 1 - 0.3
+        resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "ramp_fraction": 0.8}})
+
+
+def test_an_override_in_another_unit_replaces_the_recipes_form():
+    cfg = resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                         ["prune.update_every=7", "prune.cooldown_epochs=0.5"])
+    assert cfg["prune"]["update_every"] == 7 and "update_every_fraction" not in cfg["prune"]
+    assert cfg["prune"]["cooldown_epochs"] == 0.5 and "cooldown_fraction" not in cfg["prune"]
+    assert cfg["prune"]["warmup_fraction"] == 0.1  # untouched forms stay
+
+
+def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = [f"prune.{k}={v}" for k, v in FRACTION_SCHEDULE.items()]
+    args = ["train", str(recipe), *sum((["--set", s] for s in sets), []), "--out", str(out)]
+    assert cli_main(args) == 0
+    assert cli_main([*args, "--set", "optim.epochs=3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "prune.cooldown_fraction is a fraction of the run" in err, err
+    assert cli_main([*args, "--resume"]) == 0  # the same length resumes (nothing left to do)
