@@ -87,8 +87,20 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 f"{dynamo_err}\nTorchScript: {type(legacy_err).__name__}: {legacy_err}"
             ) from legacy_err
     check_onnx(path)
-    return {"path": path, "exporter": exporter, "opset": opset, "precision": precision,
+    written = written_opset(path)
+    if written != opset:  # the dynamo exporter writes the opsets it supports, not any asked for
+        log(f"opset {opset} was asked for; the {exporter} exporter wrote opset {written}")
+    return {"path": path, "exporter": exporter, "opset": written, "opset_requested": opset,
+            "precision": precision,
             "dynamic_batch": dynamic_batch, "external_data": external, "outputs": output_names}
+
+
+def written_opset(path: str) -> int:
+    """The default-domain opset version an ONNX file declares (its weights are not read)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def check_onnx(path: str) -> None:

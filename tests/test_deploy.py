@@ -253,3 +253,13 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     for _ in range(2):
         assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK,
                      *TRUST]) == 0
+
+
+def test_export_records_the_opset_the_file_declares(tmp_path):
+    """The dynamo exporter writes the opsets it supports whatever was asked (an old opset is
+    upgraded): the description names the file's opset and the request, and says so."""
+    said = []
+    info = export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "m.onnx", opset=9, log=said.append)
+    declared = next(o.version for o in onnx.load(tmp_path / "m.onnx").opset_import if o.domain == "")
+    assert info["opset"] == declared and info["opset_requested"] == 9
+    assert (declared != 9) == any("opset 9 was asked for" in s for s in said), said
