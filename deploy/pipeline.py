@@ -49,6 +49,17 @@ def choose_backend(backend: str, log: Callable[[str], None] = print) -> str:
     return "onnxruntime"
 
 
+def _check_counts(**counts) -> None:
+    """Counts that must be positive (warmup: non-negative), checked before any work."""
+    for name, value in counts.items():
+        if value is None and name in ("batch", "max_batch"):
+            continue
+        low = 0 if name == "warmup" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            flag = "--" + name.replace("_", "-")
+            raise DeployError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
 def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
            backend: str = "auto", precision: str = "fp32", input_shape=None,
            batch: int | None = None, compare: nn.Module | str | os.PathLike | None = None,
@@ -76,9 +87,14 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     """
     if precision not in PRECISIONS:
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
+    _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch)
     out_dir = os.path.expanduser(os.fspath(out_dir))
     _check_out_dir(out_dir, compare is not None)
     backend = choose_backend(backend, log)
+    if backend == "torch" and device is not None and str(device).startswith("cuda") \
+            and not torch.cuda.is_available():
+        raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "
+                          "or run on a machine with a GPU")
     if precision == "bf16" and backend != "torch":
         raise DeployError(f"precision bf16 is timed by the torch backend only, not {backend}; "
                           "pass --backend torch or --precision fp16")

@@ -263,3 +263,28 @@ def test_export_records_the_opset_the_file_declares(tmp_path):
     declared = next(o.version for o in onnx.load(tmp_path / "m.onnx").opset_import if o.domain == "")
     assert info["opset"] == declared and info["opset_requested"] == 9
     assert (declared != 9) == any("opset 9 was asked for" in s for s in said), said
+
+
+@pytest.mark.parametrize("flag, value, phrase", [
+    ("--iters", "0", "--iters must be an integer >= 1, got 0"),
+    ("--threads", "0", "--threads must be an integer >= 1, got 0"),
+    ("--warmup", "-1", "--warmup must be an integer >= 0, got -1"),
+    ("--batch", "0", "--batch must be an integer >= 1, got 0"),
+])
+def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, value, phrase):
+    out = tmp_path / "out"
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
+               flag, value, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and phrase in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # nothing exported, no folder made
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
+               "--backend", "torch", "--device", "cuda", *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--device cuda: torch sees no CUDA device" in err, err
+    assert not out.exists()
