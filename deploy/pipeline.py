@@ -189,6 +189,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     report = build_report(backend=backend, device=device, precision=precision, input_shape=shape,
                           threads=run_threads, iters=iters, warmup=warmup, versions=versions,
                           pruned=entries["model"], dense=entries.get("dense"))
+    for name, given in (("model", model), ("dense", compare)):
+        if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
+            entry = report if name == "model" else report["dense"]
+            entry["model_file"] = os.path.abspath(os.path.expanduser(os.fspath(given)))
     path = write_report(report, out_dir)
     log(format_table(report))
     log(f"report written to {path}")

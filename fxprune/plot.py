@@ -91,18 +91,28 @@ def _latencies(value, batch, source: str) -> dict[int, float]:
 
 
 def _deploy_latencies(run_dir: Path) -> dict[int, float]:
-    """Median latency per batch from the deploy reports written inside a run folder."""
+    """Median latency per batch from the deploy reports written in a run folder (the folder
+    itself or its sub-folders). A report that names the model file it timed counts only when
+    that file is in the run folder: a report of another model is an error, not a point."""
     out: dict[int, float] = {}
-    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+    run = run_dir.resolve()
+    for sub in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
             continue
         data = _read_json(report)
         try:
-            out[int(data["batch"])] = float(data["latency_ms"]["median"])
+            batch, median = int(data["batch"]), float(data["latency_ms"]["median"])
         except (KeyError, TypeError, ValueError):
             raise PlotError(f"{report} is not an fxprune deploy report (no batch and "
                             "latency_ms.median)") from None
+        timed = data.get("model_file")
+        if timed is not None and Path(timed).resolve().parent != run:
+            raise PlotError(f"{report} timed {timed}, not a model of the run {run_dir}; deploy "
+                            f"{run_dir}/model_pruned.pt there, or move that report out of the run")
+        if batch in out:
+            raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
+        out[batch] = median
     return out
 
 

@@ -52,6 +52,8 @@ def test_cli_end_to_end_with_compare(saved, tmp_path):
     assert report["device"] and report["onnxruntime_version"] == ort.__version__
     assert report["params"] == n_params(small_net(8))
     assert report["dense"]["params"] == n_params(small_net(16))
+    assert report["model_file"] == str((saved / "pruned.pt").resolve())  # for fxprune plot
+    assert report["dense"]["model_file"] == str((saved / "dense.pt").resolve())
     for entry in (report, report["dense"]):
         lat = entry["latency_ms"]
         assert 0 < lat["median"] <= lat["p90"] and lat["runs"] == 5

@@ -137,3 +137,22 @@ def test_missing_matplotlib_names_the_install(tmp_path, monkeypatch):
     run = _run(tmp_path / "r", 0.9, 8e6)
     with pytest.raises(PlotError, match=r"pip install 'fxprune\[plot\]'"):
         plot_points(load_points([run]), tmp_path / "p.png", x="flops")
+
+
+def test_deploy_reports_must_time_a_model_of_the_run(tmp_path):
+    run = _run(tmp_path / "run", 0.9, 8e6, [(1, 1.5)])
+    report = run / "deploy_b1" / "report.json"
+    data = json.loads(report.read_text())
+    report.write_text(json.dumps({**data, "model_file": str(run / "model_pruned.pt")}))
+    assert load_points([run])[0].latency_ms == {1: 1.5}  # the run's own model: counted
+
+    report.write_text(json.dumps({**data, "model_file": str(tmp_path / "elsewhere" / "m.pt")}))
+    with pytest.raises(PlotError, match="timed .*elsewhere/m.pt, not a model of the run"):
+        load_points([run])
+
+    # a report written into the run folder itself counts too (deploy --out RUN)
+    report.unlink()
+    (run / ".fxprune-deploy").write_text("deploy\n")
+    (run / "report.json").write_text(json.dumps({"batch": 64, "latency_ms": {"median": 9.0},
+                                                 "model_file": str(run / "model_pruned.pt")}))
+    assert load_points([run])[0].latency_ms == {64: 9.0}
