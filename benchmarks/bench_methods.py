@@ -72,7 +72,7 @@ SMOKE = {"data": {"name": "synthetic", "synthetic_train": 640, "synthetic_test":
 
 
 def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, threads: int,
-            smoke: bool) -> dict:
+            smoke: bool, reuse: bool = False) -> dict:
     cfg = copy.deepcopy(load_config(BASE))
     cfg["prune"] = prune
     cfg.update(seed=seed, num_threads=threads, out=str(runs / f"{name.replace(' ', '_')}_s{seed}"))
@@ -81,7 +81,13 @@ def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, thread
     if smoke:
         for section, values in SMOKE.items():
             cfg[section].update(values)
-    result = train(resolve_config(cfg), overwrite=True)
+    resolved = resolve_config(cfg)
+    done = Path(cfg["out"]) / "results.json"
+    if reuse and done.is_file() and load_config(Path(cfg["out"]) / "config.yaml") == resolved:
+        result = json.loads(done.read_text())  # this very row ran to the end before
+        result.update(row=name, seed=seed, reused=True)
+        return result
+    result = train(resolved, overwrite=True)
     result.update(row=name, seed=seed)
     return result
 
@@ -193,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=JSON",
                         help="more rows: the SMCP row with these prune keys changed, e.g. "
                              "'late={\"warmup_fraction\": 0.3}'")
+    parser.add_argument("--reuse", action="store_true",
+                        help="a row whose run folder holds a finished run of the same config is "
+                             "read, not trained again (an interrupted benchmark resumes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timing-steps", type=int, default=20)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_methods")
@@ -214,7 +223,8 @@ def main(argv=None) -> int:
     try:
         for seed in args.seeds:
             for name in names:
-                r = run_row(name, plan[name], seed, args.epochs, args.runs_dir, args.threads, args.smoke)
+                r = run_row(name, plan[name], seed, args.epochs, args.runs_dir, args.threads, args.smoke,
+                            args.reuse)
                 rows.append(r)
                 print(f"{name:>20} seed {seed}: acc {r['accuracy']:.4f} flops {r['flops_ratio']:.3f} "
                       f"({r['train_time_s']:.0f}s)", flush=True)
