@@ -269,8 +269,10 @@ class RunLogs:
         else:
             for log in (self.metrics, self.steps):
                 log.rows = []
-                if log.path.exists():
-                    log.path.unlink()
+            # a fresh start (--overwrite): the last run's files go, so its checkpoint is not
+            # kept as this run's checkpoint.prev.pt, nor its model/results read as this run's
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         if self._make_writer is not None:
             self.writer = self._make_writer(self.out)

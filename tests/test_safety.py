@@ -170,6 +170,20 @@ def test_overwrite_of_own_run_leaves_other_files_alone(recipe, tmp_path):
     assert (out / "notes.txt").read_text() == "my notes"
 
 
+def test_overwrite_leaves_nothing_of_the_last_run(recipe, tmp_path):
+    """--overwrite starts over: the last run's checkpoint does not become this run's
+    checkpoint.prev.pt, and a pruned run's model does not linger beside a dense rerun's."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", *sum((["--set", s] for s in SMCP_TINY), []),
+                     "--set", "optim.epochs=2", "--out", str(out)]) == 0
+    assert (out / "model_pruned.pt").is_file() and (out / "checkpoint.prev.pt").is_file()
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out),
+                     "--overwrite"]) == 0
+    assert not (out / "model_pruned.pt").exists() and (out / "model_dense.pt").is_file()
+    assert not (out / "checkpoint.prev.pt").exists()  # one epoch: no earlier checkpoint of its own
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
 def test_out_tilde_is_expanded(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
