@@ -315,7 +315,9 @@ def format_results(results: dict) -> str:
         lines.append(f"{'  masked (before fin.)':22}{'':>14}{results['accuracy_masked']:>14.4f}"
                      f"   ({results['finalize_mismatched_samples']} samples differ)")
         for k, v in results["pruner_cost"].items():
-            lines.append(f"{'  pruner ' + k:22}{'':>14}{v!s:>14}")
+            shown = (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool)
+                     else f"{v:.4g}" if isinstance(v, float) else str(v))
+            lines.append(f"{'  pruner ' + k:22}{'':>14}{shown:>14}")
     lines.append(f"method {results['method']}, {results['epochs']} epochs, "
                  f"{results['train_time_s']} s training; model: {results['model']}")
     if results.get("images_per_s") is not None:

@@ -310,3 +310,16 @@ def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "prune.cooldown_fraction is a fraction of the run" in err, err
     assert cli_main([*args, "--resume"]) == 0  # the same length resumes (nothing left to do)
+
+
+def test_results_table_formats_the_pruners_cost():
+    from fxprune.run_io import format_results
+
+    results = {"dense_params": 1000, "params": 500, "params_ratio": 0.5, "dense_flops": 10_000,
+               "flops": 4_000, "flops_ratio": 0.4, "accuracy": 0.9, "accuracy_masked": 0.9,
+               "finalize_mismatched_samples": 0, "method": "smcp", "epochs": 1,
+               "train_time_s": 1.0, "model": "m.pt",
+               "pruner_cost": {"cost.fraction": 0.4987654321, "cost.kept": 1234, "cost.kind": "flops"}}
+    table = format_results(results)
+    assert "0.4988" in table and "0.4987654321" not in table
+    assert "1,234" in table and "flops" in table
