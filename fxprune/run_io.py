@@ -18,6 +18,7 @@ import csv
 import importlib.util
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,12 @@ def load_checkpoint(path: Path, device) -> dict:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if path.stat().st_size == 0:
             why = "the file is empty"
+        elif isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            raise CheckpointError(
+                f"--resume: checkpoint {path} holds Python objects beyond tensors and plain data "
+                f"(written by fxprune before 0.1's checkpoint format 2, or by another program), "
+                f"and loading them would run code the file carries; resume it with the fxprune "
+                f"that wrote it, or {way_out}") from None
         raise CheckpointError(f"--resume: checkpoint {path} is damaged or not a fxprune "
                               f"checkpoint ({why[:200]}); {way_out}") from None
     needed = {"format", "epoch", "step", "config", "model", "optimizer", "scheduler", "rng"}
