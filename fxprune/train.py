@@ -674,8 +674,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (FxPruneError, ValueError, OSError) as exc:
-        # fxprune's own errors, invalid data files, folders: the message alone, no traceback
-        print(f"fxprune train: error: {exc}", file=sys.stderr)
+        # fxprune's own errors, invalid data files, folders: the message alone, no traceback.
+        # Under torchrun every process reads the same config: rank 0 alone reports a config
+        # error; anything else is reported by the process it happened in, named.
+        rank = int(os.environ.get("RANK", "0") or 0)
+        if rank == 0:
+            print(f"fxprune train: error: {exc}", file=sys.stderr)
+        elif not isinstance(exc, ConfigError):
+            print(f"fxprune train (rank {rank}): error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         where = Path(cfg["out"]).expanduser() / "checkpoint.pt" if cfg else None

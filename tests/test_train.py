@@ -323,3 +323,14 @@ def test_results_table_formats_the_pruners_cost():
     table = format_results(results)
     assert "0.4988" in table and "0.4987654321" not in table
     assert "1,234" in table and "flops" in table
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_a_config_error_is_reported_once_under_torchrun(recipe, tmp_path, capsys, monkeypatch,
+                                                        rank, shown):
+    monkeypatch.setenv("RANK", rank)
+    assert cli_main(["train", str(recipe), "--set", "optim.lr=-1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert ("optim.lr" in err) == shown, err
+    if not shown:
+        assert err == ""
