@@ -137,7 +137,9 @@ def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | No
     for key in [k for k in kwargs if k.endswith("_epochs")]:
         name = key[: -len("_epochs")]
         if name in accepted:
-            kwargs[name] = at(float(kwargs.pop(key)))
+            epochs_value = float(kwargs.pop(key))
+            # a positive interval never rounds to 0 steps (update_every_fraction in a tiny run)
+            kwargs[name] = max(at(epochs_value), 1 if epochs_value > 0 else 0)
 
 
 def _takes_loss(step) -> bool:

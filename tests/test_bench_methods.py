@@ -26,3 +26,25 @@ def test_smoke_mode_runs_every_row(tmp_path):
     assert result["meta"]["smoke"] and "SMOKE" in (tmp_path / "methods_smoke.md").read_text()
     assert set(result["cucb_step_time"]) == {"full width", "rho 0.3", "rho 0.5", "rho 0.7"}
     assert 0 < result["solver"]["greedy_swap_hit_rate"] <= 1
+
+
+def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_methods", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--smoke", "--rows", "dense", "late", "--extra", 'late={"warmup_fraction": 0.3, "ramp_fraction": 0.2}',
+            "--runs-dir", str(tmp_path / "runs"), "--timing-steps", "1"]
+    assert bench.main([*args, "--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())["runs"]
+    assert [r["row"] for r in first] == ["dense", "late"] and not any(r.get("reused") for r in first)
+    config = (tmp_path / "runs" / "late_s0" / "config.yaml").read_text()
+    assert "warmup_fraction: 0.3" in config
+    assert bench.main([*args, "--reuse", "--out", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert all(r["reused"] for r in second)
+    assert [r["accuracy"] for r in second] == [r["accuracy"] for r in first]
+    # another config under the same folder is trained, not read
+    assert bench.main([*args[:5], 'late={"warmup_fraction": 0.2, "ramp_fraction": 0.2}', *args[6:], "--reuse",
+                       "--out", str(tmp_path / "c")]) == 0
+    third = {r["row"]: r for r in json.loads((tmp_path / "c.json").read_text())["runs"]}
+    assert third["dense"]["reused"] and not third["late"].get("reused")

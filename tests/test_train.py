@@ -270,14 +270,16 @@ FRACTION_SCHEDULE = {"method": "smcp", "target": 0.5, "channel_step": 1, "warmup
                      "ramp_fraction": 0.5, "cooldown_fraction": 0.3, "update_every_fraction": 0.05}
 
 
-@pytest.mark.parametrize("epochs, expected", [(10, (100, 500, 700, 50)), (2, (20, 100, 140, 10))])
-def test_schedule_in_fractions_keeps_its_shape_at_any_length(epochs, expected):
+@pytest.mark.parametrize("epochs, steps, expected", [
+    (10, 100, (100, 500, 700, 50)), (2, 100, (20, 100, 140, 10)),
+    (1, 10, (1, 5, 7, 1))])  # update_every 0.5 steps: an interval is at least 1 step
+def test_schedule_in_fractions_keeps_its_shape_at_any_length(epochs, steps, expected):
     from fxprune.train import make_pruner
     from fxprune.models import build_model
 
     pm = fxprune.prepare(build_model("resnet_fmnist", widths=[4, 8, 8]), (torch.randn(1, 1, 28, 28),))
     cfg = resolve_config({**TINY, "optim": {"epochs": epochs}, "prune": FRACTION_SCHEDULE})
-    pruner = make_pruner(pm, cfg["prune"], steps_per_epoch=100, epochs=epochs)
+    pruner = make_pruner(pm, cfg["prune"], steps_per_epoch=steps, epochs=epochs)
     s = pruner.schedule
     assert (s.warmup, s.ramp, s.freeze_after, s.update_every) == expected
 
