@@ -43,6 +43,9 @@ from fxprune.methods.smcp import SMCP
 from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import half_masks  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -127,15 +130,6 @@ def measure_table(pm, device, *, batch: int, precision: str, max_points: int, de
 def cuda_sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def half_masks(pm) -> None:
-    for g in fxprune.channel_groups(pm):
-        if g.prunable:
-            g.mask[1::2] = 0
-            for positions in g.keep_one_of:
-                if not g.mask[positions].any():
-                    g.mask[positions[0]] = 1
 
 
 def train_section(name, s, device, deadline, amp) -> dict:

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ import torchvision
 import fxprune
 from fxprune.deploy.common import cpu_name
 from fxprune.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import half_masks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,9 +73,7 @@ def time_training_steps(name: str, batch: int, steps: int, shape) -> dict:
     # The ramp's per-step work, the worst case: importance gathered, half the channels masked
     # (straight-through masks, masked weight decay); no mask update inside the timed steps.
     # Masks first: the pruner's per-step decay goes by the masks it knows at construction.
-    for g in fxprune.channel_groups(pm):
-        if g.prunable:
-            g.mask[1::2] = 0
+    half_masks(pm)
     pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=10 ** 6, update_every=10 ** 6, masked_decay=2e-4)
     runs = {"plain": (plain, None), "masked": (pm, pruner)}
     optim = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, (m, _) in runs.items()}
@@ -116,12 +118,7 @@ def time_mask_overhead(name: str, batch: int, size: int, steps: int) -> dict:
     y = torch.randint(0, 10, (batch,))
     ones = fxprune.prepare(plain, (x[:1],))
     half = fxprune.prepare(plain, (x[:1],))
-    for g in fxprune.channel_groups(half):
-        if g.prunable:
-            g.mask[1::2] = 0
-            for positions in g.keep_one_of:
-                if not g.mask[positions].any():
-                    g.mask[positions[0]] = 1
+    half_masks(half)
     runs = {"plain": plain, "masks_ones": ones, "masks_half": half}
     times = {k: [] for k in runs}
     for step in range(steps + 2):

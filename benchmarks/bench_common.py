@@ -1,0 +1,16 @@
+"""Helpers shared by the benchmark scripts (not part of the fxprune package)."""
+from __future__ import annotations
+
+import fxprune
+
+
+def half_masks(prepared) -> None:
+    """Mask every other channel of every prunable group of ``prepared`` (in place), keeping one
+    channel of each tied position set (grouped convs): the mid-ramp worst case of the timing
+    benchmarks, with as many masked channels as kept ones."""
+    for g in fxprune.channel_groups(prepared):
+        if g.prunable:
+            g.mask[1::2] = 0
+            for positions in g.keep_one_of:
+                if not g.mask[positions].any():
+                    g.mask[positions[0]] = 1
