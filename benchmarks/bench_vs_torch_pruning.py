@@ -391,6 +391,9 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
         over = "" if r["target_reached"] else " (above the FLOPs target)"
         lines.append(f"| {r['net']} | {r['method']}{over} | {100 * r['accuracy']:.2f} +- "
                      f"{100 * r['accuracy_std']:.2f} | {r['flops_ratio']:.3f} | {r['params']:,.0f} | {lat} |")
+    slower = [f"{r['net']}:{r['method']} (b{x}: {r['speedup'][str(x)]:.2f}x)" for r in summary
+              for x in b if r["method"] != "dense" and r["speedup"][str(x)] < 1.0]
+    lines += ["", "Pruned rows slower than their dense model: " + (", ".join(slower) or "none") + "."]
     if tp is not None:
         lines += ["", "At equal measured latency: each SMCP row against the most accurate Torch-Pruning row "
                   "that is no faster (mean ONNX Runtime latency over the seeds):", "",
