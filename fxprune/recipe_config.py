@@ -230,6 +230,9 @@ PRUNE_RULES: dict[str, Rule] = {
     "warmup": Rule("int", low=0),
     "ramp": Rule("int", low=0),
     "update_every": POSITIVE_INT,
+    "round_every": POSITIVE_INT,
+    "collect": POSITIVE_INT,
+    "window": POSITIVE_INT,
     "freeze_after": Rule("int", nullable=True, low=0),
     "ramp_shape": Rule("str", choices=("exp", "linear")),
     "importance": Rule("str", choices=("taylor", "magnitude")),
@@ -245,6 +248,10 @@ PRUNE_RULES: dict[str, Rule] = {
     "hysteresis": Rule("float", low=0),
     "bn_recalibrate": Rule("int", low=0),
 }
+# Method arguments counted in optimizer steps: the recipe also takes them as NAME_epochs and
+# NAME_fraction (of optim.epochs). A method adds its own with a ``step_args`` attribute.
+STEP_ARGS = {"warmup", "ramp", "update_every", "freeze_after", "prune_at", "window", "collect",
+             "round_every", "explore"}
 # Arguments the recipe provides itself (the prepared model, facts of the run).
 _CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn"}
 _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
@@ -284,13 +291,21 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
     for epochs_key, steps_key in _EPOCH_KEYS.items():
         if steps_key not in keys:  # the method has no such schedule: no epoch form of it
             keys.pop(epochs_key, None)
-    for name, p in params.items():  # any step count the method takes may be written in epochs
-        if (name not in _CONTEXT_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                and (p.default is None or type(p.default) is int)):
-            keys.setdefault(f"{name}_epochs", Rule("float", low=0))
+    steps = STEP_ARGS | set(getattr(cls, "step_args", ()))
+    for name in params:  # a step count the method takes may be written in epochs ...
+        if name in steps and name not in _CONTEXT_ARGS:
+            keys.setdefault(f"{name}_epochs", _epochs_rule(name))
     for key in [k for k in keys if k.endswith("_epochs")]:  # ... or as a fraction of the run
-        keys[key[: -len("_epochs")] + "_fraction"] = Rule("float", low=0, high=1)
+        name = key[: -len("_epochs")]
+        keys[f"{name}_fraction"] = Rule("float", low=0, high=1, open_low=_epochs_rule(name).open_low)
     return keys
+
+
+def _epochs_rule(name: str) -> Rule:
+    """An interval (``update_every``) must be positive; a point in the run may be 0."""
+    steps_rule = PRUNE_RULES.get(name)
+    positive = steps_rule is not None and steps_rule.low is not None and steps_rule.low >= 1
+    return Rule("float", low=0, open_low=positive)
 
 
 def _schedule_forms(key: str) -> set[str]:
@@ -495,31 +510,48 @@ def _check_prune(prune: dict, optim: dict) -> None:
             target = None
         if target is not None and isinstance(target.default, (int, float)):
             prune = {**prune, "target": target.default}
-    _check_schedule_epochs(fractions_to_epochs(prune, optim["epochs"]), optim)
+    _check_schedule_epochs(prune, optim)
 
 
-def _check_schedule_epochs(prune: dict, optim: dict) -> None:
-    """A schedule written in epochs must reach its target within the run."""
+def _check_schedule_epochs(written: dict, optim: dict) -> None:
+    """A schedule written in epochs or fractions of the run must reach its target within the
+    run. Messages name the keys as the recipe wrote them."""
     epochs = optim["epochs"]
+    prune = fractions_to_epochs(written, epochs)
     if prune.get("target", 1.0) >= 1.0:
         return
+
+    def key(name: str) -> str:
+        if f"{name}_fraction" in written:
+            return f"prune.{name}_fraction ({written[f'{name}_fraction']:g} of the run)"
+        return f"prune.{name}_epochs ({prune[f'{name}_epochs']:g})"
+
+    def way_out(*names: str) -> str:
+        if any(f"{n}_fraction" in written for n in names):  # raising optim.epochs scales them too
+            return f"lower {' or '.join(k.split(' ')[0] for k in map(key, names))}"
+        return f"lower {names[0]}_epochs or raise optim.epochs"
+
     cooldown = prune.get("cooldown_epochs")
     if cooldown is not None and cooldown >= epochs:
-        raise ConfigError(f"prune.cooldown_epochs ({cooldown}) >= optim.epochs ({epochs}) "
-                          f"leaves no epoch to prune in, so the target would never be reached; "
-                          f"lower cooldown_epochs or raise optim.epochs")
+        raise ConfigError(f"{key('cooldown')} >= optim.epochs ({epochs}) leaves no epoch to prune "
+                          f"in, so the target would never be reached; {way_out('cooldown')}")
     prune_until = epochs - (cooldown or 0)
     warmup, ramp = prune.get("warmup_epochs"), prune.get("ramp_epochs")
     if warmup is not None and warmup >= prune_until:
-        raise ConfigError(f"prune.warmup_epochs ({warmup}) leaves no epoch to prune in before "
-                          f"{'the cool-down' if cooldown else 'the end'} (epoch {prune_until}); "
-                          f"lower warmup_epochs or raise optim.epochs")
+        raise ConfigError(f"{key('warmup')} leaves no epoch to prune in before "
+                          f"{'the cool-down' if cooldown else 'the end'} (epoch {prune_until:g}); "
+                          f"{way_out('warmup', 'cooldown') if cooldown else way_out('warmup')}")
     if warmup is not None and ramp is not None and warmup + ramp > prune_until + 1e-9:
+        ends = [key("warmup"), key("ramp")]
         raise ConfigError(
-            f"the pruning ramp ends at epoch {warmup + ramp:g} (warmup_epochs {warmup:g} + "
-            f"ramp_epochs {ramp:g}) but masks stop changing at epoch {prune_until:g} "
-            f"(optim.epochs {epochs}{f' - cooldown_epochs {cooldown:g}' if cooldown else ''}), "
-            f"so the target would not be reached; shorten the ramp or raise optim.epochs")
+            f"the pruning ramp ends at epoch {warmup + ramp:g} ({' + '.join(ends)}) but masks stop "
+            f"changing at epoch {prune_until:g} (optim.epochs {epochs}"
+            f"{' - ' + key('cooldown') if cooldown else ''}), so the target would not be "
+            f"reached; {way_out('ramp', 'warmup') if any(k.endswith('run)') for k in ends) else 'shorten the ramp or raise optim.epochs'}")
+    prune_at = prune.get("prune_at_epochs")
+    if prune_at is not None and prune_at >= epochs:
+        raise ConfigError(f"{key('prune_at')} is at or after the end of the run (optim.epochs "
+                          f"{epochs}), so nothing would be pruned; {way_out('prune_at')}")
 
 
 def check_schedule_steps(schedule, target: float, total_steps: int) -> None:

@@ -358,7 +358,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
                 f"{cfg['optim']['epochs']}: prune.{fractions[0]} is a fraction of the run, so the "
                 f"pruning schedule would move under a run already on it; keep optim.epochs, or "
-                f"write the schedule as prune.*_epochs to extend the run")
+                f"start a new run with another --out")
         if changed:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
                               "pass the same recipe and overrides (only "

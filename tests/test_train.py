@@ -311,6 +311,7 @@ def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
     assert cli_main([*args, "--set", "optim.epochs=3", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "prune.cooldown_fraction is a fraction of the run" in err, err
+    assert "another --out" in err
     assert cli_main([*args, "--resume"]) == 0  # the same length resumes (nothing left to do)
 
 
@@ -336,3 +337,33 @@ def test_a_config_error_is_reported_once_under_torchrun(recipe, tmp_path, capsys
     assert ("optim.lr" in err) == shown, err
     if not shown:
         assert err == ""
+
+
+def test_only_step_counts_have_epoch_and_fraction_forms():
+    """rho, ratio, seed, channel_step are not step counts: no NAME_fraction for them (a
+    ratio_fraction of 0.7 became ratio 1 and pruned nothing)."""
+    from fxprune.recipe_config import prune_keys
+
+    for method, fake in (("ccp", "ratio"), ("cucb", "rho"), ("cucb", "seed"), ("smcp", "channel_step"),
+                         ("smcp", "resolution")):
+        keys = prune_keys(method)
+        assert f"{fake}_fraction" not in keys and f"{fake}_epochs" not in keys, (method, fake)
+        with pytest.raises(ConfigError, match=f"unknown key prune.{fake}_fraction"):
+            resolve_config({**TINY, "prune": {"method": method, f"{fake}_fraction": 0.5}})
+    assert {"collect_fraction", "prune_at_fraction", "round_every_fraction"} <= set(prune_keys("ccp"))
+    assert {"warmup_fraction", "explore_fraction"} <= set(prune_keys("cucb"))
+
+
+def test_fraction_schedule_errors_name_what_was_written():
+    with pytest.raises(ConfigError, match=r"prune.update_every_fraction takes a number > 0"):
+        resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "update_every_fraction": 0}})
+    with pytest.raises(ConfigError) as err:
+        resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "warmup_fraction": 0.6}})
+    msg = str(err.value)
+    assert "prune.warmup_fraction (0.6 of the run) + prune.ramp_fraction (0.5 of the run)" in msg
+    assert "raise optim.epochs" not in msg  # it would scale the fractions too
+    with pytest.raises(ConfigError, match=r"prune.prune_at_fraction \(1 of the run\) is at or after "
+                                          r"the end of the run"):
+        resolve_config({**TINY, "prune": {"method": "ccp", "prune_at_fraction": 1.0}})
+    with pytest.raises(ConfigError, match=r"prune.prune_at_epochs \(3\) is at or after"):
+        resolve_config({**TINY, "prune": {"method": "taylor", "prune_at_epochs": 3}})
