@@ -90,7 +90,15 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch)
     out_dir = os.path.expanduser(os.fspath(out_dir))
     _check_out_dir(out_dir, compare is not None)
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise DeployError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") from None
     backend = choose_backend(backend, log)
+    if device is not None and backend != "torch":
+        raise DeployError(f"--device {device} applies to the torch backend, but the {backend} "
+                          "backend was chosen; drop --device or pass --backend torch")
     if backend == "torch" and device is not None and str(device).startswith("cuda") \
             and not torch.cuda.is_available():
         raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "

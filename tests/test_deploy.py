@@ -290,3 +290,16 @@ def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 1 and "--device cuda: torch sees no CUDA device" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--backend", "onnxruntime", "--device", "cpu"], "--device cpu applies to the torch backend"),
+    (["--backend", "torch", "--device", "gpu"], "--device 'gpu' is not a torch device"),
+])
+def test_device_that_would_be_ignored_or_is_not_a_device_is_refused(saved, tmp_path, capsys, extra, phrase):
+    out = tmp_path / "out"
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
+               *extra, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and phrase in err, err
+    assert not out.exists()
