@@ -90,12 +90,16 @@ def _latencies(value, batch, source: str) -> dict[int, float]:
     return {int(batch): _number(value, "latency_ms", source)}
 
 
-def _deploy_latencies(run_dir: Path) -> dict[int, float]:
+def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> dict[int, float]:
     """Median latency per batch from the deploy reports written in a run folder (the folder
-    itself or its sub-folders). A report that names the model file it timed counts only when
-    that file is in the run folder: a report of another model is an error, not a point."""
+    itself or its sub-folders). A report counts only if it is newer than the run's
+    results.json (a run redone with --overwrite leaves its old deploy folders behind) and,
+    when it names the model file it timed, that file is the run's model or an ONNX file
+    inside the run folder; anything else is an error, not a point."""
     out: dict[int, float] = {}
     run = run_dir.resolve()
+    finished = results.stat().st_mtime
+    own = Path(run_model).expanduser().resolve() if run_model else None
     for sub in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
@@ -106,10 +110,18 @@ def _deploy_latencies(run_dir: Path) -> dict[int, float]:
         except (KeyError, TypeError, ValueError):
             raise PlotError(f"{report} is not an fxprune deploy report (no batch and "
                             "latency_ms.median)") from None
+        if report.stat().st_mtime < finished:
+            raise PlotError(f"{report} is older than the run's {results.name}: it timed a model "
+                            f"of an earlier run in {run_dir}; deploy the run again or remove it")
         timed = data.get("model_file")
-        if timed is not None and Path(timed).resolve().parent != run:
-            raise PlotError(f"{report} timed {timed}, not a model of the run {run_dir}; deploy "
-                            f"{run_dir}/model_pruned.pt there, or move that report out of the run")
+        if timed is not None:
+            path = Path(timed).resolve()
+            ours = path == own or (path.suffix == ".onnx" and path.is_relative_to(run))
+            if not ours or not path.is_file():
+                raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
+                                f"{' (the file is gone)' if ours else ''}; deploy "
+                                f"{own or run_dir / 'model_pruned.pt'} there, or move that "
+                                f"report out of the run")
         if batch in out:
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
         out[batch] = median
@@ -125,7 +137,8 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
     label = (run_dir or results.parent).name or str(results)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _number(data["flops"], "flops", source),
-                 _deploy_latencies(run_dir) if run_dir is not None else {}, source=source)
+                 _deploy_latencies(run_dir, results, data.get("model")) if run_dir is not None else {},
+                 source=source)
 
 
 def _bench_points(data: dict, source: str) -> list[Point]:

@@ -139,20 +139,45 @@ def test_missing_matplotlib_names_the_install(tmp_path, monkeypatch):
         plot_points(load_points([run]), tmp_path / "p.png", x="flops")
 
 
-def test_deploy_reports_must_time_a_model_of_the_run(tmp_path):
-    run = _run(tmp_path / "run", 0.9, 8e6, [(1, 1.5)])
-    report = run / "deploy_b1" / "report.json"
-    data = json.loads(report.read_text())
-    report.write_text(json.dumps({**data, "model_file": str(run / "model_pruned.pt")}))
-    assert load_points([run])[0].latency_ms == {1: 1.5}  # the run's own model: counted
+def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
+    import os
 
-    report.write_text(json.dumps({**data, "model_file": str(tmp_path / "elsewhere" / "m.pt")}))
-    with pytest.raises(PlotError, match="timed .*elsewhere/m.pt, not a model of the run"):
+    run = _run(tmp_path / "run", 0.9, 8e6)
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "model": str(run / "model_pruned.pt")}))
+    for name in ("model_pruned.pt", "other_model.pt"):
+        (run / name).write_bytes(b"x")
+    d = run / "deploy_b1"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "model.onnx").write_bytes(b"onnx")
+
+    def report(model_file, batch=1, where=d):
+        (where / "report.json").write_text(json.dumps(
+            {"batch": batch, "latency_ms": {"median": 1.5}, "model_file": str(model_file)}))
+
+    report(run / "model_pruned.pt")
+    assert load_points([run])[0].latency_ms == {1: 1.5}  # the run's own model: counted
+    report(d / "model.onnx")
+    assert load_points([run])[0].latency_ms == {1: 1.5}  # its ONNX export, inside the run: counted
+
+    for other in (run / "other_model.pt", tmp_path / "elsewhere" / "m.pt"):
+        report(other)
+        with pytest.raises(PlotError, match="timed .*, not the model of the run"):
+            load_points([run])
+    report(run / "gone.onnx")
+    with pytest.raises(PlotError, match="the file is gone"):
+        load_points([run])
+
+    # a run redone after the deploy (train --overwrite keeps deploy folders): the report is stale
+    report(run / "model_pruned.pt")
+    old = (d / "report.json").stat().st_mtime - 60
+    os.utime(d / "report.json", (old, old))
+    with pytest.raises(PlotError, match="older than the run's results.json"):
         load_points([run])
 
     # a report written into the run folder itself counts too (deploy --out RUN)
-    report.unlink()
+    (d / "report.json").unlink()
     (run / ".fxprune-deploy").write_text("deploy\n")
-    (run / "report.json").write_text(json.dumps({"batch": 64, "latency_ms": {"median": 9.0},
-                                                 "model_file": str(run / "model_pruned.pt")}))
-    assert load_points([run])[0].latency_ms == {64: 9.0}
+    report(run / "model_pruned.pt", batch=64, where=run)
+    assert load_points([run])[0].latency_ms == {64: 1.5}
