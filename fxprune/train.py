@@ -44,7 +44,7 @@ from . import distributed as fxdist
 from .data import make_loaders
 from .errors import FxPruneError
 from .models import build_model
-from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
+from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_schedule_steps,
                             fractions_to_epochs, load_config, parse_value, pruner_class,
                             resolve_config)
@@ -102,9 +102,15 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         if name in accepted and name not in kwargs:
             kwargs[name] = value
     try:
-        return entry.build(pm, **kwargs)
+        pruner = entry.build(pm, **kwargs)
     except (ValueError, TypeError) as exc:  # the method's own checks: a config error
         raise ConfigError(f"prune ({method}): {exc}") from None
+    steps = STEP_ARGS | set(getattr(cls, "step_args", ()))
+    try:  # what epochs and fractions became, for the log and results.json
+        pruner.fxprune_schedule_steps = {k: kwargs[k] for k in accepted if k in steps and k in kwargs}
+    except AttributeError:  # a method object that takes no attributes
+        pass
+    return pruner
 
 
 def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None,
@@ -403,6 +409,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             context["reduce_fn"] = _all_reduce_sum  # e.g. CCP's activation statistics
         pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
                              epochs=int(optim_cfg["epochs"]), **context)
+        if main and getattr(pruner, "fxprune_schedule_steps", None):
+            print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
+                  + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
             check_schedule_steps(getattr(pruner, "schedule", None), float(target),
@@ -586,6 +595,8 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     results: dict[str, Any] = {"method": method, "epochs": epochs,
                                "train_time_s": round(elapsed, 1), **speed,
                                "test_samples": test_loader.dataset_size, "out": str(out)}
+    if getattr(pruner, "fxprune_schedule_steps", None):
+        results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
     if pruner is None:
         path = out / "model_dense.pt"
         stats = model_stats(net)
@@ -652,6 +663,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "empty folder, or one of an earlier run (it holds a "
                                       f"{RUN_MARKER} marker); a folder of other files is refused")
     parser.epilog = ("Every config error is reported before any work, with the valid values. "
+                     "A method's step counts (prune.warmup, update_every, prune_at, ...) may be "
+                     "written in steps (NAME), epochs (NAME_epochs) or as a fraction of "
+                     "optim.epochs (NAME_fraction, keeps its shape when the run is shortened). "
                      "A pruning run that ends above its cost target exits with status 2 unless "
                      "prune.allow_above_target=true. Data-parallel: torchrun --nproc-per-node N "
                      "-m fxprune train CONFIG (data.batch_size is the global batch; rank 0 "

@@ -313,6 +313,9 @@ def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
     assert "prune.cooldown_fraction is a fraction of the run" in err, err
     assert "another --out" in err
     assert cli_main([*args, "--resume"]) == 0  # the same length resumes (nothing left to do)
+    # what the fractions became is printed and recorded (6 steps per epoch x 2 epochs)
+    steps = json.loads((out / "results.json").read_text())["schedule_steps"]
+    assert steps == {"warmup": 1, "ramp": 6, "update_every": 1, "freeze_after": 8}
 
 
 def test_results_table_formats_the_pruners_cost():
