@@ -123,7 +123,7 @@ def accuracy(model, loader) -> float:
 def tp_prune(tp, model, kind: str, round_to, target: float, loader, example, dense_flops: int,
              bisections: int = 10):
     """A copy of ``model`` globally pruned by Torch-Pruning to at most ``target`` of the dense
-    FLOPs (bisection on the channel ratio). Returns (model, ratio)."""
+    FLOPs, with the smallest channel ratio found that gets there. Returns (model, ratio)."""
 
     def pruned_at(ratio):
         m = copy.deepcopy(model)
@@ -141,16 +141,32 @@ def tp_prune(tp, model, kind: str, round_to, target: float, loader, example, den
         m.zero_grad(set_to_none=True)
         return m
 
-    lo, hi, best = 0.0, 0.95, None
+    # Torch-Pruning's FLOPs are not monotone in the ratio (with round_to, a high global ratio
+    # may prune nothing), so bisection alone can miss: a coarse grid finds the smallest ratio
+    # under the target, bisection then refines between it and the grid point before.
+    def fits(ratio):
+        m = pruned_at(ratio)
+        return m, model_stats(m)["flops"] <= target * dense_flops
+
+    grid = [round(0.05 * i, 2) for i in range(1, 20)]
+    lo, best = 0.0, None
+    for ratio in grid:
+        m, ok = fits(ratio)
+        if ok:
+            best = (m, ratio)
+            break
+        lo = ratio
+    if best is None:
+        raise RuntimeError(f"Torch-Pruning ({kind}, round_to={round_to}) reached no model under "
+                           f"{target:.0%} of the dense FLOPs at any ratio in {grid[0]}..{grid[-1]}")
+    hi = best[1]
     for _ in range(bisections):
         mid = (lo + hi) / 2
-        m = pruned_at(mid)
-        if model_stats(m)["flops"] <= target * dense_flops:
+        m, ok = fits(mid)
+        if ok:
             best, hi = (m, mid), mid
         else:
             lo = mid
-    if best is None:
-        best = (pruned_at(hi), hi)
     return best
 
 
@@ -185,7 +201,7 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
             label = f"tp-{kind}" + (f"-r{round_to}" if round_to else "")
             tt = copy.copy(t)
             pruned, ratio = tp_prune(tp, model, kind, round_to, args.target, train, example,
-                                     dense_stats["flops"], 6 if args.smoke else 10)
+                                     dense_stats["flops"], 3 if args.smoke else 5)
             tt.epochs(pruned, tt.optimizer(pruned), train, range(half, E))
             models[label] = pruned
             rows.append({"label": label, "accuracy": accuracy(pruned, test), "tp_ratio": ratio,
@@ -324,6 +340,9 @@ def main(argv=None) -> int:
                         '"latency:BATCH" (an ONNX Runtime table at that batch); other keys go to SMCP')
     p.add_argument("--table-cache", default=str(ROOT / "runs" / "latency_tables"),
                    help="folder of the latency tables' cache files")
+    p.add_argument("--merge", default=None, metavar="RESULTS.json",
+                   help="add this run's rows to an earlier results file's runs (a row of the same "
+                        "net, seed and label is replaced) and write the union to --out")
     p.add_argument("--no-tp", dest="tp", action="store_false",
                    help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
@@ -341,36 +360,43 @@ def main(argv=None) -> int:
                 / ("vs_torch_pruning_smoke" if args.smoke else "vs_torch_pruning"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    merged = json.loads(Path(args.merge).read_text()) if args.merge else {"runs": [], "meta": {}}
+    earlier = merged["runs"]
+    args.earlier_commands = merged["meta"].get("commands") or (
+        [merged["meta"]["command"]] if merged["meta"].get("command") else [])
     rows = []
     for net in args.nets:
         for seed in args.seeds:
             for row in train_rows(net, seed, args, tp):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            write_results(stem, rows, args, tp, start, argv)
+            key = {(r["net"], r["seed"], r["label"]) for r in rows}
+            kept = [r for r in earlier if (r["net"], r["seed"], r["label"]) not in key]
+            write_results(stem, kept + rows, args, tp, start, argv)
     return 0
 
 
 def head_to_head(summary: list[dict], batch: int) -> list[str]:
     """Per net: each SMCP row against the most accurate Torch-Pruning row that is no faster
-    than it at ``batch`` (mean latencies), so the comparison is at equal or lower latency for
-    SMCP; Torch-Pruning rows faster than the SMCP row are named, not hidden."""
+    than it at ``batch``, so the comparison is at equal or lower latency for SMCP; Torch-Pruning
+    rows faster than the SMCP row are named, not hidden. Speed is the speedup over the dense
+    model timed interleaved with each row (runs merged from several sessions stay comparable)."""
     lines = []
     for net in dict.fromkeys(r["net"] for r in summary):
         mine = [r for r in summary if r["net"] == net]
         tp_rows = [r for r in mine if r["method"].startswith("tp-")]
         for s in (r for r in mine if r["method"].startswith("smcp")):
-            lat = s["latency_ms"][str(batch)]
-            slower = [t for t in tp_rows if t["latency_ms"][str(batch)] >= lat]
-            faster = [t["method"] for t in tp_rows if t["latency_ms"][str(batch)] < lat]
+            fast = s["speedup"][str(batch)]
+            slower = [t for t in tp_rows if t["speedup"][str(batch)] <= fast]
+            faster = [t["method"] for t in tp_rows if t["speedup"][str(batch)] > fast]
             if not slower:
-                lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {lat:.3f} | "
+                lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {fast:.2f}x | "
                              f"(every Torch-Pruning row is faster) | - | - | - |")
                 continue
             best = max(slower, key=lambda t: t["accuracy"])
-            lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {lat:.3f} | "
+            lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {fast:.2f}x | "
                          f"{best['method']} | {100 * best['accuracy']:.2f} | "
-                         f"{best['latency_ms'][str(batch)]:.3f} | "
+                         f"{best['speedup'][str(batch)]:.2f}x | "
                          f"{100 * (s['accuracy'] - best['accuracy']):+.2f}"
                          f"{' (faster TP rows: ' + ', '.join(faster) + ')' if faster else ''} |")
     return lines
@@ -391,29 +417,31 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                          "smcp_options": args.smcp_options, "smcp_rows": smcp_rows(args),
                          "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}
+    meta["commands"] = [*getattr(args, "earlier_commands", []), meta["command"]]
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
                                                     indent=2) + "\n")
     b = args.latency_batches
     lines = [f"# fxprune SMCP vs Torch-Pruning{' (smoke)' if args.smoke else ''}", "",
-             f"`{meta['command']}`", "",
+             *[f"`{c}`  " for c in meta["commands"]], "",
              f"{meta['machine']['cpu']}, {os.cpu_count()} cores, {args.threads} threads (torch and "
              f"ONNX Runtime), training batch {args.batch}, latency at batch {', '.join(map(str, b))}; "
-             f"{args.epochs} epochs for every row; seeds {args.seeds} (mean +- std).", "",
-             "| net | method | acc. (%) | FLOPs frac. | params | " +
+             f"{args.epochs} epochs for every row; mean +- std over the seeds listed per row.", "",
+             "| net | method | seeds | acc. (%) | FLOPs frac. | params | " +
              " | ".join(f"ms b{x} | speedup b{x}" for x in b) + " |",
-             "|---|---|---|---|---|" + "---|---|" * len(b)]
+             "|---|---|---|---|---|---|" + "---|---|" * len(b)]
     for r in summary:
         lat = " | ".join(f"{r['latency_ms'][str(x)]:.3f} | {r['speedup'][str(x)]:.2f}x" for x in b)
         over = "" if r["target_reached"] else " (above the FLOPs target)"
-        lines.append(f"| {r['net']} | {r['method']}{over} | {100 * r['accuracy']:.2f} +- "
+        lines.append(f"| {r['net']} | {r['method']}{over} | {','.join(map(str, r['seeds']))} | "
+                     f"{100 * r['accuracy']:.2f} +- "
                      f"{100 * r['accuracy_std']:.2f} | {r['flops_ratio']:.3f} | {r['params']:,.0f} | {lat} |")
     slower = [f"{r['net']}:{r['method']} (b{x}: {r['speedup'][str(x)]:.2f}x)" for r in summary
               for x in b if r["method"] != "dense" and r["speedup"][str(x)] < 1.0]
     lines += ["", "Pruned rows slower than their dense model: " + (", ".join(slower) or "none") + "."]
     if tp is not None:
         lines += ["", "At equal measured latency: each SMCP row against the most accurate Torch-Pruning row "
-                  "that is no faster (mean ONNX Runtime latency over the seeds):", "",
-                  "| net | batch | SMCP row | acc. (%) | ms | Torch-Pruning row | acc. (%) | ms | SMCP - TP (pt) |",
+                  "that is no faster (mean speedup over dense across the seeds, ONNX Runtime):", "",
+                  "| net | batch | SMCP row | acc. (%) | speedup | Torch-Pruning row | acc. (%) | speedup | SMCP - TP (pt) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for x in b:
             lines += head_to_head(summary, x)

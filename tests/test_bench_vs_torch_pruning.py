@@ -82,16 +82,31 @@ def test_smcp_rows_without_torch_pruning(tmp_path):
 def test_head_to_head_compares_with_no_faster_torch_pruning_rows():
     bench = _load("bench_vs_torch_pruning")
 
-    def row(method, acc, ms):
-        return {"net": "n", "method": method, "accuracy": acc, "latency_ms": {"1": ms}}
+    def row(method, acc, speedup):
+        return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
 
-    summary = [row("dense", 0.9, 1.0), row("tp-a", 0.88, 0.9), row("tp-b", 0.895, 0.7),
-               row("tp-c", 0.87, 0.75), row("smcp-lat", 0.885, 0.8)]
+    summary = [row("dense", 0.9, 1.0), row("tp-a", 0.88, 1.1), row("tp-b", 0.895, 1.4),
+               row("tp-c", 0.87, 1.3), row("smcp-lat", 0.885, 1.25)]
     (line,) = bench.head_to_head(summary, 1)
     cells = [c.strip() for c in line.strip("|").split("|")]
     # tp-b is more accurate but faster: named, not the comparison; tp-a is the best no-faster row
-    assert cells[2:] == ["smcp-lat", "88.50", "0.800", "tp-a", "88.00", "0.900",
+    assert cells[2:] == ["smcp-lat", "88.50", "1.25x", "tp-a", "88.00", "1.10x",
                          "+0.50 (faster TP rows: tp-b, tp-c)"]
-    summary[1]["latency_ms"]["1"] = 0.6
+    summary[1]["speedup"]["1"] = 1.5
     (line,) = bench.head_to_head(summary, 1)
     assert "every Torch-Pruning row is faster" in line
+
+
+@pytest.mark.slow
+def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
+    bench = _load("bench_vs_torch_pruning")
+    common = ["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+              "--table-cache", str(tmp_path / "tables")]
+    assert bench.main([*common, "--out", str(tmp_path / "a"), "--smcp", "x={}", "y={}"]) == 0
+    assert bench.main([*common, "--out", str(tmp_path / "b"), "--merge", str(tmp_path / "a.json"),
+                       "--smcp", 'y={"hysteresis": 0}', "z={}"]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    runs = {r["label"]: r for r in result["runs"]}
+    assert sorted(runs) == ["dense", "x", "y", "z"] and len(result["runs"]) == 4
+    assert runs["y"]["options"] == {"hysteresis": 0}  # the newer row replaced the older
+    assert len(result["meta"]["commands"]) == 2
