@@ -410,7 +410,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                         "device": "cpu", "train_batch": args.batch,
                         "latency_batches": args.latency_batches, "onnxruntime": ortb.version(),
-                        "torch": torch.__version__, "torch_pruning": _tp_version() if tp else None,
+                        "torch": torch.__version__, "torch_pruning": _tp_version() if tp or args.merge else None,
                         "load_average_end": list(os.getloadavg())},
             "protocol": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
                          "target": args.target, "seeds": args.seeds, "smoke": args.smoke,
@@ -438,7 +438,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
     slower = [f"{r['net']}:{r['method']} (b{x}: {r['speedup'][str(x)]:.2f}x)" for r in summary
               for x in b if r["method"] != "dense" and r["speedup"][str(x)] < 1.0]
     lines += ["", "Pruned rows slower than their dense model: " + (", ".join(slower) or "none") + "."]
-    if tp is not None:
+    if any(r["method"].startswith("tp-") for r in summary):  # this run's or merged ones
         lines += ["", "At equal measured latency: each SMCP row against the most accurate Torch-Pruning row "
                   "that is no faster (mean speedup over dense across the seeds, ONNX Runtime):", "",
                   "| net | batch | SMCP row | acc. (%) | speedup | Torch-Pruning row | acc. (%) | speedup | SMCP - TP (pt) |",
