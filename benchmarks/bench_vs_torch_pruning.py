@@ -68,10 +68,13 @@ def require_torch_pruning():
     return torch_pruning
 
 
-def _tp_version() -> str:
-    from importlib.metadata import version  # torch_pruning 1.6 has no __version__ attribute
+def _tp_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("torch-pruning")
+    try:  # torch_pruning 1.6 has no __version__ attribute
+        return version("torch-pruning")
+    except PackageNotFoundError:
+        return None
 
 
 NETS = {
