@@ -20,7 +20,7 @@ over all E epochs:
   warm-up 0.1 E, ramp until 0.6 E, frozen from 0.7 E, a knapsack every 0.02 E, soft masks),
   ``smcp-flops-late-hard`` (the same budget pruned later, 0.3-0.5 E, frozen from 0.6 E, with
   hard masks), and ``smcp-lat-b1`` / ``smcp-lat-b64`` (that schedule with an ONNX Runtime
-  latency table measured at batch 1 / 64 as the cost, target 75% of the dense latency).
+  latency table measured at batch 1 / 64 as the cost, target 85% of the dense latency).
 
 Per row: test accuracy (full test split), FLOPs and parameters (torch's flop counter, batch 1),
 and ONNX Runtime CPU latency at batch 1 and 64 (``--threads`` intra-op threads, every model
@@ -268,12 +268,14 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
 SCHEDULE = {"warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.7, "update_every": 0.02}
 # The rows the issue asks for. smcp-flops is SMCP as the recipe runs it; on this short schedule
 # (~940 steps) pruning later with hard masks was more accurate (3 seeds of the concat net, see
-# the README), so the latency rows run that way, each timed at its deployment batch, at a
-# latency target below every Torch-Pruning model's (its rows ran at 0.78-1.08 of dense).
+# the README), so the latency rows run that way, each timed at its deployment batch. Their
+# target is 85% of the dense latency: at 75% (an earlier, interrupted run, 2 seeds) the models
+# came out 1.37-1.49x faster than dense, more than the tables predicted (1.33x) and past every
+# Torch-Pruning row (0.93-1.29x), so no Torch-Pruning row was at equal latency to compare with.
 LATE_HARD = {"warmup": 0.3, "ramp_until": 0.5, "freeze_from": 0.6, "masks": "hard"}
 DEFAULT_SMCP = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
-                "smcp-lat-b1": {"cost": "latency:1", "target": 0.75, **LATE_HARD},
-                "smcp-lat-b64": {"cost": "latency:64", "target": 0.75, **LATE_HARD}}
+                "smcp-lat-b1": {"cost": "latency:1", "target": 0.85, **LATE_HARD},
+                "smcp-lat-b64": {"cost": "latency:64", "target": 0.85, **LATE_HARD}}
 
 
 def smcp_rows(args) -> dict[str, dict]:
