@@ -327,7 +327,8 @@ def aggregate(rows: list[dict], batches) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=["concat", "resnet", "wide"], choices=list(NETS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                   help="seeds to train (none, with --merge: only combine the merged files)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train-images", type=int, default=20000)
     p.add_argument("--batch", type=int, default=128)
@@ -345,9 +346,11 @@ def main(argv=None) -> int:
                         '"latency:BATCH" (an ONNX Runtime table at that batch); other keys go to SMCP')
     p.add_argument("--table-cache", default=str(ROOT / "runs" / "latency_tables"),
                    help="folder of the latency tables' cache files")
-    p.add_argument("--merge", default=None, metavar="RESULTS.json",
-                   help="add this run's rows to an earlier results file's runs (a row of the same "
-                        "net, seed and label is replaced) and write the union to --out")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS.json",
+                   help="add this run's rows to earlier results files' runs (a row of the same "
+                        "net, seed and label is replaced by a later file's or this run's) and write "
+                        "the union to --out; with --seeds and no value, nothing is trained (runs "
+                        "made in parallel processes combined)")
     p.add_argument("--no-tp", dest="tp", action="store_false",
                    help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
@@ -359,16 +362,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, 20
-    tp = require_torch_pruning() if args.tp else None
+    if not args.seeds and not args.merge:
+        p.error("--seeds needs at least one seed (no seed trains nothing: that is for --merge)")
+    tp = require_torch_pruning() if args.tp and args.seeds else None
     torch.set_num_threads(args.threads)
     stem = Path(args.out or ROOT / "benchmarks" / "results"
                 / ("vs_torch_pruning_smoke" if args.smoke else "vs_torch_pruning"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    merged = json.loads(Path(args.merge).read_text()) if args.merge else {"runs": [], "meta": {}}
-    earlier = merged["runs"]
-    args.earlier_commands = merged["meta"].get("commands") or (
-        [merged["meta"]["command"]] if merged["meta"].get("command") else [])
+    earlier, args.earlier_commands = merge_files(args.merge or [], args)
     rows = []
     for net in args.nets:
         for seed in args.seeds:
@@ -378,7 +380,38 @@ def main(argv=None) -> int:
             key = {(r["net"], r["seed"], r["label"]) for r in rows}
             kept = [r for r in earlier if (r["net"], r["seed"], r["label"]) not in key]
             write_results(stem, kept + rows, args, tp, start, argv)
+    if not args.seeds:
+        write_results(stem, earlier, args, tp, start, argv)
     return 0
+
+
+# What must agree for rows to be compared in one table: (section, key in meta, argument).
+SAME_PROTOCOL = [("protocol", "epochs", "epochs"), ("protocol", "train_images", "train_images"),
+                 ("protocol", "target", "target"), ("protocol", "smoke", "smoke"),
+                 ("machine", "threads", "threads"), ("machine", "train_batch", "batch"),
+                 ("machine", "latency_batches", "latency_batches")]
+
+
+def merge_files(paths, args) -> tuple[list[dict], list[str]]:
+    """The union of the results files' runs (a later file's row replaces an earlier one of the
+    same net, seed and label) and the commands that made them, in order. Raises SystemExit when
+    a file ran another protocol than ``args`` (epochs, images, target, threads, batches)."""
+    runs: dict = {}
+    commands: list[str] = []
+    for path in paths:
+        merged = json.loads(Path(path).read_text())
+        for section, key, arg in SAME_PROTOCOL:
+            theirs, ours = merged["meta"][section].get(key), getattr(args, arg)
+            if key == "train_images" and args.smoke:
+                ours = None
+            if theirs != ours:
+                raise SystemExit(f"cannot merge {path}: it ran {key} {theirs}, this run {ours}; "
+                                 f"pass --{arg.replace('_', '-')} {theirs} to combine it")
+        for r in merged["runs"]:
+            runs[(r["net"], r["seed"], r["label"])] = r
+        commands += merged["meta"].get("commands") or (
+            [merged["meta"]["command"]] if merged["meta"].get("command") else [])
+    return list(runs.values()), list(dict.fromkeys(commands))
 
 
 def head_to_head(summary: list[dict], batch: int) -> list[str]:
@@ -418,7 +451,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                         "torch": torch.__version__, "torch_pruning": _tp_version() if tp or args.merge else None,
                         "load_average_end": list(os.getloadavg())},
             "protocol": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
-                         "target": args.target, "seeds": args.seeds, "smoke": args.smoke,
+                         "target": args.target, "seeds": sorted({r["seed"] for r in rows}), "smoke": args.smoke,
                          "smcp_options": args.smcp_options, "smcp_rows": smcp_rows(args),
                          "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}

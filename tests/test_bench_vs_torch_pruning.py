@@ -110,3 +110,17 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     assert sorted(runs) == ["dense", "x", "y", "z"] and len(result["runs"]) == 4
     assert runs["y"]["options"] == {"hysteresis": 0}  # the newer row replaced the older
     assert len(result["meta"]["commands"]) == 2
+
+    # runs made in parallel processes combined without training: --seeds with no value
+    assert bench.main([*common, "--out", str(tmp_path / "c"), "--seeds", "--merge",
+                       str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    combined = json.loads((tmp_path / "c.json").read_text())
+    by_label = lambda rows: sorted(rows, key=lambda r: r["label"])  # noqa: E731
+    assert by_label(combined["runs"]) == by_label(result["runs"])  # b's dense and y replaced a's
+    assert len(combined["meta"]["commands"]) == 3 and combined["meta"]["protocol"]["seeds"] == [0]
+    # rows of another protocol are not put in one table
+    with pytest.raises(SystemExit, match="cannot merge .*a.json: it ran threads 1, this run 2"):
+        bench.main(["--smoke", "--no-tp", "--threads", "2", "--latency-batches", "1", "--out",
+                    str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--out", str(tmp_path / "e"), "--seeds"])  # nothing to train or merge
