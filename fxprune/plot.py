@@ -11,7 +11,9 @@ Inputs, any mix of:
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
   (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
   ``flops`` and ``latency_ms`` (a number, for the file's ``batch``, or ``{"BATCH": ms}``)
-  place it; ``accuracy_std`` draws an error bar.
+  place it; ``accuracy_std`` draws an error bar. Rows with a ``net`` key are drawn in one panel
+  per network (different networks' latencies do not share an axis), and rows of one method
+  family (the ``method`` name up to its first ``-``: ``tp-taylor-r8`` is ``tp``) share a colour.
 
 ``--x latency`` (default) uses the median latency in milliseconds at ``--batch`` (default: the
 only batch the inputs measured, else the smallest); ``--x flops`` the FLOPs per image.
@@ -50,6 +52,8 @@ class Point:
     latency_ms: dict[int, float] = field(default_factory=dict)
     accuracy_std: float | None = None
     source: str = ""
+    panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
+    family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
 
 
 def _read_json(path: Path) -> object:
@@ -152,12 +156,16 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             continue
         where = f"{source} row {i}"
         label = str(row.get("label") or row.get("row") or row.get("method") or f"row {i}")
+        panel = str(row.get("net") or "")
+        if panel and label.startswith(panel + ":"):
+            label = label[len(panel) + 1:]  # the panel's title names the network
         std = row.get("accuracy_std")
         points.append(Point(
             label, _number(row["accuracy"], "accuracy", where, fraction=True),
             None if row.get("flops") is None else _number(row["flops"], "flops", where),
             _latencies(row.get("latency_ms"), row.get("batch", batch), where),
-            None if std is None else _number(std, "accuracy_std", where), source))
+            None if std is None else _number(std, "accuracy_std", where), source, panel,
+            str(row.get("method") or label).split("-")[0]))
     if not points:
         raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
     return points
@@ -251,24 +259,37 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
     if not drawn:
         raise PlotError(f"no input has {'a latency' if x == 'latency' else 'FLOPs'} to plot "
                         "against; try the other --x")
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    def group(p: Point) -> str:
+        if p.family:
+            return p.family
+        return (Path(p.source).parent.name if p.source.endswith("results.json")
+                else Path(p.source).name)
+
+    panels = list(dict.fromkeys(p.panel for p in drawn))
+    colours = {g: f"C{i % 10}" for i, g in enumerate(dict.fromkeys(group(p) for p in drawn))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 if len(panels) == 1 else 5.5 * len(panels), 4.5),
+                             dpi=120, squeeze=False)
     try:
-        for source in dict.fromkeys(p.source for p in drawn):
-            mine = [p for p in drawn if p.source == source]
-            ax.errorbar([xs[id(p)] for p in mine], [100 * p.accuracy for p in mine],
-                        yerr=[100 * (p.accuracy_std or 0.0) for p in mine], fmt="o", capsize=3,
-                        label=Path(source).parent.name if source.endswith("results.json")
-                        and len(mine) == 1 else Path(source).name)
-            for p in mine:
-                ax.annotate(p.label, (xs[id(p)], 100 * p.accuracy), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
-        ax.margins(x=0.15, y=0.1)  # room for the labels at the edges
-        ax.grid(True, alpha=0.3)
-        if len({p.source for p in drawn}) > 1:
-            ax.legend(fontsize=7)
+        for ax, panel in zip(axes[0], panels):
+            for g, colour in colours.items():
+                mine = [p for p in drawn if p.panel == panel and group(p) == g]
+                if not mine:
+                    continue
+                ax.errorbar([xs[id(p)] for p in mine], [100 * p.accuracy for p in mine],
+                            yerr=[100 * (p.accuracy_std or 0.0) for p in mine], fmt="o",
+                            capsize=3, color=colour, label=g)
+                for p in mine:
+                    ax.annotate(p.label, (xs[id(p)], 100 * p.accuracy), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(panel or title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
+            ax.margins(x=0.15, y=0.1)  # room for the labels at the edges
+            ax.grid(True, alpha=0.3)
+            if len(colours) > 1:
+                ax.legend(fontsize=7)
+        if panels != [""]:
+            fig.suptitle(title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
         fig.tight_layout()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -276,7 +297,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         os.replace(tmp, out)
     finally:
         plt.close(fig)
-    return {"x": x, "batch": batch if x == "latency" else None,
+    return {"x": x, "batch": batch if x == "latency" else None, "panels": panels,
             "points": [(p.label, xs[id(p)], p.accuracy) for p in drawn],
             "skipped": [p.label for p in points if xs[id(p)] is None]}
 

@@ -67,6 +67,24 @@ def test_points_come_from_inputs(tmp_path):
     assert plot_points(points, tmp_path / "b1.png")["batch"] == 1
 
 
+def test_rows_of_several_networks_get_a_panel_each_and_a_colour_per_method_family(tmp_path):
+    rows = [{"net": net, "label": f"{net}:{m}", "method": m, "accuracy": acc, "flops": 1e6,
+             "latency_ms": {"64": ms}}
+            for net in ("concat", "resnet")
+            for m, acc, ms in (("dense", 0.9, 20.0), ("tp-taylor-r8", 0.89, 15.0), ("smcp-flops", 0.895, 14.0))]
+    bench = tmp_path / "vs.json"
+    bench.write_text(json.dumps({"rows": rows}))
+    points = load_points([bench])
+    assert [(p.panel, p.label, p.family) for p in points[:3]] == [
+        ("concat", "dense", "dense"), ("concat", "tp-taylor-r8", "tp"), ("concat", "smcp-flops", "smcp")]
+    drawn = plot_points(points, tmp_path / "vs.png", batch=64)
+    assert drawn["panels"] == ["concat", "resnet"] and len(drawn["points"]) == 6
+    fmt, (width, _), _ = _software(tmp_path / "vs.png")
+    assert fmt == "PNG" and width > 1.4 * 7 * 120  # two panels side by side
+    # without a net key, one panel, as before
+    assert plot_points(load_points([_bench(tmp_path / "b.json")]), tmp_path / "one.png")["panels"] == [""]
+
+
 def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0)])
     out = tmp_path / "pareto.png"
