@@ -14,12 +14,15 @@ from fxprune.passes.gathered import gathered_module
 from fxprune.units import UnitIndex
 
 
-def setup(dtype=torch.float64, seed=0):
+def setup(dtype=torch.float64, seed=0, channels_last=False):
     torch.manual_seed(seed)
     model = build_model("resnet_fmnist", widths=[8, 16, 16]).to(dtype)
     x = torch.randn(16, 1, 28, 28, dtype=dtype)
     y = torch.randint(0, 10, (16,))
     pm = fxprune.prepare(model, (x[:1],))
+    if channels_last:
+        pm = pm.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     for m in pm.modules():
         if isinstance(m, _InputMasked):
             m.fxprune_straight_through = False  # CUCB's hard masks
@@ -53,6 +56,36 @@ def test_same_loss_and_gradients_as_the_masked_network():
     for n in g_masked:
         torch.testing.assert_close(g_gathered[n], g_masked[n], rtol=1e-10, atol=1e-12, msg=n)
     assert any(bool((g != 0).any()) for g in g_gathered.values())
+
+
+def _channels_last_gradients():
+    """float32 NHWC, half of every group active: layer2's strided 1x1 shortcut sees 4 input
+    channels, the case where oneDNN's own strided 1x1 weight gradient corrupts the heap."""
+    torch.set_num_threads(1)  # where that kernel crashed most reliably (2 threads: a hang)
+    pm, gathered, x, y, _ = setup(torch.float32, channels_last=True)
+    assert len(gathered.indices["layer2.0.downsample.0.weight:1"]) == 4
+    for _ in range(3):
+        pm.zero_grad(set_to_none=True)
+        F.cross_entropy(pm(x), y).backward()
+        g_masked = grads(pm)
+        pm.zero_grad(set_to_none=True)
+        F.cross_entropy(gathered(x), y).backward()
+        for n, g in grads(pm).items():
+            torch.testing.assert_close(g, g_masked[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_channels_last_float32_gradients_match_the_masked_network():
+    # in a child process: the failure this guards against is a crash or a hang of the process
+    import subprocess
+    import sys
+
+    code = f"import runpy; runpy.run_path({__file__!r})['_channels_last_gradients']()"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a gathered NHWC step hung (oneDNN's strided 1x1 weight gradient)")
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
 
 
 def test_a_step_leaves_inactive_weights_optimizer_state_and_bn_statistics_bit_identical():
