@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distributed as fxdist
+from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError
 from .models import build_model
@@ -422,6 +423,15 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                               "outside the DDP wrapper, whose gradients would not be averaged; "
                               "under torchrun set prune.execution=masked")
     net = net.to(device)
+    if channels_last and device.type == "cpu":
+        faulty = [name for name, m in net.named_modules() if nhwc_weight_grad_fault(m)]
+        if faulty:  # a crash or wrong gradients would cost more than NHWC saves
+            channels_last = False
+            if main:
+                print(f"channels_last off: {faulty[0]} (strided 1x1 conv, "
+                      f"{net.get_submodule(faulty[0]).in_channels} input channels) would meet "
+                      "oneDNN's NHWC weight-gradient fault on the CPU (see fxprune.cpu_kernels)",
+                      flush=True)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxprune.cpu_kernels import strided_pointwise
 from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
 from fxprune.masks import _RescaledBatchNorm
@@ -69,12 +70,10 @@ class _GatheredLayer(nn.Module):
             if w.ndim == 4 and m.weight.is_contiguous(memory_format=torch.channels_last):
                 w = w.contiguous(memory_format=torch.channels_last)  # keep the fast layout
             if m.groups == 1:
-                if x.device.type == "cpu" and _strided_pointwise(m):
-                    # oneDNN's weight gradient of a strided 1x1 conv on NHWC input with fewer
-                    # input channels than its block (8 on AVX2) writes past its workspace:
-                    # heap corruption, a hang or wrong gradients (uxlfoundation/oneDNN#6035;
-                    # torch 2.14.1, seen here as a CUCB step at rho 0.3 on the recipe's net).
-                    # Such a conv is the stride-1 conv of every stride-th pixel.
+                if x.device.type == "cpu" and strided_pointwise(m):
+                    # an active subset can have few input channels, where oneDNN's own strided
+                    # 1x1 weight gradient on NHWC input corrupts memory (fxprune.cpu_kernels);
+                    # the stride-1 conv of every stride-th pixel is the same function.
                     x = x[(..., *(slice(None, None, s) for s in m.stride))]
                     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
                     return conv(x, w, b)
@@ -269,13 +268,6 @@ class GatheredModule(nn.Module):
             self.forward_indices = None
 
         return optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)
-
-
-def _strided_pointwise(conv: nn.modules.conv._ConvNd) -> bool:
-    """A 1x1 (1, 1x1x1) conv with a stride above 1 and no padding."""
-    # padding is a tuple or "valid" ("same" cannot have a stride)
-    unpadded = conv.padding == "valid" or not isinstance(conv.padding, str) and not any(conv.padding)
-    return all(k == 1 for k in conv.kernel_size) and any(s > 1 for s in conv.stride) and unpadded
 
 
 def _copy_attr(root: nn.Module, prepared: nn.Module, target: str) -> None:

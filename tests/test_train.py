@@ -116,6 +116,27 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
 
 
+def test_channels_last_is_off_where_a_conv_would_meet_the_onednn_nhwc_fault(recipe, tmp_path,
+                                                                           capsys, monkeypatch):
+    # the tiny net's layer2 shortcut is a stride-2 1x1 conv with 4 input channels
+    layouts = []
+    real = train_mod._to_device
+    monkeypatch.setattr(train_mod, "_to_device",
+                        lambda x, device, cl: layouts.append(cl) or real(x, device, cl))
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set", "channels_last=true",
+                     "--out", str(out)]) == 0
+    assert "channels_last off: layer2.0.downsample.0 (strided 1x1 conv, 4 input channels)" \
+        in capsys.readouterr().out
+    assert layouts and not any(layouts)
+    wide = tmp_path / "wide"  # 16 input channels: NHWC stays on
+    layouts.clear()
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set", "channels_last=true",
+                     "--set", "model.widths=[16,16,16]", "--out", str(wide)]) == 0
+    assert "channels_last off" not in capsys.readouterr().out
+    assert layouts and all(layouts)
+
+
 def test_epoch_totals_add_up_the_logged_windows_and_the_rest(recipe, tmp_path):
     # the loop reads its device-side sums once per logged window, plus once for the steps after
     # the last window: the epoch's train loss/accuracy must still cover every batch
