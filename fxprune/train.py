@@ -424,12 +424,13 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                               "under torchrun set prune.execution=masked")
     net = net.to(device)
     if channels_last and device.type == "cpu":
-        faulty = [name for name, m in net.named_modules() if nhwc_weight_grad_fault(m)]
+        faulty = [(name, m) for name, m in net.named_modules() if nhwc_weight_grad_fault(m)]
         if faulty:  # a crash or wrong gradients would cost more than NHWC saves
             channels_last = False
             if main:
-                print(f"channels_last off: {faulty[0]} (strided 1x1 conv, "
-                      f"{net.get_submodule(faulty[0]).in_channels} input channels) would meet "
+                name, conv = faulty[0]
+                print(f"channels_last off: {name} (strided 1x1 conv, "
+                      f"{conv.in_channels} input channels) would meet "
                       "oneDNN's NHWC weight-gradient fault on the CPU (see fxprune.cpu_kernels)",
                       flush=True)
     if channels_last:

@@ -69,19 +69,18 @@ class _GatheredLayer(nn.Module):
             b = self._gather(m.bias, "bias")
             if w.ndim == 4 and m.weight.is_contiguous(memory_format=torch.channels_last):
                 w = w.contiguous(memory_format=torch.channels_last)  # keep the fast layout
+            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
             if m.groups == 1:
                 if x.device.type == "cpu" and strided_pointwise(m):
                     # an active subset can have few input channels, where oneDNN's own strided
                     # 1x1 weight gradient on NHWC input corrupts memory (fxprune.cpu_kernels);
                     # the stride-1 conv of every stride-th pixel is the same function.
                     x = x[(..., *(slice(None, None, s) for s in m.stride))]
-                    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
                     return conv(x, w, b)
                 return m._conv_forward(x, w, b)
             # depthwise: one group per (active) input channel
             if m.padding_mode != "zeros":
                 raise SurgeryError(f"gathered execution: {self.name} pads with {m.padding_mode}")
-            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
             return conv(x, w, b, m.stride, m.padding, m.dilation, x.shape[1])
         if isinstance(m, nn.Linear):
             return F.linear(x, self._gather(m.weight, "weight", (0, 1)), self._gather(m.bias, "bias"))
