@@ -11,12 +11,17 @@ Inputs, any mix of:
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
   (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
   ``flops`` and ``latency_ms`` (a number, for the file's ``batch``, or ``{"BATCH": ms}``)
-  place it; ``accuracy_std`` draws an error bar. Rows with a ``net`` key are drawn in one panel
+  place it, and a row's ``speedup`` (over the dense model timed beside it, a number or
+  ``{"BATCH": x}``) does for ``--x speedup``; ``accuracy_std`` draws an error bar. Rows with a
+  ``net`` key are drawn in one panel
   per network (different networks' latencies do not share an axis), and rows of one method
   family (the ``method`` name up to its first ``-``: ``tp-taylor-r8`` is ``tp``) share a colour.
 
 ``--x latency`` (default) uses the median latency in milliseconds at ``--batch`` (default: the
-only batch the inputs measured, else the smallest); ``--x flops`` the FLOPs per image.
+only batch the inputs measured, else the smallest); ``--x speedup`` the measured speedup over
+dense at ``--batch``, which stays comparable when rows were timed in different processes or
+sessions (each against its own dense model) while their milliseconds are not; ``--x flops`` the
+FLOPs per image.
 The output is a PNG; an existing file is replaced only when ``fxprune plot`` wrote it (its PNG
 metadata says so).
 """
@@ -50,6 +55,7 @@ class Point:
     accuracy: float
     flops: float | None = None
     latency_ms: dict[int, float] = field(default_factory=dict)
+    speedup: dict[int, float] = field(default_factory=dict)  # over dense, per batch size
     accuracy_std: float | None = None
     source: str = ""
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
@@ -76,7 +82,9 @@ def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
     return float(value)
 
 
-def _latencies(value, batch, source: str) -> dict[int, float]:
+def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int, float]:
+    """``{batch: value}`` from a row's ``latency_ms`` (or ``speedup``): a number for the file's
+    batch or a ``{"BATCH": number}`` mapping."""
     if value is None:
         return {}
     if isinstance(value, dict):
@@ -85,13 +93,13 @@ def _latencies(value, batch, source: str) -> dict[int, float]:
             try:
                 key = int(b)
             except ValueError:
-                raise PlotError(f"{source}: latency_ms keys are batch sizes, got {b!r}") from None
-            out[key] = _number(ms, f"latency_ms[{b}]", source)
+                raise PlotError(f"{source}: {what} keys are batch sizes, got {b!r}") from None
+            out[key] = _number(ms, f"{what}[{b}]", source)
         return out
     if batch is None:
-        raise PlotError(f"{source}: latency_ms is one number but the file states no batch; "
-                        "write it as {\"BATCH\": ms} or add a top-level \"batch\"")
-    return {int(batch): _number(value, "latency_ms", source)}
+        raise PlotError(f"{source}: {what} is one number but the file states no batch; "
+                        f"write it as {{\"BATCH\": value}} or add a top-level \"batch\"")
+    return {int(batch): _number(value, what, source)}
 
 
 def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> dict[int, float]:
@@ -164,6 +172,7 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             label, _number(row["accuracy"], "accuracy", where, fraction=True),
             None if row.get("flops") is None else _number(row["flops"], "flops", where),
             _latencies(row.get("latency_ms"), row.get("batch", batch), where),
+            _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
             None if std is None else _number(std, "accuracy_std", where), source, panel,
             str(row.get("method") or label).split("-")[0]))
     if not points:
@@ -195,15 +204,18 @@ def load_points(inputs) -> list[Point]:
     return points
 
 
-def _pick_batch(points: list[Point], batch: int | None) -> int:
-    batches = sorted({b for p in points for b in p.latency_ms})
+def _pick_batch(points: list[Point], batch: int | None, x: str = "latency") -> int:
+    batches = sorted({b for p in points for b in (p.speedup if x == "speedup" else p.latency_ms)})
+    if not batches and x == "speedup":
+        raise PlotError("no input has a measured speedup over dense (benchmark rows' speedup); "
+                        "plot run folders with --x latency or --x flops")
     if not batches:
         raise PlotError("no input has a measured latency: deploy the runs (fxprune deploy "
                         "RUN/model_pruned.pt --out RUN/deploy) or plot with --x flops")
     if batch is None:
         return batches[0]
     if batch not in batches:
-        raise PlotError(f"no input has a latency at batch {batch}; measured batches: "
+        raise PlotError(f"no input has a {x} at batch {batch}; measured batches: "
                         f"{', '.join(map(str, batches))}")
     return batch
 
@@ -240,11 +252,12 @@ def _pyplot():
 
 def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | None = None,
                 title: str | None = None) -> dict:
-    """Draw accuracy (%) against ``x`` ("latency": median ms at ``batch``; "flops": MFLOPs
-    per image) and save a PNG at ``out``. Returns what was drawn: ``{"x": ..., "batch": ...,
+    """Draw accuracy (%) against ``x`` ("latency": median ms at ``batch``; "speedup": measured
+    speedup over dense at ``batch``; "flops": MFLOPs per image) and save a PNG at ``out``.
+    Returns what was drawn: ``{"x": ..., "batch": ...,
     "points": [(label, x, accuracy), ...], "skipped": [labels without that x]}``."""
-    if x not in ("latency", "flops"):
-        raise PlotError(f"--x must be latency or flops, got {x!r}")
+    if x not in ("latency", "speedup", "flops"):
+        raise PlotError(f"--x must be latency, speedup or flops, got {x!r}")
     out = Path(os.path.expanduser(os.fspath(out)))
     plt = _pyplot()
     _check_out(out)
@@ -252,13 +265,17 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         batch = _pick_batch(points, batch)
         xs = {id(p): p.latency_ms.get(batch) for p in points}
         xlabel = f"measured latency, median ms at batch {batch}"
+    elif x == "speedup":
+        batch = _pick_batch(points, batch, x)
+        xs = {id(p): p.speedup.get(batch) for p in points}
+        xlabel = f"measured speedup over dense at batch {batch} (right is faster)"
     else:
         xs = {id(p): None if p.flops is None else p.flops / 1e6 for p in points}
         xlabel = "MFLOPs per image (batch 1)"
     drawn = [p for p in points if xs[id(p)] is not None]
     if not drawn:
-        raise PlotError(f"no input has {'a latency' if x == 'latency' else 'FLOPs'} to plot "
-                        "against; try the other --x")
+        raise PlotError(f"no input has {dict(latency='a latency', speedup='a speedup').get(x, 'FLOPs')} "
+                        "to plot against; try another --x")
     def group(p: Point) -> str:
         if p.family:
             return p.family
@@ -283,13 +300,13 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
                                 xytext=(4, 4), fontsize=7)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(panel or title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
+            ax.set_title(panel or title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}")
             ax.margins(x=0.15, y=0.1)  # room for the labels at the edges
             ax.grid(True, alpha=0.3)
             if len(colours) > 1:
                 ax.legend(fontsize=7)
         if panels != [""]:
-            fig.suptitle(title or f"accuracy vs {'latency' if x == 'latency' else 'FLOPs'}")
+            fig.suptitle(title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}")
         fig.tight_layout()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -297,7 +314,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         os.replace(tmp, out)
     finally:
         plt.close(fig)
-    return {"x": x, "batch": batch if x == "latency" else None, "panels": panels,
+    return {"x": x, "batch": None if x == "flops" else batch, "panels": panels,
             "points": [(p.label, xs[id(p)], p.accuracy) for p in drawn],
             "skipped": [p.label for p in points if xs[id(p)] is None]}
 
@@ -308,8 +325,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="recipe run folders, their results.json, benchmark results .json files")
     p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
-    p.add_argument("--x", choices=("latency", "flops"), default="latency",
-                   help="x axis: measured median latency (ms) or FLOPs per image")
+    p.add_argument("--x", choices=("latency", "speedup", "flops"), default="latency",
+                   help="x axis: measured median latency (ms), measured speedup over dense "
+                        "(benchmark rows) or FLOPs per image")
     p.add_argument("--batch", type=int, default=None,
                    help="latency at this batch size (default: the smallest measured)")
     p.add_argument("--title", default=None)

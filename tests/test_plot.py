@@ -199,3 +199,22 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     (run / ".fxprune-deploy").write_text("deploy\n")
     report(run / "model_pruned.pt", batch=64, where=run)
     assert load_points([run])[0].latency_ms == {64: 1.5}
+
+
+def test_speedup_axis_uses_each_rows_speedup_over_its_own_dense(tmp_path, capsys):
+    # two sessions: the second's dense ran slower (2.0 vs 1.0 ms), so its 1.25x row has more
+    # milliseconds than the first session's dense; by speedup it is where it belongs
+    rows = [{"net": "n", "method": "dense", "accuracy": 0.90, "latency_ms": {"1": 1.0}, "speedup": {"1": 1.0}},
+            {"net": "n", "method": "tp-a", "accuracy": 0.88, "latency_ms": {"1": 0.9}, "speedup": {"1": 1.1}},
+            {"net": "n", "method": "smcp-b", "accuracy": 0.89, "latency_ms": {"1": 1.6}, "speedup": {"1": 1.25}}]
+    bench = tmp_path / "vs.json"
+    bench.write_text(json.dumps({"rows": rows}))
+    run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0)])  # a recipe run has no speedup: skipped
+    drawn = plot_points(load_points([bench, run]), tmp_path / "s.png", x="speedup")
+    assert drawn["batch"] == 1 and drawn["skipped"] == ["r"]
+    assert [(label, x) for label, x, _ in drawn["points"]] == [("dense", 1.0), ("tp-a", 1.1), ("smcp-b", 1.25)]
+    assert main(["plot", str(run), "--out", str(tmp_path / "t.png"), "--x", "speedup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no input has a measured speedup" in err and "\n" not in err
+    with pytest.raises(PlotError, match="no input has a speedup at batch 64"):
+        plot_points(load_points([bench]), tmp_path / "u.png", x="speedup", batch=64)
