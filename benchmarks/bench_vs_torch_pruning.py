@@ -20,15 +20,22 @@ over all E epochs:
   frozen from 0.7 E, a knapsack every 0.02 E, soft masks: the recipe's schedule when these
   rows were first measured),
   ``smcp-flops-late-hard`` (the same budget pruned later, 0.3-0.5 E, frozen from 0.6 E, with
-  hard masks), and ``smcp-lat-b1`` / ``smcp-lat-b64`` (that schedule with an ONNX Runtime
-  latency table measured at batch 1 / 64 as the cost, target 85% of the dense latency).
+  hard masks), ``smcp-lat-b1`` / ``smcp-lat-b64`` (that schedule with an ONNX Runtime
+  latency table measured at batch 1 / 64 as the cost, target 85% of the dense latency) and
+  ``smcp-lat-b64-t95`` / ``-t75`` (the batch-64 table at 95% / 75% of it).
+
+The results compare at equal measured latency both ways: each SMCP row against the most
+accurate Torch-Pruning row that is no faster, and each Torch-Pruning row against the most
+accurate SMCP row that is at least as fast.
 
 Per row: test accuracy (full test split), FLOPs and parameters (torch's flop counter, batch 1),
 and ONNX Runtime CPU latency at batch 1 and 64 (``--threads`` intra-op threads, every model
 of a network and seed interleaved with its dense model; medians). Writes
 ``benchmarks/results/vs_torch_pruning.{json,md}`` (``_smoke`` with ``--smoke``) with machine,
 threads, batches and command. The rows' ``latency_ms`` are ``{batch: ms}``, so
-``fxprune plot benchmarks/results/vs_torch_pruning.json --out pareto.png --batch 64`` draws them.
+``fxprune plot benchmarks/results/vs_torch_pruning.json --out pareto.png --batch 64`` draws them
+(``--x speedup``: by their ``speedup`` over the dense model timed with them, comparable across
+processes and sessions).
 """
 from __future__ import annotations
 
@@ -275,9 +282,14 @@ SCHEDULE = {"warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.7, "update_every"
 # came out 1.37-1.49x faster than dense, more than the tables predicted (1.33x) and past every
 # Torch-Pruning row (0.93-1.29x), so no Torch-Pruning row was at equal latency to compare with.
 LATE_HARD = {"warmup": 0.3, "ramp_until": 0.5, "freeze_from": 0.6, "masks": "hard"}
+# Two more batch-64 latency targets put SMCP rows on both sides of Torch-Pruning's speeds
+# (0.95: about as fast as its rows without round_to; 0.75: past its round_to 8 rows), so each
+# Torch-Pruning row has an SMCP row at least as fast to be compared with.
 DEFAULT_SMCP = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
                 "smcp-lat-b1": {"cost": "latency:1", "target": 0.85, **LATE_HARD},
-                "smcp-lat-b64": {"cost": "latency:64", "target": 0.85, **LATE_HARD}}
+                "smcp-lat-b64": {"cost": "latency:64", "target": 0.85, **LATE_HARD},
+                "smcp-lat-b64-t95": {"cost": "latency:64", "target": 0.95, **LATE_HARD},
+                "smcp-lat-b64-t75": {"cost": "latency:64", "target": 0.75, **LATE_HARD}}
 
 
 def smcp_rows(args) -> dict[str, dict]:
@@ -310,6 +322,17 @@ def aggregate(rows: list[dict], batches) -> list[dict]:
     """Mean +- std over seeds per (net, label); latency and speedup as medians' means."""
     out = []
     keys = list(dict.fromkeys((r["net"], r["label"]) for r in rows))
+    # nets in NETS' order; per net dense, then Torch-Pruning rows, then SMCP rows (the default
+    # ones in DEFAULT_SMCP's order first): files merged in any order give one table layout
+    nets = [*NETS, *dict.fromkeys(net for net, _ in keys if net not in NETS)]
+    smcp = list(DEFAULT_SMCP)
+
+    def place(key):
+        net, label = key
+        kind = 0 if label == "dense" else 1 if label.startswith("tp-") else 2
+        return nets.index(net), kind, smcp.index(label) if label in smcp else len(smcp)
+
+    keys.sort(key=place)  # stable: rows that tie keep the order they were met in
     for net, label in keys:
         mine = [r for r in rows if r["net"] == net and r["label"] == label]
         acc = [r["accuracy"] for r in mine]
@@ -445,6 +468,28 @@ def head_to_head(summary: list[dict], batch: int) -> list[str]:
     return lines
 
 
+def smcp_at_tp_speed(summary: list[dict], batch: int) -> list[str]:
+    """Per net: each Torch-Pruning row against the most accurate SMCP row that is at least as
+    fast at ``batch`` -- the issue's goal read from Torch-Pruning's side (what accuracy SMCP
+    keeps at the speed a Torch-Pruning user got). A row with no SMCP row as fast says so."""
+    lines = []
+    for net in dict.fromkeys(r["net"] for r in summary):
+        mine = [r for r in summary if r["net"] == net]
+        smcp = [r for r in mine if r["method"].startswith("smcp")]
+        for t in (r for r in mine if r["method"].startswith("tp-")):
+            speed = t["speedup"][str(batch)]
+            fast_enough = [s for s in smcp if s["speedup"][str(batch)] >= speed]
+            head = f"| {net} | {batch} | {t['method']} | {100 * t['accuracy']:.2f} | {speed:.2f}x | "
+            if not fast_enough:
+                lines.append(head + "(no SMCP row is as fast) | - | - | - |")
+                continue
+            best = max(fast_enough, key=lambda s: s["accuracy"])
+            lines.append(head + f"{best['method']} | {100 * best['accuracy']:.2f} | "
+                         f"{best['speedup'][str(batch)]:.2f}x | "
+                         f"{100 * (best['accuracy'] - t['accuracy']):+.2f} |")
+    return lines
+
+
 def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) -> None:
     """The JSON and Markdown results of the rows so far (rewritten after every net and seed,
     so an interrupted run keeps what it measured)."""
@@ -488,6 +533,12 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                   "|---|---|---|---|---|---|---|---|---|"]
         for x in b:
             lines += head_to_head(summary, x)
+        lines += ["", "The same from Torch-Pruning's side: each Torch-Pruning row against the most "
+                  "accurate SMCP row that is at least as fast:", "",
+                  "| net | batch | Torch-Pruning row | acc. (%) | speedup | SMCP row | acc. (%) | speedup | SMCP - TP (pt) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for x in b:
+            lines += smcp_at_tp_speed(summary, x)
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -34,7 +34,8 @@ def test_vs_torch_pruning_smoke(tmp_path):
     result = json.loads((tmp_path / "vs.json").read_text())
     labels = [r["method"] for r in result["rows"]]
     assert labels == ["dense", "tp-taylor", "tp-taylor-r8", "tp-magnitude", "tp-magnitude-r8",
-                      "smcp-flops", "smcp-flops-late-hard", "smcp-lat-b1", "smcp-lat-b64"]
+                      "smcp-flops", "smcp-flops-late-hard", "smcp-lat-b1", "smcp-lat-b64",
+                      "smcp-lat-b64-t95", "smcp-lat-b64-t75"]
     for r in result["runs"]:
         assert set(r["latency_ms"]) == {"1", "64"} and all(v > 0 for v in r["latency_ms"].values())
         if r["label"] != "dense" and "lat" not in r["label"]:
@@ -42,7 +43,8 @@ def test_vs_torch_pruning_smoke(tmp_path):
         if r["label"].startswith("smcp"):
             assert r["finalize_max_abs_diff"] < 1e-4
     assert result["meta"]["machine"]["threads"] == 1
-    assert "(smoke)" in (tmp_path / "vs.md").read_text()
+    text = (tmp_path / "vs.md").read_text()
+    assert "(smoke)" in text and "The same from Torch-Pruning's side" in text
 
 
 def test_smcp_ablation_smoke(tmp_path):
@@ -124,3 +126,36 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
                     str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):
         bench.main([*common, "--out", str(tmp_path / "e"), "--seeds"])  # nothing to train or merge
+
+
+def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():
+    bench = _load("bench_vs_torch_pruning")
+
+    def row(method, acc, speedup):
+        return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
+
+    summary = [row("dense", 0.9, 1.0), row("tp-a", 0.88, 1.1), row("tp-b", 0.87, 1.5),
+               row("smcp-slow", 0.899, 1.05), row("smcp-x", 0.89, 1.2), row("smcp-y", 0.885, 1.3)]
+    line_a, line_b = bench.smcp_at_tp_speed(summary, 1)
+    cells = [c.strip() for c in line_a.strip("|").split("|")]
+    # smcp-slow is the most accurate but slower than tp-a: not the comparison
+    assert cells[2:] == ["tp-a", "88.00", "1.10x", "smcp-x", "89.00", "1.20x", "+1.00"]
+    assert "no SMCP row is as fast" in line_b
+
+
+def test_aggregate_orders_dense_then_torch_pruning_then_smcp_per_net():
+    bench = _load("bench_vs_torch_pruning")
+
+    def run(net, label, seed=0):
+        return {"net": net, "label": label, "seed": seed, "accuracy": 0.9, "flops": 1, "params": 1,
+                "flops_ratio": 1.0, "latency_ms": {"1": 1.0}, "speedup": {"1": 1.0}}
+
+    rows = [run("wide", "dense"), run("a", "smcp-x"), run("a", "dense"), run("b", "dense"),
+            run("a", "tp-m"), run("a", "smcp-w"), run("a", "smcp-lat-b1"), run("a", "smcp-flops"),
+            run("a", "dense", 1), run("concat", "dense")]
+    summary = bench.aggregate(rows, [1])
+    # the bench's nets first, in NETS' order, then others as met; default SMCP rows in their order
+    assert [r["label"] for r in summary] == ["concat:dense", "wide:dense", "a:dense", "a:tp-m",
+                                             "a:smcp-flops", "a:smcp-lat-b1", "a:smcp-x",
+                                             "a:smcp-w", "b:dense"]
+    assert summary[2]["seeds"] == [0, 1]  # a:dense, both seeds
