@@ -82,24 +82,37 @@ def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
     return float(value)
 
 
+def _batch_size(value, what: str, source: str) -> int:
+    """A batch size from a JSON key or value: a positive integer ("64" or 64), else PlotError."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlotError(f"{source}: {what} must be a batch size (a positive integer), got "
+                        f"{value!r}")
+    return value
+
+
 def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int, float]:
     """``{batch: value}`` from a row's ``latency_ms`` (or ``speedup``): a number for the file's
-    batch or a ``{"BATCH": number}`` mapping."""
+    batch or a ``{"BATCH": number}`` mapping; every value must be positive."""
+    def positive(v, name):
+        number = _number(v, name, source)
+        if number <= 0:
+            raise PlotError(f"{source}: {name} must be positive, got {v!r}")
+        return number
+
     if value is None:
         return {}
     if isinstance(value, dict):
-        out = {}
-        for b, ms in value.items():
-            try:
-                key = int(b)
-            except ValueError:
-                raise PlotError(f"{source}: {what} keys are batch sizes, got {b!r}") from None
-            out[key] = _number(ms, f"{what}[{b}]", source)
-        return out
+        return {_batch_size(b, f"a {what} key", source): positive(v, f"{what}[{b}]")
+                for b, v in value.items()}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PlotError(f"{source}: {what} must be a number or a {{\"BATCH\": value}} mapping, "
+                        f"got {value!r}")
     if batch is None:
         raise PlotError(f"{source}: {what} is one number but the file states no batch; "
                         f"write it as {{\"BATCH\": value}} or add a top-level \"batch\"")
-    return {int(batch): _number(value, what, source)}
+    return {_batch_size(batch, "the file's batch", source): positive(value, what)}
 
 
 def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> dict[int, float]:
@@ -157,7 +170,8 @@ def _bench_points(data: dict, source: str) -> list[Point]:
     rows = data["rows"]
     if not isinstance(rows, list):
         raise PlotError(f"{source}: rows must be a list of result rows")
-    batch = data.get("batch", (data.get("meta") or data.get("machine") or {}).get("batch"))
+    about = data.get("meta") or data.get("machine") or {}
+    batch = data.get("batch", about.get("batch") if isinstance(about, dict) else None)
     points = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "accuracy" not in row:
@@ -207,8 +221,8 @@ def load_points(inputs) -> list[Point]:
 def _pick_batch(points: list[Point], batch: int | None, x: str = "latency") -> int:
     batches = sorted({b for p in points for b in (p.speedup if x == "speedup" else p.latency_ms)})
     if not batches and x == "speedup":
-        raise PlotError("no input has a measured speedup over dense (benchmark rows' speedup); "
-                        "plot run folders with --x latency or --x flops")
+        raise PlotError("no input has a measured speedup over dense (a benchmark row's "
+                        "speedup); plot with --x latency or --x flops")
     if not batches:
         raise PlotError("no input has a measured latency: deploy the runs (fxprune deploy "
                         "RUN/model_pruned.pt --out RUN/deploy) or plot with --x flops")
@@ -329,7 +343,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="x axis: measured median latency (ms), measured speedup over dense "
                         "(benchmark rows) or FLOPs per image")
     p.add_argument("--batch", type=int, default=None,
-                   help="latency at this batch size (default: the smallest measured)")
+                   help="latency or speedup at this batch size (default: the smallest "
+                        "measured)")
     p.add_argument("--title", default=None)
 
 

@@ -218,3 +218,22 @@ def test_speedup_axis_uses_each_rows_speedup_over_its_own_dense(tmp_path, capsys
     assert "no input has a measured speedup" in err and "\n" not in err
     with pytest.raises(PlotError, match="no input has a speedup at batch 64"):
         plot_points(load_points([bench]), tmp_path / "u.png", x="speedup", batch=64)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"batch": "one", "rows": [{"accuracy": 0.9, "speedup": 1.2}]}, "the file's batch must be a batch size"),
+    ({"batch": [1, 64], "rows": [{"accuracy": 0.9, "speedup": 1.2}]}, "the file's batch must be a batch size"),
+    ({"batch": 1.7, "rows": [{"accuracy": 0.9, "speedup": 1.2}]}, "the file's batch must be a batch size"),
+    ({"meta": [1], "rows": [{"accuracy": 0.9, "speedup": 1.2}]}, "states no batch"),
+    ({"rows": [{"accuracy": 0.9, "speedup": {"1": 0}}]}, "speedup[1] must be positive"),
+    ({"rows": [{"accuracy": 0.9, "speedup": {"-1": 1.2}}]}, "a speedup key must be a batch size"),
+    ({"rows": [{"accuracy": 0.9, "speedup": [1.2]}]}, "must be a number or a"),
+    ({"rows": [{"accuracy": 0.9, "latency_ms": {"1": -2.0}}]}, "latency_ms[1] must be positive"),
+    ({"rows": [{"accuracy": 0.9, "latency_ms": {"1": 2.0}}]}, "no input has a measured speedup"),
+])
+def test_bad_benchmark_batches_and_speedups_are_one_line_errors(tmp_path, capsys, data, message):
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps(data))
+    assert main(["plot", str(bench), "--x", "speedup", "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
