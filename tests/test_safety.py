@@ -465,9 +465,12 @@ def test_interrupt_then_resume_is_bit_identical(long_run, tmp_path, sig):
 
     recipe, reference = long_run
     out = tmp_path / "stopped"
+    # the child starts with Ctrl-C's default action even when this suite runs as a background
+    # job, whose shell hands SIGINT down ignored (Python then installs no KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "fxprune.cli", "train", str(recipe), "--out",
                              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
