@@ -442,52 +442,51 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None]:
     return list(runs.values()), list(dict.fromkeys(commands)), tp_version
 
 
+def _at_equal_speed(summary: list[dict], batch: int, rows: str, against: str, *,
+                    counterpart_faster: bool, none: str, name_others: str = "") -> list[str]:
+    """Per net, one table line per row whose method starts with ``rows``: the most accurate row
+    starting with ``against`` whose speedup at ``batch`` is at least the row's
+    (``counterpart_faster``) or at most it, and SMCP's accuracy minus Torch-Pruning's. ``none``
+    fills a line without such a counterpart; ``name_others`` (a caption) names the counterparts
+    on the other side of the row's speed."""
+    key = str(batch)
+    lines = []
+    for net in dict.fromkeys(r["net"] for r in summary):
+        mine = [r for r in summary if r["net"] == net]
+        candidates = [r for r in mine if r["method"].startswith(against)]
+        for row in (r for r in mine if r["method"].startswith(rows)):
+            speed = row["speedup"][key]
+            fits = [c for c in candidates
+                    if (c["speedup"][key] >= speed if counterpart_faster else c["speedup"][key] <= speed)]
+            others = [c["method"] for c in candidates if c not in fits]
+            head = f"| {net} | {batch} | {row['method']} | {100 * row['accuracy']:.2f} | {speed:.2f}x | "
+            if not fits:
+                lines.append(head + f"({none}) | - | - | - |")
+                continue
+            best = max(fits, key=lambda c: c["accuracy"])
+            smcp, tp = (row, best) if rows == "smcp" else (best, row)
+            note = f" ({name_others}: {', '.join(others)})" if name_others and others else ""
+            lines.append(head + f"{best['method']} | {100 * best['accuracy']:.2f} | "
+                         f"{best['speedup'][key]:.2f}x | "
+                         f"{100 * (smcp['accuracy'] - tp['accuracy']):+.2f}{note} |")
+    return lines
+
+
 def head_to_head(summary: list[dict], batch: int) -> list[str]:
     """Per net: each SMCP row against the most accurate Torch-Pruning row that is no faster
     than it at ``batch``, so the comparison is at equal or lower latency for SMCP; Torch-Pruning
     rows faster than the SMCP row are named, not hidden. Speed is the speedup over the dense
     model timed interleaved with each row (runs merged from several sessions stay comparable)."""
-    lines = []
-    for net in dict.fromkeys(r["net"] for r in summary):
-        mine = [r for r in summary if r["net"] == net]
-        tp_rows = [r for r in mine if r["method"].startswith("tp-")]
-        for s in (r for r in mine if r["method"].startswith("smcp")):
-            fast = s["speedup"][str(batch)]
-            slower = [t for t in tp_rows if t["speedup"][str(batch)] <= fast]
-            faster = [t["method"] for t in tp_rows if t["speedup"][str(batch)] > fast]
-            if not slower:
-                lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {fast:.2f}x | "
-                             f"(every Torch-Pruning row is faster) | - | - | - |")
-                continue
-            best = max(slower, key=lambda t: t["accuracy"])
-            lines.append(f"| {net} | {batch} | {s['method']} | {100 * s['accuracy']:.2f} | {fast:.2f}x | "
-                         f"{best['method']} | {100 * best['accuracy']:.2f} | "
-                         f"{best['speedup'][str(batch)]:.2f}x | "
-                         f"{100 * (s['accuracy'] - best['accuracy']):+.2f}"
-                         f"{' (faster TP rows: ' + ', '.join(faster) + ')' if faster else ''} |")
-    return lines
+    return _at_equal_speed(summary, batch, "smcp", "tp-", counterpart_faster=False,
+                           none="every Torch-Pruning row is faster", name_others="faster TP rows")
 
 
 def smcp_at_tp_speed(summary: list[dict], batch: int) -> list[str]:
     """Per net: each Torch-Pruning row against the most accurate SMCP row that is at least as
     fast at ``batch`` -- the issue's goal read from Torch-Pruning's side (what accuracy SMCP
     keeps at the speed a Torch-Pruning user got). A row with no SMCP row as fast says so."""
-    lines = []
-    for net in dict.fromkeys(r["net"] for r in summary):
-        mine = [r for r in summary if r["net"] == net]
-        smcp = [r for r in mine if r["method"].startswith("smcp")]
-        for t in (r for r in mine if r["method"].startswith("tp-")):
-            speed = t["speedup"][str(batch)]
-            fast_enough = [s for s in smcp if s["speedup"][str(batch)] >= speed]
-            head = f"| {net} | {batch} | {t['method']} | {100 * t['accuracy']:.2f} | {speed:.2f}x | "
-            if not fast_enough:
-                lines.append(head + "(no SMCP row is as fast) | - | - | - |")
-                continue
-            best = max(fast_enough, key=lambda s: s["accuracy"])
-            lines.append(head + f"{best['method']} | {100 * best['accuracy']:.2f} | "
-                         f"{best['speedup'][str(batch)]:.2f}x | "
-                         f"{100 * (best['accuracy'] - t['accuracy']):+.2f} |")
-    return lines
+    return _at_equal_speed(summary, batch, "tp-", "smcp", counterpart_faster=True,
+                           none="no SMCP row is as fast")
 
 
 def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) -> None:
