@@ -29,7 +29,11 @@ class ResNetFMNIST(nn.Module):
 
     ``widths[i]`` is the channel count of stage ``i`` and ``blocks[i]`` its number of
     ``BasicBlock``\\ s; every stage after the first halves the spatial size. At 28x28 the
-    three default stages run at 28x28, 14x14 and 7x7.
+    three default stages run at 28x28, 14x14 and 7x7. ``inner_widths[i]`` (default
+    ``widths``) is the width between the two 3x3 convs of stage ``i``'s blocks: the channels
+    channel pruning removes inside a block, so a pruned model's architecture can be trained
+    from scratch (the control of Liu et al., ICLR 2019), e.g. ``widths=(12, 32, 64),
+    inner_widths=(8, 16, 40)``.
     """
 
     def __init__(
@@ -39,26 +43,28 @@ class ResNetFMNIST(nn.Module):
         num_classes: int = 10,
         in_channels: int = 1,
         zero_init_residual: bool = False,
+        inner_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
-        if not widths or len(widths) != len(blocks):
+        inner = widths if inner_widths is None else tuple(int(w) for w in inner_widths)
+        if not widths or len(widths) != len(blocks) or len(inner) != len(widths):
             raise ValueError(
-                f"widths {widths} and blocks {blocks} must be non-empty and of equal length "
-                "(one entry per stage)")
-        if min(widths) < 1 or min(blocks) < 1:
-            raise ValueError(f"every stage needs width >= 1 and at least one block; got "
-                             f"widths={widths}, blocks={blocks}")
-        self.widths, self.blocks = widths, blocks
+                f"widths {widths}, blocks {blocks} and inner_widths {inner} must be non-empty "
+                "and of equal length (one entry per stage)")
+        if min(widths) < 1 or min(blocks) < 1 or min(inner) < 1:
+            raise ValueError(f"every stage needs widths >= 1 and at least one block; got "
+                             f"widths={widths}, inner_widths={inner}, blocks={blocks}")
+        self.widths, self.blocks, self.inner_widths = widths, blocks, inner
 
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         stages = []
         in_width = widths[0]
-        for i, (width, n_blocks) in enumerate(zip(widths, blocks)):
+        for i, (width, n_blocks, mid) in enumerate(zip(widths, blocks, inner)):
             stride = 1 if i == 0 else 2
-            stages.append(self._make_stage(in_width, width, n_blocks, stride))
+            stages.append(self._make_stage(in_width, width, n_blocks, stride, mid))
             in_width = width
         # Named layer1..layerN like torchvision so module paths read the same in reports.
         for i, stage in enumerate(stages, start=1):
@@ -80,13 +86,20 @@ class ResNetFMNIST(nn.Module):
                     nn.init.zeros_(m.bn2.weight)
 
     @staticmethod
-    def _make_stage(in_width: int, width: int, n_blocks: int, stride: int) -> nn.Sequential:
+    def _make_stage(in_width: int, width: int, n_blocks: int, stride: int,
+                    inner: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or in_width != width:
             downsample = nn.Sequential(
                 nn.Conv2d(in_width, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
         layers = [BasicBlock(in_width, width, stride, downsample)]
         layers += [BasicBlock(width, width) for _ in range(n_blocks - 1)]
+        if inner != width:  # torchvision's BasicBlock has one width: narrow its middle
+            for block in layers:
+                block.conv1 = nn.Conv2d(block.conv1.in_channels, inner, 3, stride=block.stride,
+                                        padding=1, bias=False)
+                block.bn1 = nn.BatchNorm2d(inner)
+                block.conv2 = nn.Conv2d(inner, width, 3, padding=1, bias=False)
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +148,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
                          f"classification model: {', '.join(tv_names)}")
     import torchvision.models as tvm
 
-    stray = sorted(k for k in ("widths", "blocks", "in_channels") if k in kwargs)
+    stray = sorted(k for k in ("widths", "blocks", "inner_widths", "in_channels") if k in kwargs)
     if stray:
         raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the torchvision model "
                         f"{name!r} takes its own keyword arguments (e.g. num_classes). In a "

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "name": "resnet_fmnist",
         "widths": list(DEFAULT_WIDTHS),
         "blocks": list(DEFAULT_BLOCKS),
+        "inner_widths": None,  # resnet_fmnist: width inside each block (null: the stage's)
         "num_classes": 10,
     },
     "optim": {
@@ -129,7 +130,11 @@ class Rule:
             raise ConfigError(f"{key} cannot be null; it takes {self.describe()}")
         if self.choices is not None:
             if not any(_same(value, c) for c in self.choices):
-                raise ConfigError(f"{key} must be one of {self.describe()}; got {_show(value)}")
+                hint = ""
+                if isinstance(value, bool) and self.kind == "str":
+                    # YAML 1.1 reads an unquoted off/no/on/yes as a boolean
+                    hint = " (YAML reads unquoted off/no/on/yes as booleans: quote the word)"
+                raise ConfigError(f"{key} must be one of {self.describe()}; got {_show(value)}{hint}")
             return
         items = value if self.kind in ("ints", "numbers") else [value]
         if self.kind in ("ints", "numbers") and not isinstance(value, list):
@@ -195,6 +200,7 @@ SCHEMA: dict[str, Rule] = {
     "model.name": Rule("str"),         # fxprune's own or a torchvision model (see _check_model)
     "model.widths": Rule("ints", nullable=True, low=1),
     "model.blocks": Rule("ints", nullable=True, low=1),
+    "model.inner_widths": Rule("ints", nullable=True, low=1),
     "model.num_classes": Rule("int", low=2),
     "optim.epochs": POSITIVE_INT,
     "optim.lr": Rule("float", low=0, open_low=True),
@@ -471,7 +477,7 @@ def _check_model(model: dict) -> None:
             raise ConfigError(f"model.name {name!r} is not a model: use resnet_fmnist or a "
                               f"torchvision classification model (resnet18, mobilenet_v2, ...; "
                               f"see fxprune.models.available_models())")
-        stray = [k for k in ("widths", "blocks") if model.get(k) is not None]
+        stray = [k for k in ("widths", "blocks", "inner_widths") if model.get(k) is not None]
         if stray:
             raise ConfigError(f"model.{stray[0]} only applies to resnet_fmnist; set "
                               f"model.{stray[0]}=null for the torchvision model {name!r}")
@@ -482,6 +488,10 @@ def _check_model(model: dict) -> None:
     if len(widths) != len(blocks) or not widths:
         raise ConfigError(f"model.widths and model.blocks need one entry per stage (the same "
                           f"length, at least 1); got {widths} and {blocks}")
+    inner = model.get("inner_widths")
+    if inner is not None and len(inner) != len(widths):
+        raise ConfigError(f"model.inner_widths needs one entry per stage like model.widths "
+                          f"({len(widths)}); got {inner}, or null for the stage widths")
 
 
 def _check_prune(prune: dict, optim: dict) -> None:

@@ -76,7 +76,7 @@ def test_torchvision_model_by_name():
     ("resnet_fmnsit", {}, ValueError, "unknown model 'resnet_fmnsit'"),
     ("resnet_fmnist", {"width": (8,)}, TypeError, r"does not take \['width'\]"),
     ("resnet_fmnist", {"widths": (8, 16), "blocks": (1,)}, ValueError, "equal length"),
-    ("resnet_fmnist", {"widths": (8, 0), "blocks": (1, 1)}, ValueError, "width >= 1"),
+    ("resnet_fmnist", {"widths": (8, 0), "blocks": (1, 1)}, ValueError, "widths >= 1"),
     ("resnet18", {"widths": (8,)}, TypeError, "model.widths=null"),
 ])
 def test_bad_arguments_are_clear_errors(name, kwargs, error, match):
@@ -87,3 +87,33 @@ def test_bad_arguments_are_clear_errors(name, kwargs, error, match):
 def test_class_is_exported_and_configurable_input_channels():
     model = ResNetFMNIST(widths=(8,), blocks=(1,), in_channels=3, num_classes=4)
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 4)
+
+
+def test_inner_widths_build_the_architecture_pruning_leaves():
+    """A model pruned inside its blocks and the model built with those widths from scratch have
+    the same parameters, name by name and shape by shape (the control of Liu et al. 2019)."""
+    import fxprune
+
+    pm = fxprune.prepare(build_model("resnet_fmnist"), (torch.zeros(1, 1, 28, 28),))
+    keep = {"conv1": 12, "layer1.0.conv1": 8, "layer2.0.conv1": 16, "layer3.0.conv1": 40}
+    for g in fxprune.channel_groups(pm):
+        if g.name in keep:
+            g.mask[keep[g.name]:] = 0
+    pruned = fxprune.finalize(pm)
+    scratch = build_model("resnet_fmnist", widths=(12, 32, 64), inner_widths=(8, 16, 40))
+    assert scratch.inner_widths == (8, 16, 40)
+    shapes = {n: tuple(p.shape) for n, p in scratch.named_parameters()}
+    assert shapes == {n: tuple(p.shape) for n, p in pruned.named_parameters()}
+    assert shapes["layer3.0.conv2.weight"] == (64, 40, 3, 3)
+    two = build_model("resnet_fmnist", widths=(8, 16), blocks=(2, 2), inner_widths=(4, 12))
+    assert two(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert [b.conv1.out_channels for s in (two.layer1, two.layer2) for b in s] == [4, 4, 12, 12]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"widths": (8, 16), "blocks": (1, 1), "inner_widths": (4,)}, "equal length"),
+    ({"widths": (8, 16), "blocks": (1, 1), "inner_widths": (4, 0)}, "widths >= 1"),
+])
+def test_bad_inner_widths_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("resnet_fmnist", **kwargs)

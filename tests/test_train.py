@@ -69,10 +69,13 @@ def test_overrides_do_not_mutate_input():
     ("optim.schedule=linear", r"optim.schedule must be one of 'cosine' \| 'step' \| 'constant'"),
     ("prune.method=magic", r"prune.method must be one of 'none' \| 'smcp' \| .* \| 'ccp' \| .*; got 'magic'"),
     ("optim.epochs=null", r"cannot be null"),
+    ("model.inner_widths=[8]", r"model.inner_widths needs one entry per stage like model.widths \(3\)"),
+    (["prune.method=smcp", "prune.bn_rescale=off"], r"prune.bn_rescale must be one of 'kept_fraction' \| 'off'; got false "
+                             r"\(YAML reads unquoted off/no/on/yes as booleans: quote the word\)"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        resolve_config(None, [override])
+        resolve_config(None, override if isinstance(override, list) else [override])
 
 
 def test_typo_in_recipe_file_names_file_and_key(tmp_path):
