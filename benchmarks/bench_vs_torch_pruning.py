@@ -22,7 +22,10 @@ over all E epochs:
   ``smcp-flops-late-hard`` (the same budget pruned later, 0.3-0.5 E, frozen from 0.6 E, with
   hard masks), ``smcp-lat-b1`` / ``smcp-lat-b64`` (that schedule with an ONNX Runtime
   latency table measured at batch 1 / 64 as the cost, target 85% of the dense latency) and
-  ``smcp-lat-b64-t95`` / ``-t75`` (the batch-64 table at 95% / 75% of it).
+  ``smcp-lat-b64-t95`` / ``-t75`` (the batch-64 table at 95% / 75% of it), all with SMCP's BN
+  rescaling (``bn_rescale="kept_fraction"``, pinned: fxprune's default until it was measured
+  to cost accuracy), and ``smcp-flops-late-hard-ro`` / ``smcp-lat-b64-t75-ro``: those two with
+  it off (fxprune's default now).
 
 The results compare at equal measured latency both ways: each SMCP row against the most
 accurate Torch-Pruning row that is no faster, and each Torch-Pruning row against the most
@@ -233,7 +236,7 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
         pruner = fxprune.SMCP(pm, target=target, cost=cost, channel_step=8, warmup=at["warmup"],
                               ramp=at["ramp_until"] - at["warmup"], freeze_after=at["freeze_from"],
                               update_every=max(1, at["update_every"]), masked_decay=2e-4,
-                              **{**args.smcp_options, **opts})
+                              **{**PINNED, **args.smcp_options, **opts})
         t = Trainer(args, total)
         t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
         masked_acc = accuracy(pm, test)
@@ -243,7 +246,8 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
             pm.eval(), small.eval()
             finalize_diff = (pm(x) - small(x)).abs().max().item()
         models[label] = small
-        rows.append({"label": label, "accuracy": accuracy(small, test), "options": spec,
+        rows.append({"label": label, "accuracy": accuracy(small, test),
+                     "options": {**PINNED, **args.smcp_options, **spec},
                      "accuracy_masked": masked_acc, "finalize_max_abs_diff": finalize_diff,
                      "cost_target": target, **model_stats(small)})
 
@@ -285,11 +289,19 @@ LATE_HARD = {"warmup": 0.3, "ramp_until": 0.5, "freeze_from": 0.6, "masks": "har
 # Two more batch-64 latency targets put SMCP rows on both sides of Torch-Pruning's speeds
 # (0.95: about as fast as its rows without round_to; 0.75: past its round_to 8 rows), so each
 # Torch-Pruning row has an SMCP row at least as fast to be compared with.
+# The rows above were measured with SMCP's BN rescaling, fxprune's default until it was found
+# to cost accuracy (benchmarks/results/smcp_bn_rescale.md): pinned so they stay reproducible;
+# the "-ro" rows turn it off, as fxprune does by default now.
+PINNED = {"bn_rescale": "kept_fraction"}
+RESCALE_OFF = {"bn_rescale": "off"}
 DEFAULT_SMCP = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
                 "smcp-lat-b1": {"cost": "latency:1", "target": 0.85, **LATE_HARD},
                 "smcp-lat-b64": {"cost": "latency:64", "target": 0.85, **LATE_HARD},
                 "smcp-lat-b64-t95": {"cost": "latency:64", "target": 0.95, **LATE_HARD},
-                "smcp-lat-b64-t75": {"cost": "latency:64", "target": 0.75, **LATE_HARD}}
+                "smcp-lat-b64-t75": {"cost": "latency:64", "target": 0.75, **LATE_HARD},
+                "smcp-flops-late-hard-ro": {**LATE_HARD, **RESCALE_OFF},
+                "smcp-lat-b64-t75-ro": {"cost": "latency:64", "target": 0.75, **LATE_HARD,
+                                        **RESCALE_OFF}}
 
 
 def smcp_rows(args) -> dict[str, dict]:

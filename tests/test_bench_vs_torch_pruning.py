@@ -35,13 +35,17 @@ def test_vs_torch_pruning_smoke(tmp_path):
     labels = [r["method"] for r in result["rows"]]
     assert labels == ["dense", "tp-taylor", "tp-taylor-r8", "tp-magnitude", "tp-magnitude-r8",
                       "smcp-flops", "smcp-flops-late-hard", "smcp-lat-b1", "smcp-lat-b64",
-                      "smcp-lat-b64-t95", "smcp-lat-b64-t75"]
+                      "smcp-lat-b64-t95", "smcp-lat-b64-t75", "smcp-flops-late-hard-ro",
+                      "smcp-lat-b64-t75-ro"]
     for r in result["runs"]:
         assert set(r["latency_ms"]) == {"1", "64"} and all(v > 0 for v in r["latency_ms"].values())
         if r["label"] != "dense" and "lat" not in r["label"]:
             assert r["target_reached"] and r["flops_ratio"] <= 0.5 + 1e-9, r["label"]
         if r["label"].startswith("smcp"):
             assert r["finalize_max_abs_diff"] < 1e-4
+            # the published rows keep SMCP's BN rescaling; "-ro" rows run fxprune's default
+            rescale = "off" if r["label"].endswith("-ro") else "kept_fraction"
+            assert r["options"]["bn_rescale"] == rescale
     assert result["meta"]["machine"]["threads"] == 1
     text = (tmp_path / "vs.md").read_text()
     assert "(smoke)" in text and "The same from Torch-Pruning's side" in text
@@ -110,7 +114,8 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     result = json.loads((tmp_path / "b.json").read_text())
     runs = {r["label"]: r for r in result["runs"]}
     assert sorted(runs) == ["dense", "x", "y", "z"] and len(result["runs"]) == 4
-    assert runs["y"]["options"] == {"hysteresis": 0}  # the newer row replaced the older
+    # the newer row replaced the older
+    assert runs["y"]["options"] == {"bn_rescale": "kept_fraction", "hysteresis": 0}
     assert len(result["meta"]["commands"]) == 2
 
     # runs made in parallel processes combined without training: --seeds with no value

@@ -142,7 +142,7 @@ def test_soft_masks_pass_gradient_hard_masks_block_it():
 
 def test_bn_rescale_factor_is_the_kept_fraction():
     pm = prepared()
-    pruner = fxprune.SMCP(pm, target=0.5)
+    pruner = fxprune.SMCP(pm, target=0.5, bn_rescale="kept_fraction")
     assert "c2.1" in pruner.rescaled_bns
     group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
     group.mask[:12] = 0  # c2 reads c1's 32 channels; 20 stay
@@ -163,9 +163,10 @@ def _kept_out(pm, conv):
     return (g.mask != 0).numpy() if g.mask is not None else np.ones(g.size, bool)
 
 
-def test_bn_rescale_off_leaves_gamma_alone():
+@pytest.mark.parametrize("options", [{"bn_rescale": "off"}, {}])  # off is the default
+def test_bn_rescale_off_leaves_gamma_alone(options):
     pm = prepared()
-    fxprune.SMCP(pm, target=0.5, bn_rescale="off")
+    fxprune.SMCP(pm, target=0.5, **options)
     group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
     group.mask[:12] = 0
     assert float(pm.get_submodule("c2.1").rescale_factor(group.mask)) == 1.0
