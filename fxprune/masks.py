@@ -298,10 +298,13 @@ def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight) ->
 class _RescaledBatchNorm(_FxPruneLayer):
     """SMCP: the BN after a layer with masked inputs scales gamma by the kept input fraction.
 
-    ``gamma_used = gamma * sum(m) / C_in``. Pruning many inputs shrinks the layer's output; the
-    rescale keeps the BN's output scale in step and tames the large gradients this causes at high
-    pruning ratios. The gradient reaches gamma unscaled (straight-through), so the optimiser sees
-    the unscaled parameter. ``finalize`` folds the factor into gamma.
+    ``gamma_used = gamma * sum(m) / C_in``: SMCP's argument is that pruning many inputs shrinks
+    the layer's output and the rescale keeps the BN's output in step with it. In training mode
+    the BN's batch statistics already undo that shrink, so the factor lowers the BN's output;
+    ``fxprune.SMCP`` therefore leaves it off by default (``bn_rescale``, evidence in
+    ``benchmarks/results/smcp_bn_rescale.md``). The gradient reaches gamma unscaled
+    (straight-through), so the optimiser sees the unscaled parameter. ``finalize`` folds the
+    factor into gamma.
     """
 
     #: "kept_fraction" (SMCP) or "off"

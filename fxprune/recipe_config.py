@@ -130,11 +130,8 @@ class Rule:
             raise ConfigError(f"{key} cannot be null; it takes {self.describe()}")
         if self.choices is not None:
             if not any(_same(value, c) for c in self.choices):
-                hint = ""
-                if isinstance(value, bool) and self.kind == "str":
-                    # YAML 1.1 reads an unquoted off/no/on/yes as a boolean
-                    hint = " (YAML reads unquoted off/no/on/yes as booleans: quote the word)"
-                raise ConfigError(f"{key} must be one of {self.describe()}; got {_show(value)}{hint}")
+                raise ConfigError(f"{key} must be one of {self.describe()}; got "
+                                  f"{_show(value)}{_yaml_bool_hint(key, value, self.kind)}")
             return
         items = value if self.kind in ("ints", "numbers") else [value]
         if self.kind in ("ints", "numbers") and not isinstance(value, list):
@@ -143,7 +140,7 @@ class Rule:
         for v in items:
             if not _is_kind(v, item_kind):
                 raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)} "
-                                  f"({type(value).__name__})")
+                                  f"({type(value).__name__}){_yaml_bool_hint(key, value, self.kind)}")
             if item_kind in ("int", "float"):
                 if isinstance(v, float) and not math.isfinite(v):
                     raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)}")
@@ -152,6 +149,16 @@ class Rule:
                                                       else v > self.high)
                 if too_low or too_high:
                     raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)}")
+
+
+def _yaml_bool_hint(key: str, value: Any, kind: str) -> str:
+    """YAML 1.1 reads an unquoted off/no/on/yes as a boolean: where a word was meant, say how
+    to write it (in a file and on the command line, where the shell eats one level of quotes)."""
+    if not (isinstance(value, bool) and kind == "str"):
+        return ""
+    word = "on" if value else "off"  # or yes / no: the same booleans
+    return (f" (YAML reads unquoted off/no/on/yes as booleans: write {key.rsplit('.', 1)[-1]}: "
+            f"\"{word}\" in a recipe, --set '{key}=\"{word}\"' on the command line)")
 
 
 def _is_kind(v: Any, kind: str) -> bool:
@@ -491,7 +498,8 @@ def _check_model(model: dict) -> None:
     inner = model.get("inner_widths")
     if inner is not None and len(inner) != len(widths):
         raise ConfigError(f"model.inner_widths needs one entry per stage like model.widths "
-                          f"({len(widths)}); got {inner}, or null for the stage widths")
+                          f"({len(widths)}); got {inner}: give {len(widths)} entries, or null "
+                          "for the stage widths")
 
 
 def _check_prune(prune: dict, optim: dict) -> None:

@@ -400,3 +400,14 @@ def test_new_options_are_checked():
         fxprune.SMCP(pm, hysteresis=-0.1)
     with pytest.raises(ValueError, match="bn_recalibrate must be an integer"):
         fxprune.SMCP(pm, bn_recalibrate=1.5)
+
+
+def test_state_with_another_bn_rescale_is_refused():
+    """bn_rescale's default changed: resuming a run must not switch it silently."""
+    state = fxprune.SMCP(prepared(), target=0.5, bn_rescale="kept_fraction").state_dict()
+    assert state["bn_rescale"] == "kept_fraction"
+    with pytest.raises(ValueError, match=r"saved with bn_rescale='kept_fraction'.*bn_rescale='off'"):
+        fxprune.SMCP(prepared(), target=0.5).load_state_dict(state)
+    fxprune.SMCP(prepared(), target=0.5, bn_rescale="kept_fraction").load_state_dict(state)
+    del state["bn_rescale"]  # saved before it was recorded: nothing to compare
+    fxprune.SMCP(prepared(), target=0.5).load_state_dict(state)

@@ -70,8 +70,11 @@ def test_overrides_do_not_mutate_input():
     ("prune.method=magic", r"prune.method must be one of 'none' \| 'smcp' \| .* \| 'ccp' \| .*; got 'magic'"),
     ("optim.epochs=null", r"cannot be null"),
     ("model.inner_widths=[8]", r"model.inner_widths needs one entry per stage like model.widths \(3\)"),
-    (["prune.method=smcp", "prune.bn_rescale=off"], r"prune.bn_rescale must be one of 'kept_fraction' \| 'off'; got false "
-                             r"\(YAML reads unquoted off/no/on/yes as booleans: quote the word\)"),
+    (["prune.method=smcp", "prune.bn_rescale=off"],
+     r"prune.bn_rescale must be one of 'kept_fraction' \| 'off'; got false \(YAML reads unquoted "
+     r"off/no/on/yes as booleans: write bn_rescale: \"off\" in a recipe, --set "
+     r"'prune.bn_rescale=\"off\"' on the command line\)"),
+    ("device=yes", r"device takes a string; got true \(bool\) \(YAML reads .* --set 'device=\"on\"'"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):

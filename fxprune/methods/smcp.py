@@ -330,11 +330,18 @@ class SMCP(PruningMethod):
                 "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
                 "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
                 "target": self.target, "groups": self.signature(),
-                "skipped_updates": self.skipped_updates, "bn_recalibrating": self._recalibrating}
+                "skipped_updates": self.skipped_updates, "bn_recalibrating": self._recalibrating,
+                "bn_rescale": self.bn_rescale}
 
     def load_state_dict(self, state: dict) -> None:
-        """Refuses a state saved for other groups (names or sizes differ), naming both."""
+        """Refuses a state saved for other groups (names or sizes differ), naming both, or with
+        another ``bn_rescale`` (its default changed: a run would switch it mid-training)."""
         self._check_state(state, state["masks"])
+        saved = state.get("bn_rescale")  # states saved before it was recorded do not say
+        if saved is not None and saved != self.bn_rescale:
+            raise ValueError(f"this SMCP state was saved with bn_rescale={saved!r}, the pruner has "
+                             f"bn_rescale={self.bn_rescale!r}; build it with "
+                             f"bn_rescale={saved!r} to resume that run")
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
         self.importance.load_state_dict(state["importance"])
