@@ -223,6 +223,7 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
 
     # SMCP rows: the recipe's schedule scaled to E unless a row says otherwise
     spe = len(train)
+    fixed = {**PINNED, **args.smcp_options}  # every SMCP row's options under its own
     for label, spec in smcp_rows(args).items():
         opts = dict(spec)
         at = {k: round(opts.pop(k, v) * E * spe) for k, v in SCHEDULE.items()}
@@ -236,7 +237,7 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
         pruner = fxprune.SMCP(pm, target=target, cost=cost, channel_step=8, warmup=at["warmup"],
                               ramp=at["ramp_until"] - at["warmup"], freeze_after=at["freeze_from"],
                               update_every=max(1, at["update_every"]), masked_decay=2e-4,
-                              **{**PINNED, **args.smcp_options, **opts})
+                              **{**fixed, **opts})
         t = Trainer(args, total)
         t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
         masked_acc = accuracy(pm, test)
@@ -247,7 +248,7 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
             finalize_diff = (pm(x) - small(x)).abs().max().item()
         models[label] = small
         rows.append({"label": label, "accuracy": accuracy(small, test),
-                     "options": {**PINNED, **args.smcp_options, **spec},
+                     "options": {**fixed, **spec},
                      "accuracy_masked": masked_acc, "finalize_max_abs_diff": finalize_diff,
                      "cost_target": target, **model_stats(small)})
 

@@ -21,6 +21,9 @@ from torchvision.models.resnet import BasicBlock
 __all__ = ["ResNetFMNIST", "build_model", "available_models"]
 
 DEFAULT_WIDTHS = (16, 32, 64)
+# ResNetFMNIST's own arguments, which a torchvision model refuses (build_model and the recipe
+# check both name them from here)
+RESNET_FMNIST_ONLY = ("widths", "blocks", "inner_widths", "in_channels")
 DEFAULT_BLOCKS = (1, 1, 1)
 
 
@@ -32,8 +35,8 @@ class ResNetFMNIST(nn.Module):
     three default stages run at 28x28, 14x14 and 7x7. ``inner_widths[i]`` (default
     ``widths``) is the width between the two 3x3 convs of stage ``i``'s blocks: the channels
     channel pruning removes inside a block (one value per stage: every block of the stage gets
-    it), so a pruned model's architecture can be trained from scratch (the control of Liu et al., ICLR 2019), e.g. ``widths=(12, 32, 64),
-    inner_widths=(8, 16, 40)``.
+    it), so a pruned model's architecture can be trained from scratch (the control of Liu et
+    al., ICLR 2019), e.g. ``widths=(12, 32, 64), inner_widths=(8, 16, 40)``.
     """
 
     def __init__(
@@ -129,10 +132,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
     """Build a model by name, randomly initialised.
 
     ``"resnet_fmnist"`` takes ``widths``, ``blocks``, ``inner_widths``, ``num_classes``,
-    ``in_channels`` and ``zero_init_residual`` (see :class:`ResNetFMNIST`). Any torchvision classification model
-    name (``"resnet18"``, ``"mobilenet_v2"``, ...) is built with ``torchvision.models.get_model``
-    and the given keyword arguments (``num_classes`` and the like); those models expect
-    3-channel inputs, so they do not train on Fashion-MNIST as they are.
+    ``in_channels`` and ``zero_init_residual`` (see :class:`ResNetFMNIST`). Any torchvision
+    classification model name (``"resnet18"``, ``"mobilenet_v2"``, ...) is built with
+    ``torchvision.models.get_model`` and the given keyword arguments (``num_classes`` and the
+    like); those models expect 3-channel inputs, so they do not train on Fashion-MNIST as they
+    are.
     """
     if name in _BUILDERS:
         builder = _BUILDERS[name]
@@ -148,8 +152,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
                          f"classification model: {', '.join(tv_names)}")
     import torchvision.models as tvm
 
-    stray = sorted(k for k in ("widths", "blocks", "inner_widths", "in_channels")
-                   if kwargs.get(k) is not None)
+    stray = sorted(k for k in RESNET_FMNIST_ONLY if kwargs.get(k) is not None)
     if stray:
         raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the torchvision model "
                         f"{name!r} takes its own keyword arguments (e.g. num_classes). In a "

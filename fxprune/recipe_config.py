@@ -22,7 +22,7 @@ import yaml
 
 from .data import DATA_DEFAULTS
 from .errors import FxPruneError
-from .models import DEFAULT_BLOCKS, DEFAULT_WIDTHS
+from .models import DEFAULT_BLOCKS, DEFAULT_WIDTHS, RESNET_FMNIST_ONLY
 
 __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_config",
            "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS",
@@ -484,7 +484,7 @@ def _check_model(model: dict) -> None:
             raise ConfigError(f"model.name {name!r} is not a model: use resnet_fmnist or a "
                               f"torchvision classification model (resnet18, mobilenet_v2, ...; "
                               f"see fxprune.models.available_models())")
-        stray = [k for k in ("widths", "blocks", "inner_widths") if model.get(k) is not None]
+        stray = [k for k in RESNET_FMNIST_ONLY if model.get(k) is not None]
         if stray:
             raise ConfigError(f"model.{stray[0]} only applies to resnet_fmnist; set "
                               f"model.{stray[0]}=null for the torchvision model {name!r}")
