@@ -302,6 +302,11 @@ DEFAULT_SMCP = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
                 "smcp-lat-b64-t75": {"cost": "latency:64", "target": 0.75, **LATE_HARD},
                 "smcp-flops-late-hard-ro": {**LATE_HARD, **RESCALE_OFF},
                 "smcp-lat-b64-t75-ro": {"cost": "latency:64", "target": 0.75, **LATE_HARD,
+                                        **RESCALE_OFF},
+                # smcp-lat-b64 (target 0.85) and -t95 without rescaling (named by target)
+                "smcp-lat-b64-t95-ro": {"cost": "latency:64", "target": 0.95, **LATE_HARD,
+                                        **RESCALE_OFF},
+                "smcp-lat-b64-t85-ro": {"cost": "latency:64", "target": 0.85, **LATE_HARD,
                                         **RESCALE_OFF}}
 
 

@@ -36,7 +36,7 @@ def test_vs_torch_pruning_smoke(tmp_path):
     assert labels == ["dense", "tp-taylor", "tp-taylor-r8", "tp-magnitude", "tp-magnitude-r8",
                       "smcp-flops", "smcp-flops-late-hard", "smcp-lat-b1", "smcp-lat-b64",
                       "smcp-lat-b64-t95", "smcp-lat-b64-t75", "smcp-flops-late-hard-ro",
-                      "smcp-lat-b64-t75-ro"]
+                      "smcp-lat-b64-t75-ro", "smcp-lat-b64-t95-ro", "smcp-lat-b64-t85-ro"]
     for r in result["runs"]:
         assert set(r["latency_ms"]) == {"1", "64"} and all(v > 0 for v in r["latency_ms"].values())
         if r["label"] != "dense" and "lat" not in r["label"]:
