@@ -22,7 +22,7 @@ import yaml
 
 from .data import DATA_DEFAULTS
 from .errors import FxPruneError
-from .models import DEFAULT_BLOCKS, DEFAULT_WIDTHS, RESNET_FMNIST_ONLY
+from .models import CONV_INITS, DEFAULT_BLOCKS, DEFAULT_WIDTHS, RESNET_FMNIST_ONLY
 
 __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_config",
            "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS",
@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "widths": list(DEFAULT_WIDTHS),
         "blocks": list(DEFAULT_BLOCKS),
         "inner_widths": None,  # resnet_fmnist: width inside each block (null: the stage's)
+        "conv_init": None,     # resnet_fmnist: kaiming_fan_out | torch_default (null: the first)
         "num_classes": 10,
     },
     "optim": {
@@ -208,6 +209,7 @@ SCHEMA: dict[str, Rule] = {
     "model.widths": Rule("ints", nullable=True, low=1),
     "model.blocks": Rule("ints", nullable=True, low=1),
     "model.inner_widths": Rule("ints", nullable=True, low=1),
+    "model.conv_init": Rule("str", nullable=True, choices=CONV_INITS),
     "model.num_classes": Rule("int", low=2),
     "optim.epochs": POSITIVE_INT,
     "optim.lr": Rule("float", low=0, open_low=True),

@@ -52,6 +52,7 @@ CHEAP_VALID = {
     "model.widths": st.lists(st.integers(1, 8), min_size=1, max_size=3),
     "model.blocks": st.lists(st.integers(1, 1), min_size=1, max_size=3),
     "model.inner_widths": st.none() | st.lists(st.integers(1, 8), min_size=1, max_size=3),
+    "model.conv_init": st.none() | st.sampled_from(["kaiming_fan_out", "torch_default"]),
     "model.num_classes": st.integers(2, 12),
     "optim.epochs": st.integers(1, 2),
     "optim.lr": st.floats(1e-4, 1.0),

@@ -117,3 +117,26 @@ def test_inner_widths_build_the_architecture_pruning_leaves():
 def test_bad_inner_widths_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model("resnet_fmnist", **kwargs)
+
+
+def test_conv_init_choices_set_the_conv_weights_scale():
+    """kaiming_fan_out: N(0, 2/fan_out) (torchvision's ResNet); torch_default: nn.Conv2d's own
+    U(+-1/sqrt(fan_in)); the two differ ~2.5x in scale for a 3x3 conv of equal widths."""
+    import math
+
+    torch.manual_seed(0)
+    tv = build_model("resnet_fmnist", widths=(64,), blocks=(1,))
+    torch.manual_seed(0)
+    pt = build_model("resnet_fmnist", widths=(64,), blocks=(1,), conv_init="torch_default")
+    assert tv.conv_init == "kaiming_fan_out" and pt.conv_init == "torch_default"
+    w_tv, w_pt = tv.layer1[0].conv2.weight, pt.layer1[0].conv2.weight  # 64 -> 64, 3x3
+    fan = 64 * 9
+    assert abs(w_tv.std().item() - math.sqrt(2 / fan)) < 0.05 * math.sqrt(2 / fan)
+    for m in pt.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            assert m.weight.abs().max().item() <= 1 / math.sqrt(fan_in) + 1e-7
+    assert abs(w_pt.std().item() - 1 / math.sqrt(3 * fan)) < 0.05 / math.sqrt(3 * fan)
+    with pytest.raises(ValueError, match=r"conv_init must be one of \('kaiming_fan_out', "
+                                         r"'torch_default'\), got 'xavier'"):
+        build_model("resnet_fmnist", conv_init="xavier")

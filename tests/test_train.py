@@ -70,6 +70,10 @@ def test_overrides_do_not_mutate_input():
     ("prune.method=magic", r"prune.method must be one of 'none' \| 'smcp' \| .* \| 'ccp' \| .*; got 'magic'"),
     ("optim.epochs=null", r"cannot be null"),
     ("model.inner_widths=[8]", r"model.inner_widths needs one entry per stage like model.widths \(3\)"),
+    ("model.conv_init=xavier", r"model.conv_init must be one of 'kaiming_fan_out' \| 'torch_default' "
+                               r"\(or null\); got 'xavier'"),
+    (["model.name=resnet18", "model.widths=null", "model.blocks=null", "model.conv_init=torch_default"],
+     r"model.conv_init only applies to resnet_fmnist; set model.conv_init=null"),
     (["prune.method=smcp", "prune.bn_rescale=off"],
      r"prune.bn_rescale must be one of 'kept_fraction' \| 'off'; got false \(YAML reads unquoted "
      r"off/no/on/yes as booleans: write bn_rescale: \"off\" in a recipe, --set "
