@@ -24,8 +24,9 @@ over all E epochs:
   latency table measured at batch 1 / 64 as the cost, target 85% of the dense latency) and
   ``smcp-lat-b64-t95`` / ``-t75`` (the batch-64 table at 95% / 75% of it), all with SMCP's BN
   rescaling (``bn_rescale="kept_fraction"``, pinned: fxprune's default until it was measured
-  to cost accuracy), and ``smcp-flops-late-hard-ro`` / ``smcp-lat-b64-t75-ro``: those two with
-  it off (fxprune's default now).
+  to cost accuracy), and ``smcp-flops-late-hard-ro``, ``smcp-lat-b64-t75-ro``,
+  ``smcp-lat-b64-t95-ro`` and ``smcp-lat-b64-t85-ro`` (``smcp-lat-b64`` renamed by its target):
+  those with it off (fxprune's default now).
 
 The results compare at equal measured latency both ways: each SMCP row against the most
 accurate Torch-Pruning row that is no faster, and each Torch-Pruning row against the most
@@ -311,7 +312,7 @@ DEFAULT_SMCP = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
 
 
 def smcp_rows(args) -> dict[str, dict]:
-    """``--smcp NAME=JSON`` rows (default: smcp-flops with the recipe's schedule)."""
+    """``--smcp NAME=JSON`` rows (default: ``DEFAULT_SMCP``, described in the module docstring)."""
     rows = {}
     for item in args.smcp or ():
         name, _, spec = item.partition("=")

@@ -487,9 +487,12 @@ def _check_model(model: dict) -> None:
                               f"torchvision classification model (resnet18, mobilenet_v2, ...; "
                               f"see fxprune.models.available_models())")
         stray = [k for k in RESNET_FMNIST_ONLY if model.get(k) is not None]
-        if stray:
-            raise ConfigError(f"model.{stray[0]} only applies to resnet_fmnist; set "
-                              f"model.{stray[0]}=null for the torchvision model {name!r}")
+        if stray:  # all at once: the shipped recipes set several
+            keys = ", ".join(f"model.{k}" for k in stray)
+            sets = " ".join(f"--set model.{k}=null" for k in stray)
+            raise ConfigError(f"{keys} only appl{'ies' if len(stray) == 1 else 'y'} to "
+                              f"resnet_fmnist; set {'it' if len(stray) == 1 else 'them'} to null "
+                              f"for the torchvision model {name!r} ({sets})")
         return
     widths, blocks = model.get("widths"), model.get("blocks")
     widths = list(DEFAULT_WIDTHS) if widths is None else widths

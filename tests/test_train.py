@@ -73,7 +73,12 @@ def test_overrides_do_not_mutate_input():
     ("model.conv_init=xavier", r"model.conv_init must be one of 'kaiming_fan_out' \| 'torch_default' "
                                r"\(or null\); got 'xavier'"),
     (["model.name=resnet18", "model.widths=null", "model.blocks=null", "model.conv_init=torch_default"],
-     r"model.conv_init only applies to resnet_fmnist; set model.conv_init=null"),
+     r"model.conv_init only applies to resnet_fmnist; set it to null for the torchvision model "
+     r"'resnet18' \(--set model.conv_init=null\)$"),
+    (["model.name=resnet18", "model.conv_init=torch_default"],
+     r"model.widths, model.blocks, model.conv_init only apply to resnet_fmnist; set them to null "
+     r"for the torchvision model 'resnet18' \(--set model.widths=null --set model.blocks=null "
+     r"--set model.conv_init=null\)$"),
     (["prune.method=smcp", "prune.bn_rescale=off"],
      r"prune.bn_rescale must be one of 'kept_fraction' \| 'off'; got false \(YAML reads unquoted "
      r"off/no/on/yes as booleans: write bn_rescale: \"off\" in a recipe, --set "
