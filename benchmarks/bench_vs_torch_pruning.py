@@ -296,19 +296,17 @@ LATE_HARD = {"warmup": 0.3, "ramp_until": 0.5, "freeze_from": 0.6, "masks": "har
 # the "-ro" rows turn it off, as fxprune does by default now.
 PINNED = {"bn_rescale": "kept_fraction"}
 RESCALE_OFF = {"bn_rescale": "off"}
-DEFAULT_SMCP = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
-                "smcp-lat-b1": {"cost": "latency:1", "target": 0.85, **LATE_HARD},
-                "smcp-lat-b64": {"cost": "latency:64", "target": 0.85, **LATE_HARD},
-                "smcp-lat-b64-t95": {"cost": "latency:64", "target": 0.95, **LATE_HARD},
-                "smcp-lat-b64-t75": {"cost": "latency:64", "target": 0.75, **LATE_HARD},
-                "smcp-flops-late-hard-ro": {**LATE_HARD, **RESCALE_OFF},
-                "smcp-lat-b64-t75-ro": {"cost": "latency:64", "target": 0.75, **LATE_HARD,
-                                        **RESCALE_OFF},
-                # smcp-lat-b64 (target 0.85) and -t95 without rescaling (named by target)
-                "smcp-lat-b64-t95-ro": {"cost": "latency:64", "target": 0.95, **LATE_HARD,
-                                        **RESCALE_OFF},
-                "smcp-lat-b64-t85-ro": {"cost": "latency:64", "target": 0.85, **LATE_HARD,
-                                        **RESCALE_OFF}}
+_WITH_RESCALE = {"smcp-flops": {}, "smcp-flops-late-hard": dict(LATE_HARD),
+                 "smcp-lat-b1": {"cost": "latency:1", "target": 0.85, **LATE_HARD},
+                 "smcp-lat-b64": {"cost": "latency:64", "target": 0.85, **LATE_HARD},
+                 "smcp-lat-b64-t95": {"cost": "latency:64", "target": 0.95, **LATE_HARD},
+                 "smcp-lat-b64-t75": {"cost": "latency:64", "target": 0.75, **LATE_HARD}}
+# "-ro" row: the row it reruns with rescaling off (smcp-lat-b64's named by its target, t85)
+_RERUN_OFF = {"smcp-flops-late-hard-ro": "smcp-flops-late-hard",
+              "smcp-lat-b64-t75-ro": "smcp-lat-b64-t75", "smcp-lat-b64-t95-ro": "smcp-lat-b64-t95",
+              "smcp-lat-b64-t85-ro": "smcp-lat-b64"}
+DEFAULT_SMCP = {**_WITH_RESCALE,
+                **{ro: {**_WITH_RESCALE[row], **RESCALE_OFF} for ro, row in _RERUN_OFF.items()}}
 
 
 def smcp_rows(args) -> dict[str, dict]:

@@ -21,13 +21,13 @@ from torchvision.models.resnet import BasicBlock
 __all__ = ["ResNetFMNIST", "build_model", "available_models"]
 
 DEFAULT_WIDTHS = (16, 32, 64)
+DEFAULT_BLOCKS = (1, 1, 1)
 # ResNetFMNIST's own arguments, which a torchvision model refuses (build_model and the recipe
 # check both name them from here)
 RESNET_FMNIST_ONLY = ("widths", "blocks", "inner_widths", "in_channels", "conv_init")
 # How the 3x3/1x1 convs start: torchvision ResNet's kaiming normal over fan-out (He et al.,
 # 2015), or PyTorch's own nn.Conv2d default (kaiming uniform with a=sqrt(5): U(+-1/sqrt(fan_in)))
 CONV_INITS = ("kaiming_fan_out", "torch_default")
-DEFAULT_BLOCKS = (1, 1, 1)
 
 
 class ResNetFMNIST(nn.Module):

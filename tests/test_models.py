@@ -132,6 +132,7 @@ def test_conv_init_choices_set_the_conv_weights_scale():
     w_tv, w_pt = tv.layer1[0].conv2.weight, pt.layer1[0].conv2.weight  # 64 -> 64, 3x3
     fan = 64 * 9
     assert abs(w_tv.std().item() - math.sqrt(2 / fan)) < 0.05 * math.sqrt(2 / fan)
+    assert abs(w_pt.std().item() - 1 / math.sqrt(3 * fan)) < 0.05 / math.sqrt(3 * fan)
     # every conv of a three-stage model: stride-2, 1x1 downsample and inner_widths' own convs
     full = build_model("resnet_fmnist", inner_widths=(8, 16, 40), conv_init="torch_default")
     convs = [m for m in [*pt.modules(), *full.modules()] if isinstance(m, torch.nn.Conv2d)]
@@ -146,7 +147,6 @@ def test_conv_init_choices_set_the_conv_weights_scale():
         states.append(build_model("resnet_fmnist", inner_widths=(8, 16, 40), **ci).state_dict())
     for other in states[1:]:
         assert all(torch.equal(states[0][k], other[k]) for k in states[0])
-    assert abs(w_pt.std().item() - 1 / math.sqrt(3 * fan)) < 0.05 / math.sqrt(3 * fan)
     with pytest.raises(ValueError, match=r"conv_init must be one of \('kaiming_fan_out', "
                                          r"'torch_default'\), got 'xavier'"):
         build_model("resnet_fmnist", conv_init="xavier")
