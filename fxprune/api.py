@@ -6,13 +6,14 @@ from torch import fx, nn
 
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
-from fxprune.passes.shape_prop import normalize_example_inputs, propagate_shapes
+from fxprune.passes.shape_prop import check_example_values, normalize_example_inputs, propagate_shapes
 from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channels, verify
 from fxprune.passes.trace import trace
 
 from .cost import LayerSpec
 from .groups import PreparedState, channel_groups, state_of
 from .op_table import DEFAULT_LEAF_MODULES
+from .rules import ChannelRule
 from .serialization import make_savable
 
 
@@ -43,6 +44,12 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
         raise ValueError("this model is already prepared by fxprune; prepare the original model")
     example_inputs = normalize_example_inputs(example_inputs)
+    check_example_values(example_inputs)
+    for key, row in (rules or {}).items():
+        if not isinstance(row, ChannelRule):
+            raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, not a "
+                            "channel rule: give an instance such as fxprune.rules.ChannelAffine(('weight',)) "
+                            "or fxprune.rules.Barrier()")
     gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules)
     # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
     # inputs are stored as given and moved again at each later use (finalize's check, FLOPs).

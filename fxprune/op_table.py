@@ -74,7 +74,7 @@ CHANNEL_RULES: dict = {
     F.layer_norm: FunctionalLayerNorm(),
     F.batch_norm: FunctionalAffine(), F.instance_norm: FunctionalAffine(),
     # -- shape ops
-    nn.Flatten: RESHAPE, nn.Unflatten: RESHAPE,
+    nn.Flatten: RESHAPE, nn.Unflatten: Reshape(unflatten=True),
     torch.flatten: RESHAPE, "flatten": RESHAPE,
     torch.reshape: Reshape(sizes_from=1), "reshape": Reshape(sizes_from=1), "view": Reshape(sizes_from=1),
     "unflatten": Reshape(unflatten=True), torch.unflatten: Reshape(unflatten=True),
@@ -128,6 +128,8 @@ for _name in ("new_zeros", "new_ones", "new_empty"):
     CHANNEL_RULES[_name] = Create(sizes_from=1)
 for _f in (torch.zeros, torch.ones, torch.empty, torch.randn, torch.rand):
     CHANNEL_RULES[_f] = Create(sizes_from=0)
+CHANNEL_RULES["new_full"] = Create(sizes_from=1, one_size_arg=True)
+CHANNEL_RULES[torch.full] = Create(sizes_from=0, one_size_arg=True)
 CHANNEL_RULES[F.normalize] = MixesDim(dim_pos=2, default_dim=1)  # elementwise but along dim
 for _f in (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,

@@ -282,6 +282,14 @@ class ChannelAnalysis(NodeFacts):
         return rule.propagate(self)
 
     def _result(self) -> ChannelGraph:
+        aliases = _tied_tensors(self.gm)
+        for sp in self.spaces:
+            if sp.tensor in aliases:
+                # Slicing one name would leave the other a different size (and folding masks
+                # would scale the one tensor twice), so a tied tensor's channels all stay.
+                others = ", ".join(f"`{n}`" for n in aliases[sp.tensor] if n != sp.tensor)
+                self.marks.append((sp.ids, f"`{sp.tensor}` is the same tensor as {others} (tied "
+                                           "weights); fxprune keeps tied tensors whole"))
         for count_ids, dim_ids, why in self.deferred:
             if dim_ids is None or not self.same_channels(count_ids, dim_ids):
                 # the count stays what it was, so the dim it shapes must keep its size too
@@ -368,6 +376,14 @@ class ChannelAnalysis(NodeFacts):
                 groups[owner].keep_one_of.append((positions, why))
         return ChannelGraph(self.spaces, self.graph, element_unit, unit_group, unit_pos, groups,
                             list(self.mask_sites.values()), self.stat_sites, self.layers, unit_barrier)
+
+
+def _tied_tensors(gm: fx.GraphModule) -> dict[str, list[str]]:
+    """Each qualname of a parameter or buffer reachable under several names -> all its names."""
+    names: dict[int, list[str]] = {}
+    for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+    return {n: group for group in names.values() if len(group) > 1 for n in group}
 
 
 def _flatten(items):

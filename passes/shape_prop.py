@@ -7,11 +7,14 @@ are not touched, then restores each module's mode.
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, NamedTuple
 
 import torch
 from torch import fx
 
+import fxprune
 from fxprune.errors import ExampleInputsError
 
 
@@ -39,6 +42,25 @@ def summarize(value: Any) -> Any:
     return Opaque(type(value).__name__)
 
 
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
+# torch's and fxprune's own frames (the tracer's) are not where the user's model went wrong
+_INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
+                       for f in (torch.__file__, __file__, fxprune.__file__))
+
+
+def user_frame(stack_trace: str | None) -> str:
+    """The innermost frame of a node's recorded stack outside torch and fxprune, as
+    ``file:line in func: code`` ("" when there is none)."""
+    lines = (stack_trace or "").splitlines()
+    found = ""
+    for i, line in enumerate(lines):
+        m = _FRAME.match(line)
+        if m and not os.path.abspath(m.group(1)).startswith(_INTERNAL_DIRS):
+            code = lines[i + 1].strip() if i + 1 < len(lines) and not _FRAME.match(lines[i + 1]) else ""
+            found = f"{m.group(1)}:{m.group(2)} in {m.group(3)}" + (f": {code}" if code else "")
+    return found
+
+
 class _Recorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -46,8 +68,8 @@ class _Recorder(fx.Interpreter):
         except ExampleInputsError:
             raise
         except Exception as e:  # noqa: BLE001 - reported with the node that failed
-            where = (n.stack_trace or "").strip().splitlines()
-            origin = f"\n  from: {where[-2].strip()} {where[-1].strip()}" if len(where) >= 2 else ""
+            frame = user_frame(n.stack_trace)
+            origin = f"\n  from: {frame}" if frame else ""
             raise ExampleInputsError(
                 f"running the model on example_inputs failed at node `{n.name}` "
                 f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: {e}\n"
@@ -104,6 +126,22 @@ def normalize_example_inputs(example_inputs) -> tuple:
     return example_inputs
 
 
+def check_example_values(example_inputs: tuple) -> None:
+    """Refuse example tensors that cannot show a difference: finalize checks its surgery by
+    comparing outputs on them, and an empty or NaN input makes that comparison vacuous."""
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.numel() == 0:
+            raise ExampleInputsError(
+                f"example_inputs[{i}] is empty (shape {tuple(t.shape)}); finalize checks the pruned "
+                "model on these inputs, so give at least one example, e.g. batch size 1")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ExampleInputsError(
+                f"example_inputs[{i}] holds NaN or inf values; finalize checks the pruned model on "
+                "these inputs, so give finite ones, e.g. torch.randn of the same shape")
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     required = [n for n in placeholders if not n.args]  # a placeholder's args hold its default
@@ -114,6 +152,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
             f"example_inputs has {len(example_inputs)}; pass one example per argument, e.g. (x,)")
     modes = {m: m.training for m in gm.modules()}
     recorder = _Recorder(gm)
+    recorder.extra_traceback = False  # our error names the node and the model's line already
     recorder.input_shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                              for t in example_inputs]
     gm.eval()

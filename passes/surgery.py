@@ -9,6 +9,7 @@ on the example inputs and refuse to return a model whose output differs.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -195,7 +196,8 @@ def _flat_tensors(out):
 
 
 def max_relative_error(a, b) -> float:
-    """max |a - b| / max |a| over all output tensors (compared in the same order)."""
+    """max |a - b| / max |a| over all output tensors (compared in the same order); ``inf`` where
+    the structure or a shape differs or a difference is not finite (a NaN never compares as 0)."""
     ta, tb = _flat_tensors(a), _flat_tensors(b)
     if len(ta) != len(tb):
         return float("inf")
@@ -203,8 +205,12 @@ def max_relative_error(a, b) -> float:
     for x, y in zip(ta, tb):
         if x.shape != y.shape:
             return float("inf")
-        scale = x.detach().abs().max().item() if x.numel() else 0.0
-        diff = (x.detach().double() - y.detach().double()).abs().max().item() if x.numel() else 0.0
+        if not x.numel():
+            continue
+        scale = x.detach().abs().max().item()
+        diff = (x.detach().double() - y.detach().double()).abs().max().item()
+        if not (math.isfinite(diff) and math.isfinite(scale)):
+            return float("inf")
         worst = max(worst, diff / max(scale, 1e-12))
     return worst
 
@@ -251,7 +257,23 @@ def run_eval(model: nn.Module, inputs: tuple):
 
 
 def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
-    err = max_relative_error(run_eval(prepared, inputs), run_eval(pruned, inputs))
+    expected = run_eval(prepared, inputs)
+    values = [t for t in _flat_tensors(expected) if t.numel()]
+    if not values:
+        raise SurgeryError("the masked model's output on the example inputs holds no values, so "
+                           "finalize has nothing to check the pruned model against; prepare with "
+                           "example inputs that give a non-empty output, or finalize(..., check=False)")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in values):
+        raise SurgeryError("the masked model's output on the example inputs is not finite (NaN or "
+                           "inf), so finalize cannot check the pruned model against it; look for a "
+                           "diverged training run, or pass finalize(..., check=False)")
+    try:
+        got = run_eval(pruned, inputs)
+    except Exception as e:  # noqa: BLE001 - a surgery bug, reported as one
+        raise SurgeryError(f"the pruned model fails on the example inputs: {type(e).__name__}: {e}. "
+                           "This is a bug in fxprune or in a custom rule: please report it with the "
+                           "model. finalize(prepared, check=False) returns the model anyway.") from e
+    err = max_relative_error(expected, got)
     if not err <= rtol:
         raise SurgeryError(
             f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "

@@ -81,6 +81,49 @@ def test_wrong_example_inputs_are_explained(resnet18):
         fxprune.prepare(lambda x: x, (X,))
 
 
+def test_wrong_example_inputs_name_the_models_own_line(resnet18):
+    with pytest.raises(fxprune.ExampleInputsError) as info:
+        fxprune.prepare(resnet18, (torch.randn(1, 4, 32, 32),))
+    origin = next(line for line in str(info.value).splitlines() if "from:" in line)
+    # torchvision's forward, not the tracer's frames inside torch.fx or fxprune
+    assert "torchvision/models/resnet.py" in origin and "self.conv1(x)" in origin, origin
+
+
+def test_example_inputs_that_cannot_check_the_surgery_are_refused(resnet18):
+    with pytest.raises(fxprune.ExampleInputsError, match=r"example_inputs\[0\] is empty"):
+        fxprune.prepare(resnet18, (torch.randn(0, 3, 32, 32),))
+    bad = X.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(fxprune.ExampleInputsError, match="NaN or inf"):
+        fxprune.prepare(resnet18, (bad,))
+
+
+def test_a_nan_difference_never_passes_the_check():
+    ones = torch.ones(3)
+    assert max_relative_error(ones, torch.tensor([1.0, float("nan"), 1.0])) == float("inf")
+    assert max_relative_error(ones, torch.tensor([1.0, float("inf"), 1.0])) == float("inf")
+    assert max_relative_error(ones, ones.clone()) == 0.0
+
+
+def test_finalize_check_refuses_a_non_finite_masked_output_and_wraps_a_crash():
+    from fxprune.passes.surgery import verify
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)), (X,))
+
+    class Fails(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(fxprune.SurgeryError, match="pruned model fails.*shape mismatch"):
+        verify(pm, Fails(), (X,), 1e-4)
+    with torch.no_grad():
+        pm.get_submodule("0").bias.fill_(float("nan"))  # a diverged run
+    with pytest.raises(fxprune.SurgeryError, match="not finite"):
+        fxprune.finalize(pm)
+    assert fxprune.finalize(pm, check=False) is not None
+
+
 def test_a_single_tensor_is_accepted_as_example_inputs(resnet18):
     pm = fxprune.prepare(resnet18, X)
     assert len(fxprune.channel_groups(pm)) > 0
@@ -219,3 +262,16 @@ def test_already_prepared_or_unprepared_inputs_are_rejected(resnet18):
         fxprune.finalize(resnet18)
     with pytest.raises(fxprune.NotPreparedError):
         fxprune.channel_groups(torch.fx.symbolic_trace(resnet18))
+
+
+def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
+    from fxprune.cli import main
+
+    assert main(["demo", "--model", "resnet18", "--size", "32"]) == 0
+    assert "FLOPs x" in capsys.readouterr().out
+    for argv, message in [(["--model", "nope"], "not a torchvision classification model"),
+                          (["--model", "fcn_resnet50"], "not a torchvision classification model"),
+                          (["--size", "0"], "--size must be a positive"),
+                          (["--model", "squeezenet1_0", "--size", "8"], "squeezenet1_0 at 8x8: running the model")]:
+        with pytest.raises(SystemExit, match=message):
+            main(["demo", *argv])

@@ -438,3 +438,132 @@ def test_no_layer_is_left_without_channels():
         fxprune.finalize(pm)
     g.mask[b_share[0][0]] = 1
     fxprune.finalize(pm)
+
+
+def test_tied_weights_are_kept_whole_with_a_reason():
+    """Two layers sharing one weight Parameter: slicing one name would leave the other stale, so
+    the tied tensor's channels stay and the groups say why (found by a new-user review)."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 3, padding=1)
+            self.c1, self.c2 = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+            self.c2.weight = self.c1.weight
+            self.b, self.head = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = F.relu(self.c2(F.relu(self.c1(F.relu(self.a(x))))))
+            return self.head(F.relu(self.b(y)))
+
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Tied().eval(), torch.randn(*IMG))
+    g = groups_by_producer(pm)
+    for name in ("a", "c1", "c2"):
+        assert not g[name].prunable and "tied" in g[name].reason
+    assert g["b"].prunable and g["b"].kept < g["b"].size  # untied layers still prune
+    assert small.c2.weight.shape == small.c1.weight.shape == (16, 16, 3, 3)
+
+
+def test_nn_unflatten_after_a_linear_prunes_and_resizes():
+    class Unflat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.u, self.conv = nn.Linear(8, 64), nn.Unflatten(1, (16, 2, 2)), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.conv(self.u(F.relu(self.fc(x))))
+
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Unflat().eval(), torch.randn(3, 8))
+    kept = groups_by_producer(pm)["fc"].kept
+    assert kept < 16 and small.u.unflattened_size == (kept, 2, 2)
+    assert small(torch.randn(5, 8)).shape == (5, 4, 2, 2)
+
+
+def test_a_slice_computed_from_the_channel_count_keeps_channels_and_finalizes():
+    class Halves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            c = y.shape[1]
+            return self.b(y[:, :c // 2] + y[:, c // 2:])
+
+    x = torch.randn(*IMG)
+    pm = fxprune.prepare(Halves().eval(), (x,))
+    assert not groups_by_producer(pm)["a"].prunable
+    small = fxprune.finalize(pm)  # raised a TypeError on the slice's fx.Node bound
+    assert max_relative_error(pm(x), small(x)) <= 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
+@pytest.mark.parametrize("as_module", [False, True])
+def test_softmax_without_dim_uses_torchs_implicit_dim(as_module):
+    class Soft(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.sm, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Softmax(), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):  # 4-D input: torch picks dim 1, the channels
+            return self.b(self.sm(self.a(x)) if as_module else F.softmax(self.a(x)))
+
+    pm = fxprune.prepare(Soft(), (torch.randn(*IMG),))
+    g = groups_by_producer(pm)["a"]
+    assert not g.prunable and "mixed along the channel dim" in g.reason
+
+
+def test_custom_rules_are_checked_at_prepare():
+    from fxprune.rules import ChannelAffine
+
+    class Scale(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(c) + 0.5)
+            self.bias = nn.Parameter(torch.zeros(c))
+
+        def forward(self, x):
+            return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.s, self.head = cbr(3, 8), Scale(8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.s(self.a(x)))
+
+    x = torch.randn(*IMG)
+    with pytest.raises(TypeError, match=r"rules\['Scale'\] is a str, not a channel rule"):
+        fxprune.prepare(Net(), (x,), rules={Scale: "ChannelAffine"})
+    with pytest.raises(fxprune.FxPruneError, match="has no `wieght`.*'weight', 'bias'"):
+        fxprune.prepare(Net(), (x,), rules={Scale: ChannelAffine(("wieght", "bias"))})
+    # a row that leaves one of the module's tensors out would slice only the others: kept whole
+    pm = fxprune.prepare(Net(), (x,), rules={Scale: ChannelAffine(("weight",))})
+    g = groups_by_producer(pm)["a.0"]
+    assert not g.prunable and "`bias`" in g.reason and "does not list" in g.reason
+    torch.manual_seed(0)
+    prune_and_check(Net().eval(), x, rules={Scale: ChannelAffine(("weight", "bias"))})
+
+
+@pytest.mark.parametrize("count_from_shape", [False, True])
+@pytest.mark.parametrize("maker", ["torch.full", "new_full"])
+def test_full_tensors_follow_the_channels_they_meet(maker, count_from_shape):
+    class Offset(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            b, c, h, w = y.shape
+            size = (b, c if count_from_shape else 16, h, w)
+            z = torch.full(size, 0.5, device=y.device) if maker == "torch.full" else y.new_full(size, 0.5)
+            return self.b(y + z)
+
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Offset().eval(), torch.randn(*IMG))
+    g = groups_by_producer(pm)["a.0"]
+    assert g.prunable and g.kept < g.size and small.b.in_channels == g.kept

@@ -179,6 +179,8 @@ class MixesDim(ChannelRule):
             d = ctx.value(node_arg(ctx.node, self.dim_pos, "dim"))
         else:
             d = ctx.value(node_arg(ctx.node, self.dim_pos, "dim", self.default_dim))
+        if d is None:  # softmax & co. without a dim: torch's implicit choice (F._get_softmax_dim)
+            d = 0 if ndim in (0, 1, 3) else 1
         d = norm_dim(int(d), ndim)
         if d in labels:
             ctx.untracked(labels[d], "mixed along the channel dim")

@@ -277,9 +277,21 @@ class ChannelAffine(ChannelRule):
 
     def propagate(self, ctx):
         m, name = ctx.module(), ctx.module_name()
+        missing = [t for t in self.tensors if not hasattr(m, t)]
+        if missing:
+            raise FxPruneError(
+                f"rule ChannelAffine({self.tensors!r}) cannot apply to `{name}` ({type(m).__name__}): "
+                f"it has no {', '.join(f'`{t}`' for t in missing)}; its own tensors are "
+                f"{[n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]}")
         x = ctx.node.args[0]
         labels, shape = ctx.labels(x), ctx.shape(x)
         cdim = 1 if len(shape) > 1 else 0
+        unlisted = [n for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+                    if n not in self.tensors and t.numel() > 1]
+        if unlisted:  # surgery would slice only the listed ones
+            ctx.untracked_inputs(f"`{name}` holds {', '.join(f'`{n}`' for n in unlisted)}, which its "
+                                 f"ChannelAffine row does not list")
+            return {}
         for t in self.tensors:
             value = getattr(m, t, None)
             if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() == shape[cdim] > 1:

@@ -175,14 +175,23 @@ class Reshape(ChannelRule):
 
     def check_sizes(self, ctx, out):
         node = ctx.node
+        if self.unflatten and node.op == "call_module":
+            return  # nn.Unflatten holds literal sizes, fixed by ``resize``
         if self.unflatten:
             start = norm_dim(int(ctx.value(node_arg(node, 1, "dim"))), len(ctx.shape(node.args[0])))
             check_size_args(ctx, list(node_arg(node, 2, "sizes")), out, start)
         elif self.sizes_from is not None:
             check_size_args(ctx, varargs(node, self.sizes_from, "shape"), out)
 
+    def resize(self, module, node, ctx):
+        if not self.unflatten or not ctx.labels(node):
+            return
+        start = norm_dim(module.dim, len(ctx.shape(node.args[0])))
+        module.unflattened_size = tuple(pruned_size(ctx, ctx.labels(node), start + i, s)
+                                        for i, s in enumerate(module.unflattened_size))
+
     def rewrite(self, node, ctx):
-        if self.sizes_from is None and not self.unflatten:
+        if (self.sizes_from is None and not self.unflatten) or node.op == "call_module":
             return
         labels = ctx.labels(node)
         if not labels:
@@ -377,7 +386,10 @@ class Index(ChannelRule):
         new_items, changed = [], False
         for item, dims in self._items(ctx, node)[:len(idx) if isinstance(idx, tuple) else 1]:
             ids = labels.get(dims[0]) if len(dims) == 1 and item is not Ellipsis else None
-            if ids is not None and isinstance(item, (int, slice)):
+            computed = isinstance(item, slice) and not all(
+                isinstance(v, (int, type(None))) for v in (item.start, item.stop, item.step))
+            # a computed slice's channels were all kept (see propagate): nothing to rewrite
+            if ids is not None and isinstance(item, (int, slice)) and not computed:
                 kept = ctx.kept(ids)
                 before = np.concatenate([[0], np.cumsum(kept)])
                 if isinstance(item, int):
@@ -458,10 +470,15 @@ class Create(ChannelRule):
     kind = "creates a tensor"
     checks_sizes = True
 
-    def __init__(self, sizes_from: int):
+    def __init__(self, sizes_from: int, one_size_arg: bool = False):
         self.sizes_from = sizes_from
+        # torch.full(size, fill_value) / x.new_full(size, fill_value): the sizes are one
+        # argument with others after it, not the call's trailing arguments
+        self.one_size_arg = one_size_arg
 
     def _sizes(self, node):
+        if self.one_size_arg:
+            return list(node_arg(node, self.sizes_from, "size"))
         return varargs(node, self.sizes_from, "size")
 
     def propagate(self, ctx):
@@ -486,7 +503,9 @@ class Create(ChannelRule):
             return
         new = list(sizes)
         new[1] = int(ctx.kept(ids).sum())
-        if new != sizes:
+        if new != sizes and self.one_size_arg:
+            set_node_arg(node, self.sizes_from, "size", tuple(new))
+        elif new != sizes:
             rest = node.args[:self.sizes_from]
             node.args = (*rest, *new)
             node.kwargs = {k: v for k, v in node.kwargs.items() if k != "size"}
