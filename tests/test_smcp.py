@@ -224,6 +224,21 @@ def test_magnitude_importance_keeps_the_largest_weights():
     assert all(group.mask[i] == 1 for i in (3, 5, 7))
 
 
+def test_frozen_layers_are_named_in_a_warning():
+    """Taylor importance is |w * dL/dw|: a frozen layer has no gradient, so the channels it
+    reads would score 0 and be pruned first, on no evidence; the user is told which layers."""
+    pm = prepared()
+    for p in pm.get_submodule("c1").parameters():
+        p.requires_grad_(False)
+    with pytest.warns(RuntimeWarning, match=r"frozen weights \(requires_grad=False: c1\.0\).*magnitude"):
+        fxprune.SMCP(pm, target=0.5)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.SMCP(pm, target=0.5, importance="magnitude")  # reads weights only: no warning
+        fxprune.SMCP(prepared(), target=0.5)
+
+
 def test_state_dict_resumes_to_identical_masks(tmp_path):
     def run(split_at=None):
         pm = prepared(seed=1)
