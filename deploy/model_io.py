@@ -87,15 +87,27 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                           "pass a fitting --input-shape") from None
 
 
+def read_onnx(path: str, load_external_data: bool = False):
+    """``onnx.load``, with a file that is not an ONNX model (corrupt, empty, another format
+    renamed ``.onnx``) reported as a :class:`DeployError` naming it."""
+    import onnx
+
+    try:
+        return onnx.load(path, load_external_data=load_external_data)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError
+        raise DeployError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}); "
+                          "export one again, or deploy the PyTorch model file instead") from None
+
+
 def onnx_input_shape(path: str, input_shape=None, batch: int | None = None) -> tuple[int, ...]:
     """The input shape of an ONNX file: ``input_shape`` if given, else its first input's static
     dims (a symbolic batch dim counts as 1); ``batch`` replaces the first dim."""
-    import onnx
-
     if input_shape is not None:
         shape = parse_shape(input_shape)
     else:
-        m = onnx.load(path, load_external_data=False)
+        m = read_onnx(path)
         inits = {i.name for i in m.graph.initializer}
         inputs = [i for i in m.graph.input if i.name not in inits]
         if not inputs:

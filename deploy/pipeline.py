@@ -19,7 +19,7 @@ from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import DeployError, cpu_name
 from .model_io import (check_input_fits, count_params, is_onnx, load_model, onnx_input_shape,
-                       resolve_input_shape)
+                       read_onnx, resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
 from .report import build_report, format_table, model_entry, write_report
 
@@ -228,8 +228,6 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
     """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported)."""
     import shutil
 
-    import onnx
-
     from .onnx_export import check_onnx
 
     if precision != "fp32":
@@ -239,7 +237,7 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
     check_onnx(source)
     if os.path.abspath(source) != os.path.abspath(path):
         shutil.copyfile(source, path)
-    m = onnx.load(path, load_external_data=False)
+    m = read_onnx(path)
     log(f"using ONNX file {source} as it is (no PyTorch model to compare its outputs with)")
     return {"path": path, "exporter": "given", "opset": m.opset_import[0].version,
             "precision": precision, "source": os.fspath(source), "max_abs_diff": None,
@@ -247,9 +245,7 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
 
 
 def _onnx_params(path: str) -> int:
-    import onnx
-
-    m = onnx.load(path)
+    m = read_onnx(path, load_external_data=True)
     total = 0
     for t in m.graph.initializer:
         n = 1

@@ -40,11 +40,22 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.fraction < 1:
         raise SystemExit(f"fxprune demo: --fraction must be in [0, 1), got {args.fraction}")
+    if args.size < 1:
+        raise SystemExit(f"fxprune demo: --size must be a positive number of pixels, got {args.size}")
+    # classification models only: detection/segmentation builders download backbone weights
+    names = torchvision.models.list_models(module=torchvision.models)
+    if args.model not in names:
+        raise SystemExit(f"fxprune demo: --model {args.model!r} is not a torchvision classification "
+                         f"model; choose one of {', '.join(names[:6])}, ... "
+                         "(torchvision.models.list_models(module=torchvision.models))")
     torch.manual_seed(0)
     model = torchvision.models.get_model(args.model, weights=None).eval()
     x = torch.randn(1, 3, args.size, args.size)
     started = time.perf_counter()
-    pm = fxprune.prepare(model, (x,))
+    try:
+        pm = fxprune.prepare(model, (x,))
+    except fxprune.FxPruneError as e:  # e.g. an input too small for the model's downsampling
+        raise SystemExit(f"fxprune demo: {args.model} at {args.size}x{args.size}: {e}") from None
     prepared_s = time.perf_counter() - started
     prune_by_magnitude(pm, args.fraction)
     fxprune.summary(pm, all_groups=args.all_groups)

@@ -284,6 +284,9 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     (:func:`fxprune.distributed.init_from_env`) and trains data-parallel: see
     :func:`_train`'s notes and the README's "Distributed training".
     """
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in OUT and --overwrite starts it over: "
+                          "pass one of them")
     cfg = resolve_config(cfg)
     device = _pick_device(cfg["device"], distributed=fxdist.launched_with_several_processes())
     created = fxdist.init_from_env(device)

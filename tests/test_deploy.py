@@ -225,6 +225,15 @@ def test_onnx_file_deploys_without_unpickling(tmp_path):
     assert (tmp_path / "out" / "model.onnx").read_bytes() == onnx_path.read_bytes()
 
 
+@pytest.mark.parametrize("content", [b"not a protobuf \xff\xff\xff", b"PK\x03\x04 a torch.save zip"])
+def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys, content):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(content)
+    rc = main(["deploy", str(bad), "--out", str(tmp_path / "o"), *QUICK])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and "is not a readable ONNX model" in err
+
+
 def test_wrong_input_shape_shows_the_recorded_one(saved, tmp_path, capsys):
     rc = main(["deploy", str(saved / "pruned.pt"), "--input-shape", "1,1,28", "--out",
                str(tmp_path / "o"), *QUICK, *TRUST])

@@ -178,6 +178,9 @@ def test_existing_run_is_not_overwritten_and_resume_needs_checkpoint(recipe, tmp
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set", "optim.lr=0.2",
                      "--resume", "--out", str(out)]) == 2
     assert "optim.lr" in capsys.readouterr().err
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume", "--overwrite",
+                     "--out", str(out)]) == 2
+    assert "pass one of them" in capsys.readouterr().err
 
 
 def test_resume_extends_epochs(recipe, tmp_path):
