@@ -239,12 +239,12 @@ class _EpochBatches(Sampler):
 
 
 class _TensorBatches(Dataset):
-    """Turns a batch key into a normalised, optionally augmented ``(x [B,1,H,W], y [B])``."""
+    """Turns a batch key into a normalised, optionally augmented ``(x [B,C,H,W], y [B])``."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool, seed: int,
-                 mean: float, std: float):
+                 mean: float, std: float, channels: int = 1):
         self.images, self.labels, self.augment, self.seed = images, labels, augment, seed
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.channels = mean, std, int(channels)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -260,6 +260,8 @@ class _TensorBatches(Dataset):
         if world > 1:
             idx, images = idx[rank::world], images[rank::world]
         x = images.unsqueeze(1).to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        if self.channels > 1:
+            x = x.expand(-1, self.channels, -1, -1).contiguous()
         return x, self.labels[idx]
 
 
@@ -275,7 +277,8 @@ class BatchLoader:
     """Iterates ``(x, y)`` batches of in-memory tensors; ``set_epoch`` picks the shuffle,
     ``shard`` this process's slice of each batch under data parallelism.
 
-    ``x`` is float32 ``[B, 1, H, W]`` normalised with ``mean``/``std``; ``y`` is int64 ``[B]``.
+    ``x`` is float32 ``[B, channels, H, W]`` normalised with ``mean``/``std`` (``channels=3``
+    repeats the gray image, for torchvision/timm models that expect RGB); ``y`` is int64 ``[B]``.
     Batches are made whole (one index, one gather), through a ``torch.utils.data.DataLoader``
     so ``num_workers > 0`` works, though with data in memory the main process is usually fastest.
     """
@@ -283,7 +286,7 @@ class BatchLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  shuffle: bool, augment: bool, seed: int = 0, drop_last: bool = False,
                  num_workers: int = 0, mean: float = FASHION_MNIST_MEAN,
-                 std: float = FASHION_MNIST_STD):
+                 std: float = FASHION_MNIST_STD, channels: int = 1):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1:
@@ -292,7 +295,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self._sampler = _EpochBatches(len(images), batch_size, shuffle, seed, drop_last)
         self._loader = DataLoader(
-            _TensorBatches(images, labels, augment, seed, mean, std),
+            _TensorBatches(images, labels, augment, seed, mean, std, channels),
             batch_size=None, sampler=self._sampler, num_workers=num_workers,
             worker_init_fn=_seed_worker if num_workers else None,
             generator=torch.Generator().manual_seed(seed))
@@ -300,6 +303,11 @@ class BatchLoader:
     @property
     def dataset_size(self) -> int:
         return len(self.images)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one sample as batches yield it."""
+        return (self._loader.dataset.channels, *self.images.shape[1:])
 
     def set_epoch(self, epoch: int) -> None:
         self._sampler.epoch = int(epoch)
@@ -341,6 +349,7 @@ DATA_DEFAULTS = {
     "subset_test": None,
     "augment": True,
     "num_workers": 0,
+    "channels": 1,            # 3: the gray image repeated as RGB, for models that expect RGB
     "synthetic_train": 2048,  # sizes of the synthetic splits
     "synthetic_test": 512,
 }
@@ -382,9 +391,11 @@ def make_loaders(data_cfg: dict, seed: int = 0) -> tuple[BatchLoader, BatchLoade
     cfg = {**DATA_DEFAULTS, **data_cfg}
     train_x, train_y = load_split(cfg, "train", seed)
     test_x, test_y = load_split(cfg, "test", seed)
+    channels = int(cfg["channels"])
     train = BatchLoader(train_x, train_y, batch_size=int(cfg["batch_size"]), shuffle=True,
                         augment=bool(cfg["augment"]), seed=seed,
-                        num_workers=int(cfg["num_workers"]))
+                        num_workers=int(cfg["num_workers"]), channels=channels)
     test = BatchLoader(test_x, test_y, batch_size=int(cfg["test_batch_size"]), shuffle=False,
-                       augment=False, seed=seed, num_workers=int(cfg["num_workers"]))
+                       augment=False, seed=seed, num_workers=int(cfg["num_workers"]),
+                       channels=channels)
     return train, test

@@ -203,6 +203,7 @@ SCHEMA: dict[str, Rule] = {
     "data.subset_test": Rule("int", nullable=True, low=1),
     "data.augment": Rule("bool"),
     "data.num_workers": Rule("int", low=0),
+    "data.channels": Rule("int", choices=(1, 3)),
     "data.synthetic_train": POSITIVE_INT,
     "data.synthetic_test": POSITIVE_INT,
     "model.name": Rule("str"),         # fxprune's own or a torchvision model (see _check_model)

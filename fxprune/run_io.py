@@ -165,10 +165,10 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def save_module(module: nn.Module, path: Path) -> None:
+def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = INPUT_SHAPE) -> None:
     # Standard NCHW CPU weights so the file loads anywhere; the training layout is not its concern.
     module = module.to("cpu", memory_format=torch.contiguous_format).eval()
-    module.fxprune_input_shape = INPUT_SHAPE
+    module.fxprune_input_shape = tuple(input_shape)
     torch.save(module, path)
 
 

@@ -253,8 +253,10 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loade
             logits = model(x[:1])
     except Exception as exc:  # noqa: BLE001 - whatever fails, the model does not fit the data
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("; models that expect RGB read the gray images with --set data.channels=3"
+                if x.shape[1] == 1 else "")
         raise ConfigError(f"model.name {cfg['model']['name']!r} does not run on the data's "
-                          f"images of shape {tuple(x.shape[1:])}: {first[:200]}") from None
+                          f"images of shape {tuple(x.shape[1:])}: {first[:200]}{hint}") from None
     finally:
         model.train()
     # both splits: a tiny training split may lack the highest label the test split has
@@ -378,12 +380,15 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
+    if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
+        model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
     model = build_model(cfg["model"]["name"], **model_kwargs)
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)
     torch.set_rng_state(rng)  # the check must not change what the run draws
-    dense_stats = model_stats(model)
+    input_shape = (1, *train_loader.sample_shape)  # one image: what the saved models run on
+    dense_stats = model_stats(model, input_shape)
     # The first training batch of epoch 0 (fixed by the seed, so a resumed run prepares the same
     # graph; taken before sharding, so the same on every process). One image: cost models and
     # latency tables describe the batch-1 deployment, and finalize's exactness check runs on it.
@@ -604,6 +609,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     Under DDP every process finalizes the unwrapped model (equal masks and weights: the same
     small model) and evaluates its test slice; rank 0 saves."""
     main = fxdist.is_main_process()
+    input_shape = (1, *test_loader.sample_shape)
     method = cfg["prune"].get("method", "none")
     test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
     results: dict[str, Any] = {"method": method, "epochs": epochs,
@@ -613,9 +619,9 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
     if pruner is None:
         path = out / "model_dense.pt"
-        stats = model_stats(net)
+        stats = model_stats(net, input_shape)
         if main:
-            save_module(net, path)
+            save_module(net, path, input_shape)
         results.update(accuracy=test_acc, test_loss=test_loss, **stats, model=str(path))
     else:
         import fxprune
@@ -630,10 +636,10 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         if check:
             fxdist.check_models_equal(small, "finalized model")
         small_loss, small_acc = evaluate(small, test_loader, device, channels_last)
-        stats = model_stats(small)
+        stats = model_stats(small, input_shape)
         path = out / "model_pruned.pt"
         if main:
-            save_module(small, path)
+            save_module(small, path, input_shape)
         mismatched = round(abs(small_acc - test_acc) * test_loader.dataset_size)
         results.update(accuracy=small_acc, test_loss=small_loss, accuracy_masked=test_acc,
                        finalize_mismatched_samples=mismatched, **stats, model=str(path),

@@ -46,6 +46,7 @@ CHEAP_VALID = {
     "data.subset_test": st.none() | st.integers(1, 32),
     "data.augment": st.booleans(),
     "data.num_workers": st.just(0),
+    "data.channels": st.sampled_from([1, 3]),
     "data.synthetic_train": st.integers(1, 64),
     "data.synthetic_test": st.integers(1, 32),
     "model.name": st.sampled_from(["resnet_fmnist", "resnet18"]),

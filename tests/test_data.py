@@ -163,6 +163,15 @@ def test_subset_sizes_and_workers_give_same_batches():
     assert same_batches(epoch_batches(train, 2), epoch_batches(with_workers, 2))
 
 
+def test_three_channels_repeat_the_gray_image():
+    gray, _ = make_loaders(synthetic_cfg(), seed=2)
+    rgb, rgb_test = make_loaders(synthetic_cfg(channels=3), seed=2)
+    assert gray.sample_shape == (1, 28, 28) and rgb.sample_shape == rgb_test.sample_shape == (3, 28, 28)
+    for (x1, y1), (x3, y3) in zip(epoch_batches(gray, 1), epoch_batches(rgb, 1)):
+        assert x3.shape == (len(y3), 3, 28, 28) and torch.equal(y1, y3)
+        assert all(torch.equal(x3[:, c:c + 1], x1) for c in range(3))  # same crops and flips
+
+
 def test_unknown_data_option_rejected():
     with pytest.raises(ValueError, match=r"unknown data options \['batchsize'\]"):
         make_loaders({"name": "synthetic", "batchsize": 3})

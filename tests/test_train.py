@@ -131,6 +131,25 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
 
 
+def test_a_torchvision_model_trains_on_gray_images_repeated_as_rgb(recipe, tmp_path, capsys):
+    base = ["train", str(recipe), "--set", "optim.epochs=1", "--set", "model.name=resnet18",
+            "--set", "model.widths=null", "--set", "model.blocks=null", "--set", "prune.method=smcp",
+            "--set", "prune.target=0.6", "--set", "prune.allow_above_target=true",
+            "--set", "prune.warmup=0", "--set", "prune.ramp=4", "--set", "prune.update_every=2"]
+    assert cli_main([*base, "--out", str(tmp_path / "gray")]) == 2
+    assert "--set data.channels=3" in capsys.readouterr().err
+    out = tmp_path / "rgb"
+    assert cli_main([*base, "--set", "data.channels=3", "--out", str(out)]) == 0
+    model = torch.load(out / "model_pruned.pt", weights_only=False)
+    assert model.fxprune_input_shape == (1, 3, 28, 28)
+    assert model(torch.zeros(1, 3, 28, 28)).shape == (1, 10)
+    # the recipe's own net follows the data: its stem reads 3 channels
+    cfg = tiny_cfg(tmp_path / "own", "optim.epochs=1", "data.channels=3")
+    train(cfg)
+    own = torch.load(tmp_path / "own" / "model_dense.pt", weights_only=False)
+    assert own.conv1.in_channels == 3 and own.fxprune_input_shape == (1, 3, 28, 28)
+
+
 def test_channels_last_is_off_where_a_conv_would_meet_the_onednn_nhwc_fault(recipe, tmp_path,
                                                                            capsys, monkeypatch):
     # the tiny net's layer2 shortcut is a stride-2 1x1 conv with 4 input channels
