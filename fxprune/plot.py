@@ -272,6 +272,11 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
     "points": [(label, x, accuracy), ...], "skipped": [labels without that x]}``."""
     if x not in ("latency", "speedup", "flops"):
         raise PlotError(f"--x must be latency, speedup or flops, got {x!r}")
+    if batch is not None and x == "flops":
+        raise PlotError("--batch picks a measured latency or speedup; FLOPs are per image: "
+                        "drop --batch or use --x latency/speedup")
+    if batch is not None and batch < 1:
+        raise PlotError(f"--batch must be a positive batch size, got {batch}")
     out = Path(os.path.expanduser(os.fspath(out)))
     plt = _pyplot()
     _check_out(out)

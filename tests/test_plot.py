@@ -111,6 +111,8 @@ def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     ("percent", "not a fraction"),
     ("no_latency", "no input has a measured latency"),
     ("bad_suffix", "must be a .png"),
+    ("batch_with_flops", "FLOPs are per image"),
+    ("batch_zero", "--batch must be a positive batch size"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, case, message):
     out = tmp_path / ("p.jpg" if case == "bad_suffix" else "p.png")
@@ -135,7 +137,8 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
         target.write_text(json.dumps({"rows": [{"accuracy": 91.5, "flops": 1}]}))
     else:
         target = _run(tmp_path / "r", 0.9, 8e6)  # no deploy report: no latency
-    assert main(["plot", str(target), "--out", str(out)]) == 2
+    extra = {"batch_with_flops": ["--x", "flops", "--batch", "1"], "batch_zero": ["--batch", "0"]}
+    assert main(["plot", str(target), "--out", str(out), *extra.get(case, [])]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not out.exists()
