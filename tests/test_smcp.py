@@ -268,6 +268,17 @@ def test_state_dict_resumes_to_identical_masks(tmp_path):
     assert [h["kept"] for h in history_a] == [h["kept"] for h in history_b]
 
 
+def test_resuming_under_another_schedule_or_target_warns():
+    import warnings
+    pm = prepared()
+    state = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2).load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"another schedule .*'update_every': 2.*'update_every': 3.*target 0.5 -> 0.3"):
+        fxprune.SMCP(pm, target=0.3, warmup=2, ramp=8, update_every=3).load_state_dict(state)
+
+
 def test_schedule_ramps_and_freezes():
     s = PruningSchedule(warmup=10, ramp=100, update_every=10, freeze_after=200, shape="exp")
     assert s.target(5, 0.4) == 1.0 and s.target(110, 0.4) == pytest.approx(0.4)

@@ -350,6 +350,13 @@ class SMCP(PruningMethod):
             raise ValueError(f"this SMCP state was saved with bn_rescale={saved!r}, the pruner has "
                              f"bn_rescale={self.bn_rescale!r}; build it with "
                              f"bn_rescale={saved!r} to resume that run")
+        changed = [f"{name} {state[name]!r} -> {mine!r}" for name, mine in
+                   (("schedule", self.schedule.state()), ("target", self.target))
+                   if name in state and state[name] != mine]
+        if changed:  # allowed (e.g. pruning further), but never silently
+            warnings.warn(f"SMCP: resuming a state saved with another {'; '.join(changed)}: the run "
+                          f"continues at step {int(state['step'])} under this pruner's settings",
+                          RuntimeWarning, stacklevel=2)
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
         self.importance.load_state_dict(state["importance"])
