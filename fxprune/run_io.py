@@ -160,9 +160,12 @@ def set_rng_state(state: dict) -> None:
 
 
 
-def config_changes(old: dict, new: dict) -> list[str]:
+def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """Flattened keys whose values differ; a key ``old`` lacks (a checkpoint written before the
+    key existed) counts as its value in ``defaults``."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    d = _flatten(defaults or {})
+    return sorted(k for k in set(a) | set(b) if a.get(k, d.get(k)) != b.get(k))
 
 
 def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = INPUT_SHAPE) -> None:

@@ -361,7 +361,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu"))
         ckpt = {k: v if k == "rng" else _to(v, device) for k, v in ckpt.items()}
     if ckpt is not None:
-        changed = [k for k in config_changes(ckpt["config"], cfg)
+        changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS)
                    if k not in RESUMABLE_CHANGES]
         fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))
         if (not changed and fractions and method != "none"

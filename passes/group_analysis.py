@@ -392,6 +392,8 @@ def _flatten(items):
             yield from _flatten(a)
         elif isinstance(a, dict):
             yield from _flatten(list(a.values()))
+        elif isinstance(a, slice):  # x[:, :y.shape[1]]: a channel count as a bound
+            yield from _flatten([a.start, a.stop, a.step])
         else:
             yield a
 

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx
 
-import fxprune
 from fxprune.errors import ExampleInputsError
 
 
@@ -43,9 +42,8 @@ def summarize(value: Any) -> Any:
 
 
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
-# torch's and fxprune's own frames (the tracer's) are not where the user's model went wrong
-_INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
-                       for f in (torch.__file__, __file__, fxprune.__file__))
+# torch's frames and fxprune's tracer (this folder) are not where the user's model went wrong
+_INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (torch.__file__, __file__))
 
 
 def user_frame(stack_trace: str | None) -> str:
@@ -128,18 +126,22 @@ def normalize_example_inputs(example_inputs) -> tuple:
 
 def check_example_values(example_inputs: tuple) -> None:
     """Refuse example tensors that cannot show a difference: finalize checks its surgery by
-    comparing outputs on them, and an empty or NaN input makes that comparison vacuous."""
-    for i, t in enumerate(example_inputs):
-        if not isinstance(t, torch.Tensor):
-            continue
-        if t.numel() == 0:
-            raise ExampleInputsError(
-                f"example_inputs[{i}] is empty (shape {tuple(t.shape)}); finalize checks the pruned "
-                "model on these inputs, so give at least one example, e.g. batch size 1")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ExampleInputsError(
-                f"example_inputs[{i}] holds NaN or inf values; finalize checks the pruned model on "
-                "these inputs, so give finite ones, e.g. torch.randn of the same shape")
+    comparing outputs on them. Every tensor empty (a batch of 0) or every floating tensor all
+    NaN/inf leaves nothing to compare; one empty or non-finite input among others (an empty
+    cache, a causal mask of -inf) is fine, and finalize refuses a non-finite output itself."""
+    tensors = [(i, t) for i, t in enumerate(example_inputs)
+               if isinstance(t, torch.Tensor) and t.device.type != "meta"]
+    if tensors and all(t.numel() == 0 for _, t in tensors):
+        i, t = tensors[0]
+        raise ExampleInputsError(
+            f"example_inputs[{i}] is empty (shape {tuple(t.shape)}); finalize checks the pruned "
+            "model on these inputs, so give at least one example, e.g. batch size 1")
+    floats = [(i, t) for i, t in tensors if t.is_floating_point() and t.numel()]
+    if floats and all(not bool(torch.isfinite(t).any()) for _, t in floats):
+        i, _ = floats[0]
+        raise ExampleInputsError(
+            f"example_inputs[{i}] holds only NaN or inf values; finalize checks the pruned model on "
+            "these inputs, so give finite ones, e.g. torch.randn of the same shape")
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:

@@ -9,7 +9,6 @@ on the example inputs and refuse to return a model whose output differs.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -196,8 +195,9 @@ def _flat_tensors(out):
 
 
 def max_relative_error(a, b) -> float:
-    """max |a - b| / max |a| over all output tensors (compared in the same order); ``inf`` where
-    the structure or a shape differs or a difference is not finite (a NaN never compares as 0)."""
+    """max |a - b| / max |a| over the finite values of all output tensors (compared in the same
+    order). NaN and +-inf must sit at the same positions in both (masked logits of -inf), else,
+    or where the structure or a shape differs, the result is ``inf``: a NaN never compares as 0."""
     ta, tb = _flat_tensors(a), _flat_tensors(b)
     if len(ta) != len(tb):
         return float("inf")
@@ -207,10 +207,16 @@ def max_relative_error(a, b) -> float:
             return float("inf")
         if not x.numel():
             continue
-        scale = x.detach().abs().max().item()
-        diff = (x.detach().double() - y.detach().double()).abs().max().item()
-        if not (math.isfinite(diff) and math.isfinite(scale)):
+        x, y = x.detach().double(), y.detach().double()
+        finite = torch.isfinite(x)
+        same_special = torch.equal(finite, torch.isfinite(y)) and torch.equal(
+            torch.nan_to_num(x.masked_fill(finite, 0), nan=7.0), torch.nan_to_num(y.masked_fill(finite, 0), nan=7.0))
+        if not same_special:
             return float("inf")
+        if not bool(finite.any()):
+            continue
+        scale = x[finite].abs().max().item()
+        diff = (x[finite] - y[finite]).abs().max().item()
         worst = max(worst, diff / max(scale, 1e-12))
     return worst
 
@@ -263,10 +269,11 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
         raise SurgeryError("the masked model's output on the example inputs holds no values, so "
                            "finalize has nothing to check the pruned model against; prepare with "
                            "example inputs that give a non-empty output, or finalize(..., check=False)")
-    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in values):
-        raise SurgeryError("the masked model's output on the example inputs is not finite (NaN or "
-                           "inf), so finalize cannot check the pruned model against it; look for a "
-                           "diverged training run, or pass finalize(..., check=False)")
+    floats = [t for t in values if t.is_floating_point()]
+    if floats and not any(bool(torch.isfinite(t).any()) for t in floats):
+        raise SurgeryError("the masked model's output on the example inputs holds no finite value "
+                           "(all NaN or inf), so finalize cannot check the pruned model against it; "
+                           "look for a diverged training run, or pass finalize(..., check=False)")
     try:
         got = run_eval(pruned, inputs)
     except Exception as e:  # noqa: BLE001 - a surgery bug, reported as one

@@ -92,20 +92,43 @@ def test_wrong_example_inputs_name_the_models_own_line(resnet18):
 def test_example_inputs_that_cannot_check_the_surgery_are_refused(resnet18):
     with pytest.raises(fxprune.ExampleInputsError, match=r"example_inputs\[0\] is empty"):
         fxprune.prepare(resnet18, (torch.randn(0, 3, 32, 32),))
-    bad = X.clone()
-    bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(fxprune.ExampleInputsError, match="NaN or inf"):
-        fxprune.prepare(resnet18, (bad,))
+    with pytest.raises(fxprune.ExampleInputsError, match="only NaN or inf"):
+        fxprune.prepare(resnet18, (torch.full_like(X, float("nan")),))
+
+
+def test_an_empty_or_infinite_input_beside_real_ones_is_fine():
+    class Attend(nn.Module):  # an additive causal mask holds -inf; an empty cache has no rows
+        def __init__(self):
+            super().__init__()
+            self.q, self.fc, self.out = nn.Linear(8, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x, mask, cache):
+            a = torch.softmax(self.q(x) @ x.transpose(1, 2) + mask, -1) @ x
+            return self.out(torch.relu(self.fc(a))), torch.cat([cache, x[:, :0]], 1)
+
+    torch.manual_seed(0)
+    mask = nn.Transformer.generate_square_subsequent_mask(5)
+    inputs = (torch.randn(2, 5, 8), mask, torch.zeros(2, 0, 8))
+    pm = fxprune.prepare(Attend().eval(), inputs)
+    assert [g.name for g in fxprune.channel_groups(pm) if g.prunable] == ["fc"]
+    random_masks(pm, 0.5, 0)
+    fxprune.finalize(pm)
 
 
 def test_a_nan_difference_never_passes_the_check():
-    ones = torch.ones(3)
-    assert max_relative_error(ones, torch.tensor([1.0, float("nan"), 1.0])) == float("inf")
-    assert max_relative_error(ones, torch.tensor([1.0, float("inf"), 1.0])) == float("inf")
+    ones, inf, nan = torch.ones(3), float("inf"), float("nan")
+    assert max_relative_error(ones, torch.tensor([1.0, nan, 1.0])) == inf
+    assert max_relative_error(ones, torch.tensor([1.0, inf, 1.0])) == inf
     assert max_relative_error(ones, ones.clone()) == 0.0
+    # non-finite values must sit at the same places; the finite rest is compared
+    masked = torch.tensor([-inf, 2.0, nan])
+    assert max_relative_error(masked, torch.tensor([-inf, 2.0, nan])) == 0.0
+    assert max_relative_error(masked, torch.tensor([-inf, 1.0, nan])) == pytest.approx(0.5)
+    assert max_relative_error(masked, torch.tensor([inf, 2.0, nan])) == inf
+    assert max_relative_error(masked, torch.tensor([-inf, 2.0, 0.0])) == inf
 
 
-def test_finalize_check_refuses_a_non_finite_masked_output_and_wraps_a_crash():
+def test_finalize_check_refuses_an_output_without_finite_values_and_wraps_a_crash():
     from fxprune.passes.surgery import verify
 
     torch.manual_seed(0)
@@ -119,7 +142,7 @@ def test_finalize_check_refuses_a_non_finite_masked_output_and_wraps_a_crash():
         verify(pm, Fails(), (X,), 1e-4)
     with torch.no_grad():
         pm.get_submodule("0").bias.fill_(float("nan"))  # a diverged run
-    with pytest.raises(fxprune.SurgeryError, match="not finite"):
+    with pytest.raises(fxprune.SurgeryError, match="no finite value"):
         fxprune.finalize(pm)
     assert fxprune.finalize(pm, check=False) is not None
 

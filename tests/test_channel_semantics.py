@@ -567,3 +567,74 @@ def test_full_tensors_follow_the_channels_they_meet(maker, count_from_shape):
     pm, small = prune_and_check(Offset().eval(), torch.randn(*IMG))
     g = groups_by_producer(pm)["a.0"]
     assert g.prunable and g.kept < g.size and small.b.in_channels == g.kept
+
+
+def test_full_sized_by_a_whole_shape_is_traced_and_kept():
+    class Like(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y + torch.full(y.shape, 0.5) + y.new_full(y.size(), 0.25))
+
+    torch.manual_seed(0)
+    pm, _ = prune_and_check(Like().eval(), torch.randn(*IMG))  # raised 'Node' object is not iterable
+    assert not groups_by_producer(pm)["a.0"].prunable
+
+
+def test_a_channel_count_as_a_slice_bound_keeps_its_channels():
+    class CatCrop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.e, self.c = (nn.Conv2d(3, 16, 1), nn.Conv2d(16, 8, 1),
+                                              nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1))
+
+        def forward(self, x):
+            y, z = torch.relu(self.b(torch.relu(self.a(x)))), self.e(x)
+            return self.c(torch.cat([y, z[:, :y.shape[1]]], 1))
+
+    torch.manual_seed(0)
+    pm, _ = prune_and_check(CatCrop().eval(), torch.randn(*IMG))
+    g = groups_by_producer(pm)
+    assert not g["b"].prunable and "channel count" in g["b"].reason
+    assert g["a"].prunable
+
+
+def test_one_unflatten_module_called_twice_is_kept_whole():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 64), nn.Linear(8, 64)
+            self.u, self.conv = nn.Unflatten(1, (16, 2, 2)), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.conv(self.u(torch.relu(self.fc1(x)))) + self.conv(self.u(self.fc2(x)))
+
+    torch.manual_seed(0)
+    pm, small = prune_and_check(Shared().eval(), torch.randn(3, 8))
+    assert "nn.Unflatten module called at several places" in groups_by_producer(pm)["fc1"].reason
+    assert small.u.unflattened_size == (16, 2, 2)
+
+
+def test_a_custom_rule_for_a_module_with_children_lists_their_tensors_too():
+    from fxprune.rules import ChannelAffine
+
+    class ScaleNorm(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.weight, self.bn = nn.Parameter(torch.rand(c) + 0.5), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return self.bn(x) * self.weight.view(1, -1, 1, 1)
+
+    x = torch.randn(*IMG)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), ScaleNorm(8), nn.Conv2d(8, 2, 1)).eval()
+    pm = fxprune.prepare(model, (x,), rules={ScaleNorm: ChannelAffine(("weight",))})
+    g = groups_by_producer(pm)["0"]
+    assert not g.prunable and "`bn.running_mean`" in g.reason
+    torch.manual_seed(0)
+    every = ("weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+    pm, small = prune_and_check(model, x, rules={ScaleNorm: ChannelAffine(every)})
+    assert small.get_submodule("1").bn.running_mean.shape[0] == groups_by_producer(pm)["0"].kept

@@ -202,6 +202,22 @@ def test_existing_run_is_not_overwritten_and_resume_needs_checkpoint(recipe, tmp
     assert "pass one of them" in capsys.readouterr().err
 
 
+def test_resume_reads_a_checkpoint_written_before_a_key_existed(recipe, tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["data"]["channels"]  # as saved before data.channels was added
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
+                     "--out", str(out)]) == 0
+    # a key the checkpoint lacks still counts as changed when set away from its default
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["data"]["channels"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=3", "--set", "data.channels=3",
+                     "--resume", "--out", str(out)]) == 2
+
+
 def test_resume_extends_epochs(recipe, tmp_path):
     out = tmp_path / "run"
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0

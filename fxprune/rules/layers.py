@@ -275,25 +275,33 @@ class ChannelAffine(ChannelRule):
     def __init__(self, tensors: tuple[str, ...]):
         self.tensors = tensors
 
+    @staticmethod
+    def _lookup(m, dotted: str):
+        """``m.weight`` or a child's ``m.bn.running_mean`` (a row may name either); None if absent."""
+        for part in dotted.split("."):
+            m = getattr(m, part, None)
+        return m
+
     def propagate(self, ctx):
         m, name = ctx.module(), ctx.module_name()
-        missing = [t for t in self.tensors if not hasattr(m, t)]
+        missing = [t for t in self.tensors if self._lookup(m, t) is None and not hasattr(m, t)]
         if missing:
+            have = [n for n, _ in [*m.named_parameters(), *m.named_buffers()]]
             raise FxPruneError(
                 f"rule ChannelAffine({self.tensors!r}) cannot apply to `{name}` ({type(m).__name__}): "
-                f"it has no {', '.join(f'`{t}`' for t in missing)}; its own tensors are "
-                f"{[n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]}")
+                f"it has no {', '.join(f'`{t}`' for t in missing)}; its tensors are {have}")
         x = ctx.node.args[0]
         labels, shape = ctx.labels(x), ctx.shape(x)
         cdim = 1 if len(shape) > 1 else 0
-        unlisted = [n for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        # the module is one call (a leaf): its submodules' tensors are its own too
+        unlisted = [n for n, t in [*m.named_parameters(), *m.named_buffers()]
                     if n not in self.tensors and t.numel() > 1]
         if unlisted:  # surgery would slice only the listed ones
             ctx.untracked_inputs(f"`{name}` holds {', '.join(f'`{n}`' for n in unlisted)}, which its "
                                  f"ChannelAffine row does not list")
             return {}
         for t in self.tensors:
-            value = getattr(m, t, None)
+            value = self._lookup(m, t)
             if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() == shape[cdim] > 1:
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(cdim), f"{type(m).__name__}.{t}")
         return dict(labels)
@@ -301,9 +309,10 @@ class ChannelAffine(ChannelRule):
     def resize(self, m, node, ctx):
         x = node.args[0]
         n = ctx.pruned_size(x, 1 if len(ctx.shape(x)) > 1 else 0)
-        for attr in ("num_features", "num_parameters"):
-            if hasattr(m, attr) and getattr(m, attr) > 1:
-                setattr(m, attr, n)
+        for sub in m.modules():  # the layer and, for a custom row, norms inside it
+            for attr in ("num_features", "num_parameters"):
+                if isinstance(getattr(sub, attr, None), int) and getattr(sub, attr) > 1:
+                    setattr(sub, attr, n)
 
 
 class FunctionalAffine(ChannelRule):

@@ -137,6 +137,11 @@ class Reshape(ChannelRule):
         if not labels:
             self.check_sizes(ctx, {})
             return {}
+        if self.unflatten and ctx.node.op == "call_module" and sum(
+                n.op == "call_module" and n.target == ctx.node.target for n in ctx.node.graph.nodes) > 1:
+            # one nn.Unflatten holds one size: call sites pruned differently could not share it
+            ctx.untracked_inputs("an nn.Unflatten module called at several places")
+            return {}
         if math.prod(in_shape) != math.prod(out_shape) or 0 in in_shape:
             ctx.untracked_inputs("reshape between shapes of different sizes")
             return None
@@ -478,7 +483,8 @@ class Create(ChannelRule):
 
     def _sizes(self, node):
         if self.one_size_arg:
-            return list(node_arg(node, self.sizes_from, "size"))
+            size = node_arg(node, self.sizes_from, "size")
+            return list(size) if isinstance(size, (tuple, list, torch.Size)) else [size]
         return varargs(node, self.sizes_from, "size")
 
     def propagate(self, ctx):
