@@ -24,7 +24,9 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         model: any ``nn.Module`` torch.fx can trace. It is deep-copied first and never modified:
             the prepared model owns its own copy of every weight.
         example_inputs: the forward arguments, e.g. ``(torch.randn(1, 3, 224, 224),)``; they fix
-            the shapes the analysis reasons about (the batch size does not matter).
+            the shapes the analysis reasons about (the batch size does not matter) and are what
+            :func:`finalize` checks its surgery on, so they may not all be empty or all NaN/inf
+            (:class:`~fxprune.errors.ExampleInputsError`).
         leaf_modules: module classes or module paths traced as one call. Use it for modules with
             data-dependent control flow; a leaf with no channel rule keeps its channels whole.
         rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
@@ -76,7 +78,9 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     :func:`prepare` (moved to the model's device and cast to its floating dtype) and a
     :class:`~fxprune.errors.SurgeryError` is raised if their outputs differ
     by more than ``rtol`` relative to the output's scale (default 1e-4; for float16/bfloat16
-    models :data:`DEFAULT_RTOL`). ``prepared`` is left untouched; the result stays on its device
+    models :data:`DEFAULT_RTOL`); NaN and +-inf (masked logits) must sit at the same places in
+    both, and an output with no finite value at all (a diverged run) is refused, since nothing
+    could be checked. ``prepared`` is left untouched; the result stays on its device
     and dtype.
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
