@@ -461,6 +461,10 @@ def validate(cfg: dict) -> None:
     _check_model(cfg["model"])
     _check_prune(cfg["prune"], cfg["optim"])
     optim = cfg["optim"]
+    if optim["milestones"] and optim["schedule"] != "step":
+        raise ConfigError(f"optim.milestones {optim['milestones']} are read by the step schedule only "
+                          f"(optim.schedule is {optim['schedule']!r}): --set optim.schedule=step, or "
+                          "--set optim.milestones=[]")
     if optim["warmup_epochs"] >= optim["epochs"] and optim["warmup_epochs"] > 0:
         raise ConfigError(f"optim.warmup_epochs ({optim['warmup_epochs']}) must be below "
                           f"optim.epochs ({optim['epochs']})")

@@ -84,6 +84,8 @@ def test_overrides_do_not_mutate_input():
      r"off/no/on/yes as booleans: write bn_rescale: \"off\" in a recipe, --set "
      r"'prune.bn_rescale=\"off\"' on the command line\)"),
     ("device=yes", r"device takes a string; got true \(bool\) \(YAML reads .* --set 'device=\"on\"'"),
+    ("optim.milestones=[5]", r"optim.milestones \[5\] are read by the step schedule only \(optim.schedule "
+                             r"is 'cosine'\): --set optim.schedule=step"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
