@@ -256,6 +256,17 @@ def test_prepared_matches_original_in_train_mode(case):
     assert max_relative_error(reference(x), pm(x)) <= 1e-5
 
 
+class ScaledNet(nn.Module):
+    """conv-bn-relu, a per-channel module under test, a 1x1 head."""
+
+    def __init__(self, scale: nn.Module):
+        super().__init__()
+        self.a, self.s, self.head = cbr(3, 8), scale, nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.s(self.a(x)))
+
+
 def groups_by_producer(pm):
     return {p: g for g in fxprune.channel_groups(pm) for p in g.producers}
 
@@ -394,13 +405,8 @@ def test_custom_rule_makes_a_leaf_prunable():
         def forward(self, x):
             return x * self.weight.view(1, -1, 1, 1)
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.s, self.head = cbr(3, 8), Scale(8), nn.Conv2d(8, 2, 1)
-
-        def forward(self, x):
-            return self.head(self.s(self.a(x)))
+    def Net():
+        return ScaledNet(Scale(8))
 
     x = torch.randn(*IMG)
     pm = fxprune.prepare(Net(), (x,), leaf_modules=[Scale])
@@ -527,13 +533,8 @@ def test_custom_rules_are_checked_at_prepare():
         def forward(self, x):
             return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.s, self.head = cbr(3, 8), Scale(8), nn.Conv2d(8, 2, 1)
-
-        def forward(self, x):
-            return self.head(self.s(self.a(x)))
+    def Net():
+        return ScaledNet(Scale(8))
 
     x = torch.randn(*IMG)
     with pytest.raises(TypeError, match=r"rules\['Scale'\] is a str, not a channel rule"):
