@@ -92,13 +92,19 @@ def read_onnx(path: str, load_external_data: bool = False):
     renamed ``.onnx``) reported as a :class:`DeployError` naming it."""
     import onnx
 
+    way_out = "export one again, or deploy the PyTorch model file instead"
     try:
-        return onnx.load(path, load_external_data=load_external_data)
+        model = onnx.load(path, load_external_data=load_external_data)
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError
         raise DeployError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}); "
-                          "export one again, or deploy the PyTorch model file instead") from None
+                          f"{way_out}") from None
+    # protobuf parses an empty file (or any bytes that happen to decode) as an empty ModelProto
+    if not model.graph.node and not model.graph.output:
+        raise DeployError(f"{path} is not a readable ONNX model (it holds no graph: an empty "
+                          f"file?); {way_out}")
+    return model
 
 
 def onnx_input_shape(path: str, input_shape=None, batch: int | None = None) -> tuple[int, ...]:

@@ -225,7 +225,7 @@ def test_onnx_file_deploys_without_unpickling(tmp_path):
     assert (tmp_path / "out" / "model.onnx").read_bytes() == onnx_path.read_bytes()
 
 
-@pytest.mark.parametrize("content", [b"not a protobuf \xff\xff\xff", b"PK\x03\x04 a torch.save zip"])
+@pytest.mark.parametrize("content", [b"not a protobuf \xff\xff\xff", b"PK\x03\x04 a torch.save zip", b""])
 def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys, content):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(content)
