@@ -465,6 +465,11 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"optim.milestones {optim['milestones']} are read by the step schedule only "
                           f"(optim.schedule is {optim['schedule']!r}): --set optim.schedule=step, or "
                           "--set optim.milestones=[]")
+    late = [m for m in optim["milestones"] if m >= optim["epochs"]]
+    if late:  # a shortened run (--set optim.epochs=...) would silently never decay
+        raise ConfigError(f"optim.milestones {late} lie at or past optim.epochs ({optim['epochs']}), "
+                          "where they never apply: lower them (epochs where lr *= optim.gamma), "
+                          "or --set optim.milestones=[]")
     if optim["warmup_epochs"] >= optim["epochs"] and optim["warmup_epochs"] > 0:
         raise ConfigError(f"optim.warmup_epochs ({optim['warmup_epochs']}) must be below "
                           f"optim.epochs ({optim['epochs']})")

@@ -86,10 +86,20 @@ def test_overrides_do_not_mutate_input():
     ("device=yes", r"device takes a string; got true \(bool\) \(YAML reads .* --set 'device=\"on\"'"),
     ("optim.milestones=[5]", r"optim.milestones \[5\] are read by the step schedule only \(optim.schedule "
                              r"is 'cosine'\): --set optim.schedule=step"),
+    (["optim.schedule=step", "optim.epochs=10", "optim.milestones=[3, 10, 30]"],
+     r"optim.milestones \[10, 30\] lie at or past optim.epochs \(10\), where they never apply"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config(None, override if isinstance(override, list) else [override])
+
+
+@pytest.mark.parametrize("milestones", [[1, 2], [2, 1]])
+def test_step_schedule_decays_at_each_milestone(milestones):
+    optim = resolve_config(None, ["optim.schedule=step", "optim.epochs=3", "optim.gamma=0.1",
+                                  "optim.warmup_epochs=0", f"optim.milestones={milestones}"])["optim"]
+    factors = [train_mod.lr_factor(step, optim, steps_per_epoch=4) for step in range(12)]
+    assert factors == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 4)
 
 
 def test_typo_in_recipe_file_names_file_and_key(tmp_path):
