@@ -200,6 +200,10 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
     elif isinstance(e, fx.proxy.TraceError):
         why = ("Python control flow that depends on tensor values cannot be traced. Either "
                f"{way_out}, or rewrite the branch so it does not depend on tensor values.")
+    elif isinstance(e, TypeError) and "does not support item assignment" in str(e):
+        why = ("torch.fx records no in-place item assignment (`x[...] = v`). Either write it out "
+               "of place (`x = x.index_fill(1, idx, v)`, `x = torch.where(mask, v, x)`, "
+               f"`torch.cat` of the pieces), or {way_out}.")
     else:
         why = ("Code that needs concrete values (numbers, shapes as Python ints) where torch.fx "
                f"passes symbolic proxies cannot be traced. Either {way_out}, or use tensor "

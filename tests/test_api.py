@@ -60,6 +60,24 @@ def test_untraceable_model_names_module_line_and_leaf_modules():
     assert "leaf_modules" in msg
 
 
+class ZeroesChannel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y[:, 0] = 0
+        return y
+
+
+def test_item_assignment_names_the_out_of_place_forms():
+    with pytest.raises(fxprune.TraceError) as err:
+        fxprune.prepare(ZeroesChannel(), (X,))
+    msg = str(err.value)
+    assert "y[:, 0] = 0" in msg and "no in-place item assignment" in msg and "torch.where" in msg
+
+
 def test_leaf_module_is_traced_whole_and_becomes_a_barrier():
     torch.manual_seed(0)
     model = WithBranch().eval()
