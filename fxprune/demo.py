@@ -25,6 +25,18 @@ def prune_by_magnitude(prepared, fraction: float) -> None:
     index.set_masks(prepared, kept)
 
 
+def trained_size(name: str) -> int:
+    """The square input size torchvision's default weights for ``name`` were evaluated at
+    (their transforms' crop size), 224 if none is recorded; reads metadata only, downloads
+    nothing."""
+    import torchvision
+
+    try:
+        return int(torchvision.models.get_model_weights(name).DEFAULT.transforms.keywords["crop_size"])
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return 224
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet18", help="a torchvision classification model name")
     p.add_argument("--size", type=int, default=224, help="input height and width")
@@ -54,7 +66,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         pm = fxprune.prepare(model, (x,))
-    except fxprune.FxPruneError as e:  # e.g. an input too small for the model's downsampling
+    except fxprune.ExampleInputsError as e:  # e.g. an input too small for the model's downsampling
+        # --size is the only input the user chose: say that in one line, not prepare's report
+        cause = e.__cause__ or e
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        raise SystemExit(f"fxprune demo: {args.model} does not run on a {args.size}x{args.size} "
+                         f"input ({type(cause).__name__}: {first}); try --size "
+                         f"{trained_size(args.model)}, the size its torchvision weights were "
+                         "evaluated at") from None
+    except fxprune.FxPruneError as e:
         raise SystemExit(f"fxprune demo: {args.model} at {args.size}x{args.size}: {e}") from None
     prepared_s = time.perf_counter() - started
     prune_by_magnitude(pm, args.fraction)

@@ -313,6 +313,16 @@ def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
     for argv, message in [(["--model", "nope"], "not a torchvision classification model"),
                           (["--model", "fcn_resnet50"], "not a torchvision classification model"),
                           (["--size", "0"], "--size must be a positive"),
-                          (["--model", "squeezenet1_0", "--size", "8"], "squeezenet1_0 at 8x8: running the model")]:
-        with pytest.raises(SystemExit, match=message):
+                          (["--model", "squeezenet1_0", "--size", "8"],
+                           r"^fxprune demo: squeezenet1_0 does not run on a 8x8 input \(RuntimeError: .*\); "
+                           r"try --size 224, the size its torchvision weights were evaluated at$")]:
+        with pytest.raises(SystemExit, match=message) as stop:
             main(["demo", *argv])
+        assert "\n" not in str(stop.value.code)
+
+
+def test_demo_size_hint_reads_torchvision_weight_metadata():
+    from fxprune.demo import trained_size
+
+    assert trained_size("inception_v3") == 299 and trained_size("efficientnet_b3") == 300
+    assert trained_size("resnet18") == 224
