@@ -459,15 +459,12 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None]:
     return list(runs.values()), list(dict.fromkeys(commands)), tp_version
 
 
-def _at_equal_speed(summary: list[dict], batch: int, rows: str, against: str, *,
-                    counterpart_faster: bool, none: str, name_others: str = "") -> list[str]:
-    """Per net, one table line per row whose method starts with ``rows``: the most accurate row
-    starting with ``against`` whose speedup at ``batch`` is at least the row's
-    (``counterpart_faster``) or at most it, and SMCP's accuracy minus Torch-Pruning's. ``none``
-    fills a line without such a counterpart; ``name_others`` (a caption) names the counterparts
-    on the other side of the row's speed."""
+def _pairs(summary: list[dict], batch: int, rows: str, against: str, *, counterpart_faster: bool):
+    """Per net, for each row whose method starts with ``rows``: (row, counterpart, others), the
+    counterpart being the most accurate row starting with ``against`` whose speedup at ``batch``
+    is at least the row's (``counterpart_faster``) or at most it (None if there is none), and
+    ``others`` the methods on the other side of the row's speed."""
     key = str(batch)
-    lines = []
     for net in dict.fromkeys(r["net"] for r in summary):
         mine = [r for r in summary if r["net"] == net]
         candidates = [r for r in mine if r["method"].startswith(against)]
@@ -476,16 +473,27 @@ def _at_equal_speed(summary: list[dict], batch: int, rows: str, against: str, *,
             fits = [c for c in candidates
                     if (c["speedup"][key] >= speed if counterpart_faster else c["speedup"][key] <= speed)]
             others = [c["method"] for c in candidates if c not in fits]
-            head = f"| {net} | {batch} | {row['method']} | {100 * row['accuracy']:.2f} | {speed:.2f}x | "
-            if not fits:
-                lines.append(head + f"({none}) | - | - | - |")
-                continue
-            best = max(fits, key=lambda c: c["accuracy"])
-            smcp, tp = (row, best) if rows == "smcp" else (best, row)
-            note = f" ({name_others}: {', '.join(others)})" if name_others and others else ""
-            lines.append(head + f"{best['method']} | {100 * best['accuracy']:.2f} | "
-                         f"{best['speedup'][key]:.2f}x | "
-                         f"{100 * (smcp['accuracy'] - tp['accuracy']):+.2f}{note} |")
+            yield row, max(fits, key=lambda c: c["accuracy"]) if fits else None, others
+
+
+def _at_equal_speed(summary: list[dict], batch: int, rows: str, against: str, *,
+                    counterpart_faster: bool, none: str, name_others: str = "") -> list[str]:
+    """One table line per pair of :func:`_pairs`, with SMCP's accuracy minus Torch-Pruning's.
+    ``none`` fills a line without a counterpart; ``name_others`` (a caption) names the
+    counterparts on the other side of the row's speed."""
+    key = str(batch)
+    lines = []
+    for row, best, others in _pairs(summary, batch, rows, against, counterpart_faster=counterpart_faster):
+        head = (f"| {row['net']} | {batch} | {row['method']} | {100 * row['accuracy']:.2f} | "
+                f"{row['speedup'][key]:.2f}x | ")
+        if best is None:
+            lines.append(head + f"({none}) | - | - | - |")
+            continue
+        smcp, tp = (row, best) if rows == "smcp" else (best, row)
+        note = f" ({name_others}: {', '.join(others)})" if name_others and others else ""
+        lines.append(head + f"{best['method']} | {100 * best['accuracy']:.2f} | "
+                     f"{best['speedup'][key]:.2f}x | "
+                     f"{100 * (smcp['accuracy'] - tp['accuracy']):+.2f}{note} |")
     return lines
 
 
@@ -504,6 +512,32 @@ def smcp_at_tp_speed(summary: list[dict], batch: int) -> list[str]:
     keeps at the speed a Torch-Pruning user got). A row with no SMCP row as fast says so."""
     return _at_equal_speed(summary, batch, "tp-", "smcp", counterpart_faster=True,
                            none="no SMCP row is as fast")
+
+
+GOAL_MARGIN = 0.005  # the issue's goal: SMCP >= the best Torch-Pruning row + 0.5 pt at equal latency
+
+
+def goal_check(summary: list[dict], batches) -> list[str]:
+    """The goal read from Torch-Pruning's side, counted: in how many (net, TP row, batch) cells
+    the most accurate SMCP row at least as fast is ahead by ``GOAL_MARGIN`` or more, and which
+    unmet cells ask for more than the net's dense accuracy (TP + 0.5 pt above dense: only a
+    pruned model more accurate than the unpruned one could meet them)."""
+    dense = {r["net"]: r["accuracy"] for r in summary if r["method"] == "dense"}
+    met = unmet = 0
+    above = []
+    for batch in batches:
+        for tp, smcp, _ in _pairs(summary, batch, "tp-", "smcp", counterpart_faster=True):
+            need = tp["accuracy"] + GOAL_MARGIN
+            if smcp is not None and smcp["accuracy"] >= need - 1e-12:
+                met += 1
+                continue
+            unmet += 1
+            if tp["net"] in dense and need > dense[tp["net"]]:
+                above.append(f"{tp['net']}:{tp['method']} b{batch} (needs {100 * need:.2f}, "
+                             f"dense {100 * dense[tp['net']]:.2f})")
+    return [f"Goal (SMCP >= the Torch-Pruning row + {100 * GOAL_MARGIN:.1f} pt, from its side): met in "
+            f"{met} of {met + unmet} cells. Unmet cells whose goal lies above the net's dense accuracy: "
+            f"{len(above)}" + (f": {', '.join(above)}." if above else ".")]
 
 
 def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) -> None:
@@ -555,6 +589,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                   "|---|---|---|---|---|---|---|---|---|"]
         for x in b:
             lines += smcp_at_tp_speed(summary, x)
+        lines += ["", *goal_check(summary, b)]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -148,6 +148,20 @@ def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():
     assert "no SMCP row is as fast" in line_b
 
 
+def test_goal_check_counts_cells_and_names_those_above_dense():
+    bench = _load("bench_vs_torch_pruning")
+
+    def row(method, acc, speedup):
+        return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
+
+    # tp-a: met by smcp-x (+0.6); tp-b: unmet, needs 89.8 <= dense; tp-c: unmet, needs 90.1 > dense
+    summary = [row("dense", 0.90, 1.0), row("tp-a", 0.883, 1.1), row("tp-b", 0.893, 1.15),
+               row("tp-c", 0.896, 1.2), row("smcp-x", 0.889, 1.2), row("smcp-fast", 0.87, 1.9)]
+    (line,) = bench.goal_check(summary, [1])
+    assert "met in 1 of 3 cells" in line
+    assert line.endswith("above the net's dense accuracy: 1: n:tp-c b1 (needs 90.10, dense 90.00).")
+
+
 def test_aggregate_orders_dense_then_torch_pruning_then_smcp_per_net():
     bench = _load("bench_vs_torch_pruning")
 
