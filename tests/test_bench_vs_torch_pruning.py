@@ -85,14 +85,16 @@ def test_smcp_rows_without_torch_pruning(tmp_path):
     assert list((tmp_path / "tables").glob("concat_smoke_b1_t1.json"))  # measured once, cached
 
 
+def _row(method, acc, speedup):
+    """A summary row of net "n" with its speedup at batch 1."""
+    return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
+
+
 def test_head_to_head_compares_with_no_faster_torch_pruning_rows():
     bench = _load("bench_vs_torch_pruning")
 
-    def row(method, acc, speedup):
-        return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
-
-    summary = [row("dense", 0.9, 1.0), row("tp-a", 0.88, 1.1), row("tp-b", 0.895, 1.4),
-               row("tp-c", 0.87, 1.3), row("smcp-lat", 0.885, 1.25)]
+    summary = [_row("dense", 0.9, 1.0), _row("tp-a", 0.88, 1.1), _row("tp-b", 0.895, 1.4),
+               _row("tp-c", 0.87, 1.3), _row("smcp-lat", 0.885, 1.25)]
     (line,) = bench.head_to_head(summary, 1)
     cells = [c.strip() for c in line.strip("|").split("|")]
     # tp-b is more accurate but faster: named, not the comparison; tp-a is the best no-faster row
@@ -136,11 +138,8 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
 def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():
     bench = _load("bench_vs_torch_pruning")
 
-    def row(method, acc, speedup):
-        return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
-
-    summary = [row("dense", 0.9, 1.0), row("tp-a", 0.88, 1.1), row("tp-b", 0.87, 1.5),
-               row("smcp-slow", 0.899, 1.05), row("smcp-x", 0.89, 1.2), row("smcp-y", 0.885, 1.3)]
+    summary = [_row("dense", 0.9, 1.0), _row("tp-a", 0.88, 1.1), _row("tp-b", 0.87, 1.5),
+               _row("smcp-slow", 0.899, 1.05), _row("smcp-x", 0.89, 1.2), _row("smcp-y", 0.885, 1.3)]
     line_a, line_b = bench.smcp_at_tp_speed(summary, 1)
     cells = [c.strip() for c in line_a.strip("|").split("|")]
     # smcp-slow is the most accurate but slower than tp-a: not the comparison
@@ -151,12 +150,9 @@ def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():
 def test_goal_check_counts_cells_and_names_those_above_dense():
     bench = _load("bench_vs_torch_pruning")
 
-    def row(method, acc, speedup):
-        return {"net": "n", "method": method, "accuracy": acc, "speedup": {"1": speedup}}
-
     # tp-a: met by smcp-x (+0.6); tp-b: unmet, needs 89.8 <= dense; tp-c: unmet, needs 90.1 > dense
-    summary = [row("dense", 0.90, 1.0), row("tp-a", 0.883, 1.1), row("tp-b", 0.893, 1.15),
-               row("tp-c", 0.896, 1.2), row("smcp-x", 0.889, 1.2), row("smcp-fast", 0.87, 1.9)]
+    summary = [_row("dense", 0.90, 1.0), _row("tp-a", 0.883, 1.1), _row("tp-b", 0.893, 1.15),
+               _row("tp-c", 0.896, 1.2), _row("smcp-x", 0.889, 1.2), _row("smcp-fast", 0.87, 1.9)]
     (line,) = bench.goal_check(summary, [1])
     assert "met in 1 of 3 cells" in line
     assert line.endswith("above the net's dense accuracy: 1: n:tp-c b1 (needs 90.10, dense 90.00).")
