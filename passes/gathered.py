@@ -203,6 +203,9 @@ class GatheredModule(nn.Module):
             err = max_relative_error(run_eval(prepared, inputs), run_eval(self, inputs))
         finally:
             index.set_masks(prepared, before)
+            # that forward was a check, not a training step: a stale index would make the
+            # next optimizer step roll back elements a full-width forward trained
+            self.forward_indices = None
         if not err <= rtol:
             raise SurgeryError(f"gathered execution differs from the masked model by {err:.3g} "
                                "(relative); this graph has an op it cannot gather (e.g. a literal "

@@ -125,6 +125,21 @@ def test_a_step_leaves_inactive_weights_optimizer_state_and_bn_statistics_bit_id
                 assert not torch.equal(now[~off], then[~off]), (name, stat)
 
 
+def test_a_full_width_step_after_building_the_module_is_not_rolled_back():
+    # building runs a checking forward: the step after a full-width forward (CUCB in a loop
+    # that calls the prepared model, Lightning) must train every element with a gradient
+    pm, gathered, x, y, _ = setup(torch.float32, seed=1)  # active set != the check's (seed 0)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1)
+    gathered.protect(opt)
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    F.cross_entropy(pm(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in pm.named_parameters()}
+    opt.step()
+    for n, p in pm.named_parameters():
+        stuck = (grads[n] != 0) & (p.detach() == before[n])
+        assert not stuck.any(), f"{n}: {int(stuck.sum())} elements with a gradient did not move"
+
+
 def test_unsupported_graphs_are_refused_with_a_reason():
     from torch import nn
     from fxprune.errors import SurgeryError
