@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .masks import MethodHook
 from .units import ConsumerWeight
 
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
@@ -248,6 +249,13 @@ class InputTaps:
     skip path gets the sum over its masked readers, which is what zeroing the channel removes).
     ``loss_reduction="mean"`` (the trainer's loss): per-sample gradients are N times the
     batch loss's, so t is scaled by N.
+
+    Gradient accumulation: each forward of the model (a pre-hook on the model itself counts
+    them) keeps its own terms, summed over its readers only; :meth:`take` stacks the forwards
+    since the last take along the sample dim. With k > 1 of them the loss of each micro-batch
+    is taken to be divided by k (Lightning's ``accumulate_grad_batches``, the usual loop), so
+    their terms are scaled by k: the result is then the per-sample terms of the samples' own
+    losses, as with one batch.
     """
 
     def __init__(self, prepared: nn.Module, consumers: list[ConsumerWeight], n: int,
@@ -255,8 +263,9 @@ class InputTaps:
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         self.n, self.loss_reduction, self.enabled = n, loss_reduction, True
-        self.pending: torch.Tensor | None = None
-        self.handles = []
+        self.forwards = 0  # forwards of the model so far: which micro-batch a gradient is from
+        self.pending: dict[int, torch.Tensor] = {}  # per forward, its (N, n) terms
+        self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward))]
         seen = set()
         for c in consumers:
             if c.module in seen:
@@ -264,8 +273,9 @@ class InputTaps:
             seen.add(c.module)
             module = prepared.get_submodule(c.module)
             channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+            # a MethodHook: copies and pickles of the model do not carry the taps
             self.handles.append(module.register_forward_pre_hook(
-                self._pre_hook(c.in_flat, channel_dim)))
+                MethodHook(self._pre_hook(c.in_flat, channel_dim))))
 
     def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int):
         valid_cpu = in_flat >= 0
@@ -282,6 +292,7 @@ class InputTaps:
                 return None
             alias = x.view_as(x)
             saved = x.detach()
+            forward = self.forwards
 
             def on_grad(g):
                 with torch.no_grad():
@@ -294,7 +305,8 @@ class InputTaps:
                     flat, valid = indices(per.device)
                     t = per.new_zeros(per.shape[0], self.n)
                     t.index_add_(1, flat, per[:, valid])
-                    self.pending = t if self.pending is None else self.pending + t
+                    mine = self.pending.get(forward)
+                    self.pending[forward] = t if mine is None else mine + t
                 return None
 
             alias.register_hook(on_grad)
@@ -302,10 +314,20 @@ class InputTaps:
 
         return pre
 
+    def _count_forward(self, module, args):
+        self.forwards += 1
+        return None
+
     def take(self) -> torch.Tensor | None:
-        """The (N, n) float64 per-sample terms of the last backward (None if none ran)."""
-        t, self.pending = self.pending, None
-        return t
+        """The (N, n) float64 per-sample terms of the backwards since the last take, the
+        micro-batches' stacked (N their total; see the class docstring), or None if none ran."""
+        if not self.pending:
+            return None
+        parts = [self.pending[k] for k in sorted(self.pending)]
+        self.pending = {}
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) * len(parts)
 
     def close(self) -> None:
         for h in self.handles:

@@ -396,3 +396,46 @@ def unwrap(module: nn.Module) -> nn.Module:
         for attr in [a for a in vars(module) if a.startswith("fxprune_")]:
             delattr(module, attr)
     return module
+
+
+# ----------------------------------------------------------------------------- methods' hooks
+
+class MethodHook:
+    """A forward (pre-)hook a pruning method puts on the prepared model's layers while it
+    trains (CCP's activation taps). It belongs to the method, not to the model: a pickled or
+    deep-copied model holds a :class:`DetachedHook` in its place (the hook's state stays with
+    the method), which :func:`strip_method_hooks` removes (``finalize``, loading a prepared
+    model)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __reduce__(self):
+        return DetachedHook, ()
+
+
+class DetachedHook:
+    """What a :class:`MethodHook` becomes in a copy of the model: a no-op, picklable."""
+
+    def __call__(self, *args):
+        return None
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+_HOOK_SIDE_TABLES = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+                     "_forward_hooks_always_called")
+
+
+def strip_method_hooks(model: nn.Module) -> None:
+    """Remove (in place) every :class:`MethodHook` and :class:`DetachedHook` from ``model``'s
+    modules; the user's own hooks stay."""
+    for module in model.modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(module, attr, None) or {}
+            for key in [k for k, h in hooks.items() if isinstance(h, (MethodHook, DetachedHook))]:
+                del hooks[key]
+                for side in _HOOK_SIDE_TABLES:
+                    getattr(module, side, {}).pop(key, None)

@@ -17,6 +17,8 @@ import copy
 
 from torch import fx, nn
 
+from .masks import strip_method_hooks
+
 
 def make_savable(gm: fx.GraphModule) -> None:
     """Give ``gm`` (and every deep copy of it) the pickling described above."""
@@ -50,5 +52,6 @@ def _rebuild_prepared(body: dict, graph: fx.Graph, class_name: str) -> fx.GraphM
             gm.__dict__[key] = value
     gm.meta = body["meta"]
     gm.recompile()
+    strip_method_hooks(gm)  # the no-ops a method's hooks were pickled as
     make_savable(gm)
     return gm

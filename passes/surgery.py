@@ -18,7 +18,7 @@ from torch import fx, nn
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mask_buffer, state_of
 from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, gather_mask,
-                           mask_weight, masked_layer_norm, unwrap)
+                           mask_weight, masked_layer_norm, strip_method_hooks, unwrap)
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts
@@ -104,6 +104,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     _check_masks(ch, masks)
     unit_kept = ch.unit_kept(masks)
     gm = copy.deepcopy(prepared)
+    strip_method_hooks(gm)  # a method's hooks (CCP's taps mid-run) are not part of the model
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())
     site_by_module = {s.module: s for s in ch.mask_sites}

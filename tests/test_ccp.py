@@ -103,6 +103,27 @@ def test_per_sample_terms_match_per_sample_autograd():
     taps.close()
 
 
+@pytest.mark.parametrize("sizes", [(12, 12), (16, 8)])
+def test_accumulated_micro_batches_give_the_terms_of_one_batch(sizes):
+    # Lightning's accumulate_grad_batches: each micro-batch's mean loss divided by their number
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(sum(sizes), 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (sum(sizes),))
+    pm = fxprune.prepare(model, (x[:1],))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+    F.cross_entropy(pm(x), y).backward()
+    whole = taps.take()
+    for xs, ys in zip(x.split(sizes), y.split(sizes)):
+        (F.cross_entropy(pm(xs), ys) / len(sizes)).backward()
+    accumulated = taps.take()
+    assert accumulated.shape == whole.shape == (sum(sizes), index.n)
+    torch.testing.assert_close(accumulated, whole, rtol=1e-10, atol=1e-14)
+    taps.close()
+    assert not pm._forward_pre_hooks  # close() removes the forward counter too
+
+
 def planted_mlp(seed=0):
     """Hidden units 0 and 1: identical inputs, opposite (large) outputs. Removing both changes
     nothing; removing one changes the logits a lot."""
@@ -181,6 +202,31 @@ def test_ccp_method_prunes_in_rounds_and_finalizes(mode, ratio):
     torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_run_ended_mid_schedule_saves_without_the_statistics_hooks(tmp_path):
+    from fxprune.masks import DetachedHook, MethodHook
+
+    def method_hooks(model):
+        return [h for m in model.modules() for h in m._forward_pre_hooks.values()
+                if isinstance(h, (MethodHook, DetachedHook))]
+
+    pm = prepared()
+    pruner = CCP(pm, ratio=0.5, collect=3, rounds=2, round_every=4, channel_step=4)
+    assert [r["round"] for r in _train(pm, pruner, 5)] == [1]  # in round 2's collection window
+    assert method_hooks(pm)  # the taps are on
+    torch.save(pm, tmp_path / "prepared.pt")  # mid-collection: the taps are not pickled
+    loaded = torch.load(tmp_path / "prepared.pt", weights_only=False)
+    assert not method_hooks(loaded) and torch.equal(pruner.index.masks(loaded), pruner.index.masks(pm))
+    small = fxprune.finalize(pm)  # no finalize_masks() first: finalize leaves the hooks behind
+    assert not method_hooks(small)
+    torch.save(small, tmp_path / "small.pt")
+    x = data()[0]
+    pm.eval()
+    torch.testing.assert_close(torch.load(tmp_path / "small.pt", weights_only=False).eval()(x), pm(x),
+                               rtol=1e-4, atol=1e-5)
+    pm.train()  # the method itself goes on collecting and prunes its second round
+    assert [r["round"] for r in _train(pm, pruner, 3, seed=1)] == [2]
+
+
 def test_ccp_resumes_exactly(tmp_path):
     def run(split=None):
         pm = prepared(seed=2)
@@ -238,3 +284,10 @@ def test_non_finite_statistics_stop_with_one_line_naming_the_way_out():
                                          r"learning rate") as info:
         pruner.step()
     assert "\n" not in str(info.value)
+
+
+def test_a_schedule_that_never_prunes_or_overlaps_is_said():
+    with pytest.raises(ValueError, match="prune_at is the optimizer step .* got 0, which would never prune"):
+        CCP(prepared(), ratio=0.5, prune_at=0)
+    with pytest.warns(UserWarning, match=r"round_every \(2\) < collect \(3\)"):
+        CCP(prepared(), ratio=0.5, collect=3, rounds=2, round_every=2)

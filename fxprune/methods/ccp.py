@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -217,6 +218,13 @@ class CCP(PruningMethod):
             raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
         if rounds < 1 or collect < 1:
             raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
+        if prune_at is not None and prune_at < 1:  # step() counts from 1: step 0 never comes
+            raise ValueError(f"prune_at is the optimizer step (from 1) of the first pruning; got "
+                             f"{prune_at}, which would never prune: give 1 or more (None: collect)")
+        if rounds > 1 and round_every < collect:
+            warnings.warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
+                          f"collects over the {round_every} steps since the one before, not {collect}",
+                          stacklevel=2)
         super().__init__(prepared, cost, channel_step)
         self.mode, self.cost_target = mode, float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
