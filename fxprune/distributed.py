@@ -239,6 +239,12 @@ def all_reduce_sum_count(total: torch.Tensor, count) -> tuple[torch.Tensor, Any]
 
 # -- masks ------------------------------------------------------------------------------------
 
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise float64 sum of ``t`` over every process: a method's ``reduce_fn`` for
+    statistics gathered in hooks (rank-local values, e.g. CCP's activation terms)."""
+    return all_reduce_sum_count(t, 0)[0]
+
+
 def _unwrap(model: nn.Module) -> fx.GraphModule:
     """The prepared GraphModule inside a DDP wrapper (or the model itself)."""
     while isinstance(model, nn.parallel.DistributedDataParallel) or (

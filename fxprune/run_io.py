@@ -93,14 +93,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``: a
+    crash or an unpicklable object mid-write leaves no truncated ``path`` behind (the partial
+    temporary file is removed). ``keep_previous`` moves an existing ``path`` to ``*.prev.pt``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(path.stem + ".prev.pt"))
+    os.replace(tmp, path)
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """Write to a temporary file, keep the previous checkpoint as ``*.prev.pt``, then rename:
     a crash mid-write loses at most the epoch being saved."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    if path.exists():
-        os.replace(path, path.with_name(path.stem + ".prev.pt"))
-    os.replace(tmp, path)
+    atomic_torch_save(checkpoint, path, keep_previous=True)
 
 
 def load_checkpoint(path: Path, device) -> dict:

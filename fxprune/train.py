@@ -415,7 +415,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 lambda: LatencyTable.measure(net, step=channel_step))}
         context = {}
         if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
-            context["reduce_fn"] = _all_reduce_sum  # e.g. CCP's activation statistics
+            context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
         pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
                              epochs=int(optim_cfg["epochs"]), **context)
         if main and getattr(pruner, "fxprune_schedule_steps", None):
@@ -587,11 +587,6 @@ def _to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to(v, device) for v in obj)
     return obj
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The element-wise float64 sum of ``t`` over every process (a method's ``reduce_fn``)."""
-    return fxdist.all_reduce_sum_count(t, 0)[0]
 
 
 def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:

@@ -19,6 +19,8 @@ from test_distributed import NoBNNet, flat_masks  # noqa: E402
 
 N, BATCH = 64, 16  # 4 optimizer steps per epoch
 SMCP_ARGS = dict(target=0.5, warmup=2, ramp=4, update_every=2, channel_step=1)  # updates at 4, 6, 8
+CCP_ARGS = dict(ratio=0.5, collect=2, rounds=2, round_every=3, channel_step=1)  # rounds at 2 and 5
+METHOD_ARGS = {"smcp": SMCP_ARGS, "ccp": CCP_ARGS}
 
 
 def dataset():
@@ -86,10 +88,11 @@ class ShardedClassifier(Classifier):
         return DataLoader(dataset(), batch_size=BATCH // self.trainer.world_size, sampler=sampler)
 
 
-if __name__ == "__main__":  # python lightning_app.py OUT_DIR: Lightning DDP, 2 CPU processes, gloo
+if __name__ == "__main__":  # python lightning_app.py OUT_DIR [METHOD]: Lightning DDP, 2 CPU processes, gloo
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
-    prune = PruningCallback("smcp", save_path=out / "pruned.pt", check_masks=True, **SMCP_ARGS)
+    method = sys.argv[2] if len(sys.argv) > 2 else "smcp"
+    prune = PruningCallback(method, save_path=out / "pruned.pt", check_masks=True, **METHOD_ARGS[method])
     t = trainer(out, 2, [prune, RecordMasks(out)], devices=2, strategy="ddp", enable_checkpointing=False,
                 use_distributed_sampler=False)
     t.fit(ShardedClassifier())

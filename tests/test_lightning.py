@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fxprune
 from fxprune.integrations.lightning import PruningCallback, find_prepared
-from lightning_app import BATCH, SMCP_ARGS, Classifier, RecordMasks, dataset, loader, trainer
+from lightning_app import BATCH, CCP_ARGS, SMCP_ARGS, Classifier, RecordMasks, dataset, loader, trainer
 from test_distributed import NoBNNet
 
 
@@ -136,3 +136,49 @@ def test_an_overflowed_amp_step_is_not_observed():
         scaler.unscale_(opt)  # as Lightning does before on_before_optimizer_step
         assert PruningCallback._overflowed(stub, opt) is overflowed
     assert PruningCallback._overflowed(SimpleNamespace(precision_plugin=SimpleNamespace()), opt) is False
+
+
+def test_cucb_trains_at_full_width_and_saves_its_final_selection(tmp_path):
+    """The step runs the LightningModule's own forward: CUCB runs masked (a gathered sub-network
+    is refused), and the end applies its final rule (top channels by mean reward)."""
+    with pytest.raises(ValueError, match="execution='masked'"):
+        PruningCallback("cucb", execution="gathered")
+    prune = PruningCallback("cucb", save_path=tmp_path / "cucb.pt", target=0.5, mode="budget", warmup=2)
+    module = Classifier()
+    trainer(tmp_path, 1, [prune]).fit(module, loader())
+    assert prune.pruner.execution == "masked" and prune.pruner.final  # explore=None: chosen at the end
+    assert prune.pruner.history[-1]["step"] == 4
+    small = torch.load(tmp_path / "cucb.pt", weights_only=False)
+    x = dataset().tensors[0][:8]
+    module.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), module.model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_ccp_ended_before_its_last_round_saves_a_plain_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # save_path expands ~ like fxprune train --out
+    prune = PruningCallback("ccp", save_path="~/ccp.pt", ratio=0.5, collect=2, rounds=2,
+                            round_every=3, channel_step=1)  # rounds at steps 2 and 5 of 4
+    trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+    assert [r["round"] for r in prune.pruner.history] == [1]
+    small = torch.load(tmp_path / "ccp.pt", weights_only=False)
+    assert not any(m._forward_pre_hooks for m in small.modules())
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in NoBNNet().parameters())
+
+
+def test_ccp_under_ddp_decides_on_every_rank_s_samples(tmp_path):
+    """CCP's statistics come from activation hooks (rank-local): the callback sums them over the
+    2 processes, so the masks equal one process's on the whole batches (no BN: each sample's
+    terms do not depend on the others)."""
+    record = RecordMasks()
+    one = PruningCallback("ccp", **CCP_ARGS)
+    trainer(tmp_path / "one", 2, [one, record]).fit(Classifier(), loader())
+    assert [r["round"] for r in one.pruner.history] == [1, 2]
+    script = Path(__file__).with_name("lightning_app.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), "ccp"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]  # check_masks: every rank equal to rank 0
+    ranks = [torch.load(tmp_path / f"masks_rank{r}.pt") for r in range(2)]
+    for a, b, ref in zip(ranks[0]["masks"], ranks[1]["masks"], record.masks):
+        assert torch.equal(a, b) and torch.equal(a, ref)

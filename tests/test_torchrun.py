@@ -18,7 +18,7 @@ import torch.distributed as dist
 import yaml
 
 from fxprune.data import BatchLoader, load_split
-from fxprune import train as train_mod
+from fxprune import distributed as fxdist
 from fxprune.train import ConfigError, evaluate, load_config, resolve_config, train
 from helpers import TINY_RECIPE
 
@@ -143,13 +143,13 @@ def test_cucb_gathered_execution_is_refused_under_ddp(tmp_path):
 
 def test_ccp_statistics_go_through_the_reduction_under_ddp(tmp_path, monkeypatch):
     calls = []
-    real = train_mod._all_reduce_sum
+    real = fxdist.all_reduce_sum
 
     def counted(t):
         calls.append(t.numel())
         return real(t)
 
-    monkeypatch.setattr(train_mod, "_all_reduce_sum", counted)
+    monkeypatch.setattr(fxdist, "all_reduce_sum", counted)
     cfg = load_config(ROOT / "configs" / "fashion_mnist_ccp.yaml",
                       [*SMALL, *METHODS["ccp"], f"out={tmp_path / 'r'}"])
     with one_process_group():

@@ -25,8 +25,12 @@ The LightningModule owns the prepared model; the callback finds it and drives a 
 - **Resuming.** The method's state (step count, accumulated importance, masks, history) is the
   callback's ``state_dict``, so ``Trainer.fit(ckpt_path=...)`` resumes with identical masks.
   Counts and means of averaged gradients: a checkpoint resumes on any number of devices.
-- **The end.** ``on_train_end`` finalizes on rank 0 (``self.finalized``) and, with
-  ``save_path``, ``torch.save``-s the pruned model (a plain module, loadable without fxprune).
+- **The end.** ``on_train_end`` applies the method's final rule (``finalize_masks()``, every
+  rank), finalizes on rank 0 (``self.finalized``) and, with ``save_path``, ``torch.save``-s
+  the pruned model (a plain module, loadable without fxprune) through a temporary file.
+- **Methods.** Statistics a method gathers in hooks (``rank_local_statistics``, e.g. CCP) are
+  summed over the DDP processes; the training step is the LightningModule's own, at full
+  width, so CUCB runs ``execution="masked"`` (its gathered sub-network is refused here).
 
 Use ``strategy="ddp"`` (Lightning's launcher runs the script once per device; or ``torchrun``),
 not ``"ddp_spawn"``: that pickles the LightningModule and the callback into each process, a
@@ -36,6 +40,7 @@ are not supported: the method reads whole weights and their gradients.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import fxprune
 
 from .. import distributed as fxdist
+from ..run_io import atomic_torch_save
 
 
 def _method_entry(name: str):
@@ -123,9 +129,14 @@ class PruningCallback(pl.Callback):
                  check_masks: bool = False, **method_kwargs):
         self.method = method
         self.method_entry = _method_entry(method)  # an unknown name fails here, not mid-fit
+        if method_kwargs.get("execution", "masked") != "masked":
+            raise ValueError(f"PruningCallback({method!r}): execution={method_kwargs['execution']!r} "
+                             "runs a sub-network through the method's train_forward, but Lightning "
+                             "trains through the LightningModule's own forward; use "
+                             "execution='masked' (the callback's default)")
         self.method_kwargs = method_kwargs
         self.attribute, self.check_masks = attribute, check_masks
-        self.save_path = None if save_path is None else Path(save_path)
+        self.save_path = None if save_path is None else Path(save_path).expanduser()
         self.overwrite = overwrite
         self.pruner = None
         self.prepared: fx.GraphModule | None = None
@@ -146,12 +157,28 @@ class PruningCallback(pl.Callback):
                                   f"PruningCallback(overwrite=True)")
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
-            self.pruner = self.method_entry.build(self.prepared, **self.method_kwargs)
+            self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs())
             if hasattr(self.pruner, "attach_optimizer") and trainer.optimizers:
                 # e.g. CUCB: inactive weights keep their optimizer state
                 self.pruner.attach_optimizer(trainer.optimizers[0])
         if self._pending_state is not None:
             self._load(self._pending_state)
+
+    def _build_kwargs(self) -> dict:
+        """The method's arguments as the callback must run it: statistics gathered in hooks
+        summed over the processes (as ``fxprune train`` does), and the training step through
+        the LightningModule's own forward, so at full width (CUCB ``execution="masked"``)."""
+        kwargs = dict(self.method_kwargs)
+        cls = self.method_entry.cls
+        if fxdist.is_distributed() and getattr(cls, "rank_local_statistics", False):
+            kwargs.setdefault("reduce_fn", fxdist.all_reduce_sum)  # e.g. CCP's activation terms
+        try:
+            takes_execution = "execution" in inspect.signature(cls).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+            takes_execution = False
+        if takes_execution:  # __init__ refused any other value
+            kwargs["execution"] = "masked"
+        return kwargs
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -161,17 +188,24 @@ class PruningCallback(pl.Callback):
         if record is not None:
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)
             logged = {f"pruning/{k}": float(record[k]) for k in ("target", "actual", "kept")
-                      if k in record}
+                      if record.get(k) is not None}  # CCP's ratio mode records no target
             if logged:
                 pl_module.log_dict(logged, on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.prepared is None or not trainer.is_global_zero:
+        if self.prepared is None:
+            return
+        # every rank: the method's final masks (CUCB: top channels by mean reward; CCP: its
+        # statistics hooks removed), if they differ from the last step's
+        finalize_masks = getattr(self.pruner, "finalize_masks", None)
+        if finalize_masks is not None and finalize_masks():
+            fxdist.broadcast_masks(self.prepared, check=self.check_masks)
+        if not trainer.is_global_zero:
             return
         self.finalized = fxprune.finalize(self.prepared)
         if self.save_path is not None:
             self.save_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.finalized, self.save_path)
+            atomic_torch_save(self.finalized, self.save_path)
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
