@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,15 +80,34 @@ RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_w
 
 
 
-def _registered_methods() -> dict[str, str]:
-    """``prune.method`` names: the method registry (:mod:`fxprune.methods.base`), name -> summary."""
-    from .methods.base import get_method, method_names
+class _Registered(Sequence):
+    """``prune.method`` names, read from the method registry (:mod:`fxprune.methods.base`) at
+    each use: a method registered after this module was imported is a valid name too.
+    ``with_none`` puts ``"none"`` (no pruning) first."""
 
-    return {name: get_method(name).summary for name in method_names()}
+    def __init__(self, with_none: bool = False):
+        self.with_none = with_none
+
+    def _names(self) -> list[str]:
+        from .methods.base import method_names
+
+        return ["none", *method_names()] if self.with_none else method_names()
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
 
 
-# pruning method name -> what it is (the registry, read once at import)
-PRUNERS = _registered_methods()
+# pruning method names (live: the registry as it is when a config is checked)
+PRUNERS = _Registered()
 
 
 class ConfigError(FxPruneError, ValueError):
@@ -231,7 +251,7 @@ SCHEMA: dict[str, Rule] = {
 
 # Keys of the prune section the recipe itself reads (the method never sees them).
 RECIPE_PRUNE_KEYS: dict[str, Rule] = {
-    "method": Rule("str", choices=("none", *PRUNERS)),
+    "method": Rule("str", choices=_Registered(with_none=True)),
     # Schedules in epochs, converted to the method's step counts.
     "warmup_epochs": Rule("float", low=0),
     "ramp_epochs": Rule("float", low=0),

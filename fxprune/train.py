@@ -106,6 +106,13 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         pruner = entry.build(pm, **kwargs)
     except (ValueError, TypeError) as exc:  # the method's own checks: a config error
         raise ConfigError(f"prune ({method}): {exc}") from None
+    # the trainer calls these (fxprune.methods.base.Method): a method without one would fail
+    # only after an epoch of training
+    missing = [m for m in ("step", "cost", "state_dict") if not callable(getattr(pruner, m, None))]
+    if missing:
+        raise ConfigError(f"prune.method {method!r} builds a {type(pruner).__name__} without "
+                          f"{', '.join(f'{m}()' for m in missing)}, which the trainer calls; "
+                          "see fxprune.methods.base.Method for the protocol")
     steps = STEP_ARGS | set(getattr(cls, "step_args", ()))
     try:  # what epochs and fractions became, for the log and results.json
         pruner.fxprune_schedule_steps = {k: kwargs[k] for k in accepted if k in steps and k in kwargs}

@@ -157,6 +157,29 @@ def test_registry_serves_recipe_cli_and_benchmarks():
         resolve_config({"prune": {"method": "nope"}})
 
 
+def test_a_method_registered_after_import_is_a_recipe_method(monkeypatch):
+    from fxprune.methods.base import register_method
+    from fxprune.train import ConfigError, make_pruner, resolve_config  # imported before registering
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))  # undone after the test
+    register_method("late_smcp", fxprune.SMCP, summary="SMCP under another name")
+    cfg = resolve_config({"prune": {"method": "late_smcp", "target": 0.5}})
+    assert cfg["prune"]["method"] == "late_smcp"
+    pruner = make_pruner(prepared(), cfg["prune"], steps_per_epoch=10, epochs=2)
+    assert isinstance(pruner, fxprune.SMCP)
+
+    class NoCost:  # no cost(): refused before training, not after its first epoch
+        def __init__(self, prepared):
+            self.history = []
+
+        def step(self, loss=None):
+            return None
+
+    register_method("no_cost", NoCost)
+    with pytest.raises(ConfigError, match=r"'no_cost' builds a NoCost without cost\(\), state_dict\(\), which"):
+        make_pruner(prepared(), {"method": "no_cost"})
+
+
 def test_hard_and_magnitude_entries_are_smcp_options():
     pm = prepared()
     hard = get_method("hard").build(pm, target=0.5, channel_step=4)
