@@ -275,6 +275,11 @@ def _method_worker(rank, init_file, out_dir):
             seed = 1000 + rank  # ranks seeded differently: nothing in pruning may depend on it
             torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
             out[name] = run_method(DDP(pm), pm, method, mine, sync=True)
+        try:  # its sub-network would train outside DDP: refused, not left to drift
+            fxprune.CUCB(make_pruner()[0], target=0.5, execution="gathered")
+            out["gathered"] = "built"
+        except ValueError as exc:
+            out["gathered"] = str(exc)
         torch.save(out, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -297,3 +302,8 @@ def test_ccp_and_cucb_decide_on_every_rank_as_one_process_on_the_whole_batch(met
         for step, (a, b) in enumerate(zip(got, single)):
             assert torch.equal(a, b), f"{name}: rank {r} masks differ from one process at step {step}"
     assert not bool(single[-1].all())  # something was pruned: the comparison is not vacuous
+
+
+def test_cucb_gathered_execution_is_refused_under_several_processes(method_ranks):
+    for r in range(WORLD):
+        assert "use execution='masked' under torch.distributed" in method_ranks[r]["gathered"]

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .. import distributed as fxdist
 from ..allocation import allocate, allowed_counts, ranked_options
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
@@ -107,6 +108,10 @@ class CUCB(PruningMethod):
         for m in prepared.modules():  # inactive channels get no gradient through their readers
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = False
+        if execution == "gathered" and fxdist.is_distributed() and fxdist.world_size() > 1:
+            raise ValueError("CUCB: execution='gathered' trains a sub-network outside the DDP "
+                             "wrapper, so its gradients are not averaged across the processes; "
+                             "use execution='masked' under torch.distributed")
         self.gathered = None
         if execution == "gathered":
             from fxprune.errors import SurgeryError
