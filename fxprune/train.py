@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +433,15 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         if isinstance(target, (int, float)):
             check_schedule_steps(getattr(pruner, "schedule", None), float(target),
                                  int(optim_cfg["epochs"]) * steps_per_epoch)
+        elif hasattr(pruner, "target") and prune_cfg.get("target") is not None:
+            # CUCB/CCP in ratio mode with rho/ratio given: a fixed channel fraction per group,
+            # no cost promise; results.json then holds no target either
+            fraction = next((f"prune.{k}={prune_cfg[k]}" for k in ("rho", "ratio")
+                             if prune_cfg.get(k) is not None), "a fixed fraction")
+            warnings.warn(f"prune.target {prune_cfg['target']} is not used by {method} in mode "
+                          f"{prune_cfg.get('mode')!r}: each group keeps {fraction} of its channels, "
+                          "and no cost is promised; use its cost-target mode to prune to "
+                          "prune.target", stacklevel=2)
         own_forward = getattr(pruner, "train_forward", None)
         if distributed and own_forward is not None and own_forward is not net:
             raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
