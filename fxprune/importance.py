@@ -252,10 +252,11 @@ class InputTaps:
 
     Gradient accumulation: each forward of the model (a pre-hook on the model itself counts
     them) keeps its own terms, summed over its readers only; :meth:`take` stacks the forwards
-    since the last take along the sample dim. With k > 1 of them the loss of each micro-batch
-    is taken to be divided by k (Lightning's ``accumulate_grad_batches``, the usual loop), so
-    their terms are scaled by k: the result is then the per-sample terms of the samples' own
-    losses, as with one batch.
+    since the last take along the sample dim. ``grad_scale`` is what the trainer multiplied
+    each micro-batch's mean loss by before ``backward`` (Lightning: the AMP loss scale over
+    ``accumulate_grad_batches``); the terms are divided by it, giving the per-sample terms of
+    the samples' own losses, as with one batch. None (the default) takes the usual loop: with
+    k micro-batches since the last take, each loss divided by k.
     """
 
     def __init__(self, prepared: nn.Module, consumers: list[ConsumerWeight], n: int,
@@ -264,6 +265,7 @@ class InputTaps:
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         self.n, self.loss_reduction, self.enabled = n, loss_reduction, True
         self.forwards = 0  # forwards of the model so far: which micro-batch a gradient is from
+        self.grad_scale: float | None = None
         self.pending: dict[int, torch.Tensor] = {}  # per forward, its (N, n) terms
         self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward))]
         seen = set()
@@ -325,9 +327,10 @@ class InputTaps:
             return None
         parts = [self.pending[k] for k in sorted(self.pending)]
         self.pending = {}
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat(parts) * len(parts)
+        t = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if self.grad_scale is not None:
+            return t / self.grad_scale
+        return t * len(parts) if len(parts) > 1 else t
 
     def close(self) -> None:
         for h in self.handles:

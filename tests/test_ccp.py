@@ -103,9 +103,10 @@ def test_per_sample_terms_match_per_sample_autograd():
     taps.close()
 
 
-@pytest.mark.parametrize("sizes", [(12, 12), (16, 8)])
-def test_accumulated_micro_batches_give_the_terms_of_one_batch(sizes):
-    # Lightning's accumulate_grad_batches: each micro-batch's mean loss divided by their number
+@pytest.mark.parametrize("sizes,divisor", [((12, 12), None), ((16, 8), None), ((16, 8), 3)])
+def test_accumulated_micro_batches_give_the_terms_of_one_batch(sizes, divisor):
+    # each micro-batch's mean loss divided by their number (the usual loop), or by a divisor
+    # the trainer names (Lightning's accumulate_grad_batches, also in a shorter last window)
     torch.manual_seed(0)
     model = MLP().double()
     x = torch.randn(sum(sizes), 8, dtype=torch.float64)
@@ -115,8 +116,9 @@ def test_accumulated_micro_batches_give_the_terms_of_one_batch(sizes):
     taps = InputTaps(pm, consumer_weights(pm, index), index.n)
     F.cross_entropy(pm(x), y).backward()
     whole = taps.take()
+    taps.grad_scale = None if divisor is None else 1 / divisor
     for xs, ys in zip(x.split(sizes), y.split(sizes)):
-        (F.cross_entropy(pm(xs), ys) / len(sizes)).backward()
+        (F.cross_entropy(pm(xs), ys) / (divisor or len(sizes))).backward()
     accumulated = taps.take()
     assert accumulated.shape == whole.shape == (sum(sizes), index.n)
     torch.testing.assert_close(accumulated, whole, rtol=1e-10, atol=1e-14)
@@ -291,3 +293,5 @@ def test_a_schedule_that_never_prunes_or_overlaps_is_said():
         CCP(prepared(), ratio=0.5, prune_at=0)
     with pytest.warns(UserWarning, match=r"round_every \(2\) < collect \(3\)"):
         CCP(prepared(), ratio=0.5, collect=3, rounds=2, round_every=2)
+    with pytest.warns(UserWarning, match=r"prune_at \(2\) < collect \(3\): the first round collects over 2"):
+        CCP(prepared(), ratio=0.5, collect=3, prune_at=2)

@@ -123,6 +123,34 @@ def test_once_per_optimizer_step_under_accumulation_and_amp(tmp_path):
     assert prune.pruner.history[-1]["kept"] < prune.pruner.history[-1]["channels"]
 
 
+def test_statistics_hear_the_trainer_s_loss_scale_and_drop_an_overflowed_step():
+    """CCP's activation terms are divided by what Lightning multiplied the loss by (AMP scale
+    over accumulate_grad_batches); an overflowed step's terms are dropped, not stacked."""
+    calls = []
+
+    class Method:
+        grad_scale = None
+
+        def step(self):
+            calls.append(("step", self.grad_scale))
+
+        def discard_step(self):
+            calls.append(("discard", None))
+
+    cb = PruningCallback("smcp")
+    cb.pruner = Method()
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    for grad in (torch.tensor([1.0, float("inf"), 0.0]), torch.ones(3)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+        w.grad = None
+        scaler.scale((w * grad).sum()).backward()
+        scaler.unscale_(opt)
+        stub = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler), accumulate_grad_batches=4)
+        cb.on_before_optimizer_step(stub, None, opt)
+    assert calls == [("discard", None), ("step", 2.0)]
+
+
 def test_an_overflowed_amp_step_is_not_observed():
     """fp16 AMP (CUDA only in Lightning) skips steps whose unscaled gradients hold inf: so does
     the callback. Checked with torch's GradScaler on the CPU."""

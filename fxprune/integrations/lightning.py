@@ -182,8 +182,17 @@ class PruningCallback(pl.Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        if self.pruner is None or self._overflowed(trainer, optimizer):
+        if self.pruner is None:
             return
+        if self._overflowed(trainer, optimizer):
+            discard = getattr(self.pruner, "discard_step", None)
+            if discard is not None:  # e.g. CCP: its hooks saw this step's inf/NaN terms
+                discard()
+            return
+        if hasattr(self.pruner, "grad_scale"):  # what Lightning multiplied each micro-batch's loss by
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            scale = float(scaler.get_scale()) if scaler is not None else 1.0  # fp16 AMP only
+            self.pruner.grad_scale = scale / trainer.accumulate_grad_batches
         record = self.pruner.step()
         if record is not None:
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)

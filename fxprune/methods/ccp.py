@@ -225,6 +225,9 @@ class CCP(PruningMethod):
             warnings.warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
                           f"collects over the {round_every} steps since the one before, not {collect}",
                           stacklevel=2)
+        if prune_at is not None and prune_at < collect:
+            warnings.warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
+                          f"over {prune_at} steps only", stacklevel=2)
         super().__init__(prepared, cost, channel_step)
         self.mode, self.cost_target = mode, float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
@@ -265,6 +268,20 @@ class CCP(PruningMethod):
                 self.stats.close()
             return record
         return None
+
+    @property
+    def grad_scale(self) -> float | None:
+        """What the trainer multiplies each micro-batch's mean loss by before ``backward``
+        (:class:`~fxprune.importance.InputTaps`); None: 1/k for k micro-batches per step."""
+        return self.stats.taps.grad_scale
+
+    @grad_scale.setter
+    def grad_scale(self, value: float | None) -> None:
+        self.stats.taps.grad_scale = value
+
+    def discard_step(self) -> None:
+        """Drop this step's statistics: the trainer skips the step (an overflowed AMP step)."""
+        self.stats.taps.take()
 
     def _set_collecting(self, on: bool) -> None:
         """Taps on for the next forward; BN in eval mode for it (``collect_bn="eval"``) while
