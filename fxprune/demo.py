@@ -25,12 +25,15 @@ def prune_by_magnitude(prepared, fraction: float) -> None:
     index.set_masks(prepared, kept)
 
 
-def trained_size(name: str) -> int:
-    """The square input size torchvision's default weights for ``name`` were evaluated at
-    (their transforms' crop size), 224 if none is recorded; reads metadata only, downloads
-    nothing."""
+def trained_size(name: str, model=None) -> int:
+    """The square input size to suggest for torchvision model ``name``: the size ``model`` is
+    built for if it has one (ViT's ``image_size``: it runs at that size only), else the size
+    its default weights were evaluated at (their transforms' crop size), else 224. Reads
+    metadata only, downloads nothing."""
     import torchvision
 
+    if isinstance(getattr(model, "image_size", None), int):
+        return model.image_size
     try:
         return int(torchvision.models.get_model_weights(name).DEFAULT.transforms.keywords["crop_size"])
     except (ValueError, AttributeError, KeyError, TypeError):
@@ -72,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
         first = (str(cause).strip().splitlines() or [""])[0][:200]
         raise SystemExit(f"fxprune demo: {args.model} does not run on a {args.size}x{args.size} "
                          f"input ({type(cause).__name__}: {first}); try --size "
-                         f"{trained_size(args.model)}, the size its torchvision weights were "
-                         "evaluated at") from None
+                         f"{trained_size(args.model, model)}") from None
     except fxprune.FxPruneError as e:
         raise SystemExit(f"fxprune demo: {args.model} at {args.size}x{args.size}: {e}") from None
     prepared_s = time.perf_counter() - started

@@ -109,7 +109,8 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         raise ConfigError(f"prune ({method}): {exc}") from None
     # the trainer calls these (fxprune.methods.base.Method): a method without one would fail
     # only after an epoch of training
-    missing = [m for m in ("step", "cost", "state_dict") if not callable(getattr(pruner, m, None))]
+    missing = [m for m in ("step", "cost", "state_dict", "load_state_dict")
+               if not callable(getattr(pruner, m, None))]
     if missing:
         raise ConfigError(f"prune.method {method!r} builds a {type(pruner).__name__} without "
                           f"{', '.join(f'{m}()' for m in missing)}, which the trainer calls; "
@@ -433,7 +434,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         if isinstance(target, (int, float)):
             check_schedule_steps(getattr(pruner, "schedule", None), float(target),
                                  int(optim_cfg["epochs"]) * steps_per_epoch)
-        elif hasattr(pruner, "target") and prune_cfg.get("target") is not None:
+        elif main and hasattr(pruner, "target") and prune_cfg.get("target") is not None:
             # CUCB/CCP in ratio mode with rho/ratio given: a fixed channel fraction per group,
             # no cost promise; results.json then holds no target either
             fraction = next((f"prune.{k}={prune_cfg[k]}" for k in ("rho", "ratio")

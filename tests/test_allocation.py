@@ -176,7 +176,7 @@ def test_a_method_registered_after_import_is_a_recipe_method(monkeypatch):
             return None
 
     register_method("no_cost", NoCost)
-    with pytest.raises(ConfigError, match=r"'no_cost' builds a NoCost without cost\(\), state_dict\(\), which"):
+    with pytest.raises(ConfigError, match=r"'no_cost' builds a NoCost without cost\(\), state_dict\(\), load_state_dict\(\), which"):
         make_pruner(prepared(), {"method": "no_cost"})
 
 

@@ -315,7 +315,7 @@ def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
                           (["--size", "0"], "--size must be a positive"),
                           (["--model", "squeezenet1_0", "--size", "8"],
                            r"^fxprune demo: squeezenet1_0 does not run on a 8x8 input \(RuntimeError: .*\); "
-                           r"try --size 224, the size its torchvision weights were evaluated at$")]:
+                           r"try --size 224$")]:
         with pytest.raises(SystemExit, match=message) as stop:
             main(["demo", *argv])
         assert "\n" not in str(stop.value.code)
@@ -326,3 +326,6 @@ def test_demo_size_hint_reads_torchvision_weight_metadata():
 
     assert trained_size("inception_v3") == 299 and trained_size("efficientnet_b3") == 300
     assert trained_size("resnet18") == 224
+    # a ViT runs at its own image_size only, whatever its weights were evaluated at (518)
+    assert trained_size("vit_h_14") == 518
+    assert trained_size("vit_h_14", type("ViT", (), {"image_size": 224})()) == 224

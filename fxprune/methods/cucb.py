@@ -111,7 +111,8 @@ class CUCB(PruningMethod):
         if execution == "gathered" and fxdist.is_distributed() and fxdist.world_size() > 1:
             raise ValueError("CUCB: execution='gathered' trains a sub-network outside the DDP "
                              "wrapper, so its gradients are not averaged across the processes; "
-                             "use execution='masked' under torch.distributed")
+                             "use execution='masked' under torch.distributed (in a recipe: "
+                             "prune.execution=masked)")
         self.gathered = None
         if execution == "gathered":
             from fxprune.errors import SurgeryError
