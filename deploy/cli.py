@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch the TensorRT engine accepts (default: --batch)")
-    p.add_argument("--workspace-mib", type=int, default=1024,
+    p.add_argument("--workspace-mib", type=int, default=None,
                    help="TensorRT builder workspace in MiB (default 1024)")
     p.add_argument("--atol", type=float, default=None,
                    help="ONNX vs PyTorch check: absolute tolerance (default 1e-4 fp32, 1e-2 fp16)")
@@ -61,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import deploy
 
     try:
+        if args.workspace_mib is not None and args.workspace_mib < 1:
+            raise DeployError(f"--workspace-mib must be an integer >= 1, got {args.workspace_mib}")
+        mib = args.workspace_mib
         deploy(args.model, args.out, backend=args.backend, precision=args.precision,
                input_shape=args.input_shape, batch=args.batch, compare=args.compare,
                threads=args.threads, iters=args.iters, warmup=args.warmup, opset=args.opset,
-               max_batch=args.max_batch, workspace=args.workspace_mib * 1024 * 1024,
+               max_batch=args.max_batch, workspace=None if mib is None else mib * 1024 * 1024,
                atol=args.atol, rtol=args.rtol, progress=not args.no_progress,
                trust_model_file=args.trust_model_file, device=args.device)
     except (DeployError, OSError) as e:  # the message alone: it says what to do

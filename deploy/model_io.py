@@ -107,22 +107,41 @@ def read_onnx(path: str, load_external_data: bool = False):
     return model
 
 
+def _onnx_input(path: str):
+    """The first graph input of an ONNX file that is not an initializer."""
+    m = read_onnx(path)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if not inputs:
+        raise DeployError(f"{path} has no graph input")
+    return inputs[0]
+
+
+def check_onnx_input_fits(path: str, shape: Sequence[int]) -> None:
+    """An ONNX file's fixed input dims must equal ``shape``'s (symbolic dims take any size): a
+    mismatch is a one-line error before anything is written, not ONNX Runtime's traceback."""
+    first = _onnx_input(path)
+    dims = [d.dim_value if d.dim_value > 0 else None for d in first.type.tensor_type.shape.dim]
+    fits = len(dims) == len(shape) and all(d is None or d == s for d, s in zip(dims, shape))
+    if not fits:
+        fixed = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        raise DeployError(f"input shape {tuple(shape)} does not fit {path}, whose input "
+                          f"{first.name!r} is {fixed} (? = any size); pass a matching "
+                          "--input-shape/--batch, or export it with dynamic dims")
+
+
 def onnx_input_shape(path: str, input_shape=None, batch: int | None = None) -> tuple[int, ...]:
     """The input shape of an ONNX file: ``input_shape`` if given, else its first input's static
     dims (a symbolic batch dim counts as 1); ``batch`` replaces the first dim."""
     if input_shape is not None:
         shape = parse_shape(input_shape)
     else:
-        m = read_onnx(path)
-        inits = {i.name for i in m.graph.initializer}
-        inputs = [i for i in m.graph.input if i.name not in inits]
-        if not inputs:
-            raise DeployError(f"{path} has no graph input")
-        dims = inputs[0].type.tensor_type.shape.dim
+        first = _onnx_input(path)
+        dims = first.type.tensor_type.shape.dim
         shape = tuple(d.dim_value if d.dim_value > 0 else (1 if i == 0 else 0)
                       for i, d in enumerate(dims))
         if not shape or 0 in shape:
-            raise DeployError(f"{path}: input {inputs[0].name!r} has symbolic dims beyond the "
+            raise DeployError(f"{path}: input {first.name!r} has symbolic dims beyond the "
                               "batch; pass --input-shape")
     if batch is not None:
         if int(batch) <= 0:

@@ -18,8 +18,8 @@ from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import DeployError, cpu_name
-from .model_io import (check_input_fits, count_params, is_onnx, load_model, onnx_input_shape,
-                       read_onnx, resolve_input_shape)
+from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx,
+                       load_model, onnx_input_shape, read_onnx, resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
 from .report import build_report, format_table, model_entry, write_report
 
@@ -52,11 +52,11 @@ def choose_backend(backend: str, log: Callable[[str], None] = print) -> str:
 def _check_counts(**counts) -> None:
     """Counts that must be positive (warmup: non-negative), checked before any work."""
     for name, value in counts.items():
-        if value is None and name in ("batch", "max_batch"):
+        if value is None and name in ("batch", "max_batch", "workspace"):
             continue
         low = 0 if name == "warmup" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            flag = "--" + name.replace("_", "-")
+            flag = "--" + name.replace("_", "-") if name != "workspace" else "workspace (bytes)"
             raise DeployError(f"{flag} must be an integer >= {low}, got {value!r}")
 
 
@@ -64,7 +64,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
            backend: str = "auto", precision: str = "fp32", input_shape=None,
            batch: int | None = None, compare: nn.Module | str | os.PathLike | None = None,
            threads: int = 2, iters: int = 100, warmup: int = 10, opset: int = DEFAULT_OPSET,
-           max_batch: int | None = None, workspace: int = trtb.DEFAULT_WORKSPACE,
+           max_batch: int | None = None, workspace: int | None = None,
            atol: float | None = None, rtol: float | None = None, progress: bool = True,
            trust_model_file: bool = False, device: str | None = None,
            log: Callable[[str], None] = print) -> dict:
@@ -73,7 +73,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     ``input_shape`` is batch first ("1,3,224,224" or a tuple); without it the module's
     ``fxprune_input_shape`` attribute is used (see :mod:`fxprune.deploy.model_io`); ``batch``
     replaces its first dim. ``compare`` is the dense model, timed interleaved with ``model``.
-    ``max_batch`` widens the TensorRT engine's batch range (default: the batch itself).
+    ``max_batch`` widens the TensorRT engine's batch range (default: the batch itself);
+    ``workspace`` is the TensorRT builder's workspace in bytes (default 1 GiB). Both apply to the
+    TensorRT backend only and are refused with another one.
     ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. ``device`` is where the torch backend
     times ("cuda", "cpu"; default: CUDA when there is one). ``precision="bf16"`` is for the
     torch backend only (its ONNX file is then exported and checked in fp32). Nothing passed in
@@ -87,9 +89,11 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     """
     if precision not in PRECISIONS:
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
-    _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch)
+    _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
+                  workspace=workspace)
     out_dir = os.path.expanduser(os.fspath(out_dir))
     _check_out_dir(out_dir, compare is not None)
+    _check_not_overwritten(out_dir, model=model, dense=compare)
     if device is not None:
         try:
             torch.device(device)
@@ -103,6 +107,12 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             and not torch.cuda.is_available():
         raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "
                           "or run on a machine with a GPU")
+    tensorrt_only = {"--max-batch": max_batch, "--workspace-mib": workspace}
+    given_trt = [flag for flag, value in tensorrt_only.items() if value is not None]
+    if given_trt and backend != "tensorrt":
+        raise DeployError(f"{' and '.join(given_trt)} appl{'y' if len(given_trt) > 1 else 'ies'} "
+                          f"to the tensorrt backend, but the {backend} backend was chosen; drop "
+                          f"{'them' if len(given_trt) > 1 else 'it'} or pass --backend tensorrt")
     if precision == "bf16" and backend != "torch":
         raise DeployError(f"precision bf16 is timed by the torch backend only, not {backend}; "
                           "pass --backend torch or --precision fp16")
@@ -126,9 +136,14 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         shape = onnx_input_shape(label, input_shape, batch)
     else:
         shape = resolve_input_shape(module, input_shape, batch)
+    if max_batch is not None and max_batch < shape[0]:
+        raise DeployError(f"--max-batch {max_batch} is below the batch deployed at ({shape[0]}); "
+                          f"pass --max-batch >= {shape[0]} or drop it")
     for mod, lbl in models.values():
         if mod is not None:
             check_input_fits(mod, shape, lbl)
+        else:
+            check_onnx_input_fits(lbl, shape)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, DEPLOY_MARKER), "w") as f:
         f.write("fxprune deploy writes here: " + ", ".join(DEPLOY_FILES) + "\n")
@@ -174,7 +189,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             log(f"[{name}] building TensorRT engine {engines[name]} ({precision}; can take "
                 "minutes)")
             trtb.build_engine(onnx_infos[name]["path"], engines[name], shape, precision=precision,
-                              max_batch=max_batch, workspace=workspace)
+                              max_batch=max_batch,
+                              workspace=trtb.DEFAULT_WORKSPACE if workspace is None else workspace)
             with open(engines[name], "rb") as f:
                 runners[name] = trtb.EngineRunner(trt, f.read(), shape)
             if mod is not None:
@@ -183,8 +199,12 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         times = trtb.time_runners(runners, iters=iters, warmup=warmup, progress=progress)
         device, run_threads = trtb.gpu_name(), None
 
+    # Sizes of both models counted the same way: module parameters, or, when either is an ONNX
+    # file, both ONNX files' initializers (BatchNorm folded in; a ratio across the two would
+    # compare different counts).
+    from_modules = all(mod is not None for mod, _ in models.values())
     entries = {
-        name: model_entry(label=lbl, params=count_params(mod) if mod is not None
+        name: model_entry(label=lbl, params=count_params(mod) if from_modules
                           else _onnx_params(onnx_infos[name]["path"]), times_ms=times[name],
                           batch=shape[0], onnx_info=onnx_infos[name], engine=engines.get(name),
                           backend_max_abs_diff=trt_diffs.get(name))
@@ -196,7 +216,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                 "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
     report = build_report(backend=backend, device=device, precision=precision, input_shape=shape,
                           threads=run_threads, iters=iters, warmup=warmup, versions=versions,
-                          pruned=entries["model"], dense=entries.get("dense"))
+                          pruned=entries["model"], dense=entries.get("dense"),
+                          params_counted="module parameters" if from_modules
+                          else "ONNX initializer elements")
     for name, given in (("model", model), ("dense", compare)):
         if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
             entry = report if name == "model" else report["dense"]
@@ -222,6 +244,22 @@ def _check_out_dir(out_dir: str, compare: bool) -> None:
     if clash:
         raise DeployError(f"--out {out_dir} holds {', '.join(clash)} that fxprune deploy did not "
                           "write; choose a new or empty folder")
+
+
+def _check_not_overwritten(out_dir: str, **given) -> None:
+    """A model file given as input must not be one this deploy writes before reading it (e.g.
+    ``--compare OUT/model.onnx``: the export of MODEL would replace it, and the dense model
+    timed would be the pruned one)."""
+    written = {os.path.abspath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES}
+    for name, value in given.items():
+        if not isinstance(value, (str, os.PathLike)):
+            continue
+        path = os.path.abspath(os.path.expanduser(os.fspath(value)))
+        if path in written and path != os.path.abspath(os.path.join(out_dir, f"{name}.onnx")):
+            flag = "MODEL" if name == "model" else "--compare"
+            raise DeployError(f"{flag} {os.fspath(value)} is the {written[path]} this deploy "
+                              f"writes into {out_dir}, so it would be replaced before it is read; "
+                              "copy it out of that folder first, or choose another --out")
 
 
 def _given_onnx(source: str, path: str, precision: str, log) -> dict:

@@ -27,7 +27,8 @@ def model_entry(*, label: str, params: int, times_ms, batch: int, onnx_info: dic
 
 
 def build_report(*, backend: str, device: str, precision: str, input_shape, threads, iters: int,
-                 warmup: int, versions: dict, pruned: dict, dense: dict | None = None) -> dict:
+                 warmup: int, versions: dict, pruned: dict, dense: dict | None = None,
+                 params_counted: str = "module parameters") -> dict:
     report = {
         "backend": backend,
         "device": device,
@@ -38,6 +39,7 @@ def build_report(*, backend: str, device: str, precision: str, input_shape, thre
         "iters": iters,
         "warmup": warmup,
         **{f"{k}_version": v for k, v in versions.items()},
+        "params_counted": params_counted,
         **pruned,
     }
     if dense is not None:
@@ -65,7 +67,8 @@ def format_table(report: dict) -> str:
     dense = report.get("dense")
     cols = [("pruned", report), ("dense", dense)] if dense else [("model", report)]
     rows = [
-        ("params", lambda e: f"{e['params']:,}"),
+        ("params" if report.get("params_counted", "module parameters") == "module parameters"
+         else "params (ONNX)", lambda e: f"{e['params']:,}"),
         ("latency median (ms)", lambda e: _fmt(e["latency_ms"]["median"], ".3f")),
         ("latency p90 (ms)", lambda e: _fmt(e["latency_ms"]["p90"], ".3f")),
         ("throughput (/s)", lambda e: _fmt(e["throughput_per_s"], ".1f")),

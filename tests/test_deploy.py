@@ -312,3 +312,60 @@ def test_device_that_would_be_ignored_or_is_not_a_device_is_refused(saved, tmp_p
     err = capsys.readouterr().err
     assert rc == 1 and phrase in err, err
     assert not out.exists()
+
+
+def test_a_given_file_this_deploy_would_overwrite_is_refused(saved, tmp_path, capsys):
+    """Deploy the dense model into d, then the pruned one into d comparing d/model.onnx: the
+    pruned export would replace that file before it is read (the pruned model timed as dense)."""
+    d = tmp_path / "d"
+    assert main(["deploy", str(saved / "dense.pt"), "--out", str(d), "--input-shape", "1,3,16,16",
+                 *QUICK, *TRUST]) == 0
+    dense_onnx = (d / "model.onnx").read_bytes()
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(d), "--compare",
+               str(d / "model.onnx"), *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is the model.onnx this deploy writes" in err, err
+    assert (d / "model.onnx").read_bytes() == dense_onnx
+    # a file at its own destination is used in place: MODEL d/model.onnx works
+    assert main(["deploy", str(d / "model.onnx"), "--out", str(d), *QUICK]) == 0
+
+
+def test_params_of_a_module_and_an_onnx_file_are_counted_the_same_way(tmp_path):
+    """A model compared with its own ONNX export: both sides counted from the ONNX files
+    (BatchNorm folded), so the ratio is 1, not module parameters over initializers."""
+    net = small_net(8)
+    net.fxprune_input_shape = SHAPE
+    export_onnx(net, SHAPE, tmp_path / "same.onnx", log=lambda s: None)
+    report = deploy(net, tmp_path / "out", compare=str(tmp_path / "same.onnx"),
+                    backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    assert report["params_counted"] == "ONNX initializer elements"
+    assert report["params"] == report["dense"]["params"] and report["params_ratio"] == 1.0
+    assert "params (ONNX)" in format_table(report)
+    report = deploy(net, tmp_path / "out2", compare=small_net(16), backend="onnxruntime",
+                    iters=3, warmup=1, progress=False, log=lambda s: None)
+    assert report["params_counted"] == "module parameters"
+    assert (report["params"], report["dense"]["params"]) == (n_params(net), n_params(small_net(16)))
+
+
+def test_an_onnx_file_with_fixed_dims_at_another_shape_is_one_line(tmp_path, capsys):
+    fixed = tmp_path / "fixed.onnx"
+    torch.onnx.export(small_net(8).eval(), (torch.zeros(SHAPE),), str(fixed), dynamo=False)
+    out = tmp_path / "o"
+    rc = main(["deploy", str(fixed), "--out", str(out), "--batch", "4", *QUICK])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "input shape (4, 3, 16, 16) does not fit" in err and "(1, 3, 16, 16)" in err
+    assert not out.exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--max-batch", "8"], "--max-batch applies to the tensorrt backend"),
+    (["--workspace-mib", "64"], "--workspace-mib applies to the tensorrt backend"),
+    (["--workspace-mib", "-5"], "--workspace-mib must be an integer >= 1, got -5"),
+])
+def test_tensorrt_only_flags_are_not_silently_ignored(saved, tmp_path, capsys, extra, phrase):
+    out = tmp_path / "out"
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *extra, *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 1 and phrase in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
