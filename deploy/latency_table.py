@@ -29,11 +29,12 @@ import json
 import math
 import os
 import random
-import tempfile
+from pathlib import Path
 import time
 from typing import Callable, Sequence
 
 from fxprune.cost import LayerSpec
+from fxprune.run_io import atomic_write
 
 from .common import DeployError
 
@@ -152,6 +153,11 @@ class LatencyTable:
             raise DeployError(f"precision {precision!r} is not one of {tuple(_PRECISION_DTYPES)}")
         if batch is not None and batch < 1:
             raise DeployError(f"batch must be >= 1, got {batch}")
+        for name, value, low in (("step", step, 1), ("threads", threads, 1),
+                                 ("passes", passes, 1), ("warmup", warmup, 0),
+                                 ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
         dtype = _PRECISION_DTYPES.get(precision)
         layers = _as_layer_specs(layers)
         if timer is None:
@@ -297,11 +303,7 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if data.get("format") != _TABLE_FORMAT:
-            raise DeployError(f"{os.fspath(path)!r} is not a saved LatencyTable "
-                              f"(format {data.get('format')!r})")
+        data = _read_json(path, "a saved LatencyTable", _TABLE_FORMAT)
         table = cls(data["backend"], data["device"], data["threads"], data["runtime_version"],
                     data.get("batch"), data.get("dtype"))
         for k, g in data["grids"].items():
@@ -380,35 +382,35 @@ def _backend_timer(backend: str, threads: int, *, torch_device=None, cuda_graphs
     return timer, f"tensorrt {trt.__version__}", trtb.gpu_name()
 
 
-def _read_cache(path) -> dict:
-    if path is None or not os.path.exists(path):
-        return {}
+def _read_json(path, what: str, fmt: str) -> dict:
+    """A JSON object of format ``fmt`` (a table or a cache), or a DeployError naming ``path``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DeployError(f"{path!r} is a folder, not {what}; pass a file path")
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DeployError(f"latency cache {os.fspath(path)!r} is not valid JSON ({e}); "
-                              "delete it or pass another cache path") from e
-    if data.get("format") != _CACHE_FORMAT:
-        raise DeployError(f"{os.fspath(path)!r} is not a latency cache (format "
-                          f"{data.get('format')!r}); pass another cache path")
-    return data["contexts"]
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DeployError(f"{path!r} is not {what} (not valid JSON: {e}); delete it or pass "
+                              "another path") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = (f"format {data.get('format')!r}" if isinstance(data, dict)
+                 else f"a JSON {type(data).__name__}")
+        raise DeployError(f"{path!r} is not {what} ({found}, expected format {fmt!r}); pass "
+                          "another path")
+    return data
+
+
+def _read_cache(path) -> dict:
+    if path is None or not os.path.exists(path):
+        return {}
+    return _read_json(path, "a latency cache", _CACHE_FORMAT)["contexts"]
 
 
 def _atomic_write_json(path, data) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file behind."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write through a temporary file and a rename, so a crash never leaves half a file."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True),
+                                                        encoding="utf-8"))
 
 
 __all__ = ["LatencyTable", "UnmeasuredLayerError", "grid_counts", "layer_grid"]

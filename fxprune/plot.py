@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FxPruneError
+from .run_io import atomic_write
 
 __all__ = ["PlotError", "Point", "load_points", "plot_points", "add_arguments", "run"]
 
@@ -120,11 +121,15 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> di
     itself or its sub-folders). A report counts only if it is newer than the run's
     results.json (a run redone with --overwrite leaves its old deploy folders behind) and,
     when it names the model file it timed, that file is the run's model or an ONNX file
-    inside the run folder; anything else is an error, not a point."""
+    inside the run folder (not a deploy's ``dense.onnx``); anything else is an error, not a
+    point."""
     out: dict[int, float] = {}
     run = run_dir.resolve()
     finished = results.stat().st_mtime
-    own = Path(run_model).expanduser().resolve() if run_model else None
+    own = None
+    if run_model:  # the run's model file lives in the run folder; a relative path was relative
+        own = Path(run_model).expanduser()  # to where `fxprune train` ran, not to here
+        own = (own if own.is_absolute() else run_dir / own.name).resolve()
     for sub in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
@@ -141,7 +146,11 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> di
         timed = data.get("model_file")
         if timed is not None:
             path = Path(timed).resolve()
-            ours = path == own or (path.suffix == ".onnx" and path.is_relative_to(run))
+            # the run's model, or an ONNX file inside the run other than the dense model a
+            # `deploy --compare` wrote beside its own export
+            dense_copy = path.name == "dense.onnx" and (path.parent / DEPLOY_MARKER).is_file()
+            ours = path == own or (path.suffix == ".onnx" and path.is_relative_to(run)
+                                   and not dense_copy)
             if not ours or not path.is_file():
                 raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
                                 f"{' (the file is gone)' if ours else ''}; deploy "
@@ -327,10 +336,8 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         if panels != [""]:
             fig.suptitle(title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}")
         fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        fig.savefig(tmp, format="png", metadata={"Software": SOFTWARE})
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png",
+                                                  metadata={"Software": SOFTWARE}))
     finally:
         plt.close(fig)
     return {"x": x, "batch": None if x == "flops" else batch, "panels": panels,

@@ -32,7 +32,7 @@ from .errors import FxPruneError
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "atomic_write_text", "save_checkpoint", "load_checkpoint",
+           "claim_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint", "load_checkpoint",
            "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs", "cost_columns",
            "save_module", "write_results", "format_results"]
 
@@ -87,25 +87,43 @@ def claim_out_folder(out: Path) -> None:
                           f"these files: {', '.join(RUN_FILES)} and tensorboard/.\n")
 
 
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` on a fresh temporary file beside ``path``, then rename it over
+    ``path``: a crash mid-write leaves no truncated ``path`` behind, and the temporary name is
+    new (``mkstemp``), so no file of the user's is replaced on the way (the partial file is
+    removed on failure). The file gets the umask's permissions, as a plain ``open`` would."""
+    import uuid
+
+    path = Path(os.path.expanduser(os.fspath(path)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # O_EXCL: never an existing file (mkstemp would also make it owner-only)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``: a
-    crash or an unpicklable object mid-write leaves no truncated ``path`` behind (the partial
-    temporary file is removed). ``keep_previous`` moves an existing ``path`` to ``*.prev.pt``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    """``torch.save`` through :func:`atomic_write`. ``keep_previous`` moves an existing
+    ``path`` to ``*.prev.pt`` first."""
+    def write(tmp):
         torch.save(obj, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name(path.stem + ".prev.pt"))
-    os.replace(tmp, path)
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name(path.stem + ".prev.pt"))
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:

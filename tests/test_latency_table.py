@@ -251,3 +251,24 @@ def test_measure_a_really_prepared_model():
 def test_non_layer_specs_are_rejected():
     with pytest.raises(TypeError, match="LayerSpec"):
         LatencyTable.measure([np.zeros(3)], step=8, timer=CountingTimer(), **FAST)
+
+
+@pytest.mark.parametrize("content, phrase", [("[1, 2]", "a JSON list"), ('"x"', "a JSON str"),
+                                             ('{"format": "other"}', "format 'other'")])
+def test_a_cache_or_table_of_another_kind_is_a_clear_error(tmp_path, content, phrase):
+    bad = tmp_path / "c.json"
+    bad.write_text(content)
+    with pytest.raises(DeployError, match=f"not a latency cache \\({phrase}"):
+        LatencyTable.measure([conv()], step=8, cache=bad, timer=CountingTimer(), **FAST)
+    with pytest.raises(DeployError, match=f"not a saved LatencyTable \\({phrase}"):
+        LatencyTable.load(bad)
+    with pytest.raises(DeployError, match="is a folder"):
+        LatencyTable.measure([conv()], step=8, cache=tmp_path, timer=CountingTimer(), **FAST)
+
+
+@pytest.mark.parametrize("option", [{"passes": 0}, {"step": 0}, {"threads": 0}, {"warmup": -1},
+                                    {"min_runs": 0}, {"min_runs": 5, "max_runs": 4}])
+def test_counts_that_would_time_nothing_are_refused(option):
+    name = [k for k in option if k != "min_runs"][-1] if len(option) > 1 else next(iter(option))
+    with pytest.raises(DeployError, match=f"{name} must be an integer >= "):
+        LatencyTable.measure([conv()], **{**FAST, **option}, timer=CountingTimer())

@@ -240,3 +240,40 @@ def test_bad_benchmark_batches_and_speedups_are_one_line_errors(tmp_path, capsys
     assert main(["plot", str(bench), "--x", "speedup", "--out", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+def test_a_relative_model_path_and_a_deploys_dense_copy(tmp_path, monkeypatch):
+    """results.json records the model path as `fxprune train --out` got it (relative to where
+    it ran): it names the run's file from anywhere. The dense.onnx a `deploy --compare` wrote
+    beside its export is the dense model, not the run's."""
+    run = _run(tmp_path / "run", 0.9, 8e6)
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "model": "run/model_pruned.pt"}))
+    (run / "model_pruned.pt").write_bytes(b"x")
+    d = run / "deploy_b1"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "dense.onnx").write_bytes(b"onnx")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(run / "model_pruned.pt")}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the folder `fxprune train` ran in
+    assert load_points([run])[0].latency_ms == {1: 1.5}
+
+    b8 = run / "deploy_b8"  # the dense model of the batch-1 deploy, timed at batch 8
+    b8.mkdir()
+    (b8 / ".fxprune-deploy").write_text("deploy\n")
+    (b8 / "report.json").write_text(json.dumps(
+        {"batch": 8, "latency_ms": {"median": 9.0}, "model_file": str(d / "dense.onnx")}))
+    with pytest.raises(PlotError, match="dense.onnx, not the model of the run"):
+        load_points([run])
+
+
+def test_the_temporary_file_is_never_a_users_file(tmp_path):
+    run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0)])
+    mine = tmp_path / "pareto.png.tmp"
+    mine.write_text("my notes")
+    plot_points(load_points([run]), tmp_path / "pareto.png")
+    assert mine.read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "pareto.png.tmp", "r"]
