@@ -121,7 +121,9 @@ class FlopsCost:
 
 
 class ParamsCost:
-    """Weight and bias parameters of conv and linear layers."""
+    """Weight and bias parameters of conv and linear layers. With ``cost="params"`` the
+    pruners add the model's other parameters (norms, ...) at their dense count, so the
+    budget's fraction is of all parameters and bounds the pruned model's real one."""
 
     name = "params"
 

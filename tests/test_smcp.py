@@ -76,6 +76,10 @@ def test_budget_is_respected_after_every_solve(allocation, masks, cost, target):
     if cost == "flops":  # the pruner's FLOPs are the flop counter's FLOPs of the finalized model
         small = fxprune.finalize(pm)
         assert count_flops(small, (x,)) / dense == pytest.approx(pruner.cost(), rel=1e-6)
+    if cost == "params":  # a fraction of all parameters (BatchNorm's too), which bounds the real one
+        n_dense = sum(p.numel() for p in pm.parameters())
+        small = fxprune.finalize(pm)
+        assert sum(p.numel() for p in small.parameters()) / n_dense <= pruner.cost() + 1e-9
 
 
 def held_output_cost(budget, trial, kept):

@@ -62,8 +62,12 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             dense = count_flops(prepared, state_of(prepared).example_inputs)
             return FlopsCost(), max(dense - sum(s.flops() for s in layer_specs(prepared)), 0)
         if cost == "params":
+            from ..api import layer_specs
             from ..cost import ParamsCost
-            return ParamsCost(), 0.0
+            # parameters outside conv/linear weights (norms, embeddings...) held at their dense
+            # count, as FLOPs outside conv/linear are: the model's real fraction stays <= target
+            dense = sum(p.numel() for p in prepared.parameters())
+            return ParamsCost(), max(dense - sum(s.params() for s in layer_specs(prepared)), 0)
         if cost == "latency":
             from fxprune.deploy.latency_table import LatencyTable
             return LatencyTable.measure(prepared, step=channel_step), 0.0
