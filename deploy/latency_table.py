@@ -29,8 +29,8 @@ import json
 import math
 import os
 import random
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from fxprune.cost import LayerSpec

@@ -32,8 +32,8 @@ from .errors import FxPruneError
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint", "load_checkpoint",
-           "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs", "cost_columns",
+           "claim_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint",
+           "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs", "cost_columns",
            "save_module", "write_results", "format_results"]
 
 INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
@@ -90,13 +90,14 @@ def claim_out_folder(out: Path) -> None:
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` on a fresh temporary file beside ``path``, then rename it over
     ``path``: a crash mid-write leaves no truncated ``path`` behind, and the temporary name is
-    new (``mkstemp``), so no file of the user's is replaced on the way (the partial file is
-    removed on failure). The file gets the umask's permissions, as a plain ``open`` would."""
+    new (created with ``O_EXCL``), so no file of the user's is replaced on the way (the partial
+    file is removed on failure). The file gets the umask's permissions, as a plain ``open``
+    would (``mkstemp``'s would be owner-only)."""
     import uuid
 
     path = Path(os.path.expanduser(os.fspath(path)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # O_EXCL: never an existing file (mkstemp would also make it owner-only)
+    while True:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
