@@ -12,15 +12,31 @@ class DeployError(RuntimeError):
 
 
 def cpu_name() -> str:
-    """The CPU's model name as /proc/cpuinfo reports it (falls back to ``platform``)."""
+    """The CPU's model name as /proc/cpuinfo reports it, with its widest vector extension
+    ("AMD EPYC (AVX2)"): CPUs sold under one name differ in it (EPYC Zen 2/3: AVX2, Zen 4:
+    AVX-512), and with it in their kernels, their timings and their float rounding, so latency
+    caches and results must not mistake one for the other. Falls back to ``platform``."""
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key = line.split(":", 1)[0].strip().lower()
+                if key == "model name" and name is None:
+                    name = line.split(":", 1)[1].strip()
+                elif key == "flags" and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                if name is not None and flags:
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    isa = next((label for flag, label in _VECTOR_ISAS if flag in flags), None)
+    return f"{name} ({isa})" if isa else name
+
+
+# /proc/cpuinfo flag -> label, widest first
+_VECTOR_ISAS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                ("asimd", "NEON"))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

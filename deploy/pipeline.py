@@ -250,12 +250,13 @@ def _check_not_overwritten(out_dir: str, **given) -> None:
     """A model file given as input must not be one this deploy writes before reading it (e.g.
     ``--compare OUT/model.onnx``: the export of MODEL would replace it, and the dense model
     timed would be the pruned one)."""
-    written = {os.path.abspath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES}
+    # real paths: a symlinked folder or file is the same file
+    written = {os.path.realpath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES}
     for name, value in given.items():
         if not isinstance(value, (str, os.PathLike)):
             continue
-        path = os.path.abspath(os.path.expanduser(os.fspath(value)))
-        if path in written and path != os.path.abspath(os.path.join(out_dir, f"{name}.onnx")):
+        path = os.path.realpath(os.path.expanduser(os.fspath(value)))
+        if path in written and path != os.path.realpath(os.path.join(out_dir, f"{name}.onnx")):
             flag = "MODEL" if name == "model" else "--compare"
             raise DeployError(f"{flag} {os.fspath(value)} is the {written[path]} this deploy "
                               f"writes into {out_dir}, so it would be replaced before it is read; "

@@ -128,4 +128,6 @@ class ParamsCost:
     name = "params"
 
     def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
+        if layer.meta.get("repeated_call"):  # a module called again holds no more parameters
+            return 0.0
         return float(layer.params(c_in, c_out))

@@ -126,10 +126,14 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> di
     out: dict[int, float] = {}
     run = run_dir.resolve()
     finished = results.stat().st_mtime
-    own = None
-    if run_model:  # the run's model file lives in the run folder; a relative path was relative
-        own = Path(run_model).expanduser()  # to where `fxprune train` ran, not to here
-        own = (own if own.is_absolute() else run_dir / own.name).resolve()
+    # The run's model file lives in the run folder, which may have moved since: results.json
+    # names it relative to where `fxprune train` ran, or where the run was then; paths a
+    # deploy recorded inside that old folder are read inside this one.
+    own = old_run = None
+    if run_model:
+        recorded = Path(run_model).expanduser()
+        own = (run_dir / recorded.name).resolve()
+        old_run = recorded.parent.resolve() if recorded.is_absolute() else None
     for sub in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
@@ -146,6 +150,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> di
         timed = data.get("model_file")
         if timed is not None:
             path = Path(timed).resolve()
+            if old_run is not None and old_run != run and path.is_relative_to(old_run):
+                path = run / path.relative_to(old_run)
             # the run's model, or an ONNX file inside the run other than the dense model a
             # `deploy --compare` wrote beside its own export
             dense_copy = path.name == "dense.onnx" and (path.parent / DEPLOY_MARKER).is_file()

@@ -95,10 +95,12 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     would (``mkstemp``'s would be owner-only)."""
     import uuid
 
-    path = Path(os.path.expanduser(os.fspath(path)))
+    path = Path(path)  # as given: callers expand ~ where they take paths from users
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; pass a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    while True:  # the name's first 100 characters: a long name stays within NAME_MAX
+        tmp = path.with_name(f".{path.name[:100]}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break

@@ -9,6 +9,7 @@ units are the classes of unified elements and groups the connected components of
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import networkx as nx
@@ -241,7 +242,11 @@ class ChannelAnalysis(NodeFacts):
                                         [labels[d] for d in act_dims]))
 
     def layer(self, spec: LayerSpec, weight: str, in_dim: int, out_dim: int, depthwise: bool = False) -> None:
-        """A costed layer: its spec, and which weight dims hold its input and output channels."""
+        """A costed layer: its spec, and which weight dims hold its input and output channels.
+        A module called again (shared weights) is marked ``meta["repeated_call"]``: its
+        compute counts at every call, its parameters once."""
+        if any(info.weight == weight for info in self.layers):
+            spec = dataclasses.replace(spec, meta={**spec.meta, "repeated_call": True})
         self.layers.append(LayerInfo(self.node.name, spec.name, spec, weight, in_dim, out_dim, depthwise))
 
     # -- the walk ---------------------------------------------------------------------------------

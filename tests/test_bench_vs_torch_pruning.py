@@ -133,6 +133,11 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
                     str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):
         bench.main([*common, "--out", str(tmp_path / "e"), "--seeds"])  # nothing to train or merge
+    # the baseline alone (Torch-Pruning's rows retrained beside their dense model): no SMCP row
+    assert bench.main([*common, "--out", str(tmp_path / "f"), "--no-smcp"]) == 0
+    assert [r["label"] for r in json.loads((tmp_path / "f.json").read_text())["runs"]] == ["dense"]
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--out", str(tmp_path / "g"), "--no-smcp", "--smcp", "x={}"])
 
 
 def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():

@@ -295,3 +295,12 @@ def test_a_schedule_that_never_prunes_or_overlaps_is_said():
         CCP(prepared(), ratio=0.5, collect=3, rounds=2, round_every=2)
     with pytest.warns(UserWarning, match=r"prune_at \(2\) < collect \(3\): the first round collects over 2"):
         CCP(prepared(), ratio=0.5, collect=3, prune_at=2)
+
+
+def test_an_unreachable_cost_target_is_refused_before_training():
+    """As SMCP: the floor (every group at its smallest allowed width) is known at construction,
+    not at the first round, `prune_at` steps into training."""
+    for mode in ("adaptive", "ratio"):
+        with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the cheapest model"):
+            CCP(prepared(), target=0.01, mode=mode, channel_step=8, collect=2)
+    CCP(prepared(), mode="ratio", ratio=0.1, channel_step=8, collect=2)  # no cost promised

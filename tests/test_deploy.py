@@ -326,6 +326,12 @@ def test_a_given_file_this_deploy_would_overwrite_is_refused(saved, tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 1 and "is the model.onnx this deploy writes" in err, err
     assert (d / "model.onnx").read_bytes() == dense_onnx
+    link = tmp_path / "link"  # the same folder under another name
+    link.symlink_to(d, target_is_directory=True)
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(link), "--compare",
+               str(d / "model.onnx"), *QUICK, *TRUST])
+    assert rc == 1 and "this deploy writes" in capsys.readouterr().err
+    assert (d / "model.onnx").read_bytes() == dense_onnx
     # a file at its own destination is used in place: MODEL d/model.onnx works
     assert main(["deploy", str(d / "model.onnx"), "--out", str(d), *QUICK]) == 0
 

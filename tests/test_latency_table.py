@@ -272,3 +272,17 @@ def test_counts_that_would_time_nothing_are_refused(option):
     name = [k for k in option if k != "min_runs"][-1] if len(option) > 1 else next(iter(option))
     with pytest.raises(DeployError, match=f"{name} must be an integer >= "):
         LatencyTable.measure([conv()], **{**FAST, **option}, timer=CountingTimer())
+
+
+def test_a_tilde_path_is_read_where_it_is_written(tmp_path, monkeypatch):
+    """Paths are used as given (the CLI expands ~): a cache written at "~/c.json" is found
+    there again, and a table saved at "~/t.json" loads."""
+    monkeypatch.chdir(tmp_path)
+    first = LatencyTable.measure([conv()], step=8, cache="~/c.json", timer=CountingTimer(), **FAST)
+    timer = CountingTimer()
+    LatencyTable.measure([conv()], step=8, cache="~/c.json", timer=timer, **FAST)
+    assert timer.calls == []  # every point came from the cache
+    first.save("~/t.json")
+    assert LatencyTable.load("~/t.json").grid(conv()) == first.grid(conv())
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        first.save(tmp_path)

@@ -277,3 +277,19 @@ def test_the_temporary_file_is_never_a_users_file(tmp_path):
     plot_points(load_points([run]), tmp_path / "pareto.png")
     assert mine.read_text() == "my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "pareto.png.tmp", "r"]
+
+
+def test_a_moved_run_keeps_its_deploy_reports(tmp_path):
+    """results.json and the deploy report name absolute paths inside the run's old folder
+    (`train --out /abs/run`, deployed there): moved elsewhere, the run still plots."""
+    old = _run(tmp_path / "old", 0.9, 8e6)
+    results = json.loads((old / "results.json").read_text())
+    (old / "results.json").write_text(json.dumps({**results, "model": str(old / "model_pruned.pt")}))
+    (old / "model_pruned.pt").write_bytes(b"x")
+    d = old / "deploy_b1"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(old / "model_pruned.pt")}))
+    new = old.rename(tmp_path / "new")
+    assert load_points([new])[0].latency_ms == {1: 1.5}

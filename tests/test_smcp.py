@@ -441,3 +441,33 @@ def test_state_with_another_bn_rescale_is_refused():
     fxprune.SMCP(prepared(), target=0.5, bn_rescale="kept_fraction").load_state_dict(state)
     del state["bn_rescale"]  # saved before it was recorded: nothing to compare
     fxprune.SMCP(prepared(), target=0.5).load_state_dict(state)
+
+
+class SharedLinear(nn.Module):
+    """One Linear called twice (its compute counts twice, its parameters once), then a norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.mid, self.ln, self.b = nn.Linear(8, 64), nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = F.relu(self.mid(F.relu(self.mid(F.relu(self.a(x))))))
+        return self.b(self.ln(h))
+
+
+def test_params_cost_counts_a_module_called_twice_once():
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    model = SharedLinear()
+    pm = fxprune.prepare(model, (x,))
+    pruner = fxprune.SMCP(pm, target=0.5, cost="params", warmup=1, ramp=3, update_every=1,
+                          channel_step=1)
+    assert pruner.cost() == pytest.approx(1.0)
+    assert pruner.budget.dense == sum(p.numel() for p in model.parameters())
+    for _ in range(6):
+        pm.zero_grad()
+        pm(x).pow(2).mean().backward()
+        pruner.step()
+    small = fxprune.finalize(pm)
+    real = sum(p.numel() for p in small.parameters()) / sum(p.numel() for p in model.parameters())
+    assert real <= pruner.cost() + 1e-9 <= 0.5 + 1e-9

@@ -67,7 +67,10 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             # parameters outside conv/linear weights (norms, embeddings...) held at their dense
             # count, as FLOPs outside conv/linear are: the model's real fraction stays <= target
             dense = sum(p.numel() for p in prepared.parameters())
-            return ParamsCost(), max(dense - sum(s.params() for s in layer_specs(prepared)), 0)
+            model = ParamsCost()
+            priced = sum(model.layer_cost(s, s.in_channels, s.out_channels)
+                         for s in layer_specs(prepared))
+            return model, max(dense - priced, 0)
         if cost == "latency":
             from fxprune.deploy.latency_table import LatencyTable
             return LatencyTable.measure(prepared, step=channel_step), 0.0
@@ -102,6 +105,24 @@ class PruningMethod:
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
         return Budget(self.index, self.budget.layers, cost_model).fraction(self._kept_now())
+
+    def _check_reachable(self, target: float) -> None:
+        """Refuse, before any training, a cost target below the cheapest model the constraints
+        allow: every group at its smallest allowed width (``channel_step``, split pieces)."""
+        from ..allocation import allowed_counts
+
+        kept = np.zeros(self.index.n, dtype=bool)
+        for i, g in enumerate(self.index.groups):
+            order, min_k = self.index.ranking(i, np.zeros(g.size))
+            k = allowed_counts(g.size, self.channel_step, min_k, g.size, self.index.unit_channels[i])[0]
+            kept[self.index.group_slice(i)][order[:k]] = True
+        floor = self.budget.fraction(kept)
+        if target < floor * (1 - 1e-9):
+            raise ValueError(
+                f"target {target:.3f} of dense is below the cheapest model the constraints allow "
+                f"({floor:.3f}: every group at its smallest allowed width, channel_step="
+                f"{self.channel_step}); raise the target to at least {floor:.3f} or lower "
+                "channel_step")
 
     def _kept_now(self) -> np.ndarray:
         return self.index.masks(self.prepared).numpy() != 0

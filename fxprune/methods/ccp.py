@@ -232,6 +232,8 @@ class CCP(PruningMethod):
         self.mode, self.cost_target = mode, float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
         self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
+        if self.target is not None:  # known now, not at the first round, steps into training
+            self._check_reachable(self.target)
         self.ratio = None if ratio is None else float(ratio)
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)

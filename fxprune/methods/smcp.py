@@ -67,7 +67,7 @@ from torch import fx
 
 from fxprune.passes.bn_rescale import insert_bn_rescale
 
-from ..allocation import allocate, allocate_uniform, allowed_counts, kept_from, ranked_options
+from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
@@ -182,7 +182,7 @@ class SMCP(PruningMethod):
                      and m.track_running_stats}
         self._bn_momentum = {name: m.momentum for name, m in self._bns.items()}
         self._recalibrating = 0  # training batches left in the current re-estimation window
-        self._check_reachable()
+        self._check_reachable(self.target)
 
     # -- the training-loop API ------------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
@@ -282,17 +282,6 @@ class SMCP(PruningMethod):
                                self.index.unit_channels[i])
             options.append(ranked_options(np.where(dead, 0.0, s), order, k))
         return options
-
-    def _check_reachable(self) -> None:
-        """The final target must be reachable: every group at its smallest allowed width."""
-        options = self._options(np.zeros(self.index.n))
-        floor = self.budget.fraction(kept_from(self.index.offsets, options, [0] * len(options)))
-        if self.target < floor * (1 - 1e-9):
-            raise ValueError(
-                f"target {self.target:.3f} of dense is below the cheapest model the constraints "
-                f"allow ({floor:.3f}: every group at its smallest allowed width, channel_step="
-                f"{self.channel_step}); raise the target to at least {floor:.3f} or lower "
-                "channel_step")
 
     # -- BatchNorm re-estimation ---------------------------------------------------------------
     @torch.no_grad()
