@@ -310,7 +310,10 @@ DEFAULT_SMCP = {**_WITH_RESCALE,
 
 
 def smcp_rows(args) -> dict[str, dict]:
-    """``--smcp NAME=JSON`` rows (default: ``DEFAULT_SMCP``, described in the module docstring)."""
+    """``--smcp NAME=JSON`` rows (default: ``DEFAULT_SMCP``, described in the module docstring;
+    none with ``--no-smcp``)."""
+    if not getattr(args, "with_smcp", True):
+        return {}
     rows = {}
     for item in args.smcp or ():
         name, _, spec = item.partition("=")
@@ -395,6 +398,8 @@ def main(argv=None) -> int:
                         "made in parallel processes combined)")
     p.add_argument("--no-tp", dest="tp", action="store_false",
                    help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
+    p.add_argument("--no-smcp", dest="with_smcp", action="store_false",
+                   help="dense and Torch-Pruning rows only (e.g. to retrain the baseline)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads")
@@ -404,6 +409,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, 20
+    if not args.with_smcp and args.smcp:
+        p.error("--no-smcp trains no SMCP row; drop it or the --smcp rows")
     if not args.seeds and not args.merge:
         p.error("--seeds needs at least one seed (no seed trains nothing: that is for --merge)")
     tp = require_torch_pruning() if args.tp and args.seeds else None
