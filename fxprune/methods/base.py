@@ -114,8 +114,9 @@ class PruningMethod:
         kept = np.zeros(self.index.n, dtype=bool)
         for i, g in enumerate(self.index.groups):
             order, min_k = self.index.ranking(i, np.zeros(g.size))
-            k = allowed_counts(g.size, self.channel_step, min_k, g.size, self.index.unit_channels[i])[0]
-            kept[self.index.group_slice(i)][order[:k]] = True
+            k = allowed_counts(g.size, self.channel_step, min_k, g.size,
+                               self.index.unit_channels[i])[0]
+            kept[self.index.group_slice(i).start + order[:k]] = True
         floor = self.budget.fraction(kept)
         if target < floor * (1 - 1e-9):
             raise ValueError(
