@@ -312,7 +312,7 @@ DEFAULT_SMCP = {**_WITH_RESCALE,
 def smcp_rows(args) -> dict[str, dict]:
     """``--smcp NAME=JSON`` rows (default: ``DEFAULT_SMCP``, described in the module docstring;
     none with ``--no-smcp``)."""
-    if not getattr(args, "with_smcp", True):
+    if not args.with_smcp:
         return {}
     rows = {}
     for item in args.smcp or ():

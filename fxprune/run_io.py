@@ -33,8 +33,8 @@ from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
            "claim_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint",
-           "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs", "cost_columns",
-           "save_module", "write_results", "format_results"]
+           "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
+           "cost_columns", "save_module", "write_results", "format_results"]
 
 INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
 
