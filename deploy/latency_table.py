@@ -30,6 +30,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -116,6 +117,8 @@ class LatencyTable:
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
         self._grids: dict[str, tuple[list[int], list[int], bool, list[str]]] = {}
         self.stats = {"measured": 0, "cached": 0, "seconds": 0.0}
+        # (point_key, c_in, c_out) of points timed while the CPU was oversubscribed
+        self._under_load: set[tuple[str, int, int]] = set()
 
     # ----------------------------------------------------------------- measuring
     @classmethod
@@ -140,7 +143,12 @@ class LatencyTable:
         points that load made look expensive or happened to spare. So the grid is timed in
         ``passes`` passes, each in a fresh random order (``seed``), and every point keeps its
         fastest pass: a burst of load hits scattered points in one pass, not a layer's whole
-        grid, and is then outvoted.
+        grid, and is then outvoted. Sustained load is not outvoted: it slows long layers more
+        than short ones (the scheduler preempts them more often), every pass alike. So on the CPU
+        the 1-minute load average is read before and after timing; above the number of usable
+        cores, the points timed are marked as timed under load, in the table (``stats``) and in
+        the cache, and a ``RuntimeWarning`` says so, again whenever a cache hands such points
+        back, until they are timed again on an idle machine.
 
         ``batch`` and ``precision`` ("fp32", "fp16", "bf16") time every layer at the deployment
         batch and dtype instead of the prepared model's (SMCP's tables: batch 256, fp16).
@@ -160,11 +168,14 @@ class LatencyTable:
                 raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
         dtype = _PRECISION_DTYPES.get(precision)
         layers = _as_layer_specs(layers)
+        on_cpu = False  # a custom timer's device is unknown: no load check
         if timer is None:
             timer, runtime_version, default_device = _backend_timer(
                 backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
                 target_ms=target_ms, torch_device=torch_device, cuda_graphs=cuda_graphs,
                 channels_last=channels_last)
+            on_cpu = backend == "onnxruntime" or (
+                backend == "torch" and getattr(timer.device, "type", "") == "cpu")
         else:
             runtime_version, default_device = "custom-timer", "custom-timer"
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
@@ -180,10 +191,13 @@ class LatencyTable:
                 todo.setdefault((point_key(layer), ci, co), layer)
 
         cached = _read_cache(cache).get(table._context(), {}) if cache else {}
+        cached_busy = _read_under_load(cache).get(table._context(), {}) if cache else {}
         for pk, ci, co in list(todo):
             hit = cached.get(pk, {}).get(f"{ci},{co}")
             if hit is not None:
                 table._points.setdefault(pk, {})[(ci, co)] = float(hit)
+                if f"{ci},{co}" in cached_busy.get(pk, ()):
+                    table._under_load.add((pk, ci, co))
                 del todo[(pk, ci, co)]
         table.stats["cached"] = sum(len(v) for v in table._points.values())
         log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} layers, "
@@ -192,6 +206,9 @@ class LatencyTable:
 
         from tqdm import tqdm
 
+        loads = [cpu_load()] if on_cpu and todo else []
+        if _busy(loads, threads):  # known before timing: the periodic cache saves mark them too
+            table._under_load.update(todo)
         t_start = last_save = time.perf_counter()
         order = list(todo)
         rng = random.Random(seed)
@@ -209,11 +226,30 @@ class LatencyTable:
                         table._write_cache(cache)
                         last_save = time.perf_counter()
             table.stats["measured"] = len(todo)
+            if loads:
+                loads.append(cpu_load())
+                if _busy(loads, threads):
+                    table._under_load.update(todo)
         finally:
             bar.close()
             if cache and todo:
                 table._write_cache(cache)
         table.stats["seconds"] = time.perf_counter() - t_start
+        table.stats["load_average"] = [load for load, _ in loads if load is not None]
+        table.stats["under_load"] = len(table._under_load)
+        if table._under_load:
+            total = sum(len(v) for v in table._points.values())
+            now = " and ".join(f"{load:.1f} {when}" for (load, _), when
+                               in zip(loads, ("before timing", "after")) if load is not None)
+            warnings.warn(
+                f"latency table: {len(table._under_load)} of {total} points were timed while "
+                f"other processes shared the CPU ("
+                + (f"load average {now}, {loads[0][1]} cores" if _busy(loads, threads)
+                   else f"as recorded in the cache {os.fspath(cache)!r}")
+                + "); load slows long layers more than short ones, so these timings would steer "
+                "the knapsack wrong: measure again on an idle machine (another cache file, or "
+                "delete this one)",
+                RuntimeWarning, stacklevel=2)
         return table
 
     def _as_measured(self, layer: LayerSpec) -> LayerSpec:
@@ -233,10 +269,21 @@ class LatencyTable:
 
     def _write_cache(self, path) -> None:
         data = _read_cache(path)
+        busy = _read_under_load(path)
         ctx = data.setdefault(self._context(), {})
+        ctx_busy = busy.setdefault(self._context(), {})
         for pk, pts in self._points.items():
             ctx.setdefault(pk, {}).update({f"{ci},{co}": ms for (ci, co), ms in pts.items()})
-        _atomic_write_json(path, {"format": _CACHE_FORMAT, "version": 1, "contexts": data})
+            # a point timed again on an idle machine leaves the list; one timed under load joins it
+            marked = set(ctx_busy.get(pk, ())) - {f"{ci},{co}" for ci, co in pts}
+            marked |= {f"{ci},{co}" for ci, co in pts if (pk, ci, co) in self._under_load}
+            if marked:
+                ctx_busy[pk] = sorted(marked)
+            else:
+                ctx_busy.pop(pk, None)
+        busy = {c: v for c, v in busy.items() if v}
+        _atomic_write_json(path, {"format": _CACHE_FORMAT, "version": 1, "contexts": data,
+                                  **({"under_load": busy} if busy else {})})
 
     # ------------------------------------------------------------------ querying
     def __contains__(self, layer: LayerSpec) -> bool:
@@ -405,6 +452,31 @@ def _read_cache(path) -> dict:
     if path is None or not os.path.exists(path):
         return {}
     return _read_json(path, "a latency cache", _CACHE_FORMAT)["contexts"]
+
+
+def _read_under_load(path) -> dict:
+    """context -> point_key -> ["c_in,c_out", ...]: the cache's points timed under load."""
+    if path is None or not os.path.exists(path):
+        return {}
+    return _read_json(path, "a latency cache", _CACHE_FORMAT).get("under_load", {})
+
+
+def cpu_load() -> tuple[float | None, int]:
+    """(1-minute load average or None where the OS keeps none, usable CPU cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0], cores
+    except (AttributeError, OSError):  # Windows
+        return None, cores
+
+
+def _busy(loads, threads: int) -> bool:
+    """More runnable threads than cores (or than the timing's own threads, where it asked for
+    more than there are cores) at any reading: time slicing by others distorts the timings."""
+    return any(load is not None and load > max(cores, threads) for load, cores in loads)
 
 
 def _atomic_write_json(path, data) -> None:

@@ -286,3 +286,79 @@ def test_a_tilde_path_is_read_where_it_is_written(tmp_path, monkeypatch):
     assert LatencyTable.load("~/t.json").grid(conv()) == first.grid(conv())
     with pytest.raises(IsADirectoryError, match="is a folder"):
         first.save(tmp_path)
+
+
+# ---------------------------------------------------------------- timing under sustained load
+@pytest.fixture
+def fake_ort(monkeypatch):
+    """The real ONNX Runtime path (so the CPU load is checked), with instant timings."""
+    calls = []
+    monkeypatch.setattr(ortb, "time_single", lambda *a, **k: calls.append(1) or 1.0)
+    return calls
+
+
+def _load(monkeypatch, value, cores=2):
+    import fxprune.deploy.latency_table as lt
+
+    readings = []
+    monkeypatch.setattr(lt, "cpu_load", lambda: readings.append(value) or (value, cores))
+    return readings
+
+
+def test_points_timed_on_a_busy_cpu_are_flagged_and_stay_flagged_in_the_cache(
+        tmp_path, monkeypatch, fake_ort):
+    cache = tmp_path / "c.json"
+    layers = [conv(cin=16, cout=16)]
+    _load(monkeypatch, 4.0)
+    expected = r"4 of 4 points .*load average 4\.0 before timing and 4\.0 after, 2 cores"
+    with pytest.warns(RuntimeWarning, match=expected):
+        busy = LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+    assert busy.stats["under_load"] == 4 and busy.stats["load_average"] == [4.0, 4.0]
+    marked = json.loads(cache.read_text())["under_load"]
+    assert [len(pts) for ctx in marked.values() for pts in ctx.values()] == [4]
+    # a later run on an idle machine reuses the points, and is told what they are
+    readings = _load(monkeypatch, 0.1)
+    with pytest.warns(RuntimeWarning, match="as recorded in the cache"):
+        again = LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+    assert again.stats["measured"] == 0 and again.stats["under_load"] == 4
+    assert readings == []  # nothing was timed, so the load did not matter
+
+
+def test_an_idle_cpu_flags_nothing(tmp_path, monkeypatch, fake_ort):
+    import warnings
+
+    cache = tmp_path / "c.json"
+    readings = _load(monkeypatch, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = LatencyTable.measure([conv(cin=16, cout=16)], step=8, threads=1, cache=cache,
+                                     **FAST)
+    assert readings == [1.0, 1.0] and table.stats["under_load"] == 0
+    assert "under_load" not in json.loads(cache.read_text())
+
+
+def test_load_from_the_timings_own_threads_is_not_flagged(monkeypatch, fake_ort):
+    # 4 intra-op threads asked for on 2 cores: a load of 4 is the timing itself
+    _load(monkeypatch, 3.9)
+    table = LatencyTable.measure([conv(cin=8, cout=8)], step=8, threads=4, **FAST)
+    assert table.stats["under_load"] == 0
+    _load(monkeypatch, 4.5)
+    with pytest.warns(RuntimeWarning, match="shared the CPU"):
+        LatencyTable.measure([conv(cin=8, cout=8)], step=8, threads=4, **FAST)
+
+
+def test_a_load_seen_only_after_timing_flags_the_points(tmp_path, monkeypatch, fake_ort):
+    import fxprune.deploy.latency_table as lt
+
+    values = iter([0.5, 3.0])
+    monkeypatch.setattr(lt, "cpu_load", lambda: (next(values), 2))
+    cache = tmp_path / "c.json"
+    with pytest.warns(RuntimeWarning, match="load average 0.5 before timing and 3.0 after"):
+        table = LatencyTable.measure([conv(cin=8, cout=16)], step=8, threads=1, cache=cache, **FAST)
+    assert table.stats["under_load"] == 2 and "under_load" in json.loads(cache.read_text())
+
+
+def test_a_custom_timer_is_not_load_checked(monkeypatch):
+    readings = _load(monkeypatch, 9.0)
+    table = LatencyTable.measure([conv(cin=8, cout=8)], step=8, timer=CountingTimer(), **FAST)
+    assert readings == [] and table.stats["under_load"] == 0
