@@ -274,7 +274,7 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
                           f"{precision} needs an ONNX file exported at that precision (pass "
                           "--precision fp32 for this one)")
     check_onnx(source)
-    if os.path.abspath(source) != os.path.abspath(path):
+    if os.path.realpath(source) != os.path.realpath(path):  # a symlink to it is the file too
         shutil.copyfile(source, path)
     m = read_onnx(path)
     log(f"using ONNX file {source} as it is (no PyTorch model to compare its outputs with)")

@@ -334,6 +334,8 @@ def test_a_given_file_this_deploy_would_overwrite_is_refused(saved, tmp_path, ca
     assert (d / "model.onnx").read_bytes() == dense_onnx
     # a file at its own destination is used in place: MODEL d/model.onnx works
     assert main(["deploy", str(d / "model.onnx"), "--out", str(d), *QUICK]) == 0
+    # ... also through the symlinked folder (a copy onto itself was a bare SameFileError)
+    assert main(["deploy", str(link / "model.onnx"), "--out", str(d), *QUICK]) == 0
 
 
 def test_params_of_a_module_and_an_onnx_file_are_counted_the_same_way(tmp_path):
