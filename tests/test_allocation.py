@@ -180,6 +180,35 @@ def test_a_method_registered_after_import_is_a_recipe_method(monkeypatch):
         make_pruner(prepared(), {"method": "no_cost"})
 
 
+def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, tmp_path):
+    import importlib.metadata as md
+
+    from fxprune.methods import base
+    from fxprune.train import make_pruner, resolve_config
+
+    (tmp_path / "my_pruning_plugin.py").write_text(
+        "import fxprune\n"
+        "class Methods:\n"
+        "    @staticmethod\n"
+        "    def greedy(prepared, **kw):\n"
+        "        return fxprune.SMCP(prepared, **kw)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = [md.EntryPoint("greedy", "my_pruning_plugin:Methods.greedy", base.PLUGIN_GROUP),
+           md.EntryPoint("smcp", "my_pruning_plugin:Methods.greedy", base.PLUGIN_GROUP)]
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
+    monkeypatch.setattr(base, "registry", dict(registry))
+    monkeypatch.setattr(base, "_plugins_seen", False)
+    with pytest.warns(RuntimeWarning, match="entry point smcp = .* is ignored"):
+        names = base.method_names()
+    assert "greedy" in names and base.get_method("smcp").cls is fxprune.SMCP  # shipped name kept
+    assert "my_pruning_plugin" in base.get_method("greedy").summary
+    cfg = resolve_config({"prune": {"method": "greedy", "target": 0.5}})
+    assert isinstance(make_pruner(prepared(), cfg["prune"], steps_per_epoch=10, epochs=2),
+                      fxprune.SMCP)
+    with pytest.raises(ValueError, match="entry point in the 'fxprune.methods' group"):
+        base.get_method("nope")
+
+
 def test_hard_and_magnitude_entries_are_smcp_options():
     pm = prepared()
     hard = get_method("hard").build(pm, target=0.5, channel_step=4)

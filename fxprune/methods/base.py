@@ -206,7 +206,8 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
 def get_method(name: str) -> MethodEntry:
     _load_builtin()
     if name not in registry:
-        raise ValueError(f"unknown pruning method {name!r}; registered: {', '.join(sorted(registry))}")
+        raise ValueError(f"unknown pruning method {name!r}; registered: {', '.join(sorted(registry))} "
+                         f"(a package adds one with an entry point in the {PLUGIN_GROUP!r} group)")
     return registry[name]
 
 
@@ -215,5 +216,28 @@ def method_names() -> list[str]:
     return list(registry)
 
 
+#: Entry-point group through which an installed package registers methods, e.g. in its
+#: pyproject.toml: ``[project.entry-points."fxprune.methods"] mymethod = "mypkg.pruning:MyMethod"``.
+#: Only the names are read up front; the target is imported when the method is first built.
+PLUGIN_GROUP = "fxprune.methods"
+_plugins_seen = False
+
+
 def _load_builtin() -> None:
     importlib.import_module("fxprune.methods")  # registers the shipped methods
+    global _plugins_seen
+    if _plugins_seen:
+        return
+    _plugins_seen = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in registry:  # a shipped or explicitly registered method keeps its name
+            import warnings
+
+            warnings.warn(f"the {PLUGIN_GROUP!r} entry point {ep.name} = {ep.value} is ignored: "
+                          f"a method named {ep.name!r} is already registered; rename the entry "
+                          "point", RuntimeWarning, stacklevel=3)
+            continue
+        # ep.load resolves "module:attr.attr" and is only called when the method is built
+        registry[ep.name] = MethodEntry(ep.name, ep.load, {}, f"plug-in ({ep.value})")
