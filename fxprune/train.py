@@ -99,7 +99,12 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         accepted = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         accepted = {}
-    _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"), accepted)
+    steps = STEP_ARGS | set(getattr(cls, "step_args", ()))
+    # a method taking **kwargs (an SMCP subclass or factory forwarding them) still counts the
+    # recipe's schedule keys in steps
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
+    convertible = set(accepted) | (steps if takes_any else set())
+    _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"), convertible)
     for name, value in context.items():
         if name in accepted and name not in kwargs:
             kwargs[name] = value
@@ -115,9 +120,9 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         raise ConfigError(f"prune.method {method!r} builds a {type(pruner).__name__} without "
                           f"{', '.join(f'{m}()' for m in missing)}, which the trainer calls; "
                           "see fxprune.methods.base.Method for the protocol")
-    steps = STEP_ARGS | set(getattr(cls, "step_args", ()))
     try:  # what epochs and fractions became, for the log and results.json
-        pruner.fxprune_schedule_steps = {k: kwargs[k] for k in accepted if k in steps and k in kwargs}
+        pruner.fxprune_schedule_steps = {k: kwargs[k] for k in convertible
+                                         if k in steps and k in kwargs}
     except AttributeError:  # a method object that takes no attributes
         pass
     return pruner

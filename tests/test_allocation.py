@@ -198,15 +198,42 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
     monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
     monkeypatch.setattr(base, "registry", dict(registry))
     monkeypatch.setattr(base, "_plugins_seen", False)
-    with pytest.warns(RuntimeWarning, match="entry point smcp = .* is ignored"):
+    with pytest.warns(RuntimeWarning, match="plug-in smcp = .* is ignored"):
         names = base.method_names()
     assert "greedy" in names and base.get_method("smcp").cls is fxprune.SMCP  # shipped name kept
     assert "my_pruning_plugin" in base.get_method("greedy").summary
-    cfg = resolve_config({"prune": {"method": "greedy", "target": 0.5}})
-    assert isinstance(make_pruner(prepared(), cfg["prune"], steps_per_epoch=10, epochs=2),
-                      fxprune.SMCP)
+    # a factory forwarding **kwargs still gets the recipe's schedule in steps, not as *_epochs
+    cfg = resolve_config({"prune": {"method": "greedy", "target": 0.5,
+                                    "update_every_fraction": 0.25, "warmup_fraction": 0.1}})
+    pruner = make_pruner(prepared(), cfg["prune"], steps_per_epoch=10, epochs=2)
+    assert isinstance(pruner, fxprune.SMCP) and pruner.schedule.update_every == 5
+    assert pruner.fxprune_schedule_steps["update_every"] == 5
     with pytest.raises(ValueError, match="entry point in the 'fxprune.methods' group"):
         base.get_method("nope")
+
+
+def test_a_broken_plug_in_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    import importlib.metadata as md
+
+    from fxprune.cli import main
+    from fxprune.methods import base
+    from fxprune.train import ConfigError, resolve_config
+
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('no GPU here')\n")
+    (tmp_path / "fine_plugin.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = [md.EntryPoint("broken", "broken_plugin:Method", base.PLUGIN_GROUP),
+           md.EntryPoint("a_module", "fine_plugin", base.PLUGIN_GROUP)]
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
+    monkeypatch.setattr(base, "registry", dict(registry))
+    monkeypatch.setattr(base, "_plugins_seen", False)
+    assert main(["methods"]) == 0 and "broken" in capsys.readouterr().out  # listing imports nothing
+    assert main(["methods", "broken"]) == 2
+    err = capsys.readouterr().err
+    assert "plug-in broken = 'broken_plugin:Method' failed to load: RuntimeError: no GPU here" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="names a module, not a method class or factory"):
+        resolve_config({"prune": {"method": "a_module"}})
 
 
 def test_hard_and_magnitude_entries_are_smcp_options():

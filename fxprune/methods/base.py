@@ -21,6 +21,7 @@ model) and ``attach_optimizer(optimizer)`` (called once the trainer has built it
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -232,12 +233,31 @@ def _load_builtin() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=PLUGIN_GROUP):
+        where = f"{ep.name} = {ep.value!r}" + (f" (package {ep.dist.name})"
+                                                if getattr(ep, "dist", None) else "")
         if ep.name in registry:  # a shipped or explicitly registered method keeps its name
             import warnings
 
-            warnings.warn(f"the {PLUGIN_GROUP!r} entry point {ep.name} = {ep.value} is ignored: "
-                          f"a method named {ep.name!r} is already registered; rename the entry "
-                          "point", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: a method named "
+                          f"{ep.name!r} is already registered; rename the entry point",
+                          RuntimeWarning, stacklevel=3)
             continue
-        # ep.load resolves "module:attr.attr" and is only called when the method is built
-        registry[ep.name] = MethodEntry(ep.name, ep.load, {}, f"plug-in ({ep.value})")
+        registry[ep.name] = MethodEntry(ep.name, _plugin_loader(ep, where), {},
+                                        f"plug-in {ep.value}")
+
+
+def _plugin_loader(ep, where: str) -> Callable[[], Callable]:
+    """``ep.load`` (it resolves "module:attr.attr"), called when the method is first built; any
+    failure of the plug-in's import is one ImportError naming the plug-in and its package."""
+    def load():
+        try:
+            target = ep.load()
+        except Exception as exc:  # the plug-in's own code: whatever it raises
+            raise ImportError(f"the {PLUGIN_GROUP!r} plug-in {where} failed to load: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if not callable(target) or inspect.ismodule(target):
+            raise ImportError(f"the {PLUGIN_GROUP!r} plug-in {where} names a "
+                              f"{type(target).__name__}, not a method class or factory; point "
+                              "it at one (module:Class)")
+        return target
+    return load

@@ -18,13 +18,18 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         try:
             entry = get_method(name)
-        except ValueError as exc:
+            cls = entry.cls if args.name else None  # the listing imports nothing
+        except (ValueError, ImportError) as exc:  # unknown name, or a plug-in that fails to load
             print(f"fxprune methods: error: {exc}", file=sys.stderr)
             return 2
         fixed = "".join(f" {k}={v!r}" for k, v in entry.defaults.items())
         print(f"{name:14} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
         if args.name:
-            params = inspect.signature(entry.cls).parameters
+            try:
+                params = inspect.signature(cls).parameters
+            except (TypeError, ValueError):  # a callable without a readable signature
+                print("    (arguments not introspectable)")
+                continue
             for p in list(params.values())[1:]:
                 if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                     continue
