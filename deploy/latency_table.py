@@ -116,7 +116,7 @@ class LatencyTable:
         self._points: dict[str, dict[tuple[int, int], float]] = {}
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
         self._grids: dict[str, tuple[list[int], list[int], bool, list[str]]] = {}
-        self.stats = {"measured": 0, "cached": 0, "seconds": 0.0}
+        self.stats = {"measured": 0, "cached": 0, "seconds": 0.0, "under_load": 0}
         # (point_key, c_in, c_out) of points timed while the CPU was oversubscribed
         self._under_load: set[tuple[str, int, int]] = set()
 
@@ -145,10 +145,11 @@ class LatencyTable:
         fastest pass: a burst of load hits scattered points in one pass, not a layer's whole
         grid, and is then outvoted. Sustained load is not outvoted: it slows long layers more
         than short ones (the scheduler preempts them more often), every pass alike. So on the CPU
-        the 1-minute load average is read before and after timing; above the number of usable
-        cores, the points timed are marked as timed under load, in the table (``stats``) and in
-        the cache, and a ``RuntimeWarning`` says so, again whenever a cache hands such points
-        back, until they are timed again on an idle machine.
+        the 1-minute load average is read before and after timing; above the usable cores (or
+        ``threads``, if more) by over half a core, the points timed are flagged as timed under
+        load, in ``stats["under_load"]``, the cache and a saved table, with a ``RuntimeWarning``.
+        A cache's flagged points are timed again by the next ``measure`` on an idle CPU; while
+        it is still busy, they are used as they are and warned about again.
 
         ``batch`` and ``precision`` ("fp32", "fp16", "bf16") time every layer at the deployment
         batch and dtype instead of the prepared model's (SMCP's tables: batch 256, fp16).
@@ -192,21 +193,29 @@ class LatencyTable:
 
         cached = _read_cache(cache).get(table._context(), {}) if cache else {}
         cached_busy = _read_under_load(cache).get(table._context(), {}) if cache else {}
+        flagged = []  # cached points the cache says were timed under load
         for pk, ci, co in list(todo):
             hit = cached.get(pk, {}).get(f"{ci},{co}")
             if hit is not None:
                 table._points.setdefault(pk, {})[(ci, co)] = float(hit)
                 if f"{ci},{co}" in cached_busy.get(pk, ()):
-                    table._under_load.add((pk, ci, co))
-                del todo[(pk, ci, co)]
-        table.stats["cached"] = sum(len(v) for v in table._points.values())
+                    flagged.append((pk, ci, co))
+                else:
+                    del todo[(pk, ci, co)]
+        loads = [cpu_load()] if on_cpu and todo else []
+        # a flagged point is timed again when the CPU is idle now; while it is busy (or under a
+        # custom timer, whose device is unknown) the cached value is used, and still flagged
+        if flagged and (not on_cpu or _busy(loads, threads)):
+            for key in flagged:
+                del todo[key]
+            table._under_load.update(flagged)
+        table.stats["cached"] = sum(len(v) for v in table._points.values()) - len(todo)
         log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} layers, "
-            f"{len(table._grids)} distinct, {len(todo) + table.stats['cached']} grid points "
-            f"({table.stats['cached']} cached, {len(todo)} to time)")
+            f"{len(table._grids)} distinct, {sum(len(v) for v in table._points.values())} grid "
+            f"points ({table.stats['cached']} cached, {len(todo)} to time)")
 
         from tqdm import tqdm
 
-        loads = [cpu_load()] if on_cpu and todo else []
         if _busy(loads, threads):  # known before timing: the periodic cache saves mark them too
             table._under_load.update(todo)
         t_start = last_save = time.perf_counter()
@@ -226,7 +235,7 @@ class LatencyTable:
                         table._write_cache(cache)
                         last_save = time.perf_counter()
             table.stats["measured"] = len(todo)
-            if loads:
+            if loads and todo:
                 loads.append(cpu_load())
                 if _busy(loads, threads):
                     table._under_load.update(todo)
@@ -238,19 +247,27 @@ class LatencyTable:
         table.stats["load_average"] = [load for load, _ in loads if load is not None]
         table.stats["under_load"] = len(table._under_load)
         if table._under_load:
-            total = sum(len(v) for v in table._points.values())
-            now = " and ".join(f"{load:.1f} {when}" for (load, _), when
-                               in zip(loads, ("before timing", "after")) if load is not None)
-            warnings.warn(
-                f"latency table: {len(table._under_load)} of {total} points were timed while "
-                f"other processes shared the CPU ("
-                + (f"load average {now}, {loads[0][1]} cores" if _busy(loads, threads)
-                   else f"as recorded in the cache {os.fspath(cache)!r}")
-                + "); load slows long layers more than short ones, so these timings would steer "
-                "the knapsack wrong: measure again on an idle machine (another cache file, or "
-                "delete this one)",
-                RuntimeWarning, stacklevel=2)
+            why = []
+            if todo and _busy(loads, threads):
+                now = " and ".join(f"{load:.1f} {when}" for (load, _), when
+                                   in zip(loads, ("before timing", "after")) if load is not None)
+                why.append(f"load average {now} on {loads[0][1]} cores"
+                           + (f" timing with {threads} threads" if threads > loads[0][1] else ""))
+            if flagged and not todo.keys() & set(flagged):
+                busy_now = (f", and the CPU is still busy (load average {loads[0][0]:.1f})"
+                            if _busy(loads, threads) else "")
+                why.append(f"{len(flagged)} as the cache {os.fspath(cache)!r} records{busy_now}")
+            table._warn_under_load("; ".join(why), "measure again on an idle machine" + (
+                ", which times the flagged points again" if cache else ""), stacklevel=3)
         return table
+
+    def _warn_under_load(self, why: str, advice: str, stacklevel: int) -> None:
+        total = sum(len(v) for v in self._points.values())
+        warnings.warn(
+            f"latency table: {len(self._under_load)} of {total} points were timed while other "
+            f"processes shared the CPU ({why}); load slows long layers more than short ones, so "
+            f"these timings would steer the knapsack wrong: {advice}", RuntimeWarning,
+            stacklevel=stacklevel)
 
     def _as_measured(self, layer: LayerSpec) -> LayerSpec:
         """``layer`` at the batch and dtype this table was measured at."""
@@ -282,8 +299,11 @@ class LatencyTable:
             else:
                 ctx_busy.pop(pk, None)
         busy = {c: v for c, v in busy.items() if v}
-        _atomic_write_json(path, {"format": _CACHE_FORMAT, "version": 1, "contexts": data,
-                                  **({"under_load": busy} if busy else {})})
+        known = ("format", "version", "contexts", "under_load")
+        extra = ({k: v for k, v in _read_json(path, "a latency cache", _CACHE_FORMAT).items()
+                  if k not in known} if os.path.exists(path) else {})  # keys of a later version
+        _atomic_write_json(path, {**extra, "format": _CACHE_FORMAT, "version": 1,
+                                  "contexts": data, **({"under_load": busy} if busy else {})})
 
     # ------------------------------------------------------------------ querying
     def __contains__(self, layer: LayerSpec) -> bool:
@@ -343,6 +363,8 @@ class LatencyTable:
                       for k, (ci, co, d, names) in self._grids.items()},
             "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
                        for pk, pts in self._points.items()},
+            **({"under_load": sorted([pk, f"{ci},{co}"] for pk, ci, co in self._under_load)}
+               if self._under_load else {}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -358,6 +380,16 @@ class LatencyTable:
                                list(g["layers"]))
         for pk, pts in data["points"].items():
             table._points[pk] = {_parse_point(p): float(ms) for p, ms in pts.items()}
+        marks = data.get("under_load", [])
+        if not isinstance(marks, list) or any(not isinstance(m, list) or len(m) != 2
+                                              for m in marks):
+            raise DeployError(f"{os.fspath(path)!r} has a malformed 'under_load' entry (a list of "
+                              "[point key, 'c_in,c_out'] pairs); delete that key to use the table")
+        table._under_load = {(pk, *_parse_point(pt)) for pk, pt in marks}
+        table.stats["under_load"] = len(table._under_load)
+        if table._under_load:
+            table._warn_under_load(f"as the saved table {os.fspath(path)!r} records",
+                                   "measure it again on an idle machine", stacklevel=3)
         return table
 
     def __repr__(self) -> str:
@@ -458,7 +490,13 @@ def _read_under_load(path) -> dict:
     """context -> point_key -> ["c_in,c_out", ...]: the cache's points timed under load."""
     if path is None or not os.path.exists(path):
         return {}
-    return _read_json(path, "a latency cache", _CACHE_FORMAT).get("under_load", {})
+    marks = _read_json(path, "a latency cache", _CACHE_FORMAT).get("under_load", {})
+    if not (isinstance(marks, dict) and all(
+            isinstance(ctx, dict) and all(isinstance(v, list) for v in ctx.values())
+            for ctx in marks.values())):
+        raise DeployError(f"{os.fspath(path)!r} has a malformed 'under_load' entry (context -> "
+                          "point key -> ['c_in,c_out', ...]); delete that key to use the cache")
+    return marks
 
 
 def cpu_load() -> tuple[float | None, int]:
@@ -475,8 +513,9 @@ def cpu_load() -> tuple[float | None, int]:
 
 def _busy(loads, threads: int) -> bool:
     """More runnable threads than cores (or than the timing's own threads, where it asked for
-    more than there are cores) at any reading: time slicing by others distorts the timings."""
-    return any(load is not None and load > max(cores, threads) for load, cores in loads)
+    more than there are cores), by over half a core, at any reading: time slicing by others
+    distorts the timings. The margin spares brief background work a false alarm."""
+    return any(load is not None and load > max(cores, threads) + 0.5 for load, cores in loads)
 
 
 def _atomic_write_json(path, data) -> None:
