@@ -61,7 +61,7 @@ def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,
     cmd = [sys.executable, "-m", "fxprune.cli", "train", str(CONFIG), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
-    log = out.with_suffix(".log")
+    log = Path(f"{out}.log")
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = (out / "results.json").is_file() and _saved_config(out, "config.yaml") == planned
     if fresh or not finished:
@@ -134,9 +134,9 @@ def main(argv=None) -> int:
         "epochs": args.epochs, "seeds": args.seeds, "widths": load_config(CONFIG)["model"]["widths"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, meta)
-    args.out.with_suffix(".md").write_text(table)
+    Path(f"{args.out}.md").write_text(table)
     print(table)
     return 0
 

@@ -346,9 +346,9 @@ def main(argv=None) -> int:
         run_section(key, budgets, results, skipped, fn)
     results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    Path(f"{out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     text = markdown(results)
-    out.with_suffix(".md").write_text(text)
+    Path(f"{out}.md").write_text(text)
     print(text)
     return 0
 

@@ -247,10 +247,10 @@ def main(argv=None) -> int:
             "cucb_vs_dense_time": (by["CUCB"]["train_time_s"][0] / by["dense"]["train_time_s"][0]
                                    if "CUCB" in by and "dense" in by and by["dense"]["train_time_s"][0] else None)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "solver": solver,
+    Path(f"{out}.json").write_text(json.dumps({"meta": meta, "summary": summary, "solver": solver,
                                                     "cucb_step_time": timing, "runs": rows}, indent=2) + "\n")
     table = markdown(summary, solver, timing, meta)
-    out.with_suffix(".md").write_text(table)
+    Path(f"{out}.md").write_text(table)
     print(table)
     return 0
 

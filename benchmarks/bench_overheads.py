@@ -211,10 +211,10 @@ def main(argv=None) -> int:
                 "torch": torch.__version__, "device": "cpu", "load_average_before": load_before,
                 "load_average_after": os.getloadavg()}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "mask_overhead": rows,
+        Path(f"{out}.json").write_text(json.dumps({"meta": meta, "mask_overhead": rows,
                                                           "masked_layer_norm": ln}, indent=2))
         table = mask_overhead_table(rows, meta, ln)
-        out.with_suffix(".md").write_text(table)
+        Path(f"{out}.md").write_text(table)
         print(table)
         return 0
     args.out = args.out or ROOT / "benchmarks" / "results" / "overheads"
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
             "load_average_before": load_before, "load_average_after": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "passes": passes, "steps": steps, "updates": updates}, indent=2))
+    Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "passes": passes, "steps": steps, "updates": updates}, indent=2))
     lines = ["# fxprune overheads", "",
              f"`python benchmarks/bench_overheads.py` on {meta['cpu']}, {meta['cores']} cores, "
              f"{args.threads} threads, torch {meta['torch']}; load average {load_before[0]:.2f} -> "
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     lines += [f"| {r['model']} | {r['groups']} | {r['channels']} | {r['update_s']:.2f} | {r['resolves']} | "
               f"{r['cost_after']:.3f} |" for r in updates]
     table = "\n".join(lines) + "\n"
-    args.out.with_suffix(".md").write_text(table)
+    Path(f"{args.out}.md").write_text(table)
     print(table)
     return 0
 

@@ -141,14 +141,14 @@ def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -
     """Write ``stem.json`` and ``stem.md``; with ``append``, rows are added to (or replace
     same-named rows of) the file already there, and each run's command and machine are kept."""
     runs = [meta]  # each run's command and machine
-    if append and stem.with_suffix(".json").is_file():
-        old = json.loads(stem.with_suffix(".json").read_text())
+    if append and Path(f"{stem}.json").is_file():
+        old = json.loads(Path(f"{stem}.json").read_text())
         if old["meta"].get("schedule") != meta["schedule"]:
             raise SystemExit(f"--append: {stem}.json was measured on another schedule; use --out")
         runs = old["meta"].get("runs", [old["meta"]]) + runs
         results = {**old["rows"], **results}
     meta = {**meta, "runs": [{k: r.get(k) for k in ("command", "machine", "seeds")} for r in runs]}
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
     dense = results.get("dense", {}).get("summary", {}).get("accuracy")
     m = meta["machine"]
     lines = [f"# SMCP ablation on the short schedule{' (smoke)' if meta['smoke'] else ''}", "",
@@ -164,7 +164,7 @@ def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -
         lines.append(f"| {name} | {seeds} | {fmt(s['accuracy'], 100)} | {gap} "
                      f"| {fmt(s.get('mid_ramp_accuracy'), 100)} | {fmt(s.get('flips'), 1, 0)} "
                      f"| {fmt(s.get('returned'), 1, 0)} | {fmt(s.get('cost'), 1, 3)} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
     return lines
 
 

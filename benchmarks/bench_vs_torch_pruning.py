@@ -563,7 +563,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                          "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}
     meta["commands"] = [*getattr(args, "earlier_commands", []), meta["command"]]
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
+    Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
                                                     indent=2) + "\n")
     b = args.latency_batches
     lines = [f"# fxprune SMCP vs Torch-Pruning{' (smoke)' if args.smoke else ''}", "",
@@ -597,7 +597,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
         for x in b:
             lines += smcp_at_tp_speed(summary, x)
         lines += ["", *goal_check(summary, b)]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
 

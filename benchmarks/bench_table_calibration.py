@@ -1,0 +1,193 @@
+"""Does a latency table predict a pruned model's real latency? (ONNX Runtime, CPU)
+
+    python benchmarks/bench_table_calibration.py [--nets concat resnet] [--batch 64] [--threads 1]
+        [--targets 0.9 0.75 0.6 0.5 0.4] [--cache FILE] [--out benchmarks/results/table_calibration]
+
+Per net of the head-to-head benchmark (``bench_vs_torch_pruning.NETS``, untrained: latency does
+not depend on the weights): measures an ONNX Runtime latency table of the prepared model at
+``--batch`` (step 8; a fresh cache in a temporary folder unless ``--cache`` names a latency
+cache file, e.g. one timed under load, to see what it would have done: it is copied, never
+written), then for each target lets the
+knapsack choose widths under that table (channel_step 8, random importance, ``--configs`` draws
+per target) and, for comparison, under FLOPs at the same targets. Every chosen model is
+finalized, exported and timed interleaved with the dense one (medians of ``--iters`` runs). The
+figures: each model's cost as a fraction of dense predicted by the table and by FLOPs, against
+the measured fraction, and the mean absolute error of each predictor.
+
+Writes ``--out``.json and .md with the machine, threads, batch, load average and runtime.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fxprune  # noqa: E402
+from bench_vs_torch_pruning import NETS  # noqa: E402
+from fxprune.allocation import allocate  # noqa: E402
+from fxprune.deploy import LatencyTable  # noqa: E402
+from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
+from fxprune.deploy.common import cpu_name  # noqa: E402
+from fxprune.deploy.latency_table import cpu_load  # noqa: E402
+from fxprune.deploy.onnx_export import export_onnx  # noqa: E402
+
+
+def widths(method, kept) -> list[int]:
+    return [int(kept[method.index.group_slice(i)].sum()) for i in range(len(method.index.groups))]
+
+
+def calibrate(net: str, args, cache: str) -> list[dict]:
+    """Rows of (config, cost model that chose it, widths, table / FLOPs prediction, measured)."""
+    torch.manual_seed(0)
+    dense = NETS[net](args.smoke).eval()
+    pm = fxprune.prepare(dense, (torch.randn(1, 1, 28, 28),))
+    table = LatencyTable.measure(pm, step=8, threads=args.threads, batch=args.batch, cache=cache,
+                                 progress=False, log=lambda s: None)
+    # the pruners only price and rank here: ``allocate`` is called with each target below
+    by_table = fxprune.SMCP(pm, target=1.0, cost=table, channel_step=8)
+    by_flops = fxprune.SMCP(pm, target=1.0, cost="flops", channel_step=8)
+    rng = np.random.default_rng(args.seed)
+    n = by_table.index.n
+    models, rows = {"dense": dense}, []
+    for chooser, method in (("table", by_table), ("flops", by_flops)):
+        for target in args.targets:
+            for draw in range(args.configs):
+                kept = allocate(method._options(rng.random(n)), method.budget, target,
+                                np.ones(n, dtype=bool)).kept
+                label = f"{chooser}-{target}-{draw}"
+                by_table.index.set_masks(pm, kept.astype(np.float32))
+                models[label] = fxprune.finalize(copy.deepcopy(pm)).eval()
+                rows.append({"net": net, "model": label, "chosen_by": chooser, "target": target,
+                             "widths": widths(by_table, kept),
+                             "table_fraction": by_table.budget.fraction(kept),
+                             "flops_fraction": by_flops.budget.fraction(kept)})
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for label, m in models.items():
+            paths[label] = os.path.join(tmp, f"{label}.onnx")
+            export_onnx(m, (1, 1, 28, 28), paths[label], log=lambda s: None)
+        times = ortb.time_onnx_models(paths, (args.batch, 1, 28, 28), threads=args.threads,
+                                      iters=args.iters, warmup=max(3, args.iters // 10),
+                                      progress=False)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    for row in rows:
+        row["measured_fraction"] = ms[row["model"]] / ms["dense"]
+        row["ms"] = ms[row["model"]]
+    rows.insert(0, {"net": net, "model": "dense", "ms": ms["dense"],
+                    "table_sum_ms": by_table.budget.dense, "table_points_under_load":
+                    table.stats["under_load"]})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    out = []
+    for net in dict.fromkeys(r["net"] for r in rows):
+        mine = [r for r in rows if r["net"] == net and r["model"] != "dense"]
+        dense = next(r for r in rows if r["net"] == net and r["model"] == "dense")
+        err = {k: statistics.mean(abs(r[f"{k}_fraction"] - r["measured_fraction"]) for r in mine)
+               for k in ("table", "flops")}
+        out.append({"net": net, "dense_ms": dense["ms"],
+                    "table_sum_over_real": dense["table_sum_ms"] / dense["ms"],
+                    "table_mean_abs_error": err["table"], "flops_mean_abs_error": err["flops"],
+                    "points_under_load": dense["table_points_under_load"], "models": len(mine)})
+    return out
+
+
+def markdown(meta: dict, rows: list[dict], summ: list[dict]) -> str:
+    m = meta["machine"]
+    lines = ["# Latency table vs measured latency", "", f"`{meta['command']}`", "",
+             f"{m['cpu']}, {m['cores']} cores, ONNX Runtime {m['onnxruntime']}, {m['threads']} "
+             f"thread(s), batch {m['batch']}, medians of {meta['iters']} interleaved runs; load "
+             f"average {m['load_average_start'][0]:.2f} at the start, "
+             f"{m['load_average_end'][0]:.2f} at the end; {meta['runtime_s']:.0f} s.", "",
+             "| net | dense ms | table sum / real | table's mean abs. error | FLOPs' mean abs. "
+             "error | models | table points timed under load |", "|---|---|---|---|---|---|---|"]
+    for s in summ:
+        lines.append(f"| {s['net']} | {s['dense_ms']:.3f} | {s['table_sum_over_real']:.2f} | "
+                     f"{s['table_mean_abs_error']:.3f} | {s['flops_mean_abs_error']:.3f} | "
+                     f"{s['models']} | {s['points_under_load']} |")
+    lines += ["", "Fractions of the dense model: predicted by the table, by FLOPs, and measured.",
+              "", "| net | chosen by | target | widths | table | FLOPs | measured |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["model"] != "dense":
+            lines.append(f"| {r['net']} | {r['chosen_by']} | {r['target']} | "
+                         f"{' '.join(map(str, r['widths']))} | {r['table_fraction']:.3f} | "
+                         f"{r['flops_fraction']:.3f} | {r['measured_fraction']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nets", nargs="+", default=["concat", "resnet"], choices=list(NETS))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.75, 0.6, 0.5, 0.4])
+    p.add_argument("--configs", type=int, default=2, help="random-importance draws per target")
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="a latency cache FILE to use (default: a fresh one per run)")
+    p.add_argument("--smoke", action="store_true",
+                   help="the nets' smoke widths, one target (0.9), one draw, 5 runs")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "table_calibration"),
+                   help="results path without extension (.json and .md are written)")
+    args = p.parse_args(argv)
+    if args.smoke:  # smaller defaults; what was given stays
+        given = set(argv if argv is not None else sys.argv[1:])
+        args.iters = args.iters if "--iters" in given else 5
+        args.configs = args.configs if "--configs" in given else 1
+        args.targets = args.targets if "--targets" in given else [0.9]
+    bad = [t for t in args.targets if not 0 < t <= 1]
+    if bad:
+        p.error(f"--targets are fractions of the dense cost in (0, 1], got {bad}")
+    for name in ("configs", "iters", "batch", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    out = Path(args.out)
+    if out.is_dir():
+        p.error(f"--out {out} is a folder; give a path without extension inside it "
+                f"(e.g. {out / 'table_calibration'})")
+    if args.cache and not os.path.isfile(args.cache):
+        p.error(f"--cache {args.cache} is not a file (a latency cache written by "
+                "LatencyTable.measure(cache=...))")
+    torch.set_num_threads(args.threads)
+    start, load_start = time.perf_counter(), os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for net in args.nets:
+            cache = os.path.join(tmp, f"{net}.json")
+            if args.cache:  # points the given cache lacks are timed into the copy only
+                shutil.copyfile(args.cache, cache)
+            rows += calibrate(net, args, cache)
+    summ = summary(rows)
+    meta = {"command": "python benchmarks/bench_table_calibration.py " + " ".join(
+                argv if argv is not None else sys.argv[1:]),
+            "iters": args.iters, "runtime_s": time.perf_counter() - start,
+            "machine": {"cpu": cpu_name(), "cores": cpu_load()[1], "threads": args.threads,
+                        "batch": args.batch, "onnxruntime": ortb.version(),
+                        "torch": torch.__version__, "load_average_start": list(load_start),
+                        "load_average_end": list(os.getloadavg())}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # OUT + suffix, not Path.with_suffix: "--out results.v2" must not write results.json
+    Path(f"{out}.json").write_text(json.dumps({"meta": meta, "summary": summ, "rows": rows},
+                                              indent=1))
+    text = markdown(meta, rows, summ)
+    Path(f"{out}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

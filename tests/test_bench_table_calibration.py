@@ -1,0 +1,51 @@
+"""benchmarks/bench_table_calibration.py in its smoke mode (real ONNX Runtime timing, seconds)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_table_calibration.py")
+
+
+def load_bench():
+    sys.path.insert(0, os.path.dirname(BENCH))  # it imports the head-to-head's nets
+    spec = importlib.util.spec_from_file_location("bench_table_calibration", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_prices_every_chosen_model_and_measures_it(tmp_path):
+    bench = load_bench()
+    out = tmp_path / "cal.v2"  # a dot in the name is not an extension to replace
+    (tmp_path / "cal.json").write_text("the user's")
+    bench.main(["--smoke", "--nets", "resnet", "--out", str(out)])
+    assert (tmp_path / "cal.json").read_text() == "the user's"
+    data = json.loads((tmp_path / "cal.v2.json").read_text())
+    rows = [r for r in data["rows"] if r["model"] != "dense"]
+    assert {r["chosen_by"] for r in rows} == {"table", "flops"}
+    for r in rows:
+        # the knapsack's promise under its own cost model; a real, positive measured fraction
+        budget = r["table_fraction"] if r["chosen_by"] == "table" else r["flops_fraction"]
+        assert budget <= r["target"] + 1e-9
+        assert 0 < r["measured_fraction"] and math.isfinite(r["measured_fraction"])
+        assert len(r["widths"]) > 1 and all(w > 0 for w in r["widths"])
+    (summary,) = data["summary"]
+    assert summary["models"] == len(rows) and summary["table_sum_over_real"] > 0
+    assert "| resnet | table | 0.9 |" in (tmp_path / "cal.v2.md").read_text()
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--targets", "0"], "in (0, 1]"), (["--targets", "1.5"], "in (0, 1]"),
+    (["--configs", "0"], "--configs must be >= 1"), (["--out", "."], "is a folder"),
+    (["--cache", "."], "is not a file")])
+def test_bad_arguments_are_refused_before_any_timing(args, phrase, capsys):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--smoke", *args])
+    assert e.value.code == 2 and phrase in capsys.readouterr().err
