@@ -1,6 +1,9 @@
 """Shared checks for the pass's tests."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -68,3 +71,14 @@ TINY_RECIPE = {
     "optim": {"epochs": 2, "lr": 0.05},
     "log": {"every_steps": 4, "progress": False, "tensorboard": False},
 }
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` as a module (the benchmarks are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -180,24 +180,35 @@ def test_a_method_registered_after_import_is_a_recipe_method(monkeypatch):
         make_pruner(prepared(), {"method": "no_cost"})
 
 
-def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, tmp_path):
+def installed_plugins(monkeypatch, tmp_path, modules: dict, entry_points: dict):
+    """As if a package had installed ``modules`` (name -> source) and declared ``entry_points``
+    (method name -> "module:attr") in the 'fxprune.methods' group; the registry is restored
+    after the test."""
     import importlib.metadata as md
 
     from fxprune.methods import base
-    from fxprune.train import make_pruner, resolve_config
 
-    (tmp_path / "my_pruning_plugin.py").write_text(
-        "import fxprune\n"
-        "class Methods:\n"
-        "    @staticmethod\n"
-        "    def greedy(prepared, **kw):\n"
-        "        return fxprune.SMCP(prepared, **kw)\n")
+    for name, source in modules.items():
+        (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    eps = [md.EntryPoint("greedy", "my_pruning_plugin:Methods.greedy", base.PLUGIN_GROUP),
-           md.EntryPoint("smcp", "my_pruning_plugin:Methods.greedy", base.PLUGIN_GROUP)]
+    eps = [md.EntryPoint(n, v, base.PLUGIN_GROUP) for n, v in entry_points.items()]
     monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
     monkeypatch.setattr(base, "registry", dict(registry))
     monkeypatch.setattr(base, "_plugins_seen", False)
+    return base
+
+
+def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, tmp_path):
+    from fxprune.train import make_pruner, resolve_config
+
+    factory = ("import fxprune\n"
+               "class Methods:\n"
+               "    @staticmethod\n"
+               "    def greedy(prepared, **kw):\n"
+               "        return fxprune.SMCP(prepared, **kw)\n")
+    base = installed_plugins(monkeypatch, tmp_path, {"my_pruning_plugin": factory},
+                             {"greedy": "my_pruning_plugin:Methods.greedy",
+                              "smcp": "my_pruning_plugin:Methods.greedy"})
     with pytest.warns(RuntimeWarning, match="plug-in smcp = .* is ignored"):
         names = base.method_names()
     assert "greedy" in names and base.get_method("smcp").cls is fxprune.SMCP  # shipped name kept
@@ -213,24 +224,17 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
 
 
 def test_a_broken_plug_in_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
-    import importlib.metadata as md
-
     from fxprune.cli import main
-    from fxprune.methods import base
     from fxprune.train import ConfigError, resolve_config
 
-    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('no GPU here')\n")
-    (tmp_path / "fine_plugin.py").write_text("X = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    eps = [md.EntryPoint("broken", "broken_plugin:Method", base.PLUGIN_GROUP),
-           md.EntryPoint("a_module", "fine_plugin", base.PLUGIN_GROUP)]
-    monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
-    monkeypatch.setattr(base, "registry", dict(registry))
-    monkeypatch.setattr(base, "_plugins_seen", False)
-    assert main(["methods"]) == 0 and "broken" in capsys.readouterr().out  # listing imports nothing
+    modules = {"broken_plugin": "raise RuntimeError('no GPU here')\n", "fine_plugin": "X = 1\n"}
+    installed_plugins(monkeypatch, tmp_path, modules,
+                      {"broken": "broken_plugin:Method", "a_module": "fine_plugin"})
+    assert main(["methods"]) == 0 and "broken" in capsys.readouterr().out  # the list imports none
     assert main(["methods", "broken"]) == 2
     err = capsys.readouterr().err
-    assert "plug-in broken = 'broken_plugin:Method' failed to load: RuntimeError: no GPU here" in err
+    assert ("plug-in broken = 'broken_plugin:Method' failed to load: RuntimeError: no GPU here"
+            in err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ConfigError, match="names a module, not a method class or factory"):
         resolve_config({"prune": {"method": "a_module"}})

@@ -2,25 +2,16 @@
 on tiny models (seconds), writing only to a temporary folder."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_gpu.py")
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_smoke_run_writes_every_section(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("bench_gpu")
     out = tmp_path / "gpu"
     assert bench.main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0
     r = json.loads(out.with_suffix(".json").read_text())
@@ -66,7 +57,7 @@ def test_smoke_run_writes_every_section(tmp_path):
 
 
 def test_refuses_what_would_mislead(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_benchmark("bench_gpu")
     with pytest.raises(SystemExit):  # smoke figures must not land in benchmarks/results
         bench.main(["--device", "cpu", "--smoke"])
     assert bench.main(["--device", "cpu", "--out", str(tmp_path / "x")]) == 2  # full run: GPU

@@ -1,20 +1,10 @@
 """benchmarks/bench_latency_pruning.py's core on a tiny CNN (real ONNX Runtime timing, seconds)."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from torch import nn
 
-BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_latency_pruning.py")
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_latency_pruning", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def tiny_cnn() -> nn.Module:
@@ -30,7 +20,7 @@ def tiny_cnn() -> nn.Module:
 
 
 def test_bench_model_rows_and_latency_budget(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("bench_latency_pruning")
     result = bench.bench_model("tiny", tiny_cnn(), (1, 3, 32, 32), table_step=8,
                                channel_steps=(8,), target=0.5, iters=5, warmup=1, threads=1,
                                cache=tmp_path / "cache.json", workdir=str(tmp_path),

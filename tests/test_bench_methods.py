@@ -1,18 +1,13 @@
 """benchmarks/bench_methods.py --smoke: every row trains, prunes to the budget and finalizes exactly."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
-
-BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_methods.py")
+from helpers import load_benchmark
 
 
 def test_smoke_mode_runs_every_row(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_methods", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_methods")
     assert bench.main(["--smoke", "--out", str(tmp_path / "methods_smoke"), "--runs-dir", str(tmp_path / "runs"),
                        "--timing-steps", "2"]) == 0
     result = json.loads((tmp_path / "methods_smoke.json").read_text())
@@ -29,9 +24,7 @@ def test_smoke_mode_runs_every_row(tmp_path):
 
 
 def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_methods", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_methods")
     args = ["--smoke", "--rows", "dense", "late", "--extra", 'late={"warmup_fraction": 0.3, "ramp_fraction": 0.2}',
             "--runs-dir", str(tmp_path / "runs"), "--timing-steps", "1"]
     assert bench.main([*args, "--out", str(tmp_path / "a")]) == 0

@@ -1,27 +1,16 @@
 """benchmarks/bench_table_calibration.py in its smoke mode (real ONNX Runtime timing, seconds)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_table_calibration.py")
-
-
-def load_bench():
-    sys.path.insert(0, os.path.dirname(BENCH))  # it imports the head-to-head's nets
-    spec = importlib.util.spec_from_file_location("bench_table_calibration", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_smoke_run_prices_every_chosen_model_and_measures_it(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("bench_table_calibration")
     out = tmp_path / "cal.v2"  # a dot in the name is not an extension to replace
     (tmp_path / "cal.json").write_text("the user's")
     bench.main(["--smoke", "--nets", "resnet", "--out", str(out)])
@@ -45,7 +34,7 @@ def test_smoke_run_prices_every_chosen_model_and_measures_it(tmp_path):
     (["--configs", "0"], "--configs must be >= 1"), (["--out", "."], "is a folder"),
     (["--cache", "."], "is not a file")])
 def test_bad_arguments_are_refused_before_any_timing(args, phrase, capsys):
-    bench = load_bench()
+    bench = load_benchmark("bench_table_calibration")
     with pytest.raises(SystemExit) as e:
         bench.main(["--smoke", *args])
     assert e.value.code == 2 and phrase in capsys.readouterr().err

@@ -3,19 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +21,7 @@ def keep_thread_count():
 def test_vs_torch_pruning_smoke(tmp_path):
     if importlib.util.find_spec("torch_pruning") is None:
         pytest.skip("torch-pruning is a 'bench' extra, not installed here (pip install -e '.[bench]')")
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
     assert bench.main(["--smoke", "--threads", "1", "--out", str(tmp_path / "vs")]) == 0
     result = json.loads((tmp_path / "vs.json").read_text())
     labels = [r["method"] for r in result["rows"]]
@@ -52,7 +44,7 @@ def test_vs_torch_pruning_smoke(tmp_path):
 
 
 def test_smcp_ablation_smoke(tmp_path):
-    bench = _load("bench_smcp_ablation")
+    bench = load_benchmark("bench_smcp_ablation")
     assert bench.main(["--smoke", "--seeds", "0", "--out", str(tmp_path / "abl")]) == 0
     result = json.loads((tmp_path / "abl.json").read_text())
     rows = result["rows"]
@@ -69,7 +61,7 @@ def test_smcp_ablation_smoke(tmp_path):
 def test_smcp_rows_without_torch_pruning(tmp_path):
     """The SMCP side of the head-to-head runs in CI (torch-pruning is not a dev dependency):
     a FLOPs row and a latency-table row, both finalized exactly."""
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
     assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
                        "--table-cache", str(tmp_path / "tables"), "--out", str(tmp_path / "vs"),
                        "--smcp", "smcp-flops={}",
@@ -91,7 +83,7 @@ def _row(method, acc, speedup):
 
 
 def test_head_to_head_compares_with_no_faster_torch_pruning_rows():
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
 
     summary = [_row("dense", 0.9, 1.0), _row("tp-a", 0.88, 1.1), _row("tp-b", 0.895, 1.4),
                _row("tp-c", 0.87, 1.3), _row("smcp-lat", 0.885, 1.25)]
@@ -107,7 +99,7 @@ def test_head_to_head_compares_with_no_faster_torch_pruning_rows():
 
 @pytest.mark.slow
 def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
     common = ["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
               "--table-cache", str(tmp_path / "tables")]
     assert bench.main([*common, "--out", str(tmp_path / "a"), "--smcp", "x={}", "y={}"]) == 0
@@ -141,7 +133,7 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
 
 
 def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
 
     summary = [_row("dense", 0.9, 1.0), _row("tp-a", 0.88, 1.1), _row("tp-b", 0.87, 1.5),
                _row("smcp-slow", 0.899, 1.05), _row("smcp-x", 0.89, 1.2), _row("smcp-y", 0.885, 1.3)]
@@ -153,7 +145,7 @@ def test_smcp_at_tp_speed_takes_the_most_accurate_smcp_row_at_least_as_fast():
 
 
 def test_goal_check_counts_cells_and_names_those_above_dense():
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
 
     # tp-a: met by smcp-x (+0.6); tp-b: unmet, needs 89.8 <= dense; tp-c: unmet, needs 90.1 > dense
     summary = [_row("dense", 0.90, 1.0), _row("tp-a", 0.883, 1.1), _row("tp-b", 0.893, 1.15),
@@ -164,7 +156,7 @@ def test_goal_check_counts_cells_and_names_those_above_dense():
 
 
 def test_aggregate_orders_dense_then_torch_pruning_then_smcp_per_net():
-    bench = _load("bench_vs_torch_pruning")
+    bench = load_benchmark("bench_vs_torch_pruning")
 
     def run(net, label, seed=0):
         return {"net": net, "label": label, "seed": seed, "accuracy": 0.9, "flops": 1, "params": 1,
