@@ -191,8 +191,9 @@ class LatencyTable:
             for ci, co in _points_of(cins, couts, diag):
                 todo.setdefault((point_key(layer), ci, co), layer)
 
-        cached = _read_cache(cache).get(table._context(), {}) if cache else {}
-        cached_busy = _read_under_load(cache).get(table._context(), {}) if cache else {}
+        contexts, marks, _ = _read_cache_file(cache)
+        cached = contexts.get(table._context(), {})
+        cached_busy = marks.get(table._context(), {})
         flagged = []  # cached points the cache says were timed under load
         for pk, ci, co in list(todo):
             hit = cached.get(pk, {}).get(f"{ci},{co}")
@@ -285,8 +286,7 @@ class LatencyTable:
         return f"{self.backend}|{self.runtime_version}|{self.device}|threads={self.threads}"
 
     def _write_cache(self, path) -> None:
-        data = _read_cache(path)
-        busy = _read_under_load(path)
+        data, busy, extra = _read_cache_file(path)
         ctx = data.setdefault(self._context(), {})
         ctx_busy = busy.setdefault(self._context(), {})
         for pk, pts in self._points.items():
@@ -299,9 +299,6 @@ class LatencyTable:
             else:
                 ctx_busy.pop(pk, None)
         busy = {c: v for c, v in busy.items() if v}
-        known = ("format", "version", "contexts", "under_load")
-        extra = ({k: v for k, v in _read_json(path, "a latency cache", _CACHE_FORMAT).items()
-                  if k not in known} if os.path.exists(path) else {})  # keys of a later version
         _atomic_write_json(path, {**extra, "format": _CACHE_FORMAT, "version": 1,
                                   "contexts": data, **({"under_load": busy} if busy else {})})
 
@@ -480,23 +477,21 @@ def _read_json(path, what: str, fmt: str) -> dict:
     return data
 
 
-def _read_cache(path) -> dict:
+def _read_cache_file(path) -> tuple[dict, dict, dict]:
+    """A cache's points (context -> point_key -> {"c_in,c_out": ms}), its points timed under
+    load (context -> point_key -> ["c_in,c_out", ...]) and any other top-level keys (a later
+    version's, kept when the file is rewritten); all empty when there is no file."""
     if path is None or not os.path.exists(path):
-        return {}
-    return _read_json(path, "a latency cache", _CACHE_FORMAT)["contexts"]
-
-
-def _read_under_load(path) -> dict:
-    """context -> point_key -> ["c_in,c_out", ...]: the cache's points timed under load."""
-    if path is None or not os.path.exists(path):
-        return {}
-    marks = _read_json(path, "a latency cache", _CACHE_FORMAT).get("under_load", {})
+        return {}, {}, {}
+    doc = _read_json(path, "a latency cache", _CACHE_FORMAT)
+    marks = doc.get("under_load", {})
     if not (isinstance(marks, dict) and all(
             isinstance(ctx, dict) and all(isinstance(v, list) for v in ctx.values())
             for ctx in marks.values())):
         raise DeployError(f"{os.fspath(path)!r} has a malformed 'under_load' entry (context -> "
                           "point key -> ['c_in,c_out', ...]); delete that key to use the cache")
-    return marks
+    extra = {k: v for k, v in doc.items() if k not in ("format", "version", "contexts", "under_load")}
+    return doc["contexts"], marks, extra
 
 
 def cpu_load() -> tuple[float | None, int]:
