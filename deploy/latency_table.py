@@ -490,7 +490,8 @@ def _read_cache_file(path) -> tuple[dict, dict, dict]:
             for ctx in marks.values())):
         raise DeployError(f"{os.fspath(path)!r} has a malformed 'under_load' entry (context -> "
                           "point key -> ['c_in,c_out', ...]); delete that key to use the cache")
-    extra = {k: v for k, v in doc.items() if k not in ("format", "version", "contexts", "under_load")}
+    known = ("format", "version", "contexts", "under_load")
+    extra = {k: v for k, v in doc.items() if k not in known}
     return doc["contexts"], marks, extra
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -236,8 +237,6 @@ def _load_builtin() -> None:
         where = f"{ep.name} = {ep.value!r}" + (f" (package {ep.dist.name})"
                                                 if getattr(ep, "dist", None) else "")
         if ep.name in registry:  # a shipped or explicitly registered method keeps its name
-            import warnings
-
             warnings.warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: a method named "
                           f"{ep.name!r} is already registered; rename the entry point",
                           RuntimeWarning, stacklevel=3)
