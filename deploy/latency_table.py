@@ -210,10 +210,12 @@ class LatencyTable:
             for key in flagged:
                 del todo[key]
             table._under_load.update(flagged)
-        table.stats["cached"] = sum(len(v) for v in table._points.values()) - len(todo)
+        # _points holds every cache hit so far, flagged ones being timed again among them
+        retimed = sum(key in todo for key in flagged)
+        table.stats["cached"] = sum(len(v) for v in table._points.values()) - retimed
         log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} layers, "
-            f"{len(table._grids)} distinct, {sum(len(v) for v in table._points.values())} grid "
-            f"points ({table.stats['cached']} cached, {len(todo)} to time)")
+            f"{len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
+            f"({table.stats['cached']} cached, {len(todo)} to time)")
 
         from tqdm import tqdm
 

@@ -315,6 +315,7 @@ def test_points_timed_on_a_busy_cpu_are_flagged_until_timed_again_on_an_idle_one
     with pytest.warns(RuntimeWarning, match=expected):
         busy = LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
     assert busy.stats["under_load"] == 4 and busy.stats["load_average"] == [4.0, 4.0]
+    assert busy.stats["measured"] == 4 and busy.stats["cached"] == 0
     marked = json.loads(cache.read_text())["under_load"]
     assert [len(pts) for ctx in marked.values() for pts in ctx.values()] == [4]
     # still busy: the cached points are used, and said to be what they are
@@ -327,7 +328,7 @@ def test_points_timed_on_a_busy_cpu_are_flagged_until_timed_again_on_an_idle_one
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         idle = LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
-    assert len(fake_ort) == calls + 4 and idle.stats["measured"] == 4
+    assert len(fake_ort) == calls + 4 and idle.stats["measured"] == 4 and idle.stats["cached"] == 0
     assert idle.stats["under_load"] == 0 and "under_load" not in json.loads(cache.read_text())
 
 
