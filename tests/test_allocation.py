@@ -198,7 +198,7 @@ def installed_plugins(monkeypatch, tmp_path, modules: dict, entry_points: dict):
     return base
 
 
-def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, tmp_path):
+def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, tmp_path, capsys):
     from fxprune.train import make_pruner, resolve_config
 
     factory = ("import fxprune\n"
@@ -213,6 +213,10 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
         names = base.method_names()
     assert "greedy" in names and base.get_method("smcp").cls is fxprune.SMCP  # shipped name kept
     assert "my_pruning_plugin" in base.get_method("greedy").summary
+    from fxprune.cli import main
+
+    assert main(["methods", "greedy"]) == 0
+    assert "**kw (any other keyword, passed on as it is)" in capsys.readouterr().out
     # a factory forwarding **kwargs still gets the recipe's schedule in steps, not as *_epochs
     cfg = resolve_config({"prune": {"method": "greedy", "target": 0.5,
                                     "update_every_fraction": 0.25, "warmup_fraction": 0.1}})

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from .base import get_method, method_names
 
     names = [args.name] if args.name else method_names()
+    width = max(14, *(len(n) + 1 for n in names))
     for name in names:
         try:
             entry = get_method(name)
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fxprune methods: error: {exc}", file=sys.stderr)
             return 2
         fixed = "".join(f" {k}={v!r}" for k, v in entry.defaults.items())
-        print(f"{name:14} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
+        print(f"{name:{width}} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
         if args.name:
             try:
                 params = inspect.signature(cls).parameters
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
                 print("    (arguments not introspectable)")
                 continue
             for p in list(params.values())[1:]:
+                if p.kind == p.VAR_KEYWORD:
+                    print(f"    **{p.name} (any other keyword, passed on as it is)")
                 if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                     continue
                 default = entry.defaults.get(p.name, p.default)
