@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -42,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    try:
+        rc = int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, not in the interpreter's last flush
+        return rc
+    except BrokenPipeError:
+        # the reader stopped (`fxprune methods | head`): stop quietly, as Unix tools do; stdout
+        # goes to devnull so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -311,3 +311,20 @@ def test_cli_lists_the_registry(capsys):
     assert main(["methods", "ccp"]) == 0
     assert "exhaustive_max = 12" in capsys.readouterr().out
     assert main(["methods", "nope"]) == 2
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`fxprune methods | head -1`: the pipe closes before the listing is written."""
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # every write to w now fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fxprune", "methods"], stdout=w,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(w)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
