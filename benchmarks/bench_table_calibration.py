@@ -6,8 +6,10 @@
 Per net of the head-to-head benchmark (``bench_vs_torch_pruning.NETS``, untrained: latency does
 not depend on the weights): measures an ONNX Runtime latency table of the prepared model at
 ``--batch`` (step 8; a fresh cache in a temporary folder unless ``--cache`` names a latency
-cache file, e.g. one timed under load, to see what it would have done: it is copied, never
-written), then for each target lets the
+cache file, e.g. one timed under load, to see what it would have done; it is copied, never
+written, and replays only on the CPU, ONNX Runtime version and threads it was timed with, and
+without load flags on an idle CPU: points it lacks or has flagged are timed afresh), then for
+each target lets the
 knapsack choose widths under that table (channel_step 8, random importance, ``--configs`` draws
 per target) and, for comparison, under FLOPs at the same targets. Every chosen model is
 finalized, exported and timed interleaved with the dense one (medians of ``--iters`` runs). The

@@ -13,7 +13,7 @@ Layers with the same :meth:`LayerSpec.signature` share their measurements (a Res
 blocks are timed once), and so do runs: points are cached in a JSON file keyed by backend,
 runtime version, device name and threads, then by the layer signature (which holds the batch,
 spatial size, kernel, stride, groups and dtype) and the channel counts. A second ``measure`` with
-the same cache times nothing.
+the same cache times nothing, except points flagged as timed under load when the CPU is idle now.
 
 Backends: ``onnxruntime`` (CPU), ``tensorrt`` (CUDA GPU) and ``torch`` (PyTorch itself: cuDNN
 with CUDA graphs on a GPU, eager on the CPU; see :mod:`fxprune.deploy.torch_backend`). A table
@@ -145,9 +145,10 @@ class LatencyTable:
         fastest pass: a burst of load hits scattered points in one pass, not a layer's whole
         grid, and is then outvoted. Sustained load is not outvoted: it slows long layers more
         than short ones (the scheduler preempts them more often), every pass alike. So on the CPU
-        the 1-minute load average is read before and after timing; above the usable cores (or
-        ``threads``, if more) by over half a core, the points timed are flagged as timed under
-        load, in ``stats["under_load"]``, the cache and a saved table, with a ``RuntimeWarning``.
+        (not under a custom ``timer``, whose device is unknown) the 1-minute load average is read
+        before and after timing; above the usable cores (or ``threads``, if more) by over half a
+        core, the points timed are flagged as timed under load (counted in
+        ``stats["under_load"]``, kept in the cache and a saved table), with a ``RuntimeWarning``.
         A cache's flagged points are timed again by the next ``measure`` on an idle CPU; while
         it is still busy, they are used as they are and warned about again.
 
