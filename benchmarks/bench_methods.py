@@ -248,7 +248,7 @@ def main(argv=None) -> int:
                                    if "CUCB" in by and "dense" in by and by["dense"]["train_time_s"][0] else None)}
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps({"meta": meta, "summary": summary, "solver": solver,
-                                                    "cucb_step_time": timing, "runs": rows}, indent=2) + "\n")
+                                               "cucb_step_time": timing, "runs": rows}, indent=2) + "\n")
     table = markdown(summary, solver, timing, meta)
     Path(f"{out}.md").write_text(table)
     print(table)

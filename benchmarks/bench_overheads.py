@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                 "load_average_after": os.getloadavg()}
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.json").write_text(json.dumps({"meta": meta, "mask_overhead": rows,
-                                                          "masked_layer_norm": ln}, indent=2))
+                                                   "masked_layer_norm": ln}, indent=2))
         table = mask_overhead_table(rows, meta, ln)
         Path(f"{out}.md").write_text(table)
         print(table)

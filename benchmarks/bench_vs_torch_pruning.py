@@ -564,7 +564,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
             "runtime_s": round(time.perf_counter() - start, 1)}
     meta["commands"] = [*getattr(args, "earlier_commands", []), meta["command"]]
     Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
-                                                    indent=2) + "\n")
+                                               indent=2) + "\n")
     b = args.latency_batches
     lines = [f"# fxprune SMCP vs Torch-Pruning{' (smoke)' if args.smoke else ''}", "",
              *[f"`{c}`  " for c in meta["commands"]], "",
