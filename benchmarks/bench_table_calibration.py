@@ -1,20 +1,23 @@
 """Does a latency table predict a pruned model's real latency? (ONNX Runtime, CPU)
 
     python benchmarks/bench_table_calibration.py [--nets concat resnet] [--batch 64] [--threads 1]
-        [--targets 0.9 0.75 0.6 0.5 0.4] [--cache FILE] [--out benchmarks/results/table_calibration]
+        [--targets 0.9 0.75 0.6 0.5 0.4] [--choosers table flops table+fixed flops+fixed]
+        [--cache FILE] [--out benchmarks/results/table_calibration]
 
 Per net of the head-to-head benchmark (``bench_vs_torch_pruning.NETS``, untrained: latency does
 not depend on the weights): measures an ONNX Runtime latency table of the prepared model at
 ``--batch`` (step 8; a fresh cache in a temporary folder unless ``--cache`` names a latency
 cache file, e.g. one timed under load, to see what it would have done; it is copied, never
 written, and replays only on the CPU, ONNX Runtime version and threads it was timed with, and
-without load flags on an idle CPU: points it lacks or has flagged are timed afresh), then for
-each target lets the
-knapsack choose widths under that table (channel_step 8, random importance, ``--configs`` draws
-per target) and, for comparison, under FLOPs at the same targets. Every chosen model is
-finalized, exported and timed interleaved with the dense one (medians of ``--iters`` runs). The
-figures: each model's cost as a fraction of dense predicted by the table and by FLOPs, against
-the measured fraction, and the mean absolute error of each predictor.
+without load flags on an idle CPU: points it lacks or has flagged are timed afresh). Then
+``fxprune.deploy.calibrate_cost`` fits the constant the table misses, and the one FLOPs miss,
+from the dense model and one keeping half of every group (timed apart from the models below).
+Four cost models: the table, FLOPs, and each with its fitted constant ("+fixed"). For each
+target, each of ``--choosers`` lets the knapsack choose widths (channel_step 8, random
+importance, ``--configs`` draws per target). Every chosen model is finalized, exported and timed
+interleaved with the dense one (medians of ``--iters`` runs). The figures: each model's cost as
+a fraction of dense predicted by the four cost models, against the measured fraction; each
+predictor's mean absolute error; and where each chooser's models landed against their target.
 
 Writes ``--out``.json and .md with the machine, threads, batch, load average and runtime.
 """
@@ -40,7 +43,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fxprune  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import allocate  # noqa: E402
-from fxprune.deploy import LatencyTable  # noqa: E402
+from fxprune.cost import FlopsCost  # noqa: E402
+from fxprune.deploy import LatencyTable, calibrate_cost  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
 from fxprune.deploy.latency_table import cpu_load  # noqa: E402
@@ -51,31 +55,42 @@ def widths(method, kept) -> list[int]:
     return [int(kept[method.index.group_slice(i)].sum()) for i in range(len(method.index.groups))]
 
 
+PREDICTORS = ("table", "flops", "table+fixed", "flops+fixed")
+
+
 def calibrate(net: str, args, cache: str) -> list[dict]:
-    """Rows of (config, cost model that chose it, widths, table / FLOPs prediction, measured)."""
+    """Rows of (config, cost model that chose it, widths, each predictor's fraction, measured)."""
     torch.manual_seed(0)
     dense = NETS[net](args.smoke).eval()
     pm = fxprune.prepare(dense, (torch.randn(1, 1, 28, 28),))
     table = LatencyTable.measure(pm, step=8, threads=args.threads, batch=args.batch, cache=cache,
                                  progress=False, log=lambda s: None)
+    # each cost model plus the constant it misses, fitted from dense and a uniform half model
+    fits = {name: calibrate_cost(base, pm, keep=0.5, step=8, backend="onnxruntime",
+                                 threads=args.threads, batch=args.batch, iters=args.iters,
+                                 log=lambda s: None)
+            for name, base in (("table+fixed", table), ("flops+fixed", FlopsCost()))}
     # the pruners only price and rank here: ``allocate`` is called with each target below
-    by_table = fxprune.SMCP(pm, target=1.0, cost=table, channel_step=8)
-    by_flops = fxprune.SMCP(pm, target=1.0, cost="flops", channel_step=8)
+    pricers = {"table": fxprune.SMCP(pm, target=1.0, cost=table, channel_step=8),
+               "flops": fxprune.SMCP(pm, target=1.0, cost="flops", channel_step=8),
+               **{name: fxprune.SMCP(pm, target=1.0, cost=fit, channel_step=8)
+                  for name, fit in fits.items()}}
     rng = np.random.default_rng(args.seed)
-    n = by_table.index.n
+    index = pricers["table"].index
     models, rows = {"dense": dense}, []
-    for chooser, method in (("table", by_table), ("flops", by_flops)):
+    for chooser in args.choosers:
+        method = pricers[chooser]
         for target in args.targets:
             for draw in range(args.configs):
-                kept = allocate(method._options(rng.random(n)), method.budget, target,
-                                np.ones(n, dtype=bool)).kept
+                kept = allocate(method._options(rng.random(index.n)), method.budget, target,
+                                np.ones(index.n, dtype=bool)).kept
                 label = f"{chooser}-{target}-{draw}"
-                by_table.index.set_masks(pm, kept.astype(np.float32))
+                index.set_masks(pm, kept.astype(np.float32))
                 models[label] = fxprune.finalize(copy.deepcopy(pm)).eval()
                 rows.append({"net": net, "model": label, "chosen_by": chooser, "target": target,
-                             "widths": widths(by_table, kept),
-                             "table_fraction": by_table.budget.fraction(kept),
-                             "flops_fraction": by_flops.budget.fraction(kept)})
+                             "widths": widths(method, kept),
+                             **{f"{name}_fraction": pricer.budget.fraction(kept)
+                                for name, pricer in pricers.items()}})
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for label, m in models.items():
@@ -89,8 +104,10 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
         row["measured_fraction"] = ms[row["model"]] / ms["dense"]
         row["ms"] = ms[row["model"]]
     rows.insert(0, {"net": net, "model": "dense", "ms": ms["dense"],
-                    "table_sum_ms": by_table.budget.dense, "table_points_under_load":
-                    table.stats["under_load"]})
+                    "table_sum_ms": pricers["table"].budget.dense, "table_points_under_load":
+                    table.stats["under_load"],
+                    "fits": {name: {"fixed_cost": fit.fixed_cost, **fit.fit}
+                             for name, fit in fits.items()}})
     return rows
 
 
@@ -100,10 +117,17 @@ def summary(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["net"] == net and r["model"] != "dense"]
         dense = next(r for r in rows if r["net"] == net and r["model"] == "dense")
         err = {k: statistics.mean(abs(r[f"{k}_fraction"] - r["measured_fraction"]) for r in mine)
-               for k in ("table", "flops")}
+               for k in PREDICTORS}
+        # where each chooser's models landed against the target they were chosen for
+        landed = {c: [r["measured_fraction"] - r["target"] for r in mine if r["chosen_by"] == c]
+                  for c in dict.fromkeys(r["chosen_by"] for r in mine)}
         out.append({"net": net, "dense_ms": dense["ms"],
                     "table_sum_over_real": dense["table_sum_ms"] / dense["ms"],
-                    "table_mean_abs_error": err["table"], "flops_mean_abs_error": err["flops"],
+                    **{f"{k}_mean_abs_error": v for k, v in err.items()},
+                    "landed_minus_target": {c: {"mean": statistics.mean(d),
+                                                "max_abs": max(map(abs, d))}
+                                            for c, d in landed.items()},
+                    "fixed_share": {k: f["fixed_share_of_dense"] for k, f in dense["fits"].items()},
                     "points_under_load": dense["table_points_under_load"], "models": len(mine)})
     return out
 
@@ -115,20 +139,35 @@ def markdown(meta: dict, rows: list[dict], summ: list[dict]) -> str:
              f"thread(s), batch {m['batch']}, medians of {meta['iters']} interleaved runs; load "
              f"average {m['load_average_start'][0]:.2f} at the start, "
              f"{m['load_average_end'][0]:.2f} at the end; {meta['runtime_s']:.0f} s.", "",
-             "| net | dense ms | table sum / real | table's mean abs. error | FLOPs' mean abs. "
-             "error | models | table points timed under load |", "|---|---|---|---|---|---|---|"]
+             "Mean absolute error of each predictor's fraction of dense against the measured one, "
+             "over every model of the net (\"+fixed\": plus the constant `calibrate_cost` fitted "
+             "from dense and a uniform half model; its share of the dense total in brackets).", "",
+             "| net | dense ms | table sum / real | table | FLOPs | table+fixed | FLOPs+fixed | "
+             "models | table points timed under load |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summ:
+        share = s["fixed_share"]
         lines.append(f"| {s['net']} | {s['dense_ms']:.3f} | {s['table_sum_over_real']:.2f} | "
                      f"{s['table_mean_abs_error']:.3f} | {s['flops_mean_abs_error']:.3f} | "
+                     f"{s['table+fixed_mean_abs_error']:.3f} ({share['table+fixed']:.2f}) | "
+                     f"{s['flops+fixed_mean_abs_error']:.3f} ({share['flops+fixed']:.2f}) | "
                      f"{s['models']} | {s['points_under_load']} |")
-    lines += ["", "Fractions of the dense model: predicted by the table, by FLOPs, and measured.",
-              "", "| net | chosen by | target | widths | table | FLOPs | measured |",
-              "|---|---|---|---|---|---|---|"]
+    choosers = list(dict.fromkeys(c for s in summ for c in s["landed_minus_target"]))
+    lines += ["", "Where the models each cost model chose landed: measured fraction minus target, "
+              "mean (largest miss).", "", "| net | " + " | ".join(choosers) + " |",
+              "|---|" + "---|" * len(choosers)]
+    for s in summ:
+        cells = [f"{s['landed_minus_target'][c]['mean']:+.3f} "
+                 f"({s['landed_minus_target'][c]['max_abs']:.3f})" for c in choosers]
+        lines.append(f"| {s['net']} | " + " | ".join(cells) + " |")
+    lines += ["", "Fractions of the dense model: predicted by each cost model, and measured.",
+              "", "| net | chosen by | target | widths | table | FLOPs | table+fixed | "
+              "FLOPs+fixed | measured |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["model"] != "dense":
             lines.append(f"| {r['net']} | {r['chosen_by']} | {r['target']} | "
-                         f"{' '.join(map(str, r['widths']))} | {r['table_fraction']:.3f} | "
-                         f"{r['flops_fraction']:.3f} | {r['measured_fraction']:.3f} |")
+                         f"{' '.join(map(str, r['widths']))} | " + " | ".join(
+                             f"{r[f'{k}_fraction']:.3f}" for k in PREDICTORS)
+                         + f" | {r['measured_fraction']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +177,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.75, 0.6, 0.5, 0.4])
+    p.add_argument("--choosers", nargs="+", default=list(PREDICTORS), choices=PREDICTORS,
+                   help="cost models that choose widths (default: all four)")
     p.add_argument("--configs", type=int, default=2, help="random-importance draws per target")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)

@@ -9,6 +9,9 @@ The names below load on first use, so ``import fxprune.deploy`` stays cheap and 
 - ``LatencyTable.measure(layers_or_prepared_model, backend="onnxruntime", step=8, threads=2,
   cache=None, progress=True, batch=None, precision=None, ...)``: a ``CostModel`` in ms;
   ``backend="torch"`` times with PyTorch (CUDA graphs + cuDNN on a GPU, eager on the CPU)
+- ``calibrate_cost(cost_model, prepared, keep=0.5, ...)``: the cost model plus the constant it
+  misses on that model (unpriced ops, per-call overhead), fitted from the measured latency of
+  the dense model and a uniformly pruned one; a target then aims at the measured fraction
 - ``export_onnx``, ``verify_onnx``, ``load_model``, ``resolve_input_shape``, ``DeployError``
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ _EXPORTS = {
     "choose_backend": "pipeline",
     "LatencyTable": "latency_table",
     "UnmeasuredLayerError": "latency_table",
+    "calibrate_cost": "calibrate",
     "export_onnx": "onnx_export",
     "verify_onnx": "onnx_export",
     "load_model": "model_io",

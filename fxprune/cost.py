@@ -131,3 +131,83 @@ class ParamsCost:
         if layer.meta.get("repeated_call"):  # a module called again holds no more parameters
             return 0.0
         return float(layer.params(c_in, c_out))
+
+
+def fit_fixed_cost(dense_cost: float, pruned_cost: float, measured_fraction: float) -> float:
+    """The constant a cost model misses, from one pruned model's measured latency.
+
+    A per-layer cost model sums the layers it prices; the real model also spends time on what it
+    does not price (adds, concatenation, pooling, the runtime's per-call overhead) and a layer
+    timed alone is not timed as it runs inside the model. With the real latency taken as
+    proportional to ``priced + F``, one pruned model's measured fraction of the dense latency
+    fixes ``F``, in the cost model's units::
+
+        measured_fraction = (pruned_cost + F) / (dense_cost + F)
+        F = (measured_fraction * dense_cost - pruned_cost) / (1 - measured_fraction)
+
+    ``F > 0`` when the real model keeps more of its latency than the priced layers predict,
+    ``F < 0`` when it keeps less. Costs are the model's total under the cost model (dense and
+    pruned, ``0 < pruned_cost < dense_cost``); the fraction is measured latency pruned / dense.
+
+    Raises ``ValueError`` when ``pruned_cost`` is not below ``dense_cost`` or the measured
+    fraction is not in (0, 1): a pruned model that measured no faster than dense fixes no
+    constant (time it again on an idle machine, or prune it further).
+
+    >>> fit_fixed_cost(10.0, 4.0, 0.5)  # (0.5 * 10 - 4) / 0.5
+    2.0
+    """
+    dense_cost, pruned_cost, m = float(dense_cost), float(pruned_cost), float(measured_fraction)
+    if not 0 < pruned_cost < dense_cost:
+        raise ValueError(f"pruned_cost must be in (0, dense_cost={dense_cost:g}), got "
+                         f"{pruned_cost:g}: calibrate with a model pruned below the dense one")
+    if not 0 < m < 1:
+        raise ValueError(f"the pruned model measured {m:.3f} of the dense latency; a fixed cost "
+                         "needs one in (0, 1): time it again on an idle machine, or prune it further")
+    return (m * dense_cost - pruned_cost) / (1 - m)
+
+
+@dataclass(frozen=True)
+class WithFixedCost:
+    """``base`` plus a constant ``fixed_cost`` that no channel choice changes, fitted for one
+    model (:func:`fit_fixed_cost`; measured by :func:`fxprune.deploy.calibrate_cost`).
+
+    Layer costs are ``base``'s; the knapsack adds ``fixed_cost`` to the model's total, so a
+    target of 0.5 means half of ``priced + fixed_cost``: the fraction of the real latency when
+    the fit holds. ``layers`` are the signatures of the layers it was fitted on, in order:
+    pricing another model raises ``ValueError`` (fit it again for that model).
+    """
+
+    base: CostModel
+    fixed_cost: float
+    layers: tuple[str, ...]
+    #: how it was fitted (dense ms, measured and predicted fractions, backend...), for reports
+    fit: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}+fixed"
+
+    def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
+        return self.base.layer_cost(layer, c_in, c_out)
+
+    def fixed_cost_for(self, layers) -> float:
+        """``fixed_cost``, after checking ``layers`` (LayerSpecs) are the ones it was fitted on."""
+        given = tuple(layer_key(s) for s in layers)
+        if given != self.layers:
+            raise ValueError(
+                f"this {self.name} cost was fitted on another model ({len(self.layers)} costed "
+                f"layers; this one has {len(given)}, or they differ in shape); fit it again for "
+                "this model with fxprune.deploy.calibrate_cost(cost_model, prepared)")
+        return self.fixed_cost
+
+
+def layer_key(layer: LayerSpec) -> str:
+    """A layer's name, dense widths and cost signature: what a fitted constant is tied to."""
+    return f"{layer.name}:{layer.in_channels}x{layer.out_channels}:{layer.signature()}"
+
+
+def fixed_cost_of(cost_model, layers) -> float:
+    """The constant ``cost_model`` adds to a model with these costed ``layers`` (0 for a cost
+    model without one)."""
+    fixed = getattr(cost_model, "fixed_cost_for", None)
+    return float(fixed(layers)) if fixed is not None else 0.0

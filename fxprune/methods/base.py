@@ -78,7 +78,9 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             return LatencyTable.measure(prepared, step=channel_step), 0.0
         raise ValueError(f"cost must be 'flops', 'params', 'latency' or a CostModel, got {cost!r}")
     if isinstance(cost, CostModel):
-        return cost, 0.0
+        from ..api import layer_specs
+        from ..cost import fixed_cost_of
+        return cost, fixed_cost_of(cost, layer_specs(prepared))
     raise TypeError(f"cost must be 'flops', 'params', 'latency' or an object with a `name` and "
                     f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel), got {type(cost).__name__}")
 
@@ -106,7 +108,9 @@ class PruningMethod:
         ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table)."""
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
-        return Budget(self.index, self.budget.layers, cost_model).fraction(self._kept_now())
+        from ..cost import fixed_cost_of
+        fixed = fixed_cost_of(cost_model, [layer.spec for layer in self.budget.layers])
+        return Budget(self.index, self.budget.layers, cost_model, fixed).fraction(self._kept_now())
 
     def _check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the cheapest model the constraints

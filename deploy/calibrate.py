@@ -1,0 +1,139 @@
+"""Fit the constant a per-layer cost model misses, from two whole-model timings.
+
+A latency table prices each conv/linear layer timed alone. The model it prunes also spends time
+on ops the table does not price (adds, concatenation, pooling) and on per-call overhead, and a
+layer runs differently inside the model than alone; the table's fraction of dense therefore
+drifts from the measured one (``benchmarks/results/table_calibration.md``: the tables
+under-predicted by 0.02-0.09 of dense on the head-to-head's nets). :func:`calibrate_cost` times
+the dense model and the model with every group kept at about ``keep`` of its channels,
+interleaved on the runtime the table was measured on, and fits that constant
+(:func:`fxprune.cost.fit_fixed_cost`). The knapsack then adds it to every total, so a target of
+0.5 aims at half of the measured latency.
+
+    table = LatencyTable.measure(prepared, step=8, threads=1, batch=64)
+    cost = calibrate_cost(table, prepared)          # ~2 x iters whole-model runs
+    pruner = fxprune.SMCP(prepared, target=0.5, cost=cost, channel_step=8)
+"""
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import tempfile
+from typing import Callable
+
+import numpy as np
+import torch.fx as fx
+
+from fxprune.allocation import allowed_counts
+from fxprune.api import finalize, layer_specs
+from fxprune.budget import Budget
+from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_key
+from fxprune.groups import state_of
+from fxprune.units import UnitIndex, costed_layers
+
+from .common import DeployError
+
+__all__ = ["calibrate_cost", "uniform_kept"]
+
+
+def uniform_kept(index: UnitIndex, keep: float, step: int) -> np.ndarray:
+    """Bool per flat channel: every prunable group keeps the allowed count (multiples of
+    ``step``, at least one channel of every piece it feeds) nearest ``keep`` x its size."""
+    kept = np.zeros(index.n, dtype=bool)
+    for i, group in enumerate(index.groups):
+        order, min_k = index.ranking(i, np.zeros(group.size))
+        counts = allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
+        k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
+        kept[index.group_slice(i).start + order[:k]] = True
+    return kept
+
+
+def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: float = 0.5,
+                   step: int = 8, backend: str | None = None, threads: int | None = None,
+                   batch: int | None = None, device: str | None = None, iters: int = 100,
+                   warmup: int = 10, log: Callable[[str], None] = print) -> WithFixedCost:
+    """``cost_model`` plus the constant it misses on ``prepared``, fitted from measured latency.
+
+    Times two finalized copies of ``prepared`` interleaved (medians of ``iters`` runs): the
+    dense model and the one :func:`uniform_kept` leaves (``keep`` of every group's channels,
+    counts on multiples of ``step``). The constant ``F`` (:func:`fxprune.cost.fit_fixed_cost`,
+    in ``cost_model``'s units) makes ``(priced + F) / (dense priced + F)`` equal the measured
+    fraction of that model. ``prepared`` and its masks are not changed.
+
+    Runtime: ``backend``, ``threads`` and ``batch`` default to the table's when ``cost_model``
+    is a :class:`~fxprune.deploy.LatencyTable` (``"onnxruntime"``, 2 threads and the example
+    input's batch otherwise). ``"onnxruntime"`` exports both models to ONNX and times them on the
+    CPU; ``"torch"`` times them with PyTorch on ``device`` (CUDA when there is one).
+
+    Returns a :class:`fxprune.cost.WithFixedCost` for this model only; ``.fit`` records the dense
+    and pruned medians (ms), the measured and predicted fractions and the runtime.
+
+    Raises :class:`DeployError` for a backend it cannot time (TensorRT: build the engines with
+    ``fxprune deploy`` and fit with :func:`fxprune.cost.fit_fixed_cost`), a model with more
+    than one input, ``keep`` outside (0, 1) or a uniform model no cheaper than dense; and
+    ``ValueError`` (from the fit) when the pruned model measured no faster than dense.
+    """
+    if not 0 < keep < 1:
+        raise DeployError(f"keep must be a fraction of each group's channels in (0, 1), got {keep}")
+    backend = backend or getattr(cost_model, "backend", None) or "onnxruntime"
+    if backend not in ("onnxruntime", "torch"):
+        raise DeployError(f"calibrate_cost times models with 'onnxruntime' or 'torch', not "
+                          f"{backend!r}; time the dense and a pruned engine yourself (fxprune "
+                          "deploy --compare) and fit with fxprune.cost.fit_fixed_cost")
+    threads = int(threads or getattr(cost_model, "threads", None) or 2)
+    state = state_of(prepared)
+    inputs = [x for x in state.example_inputs if hasattr(x, "shape")]
+    if len(inputs) != 1:
+        raise DeployError(f"calibrate_cost times single-input models; this one takes "
+                          f"{len(inputs)} tensor inputs")
+    sample = tuple(inputs[0].shape)
+    batch = int(batch or getattr(cost_model, "batch", None) or sample[0])
+    shape = (batch, *sample[1:])
+
+    index = UnitIndex(prepared)
+    layers = costed_layers(index)
+    budget = Budget(index, layers, cost_model)
+    kept = uniform_kept(index, keep, step)
+    priced_dense, priced_pruned = budget.dense, budget.total(kept)
+    if not priced_pruned < priced_dense:
+        raise DeployError(f"keeping {keep} of every group at step {step} leaves the model's "
+                          f"{cost_model.name} cost unchanged; lower keep or step")
+    models = {}
+    for label, flat in (("dense", np.ones(index.n, dtype=bool)), ("pruned", kept)):
+        work = copy.deepcopy(prepared)
+        index.set_masks(work, flat.astype(np.float32))
+        models[label] = finalize(work).eval()
+    log(f"calibrate_cost: timing dense and the model keeping {keep:g} of each group "
+        f"({backend}, batch {batch}, {threads} thread(s), {iters} runs each)")
+    ms = _median_ms(models, shape, backend, threads, device, iters, warmup)
+    measured = ms["pruned"] / ms["dense"]
+    fixed = fit_fixed_cost(priced_dense, priced_pruned, measured)
+    fit = {"backend": backend, "threads": threads, "batch": batch, "keep": keep, "step": step,
+           "dense_ms": ms["dense"], "pruned_ms": ms["pruned"], "measured_fraction": measured,
+           "predicted_fraction": priced_pruned / priced_dense,
+           "fixed_share_of_dense": fixed / (priced_dense + fixed)}
+    log(f"calibrate_cost: pruned model ran at {measured:.3f} of dense, priced at "
+        f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} "
+        f"({fit['fixed_share_of_dense']:.1%} of the dense total)")
+    return WithFixedCost(cost_model, fixed, tuple(layer_key(s) for s in layer_specs(prepared)), fit)
+
+
+def _median_ms(models, shape, backend, threads, device, iters, warmup) -> dict[str, float]:
+    if backend == "torch":
+        from . import torch_backend as tb
+
+        times = tb.time_models(models, shape, device=device, threads=threads, iters=iters,
+                               warmup=warmup)
+    else:
+        from . import onnxruntime_backend as ortb
+        from .onnx_export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for label, module in models.items():
+                paths[label] = os.path.join(tmp, f"{label}.onnx")
+                export_onnx(module, (1, *shape[1:]), paths[label], log=lambda s: None)
+            times = ortb.time_onnx_models(paths, shape, threads=threads, iters=iters,
+                                          warmup=warmup, progress=False)
+    return {k: statistics.median(v) for k, v in times.items()}

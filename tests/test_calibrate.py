@@ -1,0 +1,129 @@
+"""A cost model's fixed cost: the pure fit, the knapsack's use of it, and the measured fit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fxprune
+from fxprune.cost import FlopsCost, WithFixedCost, fit_fixed_cost, layer_key
+from fxprune.deploy import DeployError, calibrate_cost
+from fxprune.deploy.calibrate import uniform_kept
+from fxprune.units import UnitIndex
+
+from helpers import small_deploy_net
+
+
+# ------------------------------------------------------------------------ the pure fit
+@pytest.mark.parametrize("fixed", [0.0, 3.0, -1.5, 40.0])
+def test_fit_recovers_the_constant_that_made_the_measurement(fixed):
+    dense, pruned = 10.0, 3.5
+    measured = (pruned + fixed) / (dense + fixed)
+    assert fit_fixed_cost(dense, pruned, measured) == pytest.approx(fixed)
+
+
+@pytest.mark.parametrize("dense, pruned, measured, says", [
+    (10.0, 10.0, 0.5, "pruned_cost must be in"),
+    (10.0, 0.0, 0.5, "pruned_cost must be in"),
+    (10.0, 5.0, 1.02, "idle machine"),
+    (10.0, 5.0, 0.0, "idle machine"),
+])
+def test_fit_refuses_what_fixes_no_constant(dense, pruned, measured, says):
+    with pytest.raises(ValueError, match=says):
+        fit_fixed_cost(dense, pruned, measured)
+
+
+# --------------------------------------------------------------- in the knapsack's budget
+def _prepared(width=16):
+    return fxprune.prepare(small_deploy_net(width).eval(), (torch.randn(1, 3, 16, 16),))
+
+
+def _flops_with(pm, fixed):
+    keys = tuple(layer_key(s) for s in fxprune.layer_specs(pm))
+    return WithFixedCost(FlopsCost(), fixed, keys)
+
+
+def test_fixed_cost_enters_the_budget_and_its_fractions():
+    pm = _prepared()
+    priced = sum(s.flops() for s in fxprune.layer_specs(pm))
+    fixed = priced / 4
+    pruner = fxprune.SMCP(pm, target=0.5, cost=_flops_with(pm, fixed), channel_step=4)
+    assert pruner.budget.other_cost == pytest.approx(fixed)
+    assert pruner.budget.dense == pytest.approx(priced + fixed)
+    kept = np.zeros(pruner.index.n, dtype=bool)
+    kept[::2] = True
+    total = pruner.budget.total(kept)
+    assert total == pytest.approx(fixed + sum(
+        pruner.budget.layer_cost(layer, *layer.widths(kept)) for layer in pruner.budget.layers))
+    # pricing the method's masks with the wrapper counts the constant there too
+    assert pruner.cost(_flops_with(pm, fixed)) == pytest.approx(1.0)
+
+
+def test_a_target_under_a_fixed_cost_leaves_the_layers_less():
+    from fxprune.allocation import allocate
+
+    pm = _prepared()
+    plain = fxprune.SMCP(pm, target=1.0, cost=FlopsCost(), channel_step=4)
+    fixed = fxprune.SMCP(pm, target=1.0, cost=_flops_with(pm, plain.budget.dense / 3),
+                         channel_step=4)
+    scores = np.random.default_rng(0).random(plain.index.n)
+    full = np.ones(plain.index.n, dtype=bool)
+    a = allocate(plain._options(scores), plain.budget, 0.6, full).kept
+    b = allocate(fixed._options(scores), fixed.budget, 0.6, full).kept
+    assert fixed.budget.fraction(b) <= 0.6 + 1e-9
+    # the layers alone: at most 0.6 - 0.4 * (1/3) / 1 = 0.4667 of their dense cost
+    assert plain.budget.fraction(b) <= 0.6 - 0.4 / 3 + 1e-9 < plain.budget.fraction(a)
+
+
+def test_a_fixed_cost_fitted_on_another_model_is_refused():
+    fitted = _flops_with(_prepared(16), 1e6)
+    with pytest.raises(ValueError, match="fitted on another model.*calibrate_cost"):
+        fxprune.SMCP(_prepared(24), target=0.5, cost=fitted, channel_step=4)
+
+
+# ------------------------------------------------------------------ measured (real runtimes)
+def test_uniform_kept_keeps_about_the_fraction_on_the_step():
+    pm = _prepared(16)
+    index = UnitIndex(pm)
+    kept = uniform_kept(index, 0.5, 4)
+    for i in range(len(index.groups)):
+        n = int(kept[index.group_slice(i)].sum())
+        assert n % 4 == 0 and abs(n - 0.5 * index.groups[i].size) <= 2
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_calibrate_cost_fits_the_measured_fraction_and_leaves_the_model(backend):
+    pm = _prepared(32)
+    masks_before = UnitIndex(pm).masks(pm).clone()
+    cost = calibrate_cost(FlopsCost(), pm, backend=backend, threads=1, batch=8, iters=10,
+                          warmup=2, log=lambda s: None)
+    assert isinstance(cost, WithFixedCost) and cost.name == "flops+fixed"
+    fit = cost.fit
+    assert fit["backend"] == backend and fit["dense_ms"] > 0 and fit["pruned_ms"] > 0
+    # the fitted constant reproduces the uniform model's measured fraction
+    pruner = fxprune.SMCP(pm, target=1.0, cost=cost, channel_step=4)
+    kept = uniform_kept(pruner.index, 0.5, 8)
+    assert pruner.budget.fraction(kept) == pytest.approx(fit["measured_fraction"])
+    assert torch.equal(UnitIndex(pm).masks(pm), masks_before)
+
+
+def test_calibrate_cost_with_a_latency_table_uses_its_runtime():
+    from fxprune.deploy import LatencyTable
+
+    pm = _prepared(16)
+    table = LatencyTable.measure(pm, step=8, threads=1, batch=4, warmup=1, min_runs=2,
+                                 max_runs=3, target_ms=0.5, passes=1, progress=False,
+                                 log=lambda s: None)
+    cost = calibrate_cost(table, pm, iters=5, warmup=1, log=lambda s: None)
+    assert (cost.fit["backend"], cost.fit["threads"], cost.fit["batch"]) == ("onnxruntime", 1, 4)
+    assert cost.name == "latency+fixed"
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"keep": 1.0}, "keep must be"),
+    ({"keep": 0.0}, "keep must be"),
+    ({"backend": "tensorrt"}, "fit_fixed_cost"),
+])
+def test_calibrate_cost_refuses_bad_requests(kwargs, says):
+    with pytest.raises(DeployError, match=says):
+        calibrate_cost(FlopsCost(), _prepared(), log=lambda s: None, **kwargs)
