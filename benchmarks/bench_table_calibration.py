@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
-from fxprune.allocation import allocate  # noqa: E402
+from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
 from fxprune.cost import FlopsCost  # noqa: E402
 from fxprune.deploy import LatencyTable, calibrate_cost  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
@@ -77,13 +77,17 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
                   for name, fit in fits.items()}}
     rng = np.random.default_rng(args.seed)
     index = pricers["table"].index
-    models, rows = {"dense": dense}, []
+    models, rows, infeasible = {"dense": dense}, [], []
     for chooser in args.choosers:
         method = pricers[chooser]
         for target in args.targets:
             for draw in range(args.configs):
-                kept = allocate(method._options(rng.random(index.n)), method.budget, target,
-                                np.ones(index.n, dtype=bool)).kept
+                try:
+                    kept = allocate(method._options(rng.random(index.n)), method.budget, target,
+                                    np.ones(index.n, dtype=bool)).kept
+                except InfeasibleBudget as e:  # below the narrowest model, by this cost model
+                    infeasible.append({"chooser": chooser, "target": target, "floor": e.floor})
+                    break
                 label = f"{chooser}-{target}-{draw}"
                 index.set_masks(pm, kept.astype(np.float32))
                 models[label] = fxprune.finalize(copy.deepcopy(pm)).eval()
@@ -105,7 +109,7 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
         row["ms"] = ms[row["model"]]
     rows.insert(0, {"net": net, "model": "dense", "ms": ms["dense"],
                     "table_sum_ms": pricers["table"].budget.dense, "table_points_under_load":
-                    table.stats["under_load"],
+                    table.stats["under_load"], "infeasible": infeasible,
                     "fits": {name: {"fixed_cost": fit.fixed_cost, **fit.fit}
                              for name, fit in fits.items()}})
     return rows
@@ -159,6 +163,11 @@ def markdown(meta: dict, rows: list[dict], summ: list[dict]) -> str:
         cells = [f"{s['landed_minus_target'][c]['mean']:+.3f} "
                  f"({s['landed_minus_target'][c]['max_abs']:.3f})" for c in choosers]
         lines.append(f"| {s['net']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        for miss in r.get("infeasible", ()):
+            lines.append(f"- {r['net']}, {miss['chooser']} at {miss['target']}: no model; the "
+                         f"narrowest one the constraints allow costs {miss['floor']:.3f} of "
+                         "dense by this cost model")
     lines += ["", "Fractions of the dense model: predicted by each cost model, and measured.",
               "", "| net | chosen by | target | widths | table | FLOPs | table+fixed | "
               "FLOPs+fixed | measured |", "|---|---|---|---|---|---|---|---|---|"]

@@ -233,8 +233,9 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
         torch.manual_seed(seed)
         model = copy.deepcopy(base)
         pm = fxprune.prepare(model, (example,))
-        if cost.startswith("latency"):
-            cost = latency_table(pm, net, int(cost.split(":")[1]), args)
+        if cost.startswith("latency"):  # "latency:B" or "latency+fixed:B" (B: the batch)
+            name, batch = cost.split(":")
+            cost = latency_table(pm, net, int(batch), args, fixed=name == "latency+fixed")
         pruner = fxprune.SMCP(pm, target=target, cost=cost, channel_step=8, warmup=at["warmup"],
                               ramp=at["ramp_until"] - at["warmup"], freeze_after=at["freeze_from"],
                               update_every=max(1, at["update_every"]), masked_decay=2e-4,
@@ -324,9 +325,11 @@ def smcp_rows(args) -> dict[str, dict]:
 _TABLES: dict = {}
 
 
-def latency_table(pm, net: str, batch: int, args):
+def latency_table(pm, net: str, batch: int, args, fixed: bool = False):
     """An ONNX Runtime latency table of ``pm``'s layers at ``batch`` (``--threads`` threads),
-    measured once per net and batch and cached in ``--table-cache`` (seeds and reruns reuse it)."""
+    measured once per net and batch and cached in ``--table-cache`` (seeds and reruns reuse it);
+    ``fixed``: plus the constant it misses on this net (``calibrate_cost``, fitted once per
+    process, printed)."""
     from fxprune.deploy.latency_table import LatencyTable
 
     key = (net, batch, args.smoke)
@@ -335,7 +338,12 @@ def latency_table(pm, net: str, batch: int, args):
         cache.parent.mkdir(parents=True, exist_ok=True)
         _TABLES[key] = LatencyTable.measure(pm, step=8, threads=args.threads, batch=batch,
                                             cache=cache, progress=False, log=lambda s: None)
-    return _TABLES[key]
+    if fixed and (*key, "fixed") not in _TABLES:
+        from fxprune.deploy.calibrate import calibrate_cost
+
+        _TABLES[(*key, "fixed")] = calibrate_cost(_TABLES[key], pm, step=8, iters=args.iters,
+                                                  log=lambda s: print(f"{net}: {s}", flush=True))
+    return _TABLES[(*key, "fixed")] if fixed else _TABLES[key]
 
 
 def aggregate(rows: list[dict], batches) -> list[dict]:

@@ -39,7 +39,10 @@ _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 
 
 class InfeasibleBudget(ValueError):
-    """The cost target is below the cheapest model the options allow."""
+    """The cost target is below the cheapest model the options allow (``floor``: that model's
+    fraction of the dense cost)."""
+
+    floor: float | None = None
 
 
 @dataclass
@@ -229,8 +232,10 @@ def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float,
 
 
 def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float, hint: str = ""):
-    floor = kept_from(budget.index.offsets, options, [0] * len(options))
-    raise InfeasibleBudget(
+    floor = budget.fraction(kept_from(budget.index.offsets, options, [0] * len(options)))
+    error = InfeasibleBudget(
         f"cost target {target:.3f} of dense is below the cheapest model the constraints allow "
-        f"({budget.fraction(floor):.3f}: every group at its smallest allowed width{hint}); "
+        f"({floor:.3f}: every group at its smallest allowed width{hint}); "
         "raise the target" + (" or relax the constraints" if not hint else " or lower channel_step"))
+    error.floor = floor
+    raise error

@@ -262,7 +262,7 @@ RECIPE_PRUNE_KEYS: dict[str, Rule] = {
 # Ranges and choices of method arguments; kinds of the others come from their defaults.
 PRUNE_RULES: dict[str, Rule] = {
     "target": Rule("float", low=0, high=1, open_low=True),
-    "cost": Rule("str", choices=("flops", "params", "latency")),
+    "cost": Rule("str", choices=("flops", "params", "latency", "latency+fixed")),
     "warmup": Rule("int", low=0),
     "ramp": Rule("int", low=0),
     "update_every": POSITIVE_INT,

@@ -45,6 +45,7 @@ from . import distributed as fxdist
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError
+from .methods.base import LATENCY_COSTS, measured_latency_cost
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_schedule_steps,
@@ -420,13 +421,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
 
         net = fxprune.prepare(model, (example_batch,))
         build_cfg = prune_cfg
-        if distributed and prune_cfg.get("cost") == "latency":
+        if distributed and prune_cfg.get("cost") in LATENCY_COSTS:
             # measured once, by rank 0 (or read from its cache), then sent to the others
-            from fxprune.deploy.latency_table import LatencyTable
-
             channel_step = int(prune_cfg.get("channel_step", 1))
             build_cfg = {**prune_cfg, "cost": fxdist.compute_on_main(
-                lambda: LatencyTable.measure(net, step=channel_step))}
+                lambda: measured_latency_cost(net, prune_cfg["cost"], channel_step))}
         context = {}
         if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
             context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics

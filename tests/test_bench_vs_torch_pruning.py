@@ -65,15 +65,17 @@ def test_smcp_rows_without_torch_pruning(tmp_path):
     assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
                        "--table-cache", str(tmp_path / "tables"), "--out", str(tmp_path / "vs"),
                        "--smcp", "smcp-flops={}",
-                       'smcp-lat-b1={"cost": "latency:1", "target": 0.7, "warmup": 0.2}']) == 0
+                       'smcp-lat-b1={"cost": "latency:1", "target": 0.7, "warmup": 0.2}',
+                       'smcp-latfix-b1={"cost": "latency+fixed:1", "target": 0.8}']) == 0
     result = json.loads((tmp_path / "vs.json").read_text())
     runs = {r["label"]: r for r in result["runs"]}
-    assert list(runs) == ["dense", "smcp-flops", "smcp-lat-b1"]
+    assert list(runs) == ["dense", "smcp-flops", "smcp-lat-b1", "smcp-latfix-b1"]
     assert runs["smcp-flops"]["target_reached"] and runs["smcp-flops"]["flops_ratio"] <= 0.5 + 1e-9
     lat = runs["smcp-lat-b1"]
     assert "target_reached" not in lat  # a latency budget is not judged against the FLOPs target
     assert lat["cost_target"] == 0.7 and lat["options"]["warmup"] == 0.2
-    assert all(r["finalize_max_abs_diff"] < 1e-4 for r in (lat, runs["smcp-flops"]))
+    assert all(r["finalize_max_abs_diff"] < 1e-4 for r in runs.values() if r["label"] != "dense")
+    assert runs["smcp-latfix-b1"]["options"]["cost"] == "latency+fixed:1"
     assert list((tmp_path / "tables").glob("concat_smoke_b1_t1.json"))  # measured once, cached
 
 

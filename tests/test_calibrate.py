@@ -127,3 +127,37 @@ def test_calibrate_cost_with_a_latency_table_uses_its_runtime():
 def test_calibrate_cost_refuses_bad_requests(kwargs, says):
     with pytest.raises(DeployError, match=says):
         calibrate_cost(FlopsCost(), _prepared(), log=lambda s: None, **kwargs)
+
+
+def test_a_fixed_cost_raises_the_floor_and_the_error_carries_it():
+    from fxprune.allocation import InfeasibleBudget, allocate
+
+    pm = _prepared()
+    plain = fxprune.SMCP(pm, target=1.0, cost=FlopsCost(), channel_step=4)
+    fixed = fxprune.SMCP(pm, target=1.0, cost=_flops_with(pm, plain.budget.dense),
+                         channel_step=4)
+    scores, full = np.zeros(plain.index.n), np.ones(plain.index.n, dtype=bool)
+    floors = []
+    for method in (plain, fixed):
+        with pytest.raises(InfeasibleBudget) as e:
+            allocate(method._options(scores), method.budget, 0.05, full)
+        assert f"({e.value.floor:.3f}:" in str(e.value)
+        floors.append(e.value.floor)
+    # half the dense total is fixed: no width choice goes below half
+    assert floors[1] == pytest.approx(0.5 + floors[0] / 2) and floors[1] > 0.5
+
+
+def test_the_latency_fixed_cost_name_measures_a_table_and_fits_its_constant(monkeypatch):
+    from fxprune.deploy import LatencyTable
+
+    measure = LatencyTable.measure.__func__
+    fast = dict(warmup=1, min_runs=2, max_runs=3, target_ms=0.5, passes=1, progress=False,
+                log=lambda s: None, threads=1)
+    monkeypatch.setattr(LatencyTable, "measure",
+                        classmethod(lambda cls, layers, **kw: measure(cls, layers, **{**kw, **fast})))
+    pm = _prepared(32)
+    pruner = fxprune.SMCP(pm, target=0.6, cost="latency+fixed", channel_step=8)
+    model = pruner.budget.model
+    assert isinstance(model, WithFixedCost) and isinstance(model.base, LatencyTable)
+    assert pruner.budget.other_cost == model.fixed_cost
+    assert model.fit["threads"] == 1 and 0 < model.fit["measured_fraction"] < 1

@@ -315,7 +315,7 @@ BAD_OVERRIDES = [
     (["prune.method=smcp", "prune.target=-1"], "prune.target takes a number > 0 and <= 1"),
     (["prune.method=smcp", "prune.target=abc"], "prune.target takes a number > 0 and <= 1"),
     (["prune.method=smcp", "prune.cost=banana"],
-     "prune.cost must be one of 'flops' | 'params' | 'latency'; got 'banana'"),
+     "prune.cost must be one of 'flops' | 'params' | 'latency' | 'latency+fixed'; got 'banana'"),
     (["prune.method=smcp", "prune.tagret=0.5"], "unknown key prune.tagret for prune.method smcp; "
                                                 "valid: accumulate"),
     (["model.name=banana"], "model.name 'banana' is not a model: use resnet_fmnist"),

@@ -35,7 +35,7 @@ from ..cost import CostModel
 from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
-           "resolve_cost_model"]
+           "resolve_cost_model", "measured_latency_cost", "LATENCY_COSTS"]
 
 
 @runtime_checkable
@@ -51,6 +51,24 @@ class Method(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def finalize_masks(self) -> bool: ...
+
+
+#: cost names measured on this machine: a latency table, and one with its fitted fixed cost
+LATENCY_COSTS = ("latency", "latency+fixed")
+
+
+def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int) -> CostModel:
+    """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``).
+    ``"latency+fixed"``: that table plus the constant it misses on this model, fitted from the
+    measured latency of the dense and a uniformly halved model (``deploy.calibrate_cost``), so
+    a target is a fraction of the measured latency."""
+    from fxprune.deploy.latency_table import LatencyTable
+
+    table = LatencyTable.measure(prepared, step=channel_step)
+    if cost == "latency":
+        return table
+    from fxprune.deploy.calibrate import calibrate_cost
+    return calibrate_cost(table, prepared, step=channel_step)
 
 
 def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
@@ -73,10 +91,11 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             priced = sum(model.layer_cost(s, s.in_channels, s.out_channels)
                          for s in layer_specs(prepared))
             return model, max(dense - priced, 0)
-        if cost == "latency":
-            from fxprune.deploy.latency_table import LatencyTable
-            return LatencyTable.measure(prepared, step=channel_step), 0.0
-        raise ValueError(f"cost must be 'flops', 'params', 'latency' or a CostModel, got {cost!r}")
+        if cost in LATENCY_COSTS:
+            model = measured_latency_cost(prepared, cost, channel_step)
+            return model, getattr(model, "fixed_cost", 0.0)
+        raise ValueError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or a "
+                         f"CostModel, got {cost!r}")
     if isinstance(cost, CostModel):
         from ..api import layer_specs
         from ..cost import fixed_cost_of
