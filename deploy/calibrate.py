@@ -20,6 +20,7 @@ import copy
 import os
 import statistics
 import tempfile
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -33,6 +34,7 @@ from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
 from .common import DeployError
+from .latency_table import _busy, cpu_load
 
 __all__ = ["calibrate_cost", "uniform_kept"]
 
@@ -106,17 +108,32 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
         models[label] = finalize(work).eval()
     log(f"calibrate_cost: timing dense and the model keeping {keep:g} of each group "
         f"({backend}, batch {batch}, {threads} thread(s), {iters} runs each)")
+    on_cpu = backend == "onnxruntime" or _torch_on_cpu(device)
+    loads = [cpu_load()] if on_cpu else []
     ms = _median_ms(models, shape, backend, threads, device, iters, warmup)
+    loads += [cpu_load()] if on_cpu else []
+    if _busy(loads, threads):
+        warnings.warn(f"calibrate_cost: the models were timed while other processes shared the "
+                      f"CPU (load average {loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on "
+                      f"{loads[0][1]} cores); the fitted constant may be off: fit again on an "
+                      "idle machine", RuntimeWarning, stacklevel=2)
     measured = ms["pruned"] / ms["dense"]
     fixed = fit_fixed_cost(priced_dense, priced_pruned, measured)
     fit = {"backend": backend, "threads": threads, "batch": batch, "keep": keep, "step": step,
            "dense_ms": ms["dense"], "pruned_ms": ms["pruned"], "measured_fraction": measured,
            "predicted_fraction": priced_pruned / priced_dense,
-           "fixed_share_of_dense": fixed / (priced_dense + fixed)}
+           "fixed_share_of_dense": fixed / (priced_dense + fixed),
+           "load_average": [load for load, _ in loads]}
     log(f"calibrate_cost: pruned model ran at {measured:.3f} of dense, priced at "
         f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} "
         f"({fit['fixed_share_of_dense']:.1%} of the dense total)")
     return WithFixedCost(cost_model, fixed, tuple(layer_key(s) for s in layer_specs(prepared)), fit)
+
+
+def _torch_on_cpu(device) -> bool:
+    from . import torch_backend as tb
+
+    return tb.resolve_device(device).type == "cpu"
 
 
 def _median_ms(models, shape, backend, threads, device, iters, warmup) -> dict[str, float]:

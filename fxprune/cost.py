@@ -3,7 +3,8 @@
 The knapsack never looks inside a layer; it asks a :class:`CostModel` for
 ``layer_cost(layer, c_in, c_out)``. Three ship with fxprune: :class:`FlopsCost`,
 :class:`ParamsCost` and :class:`fxprune.deploy.LatencyTable` (measured on the runtime the
-model ships on). Anything with a ``name`` and that one method plugs in.
+model ships on). Anything with a ``name`` and that one method plugs in. :class:`WithFixedCost`
+adds the constant a per-layer model misses on one model (:func:`fit_fixed_cost`).
 """
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ class CostModel(Protocol):
     ``layer_cost(layer, c_in, c_out)`` returns the cost of ``layer`` when it keeps ``c_in``
     input and ``c_out`` output channels, in any unit, as long as it is consistent across
     layers. It should be non-decreasing in both counts. ``name`` labels logs and reports.
+    Optionally, ``fixed_cost_for(layers)`` returns a constant (same unit) the model costs
+    whatever its widths, added to every total (see :class:`WithFixedCost`).
     """
 
     name: str

@@ -152,7 +152,7 @@ def test_the_latency_fixed_cost_name_measures_a_table_and_fits_its_constant(monk
 
     measure = LatencyTable.measure.__func__
     fast = dict(warmup=1, min_runs=2, max_runs=3, target_ms=0.5, passes=1, progress=False,
-                log=lambda s: None, threads=1)
+                log=lambda s: None, threads=1, batch=16)
     monkeypatch.setattr(LatencyTable, "measure",
                         classmethod(lambda cls, layers, **kw: measure(cls, layers, **{**kw, **fast})))
     pm = _prepared(32)
@@ -160,4 +160,15 @@ def test_the_latency_fixed_cost_name_measures_a_table_and_fits_its_constant(monk
     model = pruner.budget.model
     assert isinstance(model, WithFixedCost) and isinstance(model.base, LatencyTable)
     assert pruner.budget.other_cost == model.fixed_cost
-    assert model.fit["threads"] == 1 and 0 < model.fit["measured_fraction"] < 1
+    assert model.fit["threads"] == 1 and model.fit["batch"] == 16
+    assert 0 < model.fit["measured_fraction"] < 1
+
+
+def test_calibrate_cost_under_load_warns_and_records_the_load(monkeypatch):
+    import fxprune.deploy.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "cpu_load", lambda: (9.0, 2))
+    with pytest.warns(RuntimeWarning, match="other processes shared the CPU.*idle machine"):
+        cost = calibrate_cost(FlopsCost(), _prepared(32), threads=1, batch=8, iters=5,
+                              warmup=1, log=lambda s: None)
+    assert cost.fit["load_average"] == [9.0, 9.0]

@@ -100,8 +100,9 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         from ..api import layer_specs
         from ..cost import fixed_cost_of
         return cost, fixed_cost_of(cost, layer_specs(prepared))
-    raise TypeError(f"cost must be 'flops', 'params', 'latency' or an object with a `name` and "
-                    f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel), got {type(cost).__name__}")
+    raise TypeError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or an object "
+                    f"with a `name` and `layer_cost(layer, c_in, c_out)` (fxprune.CostModel), "
+                    f"got {type(cost).__name__}")
 
 
 class PruningMethod:
