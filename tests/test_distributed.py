@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fxprune
 from fxprune import distributed as fxdist
+from fxprune.cost import WithFixedCost, layer_key
 from fxprune.deploy.latency_table import LatencyTable
 
 WORLD = 2
@@ -127,6 +128,10 @@ def _worker(rank, init_file, out_dir):
             pm, step=4, timer=lambda layer, ci, co: float(ci * co * (rank + 1)), progress=False,
             log=lambda line: None))
         out["latency"] = table.layer_cost(fxprune.layer_specs(pm)[1], 4, 8)
+        # and its fitted constant ("latency+fixed"), rank 0's, valid for every rank's model
+        keys = tuple(layer_key(s) for s in fxprune.layer_specs(pm))
+        fitted = fxdist.compute_on_main(lambda: WithFixedCost(table, 10.0 * (rank + 1), keys))
+        out["fixed"] = fitted.fixed_cost_for(fxprune.layer_specs(pm))
         try:
             fxdist.compute_on_main(lambda: 1 / 0)
         except Exception as exc:  # noqa: BLE001 - every rank must raise, none may hang
@@ -211,6 +216,7 @@ def test_reduce_broadcast_and_rewrap(ranks):
         assert count == 3 and isinstance(count, int)
         assert r["on_main"] == {"measured_by": 0}
         assert r["latency"] == 4 * 8  # rank 0's timing (rank 1's timer says 64)
+        assert r["fixed"] == 10.0
     # the new wrapper averages the finalized model's gradients: ranks stay equal after a step
     for a, b in zip(results[0]["finetuned"], results[1]["finetuned"]):
         assert torch.equal(a, b)
