@@ -36,7 +36,7 @@ from fxprune.units import UnitIndex, costed_layers
 from .common import DeployError
 from .latency_table import _busy, cpu_load
 
-__all__ = ["calibrate_cost", "uniform_kept"]
+__all__ = ["calibrate_cost", "calibration_kept", "uniform_kept"]
 
 
 def uniform_kept(index: UnitIndex, keep: float, step: int) -> np.ndarray:
@@ -48,6 +48,20 @@ def uniform_kept(index: UnitIndex, keep: float, step: int) -> np.ndarray:
         counts = allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
         k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
         kept[index.group_slice(i).start + order[:k]] = True
+    return kept
+
+
+def calibration_kept(index: UnitIndex | fx.GraphModule, keep: float, step: int, *,
+                     shrink_check: bool = True) -> np.ndarray:
+    """:func:`uniform_kept` of a prepared model (or its index), refused with a
+    :class:`DeployError` when no group gets narrower (checked before anything is timed)."""
+    index = index if isinstance(index, UnitIndex) else UnitIndex(index)
+    kept = uniform_kept(index, keep, step)
+    if shrink_check and kept.all():
+        raise DeployError(f"no channel group is wide enough to keep {keep:g} of it at step {step} "
+                          f"(the widest has {max(g.size for g in index.groups)} channels): no "
+                          "pruned model to fit a constant from; lower the step (channel_step) "
+                          "or use the cost model alone (cost='latency')")
     return kept
 
 
@@ -68,16 +82,31 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     input's batch otherwise). ``"onnxruntime"`` exports both models to ONNX and times them on the
     CPU; ``"torch"`` times them with PyTorch on ``device`` (CUDA when there is one).
 
-    Returns a :class:`fxprune.cost.WithFixedCost` for this model only; ``.fit`` records the dense
-    and pruned medians (ms), the measured and predicted fractions and the runtime.
+    Returns a :class:`fxprune.cost.WithFixedCost` for this model only (a ``WithFixedCost``
+    given in is fitted again from its per-layer model); ``.fit`` records the dense and pruned
+    medians (ms), the measured and predicted fractions, the constant's share of the dense total,
+    the narrowest allowed model's priced fraction, the load average and the runtime. ``F`` may
+    be negative (layers timed alone each carry overhead the model does not pay): then it lowers
+    the floor a target can reach instead of raising it.
 
-    Raises :class:`DeployError` for a backend it cannot time (TensorRT: build the engines with
-    ``fxprune deploy`` and fit with :func:`fxprune.cost.fit_fixed_cost`), a model with more
-    than one input, ``keep`` outside (0, 1) or a uniform model no cheaper than dense; and
-    ``ValueError`` (from the fit) when the pruned model measured no faster than dense.
+    Raises ``TypeError`` for a cost model that is not one (a string), and :class:`DeployError`
+    before timing for a backend it cannot time (TensorRT: build the engines with ``fxprune
+    deploy`` and fit with :func:`fxprune.cost.fit_fixed_cost`), a model with more than one input,
+    ``keep`` outside (0, 1), ``step``/``iters``/``threads`` below 1, or no group wide enough to
+    shrink at ``step``; after timing, when the pruned model measured no faster than dense or
+    the fit would price the narrowest allowed model at zero or below.
     """
+    if not isinstance(cost_model, CostModel):
+        raise TypeError(f"calibrate_cost needs a cost model object (fxprune.FlopsCost(), a "
+                        f"LatencyTable, ...), got {type(cost_model).__name__}")
+    if isinstance(cost_model, WithFixedCost):  # fit again from the per-layer model
+        cost_model = cost_model.base
     if not 0 < keep < 1:
         raise DeployError(f"keep must be a fraction of each group's channels in (0, 1), got {keep}")
+    for name, value, low in (("step", step, 1), ("iters", iters, 1), ("warmup", warmup, 0),
+                             ("threads", 1 if threads is None else threads, 1)):
+        if int(value) != value or value < low:
+            raise DeployError(f"calibrate_cost: {name} must be an integer >= {low}, got {value!r}")
     backend = backend or getattr(cost_model, "backend", None) or "onnxruntime"
     if backend not in ("onnxruntime", "torch"):
         raise DeployError(f"calibrate_cost times models with 'onnxruntime' or 'torch', not "
@@ -94,13 +123,12 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     shape = (batch, *sample[1:])
 
     index = UnitIndex(prepared)
-    layers = costed_layers(index)
-    budget = Budget(index, layers, cost_model)
-    kept = uniform_kept(index, keep, step)
+    kept = calibration_kept(index, keep, step)
+    budget = Budget(index, costed_layers(index), cost_model)
     priced_dense, priced_pruned = budget.dense, budget.total(kept)
     if not priced_pruned < priced_dense:
-        raise DeployError(f"keeping {keep} of every group at step {step} leaves the model's "
-                          f"{cost_model.name} cost unchanged; lower keep or step")
+        raise DeployError(f"the model keeping {keep} of every group costs as much as dense under "
+                          f"{cost_model.name!r}: a constant cannot be fitted from it")
     models = {}
     for label, flat in (("dense", np.ones(index.n, dtype=bool)), ("pruned", kept)):
         work = copy.deepcopy(prepared)
@@ -118,15 +146,34 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
                       f"{loads[0][1]} cores); the fitted constant may be off: fit again on an "
                       "idle machine", RuntimeWarning, stacklevel=2)
     measured = ms["pruned"] / ms["dense"]
+    if not 0 < measured < 1:
+        raise DeployError(
+            f"calibrate_cost: the model keeping {keep:g} of each group ran at {measured:.3f} of "
+            f"the dense latency ({ms['pruned']:.4g} ms against {ms['dense']:.4g} ms at batch "
+            f"{batch}): too small a difference to fit from; time at a larger batch, lower keep, "
+            "fit on an idle machine, or use the cost model alone (cost='latency')")
     fixed = fit_fixed_cost(priced_dense, priced_pruned, measured)
+    # the narrowest model the steps allow must still cost something under the fit: a negative
+    # constant larger than it (layers timed alone each carry overhead the model does not pay)
+    # would let a target reach zero or below
+    floor = budget.total(calibration_kept(index, 0.0, step, shrink_check=False)) + fixed
+    if floor <= 0:
+        raise DeployError(
+            f"calibrate_cost: the fit prices the narrowest model at {floor / (priced_dense + fixed):.3f} "
+            f"of dense (constant {fixed:.4g}, negative: {cost_model.name!r} over-prices narrow "
+            f"layers on this model against its measured latency, e.g. per-call overhead of tiny "
+            f"layers at batch {batch}); time at the deployment batch on an idle machine, or use "
+            "the cost model alone")
     fit = {"backend": backend, "threads": threads, "batch": batch, "keep": keep, "step": step,
            "dense_ms": ms["dense"], "pruned_ms": ms["pruned"], "measured_fraction": measured,
            "predicted_fraction": priced_pruned / priced_dense,
            "fixed_share_of_dense": fixed / (priced_dense + fixed),
+           "narrowest_fraction": floor / (priced_dense + fixed),
            "load_average": [load for load, _ in loads]}
     log(f"calibrate_cost: pruned model ran at {measured:.3f} of dense, priced at "
-        f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} "
-        f"({fit['fixed_share_of_dense']:.1%} of the dense total)")
+        f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} in {cost_model.name!r} units "
+        f"({fit['fixed_share_of_dense']:.1%} of the dense total; the narrowest model the steps "
+        f"allow is now priced at {fit['narrowest_fraction']:.3f})")
     return WithFixedCost(cost_model, fixed, tuple(layer_key(s) for s in layer_specs(prepared)), fit)
 
 

@@ -372,7 +372,12 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        data = _read_json(path, "a saved LatencyTable", _TABLE_FORMAT)
+        return cls.from_dict(_read_json(path, "a saved LatencyTable", _TABLE_FORMAT),
+                             f"the saved table {os.fspath(path)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "a table's dict") -> "LatencyTable":
+        """The table :meth:`to_dict` wrote (``source`` names it in errors and warnings)."""
         table = cls(data["backend"], data["device"], data["threads"], data["runtime_version"],
                     data.get("batch"), data.get("dtype"))
         for k, g in data["grids"].items():
@@ -383,13 +388,13 @@ class LatencyTable:
         marks = data.get("under_load", [])
         if not isinstance(marks, list) or any(not isinstance(m, list) or len(m) != 2
                                               for m in marks):
-            raise DeployError(f"{os.fspath(path)!r} has a malformed 'under_load' entry (a list of "
+            raise DeployError(f"{source} has a malformed 'under_load' entry (a list of "
                               "[point key, 'c_in,c_out'] pairs); delete that key to use the table")
         table._under_load = {(pk, *_parse_point(pt)) for pk, pt in marks}
         table.stats["under_load"] = len(table._under_load)
         if table._under_load:
-            table._warn_under_load(f"as the saved table {os.fspath(path)!r} records",
-                                   "measure it again on an idle machine", stacklevel=3)
+            table._warn_under_load(f"as {source} records", "measure it again on an idle machine",
+                                   stacklevel=4)
         return table
 
     def __repr__(self) -> str:

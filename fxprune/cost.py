@@ -197,9 +197,11 @@ class WithFixedCost:
         """``fixed_cost``, after checking ``layers`` (LayerSpecs) are the ones it was fitted on."""
         given = tuple(layer_key(s) for s in layers)
         if given != self.layers:
+            first = next((f"layer {i}: {a!r} here, {b!r} when fitted"
+                          for i, (a, b) in enumerate(zip(given, self.layers)) if a != b),
+                         f"{len(given)} costed layers here, {len(self.layers)} when fitted")
             raise ValueError(
-                f"this {self.name} cost was fitted on another model ({len(self.layers)} costed "
-                f"layers; this one has {len(given)}, or they differ in shape); fit it again for "
+                f"this {self.name} cost was fitted on another model ({first}); fit it again for "
                 "this model with fxprune.deploy.calibrate_cost(cost_model, prepared)")
         return self.fixed_cost
 

@@ -45,7 +45,8 @@ from . import distributed as fxdist
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError
-from .methods.base import LATENCY_COSTS, measured_latency_cost
+from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
+                           measured_latency_cost)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_schedule_steps,
@@ -415,17 +416,24 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     steps_per_epoch = len(train_loader)
 
     pruner = None
+    measured_cost = None  # a latency table (and fitted constant) timed for this run
     net: nn.Module = model
     if method != "none":
         import fxprune
 
         net = fxprune.prepare(model, (example_batch,))
         build_cfg = prune_cfg
-        if distributed and prune_cfg.get("cost") in LATENCY_COSTS:
-            # measured once, by rank 0 (or read from its cache), then sent to the others
+        if prune_cfg.get("cost") in LATENCY_COSTS:
             channel_step = int(prune_cfg.get("channel_step", 1))
-            build_cfg = {**prune_cfg, "cost": fxdist.compute_on_main(
-                lambda: measured_latency_cost(net, prune_cfg["cost"], channel_step))}
+            saved = ckpt.get("measured_cost") if ckpt is not None else None
+            if saved is not None:  # the run's own timings: a new measurement would move the budget
+                measured_cost = measured_cost_from_dict(saved, f"{ckpt_path}'s measured cost")
+            elif distributed:  # measured once, by rank 0 (or read from its cache), then sent
+                measured_cost = fxdist.compute_on_main(
+                    lambda: measured_latency_cost(net, prune_cfg["cost"], channel_step))
+            else:
+                measured_cost = measured_latency_cost(net, prune_cfg["cost"], channel_step)
+            build_cfg = {**prune_cfg, "cost": measured_cost}
         context = {}
         if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
             context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
@@ -583,6 +591,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "config": cfg, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "pruner": pruner.state_dict() if pruner is not None else None,
+                    "measured_cost": measured_cost_to_dict(measured_cost),
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world,
                 }
@@ -661,6 +670,9 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         results.update(accuracy=small_acc, test_loss=small_loss, accuracy_masked=test_acc,
                        finalize_mismatched_samples=mismatched, **stats, model=str(path),
                        pruner_cost=cost)
+        priced_by = getattr(getattr(pruner, "budget", None), "model", None)
+        if getattr(priced_by, "fit", None):  # "latency+fixed": how its constant was fitted
+            results["cost_fit"] = {"fixed_cost": priced_by.fixed_cost, **priced_by.fit}
     results.update(dense_params=dense_stats["params"], dense_flops=dense_stats["flops"],
                    params_ratio=results["params"] / dense_stats["params"],
                    flops_ratio=results["flops"] / max(dense_stats["flops"], 1))

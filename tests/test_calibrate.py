@@ -172,3 +172,53 @@ def test_calibrate_cost_under_load_warns_and_records_the_load(monkeypatch):
         cost = calibrate_cost(FlopsCost(), _prepared(32), threads=1, batch=8, iters=5,
                               warmup=1, log=lambda s: None)
     assert cost.fit["load_average"] == [9.0, 9.0]
+
+
+def test_calibrate_cost_refuses_what_it_cannot_fit_before_timing(monkeypatch):
+    import fxprune.deploy.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a: pytest.fail("timed"))
+    pm = _prepared(16)
+    with pytest.raises(TypeError, match="cost model object"):
+        calibrate_cost("flops", pm)
+    for bad in ({"step": 0}, {"iters": 0}, {"threads": 0}, {"warmup": -1}):
+        with pytest.raises(DeployError, match=f"{next(iter(bad))} must be an integer"):
+            calibrate_cost(FlopsCost(), pm, **bad)
+    with pytest.raises(DeployError, match="no channel group is wide enough.*channel_step"):
+        calibrate_cost(FlopsCost(), pm, step=64)
+    # through the cost name too, before the table is timed
+    with pytest.raises(DeployError, match="no channel group is wide enough"):
+        fxprune.SMCP(pm, target=0.8, cost="latency+fixed", channel_step=64)
+
+
+@pytest.mark.parametrize("pruned_over_dense, says", [
+    (1.0, "ran at 1.000 of the dense latency"),
+    (1.02, "too small a difference"),
+    # a half model far faster than priced: a large negative constant, below the narrowest model
+    (0.01, "prices the narrowest model at"),
+])
+def test_calibrate_cost_refuses_a_fit_it_cannot_trust(monkeypatch, pruned_over_dense, says):
+    import fxprune.deploy.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "_median_ms",
+                        lambda *a: {"dense": 10.0, "pruned": 10.0 * pruned_over_dense})
+    with pytest.raises(DeployError, match=says):
+        calibrate_cost(FlopsCost(), _prepared(32), log=lambda s: None)
+
+
+def test_fitting_a_fitted_cost_again_starts_from_its_per_layer_model(monkeypatch):
+    import fxprune.deploy.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a: {"dense": 10.0, "pruned": 5.0})
+    pm = _prepared(32)
+    once = calibrate_cost(FlopsCost(), pm, log=lambda s: None)
+    twice = calibrate_cost(once, pm, log=lambda s: None)
+    assert isinstance(twice.base, FlopsCost) and twice.name == "flops+fixed"
+    assert twice.fixed_cost == pytest.approx(once.fixed_cost)
+    assert 0 < once.fit["narrowest_fraction"] < once.fit["measured_fraction"]
+
+
+def test_the_wrong_model_error_names_the_first_layer_that_differs():
+    fitted = _flops_with(_prepared(16), 1e6)
+    with pytest.raises(ValueError, match=r"layer 0: .*16x.* when fitted"):
+        fitted.fixed_cost_for(fxprune.layer_specs(_prepared(24)))

@@ -56,3 +56,47 @@ def test_a_target_the_ratio_mode_does_not_use_is_said(tmp_path):
                                          r"each group keeps prune.rho=0.7 of its channels"):
         results = train(cfg)
     assert "target" not in results  # no cost promised, none reported
+
+
+def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
+    """The table and fitted constant live in the checkpoint: a resumed run prices with them
+    instead of timing again (new timings would move the budget under the chosen masks)."""
+    import torch
+
+    import fxprune.train as train_mod
+    from fxprune.cost import WithFixedCost, layer_key
+    from fxprune.deploy import LatencyTable
+
+    def fake_measurement(net, cost, channel_step):  # deterministic "timings", one call only
+        calls.append(cost)
+        table = LatencyTable.measure(net, step=channel_step, progress=False, log=lambda s: None,
+                                     timer=lambda layer, ci, co: 1e-3 * ci * co + 0.05)
+        keys = tuple(layer_key(s) for s in fxprune.layer_specs(net))
+        return WithFixedCost(table, 0.2, keys, {"measured_fraction": 0.6})
+
+    import fxprune
+
+    calls = []
+    monkeypatch.setattr(train_mod, "measured_latency_cost", fake_measurement)
+    smcp = ROOT / "configs" / "fashion_mnist_smcp.yaml"
+    args = [*SMALL, "prune.cost=latency+fixed", "prune.channel_step=4", "prune.target=0.7",
+            f"out={tmp_path / 'run'}"]
+    real_evaluate, evaluations = train_mod.evaluate, []
+
+    def crash_in_second_epoch(*a, **kw):
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            raise RuntimeError("simulated crash")
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "evaluate", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(load_config(smcp, args))
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    assert calls == ["latency+fixed"]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["measured_cost"]
+    assert saved["kind"] == "latency+fixed" and saved["fixed_cost"] == 0.2
+    resumed = train(load_config(smcp, args), resume=True)
+    assert calls == ["latency+fixed"]  # not timed again
+    assert resumed["cost_fit"] == {"fixed_cost": 0.2, "measured_fraction": 0.6}
+    assert resumed["pruner_cost"]["cost"] <= 0.7 + 1e-6

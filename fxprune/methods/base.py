@@ -35,7 +35,8 @@ from ..cost import CostModel
 from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
-           "resolve_cost_model", "measured_latency_cost", "LATENCY_COSTS"]
+           "resolve_cost_model", "measured_latency_cost", "LATENCY_COSTS",
+           "measured_cost_to_dict", "measured_cost_from_dict"]
 
 
 @runtime_checkable
@@ -62,13 +63,43 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
     ``"latency+fixed"``: that table plus the constant it misses on this model, fitted from the
     measured latency of the dense and a uniformly halved model (``deploy.calibrate_cost``), so
     a target is a fraction of the measured latency."""
+    from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
     from fxprune.deploy.latency_table import LatencyTable
 
+    if cost == "latency+fixed":
+        calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
     table = LatencyTable.measure(prepared, step=channel_step)
     if cost == "latency":
         return table
-    from fxprune.deploy.calibrate import calibrate_cost
     return calibrate_cost(table, prepared, step=channel_step)
+
+
+def measured_cost_to_dict(cost_model) -> dict | None:
+    """Plain data (a checkpoint's) for a measured cost model: a LatencyTable, or one with a
+    fitted fixed cost; None for anything else. A resumed run prices with it instead of timing
+    again (a new timing would move the budget under the masks already chosen)."""
+    from fxprune.cost import WithFixedCost
+    from fxprune.deploy.latency_table import LatencyTable
+
+    if isinstance(cost_model, LatencyTable):
+        return {"kind": "latency", "table": cost_model.to_dict()}
+    if isinstance(cost_model, WithFixedCost) and isinstance(cost_model.base, LatencyTable):
+        return {"kind": "latency+fixed", "table": cost_model.base.to_dict(),
+                "fixed_cost": cost_model.fixed_cost, "layers": list(cost_model.layers),
+                "fit": dict(cost_model.fit)}
+    return None
+
+
+def measured_cost_from_dict(data: dict, source: str):
+    """The cost model :func:`measured_cost_to_dict` wrote (``source`` names it in errors)."""
+    from fxprune.cost import WithFixedCost
+    from fxprune.deploy.latency_table import LatencyTable
+
+    table = LatencyTable.from_dict(data["table"], source)
+    if data["kind"] == "latency":
+        return table
+    return WithFixedCost(table, float(data["fixed_cost"]), tuple(data["layers"]),
+                         dict(data.get("fit", {})))
 
 
 def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
