@@ -26,7 +26,10 @@ over all E epochs:
   rescaling (``bn_rescale="kept_fraction"``, pinned: fxprune's default until it was measured
   to cost accuracy), and ``smcp-flops-late-hard-ro``, ``smcp-lat-b64-t75-ro``,
   ``smcp-lat-b64-t95-ro`` and ``smcp-lat-b64-t85-ro`` (``smcp-lat-b64`` renamed by its target):
-  those with it off (fxprune's default now).
+  those with it off (fxprune's default now). A row's ``"cost"`` may also be
+  ``"latency+fixed:B"``: the batch-B table plus the constant ``calibrate_cost`` fits for the
+  net (once per process; its log line is printed), so the target is a fraction of the
+  measured latency.
 
 The results compare at equal measured latency both ways: each SMCP row against the most
 accurate Torch-Pruning row that is no faster, and each Torch-Pruning row against the most
