@@ -29,7 +29,8 @@ over all E epochs:
   those with it off (fxprune's default now). A row's ``"cost"`` may also be
   ``"latency+fixed:B"``: the batch-B table plus the constant ``calibrate_cost`` fits for the
   net (once per process; its log line is printed), so the target is a fraction of the
-  measured latency.
+  measured latency. A row refused before training (e.g. a target below the narrowest model its
+  cost model allows) is skipped with its reason printed; the rows trained so far are kept.
 
 The results compare at equal measured latency both ways: each SMCP row against the most
 accurate Torch-Pruning row that is no faster, and each Torch-Pruning row against the most
@@ -68,7 +69,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fxprune  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
-from fxprune.deploy.common import cpu_name  # noqa: E402
+from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
 from fxprune.deploy.onnx_export import export_onnx  # noqa: E402
 from fxprune.models import ResNetFMNIST  # noqa: E402
 from fxprune.train import model_stats  # noqa: E402
@@ -236,13 +237,19 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
         torch.manual_seed(seed)
         model = copy.deepcopy(base)
         pm = fxprune.prepare(model, (example,))
-        if cost.startswith("latency"):  # "latency:B" or "latency+fixed:B" (B: the batch)
-            name, batch = cost.split(":")
-            cost = latency_table(pm, net, int(batch), args, fixed=name == "latency+fixed")
-        pruner = fxprune.SMCP(pm, target=target, cost=cost, channel_step=8, warmup=at["warmup"],
-                              ramp=at["ramp_until"] - at["warmup"], freeze_after=at["freeze_from"],
-                              update_every=max(1, at["update_every"]), masked_decay=2e-4,
-                              **{**fixed, **opts})
+        try:
+            if cost.startswith("latency"):  # "latency:B" or "latency+fixed:B" (B: the batch)
+                name, batch = cost.split(":")
+                cost = latency_table(pm, net, int(batch), args, fixed=name == "latency+fixed")
+            pruner = fxprune.SMCP(pm, target=target, cost=cost, channel_step=8,
+                                  warmup=at["warmup"], ramp=at["ramp_until"] - at["warmup"],
+                                  freeze_after=at["freeze_from"],
+                                  update_every=max(1, at["update_every"]), masked_decay=2e-4,
+                                  **{**fixed, **opts})
+        except (ValueError, DeployError) as e:  # e.g. a target below what the cost model allows
+            # refused before training: the rows trained so far are kept, the run goes on
+            print(f"{net} seed {seed}: row {label} skipped: {e}", flush=True)
+            continue
         t = Trainer(args, total)
         t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
         masked_acc = accuracy(pm, test)

@@ -58,7 +58,7 @@ def test_smcp_ablation_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_smcp_rows_without_torch_pruning(tmp_path):
+def test_smcp_rows_without_torch_pruning(tmp_path, capsys):
     """The SMCP side of the head-to-head runs in CI (torch-pruning is not a dev dependency):
     a FLOPs row and a latency-table row, both finalized exactly."""
     bench = load_benchmark("bench_vs_torch_pruning")
@@ -66,10 +66,13 @@ def test_smcp_rows_without_torch_pruning(tmp_path):
                        "--table-cache", str(tmp_path / "tables"), "--out", str(tmp_path / "vs"),
                        "--smcp", "smcp-flops={}",
                        'smcp-lat-b1={"cost": "latency:1", "target": 0.7, "warmup": 0.2}',
-                       'smcp-latfix-b1={"cost": "latency+fixed:1", "target": 0.8}']) == 0
+                       'smcp-latfix-b1={"cost": "latency+fixed:1", "target": 0.8}',
+                       'smcp-too-far={"target": 0.001}']) == 0
     result = json.loads((tmp_path / "vs.json").read_text())
     runs = {r["label"]: r for r in result["runs"]}
+    # a row refused before training is skipped, with its reason; the others are kept
     assert list(runs) == ["dense", "smcp-flops", "smcp-lat-b1", "smcp-latfix-b1"]
+    assert "row smcp-too-far skipped: target 0.001" in capsys.readouterr().out
     assert runs["smcp-flops"]["target_reached"] and runs["smcp-flops"]["flops_ratio"] <= 0.5 + 1e-9
     lat = runs["smcp-lat-b1"]
     assert "target_reached" not in lat  # a latency budget is not judged against the FLOPs target
