@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch.fx as fx
 
-from fxprune.allocation import allowed_counts
+from fxprune.allocation import uniform_kept
 from fxprune.api import finalize, layer_specs
 from fxprune.budget import Budget
 from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_key
@@ -36,28 +36,15 @@ from fxprune.units import UnitIndex, costed_layers
 from .common import DeployError
 from .latency_table import _busy, cpu_load
 
-__all__ = ["calibrate_cost", "calibration_kept", "uniform_kept"]
+__all__ = ["calibrate_cost", "calibration_kept"]
 
 
-def uniform_kept(index: UnitIndex, keep: float, step: int) -> np.ndarray:
-    """Bool per flat channel: every prunable group keeps the allowed count (multiples of
-    ``step``, at least one channel of every piece it feeds) nearest ``keep`` x its size."""
-    kept = np.zeros(index.n, dtype=bool)
-    for i, group in enumerate(index.groups):
-        order, min_k = index.ranking(i, np.zeros(group.size))
-        counts = allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
-        k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
-        kept[index.group_slice(i).start + order[:k]] = True
-    return kept
-
-
-def calibration_kept(index: UnitIndex | fx.GraphModule, keep: float, step: int, *,
-                     shrink_check: bool = True) -> np.ndarray:
-    """:func:`uniform_kept` of a prepared model (or its index), refused with a
-    :class:`DeployError` when no group gets narrower (checked before anything is timed)."""
+def calibration_kept(index: UnitIndex | fx.GraphModule, keep: float, step: int) -> np.ndarray:
+    """:func:`fxprune.allocation.uniform_kept` of a prepared model (or its index), refused with
+    a :class:`DeployError` when no group gets narrower (checked before anything is timed)."""
     index = index if isinstance(index, UnitIndex) else UnitIndex(index)
     kept = uniform_kept(index, keep, step)
-    if shrink_check and kept.all():
+    if kept.all():
         raise DeployError(f"no channel group is wide enough to keep {keep:g} of it at step {step} "
                           f"(the widest has {max(g.size for g in index.groups)} channels): no "
                           "pruned model to fit a constant from; lower the step (channel_step) "
@@ -74,7 +61,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
 
     Times two finalized copies of ``prepared`` interleaved, in ``sessions`` fresh runtime
     sessions (per model the fastest session's median of ``iters`` runs): the dense model and
-    the one :func:`uniform_kept` leaves (``keep`` of every group's channels,
+    the one :func:`fxprune.allocation.uniform_kept` leaves (``keep`` of every group's channels,
     counts on multiples of ``step``). The constant ``F`` (:func:`fxprune.cost.fit_fixed_cost`,
     in ``cost_model``'s units) makes ``(priced + F) / (dense priced + F)`` equal the measured
     fraction of that model. ``prepared`` and its masks are not changed.
@@ -159,7 +146,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     # the narrowest model the steps allow must still cost something under the fit: a negative
     # constant larger than it (layers timed alone each carry overhead the model does not pay)
     # would let a target reach zero or below
-    floor = budget.total(calibration_kept(index, 0.0, step, shrink_check=False)) + fixed
+    floor = budget.total(uniform_kept(index, 0.0, step)) + fixed
     if floor <= 0:
         raise DeployError(
             f"calibrate_cost: the fit prices the narrowest model at {floor / (priced_dense + fixed):.3f} "

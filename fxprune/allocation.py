@@ -33,7 +33,7 @@ from .budget import Budget
 from .knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "ranked_options",
-           "kept_from", "allocate", "allocate_uniform", "repair"]
+           "kept_from", "allocate", "allocate_uniform", "repair", "uniform_kept"]
 
 _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 
@@ -93,6 +93,20 @@ def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int
     if not ks:  # the constraints leave only counts off the step grid
         ks = [max(low, min(high, size))]
     return np.array(ks, dtype=np.int64)
+
+
+def uniform_kept(index, keep: float, step: int) -> np.ndarray:
+    """Bool per flat channel of ``index`` (a :class:`~fxprune.units.UnitIndex`): every prunable
+    group keeps the allowed count (:func:`allowed_counts` at ``step``, at least one channel of
+    every piece it feeds) nearest ``keep`` x its size; ``keep=0`` is the cheapest model the
+    constraints allow."""
+    kept = np.zeros(index.n, dtype=bool)
+    for i, group in enumerate(index.groups):
+        order, min_k = index.ranking(i, np.zeros(group.size))
+        counts = allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
+        k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
+        kept[index.group_slice(i).start + order[:k]] = True
+    return kept
 
 
 def ranked_options(scores: np.ndarray, order: np.ndarray, counts: np.ndarray) -> GroupOptions:

@@ -416,7 +416,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     steps_per_epoch = len(train_loader)
 
     pruner = None
-    measured_cost = None  # a latency table (and fitted constant) timed for this run
+    measured_cost_state = None  # a latency table (and fitted constant) timed for this run
     net: nn.Module = model
     if method != "none":
         import fxprune
@@ -434,6 +434,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             else:
                 measured_cost = measured_latency_cost(net, prune_cfg["cost"], channel_step)
             build_cfg = {**prune_cfg, "cost": measured_cost}
+            measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's
         context = {}
         if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
             context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
@@ -591,7 +592,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "config": cfg, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "pruner": pruner.state_dict() if pruner is not None else None,
-                    "measured_cost": measured_cost_to_dict(measured_cost),
+                    "measured_cost": measured_cost_state,
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world,
                 }

@@ -8,7 +8,7 @@ import torch
 import fxprune
 from fxprune.cost import FlopsCost, WithFixedCost, fit_fixed_cost, layer_key
 from fxprune.deploy import DeployError, calibrate_cost
-from fxprune.deploy.calibrate import uniform_kept
+from fxprune.allocation import uniform_kept
 from fxprune.units import UnitIndex
 
 from helpers import small_deploy_net

@@ -166,15 +166,9 @@ class PruningMethod:
     def _check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the cheapest model the constraints
         allow: every group at its smallest allowed width (``channel_step``, split pieces)."""
-        from ..allocation import allowed_counts
+        from ..allocation import uniform_kept
 
-        kept = np.zeros(self.index.n, dtype=bool)
-        for i, g in enumerate(self.index.groups):
-            order, min_k = self.index.ranking(i, np.zeros(g.size))
-            k = allowed_counts(g.size, self.channel_step, min_k, g.size,
-                               self.index.unit_channels[i])[0]
-            kept[self.index.group_slice(i).start + order[:k]] = True
-        floor = self.budget.fraction(kept)
+        floor = self.budget.fraction(uniform_kept(self.index, 0.0, self.channel_step))
         if target < floor * (1 - 1e-9):
             raise ValueError(
                 f"target {target:.3f} of dense is below the cheapest model the constraints allow "
