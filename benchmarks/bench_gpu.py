@@ -44,7 +44,7 @@ from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import half_masks  # noqa: E402
+from bench_common import half_masks, results_stem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -280,8 +280,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny models and inputs: seconds")
     parser.add_argument("--out", type=Path, default=None,
-                        help="results path prefix (default benchmarks/results/gpu; required "
-                             "with --smoke so a smoke run never replaces real results)")
+                        help="results path prefix (default benchmarks/results/gpu, or gpu_smoke "
+                             "with --smoke: a smoke run never replaces real results)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for --device cpu")
     parser.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None,
                         help="tables and speedups (default fp16 on CUDA, fp32 on the CPU)")
@@ -289,9 +289,7 @@ def main(argv=None) -> int:
                         help="autocast dtype of the training-step section (default bf16)")
     parser.add_argument("--channel-step", type=int, default=8)
     args = parser.parse_args(argv)
-    if args.smoke and args.out is None:
-        parser.error("--smoke needs --out (a temporary path): smoke figures are not results")
-    out = args.out or ROOT / "benchmarks" / "results" / "gpu"
+    out = results_stem("gpu", args.out, args.smoke)
     try:
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - one line and the way out

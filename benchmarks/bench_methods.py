@@ -40,7 +40,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_common import results_stem  # noqa: E402
 from fxprune.train import load_config, resolve_config, train  # noqa: E402
 
 BASE = ROOT / "configs" / "fashion_mnist_smcp.yaml"
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.seeds, args.timing_steps = 1, args.seeds[:1], min(args.timing_steps, 3)
-    out = args.out or ROOT / "benchmarks" / "results" / ("methods_smoke" if args.smoke else "methods")
+    out = results_stem("methods", args.out, args.smoke)
     threads_before = torch.get_num_threads()
     plan = rows_for(args.epochs)
     for item in args.extra:

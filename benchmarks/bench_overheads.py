@@ -35,7 +35,7 @@ from fxprune.deploy.common import cpu_name
 from fxprune.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import half_masks  # noqa: E402
+from bench_common import half_masks, results_stem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     if args.masks_only:
-        out = args.out or ROOT / "benchmarks" / "results" / "overheads_masks"
+        out = results_stem("overheads_masks", args.out)
         rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
                 for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
         ln = time_masked_layer_norm()
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         Path(f"{out}.md").write_text(table)
         print(table)
         return 0
-    args.out = args.out or ROOT / "benchmarks" / "results" / "overheads"
+    args.out = results_stem("overheads", args.out)
     passes = [time_prepare_finalize(n, 224, 3) for n in ("resnet50", "convnext_tiny", "mobilenet_v2")]
     steps = [time_training_steps("resnet_fmnist", 128, args.steps, (1, 28, 28)),
              time_training_steps("resnet18", 32, args.steps, (3, 64, 64))]

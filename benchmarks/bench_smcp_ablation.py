@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
+from bench_common import results_stem  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
 
@@ -192,8 +193,7 @@ def main(argv=None) -> int:
                    help="add these rows to the results file already at --out (same schedule)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    stem = Path(args.out or ROOT / "benchmarks" / "results"
-                / ("smcp_ablation_smoke" if args.smoke else "smcp_ablation"))
+    stem = results_stem("smcp_ablation", args.out, args.smoke)
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = variants(args.bn_recal, args.hysteresis)
     for spec in args.extra:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
+from bench_common import results_stem  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
 from fxprune.cost import FlopsCost, WithFixedCost, layer_key  # noqa: E402
@@ -201,8 +202,9 @@ def main(argv=None) -> None:
     p.add_argument("--cache", help="a latency cache FILE to use (default: a fresh one per run)")
     p.add_argument("--smoke", action="store_true",
                    help="the nets' smoke widths, one target (0.9), one draw, 5 runs")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "table_calibration"),
-                   help="results path without extension (.json and .md are written)")
+    p.add_argument("--out", default=None,
+                   help="results path without extension (.json and .md are written; default "
+                        "benchmarks/results/table_calibration, or table_calibration_smoke)")
     args = p.parse_args(argv)
     if args.smoke:  # smaller defaults; what was given stays
         given = set(argv if argv is not None else sys.argv[1:])
@@ -215,7 +217,7 @@ def main(argv=None) -> None:
     for name in ("configs", "iters", "batch", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    out = Path(args.out)
+    out = results_stem("table_calibration", args.out, args.smoke)
     if out.is_dir():
         p.error(f"--out {out} is a folder; give a path without extension inside it "
                 f"(e.g. {out / 'table_calibration'})")

@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
+from bench_common import results_stem  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
@@ -433,8 +434,7 @@ def main(argv=None) -> int:
         p.error("--seeds needs at least one seed (no seed trains nothing: that is for --merge)")
     tp = require_torch_pruning() if args.tp and args.seeds else None
     torch.set_num_threads(args.threads)
-    stem = Path(args.out or ROOT / "benchmarks" / "results"
-                / ("vs_torch_pruning_smoke" if args.smoke else "vs_torch_pruning"))
+    stem = results_stem("vs_torch_pruning", args.out, args.smoke)
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     earlier, args.earlier_commands, args.earlier_tp = merge_files(args.merge or [], args)

@@ -3,6 +3,7 @@ on tiny models (seconds), writing only to a temporary folder."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,10 +59,19 @@ def test_smoke_run_writes_every_section(tmp_path):
 
 def test_refuses_what_would_mislead(tmp_path, capsys):
     bench = load_benchmark("bench_gpu")
-    with pytest.raises(SystemExit):  # smoke figures must not land in benchmarks/results
-        bench.main(["--device", "cpu", "--smoke"])
     assert bench.main(["--device", "cpu", "--out", str(tmp_path / "x")]) == 2  # full run: GPU
     if not torch.cuda.is_available():
         assert bench.main(["--out", str(tmp_path / "x")]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_smoke_run_without_out_never_writes_the_published_results():
+    """Every benchmark names its results through bench_common.results_stem: a smoke run's
+    default is NAME_smoke, beside (not over) the published NAME."""
+    common = load_benchmark("bench_common")
+    published = common.RESULTS / "table_calibration"
+    assert common.results_stem("table_calibration") == published
+    assert common.results_stem("table_calibration", smoke=True) == published.with_name(
+        "table_calibration_smoke")
+    assert common.results_stem("table_calibration", "/tmp/x", smoke=True) == Path("/tmp/x")
