@@ -118,7 +118,10 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     priced_dense, priced_pruned = budget.dense, budget.total(kept)
     if not priced_pruned < priced_dense:
         raise DeployError(f"the model keeping {keep} of every group costs as much as dense under "
-                          f"{cost_model.name!r}: a constant cannot be fitted from it")
+                          f"{cost_model.name!r}, so its layer costs do not fall with fewer "
+                          f"channels (a latency table of layers too small to time apart, or a "
+                          f"cost model that ignores widths): a constant cannot be fitted from it; "
+                          f"time the table at a larger batch, or use FLOPs")
     models = {}
     for label, flat in (("dense", np.ones(index.n, dtype=bool)), ("pruned", kept)):
         work = copy.deepcopy(prepared)

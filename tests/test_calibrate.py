@@ -223,3 +223,15 @@ def test_the_wrong_model_error_names_the_first_layer_that_differs():
     fitted = _flops_with(_prepared(16), 1e6)
     with pytest.raises(ValueError, match=r"layer 0: .*16x.* when fitted"):
         fitted.fixed_cost_for(fxprune.layer_specs(_prepared(24)))
+
+
+def test_a_cost_model_that_ignores_widths_is_refused_with_its_likely_cause():
+    class PerLayer:  # every layer costs 1 whatever it keeps
+        name = "per-layer"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return 1.0
+
+    with pytest.raises(DeployError, match="costs as much as dense under 'per-layer'.*do not "
+                                          "fall with fewer channels.*use FLOPs"):
+        calibrate_cost(PerLayer(), _prepared(32), log=lambda s: None)
