@@ -333,7 +333,8 @@ def smcp_rows(args) -> dict[str, dict]:
     return rows or dict(DEFAULT_SMCP)
 
 
-_TABLES: dict = {}
+_TABLES: dict = {}  # (net, batch, smoke) -> the LatencyTable measured (or read from the cache)
+_FITTED: dict = {}  # (net, batch, smoke) -> that table plus its fitted constant (WithFixedCost)
 
 
 def latency_table(pm, net: str, batch: int, args, fixed: bool = False):
@@ -349,12 +350,12 @@ def latency_table(pm, net: str, batch: int, args, fixed: bool = False):
         cache.parent.mkdir(parents=True, exist_ok=True)
         _TABLES[key] = LatencyTable.measure(pm, step=8, threads=args.threads, batch=batch,
                                             cache=cache, progress=False, log=lambda s: None)
-    if fixed and (*key, "fixed") not in _TABLES:
+    if fixed and key not in _FITTED:
         from fxprune.deploy.calibrate import calibrate_cost
 
-        _TABLES[(*key, "fixed")] = calibrate_cost(_TABLES[key], pm, step=8, iters=args.iters,
-                                                  log=lambda s: print(f"{net}: {s}", flush=True))
-    return _TABLES[(*key, "fixed")] if fixed else _TABLES[key]
+        _FITTED[key] = calibrate_cost(_TABLES[key], pm, step=8, iters=args.iters,
+                                      log=lambda s: print(f"{net}: {s}", flush=True))
+    return _FITTED[key] if fixed else _TABLES[key]
 
 
 def aggregate(rows: list[dict], batches) -> list[dict]:
