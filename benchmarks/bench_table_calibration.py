@@ -44,7 +44,7 @@ import fxprune  # noqa: E402
 from bench_common import results_stem  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
-from fxprune.cost import FlopsCost, WithFixedCost, layer_key  # noqa: E402
+from fxprune.cost import FlopsCost, WithFixedCost, layer_keys  # noqa: E402
 from fxprune.deploy import DeployError, LatencyTable, calibrate_cost  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
@@ -75,7 +75,7 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
                                         iters=args.iters, log=lambda s: None)
         except DeployError as e:  # e.g. a noisy table pricing the half model at dense
             print(f"{net}: {name}: no constant fitted, priced without one: {e}", flush=True)
-            keys = tuple(layer_key(s) for s in fxprune.layer_specs(pm))
+            keys = layer_keys(fxprune.layer_specs(pm))
             fits[name] = WithFixedCost(base, 0.0, keys, {"failed": str(e),
                                                          "fixed_share_of_dense": 0.0})
     # the pruners only price and rank here: ``allocate`` is called with each target below

@@ -29,7 +29,7 @@ import torch.fx as fx
 from fxprune.allocation import uniform_kept
 from fxprune.api import finalize, layer_specs
 from fxprune.budget import Budget
-from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_key
+from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_keys
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
@@ -168,7 +168,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
         f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} in {cost_model.name!r} units "
         f"({fit['fixed_share_of_dense']:.1%} of the dense total; the narrowest model the steps "
         f"allow is now priced at {fit['narrowest_fraction']:.3f})")
-    return WithFixedCost(cost_model, fixed, tuple(layer_key(s) for s in layer_specs(prepared)), fit)
+    return WithFixedCost(cost_model, fixed, layer_keys(layer_specs(prepared)), fit)
 
 
 def _torch_on_cpu(device) -> bool:

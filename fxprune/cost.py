@@ -195,7 +195,7 @@ class WithFixedCost:
 
     def fixed_cost_for(self, layers) -> float:
         """``fixed_cost``, after checking ``layers`` (LayerSpecs) are the ones it was fitted on."""
-        given = tuple(layer_key(s) for s in layers)
+        given = layer_keys(layers)
         if given != self.layers:
             first = next((f"layer {i}: {a!r} here, {b!r} when fitted"
                           for i, (a, b) in enumerate(zip(given, self.layers)) if a != b),
@@ -209,6 +209,12 @@ class WithFixedCost:
 def layer_key(layer: LayerSpec) -> str:
     """A layer's name, dense widths and cost signature: what a fitted constant is tied to."""
     return f"{layer.name}:{layer.in_channels}x{layer.out_channels}:{layer.signature()}"
+
+
+def layer_keys(layers) -> tuple[str, ...]:
+    """:func:`layer_key` of every costed layer (LayerSpecs, e.g. ``fxprune.layer_specs(pm)``),
+    in order: the ``layers`` a :class:`WithFixedCost` is tied to."""
+    return tuple(layer_key(s) for s in layers)
 
 
 def fixed_cost_of(cost_model, layers) -> float:

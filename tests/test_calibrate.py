@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fxprune
-from fxprune.cost import FlopsCost, WithFixedCost, fit_fixed_cost, layer_key
+from fxprune.cost import FlopsCost, WithFixedCost, fit_fixed_cost, layer_keys
 from fxprune.deploy import DeployError, calibrate_cost
 from fxprune.allocation import uniform_kept
 from fxprune.units import UnitIndex
@@ -39,7 +39,7 @@ def _prepared(width=16):
 
 
 def _flops_with(pm, fixed):
-    keys = tuple(layer_key(s) for s in fxprune.layer_specs(pm))
+    keys = layer_keys(fxprune.layer_specs(pm))
     return WithFixedCost(FlopsCost(), fixed, keys)
 
 

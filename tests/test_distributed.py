@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fxprune
 from fxprune import distributed as fxdist
-from fxprune.cost import WithFixedCost, layer_key
+from fxprune.cost import WithFixedCost, layer_keys
 from fxprune.deploy.latency_table import LatencyTable
 
 WORLD = 2
@@ -129,7 +129,7 @@ def _worker(rank, init_file, out_dir):
             log=lambda line: None))
         out["latency"] = table.layer_cost(fxprune.layer_specs(pm)[1], 4, 8)
         # and its fitted constant ("latency+fixed"), rank 0's, valid for every rank's model
-        keys = tuple(layer_key(s) for s in fxprune.layer_specs(pm))
+        keys = layer_keys(fxprune.layer_specs(pm))
         fitted = fxdist.compute_on_main(lambda: WithFixedCost(table, 10.0 * (rank + 1), keys))
         out["fixed"] = fitted.fixed_cost_for(fxprune.layer_specs(pm))
         try:

@@ -64,14 +64,14 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     import torch
 
     import fxprune.train as train_mod
-    from fxprune.cost import WithFixedCost, layer_key
+    from fxprune.cost import WithFixedCost, layer_keys
     from fxprune.deploy import LatencyTable
 
     def fake_measurement(net, cost, channel_step):  # deterministic "timings", one call only
         calls.append(cost)
         table = LatencyTable.measure(net, step=channel_step, progress=False, log=lambda s: None,
                                      timer=lambda layer, ci, co: 1e-3 * ci * co + 0.05)
-        keys = tuple(layer_key(s) for s in fxprune.layer_specs(net))
+        keys = layer_keys(fxprune.layer_specs(net))
         return WithFixedCost(table, 0.2, keys, {"measured_fraction": 0.6})
 
     import fxprune
