@@ -157,7 +157,9 @@ def test_the_latency_fixed_cost_name_measures_a_table_and_fits_its_constant(monk
     monkeypatch.setattr(LatencyTable, "measure",
                         classmethod(lambda cls, layers, **kw: measure(cls, layers, **{**kw, **fast})))
     pm = _prepared(32)
-    pruner = fxprune.SMCP(pm, target=0.6, cost="latency+fixed", channel_step=8)
+    # target 1.0: the test is about the cost the name builds; whether a lower target is
+    # reachable depends on the real timings (a loaded host can fit a floor above it)
+    pruner = fxprune.SMCP(pm, target=1.0, cost="latency+fixed", channel_step=8)
     model = pruner.budget.model
     assert isinstance(model, WithFixedCost) and isinstance(model.base, LatencyTable)
     assert pruner.budget.other_cost == model.fixed_cost
