@@ -30,7 +30,9 @@ over all E epochs:
   ``"latency+fixed:B"``: the batch-B table plus the constant ``calibrate_cost`` fits for the
   net (once per process; its log line is printed), so the target is a fraction of the
   measured latency. A row refused before training (e.g. a target below the narrowest model its
-  cost model allows) is skipped with its reason printed; the rows trained so far are kept.
+  cost model allows) is skipped with its reason printed and recorded (``meta["skipped"]``, a
+  line under the table); the rows trained so far are kept. A ``latency+fixed`` row records its
+  fit (``cost_fit``).
 
 The results compare at equal measured latency both ways: each SMCP row against the most
 accurate Torch-Pruning row that is no faster, and each Torch-Pruning row against the most
@@ -248,8 +250,10 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
                                   update_every=max(1, at["update_every"]), masked_decay=2e-4,
                                   **{**fixed, **opts})
         except (ValueError, DeployError) as e:  # e.g. a target below what the cost model allows
-            # refused before training: the rows trained so far are kept, the run goes on
+            # refused before training: the rows trained so far are kept, the run goes on, and
+            # the results file names the row and why
             print(f"{net} seed {seed}: row {label} skipped: {e}", flush=True)
+            args.skipped.append({"net": net, "seed": seed, "label": label, "reason": str(e)})
             continue
         t = Trainer(args, total)
         t.epochs(pm, t.optimizer(pm), train, range(E), pruner)
@@ -263,7 +267,10 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
         rows.append({"label": label, "accuracy": accuracy(small, test),
                      "options": {**fixed, **spec},
                      "accuracy_masked": masked_acc, "finalize_max_abs_diff": finalize_diff,
-                     "cost_target": target, **model_stats(small)})
+                     "cost_target": target, **model_stats(small),
+                     # latency+fixed: the fit behind the budget (dense and half-model ms, the
+                     # measured and priced fractions, the constant's share, the floor)
+                     **({"cost_fit": cost.fit} if getattr(cost, "fit", None) else {})})
 
     # ONNX Runtime latency, every model interleaved with the dense one
     with tempfile.TemporaryDirectory() as tmp:
@@ -438,7 +445,8 @@ def main(argv=None) -> int:
     stem = results_stem("vs_torch_pruning", args.out, args.smoke)
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    earlier, args.earlier_commands, args.earlier_tp = merge_files(args.merge or [], args)
+    earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(args.merge or [],
+                                                                                args)
     rows = []
     for net in args.nets:
         for seed in args.seeds:
@@ -460,13 +468,15 @@ SAME_PROTOCOL = [("protocol", "epochs", "epochs"), ("protocol", "train_images", 
                  ("machine", "latency_batches", "latency_batches")]
 
 
-def merge_files(paths, args) -> tuple[list[dict], list[str], str | None]:
+def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[dict]]:
     """The union of the results files' runs (a later file's row replaces an earlier one of the
-    same net, seed and label), the commands that made them, in order, and the Torch-Pruning
-    version they name (None if none). Raises SystemExit when
+    same net, seed and label), the commands that made them, in order, the Torch-Pruning
+    version they name (None if none) and the rows they record as refused before training.
+    Raises SystemExit when
     a file ran another protocol than ``args`` (epochs, images, target, threads, batches)."""
     runs: dict = {}
     commands: list[str] = []
+    skipped: list[dict] = []
     tp_version = None
     for path in paths:
         merged = json.loads(Path(path).read_text())
@@ -480,9 +490,10 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None]:
         for r in merged["runs"]:
             runs[(r["net"], r["seed"], r["label"])] = r
         tp_version = merged["meta"]["machine"].get("torch_pruning") or tp_version
+        skipped += merged["meta"].get("skipped", [])
         commands += merged["meta"].get("commands") or (
             [merged["meta"]["command"]] if merged["meta"].get("command") else [])
-    return list(runs.values()), list(dict.fromkeys(commands)), tp_version
+    return list(runs.values()), list(dict.fromkeys(commands)), tp_version, skipped
 
 
 def _pairs(summary: list[dict], batch: int, rows: str, against: str, *, counterpart_faster: bool):
@@ -582,6 +593,10 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                          "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}
     meta["commands"] = [*getattr(args, "earlier_commands", []), meta["command"]]
+    # rows refused before training, the latest reason per row, unless a later run trained it
+    trained = {(r["net"], r["seed"], r["label"]) for r in rows}
+    refused = {(s["net"], s["seed"], s["label"]): s for s in getattr(args, "skipped", [])}
+    meta["skipped"] = [s for key, s in refused.items() if key not in trained]
     Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
                                                indent=2) + "\n")
     b = args.latency_batches
@@ -602,6 +617,9 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
     slower = [f"{r['net']}:{r['method']} (b{x}: {r['speedup'][str(x)]:.2f}x)" for r in summary
               for x in b if r["method"] != "dense" and r["speedup"][str(x)] < 1.0]
     lines += ["", "Pruned rows slower than their dense model: " + (", ".join(slower) or "none") + "."]
+    if meta["skipped"]:
+        lines += ["", "Rows refused before training (not in the table): " + "; ".join(
+            f"{s['net']} seed {s['seed']} {s['label']}: {s['reason']}" for s in meta["skipped"]) + "."]
     if any(r["method"].startswith("tp-") for r in summary):  # this run's or merged ones
         lines += ["", "At equal measured latency: each SMCP row against the most accurate Torch-Pruning row "
                   "that is no faster (mean speedup over dense across the seeds, ONNX Runtime):", "",

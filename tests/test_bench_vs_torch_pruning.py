@@ -94,6 +94,18 @@ def test_smcp_rows_without_torch_pruning(tmp_path, capsys, monkeypatch):
     assert all(r["finalize_max_abs_diff"] < 1e-4 for r in runs.values() if r["label"] != "dense")
     assert runs["smcp-latfix-b1"]["options"]["cost"] == "latency+fixed:1"
     assert "pruned model ran at 0.600 of dense" in out
+    assert runs["smcp-latfix-b1"]["cost_fit"]["measured_fraction"] == pytest.approx(0.6)
+    # the refused row is in the results file too, with its reason, until a run trains it
+    (refused,) = result["meta"]["skipped"]
+    assert (refused["label"], refused["seed"]) == ("smcp-too-far", 0)
+    assert refused["reason"].startswith("target 0.001 of dense is below the cheapest model")
+    assert "Rows refused before training (not in the table): concat seed 0 smcp-too-far" in (
+        tmp_path / "vs.md").read_text()
+    assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+                       "--out", str(tmp_path / "again"), "--merge", str(tmp_path / "vs.json"),
+                       "--smcp", 'smcp-too-far={"target": 0.6}']) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["meta"]["skipped"] == [] and "smcp-too-far" in {r["label"] for r in again["runs"]}
     assert list((tmp_path / "tables").glob("concat_smoke_b1_t1.json"))  # measured once, cached
 
 
