@@ -1,7 +1,7 @@
 """One command on one CUDA GPU: SMCP's training overhead, a GPU latency table, and speedups.
 
     python benchmarks/bench_gpu.py                                   # one CUDA GPU, < 8 minutes
-    python benchmarks/bench_gpu.py --device cpu --smoke --out /tmp/gpu_smoke   # seconds, CPU
+    python benchmarks/bench_gpu.py --device cpu --smoke --out /tmp/gpu_smoke   # ~1 minute, CPU
 
 (a) SMCP training step on resnet50 and convnext_tiny (random data, batch 128, bf16 autocast):
     step time of the plain model, of the prepared model with half of every group masked (no
@@ -19,7 +19,8 @@
     table's ratio (no batch-1 table is measured, to stay in the time budget).
 
 Every section has a time budget; what does not fit is recorded as skipped with the reason.
-Writes ``--out``.json and ``--out``.md (default ``benchmarks/results/gpu``) with the device's
+Writes ``--out``.json and ``--out``.md (default ``benchmarks/results/gpu``, or ``gpu_smoke``
+with ``--smoke``) with the device's
 name and the torch / CUDA / cuDNN versions. ``--smoke`` runs tiny models on tiny inputs (the
 test suite runs it on the CPU so the script is known to work before GPU time is spent).
 """
@@ -278,7 +279,7 @@ def run_section(key, budgets, results, skipped, fn):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --smoke)")
-    parser.add_argument("--smoke", action="store_true", help="tiny models and inputs: seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny models and inputs: about a minute")
     parser.add_argument("--out", type=Path, default=None,
                         help="results path prefix (default benchmarks/results/gpu, or gpu_smoke "
                              "with --smoke: a smoke run never replaces real results)")
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     try:
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - one line and the way out
-        print(f"bench_gpu: {e}; `--device cpu --smoke --out DIR` checks the script without one",
+        print(f"bench_gpu: {e}; `--device cpu --smoke --out PREFIX` checks the script without one",
               file=sys.stderr)
         return 2
     if device.type == "cpu" and not args.smoke:
