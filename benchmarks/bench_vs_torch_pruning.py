@@ -445,8 +445,8 @@ def main(argv=None) -> int:
     stem = results_stem("vs_torch_pruning", args.out, args.smoke)
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(args.merge or [],
-                                                                                args)
+    earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(
+        args.merge or [], args)
     rows = []
     for net in args.nets:
         for seed in args.seeds:
@@ -472,8 +472,8 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
     """The union of the results files' runs (a later file's row replaces an earlier one of the
     same net, seed and label), the commands that made them, in order, the Torch-Pruning
     version they name (None if none) and the rows they record as refused before training.
-    Raises SystemExit when
-    a file ran another protocol than ``args`` (epochs, images, target, threads, batches)."""
+    Raises SystemExit when a file ran another protocol than ``args`` (epochs, images, target,
+    threads, batches)."""
     runs: dict = {}
     commands: list[str] = []
     skipped: list[dict] = []
