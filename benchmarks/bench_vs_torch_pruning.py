@@ -51,9 +51,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -328,15 +330,47 @@ DEFAULT_SMCP = {**_WITH_RESCALE,
                 **{ro: {**_WITH_RESCALE[row], **RESCALE_OFF} for ro, row in _RERUN_OFF.items()}}
 
 
+# what train_rows sets itself from SCHEDULE and the row's cost and target: not a row option
+_SET_BY_THE_BENCH = {"prepared", "target", "cost", "channel_step", "warmup", "ramp",
+                     "freeze_after", "update_every", "masked_decay", "schedule"}
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
 def smcp_rows(args) -> dict[str, dict]:
     """``--smcp NAME=JSON`` rows (default: ``DEFAULT_SMCP``, described in the module docstring;
-    none with ``--no-smcp``)."""
+    none with ``--no-smcp``). Raises ``ValueError`` for a row that would fail or mislead only
+    after training: a label that is not a file name or that the tables read as another kind
+    (``dense``, ``tp-...``), JSON that is not an object, an option ``fxprune.SMCP`` does not
+    take, or a cost that is not ``flops``, ``params``, ``latency:B`` or ``latency+fixed:B``."""
     if not args.with_smcp:
         return {}
+    allowed = ({*inspect.signature(fxprune.SMCP.__init__).parameters} - {"self"}
+               - _SET_BY_THE_BENCH) | {*SCHEDULE, "cost", "target"}
     rows = {}
     for item in args.smcp or ():
         name, _, spec = item.partition("=")
-        rows[name] = json.loads(spec or "{}")
+        if not _LABEL.fullmatch(name) or name == "dense" or name.startswith("tp-"):
+            raise ValueError(f"--smcp row label {name!r}: use letters, digits and . _ + - (it "
+                             "names a file), not 'dense' or a 'tp-' prefix (the tables read "
+                             "those as the baseline and Torch-Pruning rows)")
+        try:
+            options = json.loads(spec or "{}")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--smcp {name}: its options are not JSON ({e}); e.g. "
+                             f"{name}='{{\"target\": 0.5}}'") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"--smcp {name}: its options must be a JSON object, got {spec}")
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"--smcp {name}: unknown option(s) {', '.join(unknown)}; a row takes "
+                             f"{', '.join(sorted(allowed))}")
+        cost = str(options.get("cost", "flops"))
+        kind, _, batch = cost.partition(":")
+        if not (cost in ("flops", "params") or (kind in ("latency", "latency+fixed")
+                                                 and batch.isdigit() and int(batch) > 0)):
+            raise ValueError(f"--smcp {name}: cost {cost!r} is not flops, params, latency:B or "
+                             "latency+fixed:B (B: the batch the table is timed at)")
+        rows[name] = options
     return rows or dict(DEFAULT_SMCP)
 
 
@@ -438,6 +472,10 @@ def main(argv=None) -> int:
         args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, 20
     if not args.with_smcp and args.smcp:
         p.error("--no-smcp trains no SMCP row; drop it or the --smcp rows")
+    try:  # before anything trains: a bad row would otherwise fail after the dense row
+        smcp_rows(args)
+    except ValueError as e:
+        p.error(str(e))
     if not args.seeds and not args.merge:
         p.error("--seeds needs at least one seed (no seed trains nothing: that is for --merge)")
     tp = require_torch_pruning() if args.tp and args.seeds else None

@@ -85,16 +85,19 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     shrink at ``step``; after timing, when the pruned model measured no faster than dense or
     the fit would price the narrowest allowed model at zero or below.
     """
-    if not isinstance(cost_model, CostModel):
+    if isinstance(cost_model, type) or not isinstance(cost_model, CostModel):
+        got = (f"the class {cost_model.__name__} (call it)" if isinstance(cost_model, type)
+               else type(cost_model).__name__)
         raise TypeError(f"calibrate_cost needs a cost model object (fxprune.FlopsCost(), a "
-                        f"LatencyTable, ...), got {type(cost_model).__name__}")
+                        f"LatencyTable, ...), got {got}")
     if isinstance(cost_model, WithFixedCost):  # fit again from the per-layer model
         cost_model = cost_model.base
     if not 0 < keep < 1:
         raise DeployError(f"keep must be a fraction of each group's channels in (0, 1), got {keep}")
     for name, value, low in (("step", step, 1), ("iters", iters, 1), ("warmup", warmup, 0),
                              ("sessions", sessions, 1),
-                             ("threads", 1 if threads is None else threads, 1)):
+                             ("threads", 1 if threads is None else threads, 1),
+                             ("batch", 1 if batch is None else batch, 1)):
         if int(value) != value or value < low:
             raise DeployError(f"calibrate_cost: {name} must be an integer >= {low}, got {value!r}")
     backend = backend or getattr(cost_model, "backend", None) or "onnxruntime"

@@ -186,6 +186,10 @@ class WithFixedCost:
     #: how it was fitted (dense ms, measured and predicted fractions, backend...), for reports
     fit: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self):
+        # a list of keys would never equal the tuple the check builds: a false "another model"
+        object.__setattr__(self, "layers", tuple(self.layers))
+
     @property
     def name(self) -> str:
         return f"{self.base.name}+fixed"
@@ -213,8 +217,16 @@ def layer_key(layer: LayerSpec) -> str:
 
 def layer_keys(layers) -> tuple[str, ...]:
     """:func:`layer_key` of every costed layer (LayerSpecs, e.g. ``fxprune.layer_specs(pm)``),
-    in order: the ``layers`` a :class:`WithFixedCost` is tied to."""
-    return tuple(layer_key(s) for s in layers)
+    in order: the ``layers`` a :class:`WithFixedCost` is tied to. Raises ``TypeError`` for a
+    model (pass ``fxprune.layer_specs(model)``)."""
+    try:
+        specs = list(layers)
+    except TypeError:  # a model that is not a container
+        specs = None
+    if specs is None or not all(isinstance(s, LayerSpec) for s in specs):
+        raise TypeError(f"layer_keys takes LayerSpecs, got {type(layers).__name__}: pass "
+                        "fxprune.layer_specs(model), not the model")
+    return tuple(layer_key(s) for s in specs)
 
 
 def fixed_cost_of(cost_model, layers) -> float:

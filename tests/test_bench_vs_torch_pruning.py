@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -127,6 +128,24 @@ def test_head_to_head_compares_with_no_faster_torch_pruning_rows():
     summary[1]["speedup"]["1"] = 1.5
     (line,) = bench.head_to_head(summary, 1)
     assert "every Torch-Pruning row is faster" in line
+
+
+@pytest.mark.parametrize("row, says", [
+    ('dense={"target": 0.3}', "not 'dense' or a 'tp-' prefix"),
+    ("tp-x={}", "not 'dense' or a 'tp-' prefix"),
+    ("x/y={}", "names a file"),
+    ('b={"warmpu": 0.2}', "unknown option.*warmpu.*a row takes .*warmup"),
+    ('b={"warmup": 0.2', "not JSON"),
+    ("b=[1]", "must be a JSON object"),
+    ('b={"cost": "latency"}', "latency:B or latency\\+fixed:B"),
+])
+def test_a_bad_smcp_row_is_refused_before_anything_trains(tmp_path, row, says, capsys):
+    bench = load_benchmark("bench_vs_torch_pruning")
+    bench.train_rows = lambda *a: pytest.fail("trained")
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--no-tp", "--out", str(tmp_path / "x"), "--smcp", row])
+    assert re.search(says, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow

@@ -75,6 +75,15 @@ def test_a_target_under_a_fixed_cost_leaves_the_layers_less():
     assert plain.budget.fraction(b) <= 0.6 - 0.4 / 3 + 1e-9 < plain.budget.fraction(a)
 
 
+def test_layer_keys_of_a_list_match_and_a_model_is_refused():
+    pm = _prepared(16)
+    specs = fxprune.layer_specs(pm)
+    # keys given as a list are the same keys: no false "fitted on another model"
+    assert WithFixedCost(FlopsCost(), 1.0, list(layer_keys(specs))).fixed_cost_for(specs) == 1.0
+    with pytest.raises(TypeError, match="pass fxprune.layer_specs\\(model\\), not the model"):
+        layer_keys(pm)
+
+
 def test_a_fixed_cost_fitted_on_another_model_is_refused():
     fitted = _flops_with(_prepared(16), 1e6)
     with pytest.raises(ValueError, match="fitted on another model.*calibrate_cost"):
@@ -184,7 +193,9 @@ def test_calibrate_cost_refuses_what_it_cannot_fit_before_timing(monkeypatch):
     pm = _prepared(16)
     with pytest.raises(TypeError, match="cost model object"):
         calibrate_cost("flops", pm)
-    for bad in ({"step": 0}, {"iters": 0}, {"threads": 0}, {"warmup": -1}):
+    with pytest.raises(TypeError, match=r"the class FlopsCost \(call it\)"):
+        calibrate_cost(FlopsCost, pm)
+    for bad in ({"step": 0}, {"iters": 0}, {"threads": 0}, {"warmup": -1}, {"batch": 0}):
         with pytest.raises(DeployError, match=f"{next(iter(bad))} must be an integer"):
             calibrate_cost(FlopsCost(), pm, **bad)
     with pytest.raises(DeployError, match="no channel group is wide enough.*channel_step"):
