@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts (not part of the fxprune package)."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import fxprune
@@ -9,12 +11,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def results_stem(name: str, out=None, smoke: bool = False) -> Path:
-    """Where a benchmark writes its ``.json`` and ``.md``: ``out`` when given, else
-    ``benchmarks/results/NAME``, or ``NAME_smoke`` for a smoke run, so that a smoke run's
-    figures never replace the published ones (git ignores ``*_smoke.*`` there)."""
-    if out is not None:
-        return Path(out)
-    return RESULTS / (f"{name}_smoke" if smoke else name)
+    """Where a benchmark writes its ``.json`` and ``.md``: ``out`` when given (a ``.json`` or
+    ``.md`` ending dropped), else ``benchmarks/results/NAME``, or ``NAME_smoke`` for a smoke
+    run, so that a smoke run's figures never replace the published ones (git ignores
+    ``*_smoke.*`` there). Exits with a one-line message for an empty ``out`` or a folder."""
+    if out is None:
+        return RESULTS / (f"{name}_smoke" if smoke else name)
+    stem = Path(out)
+    if not str(out).strip():
+        _usage_error(f"--out is empty; give a path without extension, e.g. /tmp/{name} "
+                     f"(writes /tmp/{name}.json and .md)")
+    if stem.is_dir() or str(out).endswith(("/", os.sep)):
+        _usage_error(f"--out {out} is a folder; give a path without extension inside it, "
+                     f"e.g. {stem / name}")
+    return stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
+
+
+def _usage_error(message: str):
+    """Exit as argparse does on a bad argument: one line on stderr, status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def half_masks(prepared) -> None:

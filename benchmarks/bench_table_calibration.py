@@ -217,10 +217,7 @@ def main(argv=None) -> None:
     for name in ("configs", "iters", "batch", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    out = results_stem("table_calibration", args.out, args.smoke)
-    if out.is_dir():
-        p.error(f"--out {out} is a folder; give a path without extension inside it "
-                f"(e.g. {out / 'table_calibration'})")
+    out = results_stem("table_calibration", args.out, args.smoke)  # exits on a folder
     if args.cache and not os.path.isfile(args.cache):
         p.error(f"--cache {args.cache} is not a file (a latency cache written by "
                 "LatencyTable.measure(cache=...))")

@@ -523,8 +523,12 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
             if key == "train_images" and args.smoke:
                 ours = None
             if theirs != ours:
+                if key == "smoke" or (key == "train_images" and None in (theirs, ours)):
+                    way = "add --smoke" if merged["meta"]["protocol"].get("smoke") else "drop --smoke"
+                else:
+                    way = f"pass --{arg.replace('_', '-')} {theirs}"
                 raise SystemExit(f"cannot merge {path}: it ran {key} {theirs}, this run {ours}; "
-                                 f"pass --{arg.replace('_', '-')} {theirs} to combine it")
+                                 f"{way} to combine it")
         for r in merged["runs"]:
             runs[(r["net"], r["seed"], r["label"])] = r
         tp_version = merged["meta"]["machine"].get("torch_pruning") or tp_version

@@ -171,6 +171,9 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     assert by_label(combined["runs"]) == by_label(result["runs"])  # b's dense and y replaced a's
     assert len(combined["meta"]["commands"]) == 3 and combined["meta"]["protocol"]["seeds"] == [0]
     # rows of another protocol are not put in one table
+    with pytest.raises(SystemExit, match="cannot merge .*a.json: .*; add --smoke to combine"):
+        bench.main(["--no-tp", "--threads", "1", "--latency-batches", "1", "--epochs", "2",
+                    "--out", str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit, match="cannot merge .*a.json: it ran threads 1, this run 2"):
         bench.main(["--smoke", "--no-tp", "--threads", "2", "--latency-batches", "1", "--out",
                     str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
