@@ -491,8 +491,8 @@ def main(argv=None) -> int:
             for row in train_rows(net, seed, args, tp):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            key = {(r["net"], r["seed"], r["label"]) for r in rows}
-            kept = [r for r in earlier if (r["net"], r["seed"], r["label"]) not in key]
+            key = {run_key(r) for r in rows}
+            kept = [r for r in earlier if run_key(r) not in key]
             write_results(stem, kept + rows, args, tp, start, argv)
     if not args.seeds:
         write_results(stem, earlier, args, tp, start, argv)
@@ -504,6 +504,12 @@ SAME_PROTOCOL = [("protocol", "epochs", "epochs"), ("protocol", "train_images", 
                  ("protocol", "target", "target"), ("protocol", "smoke", "smoke"),
                  ("machine", "threads", "threads"), ("machine", "train_batch", "batch"),
                  ("machine", "latency_batches", "latency_batches")]
+
+
+def run_key(run: dict) -> tuple:
+    """What identifies a run (or a refused row) across results files: a later one with the same
+    net, seed and label replaces an earlier one."""
+    return run["net"], run["seed"], run["label"]
 
 
 def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[dict]]:
@@ -530,7 +536,7 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
                 raise SystemExit(f"cannot merge {path}: it ran {key} {theirs}, this run {ours}; "
                                  f"{way} to combine it")
         for r in merged["runs"]:
-            runs[(r["net"], r["seed"], r["label"])] = r
+            runs[run_key(r)] = r
         tp_version = merged["meta"]["machine"].get("torch_pruning") or tp_version
         skipped += merged["meta"].get("skipped", [])
         commands += merged["meta"].get("commands") or (
@@ -636,8 +642,8 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
             "runtime_s": round(time.perf_counter() - start, 1)}
     meta["commands"] = [*getattr(args, "earlier_commands", []), meta["command"]]
     # rows refused before training, the latest reason per row, unless a later run trained it
-    trained = {(r["net"], r["seed"], r["label"]) for r in rows}
-    refused = {(s["net"], s["seed"], s["label"]): s for s in getattr(args, "skipped", [])}
+    trained = {run_key(r) for r in rows}
+    refused = {run_key(s): s for s in getattr(args, "skipped", [])}
     meta["skipped"] = [s for key, s in refused.items() if key not in trained]
     Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": summary, "runs": rows},
                                                indent=2) + "\n")
