@@ -172,7 +172,9 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
 def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
            target: float = float("nan"), hint: str = "") -> list[int]:
     """Make ``choice`` fit ``limit`` (absolute cost) by exact single steps between neighbouring
-    options, then spend what is left on the most valuable steps per cost that still fit."""
+    options (from every group's smallest option when no step down saves cost, as a measured
+    table's noise allows), then spend what is left on the most valuable steps per cost that
+    still fit. Raises :class:`InfeasibleBudget` when not even the smallest options fit."""
     offsets = budget.index.offsets
     choice = list(choice)
     kept = kept_from(offsets, options, choice)
@@ -194,7 +196,15 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
                 rate = loss / max(-dc, 1e-12)
                 if dc < 0 and (best is None or rate < best[0]):
                     best = (rate, i, dc, trial)
-        if best is None:
+        if best is None:  # no single step down saves cost here
+            # A measured table need not fall with width (noise, or a runtime's kernels), so
+            # this can be a local minimum while every group at its smallest width still fits.
+            if any(choice):
+                smallest = kept_from(offsets, options, [0] * len(choice))
+                if budget.total(smallest) <= limit * _SLACK:
+                    choice, kept = [0] * len(choice), smallest
+                    total = budget.total(kept)
+                    continue
             raise_infeasible(options, budget, target, hint)
         _, i, dc, kept = best
         choice[i] -= 1

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import fxprune
-from fxprune.allocation import GroupOptions, allocate, kept_from, ranked_options
+from fxprune.allocation import (GroupOptions, InfeasibleBudget, allocate, kept_from,
+                                ranked_options, repair)
 from fxprune.budget import Budget
 from fxprune.cost import FlopsCost
 from fxprune.importance import BanditStats, PairwiseTaylor, WeightTaylor
@@ -60,6 +61,35 @@ def test_allocate_fits_and_prefers_valuable_subsets(target):
     # each group keeps its top channels by score
     for i, c in enumerate(result.choice):
         assert np.array_equal(result.kept[index.group_slice(i)], options[i].keep[c])
+
+
+class _BumpCost:
+    """FLOPs, plus a bump for any output width strictly between 1 and the full width: a cost
+    that does not fall with width, as a noisy latency table's need not."""
+
+    name = "bump"
+
+    def layer_cost(self, layer, c_in, c_out):
+        return float(layer.flops(c_in, c_out)) + (1e9 if 1 < c_out < layer.out_channels else 0.0)
+
+
+def test_repair_leaves_a_local_minimum_of_a_cost_that_does_not_fall_with_width():
+    pm = prepared()
+    index = UnitIndex(pm)
+    budget = Budget(index, costed_layers(index), _BumpCost())
+    rng = np.random.default_rng(0)
+    options = [ranked_options(s, np.argsort(-s), np.arange(1, g.size + 1))
+               for g in index.groups for s in [rng.random(g.size)]]
+    full = [len(o.counts) - 1 for o in options]
+    smallest = budget.fraction(kept_from(index.offsets, options, [0] * len(options)))
+    # from the dense model every single step down costs more (into the bump); one channel per
+    # group fits, so that is not "infeasible"
+    choice = repair(full, options, budget, 0.5 * budget.dense, 0.5)
+    assert budget.fraction(kept_from(index.offsets, options, choice)) <= 0.5 + 1e-9
+    assert smallest < 0.5
+    with pytest.raises(InfeasibleBudget) as e:  # below even that: the floor is the true one
+        repair(full, options, budget, 0.5 * smallest * budget.dense, 0.5 * smallest)
+    assert e.value.floor == pytest.approx(smallest)
 
 
 def test_group_options_reject_bad_shapes():
