@@ -2,14 +2,15 @@
 
     python benchmarks/bench_table_calibration.py [--nets concat resnet] [--batch 64] [--threads 1]
         [--targets 0.9 0.75 0.6 0.5 0.4] [--choosers table flops table+fixed flops+fixed]
-        [--cache FILE] [--out benchmarks/results/table_calibration]
+        [--passes 2] [--cache FILE] [--out benchmarks/results/table_calibration]
 
 Per net of the head-to-head benchmark (``bench_vs_torch_pruning.NETS``, untrained: latency does
 not depend on the weights): measures an ONNX Runtime latency table of the prepared model at
-``--batch`` (step 8; a fresh cache in a temporary folder unless ``--cache`` names a latency
-cache file, e.g. one timed under load, to see what it would have done; it is copied, never
-written, and replays only on the CPU, ONNX Runtime version and threads it was timed with, and
-without load flags on an idle CPU: points it lacks or has flagged are timed afresh). Then
+``--batch`` (step 8, each point its fastest of ``--passes`` passes; a fresh cache in a temporary
+folder unless ``--cache`` names a latency cache file, e.g. one timed under load, to see what it
+would have done; it is copied, never written, and replays only on the CPU, ONNX Runtime version
+and threads it was timed with, and without load flags on an idle CPU: points it lacks or has
+flagged are timed afresh). Then
 ``fxprune.deploy.calibrate_cost`` fits the constant the table misses, and the one FLOPs miss,
 from the dense model and one keeping half of every group (timed apart from the models below).
 Four cost models: the table, FLOPs, and each with its fitted constant ("+fixed"). For each
@@ -65,7 +66,7 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
     dense = NETS[net](args.smoke).eval()
     pm = fxprune.prepare(dense, (torch.randn(1, 1, 28, 28),))
     table = LatencyTable.measure(pm, step=8, threads=args.threads, batch=args.batch, cache=cache,
-                                 progress=False, log=lambda s: None)
+                                 passes=args.passes, progress=False, log=lambda s: None)
     # each cost model plus the constant it misses, fitted from dense and a uniform half model
     fits = {}
     for name, base in (("table+fixed", table), ("flops+fixed", FlopsCost())):
@@ -117,7 +118,8 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
         row["ms"] = ms[row["model"]]
     rows.insert(0, {"net": net, "model": "dense", "ms": ms["dense"],
                     "table_sum_ms": pricers["table"].budget.dense, "table_points_under_load":
-                    table.stats["under_load"], "infeasible": infeasible,
+                    table.stats["under_load"], "table_seconds": table.stats["seconds"],
+                    "table_points_timed": table.stats["measured"], "infeasible": infeasible,
                     "fits": {name: {"fixed_cost": fit.fixed_cost, **fit.fit}
                              for name, fit in fits.items()}})
     return rows
@@ -148,7 +150,8 @@ def markdown(meta: dict, rows: list[dict], summ: list[dict]) -> str:
     m = meta["machine"]
     lines = ["# Latency table vs measured latency", "", f"`{meta['command']}`", "",
              f"{m['cpu']}, {m['cores']} cores, ONNX Runtime {m['onnxruntime']}, {m['threads']} "
-             f"thread(s), batch {m['batch']}, medians of {meta['iters']} interleaved runs; load "
+             f"thread(s), batch {m['batch']}, tables of the fastest of {meta.get('passes', 2)} "
+             f"passes per point, medians of {meta['iters']} interleaved runs; load "
              f"average {m['load_average_start'][0]:.2f} at the start, "
              f"{m['load_average_end'][0]:.2f} at the end; {meta['runtime_s']:.0f} s.", "",
              "Mean absolute error of each predictor's fraction of dense against the measured one, "
@@ -199,6 +202,9 @@ def main(argv=None) -> None:
     p.add_argument("--configs", type=int, default=2, help="random-importance draws per target")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passes", type=int, default=2,
+                   help="passes over the latency table's grid, each point keeping its fastest "
+                        "(LatencyTable.measure's passes; default 2, as there)")
     p.add_argument("--cache", help="a latency cache FILE to use (default: a fresh one per run)")
     p.add_argument("--smoke", action="store_true",
                    help="the nets' smoke widths, one target (0.9), one draw, 5 runs")
@@ -214,7 +220,7 @@ def main(argv=None) -> None:
     bad = [t for t in args.targets if not 0 < t <= 1]
     if bad:
         p.error(f"--targets are fractions of the dense cost in (0, 1], got {bad}")
-    for name in ("configs", "iters", "batch", "threads"):
+    for name in ("configs", "iters", "batch", "threads", "passes"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     out = results_stem("table_calibration", args.out, args.smoke)  # exits on a folder
@@ -233,7 +239,7 @@ def main(argv=None) -> None:
     summ = summary(rows)
     meta = {"command": "python benchmarks/bench_table_calibration.py " + " ".join(
                 argv if argv is not None else sys.argv[1:]),
-            "iters": args.iters, "runtime_s": time.perf_counter() - start,
+            "iters": args.iters, "passes": args.passes, "runtime_s": time.perf_counter() - start,
             "machine": {"cpu": cpu_name(), "cores": cpu_load()[1], "threads": args.threads,
                         "batch": args.batch, "onnxruntime": ortb.version(),
                         "torch": torch.__version__, "load_average_start": list(load_start),

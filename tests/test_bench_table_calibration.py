@@ -13,11 +13,12 @@ def test_smoke_run_prices_every_chosen_model_and_measures_it(tmp_path):
     bench = load_benchmark("bench_table_calibration")
     out = tmp_path / "cal.v2"  # a dot in the name is not an extension to replace
     (tmp_path / "cal.json").write_text("the user's")
-    bench.main(["--smoke", "--nets", "resnet", "--out", str(out)])
+    bench.main(["--smoke", "--nets", "resnet", "--passes", "1", "--out", str(out)])
     assert (tmp_path / "cal.json").read_text() == "the user's"
     data = json.loads((tmp_path / "cal.v2.json").read_text())
     rows = [r for r in data["rows"] if r["model"] != "dense"]
     dense = next(r for r in data["rows"] if r["model"] == "dense")
+    assert data["meta"]["passes"] == 1 and dense["table_points_timed"] > 0
     # every cost model chose a model, or says why not (smoke tables of tiny layers are noisy:
     # one may price every allowed model above the target)
     refused = {miss["chooser"] for miss in dense["infeasible"]}
@@ -35,13 +36,14 @@ def test_smoke_run_prices_every_chosen_model_and_measures_it(tmp_path):
     (summary,) = data["summary"]
     assert summary["models"] == len(rows) and summary["table_sum_over_real"] > 0
     text = (tmp_path / "cal.v2.md").read_text()
-    assert "| resnet | flops | 0.9 |" in text
+    assert "| resnet | flops | 0.9 |" in text and "fastest of 1 passes" in text
     assert all(f"resnet, {m['chooser']} at 0.9: no model" in text for m in dense["infeasible"])
 
 
 @pytest.mark.parametrize("args, phrase", [
     (["--targets", "0"], "in (0, 1]"), (["--targets", "1.5"], "in (0, 1]"),
-    (["--configs", "0"], "--configs must be >= 1"), (["--out", "."], "is a folder"),
+    (["--configs", "0"], "--configs must be >= 1"), (["--passes", "0"], "--passes must be >= 1"),
+    (["--out", "."], "is a folder"),
     (["--cache", "."], "is not a file")])
 def test_bad_arguments_are_refused_before_any_timing(args, phrase, capsys):
     bench = load_benchmark("bench_table_calibration")
