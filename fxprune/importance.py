@@ -302,9 +302,13 @@ class InputTaps:
                     dim = channel_dim % prod.ndim
                     others = tuple(d for d in range(1, prod.ndim) if d != dim)
                     per = prod.sum(dim=others) if others else prod  # (N, C_in)
+                    flat, valid = indices(per.device)
+                    if per.shape[1] != valid.numel():
+                        # a grouped conv's weight reads C_in / groups positions, each standing
+                        # for one channel of every group (channel c is position c % positions)
+                        per = per.reshape(per.shape[0], -1, valid.numel()).sum(1)
                     if self.loss_reduction == "mean":
                         per = per * prod.shape[0]
-                    flat, valid = indices(per.device)
                     t = per.new_zeros(per.shape[0], self.n)
                     t.index_add_(1, flat, per[:, valid])
                     mine = self.pending.get(forward)

@@ -16,7 +16,7 @@ per-element state tensor (momentum, Adam moments) bit-identical: SGD's weight de
 momentum would otherwise move them although their gradient is zero.
 
 With a fixed number of active channels per group every gathered shape is static across steps.
-Supported: conv (groups == 1 or depthwise), linear, batch norm, and channel-agnostic ops
+Supported: conv (any groups), linear, batch norm, and channel-agnostic ops
 (activations, pooling, flatten, add, cat). Anything else (masked layer/group norm, a literal
 channel count in a view) raises, and construction checks the gathered forward against the
 masked model on the example inputs, as ``finalize`` checks itself.
@@ -78,10 +78,12 @@ class _GatheredLayer(nn.Module):
                     x = x[(..., *(slice(None, None, s) for s in m.stride))]
                     return conv(x, w, b)
                 return m._conv_forward(x, w, b)
-            # depthwise: one group per (active) input channel
             if m.padding_mode != "zeros":
                 raise SurgeryError(f"gathered execution: {self.name} pads with {m.padding_mode}")
-            return conv(x, w, b, m.stride, m.padding, m.dilation, x.shape[1])
+            # depthwise: one group per (active) input channel; another grouped conv keeps its
+            # groups, each gathered alike (the analysis ties a position across groups)
+            groups = x.shape[1] if m.groups == m.in_channels else m.groups
+            return conv(x, w, b, m.stride, m.padding, m.dilation, groups)
         if isinstance(m, nn.Linear):
             return F.linear(x, self._gather(m.weight, "weight", (0, 1)), self._gather(m.bias, "bias"))
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -200,7 +202,11 @@ class GatheredModule(nn.Module):
         try:
             self.set_active(active)
             inputs = state_of(prepared).example_inputs
-            err = max_relative_error(run_eval(prepared, inputs), run_eval(self, inputs))
+            try:
+                err = max_relative_error(run_eval(prepared, inputs), run_eval(self, inputs))
+            except RuntimeError as e:  # e.g. a channel-sized buffer the gathered graph reads whole
+                raise SurgeryError(f"gathered execution fails on the example inputs ({e}); this "
+                                   "graph has an op it cannot gather: use masked execution") from e
         finally:
             index.set_masks(prepared, before)
             # that forward was a check, not a training step: a stale index would make the

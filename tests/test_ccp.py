@@ -304,3 +304,37 @@ def test_an_unreachable_cost_target_is_refused_before_training():
         with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the cheapest model"):
             CCP(prepared(), target=0.01, mode=mode, channel_step=8, collect=2)
     CCP(prepared(), mode="ratio", ratio=0.1, channel_step=8, collect=2)  # no cost promised
+
+
+class GroupedConvNet(nn.Module):
+    """A grouped (not depthwise) conv: its weight reads C_in / groups positions per group."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+        self.h = nn.Conv2d(12, 3, 1)
+
+    def forward(self, x):
+        return self.h(F.relu(self.b(F.relu(self.a(x))))).mean((2, 3))
+
+
+def test_per_sample_terms_of_a_grouped_conv_sum_each_positions_channels():
+    torch.manual_seed(0)
+    model = GroupedConvNet().double()
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (3,))
+    pm = fxprune.prepare(model, (x[:1],))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+    F.cross_entropy(pm(x), y).backward()  # crashed inside backward before
+    t = taps.take()
+    (group,) = [i for i, g in enumerate(index.groups) if g.producers == ["a"]]
+    units = index.group_slice(group)
+    for n in range(3):  # unit j stands for channels j, j + 2, j + 4, j + 6 of `a`
+        h = F.relu(model.a(x[n:n + 1])).detach().requires_grad_(True)
+        F.cross_entropy(model.h(F.relu(model.b(h))).mean((2, 3)), y[n:n + 1]).backward()
+        per_channel = (h * h.grad).sum((2, 3))[0]
+        want = per_channel.reshape(4, 2).sum(0)
+        np.testing.assert_allclose(t[n, units].numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-14)
+    taps.close()

@@ -155,3 +155,35 @@ def test_unsupported_graphs_are_refused_with_a_reason():
     pm = fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),))
     with pytest.raises(SurgeryError, match="masked execution"):
         gathered_module(pm)
+
+
+def test_grouped_convs_gather_and_a_graph_it_cannot_gather_is_refused():
+    from torch import nn
+    from fxprune.errors import SurgeryError
+
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1, groups=4)
+            self.h = nn.Conv2d(12, 3, 1)
+
+        def forward(self, x):
+            return self.h(F.relu(self.b(F.relu(self.a(x)))))
+
+    class ChannelBuffer(nn.Module):  # a channel-sized buffer the gathered graph reads whole
+        def __init__(self):
+            super().__init__()
+            self.a, self.h = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 1)
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1))
+
+        def forward(self, x):
+            return self.h(self.a(x) * self.scale)
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Grouped(), (x,))
+    assert gathered_module(pm).check(pm) <= 1e-4  # (construction checked it once already)
+    with pytest.raises(SurgeryError, match="fails on the example inputs.*use masked execution"):
+        gathered_module(fxprune.prepare(ChannelBuffer(), (x,)))
+    with pytest.warns(UserWarning, match="gathered execution unavailable"):
+        pruner = fxprune.CUCB(fxprune.prepare(ChannelBuffer(), (x,)), rho=0.5)
+    assert pruner.gathered is None
