@@ -338,3 +338,34 @@ def test_per_sample_terms_of_a_grouped_conv_sum_each_positions_channels():
         want = per_channel.reshape(4, 2).sum(0)
         np.testing.assert_allclose(t[n, units].numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-14)
     taps.close()
+
+
+def test_the_greedy_paths_running_objective_is_each_subsets_own():
+    S = keep_form(*random_instance(40, seed=3))
+    for p, (beta, val) in best_subsets(S, range(1, 41), swaps=False).items():
+        assert beta.sum() == p
+        assert val == pytest.approx(objective(S, beta), rel=1e-9, abs=1e-9)
+
+
+def test_one_common_ratio_swaps_at_the_picked_count_only(monkeypatch):
+    # the picked counts depend on costs alone: swapping at each of a wide group's counts took
+    # minutes on convnext_tiny; the subsets are what swaps at every count would give there
+    from fxprune.methods import ccp as ccp_module
+
+    calls = []
+    search = ccp_module._local_search
+    monkeypatch.setattr(ccp_module, "_local_search", lambda *a: calls.append(1) or search(*a))
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, collect=3, channel_step=1, exhaustive_max=4)
+    problems = {}
+    original = pruner._group_problem
+    pruner._group_problem = lambda i: problems.setdefault(i, original(i))
+    _train(pm, pruner, 3)
+    wide = [i for i, (S, _, _) in problems.items() if len(S) > 4]
+    assert wide and len(calls) == len(wide)  # not one per count
+    for i in wide:
+        S, alive, constraints = problems[i]
+        kept = pruner.index.masks(pm).numpy()[pruner.index.group_slice(i)] > 0
+        p = int(kept.sum())
+        beta, _ = best_subsets(S, range(1, len(S) + 1), constraints)[p]
+        assert np.array_equal(kept[alive], beta)

@@ -152,7 +152,8 @@ def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
 def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -> dict[int, tuple[np.ndarray, float]]:
     """For every ``p`` in ``counts``: a good ``beta`` (bool) with ``p`` ones and its objective,
     by greedy backward elimination from all-kept (one pass gives every count) plus 1-swap local
-    search at each requested count. O(n^2) for the path, O(n^2) per swap."""
+    search at each requested count. O(n^2) for the path (its objective kept as it goes), O(n^2)
+    per swap."""
     S = np.asarray(S, np.float64)
     n = len(S)
     M = _constraint_matrix(n, keep_one_of)
@@ -164,9 +165,12 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
     held = M.sum(1) if len(M) else np.zeros(0, dtype=np.int64)
     out = {}
     for size in range(n, wanted[-1] - 1, -1):
-        if size in wanted:
-            b = _local_search(S, beta, M) if swaps and size < n else beta.copy()
-            out[size] = (b, objective(S, b))
+        if size in wanted:  # the path's running objective, or the swapped subset's own
+            if swaps and size < n:
+                b = _local_search(S, beta, M)
+                out[size] = (b, objective(S, b))
+            else:
+                out[size] = (beta.copy(), f)
         if size == wanted[-1]:
             break
         removable = beta.copy()
@@ -324,10 +328,10 @@ class CCP(PruningMethod):
         return allowed_counts(g.size, self.channel_step, max(1, len(constraints)), alive,
                               self.index.unit_channels[i])
 
-    def _subsets(self, S, counts, constraints):
+    def _subsets(self, S, counts, constraints, swaps=None):
         if len(S) <= self.exhaustive_max:
             return {int(p): solve_exhaustive(S, int(p), constraints) for p in counts}
-        return best_subsets(S, counts, constraints, swaps=self.swaps)
+        return best_subsets(S, counts, constraints, swaps=self.swaps if swaps is None else swaps)
 
     def prune(self, round_k: int = 1) -> dict:
         start = time.perf_counter()
@@ -337,13 +341,16 @@ class CCP(PruningMethod):
         frac = round_k / self.rounds
         before = self._kept_now()
         options, problems = [], []
+        # one common ratio: the counts it picks depend on costs only, so the swaps run at the
+        # picked count alone (below), not at each of a wide group's hundreds of counts
+        uniform = self.mode == "ratio" and self.ratio is None
         for i, g in enumerate(self.index.groups):
             S, alive, constraints = self._group_problem(i)
             counts = self._counts(i, len(alive), constraints)
             if self.mode == "ratio" and self.ratio is not None:
                 want = (1 - (1 - self.ratio) * frac) * g.size
                 counts = counts[[int(np.argmin(np.abs(counts - want)))]]
-            subsets = self._subsets(S, counts, constraints)
+            subsets = self._subsets(S, counts, constraints, swaps=False if uniform else None)
             full = objective(S, np.ones(len(S), bool))
             keep = np.zeros((len(counts), g.size), dtype=bool)
             values = np.zeros(len(counts))
@@ -352,7 +359,7 @@ class CCP(PruningMethod):
                 keep[j, alive[beta]] = True
                 values[j] = full - val  # minus the predicted loss change of this subset
             options.append(GroupOptions(counts, values, keep))
-            problems.append(len(S))
+            problems.append((S, alive, constraints, full))
         if self.mode == "ratio" and self.ratio is not None:
             choice = [0] * len(options)
             kept = np.concatenate([o.keep[0] for o in options])
@@ -361,7 +368,15 @@ class CCP(PruningMethod):
             target = 1 - (1 - self.cost_target) * frac
             result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
                                       hint=f", channel_step={self.channel_step}")
-            kept, choice = result.kept, result.choice
+            choice = result.choice
+            if self.swaps:  # what best_subsets' swaps would have given at that count
+                for (S, alive, constraints, full), o, c in zip(problems, options, choice):
+                    if len(S) > self.exhaustive_max:
+                        beta, val = best_subsets(S, [int(o.counts[c])], constraints)[int(o.counts[c])]
+                        o.keep[c] = False
+                        o.keep[c, alive[beta]] = True
+                        o.values[c] = full - val
+            kept = np.concatenate([o.keep[c] for o, c in zip(options, choice)])
         else:
             target = 1 - (1 - self.cost_target) * frac
             result = allocate(options, self.budget, target, before, resolution=self.resolution,
@@ -376,7 +391,7 @@ class CCP(PruningMethod):
                   "actual": float(self.budget.fraction(kept)), "kept": int(kept.sum()),
                   "channels": self.index.n, "predicted_loss_change": predicted,
                   "samples": samples, "solve_s": time.perf_counter() - start,
-                  "exhaustive_groups": int(sum(n <= self.exhaustive_max for n in problems))}
+                  "exhaustive_groups": int(sum(len(p[0]) <= self.exhaustive_max for p in problems))}
         self.history.append(record)
         return record
 
