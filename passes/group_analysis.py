@@ -15,9 +15,10 @@ import operator
 import networkx as nx
 import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
 
-from fxprune.rules import Elementwise, SizeOf
+from fxprune.rules import Barrier, Elementwise, SizeOf
+from fxprune.rules.layers import _WeightLayer
 from fxprune.cost import LayerSpec
 from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, StatSite
 from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
@@ -41,7 +42,16 @@ def module_rule(cls: type, extra_rules: dict | None = None):
 def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = None):
     """The channel rule for ``node`` (None: no rule, the op is a barrier)."""
     if node.op == "call_module":
-        return module_rule(type(gm.get_submodule(node.target)), extra_rules)
+        m = gm.get_submodule(node.target)
+        row = module_rule(type(m), extra_rules)
+        if (isinstance(row, _WeightLayer) and not isinstance(m._parameters.get("weight"), nn.Parameter)
+                and type(m) not in (extra_rules or {})):
+            # weight_norm / spectral_norm: the weight is computed from other tensors at each call
+            return Barrier(f"`{node.target}` ({type(m).__name__}) computes its weight (weight_norm, "
+                           "spectral_norm or another parametrization); remove it first "
+                           "(torch.nn.utils.parametrize.remove_parametrizations, or "
+                           "torch.nn.utils.remove_weight_norm) to prune these channels")
+        return row
     key = node.target
     if extra_rules and key in extra_rules:
         return extra_rules[key]

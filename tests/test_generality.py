@@ -578,3 +578,24 @@ def test_channel_pad_may_lose_all_its_zero_channels():
     pads = [n.args[1] for n in small.graph.nodes if n.target is F.pad]
     assert all(p[4] + p[5] < 16 for p in pads) and any(p[4] == p[5] == 0 for p in pads), pads
     assert max_relative_error(run_eval(pm, (X2,)), run_eval(small, (X2,))) <= 1e-4
+
+
+@pytest.mark.parametrize("parametrize", ["weight_norm", "spectral_norm"])
+def test_a_parametrized_weight_is_kept_whole_with_the_way_out(parametrize):
+    from torch.nn.utils import parametrizations
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(F.relu(self.b(F.relu(self.a(x)))))
+
+    model = Net()
+    getattr(parametrizations, parametrize)(model.b)
+    pm, small = check(model, X, X2)  # was: "rule Conv() cannot apply ... leave it out of rules="
+    assert prunable(pm) == {}  # b's input (a's output) and b's output: both read by b's weight
+    reasons = " ".join(g.reason for g in fxprune.channel_groups(pm))
+    assert "`b` (ParametrizedConv2d) computes its weight" in reasons
+    assert "remove_parametrizations" in reasons
