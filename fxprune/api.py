@@ -43,6 +43,12 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(f"prepare got a {type(model).__name__} wrapper; pass the model it wraps "
+                        "(model.module) and wrap the prepared model instead")
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        raise TypeError("prepare got a torch.compile'd model; pass the model before compiling "
+                        "(model._orig_mod) and compile the prepared or the finalized one")
     if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
         raise ValueError("this model is already prepared by fxprune; prepare the original model")
     example_inputs = normalize_example_inputs(example_inputs)
@@ -85,6 +91,10 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
     """
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
+                             or not 0 < rtol < float("inf")):
+        raise ValueError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
+                         f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
     state = state_of(prepared)
     pruned = remove_channels(prepared)
     if check:

@@ -638,7 +638,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """Read a YAML recipe, apply ``section.key=value`` overrides, validate."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; the shipped recipes are "
+        what = "is a folder, not a YAML recipe" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {path} {what}; the shipped recipes are "
                           "configs/fashion_mnist_smcp.yaml (SMCP), configs/fashion_mnist_quick.yaml "
                           "(a few minutes) and configs/fashion_mnist_resnet.yaml (dense)")
     try:

@@ -305,6 +305,17 @@ def test_already_prepared_or_unprepared_inputs_are_rejected(resnet18):
         fxprune.channel_groups(torch.fx.symbolic_trace(resnet18))
 
 
+def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
+    with pytest.raises(TypeError, match=r"DataParallel wrapper; pass the model it wraps \(model.module\)"):
+        fxprune.prepare(torch.nn.DataParallel(resnet18), (X,))
+    with pytest.raises(TypeError, match=r"torch.compile'd model; pass .*\(model._orig_mod\)"):
+        fxprune.prepare(torch.compile(resnet18), (X,))
+    pm = fxprune.prepare(resnet18, (X,))
+    for rtol in (-1, 0, float("nan"), "1e-4", True):  # -1 was taken, then 'a bug in fxprune'
+        with pytest.raises(ValueError, match="rtol is the relative tolerance"):
+            fxprune.finalize(pm, rtol=rtol)
+
+
 def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
     from fxprune.cli import main
 

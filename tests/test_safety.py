@@ -368,6 +368,10 @@ def test_empty_recipe_is_an_error(tmp_path, capsys):
     assert rc == 2 and "is empty" in one_line_error(capsys)
     with pytest.raises(ConfigError, match="is empty"):
         load_config(empty)
+    rc = cli_main(["train", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert rc == 2 and "is a folder, not a YAML recipe" in one_line_error(capsys)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
 
 
 def test_corrupt_data_prints_the_message_alone(recipe, tmp_path, capsys):
