@@ -38,8 +38,11 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     Returns:
         A ``torch.fx.GraphModule`` computing the same function while all masks are 1. Its groups
         are in :func:`channel_groups`; :func:`finalize` turns it into a smaller plain model.
-        Tracing follows the model's mode at call time for ``self.training`` branches in Python
-        (e.g. auxiliary heads); BN, dropout and stochastic depth still follow ``.train()/.eval()``.
+        Code that reads ``self.training`` keeps following ``.train()/.eval()``: a submodule
+        whose traced code depends on it is called as one op (kept whole unless the op table
+        has a row for it), a functional dropout becomes an ``nn.Dropout`` module; the model's
+        own ``forward`` (auxiliary heads) keeps the mode it was prepared in, with a
+        ``UserWarning`` (see :mod:`fxprune.passes.follow_mode`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")

@@ -13,6 +13,7 @@ reason.
 from __future__ import annotations
 
 import operator
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +168,26 @@ else:  # stochastic depth scales whole samples: channels pass through
     CHANNEL_RULES[_stochastic_depth] = Elementwise(tensor_args=(0,))
     CHANNEL_RULES[_StochasticDepth] = ELEMENTWISE
     DEFAULT_LEAF_MODULES.append(_StochasticDepth)
+
+
+#: rows for layers of libraries fxprune does not import itself: (module, class name) -> row
+_INSTALLED_ROWS = {
+    # timm's BatchNorm + activation (+ dropout) in one module; its forward reads self.training
+    ("timm.layers", "BatchNormAct2d"): ChannelAffine(("weight", "bias", "running_mean",
+                                                     "running_var")),
+    # drops whole samples (a per-sample scale): channels pass through
+    ("timm.layers", "DropPath"): ELEMENTWISE,
+}
+
+
+def add_installed_rows() -> None:
+    """Add the rows of :data:`_INSTALLED_ROWS` whose library the process has imported (a timm
+    model's user has imported timm): called when a model is traced, so that importing fxprune
+    imports no such library."""
+    for (module, name), row in _INSTALLED_ROWS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            CHANNEL_RULES.setdefault(cls, row)
 
 
 def describe(node, gm) -> str:

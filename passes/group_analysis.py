@@ -291,8 +291,13 @@ class ChannelAnalysis(NodeFacts):
                     self.untracked(ids, f"channel count read as a number by {describe(node, self.gm)}")
         if rule is None:
             if has_labels:
-                self.untracked_inputs(f"no channel rule for {describe(node, self.gm)}; "
-                                      "add one to fxprune.op_table.CHANNEL_RULES or pass rules=")
+                # a module traced as one call because its forward reads self.training
+                line = (getattr(self.gm, "meta", {}).get("fxprune_mode_leaves", {})
+                        .get(node.target) if node.op == "call_module" else None)
+                called = f" (called as one op: its forward reads self.training at {line})"
+                self.untracked_inputs(f"no channel rule for {describe(node, self.gm)}"
+                                      f"{called if line else ''}; add one to "
+                                      "fxprune.op_table.CHANNEL_RULES or pass rules=")
             return {}
         return rule.propagate(self)
 

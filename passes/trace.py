@@ -11,12 +11,16 @@ import copy
 import linecache
 import os
 import traceback
+import warnings
 
 import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
 
+from fxprune.op_table import add_installed_rows
+
+from .follow_mode import dropouts_follow_mode, mode_dependence
 from .group_analysis import module_rule
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -168,17 +172,55 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} are not modules of the model; "
                          f"paths look like {[n for n, _ in list(model.named_modules())[1:4]]}")
+    # Code that reads self.training is frozen by tracing: a module of it is traced again as
+    # one call, innermost first, until the graphs of both modes agree (passes/follow_mode.py).
+    # Every trace gets a fresh copy: a model may cache a traced value in itself (timm's
+    # attention biases), which the next trace must not read.
+    add_installed_rows()
+    mode_leaves: dict[str, str] = {}
+    for _ in model.modules():
+        root = _copy(model)
+        names = leaf_names | frozenset(mode_leaves)
+        tracer = _Tracer(leaf_types, names, rules)
+        try:
+            graph = tracer.trace(root)
+        except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
+            raise _trace_error(model, tracer, e) from e
+        found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules),
+                                lambda: _copy(model))
+        if not found.leaves:
+            break
+        mode_leaves.update(found.leaves)
+    gm = fx.GraphModule(root, graph, type(model).__name__)
+    originals = dict(root.named_modules())
+    for name, m in gm.named_modules():  # the stand-ins of traced-through modules, too
+        if name in originals:
+            m.training = originals[name].training
+    dropouts_follow_mode(gm, found.dropouts)
+    gm.meta["fxprune_mode_leaves"] = mode_leaves
+    mode = "train" if model.training else "eval"
+    if found.root_line:
+        other = "eval" if mode == "train" else "train"
+        warnings.warn(
+            f"{type(model).__name__}.forward reads self.training ({found.root_line}); the prepared "
+            f"model does what it does in {mode} mode, the mode it was prepared in, in both modes; "
+            f"prepare it in {other} mode for what it does there (e.g. auxiliary heads), or move "
+            "that code into a submodule, which then follows .train()/.eval()",
+            UserWarning, stacklevel=3)
+    elif found.unchecked:
+        warnings.warn(
+            f"{type(model).__name__} could not be traced with every module's mode flipped "
+            f"({found.unchecked}), so code that reads self.training could not be found; the "
+            f"prepared model keeps what such code does in {mode} mode", UserWarning, stacklevel=3)
+    return gm
+
+
+def _copy(model: nn.Module) -> nn.Module:
     try:
-        root = copy.deepcopy(model)
+        return copy.deepcopy(model)
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
                         f"be deep-copied ({e}); make its attributes copyable") from e
-    tracer = _Tracer(leaf_types, leaf_names, rules)
-    try:
-        graph = tracer.trace(root)
-    except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
-        raise _trace_error(model, tracer, e) from e
-    return fx.GraphModule(root, graph, type(model).__name__)
 
 
 def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:

@@ -80,7 +80,14 @@ class SubclassNet(nn.Module):
 
 
 def test_subclasses_of_torch_layers_are_pruned():
+    # the norm's own forward reads self.training: it is one call, whole until it has a row
     pm, small = check(SubclassNet(), X, X2)
+    assert prunable(pm) == {"b": 24}
+    (whole,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
+    assert "no channel rule for BatchNormAct2d" in whole.reason
+    assert "reads self.training" in whole.reason
+    row = fxprune.rules.ChannelAffine(("weight", "bias", "running_mean", "running_var"))
+    pm, small = check(SubclassNet(), X, X2, rules={BatchNormAct2d: row})
     assert prunable(pm) == {"a": 16, "b": 24}
     assert isinstance(small.get_submodule("a"), PlainSubConv)  # a leaf, still the user's class
     assert small.get_submodule("a").out_channels == fxprune.channel_groups(pm)[0].kept

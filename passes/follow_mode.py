@@ -1,0 +1,209 @@
+"""Pass 1b: keep ``.train()/.eval()`` meaningful in a traced graph.
+
+torch.fx reads ``self.training`` as a Python bool while tracing, so code that branches on it
+(timm's ``BatchNormAct2d`` computing ``training=self.training``, ``F.dropout(x, p,
+training=self.training)`` in a model's head) is frozen in the mode the model was traced in:
+prepared in train mode, the model would keep normalising with batch statistics after
+``.eval()``, and so would the finalized one. ``finalize``'s check cannot see it (the masked
+and the pruned model are wrong alike).
+
+So a copy of the model is traced a second time with every module's flag flipped and the two
+graphs are compared, node by node, per module whose code made the node (``nn_module_stack``; a
+node read from another module counts by that module, not by its position, so a difference
+shows in the module whose own code differs):
+
+- a functional dropout whose ``training`` argument follows its module's flag becomes a call of
+  the matching ``nn.Dropout`` module, which follows ``.train()/.eval()``;
+- any other difference inside a submodule makes that submodule a leaf (one call, so its own
+  ``forward`` reads the flag at run time); a leaf without a row in the op table keeps its
+  channels whole, with the reason said;
+- a difference in the model's own ``forward`` (auxiliary heads) cannot be made a leaf: the
+  mode it was prepared in is kept, with a warning naming the line.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+#: functional dropouts and the module that does the same while following ``.train()/.eval()``
+DROPOUT_MODULES = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
+                   F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
+                   F.feature_alpha_dropout: nn.FeatureAlphaDropout}
+
+
+@dataclass
+class ModeDependence:
+    """What in a traced graph depends on the modules' ``training`` flags."""
+
+    #: submodule path -> the first source line that differs: to be traced as one call
+    leaves: dict[str, str] = field(default_factory=dict)
+    #: functional dropout nodes of the first graph whose ``training`` follows their module
+    dropouts: list[fx.Node] = field(default_factory=list)
+    #: the model's own ``forward`` reads the flag here (or None)
+    root_line: str | None = None
+    #: why the model could not be traced in the other mode (or None)
+    unchecked: str | None = None
+
+
+def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -> ModeDependence:
+    """Trace ``fresh_copy()`` (a copy of the model ``root`` is, untouched: a model may cache a
+    traced value in itself) with every module's ``training`` flipped, by ``make_tracer()`` (a
+    tracer like the one that made ``graph`` of ``root``), and say what differs."""
+    try:
+        flipped = fresh_copy()
+        for m in flipped.modules():
+            m.training = not m.training
+        other = make_tracer().trace(flipped)
+    except Exception as e:  # noqa: BLE001 - the caller warns; the first trace stands
+        return ModeDependence(unchecked=f"{type(e).__name__}: {e}")
+    mine, theirs = _by_owner(graph), _by_owner(other)
+    where_mine, where_theirs = _positions(mine), _positions(theirs)
+    differing = {}
+    for owner in mine.keys() | theirs.keys():
+        a, b = mine.get(owner, []), theirs.get(owner, [])
+        sa = [_signature(n, where_mine) for n in a]
+        sb = [_signature(n, where_theirs) for n in b]
+        if sa != sb:
+            differing[owner] = (a, b, sa, sb)
+    found = ModeDependence()
+    for owner, (a, b, sa, sb) in differing.items():
+        flips = _dropout_flips(a, b, where_mine, where_theirs, root.get_submodule(owner).training)
+        if flips is not None:
+            found.dropouts += flips
+        elif owner:
+            found.leaves[owner] = _first_line(a, b, sa, sb)
+        else:
+            found.root_line = _first_line(a, b, sa, sb)
+    if found.leaves:  # traced again with these as leaves
+        return ModeDependence(leaves=found.leaves)
+    return found
+
+
+def dropouts_follow_mode(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
+    """Replace each functional dropout node by a call of an ``nn.Dropout``-family submodule
+    (added beside the module that ran it), in the mode the node was traced in."""
+    for node in nodes:
+        args = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        args.apply_defaults()
+        a = args.arguments
+        module = DROPOUT_MODULES[node.target](p=a["p"], inplace=a["inplace"]).train(a["training"])
+        owner = _owner(node)
+        parent = gm.get_submodule(owner) if _has_module(gm, owner) else None
+        name, k = f"{node.name}_module", 1  # a plain name: the finalized model names no fxprune
+        while parent is not None and hasattr(parent, name):
+            name, k = f"{node.name}_module{k}", k + 1
+        target = f"{owner}.{name}" if owner else name
+        gm.add_submodule(target, module)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(target, (a["input"],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+    if nodes:
+        gm.recompile()
+
+
+def _has_module(gm: nn.Module, path: str) -> bool:
+    try:
+        gm.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _owner(node: fx.Node) -> str:
+    """The path of the module whose code created ``node`` ("" for the model's own forward); a
+    ``call_module`` node belongs to its caller."""
+    paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+    if node.op == "call_module" and paths and paths[-1] == node.target:
+        paths = paths[:-1]
+    return paths[-1] if paths else ""
+
+
+def _by_owner(graph: fx.Graph) -> dict[str, list[fx.Node]]:
+    """Each module's nodes in order, less unused reads (a mode's code may read ``x.device``
+    for a cache key only: nothing differs in what the graph computes)."""
+    owners: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if not node.users and (node.op == "get_attr" or node.target is getattr
+                               or node.op == "call_method" and node.target in ("size", "dim")):
+            continue
+        owners.setdefault(_owner(node), []).append(node)
+    return owners
+
+
+def _positions(owners: dict[str, list[fx.Node]]) -> dict[fx.Node, tuple[str, int]]:
+    return {n: (owner, i) for owner, nodes in owners.items() for i, n in enumerate(nodes)}
+
+
+def _token(where, owner: str):
+    """A node read by a node of ``owner``: by its position when it is ``owner``'s own, by its
+    module otherwise, so that a difference inside one module shows in that module only (its
+    callers read its result, its submodules their inputs, alike in both modes)."""
+    def token(a):
+        if not isinstance(a, fx.Node):
+            return a
+        theirs, i = where[a]
+        return ("node", i) if theirs == owner else ("from", theirs)
+    return token
+
+
+def _signature(node: fx.Node, where) -> tuple:
+    """What a node does, with the nodes it reads named as :func:`_token` says."""
+    token = _token(where, where[node][0])
+    target = node.target if isinstance(node.target, str) else id(node.target)
+    return (node.op, target, repr(fx.node.map_aggregate(node.args, token)),
+            repr(fx.node.map_aggregate(node.kwargs, token)))
+
+
+def _dropout_flips(a, b, where_a, where_b, training: bool) -> list[fx.Node] | None:
+    """The dropout nodes of ``a`` when every difference from ``b`` is a functional dropout's
+    ``training`` argument equal to its module's flag; else None."""
+    if len(a) != len(b):
+        return None
+    flips = []
+    for x, y in zip(a, b):
+        if _signature(x, where_a) == _signature(y, where_b):
+            continue
+        if x.target not in DROPOUT_MODULES or y.target is not x.target:
+            return None
+        try:
+            ax = dict(inspect.signature(x.target).bind(*x.args, **x.kwargs).arguments)
+            ay = dict(inspect.signature(y.target).bind(*y.args, **y.kwargs).arguments)
+        except TypeError:
+            return None
+        tx, ty = ax.pop("training", True), ay.pop("training", True)
+        # the rest equal, and the flag followed, not negated
+        if (repr(fx.node.map_aggregate(ax, _token(where_a, where_a[x][0])))
+                != repr(fx.node.map_aggregate(ay, _token(where_b, where_b[y][0])))
+                or tx is not training or ty is not (not training)
+                or not isinstance(ax.get("p", 0.5), (int, float))
+                or not isinstance(ax.get("inplace", False), bool)):
+            return None
+        flips.append(x)
+    return flips
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+# torch's and this package's own frames (the tracer's) are not the model's line
+_NOT_MODEL_CODE = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
+                        for f in (torch.__file__, __file__))
+
+
+def _first_line(a, b, sa, sb) -> str:
+    """``file:line`` of the first node that differs between the two modes (from its stack
+    trace, in either mode: the output node has none), or the node's name."""
+    i = next((i for i, (s, t) in enumerate(zip(sa, sb)) if s != t), min(len(a), len(b)))
+    nodes = [n[i] for n in (a, b) if i < len(n)]
+    for node in nodes:
+        frames = [(f, line) for f, line in _FRAME.findall(node.meta.get("stack_trace") or "")
+                  if not os.path.abspath(f).startswith(_NOT_MODEL_CODE)]
+        if frames:
+            return f"{frames[-1][0]}:{frames[-1][1]}"
+    return f"node `{nodes[0].name}`"

@@ -1,0 +1,196 @@
+"""passes/follow_mode.py: code that reads ``self.training`` keeps following .train()/.eval()
+after prepare and finalize, instead of being frozen in the mode the model was traced in."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from helpers import assert_plain, random_masks
+
+X = torch.randn(4, 3, 12, 12)
+
+
+class OwnBatchNorm(nn.BatchNorm2d):
+    """A norm with its own forward (as timm's BatchNormAct2d): the flag is read in Python."""
+
+    def forward(self, x):
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                   self.bias, self.training, 0.1, self.eps))
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        return self.fc(F.dropout(x, 0.5, training=self.training))
+
+
+class Net(nn.Module):
+    def __init__(self, head_dropout=True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = OwnBatchNorm(8)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = Head()
+        self.head_dropout = head_dropout
+
+    def forward(self, x):
+        x = F.relu(self.mid(self.norm(self.conv(x))))
+        x = F.dropout2d(x, 0.25, self.training) if self.head_dropout else x  # the model's own
+        return self.head(x)
+
+
+def net():
+    torch.manual_seed(0)
+    m = Net()
+    m.norm.running_mean.uniform_(-1, 1)
+    m.norm.running_var.uniform_(0.5, 2)
+    return m
+
+
+ROW = fxprune.rules.ChannelAffine(("weight", "bias", "running_mean", "running_var"))
+
+
+@pytest.mark.parametrize("prepared_in", ["train", "eval"])
+def test_both_modes_follow_the_flag_whichever_mode_the_model_was_prepared_in(prepared_in):
+    model = net().train(prepared_in == "train")
+    pm = fxprune.prepare(model, (X,))
+    model.eval(), pm.eval()
+    torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)  # running stats, no dropout
+    # train mode: batch statistics and dropout; the dropout calls became modules
+    model.train(), pm.train()
+    torch.manual_seed(1)
+    want = model(X)
+    torch.manual_seed(1)
+    torch.testing.assert_close(pm(X), want, rtol=0, atol=0)
+    kinds = {type(m) for m in pm.modules()}
+    assert {nn.Dropout, nn.Dropout2d} <= kinds and OwnBatchNorm in kinds
+
+
+def test_a_module_that_reads_the_flag_is_one_call_and_kept_whole_until_it_has_a_row():
+    pm = fxprune.prepare(net(), (X,))
+    (conv,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["conv"]]
+    assert not conv.prunable
+    assert "reads self.training at" in conv.reason and "OwnBatchNorm" in conv.reason
+    assert "test_follow_mode.py" in conv.reason  # the line that reads it
+    pm = fxprune.prepare(net(), (X,), rules={OwnBatchNorm: ROW})
+    (conv,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["conv"]]
+    assert conv.prunable
+
+
+def test_finalized_model_follows_the_flag_and_is_exact_in_eval():
+    model = net().train()
+    pm = fxprune.prepare(model, (X,), rules={OwnBatchNorm: ROW})
+    random_masks(pm, 0.5, 0)
+    small = fxprune.finalize(pm)
+    assert_plain(small)  # the dropout modules too: named after their nodes
+    assert small.get_submodule("norm").num_features < 8
+    pm.eval(), small.eval()
+    torch.testing.assert_close(small(X), pm(X))
+    small.train()
+    torch.manual_seed(2)
+    a = small(X)
+    torch.manual_seed(3)
+    assert not torch.equal(a, small(X))  # dropout is live in train mode
+    # saved and loaded (the finalized model pickles as a plain GraphModule, its code traced
+    # again on load): still one call per norm, still following the flag
+    buf = io.BytesIO()
+    torch.save(small, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False).eval()
+    torch.testing.assert_close(loaded(X), small.eval()(X), rtol=0, atol=0)
+    loaded.train()
+    torch.manual_seed(2)
+    torch.testing.assert_close(loaded(X), a, rtol=0, atol=0)
+
+
+def test_prepared_model_saved_and_loaded_still_follows_the_flag():
+    pm = fxprune.prepare(net().train(), (X,))
+    buf = io.BytesIO()
+    torch.save(pm, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    loaded.eval(), pm.eval()
+    torch.testing.assert_close(loaded(X), pm(X), rtol=0, atol=0)
+    loaded.train()
+    torch.manual_seed(4)
+    a = loaded(X)
+    torch.manual_seed(5)
+    assert not torch.equal(a, loaded(X))
+
+
+def test_the_users_modes_are_left_as_they_were():
+    model = net().train()
+    model.head.eval()  # mixed on purpose
+    before = {name: m.training for name, m in model.named_modules()}
+    pm = fxprune.prepare(model, (X,))
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert pm.training and not pm.get_submodule("head").training
+    assert not pm.get_submodule("head.dropout_module").training
+
+
+class AuxNet(nn.Module):
+    """An auxiliary output in the model's own forward, as torchvision's GoogLeNet."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.training:
+            return x, self.aux(x)
+        return x
+
+
+def test_the_models_own_forward_reading_the_flag_is_kept_as_prepared_with_a_warning():
+    with pytest.warns(UserWarning, match=r"AuxNet.forward reads self.training \(.*test_follow_mode"
+                                         r".py:\d+\).*in eval mode.*prepare it in train mode"):
+        pm = fxprune.prepare(AuxNet().eval(), (X,))
+    assert isinstance(pm.train()(X), torch.Tensor)  # the eval branch, in both modes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model that does not read the flag: no warning
+        fxprune.prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout()), (X,))
+
+
+class TrainOnlyUntraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.training and x.sum() > 0:  # data-dependent, reached in train mode only
+            x = x * 2
+        return x
+
+
+def test_a_model_that_cannot_be_traced_in_the_other_mode_is_prepared_with_a_warning():
+    with pytest.warns(UserWarning, match="could not be traced with every module's mode flipped"):
+        pm = fxprune.prepare(TrainOnlyUntraceable().eval(), (X,))
+    assert pm(X).shape == (4, 4, 10, 10)
+
+
+def test_timm_models_follow_the_flag():
+    timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
+    x = torch.randn(2, 3, 32, 32)
+    for name, kw in (("efficientnet_b0", {"drop_rate": 0.3}),  # BatchNormAct2d, F.dropout
+                     ("convnext_atto", {"drop_path_rate": 0.2})):  # DropPath
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=10, **kw)  # train mode
+        pm = fxprune.prepare(model, (x,))
+        assert sum(g.prunable for g in fxprune.channel_groups(pm)) > 10, name
+        random_masks(pm, 0.5, 0)
+        small = fxprune.finalize(pm).eval()
+        model.eval(), pm.eval()
+        torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-4)
+        assert torch.equal(pm(x), pm(x)), name  # no dropout left on in eval
