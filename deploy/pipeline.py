@@ -144,10 +144,25 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             check_input_fits(mod, shape, lbl)
         else:
             check_onnx_input_fits(lbl, shape)
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, DEPLOY_MARKER), "w") as f:
         f.write("fxprune deploy writes here: " + ", ".join(DEPLOY_FILES) + "\n")
+    try:
+        return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
+                            model=model, compare=compare, threads=threads, iters=iters,
+                            warmup=warmup, opset=opset, max_batch=max_batch, workspace=workspace,
+                            atol=atol, rtol=rtol, progress=progress, device=device, log=log)
+    except BaseException:
+        if created and os.listdir(out_dir) == [DEPLOY_MARKER]:  # a folder holding only our mark
+            os.remove(os.path.join(out_dir, DEPLOY_MARKER))
+            os.rmdir(out_dir)
+        raise
 
+
+def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, threads, iters,
+                 warmup, opset, max_batch, workspace, atol, rtol, progress, device, log) -> dict:
+    """Export, check and time ``models`` into ``out_dir`` (``deploy``'s arguments, checked)."""
     trt = trtb.require_tensorrt() if backend == "tensorrt" else None
     onnx_precision = trtb.onnx_precision_for(trt, precision) if trt else precision
     if onnx_precision == "bf16":

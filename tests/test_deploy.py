@@ -377,3 +377,22 @@ def test_tensorrt_only_flags_are_not_silently_ignored(saved, tmp_path, capsys, e
     err = capsys.readouterr().err
     assert rc == 1 and phrase in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_deploy_that_fails_leaves_no_folder_it_made_for_nothing(tmp_path, monkeypatch):
+    onnx_path = tmp_path / "given.onnx"
+    export_onnx(small_net(8), SHAPE, onnx_path, log=lambda s: None)
+    import fxprune.deploy.pipeline as pipeline
+
+    def fail(*args, **kwargs):
+        raise DeployError("cannot convert this file")
+
+    monkeypatch.setattr(pipeline, "_given_onnx", fail)
+    for out in (tmp_path / "new", tmp_path / "existing"):
+        if out.name == "existing":
+            out.mkdir()
+        with pytest.raises(DeployError, match="cannot convert"):
+            deploy(str(onnx_path), out, backend="onnxruntime", iters=3, warmup=1,
+                   progress=False, log=lambda s: None)
+    assert not (tmp_path / "new").exists()  # made by the deploy, nothing in it but its mark
+    assert (tmp_path / "existing").is_dir()  # the user's folder stays (with the mark)
