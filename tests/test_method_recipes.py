@@ -100,3 +100,15 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     assert calls == ["latency+fixed"]  # not timed again
     assert resumed["cost_fit"] == {"fixed_cost": 0.2, "measured_fraction": 0.6}
     assert resumed["pruner_cost"]["cost"] <= 0.7 + 1e-6
+
+
+def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path):
+    from fxprune.recipe_config import ConfigError
+
+    recipe = tmp_path / "ccp.yaml"
+    recipe.write_text("prune:\n  method: ccp\n  target: 0.5\n")  # CCP's default: collect 20 steps
+    cfg = load_config(recipe, [*SMALL, "optim.epochs=1", "data.synthetic_train=64",
+                               f"out={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=r"ccp prunes at optimizer step 20, but the run has 2 "
+                                          r"\(1 epochs x 2\), so it would end unpruned"):
+        train(cfg)  # it trained to the end, then failed on the cost it never pruned to
