@@ -52,9 +52,10 @@ class ModeDependence:
 
 
 def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -> ModeDependence:
-    """Trace ``fresh_copy()`` (a copy of the model ``root`` is, untouched: a model may cache a
-    traced value in itself) with every module's ``training`` flipped, by ``make_tracer()`` (a
-    tracer like the one that made ``graph`` of ``root``), and say what differs."""
+    """Trace a fresh copy of the model (``fresh_copy()``; not ``root`` again: a model may cache
+    a traced value in its modules) with every module's ``training`` flipped, by
+    ``make_tracer()`` (a tracer like the one that traced ``root`` into ``graph``), and say what
+    differs."""
     try:
         flipped = fresh_copy()
         for m in flipped.modules():
@@ -73,7 +74,8 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -
             differing[owner] = (a, b, sa, sb)
     found = ModeDependence()
     for owner, (a, b, sa, sb) in differing.items():
-        flips = _dropout_flips(a, b, where_mine, where_theirs, root.get_submodule(owner).training)
+        training = root.get_submodule(owner).training if _has_module(root, owner) else None
+        flips = _dropout_flips(a, b, where_mine, where_theirs, training)
         if flips is not None:
             found.dropouts += flips
         elif owner:
@@ -162,10 +164,10 @@ def _signature(node: fx.Node, where) -> tuple:
             repr(fx.node.map_aggregate(node.kwargs, token)))
 
 
-def _dropout_flips(a, b, where_a, where_b, training: bool) -> list[fx.Node] | None:
+def _dropout_flips(a, b, where_a, where_b, training: bool | None) -> list[fx.Node] | None:
     """The dropout nodes of ``a`` when every difference from ``b`` is a functional dropout's
-    ``training`` argument equal to its module's flag; else None."""
-    if len(a) != len(b):
+    ``training`` argument equal to its module's flag (``training``; None: unknown); else None."""
+    if len(a) != len(b) or training is None:
         return None
     flips = []
     for x, y in zip(a, b):
