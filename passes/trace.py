@@ -17,7 +17,6 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
-
 from fxprune.op_table import add_installed_rows
 
 from .follow_mode import dropouts_follow_mode, mode_dependence
@@ -162,7 +161,9 @@ def _user_frame(exc: BaseException):
 
 def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
     """Deep-copy ``model`` and trace the copy; ``leaf_modules`` holds classes or module paths,
-    ``rules`` extra op-table rows (a module class with a row is called as one op)."""
+    ``rules`` extra op-table rows (a module class with a row is called as one op). Code that
+    reads ``self.training`` is kept following the mode (:mod:`.follow_mode`); the model's own
+    ``forward`` doing so, or a model that cannot be traced in the other mode, warns."""
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
     leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
     bad = [m for m in leaf_modules if not isinstance(m, (type, str))]
@@ -172,8 +173,9 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
     if unknown:
         raise ValueError(f"leaf_modules names {unknown} are not modules of the model; "
                          f"paths look like {[n for n, _ in list(model.named_modules())[1:4]]}")
-    # Code that reads self.training is frozen by tracing: a module of it is traced again as
-    # one call, innermost first, until the graphs of both modes agree (passes/follow_mode.py).
+    # Code that reads self.training is frozen by tracing: a module whose code differs between
+    # the modes is traced again as one call, until the graphs of both modes agree
+    # (passes/follow_mode.py).
     # Every trace gets a fresh copy: a model may cache a traced value in itself (timm's
     # attention biases), which the next trace must not read.
     add_installed_rows()
