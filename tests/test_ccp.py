@@ -86,21 +86,27 @@ class MLP(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def test_per_sample_terms_match_per_sample_autograd():
-    torch.manual_seed(0)
-    model = MLP().double()
-    x = torch.randn(5, 8, dtype=torch.float64)
-    y = torch.randint(0, 3, (5,))
+def batch_terms(model, x, y):
+    """The input taps' (N, n) per-sample terms of one mean cross-entropy backward."""
     pm = fxprune.prepare(model, (x[:1],))
     index = UnitIndex(pm)
     taps = InputTaps(pm, consumer_weights(pm, index), index.n)
     F.cross_entropy(pm(x), y).backward()  # mean over the batch
     t = taps.take()
+    taps.close()
+    return index, t
+
+
+def test_per_sample_terms_match_per_sample_autograd():
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(5, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    index, t = batch_terms(model, x, y)
     for n in range(5):  # t_i(n) = h_i * dL_n/dh_i for sample n's own loss
         h = F.relu(model.fc1(x[n:n + 1])).detach().requires_grad_(True)
         F.cross_entropy(model.fc2(h), y[n:n + 1]).backward()
         np.testing.assert_allclose(t[n].numpy(), (h * h.grad)[0].detach().numpy(), rtol=1e-10, atol=1e-14)
-    taps.close()
 
 
 @pytest.mark.parametrize("sizes,divisor", [((12, 12), None), ((16, 8), None), ((16, 8), 3)])
@@ -324,11 +330,7 @@ def test_per_sample_terms_of_a_grouped_conv_sum_each_positions_channels():
     model = GroupedConvNet().double()
     x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
     y = torch.randint(0, 3, (3,))
-    pm = fxprune.prepare(model, (x[:1],))
-    index = UnitIndex(pm)
-    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
-    F.cross_entropy(pm(x), y).backward()  # crashed inside backward before
-    t = taps.take()
+    index, t = batch_terms(model, x, y)  # crashed inside backward before
     (group,) = [i for i, g in enumerate(index.groups) if g.producers == ["a"]]
     units = index.group_slice(group)
     for n in range(3):  # unit j stands for channels j, j + 2, j + 4, j + 6 of `a`
@@ -337,7 +339,6 @@ def test_per_sample_terms_of_a_grouped_conv_sum_each_positions_channels():
         per_channel = (h * h.grad).sum((2, 3))[0]
         want = per_channel.reshape(4, 2).sum(0)
         np.testing.assert_allclose(t[n, units].numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-14)
-    taps.close()
 
 
 def test_the_greedy_paths_running_objective_is_each_subsets_own():
