@@ -41,7 +41,7 @@ DROPOUT_MODULES = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d
 class ModeDependence:
     """What in a traced graph depends on the modules' ``training`` flags."""
 
-    #: submodule path -> the first source line that differs: to be traced as one call
+    #: submodule path -> why it is traced as one call (the first source line that differs)
     leaves: dict[str, str] = field(default_factory=dict)
     #: functional dropout nodes of the first graph whose ``training`` follows their module
     dropouts: list[fx.Node] = field(default_factory=list)
@@ -56,13 +56,20 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -
     a traced value in its modules) with every module's ``training`` flipped, by
     ``make_tracer()`` (a tracer like the one that traced ``root`` into ``graph``), and say what
     differs."""
+    tracer = make_tracer()
     try:
         flipped = fresh_copy()
         for m in flipped.modules():
             m.training = not m.training
-        other = make_tracer().trace(flipped)
-    except Exception as e:  # noqa: BLE001 - the caller warns; the first trace stands
-        return ModeDependence(unchecked=f"{type(e).__name__}: {e}")
+        other = tracer.trace(flipped)
+    except Exception as e:  # noqa: BLE001 - a submodule is made a leaf, else the caller warns
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        failed = getattr(tracer, "failed_at", None) or []
+        if failed and failed[-1][0]:  # a submodule's other-mode code cannot be traced
+            mode = "train" if flipped.get_submodule(failed[-1][0]).training else "eval"
+            return ModeDependence(leaves={failed[-1][0]: f"its forward cannot be traced in {mode} "
+                                                         f"mode ({why})"})
+        return ModeDependence(unchecked=why)
     mine, theirs = _by_owner(graph), _by_owner(other)
     where_mine, where_theirs = _positions(mine), _positions(theirs)
     differing = {}
@@ -79,7 +86,7 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -
         if flips is not None:
             found.dropouts += flips
         elif owner:
-            found.leaves[owner] = _first_line(a, b, sa, sb)
+            found.leaves[owner] = f"its forward reads self.training at {_first_line(a, b, sa, sb)}"
         else:
             found.root_line = _first_line(a, b, sa, sb)
     if found.leaves:  # traced again with these as leaves

@@ -292,11 +292,10 @@ class ChannelAnalysis(NodeFacts):
         if rule is None:
             if has_labels:
                 # a module traced as one call because its forward reads self.training
-                line = (getattr(self.gm, "meta", {}).get("fxprune_mode_leaves", {})
-                        .get(node.target) if node.op == "call_module" else None)
-                called = f" (called as one op: its forward reads self.training at {line})"
+                why = (getattr(self.gm, "meta", {}).get("fxprune_mode_leaves", {})
+                       .get(node.target) if node.op == "call_module" else None)
                 self.untracked_inputs(f"no channel rule for {describe(node, self.gm)}"
-                                      f"{called if line else ''}; add one to "
+                                      f"{f' (called as one op: {why})' if why else ''}; add one to "
                                       "fxprune.op_table.CHANNEL_RULES or pass rules=")
             return {}
         return rule.propagate(self)

@@ -194,3 +194,29 @@ def test_timm_models_follow_the_flag():
         model.eval(), pm.eval()
         torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-4)
         assert torch.equal(pm(x), pm(x)), name  # no dropout left on in eval
+
+
+class EvalCache(nn.Module):
+    """The eval path builds a fused weight with item assignment, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        if self.training:
+            return self.conv(x)
+        w = self.conv.weight.clone()
+        w[:, :, 1, 1] += 1.0
+        return F.conv2d(x, w, self.conv.bias, padding=1)
+
+
+def test_a_submodule_whose_other_mode_cannot_be_traced_is_one_call():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), EvalCache(), nn.Conv2d(8, 4, 1)).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was: a warning naming nothing, and eval left wrong
+        pm = fxprune.prepare(model, (X,))
+    model.eval(), pm.eval()
+    torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
+    reasons = " ".join(g.reason for g in fxprune.channel_groups(pm))
+    assert "(called as one op: its forward cannot be traced in eval mode (TypeError" in reasons
