@@ -5,8 +5,9 @@ into a new graph (``GraphModule.__reduce__``). For a prepared model that loses w
 steps need: ``meta["fxprune"]`` (the channel groups) is dropped, the re-traced graph has other
 nodes (one ``get_attr`` per use of a mask) and none of the per-node facts the group analysis
 and shape propagation recorded, so ``finalize`` could not work on the loaded model. A prepared
-model therefore pickles its graph itself (nodes, names and ``meta``) with the module's state,
-and is rebuilt with the public ``GraphModule(root, graph)`` constructor.
+model therefore pickles its graph itself (nodes, names and ``meta``, as a flat list of node
+records: the linked nodes would recurse once per node) with the module's state, and is rebuilt
+with the public ``GraphModule(root, graph)`` constructor.
 
 Once ``finalize`` has removed ``meta["fxprune"]`` the model pickles the standard way again, so
 finalized models load where fxprune is not installed.
@@ -36,11 +37,52 @@ def _reduce_prepared(self: fx.GraphModule):
         body["_deepcopy_hooks"] = hooks
         return fn, (body, import_block)
     body = self.__dict__.copy()
-    graph = copy.deepcopy(body.pop("_graph"))  # a copy that no module owns: pickles alone
+    graph = _flat_graph(body.pop("_graph"))
     return _rebuild_prepared, (body, graph, self._get_name())
 
 
-def _rebuild_prepared(body: dict, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+class _NodeRef:
+    """A node named in another node's arguments, in a pickled graph (by its name)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return _NodeRef, (self.name,)
+
+
+def _flat_graph(graph: fx.Graph) -> tuple:
+    """``graph`` as a flat list of node records whose arguments name other nodes: pickling the
+    linked nodes themselves recurses once per node and hits Python's recursion limit at about
+    500 nodes (torchvision's densenet121 has 669)."""
+    def ref(n):
+        return _NodeRef(n.name)
+    nodes = [(n.name, n.op, n.target, fx.node.map_arg(n.args, ref), fx.node.map_arg(n.kwargs, ref),
+              n.type, copy.deepcopy(n.meta)) for n in graph.nodes]
+    return nodes, graph._codegen, getattr(graph, "_tracer_cls", None), getattr(graph, "_tracer_extras", None)
+
+
+def _graph_from(flat: tuple) -> fx.Graph:
+    nodes, codegen, tracer_cls, tracer_extras = flat
+    graph = fx.Graph(tracer_cls=tracer_cls, tracer_extras=tracer_extras)
+    graph._codegen = codegen
+    env: dict[str, fx.Node] = {}
+
+    def node_of(a):
+        return env[a.name] if isinstance(a, _NodeRef) else a
+    for name, op, target, args, kwargs, type_expr, meta in nodes:
+        node = graph.create_node(op, target, fx.node.map_aggregate(args, node_of),
+                                 fx.node.map_aggregate(kwargs, node_of), name=name, type_expr=type_expr)
+        node.meta = meta
+        env[name] = node
+    return graph
+
+
+def _rebuild_prepared(body: dict, graph, class_name: str) -> fx.GraphModule:
+    if not isinstance(graph, fx.Graph):  # pickled as node records (all but the oldest saves)
+        graph = _graph_from(graph)
     root = nn.Module()
     root.__dict__.update(body)
     gm = fx.GraphModule(root, graph, class_name)

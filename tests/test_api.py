@@ -278,6 +278,22 @@ def test_prepared_model_deepcopies_and_pickles(resnet18, tmp_path):
     fxprune.finalize(loaded)
 
 
+def test_a_prepared_model_of_many_nodes_saves(tmp_path):
+    # its graph pickles as flat node records: the linked nodes recursed once per node and hit
+    # the recursion limit at about 500 (torchvision's densenet121, 669 nodes)
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 1)] + [m for _ in range(300) for m in (nn.Conv2d(4, 4, 1), nn.ReLU())]
+    x = torch.randn(1, 3, 4, 4)
+    pm = fxprune.prepare(nn.Sequential(*layers, nn.Conv2d(4, 2, 1)), (x,))
+    assert len(pm.graph.nodes) > 600
+    random_masks(pm, 0.5)
+    torch.save(pm, tmp_path / "pm.pt")
+    loaded = torch.load(tmp_path / "pm.pt", weights_only=False)
+    assert [n.name for n in loaded.graph.nodes] == [n.name for n in pm.graph.nodes]
+    assert max_relative_error(run_eval(pm, (x,)), run_eval(loaded, (x,))) == 0
+    fxprune.finalize(loaded)
+
+
 def test_layer_specs_add_up_to_the_flop_counter(resnet18):
     pm = fxprune.prepare(resnet18, (X,))
     specs = fxprune.layer_specs(pm)
