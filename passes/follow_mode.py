@@ -31,10 +31,26 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-#: functional dropouts and the module that does the same while following ``.train()/.eval()``
-DROPOUT_MODULES = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
-                   F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
-                   F.feature_alpha_dropout: nn.FeatureAlphaDropout}
+def _dropout(cls):
+    return lambda a: cls(p=a["p"], inplace=a["inplace"])
+
+
+#: functional dropouts and the module that does the same while following ``.train()/.eval()``,
+#: built from the call's bound arguments
+DROPOUT_MODULES = {F.dropout: _dropout(nn.Dropout), F.dropout1d: _dropout(nn.Dropout1d),
+                   F.dropout2d: _dropout(nn.Dropout2d), F.dropout3d: _dropout(nn.Dropout3d),
+                   F.alpha_dropout: _dropout(nn.AlphaDropout),
+                   F.feature_alpha_dropout: _dropout(nn.FeatureAlphaDropout)}
+#: Python functions torch.fx would trace into: recorded as one call instead, so that their
+#: ``training`` argument shows (torchvision's functional stochastic depth)
+AUTOWRAP_FUNCTIONS: tuple = ()
+try:
+    from torchvision.ops import StochasticDepth, stochastic_depth
+except ImportError:
+    pass
+else:
+    DROPOUT_MODULES[stochastic_depth] = lambda a: StochasticDepth(p=a["p"], mode=a["mode"])
+    AUTOWRAP_FUNCTIONS = (stochastic_depth,)
 
 
 @dataclass
@@ -101,7 +117,7 @@ def dropouts_follow_mode(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
         args = inspect.signature(node.target).bind(*node.args, **node.kwargs)
         args.apply_defaults()
         a = args.arguments
-        module = DROPOUT_MODULES[node.target](p=a["p"], inplace=a["inplace"]).train(a["training"])
+        module = DROPOUT_MODULES[node.target](a).train(a["training"])
         owner = _owner(node)
         parent = gm.get_submodule(owner) if _has_module(gm, owner) else None
         name, k = f"{node.name}_module", 1  # a plain name: the finalized model names no fxprune
@@ -188,15 +204,23 @@ def _dropout_flips(a, b, where_a, where_b, training: bool | None) -> list[fx.Nod
         except TypeError:
             return None
         tx, ty = ax.pop("training", True), ay.pop("training", True)
+        settings = [v for k, v in ax.items() if k != "input"]  # p, inplace, mode: constants
         # the rest equal, and the flag followed, not negated
         if (repr(fx.node.map_aggregate(ax, _token(where_a, where_a[x][0])))
                 != repr(fx.node.map_aggregate(ay, _token(where_b, where_b[y][0])))
                 or tx is not training or ty is not (not training)
-                or not isinstance(ax.get("p", 0.5), (int, float))
-                or not isinstance(ax.get("inplace", False), bool)):
+                or any(isinstance(v, fx.Node) for v in _flat(settings))):
             return None
         flips.append(x)
     return flips
+
+
+def _flat(items):
+    for v in items:
+        if isinstance(v, (list, tuple)):
+            yield from _flat(v)
+        else:
+            yield v
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')

@@ -19,7 +19,7 @@ from torch import fx, nn
 from fxprune.errors import TraceError
 from fxprune.op_table import add_installed_rows
 
-from .follow_mode import dropouts_follow_mode, mode_dependence
+from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
 from .group_analysis import module_rule
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -30,7 +30,8 @@ class _Tracer(fx.Tracer):
     # ``tracer_cls()``, so every argument needs a default or torch.load fails.
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset(),
                  rules: dict | None = None):
-        super().__init__()
+        # functions with a row recorded as one call (their bodies read a training flag)
+        super().__init__(autowrap_functions=AUTOWRAP_FUNCTIONS)
         self.record_stack_traces = True
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
         self.rules = rules or {}

@@ -12,6 +12,7 @@ from torch import nn
 
 import fxprune
 from helpers import assert_plain, random_masks
+from torchvision.ops import StochasticDepth, stochastic_depth  # a global name: torch.fx wraps it
 
 X = torch.randn(4, 3, 12, 12)
 
@@ -220,3 +221,25 @@ def test_a_submodule_whose_other_mode_cannot_be_traced_is_one_call():
     torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
     reasons = " ".join(g.reason for g in fxprune.channel_groups(pm))
     assert "(called as one op: its forward cannot be traced in eval mode (TypeError" in reasons
+
+
+def test_torchvisions_functional_stochastic_depth_becomes_its_module():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):  # its op-table row was never used: torch.fx traced into it
+            return x + stochastic_depth(self.conv(x), 0.2, "row", self.training)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Block(), nn.Conv2d(8, 4, 1)).train()
+    pm = fxprune.prepare(model, (X,))
+    assert any(isinstance(m, StochasticDepth) for m in pm.modules())
+    assert any(g.prunable and g.producers[:1] == ["0"] for g in fxprune.channel_groups(pm))
+    model.eval(), pm.eval()
+    torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
+    model.train(), pm.train()
+    torch.manual_seed(0)
+    want = model(X)
+    torch.manual_seed(0)
+    torch.testing.assert_close(pm(X), want, rtol=0, atol=0)
