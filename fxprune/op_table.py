@@ -65,6 +65,7 @@ CHANNEL_RULES: dict = {
     nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.BatchNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.SyncBatchNorm: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.InstanceNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.InstanceNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
     nn.InstanceNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),

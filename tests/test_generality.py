@@ -606,3 +606,12 @@ def test_a_parametrized_weight_is_kept_whole_with_the_way_out(parametrize):
     reasons = " ".join(g.reason for g in fxprune.channel_groups(pm))
     assert "`b` (ParametrizedConv2d) computes its weight" in reasons
     assert "remove_parametrizations" in reasons
+
+
+def test_a_model_converted_to_sync_batch_norm_prunes_as_with_batch_norm():
+    # SyncBatchNorm had no row: every norm was a barrier (eval mode runs on the CPU)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1))
+    pm, small = check(nn.SyncBatchNorm.convert_sync_batchnorm(model), X, X2)
+    assert prunable(pm) == {"0": 8}
+    assert small.get_submodule("1").num_features == fxprune.channel_groups(pm)[0].kept
