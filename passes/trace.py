@@ -202,6 +202,15 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
     dropouts_follow_mode(gm, found.dropouts)
     gm.meta["fxprune_mode_leaves"] = mode_leaves
     mode = "train" if model.training else "eval"
+    hiding = [name for name in mode_leaves if any(
+        isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in root.get_submodule(name).modules())]
+    if hiding:  # a whole block made one call: its layers are out of reach
+        warnings.warn(
+            f"{len(hiding)} submodule{'s' if len(hiding) > 1 else ''} holding convs or linears "
+            f"({', '.join(hiding[:3])}{', ...' if len(hiding) > 3 else ''}) "
+            f"{'are' if len(hiding) > 1 else 'is'} called as one op, so those layers are not "
+            f"pruned: `{hiding[0]}`: {mode_leaves[hiding[0]]}; move that code into a small "
+            "submodule of its own to keep the layers prunable", UserWarning, stacklevel=3)
     if found.root_line:
         other = "eval" if mode == "train" else "train"
         warnings.warn(

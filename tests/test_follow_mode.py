@@ -214,8 +214,8 @@ class EvalCache(nn.Module):
 
 def test_a_submodule_whose_other_mode_cannot_be_traced_is_one_call():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), EvalCache(), nn.Conv2d(8, 4, 1)).train()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # was: a warning naming nothing, and eval left wrong
+    # was: a warning naming nothing, and eval left wrong; now the module and why
+    with pytest.warns(UserWarning, match=r"\(1\) is called as one op.*cannot be traced in eval"):
         pm = fxprune.prepare(model, (X,))
     model.eval(), pm.eval()
     torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
@@ -243,3 +243,30 @@ def test_torchvisions_functional_stochastic_depth_becomes_its_module():
     want = model(X)
     torch.manual_seed(0)
     torch.testing.assert_close(pm(X), want, rtol=0, atol=0)
+
+
+class InlineDropBlock(nn.Module):
+    """Stochastic depth written inline: the whole block reads the flag."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.training:
+            y = y * (torch.rand(x.shape[0], 1, 1, 1) > 0.2).to(y.dtype) / 0.8
+        return x + y
+
+
+def test_a_block_made_one_call_with_layers_inside_is_said():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), InlineDropBlock(), nn.Conv2d(8, 4, 1))
+    with pytest.warns(UserWarning, match=r"1 submodule holding convs or linears \(1\) is called as "
+                                         r"one op.*`1`: its forward reads self.training at .*"
+                                         r"move that code into a small submodule"):
+        pm = fxprune.prepare(model.train(), (X,))
+    model.eval(), pm.eval()
+    torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a norm made one call hides no layer: nothing to say
+        fxprune.prepare(net(), (X,))
