@@ -444,17 +444,16 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
-        prune_steps = getattr(pruner, "prune_steps", None)
-        if callable(prune_steps) and prune_steps() and prune_steps()[-1] > total_steps:
+        prune_steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
+        if prune_steps and prune_steps[-1] > total_steps:
             raise ConfigError(
-                f"{method} prunes at optimizer step{'s' if len(prune_steps()) > 1 else ''} "
-                f"{', '.join(map(str, prune_steps()))}, but the run has {total_steps} "
+                f"{method} prunes at optimizer step{'s' if len(prune_steps) > 1 else ''} "
+                f"{', '.join(map(str, prune_steps))}, but the run has {total_steps} "
                 f"({optim_cfg['epochs']} epochs x {steps_per_epoch}), so it would end unpruned; "
                 "lower prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
-            check_schedule_steps(getattr(pruner, "schedule", None), float(target),
-                                 int(optim_cfg["epochs"]) * steps_per_epoch)
+            check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps)
         elif main and hasattr(pruner, "target") and prune_cfg.get("target") is not None:
             # CUCB/CCP in ratio mode with rho/ratio given: a fixed channel fraction per group,
             # no cost promise; results.json then holds no target either

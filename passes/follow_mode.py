@@ -204,23 +204,16 @@ def _dropout_flips(a, b, where_a, where_b, training: bool | None) -> list[fx.Nod
         except TypeError:
             return None
         tx, ty = ax.pop("training", True), ay.pop("training", True)
-        settings = [v for k, v in ax.items() if k != "input"]  # p, inplace, mode: constants
+        read = []  # p, inplace, mode: constants, no node among them
+        fx.node.map_arg([v for k, v in ax.items() if k != "input"], read.append)
         # the rest equal, and the flag followed, not negated
         if (repr(fx.node.map_aggregate(ax, _token(where_a, where_a[x][0])))
                 != repr(fx.node.map_aggregate(ay, _token(where_b, where_b[y][0])))
                 or tx is not training or ty is not (not training)
-                or any(isinstance(v, fx.Node) for v in _flat(settings))):
+                or read):
             return None
         flips.append(x)
     return flips
-
-
-def _flat(items):
-    for v in items:
-        if isinstance(v, (list, tuple)):
-            yield from _flat(v)
-        else:
-            yield v
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')

@@ -372,7 +372,8 @@ class CCP(PruningMethod):
             if self.swaps:  # what best_subsets' swaps would have given at that count
                 for (S, alive, constraints, full), o, c in zip(problems, options, choice):
                     if len(S) > self.exhaustive_max:
-                        beta, val = best_subsets(S, [int(o.counts[c])], constraints)[int(o.counts[c])]
+                        p = int(o.counts[c])
+                        beta, val = best_subsets(S, [p], constraints)[p]
                         o.keep[c] = False
                         o.keep[c, alive[beta]] = True
                         o.values[c] = full - val
