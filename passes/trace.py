@@ -181,6 +181,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
     # attention biases), which the next trace must not read.
     add_installed_rows()
     mode_leaves: dict[str, str] = {}
+    called = None  # the layers the first trace calls as modules
     for _ in model.modules():
         root = _copy(model)
         names = leaf_names | frozenset(mode_leaves)
@@ -189,6 +190,8 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
             graph = tracer.trace(root)
         except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
             raise _trace_error(model, tracer, e) from e
+        if called is None:
+            called = {n.target for n in graph.nodes if n.op == "call_module"}
         found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules),
                                 lambda: _copy(model))
         if not found.leaves:
@@ -202,9 +205,12 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
     dropouts_follow_mode(gm, found.dropouts)
     gm.meta["fxprune_mode_leaves"] = mode_leaves
     mode = "train" if model.training else "eval"
+    # a whole block made one call puts its layers out of reach; layers whose weights the block
+    # only passed to a function (torchvision's Swin attention) were out of reach before
     hiding = [name for name in mode_leaves if any(
-        isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in root.get_submodule(name).modules())]
-    if hiding:  # a whole block made one call: its layers are out of reach
+        isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and (f"{name}.{path}" if path else name) in called
+        for path, m in root.get_submodule(name).named_modules())]
+    if hiding:
         warnings.warn(
             f"{len(hiding)} submodule{'s' if len(hiding) > 1 else ''} holding convs or linears "
             f"({', '.join(hiding[:3])}{', ...' if len(hiding) > 3 else ''}) "

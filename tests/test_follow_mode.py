@@ -270,3 +270,31 @@ def test_a_block_made_one_call_with_layers_inside_is_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a norm made one call hides no layer: nothing to say
         fxprune.prepare(net(), (X,))
+
+
+@torch.fx.wrap
+def _attention_like(x, weight, p: float, training: bool):
+    """Stands for torchvision's ``shifted_window_attention``: a wrapped function that takes a
+    layer's weight and the flag."""
+    return F.dropout(F.conv2d(x, weight), p, training)
+
+
+class WeightsIntoAFunction(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return _attention_like(x, self.proj.weight, 0.1, self.training)
+
+
+def test_a_block_whose_layers_only_lend_their_weights_to_a_function_is_not_said():
+    """Its layers were out of reach before it became one call (a function read the weights),
+    so nothing is lost and nothing is said (torchvision's Swin attention)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WeightsIntoAFunction(), nn.Conv2d(8, 4, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pm = fxprune.prepare(model.train(), (X,))
+    assert "1" in pm.meta["fxprune_mode_leaves"]
+    model.eval(), pm.eval()
+    torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
