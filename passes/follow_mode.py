@@ -22,6 +22,7 @@ shows in the module whose own code differs):
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import re
@@ -223,10 +224,14 @@ _NOT_MODEL_CODE = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
 
 
 def _first_line(a, b, sa, sb) -> str:
-    """``file:line`` of the first node that differs between the two modes (from its stack
-    trace, in either mode: the output node has none), or the node's name."""
-    i = next((i for i, (s, t) in enumerate(zip(sa, sb)) if s != t), min(len(a), len(b)))
-    nodes = [n[i] for n in (a, b) if i < len(n)]
+    """``file:line`` of the first node that differs between the two modes, or the node's name:
+    in the first differing stretch, the mode with more nodes (the code under ``if
+    self.training:``) is read first, whichever mode the model was prepared in; then either
+    mode's node (the output node has no line)."""
+    _, i, i2, j, j2 = next(o for o in difflib.SequenceMatcher(None, sa, sb, autojunk=False)
+                            .get_opcodes() if o[0] != "equal")
+    nodes = max(a[i:i2], b[j:j2], key=len)  # the mode with more code: its first line
+    nodes += [n[k] for n, k in ((a, i), (b, j)) if k < len(n)]
     for node in nodes:
         frames = [(f, line) for f, line in _FRAME.findall(node.meta.get("stack_trace") or "")
                   if not os.path.abspath(f).startswith(_NOT_MODEL_CODE)]

@@ -272,6 +272,16 @@ def test_a_block_made_one_call_with_layers_inside_is_said():
         fxprune.prepare(net(), (X,))
 
 
+
+@pytest.mark.filterwarnings("ignore:1 submodule holding")
+def test_the_reason_names_the_mode_dependent_line_whichever_mode_was_prepared():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), InlineDropBlock(), nn.Conv2d(8, 4, 1))
+    reasons = {fxprune.prepare(model.train(mode), (X,)).meta["fxprune_mode_leaves"]["1"]
+               for mode in (True, False)}
+    (reason,) = reasons  # the same in both
+    line = InlineDropBlock.forward.__code__.co_firstlineno + 3  # y = y * (torch.rand(...
+    assert reason.endswith(f"test_follow_mode.py:{line}"), reason
+
 @torch.fx.wrap
 def _attention_like(x, weight, p: float, training: bool):
     """Stands for torchvision's ``shifted_window_attention``: a wrapped function that takes a
