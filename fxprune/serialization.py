@@ -92,6 +92,10 @@ def _rebuild_prepared(body: dict, graph, class_name: str) -> fx.GraphModule:
                 getattr(gm, key).setdefault(name, item)
         elif key not in ("_graph", "_code"):
             gm.__dict__[key] = value
+    saved = dict(root.named_modules())
+    for path, m in gm.named_modules():  # the stand-ins GraphModule made for containers, too
+        if path and path in saved:
+            m.training = saved[path].training
     gm.meta = body["meta"]
     gm.recompile()
     strip_method_hooks(gm)  # the no-ops a method's hooks were pickled as

@@ -128,6 +128,20 @@ def test_prepared_model_saved_and_loaded_still_follows_the_flag():
     assert not torch.equal(a, loaded(X))
 
 
+
+def test_every_modules_flag_survives_save_and_load():
+    """The containers torch.fx stands in for traced-through modules, too (``head`` here)."""
+    model = net().train()
+    model.head.eval()
+    pm = fxprune.prepare(model, (X,))
+    buf = io.BytesIO()
+    torch.save(pm, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    flags = {name: m.training for name, m in pm.named_modules()}
+    assert flags["head"] is False
+    assert {name: m.training for name, m in loaded.named_modules()} == flags
+
 def test_the_users_modes_are_left_as_they_were():
     model = net().train()
     model.head.eval()  # mixed on purpose
