@@ -206,7 +206,7 @@ class ChannelAnalysis(NodeFacts):
             self.keep_one.append((ids, self.why(what)))
 
     def untracked_inputs(self, reason: str) -> None:
-        for a in _flatten(list(self.node.args) + list(self.node.kwargs.values())):
+        for a in arg_leaves(self.node.args, self.node.kwargs):
             for ids in self._all_labels(self.labels(a)):
                 self.untracked(ids, reason)
 
@@ -278,7 +278,7 @@ class ChannelAnalysis(NodeFacts):
             self.untracked_inputs("reaches the model output")
             return {}
         rule = lookup_rule(node, self.gm, self.extra_rules)
-        args = list(_flatten(list(node.args) + list(node.kwargs.values())))
+        args = arg_leaves(node.args, node.kwargs)
         has_labels = any(True for a in args for _ in self._all_labels(self.labels(a)))
         counts = [lab.ids for a in args for lab in [self.labels(a)] if isinstance(lab, SizeOf)]
         if counts:
@@ -405,16 +405,11 @@ def _tied_tensors(gm: fx.GraphModule) -> dict[str, list[str]]:
     return {n: group for group in names.values() if len(group) > 1 for n in group}
 
 
-def _flatten(items):
-    for a in items:
-        if isinstance(a, (list, tuple)):
-            yield from _flatten(a)
-        elif isinstance(a, dict):
-            yield from _flatten(list(a.values()))
-        elif isinstance(a, slice):  # x[:, :y.shape[1]]: a channel count as a bound
-            yield from _flatten([a.start, a.stop, a.step])
-        else:
-            yield a
+def arg_leaves(*args) -> list:
+    """What ``args`` hold, through lists, tuples, dicts and slices (torch.fx's own walk)."""
+    found: list = []
+    fx.node.map_aggregate(args, found.append)
+    return found
 
 
 def analyze(gm: fx.GraphModule, extra_rules: dict | None = None) -> ChannelGraph:

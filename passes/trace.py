@@ -20,7 +20,7 @@ from fxprune.errors import TraceError
 from fxprune.op_table import add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
-from .group_analysis import module_rule
+from .group_analysis import arg_leaves, module_rule
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -55,7 +55,7 @@ class _Tracer(fx.Tracer):
 
         def recording(fn):
             def call(*args, **kwargs):
-                if any(isinstance(a, fx.Proxy) for a in _flat(list(args) + list(kwargs.values()))):
+                if any(isinstance(a, fx.Proxy) for a in arg_leaves(args, kwargs)):
                     return self.create_proxy("call_function", fn, args, kwargs)
                 return fn(*args, **kwargs)
             return call
@@ -95,14 +95,6 @@ class _Tracer(fx.Tracer):
 
 _CREATORS = ("zeros", "ones", "empty", "full", "rand", "randn")
 _SPLITS = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
-
-
-def _flat(items):
-    for a in items:
-        if isinstance(a, (list, tuple)):
-            yield from _flat(a)
-        else:
-            yield a
 
 
 def _op_name(node) -> str:
