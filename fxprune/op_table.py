@@ -40,13 +40,19 @@ _ACTIVATIONS = [
     nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
     nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 ]
+# an Nd pool transforms the last N dims whatever the input's rank: on an unbatched-looking
+# input (avg_pool3d of an (N, C, H, W) map) the channel dim is among them
 _POOLS = {
     1: [nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d,
-        nn.ReflectionPad1d, nn.ReplicationPad1d, nn.ZeroPad1d, nn.ConstantPad1d, nn.CircularPad1d],
+        nn.ReflectionPad1d, nn.ReplicationPad1d, nn.ZeroPad1d, nn.ConstantPad1d, nn.CircularPad1d,
+        F.max_pool1d, F.avg_pool1d, F.adaptive_max_pool1d, F.adaptive_avg_pool1d, F.lp_pool1d],
     2: [nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
-        nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.CircularPad2d],
+        nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.CircularPad2d,
+        F.max_pool2d, F.avg_pool2d, F.adaptive_max_pool2d, F.adaptive_avg_pool2d, F.lp_pool2d,
+        torch._C._nn.avg_pool2d],
     3: [nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d,
-        nn.ReflectionPad3d, nn.ReplicationPad3d, nn.ZeroPad3d, nn.ConstantPad3d, nn.CircularPad3d],
+        nn.ReflectionPad3d, nn.ReplicationPad3d, nn.ZeroPad3d, nn.ConstantPad3d, nn.CircularPad3d,
+        F.max_pool3d, F.avg_pool3d, F.adaptive_max_pool3d, F.adaptive_avg_pool3d, F.lp_pool3d],
 }
 
 CHANNEL_RULES: dict = {
@@ -92,10 +98,6 @@ CHANNEL_RULES: dict = {
     torch.unbind: Split(dim_pos=1, removes_dim=True), "unbind": Split(dim_pos=1, removes_dim=True),
     nn.ChannelShuffle: ChannelShuffle(),
     # -- spatial ops keep channels
-    F.adaptive_avg_pool1d: SPATIAL, F.adaptive_avg_pool2d: SPATIAL, F.adaptive_avg_pool3d: SPATIAL,
-    F.adaptive_max_pool1d: SPATIAL, F.adaptive_max_pool2d: SPATIAL, F.adaptive_max_pool3d: SPATIAL,
-    F.avg_pool1d: SPATIAL, F.avg_pool2d: SPATIAL, F.avg_pool3d: SPATIAL, torch._C._nn.avg_pool2d: SPATIAL,
-    F.max_pool1d: SPATIAL, F.max_pool2d: SPATIAL, F.max_pool3d: SPATIAL,
     F.interpolate: SPATIAL, nn.Upsample: SPATIAL, nn.UpsamplingNearest2d: SPATIAL,
     nn.UpsamplingBilinear2d: SPATIAL, F.pad: Pad(),
     # -- reductions and ops along one dim
@@ -150,10 +152,15 @@ for _name in (
     "add", "sub", "mul", "div", "truediv", "pow", "neg", "abs", "exp", "log", "sqrt", "rsqrt",
     "sigmoid", "tanh", "relu", "clamp", "clip", "square", "reciprocal", "maximum", "minimum",
     "add_", "sub_", "mul_", "div_", "relu_", "sigmoid_", "clamp_", "masked_fill", "where",
-    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type",
-    "type_as", "cpu", "cuda", "requires_grad_",
+    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "cpu", "cuda",
+    "requires_grad_",
 ):
     CHANNEL_RULES[_name] = ELEMENTWISE
+# the other tensor gives a dtype and device only (x.to(y), x.type_as(y)); *_like: a new tensor
+# of x's shape, its channels x's
+for _f in ("to", "type", "type_as", torch.zeros_like, torch.ones_like, torch.empty_like,
+           torch.full_like):
+    CHANNEL_RULES[_f] = Elementwise(tensor_args=(0,))
 CHANNEL_RULES[nn.Softmax] = MixesDim()
 CHANNEL_RULES[nn.LogSoftmax] = MixesDim()
 

@@ -615,3 +615,63 @@ def test_a_model_converted_to_sync_batch_norm_prunes_as_with_batch_norm():
     pm, small = check(nn.SyncBatchNorm.convert_sync_batchnorm(model), X, X2)
     assert prunable(pm) == {"0": 8}
     assert small.get_submodule("1").num_features == fxprune.channel_groups(pm)[0].kept
+
+
+# -- ops whose arguments or ranks could mislead the analysis (break pass 14) ----------------------
+
+class PoolOverChannels(nn.Module):
+    """``F.avg_pool3d`` on an (N, C, H, W) map pools over C, H and W: the channels mix."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.a, self.c, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), pool
+
+    def forward(self, x):
+        return self.c(self.pool(F.relu(self.a(x))))
+
+
+@pytest.mark.parametrize("pool", [lambda y: F.avg_pool3d(y, 3, stride=1, padding=1),
+                                  lambda y: F.max_pool3d(y, 3, stride=1, padding=1)])
+def test_a_functional_pool_over_the_channel_dim_keeps_it_whole(pool):
+    pm = fxprune.prepare(PoolOverChannels(pool), (X,))
+    (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
+    assert not a.prunable and "a spatial op over a channel dim" in a.reason
+    check(PoolOverChannels(lambda y: F.max_pool2d(y, 3, 1, 1)), X, X2)  # 2d on 4-D: prunable
+
+
+class DtypeFrom(nn.Module):
+    """``y.type_as(z)`` / ``y.to(z)`` read z's dtype and device only."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.c, self.d = nn.Conv2d(8, 4, 1), nn.Conv2d(6, 4, 1)
+        self.how = how
+
+    def forward(self, x):
+        y, z = F.relu(self.a(x)), F.relu(self.b(x))
+        y = y.type_as(z) if self.how == "type_as" else y.to(z) if self.how == "to" else torch.zeros_like(y) + y
+        return self.c(y) + self.d(z)
+
+
+@pytest.mark.parametrize("how", ["type_as", "to", "zeros_like"])
+def test_an_op_reading_another_tensors_dtype_ties_no_channels(how):
+    pm, _ = check(DtypeFrom(how), X, X2)
+    assert prunable(pm) == {"a": 8, "b": 6}
+
+
+class StdOverSpace(nn.Module):
+    def __init__(self, std):
+        super().__init__()
+        self.a, self.fc, self.std = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4), std
+
+    def forward(self, x):
+        return self.fc(self.std(F.relu(self.a(x)).flatten(2)))
+
+
+@pytest.mark.parametrize("std", [lambda y: torch.std(y, 2, True), lambda y: y.var(2, False),
+                                 lambda y: torch.std(y, -1, True, False)])
+def test_std_and_var_read_their_third_argument_as_unbiased(std):
+    """``torch.std(x, dim, unbiased, keepdim)``: position 2 is ``unbiased``, not ``keepdim``."""
+    pm, _ = check(StdOverSpace(std), X, X2)
+    assert prunable(pm) == {"a": 8}

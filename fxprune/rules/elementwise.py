@@ -146,7 +146,12 @@ class Reduce(ChannelRule):
         node, x = ctx.node, ctx.node.args[0]
         labels, ndim = ctx.labels(x), len(ctx.shape(x))
         dims = ctx.value(node_arg(node, self.dim_pos, "dim", None))
-        keepdim = bool(ctx.value(node_arg(node, self.keepdim_pos, "keepdim", False)))
+        if isinstance(dims, bool):  # torch.std(x, True): that is ``unbiased``, every dim reduced
+            dims = None
+        out_shape = ctx.out_shape()
+        # the output's rank says it, whatever the overload's positions (std(x, 1, True): unbiased)
+        keepdim = (len(out_shape) == ndim if out_shape is not None
+                   else bool(ctx.value(node_arg(node, self.keepdim_pos, "keepdim", False))))
         if dims is None:
             reduced = set(range(ndim))
         else:
