@@ -262,21 +262,34 @@ def test_ccp_resumes_exactly(tmp_path):
 
 
 def test_batch_norms_run_in_eval_mode_on_collection_steps_only():
+    """In the training forwards of the collection steps, whatever the loop does between steps
+    (a validation pass's eval()/train()); a norm the user froze stays frozen."""
     pm = prepared()
     pm.train()
     pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4,
                  collect_bn="eval")
     bn = pm.get_submodule("c1.1")
+    bns = [m for m in pm.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen = bns[-1]
+    assert frozen is not bn
+    frozen.eval()
     modes = []
+    bn.register_forward_pre_hook(lambda m, a: modes.append(m.training) if torch.is_grad_enabled() else None)
     for step in range(5):
-        modes.append(bn.training)
         x, y = data(seed=step)
         loss = F.cross_entropy(pm(x), y)
         loss.backward()
         pruner.step(loss)
         pm.zero_grad()
+        pm.eval()  # validation, as a plain loop does it
+        with torch.no_grad():
+            pm(x)
+        pm.train()
+        frozen.eval()
+        assert bn.training
     assert modes == [True, False, False, True, True]  # steps 2 and 3 collect
     assert pruner.history[0]["samples"] == 2 * 16
+    assert not frozen.training and not pm._forward_hooks  # no hook left after the last round
 
 
 def test_non_finite_statistics_stop_with_one_line_naming_the_way_out():

@@ -19,11 +19,12 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   each pruning step, from the trainer's own forward/backward. With ``collect_bn="train"`` (the
   default) the batch norms are left alone: samples interact through the batch statistics, so
   ``t`` is a per-sample share of the batch gradient rather than a gradient of its own. With
-  ``"eval"`` (what the notes advise for a trained model) they run in eval mode on those steps
-  (switched by ``step()`` one step ahead and back after), so ``t`` is truly per sample — but
-  the optimizer then also steps on eval-mode batch norms: in the Fashion-MNIST recipe
-  (lr 0.1, collection at 0.2 of the first epoch) that diverged to nan within 10 steps, while
-  ``"train"`` trained on as the dense run does. Use ``"eval"`` on a trained model at a small
+  ``"eval"`` (what the notes advise for a trained model) they run in eval mode in the
+  training forwards of those steps (switched around each forward, so a validation pass
+  between steps does not undo it), so ``t`` is truly per sample — but the optimizer then also
+  steps on eval-mode batch norms: in the Fashion-MNIST recipe (lr 0.1, collection at 0.2 of
+  the first epoch) that diverged to nan within 10 steps, while ``"train"`` trained on as the
+  dense run does. Use ``"eval"`` on a trained model at a small
   learning rate. Collect >= ~10x as many samples as the widest group has channels.
 * Objective. z = 1 - beta marks pruned channels. Second order:
   ``dL(z) = -sum_i z_i a_i + 1/2 z^T B z``. Keep form (what is solved here):
@@ -60,7 +61,7 @@ from torch import fx
 from ..allocation import GroupOptions, allocate, allocate_uniform, allowed_counts
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import _InputMasked
+from ..masks import MethodHook, _InputMasked
 from .base import PruningMethod
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
@@ -246,6 +247,14 @@ class CCP(PruningMethod):
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
         self.collect_bn = collect_bn
         self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self._bn_modes: list[bool] | None = None
+        self._bn_hooks = []
+        if collect_bn == "eval" and self._bns:
+            # set around each forward, not once per step: a validation pass's .eval()/.train()
+            # between steps would undo it, and the user's frozen norms get their modes back
+            self._bn_hooks = [
+                prepared.register_forward_pre_hook(MethodHook(self._norms_to_eval)),
+                prepared.register_forward_hook(MethodHook(self._norms_back), always_call=True)]
         self._set_collecting(self._collecting(1))
         for m in prepared.modules():  # pruned channels are gone for good: no gradient through
             if isinstance(m, _InputMasked):
@@ -271,7 +280,7 @@ class CCP(PruningMethod):
             k = self.prune_steps().index(self.step_count) + 1
             record = self.prune(k)
             if k == self.rounds:  # statistics are no longer needed: the model carries no hooks
-                self.stats.close()
+                self._close()
             return record
         return None
 
@@ -290,17 +299,33 @@ class CCP(PruningMethod):
         self.stats.taps.take()
 
     def _set_collecting(self, on: bool) -> None:
-        """Taps on for the next forward; BN in eval mode for it (``collect_bn="eval"``) while
-        the model trains."""
+        """Taps on for the next forward (and, with ``collect_bn="eval"``, eval-mode norms)."""
         self.stats.taps.enabled = on
-        if self.collect_bn == "eval" and self.prepared.training:
+
+    def _norms_to_eval(self, model, args) -> None:
+        """Before a training forward that collects: batch norms in eval mode for it."""
+        if self.stats.taps.enabled and model.training and self._bn_modes is None:
+            self._bn_modes = [bn.training for bn in self._bns]
             for bn in self._bns:
-                bn.train(not on)
+                bn.train(False)
+
+    def _norms_back(self, model, args, output) -> None:
+        """After that forward (or its exception): the norms' own modes back."""
+        if self._bn_modes is not None:
+            for bn, mode in zip(self._bns, self._bn_modes):
+                bn.train(mode)
+            self._bn_modes = None
+
+    def _close(self) -> None:
+        self.stats.close()
+        for h in self._bn_hooks:
+            h.remove()
+        self._bn_hooks = []
 
     def finalize_masks(self) -> bool:
         """Remove the statistics hooks (a finalized model must not carry them); masks stay.
         A run that ends before the last round keeps the masks of the rounds done."""
-        self.stats.close()
+        self._close()
         return False
 
     # -- selection ---------------------------------------------------------------------------
@@ -411,4 +436,4 @@ class CCP(PruningMethod):
         self.history = list(state["history"])
         self._set_collecting(self._collecting(self.step_count + 1))
         if self.step_count >= self.prune_steps()[-1]:
-            self.stats.close()
+            self._close()
