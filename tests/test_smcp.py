@@ -421,7 +421,26 @@ def test_bn_recalibration_restarts_statistics_under_the_new_masks(n):
         p2 = fxprune.SMCP(pm2, target=0.5, warmup=2, ramp=1, update_every=100, channel_step=1,
                           bn_recalibrate=n)
         p2.load_state_dict(state)  # resuming inside the window keeps averaging
-        assert pm2.get_submodule("c2.1").momentum is None
+        bn2 = pm2.get_submodule("c2.1")
+        assert p2._recalibrating == n and bn2.momentum == momentum
+        seen2, handle = _bn_inputs(pm2, "c2.1")
+        train(pm2, p2, 2, seed=9)
+        handle.remove()
+        torch.testing.assert_close(bn2.running_mean, torch.stack([x.mean((0, 2, 3)) for x in seen2]).mean(0))
+
+
+def test_a_model_finalized_inside_the_recalibration_window_keeps_its_norms_momentum():
+    """momentum=None is set around each training forward of the window only: a model
+    finalized (or saved) inside it has the norms' own momentum for later fine-tuning."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=1, update_every=100, channel_step=1,
+                          bn_recalibrate=50)
+    momenta = [m.momentum for m in pm.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    train(pm, pruner, 4)  # the update at step 3 opens a 50-batch window
+    assert pruner._recalibrating > 0
+    small = fxprune.finalize(pm)
+    assert [m.momentum for m in small.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
+    assert [m.momentum for m in pm.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
 
 
 def test_new_options_are_checked():
