@@ -675,3 +675,45 @@ def test_std_and_var_read_their_third_argument_as_unbiased(std):
     """``torch.std(x, dim, unbiased, keepdim)``: position 2 is ``unbiased``, not ``keepdim``."""
     pm, _ = check(StdOverSpace(std), X, X2)
     assert prunable(pm) == {"a": 8}
+
+
+class CatOfATuple(nn.Module):
+    """cat given the split's tuple itself, or a slice of it."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.c, self.how = cbr(3, 8), nn.Conv2d(8, 4, 1), how
+
+    def forward(self, x):
+        y = self.a(x)
+        pieces = y.split(3, 1) if self.how == "split" else y.chunk(2, 1)[::-1]
+        return self.c(torch.cat(pieces, 1))
+
+
+@pytest.mark.parametrize("how", ["split", "reversed_chunks"])
+def test_cat_of_a_tuple_held_in_one_value(how):
+    pm, _ = check(CatOfATuple(how), X, X2)
+    assert prunable(pm) == {"a.0": 8}
+
+
+class LayerNormOverShape(nn.Module):
+    """``F.layer_norm(y, z.shape[1:])``: normalized over (C, H, W) read from a shape."""
+
+    def __init__(self, same):
+        super().__init__()
+        self.a, self.b, self.same = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1), same
+        self.c, self.d = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y, z = self.a(x), self.b(x)
+        return self.c(F.layer_norm(y, (y if self.same else z).shape[1:])) + self.d(z)
+
+
+def test_layer_norm_over_a_shape_read_at_run_time_is_not_baked_in():
+    """The finalized model reads the shape again: it runs at another resolution (``check``)."""
+    pm, small = check(LayerNormOverShape(same=True), X, X2)
+    assert prunable(pm) == {"a": 8, "b": 8}
+    # another tensor's shape: pruned alike (tied) or kept whole, never out of step
+    pm, small = check(LayerNormOverShape(same=False), X, X2)
+    groups = {p: g for g in fxprune.channel_groups(pm) for p in g.producers}
+    assert groups["a"] is groups["b"] or not groups["a"].prunable

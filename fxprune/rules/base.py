@@ -123,9 +123,10 @@ class ShapeRead(ChannelRule):
 
 
 def check_size_args(ctx, sizes: list, out_labels: dict, first_dim: int = 0) -> None:
-    """Sizes computed from channel counts must shape a dim that holds those same channels."""
+    """Sizes computed from channel counts must shape a dim that holds those same channels.
+    ``sizes``: nodes, constants or the :class:`SizeOf` labels of a shape's entries."""
     for k, s in enumerate(sizes):
-        prov = ctx.labels(s) if isinstance(s, fx.Node) else None
+        prov = s if isinstance(s, SizeOf) else ctx.labels(s) if isinstance(s, fx.Node) else None
         if isinstance(prov, SizeOf):
             d = first_dim + k
             # judged once the whole graph is seen: the dim may be tied to those channels later

@@ -377,8 +377,19 @@ class FunctionalLayerNorm(LayerNorm):
     def propagate(self, ctx):
         out = super().propagate(ctx)
         shape = node_arg(ctx.node, 1, "normalized_shape")
-        sizes = [shape] if isinstance(shape, fx.Node) else list(shape)
-        check_size_args(ctx, sizes, out, len(ctx.shape(ctx.node.args[0])) - len(sizes))
+        ndim = len(ctx.shape(ctx.node.args[0]))
+        if isinstance(shape, fx.Node) and isinstance(ctx.labels(shape), (tuple, list)):
+            # read from a shape (``y.shape[1:]``): the finalized model reads it again, so each
+            # entry must be the channel count of the dim it sizes
+            entries = list(ctx.labels(shape))
+            first = ndim - len(entries)
+            for j, entry in enumerate(entries):
+                if entry is None and first + j in out:
+                    ctx.untracked(out[first + j], "normalized over a size read from another tensor")
+            check_size_args(ctx, entries, out, first)
+        else:
+            sizes = [shape] if isinstance(shape, fx.Node) else list(shape)
+            check_size_args(ctx, sizes, out, ndim - len(sizes))
         return out
 
     def normalized(self, ctx):
@@ -391,6 +402,8 @@ class FunctionalLayerNorm(LayerNorm):
         return ctx.labels(self.normalized(ctx)[1][key]).get(j)
 
     def rewrite(self, node, ctx):
+        if isinstance(node_arg(node, 1, "normalized_shape"), fx.Node):
+            return  # read from the pruned tensor's shape at run time (checked in propagate)
         x = node.args[0]
         labels, ndim = ctx.labels(x), len(ctx.shape(x))
         shape = ctx.value(node_arg(node, 1, "normalized_shape"))

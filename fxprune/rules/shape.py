@@ -5,10 +5,25 @@ import math
 
 import numpy as np
 import torch
+from torch import fx
 
 from .base import (ChannelRule, Labels, SizeOf, check_size_args, node_arg, norm_dim, pruned_size,
                    set_node_arg, varargs)
 from .elementwise import broadcast_unify
+
+def _pieces(ctx, tensors) -> list[tuple[Labels, tuple]] | None:
+    """(labels, shape) of each tensor given to cat/stack: a list of nodes, or one node holding
+    a tuple (``torch.cat(y.split(3, 1), 1)``, ``y.chunk(2, 1)[::-1]``); None when not known."""
+    if isinstance(tensors, fx.Node):
+        metas, labels = ctx.out_meta(tensors), ctx.labels(tensors)
+        if not isinstance(metas, (tuple, list)):
+            return None
+        labels = labels if isinstance(labels, (tuple, list)) else [{}] * len(metas)
+        if len(labels) != len(metas) or not all(hasattr(m, "shape") for m in metas):
+            return None
+        return [(dict(lab or {}), tuple(m.shape)) for lab, m in zip(labels, metas)]
+    return [(ctx.labels(t), ctx.shape(t)) for t in tensors]
+
 
 class Concat(ChannelRule):
     """``torch.cat``: labels along ``dim`` are concatenated (each input keeps its offset)."""
@@ -17,18 +32,21 @@ class Concat(ChannelRule):
 
     def propagate(self, ctx):
         node = ctx.node
-        tensors = [t for t in node_arg(node, 0, "tensors")]
+        pieces = _pieces(ctx, node_arg(node, 0, "tensors"))
+        if pieces is None:
+            ctx.untracked_inputs("concatenates tensors whose shapes fxprune does not know")
+            return None
         out_shape = ctx.out_shape()
         d = norm_dim(int(ctx.value(node_arg(node, 1, "dim", 0))), len(out_shape))
         out: Labels = {}
-        pieces = [ctx.labels(t).get(d) for t in tensors]
-        if any(p is not None for p in pieces):
-            out[d] = np.concatenate([p if p is not None else np.full(ctx.shape(t)[d], -1)
-                                     for p, t in zip(pieces, tensors)])
+        along = [labels.get(d) for labels, _ in pieces]
+        if any(p is not None for p in along):
+            out[d] = np.concatenate([p if p is not None else np.full(shape[d], -1)
+                                     for p, (_, shape) in zip(along, pieces)])
         for od in range(len(out_shape)):
             if od == d:
                 continue
-            present = [ctx.labels(t).get(od) for t in tensors]
+            present = [labels.get(od) for labels, _ in pieces]
             labelled = [p for p in present if p is not None]
             if not labelled:
                 continue
@@ -48,7 +66,12 @@ class Stack(ChannelRule):
 
     def propagate(self, ctx):
         node = ctx.node
-        tensors = list(node_arg(node, 0, "tensors"))
+        tensors = node_arg(node, 0, "tensors")
+        if isinstance(tensors, fx.Node):  # a tuple in one value: its pieces are not nodes
+            ctx.untracked_inputs("stacks a tuple held in one value; pass the pieces as a list "
+                                 "(a, b = y.split(...); torch.stack([a, b]))")
+            return None
+        tensors = list(tensors)
         out_shape = ctx.out_shape()
         d = norm_dim(int(ctx.value(node_arg(node, 1, "dim", 0))), len(out_shape))
         inner = broadcast_unify(ctx, tensors, ctx.shape(tensors[0]), "stacked")
@@ -320,6 +343,10 @@ class TupleItem(ChannelRule):
         labels = ctx.labels(container)
         if isinstance(labels, (tuple, list)) and isinstance(idx, int) and -len(labels) <= idx < len(labels):
             return labels[idx] if labels[idx] is not None else {}
+        if isinstance(labels, (tuple, list)) and isinstance(idx, slice):  # chunks[::-1]
+            return tuple(labels[idx])
+        if labels and not isinstance(idx, int):  # an index fxprune cannot follow
+            ctx.untracked_inputs("an item of a tuple taken by a computed index")
         return {}
 
 
