@@ -717,3 +717,22 @@ def test_layer_norm_over_a_shape_read_at_run_time_is_not_baked_in():
     pm, small = check(LayerNormOverShape(same=False), X, X2)
     groups = {p: g for g in fxprune.channel_groups(pm) for p in g.producers}
     assert groups["a"] is groups["b"] or not groups["a"].prunable
+
+
+class ChunkOfFlattened(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.p, self.q = cbr(3, 8), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, _, h, w = y.shape
+        u, v = y.flatten(1).chunk(2, 1)
+        return self.p(u.view(n, -1, h, w)) + self.q(v.view(n, -1, h, w))
+
+
+def test_a_split_of_a_dim_merging_channels_with_space_is_kept_whole():
+    """Its pieces' sizes count channels times H*W: written in, they would fit the example only."""
+    pm, _ = check(ChunkOfFlattened(), X, X2)
+    (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a.0"]]
+    assert not a.prunable and "split of a dim that merges channels" in a.reason

@@ -25,6 +25,12 @@ def _pieces(ctx, tensors) -> list[tuple[Labels, tuple]] | None:
     return [(ctx.labels(t), ctx.shape(t)) for t in tensors]
 
 
+def _merges_channels(ids: np.ndarray) -> bool:
+    """Whether a dim's labels repeat channels: it merges a channel dim with others (flatten)."""
+    ids = ids[ids >= 0]
+    return len(np.unique(ids)) < len(ids)
+
+
 class Concat(ChannelRule):
     """``torch.cat``: labels along ``dim`` are concatenated (each input keeps its offset)."""
 
@@ -103,6 +109,10 @@ class Split(ChannelRule):
                 ctx.untracked(labels[d], "unbound into single channels")
             rest = {(k if k < d else k - 1): v for k, v in labels.items() if k != d}
             return tuple(dict(rest) for _ in outs)
+        if d in labels and _merges_channels(labels[d]):
+            # flatten(1).chunk(2, 1): the pieces' sizes count channels times the other dims,
+            # which surgery would write in as the example's numbers
+            ctx.untracked(labels[d], "split of a dim that merges channels with other dims")
         result, start = [], 0
         for piece in outs:
             size = piece.shape[d]
@@ -121,6 +131,8 @@ class Split(ChannelRule):
         if d not in labels:
             return
         kept = ctx.kept(labels[d])
+        if kept.all():  # nothing removed: the call stays as written (chunk's sizes follow x)
+            return
         sizes, start = [], 0
         for piece in ctx.out_meta(node):
             size = piece.shape[d]
