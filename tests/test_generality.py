@@ -736,3 +736,29 @@ def test_a_split_of_a_dim_merging_channels_with_space_is_kept_whole():
     pm, _ = check(ChunkOfFlattened(), X, X2)
     (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a.0"]]
     assert not a.prunable and "split of a dim that merges channels" in a.reason
+
+
+class ComputedBias(nn.Module):
+    """``F.conv2d(y, self.w, self.b * 2)`` and ``F.linear(h, self.v, self.c + 1)``."""
+
+    def __init__(self, untracked=False):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.w, self.b = nn.Parameter(torch.randn(6, 8, 3, 3) * 0.3), nn.Parameter(torch.randn(6))
+        self.v, self.c = nn.Parameter(torch.randn(5, 6) * 0.3), nn.Parameter(torch.randn(5))
+        self.head = nn.Linear(5, 3)
+        self.untracked = untracked
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        bias = self.b.flip(0) if self.untracked else self.b * 2.0
+        y = F.relu(F.conv2d(y, self.w, bias, padding=1)).mean((2, 3))
+        return self.head(F.relu(F.linear(y, self.v, self.c + 1.0)))
+
+
+def test_a_bias_computed_in_the_graph_follows_the_output_channels():
+    pm, small = check(ComputedBias(), X, X2)
+    assert prunable(pm) == {"a": 8, "w": 6, "v": 5}
+    assert small.b.shape[0] == small.w.shape[0] < 6 and small.c.shape[0] == small.v.shape[0] < 5
+    pm, _ = check(ComputedBias(untracked=True), X, X2)  # flip has no row: w's outputs stay
+    assert prunable(pm) == {"a": 8, "v": 5}

@@ -65,6 +65,18 @@ class _WeightLayer(ChannelRule):
                 f"fxprune.rules.ChannelRule), or leave it out of rules= to keep its channels whole")
 
 
+def _computed_bias(ctx, bias, out_ids, what: str) -> None:
+    """``F.conv2d(x, self.w, self.b * 2)``: a bias computed in the graph holds the output
+    channels through its own labels (``self.b`` then follows them), else keeps them whole."""
+    if not isinstance(bias, fx.Node):
+        return
+    ids = ctx.labels(bias).get(0) if isinstance(ctx.labels(bias), dict) else None
+    if ids is None:
+        ctx.untracked(out_ids, f"a {what} bias computed from tensors fxprune does not track")
+    else:
+        ctx.unify(out_ids, ids, f"{what} bias computed in the graph")
+
+
 class Conv(_WeightLayer):
     """Conv1d/2d/3d (and a subclass of one, and ``F.conv2d(x, self.weight)`` on a module's own
     parameters): reads dim 1 through ``weight[:, i]``, writes new channels ``weight[o]``.
@@ -136,6 +148,8 @@ class Conv(_WeightLayer):
         out = self.connect(ctx, call, x_in, g, c_in)
         if call.bias is not None:
             ctx.unify(ctx.space(call.bias, 0), out, "conv bias")
+        elif self.functional:
+            _computed_bias(ctx, node_arg(ctx.node, 2, "bias", None), out, "conv")
         ctx.layer(self.layer_spec(ctx, call, c_in, len(out)), call.weight, self.in_dim, self.out_dim,
                   depthwise=g > 1 and c_in == g)
         return {cdim: out}
@@ -255,6 +269,8 @@ class Linear(_WeightLayer):
         ctx.mask_site(name, 1, self)
         if bias is not None:
             ctx.unify(ctx.space(bias, 0), w_out, "linear bias")
+        elif self.functional:
+            _computed_bias(ctx, node_arg(node, 2, "bias", None), w_out, "linear")
         w = ctx.tensor(name)
         ctx.layer(LayerSpec(module, "linear", w.shape[1], w.shape[0], tuple(ctx.shape(x)),
                             tuple(ctx.out_shape()), bias=bias is not None,
