@@ -15,8 +15,10 @@ finalized models load where fxprune is not installed.
 from __future__ import annotations
 
 import copy
+import importlib
 
 from torch import fx, nn
+from torch.fx.node import _get_qualified_name
 
 from .masks import strip_method_hooks
 
@@ -53,13 +55,42 @@ class _NodeRef:
         return _NodeRef, (self.name,)
 
 
+class _FunctionRef:
+    """A call's target pickled by its public name: torch's ``boolean_dispatch`` functions
+    (``F.max_pool2d``, ``F.adaptive_max_pool2d``) are local closures pickle cannot name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return _FunctionRef, (self.name,)
+
+    def resolve(self):
+        module, _, attr = self.name.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+
+
+def _target(target):
+    if callable(target) and "<locals>" in getattr(target, "__qualname__", ""):
+        ref = _FunctionRef(_get_qualified_name(target))
+        try:
+            found = ref.resolve()
+        except (ImportError, AttributeError):
+            found = None
+        if found is target:
+            return ref
+    return target
+
+
 def _flat_graph(graph: fx.Graph) -> tuple:
     """``graph`` as a flat list of node records whose arguments name other nodes: pickling the
     linked nodes themselves recurses once per node and hits Python's recursion limit at about
     500 nodes (torchvision's densenet121 has 669)."""
     def ref(n):
         return _NodeRef(n.name)
-    nodes = [(n.name, n.op, n.target, fx.node.map_arg(n.args, ref), fx.node.map_arg(n.kwargs, ref),
+    nodes = [(n.name, n.op, _target(n.target), fx.node.map_arg(n.args, ref), fx.node.map_arg(n.kwargs, ref),
               n.type, copy.deepcopy(n.meta)) for n in graph.nodes]
     return nodes, graph._codegen, getattr(graph, "_tracer_cls", None), getattr(graph, "_tracer_extras", None)
 
@@ -73,6 +104,7 @@ def _graph_from(flat: tuple) -> fx.Graph:
     def node_of(a):
         return env[a.name] if isinstance(a, _NodeRef) else a
     for name, op, target, args, kwargs, type_expr, meta in nodes:
+        target = target.resolve() if isinstance(target, _FunctionRef) else target
         node = graph.create_node(op, target, fx.node.map_aggregate(args, node_of),
                                  fx.node.map_aggregate(kwargs, node_of), name=name, type_expr=type_expr)
         node.meta = meta

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -293,6 +294,30 @@ def test_a_prepared_model_of_many_nodes_saves(tmp_path):
     assert max_relative_error(run_eval(pm, (x,)), run_eval(loaded, (x,))) == 0
     fxprune.finalize(loaded)
 
+
+
+class FunctionalMaxPools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.max_pool2d(self.a(x), 2)
+        return self.c(F.adaptive_max_pool2d(y, 2))
+
+
+def test_a_prepared_model_calling_torchs_dispatched_functions_saves(tmp_path):
+    """F.max_pool2d & co. are local closures (torch's boolean_dispatch) pickle cannot name:
+    they are saved by their public name."""
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(FunctionalMaxPools(), (x,))
+    random_masks(pm, 0.5)
+    torch.save(pm, tmp_path / "pm.pt")
+    loaded = torch.load(tmp_path / "pm.pt", weights_only=False)
+    targets = [n.target for n in loaded.graph.nodes if n.op == "call_function"]
+    assert F.max_pool2d in targets and F.adaptive_max_pool2d in targets
+    assert max_relative_error(run_eval(pm, (x,)), run_eval(loaded, (x,))) == 0
+    fxprune.finalize(loaded)
 
 def test_layer_specs_add_up_to_the_flop_counter(resnet18):
     pm = fxprune.prepare(resnet18, (X,))
