@@ -2,6 +2,8 @@
 mode fits the cost target, the final rule, exact resume, and the method on a small CNN."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -42,7 +44,7 @@ def run_bandit(selection, steps=300, seed=0):
     model = planted_model()
     pm = fxprune.prepare(model, (torch.randn(1, 8),))
     pruner = CUCB(pm, rho=0.25, c=0.25, warmup=30, explore=steps, selection=selection, seed=seed,
-                  cost="params")
+                  cost="params", execution="masked")  # the loop trains the prepared model
     g = torch.Generator().manual_seed(seed)
     teacher = planted_model()
     late_overlap = []
@@ -73,7 +75,7 @@ def test_cucb_recovers_planted_channels_and_random_sets_do_not():
 
 def test_unplayed_channels_are_tried_first_with_random_ties():
     pm = prepared()
-    pruner = CUCB(pm, rho=0.5, warmup=0, channel_step=1)
+    pruner = CUCB(pm, rho=0.5, warmup=0, channel_step=1, execution="masked")
     x, y = data()
     seen = pruner.active.copy()
     for _ in range(2):
@@ -99,7 +101,8 @@ def _train(pm, pruner, steps):
 
 def test_budget_mode_active_sets_fit_the_cost_target():
     pm = prepared()
-    pruner = CUCB(pm, target=0.4, mode="budget", warmup=2, explore=6, channel_step=4)
+    pruner = CUCB(pm, target=0.4, mode="budget", warmup=2, explore=6, channel_step=4,
+                  execution="masked")
     costs = []
     opt = torch.optim.SGD(pm.parameters(), lr=0.05)
     for step in range(8):
@@ -120,7 +123,7 @@ def test_budget_mode_active_sets_fit_the_cost_target():
 
 def test_ratio_mode_keeps_rho_of_every_group_and_finalize_masks_selects_by_mu():
     pm = prepared()
-    pruner = CUCB(pm, rho=0.5, warmup=1, explore=None, channel_step=4)
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=None, channel_step=4, execution="masked")
     _train(pm, pruner, 4)
     assert not pruner.final
     for i, g in enumerate(pruner.index.groups):
@@ -136,7 +139,8 @@ def test_ratio_mode_keeps_rho_of_every_group_and_finalize_masks_selects_by_mu():
 def test_cucb_resumes_exactly(tmp_path):
     def run(split=None):
         pm = prepared(seed=1)
-        make = lambda pm: CUCB(pm, rho=0.5, warmup=2, explore=8, channel_step=4, seed=3)
+        make = lambda pm: CUCB(pm, rho=0.5, warmup=2, explore=8, channel_step=4, seed=3,
+                               execution="masked")
         pruner = make(pm)
         opt = torch.optim.SGD(pm.parameters(), lr=0.05)
         for step in range(10):
@@ -214,6 +218,7 @@ def test_a_state_for_other_groups_is_refused():
 def test_ratio_mode_gathers_static_shapes_every_step():
     pm = prepared()
     pruner = CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=4)
+    pruner.attach_optimizer(torch.optim.SGD(pm.parameters(), lr=0.05))
     sizes = []
     for step in range(6):
         sizes.append({k: (None if v is None else len(v)) for k, v in pruner.gathered.indices.items()})
@@ -224,3 +229,23 @@ def test_ratio_mode_gathers_static_shapes_every_step():
         pm.zero_grad()
     assert all(s == sizes[0] for s in sizes)  # same active count per group: same shapes
     assert len({tuple(np.flatnonzero(pruner.active))} | {()}) > 1
+
+
+def test_a_loop_that_skips_gathered_execution_is_told_once():
+    """The docstring's loop runs train_forward and attach_optimizer; one that trains the
+    prepared model instead trains as execution="masked" does, and is told so once."""
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=4)
+    for step in range(3):
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        if step == 0:
+            with pytest.warns(UserWarning, match=r"did not call pruner.train_forward\(x\).*"
+                                                 r"attach_optimizer\(optimizer\) was not called"):
+                pruner.step(loss)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                pruner.step(loss)
+        pm.zero_grad()

@@ -2,8 +2,9 @@
 which channels train at each step; at the end the best channels by mean reward are kept.
 
     pruner = fxprune.CUCB(pm, rho=0.5, warmup=200, explore=5000)
+    pruner.attach_optimizer(optimizer)   # inactive weights and their momentum stay as they are
     for x, y in loader:
-        loss = criterion(pm(x), y); loss.backward()
+        loss = criterion(pruner.train_forward(x), y); loss.backward()  # the active sub-network
         pruner.step(loss)          # rewards of the active channels; the next step's active set
         optimizer.step(); optimizer.zero_grad()
     pruner.finalize_masks()        # (done at step ``explore`` already) top channels by mu
@@ -125,6 +126,7 @@ class CUCB(PruningMethod):
                               "at full width", stacklevel=2)
         self.execution = "gathered" if self.gathered is not None else "masked"
         self._hooks = []
+        self._ran_gathered = False  # train_forward gave the sub-network since the first step
         self.active = self._select(step=0)
         self._apply(self.active)
 
@@ -136,6 +138,7 @@ class CUCB(PruningMethod):
         if self.gathered is None or self.final:
             return self.prepared
         self.gathered.train(self.prepared.training)
+        self._ran_gathered = True
         return self.gathered
 
     def attach_optimizer(self, optimizer) -> None:
@@ -151,6 +154,8 @@ class CUCB(PruningMethod):
         self.step_count += 1
         if self.final:
             return None
+        if self.step_count == 1 and self.gathered is not None:
+            self._check_gathered_loop()
         flat = torch.from_numpy(self.active.astype(np.float32))
         s = self.saliency.step_scores(flat)
         if s is not None:
@@ -161,6 +166,21 @@ class CUCB(PruningMethod):
         self.active = self._select(self.step_count)
         self._apply(self.active)
         return None
+
+    def _check_gathered_loop(self) -> None:
+        """Say once when the loop does not use gathered execution: it then trains as
+        ``execution="masked"`` does, which ``self.execution`` would not show."""
+        missing = []
+        if not self._ran_gathered:
+            missing.append("the step's forward did not call pruner.train_forward(x) (the "
+                           "prepared model ran at full width)")
+        if not self._hooks:
+            missing.append("pruner.attach_optimizer(optimizer) was not called (the optimizer "
+                           "moves inactive weights and their momentum)")
+        if missing:
+            warnings.warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
+                          "execution='masked' for a loop that trains the prepared model",
+                          stacklevel=3)
 
     def finalize_masks(self) -> bool:
         if self.final:
