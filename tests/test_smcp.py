@@ -490,3 +490,20 @@ def test_params_cost_counts_a_module_called_twice_once():
     small = fxprune.finalize(pm)
     real = sum(p.numel() for p in small.parameters()) / sum(p.numel() for p in model.parameters())
     assert real <= pruner.cost() + 1e-9 <= 0.5 + 1e-9
+
+
+def test_a_state_of_another_method_or_an_incomplete_one_is_refused_before_loading():
+    pm = prepared()
+    smcp = fxprune.SMCP(pm, target=0.5, channel_step=4)
+    ccp = fxprune.CCP(prepared(), target=0.5, channel_step=4)
+    with pytest.raises(ValueError, match="saved by the 'ccp' method, not 'smcp'"):
+        smcp.load_state_dict(ccp.state_dict())
+    state = smcp.state_dict()
+    state["step"] = 7
+    del state["importance"]
+    with pytest.raises(ValueError, match="lacks importance: it is not a SMCP state"):
+        smcp.load_state_dict(state)
+    assert smcp.step_count == 0  # nothing was loaded
+    del state["method"]  # a state saved before states named their method
+    with pytest.raises(ValueError, match="lacks importance"):
+        smcp.load_state_dict(state)

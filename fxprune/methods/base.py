@@ -141,6 +141,8 @@ class PruningMethod:
     weights that read prunable channels, the cost model and the budget."""
 
     name = "method"
+    #: the keys every state of this method holds, checked before anything is loaded
+    state_keys: tuple[str, ...] = ()
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
@@ -188,8 +190,24 @@ class PruningMethod:
         """The prunable groups as ``[key, name, size]``: what a saved state must match."""
         return [[g.key, g.name, int(g.size)] for g in self.index.groups]
 
-    def _check_state(self, state: dict, masks) -> None:
-        """Refuse a state saved for other groups (names or sizes differ), naming both."""
+    def _check_state(self, state: dict, masks_key: str) -> None:
+        """Refuse, before anything is loaded, a state of another method or an incomplete one,
+        or one saved for other groups (names or sizes differ), naming both."""
+        me = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"a {me} state is the dict its state_dict() returned, got "
+                            f"{type(state).__name__}")
+        saved_by = state.get("method")
+        if saved_by is not None and saved_by != self.name:
+            raise ValueError(f"this pruner state was saved by the {saved_by!r} method, not "
+                             f"{self.name!r}: load it into the method that saved it "
+                             f"(prune.method: {saved_by} in a recipe)")
+        missing = [k for k in self.state_keys if k not in state]
+        if missing:
+            raise ValueError(f"this pruner state lacks {', '.join(missing)}: it is not a {me} "
+                             f"state (another method's, or incomplete); load the state {me}."
+                             "state_dict() saved")
+        masks = state[masks_key]
         mine, theirs = self.signature(), state.get("groups")
         if theirs is not None and [list(g) for g in theirs] != mine:
             show = lambda gs: ", ".join(f"{name} ({size})" for _, name, size in gs)  # noqa: E731

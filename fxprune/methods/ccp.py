@@ -201,6 +201,7 @@ def solve(S: np.ndarray, p: int, keep_one_of=(), *, exhaustive_max: int = 12) ->
 
 class CCP(PruningMethod):
     name = "ccp"
+    state_keys = ("step", "stats", "masks", "dead", "history")
     #: its statistics come from activation hooks, each process's own samples: a data-parallel
     #: trainer passes ``reduce_fn`` (a float64 sum over processes), applied before each decision
     rank_local_statistics = True
@@ -423,12 +424,12 @@ class CCP(PruningMethod):
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "groups": self.signature(), "stats": self.stats.state_dict(),
-                "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
-                "history": list(self.history)}
+        return {"method": self.name, "step": self.step_count, "groups": self.signature(),
+                "stats": self.stats.state_dict(), "masks": self.index.masks(self.prepared),
+                "dead": torch.from_numpy(self.dead.copy()), "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_state(state, state["masks"])
+        self._check_state(state, "masks")
         self.step_count = int(state["step"])
         self.stats.load_state_dict(state["stats"])
         self.index.set_masks(self.prepared, state["masks"])

@@ -75,6 +75,7 @@ __all__ = ["CUCB"]
 
 class CUCB(PruningMethod):
     name = "cucb"
+    state_keys = ("step", "stats", "final", "active", "rng", "history")
 
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  rho: float | None = None, mode: str = "ratio", c: float = 1.0,
@@ -243,12 +244,13 @@ class CUCB(PruningMethod):
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "groups": self.signature(), "stats": self.stats.state_dict(), "final": self.final,
+        return {"method": self.name, "step": self.step_count, "groups": self.signature(),
+                "stats": self.stats.state_dict(), "final": self.final,
                 "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._check_state(state, state["active"])
+        self._check_state(state, "active")
         self.step_count, self.final = int(state["step"]), bool(state["final"])
         self.stats.load_state_dict(state["stats"])
         self.active = state["active"].numpy().astype(bool).copy()

@@ -132,6 +132,7 @@ def _check_args(**args) -> None:
 
 class SMCP(PruningMethod):
     name = "smcp"
+    state_keys = ("step", "importance", "masks", "dead", "history")
 
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  warmup: int = 0, ramp: int = 1000, update_every: int = 100,
@@ -330,8 +331,9 @@ class SMCP(PruningMethod):
     def state_dict(self) -> dict:
         """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``;
         CPU tensors, so a checkpoint saved on a GPU resumes on the CPU and the reverse."""
-        return {"step": self.step_count, "importance": self.importance.state_dict(),
-                "masks": self.index.masks(self.prepared), "dead": torch.from_numpy(self.dead.copy()),
+        return {"method": self.name, "step": self.step_count,
+                "importance": self.importance.state_dict(), "masks": self.index.masks(self.prepared),
+                "dead": torch.from_numpy(self.dead.copy()),
                 "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
                 "target": self.target, "groups": self.signature(),
                 "skipped_updates": self.skipped_updates, "bn_recalibrating": self._recalibrating,
@@ -340,7 +342,7 @@ class SMCP(PruningMethod):
     def load_state_dict(self, state: dict) -> None:
         """Refuses a state saved for other groups (names or sizes differ), naming both, or with
         another ``bn_rescale`` (its default changed: a run would switch it mid-training)."""
-        self._check_state(state, state["masks"])
+        self._check_state(state, "masks")
         saved = state.get("bn_rescale")  # states saved before it was recorded do not say
         if saved is not None and saved != self.bn_rescale:
             raise ValueError(f"this SMCP state was saved with bn_rescale={saved!r}, the pruner has "
