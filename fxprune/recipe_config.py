@@ -388,7 +388,20 @@ def fractions_to_epochs(prune: dict, epochs: float) -> dict:
 # ----------------------------------------------------------------------------- YAML
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML with 1.2 floats: PyYAML alone reads ``1e-3`` (no dot) as a string."""
+    """YAML with 1.2 floats (PyYAML alone reads ``1e-3``, no dot, as a string) and no key given
+    twice in one mapping (PyYAML keeps the last: a second ``prune:`` would replace the first
+    block whole, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping, at line "
+                    f"{key_node.start_mark.line + 1}; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(

@@ -109,6 +109,18 @@ def test_typo_in_recipe_file_names_file_and_key(tmp_path):
         load_config(path)
 
 
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second ``prune:`` block would replace the first."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("prune:\n  method: smcp\n  target: 0.5\noptim:\n  lr: 0.1\nprune:\n  target: 0.3\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: not a valid YAML recipe \(key 'prune' is "
+                                          r"given twice in one mapping, at line 6; keep one\)"):
+        load_config(path)
+    path.write_text("optim:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="key 'lr' is given twice"):
+        load_config(path)
+
 def test_shipped_recipe_loads_and_builds():
     cfg = load_config("configs/fashion_mnist_resnet.yaml", ["optim.epochs=1"])
     assert cfg["prune"]["method"] == "none" and cfg["optim"]["epochs"] == 1
