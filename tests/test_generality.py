@@ -762,3 +762,17 @@ def test_a_bias_computed_in_the_graph_follows_the_output_channels():
     assert small.b.shape[0] == small.w.shape[0] < 6 and small.c.shape[0] == small.v.shape[0] < 5
     pm, _ = check(ComputedBias(untracked=True), X, X2)  # flip has no row: w's outputs stay
     assert prunable(pm) == {"a": 8, "v": 5}
+
+
+@pytest.mark.parametrize("groups, units", [(8, 8), (4, 2), (1, 8)])
+def test_group_norm_with_one_channel_per_group_prunes_channel_by_channel(groups, units):
+    """GroupNorm(C, C) normalizes each channel alone: the group count follows the kept count
+    (it was one unit of 8 tied channels, never pruned)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(groups, 8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5), model[1].bias.uniform_(-0.5, 0.5)
+    pm, small = check(model, X, X2)
+    assert prunable(pm) == {"0": units}
+    gn = small.get_submodule("1")
+    assert gn.num_channels < 8 and gn.num_groups == (gn.num_channels if groups == 8 else groups)

@@ -432,7 +432,9 @@ class FunctionalLayerNorm(LayerNorm):
 
 class GroupNorm(ChannelRule):
     """GroupNorm: statistics per group of channels, so every group keeps the same count (position
-    ``j`` of each group is tied across groups) and the norm is masked."""
+    ``j`` of each group is tied across groups) and the norm is masked. With one channel per group
+    (``GroupNorm(C, C)``, an instance norm) each channel is its own group: channels are pruned
+    one by one and the group count follows."""
 
     kind = "normalizes over channel groups"
 
@@ -440,7 +442,7 @@ class GroupNorm(ChannelRule):
         m, name = ctx.module(), ctx.module_name()
         x = ctx.node.args[0]
         labels = ctx.labels(x)
-        if 1 in labels:
+        if 1 in labels and m.num_groups < m.num_channels:
             blocks = labels[1].reshape(m.num_groups, -1)
             for b in range(1, m.num_groups):
                 ctx.unify(blocks[0], blocks[b], "group norm keeps groups equal")
@@ -451,4 +453,7 @@ class GroupNorm(ChannelRule):
         return dict(labels)
 
     def resize(self, m, node, ctx):
+        per_channel = m.num_groups == m.num_channels
         m.num_channels = ctx.pruned_size(node.args[0], 1)
+        if per_channel:
+            m.num_groups = m.num_channels
