@@ -776,3 +776,22 @@ def test_group_norm_with_one_channel_per_group_prunes_channel_by_channel(groups,
     assert prunable(pm) == {"0": units}
     gn = small.get_submodule("1")
     assert gn.num_channels < 8 and gn.num_groups == (gn.num_channels if groups == 8 else groups)
+
+
+class BatchFold(nn.Module):
+    """Channels folded into the batch, one shared 1-channel conv, unfolded again."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.k, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        return self.c(self.k(y.reshape(n * c, 1, h, w)).reshape(n, c, h, w))
+
+
+def test_channels_folded_into_the_batch_are_kept_whole_naming_the_batch_dim():
+    pm, _ = check(BatchFold(), X, X2)
+    (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
+    assert not a.prunable and a.reason.startswith("batch dim of a conv (channels folded into the batch)")

@@ -138,7 +138,8 @@ class Conv(_WeightLayer):
         cdim = len(shape) - len(call.kernel) - 1  # unbatched inputs have no batch dim
         for d, ids in labels.items():
             if d != cdim:
-                ctx.untracked(ids, "spatial dim of a conv")
+                ctx.untracked(ids, "spatial dim of a conv" if d > cdim
+                              else "batch dim of a conv (channels folded into the batch)")
         if self.functional:  # a weight read from the graph has labels on its kernel dims too
             for d, ids in ctx.labels(ctx.node.args[1]).items():
                 if d >= 2:
