@@ -456,9 +456,13 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML)."""
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML);
+    ``~section.key`` removes a key (its default back, if it has one), as Hydra writes it."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
+        if item.startswith("~"):
+            _remove_key(cfg, item)
+            continue
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
@@ -481,6 +485,22 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 cfg["prune"].pop(other, None)
         _merge(cfg, update, DEFAULTS)
     return cfg
+
+
+def _remove_key(cfg: dict, item: str) -> None:
+    """``~prune.warmup_fraction``: switching a recipe's method on the command line leaves keys
+    the new method does not take."""
+    parts = item[1:].strip().split(".")
+    node, default = cfg, DEFAULTS
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        default = default.get(part, {}) if isinstance(default, dict) else {}
+    if "=" in item or not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"override {item!r} removes a key the recipe does not set; write "
+                          "~section.key with no value (e.g. ~prune.warmup_fraction)")
+    del node[parts[-1]]
+    if isinstance(default, dict) and parts[-1] in default:
+        node[parts[-1]] = copy.deepcopy(default[parts[-1]])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -560,8 +580,10 @@ def _check_prune(prune: dict, optim: dict) -> None:
                           f"prune.method to one of {', '.join(PRUNERS)}, or remove the prune.* "
                           f"keys")
     if extra:
+        drop = " ".join(f"--set '~prune.{k}'" for k in extra)
         raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}; valid: "
-                          f"{', '.join(sorted(k for k in keys if k != '*'))}")
+                          f"{', '.join(sorted(k for k in keys if k != '*'))}; remove it from the "
+                          f"recipe (on the command line: {drop})")
     for key, value in prune.items():
         rule = keys.get(key)
         if rule is not None:

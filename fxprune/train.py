@@ -709,7 +709,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a config value, YAML-typed (repeatable): "
-                             "--set optim.epochs=2 --set optim.lr=0.05")
+                             "--set optim.epochs=2 --set optim.lr=0.05; --set ~KEY removes a "
+                             "key (e.g. a method's own keys when --set prune.method=... "
+                             "switches it)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt (read with torch.load("
                              "weights_only=True): tensors and plain data only, no code runs)")

@@ -15,6 +15,7 @@ import yaml
 import fxprune
 from fxprune import train as train_mod
 from fxprune.cli import main as cli_main
+from fxprune.recipe_config import DEFAULTS
 from fxprune.train import ConfigError, apply_overrides, load_config, resolve_config, train
 from helpers import TINY_RECIPE as TINY
 
@@ -120,6 +121,22 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
     path.write_text("optim:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match="key 'lr' is given twice"):
         load_config(path)
+
+
+def test_a_recipes_method_switches_on_the_command_line_by_removing_its_own_keys():
+    smcp = ["prune.method=ccp"]
+    with pytest.raises(ConfigError, match=r"unknown key prune.warmup_fraction for prune.method ccp.*"
+                                          r"on the command line: --set '~prune.warmup_fraction' "):
+        load_config("configs/fashion_mnist_smcp.yaml", smcp)
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/fashion_mnist_smcp.yaml", smcp)
+    drop = [w.strip("'") for w in str(info.value).split("command line: ")[1].rstrip(")").split()
+            if w != "--set"]
+    cfg = load_config("configs/fashion_mnist_smcp.yaml", smcp + drop)
+    assert cfg["prune"]["method"] == "ccp" and "warmup_fraction" not in cfg["prune"]
+    assert load_config("configs/fashion_mnist_smcp.yaml", ["~optim.lr"])["optim"]["lr"] == DEFAULTS["optim"]["lr"]
+    with pytest.raises(ConfigError, match=r"'~prune.nope' removes a key the recipe does not set"):
+        load_config("configs/fashion_mnist_smcp.yaml", ["~prune.nope"])
 
 def test_shipped_recipe_loads_and_builds():
     cfg = load_config("configs/fashion_mnist_resnet.yaml", ["optim.epochs=1"])
