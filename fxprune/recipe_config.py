@@ -390,13 +390,20 @@ def fractions_to_epochs(prune: dict, epochs: float) -> dict:
 class _YamlLoader(yaml.SafeLoader):
     """YAML with 1.2 floats (PyYAML alone reads ``1e-3``, no dot, as a string) and no key given
     twice in one mapping (PyYAML keeps the last: a second ``prune:`` would replace the first
-    block whole, silently)."""
+    block whole, silently). Merge keys (``<<: *base``) still merge, an explicit key overriding
+    a merged one."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *base' keys: the explicit keys beside them may override them
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: PyYAML's own error below names it
+                break
+            if twice:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice in one mapping, at line "
                     f"{key_node.start_mark.line + 1}; keep one", key_node.start_mark)

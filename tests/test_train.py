@@ -123,6 +123,17 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
         load_config(path)
 
 
+def test_yaml_merge_keys_still_merge_and_an_explicit_key_overrides_them(tmp_path):
+    """``<<: *base`` is not a key given twice; an unhashable key stays a ConfigError."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("optim:\n  <<: {lr: 0.05, epochs: 2}\n  lr: 0.2\n")
+    cfg = load_config(path)
+    assert (cfg["optim"]["lr"], cfg["optim"]["epochs"]) == (0.2, 2)
+    path.write_text("optim:\n  ? [lr, epochs]\n  : 1\n")
+    with pytest.raises(ConfigError, match="not a valid YAML recipe"):
+        load_config(path)
+
+
 def test_a_recipes_method_switches_on_the_command_line_by_removing_its_own_keys():
     smcp = ["prune.method=ccp"]
     with pytest.raises(ConfigError, match=r"unknown key prune.warmup_fraction for prune.method ccp.*"
