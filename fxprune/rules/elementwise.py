@@ -1,6 +1,8 @@
 """Ops that keep channels where they are: elementwise, spatial, reductions over other dims."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from torch import fx
 
@@ -30,9 +32,41 @@ class Elementwise(ChannelRule):
     def propagate(self, ctx):
         out_shape = ctx.out_shape()
         if out_shape is None:
+            if isinstance(ctx.out_meta(), (tuple, list)):
+                return _tuple_arithmetic(ctx)
             return None
         inputs = [a for a in self.inputs(ctx.node) if ctx.shape(a) is not None]
         return broadcast_unify(ctx, inputs, out_shape, "elementwise")
+
+
+def _item_labels(ctx, a) -> list | None:
+    """Labels of each item of a tuple operand: a node holding a tuple, or a literal tuple."""
+    if isinstance(a, fx.Node):
+        labels = ctx.labels(a)
+        return list(labels) if isinstance(labels, (tuple, list)) else None
+    if isinstance(a, (tuple, list)):
+        return [ctx.labels(v) if isinstance(v, fx.Node) else {} for v in a]
+    return None
+
+
+def _tuple_arithmetic(ctx):
+    """``y.split(6, 1) + (z,)`` and ``pieces * 2``: the items' labels, joined or repeated;
+    any other op on tuples keeps the channels it touches whole."""
+    node = ctx.node
+    a, b = (list(node.args) + [None, None])[:2]
+    items = None
+    if node.target in (operator.add, operator.iadd):
+        left, right = _item_labels(ctx, a), _item_labels(ctx, b)
+        items = left + right if left is not None and right is not None else None
+    elif node.target in (operator.mul, operator.imul):
+        labels, n = _item_labels(ctx, a), ctx.value(b)
+        if labels is None:  # 2 * pieces
+            labels, n = _item_labels(ctx, b), ctx.value(a)
+        items = labels * n if labels is not None and isinstance(n, int) else None
+    if items is None or len(items) != len(ctx.out_meta()):
+        ctx.untracked_inputs("an op on tuples fxprune does not follow")
+        return None
+    return tuple(items)
 
 
 def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:

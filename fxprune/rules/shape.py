@@ -26,7 +26,7 @@ def _pieces(ctx, tensors) -> list[tuple[Labels, tuple]] | None:
 
 
 def _merges_channels(ids: np.ndarray) -> bool:
-    """Whether a dim's labels repeat channels: it merges a channel dim with others (flatten)."""
+    """Whether a dim's labels repeat channels (flatten, a channel shuffle, torch.cat([y, y]))."""
     ids = ids[ids >= 0]
     return len(np.unique(ids)) < len(ids)
 
@@ -109,9 +109,10 @@ class Split(ChannelRule):
                 ctx.untracked(labels[d], "unbound into single channels")
             rest = {(k if k < d else k - 1): v for k, v in labels.items() if k != d}
             return tuple(dict(rest) for _ in outs)
-        if d in labels and _merges_channels(labels[d]):
-            # flatten(1).chunk(2, 1): the pieces' sizes count channels times the other dims,
-            # which surgery would write in as the example's numbers
+        if d in labels and _merges_channels(labels[d]) and ctx.size_follows_inputs(x, d):
+            # flatten(1).chunk(2, 1): the pieces' sizes count channels times H*W, which surgery
+            # would write in as the example's numbers (a shuffle's channels times its groups, or
+            # torch.cat([y, y]), are sizes the model fixes: those splits are followed)
             ctx.untracked(labels[d], "split of a dim that merges channels with other dims")
         result, start = [], 0
         for piece in outs:

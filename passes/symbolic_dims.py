@@ -1,0 +1,66 @@
+"""Which dims of which nodes change size when the inputs do (run on demand by the analysis).
+
+The example inputs fix every size, so a dim of ``y.flatten(1)`` (channels times H*W) looks the
+same to the rules as one of a channel shuffle's output (channels times a literal group count).
+Surgery may write a split of the first in numbers only at the example's resolution; the second
+is safe. This pass runs the graph once more on fake tensors whose input sizes are symbols
+(torch's FakeTensorMode and ShapeEnv, as torch.export does) and reads, per node, the dims whose
+size still holds a symbol once the shape guards (a conv's weight fixing the channel count) have
+been applied.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from .shape_prop import TensorMeta
+
+
+def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None:
+    """``{node name: dims whose size follows the inputs' sizes}`` for every tensor node, or
+    None when the graph does not run on symbolic sizes (fxprune then assumes the worst).
+    Reads the placeholders' shapes left by ``propagate_shapes``; runs nothing real."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
+                                                       StatelessSymbolicContext)
+
+    tensors = [*gm.parameters(), *gm.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=env, allow_non_fake_inputs=True)
+    args, modes = [], {m: m.training for m in gm.modules()}
+    try:
+        for node in gm.graph.find_nodes(op="placeholder"):
+            meta = node.meta.get("fxprune_value")
+            if isinstance(meta, TensorMeta):
+                empty = torch.empty(meta.shape, dtype=meta.dtype, device=device)  # outside the mode
+                args.append(mode.from_tensor(empty, symbolic_context=StatelessSymbolicContext(
+                    dynamic_sizes=[DimDynamic.DYNAMIC] * len(meta.shape))))
+            else:
+                args.append(meta)
+        gm.eval()  # as propagate_shapes: no norm statistics touched
+        with mode, torch.no_grad():
+            shapes: dict[str, tuple] = {}
+
+            class _Run(fx.Interpreter):
+                def run_node(self, n):
+                    result = super().run_node(n)
+                    if isinstance(result, torch.Tensor):
+                        shapes[n.name] = tuple(result.shape)
+                    return result
+
+            _Run(gm).run(*args)
+    except Exception:  # noqa: BLE001 - data-dependent code, custom ops, guards torch cannot settle
+        return None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    # read after the run: a later guard (a linear's weight) can still fix an earlier size
+    return {name: frozenset(d for d, size in enumerate(shape) if _follows_inputs(env, size))
+            for name, shape in shapes.items()}
+
+
+def _follows_inputs(env, size) -> bool:
+    if not isinstance(size, torch.SymInt):
+        return False
+    return bool(env.replace(size.node.expr).free_symbols)
