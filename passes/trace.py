@@ -183,7 +183,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
         except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
             raise _trace_error(model, tracer, e) from e
         if called is None:
-            called = {n.target for n in graph.nodes if n.op == "call_module"}
+            called = _layers_reached(graph)
         found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules),
                                 lambda: _copy(model))
         if not found.leaves:
@@ -223,6 +223,25 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
             f"({found.unchecked}), so code that reads self.training could not be found; the "
             f"prepared model keeps what such code does in {mode} mode", UserWarning, stacklevel=3)
     return gm
+
+
+_LAYER_FUNCTIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                    "conv_transpose3d", "linear"}
+
+
+def _layers_reached(graph: fx.Graph) -> set[str]:
+    """Module paths a trace calls as modules, or whose weight it gives to a conv/linear function
+    within a few ops (a conv subclass traced through: ``F.conv2d(x, self.weight * s)``).
+    Weights given only to some other function (torchvision's Swin attention) do not count."""
+    reached = {n.target for n in graph.nodes if n.op == "call_module"}
+    for node in graph.find_nodes(op="get_attr"):
+        frontier = list(node.users)
+        for _ in range(3):
+            if any(getattr(u.target, "__name__", u.target) in _LAYER_FUNCTIONS for u in frontier):
+                reached.add(node.target.rpartition(".")[0])
+                break
+            frontier = [v for u in frontier for v in u.users]
+    return reached
 
 
 def _copy(model: nn.Module) -> nn.Module:

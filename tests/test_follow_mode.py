@@ -322,3 +322,22 @@ def test_a_block_whose_layers_only_lend_their_weights_to_a_function_is_not_said(
     assert "1" in pm.meta["fxprune_mode_leaves"]
     model.eval(), pm.eval()
     torch.testing.assert_close(pm(X), model(X), rtol=0, atol=0)
+
+
+class ScaledInTrainingConv(nn.Conv2d):
+    """A conv subclass whose own forward reads the flag: traced through, it is ``F.conv2d``."""
+
+    def forward(self, x):
+        weight = self.weight * 0.5 if self.training else self.weight
+        return self._conv_forward(x, weight, self.bias)
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_a_conv_subclass_reading_the_flag_is_said_to_lose_its_layer(mode):
+    """Its conv was prunable in the first trace (a conv function on its weight), so making it
+    one call loses a layer and prepare says so (it said nothing: no call_module named it)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ScaledInTrainingConv(8, 8, 3, padding=1),
+                          nn.Conv2d(8, 4, 1)).train(mode)
+    with pytest.warns(UserWarning, match=r"1 submodule holding convs or linears \(1\) is called "
+                                         r"as one op.*reads self.training"):
+        fxprune.prepare(model, (X,))
