@@ -80,6 +80,7 @@ CHANNEL_RULES: dict = {
     nn.LayerNorm: LayerNorm(),
     nn.GroupNorm: GroupNorm(),
     F.layer_norm: FunctionalLayerNorm(),
+    torch.layer_norm: FunctionalLayerNorm(),  # same positions (plus cudnn_enable)
     F.batch_norm: FunctionalAffine(), F.instance_norm: FunctionalAffine(),
     # -- shape ops
     nn.Flatten: RESHAPE, nn.Unflatten: Reshape(unflatten=True),

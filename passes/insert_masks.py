@@ -113,10 +113,12 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
             if isinstance(module, nn.LayerNorm):
                 module.fxprune_mask_dims = stat.mask_dims
             node.args, node.kwargs = (node.args[0], *masks), {}
-        elif node.target is F.layer_norm:
+        elif node.target in (F.layer_norm, torch.layer_norm):  # torch's cudnn_enable: not needed
             args = (node.args[0], node_arg(node, 1, "normalized_shape"), node_arg(node, 2, "weight", None),
                     node_arg(node, 3, "bias", None), node_arg(node, 4, "eps", 1e-5))
             node.target = masked_layer_norm
             node.args, node.kwargs = (*args, stat.mask_dims, *masks), {}
+        else:  # statistics over masked channels would differ from the pruned model's
+            raise AssertionError(f"no masked form for the statistics of {node.format_node()}")
     gm.graph.lint()
     gm.recompile()

@@ -710,12 +710,16 @@ class LayerNormOverShape(nn.Module):
 
     def forward(self, x):
         y, z = self.a(x), self.b(x)
+        if self.same == "entries":  # each entry read, the tuple written out
+            return self.c(torch.layer_norm(y, (y.shape[1], y.size(2), y.shape[3]))) + self.d(z)
         return self.c(F.layer_norm(y, (y if self.same else z).shape[1:])) + self.d(z)
 
 
 def test_layer_norm_over_a_shape_read_at_run_time_is_not_baked_in():
     """The finalized model reads the shape again: it runs at another resolution (``check``)."""
     pm, small = check(LayerNormOverShape(same=True), X, X2)
+    assert prunable(pm) == {"a": 8, "b": 8}
+    pm, small = check(LayerNormOverShape(same="entries"), X, X2)  # wrote the example's H, W in
     assert prunable(pm) == {"a": 8, "b": 8}
     # another tensor's shape: pruned alike (tied) or kept whole, never out of step
     pm, small = check(LayerNormOverShape(same=False), X, X2)

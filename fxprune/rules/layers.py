@@ -423,11 +423,13 @@ class FunctionalLayerNorm(LayerNorm):
             return  # read from the pruned tensor's shape at run time (checked in propagate)
         x = node.args[0]
         labels, ndim = ctx.labels(x), len(ctx.shape(x))
-        shape = ctx.value(node_arg(node, 1, "normalized_shape"))
-        shape = [shape] if isinstance(shape, int) else list(shape)
-        first = ndim - len(shape)
-        new = [pruned_size(ctx, labels, first + j, s) for j, s in enumerate(shape)]
-        if new != shape:
+        written = node_arg(node, 1, "normalized_shape")
+        written = [written] if isinstance(written, int) else list(written)
+        first = ndim - len(written)
+        # an entry read from a shape (``(y.shape[1], y.shape[2], ...)``) is read again at run time
+        new = [s if isinstance(s, fx.Node) else pruned_size(ctx, labels, first + j, s)
+               for j, s in enumerate(written)]
+        if new != written:
             set_node_arg(node, 1, "normalized_shape", tuple(new))
 
 
