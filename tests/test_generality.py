@@ -677,6 +677,24 @@ def test_std_and_var_read_their_third_argument_as_unbiased(std):
     assert prunable(pm) == {"a": 8}
 
 
+class ScaledByTotal(nn.Module):
+    def __init__(self, total):
+        super().__init__()
+        self.a, self.b, self.total = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), total
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return self.b(y * self.total(y))
+
+
+@pytest.mark.parametrize("total", [lambda y: torch.sum(y, dim=(), keepdim=True),
+                                   lambda y: y.mean(dim=[]), lambda y: torch.sum(y, [])])
+def test_a_reduction_over_no_dims_listed_reduces_them_all(total):
+    """``sum(y, dim=())`` sums every channel, as ``dim=None`` (read as none: finalize failed)."""
+    pm, _ = check(ScaledByTotal(total), X, X2)
+    assert "a" not in prunable(pm)
+
+
 class CatOfATuple(nn.Module):
     """cat given the split's tuple itself, or a slice of it."""
 

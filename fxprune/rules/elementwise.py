@@ -186,6 +186,10 @@ class Reduce(ChannelRule):
         # the output's rank says it, whatever the overload's positions (std(x, 1, True): unbiased)
         keepdim = (len(out_shape) == ndim if out_shape is not None
                    else bool(ctx.value(node_arg(node, self.keepdim_pos, "keepdim", False))))
+        if isinstance(dims, (list, tuple)) and not dims:
+            # sum/mean(dim=()) reduce every dim (an empty list is torch's old "all"); the shapes
+            # say which an op did
+            dims = None if out_shape is None or tuple(out_shape) != tuple(ctx.shape(x)) else []
         if dims is None:
             reduced = set(range(ndim))
         else:
