@@ -8,6 +8,7 @@ backend's report has the same fields.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -146,18 +147,21 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             check_onnx_input_fits(lbl, shape)
     created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, DEPLOY_MARKER), "w") as f:
-        f.write("fxprune deploy writes here: " + ", ".join(DEPLOY_FILES) + "\n")
+    marker = os.path.join(out_dir, DEPLOY_MARKER)
+    had_marker = os.path.exists(marker)
     try:
         return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
                             model=model, compare=compare, threads=threads, iters=iters,
                             warmup=warmup, opset=opset, max_batch=max_batch, workspace=workspace,
                             atol=atol, rtol=rtol, progress=progress, device=device, log=log)
-    except BaseException:
-        if created and os.listdir(out_dir) == [DEPLOY_MARKER]:  # a folder holding only our mark
-            os.remove(os.path.join(out_dir, DEPLOY_MARKER))
+    finally:
+        # every file of deploy's names there now is deploy's: the check above refused others
+        written = _record_written(out_dir)
+        if written or had_marker:
+            with open(marker, "w") as f:
+                json.dump({"fxprune_deploy": 1, "written": written}, f, indent=1)
+        elif created and not os.listdir(out_dir):  # failed before writing anything
             os.rmdir(out_dir)
-        raise
 
 
 def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, threads, iters,
@@ -249,13 +253,32 @@ DEPLOY_FILES = ("model.onnx", "dense.onnx", "model.onnx.data", "dense.onnx.data"
                 "dense.engine", "report.json")
 
 
+def _record_written(out_dir: str) -> dict[str, list[int]]:
+    """``{name: [size in bytes, mtime in ns]}`` of deploy's files in ``out_dir``."""
+    record = {}
+    for name in DEPLOY_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            st = os.stat(path)
+            record[name] = [st.st_size, st.st_mtime_ns]
+    return record
+
+
 def _check_out_dir(out_dir: str, compare: bool) -> None:
-    """``out_dir`` is a folder; files of the names deploy writes there must be its own."""
+    """``out_dir`` is a folder; files of the names deploy writes there must be its own: each
+    one recorded (size and modification time) in the folder's marker when deploy wrote it."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DeployError(f"--out {out_dir} is a file, not a folder; choose another --out")
-    if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, DEPLOY_MARKER)):
+    if not os.path.isdir(out_dir):
         return
-    clash = [f for f in DEPLOY_FILES if os.path.exists(os.path.join(out_dir, f))]
+    try:
+        with open(os.path.join(out_dir, DEPLOY_MARKER)) as f:
+            recorded = json.load(f).get("written", {})
+    except (OSError, ValueError, AttributeError):  # no marker, or one of an older fxprune
+        recorded = {}
+    ours = _record_written(out_dir)
+    clash = [f for f in DEPLOY_FILES if os.path.lexists(os.path.join(out_dir, f))
+             and (f not in ours or recorded.get(f) != ours[f])]
     if clash:
         raise DeployError(f"--out {out_dir} holds {', '.join(clash)} that fxprune deploy did not "
                           "write; choose a new or empty folder")

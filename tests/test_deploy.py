@@ -264,6 +264,17 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     for _ in range(2):
         assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK,
                      *TRUST]) == 0
+    # ... file by file: a file the user put there later is still theirs (the marker made the
+    # whole folder deploy's, and a second deploy replaced the user's dense.onnx)
+    (again / "dense.onnx").write_bytes(b"my own dense export")
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(again), "--compare",
+               str(saved / "dense.pt"), *QUICK, *TRUST])
+    assert rc == 1 and "holds dense.onnx that fxprune deploy did not write" in capsys.readouterr().err
+    assert (again / "dense.onnx").read_bytes() == b"my own dense export"
+    (again / "dense.onnx").unlink()
+    (again / "report.json").write_text("{}")  # one of deploy's files, changed since
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
+    assert "holds report.json" in capsys.readouterr().err
 
 
 def test_export_records_the_opset_the_file_declares(tmp_path):
