@@ -116,12 +116,14 @@ def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int,
     return {_batch_size(batch, "the file's batch", source): positive(value, what)}
 
 
-def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> dict[int, float]:
+def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
+                      run_params: int | None = None) -> dict[int, float]:
     """Median latency per batch from the deploy reports written in a run folder (the folder
     itself or its sub-folders). A report counts only if it is newer than the run's
     results.json (a run redone with --overwrite leaves its old deploy folders behind) and,
     when it names the model file it timed, that file is the run's model or an ONNX file
-    inside the run folder (not a deploy's ``dense.onnx``); anything else is an error, not a
+    inside the run folder (not a deploy's ``dense.onnx``); a report naming no file (a module
+    deployed from Python) must count the run's parameters. Anything else is an error, not a
     point."""
     out: dict[int, float] = {}
     run = run_dir.resolve()
@@ -148,6 +150,14 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None) -> di
             raise PlotError(f"{report} is older than the run's {results.name}: it timed a model "
                             f"of an earlier run in {run_dir}; deploy the run again or remove it")
         timed = data.get("model_file")
+        if timed is None and (run_params is None or data.get("params") != run_params):
+            theirs = (f"the run's {run_params}" if run_params is not None
+                      else f"given in the run's {results.name}")
+            raise PlotError(f"{report} names no model file it timed (a module deployed from "
+                            f"Python) and its {data.get('params')} parameters are not "
+                            f"{theirs}: it may be another model; deploy "
+                            f"{own or run_dir / 'model_pruned.pt'} there, or move that report "
+                            "out of the run")
         if timed is not None:
             path = Path(timed).resolve()
             if old_run is not None and old_run != run and path.is_relative_to(old_run):
@@ -177,7 +187,8 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
     label = (run_dir or results.parent).name or str(results)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _number(data["flops"], "flops", source),
-                 _deploy_latencies(run_dir, results, data.get("model")) if run_dir is not None else {},
+                 _deploy_latencies(run_dir, results, data.get("model"), data.get("params"))
+                 if run_dir is not None else {},
                  source=source)
 
 

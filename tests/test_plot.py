@@ -22,7 +22,8 @@ def _run(folder, accuracy, flops, deploys=()):
         d = folder / f"deploy_b{batch}"
         d.mkdir()
         (d / ".fxprune-deploy").write_text("deploy\n")
-        (d / "report.json").write_text(json.dumps({"batch": batch, "latency_ms": {"median": ms}}))
+        (d / "report.json").write_text(json.dumps({"batch": batch, "latency_ms": {"median": ms},
+                                                   "params": 10}))
     return folder
 
 
@@ -202,6 +203,18 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     (run / ".fxprune-deploy").write_text("deploy\n")
     report(run / "model_pruned.pt", batch=64, where=run)
     assert load_points([run])[0].latency_ms == {64: 1.5}
+
+    # a module deployed from Python names no file: counted only with the run's parameter count
+    # (the dense model's report was plotted as the pruned run's latency)
+    for params, counted in ((10, True), (40, False), (None, False)):
+        (run / "report.json").write_text(json.dumps(
+            {"batch": 64, "latency_ms": {"median": 2.5}, "params": params}))
+        if counted:
+            assert load_points([run])[0].latency_ms == {64: 2.5}
+        else:
+            with pytest.raises(PlotError, match=f"names no model file .* its {params} parameters "
+                                                "are not the run's 10"):
+                load_points([run])
 
 
 def test_speedup_axis_uses_each_rows_speedup_over_its_own_dense(tmp_path, capsys):
