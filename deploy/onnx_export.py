@@ -90,9 +90,25 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     written = written_opset(path)
     if written != opset:  # the dynamo exporter writes the opsets it supports, not any asked for
         log(f"opset {opset} was asked for; the {exporter} exporter wrote opset {written}")
+    batch_dim = written_batch_dim(path)
+    if dynamic_batch and isinstance(batch_dim, int):  # the model's code fixed it (reshape(1, -1))
+        log(f"the {exporter} exporter fixed the batch at {batch_dim} (the model's code depends "
+            f"on it): {os.path.basename(path)} runs at batch {batch_dim} only")
     return {"path": path, "exporter": exporter, "opset": written, "opset_requested": opset,
-            "precision": precision,
-            "dynamic_batch": dynamic_batch, "external_data": external, "outputs": output_names}
+            "precision": precision, "dynamic_batch": not isinstance(batch_dim, int),
+            "external_data": external, "outputs": output_names}
+
+
+def written_batch_dim(path: str) -> int | str | None:
+    """The first input's dim 0 as the ONNX file declares it: a number when fixed, a name
+    (``"batch"``) when dynamic, None when not declared (its weights are not read)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    if not dims:
+        return None
+    return dims[0].dim_value if dims[0].HasField("dim_value") else (dims[0].dim_param or None)
 
 
 def written_opset(path: str) -> int:

@@ -277,6 +277,28 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert "holds report.json" in capsys.readouterr().err
 
 
+class FixedBatch(nn.Module):
+    """``x.reshape(1, -1)``: runs at batch 1 only, so no exporter can keep the batch dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 16 * 16, 4)
+
+    def forward(self, x):
+        return self.fc(x.reshape(1, -1))
+
+
+def test_export_reports_the_batch_the_file_declares(tmp_path):
+    """The exporter fixes the batch silently when the code needs it; the description said
+    ``dynamic_batch: true`` and ONNX Runtime failed at batch 3."""
+    said = []
+    info = export_onnx(FixedBatch(), (1, 3, 16, 16), tmp_path / "f.onnx", log=said.append)
+    assert info["dynamic_batch"] is False
+    assert any("fixed the batch at 1" in s for s in said), said
+    info = export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "d.onnx", log=said.append)
+    assert info["dynamic_batch"] is True
+
+
 def test_export_records_the_opset_the_file_declares(tmp_path):
     """The dynamo exporter writes the opsets it supports whatever was asked (an old opset is
     upgraded): the description names the file's opset and the request, and says so."""
