@@ -99,6 +99,20 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             "external_data": external, "outputs": output_names}
 
 
+_ONNX_PRECISIONS = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}  # TensorProto elem types
+
+
+def written_precision(path: str) -> str | None:
+    """The first input's float type as the ONNX file declares it (``"fp16"``...), None when it
+    is not a float input."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    if not model.graph.input:
+        return None
+    return _ONNX_PRECISIONS.get(model.graph.input[0].type.tensor_type.elem_type)
+
+
 def written_batch_dim(path: str) -> int | str | None:
     """The first input's dim 0 as the ONNX file declares it: a number when fixed, a name
     (``"batch"``) when dynamic, None when not declared (its weights are not read)."""

@@ -305,13 +305,14 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
     """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported)."""
     import shutil
 
-    from .onnx_export import check_onnx
+    from .onnx_export import check_onnx, written_precision
 
-    if precision != "fp32":
-        raise DeployError(f"{source} is an ONNX file: it is timed as it is, so precision "
-                          f"{precision} needs an ONNX file exported at that precision (pass "
-                          "--precision fp32 for this one)")
     check_onnx(source)
+    written = written_precision(source) or "fp32"
+    if written != precision:
+        raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
+                          f"timed as it is, and precision {precision} was asked for: pass "
+                          f"--precision {written}, or give a file exported at {precision}")
     if os.path.realpath(source) != os.path.realpath(path):  # a symlink to it is the file too
         shutil.copyfile(source, path)
     m = read_onnx(path)

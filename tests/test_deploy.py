@@ -225,6 +225,18 @@ def test_onnx_file_deploys_without_unpickling(tmp_path):
     assert (tmp_path / "out" / "model.onnx").read_bytes() == onnx_path.read_bytes()
 
 
+def test_an_fp16_onnx_file_is_timed_at_fp16_and_said_to_be(tmp_path):
+    """The file's input type is its precision: fp16 was refused (the error said to pass fp32)
+    and, timed as fp32, reported as fp32."""
+    onnx_path = tmp_path / "half.onnx"
+    export_onnx(small_net(8), SHAPE, onnx_path, precision="fp16", log=lambda s: None)
+    quick = dict(backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    with pytest.raises(DeployError, match="of precision fp16 .* pass --precision fp16"):
+        deploy(str(onnx_path), tmp_path / "out32", **quick)
+    report = deploy(str(onnx_path), tmp_path / "out16", precision="fp16", **quick)
+    assert report["precision"] == report["onnx"]["precision"] == "fp16"
+
+
 @pytest.mark.parametrize("content", [b"not a protobuf \xff\xff\xff", b"PK\x03\x04 a torch.save zip", b""])
 def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys, content):
     bad = tmp_path / "model.onnx"
