@@ -313,13 +313,26 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "
                           f"--precision {written}, or give a file exported at {precision}")
-    if os.path.realpath(source) != os.path.realpath(path):  # a symlink to it is the file too
+    import onnx
+
+    m = read_onnx(source)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    if os.path.realpath(source) == os.path.realpath(path):  # a symlink to it is the file too
+        pass
+    elif external:
+        # its weights sit in a side file named inside it: saved again beside the copy under
+        # deploy's own name (model.onnx.data), so MODEL and --compare never share one
+        m = read_onnx(source, load_external_data=True)
+        onnx.save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{os.path.basename(path)}.data")
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                       for t in read_onnx(path).graph.initializer)
+    else:
         shutil.copyfile(source, path)
-    m = read_onnx(path)
     log(f"using ONNX file {source} as it is (no PyTorch model to compare its outputs with)")
     return {"path": path, "exporter": "given", "opset": m.opset_import[0].version,
             "precision": precision, "source": os.fspath(source), "max_abs_diff": None,
-            "outputs": [o.name for o in m.graph.output]}
+            "external_data": external, "outputs": [o.name for o in m.graph.output]}
 
 
 def _onnx_params(path: str) -> int:

@@ -225,6 +225,22 @@ def test_onnx_file_deploys_without_unpickling(tmp_path):
     assert (tmp_path / "out" / "model.onnx").read_bytes() == onnx_path.read_bytes()
 
 
+def test_an_onnx_file_with_its_weights_in_a_side_file_is_deployed_with_them(tmp_path):
+    """Only the .onnx was copied, so ONNX Runtime could not find ``big.onnx.data``; the copy's
+    side file takes deploy's own name, for MODEL and --compare alike."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, width in (("big", 8), ("dense", 16)):
+        export_onnx(small_net(width), SHAPE, src / f"{name}.onnx", log=lambda s: None)
+        m = onnx.load(src / f"{name}.onnx")
+        onnx.save_model(m, src / f"{name}.onnx", save_as_external_data=True,
+                        location=f"{name}.onnx.data")  # tensors over 1 KiB
+    report = deploy(str(src / "big.onnx"), tmp_path / "out", compare=str(src / "dense.onnx"),
+                    backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    assert report["onnx"]["external_data"] is True and report["speedup"] is not None
+    assert {"model.onnx.data", "dense.onnx.data"} <= set(os.listdir(tmp_path / "out"))
+
+
 def test_an_fp16_onnx_file_is_timed_at_fp16_and_said_to_be(tmp_path):
     """The file's input type is its precision: fp16 was refused (the error said to pass fp32)
     and, timed as fp32, reported as fp32."""
