@@ -83,6 +83,19 @@ def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
     return float(value)
 
 
+def _not_negative(value, what: str, source: str) -> float:
+    number = _number(value, what, source)
+    if number < 0:
+        raise PlotError(f"{source}: {what} must not be negative, got {value!r}")
+    return number
+
+
+def _literal(text: str) -> str:
+    """Text matplotlib draws as written: a ``$`` would start mathtext (and a bad formula in a
+    run folder's name ended the plot with a parser traceback)."""
+    return str(text).replace("$", r"\$")
+
+
 def _batch_size(value, what: str, source: str) -> int:
     """A batch size from a JSON key or value: a positive integer ("64" or 64), else PlotError."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
@@ -186,7 +199,7 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
                         "and flops); pass a run folder or a benchmark results file with rows")
     label = (run_dir or results.parent).name or str(results)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
-                 _number(data["flops"], "flops", source),
+                 _not_negative(data["flops"], "flops", source),
                  _deploy_latencies(run_dir, results, data.get("model"), data.get("params"))
                  if run_dir is not None else {},
                  source=source)
@@ -210,10 +223,10 @@ def _bench_points(data: dict, source: str) -> list[Point]:
         std = row.get("accuracy_std")
         points.append(Point(
             label, _number(row["accuracy"], "accuracy", where, fraction=True),
-            None if row.get("flops") is None else _number(row["flops"], "flops", where),
+            None if row.get("flops") is None else _not_negative(row["flops"], "flops", where),
             _latencies(row.get("latency_ms"), row.get("batch", batch), where),
             _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
-            None if std is None else _number(std, "accuracy_std", where), source, panel,
+            None if std is None else _not_negative(std, "accuracy_std", where), source, panel,
             str(row.get("method") or label).split("-")[0]))
     if not points:
         raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
@@ -339,19 +352,19 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
                     continue
                 ax.errorbar([xs[id(p)] for p in mine], [100 * p.accuracy for p in mine],
                             yerr=[100 * (p.accuracy_std or 0.0) for p in mine], fmt="o",
-                            capsize=3, color=colour, label=g)
+                            capsize=3, color=colour, label=_literal(g))
                 for p in mine:
-                    ax.annotate(p.label, (xs[id(p)], 100 * p.accuracy), textcoords="offset points",
+                    ax.annotate(_literal(p.label), (xs[id(p)], 100 * p.accuracy), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(panel or title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}")
+            ax.set_title(_literal(panel or title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}"))
             ax.margins(x=0.15, y=0.1)  # room for the labels at the edges
             ax.grid(True, alpha=0.3)
             if len(colours) > 1:
                 ax.legend(fontsize=7)
         if panels != [""]:
-            fig.suptitle(title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}")
+            fig.suptitle(_literal(title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}"))
         fig.tight_layout()
         atomic_write(out, lambda tmp: fig.savefig(tmp, format="png",
                                                   metadata={"Software": SOFTWARE}))

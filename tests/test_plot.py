@@ -114,6 +114,8 @@ def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     ("bad_suffix", "must be a .png"),
     ("batch_with_flops", "FLOPs are per image"),
     ("batch_zero", "--batch must be a positive batch size"),
+    ("negative_std", "accuracy_std must not be negative"),
+    ("negative_flops", "flops must not be negative"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, case, message):
     out = tmp_path / ("p.jpg" if case == "bad_suffix" else "p.png")
@@ -136,6 +138,10 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
     elif case == "percent":
         target = tmp_path / "b.json"
         target.write_text(json.dumps({"rows": [{"accuracy": 91.5, "flops": 1}]}))
+    elif case in ("negative_std", "negative_flops"):  # a matplotlib traceback before
+        target = tmp_path / "b.json"
+        bad = {"accuracy_std": -0.01} if case == "negative_std" else {"flops": -1}
+        target.write_text(json.dumps({"rows": [{"accuracy": 0.9, "flops": 1, **bad}]}))
     else:
         target = _run(tmp_path / "r", 0.9, 8e6)  # no deploy report: no latency
     extra = {"batch_with_flops": ["--x", "flops", "--batch", "1"], "batch_zero": ["--batch", "0"]}
@@ -306,3 +312,16 @@ def test_a_moved_run_keeps_its_deploy_reports(tmp_path):
         {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(old / "model_pruned.pt")}))
     new = old.rename(tmp_path / "new")
     assert load_points([new])[0].latency_ms == {1: 1.5}
+
+
+def test_dollars_in_labels_and_titles_are_drawn_as_written(tmp_path, capsys):
+    """A ``$`` started matplotlib's mathtext: a bad formula in a label or --title ended the plot
+    with a parser traceback."""
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps({"rows": [
+        {"label": "$\\frac$ 50%", "accuracy": 0.9, "flops": 1e6},
+        {"label": "cost $5", "accuracy": 0.8, "flops": 2e6}]}))
+    out = tmp_path / "p.png"
+    assert main(["plot", str(bench), "--x", "flops", "--title", "$\\badcmd$", "--out", str(out)]) == 0
+    assert "$\\frac$ 50%" in capsys.readouterr().out
+    _software(out)
