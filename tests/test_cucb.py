@@ -249,3 +249,9 @@ def test_a_loop_that_skips_gathered_execution_is_told_once():
                 warnings.simplefilter("error")
                 pruner.step(loss)
         pm.zero_grad()
+    # a run resumed mid-way is told too (the check ran at step 1 only)
+    resumed = CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=4)
+    resumed.load_state_dict(pruner.state_dict())
+    F.cross_entropy(pm(x), y).backward()
+    with pytest.warns(UserWarning, match="did not call pruner.train_forward"):
+        resumed.step()

@@ -128,6 +128,7 @@ class CUCB(PruningMethod):
         self.execution = "gathered" if self.gathered is not None else "masked"
         self._hooks = []
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
+        self._loop_checked = False  # at this object's first step(), a resumed run's too
         self.active = self._select(step=0)
         self._apply(self.active)
 
@@ -155,7 +156,8 @@ class CUCB(PruningMethod):
         self.step_count += 1
         if self.final:
             return None
-        if self.step_count == 1 and self.gathered is not None:
+        if not self._loop_checked and self.gathered is not None:
+            self._loop_checked = True
             self._check_gathered_loop()
         flat = torch.from_numpy(self.active.astype(np.float32))
         s = self.saliency.step_scores(flat)
