@@ -507,3 +507,21 @@ def test_a_state_of_another_method_or_an_incomplete_one_is_refused_before_loadin
     del state["method"]  # a state saved before states named their method
     with pytest.raises(ValueError, match="lacks importance"):
         smcp.load_state_dict(state)
+
+
+def test_a_state_names_the_recipe_method_that_built_it():
+    """oneshot builds SMCP: its state is refused by smcp and by ccp with the way out
+    ``prune.method: oneshot`` (the advice said smcp, which changes the method)."""
+    from fxprune.methods import get_method
+
+    oneshot = get_method("oneshot").build(prepared(), target=0.5, channel_step=4)
+    state = oneshot.state_dict()
+    assert state["registered_as"] == "oneshot"
+    for name in ("smcp", "ccp"):
+        other = get_method(name).build(prepared(), target=0.5, channel_step=4)
+        with pytest.raises(ValueError, match=rf"saved by the 'oneshot' method, not '{name}'.*"
+                                             r"prune.method: oneshot"):
+            other.load_state_dict(state)
+    again = get_method("oneshot").build(prepared(), target=0.5, channel_step=4)
+    again.load_state_dict(state)  # the same recipe method resumes
+    fxprune.SMCP(prepared(), target=0.5, channel_step=4).load_state_dict(state)  # no registry: the class decides

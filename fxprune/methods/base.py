@@ -143,6 +143,12 @@ class PruningMethod:
     name = "method"
     #: the keys every state of this method holds, checked before anything is loaded
     state_keys: tuple[str, ...] = ()
+    #: the registry name that built it (``oneshot`` builds SMCP), set by MethodEntry.build
+    registered_as: str | None = None
+
+    def state_origin(self) -> dict:
+        """What a state records of who saved it: the method, and the registry name if any."""
+        return {"method": self.name, "registered_as": self.registered_as}
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
@@ -197,11 +203,13 @@ class PruningMethod:
         if not isinstance(state, dict):
             raise TypeError(f"a {me} state is the dict its state_dict() returned, got "
                             f"{type(state).__name__}")
-        saved_by = state.get("method")
-        if saved_by is not None and saved_by != self.name:
-            raise ValueError(f"this pruner state was saved by the {saved_by!r} method, not "
-                             f"{self.name!r}: load it into the method that saved it "
-                             f"(prune.method: {saved_by} in a recipe)")
+        saved_by, saved_as = state.get("method"), state.get("registered_as")
+        mine = self.registered_as or self.name
+        if (saved_by is not None and saved_by != self.name) or (
+                saved_as and self.registered_as and saved_as != self.registered_as):
+            raise ValueError(f"this pruner state was saved by the {saved_as or saved_by!r} "
+                             f"method, not {mine!r}: load it into the method that saved it "
+                             f"(prune.method: {saved_as or saved_by} in a recipe)")
         missing = [k for k in self.state_keys if k not in state]
         if missing:
             raise ValueError(f"this pruner state lacks {', '.join(missing)}: it is not a {me} "
@@ -248,7 +256,10 @@ class MethodEntry:
                 raise ValueError(f"method {self.name!r} runs with {key}={self.defaults[key]!r}, but "
                                  f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}) "
                                  f"or choose the method that has it")
-        return self.cls(prepared, **{**self.defaults, **kwargs})
+        method = self.cls(prepared, **{**self.defaults, **kwargs})
+        if isinstance(method, PruningMethod):
+            method.registered_as = self.name  # its states say so (oneshot and smcp build SMCP)
+        return method
 
 
 registry: dict[str, MethodEntry] = {}

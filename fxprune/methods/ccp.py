@@ -424,7 +424,7 @@ class CCP(PruningMethod):
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"method": self.name, "step": self.step_count, "groups": self.signature(),
+        return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
                 "stats": self.stats.state_dict(), "masks": self.index.masks(self.prepared),
                 "dead": torch.from_numpy(self.dead.copy()), "history": list(self.history)}
 

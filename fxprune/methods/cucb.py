@@ -246,7 +246,7 @@ class CUCB(PruningMethod):
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"method": self.name, "step": self.step_count, "groups": self.signature(),
+        return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
                 "stats": self.stats.state_dict(), "final": self.final,
                 "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
                 "history": list(self.history)}

@@ -331,7 +331,7 @@ class SMCP(PruningMethod):
     def state_dict(self) -> dict:
         """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``;
         CPU tensors, so a checkpoint saved on a GPU resumes on the CPU and the reverse."""
-        return {"method": self.name, "step": self.step_count,
+        return {**self.state_origin(), "step": self.step_count,
                 "importance": self.importance.state_dict(), "masks": self.index.masks(self.prepared),
                 "dead": torch.from_numpy(self.dead.copy()),
                 "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
