@@ -161,8 +161,8 @@ class LatencyTable:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
         if precision is not None and precision not in _PRECISION_DTYPES:
             raise DeployError(f"precision {precision!r} is not one of {tuple(_PRECISION_DTYPES)}")
-        if batch is not None and batch < 1:
-            raise DeployError(f"batch must be >= 1, got {batch}")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise DeployError(f"batch must be an integer >= 1, got {batch!r}")
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
@@ -378,13 +378,17 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, data: dict, source: str = "a table's dict") -> "LatencyTable":
         """The table :meth:`to_dict` wrote (``source`` names it in errors and warnings)."""
-        table = cls(data["backend"], data["device"], data["threads"], data["runtime_version"],
-                    data.get("batch"), data.get("dtype"))
-        for k, g in data["grids"].items():
-            table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
-                               list(g["layers"]))
-        for pk, pts in data["points"].items():
-            table._points[pk] = {_parse_point(p): float(ms) for p, ms in pts.items()}
+        try:
+            table = cls(data["backend"], data["device"], data["threads"],
+                        data["runtime_version"], data.get("batch"), data.get("dtype"))
+            for k, g in data["grids"].items():
+                table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
+                                   list(g["layers"]))
+            for pk, pts in data["points"].items():
+                table._points[pk] = {_parse_point(p): _milliseconds(ms) for p, ms in pts.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DeployError(f"{source} is malformed ({type(exc).__name__}: {exc}); measure "
+                              "the table again") from None
         marks = data.get("under_load", [])
         if not isinstance(marks, list) or any(not isinstance(m, list) or len(m) != 2
                                               for m in marks):
@@ -414,6 +418,14 @@ def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
 def _parse_point(text: str) -> tuple[int, int]:
     ci, co = text.split(",")
     return int(ci), int(co)
+
+
+def _milliseconds(value) -> float:
+    """A saved time: a finite number >= 0 (an edited file may hold anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= 0):
+        raise ValueError(f"a time of {value!r} ms")
+    return float(value)
 
 
 def _as_layer_specs(layers) -> list[LayerSpec]:
@@ -500,7 +512,16 @@ def _read_cache_file(path) -> tuple[dict, dict, dict]:
                           "point key -> ['c_in,c_out', ...]); delete that key to use the cache")
     known = ("format", "version", "contexts", "under_load")
     extra = {k: v for k, v in doc.items() if k not in known}
-    return doc["contexts"], marks, extra
+    contexts = doc.get("contexts")
+    try:
+        for points in contexts.values():
+            for grid in points.values():
+                for pt, ms in grid.items():
+                    _parse_point(pt), _milliseconds(ms)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DeployError(f"{os.fspath(path)!r} has malformed 'contexts' ({type(exc).__name__}: "
+                          f"{exc}); delete the cache file to time the layers again") from None
+    return contexts, marks, extra
 
 
 def cpu_load() -> tuple[float | None, int]:

@@ -204,6 +204,34 @@ def test_bad_cache_file_is_a_clear_error(tmp_path):
         LatencyTable.measure([conv()], step=8, cache=bad, timer=CountingTimer(), **FAST)
 
 
+def test_an_edited_cache_or_table_is_a_clear_error_and_negative_times_are_refused(tmp_path):
+    """Missing keys, a list for a dict, a bad point key or a negative time: a DeployError
+    naming the file (bare KeyError/AttributeError before; a cached -5 ms was used as a cost)."""
+    cache, saved = tmp_path / "c.json", tmp_path / "t.json"
+    LatencyTable.measure([conv()], step=8, cache=cache, timer=CountingTimer(), **FAST).save(saved)
+    good_cache, good_table = json.loads(cache.read_text()), json.loads(saved.read_text())
+    ctx = next(iter(good_cache["contexts"]))
+    pk = next(iter(good_cache["contexts"][ctx]))
+    point = next(iter(good_cache["contexts"][ctx][pk]))
+    for edit in (lambda d: d.pop("contexts"), lambda d: d.update(contexts=[]),
+                 lambda d: d["contexts"][ctx][pk].update({point: -5.0}),
+                 lambda d: d["contexts"][ctx][pk].update({"a,b": 1.0})):
+        doc = json.loads(json.dumps(good_cache))
+        edit(doc)
+        cache.write_text(json.dumps(doc))
+        with pytest.raises(DeployError, match="malformed 'contexts'.*delete the cache file"):
+            LatencyTable.measure([conv()], step=8, cache=cache, timer=CountingTimer(), **FAST)
+    tpk = next(iter(good_table["points"]))
+    tpoint = next(iter(good_table["points"][tpk]))
+    for edit in (lambda d: d.pop("grids"), lambda d: d["points"][tpk].update({"a,b": 1.0}),
+                 lambda d: d["points"][tpk].update({tpoint: float("nan")})):
+        doc = json.loads(json.dumps(good_table))
+        edit(doc)
+        saved.write_text(json.dumps(doc))
+        with pytest.raises(DeployError, match="is malformed .*measure the table again"):
+            LatencyTable.load(saved)
+
+
 # ------------------------------------------------------------------ errors, save/load
 def test_unknown_layer_error_names_the_layer_and_the_fix():
     table = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST)
