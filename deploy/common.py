@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import platform
 import time
 from typing import Callable, Mapping, Sequence
@@ -70,7 +71,14 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
             raise DeployError(f"input shape {text!r} is not a comma-separated list of integers "
                               "(expected e.g. 1,3,224,224)") from None
     else:
-        shape = tuple(int(d) for d in text)
+        items = tuple(text)
+        try:  # ints, numpy ints, a torch.Size: not 16.7 (it was cut to 16 silently)
+            if any(isinstance(d, bool) for d in items):
+                raise TypeError
+            shape = tuple(operator.index(d) for d in items)
+        except TypeError:
+            raise DeployError(f"input shape {items} must hold integers (e.g. "
+                              "(1, 3, 224, 224))") from None
     if len(shape) < 2 or any(d <= 0 for d in shape):
         raise DeployError(f"input shape {shape} must have a batch dim and at least one more, "
                           "all positive (e.g. 1,3,224,224)")

@@ -73,8 +73,20 @@ def load_model(model: nn.Module | str | os.PathLike, *,
 def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:
     """Run ``module`` once at ``shape``: a shape that does not fit is a one-line error showing
     the shape the file records, not a traceback from inside the exporter."""
+    import inspect
+
     from .onnx_export import eval_copy
 
+    try:
+        required = [p for p in inspect.signature(module.forward).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        required = []
+    if len(required) > 1:
+        raise DeployError(f"{label} takes {len(required)} inputs "
+                          f"({', '.join(p.name for p in required)}); fxprune deploy times "
+                          "single-input models: wrap it in a module whose forward takes one "
+                          "tensor, or export the ONNX yourself and deploy that file")
     try:
         with torch.no_grad():
             eval_copy(module, "fp32")(torch.zeros(shape))

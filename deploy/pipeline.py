@@ -9,6 +9,7 @@ backend's report has the same fields.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Callable
 
@@ -61,6 +62,16 @@ def _check_counts(**counts) -> None:
             raise DeployError(f"{flag} must be an integer >= {low}, got {value!r}")
 
 
+def _check_opset(opset) -> None:
+    """An ONNX opset the installed onnx knows (a later one was logged and exported at 18)."""
+    import onnx
+
+    latest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= latest:
+        raise DeployError(f"--opset must be an ONNX opset from 7 to {latest} (the installed "
+                          f"onnx's latest), got {opset!r}; the default is {DEFAULT_OPSET}")
+
+
 def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
            backend: str = "auto", precision: str = "fp32", input_shape=None,
            batch: int | None = None, compare: nn.Module | str | os.PathLike | None = None,
@@ -92,6 +103,11 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
                   workspace=workspace)
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise DeployError(f"--{name} must be a finite number >= 0, got {value!r}")
+    _check_opset(opset)
     out_dir = os.path.expanduser(os.fspath(out_dir))
     _check_out_dir(out_dir, compare is not None)
     _check_not_overwritten(out_dir, model=model, dense=compare)

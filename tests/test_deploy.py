@@ -352,6 +352,34 @@ def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, v
     assert not out.exists()  # nothing exported, no folder made
 
 
+@pytest.mark.parametrize("option, phrase", [
+    ({"atol": -1.0}, "--atol must be a finite number >= 0"),
+    ({"rtol": float("nan")}, "--rtol must be a finite number >= 0"),
+    ({"opset": 99}, "--opset must be an ONNX opset from 7 to"),
+    ({"input_shape": (1, 3, 16.7, 16)}, "must hold integers"),
+])
+def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, option, phrase):
+    """A negative atol blamed the export for the failed check; opset 99 was logged and exported
+    at 18; a 16.7 dim was cut to 16."""
+    with pytest.raises(DeployError, match=phrase):
+        deploy(small_net(8), tmp_path / "out", backend="onnxruntime", iters=3, warmup=1,
+               progress=False, log=lambda s: None, **{"input_shape": SHAPE, **option})
+    assert not (tmp_path / "out").exists()
+
+
+class TwoInputs(nn.Module):
+    def forward(self, x, z):
+        return x + z
+
+
+def test_a_model_of_two_inputs_is_told_deploy_times_one(tmp_path):
+    """It was told to pass a fitting --input-shape, which no shape is."""
+    with pytest.raises(DeployError, match=r"takes 2 inputs \(x, z\); fxprune deploy times "
+                                          "single-input models"):
+        deploy(TwoInputs(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
+               progress=False, log=lambda s: None)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, capsys):
     out = tmp_path / "out"
