@@ -284,6 +284,13 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
                            "model. finalize(prepared, check=False) returns the model anyway.") from e
     err = max_relative_error(expected, got)
     if not err <= rtol:
+        again = max_relative_error(expected, run_eval(prepared, inputs))
+        if not again <= rtol:  # the model's own randomness, not the surgery
+            raise SurgeryError(
+                f"the masked model gives other outputs each run in eval mode (by {again:.3g} "
+                "between two runs), so the pruned model cannot be checked against it: a random op "
+                "ignores eval mode (F.dropout(x, p) without training=self.training, torch.rand in "
+                "forward); make it follow self.training, or pass finalize(..., check=False)")
         raise SurgeryError(
             f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "
             f"allowed {rtol:g}). This is a bug in fxprune or in a custom rule: please report it with "

@@ -381,3 +381,21 @@ def test_demo_size_hint_reads_torchvision_weight_metadata():
     # a ViT runs at its own image_size only, whatever its weights were evaluated at (518)
     assert trained_size("vit_h_14") == 518
     assert trained_size("vit_h_14", type("ViT", (), {"image_size": 224})()) == 224
+
+
+class AlwaysDropping(torch.nn.Module):
+    """``F.dropout(x, 0.5)`` drops in eval mode too (``training`` defaults to True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.dropout(self.a(x), 0.5))
+
+
+def test_a_model_random_in_eval_mode_is_named_as_the_cause_not_fxprune():
+    """finalize's check failed with 'a bug in fxprune' for the model's own randomness."""
+    pm = fxprune.prepare(AlwaysDropping(), (torch.randn(2, 3, 8, 8),))
+    with pytest.raises(fxprune.SurgeryError, match="gives other outputs each run in eval mode"):
+        fxprune.finalize(pm)
