@@ -650,11 +650,15 @@ class DtypeFrom(nn.Module):
 
     def forward(self, x):
         y, z = F.relu(self.a(x)), F.relu(self.b(x))
-        y = y.type_as(z) if self.how == "type_as" else y.to(z) if self.how == "to" else torch.zeros_like(y) + y
+        y = {"type_as": lambda: y.type_as(z), "to": lambda: y.to(z),
+             "zeros_like": lambda: torch.zeros_like(y) + y,
+             "new_zeros_of_shape": lambda: y.new_zeros(y.shape) + y,  # was kept whole
+             "zeros_of_size": lambda: torch.ones(y.size(), device=y.device) * y}[self.how]()
         return self.c(y) + self.d(z)
 
 
-@pytest.mark.parametrize("how", ["type_as", "to", "zeros_like"])
+@pytest.mark.parametrize("how", ["type_as", "to", "zeros_like", "new_zeros_of_shape",
+                                 "zeros_of_size"])
 def test_an_op_reading_another_tensors_dtype_ties_no_channels(how):
     pm, _ = check(DtypeFrom(how), X, X2)
     assert prunable(pm) == {"a": 8, "b": 6}

@@ -531,8 +531,11 @@ class Create(ChannelRule):
         node = ctx.node
         sizes = self._sizes(node)
         out, out_shape = {}, ctx.out_shape()
+        if len(sizes) == 1 and isinstance(sizes[0], torch.fx.Node) and isinstance(
+                ctx.labels(sizes[0]), (tuple, list)):
+            sizes = list(ctx.labels(sizes[0]))  # a shape read whole: y.new_zeros(y.shape)
         for d, s in enumerate(sizes):
-            prov = ctx.labels(s) if isinstance(s, torch.fx.Node) else None
+            prov = s if isinstance(s, SizeOf) else ctx.labels(s) if isinstance(s, torch.fx.Node) else None
             if d == 1 and isinstance(prov, SizeOf) and len(prov.ids) == out_shape[d]:
                 out[d] = prov.ids.copy()
             elif d == 1 and isinstance(s, int) and s > 1:
