@@ -10,6 +10,8 @@ been applied.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import fx
 
@@ -24,6 +26,10 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
     from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
                                                        StatelessSymbolicContext)
 
+    try:  # a copy: a module may cache what its forward computes (timm's attention biases),
+        gm = copy.deepcopy(gm)  # and a fake tensor kept in the real model would break it
+    except Exception:  # noqa: BLE001 - a model deepcopy cannot copy
+        return None
     tensors = [*gm.parameters(), *gm.buffers()]
     device = tensors[0].device if tensors else torch.device("cpu")
     env = ShapeEnv()
