@@ -570,7 +570,7 @@ def test_full_tensors_follow_the_channels_they_meet(maker, count_from_shape):
     assert g.prunable and g.kept < g.size and small.b.in_channels == g.kept
 
 
-def test_full_sized_by_a_whole_shape_is_traced_and_kept():
+def test_full_sized_by_a_whole_shape_follows_the_channels():
     class Like(nn.Module):
         def __init__(self):
             super().__init__()
@@ -581,8 +581,9 @@ def test_full_sized_by_a_whole_shape_is_traced_and_kept():
             return self.b(y + torch.full(y.shape, 0.5) + y.new_full(y.size(), 0.25))
 
     torch.manual_seed(0)
-    pm, _ = prune_and_check(Like().eval(), torch.randn(*IMG))  # raised 'Node' object is not iterable
-    assert not groups_by_producer(pm)["a.0"].prunable
+    pm, small = prune_and_check(Like().eval(), torch.randn(*IMG))  # raised 'Node' object is not iterable
+    g = groups_by_producer(pm)["a.0"]  # kept whole before: the shape was not read entry by entry
+    assert g.prunable and g.kept < g.size and small.b.in_channels == g.kept
 
 
 def test_a_channel_count_as_a_slice_bound_keeps_its_channels():
