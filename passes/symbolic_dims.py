@@ -5,8 +5,10 @@ same to the rules as one of a channel shuffle's output (channels times a literal
 Surgery may write a split of the first in numbers only at the example's resolution; the second
 is safe. This pass runs the graph once more on fake tensors whose input sizes are symbols
 (torch's FakeTensorMode and ShapeEnv, as torch.export does) and reads, per node, the dims whose
-size still holds a symbol once the shape guards (a conv's weight fixing the channel count) have
-been applied.
+size holds a symbol. A float input's dim 1 (channels, features) is fixed from the start. When
+the run fixes any other input size (a linear after a flatten needs one resolution; a module
+traced as one call may branch on ``x.shape[2] == 8``) the answer is unknown: one run cannot tell
+a size the model needs from a branch it took.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from .shape_prop import TensorMeta
 
 def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None:
     """``{node name: dims whose size follows the inputs' sizes}`` for every tensor node, or
-    None when the graph does not run on symbolic sizes (fxprune then assumes the worst).
+    None when the graph does not run on symbolic sizes, or when the run fixed an input's size
+    (fxprune then assumes the worst).
     Reads the placeholders' shapes left by ``propagate_shapes``; runs nothing real."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
@@ -34,14 +37,20 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
     device = tensors[0].device if tensors else torch.device("cpu")
     env = ShapeEnv()
     mode = FakeTensorMode(shape_env=env, allow_non_fake_inputs=True)
-    args, modes = [], {m: m.training for m in gm.modules()}
+    args, modes, symbols = [], {m: m.training for m in gm.modules()}, set()
     try:
         for node in gm.graph.find_nodes(op="placeholder"):
             meta = node.meta.get("fxprune_value")
             if isinstance(meta, TensorMeta):
+                # a float input's dim 1 holds channels or features, which the first layer's
+                # weight fixes; every other size (batch, space, a sequence) is a symbol
+                dims = [DimDynamic.STATIC if d == 1 and meta.dtype.is_floating_point
+                        else DimDynamic.DYNAMIC for d in range(len(meta.shape))]
                 empty = torch.empty(meta.shape, dtype=meta.dtype, device=device)  # outside the mode
-                args.append(mode.from_tensor(empty, symbolic_context=StatelessSymbolicContext(
-                    dynamic_sizes=[DimDynamic.DYNAMIC] * len(meta.shape))))
+                fake = mode.from_tensor(empty, symbolic_context=StatelessSymbolicContext(
+                    dynamic_sizes=dims))
+                symbols.update(s.node.expr for s in fake.shape if isinstance(s, torch.SymInt))
+                args.append(fake)
             else:
                 args.append(meta)
         gm.eval()  # as propagate_shapes: no norm statistics touched
@@ -61,12 +70,11 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
     finally:
         for m, training in modes.items():
             m.training = training
-    # read after the run: a later guard (a linear's weight) can still fix an earlier size
-    return {name: frozenset(d for d, size in enumerate(shape) if _follows_inputs(env, size))
+    if any(env.replace(sym).is_number for sym in symbols):
+        # an input size the run fixed: a weight that needs it (flatten -> linear) or a branch on
+        # it (``if x.shape[2] == 8`` in a module traced as one call), which this one run cannot
+        # tell apart; the other branch may run at other sizes
+        return None
+    return {name: frozenset(d for d, size in enumerate(shape)
+                            if isinstance(size, torch.SymInt) and size.node.expr.free_symbols)
             for name, shape in shapes.items()}
-
-
-def _follows_inputs(env, size) -> bool:
-    if not isinstance(size, torch.SymInt):
-        return False
-    return bool(env.replace(size.node.expr).free_symbols)

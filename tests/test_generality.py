@@ -768,6 +768,32 @@ def test_a_split_of_a_dim_merging_channels_with_space_is_kept_whole():
     assert not a.prunable and "split of a dim that merges channels" in a.reason
 
 
+class BranchOnResolution(nn.Module):
+    """Traced as one call (a rule given for it): its forward branches on the input's size."""
+
+    def forward(self, x):
+        return x * 1.0 if x.shape[2] == 16 and x.shape[3] == 16 else x * 2.0
+
+
+class ChunkOfFlattenedAfterABranch(ChunkOfFlattened):
+    def __init__(self):
+        super().__init__()
+        self.branch = BranchOnResolution()
+
+    def forward(self, x):
+        return super().forward(self.branch(x))
+
+
+def test_a_size_fixed_by_a_branch_does_not_make_a_flatten_split_prunable():
+    """The symbolic run took ``x.shape[2] == 16`` as fixing H: the split was pruned and the
+    finalized model failed at 24x20, where the original runs."""
+    from fxprune.rules.elementwise import Elementwise
+
+    pm, _ = check(ChunkOfFlattenedAfterABranch(), X, X2, rules={BranchOnResolution: Elementwise()})
+    (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a.0"]]
+    assert not a.prunable and "split of a dim that merges channels" in a.reason
+
+
 class ChunkOfRepeatedChannels(nn.Module):
     """Chunks of a dim whose channels repeat at a size the model fixes: after torchvision's
     channel shuffle (channels times 2 groups), or of ``torch.cat([y, y])``."""
