@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxprune.errors import FxPruneError
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
 from fxprune.masks import (MASKED_CLASS, gather_mask, input_masked_class, mask_weight, masked_layer_norm,
@@ -119,6 +120,10 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
             node.target = masked_layer_norm
             node.args, node.kwargs = (*args, stat.mask_dims, *masks), {}
         else:  # statistics over masked channels would differ from the pruned model's
-            raise AssertionError(f"no masked form for the statistics of {node.format_node()}")
+            raise FxPruneError(
+                f"the rule for `{node.name}` ({getattr(node.target, '__name__', node.target)}) "
+                "normalizes over pruned channels, and fxprune has a masked form only for norm "
+                "modules, F.layer_norm and torch.layer_norm; call one of those, or give it a rule "
+                "that keeps its channels whole (fxprune.rules.Barrier(\"why\"))")
     gm.graph.lint()
     gm.recompile()

@@ -640,3 +640,27 @@ def test_a_custom_rule_for_a_module_with_children_lists_their_tensors_too():
     every = ("weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
     pm, small = prune_and_check(model, x, rules={ScaleNorm: ChannelAffine(every)})
     assert small.get_submodule("1").bn.running_mean.shape[0] == groups_by_producer(pm)["0"].kept
+
+
+@torch.fx.wrap
+def _wrapped_layer_norm(x, shape, weight, bias):
+    return F.layer_norm(x, shape, weight, bias)
+
+
+def test_a_user_norm_rule_without_a_masked_form_is_a_clear_error():
+    """FunctionalLayerNorm given to a wrapped function of the user's: its statistics cannot be
+    masked, which raised a bare AssertionError (before that: a silent mismatch)."""
+    from fxprune.rules.layers import FunctionalLayerNorm
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+            self.w, self.c = nn.Parameter(torch.ones(8, 8, 8)), nn.Parameter(torch.zeros(8, 8, 8))
+
+        def forward(self, x):
+            return self.b(_wrapped_layer_norm(self.a(x), (8, 8, 8), self.w, self.c))
+
+    with pytest.raises(fxprune.FxPruneError, match=r"the rule for `_wrapped_layer_norm` .* "
+                                                   r"normalizes over pruned channels"):
+        fxprune.prepare(Net(), (torch.randn(1, 3, 8, 8),), rules={_wrapped_layer_norm: FunctionalLayerNorm()})
