@@ -99,7 +99,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             "external_data": external, "outputs": output_names}
 
 
-_ONNX_PRECISIONS = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}  # TensorProto elem types
+_ONNX_PRECISIONS = {1: "fp32", 10: "fp16", 16: "bf16"}  # TensorProto elem types deploy times
 
 
 def written_precision(path: str) -> str | None:

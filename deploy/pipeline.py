@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from typing import Callable
 
@@ -67,7 +68,7 @@ def _check_opset(opset) -> None:
     import onnx
 
     latest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= latest:
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not 7 <= opset <= latest:
         raise DeployError(f"--opset must be an ONNX opset from 7 to {latest} (the installed "
                           f"onnx's latest), got {opset!r}; the default is {DEFAULT_OPSET}")
 
@@ -97,17 +98,19 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     against PyTorch, there is no PyTorch model). Pickled ``torch.save`` modules are loaded only
     with ``trust_model_file=True``: unpickling runs code the file carries.
     ``out_dir`` must be a folder (created if missing); files there that a deploy did not write
-    are never replaced.
+    are never replaced (the folder's marker records what deploy wrote).
     """
     if precision not in PRECISIONS:
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
                   workspace=workspace)
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
                                   or not math.isfinite(value) or value < 0):
             raise DeployError(f"--{name} must be a finite number >= 0, got {value!r}")
     _check_opset(opset)
+    opset = int(opset)  # a numpy int too
+    atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
     out_dir = os.path.expanduser(os.fspath(out_dir))
     _check_out_dir(out_dir, compare is not None)
     _check_not_overwritten(out_dir, model=model, dense=compare)
@@ -287,17 +290,28 @@ def _check_out_dir(out_dir: str, compare: bool) -> None:
         raise DeployError(f"--out {out_dir} is a file, not a folder; choose another --out")
     if not os.path.isdir(out_dir):
         return
-    try:
-        with open(os.path.join(out_dir, DEPLOY_MARKER)) as f:
-            recorded = json.load(f).get("written", {})
-    except (OSError, ValueError, AttributeError):  # no marker, or one of an older fxprune
-        recorded = {}
+    marker = os.path.join(out_dir, DEPLOY_MARKER)
+    if os.path.islink(marker) or (os.path.lexists(marker) and not os.path.isfile(marker)):
+        raise DeployError(f"--out {out_dir} holds {DEPLOY_MARKER}, which is not a file fxprune "
+                          "deploy wrote (a link or a folder); choose a new or empty folder")
+    recorded, old_marker = {}, False
+    if os.path.exists(marker):
+        try:
+            with open(marker) as f:
+                recorded = json.load(f).get("written")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        old_marker = not isinstance(recorded, dict)  # an older fxprune's text marker
+        recorded = recorded if isinstance(recorded, dict) else {}
     ours = _record_written(out_dir)
     clash = [f for f in DEPLOY_FILES if os.path.lexists(os.path.join(out_dir, f))
              and (f not in ours or recorded.get(f) != ours[f])]
     if clash:
+        why = ("its marker is an older fxprune's, which recorded no files" if old_marker else
+               "your own, changed since, or left by a deploy that was killed")
         raise DeployError(f"--out {out_dir} holds {', '.join(clash)} that fxprune deploy did not "
-                          "write; choose a new or empty folder")
+                          f"record writing ({why}); delete them if they are not yours, or "
+                          "choose a new or empty folder")
 
 
 def _check_not_overwritten(out_dir: str, **given) -> None:
@@ -324,7 +338,15 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
     from .onnx_export import check_onnx, written_precision
 
     check_onnx(source)
-    written = written_precision(source) or "fp32"
+    written = written_precision(source)
+    if written is None:
+        import onnx
+
+        inputs = read_onnx(source).graph.input
+        kind = (onnx.TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)
+                if inputs else "none")
+        raise DeployError(f"{source}'s input is of type {kind}: fxprune deploy times models "
+                          "whose one input is a float tensor (fp32, fp16, bf16)")
     if written != precision:
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "

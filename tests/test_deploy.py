@@ -241,6 +241,25 @@ def test_an_onnx_file_with_its_weights_in_a_side_file_is_deployed_with_them(tmp_
     assert {"model.onnx.data", "dense.onnx.data"} <= set(os.listdir(tmp_path / "out"))
 
 
+class Embed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = nn.Embedding(10, 4)
+
+    def forward(self, x):
+        return self.e(x)
+
+
+def test_an_onnx_file_whose_input_is_not_float_is_one_line(tmp_path):
+    """An int64 input was timed with a float tensor: a raw ONNX Runtime error."""
+    path = tmp_path / "ints.onnx"
+    torch.onnx.export(Embed(), (torch.zeros(1, 5, dtype=torch.long),), path, dynamo=False)
+    with pytest.raises(DeployError, match="input is of type INT64: fxprune deploy times models "
+                                          "whose one input is a float tensor"):
+        deploy(str(path), tmp_path / "out", backend="onnxruntime", progress=False, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_fp16_onnx_file_is_timed_at_fp16_and_said_to_be(tmp_path):
     """The file's input type is its precision: fp16 was refused (the error said to pass fp32)
     and, timed as fp32, reported as fp32."""
@@ -285,7 +304,7 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"my own model")
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(folder), *QUICK, *TRUST])
-    assert rc == 1 and "did not write" in capsys.readouterr().err
+    assert rc == 1 and "did not record writing" in capsys.readouterr().err
     assert (folder / "model.onnx").read_bytes() == b"my own model"
     # a folder of an earlier deploy is fxprune's own: deploying again there works
     again = tmp_path / "again"
@@ -297,12 +316,25 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     (again / "dense.onnx").write_bytes(b"my own dense export")
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(again), "--compare",
                str(saved / "dense.pt"), *QUICK, *TRUST])
-    assert rc == 1 and "holds dense.onnx that fxprune deploy did not write" in capsys.readouterr().err
+    assert rc == 1 and "holds dense.onnx that fxprune deploy did not record writing" in capsys.readouterr().err
     assert (again / "dense.onnx").read_bytes() == b"my own dense export"
     (again / "dense.onnx").unlink()
     (again / "report.json").write_text("{}")  # one of deploy's files, changed since
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
     assert "holds report.json" in capsys.readouterr().err
+    # an older fxprune's text marker recorded nothing: refused, saying so
+    (again / ".fxprune-deploy").write_text("fxprune deploy writes here: model.onnx, report.json\n")
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
+    assert "its marker is an older fxprune's" in capsys.readouterr().err
+    # a marker that is a link or a folder is not deploy's: nothing is written through it
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".fxprune-deploy").symlink_to(outside)
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 1
+    assert "which is not a file fxprune deploy wrote" in capsys.readouterr().err
+    assert outside.read_text() == "mine" and os.listdir(linked) == [".fxprune-deploy"]
 
 
 class FixedBatch(nn.Module):
