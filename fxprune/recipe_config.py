@@ -394,10 +394,16 @@ class _YamlLoader(yaml.SafeLoader):
     a merged one."""
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
+        seen, merges = set(), 0
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # '<<: *base' keys: the explicit keys beside them may override them
+                merges += 1  # '<<: *base': the explicit keys beside it may override it
+                if merges > 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"'<<' is given twice in one mapping, at line "
+                        f"{key_node.start_mark.line + 1}; merge several with <<: [*a, *b]",
+                        key_node.start_mark)
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 twice = key in seen

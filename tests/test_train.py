@@ -129,6 +129,9 @@ def test_yaml_merge_keys_still_merge_and_an_explicit_key_overrides_them(tmp_path
     path.write_text("optim:\n  <<: {lr: 0.05, epochs: 2}\n  lr: 0.2\n")
     cfg = load_config(path)
     assert (cfg["optim"]["lr"], cfg["optim"]["epochs"]) == (0.2, 2)
+    path.write_text("optim:\n  <<: {lr: 0.05}\n  <<: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match="'<<' is given twice in one mapping, at line 3"):
+        load_config(path)
     path.write_text("optim:\n  ? [lr, epochs]\n  : 1\n")
     with pytest.raises(ConfigError, match="not a valid YAML recipe"):
         load_config(path)
