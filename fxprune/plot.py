@@ -237,8 +237,13 @@ def load_points(inputs) -> list[Point]:
     """Points from run folders, runs' ``results.json`` and benchmark results files (see the
     module docstring); raises :class:`PlotError` naming a missing or foreign input."""
     points: list[Point] = []
+    seen: dict[Path, str] = {}
     for given in inputs:
         path = Path(os.path.expanduser(os.fspath(given)))
+        same = (path / "results.json" if path.is_dir() else path).resolve()
+        if same in seen:  # a run folder and its results.json are one input
+            raise PlotError(f"{given} is given twice (as {seen[same]} too); pass each input once")
+        seen[same] = os.fspath(given)
         if path.is_dir():
             results = path / "results.json"
             if not results.is_file():

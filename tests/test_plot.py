@@ -116,6 +116,7 @@ def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     ("batch_zero", "--batch must be a positive batch size"),
     ("negative_std", "accuracy_std must not be negative"),
     ("negative_flops", "flops must not be negative"),
+    ("twice", "is given twice"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, case, message):
     out = tmp_path / ("p.jpg" if case == "bad_suffix" else "p.png")
@@ -145,7 +146,8 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
     else:
         target = _run(tmp_path / "r", 0.9, 8e6)  # no deploy report: no latency
     extra = {"batch_with_flops": ["--x", "flops", "--batch", "1"], "batch_zero": ["--batch", "0"]}
-    assert main(["plot", str(target), "--out", str(out), *extra.get(case, [])]) == 2
+    inputs = [str(target)] + ([str(target / "results.json")] if case == "twice" else [])
+    assert main(["plot", *inputs, "--out", str(out), *extra.get(case, [])]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not out.exists()
