@@ -136,6 +136,9 @@ for _f in (torch.zeros, torch.ones, torch.empty, torch.randn, torch.rand):
 CHANNEL_RULES["new_full"] = Create(sizes_from=1, one_size_arg=True)
 CHANNEL_RULES[torch.full] = Create(sizes_from=0, one_size_arg=True)
 CHANNEL_RULES[F.normalize] = MixesDim(dim_pos=2, default_dim=1)  # elementwise but along dim
+# x.narrow(dim, start, length): a slice whose bounds are numbers; of a channel dim it is kept
+CHANNEL_RULES[torch.narrow] = CHANNEL_RULES["narrow"] = MixesDim(
+    reason="narrowed along the channel dim (use y[:, a:b], whose bounds fxprune rewrites)")
 for _f in (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
     operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub, operator.imul,

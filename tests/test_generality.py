@@ -881,3 +881,24 @@ def test_channels_folded_into_the_batch_are_kept_whole_naming_the_batch_dim():
     pm, _ = check(BatchFold(), X, X2)
     (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
     assert not a.prunable and a.reason.startswith("batch dim of a conv (channels folded into the batch)")
+
+
+class Narrowed(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4 if dim == 1 else 8, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return self.b(y.narrow(1, 2, 4) if self.dim == 1 else torch.narrow(y, self.dim, 1, 8))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_narrow_passes_channels_it_does_not_cut(dim):
+    """narrow of a spatial dim keeps the channels prunable (it had no row: kept whole); of the
+    channel dim it keeps them, with the slice that fxprune rewrites as the way out."""
+    pm, _ = check(Narrowed(dim), X, X2)
+    (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
+    assert a.prunable == (dim != 1)
+    assert dim != 1 or "narrowed along the channel dim" in a.reason

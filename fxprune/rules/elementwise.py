@@ -210,8 +210,9 @@ class MixesDim(ChannelRule):
 
     kind = "mixes one dim"
 
-    def __init__(self, dim_pos: int = 1, default_dim: int | None = None):
-        self.dim_pos, self.default_dim = dim_pos, default_dim
+    def __init__(self, dim_pos: int = 1, default_dim: int | None = None,
+                 reason: str = "mixed along the channel dim"):
+        self.dim_pos, self.default_dim, self.reason = dim_pos, default_dim, reason
 
     def propagate(self, ctx):
         x = ctx.node.args[0]
@@ -226,5 +227,5 @@ class MixesDim(ChannelRule):
             d = 0 if ndim in (0, 1, 3) else 1
         d = norm_dim(int(d), ndim)
         if d in labels:
-            ctx.untracked(labels[d], "mixed along the channel dim")
+            ctx.untracked(labels[d], self.reason)
         return {k: v for k, v in labels.items() if k != d}
