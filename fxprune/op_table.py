@@ -22,7 +22,7 @@ from torch import nn
 from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvTranspose, Create,
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
-                            Metadata, MixesDim, Pad, Permute, Reduce, Reshape, ShapeRead, Spatial,
+                            Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
 ELEMENTWISE = Elementwise()
@@ -92,7 +92,7 @@ CHANNEL_RULES: dict = {
     torch.permute: PERMUTE, "permute": PERMUTE, torch.transpose: PERMUTE, "transpose": PERMUTE,
     torch.swapaxes: PERMUTE, "swapaxes": PERMUTE, "swapdims": PERMUTE, torch.t: PERMUTE, "t": PERMUTE,
     torch.movedim: PERMUTE, "movedim": PERMUTE, "moveaxis": PERMUTE,
-    "expand": Expand(), "expand_as": Expand(),
+    "expand": Expand(), "expand_as": Expand(), "repeat": Repeat(),
     torch.cat: Concat(), torch.concat: Concat(), torch.concatenate: Concat(), torch.stack: Stack(),
     torch.split: SPLIT, "split": Split(dim_pos=2), torch.chunk: SPLIT, "chunk": SPLIT,
     torch.tensor_split: SPLIT, "tensor_split": SPLIT,

@@ -808,13 +808,15 @@ class ChunkOfRepeatedChannels(nn.Module):
         if self.how == "shuffle":
             n, c, h, w = y.size()
             y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        elif self.how == "repeat":  # tiled: no row before, kept whole
+            y = y.repeat(1, 2, 1, 1)
         else:
             y = torch.cat([y, y], 1)
         u, v = y.chunk(2, 1)
         return self.p(u) + self.q(v)
 
 
-@pytest.mark.parametrize("how", ["shuffle", "self_cat"])
+@pytest.mark.parametrize("how", ["shuffle", "self_cat", "repeat"])
 def test_a_split_of_channels_repeated_at_a_fixed_size_is_followed(how):
     """Only a dim whose size follows the inputs' (H*W) is kept whole: a fake run with symbolic
     input sizes tells them apart (ShuffleNetV2 lost 3 of its 21 groups to the first rule)."""

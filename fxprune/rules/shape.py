@@ -306,6 +306,24 @@ class Expand(ChannelRule):
             node.args = (node.args[0], *new)
 
 
+class Repeat(ChannelRule):
+    """``x.repeat(1, 2, 1, 1)``: each dim's labels tiled by its count (leading counts add dims).
+    The counts multiply whatever size a dim has, so nothing is rewritten; a split of the tiled
+    channels is followed as for ``torch.cat([y, y])``."""
+
+    kind = "tiles"
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        counts = [ctx.value(c) for c in varargs(ctx.node, 1, "repeats")]
+        if not all(isinstance(c, int) for c in counts):
+            ctx.untracked_inputs("a repeat count fxprune cannot read")
+            return None
+        lead = len(counts) - ndim
+        return {d + lead: np.tile(v, counts[d + lead]) for d, v in labels.items()}
+
+
 class Permute(ChannelRule):
     """permute / transpose / swapaxes / movedim / t: labels move with their dims."""
 
