@@ -5,10 +5,10 @@ same to the rules as one of a channel shuffle's output (channels times a literal
 Surgery may write a split of the first in numbers only at the example's resolution; the second
 is safe. This pass runs the graph once more on fake tensors whose input sizes are symbols
 (torch's FakeTensorMode and ShapeEnv, as torch.export does) and reads, per node, the dims whose
-size holds a symbol. A float input's dim 1 (channels, features) is fixed from the start. When
-the run fixes any other input size (a linear after a flatten needs one resolution; a module
-traced as one call may branch on ``x.shape[2] == 8``) the answer is unknown: one run cannot tell
-a size the model needs from a branch it took.
+size holds a symbol. torch's ops fix a symbol only where the model needs that size (a conv's
+weight fixes the input's channels; a linear after a flatten, the resolution). Code the trace did
+not see may fix one by a branch (``if x.shape[2] == 8`` in a module called as one op); then the
+answer is unknown, since other sizes may take the other branch.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from .shape_prop import TensorMeta
 
 def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None:
     """``{node name: dims whose size follows the inputs' sizes}`` for every tensor node, or
-    None when the graph does not run on symbolic sizes, or when the run fixed an input's size
-    (fxprune then assumes the worst).
+    None when the graph does not run on symbolic sizes, or when code the trace did not see fixed
+    an input's size (fxprune then assumes the worst).
     Reads the placeholders' shapes left by ``propagate_shapes``; runs nothing real."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
@@ -42,13 +42,9 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
         for node in gm.graph.find_nodes(op="placeholder"):
             meta = node.meta.get("fxprune_value")
             if isinstance(meta, TensorMeta):
-                # a float input's dim 1 holds channels or features, which the first layer's
-                # weight fixes; every other size (batch, space, a sequence) is a symbol
-                dims = [DimDynamic.STATIC if d == 1 and meta.dtype.is_floating_point
-                        else DimDynamic.DYNAMIC for d in range(len(meta.shape))]
                 empty = torch.empty(meta.shape, dtype=meta.dtype, device=device)  # outside the mode
                 fake = mode.from_tensor(empty, symbolic_context=StatelessSymbolicContext(
-                    dynamic_sizes=dims))
+                    dynamic_sizes=[DimDynamic.DYNAMIC] * len(meta.shape)))
                 symbols.update(s.node.expr for s in fake.shape if isinstance(s, torch.SymInt))
                 args.append(fake)
             else:
@@ -56,10 +52,15 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
         gm.eval()  # as propagate_shapes: no norm statistics touched
         with mode, torch.no_grad():
             shapes: dict[str, tuple] = {}
+            branched = []
 
             class _Run(fx.Interpreter):
                 def run_node(self, n):
+                    fixed = len(env.replacements)
                     result = super().run_node(n)
+                    if len(env.replacements) != fixed and _opaque(n, self.module) and any(
+                            env.replace(sym).is_number for sym in symbols):
+                        branched.append(n.name)
                     if isinstance(result, torch.Tensor):
                         shapes[n.name] = tuple(result.shape)
                     return result
@@ -70,11 +71,23 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
     finally:
         for m, training in modes.items():
             m.training = training
-    if any(env.replace(sym).is_number for sym in symbols):
-        # an input size the run fixed: a weight that needs it (flatten -> linear) or a branch on
-        # it (``if x.shape[2] == 8`` in a module traced as one call), which this one run cannot
-        # tell apart; the other branch may run at other sizes
+    if branched:
+        # an input size fixed inside code fxprune did not trace (``if x.shape[2] == 8`` in a
+        # module called as one op): a branch, so other sizes may take another path
         return None
     return {name: frozenset(d for d, size in enumerate(shape)
                             if isinstance(size, torch.SymInt) and size.node.expr.free_symbols)
             for name, shape in shapes.items()}
+
+
+def _opaque(node: fx.Node, root) -> bool:
+    """Whether ``node`` runs code the trace did not see (a user's module called as one op, a
+    wrapped function): only there can a size decide a branch. torch's own ops fix a size only
+    when the model needs it (a conv's or linear's weight, a literal in a view)."""
+    if node.op == "call_module":
+        where = type(root.get_submodule(node.target)).__module__
+    elif node.op == "call_function":
+        where = getattr(node.target, "__module__", None) or ""
+    else:
+        return False
+    return not where.startswith(("torch", "_operator", "operator", "math", "builtins"))

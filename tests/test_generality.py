@@ -904,3 +904,37 @@ def test_narrow_passes_channels_it_does_not_cut(dim):
     (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
     assert a.prunable == (dim != 1)
     assert dim != 1 or "narrowed along the channel dim" in a.reason
+
+
+class WaveformChunks(nn.Module):
+    """A float (N, T) waveform: its dim 1 is time, not channels; then the channels of a
+    flatten are split, or shuffled and split with the input read as (N, L, C)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.a = how, nn.Conv1d(1 if how == "flatten" else 3, 4, 3, padding=1)
+        self.p, self.q = nn.Conv1d(2, 4, 1), nn.Conv1d(2, 4, 1)
+
+    def forward(self, x):
+        if self.how == "flatten":
+            y = self.a(x.unsqueeze(1))
+            n, _, length = y.shape
+            u, v = y.flatten(1).chunk(2, 1)
+            return self.p(u.reshape(n, -1, length)) + self.q(v.reshape(n, -1, length))
+        y = self.a(x.transpose(1, 2))  # (N, L, C) read channels-last
+        n, c, length = y.shape
+        y = y.view(n, 2, c // 2, length).transpose(1, 2).reshape(n, c, length)
+        u, v = y.chunk(2, 1)
+        return self.p(u) + self.q(v)
+
+
+@pytest.mark.parametrize("how", ["flatten", "shuffle_channels_last"])
+def test_sizes_follow_the_inputs_whatever_their_layout(how):
+    """A float input's dim 1 was taken as channels: a (N, T) waveform's flatten split was pruned
+    and failed at another T; the first conv fixing an (N, L, C) input's channels made every
+    split of repeated channels a barrier (break pass 18)."""
+    x, other = (torch.randn(2, 12), torch.randn(3, 20)) if how == "flatten" else (
+        torch.randn(2, 12, 3), torch.randn(3, 20, 3))
+    pm, _ = check(WaveformChunks(how), x, other)
+    (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
+    assert a.prunable == (how != "flatten")
