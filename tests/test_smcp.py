@@ -524,4 +524,12 @@ def test_a_state_names_the_recipe_method_that_built_it():
             other.load_state_dict(state)
     again = get_method("oneshot").build(prepared(), target=0.5, channel_step=4)
     again.load_state_dict(state)  # the same recipe method resumes
-    fxprune.SMCP(prepared(), target=0.5, channel_step=4).load_state_dict(state)  # no registry: the class decides
+    # a class built directly has no registry name: the settings that make the method decide
+    # (a 'hard' state loaded into a soft SMCP, cucb_random's into CUCB, silently)
+    hard = get_method("hard").build(prepared(), target=0.5, channel_step=4).state_dict()
+    with pytest.raises(ValueError, match=r"saved by a 'hard' pruner with masks='hard' \(here 'soft'\)"):
+        fxprune.SMCP(prepared(), target=0.5, channel_step=4).load_state_dict(hard)
+    fxprune.SMCP(prepared(), target=0.5, channel_step=4, masks="hard").load_state_dict(hard)
+    control = get_method("cucb_random").build(prepared(), rho=0.5, channel_step=4).state_dict()
+    with pytest.raises(ValueError, match=r"selection='random' \(here 'cucb'\)"):
+        fxprune.CUCB(prepared(), rho=0.5, channel_step=4).load_state_dict(control)

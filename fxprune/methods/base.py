@@ -147,8 +147,15 @@ class PruningMethod:
     registered_as: str | None = None
 
     def state_origin(self) -> dict:
-        """What a state records of who saved it: the method, and the registry name if any."""
-        return {"method": self.name, "registered_as": self.registered_as}
+        """What a state records of who saved it: the method, the registry name if any, and the
+        settings that make it that method (:meth:`defining_settings`)."""
+        return {"method": self.name, "registered_as": self.registered_as,
+                "settings": self.defining_settings()}
+
+    def defining_settings(self) -> dict:
+        """Settings that make another method of one class (``hard`` is SMCP with
+        ``masks="hard"``): a state saved under others is refused. Subclasses name theirs."""
+        return {}
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
@@ -210,6 +217,13 @@ class PruningMethod:
             raise ValueError(f"this pruner state was saved by the {saved_as or saved_by!r} "
                              f"method, not {mine!r}: load it into the method that saved it "
                              f"(prune.method: {saved_as or saved_by} in a recipe)")
+        theirs, ours = state.get("settings"), self.defining_settings()
+        if isinstance(theirs, dict) and theirs != ours:
+            differ = ", ".join(f"{k}={theirs.get(k)!r} (here {ours.get(k)!r})"
+                               for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
+            raise ValueError(f"this pruner state was saved by a {saved_as or saved_by!r} pruner "
+                             f"with {differ}: another method; load it into a pruner built with "
+                             "the settings that saved it")
         missing = [k for k in self.state_keys if k not in state]
         if missing:
             raise ValueError(f"this pruner state lacks {', '.join(missing)}: it is not a {me} "

@@ -244,6 +244,9 @@ class CUCB(PruningMethod):
         """Cost fraction of the current active sub-network."""
         return self.budget.fraction(self.active)
 
+    def defining_settings(self) -> dict:
+        return {"selection": self.selection}
+
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),

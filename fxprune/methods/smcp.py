@@ -327,6 +327,10 @@ class SMCP(PruningMethod):
             off = (ext[c.in_flat] == 0).to(c.param.dtype).view(shape)
             c.param.grad.addcmul_(c.param, off, value=self.masked_decay)  # one fused pass
 
+    def defining_settings(self) -> dict:
+        return {"masks": self.masks_kind, "allocation": self.allocation,
+                "importance": self.importance.kind}
+
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``;
