@@ -75,12 +75,22 @@ def _read_json(path: Path) -> object:
 
 
 def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PlotError(f"{source}: {what} must be a finite number, got {value!r}")
+    try:  # a 400-digit integer does not convert
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise PlotError(f"{source}: {what} must be a finite number, got {repr(value)[:40]}")
     if fraction and not 0 <= value <= 1:
         raise PlotError(f"{source}: {what} {value!r} is not a fraction in [0, 1] (accuracies are "
                         "stored as fractions, 0.92 not 92)")
     return float(value)
+
+
+def _path_or_none(value, source: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise PlotError(f"{source}: model must be a path, got {value!r}")
+    return value
 
 
 def _not_negative(value, what: str, source: str) -> float:
@@ -155,10 +165,14 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             continue
         data = _read_json(report)
         try:
-            batch, median = int(data["batch"]), float(data["latency_ms"]["median"])
-        except (KeyError, TypeError, ValueError):
+            batch, median = data["batch"], data["latency_ms"]["median"]
+        except (KeyError, TypeError):
             raise PlotError(f"{report} is not an fxprune deploy report (no batch and "
                             "latency_ms.median)") from None
+        batch = _batch_size(batch, "batch", str(report))
+        median = _number(median, "latency_ms.median", str(report))
+        if median <= 0:
+            raise PlotError(f"{report}: latency_ms.median must be positive, got {median!r}")
         if report.stat().st_mtime < finished:
             raise PlotError(f"{report} is older than the run's {results.name}: it timed a model "
                             f"of an earlier run in {run_dir}; deploy the run again or remove it")
@@ -171,15 +185,17 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                             f"{theirs}: it may be another model; deploy "
                             f"{own or run_dir / 'model_pruned.pt'} there, or move that report "
                             "out of the run")
+        if timed is not None and not isinstance(timed, str):
+            raise PlotError(f"{report}: model_file must be a path, got {timed!r}")
         if timed is not None:
             path = Path(timed).resolve()
             if old_run is not None and old_run != run and path.is_relative_to(old_run):
                 path = run / path.relative_to(old_run)
-            # the run's model, or an ONNX file inside the run other than the dense model a
-            # `deploy --compare` wrote beside its own export
-            dense_copy = path.name == "dense.onnx" and (path.parent / DEPLOY_MARKER).is_file()
-            ours = path == own or (path.suffix == ".onnx" and path.is_relative_to(run)
-                                   and not dense_copy)
+            # the run's model, or deploy's export of a model inside the run (its model.onnx;
+            # not the dense model a `deploy --compare` wrote beside it, nor an ONNX file of the
+            # user's, which may be any model)
+            ours = path == own or (path.name == "model.onnx" and path.is_relative_to(run)
+                                   and (path.parent / DEPLOY_MARKER).is_file())
             if not ours or not path.is_file():
                 raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
                                 f"{' (the file is gone)' if ours else ''}; deploy "
@@ -200,7 +216,8 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
     label = (run_dir or results.parent).name or str(results)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _not_negative(data["flops"], "flops", source),
-                 _deploy_latencies(run_dir, results, data.get("model"), data.get("params"))
+                 _deploy_latencies(run_dir, results, _path_or_none(data.get("model"), source),
+                                   data.get("params"))
                  if run_dir is not None else {},
                  source=source)
 
@@ -357,7 +374,8 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
                     continue
                 ax.errorbar([xs[id(p)] for p in mine], [100 * p.accuracy for p in mine],
                             yerr=[100 * (p.accuracy_std or 0.0) for p in mine], fmt="o",
-                            capsize=3, color=colour, label=_literal(g))
+                            capsize=3, color=colour,
+                            label=" " * g.startswith("_") + _literal(g))  # "_x" hides a label
                 for p in mine:
                     ax.annotate(_literal(p.label), (xs[id(p)], 100 * p.accuracy), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7)

@@ -195,8 +195,15 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
         report(other)
         with pytest.raises(PlotError, match="timed .*, not the model of the run"):
             load_points([run])
-    report(run / "gone.onnx")
+    report(d / "gone" / "model.onnx")
+    (d / "gone").mkdir()
+    (d / "gone" / ".fxprune-deploy").write_text("deploy\n")
     with pytest.raises(PlotError, match="the file is gone"):
+        load_points([run])
+    # an ONNX file of the user's inside the run may be any model (their dense export)
+    (run / "dense_export.onnx").write_bytes(b"onnx")
+    report(run / "dense_export.onnx")
+    with pytest.raises(PlotError, match="timed .*dense_export.onnx, not the model of the run"):
         load_points([run])
 
     # a run redone after the deploy (train --overwrite keeps deploy folders): the report is stale
@@ -327,3 +334,21 @@ def test_dollars_in_labels_and_titles_are_drawn_as_written(tmp_path, capsys):
     assert main(["plot", str(bench), "--x", "flops", "--title", "$\\badcmd$", "--out", str(out)]) == 0
     assert "$\\frac$ 50%" in capsys.readouterr().out
     _software(out)
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"batch": 0, "latency_ms": {"median": 1.0}}, "batch must be a batch size"),
+    ({"batch": 2.7, "latency_ms": {"median": 1.0}}, "batch must be a batch size"),
+    ({"batch": 1, "latency_ms": {"median": -5}}, "latency_ms.median must be positive"),
+    ({"batch": 1, "latency_ms": {"median": "7"}}, "latency_ms.median must be a finite number"),
+    ({"batch": 1, "latency_ms": {"median": 10 ** 400}}, "latency_ms.median must be a finite number"),
+    ({"batch": 1, "latency_ms": {"median": 1.0}, "model_file": 5}, "model_file must be a path"),
+])
+def test_a_deploy_reports_numbers_are_checked_like_a_benchmarks(tmp_path, capsys, report, message):
+    """A batch of 0 or 2.7 (cut to 2) or a negative median were plotted; a huge integer or a
+    model_file that is not a path were tracebacks (break pass 18)."""
+    run = _run(tmp_path / "r", 0.9, 8e6, deploys=[(1, 1.0)])
+    (run / "deploy_b1" / "report.json").write_text(json.dumps({**report, "params": 10}))
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
