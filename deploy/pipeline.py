@@ -105,8 +105,12 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
                   workspace=workspace)
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                  or not math.isfinite(value) or value < 0):
+        try:
+            bad = value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                         or not math.isfinite(value) or value < 0)
+        except OverflowError:  # an int too large for a float
+            bad = True
+        if bad:
             raise DeployError(f"--{name} must be a finite number >= 0, got {value!r}")
     _check_opset(opset)
     opset = int(opset)  # a numpy int too
@@ -294,6 +298,12 @@ def _check_out_dir(out_dir: str, compare: bool) -> None:
     if os.path.islink(marker) or (os.path.lexists(marker) and not os.path.isfile(marker)):
         raise DeployError(f"--out {out_dir} holds {DEPLOY_MARKER}, which is not a file fxprune "
                           "deploy wrote (a link or a folder); choose a new or empty folder")
+    linked = [f for f in (DEPLOY_MARKER, *DEPLOY_FILES) if os.path.isfile(os.path.join(out_dir, f))
+              and os.stat(os.path.join(out_dir, f)).st_nlink > 1]
+    if linked:  # written in place, the same file elsewhere would change too
+        raise DeployError(f"--out {out_dir} holds {', '.join(linked)} with other hard links (the "
+                          "same file elsewhere would be rewritten); remove them there or choose "
+                          "a new or empty folder")
     recorded, old_marker = {}, False
     if os.path.exists(marker):
         try:
@@ -307,7 +317,8 @@ def _check_out_dir(out_dir: str, compare: bool) -> None:
     clash = [f for f in DEPLOY_FILES if os.path.lexists(os.path.join(out_dir, f))
              and (f not in ours or recorded.get(f) != ours[f])]
     if clash:
-        why = ("its marker is an older fxprune's, which recorded no files" if old_marker else
+        why = ("its marker records no files: an older fxprune's, or a deploy killed while "
+               "writing it" if old_marker else
                "your own, changed since, or left by a deploy that was killed")
         raise DeployError(f"--out {out_dir} holds {', '.join(clash)} that fxprune deploy did not "
                           f"record writing ({why}); delete them if they are not yours, or "
@@ -346,7 +357,7 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
         kind = (onnx.TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)
                 if inputs else "none")
         raise DeployError(f"{source}'s input is of type {kind}: fxprune deploy times models "
-                          "whose one input is a float tensor (fp32, fp16, bf16)")
+                          "whose one input is an fp32, fp16 or bf16 tensor")
     if written != precision:
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "

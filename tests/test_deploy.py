@@ -255,7 +255,7 @@ def test_an_onnx_file_whose_input_is_not_float_is_one_line(tmp_path):
     path = tmp_path / "ints.onnx"
     torch.onnx.export(Embed(), (torch.zeros(1, 5, dtype=torch.long),), path, dynamo=False)
     with pytest.raises(DeployError, match="input is of type INT64: fxprune deploy times models "
-                                          "whose one input is a float tensor"):
+                                          "whose one input is an fp32, fp16 or bf16 tensor"):
         deploy(str(path), tmp_path / "out", backend="onnxruntime", progress=False, log=lambda s: None)
     assert not (tmp_path / "out").exists()
 
@@ -325,7 +325,7 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     # an older fxprune's text marker recorded nothing: refused, saying so
     (again / ".fxprune-deploy").write_text("fxprune deploy writes here: model.onnx, report.json\n")
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
-    assert "its marker is an older fxprune's" in capsys.readouterr().err
+    assert "its marker records no files: an older fxprune" in capsys.readouterr().err
     # a marker that is a link or a folder is not deploy's: nothing is written through it
     outside = tmp_path / "outside.txt"
     outside.write_text("mine")
@@ -335,6 +335,10 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 1
     assert "which is not a file fxprune deploy wrote" in capsys.readouterr().err
     assert outside.read_text() == "mine" and os.listdir(linked) == [".fxprune-deploy"]
+    (linked / ".fxprune-deploy").unlink()
+    os.link(outside, linked / ".fxprune-deploy")  # a hard link is written through as well
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 1
+    assert "with other hard links" in capsys.readouterr().err and outside.read_text() == "mine"
 
 
 class FixedBatch(nn.Module):
