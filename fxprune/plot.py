@@ -188,14 +188,26 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         if timed is not None and not isinstance(timed, str):
             raise PlotError(f"{report}: model_file must be a path, got {timed!r}")
         if timed is not None:
-            path = Path(timed).resolve()
-            if old_run is not None and old_run != run and path.is_relative_to(old_run):
-                path = run / path.relative_to(old_run)
-            # the run's model, or deploy's export of a model inside the run (its model.onnx;
-            # not the dense model a `deploy --compare` wrote beside it, nor an ONNX file of the
-            # user's, which may be any model)
-            ours = path == own or (path.name == "model.onnx" and path.is_relative_to(run)
-                                   and (path.parent / DEPLOY_MARKER).is_file())
+            try:
+                path = Path(timed).resolve()
+            except (OSError, ValueError) as exc:  # a NUL in the path
+                raise PlotError(f"{report}: model_file {timed!r} is not a path ({exc})") from None
+
+            def inside(p: Path) -> Path:
+                if old_run is not None and old_run != run and p.is_relative_to(old_run):
+                    return run / p.relative_to(old_run)
+                return p
+
+            path = inside(path)
+            # the run's model, or deploy's export of it inside the run (a deploy folder's
+            # model.onnx whose own report timed the run's model; not a dense model deployed
+            # there, nor an ONNX file of the user's, which may be any model)
+            ours = path == own
+            if not ours and path.name == "model.onnx" and path.is_relative_to(run) and (
+                    path.parent / DEPLOY_MARKER).is_file() and (path.parent / "report.json").is_file():
+                source = _read_json(path.parent / "report.json")
+                made_from = source.get("model_file") if isinstance(source, dict) else None
+                ours = isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
             if not ours or not path.is_file():
                 raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
                                 f"{' (the file is gone)' if ours else ''}; deploy "

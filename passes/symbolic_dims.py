@@ -56,10 +56,10 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
 
             class _Run(fx.Interpreter):
                 def run_node(self, n):
-                    fixed = len(env.replacements)
+                    opaque = _opaque(n, self.module)
+                    before = _fixed(env, symbols) if opaque else set()
                     result = super().run_node(n)
-                    if len(env.replacements) != fixed and _opaque(n, self.module) and any(
-                            env.replace(sym).is_number for sym in symbols):
+                    if opaque and _fixed(env, symbols) - before:  # this node fixed a size
                         branched.append(n.name)
                     if isinstance(result, torch.Tensor):
                         shapes[n.name] = tuple(result.shape)
@@ -80,14 +80,22 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
             for name, shape in shapes.items()}
 
 
+def _fixed(env, symbols) -> set:
+    return {sym for sym in symbols if env.replace(sym).is_number}
+
+
+_TORCH_OWN = ("_operator", "operator", "math", "builtins")
+
+
 def _opaque(node: fx.Node, root) -> bool:
     """Whether ``node`` runs code the trace did not see (a user's module called as one op, a
     wrapped function): only there can a size decide a branch. torch's own ops fix a size only
-    when the model needs it (a conv's or linear's weight, a literal in a view)."""
+    when the model needs it (a conv's or linear's weight, a literal in a view). A module is
+    judged by where its ``forward`` is defined (a bare ``nn.Conv2d`` subclass runs torch's)."""
     if node.op == "call_module":
-        where = type(root.get_submodule(node.target)).__module__
+        where = getattr(type(root.get_submodule(node.target)).forward, "__module__", None) or ""
     elif node.op == "call_function":
         where = getattr(node.target, "__module__", None) or ""
     else:
         return False
-    return not where.startswith(("torch", "_operator", "operator", "math", "builtins"))
+    return not (where == "torch" or where.startswith("torch.") or where in _TORCH_OWN)

@@ -938,3 +938,63 @@ def test_sizes_follow_the_inputs_whatever_their_layout(how):
     pm, _ = check(WaveformChunks(how), x, other)
     (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
     assert a.prunable == (how != "flatten")
+
+
+class StemConv(nn.Conv2d):
+    """A bare subclass: it runs torch's own forward."""
+
+
+@torch.fx.wrap
+def _symmetric(x):
+    return x + x.transpose(-1, -2)  # needs H == W and fixes no size: no branch
+
+
+class ShuffleAfter(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a = StemConv(3, 4, 3, padding=1) if how == "subclass_stem" else nn.Conv2d(3, 4, 3, padding=1)
+        self.p, self.q = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.how == "wrapped":
+            y = _symmetric(y)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        u, v = y.chunk(2, 1)
+        return self.p(u) + self.q(v)
+
+
+@pytest.mark.parametrize("how", ["subclass_stem", "wrapped"])
+def test_code_the_trace_did_not_see_blocks_a_split_only_when_it_fixes_a_size(how):
+    """A bare nn.Conv2d subclass was taken for user code, and a wrapped function that fixes no
+    size gave up too (any size already fixed counted): a shuffle's split became a barrier."""
+    from fxprune.rules.elementwise import Elementwise
+
+    square = torch.randn(3, 3, 20, 20)
+    pm, _ = check(ShuffleAfter(how), X, square if how == "wrapped" else X2,
+                  rules={_symmetric: Elementwise()})
+    assert prunable(pm).get("a") == 2  # the shuffle's two groups tie channels in pairs
+
+
+def test_a_users_module_counts_as_its_own_code_whatever_its_file_is_called():
+    """``operators.py`` or ``torch_utils.py`` passed a prefix test for torch's own code."""
+    from fxprune.rules.elementwise import Elementwise
+
+    class Branch(BranchOnResolution):
+        def forward(self, x):
+            return super().forward(x)
+
+    Branch.__module__ = Branch.forward.__module__ = "torch_utils"
+
+    class Model(ChunkOfFlattened):
+        def __init__(self):
+            super().__init__()
+            self.branch = Branch()
+
+        def forward(self, x):
+            return super().forward(self.branch(x))
+
+    pm, _ = check(Model(), X, X2, rules={Branch: Elementwise()})
+    assert "a.0" not in prunable(pm)

@@ -188,8 +188,20 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
 
     report(run / "model_pruned.pt")
     assert load_points([run])[0].latency_ms == {1: 1.5}  # the run's own model: counted
-    report(d / "model.onnx")
-    assert load_points([run])[0].latency_ms == {1: 1.5}  # its ONNX export, inside the run: counted
+    # deploy's export of the run's model, deployed again at another batch: counted
+    d64 = run / "deploy_b64"
+    d64.mkdir()
+    (d64 / ".fxprune-deploy").write_text("deploy\n")
+    report(d / "model.onnx", batch=64, where=d64)
+    assert load_points([run])[0].latency_ms == {1: 1.5, 64: 1.5}
+    # ... but not a deploy folder's model.onnx that another model was exported to
+    report(run / "other_model.pt")
+    report(d / "model.onnx", batch=64, where=d64)
+    (d / "report.json").unlink()
+    with pytest.raises(PlotError, match="deploy_b64/report.json timed .*model.onnx, not the model"):
+        load_points([run])
+    import shutil
+    shutil.rmtree(d64)
 
     for other in (run / "other_model.pt", tmp_path / "elsewhere" / "m.pt"):
         report(other)
@@ -198,6 +210,7 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     report(d / "gone" / "model.onnx")
     (d / "gone").mkdir()
     (d / "gone" / ".fxprune-deploy").write_text("deploy\n")
+    report(run / "model_pruned.pt", where=d / "gone")
     with pytest.raises(PlotError, match="the file is gone"):
         load_points([run])
     # an ONNX file of the user's inside the run may be any model (their dense export)

@@ -245,7 +245,7 @@ class CUCB(PruningMethod):
         return self.budget.fraction(self.active)
 
     def defining_settings(self) -> dict:
-        return {"selection": self.selection}
+        return {"selection": str(self.selection), "mode": str(self.mode)}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -328,8 +328,8 @@ class SMCP(PruningMethod):
             c.param.grad.addcmul_(c.param, off, value=self.masked_decay)  # one fused pass
 
     def defining_settings(self) -> dict:
-        return {"masks": self.masks_kind, "allocation": self.allocation,
-                "importance": self.importance.kind}
+        return {"masks": str(self.masks_kind), "allocation": str(self.allocation),  # plain str:
+                "importance": str(self.importance.kind)}  # loadable with weights_only=True
 
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
