@@ -203,11 +203,19 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             # model.onnx whose own report timed the run's model; not a dense model deployed
             # there, nor an ONNX file of the user's, which may be any model)
             ours = path == own
+            source = path.parent / "report.json"
             if not ours and path.name == "model.onnx" and path.is_relative_to(run) and (
-                    path.parent / DEPLOY_MARKER).is_file() and (path.parent / "report.json").is_file():
-                source = _read_json(path.parent / "report.json")
-                made_from = source.get("model_file") if isinstance(source, dict) else None
-                ours = isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
+                    path.parent / DEPLOY_MARKER).is_file() and source.is_file() and (
+                    not path.is_file() or path.stat().st_mtime <= source.stat().st_mtime) and \
+                    source.stat().st_mtime >= finished:
+                # ... written by that deploy (not by a later one that failed, nor before the run
+                # was redone), whose report timed the run's model
+                made_from = _read_json(source)
+                made_from = made_from.get("model_file") if isinstance(made_from, dict) else None
+                try:
+                    ours = isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
+                except (OSError, ValueError):  # a NUL in the path
+                    ours = False
             if not ours or not path.is_file():
                 raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
                                 f"{' (the file is gone)' if ours else ''}; deploy "

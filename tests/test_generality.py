@@ -998,3 +998,45 @@ def test_a_users_module_counts_as_its_own_code_whatever_its_file_is_called():
 
     pm, _ = check(Model(), X, X2, rules={Branch: Elementwise()})
     assert "a.0" not in prunable(pm)
+
+
+class PoolWhenLarge(nn.Module):
+    """Called as one op: pools to 4x4 from 16 pixels wide up, else passes the map on."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 4) if x.shape[-1] >= 16 else x
+
+
+class OwnForwardConv(nn.Conv2d):
+    """A conv with a forward of its own, given a Conv() row (as the README says)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def test_a_size_branch_below_the_example_keeps_a_flatten_split_whole():
+    """The branch fixes no size (w >= 16), so the symbolic run saw nothing; the split was
+    pruned and the finalized model failed at 12x12, where the original runs (break pass 20)."""
+    from fxprune.rules.elementwise import Spatial
+
+    class Model(ChunkOfFlattened):
+        def __init__(self):
+            super().__init__()
+            self.branch = PoolWhenLarge()
+
+        def forward(self, x):
+            return super().forward(self.branch(x))
+
+    pm, _ = check(Model(), X, torch.randn(3, 3, 12, 12), rules={PoolWhenLarge: Spatial()})
+    assert "a.0" not in prunable(pm)
+
+
+def test_a_stem_with_its_own_forward_does_not_block_a_shuffle_split():
+    """Its weight fixes the input's channels inside code the trace did not see, which made
+    the symbolic run give up: every shuffle split became a barrier (break pass 20)."""
+    from fxprune.rules.layers import Conv
+
+    model = ShuffleAfter("plain")
+    model.a = OwnForwardConv(3, 4, 3, padding=1)
+    pm, _ = check(model, X, X2, rules={OwnForwardConv: Conv()})
+    assert prunable(pm).get("a") == 2

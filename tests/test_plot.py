@@ -200,6 +200,13 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     (d / "report.json").unlink()
     with pytest.raises(PlotError, match="deploy_b64/report.json timed .*model.onnx, not the model"):
         load_points([run])
+    # ... nor one written after its folder's report (a later deploy there that failed)
+    report(run / "model_pruned.pt")
+    report(d / "model.onnx", batch=64, where=d64)
+    later = (d / "report.json").stat().st_mtime + 5
+    os.utime(d / "model.onnx", (later, later))
+    with pytest.raises(PlotError, match="deploy_b64/report.json timed .*model.onnx, not the model"):
+        load_points([run])
     import shutil
     shutil.rmtree(d64)
 

@@ -533,3 +533,6 @@ def test_a_state_names_the_recipe_method_that_built_it():
     control = get_method("cucb_random").build(prepared(), rho=0.5, channel_step=4).state_dict()
     with pytest.raises(ValueError, match=r"selection='random' \(here 'cucb'\)"):
         fxprune.CUCB(prepared(), rho=0.5, channel_step=4).load_state_dict(control)
+    older = get_method("cucb").build(prepared(), rho=0.5, channel_step=4).state_dict()
+    del older["settings"]["mode"]  # a state that recorded fewer settings still resumes
+    fxprune.CUCB(prepared(), rho=0.5, channel_step=4).load_state_dict(older)

@@ -218,9 +218,10 @@ class PruningMethod:
                              f"method, not {mine!r}: load it into the method that saved it "
                              f"(prune.method: {saved_as or saved_by} in a recipe)")
         theirs, ours = state.get("settings"), self.defining_settings()
-        if isinstance(theirs, dict) and theirs != ours:
-            differ = ", ".join(f"{k}={theirs.get(k)!r} (here {ours.get(k)!r})"
-                               for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
+        # settings a state records (an older one may record fewer) must be this pruner's
+        differ = ", ".join(f"{k}={theirs[k]!r} (here {ours[k]!r})" for k in sorted(ours)
+                           if isinstance(theirs, dict) and k in theirs and theirs[k] != ours[k])
+        if differ:
             raise ValueError(f"this pruner state was saved by a {saved_as or saved_by!r} pruner "
                              f"with {differ}: another method; load it into a pruner built with "
                              "the settings that saved it")
