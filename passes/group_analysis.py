@@ -24,7 +24,7 @@ from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, 
 from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
 
 from .shape_prop import NodeFacts, TensorMeta
-from .symbolic_dims import input_dependent_dims
+from .size_probe import input_dependent_dims
 
 
 def module_rule(cls: type, extra_rules: dict | None = None):
@@ -120,7 +120,7 @@ class ChannelAnalysis(NodeFacts):
     def size_follows_inputs(self, node: fx.Node, dim: int) -> bool:
         """Whether ``node``'s size along ``dim`` changes with the inputs' sizes (H*W in a
         flatten), not fixed by the model (a channel shuffle's groups); True when unknown."""
-        if not hasattr(self, "_input_dependent"):  # a fake run of the graph, only when asked
+        if not hasattr(self, "_input_dependent"):  # fake runs of the graph, only when asked
             self._input_dependent = input_dependent_dims(self.gm)
         dims = (self._input_dependent or {}).get(node.name)
         return dims is None or dim in dims
