@@ -206,8 +206,10 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             source = path.parent / "report.json"
             if not ours and path.name == "model.onnx" and path.is_relative_to(run) and (
                     path.parent / DEPLOY_MARKER).is_file() and source.is_file() and (
-                    not path.is_file() or path.stat().st_mtime <= source.stat().st_mtime) and \
+                    not path.is_file() or path.stat().st_mtime <= min(
+                        source.stat().st_mtime, report.stat().st_mtime)) and \
                     source.stat().st_mtime >= finished:
+                # (the file older than both reports: a report older than it timed another file)
                 # ... written by that deploy (not by a later one that failed, nor before the run
                 # was redone), whose report timed the run's model
                 made_from = _read_json(source)

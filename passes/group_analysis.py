@@ -117,13 +117,13 @@ class ChannelAnalysis(NodeFacts):
     def module_name(self) -> str:
         return self.node.target
 
-    def size_follows_inputs(self, node: fx.Node, dim: int) -> bool:
+    def size_follows_inputs(self, node: fx.Node, dim: int) -> bool | None:
         """Whether ``node``'s size along ``dim`` changes with the inputs' sizes (H*W in a
-        flatten), not fixed by the model (a channel shuffle's groups); True when unknown."""
+        flatten), not fixed by the model (a channel shuffle's groups); None when unknown."""
         if not hasattr(self, "_input_dependent"):  # fake runs of the graph, only when asked
             self._input_dependent = input_dependent_dims(self.gm)
         dims = (self._input_dependent or {}).get(node.name)
-        return dims is None or dim in dims
+        return None if dims is None else dim in dims
 
     # -- what rules do ---------------------------------------------------------------------------
     def space(self, tensor: str, dim: int, *, source: bool = False) -> np.ndarray:

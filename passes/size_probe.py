@@ -9,7 +9,8 @@ and with every size but a 4-D input's channels changed together (a model that ne
 and records the dims whose size moved.
 
 A run the model cannot do (a conv's weight fixes the input's channels; a linear after a flatten
-fixes the resolution) says that size is fixed, so it is skipped. Code the trace did not see
+fixes the resolution) is skipped; when no probe of an input size ran at all, the answer is
+unknown, except for a float input's channels (dim 1 of N, C, ...), which the weights fix. Code the trace did not see
 runs for real on the perturbed shapes, so a branch on the size inside it is followed as the
 model would (a symbolic run could not tell such a branch from a size the model needs).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import warnings
 
 import torch
 from torch import fx
@@ -33,6 +35,9 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
         gm = copy.deepcopy(gm)  # and a fake tensor kept in the real model would break it
     except Exception:  # noqa: BLE001 - a model deepcopy cannot copy
         return None
+    for m in gm.modules():  # the user's hooks would see fake tensors (and could keep them)
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
     metas = [n.meta.get("fxprune_value") for n in gm.graph.find_nodes(op="placeholder")]
     with _quiet():
         example = _shapes(gm, metas, {})
@@ -52,6 +57,19 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
     moved: dict[str, set[int]] = {name: set() for name in example}
     with _quiet():
         runs = [_shapes(gm, metas, sizes) for sizes in moves]
+    inputs = {n.name for n in gm.graph.find_nodes(op="placeholder")}
+    # a probe tells something only if the model ran and a size past its inputs moved (a
+    # stride can round n-1 back to n's size)
+    ran = {key for sizes, shapes in zip(moves, runs) if shapes is not None
+           and any(shapes.get(name) != shape for name, shape in example.items() if name not in inputs)
+           for key in sizes}
+    untried = [(i, d) for i, d, _ in dims if (i, d) not in ran
+               and not (metas[i].dtype.is_floating_point and len(metas[i].shape) >= 3 and d == 1)]
+    if untried:
+        # no probe of a size ran: it may be one the model needs, or one it takes only at sizes
+        # the probes missed (a stride, a position table, another input sized with it); only a
+        # float input's channels (dim 1 of N, C, ...) are taken as fixed by the weights
+        return None
     for shapes in runs:
         if shapes is None:  # the model cannot run there: a size it needs
             continue
@@ -71,12 +89,15 @@ _PROBES = (lambda n: 2 * n, lambda n: n - 1 if n > 2 else n, lambda n: 2 if n > 
 
 @contextlib.contextmanager
 def _quiet():
-    """FakeTensorMode logs the failures of the runs the model cannot do: they are expected."""
+    """FakeTensorMode logs the failures of the runs the model cannot do (they are expected),
+    and the model's own warnings would speak of sizes the user never passed."""
     logger = logging.getLogger("torch._subclasses.fake_tensor")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logger.setLevel(level)
 

@@ -207,6 +207,14 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     os.utime(d / "model.onnx", (later, later))
     with pytest.raises(PlotError, match="deploy_b64/report.json timed .*model.onnx, not the model"):
         load_points([run])
+    # ... nor one written after the report that names it (it timed what was there before)
+    report(run / "model_pruned.pt")
+    report(d / "model.onnx", batch=64, where=d64)
+    now = (d64 / "report.json").stat().st_mtime
+    os.utime(d / "model.onnx", (now + 5, now + 5))  # redeployed in d after d64 timed it
+    os.utime(d / "report.json", (now + 10, now + 10))
+    with pytest.raises(PlotError, match="deploy_b64/report.json timed .*model.onnx, not the model"):
+        load_points([run])
     import shutil
     shutil.rmtree(d64)
 

@@ -109,11 +109,14 @@ class Split(ChannelRule):
                 ctx.untracked(labels[d], "unbound into single channels")
             rest = {(k if k < d else k - 1): v for k, v in labels.items() if k != d}
             return tuple(dict(rest) for _ in outs)
-        if d in labels and _merges_channels(labels[d]) and ctx.size_follows_inputs(x, d):
+        follows = ctx.size_follows_inputs(x, d) if d in labels and _merges_channels(labels[d]) else False
+        if follows is not False:
             # flatten(1).chunk(2, 1): the pieces' sizes count channels times H*W, which surgery
             # would write in as the example's numbers (a shuffle's channels times its groups, or
             # torch.cat([y, y]), are sizes the model fixes: those splits are followed)
-            ctx.untracked(labels[d], "split of a dim that merges channels with other dims")
+            ctx.untracked(labels[d], "split of a dim that merges channels with other dims"
+                          if follows else "split of repeated channels whose size fxprune could "
+                          "not try at other input sizes (passes/size_probe.py)")
         result, start = [], 0
         for piece in outs:
             size = piece.shape[d]
