@@ -122,8 +122,11 @@ class ChannelAnalysis(NodeFacts):
         flatten), not fixed by the model (a channel shuffle's groups); None when unknown."""
         if not hasattr(self, "_input_dependent"):  # fake runs of the graph, only when asked
             self._input_dependent = input_dependent_dims(self.gm)
-        dims = (self._input_dependent or {}).get(node.name)
-        return None if dims is None else dim in dims
+        entry = (self._input_dependent or {}).get(node.name)
+        if entry is None:
+            return None
+        moved, complete = entry
+        return True if dim in moved else False if complete else None
 
     # -- what rules do ---------------------------------------------------------------------------
     def space(self, tensor: str, dim: int, *, source: bool = False) -> np.ndarray:

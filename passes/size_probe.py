@@ -9,10 +9,11 @@ and with every size but a 4-D input's channels changed together (a model that ne
 and records the dims whose size moved.
 
 A run the model cannot do (a conv's weight fixes the input's channels; a linear after a flatten
-fixes the resolution) is skipped; when no probe of an input size ran at all, the answer is
-unknown, except for a float input's channels (dim 1 of N, C, ...), which the weights fix. Code the trace did not see
-runs for real on the perturbed shapes, so a branch on the size inside it is followed as the
-model would (a symbolic run could not tell such a branch from a size the model needs).
+fixes the resolution) is skipped. A dim that did not move counts as fixed only if every input
+size reached its node in some probe that ran; else the answer is unknown (a stride can round
+n-1 back to n's size, a position table refuse 2n), except for a float input's dim 1 (channels,
+features), which the weights fix. Code the trace did not see runs for real on the probed
+shapes, so a branch on the size inside it is followed as the model would.
 """
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ from torch import fx
 from .shape_prop import TensorMeta
 
 
-def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None:
-    """``{node name: dims whose size changed when an input size did}`` for every tensor node,
-    or None when the graph does not run on fake tensors even at the example's sizes (fxprune
-    then assumes the worst). Reads the placeholders' shapes left by ``propagate_shapes``."""
+def input_dependent_dims(gm: fx.GraphModule) -> dict[str, tuple[frozenset[int], bool]] | None:
+    """``{node name: (dims whose size moved when an input size did, complete)}`` for every
+    tensor node. ``complete`` is False when some input size (other than a float input's dim 1:
+    channels or features) never reached the node in a probe that ran: a dim that did
+    not move is then not known to be fixed. None when the graph does not run on fake tensors
+    even at the example's sizes. Reads the placeholders' shapes left by ``propagate_shapes``."""
     try:  # a copy: a module may cache what its forward computes (timm's attention biases),
         gm = copy.deepcopy(gm)  # and a fake tensor kept in the real model would break it
     except Exception:  # noqa: BLE001 - a model deepcopy cannot copy
@@ -54,32 +57,27 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, frozenset[int]] | None
                     and not (len(metas[i].shape) == 4 and d == 1)}  # all but NCHW channels
         if len(together) > 1:
             moves.append(together)
-    moved: dict[str, set[int]] = {name: set() for name in example}
     with _quiet():
         runs = [_shapes(gm, metas, sizes) for sizes in moves]
-    inputs = {n.name for n in gm.graph.find_nodes(op="placeholder")}
-    # a probe tells something only if the model ran and a size past its inputs moved (a
-    # stride can round n-1 back to n's size)
-    ran = {key for sizes, shapes in zip(moves, runs) if shapes is not None
-           and any(shapes.get(name) != shape for name, shape in example.items() if name not in inputs)
-           for key in sizes}
-    untried = [(i, d) for i, d, _ in dims if (i, d) not in ran
-               and not (metas[i].dtype.is_floating_point and len(metas[i].shape) >= 3 and d == 1)]
-    if untried:
-        # no probe of a size ran: it may be one the model needs, or one it takes only at sizes
-        # the probes missed (a stride, a position table, another input sized with it); only a
-        # float input's channels (dim 1 of N, C, ...) are taken as fixed by the weights
-        return None
-    for shapes in runs:
-        if shapes is None:  # the model cannot run there: a size it needs
+    # the input sizes whose change must reach a node before a still dim of it counts as fixed:
+    # a float input's dim 1 (channels, features) is fixed by the first layer's weights
+    needed = {(i, d) for i, d, _ in dims
+              if not (metas[i].dtype.is_floating_point and d == 1)}
+    moved: dict[str, set[int]] = {name: set() for name in example}
+    reached: dict[str, set] = {name: set() for name in example}
+    for sizes, shapes in zip(moves, runs):
+        if shapes is None:  # the model cannot run there (a size it needs, or one it rounds)
             continue
         for name, shape in example.items():
             other = shapes.get(name)
             if other is None or len(other) != len(shape):
                 moved[name].update(range(len(shape)))  # another path: assume every dim moves
-            else:
+            elif other != shape:
                 moved[name].update(d for d, (a, b) in enumerate(zip(shape, other)) if a != b)
-    return {name: frozenset(moving) for name, moving in moved.items()}
+                reached[name].update(sizes)
+    # a size no probe carried to the node (a stride rounding n-1 back, a position table
+    # refusing 2n, a stem refusing 2) may still move it at sizes the probes missed
+    return {name: (frozenset(moved[name]), needed <= reached[name]) for name in example}
 
 
 # the other sizes an input dim is tried at: above the example, just below it, and small (a size
