@@ -775,10 +775,12 @@ class BranchOnResolution(nn.Module):
         return x * 1.0 if x.shape[2] == 16 and x.shape[3] == 16 else x * 2.0
 
 
-class ChunkOfFlattenedAfterABranch(ChunkOfFlattened):
-    def __init__(self):
+class ChunkOfFlattenedAfter(ChunkOfFlattened):
+    """``branch`` (a module called as one op) before the flatten split."""
+
+    def __init__(self, branch):
         super().__init__()
-        self.branch = BranchOnResolution()
+        self.branch = branch
 
     def forward(self, x):
         return super().forward(self.branch(x))
@@ -789,7 +791,8 @@ def test_a_size_fixed_by_a_branch_does_not_make_a_flatten_split_prunable():
     finalized model failed at 24x20, where the original runs."""
     from fxprune.rules.elementwise import Elementwise
 
-    pm, _ = check(ChunkOfFlattenedAfterABranch(), X, X2, rules={BranchOnResolution: Elementwise()})
+    pm, _ = check(ChunkOfFlattenedAfter(BranchOnResolution()), X, X2,
+                  rules={BranchOnResolution: Elementwise()})
     (a,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a.0"]]
     assert not a.prunable and "split of a dim that merges channels" in a.reason
 
@@ -991,16 +994,7 @@ def test_a_users_module_counts_as_its_own_code_whatever_its_file_is_called():
             return super().forward(x)
 
     Branch.__module__ = Branch.forward.__module__ = "torch_utils"
-
-    class Model(ChunkOfFlattened):
-        def __init__(self):
-            super().__init__()
-            self.branch = Branch()
-
-        def forward(self, x):
-            return super().forward(self.branch(x))
-
-    pm, _ = check(Model(), X, X2, rules={Branch: Elementwise()})
+    pm, _ = check(ChunkOfFlattenedAfter(Branch()), X, X2, rules={Branch: Elementwise()})
     assert "a.0" not in prunable(pm)
 
 
@@ -1023,15 +1017,8 @@ def test_a_size_branch_below_the_example_keeps_a_flatten_split_whole():
     pruned and the finalized model failed at 12x12, where the original runs (break pass 20)."""
     from fxprune.rules.elementwise import Spatial
 
-    class Model(ChunkOfFlattened):
-        def __init__(self):
-            super().__init__()
-            self.branch = PoolWhenLarge()
-
-        def forward(self, x):
-            return super().forward(self.branch(x))
-
-    pm, _ = check(Model(), X, torch.randn(3, 3, 12, 12), rules={PoolWhenLarge: Spatial()})
+    pm, _ = check(ChunkOfFlattenedAfter(PoolWhenLarge()), X, torch.randn(3, 3, 12, 12),
+                  rules={PoolWhenLarge: Spatial()})
     assert "a.0" not in prunable(pm)
 
 
