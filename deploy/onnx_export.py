@@ -87,10 +87,13 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 f"{dynamo_err}\nTorchScript: {type(legacy_err).__name__}: {legacy_err}"
             ) from legacy_err
     check_onnx(path)
-    written = written_opset(path)
+    import onnx
+
+    graph_only = onnx.load(path, load_external_data=False)  # what the file declares, read once
+    written = written_opset(graph_only)
     if written != opset:  # the dynamo exporter writes the opsets it supports, not any asked for
         log(f"opset {opset} was asked for; the {exporter} exporter wrote opset {written}")
-    batch_dim = written_batch_dim(path)
+    batch_dim = written_batch_dim(graph_only)
     if dynamic_batch and isinstance(batch_dim, int):  # the model's code fixed it (reshape(1, -1))
         log(f"the {exporter} exporter fixed the batch at {batch_dim} (the model's code depends "
             f"on it): {os.path.basename(path)} runs at batch {batch_dim} only")
@@ -102,34 +105,25 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
 _ONNX_PRECISIONS = {1: "fp32", 10: "fp16", 16: "bf16"}  # TensorProto elem types deploy times
 
 
-def written_precision(path: str) -> str | None:
-    """The first input's float type as the ONNX file declares it (``"fp16"``...), None when it
-    is not a float input."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
+def written_precision(model) -> str | None:
+    """The first input's float type an ONNX model (``onnx.ModelProto``) declares (``"fp16"``...),
+    None when it is not a float input."""
     if not model.graph.input:
         return None
     return _ONNX_PRECISIONS.get(model.graph.input[0].type.tensor_type.elem_type)
 
 
-def written_batch_dim(path: str) -> int | str | None:
-    """The first input's dim 0 as the ONNX file declares it: a number when fixed, a name
-    (``"batch"``) when dynamic, None when not declared (its weights are not read)."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
+def written_batch_dim(model) -> int | str | None:
+    """The first input's dim 0 an ONNX model (``onnx.ModelProto``) declares: a number when
+    fixed, a name (``"batch"``) when dynamic, None when not declared."""
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
     if not dims:
         return None
     return dims[0].dim_value if dims[0].HasField("dim_value") else (dims[0].dim_param or None)
 
 
-def written_opset(path: str) -> int:
-    """The default-domain opset version an ONNX file declares (its weights are not read)."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
+def written_opset(model) -> int:
+    """The default-domain opset version an ONNX model (``onnx.ModelProto``) declares."""
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 

@@ -346,14 +346,15 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
     """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported)."""
     import shutil
 
-    from .onnx_export import check_onnx, written_precision
+    import onnx
+
+    from .onnx_export import check_onnx, written_opset, written_precision
 
     check_onnx(source)
-    written = written_precision(source)
+    m = read_onnx(source)  # the graph only: what the file declares
+    written = written_precision(m)
     if written is None:
-        import onnx
-
-        inputs = read_onnx(source).graph.input
+        inputs = m.graph.input
         kind = (onnx.TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type)
                 if inputs else "none")
         raise DeployError(f"{source}'s input is of type {kind}: fxprune deploy times models "
@@ -362,24 +363,21 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "
                           f"--precision {written}, or give a file exported at {precision}")
-    import onnx
-
-    m = read_onnx(source)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
     if os.path.realpath(source) == os.path.realpath(path):  # a symlink to it is the file too
         pass
     elif external:
         # its weights sit in a side file named inside it: saved again beside the copy under
         # deploy's own name (model.onnx.data), so MODEL and --compare never share one
-        m = read_onnx(source, load_external_data=True)
-        onnx.save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
+        whole = read_onnx(source, load_external_data=True)
+        onnx.save_model(whole, path, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{os.path.basename(path)}.data")
-        external = any(t.data_location == onnx.TensorProto.EXTERNAL
-                       for t in read_onnx(path).graph.initializer)
+        # small tensors stay inside the file (onnx's size threshold)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in whole.graph.initializer)
     else:
         shutil.copyfile(source, path)
     log(f"using ONNX file {source} as it is (no PyTorch model to compare its outputs with)")
-    return {"path": path, "exporter": "given", "opset": m.opset_import[0].version,
+    return {"path": path, "exporter": "given", "opset": written_opset(m),
             "precision": precision, "source": os.fspath(source), "max_abs_diff": None,
             "external_data": external, "outputs": [o.name for o in m.graph.output]}
 
