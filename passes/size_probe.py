@@ -41,9 +41,12 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, tuple[frozenset[int], 
     for m in gm.modules():  # the user's hooks would see fake tensors (and could keep them)
         m._forward_hooks.clear()
         m._forward_pre_hooks.clear()
+    gm.eval()  # as propagate_shapes: no norm statistics touched (the copy's flags only)
+    tensors = [*gm.parameters(), *gm.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
     metas = [n.meta.get("fxprune_value") for n in gm.graph.find_nodes(op="placeholder")]
     with _quiet():
-        example = _shapes(gm, metas, {})
+        example = _shapes(gm, metas, {}, device)
     if example is None:  # data-dependent code, ops without a fake kernel
         return None
     dims = [(i, d, size) for i, m in enumerate(metas) if isinstance(m, TensorMeta)
@@ -58,7 +61,7 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, tuple[frozenset[int], 
         if len(together) > 1:
             moves.append(together)
     with _quiet():
-        runs = [_shapes(gm, metas, sizes) for sizes in moves]
+        runs = [_shapes(gm, metas, sizes, device) for sizes in moves]
     # the input sizes whose change must reach a node before a still dim of it counts as fixed:
     # a float input's dim 1 (channels, features) is fixed by the first layer's weights
     needed = {(i, d) for i, d, _ in dims
@@ -100,15 +103,12 @@ def _quiet():
         logger.setLevel(level)
 
 
-def _shapes(gm: fx.GraphModule, metas: list, sizes: dict) -> dict[str, tuple] | None:
-    """Every tensor node's shape on fake inputs whose ``(input, dim)`` sizes are ``sizes``
-    (the example's elsewhere); None when the graph fails there."""
+def _shapes(gm: fx.GraphModule, metas: list, sizes: dict, device) -> dict[str, tuple] | None:
+    """Every tensor node's shape on fake inputs (on ``device``) whose ``(input, dim)`` sizes
+    are ``sizes`` (the example's elsewhere); None when the graph fails there."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    tensors = [*gm.parameters(), *gm.buffers()]
-    device = tensors[0].device if tensors else torch.device("cpu")
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    modes = {m: m.training for m in gm.modules()}
     args = []
     for i, meta in enumerate(metas):
         if isinstance(meta, TensorMeta):
@@ -126,13 +126,9 @@ def _shapes(gm: fx.GraphModule, metas: list, sizes: dict) -> dict[str, tuple] | 
                 shapes[n.name] = tuple(result.shape)
             return result
 
-    gm.eval()  # as propagate_shapes: no norm statistics touched
     try:
         with mode, torch.no_grad():
             _Run(gm).run(*args)
     except Exception:  # noqa: BLE001 - a size the model cannot take, or code fake tensors cannot run
         return None
-    finally:
-        for m, training in modes.items():
-            m.training = training
     return shapes
