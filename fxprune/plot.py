@@ -87,10 +87,17 @@ def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
     return float(value)
 
 
-def _path_or_none(value, source: str) -> str | None:
+def _path_or_none(value, what: str, source: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise PlotError(f"{source}: model must be a path, got {value!r}")
+        raise PlotError(f"{source}: {what} must be a path, got {value!r}")
     return value
+
+
+def _positive(value, what: str, source: str) -> float:
+    number = _number(value, what, source)
+    if number <= 0:
+        raise PlotError(f"{source}: {what} must be positive, got {value!r}")
+    return number
 
 
 def _not_negative(value, what: str, source: str) -> float:
@@ -120,10 +127,7 @@ def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int,
     """``{batch: value}`` from a row's ``latency_ms`` (or ``speedup``): a number for the file's
     batch or a ``{"BATCH": number}`` mapping; every value must be positive."""
     def positive(v, name):
-        number = _number(v, name, source)
-        if number <= 0:
-            raise PlotError(f"{source}: {name} must be positive, got {v!r}")
-        return number
+        return _positive(v, name, source)
 
     if value is None:
         return {}
@@ -144,8 +148,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
     """Median latency per batch from the deploy reports written in a run folder (the folder
     itself or its sub-folders). A report counts only if it is newer than the run's
     results.json (a run redone with --overwrite leaves its old deploy folders behind) and,
-    when it names the model file it timed, that file is the run's model or an ONNX file
-    inside the run folder (not a deploy's ``dense.onnx``); a report naming no file (a module
+    when it names the model file it timed, that file is the run's model or a deploy's export
+    of it inside the run folder (:func:`_export_of`); a report naming no file (a module
     deployed from Python) must count the run's parameters. Anything else is an error, not a
     point."""
     out: dict[int, float] = {}
@@ -159,6 +163,12 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         recorded = Path(run_model).expanduser()
         own = (run_dir / recorded.name).resolve()
         old_run = recorded.parent.resolve() if recorded.is_absolute() else None
+
+    def inside(p: Path) -> Path:
+        if old_run is not None and old_run != run and p.is_relative_to(old_run):
+            return run / p.relative_to(old_run)
+        return p
+
     for sub in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
@@ -170,13 +180,11 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             raise PlotError(f"{report} is not an fxprune deploy report (no batch and "
                             "latency_ms.median)") from None
         batch = _batch_size(batch, "batch", str(report))
-        median = _number(median, "latency_ms.median", str(report))
-        if median <= 0:
-            raise PlotError(f"{report}: latency_ms.median must be positive, got {median!r}")
+        median = _positive(median, "latency_ms.median", str(report))
         if report.stat().st_mtime < finished:
             raise PlotError(f"{report} is older than the run's {results.name}: it timed a model "
                             f"of an earlier run in {run_dir}; deploy the run again or remove it")
-        timed = data.get("model_file")
+        timed = _path_or_none(data.get("model_file"), "model_file", str(report))
         if timed is None and (run_params is None or data.get("params") != run_params):
             theirs = (f"the run's {run_params}" if run_params is not None
                       else f"given in the run's {results.name}")
@@ -185,39 +193,16 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                             f"{theirs}: it may be another model; deploy "
                             f"{own or run_dir / 'model_pruned.pt'} there, or move that report "
                             "out of the run")
-        if timed is not None and not isinstance(timed, str):
-            raise PlotError(f"{report}: model_file must be a path, got {timed!r}")
         if timed is not None:
             try:
                 path = Path(timed).resolve()
             except (OSError, ValueError) as exc:  # a NUL in the path
                 raise PlotError(f"{report}: model_file {timed!r} is not a path ({exc})") from None
-
-            def inside(p: Path) -> Path:
-                if old_run is not None and old_run != run and p.is_relative_to(old_run):
-                    return run / p.relative_to(old_run)
-                return p
-
             path = inside(path)
-            # the run's model, or deploy's export of it inside the run (a deploy folder's
-            # model.onnx whose own report timed the run's model; not a dense model deployed
-            # there, nor an ONNX file of the user's, which may be any model)
-            ours = path == own
-            source = path.parent / "report.json"
-            if not ours and path.name == "model.onnx" and path.is_relative_to(run) and (
-                    path.parent / DEPLOY_MARKER).is_file() and source.is_file() and (
-                    not path.is_file() or path.stat().st_mtime <= min(
-                        source.stat().st_mtime, report.stat().st_mtime)) and \
-                    source.stat().st_mtime >= finished:
-                # (the file older than both reports: a report older than it timed another file)
-                # ... written by that deploy (not by a later one that failed, nor before the run
-                # was redone), whose report timed the run's model
-                made_from = _read_json(source)
-                made_from = made_from.get("model_file") if isinstance(made_from, dict) else None
-                try:
-                    ours = isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
-                except (OSError, ValueError):  # a NUL in the path
-                    ours = False
+            # the run's model, or deploy's export of it inside the run (not a dense model
+            # deployed there, nor an ONNX file of the user's, which may be any model)
+            ours = path == own or (path.is_relative_to(run) and _export_of(
+                path, own, timed_by=report, after=finished, inside=inside))
             if not ours or not path.is_file():
                 raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
                                 f"{' (the file is gone)' if ours else ''}; deploy "
@@ -229,6 +214,26 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
     return out
 
 
+def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, inside) -> bool:
+    """Whether ``path`` is a deploy folder's ``model.onnx`` exported from ``own``: that folder's
+    report timed ``own`` and is newer than ``after`` (the run), and the file is no newer than
+    it or than ``timed_by`` (a later deploy there, even a failed one, rewrote it). ``inside``
+    maps a path recorded in a run folder that has moved since."""
+    source = path.parent / "report.json"
+    if path.name != "model.onnx" or not (path.parent / DEPLOY_MARKER).is_file() or not source.is_file():
+        return False
+    if source.stat().st_mtime < after:
+        return False
+    if path.is_file() and path.stat().st_mtime > min(source.stat().st_mtime, timed_by.stat().st_mtime):
+        return False
+    made_from = _read_json(source)
+    made_from = made_from.get("model_file") if isinstance(made_from, dict) else None
+    try:
+        return isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
+    except (OSError, ValueError):  # a NUL in the path
+        return False
+
+
 def _run_point(results: Path, run_dir: Path | None) -> Point:
     data = _read_json(results)
     source = str(results)
@@ -238,7 +243,7 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
     label = (run_dir or results.parent).name or str(results)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _not_negative(data["flops"], "flops", source),
-                 _deploy_latencies(run_dir, results, _path_or_none(data.get("model"), source),
+                 _deploy_latencies(run_dir, results, _path_or_none(data.get("model"), "model", source),
                                    data.get("params"))
                  if run_dir is not None else {},
                  source=source)
