@@ -116,7 +116,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
     out_dir = os.path.expanduser(os.fspath(out_dir))
-    _check_out_dir(out_dir, compare is not None)
+    _check_out_dir(out_dir)
     _check_not_overwritten(out_dir, model=model, dense=compare)
     if device is not None:
         try:
@@ -287,7 +287,7 @@ def _record_written(out_dir: str) -> dict[str, list[int]]:
     return record
 
 
-def _check_out_dir(out_dir: str, compare: bool) -> None:
+def _check_out_dir(out_dir: str) -> None:
     """``out_dir`` is a folder; files of the names deploy writes there must be its own: each
     one recorded (size and modification time) in the folder's marker when deploy wrote it."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

@@ -10,6 +10,7 @@ graph of spaces). A group's mask has one entry per unit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -57,6 +58,7 @@ class StatSite:
     act_dims: tuple[int, ...]  # dims of its input that carry channels
     mask_dims: tuple[int, ...]  # the same dims, counted within the normalized shape
     labels: list[np.ndarray]  # the input's labels on those dims
+    rule: Any = None  # its op-table row, which owns its masked form (mask_statistics)
 
 
 @dataclass

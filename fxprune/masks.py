@@ -338,7 +338,7 @@ MASKED_CLASS = {
     nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d,
     nn.ConvTranspose1d: MaskedConvTranspose1d, nn.ConvTranspose2d: MaskedConvTranspose2d,
     nn.ConvTranspose3d: MaskedConvTranspose3d,
-    nn.Linear: MaskedLinear, nn.LayerNorm: MaskedLayerNorm, nn.GroupNorm: MaskedGroupNorm,
+    nn.Linear: MaskedLinear,
 }
 RESCALED_CLASS = {
     nn.BatchNorm1d: RescaledBatchNorm1d, nn.BatchNorm2d: RescaledBatchNorm2d,

@@ -258,10 +258,12 @@ class ChannelAnalysis(NodeFacts):
         self.deferred.append((np.asarray(count_ids), None if dim_ids is None else np.asarray(dim_ids),
                               self.why(reason)))
 
-    def stat_site(self, act_dims: tuple[int, ...], mask_dims: tuple[int, ...]) -> None:
+    def stat_site(self, act_dims: tuple[int, ...], mask_dims: tuple[int, ...], rule=None) -> None:
+        """This node's statistics span its input's channel dims ``act_dims`` (``mask_dims``
+        within the normalized shape): ``rule.mask_statistics`` makes it count kept channels only."""
         labels = self.labels(self.node.args[0])
         self.stat_sites.append(StatSite(self.node.name, act_dims, mask_dims,
-                                        [labels[d] for d in act_dims]))
+                                        [labels[d] for d in act_dims], rule))
 
     def layer(self, spec: LayerSpec, weight: str, in_dim: int, out_dim: int, depthwise: bool = False) -> None:
         """A costed layer: its spec, and which weight dims hold its input and output channels.

@@ -6,20 +6,18 @@ masked form its op-table row names (:mod:`fxprune.masks`) and receives, as an ex
 its per-input-channel mask (a functional ``F.conv2d(x, self.w)`` gets ``mask_weight(w, mask,
 dim)`` as its weight instead): the group's buffer itself when the layer reads exactly that
 group in order, otherwise a ``gather_mask`` node that assembles it (concatenated groups, flatten's repeats, untracked
-positions held at 1). Norms whose statistics span a prunable group get the same treatment.
+positions held at 1). A norm whose statistics span a prunable group becomes its row's masked
+form (``mask_statistics``: statistics over kept channels only), its masks passed likewise.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.errors import FxPruneError
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import (MASKED_CLASS, gather_mask, input_masked_class, mask_weight, masked_layer_norm,
-                           wrap)
+from fxprune.masks import gather_mask, input_masked_class, mask_weight
 
 MASK_OWNER = "fxprune_masks"
 
@@ -105,25 +103,8 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
                 # the mask goes second; the call's other arguments (output_size) stay
                 node.args = (node.args[0], mask, *node.args[1:])
     for stat in channels.stat_sites:
-        if not any(channels.touches_prunable(ids) for ids in stat.labels):
-            continue
-        node = nodes[stat.node]
-        masks = tuple(builder.mask_for(ids) for ids in stat.labels)
-        if node.op == "call_module":
-            module = wrap(gm.get_submodule(node.target), MASKED_CLASS)
-            if isinstance(module, nn.LayerNorm):
-                module.fxprune_mask_dims = stat.mask_dims
-            node.args, node.kwargs = (node.args[0], *masks), {}
-        elif node.target in (F.layer_norm, torch.layer_norm):  # torch's cudnn_enable: not needed
-            args = (node.args[0], node_arg(node, 1, "normalized_shape"), node_arg(node, 2, "weight", None),
-                    node_arg(node, 3, "bias", None), node_arg(node, 4, "eps", 1e-5))
-            node.target = masked_layer_norm
-            node.args, node.kwargs = (*args, stat.mask_dims, *masks), {}
-        else:  # statistics over masked channels would differ from the pruned model's
-            raise FxPruneError(
-                f"the rule for `{node.name}` ({getattr(node.target, '__name__', node.target)}) "
-                "normalizes over pruned channels, and fxprune has a masked form only for norm "
-                "modules, F.layer_norm and torch.layer_norm; call one of those, or give it a rule "
-                "that keeps its channels whole (fxprune.rules.Barrier(\"why\"))")
+        if any(channels.touches_prunable(ids) for ids in stat.labels):
+            masks = tuple(builder.mask_for(ids) for ids in stat.labels)
+            stat.rule.mask_statistics(nodes[stat.node], gm, masks, stat.mask_dims)
     gm.graph.lint()
     gm.recompile()

@@ -12,16 +12,19 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mask_buffer, state_of
 from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, gather_mask,
-                           mask_weight, masked_layer_norm, strip_method_hooks, unwrap)
+                           mask_weight, strip_method_hooks, unwrap)
+from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts
+
+#: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
+_ROW_BEFORE_STAT_RULES = FunctionalLayerNorm()
 
 
 class _FinalizeContext(NodeFacts):
@@ -150,6 +153,9 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     input_masked = {name for name in wrapped if isinstance(modules[name], _InputMasked)}
     for name in wrapped:
         unwrap(modules[name])
+    graph_nodes = {n.name: n for n in gm.graph.nodes}
+    for stat in ch.stat_sites:  # masked functional norms back to the plain call (their row knows how)
+        (stat.rule or _ROW_BEFORE_STAT_RULES).unmask_statistics(graph_nodes[stat.node], gm)
     resized = set()
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
@@ -162,9 +168,6 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             if rule is not None and node.target not in resized:
                 rule.resize(m, node, ctx)
                 resized.add(node.target)
-        elif node.op == "call_function" and node.target is masked_layer_norm:
-            node.target = F.layer_norm
-            node.args = node.args[:5]
         if node.op in ("call_function", "call_method", "call_module"):
             rule = lookup_rule(node, gm, state.rules)
             if rule is not None:

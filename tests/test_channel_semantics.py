@@ -664,3 +664,69 @@ def test_a_user_norm_rule_without_a_masked_form_is_a_clear_error():
     with pytest.raises(fxprune.FxPruneError, match=r"the rule for `_wrapped_layer_norm` .* "
                                                    r"normalizes over pruned channels"):
         fxprune.prepare(Net(), (torch.randn(1, 3, 8, 8),), rules={_wrapped_layer_norm: FunctionalLayerNorm()})
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMS norm over the channel dim of an NCHW map: a user's norm fxprune has no row for."""
+
+    def __init__(self, c, eps=1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.linspace(0.5, 1.5, c)), eps
+
+    def forward(self, x, mask=None):
+        sq = x.pow(2) if mask is None else x.pow(2) * mask.view(1, -1, 1, 1)
+        count = x.shape[1] if mask is None else mask.sum()
+        return x * torch.rsqrt(sq.sum(1, keepdim=True) / count + self.eps) * self.weight.view(1, -1, 1, 1)
+
+
+class MaskedChannelRMSNorm(ChannelRMSNorm):
+    """Its masked form, called as (x, mask): statistics over kept channels only."""
+
+
+class ChannelRMSNormRule(fxprune.rules.ChannelRule):
+    """The user's row: channels pass through, weight follows, the norm's statistics are masked;
+    the row owns its masked form (mask_statistics) and finalize's undo (unmask_statistics)."""
+
+    def propagate(self, ctx):
+        labels = ctx.labels(ctx.node.args[0])
+        ctx.connect(ctx.space(f"{ctx.module_name()}.weight", 0), labels.get(1), "rms norm weight")
+        ctx.stat_site((1,), (0,), self)
+        return dict(labels)
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        gm.get_submodule(node.target).__class__ = MaskedChannelRMSNorm
+        node.args = (node.args[0], *masks)
+
+    def unmask_statistics(self, node, gm):
+        gm.get_submodule(node.target).__class__ = ChannelRMSNorm
+        node.args = node.args[:1]
+
+
+def test_a_user_norm_row_owns_its_masked_form():
+    """Supporting a norm is adding a row: the row's mask_statistics makes the statistics count
+    kept channels only, its unmask_statistics gives finalize the plain module back, and the
+    pruned model equals the masked one (without the masked form it would not: the RMS over 8
+    channels is not the RMS over the kept 4)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ChannelRMSNorm(8), nn.Conv2d(8, 4, 1))
+    pm, small = prune_and_check(model, torch.randn(2, 3, 8, 8), rules={ChannelRMSNorm: ChannelRMSNormRule()})
+    assert type(pm.get_submodule("1")) is MaskedChannelRMSNorm
+    assert type(small.get_submodule("1")) is ChannelRMSNorm
+    assert small.get_submodule("1").weight.shape[0] == groups_by_producer(pm)["0"].kept < 8
+
+
+def test_torch_layer_norm_is_torch_layer_norm_again_after_finalize():
+    """The masked form records the call it replaced: torch.layer_norm (with cudnn_enable) comes
+    back as itself, not as F.layer_norm."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x).permute(0, 2, 3, 1)
+            y = torch.layer_norm(y, (8,), None, None, 1e-5, False)
+            return self.b(y.permute(0, 3, 1, 2))
+
+    pm, small = prune_and_check(Net(), torch.randn(2, 3, 8, 8))
+    assert any(n.target is torch.layer_norm for n in small.graph.nodes)

@@ -7,12 +7,17 @@ buffers ("spaces"); a rule says how an op maps its inputs' labels to its output'
 elements must be equal (``unify``) or may never be removed (``untracked``).
 
 Which op has which behaviour is data: see :mod:`fxprune.op_table`. The kinds live in
-``base`` (the base class, barriers, shape reads), ``elementwise``, ``shape`` and ``layers``. A rule is used in two places:
+``base`` (the base class, barriers, shape reads), ``elementwise``, ``shape`` and ``layers``. A rule
+owns everything about its op:
 
 * ``propagate(ctx)`` during analysis returns the output labels (a dict ``dim -> ids``, or a
   tuple of them for ops returning tuples);
-* ``rewrite(node, ctx)`` during ``finalize`` fixes literal arguments that spell out channel
-  counts (``view(n, 256, 7, 7)``, ``split([32, 32])``, ``x[:, :64]``) for the pruned sizes.
+* the masked form ``prepare`` puts in the graph: ``masked_class`` for a layer whose weight
+  reads channels, ``mask_statistics`` (and finalize's ``unmask_statistics``) for a norm whose
+  statistics span them;
+* ``resize`` and ``rewrite(node, ctx)`` during ``finalize``: a module's size attributes, and
+  literal arguments that spell out channel counts (``view(n, 256, 7, 7)``, ``split([32, 32])``,
+  ``x[:, :64]``) for the pruned sizes.
 """
 from .base import (Barrier, ChannelRule, Labels, Metadata, ShapeRead, SizeOf, check_size_args, node_arg,
                    norm_dim, set_node_arg, varargs)

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import fx
 
+from fxprune.errors import FxPruneError
+
 Labels = dict  # dim -> np.ndarray of element ids
 
 _MISSING = object()
@@ -63,6 +65,23 @@ class ChannelRule:
 
     def resize(self, module, node: fx.Node, ctx) -> None:
         """Set a module's size attributes (``in_channels``...) after its tensors were sliced."""
+
+    def mask_statistics(self, node: fx.Node, gm: fx.GraphModule, masks: tuple, mask_dims: tuple) -> None:
+        """The masked form of a norm: make ``node`` (whose ``propagate`` called ``ctx.stat_site``)
+        compute its statistics over kept channels only. ``masks[i]`` is the node giving the
+        per-position mask of the input dim that ``mask_dims[i]`` indexes within the normalized
+        shape. Default: the op has no masked form, an error (its statistics over masked channels
+        would differ from the pruned model's)."""
+        raise FxPruneError(
+            f"the rule for `{node.name}` ({getattr(node.target, '__name__', node.target)}) "
+            "normalizes over pruned channels, and fxprune has a masked form only for norm "
+            "modules, F.layer_norm and torch.layer_norm; call one of those, or give it a rule "
+            "that keeps its channels whole (fxprune.rules.Barrier(\"why\"))")
+
+    def unmask_statistics(self, node: fx.Node, gm: fx.GraphModule) -> None:
+        """Undo :meth:`mask_statistics` at finalize, before the mask nodes are erased: ``node``
+        must no longer read them. Default: nothing (fxprune's masked norm modules go back to
+        their classes, called with ``x`` alone, with the other wrapped modules)."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from fxprune.cost import LayerSpec
@@ -374,8 +375,12 @@ class LayerNorm(ChannelRule):
                     ctx.connect(self.param_space(ctx, key, j), labels.get(first + j), "layer norm affine")
         masked = tuple(j for j in range(len(shape)) if first + j in labels)
         if masked:
-            ctx.stat_site(tuple(first + j for j in masked), masked)
+            ctx.stat_site(tuple(first + j for j in masked), masked, self)
         return dict(labels)
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import MaskedLayerNorm
+        _mask_norm_module(gm, node, MaskedLayerNorm, masks).fxprune_mask_dims = mask_dims
 
     def param_space(self, ctx, key, j):
         return ctx.space(f"{ctx.module_name()}.{key}", j)
@@ -418,6 +423,23 @@ class FunctionalLayerNorm(LayerNorm):
     def param_space(self, ctx, key, j):
         return ctx.labels(self.normalized(ctx)[1][key]).get(j)
 
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import masked_layer_norm
+        if node.target not in (F.layer_norm, torch.layer_norm):  # a user's function given this row
+            return super(LayerNorm, self).mask_statistics(node, gm, masks, mask_dims)
+        # (x, normalized_shape, weight, bias, eps) and the masks; torch's cudnn_enable is not needed
+        args = (node.args[0], node_arg(node, 1, "normalized_shape"), node_arg(node, 2, "weight", None),
+                node_arg(node, 3, "bias", None), node_arg(node, 4, "eps", 1e-5))
+        node.meta["fxprune_plain_target"] = node.target
+        node.target = masked_layer_norm
+        node.args, node.kwargs = (*args, mask_dims, *masks), {}
+
+    def unmask_statistics(self, node, gm):
+        from fxprune.masks import masked_layer_norm
+        if node.target is masked_layer_norm:  # (a graph masked before the target was recorded: F's)
+            node.target = node.meta.pop("fxprune_plain_target", F.layer_norm)
+            node.args = node.args[:5]
+
     def rewrite(self, node, ctx):
         if isinstance(node_arg(node, 1, "normalized_shape"), fx.Node):
             return  # read from the pruned tensor's shape at run time (checked in propagate)
@@ -449,14 +471,27 @@ class GroupNorm(ChannelRule):
             blocks = labels[1].reshape(m.num_groups, -1)
             for b in range(1, m.num_groups):
                 ctx.unify(blocks[0], blocks[b], "group norm keeps groups equal")
-            ctx.stat_site((1,), (0,))
+            ctx.stat_site((1,), (0,), self)
         for t in ("weight", "bias"):
             if getattr(m, t, None) is not None:
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(1), "group norm affine")
         return dict(labels)
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import MaskedGroupNorm
+        _mask_norm_module(gm, node, MaskedGroupNorm, masks)
 
     def resize(self, m, node, ctx):
         per_channel = m.num_groups == m.num_channels
         m.num_channels = ctx.pruned_size(node.args[0], 1)
         if per_channel:
             m.num_groups = m.num_channels
+
+
+def _mask_norm_module(gm, node, masked_class, masks):
+    """Make the norm module ``node`` calls its masked form, called as ``(x, *masks)`` (surgery
+    drops the masks again with the other wrapped modules')."""
+    from fxprune.masks import wrap
+    module = wrap(gm.get_submodule(node.target), {masked_class._fxprune_base: masked_class})
+    node.args, node.kwargs = (node.args[0], *masks), {}
+    return module
