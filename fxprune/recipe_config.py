@@ -660,7 +660,7 @@ def check_schedule_steps(schedule, target: float, total_steps: int) -> None:
     with it the last update, at its end) must fit before masks freeze and training ends."""
     if schedule is None or target >= 1.0:
         return
-    ramp_end = schedule.warmup + schedule.ramp
+    ramp_end = schedule.ramp_end
     last = total_steps if schedule.freeze_after is None else min(schedule.freeze_after,
                                                                   total_steps)
     if ramp_end > last:

@@ -50,6 +50,13 @@ class PruningSchedule:
         """Cost budget (fraction of dense) at ``step`` when the final target is ``final``."""
         return 1.0 - (1.0 - final) * self.progress(step)
 
+    @property
+    def ramp_end(self) -> int:
+        """The first step whose budget is the final target (an update there reaches it):
+        ``warmup + ramp``, and ``warmup + 1`` for ``ramp=0``, as no update comes at or before
+        the warm-up's last step."""
+        return self.warmup + max(self.ramp, 1)
+
     def updates_at(self, step: int) -> bool:
         """Every ``update_every`` steps after warm-up until frozen; also at the step the ramp
         ends when no regular update falls between it and the freeze (or nothing freezes), so
@@ -58,12 +65,12 @@ class PruningSchedule:
             return False
         if (step - self.warmup) % self.update_every == 0:
             return True
-        end = self.warmup + self.ramp
+        end = self.ramp_end
         if step != end:
             return False
         if self.freeze_after is None:
             return True
-        next_regular = self.warmup + math.ceil(self.ramp / self.update_every) * self.update_every
+        next_regular = self.warmup + math.ceil((end - self.warmup) / self.update_every) * self.update_every
         return next_regular > self.freeze_after
 
     def state(self) -> dict:

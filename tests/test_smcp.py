@@ -294,6 +294,25 @@ def test_schedule_ramps_and_freezes():
         PruningSchedule(shape="cosine")
 
 
+def test_a_ramp_of_zero_updates_before_an_early_freeze():
+    """ramp=0 with a freeze before the first regular update: the one update at the final
+    target comes at warmup + 1 (it was due at step warmup, where no update comes, so the model
+    was never pruned and nothing said so); a freeze before that step is refused."""
+    s = PruningSchedule(warmup=5, ramp=0, update_every=10, freeze_after=12)
+    assert s.ramp_end == 6 and [t for t in range(40) if s.updates_at(t)] == [6]
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=5, ramp=0, update_every=10, freeze_after=12,
+                          channel_step=1)
+    train(pm, pruner, 30)
+    assert len(pruner.history) == 1 and pruner.cost() <= 0.5 + 1e-9
+    with pytest.raises(ValueError, match=r"freeze_after=5 stops mask updates before .* step 6"):
+        fxprune.SMCP(prepared(), target=0.5, warmup=5, ramp=0, freeze_after=5)
+    with pytest.raises(ValueError, match=r"freeze_after=20 .* step 110"):  # a schedule given too
+        fxprune.SMCP(prepared(), target=0.5, schedule=PruningSchedule(10, 100, 10, freeze_after=20))
+    with pytest.raises(ValueError, match=r"schedule must be a fxprune.PruningSchedule .* got str"):
+        fxprune.SMCP(prepared(), schedule="foo")
+
+
 def test_bad_arguments_are_explained():
     pm = prepared()
     with pytest.raises(ValueError, match="fraction of the dense cost"):

@@ -123,11 +123,20 @@ def _check_args(**args) -> None:
     if args["bn_rescale"] not in ("kept_fraction", "off"):
         raise ValueError(f"bn_rescale must be 'kept_fraction' (SMCP) or 'off', got "
                          f"{args['bn_rescale']!r}")
-    freeze, end = args["freeze_after"], args["warmup"] + args["ramp"]
-    if args["schedule"] is None and args["target"] < 1 and freeze is not None and freeze < end:
+    schedule = args["schedule"]
+    if schedule is not None and not isinstance(schedule, PruningSchedule):
+        raise ValueError(f"schedule must be a fxprune.PruningSchedule (or None: built from warmup, "
+                         f"ramp, update_every, freeze_after), got {type(schedule).__name__}")
+
+
+def _check_reaches_target(schedule: PruningSchedule, target: float) -> None:
+    freeze, end = schedule.freeze_after, schedule.ramp_end
+    if target < 1 and freeze is not None and freeze < end:
+        how = (f"warmup {schedule.warmup} + ramp {schedule.ramp}" if schedule.ramp else
+               f"no ramp: the first step after warmup {schedule.warmup}")
         raise ValueError(f"freeze_after={freeze} stops mask updates before the ramp ends at step "
-                         f"{end} (warmup {args['warmup']} + ramp {args['ramp']}), so the target "
-                         "would never be reached; freeze later or shorten the ramp")
+                         f"{end} ({how}), so the target would never be reached; freeze later or "
+                         "shorten the warm-up or ramp")
 
 
 class SMCP(PruningMethod):
@@ -152,9 +161,11 @@ class SMCP(PruningMethod):
             raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
         if allocation not in ("knapsack", "uniform"):
             raise ValueError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
+        schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
+        _check_reaches_target(schedule, float(target))
         super().__init__(prepared, cost, channel_step)
         self.target = float(target)
-        self.schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
+        self.schedule = schedule
         self.masks_kind, self.allocation = masks, allocation
         self.masked_decay, self.resolution, self.max_resolves = masked_decay, resolution, max_resolves
         self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
