@@ -152,7 +152,9 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
 
     # Shrinking the unit by a hair keeps float error in the final sum from crossing the budget.
     unit_used = unit if integral else unit * (1.0 - 1e-12)
-    weights = [np.ceil(e / unit_used).astype(np.int64) for e in extras]
+    # An extra cost over (cells + 1) units never fits: capped there before the integer cast (a
+    # tiny slack made e / unit overflow int64 to a negative weight that passed as fitting)
+    weights = [np.ceil(np.minimum(e / unit_used, cells + 1.0)).astype(np.int64) for e in extras]
 
     # Per group, per distinct weight, only the most valuable option can ever be chosen.
     candidates = []  # (weights, values, original indices) per group, sorted by weight

@@ -127,6 +127,25 @@ def test_budget_exactly_at_minimum_cost():
     assert solve_mckp(values, costs, 1.5).tolist() == [2, 0]
 
 
+def test_a_tiny_slack_beside_huge_option_costs_is_solved():
+    """An extra cost of 1e6 over a slack of 1e-10 is 1e20 units: cast to int64 it overflowed
+    to a negative weight and the solve died with an IndexError (break22 #4; in training: a
+    target within 1e-9 of the floor)."""
+    assert solve_mckp([[0, 1], [0, 1]], [[0, 1e-10], [0, 1e6]], 2e-10).tolist() == [1, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # costs over many orders of magnitude, a slack near zero
+        n = int(rng.integers(2, 5))
+        costs = [10.0 ** rng.uniform(-12, 12, size=3) * (np.arange(3) > 0) for _ in range(n)]
+        values = [rng.uniform(0, 1, size=3) for _ in range(n)]
+        budget = float(10.0 ** rng.uniform(-12, 0))
+        choice = solve_mckp(values, costs, budget, resolution=100)
+        value, cost = totals(values, costs, choice)
+        assert cost <= budget
+        # the documented guarantee: at least the optimum with n_groups units less budget
+        reduced = brute_force_best(values, costs, budget * (1 - n / 100))
+        assert reduced is None or value >= reduced - 1e-12
+
+
 def test_infeasible_budget_names_minimum_cost():
     values = [np.array([1.0, 2.0]), np.array([1.0])]
     costs = [np.array([3.0, 4.0]), np.array([2.5])]
