@@ -383,3 +383,25 @@ def test_one_common_ratio_swaps_at_the_picked_count_only(monkeypatch):
         p = int(kept.sum())
         beta, _ = best_subsets(S, range(1, len(S) + 1), constraints)[p]
         assert np.array_equal(kept[alive], beta)
+
+
+def test_arguments_are_checked_in_one_line_naming_them():
+    """CCP took round_every=0 (every round on one step: only the first ran, and the model
+    ended above its target), max_resolves=0 (a TypeError from inside the allocator at the prune
+    step), a string target (a bare '<' TypeError) and fractional or negative counts (truncated
+    or read as 1) (break22 #2, #5, #9, #10)."""
+    pm = prepared()
+    for kwargs, phrase in [({"rounds": 2, "round_every": 0}, "round_every must be >= 1, got 0"),
+                           ({"max_resolves": 0, "mode": "adaptive"}, "max_resolves must be >= 1"),
+                           ({"target": "0.5"}, r"target is the fraction of the dense cost to keep, "
+                                               r"in \(0, 1\]; got '0.5'"),
+                           ({"target": True}, "target is the fraction"),
+                           ({"ratio": float("nan")}, "ratio is the fraction"),
+                           ({"collect": 2.5}, "collect must be an integer, got 2.5"),
+                           ({"channel_step": 0}, "channel_step must be >= 1, got 0"),
+                           ({"exhaustive_max": -1}, "exhaustive_max must be >= 0"),
+                           ({"resolution": 0}, "resolution must be >= 1")]:
+        with pytest.raises(ValueError, match=phrase) as info:
+            CCP(pm, **kwargs)
+        assert "\n" not in str(info.value)
+    CCP(pm, target=np.float32(0.5))  # numpy numbers are numbers

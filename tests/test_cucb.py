@@ -172,6 +172,34 @@ def test_bad_arguments_are_explained():
         CUCB(pm, selection="greedy")
     with pytest.raises(ValueError, match="rho is the fraction"):
         CUCB(pm, rho=0)
+    # break22 #5, #9, #10: each was accepted, then failed from inside or ran as something else
+    for kwargs, phrase in [({"mode": "budget", "max_resolves": 0}, "max_resolves must be >= 1"),
+                           ({"target": "0.5"}, "target is the fraction of the dense cost"),
+                           ({"c": float("nan")}, "c must be a finite number, got nan"),
+                           ({"explore": 0}, r"explore \(the step of the final selection"),
+                           ({"warmup": 2.5}, "warmup must be an integer, got 2.5"),
+                           ({"channel_step": -8}, "channel_step must be >= 1, got -8"),
+                           ({"seed": "a"}, "seed must be an integer, got 'a'")]:
+        with pytest.raises(ValueError, match=phrase) as info:
+            CUCB(pm, **kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_target_alone_in_ratio_mode_is_a_cost_target():
+    """CUCB(pm, target=0.3) in ratio mode ran every group at rho = 0.3 of its channels, which
+    costs about 0.1 of dense, while CCP(pm, target=0.3) fits a cost of 0.3 (break22 #11): with
+    no rho, the common fraction is the largest whose model fits the target, and the final
+    selection is held to it."""
+    pm = prepared()
+    pruner = CUCB(pm, target=0.3, warmup=2, explore=6, channel_step=1, execution="masked")
+    assert pruner.target == 0.3 and 0.5 < pruner.rho < 0.6  # FLOPs go about as rho squared
+    x, y = data()
+    for _ in range(6):
+        F.cross_entropy(pm(x), y).backward()
+        pruner.step()
+        pm.zero_grad()
+    assert pruner.final and 0.25 < pruner.cost() <= 0.3 + 1e-9
+    assert CUCB(prepared(), target=0.3, rho=0.3).target is None  # rho given: a fraction, no promise
 
 
 def test_gathered_execution_is_the_default_and_masked_is_the_fallback():

@@ -62,7 +62,7 @@ from ..allocation import GroupOptions, allocate, allocate_uniform, allowed_count
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
-from .base import PruningMethod
+from .base import PruningMethod, check_fraction, check_number
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
            "best_subsets", "solve"]
@@ -216,17 +216,22 @@ class CCP(PruningMethod):
         if mode not in ("ratio", "adaptive"):
             raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
                              f"(counts by the allocator under a cost target), got {mode!r}")
-        if not 0 < target <= 1:
-            raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
-        if ratio is not None and not 0 < ratio <= 1:
-            raise ValueError(f"ratio is the fraction of each group's channels to keep, in (0, 1]; got {ratio}")
+        check_fraction("target", target, "the fraction of the dense cost to keep")
+        if ratio is not None:
+            check_fraction("ratio", ratio, "the fraction of each group's channels to keep")
         if collect_bn not in ("eval", "train"):
             raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
-        if rounds < 1 or collect < 1:
-            raise ValueError(f"rounds and collect must be >= 1, got {rounds}, {collect}")
-        if prune_at is not None and prune_at < 1:  # step() counts from 1: step 0 never comes
-            raise ValueError(f"prune_at is the optimizer step (from 1) of the first pruning; got "
-                             f"{prune_at}, which would never prune: give 1 or more (None: collect)")
+        # round_every 0 put every round on one step, and only the first ran
+        for name, value in (("rounds", rounds), ("collect", collect), ("round_every", round_every),
+                            ("channel_step", channel_step), ("resolution", resolution),
+                            ("max_resolves", max_resolves)):
+            check_number(name, value, 1, integer=True)
+        check_number("exhaustive_max", exhaustive_max, 0, integer=True)
+        if prune_at is not None:
+            check_number("prune_at", prune_at, integer=True)
+            if prune_at < 1:  # step() counts from 1: step 0 never comes
+                raise ValueError(f"prune_at is the optimizer step (from 1) of the first pruning; got "
+                                 f"{prune_at}, which would never prune: give 1 or more (None: collect)")
         if rounds > 1 and round_every < collect:
             warnings.warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
                           f"collects over the {round_every} steps since the one before, not {collect}",

@@ -26,7 +26,9 @@ Conventions chosen here (../shared/notes/methods.md tags what is confirmed):
   (default 1; the notes found 0.25 picks the best set more reliably late on), +inf for channels
   never played; ties broken at random by a seeded generator (the state is checkpointed).
 * Per step: ``mode="ratio"`` activates the top ``rho`` fraction of every group (the paper's
-  per-layer budget; the exact oracle for a per-group cardinality budget); ``mode="budget"``
+  per-layer budget; the exact oracle for a per-group cardinality budget; ``rho=None``: the
+  largest common fraction whose model costs at most ``target`` x dense, and the final
+  selection is held to that cost, as CCP's ``ratio=None``); ``mode="budget"``
   (beyond the paper) lets fxprune's allocator pick the active set maximising the summed index
   with cost <= ``target`` x dense (FLOPs, params or a latency table).
 * ``warmup`` steps of uniformly random active sets of the same size first.
@@ -64,11 +66,11 @@ import torch
 from torch import fx
 
 from .. import distributed as fxdist
-from ..allocation import allocate, allowed_counts, ranked_options
+from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options, uniform_kept
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
-from .base import PruningMethod
+from .base import PruningMethod, check_fraction, check_number
 
 __all__ = ["CUCB"]
 
@@ -87,20 +89,32 @@ class CUCB(PruningMethod):
                              f"under a cost target), got {mode!r}")
         if selection not in ("cucb", "random"):
             raise ValueError(f"selection must be 'cucb' or 'random' (the control), got {selection!r}")
-        if not 0 < target <= 1:
-            raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {target}")
-        rho = target if rho is None else rho
-        if not 0 < rho <= 1:
-            raise ValueError(f"rho is the fraction of each group's channels active, in (0, 1]; got {rho}")
+        check_fraction("target", target, "the fraction of the dense cost to keep")
+        if rho is not None:
+            check_fraction("rho", rho, "the fraction of each group's channels active")
+        check_number("c", c, 0)
+        check_number("warmup", warmup, 0, integer=True)
+        if explore is not None:
+            check_number("explore (the step of the final selection; None: at finalize_masks())",
+                         explore, 1, integer=True)
+        for name, value in (("channel_step", channel_step), ("resolution", resolution),
+                            ("max_resolves", max_resolves)):
+            check_number(name, value, 1, integer=True)
+        check_number("seed", seed, 0, integer=True)
         if execution not in ("gathered", "masked"):
             raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
                              f"'masked' (full width, inactive channels masked), got {execution!r}")
-        if c < 0 or warmup < 0:
-            raise ValueError(f"c and warmup must be >= 0, got {c}, {warmup}")
         super().__init__(prepared, cost, channel_step)
-        self.cost_target, self.rho, self.mode, self.c = float(target), float(rho), mode, float(c)
-        #: the cost fraction this method promises (None in ratio mode: rho sets the widths)
-        self.target = self.cost_target if mode == "budget" else None
+        self.cost_target, self.mode, self.c = float(target), mode, float(c)
+        #: the cost fraction this method promises (None in ratio mode with rho given: rho sets
+        #: the widths)
+        self.target = None if (mode == "ratio" and rho is not None) else self.cost_target
+        if self.target is not None:
+            self._check_reachable(self.target)
+        #: ratio mode: the fraction of every group active at each step; rho=None: the largest
+        #: common fraction whose model fits ``target`` (as CCP's ratio=None), the final
+        #: selection held to the target exactly
+        self.rho = float(rho) if rho is not None else self._fitting_rho(self.cost_target)
         self.warmup, self.explore, self.selection = int(warmup), explore, selection
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.rng = np.random.default_rng(seed)
@@ -196,25 +210,44 @@ class CUCB(PruningMethod):
         g = self.index.groups[i]
         return allowed_counts(g.size, self.channel_step, min_k, g.size, self.index.unit_channels[i])
 
+    def _fitting_rho(self, target: float) -> float:
+        """The largest fraction (bisection) whose every-group-alike model costs at most
+        ``target`` x dense: ratio mode's widths when only a cost target is given."""
+        def fits(rho):
+            return self.budget.fraction(uniform_kept(self.index, rho, self.channel_step)) <= target
+        if fits(1.0):
+            return 1.0
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
     def _keep(self, scores: np.ndarray, *, final: bool = False) -> np.ndarray:
         """Per group the top channels by ``scores`` (finite; random tie-breaks): ``rho`` of each
-        group, or the allocator's choice under the cost target with values = summed scores."""
+        group, or the allocator's choice under the cost target with values = summed scores.
+        Ratio mode under a cost target picks its final widths by their real cost."""
         jitter = self.rng.random(self.index.n) * 1e-9
+        by_ratio = self.mode == "ratio" and not (final and self.target is not None)
         options, kept = [], np.zeros(self.index.n, dtype=bool)
         for i, g in enumerate(self.index.groups):
             sl = self.index.group_slice(i)
             s = scores[sl] + jitter[sl]
             order, min_k = self.index.ranking(i, s)
             counts = self._counts(i, min_k)
-            if self.mode == "ratio":
+            if by_ratio:
                 k = int(counts[int(np.argmin(np.abs(counts - self.rho * g.size)))])
                 kept[sl.start + order[:k]] = True
             else:
                 options.append(ranked_options(np.maximum(s, 0.0), order, counts))
+        hint = f", channel_step={self.channel_step}"
         if self.mode == "budget":
             current = self.active if hasattr(self, "active") else np.ones(self.index.n, bool)
             kept = allocate(options, self.budget, self.cost_target, current, resolution=self.resolution,
-                            max_resolves=self.max_resolves, hint=f", channel_step={self.channel_step}").kept
+                            max_resolves=self.max_resolves, hint=hint).kept
+        elif not by_ratio:
+            kept = allocate_uniform(options, self.budget, self.cost_target,
+                                    [g.size for g in self.index.groups], hint=hint).kept
         return kept
 
     def _select(self, step: int) -> np.ndarray:

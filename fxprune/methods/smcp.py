@@ -58,7 +58,6 @@ same fraction instead of the global knapsack).
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
@@ -73,7 +72,7 @@ from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
 from ..schedule import PruningSchedule
-from .base import PruningMethod, resolve_cost_model
+from .base import PruningMethod, check_fraction, check_number, resolve_cost_model
 
 __all__ = ["SMCP", "one_shot", "damp_churn", "allowed_counts", "resolve_cost_model"]
 
@@ -95,21 +94,10 @@ def damp_churn(scores: np.ndarray, kept: np.ndarray, margin: float) -> np.ndarra
 
 def _check_args(**args) -> None:
     """One-line ValueErrors for SMCP's numeric and named arguments."""
-    def number(name, low=None, high=None, *, integer=False, open_low=False, open_high=False):
-        v = args[name]
-        kind = (int,) if integer else (int, float)
-        if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float)
-                                                              and not math.isfinite(v)):
-            raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, "
-                             f"got {v!r}")
-        if low is not None and (v <= low if open_low else v < low):
-            raise ValueError(f"{name} must be {'>' if open_low else '>='} {low}, got {v!r}")
-        if high is not None and (v >= high if open_high else v > high):
-            raise ValueError(f"{name} must be {'<' if open_high else '<='} {high}, got {v!r}")
+    def number(name, low=None, high=None, **kind):
+        check_number(name, args[name], low, high, **kind)
 
-    t = args["target"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-        raise ValueError(f"target is the fraction of the dense cost to keep, in (0, 1]; got {t!r}")
+    check_fraction("target", args["target"], "the fraction of the dense cost to keep")
     for name in ("warmup", "ramp"):
         number(name, 0, integer=True)
     for name in ("update_every", "channel_step", "resolution", "max_resolves"):
