@@ -51,7 +51,8 @@ def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
 
     if layer.dtype not in _ONNX_DTYPES:
         raise DeployError(f"layer {layer.name!r} has dtype {layer.dtype!r}; latency tables "
-                          f"support {sorted(_ONNX_DTYPES)}")
+                          f"support {sorted(_ONNX_DTYPES)}: time the deployment precision with "
+                          "LatencyTable.measure(..., precision='fp32' or 'fp16')")
     elem_name, np_dtype = _ONNX_DTYPES[layer.dtype]
     elem = getattr(TensorProto, elem_name)
     x_shape = layer_input_shape(layer, c_in)
@@ -91,7 +92,8 @@ def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
                 nodes.append(helper.make_node("Add", ["m", "B"], ["y"]))
     else:
         raise DeployError(f"layer {layer.name!r} has kind {layer.kind!r}; latency tables time "
-                          "'conv' and 'linear' layers")
+                          "'conv' and 'linear' layers only: price this model by cost='flops' or "
+                          "'params', or a cost model of your own")
     graph = helper.make_graph(
         nodes, f"layer_{layer.kind}",
         [helper.make_tensor_value_info("x", elem, list(x_shape))],

@@ -63,11 +63,12 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "or fxprune.rules.Barrier()")
     gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules)
     # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
-    # inputs are stored as given and moved again at each later use (finalize's check, FLOPs).
-    propagate_shapes(gm, inputs_for(gm, example_inputs))
+    # inputs are stored as given and moved (copied) again at each later use (finalize's check,
+    # FLOPs): no run writes into the user's tensors or the stored ones.
+    stored = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    propagate_shapes(gm, inputs_for(gm, stored))
     channels = analyze(gm, rules)
     insert_masks(gm, channels)
-    stored = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in example_inputs)
     gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
     make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
     return gm

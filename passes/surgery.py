@@ -240,7 +240,9 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
     The example inputs stored at ``prepare`` stay where they were given (usually the CPU, in
     float32); the model may since have moved to a GPU or been cast to float64/bfloat16, and
     every stored-input run (finalize's check, FLOPs counting, summary) must follow it.
-    Integer inputs (token ids) keep their dtype. Nothing is modified in place.
+    Integer inputs (token ids) keep their dtype. Always copies: a forward that writes into its
+    input (``x.mul_(2)``, an in-place normalisation) changes the copy, not the stored example
+    (finalize's check then compared two runs on different inputs and blamed randomness).
     """
     device, dtype = model_device_dtype(model)
 
@@ -248,8 +250,8 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
         if not isinstance(t, torch.Tensor):
             return t
         if t.is_floating_point() and dtype is not None:
-            return t.to(device=device, dtype=dtype)
-        return t.to(device)
+            return t.to(device=device, dtype=dtype, copy=True)
+        return t.to(device, copy=True)
 
     return tuple(move(t) for t in inputs)
 

@@ -730,3 +730,22 @@ def test_torch_layer_norm_is_torch_layer_norm_again_after_finalize():
 
     pm, small = prune_and_check(Net(), torch.randn(2, 3, 8, 8))
     assert any(n.target is torch.layer_norm for n in small.graph.nodes)
+
+
+def test_a_forward_that_writes_into_its_input_finalizes_and_leaves_the_example_alone():
+    """``x.mul_(2)`` in forward (an in-place normalisation): prepare doubled the user's tensor,
+    and each of finalize's check runs doubled the stored example again, so the check saw two
+    runs differ and blamed a random op (break22 #7)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            x.mul_(2)
+            return self.b(torch.relu(self.a(x)))
+
+    x = torch.randn(2, 3, 8, 8)
+    given = x.clone()
+    pm, small = prune_and_check(Net(), x)
+    assert torch.equal(x, given)

@@ -133,6 +133,19 @@ def test_fp16_layer_is_timed_in_fp16():
     assert table.layer_cost(layer, 8, 8) > 0
 
 
+def test_a_layer_the_tables_cannot_time_names_the_way_out():
+    """A float64 layer and a transposed conv were refused without saying what to do (break22)."""
+    with pytest.raises(DeployError, match=r"dtype 'float64'.*precision='fp32' or 'fp16'"):
+        layer_model_bytes(conv(dtype="float64"), 16, 24)
+    tconv = LayerSpec("t", "conv_transpose", 8, 8, (1, 8, 4, 4), (1, 8, 8, 8), (2, 2), (2, 2))
+    with pytest.raises(DeployError, match=r"'conv' and 'linear' layers only: price this model by "
+                                          r"cost='flops'"):
+        layer_model_bytes(tconv, 8, 8)
+    table = LatencyTable.measure([conv(dtype="float64")], step=8, threads=1, precision="fp32",
+                                 timer=CountingTimer(), **FAST)
+    assert table.layer_cost(conv(dtype="float64"), 16, 24) > 0
+
+
 # ---------------------------------------------------------------------------- caching
 def test_identical_layers_are_measured_once():
     timer = CountingTimer()

@@ -1,6 +1,8 @@
 """SMCP: importance, soft/hard masks, BN rescaling, the budget, the schedule, resuming."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -323,8 +325,11 @@ def test_bad_arguments_are_explained():
         fxprune.SMCP(pm, cost=object())
     # An unreachable final target is refused up front, naming the floor, not at an update.
     with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the cheapest model "
-                                         r"the constraints allow \(0\.\d+: every group"):
+                                         r"the constraints allow \(0\.\d+: every group") as info:
         fxprune.SMCP(pm, target=0.01, warmup=0, ramp=1, update_every=1, channel_step=8)
+    # the advised target passes (break22 #12: it was rounded down, and refused again)
+    advised = float(re.search(r"at least ([\d.]+)", str(info.value)).group(1))
+    fxprune.SMCP(pm, target=advised, warmup=0, ramp=1, update_every=1, channel_step=8)
 
 
 def test_custom_cost_model_plugs_in():
@@ -359,6 +364,16 @@ def test_cost_can_be_priced_by_another_model():
     assert pruner.cost() <= 0.5 + 1e-9
     by_params = pruner.cost(ParamsCost())
     assert 0 < by_params < 1 and by_params != pytest.approx(pruner.cost())
+    # the constructor's names work here too, with the same constant outside conv/linear
+    # weights (break22 #8: an AttributeError from inside)
+    assert pruner.cost("params") == pytest.approx(fxprune.SMCP(pm, target=0.5, cost="params").cost())
+    assert pruner.cost("flops") == pytest.approx(pruner.cost())
+    with pytest.raises(ValueError, match=r"pruner.cost\('latency'\) would time a latency table"):
+        pruner.cost("latency")
+    with pytest.raises(TypeError, match=r"the class ParamsCost; pass an instance: ParamsCost\(\)"):
+        pruner.cost(ParamsCost)
+    with pytest.raises(TypeError, match=r"cost is the class FlopsCost; pass an instance"):
+        fxprune.SMCP(pm, cost=FlopsCost)
 
 
 def test_importance_is_only_gathered_before_updates():

@@ -152,6 +152,8 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             return model, getattr(model, "fixed_cost", 0.0)
         raise ValueError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or a "
                          f"CostModel, got {cost!r}")
+    if isinstance(cost, type):  # the class passes the protocol check; its layer_cost is unbound
+        raise TypeError(f"cost is the class {cost.__name__}; pass an instance: {cost.__name__}()")
     if isinstance(cost, CostModel):
         from ..api import layer_specs
         from ..cost import fixed_cost_of
@@ -194,11 +196,23 @@ class PruningMethod:
         self.step_count = 0
         self.history: list[dict] = []
 
-    def cost(self, cost_model: CostModel | None = None) -> float:
+    def cost(self, cost_model: CostModel | str | None = None) -> float:
         """Current cost as a fraction of the dense model's, by this method's cost model or by
-        ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table)."""
+        ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table): a cost model, or
+        ``"flops"``/``"params"`` as the constructor reads them (a measured cost is measured
+        once and passed as a table: ``fxprune.LatencyTable.measure``)."""
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
+        if isinstance(cost_model, str):
+            if cost_model in LATENCY_COSTS:
+                raise ValueError(f"pruner.cost({cost_model!r}) would time a latency table on every "
+                                 "call; measure one (fxprune.LatencyTable.measure(pruner.prepared, "
+                                 "...)) and pass it")
+            model, other = resolve_cost_model(self.prepared, cost_model, self.channel_step)
+            return Budget(self.index, self.budget.layers, model, other).fraction(self._kept_now())
+        if isinstance(cost_model, type):
+            raise TypeError(f"cost_model is the class {cost_model.__name__}; pass an instance: "
+                            f"{cost_model.__name__}()")
         from ..cost import fixed_cost_of
         fixed = fixed_cost_of(cost_model, [layer.spec for layer in self.budget.layers])
         return Budget(self.index, self.budget.layers, cost_model, fixed).fraction(self._kept_now())
@@ -210,10 +224,12 @@ class PruningMethod:
 
         floor = self.budget.fraction(uniform_kept(self.index, 0.0, self.channel_step))
         if target < floor * (1 - 1e-9):
+            # rounded up: the advice itself must pass (0.01222 printed as 0.012 was refused)
+            at_least = math.ceil(floor * 1000) / 1000
             raise ValueError(
                 f"target {target:.3f} of dense is below the cheapest model the constraints allow "
-                f"({floor:.3f}: every group at its smallest allowed width, channel_step="
-                f"{self.channel_step}); raise the target to at least {floor:.3f} or lower "
+                f"({floor:.5f}: every group at its smallest allowed width, channel_step="
+                f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
                 "channel_step")
 
     def _kept_now(self) -> np.ndarray:
