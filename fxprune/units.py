@@ -57,11 +57,14 @@ class UnitIndex:
         return [mask_buffer(bank, g.key, g.name, g.size) for g in self.groups]
 
     def masks(self, prepared: fx.GraphModule) -> torch.Tensor:
+        """Every group's mask, flat, on the CPU in float64 (a float64 model's fractional masks
+        saved in a pruner state come back to the bit)."""
         tensors = self.mask_tensors(prepared)
-        return torch.cat([t.detach().float().cpu() for t in tensors]) if tensors else torch.zeros(0)
+        return (torch.cat([t.detach().double().cpu() for t in tensors]) if tensors
+                else torch.zeros(0, dtype=torch.float64))
 
     def set_masks(self, prepared: fx.GraphModule, flat: torch.Tensor | np.ndarray) -> None:
-        flat = torch.as_tensor(np.asarray(flat, dtype=np.float32))
+        flat = torch.as_tensor(np.asarray(flat, dtype=np.float64))
         with torch.no_grad():
             for i, t in enumerate(self.mask_tensors(prepared)):
                 t.copy_(flat[self.group_slice(i)].to(t.device, t.dtype))

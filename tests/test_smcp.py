@@ -570,3 +570,17 @@ def test_a_state_names_the_recipe_method_that_built_it():
     older = get_method("cucb").build(prepared(), rho=0.5, channel_step=4).state_dict()
     del older["settings"]["mode"]  # a state that recorded fewer settings still resumes
     fxprune.CUCB(prepared(), rho=0.5, channel_step=4).load_state_dict(older)
+
+
+def test_a_float64_models_fractional_masks_resume_to_the_bit():
+    """The state held masks in float32 (UnitIndex.masks cast them), so hand-set fractional
+    masks of a float64 model came back rounded (break22)."""
+    pm = prepared().double()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
+    first = fxprune.channel_groups(pm)[0].mask
+    with torch.no_grad():
+        first.fill_(1 / 3)
+    state = pruner.state_dict()
+    other = prepared().double()
+    fxprune.SMCP(other, target=0.5, warmup=0, ramp=1, update_every=1).load_state_dict(state)
+    assert torch.equal(fxprune.channel_groups(other)[0].mask, first)
