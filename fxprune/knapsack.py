@@ -43,6 +43,7 @@ a group the lowest option index.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,6 +117,8 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
             or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):  # "5" read as 5.0
+        raise ValueError(f"budget must be a number, got {budget!r}")
     budget = float(budget)
     if math.isnan(budget):
         raise ValueError("budget is NaN")

@@ -27,6 +27,8 @@ def test_fit_recovers_the_constant_that_made_the_measurement(fixed):
     (10.0, 0.0, 0.5, "pruned_cost must be in"),
     (10.0, 5.0, 1.02, "idle machine"),
     (10.0, 5.0, 0.0, "idle machine"),
+    (float("inf"), 4.0, 0.5, "dense_cost must be a finite number, got inf"),  # gave inf
+    ("10", 4.0, 0.5, "dense_cost must be a finite number, got '10'"),
 ])
 def test_fit_refuses_what_fixes_no_constant(dense, pruned, measured, says):
     with pytest.raises(ValueError, match=says):

@@ -176,6 +176,8 @@ def test_bad_resolution_rejected(resolution):
 def test_nan_budget_rejected():
     with pytest.raises(ValueError, match="NaN"):
         solve_mckp([np.ones(2)], [np.ones(2)], float("nan"))
+    with pytest.raises(ValueError, match="budget must be a number, got '5'"):  # was read as 5.0
+        solve_mckp([np.ones(2)], [np.ones(2)], "5")
 
 
 def test_inputs_not_mutated_and_lists_accepted():
