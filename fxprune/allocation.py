@@ -179,24 +179,27 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
         # around one answer can send the next solve back to an earlier one. Each answer, made
         # to fit, is a candidate, then trades of one step up for steps down elsewhere (break22
         # #3). Real models' answers land within a hair of the target and skip this.
-        def value(c):
-            return sum(float(o.values[k]) for o, k in zip(options, c))
         for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
             other = repair(other, options, budget, limit, target, hint)
-            if value(other) > value(choice):
+            if _value(options, other) > _value(options, choice):
                 choice = other
         choice = trade_steps(choice, options, budget, limit)
     kept = kept_from(offsets, options, choice)
     return Allocation(kept, choice, first[0], first[1], budget.fraction(kept), attempt)
 
 
+def _value(options: list[GroupOptions], choice) -> float:
+    return sum(float(o.values[c]) for o, c in zip(options, choice))
+
+
 def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
-           target: float = float("nan"), hint: str = "", hold: int | None = None) -> list[int]:
+           target: float = float("nan"), hint: str = "", hold: int | None = None) -> list[int] | None:
     """Make ``choice`` fit ``limit`` (absolute cost) by exact single steps between neighbouring
     options (from every group's smallest option when no step down saves cost, as a measured
     table's noise allows), then spend what is left on the most valuable steps per cost that
-    still fit. ``hold``: a group no step down may touch (:func:`trade_steps` raised it).
-    Raises :class:`InfeasibleBudget` when not even the smallest options fit."""
+    still fit. ``hold``: a group no step down may touch (:func:`trade_steps` raised it); None
+    is returned when the others cannot pay for it. Raises :class:`InfeasibleBudget` when not
+    even the smallest options fit."""
     offsets = budget.index.offsets
     choice = list(choice)
     kept = kept_from(offsets, options, choice)
@@ -259,7 +262,7 @@ def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, 
     target while one at 0.88 is worth more. ``choice`` must fit; the result fits and is worth
     at least as much. At most ``max_rounds`` passes over the groups."""
     choice = list(choice)
-    value = sum(float(o.values[c]) for o, c in zip(options, choice))
+    value = _value(options, choice)
     for _ in range(max_rounds):
         improved = False
         for i in range(len(choice)):
@@ -271,7 +274,7 @@ def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, 
             trial = repair(trial, options, budget, limit, hold=i)
             if trial is None:
                 continue
-            v = sum(float(o.values[t]) for o, t in zip(options, trial))
+            v = _value(options, trial)
             if v > value * (1 + 1e-12) + 1e-12:
                 choice, value, improved = trial, v, True
         if not improved:
