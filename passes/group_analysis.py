@@ -262,6 +262,8 @@ class ChannelAnalysis(NodeFacts):
         """This node's statistics span its input's channel dims ``act_dims`` (``mask_dims``
         within the normalized shape): ``rule.mask_statistics`` makes it count kept channels only."""
         labels = self.labels(self.node.args[0])
+        if rule is None:  # a row written before rows owned their masked form: the node's own
+            rule = lookup_rule(self.node, self.gm, self.extra_rules)
         self.stat_sites.append(StatSite(self.node.name, act_dims, mask_dims,
                                         [labels[d] for d in act_dims], rule))
 

@@ -154,8 +154,17 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     for name in wrapped:
         unwrap(modules[name])
     graph_nodes = {n.name: n for n in gm.graph.nodes}
+    mask_nodes = {n for n in gm.graph.nodes if (n.op == "call_function" and n.target is gather_mask)
+                  or (n.op == "get_attr" and n.target.startswith(state.mask_owner + "."))}
     for stat in ch.stat_sites:  # masked functional norms back to the plain call (their row knows how)
-        (stat.rule or _ROW_BEFORE_STAT_RULES).unmask_statistics(graph_nodes[stat.node], gm)
+        node = graph_nodes[stat.node]
+        rule = stat.rule or _ROW_BEFORE_STAT_RULES
+        rule.unmask_statistics(node, gm)
+        if node.target not in wrapped and mask_nodes.intersection(node.all_input_nodes):
+            raise SurgeryError(
+                f"`{stat.node}` still reads its masks after its row's unmask_statistics "
+                f"({type(rule).__name__}): the row must give finalize the plain call back, "
+                "without the mask arguments its mask_statistics added")
     resized = set()
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
@@ -247,6 +256,11 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
     device, dtype = model_device_dtype(model)
 
     def move(t):
+        if isinstance(t, (tuple, list)):  # nested arguments (a list of images, a dict of them)
+            items = [move(v) for v in t]
+            return type(t)(*items) if hasattr(t, "_fields") else type(t)(items)
+        if isinstance(t, dict):
+            return {k: move(v) for k, v in t.items()}
         if not isinstance(t, torch.Tensor):
             return t
         if t.is_floating_point() and dtype is not None:

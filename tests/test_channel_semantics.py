@@ -749,3 +749,96 @@ def test_a_forward_that_writes_into_its_input_finalizes_and_leaves_the_example_a
     given = x.clone()
     pm, small = prune_and_check(Net(), x)
     assert torch.equal(x, given)
+
+
+class GNAct(nn.GroupNorm):
+    """timm's GroupNormAct pattern: a norm subclass with a forward of its own."""
+
+    def forward(self, x):
+        return F.relu(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+
+
+class LNLike(nn.Module):
+    """A module with LayerNorm's attributes that is no nn.LayerNorm."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.normalized_shape, self.eps = (c,), 1e-5
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps) * 2
+
+
+def test_a_norm_row_on_a_module_its_masked_form_cannot_stand_in_for_keeps_it_whole():
+    """A GroupNorm row on a subclass with its own forward: the masked GroupNorm replaced that
+    forward (the ReLU was gone: 1.22 off the dense model with all masks at 1) and finalize then
+    blamed fxprune; a LayerNorm row on a module that is no nn.LayerNorm failed with a conv hint
+    (break23 #1, #9). Their statistics' channels are kept whole, with the reason."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    gn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), GNAct(2, 8), nn.Conv2d(8, 4, 1))
+    pm = fxprune.prepare(gn, (x,), rules={GNAct: fxprune.rules.GroupNorm()})
+    assert max_relative_error(gn.eval()(x), pm.eval()(x)) <= 1e-6
+    group = groups_by_producer(pm)["0"]
+    assert not group.prunable and "GNAct (1) has a forward of its own" in group.reason
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.n, self.b = nn.Linear(4, 8), LNLike(8), nn.Linear(8, 2)
+
+        def forward(self, t):
+            return self.b(self.n(self.a(t)))
+
+    pm = fxprune.prepare(Tokens(), (torch.randn(2, 5, 4),), rules={LNLike: fxprune.rules.LayerNorm()})
+    group = groups_by_producer(pm)["a"]
+    assert not group.prunable and "is no nn.LayerNorm" in group.reason
+
+
+class OldSignatureRMSRule(ChannelRMSNormRule):
+    """A row written before stat_site took the row: ctx.stat_site(act_dims, mask_dims)."""
+
+    def propagate(self, ctx):
+        labels = ctx.labels(ctx.node.args[0])
+        ctx.connect(ctx.space(f"{ctx.module_name()}.weight", 0), labels.get(1), "rms norm weight")
+        ctx.stat_site((1,), (0,))
+        return dict(labels)
+
+
+class NoUndoRMSRule(ChannelRMSNormRule):
+    def unmask_statistics(self, node, gm):
+        pass
+
+
+def test_a_user_norm_row_written_the_old_way_or_without_its_undo():
+    """stat_site without the row crashed prepare ('NoneType' has no mask_statistics); a row
+    without unmask_statistics failed in finalize with torch.fx's 'Tried to erase Node'
+    (break23 #7, #8)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ChannelRMSNorm(8), nn.Conv2d(8, 4, 1))
+    prune_and_check(model, x, rules={ChannelRMSNorm: OldSignatureRMSRule()})
+    pm = fxprune.prepare(model, (x,), rules={ChannelRMSNorm: NoUndoRMSRule()})
+    with pytest.raises(fxprune.SurgeryError, match=r"`_1` still reads its masks after its row's "
+                                                   r"unmask_statistics \(NoUndoRMSRule\)"):
+        fxprune.finalize(pm)
+
+
+def test_nested_example_inputs_are_not_written_into():
+    """A list or dict of inputs that the forward writes into: only top-level tensors were
+    copied, so prepare changed the user's tensor and finalize blamed a random op (break23 #5)."""
+    class FromList(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, xs, d):
+            xs[0].mul_(2)
+            d["img"].sub_(0.5)
+            return self.b(torch.relu(self.a(xs[0] + d["img"])))
+
+    xs, d = [torch.randn(2, 3, 8, 8)], {"img": torch.randn(2, 3, 8, 8)}
+    given = (xs[0].clone(), d["img"].clone())
+    prune_and_check(FromList(), xs, d)
+    assert torch.equal(xs[0], given[0]) and torch.equal(d["img"], given[1])

@@ -73,10 +73,10 @@ class ChannelRule:
         shape. Default: the op has no masked form, an error (its statistics over masked channels
         would differ from the pruned model's)."""
         raise FxPruneError(
-            f"the rule for `{node.name}` ({getattr(node.target, '__name__', node.target)}) "
-            "normalizes over pruned channels, and fxprune has a masked form only for norm "
-            "modules, F.layer_norm and torch.layer_norm; call one of those, or give it a rule "
-            "that keeps its channels whole (fxprune.rules.Barrier(\"why\"))")
+            f"the rule for `{node.name}` ({type(self).__name__}) normalizes over pruned channels "
+            "but has no masked form: give the row mask_statistics and unmask_statistics (see "
+            "fxprune.rules.ChannelRule), call a norm fxprune masks (nn.LayerNorm, nn.GroupNorm, "
+            "F.layer_norm), or keep its channels whole (fxprune.rules.Barrier(\"why\"))")
 
     def unmask_statistics(self, node: fx.Node, gm: fx.GraphModule) -> None:
         """Undo :meth:`mask_statistics` at finalize, before the mask nodes are erased: ``node``

@@ -374,7 +374,10 @@ class LayerNorm(ChannelRule):
                 if shape[j] > 1:
                     ctx.connect(self.param_space(ctx, key, j), labels.get(first + j), "layer norm affine")
         masked = tuple(j for j in range(len(shape)) if first + j in labels)
-        if masked:
+        why = _no_masked_norm(ctx, nn.LayerNorm) if masked else None
+        for j in masked if why else ():
+            ctx.untracked(labels[first + j], why)
+        if masked and not why:
             ctx.stat_site(tuple(first + j for j in masked), masked, self)
         return dict(labels)
 
@@ -471,7 +474,11 @@ class GroupNorm(ChannelRule):
             blocks = labels[1].reshape(m.num_groups, -1)
             for b in range(1, m.num_groups):
                 ctx.unify(blocks[0], blocks[b], "group norm keeps groups equal")
-            ctx.stat_site((1,), (0,), self)
+            why = _no_masked_norm(ctx, nn.GroupNorm)
+            if why:
+                ctx.untracked(labels[1], why)
+            else:
+                ctx.stat_site((1,), (0,), self)
         for t in ("weight", "bias"):
             if getattr(m, t, None) is not None:
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(1), "group norm affine")
@@ -486,6 +493,26 @@ class GroupNorm(ChannelRule):
         m.num_channels = ctx.pruned_size(node.args[0], 1)
         if per_channel:
             m.num_groups = m.num_channels
+
+
+def _no_masked_norm(ctx, base: type) -> str | None:
+    """Why the module ``ctx`` calls cannot take ``base``'s masked form (its statistics are then
+    kept whole), or None. The masked form's forward replaces the module's: right for ``base``
+    and a subclass that keeps its forward, wrong for one with a forward of its own (timm's
+    GroupNormAct adds an activation) or a module that is no ``base`` at all."""
+    if ctx.node.op != "call_module":
+        return None
+    cls = type(ctx.module())
+    name = f"{cls.__name__} ({ctx.module_name()})"
+    if not issubclass(cls, base):
+        return (f"{name} is given the {base.__name__} row but is no nn.{base.__name__}, so "
+                "fxprune's masked norm cannot stand in for it; give it a row of its own with "
+                "mask_statistics/unmask_statistics to prune these channels")
+    if cls.forward is not base.forward:
+        return (f"{name} has a forward of its own, which fxprune's masked {base.__name__} would "
+                "replace; give it a row of its own with mask_statistics/unmask_statistics to "
+                "prune these channels")
+    return None
 
 
 def _mask_norm_module(gm, node, masked_class, masks):
