@@ -7,6 +7,7 @@ when most channels are redundant, and slowly near the target.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 
@@ -31,9 +32,18 @@ class PruningSchedule:
     def __post_init__(self):
         if self.shape not in ("exp", "linear"):
             raise ValueError(f"schedule shape must be 'exp' or 'linear', got {self.shape!r}")
-        if self.update_every < 1 or self.ramp < 0 or self.warmup < 0:
-            raise ValueError("schedule needs update_every >= 1, ramp >= 0 and warmup >= 0 "
-                             f"(got {self.update_every}, {self.ramp}, {self.warmup})")
+        # step counts: a float warm-up (0.1 * total steps) never met `step == ...` and the
+        # schedule never pruned
+        for name, low in (("warmup", 0), ("ramp", 0), ("update_every", 1), ("freeze_after", 0)):
+            v = getattr(self, name)
+            if name == "freeze_after" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"schedule {name} is a count of optimizer steps, an integer >= "
+                                 f"{low}; got {v!r} (round a computed one: int(0.1 * steps))")
+        if (isinstance(self.sharpness, bool) or not isinstance(self.sharpness, numbers.Real)
+                or not math.isfinite(self.sharpness) or self.sharpness <= 0):
+            raise ValueError(f"schedule sharpness must be a number > 0, got {self.sharpness!r}")
 
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""

@@ -584,3 +584,44 @@ def test_a_float64_models_fractional_masks_resume_to_the_bit():
     other = prepared().double()
     fxprune.SMCP(other, target=0.5, warmup=0, ramp=1, update_every=1).load_state_dict(state)
     assert torch.equal(fxprune.channel_groups(other)[0].mask, first)
+
+
+def test_a_schedule_counts_steps_in_integers():
+    """A float warm-up (0.1 * total steps), a float ramp or update_every=nan never met the
+    schedule's step tests, and the run never pruned, silently (break23 #2)."""
+    for kwargs, phrase in [({"warmup": 2.5}, "schedule warmup is a count of optimizer steps, an "
+                                              r"integer >= 0; got 2.5 \(round a computed one"),
+                           ({"ramp": 2.5}, "schedule ramp"),
+                           ({"update_every": float("nan")}, "schedule update_every"),
+                           ({"freeze_after": "5"}, "schedule freeze_after"),
+                           ({"sharpness": 0.0}, "sharpness must be a number > 0")]:
+        with pytest.raises(ValueError, match=phrase):
+            PruningSchedule(**kwargs)
+    assert PruningSchedule(warmup=np.int64(3)).warmup == 3
+
+
+def test_flops_cost_of_a_model_with_a_masked_layer_norm_is_the_finalized_models():
+    """The constant outside conv/linear layers was counted on the prepared model as it stood:
+    with masks not all 1, the masked layer norm's statistics over kept channels ran extra
+    products and the cost read 0.2940 for a model at 0.2878 (break23 #3)."""
+    from helpers import random_masks
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = nn.Conv2d(1, 16, 3, padding=1), nn.LayerNorm(16), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            y = self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.b(y).mean((2, 3))
+
+    torch.manual_seed(0)
+    x = data()[0][:2]
+    model = Net()
+    pm = fxprune.prepare(model, (x,))
+    random_masks(pm, 0.5)
+    small = fxprune.finalize(pm)
+    real = count_flops(small, (x,)) / count_flops(model, (x,))
+    pruner = fxprune.SMCP(pm, target=0.9, cost="flops", warmup=0, ramp=1, update_every=1)
+    assert pruner.cost() == pytest.approx(real, rel=1e-9)
+    assert pruner.cost("flops") == pytest.approx(real, rel=1e-9)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from torch import fx
 
 from ..budget import Budget
@@ -133,9 +134,21 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         if cost == "flops":
             from ..api import layer_specs
             from ..cost import FlopsCost
-            from ..groups import state_of
+            from ..groups import channel_groups, state_of
             from ..summary import count_flops
-            dense = count_flops(prepared, state_of(prepared).example_inputs)
+            # counted with every mask at 1: a masked norm under other masks runs extra
+            # products (its statistics over kept channels) that the dense model does not have
+            masks = [g.mask for g in channel_groups(prepared, all_groups=True) if g.prunable]
+            saved = [m.detach().clone() for m in masks]
+            try:
+                with torch.no_grad():
+                    for m in masks:
+                        m.fill_(1)
+                dense = count_flops(prepared, state_of(prepared).example_inputs)
+            finally:
+                with torch.no_grad():
+                    for m, old in zip(masks, saved):
+                        m.copy_(old)
             return FlopsCost(), max(dense - sum(s.flops() for s in layer_specs(prepared)), 0)
         if cost == "params":
             from ..api import layer_specs
