@@ -47,7 +47,9 @@ class MaskSite:
     #: nodes calling a functional layer (``F.conv2d(x, self.weight)``): their weight argument
     #: is masked in the graph instead of the module's class being swapped
     functional_nodes: list[str] = field(default_factory=list)
-    masked_class: type | None = None  # the module's masked form (from its op-table row)
+    #: its op-table row, which names the module's masked form (``masked_class``); the row, not
+    #: the class, is kept: a class made at run time for a subclass cannot be pickled by name
+    rule: Any = None
 
 
 @dataclass

@@ -54,6 +54,22 @@ class _FxPruneLayer:
     """Marker of every class fxprune swaps in (``unwrap`` puts ``_fxprune_base`` back)."""
 
     _fxprune_base: type = nn.Module
+    #: how a class made at run time (:func:`variant_class`, :func:`input_masked_class`) is made
+    #: again: pickle finds classes by module and name, and these have none to find
+    _fxprune_recipe: tuple | None = None
+
+    def __reduce_ex__(self, protocol):
+        recipe = type(self).__dict__.get("_fxprune_recipe")
+        if recipe is None:
+            return super().__reduce_ex__(protocol)
+        return _new_of_derived, (recipe,), self.__dict__.copy()
+
+
+def _new_of_derived(recipe: tuple):
+    """An empty instance of the run-time class ``recipe`` names (its state is set after)."""
+    kind, *args = recipe
+    cls = variant_class(args[0], dict([args[1:]])) if kind == "variant" else input_masked_class(*args)
+    return cls.__new__(cls)
 
 
 class _InputMasked(_FxPruneLayer):
@@ -361,7 +377,8 @@ def variant_class(cls: type, table: dict[type, type]) -> type | None:
     if key not in _DERIVED:
         masked = table[base]  # its forward comes first in the MRO, the subclass's attributes after
         _DERIVED[key] = type(f"{masked.__name__}_{cls.__name__}", (masked, cls),
-                             {"_fxprune_base": cls, "__module__": __name__})
+                             {"_fxprune_base": cls, "__module__": __name__,
+                              "_fxprune_recipe": ("variant", cls, base, masked)})
     return _DERIVED[key]
 
 
@@ -372,7 +389,8 @@ def input_masked_class(cls: type, in_dim: int) -> type:
     key = (cls, _OwnForwardMasked, in_dim)
     if key not in _DERIVED:
         _DERIVED[key] = type(f"Masked_{cls.__name__}", (_OwnForwardMasked, cls),
-                             {"_fxprune_base": cls, "_fxprune_in_dim": in_dim, "__module__": __name__})
+                             {"_fxprune_base": cls, "_fxprune_in_dim": in_dim, "__module__": __name__,
+                              "_fxprune_recipe": ("input", cls, in_dim)})
     return _DERIVED[key]
 
 

@@ -249,7 +249,7 @@ class ChannelAnalysis(NodeFacts):
         if functional:
             site.functional_nodes.append(self.node.name)
         elif rule is not None:
-            site.masked_class = rule.masked_class(self.module())
+            site.rule = rule
 
     def check_later(self, count_ids, dim_ids, reason: str) -> None:
         """A channel count shapes a dim: fine if that dim holds the same channels once the whole

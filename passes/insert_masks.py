@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import gather_mask, input_masked_class, mask_weight
+from fxprune.masks import _InputMasked, gather_mask, input_masked_class, mask_weight
 
 MASK_OWNER = "fxprune_masks"
 
@@ -99,7 +99,9 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
                 set_node_arg(node, 1, "weight", masked)
             else:
                 module = gm.get_submodule(site.module)
-                module.__class__ = site.masked_class or input_masked_class(type(module), site.dim)
+                if not isinstance(module, _InputMasked):  # (a module called twice: swapped once)
+                    module.__class__ = (site.rule.masked_class(module) if site.rule is not None
+                                        else input_masked_class(type(module), site.dim))
                 # the mask goes second; the call's other arguments (output_size) stay
                 node.args = (node.args[0], mask, *node.args[1:])
     for stat in channels.stat_sites:

@@ -296,6 +296,47 @@ def test_a_prepared_model_of_many_nodes_saves(tmp_path):
 
 
 
+class MyConv(nn.Conv2d):
+    """Subclasses keep their base's forward: fxprune makes their masked classes at run time."""
+
+
+class MyLN(nn.LayerNorm):
+    pass
+
+
+class MyBN(nn.BatchNorm2d):
+    pass
+
+
+class SubclassNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.norm, self.b = MyConv(3, 8, 3, padding=1), MyBN(8), MyLN(8), MyConv(8, 4, 1)
+
+    def forward(self, x):
+        y = self.norm(torch.relu(self.bn(self.a(x))).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.b(y)
+
+
+def test_a_prepared_model_of_layer_subclasses_saves(tmp_path):
+    """torch.save failed with a PicklingError: the masked classes made at run time for a
+    subclass (MaskedLayerNorm_MyLN, Masked_MyConv) have no module attribute pickle can find
+    (break23 #6). They pickle as the recipe that makes them."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(SubclassNet(), (x,))
+    fxprune.SMCP(pm, target=0.5, channel_step=1, bn_rescale="kept_fraction")  # a rescaled MyBN too
+    random_masks(pm, 0.5)
+    torch.save(pm, tmp_path / "pm.pt")
+    loaded = torch.load(tmp_path / "pm.pt", weights_only=False)
+    assert type(loaded.get_submodule("norm")) is type(pm.get_submodule("norm"))
+    assert type(loaded.get_submodule("bn")) is type(pm.get_submodule("bn"))
+    assert max_relative_error(run_eval(pm, (x,)), run_eval(loaded, (x,))) == 0
+    small = fxprune.finalize(loaded)
+    assert type(small.get_submodule("norm")) is MyLN and type(small.get_submodule("a")) is MyConv
+    assert_plain(small)
+
+
 class FunctionalMaxPools(nn.Module):
     def __init__(self):
         super().__init__()
