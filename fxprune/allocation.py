@@ -21,12 +21,14 @@ only near the answer; :func:`allocate` re-prices around its answer and solves ag
 ``max_resolves`` times), then :func:`repair` walks single option steps with *exact* costs:
 drops the least valuable step per cost saved while over the budget, then adds the most valuable
 step per cost that still fits. Where that leaves over 1% of the dense cost unused (coarse
-options on a small model), the earlier answers are repaired too and :func:`trade_steps` trades
-a step up in one group for steps down in others. The result always fits (or
+options on a small model), every combination is tried when there are at most
+:data:`EXHAUSTIVE_MAX`, else the earlier answers are repaired too and :func:`trade_steps`
+trades a step up in one group for steps down in others. The result always fits (or
 :class:`InfeasibleBudget` is raised).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -179,17 +181,37 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
         # around one answer can send the next solve back to an earlier one. Each answer, made
         # to fit, is a candidate, then trades of one step up for steps down elsewhere (break22
         # #3). Real models' answers land within a hair of the target and skip this.
-        for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
-            other = repair(other, options, budget, limit, target, hint)
-            if _value(options, other) > _value(options, choice):
-                choice = other
-        choice = trade_steps(choice, options, budget, limit)
+        if math.prod(len(o.counts) for o in options) <= EXHAUSTIVE_MAX:
+            choice = _exhaustive(options, budget, limit) or choice
+        else:
+            for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
+                other = repair(other, options, budget, limit, target, hint)
+                if _value(options, other) > _value(options, choice):
+                    choice = other
+            choice = trade_steps(choice, options, budget, limit)
     kept = kept_from(offsets, options, choice)
     return Allocation(kept, choice, first[0], first[1], budget.fraction(kept), attempt)
 
 
 def _value(options: list[GroupOptions], choice) -> float:
     return sum(float(o.values[c]) for o, c in zip(options, choice))
+
+
+#: option combinations up to which :func:`allocate`'s further search tries them all
+EXHAUSTIVE_MAX = 4096
+
+
+def _exhaustive(options: list[GroupOptions], budget: Budget, limit: float) -> list[int] | None:
+    """The most valuable combination whose real cost fits (the cheaper of equal ones); None
+    when none fits. For a few coarse groups, where local search stops short."""
+    offsets, best = budget.index.offsets, None
+    for combo in itertools.product(*(range(len(o.counts)) for o in options)):
+        total = budget.total(kept_from(offsets, options, combo))
+        if total <= limit * _SLACK:
+            key = (_value(options, combo), -total)
+            if best is None or key > best[0]:
+                best = (key, list(combo))
+    return None if best is None else best[1]
 
 
 def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,

@@ -86,13 +86,18 @@ class CoarseNet(torch.nn.Module):
         return self.fc(F.relu(self.pw(x)).mean((2, 3)))
 
 
-def test_allocate_uses_the_budget_of_a_model_with_coarse_options():
-    """Against every combination of options (384): the answer's value is within 2% of the best
-    that fits. It stopped at the first fitting answer and single steps up cannot pay for the
+@pytest.mark.parametrize("search", ["exhaustive", "trade_steps"])
+def test_allocate_uses_the_budget_of_a_model_with_coarse_options(search, monkeypatch):
+    """Against every combination of options (384): the answer's value is within 1% of the best
+    that fits (2% when only local search runs, as on a model of more combinations). It stopped at the first fitting answer and single steps up cannot pay for the
     residual stream's 8 channels, so a 0.9 target gave a model at 0.57 (break22 #3: 16 of 160
     answers more than 1% below the best, up to 3.3%)."""
     import itertools
 
+    from fxprune import allocation
+
+    if search == "trade_steps":  # what a model of more combinations gets
+        monkeypatch.setattr(allocation, "EXHAUSTIVE_MAX", 0)
     torch.manual_seed(0)
     pm = fxprune.prepare(CoarseNet(), (torch.randn(1, 3, 16, 16),))
     pruner = fxprune.SMCP(pm, target=0.9, warmup=0, ramp=0, update_every=1)
@@ -108,7 +113,15 @@ def test_allocate_uses_the_budget_of_a_model_with_coarse_options():
             result = allocate(options, budget, target, np.ones(pruner.index.n, bool))
             assert result.actual <= target + 1e-9
             gaps.append(1 - sum(o.values[j] for o, j in zip(options, result.choice)) / best)
-    assert max(gaps) < 0.02 and np.mean(gaps) < 0.003, (max(gaps), np.mean(gaps))
+    if search == "trade_steps":  # repairs and one-for-many trades: close, not exact
+        assert max(gaps) < 0.02 and np.mean(gaps) < 0.003, (max(gaps), np.mean(gaps))
+        return
+    assert max(gaps) < 0.01, max(gaps)  # (within 1% of the budget it does not search further)
+    # equal scores (CUCB's unplayed arms): the trade needs two steps down in one group, which
+    # single greedy steps never find (break23 #4); 384 combinations are tried whole
+    options = pruner._options(np.ones(pruner.index.n))
+    result = allocate(options, budget, 0.9, np.ones(pruner.index.n, bool))
+    assert sum(o.values[j] for o, j in zip(options, result.choice)) == 92 and result.actual <= 0.9
     with pytest.raises(ValueError, match="max_resolves must be an integer >= 1, got 0"):
         allocate(options, budget, 0.5, np.ones(pruner.index.n, bool), max_resolves=0)
 
