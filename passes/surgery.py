@@ -186,8 +186,9 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
                 node.op == "get_attr" and node.target.startswith(state.mask_owner + ".")):
             gm.graph.erase_node(node)
     delattr(gm, state.mask_owner)
-    for node in gm.graph.nodes:
+    for node in gm.graph.nodes:  # (shapes recorded at prepare are the dense model's)
         node.meta.pop("fxprune_labels", None)
+        node.meta.pop("fxprune_value", None)
     gm.meta.pop("fxprune", None)
     # The tracer class is pickled with a GraphModule; ours lives in fxprune, and the result must
     # load where fxprune is not installed.

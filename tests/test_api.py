@@ -335,6 +335,8 @@ def test_a_prepared_model_of_layer_subclasses_saves(tmp_path):
     small = fxprune.finalize(loaded)
     assert type(small.get_submodule("norm")) is MyLN and type(small.get_submodule("a")) is MyConv
     assert_plain(small)
+    # the shapes prepare recorded are the dense model's: not left on the finalized graph
+    assert not any("fxprune_value" in n.meta for n in small.graph.nodes)
 
 
 class FunctionalMaxPools(nn.Module):

@@ -179,7 +179,10 @@ def test_bad_arguments_are_explained():
                            ({"explore": 0}, r"explore \(the step of the final selection"),
                            ({"warmup": 2.5}, "warmup must be an integer, got 2.5"),
                            ({"channel_step": -8}, "channel_step must be >= 1, got -8"),
-                           ({"seed": "a"}, "seed must be an integer, got 'a'")]:
+                           ({"seed": "a"}, "seed must be an integer, got 'a'"),
+                           # break23: the final selection fell in the random warm-up
+                           ({"warmup": 10, "explore": 3}, "explore=3 makes the final selection "
+                                                          "during the 10 steps of random warm-up")]:
         with pytest.raises(ValueError, match=phrase) as info:
             CUCB(pm, **kwargs)
         assert "\n" not in str(info.value)

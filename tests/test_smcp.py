@@ -625,3 +625,14 @@ def test_flops_cost_of_a_model_with_a_masked_layer_norm_is_the_finalized_models(
     pruner = fxprune.SMCP(pm, target=0.9, cost="flops", warmup=0, ramp=1, update_every=1)
     assert pruner.cost() == pytest.approx(real, rel=1e-9)
     assert pruner.cost("flops") == pytest.approx(real, rel=1e-9)
+
+
+def test_one_shot_names_its_own_arguments():
+    """prune_at=0 said 'warmup must be >= 0, got -1', an argument the user never gave (break23)."""
+    from fxprune.methods.smcp import one_shot
+
+    with pytest.raises(ValueError, match=r"prune_at \(the optimizer step, from 1, of the pruning\) "
+                                         r"must be >= 1, got 0"):
+        one_shot(prepared(), prune_at=0)
+    with pytest.raises(ValueError, match="window must be >= 1, got 0"):
+        one_shot(prepared(), prune_at=5, window=0)

@@ -101,6 +101,10 @@ class CUCB(PruningMethod):
                             ("max_resolves", max_resolves)):
             check_number(name, value, 1, integer=True)
         check_number("seed", seed, 0, integer=True)
+        if explore is not None and explore < warmup:  # the final pick would be a random one
+            raise ValueError(f"explore={explore} makes the final selection during the {warmup} "
+                             "steps of random warm-up, before any bandit statistics: raise "
+                             "explore or lower warmup")
         if execution not in ("gathered", "masked"):
             raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
                              f"'masked' (full width, inactive channels masked), got {execution!r}")

@@ -379,6 +379,8 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
         raise ValueError(f"one-shot pruning sets {', '.join(clash)} itself (from prune_at and "
                          f"window); remove {', '.join(clash)} (in a recipe: prune.{clash[0]} or "
                          f"prune.{clash[0]}_epochs)")
-    window = max(1, min(int(window), int(prune_at)))
+    check_number("prune_at (the optimizer step, from 1, of the pruning)", prune_at, 1, integer=True)
+    check_number("window", window, 1, integer=True)
+    window = min(int(window), int(prune_at))
     return SMCP(prepared, target, cost, warmup=int(prune_at) - window, ramp=0, update_every=window,
                 freeze_after=int(prune_at), masks="hard", importance=importance, **kwargs)
