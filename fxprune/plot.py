@@ -126,13 +126,10 @@ def _batch_size(value, what: str, source: str) -> int:
 def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int, float]:
     """``{batch: value}`` from a row's ``latency_ms`` (or ``speedup``): a number for the file's
     batch or a ``{"BATCH": number}`` mapping; every value must be positive."""
-    def positive(v, name):
-        return _positive(v, name, source)
-
     if value is None:
         return {}
     if isinstance(value, dict):
-        return {_batch_size(b, f"a {what} key", source): positive(v, f"{what}[{b}]")
+        return {_batch_size(b, f"a {what} key", source): _positive(v, f"{what}[{b}]", source)
                 for b, v in value.items()}
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PlotError(f"{source}: {what} must be a number or a {{\"BATCH\": value}} mapping, "
@@ -140,7 +137,7 @@ def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int,
     if batch is None:
         raise PlotError(f"{source}: {what} is one number but the file states no batch; "
                         f"write it as {{\"BATCH\": value}} or add a top-level \"batch\"")
-    return {_batch_size(batch, "the file's batch", source): positive(value, what)}
+    return {_batch_size(batch, "the file's batch", source): _positive(value, what, source)}
 
 
 def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
