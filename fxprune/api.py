@@ -6,7 +6,8 @@ from torch import fx, nn
 
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
-from fxprune.passes.shape_prop import check_example_values, normalize_example_inputs, propagate_shapes
+from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
+                                      propagate_shapes)
 from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channels, verify
 from fxprune.passes.trace import trace
 
@@ -65,25 +66,13 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
     # inputs are stored as given and moved (copied) again at each later use (finalize's check,
     # FLOPs): no run writes into the user's tensors or the stored ones.
-    stored = _copied(example_inputs)
+    stored = map_tensors(example_inputs, lambda t: t.detach().clone())
     propagate_shapes(gm, inputs_for(gm, stored))
     channels = analyze(gm, rules)
     insert_masks(gm, channels)
     gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
     make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
     return gm
-
-
-def _copied(value):
-    """``value`` with every tensor in it (in tuples, lists and dicts too) detached and cloned."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        items = [_copied(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    return value
 
 
 #: finalize's default check tolerance by the model's floating dtype: half-precision models sum

@@ -112,6 +112,19 @@ class NodeFacts:
         return (a.meta.get("fxprune_labels") or {}) if isinstance(a, fx.Node) else {}
 
 
+def map_tensors(value: Any, fn) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it, through tuples (named ones too),
+    lists and dicts (a model's forward arguments); anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        items = [map_tensors(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
 def normalize_example_inputs(example_inputs) -> tuple:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)

@@ -21,7 +21,7 @@ from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm, ga
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
-from .shape_prop import NodeFacts
+from .shape_prop import NodeFacts, map_tensors
 
 #: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
 _ROW_BEFORE_STAT_RULES = FunctionalLayerNorm()
@@ -81,6 +81,12 @@ def _check_masks(channels: ChannelGraph, masks: dict[str, np.ndarray]) -> None:
             if not np.all((m == 0) | (m == 1)):
                 raise SurgeryError(f"norm `{stat.node}` normalizes over channels whose masks are not 0/1; "
                                    "its statistics cannot be folded: set those masks to 0 or 1")
+
+
+def _is_mask_node(node: fx.Node, owner: str) -> bool:
+    """A node giving masks: a mask buffer of ``owner`` (``fxprune_masks``) or their gathering."""
+    return (node.op == "call_function" and node.target is gather_mask) or (
+        node.op == "get_attr" and node.target.startswith(owner + "."))
 
 
 def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
@@ -154,8 +160,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     for name in wrapped:
         unwrap(modules[name])
     graph_nodes = {n.name: n for n in gm.graph.nodes}
-    mask_nodes = {n for n in gm.graph.nodes if (n.op == "call_function" and n.target is gather_mask)
-                  or (n.op == "get_attr" and n.target.startswith(state.mask_owner + "."))}
+    mask_nodes = {n for n in gm.graph.nodes if _is_mask_node(n, state.mask_owner)}
     for stat in ch.stat_sites:  # masked functional norms back to the plain call (their row knows how)
         node = graph_nodes[stat.node]
         rule = stat.rule or _ROW_BEFORE_STAT_RULES
@@ -182,8 +187,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             if rule is not None:
                 rule.rewrite(node, ctx)
     for node in reversed(list(gm.graph.nodes)):
-        if (node.op == "call_function" and node.target is gather_mask) or (
-                node.op == "get_attr" and node.target.startswith(state.mask_owner + ".")):
+        if _is_mask_node(node, state.mask_owner):
             gm.graph.erase_node(node)
     delattr(gm, state.mask_owner)
     for node in gm.graph.nodes:  # (shapes recorded at prepare are the dense model's)
@@ -257,18 +261,11 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
     device, dtype = model_device_dtype(model)
 
     def move(t):
-        if isinstance(t, (tuple, list)):  # nested arguments (a list of images, a dict of them)
-            items = [move(v) for v in t]
-            return type(t)(*items) if hasattr(t, "_fields") else type(t)(items)
-        if isinstance(t, dict):
-            return {k: move(v) for k, v in t.items()}
-        if not isinstance(t, torch.Tensor):
-            return t
         if t.is_floating_point() and dtype is not None:
             return t.to(device=device, dtype=dtype, copy=True)
         return t.to(device, copy=True)
 
-    return tuple(move(t) for t in inputs)
+    return map_tensors(tuple(inputs), move)
 
 
 def run_eval(model: nn.Module, inputs: tuple):
