@@ -9,9 +9,10 @@ adds the constant a per-layer model misses on one model (:func:`fit_fixed_cost`)
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from .checks import check_number
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,7 @@ def fit_fixed_cost(dense_cost: float, pruned_cost: float, measured_fraction: flo
     """
     for name, v in (("dense_cost", dense_cost), ("pruned_cost", pruned_cost),
                     ("measured_fraction", measured_fraction)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        check_number(name, v)
     dense_cost, pruned_cost, m = float(dense_cost), float(pruned_cost), float(measured_fraction)
     if not 0 < pruned_cost < dense_cost:
         raise ValueError(f"pruned_cost must be in (0, dense_cost={dense_cost:g}), got "

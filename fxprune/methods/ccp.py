@@ -62,7 +62,8 @@ from ..allocation import GroupOptions, allocate, allocate_uniform, allowed_count
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
-from .base import PruningMethod, check_fraction, check_number
+from ..checks import check_fraction, check_number
+from .base import PruningMethod
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
            "best_subsets", "solve"]

@@ -70,7 +70,8 @@ from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_opti
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
-from .base import PruningMethod, check_fraction, check_number
+from ..checks import check_fraction, check_number
+from .base import PruningMethod
 
 __all__ = ["CUCB"]
 

@@ -72,7 +72,8 @@ from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
 from ..schedule import PruningSchedule
-from .base import PruningMethod, check_fraction, check_number, resolve_cost_model
+from ..checks import check_fraction, check_number
+from .base import PruningMethod, resolve_cost_model
 
 __all__ = ["SMCP", "one_shot", "damp_churn", "allowed_counts", "resolve_cost_model"]
 

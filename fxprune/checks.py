@@ -1,0 +1,31 @@
+"""One-line argument checks shared by the pruning methods and the cost models: each
+raises a ValueError naming the argument, what it must be and what was given."""
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__ = ["check_number", "check_fraction"]
+
+
+def check_number(name: str, value, low=None, high=None, *, integer: bool = False,
+                 open_low: bool = False, open_high: bool = False) -> None:
+    """A one-line ValueError naming ``name`` unless ``value`` is a finite real number (an
+    integer if ``integer``; numpy scalars count, bools do not) within ``[low, high]`` (a
+    bound left open with ``open_low``/``open_high``; None: unbounded)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}, "
+                         f"got {value!r}")
+    if low is not None and (value <= low if open_low else value < low):
+        raise ValueError(f"{name} must be {'>' if open_low else '>='} {low}, got {value!r}")
+    if high is not None and (value >= high if open_high else value > high):
+        raise ValueError(f"{name} must be {'<' if open_high else '<='} {high}, got {value!r}")
+
+
+def check_fraction(name: str, value, what: str) -> None:
+    """A one-line ValueError unless ``value`` is a real number in (0, 1]; ``what`` says what
+    the fraction is of (the message reads "target is the fraction of the dense cost to keep")."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not 0 < value <= 1):
+        raise ValueError(f"{name} is {what}, in (0, 1]; got {value!r}")
