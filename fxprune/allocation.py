@@ -93,7 +93,12 @@ def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int
     multiple of ``step`` (runtimes' kernels work on blocks of channels: an odd count can cost
     more than a round one, across layers, where no per-layer cost sees it), plus all of them;
     within ``[low, high]``. ``unit_channels``: channels per unit of the group (a grouped conv's
-    tied positions), so a unit count k keeps ``k * unit_channels`` channels."""
+    tied positions), so a unit count k keeps ``k * unit_channels`` channels.
+
+    Raises ValueError when ``[low, high]`` holds no count from 1 to ``size``."""
+    if not 1 <= max(low, 1) <= min(high, size):
+        raise ValueError(f"allowed_counts: a {size}-channel group has no count in [{low}, {high}]; "
+                         f"low must be at most min(high, size)")
     per = max(1, step // math.gcd(step, unit_channels)) if step > 1 else 1
     ks = set(range(per, size + 1, per)) | {size}
     ks = sorted(k for k in ks if low <= k <= high)

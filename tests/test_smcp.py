@@ -332,6 +332,19 @@ def test_bad_arguments_are_explained():
     fxprune.SMCP(pm, target=advised, warmup=0, ramp=1, update_every=1, channel_step=8)
 
 
+def test_a_cost_model_that_grows_as_channels_go_is_named_as_the_cause():
+    class Inverted:  # break22: advised "raise the target to at least 361189.000"
+        name = "inverted"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return float(layer.flops() - layer.flops(c_in, c_out) + 1)
+
+    with pytest.raises(ValueError, match=r"cost model 'inverted' prices the narrowest allowed "
+                                         r"model at \S+ of dense, above the dense model") as info:
+        fxprune.SMCP(prepared(), cost=Inverted(), target=0.5)
+    assert "raise the target" not in str(info.value)
+
+
 def test_custom_cost_model_plugs_in():
     class ConvOnlyParams:
         name = "conv_params"
@@ -355,6 +368,10 @@ def test_counts_stay_on_the_channel_step_grid():
     assert allowed_counts(4, 8, 1, 4, unit_channels=32).tolist() == [1, 2, 3, 4]  # 32 channels per unit
     assert allowed_counts(20, 8, 1, 20, unit_channels=2).tolist() == [4, 8, 12, 16, 20]
     assert allowed_counts(64, 8, 20, 30).tolist() == [24]
+    with pytest.raises(ValueError, match="no count in"):
+        allowed_counts(10, 8, 11, 12)  # more than the group holds
+    with pytest.raises(ValueError, match="no count in"):
+        allowed_counts(10, 8, 5, 4)
 
 
 def test_cost_can_be_priced_by_another_model():
