@@ -212,6 +212,13 @@ class PruningMethod:
         from ..allocation import uniform_kept
 
         floor = self.budget.fraction(uniform_kept(self.index, 0.0, self.channel_step))
+        if floor > 1 and target < floor * (1 - 1e-9):
+            # no target can help: the advice "raise the target to 361189" named the wrong cause
+            raise ValueError(
+                f"the cost model {getattr(self.budget.model, 'name', type(self.budget.model).__name__)!r}"
+                f" prices the narrowest allowed model at "
+                f"{floor:.5g} of dense, above the dense model: a channel cost must not grow as "
+                "channels are removed; check the cost model (or the latency table it reads)")
         if target < floor * (1 - 1e-9):
             # rounded up: the advice itself must pass (0.01222 printed as 0.012 was refused)
             at_least = math.ceil(floor * 1000) / 1000
