@@ -261,6 +261,18 @@ def test_ccp_resumes_exactly(tmp_path):
     assert torch.equal(run(), run(split=3))
 
 
+def test_resuming_under_another_target_or_schedule_warns():
+    import warnings
+    pm = prepared()
+    state = CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4).load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"CCP: resuming a state saved with another target "
+                                            r"0\.5 -> 0\.4; prune_steps \[5\] -> \[6\]"):
+        CCP(pm, target=0.4, mode="adaptive", collect=4, prune_at=6, channel_step=4).load_state_dict(state)
+
+
 def test_batch_norms_run_in_eval_mode_on_collection_steps_only():
     """In the training forwards of the collection steps, whatever the loop does between steps
     (a validation pass's eval()/train()); a norm the user froze stays frozen."""

@@ -166,6 +166,19 @@ def test_cucb_resumes_exactly(tmp_path):
     assert torch.equal(m_a, m_b) and torch.equal(mu_a, mu_b)
 
 
+def test_resuming_under_another_target_or_rho_warns():
+    """A state records the settings it ran under: ``target`` without ``rho`` once meant
+    rho = target, and a changed rho would go on silently at another width."""
+    pm = prepared()
+    state = CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1).load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"CUCB: resuming a state saved with another rho "
+                                            r"\S+ -> 0\.3; explore 8 -> 9: the run continues at step 0"):
+        CUCB(pm, target=0.5, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
+
+
 def test_bad_arguments_are_explained():
     pm = prepared()
     with pytest.raises(ValueError, match="selection must be"):

@@ -173,6 +173,22 @@ class PruningMethod:
         ``masks="hard"``): a state saved under others is refused. Subclasses name theirs."""
         return {}
 
+    def run_settings(self) -> dict:
+        """Settings a resumed run may change (pruning further, a longer schedule), but never
+        silently: a state records them and :meth:`_warn_changed_settings` names the changes.
+        Plain data (loadable with ``weights_only=True``). Subclasses name theirs."""
+        return {}
+
+    def _warn_changed_settings(self, state: dict) -> None:
+        # states saved before "run_settings" existed kept SMCP's two at the top level
+        saved = state.get("run_settings", state)
+        changed = [f"{name} {saved[name]!r} -> {mine!r}" for name, mine in self.run_settings().items()
+                   if name in saved and saved[name] != mine]
+        if changed:
+            warnings.warn(f"{type(self).__name__}: resuming a state saved with another "
+                          f"{'; '.join(changed)}: the run continues at step {int(state['step'])} "
+                          "under this pruner's settings", RuntimeWarning, stacklevel=3)
+
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
         self.index = UnitIndex(prepared)

@@ -428,14 +428,20 @@ class CCP(PruningMethod):
         self.history.append(record)
         return record
 
+    def run_settings(self) -> dict:
+        return {"target": self.target, "ratio": self.ratio, "prune_steps": self.prune_steps(),
+                "collect": self.collect}
+
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
+                "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "masks": self.index.masks(self.prepared),
                 "dead": torch.from_numpy(self.dead.copy()), "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self._check_state(state, "masks")
+        self._warn_changed_settings(state)
         self.step_count = int(state["step"])
         self.stats.load_state_dict(state["stats"])
         self.index.set_masks(self.prepared, state["masks"])

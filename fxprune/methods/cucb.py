@@ -285,15 +285,22 @@ class CUCB(PruningMethod):
     def defining_settings(self) -> dict:
         return {"selection": str(self.selection), "mode": str(self.mode)}
 
+    def run_settings(self) -> dict:
+        # rho: a state saved before `target` without rho meant a cost meant rho = target
+        return {"target": self.cost_target, "rho": self.rho, "c": self.c, "warmup": self.warmup,
+                "explore": self.explore}
+
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
+                "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "final": self.final,
                 "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self._check_state(state, "active")
+        self._warn_changed_settings(state)
         self.step_count, self.final = int(state["step"]), bool(state["final"])
         self.stats.load_state_dict(state["stats"])
         self.active = state["active"].numpy().astype(bool).copy()

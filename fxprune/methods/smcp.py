@@ -331,6 +331,9 @@ class SMCP(PruningMethod):
         return {"masks": str(self.masks_kind), "allocation": str(self.allocation),  # plain str:
                 "importance": str(self.importance.kind)}  # loadable with weights_only=True
 
+    def run_settings(self) -> dict:
+        return {"schedule": self.schedule.state(), "target": self.target}
+
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors and plain Python data only: loadable with ``torch.load(weights_only=True)``;
@@ -339,7 +342,7 @@ class SMCP(PruningMethod):
                 "importance": self.importance.state_dict(), "masks": self.index.masks(self.prepared),
                 "dead": torch.from_numpy(self.dead.copy()),
                 "history": [_plain(r) for r in self.history], "schedule": self.schedule.state(),
-                "target": self.target, "groups": self.signature(),
+                "target": self.target, "run_settings": self.run_settings(), "groups": self.signature(),
                 "skipped_updates": self.skipped_updates, "bn_recalibrating": self._recalibrating,
                 "bn_rescale": self.bn_rescale}
 
@@ -352,13 +355,7 @@ class SMCP(PruningMethod):
             raise ValueError(f"this SMCP state was saved with bn_rescale={saved!r}, the pruner has "
                              f"bn_rescale={self.bn_rescale!r}; build it with "
                              f"bn_rescale={saved!r} to resume that run")
-        changed = [f"{name} {state[name]!r} -> {mine!r}" for name, mine in
-                   (("schedule", self.schedule.state()), ("target", self.target))
-                   if name in state and state[name] != mine]
-        if changed:  # allowed (e.g. pruning further), but never silently
-            warnings.warn(f"SMCP: resuming a state saved with another {'; '.join(changed)}: the run "
-                          f"continues at step {int(state['step'])} under this pruner's settings",
-                          RuntimeWarning, stacklevel=2)
+        self._warn_changed_settings(state)  # allowed (e.g. pruning further), never silently
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
         self.importance.load_state_dict(state["importance"])
