@@ -179,6 +179,21 @@ def test_resuming_under_another_target_or_rho_warns():
         CUCB(pm, target=0.5, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
 
 
+def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():
+    """break23: target 0.4 at channel_step 8 ran at 0.27 of dense, where no common fraction
+    lies between (the next one up costs over 0.4), and nothing said so."""
+    with pytest.warns(RuntimeWarning, match=r"the widest model within target 0\.4 costs 0\.\d+ "
+                                            r"of dense; mode='budget'") as record:
+        pruner = CUCB(prepared(), target=0.4, channel_step=8)
+    from fxprune.allocation import uniform_kept
+    widest = pruner.budget.fraction(uniform_kept(pruner.index, pruner.rho, 8))
+    assert 0.05 < 0.4 - widest and f"costs {widest:.3f}" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CUCB(prepared(), target=0.4, channel_step=1)  # fine widths reach it
+        CUCB(prepared(), target=0.4, rho=0.5, channel_step=8)  # rho given: a width, no cost promise
+
+
 def test_bad_arguments_are_explained():
     pm = prepared()
     with pytest.raises(ValueError, match="selection must be"):

@@ -75,6 +75,10 @@ from .base import PruningMethod
 
 __all__ = ["CUCB"]
 
+#: ratio mode under a cost target warns when its common fraction leaves more of the dense
+#: cost than this unused
+_UNUSED_WARN = 0.05
+
 
 class CUCB(PruningMethod):
     name = "cucb"
@@ -120,6 +124,14 @@ class CUCB(PruningMethod):
         #: common fraction whose model fits ``target`` (as CCP's ratio=None), the final
         #: selection held to the target exactly
         self.rho = float(rho) if rho is not None else self._fitting_rho(self.cost_target)
+        if rho is None and mode == "ratio":
+            reached = self.budget.fraction(uniform_kept(self.index, self.rho, self.channel_step))
+            if self.cost_target - reached > _UNUSED_WARN:  # coarse widths: the next fraction up
+                warnings.warn(  # jumps past the target (0.32 of dense for both 0.4 and 0.5)
+                    f"CUCB: with every group at the same fraction of its channels, the widest "
+                    f"model within target {self.cost_target:g} costs {reached:.3f} of dense; "
+                    "mode='budget' lets groups differ and fills the budget, or lower channel_step",
+                    RuntimeWarning, stacklevel=2)
         self.warmup, self.explore, self.selection = int(warmup), explore, selection
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.rng = np.random.default_rng(seed)
