@@ -13,6 +13,8 @@ from .common import DeployError
 # onnx 1.23 writes IR version 14 by default, which onnxruntime 1.31 refuses to load.
 IR_VERSION = 10
 OPSET = 18
+#: nn.Conv's padding_mode -> ONNX Pad's mode
+_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _ONNX_DTYPES = {"float32": ("FLOAT", np.float32), "float16": ("FLOAT16", np.float16)}
 
 
@@ -69,7 +71,14 @@ def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
             inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
             inputs.append("B")
         nd = len(layer.kernel_size)
-        pads = list(layer.padding) * 2 if layer.padding else [0] * (2 * nd)
+        pads = list(layer.padding) or [0] * nd
+        pads = pads * 2 if len(pads) == nd else pads  # else begins then ends already
+        if layer.padding_mode != "zeros":  # a Pad of that mode, then an unpadded conv
+            nodes.append(helper.make_node("Pad", ["x", "pads"], ["xp"],
+                                          mode=_PAD_MODES[layer.padding_mode]))
+            inits.append(numpy_helper.from_array(
+                np.array([0, 0, *pads[:nd], 0, 0, *pads[nd:]], dtype=np.int64), "pads"))
+            inputs[0], pads = "xp", [0] * (2 * nd)
         nodes.append(helper.make_node(
             "Conv", inputs, ["y"], kernel_shape=list(layer.kernel_size),
             strides=list(layer.stride) or [1] * nd, pads=pads,
@@ -99,7 +108,9 @@ def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
         [helper.make_tensor_value_info("x", elem, list(x_shape))],
         [helper.make_tensor_value_info("y", elem, None)],
         initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    # ONNX's Pad mode "wrap" (circular) came with opset 19
+    opset = 19 if layer.padding_mode == "circular" else OPSET
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="fxprune.latency_table")
     model.ir_version = IR_VERSION
     return model.SerializeToString()

@@ -233,9 +233,11 @@ def layer_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}.get(len(layer.kernel_size))
     if conv is None:
         raise DeployError(f"layer {layer.name!r}: no torch conv for kernel {layer.kernel_size}")
-    return conv(c_in, c_out, layer.kernel_size, stride=layer.stride or 1,
-                padding=layer.padding or 0, dilation=layer.dilation or 1, groups=groups,
-                bias=layer.bias)
+    # begins and ends that differ come only from padding="same" with an even kernel
+    padding = "same" if len(layer.padding) == 2 * len(layer.kernel_size) else layer.padding or 0
+    return conv(c_in, c_out, layer.kernel_size, stride=layer.stride or 1, padding=padding,
+                dilation=layer.dilation or 1, groups=groups, bias=layer.bias,
+                padding_mode=layer.padding_mode)
 
 
 class LayerTimer:

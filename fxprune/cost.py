@@ -23,7 +23,10 @@ class LayerSpec:
     a depthwise conv (``groups == in_channels``) keeps ``groups == c_in == c_out`` when pruned,
     any other grouped conv keeps ``groups`` and shrinks every group equally.
     ``input_shape`` is the full activation shape the layer sees (batch first), which fixes the
-    spatial size a latency measurement must use.
+    spatial size a latency measurement must use. ``padding``: one count per spatial dim, or,
+    where the two ends differ (``padding="same"`` with an even kernel), the begins then the
+    ends (ONNX's ``pads`` order); ``padding_mode``: nn.Conv's (``"zeros"``, ``"reflect"``,
+    ``"replicate"``, ``"circular"``).
     """
 
     name: str
@@ -39,6 +42,7 @@ class LayerSpec:
     groups: int = 1
     bias: bool = True
     dtype: str = "float32"
+    padding_mode: str = "zeros"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -96,7 +100,8 @@ class LayerSpec:
         p = "x".join(map(str, self.padding))
         d = "x".join(map(str, self.dilation))
         hw = "x".join(str(v) for v in self.input_shape[2:])
-        return (f"conv{len(self.kernel_size)}d[n{self.batch},{hw}]k{k}s{s}p{p}d{d}{dw}"
+        mode = "" if self.padding_mode == "zeros" else f"-{self.padding_mode}"
+        return (f"conv{len(self.kernel_size)}d[n{self.batch},{hw}]k{k}s{s}p{p}{mode}d{d}{dw}"
                 f"{'b' if self.bias else ''}:{self.dtype}")
 
 

@@ -123,6 +123,45 @@ def test_single_layer_onnx_computes_the_layer(layer):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's, on the CPU
+def test_padding_same_with_even_kernels_and_padding_modes_are_timed_as_the_model_runs():
+    """break22: "same" with an even kernel was recorded as symmetric (torch pads the extra at
+    the end) and ``padding_mode`` not at all, so a table timed another layer."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fxprune.deploy.torch_backend import layer_module
+
+    convs = torch.nn.ModuleList([
+        torch.nn.Conv2d(3, 4, 2, padding="same"),
+        torch.nn.Conv2d(4, 4, (4, 3), padding="same", dilation=(1, 2), padding_mode="reflect"),
+        torch.nn.Conv2d(4, 4, 3, padding=(1, 2), padding_mode="circular", bias=False),
+        torch.nn.Conv2d(4, 4, 2, padding="same", padding_mode="replicate"),
+    ])
+    model = torch.nn.Sequential(*convs)
+    specs = fxprune.layer_specs(fxprune.prepare(model, torch.randn(2, 3, 9, 9)))
+    assert [s.padding for s in specs] == [(0, 0, 1, 1), (1, 2, 2, 2), (1, 2), (0, 0, 1, 1)]
+    assert [s.padding_mode for s in specs] == ["zeros", "reflect", "circular", "replicate"]
+    assert len({s.signature() for s in specs}) == 4
+    x = torch.randn(2, 3, 9, 9)
+    for spec, conv in zip(specs, convs):
+        onnx_model = onnx.load_from_string(layer_model_bytes(spec, spec.in_channels, spec.out_channels))
+        w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+             for t in onnx_model.graph.initializer}
+        got = torch.from_numpy(ortb.make_session(onnx_model.SerializeToString(), threads=1)
+                               .run(None, {"x": x.numpy()})[0])
+        for ref_layer in (conv, layer_module(spec, spec.in_channels, spec.out_channels)):
+            with torch.no_grad():
+                ref_layer.weight.copy_(w["W"])
+                if ref_layer.bias is not None:
+                    ref_layer.bias.copy_(w["B"])
+                ref = ref_layer(x)
+            assert tuple(got.shape) == tuple(spec.output_shape)
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            x = conv(x)
+
+
 def test_fp16_layer_is_timed_in_fp16():
     import onnx
 

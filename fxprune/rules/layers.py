@@ -25,6 +25,7 @@ class _LayerCall(NamedTuple):
     dilation: tuple
     groups: int
     module: str  # the module owning the weight (cost tables and reports name it)
+    padding_mode: str = "zeros"  # nn.Conv's; F.conv* pads with zeros
 
 
 def _tuple(v, n):
@@ -113,7 +114,7 @@ class Conv(_WeightLayer):
             m, name = ctx.module(), ctx.module_name()
             return _LayerCall(node.args[0], f"{name}.weight", None if m.bias is None else f"{name}.bias",
                               tuple(m.kernel_size), tuple(m.stride), m.padding, tuple(m.dilation),
-                              m.groups, name)
+                              m.groups, name, str(getattr(m, "padding_mode", "zeros")))
         w = _qualname(ctx, node_arg(node, 1, "weight"))
         if w is None:
             return None
@@ -175,12 +176,15 @@ class Conv(_WeightLayer):
         k = call.kernel
         pad = call.padding
         if isinstance(pad, str):  # "valid" / "same" as numbers, for cost tables and ONNX
-            pad = tuple(0 if pad == "valid" else d * (kk - 1) // 2 for kk, d in zip(k, call.dilation))
+            total = [0 if pad == "valid" else d * (kk - 1) for kk, d in zip(k, call.dilation)]
+            pad = tuple(t // 2 for t in total)
+            if any(t % 2 for t in total):  # "same", even kernel: torch pads the extra at the end
+                pad += tuple(t - t // 2 for t in total)
         w = ctx.tensor(call.weight)
         return LayerSpec(call.module, "conv_transpose" if self.transposed else "conv", c_in, c_out,
                          tuple(ctx.shape(call.x)), tuple(ctx.out_shape()), k, call.stride, tuple(pad),
                          call.dilation, call.groups, call.bias is not None,
-                         str(w.dtype).replace("torch.", ""))
+                         str(w.dtype).replace("torch.", ""), padding_mode=call.padding_mode)
 
     def resize(self, m, node, ctx):
         out = m.weight.shape[0]
