@@ -167,10 +167,15 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
            "fixed_share_of_dense": fixed / (priced_dense + fixed),
            "narrowest_fraction": floor / (priced_dense + fixed),
            "load_average": [load for load, _ in loads]}
+    # a negative constant's share of the dense total reads oddly below -100% (it divides by a
+    # total the constant has already shrunk); the part of the table's sum it removes does not
+    share = (f"{fit['fixed_share_of_dense']:.1%} of the dense total" if fixed >= 0 else
+             f"taking {-fixed / priced_dense:.1%} off the table's dense sum: layers timed alone "
+             "carry overhead the model does not pay")
     log(f"calibrate_cost: pruned model ran at {measured:.3f} of dense, priced at "
         f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} in {cost_model.name!r} units "
-        f"({fit['fixed_share_of_dense']:.1%} of the dense total; the narrowest model the steps "
-        f"allow is now priced at {fit['narrowest_fraction']:.3f})")
+        f"({share}; the narrowest model the steps allow is now priced at "
+        f"{fit['narrowest_fraction']:.3f})")
     return WithFixedCost(cost_model, fixed, layer_keys(layer_specs(prepared)), fit)
 
 

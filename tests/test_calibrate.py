@@ -222,6 +222,21 @@ def test_calibrate_cost_refuses_a_fit_it_cannot_trust(monkeypatch, pruned_over_d
         calibrate_cost(FlopsCost(), _prepared(32), log=lambda s: None)
 
 
+def test_a_negative_constant_is_logged_as_what_it_takes_off_the_tables_sum(monkeypatch):
+    """break22: "(-103.4% of the dense total)" for a constant below minus half the table's
+    sum: a share of a total the constant itself has shrunk."""
+    import fxprune.deploy.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a: {"dense": 10.0, "pruned": 2.5})
+    lines = []
+    cost = calibrate_cost(FlopsCost(), _prepared(32), log=lines.append)
+    assert cost.fixed_cost < 0
+    dense_sum = sum(FlopsCost().layer_cost(s, s.in_channels, s.out_channels)
+                    for s in fxprune.layer_specs(_prepared(32)))
+    assert f"taking {-cost.fixed_cost / dense_sum:.1%} off the table's dense sum" in lines[-1]
+    assert "of the dense total" not in lines[-1]
+
+
 def test_fitting_a_fitted_cost_again_starts_from_its_per_layer_model(monkeypatch):
     import fxprune.deploy.calibrate as calibrate
 
