@@ -138,7 +138,7 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
 
     # If the most valuable option of every group fits, the budget does not bind.
     greedy = _best_per_group(vals, csts)
-    if sum(c[j] for c, j in zip(csts, greedy)) <= budget:
+    if sum(float(c[j]) for c, j in zip(csts, greedy)) <= budget:  # floats: inf, no warning
         return greedy
 
     slack = budget - min_total

@@ -146,6 +146,14 @@ def test_a_tiny_slack_beside_huge_option_costs_is_solved():
         assert reduced is None or value >= reduced - 1e-12
 
 
+def test_costs_near_the_float_limit_solve_without_an_overflow_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's scalar add warned, though the answer was right
+        choice = solve_mckp([[1.0, 2.0], [1.0, 3.0]], [[0.0, 1e308], [0.0, 1e308]], 1.5e308)
+    assert choice.tolist() == [0, 1]
+
+
 def test_infeasible_budget_names_minimum_cost():
     values = [np.array([1.0, 2.0]), np.array([1.0])]
     costs = [np.array([3.0, 4.0]), np.array([2.5])]
