@@ -6,7 +6,8 @@ runtime the model will ship on; ``layer_cost(layer, c_in, c_out)`` interpolates 
 between grid points (clamped at the grid's edges).
 
 Grids: counts ``step, 2*step, ...`` below the dense count, plus the dense count itself. A
-depthwise conv keeps ``c_in == c_out == groups``, so its grid is one axis (the diagonal); any
+depthwise conv keeps ``c_in == groups`` and ``c_out == m * c_in`` (its channel multiplier
+``m``, usually 1), so its grid is one axis (the diagonal of points ``(k, m * k)``); any
 other grouped conv keeps its ``groups`` and its counts are rounded up to multiples of it.
 
 Layers with the same :meth:`LayerSpec.signature` share their measurements (a ResNet's repeated
@@ -65,10 +66,12 @@ def grid_counts(dense: int, step: int, multiple_of: int = 1) -> list[int]:
 
 
 def layer_grid(layer: LayerSpec, step: int) -> tuple[list[int], list[int], bool]:
-    """(c_in axis, c_out axis, diagonal) for ``layer``; diagonal means c_in == c_out (depthwise)."""
+    """(c_in axis, c_out axis, diagonal) for ``layer``; diagonal: the points pair the axes
+    (depthwise: ``c_out`` is the channel multiplier times ``c_in``)."""
     if layer.depthwise:
         ks = grid_counts(layer.in_channels, step)
-        return ks, ks, True
+        mult = layer.out_channels // layer.in_channels
+        return ks, [k * mult for k in ks], True
     g = layer.groups if layer.kind == "conv" else 1
     return grid_counts(layer.in_channels, step, g), grid_counts(layer.out_channels, step, g), False
 
@@ -320,7 +323,8 @@ class LatencyTable:
     def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
         """Interpolated ms of ``layer`` keeping ``c_in``/``c_out`` channels (0 if either is 0).
 
-        Depthwise layers are looked up at ``c_in`` (their kept count is c_in == c_out).
+        Depthwise layers are looked up at ``c_in`` (their kept outputs are the channel
+        multiplier times it).
         """
         layer = self._as_measured(layer)
         cins, couts, diag, _ = self._grid_for(layer)
@@ -330,7 +334,7 @@ class LatencyTable:
         try:
             if diag:
                 lo, hi, w = _interp(cins, c_in)
-                a, b = pts[(cins[lo], cins[lo])], pts[(cins[hi], cins[hi])]
+                a, b = pts[(cins[lo], couts[lo])], pts[(cins[hi], couts[hi])]
                 return a + (b - a) * w
             i0, i1, wi = _interp(cins, c_in)
             o0, o1, wo = _interp(couts, c_out)
@@ -384,6 +388,13 @@ class LatencyTable:
             for k, g in data["grids"].items():
                 table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
                                    list(g["layers"]))
+                dense_in, dense_out = map(int, k.rpartition("|")[2].split("x"))
+                if g["diagonal"] and list(g["c_out"]) != [c * (dense_out // dense_in)
+                                                          for c in g["c_in"]]:
+                    raise DeployError(
+                        f"{source} timed the depthwise layer(s) {', '.join(g['layers'])} "
+                        f"({dense_in}->{dense_out} channels) without their channel multiplier, "
+                        "as fxprune did before 2026-12-03; measure the table again")
             for pk, pts in data["points"].items():
                 table._points[pk] = {_parse_point(p): _milliseconds(ms) for p, ms in pts.items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

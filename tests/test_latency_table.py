@@ -82,6 +82,36 @@ def test_depthwise_interpolates_along_the_diagonal():
     assert table.layer_cost(layer, 12, 12) == pytest.approx((64 + 256) / 2)
 
 
+def test_a_depthwise_channel_multiplier_is_timed_and_priced(tmp_path):
+    """break25 #1: Conv2d(16, 32, groups=16) was timed as a 16 -> 16 conv, priced at half its
+    MACs. A table whose timer returns MACs must price a model exactly as its MACs."""
+    from fxprune.budget import Budget
+    from fxprune.units import UnitIndex, costed_layers
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 32, 3, padding=1, groups=16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 8, 1))
+    pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))
+    timer = CountingTimer(lambda ci, co: None)
+    table = LatencyTable.measure(pm, step=4, timer=lambda layer, ci, co: (
+        timer.calls.append((layer.name, ci, co)), layer.macs(ci, co) / 1e6)[1], **FAST)
+    assert ("2", 16, 32) in timer.calls and ("2", 16, 16) not in timer.calls
+    index = UnitIndex(pm)
+    layers = costed_layers(index)
+    by_table, by_macs = Budget(index, layers, table), Budget(index, layers, fxprune.cost.FlopsCost())
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        kept = rng.random(index.n) < 0.6
+        assert by_table.total(kept) == pytest.approx(by_macs.total(kept) / 2e6)
+    # a table saved before the multiplier was timed is refused, not read as the wrong layer
+    data = table.to_dict()
+    (key,) = [k for k, g in data["grids"].items() if g["diagonal"]]
+    data["grids"][key]["c_out"] = data["grids"][key]["c_in"]
+    with pytest.raises(DeployError, match=r"timed the depthwise layer\(s\) 2 \(16->32 channels\) "
+                                          "without their channel multiplier"):
+        LatencyTable.from_dict(data)
+
+
 def test_is_a_cost_model():
     table = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST)
     assert isinstance(table, CostModel) and table.name == "latency"
