@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import warnings
 from typing import Callable
 
 import torch
@@ -33,6 +35,25 @@ def eval_copy(module: nn.Module, precision: str = "fp32") -> nn.Module:
 def example_input(input_shape, precision: str = "fp32", seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*input_shape, generator=gen).to(_DTYPES[precision])
+
+
+def exporter_reason(err: BaseException) -> str:
+    """One line saying why an ONNX exporter failed: the dynamo exporter's message opens with
+    generic "Next steps" text (and colour codes); its reason follows "## Exception summary",
+    and where it came from follows "The following call raised this error"."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    lines = [line.strip() for line in text.splitlines()]
+    reason = next((line for line in lines if line), "")
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1:]
+        reason = next((line for line in after if line), reason)
+        reason = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>: ", r"\1: ", reason)
+    else:
+        reason = f"{type(err).__name__}: {reason}"
+    where = next((lines[i + 1] for i, line in enumerate(lines[:-1])
+                  if line.startswith("The following call raised this error")), "")
+    reason = reason[:240] + ("..." if len(reason) > 240 else "")
+    return f"{reason} ({where})" if where else reason
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
@@ -73,19 +94,33 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
         torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=dyn, verbose=False,
                           **common)
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
-        first_line = (str(dynamo_err).strip().splitlines() or [""])[0][:200]
-        log(f"dynamo ONNX exporter failed ({type(dynamo_err).__name__}: {first_line}); "
-            "retrying with dynamo=False")
+        dynamo_reason = exporter_reason(dynamo_err)
+        log(f"dynamo ONNX exporter failed ({dynamo_reason}); retrying with dynamo=False")
         exporter = "torchscript"
         axes = ({name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
                 if dynamic_batch else None)
         try:
-            torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, **common)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", torch.jit.TracerWarning)
+                torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, **common)
         except Exception as legacy_err:
             raise DeployError(
-                f"ONNX export failed with both exporters. dynamo: {type(dynamo_err).__name__}: "
-                f"{dynamo_err}\nTorchScript: {type(legacy_err).__name__}: {legacy_err}"
-            ) from legacy_err
+                f"ONNX export failed with both exporters: dynamo: {dynamo_reason}; TorchScript: "
+                f"{exporter_reason(legacy_err)}") from legacy_err
+        for w in caught:
+            if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
+                # a trace records the branch the example input took, and a check input that
+                # takes the same one passes: the file would be another model, silently
+                os.remove(path)
+                raise DeployError(
+                    f"the model branches on its data ({os.path.basename(w.filename)}:{w.lineno}): "
+                    "the dynamo exporter refused it (logged above) and the TorchScript "
+                    "exporter records only the branch the example input takes; write the branch "
+                    "with torch.where or torch.cond, or export the model yourself and deploy "
+                    "the .onnx file")
+        for w in caught:  # anything else TorchScript warns of is shown, not dropped
+            if not issubclass(w.category, DeprecationWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     check_onnx(path)
     import onnx
 
@@ -142,7 +177,7 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
     """Run the ONNX file in ONNX Runtime and the fp32 PyTorch module on the same input.
 
     Returns max |onnx - torch| over all outputs; raises :class:`DeployError` naming the
-    difference when it exceeds ``atol + rtol * max|torch|``.
+    output and the difference when one exceeds ``atol + rtol * max|torch|`` of that output.
     """
     import numpy as np
 
@@ -159,18 +194,21 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
     got = sess.run(None, {sess.get_inputs()[0].name: feed})
     if len(got) != len(ref):
         raise DeployError(f"{path} has {len(got)} outputs but the PyTorch model returns {len(ref)}")
-    max_diff, max_ref = 0.0, 0.0
+    max_diff = 0.0
     for i, (g, r) in enumerate(zip(got, ref, strict=True)):
         if tuple(g.shape) != tuple(r.shape):
             raise DeployError(f"output {i} of {path} has shape {tuple(g.shape)}, "
                               f"PyTorch gives {tuple(r.shape)}")
-        max_diff = max(max_diff, float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0)
-        max_ref = max(max_ref, float(np.max(np.abs(r))) if r.size else 0.0)
-    limit = atol + rtol * max_ref
-    if not max_diff <= limit:  # also catches NaN
-        raise DeployError(
-            f"ONNX Runtime's output differs from PyTorch's: max abs diff {max_diff:.3g} > "
-            f"tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|output| {max_ref:.3g}) "
-            f"for {path} at {precision}. The export changed the model's behaviour; check for "
-            "ops whose export is lossy, or loosen atol/rtol if the gap is expected.")
+        # each output against its own scale: probabilities beside pixel-scale boxes
+        diff = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        limit = atol + rtol * scale
+        if not diff <= limit:  # also catches NaN
+            which = "" if len(ref) == 1 else f"output {i}: "
+            raise DeployError(
+                f"ONNX Runtime's output differs from PyTorch's: {which}max abs diff {diff:.3g} > "
+                f"tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|output| {scale:.3g}) "
+                f"for {path} at {precision}. The export changed the model's behaviour; check for "
+                "ops whose export is lossy, or loosen atol/rtol if the gap is expected.")
+        max_diff = max(max_diff, diff)
     return max_diff

@@ -132,13 +132,56 @@ class DataDependent(nn.Module):
         return y
 
 
-def test_dynamo_failure_falls_back_to_torchscript_with_one_line(tmp_path):
+def test_dynamo_failure_falls_back_to_torchscript_with_one_line(tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:  # the shape of the dynamo exporter's message: generic text first
+            raise RuntimeError("Failed to export the model with torch.export. \x1b[96mThis is "
+                               "step 1/3\x1b[0m of exporting the model to ONNX. Next steps:\n- "
+                               "Modify the model code\n\n## Exception summary\n\n<class "
+                               "'torch._dynamo.exc.Unsupported'>: an op it cannot trace\n\nThe "
+                               "following call raised this error:\n  File \"m.py\", line 7, in "
+                               "forward\n    y = op(x)\n")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
     lines = []
-    model = DataDependent()
-    info = export_onnx(model, SHAPE, tmp_path / "dd.onnx", log=lines.append)
+    model = small_net(4)
+    info = export_onnx(model, SHAPE, tmp_path / "fb.onnx", log=lines.append)
     assert info["exporter"] == "torchscript"
-    assert len(lines) == 1 and "retrying with dynamo=False" in lines[0]
+    assert lines == ["dynamo ONNX exporter failed (Unsupported: an op it cannot trace (File "
+                     "\"m.py\", line 7, in forward)); retrying with dynamo=False"]
     assert verify_onnx(info["path"], model, SHAPE) < 1e-4
+
+
+def test_a_branch_on_the_data_is_refused_not_traced_down_one_side(tmp_path):
+    """break25 #2: the TorchScript fallback recorded the branch the example took, the check
+    input took it too, and deploy timed a model with the other branch gone."""
+    with pytest.raises(DeployError, match=r"the model branches on its data \(test_deploy.py:\d+\): "
+                                          r"the dynamo exporter refused it \(logged above\) and the "
+                                          "TorchScript exporter records only the branch") as info:
+        export_onnx(DataDependent(), SHAPE, tmp_path / "dd.onnx", log=lambda s: None)
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+    assert not (tmp_path / "dd.onnx").exists()
+
+
+def test_each_output_is_checked_against_its_own_scale(tmp_path):
+    """break25 #3: one tolerance from the largest output let a second output wrong by 1 pass
+    beside a first of about 1e4."""
+    class TwoScales(nn.Module):
+        def forward(self, x):
+            return 1000 * x.sum((1, 2, 3)), torch.sigmoid(x.mean((2, 3)))
+
+    class SecondWrong(TwoScales):
+        def forward(self, x):
+            big, small = super().forward(x)
+            return big, -small
+
+    path = tmp_path / "two.onnx"
+    export_onnx(SecondWrong(), SHAPE, path, log=lambda s: None)
+    with pytest.raises(DeployError, match=r"output 1: max abs diff"):
+        verify_onnx(str(path), TwoScales(), SHAPE)
 
 
 def test_auto_backend_picks_onnxruntime_without_tensorrt(monkeypatch):
