@@ -126,6 +126,13 @@ def _onnx_input(path: str):
     inputs = [i for i in m.graph.input if i.name not in inits]
     if not inputs:
         raise DeployError(f"{path} has no graph input")
+    if len(inputs) > 1:  # each would get random floats, an int64 one an ORT error mid-timing
+        raise DeployError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                          "fxprune deploy times models of one input tensor, as the modules it "
+                          "exports: time this one with ONNX Runtime directly")
+    if not inputs[0].type.tensor_type.shape.dim:
+        raise DeployError(f"{path}'s input {inputs[0].name!r} is a 0-d (scalar) tensor; fxprune "
+                          "deploy times models whose input is batch first")
     return inputs[0]
 
 

@@ -181,7 +181,7 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
     """
     import numpy as np
 
-    from .onnxruntime_backend import make_session
+    from .onnxruntime_backend import make_session, run_once
 
     d_atol, d_rtol = TOLERANCES[precision]
     atol = d_atol if atol is None else atol
@@ -191,7 +191,7 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
         ref = [t.float().numpy() for t in flat_outputs(eval_copy(module, "fp32")(x))]
     sess = make_session(path, threads)
     feed = x.to(_DTYPES[precision]).numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: feed})
+    got = run_once(sess, {sess.get_inputs()[0].name: feed}, path, input_shape)
     if len(got) != len(ref):
         raise DeployError(f"{path} has {len(got)} outputs but the PyTorch model returns {len(ref)}")
     max_diff = 0.0

@@ -47,6 +47,19 @@ def make_session(model, threads: int = 2, *, spinning: bool = False):
         raise DeployError(f"ONNX Runtime could not load {where}: {e}") from e
 
 
+def run_once(session, feed: dict, path: str, input_shape) -> list:
+    """``session.run`` on ``feed``; ONNX Runtime's failure (a shape the file's code fixes, a
+    dtype it does not take) as a one-line :class:`DeployError`."""
+    try:
+        return session.run(None, feed)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise DeployError(f"ONNX Runtime failed to run {path} at input shape {tuple(input_shape)}: "
+                          f"{type(e).__name__}: {first}; the file may fix a size its inputs "
+                          "declare free (a reshape to batch 1): pass the --batch/--input-shape "
+                          "it was exported at") from None
+
+
 def random_feed(session, input_shape, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for every session input at ``input_shape`` in the input's own dtype."""
     rng = np.random.default_rng(seed)
@@ -64,6 +77,7 @@ def time_onnx_models(paths: Mapping[str, str], input_shape, *, threads: int = 2,
     for name, path in paths.items():
         sess = make_session(path, threads)
         feed = random_feed(sess, input_shape)
+        run_once(sess, feed, path, input_shape)  # a failure is one line, before any timing
         runs[name] = (lambda s=sess, f=feed: s.run(None, f))
     return time_interleaved(runs, iters, warmup, progress, desc=f"{BACKEND} ({threads} threads)")
 

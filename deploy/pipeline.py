@@ -359,6 +359,11 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
                 if inputs else "none")
         raise DeployError(f"{source}'s input is of type {kind}: fxprune deploy times models "
                           "whose one input is an fp32, fp16 or bf16 tensor")
+    if written == "bf16":  # else each way out below would lead to another refusal
+        raise DeployError(f"{source} is a bf16 ONNX file, and no backend here times one "
+                          "(ONNX Runtime's CPU kernels lack bf16; the torch backend times PyTorch "
+                          "modules): give an fp32 or fp16 export, or deploy the PyTorch module "
+                          "with --backend torch --precision bf16")
     if written != precision:
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "

@@ -315,6 +315,51 @@ def test_an_fp16_onnx_file_is_timed_at_fp16_and_said_to_be(tmp_path):
     assert report["precision"] == report["onnx"]["precision"] == "fp16"
 
 
+def _tiny_onnx(path, nodes, inputs, inits=(), out_type=None):
+    from onnx import TensorProto, helper
+    y = helper.make_tensor_value_info("y", out_type or TensorProto.FLOAT, [None, 4])
+    graph = helper.make_graph(nodes, "g", inputs, [y],
+                              initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_an_onnx_file_that_fails_to_run_or_has_two_inputs_is_one_line(tmp_path):
+    """break25 #4: a file that declares a free batch but reshapes to batch 1 died in the
+    timing loop with ONNX Runtime's traceback; a second (int64) input was fed floats."""
+    from onnx import TensorProto, helper, numpy_helper
+    quick = dict(backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    fixed = _tiny_onnx(tmp_path / "fixed.onnx",
+                       [helper.make_node("Reshape", ["x", "shape"], ["y"])], [x],
+                       [numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")])
+    with pytest.raises(DeployError, match=r"ONNX Runtime failed to run \S+ at input shape "
+                                          r"\(4, 4\): .*pass the --batch/--input-shape") as info:
+        deploy(fixed, tmp_path / "out", batch=4, **quick)
+    assert "\n" not in str(info.value)
+    assert deploy(fixed, tmp_path / "out1", batch=1, **quick)["input_shape"] == [1, 4]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])
+    two = _tiny_onnx(tmp_path / "two.onnx", [helper.make_node("Relu", ["x"], ["y"])], [x, ids])
+    with pytest.raises(DeployError, match=r"has 2 inputs \(x, ids\); fxprune deploy times models "
+                                          "of one input tensor"):
+        deploy(two, tmp_path / "out2", **quick)
+
+
+def test_a_bf16_onnx_file_is_told_what_would_time_it(tmp_path, capsys):
+    """break25 #9: each error's advice led to the next (--precision bf16, then --backend torch,
+    then --backend onnxruntime)."""
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])
+    path = _tiny_onnx(tmp_path / "bf16.onnx", [helper.make_node("Relu", ["x"], ["y"])], [x],
+                      out_type=TensorProto.BFLOAT16)
+    with pytest.raises(DeployError, match="is a bf16 ONNX file, and no backend here times one"
+                                          ".*--backend torch --precision bf16"):
+        deploy(path, tmp_path / "out", backend="onnxruntime", iters=3, warmup=1, progress=False,
+               log=lambda s: None)
+
+
 @pytest.mark.parametrize("content", [b"not a protobuf \xff\xff\xff", b"PK\x03\x04 a torch.save zip", b""])
 def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys, content):
     bad = tmp_path / "model.onnx"
