@@ -166,6 +166,30 @@ def test_an_overflowed_amp_step_is_not_observed():
     assert PruningCallback._overflowed(SimpleNamespace(precision_plugin=SimpleNamespace()), opt) is False
 
 
+def test_a_fit_that_ends_before_the_schedule_saves_nothing_and_says_so(tmp_path):
+    """break24 #1: a fit of 4 steps under a schedule reaching its target at step 6 saved a
+    model at 0.73 of dense (CCP: a dense one) as the pruned model, silently."""
+    from fxprune.train import TargetNotReachedError
+
+    prune = PruningCallback("smcp", save_path=tmp_path / "short.pt", **SMCP_ARGS)
+    with pytest.raises(TargetNotReachedError, match=r"the fit ended at step 4 with the model at "
+                                                    r"cost 0\.\d+ of dense, above the target 0\.5000"):
+        trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+    assert not (tmp_path / "short.pt").exists()
+    kept = PruningCallback("smcp", save_path=tmp_path / "kept.pt", allow_above_target=True,
+                           **SMCP_ARGS)
+    trainer(tmp_path, 1, [kept]).fit(Classifier(), loader())
+    assert (tmp_path / "kept.pt").exists() and kept.pruner.cost() > 0.5
+
+
+def test_a_callback_fitted_again_on_another_module_is_refused(tmp_path):
+    """break24 #2: it went on pruning the first module's model and saved that one again."""
+    prune = PruningCallback("smcp", **{**SMCP_ARGS, "target": 0.9})
+    trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
+    with pytest.raises(ValueError, match="make a new PruningCallback for each model"):
+        trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
+
+
 def test_cucb_trains_at_full_width_and_saves_its_final_selection(tmp_path):
     """The step runs the LightningModule's own forward: CUCB runs masked (a gathered sub-network
     is refused), and the end applies its final rule (top channels by mean reward)."""

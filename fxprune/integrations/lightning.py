@@ -120,13 +120,17 @@ class PruningCallback(pl.Callback):
             raised before training starts).
         check_masks: debug mode under DDP: after each update every rank checks that its masks
             equal rank 0's and raises naming the first differing group.
+        allow_above_target: a fit that ends with the model's cost above the method's target
+            (it stopped before the schedule did: ``max_epochs`` too small for the steps given)
+            raises :class:`fxprune.train.TargetNotReachedError` and saves nothing, as
+            ``fxprune train`` does; True keeps and saves such a model.
         **method_kwargs: the method's own arguments (SMCP: ``target``, ``cost``, ``warmup``, ...;
             step counts are optimizer steps).
     """
 
     def __init__(self, method: str = "smcp", *, attribute: str | None = None,
                  save_path: str | os.PathLike | None = None, overwrite: bool = False,
-                 check_masks: bool = False, **method_kwargs):
+                 check_masks: bool = False, allow_above_target: bool = False, **method_kwargs):
         self.method = method
         self.method_entry = _method_entry(method)  # an unknown name fails here, not mid-fit
         if method_kwargs.get("execution", "masked") != "masked":
@@ -137,7 +141,7 @@ class PruningCallback(pl.Callback):
         self.method_kwargs = method_kwargs
         self.attribute, self.check_masks = attribute, check_masks
         self.save_path = None if save_path is None else Path(save_path).expanduser()
-        self.overwrite = overwrite
+        self.overwrite, self.allow_above_target = overwrite, allow_above_target
         self.pruner = None
         self.prepared: fx.GraphModule | None = None
         self.finalized: nn.Module | None = None
@@ -155,6 +159,11 @@ class PruningCallback(pl.Callback):
         if taken:
             raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
                                   f"PruningCallback(overwrite=True)")
+        if self.pruner is not None and find_prepared(pl_module, self.attribute) is not self.prepared:
+            # it would go on stepping the first model, and save that one again
+            raise ValueError("this PruningCallback prunes the model of the module it was first "
+                             f"fitted with, not {type(pl_module).__name__}'s; make a new "
+                             "PruningCallback for each model (e.g. each fold of a sweep)")
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
             self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs())
@@ -209,6 +218,17 @@ class PruningCallback(pl.Callback):
         finalize_masks = getattr(self.pruner, "finalize_masks", None)
         if finalize_masks is not None and finalize_masks():
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)
+        target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
+        if (isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
+                and not self.allow_above_target):  # every rank: the masks are rank 0's
+            from fxprune.train import TargetNotReachedError
+
+            raise TargetNotReachedError(
+                f"the fit ended at step {self.pruner.step_count} with the model at cost "
+                f"{cost:.4f} of dense, above the target {float(target):.4f}: the schedule had not "
+                f"ended{'; nothing was saved to ' + str(self.save_path) if self.save_path else ''}. "
+                "Train longer (max_epochs/max_steps) or shorten the schedule, or pass "
+                "PruningCallback(allow_above_target=True) to keep it")
         if not trainer.is_global_zero:
             return
         self.finalized = fxprune.finalize(self.prepared)
