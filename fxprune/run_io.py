@@ -260,12 +260,13 @@ class CsvLog:
         return header
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._header())
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        def write(tmp):  # a fresh name: a fixed metrics.tmp replaced a user's file of that name
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._header())
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        atomic_write(self.path, write)
 
 
 def tensorboard_writer(setting: Any, out: Path | None):

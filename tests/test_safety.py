@@ -164,10 +164,13 @@ def test_overwrite_of_own_run_leaves_other_files_alone(recipe, tmp_path):
     out = tmp_path / "run"
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
     assert (out / ".fxprune-run").is_file()
-    (out / "notes.txt").write_text("my notes")
+    mine = {"notes.txt": "my notes", "metrics.tmp": "mine", "steps.tmp": "mine too"}
+    for name, text in mine.items():  # break24 #5: the CSV logs were rewritten via NAME.tmp
+        (out / name).write_text(text)
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out),
                      "--overwrite"]) == 0
-    assert (out / "notes.txt").read_text() == "my notes"
+    assert {name: (out / name).read_text() for name in mine} == mine
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") and p.name not in mine]
 
 
 def test_overwrite_leaves_nothing_of_the_last_run(recipe, tmp_path):
