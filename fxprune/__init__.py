@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from .api import finalize, layer_specs, prepare
+from .api import copy_masks, finalize, layer_specs, prepare
 from .cost import CostModel, FlopsCost, LayerSpec, ParamsCost
 from .errors import ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError, TraceError
 from .groups import ChannelGroup, channel_groups
@@ -33,6 +33,6 @@ def __getattr__(name):  # heavy or optional parts load on first use
     raise AttributeError(f"module 'fxprune' has no attribute {name!r}")
 
 
-__all__ = ["prepare", "finalize", "channel_groups", "summary", "layer_specs", "ChannelGroup",
+__all__ = ["prepare", "finalize", "copy_masks", "channel_groups", "summary", "layer_specs", "ChannelGroup",
            "CostModel", "FlopsCost", "ParamsCost", "LayerSpec", "FxPruneError", "TraceError",
            "ExampleInputsError", "SurgeryError", "NotPreparedError", *_LAZY]

@@ -1,6 +1,8 @@
 """fxprune's public functions: prepare -> (train) -> finalize, and what to look at in between."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import fx, nn
 
@@ -95,12 +97,16 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     and dtype.
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
+    Its parameters are new tensors: to fine-tune it, build a new optimizer over them (one built
+    over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
+    warned of: see :func:`copy_masks`.
     """
     if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
                              or not 0 < rtol < float("inf")):
         raise ValueError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
                          f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
     state = state_of(prepared)
+    _warn_fractional_masks(prepared)
     pruned = remove_channels(prepared)
     if check:
         if rtol is None:
@@ -109,9 +115,41 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     return pruned
 
 
+def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
+    """Masks the methods set are 0 or 1; others are kept and folded into the weights (allowed),
+    which is also what an EMA or averaged copy of a prepared model holds: its masks are averages,
+    so a pruned channel's decays toward 0 and never reaches it, and that model finalizes dense
+    (break24 #3: timm's ModelEmaV2, AveragedModel(use_buffers=True))."""
+    between = total = 0
+    for mask in prepared.get_submodule(MASK_OWNER).buffers():
+        between += int(((mask != 0) & (mask != 1)).sum())
+        total += mask.numel()
+    if between:
+        warnings.warn(f"finalize: {between} of {total} channel masks are neither 0 nor 1: those "
+                      "channels are kept, their masks folded into the weights. An EMA or averaged "
+                      "copy of a prepared model averages its masks; copy the trained model's into "
+                      "it first (fxprune.copy_masks(trained, ema_copy))", RuntimeWarning, stacklevel=3)
+
+
+def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
+    """Set ``target``'s channel masks to ``source``'s: two models prepared alike (e.g. the
+    trained model and its EMA or ``AveragedModel`` copy, which averages masks with the weights).
+
+    Raises ValueError when the two hold different mask sets (names or shapes)."""
+    state_of(source), state_of(target)  # each a prepared model, or the error saying so
+    src = dict(source.get_submodule(MASK_OWNER).named_buffers())
+    dst = dict(target.get_submodule(MASK_OWNER).named_buffers())
+    if {k: v.shape for k, v in src.items()} != {k: v.shape for k, v in dst.items()}:
+        raise ValueError("copy_masks: the two models hold different channel masks; they must be "
+                         "prepared from the same model and example inputs")
+    with torch.no_grad():
+        for name, mask in src.items():
+            dst[name].copy_(mask)
+
+
 def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:
     """Every conv/linear call of the model, as a :class:`~fxprune.cost.LayerSpec` (dense sizes)."""
     return [layer.spec for layer in state_of(prepared).channels.layers]
 
 
-__all__ = ["prepare", "finalize", "layer_specs", "channel_groups"]
+__all__ = ["prepare", "finalize", "copy_masks", "layer_specs", "channel_groups"]

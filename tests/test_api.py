@@ -5,6 +5,7 @@ import copy
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -197,6 +198,35 @@ def test_groups_expose_live_masks(resnet18):
     assert g.producers and g.consumers and isinstance(g.reason, str)
     barrier = [g for g in fxprune.channel_groups(pm) if not g.prunable]
     assert barrier and all(g.reason and g.mask is None for g in barrier)
+
+
+def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():
+    """break24 #3: AveragedModel(use_buffers=True) and timm's ModelEmaV2 average the mask
+    buffers, so the EMA model's pruned channels had masks of 0.56-0.99 and finalized dense,
+    silently."""
+    from torch.optim.swa_utils import AveragedModel
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    pm = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    ema = AveragedModel(pm, use_buffers=True)
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.mask is not None]
+    ema.update_parameters(pm)  # the first update copies
+    with torch.no_grad():
+        group.mask[:4] = 0
+    ema.update_parameters(pm)
+    with pytest.warns(RuntimeWarning, match=r"4 of 8 channel masks are neither 0 nor 1.*"
+                                            r"fxprune.copy_masks\(trained, ema_copy\)"):
+        dense_again = fxprune.finalize(ema.module)
+    assert dense_again.get_submodule("0").out_channels == 8
+    fxprune.copy_masks(pm, ema.module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = fxprune.finalize(ema.module)
+    assert small.get_submodule("0").out_channels == 4
+    other = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3)),
+                            torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="hold different channel masks"):
+        fxprune.copy_masks(pm, other)
 
 
 def test_finalize_leaves_prepared_untouched_and_returns_plain_module(resnet18):
