@@ -276,8 +276,11 @@ def _method_worker(rank, init_file, out_dir):
         out = {}
         half = BATCH // WORLD
         mine = [(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]) for x, y in batches()]
-        for name in ("ccp", "cucb"):
-            pm, method = make_method(name, reduce_fn=lambda t: fxdist.all_reduce_sum_count(t, 0)[0])
+        for name in ("ccp", "cucb", "ccp_default"):
+            # ccp_default: no reduce_fn given, as in a loop of the user's own (break24 #8)
+            reduce_fn = None if name == "ccp_default" else (
+                lambda t: fxdist.all_reduce_sum_count(t, 0)[0])
+            pm, method = make_method(name.removesuffix("_default"), reduce_fn=reduce_fn)
             seed = 1000 + rank  # ranks seeded differently: nothing in pruning may depend on it
             torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
             out[name] = run_method(DDP(pm), pm, method, mine, sync=True)
@@ -298,9 +301,9 @@ def method_ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["ccp", "cucb"])
+@pytest.mark.parametrize("name", ["ccp", "cucb", "ccp_default"])
 def test_ccp_and_cucb_decide_on_every_rank_as_one_process_on_the_whole_batch(method_ranks, name):
-    pm, method = make_method(name)
+    pm, method = make_method(name.removesuffix("_default"))
     single = run_method(pm, pm, method, batches(), sync=False)
     for r in range(WORLD):
         got = method_ranks[r][name]

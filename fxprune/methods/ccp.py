@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .. import distributed as fxdist
 from ..allocation import GroupOptions, allocate, allocate_uniform, allowed_counts
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
@@ -214,8 +215,10 @@ def _more_is_not_worse(values: np.ndarray) -> np.ndarray:
 class CCP(PruningMethod):
     name = "ccp"
     state_keys = ("step", "stats", "masks", "dead", "history")
-    #: its statistics come from activation hooks, each process's own samples: a data-parallel
-    #: trainer passes ``reduce_fn`` (a float64 sum over processes), applied before each decision
+    #: its statistics come from activation hooks, each process's own samples: ``reduce_fn`` (a
+    #: float64 sum over processes), applied before each decision; under torch.distributed it
+    #: defaults to :func:`fxprune.distributed.all_reduce_sum` (each rank decided on its own
+    #: shard, and the ranks' masks differed: break24 #8)
     rank_local_statistics = True
 
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
@@ -261,6 +264,8 @@ class CCP(PruningMethod):
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
+        if reduce_fn is None and fxdist.is_distributed() and fxdist.world_size() > 1:
+            reduce_fn = fxdist.all_reduce_sum  # every process steps at once under DDP
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
         self.collect_bn = collect_bn
