@@ -547,10 +547,12 @@ def _check_device(name: str) -> None:
     if name == "auto":
         return
     try:
-        torch.device(name)
+        kind = torch.device(name).type
     except (RuntimeError, ValueError):
         raise ConfigError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N"
                           ) from None
+    if kind not in ("cpu", "cuda"):  # meta holds no data; mps/xpu/... untested, and often absent
+        raise ConfigError(f"device {name!r}: fxprune train runs on cpu or cuda[:N] (or auto)")
 
 
 def _check_model(model: dict) -> None:

@@ -327,6 +327,9 @@ BAD_OVERRIDES = [
     (["data.batch_size=0"], "data.batch_size takes an integer >= 1; got 0"),
     (["data.subset_train=0"], "data.subset_train takes an integer >= 1 (or null); got 0"),
     (["device=banana"], "device 'banana' is not a device: use auto, cpu, cuda or cuda:N"),
+    # break24 #9: tracebacks mid-run (meta: at the first pruner step, leaving a folder)
+    (["device=meta"], "device 'meta': fxprune train runs on cpu or cuda[:N] (or auto)"),
+    (["device=mps"], "device 'mps': fxprune train runs on cpu or cuda[:N] (or auto)"),
     (["prune.method=smcp", "prune.channel_step=0"], "prune.channel_step takes an integer >= 1"),
     (["prune.target=0.5"], "prune.target is set but prune.method is none"),
     (["model.num_classes=3"], "model.num_classes: the model gives outputs of shape (1, 3) but "
