@@ -759,9 +759,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"fxprune train (rank {rank}): error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = Path(cfg["out"]).expanduser() / "checkpoint.pt" if cfg else None
-        saved = (f"the last finished epoch is in {where}; continue with --resume"
-                 if where is not None and where.is_file() else "no epoch had finished")
-        print(f"fxprune train: interrupted; {saved}", file=sys.stderr)
+        out = Path(cfg["out"]).expanduser() if cfg else None
+        if out is not None and (out / "checkpoint.pt").is_file():
+            saved = f"the last finished epoch is in {out / 'checkpoint.pt'}; continue with --resume"
+        elif out is not None and (out / "checkpoint.prev.pt").is_file():
+            # interrupted between a save's two renames: the epoch before is there
+            saved = (f"an epoch is in {out / 'checkpoint.prev.pt'}; move it to checkpoint.pt "
+                     "and continue with --resume")
+        else:
+            saved = "no epoch had finished"
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun every process gets it
+            print(f"fxprune train: interrupted; {saved}", file=sys.stderr)
         return 130
     return 0

@@ -468,6 +468,30 @@ def long_run(tmp_path_factory):
     return recipe, torch.load(folder / "straight" / "checkpoint.pt", weights_only=True)["model"]
 
 
+def test_an_interrupt_between_a_saves_renames_names_the_previous_checkpoint(
+        recipe, tmp_path, capsys, monkeypatch):
+    """break24 #10: between checkpoint.pt -> checkpoint.prev.pt and the new file's rename, the
+    message said no epoch had finished; and under torchrun every process printed it (#12)."""
+    import fxprune.train as train_module
+
+    out = tmp_path / "run"
+
+    def interrupted(cfg, **kw):
+        out.mkdir()
+        (out / "checkpoint.prev.pt").write_bytes(b"epoch 1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert cli_main(["train", str(recipe), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "an epoch is in" in err and "checkpoint.prev.pt; move it to checkpoint.pt" in err
+    monkeypatch.setenv("RANK", "1")
+    (out / "checkpoint.prev.pt").unlink()
+    out.rmdir()
+    assert cli_main(["train", str(recipe), "--out", str(out)]) == 130
+    assert capsys.readouterr().err == ""  # rank 0 says it
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_then_resume_is_bit_identical(long_run, tmp_path, sig):
     import signal
