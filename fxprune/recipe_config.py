@@ -585,6 +585,13 @@ def _check_model(model: dict) -> None:
                           "for the stage widths")
 
 
+def _argument_of(key: str) -> str:
+    """The method argument a recipe key sets: ``ramp_fraction`` -> ``ramp``, the cool-down's
+    forms -> ``freeze_after``."""
+    base = key.removesuffix("_epochs").removesuffix("_fraction")
+    return "freeze_after" if base == "cooldown" else base
+
+
 def _check_prune(prune: dict, optim: dict) -> None:
     method = prune.get("method", "none")
     RECIPE_PRUNE_KEYS["method"].check("prune.method", method)
@@ -599,6 +606,14 @@ def _check_prune(prune: dict, optim: dict) -> None:
         raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}; valid: "
                           f"{', '.join(sorted(k for k in keys if k != '*'))}; remove it from the "
                           f"recipe (on the command line: {drop})")
+    if method != "none":  # e.g. oneshot sets SMCP's schedule: name the recipe's own forms
+        sets_itself = getattr(pruner_class(method), "sets_itself", ())
+        clash = [k for k in prune if _argument_of(k) in sets_itself]
+        if clash:
+            drop = " ".join(f"--set '~prune.{k}'" for k in clash)
+            raise ConfigError(f"prune.method {method} sets {', '.join(sets_itself)} itself; "
+                              f"remove prune.{', prune.'.join(clash)} from the recipe (on the "
+                              f"command line: {drop})")
     for key, value in prune.items():
         rule = keys.get(key)
         if rule is not None:

@@ -361,9 +361,24 @@ def test_a_method_is_not_silently_another():
     with pytest.raises(ValueError, match=r"method 'uniform' runs with allocation='uniform'"):
         get_method("uniform").build(prepared(), target=0.5, allocation="knapsack")
     assert get_method("hard").build(prepared(), target=0.5, masks="hard").masks_kind == "hard"
-    with pytest.raises(ValueError, match=r"one-shot pruning sets warmup, update_every itself.*"
-                                         r"prune.warmup_epochs"):
+    with pytest.raises(ValueError, match=r"one-shot pruning sets warmup, update_every itself \(the "
+                                         r"schedule from prune_at and window, masks='hard'\)"):
         get_method("magnitude").build(prepared(), target=0.5, prune_at=2, warmup=1, update_every=3)
+
+
+def test_switching_a_recipe_to_one_shot_names_the_keys_it_wrote(tmp_path, capsys):
+    """break24 #11: the error named prune.masks_epochs (no such key) and none of the
+    *_fraction keys the SMCP recipe wrote."""
+    from fxprune.cli import main as cli_main
+
+    smcp = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_smcp.yaml"
+    rc = cli_main(["train", str(smcp), "--set", "prune.method=oneshot", "--set",
+                   "data.name=synthetic", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "prune.method oneshot sets warmup, ramp, update_every, freeze_after, masks itself" in err
+    assert "--set '~prune.warmup_fraction'" in err and "--set '~prune.cooldown_fraction'" in err
+    assert "masks_epochs" not in err and not (tmp_path / "run").exists()
 
 
 def test_recipe_with_another_methods_keys_is_one_config_error(tmp_path, capsys):

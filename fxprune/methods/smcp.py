@@ -371,14 +371,16 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
     """One-shot pruning baseline on SMCP's engine: at step ``prune_at`` (importance gathered
     over the ``window`` steps before it) the global allocator picks the channels under
     ``target`` and they are removed for good (hard masks); the remaining steps fine-tune."""
-    fixed = ("warmup", "ramp", "update_every", "freeze_after", "masks")
-    clash = [k for k in fixed if k in kwargs]
+    clash = [k for k in one_shot.sets_itself if k in kwargs]
     if clash:
-        raise ValueError(f"one-shot pruning sets {', '.join(clash)} itself (from prune_at and "
-                         f"window); remove {', '.join(clash)} (in a recipe: prune.{clash[0]} or "
-                         f"prune.{clash[0]}_epochs)")
+        raise ValueError(f"one-shot pruning sets {', '.join(clash)} itself (the schedule from "
+                         f"prune_at and window, masks='hard'); remove {', '.join(clash)}")
     check_number("prune_at (the optimizer step, from 1, of the pruning)", prune_at, 1, integer=True)
     check_number("window", window, 1, integer=True)
     window = min(int(window), int(prune_at))
     return SMCP(prepared, target, cost, warmup=int(prune_at) - window, ramp=0, update_every=window,
                 freeze_after=int(prune_at), masks="hard", importance=importance, **kwargs)
+
+
+#: SMCP's arguments one_shot sets; a recipe is told which of its keys to drop
+one_shot.sets_itself = ("warmup", "ramp", "update_every", "freeze_after", "masks")
