@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import fxprune
 from fxprune.integrations.lightning import PruningCallback, find_prepared
 from lightning_app import BATCH, CCP_ARGS, SMCP_ARGS, Classifier, RecordMasks, dataset, loader, trainer
-from test_distributed import NoBNNet
+from test_distributed import NoBNNet, flat_masks
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,27 @@ def test_cucb_trains_at_full_width_and_saves_its_final_selection(tmp_path):
     module.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(small(x), module.model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_a_checkpoint_saved_after_fit_resumes_training_not_the_final_pick(tmp_path):
+    """break24 #7: trainer.save_checkpoint after fit() held CUCB's final selection, so a
+    longer fit resumed from it skipped the rest of the exploration (weights 2.6 apart)."""
+    args = dict(target=0.5, mode="budget", warmup=2, explore=6, channel_step=1)
+    straight = PruningCallback("cucb", **args)
+    whole = Classifier()
+    trainer(tmp_path / "a", 2, [straight]).fit(whole, loader())
+    first = PruningCallback("cucb", **args)
+    part = Classifier()
+    short = trainer(tmp_path / "b", 1, [first])
+    short.fit(part, loader())
+    assert first.pruner.final  # its end picked, as a finished fit does
+    short.save_checkpoint(tmp_path / "after_fit.ckpt")
+    resumed = PruningCallback("cucb", **args)
+    trainer(tmp_path / "c", 2, [resumed]).fit(Classifier(), loader(),
+                                               ckpt_path=tmp_path / "after_fit.ckpt")
+    assert torch.equal(flat_masks(resumed.prepared), flat_masks(straight.prepared))
+    for a, b in zip(resumed.finalized.state_dict().values(), straight.finalized.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_ccp_ended_before_its_last_round_saves_a_plain_model(tmp_path, monkeypatch):

@@ -146,6 +146,10 @@ class PruningCallback(pl.Callback):
         self.prepared: fx.GraphModule | None = None
         self.finalized: nn.Module | None = None
         self._pending_state: dict | None = None
+        #: the method's state as training left it, before the end's final rule: what a
+        #: checkpoint saved after fit() holds, so a longer fit resumed from it goes on training
+        #: (CUCB's final pick had ended its exploration: break24 #7)
+        self._trained_state: dict | None = None
 
     @property
     def state_key(self) -> str:
@@ -164,6 +168,7 @@ class PruningCallback(pl.Callback):
             raise ValueError("this PruningCallback prunes the model of the module it was first "
                              f"fitted with, not {type(pl_module).__name__}'s; make a new "
                              "PruningCallback for each model (e.g. each fold of a sweep)")
+        self._trained_state = None
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
             self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs())
@@ -213,6 +218,7 @@ class PruningCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.prepared is None:
             return
+        self._trained_state = _checkpoint_safe(self.pruner.state_dict())
         # every rank: the method's final masks (CUCB: top channels by mean reward; CCP: its
         # statistics hooks removed), if they differ from the last step's
         finalize_masks = getattr(self.pruner, "finalize_masks", None)
@@ -240,6 +246,8 @@ class PruningCallback(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.pruner is None:
             return dict(self._pending_state or {})
+        if self._trained_state is not None:  # saved after the fit ended
+            return {"method": self.method, "state": self._trained_state}
         return {"method": self.method, "state": _checkpoint_safe(self.pruner.state_dict())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
