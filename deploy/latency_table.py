@@ -174,6 +174,11 @@ class LatencyTable:
         dtype = _PRECISION_DTYPES.get(precision)
         layers = _as_layer_specs(layers)
         on_cpu = False  # a custom timer's device is unknown: no load check
+        untimed = [layer for layer in layers if layer.kind not in ("conv", "linear")]
+        if timer is None and untimed:  # before any timing, not when the shuffle reaches it
+            raise DeployError(f"layer {untimed[0].name!r} has kind {untimed[0].kind!r}; latency "
+                              "tables time 'conv' and 'linear' layers only: price this model by "
+                              "cost='flops' or 'params', or a cost model of your own")
         if timer is None:
             timer, runtime_version, default_device = _backend_timer(
                 backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -69,8 +70,12 @@ def _check_opset(opset) -> None:
 
     latest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not 7 <= opset <= latest:
-        raise DeployError(f"--opset must be an ONNX opset from 7 to {latest} (the installed "
-                          f"onnx's latest), got {opset!r}; the default is {DEFAULT_OPSET}")
+        raise DeployError(f"--opset must be an ONNX opset from {DEFAULT_OPSET} to {latest} (the "
+                          f"installed onnx's latest), got {opset!r}; the default is {DEFAULT_OPSET}")
+    if opset < DEFAULT_OPSET:  # the exporter wrote 18 anyway, after printing its tracebacks
+        raise DeployError(f"--opset {opset}: torch's ONNX exporter writes opset {DEFAULT_OPSET} or "
+                          f"later; for an older runtime, export with torch.onnx.export(model, args, "
+                          f"path, dynamo=False, opset_version={opset}) and deploy that .onnx file")
 
 
 def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -155,6 +160,11 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             models[name] = (None, path)
         else:
             models[name] = load_model(given, trust_model_file=trust_model_file)
+    for name, (mod, lbl) in models.items():
+        if mod is not None and isinstance(getattr(mod, "meta", None), dict) and "fxprune" in mod.meta:
+            warnings.warn(f"{lbl} is a model fxprune.prepare returned, not finalized: it runs at "
+                          "full width with its masks; deploy fxprune.finalize(model) to time the "
+                          "pruned model", RuntimeWarning, stacklevel=2)
     module, label = models["model"]
     if module is None:
         shape = onnx_input_shape(label, input_shape, batch)

@@ -479,7 +479,10 @@ def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, v
 @pytest.mark.parametrize("option, phrase", [
     ({"atol": -1.0}, "--atol must be a finite number >= 0"),
     ({"rtol": float("nan")}, "--rtol must be a finite number >= 0"),
-    ({"opset": 99}, "--opset must be an ONNX opset from 7 to"),
+    ({"opset": 99}, "--opset must be an ONNX opset from 18 to"),
+    # break25 #8: accepted, then written at 18 after the exporter's tracebacks
+    ({"opset": 13}, r"--opset 13: torch's ONNX exporter writes opset 18 or later; .*"
+                    r"dynamo=False, opset_version=13\)"),
     ({"input_shape": (1, 3, 16.7, 16)}, "must hold integers"),
 ])
 def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, option, phrase):
@@ -489,6 +492,15 @@ def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, 
         deploy(small_net(8), tmp_path / "out", backend="onnxruntime", iters=3, warmup=1,
                progress=False, log=lambda s: None, **{"input_shape": SHAPE, **option})
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prepared_model_deployed_unfinalized_is_warned_of(tmp_path):
+    """break25 #5: it was timed at full width and reported a 0.99x 'speedup', silently."""
+    import fxprune
+    pm = fxprune.prepare(small_net(8), torch.randn(SHAPE))
+    with pytest.warns(RuntimeWarning, match="not finalized: it runs at full width"):
+        deploy(pm, tmp_path / "out", backend="onnxruntime", iters=3, warmup=1, progress=False,
+               log=lambda s: None, input_shape=SHAPE)
 
 
 class TwoInputs(nn.Module):

@@ -210,6 +210,10 @@ def test_a_layer_the_tables_cannot_time_names_the_way_out():
     with pytest.raises(DeployError, match=r"'conv' and 'linear' layers only: price this model by "
                                           r"cost='flops'"):
         layer_model_bytes(tconv, 8, 8)
+    # break25 #6: measure found it only when its shuffled timing reached the layer
+    with pytest.raises(DeployError, match=r"layer 't' has kind 'conv_transpose'"):
+        LatencyTable.measure([conv(), tconv], step=8, threads=1,
+                             **{**FAST, "log": lambda s: pytest.fail(f"started: {s}")})
     table = LatencyTable.measure([conv(dtype="float64")], step=8, threads=1, precision="fp32",
                                  timer=CountingTimer(), **FAST)
     assert table.layer_cost(conv(dtype="float64"), 16, 24) > 0
@@ -409,7 +413,6 @@ def fake_ort(monkeypatch):
 
 
 def _load(monkeypatch, value, cores=2):
-    import fxprune.deploy.latency_table as lt
 
     readings = []
     monkeypatch.setattr(lt, "cpu_load", lambda: readings.append(value) or (value, cores))
@@ -495,7 +498,6 @@ def test_load_from_the_timings_own_threads_is_not_flagged(monkeypatch, fake_ort)
 
 
 def test_a_load_seen_only_after_timing_flags_the_points(tmp_path, monkeypatch, fake_ort):
-    import fxprune.deploy.latency_table as lt
 
     values = iter([0.5, 3.0])  # 2 cores: 2.5 would still pass as brief background work
     monkeypatch.setattr(lt, "cpu_load", lambda: (next(values), 2))
