@@ -381,8 +381,22 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        return cls.from_dict(_read_json(path, "a saved LatencyTable", _TABLE_FORMAT),
-                             f"the saved table {os.fspath(path)!r}")
+        """The table :meth:`save` wrote. An ONNX Runtime table timed on another CPU or runtime
+        version is warned of (a cache replays only where it was timed; a table is used as it
+        is, e.g. by a resumed run, whose budget must not move)."""
+        table = cls.from_dict(_read_json(path, "a saved LatencyTable", _TABLE_FORMAT),
+                              f"the saved table {os.fspath(path)!r}")
+        if table.backend == "onnxruntime" and table.runtime_version != "custom-timer":
+            from . import onnxruntime_backend as ortb
+            from .common import cpu_name
+
+            here = (cpu_name(), f"onnxruntime {ortb.version()}")
+            if (table.device, table.runtime_version) != here:
+                warnings.warn(f"the saved table {os.fspath(path)!r} was timed on {table.device} "
+                              f"with {table.runtime_version}, this machine is {here[0]} with "
+                              f"{here[1]}: its latencies are another machine's; measure one here "
+                              "to prune for this one", RuntimeWarning, stacklevel=2)
+        return table
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "a table's dict") -> "LatencyTable":

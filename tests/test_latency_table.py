@@ -343,6 +343,24 @@ def test_save_load_round_trip(tmp_path):
         LatencyTable.load(tmp_path / "other.json")
 
 
+
+def test_a_saved_table_from_another_machine_is_warned_of(tmp_path):
+    """break25 #10: a table edited to another CPU and ONNX Runtime loaded without a word."""
+    from fxprune.deploy.common import cpu_name
+
+    data = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST).to_dict()
+    here = {**data, "device": cpu_name(), "runtime_version": f"onnxruntime {ortb.version()}"}
+    (tmp_path / "here.json").write_text(json.dumps(here))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatencyTable.load(tmp_path / "here.json")
+    there = {**here, "device": "Some Other CPU (AVX2)", "runtime_version": "onnxruntime 1.10.0"}
+    (tmp_path / "there.json").write_text(json.dumps(there))
+    with pytest.warns(RuntimeWarning, match=r"timed on Some Other CPU \(AVX2\) with onnxruntime "
+                                            r"1\.10\.0, this machine is .*measure one here"):
+        LatencyTable.load(tmp_path / "there.json")
+
+
 def test_measure_accepts_a_prepared_model_via_layer_specs(monkeypatch):
     seen = []
     specs = [conv()]
@@ -413,6 +431,7 @@ def fake_ort(monkeypatch):
 
 
 def _load(monkeypatch, value, cores=2):
+    import fxprune.deploy.latency_table as lt
 
     readings = []
     monkeypatch.setattr(lt, "cpu_load", lambda: readings.append(value) or (value, cores))
@@ -498,6 +517,7 @@ def test_load_from_the_timings_own_threads_is_not_flagged(monkeypatch, fake_ort)
 
 
 def test_a_load_seen_only_after_timing_flags_the_points(tmp_path, monkeypatch, fake_ort):
+    import fxprune.deploy.latency_table as lt
 
     values = iter([0.5, 3.0])  # 2 cores: 2.5 would still pass as brief background work
     monkeypatch.setattr(lt, "cpu_load", lambda: (next(values), 2))
