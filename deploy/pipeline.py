@@ -318,10 +318,21 @@ def _check_out_dir(out_dir: str) -> None:
     if os.path.exists(marker):
         try:
             with open(marker) as f:
-                recorded = json.load(f).get("written")
-        except (OSError, ValueError, AttributeError):
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("fxprune_deploy") == 1:
+            recorded = data.get("written")
+        elif text.startswith("fxprune deploy writes here:"):  # an older fxprune's text marker
             recorded = None
-        old_marker = not isinstance(recorded, dict)  # an older fxprune's text marker
+        else:  # a file of the user's by that name: deploy would write over it
+            raise DeployError(f"--out {out_dir} holds a {DEPLOY_MARKER} that fxprune deploy did "
+                              "not write; choose a new or empty folder")
+        old_marker = not isinstance(recorded, dict)
         recorded = recorded if isinstance(recorded, dict) else {}
     ours = _record_written(out_dir)
     clash = [f for f in DEPLOY_FILES if os.path.lexists(os.path.join(out_dir, f))
@@ -340,7 +351,9 @@ def _check_not_overwritten(out_dir: str, **given) -> None:
     ``--compare OUT/model.onnx``: the export of MODEL would replace it, and the dense model
     timed would be the pruned one)."""
     # real paths: a symlinked folder or file is the same file
-    written = {os.path.realpath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES}
+    # the dense model's files are written only with --compare
+    written = {os.path.realpath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES
+               if given.get("dense") is not None or not f.startswith("dense.")}
     for name, value in given.items():
         if not isinstance(value, (str, os.PathLike)):
             continue

@@ -427,6 +427,24 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     os.link(outside, linked / ".fxprune-deploy")  # a hard link is written through as well
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 1
     assert "with other hard links" in capsys.readouterr().err and outside.read_text() == "mine"
+    # break25 #12: a file of the user's named like the marker was taken for an older marker
+    # and replaced by deploy's
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / ".fxprune-deploy").write_text("my notes")
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(notes), *QUICK, *TRUST]) == 1
+    assert "holds a .fxprune-deploy that fxprune deploy did not write" in capsys.readouterr().err
+    assert os.listdir(notes) == [".fxprune-deploy"]
+    assert (notes / ".fxprune-deploy").read_text() == "my notes"
+
+
+def test_a_deploys_dense_export_deploys_again_into_its_folder_without_compare(saved, tmp_path):
+    """break25 #12: refused as 'the dense.onnx this deploy writes', which it does only with
+    --compare."""
+    out = tmp_path / "out"
+    assert main(["deploy", str(saved / "pruned.pt"), "--compare", str(saved / "dense.pt"),
+                 "--out", str(out), *QUICK, *TRUST]) == 0
+    assert main(["deploy", str(out / "dense.onnx"), "--out", str(out), *QUICK]) == 0
 
 
 class FixedBatch(nn.Module):
