@@ -78,10 +78,17 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
     from .onnx_export import eval_copy
 
     try:
-        required = [p for p in inspect.signature(module.forward).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = inspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
-        required = []
+        params = []
+    required = [p for p in params
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keyword_only = [p.name for p in params if p.default is p.empty and p.kind == p.KEYWORD_ONLY]
+    if keyword_only:  # no input shape can fit: "pass a fitting --input-shape" was wrong advice
+        raise DeployError(f"{label}'s forward requires the keyword argument"
+                          f"{'s' if len(keyword_only) > 1 else ''} {', '.join(keyword_only)}; "
+                          "fxprune deploy times single-input models: wrap it in a module whose "
+                          "forward takes one tensor")
     if len(required) > 1:
         raise DeployError(f"{label} takes {len(required)} inputs "
                           f"({', '.join(p.name for p in required)}); fxprune deploy times "
@@ -93,8 +100,8 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
-        rec = (f"the file records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
-               else f"the file records no input shape ({INPUT_SHAPE_ATTR})")
+        rec = (f"the model records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
+               else f"the model records no input shape ({INPUT_SHAPE_ATTR})")
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
                           "pass a fitting --input-shape") from None
 

@@ -75,6 +75,10 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     if precision not in _DTYPES:
         raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
     path = os.fspath(path)
+    weights = {t.dtype for t in module.state_dict().values() if t.is_floating_point()}
+    if weights - {torch.float32, _DTYPES[precision]}:  # a float64 model: exported at fp32
+        log(f"the model's {', '.join(sorted(str(d).removeprefix('torch.') for d in weights))} "
+            f"weights are exported at {precision}")
     model = eval_copy(module, precision)
     x = example_input(input_shape, precision)
     with torch.no_grad():

@@ -262,10 +262,12 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                           backend_max_abs_diff=trt_diffs.get(name))
         for name, (mod, lbl) in models.items()
     }
+    on_gpu = backend == "tensorrt" or (backend == "torch" and where.type == "cuda")
     versions = {"torch": torch.__version__, "onnxruntime": ortb.version(),
                 "tensorrt": trt.__version__ if trt else trtb.version(),
-                "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+                # a CPU run's report named the build's CUDA as if it had run on it (break25 #13)
+                "cuda": torch.version.cuda if on_gpu else None,
+                "cudnn": torch.backends.cudnn.version() if on_gpu else None}
     report = build_report(backend=backend, device=device, precision=precision, input_shape=shape,
                           threads=run_threads, iters=iters, warmup=warmup, versions=versions,
                           pruned=entries["model"], dense=entries.get("dense"),

@@ -261,6 +261,7 @@ def test_onnx_file_deploys_without_unpickling(tmp_path):
     report = deploy(str(onnx_path), tmp_path / "out", backend="onnxruntime", iters=3, warmup=1,
                     progress=False, log=lambda s: None)
     assert report["input_shape"] == list(SHAPE)  # read from the ONNX input (batch dim -> 1)
+    assert report["cuda_version"] is None and report["cudnn_version"] is None  # a CPU run
     # an ONNX file's params are its initializers' elements (BN is folded into the convs)
     inits = onnx.load(onnx_path).graph.initializer
     assert report["params"] == sum(int(np.prod(t.dims)) for t in inits) > 0
@@ -512,6 +513,15 @@ def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_float64_model_is_said_to_be_exported_at_fp32(tmp_path):
+    said = []  # break25 #13: it was exported, checked and timed as fp32 with nothing logged
+    export_onnx(small_net(8).double(), SHAPE, tmp_path / "m.onnx", log=said.append)
+    assert "the model's float64 weights are exported at fp32" in said
+    said.clear()
+    export_onnx(small_net(8), SHAPE, tmp_path / "n.onnx", log=said.append)
+    assert not any("weights are exported" in s for s in said)
+
+
 def test_a_prepared_model_deployed_unfinalized_is_warned_of(tmp_path):
     """break25 #5: it was timed at full width and reported a 0.99x 'speedup', silently."""
     import fxprune
@@ -531,6 +541,16 @@ def test_a_model_of_two_inputs_is_told_deploy_times_one(tmp_path):
     with pytest.raises(DeployError, match=r"takes 2 inputs \(x, z\); fxprune deploy times "
                                           "single-input models"):
         deploy(TwoInputs(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
+               progress=False, log=lambda s: None)
+
+
+    class KeywordOnly(nn.Module):  # break25 #13: the same wrong advice
+        def forward(self, x, *, scale):
+            return x * scale
+
+    with pytest.raises(DeployError, match=r"requires the keyword argument scale; fxprune deploy "
+                                          "times single-input models"):
+        deploy(KeywordOnly(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
                progress=False, log=lambda s: None)
 
 
