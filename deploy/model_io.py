@@ -54,6 +54,12 @@ def load_model(model: nn.Module | str | os.PathLike, *,
         try:  # safe: tensors and plain data only; a pickled module fails here by design
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - not plain data: a pickled object, or not torch's
+            with open(path, "rb") as f:
+                head = f.read(4)
+            if not (head == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
+                raise DeployError(f"{path!r} is not a file torch.save wrote (neither a zip nor a "
+                                  "pickle): save the module with torch.save(model, path), or "
+                                  "deploy an ONNX file") from None
             raise DeployError(f"{path!r} not loaded: {TRUST_HELP}") from None
     else:
         try:

@@ -243,6 +243,10 @@ def test_pickled_model_is_refused_without_consent_and_runs_nothing(tmp_path, cap
     with pytest.raises(DeployError, match="trust_model_file=True"):
         deploy(str(evil), tmp_path / "o2", backend="onnxruntime")
     assert not marker.exists()
+    # break25 #13: a file that is no pickle at all was sent to --trust-model-file first
+    (tmp_path / "junk.pt").write_bytes(b"garbage\xff\xfe")
+    with pytest.raises(DeployError, match="is not a file torch.save wrote"):
+        deploy(str(tmp_path / "junk.pt"), tmp_path / "o3", backend="onnxruntime")
 
 
 def test_compare_file_needs_consent_too(saved, tmp_path, capsys):
