@@ -6,7 +6,7 @@ Inputs, any mix of:
   by the folder name, at the run's test accuracy and FLOPs (batch 1). Its measured latency
   comes from ``fxprune deploy`` reports written inside the run folder
   (``fxprune deploy RUN/model_pruned.pt --out RUN/deploy_b1 --trust-model-file``): every
-  sub-folder holding a deploy marker and ``report.json``; the report's ``batch`` says which
+  folder inside it (at any depth) holding a deploy marker and ``report.json``; the report's ``batch`` says which
   batch that latency is for.
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
   (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
@@ -166,7 +166,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             return run / p.relative_to(old_run)
         return p
 
-    for sub in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
+    # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
+    for sub in sorted({m.parent for m in run_dir.rglob(DEPLOY_MARKER)}):
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
             continue

@@ -228,6 +228,7 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     report(run / "model_pruned.pt", where=d / "gone")
     with pytest.raises(PlotError, match="the file is gone"):
         load_points([run])
+    shutil.rmtree(d / "gone")  # a deploy folder at any depth counts
     # an ONNX file of the user's inside the run may be any model (their dense export)
     (run / "dense_export.onnx").write_bytes(b"onnx")
     report(run / "dense_export.onnx")
@@ -324,6 +325,17 @@ def test_a_relative_model_path_and_a_deploys_dense_copy(tmp_path, monkeypatch):
         {"batch": 8, "latency_ms": {"median": 9.0}, "model_file": str(d / "dense.onnx")}))
     with pytest.raises(PlotError, match="dense.onnx, not the model of the run"):
         load_points([run])
+
+
+def test_a_deploy_report_deeper_in_the_run_counts(tmp_path):
+    """break25 #13: RUN/deploys/b1 was passed over, and the error said to deploy the run."""
+    run = _run(tmp_path / "run", 0.9, 8e6)
+    d = run / "deploys" / "b1"
+    d.mkdir(parents=True)
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "report.json").write_text(json.dumps({"batch": 1, "latency_ms": {"median": 2.5},
+                                               "params": 10}))
+    assert load_points([run])[0].latency_ms == {1: 2.5}
 
 
 def test_the_temporary_file_is_never_a_users_file(tmp_path):
