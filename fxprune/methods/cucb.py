@@ -298,7 +298,7 @@ class CUCB(PruningMethod):
         return {"selection": str(self.selection), "mode": str(self.mode)}
 
     def run_settings(self) -> dict:
-        # rho: a state saved before `target` without rho meant a cost meant rho = target
+        # rho: target without rho once ran at rho = target; it is a cost now, so a state says
         return {"target": self.cost_target, "rho": self.rho, "c": self.c, "warmup": self.warmup,
                 "explore": self.explore}
 
