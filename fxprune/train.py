@@ -110,10 +110,16 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     for name, value in context.items():
         if name in accepted and name not in kwargs:
             kwargs[name] = value
+    fractions = [k for k in prune_cfg if k.endswith("_fraction")]
     try:
         pruner = entry.build(pm, **kwargs)
     except (ValueError, TypeError) as exc:  # the method's own checks: a config error
-        raise ConfigError(f"prune ({method}): {exc}") from None
+        # steps counted from fractions of the run: a short run is the cause as often as they
+        total = (context.get("steps_per_epoch") or 0) * (context.get("epochs") or 0)
+        scaled = (f" (prune.{', prune.'.join(fractions)} of this run's {total:g} optimizer steps: "
+                  "a longer run, with more data or optim.epochs, also gives them room)"
+                  if fractions and total else "")
+        raise ConfigError(f"prune ({method}): {exc}{scaled}") from None
     # the trainer calls these (fxprune.methods.base.Method): a method without one would fail
     # only after an epoch of training
     missing = [m for m in ("step", "cost", "state_dict", "load_state_dict")

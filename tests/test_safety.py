@@ -468,6 +468,21 @@ def long_run(tmp_path_factory):
     return recipe, torch.load(folder / "straight" / "checkpoint.pt", weights_only=True)["model"]
 
 
+def test_a_method_refusing_a_schedule_of_fractions_names_the_run_length(tmp_path, capsys):
+    """break24 nit: the SMCP recipe at 1 optimizer step was told to freeze later or shorten
+    the warm-up, but it wrote fractions: a longer run is the way out too."""
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["data"].update(synthetic_train=16, batch_size=16)
+    cfg["optim"]["epochs"] = 1
+    cfg["prune"] = {"method": "smcp", "target": 0.5, "warmup_fraction": 0.1,
+                    "ramp_fraction": 0.3, "cooldown_fraction": 0.5}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys)
+    assert "of this run's 1 optimizer steps: a longer run" in err and "prune.ramp_fraction" in err
+
+
 def test_an_interrupt_between_a_saves_renames_names_the_previous_checkpoint(
         recipe, tmp_path, capsys, monkeypatch):
     """break24 #10: between checkpoint.pt -> checkpoint.prev.pt and the new file's rename, the
