@@ -353,15 +353,19 @@ def _check_not_overwritten(out_dir: str, **given) -> None:
     ``--compare OUT/model.onnx``: the export of MODEL would replace it, and the dense model
     timed would be the pruned one)."""
     # real paths: a symlinked folder or file is the same file
-    # the dense model's files are written only with --compare
-    written = {os.path.realpath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES
-               if given.get("dense") is not None or not f.startswith("dense.")}
+    written = {os.path.realpath(os.path.join(out_dir, f)): f for f in DEPLOY_FILES}
     for name, value in given.items():
         if not isinstance(value, (str, os.PathLike)):
             continue
         path = os.path.realpath(os.path.expanduser(os.fspath(value)))
         if path in written and path != os.path.realpath(os.path.join(out_dir, f"{name}.onnx")):
             flag = "MODEL" if name == "model" else "--compare"
+            if name == "model" and given.get("dense") is None and written[path].startswith("dense."):
+                # no --compare: its own export would replace the pruned model.onnx there
+                raise DeployError(f"MODEL {os.fspath(value)} is the dense model of the deploy in "
+                                  f"{out_dir}; deploying it there would replace that deploy's "
+                                  "model.onnx and report.json with the dense model's: choose "
+                                  "another --out")
             raise DeployError(f"{flag} {os.fspath(value)} is the {written[path]} this deploy "
                               f"writes into {out_dir}, so it would be replaced before it is read; "
                               "copy it out of that folder first, or choose another --out")

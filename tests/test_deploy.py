@@ -443,13 +443,19 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert (notes / ".fxprune-deploy").read_text() == "my notes"
 
 
-def test_a_deploys_dense_export_deploys_again_into_its_folder_without_compare(saved, tmp_path):
-    """break25 #12: refused as 'the dense.onnx this deploy writes', which it does only with
-    --compare."""
+def test_a_deploys_dense_export_deployed_back_into_its_folder_says_what_it_would_replace(
+        saved, tmp_path, capsys):
+    """break25 #12: refused as 'the dense.onnx this deploy writes', which it writes only with
+    --compare; allowed, it replaced the pruned model.onnx with the dense one (break26 #2)."""
     out = tmp_path / "out"
     assert main(["deploy", str(saved / "pruned.pt"), "--compare", str(saved / "dense.pt"),
                  "--out", str(out), *QUICK, *TRUST]) == 0
-    assert main(["deploy", str(out / "dense.onnx"), "--out", str(out), *QUICK]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".onnx"}
+    assert main(["deploy", str(out / "dense.onnx"), "--out", str(out), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert "is the dense model of the deploy in" in err and "would replace that deploy's model.onnx" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".onnx"} == before
+    assert main(["deploy", str(out / "dense.onnx"), "--out", str(tmp_path / "other"), *QUICK]) == 0
 
 
 class FixedBatch(nn.Module):
