@@ -226,6 +226,11 @@ def test_a_checkpoint_saved_after_fit_resumes_training_not_the_final_pick(tmp_pa
     assert torch.equal(flat_masks(resumed.prepared), flat_masks(straight.prepared))
     for a, b in zip(resumed.finalized.state_dict().values(), straight.finalized.state_dict().values()):
         assert torch.equal(a, b)
+    # ... and so does a second fit of the same module in this session (break26 #3: it went on
+    # from the first fit's final pick, at step 4, and never explored to step 6)
+    trainer(tmp_path / "d", 2, [first]).fit(part, loader())
+    assert first.pruner.step_count == 12
+    assert [r["step"] for r in first.pruner.history if r.get("final")] == [6]
 
 
 def test_ccp_ended_before_its_last_round_saves_a_plain_model(tmp_path, monkeypatch):

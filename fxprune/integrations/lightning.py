@@ -168,13 +168,17 @@ class PruningCallback(pl.Callback):
             raise ValueError("this PruningCallback prunes the model of the module it was first "
                              f"fitted with, not {type(pl_module).__name__}'s; make a new "
                              "PruningCallback for each model (e.g. each fold of a sweep)")
-        self._trained_state = None
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
             self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs())
-            if hasattr(self.pruner, "attach_optimizer") and trainer.optimizers:
-                # e.g. CUCB: inactive weights keep their optimizer state
-                self.pruner.attach_optimizer(trainer.optimizers[0])
+        elif self._trained_state is not None and self._pending_state is None:
+            # fitted again in this session: on from where training left the method, not from
+            # the end's final rule (CUCB's pick would end its exploration: break26 #3)
+            self.pruner.load_state_dict(self._trained_state)
+        self._trained_state = None
+        if hasattr(self.pruner, "attach_optimizer") and trainer.optimizers:
+            # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizer)
+            self.pruner.attach_optimizer(trainer.optimizers[0])
         if self._pending_state is not None:
             self._load(self._pending_state)
 
