@@ -44,6 +44,11 @@ class PruningSchedule:
         if (isinstance(self.sharpness, bool) or not isinstance(self.sharpness, numbers.Real)
                 or not math.isfinite(self.sharpness) or self.sharpness <= 0):
             raise ValueError(f"schedule sharpness must be a number > 0, got {self.sharpness!r}")
+        # plain Python numbers: a state holding numpy ones does not load with weights_only=True
+        for name in ("warmup", "ramp", "update_every", "freeze_after"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "sharpness", float(self.sharpness))
 
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""

@@ -332,6 +332,19 @@ def test_bad_arguments_are_explained():
     fxprune.SMCP(pm, target=advised, warmup=0, ramp=1, update_every=1, channel_step=8)
 
 
+def test_states_built_from_numpy_numbers_load_with_weights_only(tmp_path):
+    """break26 #4: CUCB's recorded explore=np.int64(6), and SMCP's schedule warmup, stayed
+    numpy numbers in the state, which torch.load(weights_only=True) refuses."""
+    from fxprune.methods.cucb import CUCB
+
+    for pruner in (fxprune.SMCP(prepared(), target=0.5, warmup=np.int64(2), ramp=np.int64(4),
+                                update_every=np.int64(2)),
+                   CUCB(prepared(), target=0.5, mode="budget", warmup=np.int64(2),
+                        explore=np.int64(6))):
+        torch.save(pruner.state_dict(), tmp_path / "state.pt")
+        pruner.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+
+
 def test_a_cost_model_that_grows_as_channels_go_is_named_as_the_cause():
     class Inverted:  # break22: advised "raise the target to at least 361189.000"
         name = "inverted"

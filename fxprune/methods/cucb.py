@@ -132,7 +132,9 @@ class CUCB(PruningMethod):
                     f"model within target {self.cost_target:g} costs {reached:.3f} of dense; "
                     "mode='budget' lets groups differ and fills the budget, or lower channel_step",
                     RuntimeWarning, stacklevel=2)
-        self.warmup, self.explore, self.selection = int(warmup), explore, selection
+        # plain ints: a state holding numpy ones does not load with weights_only=True
+        self.warmup, self.explore = int(warmup), None if explore is None else int(explore)
+        self.selection = selection
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.rng = np.random.default_rng(seed)
         self.saliency = WeightTaylor(self.consumers, self.index.n)
