@@ -174,9 +174,17 @@ def test_resuming_under_another_target_or_rho_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1).load_state_dict(state)
-    with pytest.warns(RuntimeWarning, match=r"CUCB: resuming a state saved with another rho "
-                                            r"\S+ -> 0\.3; explore 8 -> 9: the run continues at step 0"):
+    with pytest.warns(RuntimeWarning, match=r"CUCB: resuming a state saved with another target "
+                                            r"0\.5 -> None; rho \S+ -> 0\.3; explore 8 -> 9: the run "
+                                            r"continues at step 0"):
         CUCB(pm, target=0.5, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
+    # a setting the mode ignores is no change (break26 #5)
+    ratio = CUCB(pm, target=0.5, rho=0.5, channel_step=1).state_dict()
+    budget = CUCB(pm, target=0.5, mode="budget", rho=0.5, channel_step=1).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CUCB(pm, target=0.3, rho=0.5, channel_step=1).load_state_dict(ratio)
+        CUCB(pm, target=0.5, mode="budget", rho=0.9, channel_step=1).load_state_dict(budget)
 
 
 def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():

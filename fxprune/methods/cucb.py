@@ -301,8 +301,9 @@ class CUCB(PruningMethod):
 
     def run_settings(self) -> dict:
         # rho: target without rho once ran at rho = target; it is a cost now, so a state says
-        return {"target": self.cost_target, "rho": self.rho, "c": self.c, "warmup": self.warmup,
-                "explore": self.explore}
+        # only what this mode reads: ratio mode with rho ignores target, budget mode rho
+        return {"target": self.target, "rho": self.rho if self.mode == "ratio" else None,
+                "c": self.c, "warmup": self.warmup, "explore": self.explore}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
