@@ -115,6 +115,8 @@ class LatencyTable:
         self.runtime_version = runtime_version
         #: batch and dtype the table was measured at, when they override the layers' own
         self.batch, self.dtype = batch, dtype
+        #: the machine a backend measured on (``device`` may be a label given to measure)
+        self.timed_on: str | None = None
         # point_key -> {(c_in, c_out): ms}; shared by every layer with that signature.
         self._points: dict[str, dict[tuple[int, int], float]] = {}
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
@@ -179,6 +181,7 @@ class LatencyTable:
             raise DeployError(f"layer {untimed[0].name!r} has kind {untimed[0].kind!r}; latency "
                               "tables time 'conv' and 'linear' layers only: price this model by "
                               "cost='flops' or 'params', or a cost model of your own")
+        timer_is_backends = timer is None
         if timer is None:
             timer, runtime_version, default_device = _backend_timer(
                 backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
@@ -189,6 +192,8 @@ class LatencyTable:
         else:
             runtime_version, default_device = "custom-timer", "custom-timer"
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
+        if timer_is_backends:  # the machine itself: `device` may be a label of the user's
+            table.timed_on = default_device
         layers = [table._as_measured(layer) for layer in layers]
 
         todo: dict[tuple[str, int, int], LayerSpec] = {}
@@ -368,6 +373,7 @@ class LatencyTable:
             "format": _TABLE_FORMAT, "version": 1, "name": self.name, "backend": self.backend,
             "device": self.device, "threads": self.threads,
             "runtime_version": self.runtime_version, "batch": self.batch, "dtype": self.dtype,
+            **({"timed_on": self.timed_on} if self.timed_on else {}),
             "grids": {k: {"c_in": ci, "c_out": co, "diagonal": d, "layers": names}
                       for k, (ci, co, d, names) in self._grids.items()},
             "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
@@ -391,8 +397,9 @@ class LatencyTable:
             from .common import cpu_name
 
             here = (cpu_name(), f"onnxruntime {ortb.version()}")
-            if (table.device, table.runtime_version) != here:
-                warnings.warn(f"the saved table {os.fspath(path)!r} was timed on {table.device} "
+            machine = table.timed_on or table.device  # older tables: the device field
+            if (machine, table.runtime_version) != here:
+                warnings.warn(f"the saved table {os.fspath(path)!r} was timed on {machine} "
                               f"with {table.runtime_version}, this machine is {here[0]} with "
                               f"{here[1]}: its latencies are another machine's; measure one here "
                               "to prune for this one", RuntimeWarning, stacklevel=2)
@@ -424,6 +431,7 @@ class LatencyTable:
                                               for m in marks):
             raise DeployError(f"{source} has a malformed 'under_load' entry (a list of "
                               "[point key, 'c_in,c_out'] pairs); delete that key to use the table")
+        table.timed_on = data.get("timed_on") if isinstance(data.get("timed_on"), str) else None
         table._under_load = {(pk, *_parse_point(pt)) for pk, pt in marks}
         table.stats["under_load"] = len(table._under_load)
         if table._under_load:

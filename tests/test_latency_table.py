@@ -527,6 +527,20 @@ def test_a_load_seen_only_after_timing_flags_the_points(tmp_path, monkeypatch, f
     assert table.stats["under_load"] == 2 and "under_load" in json.loads(cache.read_text())
 
 
+def test_a_table_measured_here_under_a_device_label_loads_without_a_warning(
+        tmp_path, monkeypatch, fake_ort):
+    """break26 #6: measure(device=LABEL) stored the label where load looked for the CPU, so
+    every load warned that the table was another machine's."""
+    _load(monkeypatch, 0.1)  # an idle machine: no load flags to warn of either
+    table = LatencyTable.measure([conv(cin=8, cout=8)], step=8, threads=1, device="my-laptop",
+                                 **FAST)
+    assert table.device == "my-laptop"
+    table.save(tmp_path / "t.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LatencyTable.load(tmp_path / "t.json").device == "my-laptop"
+
+
 def test_a_custom_timer_is_not_load_checked(monkeypatch):
     readings = _load(monkeypatch, 9.0)
     table = LatencyTable.measure([conv(cin=8, cout=8)], step=8, timer=CountingTimer(), **FAST)
