@@ -94,9 +94,18 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
 
     exporter = "dynamo"
     try:
-        dyn = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-        torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=dyn, verbose=False,
-                          **common)
+        try:
+            dyn = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+            torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=dyn, verbose=False,
+                              **common)
+        except Exception as batch_err:  # noqa: BLE001
+            if not dynamic_batch:
+                raise
+            # code that depends on the batch size (a branch on it, a reshape to it): exported
+            # exactly at this batch, which is the batch timed (the file then says it is fixed)
+            torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, **common)
+            log(f"dynamo ONNX exporter failed with a dynamic batch ({exporter_reason(batch_err)});"
+                f" exported at batch {x.shape[0]}")
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
         dynamo_reason = exporter_reason(dynamo_err)
         log(f"dynamo ONNX exporter failed ({dynamo_reason}); retrying with dynamo=False")
@@ -117,11 +126,11 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 # takes the same one passes: the file would be another model, silently
                 os.remove(path)
                 raise DeployError(
-                    f"the model branches on its data ({os.path.basename(w.filename)}:{w.lineno}): "
-                    "the dynamo exporter refused it (logged above) and the TorchScript "
-                    "exporter records only the branch the example input takes; write the branch "
-                    "with torch.where or torch.cond, or export the model yourself and deploy "
-                    "the .onnx file")
+                    f"the model branches on a tensor's value ({os.path.basename(w.filename)}:"
+                    f"{w.lineno}): the dynamo exporter refused it (logged above) and the "
+                    "TorchScript exporter records only the branch the example input takes; "
+                    "write the branch with torch.where or torch.cond, or export the model "
+                    "yourself and deploy the .onnx file")
         for w in caught:  # anything else TorchScript warns of is shown, not dropped
             if not issubclass(w.category, DeprecationWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -158,12 +158,33 @@ def test_dynamo_failure_falls_back_to_torchscript_with_one_line(tmp_path, monkey
 def test_a_branch_on_the_data_is_refused_not_traced_down_one_side(tmp_path):
     """break25 #2: the TorchScript fallback recorded the branch the example took, the check
     input took it too, and deploy timed a model with the other branch gone."""
-    with pytest.raises(DeployError, match=r"the model branches on its data \(test_deploy.py:\d+\): "
+    with pytest.raises(DeployError, match=r"the model branches on a tensor.s value \(test_deploy.py:\d+\): "
                                           r"the dynamo exporter refused it \(logged above\) and the "
                                           "TorchScript exporter records only the branch") as info:
         export_onnx(DataDependent(), SHAPE, tmp_path / "dd.onnx", log=lambda s: None)
     assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
     assert not (tmp_path / "dd.onnx").exists()
+
+
+def test_a_branch_on_the_batch_size_exports_at_that_batch(tmp_path):
+    """break26 #7: refused as a data branch (the TorchScript trace's warning is the same); a
+    dynamo export at the example's fixed batch is exact there."""
+    class ShapeIf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if x.shape[0] > 1:
+                y = y * 2.0
+            return y
+
+    said, model = [], ShapeIf()
+    info = export_onnx(model, SHAPE, tmp_path / "b1.onnx", log=said.append)
+    assert info["exporter"] == "dynamo" and not info["dynamic_batch"]
+    assert any("failed with a dynamic batch" in s for s in said)
+    assert verify_onnx(info["path"], model, SHAPE) < 1e-4
 
 
 def test_each_output_is_checked_against_its_own_scale(tmp_path):
