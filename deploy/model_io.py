@@ -143,7 +143,7 @@ def _onnx_input(path: str):
         raise DeployError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
                           "fxprune deploy times models of one input tensor, as the modules it "
                           "exports: time this one with ONNX Runtime directly")
-    if not inputs[0].type.tensor_type.shape.dim:
+    if inputs[0].type.tensor_type.HasField("shape") and not inputs[0].type.tensor_type.shape.dim:
         raise DeployError(f"{path}'s input {inputs[0].name!r} is a 0-d (scalar) tensor; fxprune "
                           "deploy times models whose input is batch first")
     return inputs[0]
@@ -153,6 +153,8 @@ def check_onnx_input_fits(path: str, shape: Sequence[int]) -> None:
     """An ONNX file's fixed input dims must equal ``shape``'s (symbolic dims take any size): a
     mismatch is a one-line error before anything is written, not ONNX Runtime's traceback."""
     first = _onnx_input(path)
+    if not first.type.tensor_type.HasField("shape"):  # rank unknown: any shape may fit
+        return
     dims = [d.dim_value if d.dim_value > 0 else None for d in first.type.tensor_type.shape.dim]
     fits = len(dims) == len(shape) and all(d is None or d == s for d, s in zip(dims, shape))
     if not fits:

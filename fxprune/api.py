@@ -126,16 +126,20 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
         total += mask.numel()
     if between:
         warnings.warn(f"finalize: {between} of {total} channel masks are neither 0 nor 1: those "
-                      "channels are kept, their masks folded into the weights. An EMA or averaged "
-                      "copy of a prepared model averages its masks; copy the trained model's into "
-                      "it first (fxprune.copy_masks(trained, ema_copy))", RuntimeWarning, stacklevel=3)
+                      "channels are kept, their masks folded into the weights (as intended, if "
+                      "you set them). An EMA or averaged copy of a prepared model averages its "
+                      "masks: copy the trained model's into it first (fxprune.copy_masks(trained, "
+                      "ema_copy))", RuntimeWarning, stacklevel=3)
 
 
 def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     """Set ``target``'s channel masks to ``source``'s: two models prepared alike (e.g. the
     trained model and its EMA or ``AveragedModel`` copy, which averages masks with the weights).
 
-    Raises ValueError when the two hold different mask sets (names or shapes)."""
+    A wrapper holding the prepared model as ``.module`` (``AveragedModel``, timm's
+    ``ModelEmaV2``, DDP) stands for it. Raises ValueError when the two hold different mask
+    sets (names or shapes)."""
+    source, target = _unwrapped(source), _unwrapped(target)
     state_of(source), state_of(target)  # each a prepared model, or the error saying so
     src = dict(source.get_submodule(MASK_OWNER).named_buffers())
     dst = dict(target.get_submodule(MASK_OWNER).named_buffers())
@@ -145,6 +149,12 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     with torch.no_grad():
         for name, mask in src.items():
             dst[name].copy_(mask)
+
+
+def _unwrapped(model):
+    inner = getattr(model, "module", None)
+    wraps = not isinstance(model, fx.GraphModule) and isinstance(inner, fx.GraphModule)
+    return inner if wraps else model
 
 
 def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:

@@ -218,7 +218,7 @@ def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():
                                             r"fxprune.copy_masks\(trained, ema_copy\)"):
         dense_again = fxprune.finalize(ema.module)
     assert dense_again.get_submodule("0").out_channels == 8
-    fxprune.copy_masks(pm, ema.module)
+    fxprune.copy_masks(pm, ema)  # the wrapper stands for its .module
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         small = fxprune.finalize(ema.module)

@@ -371,6 +371,11 @@ def test_an_onnx_file_that_fails_to_run_or_has_two_inputs_is_one_line(tmp_path):
     with pytest.raises(DeployError, match=r"has 2 inputs \(x, ids\); fxprune deploy times models "
                                           "of one input tensor"):
         deploy(two, tmp_path / "out2", **quick)
+    # an input of unknown rank is no 0-d tensor (break26 #9); onnx.checker refuses the file
+    free = _tiny_onnx(tmp_path / "free.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)])
+    with pytest.raises(DeployError, match="onnx.checker rejected .*'shape' of 'type' is required"):
+        deploy(free, tmp_path / "out3", input_shape=(2, 4), **quick)
 
 
 def test_a_bf16_onnx_file_is_told_what_would_time_it(tmp_path, capsys):
