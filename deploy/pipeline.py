@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fxprune.groups import is_prepared
+
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
@@ -161,7 +163,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         else:
             models[name] = load_model(given, trust_model_file=trust_model_file)
     for name, (mod, lbl) in models.items():
-        if mod is not None and isinstance(getattr(mod, "meta", None), dict) and "fxprune" in mod.meta:
+        if is_prepared(mod):
             warnings.warn(f"{lbl} is a model fxprune.prepare returned, not finalized: it runs at "
                           "full width with its masks; deploy fxprune.finalize(model) to time the "
                           "pruned model", RuntimeWarning, stacklevel=2)

@@ -14,7 +14,7 @@ from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channe
 from fxprune.passes.trace import trace
 
 from .cost import LayerSpec
-from .groups import PreparedState, channel_groups, state_of
+from .groups import PreparedState, channel_groups, is_prepared, state_of
 from .op_table import DEFAULT_LEAF_MODULES
 from .rules import ChannelRule
 from .serialization import make_savable
@@ -153,8 +153,7 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
 
 def _unwrapped(model):
     inner = getattr(model, "module", None)
-    wraps = not isinstance(model, fx.GraphModule) and isinstance(inner, fx.GraphModule)
-    return inner if wraps else model
+    return inner if not is_prepared(model) and is_prepared(inner) else model
 
 
 def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:

@@ -190,8 +190,13 @@ def mask_buffer(bank: torch.nn.Module, key: str, name: str, size: int) -> torch.
     return mask
 
 
+def is_prepared(model) -> bool:
+    """Whether ``model`` is a GraphModule :func:`fxprune.prepare` returned (not yet finalized)."""
+    return isinstance(model, fx.GraphModule) and model.meta.get("fxprune") is not None
+
+
 def state_of(prepared) -> "PreparedState":
-    state = getattr(prepared, "meta", {}).get("fxprune") if isinstance(prepared, fx.GraphModule) else None
+    state = prepared.meta["fxprune"] if is_prepared(prepared) else None
     if state is None:
         raise NotPreparedError(
             f"expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "

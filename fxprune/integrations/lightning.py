@@ -58,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import fxprune
 
 from .. import distributed as fxdist
+from ..groups import is_prepared
 from ..run_io import atomic_torch_save
 
 
@@ -83,21 +84,17 @@ def _checkpoint_safe(value: Any) -> Any:
     return value
 
 
-def _is_prepared(m: nn.Module) -> bool:
-    return isinstance(m, fx.GraphModule) and "fxprune" in m.meta
-
-
 def find_prepared(pl_module: nn.Module, attribute: str | None = None) -> fx.GraphModule:
     """The model ``fxprune.prepare`` returned, held by ``pl_module`` (at ``attribute``, or the
     only one among its submodules)."""
     if attribute is not None:
         model = pl_module.get_submodule(attribute)
-        if not _is_prepared(model):
+        if not is_prepared(model):
             raise TypeError(f"{type(pl_module).__name__}.{attribute} is a {type(model).__name__}, "
                             f"not a model prepared by fxprune; set it to fxprune.prepare(model, inputs)")
         return model
     found = [(name, m) for name, m in pl_module.named_modules()
-             if _is_prepared(m)]
+             if is_prepared(m)]
     if not found:
         raise ValueError(f"{type(pl_module).__name__} holds no model prepared by fxprune; in its "
                          f"__init__, set e.g. self.model = fxprune.prepare(model, example_inputs)")
