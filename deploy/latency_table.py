@@ -181,7 +181,6 @@ class LatencyTable:
             raise DeployError(f"layer {untimed[0].name!r} has kind {untimed[0].kind!r}; latency "
                               "tables time 'conv' and 'linear' layers only: price this model by "
                               "cost='flops' or 'params', or a cost model of your own")
-        timer_is_backends = timer is None
         if timer is None:
             timer, runtime_version, default_device = _backend_timer(
                 backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
@@ -189,11 +188,11 @@ class LatencyTable:
                 channels_last=channels_last)
             on_cpu = backend == "onnxruntime" or (
                 backend == "torch" and getattr(timer.device, "type", "") == "cpu")
+            timed_on = default_device  # the machine itself: `device` may be a label of the user's
         else:
-            runtime_version, default_device = "custom-timer", "custom-timer"
+            runtime_version, default_device, timed_on = "custom-timer", "custom-timer", None
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
-        if timer_is_backends:  # the machine itself: `device` may be a label of the user's
-            table.timed_on = default_device
+        table.timed_on = timed_on
         layers = [table._as_measured(layer) for layer in layers]
 
         todo: dict[tuple[str, int, int], LayerSpec] = {}

@@ -33,7 +33,8 @@ class PruningSchedule:
         if self.shape not in ("exp", "linear"):
             raise ValueError(f"schedule shape must be 'exp' or 'linear', got {self.shape!r}")
         # step counts: a float warm-up (0.1 * total steps) never met `step == ...` and the
-        # schedule never pruned
+        # schedule never pruned; kept as plain ints (a state holding numpy ones does not load
+        # with weights_only=True)
         for name, low in (("warmup", 0), ("ramp", 0), ("update_every", 1), ("freeze_after", 0)):
             v = getattr(self, name)
             if name == "freeze_after" and v is None:
@@ -41,14 +42,11 @@ class PruningSchedule:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
                 raise ValueError(f"schedule {name} is a count of optimizer steps, an integer >= "
                                  f"{low}; got {v!r} (round a computed one: int(0.1 * steps))")
+            setattr(self, name, int(v))
         if (isinstance(self.sharpness, bool) or not isinstance(self.sharpness, numbers.Real)
                 or not math.isfinite(self.sharpness) or self.sharpness <= 0):
             raise ValueError(f"schedule sharpness must be a number > 0, got {self.sharpness!r}")
-        # plain Python numbers: a state holding numpy ones does not load with weights_only=True
-        for name in ("warmup", "ramp", "update_every", "freeze_after"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, int(getattr(self, name)))
-        object.__setattr__(self, "sharpness", float(self.sharpness))
+        self.sharpness = float(self.sharpness)
 
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""
