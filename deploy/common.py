@@ -12,6 +12,12 @@ class DeployError(RuntimeError):
     """A deploy step failed for a reason the user can act on (the message says how)."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters; "" when it has none):
+    what a one-line error quotes of an exception from torch or ONNX Runtime."""
+    return (str(err).strip().splitlines() or [""])[0][:limit]
+
+
 def cpu_name() -> str:
     """The CPU's model name as /proc/cpuinfo reports it, with its widest vector extension
     ("AMD EPYC (AVX2)"): CPUs sold under one name differ in it (EPYC Zen 2/3: AVX2, Zen 4:

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .common import DeployError, parse_shape
+from .common import DeployError, first_line, parse_shape
 
 INPUT_SHAPE_ATTR = "fxprune_input_shape"
 
@@ -65,7 +65,7 @@ def load_model(model: nn.Module | str | os.PathLike, *,
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = first_line(e)
             raise DeployError(f"could not load {path!r} with torch.load ({type(e).__name__}: "
                               f"{first}); is it a file written by torch.save(module, path)?"
                               ) from None
@@ -104,7 +104,7 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
         with torch.no_grad():
             eval_copy(module, "fp32")(torch.zeros(shape))
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e) or type(e).__name__
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         rec = (f"the model records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
                else f"the model records no input shape ({INPUT_SHAPE_ATTR})")

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .common import DeployError
+from .common import DeployError, first_line
 from .common import time_interleaved_wall as time_interleaved
 
 BACKEND = "onnxruntime"
@@ -53,7 +53,7 @@ def run_once(session, feed: dict, path: str, input_shape) -> list:
     try:
         return session.run(None, feed)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        first = first_line(e, 300)
         raise DeployError(f"ONNX Runtime failed to run {path} at input shape {tuple(input_shape)}: "
                           f"{type(e).__name__}: {first}; the file may fix a size its inputs "
                           "declare free (a reshape to batch 1): pass the --batch/--input-shape "
