@@ -5,9 +5,12 @@ any nesting of tuples/lists/dicts of tensors, compared in flattened order.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import re
+import sys
 import warnings
 from typing import Callable
 
@@ -56,6 +59,16 @@ def exporter_reason(err: BaseException) -> str:
     return f"{reason} ({where})" if where else reason
 
 
+def _dynamo_export(model, x, path, **kwargs) -> None:
+    """One dynamo export attempt. torch.export prints the partial graph of a failed attempt to
+    stderr (tens of lines, before the retry this module logs in one); what an attempt writes
+    there is shown only when it succeeds, the reason of a failure is logged by the caller."""
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, **kwargs)
+    sys.stderr.write(captured.getvalue())
+
+
 def flat_outputs(out) -> list[torch.Tensor]:
     leaves = pytree.tree_leaves(out)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
@@ -96,14 +109,13 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     try:
         try:
             dyn = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-            torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=dyn, verbose=False,
-                              **common)
+            _dynamo_export(model, x, path, dynamic_shapes=dyn, **common)
         except Exception as batch_err:  # noqa: BLE001
             if not dynamic_batch:
                 raise
             # code that depends on the batch size (a branch on it, a reshape to it): exported
             # exactly at this batch, which is the batch timed (the file then says it is fixed)
-            torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, **common)
+            _dynamo_export(model, x, path, **common)
             log(f"dynamo ONNX exporter failed with a dynamic batch ({exporter_reason(batch_err)});"
                 f" exported at batch {x.shape[0]}")
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
@@ -112,6 +124,8 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
         exporter = "torchscript"
         axes = ({name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
                 if dynamic_batch else None)
+        folder = os.path.dirname(os.path.abspath(path))
+        before = set(os.listdir(folder)) - {os.path.basename(path)}
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", torch.jit.TracerWarning)
@@ -124,7 +138,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
                 # a trace records the branch the example input took, and a check input that
                 # takes the same one passes: the file would be another model, silently
-                os.remove(path)
+                written = set(os.listdir(folder)) - before if external else {os.path.basename(path)}
+                for name in written:  # the file, and a big model's weight files beside it
+                    os.remove(os.path.join(folder, name))
                 raise DeployError(
                     f"the model branches on a tensor's value ({os.path.basename(w.filename)}:"
                     f"{w.lineno}): the dynamo exporter refused it (logged above) and the "

@@ -166,6 +166,27 @@ def test_a_branch_on_the_data_is_refused_not_traced_down_one_side(tmp_path):
     assert not (tmp_path / "dd.onnx").exists()
 
 
+def test_a_refused_export_leaves_no_side_file_and_no_graph_dump(tmp_path, monkeypatch, capsys):
+    """Last note's left-alone: the refusal removed model.onnx but not a big model's weights file;
+    torch.export printed each failed attempt's partial graph (about 50 lines) to stderr."""
+    from fxprune.deploy import onnx_export
+    real_export = torch.onnx.export
+
+    def with_weight_files(model, args, path, *, dynamo=True, **kwargs):
+        real_export(model, args, path, dynamo=dynamo, **kwargs)
+        if not dynamo and kwargs["external_data"]:  # TorchScript: one file per initializer
+            for name in ("conv.weight", "conv.bias"):
+                (tmp_path / name).write_bytes(b"weights")
+
+    monkeypatch.setattr(torch.onnx, "export", with_weight_files)
+    monkeypatch.setattr(onnx_export, "_PROTOBUF_LIMIT", 0)  # as for a model over 2 GiB
+    (tmp_path / "mine.txt").write_text("the user's")
+    with pytest.raises(DeployError, match="branches on a tensor"):
+        export_onnx(DataDependent(), SHAPE, tmp_path / "dd.onnx", log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    assert "def forward" not in capsys.readouterr().err
+
+
 def test_a_branch_on_the_batch_size_exports_at_that_batch(tmp_path):
     """break26 #7: refused as a data branch (the TorchScript trace's warning is the same); a
     dynamo export at the example's fixed batch is exact there."""
