@@ -146,6 +146,11 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     if {k: v.shape for k, v in src.items()} != {k: v.shape for k, v in dst.items()}:
         raise ValueError("copy_masks: the two models hold different channel masks; they must be "
                          "prepared from the same model and example inputs")
+    for role, masks in (("source", src), ("target", dst)):
+        if any(mask.is_meta for mask in masks.values()):
+            raise ValueError(f"copy_masks: the {role} model's masks are on the meta device (they "
+                             "hold no values); move it to a real device first (.to_empty(device=...)"
+                             " and load its state_dict)")
     with torch.no_grad():
         for name, mask in src.items():
             dst[name].copy_(mask)

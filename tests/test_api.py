@@ -227,6 +227,12 @@ def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():
                             torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="hold different channel masks"):
         fxprune.copy_masks(pm, other)
+    import copy
+    on_meta = copy.deepcopy(pm).to("meta")  # break26: torch's "Cannot copy out of meta tensor"
+    with pytest.raises(ValueError, match="source model's masks are on the meta device"):
+        fxprune.copy_masks(on_meta, pm)
+    with pytest.raises(ValueError, match="target model's masks are on the meta device"):
+        fxprune.copy_masks(pm, on_meta)  # copying into it would keep nothing
 
 
 def test_finalize_leaves_prepared_untouched_and_returns_plain_module(resnet18):
