@@ -7,9 +7,12 @@ not pay for loading training code and vice versa.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
 import os
 import sys
+import warnings
 
 SUBCOMMANDS = {
     "demo": ("fxprune.demo", "prune half of every channel group of a torchvision model and report"),
@@ -29,6 +32,28 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+_PACKAGE_DIRS = tuple(os.path.dirname(importlib.util.find_spec(name).origin) + os.sep
+                      for name in ("fxprune", "fxprune.deploy", "fxprune.passes"))
+
+
+@contextlib.contextmanager
+def _plain_warnings():
+    """fxprune's own warnings as ``warning: MESSAGE``: on the command line, the library line a
+    warning is attributed to (a registry building the method, say) tells the user nothing."""
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(_PACKAGE_DIRS):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="fxprune", description=__doc__.splitlines()[0])
@@ -44,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+        with _plain_warnings():
+            rc = int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
         sys.stdout.flush()  # a closed pipe raises here, not in the interpreter's last flush
         return rc
     except BrokenPipeError:

@@ -499,3 +499,20 @@ def test_fraction_schedule_errors_name_what_was_written():
         resolve_config({**TINY, "prune": {"method": "ccp", "prune_at_fraction": 1.0}})
     with pytest.raises(ConfigError, match=r"prune.prune_at_epochs \(3\) is at or after"):
         resolve_config({**TINY, "prune": {"method": "taylor", "prune_at_epochs": 3}})
+
+
+def test_the_command_line_shows_fxprune_s_warnings_without_a_library_line():
+    """break26 nit: CUCB's ratio-mode warning in a recipe was attributed to the method
+    registry's line; other libraries' warnings keep their location."""
+    import warnings
+
+    import fxprune.methods
+    from fxprune.cli import _plain_warnings
+
+    inside = fxprune.methods.__file__
+    with _plain_warnings():
+        ours = warnings.formatwarning("CUCB: the widest model", RuntimeWarning, inside, 12)
+        theirs = warnings.formatwarning("deprecated", UserWarning, "/elsewhere/lib.py", 3)
+    assert ours == "warning: CUCB: the widest model\n"
+    assert theirs.startswith("/elsewhere/lib.py:3: UserWarning: deprecated")
+    assert warnings.formatwarning("x", UserWarning, inside, 1).startswith(inside)  # restored
