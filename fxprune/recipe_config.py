@@ -611,9 +611,9 @@ def _check_prune(prune: dict, optim: dict) -> None:
         clash = [k for k in prune if _argument_of(k) in sets_itself]
         if clash:
             drop = " ".join(f"--set '~prune.{k}'" for k in clash)
-            raise ConfigError(f"prune.method {method} sets {', '.join(sets_itself)} itself; "
-                              f"remove prune.{', prune.'.join(clash)} from the recipe (on the "
-                              f"command line: {drop})")
+            raise ConfigError(f"prune.method {method} sets these keys itself: remove "
+                              f"prune.{', prune.'.join(clash)} from the recipe (on the command "
+                              f"line: {drop}); it sets its arguments {', '.join(sets_itself)}")
     for key, value in prune.items():
         rule = keys.get(key)
         if rule is not None:
