@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FxPruneError
-from .run_io import atomic_write
+from .run_io import RUN_MARKER, RUN_MODEL_FILES, atomic_write
 
 __all__ = ["PlotError", "Point", "load_points", "plot_points", "add_arguments", "run"]
 
 SOFTWARE = "fxprune plot"  # written into the PNG's metadata: the mark of a file this wrote
-RUN_MARKER = ".fxprune-run"
 DEPLOY_MARKER = ".fxprune-deploy"
 
 
@@ -160,6 +159,9 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         recorded = Path(run_model).expanduser()
         own = (run_dir / recorded.name).resolve()
         old_run = recorded.parent.resolve() if recorded.is_absolute() else None
+    else:  # a results.json without "model" (edited by hand): the one model file the run wrote
+        saved = [run_dir / name for name in RUN_MODEL_FILES if (run_dir / name).is_file()]
+        own = saved[0].resolve() if len(saved) == 1 else None
 
     def inside(p: Path) -> Path:
         if old_run is not None and old_run != run and p.is_relative_to(old_run):

@@ -42,8 +42,9 @@ INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST 
 
 RUN_MARKER = ".fxprune-run"  # in every folder a run writes to: it holds fxprune's files only
 # Every file a run writes (under its folder); nothing else there is ever touched.
+RUN_MODEL_FILES = ("model_dense.pt", "model_pruned.pt")  # a run writes one of them, at its end
 RUN_FILES = ("config.yaml", "metrics.csv", "steps.csv", "checkpoint.pt", "checkpoint.prev.pt",
-             "model_dense.pt", "model_pruned.pt", "results.json")
+             *RUN_MODEL_FILES, "results.json")
 
 
 class CheckpointError(FxPruneError):

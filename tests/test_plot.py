@@ -392,3 +392,19 @@ def test_a_deploy_reports_numbers_are_checked_like_a_benchmarks(tmp_path, capsys
     assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+def test_a_results_file_without_its_model_plots_the_one_model_the_run_saved(tmp_path):
+    """Last note's left-alone (break25 #13): a results.json edited without "model" made plot
+    refuse the run's own deploy, advising to deploy what was deployed."""
+    run = _run(tmp_path / "run", 0.9, 8e6)  # its results.json names no model
+    (run / "model_pruned.pt").write_bytes(b"x")
+    d = run / "deploy_b1"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(run / "model_pruned.pt")}))
+    assert load_points([run])[0].latency_ms == {1: 1.5}
+    (run / "model_dense.pt").write_bytes(b"y")  # two models: which one is the run's is unknown
+    with pytest.raises(PlotError, match="not the model of the run"):
+        load_points([run])
