@@ -363,6 +363,16 @@ def test_a_schedule_that_never_prunes_or_overlaps_is_said():
         CCP(prepared(), ratio=0.5, collect=3, prune_at=2)
 
 
+def test_a_setting_the_mode_ignores_is_said():
+    """Left alone before: ratio= in adaptive mode (and CUCB's rho in budget mode) did nothing,
+    silently; the recipes now carry null for the other mode's setting."""
+    with pytest.warns(RuntimeWarning, match=r"CCP: ratio=0\.7 is not used in mode='adaptive'.*"
+                                            r"--set prune.ratio=null"):
+        CCP(prepared(), target=0.5, mode="adaptive", ratio=0.7)
+    with pytest.warns(RuntimeWarning, match=r"CUCB: rho=0\.7 is not used in mode='budget'"):
+        fxprune.CUCB(prepared(), target=0.5, mode="budget", rho=0.7)
+
+
 def test_an_unreachable_cost_target_is_refused_before_training():
     """As SMCP: the floor (every group at its smallest allowed width) is known at construction,
     not at the first round, `prune_at` steps into training."""

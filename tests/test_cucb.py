@@ -180,11 +180,15 @@ def test_resuming_under_another_target_or_rho_warns():
         CUCB(pm, target=0.5, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
     # a setting the mode ignores is no change (break26 #5)
     ratio = CUCB(pm, target=0.5, rho=0.5, channel_step=1).state_dict()
-    budget = CUCB(pm, target=0.5, mode="budget", rho=0.5, channel_step=1).state_dict()
+    with pytest.warns(RuntimeWarning, match=r"CUCB: rho=0\.5 is not used in mode='budget'"):
+        budget = CUCB(pm, target=0.5, mode="budget", rho=0.5, channel_step=1).state_dict()
+    with pytest.warns(RuntimeWarning, match="rho=0.9 is not used") as said:
+        CUCB(pm, target=0.5, mode="budget", rho=0.9, channel_step=1).load_state_dict(budget)
+    assert len(said) == 1  # the constructor's, and no resume warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CUCB(pm, target=0.3, rho=0.5, channel_step=1).load_state_dict(ratio)
-        CUCB(pm, target=0.5, mode="budget", rho=0.9, channel_step=1).load_state_dict(budget)
+        CUCB(pm, target=0.5, mode="budget", channel_step=1).load_state_dict(budget)
 
 
 def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():

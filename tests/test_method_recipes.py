@@ -50,7 +50,7 @@ def test_the_trainer_passes_the_loss_to_methods_that_take_it():
 def test_a_target_the_ratio_mode_does_not_use_is_said(tmp_path):
     cfg = load_config(ROOT / "configs" / "fashion_mnist_cucb.yaml",
                       [*SMALL, *EXTRA["cucb"], "optim.epochs=1", "data.synthetic_train=64",
-                       "prune.explore_epochs=0.5", "prune.mode=ratio", "prune.target=0.3",
+                       "prune.explore_epochs=0.5", "prune.mode=ratio", "prune.target=0.3", "prune.rho=0.7",
                        f"out={tmp_path / 'run'}"])
     with pytest.warns(UserWarning, match=r"prune.target 0.3 is not used by cucb in mode 'ratio': "
                                          r"each group keeps prune.rho=0.7 of its channels"):

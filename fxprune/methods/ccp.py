@@ -262,6 +262,10 @@ class CCP(PruningMethod):
             warnings.warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
                           f"collects over the {round_every} steps since the one before, not {collect}",
                           stacklevel=2)
+        if mode == "adaptive" and ratio is not None:  # given, it would do nothing
+            warnings.warn(f"CCP: ratio={ratio:g} is not used in mode='adaptive', where the allocator"
+                          " sets each group's count under target; drop ratio (a recipe: --set "
+                          "prune.ratio=null) or use mode='ratio'", RuntimeWarning, stacklevel=2)
         if prune_at is not None and prune_at < collect:
             warnings.warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
                           f"over {prune_at} steps only", stacklevel=2)

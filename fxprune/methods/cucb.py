@@ -110,6 +110,10 @@ class CUCB(PruningMethod):
             raise ValueError(f"explore={explore} makes the final selection during the {warmup} "
                              "steps of random warm-up, before any bandit statistics: raise "
                              "explore or lower warmup")
+        if mode == "budget" and rho is not None:
+            warnings.warn(f"CUCB: rho={rho:g} is not used in mode='budget', where the allocator "
+                          "sets each group's active count under target; drop rho (a recipe: --set "
+                          "prune.rho=null) or use mode='ratio'", RuntimeWarning, stacklevel=2)
         if execution not in ("gathered", "masked"):
             raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
                              f"'masked' (full width, inactive channels masked), got {execution!r}")
