@@ -207,13 +207,15 @@ EXHAUSTIVE_MAX = 4096
 
 
 def _exhaustive(options: list[GroupOptions], budget: Budget, limit: float) -> list[int] | None:
-    """The most valuable combination whose real cost fits (the cheaper of equal ones); None
-    when none fits. For a few coarse groups, where local search stops short."""
+    """The most valuable combination whose real cost fits (the costlier of equal ones, as
+    :func:`repair` spends room left on steps that gain nothing: channels without evidence, read
+    only by frozen layers, say, are kept while the target allows); None when none fits. For a
+    few coarse groups, where local search stops short."""
     offsets, best = budget.index.offsets, None
     for combo in itertools.product(*(range(len(o.counts)) for o in options)):
         total = budget.total(kept_from(offsets, options, combo))
         if total <= limit * _SLACK:
-            key = (_value(options, combo), -total)
+            key = (_value(options, combo), total)
             if best is None or key > best[0]:
                 best = (key, list(combo))
     return None if best is None else best[1]

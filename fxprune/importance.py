@@ -104,6 +104,11 @@ class _ConsumerStrategy(ImportanceStrategy):
         """Steps skipped for non-finite gradients since the last reset (reading it syncs)."""
         return int(self._skipped)
 
+    @property
+    def finite_steps(self) -> int:
+        """Steps whose scores are in the average (mean: since the last reset; reading it syncs)."""
+        return int(self._finite)
+
 
 class WeightTaylor(_ConsumerStrategy):
     kind = "taylor"

@@ -227,6 +227,53 @@ def test_update_with_no_gradients_is_skipped_with_a_warning_not_ranked_on_zeros(
     assert record is not None and pruner.cost() <= 0.5 + 1e-9
 
 
+def test_an_update_after_only_overflowed_steps_is_skipped_not_ranked_on_zeros():
+    """break28 #1: the guard counted the steps observed, not those averaged: after a window of
+    inf gradients (what pruner.step() sees after scaler.unscale_ on an overflow) the update
+    ranked all-zero scores, and every group fell to 1 channel (0.013 of dense for 0.5)."""
+    pm = small_prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=2, channel_step=1)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+
+    def train_step(overflow):
+        F.cross_entropy(pm(x), y).backward()
+        if overflow:
+            for p in pm.parameters():
+                p.grad.fill_(float("inf"))
+        record = pruner.step()
+        pm.zero_grad()
+        return record
+
+    train_step(False)
+    first = train_step(False)
+    kept = pruner.cost()
+    train_step(True)
+    with pytest.warns(RuntimeWarning, match=r"skipped: every one of the 2 steps since the last "
+                                            r"update had inf/nan gradients"):
+        assert train_step(True) is None
+    assert pruner.skipped_updates == 1 and pruner.cost() == kept and first["actual"] > 0.5
+    train_step(False)
+    assert train_step(False)["actual"] <= 0.5 + 1e-9  # evidence again: it goes on
+
+
+def test_channels_only_frozen_layers_read_are_kept_while_the_target_allows():
+    """break28 #2: their scores are 0, every count of their group is worth the same, and the
+    exhaustive search took the cheapest: 0.063 of dense for a target of 0.7."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    pm = fxprune.prepare(net, (torch.randn(1, 3, 8, 8),))
+    pm.get_submodule("2").weight.requires_grad_(False)
+    with pytest.warns(RuntimeWarning, match="frozen weights"):
+        pruner = fxprune.SMCP(pm, target=0.7, warmup=0, ramp=4, update_every=4, channel_step=1)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    for _ in range(4):
+        F.cross_entropy(pm(x), y).backward()
+        record = pruner.step()
+        pm.zero_grad()
+    assert 0.65 < record["actual"] <= 0.7 + 1e-9
+
+
 # ----------------------------------------------------------------------------- 4. save/load
 
 def test_prepared_model_round_trips_through_torch_save_in_a_fresh_process(tmp_path):

@@ -439,6 +439,7 @@ def _flips(hysteresis, updates=25):
     pruner.step_count = 1  # past the (empty) ramp: the target is 0.5 at every update
     for _ in range(updates):
         pruner.importance.count = 1  # "gradients seen": update() ranks the injected scores
+        pruner.importance._finite.fill_(1)
         pruner.update()
     return sum(r["returned"] + r["pruned"] for r in pruner.history[1:]), pruner
 

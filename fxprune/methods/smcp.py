@@ -227,16 +227,22 @@ class SMCP(PruningMethod):
         """Re-solve the masks for the current target; returns the update's record.
 
         With Taylor importance and no gradient seen since the last update (``step()`` called
-        before ``loss.backward()``, or after ``zero_grad``), there is no evidence to rank
-        channels by: the update is skipped with a ``RuntimeWarning`` (counted in
+        before ``loss.backward()``, or after ``zero_grad``), or only non-finite ones (every step
+        a loss-scaler overflow), there is no evidence to rank channels by: the update is skipped with a ``RuntimeWarning`` (counted in
         ``skipped_updates``) and None returned, rather than ranking all-zero scores.
         """
-        if self.importance.kind == "taylor" and self.importance.count == 0:
+        # count: steps observed (host); finite_steps: those averaged (one sync, once an update)
+        if self.importance.kind == "taylor" and (self.importance.count == 0
+                                                 or self.importance.finite_steps == 0):
             self.skipped_updates += 1
-            warnings.warn(
-                f"SMCP: mask update at step {self.step_count} skipped: no gradients were seen "
-                "since the last update, so channels cannot be ranked. Call pruner.step() after "
-                "loss.backward() and before optimizer.zero_grad()", RuntimeWarning, stacklevel=2)
+            why = ("no gradients were seen since the last update, so channels cannot be ranked. "
+                   "Call pruner.step() after loss.backward() and before optimizer.zero_grad()"
+                   if self.importance.count == 0 else
+                   f"every one of the {self.importance.count} steps since the last update had "
+                   "inf/nan gradients (loss-scaler overflows, or a diverged run), so channels "
+                   "cannot be ranked; the masks stay as they are")
+            warnings.warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
+                          RuntimeWarning, stacklevel=2)
             return None
         start = time.perf_counter()
         target = self.target_now()
