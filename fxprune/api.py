@@ -122,6 +122,8 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
     (break24 #3: timm's ModelEmaV2, AveragedModel(use_buffers=True))."""
     between = total = 0
     for mask in prepared.get_submodule(MASK_OWNER).buffers():
+        if not mask.is_floating_point():  # the integer maps of tied units, not masks
+            continue
         between += int(((mask != 0) & (mask != 1)).sum())
         total += mask.numel()
     if between:

@@ -235,6 +235,26 @@ def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():
         fxprune.copy_masks(pm, on_meta)  # copying into it would keep nothing
 
 
+def test_finalize_of_masks_all_one_warns_of_nothing_with_tied_units():
+    """break28 #3: the warning counted the mask bank's integer maps of tied units (a residual
+    read by a grouped conv) as masks: every finalize said 6 of 12 were neither 0 nor 1."""
+    class ResidualThenGrouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.g(y + self.b(y))
+
+    pm = fxprune.prepare(ResidualThenGrouped(), torch.randn(1, 3, 8, 8))
+    assert any(not b.is_floating_point() for b in pm.fxprune_masks.buffers())  # the case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.finalize(pm)
+
+
 def test_finalize_leaves_prepared_untouched_and_returns_plain_module(resnet18):
     pm = fxprune.prepare(resnet18, (X,))
     random_masks(pm, 0.5)
