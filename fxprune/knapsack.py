@@ -54,6 +54,8 @@ __all__ = ["solve_mckp", "DEFAULT_RESOLUTION"]
 # 55 groups and 20,000 cells, 0.28% of the slack in the worst case (typically a fraction of
 # that), while a ResNet-50-sized solve stays far below a second on a 2-core CPU.
 DEFAULT_RESOLUTION = 20_000
+# relative difference between two float sums of the same numbers in another order, at most
+_SUM_ULPS = 1e-12
 
 
 def _as_groups(values: Sequence, costs: Sequence) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -105,8 +107,9 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
 
     Returns:
         int64 array with the chosen option index of each group. Its total cost never exceeds
-        ``budget``; with integer costs and ``budget - min total cost <= resolution`` its value
-        is optimal, otherwise it is at least the optimum at ``budget - n_groups * unit`` where
+        ``budget`` (a budget short of the cheapest options' sum by a relative 1e-12 or less,
+        as another summation order gives, counts as that sum); with integer costs and
+        ``budget - min total cost <= resolution`` its value is optimal, otherwise it is at least the optimum at ``budget - n_groups * unit`` where
         ``unit = (budget - min total cost) / resolution``.
 
     Raises:
@@ -127,21 +130,23 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         return np.zeros(0, dtype=np.int64)
 
     min_costs = np.array([c.min() for c in csts])
-    min_total = float(min_costs.sum())
-    if min_total > budget:
+    min_total = math.fsum(min_costs.tolist())
+    # a budget written as the caller's own sum of the cheapest options may differ from this
+    # one in the last bits (another summation order): that is the cheapest choice, not over
+    if min_total - budget > _SUM_ULPS * max(abs(budget), min_total):
         over = min_total - budget
         relative = f" ({over / budget:.2%} over)" if budget > 0 else ""
         raise ValueError(
             f"infeasible budget: the cheapest option of every group together costs "
-            f"{min_total:.6g}, which exceeds the budget {budget:.6g} by {over:.6g}{relative}; "
-            f"raise the budget to at least {min_total:.6g} or allow cheaper options")
+            f"{min_total:.12g}, which exceeds the budget {budget:.12g} by {over:.6g}{relative}; "
+            f"raise the budget to at least {min_total:.12g} or allow cheaper options")
 
     # If the most valuable option of every group fits, the budget does not bind.
     greedy = _best_per_group(vals, csts)
     if sum(float(c[j]) for c, j in zip(csts, greedy)) <= budget:  # floats: inf, no warning
         return greedy
 
-    slack = budget - min_total
+    slack = max(budget - min_total, 0.0)
     extras = [c - m for c, m in zip(csts, min_costs)]
     integral = all(np.all(e == np.round(e)) for e in extras) and math.floor(slack) <= resolution
     if integral:

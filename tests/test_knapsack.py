@@ -161,6 +161,21 @@ def test_infeasible_budget_names_minimum_cost():
         solve_mckp(values, costs, 5.0)
 
 
+def test_a_budget_summed_from_the_cheapest_options_in_another_order_is_feasible():
+    """break28 #4: numpy's sum of the cheapest costs exceeded the caller's plain sum by 4.7e-10,
+    and the budget was "infeasible", the advice naming the same number back."""
+    costs = [[114932.633, 729015.117, 927423.929], [967926.19, 14706.305, 863640.09],
+             [981195.04, 957210.18, 148764.012], [972628.814, 889935.556, 822373.828],
+             [479987.924, 232372.92, 801880.579], [923530.16, 266130.272, 538934.408],
+             [442752.829, 931017.316, 40510.711], [732006.196, 614373.247, 28365.365],
+             [719219.773, 15991.73, 757951.002]]
+    cheapest = [int(np.argmin(c)) for c in costs]
+    budget = sum(min(c) for c in costs)
+    assert solve_mckp([[0, 1, 2]] * len(costs), costs, budget).tolist() == cheapest
+    with pytest.raises(ValueError, match="infeasible budget"):  # a real shortfall still is
+        solve_mckp([[0, 1, 2]] * len(costs), costs, budget * (1 - 1e-9))
+
+
 @pytest.mark.parametrize("values, costs, match", [
     ([np.ones(2)], [np.ones(2), np.ones(1)], "costs has 2"),
     ([np.ones(2)], [np.ones(3)], "2 values but 3 costs"),
