@@ -109,7 +109,8 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         int64 array with the chosen option index of each group. Its total cost never exceeds
         ``budget`` (a budget short of the cheapest options' sum by a relative 1e-12 or less,
         as another summation order gives, counts as that sum); with integer costs and
-        ``budget - min total cost <= resolution`` its value is optimal, otherwise it is at least the optimum at ``budget - n_groups * unit`` where
+        ``budget - min total cost <= resolution`` its value is optimal, otherwise it is at
+        least the optimum at ``budget - n_groups * unit`` where
         ``unit = (budget - min total cost) / resolution``.
 
     Raises:
