@@ -57,7 +57,8 @@ class PruningSchedule:
         t = min((step - self.warmup) / self.ramp, 1.0)
         if self.shape == "linear":
             return t
-        return (1 - math.exp(-self.sharpness * t)) / (1 - math.exp(-self.sharpness))
+        # expm1: exact for a tiny sharpness (the ramp tends to linear), where 1 - exp(-s) is 0
+        return math.expm1(-self.sharpness * t) / math.expm1(-self.sharpness)
 
     def target(self, step: int, final: float) -> float:
         """Cost budget (fraction of dense) at ``step`` when the final target is ``final``."""

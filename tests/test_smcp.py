@@ -631,6 +631,14 @@ def test_a_schedule_counts_steps_in_integers():
     assert PruningSchedule(warmup=np.int64(3)).warmup == 3
 
 
+def test_a_tiny_sharpness_ramps_linearly_instead_of_dividing_by_zero():
+    """break28 #6: 1 - exp(-1e-17) is 0.0, and the first update raised ZeroDivisionError."""
+    tiny = PruningSchedule(warmup=0, ramp=10, sharpness=1e-17)
+    usual = PruningSchedule(warmup=0, ramp=10)
+    assert [tiny.progress(s) for s in (0, 5, 10)] == pytest.approx([0.0, 0.5, 1.0])
+    assert usual.progress(5) == pytest.approx((1 - np.exp(-2.75 * 0.5)) / (1 - np.exp(-2.75)))
+
+
 def test_flops_cost_of_a_model_with_a_masked_layer_norm_is_the_finalized_models():
     """The constant outside conv/linear layers was counted on the prepared model as it stood:
     with masks not all 1, the masked layer norm's statistics over kept channels ran extra
