@@ -13,7 +13,7 @@ from torch import nn
 import fxprune
 from fxprune.importance import InputTaps
 from fxprune.methods.ccp import (CCP, best_subsets, keep_form, objective, predicted_change, prune_form,
-                                 solve_exhaustive)
+                                 solve, solve_exhaustive)
 from fxprune.units import UnitIndex, consumer_weights
 
 from test_smcp import data, prepared
@@ -65,6 +65,19 @@ def test_greedy_plus_swap_hits_the_exhaustive_optimum_often():
     print(f"hit rate vs exhaustive (n=12, {trials} instances): greedy {greedy_only / trials:.2f}, "
           f"greedy+1-swap {hits / trials:.2f}")
     assert hits / trials >= 0.65 and hits >= greedy_only
+
+
+def test_the_exported_solvers_refuse_counts_outside_one_to_n_in_one_line():
+    """break28 #7: raw numpy errors, a KeyError, or {} for counts the matrix cannot take."""
+    S4 = keep_form(np.ones(4), np.eye(4))
+    for call in (lambda: solve_exhaustive(S4, 0), lambda: solve_exhaustive(S4, 5),
+                 lambda: best_subsets(S4, [5]), lambda: solve(keep_form(np.ones(14), np.eye(14)), 15)):
+        with pytest.raises(ValueError, match=r"a count of channels to keep must be an integer in "
+                                             r"1\.\.\d+ \(the matrix's size\)"):
+            call()
+    with pytest.raises(ValueError, match="counts is empty"):
+        best_subsets(S4, [])
+    assert best_subsets(S4, [np.int64(2)])[2][0].sum() == 2
 
 
 def test_solvers_respect_keep_one_of():

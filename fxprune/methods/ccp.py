@@ -51,6 +51,7 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
 from __future__ import annotations
 
 import itertools
+import numbers
 import time
 import warnings
 
@@ -104,10 +105,24 @@ def _constraint_matrix(n: int, keep_one_of) -> np.ndarray:
     return M
 
 
+def _check_counts(n: int, counts) -> list[int]:
+    """The kept counts asked of an ``n``-channel QP, each an integer in 1..n (ValueError)."""
+    counts = list(counts)
+    if not counts:
+        raise ValueError("counts is empty: give the numbers of channels to keep (1..n)")
+    for p in counts:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not 1 <= p <= n:
+            raise ValueError(f"a count of channels to keep must be an integer in 1..{n} (the "
+                             f"matrix's size), got {p!r}")
+    return [int(p) for p in counts]
+
+
 def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=()) -> tuple[np.ndarray, float]:
     """The exact ``argmin beta^T S beta`` over all 0/1 beta with ``p`` ones satisfying every
-    ``keep_one_of`` set (at least one kept from each). C(n, p) candidates: small n only."""
+    ``keep_one_of`` set (at least one kept from each). C(n, p) candidates: small n only.
+    Raises ValueError when ``p`` is not in 1..n or no subset meets the constraints."""
     n = len(S)
+    (p,) = _check_counts(n, [p])
     M = _constraint_matrix(n, keep_one_of)
     best, best_val = None, np.inf
     combos = np.array(list(itertools.combinations(range(n), p)), dtype=np.int64).reshape(-1, p)
@@ -156,11 +171,11 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
     """For every ``p`` in ``counts``: a good ``beta`` (bool) with ``p`` ones and its objective,
     by greedy backward elimination from all-kept (one pass gives every count) plus 1-swap local
     search at each requested count. O(n^2) for the path (its objective kept as it goes), O(n^2)
-    per swap."""
+    per swap. Raises ValueError when a count is not in 1..n."""
     S = np.asarray(S, np.float64)
     n = len(S)
     M = _constraint_matrix(n, keep_one_of)
-    wanted = sorted({int(p) for p in counts}, reverse=True)
+    wanted = sorted(set(_check_counts(n, counts)), reverse=True)
     beta = np.ones(n, dtype=bool)
     r = S.sum(1)
     f = float(r.sum())
