@@ -64,7 +64,13 @@ class UnitIndex:
                 else torch.zeros(0, dtype=torch.float64))
 
     def set_masks(self, prepared: fx.GraphModule, flat: torch.Tensor | np.ndarray) -> None:
-        flat = torch.as_tensor(np.asarray(flat, dtype=np.float64))
+        """Write the flat vector of every prunable group's masks (length :attr:`n`, groups in
+        order) into the prepared model's mask buffers. Raises ValueError on another length."""
+        flat = (flat.detach() if isinstance(flat, torch.Tensor)
+                else torch.as_tensor(np.asarray(flat, dtype=np.float64)))
+        if tuple(flat.shape) != (self.n,):
+            raise ValueError(f"set_masks takes one mask per prunable channel, a vector of length "
+                             f"{self.n}; got shape {tuple(flat.shape)}")
         with torch.no_grad():
             for i, t in enumerate(self.mask_tensors(prepared)):
                 t.copy_(flat[self.group_slice(i)].to(t.device, t.dtype))

@@ -155,6 +155,20 @@ def test_repair_leaves_a_local_minimum_of_a_cost_that_does_not_fall_with_width()
     assert e.value.floor == pytest.approx(smallest)
 
 
+def test_set_masks_takes_exactly_one_mask_per_prunable_channel():
+    """break28 #8: a longer vector's tail was dropped silently, a shorter one raised torch's
+    size mismatch."""
+    pm = prepared()
+    index = UnitIndex(pm)
+    for length in (index.n + 5, index.n - 1):
+        with pytest.raises(ValueError, match=f"a vector of length {index.n}; got shape \\({length},\\)"):
+            index.set_masks(pm, np.ones(length))
+    half = torch.arange(index.n) % 2 == 0
+    index.set_masks(pm, half.double())  # a tensor goes in as it is
+    assert torch.equal(torch.cat([g.mask for g in fxprune.channel_groups(pm) if g.prunable]),
+                       half.float())
+
+
 def test_group_options_reject_bad_shapes():
     with pytest.raises(ValueError, match="one count and value per option"):
         GroupOptions([1, 2], [0.0], np.ones((2, 3), bool))
