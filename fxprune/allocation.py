@@ -93,7 +93,10 @@ def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int
     multiple of ``step`` (runtimes' kernels work on blocks of channels: an odd count can cost
     more than a round one, across layers, where no per-layer cost sees it), plus all of them;
     within ``[low, high]``. ``unit_channels``: channels per unit of the group (a grouped conv's
-    tied positions), so a unit count k keeps ``k * unit_channels`` channels.
+    tied positions), so a unit count k keeps ``k * unit_channels`` channels. Where no multiple
+    of ``step`` lies in ``[low, high]`` (a group that must keep more than its last multiple, for
+    the pieces it feeds), the one count ``min(high, size)`` clamped to ``low`` is allowed, off
+    the grid.
 
     Raises ValueError when ``[low, high]`` holds no count from 1 to ``size``."""
     if not 1 <= max(low, 1) <= min(high, size):

@@ -121,6 +121,8 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
             or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    if getattr(budget, "ndim", None) == 0 and hasattr(budget, "item"):  # np.array(5.), a 0-d tensor
+        budget = budget.item()
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):  # "5" read as 5.0
         raise ValueError(f"budget must be a number, got {budget!r}")
     budget = float(budget)

@@ -161,6 +161,18 @@ def test_infeasible_budget_names_minimum_cost():
         solve_mckp(values, costs, 5.0)
 
 
+def test_a_zero_dimensional_array_or_tensor_is_a_budget():
+    """break28 nit: np.array(5.) or torch.tensor(5.) was "not a number"."""
+    import torch
+
+    values, costs = [[1.0, 2.0], [1.0, 3.0]], [[1.0, 2.0], [1.0, 4.0]]
+    expected = solve_mckp(values, costs, 5.0).tolist()
+    assert solve_mckp(values, costs, np.array(5.0)).tolist() == expected
+    assert solve_mckp(values, costs, torch.tensor(5.0)).tolist() == expected
+    with pytest.raises(ValueError, match="budget must be a number"):
+        solve_mckp(values, costs, np.array([5.0]))
+
+
 def test_a_budget_summed_from_the_cheapest_options_in_another_order_is_feasible():
     """break28 #4: numpy's sum of the cheapest costs exceeded the caller's plain sum by 4.7e-10,
     and the budget was "infeasible", the advice naming the same number back."""
