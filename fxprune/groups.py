@@ -144,7 +144,9 @@ class ChannelGroup:
     """A set of channels pruned together, as seen by users.
 
     ``mask`` is the group's mask buffer inside the prepared model (length ``size``; write into
-    it in place: a 0 prunes that channel from every layer of the group). Groups that cannot be
+    it in place: a 0 prunes that channel from every layer of the group). It is looked up in the
+    model at each access, so a group listed before ``model.to(device)``, ``.double()`` or
+    ``.half()`` (which replace buffers) still writes into the model. Groups that cannot be
     pruned have ``prunable=False``, a ``reason``, and ``mask=None``.
     """
 
@@ -153,25 +155,32 @@ class ChannelGroup:
     size: int
     prunable: bool
     reason: str
-    mask: torch.Tensor | None
     producers: list[str]
     consumers: list[str]
     members: list[str]
     #: index tensors: at least one channel of each must be kept (each is a piece of a split or
     #: a slice further down the graph; an empty piece would leave a layer with no input)
     keep_one_of: list[torch.Tensor] = field(default_factory=list)
+    #: the prepared model's mask bank (None for a group that is not prunable)
+    bank: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
-    def __setattr__(self, name, value):
-        if name == "mask" and "mask" in self.__dict__:
-            raise AttributeError(
-                f"group {self.key} ({self.name}): `g.mask = ...` would rebind this view, not the "
-                "model's mask buffer; write into it instead: g.mask[:] = values (or "
-                "g.mask.copy_(values))")
-        super().__setattr__(name, value)
+    @property
+    def mask(self) -> torch.Tensor | None:
+        if not self.prunable or self.bank is None:
+            return None
+        return mask_buffer(self.bank, self.key, self.name, self.size)
+
+    @mask.setter
+    def mask(self, value):
+        raise AttributeError(
+            f"group {self.key} ({self.name}): `g.mask = ...` would rebind this view, not the "
+            "model's mask buffer; write into it instead: g.mask[:] = values (or "
+            "g.mask.copy_(values))")
 
     @property
     def kept(self) -> int:
-        return self.size if self.mask is None else int((self.mask != 0).sum())
+        mask = self.mask
+        return self.size if mask is None else int((mask != 0).sum())
 
     def __repr__(self) -> str:
         state = f"kept={self.kept}" if self.prunable else f"not prunable: {self.reason}"
@@ -223,8 +232,10 @@ def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> lis
     for g in state.channels.groups:
         if not (g.listed or all_groups):
             continue
-        mask = mask_buffer(masks, g.key, g.name, g.size) if g.prunable else None
-        out.append(ChannelGroup(g.key, g.name, g.size, g.prunable, g.reason, mask,
+        if g.prunable:
+            mask_buffer(masks, g.key, g.name, g.size)  # a replaced buffer is refused here
+        out.append(ChannelGroup(g.key, g.name, g.size, g.prunable, g.reason,
                                 list(g.producers), list(g.consumers), list(g.members),
-                                [torch.from_numpy(p) for p, _ in g.keep_one_of]))
+                                [torch.from_numpy(p) for p, _ in g.keep_one_of],
+                                bank=masks if g.prunable else None))
     return out

@@ -200,6 +200,20 @@ def test_groups_expose_live_masks(resnet18):
     assert barrier and all(g.reason and g.mask is None for g in barrier)
 
 
+def test_a_group_listed_before_a_dtype_change_still_writes_into_the_model():
+    """break27 #1: .double()/.half()/.to(device) replace the buffers; a group listed before kept
+    the old tensor, writes to it were lost and finalize returned the dense model, silently."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    pm = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.prunable]
+    pm = pm.double()
+    group.mask[:4] = 0
+    assert group.mask.dtype == torch.float64 and group.kept == 4
+    assert fxprune.finalize(pm).get_submodule("0").out_channels == 4
+    with pytest.raises(AttributeError, match=r"would rebind this view.*g.mask\[:\] = values"):
+        group.mask = torch.zeros(8)
+
+
 def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():
     """break24 #3: AveragedModel(use_buffers=True) and timm's ModelEmaV2 average the mask
     buffers, so the EMA model's pruned channels had masks of 0.56-0.99 and finalized dense,
