@@ -44,7 +44,7 @@ class _FinalizeContext(NodeFacts):
 def group_masks(prepared: fx.GraphModule) -> dict[str, np.ndarray]:
     state = state_of(prepared)
     bank = prepared.get_submodule(state.mask_owner)
-    return {g.key: mask_buffer(bank, g.key, g.name, g.size).detach().float().cpu().numpy()
+    return {g.key: mask_buffer(bank, g.key, g.name, g.size).detach().double().cpu().numpy()
             for g in state.channels.groups if g.prunable}
 
 
