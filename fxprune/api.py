@@ -11,7 +11,7 @@ from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
                                       propagate_shapes)
 from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channels, verify
-from fxprune.passes.trace import trace
+from fxprune.passes.trace import fixed_arguments, trace
 
 from .cost import LayerSpec
 from .groups import PreparedState, channel_groups, is_prepared, state_of
@@ -29,7 +29,10 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         example_inputs: the forward arguments, e.g. ``(torch.randn(1, 3, 224, 224),)``; they fix
             the shapes the analysis reasons about (the batch size does not matter) and are what
             :func:`finalize` checks its surgery on, so they may not all be empty or all NaN/inf
-            (:class:`~fxprune.errors.ExampleInputsError`).
+            (:class:`~fxprune.errors.ExampleInputsError`). Arguments that are a bool or None
+            here, or left out with such a default (``return_features=False``, ``skip=None``),
+            are traced as those values: the prepared model takes the branch they choose, and
+            raises AssertionError when called with another (prepare with that value instead).
         leaf_modules: module classes or module paths traced as one call. Use it for modules with
             data-dependent control flow; a leaf with no channel rule keeps its channels whole.
         rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
@@ -64,7 +67,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, not a "
                             "channel rule: give an instance such as fxprune.rules.ChannelAffine(('weight',)) "
                             "or fxprune.rules.Barrier()")
-    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules)
+    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
+               fixed=fixed_arguments(model, example_inputs))
     # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
     # inputs are stored as given and moved (copied) again at each later use (finalize's check,
     # FLOPs): no run writes into the user's tensors or the stored ones.

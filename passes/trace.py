@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
-from fxprune.op_table import add_installed_rows
+from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
 from .group_analysis import arg_leaves, module_rule
@@ -29,12 +29,13 @@ class _Tracer(fx.Tracer):
     # The traced graph records this class; unpickling a GraphModule re-traces its code with
     # ``tracer_cls()``, so every argument needs a default or torch.load fails.
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset(),
-                 rules: dict | None = None):
+                 rules: dict | None = None, fixed: dict | None = None):
         # functions with a row recorded as one call (their bodies read a training flag)
         super().__init__(autowrap_functions=AUTOWRAP_FUNCTIONS)
         self.record_stack_traces = True
         self.leaf_types, self.leaf_names = leaf_types, leaf_names
         self.rules = rules or {}
+        self.fixed = dict(fixed or {})  # forward arguments traced as values (fixed_arguments)
         self.module_path: list[tuple[str, type]] = []
         self.failed_at: list[tuple[str, type]] | None = None
 
@@ -63,7 +64,13 @@ class _Tracer(fx.Tracer):
         try:
             for name, fn in originals.items():
                 setattr(torch, name, recording(fn))
-            return super().trace(root, concrete_args)
+            fixing = concrete_args is None and bool(self.fixed) and isinstance(root, nn.Module)
+            graph = super().trace(root, dict(self.fixed) if fixing else concrete_args)
+            if fixing:  # torch.fx names a fixed argument `flag_1`: a call by keyword needs `flag`
+                for node in graph.find_nodes(op="placeholder"):
+                    if node.target.endswith("_1") and node.target[:-2] in self.fixed:
+                        node.target = node.target[:-2]
+            return graph
         finally:
             for name, fn in originals.items():
                 setattr(torch, name, fn)
@@ -152,9 +159,34 @@ def _user_frame(exc: BaseException):
     return frames[-1] if frames else None
 
 
-def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
+def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
+    """The forward arguments traced as the values they have rather than as inputs: those that
+    are None or a bool in ``example_inputs`` and, past them, those whose default is. A flag
+    (``return_features=False``) or an optional tensor left out (``skip=None``) decides a branch,
+    which a traced input cannot (``if flag:`` fails; ``skip is None`` is always False). torch.fx
+    puts an assertion in the graph, so a call with another value fails instead of running the
+    traced branch."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    fixed = {}
+    for i, p in enumerate(params):
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break  # *args: the positions past it are not names
+        value = example_inputs[i] if i < len(example_inputs) else p.default
+        if value is None or isinstance(value, bool):
+            fixed[p.name] = value
+    return fixed
+
+
+def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
+          fixed: dict | None = None) -> fx.GraphModule:
     """Deep-copy ``model`` and trace the copy; ``leaf_modules`` holds classes or module paths,
-    ``rules`` extra op-table rows (a module class with a row is called as one op). Code that
+    ``rules`` extra op-table rows (a module class with a row is called as one op), ``fixed``
+    forward arguments traced as values (:func:`fixed_arguments`). Code that
     reads ``self.training`` is kept following the mode (:mod:`.follow_mode`); the model's own
     ``forward`` doing so, or a model that cannot be traced in the other mode, warns."""
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
@@ -177,14 +209,14 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None) -> fx
     for _ in model.modules():
         root = _copy(model)
         names = leaf_names | frozenset(mode_leaves)
-        tracer = _Tracer(leaf_types, names, rules)
+        tracer = _Tracer(leaf_types, names, rules, fixed)
         try:
             graph = tracer.trace(root)
         except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
             raise _trace_error(model, tracer, e) from e
         if called is None:
             called = _layers_reached(graph)
-        found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules),
+        found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
                                 lambda: _copy(model))
         if not found.leaves:
             break
@@ -264,13 +296,22 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
     if where[0]:
         way_out = (f"prepare(..., leaf_modules=[{where[1].__name__}]) or leaf_modules=['{where[0]}'] "
                    f"keeps that module whole (its channels are then not pruned)")
+        base = next((b for b in where[1].__mro__[1:] if b in CHANNEL_RULES), None)
+        if base is not None:  # a norm or conv subclass calling super().forward
+            named = (f"torch.nn.{base.__name__}" if getattr(nn, base.__name__, None) is base
+                     else f"{base.__module__}.{base.__qualname__}")
+            way_out += (f"; if it works channel by channel as {base.__name__} does, prepare(..., "
+                        f"rules={{{where[1].__name__}: fxprune.op_table.CHANNEL_RULES[{named}]}}) "
+                        "keeps it one op with its channels prunable")
     else:
         way_out = "move the data-dependent part into a submodule and pass it in leaf_modules"
     if isinstance(e, fx.proxy.TraceError) and str(e).startswith("iterating"):
         why = f"Either rewrite it as said, or {way_out}."
     elif isinstance(e, fx.proxy.TraceError):
-        why = ("Python control flow that depends on tensor values cannot be traced. Either "
-               f"{way_out}, or rewrite the branch so it does not depend on tensor values.")
+        why = ("Python control flow that depends on tensor values or shapes cannot be traced "
+               "(flags and optional tensors left None in the forward's arguments can: give their "
+               f"values in example_inputs). Either {way_out}, or rewrite the branch so it does "
+               "not depend on tensor values.")
     elif isinstance(e, TypeError) and "does not support item assignment" in str(e):
         why = ("torch.fx records no in-place item assignment (`x[...] = v`). Either write it out "
                "of place (`x = x.index_fill(1, idx, v)`, `x = torch.where(mask, v, x)`, "

@@ -1060,3 +1060,44 @@ def test_a_size_no_probe_could_try_keeps_a_flatten_split_whole():
     pm, _ = check(model, X, torch.randn(2, 3, 12, 12))
     assert "stem" not in prunable(pm)
     assert all(type(t) is torch.Tensor for t in model.seen)
+
+
+# -- forward arguments that are flags or absent optional tensors -----------------------------------
+
+class FlagsAndOptionals(nn.Module):
+    """forward(x, return_features=False, skip=None): the signature most backbones have."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 16), cbr(16, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x, return_features: bool = False, skip=None):
+        h = self.a(x)
+        if skip is None:
+            h = self.b(h)
+        else:
+            h = h + skip
+        if return_features:
+            return h
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("example", [(X,), (X, False), (X, False, None)])
+def test_flags_and_absent_optionals_are_traced_as_their_values(example):
+    """break27 #4: a bool flag failed the trace ("depends on tensor values"), and `skip is None`
+    on a traced input took the other branch, so prepare blamed the example inputs."""
+    model = FlagsAndOptionals().eval()
+    torch.manual_seed(0)
+    pm, small = prune_and_check(model, *example)
+    assert max_relative_error(run_eval(pm, (X2,)), run_eval(small, (X2,))) <= 1e-4
+    assert set(prunable(pm)) == {"a.0", "b.0"}  # the branch the call takes, b included
+    with torch.no_grad():
+        assert torch.equal(pm(X, return_features=False), pm(X))  # by keyword, as named
+    with pytest.raises(AssertionError, match="return_features has been specialized to have value "
+                                             "False but got another value"):
+        pm(X, True)
+    with pytest.raises(AssertionError, match="skip has been specialized to have value None"):
+        pm(X, False, torch.zeros(2, 16, 16, 16))
+    features = fxprune.prepare(model, (X, True))  # the other value: the other graph
+    assert features(X, True).shape == (2, 16, 16, 16)
