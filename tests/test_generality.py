@@ -1101,3 +1101,18 @@ def test_flags_and_absent_optionals_are_traced_as_their_values(example):
         pm(X, False, torch.zeros(2, 16, 16, 16))
     features = fxprune.prepare(model, (X, True))  # the other value: the other graph
     assert features(X, True).shape == (2, 16, 16, 16)
+
+
+def test_a_norm_subclass_calling_super_forward_is_told_the_row_that_keeps_it_prunable():
+    """break27 #5: the error offered only leaf_modules (channels lost)."""
+    class MyBN(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) + 0.1
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), MyBN(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    with pytest.raises(fxprune.TraceError, match=r"rules=\{MyBN: fxprune\.op_table\.CHANNEL_RULES"
+                                                 r"\[torch\.nn\.BatchNorm2d\]\}\) keeps it one op"):
+        fxprune.prepare(model, torch.randn(1, 3, 8, 8))
+    from fxprune.op_table import CHANNEL_RULES
+    pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8), rules={MyBN: CHANNEL_RULES[nn.BatchNorm2d]})
+    assert prunable(pm) == {"0": 8}
