@@ -9,6 +9,7 @@ on the example inputs and refuse to return a model whose output differs.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import torch
@@ -293,12 +294,14 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
         raise SurgeryError("the masked model's output on the example inputs holds no finite value "
                            "(all NaN or inf), so finalize cannot check the pruned model against it; "
                            "look for a diverged training run, or pass finalize(..., check=False)")
+    hooks = _user_hooks(pruned)
     try:
         got = run_eval(pruned, inputs)
     except Exception as e:  # noqa: BLE001 - a surgery bug, reported as one
         raise SurgeryError(f"the pruned model fails on the example inputs: {type(e).__name__}: {e}. "
-                           "This is a bug in fxprune or in a custom rule: please report it with the "
-                           "model. finalize(prepared, check=False) returns the model anyway.") from e
+                           + (hooks or "This is a bug in fxprune or in a custom rule: please report "
+                              "it with the model. finalize(prepared, check=False) returns the model "
+                              "anyway.")) from e
     err = max_relative_error(expected, got)
     if not err <= rtol:
         again = max_relative_error(expected, run_eval(prepared, inputs))
@@ -310,6 +313,25 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
                 "forward); make it follow self.training, or pass finalize(..., check=False)")
         raise SurgeryError(
             f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "
-            f"allowed {rtol:g}). This is a bug in fxprune or in a custom rule: please report it with "
-            "the model. finalize(prepared, check=False) returns the model anyway.")
+            f"allowed {rtol:g}). " + (hooks or "This is a bug in fxprune or in a custom rule: please "
+                                      "report it with the model. finalize(prepared, check=False) "
+                                      "returns the model anyway."))
     return err
+
+
+def _user_hooks(model: nn.Module) -> str:
+    """A sentence naming the forward hooks on the model's layers ("" when none): a hook written
+    for the dense layer (a per-channel scale, a feature store) meets fewer channels after
+    pruning, which the surgery cannot know about."""
+    hooked = [(name, fn) for name, m in model.named_modules()
+              for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]]
+    if not hooked:
+        return ""
+    name, fn = hooked[0]
+    code = getattr(fn, "__code__", None)
+    where = f" at {os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
+    return (f"Layer `{name}` has a forward hook ({getattr(fn, '__name__', type(fn).__name__)}"
+            f"{where}{f'; {len(hooked)} hooks in all' if len(hooked) > 1 else ''}): a hook written "
+            "for the dense model can fail on the pruned one's channels; remove it before prepare "
+            "(prepare copies the model with its hooks; handle.remove()) and register one for the "
+            "new widths on the result")

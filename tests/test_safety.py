@@ -578,3 +578,19 @@ def test_interrupt_then_resume_is_bit_identical(long_run, tmp_path, sig):
     assert cli_main(["train", str(recipe), "--out", str(out), "--resume"]) == 0
     resumed = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune():
+    """break27 #6: a per-channel forward hook on a pruned layer made finalize say "This is a bug
+    in fxprune", without naming the hook."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    scale = torch.rand(1, 16, 1, 1)
+    model[0].register_forward_hook(lambda mod, inp, out: out * scale)
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask[:8] = 0
+    with pytest.raises(fxprune.SurgeryError, match=r"Layer `0` has a forward hook \(<lambda> at "
+                                                   r"test_safety.py:\d+\).*remove it before prepare") as e:
+        fxprune.finalize(pm)
+    assert "bug in fxprune" not in str(e.value)
