@@ -25,11 +25,11 @@ def _short(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "")
 
 
-def _table(rows, wide: int = -1) -> list[str]:
-    """Aligned columns, each at most 72 characters (``wide``: a column allowed 160, for reasons)."""
-    widths = [min(max(len(r[i]) for r in rows), 160 if i == wide % len(rows[0]) else 72)
-              for i in range(len(rows[0]))]
-    lines = ["  ".join(c[:w].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+def _table(rows, whole: int | None = None) -> list[str]:
+    """Aligned columns, each cut at 72 characters but the ``whole`` one (the last, uncut)."""
+    widths = [min(max(len(r[i]) for r in rows), 72) for i in range(len(rows[0]))]
+    lines = ["  ".join(c if i == whole else c[:w].ljust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
 
@@ -57,17 +57,19 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
         lines += ["prunable groups:"] + _table(rows)
     kept = [g for g in groups if not g.prunable]
     if kept:
-        rows = [("group", "name", "size", "kept whole because", "producers")]
-        rows += [(g.key, g.name, str(g.size), g.reason, _short(g.producers)) for g in kept]
-        lines += ([""] if lines else []) + ["groups kept whole:"] + _table(rows, wide=3)
+        # the reason last and whole: the longest ones end with the way out
+        rows = [("group", "name", "size", "producers", "kept whole because")]
+        rows += [(g.key, g.name, str(g.size), _short(g.producers), g.reason) for g in kept]
+        lines += ([""] if lines else []) + ["groups kept whole:"] + _table(rows, whole=4)
     hidden = [g for g in everything if g.key not in {h.key for h in listed} and not g.prunable]
     if hidden and not all_groups:
         counts: dict[str, int] = {}
         for g in hidden:
             counts[_reason_kind(g.reason)] = counts.get(_reason_kind(g.reason), 0) + 1
         lines.append("")
-        lines.append(f"{len(hidden)} more groups hold no conv/linear weights and are kept whole "
-                     "(all_groups=True lists them): "
+        lines.append(f"{len(hidden)} more groups hold no layer fxprune prunes (a conv or linear "
+                     "module, or one on a module's weight) and are kept whole (all_groups=True lists "
+                     "them): "
                      + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     inputs = state.example_inputs
     dense_flops, dense_params = count_flops(prepared, inputs), count_params(prepared)

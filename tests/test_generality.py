@@ -516,8 +516,22 @@ def test_summary_counts_hidden_groups_reasons():
 
     pm = fxprune.prepare(Scaled(), (X,))
     text, full = summary_table(pm), summary_table(pm, all_groups=True)
-    assert "1 more groups hold no conv/linear weights" in text and "no channel rule" in text
+    assert "1 more groups hold no layer fxprune prunes" in text and "no channel rule" in text
     assert "gain[1]" in full and "gain[1]" not in text
+
+
+def test_summary_prints_a_long_reason_whole_with_its_way_out():
+    """break27 #8: reasons were cut at 160 characters, and the long ones end with the fix."""
+    from fxprune.summary import summary_table
+
+    class MyBN(nn.BatchNorm2d):
+        def forward(self, x):  # reads self.training: called as one op, no row
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum, self.eps) + 0.0
+
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), MyBN(8), nn.Conv2d(8, 4, 3)), (X,))
+    (reason,) = [g.reason for g in fxprune.channel_groups(pm) if "MyBN" in g.reason]
+    assert len(reason) > 160 and reason in summary_table(pm)
 
 
 # -- the row's cost spec: what cost models price is what the flop counter counts -------------------
