@@ -91,8 +91,9 @@ class _GatheredLayer(nn.Module):
         raise SurgeryError(f"gathered execution does not support {type(m).__name__} ({self.name})")
 
     def _batch_norm(self, bn, x):
-        # the gathered module's own mode decides (the prepared model's BN may be in another)
-        training = self.training
+        # train mode when the step trains (the gathered module's mode) and the user has not
+        # frozen this BN (its own mode): a frozen BN normalises with, and keeps, its statistics
+        training = self.training and bn.training
         idx = self._index("weight", 0) if bn.affine else self._index("running_mean", 0)
         if idx is None:
             return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
@@ -127,6 +128,7 @@ class GatheredModule(nn.Module):
         self.indices: dict[str, torch.Tensor | None] = {}
         self._spaces = [s for s in self.channels.spaces if self.channels.touches_prunable(s.ids)]
         modules = dict(prepared.named_modules())
+        self._buffers_read: list[str] = []  # the prepared model's buffers the graph reads
         graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
         root = nn.Module()
@@ -151,7 +153,8 @@ class GatheredModule(nn.Module):
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)
             elif node.op == "get_attr":
-                _copy_attr(root, prepared, node.target)
+                if _copy_attr(root, prepared, node.target):
+                    self._buffers_read.append(node.target)
             env[node] = graph.node_copy(node, lambda n: env[n])
         self.gm = fx.GraphModule(root, graph)
         self.gm.graph.eliminate_dead_code()  # the mask nodes: gathered layers need no mask
@@ -184,7 +187,20 @@ class GatheredModule(nn.Module):
         # the optimizer step that follows protects what THIS forward left out, even when the
         # method picks the next active set (set_active) before optimizer.step()
         self.forward_indices = self.indices
+        prepared = self.prepared_ref[0]
+        for target in self._buffers_read:  # the current tensors: .to(dtype/device) replaced them
+            owner, _, name = target.rpartition(".")
+            current = prepared.get_buffer(target)
+            mine = self.gm.get_submodule(owner) if owner else self.gm
+            if mine._buffers[name] is not current:
+                mine._buffers[name] = current
         return self.gm(*args)
+
+    def follow_mode(self, training: bool) -> None:
+        """Train or eval the gathered layers, not the prepared model's modules the graph shares
+        (a Dropout or a BN the user set apart keeps its own mode)."""
+        for m in (self, self.gm, *(m for m in self.gm.modules() if isinstance(m, _GatheredLayer))):
+            m.training = training
 
     def check(self, prepared: fx.GraphModule, rtol: float = 1e-4) -> float:
         """Gathered vs masked output on the example inputs at a random half of every group."""
@@ -278,8 +294,10 @@ class GatheredModule(nn.Module):
         return optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)
 
 
-def _copy_attr(root: nn.Module, prepared: nn.Module, target: str) -> None:
-    """Make ``target`` (a dotted path) resolve in ``root`` to the prepared model's object."""
+def _copy_attr(root: nn.Module, prepared: nn.Module, target: str) -> bool:
+    """Make ``target`` (a dotted path) resolve in ``root`` to the prepared model's object;
+    True when it is a buffer (``.to()`` replaces those: :meth:`GatheredModule.forward` fetches
+    them again)."""
     parts = target.split(".")
     owner_src, owner_dst = prepared, root
     for part in parts[:-1]:
@@ -295,8 +313,10 @@ def _copy_attr(root: nn.Module, prepared: nn.Module, target: str) -> None:
         owner_dst.register_parameter(parts[-1], obj)
     elif isinstance(obj, torch.Tensor):
         owner_dst.register_buffer(parts[-1], obj)
+        return True
     else:
         setattr(owner_dst, parts[-1], obj)
+    return False
 
 
 def gathered_module(prepared: fx.GraphModule) -> GatheredModule:

@@ -187,3 +187,48 @@ def test_grouped_convs_gather_and_a_graph_it_cannot_gather_is_refused():
     with pytest.warns(UserWarning, match="gathered execution unavailable"):
         pruner = fxprune.CUCB(fxprune.prepare(ChannelBuffer(), (x,)), rho=0.5)
     assert pruner.gathered is None
+
+
+def test_a_frozen_batch_norm_and_a_dropout_keep_their_own_modes():
+    """break30 #2: the gathered BN took the step's mode, so a BN frozen by the user (eval in a
+    train()-ed model) normalised with batch statistics and moved its running ones; reading
+    train_forward set every shared module (a Dropout in eval) back to train mode."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Conv2d(8, 4, 3))
+    x = torch.randn(4, 3, 8, 8)
+    pm = fxprune.prepare(model, (x[:1],))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=3, explore=10, channel_step=1)
+    pm.train()
+    bn, drop = pm.get_submodule("1"), pm.get_submodule("3")
+    bn.eval()
+    drop.eval()
+    stats = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    with torch.no_grad():
+        expected = pm(x)
+        got = pruner.train_forward(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not drop.training and not bn.training
+    assert torch.equal(bn.running_mean, stats[0]) and int(bn.num_batches_tracked) == stats[1]
+
+
+def test_the_gathered_network_reads_buffers_the_model_replaced_since():
+    """break30 #8: .to(dtype) replaces buffers; the gathered graph kept the old ones (float32
+    constants in a float64 model, a dtype error in bfloat16)."""
+    class Normalised(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.b(self.a(x - self.mean).relu())
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Normalised(), (x[:1],))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=3, explore=10, channel_step=1)
+    pm = pm.to(torch.bfloat16)
+    with torch.no_grad():
+        got = pruner.train_forward(x.bfloat16())
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, pm(x.bfloat16()))

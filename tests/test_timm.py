@@ -17,7 +17,7 @@ import torch
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
-from helpers import assert_plain, random_masks
+from helpers import assert_plain, random_masks, sensitivity, with_signal
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 
@@ -145,16 +145,19 @@ def test_timm_model_prunes_exactly(name, size, prunable, n_groups, flops_kept):
         model = timm.create_model(name, pretrained=False, img_size=size)
     except TypeError:
         model = timm.create_model(name, pretrained=False)
-    model.eval()
     x = torch.randn(1, 3, size, size)
+    model = with_signal(model, x)
     pm = fxprune.prepare(model, (x,))
     groups = fxprune.channel_groups(pm)
     found = sum(g.prunable for g in groups)
     random_masks(pm, 0.5, seed=0)
+    moved = sensitivity(model, pm, (x,))
+    assert moved > 1e-2, moved  # so that the check below can fail
     small = fxprune.finalize(pm, rtol=1e-3)
     err = max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,)))
     kept = count_flops(small, (x,)) / count_flops(pm, (x,))
-    print(f"{name}: {found}/{len(groups)} groups prunable, error {err:.1e}, FLOPs kept {kept:.2f}")
+    print(f"{name}: {found}/{len(groups)} groups prunable, masks move the output by {moved:.2g}, "
+          f"error {err:.1e}, FLOPs kept {kept:.2f}")
     assert err <= 1e-3
     assert found >= prunable, (found, prunable)
     assert kept <= flops_kept + 0.02

@@ -12,7 +12,7 @@ from torchvision.models import segmentation
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
-from helpers import assert_plain, random_masks
+from helpers import assert_plain, random_masks, sensitivity, with_signal
 
 CLASSIFICATION = torchvision.models.list_models(module=torchvision.models)
 SEGMENTATION = torchvision.models.list_models(module=segmentation)
@@ -49,15 +49,18 @@ def params(names):
 @pytest.mark.parametrize("name", params(CLASSIFICATION + SEGMENTATION))
 def test_prune_half_of_every_group(name):
     torch.manual_seed(0)
-    model = build(name)
     size = INPUT_SIZE.get(name, 64)
     x = torch.randn(1, 3, size, size)
+    model = with_signal(build(name), x)
     pm = fxprune.prepare(model, (x,))
     groups = fxprune.channel_groups(pm)
     assert any(g.prunable for g in groups)
     if name in PRUNABLE_GROUPS:
         assert sum(g.prunable for g in groups) == PRUNABLE_GROUPS[name]
     random_masks(pm, 0.5, seed=0)
+    moved = sensitivity(model, pm, (x,))
+    print(f"{name}: masking moves the output by {moved:.2g}")
+    assert moved > 1e-2, moved  # so that the check below can fail
     small = fxprune.finalize(pm, rtol=1e-3)  # finalize itself refuses outputs that differ
     masked_out, small_out = run_eval(pm, (x,)), run_eval(small, (x,))
     assert max_relative_error(masked_out, small_out) <= 1e-3

@@ -176,7 +176,7 @@ class CUCB(PruningMethod):
         (gathered execution), the prepared model otherwise."""
         if self.gathered is None or self.final:
             return self.prepared
-        self.gathered.train(self.prepared.training)
+        self.gathered.follow_mode(self.prepared.training)
         self._ran_gathered = True
         return self.gathered
 
