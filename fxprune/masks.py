@@ -17,11 +17,19 @@ from torch import nn
 
 
 class _StraightThroughScale(torch.autograd.Function):
-    """``x * s`` forward; the gradient reaches ``x`` as if ``s`` were 1."""
+    """``x * s`` forward; the gradient reaches ``x`` as if ``s`` were 1. Written with
+    ``setup_context`` and a generated vmap rule, so ``torch.func.grad``/``vmap`` (per-sample
+    gradients) work on a prepared model."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return x * s
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass  # the backward needs nothing saved
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -675,3 +675,26 @@ def test_one_shot_names_its_own_arguments():
         one_shot(prepared(), prune_at=0)
     with pytest.raises(ValueError, match="window must be >= 1, got 0"):
         one_shot(prepared(), prune_at=5, window=0)
+
+
+def test_per_sample_gradients_with_torch_func_on_a_prepared_model():
+    """break30 #7: the straight-through mask's old-style autograd.Function refused functorch
+    transforms, so torch.func.grad/vmap failed on any prepared model."""
+    from torch.func import functional_call, grad, vmap
+
+    pm = prepared()
+    fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)  # soft, straight-through masks
+    params = {k: v.detach() for k, v in pm.named_parameters()}
+    x, y = data(3, seed=4)
+    pm.eval()
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(functional_call(pm, p, (xi[None],)), yi[None])
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for k, p in pm.named_parameters():
+        p.grad = None
+    loss_of = [loss(dict(pm.named_parameters()), x[i], y[i]) for i in range(3)]
+    loss_of[1].backward()
+    name, p = next((k, p) for k, p in pm.named_parameters() if p.grad is not None)
+    assert torch.allclose(per_sample[name][1], p.grad, atol=1e-6)
