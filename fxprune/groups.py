@@ -207,6 +207,11 @@ def is_prepared(model) -> bool:
 def state_of(prepared) -> "PreparedState":
     state = prepared.meta["fxprune"] if is_prepared(prepared) else None
     if state is None:
+        for attr, wrapper in (("_orig_mod", "a torch.compile'd model"), ("module", "a wrapper")):
+            if is_prepared(getattr(prepared, attr, None)):  # the prepared model, wrapped
+                raise NotPreparedError(
+                    f"got {wrapper} ({type(prepared).__name__}) around a prepared model; pass "
+                    f"the prepared model itself (.{attr}): its masks are the wrapper's too")
         raise NotPreparedError(
             f"expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "
             f"{type(prepared).__name__}; call fxprune.prepare first")

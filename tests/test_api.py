@@ -525,3 +525,16 @@ def test_a_model_random_in_eval_mode_is_named_as_the_cause_not_fxprune():
     pm = fxprune.prepare(AlwaysDropping(), (torch.randn(2, 3, 8, 8),))
     with pytest.raises(fxprune.SurgeryError, match="gives other outputs each run in eval mode"):
         fxprune.finalize(pm)
+
+
+def test_a_compiled_or_wrapped_prepared_model_is_named_as_such():
+    """break30 #10: torch.compile(pm) given to finalize/SMCP was told to call prepare first."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    pm = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    compiled = torch.compile(pm)
+    with pytest.raises(fxprune.NotPreparedError, match=r"a torch.compile'd model \(OptimizedModule\) "
+                                                       r"around a prepared model; pass the prepared "
+                                                       r"model itself \(\._orig_mod\)"):
+        fxprune.finalize(compiled)
+    with pytest.raises(fxprune.NotPreparedError, match=r"\(\.module\)"):
+        fxprune.SMCP(nn.parallel.DataParallel(pm), target=0.5)
