@@ -475,3 +475,24 @@ def test_arguments_are_checked_in_one_line_naming_them():
             CCP(pm, **kwargs)
         assert "\n" not in str(info.value)
     CCP(pm, target=np.float32(0.5))  # numpy numbers are numbers
+
+
+def test_a_method_whose_copy_would_do_something_else_refuses_to_be_copied():
+    """break30 #5: a deep-copied CCP collected nothing (its taps are hooks on the original's
+    layers); a copied gathered CUCB's optimizer protected the original's weights. SMCP copies."""
+    import copy
+
+    pm = prepared()
+    pruner = CCP(pm, ratio=0.5, collect=2)
+    with pytest.raises(TypeError, match="CCP cannot be deep-copied: its activation taps.*load this "
+                                        "one's state_dict"):
+        copy.deepcopy((pm, pruner))
+    pm = prepared()
+    cucb = fxprune.CUCB(pm, rho=0.5, warmup=1, explore=4, channel_step=1)
+    cucb.attach_optimizer(torch.optim.SGD(pm.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="CUCB cannot be deep-copied: its optimizer hooks"):
+        copy.deepcopy(cucb)
+    pm = prepared()
+    smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
+    pm2, smcp2 = copy.deepcopy((pm, smcp))
+    assert smcp2.prepared is pm2 and smcp2.target == smcp.target

@@ -20,6 +20,7 @@ model) and ``attach_optimizer(optimizer)`` (called once the trainer has built it
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import math
@@ -161,6 +162,23 @@ class PruningMethod:
     state_keys: tuple[str, ...] = ()
     #: the registry name that built it (``oneshot`` builds SMCP), set by MethodEntry.build
     registered_as: str | None = None
+
+    def not_copyable(self) -> str | None:
+        """Why a deep copy of this method, mid-run, would silently do something else (None: it
+        copies fine). Subclasses holding hooks on the model or the optimizer say so."""
+        return None
+
+    def __deepcopy__(self, memo):
+        why = self.not_copyable()
+        if why:
+            raise TypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
+                            "copy the model and optimizer, build a new pruner on the copy and load "
+                            "this one's state_dict() into it")
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
 
     def state_origin(self) -> dict:
         """What a state records of who saved it: the method, the registry name if any, and the

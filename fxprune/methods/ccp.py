@@ -510,6 +510,10 @@ class CCP(PruningMethod):
                 low = price
         return filled
 
+    def not_copyable(self) -> str | None:
+        return ("its activation taps are hooks on this model's layers (a copy's would collect "
+                "nothing)")
+
     def run_settings(self) -> dict:
         return {"target": self.target, "ratio": self.ratio, "prune_steps": self.prune_steps(),
                 "collect": self.collect}

@@ -303,6 +303,12 @@ class CUCB(PruningMethod):
     def defining_settings(self) -> dict:
         return {"selection": str(self.selection), "mode": str(self.mode)}
 
+    def not_copyable(self) -> str | None:
+        if self.gathered is not None and self._hooks:
+            return ("its optimizer hooks keep this model's inactive weights unchanged (a copied "
+                    "optimizer's would protect these, not the copy's)")
+        return None
+
     def run_settings(self) -> dict:
         # rho: target without rho once ran at rho = target; it is a cost now, so a state says
         # only what this mode reads: ratio mode with rho ignores target, budget mode rho
