@@ -326,3 +326,16 @@ def test_a_loop_that_skips_gathered_execution_is_told_once():
     F.cross_entropy(pm(x), y).backward()
     with pytest.warns(UserWarning, match="did not call pruner.train_forward"):
         resumed.step()
+
+
+def test_a_final_selection_without_any_reward_is_said():
+    """break30 #6: pruner.step() after zero_grad() gave no rewards, and the final pick was the
+    tie-breaks' (random), silently, where SMCP warns."""
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=4, channel_step=1)
+    x, y = data()
+    with pytest.warns(RuntimeWarning, match="CUCB: final selection at step 4 with no reward observed"):
+        for _ in range(4):
+            F.cross_entropy(pruner.train_forward(x), y).backward()
+            pm.zero_grad()
+            pruner.step()

@@ -282,6 +282,12 @@ class CUCB(PruningMethod):
 
     def select_final(self) -> dict:
         start = time.perf_counter()
+        if float(self.stats.T.max()) == 0:  # every mu is 0: the pick would be the tie-breaks'
+            warnings.warn(
+                f"CUCB: final selection at step {self.step_count} with no reward observed (no "
+                "gradients reached the channels, or every step overflowed): the kept channels are "
+                "random. Call pruner.step() after loss.backward() and before "
+                "optimizer.zero_grad()", RuntimeWarning, stacklevel=3)
         kept = self._keep(self.stats.mu.numpy().copy(), final=True)
         self.active, self.final = kept, True
         self._apply(kept)
