@@ -271,6 +271,7 @@ class InputTaps:
         self.n, self.loss_reduction, self.enabled = n, loss_reduction, True
         self.forwards = 0  # forwards of the model so far: which micro-batch a gradient is from
         self.grad_scale: float | None = None
+        self.loss_scale: float | None = None  # an AMP loss scale over the micro-batches' 1/k
         self.pending: dict[int, torch.Tensor] = {}  # per forward, its (N, n) terms
         self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward))]
         seen = set()
@@ -295,9 +296,11 @@ class InputTaps:
 
         def pre(module, args):
             x = args[0]
-            if not (self.enabled and torch.is_grad_enabled() and x.requires_grad):
+            if not (self.enabled and torch.is_grad_enabled() and x.is_floating_point()):
                 return None
-            alias = x.view_as(x)
+            # an input that needs no gradient (a frozen stem's output) gets a leaf that does:
+            # dL/dA through this reader is what the terms are made of
+            alias = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
             saved = x.detach()
             forward = self.forwards
 
@@ -339,7 +342,8 @@ class InputTaps:
         t = parts[0] if len(parts) == 1 else torch.cat(parts)
         if self.grad_scale is not None:
             return t / self.grad_scale
-        return t * len(parts) if len(parts) > 1 else t
+        t = t * len(parts) if len(parts) > 1 else t
+        return t / self.loss_scale if self.loss_scale is not None else t
 
     def close(self) -> None:
         for h in self.handles:

@@ -496,3 +496,60 @@ def test_a_method_whose_copy_would_do_something_else_refuses_to_be_copied():
     smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
     pm2, smcp2 = copy.deepcopy((pm, smcp))
     assert smcp2.prepared is pm2 and smcp2.target == smcp.target
+
+
+def _amp_run(scaled, scaler_arg, overflow_at=()):
+    """4 steps of the README's GradScaler loop (fp32, exact power-of-two scale), CCP collecting."""
+    pm = prepared()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=scaled)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, prune_at=4,
+                 scaler=scaler if scaler_arg else None)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    for step in range(4):
+        x, y = data(n=16, seed=step)
+        if step in overflow_at:
+            x = x * float("inf")
+        scaler.scale(F.cross_entropy(pm(x), y)).backward()
+        scaler.unscale_(opt)
+        record = pruner.step()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    return record, pruner
+
+
+def test_a_grad_scaler_given_to_ccp_gives_the_plain_loops_choice():
+    """break30 #1, #9: the activation gradients CCP reads come from the scaled loss (unscale_
+    reaches only .grad): 17 of 40 kept channels differed; an overflowed step during collection
+    was called a diverged run."""
+    plain, _ = _amp_run(False, False)
+    scaled, _ = _amp_run(True, True)
+    assert scaled["predicted_loss_change"] == pytest.approx(plain["predicted_loss_change"], rel=1e-9)
+    record, pruner = _amp_run(True, True, overflow_at=(1,))
+    assert pruner.dropped_steps == 1 and record["samples"] == 2 * 16
+    with pytest.raises(ValueError, match="or a mixed-precision step overflowed: with a GradScaler, "
+                                         r"pass it as CCP\(\.\.\., scaler=scaler\)"):
+        _amp_run(True, False, overflow_at=(1,))
+
+
+def test_a_reader_of_a_frozen_layers_output_still_counts():
+    """break30 #3: the taps skipped inputs that need no gradient: with a frozen stem the group's
+    statistics lost a reader's share; with every layer but the head frozen CCP pruned on 0
+    samples."""
+    def run(freeze):
+        pm = prepared()
+        for name, p in pm.named_parameters():
+            if freeze(name):
+                p.requires_grad_(False)
+        pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=2)
+        for step in range(2):
+            x, y = data(n=16, seed=step)
+            F.cross_entropy(pm(x), y).backward()
+            record = pruner.step()
+            pm.zero_grad()
+        return record
+
+    trained = run(lambda name: False)
+    assert run(lambda name: name.startswith("stem"))["predicted_loss_change"] == pytest.approx(
+        trained["predicted_loss_change"], rel=1e-9)
+    assert run(lambda name: not name.startswith("fc"))["samples"] == 32

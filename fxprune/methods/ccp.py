@@ -44,6 +44,8 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   fxprune's allocator picks the counts under ``target`` x the dense cost (FLOPs, params or a
   latency table). This is the notes' "principled adaptive version"; the paper's CCP-AC
   mechanism is unconfirmed.
+* Mixed precision: pass the loop's ``torch.amp.GradScaler`` as ``scaler``: the statistics
+  come from activation gradients of the scaled loss, which ``scaler.unscale_`` does not reach.
 * Rounds: ``rounds`` prune/re-estimate rounds ``round_every`` steps apart, the kept ratio (or
   cost target) moving linearly to its final value; pruned channels stay pruned (hard masks).
   After the last round the trainer's remaining steps fine-tune. ``rounds=1`` is one-shot.
@@ -253,7 +255,7 @@ class CCP(PruningMethod):
                  channel_step: int = 1, exhaustive_max: int = 12, swaps: bool = True,
                  loss_reduction: str = "mean", collect_bn: str = "train",
                  resolution: int = DEFAULT_RESOLUTION,
-                 max_resolves: int = 6, reduce_fn=None):
+                 max_resolves: int = 6, reduce_fn=None, scaler=None):
         if mode not in ("ratio", "adaptive"):
             raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
                              f"(counts by the allocator under a cost target), got {mode!r}")
@@ -298,6 +300,10 @@ class CCP(PruningMethod):
             reduce_fn = fxdist.all_reduce_sum  # every process steps at once under DDP
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
+        #: a ``torch.amp.GradScaler``: the activation gradients the statistics read come from
+        #: the scaled loss (``unscale_`` reaches only the parameters' .grad), so each collected
+        #: step divides by its scale, and a step whose terms overflowed is dropped
+        self.scaler = scaler
         self.collect_bn = collect_bn
         self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         self._bn_modes: list[bool] | None = None
@@ -313,6 +319,7 @@ class CCP(PruningMethod):
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = False
         self.dead = np.zeros(self.index.n, dtype=bool)
+        self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
 
     def prune_steps(self) -> list[int]:
         return [self.prune_at + k * self.round_every for k in range(self.rounds)]
@@ -325,7 +332,16 @@ class CCP(PruningMethod):
         the scheduled steps. The taps for the next batch switch on one step ahead."""
         self.step_count += 1
         if self._collecting(self.step_count):
-            self.stats.observe()
+            if self.scaler is not None and self.scaler.is_enabled():
+                # collection steps only (a host read each): the scale this backward ran at
+                self.stats.taps.loss_scale = float(self.scaler.get_scale())
+                terms = self.stats.taps.take()
+                if terms is not None and bool(torch.isfinite(terms).all()):
+                    self.stats.add(terms)  # an overflowed step (skipped by the scaler) is not
+                else:
+                    self.dropped_steps += terms is not None
+            else:
+                self.stats.observe()
         else:
             self.stats.taps.take()
         self._set_collecting(self._collecting(self.step_count + 1))
@@ -388,8 +404,9 @@ class CCP(PruningMethod):
         if not (np.isfinite(a).all() and np.isfinite(B).all()):
             raise ValueError(
                 f"CCP: the statistics of group {self.index.groups[i].name!r} hold inf/nan at step "
-                f"{self.step_count}: training diverged during collection; lower the learning rate "
-                "or, with collect_bn='eval', use collect_bn='train'")
+                f"{self.step_count}: training diverged during collection (lower the learning rate "
+                "or, with collect_bn='eval', use collect_bn='train'), or a mixed-precision step "
+                "overflowed: with a GradScaler, pass it as CCP(..., scaler=scaler)")
         sl = self.index.group_slice(i)
         alive = np.flatnonzero(~self.dead[sl])
         S = keep_form(a[alive], B[np.ix_(alive, alive)])
