@@ -152,13 +152,13 @@ def test_timm_model_prunes_exactly(name, size, prunable, n_groups, flops_kept):
     found = sum(g.prunable for g in groups)
     random_masks(pm, 0.5, seed=0)
     moved = sensitivity(model, pm, (x,))
-    assert moved > 1e-2, moved  # so that the check below can fail
+    assert moved > 1e-4, moved  # the masks change the output, so the check below can fail
     small = fxprune.finalize(pm, rtol=1e-3)
     err = max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,)))
     kept = count_flops(small, (x,)) / count_flops(pm, (x,))
     print(f"{name}: {found}/{len(groups)} groups prunable, masks move the output by {moved:.2g}, "
           f"error {err:.1e}, FLOPs kept {kept:.2f}")
-    assert err <= 1e-3
+    assert err <= min(1e-3, moved / 100)  # exact, far below what masking moves
     assert found >= prunable, (found, prunable)
     assert kept <= flops_kept + 0.02
     assert_plain(small)

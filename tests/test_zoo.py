@@ -60,10 +60,10 @@ def test_prune_half_of_every_group(name):
     random_masks(pm, 0.5, seed=0)
     moved = sensitivity(model, pm, (x,))
     print(f"{name}: masking moves the output by {moved:.2g}")
-    assert moved > 1e-2, moved  # so that the check below can fail
+    assert moved > 1e-4, moved  # the masks change the output, so the check below can fail
     small = fxprune.finalize(pm, rtol=1e-3)  # finalize itself refuses outputs that differ
     masked_out, small_out = run_eval(pm, (x,)), run_eval(small, (x,))
-    assert max_relative_error(masked_out, small_out) <= 1e-3
+    assert max_relative_error(masked_out, small_out) <= min(1e-3, moved / 100)
     dense_flops, pruned_flops = count_flops(pm, (x,)), count_flops(small, (x,))
     assert pruned_flops <= 0.9 * dense_flops, (dense_flops, pruned_flops)
     assert_plain(small)
