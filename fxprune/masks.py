@@ -179,7 +179,8 @@ def _is_all_ones(mask: torch.Tensor) -> bool:
     Reading the answer is a device-to-host copy; on a GPU that stalls the CPU until every
     queued kernel has run, and it happened once per norm per forward (23 times per ConvNeXt-T
     forward). In-place writes (the pruner's ``copy_``, ``g.mask[...] = 0``) bump the tensor's
-    version counter, so the answer is read again only when the mask really changes. A mask
+    version counter, so the answer is read again only when the mask really changes; writes
+    through ``.data`` or a numpy view do not (write masks through the tensor itself). A mask
     computed in the forward (``gather_mask``) is a new tensor each time and is read each time.
     """
     key = (mask._version, mask.data_ptr(), mask.device)
@@ -193,6 +194,15 @@ def _is_all_ones(mask: torch.Tensor) -> bool:
     except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
         pass
     return answer
+
+
+def forget_all_ones(masks) -> None:
+    """Drop :func:`_is_all_ones`' remembered answers: a write through ``mask.data`` or a numpy
+    view leaves the version counter as it was, so the answer can be stale (finalize reads each
+    mask afresh before checking the surgery against the masked model)."""
+    for mask in masks:
+        if hasattr(mask, "_fxprune_all_ones"):
+            del mask._fxprune_all_ones
 
 
 def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks):

@@ -538,3 +538,22 @@ def test_a_compiled_or_wrapped_prepared_model_is_named_as_such():
         fxprune.finalize(compiled)
     with pytest.raises(fxprune.NotPreparedError, match=r"\(\.module\)"):
         fxprune.SMCP(nn.parallel.DataParallel(pm), target=0.5)
+
+
+def test_finalize_reads_masks_written_behind_the_version_counter():
+    """break30 #4: after a forward with all-ones masks, zeros written through .data left a masked
+    LayerNorm on its cached all-ones answer, and finalize blamed fxprune."""
+    class LN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = nn.Conv2d(3, 16, 3), nn.GroupNorm(1, 16), nn.Conv2d(16, 4, 3)
+
+        def forward(self, x):
+            return self.b(self.norm(self.a(x)))
+
+    pm = fxprune.prepare(LN(), torch.randn(1, 3, 8, 8))
+    run_eval(pm, (X[:, :, :8, :8],))  # caches "all ones"
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.prunable]
+    group.mask.data[:8] = 0
+    small = fxprune.finalize(pm)
+    assert small.get_submodule("a").out_channels == 8
