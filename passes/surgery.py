@@ -149,7 +149,10 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
                 continue
             t = _get_tensor(gm, space.tensor)
             index = torch.as_tensor(np.nonzero(keep)[0], device=t.device)
-            _set_tensor(gm, space.tensor, t.detach().index_select(space.dim, index).clone())
+            sliced = t.detach().index_select(space.dim, index)
+            if sliced.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
+                sliced = sliced.contiguous(memory_format=torch.channels_last)  # its layout kept
+            _set_tensor(gm, space.tensor, sliced.clone(memory_format=torch.preserve_format))
 
     # 3. plain classes, sizes, literal channel counts; the graph loses its mask nodes
     for node in list(gm.graph.nodes):

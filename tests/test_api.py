@@ -557,3 +557,14 @@ def test_finalize_reads_masks_written_behind_the_version_counter():
     group.mask.data[:8] = 0
     small = fxprune.finalize(pm)
     assert small.get_submodule("a").out_channels == 8
+
+
+def test_finalize_keeps_a_channels_last_models_weight_layout():
+    """break30 #11: sliced weights came back NCHW beside unsliced channels_last ones."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    pm = fxprune.prepare(net.to(memory_format=torch.channels_last), torch.randn(1, 3, 8, 8))
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.prunable]
+    group.mask[:4] = 0
+    small = fxprune.finalize(pm)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in small.modules() if isinstance(m, nn.Conv2d))
