@@ -32,8 +32,11 @@ from fxprune.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
+# the dense row drops the recipe's pruning keys (a recipe with prune.* keys and no method is
+# refused as a mistake)
+_PRUNE_KEYS = [k for k in yaml.safe_load(CONFIG.read_text())["prune"] if k != "method"]
 METHODS = {
-    "dense": ["prune.method=none"],
+    "dense": ["prune.method=none", *(f"~prune.{k}" for k in _PRUNE_KEYS)],
     "SMCP": [],
     "hard masks": ["prune.masks=hard"],
     "magnitude": ["prune.importance=magnitude"],
@@ -51,13 +54,18 @@ def _saved_config(out: Path, name: str) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True).get("config")
 
 
-def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,
-            fresh: bool) -> dict:
+def planned_config(name: str, target: float | None, seed: int, epochs: int, out: Path):
+    """The --set list of a row and the config it gives (refused here, before any training)."""
     sets = [f"optim.epochs={epochs}", f"seed={seed}", "num_threads=1", "log.progress=false",
             "log.tensorboard=false", *METHODS[name]]
     if target is not None:
         sets.append(f"prune.target={target}")
-    planned = load_config(CONFIG, [*sets, f"out={json.dumps(str(out))}"])
+    return sets, load_config(CONFIG, [*sets, f"out={json.dumps(str(out))}"])
+
+
+def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,
+            fresh: bool) -> dict:
+    sets, planned = planned_config(name, target, seed, epochs, out)
     cmd = [sys.executable, "-m", "fxprune.cli", "train", str(CONFIG), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
@@ -109,6 +117,8 @@ def main(argv=None) -> int:
                         help="retrain every run instead of reusing or resuming the saved ones")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist")
     args = parser.parse_args(argv)
+    # the runs train in ROOT (their cwd): a relative folder is the caller's, made absolute
+    args.runs_dir, args.out = args.runs_dir.resolve(), args.out.resolve()
 
     plan = []
     for seed in args.seeds:
@@ -116,6 +126,8 @@ def main(argv=None) -> int:
             for target in ([None] if name == "dense" else args.targets):
                 tag = f"{name.replace(' ', '_')}_{'dense' if target is None else int(target * 100)}_s{seed}"
                 plan.append((name, target, seed, args.runs_dir / tag))
+    for name, target, seed, out in plan:  # every row's config checked before any trains
+        planned_config(name, target, seed, args.epochs, out)
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, n, t, s, args.epochs, d, args.fresh) for n, t, s, d in plan]

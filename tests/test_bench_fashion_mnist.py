@@ -1,0 +1,36 @@
+"""benchmarks/bench_fashion_mnist.py: every row's config loads before any run, and the runs land
+where the caller asked (break29 #3, #4)."""
+from __future__ import annotations
+
+import json
+
+from helpers import load_benchmark
+
+
+def test_every_rows_config_is_accepted_before_any_training(tmp_path):
+    """break29 #3: the dense row kept the recipe's prune keys and was refused, after every
+    other row had trained."""
+    bench = load_benchmark("bench_fashion_mnist")
+    for name in bench.METHODS:
+        for target in ([None] if name == "dense" else [0.5]):
+            _, config = bench.planned_config(name, target, 0, 1, tmp_path / name)
+            assert (config["prune"]["method"] == "none") == (name == "dense")
+
+
+def test_a_relative_runs_dir_is_the_callers(tmp_path, monkeypatch):
+    """break29 #4: the runs trained into the checkout (their cwd) and the script then looked for
+    them in the caller's folder."""
+    bench = load_benchmark("bench_fashion_mnist")
+    seen = []
+
+    def fake_run(name, target, seed, epochs, out, fresh):
+        seen.append(out)
+        return {"row": name, "target": target, "seed": seed, "accuracy": 0.9, "flops_ratio": 1.0,
+                "params_ratio": 1.0, "train_time_s": 1.0, "command": "x"}
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--epochs", "1", "--methods", "dense", "--runs-dir", "runs",
+                       "--out", "res"]) == 0
+    assert seen == [tmp_path / "runs" / "dense_dense_s0"]
+    assert json.loads((tmp_path / "res.json").read_text())
