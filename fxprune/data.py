@@ -114,10 +114,7 @@ def _candidate_folders(root: Path) -> list[Path]:
 
 
 def _default_roots() -> list[Path]:
-    roots = []
-    if os.environ.get("FXPRUNE_DATA"):
-        roots.append(Path(os.environ["FXPRUNE_DATA"]).expanduser())
-    roots.append(DEBIAN_DIR)
+    roots = [DEBIAN_DIR]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     roots += [cache / "fxprune", cache / "fxprune" / "fashion-mnist", Path("data")]
     return roots
@@ -128,6 +125,9 @@ def find_fashion_mnist(root: str | os.PathLike | None = None,
     """Paths of the (images, labels) idx files of ``split``; see :func:`load_fashion_mnist`."""
     if split not in _SPLIT_PREFIX:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    named = os.environ.get("FXPRUNE_DATA")
+    if root is None and named:  # the user named a folder: a typo there is not another dataset
+        root = named
     roots = [Path(root).expanduser()] if root is not None else _default_roots()
     searched = []
     for r in roots:
@@ -148,7 +148,8 @@ def load_fashion_mnist(root: str | os.PathLike | None = None,
     """Load a Fashion-MNIST split as ``(images uint8 [N, 28, 28], labels int64 [N])``.
 
     ``root`` may be the folder holding the idx files or a torchvision download root
-    (``ROOT/FashionMNIST/raw``). When ``root`` is None, ``$FXPRUNE_DATA``, the Debian package's
+    (``ROOT/FashionMNIST/raw``). When ``root`` is None, ``$FXPRUNE_DATA`` is the root if set
+    (only there: a typo is an error, not another copy of the data); else the Debian package's
     folder, ``~/.cache/fxprune`` and ``./data`` are searched, each also in torchvision's layout.
     """
     images_path, labels_path = find_fashion_mnist(root, split)

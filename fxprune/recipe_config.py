@@ -706,12 +706,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         what = "is a folder, not a YAML recipe" if path.is_dir() else "not found"
         raise ConfigError(f"config file {path} {what}; the shipped recipes are "
                           "configs/fashion_mnist_smcp.yaml (SMCP), configs/fashion_mnist_quick.yaml "
-                          "(a few minutes) and configs/fashion_mnist_resnet.yaml (dense)")
+                          "(a few minutes), configs/fashion_mnist_resnet.yaml (dense), "
+                          "configs/fashion_mnist_cucb.yaml and configs/fashion_mnist_ccp.yaml")
     try:
         text = path.read_text()
         raw = yaml.load(text, Loader=_YamlLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:  # where, and what PyYAML found there
+            first = (f"line {mark.line + 1}, column {mark.column + 1}: "
+                     f"{getattr(exc, 'problem', None) or first}")
         raise ConfigError(f"{path}: not a valid YAML recipe ({first})") from None
     if raw is None:
         raise ConfigError(f"{path} is empty; a recipe needs at least its sections (see "

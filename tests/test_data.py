@@ -62,6 +62,15 @@ def test_env_variable_is_searched(tmp_path, no_default_data, monkeypatch):
     assert np.array_equal(load_fashion_mnist(None, "train")[0].numpy(), images)
 
 
+def test_a_misspelt_env_variable_is_an_error_not_another_copy(tmp_path, monkeypatch):
+    """break29 #2: FXPRUNE_DATA pointing at a missing folder fell back to the system copy."""
+    fake_split(tmp_path / "debian", "train", 3, seed=3)
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
+    monkeypatch.setenv("FXPRUNE_DATA", str(tmp_path / "mydat"))  # a typo of "mydata"
+    with pytest.raises(FileNotFoundError, match="mydat"):
+        load_fashion_mnist(None, "train")
+
+
 def test_missing_data_error_names_both_ways(tmp_path, no_default_data):
     with pytest.raises(FileNotFoundError) as info:
         load_fashion_mnist(None, "train")

@@ -135,6 +135,10 @@ def test_yaml_merge_keys_still_merge_and_an_explicit_key_overrides_them(tmp_path
     path.write_text("optim:\n  ? [lr, epochs]\n  : 1\n")
     with pytest.raises(ConfigError, match="not a valid YAML recipe"):
         load_config(path)
+    path.write_text("data:\n  name: synthetic\n optim:\n  epochs: 1\n")  # break29 #7: where?
+    with pytest.raises(ConfigError, match=r"not a valid YAML recipe \(line 3, column 2: expected "
+                                          r"<block end>"):
+        load_config(path)
 
 
 def test_a_recipes_method_switches_on_the_command_line_by_removing_its_own_keys():
