@@ -714,7 +714,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         mark = getattr(exc, "problem_mark", None)
-        if mark is not None:  # where, and what PyYAML found there
+        if mark is not None and "line" not in first:  # where, and what PyYAML found there
             first = (f"line {mark.line + 1}, column {mark.column + 1}: "
                      f"{getattr(exc, 'problem', None) or first}")
         raise ConfigError(f"{path}: not a valid YAML recipe ({first})") from None
