@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 class PruningSchedule:
     """Step counts are optimizer steps (calls of ``pruner.step()``).
 
-    warmup: steps before the first mask update (the dense network trains).
+    warmup: steps of dense training before the ramp starts (the target is 1.0 there).
     ramp: steps over which the cost target goes from 1.0 to the final target.
-    update_every: masks are re-solved every this many steps from the end of warm-up.
+    update_every: masks are re-solved every this many steps from the end of warm-up: the first
+    update is at step ``warmup + update_every``.
     freeze_after: from this step on masks stay as they are (cool-down); None: never frozen.
     shape: "exp" (SMCP) or "linear". sharpness: ``a*T`` of the exponential ramp.
     """
