@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fxprune.deploy.common import cpu_name
+
 # Name parts that mark a family's small variants, smallest first.
 PREFERENCE = ["test_", "atto", "femto", "pico", "nano", "xxs", "_xs", "tiny", "mini", "_s0", "_b0", "_m0",
               "_s1", "_t", "small", "_s", "050", "_b1", "18", "26", "34", "_100", "_002", "b_224"]
@@ -27,7 +29,8 @@ PREFERENCE = ["test_", "atto", "femto", "pico", "nano", "xxs", "_xs", "tiny", "m
 def pick(names: list[str]) -> str:
     def score(n):
         for i, key in enumerate(PREFERENCE):
-            if key in n:
+            # "mini" is a size, "minimal" a variant (tf_mobilenetv3_large_minimal_100)
+            if key in n and not (key == "mini" and "minimal" in n):
                 return (i, len(n), n)
         return (len(PREFERENCE), len(n), n)
     return min(names, key=score)
@@ -120,7 +123,7 @@ def main():
         print(json.dumps(r), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        "machine": platform.platform(), "processor": platform.processor(), "threads": 1,
+        "machine": platform.platform(), "processor": cpu_name(), "threads": 1,
         "device": "cpu", "batch": 1, "torch": torch.__version__, "timm": timm.__version__,
         "results": results}, indent=1))
 
