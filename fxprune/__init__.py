@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .api import copy_masks, finalize, layer_specs, prepare
 from .cost import CostModel, FlopsCost, LayerSpec, ParamsCost
-from .errors import ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError, TraceError
+from .errors import (ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError,
+                     TargetNotReachedError, TraceError)
 from .groups import ChannelGroup, channel_groups
 from .summary import summary
 
@@ -35,4 +36,4 @@ def __getattr__(name):  # heavy or optional parts load on first use
 
 __all__ = ["prepare", "finalize", "copy_masks", "channel_groups", "summary", "layer_specs", "ChannelGroup",
            "CostModel", "FlopsCost", "ParamsCost", "LayerSpec", "FxPruneError", "TraceError",
-           "ExampleInputsError", "SurgeryError", "NotPreparedError", *_LAZY]
+           "ExampleInputsError", "SurgeryError", "NotPreparedError", "TargetNotReachedError", *_LAZY]

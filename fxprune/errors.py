@@ -20,3 +20,8 @@ class SurgeryError(FxPruneError):
 
 class NotPreparedError(FxPruneError, TypeError):
     """A function that needs ``fxprune.prepare``'s output was given something else."""
+
+
+class TargetNotReachedError(FxPruneError):
+    """A training run (``fxprune train``, the Lightning callback) ended with the pruner's cost
+    above its target: the schedule did not finish within the run."""

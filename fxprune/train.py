@@ -44,7 +44,7 @@ from torch import nn
 from . import distributed as fxdist
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
-from .errors import FxPruneError
+from .errors import FxPruneError, TargetNotReachedError
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
                            measured_latency_cost)
 from .models import build_model
@@ -64,8 +64,6 @@ __all__ = ["DEFAULTS", "ConfigError", "CheckpointError", "TargetNotReachedError"
            "make_pruner", "train", "evaluate", "model_stats", "add_arguments", "run"]
 
 
-class TargetNotReachedError(FxPruneError):
-    """The run ended with the pruner's cost above its target."""
 
 
 

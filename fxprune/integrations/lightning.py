@@ -228,7 +228,7 @@ class PruningCallback(pl.Callback):
         target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
         if (isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
                 and not self.allow_above_target):  # every rank: the masks are rank 0's
-            from fxprune.train import TargetNotReachedError
+            from fxprune.errors import TargetNotReachedError
 
             raise TargetNotReachedError(
                 f"the fit ended at step {self.pruner.step_count} with the model at cost "
