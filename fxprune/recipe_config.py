@@ -10,6 +10,7 @@ kind, range, choices), the ``prune`` section's keys against the pruning method's
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import math
 import os
@@ -597,15 +598,17 @@ def _check_prune(prune: dict, optim: dict) -> None:
     RECIPE_PRUNE_KEYS["method"].check("prune.method", method)
     keys = prune_keys(method)
     extra = [k for k in prune if k not in keys and (method == "none" or "*" not in keys)]
+    drop = " ".join(f"--set '~prune.{k}'" for k in extra)
     if extra and method == "none":
         raise ConfigError(f"prune.{extra[0]} is set but prune.method is none (no pruning); set "
                           f"prune.method to one of {', '.join(PRUNERS)}, or remove the prune.* "
-                          f"keys")
+                          f"keys (on the command line: {drop})")
     if extra:
-        drop = " ".join(f"--set '~prune.{k}'" for k in extra)
-        raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}; valid: "
+        close = difflib.get_close_matches(extra[0], [k for k in keys if k != "*"], n=1)
+        hint = f" (did you mean prune.{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}{hint}; valid: "
                           f"{', '.join(sorted(k for k in keys if k != '*'))}; remove it from the "
-                          f"recipe (on the command line: {drop})")
+                          f"recipe or the --set that gave it (on the command line: {drop})")
     if method != "none":  # e.g. oneshot sets SMCP's schedule: name the recipe's own forms
         sets_itself = getattr(pruner_class(method), "sets_itself", ())
         clash = [k for k in prune if _argument_of(k) in sets_itself]

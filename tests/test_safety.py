@@ -366,8 +366,8 @@ BAD_OVERRIDES = [
     (["prune.method=smcp", "prune.target=abc"], "prune.target takes a number > 0 and <= 1"),
     (["prune.method=smcp", "prune.cost=banana"],
      "prune.cost must be one of 'flops' | 'params' | 'latency' | 'latency+fixed'; got 'banana'"),
-    (["prune.method=smcp", "prune.tagret=0.5"], "unknown key prune.tagret for prune.method smcp; "
-                                                "valid: accumulate"),
+    (["prune.method=smcp", "prune.tagret=0.5"], "unknown key prune.tagret for prune.method smcp "
+                                                "(did you mean prune.target?); valid: accumulate"),
     (["model.name=banana"], "model.name 'banana' is not a model: use resnet_fmnist"),
     (["model.widths=[0,32,64]"], "model.widths takes a list of integers each >= 1"),
     (["data.name=banana"], "data.name must be one of 'fashion_mnist' | 'synthetic'"),
@@ -379,6 +379,8 @@ BAD_OVERRIDES = [
     (["device=mps"], "device 'mps': fxprune train runs on cpu or cuda[:N] (or auto)"),
     (["prune.method=smcp", "prune.channel_step=0"], "prune.channel_step takes an integer >= 1"),
     (["prune.target=0.5"], "prune.target is set but prune.method is none"),
+    (["prune.method=none", "prune.target=0.5"], "remove the prune.* keys (on the command line: "
+                                                "--set '~prune.target')"),
     (["model.num_classes=3"], "model.num_classes: the model gives outputs of shape (1, 3) but "
                               "the data has 10 classes"),
     (["model.name=resnet18", "model.widths=null", "model.blocks=null"],
