@@ -218,7 +218,10 @@ def main(argv=None) -> int:
     plan = rows_for(args.epochs)
     for item in args.extra:
         name, _, spec = item.partition("=")
-        plan[name] = {**plan["SMCP"], **json.loads(spec)}
+        try:
+            plan[name] = {**plan["SMCP"], **json.loads(spec)}
+        except json.JSONDecodeError as exc:
+            parser.error(f"--extra {item!r}: not NAME=JSON ({exc})")
     names = args.rows or list(plan)
     unknown = [n for n in names if n not in plan]
     if unknown:

@@ -198,8 +198,14 @@ def main(argv=None) -> int:
     table = variants(args.bn_recal, args.hysteresis)
     for spec in args.extra:
         name, _, options = spec.partition("=")
-        table[name] = json.loads(options)
+        try:
+            table[name] = json.loads(options)
+        except json.JSONDecodeError as exc:
+            p.error(f"--extra {spec!r}: not NAME=JSON ({exc})")
     if args.rows:
+        unknown = [r for r in args.rows if r not in table]
+        if unknown:
+            p.error(f"unknown rows {unknown}; rows: {list(table)}")
         table = {k: v for k, v in table.items() if k in args.rows}
     results = {}
     for name, options in table.items():
