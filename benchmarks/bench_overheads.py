@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -171,7 +172,8 @@ def time_masked_layer_norm(shape=(4, 28, 28, 192), reps: int = 20) -> dict:
 
 def mask_overhead_table(rows, meta, ln=None) -> str:
     lines = ["# fxprune mask overhead (CPU, not GPU)", "",
-             f"`python benchmarks/bench_overheads.py --masks-only` on {meta['cpu']}, {meta['threads']} "
+             f"`{meta.get('command', 'python benchmarks/bench_overheads.py --masks-only')}` on "
+             f"{meta['cpu']}, {meta['threads']} "
              f"threads, torch {meta['torch']}; load average {meta['load_average_before'][0]:.2f} -> "
              f"{meta['load_average_after'][0]:.2f}. Forward + backward, interleaved steps; ratios of "
              "medians and of minimums (the machine is shared: load only adds time).", "",
@@ -207,7 +209,9 @@ def main(argv=None) -> int:
         rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
                 for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
         ln = time_masked_layer_norm()
-        meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+        meta = {"command": "python benchmarks/bench_overheads.py "
+                           + shlex.join(sys.argv[1:] if argv is None else argv),
+                "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                 "torch": torch.__version__, "device": "cpu", "load_average_before": load_before,
                 "load_average_after": os.getloadavg()}
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
+from fxprune.deploy.common import cpu_name  # noqa: E402
 from bench_common import results_stem  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
             rows.append(row)
         results[name] = {"options": options, "runs": rows, "summary": summarize(rows)}
     meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                         "threads": args.threads, "batch": args.batch, "device": "cpu",
                         "torch": torch.__version__, "load_average_end": list(os.getloadavg())},
             "schedule": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
@@ -224,11 +224,6 @@ def main(argv=None) -> int:
                          "warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.75,
                          "update_every": args.update_every, "channel_step": 8, "masked_decay": 2e-4},
             "seeds": args.seeds, "smoke": args.smoke}
-    try:
-        meta["machine"]["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                      if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     lines = write_results(stem, meta, results, append=args.append)
     print("\n".join(lines))
     return 0
