@@ -1,4 +1,4 @@
-"""The ``fxprune`` command: ``fxprune demo``, ``train CONFIG``, ``deploy MODEL``, ``plot INPUT...``.
+"""The ``fxprune`` command: ``demo``, ``train CONFIG``, ``deploy MODEL``, ``plot INPUT...``, ``methods``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; they are imported only when chosen, so ``fxprune deploy --help`` does

@@ -461,12 +461,14 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         elif main and hasattr(pruner, "target") and prune_cfg.get("target") is not None:
             # CUCB/CCP in ratio mode with rho/ratio given: a fixed channel fraction per group,
             # no cost promise; results.json then holds no target either
-            fraction = next((f"prune.{k}={prune_cfg[k]}" for k in ("rho", "ratio")
-                             if prune_cfg.get(k) is not None), "a fixed fraction")
+            fixed_key = next((k for k in ("rho", "ratio") if prune_cfg.get(k) is not None), "ratio")
+            fraction = f"prune.{fixed_key}={prune_cfg.get(fixed_key)}"
+            cost_mode = "budget" if fixed_key == "rho" else "adaptive"  # CUCB's, CCP's
             warnings.warn(f"prune.target {prune_cfg['target']} is not used by {method} in mode "
                           f"{prune_cfg.get('mode')!r}: each group keeps {fraction} of its channels, "
-                          "and no cost is promised; use its cost-target mode to prune to "
-                          "prune.target", stacklevel=2)
+                          f"and no cost is promised; to prune to prune.target, --set "
+                          f"prune.{fixed_key}=null (the largest common fraction within it) or "
+                          f"--set prune.mode={cost_mode}", stacklevel=2)
         own_forward = getattr(pruner, "train_forward", None)
         if distributed and own_forward is not None and own_forward is not net:
             raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
