@@ -27,6 +27,16 @@ def _run(folder, accuracy, flops, deploys=()):
     return folder
 
 
+def _deployed(run, model, median=1.5):
+    """``model`` written (a stand-in file) and deployed into ``run/deploy_b1`` at batch 1."""
+    model.write_bytes(b"x")
+    d = run / "deploy_b1"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": median}, "model_file": str(model)}))
+
+
 def _bench(path):
     path.write_text(json.dumps({"machine": {"batch": 1}, "rows": [
         {"label": "tp-taylor", "accuracy": 0.80, "accuracy_std": 0.01, "flops": 4e6,
@@ -353,12 +363,7 @@ def test_a_moved_run_keeps_its_deploy_reports(tmp_path):
     old = _run(tmp_path / "old", 0.9, 8e6)
     results = json.loads((old / "results.json").read_text())
     (old / "results.json").write_text(json.dumps({**results, "model": str(old / "model_pruned.pt")}))
-    (old / "model_pruned.pt").write_bytes(b"x")
-    d = old / "deploy_b1"
-    d.mkdir()
-    (d / ".fxprune-deploy").write_text("deploy\n")
-    (d / "report.json").write_text(json.dumps(
-        {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(old / "model_pruned.pt")}))
+    _deployed(old, old / "model_pruned.pt")
     new = old.rename(tmp_path / "new")
     assert load_points([new])[0].latency_ms == {1: 1.5}
 
@@ -398,12 +403,7 @@ def test_a_results_file_without_its_model_plots_the_one_model_the_run_saved(tmp_
     """Last note's left-alone (break25 #13): a results.json edited without "model" made plot
     refuse the run's own deploy, advising to deploy what was deployed."""
     run = _run(tmp_path / "run", 0.9, 8e6)  # its results.json names no model
-    (run / "model_pruned.pt").write_bytes(b"x")
-    d = run / "deploy_b1"
-    d.mkdir()
-    (d / ".fxprune-deploy").write_text("deploy\n")
-    (d / "report.json").write_text(json.dumps(
-        {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(run / "model_pruned.pt")}))
+    _deployed(run, run / "model_pruned.pt")
     assert load_points([run])[0].latency_ms == {1: 1.5}
     (run / "model_dense.pt").write_bytes(b"y")  # two models: which one is the run's is unknown
     with pytest.raises(PlotError, match="not the model of the run"):
