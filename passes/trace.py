@@ -8,6 +8,7 @@ cannot be traced: the error names the module path and the source line, and point
 from __future__ import annotations
 
 import copy
+import inspect
 import linecache
 import os
 import traceback
@@ -166,8 +167,6 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     which a traced input cannot (``if flag:`` fails; ``skip is None`` is always False). torch.fx
     puts an assertion in the graph, so a call with another value fails instead of running the
     traced branch."""
-    import inspect
-
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
