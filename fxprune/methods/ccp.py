@@ -337,8 +337,8 @@ class CCP(PruningMethod):
                 self.stats.taps.loss_scale = float(self.scaler.get_scale())
                 terms = self.stats.taps.take()
                 if terms is not None and bool(torch.isfinite(terms).all()):
-                    self.stats.add(terms)  # an overflowed step (skipped by the scaler) is not
-                else:
+                    self.stats.add(terms)
+                else:  # an overflowed step, which the scaler skips too
                     self.dropped_steps += terms is not None
             else:
                 self.stats.observe()
