@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import inspect
 import math
 import os
@@ -525,6 +526,9 @@ def validate(cfg: dict) -> None:
         if key in SCHEMA:
             SCHEMA[key].check(key, value)
     _check_device(cfg["device"])
+    if cfg["log"]["tensorboard"] is True and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("log.tensorboard is true but tensorboard is not installed: "
+                          "pip install tensorboard, or --set log.tensorboard=false")
     _check_model(cfg["model"])
     _check_prune(cfg["prune"], cfg["optim"])
     optim = cfg["optim"]

@@ -520,3 +520,14 @@ def test_the_command_line_shows_fxprune_s_warnings_without_a_library_line():
     assert ours == "warning: CUCB: the widest model\n"
     assert theirs.startswith("/elsewhere/lib.py:3: UserWarning: deprecated")
     assert warnings.formatwarning("x", UserWarning, inside, 1).startswith(inside)  # restored
+
+
+def test_tensorboard_asked_for_but_missing_is_a_config_error(monkeypatch):
+    """break29 #8: refused only after the data loaded and the model was prepared."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match="log.tensorboard is true but tensorboard is not installed"):
+        load_config("configs/fashion_mnist_quick.yaml", ["log.tensorboard=true"])
