@@ -227,6 +227,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown rows {unknown}; rows: {list(plan)}")
     rows = []
+    started = time.perf_counter()
     try:
         for seed in args.seeds:
             for name in names:
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
 
     meta = {"command": "python benchmarks/bench_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "smoke": args.smoke, "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
-            "torch": torch.__version__, "epochs": args.epochs, "seeds": args.seeds, "batch": batch,
+            "torch": torch.__version__, "device": "cpu", "epochs": args.epochs, "seeds": args.seeds,
+            "batch": batch, "runtime_s": round(time.perf_counter() - started, 1),
             "cucb_vs_dense_time": (by["CUCB"]["train_time_s"][0] / by["dense"]["train_time_s"][0]
                                    if "CUCB" in by and "dense" in by and by["dense"]["train_time_s"][0] else None)}
     out.parent.mkdir(parents=True, exist_ok=True)

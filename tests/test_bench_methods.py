@@ -19,6 +19,7 @@ def test_smoke_mode_runs_every_row(tmp_path):
         if name != "dense":
             assert r["flops_ratio"][0] <= 0.5 + 1e-6, name
     assert result["meta"]["smoke"] and "SMOKE" in (tmp_path / "methods_smoke.md").read_text()
+    assert result["meta"]["device"] == "cpu" and result["meta"]["runtime_s"] > 0
     assert set(result["cucb_step_time"]) == {"full width", "rho 0.3", "rho 0.5", "rho 0.7"}
     assert 0 < result["solver"]["greedy_swap_hit_rate"] <= 1
 
