@@ -17,8 +17,8 @@ from torch import fx, nn
 
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mask_buffer, state_of
-from fxprune.masks import (FXPRUNE_CLASSES, forget_all_ones, _InputMasked, _RescaledBatchNorm, gather_mask,
-                           mask_weight, strip_method_hooks, unwrap)
+from fxprune.masks import (_HOOK_DICTS, FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
+                           forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
@@ -152,7 +152,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             sliced = t.detach().index_select(space.dim, index)
             if sliced.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
                 sliced = sliced.contiguous(memory_format=torch.channels_last)  # its layout kept
-            _set_tensor(gm, space.tensor, sliced.clone(memory_format=torch.preserve_format))
+            _set_tensor(gm, space.tensor, sliced)  # index_select made it a new tensor
 
     # 3. plain classes, sizes, literal channel counts; the graph loses its mask nodes
     for node in list(gm.graph.nodes):
@@ -328,7 +328,7 @@ def _user_hooks(model: nn.Module) -> str:
     for the dense layer (a per-channel scale, a feature store) meets fewer channels after
     pruning, which the surgery cannot know about."""
     hooked = [(name, fn) for name, m in model.named_modules()
-              for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]]
+              for hooks in _HOOK_DICTS for fn in getattr(m, hooks).values()]
     if not hooked:
         return ""
     name, fn = hooked[0]
