@@ -408,11 +408,20 @@ class PairwiseTaylor(ImportanceStrategy):
                        for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         self.samples = 0
 
-    def observe(self, *_args) -> None:
+    def observe(self, *_args, finite_only: bool = False) -> bool:
+        """Take this backward's per-sample terms and accumulate them. With ``finite_only`` a
+        step whose terms hold inf/nan (a loss-scaler overflow) is dropped, at one host read.
+
+        Returns:
+            True when a step's terms were dropped, else False (also when no terms were taken).
+        """
         t = self.taps.take()
         if t is None:
-            return
+            return False
+        if finite_only and not bool(torch.isfinite(t).all()):
+            return True
         self.add(t)
+        return False
 
     def add(self, t: torch.Tensor) -> None:
         """Accumulate per-sample terms ``t`` (N, n), on ``t``'s device (no host copy per step)."""

@@ -335,11 +335,8 @@ class CCP(PruningMethod):
             if self.scaler is not None and self.scaler.is_enabled():
                 # collection steps only (a host read each): the scale this backward ran at
                 self.stats.taps.loss_scale = float(self.scaler.get_scale())
-                terms = self.stats.taps.take()
-                if terms is not None and bool(torch.isfinite(terms).all()):
-                    self.stats.add(terms)
-                else:  # an overflowed step, which the scaler skips too
-                    self.dropped_steps += terms is not None
+                # an overflowed step is dropped, as the scaler skips it too
+                self.dropped_steps += self.stats.observe(finite_only=True)
             else:
                 self.stats.observe()
         else:
