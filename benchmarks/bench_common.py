@@ -10,13 +10,30 @@ import fxprune
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def results_stem(name: str, out=None, smoke: bool = False) -> Path:
+def changed_options(parser, args, ignore=()) -> list[str]:
+    """The options of ``args`` that differ from ``parser``'s defaults, as ``--flag`` strings,
+    leaving out ``--out``, ``--smoke`` and the ``ignore`` dests (options that do not change the
+    figures: caches, progress bars, parallel jobs, run folders)."""
+    skip = {"out", "smoke", *ignore}
+    return [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
+            if dest not in skip and value != parser.get_default(dest)]
+
+
+def results_stem(name: str, out=None, smoke: bool = False, changed=()) -> Path:
     """Where a benchmark writes its ``.json`` and ``.md``: ``out`` when given (a ``.json`` or
     ``.md`` ending dropped), else ``benchmarks/results/NAME``, or ``NAME_smoke`` for a smoke
     run, so that a smoke run's figures never replace the published ones (git ignores
-    ``*_smoke.*`` there). Exits with a one-line message for an empty ``out`` or a folder."""
+    ``*_smoke.*`` there). A run with ``changed`` options (:func:`changed_options`: another
+    protocol than the published one) needs ``out`` when ``NAME.json`` is there, so that a shrunk
+    run does not replace the published figures either. Exits with a one-line message for such a
+    run, an empty ``out`` or a folder."""
     if out is None:
-        return RESULTS / (f"{name}_smoke" if smoke else name)
+        stem = RESULTS / (f"{name}_smoke" if smoke else name)
+        if changed and not smoke and Path(f"{stem}.json").exists():
+            _usage_error(f"{' '.join(changed)} change the published protocol, and this run would "
+                         f"replace benchmarks/results/{name}.json; give --out PATH "
+                         f"(e.g. --out /tmp/{name}; --out benchmarks/results/{name} replaces it)")
+        return stem
     stem = Path(out)
     if not str(out).strip():
         _usage_error(f"--out is empty; give a path without extension, e.g. /tmp/{name} "

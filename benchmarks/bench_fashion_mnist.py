@@ -31,6 +31,8 @@ from fxprune.deploy.common import cpu_name
 from fxprune.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_common import changed_options, results_stem  # noqa: E402
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
 # the dense row drops the recipe's pruning keys (a recipe with prune.* keys and no method is
 # refused as a mistake)
@@ -115,8 +117,11 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_fashion_mnist")
     parser.add_argument("--fresh", action="store_true",
                         help="retrain every run instead of reusing or resuming the saved ones")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results path without extension (default benchmarks/results/fashion_mnist)")
     args = parser.parse_args(argv)
+    args.out = results_stem("fashion_mnist", args.out, changed=changed_options(
+        parser, args, ignore=("jobs", "runs_dir", "fresh")))
     # the runs train in ROOT (their cwd): a relative folder is the caller's, made absolute
     args.runs_dir, args.out = args.runs_dir.resolve(), args.out.resolve()
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import numpy as np
 from fxprune.deploy.common import cpu_name
 
 from fxprune.knapsack import DEFAULT_RESOLUTION, solve_mckp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import changed_options, results_stem  # noqa: E402
 
 # ResNet-50's channel groups: the stem's output, the two block-internal widths of each of the
 # 16 bottlenecks, and the four residual streams (37 groups, 8 to 256 options each).
@@ -77,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="fraction of the dense cost to remove (budget = (1 - ratio) * dense)")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parent / "results" / "knapsack.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results path (.json is written; default benchmarks/results/knapsack)")
     args = parser.parse_args(argv)
+    out = Path(f"{results_stem('knapsack', args.out, changed=changed_options(parser, args))}.json")
 
     runs = [time_problem(name, args.resolution, args.ratio, args.repeats) for name in PROBLEMS]
     result = {
@@ -99,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     for run in runs:
         print(f"{run['problem']}: {run['n_groups']} groups, {run['n_options_total']} options "
               f"(max {run['max_options_per_group']}/group), resolution {args.resolution}: "
               f"median {run['median_s'] * 1e3:.1f} ms over {args.repeats} runs "
               f"(min {run['min_s'] * 1e3:.1f} ms); uses "
               f"{run['chosen_cost_fraction_of_budget']:.4%} of the budget")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -25,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,6 +36,9 @@ from fxprune.deploy.common import cpu_name, latency_stats
 from fxprune.deploy.onnx_export import example_input, export_onnx, verify_onnx
 from fxprune.methods.smcp import SMCP
 from fxprune.summary import count_flops, count_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import changed_options, results_stem  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COSTS = ("flops", "latency")
@@ -319,10 +323,13 @@ def main(argv=None) -> int:
                     help="leave ORT's spin-waiting on while timing (its default; distorts "
                          "interleaved timing, see ort_session)")
     ap.add_argument("--cache", default=os.path.join(RESULTS, "cache", "latency_cache.json"))
-    ap.add_argument("--out", default=os.path.join(RESULTS, "latency_pruning"),
-                    help="results path without extension (.json and .md are written)")
+    ap.add_argument("--out", default=None,
+                    help="results path without extension (.json and .md are written; default "
+                         "benchmarks/results/latency_pruning)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    args.out = str(results_stem("latency_pruning", args.out,
+                                changed=changed_options(ap, args, ignore=("cache", "no_progress"))))
 
     result = {"command": " ".join(["python", "benchmarks/bench_latency_pruning.py",
                                    *(argv if argv is not None else sys.argv[1:])]),

@@ -17,6 +17,7 @@ import platform
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,7 +26,9 @@ from fxprune.cost import LayerSpec
 from fxprune.deploy import LatencyTable
 from fxprune.deploy.common import cpu_name
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import changed_options, results_stem  # noqa: E402
+
 
 
 def _ints(v) -> tuple[int, ...]:
@@ -85,9 +88,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--check-model", action="store_true")
     ap.add_argument("--save-table", default=None, help="also save the table JSON here")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "latency_table"),
-                    help="results path without extension (.json and .md are written)")
+    ap.add_argument("--out", default=None,
+                    help="results path without extension (.json and .md are written; default "
+                         "benchmarks/results/latency_table)")
     args = ap.parse_args(argv)
+    args.out = str(results_stem("latency_table", args.out,
+                                changed=changed_options(ap, args, ignore=("save_table",))))
 
     from torchvision.models import resnet50
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import results_stem  # noqa: E402
+from bench_common import changed_options, results_stem  # noqa: E402
 from fxprune.train import load_config, resolve_config, train  # noqa: E402
 
 BASE = ROOT / "configs" / "fashion_mnist_smcp.yaml"
@@ -213,7 +213,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.seeds, args.timing_steps = 1, args.seeds[:1], min(args.timing_steps, 3)
-    out = results_stem("methods", args.out, args.smoke)
+    out = results_stem("methods", args.out, args.smoke, changed_options(
+        parser, args, ignore=("reuse", "runs_dir")))
     threads_before = torch.get_num_threads()
     plan = rows_for(args.epochs)
     for item in args.extra:

@@ -36,7 +36,7 @@ from fxprune.deploy.common import cpu_name
 from fxprune.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import half_masks, results_stem  # noqa: E402
+from bench_common import changed_options, half_masks, results_stem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,13 +199,14 @@ def main(argv=None) -> int:
     parser.add_argument("--masks-only", action="store_true",
                         help="only the mask-overhead section (plain vs masked forward + backward)")
     parser.add_argument("--mask-batch", type=int, default=2)
-    parser.add_argument("--mask-size", type=int, default=160)
+    parser.add_argument("--mask-size", type=int, default=128)
     parser.add_argument("--mask-steps", type=int, default=8)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     if args.masks_only:
-        out = results_stem("overheads_masks", args.out)
+        out = results_stem("overheads_masks", args.out, changed=changed_options(
+            parser, args, ignore=("masks_only", "steps")))
         rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
                 for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
         ln = time_masked_layer_norm()
@@ -221,7 +222,8 @@ def main(argv=None) -> int:
         Path(f"{out}.md").write_text(table)
         print(table)
         return 0
-    args.out = results_stem("overheads", args.out)
+    args.out = results_stem("overheads", args.out, changed=changed_options(
+        parser, args, ignore=("mask_batch", "mask_size", "mask_steps")))
     passes = [time_prepare_finalize(n, 224, 3) for n in ("resnet50", "convnext_tiny", "mobilenet_v2")]
     steps = [time_training_steps("resnet_fmnist", 128, args.steps, (1, 28, 28)),
              time_training_steps("resnet18", 32, args.steps, (3, 64, 64))]

@@ -1,6 +1,6 @@
 """Where SMCP loses accuracy on a short schedule: an ablation of its mask-update options.
 
-    python benchmarks/bench_smcp_ablation.py --seeds 0 1                # the short schedule
+    python benchmarks/bench_smcp_ablation.py                            # the short schedule, 3 seeds
     python benchmarks/bench_smcp_ablation.py --smoke                    # seconds: synthetic data
 
 The short schedule of issue 12: a small residual CNN with a concat branch, 10,000 Fashion-MNIST
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
-from bench_common import results_stem  # noqa: E402
+from bench_common import changed_options, results_stem  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
 
@@ -171,7 +171,7 @@ def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--batch", type=int, default=128)
@@ -193,7 +193,9 @@ def main(argv=None) -> int:
                    help="add these rows to the results file already at --out (same schedule)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    stem = results_stem("smcp_ablation", args.out, args.smoke)
+    # --append keeps the file's rows (and checks its schedule): not a replacement
+    stem = results_stem("smcp_ablation", args.out, args.smoke,
+                        () if args.append else changed_options(p, args))
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = variants(args.bn_recal, args.hysteresis)
     for spec in args.extra:

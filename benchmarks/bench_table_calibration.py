@@ -1,6 +1,6 @@
 """Does a latency table predict a pruned model's real latency? (ONNX Runtime, CPU)
 
-    python benchmarks/bench_table_calibration.py [--nets concat resnet] [--batch 64] [--threads 1]
+    python benchmarks/bench_table_calibration.py [--nets concat resnet wide] [--batch 64] [--threads 1]
         [--targets 0.9 0.75 0.6 0.5 0.4] [--choosers table flops table+fixed flops+fixed]
         [--passes 2] [--cache FILE] [--out benchmarks/results/table_calibration]
 
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import results_stem  # noqa: E402
+from bench_common import changed_options, results_stem  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
 from fxprune.cost import FlopsCost, WithFixedCost, layer_keys  # noqa: E402
@@ -193,7 +193,7 @@ def markdown(meta: dict, rows: list[dict], summ: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--nets", nargs="+", default=["concat", "resnet"], choices=list(NETS))
+    p.add_argument("--nets", nargs="+", default=["concat", "resnet", "wide"], choices=list(NETS))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.75, 0.6, 0.5, 0.4])
@@ -223,7 +223,8 @@ def main(argv=None) -> None:
     for name in ("configs", "iters", "batch", "threads", "passes"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    out = results_stem("table_calibration", args.out, args.smoke)  # exits on a folder
+    out = results_stem("table_calibration", args.out, args.smoke,  # exits on a folder
+                       changed_options(p, args))
     if args.cache and not os.path.isfile(args.cache):
         p.error(f"--cache {args.cache} is not a file (a latency cache written by "
                 "LatencyTable.measure(cache=...))")

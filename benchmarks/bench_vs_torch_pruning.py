@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import results_stem  # noqa: E402
+from bench_common import RESULTS, changed_options, results_stem  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
@@ -463,7 +463,7 @@ def main(argv=None) -> int:
                    help="dense and Torch-Pruning rows only (e.g. to retrain the baseline)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads")
     p.add_argument("--smoke", action="store_true",
                    help="~1 minute: synthetic data, narrow concat net, 2 epochs, 1 seed")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/vs_torch_pruning)")
@@ -480,7 +480,10 @@ def main(argv=None) -> int:
         p.error("--seeds needs at least one seed (no seed trains nothing: that is for --merge)")
     tp = require_torch_pruning() if args.tp and args.seeds else None
     torch.set_num_threads(args.threads)
-    stem = results_stem("vs_torch_pruning", args.out, args.smoke)
+    # a merge that reads the published file keeps its rows: not a replacement
+    keeps = any(Path(m).resolve() == RESULTS / "vs_torch_pruning.json" for m in args.merge or [])
+    stem = results_stem("vs_torch_pruning", args.out, args.smoke, () if keeps else
+                        changed_options(p, args, ignore=("table_cache", "merge")))
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(
