@@ -44,13 +44,10 @@ _SPLIT_PREFIX = {"train": "train", "test": "t10k", "t10k": "t10k"}
 _IDX_UBYTE_IMAGES = 0x00000803  # idx magic: unsigned byte data, 3 dimensions
 _IDX_UBYTE_LABELS = 0x00000801  # unsigned byte data, 1 dimension
 
-_INSTALL_HELP = (
-    "Get Fashion-MNIST one of two ways:\n"
-    "  1. Debian/Ubuntu: apt-get install -y dataset-fashion-mnist   "
-    f"(installs {DEBIAN_DIR})\n"
-    "  2. torchvision, on a machine with internet: python -c \"import torchvision; "
-    "torchvision.datasets.FashionMNIST('ROOT', download=True)\", copy ROOT here and pass it "
-    "with --set data.root=ROOT (or set FXPRUNE_DATA=ROOT)")
+_INSTALL_HELP = (  # one line: the error's way out
+    f"install it with `apt-get install -y dataset-fashion-mnist` ({DEBIAN_DIR}), or on a machine "
+    "with internet run torchvision.datasets.FashionMNIST('ROOT', download=True), copy ROOT here "
+    "and pass --set data.root=ROOT (or set FXPRUNE_DATA=ROOT)")
 
 
 # ----------------------------------------------------------------------------- idx files
@@ -108,9 +105,12 @@ def _split_files(folder: Path, split: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
+_SUBFOLDERS = ("FashionMNIST/raw", "raw", "fashion-mnist")  # torchvision's layouts and others
+
+
 def _candidate_folders(root: Path) -> list[Path]:
-    # The folder itself, then the torchvision layouts below it.
-    return [root, root / "FashionMNIST" / "raw", root / "raw", root / "fashion-mnist"]
+    # The folder itself, then the layouts below it.
+    return [root, *(root / sub for sub in _SUBFOLDERS)]
 
 
 def _default_roots() -> list[Path]:
@@ -129,18 +129,16 @@ def find_fashion_mnist(root: str | os.PathLike | None = None,
     if root is None and named:  # the user named a folder: a typo there is not another dataset
         root = named
     roots = [Path(root).expanduser()] if root is not None else _default_roots()
-    searched = []
     for r in roots:
         for folder in _candidate_folders(r):
-            searched.append(folder)
             files = _split_files(folder, split)
             if files is not None:
                 return files
     prefix = _SPLIT_PREFIX[split]
-    where = "\n".join(f"  {f}" for f in searched)
     raise FileNotFoundError(
         f"Fashion-MNIST {split} split not found: no {prefix}-images-idx3-ubyte[.gz] with "
-        f"{prefix}-labels-idx1-ubyte[.gz] in any of\n{where}\n{_INSTALL_HELP}")
+        f"{prefix}-labels-idx1-ubyte[.gz] in {', '.join(str(r) for r in roots)} (or their "
+        f"{', '.join(_SUBFOLDERS)} subfolders); {_INSTALL_HELP}")
 
 
 def load_fashion_mnist(root: str | os.PathLike | None = None,

@@ -79,6 +79,7 @@ def test_missing_data_error_names_both_ways(tmp_path, no_default_data):
     assert "torchvision.datasets.FashionMNIST" in message and "download=True" in message
     assert "--set data.root=" in message
     assert str(tmp_path / "no-debian") in message  # says where it looked
+    assert "FashionMNIST/raw" in message and "\n" not in message  # one line
 
 
 def test_corrupt_files_give_clear_errors(tmp_path):
