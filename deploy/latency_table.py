@@ -67,13 +67,31 @@ def grid_counts(dense: int, step: int, multiple_of: int = 1) -> list[int]:
 
 def layer_grid(layer: LayerSpec, step: int) -> tuple[list[int], list[int], bool]:
     """(c_in axis, c_out axis, diagonal) for ``layer``; diagonal: the points pair the axes
-    (depthwise: ``c_out`` is the channel multiplier times ``c_in``)."""
+    (depthwise: ``c_out`` is the channel multiplier times ``c_in``).
+
+    A layer from a prepared model carries the widths it can take (``meta["widths"]``,
+    :func:`fxprune.units.reachable_widths`): a width no pruning changes is one point, and a
+    linear after a flatten steps by whole channels (``H * W`` inputs each)."""
+    w_in, w_out = layer.meta.get("widths", (None, None))
     if layer.depthwise:
-        ks = grid_counts(layer.in_channels, step)
+        fixed = w_out is not None and w_out[2] == 0
+        ks = [layer.in_channels] if fixed else grid_counts(layer.in_channels, step)
         mult = layer.out_channels // layer.in_channels
         return ks, [k * mult for k in ks], True
     g = layer.groups if layer.kind == "conv" else 1
-    return grid_counts(layer.in_channels, step, g), grid_counts(layer.out_channels, step, g), False
+    return (_axis(layer.in_channels, step, g, w_in), _axis(layer.out_channels, step, g, w_out),
+            False)
+
+
+def _axis(dense: int, step: int, multiple_of: int, widths) -> list[int]:
+    if widths is not None:
+        fixed, unit, n = widths
+        if n == 0:
+            return [dense]
+        axis = [fixed + unit * k for k in grid_counts(n, step)]
+        if axis[-1] == dense and multiple_of == 1:
+            return axis
+    return grid_counts(dense, step, multiple_of)
 
 
 def grid_key(layer: LayerSpec) -> str:
@@ -117,6 +135,9 @@ class LatencyTable:
         self.batch, self.dtype = batch, dtype
         #: the machine a backend measured on (``device`` may be a label given to measure)
         self.timed_on: str | None = None
+        #: the torch backend's settings (torch_device, cuda_graphs, channels_last); None for
+        #: other backends and tables saved before they were recorded
+        self.torch_settings: dict | None = None
         # point_key -> {(c_in, c_out): ms}; shared by every layer with that signature.
         self._points: dict[str, dict[tuple[int, int], float]] = {}
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
@@ -161,6 +182,11 @@ class LatencyTable:
         batch and dtype instead of the prepared model's (SMCP's tables: batch 256, fp16).
         ``torch_device`` ("cuda", "cuda:1", "cpu"; default: CUDA when there is one),
         ``cuda_graphs`` and ``channels_last`` are the torch backend's settings.
+
+        ``device`` labels the table and its cache context (default: the CPU's or GPU's name). A
+        torch device name there ("cpu", "cuda:1") is where the torch backend times, as in
+        ``deploy`` and ``calibrate_cost``; for ONNX Runtime (CPU) and TensorRT (CUDA) it must
+        name their device. Raises :class:`DeployError` for a device the backend cannot time on.
         """
         if backend not in _BACKENDS:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
@@ -181,6 +207,8 @@ class LatencyTable:
             raise DeployError(f"layer {untimed[0].name!r} has kind {untimed[0].kind!r}; latency "
                               "tables time 'conv' and 'linear' layers only: price this model by "
                               "cost='flops' or 'params', or a cost model of your own")
+        if timer is None and device is not None:
+            device, torch_device = _device_label(backend, device, torch_device)
         if timer is None:
             timer, runtime_version, default_device = _backend_timer(
                 backend, threads, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
@@ -193,13 +221,24 @@ class LatencyTable:
             runtime_version, default_device, timed_on = "custom-timer", "custom-timer", None
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
         table.timed_on = timed_on
+        if backend == "torch" and timed_on is not None:  # what calibrate_cost must time alike
+            table.torch_settings = {"torch_device": str(timer.device), "cuda_graphs": cuda_graphs,
+                                    "channels_last": channels_last}
         layers = [table._as_measured(layer) for layer in layers]
 
         todo: dict[tuple[str, int, int], LayerSpec] = {}
         for layer in layers:
             cins, couts, diag = layer_grid(layer, step)
             key = grid_key(layer)
-            names = table._grids.get(key, (None, None, None, []))[3]
+            if key in table._grids:  # layers alike but pruned differently: the union of widths
+                old_in, old_out, _, names = table._grids[key]
+                if diag:
+                    pairs = sorted(set(zip(old_in, old_out)) | set(zip(cins, couts)))
+                    cins, couts = [a for a, _ in pairs], [b for _, b in pairs]
+                else:
+                    cins, couts = sorted({*old_in, *cins}), sorted({*old_out, *couts})
+            else:
+                names = []
             table._grids[key] = (cins, couts, diag, names + [layer.name])
             for ci, co in _points_of(cins, couts, diag):
                 todo.setdefault((point_key(layer), ci, co), layer)
@@ -373,6 +412,7 @@ class LatencyTable:
             "device": self.device, "threads": self.threads,
             "runtime_version": self.runtime_version, "batch": self.batch, "dtype": self.dtype,
             **({"timed_on": self.timed_on} if self.timed_on else {}),
+            **({"torch_settings": self.torch_settings} if self.torch_settings else {}),
             "grids": {k: {"c_in": ci, "c_out": co, "diagonal": d, "layers": names}
                       for k, (ci, co, d, names) in self._grids.items()},
             "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
@@ -386,16 +426,13 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        """The table :meth:`save` wrote. An ONNX Runtime table timed on another CPU or runtime
-        version is warned of (a cache replays only where it was timed; a table is used as it
+        """The table :meth:`save` wrote. An ONNX Runtime or torch table timed on another CPU or
+        GPU, or another runtime version, is warned of (a cache replays only where it was timed; a table is used as it
         is, e.g. by a resumed run, whose budget must not move)."""
         table = cls.from_dict(_read_json(path, "a saved LatencyTable", _TABLE_FORMAT),
                               f"the saved table {os.fspath(path)!r}")
-        if table.backend == "onnxruntime" and table.runtime_version != "custom-timer":
-            from . import onnxruntime_backend as ortb
-            from .common import cpu_name
-
-            here = (cpu_name(), f"onnxruntime {ortb.version()}")
+        here = _this_machine(table)
+        if here is not None:
             machine = table.timed_on or table.device  # older tables: the device field
             if (machine, table.runtime_version) != here:
                 warnings.warn(f"the saved table {os.fspath(path)!r} was timed on {machine} "
@@ -431,6 +468,16 @@ class LatencyTable:
             raise DeployError(f"{source} has a malformed 'under_load' entry (a list of "
                               "[point key, 'c_in,c_out'] pairs); delete that key to use the table")
         table.timed_on = data.get("timed_on") if isinstance(data.get("timed_on"), str) else None
+        settings = data.get("torch_settings")
+        table.torch_settings = dict(settings) if isinstance(settings, dict) else None
+        missing = [(ci, co, names) for k, (cins, couts, diag, names) in table._grids.items()
+                   for ci, co in _points_of(cins, couts, diag)
+                   if (ci, co) not in table._points.get(k.rpartition("|")[0], {})]
+        if missing:  # found now, not at the first mask update hours into training
+            ci, co, names = missing[0]
+            raise DeployError(f"{source} lacks {len(missing)} grid point(s), the first "
+                              f"({ci}, {co}) of layer(s) {', '.join(names)}; measure the table "
+                              "again (with its cache, only the missing points are timed)")
         table._under_load = {(pk, *_parse_point(pt)) for pk, pt in marks}
         table.stats["under_load"] = len(table._under_load)
         if table._under_load:
@@ -465,11 +512,68 @@ def _milliseconds(value) -> float:
     return float(value)
 
 
+def _this_machine(table: "LatencyTable") -> tuple[str, str] | None:
+    """(device name, runtime version) a table of ``table``'s backend would record here; None
+    where that is unknown (TensorRT without tensorrt, a custom timer)."""
+    if table.runtime_version == "custom-timer":
+        return None
+    if table.backend == "onnxruntime":
+        from . import onnxruntime_backend as ortb
+        from .common import cpu_name
+
+        return cpu_name(), f"onnxruntime {ortb.version()}"
+    if table.backend == "torch":
+        import torch
+
+        from . import torch_backend as tb
+
+        settings = table.torch_settings or {}
+        on_cuda = "cuda" in settings.get("torch_device", table.runtime_version)
+        if on_cuda and not torch.cuda.is_available():
+            return "a machine without CUDA", f"torch {torch.__version__}"
+        device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+        return tb.device_name(device), tb.runtime_version(
+            device, cuda_graphs=settings.get("cuda_graphs", " graphs" in table.runtime_version),
+            channels_last=settings.get("channels_last", "channels_last" in table.runtime_version))
+    return None
+
+
+def _device_label(backend: str, device: str, torch_device):
+    """(label, torch_device) for ``measure``'s ``device``: a free label of the machine, or a
+    torch device name ("cpu", "cuda:1"), which for the torch backend is where it times (as
+    ``deploy``'s and ``calibrate_cost``'s ``device``) and for the others must be theirs."""
+    import torch
+
+    try:
+        named = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return device, torch_device  # a label ("A100 node 3")
+    if named.type not in ("cpu", "cuda"):
+        return device, torch_device
+    if backend == "torch":
+        from . import torch_backend as tb
+
+        if torch_device is not None and tb.resolve_device(torch_device) != tb.resolve_device(named):
+            raise DeployError(f"device={device!r} and torch_device={torch_device!r} name two "
+                              "devices; the torch backend times on one: pass one of them")
+        return None, named
+    runs_on = "cpu" if backend == "onnxruntime" else "cuda"
+    if named.type != runs_on:
+        raise DeployError(f"the {backend} backend times on the {runs_on.upper()}, not on "
+                          f"device={device!r}; use backend='torch' with that device, or leave "
+                          "device out")
+    return None, torch_device
+
+
 def _as_layer_specs(layers) -> list[LayerSpec]:
     if not isinstance(layers, (list, tuple)):
-        from fxprune import layer_specs  # the prepared-model path; imported late (fxprune core)
+        # the prepared-model path, imported late (fxprune core): each layer with the widths
+        # pruning can give it, so that the grid times no other
+        from fxprune.units import UnitIndex, costed_layers, reachable_widths
 
-        layers = layer_specs(layers)
+        layers = [dataclasses.replace(cl.spec, meta={**cl.spec.meta,
+                                                     "widths": reachable_widths(cl)})
+                  for cl in costed_layers(UnitIndex(layers))]
     layers = list(layers)
     bad = [type(x).__name__ for x in layers if not isinstance(x, LayerSpec)]
     if bad:

@@ -141,6 +141,29 @@ class CostedLayer:
         return self.in_factor * int(_count(self.in_flat, kept)), c_out
 
 
+def reachable_widths(layer: CostedLayer) -> tuple[tuple[int, int, int] | None,
+                                                   tuple[int, int, int] | None]:
+    """The input and output widths ``layer`` can take, each as ``(fixed, unit, n)``: the width
+    is ``fixed + unit * k`` for ``k`` of its ``n`` prunable channels kept (``n == 0``: always
+    ``fixed``, the dense width). A linear reading a flattened ``C x H x W`` map has ``unit``
+    ``H * W``. None where the widths are not of that form (grouped convs, channels repeated
+    unevenly); a depthwise conv's input is None (it follows the output).
+
+    Latency tables time only these widths (a classifier's 1000 outputs never shrink)."""
+    def widths(flat, factor):
+        if flat is None:
+            return None
+        prunable = flat[flat >= 0]
+        if prunable.size == 0:
+            return factor * len(flat), 0, 0
+        repeats = np.unique(prunable, return_counts=True)[1]
+        if factor != 1 or (repeats != repeats[0]).any():
+            return None
+        return int((flat < 0).sum()), int(repeats[0]), len(repeats)
+
+    return widths(layer.in_flat, layer.in_factor), widths(layer.out_flat, layer.out_factor)
+
+
 def _count(flat: np.ndarray, kept: np.ndarray) -> int:
     if not kept.size:
         return len(flat)

@@ -361,13 +361,34 @@ def test_a_saved_table_from_another_machine_is_warned_of(tmp_path):
         LatencyTable.load(tmp_path / "there.json")
 
 
-def test_measure_accepts_a_prepared_model_via_layer_specs(monkeypatch):
-    seen = []
-    specs = [conv()]
-    monkeypatch.setattr(fxprune, "layer_specs", lambda m: seen.append(m) or specs, raising=False)
-    prepared = object()
-    table = LatencyTable.measure(prepared, step=8, timer=CountingTimer(), **FAST)
-    assert seen == [prepared] and specs[0] in table
+def test_a_prepared_models_grid_times_only_the_widths_pruning_can_give():
+    """break32 #5: a classifier's outputs never shrink, and a linear after a flatten reads
+    whole channels of H x W inputs; its grid timed every multiple of the step (42% of
+    resnet18's points were its fc's). Every width the knapsack can ask for is still priced."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+            self.fc = torch.nn.Linear(32 * 5 * 5, 100)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+    prepared = fxprune.prepare(Net(), (torch.randn(1, 3, 5, 5),))
+    timer = CountingTimer()
+    table = LatencyTable.measure(prepared, step=8, timer=timer, **FAST)
+    fc_points = {(ci, co) for name, ci, co in timer.calls if name == "fc"}
+    assert fc_points == {(25 * k, 100) for k in (8, 16, 24, 32)}  # was 100 x 13 points
+    conv_points = {(ci, co) for name, ci, co in timer.calls if name == "conv"}
+    assert conv_points == {(3, k) for k in (8, 16, 24, 32)}
+    # what a pruner asks for is on the grid: each group's kept counts on its steps
+    from fxprune.budget import Budget
+    from fxprune.units import UnitIndex, costed_layers
+    index = UnitIndex(prepared)
+    budget = Budget(index, costed_layers(index), table)
+    for k in (8, 16, 24, 32):
+        kept = np.arange(index.n) < k
+        assert budget.total(kept) == pytest.approx(bilinear_fn(3, k) + bilinear_fn(25 * k, 100))
 
 
 def test_measure_a_really_prepared_model():
@@ -545,3 +566,46 @@ def test_a_custom_timer_is_not_load_checked(monkeypatch):
     readings = _load(monkeypatch, 9.0)
     table = LatencyTable.measure([conv(cin=8, cout=8)], step=8, timer=CountingTimer(), **FAST)
     assert readings == [] and table.stats["under_load"] == 0
+
+
+def test_a_torch_device_as_measures_device_is_where_it_times_not_a_label(fake_ort, monkeypatch):
+    """break32 #2: device="cuda" labelled a table timed on the CPU (torch_device decided); it
+    is now the device, as in deploy and calibrate_cost, and a backend's other device refused."""
+    _load(monkeypatch, 0.1)
+    table = LatencyTable.measure([conv(cin=8, cout=8)], backend="torch", step=8, threads=1,
+                                 device="cpu", **FAST)
+    assert table.torch_settings["torch_device"] == "cpu" and table.device != "cpu"  # its name
+    with pytest.raises(DeployError, match="the onnxruntime backend times on the CPU, not on "
+                                          "device='cuda'"):
+        LatencyTable.measure([conv(cin=8, cout=8)], step=8, device="cuda", **FAST)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeployError, match="CUDA is not available"):
+            LatencyTable.measure([conv(cin=8, cout=8)], backend="torch", step=8, device="cuda",
+                                 **FAST)
+
+
+def test_a_saved_torch_table_from_another_machine_is_warned_of(tmp_path, monkeypatch):
+    """break32 #8: only ONNX Runtime tables were checked against this machine on load."""
+    _load(monkeypatch, 0.1)
+    table = LatencyTable.measure([conv(cin=8, cout=8)], backend="torch", step=8, threads=1,
+                                 torch_device="cpu", **FAST)
+    table.save(tmp_path / "here.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatencyTable.load(tmp_path / "here.json")
+    data = json.loads((tmp_path / "here.json").read_text())
+    data["timed_on"] = "NVIDIA A100-SXM4-80GB"
+    (tmp_path / "there.json").write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match="timed on NVIDIA A100-SXM4-80GB"):
+        LatencyTable.load(tmp_path / "there.json")
+
+
+def test_a_saved_table_missing_a_grid_point_is_refused_on_load(tmp_path):
+    """break32 #6: it loaded, and failed at the first mask update, hours into training."""
+    table = LatencyTable.measure([conv(cin=16, cout=32)], step=8, timer=CountingTimer(), **FAST)
+    data = table.to_dict()
+    points = next(iter(data["points"].values()))
+    del points["16,32"]
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    with pytest.raises(DeployError, match=r"lacks 1 grid point\(s\), the first \(16, 32\)"):
+        LatencyTable.load(tmp_path / "t.json")
