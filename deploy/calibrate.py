@@ -66,14 +66,17 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     in ``cost_model``'s units) makes ``(priced + F) / (dense priced + F)`` equal the measured
     fraction of that model. ``prepared`` and its masks are not changed.
 
-    Runtime: ``backend``, ``threads`` and ``batch`` default to the table's when ``cost_model``
-    is a :class:`~fxprune.deploy.LatencyTable` (``"onnxruntime"``, 2 threads and the example
-    input's batch otherwise). ``"onnxruntime"`` exports both models to ONNX and times them on the
-    CPU; ``"torch"`` times them with PyTorch on ``device`` (CUDA when there is one).
+    Runtime: when ``cost_model`` is a :class:`~fxprune.deploy.LatencyTable`, the models are
+    timed as the table was: its backend, threads, batch and precision, and for a torch table
+    its device, CUDA graphs and channels_last (``backend``/``threads``/``batch``/``device``
+    that contradict the table raise :class:`DeployError`). Otherwise ``"onnxruntime"``, 2
+    threads, the example input's batch and fp32. ``"onnxruntime"`` exports both models to ONNX
+    and times them on the CPU; ``"torch"`` times them with PyTorch on ``device`` (CUDA when
+    there is one).
 
     Returns a :class:`fxprune.cost.WithFixedCost` for this model only (a ``WithFixedCost``
-    given in is fitted again from its per-layer model); ``.fit`` records the dense and pruned
-    medians (ms), the measured and predicted fractions, the constant's share of the dense total,
+    given in is fitted again from its per-layer model); ``.fit`` records the runtime, device
+    and precision timed, the dense and pruned medians (ms), the measured and predicted fractions, the constant's share of the dense total,
     the narrowest allowed model's priced fraction, the load average and the runtime. ``F`` may
     be negative (layers timed alone each carry overhead the model does not pay): then it lowers
     the floor a target can reach instead of raising it.
@@ -100,19 +103,28 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
                              ("batch", 1 if batch is None else batch, 1)):
         if int(value) != value or value < low:
             raise DeployError(f"calibrate_cost: {name} must be an integer >= {low}, got {value!r}")
-    backend = backend or getattr(cost_model, "backend", None) or "onnxruntime"
-    if backend not in ("onnxruntime", "torch"):
-        raise DeployError(f"calibrate_cost times models with 'onnxruntime' or 'torch', not "
-                          f"{backend!r}; time the dense and a pruned engine yourself (fxprune "
-                          "deploy --compare) and fit with fxprune.cost.fit_fixed_cost")
-    threads = int(threads or getattr(cost_model, "threads", None) or 2)
     state = state_of(prepared)
     inputs = [x for x in state.example_inputs if hasattr(x, "shape")]
     if len(inputs) != 1:
         raise DeployError(f"calibrate_cost times single-input models; this one takes "
                           f"{len(inputs)} tensor inputs")
     sample = tuple(inputs[0].shape)
-    batch = int(batch or getattr(cost_model, "batch", None) or sample[0])
+    setting = _table_setting(cost_model, sample[0], inputs[0].dtype)
+    given = {"backend": backend, "threads": threads, "batch": batch, "device": device}
+    for name, value in given.items():  # a fit must time what the table timed
+        if value is not None and name in setting and not _same(name, value, setting[name]):
+            raise DeployError(f"calibrate_cost: {name}={value!r}, but the table was timed with "
+                              f"{setting[name]!r}; the constant must be fitted where the table "
+                              f"was timed: leave {name} out, or measure a table with it")
+    backend = backend or setting.get("backend", "onnxruntime")
+    if backend not in ("onnxruntime", "torch"):
+        raise DeployError(f"calibrate_cost times models with 'onnxruntime' or 'torch', not "
+                          f"{backend!r}; time the dense and a pruned engine yourself (fxprune "
+                          "deploy --compare) and fit with fxprune.cost.fit_fixed_cost")
+    threads = int(threads or setting.get("threads", 2))
+    batch = int(batch or setting.get("batch", sample[0]))
+    device = device or setting.get("device")
+    precision = setting.get("precision", "fp32")
     shape = (batch, *sample[1:])
 
     index = UnitIndex(prepared)
@@ -130,11 +142,14 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
         work = copy.deepcopy(prepared)
         index.set_masks(work, flat.astype(np.float32))
         models[label] = finalize(work).eval()
+    timed_on = "cpu" if backend == "onnxruntime" else str(_torch_device(device))
     log(f"calibrate_cost: timing dense and the model keeping {keep:g} of each group "
-        f"({backend}, batch {batch}, {threads} thread(s), {sessions} sessions of {iters} runs)")
-    on_cpu = backend == "onnxruntime" or _torch_on_cpu(device)
+        f"({backend} on {timed_on}, {precision}, batch {batch}, {threads} thread(s), "
+        f"{sessions} sessions of {iters} runs)")
+    on_cpu = timed_on == "cpu"
     loads = [cpu_load()] if on_cpu else []
-    ms = _median_ms(models, shape, backend, threads, device, iters, warmup, sessions)
+    ms = _median_ms(models, shape, backend, threads, timed_on, precision, iters, warmup,
+                    sessions, torch_options=setting.get("torch_options", {}))
     loads += [cpu_load()] if on_cpu else []
     if _busy(loads, threads):
         warnings.warn(f"calibrate_cost: the models were timed while other processes shared the "
@@ -160,7 +175,8 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
             f"layers on this model against its measured latency, e.g. per-call overhead of tiny "
             f"layers at batch {batch}); time at the deployment batch on an idle machine, or use "
             "the cost model alone")
-    fit = {"backend": backend, "threads": threads, "batch": batch, "keep": keep, "step": step,
+    fit = {"backend": backend, "device": timed_on, "precision": precision, "threads": threads,
+           "batch": batch, "keep": keep, "step": step,
            "sessions": sessions, "iters": iters,
            "dense_ms": ms["dense"], "pruned_ms": ms["pruned"], "measured_fraction": measured,
            "predicted_fraction": priced_pruned / priced_dense,
@@ -179,14 +195,41 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     return WithFixedCost(cost_model, fixed, layer_keys(layer_specs(prepared)), fit)
 
 
-def _torch_on_cpu(device) -> bool:
+_PRECISIONS = {"float16": "fp16", "bfloat16": "bf16"}  # dtype -> export/timing precision
+
+
+def _table_setting(cost_model, example_batch: int, example_dtype) -> dict:
+    """What a latency table was timed with (backend, threads, batch, precision; for the torch
+    backend the device and its options); empty for other cost models."""
+    if not hasattr(cost_model, "runtime_version"):  # not a LatencyTable
+        return {}
+    dtype = cost_model.dtype or str(example_dtype).removeprefix("torch.")
+    setting = {"backend": cost_model.backend, "threads": cost_model.threads,
+               "batch": cost_model.batch or example_batch,
+               "precision": _PRECISIONS.get(dtype, "fp32")}
+    if cost_model.backend == "torch":
+        torch_settings = cost_model.torch_settings or {}
+        on_cuda = "cuda" in torch_settings.get("torch_device", cost_model.runtime_version)
+        setting["device"] = torch_settings.get("torch_device", "cuda" if on_cuda else "cpu")
+        setting["torch_options"] = {k: torch_settings[k] for k in ("cuda_graphs", "channels_last")
+                                    if k in torch_settings}
+    return setting
+
+
+def _same(name: str, value, expected) -> bool:
+    if name == "device":  # "cuda" and "cuda:0" are one device
+        return _torch_device(value) == _torch_device(expected)
+    return value == expected
+
+
+def _torch_device(device):
     from . import torch_backend as tb
 
-    return tb.resolve_device(device).type == "cpu"
+    return tb.resolve_device(device)
 
 
-def _median_ms(models, shape, backend, threads, device, iters, warmup,
-               sessions) -> dict[str, float]:
+def _median_ms(models, shape, backend, threads, device, precision, iters, warmup,
+               sessions, torch_options) -> dict[str, float]:
     """Per model, the fastest of ``sessions`` medians, each from a fresh session (or runner)
     timing every model interleaved: one session's median can land in a slower mode for its
     whole life (a resnet's half model measured 3.6 or 4.5 ms by the session), and the table
@@ -196,8 +239,9 @@ def _median_ms(models, shape, backend, threads, device, iters, warmup,
         from . import torch_backend as tb
 
         for _ in range(sessions):
-            rounds.append(tb.time_models(models, shape, device=device, threads=threads,
-                                         iters=iters, warmup=warmup))
+            rounds.append(tb.time_models(models, shape, device=device, precision=precision,
+                                         threads=threads, iters=iters, warmup=warmup,
+                                         **torch_options))
     else:
         from . import onnxruntime_backend as ortb
         from .onnx_export import export_onnx
@@ -206,7 +250,9 @@ def _median_ms(models, shape, backend, threads, device, iters, warmup,
             paths = {}
             for label, module in models.items():
                 paths[label] = os.path.join(tmp, f"{label}.onnx")
-                export_onnx(module, (1, *shape[1:]), paths[label], log=lambda s: None)
+                # at the timed shape: some models export a dynamic batch only from batch > 1
+                export_onnx(module, shape, paths[label], precision=precision,
+                            log=lambda s: None)
             for _ in range(sessions):
                 rounds.append(ortb.time_onnx_models(paths, shape, threads=threads, iters=iters,
                                                     warmup=warmup, progress=False))

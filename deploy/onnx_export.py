@@ -159,8 +159,10 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
         log(f"opset {opset} was asked for; the {exporter} exporter wrote opset {written}")
     batch_dim = written_batch_dim(graph_only)
     if dynamic_batch and isinstance(batch_dim, int):  # the model's code fixed it (reshape(1, -1))
-        log(f"the {exporter} exporter fixed the batch at {batch_dim} (the model's code depends "
-            f"on it): {os.path.basename(path)} runs at batch {batch_dim} only")
+        hint = ("the exporter specialises an example batch of 1; an export at batch 2 or more may "
+                "keep it free" if batch_dim == 1 else "the model's code may depend on it")
+        log(f"the {exporter} exporter fixed the batch at {batch_dim} ({hint}): "
+            f"{os.path.basename(path)} runs at batch {batch_dim} only")
     return {"path": path, "exporter": exporter, "opset": written, "opset_requested": opset,
             "precision": precision, "dynamic_batch": not isinstance(batch_dim, int),
             "external_data": external, "outputs": output_names}

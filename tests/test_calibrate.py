@@ -131,6 +131,47 @@ def test_calibrate_cost_with_a_latency_table_uses_its_runtime():
     assert cost.name == "latency+fixed"
 
 
+def test_calibrate_cost_times_at_the_tables_precision_and_refuses_another_setting(monkeypatch):
+    """break32 #1: an fp16 table was fitted against fp32 timings (and a torch table's device
+    was not its own); the fit now times what the table timed and records it."""
+    import fxprune.deploy.calibrate as calibrate
+    from fxprune.deploy import LatencyTable
+
+    pm = _prepared(16)
+    table = LatencyTable.measure(pm, step=8, threads=1, batch=4, precision="fp16", progress=False,
+                                 log=lambda s: None, timer=lambda layer, ci, co: 0.01 + ci * co)
+    seen = {}
+
+    def timed(models, shape, backend, threads, device, precision, *rest, **kw):
+        seen.update(shape=shape, backend=backend, threads=threads, precision=precision)
+        return {"dense": 10.0, "pruned": 6.0}
+
+    monkeypatch.setattr(calibrate, "_median_ms", timed)
+    cost = calibrate_cost(table, pm, log=lambda s: None)
+    assert seen == {"shape": (4, 3, 16, 16), "backend": "onnxruntime", "threads": 1,
+                    "precision": "fp16"}
+    assert (cost.fit["precision"], cost.fit["device"]) == ("fp16", "cpu")
+    for bad in ({"threads": 2}, {"batch": 8}, {"backend": "torch"}):
+        with pytest.raises(DeployError, match=f"{next(iter(bad))}=.*the table was timed with"):
+            calibrate_cost(table, pm, log=lambda s: None, **bad)
+    table.backend, table.torch_settings = "torch", {"torch_device": "cpu", "cuda_graphs": False,
+                                                    "channels_last": False}
+    seen.clear()
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a, **kw: seen.update(
+        device=a[4], options=kw["torch_options"]) or {"dense": 10.0, "pruned": 6.0})
+    assert calibrate_cost(table, pm, log=lambda s: None).fit["device"] == "cpu"
+    assert seen == {"device": "cpu", "options": {"cuda_graphs": False, "channels_last": False}}
+
+
+def test_calibrate_cost_of_a_channels_last_model():
+    """break32 #4: exported at batch 1, a channels_last model's file fixed the batch at 1, and
+    timing it at the table's batch failed with advice naming CLI flags."""
+    pm = _prepared(32).to(memory_format=torch.channels_last)
+    cost = calibrate_cost(FlopsCost(), pm, backend="onnxruntime", threads=1, batch=4, iters=5,
+                          warmup=1, sessions=1, log=lambda s: None)
+    assert cost.fit["dense_ms"] > 0
+
+
 @pytest.mark.parametrize("kwargs, says", [
     ({"keep": 1.0}, "keep must be"),
     ({"keep": 0.0}, "keep must be"),
@@ -191,7 +232,7 @@ def test_calibrate_cost_under_load_warns_and_records_the_load(monkeypatch):
 def test_calibrate_cost_refuses_what_it_cannot_fit_before_timing(monkeypatch):
     import fxprune.deploy.calibrate as calibrate
 
-    monkeypatch.setattr(calibrate, "_median_ms", lambda *a: pytest.fail("timed"))
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a, **k: pytest.fail("timed"))
     pm = _prepared(16)
     with pytest.raises(TypeError, match="cost model object"):
         calibrate_cost("flops", pm)
@@ -217,7 +258,7 @@ def test_calibrate_cost_refuses_a_fit_it_cannot_trust(monkeypatch, pruned_over_d
     import fxprune.deploy.calibrate as calibrate
 
     monkeypatch.setattr(calibrate, "_median_ms",
-                        lambda *a: {"dense": 10.0, "pruned": 10.0 * pruned_over_dense})
+                        lambda *a, **k: {"dense": 10.0, "pruned": 10.0 * pruned_over_dense})
     with pytest.raises(DeployError, match=says):
         calibrate_cost(FlopsCost(), _prepared(32), log=lambda s: None)
 
@@ -227,7 +268,7 @@ def test_a_negative_constant_is_logged_as_what_it_takes_off_the_tables_sum(monke
     sum: a share of a total the constant itself has shrunk."""
     import fxprune.deploy.calibrate as calibrate
 
-    monkeypatch.setattr(calibrate, "_median_ms", lambda *a: {"dense": 10.0, "pruned": 2.5})
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a, **k: {"dense": 10.0, "pruned": 2.5})
     lines = []
     cost = calibrate_cost(FlopsCost(), _prepared(32), log=lines.append)
     assert cost.fixed_cost < 0
@@ -240,7 +281,7 @@ def test_a_negative_constant_is_logged_as_what_it_takes_off_the_tables_sum(monke
 def test_fitting_a_fitted_cost_again_starts_from_its_per_layer_model(monkeypatch):
     import fxprune.deploy.calibrate as calibrate
 
-    monkeypatch.setattr(calibrate, "_median_ms", lambda *a: {"dense": 10.0, "pruned": 5.0})
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a, **k: {"dense": 10.0, "pruned": 5.0})
     pm = _prepared(32)
     once = calibrate_cost(FlopsCost(), pm, log=lambda s: None)
     twice = calibrate_cost(once, pm, log=lambda s: None)
