@@ -7,7 +7,9 @@ Inputs, any mix of:
   comes from ``fxprune deploy`` reports written inside the run folder
   (``fxprune deploy RUN/model_pruned.pt --out RUN/deploy_b1 --trust-model-file``): every
   folder inside it (at any depth) holding a deploy marker and ``report.json``; the report's ``batch`` says which
-  batch that latency is for.
+  batch that latency is for, and its ``speedup`` (``fxprune deploy --compare DENSE``) places
+  the run for ``--x speedup``. Reports timed on another backend, device, precision or thread
+  count than the others are refused on a latency axis.
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
   (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
   ``flops`` and ``latency_ms`` (a number, for the file's ``batch``, or ``{"BATCH": ms}``)
@@ -60,6 +62,7 @@ class Point:
     source: str = ""
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
     family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
+    timing: dict[int, dict] = field(default_factory=dict)  # a deploy report's runtime, per batch
 
 
 def _read_json(path: Path) -> object:
@@ -140,15 +143,16 @@ def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int,
 
 
 def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
-                      run_params: int | None = None) -> dict[int, float]:
-    """Median latency per batch from the deploy reports written in a run folder (the folder
-    itself or its sub-folders). A report counts only if it is newer than the run's
+                      run_params: int | None = None) -> dict[int, dict]:
+    """Per batch, from the deploy reports written in a run folder (the folder itself or its
+    sub-folders): ``{"median": ms, "speedup": over the dense model timed beside it or None,
+    "timing": the runtime setting (backend, device, precision, threads, input)}``. A report counts only if it is newer than the run's
     results.json (a run redone with --overwrite leaves its old deploy folders behind) and,
     when it names the model file it timed, that file is the run's model or a deploy's export
     of it inside the run folder (:func:`_export_of`); a report naming no file (a module
     deployed from Python) must count the run's parameters. Anything else is an error, not a
     point."""
-    out: dict[int, float] = {}
+    out: dict[int, dict] = {}
     run = run_dir.resolve()
     finished = results.stat().st_mtime
     # The run's model file lives in the run folder, which may have moved since: results.json
@@ -210,8 +214,15 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                                 f"report out of the run")
         if batch in out:
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
-        out[batch] = median
+        speedup = data.get("speedup")
+        out[batch] = {"median": median,
+                      "speedup": speedup if isinstance(speedup, (int, float)) and speedup > 0 else None,
+                      "timing": {key: data.get(key) for key in _TIMING_KEYS}}
     return out
+
+
+# what must agree for deploy reports' latencies to share an axis (the batch is the axis's own)
+_TIMING_KEYS = ("backend", "device", "precision", "threads")
 
 
 def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, inside) -> bool:
@@ -241,12 +252,13 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
         raise PlotError(f"{source} is not the results.json of an fxprune train run (no accuracy "
                         "and flops); pass a run folder or a benchmark results file with rows")
     label = (run_dir or results.parent).name or str(results)
+    deploys = (_deploy_latencies(run_dir, results, _path_or_none(data.get("model"), "model", source),
+                                 data.get("params")) if run_dir is not None else {})
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _not_negative(data["flops"], "flops", source),
-                 _deploy_latencies(run_dir, results, _path_or_none(data.get("model"), "model", source),
-                                   data.get("params"))
-                 if run_dir is not None else {},
-                 source=source)
+                 {b: d["median"] for b, d in deploys.items()},
+                 {b: d["speedup"] for b, d in deploys.items() if d["speedup"] is not None},
+                 timing={b: d["timing"] for b, d in deploys.items()}, source=source)
 
 
 def _bench_points(data: dict, source: str) -> list[Point]:
@@ -310,7 +322,8 @@ def _pick_batch(points: list[Point], batch: int | None, x: str = "latency") -> i
     batches = sorted({b for p in points for b in (p.speedup if x == "speedup" else p.latency_ms)})
     if not batches and x == "speedup":
         raise PlotError("no input has a measured speedup over dense (a benchmark row's "
-                        "speedup); plot with --x latency or --x flops")
+                        "speedup, or a deploy report's with --compare); plot with --x latency "
+                        "or --x flops")
     if not batches:
         raise PlotError("no input has a measured latency: deploy the runs (fxprune deploy "
                         "RUN/model_pruned.pt --out RUN/deploy) or plot with --x flops")
@@ -320,6 +333,21 @@ def _pick_batch(points: list[Point], batch: int | None, x: str = "latency") -> i
         raise PlotError(f"no input has a {x} at batch {batch}; measured batches: "
                         f"{', '.join(map(str, batches))}")
     return batch
+
+
+def _check_alike_timing(points: list[Point], batch: int) -> None:
+    """Deploy reports timed on another runtime, device, precision or thread count are not on
+    one latency axis (one model measured 3.7x apart): refused, naming what differs."""
+    timed = [(p, p.timing[batch]) for p in points if batch in p.timing]
+    for p, timing in timed[1:]:
+        first, theirs = timed[0]
+        differ = [k for k in _TIMING_KEYS if timing.get(k) != theirs.get(k)]
+        if differ:
+            what = lambda t: ", ".join(f"{k} {t.get(k)}" for k in differ)  # noqa: E731
+            raise PlotError(f"the deploy reports at batch {batch} were timed differently: "
+                            f"{first.label} with {what(theirs)}, {p.label} with {what(timing)}; "
+                            "deploy the runs alike to put their latencies on one axis, or "
+                            "plot --x speedup or --x flops")
 
 
 def _check_out(out: Path) -> None:
@@ -371,6 +399,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
     if x == "latency":
         batch = _pick_batch(points, batch)
         xs = {id(p): p.latency_ms.get(batch) for p in points}
+        _check_alike_timing(points, batch)
         xlabel = f"measured latency, median ms at batch {batch}"
     elif x == "speedup":
         batch = _pick_batch(points, batch, x)

@@ -408,3 +408,26 @@ def test_a_results_file_without_its_model_plots_the_one_model_the_run_saved(tmp_
     (run / "model_dense.pt").write_bytes(b"y")  # two models: which one is the run's is unknown
     with pytest.raises(PlotError, match="not the model of the run"):
         load_points([run])
+
+
+def test_deploy_reports_timed_differently_do_not_share_a_latency_axis(tmp_path):
+    """break32 #3: one model deployed on ONNX Runtime (2 threads) and on torch (1 thread) was
+    drawn 3.7x apart on one axis; #10: a report's speedup over --compare places the run."""
+    def timed(run, **setting):
+        report = run / "deploy_b1" / "report.json"
+        report.write_text(json.dumps({**json.loads(report.read_text()), **setting}))
+        return run
+
+    ort = timed(_run(tmp_path / "ort", 0.9, 4e6, [(1, 0.3)]), backend="onnxruntime",
+                device="cpu", precision="fp32", threads=2, speedup=1.8)
+    torch_run = timed(_run(tmp_path / "torch", 0.9, 4e6, [(1, 1.1)]), backend="torch",
+                      device="cpu", precision="fp32", threads=1)
+    points = load_points([ort, torch_run])
+    with pytest.raises(PlotError, match="timed differently: ort with backend onnxruntime, "
+                                        "threads 2, torch with backend torch, threads 1"):
+        plot_points(points, tmp_path / "lat.png", x="latency")
+    drawn = plot_points(points, tmp_path / "speed.png", x="speedup")
+    assert drawn["points"] == [("ort", 1.8, 0.9)] and drawn["skipped"] == ["torch"]
+    alike = timed(_run(tmp_path / "alike", 0.8, 2e6, [(1, 0.2)]), backend="onnxruntime",
+                  device="cpu", precision="fp32", threads=2)
+    assert len(plot_points(load_points([ort, alike]), tmp_path / "ok.png")["points"]) == 2
