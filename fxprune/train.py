@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distributed as fxdist
+from .allocation import InfeasibleBudget
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError, TargetNotReachedError
@@ -112,11 +113,12 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     try:
         pruner = entry.build(pm, **kwargs)
     except (ValueError, TypeError) as exc:  # the method's own checks: a config error
-        # steps counted from fractions of the run: a short run is the cause as often as they
+        # steps counted from fractions of the run: a short run is the cause as often as they,
+        # except for a target below the cheapest model, which no run length changes
         total = (context.get("steps_per_epoch") or 0) * (context.get("epochs") or 0)
         scaled = (f" (prune.{', prune.'.join(fractions)} of this run's {total:g} optimizer steps: "
                   "a longer run, with more data or optim.epochs, also gives them room)"
-                  if fractions and total else "")
+                  if fractions and total and not isinstance(exc, InfeasibleBudget) else "")
         raise ConfigError(f"prune ({method}): {exc}{scaled}") from None
     # the trainer calls these (fxprune.methods.base.Method): a method without one would fail
     # only after an epoch of training

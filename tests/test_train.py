@@ -417,6 +417,21 @@ def test_schedule_in_fractions_keeps_its_shape_at_any_length(epochs, steps, expe
     assert (s.warmup, s.ramp, s.freeze_after, s.update_every) == expected
 
 
+def test_a_target_below_the_cheapest_model_is_not_blamed_on_the_runs_length():
+    """break32 #7: the refusal said "a longer run ... also gives them room", which no run
+    length changes; a schedule error keeps that hint."""
+    from fxprune.train import make_pruner
+    from fxprune.models import build_model
+
+    pm = fxprune.prepare(build_model("resnet_fmnist", widths=[8, 8, 8]), (torch.randn(1, 1, 28, 28),))
+    cfg = resolve_config({**TINY, "optim": {"epochs": 1},
+                          "prune": {**FRACTION_SCHEDULE, "channel_step": 8, "target": 0.2}})
+    with pytest.raises(ConfigError) as info:
+        make_pruner(pm, cfg["prune"], steps_per_epoch=4, epochs=1)
+    assert "below the cheapest model" in str(info.value)
+    assert "longer run" not in str(info.value)
+
+
 def test_fraction_and_epochs_of_one_key_is_a_config_error():
     with pytest.raises(ConfigError, match="prune.warmup_fraction and prune.warmup_epochs set the same"):
         resolve_config({**TINY, "prune": {**FRACTION_SCHEDULE, "warmup_epochs": 1}})

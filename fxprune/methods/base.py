@@ -256,11 +256,15 @@ class PruningMethod:
         if target < floor * (1 - 1e-9):
             # rounded up: the advice itself must pass (0.01222 printed as 0.012 was refused)
             at_least = math.ceil(floor * 1000) / 1000
-            raise ValueError(
+            from ..allocation import InfeasibleBudget
+
+            error = InfeasibleBudget(
                 f"target {target:.3f} of dense is below the cheapest model the constraints allow "
                 f"({floor:.5f}: every group at its smallest allowed width, channel_step="
                 f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
                 "channel_step")
+            error.floor = floor
+            raise error
 
     def _kept_now(self) -> np.ndarray:
         return self.index.masks(self.prepared).numpy() != 0
