@@ -215,8 +215,8 @@ def all_reduce_sum_count(total: torch.Tensor, count) -> tuple[torch.Tensor, Any]
     mean is the one over every rank's samples even when ranks saw different numbers.
 
     Args:
-        total: a tensor of sums of any shape, on the device the process group uses (CUDA for
-            NCCL).
+        total: a tensor of sums of any shape, on any device (a CPU tensor is reduced on the
+            current CUDA device under NCCL, which reduces CUDA tensors only, and comes back).
         count: an int/float, or a tensor of counts (e.g. per channel).
 
     Returns:
@@ -228,13 +228,23 @@ def all_reduce_sum_count(total: torch.Tensor, count) -> tuple[torch.Tensor, Any]
         return total.to(torch.float64), count
     count_t = torch.as_tensor(count, dtype=torch.float64, device=total.device)
     packed = torch.cat([total.detach().reshape(-1).to(torch.float64), count_t.reshape(-1)])
+    packed = packed.to(reduce_device(packed))
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    packed = packed.to(total.device)
     summed = packed[: total.numel()].view(total.shape)
     counts = packed[total.numel():]
     if isinstance(count, torch.Tensor):
         return summed, counts.view(count.shape)
     value = counts.item()  # one host sync, once per decision
     return summed, int(value) if isinstance(count, int) else value
+
+
+def reduce_device(t: torch.Tensor) -> torch.device:
+    """Where the default process group can reduce ``t``: NCCL reduces CUDA tensors only, so a
+    CPU tensor (a loss sum, a count) goes to the current CUDA device; anything else stays."""
+    if t.device.type == "cpu" and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
 
 
 # -- masks ------------------------------------------------------------------------------------

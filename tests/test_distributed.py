@@ -222,6 +222,22 @@ def test_reduce_broadcast_and_rewrap(ranks):
         assert torch.equal(a, b)
 
 
+def test_cpu_sums_are_reduced_on_the_gpu_under_nccl(monkeypatch):
+    """break31 #2: the trainer's loss and accuracy sums are CPU tensors, which an NCCL process
+    group cannot reduce ("No backend type associated with device type cpu")."""
+    monkeypatch.setattr(fxdist.dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert fxdist.reduce_device(torch.zeros(2)) == torch.device("cuda", 1)
+    monkeypatch.setattr(fxdist.dist, "get_backend", lambda *a: "gloo")
+    assert fxdist.reduce_device(torch.zeros(2)) == torch.device("cpu")
+    monkeypatch.setattr(fxdist, "is_distributed", lambda: True)
+    seen = []
+    monkeypatch.setattr(fxdist, "reduce_device", lambda t: seen.append(t.device) or t.device)
+    monkeypatch.setattr(fxdist.dist, "all_reduce", lambda t, op=None: t.mul_(2))
+    total, count = fxdist.all_reduce_sum_count(torch.tensor([1.0, 3.0]), 5)
+    assert seen == [torch.device("cpu")] and total.tolist() == [2.0, 6.0] and count == 10
+
+
 def test_identity_without_a_process_group():
     pm, _ = make_pruner()
     before = flat_masks(pm)
