@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -198,7 +199,7 @@ def test_cucb_trains_at_full_width_and_saves_its_final_selection(tmp_path):
     prune = PruningCallback("cucb", save_path=tmp_path / "cucb.pt", target=0.5, mode="budget", warmup=2)
     module = Classifier()
     trainer(tmp_path, 1, [prune]).fit(module, loader())
-    assert prune.pruner.execution == "masked" and prune.pruner.final  # explore=None: chosen at the end
+    assert prune.pruner.execution == "masked" and prune.pruner.final  # explore=None: the last step
     assert prune.pruner.history[-1]["step"] == 4
     small = torch.load(tmp_path / "cucb.pt", weights_only=False)
     x = dataset().tensors[0][:8]
@@ -231,6 +232,62 @@ def test_a_checkpoint_saved_after_fit_resumes_training_not_the_final_pick(tmp_pa
     trainer(tmp_path / "d", 2, [first]).fit(part, loader())
     assert first.pruner.step_count == 12
     assert [r["step"] for r in first.pruner.history if r.get("final")] == [6]
+
+
+def test_cucb_without_explore_picks_at_the_last_step_so_checkpoints_hold_the_pick(tmp_path):
+    """break33 #1: the pick came in on_train_end, after the last checkpoint; trainer.test() or
+    load_from_checkpoint then evaluated the last random active set (1.2 relative off)."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    module = Classifier()
+    trainer(tmp_path, 2, [prune, ckpt]).fit(module, loader())
+    assert prune.pruner.explore == 8 and [r["step"] for r in prune.pruner.history if r.get("final")] == [8]
+    saved = torch.load(tmp_path / "ckpt" / "epoch=1-step=8.ckpt", weights_only=False)
+    again = Classifier()
+    again.load_state_dict(saved["state_dict"])
+    assert torch.equal(flat_masks(again.model), flat_masks(module.model))
+
+
+class TwoOptimizers(Classifier):
+    """Manual optimization with a body and a head optimizer stepping on one backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, _):
+        body, head = self.optimizers()
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        body.zero_grad(), head.zero_grad()
+        self.manual_backward(loss)
+        body.step(), head.step()
+
+    def configure_optimizers(self):
+        params = list(self.parameters())
+        return (torch.optim.SGD(params[:-2], lr=0.05), torch.optim.SGD(params[-2:], lr=0.05))
+
+
+def test_the_method_steps_once_per_batch_under_several_optimizers(tmp_path):
+    """break33 #2: it stepped once per optimizer, and CUCB's second step rewarded the channels
+    it had just drawn with gradients they took no part in."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=2, explore=100)
+    trainer(tmp_path, 1, [prune]).fit(TwoOptimizers(), loader())
+    assert prune.pruner.step_count == 4
+    assert float(prune.pruner.stats.T.max()) <= 4  # each channel played at most once a batch
+
+
+def test_refitting_a_callback_from_an_earlier_checkpoint_resumes_the_checkpoints_method(tmp_path):
+    """break33 #3: the refit loaded the checkpoint, then on_fit_start put back where the first
+    fit had ended (pruner at step 12 after a resume from step 4)."""
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    module = Classifier()
+    trainer(tmp_path, 2, [prune, ckpt]).fit(module, loader())
+    assert prune.pruner.step_count == 8
+    trainer(tmp_path / "again", 2, [prune]).fit(module, loader(),
+                                                ckpt_path=tmp_path / "ckpt" / "epoch=0-step=4.ckpt")
+    assert prune.pruner.step_count == 8  # 4 from the checkpoint, 4 more
 
 
 def test_ccp_ended_before_its_last_round_saves_a_plain_model(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ are not supported: the method reads whole weights and their gradients.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,11 @@ class PruningCallback(pl.Callback):
             raises :class:`fxprune.train.TargetNotReachedError` and saves nothing, as
             ``fxprune train`` does; True keeps and saves such a model.
         **method_kwargs: the method's own arguments (SMCP: ``target``, ``cost``, ``warmup``, ...;
-            step counts are optimizer steps).
+            step counts are optimizer steps; the method steps once per batch, at the batch's
+            first optimizer step, even when several optimizers step on one backward). CUCB
+            without ``explore`` makes its final pick at the fit's last step
+            (``trainer.estimated_stepping_batches``), so the checkpoints written at the end
+            hold the final masks.
     """
 
     def __init__(self, method: str = "smcp", *, attribute: str | None = None,
@@ -147,6 +152,8 @@ class PruningCallback(pl.Callback):
         #: checkpoint saved after fit() holds, so a longer fit resumed from it goes on training
         #: (CUCB's final pick had ended its exploration: break24 #7)
         self._trained_state: dict | None = None
+        self._batch = 0  # training batches started; the method steps once per batch
+        self._stepped_batch = -1
 
     @property
     def state_key(self) -> str:
@@ -167,7 +174,7 @@ class PruningCallback(pl.Callback):
                              "PruningCallback for each model (e.g. each fold of a sweep)")
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
-            self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs())
+            self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs(trainer))
         elif self._trained_state is not None and self._pending_state is None:
             # fitted again in this session: on from where training left the method, not from
             # the end's final rule (CUCB's pick would end its exploration: break26 #3)
@@ -179,26 +186,39 @@ class PruningCallback(pl.Callback):
         if self._pending_state is not None:
             self._load(self._pending_state)
 
-    def _build_kwargs(self) -> dict:
+    def _build_kwargs(self, trainer: pl.Trainer | None = None) -> dict:
         """The method's arguments as the callback must run it: statistics gathered in hooks
-        summed over the processes (as ``fxprune train`` does), and the training step through
-        the LightningModule's own forward, so at full width (CUCB ``execution="masked"``)."""
+        summed over the processes (as ``fxprune train`` does), the training step through
+        the LightningModule's own forward, so at full width (CUCB ``execution="masked"``), and
+        CUCB's final pick at the fit's last step when ``explore`` is not given, so that the
+        checkpoints Lightning writes at the end hold the final masks (break33 #1)."""
         kwargs = dict(self.method_kwargs)
         cls = self.method_entry.cls
         if fxdist.is_distributed() and getattr(cls, "rank_local_statistics", False):
             kwargs.setdefault("reduce_fn", fxdist.all_reduce_sum)  # e.g. CCP's activation terms
         try:
-            takes_execution = "execution" in inspect.signature(cls).parameters
+            takes = inspect.signature(cls).parameters
         except (TypeError, ValueError):  # a builtin or C callable: nothing to read
-            takes_execution = False
-        if takes_execution:  # __init__ refused any other value
+            takes = {}
+        if "execution" in takes:  # __init__ refused any other value
             kwargs["execution"] = "masked"
+        total = getattr(trainer, "estimated_stepping_batches", None)
+        warmup = kwargs.get("warmup", getattr(takes.get("warmup"), "default", 1))
+        if ("explore" in takes and kwargs.get("explore") is None and isinstance(total, (int, float))
+                and math.isfinite(total) and isinstance(warmup, int) and total >= warmup):
+            kwargs["explore"] = int(total)
         return kwargs
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         if self.pruner is None:
             return
+        # once per training batch: a second optimizer stepping on the same backward (manual
+        # optimization, a body and a head) would step the method twice, and CUCB would reward
+        # the channels it had just drawn with gradients they did not take part in (break33 #2)
+        if self._stepped_batch == self._batch:
+            return
+        self._stepped_batch = self._batch
         if self._overflowed(trainer, optimizer):
             discard = getattr(self.pruner, "discard_step", None)
             if discard is not None:  # e.g. CCP: its hooks saw this step's inf/NaN terms
@@ -215,6 +235,10 @@ class PruningCallback(pl.Callback):
                       if record.get(k) is not None}  # CCP's ratio mode records no target
             if logged:
                 pl_module.log_dict(logged, on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        self._batch += 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.prepared is None:
@@ -257,6 +281,9 @@ class PruningCallback(pl.Callback):
         if state_dict.get("method") != self.method:
             raise ValueError(f"this checkpoint holds the state of pruning method "
                              f"{state_dict.get('method')!r}, not {self.method!r}")
+        # a checkpoint's state wins over where an earlier fit of this callback left the method
+        # (a refit from an earlier checkpoint went on from the end of the first fit: break33 #3)
+        self._trained_state = None
         if self.pruner is None:  # Lightning restores callbacks before on_fit_start builds it
             self._pending_state = state_dict
         else:
