@@ -183,7 +183,7 @@ class GatheredModule(nn.Module):
             indices[space.key] = None if keep.all() else torch.as_tensor(np.flatnonzero(keep), device=device)
         self.indices = indices
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         # the optimizer step that follows protects what THIS forward left out, even when the
         # method picks the next active set (set_active) before optimizer.step()
         self.forward_indices = self.indices
@@ -194,7 +194,7 @@ class GatheredModule(nn.Module):
             mine = self.gm.get_submodule(owner) if owner else self.gm
             if mine._buffers[name] is not current:
                 mine._buffers[name] = current
-        return self.gm(*args)
+        return self.gm(*args, **kwargs)  # as the prepared model takes them (by keyword too)
 
     def follow_mode(self, training: bool) -> None:
         """Train or eval the gathered layers, not the prepared model's modules the graph shares

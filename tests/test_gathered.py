@@ -232,3 +232,21 @@ def test_the_gathered_network_reads_buffers_the_model_replaced_since():
         got = pruner.train_forward(x.bfloat16())
         assert got.dtype == torch.bfloat16
         assert torch.equal(got, pm(x.bfloat16()))
+
+
+def test_the_gathered_network_takes_keyword_arguments_as_the_model_does():
+    """break33 #6: pruner.train_forward(x, aux=y) was a TypeError (positional only)."""
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3)
+
+        def forward(self, x, aux):
+            return self.b(self.a(x + aux).relu())
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(TwoInputs(), (x[:1], x[:1]))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=3, explore=10, channel_step=1)
+    with torch.no_grad():
+        assert torch.equal(pruner.train_forward(x, aux=2 * x), pruner.train_forward(x, 2 * x))
+        assert torch.equal(pruner.train_forward(x, aux=2 * x), pm(x, aux=2 * x))
