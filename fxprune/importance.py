@@ -407,6 +407,8 @@ class PairwiseTaylor(ImportanceStrategy):
         self.sum_tt = [torch.zeros(int(b - a), int(b - a), dtype=torch.float64)
                        for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         self.samples = 0
+        #: samples added since the last sync: this process's own (0 once summed)
+        self.local_samples = 0
 
     def observe(self, *_args, finite_only: bool = False) -> bool:
         """Take this backward's per-sample terms and accumulate them. With ``finite_only`` a
@@ -434,6 +436,7 @@ class PairwiseTaylor(ImportanceStrategy):
             tg = t[:, int(a):int(b)]
             self.sum_tt[g] += tg.T @ tg
         self.samples += t.shape[0]
+        self.local_samples += t.shape[0]
 
     def moments(self, g: int) -> tuple[np.ndarray, np.ndarray]:
         """Group ``g``'s ``a`` (size,) and ``B`` (size, size), float64."""
@@ -452,7 +455,7 @@ class PairwiseTaylor(ImportanceStrategy):
         self.sum_t.zero_()
         for m in self.sum_tt:
             m.zero_()
-        self.samples = 0
+        self.samples = self.local_samples = 0
 
     def sync(self, reduce_fn: ReduceFn | None = None) -> None:
         if reduce_fn is None:
@@ -464,6 +467,7 @@ class PairwiseTaylor(ImportanceStrategy):
             m.copy_(packed[pos:pos + m.numel()].view_as(m))
             pos += m.numel()
         self.samples = int(round(float(packed[-1])))
+        self.local_samples = 0
 
     def state_dict(self) -> dict:
         return {"sum_t": self.sum_t.cpu().clone(), "sum_tt": [m.cpu().clone() for m in self.sum_tt],
@@ -474,6 +478,7 @@ class PairwiseTaylor(ImportanceStrategy):
         for m, s in zip(self.sum_tt, state["sum_tt"]):
             m.copy_(s.to(m.device))
         self.samples = int(state["samples"])
+        self.local_samples = 0
 
     def close(self) -> None:
         self.taps.close()

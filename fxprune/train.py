@@ -596,6 +596,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             epoch_cost = cost_columns(pruner.cost()) if pruner is not None else {}
             row.update(epoch_cost)
             logs.epoch_row(row)
+            if getattr(pruner, "sync_state", None) is not None:
+                pruner.sync_state()  # every rank: rank 0's checkpoint then holds all statistics
             if main:
                 print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
                       f"{row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "

@@ -553,3 +553,24 @@ def test_a_reader_of_a_frozen_layers_output_still_counts():
     assert run(lambda name: name.startswith("stem"))["predicted_loss_change"] == pytest.approx(
         trained["predicted_loss_change"], rel=1e-9)
     assert run(lambda name: not name.startswith("fc"))["samples"] == 32
+
+
+def test_a_state_of_one_process_inside_a_collection_window_is_warned_of():
+    """break31 #1: under several processes a mid-collection state_dict held rank 0's samples
+    only; sync_state() sums them first, and without it state_dict says so."""
+    from test_smcp import train
+
+    pm = prepared()
+    pruner = CCP(pm, ratio=0.5, collect=4, prune_at=6, channel_step=4,
+                 reduce_fn=lambda t: t)  # a one-process stand-in for the all-reduce
+    train(pm, pruner, 4)
+    assert pruner.stats.local_samples == 2 * 16  # steps 3 and 4 of the window
+    with pytest.warns(RuntimeWarning, match="holds 32 samples of this process only"):
+        pruner.state_dict()
+    pruner.sync_state()
+    assert pruner.stats.local_samples == 0 and pruner.stats.samples == 32
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = pruner.state_dict()
+    assert state["stats"]["samples"] == 32

@@ -270,13 +270,19 @@ def make_method(name, reduce_fn=None):
         pm, target=0.5, cost="flops", warmup=2, explore=8, execution="masked", seed=0)
 
 
-def run_method(model, pm, method, data, sync):
+def run_method(model, pm, method, data, sync, checkpoint_at=None):
+    """``checkpoint_at``: after that step every rank resumes from rank 0's state_dict, taken
+    after sync_state() (a checkpoint inside CCP's collection window, steps 3-6)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     masks = []
-    for x, y in data:
+    for step, (x, y) in enumerate(data, 1):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         method.step(loss.detach())
+        if step == checkpoint_at:
+            method.sync_state()
+            state = fxdist.broadcast_object(method.state_dict() if fxdist.is_main_process() else None)
+            method.load_state_dict(state)
         if sync:
             fxdist.broadcast_masks(pm, check=True)  # raises if a rank decided otherwise
         masks.append(flat_masks(pm))
@@ -287,19 +293,22 @@ def run_method(model, pm, method, data, sync):
 
 def _method_worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
+    early = make_method("ccp")  # built before the process group exists (break31 #7)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         out = {}
         half = BATCH // WORLD
         mine = [(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]) for x, y in batches()]
-        for name in ("ccp", "cucb", "ccp_default"):
+        for name in ("ccp", "cucb", "ccp_default", "ccp_resumed", "ccp_early"):
             # ccp_default: no reduce_fn given, as in a loop of the user's own (break24 #8)
-            reduce_fn = None if name == "ccp_default" else (
+            reduce_fn = None if name in ("ccp_default", "ccp_resumed") else (
                 lambda t: fxdist.all_reduce_sum_count(t, 0)[0])
-            pm, method = make_method(name.removesuffix("_default"), reduce_fn=reduce_fn)
+            pm, method = early if name == "ccp_early" else make_method(
+                name.split("_")[0], reduce_fn=reduce_fn)
             seed = 1000 + rank  # ranks seeded differently: nothing in pruning may depend on it
             torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-            out[name] = run_method(DDP(pm), pm, method, mine, sync=True)
+            out[name] = run_method(DDP(pm), pm, method, mine, sync=True,
+                                   checkpoint_at=4 if name == "ccp_resumed" else None)
         try:  # its sub-network would train outside DDP: refused, not left to drift
             fxprune.CUCB(make_pruner()[0], target=0.5, execution="gathered")
             out["gathered"] = "built"
@@ -317,9 +326,12 @@ def method_ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["ccp", "cucb", "ccp_default"])
+@pytest.mark.parametrize("name", ["ccp", "cucb", "ccp_default", "ccp_resumed", "ccp_early"])
 def test_ccp_and_cucb_decide_on_every_rank_as_one_process_on_the_whole_batch(method_ranks, name):
-    pm, method = make_method(name.removesuffix("_default"))
+    """ccp_resumed (break31 #1): every rank resumed mid-collection from rank 0's state, which
+    held rank 0's samples only; ccp_early: a CCP built before init_process_group summed
+    nothing (break31 #7)."""
+    pm, method = make_method(name.split("_")[0])
     single = run_method(pm, pm, method, batches(), sync=False)
     for r in range(WORLD):
         got = method_ranks[r][name]

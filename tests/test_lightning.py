@@ -148,6 +148,7 @@ def test_statistics_hear_the_trainer_s_loss_scale_and_drop_an_overflowed_step():
         scaler.scale((w * grad).sum()).backward()
         scaler.unscale_(opt)
         stub = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler), accumulate_grad_batches=4)
+        cb.on_train_batch_start(stub, None, None, 0)
         cb.on_before_optimizer_step(stub, None, opt)
     assert calls == [("discard", None), ("step", 2.0)]
 

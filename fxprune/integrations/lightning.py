@@ -273,6 +273,9 @@ class PruningCallback(pl.Callback):
             return dict(self._pending_state or {})
         if self._trained_state is not None:  # saved after the fit ended
             return {"method": self.method, "state": self._trained_state}
+        if getattr(self.pruner, "sync_state", None) is not None:
+            # every rank calls this (Lightning's save_checkpoint): statistics summed onto rank 0
+            self.pruner.sync_state()
         return {"method": self.method, "state": _checkpoint_safe(self.pruner.state_dict())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

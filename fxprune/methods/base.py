@@ -16,6 +16,8 @@ returned), ``state_dict()``/``load_state_dict()`` (exact resume) and ``finalize_
 Two optional hooks let a method train a sub-network of the same weights (CUCB's gathered
 execution): ``train_forward`` (the module the training step calls instead of the prepared
 model) and ``attach_optimizer(optimizer)`` (called once the trainer has built its optimizer).
+A third, ``sync_state()``, is a collective every process calls before rank 0 saves
+``state_dict()`` (CCP: statistics collected on each process are summed onto rank 0).
 :class:`PruningMethod` gives the shared parts (unit index, cost model, budget, masks).
 """
 from __future__ import annotations

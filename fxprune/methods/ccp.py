@@ -296,9 +296,7 @@ class CCP(PruningMethod):
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
-        if reduce_fn is None and fxdist.is_distributed() and fxdist.world_size() > 1:
-            reduce_fn = fxdist.all_reduce_sum  # every process steps at once under DDP
-        self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
+        self.resolution, self.max_resolves, self._reduce_fn = resolution, max_resolves, reduce_fn
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
         #: a ``torch.amp.GradScaler``: the activation gradients the statistics read come from
         #: the scaled loss (``unscale_`` reaches only the parameters' .grad), so each collected
@@ -320,6 +318,34 @@ class CCP(PruningMethod):
                 m.fxprune_straight_through = False
         self.dead = np.zeros(self.index.n, dtype=bool)
         self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
+
+    @property
+    def reduce_fn(self):
+        """What sums the statistics over processes before a decision: the one given, else under
+        torch.distributed with several processes :func:`fxprune.distributed.all_reduce_sum`
+        (read when used, so a CCP built before ``init_process_group`` still sums: break31 #7)."""
+        if self._reduce_fn is None and fxdist.is_distributed() and fxdist.world_size() > 1:
+            return fxdist.all_reduce_sum  # every process steps at once under DDP
+        return self._reduce_fn
+
+    @reduce_fn.setter
+    def reduce_fn(self, fn) -> None:
+        self._reduce_fn = fn
+
+    def sync_state(self) -> None:
+        """Under several processes, call on every process before rank 0 saves
+        :meth:`state_dict` (``fxprune train`` and the Lightning callback do): the statistics
+        collected so far are summed over the processes onto rank 0, the others keeping none, so
+        a checkpoint taken inside a collection window holds every process's samples and resumes
+        on any number of processes (break31 #1). A collective inside a collection window;
+        nothing to do outside one or without a ``reduce_fn``."""
+        fn = self.reduce_fn
+        # inside a window: collected, not yet decided (the same on every process)
+        if fn is None or not any(p - self.collect < self.step_count < p for p in self.prune_steps()):
+            return
+        self.stats.sync(fn)
+        if fxdist.rank() != 0:  # rank 0 holds the sum; the next decision's sync adds the rest
+            self.stats.reset()
 
     def prune_steps(self) -> list[int]:
         return [self.prune_at + k * self.round_every for k in range(self.rounds)]
@@ -534,6 +560,14 @@ class CCP(PruningMethod):
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        if (self.reduce_fn is not None and self.step_count < self.prune_steps()[-1]
+                and self.stats.local_samples):
+            warnings.warn(
+                f"CCP.state_dict at step {self.step_count} holds {self.stats.local_samples} "
+                "samples of this process only, inside a collection window: call "
+                "pruner.sync_state() on every process before rank 0 saves (fxprune train and "
+                "the Lightning callback do), or a resumed run decides on other statistics",
+                RuntimeWarning, stacklevel=2)
         return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
                 "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "masks": self.index.masks(self.prepared),
@@ -544,6 +578,8 @@ class CCP(PruningMethod):
         self._warn_changed_settings(state)
         self.step_count = int(state["step"])
         self.stats.load_state_dict(state["stats"])
+        if self.reduce_fn is not None and fxdist.rank() != 0:
+            self.stats.reset()  # rank 0's state holds every process's sums (sync_state)
         self.index.set_masks(self.prepared, state["masks"])
         self.dead = state["dead"].numpy().astype(bool).copy()
         self.history = list(state["history"])
