@@ -16,9 +16,10 @@ per-element state tensor (momentum, Adam moments) bit-identical: SGD's weight de
 momentum would otherwise move them although their gradient is zero.
 
 With a fixed number of active channels per group every gathered shape is static across steps.
-Supported: conv (any groups), linear, batch norm, and channel-agnostic ops
-(activations, pooling, flatten, add, cat). Anything else (masked layer/group norm, a literal
-channel count in a view) raises, and construction checks the gathered forward against the
+Supported: conv (any groups), linear, batch norm (timm's ``BatchNormAct2d`` with its dropout
+and activation), and channel-agnostic ops (the :data:`ELEMENTWISE` activation modules and
+their functions, pooling, flatten, add, cat). Anything else (masked layer/group norm, another
+BatchNorm subclass, a literal channel count in a view) raises, and construction checks the gathered forward against the
 masked model on the example inputs, as ``finalize`` checks itself.
 """
 from __future__ import annotations
@@ -87,7 +88,13 @@ class _GatheredLayer(nn.Module):
         if isinstance(m, nn.Linear):
             return F.linear(x, self._gather(m.weight, "weight", (0, 1)), self._gather(m.bias, "bias"))
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return self._batch_norm(m, x)
+            out = self._batch_norm(m, x)
+            for extra in _after_norm(m, self.name):  # timm's BatchNormAct2d: dropout, activation
+                # a dropout drops in a training step, as the BN normalises (the mode of this
+                # gathered layer and the module's own)
+                out = (F.dropout(out, extra.p, self.training and extra.training, extra.inplace)
+                       if isinstance(extra, nn.Dropout) else extra(out))
+            return out
         raise SurgeryError(f"gathered execution does not support {type(m).__name__} ({self.name})")
 
     def _batch_norm(self, bn, x):
@@ -117,6 +124,33 @@ class _GatheredLayer(nn.Module):
         return out
 
 
+#: modules that act on each element alone (no per-channel parameter or count): they run on
+#: the active channels as they would on all of them
+ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Hardswish, nn.Sigmoid,
+               nn.Hardsigmoid, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
+               nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Dropout)
+_PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _elementwise(m: nn.Module) -> bool:
+    # a PReLU with one slope is elementwise too; one slope per channel is not
+    return isinstance(m, ELEMENTWISE) or (isinstance(m, nn.PReLU) and m.weight.numel() == 1)
+
+
+def _after_norm(bn: nn.Module, name: str) -> list[nn.Module]:
+    """What a BatchNorm subclass applies after normalising, for the gathered forward to apply
+    too: timm's ``BatchNormAct2d`` runs ``drop`` then ``act`` (break33 #4: they were dropped).
+    Raises SurgeryError for a subclass whose additions are not known to be elementwise."""
+    base = getattr(type(bn), "_fxprune_base", type(bn))
+    if type(bn) in _PLAIN_NORMS or base in _PLAIN_NORMS:
+        return []
+    extras = [getattr(bn, attr) for attr in ("drop", "act") if hasattr(bn, attr)]
+    if extras and all(isinstance(e, nn.Module) and _elementwise(e) for e in extras):
+        return extras
+    raise SurgeryError(f"gathered execution runs {name} ({type(bn).__name__}) as a plain "
+                       "BatchNorm and does not know what its class adds; use masked execution")
+
+
 class GatheredModule(nn.Module):
     """The active sub-network of a prepared model (see the module docstring)."""
 
@@ -138,17 +172,17 @@ class GatheredModule(nn.Module):
                 if isinstance(m, _RescaledBatchNorm) and m.fxprune_rescale != "off":
                     raise SurgeryError(f"gathered execution: {node.target} rescales BN by the mask "
                                        "(SMCP); use masked execution")
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    _after_norm(m, node.target)  # a subclass it cannot run: said now, by name
                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)):
                     gathered_name = "g_" + node.target.replace(".", "_")
                     if not hasattr(root, gathered_name):
                         root.add_module(gathered_name, _GatheredLayer(self, node.target, m))
                     env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
                     continue
-                if self._touches(node) and not isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity,
-                                                              nn.modules.pooling._AdaptiveAvgPoolNd,
-                                                              nn.modules.pooling._AvgPoolNd,
-                                                              nn.modules.pooling._MaxPoolNd, nn.Flatten,
-                                                              nn.Dropout, nn.Hardswish, nn.Sigmoid)):
+                if self._touches(node) and not (_elementwise(m) or isinstance(m, (
+                        nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoolNd,
+                        nn.modules.pooling._MaxPoolNd, nn.Flatten))):
                     raise SurgeryError(f"gathered execution does not support {type(m).__name__} "
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)

@@ -250,3 +250,40 @@ def test_the_gathered_network_takes_keyword_arguments_as_the_model_does():
     with torch.no_grad():
         assert torch.equal(pruner.train_forward(x, aux=2 * x), pruner.train_forward(x, 2 * x))
         assert torch.equal(pruner.train_forward(x, aux=2 * x), pm(x, aux=2 * x))
+
+
+def test_timms_batchnormact_and_elementwise_activation_modules_run_gathered():
+    """break33 #4/#5: BatchNormAct2d ran as a plain BN (its activation and dropout dropped;
+    with an activation the construction check fell back, blaming a literal channel count),
+    and nn.LeakyReLU / nn.Hardsigmoid modules forced masked execution."""
+    timm_layers = pytest.importorskip("timm.layers")
+
+    class Net(torch.nn.Module):
+        def __init__(self, act, drop):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.bn = timm_layers.BatchNormAct2d(16, act_layer=act, drop_layer=drop)
+            self.c2 = torch.nn.Conv2d(16, 8, 3)
+            self.leaky, self.gate = torch.nn.LeakyReLU(), torch.nn.Hardsigmoid()
+
+        def forward(self, x):
+            return self.gate(self.leaky(self.c2(self.bn(self.c1(x)))))
+
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    torch.manual_seed(0)
+    pm = fxprune.prepare(Net(torch.nn.SiLU, None).double(), (x[:1],))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=1)
+    assert pruner.execution == "gathered"
+    pm.train()
+    torch.testing.assert_close(pruner.train_forward(x), pm(x), rtol=1e-12, atol=1e-12)
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(Net(None, torch.nn.Dropout).double(), (x[:1],))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=1)
+    assert pruner.execution == "gathered"
+    pm.train()
+    first, second = pruner.train_forward(x), pruner.train_forward(x)
+    assert not torch.equal(first, second)  # the dropout drops (it was skipped)
+    pm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruner.train_forward(x), pm(x), rtol=1e-12, atol=1e-12)
