@@ -317,8 +317,9 @@ class BatchLoader:
         Batch ``i`` of an epoch is the same global batch in every process, of ``batch_size``
         samples; process ``rank`` of ``world`` gets its rows ``rank::world`` (sizes differ by at
         most one). The slices are disjoint, together cover the epoch, and follow the epoch's
-        shuffle, so every process runs ``len(self)`` steps and the optimisation matches one
-        process with the same ``batch_size``. A last batch with fewer samples than ``world`` is
+        shuffle, so every process runs ``len(self)`` steps, and the optimisation matches one
+        process with the same ``batch_size`` when it divides evenly (slices of unequal size
+        weigh their samples unequally in DDP's average of per-process mean gradients). A last batch with fewer samples than ``world`` is
         dropped (a training step would find a process without samples) unless
         ``drop_small_last=False`` (evaluation: some processes then get an empty last batch).
         ``shard(0, 1)`` undoes it.
