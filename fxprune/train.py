@@ -424,6 +424,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     pruner = None
     measured_cost_state = None  # a latency table (and fitted constant) timed for this run
     net: nn.Module = model
+    undo_sync_bn = None  # puts the BatchNorms back (before finalize)
     if method != "none":
         import fxprune
 
@@ -444,6 +445,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         context = {}
         if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
             context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
+        if sync_bn:  # before the method: it keeps the norms it hooks (CCP's collect_bn, SMCP's
+            # re-estimation), which must be the ones that run (break31 #4)
+            undo_sync_bn = fxdist.use_sync_batchnorm(net)
         pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
                              epochs=int(optim_cfg["epochs"]), **context)
         if main and getattr(pruner, "fxprune_schedule_steps", None):
@@ -522,9 +526,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
     logs.open(cfg, (start_epoch, step) if ckpt is not None else None)
 
-    forward, undo_sync_bn = net, None
+    forward = net
     if distributed:
-        if sync_bn:
+        if sync_bn and undo_sync_bn is None:  # no method: converted here
             undo_sync_bn = fxdist.use_sync_batchnorm(net)  # undone before finalize
         forward = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)

@@ -6,18 +6,21 @@ mask as an extra argument and scales its gamma by the kept fraction ``sum(m) / C
 """
 from __future__ import annotations
 
-from torch import fx
+import warnings
+
+from torch import fx, nn
 
 from fxprune.masks import RESCALED_CLASS, _InputMasked, wrap
 
 
 def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[str]:
     """Wrap every BN fed only by a masked layer; returns the BN module names. Idempotent: a BN
-    already wrapped just gets ``mode`` updated."""
+    already wrapped just gets ``mode`` updated; with ``mode="off"`` an unwrapped BN stays a
+    plain one. A norm of another class (``nn.SyncBatchNorm``) is warned of, not rescaled."""
     if mode not in ("kept_fraction", "off"):
         raise ValueError(f"bn_rescale must be 'kept_fraction' or 'off', got {mode!r}")
     modules = dict(gm.named_modules())
-    wrapped = []
+    wrapped, unknown = [], []
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], _InputMasked):
             continue
@@ -26,6 +29,8 @@ def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[s
             continue
         bn_node = users[0]
         bn = modules[bn_node.target]
+        if type(bn) in RESCALED_CLASS and mode == "off":
+            continue  # nothing to scale: the norm stays a plain one (nn.SyncBatchNorm can swap it)
         if type(bn) in RESCALED_CLASS:
             if sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == bn_node.target) > 1:
                 continue  # a BN shared by several layers has no single kept fraction
@@ -33,8 +38,14 @@ def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[s
             bn.fxprune_source = node.target
             bn_node.args = (bn_node.args[0], node.args[1])
         elif not hasattr(bn, "fxprune_rescale"):
+            if mode != "off" and isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                unknown.append(f"{bn_node.target} ({type(bn).__name__})")
             continue
         bn.fxprune_rescale = mode
         wrapped.append(bn_node.target)
     gm.recompile()
+    if unknown:  # e.g. an nn.SyncBatchNorm: said, not silently left out (break31 #4)
+        warnings.warn(f"bn_rescale={mode!r} has no rescaled form of {', '.join(unknown[:4])}"
+                      f"{', ...' if len(unknown) > 4 else ''}: they normalise without it; "
+                      "rescaling covers nn.BatchNorm1d/2d/3d", RuntimeWarning, stacklevel=3)
     return wrapped

@@ -170,12 +170,29 @@ def _kept_out(pm, conv):
 
 
 @pytest.mark.parametrize("options", [{"bn_rescale": "off"}, {}])  # off is the default
-def test_bn_rescale_off_leaves_gamma_alone(options):
+def test_bn_rescale_off_leaves_gamma_alone_and_the_norm_plain(options):
+    """Off, the norm stays an nn.BatchNorm2d, which nn.SyncBatchNorm can replace (break31 #3:
+    the wrapped norm made train.sync_bn refuse every SMCP-family recipe)."""
     pm = prepared()
-    fxprune.SMCP(pm, target=0.5, **options)
+    pruner = fxprune.SMCP(pm, target=0.5, **options)
+    assert type(pm.get_submodule("c2.1")) is torch.nn.BatchNorm2d and pruner.rescaled_bns == []
+    x, _ = data()
+    before = pm(x)
     group = next(g for g in fxprune.channel_groups(pm) if g.name == "c1.0")
     group.mask[:12] = 0
-    assert float(pm.get_submodule("c2.1").rescale_factor(group.mask)) == 1.0
+    small = fxprune.finalize(pm)
+    torch.testing.assert_close(small.eval()(x), pm.eval()(x))
+    assert not torch.equal(before, pm(x))
+
+
+def test_bn_rescale_warns_of_a_norm_it_has_no_rescaled_form_of():
+    """break31 #4: a SyncBatchNorm (converted before the method) was silently not rescaled."""
+    pm = prepared()
+    c2 = pm.get_submodule("c2")
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(c2.get_submodule("1")))
+    setattr(c2, "1", synced[0])
+    with pytest.warns(RuntimeWarning, match=r"no rescaled form of c2.1 \(SyncBatchNorm\)"):
+        fxprune.SMCP(pm, target=0.5, bn_rescale="kept_fraction")
 
 
 def test_a_pruned_channel_comes_back_when_its_importance_rises():

@@ -546,3 +546,33 @@ def test_tensorboard_asked_for_but_missing_is_a_config_error(monkeypatch):
                         lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match="log.tensorboard is true but tensorboard is not installed"):
         load_config("configs/fashion_mnist_quick.yaml", ["log.tensorboard=true"])
+
+
+@pytest.mark.parametrize("recipe", ["smcp", "quick", "ccp", "cucb"])
+def test_sync_batchnorm_swaps_in_before_each_recipes_method(recipe):
+    """break31 #3/#4: with train.sync_bn the trainer swapped the norms after building the
+    method: SMCP's wrapped norms (even with bn_rescale off) refused the swap, and CCP's
+    collect_bn switched norms that no longer ran. Now the swap comes first, as in train()."""
+    from fxprune import distributed as fxdist
+    from fxprune.models import build_model
+    from fxprune.train import make_pruner
+
+    cfg = load_config(f"configs/fashion_mnist_{recipe}.yaml", ["optim.epochs=2"])
+    net = fxprune.prepare(build_model("resnet_fmnist", widths=[8, 16, 16]),
+                          (torch.randn(1, 1, 28, 28),))
+    undo = fxdist.use_sync_batchnorm(net)
+    prune_cfg = {k: v for k, v in cfg["prune"].items() if k != "execution"}
+    if recipe == "cucb":
+        prune_cfg["execution"] = "masked"
+    pruner = make_pruner(net, prune_cfg, steps_per_epoch=10, epochs=2)
+    norms = {type(m).__name__ for m in net.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert norms == {"SyncBatchNorm"}
+    bns = getattr(pruner, "_bns", [])  # CCP's collect_bn, SMCP's re-estimation: the ones that run
+    for bn in (bns.values() if isinstance(bns, dict) else bns):
+        assert isinstance(bn, torch.nn.SyncBatchNorm)
+    net.train()
+    net(torch.randn(4, 1, 28, 28)).sum().backward()  # one process: SyncBatchNorm runs as BN
+    undo()
+    assert {type(m).__name__ for m in net.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {"BatchNorm2d"}
