@@ -336,6 +336,7 @@ def _on_main(fn):
         return fxdist.broadcast_object(result)[1]
     ok, payload = fxdist.broadcast_object(None)
     if not ok:
+        payload.fxprune_from_rank0 = True  # rank 0 reports it; printed again it looked like this rank's
         raise payload
     return payload
 
@@ -769,7 +770,7 @@ def run(args: argparse.Namespace) -> int:
         rank = int(os.environ.get("RANK", "0") or 0)
         if rank == 0:
             print(f"fxprune train: error: {exc}", file=sys.stderr)
-        elif not isinstance(exc, ConfigError):
+        elif not isinstance(exc, ConfigError) and not getattr(exc, "fxprune_from_rank0", False):
             print(f"fxprune train (rank {rank}): error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -576,3 +576,25 @@ def test_sync_batchnorm_swaps_in_before_each_recipes_method(recipe):
     undo()
     assert {type(m).__name__ for m in net.modules()
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {"BatchNorm2d"}
+
+
+def test_rank_0s_error_is_not_printed_again_by_the_others(monkeypatch, capsys, tmp_path):
+    """break31 #10: under torchrun rank 1 printed rank 0's --resume error as its own."""
+    import argparse
+
+    def fails(cfg, **_):
+        exc = FileNotFoundError("--resume: no checkpoint at X")
+        exc.fxprune_from_rank0 = True  # as _on_main raises it on the other ranks
+        raise exc
+
+    monkeypatch.setattr(train_mod, "train", fails)
+    monkeypatch.setenv("RANK", "1")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    args = argparse.Namespace(overrides=[], out=str(tmp_path / "o"), config=str(path),
+                              resume=True, overwrite=False)
+    assert train_mod.run(args) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert train_mod.run(args) == 2
+    assert "no checkpoint at X" in capsys.readouterr().err

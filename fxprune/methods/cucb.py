@@ -55,6 +55,12 @@ Execution (``execution=``):
 * ``"masked"``: inactive channels are hard-masked at the layers reading them, every layer runs
   at full width (a step costs a dense step), and SGD's weight decay and momentum and BN's
   running statistics still move for inactive channels.
+
+Under DDP the rewards come from the averaged ``.grad``, equal on every process: leave
+``reduce_fn`` None. It sums the pending rewards and play counts over processes for loops whose
+processes hold their own gradients (no DDP); under DDP it would count every play once per
+process (break31 #8). A ``BatchNorm(momentum=None)`` (cumulative average) gathered updates an
+intermittently active channel with the global ``1/num_batches_tracked``, not its own count.
 """
 from __future__ import annotations
 
