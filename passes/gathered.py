@@ -270,8 +270,9 @@ class GatheredModule(nn.Module):
 
     # -- the optimizer --------------------------------------------------------------------------
     def element_masks(self, indices=None) -> dict[nn.Parameter, torch.Tensor]:
-        """Per gathered parameter, a bool tensor (broadcastable) marking its active elements in
-        the last forward (or under ``indices``)."""
+        """Per gathered parameter with inactive elements, a bool tensor (broadcastable) marking
+        its active elements in the last forward (or under ``indices``); a parameter the forward
+        used whole has no entry (known on the host: no device sync per parameter)."""
         prepared = self.prepared_ref[0]
         if indices is None:
             indices = getattr(self, "forward_indices", None)
@@ -285,13 +286,12 @@ class GatheredModule(nn.Module):
                 p = prepared.get_parameter(tensor_name)
             except AttributeError:
                 continue
+            if idx is None:  # every position of this dim active
+                continue
             shape = [1] * p.ndim
             shape[space.dim] = -1
             keep = torch.zeros(p.shape[space.dim], dtype=torch.bool, device=p.device)
-            if idx is None:
-                keep[:] = True
-            else:
-                keep[idx] = True
+            keep[idx] = True
             keep = keep.view(shape)
             out[p] = keep if p not in out else (out[p] & keep)
         return out
@@ -306,8 +306,6 @@ class GatheredModule(nn.Module):
         def pre(opt, args, kwargs):
             saved.clear()
             for p, keep in self.element_masks().items():
-                if bool(keep.all()):
-                    continue
                 st = {k: v.detach().clone() for k, v in opt.state.get(p, {}).items()
                       if isinstance(v, torch.Tensor) and v.shape == p.shape}
                 saved[p] = (keep, p.detach().clone(), st)
