@@ -24,6 +24,9 @@ masked model on the example inputs, as ``finalize`` checks itself.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -252,11 +255,18 @@ class GatheredModule(nn.Module):
         try:
             self.set_active(active)
             inputs = state_of(prepared).example_inputs
-            try:
-                err = max_relative_error(run_eval(prepared, inputs), run_eval(self, inputs))
-            except RuntimeError as e:  # e.g. a channel-sized buffer the gathered graph reads whole
-                raise SurgeryError(f"gathered execution fails on the example inputs ({e}); this "
-                                   "graph has an op it cannot gather: use masked execution") from e
+            expected = run_eval(prepared, inputs)
+            try:  # torch.fx prints its "<--- HERE" block for a failing call: the reason is ours
+                with contextlib.redirect_stderr(io.StringIO()):
+                    got = run_eval(self, inputs)
+            except Exception as e:  # noqa: BLE001 - any failure of the narrower graph: fall back
+                # e.g. a channel-sized buffer read whole, a split by a literal channel count
+                # (CSP blocks: an IndexError, break34 #1)
+                raise SurgeryError(f"gathered execution fails on the example inputs "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                                   "; this graph has an op it cannot gather (a literal channel "
+                                   "count, a split or a view): use masked execution") from e
+            err = max_relative_error(expected, got)
         finally:
             index.set_masks(prepared, before)
             # that forward was a check, not a training step: a stale index would make the

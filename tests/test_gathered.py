@@ -287,3 +287,23 @@ def test_timms_batchnormact_and_elementwise_activation_modules_run_gathered():
     pm.eval()
     with torch.no_grad():
         torch.testing.assert_close(pruner.train_forward(x), pm(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_split_by_a_literal_channel_count_falls_back_to_masked_execution(capfd):
+    """break34 #1: CSP blocks (x.split(C // 2, 1)) reached the construction check, whose
+    IndexError escaped CUCB's constructor with torch.fx's traceback block on stderr."""
+    class CSP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 1), torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.act, self.head = torch.nn.LeakyReLU(), torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            xs, xb = self.act(self.a(x)).split(8, dim=1)
+            return self.head(torch.cat([xs, self.b(xb)], 1))
+
+    pm = fxprune.prepare(CSP(), (torch.randn(1, 3, 8, 8),))
+    with pytest.warns(UserWarning, match="gathered execution fails on the example inputs"):
+        pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=1)
+    assert pruner.execution == "masked"
+    assert "HERE" not in capfd.readouterr().err
