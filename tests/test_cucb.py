@@ -175,9 +175,14 @@ def test_resuming_under_another_target_or_rho_warns():
         warnings.simplefilter("error")
         CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1).load_state_dict(state)
     with pytest.warns(RuntimeWarning, match=r"CUCB: resuming a state saved with another target "
-                                            r"0\.5 -> None; rho \S+ -> 0\.3; explore 8 -> 9: the run "
-                                            r"continues at step 0"):
+                                            r"0\.5 -> None; rho \S+ -> 0\.3; explore 8 -> 9 at step 0: "
+                                            r"the run continues"):
         CUCB(pm, target=0.5, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
+    # a state whose pick is made keeps it: saying the run goes on exploring misled (break34 #7)
+    picked = CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1)
+    picked.finalize_masks()
+    with pytest.warns(RuntimeWarning, match=r"explore 8 -> 16 at step 0: its final selection stands"):
+        CUCB(pm, target=0.5, warmup=2, explore=16, channel_step=1).load_state_dict(picked.state_dict())
     # a setting the mode ignores is no change (break26 #5)
     ratio = CUCB(pm, target=0.5, rho=0.5, channel_step=1).state_dict()
     with pytest.warns(RuntimeWarning, match=r"CUCB: rho=0\.5 is not used in mode='budget'"):

@@ -141,6 +141,8 @@ def test_statistics_hear_the_trainer_s_loss_scale_and_drop_an_overflowed_step():
     cb = PruningCallback("smcp")
     cb.pruner = Method()
     w = torch.nn.Parameter(torch.ones(3))
+    cb.prepared = torch.nn.Module()
+    cb.prepared.w = w  # the optimizer steps the pruned model
     opt = torch.optim.SGD([w], lr=0.1)
     for grad in (torch.tensor([1.0, float("inf"), 0.0]), torch.ones(3)):
         scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
@@ -276,6 +278,54 @@ def test_the_method_steps_once_per_batch_under_several_optimizers(tmp_path):
     trainer(tmp_path, 1, [prune]).fit(TwoOptimizers(), loader())
     assert prune.pruner.step_count == 4
     assert float(prune.pruner.stats.T.max()) <= 4  # each channel played at most once a batch
+
+
+class DiscriminatorFirst(Classifier):
+    """A GAN-style loop: a discriminator steps first on its own loss, then the pruned model."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.disc = torch.nn.Linear(10, 1).double()
+
+    def training_step(self, batch, _):
+        d_opt, g_opt = self.optimizers()
+        x, y = batch
+        out = self.model(x)
+        self.manual_backward(self.disc(out.detach()).pow(2).mean())
+        d_opt.step()
+        d_opt.zero_grad()
+        self.manual_backward(F.cross_entropy(out, y) + self.disc(out).mean())
+        g_opt.step()
+        g_opt.zero_grad()  # the model's gradients are gone by the next discriminator step
+
+    def configure_optimizers(self):
+        return (torch.optim.SGD(self.disc.parameters(), lr=0.05),
+                torch.optim.SGD(self.model.parameters(), lr=0.05))
+
+
+def test_the_method_steps_at_the_pruned_models_optimizer_not_the_first_one(tmp_path):
+    """break34 #2: stepping at the batch's first optimizer step (the discriminator's) saw no
+    gradient of the pruned model: CUCB observed no reward at all."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=2, explore=100)
+    trainer(tmp_path, 1, [prune]).fit(DiscriminatorFirst(), loader())
+    assert prune.pruner.step_count == 4
+    assert float(prune.pruner.stats.mu.max()) > 0  # rewards came from the model's gradients
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_a_cucb_pick_after_the_last_checkpoint_is_said(tmp_path):
+    """break34 #3: a fit stopped before the estimated last step (early stopping) picks at its
+    end, after the last checkpoint, which then holds an exploring active set."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    with pytest.warns(RuntimeWarning, match="final selection came at the end of the fit"):
+        trainer(tmp_path, 3, [prune, StopAfterFirstEpoch(), ckpt]).fit(Classifier(), loader())
+    assert prune.pruner.final and prune.pruner.explore == 12
 
 
 def test_refitting_a_callback_from_an_earlier_checkpoint_resumes_the_checkpoints_method(tmp_path):

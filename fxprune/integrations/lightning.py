@@ -43,6 +43,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,13 @@ class PruningCallback(pl.Callback):
             raises :class:`fxprune.train.TargetNotReachedError` and saves nothing, as
             ``fxprune train`` does; True keeps and saves such a model.
         **method_kwargs: the method's own arguments (SMCP: ``target``, ``cost``, ``warmup``, ...;
-            step counts are optimizer steps; the method steps once per batch, at the batch's
-            first optimizer step, even when several optimizers step on one backward). CUCB
-            without ``explore`` makes its final pick at the fit's last step
-            (``trainer.estimated_stepping_batches``), so the checkpoints written at the end
-            hold the final masks.
+            step counts are optimizer steps; the method steps once per batch, at the first
+            step of an optimizer holding the pruned model's parameters, even when several
+            optimizers step on one backward). CUCB without ``explore`` makes its final pick at
+            the fit's last step (``trainer.estimated_stepping_batches``), so the checkpoints
+            written at the end hold the final masks; a fit that stops before that step (early
+            stopping, ``max_time``, manual optimization stepping less than once per batch) picks
+            at its end, after the last checkpoint, and says so.
     """
 
     def __init__(self, method: str = "smcp", *, attribute: str | None = None,
@@ -154,6 +157,7 @@ class PruningCallback(pl.Callback):
         self._trained_state: dict | None = None
         self._batch = 0  # training batches started; the method steps once per batch
         self._stepped_batch = -1
+        self._param_ids: set[int] | None = None  # the pruned model's parameters
 
     @property
     def state_key(self) -> str:
@@ -213,10 +217,12 @@ class PruningCallback(pl.Callback):
                                  optimizer: torch.optim.Optimizer) -> None:
         if self.pruner is None:
             return
-        # once per training batch: a second optimizer stepping on the same backward (manual
-        # optimization, a body and a head) would step the method twice, and CUCB would reward
-        # the channels it had just drawn with gradients they did not take part in (break33 #2)
-        if self._stepped_batch == self._batch:
+        # once per training batch, at the first step of an optimizer of the pruned model: a
+        # second optimizer stepping on the same backward (a body and a head) would step the
+        # method twice, and CUCB would reward the channels it had just drawn with gradients
+        # they took no part in (break33 #2); a GAN's discriminator step, first in its batch,
+        # holds none of the pruned model's gradients (break34 #2)
+        if self._stepped_batch == self._batch or not self._steps_the_model(optimizer):
             return
         self._stepped_batch = self._batch
         if self._overflowed(trainer, optimizer):
@@ -236,6 +242,12 @@ class PruningCallback(pl.Callback):
             if logged:
                 pl_module.log_dict(logged, on_step=True, on_epoch=False)
 
+    def _steps_the_model(self, optimizer: torch.optim.Optimizer) -> bool:
+        mine = self._param_ids
+        if mine is None:
+            mine = self._param_ids = {id(p) for p in self.prepared.parameters()}
+        return any(id(p) in mine for group in optimizer.param_groups for p in group["params"])
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
         self._batch += 1
@@ -243,12 +255,25 @@ class PruningCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.prepared is None:
             return
+        if getattr(self.pruner, "sync_state", None) is not None:
+            self.pruner.sync_state()  # every rank: a checkpoint after fit() holds all statistics
         self._trained_state = _checkpoint_safe(self.pruner.state_dict())
         # every rank: the method's final masks (CUCB: top channels by mean reward; CCP: its
         # statistics hooks removed), if they differ from the last step's
         finalize_masks = getattr(self.pruner, "finalize_masks", None)
         if finalize_masks is not None and finalize_masks():
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)
+            saved = [path for cb in trainer.checkpoint_callbacks
+                     for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+                     if path]
+            if saved and trainer.is_global_zero:  # break34 #3: early stopping, max_time
+                warnings.warn(
+                    f"{type(self.pruner).__name__}'s final selection came at the end of the fit "
+                    f"(step {self.pruner.step_count}, before the step it was due at: early "
+                    "stopping, max_time or fewer optimizer steps than Lightning estimated), "
+                    f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
+                    "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
+                    "now saves one that is", RuntimeWarning, stacklevel=2)
         target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
         if (isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
                 and not self.allow_above_target):  # every rank: the masks are rank 0's

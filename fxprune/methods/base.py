@@ -205,9 +205,13 @@ class PruningMethod:
         changed = [f"{name} {saved[name]!r} -> {mine!r}" for name, mine in self.run_settings().items()
                    if name in saved and saved[name] != mine]
         if changed:
+            # a state whose final selection is made keeps it (CUCB's pick): new settings change
+            # nothing about it, and saying the run continues under them misled (break34 #7)
+            how = ("its final selection stands" if state.get("final")
+                   else "the run continues under this pruner's settings")
             warnings.warn(f"{type(self).__name__}: resuming a state saved with another "
-                          f"{'; '.join(changed)}: the run continues at step {int(state['step'])} "
-                          "under this pruner's settings", RuntimeWarning, stacklevel=3)
+                          f"{'; '.join(changed)} at step {int(state['step'])}: {how}",
+                          RuntimeWarning, stacklevel=3)
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
