@@ -574,3 +574,21 @@ def test_a_state_of_one_process_inside_a_collection_window_is_warned_of():
         warnings.simplefilter("error")
         state = pruner.state_dict()
     assert state["stats"]["samples"] == 32
+
+
+def test_a_state_loaded_before_the_process_group_exists_lives_on_rank_0_only(monkeypatch):
+    """break34 #5: loaded before init_process_group, rank 1 kept rank 0's summed statistics and
+    the first decision counted them twice."""
+    from test_smcp import train
+
+    pm = prepared()
+    pruner = CCP(pm, ratio=0.5, collect=4, prune_at=6, channel_step=4, reduce_fn=lambda t: t)
+    train(pm, pruner, 4)
+    pruner.sync_state()
+    state = pruner.state_dict()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, samples in (("0", 32), ("1", 0)):
+        monkeypatch.setenv("RANK", rank)
+        again = CCP(prepared(), ratio=0.5, collect=4, prune_at=6, channel_step=4)  # no group yet
+        again.load_state_dict(state)
+        assert again.stats.samples == samples

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import os
 import time
 import warnings
 
@@ -578,8 +579,12 @@ class CCP(PruningMethod):
         self._warn_changed_settings(state)
         self.step_count = int(state["step"])
         self.stats.load_state_dict(state["stats"])
-        if self.reduce_fn is not None and fxdist.rank() != 0:
-            self.stats.reset()  # rank 0's state holds every process's sums (sync_state)
+        # rank 0's state holds every process's sums (sync_state): the others start from none.
+        # Before init_process_group the launcher's RANK says which process this is (a CCP
+        # loaded, then the group created: rank 1 counted rank 0's sums twice, break34 #5)
+        rank = fxdist.rank() if fxdist.is_distributed() else int(os.environ.get("RANK", "0") or 0)
+        if rank != 0 and (self.reduce_fn is not None or fxdist.launched_with_several_processes()):
+            self.stats.reset()
         self.index.set_masks(self.prepared, state["masks"])
         self.dead = state["dead"].numpy().astype(bool).copy()
         self.history = list(state["history"])
