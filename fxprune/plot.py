@@ -215,14 +215,19 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         if batch in out:
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
         speedup = data.get("speedup")
+        shape = data.get("input_shape")
         out[batch] = {"median": median,
                       "speedup": speedup if isinstance(speedup, (int, float)) and speedup > 0 else None,
-                      "timing": {key: data.get(key) for key in _TIMING_KEYS}}
+                      "timing": {**{key: data.get(key) for key in ("backend", "device", "precision",
+                                                                  "threads")},
+                                 "input": "x".join(map(str, shape[1:])) if isinstance(shape, list) else None,
+                                 "runtime": data.get(f"{data.get('backend')}_version")}}
     return out
 
 
-# what must agree for deploy reports' latencies to share an axis (the batch is the axis's own)
-_TIMING_KEYS = ("backend", "device", "precision", "threads")
+# what must agree for latencies to share an axis (the batch is the axis's own), where both
+# sides say: a deploy report says all, a benchmark file its machine's CPU, threads and runtime
+_TIMING_KEYS = ("backend", "device", "precision", "threads", "input", "runtime")
 
 
 def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, inside) -> bool:
@@ -267,6 +272,10 @@ def _bench_points(data: dict, source: str) -> list[Point]:
         raise PlotError(f"{source}: rows must be a list of result rows")
     about = data.get("meta") or data.get("machine") or {}
     batch = data.get("batch", about.get("batch") if isinstance(about, dict) else None)
+    machine = about.get("machine", about) if isinstance(about, dict) else {}
+    machine = machine if isinstance(machine, dict) else {}
+    timing = {"device": machine.get("cpu"), "threads": machine.get("threads"),
+              "runtime": machine.get("onnxruntime")}
     points = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "accuracy" not in row:
@@ -284,6 +293,7 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
             None if std is None else _not_negative(std, "accuracy_std", where), source, panel,
             str(row.get("method") or label).split("-")[0]))
+        points[-1].timing = {b: timing for b in points[-1].latency_ms}
     if not points:
         raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
     return points
@@ -336,18 +346,18 @@ def _pick_batch(points: list[Point], batch: int | None, x: str = "latency") -> i
 
 
 def _check_alike_timing(points: list[Point], batch: int) -> None:
-    """Deploy reports timed on another runtime, device, precision or thread count are not on
-    one latency axis (one model measured 3.7x apart): refused, naming what differs."""
+    """Latencies timed on another runtime, device, precision, thread count or input size are
+    not on one axis (one model measured 3.7x apart): refused, naming the first difference.
+    Compared where both points say (a benchmark file says its CPU, threads and runtime)."""
     timed = [(p, p.timing[batch]) for p in points if batch in p.timing]
-    for p, timing in timed[1:]:
-        first, theirs = timed[0]
-        differ = [k for k in _TIMING_KEYS if timing.get(k) != theirs.get(k)]
-        if differ:
-            what = lambda t: ", ".join(f"{k} {t.get(k)}" for k in differ)  # noqa: E731
-            raise PlotError(f"the deploy reports at batch {batch} were timed differently: "
-                            f"{first.label} with {what(theirs)}, {p.label} with {what(timing)}; "
-                            "deploy the runs alike to put their latencies on one axis, or "
-                            "plot --x speedup or --x flops")
+    for key in _TIMING_KEYS:
+        said = [(p, t[key]) for p, t in timed if t.get(key) is not None]
+        other = next(((p, v) for p, v in said[1:] if v != said[0][1]), None)
+        if other is not None:
+            (first, a), (second, b) = said[0], other
+            raise PlotError(f"the latencies at batch {batch} were timed differently: {first.label} "
+                            f"with {key} {a}, {second.label} with {key} {b}; time them alike to "
+                            "put them on one axis, or plot --x speedup or --x flops")
 
 
 def _check_out(out: Path) -> None:

@@ -424,10 +424,38 @@ def test_deploy_reports_timed_differently_do_not_share_a_latency_axis(tmp_path):
                       device="cpu", precision="fp32", threads=1)
     points = load_points([ort, torch_run])
     with pytest.raises(PlotError, match="timed differently: ort with backend onnxruntime, "
-                                        "threads 2, torch with backend torch, threads 1"):
+                                        "torch with backend torch"):
         plot_points(points, tmp_path / "lat.png", x="latency")
     drawn = plot_points(points, tmp_path / "speed.png", x="speedup")
     assert drawn["points"] == [("ort", 1.8, 0.9)] and drawn["skipped"] == ["torch"]
     alike = timed(_run(tmp_path / "alike", 0.8, 2e6, [(1, 0.2)]), backend="onnxruntime",
                   device="cpu", precision="fp32", threads=2)
     assert len(plot_points(load_points([ort, alike]), tmp_path / "ok.png")["points"]) == 2
+
+
+def test_latencies_of_another_input_size_or_machine_do_not_share_an_axis(tmp_path):
+    """break34 #6: the input size was not compared, nor benchmark files (the project's AVX2 and
+    AVX-512 head-to-head files drew on one latency axis)."""
+    def report(run, shape):
+        path = run / "deploy_b1" / "report.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "backend": "onnxruntime",
+                                    "input_shape": shape, "onnxruntime_version": "1.32.0"}))
+        return run
+
+    small = report(_run(tmp_path / "at32", 0.9, 4e6, [(1, 0.3)]), [1, 3, 32, 32])
+    large = report(_run(tmp_path / "at224", 0.9, 4e6, [(1, 5.0)]), [1, 3, 224, 224])
+    with pytest.raises(PlotError, match="at32 with input 3x32x32, at224 with input 3x224x224"):
+        plot_points(load_points([small, large]), tmp_path / "a.png")
+
+    def bench(path, cpu):
+        path.write_text(json.dumps({"meta": {"machine": {"cpu": cpu, "threads": 1,
+                                                         "onnxruntime": "1.32.0"}},
+                                    "rows": [{"label": f"dense {cpu}", "accuracy": 0.9,
+                                              "latency_ms": {"1": 0.3}}]}))
+        return path
+
+    mixed = load_points([bench(tmp_path / "avx2.json", "EPYC (AVX2)"),
+                         bench(tmp_path / "avx512.json", "EPYC (AVX-512)")])
+    with pytest.raises(PlotError, match=r"with device EPYC \(AVX2\), .* with device EPYC \(AVX-512\)"):
+        plot_points(mixed, tmp_path / "b.png")
+    assert len(plot_points(mixed[:1] + load_points([small]), tmp_path / "c.png")["points"]) == 2
