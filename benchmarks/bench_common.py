@@ -30,7 +30,8 @@ def results_stem(name: str, out=None, smoke: bool = False, changed=()) -> Path:
     if out is None:
         stem = RESULTS / (f"{name}_smoke" if smoke else name)
         if changed and not smoke and Path(f"{stem}.json").exists():
-            _usage_error(f"{' '.join(changed)} change the published protocol, and this run would "
+            verb = "changes" if len(changed) == 1 else "change"
+            _usage_error(f"{' '.join(changed)} {verb} the published protocol, and this run would "
                          f"replace benchmarks/results/{name}.json; give --out PATH "
                          f"(e.g. --out /tmp/{name}; --out benchmarks/results/{name} replaces it)")
         return stem

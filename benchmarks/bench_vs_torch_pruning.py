@@ -1,7 +1,7 @@
 """fxprune SMCP against Torch-Pruning (DepGraph) at the same FLOPs budget, on Fashion-MNIST.
 
     pip install -e ".[bench]"                                   # torch-pruning
-    python benchmarks/bench_vs_torch_pruning.py --seeds 0        # full: 6 epochs, 20k images
+    python benchmarks/bench_vs_torch_pruning.py                  # full: 6 epochs, 20k images, seeds 0-2
     python benchmarks/bench_vs_torch_pruning.py --smoke          # ~1 minute: synthetic, tiny
 
 Every row trains the same network for the same total epochs E with the same optimizer (SGD,

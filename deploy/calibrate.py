@@ -24,6 +24,7 @@ import warnings
 from typing import Callable
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from fxprune.allocation import uniform_kept
@@ -207,18 +208,25 @@ def _table_setting(cost_model, example_batch: int, example_dtype) -> dict:
     setting = {"backend": cost_model.backend, "threads": cost_model.threads,
                "batch": cost_model.batch or example_batch,
                "precision": _PRECISIONS.get(dtype, "fp32")}
+    if cost_model.backend == "onnxruntime":
+        setting["device"] = "cpu"  # a device=cuda given would go unused: refused instead
     if cost_model.backend == "torch":
         torch_settings = cost_model.torch_settings or {}
-        on_cuda = "cuda" in torch_settings.get("torch_device", cost_model.runtime_version)
+        version = cost_model.runtime_version  # a table saved before torch_settings: its text
+        on_cuda = "cuda" in torch_settings.get("torch_device", version)
         setting["device"] = torch_settings.get("torch_device", "cuda" if on_cuda else "cpu")
-        setting["torch_options"] = {k: torch_settings[k] for k in ("cuda_graphs", "channels_last")
-                                    if k in torch_settings}
+        setting["torch_options"] = {
+            "cuda_graphs": torch_settings.get("cuda_graphs", " graphs" in version),
+            "channels_last": torch_settings.get("channels_last", "channels_last" in version)}
     return setting
 
 
 def _same(name: str, value, expected) -> bool:
-    if name == "device":  # "cuda" and "cuda:0" are one device
-        return _torch_device(value) == _torch_device(expected)
+    if name == "device":  # "cuda" and "cuda:0" are one device (compared without a GPU here)
+        def key(d):
+            d = torch.device(d)
+            return d.type, (d.index or 0) if d.type == "cuda" else None
+        return key(value) == key(expected)
     return value == expected
 
 

@@ -158,8 +158,9 @@ class LatencyTable:
                 log: Callable[[str], None] = print) -> "LatencyTable":
         """Time every layer's (c_in, c_out) grid and return the table.
 
-        ``layers``: a list of :class:`LayerSpec`, or a prepared model (anything else), whose
-        layers come from ``fxprune.layer_specs``. ``timer(layer, c_in, c_out) -> ms`` replaces
+        ``layers``: a list of :class:`LayerSpec` (every width on the grid timed), or a prepared
+        model (anything else), whose layers come with the widths pruning can give them
+        (:func:`fxprune.units.reachable_widths`; :func:`layer_grid`). ``timer(layer, c_in, c_out) -> ms`` replaces
         the backend's timing (tests, custom runtimes); its results are cached like real ones,
         so give it its own cache file. ``warmup``/``min_runs``/``max_runs``/``target_ms`` set
         how long each point is timed: up to ``max_runs`` runs, stopping after ``min_runs`` once

@@ -138,7 +138,9 @@ def find_fashion_mnist(root: str | os.PathLike | None = None,
     raise FileNotFoundError(
         f"Fashion-MNIST {split} split not found: no {prefix}-images-idx3-ubyte[.gz] with "
         f"{prefix}-labels-idx1-ubyte[.gz] in {', '.join(str(r) for r in roots)} (or their "
-        f"{', '.join(_SUBFOLDERS)} subfolders); {_INSTALL_HELP}")
+        f"{', '.join(_SUBFOLDERS)} subfolders); "
+        + ("point data.root (or FXPRUNE_DATA) at the folder that holds them, or drop it to search "
+           "the default folders; to get the data, " if root is not None else "") + _INSTALL_HELP)
 
 
 def load_fashion_mnist(root: str | os.PathLike | None = None,

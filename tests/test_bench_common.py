@@ -51,7 +51,7 @@ def test_a_run_off_the_published_protocol_needs_out_where_results_exist(tmp_path
     with pytest.raises(SystemExit) as e:
         common.results_stem("fm", changed=["--epochs"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "--epochs change the published protocol" in err
+    assert e.value.code == 2 and "--epochs changes the published protocol" in err
     assert "give --out PATH" in err and err.count("\n") == 1
     assert common.results_stem("fm", "/tmp/fm1", changed=["--epochs"]) == Path("/tmp/fm1")
     assert common.results_stem("fm", smoke=True, changed=["--epochs"]) == tmp_path / "fm_smoke"
@@ -75,4 +75,4 @@ def test_each_benchmark_refuses_to_replace_its_published_results_with_a_shrunk_r
     with pytest.raises(SystemExit) as e:
         bench.main(args)
     assert e.value.code == 2
-    assert "change the published protocol" in capsys.readouterr().err
+    assert "the published protocol" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def test_calibrate_cost_times_at_the_tables_precision_and_refuses_another_settin
     assert seen == {"shape": (4, 3, 16, 16), "backend": "onnxruntime", "threads": 1,
                     "precision": "fp16"}
     assert (cost.fit["precision"], cost.fit["device"]) == ("fp16", "cpu")
-    for bad in ({"threads": 2}, {"batch": 8}, {"backend": "torch"}):
+    for bad in ({"threads": 2}, {"batch": 8}, {"backend": "torch"}, {"device": "cuda"}):
         with pytest.raises(DeployError, match=f"{next(iter(bad))}=.*the table was timed with"):
             calibrate_cost(table, pm, log=lambda s: None, **bad)
     table.backend, table.torch_settings = "torch", {"torch_device": "cpu", "cuda_graphs": False,
