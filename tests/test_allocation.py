@@ -238,7 +238,7 @@ def test_pairwise_sync_and_moments():
     offsets = np.array([0, 2, 5])
     a, b = (PairwiseTaylor.__new__(PairwiseTaylor) for _ in range(2))
     for s in (a, b):  # no hooks needed: feed per-sample terms directly
-        s.offsets, s.n, s.samples = offsets, 5, 0
+        s.offsets, s.n, s.samples, s.local_samples = offsets, 5, 0, 0
         s.sum_t = torch.zeros(5, dtype=torch.float64)
         s.sum_tt = [torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)]
     ta, tb = torch.randn(4, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)

@@ -74,7 +74,7 @@ def test_smcp_rows_without_torch_pruning(tmp_path, capsys, monkeypatch):
     made_up = lambda layer, c_in, c_out: 1e-4 * c_in * c_out + 1e-3  # noqa: E731
     monkeypatch.setattr(LatencyTable, "measure", classmethod(
         lambda cls, *a, **kw: measure(cls, *a, **{**kw, "timer": made_up})))
-    monkeypatch.setattr(calibrate, "_median_ms", lambda models, *a: {"dense": 1.0, "pruned": 0.6})
+    monkeypatch.setattr(calibrate, "_median_ms", lambda models, *a, **k: {"dense": 1.0, "pruned": 0.6})
     bench = load_benchmark("bench_vs_torch_pruning")
     assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
                        "--table-cache", str(tmp_path / "tables"), "--out", str(tmp_path / "vs"),

@@ -269,8 +269,9 @@ class PruningCallback(pl.Callback):
             if saved and trainer.is_global_zero:  # break34 #3: early stopping, max_time
                 warnings.warn(
                     f"{type(self.pruner).__name__}'s final selection came at the end of the fit "
-                    f"(step {self.pruner.step_count}, before the step it was due at: early "
-                    "stopping, max_time or fewer optimizer steps than Lightning estimated), "
+                    f"(step {self.pruner.step_count}, before its explore step "
+                    f"{getattr(self.pruner, 'explore', None)}: early stopping, max_time, fewer "
+                    "optimizer steps than Lightning estimated, or an explore past the fit), "
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
                     "now saves one that is", RuntimeWarning, stacklevel=2)
