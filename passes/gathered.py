@@ -51,6 +51,9 @@ class _GatheredLayer(nn.Module):
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "layer", module)
         self.name = name
+        # what a BatchNorm subclass applies after normalising (raises for one it cannot run)
+        self.after_norm = (_after_norm(module, name)
+                           if isinstance(module, nn.modules.batchnorm._BatchNorm) else [])
 
     def _index(self, tensor: str, dim: int):
         return self.owner.indices.get(f"{self.name}.{tensor}:{dim}")
@@ -92,7 +95,7 @@ class _GatheredLayer(nn.Module):
             return F.linear(x, self._gather(m.weight, "weight", (0, 1)), self._gather(m.bias, "bias"))
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             out = self._batch_norm(m, x)
-            for extra in _after_norm(m, self.name):  # timm's BatchNormAct2d: dropout, activation
+            for extra in self.after_norm:  # timm's BatchNormAct2d: dropout, activation
                 # a dropout drops in a training step, as the BN normalises (the mode of this
                 # gathered layer and the module's own)
                 out = (F.dropout(out, extra.p, self.training and extra.training, extra.inplace)
@@ -175,8 +178,6 @@ class GatheredModule(nn.Module):
                 if isinstance(m, _RescaledBatchNorm) and m.fxprune_rescale != "off":
                     raise SurgeryError(f"gathered execution: {node.target} rescales BN by the mask "
                                        "(SMCP); use masked execution")
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    _after_norm(m, node.target)  # a subclass it cannot run: said now, by name
                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)):
                     gathered_name = "g_" + node.target.replace(".", "_")
                     if not hasattr(root, gathered_name):
