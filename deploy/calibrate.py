@@ -211,13 +211,9 @@ def _table_setting(cost_model, example_batch: int, example_dtype) -> dict:
     if cost_model.backend == "onnxruntime":
         setting["device"] = "cpu"  # a device=cuda given would go unused: refused instead
     if cost_model.backend == "torch":
-        torch_settings = cost_model.torch_settings or {}
-        version = cost_model.runtime_version  # a table saved before torch_settings: its text
-        on_cuda = "cuda" in torch_settings.get("torch_device", version)
-        setting["device"] = torch_settings.get("torch_device", "cuda" if on_cuda else "cpu")
-        setting["torch_options"] = {
-            "cuda_graphs": torch_settings.get("cuda_graphs", " graphs" in version),
-            "channels_last": torch_settings.get("channels_last", "channels_last" in version)}
+        timing = cost_model.torch_timing()
+        setting["device"] = timing.pop("torch_device")
+        setting["torch_options"] = timing  # cuda_graphs, channels_last
     return setting
 
 

@@ -406,6 +406,15 @@ class LatencyTable:
                 "LatencyTable.measure(...) with this layer (or the model it belongs to) "
                 "first") from None
 
+    def torch_timing(self) -> dict:
+        """A torch table's ``torch_device`` ("cpu", "cuda:0"), ``cuda_graphs`` and
+        ``channels_last``: as recorded, or for a table saved before they were, read from its
+        runtime version text (``... cuda ... graphs channels_last``)."""
+        recorded, version = self.torch_settings or {}, self.runtime_version
+        return {"torch_device": recorded.get("torch_device", "cuda" if "cuda" in version else "cpu"),
+                "cuda_graphs": recorded.get("cuda_graphs", " graphs" in version),
+                "channels_last": recorded.get("channels_last", "channels_last" in version)}
+
     # ------------------------------------------------------------- persistence
     def to_dict(self) -> dict:
         return {
@@ -528,14 +537,13 @@ def _this_machine(table: "LatencyTable") -> tuple[str, str] | None:
 
         from . import torch_backend as tb
 
-        settings = table.torch_settings or {}
-        on_cuda = "cuda" in settings.get("torch_device", table.runtime_version)
+        timing = table.torch_timing()
+        on_cuda = timing["torch_device"].startswith("cuda")
         if on_cuda and not torch.cuda.is_available():
             return "a machine without CUDA", f"torch {torch.__version__}"
         device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
         return tb.device_name(device), tb.runtime_version(
-            device, cuda_graphs=settings.get("cuda_graphs", " graphs" in table.runtime_version),
-            channels_last=settings.get("channels_last", "channels_last" in table.runtime_version))
+            device, cuda_graphs=timing["cuda_graphs"], channels_last=timing["channels_last"])
     return None
 
 
