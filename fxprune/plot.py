@@ -8,8 +8,9 @@ Inputs, any mix of:
   (``fxprune deploy RUN/model_pruned.pt --out RUN/deploy_b1 --trust-model-file``): every
   folder inside it (at any depth) holding a deploy marker and ``report.json``; the report's ``batch`` says which
   batch that latency is for, and its ``speedup`` (``fxprune deploy --compare DENSE``) places
-  the run for ``--x speedup``. Reports timed on another backend, device, precision or thread
-  count than the others are refused on a latency axis.
+  the run for ``--x speedup``. Latencies timed on another backend, device, precision, thread
+  count, input size or runtime version than the others (where both say: a benchmark file
+  says its machine's CPU, threads and ONNX Runtime version) are refused on a latency axis.
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
   (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
   ``flops`` and ``latency_ms`` (a number, for the file's ``batch``, or ``{"BATCH": ms}``)
@@ -62,7 +63,7 @@ class Point:
     source: str = ""
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
     family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
-    timing: dict[int, dict] = field(default_factory=dict)  # a deploy report's runtime, per batch
+    timing: dict[int, dict] = field(default_factory=dict)  # how each batch's latency was timed
 
 
 def _read_json(path: Path) -> object:
@@ -293,7 +294,7 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
             None if std is None else _not_negative(std, "accuracy_std", where), source, panel,
             str(row.get("method") or label).split("-")[0]))
-        points[-1].timing = {b: timing for b in points[-1].latency_ms}
+        points[-1].timing = dict.fromkeys(points[-1].latency_ms, timing)
     if not points:
         raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
     return points

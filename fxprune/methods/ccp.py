@@ -342,7 +342,8 @@ class CCP(PruningMethod):
         nothing to do outside one or without a ``reduce_fn``."""
         fn = self.reduce_fn
         # inside a window: collected, not yet decided (the same on every process)
-        if fn is None or not any(p - self.collect < self.step_count < p for p in self.prune_steps()):
+        if (fn is None or not self._collecting(self.step_count)
+                or self.step_count in self.prune_steps()):
             return
         self.stats.sync(fn)
         if fxdist.rank() != 0:  # rank 0 holds the sum; the next decision's sync adds the rest
