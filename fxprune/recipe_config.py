@@ -629,12 +629,16 @@ def _check_prune(prune: dict, optim: dict) -> None:
         return
     _check_one_form(prune)
     if "target" not in prune:  # the method's own default target is the one the run will use
+        cls = pruner_class(method)
         try:
-            target = inspect.signature(pruner_class(method)).parameters.get("target")
+            target = inspect.signature(cls).parameters.get("target")
         except (TypeError, ValueError):
             target = None
-        if target is not None and isinstance(target.default, (int, float)):
-            prune = {**prune, "target": target.default}
+        default = None if target is None else target.default
+        if default is None:  # CUCB, CCP: None stands for the class's default_target
+            default = getattr(cls, "default_target", None)
+        if isinstance(default, (int, float)):
+            prune = {**prune, "target": default}
     _check_schedule_epochs(prune, optim)
 
 

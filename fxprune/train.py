@@ -465,17 +465,6 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
             check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps)
-        elif main and hasattr(pruner, "target") and prune_cfg.get("target") is not None:
-            # CUCB/CCP in ratio mode with rho/ratio given: a fixed channel fraction per group,
-            # no cost promise; results.json then holds no target either
-            fixed_key = next((k for k in ("rho", "ratio") if prune_cfg.get(k) is not None), "ratio")
-            fraction = f"prune.{fixed_key}={prune_cfg.get(fixed_key)}"
-            cost_mode = "budget" if fixed_key == "rho" else "adaptive"  # CUCB's, CCP's
-            warnings.warn(f"prune.target {prune_cfg['target']} is not used by {method} in mode "
-                          f"{prune_cfg.get('mode')!r}: each group keeps {fraction} of its channels, "
-                          f"and no cost is promised; to prune to prune.target, --set "
-                          f"prune.{fixed_key}=null (the largest common fraction within it) or "
-                          f"--set prune.mode={cost_mode}", stacklevel=2)
         own_forward = getattr(pruner, "train_forward", None)
         if distributed and own_forward is not None and own_forward is not net:
             raise ConfigError(f"prune.method {method}: its training step runs a sub-network "

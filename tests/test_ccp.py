@@ -3,6 +3,7 @@ the planted cancelling pair, and the method on a small CNN (ratio, adaptive, rou
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -202,8 +203,9 @@ def _train(pm, pruner, steps, seed=0):
 @pytest.mark.parametrize("mode,ratio", [("ratio", 0.5), ("ratio", None), ("adaptive", None)])
 def test_ccp_method_prunes_in_rounds_and_finalizes(mode, ratio):
     pm = prepared()
-    pruner = CCP(pm, target=0.5, mode=mode, ratio=ratio, collect=3, rounds=2, round_every=3, channel_step=4,
-                 exhaustive_max=8)
+    target = None if ratio is not None else 0.5  # a ratio sets the widths: no target
+    pruner = CCP(pm, target=target, mode=mode, ratio=ratio, collect=3, rounds=2, round_every=3,
+                 channel_step=4, exhaustive_max=8)
     records = _train(pm, pruner, 9)
     assert [r["round"] for r in records] == [1, 2] and [r["step"] for r in records] == [3, 6]
     assert records[0]["samples"] == 3 * 32
@@ -384,6 +386,29 @@ def test_a_setting_the_mode_ignores_is_said():
         CCP(prepared(), target=0.5, mode="adaptive", ratio=0.7)
     with pytest.warns(RuntimeWarning, match=r"CUCB: rho=0\.7 is not used in mode='budget'"):
         fxprune.CUCB(prepared(), target=0.5, mode="budget", rho=0.7)
+
+
+def test_a_target_beside_a_fixed_fraction_is_said_to_do_nothing(capsys):
+    """break33 #8: ratio mode with rho/ratio given ignored an explicit target silently (its
+    default 0.5 could not be told from one given); the default is None now."""
+    with pytest.warns(RuntimeWarning, match=r"CCP: target=0\.5 is not used in mode='ratio' with "
+                                            r"ratio=0\.7: .*--set prune.ratio=null\) or use "
+                                            r"mode='adaptive'"):
+        pruner = CCP(prepared(), target=0.5, mode="ratio", ratio=0.7)
+    assert pruner.target is None
+    with pytest.warns(RuntimeWarning, match=r"CUCB: target=0\.5 is not used in mode='ratio' with "
+                                            r"rho=0\.7: .*--set prune.rho=null\) or use mode='budget'"):
+        assert fxprune.CUCB(prepared(), target=0.5, rho=0.7).target is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CCP(prepared(), mode="ratio", ratio=0.7).target is None
+        assert fxprune.CUCB(prepared(), rho=0.7).target is None
+        assert CCP(prepared(), mode="adaptive").target == 0.5  # the default target
+        assert fxprune.CUCB(prepared(), mode="budget").target == 0.5
+    from fxprune.cli import main
+
+    assert main(["methods", "cucb"]) == 0  # the listing says what None means
+    assert "target = None  (0.5 of dense unless a fixed fraction is given)" in capsys.readouterr().out
 
 
 def test_an_unreachable_cost_target_is_refused_before_training():

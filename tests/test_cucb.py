@@ -177,14 +177,14 @@ def test_resuming_under_another_target_or_rho_warns():
     with pytest.warns(RuntimeWarning, match=r"CUCB: resuming a state saved with another target "
                                             r"0\.5 -> None; rho \S+ -> 0\.3; explore 8 -> 9 at step 0: "
                                             r"the run continues"):
-        CUCB(pm, target=0.5, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
+        CUCB(pm, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
     # a state whose pick is made keeps it: saying the run goes on exploring misled (break34 #7)
     picked = CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1)
     picked.finalize_masks()
     with pytest.warns(RuntimeWarning, match=r"explore 8 -> 16 at step 0: its final selection stands"):
         CUCB(pm, target=0.5, warmup=2, explore=16, channel_step=1).load_state_dict(picked.state_dict())
     # a setting the mode ignores is no change (break26 #5)
-    ratio = CUCB(pm, target=0.5, rho=0.5, channel_step=1).state_dict()
+    ratio = CUCB(pm, rho=0.5, channel_step=1).state_dict()
     with pytest.warns(RuntimeWarning, match=r"CUCB: rho=0\.5 is not used in mode='budget'"):
         budget = CUCB(pm, target=0.5, mode="budget", rho=0.5, channel_step=1).state_dict()
     with pytest.warns(RuntimeWarning, match="rho=0.9 is not used") as said:
@@ -192,7 +192,7 @@ def test_resuming_under_another_target_or_rho_warns():
     assert len(said) == 1  # the constructor's, and no resume warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        CUCB(pm, target=0.3, rho=0.5, channel_step=1).load_state_dict(ratio)
+        CUCB(pm, rho=0.5, channel_step=1).load_state_dict(ratio)
         CUCB(pm, target=0.5, mode="budget", channel_step=1).load_state_dict(budget)
 
 
@@ -208,7 +208,7 @@ def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CUCB(prepared(), target=0.4, channel_step=1)  # fine widths reach it
-        CUCB(prepared(), target=0.4, rho=0.5, channel_step=8)  # rho given: a width, no cost promise
+        CUCB(prepared(), rho=0.5, channel_step=8)  # rho given: a width, no cost promise
 
 
 def test_bad_arguments_are_explained():
@@ -247,7 +247,7 @@ def test_target_alone_in_ratio_mode_is_a_cost_target():
         pruner.step()
         pm.zero_grad()
     assert pruner.final and 0.25 < pruner.cost() <= 0.3 + 1e-9
-    assert CUCB(prepared(), target=0.3, rho=0.3).target is None  # rho given: a fraction, no promise
+    assert CUCB(prepared(), rho=0.3).target is None  # rho given: a fraction, no promise
 
 
 def test_gathered_execution_is_the_default_and_masked_is_the_fallback():

@@ -155,6 +155,11 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
                     f"got {type(cost).__name__}")
 
 
+#: the fraction of the dense cost a method keeps when its ``target`` is None (CUCB, CCP: None
+#: tells a default from a target given beside a fixed per-group fraction, which it would ignore)
+DEFAULT_TARGET = 0.5
+
+
 class PruningMethod:
     """Shared state of the methods on prepared-graph masks: the flat channel index, the
     weights that read prunable channels, the cost model and the budget."""

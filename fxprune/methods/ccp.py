@@ -44,6 +44,8 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   fxprune's allocator picks the counts under ``target`` x the dense cost (FLOPs, params or a
   latency table). This is the notes' "principled adaptive version"; the paper's CCP-AC
   mechanism is unconfirmed.
+  ``target=None`` is 0.5; a target given beside ``ratio`` in ratio mode is unused (a warning
+  says so).
 * Mixed precision: pass the loop's ``torch.amp.GradScaler`` as ``scaler``: the statistics
   come from activation gradients of the scaled loss, which ``scaler.unscale_`` does not reach.
 * Rounds: ``rounds`` prune/re-estimate rounds ``round_every`` steps apart, the kept ratio (or
@@ -68,7 +70,7 @@ from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
 from ..checks import check_fraction, check_number
-from .base import PruningMethod
+from .base import DEFAULT_TARGET, PruningMethod
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
            "best_subsets", "solve"]
@@ -242,6 +244,8 @@ def filling_price(options: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 class CCP(PruningMethod):
+    #: the cost fraction kept when ``target`` is None
+    default_target = DEFAULT_TARGET
     name = "ccp"
     state_keys = ("step", "stats", "masks", "dead", "history")
     #: its statistics come from activation hooks, each process's own samples: ``reduce_fn`` (a
@@ -250,7 +254,7 @@ class CCP(PruningMethod):
     #: shard, and the ranks' masks differed: break24 #8)
     rank_local_statistics = True
 
-    def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
+    def __init__(self, prepared: fx.GraphModule, target: float | None = None, cost="flops", *,
                  mode: str = "ratio", ratio: float | None = None, collect: int = 20,
                  prune_at: int | None = None, rounds: int = 1, round_every: int = 100,
                  channel_step: int = 1, exhaustive_max: int = 12, swaps: bool = True,
@@ -260,9 +264,16 @@ class CCP(PruningMethod):
         if mode not in ("ratio", "adaptive"):
             raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
                              f"(counts by the allocator under a cost target), got {mode!r}")
-        check_fraction("target", target, "the fraction of the dense cost to keep")
+        if target is not None:
+            check_fraction("target", target, "the fraction of the dense cost to keep")
         if ratio is not None:
             check_fraction("ratio", ratio, "the fraction of each group's channels to keep")
+        if mode == "ratio" and ratio is not None and target is not None:  # given, it would do nothing
+            warnings.warn(f"CCP: target={target:g} is not used in mode='ratio' with ratio={ratio:g}: "
+                          "each group keeps ratio of its channels and no cost is promised; to "
+                          "prune to target, drop ratio (the largest common ratio within target; a "
+                          "recipe: --set prune.ratio=null) or use mode='adaptive'", RuntimeWarning,
+                          stacklevel=2)
         if collect_bn not in ("eval", "train"):
             raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
         # round_every 0 put every round on one step, and only the first ran
@@ -288,7 +299,7 @@ class CCP(PruningMethod):
             warnings.warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
                           f"over {prune_at} steps only", stacklevel=2)
         super().__init__(prepared, cost, channel_step)
-        self.mode, self.cost_target = mode, float(target)
+        self.mode, self.cost_target = mode, DEFAULT_TARGET if target is None else float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
         self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
         if self.target is not None:  # known now, not at the first round, steps into training

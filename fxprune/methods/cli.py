@@ -37,5 +37,8 @@ def run(args: argparse.Namespace) -> int:
                 if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                     continue
                 default = entry.defaults.get(p.name, p.default)
-                print(f"    {p.name} = {default!r}")
+                said = ""
+                if p.name == "target" and default is None and hasattr(cls, "default_target"):
+                    said = f"  ({cls.default_target:g} of dense unless a fixed fraction is given)"
+                print(f"    {p.name} = {default!r}{said}")
     return 0

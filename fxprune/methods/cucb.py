@@ -31,6 +31,7 @@ Conventions chosen here (../shared/notes/methods.md tags what is confirmed):
   selection is held to that cost, as CCP's ``ratio=None``); ``mode="budget"``
   (beyond the paper) lets fxprune's allocator pick the active set maximising the summed index
   with cost <= ``target`` x dense (FLOPs, params or a latency table).
+  ``target=None`` is 0.5; a target given beside ``rho`` in ratio mode is unused (a warning says so).
 * ``warmup`` steps of uniformly random active sets of the same size first.
 * ``selection="random"``: the poster's control, random active sets all along, same budget and
   same final rule.
@@ -77,7 +78,7 @@ from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
 from ..checks import check_fraction, check_number
-from .base import PruningMethod
+from .base import DEFAULT_TARGET, PruningMethod
 
 __all__ = ["CUCB"]
 
@@ -87,10 +88,12 @@ _UNUSED_WARN = 0.05
 
 
 class CUCB(PruningMethod):
+    #: the cost fraction kept when ``target`` is None
+    default_target = DEFAULT_TARGET
     name = "cucb"
     state_keys = ("step", "stats", "final", "active", "rng", "history")
 
-    def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
+    def __init__(self, prepared: fx.GraphModule, target: float | None = None, cost="flops", *,
                  rho: float | None = None, mode: str = "ratio", c: float = 1.0,
                  warmup: int = 100, explore: int | None = None, selection: str = "cucb",
                  seed: int = 0, channel_step: int = 1, execution: str = "gathered", reduce_fn=None,
@@ -100,9 +103,16 @@ class CUCB(PruningMethod):
                              f"under a cost target), got {mode!r}")
         if selection not in ("cucb", "random"):
             raise ValueError(f"selection must be 'cucb' or 'random' (the control), got {selection!r}")
-        check_fraction("target", target, "the fraction of the dense cost to keep")
+        if target is not None:
+            check_fraction("target", target, "the fraction of the dense cost to keep")
         if rho is not None:
             check_fraction("rho", rho, "the fraction of each group's channels active")
+        if mode == "ratio" and rho is not None and target is not None:  # given, it would do nothing
+            warnings.warn(f"CUCB: target={target:g} is not used in mode='ratio' with rho={rho:g}: "
+                          "each group keeps rho of its channels and no cost is promised; to prune "
+                          "to target, drop rho (the largest common fraction within target; a "
+                          "recipe: --set prune.rho=null) or use mode='budget'", RuntimeWarning,
+                          stacklevel=2)
         check_number("c", c, 0)
         check_number("warmup", warmup, 0, integer=True)
         if explore is not None:
@@ -124,7 +134,8 @@ class CUCB(PruningMethod):
             raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
                              f"'masked' (full width, inactive channels masked), got {execution!r}")
         super().__init__(prepared, cost, channel_step)
-        self.cost_target, self.mode, self.c = float(target), mode, float(c)
+        self.cost_target = DEFAULT_TARGET if target is None else float(target)
+        self.mode, self.c = mode, float(c)
         #: the cost fraction this method promises (None in ratio mode with rho given: rho sets
         #: the widths)
         self.target = None if (mode == "ratio" and rho is not None) else self.cost_target
