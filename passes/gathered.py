@@ -157,6 +157,46 @@ def _after_norm(bn: nn.Module, name: str) -> list[nn.Module]:
                        "BatchNorm and does not know what its class adds; use masked execution")
 
 
+
+def _failing_node(gm: fx.GraphModule, inputs: tuple) -> str:
+    """Where a gathered graph's forward fails: " at node NAME (OP reading TENSORS)", found by
+    running it node by node (only after it failed, so its cost does not matter), or ""."""
+    from fxprune.op_table import describe
+
+    class Locate(fx.Interpreter):
+        node = None
+
+        def run_node(self, n):
+            self.node = n
+            return super().run_node(n)
+
+    locate = Locate(gm)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            run_eval(_Run(locate), inputs)
+    except Exception:  # noqa: BLE001 - the failure being located
+        node = locate.node
+        if node is not None:
+            # the tensors it reads, and those its inputs read (a masked weight: weight * mask)
+            near = [*node.all_input_nodes, *(b for a in node.all_input_nodes for b in a.all_input_nodes)]
+            reads = list(dict.fromkeys(a.target for a in near if a.op == "get_attr"))
+            if node.op == "call_module":
+                reads.insert(0, node.target)
+            return (f" at node {node.name} ({describe(node, gm)}"
+                    f"{' reading ' + ', '.join(reads) if reads else ''})")
+    return ""
+
+
+class _Run(nn.Module):
+    """An interpreter as a module (for run_eval), holding the graph module for its modes."""
+
+    def __init__(self, interpreter: fx.Interpreter):
+        super().__init__()
+        self.gm, self._interpreter = interpreter.module, interpreter
+
+    def forward(self, *args):
+        return self._interpreter.run(*args)
+
 class GatheredModule(nn.Module):
     """The active sub-network of a prepared model (see the module docstring)."""
 
@@ -263,7 +303,8 @@ class GatheredModule(nn.Module):
             except Exception as e:  # noqa: BLE001 - any failure of the narrower graph: fall back
                 # e.g. a channel-sized buffer read whole, a split by a literal channel count
                 # (CSP blocks: an IndexError, break34 #1)
-                raise SurgeryError(f"gathered execution fails on the example inputs "
+                raise SurgeryError(f"gathered execution fails on the example inputs"
+                                   f"{_failing_node(self.gm, inputs)} "
                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                                    "; this graph has an op it cannot gather (a literal channel "
                                    "count, a split or a view): use masked execution") from e
