@@ -76,7 +76,7 @@ def calibrate(net: str, args, cache: str) -> list[dict]:
                                         iters=args.iters, log=lambda s: None)
         except DeployError as e:  # e.g. a noisy table pricing the half model at dense
             print(f"{net}: {name}: no constant fitted, priced without one: {e}", flush=True)
-            keys = layer_keys(fxprune.layer_specs(pm))
+            keys = layer_keys(fxprune.layer_specs(pm), base)
             fits[name] = WithFixedCost(base, 0.0, keys, {"failed": str(e),
                                                          "fixed_share_of_dense": 0.0})
     # the pruners only price and rank here: ``allocate`` is called with each target below

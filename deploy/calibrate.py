@@ -193,7 +193,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
         f"{fit['predicted_fraction']:.3f}; fixed cost {fixed:.4g} in {cost_model.name!r} units "
         f"({share}; the narrowest model the steps allow is now priced at "
         f"{fit['narrowest_fraction']:.3f})")
-    return WithFixedCost(cost_model, fixed, layer_keys(layer_specs(prepared)), fit)
+    return WithFixedCost(cost_model, fixed, layer_keys(layer_specs(prepared), cost_model), fit)
 
 
 _PRECISIONS = {"float16": "fp16", "bfloat16": "bf16"}  # dtype -> export/timing precision

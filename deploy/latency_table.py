@@ -225,7 +225,7 @@ class LatencyTable:
         if backend == "torch" and timed_on is not None:  # what calibrate_cost must time alike
             table.torch_settings = {"torch_device": str(timer.device), "cuda_graphs": cuda_graphs,
                                     "channels_last": channels_last}
-        layers = [table._as_measured(layer) for layer in layers]
+        layers = [table.as_priced(layer) for layer in layers]
 
         todo: dict[tuple[str, int, int], LayerSpec] = {}
         for layer in layers:
@@ -325,8 +325,8 @@ class LatencyTable:
             f"these timings would steer the knapsack wrong: {advice}", RuntimeWarning,
             stacklevel=stacklevel)
 
-    def _as_measured(self, layer: LayerSpec) -> LayerSpec:
-        """``layer`` at the batch and dtype this table was measured at."""
+    def as_priced(self, layer: LayerSpec) -> LayerSpec:
+        """``layer`` at the batch and dtype this table was measured at (what it prices)."""
         if self.batch is None and self.dtype is None:
             return layer
         changes = {}
@@ -359,14 +359,14 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ querying
     def __contains__(self, layer: LayerSpec) -> bool:
-        return grid_key(self._as_measured(layer)) in self._grids
+        return grid_key(self.as_priced(layer)) in self._grids
 
     def __len__(self) -> int:
         return len(self._grids)
 
     def grid(self, layer: LayerSpec) -> tuple[list[int], list[int]]:
         """The (c_in, c_out) axes measured for ``layer``."""
-        cins, couts, _, _ = self._grid_for(self._as_measured(layer))
+        cins, couts, _, _ = self._grid_for(self.as_priced(layer))
         return list(cins), list(couts)
 
     def layer_cost(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
@@ -375,7 +375,7 @@ class LatencyTable:
         Depthwise layers are looked up at ``c_in`` (their kept outputs are the channel
         multiplier times it).
         """
-        layer = self._as_measured(layer)
+        layer = self.as_priced(layer)
         cins, couts, diag, _ = self._grid_for(layer)
         if c_in <= 0 or c_out <= 0:
             return 0.0  # a layer with no channels left is removed from the network

@@ -113,7 +113,9 @@ class CostModel(Protocol):
     input and ``c_out`` output channels, in any unit, as long as it is consistent across
     layers. It should be non-decreasing in both counts. ``name`` labels logs and reports.
     Optionally, ``fixed_cost_for(layers)`` returns a constant (same unit) the model costs
-    whatever its widths, added to every total (see :class:`WithFixedCost`).
+    whatever its widths, added to every total (see :class:`WithFixedCost`), and
+    ``as_priced(layer)`` returns the layer as the model prices it (a latency table measured at
+    another batch or dtype than the model's example inputs).
     """
 
     name: str
@@ -208,9 +210,10 @@ class WithFixedCost:
         return self.base.layer_cost(layer, c_in, c_out)
 
     def fixed_cost_for(self, layers) -> float:
-        """``fixed_cost``, after checking ``layers`` (LayerSpecs) are the ones it was fitted on."""
-        given = layer_keys(layers)
-        if given != self.layers:
+        """``fixed_cost``, after checking ``layers`` (LayerSpecs) are the ones it was fitted on,
+        as ``base`` prices them: a table timed at its own batch ignores the example batch."""
+        given = layer_keys(layers, self.base)
+        if given != self.layers and layer_keys(layers) != self.layers:  # (older fits: raw keys)
             first = next((f"layer {i}: {a!r} here, {b!r} when fitted"
                           for i, (a, b) in enumerate(zip(given, self.layers)) if a != b),
                          f"{len(given)} costed layers here, {len(self.layers)} when fitted")
@@ -225,10 +228,11 @@ def layer_key(layer: LayerSpec) -> str:
     return f"{layer.name}:{layer.in_channels}x{layer.out_channels}:{layer.signature()}"
 
 
-def layer_keys(layers) -> tuple[str, ...]:
+def layer_keys(layers, cost_model=None) -> tuple[str, ...]:
     """:func:`layer_key` of every costed layer (LayerSpecs, e.g. ``fxprune.layer_specs(pm)``),
-    in order: the ``layers`` a :class:`WithFixedCost` is tied to. Raises ``TypeError`` for a
-    model (pass ``fxprune.layer_specs(model)``)."""
+    in order, each as ``cost_model`` prices it (its ``as_priced``, where it has one): the
+    ``layers`` a :class:`WithFixedCost` is tied to. Raises ``TypeError`` for a model (pass
+    ``fxprune.layer_specs(model)``)."""
     try:
         specs = list(layers)
     except TypeError:  # a model that is not a container
@@ -236,7 +240,8 @@ def layer_keys(layers) -> tuple[str, ...]:
     if specs is None or not all(isinstance(s, LayerSpec) for s in specs):
         raise TypeError(f"layer_keys takes LayerSpecs, got {type(layers).__name__}: pass "
                         "fxprune.layer_specs(model), not the model")
-    return tuple(layer_key(s) for s in specs)
+    as_priced = getattr(cost_model, "as_priced", None) or (lambda spec: spec)
+    return tuple(layer_key(as_priced(s)) for s in specs)
 
 
 def fixed_cost_of(cost_model, layers) -> float:

@@ -92,6 +92,27 @@ def test_a_fixed_cost_fitted_on_another_model_is_refused():
         fxprune.SMCP(_prepared(24), target=0.5, cost=fitted, channel_step=4)
 
 
+def test_a_constant_fitted_with_a_batch_fixed_table_prices_another_example_batch():
+    """break32 #9: a table timed at its own batch ignores the example batch, and so does its
+    fitted constant; the same model prepared at batch 4 was refused as "another model"."""
+    from fxprune.deploy import LatencyTable
+
+    def prepared_at(batch):
+        return fxprune.prepare(small_deploy_net(16).eval(), (torch.randn(batch, 3, 16, 16),))
+
+    at_1, at_4 = fxprune.layer_specs(prepared_at(1)), fxprune.layer_specs(prepared_at(4))
+    table = LatencyTable("onnxruntime", "cpu", 1, "test", batch=8)  # prices every layer at 8
+    assert table.as_priced(at_4[0]).batch == 8
+    fitted = WithFixedCost(table, 2.0, layer_keys(at_1, table))
+    assert fitted.fixed_cost_for(at_4) == 2.0
+    older = WithFixedCost(table, 2.0, layer_keys(at_1))  # keys saved before: the example batch
+    assert older.fixed_cost_for(at_1) == 2.0
+    per_example = LatencyTable("onnxruntime", "cpu", 1, "test")  # times at the example batch
+    with pytest.raises(ValueError, match=r"fitted on another model \(layer 0: .*n4.* here, .*n1.* "
+                                         r"when fitted\)"):
+        WithFixedCost(per_example, 2.0, layer_keys(at_1, per_example)).fixed_cost_for(at_4)
+
+
 # ------------------------------------------------------------------ measured (real runtimes)
 def test_uniform_kept_keeps_about_the_fraction_on_the_step():
     pm = _prepared(16)
