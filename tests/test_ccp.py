@@ -617,3 +617,23 @@ def test_a_state_loaded_before_the_process_group_exists_lives_on_rank_0_only(mon
         again = CCP(prepared(), ratio=0.5, collect=4, prune_at=6, channel_step=4)  # no group yet
         again.load_state_dict(state)
         assert again.stats.samples == samples
+    # a process no launcher named (mp.spawn: no RANK before init_process_group): the group,
+    # created after the load, says at the first step which rank keeps the sums
+    monkeypatch.delenv("RANK"), monkeypatch.delenv("WORLD_SIZE")
+    import fxprune.distributed as fxdist
+    from test_smcp import data
+
+    for rank, samples in ((0, 32 + 8), (1, 8)):
+        pm = prepared()
+        again = CCP(pm, ratio=0.5, collect=4, prune_at=6, channel_step=4)
+        again.load_state_dict(state)
+        assert again.stats.samples == 32  # not known yet
+        monkeypatch.setattr(fxdist, "is_distributed", lambda: True)
+        monkeypatch.setattr(fxdist, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(fxdist, "world_size", lambda: 2)
+        monkeypatch.setattr(fxdist, "all_reduce_sum", lambda t: t)  # one process stands for both
+        x, y = data()
+        F.cross_entropy(pm(x[:8]), y[:8]).backward()
+        again.step()
+        assert again.stats.samples == samples, rank
+        monkeypatch.undo()

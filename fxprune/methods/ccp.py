@@ -309,6 +309,7 @@ class CCP(PruningMethod):
         self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
         self.resolution, self.max_resolves, self._reduce_fn = resolution, max_resolves, reduce_fn
+        self._rank_pending = False  # a loaded state whose rank is not known yet (load_state_dict)
         self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
         #: a ``torch.amp.GradScaler``: the activation gradients the statistics read come from
         #: the scaled loss (``unscale_`` reaches only the parameters' .grad), so each collected
@@ -351,6 +352,7 @@ class CCP(PruningMethod):
         a checkpoint taken inside a collection window holds every process's samples and resumes
         on any number of processes (break31 #1). A collective inside a collection window;
         nothing to do outside one or without a ``reduce_fn``."""
+        self._settle_rank()
         fn = self.reduce_fn
         # inside a window: collected, not yet decided (the same on every process)
         if (fn is None or not self._collecting(self.step_count)
@@ -359,6 +361,18 @@ class CCP(PruningMethod):
         self.stats.sync(fn)
         if fxdist.rank() != 0:  # rank 0 holds the sum; the next decision's sync adds the rest
             self.stats.reset()
+
+    def _keep_loaded_sums_on_rank_0(self, rank: int) -> None:
+        if rank != 0 and (self.reduce_fn is not None or fxdist.launched_with_several_processes()):
+            self.stats.reset()
+
+    def _settle_rank(self) -> None:
+        """A state loaded before the process group existed, in a process no launcher named:
+        its sums stay on rank 0 only, now that the group says which this is (else one)."""
+        if self._rank_pending:
+            self._rank_pending = False
+            if fxdist.is_distributed():
+                self._keep_loaded_sums_on_rank_0(fxdist.rank())
 
     def prune_steps(self) -> list[int]:
         return [self.prune_at + k * self.round_every for k in range(self.rounds)]
@@ -369,6 +383,7 @@ class CCP(PruningMethod):
     def step(self, loss=None) -> dict | None:
         """After ``loss.backward()``: take this batch's per-sample terms if collecting; prune at
         the scheduled steps. The taps for the next batch switch on one step ahead."""
+        self._settle_rank()
         self.step_count += 1
         if self._collecting(self.step_count):
             if self.scaler is not None and self.scaler.is_enabled():
@@ -593,10 +608,12 @@ class CCP(PruningMethod):
         self.stats.load_state_dict(state["stats"])
         # rank 0's state holds every process's sums (sync_state): the others start from none.
         # Before init_process_group the launcher's RANK says which process this is (a CCP
-        # loaded, then the group created: rank 1 counted rank 0's sums twice, break34 #5)
-        rank = fxdist.rank() if fxdist.is_distributed() else int(os.environ.get("RANK", "0") or 0)
-        if rank != 0 and (self.reduce_fn is not None or fxdist.launched_with_several_processes()):
-            self.stats.reset()
+        # loaded, then the group created: rank 1 counted rank 0's sums twice, break34 #5);
+        # without one (mp.spawn) the group decides at the first step()
+        self._rank_pending = not (fxdist.is_distributed() or "RANK" in os.environ)
+        if not self._rank_pending:
+            self._keep_loaded_sums_on_rank_0(
+                fxdist.rank() if fxdist.is_distributed() else int(os.environ["RANK"] or 0))
         self.index.set_masks(self.prepared, state["masks"])
         self.dead = state["dead"].numpy().astype(bool).copy()
         self.history = list(state["history"])
