@@ -190,11 +190,13 @@ class WeightTaylor(_ConsumerStrategy):
             self.total.copy_(packed[:-1] / packed[-1])
 
     def reset(self) -> None:
+        # momentum: the average carries over, but the steps since the last update start from
+        # none, or an update with no gradient since went unnoticed (break36 #2)
         self._skipped.zero_()
+        self._finite.zero_()
+        self.count = 0
         if self.accumulate == "mean":
             self.total.zero_()
-            self._finite.zero_()
-            self.count = 0
 
     def state_dict(self) -> dict:
         # CPU tensors and ints: a checkpoint saved on a GPU loads on the CPU and the reverse.

@@ -227,6 +227,26 @@ def test_update_with_no_gradients_is_skipped_with_a_warning_not_ranked_on_zeros(
     assert record is not None and pruner.cost() <= 0.5 + 1e-9
 
 
+@pytest.mark.parametrize("accumulate", ["mean", "momentum"])
+def test_an_update_without_gradients_since_the_last_one_is_skipped(accumulate):
+    """break36 #2: with accumulate="momentum" the steps since the last update were never reset,
+    so after one update a window without gradients was solved on the stale average, unsaid."""
+    pm = small_prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=12, update_every=4, channel_step=1,
+                          accumulate=accumulate)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    for step in range(1, 13):
+        if step <= 4:  # gradients in the first window only
+            F.cross_entropy(pm(x), y).backward()
+        if step in (8, 12):
+            with pytest.warns(RuntimeWarning, match="skipped: no gradients were seen"):
+                assert pruner.step() is None
+        else:
+            pruner.step()
+        pm.zero_grad(set_to_none=True)
+    assert pruner.skipped_updates == 2 and len(pruner.history) == 1
+
+
 def test_an_update_after_only_overflowed_steps_is_skipped_not_ranked_on_zeros():
     """break28 #1: the guard counted the steps observed, not those averaged: after a window of
     inf gradients (what pruner.step() sees after scaler.unscale_ on an overflow) the update
