@@ -247,6 +247,19 @@ def test_an_update_without_gradients_since_the_last_one_is_skipped(accumulate):
     assert pruner.skipped_updates == 2 and len(pruner.history) == 1
 
 
+def test_an_update_on_diverged_weights_names_them():
+    """break36 #5: nan weights under magnitude importance reached the knapsack, whose error
+    ("group 0: values must be finite") named no layer and no cause."""
+    pm = small_prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, importance="magnitude", warmup=0, ramp=1, update_every=1)
+    with torch.no_grad():
+        pm.get_submodule("3").weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"step 1: \d+ channel importance scores "
+                                                 r"\(magnitude\) are inf/nan, from the weights of 3: "
+                                                 r"the run has diverged; lower the learning rate"):
+        pruner.step()
+
+
 def test_an_update_after_only_overflowed_steps_is_skipped_not_ranked_on_zeros():
     """break28 #1: the guard counted the steps observed, not those averaged: after a window of
     inf gradients (what pruner.step() sees after scaler.unscale_ on an overflow) the update

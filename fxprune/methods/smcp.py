@@ -247,7 +247,16 @@ class SMCP(PruningMethod):
         start = time.perf_counter()
         target = self.target_now()
         before = self._kept_now()
-        scores = damp_churn(self.importance.scores(), before, self.hysteresis)
+        scores = self.importance.scores()
+        if not np.isfinite(scores).all():  # Taylor drops such steps; weights can hold them too
+            broken = [c.module for c in self.consumers if not bool(torch.isfinite(c.param).all())]
+            raise FloatingPointError(
+                f"SMCP: mask update at step {self.step_count}: {int((~np.isfinite(scores)).sum())}"
+                f" channel importance scores ({self.importance.kind}) are inf/nan"
+                + (f", from the weights of {', '.join(broken)}" if broken else "")
+                + ": the run has diverged; lower the learning rate or resume from a checkpoint "
+                "taken before")
+        scores = damp_churn(scores, before, self.hysteresis)
         options = self._options(scores)
         hint = f", channel_step={self.channel_step}"
         if self.allocation == "knapsack":
