@@ -126,8 +126,8 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):  # "5" read as 5.0
         raise ValueError(f"budget must be a number, got {budget!r}")
     budget = float(budget)
-    if math.isnan(budget):
-        raise ValueError("budget is NaN")
+    if math.isnan(budget) or budget == -math.inf:  # -inf: the tolerance would be inf too
+        raise ValueError(f"budget is {budget}: give a finite number or +inf (no limit)")
     vals, csts = _as_groups(values, costs)
     if not vals:
         return np.zeros(0, dtype=np.int64)

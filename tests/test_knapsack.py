@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -209,8 +211,12 @@ def test_bad_resolution_rejected(resolution):
 
 
 def test_nan_budget_rejected():
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="budget is nan: give a finite number"):
         solve_mckp([np.ones(2)], [np.ones(2)], float("nan"))
+    # -inf made the tolerance inf too, and an over-budget answer came back (break36 #6)
+    with pytest.raises(ValueError, match="budget is -inf"):
+        solve_mckp([np.ones(2)], [np.ones(2)], -math.inf)
+    assert list(solve_mckp([np.array([1.0, 2.0])], [np.array([1.0, 2.0])], math.inf)) == [1]
     with pytest.raises(ValueError, match="budget must be a number, got '5'"):  # was read as 5.0
         solve_mckp([np.ones(2)], [np.ones(2)], "5")
 
