@@ -72,6 +72,17 @@ class GroupOptions:
         if not len(self.counts):
             raise ValueError("a group needs at least one option (e.g. keep every channel)")
 
+    def with_option(self, keep: np.ndarray, value: float) -> "GroupOptions":
+        """These options and one more keeping ``keep`` ((size,) bool), worth ``value``, placed
+        by its count; ``self`` when an option keeps those channels already."""
+        keep = np.asarray(keep, dtype=bool)
+        if (self.keep == keep).all(axis=1).any():
+            return self
+        count = int(keep.sum())
+        at = int(np.searchsorted(self.counts, count, side="left"))
+        return GroupOptions(np.insert(self.counts, at, count), np.insert(self.values, at, value),
+                            np.insert(self.keep, at, keep, axis=0))
+
 
 @dataclass
 class Allocation:

@@ -155,6 +155,77 @@ def test_repair_leaves_a_local_minimum_of_a_cost_that_does_not_fall_with_width()
     assert e.value.floor == pytest.approx(smallest)
 
 
+def test_with_option_places_an_option_by_its_count_once():
+    opts = GroupOptions([1, 2], [1.0, 3.0], [[True, False, False], [True, True, False]])
+    more = opts.with_option(np.array([False, False, True]), 0.5)
+    assert more.counts.tolist() == [1, 1, 2] and more.values.tolist() == [0.5, 1.0, 3.0]
+    assert more.keep[0].tolist() == [False, False, True]
+    assert more.with_option(np.array([True, True, False]), 9.0) is more  # kept already
+
+
+class _Concat(torch.nn.Module):
+    """A cheap 1x1 piece and a costly 3x3 piece of one group (a depthwise conv after the concat)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 40, 3, padding=1)
+        self.dw = nn.Conv2d(56, 56, 3, padding=1, groups=56)
+        self.head = nn.Conv2d(56, 8, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)
+        return self.head(F.relu(self.dw(y))).mean((2, 3))
+
+
+def test_a_target_the_constructor_accepts_is_reached_whatever_the_ranking():
+    """break36 #1: the constructor priced the floor with one ranking (the cheap piece's
+    channels); once training ranked the costly piece's first, the knapsack's top-k options
+    all cost more, and the update raised InfeasibleBudget mid-run (0.207 against 0.115)."""
+    torch.manual_seed(0)
+    model = _Concat()
+    with torch.no_grad():
+        model.head.weight[:, 16:] *= 10  # the costly piece's channels matter more
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 16, 16),))
+    pruner = fxprune.SMCP(pm, target=0.2, warmup=0, ramp=8, update_every=4, channel_step=8)
+    floor = pruner.budget.fraction(pruner.floor_kept)
+    assert floor < 0.2
+    for _ in range(12):
+        pm(torch.randn(4, 3, 16, 16)).pow(2).mean().backward()
+        pruner.step()
+        pm.zero_grad()
+    assert pruner.history[-1]["target"] == pytest.approx(0.2) and pruner.cost() <= 0.2 + 1e-9
+
+
+def test_a_cost_that_falls_with_width_lowers_the_floor_the_constructor_checks():
+    """break36 #4: with 8-wide kernels 3x slower, 16 channels each cost 0.714 of dense and 8
+    each 0.929; a 0.75 target was refused as below "the cheapest model (0.929)"."""
+    class Bumpy:
+        name = "bumpy"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return FlopsCost().layer_cost(layer, c_in, c_out) * (3.0 if 8 in (c_in, c_out) else 1.0)
+
+    class Plain(torch.nn.Module):  # two prunable groups (16, 24): the third is an output
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 24, 3, padding=1, stride=2)
+            self.c3, self.fc = torch.nn.Conv2d(24, 32, 3, padding=1), torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = F.relu(self.c3(F.relu(self.c2(F.relu(self.c1(x))))))
+            return self.fc(x.mean((2, 3))), x
+
+    pm = fxprune.prepare(Plain(), (torch.randn(1, 3, 16, 16),))
+    pruner = fxprune.SMCP(pm, target=0.75, cost=Bumpy(), channel_step=8)
+    assert pruner.budget.fraction(pruner.floor_kept) < 0.75
+    with pytest.raises(InfeasibleBudget, match=r"\(0\.\d+: every group at about \d+% of its "
+                                               r"channels, priced below the narrowest"):
+        fxprune.SMCP(pm, target=0.3, cost=Bumpy(), channel_step=8)
+
+
 def test_set_masks_takes_exactly_one_mask_per_prunable_channel():
     """break28 #8: a longer vector's tail was dropped silently, a shorter one raised torch's
     size mismatch."""

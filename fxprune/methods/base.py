@@ -228,6 +228,8 @@ class PruningMethod:
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
         self.budget = Budget(self.index, costed_layers(self.index), cost_model, other)
         self.step_count = 0
+        #: the cheapest model the target check found (set by _check_reachable; None: no target)
+        self.floor_kept: np.ndarray | None = None
         self.history: list[dict] = []
 
     def cost(self, cost_model: CostModel | str | None = None) -> float:
@@ -253,10 +255,14 @@ class PruningMethod:
 
     def _check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the cheapest model the constraints
-        allow: every group at its smallest allowed width (``channel_step``, split pieces)."""
+        allow: every group at its smallest allowed width (``channel_step``, split pieces), or
+        at a common fraction the cost model prices lower (a measured table need not fall with
+        width). That model is kept as :attr:`floor_kept`, which the allocator's options always
+        hold, so no ranking of channels found later makes the target unreachable."""
         from ..allocation import uniform_kept
 
-        floor = self.budget.fraction(uniform_kept(self.index, 0.0, self.channel_step))
+        narrowest = uniform_kept(self.index, 0.0, self.channel_step)
+        floor = self.budget.fraction(narrowest)
         if floor > 1 and target < floor * (1 - 1e-9):
             # no target can help: the advice "raise the target to 361189" named the wrong cause
             raise ValueError(
@@ -264,6 +270,14 @@ class PruningMethod:
                 f" prices the narrowest allowed model at "
                 f"{floor:.5g} of dense, above the dense model: a channel cost must not grow as "
                 "channels are removed; check the cost model (or the latency table it reads)")
+        # a wider common fraction may cost less (3x slower 8-wide kernels: break36 #4)
+        self.floor_kept, cheapest = narrowest, "every group at its smallest allowed width"
+        for keep in np.linspace(0.05, 1.0, 20):
+            kept = uniform_kept(self.index, keep, self.channel_step)
+            fraction = self.budget.fraction(kept)
+            if fraction < floor * (1 - 1e-9):
+                self.floor_kept, floor = kept, fraction
+                cheapest = f"every group at about {keep:.0%} of its channels, priced below the narrowest"
         if target < floor * (1 - 1e-9):
             # rounded up: the advice itself must pass (0.01222 printed as 0.012 was refused)
             at_least = math.ceil(floor * 1000) / 1000
@@ -271,11 +285,23 @@ class PruningMethod:
 
             error = InfeasibleBudget(
                 f"target {target:.3f} of dense is below the cheapest model the constraints allow "
-                f"({floor:.5f}: every group at its smallest allowed width, channel_step="
+                f"({floor:.5f}: {cheapest}, channel_step="
                 f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
                 "channel_step")
             error.floor = floor
             raise error
+
+    def _with_floor(self, i: int, options, values: np.ndarray, dead: np.ndarray | None = None):
+        """Group ``i``'s ``options`` plus its part of :attr:`floor_kept` (valued by ``values``,
+        the group's channel values), unless that keeps a ``dead`` channel: top-k options alone
+        can cost more than the floor where a group's channels cost unequally (a concat's pieces
+        in one group), and a target accepted by the constructor then failed mid-run (break36 #1)."""
+        if self.floor_kept is None:
+            return options
+        floor = self.floor_kept[self.index.group_slice(i)]
+        if dead is not None and (floor & dead).any():
+            return options
+        return options.with_option(floor, float(np.asarray(values, dtype=np.float64)[floor].sum()))
 
     def _kept_now(self) -> np.ndarray:
         return self.index.masks(self.prepared).numpy() != 0

@@ -279,7 +279,9 @@ class CUCB(PruningMethod):
                 k = int(counts[int(np.argmin(np.abs(counts - self.rho * g.size)))])
                 kept[sl.start + order[:k]] = True
             else:
-                options.append(ranked_options(np.maximum(s, 0.0), order, counts))
+                values = np.maximum(s, 0.0)
+                ranked = ranked_options(values, order, counts)  # the knapsack: the floor too
+                options.append(self._with_floor(i, ranked, values) if self.mode == "budget" else ranked)
         hint = f", channel_step={self.channel_step}"
         if self.mode == "budget":
             current = self.active if hasattr(self, "active") else np.ones(self.index.n, bool)

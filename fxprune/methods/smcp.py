@@ -290,7 +290,8 @@ class SMCP(PruningMethod):
         return record
 
     def _options(self, scores):
-        """Per group: keep the top-k by importance, for every allowed k (dead channels last)."""
+        """Per group: keep the top-k by importance, for every allowed k (dead channels last);
+        for the knapsack, the constructor's cheapest model too (uniform widths take top-k)."""
         options = []
         for i, g in enumerate(self.index.groups):
             sl = self.index.group_slice(i)
@@ -300,7 +301,10 @@ class SMCP(PruningMethod):
             alive = int((~dead).sum())
             k = allowed_counts(g.size, self.channel_step, min_k, max(alive, min_k),
                                self.index.unit_channels[i])
-            options.append(ranked_options(np.where(dead, 0.0, s), order, k))
+            values = np.where(dead, 0.0, s)
+            ranked = ranked_options(values, order, k)
+            options.append(self._with_floor(i, ranked, values, dead)
+                           if self.allocation == "knapsack" else ranked)
         return options
 
     # -- BatchNorm re-estimation ---------------------------------------------------------------
