@@ -72,6 +72,9 @@ def load_model(model: nn.Module | str | os.PathLike, *,
     if not isinstance(loaded, nn.Module):
         hint = (" (it looks like a state_dict: save the whole module with torch.save(model, path))"
                 if isinstance(loaded, dict) else "")
+        if isinstance(loaded, dict) and {"format", "epoch", "model", "optimizer"} <= set(loaded):
+            hint = (" (a fxprune train checkpoint: deploy the model_pruned.pt or model_dense.pt "
+                    "its run wrote beside it)")  # break35 #6
         raise DeployError(f"{path!r} holds a {type(loaded).__name__}, not an nn.Module{hint}")
     return loaded, path
 

@@ -14,6 +14,7 @@ Checkpoints hold tensors and plain data only and are read with ``weights_only=Tr
 """
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.util
 import json
@@ -47,6 +48,10 @@ RUN_FILES = ("config.yaml", "metrics.csv", "steps.csv", "checkpoint.pt", "checkp
              *RUN_MODEL_FILES, "results.json")
 
 
+#: the layout of ``fxprune train``'s checkpoints (format 1 held pickled objects)
+CHECKPOINT_FORMAT = 2
+
+
 class CheckpointError(FxPruneError):
     """A checkpoint cannot be read (truncated, empty, not fxprune's) or does not fit the run."""
 
@@ -75,8 +80,18 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         some = sorted(p.name for p in out.iterdir())[:3]
         raise FileExistsError(f"--out {out} already holds files fxprune did not write "
                               f"({', '.join(some)}, ...); choose a new or empty folder")
-    if ckpt.exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a run ({ckpt}); pass --resume to "
+    if overwrite:
+        return
+    prev = out / "checkpoint.prev.pt"
+    if not ckpt.exists() and prev.exists():  # interrupted between the two renames (break35 #2)
+        raise FileExistsError(f"{out} holds an interrupted run ({prev.name}, the last epoch it "
+                              f"saved): move it to {ckpt.name} and pass --resume to continue, "
+                              "--overwrite to start over, or another --out")
+    # a run's results, its checkpoints deleted to save space, are a run too (break35 #2)
+    kept = [name for name in ("checkpoint.pt", *RUN_MODEL_FILES, "results.json")
+            if (out / name).exists()]
+    if kept:
+        raise FileExistsError(f"{out} already holds a run ({out / kept[0]}); pass --resume to "
                               "continue it, --overwrite to start over, or another --out")
 
 
@@ -162,6 +177,10 @@ def load_checkpoint(path: Path, device) -> dict:
         raise CheckpointError(f"--resume: {path} is not a fxprune train checkpoint (it lacks "
                               f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}"
                               f"); {way_out}")
+    if ckpt["format"] != CHECKPOINT_FORMAT:  # a newer fxprune's would be half understood
+        raise CheckpointError(f"--resume: {path} is checkpoint format {ckpt['format']!r}, and "
+                              f"this fxprune reads format {CHECKPOINT_FORMAT}; resume it with "
+                              f"the fxprune that wrote it, or {way_out}")
     return ckpt
 
 
@@ -202,10 +221,12 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
 
 
 def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = INPUT_SHAPE) -> None:
-    # Standard NCHW CPU weights so the file loads anywhere; the training layout is not its concern.
-    module = module.to("cpu", memory_format=torch.contiguous_format).eval()
-    module.fxprune_input_shape = tuple(input_shape)
-    torch.save(module, path)
+    """Save a copy of ``module`` in eval mode with NCHW CPU weights (so the file loads
+    anywhere; the training layout is not its concern) and ``input_shape`` as
+    ``fxprune_input_shape``. ``module`` itself is left as it was (break35 #5)."""
+    saved = copy.deepcopy(module).to("cpu", memory_format=torch.contiguous_format).eval()
+    saved.fxprune_input_shape = tuple(input_shape)
+    atomic_write(path, lambda tmp: torch.save(saved, tmp))
 
 
 

@@ -53,7 +53,7 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
                             ConfigError, apply_overrides, check_schedule_steps,
                             fractions_to_epochs, load_config, parse_value, pruner_class,
                             resolve_config)
-from .run_io import (INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs, check_out_folder,
+from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs, check_out_folder,
                      config_changes, cost_columns, format_results, load_checkpoint, rng_state,
                      save_checkpoint, save_module, set_rng_state, write_results)
 
@@ -399,6 +399,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                               "pass the same recipe and overrides (only "
                               f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
                               "with another --out")
+        if int(cfg["optim"]["epochs"]) < int(ckpt["epoch"]):  # it trained nothing (break35 #3)
+            raise ConfigError(f"--resume: the checkpoint is at epoch {ckpt['epoch']}, past "
+                              f"optim.epochs {cfg['optim']['epochs']}; give optim.epochs >= "
+                              f"{ckpt['epoch']}, or start a new run with another --out")
 
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
@@ -599,7 +603,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}"
                                 for k, v in epoch_cost.items()), flush=True)
                 checkpoint = {
-                    "format": 2, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
+                    "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
                     "config": cfg, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "pruner": pruner.state_dict() if pruner is not None else None,

@@ -261,6 +261,54 @@ def test_existing_run_is_not_overwritten_and_resume_needs_checkpoint(recipe, tmp
     assert "pass one of them" in capsys.readouterr().err
 
 
+def test_a_run_without_its_checkpoint_is_still_a_run(recipe, tmp_path, capsys):
+    """break35 #2: only checkpoint.pt marked a run, so a plain rerun deleted an interrupted
+    run's checkpoint.prev.pt, or a finished run's model and results once its checkpoints were
+    deleted to save space."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    (out / "checkpoint.pt").rename(out / "checkpoint.prev.pt")  # interrupted between renames
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 2
+    assert "holds an interrupted run (checkpoint.prev.pt" in capsys.readouterr().err
+    (out / "checkpoint.prev.pt").unlink()  # a finished run, its checkpoints deleted
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
+        k: v for k, v in before.items() if k != "checkpoint.prev.pt"}
+
+
+def test_resume_refuses_epochs_below_the_checkpoint_and_another_format(recipe, tmp_path, capsys):
+    """break35 #3: a resume to fewer epochs than the checkpoint's trained nothing and reported
+    the smaller number; #4: a checkpoint of another format resumed, half understood."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--out", str(out)]) == 0
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
+                     "--out", str(out)]) == 2
+    assert "the checkpoint is at epoch 2, past optim.epochs 1" in capsys.readouterr().err
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["format"] = 99
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=3", "--resume",
+                     "--out", str(out)]) == 2
+    assert "is checkpoint format 99, and this fxprune reads format 2" in capsys.readouterr().err
+    # deploy pointed at the checkpoint names the model files of the run (break35 #6)
+    assert cli_main(["deploy", str(out / "checkpoint.pt"), "--out", str(tmp_path / "d")]) == 1
+    assert "a fxprune train checkpoint: deploy the model_pruned.pt" in capsys.readouterr().err
+
+
+def test_save_module_leaves_the_module_as_it_was(tmp_path):
+    """break35 #5: the exported helper put the caller's model in eval mode and added an
+    attribute to it."""
+    from fxprune.run_io import save_module
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    save_module(model, tmp_path / "m.pt", (1, 1, 8, 8))
+    assert model.training and not hasattr(model, "fxprune_input_shape")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert not loaded.training and loaded.fxprune_input_shape == (1, 1, 8, 8)
+
+
 def test_resume_reads_a_checkpoint_written_before_a_key_existed(recipe, tmp_path):
     out = tmp_path / "run"
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
