@@ -212,11 +212,13 @@ def set_rng_state(state: dict) -> None:
 
 
 
-def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+def config_changes(old: dict, new: dict, defaults: dict | None = None,
+                   used: dict | None = None) -> list[str]:
     """Flattened keys whose values differ; a key ``old`` lacks (a checkpoint written before the
-    key existed) counts as its value in ``defaults``."""
+    key existed, or a method argument left to its default) counts as its value in ``used``
+    (flattened keys: what the run recorded it used), else in ``defaults``."""
     a, b = _flatten(old), _flatten(new)
-    d = _flatten(defaults or {})
+    d = {**_flatten(defaults or {}), **(used or {})}
     return sorted(k for k in set(a) | set(b) if a.get(k, d.get(k)) != b.get(k))
 
 

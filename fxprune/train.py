@@ -384,7 +384,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu"))
         ckpt = {k: v if k == "rng" else _to(v, device) for k, v in ckpt.items()}
     if ckpt is not None:
-        changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS)
+        # a method argument the recipe left to its default: the value the run used, which the
+        # method's state records, so a default that moved since can be set back (break35 #1)
+        state = ckpt.get("pruner")
+        recorded = state.get("run_settings") if isinstance(state, dict) else None
+        used = {f"prune.{k}": v for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+        changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used)
                    if k not in RESUMABLE_CHANGES]
         fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))
         if (not changed and fractions and method != "none"

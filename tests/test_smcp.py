@@ -302,6 +302,33 @@ def test_resuming_under_another_schedule_or_target_warns():
         fxprune.SMCP(pm, target=0.3, warmup=2, ramp=8, update_every=3).load_state_dict(state)
 
 
+def test_resuming_under_other_step_settings_warns_and_another_accumulation_is_refused():
+    """break35 #1: hysteresis, channel_step, masked_decay, bn_recalibrate and the momentum
+    were not in the state, so a resume under others changed the run silently (14 of 80 masks);
+    a momentum average loaded into a mean accumulator was read at the wrong scale."""
+    import warnings
+    pm = prepared()
+    state = fxprune.SMCP(pm, target=0.5, channel_step=4, hysteresis=0.0,
+                         accumulate="momentum").state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.SMCP(pm, target=0.5, channel_step=4, hysteresis=0.0,
+                     accumulate="momentum").load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"channel_step 4 -> 8; hysteresis 0\.0 -> 3\.0; "
+                                            r"masked_decay 0\.0 -> 0\.1; bn_recalibrate 0 -> 2; "
+                                            r"momentum 0\.9 -> 0\.5"):
+        fxprune.SMCP(pm, target=0.5, channel_step=8, masked_decay=0.1, bn_recalibrate=2,
+                     accumulate="momentum", momentum=0.5).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"accumulate='momentum' \(here 'mean'\)"):
+        fxprune.SMCP(pm, target=0.5, channel_step=4, hysteresis=0.0).load_state_dict(state)
+    from fxprune.methods.ccp import CCP
+    ccp = CCP(pm, mode="adaptive", channel_step=4).state_dict()
+    with pytest.raises(ValueError, match=r"mode='adaptive' \(here 'ratio'\)"):
+        CCP(pm, mode="ratio", channel_step=4).load_state_dict(ccp)
+    with pytest.warns(RuntimeWarning, match=r"channel_step 4 -> 8"):
+        CCP(pm, mode="adaptive", channel_step=8).load_state_dict(ccp)
+
+
 def test_schedule_ramps_and_freezes():
     s = PruningSchedule(warmup=10, ramp=100, update_every=10, freeze_after=200, shape="exp")
     assert s.target(5, 0.4) == 1.0 and s.target(110, 0.4) == pytest.approx(0.4)

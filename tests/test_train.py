@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import warnings
 
 import pytest
 import torch
@@ -295,6 +296,27 @@ def test_resume_refuses_epochs_below_the_checkpoint_and_another_format(recipe, t
     # deploy pointed at the checkpoint names the model files of the run (break35 #6)
     assert cli_main(["deploy", str(out / "checkpoint.pt"), "--out", str(tmp_path / "d")]) == 1
     assert "a fxprune train checkpoint: deploy the model_pruned.pt" in capsys.readouterr().err
+
+
+def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe, tmp_path):
+    """break35 #1: a run started when SMCP's hysteresis default was 0 resumed under 3 without
+    a word, and --set prune.hysteresis=0 was refused as a change of the recipe."""
+    out = tmp_path / "run"
+    smcp = ["--set", "prune.method=smcp", "--set", "prune.target=0.6", "--set", "prune.channel_step=2",
+            "--set", "prune.warmup=0", "--set", "prune.ramp=4", "--set", "prune.update_every=2"]
+    assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert "hysteresis" not in ckpt["config"]["prune"]  # left to the default
+    ckpt["pruner"]["run_settings"]["hysteresis"] = 0.0  # as an older default ran it
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.warns(RuntimeWarning, match=r"hysteresis 0\.0 -> 3\.0"):
+        assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--resume",
+                         "--out", str(out)]) == 0
+    torch.save(ckpt, out / "checkpoint.pt")  # the run as it was, set back this time
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*resuming a state saved with another")
+        assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
+                         "prune.hysteresis=0", "--resume", "--out", str(out)]) == 0
 
 
 def test_save_module_leaves_the_module_as_it_was(tmp_path):

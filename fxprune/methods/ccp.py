@@ -582,9 +582,12 @@ class CCP(PruningMethod):
         return ("its activation taps are hooks on this model's layers (a copy's would collect "
                 "nothing)")
 
+    def defining_settings(self) -> dict:
+        return {"mode": str(self.mode)}  # per-layer ratio or the allocator: another method
+
     def run_settings(self) -> dict:
         return {"target": self.target, "ratio": self.ratio, "prune_steps": self.prune_steps(),
-                "collect": self.collect}
+                "collect": self.collect, "channel_step": self.channel_step}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -338,7 +338,8 @@ class CUCB(PruningMethod):
         # rho: target without rho once ran at rho = target; it is a cost now, so a state says
         # only what this mode reads: ratio mode with rho ignores target, budget mode rho
         return {"target": self.target, "rho": self.rho if self.mode == "ratio" else None,
-                "c": self.c, "warmup": self.warmup, "explore": self.explore}
+                "c": self.c, "warmup": self.warmup, "explore": self.explore,
+                "channel_step": self.channel_step}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

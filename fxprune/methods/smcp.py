@@ -347,11 +347,21 @@ class SMCP(PruningMethod):
             c.param.grad.addcmul_(c.param, off, value=self.masked_decay)  # one fused pass
 
     def defining_settings(self) -> dict:
-        return {"masks": str(self.masks_kind), "allocation": str(self.allocation),  # plain str:
-                "importance": str(self.importance.kind)}  # loadable with weights_only=True
+        settings = {"masks": str(self.masks_kind), "allocation": str(self.allocation),  # plain
+                    "importance": str(self.importance.kind)}  # str: weights_only=True loads it
+        if self.importance.kind == "taylor":  # a running mean read as an average: wrong scale
+            settings["accumulate"] = str(self.importance.accumulate)
+        return settings
 
     def run_settings(self) -> dict:
-        return {"schedule": self.schedule.state(), "target": self.target}
+        # everything else that changes what a step does (break35 #1: hysteresis, channel_step...
+        # changed silently on resume, and a default that changed between versions with them)
+        settings = {"schedule": self.schedule.state(), "target": self.target,
+                    "channel_step": self.channel_step, "hysteresis": self.hysteresis,
+                    "masked_decay": float(self.masked_decay), "bn_recalibrate": self.bn_recalibrate}
+        if getattr(self.importance, "accumulate", None) == "momentum":
+            settings["momentum"] = float(self.importance.momentum)
+        return settings
 
     # -- resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
