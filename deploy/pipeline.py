@@ -210,7 +210,9 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
     for name, (mod, lbl) in models.items():
         path = os.path.join(out_dir, f"{name}.onnx")
         if mod is None:
-            onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log)
+            # TensorRT 10 builds fp16 from an fp32 file (FP16 flag) and from an fp16 one (break37 #1)
+            accepted = (onnx_precision, precision) if trt else (onnx_precision,)
+            onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log, accepted)
             continue
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
         info = export_onnx(mod, shape, path, precision=onnx_precision, opset=opset, log=log)
@@ -275,6 +277,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                           pruned=entries["model"], dense=entries.get("dense"),
                           params_counted="module parameters" if from_modules
                           else "ONNX initializer elements")
+    if backend == "tensorrt":  # the largest batch the engines' profile takes (from 1)
+        report["engine_max_batch"] = int(max_batch or shape[0])
     for name, given in (("model", model), ("dense", compare)):
         if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
             entry = report if name == "model" else report["dense"]
@@ -373,8 +377,9 @@ def _check_not_overwritten(out_dir: str, **given) -> None:
                               "copy it out of that folder first, or choose another --out")
 
 
-def _given_onnx(source: str, path: str, precision: str, log) -> dict:
-    """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported)."""
+def _given_onnx(source: str, path: str, precision: str, log, accepted=None) -> dict:
+    """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported).
+    Its input's precision must be one of ``accepted`` (default: ``precision``)."""
     import shutil
 
     import onnx
@@ -395,7 +400,7 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
                           "(ONNX Runtime's CPU kernels lack bf16; the torch backend times PyTorch "
                           "modules): give an fp32 or fp16 export, or deploy the PyTorch module "
                           "with --backend torch --precision bf16")
-    if written != precision:
+    if written not in (accepted or (precision,)):
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "
                           f"--precision {written}, or give a file exported at {precision}")
@@ -414,7 +419,7 @@ def _given_onnx(source: str, path: str, precision: str, log) -> dict:
         shutil.copyfile(source, path)
     log(f"using ONNX file {source} as it is (no PyTorch model to compare its outputs with)")
     return {"path": path, "exporter": "given", "opset": written_opset(m),
-            "precision": precision, "source": os.fspath(source), "max_abs_diff": None,
+            "precision": written, "source": os.fspath(source), "max_abs_diff": None,
             "external_data": external, "outputs": [o.name for o in m.graph.output]}
 
 

@@ -158,6 +158,10 @@ def build_serialized(trt, onnx_bytes: bytes, *, precision: str = "fp32",
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
     if precision == "fp16" and has_fp16_builder_flag(trt):
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TensorRT allows TF32 by default on Ampere and newer; fp32 means fp32 here, as in the
+        # torch backend (TF32 off), so the two backends' "fp32" reports time the same math
+        config.clear_flag(trt.BuilderFlag.TF32)
     if timing_cache is not None:
         config.set_timing_cache(timing_cache, False)
     dynamic = [network.get_input(i) for i in range(network.num_inputs)
@@ -169,6 +173,14 @@ def build_serialized(trt, onnx_bytes: bytes, *, precision: str = "fp32",
         for inp in dynamic:
             profile.set_shape(inp.name, *shapes)
         config.add_optimization_profile(profile)
+    elif shapes is not None and network.num_inputs:
+        # a fixed batch takes no profile: an engine asked for more would run at that batch
+        # only, and say nothing (break37 #2)
+        fixed = int(network.get_input(0).shape[0])
+        if int(shapes[2][0]) > fixed:
+            raise DeployError(f"{source or 'the ONNX'} fixes the batch at {fixed} (a static input "
+                              f"shape), so its engine cannot take batch {int(shapes[2][0])}: drop "
+                              "--max-batch (max_batch), or export the model with a dynamic batch")
     serialized = builder.build_serialized_network(network, config)
     del parser  # only now may the weights it owns go
     if serialized is None:

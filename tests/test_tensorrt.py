@@ -65,6 +65,60 @@ def test_fp16_onnx_export_for_strongly_typed_engines(tmp_path):
     assert next(model.parameters()).dtype == torch.float32  # the user's module stays fp32
 
 
+class _RecordingTensorRT:
+    """The calls build_serialized makes, recorded: no engine is built and none is faked."""
+
+    def __init__(self, input_shape):
+        calls = self.calls = []
+        flags = SimpleNamespace(FP16="FP16", TF32="TF32")
+        self.BuilderFlag, self.MemoryPoolType = flags, SimpleNamespace(WORKSPACE="WORKSPACE")
+        network = SimpleNamespace(num_inputs=1, get_input=lambda i: SimpleNamespace(
+            name="x", shape=tuple(input_shape)))
+        config = SimpleNamespace(set_memory_pool_limit=lambda *a: None,
+                                 set_flag=lambda f: calls.append(("set", f)),
+                                 clear_flag=lambda f: calls.append(("clear", f)),
+                                 add_optimization_profile=lambda p: calls.append(("profile",)))
+        profile = SimpleNamespace(set_shape=lambda *a: calls.append(("shape", a)))
+        self.builder = SimpleNamespace(
+            create_network=lambda flags: network, create_builder_config=lambda: config,
+            create_optimization_profile=lambda: profile,
+            build_serialized_network=lambda n, c: calls.append(("build",)) or b"engine")
+        self.OnnxParser = lambda network, logger: SimpleNamespace(parse=lambda *a: True)
+
+
+def test_engine_build_settings_without_tensorrt(monkeypatch):
+    """break37: a static-batch ONNX took no profile, so --max-batch was dropped without a word
+    (#2); an fp32 engine left TensorRT's default TF32 on, unlike the torch backend's fp32 (#4)."""
+    monkeypatch.setattr(trtb._Logger, "instance", object())
+    trt = _RecordingTensorRT((2, 3, 16, 16))  # a fixed batch of 2
+    shapes = trtb.profile_shapes((2, 3, 16, 16))
+    assert trtb.build_serialized(trt, b"", shapes=shapes, builder=trt.builder) == b"engine"
+    assert ("clear", "TF32") in trt.calls and ("profile",) not in trt.calls
+    with pytest.raises(DeployError, match=r"m.onnx fixes the batch at 2 .*cannot take batch 32: "
+                                          r"drop --max-batch"):
+        trtb.build_serialized(trt, b"", shapes=trtb.profile_shapes((2, 3, 16, 16), max_batch=32),
+                              builder=trt.builder, source="m.onnx")
+    dynamic = _RecordingTensorRT((-1, 3, 16, 16))
+    trtb.build_serialized(dynamic, b"", precision="fp16", builder=dynamic.builder,
+                          shapes=trtb.profile_shapes((2, 3, 16, 16), max_batch=32))
+    assert ("set", "FP16") in dynamic.calls and ("clear", "TF32") not in dynamic.calls
+    assert ("shape", ("x", (1, 3, 16, 16), (2, 3, 16, 16), (32, 3, 16, 16))) in dynamic.calls
+
+
+def test_a_given_fp16_onnx_is_taken_where_the_engine_builds_fp16(tmp_path):
+    """break37 #1: on TensorRT 10 (fp16 by a builder flag on an fp32 export) a given fp16 ONNX
+    was refused for --precision fp16, told to pass --precision fp16."""
+    from fxprune.deploy.pipeline import _given_onnx
+
+    path = tmp_path / "m16.onnx"
+    export_onnx(small_net(), SHAPE, path, precision="fp16", log=lambda s: None)
+    info = _given_onnx(str(path), str(tmp_path / "model.onnx"), "fp32", lambda s: None,
+                       ("fp32", "fp16"))
+    assert info["precision"] == "fp16"
+    with pytest.raises(DeployError, match="precision fp16 .* precision fp32 was asked for"):
+        _given_onnx(str(path), str(tmp_path / "other.onnx"), "fp32", lambda s: None)
+
+
 def test_missing_tensorrt_or_gpu_is_a_clear_error(tmp_path):
     if TRT_OK:
         pytest.skip("TensorRT and a CUDA GPU are both present: there is no error to check")
