@@ -49,7 +49,7 @@ def load_model(model: nn.Module | str | os.PathLike, *,
         return model, type(model).__name__
     path = os.fspath(model)
     if not os.path.isfile(path):
-        raise DeployError(f"model file {path!r} does not exist")
+        raise not_a_file(path)
     if not trust_model_file:
         try:  # safe: tensors and plain data only; a pickled module fails here by design
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,6 +77,17 @@ def load_model(model: nn.Module | str | os.PathLike, *,
                     "its run wrote beside it)")  # break35 #6
         raise DeployError(f"{path!r} holds a {type(loaded).__name__}, not an nn.Module{hint}")
     return loaded, path
+
+
+def not_a_file(path: str) -> DeployError:
+    """The error for a model path that is no file: a folder (a train run's) is named as one."""
+    if os.path.isdir(path):  # "does not exist" named the wrong cause (break37 #3)
+        run = os.path.isfile(os.path.join(path, "checkpoint.pt")) or any(
+            os.path.isfile(os.path.join(path, f)) for f in ("model_pruned.pt", "model_dense.pt"))
+        return DeployError(f"model {path!r} is a folder{', a fxprune train run' if run else ''}:"
+                           " pass a model file in it (model_pruned.pt, with --trust-model-file) "
+                           "or an .onnx file")
+    return DeployError(f"model file {path!r} does not exist")
 
 
 def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:

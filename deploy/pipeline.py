@@ -24,8 +24,8 @@ from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import DeployError, cpu_name
-from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx,
-                       load_model, onnx_input_shape, read_onnx, resolve_input_shape)
+from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
+                       not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
 from .report import build_report, format_table, model_entry, write_report
 
@@ -154,7 +154,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         if is_onnx(given):
             path = os.fspath(given)
             if not os.path.isfile(path):
-                raise DeployError(f"model file {path!r} does not exist")
+                raise not_a_file(path)
             if backend == "torch":
                 raise DeployError(f"{path} is an ONNX file and the torch backend times PyTorch "
                                   "modules; pass --backend onnxruntime (or tensorrt), or the "

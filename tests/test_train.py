@@ -296,6 +296,12 @@ def test_resume_refuses_epochs_below_the_checkpoint_and_another_format(recipe, t
     # deploy pointed at the checkpoint names the model files of the run (break35 #6)
     assert cli_main(["deploy", str(out / "checkpoint.pt"), "--out", str(tmp_path / "d")]) == 1
     assert "a fxprune train checkpoint: deploy the model_pruned.pt" in capsys.readouterr().err
+    for given in (out, out / "x.onnx"):  # a folder is not "a file that does not exist"
+        (out / "x.onnx").mkdir(exist_ok=True)
+        assert cli_main(["deploy", str(given), "--out", str(tmp_path / "d")]) == 1
+        assert "is a folder" in capsys.readouterr().err
+    assert cli_main(["deploy", str(out), "--out", str(tmp_path / "d")]) == 1
+    assert "is a folder, a fxprune train run: pass a model file in it" in capsys.readouterr().err
 
 
 def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe, tmp_path):
