@@ -304,6 +304,7 @@ def load_points(inputs) -> list[Point]:
     """Points from run folders, runs' ``results.json`` and benchmark results files (see the
     module docstring); raises :class:`PlotError` naming a missing or foreign input."""
     points: list[Point] = []
+    runs: list[tuple[Point, Path]] = []  # run points and their folders
     seen: dict[Path, str] = {}
     for given in inputs:
         path = Path(os.path.expanduser(os.fspath(given)))
@@ -319,6 +320,7 @@ def load_points(inputs) -> list[Point]:
                 raise PlotError(f"{path} has no results.json ({why}); pass finished run folders "
                                 "or results files")
             points.append(_run_point(results, path))
+            runs.append((points[-1], path))
             continue
         data = _read_json(path)
         if isinstance(data, dict) and "rows" in data:
@@ -326,7 +328,27 @@ def load_points(inputs) -> list[Point]:
         else:
             run_dir = path.parent if (path.parent / RUN_MARKER).is_file() else None
             points.append(_run_point(path, run_dir))
+            runs.append((points[-1], run_dir or path.parent))
+    _tell_runs_apart(runs)
     return points
+
+
+def _tell_runs_apart(runs: list[tuple[Point, Path]]) -> None:
+    """Runs whose folders share a name (r1/run, r2/run) are labelled by as many trailing
+    parts of their paths as tell them apart; both were "run" (break37 #5)."""
+    by_label: dict[str, list[tuple[Point, Path]]] = {}
+    for point, folder in runs:
+        by_label.setdefault(point.label, []).append((point, folder))
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        parts = [folder.resolve().parts for _, folder in same]
+        for k in range(2, max(map(len, parts)) + 1):
+            labels = ["/".join(p[-k:]) for p in parts]
+            if len(set(labels)) == len(labels):
+                break
+        for (point, _), label in zip(same, labels):
+            point.label = label
 
 
 def _pick_batch(points: list[Point], batch: int | None, x: str = "latency") -> int:
@@ -366,6 +388,9 @@ def _check_out(out: Path) -> None:
         raise PlotError(f"--out {out} must be a .png file")
     if out.is_dir():
         raise PlotError(f"--out {out} is a folder; give a file name ending in .png")
+    if not out.parent.is_dir():  # a typo in the path would make a new tree (break37 #6)
+        raise PlotError(f"--out {out}: the folder {out.parent} does not exist; create it, or "
+                        "give a path in an existing folder")
     if out.exists():
         from PIL import Image
 

@@ -113,6 +113,17 @@ def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     assert foreign.read_bytes() == before
 
 
+def test_runs_in_folders_of_one_name_are_told_apart_and_out_needs_its_folder(tmp_path, capsys):
+    """break37 #5: r1/run and r2/run were both labelled "run"; #6: --out made missing folders."""
+    (tmp_path / "r1").mkdir(), (tmp_path / "r2").mkdir()
+    a, b = _run(tmp_path / "r1" / "run", 0.9, 8e6), _run(tmp_path / "r2" / "run", 0.8, 4e6)
+    c = _run(tmp_path / "other", 0.85, 6e6)
+    assert [p.label for p in load_points([a, b / "results.json", c])] == ["r1/run", "r2/run", "other"]
+    out = tmp_path / "typo" / "p.png"
+    assert main(["plot", str(a), "--x", "flops", "--out", str(out)]) == 2
+    assert "the folder" in capsys.readouterr().err and not out.parent.exists()
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("not_json", "is not JSON"),
