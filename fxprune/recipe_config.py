@@ -455,8 +455,12 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
     for key, value in update.items():
         path = f"{prefix}{key}"
         if not isinstance(key, str) or key not in defaults:
-            raise ConfigError(f"unknown config key {path!r}; valid keys: "
-                              f"{', '.join(_valid_keys(DEFAULTS))}")
+            # the keys of this section first: a long list of every key got cut off (break37 #8)
+            here = [f"{prefix}{k}" for k in defaults]
+            close = difflib.get_close_matches(path, here + _valid_keys(DEFAULTS), n=1)
+            hint = f" (did you mean {close[0]}?)" if isinstance(key, str) and close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint}; valid keys"
+                              f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(here)}")
         default = defaults[key]
         if isinstance(default, dict):
             if not isinstance(value, dict):
