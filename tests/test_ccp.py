@@ -409,6 +409,8 @@ def test_a_target_beside_a_fixed_fraction_is_said_to_do_nothing(capsys):
 
     assert main(["methods", "cucb"]) == 0  # the listing says what None means
     assert "target = None  (0.5 of dense unless a fixed fraction is given)" in capsys.readouterr().out
+    assert main(["methods", "none"]) == 0  # a recipe's method too (break37 #9)
+    assert "no pruning" in capsys.readouterr().out
 
 
 def test_an_unreachable_cost_target_is_refused_before_training():

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .base import get_method, method_names
 
+    if args.name == "none":  # valid in a recipe (break37 #9), but no registered method
+        print("none           no pruning: train the dense model (prune.method: none); no arguments")
+        return 0
     names = [args.name] if args.name else method_names()
     width = max(14, *(len(n) + 1 for n in names))
     for name in names:
