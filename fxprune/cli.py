@@ -56,7 +56,8 @@ def _plain_warnings():
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="fxprune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fxprune",  # the docstring's first line, no rST marks
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"fxprune {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -77,9 +77,10 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
                                   "not write it; point --out at a folder of a fxprune run")
         return
     if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
-        some = sorted(p.name for p in out.iterdir())[:3]
+        names = sorted(p.name for p in out.iterdir())
+        some = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise FileExistsError(f"--out {out} already holds files fxprune did not write "
-                              f"({', '.join(some)}, ...); choose a new or empty folder")
+                              f"({some}); choose a new or empty folder")
     if overwrite:
         return
     prev = out / "checkpoint.prev.pt"

@@ -143,7 +143,7 @@ def test_folder_of_user_files_is_refused_byte_for_byte(recipe, tmp_path, capsys)
     before = snapshot(project)
     rc = cli_main(["train", str(recipe), "--out", str(project)])
     err = one_line_error(capsys)
-    assert rc == 2 and "already holds files fxprune did not write" in err
+    assert rc == 2 and "already holds files fxprune did not write (config.yaml, metrics.csv);" in err
     assert snapshot(project) == before
     rc = cli_main(["train", str(recipe), "--out", str(project), "--overwrite"])
     assert rc == 2 and snapshot(project) == before  # --overwrite is for fxprune's own runs
