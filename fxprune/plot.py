@@ -497,8 +497,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recipe run folders, their results.json, benchmark results .json files")
     p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
     p.add_argument("--x", choices=("latency", "speedup", "flops"), default="latency",
-                   help="x axis: measured median latency (ms), measured speedup over dense "
-                        "(benchmark rows) or FLOPs per image")
+                   help="x axis: measured median latency (ms; the default: a run needs a "
+                        "fxprune deploy report), measured speedup over dense (benchmark rows) "
+                        "or FLOPs per image")
     p.add_argument("--batch", type=int, default=None,
                    help="latency or speedup at this batch size (default: the smallest "
                         "measured)")
