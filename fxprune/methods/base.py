@@ -301,6 +301,10 @@ class PruningMethod:
         floor = self.floor_kept[self.index.group_slice(i)]
         if dead is not None and (floor & dead).any():
             return options
+        # a wider floor (a cost that falls with width) is left to top-k at its count: between
+        # two ranked options it would be a step up that loses value, which repair may take
+        if floor.sum() > options.counts.min():
+            return options
         return options.with_option(floor, float(np.asarray(values, dtype=np.float64)[floor].sum()))
 
     def _kept_now(self) -> np.ndarray:
