@@ -115,6 +115,30 @@ def test_functional_layers_on_module_parameters():
     assert [s.kind for s in fxprune.layer_specs(pm)] == ["conv", "conv", "linear", "linear"]
 
 
+class DynamicKernels(nn.Module):
+    """Per-sample kernels (CondInst / CondConv heads): groups = batch x channels, computed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.k, self.c = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 16 * 9), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        b, c, h, w = y.shape
+        k = self.k(y.mean((2, 3))).view(b * c, 1, 3, 3)
+        return self.c(F.conv2d(y.reshape(1, b * c, h, w), k, padding=1, groups=b * c).view(b, c, h, w))
+
+
+def test_a_computed_groups_is_not_baked_to_the_example_batch():
+    """break39 #2: the example's groups (2 x 16) replaced b * c, and the finalized model failed
+    at any other batch (finalize's check runs the example batch only)."""
+    model = DynamicKernels().eval()
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    small = fxprune.finalize(pm)
+    x = torch.randn(3, 3, 8, 8)
+    assert max_relative_error(run_eval(model, (x,)), run_eval(small, (x,))) < 1e-5
+
+
 # -- rules= for layers with weights ---------------------------------------------------------------
 
 class WrappedConv(nn.Conv2d):

@@ -205,7 +205,9 @@ class Conv(_WeightLayer):
             return
         cdim = len(shape) - (len(ctx.shape(node.args[1])) - 2) - 1
         pos = 6
-        g = ctx.value(node_arg(node, pos, "groups", 1))
+        # a literal only: a computed groups (b * c of a per-sample kernel) follows the live
+        # shapes already, and its example value baked in broke other batches (break39 #2)
+        g = node_arg(node, pos, "groups", 1)
         if isinstance(g, int) and g > 1 and g == shape[cdim]:
             set_node_arg(node, pos, "groups", ctx.pruned_size(x, cdim))
 
