@@ -99,7 +99,7 @@ def test_smcp_rows_without_torch_pruning(tmp_path, capsys, monkeypatch):
     # the refused row is in the results file too, with its reason, until a run trains it
     (refused,) = result["meta"]["skipped"]
     assert (refused["label"], refused["seed"]) == ("smcp-too-far", 0)
-    assert refused["reason"].startswith("target 0.001 of dense is below the cheapest model")
+    assert refused["reason"].startswith("target 0.001 of dense is below the narrowest model")
     assert "Rows refused before training (not in the table): concat seed 0 smcp-too-far" in (
         tmp_path / "vs.md").read_text()
     assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",

@@ -417,7 +417,7 @@ def test_an_unreachable_cost_target_is_refused_before_training():
     """As SMCP: the floor (every group at its smallest allowed width) is known at construction,
     not at the first round, `prune_at` steps into training."""
     for mode in ("adaptive", "ratio"):
-        with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the cheapest model"):
+        with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the narrowest model"):
             CCP(prepared(), target=0.01, mode=mode, channel_step=8, collect=2)
     CCP(prepared(), mode="ratio", ratio=0.1, channel_step=8, collect=2)  # no cost promised
 

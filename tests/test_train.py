@@ -507,7 +507,7 @@ def test_a_target_below_the_cheapest_model_is_not_blamed_on_the_runs_length():
                           "prune": {**FRACTION_SCHEDULE, "channel_step": 8, "target": 0.2}})
     with pytest.raises(ConfigError) as info:
         make_pruner(pm, cfg["prune"], steps_per_epoch=4, epochs=1)
-    assert "below the cheapest model" in str(info.value)
+    assert "below the narrowest model" in str(info.value)
     assert "longer run" not in str(info.value)
 
 

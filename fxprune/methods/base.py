@@ -255,10 +255,9 @@ class PruningMethod:
 
     def _check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the cheapest model the constraints
-        allow: every group at its smallest allowed width (``channel_step``, split pieces), or
-        at a common fraction the cost model prices lower (a measured table need not fall with
-        width). That model is kept as :attr:`floor_kept`, which the allocator's options always
-        hold, so no ranking of channels found later makes the target unreachable."""
+        allow: every group at its smallest allowed width (``channel_step``, split pieces).
+        That model is kept as :attr:`floor_kept`, which the allocator's options always hold,
+        so no ranking of channels found later makes the target unreachable."""
         from ..allocation import uniform_kept
 
         narrowest = uniform_kept(self.index, 0.0, self.channel_step)
@@ -270,22 +269,18 @@ class PruningMethod:
                 f" prices the narrowest allowed model at "
                 f"{floor:.5g} of dense, above the dense model: a channel cost must not grow as "
                 "channels are removed; check the cost model (or the latency table it reads)")
-        # a wider common fraction may cost less (3x slower 8-wide kernels: break36 #4)
-        self.floor_kept, cheapest = narrowest, "every group at its smallest allowed width"
-        for keep in np.linspace(0.05, 1.0, 20):
-            kept = uniform_kept(self.index, keep, self.channel_step)
-            fraction = self.budget.fraction(kept)
-            if fraction < floor * (1 - 1e-9):
-                self.floor_kept, floor = kept, fraction
-                cheapest = f"every group at about {keep:.0%} of its channels, priced below the narrowest"
+        self.floor_kept = narrowest
         if target < floor * (1 - 1e-9):
             # rounded up: the advice itself must pass (0.01222 printed as 0.012 was refused)
             at_least = math.ceil(floor * 1000) / 1000
             from ..allocation import InfeasibleBudget
 
+            # "narrowest", not "cheapest": a cost that does not fall with width (a runtime's
+            # kernels) may price a wider model lower, which the allocator does not search for
+            # below this floor (break36 #4, break38 #1)
             error = InfeasibleBudget(
-                f"target {target:.3f} of dense is below the cheapest model the constraints allow "
-                f"({floor:.5f}: {cheapest}, channel_step="
+                f"target {target:.3f} of dense is below the narrowest model the constraints "
+                f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
                 f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
                 "channel_step")
             error.floor = floor
@@ -300,10 +295,6 @@ class PruningMethod:
             return options
         floor = self.floor_kept[self.index.group_slice(i)]
         if dead is not None and (floor & dead).any():
-            return options
-        # a wider floor (a cost that falls with width) is left to top-k at its count: between
-        # two ranked options it would be a step up that loses value, which repair may take
-        if floor.sum() > options.counts.min():
             return options
         return options.with_option(floor, float(np.asarray(values, dtype=np.float64)[floor].sum()))
 
