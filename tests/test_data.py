@@ -165,13 +165,13 @@ def test_loader_batches_cover_the_split_once_normalised():
     assert torch.allclose(torch.sort(x.flatten())[0], torch.sort(expected.flatten())[0])
 
 
-def test_a_subset_larger_than_its_split_is_refused():
-    """break37 #7: data.subset_train 100000 for 10000 silently trained on all 60000 images."""
-    from fxprune.recipe_config import ConfigError
-
-    with pytest.raises(ConfigError, match=r"data.subset_train 500 is more than the 300 images "
-                                          r"of the train split; give at most 300, or null"):
-        make_loaders(synthetic_cfg(synthetic_train=300, subset_train=500), seed=1)
+def test_a_subset_larger_than_its_split_is_said():
+    """break37 #7: data.subset_train 100000 for 10000 silently trained on all 60000 images. A
+    warning, not an error: a run started with it must still resume (break38 #2)."""
+    with pytest.warns(UserWarning, match=r"data.subset_train 500 is more than the 300 images "
+                                         r"of the train split: all 300 are used"):
+        train, _ = make_loaders(synthetic_cfg(synthetic_train=300, subset_train=500), seed=1)
+    assert train.dataset_size == 300
 
 
 def test_subset_sizes_and_workers_give_same_batches():
