@@ -457,7 +457,10 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
         if not isinstance(key, str) or key not in defaults:
             # the keys of this section first: a long list of every key got cut off (break37 #8)
             here = [f"{prefix}{k}" for k in defaults]
-            close = difflib.get_close_matches(path, here + _valid_keys(DEFAULTS), n=1)
+            everywhere = _valid_keys(DEFAULTS)
+            # a key of another section given bare (lr for optim.lr), or a near miss
+            close = ([k for k in everywhere if isinstance(key, str) and k.endswith("." + key)]
+                     or difflib.get_close_matches(path, here + everywhere, n=1))
             hint = f" (did you mean {close[0]}?)" if isinstance(key, str) and close else ""
             raise ConfigError(f"unknown config key {path!r}{hint}; valid keys"
                               f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(here)}")

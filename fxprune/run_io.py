@@ -91,9 +91,13 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     # a run's results, its checkpoints deleted to save space, are a run too (break35 #2)
     kept = [name for name in ("checkpoint.pt", *RUN_MODEL_FILES, "results.json")
             if (out / name).exists()]
-    if kept:
+    if kept and kept[0] == "checkpoint.pt":
         raise FileExistsError(f"{out} already holds a run ({out / kept[0]}); pass --resume to "
                               "continue it, --overwrite to start over, or another --out")
+    if kept:  # no checkpoint to resume from: --resume would refuse too (break38 #5)
+        raise FileExistsError(f"{out} already holds a run ({out / kept[0]}) without its "
+                              "checkpoints, which cannot be resumed; pass --overwrite to start "
+                              "over, or another --out")
 
 
 def claim_out_folder(out: Path) -> None:

@@ -386,9 +386,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     if ckpt is not None:
         # a method argument the recipe left to its default: the value the run used, which the
         # method's state records, so a default that moved since can be set back (break35 #1)
-        state = ckpt.get("pruner")
-        recorded = state.get("run_settings") if isinstance(state, dict) else None
-        used = {f"prune.{k}": v for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+        state = ckpt.get("pruner") if isinstance(ckpt.get("pruner"), dict) else {}
+        used = {f"prune.{k}": v for part in ("settings", "run_settings")  # both kinds (break38 #4)
+                if isinstance(state.get(part), dict) for k, v in state[part].items()}
         changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used)
                    if k not in RESUMABLE_CHANGES]
         fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))

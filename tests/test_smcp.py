@@ -327,6 +327,14 @@ def test_resuming_under_other_step_settings_warns_and_another_accumulation_is_re
         CCP(pm, mode="ratio", channel_step=4).load_state_dict(ccp)
     with pytest.warns(RuntimeWarning, match=r"channel_step 4 -> 8"):
         CCP(pm, mode="adaptive", channel_step=8).load_state_dict(ccp)
+    # the cost model and the knapsack's and CCP's search settings too (break38 #3)
+    with pytest.warns(RuntimeWarning, match=r"cost 'flops' -> 'params'; resolution 20000 -> 500"):
+        fxprune.SMCP(pm, target=0.5, channel_step=4, hysteresis=0.0, accumulate="momentum",
+                     cost="params", resolution=500).load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"exhaustive_max 12 -> 4; swaps True -> False; "
+                                            r"collect_bn 'train' -> 'eval'"):
+        CCP(pm, mode="adaptive", channel_step=4, exhaustive_max=4, swaps=False,
+            collect_bn="eval").load_state_dict(ccp)
 
 
 def test_schedule_ramps_and_freezes():

@@ -67,6 +67,7 @@ def test_overrides_do_not_mutate_input():
                       r"valid keys in optim: optim.epochs"),
     ("optimizer.lr=0.1", r"unknown config key 'optimizer' \(did you mean optim\?\); "
                          r"valid keys: seed, .*prune"),
+    ("lr=0.1", r"unknown config key 'lr' \(did you mean optim.lr\?\)"),
     ("optim.epochs=two", r"optim.epochs takes an integer >= 1; got 'two'"),
     ("optim.lr=fast", r"optim.lr takes a number > 0; got 'fast'"),
     ("optim=3", r"optim is a section"),
@@ -277,7 +278,8 @@ def test_a_run_without_its_checkpoint_is_still_a_run(recipe, tmp_path, capsys):
     assert "holds an interrupted run (checkpoint.prev.pt" in capsys.readouterr().err
     (out / "checkpoint.prev.pt").unlink()  # a finished run, its checkpoints deleted
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "without its checkpoints, which cannot be resumed; pass --overwrite" in (
+        capsys.readouterr().err)  # not "pass --resume", which refuses it (break38 #5)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
         k: v for k, v in before.items() if k != "checkpoint.prev.pt"}
 
@@ -326,6 +328,11 @@ def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe
         warnings.filterwarnings("error", message=".*resuming a state saved with another")
         assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
                          "prune.hysteresis=0", "--resume", "--out", str(out)]) == 0
+    # a defining setting left to its default may be written out as the run used it (break38 #4)
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
+                     "prune.hysteresis=0", "--set", "prune.accumulate=mean", "--resume",
+                     "--out", str(out)]) == 0
 
 
 def test_save_module_leaves_the_module_as_it_was(tmp_path):

@@ -204,6 +204,16 @@ class PruningMethod:
         Plain data (loadable with ``weights_only=True``). Subclasses name theirs."""
         return {}
 
+    def _allocation_settings(self) -> dict:
+        """The run settings every method's allocation shares: the cost model (by name), the
+        channel step and the knapsack's resolution (break38 #3: a resume under others was
+        silent)."""
+        model = self.budget.model
+        return {"cost": str(getattr(model, "name", type(model).__name__)),
+                "channel_step": self.channel_step,
+                "resolution": int(getattr(self, "resolution", 0)),
+                "max_resolves": int(getattr(self, "max_resolves", 0))}
+
     def _warn_changed_settings(self, state: dict) -> None:
         # states saved before "run_settings" existed kept SMCP's two at the top level
         saved = state.get("run_settings", state)

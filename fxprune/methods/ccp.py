@@ -587,7 +587,9 @@ class CCP(PruningMethod):
 
     def run_settings(self) -> dict:
         return {"target": self.target, "ratio": self.ratio, "prune_steps": self.prune_steps(),
-                "collect": self.collect, "channel_step": self.channel_step}
+                "collect": self.collect, **self._allocation_settings(),
+                "exhaustive_max": self.exhaustive_max, "swaps": self.swaps,
+                "collect_bn": str(self.collect_bn)}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -339,7 +339,7 @@ class CUCB(PruningMethod):
         # only what this mode reads: ratio mode with rho ignores target, budget mode rho
         return {"target": self.target, "rho": self.rho if self.mode == "ratio" else None,
                 "c": self.c, "warmup": self.warmup, "explore": self.explore,
-                "channel_step": self.channel_step}
+                **self._allocation_settings()}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -357,7 +357,7 @@ class SMCP(PruningMethod):
         # everything else that changes what a step does (break35 #1: hysteresis, channel_step...
         # changed silently on resume, and a default that changed between versions with them)
         settings = {"schedule": self.schedule.state(), "target": self.target,
-                    "channel_step": self.channel_step, "hysteresis": self.hysteresis,
+                    **self._allocation_settings(), "hysteresis": self.hysteresis,
                     "masked_decay": float(self.masked_decay), "bn_recalibrate": self.bn_recalibrate}
         if getattr(self.importance, "accumulate", None) == "momentum":
             settings["momentum"] = float(self.importance.momentum)
