@@ -7,6 +7,7 @@ are not touched, then restores each module's mode.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any, NamedTuple
@@ -157,6 +158,23 @@ def check_example_values(example_inputs: tuple) -> None:
             "these inputs, so give finite ones, e.g. torch.randn of the same shape")
 
 
+@contextlib.contextmanager
+def restoring_buffers(model: torch.nn.Module):
+    """Run ``model`` for a check, not for training: every buffer is as it was afterwards (a
+    running mean a forward updates whatever the mode moved at each of prepare's and finalize's
+    runs, break39 #1). Buffers replaced by another tensor are put back too."""
+    saved = [(m, name, b, b.clone()) for m in model.modules() for name, b in m._buffers.items()
+             if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, name, tensor, value in saved:
+                m._buffers[name] = tensor
+                if not torch.equal(tensor, value):
+                    tensor.copy_(value)
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     required = [n for n in placeholders if not n.args]  # a placeholder's args hold its default
@@ -172,7 +190,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
                              for t in example_inputs]
     gm.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), restoring_buffers(gm):
             recorder.run(*example_inputs)
     finally:
         for m, training in modes.items():

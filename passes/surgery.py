@@ -22,7 +22,7 @@ from fxprune.masks import (_HOOK_DICTS, FXPRUNE_CLASSES, _InputMasked, _Rescaled
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
-from .shape_prop import NodeFacts, map_tensors
+from .shape_prop import NodeFacts, map_tensors, restoring_buffers
 
 #: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
 _ROW_BEFORE_STAT_RULES = FunctionalLayerNorm()
@@ -274,11 +274,12 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
 
 def run_eval(model: nn.Module, inputs: tuple):
     """Run ``model`` in eval mode without grad on ``inputs`` moved to the model's device and
-    floating dtype (:func:`inputs_for`), then restore every module's mode."""
+    floating dtype (:func:`inputs_for`), then restore every module's mode and every buffer (a
+    check is not a training step: :func:`restoring_buffers`)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), restoring_buffers(model):
             return model(*inputs_for(model, inputs))
     finally:
         for m, training in modes.items():

@@ -29,6 +29,11 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 class _Tracer(fx.Tracer):
     # The traced graph records this class; unpickling a GraphModule re-traces its code with
     # ``tracer_cls()``, so every argument needs a default or torch.load fails.
+    # A buffer read is a graph node, not the tensor: an op over buffers alone (a running mean
+    # decayed in forward, FrozenBatchNorm's scale from its statistics) ran once while tracing
+    # and was baked in as an anonymous constant (break39 #1, #3)
+    proxy_buffer_attributes = True
+
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset(),
                  rules: dict | None = None, fixed: dict | None = None):
         # functions with a row recorded as one call (their bodies read a training flag)

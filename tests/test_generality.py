@@ -139,6 +139,60 @@ def test_a_computed_groups_is_not_baked_to_the_example_batch():
     assert max_relative_error(run_eval(model, (x,)), run_eval(small, (x,))) < 1e-5
 
 
+class Centered(nn.Module):
+    """A conv output centred by a running mean the forward updates, whatever the mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.register_buffer("mu", torch.zeros(16))
+
+    def forward(self, x):
+        y = self.a(x)
+        self.mu.mul_(0.9).add_(0.1 * y.mean((0, 2, 3)).detach())
+        return self.c(y - self.mu.view(1, -1, 1, 1))
+
+
+def test_a_buffer_updated_in_forward_stays_live_and_checks_leave_it():
+    """break39 #1: an op over buffers alone ran once while tracing (the decay was lost, the read
+    a frozen constant), and prepare's and finalize's check runs moved the running mean: the
+    prepared model drifted from the original (0.007 -> 0.024 over 5 calls)."""
+    import copy
+
+    model = Centered()
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    assert torch.equal(pm.mu, model.mu)  # prepare's runs left it
+    reference = copy.deepcopy(model)
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8) + 1
+        assert torch.allclose(pm(x), reference(x), atol=1e-6)
+    assert torch.allclose(pm.mu, reference.mu)
+    before = pm.mu.clone()
+    fxprune.finalize(pm)
+    assert torch.equal(pm.mu, before)  # "prepared is left untouched"
+
+
+def test_frozen_batch_norm_keeps_its_state_dict_names_and_prunes():
+    """break39 #3: FrozenBatchNorm2d's scale, computed from buffers alone, was baked in as
+    anonymous constants: a detection checkpoint could not be loaded by name (strict=False
+    skipped all 80 statistics silently)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), FrozenBatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding=1), FrozenBatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_var.uniform_(0.5, 2), m.running_mean.normal_(), m.weight.normal_()
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    assert {"1.weight", "1.running_var", "4.running_mean"} <= set(pm.state_dict())
+    missing = pm.load_state_dict(model.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("fxprune_masks.") for k in missing)
+    assert [g.size for g in fxprune.channel_groups(pm) if g.prunable] == [16, 8]
+    check(model, torch.randn(1, 3, 8, 8), torch.randn(3, 3, 8, 8))
+
+
 # -- rules= for layers with weights ---------------------------------------------------------------
 
 class WrappedConv(nn.Conv2d):
