@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import operator
 
 import numpy as np
 import torch
@@ -176,6 +177,8 @@ def _failing_node(gm: fx.GraphModule, inputs: tuple) -> str:
             run_eval(_Run(locate), inputs)
     except Exception:  # noqa: BLE001 - the failure being located
         node = locate.node
+        while node is not None and node.target is operator.getitem:  # a piece: name its op
+            node = node.args[0] if isinstance(node.args[0], fx.Node) else None  # (break38 #6)
         if node is not None:
             # the tensors it reads, and those its inputs read (a masked weight: weight * mask)
             near = [*node.all_input_nodes, *(b for a in node.all_input_nodes for b in a.all_input_nodes)]
