@@ -263,7 +263,8 @@ RECIPE_PRUNE_KEYS: dict[str, Rule] = {
 }
 # Ranges and choices of method arguments; kinds of the others come from their defaults.
 PRUNE_RULES: dict[str, Rule] = {
-    "target": Rule("float", low=0, high=1, open_low=True),
+    # null: the method's default (CUCB/CCP list target = None; break38 #6)
+    "target": Rule("float", nullable=True, low=0, high=1, open_low=True),
     "cost": Rule("str", choices=("flops", "params", "latency", "latency+fixed")),
     "warmup": Rule("int", low=0),
     "ramp": Rule("int", low=0),
@@ -635,7 +636,7 @@ def _check_prune(prune: dict, optim: dict) -> None:
     if method == "none":
         return
     _check_one_form(prune)
-    if "target" not in prune:  # the method's own default target is the one the run will use
+    if prune.get("target") is None:  # the method's own default target is the one the run will use
         cls = pruner_class(method)
         try:
             target = inspect.signature(cls).parameters.get("target")
@@ -654,7 +655,7 @@ def _check_schedule_epochs(written: dict, optim: dict) -> None:
     run. Messages name the keys as the recipe wrote them."""
     epochs = optim["epochs"]
     prune = fractions_to_epochs(written, epochs)
-    if prune.get("target", 1.0) >= 1.0:
+    if prune.get("target") is None or prune["target"] >= 1.0:
         return
 
     def key(name: str) -> str:

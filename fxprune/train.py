@@ -83,6 +83,8 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     """
     kwargs = {k: v for k, v in prune_cfg.items()
               if k not in RECIPE_PRUNE_KEYS or k.endswith(("_epochs", "_fraction"))}
+    if "target" in kwargs and kwargs["target"] is None:  # null: the method's own default
+        del kwargs["target"]
     method = prune_cfg.get("method", "none")
     if method == "none":
         return None

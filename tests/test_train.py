@@ -335,6 +335,17 @@ def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe
                      "--out", str(out)]) == 0
 
 
+def test_a_null_target_is_the_methods_default():
+    """break38 #6: `fxprune methods cucb` lists target = None, and prune.target: null was refused."""
+    from fxprune.models import build_model
+    from fxprune.train import make_pruner
+
+    pm = fxprune.prepare(build_model("resnet_fmnist", widths=[8, 8, 8]), (torch.randn(1, 1, 28, 28),))
+    cfg = resolve_config({**TINY, "prune": {"method": "cucb", "target": None, "mode": "budget",
+                                             "channel_step": 4, "warmup": 1}})
+    assert make_pruner(pm, cfg["prune"], steps_per_epoch=4, epochs=1).target == 0.5
+
+
 def test_save_module_leaves_the_module_as_it_was(tmp_path):
     """break35 #5: the exported helper put the caller's model in eval mode and added an
     attribute to it."""
