@@ -160,6 +160,18 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
 DEFAULT_TARGET = 0.5
 
 
+def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -> None:
+    """A ``target`` given beside a fixed per-group fraction (CUCB's ``rho``, CCP's ``ratio``)
+    in ratio mode does nothing: say so, with both ways to prune to it (break33 #8)."""
+    if target is None or value is None:
+        return
+    warnings.warn(f"{method}: target={target:g} is not used in mode='ratio' with {fixed}="
+                  f"{value:g}: each group keeps {fixed} of its channels and no cost is promised; "
+                  f"to prune to target, drop {fixed} (the largest common fraction within target; "
+                  f"a recipe: --set prune.{fixed}=null) or use mode='{cost_mode}'",
+                  RuntimeWarning, stacklevel=3)
+
+
 class PruningMethod:
     """Shared state of the methods on prepared-graph masks: the flat channel index, the
     weights that read prunable channels, the cost model and the budget."""

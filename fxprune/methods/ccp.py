@@ -70,7 +70,7 @@ from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
 from ..checks import check_fraction, check_number
-from .base import DEFAULT_TARGET, PruningMethod
+from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
            "best_subsets", "solve"]
@@ -268,12 +268,8 @@ class CCP(PruningMethod):
             check_fraction("target", target, "the fraction of the dense cost to keep")
         if ratio is not None:
             check_fraction("ratio", ratio, "the fraction of each group's channels to keep")
-        if mode == "ratio" and ratio is not None and target is not None:  # given, it would do nothing
-            warnings.warn(f"CCP: target={target:g} is not used in mode='ratio' with ratio={ratio:g}: "
-                          "each group keeps ratio of its channels and no cost is promised; to "
-                          "prune to target, drop ratio (the largest common ratio within target; a "
-                          "recipe: --set prune.ratio=null) or use mode='adaptive'", RuntimeWarning,
-                          stacklevel=2)
+        if mode == "ratio":
+            warn_unused_target("CCP", target, "ratio", ratio, "adaptive")
         if collect_bn not in ("eval", "train"):
             raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
         # round_every 0 put every round on one step, and only the first ran

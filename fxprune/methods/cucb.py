@@ -78,7 +78,7 @@ from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
 from ..checks import check_fraction, check_number
-from .base import DEFAULT_TARGET, PruningMethod
+from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target
 
 __all__ = ["CUCB"]
 
@@ -107,12 +107,8 @@ class CUCB(PruningMethod):
             check_fraction("target", target, "the fraction of the dense cost to keep")
         if rho is not None:
             check_fraction("rho", rho, "the fraction of each group's channels active")
-        if mode == "ratio" and rho is not None and target is not None:  # given, it would do nothing
-            warnings.warn(f"CUCB: target={target:g} is not used in mode='ratio' with rho={rho:g}: "
-                          "each group keeps rho of its channels and no cost is promised; to prune "
-                          "to target, drop rho (the largest common fraction within target; a "
-                          "recipe: --set prune.rho=null) or use mode='budget'", RuntimeWarning,
-                          stacklevel=2)
+        if mode == "ratio":
+            warn_unused_target("CUCB", target, "rho", rho, "budget")
         check_number("c", c, 0)
         check_number("warmup", warmup, 0, integer=True)
         if explore is not None:
