@@ -130,7 +130,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             torch.device(device)
         except (RuntimeError, TypeError):
             raise DeployError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") from None
-    backend = choose_backend(backend, log)
+    # why auto chose this backend is said once the inputs are checked: before an error about
+    # a missing model file it was noise (break37 #9)
+    chosen: list[str] = []
+    backend = choose_backend(backend, chosen.append)
     if device is not None and backend != "torch":
         raise DeployError(f"--device {device} applies to the torch backend, but the {backend} "
                           "backend was chosen; drop --device or pass --backend torch")
@@ -180,6 +183,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             check_input_fits(mod, shape, lbl)
         else:
             check_onnx_input_fits(lbl, shape)
+    for line in chosen:
+        log(line)
     created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     marker = os.path.join(out_dir, DEPLOY_MARKER)

@@ -226,13 +226,19 @@ def test_each_output_is_checked_against_its_own_scale(tmp_path):
         verify_onnx(str(path), TwoScales(), SHAPE)
 
 
-def test_auto_backend_picks_onnxruntime_without_tensorrt(monkeypatch):
+def test_auto_backend_picks_onnxruntime_without_tensorrt(monkeypatch, tmp_path):
     lines = []
     monkeypatch.setattr(pipeline.trtb, "tensorrt_status", lambda: (False, "no tensorrt here"))
     assert choose_backend("auto", lines.append) == "onnxruntime"
     assert len(lines) == 1 and "ONNX Runtime" in lines[0] and "no tensorrt here" in lines[0]
     with pytest.raises(DeployError, match="not one of"):
         choose_backend("openvino")
+    # deploy says why only once the inputs are checked, not before their error (break37 #9)
+    lines.clear()
+    with pytest.raises(DeployError, match="does not exist"):
+        pipeline.deploy(tmp_path / "no_such_model.onnx", tmp_path / "out", backend="auto",
+                        log=lines.append)
+    assert lines == [] and not (tmp_path / "out").exists()
 
 
 def test_report_table_shows_both_models():
