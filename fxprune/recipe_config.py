@@ -723,10 +723,16 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     path = Path(path).expanduser()
     if not path.is_file():
         what = "is a folder, not a YAML recipe" if path.is_dir() else "not found"
+        # named from here when the source tree is here, else as the source tree's
+        # (break37 #9: paths relative to it meant nothing from another folder)
+        shipped = Path(__file__).resolve().parents[1] / "configs"
+        where = os.path.relpath(shipped) if shipped.is_dir() else "configs"
+        where = (str(shipped) if where.startswith("..") else where) + os.sep
         raise ConfigError(f"config file {path} {what}; the shipped recipes are "
-                          "configs/fashion_mnist_smcp.yaml (SMCP), configs/fashion_mnist_quick.yaml "
-                          "(a few minutes), configs/fashion_mnist_resnet.yaml (dense), "
-                          "configs/fashion_mnist_cucb.yaml and configs/fashion_mnist_ccp.yaml")
+                          f"{where}fashion_mnist_smcp.yaml (SMCP), {where}fashion_mnist_quick.yaml "
+                          f"(a few minutes), {where}fashion_mnist_resnet.yaml (dense), "
+                          f"{where}fashion_mnist_cucb.yaml and {where}fashion_mnist_ccp.yaml"
+                          + ("" if shipped.is_dir() else " in fxprune's source tree"))
     try:
         text = path.read_text()
         raw = yaml.load(text, Loader=_YamlLoader)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import warnings
 
 import pytest
@@ -333,6 +334,15 @@ def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe
     assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
                      "prune.hysteresis=0", "--set", "prune.accumulate=mean", "--resume",
                      "--out", str(out)]) == 0
+
+
+def test_a_missing_recipe_names_the_shipped_ones_from_where_the_user_is(tmp_path, monkeypatch):
+    """break37 #9: the hint named configs/... relative to the source tree, from any folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config(tmp_path / "nope.yaml")
+    shipped = str(info.value).split("the shipped recipes are ")[1].split(" (SMCP)")[0]
+    assert os.path.isfile(shipped), shipped
 
 
 def test_a_null_target_is_the_methods_default():
