@@ -189,6 +189,11 @@ _INSTALLED_ROWS = {
                                                      "running_var")),
     # drops whole samples (a per-sample scale): channels pass through
     ("timm.layers", "DropPath"): ELEMENTWISE,
+    # torchvision's detection backbones' norm: traced through, its scale (computed from its
+    # buffers alone) was baked in as anonymous constants, losing 80 state_dict names of a
+    # resnet18 (break39 #3)
+    ("torchvision.ops.misc", "FrozenBatchNorm2d"): ChannelAffine(("weight", "bias", "running_mean",
+                                                                 "running_var")),
 }
 
 

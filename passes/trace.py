@@ -29,11 +29,6 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 class _Tracer(fx.Tracer):
     # The traced graph records this class; unpickling a GraphModule re-traces its code with
     # ``tracer_cls()``, so every argument needs a default or torch.load fails.
-    # A buffer read is a graph node, not the tensor: an op over buffers alone (a running mean
-    # decayed in forward, FrozenBatchNorm's scale from its statistics) ran once while tracing
-    # and was baked in as an anonymous constant (break39 #1, #3)
-    proxy_buffer_attributes = True
-
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset(),
                  rules: dict | None = None, fixed: dict | None = None):
         # functions with a row recorded as one call (their bodies read a training flag)
@@ -210,6 +205,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     add_installed_rows()
     mode_leaves: dict[str, str] = {}
     called = None  # the layers the first trace calls as modules
+    root_updates = ""  # why the model's own forward cannot be traced faithfully
     for _ in model.modules():
         root = _copy(model)
         names = leaf_names | frozenset(mode_leaves)
@@ -220,11 +216,17 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             raise _trace_error(model, tracer, e) from e
         if called is None:
             called = _layers_reached(graph)
+        updated = _updated_while_tracing(model, root, graph)
         found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
                                 lambda: _copy(model))
-        if not found.leaves:
+        # a buffer the forward updates in place ran its update once, while tracing, and the
+        # graph reads a frozen copy (break39 #1): its module is called as one op, as it is
+        leaves = {**found.leaves, **{owner: why for owner, why in updated.items() if owner}}
+        if "" in updated and not root_updates:
+            root_updates = updated[""]
+        if not leaves:
             break
-        mode_leaves.update(found.leaves)
+        mode_leaves.update(leaves)
     gm = fx.GraphModule(root, graph, type(model).__name__)
     originals = dict(root.named_modules())
     for name, m in gm.named_modules():  # the stand-ins of traced-through modules, too
@@ -245,7 +247,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"{'are' if len(hiding) > 1 else 'is'} called as one op, so those layers are not "
             f"pruned: `{hiding[0]}`: {mode_leaves[hiding[0]]}; move that code into a small "
             "submodule of its own to keep the layers prunable", UserWarning, stacklevel=3)
-    if found.root_line:
+    if found.root_line and not root_updates:  # (a buffer updated while tracing differs too)
         other = "eval" if mode == "train" else "train"
         warnings.warn(
             f"{type(model).__name__}.forward reads self.training ({found.root_line}); the prepared "
@@ -253,7 +255,11 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"prepare it in {other} mode for what it does there (e.g. auxiliary heads), or move "
             "that code into a submodule, which then follows .train()/.eval()",
             UserWarning, stacklevel=3)
-    elif found.unchecked:
+    if root_updates:
+        warnings.warn(f"{type(model).__name__}.forward {root_updates}; move that code into a "
+                      "small submodule of its own, which is then called as one op",
+                      UserWarning, stacklevel=3)
+    if found.unchecked and not found.root_line:
         warnings.warn(
             f"{type(model).__name__} could not be traced with every module's mode flipped "
             f"({found.unchecked}), so code that reads self.training could not be found; the "
@@ -278,6 +284,36 @@ def _layers_reached(graph: fx.Graph) -> set[str]:
                 break
             frontier = [v for u in frontier for v in u.users]
     return reached
+
+
+def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph) -> dict[str, str]:
+    """{owner module path: why} for buffers the forward updates in place (a running mean it
+    keeps itself): what ran on the buffer alone ran once, at trace time, and the graph reads a
+    frozen copy. Found as a buffer that tracing changed in ``traced`` (a copy of ``model``), or
+    one the graph updates in place (``buf.mul_(0.9)`` on zeros changes nothing to see)."""
+    before = dict(model.named_buffers())
+    buffers = dict(traced.named_buffers())
+    names = []
+    for name, now in buffers.items():
+        was = before.get(name)
+        if was is None or was.shape != now.shape or was.dtype != now.dtype:
+            continue
+        a, b = was.detach().cpu(), now.detach().cpu()
+        if not (torch.equal(a, b) or (a.is_floating_point() and bool(
+                ((a == b) | (a.isnan() & b.isnan())).all()))):
+            names.append(name)
+    for node in graph.nodes:
+        first = node.args[0] if node.args else None
+        if (node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
+                and isinstance(first, fx.Node) and first.op == "get_attr" and first.target in buffers):
+            names.append(first.target)
+    out: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        owner, _, leaf = name.rpartition(".")
+        out.setdefault(owner, []).append(leaf)
+    return {owner: f"its forward updates the buffer{'s' if len(leaves) > 1 else ''} "
+                   f"{', '.join(leaves)} in place, which a traced graph would freeze at its "
+                   "example value" for owner, leaves in out.items()}
 
 
 def _copy(model: nn.Module) -> nn.Module:
