@@ -88,12 +88,11 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(f"{out} holds an interrupted run ({prev.name}, the last epoch it "
                               f"saved): move it to {ckpt.name} and pass --resume to continue, "
                               "--overwrite to start over, or another --out")
-    # a run's results, its checkpoints deleted to save space, are a run too (break35 #2)
-    kept = [name for name in ("checkpoint.pt", *RUN_MODEL_FILES, "results.json")
-            if (out / name).exists()]
-    if kept and kept[0] == "checkpoint.pt":
-        raise FileExistsError(f"{out} already holds a run ({out / kept[0]}); pass --resume to "
+    if ckpt.exists():
+        raise FileExistsError(f"{out} already holds a run ({ckpt}); pass --resume to "
                               "continue it, --overwrite to start over, or another --out")
+    # a run's results, its checkpoints deleted to save space, are a run too (break35 #2)
+    kept = [name for name in (*RUN_MODEL_FILES, "results.json") if (out / name).exists()]
     if kept:  # no checkpoint to resume from: --resume would refuse too (break38 #5)
         raise FileExistsError(f"{out} already holds a run ({out / kept[0]}) without its "
                               "checkpoints, which cannot be resumed; pass --overwrite to start "

@@ -53,9 +53,10 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
                             ConfigError, apply_overrides, check_schedule_steps,
                             fractions_to_epochs, load_config, parse_value, pruner_class,
                             resolve_config)
-from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs, check_out_folder,
-                     config_changes, cost_columns, format_results, load_checkpoint, rng_state,
-                     save_checkpoint, save_module, set_rng_state, write_results)
+from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
+                     check_out_folder, config_changes, cost_columns, format_results,
+                     load_checkpoint, rng_state, save_checkpoint, save_module, set_rng_state,
+                     write_results)
 
 # Names this module exported before the config and the run I/O moved out stay importable here.
 _REEXPORTED = (DEFAULTS, apply_overrides, parse_value, format_results)
@@ -610,7 +611,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}"
                                 for k, v in epoch_cost.items()), flush=True)
                 checkpoint = {
-                    "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
+                    "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step,
+                    "elapsed_s": elapsed,
                     "config": cfg, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "pruner": pruner.state_dict() if pruner is not None else None,

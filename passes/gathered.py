@@ -158,7 +158,6 @@ def _after_norm(bn: nn.Module, name: str) -> list[nn.Module]:
                        "BatchNorm and does not know what its class adds; use masked execution")
 
 
-
 def _failing_node(gm: fx.GraphModule, inputs: tuple) -> str:
     """Where a gathered graph's forward fails: " at node NAME (OP reading TENSORS)", found by
     running it node by node (only after it failed, so its cost does not matter), or ""."""
@@ -199,6 +198,7 @@ class _Run(nn.Module):
 
     def forward(self, *args):
         return self._interpreter.run(*args)
+
 
 class GatheredModule(nn.Module):
     """The active sub-network of a prepared model (see the module docstring)."""

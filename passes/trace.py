@@ -298,9 +298,9 @@ def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph)
         was = before.get(name)
         if was is None or was.shape != now.shape or was.dtype != now.dtype:
             continue
-        a, b = was.detach().cpu(), now.detach().cpu()
-        if not (torch.equal(a, b) or (a.is_floating_point() and bool(
-                ((a == b) | (a.isnan() & b.isnan())).all()))):
+        # compared where they are (a copy shares the device): no host copy of every buffer
+        if not (torch.equal(was, now) or (was.is_floating_point() and bool(
+                ((was == now) | (was.isnan() & now.isnan())).all()))):
             names.append(name)
     for node in graph.nodes:
         first = node.args[0] if node.args else None

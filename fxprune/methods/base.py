@@ -250,7 +250,7 @@ class PruningMethod:
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
         self.budget = Budget(self.index, costed_layers(self.index), cost_model, other)
         self.step_count = 0
-        #: the cheapest model the target check found (set by _check_reachable; None: no target)
+        #: the narrowest model the target check priced (set by _check_reachable; None: no target)
         self.floor_kept: np.ndarray | None = None
         self.history: list[dict] = []
 
@@ -276,7 +276,7 @@ class PruningMethod:
         return Budget(self.index, self.budget.layers, cost_model, fixed).fraction(self._kept_now())
 
     def _check_reachable(self, target: float) -> None:
-        """Refuse, before any training, a cost target below the cheapest model the constraints
+        """Refuse, before any training, a cost target below the narrowest model the constraints
         allow: every group at its smallest allowed width (``channel_step``, split pieces).
         That model is kept as :attr:`floor_kept`, which the allocator's options always hold,
         so no ranking of channels found later makes the target unreachable."""

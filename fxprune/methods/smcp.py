@@ -291,7 +291,8 @@ class SMCP(PruningMethod):
 
     def _options(self, scores):
         """Per group: keep the top-k by importance, for every allowed k (dead channels last);
-        for the knapsack, the constructor's cheapest model too (uniform widths take top-k)."""
+        for the knapsack, the narrowest model the constructor priced too (uniform widths take
+        top-k)."""
         options = []
         for i, g in enumerate(self.index.groups):
             sl = self.index.group_slice(i)
