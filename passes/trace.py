@@ -256,7 +256,8 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             "that code into a submodule, which then follows .train()/.eval()",
             UserWarning, stacklevel=3)
     if root_updates:
-        warnings.warn(f"{type(model).__name__}.forward {root_updates}; move that code into a "
+        warnings.warn(f"{type(model).__name__}.forward {root_updates.removeprefix('its forward ')}; "
+                      "move that code into a "
                       "small submodule of its own, which is then called as one op",
                       UserWarning, stacklevel=3)
     if found.unchecked and not found.root_line:
@@ -287,33 +288,40 @@ def _layers_reached(graph: fx.Graph) -> set[str]:
 
 
 def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph) -> dict[str, str]:
-    """{owner module path: why} for buffers the forward updates in place (a running mean it
-    keeps itself): what ran on the buffer alone ran once, at trace time, and the graph reads a
-    frozen copy. Found as a buffer that tracing changed in ``traced`` (a copy of ``model``), or
-    one the graph updates in place (``buf.mul_(0.9)`` on zeros changes nothing to see)."""
+    """{owner module path: why} for buffers the forward updates (a running mean it keeps
+    itself): what ran on the buffer alone ran once, at trace time, and the graph reads a
+    frozen copy. Found as a buffer that tracing changed in ``traced`` (a copy of ``model``),
+    one the graph updates in place (``buf.mul_(0.9)`` on zeros changes nothing to see), or one
+    assigned a traced value (``self.mu = 0.9 * self.mu + 0.1 * x.mean()``)."""
     before = dict(model.named_buffers())
     buffers = dict(traced.named_buffers())
-    names = []
+    names = {}  # buffer -> how it is updated
     for name, now in buffers.items():
         was = before.get(name)
+        if not isinstance(now, torch.Tensor):  # it holds a proxy (break41: the check raised)
+            names[name] = "assigns the buffer"
+            continue
         if was is None or was.shape != now.shape or was.dtype != now.dtype:
             continue
         # compared where they are (a copy shares the device): no host copy of every buffer
         if not (torch.equal(was, now) or (was.is_floating_point() and bool(
                 ((was == now) | (was.isnan() & now.isnan())).all()))):
-            names.append(name)
+            names[name] = "updates the buffer"
     for node in graph.nodes:
         first = node.args[0] if node.args else None
         if (node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")
                 and isinstance(first, fx.Node) and first.op == "get_attr" and first.target in buffers):
-            names.append(first.target)
-    out: dict[str, list[str]] = {}
-    for name in dict.fromkeys(names):
+            names.setdefault(first.target, "updates the buffer")
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, how in names.items():
         owner, _, leaf = name.rpartition(".")
-        out.setdefault(owner, []).append(leaf)
-    return {owner: f"its forward updates the buffer{'s' if len(leaves) > 1 else ''} "
-                   f"{', '.join(leaves)} in place, which a traced graph would freeze at its "
-                   "example value" for owner, leaves in out.items()}
+        out.setdefault(owner, {}).setdefault(how, []).append(leaf)
+    return {owner: "its forward " + " and ".join(
+                f"{how}{'s' if len(leaves) > 1 else ''} {', '.join(leaves)}"
+                + (" a value computed from its input" if how == "assigns the buffer" else " in place")
+                for how, leaves in hows.items())
+            + ", which a traced graph would freeze at its example value"
+            for owner, hows in out.items()}
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -181,9 +181,34 @@ def test_a_buffer_updated_in_forward_stays_live_and_checks_leave_it():
     fxprune.finalize(pm)
     assert torch.equal(pm.center.mu, before)  # "prepared is left untouched"
     # in the model's own forward it cannot be called as one op: said, not silent
-    with pytest.warns(UserWarning, match=r"Centered.forward its forward updates the buffer mu in "
+    with pytest.warns(UserWarning, match=r"Centered.forward updates the buffer mu in "
                                          r"place, which a traced graph would freeze"):
         fxprune.prepare(Centered(), (torch.randn(2, 16, 8, 8),))
+
+
+class Reassigned(Centered):
+    """The same running mean, assigned rather than updated in place."""
+
+    def forward(self, y):
+        self.mu = 0.9 * self.mu + 0.1 * y.mean((0, 2, 3)).detach()
+        return y - self.mu.view(1, -1, 1, 1)
+
+
+def test_a_buffer_assigned_in_forward_is_one_op_not_a_crash():
+    """`self.mu = 0.9 * self.mu + ...` stored a proxy in the traced copy's buffer, and prepare
+    failed with torch.fx's "symbolically traced variables cannot be used as inputs to control
+    flow" from its own buffer check. The module is called as one op, as the in-place form is."""
+    import copy
+
+    model = CenteredNet()
+    model.center = Reassigned()
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    (kept,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
+    assert not kept.prunable and "assigns the buffer mu a value computed from its input" in kept.reason
+    reference = copy.deepcopy(model)
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8) + 1
+        assert torch.allclose(pm(x), reference(x), atol=1e-6)
 
 
 def test_frozen_batch_norm_keeps_its_state_dict_names_and_prunes():
