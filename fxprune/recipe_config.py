@@ -609,7 +609,9 @@ def _check_prune(prune: dict, optim: dict) -> None:
     method = prune.get("method", "none")
     RECIPE_PRUNE_KEYS["method"].check("prune.method", method)
     keys = prune_keys(method)
-    extra = [k for k in prune if k not in keys and (method == "none" or "*" not in keys)]
+    # under method none a key left null asks for nothing (break40 #7: `prune.target: null`)
+    extra = [k for k in prune if k not in keys and (method == "none" or "*" not in keys)
+             and not (method == "none" and prune[k] is None)]
     drop = " ".join(f"--set '~prune.{k}'" for k in extra)
     if extra and method == "none":
         raise ConfigError(f"prune.{extra[0]} is set but prune.method is none (no pruning); set "

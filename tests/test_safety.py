@@ -434,6 +434,15 @@ def test_config_errors_are_one_line_before_any_work(recipe, tmp_path, capsys, ov
     assert not out.exists()
 
 
+def test_a_null_prune_key_is_accepted_with_method_none(recipe):
+    """break40 #7: `prune.target: null` means the method's default, so switching a recipe to
+    method none on the command line needed `~prune.target` even when the target was null."""
+    from fxprune.recipe_config import load_config
+
+    cfg = load_config(recipe, ["prune.method=none", "prune.target=null"])
+    assert cfg["prune"]["method"] == "none"
+
+
 def test_smcp_constructor_rejects_bad_arguments_in_one_line():
     pm = small_prepared()
     for kwargs, phrase in [({"channel_step": 0}, "channel_step must be >= 1, got 0"),
