@@ -388,7 +388,7 @@ def test_a_setting_the_mode_ignores_is_said():
         fxprune.CUCB(prepared(), target=0.5, mode="budget", rho=0.7)
 
 
-def test_a_target_beside_a_fixed_fraction_is_said_to_do_nothing(capsys):
+def test_a_target_beside_a_fixed_fraction_is_said_to_do_nothing(capsys, monkeypatch):
     """break33 #8: ratio mode with rho/ratio given ignored an explicit target silently (its
     default 0.5 could not be told from one given); the default is None now."""
     with pytest.warns(RuntimeWarning, match=r"CCP: target=0\.5 is not used in mode='ratio' with "
@@ -405,6 +405,15 @@ def test_a_target_beside_a_fixed_fraction_is_said_to_do_nothing(capsys):
         assert fxprune.CUCB(prepared(), rho=0.7).target is None
         assert CCP(prepared(), mode="adaptive").target == 0.5  # the default target
         assert fxprune.CUCB(prepared(), mode="budget").target == 0.5
+    # break38 #6: said once, by the main process, not by every rank of a torchrun
+    with pytest.warns(RuntimeWarning, match=r"to keep rho, leave target out \(a recipe: "
+                                            r"--set prune.target=null\)"):
+        fxprune.CUCB(prepared(), target=0.5, rho=0.7)
+    monkeypatch.setattr("fxprune.distributed.is_main_process", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.CUCB(prepared(), target=0.5, rho=0.7)
+    monkeypatch.undo()
     from fxprune.cli import main
 
     assert main(["methods", "cucb"]) == 0  # the listing says what None means

@@ -163,12 +163,15 @@ DEFAULT_TARGET = 0.5
 def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -> None:
     """A ``target`` given beside a fixed per-group fraction (CUCB's ``rho``, CCP's ``ratio``)
     in ratio mode does nothing: say so, with both ways to prune to it (break33 #8)."""
-    if target is None or value is None:
+    from ..distributed import is_main_process
+
+    if target is None or value is None or not is_main_process():  # said once, not per rank
         return
     warnings.warn(f"{method}: target={target:g} is not used in mode='ratio' with {fixed}="
                   f"{value:g}: each group keeps {fixed} of its channels and no cost is promised; "
                   f"to prune to target, drop {fixed} (the largest common fraction within target; "
-                  f"a recipe: --set prune.{fixed}=null) or use mode='{cost_mode}'",
+                  f"a recipe: --set prune.{fixed}=null) or use mode='{cost_mode}'; to keep "
+                  f"{fixed}, leave target out (a recipe: --set prune.target=null)",
                   RuntimeWarning, stacklevel=3)
 
 
