@@ -38,7 +38,7 @@ def is_onnx(model) -> bool:
 
 
 def load_model(model: nn.Module | str | os.PathLike, *,
-               trust_model_file: bool = False) -> tuple[nn.Module, str]:
+               trust_model_file: bool = False, role: str = "model") -> tuple[nn.Module, str]:
     """The module itself and a label for reports (its path, or its class name).
 
     A path is unpickled only with ``trust_model_file=True`` (unpickling can run any code the
@@ -49,7 +49,7 @@ def load_model(model: nn.Module | str | os.PathLike, *,
         return model, type(model).__name__
     path = os.fspath(model)
     if not os.path.isfile(path):
-        raise not_a_file(path)
+        raise not_a_file(path, role)
     if not trust_model_file:
         try:  # safe: tensors and plain data only; a pickled module fails here by design
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -79,15 +79,19 @@ def load_model(model: nn.Module | str | os.PathLike, *,
     return loaded, path
 
 
-def not_a_file(path: str) -> DeployError:
-    """The error for a model path that is no file: a folder (a train run's) is named as one."""
+def not_a_file(path: str, role: str = "model") -> DeployError:
+    """The error for a model path that is no file: a folder (a train run's) is named as one.
+    ``role`` is what the path was given as: ``"model"``, or ``"--compare"`` (the dense model)."""
+    suggest = "model_dense.pt" if role == "--compare" else "model_pruned.pt"
     if os.path.isdir(path):  # "does not exist" named the wrong cause (break37 #3)
         run = os.path.isfile(os.path.join(path, "checkpoint.pt")) or any(
             os.path.isfile(os.path.join(path, f)) for f in ("model_pruned.pt", "model_dense.pt"))
-        return DeployError(f"model {path!r} is a folder{', a fxprune train run' if run else ''}:"
-                           " pass a model file in it (model_pruned.pt, with --trust-model-file) "
-                           "or an .onnx file")
-    return DeployError(f"model file {path!r} does not exist")
+        if run:  # break38 #8: --compare's file is the dense one
+            return DeployError(f"{role} {path!r} is a folder, a fxprune train run: pass a model "
+                               f"file in it ({suggest}, with --trust-model-file) or an .onnx file")
+        return DeployError(f"{role} {path!r} is a folder: pass a model file (a torch.save of the "
+                           "module, with --trust-model-file) or an .onnx file")
+    return DeployError(f"{role} file {path!r} does not exist")
 
 
 def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:

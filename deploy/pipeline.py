@@ -157,14 +157,15 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         if is_onnx(given):
             path = os.fspath(given)
             if not os.path.isfile(path):
-                raise not_a_file(path)
+                raise not_a_file(path, "model" if name == "model" else "--compare")
             if backend == "torch":
                 raise DeployError(f"{path} is an ONNX file and the torch backend times PyTorch "
                                   "modules; pass --backend onnxruntime (or tensorrt), or the "
                                   "torch.save file of the module")
             models[name] = (None, path)
         else:
-            models[name] = load_model(given, trust_model_file=trust_model_file)
+            models[name] = load_model(given, trust_model_file=trust_model_file,
+                                      role="model" if name == "model" else "--compare")
     for name, (mod, lbl) in models.items():
         if is_prepared(mod):
             warnings.warn(f"{lbl} is a model fxprune.prepare returned, not finalized: it runs at "

@@ -308,6 +308,14 @@ def test_resume_refuses_epochs_below_the_checkpoint_and_another_format(recipe, t
         assert "is a folder" in capsys.readouterr().err
     assert cli_main(["deploy", str(out), "--out", str(tmp_path / "d")]) == 1
     assert "is a folder, a fxprune train run: pass a model file in it" in capsys.readouterr().err
+    # break38 #8: the folder given as --compare is named so, with the dense model's file, and
+    # a folder that is no run is not told to pick a file "in it"
+    assert cli_main(["deploy", str(out / "model_dense.pt"), "--trust-model-file", "--compare",
+                     str(out), "--out", str(tmp_path / "d")]) == 1
+    assert f"--compare '{out}' is a folder, a fxprune train run: pass a model file in it " \
+           "(model_dense.pt" in capsys.readouterr().err
+    assert cli_main(["deploy", str(out / "x.onnx"), "--out", str(tmp_path / "d")]) == 1
+    assert "is a folder: pass a model file (a torch.save of the module" in capsys.readouterr().err
 
 
 def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe, tmp_path):
