@@ -511,11 +511,12 @@ class BanditStats(ImportanceStrategy):
         self.pending_count = torch.zeros(n, dtype=torch.float64)
 
     @torch.no_grad()
-    def observe(self, saliency: torch.Tensor, active: torch.Tensor) -> None:
+    def observe(self, saliency: torch.Tensor, active: torch.Tensor) -> bool:
+        """Add one step's rewards; False (nothing added) when an active saliency is not finite."""
         s = saliency.detach().double().cpu()
         active = torch.as_tensor(active, dtype=torch.bool).cpu()
         if not torch.isfinite(s[active]).all():
-            return  # a non-finite step says nothing about the arms
+            return False  # a non-finite step says nothing about the arms
         masked = torch.where(active, s, torch.zeros_like(s))
         group_max = torch.zeros_like(self.running_max).scatter_reduce(
             0, self.group_of, masked, reduce="amax")
@@ -524,6 +525,7 @@ class BanditStats(ImportanceStrategy):
         reward = torch.where(scale > 0, masked / scale.clamp_min(1e-300), torch.zeros_like(s))
         self.pending_sum += torch.where(active, reward, torch.zeros_like(reward))
         self.pending_count += active.double()
+        return True
 
     def sync(self, reduce_fn: ReduceFn | None = None) -> None:
         """Fold pending rewards into ``T``/``mu``; with ``reduce_fn``, everyone's pending ones."""

@@ -344,3 +344,43 @@ def test_a_final_selection_without_any_reward_is_said():
             F.cross_entropy(pm(x), y).backward()
             pm.zero_grad()
             pruner.step()
+
+
+def test_a_run_of_nonfinite_steps_is_said_and_counted():
+    """break38 #10: with a NaN weight every later step was dropped in BanditStats.observe
+    without a word, and the final pick came from the rewards seen before the divergence."""
+    from fxprune.methods.cucb import NONFINITE_STEPS_WARN
+
+    pm = fxprune.prepare(planted_model(), (torch.randn(1, 8),))
+    pruner = CUCB(pm, rho=0.5, warmup=0, explore=NONFINITE_STEPS_WARN + 6, cost="params",
+                  execution="masked")
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+
+    def train_step():
+        pm.zero_grad()
+        F.cross_entropy(pm(x), y).backward()
+        return pruner.step()
+
+    for _ in range(5):
+        train_step()
+    assert pruner.skipped_steps == 0
+    with torch.no_grad():
+        pm.fc1.weight[0, 0] = float("nan")  # diverged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a few overflowed steps are normal: no warning yet
+        for _ in range(NONFINITE_STEPS_WARN - 1):
+            train_step()
+    with pytest.warns(RuntimeWarning, match=rf"CUCB: the last {NONFINITE_STEPS_WARN} steps .* "
+                                            r"inf/nan saliencies"):
+        train_step()
+    assert pruner.skipped_steps == NONFINITE_STEPS_WARN
+    state = pruner.state_dict()
+    with pytest.warns(RuntimeWarning, match="inf/nan saliencies"):  # said where it picks
+        record = None
+        while record is None:
+            record = train_step()
+    assert record["skipped_steps"] == NONFINITE_STEPS_WARN + 1
+    resumed = CUCB(pm, rho=0.5, warmup=0, explore=NONFINITE_STEPS_WARN + 6, cost="params",
+                   execution="masked")
+    resumed.load_state_dict(state)
+    assert resumed.skipped_steps == NONFINITE_STEPS_WARN and resumed._nonfinite_run == NONFINITE_STEPS_WARN

@@ -85,6 +85,9 @@ __all__ = ["CUCB"]
 #: ratio mode under a cost target warns when its common fraction leaves more of the dense
 #: cost than this unused
 _UNUSED_WARN = 0.05
+#: steps in a row with inf/nan saliencies before CUCB warns: a loss scaler's first steps
+#: overflow a few times in a row (it halves its scale each time), a diverged run every time
+NONFINITE_STEPS_WARN = 20
 
 
 class CUCB(PruningMethod):
@@ -179,6 +182,8 @@ class CUCB(PruningMethod):
         self._hooks = []
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
         self._loop_checked = False  # at this object's first step(), a resumed run's too
+        self.skipped_steps = 0  # steps whose saliencies were not finite, so not rewarded
+        self._nonfinite_run = 0  # of them, the ones since the last finite step
         self.active = self._select(step=0)
         self._apply(self.active)
 
@@ -212,13 +217,27 @@ class CUCB(PruningMethod):
         flat = torch.from_numpy(self.active.astype(np.float32))
         s = self.saliency.step_scores(flat)
         if s is not None:
-            self.stats.observe(s, torch.from_numpy(self.active))
+            if self.stats.observe(s, torch.from_numpy(self.active)):
+                self._nonfinite_run = 0
+            else:  # a loss-scaler overflow now and then is normal; a run of them is not
+                self.skipped_steps += 1
+                self._nonfinite_run += 1
+                if self._nonfinite_run == NONFINITE_STEPS_WARN:
+                    self._warn_nonfinite()
         self.stats.sync(self.reduce_fn)
         if self.explore is not None and self.step_count >= self.explore:
             return self.select_final()
         self.active = self._select(self.step_count)
         self._apply(self.active)
         return None
+
+    def _warn_nonfinite(self) -> None:
+        warnings.warn(
+            f"CUCB: the last {self._nonfinite_run} steps (to step {self.step_count}) had inf/nan "
+            "saliencies (gradients or weights: a diverged run, or a loss scaler overflowing "
+            "every step); the bandit learns nothing from them, and a selection now uses the "
+            "rewards seen before; lower the learning rate, or check the loss for nan",
+            RuntimeWarning, stacklevel=3)
 
     def _check_gathered_loop(self) -> None:
         """Say once when the loop does not use gathered execution: it then trains as
@@ -303,12 +322,15 @@ class CUCB(PruningMethod):
                 "gradients reached the channels, or every step overflowed): the kept channels are "
                 "random. Call pruner.step() after loss.backward() and before "
                 "optimizer.zero_grad()", RuntimeWarning, stacklevel=3)
+        elif self._nonfinite_run >= NONFINITE_STEPS_WARN:
+            self._warn_nonfinite()  # said again where it decides the pick
         kept = self._keep(self.stats.mu.numpy().copy(), final=True)
         self.active, self.final = kept, True
         self._apply(kept)
         record = {"step": self.step_count, "final": True, "mode": self.mode, "selection": self.selection,
                   "kept": int(kept.sum()), "channels": self.index.n, "actual": self.budget.fraction(kept),
-                  "played_min": float(self.stats.T.min()), "solve_s": time.perf_counter() - start}
+                  "played_min": float(self.stats.T.min()), "skipped_steps": self.skipped_steps,
+                  "solve_s": time.perf_counter() - start}
         self.history.append(record)
         return record
 
@@ -343,7 +365,8 @@ class CUCB(PruningMethod):
                 "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "final": self.final,
                 "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
-                "history": list(self.history)}
+                "history": list(self.history), "skipped_steps": self.skipped_steps,
+                "nonfinite_run": self._nonfinite_run}
 
     def load_state_dict(self, state: dict) -> None:
         self._check_state(state, "active")
@@ -353,4 +376,6 @@ class CUCB(PruningMethod):
         self.active = state["active"].numpy().astype(bool).copy()
         self.rng.bit_generator.state = state["rng"]
         self.history = list(state["history"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))  # (states before break41)
+        self._nonfinite_run = int(state.get("nonfinite_run", 0))
         self._apply(self.active)
