@@ -178,6 +178,25 @@ def test_resuming_under_another_target_or_rho_warns():
                                             r"0\.5 -> None; rho \S+ -> 0\.3; explore 8 -> 9 at step 0: "
                                             r"the run continues"):
         CUCB(pm, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
+    # break40: a cost model of the same name pricing otherwise (another latency table, another
+    # fixed cost) was resumed silently; what it prices the dense and half model at is recorded
+    from fxprune.cost import FlopsCost, WithFixedCost
+
+    class Table(FlopsCost):
+        name = "latency"
+
+        def __init__(self, per_op):
+            self.per_op = per_op
+
+        def layer_cost(self, layer, c_in, c_out):
+            return self.per_op * super().layer_cost(layer, c_in, c_out) + 1.0
+
+    saved = CUCB(pm, target=0.5, cost=Table(1e-6), channel_step=1).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CUCB(pm, target=0.5, cost=Table(1e-6), channel_step=1).load_state_dict(saved)
+    with pytest.warns(RuntimeWarning, match=r"dense_cost 93\.978 -> 181\.956; half_width_cost"):
+        CUCB(pm, target=0.5, cost=Table(2e-6), channel_step=1).load_state_dict(saved)
     # a state whose pick is made keeps it: saying the run goes on exploring misled (break34 #7)
     picked = CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1)
     picked.finalize_masks()

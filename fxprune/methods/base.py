@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from ..allocation import uniform_kept
 from ..budget import Budget
 from ..cost import CostModel
 from ..units import UnitIndex, consumer_weights, costed_layers
@@ -220,11 +221,16 @@ class PruningMethod:
         return {}
 
     def _allocation_settings(self) -> dict:
-        """The run settings every method's allocation shares: the cost model (by name), the
-        channel step and the knapsack's resolution (break38 #3: a resume under others was
-        silent)."""
+        """The run settings every method's allocation shares: the cost model (by name, and
+        by what it prices the dense and the half-width model at), the channel step and the
+        knapsack's resolution (break38 #3: a resume under others was silent; break40: a cost
+        model of the same name, another latency table or fixed cost, was too)."""
         model = self.budget.model
-        return {"cost": str(getattr(model, "name", type(model).__name__)),
+        if getattr(self, "_priced", None) is None:  # the budget is fixed for the run
+            half = self.budget.total(uniform_kept(self.index, 0.5, self.channel_step))
+            self._priced = {"dense_cost": float(f"{self.budget.dense:.6g}"),  # in its units
+                            "half_width_cost": float(f"{half:.6g}")}
+        return {"cost": str(getattr(model, "name", type(model).__name__)), **self._priced,
                 "channel_step": self.channel_step,
                 "resolution": int(getattr(self, "resolution", 0)),
                 "max_resolves": int(getattr(self, "max_resolves", 0))}
@@ -232,8 +238,11 @@ class PruningMethod:
     def _warn_changed_settings(self, state: dict) -> None:
         # states saved before "run_settings" existed kept SMCP's two at the top level
         saved = state.get("run_settings", state)
-        changed = [f"{name} {saved[name]!r} -> {mine!r}" for name, mine in self.run_settings().items()
-                   if name in saved and saved[name] != mine]
+        mine = self.run_settings()
+        differ = [name for name, value in mine.items() if name in saved and saved[name] != value]
+        if "cost" in differ:  # another cost model prices otherwise: its prices say no more
+            differ = [name for name in differ if name not in ("dense_cost", "half_width_cost")]
+        changed = [f"{name} {saved[name]!r} -> {mine[name]!r}" for name in differ]
         if changed:
             # a state whose final selection is made keeps it (CUCB's pick): new settings change
             # nothing about it, and saying the run continues under them misled (break34 #7)
