@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,7 +55,9 @@ def test_resume_from_the_checkpoint_gives_identical_masks(full_run, tmp_path):
     resumed = PruningCallback("smcp", save_path=tmp_path / "pruned.pt", **SMCP_ARGS)
     rec2 = RecordMasks()
     module2 = Classifier()
-    trainer(tmp_path, 2, [resumed, rec2]).fit(module2, loader(), ckpt_path=ckpt[0])
+    with warnings.catch_warnings():  # it holds this callback's state: no restart to speak of
+        warnings.filterwarnings("error", message="PruningCallback: the checkpoint")
+        trainer(tmp_path, 2, [resumed, rec2]).fit(module2, loader(), ckpt_path=ckpt[0])
     assert torch.equal(rec2.at_start, record.masks[3])  # the masks the checkpoint was taken with
     assert resumed.pruner.step_count == 8
     def strip(history):  # solve_s is a wall-clock time
@@ -65,6 +68,21 @@ def test_resume_from_the_checkpoint_gives_identical_masks(full_run, tmp_path):
     small, small2 = torch.load(tmp / "pruned.pt", weights_only=False), torch.load(tmp_path / "pruned.pt", weights_only=False)
     for (n, p), (n2, p2) in zip(small.state_dict().items(), small2.state_dict().items()):
         assert n == n2 and torch.equal(p, p2), n
+
+
+def test_a_resume_whose_checkpoint_lacks_this_callback_s_state_says_the_method_restarts(
+        full_run, tmp_path):
+    """break41 #2: the state key holds attribute=, so a callback naming the same model gets
+    no state, and SMCP ran its schedule again from step 0 with only Lightning's generic
+    "add the following callbacks" to go by."""
+    tmp, *_ = full_run
+    ckpt = sorted((tmp / "ckpt").glob("epoch=0-*.ckpt"))[0]
+    other = PruningCallback("smcp", attribute="model", **SMCP_ARGS)
+    with pytest.warns(RuntimeWarning, match=r"PruningCallback: the checkpoint .* holds no state of "
+                                            r"this callback \(PruningCallback\{'method': 'smcp', "
+                                            r"'attribute': 'model'\}\), so smcp starts at its step 0"):
+        trainer(tmp_path, 1, [other], enable_checkpointing=False).fit(Classifier(), loader(),
+                                                                      ckpt_path=ckpt)
 
 
 def test_errors_name_the_way_out(tmp_path):
@@ -368,3 +386,36 @@ def test_ccp_under_ddp_decides_on_every_rank_s_samples(tmp_path):
     ranks = [torch.load(tmp_path / f"masks_rank{r}.pt") for r in range(2)]
     for a, b, ref in zip(ranks[0]["masks"], ranks[1]["masks"], record.masks):
         assert torch.equal(a, b) and torch.equal(a, ref)
+
+
+class ManualAccumulation(Classifier):
+    """Lightning's documented manual-optimization accumulation over 2 batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, i):
+        x, y = batch
+        self.manual_backward(F.cross_entropy(self.model(x), y) / 2)
+        if (i + 1) % 2 == 0:
+            opt = self.optimizers()
+            opt.step()
+            opt.zero_grad()
+
+
+def test_ccp_under_manual_accumulation_decides_as_under_lightning_s_own(tmp_path):
+    """break41 #1: under manual optimization Lightning's accumulate_grad_batches stays 1, and
+    the callback set CCP's grad_scale to 1.0 although each loss was halved: 4 of 48 channels
+    differed from the same training under accumulate_grad_batches=2."""
+    masks = {}
+    for name, module, kw in (("auto", Classifier(), {"accumulate_grad_batches": 2}),
+                             ("manual", ManualAccumulation(), {})):
+        prune = PruningCallback("ccp", ratio=0.5, collect=1, rounds=1, round_every=1, channel_step=1)
+        trainer(tmp_path / name, 2, [prune], enable_checkpointing=False, **kw).fit(module, loader())
+        assert prune.pruner.step_count == 4 and prune.pruner.history
+        masks[name] = flat_masks(module.model)
+        weights = masks.setdefault("weights", [])
+        weights.append(torch.cat([p.detach().flatten() for p in module.model.parameters()]))
+    assert torch.equal(masks["auto"], masks["manual"])
+    torch.testing.assert_close(*masks["weights"], rtol=1e-10, atol=1e-12)

@@ -179,6 +179,16 @@ class PruningCallback(pl.Callback):
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
             self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs(trainer))
+            resumed_from = getattr(trainer, "ckpt_path", None)
+            if resumed_from and self._pending_state is None and trainer.is_global_zero:
+                # Lightning restores callbacks by state_key: one written with other arguments
+                # got nothing, and the method restarted its schedule mid-run (break41 #2)
+                warnings.warn(
+                    f"PruningCallback: the checkpoint {resumed_from} holds no state of this "
+                    f"callback ({self.state_key}), so {self.method} starts at its step 0, its "
+                    "schedule from the start; if it was written with a PruningCallback, pass "
+                    "the same method and attribute= as then (Lightning matches them by those)",
+                    RuntimeWarning, stacklevel=2)
         elif self._trained_state is not None and self._pending_state is None:
             # fitted again in this session: on from where training left the method, not from
             # the end's final rule (CUCB's pick would end its exploration: break26 #3)
@@ -232,8 +242,17 @@ class PruningCallback(pl.Callback):
             return
         if hasattr(self.pruner, "grad_scale"):  # what Lightning multiplied each micro-batch's loss by
             scaler = getattr(trainer.precision_plugin, "scaler", None)
-            scale = float(scaler.get_scale()) if scaler is not None else 1.0  # fp16 AMP only
-            self.pruner.grad_scale = scale / trainer.accumulate_grad_batches
+            if getattr(pl_module, "automatic_optimization", True):
+                scale = float(scaler.get_scale()) if scaler is not None else 1.0  # fp16 AMP only
+                self.pruner.grad_scale = scale / trainer.accumulate_grad_batches
+            else:
+                # manual optimization: Lightning's accumulate_grad_batches stays 1 whatever the
+                # loop accumulates, and 1.0 mis-scaled the terms (break41 #1); the method's
+                # default is the usual loop (Lightning's docs too): each of k micro-batches'
+                # loss divided by k, over the AMP scaler's scale where there is one
+                self.pruner.grad_scale = None
+                if scaler is not None and hasattr(self.pruner, "scaler"):
+                    self.pruner.scaler = scaler
         record = self.pruner.step()
         if record is not None:
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)

@@ -37,7 +37,8 @@ times its score at an update, so a masked channel must score more than ``1 + h``
 one to come back (on a short schedule, channel churn cost 5 pt of accuracy: soft masks with
 no margin 75.3%, ``h=3`` 80.1%, hard masks 80.9%; ``hysteresis=0`` is SMCP as published);
 ``bn_recalibrate=n`` replaces the running statistics of every BatchNorm after an update that
-changed the masks by their average over the next ``n`` training batches (cumulative average,
+changed the masks by their average over the training batches of the next ``n`` steps (``n x
+k`` batches under ``k``-fold gradient accumulation; cumulative average,
 ``momentum=None`` around each training forward, the layer's own otherwise), so evaluation
 right after a re-solve does
 not use statistics of the old masks; it reuses the training forwards (no extra passes, no
