@@ -20,6 +20,7 @@ from .rules import ChannelRule
 from .serialization import make_savable
 
 
+@torch.inference_mode(False)  # its weights and masks are trained: no inference tensors (break43 #7)
 def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
     """Trace ``model``, find its channel groups and insert soft masks.
 
@@ -87,6 +88,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
 DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
+@torch.inference_mode(False)  # a finalized model may be fine-tuned: no inference tensors
 def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None = None) -> fx.GraphModule:
     """Remove every channel whose mask is 0 and return a smaller plain model.
 

@@ -183,6 +183,9 @@ def _is_all_ones(mask: torch.Tensor) -> bool:
     through ``.data`` or a numpy view do not (write masks through the tensor itself). A mask
     computed in the forward (``gather_mask``) is a new tensor each time and is read each time.
     """
+    if mask.is_inference():  # made under torch.inference_mode (a gathered mask): no version
+        with torch.no_grad():  # counter to remember by (break43 #3: it raised)
+            return bool((mask == 1).all().item())
     key = (mask._version, mask.data_ptr(), mask.device)
     cached = getattr(mask, "_fxprune_all_ones", None)
     if cached is not None and cached[0] == key:

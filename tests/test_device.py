@@ -345,3 +345,54 @@ def test_recipe_trains_on_the_device_and_resumes_on_the_cpu(device, tmp_path):
         assert torch.load(resumed["model"], weights_only=False).training is False
     finally:
         torch.set_num_threads(threads)
+
+
+class NormNet(nn.Module):
+    """conv -> GroupNorm (its mask gathered in the forward) -> conv -> channels-last LayerNorm."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.c1, self.gn = nn.Conv2d(3, c, 3, padding=1), nn.GroupNorm(4, c)
+        self.c2, self.ln, self.fc = nn.Conv2d(c, c, 3, padding=1), nn.LayerNorm(c), nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.c2(F.relu(self.gn(self.c1(x)))).permute(0, 2, 3, 1)
+        return self.fc(F.gelu(self.ln(x))).mean((1, 2))
+
+
+def _half_masked(model, x):
+    pm = fxprune.prepare(model, (x,))
+    for g in fxprune.channel_groups(pm):
+        if g.mask is not None:
+            g.mask[::2] = 0
+    return pm
+
+
+def test_inference_mode_evaluates_prepares_and_finalizes_trainable_models():
+    """break43 #3: a gathered GroupNorm mask made under torch.inference_mode (Lightning's
+    validate/test default) has no version counter, and the prepared model raised; #7: prepare
+    and finalize under it returned inference tensors, which cannot be trained."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    pm = _half_masked(NormNet(), x).eval()
+    with torch.no_grad():
+        expected = pm(x)
+    with torch.inference_mode():
+        assert torch.equal(pm(x), expected)
+        small = fxprune.finalize(pm)
+        again = fxprune.prepare(NormNet(), (x,))
+    for model in (small.train(), again.train()):
+        assert not any(p.is_inference() for p in model.parameters())
+        F.cross_entropy(model(x), torch.tensor([1, 2])).backward()  # trainable
+
+
+def test_finalize_inside_an_autocast_region_checks_in_the_models_dtype():
+    """break43 #5: finalize's check ran under the caller's bfloat16 autocast with float32's
+    tolerance (masked LayerNorm statistics in float32, the plain one's in bfloat16: 1.3e-3) and
+    blamed a bug in fxprune."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    pm = _half_masked(NormNet(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        small = fxprune.finalize(pm)
+    torch.testing.assert_close(small.eval()(x), pm.eval()(x), rtol=1e-4, atol=1e-5)
