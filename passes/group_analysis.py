@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from fxprune.rules import Barrier, Elementwise, SizeOf
 from fxprune.rules.layers import _WeightLayer
@@ -45,13 +46,17 @@ def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = No
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         row = module_rule(type(m), extra_rules)
-        if (isinstance(row, _WeightLayer) and not isinstance(m._parameters.get("weight"), nn.Parameter)
-                and type(m) not in (extra_rules or {})):
-            # weight_norm / spectral_norm: the weight is computed from other tensors at each call
-            return Barrier(f"`{node.target}` ({type(m).__name__}) computes its weight (weight_norm, "
-                           "spectral_norm or another parametrization); remove it first "
-                           "(torch.nn.utils.parametrize.remove_parametrizations, or "
-                           "torch.nn.utils.remove_weight_norm) to prune these channels")
+        if isinstance(row, _WeightLayer) and type(m) not in (extra_rules or {}):
+            # weight_norm / spectral_norm: the weight is computed from other tensors at each
+            # call; a parametrized bias too (break43 #6: finalize set the sliced bias onto it)
+            computed = [name for name in ("weight", "bias") if parametrize.is_parametrized(m, name)
+                        or (name == "weight" and not isinstance(m._parameters.get(name), nn.Parameter))]
+            if computed:
+                what = " and ".join(computed)
+                return Barrier(f"`{node.target}` ({type(m).__name__}) computes its {what} "
+                               "(weight_norm, spectral_norm or another parametrization); remove it "
+                               "first (torch.nn.utils.parametrize.remove_parametrizations, or "
+                               "torch.nn.utils.remove_weight_norm) to prune these channels")
         return row
     key = node.target
     if extra_rules and key in extra_rules:
