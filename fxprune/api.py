@@ -20,7 +20,6 @@ from .rules import ChannelRule
 from .serialization import make_savable
 
 
-@torch.inference_mode(False)  # its weights and masks are trained: no inference tensors (break43 #7)
 def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
     """Trace ``model``, find its channel groups and insert soft masks.
 
@@ -51,35 +50,38 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         own ``forward`` (auxiliary heads) keeps the mode it was prepared in, with a
         ``UserWarning`` (see :mod:`fxprune.passes.follow_mode`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        raise TypeError(f"prepare got a {type(model).__name__} wrapper; pass the model it wraps "
-                        "(model.module) and wrap the prepared model instead")
-    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        raise TypeError("prepare got a torch.compile'd model; pass the model before compiling "
-                        "(model._orig_mod) and compile the prepared or the finalized one")
-    if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
-        raise ValueError("this model is already prepared by fxprune; prepare the original model")
-    example_inputs = normalize_example_inputs(example_inputs)
-    check_example_values(example_inputs)
-    for key, row in (rules or {}).items():
-        if not isinstance(row, ChannelRule):
-            raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, not a "
-                            "channel rule: give an instance such as fxprune.rules.ChannelAffine(('weight',)) "
-                            "or fxprune.rules.Barrier()")
-    gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
-               fixed=fixed_arguments(model, example_inputs))
-    # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
-    # inputs are stored as given and moved (copied) again at each later use (finalize's check,
-    # FLOPs): no run writes into the user's tensors or the stored ones.
-    stored = map_tensors(example_inputs, lambda t: t.detach().clone())
-    propagate_shapes(gm, inputs_for(gm, stored))
-    channels = analyze(gm, rules)
-    insert_masks(gm, channels)
-    gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
-    make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
-    return gm
+    # its weights and masks are trained: no inference tensors, even under inference_mode (a
+    # `with`, not a decorator, so warnings still point at the caller's line) (break43 #7)
+    with torch.inference_mode(False):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            raise TypeError(f"prepare got a {type(model).__name__} wrapper; pass the model it wraps "
+                            "(model.module) and wrap the prepared model instead")
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            raise TypeError("prepare got a torch.compile'd model; pass the model before compiling "
+                            "(model._orig_mod) and compile the prepared or the finalized one")
+        if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
+            raise ValueError("this model is already prepared by fxprune; prepare the original model")
+        example_inputs = normalize_example_inputs(example_inputs)
+        check_example_values(example_inputs)
+        for key, row in (rules or {}).items():
+            if not isinstance(row, ChannelRule):
+                raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, "
+                                "not a channel rule: give an instance such as "
+                                "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier()")
+        gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
+                   fixed=fixed_arguments(model, example_inputs))
+        # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
+        # inputs are stored as given and moved (copied) again at each later use (finalize's check,
+        # FLOPs): no run writes into the user's tensors or the stored ones.
+        stored = map_tensors(example_inputs, lambda t: t.detach().clone())
+        propagate_shapes(gm, inputs_for(gm, stored))
+        channels = analyze(gm, rules)
+        insert_masks(gm, channels)
+        gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
+        make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
+        return gm
 
 
 #: finalize's default check tolerance by the model's floating dtype: half-precision models sum
@@ -88,7 +90,6 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
 DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-@torch.inference_mode(False)  # a finalized model may be fine-tuned: no inference tensors
 def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None = None) -> fx.GraphModule:
     """Remove every channel whose mask is 0 and return a smaller plain model.
 
@@ -107,18 +108,19 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
     warned of: see :func:`copy_masks`.
     """
-    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
-                             or not 0 < rtol < float("inf")):
-        raise ValueError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
-                         f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
-    state = state_of(prepared)
-    _warn_fractional_masks(prepared)
-    pruned = remove_channels(prepared)
-    if check:
-        if rtol is None:
-            rtol = DEFAULT_RTOL.get(model_device_dtype(prepared)[1], 1e-4)
-        verify(prepared, pruned, state.example_inputs, rtol)
-    return pruned
+    with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
+        if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
+                                 or not 0 < rtol < float("inf")):
+            raise ValueError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
+                             f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
+        state = state_of(prepared)
+        _warn_fractional_masks(prepared)
+        pruned = remove_channels(prepared)
+        if check:
+            if rtol is None:
+                rtol = DEFAULT_RTOL.get(model_device_dtype(prepared)[1], 1e-4)
+            verify(prepared, pruned, state.example_inputs, rtol)
+        return pruned
 
 
 def _warn_fractional_masks(prepared: fx.GraphModule) -> None:

@@ -11,6 +11,8 @@ form (``mask_statistics``: statistics over kept channels only), its masks passed
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import fx, nn
@@ -82,6 +84,20 @@ class _MaskGraphBuilder:
         return node
 
 
+def _warn_argument_hooks(name: str, module: nn.Module) -> None:
+    """A masked layer is called as ``(input, mask)``: hooks that see the call's arguments see
+    both (break43 #4: a pre-hook returning ``(x,)`` dropped the mask and the model failed)."""
+    from .trace import _HOOK_KINDS, _hook_names
+
+    hooks = _hook_names(module, [k for k in _HOOK_KINDS if k[0] != "_forward_hooks"])
+    if hooks:
+        warnings.warn(f"`{name}` ({type(module).__name__}) has {hooks}: the prepared model calls "
+                      "it as (input, mask), so such a hook gets both arguments (a pre-hook must "
+                      "return both, or None; a backward hook gets a grad_input more); the "
+                      "finalized model calls it as before: register such hooks after finalize",
+                      UserWarning, stacklevel=4)
+
+
 def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
     builder = _MaskGraphBuilder(gm, channels)
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -100,6 +116,7 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
             else:
                 module = gm.get_submodule(site.module)
                 if not isinstance(module, _InputMasked):  # (a module called twice: swapped once)
+                    _warn_argument_hooks(site.module, module)
                     module.__class__ = (site.rule.masked_class(module) if site.rule is not None
                                         else input_masked_class(type(module), site.dim))
                 # the mask goes second; the call's other arguments (output_size) stay

@@ -203,7 +203,11 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     # Every trace gets a fresh copy: a model may cache a traced value in itself (timm's
     # attention biases), which the next trace must not read.
     add_installed_rows()
-    mode_leaves: dict[str, str] = {}
+    # a module's hooks run when it is called: traced through, torch.fx ran them once on proxies
+    # (a feature tap kept two proxies and never fired again; an output hook was baked in) and
+    # dropped backward hooks (break43 #2); called as one op, they run as they did
+    hooked = _hooked_modules(model, _Tracer(leaf_types, leaf_names, rules, fixed))
+    mode_leaves: dict[str, str] = dict(hooked)
     called = None  # the layers the first trace calls as modules
     root_updates = ""  # why the model's own forward cannot be traced faithfully
     for _ in model.modules():
@@ -238,15 +242,20 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     # a whole block made one call puts its layers out of reach; layers whose weights the block
     # only passed to a function (torchvision's Swin attention) were out of reach before
     hiding = [name for name in mode_leaves if any(
-        isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and (f"{name}.{path}" if path else name) in called
+        isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        and ((f"{name}.{path}" if path else name) in called or name in hooked)  # (never traced)
         for path, m in root.get_submodule(name).named_modules())]
     if hiding:
         warnings.warn(
             f"{len(hiding)} submodule{'s' if len(hiding) > 1 else ''} holding convs or linears "
             f"({', '.join(hiding[:3])}{', ...' if len(hiding) > 3 else ''}) "
             f"{'are' if len(hiding) > 1 else 'is'} called as one op, so those layers are not "
-            f"pruned: `{hiding[0]}`: {mode_leaves[hiding[0]]}; move that code into a small "
-            "submodule of its own to keep the layers prunable", UserWarning, stacklevel=3)
+            f"pruned: `{hiding[0]}`: {mode_leaves[hiding[0]]}; "
+            + ("to keep the layers prunable, register the hook on a layer module inside it "
+               "instead (one the prepared model calls), or on the finalized model"
+               if hiding[0] in hooked else
+               "move that code into a small submodule of its own to keep the layers prunable"),
+            UserWarning, stacklevel=3)
     if found.root_line and not root_updates:  # (a buffer updated while tracing differs too)
         other = "eval" if mode == "train" else "train"
         warnings.warn(
@@ -255,6 +264,11 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"prepare it in {other} mode for what it does there (e.g. auxiliary heads), or move "
             "that code into a submodule, which then follows .train()/.eval()",
             UserWarning, stacklevel=3)
+    own = _hook_names(model)
+    if own:  # torch.fx traces forward itself: the model's own hooks are not in the graph
+        warnings.warn(f"{type(model).__name__} has {own} on the model itself, which the prepared "
+                      "and finalized models do not run (a traced graph holds its forward only); "
+                      "register it there again", UserWarning, stacklevel=3)
     if root_updates:
         warnings.warn(f"{type(model).__name__}.forward {root_updates.removeprefix('its forward ')}; "
                       "move that code into a "
@@ -322,6 +336,36 @@ def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph)
                 for how, leaves in hows.items())
             + ", which a traced graph would freeze at its example value"
             for owner, hows in out.items()}
+
+
+_HOOK_KINDS = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"),
+               ("_backward_pre_hooks", "backward pre-hook"), ("_backward_hooks", "backward hook"))
+
+
+def _hook_names(module: nn.Module, kinds=_HOOK_KINDS) -> str:
+    """The user's hooks on ``module`` itself, named ("" when none): "a forward hook (tap)"."""
+    said = []
+    for attr, kind in kinds:
+        hooks = [h for h in (getattr(module, attr, None) or {}).values()
+                 if type(h).__module__.split(".")[0] != "fxprune"]  # not a method's own
+        if hooks:
+            names = ", ".join(getattr(h, "__name__", type(h).__name__) for h in hooks)
+            said.append(f"{'a ' if len(hooks) == 1 else ''}{kind}{'s' if len(hooks) > 1 else ''} ({names})")
+    return " and ".join(said)
+
+
+def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
+    """{module path: why} for submodules with hooks that tracing would go through: they are
+    called as one op, so their hooks run at each call (the model's own: see trace())."""
+    out: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(f"{done}.") for done in out):
+            continue
+        hooks = _hook_names(m)
+        if hooks and not tracer.is_leaf_module(m, name):
+            out[name] = (f"it has {hooks}, which a traced graph would run once, while "
+                         "tracing (called as one op, hooks run at each call)")
+    return out
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
@@ -1257,3 +1257,53 @@ def test_a_norm_subclass_calling_super_forward_is_told_the_row_that_keeps_it_pru
     from fxprune.op_table import CHANNEL_RULES
     pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8), rules={MyBN: CHANNEL_RULES[nn.BatchNorm2d]})
     assert prunable(pm) == {"0": 8}
+
+
+class TappedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
+class Tapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.blk, self.head = nn.Conv2d(3, 8, 3), TappedBlock(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.blk(F.relu(self.stem(x)))))
+
+
+def test_hooks_on_a_traced_through_block_keep_running_and_the_models_own_are_said():
+    """break43 #1, #2: a distillation tap on a block ran twice while tracing, left two torch.fx
+    proxies in the user's list and never fired again; the model's own hooks were dropped
+    without a word. A hooked block is now called as one op (its hooks run at each call)."""
+    feats = []
+    model = Tapped()
+    model.blk.register_forward_hook(lambda m, i, o: feats.append(o))
+    model.register_forward_hook(lambda m, i, o: o * 2)
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.warns(UserWarning) as said:
+        pm = fxprune.prepare(model, (x,))
+    text = " ".join(str(w.message) for w in said)
+    assert "(blk) is called as one op" in text and "register the hook on a layer module" in text
+    assert "Tapped has a forward hook (<lambda>) on the model itself" in text
+    assert all(isinstance(f, torch.Tensor) and not isinstance(f, fx.Proxy) for f in feats)
+    feats.clear()
+    pm(x)
+    assert len(feats) == 1  # the tap fires at each call
+    (stem,) = [g for g in fxprune.channel_groups(pm) if g.name == "stem"]
+    assert not stem.prunable and "it has a forward hook (<lambda>)" in stem.reason
+
+
+def test_a_pre_hook_on_a_masked_layer_is_said():
+    """break43 #4: a masked layer is called as (input, mask): a pre-hook returning (x,) dropped
+    the mask and the prepared model failed with an internal TypeError, unexplained."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model[2].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    with pytest.warns(UserWarning, match=r"`2` \(Conv2d\) has a forward pre-hook \(<lambda>\): the "
+                                         r"prepared model calls it as \(input, mask\)"):
+        fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
