@@ -130,7 +130,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
 
     index = UnitIndex(prepared)
     kept = calibration_kept(index, keep, step)
-    budget = Budget(index, costed_layers(index), cost_model)
+    budget = Budget(index, costed_layers(index, prepared), cost_model)
     priced_dense, priced_pruned = budget.dense, budget.total(kept)
     if not priced_pruned < priced_dense:
         raise DeployError(f"the model keeping {keep} of every group costs as much as dense under "

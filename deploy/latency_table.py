@@ -3,7 +3,9 @@
 ``LatencyTable.measure(layers, ...)`` times every conv/linear layer alone, at its real input
 spatial size, batch and dtype, on a grid of (kept input channels, kept output channels) on the
 runtime the model will ship on; ``layer_cost(layer, c_in, c_out)`` interpolates bilinearly
-between grid points (clamped at the grid's edges).
+between grid points (clamped at the grid's edges: a width below a grid's smallest count, from
+a table measured at a coarser ``step`` than the pruner's ``channel_step``, is priced as that
+count, with a RuntimeWarning once per layer signature).
 
 Grids: counts ``step, 2*step, ...`` below the dense count, plus the dense count itself. A
 depthwise conv keeps ``c_in == groups`` and ``c_out == m * c_in`` (its channel multiplier
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -145,6 +148,8 @@ class LatencyTable:
         self.stats = {"measured": 0, "cached": 0, "seconds": 0.0, "under_load": 0}
         # (point_key, c_in, c_out) of points timed while the CPU was oversubscribed
         self._under_load: set[tuple[str, int, int]] = set()
+        # point keys of layers already warned of a width below their grid (once each)
+        self._clamp_warned: set[str] = set()
 
     # ----------------------------------------------------------------- measuring
     @classmethod
@@ -181,6 +186,8 @@ class LatencyTable:
 
         ``batch`` and ``precision`` ("fp32", "fp16", "bf16") time every layer at the deployment
         batch and dtype instead of the prepared model's (SMCP's tables: batch 256, fp16).
+        Without ``precision``, a prepared model is timed at the dtype its weights hold now
+        (cast since ``prepare``: ``pm.half()``), as the pruners price it.
         ``torch_device`` ("cuda", "cuda:1", "cpu"; default: CUDA when there is one),
         ``cuda_graphs`` and ``channels_last`` are the torch backend's settings.
 
@@ -266,8 +273,8 @@ class LatencyTable:
         # _points holds every cache hit so far, flagged ones being timed again among them
         retimed = sum(key in todo for key in flagged)
         table.stats["cached"] = sum(len(v) for v in table._points.values()) - retimed
-        log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} layers, "
-            f"{len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
+        log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} "
+            f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
             f"({table.stats['cached']} cached, {len(todo)} to time)")
 
         from tqdm import tqdm
@@ -380,6 +387,9 @@ class LatencyTable:
         if c_in <= 0 or c_out <= 0:
             return 0.0  # a layer with no channels left is removed from the network
         pts = self._points.get(point_key(layer), {})
+        if (c_in < cins[0] or (not diag and c_out < couts[0])) and (
+                point_key(layer) not in self._clamp_warned):
+            self._warn_below_grid(layer, c_in, c_out, cins, couts)
         try:
             if diag:
                 lo, hi, w = _interp(cins, c_in)
@@ -394,6 +404,20 @@ class LatencyTable:
                 f"the latency table lacks grid point {e.args[0]} of layer {layer.name!r} "
                 f"({point_key(layer)}); measure it again with LatencyTable.measure") from None
         return ((1 - wi) * ((1 - wo) * f00 + wo * f01) + wi * ((1 - wo) * f10 + wo * f11))
+
+    def _warn_below_grid(self, layer: LayerSpec, c_in: int, c_out: int, cins, couts) -> None:
+        """Once per layer signature: a width below the grid's smallest count is priced as
+        that count (clamped), so the knapsack sees no saving from narrowing further."""
+        self._clamp_warned.add(point_key(layer))
+        side, asked, smallest = (("input", c_in, cins[0]) if c_in < cins[0]
+                                 else ("output", c_out, couts[0]))
+        warnings.warn(
+            f"latency table: layer {layer.name!r} ({point_key(layer)}) was priced at {asked} "
+            f"{side} channels, below the smallest count its grid was measured at ({smallest}): "
+            f"it is priced as {smallest} (the table clamps at its grid's edges), so narrower "
+            "widths look no cheaper; measure the table with a finer step (LatencyTable.measure"
+            "(..., step=N), N at most the method's channel_step) so that its grid starts at or "
+            "below the narrowest width pruning gives", RuntimeWarning, stacklevel=3)
 
     def _grid_for(self, layer: LayerSpec):
         try:
@@ -454,6 +478,7 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, data: dict, source: str = "a table's dict") -> "LatencyTable":
         """The table :meth:`to_dict` wrote (``source`` names it in errors and warnings)."""
+        _check_header(data, source)
         try:
             table = cls(data["backend"], data["device"], data["threads"],
                         data["runtime_version"], data.get("batch"), data.get("dtype"))
@@ -461,12 +486,14 @@ class LatencyTable:
                 table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
                                    list(g["layers"]))
                 dense_in, dense_out = map(int, k.rpartition("|")[2].split("x"))
+                _check_diagonal(source, k, g)
                 if g["diagonal"] and list(g["c_out"]) != [c * (dense_out // dense_in)
                                                           for c in g["c_in"]]:
                     raise DeployError(
                         f"{source} timed the depthwise layer(s) {', '.join(g['layers'])} "
                         f"({dense_in}->{dense_out} channels) without their channel multiplier, "
                         "as fxprune did before 2026-12-03; measure the table again")
+                _check_axes(source, k, g, dense_in, dense_out)
             for pk, pts in data["points"].items():
                 table._points[pk] = {_parse_point(p): _milliseconds(ms) for p, ms in pts.items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -500,6 +527,55 @@ class LatencyTable:
         return (f"LatencyTable(backend={self.backend!r}, device={self.device!r}, "
                 f"threads={self.threads}, batch={self.batch}, dtype={self.dtype}, "
                 f"layers={len(self._grids)}, points={n})")
+
+
+def _is_count(value, low: int = 1) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _check_header(data: dict, source: str) -> None:
+    """A saved table's settings are of the types ``measure`` gives them (an edited or
+    corrupted file may hold anything)."""
+    if not isinstance(data, dict):
+        return  # refused as malformed by from_dict
+    bad = None
+    for name in ("backend", "device", "runtime_version"):
+        if name in data and not isinstance(data[name], str):
+            bad = (name, "a string")
+    if "threads" in data and not _is_count(data["threads"]):
+        bad = ("threads", "an integer >= 1")
+    if data.get("batch") is not None and not _is_count(data["batch"]):
+        bad = ("batch", "an integer >= 1 or null")
+    if data.get("dtype") is not None and not isinstance(data["dtype"], str):
+        bad = ("dtype", "a dtype name or null")
+    if bad is not None:
+        raise DeployError(f"{source} has {bad[0]!r}: {data[bad[0]]!r}, not {bad[1]}; measure "
+                          "the table again")
+
+
+def _check_diagonal(source: str, key: str, grid: dict) -> None:
+    """``diagonal`` (points pairing the axes) is what ``layer_grid`` gives: exactly a depthwise
+    layer's (its grid key's signature says ``dw``)."""
+    signature = key.split("|")[1] if key.count("|") == 2 else ""
+    depthwise = re.search(r"dwb?:[^:]*$", signature) is not None
+    if grid["diagonal"] is not depthwise:
+        raise DeployError(
+            f"{source} has grids[{key!r}]['diagonal'] = {grid['diagonal']!r}, but the layer is "
+            f"{'' if depthwise else 'not '}depthwise (diagonal must be {depthwise}); measure "
+            "the table again")
+
+
+def _check_axes(source: str, key: str, grid: dict, dense_in: int, dense_out: int) -> None:
+    """A grid's axes are what ``layer_grid`` measures: strictly increasing channel counts in
+    ``[1, dense]`` ending at the dense count (lookups bisect them and clamp at their ends)."""
+    for name, dense in (("c_in", dense_in), ("c_out", dense_out)):
+        axis = grid[name]
+        if not (isinstance(axis, list) and axis and all(_is_count(c) for c in axis)
+                and all(a < b for a, b in zip(axis, axis[1:])) and axis[-1] == dense):
+            raise DeployError(
+                f"{source} has grids[{key!r}][{name!r}] = {axis!r}, not strictly increasing "
+                f"channel counts from 1 up to the layer's {dense} (its dense count, which "
+                "must be the last); measure the table again")
 
 
 def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
@@ -577,12 +653,13 @@ def _device_label(backend: str, device: str, torch_device):
 def _as_layer_specs(layers) -> list[LayerSpec]:
     if not isinstance(layers, (list, tuple)):
         # the prepared-model path, imported late (fxprune core): each layer with the widths
-        # pruning can give it, so that the grid times no other
+        # pruning can give it, so that the grid times no other, at the dtype its weight holds
+        # now (a model cast since prepare: break42 #3)
         from fxprune.units import UnitIndex, costed_layers, reachable_widths
 
         layers = [dataclasses.replace(cl.spec, meta={**cl.spec.meta,
                                                      "widths": reachable_widths(cl)})
-                  for cl in costed_layers(UnitIndex(layers))]
+                  for cl in costed_layers(UnitIndex(layers), layers)]
     layers = list(layers)
     bad = [type(x).__name__ for x in layers if not isinstance(x, LayerSpec)]
     if bad:

@@ -172,8 +172,11 @@ def _unwrapped(model):
 
 
 def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:
-    """Every conv/linear call of the model, as a :class:`~fxprune.cost.LayerSpec` (dense sizes)."""
-    return [layer.spec for layer in state_of(prepared).channels.layers]
+    """Every conv/linear call of the model, as a :class:`~fxprune.cost.LayerSpec` (dense sizes,
+    the dtype its weight holds now)."""
+    from .units import specs_now
+
+    return specs_now(prepared, state_of(prepared).channels.layers)
 
 
 __all__ = ["prepare", "finalize", "copy_masks", "layer_specs", "channel_groups"]

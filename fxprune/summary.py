@@ -7,7 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fxprune.passes.surgery import run_eval
 
-from .groups import channel_groups, state_of
+from .errors import NotPreparedError
+from .groups import channel_groups, is_prepared, state_of
 
 
 def count_flops(model: nn.Module, inputs: tuple) -> int:
@@ -39,11 +40,47 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" at `")[0]
 
 
+def _check_prepared(model) -> None:
+    """Refuse what is not a prepared model, saying how to count it instead (a wrapper around a
+    prepared model is left to ``state_of``, which names the attribute to pass)."""
+    if is_prepared(model) or any(is_prepared(getattr(model, attr, None))
+                                 for attr in ("_orig_mod", "module")):
+        return
+    if isinstance(model, fx.GraphModule):
+        what = ("a GraphModule that is not a prepared model (what fxprune.finalize returns, or "
+                "another fx graph): summarize the prepared model it came from")
+    else:
+        what = (f"{type(model).__name__}, not a prepared model: summarize what "
+                "fxprune.prepare(model, example_inputs) returns")
+    raise NotPreparedError(
+        f"fxprune.summary lists a prepared model's channel groups; got {what}, or count this "
+        "model's FLOPs and parameters with `from fxprune.summary import count_flops, "
+        "count_params`: count_flops(model, inputs), count_params(model)")
+
+
+def _dense_flops(prepared: fx.GraphModule, groups, inputs) -> int:
+    """FLOPs with every mask at 1: a masked norm under masks computes its statistics over
+    the kept channels by extra products that the dense model does not run (as
+    ``resolve_cost_model`` counts them); the masks are restored after."""
+    masks = [g.mask for g in groups if g.prunable]
+    saved = [m.detach().clone() for m in masks]
+    try:
+        with torch.no_grad():
+            for m in masks:
+                m.fill_(1)
+        return count_flops(prepared, inputs)
+    finally:
+        with torch.no_grad():
+            for m, old in zip(masks, saved):
+                m.copy_(old)
+
+
 def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
     """The text :func:`summary` prints: prunable groups, then every kept group with its reason
     (groups without a conv/linear only with ``all_groups``; otherwise their reasons are counted)."""
     from .api import finalize  # a finalize of the current masks gives the pruned figures
 
+    _check_prepared(prepared)
     state = state_of(prepared)
     listed = channel_groups(prepared)
     everything = channel_groups(prepared, all_groups=True)
@@ -72,7 +109,7 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
                      "them): "
                      + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     inputs = state.example_inputs
-    dense_flops, dense_params = count_flops(prepared, inputs), count_params(prepared)
+    dense_flops, dense_params = _dense_flops(prepared, everything, inputs), count_params(prepared)
     n_prunable = sum(g.prunable for g in groups)
     lines.append("")
     lines.append(f"{len(groups)} groups, {n_prunable} prunable; "

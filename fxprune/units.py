@@ -6,6 +6,7 @@ a position no prunable group owns (always kept).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,10 +171,28 @@ def _count(flat: np.ndarray, kept: np.ndarray) -> int:
     return int(np.where(flat >= 0, kept[np.maximum(flat, 0)], True).sum())
 
 
-def costed_layers(index: UnitIndex) -> list[CostedLayer]:
-    layers = []
-    for layer in index.channels.layers:
+def specs_now(prepared: nn.Module, layers) -> list[LayerSpec]:
+    """The layers' specs (``LayerInfo.spec``, made at ``prepare``) with the floating dtype
+    their weights hold now: a model cast since (``pm.half()``, ``pm.double()``) is priced and
+    timed at its dtype now (break42 #3: a float32 latency table priced it silently)."""
+    tensors = dict(prepared.named_parameters(remove_duplicate=False))
+    tensors.update(prepared.named_buffers(remove_duplicate=False))
+    out = []
+    for layer in layers:
+        w = tensors.get(layer.weight)
+        now = str(w.dtype).removeprefix("torch.") if w is not None and w.is_floating_point() else None
         spec = layer.spec
+        out.append(spec if now is None or now == spec.dtype else dataclasses.replace(spec, dtype=now))
+    return out
+
+
+def costed_layers(index: UnitIndex, prepared: nn.Module | None = None) -> list[CostedLayer]:
+    """Every conv/linear call as a :class:`CostedLayer`; with ``prepared``, at the dtype its
+    weights hold now (:func:`specs_now`)."""
+    layers = []
+    specs = (specs_now(prepared, index.channels.layers) if prepared is not None
+             else [layer.spec for layer in index.channels.layers])
+    for layer, spec in zip(index.channels.layers, specs):
         mult = spec.out_channels // max(spec.in_channels, 1)
         if layer.depthwise and layer.in_dim == 0:  # transposed: outputs repeat their input's flat
             in_flat = index.space_flat(layer.weight, 0)

@@ -651,6 +651,51 @@ def test_summary_prints_a_long_reason_whole_with_its_way_out():
     assert len(reason) > 160 and reason in summary_table(pm)
 
 
+def test_summary_counts_dense_flops_with_every_mask_at_one():
+    """break42 #5: a masked LayerNorm computes its statistics by extra products; the dense
+    FLOPs are the unmasked model's, and the masks are left as they were."""
+    from fxprune.summary import count_flops, summary_table
+
+    class LNNet(nn.Module):  # conv -> channels last -> LayerNorm over the prunable channels
+        def __init__(self):
+            super().__init__()
+            self.c, self.ln = nn.Conv2d(3, 16, 3, padding=1), nn.LayerNorm(16)
+            self.l1, self.l2 = nn.Linear(16, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.ln(self.c(x).permute(0, 2, 3, 1))
+            return self.l2(torch.relu(self.l1(y)).mean((1, 2)))
+
+    x = torch.randn(2, 3, 8, 8)
+    model = LNNet().eval()
+    dense = count_flops(model, (x,))
+    pm = fxprune.prepare(model, (x,))
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask[1::2] = 0
+    masked = [g.mask.clone() for g in fxprune.channel_groups(pm) if g.prunable]
+    assert count_flops(pm, (x,)) > dense  # the masked LN's statistics products
+    assert f"FLOPs  {dense:,} -> " in summary_table(pm)
+    assert all(torch.equal(a, g.mask) for a, g in
+               zip(masked, [g for g in fxprune.channel_groups(pm) if g.prunable]))
+
+
+def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it():
+    """break42 #10: not "call fxprune.prepare first" for what finalize returned."""
+    from fxprune.summary import count_flops, count_params  # the names the error points to
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    small = fxprune.finalize(fxprune.prepare(model, (X,)))
+    assert count_flops(small, (X,)) > 0 and count_params(small) > 0
+    with pytest.raises(fxprune.NotPreparedError, match="GraphModule that is not a prepared model"
+                       r".*finalize.*fxprune.summary import count_flops, count_params") as err:
+        fxprune.summary(small)
+    assert "\n" not in str(err.value)
+    with pytest.raises(fxprune.NotPreparedError, match=r"got Sequential, not a prepared model.*"
+                       "fxprune.prepare.*count_flops"):
+        fxprune.summary(model)
+
+
 # -- the row's cost spec: what cost models price is what the flop counter counts -------------------
 
 @pytest.mark.parametrize("factory", [UNetish, lambda: UNetish(groups=4), FunctionalParams, SubclassNet])

@@ -69,8 +69,9 @@ def test_bilinear_interpolation_is_exact_on_a_bilinear_cost_and_clamps():
     assert table.grid(layer) == ([16, 32], [16, 32, 48])
     for ci, co in [(16, 16), (20, 40), (31, 17), (32, 48), (25, 33)]:
         assert table.layer_cost(layer, ci, co) == pytest.approx(bilinear_fn(ci, co))
-    # Outside the grid the value is clamped to the nearest edge.
-    assert table.layer_cost(layer, 4, 100) == pytest.approx(bilinear_fn(16, 48))
+    # Outside the grid the value is clamped to the nearest edge (below it: warned of).
+    with pytest.warns(RuntimeWarning, match="below the smallest count"):
+        assert table.layer_cost(layer, 4, 100) == pytest.approx(bilinear_fn(16, 48))
     assert table.layer_cost(layer, 0, 10) == 0.0  # a layer with no channels left costs nothing
 
 
@@ -609,3 +610,91 @@ def test_a_saved_table_missing_a_grid_point_is_refused_on_load(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(data))
     with pytest.raises(DeployError, match=r"lacks 1 grid point\(s\), the first \(16, 32\)"):
         LatencyTable.load(tmp_path / "t.json")
+
+
+# --------------------------------------------------------- break42: dtype, clamping, edits
+def _tiny_prepared():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 3, padding=1))
+    return fxprune.prepare(model.eval(), (torch.randn(1, 3, 6, 6),))
+
+
+def test_a_model_cast_after_prepare_is_timed_and_priced_at_its_dtype_now():
+    """break42 #3: after pm.to(float64) the specs still said float32 (prepare's): the table
+    timed float32 layers, and a float32 table priced the float64 model without a word."""
+    float32_table = LatencyTable.measure(_tiny_prepared(), step=8, timer=CountingTimer(), **FAST)
+    pm = _tiny_prepared().to(torch.float64)
+    assert {s.dtype for s in fxprune.layer_specs(pm)} == {"float64"}
+    dtypes = []
+    table = LatencyTable.measure(pm, step=8, timer=lambda l, ci, co: dtypes.append(l.dtype) or 1.0,
+                                 **FAST)
+    assert set(dtypes) == {"float64"}
+    fxprune.SMCP(pm, target=1.0, cost=table, channel_step=8)  # priced at float64
+    with pytest.raises(UnmeasuredLayerError, match="float64"):  # not at prepare's float32
+        fxprune.SMCP(pm, target=1.0, cost=float32_table, channel_step=8)
+    # precision= still names the dtype to time at
+    dtypes.clear()
+    LatencyTable.measure(pm, step=8, precision="fp16", timer=lambda l, ci, co: dtypes.append(
+        l.dtype) or 1.0, **FAST)
+    assert set(dtypes) == {"float16"}
+
+
+def test_a_width_below_the_grid_is_warned_of_once_per_layer_signature():
+    """break42 #4: a table measured at step 16 priced 8 channels as 16, without a word."""
+    layer = conv(cin=32, cout=32)
+    table = LatencyTable.measure([layer, conv("twin", cin=32, cout=32)], step=16,
+                                 timer=CountingTimer(), **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # widths on the grid (or between its points): silent
+        for ci, co in [(16, 16), (24, 32), (32, 32), (0, 8)]:
+            table.layer_cost(layer, ci, co)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert table.layer_cost(layer, 8, 16) == pytest.approx(bilinear_fn(16, 16))  # clamped
+        table.layer_cost(layer, 4, 4)
+        table.layer_cost(conv("twin", cin=32, cout=32), 16, 8)  # same signature: said already
+    (w,) = caught
+    text = str(w.message)
+    assert "layer 'c'" in text and layer.signature() in text and "at 8 input channels" in text
+    assert "smallest count its grid was measured at (16)" in text and "finer step" in text
+    small = conv(cin=32, cout=32, hw=4)  # another signature: its own warning, on its output
+    table = LatencyTable.measure([small], step=16, timer=CountingTimer(), **FAST)
+    with pytest.warns(RuntimeWarning, match="at 4 output channels.*measured at \\(16\\)"):
+        table.layer_cost(small, 16, 4)
+
+
+def _edited_table_dict(edit):
+    table = LatencyTable.measure([conv(cin=32, cout=32), conv("dw", cin=16, cout=16, groups=16)],
+                                 step=8, timer=CountingTimer(), **FAST)
+    data = table.to_dict()
+    dense = next(k for k in data["grids"] if "g1b" in k)
+    dw = next(k for k in data["grids"] if "dwb" in k)
+    edit(data, data["grids"][dense], data["grids"][dw])
+    return data
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d, g, dw: g.update(c_in=[32, 24, 16, 8]), "'c_in'"),
+    (lambda d, g, dw: g.update(c_in=[8, 24, 16, 32]), "'c_in'"),
+    (lambda d, g, dw: g.update(c_in=[8, 16, 24]), "'c_in'"),  # the dense count dropped
+    (lambda d, g, dw: g.update(c_in=[-8, 16, 24, 32]), "'c_in'"),
+    (lambda d, g, dw: g.update(c_out=[8, 16, 24, 32, 40]), "'c_out'"),  # beyond dense
+    (lambda d, g, dw: g.update(c_out=[8, 16.5, 24, 32]), "'c_out'"),
+    (lambda d, g, dw: g.update(c_out=[]), "'c_out'"),
+    (lambda d, g, dw: g.update(diagonal=True, c_out=list(g["c_in"])), "'diagonal'"),
+    (lambda d, g, dw: dw.update(diagonal=False), "'diagonal'"),
+    (lambda d, g, dw: d.update(threads="two"), "'threads'"),
+    (lambda d, g, dw: d.update(threads=0), "'threads'"),
+    (lambda d, g, dw: d.update(batch=0), "'batch'"),
+    (lambda d, g, dw: d.update(batch="8"), "'batch'"),
+    (lambda d, g, dw: d.update(dtype=16), "'dtype'"),
+    (lambda d, g, dw: d.update(backend=["onnxruntime"]), "'backend'"),
+])
+def test_an_edited_tables_impossible_axes_and_settings_are_refused(tmp_path, edit, field):
+    """break42 #6: unsorted, negative or out-of-range axes loaded (bisect then priced wrong
+    widths), as did a flipped diagonal and threads "two"."""
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(_edited_table_dict(edit)))
+    with pytest.raises(DeployError, match=f"{field}.*measure the table again") as err:
+        LatencyTable.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert LatencyTable.from_dict(_edited_table_dict(lambda d, g, dw: None)) is not None

@@ -260,7 +260,7 @@ class PruningMethod:
                              "fxprune.summary(prepared) for why each group is kept")
         self.consumers = consumer_weights(prepared, self.index)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
-        self.budget = Budget(self.index, costed_layers(self.index), cost_model, other)
+        self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self.step_count = 0
         #: the narrowest model the target check priced (set by _check_reachable; None: no target)
         self.floor_kept: np.ndarray | None = None
