@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (not part of the fxprune package)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,14 +20,27 @@ def changed_options(parser, args, ignore=()) -> list[str]:
             if dest not in skip and value != parser.get_default(dest)]
 
 
-def results_stem(name: str, out=None, smoke: bool = False, changed=()) -> Path:
+def results_stem(name: str, out=None, smoke: bool = False, changed=(), *, keys=(),
+                 meta_keys=(), files=(".json", ".md")) -> Path:
     """Where a benchmark writes its ``.json`` and ``.md``: ``out`` when given (a ``.json`` or
     ``.md`` ending dropped), else ``benchmarks/results/NAME``, or ``NAME_smoke`` for a smoke
     run, so that a smoke run's figures never replace the published ones (git ignores
     ``*_smoke.*`` there). A run with ``changed`` options (:func:`changed_options`: another
     protocol than the published one) needs ``out`` when ``NAME.json`` is there, so that a shrunk
-    run does not replace the published figures either. Exits with a one-line message for such a
-    run, an empty ``out`` or a folder."""
+    run does not replace the published figures either.
+
+    The files the benchmark writes (``files``: the endings) may replace only the benchmark's own
+    earlier results: an existing ``STEM.json`` must be a JSON object with the top-level ``keys``
+    (and ``meta_keys`` in its ``"meta"``) that this benchmark's results file has, and a
+    ``STEM.md`` is replaced only beside such a ``STEM.json``; anything else (a user's file at the
+    path typed for ``--out``) is refused. Exits with a one-line message for such a file, a
+    shrunk run without ``out``, an empty ``out`` or a folder."""
+    stem = _stem(name, out, smoke, changed)
+    _refuse_other_files(stem, keys, meta_keys, files)
+    return stem
+
+
+def _stem(name: str, out, smoke: bool, changed) -> Path:
     if out is None:
         stem = RESULTS / (f"{name}_smoke" if smoke else name)
         if changed and not smoke and Path(f"{stem}.json").exists():
@@ -43,6 +57,33 @@ def results_stem(name: str, out=None, smoke: bool = False, changed=()) -> Path:
         _usage_error(f"--out {out} is a folder; give a path without extension inside it, "
                      f"e.g. {stem / name}")
     return stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
+
+
+def _refuse_other_files(stem: Path, keys, meta_keys, files) -> None:
+    """Exit (one line) if a file ``stem`` + ``files`` exists that this benchmark did not write
+    (see :func:`results_stem`)."""
+    results = Path(f"{stem}.json")
+    if results.exists():
+        if not _is_results_file(results, keys, meta_keys):
+            _usage_error(f"{results} exists and is not this benchmark's results file; it would "
+                         "be replaced: choose another --out (or move the file away)")
+        return
+    for ending in files:
+        other = Path(f"{stem}{ending}")
+        if ending != ".json" and other.exists():
+            _usage_error(f"{other} exists beside no {results.name} of this benchmark; it would "
+                         "be replaced: choose another --out (or move the file away)")
+
+
+def _is_results_file(path: Path, keys, meta_keys) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(data, dict) or not all(k in data for k in keys):
+        return False
+    return not meta_keys or (isinstance(data.get("meta"), dict)
+                             and all(k in data["meta"] for k in meta_keys))
 
 
 def _usage_error(message: str):

@@ -121,7 +121,8 @@ def main(argv=None) -> int:
                         help="results path without extension (default benchmarks/results/fashion_mnist)")
     args = parser.parse_args(argv)
     args.out = results_stem("fashion_mnist", args.out, changed=changed_options(
-        parser, args, ignore=("jobs", "runs_dir", "fresh")))
+        parser, args, ignore=("jobs", "runs_dir", "fresh")), keys=("meta", "rows"),
+        meta_keys=("epochs", "seeds", "widths"))
     # the runs train in ROOT (their cwd): a relative folder is the caller's, made absolute
     args.runs_dir, args.out = args.runs_dir.resolve(), args.out.resolve()
 

@@ -21,14 +21,19 @@
 Every section has a time budget; what does not fit is recorded as skipped with the reason.
 Writes ``--out``.json and ``--out``.md (default ``benchmarks/results/gpu``, or ``gpu_smoke``
 with ``--smoke``) with the device's
-name and the torch / CUDA / cuDNN versions. ``--smoke`` runs tiny models on tiny inputs (the
-test suite runs it on the CPU so the script is known to work before GPU time is spent).
+name and the torch / CUDA / cuDNN versions, the command and the CPU thread count. A run with
+other options than the published protocol (``--amp``, ``--channel-step``, a ``--precision``
+other than fp16) needs ``--out`` where ``benchmarks/results/gpu.json`` exists. ``--smoke``
+runs tiny models on tiny inputs (the test suite runs it on the CPU so the script is known to
+work before GPU time is spent).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -45,7 +50,7 @@ from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import half_masks, results_stem  # noqa: E402
+from bench_common import changed_options, half_masks, results_stem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,7 +295,12 @@ def main(argv=None) -> int:
                         help="autocast dtype of the training-step section (default bf16)")
     parser.add_argument("--channel-step", type=int, default=8)
     args = parser.parse_args(argv)
-    out = results_stem("gpu", args.out, args.smoke)
+    # the published protocol is the full run on CUDA: which GPU (--device cuda:1) and the CPU
+    # threads (--device cpu, smoke runs only) do not change it, nor an explicit --precision fp16
+    out = results_stem("gpu", args.out, args.smoke, changed_options(
+        parser, args, ignore=("device", "threads", *(("precision",) if args.precision == "fp16"
+                                                     else ()))),
+        keys=("meta", "training", "speedups", "section_seconds"), meta_keys=("device_type",))
     try:
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - one line and the way out
@@ -306,9 +316,12 @@ def main(argv=None) -> int:
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     started = time.perf_counter()
     results = {
-        "meta": {"device": tb.device_name(device), "device_type": device.type, **tb.versions(device),
+        "meta": {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT),
+                                                    *(argv if argv is not None else sys.argv[1:])]),
+                 "device": tb.device_name(device), "device_type": device.type, **tb.versions(device),
                  "python": platform.python_version(), "smoke": args.smoke,
                  "threads": args.threads if device.type == "cpu" else None,
+                 "torch_threads": torch.get_num_threads(),
                  "precision": precision, "amp": args.amp, "channel_step": args.channel_step,
                  "settings": s},
         "training": [], "table": None, "speedups": [], "skipped": [], "section_seconds": {}}
@@ -355,8 +368,9 @@ def main(argv=None) -> int:
 def markdown(r: dict) -> str:
     m = r["meta"]
     lines = ["# fxprune on a GPU" + (" (smoke run: tiny models, not results)" if m["smoke"] else ""),
-             "", f"`python benchmarks/bench_gpu.py{' --smoke' if m['smoke'] else ''}` on {m['device']} "
-             f"({m['device_type']}), torch {m['torch']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}; "
+             "", f"`{m.get('command') or 'python benchmarks/bench_gpu.py'}` on {m['device']} "
+             f"({m['device_type']}), {m.get('torch_threads', m['threads'])} CPU thread(s), "
+             f"torch {m['torch']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}; "
              f"{m['total_seconds']} s in all.", "",
              f"## (a) training step ({m['amp']} autocast), medians of interleaved steps", "",
              "| model | batch x input | plain (ms) | masked | masked + SMCP in window | outside window "

@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results path (.json is written; default benchmarks/results/knapsack)")
     args = parser.parse_args(argv)
-    out = Path(f"{results_stem('knapsack', args.out, changed=changed_options(parser, args))}.json")
+    stem = results_stem("knapsack", args.out, changed=changed_options(parser, args),
+                        keys=("benchmark", "solver", "runs", "machine"), files=(".json",))
+    out = Path(f"{stem}.json")
 
     runs = [time_problem(name, args.resolution, args.ratio, args.repeats) for name in PROBLEMS]
     result = {

@@ -329,7 +329,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     args.out = str(results_stem("latency_pruning", args.out,
-                                changed=changed_options(ap, args, ignore=("cache", "no_progress"))))
+                                changed=changed_options(ap, args, ignore=("cache", "no_progress")),
+                                keys=("command", "args", "machine", "models")))
 
     result = {"command": " ".join(["python", "benchmarks/bench_latency_pruning.py",
                                    *(argv if argv is not None else sys.argv[1:])]),

@@ -70,6 +70,22 @@ def hooked_layer_specs(model: nn.Module, input_shape) -> list[LayerSpec]:
     return specs
 
 
+def half_width_sum(table: LatencyTable, layers: list[LayerSpec]) -> tuple[float, list[str]]:
+    """The table's summed latency with half of every width (except the image's 3 channels and
+    the 1000 classes), and the layers whose half width lies below their grid's narrowest point
+    on an axis: ``layer_cost`` clamps there, so those layers are priced wider than half (at a
+    coarse ``--step``, at their dense width) and the sum is then an upper bound."""
+    total, clamped = 0.0, []
+    for l in layers:
+        c_in = l.in_channels if l.in_channels == 3 else l.in_channels // 2
+        c_out = l.out_channels if l.kind == "linear" else l.out_channels // 2
+        cins, couts = table.grid(l)
+        if c_in < cins[0] or c_out < couts[0]:
+            clamped.append(l.name)
+        total += table.layer_cost(l, c_in, c_out)
+    return total, clamped
+
+
 def _whole_model_ms(model: nn.Module, shape, threads: int, folder: str) -> float:
     from fxprune.deploy.onnx_export import export_onnx
     from fxprune.deploy.onnxruntime_backend import time_onnx_models
@@ -93,7 +109,9 @@ def main(argv=None) -> int:
                          "benchmarks/results/latency_table)")
     args = ap.parse_args(argv)
     args.out = str(results_stem("latency_table", args.out,
-                                changed=changed_options(ap, args, ignore=("save_table",))))
+                                changed=changed_options(ap, args, ignore=("save_table",)),
+                                keys=("model", "input_shape", "backend", "grid_points_timed",
+                                      "table_sum_dense_ms")))
 
     from torchvision.models import resnet50
 
@@ -114,12 +132,7 @@ def main(argv=None) -> int:
         if args.save_table:
             table.save(args.save_table)
         dense_sum = sum(table.layer_cost(l, l.in_channels, l.out_channels) for l in layers)
-        # Half of every width except the image's 3 channels and the 1000 classes.
-        half_sum = sum(table.layer_cost(l, l.in_channels if l.in_channels == 3
-                                        else l.in_channels // 2,
-                                        l.out_channels if l.kind == "linear"
-                                        else l.out_channels // 2)
-                       for l in layers)
+        half_sum, clamped = half_width_sum(table, layers)
         whole = _whole_model_ms(model, shape, args.threads, tmp) if args.check_model else None
 
     result = {
@@ -142,6 +155,14 @@ def main(argv=None) -> int:
         "second_measure_points_timed": again.stats["measured"],
         "table_sum_dense_ms": round(dense_sum, 3),
         "table_sum_half_width_ms": round(half_sum, 3),
+        "half_width_layers_below_grid": len(clamped),
+        "table_sum_half_width_note": (
+            "a half-width prediction: every half width is on or inside its layer's grid"
+            if not clamped else
+            f"NOT a half-width prediction: {len(clamped)} of {len(layers)} layers' half widths "
+            f"lie below the --step {args.step} grid and are priced at its narrowest point "
+            "(clamped; at a coarse step, the dense width), so the sum is an upper bound; "
+            "use a finer --step"),
         "whole_model_median_ms": None if whole is None else round(whole, 3),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.epochs, args.seeds, args.timing_steps = 1, args.seeds[:1], min(args.timing_steps, 3)
     out = results_stem("methods", args.out, args.smoke, changed_options(
-        parser, args, ignore=("reuse", "runs_dir")))
+        parser, args, ignore=("reuse", "runs_dir")), keys=("meta", "summary", "solver", "runs"))
     threads_before = torch.get_num_threads()
     plan = rows_for(args.epochs)
     for item in args.extra:

@@ -206,7 +206,8 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     if args.masks_only:
         out = results_stem("overheads_masks", args.out, changed=changed_options(
-            parser, args, ignore=("masks_only", "steps")))
+            parser, args, ignore=("masks_only", "steps")),
+            keys=("meta", "mask_overhead", "masked_layer_norm"))
         rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
                 for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
         ln = time_masked_layer_norm()
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
         print(table)
         return 0
     args.out = results_stem("overheads", args.out, changed=changed_options(
-        parser, args, ignore=("mask_batch", "mask_size", "mask_steps")))
+        parser, args, ignore=("mask_batch", "mask_size", "mask_steps")),
+        keys=("meta", "passes", "steps", "updates"))
     passes = [time_prepare_finalize(n, 224, 3) for n in ("resnet50", "convnext_tiny", "mobilenet_v2")]
     steps = [time_training_steps("resnet_fmnist", 128, args.steps, (1, 28, 28)),
              time_training_steps("resnet18", 32, args.steps, (3, 64, 64))]

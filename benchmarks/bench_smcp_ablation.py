@@ -138,17 +138,44 @@ def fmt(s: dict | None, scale=1.0, digits=2) -> str:
     return f"{s['mean'] * scale:.{digits}f} +- {s['std'] * scale:.{digits}f}"
 
 
+# What --append requires of the file's earlier runs besides the schedule: (where in meta, key,
+# the option that sets it, its default for a file that does not record it). The markdown header
+# prints one batch and thread count for every row, and "vs dense" compares rows across runs.
+SAME_RUN = [("machine", "batch", "--batch", None), ("machine", "threads", "--threads", None),
+            (None, "probe_after", "--probe-after", 10)]
+
+
+def check_append(stem: Path, old_meta: dict, meta: dict) -> None:
+    """Exit (one line) if the rows of ``old_meta``'s file were trained otherwise than this run's
+    (``meta``): another schedule, batch, thread count or mid-ramp probe."""
+    if old_meta.get("schedule") != meta["schedule"]:
+        raise SystemExit(f"--append: {stem}.json was measured on another schedule; use --out")
+    for run in [old_meta, *old_meta.get("runs", [])]:
+        for section, key, flag, default in SAME_RUN:
+            where = run.get(section) if section else run
+            theirs = where.get(key) if isinstance(where, dict) else None
+            theirs = default if theirs is None else theirs  # None: not recorded (older file)
+            ours = (meta[section] if section else meta)[key]
+            if theirs is not None and theirs != ours:
+                raise SystemExit(f"--append: {stem}.json has rows trained at {flag} {theirs}, "
+                                 f"this run at {ours}; pass {flag} {theirs}, or write to another "
+                                 "--out")
+
+
 def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -> list[str]:
     """Write ``stem.json`` and ``stem.md``; with ``append``, rows are added to (or replace
-    same-named rows of) the file already there, and each run's command and machine are kept."""
+    same-named rows of) the file already there, and each run's command and machine are kept.
+    An append refuses a file trained on another schedule, batch or thread count
+    (:func:`check_append`): one header describes every row."""
     runs = [meta]  # each run's command and machine
     if append and Path(f"{stem}.json").is_file():
         old = json.loads(Path(f"{stem}.json").read_text())
-        if old["meta"].get("schedule") != meta["schedule"]:
-            raise SystemExit(f"--append: {stem}.json was measured on another schedule; use --out")
+        check_append(stem, old["meta"], meta)
         runs = old["meta"].get("runs", [old["meta"]]) + runs
         results = {**old["rows"], **results}
-    meta = {**meta, "runs": [{k: r.get(k) for k in ("command", "machine", "seeds")} for r in runs]}
+    meta = {**meta, "runs": [{k: r.get(k) for k in ("command", "machine", "seeds")}
+                             | ({"probe_after": r["probe_after"]} if "probe_after" in r else {})
+                             for r in runs]}
     Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
     dense = results.get("dense", {}).get("summary", {}).get("accuracy")
     m = meta["machine"]
@@ -190,12 +217,16 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="synthetic data, narrow net: seconds")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/smcp_ablation)")
     p.add_argument("--append", action="store_true",
-                   help="add these rows to the results file already at --out (same schedule)")
+                   help="add these rows to the results file already at --out (same schedule, "
+                        "batch, threads and --probe-after; refused otherwise)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    # --append keeps the file's rows (and checks its schedule): not a replacement
-    stem = results_stem("smcp_ablation", args.out, args.smoke,
-                        () if args.append else changed_options(p, args))
+    # --append keeps the file's rows (and checks its schedule, batch and threads): adding or
+    # replacing rows is not another protocol, but fewer seeds (or another probe) still is, so
+    # the published file is guarded against those as against a plain run
+    stem = results_stem("smcp_ablation", args.out, args.smoke, changed_options(
+        p, args, ignore=("append", "rows", "extra", "bn_recal", "hysteresis") if args.append else ()),
+        keys=("meta", "rows"), meta_keys=("schedule", "machine"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = variants(args.bn_recal, args.hysteresis)
     for spec in args.extra:
@@ -209,6 +240,17 @@ def main(argv=None) -> int:
         if unknown:
             p.error(f"unknown rows {unknown}; rows: {list(table)}")
         table = {k: v for k, v in table.items() if k in args.rows}
+    meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                        "threads": args.threads, "batch": args.batch, "device": "cpu",
+                        "torch": torch.__version__, "load_average_end": None},
+            "schedule": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
+                         "lr": args.lr, "one_cycle": True, "target": args.target,
+                         "warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.75,
+                         "update_every": args.update_every, "channel_step": 8, "masked_decay": 2e-4},
+            "probe_after": args.probe_after, "seeds": args.seeds, "smoke": args.smoke}
+    if args.append and Path(f"{stem}.json").is_file():  # before anything trains
+        check_append(stem, json.loads(Path(f"{stem}.json").read_text())["meta"], meta)
     results = {}
     for name, options in table.items():
         rows = []
@@ -217,15 +259,7 @@ def main(argv=None) -> int:
             print(f"{name:18} seed {seed}: {json.dumps(row)}", flush=True)
             rows.append(row)
         results[name] = {"options": options, "runs": rows, "summary": summarize(rows)}
-    meta = {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
-            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                        "threads": args.threads, "batch": args.batch, "device": "cpu",
-                        "torch": torch.__version__, "load_average_end": list(os.getloadavg())},
-            "schedule": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
-                         "lr": args.lr, "one_cycle": True, "target": args.target,
-                         "warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.75,
-                         "update_every": args.update_every, "channel_step": 8, "masked_decay": 2e-4},
-            "seeds": args.seeds, "smoke": args.smoke}
+    meta["machine"]["load_average_end"] = list(os.getloadavg())
     lines = write_results(stem, meta, results, append=args.append)
     print("\n".join(lines))
     return 0

@@ -224,7 +224,8 @@ def main(argv=None) -> None:
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     out = results_stem("table_calibration", args.out, args.smoke,  # exits on a folder
-                       changed_options(p, args))
+                       changed_options(p, args), keys=("meta", "summary", "rows"),
+                       meta_keys=("iters", "machine"))
     if args.cache and not os.path.isfile(args.cache):
         p.error(f"--cache {args.cache} is not a file (a latency cache written by "
                 "LatencyTable.measure(cache=...))")

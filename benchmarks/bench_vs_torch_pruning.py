@@ -438,7 +438,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train-images", type=int, default=20000)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--target", type=float, default=0.5, help="fraction of the dense FLOPs kept")
     p.add_argument("--tp-importance", nargs="+", default=["taylor", "magnitude"])
     p.add_argument("--round-to", type=lambda s: None if s == "none" else int(s), nargs="+",
@@ -462,14 +462,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-smcp", dest="with_smcp", action="store_false",
                    help="dense and Torch-Pruning rows only (e.g. to retrain the baseline)")
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--iters", type=int, default=DEFAULTS["iters"],
+                   help="ONNX Runtime timing runs per model and batch (--smoke: %d)" % SMOKE_ITERS)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads")
     p.add_argument("--smoke", action="store_true",
                    help="~1 minute: synthetic data, narrow concat net, 2 epochs, 1 seed")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/vs_torch_pruning)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, 20
+        args.nets, args.seeds, args.epochs, args.iters = ["concat"], args.seeds[:1], 2, SMOKE_ITERS
     if not args.with_smcp and args.smcp:
         p.error("--no-smcp trains no SMCP row; drop it or the --smcp rows")
     try:  # before anything trains: a bad row would otherwise fail after the dense row
@@ -483,7 +484,8 @@ def main(argv=None) -> int:
     # a merge that reads the published file keeps its rows: not a replacement
     keeps = any(Path(m).resolve() == RESULTS / "vs_torch_pruning.json" for m in args.merge or [])
     stem = results_stem("vs_torch_pruning", args.out, args.smoke, () if keeps else
-                        changed_options(p, args, ignore=("table_cache", "merge")))
+                        changed_options(p, args, ignore=("table_cache", "merge")),
+                        keys=("meta", "rows", "runs"), meta_keys=("protocol", "machine"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(
@@ -503,10 +505,18 @@ def main(argv=None) -> int:
 
 
 # What must agree for rows to be compared in one table: (section, key in meta, argument).
+# (--tp-importance and --round-to choose Torch-Pruning rows, each labelled by them; --smcp and
+# --smcp-options SMCP rows, each with its options recorded; --nets and --seeds what is trained:
+# those may differ between merged files.)
 SAME_PROTOCOL = [("protocol", "epochs", "epochs"), ("protocol", "train_images", "train_images"),
                  ("protocol", "target", "target"), ("protocol", "smoke", "smoke"),
+                 ("protocol", "lr", "lr"), ("protocol", "iters", "iters"),
                  ("machine", "threads", "threads"), ("machine", "train_batch", "batch"),
                  ("machine", "latency_batches", "latency_batches")]
+# The defaults of the options recorded only since: a file without the key ran at these (its
+# --smoke runs timed SMOKE_ITERS runs).
+DEFAULTS = {"lr": 0.1, "iters": 200}
+SMOKE_ITERS = 20
 
 
 def run_key(run: dict) -> tuple:
@@ -520,7 +530,8 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
     same net, seed and label), the commands that made them, in order, the Torch-Pruning
     version they name (None if none) and the rows they record as refused before training.
     Raises SystemExit when a file ran another protocol than ``args`` (epochs, images, target,
-    threads, batches)."""
+    learning rate, timing iterations, threads, batches; :data:`SAME_PROTOCOL`), reading a key
+    an older file does not record as its default (:data:`DEFAULTS`)."""
     runs: dict = {}
     commands: list[str] = []
     skipped: list[dict] = []
@@ -529,6 +540,9 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
         merged = json.loads(Path(path).read_text())
         for section, key, arg in SAME_PROTOCOL:
             theirs, ours = merged["meta"][section].get(key), getattr(args, arg)
+            if key in DEFAULTS and key not in merged["meta"][section]:  # an older file
+                smoke = merged["meta"]["protocol"].get("smoke")
+                theirs = SMOKE_ITERS if key == "iters" and smoke else DEFAULTS[key]
             if key == "train_images" and args.smoke:
                 ours = None
             if theirs != ours:
@@ -640,6 +654,7 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
                         "load_average_end": list(os.getloadavg())},
             "protocol": {"epochs": args.epochs, "train_images": None if args.smoke else args.train_images,
                          "target": args.target, "seeds": sorted({r["seed"] for r in rows}), "smoke": args.smoke,
+                         "lr": args.lr, "iters": args.iters,
                          "smcp_options": args.smcp_options, "smcp_rows": smcp_rows(args),
                          "torch_pruning_rows": args.tp},
             "runtime_s": round(time.perf_counter() - start, 1)}

@@ -76,3 +76,87 @@ def test_each_benchmark_refuses_to_replace_its_published_results_with_a_shrunk_r
         bench.main(args)
     assert e.value.code == 2
     assert "the published protocol" in capsys.readouterr().err
+
+
+def test_out_never_replaces_a_file_the_benchmark_did_not_write(tmp_path, monkeypatch, capsys):
+    """break42 #7: ``--out`` at a user's own NAME.json (or a NAME.md beside no results file) is
+    refused before any work, naming the file; the benchmark's own earlier file is replaced."""
+    bench = load_benchmark("bench_knapsack")
+    monkeypatch.setattr(bench, "PROBLEMS", {})  # nothing to time: the files are the point
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}')
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--repeats", "1", "--out", str(tmp_path / "mine")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"{mine} exists and is not this benchmark's results file" in err
+    assert "choose another --out" in err
+    assert mine.read_text() == '{"my": "notes"}'
+    # the benchmark's own file, written and written again
+    assert bench.main(["--repeats", "1", "--out", str(tmp_path / "k")]) == 0
+    assert bench.main(["--repeats", "1", "--out", str(tmp_path / "k")]) == 0
+    # another benchmark's results are not this one's either, nor is a file that is not JSON
+    common = load_benchmark("bench_common")
+    for text in ((tmp_path / "k.json").read_text(), "not json", "[1, 2]"):
+        (tmp_path / "other.json").write_text(text)
+        with pytest.raises(SystemExit):
+            common.results_stem("fm", str(tmp_path / "other"), keys=("meta", "rows"))
+    # a NAME.md with no results file beside it is a user's
+    (tmp_path / "notes.md").write_text("# my notes\n")
+    with pytest.raises(SystemExit):
+        common.results_stem("fm", str(tmp_path / "notes"), keys=("meta", "rows"))
+    assert "notes.md exists beside no notes.json" in capsys.readouterr().err
+    # ... unless the benchmark writes no .md (knapsack: .json only)
+    assert common.results_stem("k", str(tmp_path / "notes"), files=(".json",)) == tmp_path / "notes"
+
+
+# The published results each benchmark wrote (benchmarks/results/*.json): a rerun with --out at
+# them must replace them (and a rerun at the defaults the default one), while every other
+# benchmark must refuse them.
+PUBLISHED = {
+    "bench_fashion_mnist": ([], ["fashion_mnist", "fashion_mnist_seed1"]),
+    "bench_knapsack": ([], ["knapsack"]),
+    "bench_latency_pruning": ([], ["latency_pruning"]),
+    "bench_latency_table": ([], ["latency_table"]),
+    "bench_methods": ([], ["methods_10epoch_smcp", "methods_10epoch_smcp_earlier",
+                           "methods_10epoch_smcp_early", "methods_1epoch", "methods_1epoch_cucb",
+                           "methods_1epoch_smcp_hysteresis3"]),
+    "bench_overheads": ([], ["overheads"]),
+    "bench_overheads --masks-only": (["--masks-only"], ["overheads_masks"]),
+    "bench_smcp_ablation": ([], ["smcp_ablation"]),
+    "bench_table_calibration": ([], ["table_calibration", "table_calibration_avx512_run1",
+                                     "table_calibration_avx512_run2",
+                                     "table_calibration_avx512_run3",
+                                     "table_calibration_loaded_concat",
+                                     "table_calibration_loaded_resnet"]),
+    "bench_vs_torch_pruning": (["--no-tp"], ["vs_torch_pruning", "vs_torch_pruning_avx512"]),
+    "bench_gpu": ([], []),
+}
+
+
+@pytest.mark.parametrize("script", PUBLISHED)
+def test_each_benchmark_replaces_its_own_results_and_no_other(script, monkeypatch):
+    """What each benchmark takes for its results file (the keys it passes to results_stem),
+    checked against every published file: its own accepted, the others refused."""
+    common = load_benchmark("bench_common")
+    bench = load_benchmark(script.split()[0])
+    args, own = PUBLISHED[script]
+    seen = {}
+
+    def capture(name, out=None, smoke=False, changed=(), **kw):
+        seen.update(name=name, **kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench, "results_stem", capture)
+    with pytest.raises(SystemExit):
+        bench.main(args)
+    name = seen.pop("name")
+    assert seen.get("keys"), f"{script} names no key of its results file"
+    for other, (_, stems) in PUBLISHED.items():
+        for stem in stems:
+            path = str(common.RESULTS / stem)
+            if other == script:
+                assert common.results_stem(name, path, **seen) == common.RESULTS / stem
+            else:
+                with pytest.raises(SystemExit):
+                    common.results_stem(name, path, **seen)

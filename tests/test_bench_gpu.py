@@ -13,9 +13,14 @@ from helpers import load_benchmark
 def test_smoke_run_writes_every_section(tmp_path):
     bench = load_benchmark("bench_gpu")
     out = tmp_path / "gpu"
-    assert bench.main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0
+    assert bench.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(out)]) == 0
     r = json.loads(out.with_suffix(".json").read_text())
     meta = r["meta"]
+    # break42 #8: the header states the command as typed and the thread count
+    command = f"python benchmarks/bench_gpu.py --device cpu --smoke --threads 1 --out {out}"
+    assert meta["command"] == command and meta["torch_threads"] == 1
+    assert f"`{command}` on " in out.with_suffix(".md").read_text()
+    assert "1 CPU thread(s)" in out.with_suffix(".md").read_text()
     assert meta["smoke"] is True and meta["device_type"] == "cpu" and meta["device"]
     assert meta["torch"] == torch.__version__ and "cudnn" in meta and meta["total_seconds"] > 0
     assert set(r["section_seconds"]) == {"a", "b", "c"}
@@ -63,3 +68,33 @@ def test_refuses_what_would_mislead(tmp_path, capsys):
         assert bench.main(["--out", str(tmp_path / "x")]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [["--amp", "off"], ["--channel-step", "16"],
+                                  ["--precision", "fp32"]])
+def test_a_run_off_the_published_protocol_needs_out_where_gpu_json_exists(args, tmp_path,
+                                                                           monkeypatch, capsys):
+    """break42 #8: as the other benchmarks, before anything runs (a GPU or not); which GPU,
+    the CPU threads or the default precision spelled out are not another protocol."""
+    import sys
+
+    bench = load_benchmark("bench_gpu")
+    monkeypatch.setattr(sys.modules[bench.results_stem.__module__], "RESULTS", tmp_path)
+    published = {"meta": {"device_type": "cuda"}, "training": [], "table": None, "speedups": [],
+                 "skipped": [], "section_seconds": {}}
+    (tmp_path / "gpu.json").write_text(json.dumps(published))
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{args[0]} changes the published protocol" in err
+    assert "give --out PATH" in err
+
+    def no_device(name):
+        raise RuntimeError("no device here")
+
+    monkeypatch.setattr(bench.tb, "resolve_device", no_device)
+    # the same options with --out, or only the GPU, threads or an explicit fp16: past the guard
+    for ok in ([*args, "--out", str(tmp_path / "mine")],
+               ["--device", "cuda:1", "--threads", "4", "--precision", "fp16"]):
+        assert bench.main(ok) == 2  # stopped at the device
+        assert "no device here" in capsys.readouterr().err

@@ -225,3 +225,40 @@ def test_aggregate_orders_dense_then_torch_pruning_then_smcp_per_net():
                                              "a:smcp-flops", "a:smcp-lat-b1", "a:smcp-x",
                                              "a:smcp-w", "b:dense"]
     assert summary[2]["seeds"] == [0, 1]  # a:dense, both seeds
+
+
+def test_merge_refuses_rows_trained_at_another_lr_or_timed_over_other_iters(tmp_path, monkeypatch,
+                                                                            capsys):
+    """break42 #2: ``--lr`` and ``--iters`` change the rows, so they are in the protocol and a
+    merge of another value is refused, the published file's included (it keeps its rows, so
+    ``--merge`` of it needs no ``--out``: the protocol check is its guard). The published file
+    predates the keys: it reads as the defaults. No training: ``--seeds`` with no value."""
+    import shutil
+    import sys
+
+    bench = load_benchmark("bench_vs_torch_pruning")
+    published = bench.RESULTS / "vs_torch_pruning.json"
+    # a copy stands for the published file, so that nothing here can write the real one
+    shutil.copy(published, tmp_path / "vs_torch_pruning.json")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules[bench.results_stem.__module__], "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "train_rows", lambda *a: pytest.fail("trained"))
+    copy = tmp_path / "vs_torch_pruning.json"
+    assert "lr" not in json.loads(copy.read_text())["meta"]["protocol"]
+    before = copy.read_text()
+    for option, value, says in (("--lr", "0.01", "it ran lr 0.1, this run 0.01; pass --lr 0.1"),
+                                ("--iters", "5", "it ran iters 200, this run 5; pass --iters 200")):
+        with pytest.raises(SystemExit, match=f"cannot merge .*vs_torch_pruning.json: {says}"):
+            bench.main(["--seeds", "--threads", "1", "--merge", str(copy), option, value])
+        assert copy.read_text() == before
+    # at the defaults the published file merges (and is rewritten with the keys)
+    assert bench.main(["--seeds", "--threads", "1", "--merge", str(copy),
+                       "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["meta"]["protocol"]["lr"] == 0.1 and merged["meta"]["protocol"]["iters"] == 200
+    assert len(merged["runs"]) == len(json.loads(before)["runs"])
+    # a file that records them is held to them
+    with pytest.raises(SystemExit, match="it ran lr 0.1, this run 0.2"):
+        bench.main(["--seeds", "--threads", "1", "--merge", str(tmp_path / "merged.json"),
+                    "--lr", "0.2", "--out", str(tmp_path / "again")])
+    assert not (tmp_path / "again.json").exists()
