@@ -61,6 +61,10 @@ def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = No
     key = node.target
     if extra_rules and key in extra_rules:
         return extra_rules[key]
+    if isinstance(key, type) and issubclass(key, tuple) and hasattr(key, "_fields"):
+        # not an op with channels: "no channel rule for Out; add one" misled (break39 #5)
+        return Barrier(f"packed into the namedtuple {key.__name__}, whose fields fxprune does "
+                       "not follow (a model output is kept whole anyway)")
     if node.target is operator.getitem:
         container = node.args[0].meta.get("fxprune_value") if isinstance(node.args[0], fx.Node) else None
         return INDEX if isinstance(container, TensorMeta) else TUPLE_ITEM
@@ -205,7 +209,9 @@ class ChannelAnalysis(NodeFacts):
     def connect(self, space_ids, act_ids, what: str) -> None:
         """A weight dim reads (or writes) an activation's channel dim."""
         if act_ids is None:
-            self.untracked(space_ids, f"{what} reads untracked channels (e.g. the model input)")
+            self.untracked(space_ids, f"{what} reads channels fxprune does not track (the model "
+                                      "input, or an output of an op whose channels it does not "
+                                      "follow)")  # not only the input (break39 #5)
         else:
             self.unify(space_ids, act_ids, what)
 

@@ -182,7 +182,9 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
         names = ", ".join(n.target for n in placeholders)
         raise ExampleInputsError(
             f"the model's forward takes {len(required)} required argument(s) ({names}) but "
-            f"example_inputs has {len(example_inputs)}; pass one example per argument, e.g. (x,)")
+            f"example_inputs has {len(example_inputs)}; pass one example per argument, e.g. (x,)"
+            + ("; a forward taking one list of tensors gets it as one argument: ([a, b],)"
+               if len(placeholders) == 1 < len(example_inputs) else ""))  # break39 #5
     modes = {m: m.training for m in gm.modules()}
     recorder = _Recorder(gm)
     recorder.extra_traceback = False  # our error names the node and the model's line already

@@ -1352,3 +1352,38 @@ def test_a_pre_hook_on_a_masked_layer_is_said():
     with pytest.warns(UserWarning, match=r"`2` \(Conv2d\) has a forward pre-hook \(<lambda>\): the "
                                          r"prepared model calls it as \(input, mask\)"):
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+
+
+def test_reasons_for_a_namedtuple_output_and_a_list_argument_name_the_right_cause():
+    """break39 #5: a namedtuple output read "no channel rule for Out; add one to ...
+    CHANNEL_RULES", and prepare(Neck(), [f1, f2]) for forward(self, feats) did not show the
+    ([f1, f2],) it needed."""
+    import collections
+
+    Out = collections.namedtuple("Out", "logits feats")
+
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            f = torch.relu(self.a(x))
+            return Out(self.b(f), f)
+
+    pm = fxprune.prepare(Named(), (X,))
+    reasons = {g.name: g.reason for g in fxprune.channel_groups(pm)}
+    assert reasons["b"].startswith("packed into the namedtuple Out")
+    assert "does not track (the model input, or an output of an op" in reasons["a.weight[1]"]
+
+    class Neck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, feats):
+            return self.a(feats[0]) + self.b(feats[1])
+
+    with pytest.raises(fxprune.ExampleInputsError, match=r"one list of tensors gets it as one "
+                                                         r"argument: \(\[a, b\],\)"):
+        fxprune.prepare(Neck(), [X, X])
