@@ -82,13 +82,21 @@ def load_model(model: nn.Module | str | os.PathLike, *,
 def not_a_file(path: str, role: str = "model") -> DeployError:
     """The error for a model path that is no file: a folder (a train run's) is named as one.
     ``role`` is what the path was given as: ``"model"``, or ``"--compare"`` (the dense model)."""
-    suggest = "model_dense.pt" if role == "--compare" else "model_pruned.pt"
     if os.path.isdir(path):  # "does not exist" named the wrong cause (break37 #3)
-        run = os.path.isfile(os.path.join(path, "checkpoint.pt")) or any(
-            os.path.isfile(os.path.join(path, f)) for f in ("model_pruned.pt", "model_dense.pt"))
-        if run:  # break38 #8: --compare's file is the dense one
-            return DeployError(f"{role} {path!r} is a folder, a fxprune train run: pass a model "
-                               f"file in it ({suggest}, with --trust-model-file) or an .onnx file")
+        held = [f for f in ("model_pruned.pt", "model_dense.pt")
+                if os.path.isfile(os.path.join(path, f))]
+        if held or os.path.isfile(os.path.join(path, "checkpoint.pt")):
+            # break38 #8, break44 #6: the file named is one the run holds, and --compare's is
+            # the dense model, which only a dense run (prune.method none) writes
+            want = "model_dense.pt" if role == "--compare" else (held or ["model_pruned.pt"])[0]
+            if want in held:
+                return DeployError(f"{role} {path!r} is a folder, a fxprune train run: pass the "
+                                   f"model file in it ({os.path.join(path, want)}, with "
+                                   "--trust-model-file) or an .onnx file")
+            other = (" (a dense run's, prune.method none)" if role == "--compare" else "")
+            return DeployError(f"{role} {path!r} is a folder, a fxprune train run that holds no "
+                               f"{want}{' yet' if role != '--compare' else ''}: pass a "
+                               f"{want}{other} with --trust-model-file, or an .onnx file")
         return DeployError(f"{role} {path!r} is a folder: pass a model file (a torch.save of the "
                            "module, with --trust-model-file) or an .onnx file")
     return DeployError(f"{role} file {path!r} does not exist")

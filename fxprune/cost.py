@@ -214,6 +214,17 @@ class WithFixedCost:
         as ``base`` prices them: a table timed at its own batch ignores the example batch."""
         given = layer_keys(layers, self.base)
         if given != self.layers and layer_keys(layers) != self.layers:  # (older fits: raw keys)
+            def undtyped(keys):
+                return [k.rpartition(":")[0] for k in keys]
+
+            if undtyped(given) == undtyped(self.layers):  # the model was cast since (break44 #3)
+                now, then = next((a.rpartition(":")[2], b.rpartition(":")[2])
+                                 for a, b in zip(given, self.layers) if a != b)
+                raise ValueError(
+                    f"this {self.name} cost was fitted on this model's layers at {then}, and they "
+                    f"are {now} now (cast since the fit): its constant comes from latency measured "
+                    f"at {then}; fit it again after the cast with "
+                    "fxprune.deploy.calibrate_cost(cost_model, prepared)")
             first = next((f"layer {i}: {a!r} here, {b!r} when fitted"
                           for i, (a, b) in enumerate(zip(given, self.layers)) if a != b),
                          f"{len(given)} costed layers here, {len(self.layers)} when fitted")

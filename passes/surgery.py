@@ -19,7 +19,8 @@ from torch import fx, nn
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mask_buffer, state_of
 from fxprune.masks import (_HOOK_DICTS, FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
-                           forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
+                           copy_sharing_hooks, forget_all_ones, gather_mask, mask_weight,
+                           strip_method_hooks, unwrap)
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
@@ -114,7 +115,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     masks = group_masks(prepared)
     _check_masks(ch, masks)
     unit_kept = ch.unit_kept(masks)
-    gm = copy.deepcopy(prepared)
+    gm = copy_sharing_hooks(prepared)  # the user's hook objects, as prepared calls them
     strip_method_hooks(gm)  # a method's hooks (CCP's taps mid-run) are not part of the model
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())

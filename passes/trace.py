@@ -11,6 +11,7 @@ import copy
 import inspect
 import linecache
 import os
+import reprlib
 import traceback
 import warnings
 
@@ -18,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
+from fxprune.masks import copy_sharing_hooks
 from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
@@ -231,6 +233,17 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
         if not leaves:
             break
         mode_leaves.update(leaves)
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    read: list[fx.Node] = []
+    fx.node.map_arg(output.args, read.append)
+    if not read:  # break44 #2: timm's features_only models with feature_cls='hook'
+        raise TraceError(
+            f"{type(model).__name__}.forward, as torch.fx traces it, returns "
+            f"{reprlib.repr(output.args[0])} whatever its inputs: its output is not computed from "
+            "them in the graph (read from state that hooks fill, e.g. a timm features_only model "
+            "with feature_cls='hook'), so the prepared model would return that; make forward "
+            "return the tensors it computes (timm: forward_intermediates, or features_only with "
+            "another feature_cls)")
     gm = fx.GraphModule(root, graph, type(model).__name__)
     originals = dict(root.named_modules())
     for name, m in gm.named_modules():  # the stand-ins of traced-through modules, too
@@ -243,7 +256,8 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     # only passed to a function (torchvision's Swin attention) were out of reach before
     hiding = [name for name in mode_leaves if any(
         isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-        and ((f"{name}.{path}" if path else name) in called or name in hooked)  # (never traced)
+        # (a hooked module is never traced through: its own call counts, if the forward makes it)
+        and ((f"{name}.{path}" if path else name) in called or (name in hooked and name in called))
         for path, m in root.get_submodule(name).named_modules())]
     if hiding:
         warnings.warn(
@@ -256,6 +270,19 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
                if hiding[0] in hooked else
                "move that code into a small submodule of its own to keep the layers prunable"),
             UserWarning, stacklevel=3)
+    lone = [name for name in hooked if name in called and name not in hiding
+            and module_rule(type(root.get_submodule(name)), rules) is None]
+    if lone:  # no conv inside, no row: its channels, and the layers' around it, kept whole
+        cls = type(root.get_submodule(lone[0])).__name__
+        warnings.warn(
+            f"{len(lone)} submodule{'s' if len(lone) > 1 else ''} with hooks "
+            f"({', '.join(lone[:3])}{', ...' if len(lone) > 3 else ''}) "
+            f"{'are' if len(lone) > 1 else 'is'} called as one op, so that the hooks run at each "
+            f"call, and without a channel rule keep{'' if len(lone) > 1 else 's'} the channels "
+            f"around {'them' if len(lone) > 1 else 'it'} whole (`{lone[0]}`: "
+            f"{_hook_names(model.get_submodule(lone[0]))}); if {cls} works channel by channel, "
+            f"prepare(..., rules={{{cls}: fxprune.rules.Elementwise()}}) keeps them prunable, or "
+            "remove the hooks before prepare", UserWarning, stacklevel=3)
     if found.root_line and not root_updates:  # (a buffer updated while tracing differs too)
         other = "eval" if mode == "train" else "train"
         warnings.warn(
@@ -363,14 +390,16 @@ def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
             continue
         hooks = _hook_names(m)
         if hooks and not tracer.is_leaf_module(m, name):
-            out[name] = (f"it has {hooks}, which a traced graph would run once, while "
-                         "tracing (called as one op, hooks run at each call)")
+            out[name] = (f"it has {hooks}, which run at each call only of a module called "
+                         "as one op (traced through, once, while tracing)")
     return out
 
 
 def _copy(model: nn.Module) -> nn.Module:
     try:
-        return copy.deepcopy(model)
+        # the hook objects stay the user's: a tap's object (a bound method's, a callable's) gets
+        # what the prepared model computes, and its stored outputs are not copied (break44 #1)
+        return copy_sharing_hooks(model)
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
                         f"be deep-copied ({e}); make its attributes copyable") from e

@@ -92,6 +92,16 @@ def test_a_fixed_cost_fitted_on_another_model_is_refused():
         fxprune.SMCP(_prepared(24), target=0.5, cost=fitted, channel_step=4)
 
 
+def test_a_fixed_cost_fitted_before_a_cast_names_the_cast():
+    """break44 #3: layers are priced at their dtype now; a constant fitted on the float32
+    model was refused after pm.double() as "fitted on another model"."""
+    pm = _prepared(16)
+    fitted = _flops_with(pm, 1e6)
+    with pytest.raises(ValueError, match=r"fitted on this model's layers at float32, and they are "
+                                         r"float64 now \(cast since the fit\).*calibrate_cost"):
+        fxprune.SMCP(pm.double(), target=0.5, cost=fitted, channel_step=4)
+
+
 def test_a_constant_fitted_with_a_batch_fixed_table_prices_another_example_batch():
     """break32 #9: a table timed at its own batch ignores the example batch, and so does its
     fitted constant; the same model prepared at batch 4 was refused as "another model"."""

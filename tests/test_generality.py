@@ -1387,3 +1387,76 @@ def test_reasons_for_a_namedtuple_output_and_a_list_argument_name_the_right_caus
     with pytest.raises(fxprune.ExampleInputsError, match=r"one list of tensors gets it as one "
                                                          r"argument: \(\[a, b\],\)"):
         fxprune.prepare(Neck(), [X, X])
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class SwishNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.b = nn.Conv2d(3, 8, 3), Swish(), nn.Conv2d(8, 4, 1)
+        self.aux = nn.Conv2d(8, 2, 1)  # never called
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+class Tap:
+    """A feature tap as users write them: an object whose bound method is the hook."""
+
+    def __init__(self):
+        self.feats = []
+
+    def hook(self, module, inputs, output):
+        self.feats.append(output)
+
+
+def test_hook_objects_stay_the_users_and_a_hooked_activation_says_the_way_out():
+    """break44 #1: the prepared model called deep copies of a bound-method hook's object, so
+    the user's tap stayed empty; #4: a hook on a channel-wise activation made it a barrier
+    without a word; #8: a hooked module the forward never calls was said to hide layers."""
+    model = SwishNet()
+    tap, aux_tap = Tap(), Tap()
+    model.act.register_forward_hook(tap.hook)
+    model.aux.register_forward_hook(aux_tap.hook)
+    with pytest.warns(UserWarning) as said:
+        pm = fxprune.prepare(model, (X,))
+    text = " ".join(str(w.message) for w in said)
+    assert "(act) is called as one op, so that the hooks run at each call" in text
+    assert "rules={Swish: fxprune.rules.Elementwise()}) keeps them prunable" in text
+    assert "aux" not in text
+    tap.feats.clear()
+    pm(X)
+    assert len(tap.feats) == 1  # the user's own object
+    small = fxprune.finalize(pm)
+    tap.feats.clear()
+    small(X)
+    assert len(tap.feats) == 1
+    # the way out the warning gives: a row for it, and its hook still runs
+    pm = fxprune.prepare(model, (X,), rules={Swish: fxprune.rules.Elementwise()})
+    assert fxprune.channel_groups(pm)[0].prunable
+    tap.feats.clear()
+    pm(X)
+    assert len(tap.feats) == 1
+
+
+def test_a_forward_whose_output_is_not_computed_in_the_graph_is_refused():
+    """break44 #2: a model returning what hooks stored (timm features_only, feature_cls='hook')
+    was prepared into a model returning [] and finalize failed in deepcopy."""
+
+    class Stored(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.store = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1), {}
+            self.b.register_forward_hook(lambda m, i, o: self.store.__setitem__("b", o))
+
+        def forward(self, x):
+            self.b(torch.relu(self.a(x)))
+            return list(self.store.values())
+
+    with pytest.raises(fxprune.TraceError, match=r"Stored.forward, as torch.fx traces it, returns "
+                                                 r"\[\] whatever its inputs"):
+        fxprune.prepare(Stored(), (X,))

@@ -307,13 +307,20 @@ def test_resume_refuses_epochs_below_the_checkpoint_and_another_format(recipe, t
         assert cli_main(["deploy", str(given), "--out", str(tmp_path / "d")]) == 1
         assert "is a folder" in capsys.readouterr().err
     assert cli_main(["deploy", str(out), "--out", str(tmp_path / "d")]) == 1
-    assert "is a folder, a fxprune train run: pass a model file in it" in capsys.readouterr().err
+    # break44 #6: the file named is one the run holds (this dense run: model_dense.pt)
+    assert (f"is a folder, a fxprune train run: pass the model file in it "
+            f"({out / 'model_dense.pt'}") in capsys.readouterr().err
     # break38 #8: the folder given as --compare is named so, with the dense model's file, and
     # a folder that is no run is not told to pick a file "in it"
     assert cli_main(["deploy", str(out / "model_dense.pt"), "--trust-model-file", "--compare",
                      str(out), "--out", str(tmp_path / "d")]) == 1
-    assert f"--compare '{out}' is a folder, a fxprune train run: pass a model file in it " \
-           "(model_dense.pt" in capsys.readouterr().err
+    assert f"--compare '{out}' is a folder, a fxprune train run: pass the model file in it " \
+           f"({out / 'model_dense.pt'}" in capsys.readouterr().err
+    (out / "model_dense.pt").rename(tmp_path / "dense.pt")  # as a pruning run holds none
+    assert cli_main(["deploy", str(tmp_path / "dense.pt"), "--trust-model-file", "--compare",
+                     str(out), "--out", str(tmp_path / "d")]) == 1
+    assert "a fxprune train run that holds no model_dense.pt: pass a model_dense.pt (a dense " \
+           "run's, prune.method none)" in capsys.readouterr().err
     assert cli_main(["deploy", str(out / "x.onnx"), "--out", str(tmp_path / "d")]) == 1
     assert "is a folder: pass a model file (a torch.save of the module" in capsys.readouterr().err
 

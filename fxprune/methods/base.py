@@ -227,7 +227,8 @@ class PruningMethod:
         model of the same name, another latency table or fixed cost, was too)."""
         model = self.budget.model
         if getattr(self, "_priced", None) is None:  # the budget is fixed for the run
-            half = self.budget.total(uniform_kept(self.index, 0.5, self.channel_step))
+            # at step 1: a resume under another channel_step is said as that (break44 #7)
+            half = self.budget.total(uniform_kept(self.index, 0.5, 1))
             self._priced = {"dense_cost": float(f"{self.budget.dense:.6g}"),  # in its units
                             "half_width_cost": float(f"{half:.6g}")}
         return {"cost": str(getattr(model, "name", type(model).__name__)), **self._priced,
