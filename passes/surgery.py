@@ -203,6 +203,9 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     # The tracer class is pickled with a GraphModule; ours lives in fxprune, and the result must
     # load where fxprune is not installed.
     gm._tracer_cls, gm._tracer_extras = None, {}
+    # the graph keeps its own, which a deep copy of the result puts back on the module: the
+    # model_pruned.pt of fxprune train (a copy, saved) needed fxprune to load (break45 #1)
+    gm.graph._tracer_cls, gm.graph._tracer_extras = None, {}
     gm.graph.lint()
     gm.recompile()
     return gm
