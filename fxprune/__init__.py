@@ -22,6 +22,7 @@ _LAZY = {
     "CCP": ("fxprune.methods.ccp", "CCP"),
     "CUCB": ("fxprune.methods.cucb", "CUCB"),
     "get_method": ("fxprune.methods.base", "get_method"),
+    "register_method": ("fxprune.methods.base", "register_method"),
     "PruningSchedule": ("fxprune.schedule", "PruningSchedule"),
 }
 

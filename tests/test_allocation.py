@@ -327,6 +327,10 @@ def test_registry_serves_recipe_cli_and_benchmarks():
     for name in ("smcp", "cucb", "ccp", "hard", "uniform", "magnitude", "taylor", "cucb_random"):
         assert name in registry
     assert get_method("smcp").cls is fxprune.SMCP
+    # the names the README gives (break45 #2: fxprune.register_method did not exist)
+    from fxprune.methods.base import register_method
+
+    assert fxprune.get_method is get_method and fxprune.register_method is register_method
     with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
         get_method("nope")
     from fxprune.train import ConfigError, resolve_config
