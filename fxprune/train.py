@@ -132,8 +132,8 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
                           f"{', '.join(f'{m}()' for m in missing)}, which the trainer calls; "
                           "see fxprune.methods.base.Method for the protocol")
     try:  # what epochs and fractions became, for the log and results.json
-        pruner.fxprune_schedule_steps = {k: kwargs[k] for k in convertible
-                                         if k in steps and k in kwargs}
+        pruner.fxprune_schedule_steps = {k: kwargs[k] for k in sorted(convertible)  # (a set:
+                                         if k in steps and k in kwargs}  # same order each run)
     except AttributeError:  # a method object that takes no attributes
         pass
     return pruner
