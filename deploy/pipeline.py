@@ -154,6 +154,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     for name, given in (("model", model), ("dense", compare)):
         if given is None:
             continue
+        if isinstance(given, (str, os.PathLike)):  # a quoted '~/run/m.pt' too, as train and plot
+            given = os.path.expanduser(os.fspath(given))
         if is_onnx(given):
             path = os.fspath(given)
             if not os.path.isfile(path):

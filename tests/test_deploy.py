@@ -37,6 +37,16 @@ def saved(tmp_path_factory):
     return d
 
 
+def test_model_paths_expand_a_tilde_as_train_and_plot_do(saved, tmp_path, monkeypatch):
+    """break45: a quoted '~/...' MODEL or --compare was "does not exist"; --out expanded it."""
+    monkeypatch.setenv("HOME", str(saved))
+    rc = main(["deploy", "~/pruned.pt", "--out", str(tmp_path / "out"), "--compare",
+               "~/dense.pt", "--input-shape", "1,3,16,16", *QUICK, *TRUST])
+    assert rc == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["dense"]["model_file"] == str((saved / "dense.pt").resolve())
+
+
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
