@@ -232,6 +232,16 @@ def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():
         warnings.simplefilter("error")
         CUCB(prepared(), target=0.4, channel_step=1)  # fine widths reach it
         CUCB(prepared(), rho=0.5, channel_step=8)  # rho given: a width, no cost promise
+    # CCP's ratio mode landed under its target as silently (break45: 0.387 for 0.5)
+    from fxprune.methods.ccp import CCP
+
+    with pytest.warns(RuntimeWarning, match=r"CCP: with every group at the same fraction of its "
+                                            r"channels, the widest model within target 0\.4 costs "
+                                            r"0\.\d+ of dense; mode='adaptive'"):
+        CCP(prepared(), target=0.4, mode="ratio", channel_step=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CCP(prepared(), target=0.4, mode="ratio", channel_step=1)
 
 
 def test_bad_arguments_are_explained():

@@ -161,6 +161,11 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
 DEFAULT_TARGET = 0.5
 
 
+#: ratio mode under a cost target warns when its common fraction leaves more of the dense
+#: cost than this unused
+UNIFORM_UNUSED_WARN = 0.05
+
+
 def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -> None:
     """A ``target`` given beside a fixed per-group fraction (CUCB's ``rho``, CCP's ``ratio``)
     in ratio mode does nothing: say so, with both ways to prune to it (break33 #8)."""
@@ -219,6 +224,31 @@ class PruningMethod:
         silently: a state records them and :meth:`_warn_changed_settings` names the changes.
         Plain data (loadable with ``weights_only=True``). Subclasses name theirs."""
         return {}
+
+    def _fitting_rho(self, target: float) -> float:
+        """The largest fraction (bisection) whose every-group-alike model costs at most
+        ``target`` x dense: ratio mode's widths when only a cost target is given."""
+        def fits(rho):
+            return self.budget.fraction(uniform_kept(self.index, rho, self.channel_step)) <= target
+        if fits(1.0):
+            return 1.0
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+    def _warn_uniform_unused(self, method: str, rho: float, other_mode: str) -> None:
+        """Ratio mode under a cost target: say when the widest every-group-alike model within
+        it leaves more than :data:`UNIFORM_UNUSED_WARN` of the dense cost unused (coarse widths:
+        the next fraction up jumps past the target, 0.32 of dense for both 0.4 and 0.5)."""
+        reached = self.budget.fraction(uniform_kept(self.index, rho, self.channel_step))
+        if self.cost_target - reached > UNIFORM_UNUSED_WARN:
+            warnings.warn(
+                f"{method}: with every group at the same fraction of its channels, the widest "
+                f"model within target {self.cost_target:g} costs {reached:.3f} of dense; "
+                f"{other_mode} lets groups differ and fills the budget, or lower channel_step",
+                RuntimeWarning, stacklevel=3)
 
     def _allocation_settings(self) -> dict:
         """The run settings every method's allocation shares: the cost model (by name, and

@@ -301,6 +301,8 @@ class CCP(PruningMethod):
         if self.target is not None:  # known now, not at the first round, steps into training
             self._check_reachable(self.target)
         self.ratio = None if ratio is None else float(ratio)
+        if mode == "ratio" and ratio is None:  # as CUCB says it (break45)
+            self._warn_uniform_unused("CCP", self._fitting_rho(self.cost_target), "mode='adaptive'")
         self.collect, self.rounds, self.round_every = int(collect), int(rounds), int(round_every)
         self.prune_at = int(prune_at if prune_at is not None else collect)
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)

@@ -73,7 +73,7 @@ import torch
 from torch import fx
 
 from .. import distributed as fxdist
-from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options, uniform_kept
+from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
@@ -82,9 +82,6 @@ from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target
 
 __all__ = ["CUCB"]
 
-#: ratio mode under a cost target warns when its common fraction leaves more of the dense
-#: cost than this unused
-_UNUSED_WARN = 0.05
 #: steps in a row with inf/nan saliencies before CUCB warns: a loss scaler's first steps
 #: overflow a few times in a row (it halves its scale each time), a diverged run every time
 NONFINITE_STEPS_WARN = 20
@@ -145,13 +142,7 @@ class CUCB(PruningMethod):
         #: selection held to the target exactly
         self.rho = float(rho) if rho is not None else self._fitting_rho(self.cost_target)
         if rho is None and mode == "ratio":
-            reached = self.budget.fraction(uniform_kept(self.index, self.rho, self.channel_step))
-            if self.cost_target - reached > _UNUSED_WARN:  # coarse widths: the next fraction up
-                warnings.warn(  # jumps past the target (0.32 of dense for both 0.4 and 0.5)
-                    f"CUCB: with every group at the same fraction of its channels, the widest "
-                    f"model within target {self.cost_target:g} costs {reached:.3f} of dense; "
-                    "mode='budget' lets groups differ and fills the budget, or lower channel_step",
-                    RuntimeWarning, stacklevel=2)
+            self._warn_uniform_unused("CUCB", self.rho, "mode='budget'")
         # plain ints: a state holding numpy ones does not load with weights_only=True
         self.warmup, self.explore = int(warmup), None if explore is None else int(explore)
         self.selection = selection
@@ -264,19 +255,6 @@ class CUCB(PruningMethod):
     def _counts(self, i: int, min_k: int) -> np.ndarray:
         g = self.index.groups[i]
         return allowed_counts(g.size, self.channel_step, min_k, g.size, self.index.unit_channels[i])
-
-    def _fitting_rho(self, target: float) -> float:
-        """The largest fraction (bisection) whose every-group-alike model costs at most
-        ``target`` x dense: ratio mode's widths when only a cost target is given."""
-        def fits(rho):
-            return self.budget.fraction(uniform_kept(self.index, rho, self.channel_step)) <= target
-        if fits(1.0):
-            return 1.0
-        lo, hi = 0.0, 1.0
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
 
     def _keep(self, scores: np.ndarray, *, final: bool = False) -> np.ndarray:
         """Per group the top channels by ``scores`` (finite; random tie-breaks): ``rho`` of each
