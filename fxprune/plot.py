@@ -487,7 +487,11 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         plt.close(fig)
     return {"x": x, "batch": None if x == "flops" else batch, "panels": panels,
             "points": [(p.label, xs[id(p)], p.accuracy) for p in drawn],
-            "skipped": [p.label for p in points if xs[id(p)] is None]}
+            "skipped": [p.label for p in points if xs[id(p)] is None],
+            # what a skipped point has instead (break45: "no latency" for a run measured at
+            # another batch only)
+            "skipped_has": {p.label: sorted((p.latency_ms if x == "latency" else p.speedup))
+                            for p in points if xs[id(p)] is None and x != "flops"}}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -518,6 +522,10 @@ def run(args: argparse.Namespace) -> int:
     for label, xv, acc in drawn["points"]:
         print(f"{label:40} {xv:12.4g} {100 * acc:8.2f}%")
     if drawn["skipped"]:
-        print(f"not drawn (no {args.x}): {', '.join(drawn['skipped'])}")
+        at = "" if drawn["batch"] is None else f" at batch {drawn['batch']}"
+        has = drawn.get("skipped_has", {})
+        print(f"not drawn (no {args.x}{at}): " + ", ".join(
+            label + (f" (measured at batch {', '.join(map(str, has[label]))}: --batch N)"
+                     if has.get(label) else "") for label in drawn["skipped"]))
     print(f"wrote {args.out}")
     return 0

@@ -470,3 +470,14 @@ def test_latencies_of_another_input_size_or_machine_do_not_share_an_axis(tmp_pat
     with pytest.raises(PlotError, match=r"with device EPYC \(AVX2\), .* with device EPYC \(AVX-512\)"):
         plot_points(mixed, tmp_path / "b.png")
     assert len(plot_points(mixed[:1] + load_points([small]), tmp_path / "c.png")["points"]) == 2
+
+
+def test_a_run_skipped_at_the_batch_says_where_it_was_measured(tmp_path, capsys):
+    """break45: "not drawn (no latency): b" for a run measured at another batch only."""
+    from fxprune.cli import main
+
+    a = _run(tmp_path / "a", 0.9, 8e6, [(8, 2.0)])
+    b = _run(tmp_path / "b", 0.8, 4e6, [(64, 9.0)])
+    assert main(["plot", str(a), str(b), "--out", str(tmp_path / "p.png")]) == 0
+    assert ("not drawn (no latency at batch 8): b (measured at batch 64: --batch N)"
+            in capsys.readouterr().out)
