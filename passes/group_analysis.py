@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from fxprune.errors import FxPruneError
 from fxprune.rules import Barrier, Elementwise, SizeOf
 from fxprune.rules.layers import _WeightLayer
 from fxprune.cost import LayerSpec
@@ -325,7 +326,22 @@ class ChannelAnalysis(NodeFacts):
                                       f"{f' (called as one op: {why})' if why else ''}; add one to "
                                       "fxprune.op_table.CHANNEL_RULES or pass rules=")
             return {}
-        return rule.propagate(self)
+        user_row = (node.op == "call_module" and self.extra_rules
+                    and any(base in self.extra_rules for base in type(self.module()).__mro__))
+        if not user_row:
+            return rule.propagate(self)
+        try:
+            return rule.propagate(self)
+        except (AttributeError, TypeError, ValueError, IndexError) as e:
+            # a rows=given row that does not fit its module (ChannelShuffle without groups): a
+            # bare AttributeError from inside the rule named neither (break47 #4)
+            if isinstance(e, FxPruneError):
+                raise
+            raise FxPruneError(
+                f"rule {type(rule).__name__}() given in rules= cannot apply to "
+                f"`{node.target}` ({type(self.module()).__name__}): {type(e).__name__}: {e}. "
+                "Give it a rule of its own kind (a subclass of fxprune.rules.ChannelRule), or "
+                "leave it out of rules= to keep its channels whole") from e
 
     def _result(self) -> ChannelGraph:
         aliases = _tied_tensors(self.gm)

@@ -1460,3 +1460,21 @@ def test_a_forward_whose_output_is_not_computed_in_the_graph_is_refused():
     with pytest.raises(fxprune.TraceError, match=r"Stored.forward, as torch.fx traces it, returns "
                                                  r"\[\] whatever its inputs"):
         fxprune.prepare(Stored(), (X,))
+
+
+def test_a_given_row_that_does_not_fit_its_module_names_both():
+    """break47 #4: ChannelShuffle() for a module without `groups` raised a bare AttributeError
+    from inside the rule, where prepare's docstring promises an FxPruneError naming the module."""
+
+    class Perm(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.register_buffer("p", torch.randperm(c))
+
+        def forward(self, x):
+            return x[:, self.p]
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), Perm(16), nn.Conv2d(16, 4, 1))
+    with pytest.raises(fxprune.FxPruneError, match=r"rule ChannelShuffle\(\) given in rules= cannot "
+                                                   r"apply to `1` \(Perm\): AttributeError"):
+        fxprune.prepare(model, (X,), rules={Perm: fxprune.rules.ChannelShuffle()})
