@@ -1478,3 +1478,32 @@ def test_a_given_row_that_does_not_fit_its_module_names_both():
     with pytest.raises(fxprune.FxPruneError, match=r"rule ChannelShuffle\(\) given in rules= cannot "
                                                    r"apply to `1` \(Perm\): AttributeError"):
         fxprune.prepare(model, (X,), rules={Perm: fxprune.rules.ChannelShuffle()})
+
+
+class WrappedTransposedConv(nn.Module):
+    """A user's transposed conv: a conv's attributes, weight [in, out, k, k], no `transposed`."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(i, o, 3, 3) * 0.2), nn.Parameter(torch.randn(o))
+        self.stride, self.padding, self.dilation, self.groups = (1, 1), (1, 1), (1, 1), 1
+        self.kernel_size, self.output_padding, self.in_channels, self.out_channels = (3, 3), (0, 0), i, o
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
+
+
+def test_a_transposed_conv_row_on_a_wrapper_without_transposed_says_what_it_lacks():
+    """break47 #1: the error said its weight was laid out [out, in/groups, k...] and to use
+    Conv(), which prepare accepted and finalize then failed on (1.04 off)."""
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), WrappedTransposedConv(8, 8),
+                             nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    with pytest.raises(fxprune.FxPruneError, match=r"it lacks `transposed = True`.*set "
+                                                   r"WrappedTransposedConv.transposed = True"):
+        fxprune.prepare(net(), (X,), rules={WrappedTransposedConv: fxprune.rules.ConvTranspose()})
+    model = net()
+    model[2].transposed = True  # the way out it gives: then exact
+    check(model, X, X2, rules={WrappedTransposedConv: fxprune.rules.ConvTranspose()})

@@ -100,6 +100,12 @@ class Conv(_WeightLayer):
     def check(self, ctx):
         super().check(ctx)
         m = ctx.module()
+        if self.transposed and not hasattr(m, "transposed"):  # break47 #1: "use Conv()" misled
+            raise FxPruneError(
+                f"rule ConvTranspose() cannot apply to `{ctx.module_name()}` ({type(m).__name__}): "
+                "it lacks `transposed = True`, which says its weight is laid out as "
+                "[in, out/groups, k...] as torch's ConvTranspose modules' is; set "
+                f"{type(m).__name__}.transposed = True if it is")
         if bool(getattr(m, "transposed", False)) != self.transposed:
             right = "ConvTranspose()" if getattr(m, "transposed", False) else "Conv()"
             raise FxPruneError(
