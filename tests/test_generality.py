@@ -1507,3 +1507,21 @@ def test_a_transposed_conv_row_on_a_wrapper_without_transposed_says_what_it_lack
     model = net()
     model[2].transposed = True  # the way out it gives: then exact
     check(model, X, X2, rules={WrappedTransposedConv: fxprune.rules.ConvTranspose()})
+
+
+def test_a_channel_affine_row_on_a_4d_scale_keeps_the_channels_whole_with_the_reason():
+    """break47 #2: a listed (1, C, 1, 1) scale was left unsliced and finalize failed with
+    "a bug in fxprune or in a custom rule", naming neither."""
+
+    class Scale4(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.scale = nn.Parameter(torch.rand(1, c, 1, 1))
+
+        def forward(self, x):
+            return x * self.scale
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), Scale4(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    pm, _ = check(model, X, X2, rules={Scale4: fxprune.rules.ChannelAffine(("scale",))})
+    (g,) = [g for g in fxprune.channel_groups(pm) if g.name == "0"]
+    assert not g.prunable and "`scale` of shape (1, 8, 1, 1): its ChannelAffine row slices 1-D" in g.reason

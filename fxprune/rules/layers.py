@@ -330,6 +330,15 @@ class ChannelAffine(ChannelRule):
             ctx.untracked_inputs(f"`{name}` holds {', '.join(f'`{n}`' for n in unlisted)}, which its "
                                  f"ChannelAffine row does not list")
             return {}
+        odd = [(t, tuple(v.shape)) for t in self.tensors for v in [self._lookup(m, t)]
+               if isinstance(v, torch.Tensor) and v.numel() > 1
+               and not (v.ndim == 1 and v.numel() == shape[cdim])]
+        if odd:  # (1, C, 1, 1): surgery would leave it whole (break47 #2: finalize failed, unnamed)
+            ctx.untracked_inputs(
+                f"`{name}`'s {', '.join(f'`{t}` of shape {s}' for t, s in odd)}: its ChannelAffine "
+                f"row slices 1-D tensors of the {shape[cdim]} channels only (hold it 1-D and view "
+                "it in forward)")
+            return {}
         for t in self.tensors:
             value = self._lookup(m, t)
             if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() == shape[cdim] > 1:
