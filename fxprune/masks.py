@@ -11,8 +11,6 @@ and ``isinstance`` checks stay what they were, and ``unwrap`` puts the plain cla
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -468,21 +466,6 @@ class DetachedHook:
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
 _HOOK_SIDE_TABLES = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
                      "_forward_hooks_always_called")
-
-
-def copy_sharing_hooks(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)`` whose modules call the same hook objects as ``model``'s (a
-    method's own hooks are copied as usual): a tap's object is the user's, and its stored
-    outputs are not copied (they may be non-leaf tensors, which deepcopy refuses)."""
-    memo: dict = {}
-    for module in model.modules():
-        for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks",
-                     "_backward_hooks"):
-            for hook in (getattr(module, attr, None) or {}).values():
-                if not isinstance(hook, (MethodHook, DetachedHook)):
-                    memo[id(hook)] = hook
-    memo[id(memo)] = list(memo.values())  # kept alive for the copy (deepcopy's own convention)
-    return copy.deepcopy(model, memo)
 
 
 def strip_method_hooks(model: nn.Module) -> None:

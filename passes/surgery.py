@@ -19,8 +19,7 @@ from torch import fx, nn
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mask_buffer, state_of
 from fxprune.masks import (_HOOK_DICTS, FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
-                           copy_sharing_hooks, forget_all_ones, gather_mask, mask_weight,
-                           strip_method_hooks, unwrap)
+                           forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
@@ -115,7 +114,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     masks = group_masks(prepared)
     _check_masks(ch, masks)
     unit_kept = ch.unit_kept(masks)
-    gm = copy_sharing_hooks(prepared)  # the user's hook objects, as prepared calls them
+    gm = copy.deepcopy(prepared)
     strip_method_hooks(gm)  # a method's hooks (CCP's taps mid-run) are not part of the model
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())

@@ -8,6 +8,7 @@ cannot be traced: the error names the module path and the source line, and point
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import linecache
 import os
@@ -19,7 +20,6 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
-from fxprune.masks import copy_sharing_hooks
 from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
@@ -273,16 +273,32 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     lone = [name for name in hooked if name in called and name not in hiding
             and module_rule(type(root.get_submodule(name)), rules) is None]
     if lone:  # no conv inside, no row: its channels, and the layers' around it, kept whole
-        cls = type(root.get_submodule(lone[0])).__name__
+        first = root.get_submodule(lone[0])
+        cls = type(first).__name__
+        # a row is per class: for a container (nn.Sequential) it would reach every one of them
+        # (break46 #2), so its way out is the hook's place
+        way_out = (f"register the hooks on a module inside it, or remove them before prepare"
+                   if any(True for _ in first.children()) else
+                   f"if {cls} works channel by channel, prepare(..., rules={{{cls}: "
+                   "fxprune.rules.Elementwise()}) keeps them prunable, or remove the hooks "
+                   "before prepare")
         warnings.warn(
             f"{len(lone)} submodule{'s' if len(lone) > 1 else ''} with hooks "
             f"({', '.join(lone[:3])}{', ...' if len(lone) > 3 else ''}) "
             f"{'are' if len(lone) > 1 else 'is'} called as one op, so that the hooks run at each "
             f"call, and without a channel rule keep{'' if len(lone) > 1 else 's'} the channels "
             f"around {'them' if len(lone) > 1 else 'it'} whole (`{lone[0]}`: "
-            f"{_hook_names(model.get_submodule(lone[0]))}); if {cls} works channel by channel, "
-            f"prepare(..., rules={{{cls}: fxprune.rules.Elementwise()}}) keeps them prunable, or "
-            "remove the hooks before prepare", UserWarning, stacklevel=3)
+            f"{_hook_names(model.get_submodule(lone[0]))}); {way_out}", UserWarning, stacklevel=3)
+    copied = _copied_hook_objects(model)
+    if copied:  # break44 #1: a tap object's list stayed empty; sharing it broke more (break46 #1)
+        where, kind, owner = copied[0]
+        warnings.warn(
+            f"`{where}` has a {kind} that is a method of a {owner} object: prepare (and finalize) "
+            "work on a deep copy of the model, hook objects included, so the prepared model "
+            f"calls a copy's, and yours gets nothing; register it on the prepared (and the "
+            f"finalized) model, e.g. pm.get_submodule('{where}').register_forward_hook(...)"
+            + (f" ({len(copied) - 1} more such hook{'s' if len(copied) > 2 else ''})"
+               if len(copied) > 1 else ""), UserWarning, stacklevel=3)
     if found.root_line and not root_updates:  # (a buffer updated while tracing differs too)
         other = "eval" if mode == "train" else "train"
         warnings.warn(
@@ -381,6 +397,25 @@ def _hook_names(module: nn.Module, kinds=_HOOK_KINDS) -> str:
     return " and ".join(said)
 
 
+def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
+    """(module path, hook kind, object class) for hooks on submodules that a deep copy copies
+    with their object: bound methods of non-module objects and callable objects (a plain
+    function or closure is shared by a deep copy)."""
+    out = []
+    for name, m in model.named_modules():
+        if not name:
+            continue  # the model's own hooks are not run at all (warned of in trace())
+        for attr, kind in _HOOK_KINDS:
+            for hook in (getattr(m, attr, None) or {}).values():
+                func = hook.func if isinstance(hook, functools.partial) else hook
+                owner = getattr(func, "__self__", None) if inspect.ismethod(func) else (
+                    None if inspect.isfunction(func) or inspect.isbuiltin(func) else func)
+                if (owner is not None and not isinstance(owner, nn.Module)
+                        and type(owner).__module__.split(".")[0] not in ("fxprune", "torch")):
+                    out.append((name, kind, type(owner).__name__))
+    return out
+
+
 def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
     """{module path: why} for submodules with hooks that tracing would go through: they are
     called as one op, so their hooks run at each call (the model's own: see trace())."""
@@ -397,9 +432,7 @@ def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
 
 def _copy(model: nn.Module) -> nn.Module:
     try:
-        # the hook objects stay the user's: a tap's object (a bound method's, a callable's) gets
-        # what the prepared model computes, and its stored outputs are not copied (break44 #1)
-        return copy_sharing_hooks(model)
+        return copy.deepcopy(model)
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
                         f"be deep-copied ({e}); make its attributes copyable") from e

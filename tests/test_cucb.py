@@ -219,7 +219,7 @@ def test_resuming_under_another_target_or_rho_warns():
         CUCB(pm, target=0.5, mode="budget", channel_step=1).load_state_dict(budget)
 
 
-def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():
+def test_ratio_mode_says_when_common_widths_leave_the_budget_unused(monkeypatch):
     """break23: target 0.4 at channel_step 8 ran at 0.27 of dense, where no common fraction
     lies between (the next one up costs over 0.4), and nothing said so."""
     with pytest.warns(RuntimeWarning, match=r"the widest model within target 0\.4 costs 0\.\d+ "
@@ -242,6 +242,8 @@ def test_ratio_mode_says_when_common_widths_leave_the_budget_unused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CCP(prepared(), target=0.4, mode="ratio", channel_step=1)
+        monkeypatch.setattr("fxprune.distributed.is_main_process", lambda: False)
+        CCP(prepared(), target=0.4, mode="ratio", channel_step=8)  # said by rank 0 only (break46 #4)
 
 
 def test_bad_arguments_are_explained():

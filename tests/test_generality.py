@@ -1414,33 +1414,48 @@ class Tap:
         self.feats.append(output)
 
 
-def test_hook_objects_stay_the_users_and_a_hooked_activation_says_the_way_out():
-    """break44 #1: the prepared model called deep copies of a bound-method hook's object, so
-    the user's tap stayed empty; #4: a hook on a channel-wise activation made it a barrier
-    without a word; #8: a hooked module the forward never calls was said to hide layers."""
+def test_a_hooked_activation_says_the_way_out_and_a_copied_hook_object_is_said():
+    """break44 #1: the prepared model calls a deep copy of a bound-method hook's object, so the
+    user's tap stayed empty without a word (sharing the object instead broke more: a hook
+    object's own parameters went untrained, break46 #1): said, with the way out; #4: a hook on a
+    channel-wise activation made it a barrier without a word; #8: a hooked module the forward
+    never calls was said to hide layers."""
     model = SwishNet()
-    tap, aux_tap = Tap(), Tap()
+    tap, aux_tap, feats = Tap(), Tap(), []
     model.act.register_forward_hook(tap.hook)
+    model.act.register_forward_hook(lambda m, i, o: feats.append(o))  # a closure is shared
     model.aux.register_forward_hook(aux_tap.hook)
     with pytest.warns(UserWarning) as said:
         pm = fxprune.prepare(model, (X,))
     text = " ".join(str(w.message) for w in said)
     assert "(act) is called as one op, so that the hooks run at each call" in text
     assert "rules={Swish: fxprune.rules.Elementwise()}) keeps them prunable" in text
-    assert "aux" not in text
-    tap.feats.clear()
+    assert "hide" not in text and "(aux)" not in text
+    assert ("`act` has a forward hook that is a method of a Tap object: prepare (and finalize) "
+            "work on a deep copy of the model") in text and "(1 more such hook)" in text
+    feats.clear()
     pm(X)
-    assert len(tap.feats) == 1  # the user's own object
-    small = fxprune.finalize(pm)
-    tap.feats.clear()
-    small(X)
+    assert len(feats) == 1 and not tap.feats  # the closure's list, not the method's object
+    pm.get_submodule("act").register_forward_hook(tap.hook)  # the way out it gives
+    pm(X)
     assert len(tap.feats) == 1
-    # the way out the warning gives: a row for it, and its hook still runs
+    # the way out for the barrier: a row for it, and its hook still runs
+    tap.feats.clear()  # (it holds a non-leaf output now, which no deep copy takes)
     pm = fxprune.prepare(model, (X,), rules={Swish: fxprune.rules.Elementwise()})
     assert fxprune.channel_groups(pm)[0].prunable
-    tap.feats.clear()
+    feats.clear()
     pm(X)
-    assert len(tap.feats) == 1
+    assert len(feats) == 1
+
+
+def test_a_hooked_container_is_not_offered_a_row_for_its_class():
+    """break46 #2: the way out for a hooked nn.Sequential was rules={Sequential: Elementwise()},
+    which would reach every Sequential in the model."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sequential(nn.ReLU(), nn.Identity()), nn.Conv2d(8, 4, 1))
+    model[1].register_forward_hook(lambda m, i, o: None)
+    with pytest.warns(UserWarning, match=r"register the hooks on a module inside it") as said:
+        fxprune.prepare(model, (X,))
+    assert not any("rules={Sequential" in str(w.message) for w in said)
 
 
 def test_a_forward_whose_output_is_not_computed_in_the_graph_is_refused():

@@ -242,8 +242,10 @@ class PruningMethod:
         """Ratio mode under a cost target: say when the widest every-group-alike model within
         it leaves more than :data:`UNIFORM_UNUSED_WARN` of the dense cost unused (coarse widths:
         the next fraction up jumps past the target, 0.32 of dense for both 0.4 and 0.5)."""
+        from ..distributed import is_main_process
+
         reached = self.budget.fraction(uniform_kept(self.index, rho, self.channel_step))
-        if self.cost_target - reached > UNIFORM_UNUSED_WARN:
+        if self.cost_target - reached > UNIFORM_UNUSED_WARN and is_main_process():  # once, not per rank
             warnings.warn(
                 f"{method}: with every group at the same fraction of its channels, the widest "
                 f"model within target {self.cost_target:g} costs {reached:.3f} of dense; "
