@@ -58,17 +58,17 @@ def _check_prepared(model) -> None:
         "count_params`: count_flops(model, inputs), count_params(model)")
 
 
-def _dense_flops(prepared: fx.GraphModule, groups, inputs) -> int:
-    """FLOPs with every mask at 1: a masked norm under masks computes its statistics over
-    the kept channels by extra products that the dense model does not run (as
-    ``resolve_cost_model`` counts them); the masks are restored after."""
-    masks = [g.mask for g in groups if g.prunable]
+def dense_flops(prepared: fx.GraphModule) -> int:
+    """FLOPs of the prepared model on its example inputs with every mask at 1: a masked norm
+    under other masks computes its statistics over the kept channels by extra products that
+    the dense model does not run. The masks are restored after."""
+    masks = [g.mask for g in channel_groups(prepared, all_groups=True) if g.prunable]
     saved = [m.detach().clone() for m in masks]
     try:
         with torch.no_grad():
             for m in masks:
                 m.fill_(1)
-        return count_flops(prepared, inputs)
+        return count_flops(prepared, state_of(prepared).example_inputs)
     finally:
         with torch.no_grad():
             for m, old in zip(masks, saved):
@@ -109,7 +109,7 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
                      "them): "
                      + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     inputs = state.example_inputs
-    dense_flops, dense_params = _dense_flops(prepared, everything, inputs), count_params(prepared)
+    dense, dense_params = dense_flops(prepared), count_params(prepared)
     n_prunable = sum(g.prunable for g in groups)
     lines.append("")
     lines.append(f"{len(groups)} groups, {n_prunable} prunable; "
@@ -122,10 +122,10 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
         small = finalize(prepared, check=False)
         flops, params = count_flops(small, inputs), count_params(small)
         lines.append(f"params {dense_params:,} -> {params:,} ({params / dense_params:.1%})")
-        lines.append(f"FLOPs  {dense_flops:,} -> {flops:,} ({flops / max(dense_flops, 1):.1%}) "
+        lines.append(f"FLOPs  {dense:,} -> {flops:,} ({flops / max(dense, 1):.1%}) "
                      f"at input {[tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]}")
     else:
-        lines.append(f"params {dense_params:,}; FLOPs {dense_flops:,} (all channels kept)")
+        lines.append(f"params {dense_params:,}; FLOPs {dense:,} (all channels kept)")
     return "\n".join(lines)
 
 

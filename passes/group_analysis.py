@@ -326,16 +326,14 @@ class ChannelAnalysis(NodeFacts):
                                       f"{f' (called as one op: {why})' if why else ''}; add one to "
                                       "fxprune.op_table.CHANNEL_RULES or pass rules=")
             return {}
-        user_row = (node.op == "call_module" and self.extra_rules
-                    and any(base in self.extra_rules for base in type(self.module()).__mro__))
-        if not user_row:
-            return rule.propagate(self)
         try:
             return rule.propagate(self)
         except (AttributeError, TypeError, ValueError, IndexError) as e:
             # a rows=given row that does not fit its module (ChannelShuffle without groups): a
             # bare AttributeError from inside the rule named neither (break47 #4)
-            if isinstance(e, FxPruneError):
+            user_row = (node.op == "call_module" and self.extra_rules
+                        and any(base in self.extra_rules for base in type(self.module()).__mro__))
+            if not user_row or isinstance(e, FxPruneError):
                 raise
             raise FxPruneError(
                 f"rule {type(rule).__name__}() given in rules= cannot apply to "

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from torch import fx
 
 from ..allocation import uniform_kept
@@ -114,21 +113,9 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         if cost == "flops":
             from ..api import layer_specs
             from ..cost import FlopsCost
-            from ..groups import channel_groups, state_of
-            from ..summary import count_flops
-            # counted with every mask at 1: a masked norm under other masks runs extra
-            # products (its statistics over kept channels) that the dense model does not have
-            masks = [g.mask for g in channel_groups(prepared, all_groups=True) if g.prunable]
-            saved = [m.detach().clone() for m in masks]
-            try:
-                with torch.no_grad():
-                    for m in masks:
-                        m.fill_(1)
-                dense = count_flops(prepared, state_of(prepared).example_inputs)
-            finally:
-                with torch.no_grad():
-                    for m, old in zip(masks, saved):
-                        m.copy_(old)
+            from ..summary import dense_flops  # every mask at 1, as summary counts it
+
+            dense = dense_flops(prepared)
             return FlopsCost(), max(dense - sum(s.flops() for s in layer_specs(prepared)), 0)
         if cost == "params":
             from ..api import layer_specs
