@@ -200,12 +200,12 @@ class LatencyTable:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
         if precision is not None and precision not in _PRECISION_DTYPES:
             raise DeployError(f"precision {precision!r} is not one of {tuple(_PRECISION_DTYPES)}")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        if batch is not None and not _is_count(batch):
             raise DeployError(f"batch must be an integer >= 1, got {batch!r}")
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not _is_count(value, low):
                 raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
         dtype = _PRECISION_DTYPES.get(precision)
         layers = _as_layer_specs(layers)
@@ -530,6 +530,7 @@ class LatencyTable:
 
 
 def _is_count(value, low: int = 1) -> bool:
+    """An int (not a bool) of at least ``low``: measure's settings, and a saved table's."""
     return not isinstance(value, bool) and isinstance(value, int) and value >= low
 
 
