@@ -160,22 +160,30 @@ class CenteredNet(nn.Module):
         return self.c(torch.relu(self.center(torch.relu(self.a(x)))))
 
 
+def _kept_whole_and_live(center: nn.Module, reason: str):
+    """CenteredNet with ``center`` prepared: prepare's runs leave its buffer, the group before
+    it is kept whole with ``reason``, and 3 calls match the original's. (prepared, reference)"""
+    import copy
+
+    model = CenteredNet()
+    model.center = center
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    assert torch.equal(pm.center.mu, model.center.mu)  # prepare's runs left it
+    (kept,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
+    assert not kept.prunable and reason in kept.reason
+    reference = copy.deepcopy(model)
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8) + 1
+        assert torch.allclose(pm(x), reference(x), atol=1e-6)
+    return pm, reference
+
+
 def test_a_buffer_updated_in_forward_stays_live_and_checks_leave_it():
     """break39 #1: the update ran once, while tracing (the decay lost, the read a frozen
     constant), and prepare's and finalize's check runs moved the running mean: the prepared
     model drifted from the original (0.007 -> 0.024 over 5 calls). Its module is now called as
     one op (a barrier that says why), and check runs leave every buffer as it was."""
-    import copy
-
-    model = CenteredNet()
-    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
-    assert torch.equal(pm.center.mu, model.center.mu)  # prepare's runs left it
-    (kept,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
-    assert not kept.prunable and "updates the buffer mu in place" in kept.reason
-    reference = copy.deepcopy(model)
-    for _ in range(3):
-        x = torch.randn(4, 3, 8, 8) + 1
-        assert torch.allclose(pm(x), reference(x), atol=1e-6)
+    pm, reference = _kept_whole_and_live(Centered(), "updates the buffer mu in place")
     assert torch.allclose(pm.center.mu, reference.center.mu)
     before = pm.center.mu.clone()
     fxprune.finalize(pm)
@@ -198,17 +206,7 @@ def test_a_buffer_assigned_in_forward_is_one_op_not_a_crash():
     """`self.mu = 0.9 * self.mu + ...` stored a proxy in the traced copy's buffer, and prepare
     failed with torch.fx's "symbolically traced variables cannot be used as inputs to control
     flow" from its own buffer check. The module is called as one op, as the in-place form is."""
-    import copy
-
-    model = CenteredNet()
-    model.center = Reassigned()
-    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
-    (kept,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
-    assert not kept.prunable and "assigns the buffer mu a value computed from its input" in kept.reason
-    reference = copy.deepcopy(model)
-    for _ in range(3):
-        x = torch.randn(4, 3, 8, 8) + 1
-        assert torch.allclose(pm(x), reference(x), atol=1e-6)
+    _kept_whole_and_live(Reassigned(), "assigns the buffer mu a value computed from its input")
 
 
 def test_frozen_batch_norm_keeps_its_state_dict_names_and_prunes():
