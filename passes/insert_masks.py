@@ -21,6 +21,8 @@ from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
 from fxprune.masks import _InputMasked, gather_mask, input_masked_class, mask_weight
 
+from .trace import HOOK_KINDS, hook_names
+
 MASK_OWNER = "fxprune_masks"
 
 
@@ -87,9 +89,7 @@ class _MaskGraphBuilder:
 def _warn_argument_hooks(name: str, module: nn.Module) -> None:
     """A masked layer is called as ``(input, mask)``: hooks that see the call's arguments see
     both (break43 #4: a pre-hook returning ``(x,)`` dropped the mask and the model failed)."""
-    from .trace import _HOOK_KINDS, _hook_names
-
-    hooks = _hook_names(module, [k for k in _HOOK_KINDS if k[0] != "_forward_hooks"])
+    hooks = hook_names(module, [k for k in HOOK_KINDS if k[0] != "_forward_hooks"])
     if hooks:
         warnings.warn(f"`{name}` ({type(module).__name__}) has {hooks}: the prepared model calls "
                       "it as (input, mask), so such a hook gets both arguments (a pre-hook must "

@@ -288,7 +288,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"{'are' if len(lone) > 1 else 'is'} called as one op, so that the hooks run at each "
             f"call, and without a channel rule keep{'' if len(lone) > 1 else 's'} the channels "
             f"around {'them' if len(lone) > 1 else 'it'} whole (`{lone[0]}`: "
-            f"{_hook_names(model.get_submodule(lone[0]))}); {way_out}", UserWarning, stacklevel=3)
+            f"{hook_names(model.get_submodule(lone[0]))}); {way_out}", UserWarning, stacklevel=3)
     copied = _copied_hook_objects(model)
     if copied:  # break44 #1: a tap object's list stayed empty; sharing it broke more (break46 #1)
         where, kind, owner = copied[0]
@@ -307,7 +307,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"prepare it in {other} mode for what it does there (e.g. auxiliary heads), or move "
             "that code into a submodule, which then follows .train()/.eval()",
             UserWarning, stacklevel=3)
-    own = _hook_names(model)
+    own = hook_names(model)
     if own:  # torch.fx traces forward itself: the model's own hooks are not in the graph
         warnings.warn(f"{type(model).__name__} has {own} on the model itself, which the prepared "
                       "and finalized models do not run (a traced graph holds its forward only); "
@@ -381,11 +381,11 @@ def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph)
             for owner, hows in out.items()}
 
 
-_HOOK_KINDS = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"),
+HOOK_KINDS = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"),
                ("_backward_pre_hooks", "backward pre-hook"), ("_backward_hooks", "backward hook"))
 
 
-def _hook_names(module: nn.Module, kinds=_HOOK_KINDS) -> str:
+def hook_names(module: nn.Module, kinds=HOOK_KINDS) -> str:
     """The user's hooks on ``module`` itself, named ("" when none): "a forward hook (tap)"."""
     said = []
     for attr, kind in kinds:
@@ -405,7 +405,7 @@ def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
     for name, m in model.named_modules():
         if not name:
             continue  # the model's own hooks are not run at all (warned of in trace())
-        for attr, kind in _HOOK_KINDS:
+        for attr, kind in HOOK_KINDS:
             for hook in (getattr(m, attr, None) or {}).values():
                 func = hook.func if isinstance(hook, functools.partial) else hook
                 owner = getattr(func, "__self__", None) if inspect.ismethod(func) else (
@@ -423,7 +423,7 @@ def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
     for name, m in model.named_modules():
         if not name or any(name.startswith(f"{done}.") for done in out):
             continue
-        hooks = _hook_names(m)
+        hooks = hook_names(m)
         if hooks and not tracer.is_leaf_module(m, name):
             out[name] = (f"it has {hooks}, which run at each call only of a module called "
                          "as one op (traced through, once, while tracing)")
