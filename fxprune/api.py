@@ -1,6 +1,7 @@
 """fxprune's public functions: prepare -> (train) -> finalize, and what to look at in between."""
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -72,6 +73,16 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                                 "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier()")
         gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
                    fixed=fixed_arguments(model, example_inputs))
+        unused = [key for key in (rules or {}) if inspect.isfunction(key)
+                  and (key.__module__ or "").split(".")[0] != "torch"  # (those torch.fx records)
+                  and not any(n.target is key for n in gm.graph.nodes)]
+        if unused:  # break47 #5: a Barrier for a plain function did nothing, without a word
+            name = getattr(unused[0], "__name__", repr(unused[0]))
+            warnings.warn(f"rules= has a row for the function {name}, which the traced graph "
+                          "never calls: torch.fx traces through plain Python functions, so the "
+                          f"row does nothing; call torch.fx.wrap({name!r}) in the module that "
+                          "defines it, at top level, to make each call one op under the row",
+                          UserWarning, stacklevel=2)
         # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
         # inputs are stored as given and moved (copied) again at each later use (finalize's check,
         # FLOPs): no run writes into the user's tensors or the stored ones.

@@ -326,8 +326,19 @@ class ChannelAnalysis(NodeFacts):
                                       f"{f' (called as one op: {why})' if why else ''}; add one to "
                                       "fxprune.op_table.CHANNEL_RULES or pass rules=")
             return {}
+        unsliced = self._unsliced_tensors(rule) if node.op == "call_module" else ""
         try:
-            return rule.propagate(self)
+            if not unsliced:
+                return rule.propagate(self)
+            # surgery would slice the row's tensors and leave these: the pruned module would
+            # fail or compute something else (break47 #3: finalize failed, naming no module)
+            why = (f"`{node.target}` ({type(self.module()).__name__}) holds {unsliced}, which its "
+                   f"{type(rule).__name__}() row does not slice")
+            self.untracked_inputs(why)
+            out = rule.propagate(self)
+            for ids in self._all_labels(out):
+                self.untracked(ids, why)
+            return out
         except (AttributeError, TypeError, ValueError, IndexError) as e:
             # a rows=given row that does not fit its module (ChannelShuffle without groups): a
             # bare AttributeError from inside the rule named neither (break47 #4)
@@ -340,6 +351,20 @@ class ChannelAnalysis(NodeFacts):
                 f"`{node.target}` ({type(self.module()).__name__}): {type(e).__name__}: {e}. "
                 "Give it a rule of its own kind (a subclass of fxprune.rules.ChannelRule), or "
                 "leave it out of rules= to keep its channels whole") from e
+
+    def _unsliced_tensors(self, rule) -> str:
+        """The called module's tensors with more than one element that ``rule`` declares it
+        does not slice, named ("" when none, or when the row does not declare)."""
+        module = self.module()
+        sliced = rule.sliced_tensors(module)
+        if sliced is None:
+            return ""
+        # a module called as one op: its submodules' tensors are its own too; a parametrized
+        # tensor is kept whole by its own check, with its own way out
+        names = [n for n, t in [*module.named_parameters(), *module.named_buffers()]
+                 if n not in sliced and t.numel() > 1 and not n.startswith("parametrizations.")]
+        return ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more"
+                                                         if len(names) > 3 else "")
 
     def _result(self) -> ChannelGraph:
         aliases = _tied_tensors(self.gm)

@@ -3,6 +3,8 @@ out (producer -> units), finalize exact on the example inputs and on another bat
 resolution."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -1538,3 +1540,87 @@ def test_a_channel_affine_row_on_a_4d_scale_keeps_the_channels_whole_with_the_re
     pm, _ = check(model, X, X2, rules={Scale4: fxprune.rules.ChannelAffine(("scale",))})
     (g,) = [g for g in fxprune.channel_groups(pm) if g.name == "0"]
     assert not g.prunable and "`scale` of shape (1, 8, 1, 1): its ChannelAffine row slices 1-D" in g.reason
+
+
+class ScaledWeightConv(nn.Module):
+    """A user's conv whose weight is scaled per output channel by a tensor of its own."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(o, i, 3, 3) * 0.2), nn.Parameter(torch.randn(o))
+        self.stride, self.padding, self.dilation, self.groups, self.kernel_size = (1, 1), (1, 1), (1, 1), 1, (3, 3)
+        self.wscale = nn.Parameter(torch.rand(o, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.wscale, self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+class ChannelScale(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.a = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.a.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("row", ["Conv", "Elementwise"])
+def test_a_row_that_leaves_a_module_tensor_unsliced_keeps_its_channels_whole(row):
+    """break47 #3: a Conv() row on a conv holding a per-channel scale, or an Elementwise() row on
+    a module with a per-channel parameter, was accepted; surgery sliced the row's tensors only
+    and finalize failed with "a bug in fxprune or in a custom rule", naming no module."""
+    first = ScaledWeightConv(3, 8) if row == "Conv" else nn.Conv2d(3, 8, 3, padding=1)
+    model = nn.Sequential(first, ChannelScale(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    rules = ({ScaledWeightConv: fxprune.rules.Conv()} if row == "Conv"
+             else {ChannelScale: fxprune.rules.Elementwise()})
+    pm, _ = check(model, X, X2, rules=rules)
+    (g,) = [g for g in fxprune.channel_groups(pm) if g.name == "0"]
+    owner, tensor = ("0", "wscale") if row == "Conv" else ("1", "a")
+    assert not g.prunable and f"holds `{tensor}`, which its {row}() row does not slice" in g.reason
+    assert f"`{owner}`" in g.reason
+    assert prunable(pm) == {"3": 8}  # the layers elsewhere stay prunable
+
+
+class HalvingGate(nn.Module):
+    """A gated linear unit over channels: 2C channels in, C out."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return a * torch.sigmoid(b)
+
+
+def test_an_elementwise_row_on_an_op_that_changes_the_channel_count_keeps_them_whole():
+    """break47 #4: Elementwise() given to a GLU passed its 16 input labels to its 8 output
+    channels; the next conv failed in numpy ("objects cannot be broadcast"), naming neither."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), HalvingGate(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1))
+    pm, _ = check(model, X, X2, rules={HalvingGate: fxprune.rules.Elementwise()})
+    (g,) = [g for g in fxprune.channel_groups(pm) if g.name == "0"]
+    assert not g.prunable and "has 8 positions where its input has 16: not elementwise" in g.reason
+    assert prunable(pm) == {"2": 8}
+
+
+def _gate(x):
+    return x * torch.sigmoid(x)
+
+
+def test_a_row_for_a_function_torch_fx_traces_through_is_warned_of():
+    """break47 #5: rules={gate: Barrier(...)} for a plain function did nothing (torch.fx traces
+    through it), without a word; the channels the user meant to protect were pruned."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(_gate(self.a(x)))
+
+    with pytest.warns(UserWarning, match=r"row for the function _gate, which the traced graph "
+                                         r"never calls.*torch.fx.wrap\('_gate'\)"):
+        fxprune.prepare(Net(), (X,), rules={_gate: fxprune.rules.Barrier("mine")})
+    with warnings.catch_warnings():  # a row for a torch function the model does not call: quiet
+        warnings.simplefilter("error")
+        fxprune.prepare(Net(), (X,), rules={F.gelu: fxprune.rules.Elementwise()})

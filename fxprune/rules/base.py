@@ -56,6 +56,15 @@ class ChannelRule:
     #: True when propagate itself checks arguments that are channel counts (SizeOf labels);
     #: otherwise the analysis keeps channels whose count reaches this op whole.
     checks_sizes = False
+    #: the module tensors this row's surgery slices, when a module is called as one op under it
+    #: (None: the row does not say). A row that says is checked against the module's tensors:
+    #: one it would leave whole keeps the module's channels whole, with the reason
+    slices: tuple[str, ...] | None = None
+
+    def sliced_tensors(self, module) -> tuple[str, ...] | None:
+        """Names of ``module``'s tensors (as ``named_parameters``/``named_buffers`` give them)
+        that surgery slices under this row; None when the row does not declare them."""
+        return self.slices
 
     def propagate(self, ctx) -> Labels | tuple | None:
         raise NotImplementedError

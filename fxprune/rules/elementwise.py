@@ -17,6 +17,7 @@ class Elementwise(ChannelRule):
     """
 
     kind = "passes through"
+    slices = ()
 
     def __init__(self, tensor_args: tuple[int, ...] | None = None):
         self.tensor_args = tensor_args  # positions that are tensors; None: every arg and kwarg
@@ -79,6 +80,13 @@ def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
             ad = d - (nd - len(shape))
             if ad < 0 or (shape[ad] == 1 and out_shape[d] != 1):
                 continue
+            if shape[ad] != out_shape[d]:  # a row that misdescribes its op (a GLU given
+                # Elementwise(): 16 channels in, 8 out) broke the next layer, unnamed (break47 #4)
+                ids = ctx.labels(a).get(ad)
+                if ids is not None:
+                    ctx.untracked(ids, f"{what} op whose dim {d} has {out_shape[d]} positions "
+                                       f"where its input has {shape[ad]}: not elementwise there")
+                continue
             present.append(ctx.labels(a).get(ad))
         labelled = [p for p in present if p is not None]
         if not labelled:
@@ -96,6 +104,7 @@ class Spatial(ChannelRule):
     """Transforms the last ``n`` (spatial) dims, keeps the others (pooling, interpolate, pad)."""
 
     kind = "passes through (spatial op)"
+    slices = ()
 
     def __init__(self, n: int | None = None):
         self.n = n  # None: every dim after (batch, channel)
@@ -131,6 +140,7 @@ class Pad(ChannelRule):
     """
 
     kind = "pads"
+    slices = ()
 
     @staticmethod
     def _args(ctx, node):
@@ -172,6 +182,7 @@ class Reduce(ChannelRule):
     """Reduces some dims (``x.mean((2, 3))``): reducing a channel dim would mix channels."""
 
     kind = "reduces"
+    slices = ()
 
     def __init__(self, dim_pos: int = 1, keepdim_pos: int = 2):
         self.dim_pos, self.keepdim_pos = dim_pos, keepdim_pos
@@ -209,6 +220,7 @@ class MixesDim(ChannelRule):
     """Elementwise except along one dim, whose positions it mixes (softmax, cumsum)."""
 
     kind = "mixes one dim"
+    slices = ()
 
     def __init__(self, dim_pos: int = 1, default_dim: int | None = None,
                  reason: str = "mixed along the channel dim"):

@@ -47,6 +47,7 @@ class _WeightLayer(ChannelRule):
     in_dim, out_dim = 1, 0
     #: attributes a module must have for this row to apply to it
     needs: tuple[str, ...] = ("weight",)
+    slices = ("weight", "bias")
 
     def masked_class(self, module) -> type:
         from fxprune.masks import input_masked_class
@@ -378,6 +379,7 @@ class LayerNorm(ChannelRule):
     channels the norm is masked (statistics over kept channels only), and weight/bias follow."""
 
     kind = "normalizes over channels"
+    slices = ("weight", "bias")
 
     def normalized(self, ctx):
         m = ctx.module()
@@ -486,6 +488,7 @@ class GroupNorm(ChannelRule):
     one by one and the group count follows."""
 
     kind = "normalizes over channel groups"
+    slices = ("weight", "bias")
 
     def propagate(self, ctx):
         m, name = ctx.module(), ctx.module_name()

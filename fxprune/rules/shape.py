@@ -35,6 +35,7 @@ class Concat(ChannelRule):
     """``torch.cat``: labels along ``dim`` are concatenated (each input keeps its offset)."""
 
     kind = "concatenates"
+    slices = ()
 
     def propagate(self, ctx):
         node = ctx.node
@@ -69,6 +70,7 @@ class Stack(ChannelRule):
     """``torch.stack``: a new dim in front of ``dim``; the inputs' dims must agree."""
 
     kind = "stacks"
+    slices = ()
 
     def propagate(self, ctx):
         node = ctx.node
@@ -92,6 +94,7 @@ class Split(ChannelRule):
     """
 
     kind = "splits"
+    slices = ()
 
     def __init__(self, dim_pos: int = 2, removes_dim: bool = False):
         self.dim_pos, self.removes_dim = dim_pos, removes_dim
@@ -163,6 +166,7 @@ class Reshape(ChannelRule):
     """
 
     kind = "reshapes"
+    slices = ()
     checks_sizes = True
 
     def __init__(self, sizes_from: int | None = None, unflatten: bool = False):
@@ -287,6 +291,7 @@ class Expand(ChannelRule):
     """``expand``: size-1 dims are repeated (no channels there); other dims pass through."""
 
     kind = "broadcasts"
+    slices = ()
     checks_sizes = True
 
     def propagate(self, ctx):
@@ -315,6 +320,7 @@ class Repeat(ChannelRule):
     channels is followed as for ``torch.cat([y, y])``."""
 
     kind = "tiles"
+    slices = ()
 
     def propagate(self, ctx):
         x = ctx.node.args[0]
@@ -331,6 +337,7 @@ class Permute(ChannelRule):
     """permute / transpose / swapaxes / movedim / t: labels move with their dims."""
 
     kind = "permutes"
+    slices = ()
 
     def propagate(self, ctx):
         node, x = ctx.node, ctx.node.args[0]
@@ -370,6 +377,7 @@ class TupleItem(ChannelRule):
     """``out[i]`` on a tuple an op returned (split, max with dim, attention)."""
 
     kind = "selects an output"
+    slices = ()
     checks_sizes = True
 
     def propagate(self, ctx):
@@ -393,6 +401,7 @@ class Index(ChannelRule):
     """
 
     kind = "indexes"
+    slices = ()
 
     @staticmethod
     def _items(ctx, node):
@@ -475,6 +484,7 @@ class ChannelShuffle(ChannelRule):
     """``nn.ChannelShuffle(g)``: position ``j*g + r`` of the output is input ``r*(C/g) + j``."""
 
     kind = "shuffles"
+    slices = ()
 
     def propagate(self, ctx):
         x = ctx.node.args[0]
@@ -496,6 +506,7 @@ class PixelShuffle(ChannelRule):
     ``nn.PixelUnshuffle(r)``: output channels ``c*r*r ...`` all come from input channel ``c``."""
 
     kind = "moves channels into space"
+    slices = ()
 
     def __init__(self, inverse: bool = False):
         self.inverse = inverse
@@ -534,6 +545,7 @@ class Create(ChannelRule):
     the kept count (the recurrent state of a conv-LSTM)."""
 
     kind = "creates a tensor"
+    slices = ()
     checks_sizes = True
 
     def __init__(self, sizes_from: int, one_size_arg: bool = False):
