@@ -275,6 +275,9 @@ class InputTaps:
         self.grad_scale: float | None = None
         self.loss_scale: float | None = None  # an AMP loss scale over the micro-batches' 1/k
         self.pending: dict[int, torch.Tensor] = {}  # per forward, its (N, n) terms
+        #: the last forward tapped, and the last whose gradients arrived: a tapped forward
+        #: whose backward has not run yet holds the masks in its graph (see CCP.prune)
+        self.last_tapped, self.last_backward = 0, 0
         self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward))]
         seen = set()
         for c in consumers:
@@ -304,7 +307,7 @@ class InputTaps:
             # dL/dA through this reader is what the terms are made of
             alias = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
             saved = x.detach()
-            forward = self.forwards
+            forward = self.last_tapped = self.forwards
 
             def on_grad(g):
                 with torch.no_grad():
@@ -321,6 +324,7 @@ class InputTaps:
                         per = per * prod.shape[0]
                     t = per.new_zeros(per.shape[0], self.n)
                     t.index_add_(1, flat, per[:, valid])
+                    self.last_backward = max(self.last_backward, forward)
                     mine = self.pending.get(forward)
                     self.pending[forward] = t if mine is None else mine + t
                 return None
@@ -346,6 +350,15 @@ class InputTaps:
             return t / self.grad_scale
         t = t * len(parts) if len(parts) > 1 else t
         return t / self.loss_scale if self.loss_scale is not None else t
+
+    @property
+    def backward_owed(self) -> bool:
+        """A forward was tapped and its backward has not run (yet)."""
+        return self.last_tapped > self.last_backward
+
+    @property
+    def closed(self) -> bool:
+        return not self.handles
 
     def close(self) -> None:
         for h in self.handles:

@@ -648,3 +648,56 @@ def test_a_state_loaded_before_the_process_group_exists_lives_on_rank_0_only(mon
         again.step()
         assert again.stats.samples == samples, rank
         monkeypatch.undo()
+
+
+def _masks(pm):
+    return [g.mask.clone() for g in fxprune.channel_groups(pm) if g.prunable]
+
+
+@pytest.mark.parametrize("case", ["step_before_forward", "after_finalize_masks"])
+def test_a_round_without_statistics_is_skipped_with_the_cause(case):
+    """break49 #1: a round reached with no per-sample terms (step() at the top of the loop with
+    collect=1; or finalize_masks() mid-run, which removes the taps, then more training) solved
+    on all-zero statistics: the kept channels were a tie-break's, with only samples: 0 to tell."""
+    pm = prepared()
+    before = _masks(pm)
+    collect, prune_at = (1, 1) if case == "step_before_forward" else (3, 5)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=collect, prune_at=prune_at, channel_step=4)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    way = ("call pruner.step\\(\\) after loss.backward\\(\\)" if case == "step_before_forward"
+           else "removed by finalize_masks\\(\\): build a new CCP")
+    records = []
+    with pytest.warns(RuntimeWarning, match=rf"round 1 at step {prune_at} skipped: no per-sample "
+                                            rf"terms were collected.*{way}"):
+        for step in range(6):
+            x, y = data(seed=step)
+            if case == "step_before_forward":
+                records.append(pruner.step())
+            F.cross_entropy(pm(x), y).backward()
+            if case == "after_finalize_masks":
+                records.append(pruner.step())
+                if step == 1:
+                    pruner.finalize_masks()
+            opt.step()
+            opt.zero_grad()
+    assert not any(records) and pruner.skipped_rounds == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, _masks(pm)))  # nothing pruned on zeros
+
+
+def test_a_prune_step_between_a_forward_and_its_backward_says_the_order():
+    """break49 #7: step() between the forward and loss.backward() pruned in place the masks the
+    pending graph held; the backward then failed with torch's in-place error, naming no fix."""
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4)
+    for step in range(3):
+        x, y = data(seed=step)
+        loss = F.cross_entropy(pm(x), y)
+        if step < 2:
+            pruner.step()  # (the terms of the step before are taken: two steps give samples)
+            loss.backward()
+            pm.zero_grad()
+    with pytest.warns(RuntimeWarning, match=r"round 1 at step 3: the last training forward's "
+                                            r"backward has not run.*call pruner.step\(\) after loss"):
+        pruner.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # what the warning said would happen

@@ -329,6 +329,7 @@ class CCP(PruningMethod):
                 m.fxprune_straight_through = False
         self.dead = np.zeros(self.index.n, dtype=bool)
         self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
+        self.skipped_rounds = 0  # rounds with no statistics to decide on (warned of)
 
     @property
     def reduce_fn(self):
@@ -477,11 +478,27 @@ class CCP(PruningMethod):
             return {int(p): solve_exhaustive(S, int(p), constraints) for p in counts}
         return best_subsets(S, counts, constraints, swaps=self.swaps if swaps is None else swaps)
 
-    def prune(self, round_k: int = 1) -> dict:
+    def prune(self, round_k: int = 1) -> dict | None:
         start = time.perf_counter()
         # per-sample terms come from activation hooks: this process's samples only; summed
         # over the processes (one all-reduce) before the decision
         self.stats.sync(self.reduce_fn)
+        where = f"CCP: round {round_k} at step {self.step_count}"
+        if self.stats.taps.backward_owed:  # its backward would fail on the masks set below
+            warnings.warn(f"{where}: the last training forward's backward has not run, and "
+                          "pruning now changes the masks its graph holds, so a loss.backward() "
+                          "after this fails (an in-place error): call pruner.step() after "
+                          "loss.backward()", RuntimeWarning, stacklevel=3)
+        if self.stats.samples == 0:  # every subset would look alike: the pick a tie-break
+            self.skipped_rounds += 1
+            warnings.warn(
+                f"{where} skipped: no per-sample terms were collected, so channels cannot be "
+                "ranked; " + ("the taps were removed by finalize_masks(): build a new CCP on the "
+                              "model to prune again" if self.stats.taps.closed else
+                              "call pruner.step() after loss.backward() and before "
+                              "optimizer.zero_grad(), with grad enabled in train mode"),
+                RuntimeWarning, stacklevel=3)
+            return None
         frac = round_k / self.rounds
         before = self._kept_now()
         options, problems, predicted_by = [], [], []
