@@ -1,6 +1,9 @@
 """Errors fxprune raises. Each names the problem and the way out."""
 from __future__ import annotations
 
+import sys
+import warnings
+
 
 class FxPruneError(Exception):
     """Base class of every error fxprune raises on purpose."""
@@ -25,3 +28,18 @@ class NotPreparedError(FxPruneError, TypeError):
 class TargetNotReachedError(FxPruneError):
     """A training run (``fxprune train``, the Lightning callback) ended with the pruner's cost
     above its target: the schedule did not finish within the run."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside fxprune: the user's line, whether
+    fxprune was called directly, through the method registry, the trainer or a callback (a
+    fixed ``stacklevel`` pointed into fxprune on the longer paths). Inside fxprune alone (its
+    CLI), at fxprune's outermost frame."""
+    frame, level, outside = sys._getframe(1), 1, None
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module == "fxprune" or module.startswith(("fxprune.", "torch.utils._contextlib"))):
+            outside = level
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=(outside or level - 1) + 1)

@@ -396,3 +396,43 @@ def test_finalize_inside_an_autocast_region_checks_in_the_models_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         small = fxprune.finalize(pm)
     torch.testing.assert_close(small.eval()(x), pm.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["smcp", "taylor", "cucb", "ccp"])
+def test_a_method_built_and_loaded_under_inference_mode_trains(method):
+    """break50 #1: a pruner built in a set-up function decorated @torch.inference_mode() made
+    inference tensors of its state, and its first step() failed with torch's "Inplace update to
+    inference tensor outside InferenceMode", naming neither cause nor fix."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    settings = {"ccp": {"collect": 2, "mode": "adaptive"}, "cucb": {"mode": "budget", "execution": "masked"}}.get(method, {})
+
+    def build(pm):
+        return fxprune.get_method(method).build(pm, target=0.6, **settings)
+
+    with torch.inference_mode():
+        pm = fxprune.prepare(NormNet(), (x,))
+        pruner = build(pm)
+    state = None
+    for step in range(3):
+        F.cross_entropy(pm.train()(x), torch.tensor([1, 2, 0, 1])).backward()
+        pruner.step()
+        pm.zero_grad()
+        if step == 1:
+            state = pruner.state_dict()
+    resumed = build(fxprune.prepare(NormNet(), (x,)))
+    with torch.inference_mode():
+        resumed.load_state_dict(state)  # (a resume inside an inference-mode set-up, too)
+    F.cross_entropy(resumed.prepared.train()(x), torch.tensor([1, 2, 0, 1])).backward()
+    resumed.step()
+
+
+def test_a_methods_warning_points_at_the_users_line_through_the_registry():
+    """break50 #9: a fixed stacklevel pointed CCP's warnings into fxprune/methods/base.py when
+    the method was built through fxprune.get_method(...).build (the trainer, Lightning)."""
+    pm = fxprune.prepare(NormNet(), (torch.randn(2, 3, 8, 8),))
+    for build in (lambda: fxprune.get_method("ccp").build(pm, target=0.5, collect=3, prune_at=2),
+                  lambda: fxprune.CCP(pm, target=0.5, collect=3, prune_at=2)):
+        with pytest.warns(UserWarning, match="prune_at") as said:
+            build()
+        assert {w.filename for w in said} == {__file__}, [(w.filename, str(w.message)[:60]) for w in said]

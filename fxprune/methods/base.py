@@ -26,14 +26,15 @@ import copy
 import importlib
 import inspect
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from torch import fx
 
+from ..errors import warn
 from ..allocation import uniform_kept
 from ..budget import Budget
 from ..cost import CostModel
@@ -160,12 +161,20 @@ def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -
 
     if target is None or value is None or not is_main_process():  # said once, not per rank
         return
-    warnings.warn(f"{method}: target={target:g} is not used in mode='ratio' with {fixed}="
+    warn(f"{method}: target={target:g} is not used in mode='ratio' with {fixed}="
                   f"{value:g}: each group keeps {fixed} of its channels and no cost is promised; "
                   f"to prune to target, drop {fixed} (the largest common fraction within target; "
                   f"a recipe: --set prune.{fixed}=null) or use mode='{cost_mode}'; to keep "
                   f"{fixed}, leave target out (a recipe: --set prune.target=null)",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning)
+
+
+def trainable_state(fn):
+    """Run a method's ``__init__``/``load_state_dict`` with inference mode off: the state
+    tensors made there are updated in place by training, which an inference tensor (made under
+    an enclosing ``torch.inference_mode()``, e.g. a decorated set-up function) refuses at the
+    first ``step()`` (break50 #1), as ``prepare`` and ``finalize`` do for the model."""
+    return torch.inference_mode(False)(fn)
 
 
 class PruningMethod:
@@ -233,11 +242,11 @@ class PruningMethod:
 
         reached = self.budget.fraction(uniform_kept(self.index, rho, self.channel_step))
         if self.cost_target - reached > UNIFORM_UNUSED_WARN and is_main_process():  # once, not per rank
-            warnings.warn(
+            warn(
                 f"{method}: with every group at the same fraction of its channels, the widest "
                 f"model within target {self.cost_target:g} costs {reached:.3f} of dense; "
                 f"{other_mode} lets groups differ and fills the budget, or lower channel_step",
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning)
 
     def _allocation_settings(self) -> dict:
         """The run settings every method's allocation shares: the cost model (by name, and
@@ -268,9 +277,9 @@ class PruningMethod:
             # nothing about it, and saying the run continues under them misled (break34 #7)
             how = ("its final selection stands" if state.get("final")
                    else "the run continues under this pruner's settings")
-            warnings.warn(f"{type(self).__name__}: resuming a state saved with another "
+            warn(f"{type(self).__name__}: resuming a state saved with another "
                           f"{'; '.join(changed)} at step {int(state['step'])}: {how}",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning)
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
@@ -491,9 +500,9 @@ def _load_builtin() -> None:
         where = f"{ep.name} = {ep.value!r}" + (f" (package {ep.dist.name})"
                                                 if getattr(ep, "dist", None) else "")
         if ep.name in registry:  # a shipped or explicitly registered method keeps its name
-            warnings.warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: a method named "
+            warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: a method named "
                           f"{ep.name!r} is already registered; rename the entry point",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning)
             continue
         registry[ep.name] = MethodEntry(ep.name, _plugin_loader(ep, where), {},
                                         f"plug-in {ep.value}")

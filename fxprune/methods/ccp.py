@@ -58,19 +58,19 @@ import itertools
 import numbers
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
 from torch import fx
 
 from .. import distributed as fxdist
+from ..errors import warn
 from ..allocation import Allocation, GroupOptions, allocate, allocate_uniform, allowed_counts
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
 from ..checks import check_fraction, check_number
-from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target
+from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target, trainable_state
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
            "best_subsets", "solve"]
@@ -254,6 +254,7 @@ class CCP(PruningMethod):
     #: shard, and the ranks' masks differed: break24 #8)
     rank_local_statistics = True
 
+    @trainable_state
     def __init__(self, prepared: fx.GraphModule, target: float | None = None, cost="flops", *,
                  mode: str = "ratio", ratio: float | None = None, collect: int = 20,
                  prune_at: int | None = None, rounds: int = 1, round_every: int = 100,
@@ -284,16 +285,15 @@ class CCP(PruningMethod):
                 raise ValueError(f"prune_at is the optimizer step (from 1) of the first pruning; got "
                                  f"{prune_at}, which would never prune: give 1 or more (None: collect)")
         if rounds > 1 and round_every < collect:
-            warnings.warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
-                          f"collects over the {round_every} steps since the one before, not {collect}",
-                          stacklevel=2)
+            warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
+                          f"collects over the {round_every} steps since the one before, not {collect}")
         if mode == "adaptive" and ratio is not None:  # given, it would do nothing
-            warnings.warn(f"CCP: ratio={ratio:g} is not used in mode='adaptive', where the allocator"
+            warn(f"CCP: ratio={ratio:g} is not used in mode='adaptive', where the allocator"
                           " sets each group's count under target; drop ratio (a recipe: --set "
-                          "prune.ratio=null) or use mode='ratio'", RuntimeWarning, stacklevel=2)
+                          "prune.ratio=null) or use mode='ratio'", RuntimeWarning)
         if prune_at is not None and prune_at < collect:
-            warnings.warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
-                          f"over {prune_at} steps only", stacklevel=2)
+            warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
+                          f"over {prune_at} steps only")
         super().__init__(prepared, cost, channel_step)
         self.mode, self.cost_target = mode, DEFAULT_TARGET if target is None else float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
@@ -485,19 +485,19 @@ class CCP(PruningMethod):
         self.stats.sync(self.reduce_fn)
         where = f"CCP: round {round_k} at step {self.step_count}"
         if self.stats.taps.backward_owed:  # its backward would fail on the masks set below
-            warnings.warn(f"{where}: the last training forward's backward has not run, and "
+            warn(f"{where}: the last training forward's backward has not run, and "
                           "pruning now changes the masks its graph holds, so a loss.backward() "
                           "after this fails (an in-place error): call pruner.step() after "
-                          "loss.backward()", RuntimeWarning, stacklevel=3)
+                          "loss.backward()", RuntimeWarning)
         if self.stats.samples == 0:  # every subset would look alike: the pick a tie-break
             self.skipped_rounds += 1
-            warnings.warn(
+            warn(
                 f"{where} skipped: no per-sample terms were collected, so channels cannot be "
                 "ranked; " + ("the taps were removed by finalize_masks(): build a new CCP on the "
                               "model to prune again" if self.stats.taps.closed else
                               "call pruner.step() after loss.backward() and before "
                               "optimizer.zero_grad(), with grad enabled in train mode"),
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning)
             return None
         frac = round_k / self.rounds
         before = self._kept_now()
@@ -610,17 +610,18 @@ class CCP(PruningMethod):
     def state_dict(self) -> dict:
         if (self.reduce_fn is not None and self.step_count < self.prune_steps()[-1]
                 and self.stats.local_samples):
-            warnings.warn(
+            warn(
                 f"CCP.state_dict at step {self.step_count} holds {self.stats.local_samples} "
                 "samples of this process only, inside a collection window: call "
                 "pruner.sync_state() on every process before rank 0 saves (fxprune train and "
                 "the Lightning callback do), or a resumed run decides on other statistics",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning)
         return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
                 "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "masks": self.index.masks(self.prepared),
                 "dead": torch.from_numpy(self.dead.copy()), "history": list(self.history)}
 
+    @trainable_state
     def load_state_dict(self, state: dict) -> None:
         self._check_state(state, "masks")
         self._warn_changed_settings(state)

@@ -66,19 +66,19 @@ intermittently active channel with the global ``1/num_batches_tracked``, not its
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import torch
 from torch import fx
 
 from .. import distributed as fxdist
+from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
 from ..checks import check_fraction, check_number
-from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target
+from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target, trainable_state
 
 __all__ = ["CUCB"]
 
@@ -93,6 +93,7 @@ class CUCB(PruningMethod):
     name = "cucb"
     state_keys = ("step", "stats", "final", "active", "rng", "history")
 
+    @trainable_state
     def __init__(self, prepared: fx.GraphModule, target: float | None = None, cost="flops", *,
                  rho: float | None = None, mode: str = "ratio", c: float = 1.0,
                  warmup: int = 100, explore: int | None = None, selection: str = "cucb",
@@ -123,9 +124,9 @@ class CUCB(PruningMethod):
                              "steps of random warm-up, before any bandit statistics: raise "
                              "explore or lower warmup")
         if mode == "budget" and rho is not None:
-            warnings.warn(f"CUCB: rho={rho:g} is not used in mode='budget', where the allocator "
+            warn(f"CUCB: rho={rho:g} is not used in mode='budget', where the allocator "
                           "sets each group's active count under target; drop rho (a recipe: --set "
-                          "prune.rho=null) or use mode='ratio'", RuntimeWarning, stacklevel=2)
+                          "prune.rho=null) or use mode='ratio'", RuntimeWarning)
         if execution not in ("gathered", "masked"):
             raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
                              f"'masked' (full width, inactive channels masked), got {execution!r}")
@@ -167,8 +168,8 @@ class CUCB(PruningMethod):
             try:
                 self.gathered = gathered_module(prepared)
             except SurgeryError as exc:
-                warnings.warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
-                              "at full width", stacklevel=2)
+                warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
+                              "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
         self._hooks = []
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
@@ -223,12 +224,12 @@ class CUCB(PruningMethod):
         return None
 
     def _warn_nonfinite(self) -> None:
-        warnings.warn(
+        warn(
             f"CUCB: the last {self._nonfinite_run} steps (to step {self.step_count}) had inf/nan "
             "saliencies (gradients or weights: a diverged run, or a loss scaler overflowing "
             "every step); the bandit learns nothing from them, and a selection now uses the "
             "rewards seen before; lower the learning rate, or check the loss for nan",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning)
 
     def _check_gathered_loop(self) -> None:
         """Say once when the loop does not use gathered execution: it then trains as
@@ -241,9 +242,8 @@ class CUCB(PruningMethod):
             missing.append("pruner.attach_optimizer(optimizer) was not called (the optimizer "
                            "moves inactive weights and their momentum)")
         if missing:
-            warnings.warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
-                          "execution='masked' for a loop that trains the prepared model",
-                          stacklevel=3)
+            warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
+                          "execution='masked' for a loop that trains the prepared model")
 
     def finalize_masks(self) -> bool:
         if self.final:
@@ -295,11 +295,11 @@ class CUCB(PruningMethod):
     def select_final(self) -> dict:
         start = time.perf_counter()
         if float(self.stats.T.max()) == 0:  # every mu is 0: the pick would be the tie-breaks'
-            warnings.warn(
+            warn(
                 f"CUCB: final selection at step {self.step_count} with no reward observed (no "
                 "gradients reached the channels, or every step overflowed): the kept channels are "
                 "random. Call pruner.step() after loss.backward() and before "
-                "optimizer.zero_grad()", RuntimeWarning, stacklevel=3)
+                "optimizer.zero_grad()", RuntimeWarning)
         elif self._nonfinite_run >= NONFINITE_STEPS_WARN:
             self._warn_nonfinite()  # said again where it decides the pick
         kept = self._keep(self.stats.mu.numpy().copy(), final=True)
@@ -346,6 +346,7 @@ class CUCB(PruningMethod):
                 "history": list(self.history), "skipped_steps": self.skipped_steps,
                 "nonfinite_run": self._nonfinite_run}
 
+    @trainable_state
     def load_state_dict(self, state: dict) -> None:
         self._check_state(state, "active")
         self._warn_changed_settings(state)

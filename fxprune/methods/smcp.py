@@ -60,7 +60,6 @@ same fraction instead of the global knapsack).
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -68,13 +67,14 @@ from torch import fx
 
 from fxprune.passes.bn_rescale import insert_bn_rescale
 
+from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, _InputMasked
 from ..schedule import PruningSchedule
 from ..checks import check_fraction, check_number
-from .base import PruningMethod, resolve_cost_model
+from .base import PruningMethod, resolve_cost_model, trainable_state
 
 __all__ = ["SMCP", "one_shot", "damp_churn", "allowed_counts", "resolve_cost_model"]
 
@@ -133,6 +133,7 @@ class SMCP(PruningMethod):
     name = "smcp"
     state_keys = ("step", "importance", "masks", "dead", "history")
 
+    @trainable_state
     def __init__(self, prepared: fx.GraphModule, target: float = 0.5, cost="flops", *,
                  warmup: int = 0, ramp: int = 1000, update_every: int = 100,
                  freeze_after: int | None = None, ramp_shape: str = "exp",
@@ -161,12 +162,12 @@ class SMCP(PruningMethod):
         self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
         frozen = [c.module for c in self.consumers if not c.param.requires_grad]
         if frozen and self.importance.kind == "taylor":
-            warnings.warn(
+            warn(
                 f"SMCP: {len(frozen)} layer(s) reading prunable channels have frozen weights "
                 f"(requires_grad=False: {', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''}); "
                 "Taylor importance sees no gradient there, so channels only they read score 0 and "
                 "go first. Unfreeze them while pruning, or use importance='magnitude'",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning)
         self.bn_rescale = bn_rescale
         self.rescaled_bns = insert_bn_rescale(prepared, bn_rescale)
         for m in prepared.modules():
@@ -242,8 +243,8 @@ class SMCP(PruningMethod):
                    f"every one of the {self.importance.count} steps since the last update had "
                    "inf/nan gradients (loss-scaler overflows, or a diverged run), so channels "
                    "cannot be ranked; the masks stay as they are")
-            warnings.warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
-                          RuntimeWarning, stacklevel=2)
+            warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
+                          RuntimeWarning)
             return None
         start = time.perf_counter()
         target = self.target_now()
@@ -377,6 +378,7 @@ class SMCP(PruningMethod):
                 "skipped_updates": self.skipped_updates, "bn_recalibrating": self._recalibrating,
                 "bn_rescale": self.bn_rescale}
 
+    @trainable_state
     def load_state_dict(self, state: dict) -> None:
         """Refuses a state saved for other groups (names or sizes differ), naming both, or with
         another ``bn_rescale`` (its default changed: a run would switch it mid-training)."""
