@@ -34,7 +34,7 @@ from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_keys
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
-from .common import DeployError
+from .common import DeployError, cpu_name
 from .latency_table import _busy, cpu_load
 
 __all__ = ["calibrate_cost", "calibration_kept"]
@@ -77,7 +77,9 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
 
     Returns a :class:`fxprune.cost.WithFixedCost` for this model only (a ``WithFixedCost``
     given in is fitted again from its per-layer model); ``.fit`` records the runtime, device
-    and precision timed, the dense and pruned medians (ms), the measured and predicted fractions, the constant's share of the dense total,
+    and precision timed (``machine``: the CPU model with its vector extension, or the GPU's
+    name), the dense and pruned medians (ms), the measured and predicted fractions, the
+    constant's share of the dense total (``fixed_share_of_dense`` = F / (priced dense + F)),
     the narrowest allowed model's priced fraction, the load average and the runtime. ``F`` may
     be negative (layers timed alone each carry overhead the model does not pay): then it lowers
     the floor a target can reach instead of raising it.
@@ -176,7 +178,10 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
             f"layers on this model against its measured latency, e.g. per-call overhead of tiny "
             f"layers at batch {batch}); time at the deployment batch on an idle machine, or use "
             "the cost model alone")
-    fit = {"backend": backend, "device": timed_on, "precision": precision, "threads": threads,
+    # the machine, as the table and deploy's reports name it: milliseconds say little without
+    machine = cpu_name() if on_cpu else torch.cuda.get_device_name(torch.device(timed_on))
+    fit = {"backend": backend, "device": timed_on, "machine": machine, "precision": precision,
+           "threads": threads,
            "batch": batch, "keep": keep, "step": step,
            "sessions": sessions, "iters": iters,
            "dense_ms": ms["dense"], "pruned_ms": ms["pruned"], "measured_fraction": measured,

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace-mib", type=int, default=None,
                    help="TensorRT builder workspace in MiB (default 1024)")
     p.add_argument("--atol", type=float, default=None,
-                   help="ONNX vs PyTorch check: absolute tolerance (default 1e-4 fp32, 1e-2 fp16)")
+                   help="ONNX vs PyTorch check: absolute floor of the tolerance (default 1e-6 fp32, 1e-4 fp16)")
     p.add_argument("--rtol", type=float, default=None,
                    help="ONNX vs PyTorch check: tolerance relative to max|output| "
                         "(default 1e-3 fp32, 2e-2 fp16)")

@@ -16,6 +16,7 @@ the module (GraphModules keep it too). ``--input-shape`` / ``input_shape=`` over
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import torch
@@ -66,6 +67,13 @@ def load_model(model: nn.Module | str | os.PathLike, *,
             loaded = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
             first = first_line(e)
+            main_class = re.search(r"Can't get attribute '([\w.]+)' on <module '[\w.]*__main__'", first)
+            if main_class:  # break48 #3: "is it a file torch.save wrote?" -- it was
+                raise DeployError(
+                    f"{path!r} pickles class {main_class.group(1)} from the script that saved it "
+                    "(__main__), which only that script defines: move the class into a module "
+                    "on PYTHONPATH and save again, call fxprune.deploy.deploy(model, ...) from "
+                    "that script, or deploy an .onnx file") from None
             raise DeployError(f"could not load {path!r} with torch.load ({type(e).__name__}: "
                               f"{first}); is it a file written by torch.save(module, path)?"
                               ) from None

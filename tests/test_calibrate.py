@@ -142,6 +142,8 @@ def test_calibrate_cost_fits_the_measured_fraction_and_leaves_the_model(backend)
     assert isinstance(cost, WithFixedCost) and cost.name == "flops+fixed"
     fit = cost.fit
     assert fit["backend"] == backend and fit["dense_ms"] > 0 and fit["pruned_ms"] > 0
+    from fxprune.deploy.common import cpu_name
+    assert fit["machine"] == cpu_name()  # break48 #6: the milliseconds name their machine
     # the fitted constant reproduces the uniform model's measured fraction
     pruner = fxprune.SMCP(pm, target=1.0, cost=cost, channel_step=4)
     kept = uniform_kept(pruner.index, 0.5, 8)

@@ -732,3 +732,84 @@ def test_a_deploy_that_fails_leaves_no_folder_it_made_for_nothing(tmp_path, monk
                    progress=False, log=lambda s: None)
     assert not (tmp_path / "new").exists()  # made by the deploy, nothing in it but its mark
     assert (tmp_path / "existing").is_dir()  # the user's folder stays (with the mark)
+
+
+class ReadsAValue(nn.Module):
+    """Per-batch input normalisation through a Python number read out of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.conv(x / float(x.abs().amax())).flatten(1), 1)
+
+
+def test_a_value_read_from_the_input_is_refused_not_baked_into_the_file(tmp_path, monkeypatch):
+    """break48 #1: when the dynamo exporter failed, the TorchScript trace recorded
+    float(x.abs().amax()) of the example input as a constant, and the check on one random input
+    passed: the file was another model (17x deploy's tolerance on inputs in [0, 1])."""
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("aten_amax: Required parameter 'dim' is not provided")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    with pytest.raises(DeployError, match=r"the model reads a tensor.s value \(test_deploy.py:\d+: "
+                                          r"Converting a tensor to a Python float\).*records the "
+                                          r"example input's value as a constant") as info:
+        export_onnx(ReadsAValue(), SHAPE, tmp_path / "rv.onnx", log=lambda s: None)
+    assert "\n" not in str(info.value) and not (tmp_path / "rv.onnx").exists()
+
+
+def test_the_onnx_check_holds_a_small_output_to_its_own_scale(tmp_path):
+    """break48 #2: fp16's absolute tolerance 1e-2 exceeded a 1000-class softmax's whole output
+    (max 0.003), so verify_onnx passed the file against any model of that shape."""
+    def softmax_net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 14 * 14, 1000),
+                             nn.Softmax(dim=1))
+
+    path = tmp_path / "s.onnx"
+    export_onnx(softmax_net(0), SHAPE, path, precision="fp16", log=lambda s: None)
+    assert verify_onnx(str(path), softmax_net(0), SHAPE, precision="fp16") < 1e-4
+    with pytest.raises(DeployError, match="ONNX Runtime's output differs from PyTorch's"):
+        verify_onnx(str(path), softmax_net(1), SHAPE, precision="fp16")
+
+
+def test_export_onnx_keeps_an_existing_file_expands_a_tilde_and_names_a_missing_folder(tmp_path, monkeypatch):
+    """break48 #4: export_onnx replaced any file at its path, left '~' as a folder name, and a
+    missing folder read as a dynamo failure, then a raw FileNotFoundError naming '<cwd>/~'."""
+    mine = tmp_path / "x.onnx"
+    mine.write_bytes(b"the user's own")
+    with pytest.raises(DeployError, match=r"x.onnx exists: export_onnx replaces it only with overwrite=True"):
+        export_onnx(small_net(4), SHAPE, mine, log=lambda s: None)
+    assert mine.read_bytes() == b"the user's own"
+    export_onnx(small_net(4), SHAPE, mine, overwrite=True, log=lambda s: None)
+    onnx.checker.check_model(str(mine))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    info = export_onnx(small_net(4), SHAPE, "~/y.onnx", log=lambda s: None)
+    assert info["path"] == str(tmp_path / "y.onnx") and (tmp_path / "y.onnx").exists()
+    lines = []
+    with pytest.raises(DeployError, match=r"folder .*nowhere does not exist: create it"):
+        export_onnx(small_net(4), SHAPE, tmp_path / "nowhere" / "z.onnx", log=lines.append)
+    assert lines == []  # no exporter ran
+
+
+def test_a_model_whose_class_lives_in_the_saving_script_names_that_cause(tmp_path, capsys):
+    """break48 #3: `class Net` in train.py, torch.save(model, 'dense.pt'): fxprune deploy said
+    "is it a file written by torch.save(module, path)?", which it was."""
+    script = tmp_path / "train.py"
+    script.write_text("import torch\nfrom torch import nn\n"
+                      "class Net(nn.Module):\n"
+                      "    def __init__(self):\n        super().__init__(); self.c = nn.Conv2d(3, 4, 3)\n"
+                      "    def forward(self, x):\n        return self.c(x)\n"
+                      f"torch.save(Net(), {str(tmp_path / 'dense.pt')!r})\n")
+    subprocess.run([sys.executable, str(script)], check=True, cwd=tmp_path)
+    rc = main(["deploy", str(tmp_path / "dense.pt"), "--out", str(tmp_path / "out"),
+               "--input-shape", "1,3,16,16", *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc != 0 and "pickles class Net from the script that saved it (__main__)" in err, err
+    assert "move the class into a module on PYTHONPATH" in err and "is it a file written" not in err
