@@ -212,6 +212,11 @@ def state_of(prepared) -> "PreparedState":
                 raise NotPreparedError(
                     f"got {wrapper} ({type(prepared).__name__}) around a prepared model; pass "
                     f"the prepared model itself (.{attr}): its masks are the wrapper's too")
+        if isinstance(prepared, fx.GraphModule) and prepared.meta.get("fxprune_finalized"):
+            raise NotPreparedError(  # break48 #5: "got GraphModule" while holding one
+                "expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "
+                "one fxprune.finalize returned (no masks left): pass the prepared model, or "
+                "fxprune.prepare this one to prune it further")
         raise NotPreparedError(
             f"expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "
             f"{type(prepared).__name__}; call fxprune.prepare first")

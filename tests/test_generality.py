@@ -694,6 +694,12 @@ def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it():
     with pytest.raises(fxprune.NotPreparedError, match=r"got Sequential, not a prepared model.*"
                        "fxprune.prepare.*count_flops"):
         fxprune.summary(model)
+    # break48 #5, break49 #11: a method or a latency table given the finalized model said
+    # "got GraphModule; call fxprune.prepare first" to a user holding a GraphModule
+    for use in (lambda: fxprune.SMCP(small, 0.5), lambda: fxprune.channel_groups(small)):
+        with pytest.raises(fxprune.NotPreparedError, match=r"got one fxprune.finalize returned "
+                           r"\(no masks left\): pass the prepared model"):
+            use()
 
 
 # -- the row's cost spec: what cost models price is what the flop counter counts -------------------
