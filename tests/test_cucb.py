@@ -195,12 +195,12 @@ def test_resuming_under_another_target_or_rho_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CUCB(pm, target=0.5, cost=Table(1e-6), channel_step=1).load_state_dict(saved)
-    with pytest.warns(RuntimeWarning, match=r"dense_cost 93\.978 -> 181\.956; half_width_cost"):
+    with pytest.warns(RuntimeWarning, match=r"half_width_fraction 0\.\d+ -> 0\.\d+ at step"):
         CUCB(pm, target=0.5, cost=Table(2e-6), channel_step=1).load_state_dict(saved)
     # break44 #7: another channel_step is said as that, not also as a cost model change
     with pytest.warns(RuntimeWarning, match="channel_step 1 -> 3") as said:
         CUCB(pm, target=0.5, cost=Table(1e-6), channel_step=3).load_state_dict(saved)
-    assert not any("half_width_cost" in str(w.message) for w in said)
+    assert not any("half_width_fraction" in str(w.message) for w in said)
     # a state whose pick is made keeps it: saying the run goes on exploring misled (break34 #7)
     picked = CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1)
     picked.finalize_masks()

@@ -698,3 +698,23 @@ def test_an_edited_tables_impossible_axes_and_settings_are_refused(tmp_path, edi
         LatencyTable.load(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert LatencyTable.from_dict(_edited_table_dict(lambda d, g, dw: None)) is not None
+
+
+def test_a_method_on_a_table_at_its_channel_step_saves_and_resumes_quietly():
+    """break49 #6, break50 #3: state_dict() priced its half-width fingerprint at channel step 1,
+    below a step-8 table's grid, and warned with advice the run already followed; a table that
+    is coarser warned once per layer (14 on mobilenet_v3_small)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
+                                torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))
+    macs = lambda layer, ci, co: layer.macs(ci, co) / 1e6 + 0.01  # noqa: E731
+    table = LatencyTable.measure(pm, step=8, timer=macs, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruner = fxprune.SMCP(pm, 0.5, cost=table, channel_step=8)
+        fxprune.SMCP(pm, 0.5, cost=table, channel_step=8).load_state_dict(pruner.state_dict())
+    coarse = LatencyTable.measure(pm, step=16, timer=macs, **FAST)
+    with pytest.warns(RuntimeWarning, match="below the smallest count.*said once per table") as said:
+        fxprune.SMCP(pm, 0.5, cost=coarse, channel_step=8)
+    assert sum("below the smallest count" in str(w.message) for w in said) == 1

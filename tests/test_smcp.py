@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -750,3 +751,15 @@ def test_per_sample_gradients_with_torch_func_on_a_prepared_model():
     loss_of[1].backward()
     name, p = next((k, p) for k, p in pm.named_parameters() if p.grad is not None)
     assert torch.allclose(per_sample[name][1], p.grad, atol=1e-6)
+
+
+def test_resuming_with_another_example_batch_is_no_cost_model_change():
+    """break50 #6: prepared again on resume with another example batch (a loader's, or 1), the
+    FLOPs fingerprints scaled x8 and the resume warned that the cost model changed; every
+    relative price, and so every decision, was the same."""
+    state = fxprune.SMCP(prepared(), 0.5, channel_step=4).state_dict()
+    torch.manual_seed(0)
+    other = fxprune.prepare(SmallNet(16), (torch.randn(8, 1, 12, 12),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.SMCP(other, 0.5, channel_step=4).load_state_dict(state)

@@ -250,15 +250,17 @@ class PruningMethod:
 
     def _allocation_settings(self) -> dict:
         """The run settings every method's allocation shares: the cost model (by name, and
-        by what it prices the dense and the half-width model at), the channel step and the
+        by the fraction of dense it prices the half-width model at), the channel step and the
         knapsack's resolution (break38 #3: a resume under others was silent; break40: a cost
-        model of the same name, another latency table or fixed cost, was too)."""
+        model of the same name, another latency table or fixed cost, was too).
+
+        A fraction, not the costs: another example batch scales every FLOPs count alike and
+        leaves each decision as it was (break50 #6); priced at the run's channel_step, the
+        widths the run prices (at step 1 a table's grid clamped them, warned: break49 #6)."""
         model = self.budget.model
         if getattr(self, "_priced", None) is None:  # the budget is fixed for the run
-            # at step 1: a resume under another channel_step is said as that (break44 #7)
-            half = self.budget.total(uniform_kept(self.index, 0.5, 1))
-            self._priced = {"dense_cost": float(f"{self.budget.dense:.6g}"),  # in its units
-                            "half_width_cost": float(f"{half:.6g}")}
+            half = self.budget.total(uniform_kept(self.index, 0.5, self.channel_step))
+            self._priced = {"half_width_fraction": float(f"{half / self.budget.dense:.6g}")}
         return {"cost": str(getattr(model, "name", type(model).__name__)), **self._priced,
                 "channel_step": self.channel_step,
                 "resolution": int(getattr(self, "resolution", 0)),
@@ -269,8 +271,9 @@ class PruningMethod:
         saved = state.get("run_settings", state)
         mine = self.run_settings()
         differ = [name for name, value in mine.items() if name in saved and saved[name] != value]
-        if "cost" in differ:  # another cost model prices otherwise: its prices say no more
-            differ = [name for name in differ if name not in ("dense_cost", "half_width_cost")]
+        if {"cost", "channel_step"} & set(differ):  # priced otherwise anyway: said as that
+            # (break44 #7: a channel_step change was also reported as a cost model change)
+            differ = [name for name in differ if name != "half_width_fraction"]
         changed = [f"{name} {saved[name]!r} -> {mine[name]!r}" for name in differ]
         if changed:
             # a state whose final selection is made keeps it (CUCB's pick): new settings change
