@@ -261,6 +261,10 @@ def test_frozen_layers_are_named_in_a_warning():
         warnings.simplefilter("error")
         fxprune.SMCP(pm, target=0.5, importance="magnitude")  # reads weights only: no warning
         fxprune.SMCP(prepared(), target=0.5)
+    # break49 #2: CUCB's reward is the same weight saliency; it pruned such channels unwarned
+    with pytest.warns(RuntimeWarning, match=r"CUCB: 1 layer\(s\) reading prunable channels have "
+                                            r"frozen weights \(requires_grad=False: c1\.0\)"):
+        fxprune.CUCB(pm, target=0.5)
 
 
 def test_state_dict_resumes_to_identical_masks(tmp_path):

@@ -248,6 +248,16 @@ class PruningMethod:
                 f"{other_mode} lets groups differ and fills the budget, or lower channel_step",
                 RuntimeWarning)
 
+    def _warn_frozen_readers(self, scores: str, way_out: str) -> None:
+        """Scores read from the readers' weight gradients are 0 where those weights are frozen
+        (``requires_grad=False``): channels only they read look useless and go first."""
+        frozen = [c.module for c in self.consumers if not c.param.requires_grad]
+        if frozen:
+            warn(f"{type(self).__name__}: {len(frozen)} layer(s) reading prunable channels have "
+                 f"frozen weights (requires_grad=False: {', '.join(frozen[:4])}"
+                 f"{', ...' if len(frozen) > 4 else ''}); {scores} sees no gradient there, so "
+                 f"channels only they read score 0 and go first. {way_out}", RuntimeWarning)
+
     def _allocation_settings(self) -> dict:
         """The run settings every method's allocation shares: the cost model (by name, and
         by the fraction of dense it prices the half-width model at), the channel step and the

@@ -150,6 +150,10 @@ class CUCB(PruningMethod):
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
         self.rng = np.random.default_rng(seed)
         self.saliency = WeightTaylor(self.consumers, self.index.n)
+        # break49 #2: a group read only by frozen layers got reward 0 (a random pick in ratio
+        # mode, cut to 2 of 16 channels in budget mode), where SMCP warned
+        self._warn_frozen_readers("CUCB's reward (weight Taylor saliency)",
+                                  "Unfreeze them while pruning")
         self.stats = BanditStats(self.index.offsets)
         self.final = False
         for m in prepared.modules():  # inactive channels get no gradient through their readers

@@ -160,14 +160,9 @@ class SMCP(PruningMethod):
         self.masks_kind, self.allocation = masks, allocation
         self.masked_decay, self.resolution, self.max_resolves = masked_decay, resolution, max_resolves
         self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
-        frozen = [c.module for c in self.consumers if not c.param.requires_grad]
-        if frozen and self.importance.kind == "taylor":
-            warn(
-                f"SMCP: {len(frozen)} layer(s) reading prunable channels have frozen weights "
-                f"(requires_grad=False: {', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''}); "
-                "Taylor importance sees no gradient there, so channels only they read score 0 and "
-                "go first. Unfreeze them while pruning, or use importance='magnitude'",
-                RuntimeWarning)
+        if self.importance.kind == "taylor":
+            self._warn_frozen_readers("Taylor importance", "Unfreeze them while pruning, or use "
+                                      "importance='magnitude'")
         self.bn_rescale = bn_rescale
         self.rescaled_bns = insert_bn_rescale(prepared, bn_rescale)
         for m in prepared.modules():
