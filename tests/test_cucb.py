@@ -13,7 +13,7 @@ from torch import nn
 import fxprune
 from fxprune.methods.cucb import CUCB
 
-from test_smcp import data, prepared
+from test_smcp import SmallNet, data, prepared
 
 PLANTED = [2, 5, 9, 13]
 
@@ -419,3 +419,16 @@ def test_a_run_of_nonfinite_steps_is_said_and_counted():
                    execution="masked")
     resumed.load_state_dict(state)
     assert resumed.skipped_steps == NONFINITE_STEPS_WARN and resumed._nonfinite_run == NONFINITE_STEPS_WARN
+
+
+def test_an_optimizer_over_the_model_before_prepare_is_refused_at_attach():
+    """break49 #4: an optimizer built over model.parameters() before prepare (which works on a
+    deep copy) stepped the user's original model; nothing trained and nothing said so."""
+    torch.manual_seed(0)
+    model = SmallNet(16)
+    pm = fxprune.prepare(model, (data()[0],))
+    pruner = CUCB(pm, target=0.5, channel_step=1)
+    with pytest.raises(ValueError, match=r"holds none of the prepared model's parameters.*build "
+                                         r"it over prepared.parameters\(\)"):
+        pruner.attach_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    pruner.attach_optimizer(torch.optim.SGD(pm.parameters(), lr=0.1))

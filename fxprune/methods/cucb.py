@@ -196,7 +196,16 @@ class CUCB(PruningMethod):
 
     def attach_optimizer(self, optimizer) -> None:
         """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
-        (gathered execution; nothing to do when masked)."""
+        (gathered execution; nothing to do when masked).
+
+        Raises ValueError when ``optimizer`` holds none of the prepared model's parameters (one
+        built over the model before ``prepare``, which works on a deep copy, trains that one)."""
+        mine = {id(p) for p in self.prepared.parameters()}
+        if not any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError(  # break49 #4: nothing trained, and nothing said so
+                "CUCB.attach_optimizer: the optimizer holds none of the prepared model's "
+                "parameters (fxprune.prepare works on a deep copy): build it over "
+                "prepared.parameters(), after prepare")
         if self.gathered is not None:
             self._hooks += list(self.gathered.protect(optimizer))
 
