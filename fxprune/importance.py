@@ -364,6 +364,23 @@ class InputTaps:
         for h in self.handles:
             h.remove()
         self.handles = []
+        self.enabled, self.pending = False, {}  # (a method's own hooks read ``enabled``)
+
+
+def close_live_taps(prepared: nn.Module) -> int:
+    """Close the :class:`InputTaps` an earlier pruner left on ``prepared`` (its hooks hold it:
+    ``del pruner`` frees nothing, and it kept appending each step's float64 terms: break49
+    #5); returns how many had tapped a forward (closing one that never did changes nothing
+    anyone saw: a pruner built only to read a state)."""
+    from .masks import MethodHook
+
+    tapped = 0
+    for hook in list(prepared._forward_pre_hooks.values()):
+        owner = getattr(hook.fn, "__self__", None) if isinstance(hook, MethodHook) else None
+        if isinstance(owner, InputTaps) and not owner.closed:
+            tapped += owner.last_tapped > 0
+            owner.close()
+    return tapped
 
 
 class ActivationTaylor(ImportanceStrategy):

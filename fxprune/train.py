@@ -678,6 +678,8 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         import fxprune
 
         finalize_masks = getattr(pruner, "finalize_masks", None)
+        if hasattr(pruner, "warn_above_target"):  # said below, with the results' path
+            pruner.warn_above_target = False
         # the method's final masks (e.g. CUCB: top channels by mu), if they differ from now's
         if finalize_masks is not None and finalize_masks():
             fxdist.broadcast_masks(net)

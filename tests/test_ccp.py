@@ -665,7 +665,8 @@ def test_a_round_without_statistics_is_skipped_with_the_cause(case):
     pruner = CCP(pm, target=0.5, mode="adaptive", collect=collect, prune_at=prune_at, channel_step=4)
     opt = torch.optim.SGD(pm.parameters(), lr=0.05)
     way = ("call pruner.step\\(\\) after loss.backward\\(\\)" if case == "step_before_forward"
-           else "removed by finalize_masks\\(\\): build a new CCP")
+           else "removed \\(by finalize_masks\\(\\), or by another pruner built on the model\\): "
+                "build a new CCP")
     records = []
     with pytest.warns(RuntimeWarning, match=rf"round 1 at step {prune_at} skipped: no per-sample "
                                             rf"terms were collected.*{way}"):
@@ -701,3 +702,22 @@ def test_a_prune_step_between_a_forward_and_its_backward_says_the_order():
         pruner.step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()  # what the warning said would happen
+
+
+def test_a_pruner_built_over_an_unfinished_ccp_removes_its_taps_and_says_so():
+    """break49 #5: a second pruner on the same model (new settings in a notebook) left the first
+    CCP's taps on it: they kept appending (N, n) float64 terms every step, and `del` freed
+    nothing (the hooks hold it)."""
+    pm = prepared()
+    first = CCP(pm, target=0.5, mode="adaptive", collect=20, channel_step=4)
+    _train(pm, first, 2)
+    assert first.stats.taps.pending or first.stats.samples
+    with pytest.warns(RuntimeWarning, match=r"CCP: the model carries the activation taps of an "
+                                            r"earlier pruner .* removed"):
+        second = CCP(pm, target=0.5, mode="adaptive", collect=3, channel_step=4)
+    _train(pm, second, 3)
+    assert first.stats.taps.closed and not first.stats.taps.pending
+    assert [r["round"] for r in second.history] == [1]  # the new one prunes as before
+    with warnings.catch_warnings():  # one that finished (its last round) leaves nothing to say
+        warnings.simplefilter("error")
+        CCP(pm, target=0.5, mode="adaptive", collect=3, channel_step=4)

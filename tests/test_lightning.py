@@ -196,7 +196,12 @@ def test_a_fit_that_ends_before_the_schedule_saves_nothing_and_says_so(tmp_path)
     prune = PruningCallback("smcp", save_path=tmp_path / "short.pt", **SMCP_ARGS)
     with pytest.raises(TargetNotReachedError, match=r"the fit ended at step 4 with the model at "
                                                     r"cost 0\.\d+ of dense, above the target 0\.5000"):
-        trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+    # said once, by the callback: not also by finalize_masks (break49 #3's warning)
+    assert not any("finalize_masks at step" in str(w.message) for w in said)
+    assert prune.pruner.warn_above_target  # the pruner's own setting is back
     assert not (tmp_path / "short.pt").exists()
     kept = PruningCallback("smcp", save_path=tmp_path / "kept.pt", allow_above_target=True,
                            **SMCP_ARGS)
@@ -329,6 +334,8 @@ def test_the_method_steps_at_the_pruned_models_optimizer_not_the_first_one(tmp_p
     trainer(tmp_path, 1, [prune]).fit(DiscriminatorFirst(), loader())
     assert prune.pruner.step_count == 4
     assert float(prune.pruner.stats.mu.max()) > 0  # rewards came from the model's gradients
+    # (attach_optimizer is given the model's optimizer, not the first one, the discriminator's,
+    # which it refuses since it holds none of the model's parameters)
 
 
 class StopAfterFirstEpoch(pl.Callback):

@@ -767,3 +767,22 @@ def test_resuming_with_another_example_batch_is_no_cost_model_change():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fxprune.SMCP(other, 0.5, channel_step=4).load_state_dict(state)
+
+
+@pytest.mark.parametrize("method", ["smcp", "ccp"])
+def test_final_masks_above_the_target_from_ones_own_loop_are_warned_of(method):
+    """break49 #3: finalize_masks() then fxprune.finalize mid-schedule shipped a model at 0.536
+    of dense for a 0.3 target (CCP before its prune step: 1.0) without a word, where fxprune
+    train and the Lightning callback refuse."""
+    pm = prepared()
+    pruner = (fxprune.SMCP(pm, 0.3, warmup=2, ramp=8, update_every=2, channel_step=4) if method == "smcp"
+              else fxprune.CCP(pm, 0.3, mode="adaptive", collect=5, prune_at=10, channel_step=4))
+    train(pm, pruner, 4)
+    with pytest.warns(RuntimeWarning, match=rf"{method.upper()}.finalize_masks at step 4: the masks "
+                                            r"cost [01]\.\d+ of dense, above the target 0\.3000"):
+        pruner.finalize_masks()
+    done = fxprune.SMCP(prepared(), 0.5, warmup=0, ramp=2, update_every=1, freeze_after=3, channel_step=4)
+    train(done.prepared, done, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done.finalize_masks()  # at its target: quiet

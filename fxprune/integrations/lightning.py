@@ -194,9 +194,14 @@ class PruningCallback(pl.Callback):
             # the end's final rule (CUCB's pick would end its exploration: break26 #3)
             self.pruner.load_state_dict(self._trained_state)
         self._trained_state = None
-        if hasattr(self.pruner, "attach_optimizer") and trainer.optimizers:
-            # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizer)
-            self.pruner.attach_optimizer(trainer.optimizers[0])
+        if hasattr(self.pruner, "attach_optimizer"):
+            # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizers that
+            # train the pruned model: the first is a GAN's discriminator's, whose protection
+            # kept nothing of the model's, as attach_optimizer's new check showed)
+            mine = {id(p) for p in self.prepared.parameters()}
+            for optimizer in trainer.optimizers:
+                if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+                    self.pruner.attach_optimizer(optimizer)
         if self._pending_state is not None:
             self._load(self._pending_state)
 
@@ -280,7 +285,15 @@ class PruningCallback(pl.Callback):
         # every rank: the method's final masks (CUCB: top channels by mean reward; CCP: its
         # statistics hooks removed), if they differ from the last step's
         finalize_masks = getattr(self.pruner, "finalize_masks", None)
-        if finalize_masks is not None and finalize_masks():
+        warns = getattr(self.pruner, "warn_above_target", None)
+        if warns is not None:  # this callback says it below (raises, or is allowed to keep it)
+            self.pruner.warn_above_target = False
+        try:
+            changed = finalize_masks is not None and finalize_masks()
+        finally:
+            if warns is not None:
+                self.pruner.warn_above_target = warns
+        if changed:
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)
             saved = [path for cb in trainer.checkpoint_callbacks
                      for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))

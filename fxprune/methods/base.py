@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..errors import warn
 from ..allocation import uniform_kept
 from ..budget import Budget
 from ..cost import CostModel
+from ..errors import warn
+from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
@@ -296,6 +297,12 @@ class PruningMethod:
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
+        if close_live_taps(prepared):
+            warn(f"{type(self).__name__}: the model carries the activation taps of an earlier "
+                 "pruner (CCP, or SMCP with importance='activation') that has not finished, "
+                 "which collect at every step while it lives: removed, so that pruner prunes no "
+                 "more; call its finalize_masks() before building another to end it yourself",
+                 RuntimeWarning)
         self.index = UnitIndex(prepared)
         if not self.index.n:
             raise ValueError("the prepared model has no prunable channel group; see "
@@ -377,10 +384,30 @@ class PruningMethod:
     def _kept_now(self) -> np.ndarray:
         return self.index.masks(self.prepared).numpy() != 0
 
+    #: :meth:`finalize_masks` warns when the final masks cost more than ``target`` (a loop
+    #: stopped before the schedule's end); a trainer that checks the target itself and says
+    #: so (``fxprune train``, the Lightning callback) turns it off
+    warn_above_target = True
+
     def finalize_masks(self) -> bool:
         """Leave the masks ``fxprune.finalize`` should apply (default: the current ones);
-        True when this changed them."""
+        True when this changed them. Warns (RuntimeWarning) when they cost more than the
+        method's ``target``."""
+        self._warn_if_above_target()
         return False
+
+    def _warn_if_above_target(self) -> None:
+        """break49 #3: finalize mid-schedule from one's own loop shipped a model at 0.536 of
+        dense for a 0.3 target without a word, where the trainer and the callback refuse."""
+        target = getattr(self, "target", None)
+        if not self.warn_above_target or not isinstance(target, (int, float)):
+            return
+        cost = self.cost()
+        if cost > float(target) * (1 + 1e-6):
+            warn(f"{type(self).__name__}.finalize_masks at step {self.step_count}: the masks cost "
+                 f"{cost:.4f} of dense, above the target {float(target):.4f}: the schedule has "
+                 "not reached it; train on (pruner.step() after each backward) until it has, or "
+                 "finalize this model knowingly", RuntimeWarning)
 
     def signature(self) -> list[list]:
         """The prunable groups as ``[key, name, size]``: what a saved state must match."""

@@ -443,8 +443,10 @@ class CCP(PruningMethod):
 
     def finalize_masks(self) -> bool:
         """Remove the statistics hooks (a finalized model must not carry them); masks stay.
-        A run that ends before the last round keeps the masks of the rounds done."""
+        A run that ends before the last round keeps the masks of the rounds done (warned of
+        when they cost more than ``target``)."""
         self._close()
+        self._warn_if_above_target()
         return False
 
     # -- selection ---------------------------------------------------------------------------
@@ -493,8 +495,8 @@ class CCP(PruningMethod):
             self.skipped_rounds += 1
             warn(
                 f"{where} skipped: no per-sample terms were collected, so channels cannot be "
-                "ranked; " + ("the taps were removed by finalize_masks(): build a new CCP on the "
-                              "model to prune again" if self.stats.taps.closed else
+                "ranked; " + ("the taps were removed (by finalize_masks(), or by another pruner "
+                              "built on the model): build a new CCP on the model to prune again" if self.stats.taps.closed else
                               "call pruner.step() after loss.backward() and before "
                               "optimizer.zero_grad(), with grad enabled in train mode"),
                 RuntimeWarning)

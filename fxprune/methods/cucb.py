@@ -262,6 +262,7 @@ class CUCB(PruningMethod):
         if self.final:
             return False
         self.select_final()
+        self._warn_if_above_target()
         return True
 
     # -- selection ---------------------------------------------------------------------------
