@@ -11,6 +11,8 @@ repairs it with exact costs, so the result always fits (see ``fxprune.methods.sm
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .cost import CostModel
@@ -47,7 +49,13 @@ class Budget:
                     self.touching[i].append(li)
 
     def layer_cost(self, layer: CostedLayer, c_in: int, c_out: int) -> float:
-        return float(self.model.layer_cost(layer.spec, c_in, c_out))
+        value = float(self.model.layer_cost(layer.spec, c_in, c_out))
+        if not math.isfinite(value):  # break49 #8: it surfaced as "budget is nan"
+            raise ValueError(
+                f"the cost model {getattr(self.model, 'name', type(self.model).__name__)!r} "
+                f"prices layer {layer.spec.name!r} at {c_in} input and {c_out} output channels "
+                f"as {value}: layer_cost must return a finite number")
+        return value
 
     def total(self, kept: np.ndarray) -> float:
         """Real cost when ``kept`` (bool per flat channel) says which channels stay."""

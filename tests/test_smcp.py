@@ -786,3 +786,21 @@ def test_final_masks_above_the_target_from_ones_own_loop_are_warned_of(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         done.finalize_masks()  # at its target: quiet
+
+
+def test_a_cost_model_pricing_a_width_as_nan_or_inf_is_named():
+    """break49 #8: layer_cost returning NaN for narrow widths, or inf, read "budget is nan: give
+    a finite number", naming a budget the user never gave."""
+    from fxprune.cost import FlopsCost
+
+    class Narrow(FlopsCost):
+        name = "narrow"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return float("nan") if c_out < layer.out_channels // 2 else super().layer_cost(layer, c_in, c_out)
+
+    for make in (lambda pm: fxprune.SMCP(pm, 0.5, cost=Narrow()),
+                 lambda pm: fxprune.CCP(pm, 0.5, cost=Narrow(), mode="adaptive")):
+        with pytest.raises(ValueError, match=r"the cost model 'narrow' prices layer '\S+' at \d+ "
+                                             r"input and \d+ output channels as nan: layer_cost must"):
+            make(prepared())
