@@ -527,3 +527,29 @@ def test_a_reader_that_stops_early_gets_no_traceback():
         os.close(w)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_register_method_checks_its_name_and_target_where_they_are_given(monkeypatch):
+    """break49 #9: a None or int name was accepted and then broke get_method's own error
+    (sorting the names); a target that does not import failed at build as a bare
+    ModuleNotFoundError, or 42 as "'int' object is not callable", naming no method."""
+    from fxprune.methods.base import register_method
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    for name in (None, 3, ""):
+        with pytest.raises(TypeError, match="name must be a non-empty str"):
+            register_method(name, fxprune.SMCP)
+    with pytest.raises(TypeError, match=r"register_method\('n'\): target must be a method class or "
+                                        r"factory, or a 'package.module:attr' string, got a int"):
+        register_method("n", 42)
+    with pytest.raises(TypeError, match=r"a string target is 'package.module:attr', got 'nopkg'"):
+        register_method("n", "nopkg")
+    register_method("gone", "nopkg.mod:Cls")
+    with pytest.raises(ImportError, match=r"method 'gone' is registered as 'nopkg.mod:Cls', which "
+                                          r"does not load \(ModuleNotFoundError"):
+        fxprune.get_method("gone").build(prepared())
+    register_method("not_callable", "fxprune.methods.base:DEFAULT_TARGET")
+    with pytest.raises(ImportError, match=r"a float, not a method class or factory"):
+        fxprune.get_method("not_callable").cls
+    with pytest.raises(ValueError, match="unknown pruning method 'typo'"):
+        fxprune.get_method("typo")  # the registry's names still sort

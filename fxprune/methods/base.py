@@ -460,8 +460,9 @@ class PruningMethod:
 @dataclass
 class MethodEntry:
     """A registered method: ``load()`` returns its class or factory (imported when first
-    used, so a test or plug-in may replace it), ``defaults`` are keyword arguments added
-    before the recipe's own."""
+    used, so a test or plug-in may replace it); ``defaults`` are keyword arguments that define
+    the method, added to the recipe's own: :meth:`build` refuses another value for one
+    (break49 #10: "defaults" read as overridable)."""
 
     name: str
     load: Callable[[], Callable]
@@ -494,15 +495,36 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
                     summary: str = "") -> MethodEntry:
     """Register ``target`` (a class/factory, or ``"package.module:attr"`` imported on first
     use; ``"fxprune:SMCP"`` looks the attribute up on the fxprune package each time) as
-    ``prune.method: name``."""
+    ``prune.method: name``. ``defaults`` are settings that define the method (``hard`` is
+    SMCP with ``masks="hard"``): :meth:`MethodEntry.build` refuses another value for one.
+
+    Raises TypeError for a ``name`` that is not a non-empty str or a ``target`` that is neither
+    a callable nor a ``"module:attr"`` string; a string target that fails to import or to name
+    a callable raises :class:`ImportError` at first use, naming the method."""
+    if not isinstance(name, str) or not name:  # (a None name broke get_method's own error)
+        raise TypeError(f"register_method: name must be a non-empty str, got {name!r}")
     if isinstance(target, str):
         module, _, attr = target.partition(":")
+        if not module or not attr:
+            raise TypeError(f"register_method({name!r}): a string target is 'package.module:attr', "
+                            f"got {target!r}")
 
         def load(module=module, attr=attr):
-            return getattr(importlib.import_module(module), attr)
-    else:
+            try:  # break49 #9: a bare ModuleNotFoundError named no method
+                loaded = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise ImportError(f"method {name!r} is registered as {target!r}, which does not "
+                                  f"load ({type(e).__name__}: {e})") from e
+            if not callable(loaded):
+                raise ImportError(f"method {name!r} is registered as {target!r}, a "
+                                  f"{type(loaded).__name__}, not a method class or factory")
+            return loaded
+    elif callable(target):
         def load(target=target):
             return target
+    else:
+        raise TypeError(f"register_method({name!r}): target must be a method class or factory, or "
+                        f"a 'package.module:attr' string, got a {type(target).__name__}")
     entry = MethodEntry(name, load, dict(defaults or {}), summary)
     registry[name] = entry
     return entry
