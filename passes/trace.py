@@ -293,7 +293,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     if copied:  # break44 #1: a tap object's list stayed empty; sharing it broke more (break46 #1)
         where, kind, owner = copied[0]
         warnings.warn(
-            f"`{where}` has a {kind} that is a method of a {owner} object: prepare (and finalize) "
+            f"`{where}` has a {kind} that is {owner}: prepare (and finalize) "
             "work on a deep copy of the model, hook objects included, so the prepared model "
             f"calls a copy's, and yours gets nothing; register it on the prepared (and the "
             f"finalized) model, e.g. pm.get_submodule('{where}').register_forward_hook(...)"
@@ -397,22 +397,41 @@ def hook_names(module: nn.Module, kinds=HOOK_KINDS) -> str:
     return " and ".join(said)
 
 
+_SHARED_BY_A_COPY = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device)
+
+
 def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
     """(module path, hook kind, object class) for hooks on submodules that a deep copy copies
-    with their object: bound methods of non-module objects and callable objects (a plain
-    function or closure is shared by a deep copy)."""
+    with their object: bound methods of objects outside the model (an ``nn.Module`` collector
+    or LightningModule too: break50 #2), callable objects, and a ``functools.partial``'s
+    arguments (``partial(tap, store)`` appends to a copy of ``store``); a plain function or
+    closure is shared by a deep copy, and a module of the model is copied with it anyway."""
+    inside = {id(m) for m in model.modules()}
+
+    def copied(value) -> bool:
+        if isinstance(value, tuple):
+            return any(copied(v) for v in value)
+        # (a tensor argument reads alike in a copy: a constant, not a store)
+        return not (isinstance(value, (*_SHARED_BY_A_COPY, torch.Tensor)) or id(value) in inside
+                    or inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.isclass(value))
+
     out = []
     for name, m in model.named_modules():
         if not name:
             continue  # the model's own hooks are not run at all (warned of in trace())
         for attr, kind in HOOK_KINDS:
             for hook in (getattr(m, attr, None) or {}).values():
-                func = hook.func if isinstance(hook, functools.partial) else hook
+                func, args = hook, ()
+                if isinstance(hook, functools.partial):
+                    func, args = hook.func, (*hook.args, *hook.keywords.values())
                 owner = getattr(func, "__self__", None) if inspect.ismethod(func) else (
                     None if inspect.isfunction(func) or inspect.isbuiltin(func) else func)
-                if (owner is not None and not isinstance(owner, nn.Module)
+                if (owner is not None and id(owner) not in inside
                         and type(owner).__module__.split(".")[0] not in ("fxprune", "torch")):
-                    out.append((name, kind, type(owner).__name__))
+                    out.append((name, kind, f"a method of a {type(owner).__name__} object"))
+                elif any(copied(a) for a in args):
+                    held = next(a for a in args if copied(a))
+                    out.append((name, kind, f"a functools.partial holding a {type(held).__name__}"))
     return out
 
 

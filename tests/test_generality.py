@@ -1630,3 +1630,59 @@ def test_a_row_for_a_function_torch_fx_traces_through_is_warned_of():
     with warnings.catch_warnings():  # a row for a torch function the model does not call: quiet
         warnings.simplefilter("error")
         fxprune.prepare(Net(), (X,), rules={F.gelu: fxprune.rules.Elementwise()})
+
+
+class Collector(nn.Module):
+    """A feature collector outside the model (a distillation helper, a LightningModule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.feats = []
+
+    def hook(self, module, inputs, output):
+        self.feats.append(output.shape)
+
+
+def _tap(store, module, inputs, output):
+    store.append(output.shape)
+
+
+@pytest.mark.parametrize("how", ["module_outside", "partial"])
+def test_a_hook_whose_state_a_deep_copy_copies_is_said_whatever_its_form(how):
+    """break50 #2: a hook that is a method of an nn.Module outside the model, or
+    functools.partial(tap, store), fed the deep copy's object: the user's got nothing, and
+    prepare did not warn (it did for a method of a plain object)."""
+    import functools
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    model, collector, store = net(), Collector(), []
+    model[0].register_forward_hook(collector.hook if how == "module_outside"
+                                   else functools.partial(_tap, store))
+    said = ("a method of a Collector object" if how == "module_outside"
+            else "a functools.partial holding a list")
+    with pytest.warns(UserWarning, match=rf"`0` has a forward hook that is {said}: prepare \(and "
+                                         r"finalize\) work on a deep copy"):
+        fxprune.prepare(model, (X,))
+    # a method of a module inside the model is copied with the model (the copy's hook feeds
+    # the copy's module, which the prepared model holds), a partial of plain values is shared
+    inner = WithCollector(net())
+    inner.body[0].register_forward_hook(inner.collector.hook)
+    inner.body[2].register_forward_hook(functools.partial(_noop, 3, scale=0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.prepare(inner, (X,))
+
+
+def _noop(k, module, inputs, output, scale=1.0):
+    return None
+
+
+class WithCollector(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body, self.collector = body, Collector()
+
+    def forward(self, x):
+        return self.body(x)
