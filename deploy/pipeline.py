@@ -223,7 +223,7 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
             onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log, accepted)
             continue
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
-        # (the output folder's own files: deploy guards them, see _guard_out_dir)
+        # (the output folder's own files: deploy guards them, see _check_out_dir)
         info = export_onnx(mod, shape, path, precision=onnx_precision, opset=opset,
                            overwrite=True, log=log)
         info["max_abs_diff"] = verify_onnx(path, mod, shape, precision=onnx_precision,

@@ -212,7 +212,7 @@ def state_of(prepared) -> "PreparedState":
                 raise NotPreparedError(
                     f"got {wrapper} ({type(prepared).__name__}) around a prepared model; pass "
                     f"the prepared model itself (.{attr}): its masks are the wrapper's too")
-        if isinstance(prepared, fx.GraphModule) and prepared.meta.get("fxprune_finalized"):
+        if isinstance(prepared, fx.GraphModule) and getattr(prepared, "fxprune_finalized", False):
             raise NotPreparedError(  # break48 #5: "got GraphModule" while holding one
                 "expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "
                 "one fxprune.finalize returned (no masks left): pass the prepared model, or "

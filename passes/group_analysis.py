@@ -333,7 +333,8 @@ class ChannelAnalysis(NodeFacts):
             # surgery would slice the row's tensors and leave these: the pruned module would
             # fail or compute something else (break47 #3: finalize failed, naming no module)
             why = (f"`{node.target}` ({type(self.module()).__name__}) holds {unsliced}, which its "
-                   f"{type(rule).__name__}() row does not slice")
+                   f"{type(rule).__name__}() row does not slice (give it a row that does; if "
+                   "every channel shares it, a row with .slices = None skips this check)")
             self.untracked_inputs(why)
             out = rule.propagate(self)
             for ids in self._all_labels(out):
@@ -353,16 +354,25 @@ class ChannelAnalysis(NodeFacts):
                 "leave it out of rules= to keep its channels whole") from e
 
     def _unsliced_tensors(self, rule) -> str:
-        """The called module's tensors with more than one element that ``rule`` declares it
-        does not slice, named ("" when none, or when the row does not declare)."""
+        """The called module's tensors that ``rule`` declares it does not slice and that have
+        a dim of a channel count reaching or leaving it (dim 1 or the last, of its input or
+        output), named ("" when none, or when the row does not declare). A tensor every channel
+        shares (a learnable activation's 5 slopes, a blur's one kernel) has no such dim and
+        needs no slicing (break51 #1: counting every tensor kept such rows' channels whole)."""
         module = self.module()
         sliced = rule.sliced_tensors(module)
         if sliced is None:
             return ""
+        counts = set()
+        for shape in (self.shape(self.node.args[0]) if self.node.args else None, self.out_shape()):
+            if shape is not None and len(shape) > 1:
+                counts |= {shape[1], shape[-1]}
+        counts.discard(1)
         # a module called as one op: its submodules' tensors are its own too; a parametrized
         # tensor is kept whole by its own check, with its own way out
         names = [n for n, t in [*module.named_parameters(), *module.named_buffers()]
-                 if n not in sliced and t.numel() > 1 and not n.startswith("parametrizations.")]
+                 if n not in sliced and not n.startswith("parametrizations.")
+                 and any(d in counts for d in t.shape)]
         return ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more"
                                                          if len(names) > 3 else "")
 

@@ -199,8 +199,9 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
         node.meta.pop("fxprune_labels", None)
         node.meta.pop("fxprune_value", None)
     gm.meta.pop("fxprune", None)
-    # (plain data: a function that wants the prepared model names what it got instead)
-    gm.meta["fxprune_finalized"] = True
+    # (plain data: a function that wants the prepared model names what it got instead; an
+    # attribute, which torch.load restores, where meta comes back empty: break51 #2)
+    gm.fxprune_finalized = True
     # The tracer class is pickled with a GraphModule; ours lives in fxprune, and the result must
     # load where fxprune is not installed.
     gm._tracer_cls, gm._tracer_extras = None, {}

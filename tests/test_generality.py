@@ -696,7 +696,14 @@ def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it():
         fxprune.summary(model)
     # break48 #5, break49 #11: a method or a latency table given the finalized model said
     # "got GraphModule; call fxprune.prepare first" to a user holding a GraphModule
-    for use in (lambda: fxprune.SMCP(small, 0.5), lambda: fxprune.channel_groups(small)):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(small, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)  # (break51 #2: meta comes back empty)
+    for use in (lambda: fxprune.SMCP(small, 0.5), lambda: fxprune.channel_groups(small),
+                lambda: fxprune.SMCP(loaded, 0.5)):
         with pytest.raises(fxprune.NotPreparedError, match=r"got one fxprune.finalize returned "
                            r"\(no masks left\): pass the prepared model"):
             use()
@@ -1585,8 +1592,34 @@ def test_a_row_that_leaves_a_module_tensor_unsliced_keeps_its_channels_whole(row
     (g,) = [g for g in fxprune.channel_groups(pm) if g.name == "0"]
     owner, tensor = ("0", "wscale") if row == "Conv" else ("1", "a")
     assert not g.prunable and f"holds `{tensor}`, which its {row}() row does not slice" in g.reason
+    assert "a row with .slices = None skips this check" in g.reason
     assert f"`{owner}`" in g.reason
     assert prunable(pm) == {"3": 8}  # the layers elsewhere stay prunable
+
+
+class SharedSlopes(nn.Module):
+    """A learnable piecewise-linear activation: one set of slopes shared by every channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.slopes = nn.Parameter(torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0]))
+        self.register_buffer("knots", torch.tensor([-2.0, -1.0, 0.0, 1.0]))
+
+    def forward(self, x):
+        y = x * self.slopes[0]
+        for i in range(4):
+            y = y + (self.slopes[i + 1] - self.slopes[i]) * torch.relu(x - self.knots[i])
+        return y
+
+
+def test_a_row_on_a_module_whose_tensors_every_channel_shares_stays_prunable():
+    """break51 #1: counting every tensor the row does not slice kept a shared-slope activation
+    whole under Elementwise(), the README's own way out for a hooked activation (2 of 4 groups
+    prunable before, 0 after); only a tensor with a dim of the channel count needs slicing."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), SharedSlopes(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1))
+    pm, _ = check(model, X, X2, rules={SharedSlopes: fxprune.rules.Elementwise()})
+    assert prunable(pm) == {"0": 8, "2": 8}
 
 
 class HalvingGate(nn.Module):

@@ -58,7 +58,9 @@ class ChannelRule:
     checks_sizes = False
     #: the module tensors this row's surgery slices, when a module is called as one op under it
     #: (None: the row does not say). A row that says is checked against the module's tensors:
-    #: one it would leave whole keeps the module's channels whole, with the reason
+    #: one it would leave whole that has a dim of the channel count keeps the module's channels
+    #: whole, with the reason; ``row.slices = None`` on an instance skips the check (a tensor
+    #: of that size every channel shares)
     slices: tuple[str, ...] | None = None
 
     def sliced_tensors(self, module) -> tuple[str, ...] | None:
