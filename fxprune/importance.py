@@ -307,7 +307,12 @@ class InputTaps:
             # dL/dA through this reader is what the terms are made of
             alias = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
             saved = x.detach()
-            forward = self.last_tapped = self.forwards
+            forward = self.forwards
+            # a training forward's graph is what a backward follows; a recomputation inside a
+            # backward (activation checkpointing) or an eval-mode metric pass is not one
+            # (break51 #5: both read as "the backward has not run")
+            if module.training and torch._C._current_graph_task_id() == -1:
+                self.last_tapped = forward
 
             def on_grad(g):
                 with torch.no_grad():

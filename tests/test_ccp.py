@@ -566,6 +566,14 @@ def test_a_grad_scaler_given_to_ccp_gives_the_plain_loops_choice():
     with pytest.raises(ValueError, match="or a mixed-precision step overflowed: with a GradScaler, "
                                          r"pass it as CCP\(\.\.\., scaler=scaler\)"):
         _amp_run(True, False, overflow_at=(1,))
+    # break51 #4: every collected step overflowed: the loop was blamed, and a skipped last
+    # round left a ratio run dense with no word at its end
+    with pytest.warns(RuntimeWarning, match=r"round 1 at step 4 skipped: .*all 3 collected step\(s\) "
+                                            r"overflowed under the loss scaler"):
+        record, pruner = _amp_run(True, True, overflow_at=(1, 2, 3))
+    assert record is None and pruner.skipped_rounds == 1
+    with pytest.warns(RuntimeWarning, match=r"1 of 1 round\(s\) were skipped"):
+        pruner.finalize_masks()
 
 
 def test_a_reader_of_a_frozen_layers_output_still_counts():
@@ -721,3 +729,24 @@ def test_a_pruner_built_over_an_unfinished_ccp_removes_its_taps_and_says_so():
     with warnings.catch_warnings():  # one that finished (its last round) leaves nothing to say
         warnings.simplefilter("error")
         CCP(pm, target=0.5, mode="adaptive", collect=3, channel_step=4)
+
+
+def test_checkpointed_or_eval_forwards_are_not_read_as_a_missing_backward():
+    """break51 #5: the model run under torch.utils.checkpoint (its recomputation inside the
+    backward taps a forward again), or an eval-mode metric pass with grad on, made the prune
+    step say that the last forward's backward had not run."""
+    from torch.utils.checkpoint import checkpoint
+
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(3):
+            x, y = data(seed=step)
+            F.cross_entropy(checkpoint(pm, x, use_reentrant=False), y).backward()
+            pm.eval()
+            pm(x).argmax(1)  # a metric, grad on, no backward
+            pm.train()
+            pruner.step()
+            pm.zero_grad()
+    assert [r["round"] for r in pruner.history] == [1]

@@ -330,6 +330,7 @@ class CCP(PruningMethod):
         self.dead = np.zeros(self.index.n, dtype=bool)
         self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
         self.skipped_rounds = 0  # rounds with no statistics to decide on (warned of)
+        self._dropped_at_decision = 0  # dropped_steps at the last round's decision
 
     @property
     def reduce_fn(self):
@@ -446,6 +447,10 @@ class CCP(PruningMethod):
         A run that ends before the last round keeps the masks of the rounds done (warned of
         when they cost more than ``target``)."""
         self._close()
+        if self.skipped_rounds:  # (ratio mode has no target to be above: this says it)
+            warn(f"CCP.finalize_masks: {self.skipped_rounds} of {self.rounds} round(s) were skipped "
+                 "for want of statistics (warned of then): the masks are those of the rounds done",
+                 RuntimeWarning)
         self._warn_if_above_target()
         return False
 
@@ -491,15 +496,22 @@ class CCP(PruningMethod):
                           "pruning now changes the masks its graph holds, so a loss.backward() "
                           "after this fails (an in-place error): call pruner.step() after "
                           "loss.backward()", RuntimeWarning)
+        dropped, self._dropped_at_decision = (self.dropped_steps - self._dropped_at_decision,
+                                              self.dropped_steps)
         if self.stats.samples == 0:  # every subset would look alike: the pick a tie-break
             self.skipped_rounds += 1
-            warn(
-                f"{where} skipped: no per-sample terms were collected, so channels cannot be "
-                "ranked; " + ("the taps were removed (by finalize_masks(), or by another pruner "
-                              "built on the model): build a new CCP on the model to prune again" if self.stats.taps.closed else
-                              "call pruner.step() after loss.backward() and before "
-                              "optimizer.zero_grad(), with grad enabled in train mode"),
-                RuntimeWarning)
+            if self.stats.taps.closed:
+                why = ("the taps were removed (by finalize_masks(), or by another pruner built on "
+                       "the model): build a new CCP on the model to prune again")
+            elif dropped:  # break51 #4: the loop was right; the loss scale was not settled
+                why = (f"all {dropped} collected step(s) overflowed under the loss scaler and were "
+                       "dropped (as the scaler skips them): collect over more steps, or prune "
+                       "later (prune_at), once the scale has settled")
+            else:
+                why = ("call pruner.step() after loss.backward() and before optimizer.zero_grad(), "
+                       "with grad enabled in train mode")
+            warn(f"{where} skipped: no per-sample terms were collected, so channels cannot be "
+                 f"ranked; {why}", RuntimeWarning)
             return None
         frac = round_k / self.rounds
         before = self._kept_now()
