@@ -79,10 +79,11 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         if unused:  # break47 #5: a Barrier for a plain function did nothing, without a word
             name = getattr(unused[0], "__name__", repr(unused[0]))
             warnings.warn(f"rules= has a row for the function {name}, which the traced graph "
-                          "never calls: torch.fx traces through plain Python functions, so the "
-                          f"row does nothing; call torch.fx.wrap({name!r}) in the module that "
-                          "defines it, at top level, to make each call one op under the row",
-                          UserWarning, stacklevel=2)
+                          "never calls, so the row does nothing: torch.fx traces through a plain "
+                          f"Python function unless torch.fx.wrap({name!r}) is called at top level "
+                          "of the module whose code calls it (wrapping where it is defined does "
+                          "not reach an import of it); or it runs only inside a module called "
+                          "as one op, or not on this input's path", UserWarning, stacklevel=2)
         # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
         # inputs are stored as given and moved (copied) again at each later use (finalize's check,
         # FLOPs): no run writes into the user's tensors or the stored ones.

@@ -38,7 +38,10 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     frame, level, outside = sys._getframe(1), 1, None
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if not (module == "fxprune" or module.startswith(("fxprune.", "torch.utils._contextlib"))):
+        # (Lightning's frames too: a method the callback builds points at the fit call)
+        if not (module in ("fxprune", "lightning", "pytorch_lightning")
+                or module.startswith(("fxprune.", "torch.utils._contextlib", "lightning.",
+                                      "pytorch_lightning."))):
             outside = level
             break
         frame, level = frame.f_back, level + 1

@@ -426,3 +426,12 @@ def test_ccp_under_manual_accumulation_decides_as_under_lightning_s_own(tmp_path
         weights.append(torch.cat([p.detach().flatten() for p in module.model.parameters()]))
     assert torch.equal(masks["auto"], masks["manual"])
     torch.testing.assert_close(*masks["weights"], rtol=1e-10, atol=1e-12)
+
+
+def test_a_method_warning_under_the_callback_points_at_the_fit_call(tmp_path):
+    """break51 #7: fxprune.errors.warn stopped at the first frame outside fxprune, Lightning's
+    trainer/call.py, where a fixed stacklevel had pointed into fxprune/methods/base.py."""
+    prune = PruningCallback("ccp", target=0.5, mode="adaptive", ratio=0.5, collect=2, channel_step=1)
+    with pytest.warns(RuntimeWarning, match="ratio=0.5 is not used in mode='adaptive'") as said:
+        trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+    assert {w.filename for w in said if "is not used" in str(w.message)} == {__file__}
