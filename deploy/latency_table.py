@@ -425,6 +425,15 @@ class LatencyTable:
         try:
             return self._grids[grid_key(layer)]
         except KeyError:
+            measured_as = [d for d in ("float32", "float16", "bfloat16", "float64")
+                           if d != layer.dtype
+                           and grid_key(dataclasses.replace(layer, dtype=d)) in self._grids]
+            if measured_as:  # break50 #5: "measure it first" to a user who had, before a cast
+                raise UnmeasuredLayerError(
+                    f"layer {layer.name!r} was measured at {measured_as[0]}, and its weights are "
+                    f"{layer.dtype} now (the model was cast since the table was measured): "
+                    f"measure a table of the cast model, or cast it back to {measured_as[0]}"
+                ) from None
             raise UnmeasuredLayerError(
                 f"no latency was measured for layer {layer.name!r} ({layer.kind} "
                 f"{layer.in_channels}->{layer.out_channels}, {point_key(layer)}) on "
