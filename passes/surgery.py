@@ -9,7 +9,6 @@ on the example inputs and refuse to return a model whose output differs.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 
 import numpy as np
@@ -24,6 +23,7 @@ from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts, map_tensors, restoring_buffers
+from .trace import copy_model
 
 #: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
 _ROW_BEFORE_STAT_RULES = FunctionalLayerNorm()
@@ -114,7 +114,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     masks = group_masks(prepared)
     _check_masks(ch, masks)
     unit_kept = ch.unit_kept(masks)
-    gm = copy.deepcopy(prepared)
+    gm = copy_model(prepared)  # (an uncopyable part named: a buffer the forward set, a tap's store)
     strip_method_hooks(gm)  # a method's hooks (CCP's taps mid-run) are not part of the model
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())

@@ -213,7 +213,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     called = None  # the layers the first trace calls as modules
     root_updates = ""  # why the model's own forward cannot be traced faithfully
     for _ in model.modules():
-        root = _copy(model)
+        root = copy_model(model)
         names = leaf_names | frozenset(mode_leaves)
         tracer = _Tracer(leaf_types, names, rules, fixed)
         try:
@@ -224,7 +224,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             called = _layers_reached(graph)
         updated = _updated_while_tracing(model, root, graph)
         found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
-                                lambda: _copy(model))
+                                lambda: copy_model(model))
         # a buffer the forward updates in place ran its update once, while tracing, and the
         # graph reads a frozen copy (break39 #1): its module is called as one op, as it is
         leaves = {**found.leaves, **{owner: why for owner, why in updated.items() if owner}}
@@ -449,12 +449,62 @@ def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
     return out
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``; TypeError naming what cannot be copied, with the way out."""
     try:
         return copy.deepcopy(model)
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
+        why = _why_uncopyable(model)
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
-                        f"be deep-copied ({e}); make its attributes copyable") from e
+                        f"be deep-copied: {why or f'{e}; make its attributes copyable'}") from e
+
+
+_DEPRECATED_HOOKS = {  # torch's hook-based reparametrizations hold a computed weight
+    "WeightNorm": ("torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(module)",
+                   "torch.nn.utils.parametrizations.weight_norm"),
+    "SpectralNorm": ("torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(module)",
+                     "torch.nn.utils.parametrizations.spectral_norm"),
+}
+
+
+def _why_uncopyable(model: nn.Module) -> str:
+    """What makes ``model`` fail a deep copy, with the way out, for the causes users meet
+    (break50 #8: the deprecated weight_norm, a buffer or tap holding autograd history; the
+    message named weight_norm for all of them); "" when none is found."""
+    from torch.nn.utils import prune as torch_prune
+
+    def computed(value) -> bool:
+        if isinstance(value, (list, tuple)):
+            return any(computed(v) for v in value)
+        if isinstance(value, dict):
+            return any(computed(v) for v in value.values())
+        return isinstance(value, torch.Tensor) and value.grad_fn is not None
+
+    for name, m in model.named_modules():
+        where = f"`{name}`" if name else f"the model ({type(model).__name__})"
+        for attr, kind in HOOK_KINDS:
+            for hook in (getattr(m, attr, None) or {}).values():
+                cls = type(hook).__name__
+                if cls in _DEPRECATED_HOOKS:
+                    api, remove, new = _DEPRECATED_HOOKS[cls]
+                    return (f"{where} uses the deprecated {api}, whose weight has autograd history; "
+                            f"call {remove} before prepare, or use {new} (kept whole by fxprune)")
+                if isinstance(hook, torch_prune.BasePruningMethod):
+                    return (f"{where} is pruned with torch.nn.utils.prune; call "
+                            f"torch.nn.utils.prune.remove(module, {hook._tensor_name!r}) before "
+                            "prepare, which makes the pruning permanent")
+                owner = getattr(hook, "__self__", hook)
+                held = [k for k, v in getattr(owner, "__dict__", {}).items() if computed(v)]
+                if held and not isinstance(owner, nn.Module):
+                    return (f"the {kind} on {where} ({type(owner).__name__}) holds `{held[0]}`, "
+                            "tensors with autograd history (outputs it stored): clear it, or "
+                            "store .detach()'d tensors, before prepare")
+        held = [k for k, v in [*m._buffers.items(), *vars(m).items()]
+                if not k.startswith("_") and computed(v)]
+        if held:
+            return (f"{where}.{held[0]} holds a tensor with autograd history (computed, not a leaf): "
+                    ".detach() it where it is set")
+    return ""
 
 
 def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:

@@ -1720,3 +1720,52 @@ class WithCollector(nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+def test_a_model_that_cannot_be_copied_is_told_which_part_and_the_way_out():
+    """break50 #8: the deprecated torch.nn.utils.weight_norm, torch.nn.utils.prune, a tap
+    holding outputs and a buffer assigned a computed value all failed prepare with torch's
+    deepcopy message, which names weight_norm for every one, and "make its attributes copyable"."""
+    import torch.nn.utils.prune as torch_prune
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    class Keep:
+        def __init__(self):
+            self.outs = []
+
+        def hook(self, module, inputs, output):
+            self.outs.append(output)
+
+    weight_norm, pruned, tapped = net(), net(), net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (weight_norm's deprecation)
+        nn.utils.weight_norm(weight_norm[0])
+    torch_prune.l1_unstructured(pruned[2], "weight", 0.3)
+    keep = Keep()
+    tapped[0].register_forward_hook(keep.hook)
+    tapped(X)
+    cases = [(weight_norm, r"`0` uses the deprecated torch.nn.utils.weight_norm.*call "
+                           r"torch.nn.utils.remove_weight_norm\(module\) before prepare"),
+             (pruned, r"`2` is pruned with torch.nn.utils.prune; call "
+                      r"torch.nn.utils.prune.remove\(module, 'weight'\) before prepare"),
+             (tapped, r"the forward hook on `0` \(Keep\) holds `outs`, tensors with autograd history")]
+    for model, says in cases:
+        with pytest.raises(TypeError, match=r"cannot be deep-copied: " + says):
+            fxprune.prepare(model, (X,))
+
+    class RunningMean(nn.Module):  # assigns a computed value, not detached
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mu", torch.zeros(8))
+
+        def forward(self, x):
+            self.mu = 0.9 * self.mu + 0.1 * x.mean((0, 2, 3))
+            return x
+
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), RunningMean(), nn.Conv2d(8, 4, 1)), (X,))
+    pm.train()(X)  # finalize copies the prepared model, too
+    with pytest.raises(TypeError, match=r"`1`.mu holds a tensor with autograd history \(computed, "
+                                        r"not a leaf\): .detach\(\) it where it is set"):
+        fxprune.finalize(pm)
