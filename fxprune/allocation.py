@@ -361,7 +361,7 @@ def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float,
 def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float, hint: str = ""):
     floor = budget.fraction(kept_from(budget.index.offsets, options, [0] * len(options)))
     error = InfeasibleBudget(
-        f"cost target {target:.3f} of dense is below the cheapest model the constraints allow "
+        f"cost target {target:.3g} of dense is below the cheapest model the constraints allow "
         f"({floor:.3f}: every group at its smallest allowed width{hint}); "
         "raise the target" + (" or relax the constraints" if not hint else " or lower channel_step"))
     error.floor = floor

@@ -221,7 +221,7 @@ def test_a_cost_that_falls_with_width_is_refused_up_front_as_below_the_narrowest
             return self.fc(x.mean((2, 3))), x
 
     pm = fxprune.prepare(Plain(), (torch.randn(1, 3, 16, 16),))
-    with pytest.raises(InfeasibleBudget, match=r"target 0\.750 of dense is below the narrowest "
+    with pytest.raises(InfeasibleBudget, match=r"target 0\.75 of dense is below the narrowest "
                                                r"model the constraints allow \(0\.92"):
         fxprune.SMCP(pm, target=0.75, cost=Bumpy(), channel_step=8)
 

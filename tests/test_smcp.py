@@ -804,3 +804,15 @@ def test_a_cost_model_pricing_a_width_as_nan_or_inf_is_named():
         with pytest.raises(ValueError, match=r"the cost model 'narrow' prices layer '\S+' at \d+ "
                                              r"input and \d+ output channels as nan: layer_cost must"):
             make(prepared())
+
+
+def test_a_target_given_as_a_tensor_or_an_absolute_cost_gets_the_way_out():
+    """break49 #11: target=torch.tensor(0.5) and target=5e6 (an absolute FLOPs budget) were
+    refused without a way out, and target=1e-9 was printed as 0.000."""
+    pm = prepared()
+    with pytest.raises(ValueError, match=r"got tensor\(0.5000\) \(give a number: target=target.item\(\)\)"):
+        fxprune.SMCP(pm, torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"got 5000000.0 \(a fraction of dense, not an absolute cost"):
+        fxprune.SMCP(pm, 5e6)
+    with pytest.raises(fxprune.allocation.InfeasibleBudget, match=r"target 1e-09 of dense is below"):
+        fxprune.SMCP(pm, 1e-9)

@@ -362,7 +362,7 @@ class PruningMethod:
             # kernels) may price a wider model lower, which the allocator does not search for
             # below this floor (break36 #4, break38 #1)
             error = InfeasibleBudget(
-                f"target {target:.3f} of dense is below the narrowest model the constraints "
+                f"target {target:.3g} of dense is below the narrowest model the constraints "
                 f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
                 f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
                 "channel_step")
