@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import linecache
 import os
 import re
 import sys
@@ -59,6 +60,20 @@ def exporter_reason(err: BaseException) -> str:
                   if line.startswith("The following call raised this error")), "")
     reason = reason[:240] + ("..." if len(reason) > 240 else "")
     return f"{reason} ({where})" if where else reason
+
+
+def _records_a_branch(w: warnings.WarningMessage) -> bool:
+    """A TracerWarning for a branch on a tensor's value: a tensor made a Python bool, or a
+    number read from one (``.item()``, ``float(t)``) on a line that branches on it (``if
+    x.mean().item() > 0:``: break53 #1, exported with the example's branch only). A number
+    read for arithmetic (``math.sqrt(q.size(-1))``) is not one (break51 #3)."""
+    text = str(w.message)
+    if "Python boolean" in text:
+        return True
+    if "Converting a tensor to a Python" not in text:
+        return False
+    line = linecache.getline(w.filename, w.lineno).strip()
+    return bool(re.match(r"(if|elif|while|assert)\b", line) or re.search(r"\bif\b.*\belse\b", line))
 
 
 def _dynamo_export(model, x, path, **kwargs) -> None:
@@ -148,7 +163,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 f"ONNX export failed with both exporters: dynamo: {dynamo_reason}; TorchScript: "
                 f"{exporter_reason(legacy_err)}") from legacy_err
         for w in caught:
-            if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
+            if issubclass(w.category, torch.jit.TracerWarning) and _records_a_branch(w):
                 # a trace records the branch the example input took, and a check input that
                 # takes the same one passes: the file would be another model, silently. (A
                 # number read from a tensor is recorded as a constant too, but the tracer says

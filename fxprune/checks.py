@@ -31,7 +31,9 @@ def check_fraction(name: str, value, what: str) -> None:
         hint = ""  # break49 #11: the two ways users get here by habit
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
             hint = f" (give a number: {name}={name}.item())"
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 1:
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and 1 < value <= 100:
+            hint = f" (a percentage? give the fraction: {name}={value / 100:g})"
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 100:
             hint = (" (a fraction of dense, not an absolute cost: divide by the dense cost, "
                     "e.g. fxprune.summary's dense FLOPs)")
         raise ValueError(f"{name} is {what}, in (0, 1]; got {value!r}{hint}")

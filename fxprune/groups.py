@@ -204,6 +204,19 @@ def is_prepared(model) -> bool:
     return isinstance(model, fx.GraphModule) and model.meta.get("fxprune") is not None
 
 
+def mark_finalized(model: fx.GraphModule) -> None:
+    """Mark ``model`` as :func:`fxprune.finalize`'s result, in plain data (it loads without
+    fxprune): an attribute, which ``torch.load`` restores, and ``meta``, which a deep copy
+    keeps (each loses the other: break51 #2, break53 #6)."""
+    model.fxprune_finalized = True
+    model.meta["fxprune_finalized"] = True
+
+
+def is_finalized(model) -> bool:
+    return isinstance(model, fx.GraphModule) and bool(
+        getattr(model, "fxprune_finalized", False) or model.meta.get("fxprune_finalized"))
+
+
 def state_of(prepared) -> "PreparedState":
     state = prepared.meta["fxprune"] if is_prepared(prepared) else None
     if state is None:
@@ -212,7 +225,7 @@ def state_of(prepared) -> "PreparedState":
                 raise NotPreparedError(
                     f"got {wrapper} ({type(prepared).__name__}) around a prepared model; pass "
                     f"the prepared model itself (.{attr}): its masks are the wrapper's too")
-        if isinstance(prepared, fx.GraphModule) and getattr(prepared, "fxprune_finalized", False):
+        if is_finalized(prepared):
             raise NotPreparedError(  # break48 #5: "got GraphModule" while holding one
                 "expected the GraphModule returned by fxprune.prepare(model, example_inputs), got "
                 "one fxprune.finalize returned (no masks left): pass the prepared model, or "

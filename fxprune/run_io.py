@@ -30,6 +30,7 @@ import yaml
 from torch import nn
 
 from .errors import FxPruneError
+from .groups import is_finalized, mark_finalized
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
@@ -232,6 +233,8 @@ def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = IN
     ``fxprune_input_shape``. ``module`` itself is left as it was (break35 #5)."""
     saved = copy.deepcopy(module).to("cpu", memory_format=torch.contiguous_format).eval()
     saved.fxprune_input_shape = tuple(input_shape)
+    if is_finalized(module):  # (the copy kept it in meta, which the file does not keep)
+        mark_finalized(saved)
     atomic_write(path, lambda tmp: torch.save(saved, tmp))
 
 

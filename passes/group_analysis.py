@@ -355,8 +355,8 @@ class ChannelAnalysis(NodeFacts):
 
     def _unsliced_tensors(self, rule) -> str:
         """The called module's tensors that ``rule`` declares it does not slice and that have
-        a dim of a channel count reaching or leaving it (dim 1 or the last, of its input or
-        output), named ("" when none, or when the row does not declare). A tensor every channel
+        a dim of (a multiple of) a channel count reaching or leaving it (dim 1 or the last, of
+        its input or output), named ("" when none, or when the row does not declare). A tensor every channel
         shares (a learnable activation's 5 slopes, a blur's one kernel) has no such dim and
         needs no slicing (break51 #1: counting every tensor kept such rows' channels whole)."""
         module = self.module()
@@ -370,9 +370,11 @@ class ChannelAnalysis(NodeFacts):
         counts.discard(1)
         # a module called as one op: its submodules' tensors are its own too; a parametrized
         # tensor is kept whole by its own check, with its own way out
+        # (a multiple of a count: per-channel values packed as one (2C,) or (C * 3,) tensor,
+        # break53 #2; a shared tensor's few entries are no multiple of a channel count)
         names = [n for n, t in [*module.named_parameters(), *module.named_buffers()]
                  if n not in sliced and not n.startswith("parametrizations.")
-                 and any(d in counts for d in t.shape)]
+                 and any(d >= c and d % c == 0 for d in t.shape for c in counts)]
         return ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more"
                                                          if len(names) > 3 else "")
 

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import SurgeryError
-from fxprune.groups import ChannelGraph, mask_buffer, state_of
+from fxprune.groups import ChannelGraph, mark_finalized, mask_buffer, state_of
 from fxprune.masks import (_HOOK_DICTS, FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
                            forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
 from fxprune.rules.layers import FunctionalLayerNorm
@@ -114,7 +114,8 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     masks = group_masks(prepared)
     _check_masks(ch, masks)
     unit_kept = ch.unit_kept(masks)
-    gm = copy_model(prepared)  # (an uncopyable part named: a buffer the forward set, a tap's store)
+    # (an uncopyable part named: a buffer the forward set, a tap's store)
+    gm = copy_model(prepared, when="finalize")
     strip_method_hooks(gm)  # a method's hooks (CCP's taps mid-run) are not part of the model
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())
@@ -199,9 +200,8 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
         node.meta.pop("fxprune_labels", None)
         node.meta.pop("fxprune_value", None)
     gm.meta.pop("fxprune", None)
-    # (plain data: a function that wants the prepared model names what it got instead; an
-    # attribute, which torch.load restores, where meta comes back empty: break51 #2)
-    gm.fxprune_finalized = True
+    # (a function that wants the prepared model names what it got instead)
+    mark_finalized(gm)
     # The tracer class is pickled with a GraphModule; ours lives in fxprune, and the result must
     # load where fxprune is not installed.
     gm._tracer_cls, gm._tracer_extras = None, {}

@@ -7,10 +7,13 @@ cannot be traced: the error names the module path and the source line, and point
 """
 from __future__ import annotations
 
+import collections
 import copy
+import enum
 import functools
 import inspect
 import linecache
+import logging
 import os
 import reprlib
 import traceback
@@ -397,7 +400,9 @@ def hook_names(module: nn.Module, kinds=HOOK_KINDS) -> str:
     return " and ".join(said)
 
 
-_SHARED_BY_A_COPY = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device)
+# objects of these packages in a hook's partial are its settings, not its store
+_LIBRARIES = frozenset({"builtins", "numpy", "torch", "functools", "collections", "enum",
+                        "logging", "pathlib", "re", "types", "fxprune"})
 
 
 def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
@@ -409,11 +414,20 @@ def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
     inside = {id(m) for m in model.modules()}
 
     def copied(value) -> bool:
-        if isinstance(value, tuple):
+        """A store the hook fills, which the copy's hook fills instead: an empty container,
+        or an object of the user's (an argument read only, a list of names, an Enum, a
+        logger, a number, reads alike in a copy or is not copied at all: break53 #5)."""
+        if isinstance(value, (tuple, frozenset)):
             return any(copied(v) for v in value)
-        # (a tensor argument reads alike in a copy: a constant, not a store)
-        return not (isinstance(value, (*_SHARED_BY_A_COPY, torch.Tensor)) or id(value) in inside
-                    or inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.isclass(value))
+        if isinstance(value, (list, dict, set, collections.deque)):
+            return not value
+        if inspect.ismethod(value):
+            value = value.__self__
+        return (id(value) not in inside and hasattr(value, "__dict__")
+                and not isinstance(value, (nn.Module, torch.Tensor, enum.Enum, logging.Logger))
+                and not inspect.isroutine(value) and not inspect.isclass(value)
+                and not inspect.ismodule(value)
+                and type(value).__module__.split(".")[0] not in _LIBRARIES)
 
     out = []
     for name, m in model.named_modules():
@@ -449,12 +463,13 @@ def _hooked_modules(model: nn.Module, tracer: "_Tracer") -> dict[str, str]:
     return out
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``; TypeError naming what cannot be copied, with the way out."""
+def copy_model(model: nn.Module, when: str = "prepare") -> nn.Module:
+    """A deep copy of ``model``; TypeError naming what cannot be copied, with the way out
+    (to take ``before {when}``)."""
     try:
         return copy.deepcopy(model)
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
-        why = _why_uncopyable(model)
+        why = _why_uncopyable(model, when)
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
                         f"be deep-copied: {why or f'{e}; make its attributes copyable'}") from e
 
@@ -467,7 +482,10 @@ _DEPRECATED_HOOKS = {  # torch's hook-based reparametrizations hold a computed w
 }
 
 
-def _why_uncopyable(model: nn.Module) -> str:
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, the hook dicts...
+
+
+def _why_uncopyable(model: nn.Module, when: str = "prepare") -> str:
     """What makes ``model`` fail a deep copy, with the way out, for the causes users meet
     (break50 #8: the deprecated weight_norm, a buffer or tap holding autograd history; the
     message named weight_norm for all of them); "" when none is found."""
@@ -480,6 +498,14 @@ def _why_uncopyable(model: nn.Module) -> str:
             return any(computed(v) for v in value.values())
         return isinstance(value, torch.Tensor) and value.grad_fn is not None
 
+    def computed_attributes(obj) -> list[str]:
+        """Its attributes (a module's buffers too; not nn.Module's own dicts) holding such."""
+        items = list(getattr(obj, "__dict__", {}).items())
+        if isinstance(obj, nn.Module):
+            items = [*obj._buffers.items(), *[(k, v) for k, v in items if k not in _MODULE_INTERNALS]]
+        return [k for k, v in items if computed(v)]
+
+    inside = {id(m) for m in model.modules()}
     for name, m in model.named_modules():
         where = f"`{name}`" if name else f"the model ({type(model).__name__})"
         for attr, kind in HOOK_KINDS:
@@ -488,19 +514,18 @@ def _why_uncopyable(model: nn.Module) -> str:
                 if cls in _DEPRECATED_HOOKS:
                     api, remove, new = _DEPRECATED_HOOKS[cls]
                     return (f"{where} uses the deprecated {api}, whose weight has autograd history; "
-                            f"call {remove} before prepare, or use {new} (kept whole by fxprune)")
+                            f"call {remove} before {when}, or use {new} (kept whole by fxprune)")
                 if isinstance(hook, torch_prune.BasePruningMethod):
                     return (f"{where} is pruned with torch.nn.utils.prune; call "
                             f"torch.nn.utils.prune.remove(module, {hook._tensor_name!r}) before "
-                            "prepare, which makes the pruning permanent")
+                            f"{when}, which makes the pruning permanent")
                 owner = getattr(hook, "__self__", hook)
-                held = [k for k, v in getattr(owner, "__dict__", {}).items() if computed(v)]
-                if held and not isinstance(owner, nn.Module):
+                held = computed_attributes(owner) if id(owner) not in inside else []
+                if held:  # (a collector module outside the model too: break53 #4)
                     return (f"the {kind} on {where} ({type(owner).__name__}) holds `{held[0]}`, "
                             "tensors with autograd history (outputs it stored): clear it, or "
-                            "store .detach()'d tensors, before prepare")
-        held = [k for k, v in [*m._buffers.items(), *vars(m).items()]
-                if not k.startswith("_") and computed(v)]
+                            f"store .detach()'d tensors, before {when}")
+        held = computed_attributes(m)
         if held:
             return (f"{where}.{held[0]} holds a tensor with autograd history (computed, not a leaf): "
                     ".detach() it where it is set")

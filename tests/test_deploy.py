@@ -831,3 +831,26 @@ def test_a_model_whose_class_lives_in_the_saving_script_names_that_cause(tmp_pat
     err = capsys.readouterr().err
     assert rc != 0 and "pickles class Net from the script that saved it (__main__)" in err, err
     assert "move the class into a module on PYTHONPATH" in err and "is it a file written" not in err
+
+
+class BranchesOnAnItem(nn.Module):
+    """A branch on a number read out of a tensor: no "Python boolean" in the tracer's warning."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean().item() > -1e9:  # always true here, known only at run time
+            y = y * 2
+        return y
+
+
+def test_a_branch_on_a_number_read_from_a_tensor_is_refused_too(tmp_path):
+    """break53 #1: `if x.mean().item() > 0:` warns "Converting a tensor to a Python number",
+    not "Python boolean"; refusing branches by the latter only exported one branch, and both
+    check inputs took it."""
+    with pytest.raises(DeployError, match=r"the model branches on a tensor.s value \(test_deploy.py:\d+\)"):
+        export_onnx(BranchesOnAnItem(), SHAPE, tmp_path / "bi.onnx", log=lambda s: None)
+    assert not (tmp_path / "bi.onnx").exists()

@@ -4,6 +4,7 @@ resolution."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -680,7 +681,7 @@ def test_summary_counts_dense_flops_with_every_mask_at_one():
                zip(masked, [g for g in fxprune.channel_groups(pm) if g.prunable]))
 
 
-def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it():
+def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it(tmp_path):
     """break42 #10: not "call fxprune.prepare first" for what finalize returned."""
     from fxprune.summary import count_flops, count_params  # the names the error points to
 
@@ -702,8 +703,15 @@ def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it():
     torch.save(small, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)  # (break51 #2: meta comes back empty)
+    import copy
+
+    from fxprune.run_io import save_module
+
+    save_module(small, Path(tmp_path) / "small.pt")  # fxprune train's model_pruned.pt: a copy saved
+    trained = torch.load(Path(tmp_path) / "small.pt", weights_only=False)
     for use in (lambda: fxprune.SMCP(small, 0.5), lambda: fxprune.channel_groups(small),
-                lambda: fxprune.SMCP(loaded, 0.5)):
+                lambda: fxprune.SMCP(loaded, 0.5), lambda: fxprune.SMCP(copy.deepcopy(small), 0.5),
+                lambda: fxprune.SMCP(trained, 0.5)):
         with pytest.raises(fxprune.NotPreparedError, match=r"got one fxprune.finalize returned "
                            r"\(no masks left\): pass the prepared model"):
             use()
@@ -1612,6 +1620,28 @@ class SharedSlopes(nn.Module):
         return y
 
 
+class PackedAffine(nn.Module):
+    """Per-channel scale, shift and gain packed in one (3C,) parameter."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.packed = nn.Parameter(torch.cat([torch.rand(c) + 0.5, torch.randn(c), torch.rand(c) + 0.5]))
+
+    def forward(self, x):
+        scale, shift, gain = self.packed.chunk(3)
+        return (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) * gain.view(1, -1, 1, 1)
+
+
+def test_per_channel_values_packed_in_one_tensor_keep_the_channels_whole():
+    """break53 #2: a (3C,) tensor has no dim of the channel count; under Elementwise() it was
+    pruned, and finalize failed blaming "a bug in fxprune" (it kept them whole before)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), PackedAffine(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    pm, _ = check(model, X, X2, rules={PackedAffine: fxprune.rules.Elementwise()})
+    (g,) = [g for g in fxprune.channel_groups(pm) if g.name == "0"]
+    assert not g.prunable and "holds `packed`, which its Elementwise() row does not slice" in g.reason
+
+
 def test_a_row_on_a_module_whose_tensors_every_channel_shares_stays_prunable():
     """break51 #1: counting every tensor the row does not slice kept a shared-slope activation
     whole under Elementwise(), the README's own way out for a hooked activation (2 of 4 groups
@@ -1769,3 +1799,34 @@ def test_a_model_that_cannot_be_copied_is_told_which_part_and_the_way_out():
     with pytest.raises(TypeError, match=r"`1`.mu holds a tensor with autograd history \(computed, "
                                         r"not a leaf\): .detach\(\) it where it is set"):
         fxprune.finalize(pm)
+    # break53 #3, #4: a tap on the prepared model (as the README says) is to be cleared before
+    # finalize; a collector module outside the model, and a private attribute, are named too
+    collector = Collector()
+    pm = fxprune.prepare(net(), (X,))
+    pm.get_submodule("0").register_forward_hook(lambda m, i, o: collector.feats.append(o))
+    pm.get_submodule("2").register_forward_hook(collector.hook)
+    pm(X)
+    with pytest.raises(TypeError, match=r"the forward hook on `2` \(Collector\) holds `feats`, "
+                                        r"tensors with autograd history .* before finalize"):
+        fxprune.finalize(pm)
+
+
+def test_a_partial_holding_settings_is_not_said_to_lose_a_store():
+    """break53 #5: partials holding an Enum, a logger, a numpy int, a slice, a list of names or a
+    method of a module of the model were told "yours gets nothing"; their hooks work alike."""
+    import enum
+    import functools
+    import logging
+
+    import numpy as np
+
+    class Mode(enum.Enum):
+        A = 1
+
+    for arg in (Mode.A, logging.getLogger("fxprune-test"), np.int64(3), slice(1, 2), ["a", "b"]):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        model[0].register_forward_hook(functools.partial(_noop, arg))
+        model[2].register_forward_hook(functools.partial(_noop, model[0].forward))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fxprune.prepare(model, (X,))
