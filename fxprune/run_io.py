@@ -83,6 +83,11 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} already holds files fxprune did not write "
                               f"({some}); choose a new or empty folder")
     if overwrite:
+        foreign = foreign_run_files(out)
+        if foreign:
+            raise FileExistsError(f"--overwrite: {out / foreign[0]} was not written by fxprune "
+                                  "(or changed since it was), and starting over would remove "
+                                  "it; move it out of the folder, or choose another --out")
         return
     prev = out / "checkpoint.prev.pt"
     if not ckpt.exists() and prev.exists():  # interrupted between the two renames (break35 #2)
@@ -100,12 +105,56 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
                               "over, or another --out")
 
 
+_MARKER_TEXT = ("This folder holds a fxprune train run; fxprune writes here only these files: "
+                f"{', '.join(RUN_FILES)} and tensorboard/.\n")
+
+
+def _written(out: Path) -> dict | None:
+    """{file name: [size, mtime_ns]} of the run files fxprune wrote in ``out``, as its marker
+    records them; None for a marker of an older fxprune, which recorded none."""
+    text = (out / RUN_MARKER).read_text() if (out / RUN_MARKER).is_file() else ""
+    head, _, tail = text.partition("\n")
+    try:
+        data = json.loads(tail) if tail.strip() else None
+    except ValueError:
+        data = None
+    return data.get("written", {}) if isinstance(data, dict) else None
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _record_written(path: Path, *others: Path) -> None:
+    """Record ``path`` (and ``others``, renamed by the same write) in its folder's run marker:
+    --overwrite removes only files the marker says fxprune wrote, unchanged since (break52 #2:
+    it removed a user's model_dense.pt, which an SMCP run never writes)."""
+    out = path.parent
+    if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
+        return
+    written = _written(out) or {}
+    for p in (path, *others):
+        if p.is_file():
+            written[p.name] = _stat(p)
+    (out / RUN_MARKER).write_text(_MARKER_TEXT + json.dumps({"written": written}) + "\n")
+
+
+def foreign_run_files(out: Path) -> list[str]:
+    """Run file names in ``out`` that its marker does not record as written by fxprune (or that
+    changed since); none for an older fxprune's marker."""
+    written = _written(out)
+    if written is None:
+        return []
+    return [name for name in RUN_FILES if (out / name).is_file()
+            and written.get(name) != _stat(out / name)]
+
+
 def claim_out_folder(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / RUN_MARKER
     if not marker.exists():
-        marker.write_text("This folder holds a fxprune train run; fxprune writes here only "
-                          f"these files: {', '.join(RUN_FILES)} and tensorboard/.\n")
+        marker.write_text(_MARKER_TEXT + json.dumps({"written": {}}) + "\n")
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -133,6 +182,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _record_written(path, path.with_name(path.stem + ".prev.pt"))  # (a checkpoint's previous)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -283,6 +333,7 @@ class CsvLog:
         else:
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=header).writerow(row)
+            _record_written(self.path)
 
     def _header(self) -> list[str]:
         header: list[str] = []

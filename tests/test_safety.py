@@ -173,6 +173,25 @@ def test_overwrite_of_own_run_leaves_other_files_alone(recipe, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") and p.name not in mine]
 
 
+def test_overwrite_keeps_a_file_of_a_run_name_that_fxprune_did_not_write(recipe, tmp_path, capsys):
+    """break52 #2: --overwrite removed every file of a run file's name, so a user's dense model
+    copied in as model_dense.pt (which an SMCP run never writes) was deleted without a word."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), *sum((["--set", s] for s in SMCP_TINY), []),
+                     "--set", "optim.epochs=2", "--out", str(out)]) == 0
+    assert not (out / "model_dense.pt").exists()
+    (out / "model_dense.pt").write_bytes(b"the user's dense model")
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
+    assert rc == 2 and "model_dense.pt was not written by fxprune" in one_line_error(capsys)
+    assert (out / "model_dense.pt").read_bytes() == b"the user's dense model"
+    (out / "results.json").write_text("{}")  # a file of the run, changed since: refused too
+    (out / "model_dense.pt").unlink()
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
+    assert rc == 2 and "results.json was not written by fxprune (or changed since" in one_line_error(capsys)
+    (out / "results.json").unlink()
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"]) == 0
+
+
 def test_overwrite_leaves_nothing_of_the_last_run(recipe, tmp_path):
     """--overwrite starts over: the last run's checkpoint does not become this run's
     checkpoint.prev.pt, and a pruned run's model does not linger beside a dense rerun's."""
@@ -418,6 +437,11 @@ BAD_OVERRIDES = [
                               "the data has 10 classes"),
     (["model.name=resnet18", "model.widths=null", "model.blocks=null"],
      "model.name 'resnet18' does not run on the data's images of shape (1, 28, 28)"),
+    # break52 #3, #4: the trainer's own (its loss is a mean, it runs no scaler): loss_reduction=sum
+    # picked other channels silently, scaler crashed at the first step leaving a folder
+    (["prune.method=ccp", "prune.loss_reduction=sum"], "unknown key prune.loss_reduction for "
+                                                       "prune.method ccp"),
+    (["prune.method=ccp", "prune.scaler=true"], "unknown key prune.scaler for prune.method ccp"),
 ]
 
 
@@ -432,6 +456,21 @@ def test_config_errors_are_one_line_before_any_work(recipe, tmp_path, capsys, ov
     err = one_line_error(capsys)
     assert message in err, err
     assert not out.exists()
+
+
+def test_a_settings_own_error_is_not_blamed_on_the_runs_length(recipe, tmp_path, capsys):
+    """break52 #5: every error from a method's constructor ended "a longer run, with more data
+    or optim.epochs, also gives them room", also `collect_bn='Eval'` and `c=-1`."""
+    base = ["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "prune.method=ccp",
+            "--set", "prune.collect_fraction=0.2"]
+    assert cli_main([*base, "--set", "prune.collect_bn=Eval"]) == 2
+    err = one_line_error(capsys)
+    assert "collect_bn must be 'eval'" in err and "also gives them room" not in err, err
+    steps = ["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "prune.method=cucb",
+             "--set", "prune.warmup_fraction=0.8", "--set", "prune.explore_fraction=0.2"]
+    assert cli_main(steps) == 2  # about the steps: the hint stays
+    err = one_line_error(capsys)
+    assert "also gives them room" in err, err
 
 
 def test_a_null_prune_key_is_accepted_with_method_none(recipe):
