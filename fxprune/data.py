@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .distributed import is_main_process
+
 __all__ = [
     "load_fashion_mnist", "make_synthetic", "make_loaders", "BatchLoader", "find_fashion_mnist",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "CLASSES", "DEBIAN_DIR",
@@ -379,8 +381,11 @@ def load_split(data_cfg: dict, split: str, seed: int = 0) -> tuple[torch.Tensor,
     else:
         raise ValueError(f"data.name must be 'fashion_mnist' or 'synthetic', got {cfg['name']!r}")
     n = cfg["subset_train"] if split == "train" else cfg["subset_test"]
-    if n is not None and n > len(images):  # a typo (100000 for 10000) ran 6x longer (break37 #7)
-        # a warning: a run started with it must still resume (break38 #2)
+    # (once, by rank 0, as the trainer's other messages: each rank printed it, break52 #6;
+    # RANK before the process group exists)
+    main = is_main_process() and os.environ.get("RANK", "0") == "0"
+    if n is not None and n > len(images) and main:  # a typo (100000 for 10000) ran 6x longer
+        # a warning: a run started with it must still resume (break37 #7, break38 #2)
         warnings.warn(f"data.subset_{split} {n} is more than the {len(images)} images of the "
                       f"{split} split: all {len(images)} are used (null says all)", stacklevel=2)
     return _subset(images, labels, n, _mix(seed, 3 if split == "train" else 4))

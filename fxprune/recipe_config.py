@@ -292,7 +292,11 @@ PRUNE_RULES: dict[str, Rule] = {
 STEP_ARGS = {"warmup", "ramp", "update_every", "freeze_after", "prune_at", "window", "collect",
              "round_every", "explore"}
 # Arguments the recipe provides itself (the prepared model, facts of the run).
-_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn"}
+# (a GradScaler object and the loss's reduction are the trainer's: its loss is a mean and it
+# runs no scaler; given in a recipe, `sum` picked other CCP channels and `scaler` crashed at
+# the first step: break52 #3, #4)
+_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn", "scaler",
+                 "loss_reduction"}
 _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
 
 

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -119,9 +120,12 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         # steps counted from fractions of the run: a short run is the cause as often as they,
         # except for a target below the cheapest model, which no run length changes
         total = (context.get("steps_per_epoch") or 0) * (context.get("epochs") or 0)
+        # ... and only for an error about those steps (break52 #5: `c must be >= 0` got it)
+        about_steps = any(re.search(rf"\b{re.escape(k)}\b", str(exc)) for k in steps)
         scaled = (f" (prune.{', prune.'.join(fractions)} of this run's {total:g} optimizer steps: "
                   "a longer run, with more data or optim.epochs, also gives them room)"
-                  if fractions and total and not isinstance(exc, InfeasibleBudget) else "")
+                  if fractions and total and about_steps and not isinstance(exc, InfeasibleBudget)
+                  else "")
         raise ConfigError(f"prune ({method}): {exc}{scaled}") from None
     # the trainer calls these (fxprune.methods.base.Method): a method without one would fail
     # only after an epoch of training
@@ -524,6 +528,14 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
         set_rng_state(ckpt["rng"])
+        saved_per_epoch = ckpt["step"] / max(ckpt["epoch"], 1)
+        if ckpt["epoch"] and saved_per_epoch != steps_per_epoch and main:  # break52 #7
+            warnings.warn(
+                f"--resume: the checkpoint ran {saved_per_epoch:g} optimizer steps per epoch "
+                f"({ckpt.get('world_size', 1)} process(es)) and this run runs {steps_per_epoch} "
+                f"({world}): the learning-rate schedule and the method's step-counted schedule "
+                "go on at this count, so they end at other steps than the first run's; resume "
+                "with the same number of processes to keep them", RuntimeWarning, stacklevel=2)
         start_epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
         images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
     logs.open(cfg, (start_epoch, step) if ckpt is not None else None)

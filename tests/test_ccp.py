@@ -426,7 +426,7 @@ def test_an_unreachable_cost_target_is_refused_before_training():
     """As SMCP: the floor (every group at its smallest allowed width) is known at construction,
     not at the first round, `prune_at` steps into training."""
     for mode in ("adaptive", "ratio"):
-        with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the narrowest model"):
+        with pytest.raises(ValueError, match=r"target 0\.01 of dense is below the narrowest model"):
             CCP(prepared(), target=0.01, mode=mode, channel_step=8, collect=2)
     CCP(prepared(), mode="ratio", ratio=0.1, channel_step=8, collect=2)  # no cost promised
 
@@ -506,6 +506,9 @@ def test_arguments_are_checked_in_one_line_naming_them():
                            ({"collect": 2.5}, "collect must be an integer, got 2.5"),
                            ({"channel_step": 0}, "channel_step must be >= 1, got 0"),
                            ({"exhaustive_max": -1}, "exhaustive_max must be >= 0"),
+                           # break52 #1: 40 enumerated C(40, 20) subsets: OOM-killed, no message
+                           ({"exhaustive_max": 40}, r"exhaustive_max must be <= 20, got 40: the "
+                                                    r"exact search .* C\(32, 16\) = 601,080,390"),
                            ({"resolution": 0}, "resolution must be >= 1")]:
         with pytest.raises(ValueError, match=phrase) as info:
             CCP(pm, **kwargs)

@@ -174,6 +174,17 @@ def test_a_subset_larger_than_its_split_is_said():
     assert train.dataset_size == 300
 
 
+def test_a_subset_larger_than_its_split_is_said_by_rank_0_only(monkeypatch):
+    """break52 #6: under torchrun every rank printed it (the trainer's messages print once)."""
+    import warnings
+
+    monkeypatch.setenv("RANK", "1")  # another rank, its process group not yet made
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train, _ = make_loaders(synthetic_cfg(synthetic_train=300, subset_train=500), seed=1)
+    assert train.dataset_size == 300
+
+
 def test_subset_sizes_and_workers_give_same_batches():
     train, test = make_loaders(synthetic_cfg(subset_train=100, subset_test=30), seed=1)
     assert train.dataset_size == 100 and test.dataset_size == 30

@@ -381,7 +381,7 @@ def test_bad_arguments_are_explained():
     with pytest.raises(TypeError, match="layer_cost"):
         fxprune.SMCP(pm, cost=object())
     # An unreachable final target is refused up front, naming the floor, not at an update.
-    with pytest.raises(ValueError, match=r"target 0\.010 of dense is below the narrowest model "
+    with pytest.raises(ValueError, match=r"target 0\.01 of dense is below the narrowest model "
                                          r"the constraints allow \(0\.\d+: every group") as info:
         fxprune.SMCP(pm, target=0.01, warmup=0, ramp=1, update_every=1, channel_step=8)
     # the advised target passes (break22 #12: it was rounded down, and refused again)

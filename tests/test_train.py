@@ -409,6 +409,21 @@ def test_resume_extends_epochs(recipe, tmp_path):
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
 
 
+def test_a_resume_at_another_step_count_per_epoch_is_said(recipe, tmp_path):
+    """break52 #7: the README says a resume across process counts says so; resumed in 1 process
+    from a 2-process run (16 steps per epoch, then 17) it said nothing, and the learning-rate
+    schedule stretched (it ended at lr 2e-4, not 0). The checkpoint is edited here to hold the
+    step count another process count gives, which a 1-CPU test cannot run."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["step"], ckpt["world_size"] = ckpt["step"] // 2, 2  # as two processes would have run
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.warns(RuntimeWarning, match=r"--resume: the checkpoint ran \d+ optimizer steps per "
+                                            r"epoch \(2 process\(es\)\) and this run runs \d+ \(1\)"):
+        train(tiny_cfg(out, "optim.epochs=2"), resume=True)
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
     straight = train(tiny_cfg(tmp_path / "straight"))
     reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)

@@ -55,6 +55,7 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import os
 import time
@@ -243,6 +244,10 @@ def filling_price(options: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return price * (1 + 1e-6)  # strictly: ties go to the costlier option
 
 
+#: the widest group CCP searches exhaustively (C(20, 10) = 184,756 subsets, held at once)
+EXHAUSTIVE_MAX_LIMIT = 20
+
+
 class CCP(PruningMethod):
     #: the cost fraction kept when ``target`` is None
     default_target = DEFAULT_TARGET
@@ -279,6 +284,13 @@ class CCP(PruningMethod):
                             ("max_resolves", max_resolves)):
             check_number(name, value, 1, integer=True)
         check_number("exhaustive_max", exhaustive_max, 0, integer=True)
+        if exhaustive_max > EXHAUSTIVE_MAX_LIMIT:  # break52 #1: 40 took all memory, unnamed
+            raise ValueError(
+                f"exhaustive_max must be <= {EXHAUSTIVE_MAX_LIMIT}, got {exhaustive_max}: the "
+                f"exact search over a group of n channels enumerates up to C(n, n/2) subsets "
+                f"(C({EXHAUSTIVE_MAX_LIMIT}, {EXHAUSTIVE_MAX_LIMIT // 2}) = "
+                f"{math.comb(EXHAUSTIVE_MAX_LIMIT, EXHAUSTIVE_MAX_LIMIT // 2):,}; C(32, 16) = "
+                f"{math.comb(32, 16):,}); wider groups use the greedy search with swaps")
         if prune_at is not None:
             check_number("prune_at", prune_at, integer=True)
             if prune_at < 1:  # step() counts from 1: step 0 never comes
