@@ -113,7 +113,7 @@ def _written(out: Path) -> dict | None:
     """{file name: [size, mtime_ns]} of the run files fxprune wrote in ``out``, as its marker
     records them; None for a marker of an older fxprune, which recorded none."""
     text = (out / RUN_MARKER).read_text() if (out / RUN_MARKER).is_file() else ""
-    head, _, tail = text.partition("\n")
+    _, _, tail = text.partition("\n")
     try:
         data = json.loads(tail) if tail.strip() else None
     except ValueError:
@@ -135,7 +135,7 @@ def _record_written(path: Path, *others: Path) -> None:
         return
     written = _written(out) or {}
     for p in (path, *others):
-        if p.is_file():
+        if p.name in RUN_FILES and p.is_file():
             written[p.name] = _stat(p)
     (out / RUN_MARKER).write_text(_MARKER_TEXT + json.dumps({"written": written}) + "\n")
 
