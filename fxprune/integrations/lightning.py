@@ -61,6 +61,7 @@ import fxprune
 
 from .. import distributed as fxdist
 from ..groups import is_prepared
+from ..methods.base import trains_model
 from ..run_io import atomic_torch_save
 
 
@@ -198,9 +199,8 @@ class PruningCallback(pl.Callback):
             # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizers that
             # train the pruned model: the first is a GAN's discriminator's, whose protection
             # kept nothing of the model's, as attach_optimizer's new check showed)
-            mine = {id(p) for p in self.prepared.parameters()}
             for optimizer in trainer.optimizers:
-                if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+                if trains_model(optimizer, self.prepared):
                     self.pruner.attach_optimizer(optimizer)
         if self._pending_state is not None:
             self._load(self._pending_state)

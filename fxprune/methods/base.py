@@ -170,6 +170,13 @@ def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -
                   RuntimeWarning)
 
 
+def trains_model(optimizer, model) -> bool:
+    """Whether ``optimizer`` holds any of ``model``'s parameters (one built over a model before
+    ``prepare``, which deep-copies it, holds none of the prepared model's)."""
+    mine = {id(p) for p in model.parameters()}
+    return any(id(p) in mine for group in optimizer.param_groups for p in group["params"])
+
+
 def trainable_state(fn):
     """Run a method's ``__init__``/``load_state_dict`` with inference mode off: the state
     tensors made there are updated in place by training, which an inference tensor (made under

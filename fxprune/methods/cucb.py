@@ -78,7 +78,7 @@ from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import _InputMasked
 from ..checks import check_fraction, check_number
-from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target, trainable_state
+from .base import DEFAULT_TARGET, PruningMethod, trainable_state, trains_model, warn_unused_target
 
 __all__ = ["CUCB"]
 
@@ -200,8 +200,7 @@ class CUCB(PruningMethod):
 
         Raises ValueError when ``optimizer`` holds none of the prepared model's parameters (one
         built over the model before ``prepare``, which works on a deep copy, trains that one)."""
-        mine = {id(p) for p in self.prepared.parameters()}
-        if not any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+        if not trains_model(optimizer, self.prepared):
             raise ValueError(  # break49 #4: nothing trained, and nothing said so
                 "CUCB.attach_optimizer: the optimizer holds none of the prepared model's "
                 "parameters (fxprune.prepare works on a deep copy): build it over "
