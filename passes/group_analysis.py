@@ -356,11 +356,11 @@ class ChannelAnalysis(NodeFacts):
     def _unsliced_tensors(self, rule) -> str:
         """The called module's tensors that ``rule`` declares it does not slice and that have
         a dim of (a multiple of) a channel count reaching or leaving it (dim 1 or the last, of
-        its input or output), named ("" when none, or when the row does not declare). A tensor every channel
-        shares (a learnable activation's 5 slopes, a blur's one kernel) has no such dim and
-        needs no slicing (break51 #1: counting every tensor kept such rows' channels whole)."""
-        module = self.module()
-        sliced = rule.sliced_tensors(module)
+        its input or output), named ("" when none, or when the row does not declare). A tensor
+        every channel shares (a learnable activation's 5 slopes, a blur's one kernel) has no
+        such dim and needs no slicing (break51 #1: counting every tensor kept such rows'
+        channels whole)."""
+        module, sliced = self.module(), getattr(rule, "slices", None)
         if sliced is None:
             return ""
         counts = set()

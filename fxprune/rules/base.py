@@ -61,12 +61,8 @@ class ChannelRule:
     #: one it would leave whole that has a dim of the channel count keeps the module's channels
     #: whole, with the reason; ``row.slices = None`` on an instance skips the check (a tensor
     #: of that size every channel shares)
+    #: (names as ``named_parameters``/``named_buffers`` give them)
     slices: tuple[str, ...] | None = None
-
-    def sliced_tensors(self, module) -> tuple[str, ...] | None:
-        """Names of ``module``'s tensors (as ``named_parameters``/``named_buffers`` give them)
-        that surgery slices under this row; None when the row does not declare them."""
-        return self.slices
 
     def propagate(self, ctx) -> Labels | tuple | None:
         raise NotImplementedError
