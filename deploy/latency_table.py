@@ -149,7 +149,7 @@ class LatencyTable:
         # (point_key, c_in, c_out) of points timed while the CPU was oversubscribed
         self._under_load: set[tuple[str, int, int]] = set()
         # point keys of layers already warned of a width below their grid (once each)
-        self._clamp_warned: set[str] = set()
+        self._clamp_warned = False
 
     # ----------------------------------------------------------------- measuring
     @classmethod
@@ -409,7 +409,7 @@ class LatencyTable:
         set-up: 14 on mobilenet_v3_small, break50 #3): a width below the grid's smallest count
         is priced as that count (clamped), so the knapsack sees no saving from narrowing
         further."""
-        self._clamp_warned.add(point_key(layer))
+        self._clamp_warned = True
         side, asked, smallest = (("input", c_in, cins[0]) if c_in < cins[0]
                                  else ("output", c_out, couts[0]))
         warnings.warn(
