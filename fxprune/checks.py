@@ -28,12 +28,13 @@ def check_fraction(name: str, value, what: str) -> None:
     the fraction is of (the message reads "target is the fraction of the dense cost to keep")."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
             or not 0 < value <= 1):
-        hint = ""  # break49 #11: the two ways users get here by habit
+        hint = ""  # break49 #11, break53 #6: the ways users get here by habit
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
             hint = f" (give a number: {name}={name}.item())"
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and 1 < value <= 100:
+        elif number and 1 < value <= 100:
             hint = f" (a percentage? give the fraction: {name}={value / 100:g})"
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 100:
+        elif number and value > 100:
             hint = (" (a fraction of dense, not an absolute cost: divide by the dense cost, "
                     "e.g. fxprune.summary's dense FLOPs)")
         raise ValueError(f"{name} is {what}, in (0, 1]; got {value!r}{hint}")
