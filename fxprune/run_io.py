@@ -126,17 +126,15 @@ def _stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _record_written(path: Path, *others: Path) -> None:
-    """Record ``path`` (and ``others``, renamed by the same write) in its folder's run marker:
-    --overwrite removes only files the marker says fxprune wrote, unchanged since (break52 #2:
-    it removed a user's model_dense.pt, which an SMCP run never writes)."""
+def _record_written(path: Path) -> None:
+    """Record ``path`` in its folder's run marker: --overwrite removes only files the marker
+    says fxprune wrote, unchanged since (break52 #2: it removed a user's model_dense.pt, which
+    an SMCP run never writes)."""
     out = path.parent
-    if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
+    if path.name not in RUN_FILES or not path.is_file() or not (out / RUN_MARKER).is_file():
         return
     written = _written(out) or {}
-    for p in (path, *others):
-        if p.name in RUN_FILES and p.is_file():
-            written[p.name] = _stat(p)
+    written[path.name] = _stat(path)
     (out / RUN_MARKER).write_text(_MARKER_TEXT + json.dumps({"written": written}) + "\n")
 
 
@@ -182,7 +180,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _record_written(path, path.with_name(path.stem + ".prev.pt"))  # (a checkpoint's previous)
+    _record_written(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -192,12 +190,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
     """``torch.save`` through :func:`atomic_write`. ``keep_previous`` moves an existing
     ``path`` to ``*.prev.pt`` first."""
+    previous = path.with_name(path.stem + ".prev.pt")
+
     def write(tmp):
         torch.save(obj, tmp)
         if keep_previous and path.exists():
-            os.replace(path, path.with_name(path.stem + ".prev.pt"))
+            os.replace(path, previous)
 
     atomic_write(path, write)
+    if keep_previous:
+        _record_written(previous)  # (renamed, not written: atomic_write recorded path only)
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
