@@ -38,9 +38,13 @@ def eval_copy(module: nn.Module, precision: str = "fp32") -> nn.Module:
     return copy.deepcopy(module).eval().to(device="cpu", dtype=_DTYPES[precision])
 
 
-def example_input(input_shape, precision: str = "fp32", seed: int = 0) -> torch.Tensor:
+def example_input(input_shape, precision: str = "fp32", seed: int = 0, *,
+                  uniform: bool = False) -> torch.Tensor:
+    """A CPU input for export and checks (the exported copy runs on the CPU): standard normal,
+    or uniform in [0, 1] (image-like)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*input_shape, generator=gen).to(_DTYPES[precision])
+    draw = torch.rand if uniform else torch.randn
+    return draw(*input_shape, generator=gen).to(_DTYPES[precision])
 
 
 def exporter_reason(err: BaseException) -> str:
@@ -104,8 +108,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     tensor's value (it records the example's branch only); a number read from a tensor
     (``float(t.amax())``) is recorded as the example's constant too, which TorchScript warns of
     and :func:`verify_onnx`'s second input catches (a size read, ``math.sqrt(q.size(-1))``, is
-    right at the exported shape); if both fail, raises with both errors. An existing ``path`` is replaced only with ``overwrite=True``
-    (:class:`DeployError` otherwise); ``~`` is expanded.
+    right at the exported shape); if both fail, raises with both errors. An existing ``path``
+    is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
+    expanded.
     """
     if precision not in _DTYPES:
         raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
@@ -252,8 +257,8 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
     max_diff = 0.0
     # a normal input and an image-like one in [0, 1]: a file that recorded a value of the
     # example input passes one input at its scale and not another (break48 #1)
-    gen = torch.Generator().manual_seed(2)
-    for x in (example_input(input_shape, "fp32", seed=1), torch.rand(*input_shape, generator=gen)):
+    for x in (example_input(input_shape, "fp32", seed=1),
+              example_input(input_shape, "fp32", seed=2, uniform=True)):
         max_diff = max(max_diff, _compare(sess, reference, x, path, input_shape, precision,
                                           atol, rtol))
     return max_diff
