@@ -163,11 +163,11 @@ def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -
     if target is None or value is None or not is_main_process():  # said once, not per rank
         return
     warn(f"{method}: target={target:g} is not used in mode='ratio' with {fixed}="
-                  f"{value:g}: each group keeps {fixed} of its channels and no cost is promised; "
-                  f"to prune to target, drop {fixed} (the largest common fraction within target; "
-                  f"a recipe: --set prune.{fixed}=null) or use mode='{cost_mode}'; to keep "
-                  f"{fixed}, leave target out (a recipe: --set prune.target=null)",
-                  RuntimeWarning)
+         f"{value:g}: each group keeps {fixed} of its channels and no cost is promised; "
+         f"to prune to target, drop {fixed} (the largest common fraction within target; "
+         f"a recipe: --set prune.{fixed}=null) or use mode='{cost_mode}'; to keep "
+         f"{fixed}, leave target out (a recipe: --set prune.target=null)",
+         RuntimeWarning)
 
 
 def trains_model(optimizer, model) -> bool:
@@ -299,8 +299,8 @@ class PruningMethod:
             how = ("its final selection stands" if state.get("final")
                    else "the run continues under this pruner's settings")
             warn(f"{type(self).__name__}: resuming a state saved with another "
-                          f"{'; '.join(changed)} at step {int(state['step'])}: {how}",
-                          RuntimeWarning)
+                 f"{'; '.join(changed)} at step {int(state['step'])}: {how}",
+                 RuntimeWarning)
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
@@ -570,8 +570,8 @@ def _load_builtin() -> None:
                                                 if getattr(ep, "dist", None) else "")
         if ep.name in registry:  # a shipped or explicitly registered method keeps its name
             warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: a method named "
-                          f"{ep.name!r} is already registered; rename the entry point",
-                          RuntimeWarning)
+                 f"{ep.name!r} is already registered; rename the entry point",
+                 RuntimeWarning)
             continue
         registry[ep.name] = MethodEntry(ep.name, _plugin_loader(ep, where), {},
                                         f"plug-in {ep.value}")

@@ -298,14 +298,14 @@ class CCP(PruningMethod):
                                  f"{prune_at}, which would never prune: give 1 or more (None: collect)")
         if rounds > 1 and round_every < collect:
             warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
-                          f"collects over the {round_every} steps since the one before, not {collect}")
+                 f"collects over the {round_every} steps since the one before, not {collect}")
         if mode == "adaptive" and ratio is not None:  # given, it would do nothing
             warn(f"CCP: ratio={ratio:g} is not used in mode='adaptive', where the allocator"
-                          " sets each group's count under target; drop ratio (a recipe: --set "
-                          "prune.ratio=null) or use mode='ratio'", RuntimeWarning)
+                 " sets each group's count under target; drop ratio (a recipe: --set "
+                 "prune.ratio=null) or use mode='ratio'", RuntimeWarning)
         if prune_at is not None and prune_at < collect:
             warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
-                          f"over {prune_at} steps only")
+                 f"over {prune_at} steps only")
         super().__init__(prepared, cost, channel_step)
         self.mode, self.cost_target = mode, DEFAULT_TARGET if target is None else float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
@@ -505,9 +505,9 @@ class CCP(PruningMethod):
         where = f"CCP: round {round_k} at step {self.step_count}"
         if self.stats.taps.backward_owed:  # its backward would fail on the masks set below
             warn(f"{where}: the last training forward's backward has not run, and "
-                          "pruning now changes the masks its graph holds, so a loss.backward() "
-                          "after this fails (an in-place error): call pruner.step() after "
-                          "loss.backward()", RuntimeWarning)
+                 "pruning now changes the masks its graph holds, so a loss.backward() "
+                 "after this fails (an in-place error): call pruner.step() after "
+                 "loss.backward()", RuntimeWarning)
         dropped, self._dropped_at_decision = (self.dropped_steps - self._dropped_at_decision,
                                               self.dropped_steps)
         if self.stats.samples == 0:  # every subset would look alike: the pick a tie-break

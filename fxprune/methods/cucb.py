@@ -125,8 +125,8 @@ class CUCB(PruningMethod):
                              "explore or lower warmup")
         if mode == "budget" and rho is not None:
             warn(f"CUCB: rho={rho:g} is not used in mode='budget', where the allocator "
-                          "sets each group's active count under target; drop rho (a recipe: --set "
-                          "prune.rho=null) or use mode='ratio'", RuntimeWarning)
+                 "sets each group's active count under target; drop rho (a recipe: --set "
+                 "prune.rho=null) or use mode='ratio'", RuntimeWarning)
         if execution not in ("gathered", "masked"):
             raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
                              f"'masked' (full width, inactive channels masked), got {execution!r}")
@@ -173,7 +173,7 @@ class CUCB(PruningMethod):
                 self.gathered = gathered_module(prepared)
             except SurgeryError as exc:
                 warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
-                              "at full width")
+                     "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
         self._hooks = []
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
@@ -255,7 +255,7 @@ class CUCB(PruningMethod):
                            "moves inactive weights and their momentum)")
         if missing:
             warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
-                          "execution='masked' for a loop that trains the prepared model")
+                 "execution='masked' for a loop that trains the prepared model")
 
     def finalize_masks(self) -> bool:
         if self.final:

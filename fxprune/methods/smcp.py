@@ -239,7 +239,7 @@ class SMCP(PruningMethod):
                    "inf/nan gradients (loss-scaler overflows, or a diverged run), so channels "
                    "cannot be ranked; the masks stay as they are")
             warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
-                          RuntimeWarning)
+                 RuntimeWarning)
             return None
         start = time.perf_counter()
         target = self.target_now()
