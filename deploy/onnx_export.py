@@ -107,8 +107,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     with the TorchScript exporter (``dynamo=False``), refusing a trace that branched on a
     tensor's value (it records the example's branch only); a number read from a tensor
     (``float(t.amax())``) is recorded as the example's constant too, which TorchScript warns of
-    and :func:`verify_onnx`'s second input catches (a size read, ``math.sqrt(q.size(-1))``, is
-    right at the exported shape); if both fail, raises with both errors. An existing ``path``
+    and :func:`verify_onnx`'s second input catches, at another scale and, when the file
+    declares its batch free, another batch (a size read, ``math.sqrt(q.size(-1))``, is right
+    at the exported shape; ``int(x.size(0))`` is the example's batch); if both fail, raises with both errors. An existing ``path``
     is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
     expanded.
     """
@@ -242,11 +243,15 @@ def check_onnx(path: str) -> None:
 def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "fp32",
                 atol: float | None = None, rtol: float | None = None, threads: int = 2) -> float:
     """Run the ONNX file in ONNX Runtime and the fp32 PyTorch module on the same inputs: one
-    standard normal, one uniform in [0, 1] (image-like), both of ``input_shape``.
+    standard normal of ``input_shape``, one uniform in [0, 1] (image-like), at batch
+    ``input_shape[0] + 1`` when the file declares its batch free (else at ``input_shape``).
 
     Returns max |onnx - torch| over all outputs; raises :class:`DeployError` naming the
-    output and the difference when one exceeds ``atol + rtol * max|torch|`` of that output.
+    output and the difference when one exceeds ``atol + rtol * max|torch|`` of that output,
+    and naming the batch when a file that declares a free batch fails at another one.
     """
+    import onnx
+
     from .onnxruntime_backend import make_session
 
     d_atol, d_rtol = TOLERANCES[precision]
@@ -254,11 +259,17 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
     rtol = d_rtol if rtol is None else rtol
     sess = make_session(path, threads)
     reference = eval_copy(module, "fp32")
+    input_shape = tuple(input_shape)
+    other_shape = input_shape
+    if isinstance(written_batch_dim(onnx.load(path, load_external_data=False)), str):
+        # a file that declares a free batch is checked at another one too: a size the trace
+        # read as a number (int(x.size(0))) is the example's batch in the file
+        other_shape = (input_shape[0] + 1, *input_shape[1:])
     max_diff = 0.0
     # a normal input and an image-like one in [0, 1]: a file that recorded a value of the
     # example input passes one input at its scale and not another (break48 #1)
     for x in (example_input(input_shape, "fp32", seed=1),
-              example_input(input_shape, "fp32", seed=2, uniform=True)):
+              example_input(other_shape, "fp32", seed=2, uniform=True)):
         max_diff = max(max_diff, _compare(sess, reference, x, path, input_shape, precision,
                                           atol, rtol))
     return max_diff
@@ -273,12 +284,26 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol) -> fl
     with torch.no_grad():
         ref = [t.float().numpy() for t in flat_outputs(reference(x))]
     feed = x.to(_DTYPES[precision]).numpy()
-    got = run_once(sess, {sess.get_inputs()[0].name: feed}, path, input_shape)
+    other_batch = x.shape[0] != input_shape[0]
+    baked = (f"{os.path.basename(path)} declares a free batch but does not hold at batch "
+             f"{x.shape[0]} (exported at {input_shape[0]})")
+    way_out = ("the model's code fixes the batch (a size read as a number, int(x.size(0))): "
+               "keep sizes as tensors (x.flatten(1), x.size(0) without int), or export with "
+               "dynamic_batch=False")
+    try:
+        got = run_once(sess, {sess.get_inputs()[0].name: feed}, path, x.shape)
+    except DeployError as e:
+        if not other_batch:
+            raise
+        raise DeployError(f"{baked}: ONNX Runtime fails there; {way_out}") from e
     if len(got) != len(ref):
         raise DeployError(f"{path} has {len(got)} outputs but the PyTorch model returns {len(ref)}")
     max_diff = 0.0
     for i, (g, r) in enumerate(zip(got, ref, strict=True)):
         if tuple(g.shape) != tuple(r.shape):
+            if other_batch:
+                raise DeployError(f"{baked}: output {i} has shape {tuple(g.shape)}, PyTorch "
+                                  f"gives {tuple(r.shape)}; {way_out}")
             raise DeployError(f"output {i} of {path} has shape {tuple(g.shape)}, "
                               f"PyTorch gives {tuple(r.shape)}")
         # each output against its own scale: probabilities beside pixel-scale boxes

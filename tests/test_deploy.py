@@ -782,6 +782,42 @@ def test_a_value_read_from_the_input_fails_the_check_and_a_size_read_passes(tmp_
     assert verify_onnx(info["path"], reads_a_size, SHAPE) < 1e-5
 
 
+class BakesTheBatch(nn.Module):
+    """A flatten written with the batch read as a number: the TorchScript trace records it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.reshape(int(y.size(0)), -1)
+
+
+def test_a_file_declaring_a_free_batch_is_checked_at_another_batch(tmp_path, monkeypatch):
+    """The TorchScript fallback wrote int(y.size(0)) as the example's batch into a file that
+    declares its batch free; the check ran at the exported batch only and passed, and the file
+    gave batch 3's input a (2, 1176) output."""
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("dynamo cannot")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    model, shape = BakesTheBatch(), (2, 3, 16, 16)
+    with pytest.warns(torch.jit.TracerWarning, match="Python integer"):
+        info = export_onnx(model, shape, tmp_path / "b.onnx", log=lambda s: None)
+    assert info["dynamic_batch"]
+    with pytest.raises(DeployError, match=r"b.onnx declares a free batch but does not hold at "
+                                          r"batch 3 \(exported at 2\): output 0 has shape "
+                                          r"\(2, 1176\), PyTorch gives \(3, 784\)"):
+        verify_onnx(info["path"], model, shape)
+    fixed = export_onnx(model, shape, tmp_path / "f.onnx", dynamic_batch=False, log=lambda s: None)
+    assert verify_onnx(fixed["path"], model, shape) < 1e-5  # declared fixed: checked at 2 only
+
+
 def test_the_onnx_check_holds_a_small_output_to_its_own_scale(tmp_path):
     """break48 #2: fp16's absolute tolerance 1e-2 exceeded a 1000-class softmax's whole output
     (max 0.003), so verify_onnx passed the file against any model of that shape."""
