@@ -15,6 +15,7 @@ from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channe
 from fxprune.passes.trace import fixed_arguments, trace
 
 from .cost import LayerSpec
+from .errors import warn
 from .groups import PreparedState, channel_groups, is_prepared, state_of
 from .op_table import DEFAULT_LEAF_MODULES
 from .rules import ChannelRule
@@ -118,7 +119,7 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
     Its parameters are new tensors: to fine-tune it, build a new optimizer over them (one built
     over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
-    warned of: see :func:`copy_masks`.
+    warned of: see :func:`copy_masks`; so is a finalize that removes nothing (no mask is 0).
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
         if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
@@ -140,12 +141,19 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
     which is also what an EMA or averaged copy of a prepared model holds: its masks are averages,
     so a pruned channel's decays toward 0 and never reaches it, and that model finalizes dense
     (break24 #3: timm's ModelEmaV2, AveragedModel(use_buffers=True))."""
-    between = total = 0
+    between = total = zeros = 0
     for mask in prepared.get_submodule(MASK_OWNER).buffers():
         if not mask.is_floating_point():  # the integer maps of tied units, not masks
             continue
         between += int(((mask != 0) & (mask != 1)).sum())
+        zeros += int((mask == 0).sum())
         total += mask.numel()
+    if total and not zeros and not between:
+        # the plain model of a prepare, or a run whose pruning never happened (finalize before
+        # the method's finalize_masks, a target of 1): the "smaller" model is the dense one
+        warn("finalize: no channel mask is 0, so no channel is removed and the result is as "
+             "large as the model; prune first (a method's finalize_masks(), or set masks), or "
+             "ignore this if you meant to", RuntimeWarning)
     if between:
         warnings.warn(f"finalize: {between} of {total} channel masks are neither 0 nor 1: those "
                       "channels are kept, their masks folded into the weights (as intended, if "

@@ -266,7 +266,27 @@ def test_finalize_of_masks_all_one_warns_of_nothing_with_tied_units():
     assert any(not b.is_floating_point() for b in pm.fxprune_masks.buffers())  # the case
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "finalize: no channel mask is 0")  # the one below
         fxprune.finalize(pm)
+
+
+def test_a_finalize_that_removes_nothing_says_so_once():
+    """A finalize with every mask 1 (before a method's finalize_masks, or a prepare's plain
+    model) returned the dense model without a word, as if it were the pruned one."""
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)),
+                         torch.randn(1, 3, 8, 8))
+    with pytest.warns(RuntimeWarning, match=r"finalize: no channel mask is 0, so no channel is "
+                                            r"removed .* prune first") as caught:
+        fxprune.finalize(pm)
+    assert [w.filename for w in caught] == [__file__]  # the user's line
+    fxprune.channel_groups(pm)[0].mask[:2] = 0.5  # an EMA copy's averages: that warning alone
+    with pytest.warns(RuntimeWarning) as caught:
+        fxprune.finalize(pm)
+    assert [str(w.message)[:40] for w in caught] == ["finalize: 2 of 8 channel masks are neith"]
+    fxprune.channel_groups(pm)[0].mask[:2] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fxprune.finalize(pm).get_submodule("0").out_channels == 6
 
 
 def test_finalize_leaves_prepared_untouched_and_returns_plain_module(resnet18):
