@@ -70,6 +70,12 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} but {prev.name} holds "
                                     f"the epoch before it: move it to {ckpt.name} and --resume "
                                     "again")
+        if not ckpt.is_file() and out.is_dir() and any(out.iterdir()) and not (
+                out / RUN_MARKER).is_file():  # "run without --resume" was refused too (break52)
+            raise FileNotFoundError(f"--resume: {out} holds no fxprune run (no checkpoint, and "
+                                    f"files fxprune did not write: {_some_names(out)}); point "
+                                    "--out at the run to continue, or at a new or empty folder "
+                                    "to start one without --resume")
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume "
                                     "to start, or point --out at the run to continue")
@@ -78,10 +84,8 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
                                   "not write it; point --out at a folder of a fxprune run")
         return
     if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
-        names = sorted(p.name for p in out.iterdir())
-        some = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise FileExistsError(f"--out {out} already holds files fxprune did not write "
-                              f"({some}); choose a new or empty folder")
+                              f"({_some_names(out)}); choose a new or empty folder")
     if overwrite:
         foreign = foreign_run_files(out)
         if foreign:
@@ -103,6 +107,12 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already holds a run ({out / kept[0]}) without its "
                               "checkpoints, which cannot be resumed; pass --overwrite to start "
                               "over, or another --out")
+
+
+def _some_names(folder: Path) -> str:
+    """The first three names in ``folder``, sorted, and "..." when there are more."""
+    names = sorted(p.name for p in folder.iterdir())
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 _MARKER_TEXT = ("This folder holds a fxprune train run; fxprune writes here only these files: "

@@ -25,6 +25,7 @@ writing) follows :mod:`fxprune.distributed` (see :func:`_train`).
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import math
@@ -415,6 +416,19 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             raise ConfigError(f"--resume: the checkpoint is at epoch {ckpt['epoch']}, past "
                               f"optim.epochs {cfg['optim']['epochs']}; give optim.epochs >= "
                               f"{ckpt['epoch']}, or start a new run with another --out")
+        if int(cfg["optim"]["epochs"]) == int(ckpt["epoch"]):
+            # a finished run (a re-queued job): nothing to train, and its files stay as they
+            # are, as Lightning's fit at max_epochs does; finalizing again rewrote the model
+            # file and made its deploy report read as stale (break52)
+            done = _on_main(lambda: _finished_results(out, int(ckpt["epoch"])))
+            if done is not None:
+                if main:
+                    print(f"fxprune train: the run in {out} finished its {ckpt['epoch']} epochs; "
+                          "nothing to resume, its files are kept as they are (raise "
+                          "optim.epochs to train on)", flush=True)
+                    print(format_results(done))
+                _check_target(done, cfg, out)
+                return done
 
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
@@ -452,11 +466,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             saved = ckpt.get("measured_cost") if ckpt is not None else None
             if saved is not None:  # the run's own timings: a new measurement would move the budget
                 measured_cost = measured_cost_from_dict(saved, f"{ckpt_path}'s measured cost")
-            elif distributed:  # measured once, by rank 0 (or read from its cache), then sent
-                measured_cost = fxdist.compute_on_main(
-                    lambda: measured_latency_cost(net, prune_cfg["cost"], channel_step))
-            else:
-                measured_cost = measured_latency_cost(net, prune_cfg["cost"], channel_step)
+            else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
+                # (log.progress=false turns off the table's bar as the training one, break52)
+                measure = functools.partial(measured_latency_cost, net, prune_cfg["cost"],
+                                            channel_step, progress=bool(log_cfg["progress"]))
+                measured_cost = fxdist.compute_on_main(measure) if distributed else measure()
             build_cfg = {**prune_cfg, "cost": measured_cost}
             measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's
         context = {}
@@ -725,12 +739,32 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     if main:
         write_results(out, results)
         print(format_results(results))
-    if above and not cfg["prune"].get("allow_above_target", False):
-        raise TargetNotReachedError(
-            f"the run ended at cost {final_cost:.4f} of dense, above its target {target:.4f}: "
-            f"{results['model']} is not pruned as asked (results in {out / 'results.json'}); "
-            "lengthen the schedule, or set prune.allow_above_target=true to accept it")
+    _check_target(results, cfg, out)
     return results
+
+
+def _check_target(results: dict, cfg: dict, out: Path) -> None:
+    """TargetNotReachedError for a run that ended above its target, unless it was allowed."""
+    if results.get("target_reached", True) or cfg["prune"].get("allow_above_target", False):
+        return
+    raise TargetNotReachedError(
+        f"the run ended at cost {results['pruner_cost']['cost']:.4f} of dense, above its target "
+        f"{results['target']:.4f}: {results['model']} is not pruned as asked (results in "
+        f"{out / 'results.json'}); lengthen the schedule, or set prune.allow_above_target=true "
+        "to accept it")
+
+
+def _finished_results(out: Path, epochs: int) -> dict | None:
+    """The results of a run that finished ``epochs`` in ``out`` (its results.json of that
+    length, and its model file), or None when the run stopped before writing them."""
+    try:
+        results = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    finished = (isinstance(results, dict) and results.get("epochs") == epochs
+                and isinstance(results.get("model"), str)
+                and (out / Path(results["model"]).name).is_file())
+    return results if finished else None
 
 
 # ----------------------------------------------------------------------------- command line

@@ -125,6 +125,11 @@ def test_run_ending_above_target_fails_loudly_unless_allowed(tmp_path, monkeypat
     assert rc == 2 and "above its target" in one_line_error(capsys)
     allowed = train(resolve_config(cfg, ["prune.allow_above_target=true"]), overwrite=True)
     assert allowed["target_reached"] is False
+    # a finished run resumed (nothing to train) says the same, and accepts it when allowed
+    with pytest.raises(TargetNotReachedError, match=r"cost 0.9000 of dense, above its target"):
+        train(cfg, resume=True)
+    assert train(resolve_config(cfg, ["prune.allow_above_target=true"]),
+                 resume=True)["target_reached"] is False
 
 
 def test_smcp_run_reaches_its_target(tmp_path):
@@ -147,6 +152,14 @@ def test_folder_of_user_files_is_refused_byte_for_byte(recipe, tmp_path, capsys)
     assert snapshot(project) == before
     rc = cli_main(["train", str(recipe), "--out", str(project), "--overwrite"])
     assert rc == 2 and snapshot(project) == before  # --overwrite is for fxprune's own runs
+    # break52: --resume said "run without --resume to start", which is the refusal above
+    capsys.readouterr()
+    rc = cli_main(["train", str(recipe), "--out", str(project), "--resume"])
+    err = one_line_error(capsys)
+    assert rc == 2 and ("holds no fxprune run (no checkpoint, and files fxprune did not write: "
+                        "config.yaml, metrics.csv); point --out at the run to continue, or at a "
+                        "new or empty folder") in err
+    assert "run without --resume" not in err and snapshot(project) == before
 
 
 def test_recipe_inside_its_own_out_folder_is_not_replaced(tmp_path, capsys):

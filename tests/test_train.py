@@ -159,8 +159,15 @@ def test_a_recipes_method_switches_on_the_command_line_by_removing_its_own_keys(
     cfg = load_config("configs/fashion_mnist_smcp.yaml", smcp + drop)
     assert cfg["prune"]["method"] == "ccp" and "warmup_fraction" not in cfg["prune"]
     assert load_config("configs/fashion_mnist_smcp.yaml", ["~optim.lr"])["optim"]["lr"] == DEFAULTS["optim"]["lr"]
-    with pytest.raises(ConfigError, match=r"'~prune.nope' removes a key the recipe does not set"):
+    with pytest.raises(ConfigError, match=r"'~prune.nope': the recipe does not set 'prune.nope', "
+                                          r"so there is nothing to remove$"):
         load_config("configs/fashion_mnist_smcp.yaml", ["~prune.nope"])
+    # break52: a typo was told to drop a value it did not have; the key is named, with a match
+    with pytest.raises(ConfigError, match=r"'~optim.lrx': the recipe does not set 'optim.lrx'.* "
+                                          r"\(did you mean ~optim.lr\?\)"):
+        load_config("configs/fashion_mnist_smcp.yaml", ["~optim.lrx"])
+    with pytest.raises(ConfigError, match=r"'~optim.lr=0.1' removes a key, so it takes no value"):
+        load_config("configs/fashion_mnist_smcp.yaml", ["~optim.lr=0.1"])
 
 def test_shipped_recipe_loads_and_builds():
     cfg = load_config("configs/fashion_mnist_resnet.yaml", ["optim.epochs=1"])
@@ -407,6 +414,28 @@ def test_resume_extends_epochs(recipe, tmp_path):
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
+
+
+def test_a_finished_run_resumed_trains_nothing_and_keeps_its_files(recipe, tmp_path, capsys):
+    """break52: --resume of a finished run (a re-queued job) finalized and saved the model
+    again, so the run's deploy report read as stale to fxprune plot; it rewrote results.json
+    too. A run stopped after its last checkpoint but before its results still finishes."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
+                     "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"the run in {out} finished its 1 epochs; nothing to resume" in said
+    assert "test accuracy" in said  # its results, as the run printed them
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in out.iterdir() if p.is_file()} == files
+    (out / "results.json").unlink()  # stopped before writing its results: finished now
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
+                     "--out", str(out)]) == 0
+    assert "nothing to resume" not in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["epochs"] == 1
 
 
 def test_a_resume_at_another_step_count_per_epoch_is_said(recipe, tmp_path):
