@@ -522,9 +522,16 @@ def _remove_key(cfg: dict, item: str) -> None:
     for part in parts[:-1]:
         node = node.get(part) if isinstance(node, dict) else None
         default = default.get(part, {}) if isinstance(default, dict) else {}
-    if "=" in item or not isinstance(node, dict) or parts[-1] not in node:
-        raise ConfigError(f"override {item!r} removes a key the recipe does not set; write "
-                          "~section.key with no value (e.g. ~prune.warmup_fraction)")
+    if "=" in item:
+        raise ConfigError(f"override {item!r} removes a key, so it takes no value; write "
+                          "~section.key (e.g. ~prune.warmup_fraction)")
+    if not isinstance(node, dict) or parts[-1] not in node:
+        # the key, not the form, is what is wrong (break52: ~optim.lrx was told to drop a value)
+        here = sorted(k for k in node if isinstance(k, str)) if isinstance(node, dict) else []
+        close = difflib.get_close_matches(parts[-1], here, n=1, cutoff=0.75)
+        hint = f" (did you mean ~{'.'.join([*parts[:-1], close[0]])}?)" if close else ""
+        raise ConfigError(f"override {item!r}: the recipe does not set {item[1:].strip()!r}, so "
+                          f"there is nothing to remove{hint}")
     del node[parts[-1]]
     if isinstance(default, dict) and parts[-1] in default:
         node[parts[-1]] = copy.deepcopy(default[parts[-1]])
