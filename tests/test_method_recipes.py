@@ -68,8 +68,9 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     from fxprune.cost import WithFixedCost, layer_keys
     from fxprune.deploy import LatencyTable
 
-    def fake_measurement(net, cost, channel_step):  # deterministic "timings", one call only
+    def fake_measurement(net, cost, channel_step, progress):  # deterministic, one call only
         calls.append(cost)
+        assert progress is False  # log.progress=false: no bar (break52)
         table = LatencyTable.measure(net, step=channel_step, progress=False, log=lambda s: None,
                                      timer=lambda layer, ci, co: 1e-3 * ci * co + 0.05)
         keys = layer_keys(fxprune.layer_specs(net))

@@ -65,17 +65,18 @@ class Method(Protocol):
 LATENCY_COSTS = ("latency", "latency+fixed")
 
 
-def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int) -> CostModel:
-    """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``).
-    ``"latency+fixed"``: that table plus the constant it misses on this model, fitted from the
-    measured latency of the dense and a uniformly halved model (``deploy.calibrate_cost``), so
-    a target is a fraction of the measured latency."""
+def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int, *,
+                          progress: bool = True) -> CostModel:
+    """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``;
+    ``progress``: its progress bar). ``"latency+fixed"``: that table plus the constant it
+    misses on this model, fitted from the measured latency of the dense and a uniformly halved
+    model (``deploy.calibrate_cost``), so a target is a fraction of the measured latency."""
     from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
     from fxprune.deploy.latency_table import LatencyTable
 
     if cost == "latency+fixed":
         calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
-    table = LatencyTable.measure(prepared, step=channel_step)
+    table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
     if cost == "latency":
         return table
     return calibrate_cost(table, prepared, step=channel_step)
