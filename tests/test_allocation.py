@@ -510,6 +510,11 @@ def test_cli_lists_the_registry(capsys):
     assert main(["methods", "ccp"]) == 0
     assert "exhaustive_max = 12" in capsys.readouterr().out
     assert main(["methods", "nope"]) == 2
+    capsys.readouterr()
+    assert main(["methods", "ccp", "cucb", "none"]) == 0  # several at once (break52)
+    out = capsys.readouterr().out
+    assert "exhaustive_max = 12" in out and "rho = " in out and "no pruning" in out
+    assert "magnitude" not in out
 
 
 def test_a_reader_that_stops_early_gets_no_traceback():

@@ -8,27 +8,30 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="show one method's arguments")
+    parser.add_argument("name", nargs="*", help="show these methods' arguments (all listed, "
+                                                "without them, by summary)")
 
 
 def run(args: argparse.Namespace) -> int:
     from .base import get_method, method_names
 
-    if args.name == "none":  # valid in a recipe (break37 #9), but no registered method
-        print("none           no pruning: train the dense model (prune.method: none); no arguments")
-        return 0
-    names = [args.name] if args.name else method_names()
+    detailed = bool(args.name)  # `fxprune methods smcp ccp` (break52: one name was taken)
+    names = list(args.name) or method_names()
     width = max(14, *(len(n) + 1 for n in names))
     for name in names:
+        if name == "none":  # valid in a recipe (break37 #9), but no registered method
+            print(f"{name:{width}} no pruning: train the dense model (prune.method: none); "
+                  "no arguments")
+            continue
         try:
             entry = get_method(name)
-            cls = entry.cls if args.name else None  # the listing imports nothing
+            cls = entry.cls if detailed else None  # the listing imports nothing
         except (ValueError, ImportError) as exc:  # unknown name, or a plug-in that fails to load
             print(f"fxprune methods: error: {exc}", file=sys.stderr)
             return 2
         fixed = "".join(f" {k}={v!r}" for k, v in entry.defaults.items())
         print(f"{name:{width}} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
-        if args.name:
+        if detailed:
             try:
                 params = inspect.signature(cls).parameters
             except (TypeError, ValueError):  # a callable without a readable signature
