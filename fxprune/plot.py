@@ -260,10 +260,14 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
     label = (run_dir or results.parent).name or str(results)
     deploys = (_deploy_latencies(run_dir, results, _path_or_none(data.get("model"), "model", source),
                                  data.get("params")) if run_dir is not None else {})
+    # a dense run (prune.method none) is the 1.0x every --compare speedup is over: drawn there
+    # on --x speedup wherever it was timed (break52: it was left off the plot)
+    dense = data.get("method") == "none"
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _not_negative(data["flops"], "flops", source),
                  {b: d["median"] for b, d in deploys.items()},
-                 {b: d["speedup"] for b, d in deploys.items() if d["speedup"] is not None},
+                 {b: 1.0 if dense and d["speedup"] is None else d["speedup"]
+                  for b, d in deploys.items() if d["speedup"] is not None or dense},
                  timing={b: d["timing"] for b, d in deploys.items()}, source=source)
 
 

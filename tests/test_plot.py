@@ -12,12 +12,12 @@ from fxprune.cli import main
 from fxprune.plot import PlotError, load_points, plot_points
 
 
-def _run(folder, accuracy, flops, deploys=()):
+def _run(folder, accuracy, flops, deploys=(), method="smcp"):
     """A fake finished recipe run, with deploy reports at the given (batch, median ms)."""
     folder.mkdir()
     (folder / ".fxprune-run").write_text("run\n")
     (folder / "results.json").write_text(json.dumps(
-        {"method": "smcp", "accuracy": accuracy, "flops": flops, "params": 10}))
+        {"method": method, "accuracy": accuracy, "flops": flops, "params": 10}))
     for batch, ms in deploys:
         d = folder / f"deploy_b{batch}"
         d.mkdir()
@@ -442,6 +442,11 @@ def test_deploy_reports_timed_differently_do_not_share_a_latency_axis(tmp_path):
     alike = timed(_run(tmp_path / "alike", 0.8, 2e6, [(1, 0.2)]), backend="onnxruntime",
                   device="cpu", precision="fp32", threads=2)
     assert len(plot_points(load_points([ort, alike]), tmp_path / "ok.png")["points"]) == 2
+    # break52: the dense run, timed without --compare, is the 1.0x the others are over
+    dense = timed(_run(tmp_path / "dense", 0.91, 8e6, [(1, 0.5)], method="none"),
+                  backend="onnxruntime", device="cpu", precision="fp32", threads=2)
+    drawn = plot_points(load_points([ort, dense]), tmp_path / "speed2.png", x="speedup")
+    assert drawn["points"] == [("ort", 1.8, 0.9), ("dense", 1.0, 0.91)]
 
 
 def test_latencies_of_another_input_size_or_machine_do_not_share_an_axis(tmp_path):
