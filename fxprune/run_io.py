@@ -63,6 +63,15 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     nothing: it runs before any work."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.is_symlink() and not out.exists():  # it failed later as "[Errno 17] File exists"
+        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which "
+                                "does not exist; create that folder, or choose another --out")
+    if out.is_dir():
+        # a folder of a run file's name failed after prepare, half the old run removed (break54)
+        odd = [name for name in RUN_FILES if (out / name).exists() and not (out / name).is_file()]
+        if odd:
+            raise FileExistsError(f"--out {out} holds {odd[0]}, which is not a file; fxprune "
+                                  "writes a file of that name: move it, or choose another --out")
     ckpt = out / "checkpoint.pt"
     if resume:
         prev = out / "checkpoint.prev.pt"
@@ -82,16 +91,15 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         if not (out / RUN_MARKER).is_file():
             raise FileExistsError(f"--resume: {out} has no {RUN_MARKER} marker, so fxprune did "
                                   "not write it; point --out at a folder of a fxprune run")
+        # (its checkpoints are what --resume reads, edited or not: not the user's files here)
+        _refuse_foreign(out, "--resume", "continuing the run would replace or append to",
+                        skip=("checkpoint.pt", "checkpoint.prev.pt"))
         return
     if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
         raise FileExistsError(f"--out {out} already holds files fxprune did not write "
                               f"({_some_names(out)}); choose a new or empty folder")
     if overwrite:
-        foreign = foreign_run_files(out)
-        if foreign:
-            raise FileExistsError(f"--overwrite: {out / foreign[0]} was not written by fxprune "
-                                  "(or changed since it was), and starting over would remove "
-                                  "it; move it out of the folder, or choose another --out")
+        _refuse_foreign(out, "--overwrite", "starting over would remove")
         return
     prev = out / "checkpoint.prev.pt"
     if not ckpt.exists() and prev.exists():  # interrupted between the two renames (break35 #2)
@@ -107,6 +115,22 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already holds a run ({out / kept[0]}) without its "
                               "checkpoints, which cannot be resumed; pass --overwrite to start "
                               "over, or another --out")
+    # a run stopped in its first epoch: the fresh start removes its files (break54 #3)
+    _refuse_foreign(out, f"--out {out}", "starting the run there would remove")
+
+
+def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = ()) -> None:
+    """FileExistsError naming every run file in ``out`` (but ``skip``) its marker does not
+    record fxprune writing as it is now (a user's file of that name, or one changed since)."""
+    foreign = [name for name in foreign_run_files(out) if name not in skip]
+    if not foreign:
+        return
+    them = ", ".join(foreign)
+    raise FileExistsError(
+        f"{who}: {them} in {out} {'was' if len(foreign) == 1 else 'were'} not written by "
+        f"fxprune (or changed since: a copy of a run without cp -a counts as changed), and "
+        f"{would} {'it' if len(foreign) == 1 else 'them'}; move {'it' if len(foreign) == 1 else 'them'} "
+        "out of the folder, or choose another --out")
 
 
 def _some_names(folder: Path) -> str:
@@ -119,16 +143,34 @@ _MARKER_TEXT = ("This folder holds a fxprune train run; fxprune writes here only
                 f"{', '.join(RUN_FILES)} and tensorboard/.\n")
 
 
+_OLD_MARKER_OPENING = "This folder holds a fxprune train run"
+_PENDING = "pending"  # recorded before a write: a kill before its size is recorded is no change
+
+
 def _written(out: Path) -> dict | None:
-    """{file name: [size, mtime_ns]} of the run files fxprune wrote in ``out``, as its marker
-    records them; None for a marker of an older fxprune, which recorded none."""
-    text = (out / RUN_MARKER).read_text() if (out / RUN_MARKER).is_file() else ""
-    _, _, tail = text.partition("\n")
+    """{file name: [size, mtime_ns] or "pending"} of the run files fxprune wrote in ``out``, as
+    its marker records them; None for a marker of an older fxprune, which recorded none. A
+    marker that cannot be read records nothing: every file counts as the user's (break54 #1:
+    a marker emptied by a kill read as an old one, and --overwrite removed a user's file)."""
     try:
-        data = json.loads(tail) if tail.strip() else None
+        text = (out / RUN_MARKER).read_text()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    opening, _, tail = text.partition("\n")
+    if not tail.strip():
+        return None if opening.startswith(_OLD_MARKER_OPENING) else {}
+    try:
+        data = json.loads(tail)
     except ValueError:
-        data = None
-    return data.get("written", {}) if isinstance(data, dict) else None
+        return {}
+    written = data.get("written") if isinstance(data, dict) else None
+    return written if isinstance(written, dict) else {}
+
+
+def _write_marker(out: Path, written: dict) -> None:
+    """The marker, replaced whole (a temporary file renamed over it): rewritten in place, a
+    kill between the truncation and the write left it empty (break54 #1)."""
+    atomic_write_text(out / RUN_MARKER, _MARKER_TEXT + json.dumps({"written": written}) + "\n")
 
 
 def _stat(path: Path) -> list[int]:
@@ -136,16 +178,21 @@ def _stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _record_written(path: Path) -> None:
-    """Record ``path`` in its folder's run marker: --overwrite removes only files the marker
-    says fxprune wrote, unchanged since (break52 #2: it removed a user's model_dense.pt, which
-    an SMCP run never writes)."""
+def _record_written(path: Path, *, pending: bool = False) -> None:
+    """Record ``path`` in its folder's run marker: a run's starts remove or replace only files
+    the marker says fxprune wrote, unchanged since (break52 #2: --overwrite removed a user's
+    model_dense.pt, which an SMCP run never writes). ``pending``: about to be written, so a
+    kill before the write is recorded does not make the run's own file look changed."""
     out = path.parent
-    if path.name not in RUN_FILES or not path.is_file() or not (out / RUN_MARKER).is_file():
+    if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
+        return
+    if not pending and not path.is_file():
         return
     written = _written(out) or {}
-    written[path.name] = _stat(path)
-    (out / RUN_MARKER).write_text(_MARKER_TEXT + json.dumps({"written": written}) + "\n")
+    now = _PENDING if pending else _stat(path)
+    if written.get(path.name) != now:
+        written[path.name] = now
+        _write_marker(out, written)
 
 
 def foreign_run_files(out: Path) -> list[str]:
@@ -155,14 +202,13 @@ def foreign_run_files(out: Path) -> list[str]:
     if written is None:
         return []
     return [name for name in RUN_FILES if (out / name).is_file()
-            and written.get(name) != _stat(out / name)]
+            and written.get(name) not in (_PENDING, _stat(out / name))]
 
 
 def claim_out_folder(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / RUN_MARKER
-    if not marker.exists():
-        marker.write_text(_MARKER_TEXT + json.dumps({"written": {}}) + "\n")
+    if not (out / RUN_MARKER).exists():
+        _write_marker(out, {})
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -186,6 +232,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             continue
     try:
         write(tmp)
+        _record_written(path, pending=True)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -205,6 +252,7 @@ def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> N
     def write(tmp):
         torch.save(obj, tmp)
         if keep_previous and path.exists():
+            _record_written(previous, pending=True)
             os.replace(path, previous)
 
     atomic_write(path, write)
@@ -343,6 +391,7 @@ class CsvLog:
         if set(row) - set(header) or not self.path.exists():
             self._rewrite()
         else:
+            _record_written(self.path, pending=True)
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=header).writerow(row)
             _record_written(self.path)
