@@ -355,7 +355,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     * ``data.batch_size`` is the global batch: each process gets its slice of every batch
       (:meth:`~fxprune.data.BatchLoader.shard`), so steps per epoch, the learning-rate
       schedule, the pruning schedule and the checkpoint's step count do not depend on the number
-      of processes, and a run resumes on any number of them.
+      of processes, and a run resumes on any number of them (but for a last batch of fewer
+      images than processes, which is dropped: a resume at another count then says so).
     * The model is prepared and the pruner built on every process, before the DDP wrap;
       ``pruner.step()`` runs after ``backward()`` returned (gradients averaged) and rank 0's
       masks are broadcast after it (:func:`fxprune.distributed.broadcast_masks`).
@@ -542,7 +543,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
         set_rng_state(ckpt["rng"])
-        saved_per_epoch = ckpt["step"] / max(ckpt["epoch"], 1)
+        # the count the checkpoint's last epoch ran (an average over a history that mixed
+        # process counts warned at every later resume, with fractions: break54 #7)
+        saved_per_epoch = ckpt.get("steps_per_epoch", ckpt["step"] / max(ckpt["epoch"], 1))
         if ckpt["epoch"] and saved_per_epoch != steps_per_epoch and main:  # break52 #7
             warnings.warn(
                 f"--resume: the checkpoint ran {saved_per_epoch:g} optimizer steps per epoch "
@@ -644,7 +647,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "measured_cost": measured_cost_state,
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
-                    "world_size": world,
+                    "world_size": world, "steps_per_epoch": steps_per_epoch,
                 }
                 save_checkpoint(checkpoint, ckpt_path)
     finally:

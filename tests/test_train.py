@@ -446,11 +446,21 @@ def test_a_resume_at_another_step_count_per_epoch_is_said(recipe, tmp_path):
     out = tmp_path / "run"
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    per_epoch = ckpt["steps_per_epoch"]
     ckpt["step"], ckpt["world_size"] = ckpt["step"] // 2, 2  # as two processes would have run
+    ckpt["steps_per_epoch"] = per_epoch // 2
     torch.save(ckpt, out / "checkpoint.pt")
-    with pytest.warns(RuntimeWarning, match=r"--resume: the checkpoint ran \d+ optimizer steps per "
-                                            r"epoch \(2 process\(es\)\) and this run runs \d+ \(1\)"):
+    with pytest.warns(RuntimeWarning, match=rf"--resume: the checkpoint ran {per_epoch // 2} "
+                                            r"optimizer steps per epoch \(2 process\(es\)\) and "
+                                            rf"this run runs {per_epoch} \(1\)"):
         train(tiny_cfg(out, "optim.epochs=2"), resume=True)
+    # break54 #7: epoch 1 at the other count, epoch 2 at this one: the next resume at this
+    # count is no change (the average over both epochs, a fraction, warned at every resume)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] / ckpt["epoch"] != per_epoch and ckpt["steps_per_epoch"] == per_epoch
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="--resume: the checkpoint ran")
+        train(tiny_cfg(out, "optim.epochs=3"), resume=True)
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
