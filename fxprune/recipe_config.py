@@ -620,6 +620,16 @@ def _check_prune(prune: dict, optim: dict) -> None:
     method = prune.get("method", "none")
     RECIPE_PRUNE_KEYS["method"].check("prune.method", method)
     keys = prune_keys(method)
+    # the trainer's own arguments, refused by name: a method taking **kwargs (an SMCP subclass
+    # forwarding them) let them through, and a method's own `scaler` was an "unknown key"
+    # (break54 #5)
+    theirs = sorted(k for k in prune if k in _CONTEXT_ARGS and method != "none")
+    if theirs:
+        raise ConfigError(f"prune.{theirs[0]} is an argument fxprune train gives the method "
+                          "itself (the prepared model, the run's length, a mean loss, no loss "
+                          "scaler, statistics averaged across processes), not a recipe key: "
+                          f"remove it (on the command line: --set '~prune.{theirs[0]}'); for "
+                          "another, train from your own loop with the Python API")
     # under method none a key left null asks for nothing (break40 #7: `prune.target: null`)
     extra = [k for k in prune if k not in keys and (method == "none" or "*" not in keys)
              and not (method == "none" and prune[k] is None)]

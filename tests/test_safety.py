@@ -195,14 +195,89 @@ def test_overwrite_keeps_a_file_of_a_run_name_that_fxprune_did_not_write(recipe,
     assert not (out / "model_dense.pt").exists()
     (out / "model_dense.pt").write_bytes(b"the user's dense model")
     rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
-    assert rc == 2 and "model_dense.pt was not written by fxprune" in one_line_error(capsys)
+    assert rc == 2 and f"--overwrite: model_dense.pt in {out} was not written by fxprune" in (
+        one_line_error(capsys))
     assert (out / "model_dense.pt").read_bytes() == b"the user's dense model"
     (out / "results.json").write_text("{}")  # a file of the run, changed since: refused too
     (out / "model_dense.pt").unlink()
     rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
-    assert rc == 2 and "results.json was not written by fxprune (or changed since" in one_line_error(capsys)
+    assert rc == 2 and "results.json in" in one_line_error(capsys)
     (out / "results.json").unlink()
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_the_marker_fails_safe_and_guards_every_start(recipe, tmp_path, capsys):
+    """break54 #1: a kill while the marker was rewritten in place left it empty, which read as
+    an older fxprune's marker (no record), and --overwrite removed a user's model_dense.pt.
+    #3: a plain start after a run stopped in its first epoch, and --resume, replaced files
+    --overwrite refused. #8: the files were named one per attempt. #6: a folder of a run
+    file's name, and --out a dangling link, failed after prepare."""
+    from fxprune.run_io import RUN_MARKER
+
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    marker = (out / RUN_MARKER).read_text()
+    (out / "model_pruned.pt").write_bytes(b"the user's model")
+    (out / RUN_MARKER).write_text("")  # as a kill mid-rewrite left it
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
+    assert rc == 2 and (f"--overwrite: config.yaml, metrics.csv, steps.csv, checkpoint.pt, "
+                        f"model_dense.pt, model_pruned.pt, results.json in {out} were not written "
+                        "by fxprune (or changed since: a copy of a run without cp -a counts as "
+                        "changed), and starting over would remove them; move them") in (
+        one_line_error(capsys))
+    assert (out / "model_pruned.pt").read_bytes() == b"the user's model"
+    (out / RUN_MARKER).write_text(marker)
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--out", str(out), "--resume"])
+    assert rc == 2 and "--resume: model_pruned.pt in" in one_line_error(capsys)
+    assert (out / "model_pruned.pt").read_bytes() == b"the user's model"
+    # a run stopped in its first epoch (no checkpoint), a user's notes as metrics.csv
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "model_dense.pt", "model_pruned.pt",
+                 "results.json"):
+        (out / name).unlink(missing_ok=True)
+    (out / "metrics.csv").write_text("my notes\n")
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)])
+    assert rc == 2 and f"--out {out}: metrics.csv in" in one_line_error(capsys)
+    assert (out / "metrics.csv").read_text() == "my notes\n"
+    (out / "metrics.csv").unlink()
+    (out / "steps.csv").unlink()
+    (out / "steps.csv").mkdir()
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
+    assert rc == 2 and "holds steps.csv, which is not a file" in one_line_error(capsys)
+    assert (out / "config.yaml").is_file()  # nothing removed
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(tmp_path / "link")])
+    assert rc == 2 and "is a symbolic link to" in one_line_error(capsys)
+
+
+def test_a_kill_between_a_write_and_its_record_leaves_the_file_the_runs(tmp_path):
+    """The marker records a file before it is written (pending) and after: a kill in between
+    must not make the run's own file look like the user's at the next start."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    log = run_io.CsvLog(out / "steps.csv")
+    log.append({"step": 1, "loss": 2.0})
+    real, calls = run_io._record_written, []
+
+    def killed_after_pending(path, *, pending=False):
+        if path.name != "steps.csv":  # the marker's own write
+            return real(path, pending=pending)
+        calls.append(pending)
+        if not pending:
+            raise KeyboardInterrupt  # the record after the append never happens
+        real(path, pending=pending)
+
+    run_io._record_written = killed_after_pending
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            log.append({"step": 2, "loss": 1.0})
+    finally:
+        run_io._record_written = real
+    assert calls == [True, False] and (out / "steps.csv").read_text().count("\n") == 3
+    assert run_io.foreign_run_files(out) == []
+    (out / "results.json").write_text("{}")  # never recorded: the user's
+    assert run_io.foreign_run_files(out) == ["results.json"]
 
 
 def test_overwrite_leaves_nothing_of_the_last_run(recipe, tmp_path):
@@ -452,15 +527,29 @@ BAD_OVERRIDES = [
      "model.name 'resnet18' does not run on the data's images of shape (1, 28, 28)"),
     # break52 #3, #4: the trainer's own (its loss is a mean, it runs no scaler): loss_reduction=sum
     # picked other channels silently, scaler crashed at the first step leaving a folder
-    (["prune.method=ccp", "prune.loss_reduction=sum"], "unknown key prune.loss_reduction for "
-                                                       "prune.method ccp"),
-    (["prune.method=ccp", "prune.scaler=true"], "unknown key prune.scaler for prune.method ccp"),
+    (["prune.method=ccp", "prune.loss_reduction=sum"], "prune.loss_reduction is an argument "
+                                                       "fxprune train gives the method itself"),
+    (["prune.method=ccp", "prune.scaler=true"], "prune.scaler is an argument fxprune train gives "
+                                                "the method itself"),
+    # break54 #5: a method taking **kwargs let them through (scaler crashed, sum was kept)
+    (["prune.method=kwargs_ccp", "prune.scaler=true"], "--set '~prune.scaler'"),
+    (["prune.method=kwargs_ccp", "prune.reduce_fn=1"], "prune.reduce_fn is an argument"),
 ]
+
+
+def _kwargs_ccp(prepared, **kwargs):
+    """A method forwarding any keyword to CCP, as the README's subclass or factory does."""
+    return fxprune.CCP(prepared, **kwargs)
 
 
 @pytest.mark.parametrize("overrides, message", BAD_OVERRIDES)
 def test_config_errors_are_one_line_before_any_work(recipe, tmp_path, capsys, overrides,
-                                                    message):
+                                                    message, monkeypatch):
+    from fxprune.methods import base
+
+    base.get_method("ccp")  # the built-in ones registered first
+    monkeypatch.setitem(base.registry, "kwargs_ccp", base.MethodEntry(
+        "kwargs_ccp", lambda: _kwargs_ccp, {}, "CCP, any keyword forwarded"))
     out = tmp_path / "run"
     argv = ["train", str(recipe), "--out", str(out)]
     for o in overrides:
