@@ -6,6 +6,7 @@
         loss = criterion(pm(x), y); loss.backward()
         pruner.step(loss)          # gathers statistics; at prune_at, selects and masks for good
         optimizer.step(); optimizer.zero_grad()
+    pruner.finalize_masks()        # closes the statistics hooks; warns above the target
     small = fxprune.finalize(pm)
 
 What it does (conventions chosen here; ../shared/notes/methods.md tags what is confirmed):

@@ -6,6 +6,7 @@
         criterion(pm(x), y).backward()
         pruner.step()              # importance; on schedule, re-solve the knapsack
         optimizer.step(); optimizer.zero_grad()
+    pruner.finalize_masks()        # warns if the masks cost more than the target (stopped early)
     small = fxprune.finalize(pm)
 
 Masks prune input channels with a straight-through estimator (masked weights keep learning, so
