@@ -268,6 +268,7 @@ class GatheredModule(nn.Module):
         # the optimizer step that follows protects what THIS forward left out, even when the
         # method picks the next active set (set_active) before optimizer.step()
         self.forward_indices = self.indices
+        self.forward_count = getattr(self, "forward_count", 0) + 1
         prepared = self.prepared_ref[0]
         for target in self._buffers_read:  # the current tensors: .to(dtype/device) replaced them
             owner, _, name = target.rpartition(".")
@@ -355,28 +356,41 @@ class GatheredModule(nn.Module):
         """Hook ``optimizer`` so a step that follows a gathered forward leaves the elements that
         forward left out, and their per-element state (same shape as the parameter; state the
         step creates starts at zero there), bit-identical. Steps after a forward of the full
-        model are not touched. Returns the hook handles."""
-        saved = {}
+        model are not touched; each optimizer protects once per gathered forward, so several
+        stepping after one backward are each protected (break54 #2: the first one's step
+        cleared the forward's record for the others). A wrapper holding its optimizer as
+        ``.optim`` (``ZeroRedundancyOptimizer``) keeps the state there. Returns the hook
+        handles."""
+        saved, protected = {}, {"forward": None}
+
+        def state_of(opt):
+            inner = getattr(opt, "optim", None)  # ZeRO's local optimizer holds the state
+            return inner.state if isinstance(inner, torch.optim.Optimizer) else opt.state
 
         def pre(opt, args, kwargs):
             saved.clear()
+            forward = getattr(self, "forward_count", None)
+            if protected["forward"] == forward:  # this optimizer stepped on that forward
+                return
+            protected["forward"] = forward
+            states = state_of(opt)
             for p, keep in self.element_masks().items():
-                st = {k: v.detach().clone() for k, v in opt.state.get(p, {}).items()
+                st = {k: v.detach().clone() for k, v in states.get(p, {}).items()
                       if isinstance(v, torch.Tensor) and v.shape == p.shape}
                 saved[p] = (keep, p.detach().clone(), st)
 
         def post(opt, args, kwargs):
+            states = state_of(opt)
             with torch.no_grad():
                 for p, (keep, value, st) in saved.items():
                     p.copy_(torch.where(keep, p, value))
-                    state = opt.state.get(p, {})
+                    state = states.get(p, {})
                     for k, v in st.items():
                         state[k].copy_(torch.where(keep, state[k], v))
                     for k, v in state.items():  # state created at this step: zero where inactive
                         if k not in st and isinstance(v, torch.Tensor) and v.shape == p.shape:
                             v.copy_(torch.where(keep, v, torch.zeros_like(v)))
             saved.clear()
-            self.forward_indices = None
 
         return optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)
 

@@ -432,3 +432,53 @@ def test_an_optimizer_over_the_model_before_prepare_is_refused_at_attach():
                                          r"it over prepared.parameters\(\)"):
         pruner.attach_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     pruner.attach_optimizer(torch.optim.SGD(pm.parameters(), lr=0.1))
+
+
+def test_every_attached_optimizer_keeps_inactive_weights_and_an_unattached_one_is_said():
+    """break54 #2: the first attached optimizer's step cleared the forward's record, so a second
+    one (a head's) moved inactive weights and momentum; an optimizer over part of the model
+    passed alone, unwarned; a wrapper that is no torch.optim.Optimizer failed in set-up."""
+    def run(attach_head):
+        pm = prepared()
+        pruner = CUCB(pm, rho=0.5, warmup=0, explore=50, channel_step=4)
+        head = [p for n, p in pm.named_parameters() if n.startswith("c3") or n.startswith("fc")]
+        body = [p for n, p in pm.named_parameters() if not (n.startswith("c3") or n.startswith("fc"))]
+        opts = [torch.optim.SGD(body, lr=0.1, momentum=0.9), torch.optim.SGD(head, lr=0.1, momentum=0.9)]
+        pruner.attach_optimizer(opts[0])
+        if attach_head:
+            pruner.attach_optimizer(opts[1])
+        moved = 0
+        for step in range(3):
+            x, y = data(seed=step)
+            loss = F.cross_entropy(pruner.train_forward(x), y)
+            loss.backward()
+            keep = pruner.gathered.element_masks()
+            before = {p: (p.detach().clone(), {k: v.clone() for k, v in o.state.get(p, {}).items()})
+                      for o in opts for p in keep if any(p is q for g in o.param_groups for q in g["params"])}
+            pruner.step(loss)
+            for o in opts:
+                o.step()
+                o.zero_grad()
+            for p, (value, state) in before.items():
+                moved += int((p.detach() != value)[~keep[p].expand_as(p)].sum())
+                owner = next(o for o in opts if any(p is q for g in o.param_groups for q in g["params"]))
+                for k, v in state.items():
+                    moved += int((owner.state[p][k] != v)[~keep[p].expand_as(p)].sum())
+        return moved, pruner
+
+    moved, _ = run(attach_head=True)
+    assert moved == 0
+    with pytest.warns(UserWarning, match=r"no attached optimizer holds 5 trainable parameter\(s\) "
+                                         r"of the model \(c3\.0\.weight, c3\.1\.weight, c3\.1\.bias"):
+        moved, _ = run(attach_head=False)
+    assert moved > 0  # what the warning is about
+
+    class Lookahead:  # a wrapper of the kind some libraries give: param_groups, no step hooks
+        def __init__(self, inner):
+            self.inner, self.param_groups = inner, inner.param_groups
+
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=0, explore=50, channel_step=4)
+    with pytest.raises(TypeError, match=r"a Lookahead is not a torch.optim.Optimizer.*attach the "
+                                        r"torch.optim optimizer it wraps"):
+        pruner.attach_optimizer(Lookahead(torch.optim.SGD(pm.parameters(), lr=0.1)))

@@ -176,6 +176,7 @@ class CUCB(PruningMethod):
                      "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
         self._hooks = []
+        self._attached_params: set[int] = set()  # ids of the attached optimizers' parameters
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
         self._loop_checked = False  # at this object's first step(), a resumed run's too
         self.skipped_steps = 0  # steps whose saliencies were not finite, so not rewarded
@@ -198,8 +199,15 @@ class CUCB(PruningMethod):
         """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
         (gathered execution; nothing to do when masked).
 
-        Raises ValueError when ``optimizer`` holds none of the prepared model's parameters (one
-        built over the model before ``prepare``, which works on a deep copy, trains that one)."""
+        Call it for every optimizer that trains the model. Raises ValueError when ``optimizer``
+        holds none of the prepared model's parameters (one built over the model before
+        ``prepare``, which works on a deep copy, trains that one), TypeError when it is not a
+        ``torch.optim.Optimizer`` (a wrapper: attach the optimizer inside it)."""
+        if not isinstance(optimizer, torch.optim.Optimizer):  # it failed in the hook's set-up
+            raise TypeError(
+                f"CUCB.attach_optimizer: a {type(optimizer).__name__} is not a "
+                "torch.optim.Optimizer, whose step hooks keep inactive weights as they are; "
+                "attach the torch.optim optimizer it wraps")
         if not trains_model(optimizer, self.prepared):
             raise ValueError(  # break49 #4: nothing trained, and nothing said so
                 "CUCB.attach_optimizer: the optimizer holds none of the prepared model's "
@@ -207,6 +215,8 @@ class CUCB(PruningMethod):
                 "prepared.parameters(), after prepare")
         if self.gathered is not None:
             self._hooks += list(self.gathered.protect(optimizer))
+            self._attached_params |= {id(p) for group in optimizer.param_groups
+                                      for p in group["params"]}
 
     # -- the training-loop API --------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
@@ -253,6 +263,14 @@ class CUCB(PruningMethod):
         if not self._hooks:
             missing.append("pruner.attach_optimizer(optimizer) was not called (the optimizer "
                            "moves inactive weights and their momentum)")
+        else:  # break54 #2: a second optimizer, over the head, left unattached
+            loose = [name for name, p in self.prepared.named_parameters()
+                     if p.requires_grad and id(p) not in self._attached_params]
+            if loose:
+                missing.append(f"no attached optimizer holds {len(loose)} trainable "
+                               f"parameter(s) of the model ({', '.join(loose[:3])}"
+                               f"{', ...' if len(loose) > 3 else ''}): attach every optimizer "
+                               "that trains it (an unattached one moves inactive weights)")
         if missing:
             warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
                  "execution='masked' for a loop that trains the prepared model")
