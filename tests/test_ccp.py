@@ -575,6 +575,12 @@ def test_a_grad_scaler_given_to_ccp_gives_the_plain_loops_choice():
                                             r"overflowed under the loss scaler"):
         record, pruner = _amp_run(True, True, overflow_at=(1, 2, 3))
     assert record is None and pruner.skipped_rounds == 1
+    # break54 #9: a resumed CCP forgot the skipped round (and the dropped steps)
+    resumed = CCP(pruner.prepared, target=0.5, mode="adaptive", collect=3, prune_at=4)
+    resumed.load_state_dict(pruner.state_dict())
+    assert (resumed.skipped_rounds, resumed.dropped_steps) == (1, 3)
+    with pytest.warns(RuntimeWarning, match=r"1 of 1 round\(s\) were skipped"):
+        resumed.finalize_masks()
     with pytest.warns(RuntimeWarning, match=r"1 of 1 round\(s\) were skipped"):
         pruner.finalize_masks()
 

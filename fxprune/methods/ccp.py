@@ -646,7 +646,10 @@ class CCP(PruningMethod):
         return {**self.state_origin(), "step": self.step_count, "groups": self.signature(),
                 "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "masks": self.index.masks(self.prepared),
-                "dead": torch.from_numpy(self.dead.copy()), "history": list(self.history)}
+                "dead": torch.from_numpy(self.dead.copy()), "history": list(self.history),
+                # what finalize_masks and the next round's cause report count (break54 #9)
+                "skipped_rounds": self.skipped_rounds, "dropped_steps": self.dropped_steps,
+                "dropped_at_decision": self._dropped_at_decision}
 
     @trainable_state
     def load_state_dict(self, state: dict) -> None:
@@ -665,6 +668,10 @@ class CCP(PruningMethod):
         self.index.set_masks(self.prepared, state["masks"])
         self.dead = state["dead"].numpy().astype(bool).copy()
         self.history = list(state["history"])
+        # (absent from states saved before they were kept: none counted)
+        self.skipped_rounds = int(state.get("skipped_rounds", 0))
+        self.dropped_steps = int(state.get("dropped_steps", 0))
+        self._dropped_at_decision = int(state.get("dropped_at_decision", 0))
         self._set_collecting(self._collecting(self.step_count + 1))
         if self.step_count >= self.prune_steps()[-1]:
             self._close()
