@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_common import changed_options, results_stem  # noqa: E402
-from fxprune.train import load_config, resolve_config, train  # noqa: E402
+from fxprune.train import ConfigError, load_config, resolve_config, train  # noqa: E402
 
 BASE = ROOT / "configs" / "fashion_mnist_smcp.yaml"
 
@@ -75,17 +75,29 @@ SMOKE = {"data": {"name": "synthetic", "synthetic_train": 640, "synthetic_test":
          "model": {"widths": [8, 16, 16]}}
 
 
-def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, threads: int,
-            smoke: bool, reuse: bool = False) -> dict:
+def row_config(name: str, prune: dict, seed: int, epochs: float, runs: Path, threads: int,
+               smoke: bool) -> dict:
+    """The resolved recipe of one row and seed (ConfigError when a row's keys are wrong). Its
+    run folder names the protocol (smoke runs in their own folder, the epochs in the name), so
+    a smoke or shorter run never replaces the published protocol's runs (break56 #1); the
+    device is the CPU the results file states (break56 #3: `device: auto` trained on CUDA)."""
     cfg = copy.deepcopy(load_config(BASE))
     cfg["prune"] = prune
-    cfg.update(seed=seed, num_threads=threads, out=str(runs / f"{name.replace(' ', '_')}_s{seed}"))
+    folder = runs.with_name(runs.name + "_smoke") if smoke else runs
+    cfg.update(seed=seed, num_threads=threads, device="cpu",
+               out=str(folder / f"{name.replace(' ', '_')}_e{int(epochs)}_s{seed}"))
     cfg["optim"]["epochs"] = int(epochs)
     cfg["log"].update(progress=False, tensorboard=False)
     if smoke:
         for section, values in SMOKE.items():
             cfg[section].update(values)
-    resolved = resolve_config(cfg)
+    return resolve_config(cfg)
+
+
+def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, threads: int,
+            smoke: bool, reuse: bool = False) -> dict:
+    resolved = row_config(name, prune, seed, epochs, runs, threads, smoke)
+    cfg = resolved
     done = Path(cfg["out"]) / "results.json"
     if reuse and done.is_file() and load_config(Path(cfg["out"]) / "config.yaml") == resolved:
         result = json.loads(done.read_text())  # this very row ran to the end before
@@ -219,14 +231,26 @@ def main(argv=None) -> int:
     plan = rows_for(args.epochs)
     for item in args.extra:
         name, _, spec = item.partition("=")
+        if name in plan:  # break56 #4: an SMCP row labelled "dense" replaced the dense row
+            parser.error(f"--extra {item!r}: {name!r} is a row already; give the extra row "
+                         "another name")
         try:
-            plan[name] = {**plan["SMCP"], **json.loads(spec)}
+            keys = json.loads(spec)
         except json.JSONDecodeError as exc:
             parser.error(f"--extra {item!r}: not NAME=JSON ({exc})")
+        if not isinstance(keys, dict):
+            parser.error(f"--extra {item!r}: the JSON is prune keys, an object ({{...}})")
+        plan[name] = {**plan["SMCP"], **keys}
     names = args.rows or list(plan)
     unknown = [n for n in names if n not in plan]
     if unknown:
         parser.error(f"unknown rows {unknown}; rows: {list(plan)}")
+    for name in names:  # every row's keys checked before the first trains (break56 #5)
+        try:
+            row_config(name, plan[name], args.seeds[0], args.epochs, args.runs_dir, args.threads,
+                       args.smoke)
+        except ConfigError as exc:
+            parser.error(f"row {name!r}: {exc}")
     rows = []
     started = time.perf_counter()
     try:
