@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def _saved_config(out: Path, name: str) -> dict | None:
 
 def planned_config(name: str, target: float | None, seed: int, epochs: int, out: Path):
     """The --set list of a row and the config it gives (refused here, before any training)."""
-    sets = [f"optim.epochs={epochs}", f"seed={seed}", "num_threads=1", "log.progress=false",
+    # on the CPU the results file names (break56 #3: the recipe's `device: auto` takes CUDA)
+    sets = [f"optim.epochs={epochs}", f"seed={seed}", "num_threads=1", "device=cpu",
+            "log.progress=false",
             "log.tensorboard=false", *METHODS[name]]
     if target is not None:
         sets.append(f"prune.target={target}")
@@ -93,15 +96,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# Fashion-MNIST: accuracy at a FLOPs budget",
         "",
         f"Command: `{meta['command']}`",
-        f"Machine: {meta['cpu']}, {meta['cores']} cores; {meta['jobs']} runs at a time, 1 thread each; "
-        f"torch {meta['torch']}. Model: ResNetFMNIST widths {meta['widths']}, {meta['epochs']} epochs, "
+        f"Machine: {meta['cpu']}, {meta['cores']} cores, device {meta['device']}; "
+        f"{meta['jobs']} runs at a time, 1 thread each, batch {meta['batch']}; "
+        f"torch {meta['torch']}; {meta['runtime_s']} s in all. Model: ResNetFMNIST widths {meta['widths']}, {meta['epochs']} epochs, "
         f"seeds {meta['seeds']}; schedule from `configs/fashion_mnist_smcp.yaml`.",
         "",
         "| method | FLOPs target | test accuracy | FLOPs (final/dense) | params (final/dense) | train time (s) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        target = "-" if r["target"] is None else f"{r['target']:.0%}"
+        target = "-" if r["target"] is None else f"{r['target'] * 100:g}%"
         lines.append(f"| {r['row']} | {target} | {r['accuracy'] * 100:.2f}% | {r['flops_ratio']:.3f} | "
                      f"{r['params_ratio']:.3f} | {r['train_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -130,11 +134,19 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for name in args.methods:
             for target in ([None] if name == "dense" else args.targets):
-                tag = f"{name.replace(' ', '_')}_{'dense' if target is None else int(target * 100)}_s{seed}"
+                # the target as given, in percent (int() put 0.5 and 0.505 in one folder, both
+                # trained into it at once, and 0.29 in "_28": break56 #2)
+                tag = f"{name.replace(' ', '_')}_{'dense' if target is None else f'{target * 100:g}'}_s{seed}"
                 plan.append((name, target, seed, args.runs_dir / tag))
+    folders = [d for *_, d in plan]
+    twice = sorted({d.name for d in folders if folders.count(d) > 1})
+    if twice:
+        parser.error(f"two rows would train in one run folder ({', '.join(twice)}): a target, "
+                     "seed or method given twice, or targets closer than 0.00001")
     for name, target, seed, out in plan:  # every row's config checked before any trains
         planned_config(name, target, seed, args.epochs, out)
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
+    started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, n, t, s, args.epochs, d, args.fresh) for n, t, s, d in plan]
         rows = []
@@ -146,10 +158,13 @@ def main(argv=None) -> int:
 
     import torch
 
+    recipe = load_config(CONFIG)
     meta = {
         "command": "python benchmarks/bench_fashion_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu": cpu_name(), "cores": os.cpu_count(), "jobs": args.jobs, "torch": torch.__version__,
-        "epochs": args.epochs, "seeds": args.seeds, "widths": load_config(CONFIG)["model"]["widths"],
+        "epochs": args.epochs, "seeds": args.seeds, "widths": recipe["model"]["widths"],
+        "device": "cpu", "threads": 1, "batch": recipe["data"]["batch_size"],
+        "runtime_s": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
