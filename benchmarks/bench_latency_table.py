@@ -17,6 +17,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -112,6 +113,16 @@ def main(argv=None) -> int:
                                 changed=changed_options(ap, args, ignore=("save_table",)),
                                 keys=("model", "input_shape", "backend", "grid_points_timed",
                                       "table_sum_dense_ms")))
+
+    if args.save_table and os.path.exists(args.save_table):
+        # replaced only when it is a saved table (break56 #6: a user's JSON was replaced)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (a table of another machine is still a table)
+                LatencyTable.load(args.save_table)
+        except Exception:  # noqa: BLE001 - whatever it is, it is not a table this can replace
+            ap.error(f"--save-table {args.save_table} exists and is not a saved latency table; "
+                     "give another path")
 
     from torchvision.models import resnet50
 

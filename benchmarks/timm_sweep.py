@@ -21,6 +21,9 @@ import torch
 
 from fxprune.deploy.common import cpu_name
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import changed_options, results_stem  # noqa: E402
+
 # Name parts that mark a family's small variants, smallest first.
 PREFERENCE = ["test_", "atto", "femto", "pico", "nano", "xxs", "_xs", "tiny", "mini", "_s0", "_b0", "_m0",
               "_s1", "_t", "small", "_s", "050", "_b1", "18", "26", "34", "_100", "_002", "b_224"]
@@ -83,11 +86,15 @@ class _Timeout(Exception):
 def main():
     import timm
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="benchmarks/results/timm_sweep.json")
+    p.add_argument("--out", default=None,
+                   help="results path (.json; default benchmarks/results/timm_sweep.json)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--only", default="", help="regex of family names")
     args = p.parse_args()
+    # replaces only its own results (break56 #6: a user's JSON at --out was replaced)
+    out = results_stem("timm_sweep", args.out, changed=changed_options(p, args, ignore=("timeout",)),
+                       keys=("machine", "processor", "results"), files=(".json",))
     torch.set_num_threads(1)
     results = []
 
@@ -121,8 +128,8 @@ def main():
         r["family"] = family
         results.append(r)
         print(json.dumps(r), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps({
         "machine": platform.platform(), "processor": cpu_name(), "threads": 1,
         "device": "cpu", "batch": 1, "torch": torch.__version__, "timm": timm.__version__,
         "results": results}, indent=1))
