@@ -223,20 +223,20 @@ CHOICES = """\
 
 - **Table step {step}**: the knapsack's options are multiples of `channel_step`; the table is
   measured at multiples of its step (plus the dense counts) and interpolates bilinearly in
-  between. With `channel_step` {step} every option the knapsack prices is a measured grid
-  point, so its prediction has no interpolation error. On this machine ONNX Runtime's conv
-  time moves in steps of 16 channels (MLAS's blocked NCHWc kernels; the CPU has AVX-512, block
-  16), so a finer grid would mostly re-measure flat stretches, at ~4x the table time per halving
-  of the step (resnet50: 8046 points at step 32, 32052 at 16, 127944 at 8).
-- **channel_step {channel_steps}**: 16 matches the grid and the runtime's blocks; 8 (SMCP's
-  default) is reported too: its odd multiples of 8 fall between grid points, where the table
-  interpolates a cost the runtime's staircase does not have, and the FLOPs rows show what
-  multiples of 8 do on this runtime.
+  between. With a `channel_step` that is a multiple of the table step, every option the
+  knapsack prices is a measured grid point, so its prediction has no interpolation error; a
+  finer one falls between grid points, where the table interpolates. ONNX Runtime's CPU conv
+  time moves in steps of the channel block of MLAS's NCHWc kernels (8 with AVX2, 16 with
+  AVX-512; the machine table above names the CPU), so a grid finer than that block mostly
+  re-measures flat stretches, at ~4x the table time per halving of the step (resnet50: 8046
+  points at step 32, 32052 at 16, 127944 at 8).
+- **channel_step {channel_steps}** (run's `--channel-step`; SMCP's default is 8): the FLOPs
+  rows show what multiples of it do on this runtime.
 - SMCP keeps every group's channel total on the `channel_step` grid (plus the dense count);
   `off_grid_groups` in the JSON lists any group that still ended off it.
 - Timing: all variants of one model interleaved in one process (dense, then each pruned
   model, repeated), {warmup} warm-up rounds then {iters} timed rounds, medians and p90.
-  ORT spin-waiting: {spinning} (`fxprune.deploy`'s default). With spinning on (ORT's own
+  ORT spin-waiting: {spinning} (`fxprune.deploy`'s default is off). With spinning on (ORT's own
   default) an idle session's worker thread spins while the next session runs, so interleaved
   sessions slow each other down, unevenly across models; off, every model pays ORT's thread
   wake-up per op instead, alike for dense and pruned.

@@ -223,6 +223,7 @@ def main(argv=None) -> int:
         Path(f"{out}.md").write_text(table)
         print(table)
         return 0
+    started = time.perf_counter()
     args.out = results_stem("overheads", args.out, changed=changed_options(
         parser, args, ignore=("mask_batch", "mask_size", "mask_steps")),
         keys=("meta", "passes", "steps", "updates"))
@@ -230,14 +231,18 @@ def main(argv=None) -> int:
     steps = [time_training_steps("resnet_fmnist", 128, args.steps, (1, 28, 28)),
              time_training_steps("resnet18", 32, args.steps, (3, 64, 64))]
     updates = [time_update("resnet50", 224), time_update("mobilenet_v2", 224)]
-    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+    # the command as run (break56 #7: the header named the bare command whatever was given)
+    meta = {"command": "python benchmarks/bench_overheads.py "
+                       + shlex.join(sys.argv[1:] if argv is None else argv),
+            "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+            "device": "cpu", "runtime_s": round(time.perf_counter() - started, 1),
             "load_average_before": load_before, "load_average_after": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "passes": passes, "steps": steps, "updates": updates}, indent=2))
     lines = ["# fxprune overheads", "",
-             f"`python benchmarks/bench_overheads.py` on {meta['cpu']}, {meta['cores']} cores, "
-             f"{args.threads} threads, torch {meta['torch']}; load average {load_before[0]:.2f} -> "
-             f"{meta['load_average_after'][0]:.2f}.", "",
+             f"`{meta['command'].strip()}` on {meta['cpu']}, {meta['cores']} cores, device cpu, "
+             f"{args.threads} threads, torch {meta['torch']}, {meta['runtime_s']} s; load average "
+             f"{load_before[0]:.2f} -> {meta['load_average_after'][0]:.2f}.", "",
              "| model | input | prepare (s) | finalize incl. check (s) |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['input']} | {r['prepare_s']:.2f} | {r['finalize_s']:.2f} |" for r in passes]
     lines += ["", "| model | batch x input | plain step (ms) | masked + SMCP step (ms) | ratio |",
