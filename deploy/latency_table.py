@@ -5,7 +5,7 @@ spatial size, batch and dtype, on a grid of (kept input channels, kept output ch
 runtime the model will ship on; ``layer_cost(layer, c_in, c_out)`` interpolates bilinearly
 between grid points (clamped at the grid's edges: a width below a grid's smallest count, from
 a table measured at a coarser ``step`` than the pruner's ``channel_step``, is priced as that
-count, with a RuntimeWarning once per layer signature).
+count, with a RuntimeWarning once per table, naming its first such layer).
 
 Grids: counts ``step, 2*step, ...`` below the dense count, plus the dense count itself. A
 depthwise conv keeps ``c_in == groups`` and ``c_out == m * c_in`` (its channel multiplier

@@ -514,6 +514,8 @@ def test_cli_lists_the_registry(capsys):
     assert main(["methods", "ccp", "cucb", "none"]) == 0  # several at once (break52)
     out = capsys.readouterr().out
     assert "exhaustive_max = 12" in out and "rho = " in out and "no pruning" in out
+    # break56 #10: the trainer's own arguments are listed as such, not as recipe keys
+    assert "scaler = None  (Python API only: fxprune train gives it, not a recipe key)" in out
     assert "magnitude" not in out
 
 

@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..recipe_config import _CONTEXT_ARGS
     from .base import get_method, method_names
 
     detailed = bool(args.name)  # `fxprune methods smcp ccp` (break52: one name was taken)
@@ -46,5 +47,7 @@ def run(args: argparse.Namespace) -> int:
                 said = ""
                 if p.name == "target" and default is None and hasattr(cls, "default_target"):
                     said = f"  ({cls.default_target:g} of dense unless a fixed fraction is given)"
+                elif p.name in _CONTEXT_ARGS:  # break56 #10: listed, then refused in a recipe
+                    said = "  (Python API only: fxprune train gives it, not a recipe key)"
                 print(f"    {p.name} = {default!r}{said}")
     return 0
