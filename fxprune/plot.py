@@ -304,9 +304,11 @@ def _bench_points(data: dict, source: str) -> list[Point]:
     return points
 
 
-def load_points(inputs) -> list[Point]:
+def load_points(inputs, *, latencies: bool = True) -> list[Point]:
     """Points from run folders, runs' ``results.json`` and benchmark results files (see the
-    module docstring); raises :class:`PlotError` naming a missing or foreign input."""
+    module docstring); raises :class:`PlotError` naming a missing or foreign input.
+    ``latencies=False`` reads no run's deploy reports (a FLOPs plot needs none, so a stale one
+    does not refuse the run: break56 #12)."""
     points: list[Point] = []
     runs: list[tuple[Point, Path]] = []  # run points and their folders
     seen: dict[Path, str] = {}
@@ -323,7 +325,7 @@ def load_points(inputs) -> list[Point]:
                        else "it is not an fxprune train --out folder")
                 raise PlotError(f"{path} has no results.json ({why}); pass finished run folders "
                                 "or results files")
-            points.append(_run_point(results, path))
+            points.append(_run_point(results, path if latencies else None))
             runs.append((points[-1], path))
             continue
         data = _read_json(path)
@@ -331,7 +333,7 @@ def load_points(inputs) -> list[Point]:
             points.extend(_bench_points(data, str(path)))
         else:
             run_dir = path.parent if (path.parent / RUN_MARKER).is_file() else None
-            points.append(_run_point(path, run_dir))
+            points.append(_run_point(path, run_dir if latencies else None))
             runs.append((points[-1], run_dir or path.parent))
     _tell_runs_apart(runs)
     return points
@@ -518,7 +520,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     try:
-        drawn = plot_points(load_points(args.inputs), args.out, x=args.x, batch=args.batch,
+        drawn = plot_points(load_points(args.inputs, latencies=args.x != "flops"), args.out, x=args.x, batch=args.batch,
                             title=args.title)
     except (PlotError, OSError) as exc:  # the message alone: it says what to do
         print(f"fxprune plot: error: {exc}", file=sys.stderr)

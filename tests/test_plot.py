@@ -262,6 +262,9 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
     os.utime(d / "report.json", (old, old))
     with pytest.raises(PlotError, match="older than the run's results.json"):
         load_points([run])
+    # break56 #12: a FLOPs plot reads no deploy report, so a stale one does not refuse the run
+    assert load_points([run], latencies=False)[0].latency_ms == {}
+    assert main(["plot", str(run), "--x", "flops", "--out", str(tmp_path / "f.png")]) == 0
 
     # a report written into the run folder itself counts too (deploy --out RUN)
     (d / "report.json").unlink()
