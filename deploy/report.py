@@ -46,7 +46,9 @@ def build_report(*, backend: str, device: str, precision: str, input_shape, thre
         report["dense"] = dense
         # Medians of interleaved runs: both models saw the same machine noise.
         report["speedup"] = dense["latency_ms"]["median"] / pruned["latency_ms"]["median"]
-        report["params_ratio"] = dense["params"] / pruned["params"] if pruned["params"] else None
+        # pruned / dense, as fxprune train's results.json has it (break56 #11: dense / pruned
+        # here read as "75% more parameters" beside the run's 0.57)
+        report["params_ratio"] = pruned["params"] / dense["params"] if dense["params"] else None
     return report
 
 

@@ -261,7 +261,8 @@ def test_report_table_shows_both_models():
     report = build_report(backend="onnxruntime", device="cpu", precision="fp32",
                           input_shape=(4, 3, 8, 8), threads=2, iters=3, warmup=0,
                           versions={"onnxruntime": "x"}, pruned=pruned, dense=dense)
-    assert report["speedup"] == pytest.approx(2.5) and report["params_ratio"] == 4
+    # params_ratio pruned / dense, as in results.json (break56 #11: it was dense / pruned)
+    assert report["speedup"] == pytest.approx(2.5) and report["params_ratio"] == 0.25
     assert report["throughput_per_s"] == pytest.approx(4 * 1000 / 2.0)
     assert report["latency_ms"]["p90"] == pytest.approx(2.8)
     text = format_table(report)
