@@ -24,6 +24,7 @@ from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import DeployError, cpu_name
+from .latency_table import _busy, cpu_load
 from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
                        not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
@@ -232,6 +233,10 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
         onnx_infos[name] = info
 
     engines, trt_diffs = {}, {}
+    # CPU timings read the load around them: other processes' work slows the longer (dense)
+    # model's runs more, and a speedup of 3.5x read 8.35x under load, unsaid (break55 #2)
+    on_cpu = backend == "onnxruntime" or (backend == "torch" and tb.resolve_device(device).type == "cpu")
+    loads = [cpu_load()] if on_cpu else []
     if backend == "onnxruntime":
         log(f"timing on ONNX Runtime ({threads} threads, {warmup} warm-up + {iters} runs"
             f"{', interleaved' if len(models) > 1 else ''})")
@@ -289,6 +294,16 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                           else "ONNX initializer elements")
     if backend == "tensorrt":  # the largest batch the engines' profile takes (from 1)
         report["engine_max_batch"] = int(max_batch or shape[0])
+    if on_cpu:
+        loads.append(cpu_load())
+        report["load_average"] = {"before": loads[0][0], "after": loads[-1][0],
+                                  "cores": loads[0][1]}
+        report["timed_under_load"] = _busy(loads, threads)
+        if report["timed_under_load"]:
+            warnings.warn(f"deploy: timed while other processes shared the CPU (load average "
+                          f"{loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on {loads[0][1]} "
+                          "cores): the latencies and the speedup may be off; time again on an "
+                          "idle machine", RuntimeWarning, stacklevel=2)
     for name, given in (("model", model), ("dense", compare)):
         if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
             entry = report if name == "model" else report["dense"]

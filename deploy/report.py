@@ -91,4 +91,8 @@ def format_table(report: dict) -> str:
         lines.append(label.ljust(width) + "".join(c.rjust(colw) for c in row))
     if dense:
         lines.append(f"speedup (dense median / pruned median): {report['speedup']:.2f}x")
+    if report.get("timed_under_load"):
+        load = report["load_average"]
+        lines.append(f"timed under load (load average {load['before']:.1f} -> {load['after']:.1f} "
+                     f"on {load['cores']} cores): time again on an idle machine")
     return "\n".join(lines)
