@@ -387,6 +387,10 @@ def test_bad_arguments_are_explained():
     # the advised target passes (break22 #12: it was rounded down, and refused again)
     advised = float(re.search(r"at least ([\d.]+)", str(info.value)).group(1))
     fxprune.SMCP(pm, target=advised, warmup=0, ramp=1, update_every=1, channel_step=8)
+    # break55 #5: a target just under the floor read as above it ("0.0518 ... below 0.05177")
+    floor = float(re.search(r"allow \(([\d.]+):", str(info.value)).group(1))
+    with pytest.raises(ValueError, match=rf"target {floor - 2e-5:.5g} of dense is below"):
+        fxprune.SMCP(pm, target=floor - 2e-5, warmup=0, ramp=1, update_every=1, channel_step=8)
 
 
 def test_states_built_from_numpy_numbers_load_with_weights_only(tmp_path):

@@ -370,7 +370,9 @@ class PruningMethod:
             # kernels) may price a wider model lower, which the allocator does not search for
             # below this floor (break36 #4, break38 #1)
             error = InfeasibleBudget(
-                f"target {target:.3g} of dense is below the narrowest model the constraints "
+                # the target at the floor's precision: 0.05177 read "target 0.0518 is below
+                # ... 0.05177" (break55 #5)
+                f"target {target:.5g} of dense is below the narrowest model the constraints "
                 f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
                 f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
                 "channel_step")
