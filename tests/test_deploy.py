@@ -162,20 +162,25 @@ class DataDependent(nn.Module):
         return y
 
 
-def test_dynamo_failure_falls_back_to_torchscript_with_one_line(tmp_path, monkeypatch):
+def fail_dynamo(monkeypatch, reason: str) -> None:
+    """torch.onnx.export with the dynamo exporter raising ``reason``; TorchScript runs."""
     real_export = torch.onnx.export
 
     def dynamo_fails(*args, dynamo=True, **kwargs):
-        if dynamo:  # the shape of the dynamo exporter's message: generic text first
-            raise RuntimeError("Failed to export the model with torch.export. \x1b[96mThis is "
-                               "step 1/3\x1b[0m of exporting the model to ONNX. Next steps:\n- "
-                               "Modify the model code\n\n## Exception summary\n\n<class "
-                               "'torch._dynamo.exc.Unsupported'>: an op it cannot trace\n\nThe "
-                               "following call raised this error:\n  File \"m.py\", line 7, in "
-                               "forward\n    y = op(x)\n")
+        if dynamo:
+            raise RuntimeError(reason)
         return real_export(*args, dynamo=False, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+
+
+def test_dynamo_failure_falls_back_to_torchscript_with_one_line(tmp_path, monkeypatch):
+    # the shape of the dynamo exporter's message: generic text first
+    fail_dynamo(monkeypatch, "Failed to export the model with torch.export. \x1b[96mThis is "
+                "step 1/3\x1b[0m of exporting the model to ONNX. Next steps:\n- Modify the model "
+                "code\n\n## Exception summary\n\n<class 'torch._dynamo.exc.Unsupported'>: an op "
+                "it cannot trace\n\nThe following call raised this error:\n  File \"m.py\", "
+                "line 7, in forward\n    y = op(x)\n")
     lines = []
     model = small_net(4)
     info = export_onnx(model, SHAPE, tmp_path / "fb.onnx", log=lines.append)
@@ -797,14 +802,7 @@ def test_a_value_read_from_the_input_fails_the_check_and_a_size_read_passes(tmp_
     passed: the file was another model (17x deploy's tolerance on inputs in [0, 1]). break51 #3:
     refusing every such TracerWarning refused size reads too (math.sqrt(q.size(-1))), which are
     right at the exported shape: the check's second input, at another scale, tells them apart."""
-    real_export = torch.onnx.export
-
-    def dynamo_fails(*args, dynamo=True, **kwargs):
-        if dynamo:
-            raise RuntimeError("aten_amax: Required parameter 'dim' is not provided")
-        return real_export(*args, dynamo=False, **kwargs)
-
-    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    fail_dynamo(monkeypatch, "aten_amax: Required parameter 'dim' is not provided")
     reads_a_value, reads_a_size = ReadsAValue(), ReadsASize()
     with pytest.warns(torch.jit.TracerWarning, match="Converting a tensor to a Python float"):
         export_onnx(reads_a_value, SHAPE, tmp_path / "rv.onnx", log=lambda s: None)
@@ -831,14 +829,7 @@ def test_a_file_declaring_a_free_batch_is_checked_at_another_batch(tmp_path, mon
     """The TorchScript fallback wrote int(y.size(0)) as the example's batch into a file that
     declares its batch free; the check ran at the exported batch only and passed, and the file
     gave batch 3's input a (2, 1176) output."""
-    real_export = torch.onnx.export
-
-    def dynamo_fails(*args, dynamo=True, **kwargs):
-        if dynamo:
-            raise RuntimeError("dynamo cannot")
-        return real_export(*args, dynamo=False, **kwargs)
-
-    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    fail_dynamo(monkeypatch, "dynamo cannot")
     model, shape = BakesTheBatch(), (2, 3, 16, 16)
     with pytest.warns(torch.jit.TracerWarning, match="Python integer"):
         info = export_onnx(model, shape, tmp_path / "b.onnx", log=lambda s: None)
