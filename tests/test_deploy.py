@@ -828,18 +828,49 @@ class BakesTheBatch(nn.Module):
 def test_a_file_declaring_a_free_batch_is_checked_at_another_batch(tmp_path, monkeypatch):
     """The TorchScript fallback wrote int(y.size(0)) as the example's batch into a file that
     declares its batch free; the check ran at the exported batch only and passed, and the file
-    gave batch 3's input a (2, 1176) output."""
+    gave batch 3's input a (2, 1176) output. Checked at twice the batch: a model whose batch
+    must be a multiple of it (pairs, frames folded into the batch) runs there (break57 #1: at
+    batch + 1 it crashed with torch's traceback); a value the trace baked is named as the
+    batch's, not a lossy op (break57 #3)."""
     fail_dynamo(monkeypatch, "dynamo cannot")
     model, shape = BakesTheBatch(), (2, 3, 16, 16)
     with pytest.warns(torch.jit.TracerWarning, match="Python integer"):
         info = export_onnx(model, shape, tmp_path / "b.onnx", log=lambda s: None)
     assert info["dynamic_batch"]
     with pytest.raises(DeployError, match=r"b.onnx declares a free batch but does not hold at "
-                                          r"batch 3 \(exported at 2\): output 0 has shape "
-                                          r"\(2, 1176\), PyTorch gives \(3, 784\)"):
+                                          r"batch 4 \(exported at 2\): output 0 has shape "
+                                          r"\(2, 1568\), PyTorch gives \(4, 784\).*"
+                                          r"export_onnx\(\.\.\., dynamic_batch=False\)"):
         verify_onnx(info["path"], model, shape)
     fixed = export_onnx(model, shape, tmp_path / "f.onnx", dynamic_batch=False, log=lambda s: None)
     assert verify_onnx(fixed["path"], model, shape) < 1e-5  # declared fixed: checked at 2 only
+
+    class BakesAValue(nn.Module):  # the same shape at any batch, the batch baked in a value
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).sum(0, keepdim=True) / int(x.size(0))
+
+    class Pairs(nn.Module):  # the batch holds pairs: it runs at even batches only
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x).flatten(1)
+            return y.view(-1, 2, y.shape[1]).sum(1)
+
+    bakes_a_value = BakesAValue()
+    with pytest.warns(torch.jit.TracerWarning, match="Python integer"):
+        info = export_onnx(bakes_a_value, shape, tmp_path / "v.onnx", log=lambda s: None)
+    with pytest.raises(DeployError, match=r"v.onnx declares a free batch but does not hold at "
+                                          r"batch 4 \(exported at 2\): output 0 differs"):
+        verify_onnx(info["path"], bakes_a_value, shape)
+    pairs = Pairs()
+    info = export_onnx(pairs, shape, tmp_path / "p.onnx", log=lambda s: None)
+    assert verify_onnx(info["path"], pairs, shape) < 1e-5
 
 
 def test_the_onnx_check_holds_a_small_output_to_its_own_scale(tmp_path):
