@@ -473,6 +473,18 @@ def test_every_attached_optimizer_keeps_inactive_weights_and_an_unattached_one_i
         moved, _ = run(attach_head=False)
     assert moved > 0  # what the warning is about
 
+    # break57 #6: a group added after attach_optimizer is held by an attached optimizer
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=0, explore=50, channel_step=4)
+    opt = torch.optim.SGD([p for n, p in pm.named_parameters() if not n.startswith("fc")], lr=0.1)
+    pruner.attach_optimizer(opt)
+    opt.add_param_group({"params": [p for n, p in pm.named_parameters() if n.startswith("fc")]})
+    x, y = data()
+    F.cross_entropy(pruner.train_forward(x), y).backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruner.step()
+
     class Lookahead:  # a wrapper of the kind some libraries give: param_groups, no step hooks
         def __init__(self, inner):
             self.inner, self.param_groups = inner, inner.param_groups
@@ -482,3 +494,30 @@ def test_every_attached_optimizer_keeps_inactive_weights_and_an_unattached_one_i
     with pytest.raises(TypeError, match=r"a Lookahead is not a torch.optim.Optimizer.*attach the "
                                         r"torch.optim optimizer it wraps"):
         pruner.attach_optimizer(Lookahead(torch.optim.SGD(pm.parameters(), lr=0.1)))
+
+
+def test_an_optimizer_attached_after_the_final_pick_trains_every_kept_channel():
+    """break57 #2: each attached optimizer protects once per gathered forward, so one attached
+    for fine-tuning after the final pick took its first step with the last sub-network's
+    indices: kept rows that sub-network left out did not train, their new momentum zeroed."""
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=5, channel_step=4)
+    first = torch.optim.SGD(pm.parameters(), lr=0.1, momentum=0.9)
+    pruner.attach_optimizer(first)
+    for step in range(5):
+        x, y = data(seed=step)
+        F.cross_entropy(pruner.train_forward(x), y).backward()
+        pruner.step()
+        first.step()
+        first.zero_grad()
+    assert pruner.final
+    tune = torch.optim.SGD(pm.parameters(), lr=0.01, momentum=0.9)
+    pruner.attach_optimizer(tune)
+    w = pm.get_submodule("c2.0").weight
+    before = w.detach().clone()
+    x, y = data(seed=9)
+    F.cross_entropy(pruner.train_forward(x), y).backward()
+    pruner.step()
+    tune.step()
+    moved = (w.detach() != before) | (w.grad == 0)
+    assert bool(moved.all()), "elements with a gradient left as they were"

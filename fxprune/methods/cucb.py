@@ -66,6 +66,7 @@ intermittently active channel with the global ``1/num_batches_tracked``, not its
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -176,7 +177,7 @@ class CUCB(PruningMethod):
                      "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
         self._hooks = []
-        self._attached_params: set[int] = set()  # ids of the attached optimizers' parameters
+        self._attached: list = []  # weak references to the attached optimizers
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
         self._loop_checked = False  # at this object's first step(), a resumed run's too
         self.skipped_steps = 0  # steps whose saliencies were not finite, so not rewarded
@@ -189,7 +190,12 @@ class CUCB(PruningMethod):
     def train_forward(self):
         """The module the training step should call: the active sub-network while exploring
         (gathered execution), the prepared model otherwise."""
-        if self.gathered is None or self.final:
+        if self.gathered is None:
+            return self.prepared
+        if self.final:
+            # a full-width forward: the last sub-network's indices are no step's to protect now
+            # (break57 #2: an optimizer attached after the final pick rolled back kept rows)
+            self.gathered.forward_indices = None
             return self.prepared
         self.gathered.follow_mode(self.prepared.training)
         self._ran_gathered = True
@@ -215,8 +221,7 @@ class CUCB(PruningMethod):
                 "prepared.parameters(), after prepare")
         if self.gathered is not None:
             self._hooks += list(self.gathered.protect(optimizer))
-            self._attached_params |= {id(p) for group in optimizer.param_groups
-                                      for p in group["params"]}
+            self._attached.append(weakref.ref(optimizer))
 
     # -- the training-loop API --------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
@@ -264,13 +269,16 @@ class CUCB(PruningMethod):
             missing.append("pruner.attach_optimizer(optimizer) was not called (the optimizer "
                            "moves inactive weights and their momentum)")
         else:  # break54 #2: a second optimizer, over the head, left unattached
+            held = {id(p) for ref in self._attached if ref() is not None  # groups added since
+                    for group in ref().param_groups for p in group["params"]}
             loose = [name for name, p in self.prepared.named_parameters()
-                     if p.requires_grad and id(p) not in self._attached_params]
+                     if p.requires_grad and id(p) not in held]
             if loose:
                 missing.append(f"no attached optimizer holds {len(loose)} trainable "
                                f"parameter(s) of the model ({', '.join(loose[:3])}"
-                               f"{', ...' if len(loose) > 3 else ''}): attach every optimizer "
-                               "that trains it (an unattached one moves inactive weights)")
+                               f"{', ...' if len(loose) > 3 else ''}): if an optimizer of yours "
+                               "trains them, attach it (an unattached one moves inactive "
+                               "weights); if none does, requires_grad_(False) says so")
         if missing:
             warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
                  "execution='masked' for a loop that trains the prepared model")
