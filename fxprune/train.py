@@ -423,10 +423,13 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             # file and made its deploy report read as stale (break52)
             done = _on_main(lambda: _finished_results(out, int(ckpt["epoch"])))
             if done is not None:
+                # a schedule in fractions refuses more epochs on resume (break57 #5)
+                more = ("start a new run with more optim.epochs to train longer" if fractions
+                        and method != "none" else "raise optim.epochs to train on")
                 if main:
                     print(f"fxprune train: the run in {out} finished its {ckpt['epoch']} epochs; "
-                          "nothing to resume, its files are kept as they are (raise "
-                          "optim.epochs to train on)", flush=True)
+                          f"nothing to resume, its files are kept as they are ({more})",
+                          flush=True)
                     print(format_results(done))
                 _check_target(done, cfg, out)
                 return done
@@ -767,7 +770,10 @@ def _finished_results(out: Path, epochs: int) -> dict | None:
     finished = (isinstance(results, dict) and results.get("epochs") == epochs
                 and isinstance(results.get("model"), str)
                 and (out / Path(results["model"]).name).is_file())
-    return results if finished else None
+    if not finished:
+        return None
+    # where the run is now (a run moved since named the old folder's model: break57 #8)
+    return {**results, "out": str(out), "model": str(out / Path(results["model"]).name)}
 
 
 # ----------------------------------------------------------------------------- command line

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import shutil
 import os
 import warnings
 
@@ -431,6 +432,12 @@ def test_a_finished_run_resumed_trains_nothing_and_keeps_its_files(recipe, tmp_p
     assert "test accuracy" in said  # its results, as the run printed them
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
             for p in out.iterdir() if p.is_file()} == files
+    moved = tmp_path / "moved"  # break57 #8: a moved run named the old folder's model
+    shutil.copytree(out, moved)  # (times kept, as mv and cp -a keep them)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
+                     "--out", str(moved)]) == 0
+    said = capsys.readouterr().out
+    assert f"model: {moved / 'model_dense.pt'}" in said and str(out / "model") not in said
     (out / "results.json").unlink()  # stopped before writing its results: finished now
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
                      "--out", str(out)]) == 0
