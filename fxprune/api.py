@@ -151,9 +151,10 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
     if total and not zeros and not between:
         # the plain model of a prepare, or a run whose pruning never happened (finalize before
         # the method's finalize_masks, a target of 1): the "smaller" model is the dense one
+        # (break57 #7: "prune first (a method's finalize_masks())" right after that call)
         warn("finalize: no channel mask is 0, so no channel is removed and the result is as "
-             "large as the model; prune first (a method's finalize_masks(), or set masks), or "
-             "ignore this if you meant to", RuntimeWarning)
+             "large as the model: nothing was pruned (a target of 1, a run stopped before the "
+             "method's first pruning step, or masks never set)", RuntimeWarning)
     if between:
         warnings.warn(f"finalize: {between} of {total} channel masks are neither 0 nor 1: those "
                       "channels are kept, their masks folded into the weights (as intended, if "
