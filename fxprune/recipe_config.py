@@ -624,6 +624,12 @@ def _check_prune(prune: dict, optim: dict) -> None:
     # forwarding them) let them through, and a method's own `scaler` was an "unknown key"
     # (break54 #5)
     theirs = sorted(k for k in prune if k in _CONTEXT_ARGS and method != "none")
+    if "schedule" in theirs:
+        # (break57 #9: the trainer gives no schedule; the method builds it from these keys)
+        raise ConfigError("prune.schedule is the method's schedule object, which it builds from "
+                          "the recipe's prune.warmup / ramp / update_every / freeze_after keys "
+                          "(or their _epochs / _fraction forms): set those, and remove "
+                          "prune.schedule (on the command line: --set '~prune.schedule')")
     if theirs:
         raise ConfigError(f"prune.{theirs[0]} is an argument fxprune train gives the method "
                           "itself (the prepared model, the run's length, a mean loss, no loss "

@@ -206,8 +206,9 @@ def test_a_fit_that_ends_before_the_schedule_saves_nothing_and_says_so(tmp_path)
     kept = PruningCallback("smcp", save_path=tmp_path / "kept.pt", allow_above_target=True,
                            **SMCP_ARGS)
     with pytest.warns(RuntimeWarning, match=r"above the target 0\.5000; kept "
-                                            r"\(allow_above_target=True\)"):  # break54 #10
+                                            r"\(allow_above_target=True\)") as said:  # break54 #10
         trainer(tmp_path, 1, [kept]).fit(Classifier(), loader())
+    assert [w.filename for w in said if "kept (allow" in str(w.message)] == [__file__]  # break57 #13
     assert (tmp_path / "kept.pt").exists() and kept.pruner.cost() > 0.5
 
 

@@ -534,6 +534,9 @@ BAD_OVERRIDES = [
     # break54 #5: a method taking **kwargs let them through (scaler crashed, sum was kept)
     (["prune.method=kwargs_ccp", "prune.scaler=true"], "--set '~prune.scaler'"),
     (["prune.method=kwargs_ccp", "prune.reduce_fn=1"], "prune.reduce_fn is an argument"),
+    # break57 #9: the trainer gives no schedule; the recipe's schedule keys build it
+    (["prune.method=smcp", "prune.schedule=1"], "prune.schedule is the method's schedule object, "
+                                                "which it builds from the recipe's prune.warmup"),
 ]
 
 

@@ -60,6 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import fxprune
 
 from .. import distributed as fxdist
+from ..errors import warn
 from ..groups import is_prepared
 from ..methods.base import trains_model
 from ..run_io import atomic_torch_save
@@ -311,9 +312,9 @@ class PruningCallback(pl.Callback):
         above = isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
         if above and self.allow_above_target and trainer.is_global_zero:
             # kept as allowed, but said (break54 #10: the method's own warning is off here)
-            warnings.warn(f"the fit ended at step {self.pruner.step_count} with the model at cost "
-                          f"{cost:.4f} of dense, above the target {float(target):.4f}; kept "
-                          "(allow_above_target=True)", RuntimeWarning, stacklevel=2)
+            warn(f"the fit ended at step {self.pruner.step_count} with the model at cost "
+                 f"{cost:.4f} of dense, above the target {float(target):.4f}; kept "
+                 "(allow_above_target=True)", RuntimeWarning)
         if above and not self.allow_above_target:  # every rank: the masks are rank 0's
             from fxprune.errors import TargetNotReachedError
 

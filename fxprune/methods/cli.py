@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
                 said = ""
                 if p.name == "target" and default is None and hasattr(cls, "default_target"):
                     said = f"  ({cls.default_target:g} of dense unless a fixed fraction is given)"
+                elif p.name == "schedule":  # built from the schedule keys (break57 #9)
+                    said = "  (Python API only: a recipe sets warmup/ramp/update_every/freeze_after)"
                 elif p.name in _CONTEXT_ARGS:  # break56 #10: listed, then refused in a recipe
                     said = "  (Python API only: fxprune train gives it, not a recipe key)"
                 print(f"    {p.name} = {default!r}{said}")
