@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from fxprune.deploy.common import cpu_name
-from fxprune.train import load_config
+from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -144,7 +144,10 @@ def main(argv=None) -> int:
         parser.error(f"two rows would train in one run folder ({', '.join(twice)}): a target, "
                      "seed or method given twice, or targets closer than 0.00001")
     for name, target, seed, out in plan:  # every row's config checked before any trains
-        planned_config(name, target, seed, args.epochs, out)
+        try:
+            planned_config(name, target, seed, args.epochs, out)
+        except ConfigError as exc:  # one line, as bench_methods says it (break57 #11)
+            parser.error(f"row {name!r} at target {target}: {exc}")
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:

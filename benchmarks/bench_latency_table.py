@@ -114,6 +114,8 @@ def main(argv=None) -> int:
                                 keys=("model", "input_shape", "backend", "grid_points_timed",
                                       "table_sum_dense_ms")))
 
+    if args.save_table and os.path.abspath(args.save_table) == os.path.abspath(f"{args.out}.json"):
+        ap.error("--save-table is the results file's path; give it another")  # (break57 #11)
     if args.save_table and os.path.exists(args.save_table):
         # replaced only when it is a saved table (break56 #6: a user's JSON was replaced)
         try:

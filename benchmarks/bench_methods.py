@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -75,6 +76,12 @@ SMOKE = {"data": {"name": "synthetic", "synthetic_train": 640, "synthetic_test":
          "model": {"widths": [8, 16, 16]}}
 
 
+def folder_name(row: str) -> str:
+    """A row's run-folder name: letters, digits, '.', '-' and '_' (a space or a path separator
+    becomes '_', so "../x" stays inside --runs-dir)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", row).lstrip(".") or "_"
+
+
 def row_config(name: str, prune: dict, seed: int, epochs: float, runs: Path, threads: int,
                smoke: bool) -> dict:
     """The resolved recipe of one row and seed (ConfigError when a row's keys are wrong). Its
@@ -83,9 +90,10 @@ def row_config(name: str, prune: dict, seed: int, epochs: float, runs: Path, thr
     device is the CPU the results file states (break56 #3: `device: auto` trained on CUDA)."""
     cfg = copy.deepcopy(load_config(BASE))
     cfg["prune"] = prune
+    runs = runs.resolve()  # (`--runs-dir .` has no name to add "_smoke" to)
     folder = runs.with_name(runs.name + "_smoke") if smoke else runs
     cfg.update(seed=seed, num_threads=threads, device="cpu",
-               out=str(folder / f"{name.replace(' ', '_')}_e{int(epochs)}_s{seed}"))
+               out=str(folder / f"{folder_name(name)}_e{int(epochs)}_s{seed}"))
     cfg["optim"]["epochs"] = int(epochs)
     cfg["log"].update(progress=False, tensorboard=False)
     if smoke:
@@ -245,6 +253,11 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in plan]
     if unknown:
         parser.error(f"unknown rows {unknown}; rows: {list(plan)}")
+    folders = [folder_name(n) for n in names]
+    shared = sorted({f for f in folders if folders.count(f) > 1})
+    if shared:  # break57 #10: "CUCB random" and "CUCB_random" trained into one folder
+        parser.error(f"rows {[n for n in names if folder_name(n) in shared]} would share the run "
+                     f"folder {shared[0]}; rename one")
     for name in names:  # every row's keys checked before the first trains (break56 #5)
         try:
             row_config(name, plan[name], args.seeds[0], args.epochs, args.runs_dir, args.threads,

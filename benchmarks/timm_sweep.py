@@ -2,9 +2,10 @@
 
 For each: trace + prepare at a small resolution, mask half of every prunable group at random,
 finalize, and compare the pruned model's output with the masked model's. Prints one line per
-model and writes a JSON file (the slow test tests/test_timm.py runs the models listed there).
+model and writes a JSON file (``--out PATH``: PATH.json; the slow test tests/test_timm.py
+keeps its own table of these models, written from such a sweep).
 
-    python benchmarks/timm_sweep.py --out benchmarks/results/timm_sweep.json
+    python benchmarks/timm_sweep.py --out /tmp/timm_sweep
 """
 from __future__ import annotations
 
