@@ -188,7 +188,9 @@ def _record_written(path: Path, *, pending: bool = False) -> None:
         return
     if not pending and not path.is_file():
         return
-    written = _written(out) or {}
+    written = _written(out)
+    if written is None:  # an older fxprune's marker: its run files, trusted then, are adopted
+        written = {name: _stat(out / name) for name in RUN_FILES if (out / name).is_file()}
     now = _PENDING if pending else _stat(path)
     if written.get(path.name) != now:
         written[path.name] = now

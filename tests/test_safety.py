@@ -782,3 +782,21 @@ def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune()
                                                    r"test_safety.py:\d+\).*remove it before prepare") as e:
         fxprune.finalize(pm)
     assert "bug in fxprune" not in str(e.value)
+
+
+def test_an_older_fxprunes_marker_adopts_its_run_files_when_first_recorded(tmp_path):
+    """A run folder whose marker an older fxprune wrote (its first line alone) records no files;
+    the first record in it adopts the run files there, so a later start does not call the run's
+    own files the user's."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / run_io.RUN_MARKER).write_text(run_io._MARKER_TEXT)  # as an older fxprune wrote it
+    (out / "model_pruned.pt").write_bytes(b"the old run's model")
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    assert run_io.foreign_run_files(out) == []  # an old marker: trusted, as before
+    run_io.atomic_write_text(out / "config.yaml", "a: 1\n")
+    assert run_io.foreign_run_files(out) == []
+    (out / "results.json").write_text("{}")  # put there since: the user's
+    assert run_io.foreign_run_files(out) == ["results.json"]
