@@ -31,7 +31,8 @@ def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
     assert bench.main([*args, "--out", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a.json").read_text())["runs"]
     assert [r["row"] for r in first] == ["dense", "late"] and not any(r.get("reused") for r in first)
-    config = (tmp_path / "runs" / "late_s0" / "config.yaml").read_text()
+    # a smoke run trains in its own folder, the epochs in the row's name (break56 #1)
+    config = (tmp_path / "runs_smoke" / "late_e1_s0" / "config.yaml").read_text()
     assert "warmup_fraction: 0.3" in config
     assert bench.main([*args, "--reuse", "--out", str(tmp_path / "b")]) == 0
     second = json.loads((tmp_path / "b.json").read_text())["runs"]
