@@ -105,9 +105,8 @@ def row_config(name: str, prune: dict, seed: int, epochs: float, runs: Path, thr
 def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, threads: int,
             smoke: bool, reuse: bool = False) -> dict:
     resolved = row_config(name, prune, seed, epochs, runs, threads, smoke)
-    cfg = resolved
-    done = Path(cfg["out"]) / "results.json"
-    if reuse and done.is_file() and load_config(Path(cfg["out"]) / "config.yaml") == resolved:
+    done = Path(resolved["out"]) / "results.json"
+    if reuse and done.is_file() and load_config(Path(resolved["out"]) / "config.yaml") == resolved:
         result = json.loads(done.read_text())  # this very row ran to the end before
         result.update(row=name, seed=seed, reused=True)
         return result
