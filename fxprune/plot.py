@@ -12,13 +12,16 @@ Inputs, any mix of:
   count, input size or runtime version than the others (where both say: a benchmark file
   says its machine's CPU, threads and ONNX Runtime version) are refused on a latency axis.
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
-  (fraction, 0..1) is a point, labelled by its ``label``, ``row`` or ``method`` key. A row's
+  (fraction, 0..1) is a point, labelled by its ``label``, else its ``row`` or ``method`` key
+  followed by its ``target`` (a fraction, drawn as a percentage) when it has one. A row's
   ``flops`` and ``latency_ms`` (a number, for the file's ``batch``, or ``{"BATCH": ms}``)
   place it, and a row's ``speedup`` (over the dense model timed beside it, a number or
   ``{"BATCH": x}``) does for ``--x speedup``; ``accuracy_std`` draws an error bar. Rows with a
   ``net`` key are drawn in one panel
-  per network (different networks' latencies do not share an axis), and rows of one method
-  family (the ``method`` name up to its first ``-``: ``tp-taylor-r8`` is ``tp``) share a colour.
+  per network (different networks' latencies do not share an axis), and rows of one kind share
+  a colour: the ``row`` name where a row has one (``bench_fashion_mnist.py``'s ``hard masks``
+  runs SMCP's trainer but is its own baseline), else the method family (the ``method`` name up
+  to its first ``-``: ``tp-taylor-r8`` is ``tp``).
 
 ``--x latency`` (default) uses the median latency in milliseconds at ``--batch`` (default: the
 only batch the inputs measured, else the smallest); ``--x speedup`` the measured speedup over
@@ -287,6 +290,9 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             continue
         where = f"{source} row {i}"
         label = str(row.get("label") or row.get("row") or row.get("method") or f"row {i}")
+        target = row.get("target")
+        if not row.get("label") and isinstance(target, (int, float)) and not isinstance(target, bool):
+            label += f" {target * 100:g}%"  # one row kind at several targets: say which point is which
         panel = str(row.get("net") or "")
         if panel and label.startswith(panel + ":"):
             label = label[len(panel) + 1:]  # the panel's title names the network
@@ -297,7 +303,7 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             _latencies(row.get("latency_ms"), row.get("batch", batch), where),
             _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
             None if std is None else _not_negative(std, "accuracy_std", where), source, panel,
-            str(row.get("method") or label).split("-")[0]))
+            str(row.get("row") or row.get("method") or label).split("-")[0]))
         points[-1].timing = dict.fromkeys(points[-1].latency_ms, timing)
     if not points:
         raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
@@ -493,6 +499,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         plt.close(fig)
     return {"x": x, "batch": None if x == "flops" else batch, "panels": panels,
             "points": [(p.label, xs[id(p)], p.accuracy) for p in drawn],
+            "point_panels": [p.panel for p in drawn],  # the network of each point ("" : none)
             "skipped": [p.label for p in points if xs[id(p)] is None],
             # what a skipped point has instead (break45: "no latency" for a run measured at
             # another batch only)
@@ -525,8 +532,9 @@ def run(args: argparse.Namespace) -> int:
     except (PlotError, OSError) as exc:  # the message alone: it says what to do
         print(f"fxprune plot: error: {exc}", file=sys.stderr)
         return 2
-    for label, xv, acc in drawn["points"]:
-        print(f"{label:40} {xv:12.4g} {100 * acc:8.2f}%")
+    for (label, xv, acc), panel in zip(drawn["points"], drawn["point_panels"]):
+        name = f"{panel}: {label}" if panel else label  # three nets' "dense" rows told apart
+        print(f"{name:40} {xv:12.4g} {100 * acc:8.2f}%")
     if drawn["skipped"]:
         at = "" if drawn["batch"] is None else f" at batch {drawn['batch']}"
         has = drawn.get("skipped_has", {})

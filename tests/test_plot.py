@@ -96,6 +96,28 @@ def test_rows_of_several_networks_get_a_panel_each_and_a_colour_per_method_famil
     assert plot_points(load_points([_bench(tmp_path / "b.json")]), tmp_path / "one.png")["panels"] == [""]
 
 
+def test_baseline_rows_of_one_trainer_get_their_own_colour_and_a_label_per_target(tmp_path, capsys):
+    # bench_fashion_mnist.py's rows: "hard masks" and "magnitude" run SMCP's trainer (method
+    # smcp) but are baselines; each row kind runs at two targets (break56 #13)
+    rows = [{"row": "dense", "method": "none", "target": None, "accuracy": 0.92, "flops": 18e6}]
+    rows += [{"row": kind, "method": "smcp", "target": t, "accuracy": acc, "flops": t * 18e6}
+             for kind, acc in (("SMCP", 0.91), ("hard masks", 0.905), ("magnitude", 0.9))
+             for t in (0.5, 0.3)]
+    bench = tmp_path / "fashion_mnist.json"
+    bench.write_text(json.dumps({"meta": {}, "rows": rows}))
+    points = load_points([bench], latencies=False)
+    assert [p.label for p in points] == ["dense", "SMCP 50%", "SMCP 30%", "hard masks 50%",
+                                         "hard masks 30%", "magnitude 50%", "magnitude 30%"]
+    assert [p.family for p in points[::2]] == ["dense", "SMCP", "hard masks", "magnitude"]
+    # a multi-net file's printout names each point's net
+    vs = tmp_path / "vs.json"
+    vs.write_text(json.dumps({"rows": [{"net": net, "label": "dense", "method": "dense",
+                                        "accuracy": 0.9, "flops": 1e6} for net in ("a", "b")]}))
+    assert main(["plot", str(vs), "--x", "flops", "--out", str(tmp_path / "vs.png")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("a: dense ") and "\nb: dense " in printed
+
+
 def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0)])
     out = tmp_path / "pareto.png"
