@@ -190,6 +190,20 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def plot_rows(summary: list[dict], runs: list[dict]) -> list[dict]:
+    """One point per row for ``fxprune plot`` (its ``rows`` format): the seeds' mean accuracy
+    (fraction) with its standard deviation, mean FLOPs and params per image."""
+    out = []
+    for s in summary:
+        rs = [r for r in runs if r["row"] == s["row"]]
+        out.append({"row": s["row"], "method": rs[0]["method"], "seeds": s["seeds"],
+                    "accuracy": s["accuracy"][0], "accuracy_std": s["accuracy"][1],
+                    "flops": statistics.mean(float(r["flops"]) for r in rs),
+                    "params": statistics.mean(float(r["params"]) for r in rs),
+                    "flops_ratio": s["flops_ratio"][0]})
+    return out
+
+
 def markdown(summary, solver, timing, meta) -> str:
     lines = ["# Methods at 50% of the dense FLOPs" + (" (SMOKE: synthetic data, not a result)" if meta["smoke"] else ""),
              "", f"Command: `{meta['command']}`",
@@ -291,8 +305,10 @@ def main(argv=None) -> int:
             "cucb_vs_dense_time": (by["CUCB"]["train_time_s"][0] / by["dense"]["train_time_s"][0]
                                    if "CUCB" in by and "dense" in by and by["dense"]["train_time_s"][0] else None)}
     out.parent.mkdir(parents=True, exist_ok=True)
+    # "rows": what `fxprune plot` draws (break56 #15: the file had none and was refused)
     Path(f"{out}.json").write_text(json.dumps({"meta": meta, "summary": summary, "solver": solver,
-                                               "cucb_step_time": timing, "runs": rows}, indent=2) + "\n")
+                                               "cucb_step_time": timing, "runs": rows,
+                                               "rows": plot_rows(summary, rows)}, indent=2) + "\n")
     table = markdown(summary, solver, timing, meta)
     Path(f"{out}.md").write_text(table)
     print(table)

@@ -5,6 +5,8 @@ import json
 
 from helpers import load_benchmark
 
+from fxprune.plot import load_points
+
 
 def test_smoke_mode_runs_every_row(tmp_path):
     bench = load_benchmark("bench_methods")
@@ -22,6 +24,11 @@ def test_smoke_mode_runs_every_row(tmp_path):
     assert result["meta"]["device"] == "cpu" and result["meta"]["runtime_s"] > 0
     assert set(result["cucb_step_time"]) == {"full width", "rho 0.3", "rho 0.5", "rho 0.7"}
     assert 0 < result["solver"]["greedy_swap_hit_rate"] <= 1
+    # the file is one `fxprune plot` draws: a point per row, its seeds' mean (break56 #15)
+    points = {p.label: p for p in load_points([tmp_path / "methods_smoke.json"], latencies=False)}
+    assert set(points) == set(rows)
+    assert points["SMCP"].accuracy == rows["SMCP"]["accuracy"][0] and points["CUCB"].family == "CUCB"
+    assert points["SMCP"].flops < points["dense"].flops
 
 
 def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
