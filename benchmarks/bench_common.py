@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (not part of the fxprune package)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,6 +19,20 @@ def changed_options(parser, args, ignore=()) -> list[str]:
     skip = {"out", "smoke", *ignore}
     return [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
             if dest not in skip and value != parser.get_default(dest)]
+
+
+def given_options(parser, argv) -> set[str]:
+    """The dests of the options typed on the command line ``argv`` (``None``: ``sys.argv``), in
+    any spelling argparse takes (``--iters 3``, ``--iters=3``, an unambiguous prefix), so that a
+    smoke mode's smaller defaults leave them as given (break56 #14: ``--iters=3`` was read as
+    not given)."""
+    import copy
+
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(quiet.parse_args(list(argv) if argv is not None else sys.argv[1:])))
 
 
 def results_stem(name: str, out=None, smoke: bool = False, changed=(), *, keys=(),

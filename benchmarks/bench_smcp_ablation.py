@@ -1,7 +1,7 @@
 """Where SMCP loses accuracy on a short schedule: an ablation of its mask-update options.
 
     python benchmarks/bench_smcp_ablation.py                            # the short schedule, 3 seeds
-    python benchmarks/bench_smcp_ablation.py --smoke                    # seconds: synthetic data
+    python benchmarks/bench_smcp_ablation.py --smoke                    # ~2 minutes: synthetic data
 
 The short schedule of issue 12: a small residual CNN with a concat branch, 10,000 Fashion-MNIST
 training images (no augmentation), 2 epochs, SGD (momentum 0.9, Nesterov, weight decay 5e-4) with
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
                    help='more rows: SMCP arguments over the base schedule, e.g. '
                         '\'update40={"update_every": 40}\'')
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--smoke", action="store_true", help="synthetic data, narrow net: seconds")
+    p.add_argument("--smoke", action="store_true", help="synthetic data, narrow net, every row and seed: ~2 minutes on 2 cores")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/smcp_ablation)")
     p.add_argument("--append", action="store_true",
                    help="add these rows to the results file already at --out (same schedule, "

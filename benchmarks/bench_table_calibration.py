@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import changed_options, given_options, results_stem  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
 from fxprune.cost import FlopsCost, WithFixedCost, layer_keys  # noqa: E402
@@ -207,16 +207,17 @@ def main(argv=None) -> None:
                         "(LatencyTable.measure's passes; default 2, as there)")
     p.add_argument("--cache", help="a latency cache FILE to use (default: a fresh one per run)")
     p.add_argument("--smoke", action="store_true",
-                   help="the nets' smoke widths, one target (0.9), one draw, 5 runs")
+                   help="the nets' smoke widths (resnet 8/16/32; concat and wide at 16/32/64), "
+                        "one target (0.9), one draw, 5 runs; options given stay as given")
     p.add_argument("--out", default=None,
                    help="results path without extension (.json and .md are written; default "
                         "benchmarks/results/table_calibration, or table_calibration_smoke)")
     args = p.parse_args(argv)
     if args.smoke:  # smaller defaults; what was given stays
-        given = set(argv if argv is not None else sys.argv[1:])
-        args.iters = args.iters if "--iters" in given else 5
-        args.configs = args.configs if "--configs" in given else 1
-        args.targets = args.targets if "--targets" in given else [0.9]
+        given = given_options(p, argv)
+        args.iters = args.iters if "iters" in given else 5
+        args.configs = args.configs if "configs" in given else 1
+        args.targets = args.targets if "targets" in given else [0.9]
     bad = [t for t in args.targets if not 0 < t <= 1]
     if bad:
         p.error(f"--targets are fractions of the dense cost in (0, 1], got {bad}")

@@ -160,3 +160,38 @@ def test_each_benchmark_replaces_its_own_results_and_no_other(script, monkeypatc
             else:
                 with pytest.raises(SystemExit):
                     common.results_stem(name, path, **seen)
+
+
+def test_a_smoke_mode_keeps_the_options_given_in_any_spelling(monkeypatch):
+    """break56 #14: bench_table_calibration --smoke looked for the literal "--iters" and ran 5
+    timing runs for ``--iters=3``; bench_vs_torch_pruning --smoke trained concat for
+    ``--nets resnet``."""
+    import argparse
+
+    common = load_benchmark("bench_common")
+    p = argparse.ArgumentParser()
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--nets", nargs="+", default=["concat"])
+    p.add_argument("--smoke", action="store_true")
+    assert common.given_options(p, ["--smoke", "--iters=3"]) == {"smoke", "iters"}
+    assert common.given_options(p, ["--iter", "3", "--nets", "resnet"]) == {"iters", "nets"}
+    assert common.given_options(p, []) == set()
+    assert p.parse_args([]).iters == 100  # the parser itself keeps its defaults
+
+    bench = load_benchmark("bench_vs_torch_pruning")
+
+    class Seen(Exception):
+        pass
+
+    def stop(args):  # the first thing main does with the arguments after the smoke defaults
+        raise Seen(args)
+
+    monkeypatch.setattr(bench, "smcp_rows", stop)
+    with pytest.raises(Seen) as seen:
+        bench.main(["--smoke", "--nets", "resnet", "--iters=7"])
+    args = seen.value.args[0]
+    assert (args.nets, args.iters, args.epochs, len(args.seeds)) == (["resnet"], 7, 2, 1)
+    with pytest.raises(Seen) as seen:
+        bench.main(["--smoke"])
+    args = seen.value.args[0]
+    assert (args.nets, args.iters, args.epochs) == (["concat"], bench.SMOKE_ITERS, 2)
