@@ -32,7 +32,7 @@ import torch
 import fxprune
 from fxprune.deploy import LatencyTable
 from fxprune.deploy import onnxruntime_backend as ortb
-from fxprune.deploy.common import cpu_name, latency_stats
+from fxprune.deploy.common import DeployError, cpu_name, latency_stats
 from fxprune.deploy.onnx_export import example_input, export_onnx, verify_onnx
 from fxprune.methods.smcp import SMCP
 from fxprune.summary import count_flops, count_params
@@ -339,12 +339,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             print(f"== {name}", flush=True)
-            result["models"].append(bench_model(
-                name, torchvision_model(name, args.seed), shape, table_step=args.step,
-                channel_steps=args.channel_step, target=args.target, iters=args.iters,
-                warmup=args.warmup, threads=args.threads, spinning=args.spinning,
-                cache=args.cache, workdir=workdir,
-                progress=not args.no_progress))
+            try:
+                result["models"].append(bench_model(
+                    name, torchvision_model(name, args.seed), shape, table_step=args.step,
+                    channel_steps=args.channel_step, target=args.target, iters=args.iters,
+                    warmup=args.warmup, threads=args.threads, spinning=args.spinning,
+                    cache=args.cache, workdir=workdir,
+                    progress=not args.no_progress))
+            except DeployError as exc:  # e.g. a --cache file of another machine: its message says how
+                raise SystemExit(f"bench_latency_pruning: {name}: {exc}") from None
     result["machine"]["load_average_end"] = load_average()
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

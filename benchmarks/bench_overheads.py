@@ -208,8 +208,15 @@ def main(argv=None) -> int:
         out = results_stem("overheads_masks", args.out, changed=changed_options(
             parser, args, ignore=("masks_only", "steps")),
             keys=("meta", "mask_overhead", "masked_layer_norm"))
-        rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
-                for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
+        try:
+            rows = [time_mask_overhead(n, args.mask_batch, args.mask_size, args.mask_steps)
+                    for n in ("resnet50", "mobilenet_v2", "convnext_tiny")]
+        except ValueError as exc:  # train-mode BatchNorm on a 1x1 map of one image (break56 #15)
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            parser.error(f"--mask-batch {args.mask_batch} at --mask-size {args.mask_size} leaves "
+                         "resnet50's last map one value per channel, which BatchNorm cannot "
+                         "train on; raise --mask-batch or --mask-size")
         ln = time_masked_layer_norm()
         meta = {"command": "python benchmarks/bench_overheads.py "
                            + shlex.join(sys.argv[1:] if argv is None else argv),

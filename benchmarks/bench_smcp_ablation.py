@@ -149,7 +149,8 @@ def check_append(stem: Path, old_meta: dict, meta: dict) -> None:
     """Exit (one line) if the rows of ``old_meta``'s file were trained otherwise than this run's
     (``meta``): another schedule, batch, thread count or mid-ramp probe."""
     if old_meta.get("schedule") != meta["schedule"]:
-        raise SystemExit(f"--append: {stem}.json was measured on another schedule; use --out")
+        raise SystemExit(f"--append: {stem}.json was measured on another schedule; drop --append "
+                         "or write to another --out")
     for run in [old_meta, *old_meta.get("runs", [])]:
         for section, key, flag, default in SAME_RUN:
             where = run.get(section) if section else run

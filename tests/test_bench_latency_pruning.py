@@ -46,3 +46,20 @@ def test_bench_model_rows_and_latency_budget(tmp_path):
     # The report renders both rows.
     text = bench.text_table(result["rows"])
     assert "flops" in text and "latency" in text
+
+
+def test_a_cache_file_it_cannot_use_is_a_one_line_exit(tmp_path, capsys):
+    """break56 #15: a --cache that is not a latency cache ended in a DeployError traceback."""
+    import json
+
+    import pytest
+
+    bench = load_benchmark("bench_latency_pruning")
+    cache = tmp_path / "notes.json"
+    cache.write_text(json.dumps({"my": "notes"}))
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--models", "resnet18", "--size", "32", "--iters", "2", "--no-progress",
+                    "--cache", str(cache), "--out", str(tmp_path / "lp")])
+    message = str(exited.value.code)
+    assert message.startswith("bench_latency_pruning: resnet18: ") and str(cache) in message
+    assert "\n" not in message and json.loads(cache.read_text()) == {"my": "notes"}

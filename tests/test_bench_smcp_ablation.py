@@ -33,6 +33,8 @@ def bench(monkeypatch):
     ("--batch", "16", "has rows trained at --batch 128, this run at 16; pass --batch 128"),
     ("--threads", "2", "has rows trained at --threads 1, this run at 2; pass --threads 1"),
     ("--probe-after", "5", "has rows trained at --probe-after 10, this run at 5"),
+    # break56 #15: this said "use --out" to a run that had given one
+    ("--lr", "0.05", "was measured on another schedule; drop --append or write to"),
 ])
 def test_append_refuses_rows_trained_at_another_batch_or_thread_count(bench, tmp_path, option,
                                                                        value, says):
