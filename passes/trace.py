@@ -405,6 +405,18 @@ _LIBRARIES = frozenset({"builtins", "numpy", "torch", "functools", "collections"
                         "logging", "pathlib", "re", "types", "fxprune"})
 
 
+def _hook_owner(hook) -> tuple[object | None, tuple]:
+    """The object ``hook`` is bound to (a bound method's ``__self__``, a callable object itself;
+    None for a plain function, closure or builtin) and, for a ``functools.partial``, the
+    arguments it holds (the owner is then its function's)."""
+    func, args = hook, ()
+    if isinstance(hook, functools.partial):
+        func, args = hook.func, (*hook.args, *hook.keywords.values())
+    if inspect.ismethod(func):
+        return func.__self__, args
+    return (None if inspect.isfunction(func) or inspect.isbuiltin(func) else func), args
+
+
 def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
     """(module path, hook kind, object class) for hooks on submodules that a deep copy copies
     with their object: bound methods of objects outside the model (an ``nn.Module`` collector
@@ -435,11 +447,7 @@ def _copied_hook_objects(model: nn.Module) -> list[tuple[str, str, str]]:
             continue  # the model's own hooks are not run at all (warned of in trace())
         for attr, kind in HOOK_KINDS:
             for hook in (getattr(m, attr, None) or {}).values():
-                func, args = hook, ()
-                if isinstance(hook, functools.partial):
-                    func, args = hook.func, (*hook.args, *hook.keywords.values())
-                owner = getattr(func, "__self__", None) if inspect.ismethod(func) else (
-                    None if inspect.isfunction(func) or inspect.isbuiltin(func) else func)
+                owner, args = _hook_owner(hook)
                 if (owner is not None and id(owner) not in inside
                         and type(owner).__module__.split(".")[0] not in ("fxprune", "torch")):
                     out.append((name, kind, f"a method of a {type(owner).__name__} object"))
@@ -519,12 +527,15 @@ def _why_uncopyable(model: nn.Module, when: str = "prepare") -> str:
                     return (f"{where} is pruned with torch.nn.utils.prune; call "
                             f"torch.nn.utils.prune.remove(module, {hook._tensor_name!r}) before "
                             f"{when}, which makes the pruning permanent")
-                owner = getattr(hook, "__self__", hook)
-                held = computed_attributes(owner) if id(owner) not in inside else []
-                if held:  # (a collector module outside the model too: break53 #4)
-                    return (f"the {kind} on {where} ({type(owner).__name__}) holds `{held[0]}`, "
-                            "tensors with autograd history (outputs it stored): clear it, or "
-                            f"store .detach()'d tensors, before {when}")
+                owner, args = _hook_owner(hook)
+                for obj in (owner, *args):  # (a partial's store too, as _copied_hook_objects reads it)
+                    held = ([] if obj is None or id(obj) in inside
+                            else ["its argument"] if computed(obj) else computed_attributes(obj))
+                    if held:  # (a collector module outside the model too: break53 #4)
+                        return (f"the {kind} on {where} ({type(obj).__name__}) holds "
+                                f"{held[0] if held[0] == 'its argument' else f'`{held[0]}`'}, "
+                                "tensors with autograd history (outputs it stored): clear it, or "
+                                f"store .detach()'d tensors, before {when}")
         held = computed_attributes(m)
         if held:
             return (f"{where}.{held[0]} holds a tensor with autograd history (computed, not a leaf): "

@@ -3,6 +3,7 @@ out (producer -> units), finalize exact on the example inputs and on another bat
 resolution."""
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -1781,6 +1782,17 @@ def test_a_model_that_cannot_be_copied_is_told_which_part_and_the_way_out():
              (pruned, r"`2` is pruned with torch.nn.utils.prune; call "
                       r"torch.nn.utils.prune.remove\(module, 'weight'\) before prepare"),
              (tapped, r"the forward hook on `0` \(Keep\) holds `outs`, tensors with autograd history")]
+    # a functools.partial's store is named as a bound method's owner is (the two hook readers
+    # worked the owner out each their own way: this one fell back to torch's message)
+    def tap(store, module, inputs, output):
+        store.outs.append(output) if hasattr(store, "outs") else store.append(output)
+
+    in_object, in_list = net(), net()
+    in_object[0].register_forward_hook(functools.partial(tap, Keep()))
+    in_list[2].register_forward_hook(functools.partial(tap, []))
+    in_object(X), in_list(X)
+    cases += [(in_object, r"the forward hook on `0` \(Keep\) holds `outs`, tensors with autograd"),
+              (in_list, r"the forward hook on `2` \(list\) holds its argument, tensors with autograd")]
     for model, says in cases:
         with pytest.raises(TypeError, match=r"cannot be deep-copied: " + says):
             fxprune.prepare(model, (X,))
