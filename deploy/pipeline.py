@@ -235,7 +235,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
     engines, trt_diffs = {}, {}
     # CPU timings read the load around them: other processes' work slows the longer (dense)
     # model's runs more, and a speedup of 3.5x read 8.35x under load, unsaid (break55 #2)
-    on_cpu = backend == "onnxruntime" or (backend == "torch" and tb.resolve_device(device).type == "cpu")
+    where = tb.resolve_device(device) if backend == "torch" else None  # the torch backend's device
+    on_cpu = backend == "onnxruntime" or (where is not None and where.type == "cpu")
     loads = [cpu_load()] if on_cpu else []
     if backend == "onnxruntime":
         log(f"timing on ONNX Runtime ({threads} threads, {warmup} warm-up + {iters} runs"
@@ -245,7 +246,6 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                                       progress=progress)
         device, run_threads = cpu_name(), threads
     elif backend == "torch":
-        where = tb.resolve_device(device)
         log(f"timing with PyTorch on {where} ({precision}, {warmup} warm-up + {iters} runs"
             f"{', CUDA graphs' if where.type == 'cuda' else f', {threads} threads'}"
             f"{', interleaved' if len(models) > 1 else ''})")
