@@ -35,7 +35,7 @@ from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
 from .common import DeployError, cpu_name
-from .latency_table import _busy, cpu_load
+from .latency_table import _busy, cpu_load, load_said
 
 __all__ = ["calibrate_cost", "calibration_kept"]
 
@@ -158,8 +158,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     loads += [cpu_load()] if on_cpu else []
     if _busy(loads, threads):
         warnings.warn(f"calibrate_cost: the models were timed while other processes shared the "
-                      f"CPU (load average {loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on "
-                      f"{loads[0][1]} cores); the fitted constant may be off: fit again on an "
+                      f"CPU ({load_said(loads)}); the fitted constant may be off: fit again on an "
                       "idle machine", RuntimeWarning, stacklevel=2)
     measured = ms["pruned"] / ms["dense"]
     if not 0 < measured < 1:

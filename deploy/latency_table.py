@@ -775,6 +775,13 @@ def cpu_load() -> tuple[float | None, int]:
         return None, cores
 
 
+def load_said(loads) -> str:
+    """The readings of :func:`cpu_load` around a timing, as a warning says them (under load,
+    so the first and last readings are numbers)."""
+    return (f"load average {loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on "
+            f"{loads[0][1]} cores")
+
+
 def _busy(loads, threads: int) -> bool:
     """More runnable threads than cores (or than the timing's own threads, where it asked for
     more than there are cores), by over half a core, at any reading: time slicing by others

@@ -24,7 +24,7 @@ from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import DeployError, cpu_name
-from .latency_table import _busy, cpu_load
+from .latency_table import _busy, cpu_load, load_said
 from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
                        not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
 from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
@@ -300,9 +300,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                                   "cores": loads[0][1]}
         report["timed_under_load"] = _busy(loads, threads)
         if report["timed_under_load"]:
-            warnings.warn(f"deploy: timed while other processes shared the CPU (load average "
-                          f"{loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on {loads[0][1]} "
-                          "cores): the latencies and the speedup may be off; time again on an "
+            warnings.warn(f"deploy: timed while other processes shared the CPU ({load_said(loads)}): "
+                          "the latencies and the speedup may be off; time again on an "
                           "idle machine", RuntimeWarning, stacklevel=2)
     for name, given in (("model", model), ("dense", compare)):
         if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
