@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -128,7 +129,7 @@ def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = ())
     them = ", ".join(foreign)
     raise FileExistsError(
         f"{who}: {them} in {out} {'was' if len(foreign) == 1 else 'were'} not written by "
-        f"fxprune (or changed since: a copy of a run without cp -a counts as changed), and "
+        f"fxprune (or changed since), and "
         f"{would} {'it' if len(foreign) == 1 else 'them'}; move {'it' if len(foreign) == 1 else 'them'} "
         "out of the folder, or choose another --out")
 
@@ -148,7 +149,7 @@ _PENDING = "pending"  # recorded before a write: a kill before its size is recor
 
 
 def _written(out: Path) -> dict | None:
-    """{file name: [size, mtime_ns] or "pending"} of the run files fxprune wrote in ``out``, as
+    """{file name: [size, mtime_ns, sha256] or "pending"} of the run files fxprune wrote in ``out``, as
     its marker records them; None for a marker of an older fxprune, which recorded none. A
     marker that cannot be read records nothing: every file counts as the user's (break54 #1:
     a marker emptied by a kill read as an old one, and --overwrite removed a user's file)."""
@@ -173,9 +174,32 @@ def _write_marker(out: Path, written: dict) -> None:
     atomic_write_text(out / RUN_MARKER, _MARKER_TEXT + json.dumps({"written": written}) + "\n")
 
 
-def _stat(path: Path) -> list[int]:
+def _stat(path: Path) -> list:
+    """[size in bytes, mtime in ns, sha256 of the content] of a file fxprune writes."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, _sha256(path)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unchanged(recorded, path: Path) -> bool:
+    """``path`` is as the marker recorded it: same size and time, or (a run copied without its
+    times: ``cp -r``, ``scp -r``; break57 #12) same size and content. A marker of an earlier
+    fxprune recorded no content: its entries match by size and time only."""
+    if recorded == _PENDING:
+        return True
+    if not isinstance(recorded, list) or len(recorded) < 2:
+        return False
+    st = path.stat()
+    if recorded[0] != st.st_size:
+        return False
+    return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == _sha256(path))
 
 
 def _record_written(path: Path, *, pending: bool = False) -> None:
@@ -204,7 +228,7 @@ def foreign_run_files(out: Path) -> list[str]:
     if written is None:
         return []
     return [name for name in RUN_FILES if (out / name).is_file()
-            and written.get(name) not in (_PENDING, _stat(out / name))]
+            and not _unchanged(written.get(name), out / name)]
 
 
 def claim_out_folder(out: Path) -> None:

@@ -222,8 +222,8 @@ def test_the_marker_fails_safe_and_guards_every_start(recipe, tmp_path, capsys):
     rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out), "--overwrite"])
     assert rc == 2 and (f"--overwrite: config.yaml, metrics.csv, steps.csv, checkpoint.pt, "
                         f"model_dense.pt, model_pruned.pt, results.json in {out} were not written "
-                        "by fxprune (or changed since: a copy of a run without cp -a counts as "
-                        "changed), and starting over would remove them; move them") in (
+                        "by fxprune (or changed since), and starting over would remove them; "
+                        "move them") in (
         one_line_error(capsys))
     assert (out / "model_pruned.pt").read_bytes() == b"the user's model"
     (out / RUN_MARKER).write_text(marker)

@@ -438,6 +438,19 @@ def test_a_finished_run_resumed_trains_nothing_and_keeps_its_files(recipe, tmp_p
                      "--out", str(moved)]) == 0
     said = capsys.readouterr().out
     assert f"model: {moved / 'model_dense.pt'}" in said and str(out / "model") not in said
+    # break57 #12: a copy that does not keep times (cp -r, scp -r) is still the run's: the marker
+    # records each file's content too; a file changed at the same size is still refused
+    copied = tmp_path / "copied"
+    shutil.copytree(out, copied, copy_function=shutil.copyfile)
+    assert (copied / "results.json").stat().st_mtime_ns != (out / "results.json").stat().st_mtime_ns
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
+                     "--out", str(copied)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    text = (copied / "metrics.csv").read_text()
+    (copied / "metrics.csv").write_text(text.replace("1", "2", 1))  # same size, other content
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--overwrite",
+                     "--out", str(copied)]) == 2
+    assert f"--overwrite: metrics.csv in {copied} was not written" in capsys.readouterr().err
     (out / "results.json").unlink()  # stopped before writing its results: finished now
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
                      "--out", str(out)]) == 0
