@@ -8,6 +8,7 @@ cannot be traced: the error names the module path and the source line, and point
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import enum
 import functools
@@ -215,27 +216,33 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     mode_leaves: dict[str, str] = dict(hooked)
     called = None  # the layers the first trace calls as modules
     root_updates = ""  # why the model's own forward cannot be traced faithfully
-    for _ in model.modules():
-        root = copy_model(model)
-        names = leaf_names | frozenset(mode_leaves)
-        tracer = _Tracer(leaf_types, names, rules, fixed)
-        try:
-            graph = tracer.trace(root)
-        except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
-            raise _trace_error(model, tracer, e) from e
-        if called is None:
-            called = _layers_reached(graph)
-        updated = _updated_while_tracing(model, root, graph)
-        found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
-                                lambda: copy_model(model))
-        # a buffer the forward updates in place ran its update once, while tracing, and the
-        # graph reads a frozen copy (break39 #1): its module is called as one op, as it is
-        leaves = {**found.leaves, **{owner: why for owner, why in updated.items() if owner}}
-        if "" in updated and not root_updates:
-            root_updates = updated[""]
-        if not leaves:
-            break
-        mode_leaves.update(leaves)
+    # checkpoint(fn, x) is traced as fn(x); what ran under it is said below
+    checkpointed: list[str] = []
+    with _through_checkpoints(checkpointed) as module_names:
+        for _ in model.modules():
+            root = copy_model(model)
+            names = leaf_names | frozenset(mode_leaves)
+            tracer = _Tracer(leaf_types, names, rules, fixed)
+            checkpointed.clear()  # the last trace's: the one kept
+            module_names.clear()
+            module_names.update({id(m): n for n, m in root.named_modules()})
+            try:
+                graph = tracer.trace(root)
+            except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
+                raise _trace_error(model, tracer, e) from e
+            if called is None:
+                called = _layers_reached(graph)
+            updated = _updated_while_tracing(model, root, graph)
+            found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
+                                    lambda: copy_model(model))
+            # a buffer the forward updates in place ran its update once, while tracing, and the
+            # graph reads a frozen copy (break39 #1): its module is called as one op, as it is
+            leaves = {**found.leaves, **{owner: why for owner, why in updated.items() if owner}}
+            if "" in updated and not root_updates:
+                root_updates = updated[""]
+            if not leaves:
+                break
+            mode_leaves.update(leaves)
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     read: list[fx.Node] = []
     fx.node.map_arg(output.args, read.append)
@@ -292,6 +299,15 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"call, and without a channel rule keep{'' if len(lone) > 1 else 's'} the channels "
             f"around {'them' if len(lone) > 1 else 'it'} whole (`{lone[0]}`: "
             f"{hook_names(model.get_submodule(lone[0]))}); {way_out}", UserWarning, stacklevel=3)
+    if checkpointed:
+        where = list(dict.fromkeys(checkpointed))
+        warnings.warn(
+            f"{', '.join(where[:3])}{', ...' if len(where) > 3 else ''} "
+            f"run{'s' if len(where) == 1 else ''} under torch.utils.checkpoint (activation "
+            "checkpointing), which a torch.fx graph does not keep: the prepared and finalized "
+            "models compute the same outputs but store those activations for backward (more "
+            "memory in training); to save that memory in the finalized model, call its blocks "
+            "through torch.utils.checkpoint again", UserWarning, stacklevel=3)
     copied = _copied_hook_objects(model)
     if copied:  # break44 #1: a tap object's list stayed empty; sharing it broke more (break46 #1)
         where, kind, owner = copied[0]
@@ -330,6 +346,47 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
 
 _LAYER_FUNCTIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                     "conv_transpose3d", "linear"}
+
+
+@contextlib.contextmanager
+def _through_checkpoints(seen: list[str]):
+    """While tracing, ``torch.utils.checkpoint.checkpoint(fn, *args)`` calls ``fn(*args)`` (the
+    same forward, no reentrant autograd Function around proxies) and appends what ``fn`` is to
+    ``seen`` (a module's path from the yielded ``{id: path}``, which the caller fills): the graph keeps the forward but not the checkpointing, which trace() says
+    (activation checkpointing was traced away without a word). Every way of calling checkpoint
+    (``checkpoint_sequential`` too) goes through ``torch.utils.checkpoint._checkpoint_impl``;
+    where a torch has none, nothing is patched."""
+    import torch.utils.checkpoint as ckpt
+
+    names: dict[int, str] = {}  # id -> path of the modules of the copy being traced (the caller's)
+    impl = getattr(ckpt, "_checkpoint_impl", None)
+    if impl is None:
+        yield names
+        return
+
+    def path(module) -> str:
+        return f"`{names[id(module)]}`" if names[id(module)] else "the model"
+
+    def traced(function, args, kwargs, **options):
+        owner = getattr(function, "__self__", None) if inspect.ismethod(function) else function
+        if isinstance(owner, nn.Module):
+            if id(owner) in names:  # (not a module of another copy: the modes' check traces those)
+                seen.append(path(owner) if owner is function else f"{path(owner)}.{function.__name__}")
+        else:  # a function: the modules it closes over (checkpoint_sequential's segments)
+            held = [v for cell in getattr(function, "__closure__", None) or ()
+                    for v in (cell.cell_contents if isinstance(cell.cell_contents, (list, tuple))
+                              else [cell.cell_contents])
+                    if isinstance(v, nn.Module)]
+            if not held:
+                seen.append(getattr(function, "__qualname__", type(function).__name__))
+            seen.extend(path(m) for m in held if id(m) in names)
+        return function(*args, **(kwargs or {}))
+
+    ckpt._checkpoint_impl = traced
+    try:
+        yield names
+    finally:
+        ckpt._checkpoint_impl = impl
 
 
 def _layers_reached(graph: fx.Graph) -> set[str]:

@@ -14,7 +14,7 @@ from torch import fx, nn
 
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
-from helpers import prune_and_check
+from helpers import n_params, prune_and_check
 
 
 def cbr(cin, cout, k=3, groups=1):
@@ -1842,3 +1842,46 @@ def test_a_partial_holding_settings_is_not_said_to_lose_a_store():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             fxprune.prepare(model, (X,))
+
+
+class _CheckpointedBlocks(nn.Module):
+    """Activation checkpointing as users write it: a block, a bound method, a sequence."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.reentrant = reentrant
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blk = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.seq = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint, checkpoint_sequential
+
+        x = checkpoint(self.blk, self.stem(x), use_reentrant=self.reentrant)
+        x = checkpoint(self.mid.forward, x, use_reentrant=self.reentrant)
+        x = checkpoint_sequential(self.seq, 2, x, use_reentrant=self.reentrant)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_is_traced_through_and_said(reentrant):
+    """torch.utils.checkpoint was traced away without a word: the prepared and finalized models
+    store the activations a user checkpointed to save memory. The graph keeps the forward
+    (exact), and prepare names what ran under it; the reentrant form's "None of the inputs have
+    requires_grad" warning from tracing is gone."""
+    model = _CheckpointedBlocks(reentrant)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fxprune.prepare(model, (X,))
+    texts = [str(w.message) for w in said]
+    assert not any("requires_grad" in t for t in texts), texts
+    assert len(texts) == 1 and texts[0].startswith("`blk`, `mid`.forward, `seq.0`, ... run under "
+                                                   "torch.utils.checkpoint (activation "
+                                                   "checkpointing), which a torch.fx graph does "
+                                                   "not keep"), texts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (those, and the reentrant form's own, running the model)
+        pm, small = prune_and_check(model, X)
+    assert n_params(small) < n_params(pm)
