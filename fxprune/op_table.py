@@ -150,12 +150,16 @@ for _f in (
     torch.nn.functional.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
     F.hardtanh, F.leaky_relu, F.elu, F.selu, F.celu, F.softplus, F.sigmoid, F.tanh, F.dropout,
     F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.relu_, F.relu_,
+    # the in-place forms (break59 #3: masked_fill_ was a barrier where masked_fill was not)
+    F.hardtanh_, F.leaky_relu_, F.elu_, F.celu_, F.selu_, F.threshold, F.threshold_,
 ):
     CHANNEL_RULES[_f] = ELEMENTWISE
 for _name in (
     "add", "sub", "mul", "div", "truediv", "pow", "neg", "abs", "exp", "log", "sqrt", "rsqrt",
     "sigmoid", "tanh", "relu", "clamp", "clip", "square", "reciprocal", "maximum", "minimum",
     "add_", "sub_", "mul_", "div_", "relu_", "sigmoid_", "clamp_", "masked_fill", "where",
+    "masked_fill_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_", "clip_", "tanh_",
+    "exp_", "abs_", "neg_", "sqrt_", "pow_", "square_",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "cpu", "cuda",
     "requires_grad_",
 ):

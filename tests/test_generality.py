@@ -1885,3 +1885,65 @@ def test_activation_checkpointing_is_traced_through_and_said(reentrant):
         warnings.simplefilter("ignore")  # (those, and the reentrant form's own, running the model)
         pm, small = prune_and_check(model, X)
     assert n_params(small) < n_params(pm)
+
+
+class _ExpandedAttention(nn.Module):
+    """CBAM-style spatial attention: a 1-channel map repeated to the feature's channels."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c0 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.att = nn.Conv2d(16, 1, 1)
+        self.c1 = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.bn(self.c0(x))
+        a = torch.sigmoid(self.att(y))
+        a = {"expand_as": lambda: a.expand_as(y), "shape": lambda: a.expand(y.shape),
+             "size": lambda: a.expand(-1, y.size(1), -1, -1),
+             "literal": lambda: a.expand(-1, 16, -1, -1)}[self.how]()
+        return self.c1(y * a + a)  # (a product and a sum with the repeated map)
+
+
+@pytest.mark.parametrize("how", ["expand_as", "shape", "size"])
+def test_a_map_expanded_to_the_channels_it_multiplies_follows_their_pruning(how):
+    """break59 #1: ``a.expand_as(y)`` kept y's group whole ("a tensor whose channels fxprune
+    does not track" at the mul), where ``y * a`` broadcast was pruned. The repeated positions
+    are y's channels (every one holds the same value): pruned with them, exactly."""
+    model = _ExpandedAttention(how).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.bias.uniform_(-1, 1)
+    pm, small = prune_and_check(model, X)
+    assert small.c0.out_channels < 16 and small.c1.in_channels == small.c0.out_channels
+    assert max_relative_error(run_eval(pm, (X2,)), run_eval(small, (X2,))) <= 1e-4
+
+
+def test_a_map_expanded_to_a_literal_count_is_kept_whole_naming_the_expand():
+    pm = fxprune.prepare(_ExpandedAttention("literal").eval(), (X,))
+    group = next(g for g in fxprune.channel_groups(pm) if g.producers == ["c0"])
+    assert not group.prunable and ("`expand`: expand of a size-1 dim to a fixed count; "
+                                   "broadcasting, or expand_as(y), follows the pruning") in group.reason
+
+
+class _InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c0(x)
+        y.masked_fill_(y > 1.5, 0.25)
+        y.clamp_min_(-2.0).clamp_max_(2.0)
+        y = F.leaky_relu_(y, 0.1)
+        y = F.hardtanh_(y, -1.5, 1.5)
+        return self.c1(F.threshold_(y, -1.0, 0.0).tanh_())
+
+
+def test_in_place_forms_of_elementwise_ops_are_pruned():
+    """break59 #3: masked_fill_ (and F.leaky_relu_, hardtanh_, clamp_min_...) had no row while
+    their out-of-place forms did: a barrier for an in-place spelling."""
+    pm, small = prune_and_check(_InPlace(), X)
+    assert small.c0.out_channels < 16

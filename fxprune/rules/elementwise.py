@@ -75,6 +75,7 @@ def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
     result: Labels = {}
     for d in range(nd):
         present = []  # labels (or None) of inputs that are not broadcast along d
+        unknown = None  # an input without labels there
         for a in inputs:
             shape = ctx.shape(a)
             ad = d - (nd - len(shape))
@@ -88,12 +89,19 @@ def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
                                        f"where its input has {shape[ad]}: not elementwise there")
                 continue
             present.append(ctx.labels(a).get(ad))
+            if present[-1] is None:
+                unknown = a
         labelled = [p for p in present if p is not None]
         if not labelled:
             continue
         if len(labelled) < len(present):
-            for p in labelled:
-                ctx.untracked(p, f"{what} with a tensor whose channels fxprune does not track")
+            expanded = (isinstance(unknown, fx.Node) and unknown.op == "call_method"
+                        and unknown.target in ("expand", "repeat"))
+            for p in labelled:  # (an expand to a literal count: break59 #1 named only the op here)
+                ctx.untracked(p, f"{what} with a tensor whose channels fxprune does not track"
+                              + (f" (`{unknown.name}`: {unknown.target} of a size-1 dim to a fixed "
+                                 "count; broadcasting, or expand_as(y), follows the pruning)"
+                                 if expanded else ""))
         for other in labelled[1:]:
             ctx.unify(labelled[0], other, what)
         result[d] = labelled[0]

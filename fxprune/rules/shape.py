@@ -299,8 +299,27 @@ class Expand(ChannelRule):
         labels, in_shape, out_shape = ctx.labels(x), ctx.shape(x), ctx.out_shape()
         lead = len(out_shape) - len(in_shape)
         out = {d + lead: v for d, v in labels.items() if in_shape[d] == out_shape[d + lead]}
-        if ctx.node.target == "expand":
-            check_size_args(ctx, varargs(ctx.node, 1, "size"), out)
+        # a size-1 (or new) dim repeated to another tensor's channels: every position holds the
+        # same value, as under implicit broadcasting, so its positions are those channels and
+        # follow their pruning (a CBAM map a.expand_as(y) kept y's group whole: break59 #1)
+        repeated = [d for d in range(len(out_shape)) if out_shape[d] > 1
+                    and (d < lead or in_shape[d - lead] == 1)]
+        if ctx.node.target == "expand_as":
+            other = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("other")
+            if isinstance(other, fx.Node) and tuple(ctx.shape(other)) == tuple(out_shape):
+                theirs = ctx.labels(other)
+                out.update({d: theirs[d] for d in repeated if d in theirs})
+        else:  # expand(..., y.size(1), ...) / expand(y.shape): sizes that count channels
+            sizes = varargs(ctx.node, 1, "size")
+            if len(sizes) == 1 and isinstance(sizes[0], fx.Node):  # a shape read whole (y.shape)
+                whole = ctx.labels(sizes[0])
+                sizes = list(whole) if isinstance(whole, tuple) else sizes
+            if len(sizes) == len(out_shape):
+                for d in repeated:
+                    count = ctx.labels(sizes[d]) if isinstance(sizes[d], fx.Node) else sizes[d]
+                    if isinstance(count, SizeOf) and len(count.ids) == out_shape[d]:
+                        out[d] = count.ids
+            check_size_args(ctx, sizes, out)
         return out
 
     def rewrite(self, node, ctx):
