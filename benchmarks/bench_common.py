@@ -35,6 +35,15 @@ def given_options(parser, argv) -> set[str]:
     return set(vars(quiet.parse_args(list(argv) if argv is not None else sys.argv[1:])))
 
 
+def apply_smoke_defaults(parser, argv, args, smaller: dict) -> None:
+    """Set ``args``' dests in ``smaller`` ({dest: value}) to a smoke run's value, unless the
+    option was typed (:func:`given_options`): what was given stays."""
+    given = given_options(parser, argv)
+    for dest, value in smaller.items():
+        if dest not in given:
+            setattr(args, dest, value)
+
+
 def results_stem(name: str, out=None, smoke: bool = False, changed=(), *, keys=(),
                  meta_keys=(), files=(".json", ".md")) -> Path:
     """Where a benchmark writes its ``.json`` and ``.md``: ``out`` when given (a ``.json`` or

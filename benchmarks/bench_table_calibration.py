@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import changed_options, given_options, results_stem  # noqa: E402
+from bench_common import apply_smoke_defaults, changed_options, results_stem  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
 from fxprune.cost import FlopsCost, WithFixedCost, layer_keys  # noqa: E402
@@ -214,10 +214,7 @@ def main(argv=None) -> None:
                         "benchmarks/results/table_calibration, or table_calibration_smoke)")
     args = p.parse_args(argv)
     if args.smoke:  # smaller defaults; what was given stays
-        given = given_options(p, argv)
-        args.iters = args.iters if "iters" in given else 5
-        args.configs = args.configs if "configs" in given else 1
-        args.targets = args.targets if "targets" in given else [0.9]
+        apply_smoke_defaults(p, argv, args, {"iters": 5, "configs": 1, "targets": [0.9]})
     bad = [t for t in args.targets if not 0 < t <= 1]
     if bad:
         p.error(f"--targets are fractions of the dense cost in (0, 1], got {bad}")

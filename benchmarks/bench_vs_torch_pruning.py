@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import RESULTS, changed_options, given_options, results_stem  # noqa: E402
+from bench_common import RESULTS, apply_smoke_defaults, changed_options, results_stem  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
@@ -472,11 +472,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/vs_torch_pruning)")
     args = p.parse_args(argv)
     if args.smoke:  # smaller defaults; what was given stays (break56 #14: --nets resnet trained concat)
-        given = given_options(p, argv)
-        smaller = {"nets": ["concat"], "seeds": args.seeds[:1], "epochs": 2, "iters": SMOKE_ITERS}
-        for dest, value in smaller.items():
-            if dest not in given:
-                setattr(args, dest, value)
+        apply_smoke_defaults(p, argv, args, {"nets": ["concat"], "seeds": args.seeds[:1],
+                                             "epochs": 2, "iters": SMOKE_ITERS})
     if not args.with_smcp and args.smcp:
         p.error("--no-smcp trains no SMCP row; drop it or the --smcp rows")
     try:  # before anything trains: a bad row would otherwise fail after the dense row

@@ -352,8 +352,9 @@ _LAYER_FUNCTIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_tran
 def _through_checkpoints(seen: list[str]):
     """While tracing, ``torch.utils.checkpoint.checkpoint(fn, *args)`` calls ``fn(*args)`` (the
     same forward, no reentrant autograd Function around proxies) and appends what ``fn`` is to
-    ``seen`` (a module's path from the yielded ``{id: path}``, which the caller fills): the graph keeps the forward but not the checkpointing, which trace() says
-    (activation checkpointing was traced away without a word). Every way of calling checkpoint
+    ``seen`` (a module's path from the yielded ``{id: path}``, which the caller fills): the
+    graph keeps the forward but not the checkpointing, which trace() says (activation
+    checkpointing was traced away without a word). Every way of calling checkpoint
     (``checkpoint_sequential`` too) goes through ``torch.utils.checkpoint._checkpoint_impl``;
     where a torch has none, nothing is patched."""
     import torch.utils.checkpoint as ckpt
