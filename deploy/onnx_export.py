@@ -80,14 +80,45 @@ def _records_a_branch(w: warnings.WarningMessage) -> bool:
     return bool(re.match(r"(if|elif|while|assert)\b", line) or re.search(r"\bif\b.*\belse\b", line))
 
 
-def _dynamo_export(model, x, path, **kwargs) -> None:
-    """One dynamo export attempt. torch.export prints the partial graph of a failed attempt to
-    stderr (tens of lines, before the retry this module logs in one); what an attempt writes
-    there is shown only when it succeeds, the reason of a failure is logged by the caller."""
+def _dynamo_export(model, x, path, **kwargs):
+    """One dynamo export attempt; returns torch's ``ONNXProgram``. torch.export prints the
+    partial graph of a failed attempt to stderr (tens of lines, before the retry this module
+    logs in one); what an attempt writes there is shown only when it succeeds, the reason of a
+    failure is logged by the caller."""
     captured = io.StringIO()
     with contextlib.redirect_stderr(captured):
-        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, **kwargs)
+        program = torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, **kwargs)
     sys.stderr.write(captured.getvalue())
+    return program
+
+
+class _BatchBounded(Exception):
+    """A free-batch export whose batch torch.export bounded (a branch on the batch size)."""
+
+
+def _batch_bound(program) -> str | None:
+    """The range torch.export kept for the input's batch when a branch on the batch size
+    narrowed it (``if x.shape[0] > 2`` traced at batch 2 keeps ``[0, 2]``), as ``"[0, 2]"``;
+    None when the batch is free upwards (the branch-free case, and a program without an
+    ``exported_program`` to read). A file written from such a program declares a free batch
+    and computes the example's side of the branch at every batch (break58 #1)."""
+    ep = getattr(program, "exported_program", None)
+    if ep is None:
+        return None
+    user = set(ep.graph_signature.user_inputs)
+    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user), None)
+    val = node.meta.get("val") if node is not None else None
+    batch = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
+    if not isinstance(batch, torch.SymInt):
+        return None
+    bound = ep.range_constraints.get(batch.node.expr)
+    if bound is None:
+        return None
+    upper_free = bool(bound.upper > 2**62)  # torch's int_oo (its is_finite says True)
+    if upper_free and int(bound.lower) <= 2:
+        return None
+    upper = "inf" if upper_free else str(int(bound.upper))
+    return f"[{int(bound.lower)}, {upper}]"
 
 
 class _BatchOneDiffers(Exception):
@@ -126,7 +157,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     (``float(t.amax())``) is recorded as the example's constant too, which TorchScript warns of
     and :func:`verify_onnx`'s second input catches, at another scale and, when the file
     declares its batch free, another batch (a size read, ``math.sqrt(q.size(-1))``, is right
-    at the exported shape; ``int(x.size(0))`` is the example's batch); if both fail, raises with both errors. An existing ``path``
+    at the exported shape; ``int(x.size(0))`` is the example's batch); if both fail, raises
+    with both errors. A dynamo program whose batch torch.export bounded (``if x.shape[0] > 2``
+    keeps ``[0, 2]``) is written at the example's fixed batch instead. An existing ``path``
     is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
     expanded.
     """
@@ -165,7 +198,12 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             # exported from an example of 2, a file at batch 1 only where that fails
             wide = (example_input((2, *input_shape[1:]), precision)
                     if dynamic_batch and x.shape[0] == 1 else x)
-            _dynamo_export(model, wide, path, dynamic_shapes=dyn, **common)
+            program = _dynamo_export(model, wide, path, dynamic_shapes=dyn, **common)
+            bound = _batch_bound(program) if dynamic_batch else None
+            if bound is not None:
+                raise _BatchBounded(f"torch.export bounded the batch to {bound} (a branch on "
+                                    "the batch size): the file would compute the example's "
+                                    "branch at every batch")
             if wide is not x and not _runs_as_model(path, model, x, precision):
                 # torch.export assumes the example's side of a branch on the batch size
                 # (`if x.shape[0] > 1`) for every batch, silently: at batch 1 the file is
@@ -312,7 +350,8 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol) -> fl
     other_batch = x.shape[0] != input_shape[0]
     baked = (f"{os.path.basename(path)} declares a free batch but does not hold at batch "
              f"{x.shape[0]} (exported at {input_shape[0]})")
-    way_out = ("the model's code fixes the batch (a size read as a number, int(x.size(0))): "
+    way_out = ("the model's code depends on the batch (a size read as a number, "
+               "int(x.size(0)), or a branch on the batch size): "
                "keep sizes as tensors (x.flatten(1), x.size(0) without int), or write the file "
                "at a fixed batch with fxprune.deploy.export_onnx(..., dynamic_batch=False) and "
                "deploy that .onnx file")

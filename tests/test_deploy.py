@@ -243,6 +243,29 @@ def test_a_branch_on_the_batch_size_exports_at_that_batch(tmp_path):
     assert verify_onnx(info["path"], model, SHAPE) < 1e-4
 
 
+@pytest.mark.parametrize("batch, threshold", [(1, 2), (8, 5)])
+def test_a_branch_past_the_checked_batches_keeps_the_file_fixed(tmp_path, batch, threshold):
+    """break58 #1: ``if x.shape[0] > 2`` at batch 1 was exported from an example of 2 with a
+    free batch and passed both checks (batches 1 and 2), but the file doubled nothing at batch
+    4. torch.export had bounded the batch to [0, 2]; a bounded batch is now a fixed file."""
+    class LateBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if x.shape[0] > threshold:
+                y = y * 2.0
+            return y
+
+    said, model, shape = [], LateBranch(), (batch, 3, 16, 16)
+    info = export_onnx(model, shape, tmp_path / "late.onnx", log=said.append)
+    assert not info["dynamic_batch"], said
+    assert any("bounded the batch" in s for s in said), said
+    assert verify_onnx(info["path"], model, shape) < 1e-4
+
+
 def test_each_output_is_checked_against_its_own_scale(tmp_path):
     """break25 #3: one tolerance from the largest output let a second output wrong by 1 pass
     beside a first of about 1e4."""
