@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from .groups import is_finalized, mark_finalized
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint",
+           "claim_out_folder", "lock_out_folder", "release_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint",
            "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
            "cost_columns", "save_module", "write_results", "format_results"]
 
@@ -80,7 +81,7 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} but {prev.name} holds "
                                     f"the epoch before it: move it to {ckpt.name} and --resume "
                                     "again")
-        if not ckpt.is_file() and out.is_dir() and any(out.iterdir()) and not (
+        if not ckpt.is_file() and out.is_dir() and _user_entries(out) and not (
                 out / RUN_MARKER).is_file():  # "run without --resume" was refused too (break52)
             raise FileNotFoundError(f"--resume: {out} holds no fxprune run (no checkpoint, and "
                                     f"files fxprune did not write: {_some_names(out)}); point "
@@ -96,7 +97,7 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         _refuse_foreign(out, "--resume", "continuing the run would replace or append to",
                         skip=("checkpoint.pt", "checkpoint.prev.pt"))
         return
-    if out.is_dir() and any(out.iterdir()) and not (out / RUN_MARKER).is_file():
+    if out.is_dir() and _user_entries(out) and not (out / RUN_MARKER).is_file():
         raise FileExistsError(f"--out {out} already holds files fxprune did not write "
                               f"({_some_names(out)}); choose a new or empty folder")
     if overwrite:
@@ -134,9 +135,16 @@ def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = ())
         "out of the folder, or choose another --out")
 
 
+def _user_entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds but the marker's temporary files (:func:`atomic_write`'s
+    ``.fxprune-run.<8 hex>.tmp``), which a kill while a run claimed the folder leaves behind
+    beside no marker (break58 #9: the run's own folder was then refused as the user's)."""
+    return [p for p in folder.iterdir() if not _MARKER_TMP.fullmatch(p.name)]
+
+
 def _some_names(folder: Path) -> str:
     """The first three names in ``folder``, sorted, and "..." when there are more."""
-    names = sorted(p.name for p in folder.iterdir())
+    names = sorted(p.name for p in _user_entries(folder))
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
@@ -145,11 +153,14 @@ _MARKER_TEXT = ("This folder holds a fxprune train run; fxprune writes here only
 
 
 _OLD_MARKER_OPENING = "This folder holds a fxprune train run"
-_PENDING = "pending"  # recorded before a write: a kill before its size is recorded is no change
+_MARKER_TMP = re.compile(re.escape(f".{RUN_MARKER}.") + r"[0-9a-f]{8}\.tmp")
+# An older fxprune recorded "pending" before a write, matching any file later found there
+# (break58 #2: a user's file put there after a kill counted as fxprune's); it is still read so.
+_OLD_PENDING = "pending"
 
 
 def _written(out: Path) -> dict | None:
-    """{file name: [size, mtime_ns, sha256] or "pending"} of the run files fxprune wrote in ``out``, as
+    """{file name: [size, mtime_ns, sha256] or a pending write's states} of the run files fxprune wrote in ``out``, as
     its marker records them; None for a marker of an older fxprune, which recorded none. A
     marker that cannot be read records nothing: every file counts as the user's (break54 #1:
     a marker emptied by a kill read as an old one, and --overwrite removed a user's file)."""
@@ -191,9 +202,17 @@ def _sha256(path: Path) -> str:
 def _unchanged(recorded, path: Path) -> bool:
     """``path`` is as the marker recorded it: same size and time, or (a run copied without its
     times: ``cp -r``, ``scp -r``; break57 #12) same size and content. A marker of an earlier
-    fxprune recorded no content: its entries match by size and time only."""
-    if recorded == _PENDING:
+    fxprune recorded no content: its entries match by size and time only. A write in progress
+    when the run was killed (``{"before": entry, "after": entry}``, or ``"appending"`` for a
+    log row) matches the file before it or after it (a log: one that starts with the file
+    before it), not any file: a user's file put there later is the user's (break58 #2)."""
+    if recorded == _OLD_PENDING:
         return True
+    if isinstance(recorded, dict):
+        before, after = recorded.get("before"), recorded.get("after")
+        return ((before is not None and (_unchanged(before, path) or (
+                    recorded.get("appending") and _extends(before, path))))
+                or (after is not None and _unchanged(after, path)))
     if not isinstance(recorded, list) or len(recorded) < 2:
         return False
     st = path.stat()
@@ -202,20 +221,50 @@ def _unchanged(recorded, path: Path) -> bool:
     return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == _sha256(path))
 
 
-def _record_written(path: Path, *, pending: bool = False) -> None:
+def _extends(before, path: Path) -> bool:
+    """``path`` starts with the content ``before`` recorded (a log a row was appended to)."""
+    if not isinstance(before, list) or len(before) < 3 or path.stat().st_size < before[0]:
+        return False
+    digest, left = hashlib.sha256(), before[0]
+    with path.open("rb") as f:
+        while left:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                return False
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest() == before[2]
+
+
+def _record_written(path: Path, *, from_file: Path | None = None, appending: bool = False) -> None:
     """Record ``path`` in its folder's run marker: a run's starts remove or replace only files
     the marker says fxprune wrote, unchanged since (break52 #2: --overwrite removed a user's
-    model_dense.pt, which an SMCP run never writes). ``pending``: about to be written, so a
-    kill before the write is recorded does not make the run's own file look changed."""
+    model_dense.pt, which an SMCP run never writes). Before a write, ``from_file`` (the file
+    about to be renamed to ``path``) or ``appending`` (a row about to be appended) records the
+    write as pending: a kill mid-write leaves ``path`` as it was or as it was to be, and both
+    stay fxprune's; after it, ``path`` is recorded as it is."""
     out = path.parent
     if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
         return
+    pending = from_file is not None or appending
     if not pending and not path.is_file():
         return
     written = _written(out)
     if written is None:  # an older fxprune's marker: its run files, trusted then, are adopted
         written = {name: _stat(out / name) for name in RUN_FILES if (out / name).is_file()}
-    now = _PENDING if pending else _stat(path)
+    if pending:
+        recorded = written.get(path.name)
+        before = None  # the file as it is, where fxprune wrote it (else a kill leaves it foreign)
+        if path.is_file() and _unchanged(recorded, path):
+            before = recorded if isinstance(recorded, list) else _stat(path)
+        now = ({"before": before, "appending": True} if appending
+               else {"before": before, "after": _stat(from_file)})
+    else:
+        entry = written.get(path.name)
+        after = entry.get("after") if isinstance(entry, dict) else None
+        st = path.stat()  # the rename keeps the file: no second hash of a just-hashed file
+        now = (after if isinstance(after, list) and after[:2] == [st.st_size, st.st_mtime_ns]
+               else _stat(path))
     if written.get(path.name) != now:
         written[path.name] = now
         _write_marker(out, written)
@@ -232,9 +281,47 @@ def foreign_run_files(out: Path) -> list[str]:
 
 
 def claim_out_folder(out: Path) -> None:
+    """Create ``out`` if need be, take its lock (:func:`lock_out_folder`) and write its marker."""
     out.mkdir(parents=True, exist_ok=True)
+    lock_out_folder(out)
     if not (out / RUN_MARKER).exists():
         _write_marker(out, {})
+
+
+_LOCKS: dict[str, int] = {}  # run folder (real path) -> the open folder this process locks
+
+
+def lock_out_folder(out: Path) -> None:
+    """Hold an exclusive ``flock`` on the folder ``out`` until :func:`release_out_folder` or
+    the process ends (a kill releases it): a second ``fxprune train`` with the same ``--out``
+    is refused, where before both wrote the same checkpoint and logs (break58 #3). Taken again
+    by the same process, it is a no-op; a folder that does not exist yet is locked when
+    claimed. Where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Raises FileExistsError when another process holds the lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    key = os.path.realpath(out)
+    if key in _LOCKS or not out.is_dir():
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise FileExistsError(f"--out {out} is in use: another fxprune train is writing there "
+                              "(it holds the folder's lock); wait for it to end, or choose "
+                              "another --out") from None
+    _LOCKS[key] = fd
+
+
+def release_out_folder(out: Path) -> None:
+    """Let go of :func:`lock_out_folder`'s lock on ``out`` (nothing when not held)."""
+    fd = _LOCKS.pop(os.path.realpath(out), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor of the open folder releases its flock
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -258,7 +345,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             continue
     try:
         write(tmp)
-        _record_written(path, pending=True)
+        _record_written(path, from_file=Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -278,7 +365,7 @@ def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> N
     def write(tmp):
         torch.save(obj, tmp)
         if keep_previous and path.exists():
-            _record_written(previous, pending=True)
+            _record_written(previous, from_file=path)
             os.replace(path, previous)
 
     atomic_write(path, write)
@@ -417,7 +504,7 @@ class CsvLog:
         if set(row) - set(header) or not self.path.exists():
             self._rewrite()
         else:
-            _record_written(self.path, pending=True)
+            _record_written(self.path, appending=True)
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=header).writerow(row)
             _record_written(self.path)

@@ -57,8 +57,8 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
                             resolve_config)
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
                      check_out_folder, config_changes, cost_columns, format_results,
-                     load_checkpoint, rng_state, save_checkpoint, save_module, set_rng_state,
-                     write_results)
+                     load_checkpoint, lock_out_folder, release_out_folder, rng_state,
+                     save_checkpoint, save_module, set_rng_state, write_results)
 
 # Names this module exported before the config and the run I/O moved out stay importable here.
 _REEXPORTED = (DEFAULTS, apply_overrides, parse_value, format_results)
@@ -325,6 +325,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     try:
         return _train(cfg, device, resume=resume, overwrite=overwrite)
     finally:
+        release_out_folder(Path(cfg["out"]).expanduser())  # taken by rank 0 in _train
         if created:
             dist.destroy_process_group()
 
@@ -371,7 +372,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     out = Path(cfg["out"]).expanduser()
     cfg["out"] = str(out)
     ckpt_path = out / "checkpoint.pt"
-    _on_main(lambda: check_out_folder(out, resume=resume, overwrite=overwrite))
+    # the lock first: a second train in the same folder is refused as such, not by what the
+    # first one has written so far (break58 #3); a new folder is locked when it is claimed
+    _on_main(lambda: (lock_out_folder(out), check_out_folder(out, resume=resume,
+                                                              overwrite=overwrite)))
 
     threads = cfg["num_threads"] or max((os.cpu_count() or 1) // fxdist.local_world_size(), 1)
     torch.set_num_threads(int(threads))

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,7 +250,22 @@ def test_the_marker_fails_safe_and_guards_every_start(recipe, tmp_path, capsys):
     assert rc == 2 and "is a symbolic link to" in one_line_error(capsys)
 
 
-def test_a_kill_between_a_write_and_its_record_leaves_the_file_the_runs(tmp_path):
+def _killed_before_the_record(run_io, name, calls):
+    """``_record_written`` that records ``name``'s pending write, then raises (a kill) where
+    the record after the write would be made."""
+    real = run_io._record_written
+
+    def record(path, **pending):
+        if path.name != name:  # the marker's own write, other files
+            return real(path, **pending)
+        calls.append(bool(pending))
+        if not pending:
+            raise KeyboardInterrupt  # the record after the write never happens
+        real(path, **pending)
+    return record
+
+
+def test_a_kill_between_a_write_and_its_record_leaves_the_file_the_runs(tmp_path, monkeypatch):
     """The marker records a file before it is written (pending) and after: a kill in between
     must not make the run's own file look like the user's at the next start."""
     from fxprune import run_io
@@ -258,26 +274,127 @@ def test_a_kill_between_a_write_and_its_record_leaves_the_file_the_runs(tmp_path
     run_io.claim_out_folder(out)
     log = run_io.CsvLog(out / "steps.csv")
     log.append({"step": 1, "loss": 2.0})
-    real, calls = run_io._record_written, []
-
-    def killed_after_pending(path, *, pending=False):
-        if path.name != "steps.csv":  # the marker's own write
-            return real(path, pending=pending)
-        calls.append(pending)
-        if not pending:
-            raise KeyboardInterrupt  # the record after the append never happens
-        real(path, pending=pending)
-
-    run_io._record_written = killed_after_pending
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            log.append({"step": 2, "loss": 1.0})
-    finally:
-        run_io._record_written = real
+    calls = []
+    monkeypatch.setattr(run_io, "_record_written", _killed_before_the_record(run_io, "steps.csv", calls))
+    with pytest.raises(KeyboardInterrupt):
+        log.append({"step": 2, "loss": 1.0})
+    monkeypatch.undo()
     assert calls == [True, False] and (out / "steps.csv").read_text().count("\n") == 3
     assert run_io.foreign_run_files(out) == []
     (out / "results.json").write_text("{}")  # never recorded: the user's
     assert run_io.foreign_run_files(out) == ["results.json"]
+
+
+@pytest.mark.parametrize("killed", ["before the rename", "after the rename", "mid-append"])
+def test_a_pending_write_left_by_a_kill_does_not_adopt_a_later_file(tmp_path, monkeypatch, killed):
+    """break58 #2: a kill left the file's entry "pending", which matched any file: a user's
+    file put at that name later counted as fxprune's, and --overwrite removed it. The pending
+    entry now holds the file before and after the write; the run's file is fxprune's in
+    either state, another file is not."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    run_io.atomic_write_text(out / "config.yaml", "a: 1\n")
+    log = run_io.CsvLog(out / "steps.csv")
+    log.append({"step": 1, "loss": 2.0})
+    calls = []
+    if killed == "mid-append":
+        monkeypatch.setattr(run_io, "_record_written", _killed_before_the_record(run_io, "steps.csv", calls))
+        with pytest.raises(KeyboardInterrupt):
+            log.append({"step": 2, "loss": 1.0})
+        name = "steps.csv"
+    else:
+        if killed == "before the rename":
+            real_replace = os.replace
+
+            def replace(src, dst):  # the kill falls between the marker's record and the rename
+                if Path(dst).name == "config.yaml":
+                    raise KeyboardInterrupt
+                real_replace(src, dst)
+            monkeypatch.setattr(run_io.os, "replace", replace)
+        else:
+            monkeypatch.setattr(run_io, "_record_written", _killed_before_the_record(run_io, "config.yaml", calls))
+        with pytest.raises(KeyboardInterrupt):
+            run_io.atomic_write_text(out / "config.yaml", "a: 2\n")
+        name = "config.yaml"
+    monkeypatch.undo()
+    assert run_io.foreign_run_files(out) == []  # the run's file, as it was or as it was to be
+    (out / name).unlink()
+    (out / name).write_text("the user's own file\n")  # put there after the kill
+    assert run_io.foreign_run_files(out) == [name]
+    if killed == "mid-append":  # a row cut short by the kill is still the run's log
+        (out / name).unlink()
+        log.rows = log.rows[:1]
+        log._rewrite()
+        log.rows.append({"step": 2, "loss": 1.0})
+        monkeypatch.setattr(run_io, "_record_written", _killed_before_the_record(run_io, "steps.csv", []))
+        with pytest.raises(KeyboardInterrupt):
+            log.append({"step": 3, "loss": 0.5})
+        monkeypatch.undo()
+        data = (out / name).read_bytes()
+        (out / name).write_bytes(data[:-4])  # the kill fell inside the row
+        assert run_io.foreign_run_files(out) == []
+
+
+def test_a_second_train_in_the_same_out_is_refused(recipe, tmp_path, capsys):
+    """break58 #3: two starts in one --out both wrote its checkpoint and logs. A train holds
+    the folder's flock; another process's start is refused in one line, and the lock goes
+    with the train that held it."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = os.open(out, os.O_RDONLY)  # another open of the folder: another train's lock
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)])
+        assert rc == 2 and "is in use: another fxprune train is writing there" in one_line_error(capsys)
+        assert list(out.iterdir()) == []  # nothing written
+    finally:
+        os.close(other)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    mine = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at the train's end
+    finally:
+        os.close(mine)
+
+
+def test_a_new_folder_is_locked_when_claimed(tmp_path):
+    """A folder the run creates does not exist at the check: claiming it takes the lock, so
+    a second start that checked the same empty place fails before its first write."""
+    import fcntl
+
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    try:
+        other = os.open(out, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    finally:
+        run_io.release_out_folder(out)
+
+
+def test_a_marker_temp_file_left_by_a_kill_in_the_claim_is_not_the_users(recipe, tmp_path):
+    """break58 #9: a kill while the run wrote its marker left ``..fxprune-run.<hex>.tmp`` and
+    no marker; the next start refused the folder as holding files fxprune did not write."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".{run_io.RUN_MARKER}.0123abcd.tmp").write_text("")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    assert (out / "checkpoint.pt").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / f".{run_io.RUN_MARKER}.notours.tmp").write_text("x")
+    with pytest.raises(FileExistsError, match="already holds files fxprune did not write"):
+        run_io.check_out_folder(tmp_path / "mine", resume=False, overwrite=False)
 
 
 def test_overwrite_leaves_nothing_of_the_last_run(recipe, tmp_path):
