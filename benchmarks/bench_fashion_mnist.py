@@ -8,7 +8,9 @@ schedule; only the method's switches differ: the dense row too starts from that 
 published tables were measured with ``kaiming_fan_out``), each in its own process with one thread, and
 writes ``benchmarks/results/fashion_mnist.{json,md}``. A run whose folder already holds a
 finished run of the same resolved config is reused, an interrupted one is resumed from its
-checkpoint (training resumes exactly); ``--fresh`` retrains everything. Rows:
+checkpoint (training resumes exactly); ``--fresh`` retrains everything. Each row trains in
+``--runs-dir``/``<method>_<target %>_e<epochs>_s<seed>``, so runs of another length are kept
+beside it. Rows:
 
 * dense: ``prune.method=none``
 * SMCP: soft masks, Taylor importance, global knapsack
@@ -135,8 +137,10 @@ def main(argv=None) -> int:
         for name in args.methods:
             for target in ([None] if name == "dense" else args.targets):
                 # the target as given, in percent (int() put 0.5 and 0.505 in one folder, both
-                # trained into it at once, and 0.29 in "_28": break56 #2)
-                tag = f"{name.replace(' ', '_')}_{'dense' if target is None else f'{target * 100:g}'}_s{seed}"
+                # trained into it at once, and 0.29 in "_28": break56 #2); the epochs too (a
+                # 1-epoch try replaced the 10-epoch run of its row with --overwrite: break58 #5)
+                tag = (f"{name.replace(' ', '_')}_{'dense' if target is None else f'{target * 100:g}'}"
+                       f"_e{args.epochs}_s{seed}")
                 plan.append((name, target, seed, args.runs_dir / tag))
     folders = [d for *_, d in plan]
     twice = sorted({d.name for d in folders if folders.count(d) > 1})

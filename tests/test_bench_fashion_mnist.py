@@ -32,5 +32,9 @@ def test_a_relative_runs_dir_is_the_callers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert bench.main(["--epochs", "1", "--methods", "dense", "--runs-dir", "runs",
                        "--out", "res"]) == 0
-    assert seen == [tmp_path / "runs" / "dense_dense_s0"]
+    assert seen == [tmp_path / "runs" / "dense_dense_e1_s0"]
     assert json.loads((tmp_path / "res.json").read_text())
+    # break58 #5: a run of another length trains beside the 1-epoch one, not over it
+    assert bench.main(["--epochs", "2", "--methods", "dense", "--runs-dir", "runs",
+                       "--out", "res2"]) == 0
+    assert seen[-1] == tmp_path / "runs" / "dense_dense_e2_s0"
