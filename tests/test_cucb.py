@@ -521,3 +521,32 @@ def test_an_optimizer_attached_after_the_final_pick_trains_every_kept_channel():
     tune.step()
     moved = (w.detach() != before) | (w.grad == 0)
     assert bool(moved.all()), "elements with a gradient left as they were"
+
+
+def test_reading_train_forward_before_the_last_sub_networks_step_keeps_it_protected():
+    """break58 #6: the final pick cleared the protected indices when ``train_forward`` was
+    read, so a loop reading it between ``pruner.step()`` (the final pick) and
+    ``optimizer.step()`` let that step move, by momentum and weight decay, the channels the
+    last sub-network left out. They are cleared by the next full-width forward now."""
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=3, channel_step=4)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    pruner.attach_optimizer(opt)
+    w = pm.get_submodule("c2.0").weight
+    for step in range(3):
+        x, y = data(seed=step)
+        F.cross_entropy(pruner.train_forward(x), y).backward()
+        left_out = w.grad == 0  # what this step's sub-network did not read or write
+        before = w.detach().clone()
+        pruner.step()
+        assert pruner.train_forward is not None  # a logging callback reads it, say
+        opt.step()
+        opt.zero_grad()
+    assert pruner.final and bool(left_out.any())
+    assert torch.equal(w.detach()[left_out], before[left_out])
+    x, y = data(seed=7)  # the next, full-width step trains every kept element
+    before = w.detach().clone()
+    F.cross_entropy(pruner.train_forward(x), y).backward()
+    pruner.step()
+    opt.step()
+    assert bool(((w.detach() != before) | (w.grad == 0)).all())

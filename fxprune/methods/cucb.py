@@ -77,7 +77,7 @@ from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import _InputMasked
+from ..masks import MethodHook, _InputMasked
 from ..checks import check_fraction, check_number
 from .base import DEFAULT_TARGET, PruningMethod, trainable_state, trains_model, warn_unused_target
 
@@ -176,6 +176,8 @@ class CUCB(PruningMethod):
                 warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
                      "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
+        if self.gathered is not None:
+            prepared.register_forward_pre_hook(MethodHook(self._full_width_forward))
         self._hooks = []
         self._attached: list = []  # weak references to the attached optimizers
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
@@ -193,13 +195,20 @@ class CUCB(PruningMethod):
         if self.gathered is None:
             return self.prepared
         if self.final:
-            # a full-width forward: the last sub-network's indices are no step's to protect now
-            # (break57 #2: an optimizer attached after the final pick rolled back kept rows)
-            self.gathered.forward_indices = None
             return self.prepared
         self.gathered.follow_mode(self.prepared.training)
         self._ran_gathered = True
         return self.gathered
+
+    def _full_width_forward(self, module, args) -> None:
+        """A training forward of the prepared model: the optimizer step after it is not the
+        last sub-network's, whose indices are no step's to protect now (break57 #2: an
+        optimizer attached after the final pick rolled back kept rows). Cleared when that
+        forward runs, not when ``train_forward`` is read: read between the final pick and the
+        last sub-network's optimizer step, it let that step move the channels the sub-network
+        left out (break58 #6)."""
+        if module.training and torch.is_grad_enabled():
+            self.gathered.forward_indices = None
 
     def attach_optimizer(self, optimizer) -> None:
         """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
