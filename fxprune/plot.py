@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FxPruneError
+from .errors import FxPruneError, warn
 from .run_io import RUN_MARKER, RUN_MODEL_FILES, atomic_write
 
 __all__ = ["PlotError", "Point", "load_points", "plot_points", "add_arguments", "run"]
@@ -218,6 +218,13 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                                 f"report out of the run")
         if batch in out:
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
+        if data.get("timed_under_load") is True:  # deploy said so; a plot of it must too (break58 #8)
+            load = data.get("load_average") if isinstance(data.get("load_average"), dict) else {}
+            said = (f" (load average {load.get('before')} -> {load.get('after')} on "
+                    f"{load.get('cores')} cores)" if load else "")
+            warn(f"{report} was timed while other processes shared the CPU{said}: its latency "
+                 "and speedup may be off; deploy the run again on an idle machine",
+                 RuntimeWarning)
         speedup = data.get("speedup")
         shape = data.get("input_shape")
         out[batch] = {"median": median,

@@ -384,6 +384,20 @@ def test_a_deploy_report_deeper_in_the_run_counts(tmp_path):
     assert load_points([run])[0].latency_ms == {1: 2.5}
 
 
+def test_a_deploy_report_timed_under_load_is_said_to_be(tmp_path):
+    """break58 #8: deploy flags a latency timed while the CPU was shared; plot drew it as any
+    other, without a word."""
+    run = _run(tmp_path / "run", 0.9, 8e6, [(1, 2.0)])
+    report = run / "deploy_b1" / "report.json"
+    data = json.loads(report.read_text())
+    report.write_text(json.dumps({**data, "timed_under_load": True,
+                                  "load_average": {"before": 3.5, "after": 4.0, "cores": 2}}))
+    with pytest.warns(RuntimeWarning, match=r"deploy_b1/report.json was timed while other "
+                                            r"processes shared the CPU \(load average 3.5 -> 4.0 "
+                                            r"on 2 cores\).*deploy the run again on an idle"):
+        assert load_points([run])[0].latency_ms == {1: 2.0}
+
+
 def test_the_temporary_file_is_never_a_users_file(tmp_path):
     run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0)])
     mine = tmp_path / "pareto.png.tmp"
