@@ -87,11 +87,13 @@ def row_config(name: str, prune: dict, seed: int, epochs: float, runs: Path, thr
     """The resolved recipe of one row and seed (ConfigError when a row's keys are wrong). Its
     run folder names the protocol (smoke runs in their own folder, the epochs in the name), so
     a smoke or shorter run never replaces the published protocol's runs (break56 #1); the
-    device is the CPU the results file states (break56 #3: `device: auto` trained on CUDA)."""
+    device is the CPU the results file states (break56 #3: `device: auto` trained on CUDA).
+    Smoke runs go to ``runs/smoke``: inside the folder given (a sibling ``<runs>_smoke`` was
+    ``../<cwd>_smoke`` for ``--runs-dir .`` and failed for ``/``: break58)."""
     cfg = copy.deepcopy(load_config(BASE))
     cfg["prune"] = prune
-    runs = runs.resolve()  # (`--runs-dir .` has no name to add "_smoke" to)
-    folder = runs.with_name(runs.name + "_smoke") if smoke else runs
+    runs = runs.expanduser().resolve()
+    folder = runs / "smoke" if smoke else runs
     cfg.update(seed=seed, num_threads=threads, device="cpu",
                out=str(folder / f"{folder_name(name)}_e{int(epochs)}_s{seed}"))
     cfg["optim"]["epochs"] = int(epochs)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from helpers import load_benchmark
 
@@ -39,7 +42,7 @@ def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
     first = json.loads((tmp_path / "a.json").read_text())["runs"]
     assert [r["row"] for r in first] == ["dense", "late"] and not any(r.get("reused") for r in first)
     # a smoke run trains in its own folder, the epochs in the row's name (break56 #1)
-    config = (tmp_path / "runs_smoke" / "late_e1_s0" / "config.yaml").read_text()
+    config = (tmp_path / "runs" / "smoke" / "late_e1_s0" / "config.yaml").read_text()
     assert "warmup_fraction: 0.3" in config
     assert bench.main([*args, "--reuse", "--out", str(tmp_path / "b")]) == 0
     second = json.loads((tmp_path / "b.json").read_text())["runs"]
@@ -50,3 +53,16 @@ def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
                        "--out", str(tmp_path / "c")]) == 0
     third = {r["row"]: r for r in json.loads((tmp_path / "c.json").read_text())["runs"]}
     assert third["dense"]["reused"] and not third["late"].get("reused")
+
+
+@pytest.mark.parametrize("given, expected", [(".", "{cwd}/smoke"), ("~/r", "{home}/r/smoke"),
+                                             ("/", "/smoke"), ("runs", "{cwd}/runs/smoke")])
+def test_smoke_runs_stay_inside_the_runs_dir(tmp_path, monkeypatch, given, expected):
+    """break58: smoke runs went to a sibling folder, <runs>_smoke: ``--runs-dir .`` wrote to
+    ../<cwd>_smoke, ``/`` failed, and ``~`` was a folder named "~" in the cwd."""
+    bench = load_benchmark("bench_methods")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cfg = bench.row_config("dense", {"method": "none"}, 0, 1, Path(given), 1, True)
+    folder = expected.format(cwd=tmp_path, home=tmp_path / "home")
+    assert cfg["out"] == f"{folder}/dense_e1_s0"
