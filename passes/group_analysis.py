@@ -119,6 +119,7 @@ class ChannelAnalysis(NodeFacts):
         self.layers: list[LayerInfo] = []
         self.deferred: list[tuple] = []
         self.node: fx.Node | None = None
+        self.lost: dict[fx.Node, str] = {}  # node -> the first reason it dropped channels for
 
     # -- what rules read ------------------------------------------------------------------------
     def module(self):
@@ -222,6 +223,25 @@ class ChannelAnalysis(NodeFacts):
         ids = ids[ids >= 0]
         if ids.size:
             self.marks.append((ids, self.why(reason)))
+            self.lost.setdefault(self.node, self.why(reason))
+
+    def where_lost(self, node, limit: int = 32) -> str | None:
+        """Why the nearest node upstream of ``node`` (itself included) dropped channels, the
+        search stopping after ``limit`` nodes; None when none did. A barrier met later (an
+        elementwise op with an untracked operand) names it: the op where tracking ended, not
+        only the one that found it ended (break59 #2: ``y * softmax(w)`` named the mul)."""
+        if not isinstance(node, fx.Node):
+            return None
+        seen, queue = {node}, [node]
+        while queue and len(seen) <= limit:
+            n = queue.pop(0)
+            if n in self.lost:
+                return self.lost[n]
+            for a in n.all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    queue.append(a)
+        return None
 
     def keep_one_of(self, ids, what: str) -> None:
         """At least one of these channels must stay (an empty slice would break the graph)."""

@@ -1928,6 +1928,25 @@ def test_a_map_expanded_to_a_literal_count_is_kept_whole_naming_the_expand():
                                    "broadcasting, or expand_as(y), follows the pruning") in group.reason
 
 
+def test_a_barrier_names_the_op_where_an_operands_channels_were_dropped():
+    """break59 #2: ``y * softmax(w)`` (a per-channel weight normalised across channels) kept
+    y's group whole naming only the mul; the reason now names the softmax that mixed them."""
+    class SoftWeights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1 = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 8, 1)
+            self.w = nn.Parameter(torch.randn(16))
+
+        def forward(self, x):
+            return self.c1(self.c0(x) * torch.softmax(self.w, 0).view(1, -1, 1, 1))
+
+    pm = fxprune.prepare(SoftWeights(), (X,))
+    group = next(g for g in fxprune.channel_groups(pm) if g.producers == ["c0"])
+    assert not group.prunable
+    assert ("whose channels fxprune does not track (they were dropped: mixed along the channel "
+            "dim at `softmax`") in group.reason, group.reason
+
+
 class _InPlace(nn.Module):
     def __init__(self):
         super().__init__()

@@ -97,11 +97,12 @@ def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
         if len(labelled) < len(present):
             expanded = (isinstance(unknown, fx.Node) and unknown.op == "call_method"
                         and unknown.target in ("expand", "repeat"))
+            lost = None if expanded else ctx.where_lost(unknown)
             for p in labelled:  # (an expand to a literal count: break59 #1 named only the op here)
                 ctx.untracked(p, f"{what} with a tensor whose channels fxprune does not track"
                               + (f" (`{unknown.name}`: {unknown.target} of a size-1 dim to a fixed "
                                  "count; broadcasting, or expand_as(y), follows the pruning)"
-                                 if expanded else ""))
+                                 if expanded else f" (they were dropped: {lost})" if lost else ""))
         for other in labelled[1:]:
             ctx.unify(labelled[0], other, what)
         result[d] = labelled[0]
