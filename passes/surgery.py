@@ -279,10 +279,28 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
     return map_tensors(tuple(inputs), move)
 
 
+@contextlib.contextmanager
+def ieee_float32():
+    """TF32 off for the block (cuDNN convolutions and, where the user allowed it, CUDA
+    matmuls), restored after. An exactness check compares the masked and the pruned model in
+    float32: with TF32 (cuDNN's default) each conv rounds its inputs to 10 mantissa bits, and
+    the two models' different shapes pick different kernels, so resnet50 on an H200 differed
+    by 2.6e-4 where the check allows 1e-4, and finalize called it a bug in fxprune."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
+
+
 def run_eval(model: nn.Module, inputs: tuple):
-    """Run ``model`` in eval mode without grad on ``inputs`` moved to the model's device and
-    floating dtype (:func:`inputs_for`), then restore every module's mode and every buffer (a
-    check is not a training step: :func:`restoring_buffers`)."""
+    """Run ``model`` in eval mode without grad, in IEEE float32 (:func:`ieee_float32`), on
+    ``inputs`` moved to the model's device and floating dtype (:func:`inputs_for`), then
+    restore every module's mode and every buffer (a check is not a training step:
+    :func:`restoring_buffers`)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     device = model_device_dtype(model)[0]
@@ -292,7 +310,7 @@ def run_eval(model: nn.Module, inputs: tuple):
     # tolerance, and finalize called it a bug in fxprune (break43 #5)
     plain = torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext()
     try:
-        with torch.no_grad(), plain, restoring_buffers(model):
+        with torch.no_grad(), plain, ieee_float32(), restoring_buffers(model):
             return model(*inputs_for(model, inputs))
     finally:
         for m, training in modes.items():

@@ -436,3 +436,28 @@ def test_a_methods_warning_points_at_the_users_line_through_the_registry():
         with pytest.warns(UserWarning, match="prune_at") as said:
             build()
         assert {w.filename for w in said} == {__file__}, [(w.filename, str(w.message)[:60]) for w in said]
+
+
+def test_exactness_checks_run_in_ieee_float32():
+    """On an H200, finalize of resnet50 failed its exactness check by 2.6e-4: cuDNN's default
+    TF32 convolutions round differently for the masked and the pruned shapes. Checks run with
+    TF32 off, and the caller's settings come back."""
+    from fxprune.passes.surgery import run_eval
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+            return x
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        run_eval(Probe(), (torch.randn(1, 2),))
+        assert seen == [(False, "highest")]
+        assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == (True, "high")
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])

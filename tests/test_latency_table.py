@@ -720,3 +720,21 @@ def test_a_method_on_a_table_at_its_channel_step_saves_and_resumes_quietly():
     with pytest.warns(RuntimeWarning, match="below the smallest count.*said once per table") as said:
         fxprune.SMCP(pm, 0.5, cost=coarse, channel_step=8)
     assert sum("below the smallest count" in str(w.message) for w in said) == 1
+
+
+def test_a_flat_latency_table_is_named_as_such():
+    """On an H200 a small net at batch 4 is launch-bound: the table timed the narrowest model
+    at 1.014 of dense (noise), and SMCP said to "check the cost model". It now says removing
+    channels saves no time at that batch, and what to do."""
+    from fxprune.deploy import LatencyTable
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 8, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 16, 16),))
+    flat = LatencyTable.measure(pm, step=8, threads=1, batch=4, progress=False, log=lambda s: None,
+                                timer=lambda layer, ci, co: 0.02 - 1e-4 * (ci + co) / 32)
+    with pytest.raises(ValueError, match=r"the latency table \(onnxruntime on .*, batch 4\) times "
+                                         r"the narrowest allowed model at 1\.\d+ of dense: removing "
+                                         r"channels saves no time there .*prune by cost='flops'"):
+        fxprune.SMCP(pm, target=0.9, cost=flat, channel_step=8)

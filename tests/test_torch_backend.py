@@ -47,15 +47,17 @@ def test_table_is_measured_at_the_deployment_batch_cached_and_prices_the_knapsac
     # then has room under its target even when a loaded machine makes timings noisy
     pm = fxprune.prepare(small_net(32), (torch.randn(1, 3, 32, 32),))
     precision = "fp16" if device == "cuda" else None
-    table = measure(pm, tmp_path / "cache.json", device, batch=4, precision=precision)
-    assert table.backend == "torch" and table.batch == 4
+    # (an H200 at batch 4 is launch-bound: the narrowest model timed at 1.014 of dense)
+    batch = 256 if device == "cuda" else 4
+    table = measure(pm, tmp_path / "cache.json", device, batch=batch, precision=precision)
+    assert table.backend == "torch" and table.batch == batch
     assert table.stats["measured"] > 0 and table.stats["cached"] == 0
     for spec in fxprune.layer_specs(pm):  # batch-1 specs are looked up at the table's batch
         assert spec.batch == 1 and spec in table
         full = table.layer_cost(spec, spec.in_channels, spec.out_channels)
         assert full > 0
         assert table.layer_cost(spec, 8, spec.out_channels) > 0
-    assert all(k.startswith("b4|") for k in table._points)
+    assert all(k.startswith(f"b{batch}|") for k in table._points)
     cache = json.loads((tmp_path / "cache.json").read_text())
     (context,) = cache["contexts"]
     assert context.startswith("torch|torch " + torch.__version__) and tb.device_name(
@@ -63,7 +65,7 @@ def test_table_is_measured_at_the_deployment_batch_cached_and_prices_the_knapsac
     if device == "cuda":
         assert "cudnn" in context and "graphs" in context
         assert all(":float16" in k for k in table._points)
-    again = measure(pm, tmp_path / "cache.json", device, batch=4, precision=precision)
+    again = measure(pm, tmp_path / "cache.json", device, batch=batch, precision=precision)
     assert again.stats["measured"] == 0 and again.stats["cached"] == table.stats["measured"]
     other_batch = measure(pm, tmp_path / "cache.json", device, batch=2, precision=precision)
     assert other_batch.stats["cached"] == 0  # the batch is part of the key

@@ -355,6 +355,15 @@ class PruningMethod:
         floor = self.budget.fraction(narrowest)
         if floor > 1 and target < floor * (1 - 1e-9):
             # no target can help: the advice "raise the target to 361189" named the wrong cause
+            model = self.budget.model
+            if getattr(model, "batch", None) is not None and hasattr(model, "backend"):
+                # a measured table, flat: an H200 timed a small net at batch 4 (launch-bound)
+                raise ValueError(
+                    f"the latency table ({model.backend} on {model.device}, batch {model.batch}) "
+                    f"times the narrowest allowed model at {floor:.5g} of dense: removing "
+                    "channels saves no time there (layers this small at this batch are bound by "
+                    "launch overhead, and timing noise decides); measure the table at a larger "
+                    "batch (the deployment's), or prune by cost='flops'")
             raise ValueError(
                 f"the cost model {getattr(self.budget.model, 'name', type(self.budget.model).__name__)!r}"
                 f" prices the narrowest allowed model at "
