@@ -37,6 +37,7 @@ import shlex
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -353,16 +354,31 @@ def main(argv=None) -> int:
             except OutOfBudget as e:
                 skipped.append({"section": "c", "model": name, "reason": str(e)})
 
+    def write() -> str:  # after every section: a later failure keeps what was measured
+        results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        text = markdown(results)
+        Path(f"{out}.md").write_text(text)
+        return text
+
+    failed = False
     for key, fn in (("a", section_a), ("b", section_b), ("c", section_c)):
         print(f"bench_gpu: section ({key}) ...", flush=True)
-        run_section(key, budgets, results, skipped, fn)
-    results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    text = markdown(results)
-    Path(f"{out}.md").write_text(text)
+        try:
+            run_section(key, budgets, results, skipped, fn)
+        except Exception as exc:  # noqa: BLE001 - recorded; a CUDA error ends the run (see below)
+            traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            skipped.append({"section": key, "reason": f"failed: {type(exc).__name__}: {first}"})
+            failed = True
+            # (a CUDA error such as an illegal memory access leaves the context unusable:
+            # the later sections would fail on it too, so the run stops here)
+            break
+        finally:
+            text = write()
     print(text)
-    return 0
+    return 1 if failed else 0
 
 
 def markdown(r: dict) -> str:

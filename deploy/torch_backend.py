@@ -153,7 +153,14 @@ def make_runner(module: nn.Module, x: torch.Tensor, *, cuda_graphs: bool = True,
         module(x)  # the output stays alive in the graph's memory pool
     graph.replay()
     torch.cuda.synchronize(x.device)
-    return graph.replay
+
+    def replay(graph=graph, reads=(module, x)):
+        # the graph replays kernels on the addresses of the module's weights and of x, which
+        # it does not own: ``reads`` keeps them alive as long as the runner (time_models
+        # rebound its names to the next model, the first one's memory was freed and reused,
+        # and an H200 stopped on an illegal memory access while timing resnet50)
+        graph.replay()
+    return replay
 
 
 def _inner_count(fn, device: torch.device, sample_ms: float) -> int:

@@ -116,6 +116,25 @@ def test_cuda_models_timed_with_events_and_graphs(precision, graphs):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_a_cuda_graph_runner_keeps_what_the_graph_reads_alive():
+    """On an H200, time_models stopped on an illegal memory access: the graph replayed on the
+    first model's weights and input after its names were rebound to the second model's and
+    the caching allocator had reused the memory."""
+    import gc
+    import weakref
+
+    module, x = tb.prepare_module(small_net(16), (8, 3, 32, 32), torch.device("cuda"), "fp16")
+    run = tb.make_runner(module, x)
+    alive = weakref.ref(module)
+    del module, x
+    gc.collect()
+    assert alive() is not None
+    run()
+    torch.cuda.synchronize()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
 def test_cuda_deploy_with_the_torch_backend(saved, tmp_path):
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(tmp_path), "--backend", "torch",
                  "--device", "cuda", "--precision", "bf16", "--trust-model-file", *QUICK]) == 0
