@@ -96,15 +96,16 @@ def build(name: str, num_classes: int = 1000) -> torch.nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def table_step(pm, max_points: int, steps=(8, 16, 32, 64, 128, 256)) -> tuple[int, int]:
-    """The finest grid step whose table has at most ``max_points`` distinct points."""
+def table_step(pm, max_points: int, min_count: int, steps=(8, 16, 32, 64, 128, 256)) -> tuple[int, int]:
+    """The finest grid step whose table has at most ``max_points`` distinct points (each axis
+    timed at ``min_count`` too, the pruner's channel_step: narrow widths interpolate)."""
     from fxprune.deploy.latency_table import layer_grid, point_key
 
     specs = fxprune.layer_specs(pm)
     for step in steps:
         points = set()
         for s in specs:
-            cins, couts, diag = layer_grid(s, step)
+            cins, couts, diag = layer_grid(s, step, min_count)
             pairs = zip(cins, couts) if diag else ((a, b) for a in cins for b in couts)
             points.update((point_key(s), a, b) for a, b in pairs)
         if len(points) <= max_points or step == steps[-1]:
@@ -113,8 +114,8 @@ def table_step(pm, max_points: int, steps=(8, 16, 32, 64, 128, 256)) -> tuple[in
 
 
 def measure_table(pm, device, *, batch: int, precision: str, max_points: int, deadline: float,
-                  threads: int) -> tuple[LatencyTable, dict]:
-    step, n_points = table_step(pm, max_points)
+                  threads: int, min_count: int) -> tuple[LatencyTable, dict]:
+    step, n_points = table_step(pm, max_points, min_count)
     timer = tb.LayerTimer(device, threads=threads, warmup=2, min_runs=3, max_runs=10,
                           target_ms=5.0)
 
@@ -126,8 +127,8 @@ def measure_table(pm, device, *, batch: int, precision: str, max_points: int, de
     started = time.perf_counter()
     table = LatencyTable.measure(pm, backend="torch", step=step, threads=threads, timer=timed,
                                  device=tb.device_name(device), batch=batch, precision=precision,
-                                 passes=1, progress=False, log=lambda _: None)
-    info = {"step": step, "points_timed": table.stats["measured"], "batch": batch,
+                                 passes=1, progress=False, min_count=min_count, log=lambda _: None)
+    info = {"step": step, "min_count": min_count, "points_timed": table.stats["measured"], "batch": batch,
             "precision": precision, "seconds": round(time.perf_counter() - started, 1),
             "distinct_layers": len(table)}
     return table, info
@@ -234,7 +235,7 @@ def speed_section(name, s, device, deadline, precision, threads, tables, channel
         dense_pm = fxprune.prepare(model, (x,))
         tables[name] = measure_table(dense_pm, device, batch=big, precision=precision,
                                      max_points=s["speed_max_points"], deadline=deadline,
-                                     threads=threads)
+                                     threads=threads, min_count=channel_step)
     table, table_info = tables[name]
     dense_flops = count_flops(model, (x,))
     variants, rows = {"dense": model}, []
@@ -295,7 +296,12 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16",
                         help="autocast dtype of the training-step section (default bf16)")
     parser.add_argument("--channel-step", type=int, default=8)
+    parser.add_argument("--sections", default="abc",
+                        help="which sections to run (default abc; e.g. c alone to redo the "
+                             "speedups, which measure their own tables)")
     args = parser.parse_args(argv)
+    if not args.sections or set(args.sections) - set("abc"):
+        parser.error(f"--sections takes letters of 'abc', got {args.sections!r}")
     # the published protocol is the full run on CUDA: which GPU (--device cuda:1) and the CPU
     # threads (--device cpu, smoke runs only) do not change it, nor an explicit --precision fp16
     out = results_stem("gpu", args.out, args.smoke, changed_options(
@@ -342,7 +348,7 @@ def main(argv=None) -> int:
         pm = fxprune.prepare(build(name).eval(), (torch.randn(1, 3, s["speed_size"], s["speed_size"]),))
         tables[name] = measure_table(pm, device, batch=s["table_batch"], precision=precision,
                                      max_points=s["max_points"], deadline=deadline,
-                                     threads=args.threads)
+                                     threads=args.threads, min_count=args.channel_step)
         results["table"] = {"model": name, **tables[name][1]}
 
     def section_c(deadline):
@@ -363,7 +369,8 @@ def main(argv=None) -> int:
         return text
 
     failed = False
-    for key, fn in (("a", section_a), ("b", section_b), ("c", section_c)):
+    for key, fn in [(k, f) for k, f in (("a", section_a), ("b", section_b), ("c", section_c))
+                    if k in args.sections]:
         print(f"bench_gpu: section ({key}) ...", flush=True)
         try:
             run_section(key, budgets, results, skipped, fn)
