@@ -154,6 +154,9 @@ _MARKER_TEXT = ("This folder holds a fxprune train run; fxprune writes here only
 
 _OLD_MARKER_OPENING = "This folder holds a fxprune train run"
 _MARKER_TMP = re.compile(re.escape(f".{RUN_MARKER}.") + r"[0-9a-f]{8}\.tmp")
+# atomic_write's temporary files of the run's own files (and its marker): ".NAME.<8 hex>.tmp"
+_RUN_TMP = re.compile(r"\.(?:" + "|".join(re.escape(n) for n in (*RUN_FILES, RUN_MARKER))
+                      + r")\.[0-9a-f]{8}\.tmp")
 # An older fxprune recorded "pending" before a write, matching any file later found there
 # (break58 #2: a user's file put there after a kill counted as fxprune's); it is still read so.
 _OLD_PENDING = "pending"
@@ -280,10 +283,20 @@ def foreign_run_files(out: Path) -> list[str]:
             and not _unchanged(written.get(name), out / name)]
 
 
-def claim_out_folder(out: Path) -> None:
-    """Create ``out`` if need be, take its lock (:func:`lock_out_folder`) and write its marker."""
+def claim_out_folder(out: Path, *, overwrite: bool = False) -> None:
+    """Create ``out`` if need be, take its lock (:func:`lock_out_folder`) and write its marker.
+
+    A folder that did not exist at :func:`check_out_folder` was not locked then: another
+    train may have created it and finished a run there since, which this start's fresh logs
+    would remove (break60 #2). It is checked again under the lock (``overwrite`` as given)."""
+    unlocked = os.path.realpath(out) not in _LOCKS
     out.mkdir(parents=True, exist_ok=True)
     lock_out_folder(out)
+    if unlocked and _user_entries(out):
+        check_out_folder(out, resume=False, overwrite=overwrite)
+    for leftover in out.iterdir():  # a kill mid-write leaves its temporary file (checkpoint-sized)
+        if _RUN_TMP.fullmatch(leftover.name) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
     if not (out / RUN_MARKER).exists():
         _write_marker(out, {})
 
@@ -555,12 +568,13 @@ class RunLogs:
         self.metrics: CsvLog | None = None
         self.steps: CsvLog | None = None
 
-    def open(self, cfg: dict, resumed_at: tuple[int, int] | None) -> None:
-        """Claim the folder, write ``config.yaml``, and continue the logs of a run resumed at
-        ``(epoch, step)`` (rows written after its checkpoint dropped) or start them afresh."""
+    def open(self, cfg: dict, resumed_at: tuple[int, int] | None, *, overwrite: bool = False) -> None:
+        """Claim the folder (``overwrite``: the start's --overwrite, see
+        :func:`claim_out_folder`), write ``config.yaml``, and continue the logs of a run resumed
+        at ``(epoch, step)`` (rows written after its checkpoint dropped) or start them afresh."""
         if not self.main:
             return
-        claim_out_folder(self.out)
+        claim_out_folder(self.out, overwrite=overwrite)
         self.metrics, self.steps = CsvLog(self.out / "metrics.csv"), CsvLog(self.out / "steps.csv")
         if resumed_at is not None:
             self.metrics.truncate("epoch", resumed_at[0])

@@ -562,7 +562,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 "with the same number of processes to keep them", RuntimeWarning, stacklevel=2)
         start_epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
         images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
-    logs.open(cfg, (start_epoch, step) if ckpt is not None else None)
+    logs.open(cfg, (start_epoch, step) if ckpt is not None else None, overwrite=overwrite)
 
     forward = net
     if distributed:

@@ -361,6 +361,37 @@ def test_a_second_train_in_the_same_out_is_refused(recipe, tmp_path, capsys):
         os.close(mine)
 
 
+def test_a_run_finished_in_a_new_folder_after_the_check_is_not_removed(recipe, tmp_path):
+    """break60 #2: two trains with one new --out: the second checked while the folder did not
+    exist (nothing to lock), the first created it and finished, then the second's claim took
+    the free lock and its fresh logs removed the first run's files. The claim checks again."""
+    from fxprune import run_io
+
+    out = tmp_path / "race"
+    run_io.check_out_folder(out, resume=False, overwrite=False)  # the second train's check
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run_io.claim_out_folder(out)
+    assert sorted(p.name for p in out.iterdir()) == files
+    run_io.release_out_folder(out)
+
+
+def test_a_start_removes_the_temporary_files_a_kill_left(tmp_path):
+    """break60: a kill mid-save left ``.checkpoint.pt.<hex>.tmp`` (checkpoint-sized), which
+    no later run removed; a file of the user's named otherwise stays."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    run_io.release_out_folder(out)
+    (out / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"x" * 100)
+    (out / ".notes.0123abcd.tmp").write_text("mine")
+    run_io.claim_out_folder(out)
+    run_io.release_out_folder(out)
+    assert sorted(p.name for p in out.iterdir()) == [".fxprune-run", ".notes.0123abcd.tmp"]
+
+
 def test_a_new_folder_is_locked_when_claimed(tmp_path):
     """A folder the run creates does not exist at the check: claiming it takes the lock, so
     a second start that checked the same empty place fails before its first write."""
