@@ -121,21 +121,36 @@ def _batch_bound(program) -> str | None:
     return f"[{int(bound.lower)}, {upper}]"
 
 
-class _BatchOneDiffers(Exception):
-    """A free-batch export from an example of 2 that is wrong at batch 1."""
+class _BatchDiffers(Exception):
+    """A free-batch export that computes another output than the model at some batch."""
 
 
-def _runs_as_model(path: str, model: nn.Module, x: torch.Tensor, precision: str) -> bool:
-    """Whether ONNX Runtime runs the file at ``x`` as ``model`` does: :func:`verify_onnx`'s
-    comparison (shapes, the precision's tolerance) at that one input."""
+# Batches a free-batch file is run at, beside the export's own: a branch on the batch size
+# that torch.export took at the example is recorded for every batch, and only the range of a
+# branch like `> k` shows in its program (`_batch_bound`); `> 1`, `!= 1`, `== 3` and `% 2`
+# leave no trace (break58 #1, break60 #1). Small batches: cheap to run, and where such
+# branches switch.
+_PROBE_BATCHES = (1, 2, 3)
+
+
+def _differs_at(path: str, model: nn.Module, shape, precision: str) -> bool:
+    """Whether ONNX Runtime runs the file at an input of ``shape`` other than ``model`` does
+    (:func:`verify_onnx`'s comparison: shapes, the precision's tolerance); False where the
+    model itself does not run at that shape (a batch that must be a multiple of k)."""
     from .onnxruntime_backend import make_session
 
+    x = example_input(shape, precision, seed=3)
+    try:
+        with torch.no_grad():
+            flat_outputs(model(x))
+    except Exception:  # noqa: BLE001 - the model's own limit: no evidence against the file
+        return False
     try:
         _compare(make_session(path, 1), model, x, path, tuple(x.shape), precision,
                  *TOLERANCES[precision])
-    except Exception:  # noqa: BLE001 - onnxruntime raises its own types; any failure is "no"
-        return False
-    return True
+    except Exception:  # noqa: BLE001 - onnxruntime raises its own types; any failure is "differs"
+        return True
+    return False
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
@@ -159,7 +174,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     declares its batch free, another batch (a size read, ``math.sqrt(q.size(-1))``, is right
     at the exported shape; ``int(x.size(0))`` is the example's batch); if both fail, raises
     with both errors. A dynamo program whose batch torch.export bounded (``if x.shape[0] > 2``
-    keeps ``[0, 2]``) is written at the example's fixed batch instead. An existing ``path``
+    keeps ``[0, 2]``), or whose file computes another output than the model at batch 1, 2, 3
+    or the example's (``> 1``, ``== 3``, ``% 2`` leave no bound), is written at the example's
+    fixed batch instead; a branch that switches only at other batches (``== 7``) is not seen. An existing ``path``
     is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
     expanded.
     """
@@ -204,12 +221,15 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 raise _BatchBounded(f"torch.export bounded the batch to {bound} (a branch on "
                                     "the batch size): the file would compute the example's "
                                     "branch at every batch")
-            if wide is not x and not _runs_as_model(path, model, x, precision):
+            if dynamic_batch:
                 # torch.export assumes the example's side of a branch on the batch size
-                # (`if x.shape[0] > 1`) for every batch, silently: at batch 1 the file is
-                # another model, so it is exported at batch 1, fixed
-                raise _BatchOneDiffers("the file exported from an example batch of 2 computes "
-                                       "another output at batch 1 (a branch on the batch size)")
+                # (`if x.shape[0] > 1`) for every batch, silently: where the file is another
+                # model at some batch, it is exported at the example's batch, fixed
+                for b in sorted({*_PROBE_BATCHES, x.shape[0]} - {wide.shape[0]}):
+                    if _differs_at(path, model, (b, *input_shape[1:]), precision):
+                        raise _BatchDiffers(f"the file exported from an example batch of "
+                                            f"{wide.shape[0]} computes another output at batch "
+                                            f"{b} (a branch on the batch size)")
         except Exception as batch_err:  # noqa: BLE001
             if not dynamic_batch:
                 raise
