@@ -550,3 +550,25 @@ def test_reading_train_forward_before_the_last_sub_networks_step_keeps_it_protec
     pruner.step()
     opt.step()
     assert bool(((w.detach() != before) | (w.grad == 0)).all())
+
+
+def test_a_full_width_forward_before_the_sub_networks_step_keeps_it_protected():
+    """break60 #4: a grad-enabled, train-mode forward of the prepared model between the
+    sub-network's backward and its optimizer step (train accuracy logged without no_grad)
+    cleared the protection, and SGD with momentum and weight decay moved every channel the
+    sub-network left out. Only a full-width backward clears it now."""
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=50, channel_step=4)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    pruner.attach_optimizer(opt)
+    w = pm.get_submodule("c2.0").weight
+    for step in range(3):
+        x, y = data(seed=step)
+        F.cross_entropy(pruner.train_forward(x), y).backward()
+        left_out = w.grad == 0
+        before = w.detach().clone()
+        pm(x).argmax(1)  # logged, never backpropagated
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+        assert bool(left_out.any()) and torch.equal(w.detach()[left_out], before[left_out])

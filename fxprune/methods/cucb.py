@@ -71,6 +71,7 @@ import weakref
 import numpy as np
 import torch
 from torch import fx
+from torch.utils import _pytree as pytree
 
 from .. import distributed as fxdist
 from ..errors import warn
@@ -177,7 +178,7 @@ class CUCB(PruningMethod):
                      "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
         if self.gathered is not None:
-            prepared.register_forward_pre_hook(MethodHook(self._full_width_forward))
+            prepared.register_forward_hook(MethodHook(self._full_width_forward))
         self._hooks = []
         self._attached: list = []  # weak references to the attached optimizers
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
@@ -200,15 +201,21 @@ class CUCB(PruningMethod):
         self._ran_gathered = True
         return self.gathered
 
-    def _full_width_forward(self, module, args) -> None:
-        """A training forward of the prepared model: the optimizer step after it is not the
-        last sub-network's, whose indices are no step's to protect now (break57 #2: an
-        optimizer attached after the final pick rolled back kept rows). Cleared when that
-        forward runs, not when ``train_forward`` is read: read between the final pick and the
-        last sub-network's optimizer step, it let that step move the channels the sub-network
-        left out (break58 #6)."""
-        if module.training and torch.is_grad_enabled():
-            self.gathered.forward_indices = None
+    def _full_width_forward(self, module, args, output) -> None:
+        """A training forward of the prepared model: once its backward runs, the optimizer
+        step after it is not the last sub-network's, whose indices are no step's to protect
+        now (break57 #2: an optimizer attached after the final pick rolled back kept rows).
+        Cleared when that backward reaches the output, not when ``train_forward`` is read
+        (break58 #6) nor at the forward: a full-width forward between the sub-network's
+        backward and its optimizer step (train accuracy logged without no_grad) let that
+        step move the channels the sub-network left out (break60 #4)."""
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        out = next((t for t in pytree.tree_leaves(output)
+                    if isinstance(t, torch.Tensor) and t.requires_grad), None)
+        if out is not None:
+            gathered = self.gathered
+            out.register_hook(lambda grad: setattr(gathered, "forward_indices", None))
 
     def attach_optimizer(self, optimizer) -> None:
         """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
