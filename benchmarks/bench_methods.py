@@ -194,11 +194,13 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def plot_rows(summary: list[dict], runs: list[dict]) -> list[dict]:
     """One point per row for ``fxprune plot`` (its ``rows`` format): the seeds' mean accuracy
-    (fraction) with its standard deviation, mean FLOPs and params per image."""
+    (fraction) with its standard deviation, mean FLOPs and params per image, and the cost
+    target the row pruned to (None for dense)."""
     out = []
     for s in summary:
         rs = [r for r in runs if r["row"] == s["row"]]
         out.append({"row": s["row"], "method": rs[0]["method"], "seeds": s["seeds"],
+                    "target": rs[0].get("target"),  # (break60 #5: plot's label names it)
                     "accuracy": s["accuracy"][0], "accuracy_std": s["accuracy"][1],
                     "flops": statistics.mean(float(r["flops"]) for r in rs),
                     "params": statistics.mean(float(r["params"]) for r in rs),

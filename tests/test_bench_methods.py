@@ -29,9 +29,14 @@ def test_smoke_mode_runs_every_row(tmp_path):
     assert 0 < result["solver"]["greedy_swap_hit_rate"] <= 1
     # the file is one `fxprune plot` draws: a point per row, its seeds' mean (break56 #15)
     points = {p.label: p for p in load_points([tmp_path / "methods_smoke.json"], latencies=False)}
-    assert set(points) == set(rows)
-    assert points["SMCP"].accuracy == rows["SMCP"]["accuracy"][0] and points["CUCB"].family == "CUCB"
-    assert points["SMCP"].flops < points["dense"].flops
+    # a row's label names its target (break60 #5: "SMCP", where plot says "SMCP 50%" elsewhere)
+    label = {r["row"]: r["row"] + ("" if r["target"] is None else f" {r['target'] * 100:g}%")
+             for r in result["rows"]}
+    assert label["SMCP"] == "SMCP 50%" and label["dense"] == "dense"
+    assert set(points) == set(label.values())
+    assert points["SMCP 50%"].accuracy == rows["SMCP"]["accuracy"][0]
+    assert points[label["CUCB"]].family == "CUCB"
+    assert points["SMCP 50%"].flops < points["dense"].flops
 
 
 def test_reuse_reads_finished_rows_and_extra_rows_change_smcp(tmp_path):
