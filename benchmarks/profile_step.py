@@ -1,0 +1,91 @@
+"""Where a masked training step spends its time: torch.profiler over plain and half-masked steps.
+
+    python benchmarks/profile_step.py --model convnext_tiny --out OUT   # CUDA, about a minute
+    python benchmarks/profile_step.py --device cpu --smoke --out OUT    # tiny, seconds
+
+bench_gpu.py section (a) measured convnext_tiny's half-masked bf16 step at 1.62x the plain
+one on an H200 (resnet50: 1.06x). This script says which ops make the difference: for the
+plain model and the prepared one with half of every group masked (the mid-ramp worst case),
+it profiles a few training steps (bf16 autocast on CUDA, SGD) and writes the top ops by
+device time (self time, per step) of each to ``OUT.txt``, with the machine and versions.
+A diagnosis, not a benchmark: its figures are the profiler's, with its overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import fxprune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import half_masks  # noqa: E402
+from bench_gpu import build  # noqa: E402
+
+
+def profile(model, x, y, device, steps: int, amp: bool):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up: cuDNN's algorithm search, allocator
+        step()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return prof
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="convnext_tiny")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model and input (CPU check)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT.txt")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    name = "tiny_convnext" if args.smoke else args.model
+    batch, size = (4, 32) if args.smoke else (args.batch, 224)
+    model = build(name, 10).to(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    pm = fxprune.prepare(model, (x[:1].cpu().contiguous(),))
+    half_masks(pm)
+    if device.type == "cuda":
+        pm = pm.to(memory_format=torch.channels_last)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines = [f"{name}, batch {batch} x 3x{size}x{size}, {args.steps} profiled steps, device "
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch "
+             f"{torch.__version__}; sorted by {sort_by}", ""]
+    for label, m in (("plain", model), ("half masked (prepared)", pm)):
+        prof = profile(m, x, y, device, args.steps, amp=device.type == "cuda")
+        lines += [f"== {label}", prof.key_averages().table(sort_by=sort_by, row_limit=args.rows), ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.txt").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
