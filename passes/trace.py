@@ -254,6 +254,13 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             "with feature_cls='hook'), so the prepared model would return that; make forward "
             "return the tensors it computes (timm: forward_intermediates, or features_only with "
             "another feature_cls)")
+    for node in graph.nodes:
+        if isinstance(node.type, str):
+            # a string annotation (a model module with `from __future__ import annotations`)
+            # becomes a str global of the generated code, which torch 2.11's GraphModule
+            # pickling cannot name (an H200 run failed saving the finalized model); the
+            # annotation is cosmetic there, so it is dropped
+            node.type = None
     gm = fx.GraphModule(root, graph, type(model).__name__)
     originals = dict(root.named_modules())
     for name, m in gm.named_modules():  # the stand-ins of traced-through modules, too

@@ -589,3 +589,23 @@ def test_finalize_keeps_a_channels_last_models_weight_layout():
     small = fxprune.finalize(pm)
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
                for m in small.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_string_annotations_leave_no_string_global_in_the_generated_code():
+    """A model written under ``from __future__ import annotations`` (as this file is) annotates
+    ``x: torch.Tensor`` with a string; torch.fx made it a str global of the generated code, and
+    torch 2.11 then failed to pickle the finalized model (a recipe run on an H200)."""
+    class Annotated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1 = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c1(self.c0(x))
+
+    pm = fxprune.prepare(Annotated(), (torch.randn(2, 3, 8, 8),))
+    with torch.no_grad():
+        next(g for g in fxprune.channel_groups(pm) if g.prunable).mask[:4] = 0
+    small = fxprune.finalize(pm)
+    for gm in (pm, small):
+        assert not [v for v in gm.graph.python_code("self").globals.values() if isinstance(v, str)]
