@@ -87,21 +87,21 @@ def versions(device: torch.device) -> dict:
 
 @contextlib.contextmanager
 def timing_settings(device: torch.device, threads: int | None):
-    """cuDNN autotuning on and TF32 off on CUDA; a fixed thread count on the CPU; restored."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32, torch.get_num_threads())
+    """cuDNN autotuning on and TF32 off on CUDA (through the TF32 API the process uses:
+    :func:`fxprune.passes.surgery.ieee_float32`); a fixed thread count on the CPU; restored."""
+    from fxprune.passes.surgery import ieee_float32
+
+    saved = (torch.backends.cudnn.benchmark, torch.get_num_threads())
     try:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
         elif threads:
             torch.set_num_threads(threads)
-        yield
+        with ieee_float32() if device.type == "cuda" else contextlib.nullcontext():
+            yield
     finally:
-        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.allow_tf32) = saved[:3]
-        torch.set_num_threads(saved[3])
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.set_num_threads(saved[1])
 
 
 # ------------------------------------------------------------------------------- running

@@ -281,19 +281,35 @@ def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
 
 @contextlib.contextmanager
 def ieee_float32():
-    """TF32 off for the block (cuDNN convolutions and, where the user allowed it, CUDA
-    matmuls), restored after. An exactness check compares the masked and the pruned model in
-    float32: with TF32 (cuDNN's default) each conv rounds its inputs to 10 mantissa bits, and
-    the two models' different shapes pick different kernels, so resnet50 on an H200 differed
-    by 2.6e-4 where the check allows 1e-4, and finalize called it a bug in fxprune."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    """TF32 off for the block (cuDNN convolutions and CUDA matmuls), restored after. An
+    exactness check compares the masked and the pruned model in float32: with TF32 (cuDNN's
+    default for convolutions) each conv rounds its inputs to 10 mantissa bits, and the two
+    models' different shapes pick different kernels, so resnet50 on an H200 differed by 2.6e-4
+    where the check allows 1e-4, and finalize called it a bug in fxprune.
+
+    torch has two APIs for this, and reading one after the other was set raises (break61 #2:
+    after ``torch.backends.cuda.matmul.fp32_precision = "tf32"``, finalize raised): the
+    settings are read and written through the one the process uses."""
+    try:
+        legacy = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    except RuntimeError:  # the fp32_precision API is in use: the legacy reads refuse the mix
+        legacy = None
+    if legacy is not None:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    else:
+        new = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = saved[0]
-        torch.set_float32_matmul_precision(saved[1])
+        if legacy is not None:
+            torch.backends.cudnn.allow_tf32 = legacy[0]
+            torch.set_float32_matmul_precision(legacy[1])
+        else:
+            torch.backends.cudnn.conv.fp32_precision = new[0]
+            torch.backends.cuda.matmul.fp32_precision = new[1]
 
 
 def run_eval(model: nn.Module, inputs: tuple):

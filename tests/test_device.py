@@ -461,3 +461,33 @@ def test_exactness_checks_run_in_ieee_float32():
     finally:
         torch.backends.cudnn.allow_tf32 = saved[0]
         torch.set_float32_matmul_precision(saved[1])
+
+
+def test_exactness_checks_use_the_tf32_api_the_process_uses():
+    """break61 #2: after ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` (torch's API
+    since 2.9), finalize and SMCP raised RuntimeError: the check wrote the legacy settings,
+    and torch refuses a mix of the two. Run apart: the mix would outlive this test."""
+    code = """
+import torch, fxprune
+from fxprune.passes.surgery import run_eval
+torch.backends.cuda.matmul.fp32_precision = "tf32"
+torch.backends.cudnn.conv.fp32_precision = "tf32"
+seen = []
+class Probe(torch.nn.Module):
+    def forward(self, x):
+        seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
+        return x
+run_eval(Probe(), (torch.randn(1, 2),))
+assert seen == [("ieee", "ieee")], seen
+assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 4, 1))
+pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+fxprune.SMCP(pm, target=0.9)
+fxprune.finalize(pm, check=True)
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
