@@ -572,3 +572,46 @@ def test_a_full_width_forward_before_the_sub_networks_step_keeps_it_protected():
         opt.step()
         opt.zero_grad()
         assert bool(left_out.any()) and torch.equal(w.detach()[left_out], before[left_out])
+
+
+class _TwoHeads(nn.Module):
+    """Features and logits, as (aux, logits): a loss on the second output only."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc, self.aux = nn.Linear(16, 10), nn.Linear(16, 3)
+
+    def forward(self, x):
+        f = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))).mean((2, 3))
+        return self.aux(f), self.fc(f)
+
+
+@pytest.mark.parametrize("how", ["eval", "second_output"])
+def test_a_full_width_backward_in_eval_mode_or_through_another_output_ends_the_protection(how):
+    """break61 #1: after the final pick, fine-tuning with frozen BatchNorm (the model in eval
+    mode), or a loss on the second of two outputs, kept the last sub-network's indices, and a
+    new optimizer's first step rolled back kept channels that had gradients."""
+    torch.manual_seed(0)
+    pm = fxprune.prepare(_TwoHeads(), (torch.randn(2, 3, 8, 8),))
+    pruner = CUCB(pm, rho=0.5, warmup=2, explore=4)
+    first = torch.optim.SGD(pm.parameters(), lr=0.1, momentum=0.9)
+    pruner.attach_optimizer(first)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for _ in range(4):
+        F.cross_entropy(pruner.train_forward(x)[1], y).backward()
+        pruner.step()
+        first.step()
+        first.zero_grad()
+    assert pruner.final
+    tune = torch.optim.SGD(pm.parameters(), lr=0.1)
+    pruner.attach_optimizer(tune)
+    if how == "eval":
+        pm.eval()
+    before = pm.c1.weight.detach().clone()
+    F.cross_entropy(pruner.train_forward(x)[1], y).backward()
+    trained = pm.c1.weight.grad.abs().sum((1, 2, 3)) > 0
+    tune.step()
+    moved = (pm.c1.weight.detach() - before).abs().sum((1, 2, 3)) > 0
+    assert bool(trained.any()) and torch.equal(moved, trained), (trained, moved)

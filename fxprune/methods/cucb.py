@@ -202,20 +202,22 @@ class CUCB(PruningMethod):
         return self.gathered
 
     def _full_width_forward(self, module, args, output) -> None:
-        """A training forward of the prepared model: once its backward runs, the optimizer
+        """A forward of the prepared model with grad: once a backward runs through it, the optimizer
         step after it is not the last sub-network's, whose indices are no step's to protect
         now (break57 #2: an optimizer attached after the final pick rolled back kept rows).
         Cleared when that backward reaches the output, not when ``train_forward`` is read
         (break58 #6) nor at the forward: a full-width forward between the sub-network's
         backward and its optimizer step (train accuracy logged without no_grad) let that
         step move the channels the sub-network left out (break60 #4)."""
-        if not (module.training and torch.is_grad_enabled()):
+        if not torch.is_grad_enabled():
             return
-        out = next((t for t in pytree.tree_leaves(output)
-                    if isinstance(t, torch.Tensor) and t.requires_grad), None)
-        if out is not None:
-            gathered = self.gathered
-            out.register_hook(lambda grad: setattr(gathered, "forward_indices", None))
+        # every output, and in eval mode too: a loss on the second of two outputs, and
+        # fine-tuning with frozen BatchNorm (eval), kept the last sub-network's indices, and
+        # the next step rolled back kept channels (break61 #1)
+        gathered = self.gathered
+        for out in pytree.tree_leaves(output):
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(lambda grad: setattr(gathered, "forward_indices", None))
 
     def attach_optimizer(self, optimizer) -> None:
         """Keep inactive weights and their optimizer state unchanged by ``optimizer.step()``
