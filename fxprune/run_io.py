@@ -583,8 +583,12 @@ class RunLogs:
             for log in (self.metrics, self.steps):
                 log.rows = []
             # a fresh start (--overwrite): the last run's files go, so its checkpoint is not
-            # kept as this run's checkpoint.prev.pt, nor its model/results read as this run's
-            for name in RUN_FILES:
+            # kept as this run's checkpoint.prev.pt, nor its model/results read as this run's.
+            # checkpoint.prev.pt first: a kill after checkpoint.pt went left the folder looking
+            # like a run interrupted between its renames, and the advice to move prev back and
+            # --resume retrained the old run's last epoch (break61 #4)
+            for name in sorted(RUN_FILES, key=lambda n: (n != "checkpoint.prev.pt",
+                                                         n != "checkpoint.pt")):
                 (self.out / name).unlink(missing_ok=True)
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         if self._make_writer is not None:
