@@ -9,6 +9,7 @@ import contextlib
 import copy
 import io
 import linecache
+import operator
 import os
 import re
 import sys
@@ -121,6 +122,37 @@ def _batch_bound(program) -> str | None:
     return f"[{int(bound.lower)}, {upper}]"
 
 
+_COMPARISONS = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+                torch.sym_not}
+
+
+def _batch_compared(program) -> bool:
+    """Whether the exported program compares a number computed from the input's batch size
+    (``x.shape[0] % 8 == 0``, ``== 3``): torch.export keeps such a branch's test in the graph
+    (its result unused: the branch itself was taken at the example) and the range free, and
+    a file written from it is the example's branch at every batch (break61 #3: off by 1.5 at
+    batch 8 for an example of 2, where the probes at 1, 2 and 3 all took the same side). A
+    reshape into clips of k frames records such a test too, so a comparison widens the
+    probes (:data:`_COMPARED_PROBE_BATCHES`) rather than fixing the batch."""
+    ep = getattr(program, "exported_program", None)
+    if ep is None:
+        return False
+    user = set(ep.graph_signature.user_inputs)
+    first = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user), None)
+    derived: set = set()  # nodes holding numbers computed from the batch size
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if "sym_size" in str(node.target) and node.args[:2] == (first, 0):
+            derived.add(node)
+        elif any(a in derived for a in node.all_input_nodes):
+            if node.target in _COMPARISONS:
+                return True
+            if isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                derived.add(node)
+    return False
+
+
 class _BatchDiffers(Exception):
     """A free-batch export that computes another output than the model at some batch."""
 
@@ -131,6 +163,9 @@ class _BatchDiffers(Exception):
 # leave no trace (break58 #1, break60 #1). Small batches: cheap to run, and where such
 # branches switch.
 _PROBE_BATCHES = (1, 2, 3)
+# where the program compares the batch size (`% 8 == 0`, or a reshape's divisibility check,
+# which a model of clips of k frames needs): the file is run at these batches too
+_COMPARED_PROBE_BATCHES = (4, 5, 6, 7, 8, 16)
 
 
 def _differs_at(path: str, model: nn.Module, shape, precision: str) -> bool:
@@ -175,8 +210,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     at the exported shape; ``int(x.size(0))`` is the example's batch); if both fail, raises
     with both errors. A dynamo program whose batch torch.export bounded (``if x.shape[0] > 2``
     keeps ``[0, 2]``), or whose file computes another output than the model at batch 1, 2, 3
-    or the example's (``> 1``, ``== 3``, ``% 2`` leave no bound), is written at the example's
-    fixed batch instead; a branch that switches only at other batches (``== 7``) is not seen. An existing ``path``
+    or the example's (``> 1``, ``== 3``, ``% 2`` leave no bound; where the program compares the
+    batch size, also at 4-8, 16 and twice the example's), is written at the example's fixed
+    batch instead; a branch that switches only at other batches (``== 9``) is not seen. An existing ``path``
     is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
     expanded.
     """
@@ -225,7 +261,10 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 # torch.export assumes the example's side of a branch on the batch size
                 # (`if x.shape[0] > 1`) for every batch, silently: where the file is another
                 # model at some batch, it is exported at the example's batch, fixed
-                for b in sorted({*_PROBE_BATCHES, x.shape[0]} - {wide.shape[0]}):
+                probes = {*_PROBE_BATCHES, x.shape[0]}
+                if _batch_compared(program):  # a test of the batch: probed more widely
+                    probes |= {*_COMPARED_PROBE_BATCHES, 2 * x.shape[0]}
+                for b in sorted(probes - {wide.shape[0]}):
                     if _differs_at(path, model, (b, *input_shape[1:]), precision):
                         raise _BatchDiffers(f"the file exported from an example batch of "
                                             f"{wide.shape[0]} computes another output at batch "
@@ -236,8 +275,11 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             # code that depends on the batch size (a branch on it, a reshape to it): exported
             # exactly at this batch, which is the batch timed (the file then says it is fixed)
             _dynamo_export(model, x, path, **common)
-            log(f"dynamo ONNX exporter failed with a dynamic batch ({exporter_reason(batch_err)});"
-                f" exported at batch {x.shape[0]}")
+            if isinstance(batch_err, (_BatchBounded, _BatchDiffers)):  # our check, said whole
+                log(f"a free batch is not kept: {batch_err}; exported at batch {x.shape[0]}")
+            else:
+                log(f"dynamo ONNX exporter failed with a dynamic batch "
+                    f"({exporter_reason(batch_err)}); exported at batch {x.shape[0]}")
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
         dynamo_reason = exporter_reason(dynamo_err)
         log(f"dynamo ONNX exporter failed ({dynamo_reason}); retrying with dynamo=False")
