@@ -10,6 +10,7 @@
 set -u
 out=${1:?usage: gpu_checks.sh OUT_DIR}
 mkdir -p "$out"
+: > "$out/steps.txt"  # this run's steps only (break61 #6: a rerun listed the last run's too)
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 status=0

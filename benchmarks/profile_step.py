@@ -7,7 +7,8 @@ bench_gpu.py section (a) measured convnext_tiny's half-masked bf16 step at 1.62x
 one on an H200 (resnet50: 1.06x). This script says which ops make the difference: for the
 plain model and the prepared one with half of every group masked (the mid-ramp worst case),
 it profiles a few training steps (bf16 autocast on CUDA, SGD) and writes the top ops by
-device time (self time, per step) of each to ``OUT.txt``, with the machine and versions.
+device time (self time, summed over the profiled steps) of each to ``OUT.txt``, with the
+machine and versions; an existing ``OUT.txt`` is refused.
 A diagnosis, not a benchmark: its figures are the profiler's, with its overhead.
 """
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.txt")
     args = parser.parse_args(argv)
+    if Path(f"{args.out}.txt").exists():  # (break61 #8: replaced silently)
+        parser.error(f"{args.out}.txt exists; give another --out")
     device = torch.device(args.device)
     name = "tiny_convnext" if args.smoke else args.model
     batch, size = (4, 32) if args.smoke else (args.batch, 224)

@@ -98,3 +98,16 @@ def test_a_run_off_the_published_protocol_needs_out_where_gpu_json_exists(args, 
                ["--device", "cuda:1", "--threads", "4", "--precision", "fp16"]):
         assert bench.main(ok) == 2  # stopped at the device
         assert "no device here" in capsys.readouterr().err
+
+
+def test_profile_step_smoke_writes_both_tables_and_keeps_an_existing_file(tmp_path):
+    """benchmarks/profile_step.py on the CPU: the plain and the half-masked step's top ops;
+    an existing OUT.txt is refused, not replaced (break61 #8)."""
+    profile = load_benchmark("profile_step")
+    out = tmp_path / "prof"
+    assert profile.main(["--device", "cpu", "--smoke", "--steps", "1", "--out", str(out)]) == 0
+    text = (tmp_path / "prof.txt").read_text()
+    assert "== plain" in text and "== half masked (prepared)" in text and "tiny_convnext" in text
+    with pytest.raises(SystemExit):
+        profile.main(["--device", "cpu", "--smoke", "--out", str(out)])
+    assert (tmp_path / "prof.txt").read_text() == text
