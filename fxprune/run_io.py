@@ -36,8 +36,8 @@ from .groups import is_finalized, mark_finalized
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "lock_out_folder", "release_out_folder", "atomic_write", "atomic_write_text", "save_checkpoint",
-           "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
+           "claim_out_folder", "lock_out_folder", "release_out_folder", "atomic_write",
+           "atomic_write_text", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
            "cost_columns", "save_module", "write_results", "format_results"]
 
 INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
@@ -163,8 +163,8 @@ _OLD_PENDING = "pending"
 
 
 def _written(out: Path) -> dict | None:
-    """{file name: [size, mtime_ns, sha256] or a pending write's states} of the run files fxprune wrote in ``out``, as
-    its marker records them; None for a marker of an older fxprune, which recorded none. A
+    """{file name: [size, mtime_ns, sha256], or a pending write's states} of the run files
+    fxprune wrote in ``out``, as its marker records them; None for a marker of an older fxprune, which recorded none. A
     marker that cannot be read records nothing: every file counts as the user's (break54 #1:
     a marker emptied by a kill read as an old one, and --overwrite removed a user's file)."""
     try:

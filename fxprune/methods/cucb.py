@@ -202,9 +202,9 @@ class CUCB(PruningMethod):
         return self.gathered
 
     def _full_width_forward(self, module, args, output) -> None:
-        """A forward of the prepared model with grad: once a backward runs through it, the optimizer
-        step after it is not the last sub-network's, whose indices are no step's to protect
-        now (break57 #2: an optimizer attached after the final pick rolled back kept rows).
+        """A forward of the prepared model with grad: once a backward runs through it, the
+        optimizer step after it is not the last sub-network's, whose indices are no step's to
+        protect now (break57 #2: an optimizer attached after the final pick rolled back kept rows).
         Cleared when that backward reaches the output, not when ``train_forward`` is read
         (break58 #6) nor at the forward: a full-width forward between the sub-network's
         backward and its optimizer step (train accuracy logged without no_grad) let that
