@@ -154,19 +154,17 @@ _MARKER_TEXT = ("This folder holds a fxprune train run; fxprune writes here only
 
 _OLD_MARKER_OPENING = "This folder holds a fxprune train run"
 _MARKER_TMP = re.compile(re.escape(f".{RUN_MARKER}.") + r"[0-9a-f]{8}\.tmp")
-# atomic_write's temporary files of the run's own files (and its marker): ".NAME.<8 hex>.tmp"
-_RUN_TMP = re.compile(r"\.(?:" + "|".join(re.escape(n) for n in (*RUN_FILES, RUN_MARKER))
-                      + r")\.[0-9a-f]{8}\.tmp")
+# the names atomic_write gives the temporary files of run files and of the marker
+_TEMP_NAME = re.compile(r"\.(?:" + "|".join(re.escape(n) for n in (*RUN_FILES, RUN_MARKER))
+                        + r")\.[0-9a-f]{8}\.tmp")
 # An older fxprune recorded "pending" before a write, matching any file later found there
 # (break58 #2: a user's file put there after a kill counted as fxprune's); it is still read so.
 _OLD_PENDING = "pending"
 
 
-def _written(out: Path) -> dict | None:
-    """{file name: [size, mtime_ns, sha256], or a pending write's states} of the run files
-    fxprune wrote in ``out``, as its marker records them; None for a marker of an older fxprune, which recorded none. A
-    marker that cannot be read records nothing: every file counts as the user's (break54 #1:
-    a marker emptied by a kill read as an old one, and --overwrite removed a user's file)."""
+def _marker_data(out: Path) -> dict | None:
+    """The marker's record (``{"written": ..., "temps": ...}``); None for a marker of an older
+    fxprune, which recorded nothing; ``{}`` for one that cannot be read."""
     try:
         text = (out / RUN_MARKER).read_text()
     except (OSError, UnicodeDecodeError):
@@ -178,14 +176,51 @@ def _written(out: Path) -> dict | None:
         data = json.loads(tail)
     except ValueError:
         return {}
-    written = data.get("written") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _written(out: Path) -> dict | None:
+    """{file name: [size, mtime_ns, sha256], or a pending write's states} of the run files
+    fxprune wrote in ``out``, as its marker records them; None for a marker of an older
+    fxprune, which recorded none. A marker that cannot be read records nothing: every file
+    counts as the user's (break54 #1: a marker emptied by a kill read as an old one, and
+    --overwrite removed a user's file)."""
+    data = _marker_data(out)
+    if data is None:
+        return None
+    written = data.get("written")
     return written if isinstance(written, dict) else {}
 
 
-def _write_marker(out: Path, written: dict) -> None:
+def _temps(out: Path) -> list[str]:
+    """The temporary files' names :func:`atomic_write` recorded before creating them, beside
+    run files, and has not yet renamed or removed: what a kill mid-write leaves behind."""
+    temps = (_marker_data(out) or {}).get("temps")
+    return [t for t in temps if isinstance(t, str)] if isinstance(temps, list) else []
+
+
+def _write_marker(out: Path, written: dict, temps: list[str] | None = None) -> None:
     """The marker, replaced whole (a temporary file renamed over it): rewritten in place, a
-    kill between the truncation and the write left it empty (break54 #1)."""
-    atomic_write_text(out / RUN_MARKER, _MARKER_TEXT + json.dumps({"written": written}) + "\n")
+    kill between the truncation and the write left it empty (break54 #1). ``temps``: the
+    temporary names to record (None: those recorded now)."""
+    temps = _temps(out) if temps is None else temps
+    atomic_write_text(out / RUN_MARKER, _MARKER_TEXT + json.dumps(
+        {"written": written, **({"temps": sorted(set(temps))} if temps else {})}) + "\n")
+
+
+def _record_temp(path: Path, tmp: Path, *, add: bool) -> None:
+    """Record (``add``) or forget the temporary file ``tmp`` of the run file ``path`` in the
+    marker: a start removes exactly the recorded ones a kill left (break61 #7: it removed any
+    file named like one, the user's too)."""
+    out = path.parent
+    if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
+        return
+    written, temps = _written(out), _temps(out)
+    if written is None:  # an older fxprune's marker: a temporary name is no reason to rewrite it
+        return
+    if add == (tmp.name in temps):
+        return
+    _write_marker(out, written, [*temps, tmp.name] if add else [t for t in temps if t != tmp.name])
 
 
 def _stat(path: Path) -> list:
@@ -239,13 +274,15 @@ def _extends(before, path: Path) -> bool:
     return digest.hexdigest() == before[2]
 
 
-def _record_written(path: Path, *, from_file: Path | None = None, appending: bool = False) -> None:
+def _record_written(path: Path, *, from_file: Path | None = None, appending: bool = False,
+                    done_tmp: Path | None = None) -> None:
     """Record ``path`` in its folder's run marker: a run's starts remove or replace only files
     the marker says fxprune wrote, unchanged since (break52 #2: --overwrite removed a user's
     model_dense.pt, which an SMCP run never writes). Before a write, ``from_file`` (the file
     about to be renamed to ``path``) or ``appending`` (a row about to be appended) records the
     write as pending: a kill mid-write leaves ``path`` as it was or as it was to be, and both
-    stay fxprune's; after it, ``path`` is recorded as it is."""
+    stay fxprune's; after it, ``path`` is recorded as it is, and ``done_tmp`` (its temporary
+    file, renamed to it) forgotten in the same marker write."""
     out = path.parent
     if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
         return
@@ -268,9 +305,11 @@ def _record_written(path: Path, *, from_file: Path | None = None, appending: boo
         st = path.stat()  # the rename keeps the file: no second hash of a just-hashed file
         now = (after if isinstance(after, list) and after[:2] == [st.st_size, st.st_mtime_ns]
                else _stat(path))
-    if written.get(path.name) != now:
+    temps = _temps(out)
+    done = done_tmp is not None and done_tmp.name in temps
+    if written.get(path.name) != now or done:
         written[path.name] = now
-        _write_marker(out, written)
+        _write_marker(out, written, [t for t in temps if t != done_tmp.name] if done else temps)
 
 
 def foreign_run_files(out: Path) -> list[str]:
@@ -294,11 +333,20 @@ def claim_out_folder(out: Path, *, overwrite: bool = False) -> None:
     lock_out_folder(out)
     if unlocked and _user_entries(out):
         check_out_folder(out, resume=False, overwrite=overwrite)
-    for leftover in out.iterdir():  # a kill mid-write leaves its temporary file (checkpoint-sized)
-        if _RUN_TMP.fullmatch(leftover.name) and leftover.is_file():
+    # a kill mid-write leaves its temporary file (checkpoint-sized): the recorded ones go, and
+    # the marker's own (its name is the marker's, which no user file takes)
+    temps = _temps(out)
+    for leftover in [*(out / t for t in temps), *(p for p in out.iterdir()
+                                                  if _MARKER_TMP.fullmatch(p.name))]:
+        if (leftover.parent == out and leftover.is_file() and not leftover.is_symlink()
+                and _TEMP_NAME.fullmatch(leftover.name)):
             leftover.unlink(missing_ok=True)
     if not (out / RUN_MARKER).exists():
-        _write_marker(out, {})
+        _write_marker(out, {}, [])
+    elif temps:
+        written = _written(out)
+        if written is not None:
+            _write_marker(out, written, [])
 
 
 _LOCKS: dict[str, int] = {}  # run folder (real path) -> the open folder this process locks
@@ -351,10 +399,16 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:  # the name's first 100 characters: a long name stays within NAME_MAX
         tmp = path.with_name(f".{path.name[:100]}.{uuid.uuid4().hex[:8]}.tmp")
+        if tmp.exists():
+            continue
+        # recorded before it exists: a kill at any point leaves no unrecorded temporary file
+        # of a run file (one named in the record that never came to be is no harm)
+        _record_temp(path, tmp, add=True)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break
-        except FileExistsError:
+        except FileExistsError:  # another file took the name since: not ours to remove
+            _record_temp(path, tmp, add=False)
             continue
     try:
         write(tmp)
@@ -362,8 +416,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _record_temp(path, tmp, add=False)
         raise
-    _record_written(path)
+    _record_written(path, done_tmp=tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -255,13 +255,14 @@ def _killed_before_the_record(run_io, name, calls):
     the record after the write would be made."""
     real = run_io._record_written
 
-    def record(path, **pending):
+    def record(path, **kwargs):
         if path.name != name:  # the marker's own write, other files
-            return real(path, **pending)
-        calls.append(bool(pending))
+            return real(path, **kwargs)
+        pending = kwargs.get("from_file") is not None or bool(kwargs.get("appending"))
+        calls.append(pending)
         if not pending:
             raise KeyboardInterrupt  # the record after the write never happens
-        real(path, **pending)
+        real(path, **kwargs)
     return record
 
 
@@ -379,50 +380,32 @@ def test_a_run_finished_in_a_new_folder_after_the_check_is_not_removed(recipe, t
 
 def test_a_start_removes_the_temporary_files_a_kill_left(tmp_path):
     """break60: a kill mid-save left ``.checkpoint.pt.<hex>.tmp`` (checkpoint-sized), which
-    no later run removed; a file of the user's named otherwise stays."""
+    no later run removed. break61 #7: removing every file named so removed the user's too;
+    the marker records each temporary name before the file exists, and only those go."""
     from fxprune import run_io
 
     out = tmp_path / "run"
     run_io.claim_out_folder(out)
     run_io.release_out_folder(out)
-    (out / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"x" * 100)
-    (out / ".notes.0123abcd.tmp").write_text("mine")
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os
+from pathlib import Path
+from fxprune import run_io
+def write(tmp):
+    Path(tmp).write_bytes(b"x" * 100)
+    os._exit(9)  # killed mid-save: no except clause, no finally
+run_io.atomic_write(Path({str(out)!r}) / "checkpoint.pt", write)
+"""], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 9, killed.stderr
+    left = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint.pt.")]
+    assert len(left) == 1 and run_io._temps(out) == left
+    (out / ".results.json.0123abcd.tmp").write_text("mine")  # named like one, never recorded
     run_io.claim_out_folder(out)
     run_io.release_out_folder(out)
-    assert sorted(p.name for p in out.iterdir()) == [".fxprune-run", ".notes.0123abcd.tmp"]
-
-
-@pytest.mark.parametrize("killed_at", range(1, 9))
-def test_a_kill_during_an_overwrites_removals_never_leaves_an_interrupted_looking_run(
-        tmp_path, monkeypatch, killed_at):
-    """break61 #4: --overwrite removed checkpoint.pt before checkpoint.prev.pt; a kill between
-    them left a folder the next start called "an interrupted run", whose advice (move prev
-    back, --resume) retrained the old run's last epoch."""
-    from pathlib import Path as P
-
-    from fxprune import run_io
-
-    out = tmp_path / "run"
-    run_io.claim_out_folder(out)
-    run_io.release_out_folder(out)
-    for name in run_io.RUN_FILES:
-        run_io.atomic_write_text(out / name, name)
-    real, calls = P.unlink, []
-
-    def unlink(self, missing_ok=False):
-        if self.parent == out and self.name in run_io.RUN_FILES:
-            calls.append(self.name)
-            if len(calls) == killed_at:
-                raise KeyboardInterrupt
-        return real(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(P, "unlink", unlink)
-    logs = run_io.RunLogs(out, False)
-    with pytest.raises(KeyboardInterrupt):
-        logs.open({"a": 1}, None, overwrite=True)
-    monkeypatch.undo()
-    run_io.release_out_folder(out)
-    assert not ((out / "checkpoint.prev.pt").exists() and not (out / "checkpoint.pt").exists())
+    assert sorted(p.name for p in out.iterdir()) == [".fxprune-run", ".results.json.0123abcd.tmp"]
+    assert run_io._temps(out) == []
+    run_io.atomic_write_text(out / "config.yaml", "a: 1\n")  # a finished write leaves no record
+    assert run_io._temps(out) == [] and run_io.foreign_run_files(out) == []
 
 
 def test_a_new_folder_is_locked_when_claimed(tmp_path):
