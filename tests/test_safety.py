@@ -408,6 +408,39 @@ run_io.atomic_write(Path({str(out)!r}) / "checkpoint.pt", write)
     assert run_io._temps(out) == [] and run_io.foreign_run_files(out) == []
 
 
+@pytest.mark.parametrize("killed_at", range(1, 9))
+def test_a_kill_during_an_overwrites_removals_never_leaves_an_interrupted_looking_run(
+        tmp_path, monkeypatch, killed_at):
+    """break61 #4: --overwrite removed checkpoint.pt before checkpoint.prev.pt; a kill between
+    them left a folder the next start called "an interrupted run", whose advice (move prev
+    back, --resume) retrained the old run's last epoch."""
+    from pathlib import Path as P
+
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    run_io.release_out_folder(out)
+    for name in run_io.RUN_FILES:
+        run_io.atomic_write_text(out / name, name)
+    real, calls = P.unlink, []
+
+    def unlink(self, missing_ok=False):
+        if self.parent == out and self.name in run_io.RUN_FILES:
+            calls.append(self.name)
+            if len(calls) == killed_at:
+                raise KeyboardInterrupt
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(P, "unlink", unlink)
+    logs = run_io.RunLogs(out, False)
+    with pytest.raises(KeyboardInterrupt):
+        logs.open({"a": 1}, None, overwrite=True)
+    monkeypatch.undo()
+    run_io.release_out_folder(out)
+    assert not ((out / "checkpoint.prev.pt").exists() and not (out / "checkpoint.pt").exists())
+
+
 def test_a_new_folder_is_locked_when_claimed(tmp_path):
     """A folder the run creates does not exist at the check: claiming it takes the lock, so
     a second start that checked the same empty place fails before its first write."""
