@@ -168,12 +168,10 @@ _PROBE_BATCHES = (1, 2, 3)
 _COMPARED_PROBE_BATCHES = (4, 5, 6, 7, 8, 16)
 
 
-def _differs_at(path: str, model: nn.Module, shape, precision: str) -> bool:
-    """Whether ONNX Runtime runs the file at an input of ``shape`` other than ``model`` does
-    (:func:`verify_onnx`'s comparison: shapes, the precision's tolerance); False where the
-    model itself does not run at that shape (a batch that must be a multiple of k)."""
-    from .onnxruntime_backend import make_session
-
+def _differs_at(sess, path: str, model: nn.Module, shape, precision: str) -> bool:
+    """Whether ONNX Runtime's session ``sess`` of the file runs an input of ``shape`` other than
+    ``model`` does (:func:`verify_onnx`'s comparison: shapes, the precision's tolerance); False
+    where the model itself does not run at that shape (a batch that must be a multiple of k)."""
     x = example_input(shape, precision, seed=3)
     try:
         with torch.no_grad():
@@ -181,8 +179,7 @@ def _differs_at(path: str, model: nn.Module, shape, precision: str) -> bool:
     except Exception:  # noqa: BLE001 - the model's own limit: no evidence against the file
         return False
     try:
-        _compare(make_session(path, 1), model, x, path, tuple(x.shape), precision,
-                 *TOLERANCES[precision])
+        _compare(sess, model, x, path, tuple(x.shape), precision, *TOLERANCES[precision])
     except Exception:  # noqa: BLE001 - onnxruntime raises its own types; any failure is "differs"
         return True
     return False
@@ -264,8 +261,11 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 probes = {*_PROBE_BATCHES, x.shape[0]}
                 if _batch_compared(program):  # a test of the batch: probed more widely
                     probes |= {*_COMPARED_PROBE_BATCHES, 2 * x.shape[0]}
+                from .onnxruntime_backend import make_session
+
+                sess = make_session(path, 1)  # one session for every probe batch
                 for b in sorted(probes - {wide.shape[0]}):
-                    if _differs_at(path, model, (b, *input_shape[1:]), precision):
+                    if _differs_at(sess, path, model, (b, *input_shape[1:]), precision):
                         raise _BatchDiffers(f"the file exported from an example batch of "
                                             f"{wide.shape[0]} computes another output at batch "
                                             f"{b} (a branch on the batch size)")
