@@ -179,31 +179,37 @@ def _marker_data(out: Path) -> dict | None:
     return data if isinstance(data, dict) else {}
 
 
-def _written(out: Path) -> dict | None:
-    """{file name: [size, mtime_ns, sha256], or a pending write's states} of the run files
-    fxprune wrote in ``out``, as its marker records them; None for a marker of an older
-    fxprune, which recorded none. A marker that cannot be read records nothing: every file
-    counts as the user's (break54 #1: a marker emptied by a kill read as an old one, and
-    --overwrite removed a user's file)."""
+def _marker_record(out: Path) -> tuple[dict | None, list[str]]:
+    """What ``out``'s marker records, read once: ``(written, temps)``.
+
+    ``written``: {file name: [size, mtime_ns, sha256], or a pending write's states} of the run
+    files fxprune wrote in ``out``; None for a marker of an older fxprune, which recorded none.
+    A marker that cannot be read records nothing: every file counts as the user's (break54 #1:
+    a marker emptied by a kill read as an old one, and --overwrite removed a user's file).
+    ``temps``: the temporary files' names :func:`atomic_write` recorded before creating them,
+    beside run files, and has not yet renamed or removed: what a kill mid-write leaves."""
     data = _marker_data(out)
     if data is None:
-        return None
-    written = data.get("written")
-    return written if isinstance(written, dict) else {}
+        return None, []
+    written, temps = data.get("written"), data.get("temps")
+    return (written if isinstance(written, dict) else {},
+            [t for t in temps if isinstance(t, str)] if isinstance(temps, list) else [])
+
+
+def _written(out: Path) -> dict | None:
+    """The marker's ``written`` record (:func:`_marker_record`)."""
+    return _marker_record(out)[0]
 
 
 def _temps(out: Path) -> list[str]:
-    """The temporary files' names :func:`atomic_write` recorded before creating them, beside
-    run files, and has not yet renamed or removed: what a kill mid-write leaves behind."""
-    temps = (_marker_data(out) or {}).get("temps")
-    return [t for t in temps if isinstance(t, str)] if isinstance(temps, list) else []
+    """The marker's ``temps`` record (:func:`_marker_record`)."""
+    return _marker_record(out)[1]
 
 
-def _write_marker(out: Path, written: dict, temps: list[str] | None = None) -> None:
+def _write_marker(out: Path, written: dict, temps: list[str]) -> None:
     """The marker, replaced whole (a temporary file renamed over it): rewritten in place, a
     kill between the truncation and the write left it empty (break54 #1). ``temps``: the
-    temporary names to record (None: those recorded now)."""
-    temps = _temps(out) if temps is None else temps
+    temporary names to record."""
     atomic_write_text(out / RUN_MARKER, _MARKER_TEXT + json.dumps(
         {"written": written, **({"temps": sorted(set(temps))} if temps else {})}) + "\n")
 
@@ -215,7 +221,7 @@ def _record_temp(path: Path, tmp: Path, *, add: bool) -> None:
     out = path.parent
     if path.name not in RUN_FILES or not (out / RUN_MARKER).is_file():
         return
-    written, temps = _written(out), _temps(out)
+    written, temps = _marker_record(out)
     if written is None:  # an older fxprune's marker: a temporary name is no reason to rewrite it
         return
     if add == (tmp.name in temps):
@@ -289,7 +295,7 @@ def _record_written(path: Path, *, from_file: Path | None = None, appending: boo
     pending = from_file is not None or appending
     if not pending and not path.is_file():
         return
-    written = _written(out)
+    written, temps = _marker_record(out)
     if written is None:  # an older fxprune's marker: its run files, trusted then, are adopted
         written = {name: _stat(out / name) for name in RUN_FILES if (out / name).is_file()}
     if pending:
@@ -305,7 +311,6 @@ def _record_written(path: Path, *, from_file: Path | None = None, appending: boo
         st = path.stat()  # the rename keeps the file: no second hash of a just-hashed file
         now = (after if isinstance(after, list) and after[:2] == [st.st_size, st.st_mtime_ns]
                else _stat(path))
-    temps = _temps(out)
     done = done_tmp is not None and done_tmp.name in temps
     if written.get(path.name) != now or done:
         written[path.name] = now
@@ -335,7 +340,7 @@ def claim_out_folder(out: Path, *, overwrite: bool = False) -> None:
         check_out_folder(out, resume=False, overwrite=overwrite)
     # a kill mid-write leaves its temporary file (checkpoint-sized): the recorded ones go, and
     # the marker's own (its name is the marker's, which no user file takes)
-    temps = _temps(out)
+    written, temps = _marker_record(out)
     for leftover in [*(out / t for t in temps), *(p for p in out.iterdir()
                                                   if _MARKER_TMP.fullmatch(p.name))]:
         if (leftover.parent == out and leftover.is_file() and not leftover.is_symlink()
@@ -343,10 +348,8 @@ def claim_out_folder(out: Path, *, overwrite: bool = False) -> None:
             leftover.unlink(missing_ok=True)
     if not (out / RUN_MARKER).exists():
         _write_marker(out, {}, [])
-    elif temps:
-        written = _written(out)
-        if written is not None:
-            _write_marker(out, written, [])
+    elif temps and written is not None:
+        _write_marker(out, written, [])
 
 
 _LOCKS: dict[str, int] = {}  # run folder (real path) -> the open folder this process locks
