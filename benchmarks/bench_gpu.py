@@ -140,9 +140,13 @@ def cuda_sync(device):
         torch.cuda.synchronize(device)
 
 
-def train_section(name, s, device, deadline, amp) -> dict:
+def half_masked_setup(name: str, batch: int, size: int, device):
+    """``(model, prepared, x, y)`` for timing training steps: the 10-class ``name`` on
+    ``device`` (channels_last on CUDA), a seeded random batch ``x`` (``batch x 3 x size x size``)
+    with labels ``y``, and the model prepared with half of every group masked (the mid-ramp
+    worst case). The prepared model is left in the default layout: callers convert it once
+    their pruners are built."""
     model = build(name, 10).to(device)
-    batch, size = s["train_batch"], s["train_size"]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
@@ -150,7 +154,13 @@ def train_section(name, s, device, deadline, amp) -> dict:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     pm = fxprune.prepare(model, (x[:1].cpu().contiguous(),))
-    half_masks(pm)  # before the pruners: their last-known masks are these
+    half_masks(pm)  # before any pruner: its last-known masks are these
+    return model, pm, x, y
+
+
+def train_section(name, s, device, deadline, amp) -> dict:
+    batch, size = s["train_batch"], s["train_size"]
+    model, pm, x, y = half_masked_setup(name, batch, size, device)
     window = SMCP(pm, target=0.5, warmup=0, ramp=10 ** 6, update_every=10 ** 6, masked_decay=2e-4)
     outside = SMCP(pm, target=0.5, warmup=10 ** 6, ramp=10 ** 6, update_every=10 ** 6,
                    masked_decay=2e-4)

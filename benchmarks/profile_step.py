@@ -20,11 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import fxprune
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import half_masks  # noqa: E402
-from bench_gpu import build  # noqa: E402
+from bench_gpu import half_masked_setup  # noqa: E402
 
 
 def profile(model, x, y, device, steps: int, amp: bool):
@@ -66,15 +63,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     name = "tiny_convnext" if args.smoke else args.model
     batch, size = (4, 32) if args.smoke else (args.batch, 224)
-    model = build(name, 10).to(device)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    pm = fxprune.prepare(model, (x[:1].cpu().contiguous(),))
-    half_masks(pm)
+    model, pm, x, y = half_masked_setup(name, batch, size, device)
     if device.type == "cuda":
         pm = pm.to(memory_format=torch.channels_last)
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
