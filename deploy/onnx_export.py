@@ -93,6 +93,12 @@ def _dynamo_export(model, x, path, **kwargs):
     return program
 
 
+def _input_node(ep):
+    """The exported program's placeholder of the model's input (None where it has none)."""
+    user = set(ep.graph_signature.user_inputs)
+    return next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user), None)
+
+
 class _BatchBounded(Exception):
     """A free-batch export whose batch torch.export bounded (a branch on the batch size)."""
 
@@ -106,8 +112,7 @@ def _batch_bound(program) -> str | None:
     ep = getattr(program, "exported_program", None)
     if ep is None:
         return None
-    user = set(ep.graph_signature.user_inputs)
-    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user), None)
+    node = _input_node(ep)
     val = node.meta.get("val") if node is not None else None
     batch = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
     if not isinstance(batch, torch.SymInt):
@@ -137,8 +142,7 @@ def _batch_compared(program) -> bool:
     ep = getattr(program, "exported_program", None)
     if ep is None:
         return False
-    user = set(ep.graph_signature.user_inputs)
-    first = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user), None)
+    first = _input_node(ep)
     derived: set = set()  # nodes holding numbers computed from the batch size
     for node in ep.graph.nodes:
         if node.op != "call_function":
