@@ -5,6 +5,7 @@ any nesting of tuples/lists/dicts of tensors, compared in flattened order.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import io
@@ -69,16 +70,95 @@ def exporter_reason(err: BaseException) -> str:
 
 def _records_a_branch(w: warnings.WarningMessage) -> bool:
     """A TracerWarning for a branch on a tensor's value: a tensor made a Python bool, or a
-    number read from one (``.item()``, ``float(t)``) on a line that branches on it (``if
-    x.mean().item() > 0:``: break53 #1, exported with the example's branch only). A number
+    number or a length read from one (``.item()``, ``float(t)``, ``len(t)``) on a line that
+    branches on it (``if x.mean().item() > 0:``: break53 #1, exported with the example's branch
+    only). A number
     read for arithmetic (``math.sqrt(q.size(-1))``) is not one (break51 #3)."""
     text = str(w.message)
     if "Python boolean" in text:
         return True
-    if "Converting a tensor to a Python" not in text:
+    # ``if len(t) > 0:`` compares a Python int: the tracer warns of the len() only
+    if "Converting a tensor to a Python" not in text and "Using len to get" not in text:
         return False
     line = linecache.getline(w.filename, w.lineno).strip()
     return bool(re.match(r"(if|elif|while|assert)\b", line) or re.search(r"\bif\b.*\belse\b", line))
+
+
+# calls that return a size: ``x.size(1)``, ``x.dim()``, ``len(x)``, ``int(x.shape[0])``
+_SIZE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
+_SIZE_FUNCTIONS = {"len", "int", "float"}
+
+
+def _reads_only_sizes(node: ast.AST) -> bool:
+    """True when an expression computes from tensor sizes and constants alone
+    (``x.shape[0] > 2``, ``x.size(1) % 4 == 0 and x.dim() == 4``); a name, a call or an
+    attribute it does not know is a value (False)."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Attribute):
+        return node.attr in ("shape", "ndim")  # the tensor they are read from is not a value
+    if isinstance(node, ast.Subscript):  # x.shape[0], x.size()[1:]
+        return _reads_only_sizes(node.value) and _reads_only_sizes(node.slice)
+    if isinstance(node, ast.Call):
+        func, args = node.func, [*node.args, *(k.value for k in node.keywords)]
+        if isinstance(func, ast.Attribute) and func.attr in _SIZE_METHODS:
+            return all(_reads_only_sizes(a) for a in args)
+        return (isinstance(func, ast.Name) and func.id in _SIZE_FUNCTIONS and len(args) == 1
+                and (func.id == "len" or _reads_only_sizes(args[0])))
+    if isinstance(node, ast.Compare):
+        return all(_reads_only_sizes(n) for n in (node.left, *node.comparators))
+    if isinstance(node, ast.BoolOp):
+        return all(_reads_only_sizes(n) for n in node.values)
+    if isinstance(node, ast.BinOp):
+        return _reads_only_sizes(node.left) and _reads_only_sizes(node.right)
+    if isinstance(node, ast.UnaryOp):
+        return _reads_only_sizes(node.operand)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Slice)):
+        return all(_reads_only_sizes(n) for n in ast.iter_child_nodes(node)
+                   if not isinstance(n, ast.expr_context))
+    return False
+
+
+def _branches_on_sizes(w: warnings.WarningMessage) -> bool:
+    """True when the source line a TracerWarning points at branches on tensor sizes only
+    (``return d * 2 if x.shape[0] > 2 else d``): at the shapes traced, the trace is that
+    model exactly (break61 #5). A line that does not parse alone (a condition over several
+    lines) or reads anything else counts as a branch on values."""
+    line = linecache.getline(w.filename, w.lineno).strip()
+    if line.startswith("elif"):
+        line = line[2:]
+    if line.endswith(":"):
+        line += " pass"
+    try:
+        tree = ast.parse(line)
+    except SyntaxError:
+        return False
+    tests = [n.test for n in ast.walk(tree) if isinstance(n, (ast.If, ast.While, ast.IfExp,
+                                                              ast.Assert))]
+    return bool(tests) and all(_reads_only_sizes(t) for t in tests)
+
+
+def _data_dependent_shapes(model, x) -> list[str]:
+    """The ops of one forward whose output shape depends on tensor values (``nonzero``,
+    ``unique``, boolean indexing: torch's ``dynamic_output_shape`` tag): a size read from
+    their outputs is a value, so a branch on it is one too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    found: list[str] = []
+
+    class _Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if torch.Tag.dynamic_output_shape in func.tags:
+                indices = args[1] if func is torch.ops.aten.index.Tensor else None
+                if indices is None or any(i is not None and i.dtype in (torch.bool, torch.uint8)
+                                          for i in indices):
+                    found.append(str(func.overloadpacket.__name__))
+            return func(*args, **kwargs)
+
+    with torch.no_grad(), _Watch():
+        model(x)
+    return sorted(set(found))
 
 
 def _dynamo_export(model, x, path, **kwargs):
@@ -204,7 +284,10 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
 
     Uses torch's default (dynamo) exporter; if that raises, says so in one line and retries
     with the TorchScript exporter (``dynamo=False``), refusing a trace that branched on a
-    tensor's value (it records the example's branch only); a number read from a tensor
+    tensor's value (it records the example's branch only) or on the size of a tensor whose
+    shape depends on values (``nonzero``, boolean indexing), and writing one that branched
+    on sizes alone (``if x.shape[0] > 2:``, right at the traced shape) at the example's fixed
+    batch; a number read from a tensor
     (``float(t.amax())``) is recorded as the example's constant too, which TorchScript warns of
     and :func:`verify_onnx`'s second input catches, at another scale and, when the file
     declares its batch free, another batch (a size read, ``math.sqrt(q.size(-1))``, is right
@@ -244,6 +327,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                   external_data=external)
 
     exporter = "dynamo"
+    batch_fixed_said = False  # a fixed batch that a log line below already explained
     try:
         try:
             dyn = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
@@ -281,6 +365,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             _dynamo_export(model, x, path, **common)
             if isinstance(batch_err, (_BatchBounded, _BatchDiffers)):  # our check, said whole
                 log(f"a free batch is not kept: {batch_err}; exported at batch {x.shape[0]}")
+                batch_fixed_said = True
             else:
                 log(f"dynamo ONNX exporter failed with a dynamic batch "
                     f"({exporter_reason(batch_err)}); exported at batch {x.shape[0]}")
@@ -292,30 +377,56 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 if dynamic_batch else None)
         folder = os.path.dirname(os.path.abspath(path))
         before = set(os.listdir(folder)) - {os.path.basename(path)}
-        try:
+
+        def remove_written():  # the file, and a big model's weight files beside it
+            written = set(os.listdir(folder)) - before if external else {os.path.basename(path)}
+            for name in written:
+                os.remove(os.path.join(folder, name))
+
+        def trace(axes):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", torch.jit.TracerWarning)
                 torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, **common)
+            return caught
+
+        try:
+            caught = trace(({name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
+                            if dynamic_batch else None))
         except Exception as legacy_err:
             raise DeployError(
                 f"ONNX export failed with both exporters: dynamo: {dynamo_reason}; TorchScript: "
                 f"{exporter_reason(legacy_err)}") from legacy_err
-        for w in caught:
-            if issubclass(w.category, torch.jit.TracerWarning) and _records_a_branch(w):
-                # a trace records the branch the example input took, and a check input that
-                # takes the same one passes: the file would be another model, silently. (A
-                # number read from a tensor is recorded as a constant too, but the tracer says
-                # the same of a size read, right at this shape (break51 #3): verify_onnx's
-                # second input, at another scale, tells them apart (break48 #1).)
-                written = set(os.listdir(folder)) - before if external else {os.path.basename(path)}
-                for name in written:  # the file, and a big model's weight files beside it
-                    os.remove(os.path.join(folder, name))
-                raise DeployError(
-                    f"the model branches on a tensor's value ({os.path.basename(w.filename)}:"
-                    f"{w.lineno}): the dynamo exporter refused it (logged above) and the "
-                    "TorchScript exporter records only the branch the example input takes; "
-                    "write the branch with torch.where or torch.cond, or export the model "
-                    "yourself and deploy the .onnx file")
+        # a trace records the branch the example input took, and a check input that takes the
+        # same one passes: the file would be another model, silently. (A number read from a
+        # tensor is recorded as a constant too, but the tracer says the same of a size read,
+        # right at this shape (break51 #3): verify_onnx's second input, at another scale,
+        # tells them apart (break48 #1).)
+        branches = [w for w in caught
+                    if issubclass(w.category, torch.jit.TracerWarning) and _records_a_branch(w)]
+        on_values = [w for w in branches if not _branches_on_sizes(w)]
+        dynamic_ops = _data_dependent_shapes(model, x) if branches and not on_values else []
+        if on_values or dynamic_ops:
+            remove_written()
+            w = (on_values or branches)[0]
+            what = ("a tensor's value" if on_values else
+                    f"the size of {', '.join(dynamic_ops)}'s output, which depends on values")
+            raise DeployError(
+                f"the model branches on {what} ({os.path.basename(w.filename)}:{w.lineno}): "
+                "the dynamo exporter failed (logged above) and the TorchScript exporter "
+                "records only the branch the example input takes; write the branch with "
+                "torch.where or torch.cond, or export the model yourself and deploy the "
+                ".onnx file")
+        if branches and dynamic_batch:
+            # a branch on sizes is right at the traced shape, and wrong at another batch
+            w = branches[0]
+            remove_written()
+            caught = trace(None)
+            log(f"a free batch is not kept: the model branches on a tensor's size "
+                f"({os.path.basename(w.filename)}:{w.lineno}), which the TorchScript "
+                f"exporter records at the example's shape; exported at batch {x.shape[0]}")
+            batch_fixed_said = True
+        caught = [w for w in caught if not (issubclass(w.category, torch.jit.TracerWarning)
+                                            and _records_a_branch(w))]
         for w in caught:  # anything else TorchScript warns of is shown, not dropped
             if not issubclass(w.category, DeprecationWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -327,7 +438,8 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     if written != opset:  # the dynamo exporter writes the opsets it supports, not any asked for
         log(f"opset {opset} was asked for; the {exporter} exporter wrote opset {written}")
     batch_dim = written_batch_dim(graph_only)
-    if dynamic_batch and isinstance(batch_dim, int):  # the model's code fixed it (reshape(1, -1))
+    if dynamic_batch and isinstance(batch_dim, int) and not batch_fixed_said:
+        # the model's code fixed it (reshape(1, -1))
         log(f"the {exporter} exporter fixed the batch at {batch_dim} (the model's code may "
             "depend on it): "
             f"{os.path.basename(path)} runs at batch {batch_dim} only")

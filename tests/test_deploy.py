@@ -194,11 +194,96 @@ def test_a_branch_on_the_data_is_refused_not_traced_down_one_side(tmp_path):
     """break25 #2: the TorchScript fallback recorded the branch the example took, the check
     input took it too, and deploy timed a model with the other branch gone."""
     with pytest.raises(DeployError, match=r"the model branches on a tensor.s value \(test_deploy.py:\d+\): "
-                                          r"the dynamo exporter refused it \(logged above\) and the "
+                                          r"the dynamo exporter failed \(logged above\) and the "
                                           "TorchScript exporter records only the branch") as info:
         export_onnx(DataDependent(), SHAPE, tmp_path / "dd.onnx", log=lambda s: None)
     assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
     assert not (tmp_path / "dd.onnx").exists()
+
+
+class SizeBranch(nn.Module):
+    """A conv, then a branch of ``forward``'s (one line of source) that a subclass writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+
+class OnBatch(SizeBranch):
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if x.shape[0] > 1 else y
+
+
+class OnSizes(SizeBranch):
+    def forward(self, x):
+        y = self.conv(x)
+        if x.size(1) == 3 and x.dim() == 4 and len(x) < 99:
+            y = y * 2
+        return y
+
+
+class OnValue(SizeBranch):
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if y.mean() > -1e9 else y
+
+
+class OnNonzero(SizeBranch):
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if (x > 9).nonzero().shape[0] == 0 else y
+
+
+class OnNonzeroLen(SizeBranch):  # len() warns "Using len", not "Converting a tensor"
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if len(x[x > 9]) == 0 else y
+
+
+def _branch_line(cls) -> int:
+    """The line of ``cls.forward`` that branches (the line the tracer's warning names)."""
+    import inspect
+    lines, first = inspect.getsourcelines(cls.forward)
+    return first + next(i for i, line in enumerate(lines) if " if " in line)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_the_torchscript_fallback_exports_a_branch_on_sizes_at_the_traced_shape(
+        tmp_path, monkeypatch, dynamic):
+    """break61 #5: a branch on the batch size after the dynamo exporter failed was refused as
+    "a branch on a tensor's value", even at a fixed batch, where the trace is that model.
+    At a fixed batch it is exported; with a free batch asked for, the batch is fixed (the
+    other branch runs at batch 1), said once."""
+    fail_dynamo(monkeypatch, "an op it cannot export")
+    for cls in (OnBatch, OnSizes):
+        said, model = [], cls()
+        path = tmp_path / f"{cls.__name__}{dynamic}.onnx"
+        info = export_onnx(model, SHAPE, path, dynamic_batch=dynamic, log=said.append)
+        assert info["exporter"] == "torchscript" and not info["dynamic_batch"]
+        assert verify_onnx(info["path"], model, SHAPE) < 1e-4
+        fixed = [s for s in said if "batch" in s and "dynamo" not in s]
+        if dynamic:
+            assert fixed == [f"a free batch is not kept: the model branches on a tensor's size "
+                             f"(test_deploy.py:{_branch_line(cls)}), which the TorchScript "
+                             f"exporter records at the example's shape; exported at batch "
+                             f"{SHAPE[0]}"], said
+        else:
+            assert fixed == [], said
+
+
+@pytest.mark.parametrize("cls, what", [(OnValue, "a tensor.s value"),
+                                       (OnNonzero, "the size of nonzero.s output"),
+                                       (OnNonzeroLen, "the size of index.s output")])
+def test_the_torchscript_fallback_refuses_a_branch_on_values_even_through_a_size(
+        tmp_path, monkeypatch, cls, what):
+    """A size read from ``nonzero`` (or ``unique``, boolean indexing) is a value."""
+    fail_dynamo(monkeypatch, "an op it cannot export")
+    with pytest.raises(DeployError, match=rf"the model branches on {what}.* \(test_deploy.py:"
+                                          rf"{_branch_line(cls)}\)"):
+        export_onnx(cls(), SHAPE, tmp_path / "v.onnx",
+                    dynamic_batch=False, log=lambda s: None)
+    assert not (tmp_path / "v.onnx").exists()
 
 
 def test_a_refused_export_leaves_no_side_file_and_no_graph_dump(tmp_path, monkeypatch, capsys):
