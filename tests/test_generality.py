@@ -502,6 +502,62 @@ def test_recurrent_state_from_a_literal_count():
     assert any(n.target == "new_zeros" and n.args[2] == kept for n in small.graph.nodes)
 
 
+# -- a dim holding channels sized by a number that does not count them ----------------------------
+
+class TokenMLP(nn.Module):
+    """A token MLP over a conv's channels-last features, reshaped back with the conv's shape:
+    the linear's channels are sized by the conv's count."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.lin, self.head = cbr(3, 16), nn.Linear(16, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        t = self.lin(y.flatten(2).transpose(1, 2))  # (b, hw, 16): the linear's channels
+        return self.head(t.transpose(1, 2).reshape(y.shape))
+
+
+class SpatialSoftmax(nn.Module):
+    """A softmax over each channel's positions (keypoint heads), the batch and channels folded
+    with ``c`` read from the shape, or written as the constructor's literal."""
+
+    def __init__(self, literal: bool):
+        super().__init__()
+        self.literal, self.c = literal, 16
+        self.a, self.head = cbr(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        b, c, h, w = y.shape
+        c = self.c if self.literal else c
+        return self.head(F.softmax(y.reshape(b * c, h * w), -1).reshape(b, c, h, w))
+
+
+def test_a_shape_read_whole_sizes_the_channels_of_another_group_so_both_stay_whole():
+    """break63 #1: ``reshape(y.shape)`` of the linear's channels was not checked (the shape
+    was one argument): both groups were prunable and finalize called its surgery a bug."""
+    pm, _ = check(TokenMLP(), X, X2)
+    assert prunable(pm) == {}
+    why = {g.producers[0]: g.reason for g in fxprune.channel_groups(pm, all_groups=True)
+           if g.producers}
+    assert "channel count used as a size of a dim without those channels" in why["a.0"]
+    assert "channel count used as a size of a dim without those channels" in why["lin"]
+
+
+def test_a_literal_channel_count_in_arithmetic_keeps_the_channels_whole():
+    """break63 #2: ``y.reshape(b * self.c, h * w)``: the literal 16 reached the view through a
+    multiply with the batch, which the literal rewrite does not see; the group was prunable
+    and finalize failed after training. Read from the shape, the count follows the pruning."""
+    pm, _ = check(SpatialSoftmax(literal=True), X, X2)
+    assert prunable(pm) == {}
+    g = next(g for g in fxprune.channel_groups(pm, all_groups=True) if g.producers == ["a.0"])
+    assert "sized by a number computed without their count" in g.reason
+    pm, small = check(SpatialSoftmax(literal=False), X, X2)
+    assert prunable(pm) == {"a.0": 16}
+    assert small.get_submodule("a.0").out_channels == fxprune.channel_groups(pm)[0].kept
+
+
 # -- F.normalize over a non-channel dim -----------------------------------------------------------
 
 class Normalized(nn.Module):

@@ -149,15 +149,26 @@ class ShapeRead(ChannelRule):
 
 
 def check_size_args(ctx, sizes: list, out_labels: dict, first_dim: int = 0) -> None:
-    """Sizes computed from channel counts must shape a dim that holds those same channels.
-    ``sizes``: nodes, constants or the :class:`SizeOf` labels of a shape's entries."""
+    """Sizes computed from channel counts must shape a dim that holds those same channels, and
+    a dim that holds channels must be sized by their count (or a literal, which ``rewrite``
+    sets to the kept count, or -1). ``sizes``: nodes, constants, or the :class:`SizeOf`
+    labels of a shape's entries (None: a dim without channels); one node that is a whole
+    shape (``z.reshape(y.shape)``) stands for its entries."""
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and isinstance(
+            ctx.labels(sizes[0]), (tuple, list)):
+        sizes = list(ctx.labels(sizes[0]))
     for k, s in enumerate(sizes):
+        d = first_dim + k
         prov = s if isinstance(s, SizeOf) else ctx.labels(s) if isinstance(s, fx.Node) else None
         if isinstance(prov, SizeOf):
-            d = first_dim + k
             # judged once the whole graph is seen: the dim may be tied to those channels later
             ctx.check_later(prov.ids, out_labels.get(d),
                             "channel count used as a size of a dim without those channels")
+        elif (s is None or isinstance(s, fx.Node)) and d in out_labels:
+            # a number computed from anything but these channels' count (a literal count times
+            # the batch, another tensor's size) stays what it is once they are pruned (break63)
+            ctx.untracked(out_labels[d], "a dim holding channels is sized by a number computed "
+                                         "without their count")
 
 
 def pruned_size(ctx, labels, d, size):
