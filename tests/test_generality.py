@@ -7,6 +7,7 @@ import functools
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -556,6 +557,55 @@ def test_a_literal_channel_count_in_arithmetic_keeps_the_channels_whole():
     pm, small = check(SpatialSoftmax(literal=False), X, X2)
     assert prunable(pm) == {"a.0": 16}
     assert small.get_submodule("a.0").out_channels == fxprune.channel_groups(pm)[0].kept
+
+
+# -- tensor attributes: y.data, y.real, y.T, y.mT -------------------------------------------------
+
+class Attributes(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.a, self.head = how, cbr(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.how == "data":
+            y = y + y.data
+        elif self.how == "real":
+            y = y.real * 2
+        elif self.how == "T":  # a pooled (b, c) map transposed twice: the channels move
+            y = y.mean((2, 3)).T.T[:, :, None, None] * y
+        elif self.how == "mT":
+            y = y.flatten(2).mT.relu().mT.view(y.shape)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("how", ["data", "real", "T", "mT"])
+def test_tensor_attributes_that_are_the_tensor_are_followed(how):
+    """break63 #3: ``y.data``, ``y.real``, ``.T`` and ``.mT`` dropped the channels' labels and
+    the group was kept whole with a reason that blamed the first conv's input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # .T on a 2-D tensor is fine; torch warns of n-D
+        pm, small = check(Attributes(how), X, X2)
+    assert prunable(pm) == {"a.0": 16}
+    assert small.get_submodule("head").in_channels == fxprune.channel_groups(pm)[0].kept
+
+
+def test_a_tensor_attribute_without_a_rule_names_itself():
+    from fxprune.rules import ShapeRead
+
+    class Ctx:  # what the rule reads of the analysis, for ``y.grad`` that is a tensor
+        node = fx.Node(fx.Graph(), "getattr_1", "call_function", getattr, (), {})
+        said = []
+
+        def out_meta(self):
+            return torch.empty(2, 16)
+
+        def untracked_inputs(self, reason):
+            self.said.append(reason)
+
+    ctx = Ctx()
+    assert ShapeRead().tensor_attribute(ctx, "grad", {1: np.arange(16)}, 2) is None
+    assert ctx.said == ["no channel rule for Tensor.grad at `getattr_1`"]
 
 
 # -- F.normalize over a non-channel dim -----------------------------------------------------------

@@ -138,7 +138,7 @@ class ShapeRead(ChannelRule):
             return None
         name = node.target if isinstance(node.target, str) else node.target.__name__
         if name == "getattr" and node.args[1] != "shape":
-            return None
+            return self.tensor_attribute(ctx, node.args[1], labels, len(shape))
         if name == "numel":
             return SizeOf(np.concatenate(list(labels.values()))) if labels else None
         d = node_arg(node, 1, "dim", None) if name == "size" else None
@@ -146,6 +146,28 @@ class ShapeRead(ChannelRule):
             d = norm_dim(int(d), len(shape))
             return SizeOf(labels[d]) if d in labels else None
         return tuple(SizeOf(labels[d]) if d in labels else None for d in range(len(shape)))
+
+    # tensor attributes that are the tensor itself, or it with dims swapped (read through
+    # getattr, the op this row owns): ``y.data`` holds y's channels, ``y.mT`` moves them
+    _SAME = ("data", "real")
+    _REVERSED = ("T", "H")
+    _LAST_TWO_SWAPPED = ("mT", "mH")
+
+    def tensor_attribute(self, ctx, attr: str, labels, ndim: int):
+        """The labels of ``x.<attr>`` when it is a tensor (``data``, ``real``, ``T``, ``mT``);
+        another tensor attribute (``grad``, ``imag``) keeps its input's channels whole, naming
+        itself (break63 #3: the reason blamed an unrelated layer); a non-tensor (``dtype``,
+        ``device``) has none."""
+        perm = list(range(ndim))
+        if attr in self._REVERSED:
+            perm = perm[::-1]
+        elif attr in self._LAST_TWO_SWAPPED and ndim >= 2:
+            perm[-2:] = perm[-1], perm[-2]
+        elif attr not in self._SAME:
+            if labels and hasattr(ctx.out_meta(), "shape"):
+                ctx.untracked_inputs(f"no channel rule for Tensor.{attr} at `{ctx.node.name}`")
+            return None
+        return {out_d: labels[in_d] for out_d, in_d in enumerate(perm) if in_d in labels}
 
 
 def check_size_args(ctx, sizes: list, out_labels: dict, first_dim: int = 0) -> None:
