@@ -75,7 +75,10 @@ DEFAULTS: dict[str, Any] = {
 }
 FREE_SECTIONS = {"prune"}
 # What may change between a run and its --resume without breaking exact continuation.
+# data.root is where the data is, not which data (a run started with it null reads
+# FXPRUNE_DATA, wherever that points): the same data moved may resume (break62 #1).
 RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_workers",
+                     "data.root",
                      "log.every_steps", "log.tensorboard", "log.progress",
                      "prune.allow_above_target", "train.sync_bn",
                      "train.check_masks"}

@@ -535,6 +535,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     logs = RunLogs(out, log_cfg["tensorboard"], main=main)  # checks before any write
     start_epoch, step, elapsed = 0, 0, 0.0
     images, loop_s = 0, 0.0  # training images and seconds in the training loop (throughput)
+    # the learning-rate schedules the run trained on: one, unless a resume changed optim.epochs
+    lr_schedules = [{"from_epoch": 0, "epochs": int(optim_cfg["epochs"])}]
     if ckpt is not None:
         try:
             net.load_state_dict(ckpt["model"])
@@ -547,8 +549,23 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             raise CheckpointError(f"--resume: {ckpt_path} does not fit this run ({first[:200]}); "
                                   "start over with --overwrite or use another --out") from None
         # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
+        saved_lr = optimizer.param_groups[0]["lr"]
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
+        lr_schedules = [dict(s) for s in ckpt.get("lr_schedules") or [
+            {"from_epoch": 0, "epochs": int(ckpt["config"]["optim"]["epochs"])}]]
+        if lr_schedules[-1]["epochs"] != int(optim_cfg["epochs"]):
+            # a run trained on (break62 #4: a finished cosine run's lr went from 0 back up,
+            # silently, and its results read like one run of the new length)
+            lr_schedules.append({"from_epoch": int(ckpt["epoch"]), "epochs": int(optim_cfg["epochs"])})
+            new_lr = optimizer.param_groups[0]["lr"]
+            if main and not math.isclose(new_lr, saved_lr, rel_tol=1e-9, abs_tol=1e-12):
+                print(f"fxprune train: --resume with optim.epochs {lr_schedules[-2]['epochs']} -> "
+                      f"{optim_cfg['epochs']}: from epoch {ckpt['epoch'] + 1} the learning rate "
+                      f"follows the {optim_cfg['epochs']}-epoch schedule (lr {saved_lr:.4g} -> "
+                      f"{new_lr:.4g}); the epochs before ran on the "
+                      f"{lr_schedules[-2]['epochs']}-epoch one (results.json: lr_schedules)",
+                      flush=True)
         set_rng_state(ckpt["rng"])
         # the count the checkpoint's last epoch ran (an average over a history that mixed
         # process counts warned at every later resume, with fractions: break54 #7)
@@ -655,6 +672,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "measured_cost": measured_cost_state,
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
+                    "lr_schedules": lr_schedules,
                 }
                 save_checkpoint(checkpoint, ckpt_path)
     finally:
@@ -662,10 +680,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         if undo_sync_bn is not None:
             undo_sync_bn()
 
-    speed = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
+    run_facts = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
              "world_size": world}
+    if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
+        run_facts["lr_schedules"] = lr_schedules
     results = _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,
-                      epochs, elapsed, speed, check=check_masks)
+                      epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
 
@@ -690,7 +710,7 @@ def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:
 
 
 def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out, epochs,
-            elapsed, speed, check: bool = False) -> dict:
+            elapsed, run_facts, check: bool = False) -> dict:
     """Evaluate, finalize when pruning, save the model and the results; print the table.
 
     Under DDP every process finalizes the unwrapped model (equal masks and weights: the same
@@ -700,7 +720,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     method = cfg["prune"].get("method", "none")
     test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
     results: dict[str, Any] = {"method": method, "epochs": epochs,
-                               "train_time_s": round(elapsed, 1), **speed,
+                               "train_time_s": round(elapsed, 1), **run_facts,
                                "test_samples": test_loader.dataset_size, "out": str(out)}
     if getattr(pruner, "fxprune_schedule_steps", None):
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)

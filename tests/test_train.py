@@ -407,14 +407,39 @@ def test_resume_reads_a_checkpoint_written_before_a_key_existed(recipe, tmp_path
                      "--resume", "--out", str(out)]) == 2
 
 
-def test_resume_extends_epochs(recipe, tmp_path):
+def test_resume_extends_epochs(recipe, tmp_path, capsys):
+    """break62 #4: a finished cosine run trained on went from lr 0 back up to the longer
+    schedule's lr without a word, and its results read like one run of that length."""
     out = tmp_path / "run"
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    assert "lr_schedules" not in json.loads((out / "results.json").read_text())
+    capsys.readouterr()
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
                      "--out", str(out)]) == 0
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 2
+    assert results["lr_schedules"] == [{"from_epoch": 0, "epochs": 1},
+                                       {"from_epoch": 1, "epochs": 2}]
+    said = capsys.readouterr().out
+    assert ("--resume with optim.epochs 1 -> 2: from epoch 2 the learning rate follows the "
+            "2-epoch schedule (lr 0 -> 0.025); the epochs before ran on the 1-epoch one") in said
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=3", "--resume",
+                     "--out", str(out)]) == 0  # and on: the history is kept
+    assert json.loads((out / "results.json").read_text())["lr_schedules"][1:] == [
+        {"from_epoch": 1, "epochs": 2}, {"from_epoch": 2, "epochs": 3}]
+
+
+def test_a_resume_may_read_the_data_from_where_it_moved(recipe, tmp_path):
+    """break62 #1: a run started with data.root could not resume once the data moved: the new
+    root was refused as a config change, the old one as data not found."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set",
+                     f"data.root={tmp_path / 'A'}", "--out", str(out)]) == 0
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--set",
+                     f"data.root={tmp_path / 'B'}", "--resume", "--out", str(out)]) == 0
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
 
 
 def test_a_finished_run_resumed_trains_nothing_and_keeps_its_files(recipe, tmp_path, capsys):
