@@ -95,6 +95,26 @@ def test_errors_name_the_way_out(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trainer(tmp_path, 1, [cb]).fit(Classifier(), loader())
     assert (tmp_path / "taken.pt").read_bytes() == b"not ours"
+    # break62 #2: a save_path that cannot be written failed only after the whole fit
+    (tmp_path / "a_file").write_text("mine")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    blocked = [(tmp_path / "a_file" / "m.pt", "a_file is a file, not a folder"),
+               (tmp_path, "is a folder")]
+    try:
+        if os.geteuid() != 0:  # root writes anywhere the permission bits say not to
+            blocked.append((locked / "sub" / "m.pt", "locked refuses a new file"))
+        for path, why in blocked:
+            cb = PruningCallback("smcp", save_path=path, overwrite=True, **SMCP_ARGS)
+            module = Classifier()
+            with pytest.raises(ValueError, match=f"save_path .*: .*{why}.*checked before training"):
+                trainer(tmp_path, 1, [cb]).fit(module, loader())
+            assert cb.pruner is None  # refused before the method was built, nothing trained
+    finally:
+        locked.chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("lightning")) == [
+        "a_file", "locked", "taken.pt"]
 
 
 def test_ddp_two_processes_identical_masks(full_run, tmp_path):

@@ -66,6 +66,29 @@ from ..methods.base import trains_model
 from ..run_io import atomic_torch_save
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why the finalized model could not be saved to ``path`` at the end of the fit (None when
+    it can): a folder there, a file where a parent folder should be, or a folder that refuses
+    a new file (tried with a temporary file, removed at once: permission bits do not tell
+    root, or a read-only file system)."""
+    import tempfile
+
+    if path.is_dir():
+        return "is a folder"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders missing below it are made at the end
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=folder)
+    except OSError as exc:
+        return f"{folder} refuses a new file ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
 def _method_entry(name: str):
     """The pruning method registered under ``name`` (:mod:`fxprune.methods.base`); an unknown
     name raises ValueError naming the registered ones."""
@@ -116,7 +139,9 @@ class PruningCallback(pl.Callback):
         attribute: the LightningModule attribute holding ``fxprune.prepare``'s model; None finds
             the only one.
         save_path: where rank 0 saves the finalized model at the end of training (``torch.save``
-            of the module); None keeps it in memory only (``callback.finalized``).
+            of the module); None keeps it in memory only (``callback.finalized``). A path
+            that cannot be written (a folder, a file as its parent, a folder refusing new
+            files) is a ``ValueError`` at fit start.
         overwrite: replace an existing ``save_path`` (by default an existing file is an error,
             raised before training starts).
         check_masks: debug mode under DDP: after each update every rank checks that its masks
@@ -173,6 +198,12 @@ class PruningCallback(pl.Callback):
         if taken:
             raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
                                   f"PruningCallback(overwrite=True)")
+        # a path that cannot be written failed after the whole fit (break62 #2)
+        unwritable = fxdist.broadcast_object(
+            _unwritable(self.save_path) if self.save_path is not None else None)
+        if unwritable:
+            raise ValueError(f"save_path {self.save_path}: {unwritable}; pass a save_path in a "
+                             "folder you can write (checked before training)")
         if self.pruner is not None and find_prepared(pl_module, self.attribute) is not self.prepared:
             # it would go on stepping the first model, and save that one again
             raise ValueError("this PruningCallback prunes the model of the module it was first "
