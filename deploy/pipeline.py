@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fxprune.groups import is_prepared
+from fxprune.run_io import file_sha256
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
@@ -304,9 +305,14 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                           "the latencies and the speedup may be off; time again on an "
                           "idle machine", RuntimeWarning, stacklevel=2)
     for name, given in (("model", model), ("dense", compare)):
+        entry = report if name == "model" else report.get("dense")
         if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
-            entry = report if name == "model" else report["dense"]
             entry["model_file"] = os.path.abspath(os.path.expanduser(os.fspath(given)))
+            # by content: a copy of the run (fresh times) is still the run (break62 #3)
+            entry["model_sha256"] = file_sha256(entry["model_file"])
+        onnx = entry.get("onnx") if isinstance(entry, dict) else None
+        if isinstance(onnx, dict) and isinstance(onnx.get("path"), str) and os.path.isfile(onnx["path"]):
+            onnx["sha256"] = file_sha256(onnx["path"])  # the file exported (or given) here
     path = write_report(report, out_dir)
     log(format_table(report))
     log(f"report written to {path}")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FxPruneError, warn
-from .run_io import RUN_MARKER, RUN_MODEL_FILES, atomic_write
+from .run_io import RUN_MARKER, RUN_MODEL_FILES, atomic_write, file_sha256
 
 __all__ = ["PlotError", "Point", "load_points", "plot_points", "add_arguments", "run"]
 
@@ -150,8 +150,11 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                       run_params: int | None = None) -> dict[int, dict]:
     """Per batch, from the deploy reports written in a run folder (the folder itself or its
     sub-folders): ``{"median": ms, "speedup": over the dense model timed beside it or None,
-    "timing": the runtime setting (backend, device, precision, threads, input)}``. A report counts only if it is newer than the run's
-    results.json (a run redone with --overwrite leaves its old deploy folders behind) and,
+    "timing": the runtime setting (backend, device, precision, threads, input)}``. A report
+    counts only if the file it timed is that file as it is now (the content hash it records;
+    a report without one, of an earlier fxprune or a module deployed from Python: if it is
+    newer than the run's results.json), since a run redone with --overwrite leaves its old
+    deploy folders behind, and,
     when it names the model file it timed, that file is the run's model or a deploy's export
     of it inside the run folder (:func:`_export_of`); a report naming no file (a module
     deployed from Python) must count the run's parameters. Anything else is an error, not a
@@ -189,10 +192,13 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                             "latency_ms.median)") from None
         batch = _batch_size(batch, "batch", str(report))
         median = _positive(median, "latency_ms.median", str(report))
-        if report.stat().st_mtime < finished:
+        timed = _path_or_none(data.get("model_file"), "model_file", str(report))
+        # which model the report timed: by content where it recorded the file's (a run copied
+        # with fresh times, in any order, is still the run: break62 #3), else by time
+        recorded = data.get("model_sha256") if timed is not None else None
+        if not isinstance(recorded, str) and report.stat().st_mtime < finished:
             raise PlotError(f"{report} is older than the run's {results.name}: it timed a model "
                             f"of an earlier run in {run_dir}; deploy the run again or remove it")
-        timed = _path_or_none(data.get("model_file"), "model_file", str(report))
         if timed is None and (run_params is None or data.get("params") != run_params):
             theirs = (f"the run's {run_params}" if run_params is not None
                       else f"given in the run's {results.name}")
@@ -216,6 +222,10 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                                 f"{' (the file is gone)' if ours else ''}; deploy "
                                 f"{own or run_dir / 'model_pruned.pt'} there, or move that "
                                 f"report out of the run")
+            if isinstance(recorded, str) and file_sha256(path) != recorded:
+                raise PlotError(f"{report} timed another {path.name} than the one in {run_dir} "
+                                "now (its content changed since: a run redone there?); deploy "
+                                "the run again or remove it")
         if batch in out:
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
         if data.get("timed_under_load") is True:  # deploy said so; a plot of it must too (break58 #8)
@@ -249,12 +259,22 @@ def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, in
     source = path.parent / "report.json"
     if path.name != "model.onnx" or not (path.parent / DEPLOY_MARKER).is_file() or not source.is_file():
         return False
-    if source.stat().st_mtime < after:
-        return False
-    if path.is_file() and path.stat().st_mtime > min(source.stat().st_mtime, timed_by.stat().st_mtime):
-        return False
-    made_from = _read_json(source)
-    made_from = made_from.get("model_file") if isinstance(made_from, dict) else None
+    made = _read_json(source)
+    made = made if isinstance(made, dict) else {}
+    onnx = made.get("onnx") if isinstance(made.get("onnx"), dict) else {}
+    if isinstance(made.get("model_sha256"), str) and isinstance(onnx.get("sha256"), str):
+        # by content (break62 #3): the deploy there timed ``own`` as it is now, and the file
+        # there is the one it exported (a later deploy, even a failed one, rewrote it)
+        if own is None or not own.is_file() or file_sha256(own) != made["model_sha256"]:
+            return False
+        if not path.is_file() or file_sha256(path) != onnx["sha256"]:
+            return False
+    else:  # a report of an earlier fxprune: by time
+        if source.stat().st_mtime < after:
+            return False
+        if path.is_file() and path.stat().st_mtime > min(source.stat().st_mtime, timed_by.stat().st_mtime):
+            return False
+    made_from = made.get("model_file")
     try:
         return isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
     except (OSError, ValueError):  # a NUL in the path

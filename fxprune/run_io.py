@@ -232,10 +232,12 @@ def _record_temp(path: Path, tmp: Path, *, add: bool) -> None:
 def _stat(path: Path) -> list:
     """[size in bytes, mtime in ns, sha256 of the content] of a file fxprune writes."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns, _sha256(path)]
+    return [st.st_size, st.st_mtime_ns, file_sha256(path)]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, hex (how fxprune tells a copied file from another)."""
+    path = Path(path)
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -262,7 +264,7 @@ def _unchanged(recorded, path: Path) -> bool:
     st = path.stat()
     if recorded[0] != st.st_size:
         return False
-    return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == _sha256(path))
+    return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == file_sha256(path))
 
 
 def _extends(before, path: Path) -> bool:

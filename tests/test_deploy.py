@@ -84,6 +84,11 @@ def test_cli_end_to_end_with_compare(saved, tmp_path):
     assert report["dense"]["params"] == n_params(small_net(16))
     assert report["model_file"] == str((saved / "pruned.pt").resolve())  # for fxprune plot
     assert report["dense"]["model_file"] == str((saved / "dense.pt").resolve())
+    from fxprune.run_io import file_sha256  # by content: fxprune plot reads a copied run
+    assert report["model_sha256"] == file_sha256(saved / "pruned.pt")
+    assert report["dense"]["model_sha256"] == file_sha256(saved / "dense.pt")
+    assert report["onnx"]["sha256"] == file_sha256(out / "model.onnx")
+    assert report["dense"]["onnx"]["sha256"] == file_sha256(out / "dense.onnx")
     for entry in (report, report["dense"]):
         lat = entry["latency_ms"]
         assert 0 < lat["median"] <= lat["p90"] and lat["runs"] == 5

@@ -307,6 +307,46 @@ def test_deploy_reports_must_time_the_model_of_the_run(tmp_path):
                 load_points([run])
 
 
+def test_reports_with_content_hashes_judge_the_model_by_content_not_time(tmp_path):
+    """break62 #3: a run copied file by file in sorted order (an object store's listing) has
+    its deploy report a few ms older than results.json, and plot called it a report of an
+    earlier run. A report records the hashes of the model it timed and of the ONNX file it
+    exported; those decide."""
+    import os
+    from fxprune.run_io import file_sha256
+
+    run = _run(tmp_path / "run", 0.9, 8e6)
+    model = run / "model_pruned.pt"
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "model": str(model)}))
+    model.write_bytes(b"the pruned model")
+    d, d64 = run / "deploy_b1", run / "deploy_b64"
+    for folder in (d, d64):
+        folder.mkdir()
+        (folder / ".fxprune-deploy").write_text("deploy\n")
+    (d / "model.onnx").write_bytes(b"its export")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": 1.5}, "model_file": str(model),
+         "model_sha256": file_sha256(model),
+         "onnx": {"path": str(d / "model.onnx"), "sha256": file_sha256(d / "model.onnx")}}))
+    (d64 / "report.json").write_text(json.dumps(
+        {"batch": 64, "latency_ms": {"median": 9.0}, "model_file": str(d / "model.onnx"),
+         "model_sha256": file_sha256(d / "model.onnx")}))
+    later = (run / "results.json").stat().st_mtime + 60
+    for f in (run / "results.json", model):  # copied last: newer than everything else
+        os.utime(f, (later, later))
+    os.utime(d / "model.onnx", (later + 5, later + 5))
+    assert load_points([run])[0].latency_ms == {1: 1.5, 64: 9.0}
+    model.write_bytes(b"a run redone there")  # same times, other content: stale
+    os.utime(model, (later, later))
+    with pytest.raises(PlotError, match="deploy_b1/report.json timed another model_pruned.pt "
+                                        "than the one in .* now"):
+        load_points([run])
+    (d / "report.json").unlink()  # the export's source gone: b64 timed no model of the run
+    with pytest.raises(PlotError, match="deploy_b64/report.json timed .*model.onnx, not the model"):
+        load_points([run])
+
+
 def test_speedup_axis_uses_each_rows_speedup_over_its_own_dense(tmp_path, capsys):
     # two sessions: the second's dense ran slower (2.0 vs 1.0 ms), so its 1.25x row has more
     # milliseconds than the first session's dense; by speedup it is where it belongs
