@@ -125,7 +125,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
     out_dir = os.path.expanduser(os.fspath(out_dir))
-    _check_out_dir(out_dir)
+    _check_out_dir(out_dir, model=model, dense=compare)
     _check_not_overwritten(out_dir, model=model, dense=compare)
     if device is not None:
         try:
@@ -324,20 +324,33 @@ DEPLOY_FILES = ("model.onnx", "dense.onnx", "model.onnx.data", "dense.onnx.data"
                 "dense.engine", "report.json")
 
 
-def _record_written(out_dir: str) -> dict[str, list[int]]:
-    """``{name: [size in bytes, mtime in ns]}`` of deploy's files in ``out_dir``."""
+def _record_written(out_dir: str) -> dict[str, list]:
+    """``{name: [size in bytes, mtime in ns, sha256]}`` of deploy's files in ``out_dir``."""
     record = {}
     for name in DEPLOY_FILES:
         path = os.path.join(out_dir, name)
         if os.path.isfile(path) and not os.path.islink(path):
             st = os.stat(path)
-            record[name] = [st.st_size, st.st_mtime_ns]
+            record[name] = [st.st_size, st.st_mtime_ns, file_sha256(path)]
     return record
 
 
-def _check_out_dir(out_dir: str) -> None:
+def _as_recorded(recorded, path: str) -> bool:
+    """``path`` (a regular file) is the file a marker entry recorded: same size, and the same
+    modification time or (a folder copied without its times, ``cp -r``: break62 #5) the same
+    content. An older fxprune's entries, ``[size, mtime]``, match by time only."""
+    if not isinstance(recorded, list) or len(recorded) < 2:
+        return False
+    st = os.stat(path)
+    if recorded[0] != st.st_size:
+        return False
+    return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == file_sha256(path))
+
+
+def _check_out_dir(out_dir: str, **given) -> None:
     """``out_dir`` is a folder; files of the names deploy writes there must be its own: each
-    one recorded (size and modification time) in the folder's marker when deploy wrote it."""
+    one recorded (size, modification time and content) in the folder's marker when deploy
+    wrote it. ``given``: the model files passed (named in the error when one is there)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DeployError(f"--out {out_dir} is a file, not a folder; choose another --out")
     if not os.path.isdir(out_dir):
@@ -372,9 +385,18 @@ def _check_out_dir(out_dir: str) -> None:
                               "not write; choose a new or empty folder")
         old_marker = not isinstance(recorded, dict)
         recorded = recorded if isinstance(recorded, dict) else {}
-    ours = _record_written(out_dir)
-    clash = [f for f in DEPLOY_FILES if os.path.lexists(os.path.join(out_dir, f))
-             and (f not in ours or recorded.get(f) != ours[f])]
+    clash = [f for f in DEPLOY_FILES if os.path.lexists(path := os.path.join(out_dir, f))
+             and (os.path.islink(path) or not os.path.isfile(path)
+                  or not _as_recorded(recorded.get(f), path))]
+    for name, value in given.items():
+        if not isinstance(value, (str, os.PathLike)):
+            continue
+        path = os.path.realpath(os.path.expanduser(os.fspath(value)))
+        inside = [f for f in clash if os.path.realpath(os.path.join(out_dir, f)) == path]
+        if inside:  # break62 #6: told to delete the model being deployed "if not yours"
+            flag = "MODEL" if name == "model" else "--compare"
+            raise DeployError(f"{flag} {value} is inside --out {out_dir}, where deploy writes "
+                              f"{inside[0]}; choose another --out")
     if clash:
         why = ("its marker records no files: an older fxprune's, or a deploy killed while "
                "writing it" if old_marker else

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import subprocess
@@ -641,6 +642,23 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert rc == 1 and "holds dense.onnx that fxprune deploy did not record writing" in capsys.readouterr().err
     assert (again / "dense.onnx").read_bytes() == b"my own dense export"
     (again / "dense.onnx").unlink()
+    # break62 #5: a deploy folder copied without its times (cp -r, scp -r) is still deploy's:
+    # the marker records each file's content; a file changed at the same size is not
+    copied = tmp_path / "copied"
+    shutil.copytree(again, copied, copy_function=shutil.copyfile)
+    assert (copied / "model.onnx").stat().st_mtime_ns != (again / "model.onnx").stat().st_mtime_ns
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(copied), *QUICK, *TRUST]) == 0
+    text = (copied / "report.json").read_text()
+    (copied / "report.json").write_text(text.replace("1", "2", 1))
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(copied), *QUICK, *TRUST]) == 1
+    assert "holds report.json that fxprune deploy did not record" in capsys.readouterr().err
+    # break62 #6: MODEL inside --out, under a name deploy writes: said so, not "delete it"
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "model.onnx").write_bytes((again / "model.onnx").read_bytes())
+    assert main(["deploy", str(own / "model.onnx"), "--out", str(own), *QUICK]) == 1
+    assert (f"MODEL {own / 'model.onnx'} is inside --out {own}, where deploy writes model.onnx; "
+            "choose another --out") in capsys.readouterr().err
     (again / "report.json").write_text("{}")  # one of deploy's files, changed since
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
     assert "holds report.json" in capsys.readouterr().err
