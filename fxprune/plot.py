@@ -226,8 +226,9 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                 raise PlotError(f"{report} timed another {path.name} than the one in {run_dir} "
                                 "now (its content changed since: a run redone there?); deploy "
                                 "the run again or remove it")
-        if batch in out:
-            raise PlotError(f"{run_dir} holds two deploy reports at batch {batch}; keep one")
+        if batch in out:  # named (break62 #7), so the user can tell which to move
+            raise PlotError(f"{run_dir} holds two deploy reports at batch {batch} "
+                            f"({out[batch]['report']}, {report}); keep one")
         if data.get("timed_under_load") is True:  # deploy said so; a plot of it must too (break58 #8)
             load = data.get("load_average") if isinstance(data.get("load_average"), dict) else {}
             said = (f" (load average {load.get('before')} -> {load.get('after')} on "
@@ -237,7 +238,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                  RuntimeWarning)
         speedup = data.get("speedup")
         shape = data.get("input_shape")
-        out[batch] = {"median": median,
+        out[batch] = {"median": median, "report": str(report),
                       "speedup": speedup if isinstance(speedup, (int, float)) and speedup > 0 else None,
                       "timing": {**{key: data.get(key) for key in ("backend", "device", "precision",
                                                                   "threads")},

@@ -385,6 +385,18 @@ def test_bad_benchmark_batches_and_speedups_are_one_line_errors(tmp_path, capsys
     assert message in err and "\n" not in err, err
 
 
+def test_two_reports_at_one_batch_are_named(tmp_path):
+    """break62 #7: "holds two deploy reports at batch 1; keep one" named neither."""
+    run = _run(tmp_path / "run", 0.9, 8e6, deploys=[(1, 1.5)])
+    (run / ".fxprune-deploy").write_text("deploy\n")
+    (run / "report.json").write_text(json.dumps({"batch": 1, "latency_ms": {"median": 2.0},
+                                                 "params": 10}))
+    with pytest.raises(PlotError, match=rf"holds two deploy reports at batch 1 "
+                                        rf"\({run / 'report.json'}, "
+                                        rf"{run / 'deploy_b1' / 'report.json'}\); keep one"):
+        load_points([run])
+
+
 def test_a_relative_model_path_and_a_deploys_dense_copy(tmp_path, monkeypatch):
     """results.json records the model path as `fxprune train --out` got it (relative to where
     it ran): it names the run's file from anywhere. The dense.onnx a `deploy --compare` wrote
