@@ -32,7 +32,10 @@ def check_fraction(name: str, value, what: str) -> None:
         number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
             hint = f" (give a number: {name}={name}.item())"
-        elif number and 1 < value <= 100:
+        elif number and 1 < value < 10:  # 1.5 reads as a speed-up, not 1.5% (break62 #8)
+            hint = (f" (a speed-up of {value:g}x? give the fraction of the cost to keep: "
+                    f"{name}={1 / value:.3g})")
+        elif number and 10 <= value <= 100:
             hint = f" (a percentage? give the fraction: {name}={value / 100:g})"
         elif number and value > 100:
             hint = (" (a fraction of dense, not an absolute cost: divide by the dense cost, "

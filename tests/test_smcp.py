@@ -820,5 +820,8 @@ def test_a_target_given_as_a_tensor_or_an_absolute_cost_gets_the_way_out():
         fxprune.SMCP(pm, 5e6)
     with pytest.raises(ValueError, match=r"got 50 \(a percentage\? give the fraction: target=0.5\)"):
         fxprune.SMCP(pm, 50)  # (break53 #6)
+    with pytest.raises(ValueError, match=r"got 1.5 \(a speed-up of 1.5x\? give the fraction of "
+                                         r"the cost to keep: target=0.667\)"):
+        fxprune.SMCP(pm, 1.5)  # not 1.5% (break62 #8)
     with pytest.raises(fxprune.allocation.InfeasibleBudget, match=r"target 1e-09 of dense is below"):
         fxprune.SMCP(pm, 1e-9)
