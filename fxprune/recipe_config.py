@@ -324,6 +324,14 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return keys
+    forwards_to = getattr(cls, "forwards_kwargs_to", None)  # one_shot's **kwargs go to SMCP
+    if forwards_to is not None:
+        # its keywords are the target's: checked by name (break62 #9: a typo reached SMCP as
+        # "SMCP.__init__() got an unexpected keyword", with no valid keys and no "did you mean")
+        # (the ones it sets itself stay keys, refused below with what to do: "sets itself")
+        theirs = {name: p for name, p in inspect.signature(forwards_to).parameters.items()
+                  if name not in params}
+        params = {**{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}, **theirs}
     for name, p in params.items():
         if p.kind == p.VAR_KEYWORD:  # takes any keyword: let it judge unknown ones
             keys["*"] = None
@@ -648,10 +656,12 @@ def _check_prune(prune: dict, optim: dict) -> None:
                           f"prune.method to one of {', '.join(PRUNERS)}, or remove the prune.* "
                           f"keys (on the command line: {drop})")
     if extra:
-        close = difflib.get_close_matches(extra[0], [k for k in keys if k != "*"], n=1)
+        sets_itself = getattr(pruner_class(method), "sets_itself", ())
+        valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
+        close = difflib.get_close_matches(extra[0], valid, n=1)
         hint = f" (did you mean prune.{close[0]}?)" if close else ""
         raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}{hint}; valid: "
-                          f"{', '.join(sorted(k for k in keys if k != '*'))}; remove it from the "
+                          f"{', '.join(sorted(valid))}; remove it from the "
                           f"recipe or the --set that gave it (on the command line: {drop})")
     if method != "none":  # e.g. oneshot sets SMCP's schedule: name the recipe's own forms
         sets_itself = getattr(pruner_class(method), "sets_itself", ())

@@ -705,6 +705,10 @@ BAD_OVERRIDES = [
      "prune.cost must be one of 'flops' | 'params' | 'latency' | 'latency+fixed'; got 'banana'"),
     (["prune.method=smcp", "prune.tagret=0.5"], "unknown key prune.tagret for prune.method smcp "
                                                 "(did you mean prune.target?); valid: accumulate"),
+    # break62 #9: a one-shot method forwards its keywords to SMCP: a typo was SMCP's TypeError
+    (["prune.method=magnitude", "prune.taget=0.3"], "unknown key prune.taget for prune.method "
+                                                    "magnitude (did you mean prune.target?); "
+                                                    "valid: accumulate"),
     (["model.name=banana"], "model.name 'banana' is not a model: use resnet_fmnist"),
     (["model.widths=[0,32,64]"], "model.widths takes a list of integers each >= 1"),
     (["data.name=banana"], "data.name must be one of 'fashion_mnist' | 'synthetic'"),

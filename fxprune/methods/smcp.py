@@ -413,3 +413,5 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
 
 #: SMCP's arguments one_shot sets; a recipe is told which of its keys to drop
 one_shot.sets_itself = ("warmup", "ramp", "update_every", "freeze_after", "masks")
+#: where one_shot's other keywords go: a recipe's prune keys are checked against SMCP's
+one_shot.forwards_kwargs_to = SMCP
