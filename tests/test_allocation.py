@@ -445,7 +445,9 @@ def test_hard_and_magnitude_entries_are_smcp_options():
 def test_a_method_is_not_silently_another():
     # found by a new-user pass: the quick recipe's `masks: soft` turned prune.method=hard into
     # SMCP, and its update_every made every one-shot method fail with a TypeError
-    with pytest.raises(ValueError, match=r"method 'hard' runs with masks='hard', but masks='soft'"):
+    with pytest.raises(ValueError, match=r"method 'hard' runs with masks='hard', but masks='soft' "
+                                         r"is set; remove masks \(in a recipe: prune.masks; on the "
+                                         r"command line: --set '~prune.masks'\)"):  # break62 #10
         get_method("hard").build(prepared(), target=0.5, masks="soft")
     with pytest.raises(ValueError, match=r"method 'uniform' runs with allocation='uniform'"):
         get_method("uniform").build(prepared(), target=0.5, allocation="knapsack")

@@ -499,8 +499,9 @@ class MethodEntry:
         for key, value in kwargs.items():
             if key in self.defaults and value != self.defaults[key]:
                 raise ValueError(f"method {self.name!r} runs with {key}={self.defaults[key]!r}, but "
-                                 f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}) "
-                                 f"or choose the method that has it")
+                                 f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}; on "
+                                 f"the command line: --set '~prune.{key}') or choose the method "
+                                 "that has it")
         method = self.cls(prepared, **{**self.defaults, **kwargs})
         if isinstance(method, PruningMethod):
             method.registered_as = self.name  # its states say so (oneshot and smcp build SMCP)
