@@ -35,14 +35,18 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     fxprune was called directly, through the method registry, the trainer or a callback (a
     fixed ``stacklevel`` pointed into fxprune on the longer paths). Inside fxprune alone (its
     CLI), at fxprune's outermost frame."""
-    frame, level, outside = sys._getframe(1), 1, None
+    frame, level, outside, inner = sys._getframe(1), 1, None, ""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         # (Lightning's frames too: a method the callback builds points at the fit call)
         if not (module in ("fxprune", "lightning", "pytorch_lightning")
                 or module.startswith(("fxprune.", "torch.utils._contextlib", "lightning.",
                                       "pytorch_lightning."))):
-            outside = level
+            # the console script that runs fxprune's CLI is not the user's code: its line
+            # (`sys.exit(main())`) was printed with the warning (break62 #11)
+            if not (module == "__main__" and inner in ("fxprune.cli", "fxprune.__main__")):
+                outside = level
             break
+        inner = module
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=(outside or level - 1) + 1)
