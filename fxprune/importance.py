@@ -262,8 +262,10 @@ class InputTaps:
     since the last take along the sample dim. ``grad_scale`` is what the trainer multiplied
     each micro-batch's mean loss by before ``backward`` (Lightning: the AMP loss scale over
     ``accumulate_grad_batches``); the terms are divided by it, giving the per-sample terms of
-    the samples' own losses, as with one batch. None (the default) takes the usual loop: with
-    k micro-batches since the last take, each loss divided by k.
+    the samples' own losses, as with one batch. None (the default) takes the usual loop, whose
+    gradient is one batch's: with k micro-batches since the last take, each mean loss divided
+    by k, each summed loss (``loss_reduction="sum"``) not divided (break64 A: it was taken as
+    divided by k too, and the terms came out k times too large).
     """
 
     def __init__(self, prepared: nn.Module, consumers: list[ConsumerWeight], n: int,
@@ -353,7 +355,8 @@ class InputTaps:
         t = parts[0] if len(parts) == 1 else torch.cat(parts)
         if self.grad_scale is not None:
             return t / self.grad_scale
-        t = t * len(parts) if len(parts) > 1 else t
+        if len(parts) > 1 and self.loss_reduction == "mean":
+            t = t * len(parts)  # each mean loss was divided by k; a summed one needs no divisor
         return t / self.loss_scale if self.loss_scale is not None else t
 
     @property

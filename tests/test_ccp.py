@@ -146,6 +146,26 @@ def test_accumulated_micro_batches_give_the_terms_of_one_batch(sizes, divisor):
     assert not pm._forward_pre_hooks  # close() removes the forward counter too
 
 
+@pytest.mark.parametrize("sizes", [(12, 12), (16, 8), (8, 8, 8)])
+def test_accumulated_summed_losses_give_the_terms_of_one_batch(sizes):
+    """break64 A: with loss_reduction="sum", micro-batches whose summed losses are backpropagated
+    as they are (their gradient is the whole batch's summed loss's) gave terms k times too
+    large: the default took each loss as divided by k."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(sum(sizes), 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (sum(sizes),))
+    pm = fxprune.prepare(model, (x[:1],))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n, loss_reduction="sum")
+    F.cross_entropy(pm(x), y, reduction="sum").backward()
+    whole = taps.take()
+    for xs, ys in zip(x.split(sizes), y.split(sizes)):
+        F.cross_entropy(pm(xs), ys, reduction="sum").backward()
+    torch.testing.assert_close(taps.take(), whole, rtol=1e-10, atol=1e-14)
+    taps.close()
+
+
 def planted_mlp(seed=0):
     """Hidden units 0 and 1: identical inputs, opposite (large) outputs. Removing both changes
     nothing; removing one changes the logits a lot."""
