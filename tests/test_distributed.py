@@ -294,6 +294,7 @@ def run_method(model, pm, method, data, sync, checkpoint_at=None):
 def _method_worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
     early = make_method("ccp")  # built before the process group exists (break31 #7)
+    early_gathered = fxprune.CUCB(make_pruner()[0], target=0.5, execution="gathered")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         out = {}
@@ -314,6 +315,11 @@ def _method_worker(rank, init_file, out_dir):
             out["gathered"] = "built"
         except ValueError as exc:
             out["gathered"] = str(exc)
+        try:  # built before the group (break64 B): refused where its sub-network would run
+            early_gathered.train_forward
+            out["gathered_early"] = "ran"
+        except ValueError as exc:
+            out["gathered_early"] = str(exc)
         torch.save(out, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -344,3 +350,5 @@ def test_ccp_and_cucb_decide_on_every_rank_as_one_process_on_the_whole_batch(met
 def test_cucb_gathered_execution_is_refused_under_several_processes(method_ranks):
     for r in range(WORLD):
         assert "use execution='masked' under torch.distributed" in method_ranks[r]["gathered"]
+        assert ("(the process group began after this CUCB was built); use execution='masked'"
+                in method_ranks[r]["gathered_early"])

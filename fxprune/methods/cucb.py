@@ -89,6 +89,16 @@ __all__ = ["CUCB"]
 NONFINITE_STEPS_WARN = 20
 
 
+
+def _refuse_gathered_in_a_group(when: str = "") -> None:
+    """Gathered execution runs the sub-network outside the DDP wrapper: in a process group of
+    several, no gradient would be averaged and the ranks would train apart."""
+    if fxdist.is_distributed() and fxdist.world_size() > 1:
+        raise ValueError(f"CUCB: execution='gathered' trains a sub-network outside the DDP "
+                         f"wrapper, so its gradients are not averaged across the processes{when}; "
+                         "use execution='masked' under torch.distributed (in a recipe: "
+                         "prune.execution=masked)")
+
 class CUCB(PruningMethod):
     #: the cost fraction kept when ``target`` is None
     default_target = DEFAULT_TARGET
@@ -161,11 +171,8 @@ class CUCB(PruningMethod):
         for m in prepared.modules():  # inactive channels get no gradient through their readers
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = False
-        if execution == "gathered" and fxdist.is_distributed() and fxdist.world_size() > 1:
-            raise ValueError("CUCB: execution='gathered' trains a sub-network outside the DDP "
-                             "wrapper, so its gradients are not averaged across the processes; "
-                             "use execution='masked' under torch.distributed (in a recipe: "
-                             "prune.execution=masked)")
+        if execution == "gathered":
+            _refuse_gathered_in_a_group()
         self.gathered = None
         if execution == "gathered":
             from fxprune.errors import SurgeryError
@@ -197,6 +204,9 @@ class CUCB(PruningMethod):
             return self.prepared
         if self.final:
             return self.prepared
+        # a pruner built before init_process_group passed the constructor's check, and its
+        # ranks trained apart (break64 B): read where the sub-network is about to run
+        _refuse_gathered_in_a_group(" (the process group began after this CUCB was built)")
         self.gathered.follow_mode(self.prepared.training)
         self._ran_gathered = True
         return self.gathered
