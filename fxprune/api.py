@@ -103,6 +103,19 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
 DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
+def _warn_masks_not_final(prepared: fx.GraphModule) -> None:
+    """break64 C: a loop that skipped ``pruner.finalize_masks()`` shipped CUCB's last
+    exploring draw, or SMCP's masks above its target mid-ramp, without a word."""
+    from .methods.base import latest_pruner
+
+    pruner = latest_pruner(prepared)
+    why = pruner.masks_not_final() if hasattr(pruner, "masks_not_final") else None
+    if why:
+        name = type(pruner).__name__
+        warn(f"finalize: the model's {name} has not made its final selection ({why}): call "
+             f"{name}.finalize_masks() after the last step, then finalize", RuntimeWarning)
+
+
 def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None = None) -> fx.GraphModule:
     """Remove every channel whose mask is 0 and return a smaller plain model.
 
@@ -119,7 +132,9 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
     Its parameters are new tensors: to fine-tune it, build a new optimizer over them (one built
     over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
-    warned of: see :func:`copy_masks`; so is a finalize that removes nothing (no mask is 0).
+    warned of: see :func:`copy_masks`; so is a finalize that removes nothing (no mask is 0),
+    and one whose latest pruner (still alive) has not made its final selection: a loop that
+    skipped ``pruner.finalize_masks()`` (RuntimeWarning).
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
         if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
@@ -128,6 +143,7 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
                              f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
         state = state_of(prepared)
         _warn_fractional_masks(prepared)
+        _warn_masks_not_final(prepared)
         pruned = remove_channels(prepared)
         if check:
             if rtol is None:

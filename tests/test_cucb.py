@@ -615,3 +615,42 @@ def test_a_full_width_backward_in_eval_mode_or_through_another_output_ends_the_p
     tune.step()
     moved = (pm.c1.weight.detach() - before).abs().sum((1, 2, 3)) > 0
     assert bool(trained.any()) and torch.equal(moved, trained), (trained, moved)
+
+
+def test_finalize_says_when_the_loop_skipped_the_final_selection():
+    """break64 C: with explore=None, finalize without pruner.finalize_masks() shipped the
+    bandit's last exploring draw; SMCP stopped mid-ramp shipped above its target; no word."""
+    def steps(pm, pruner, n):
+        opt = torch.optim.SGD(pm.parameters(), lr=0.01)
+        if hasattr(pruner, "attach_optimizer"):
+            pruner.attach_optimizer(opt)
+        for step in range(n):
+            x, y = data(seed=step)
+            F.cross_entropy(getattr(pruner, "train_forward", pm)(x), y).backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+
+    for build, why in [(lambda pm: CUCB(pm, rho=0.5, warmup=1, channel_step=4),
+                        "the bandit's last exploring draw"),
+                       (lambda pm: fxprune.SMCP(pm, 0.3, warmup=1, ramp=20, update_every=2),
+                        "above its target 0.3000")]:
+        pm = prepared()
+        pruner = build(pm)
+        steps(pm, pruner, 4)
+        name = type(pruner).__name__
+        with pytest.warns(RuntimeWarning, match=rf"finalize: the model's {name} has not made its "
+                                                rf"final selection \(.*{why}.*\): call "
+                                                rf"{name}.finalize_masks\(\) after the last step"):
+            fxprune.finalize(pm)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            pruner.finalize_masks()
+            fxprune.finalize(pm)
+        assert not [w for w in said if "has not made its final selection" in str(w.message)]
+    pm = prepared()  # a pruner that made its pick at step `explore` needs nothing more
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=3, channel_step=4)
+    steps(pm, pruner, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fxprune.finalize(pm)

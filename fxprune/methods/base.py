@@ -26,6 +26,7 @@ import copy
 import importlib
 import inspect
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -59,6 +60,17 @@ class Method(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def finalize_masks(self) -> bool: ...
+
+
+# prepared model -> its latest pruner, both held weakly (nothing is stored on the model, which
+# must pickle): fxprune.finalize asks it whether its final selection was made (break64 C)
+_LATEST_PRUNER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def latest_pruner(prepared) -> Any | None:
+    """The pruner built last on ``prepared``, while it lives (None otherwise)."""
+    ref = _LATEST_PRUNER.get(prepared)
+    return ref() if ref is not None else None
 
 
 #: cost names measured on this machine: a latency table, and one with its fitted fixed cost
@@ -312,6 +324,7 @@ class PruningMethod:
                  "more; call its finalize_masks() before building another to end it yourself",
                  RuntimeWarning)
         self.index = UnitIndex(prepared)
+        self._masks_finalized_at: int | None = None  # the step finalize_masks() last ran at
         if not self.index.n:
             raise ValueError("the prepared model has no prunable channel group; see "
                              "fxprune.summary(prepared) for why each group is kept")
@@ -322,6 +335,7 @@ class PruningMethod:
         #: the narrowest model the target check priced (set by _check_reachable; None: no target)
         self.floor_kept: np.ndarray | None = None
         self.history: list[dict] = []
+        _LATEST_PRUNER[prepared] = weakref.ref(self)
 
     def cost(self, cost_model: CostModel | str | None = None) -> float:
         """Current cost as a fraction of the dense model's, by this method's cost model or by
@@ -417,7 +431,9 @@ class PruningMethod:
 
     def _warn_if_above_target(self) -> None:
         """break49 #3: finalize mid-schedule from one's own loop shipped a model at 0.536 of
-        dense for a 0.3 target without a word, where the trainer and the callback refuse."""
+        dense for a 0.3 target without a word, where the trainer and the callback refuse.
+        Every finalize_masks calls it: it records that the final selection was asked for."""
+        self._masks_finalized_at = self.step_count
         target = getattr(self, "target", None)
         if not self.warn_above_target or not isinstance(target, (int, float)):
             return
@@ -427,6 +443,19 @@ class PruningMethod:
                  f"{cost:.4f} of dense, above the target {float(target):.4f}: the schedule has "
                  "not reached it; train on (pruner.step() after each backward) until it has, or "
                  "finalize this model knowingly", RuntimeWarning)
+
+    def masks_not_final(self) -> str | None:
+        """Why the current masks are not what :meth:`finalize_masks` would leave (None when
+        they are, or when it ran after the last step): they cost more than ``target``.
+        ``fxprune.finalize`` warns with it when the loop skipped ``finalize_masks``."""
+        if getattr(self, "_masks_finalized_at", None) == self.step_count or not self.step_count:
+            return None
+        target = getattr(self, "target", None)
+        if isinstance(target, (int, float)) and not isinstance(target, bool):
+            cost = self.cost()
+            if cost > float(target) * (1 + 1e-6):
+                return f"its masks cost {cost:.4f} of dense, above its target {float(target):.4f}"
+        return None
 
     def signature(self) -> list[list]:
         """The prunable groups as ``[key, name, size]``: what a saved state must match."""

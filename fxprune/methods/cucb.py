@@ -7,7 +7,7 @@ which channels train at each step; at the end the best channels by mean reward a
         loss = criterion(pruner.train_forward(x), y); loss.backward()  # the active sub-network
         pruner.step(loss)          # rewards of the active channels; the next step's active set
         optimizer.step(); optimizer.zero_grad()
-    pruner.finalize_masks()        # (done at step ``explore`` already) top channels by mu
+    pruner.finalize_masks()        # top channels by mu (a no-op when made at step ``explore``)
     small = fxprune.finalize(pm)
 
 Arms are the channels of each prunable group (a residual stream is one group: its channels are
@@ -310,6 +310,12 @@ class CUCB(PruningMethod):
         if missing:
             warn(f"CUCB execution='gathered': {'; '.join(missing)}; do so, or pass "
                  "execution='masked' for a loop that trains the prepared model")
+
+    def masks_not_final(self) -> str | None:
+        if not self.final and self.step_count:
+            return ("its masks are the bandit's last exploring draw, not its final pick of the "
+                    "channels by mean reward")
+        return super().masks_not_final()
 
     def finalize_masks(self) -> bool:
         if self.final:
