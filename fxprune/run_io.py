@@ -59,12 +59,40 @@ class CheckpointError(FxPruneError):
     """A checkpoint cannot be read (truncated, empty, not fxprune's) or does not fit the run."""
 
 
+def unwritable_folder(folder: Path) -> str | None:
+    """Why files could not be written in ``folder`` (made first where missing), or None: a
+    file where a folder on its path should be, or a folder that refuses a new file (tried
+    with a temporary file in the nearest existing folder above a missing one, removed at
+    once: permission bits do not tell root, nor a read-only file system; an existing folder
+    by its permission bits). Creates nothing that stays."""
+    import tempfile
+
+    if folder.is_dir():  # no file of ours in it, even for a moment: another run may be
+        # listing it (a folder holding a file fxprune did not write is refused)
+        return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} cannot be written"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folders missing below it are made by the writer
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=existing)
+    except OSError as exc:
+        return f"{existing} refuses a new file ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
 def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse a folder the run did not create (one holding files but no run marker), a file
-    in the folder's place, and a finished run unless ``resume`` or ``overwrite``. Creates
-    nothing: it runs before any work."""
+    in the folder's place, a place files cannot be written, and a finished run unless
+    ``resume`` or ``overwrite``. Creates nothing: it runs before any work."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    why = unwritable_folder(out)
+    if why:  # a bare "[Errno 20] Not a directory" named no --out (break62 #14)
+        raise PermissionError(f"--out {out}: {why}; choose another --out")
     if out.is_symlink() and not out.exists():  # it failed later as "[Errno 17] File exists"
         raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which "
                                 "does not exist; create that folder, or choose another --out")

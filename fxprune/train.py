@@ -369,6 +369,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     distributed = fxdist.is_distributed()
     main = fxdist.is_main_process()
     world = fxdist.world_size()
+    if not str(cfg["out"]).strip():  # Path("") is the current folder (break62 #12)
+        raise ConfigError("out is empty: give the run's folder (--out DIR, or out: in the "
+                          "recipe)")
     out = Path(cfg["out"]).expanduser()
     cfg["out"] = str(out)
     ckpt_path = out / "checkpoint.pt"
@@ -838,7 +841,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     overrides = list(args.overrides)
-    if args.out:
+    if args.out is not None:  # an empty --out is refused, not the recipe's folder
         overrides.append(f"out={json.dumps(args.out)}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # a clean stop, like Ctrl-C

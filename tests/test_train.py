@@ -819,3 +819,18 @@ def test_rank_0s_error_is_not_printed_again_by_the_others(monkeypatch, capsys, t
     monkeypatch.setenv("RANK", "0")
     assert train_mod.run(args) == 2
     assert "no checkpoint at X" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_hold_the_run_is_named_before_any_work(recipe, tmp_path, capsys,
+                                                                  monkeypatch):
+    """break62 #12: --out "" trained into the recipe's folder; #14: a path under a file gave a
+    bare "[Errno 20] Not a directory" that did not name --out."""
+    monkeypatch.chdir(tmp_path)  # where a relative recipe folder would land
+    (tmp_path / "a_file").write_text("mine")
+    for out, said in [("", "out is empty: give the run's folder (--out DIR, or out: in the "
+                           "recipe)"),
+                      (str(tmp_path / "a_file" / "run"), f"--out {tmp_path / 'a_file' / 'run'}: "
+                       f"{tmp_path / 'a_file'} is a file, not a folder; choose another --out")]:
+        assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", out]) == 2
+        assert f"fxprune train: error: {said}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "tiny.yaml"]

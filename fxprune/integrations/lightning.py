@@ -63,30 +63,13 @@ from .. import distributed as fxdist
 from ..errors import warn
 from ..groups import is_prepared
 from ..methods.base import trains_model
-from ..run_io import atomic_torch_save
+from ..run_io import atomic_torch_save, unwritable_folder
 
 
 def _unwritable(path: Path) -> str | None:
     """Why the finalized model could not be saved to ``path`` at the end of the fit (None when
-    it can): a folder there, a file where a parent folder should be, or a folder that refuses
-    a new file (tried with a temporary file, removed at once: permission bits do not tell
-    root, or a read-only file system)."""
-    import tempfile
-
-    if path.is_dir():
-        return "is a folder"
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # the folders missing below it are made at the end
-    if not folder.is_dir():
-        return f"{folder} is a file, not a folder"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=folder)
-    except OSError as exc:
-        return f"{folder} refuses a new file ({exc.strerror or exc})"
-    os.close(fd)
-    os.unlink(tmp)
-    return None
+    it can): a folder there, or a folder on its way that cannot hold a new file."""
+    return "is a folder" if path.is_dir() else unwritable_folder(path.parent)
 
 
 def _method_entry(name: str):
