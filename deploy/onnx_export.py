@@ -135,13 +135,17 @@ def _branches_on_sizes(w: warnings.WarningMessage) -> bool:
         return False
     tests = [n.test for n in ast.walk(tree) if isinstance(n, (ast.If, ast.While, ast.IfExp,
                                                               ast.Assert))]
+    # a comprehension's filter is a branch too (break65 #1: ``[... for t in ts if t.max() < 1]``)
+    tests += [f for n in ast.walk(tree) if isinstance(n, ast.comprehension) for f in n.ifs]
     return bool(tests) and all(_reads_only_sizes(t) for t in tests)
 
 
 def _data_dependent_shapes(model, x) -> list[str]:
     """The ops of one forward whose output shape depends on tensor values (``nonzero``,
-    ``unique``, boolean indexing: torch's ``dynamic_output_shape`` tag): a size read from
-    their outputs is a value, so a branch on it is one too."""
+    ``unique``, boolean indexing: torch's ``dynamic_output_shape`` tag) or that read a value
+    into Python (``.item()``, ``int(t)``: ``data_dependent_output``), which may size a tensor
+    (a slice bound, ``topk``'s k: break65 #1): a size read after them may be a value, so a
+    branch on it may be one too."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     found: list[str] = []
@@ -149,7 +153,9 @@ def _data_dependent_shapes(model, x) -> list[str]:
     class _Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if torch.Tag.dynamic_output_shape in func.tags:
+            if torch.Tag.data_dependent_output in func.tags:  # aten._local_scalar_dense
+                found.append("a number read from a tensor (.item(), int(t))")
+            elif torch.Tag.dynamic_output_shape in func.tags:
                 indices = args[1] if func is torch.ops.aten.index.Tensor else None
                 if indices is None or any(i is not None and i.dtype in (torch.bool, torch.uint8)
                                           for i in indices):
@@ -409,7 +415,8 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             remove_written()
             w = (on_values or branches)[0]
             what = ("a tensor's value" if on_values else
-                    f"the size of {', '.join(dynamic_ops)}'s output, which depends on values")
+                    f"a size that may come from tensor values ({'; '.join(dynamic_ops)} in "
+                    "the forward)")
             raise DeployError(
                 f"the model branches on {what} ({os.path.basename(w.filename)}:{w.lineno}): "
                 "the dynamo exporter failed (logged above) and the TorchScript exporter "

@@ -278,9 +278,30 @@ def test_the_torchscript_fallback_exports_a_branch_on_sizes_at_the_traced_shape(
             assert fixed == [], said
 
 
+class FilteredByValue(SizeBranch):  # a comprehension's filter reads values (break65 #1)
+    def forward(self, x):
+        y = self.conv(x)
+        outs = [t * 2 if t.shape[1] > 2 else t for t in (y,) if t.abs().max() < 100]
+        return outs[0] if outs else y
+
+
+class CountedByValue(SizeBranch):  # a count read from values sizes a tensor (break65 #1)
+    def forward(self, x):
+        y = self.conv(x)
+        k = max(1, int((y > 100).sum()))
+        t = torch.topk(y.flatten(1), k, 1).values
+        return y * 0 if t.shape[1] > 1 else y
+
+
 @pytest.mark.parametrize("cls, what", [(OnValue, "a tensor.s value"),
-                                       (OnNonzero, "the size of nonzero.s output"),
-                                       (OnNonzeroLen, "the size of index.s output")])
+                                       (FilteredByValue, "a tensor.s value"),
+                                       (OnNonzero, r"a size that may come from tensor values "
+                                                   r"\(nonzero in the forward\)"),
+                                       (OnNonzeroLen, "a size that may come from tensor values"),
+                                       (CountedByValue, r"a size that may come from tensor "
+                                                        r"values \(a number read from a tensor "
+                                                        r"\(.item\(\), int\(t\)\) in the "
+                                                        r"forward\)")])
 def test_the_torchscript_fallback_refuses_a_branch_on_values_even_through_a_size(
         tmp_path, monkeypatch, cls, what):
     """A size read from ``nonzero`` (or ``unique``, boolean indexing) is a value."""
