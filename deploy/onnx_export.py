@@ -84,46 +84,54 @@ def _records_a_branch(w: warnings.WarningMessage) -> bool:
     return bool(re.match(r"(if|elif|while|assert)\b", line) or re.search(r"\bif\b.*\belse\b", line))
 
 
-# calls that return a size: ``x.size(1)``, ``x.dim()``, ``len(x)``, ``int(x.shape[0])``
+# calls that return a size: ``x.size(1)``, ``x.dim()``, ``len(x)``, ``int(x.shape[0])``,
+# ``min(y.shape[2:])``
 _SIZE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
-_SIZE_FUNCTIONS = {"len", "int", "float"}
+_SIZE_FUNCTIONS = {"len", "int", "float", "abs", "round", "min", "max"}
 
 
-def _reads_only_sizes(node: ast.AST) -> bool:
+def _reads_only_sizes(node: ast.AST, names: frozenset = frozenset()) -> bool:
     """True when an expression computes from tensor sizes and constants alone
-    (``x.shape[0] > 2``, ``x.size(1) % 4 == 0 and x.dim() == 4``); a name, a call or an
-    attribute it does not know is a value (False)."""
+    (``x.shape[0] > 2``, ``x.size(1) % 4 == 0 and x.dim() == 4``); a name (but those in
+    ``names``), a call or an attribute it does not know is a value (False)."""
+    def only(n):
+        return _reads_only_sizes(n, names)
+
     if isinstance(node, ast.Constant):
         return True
+    if isinstance(node, ast.Name):
+        return node.id in names
     if isinstance(node, ast.Attribute):
         return node.attr in ("shape", "ndim")  # the tensor they are read from is not a value
     if isinstance(node, ast.Subscript):  # x.shape[0], x.size()[1:]
-        return _reads_only_sizes(node.value) and _reads_only_sizes(node.slice)
+        return only(node.value) and only(node.slice)
     if isinstance(node, ast.Call):
         func, args = node.func, [*node.args, *(k.value for k in node.keywords)]
         if isinstance(func, ast.Attribute) and func.attr in _SIZE_METHODS:
-            return all(_reads_only_sizes(a) for a in args)
-        return (isinstance(func, ast.Name) and func.id in _SIZE_FUNCTIONS and len(args) == 1
-                and (func.id == "len" or _reads_only_sizes(args[0])))
+            return all(only(a) for a in args)
+        if not (isinstance(func, ast.Name) and func.id in _SIZE_FUNCTIONS and args):
+            return False
+        if func.id == "len":  # of a tensor: its first size
+            return len(args) == 1
+        return (len(args) == 1 or func.id in ("min", "max", "round")) and all(only(a) for a in args)
     if isinstance(node, ast.Compare):
-        return all(_reads_only_sizes(n) for n in (node.left, *node.comparators))
+        return all(only(n) for n in (node.left, *node.comparators))
     if isinstance(node, ast.BoolOp):
-        return all(_reads_only_sizes(n) for n in node.values)
+        return all(only(n) for n in node.values)
     if isinstance(node, ast.BinOp):
-        return _reads_only_sizes(node.left) and _reads_only_sizes(node.right)
+        return only(node.left) and only(node.right)
     if isinstance(node, ast.UnaryOp):
-        return _reads_only_sizes(node.operand)
+        return only(node.operand)
     if isinstance(node, (ast.Tuple, ast.List, ast.Slice)):
-        return all(_reads_only_sizes(n) for n in ast.iter_child_nodes(node)
+        return all(only(n) for n in ast.iter_child_nodes(node)
                    if not isinstance(n, ast.expr_context))
     return False
 
 
-def _branches_on_sizes(w: warnings.WarningMessage) -> bool:
-    """True when the source line a TracerWarning points at branches on tensor sizes only
-    (``return d * 2 if x.shape[0] > 2 else d``): at the shapes traced, the trace is that
-    model exactly (break61 #5). A line that does not parse alone (a condition over several
-    lines) or reads anything else counts as a branch on values."""
+def _branch_tests(w: warnings.WarningMessage) -> list[ast.expr] | None:
+    """The conditions on the source line a TracerWarning points at (``if``/``elif``/``while``
+    /``assert``, ``a if c else b``, a comprehension's filter); None when the line does not
+    parse alone (a condition over several lines) or holds none."""
     line = linecache.getline(w.filename, w.lineno).strip()
     if line.startswith("elif"):
         line = line[2:]
@@ -132,12 +140,34 @@ def _branches_on_sizes(w: warnings.WarningMessage) -> bool:
     try:
         tree = ast.parse(line)
     except SyntaxError:
-        return False
+        return None
     tests = [n.test for n in ast.walk(tree) if isinstance(n, (ast.If, ast.While, ast.IfExp,
                                                               ast.Assert))]
     # a comprehension's filter is a branch too (break65 #1: ``[... for t in ts if t.max() < 1]``)
     tests += [f for n in ast.walk(tree) if isinstance(n, ast.comprehension) for f in n.ifs]
-    return bool(tests) and all(_reads_only_sizes(t) for t in tests)
+    return tests or None
+
+
+def _branches_on_sizes(w: warnings.WarningMessage) -> bool:
+    """True when the source line a TracerWarning points at branches on tensor sizes only
+    (``return d * 2 if x.shape[0] > 2 else d``): at the shapes traced, the trace is that
+    model exactly (break61 #5). A line that does not parse alone or reads anything else
+    (a name: a size kept in a variable cannot be told from a value) counts as a branch on
+    values."""
+    tests = _branch_tests(w)
+    return tests is not None and all(_reads_only_sizes(t) for t in tests)
+
+
+def _names_a_size_may_be_in(w: warnings.WarningMessage) -> list[str]:
+    """The names a branch reads when it would read sizes only if they held sizes (``h`` in
+    ``b, c, h, w = y.shape; if h > 4:``), so that the refusal can say what fxprune could not
+    tell (break65 #4: it said "a branch on a tensor's value"); [] otherwise."""
+    tests = _branch_tests(w) or []
+    names = frozenset(n.id for t in tests for n in ast.walk(t) if isinstance(n, ast.Name)
+                      and not (isinstance(n.ctx, ast.Load) and n.id in _SIZE_FUNCTIONS))
+    if not names or not all(_reads_only_sizes(t, names) for t in tests):
+        return []
+    return sorted(names)
 
 
 def _data_dependent_shapes(model, x) -> list[str]:
@@ -414,11 +444,21 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
         if on_values or dynamic_ops:
             remove_written()
             w = (on_values or branches)[0]
+            where = f"{os.path.basename(w.filename)}:{w.lineno}"
+            unknown = _names_a_size_may_be_in(w) if on_values else []
+            if unknown:
+                raise DeployError(
+                    f"the model branches on {', '.join(unknown)} ({where}), which fxprune "
+                    "cannot tell from a value read from a tensor: the dynamo exporter failed "
+                    "(logged above) and the TorchScript exporter records only the branch the "
+                    "example input takes; if it holds a size, read it on the branch's line "
+                    "(`if y.shape[2] > 4:`) and the file is written at the example's shape; "
+                    "else write the branch with torch.where or torch.cond")
             what = ("a tensor's value" if on_values else
                     f"a size that may come from tensor values ({'; '.join(dynamic_ops)} in "
                     "the forward)")
             raise DeployError(
-                f"the model branches on {what} ({os.path.basename(w.filename)}:{w.lineno}): "
+                f"the model branches on {what} ({where}): "
                 "the dynamo exporter failed (logged above) and the TorchScript exporter "
                 "records only the branch the example input takes; write the branch with "
                 "torch.where or torch.cond, or export the model yourself and deploy the "

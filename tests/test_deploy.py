@@ -229,6 +229,19 @@ class OnSizes(SizeBranch):
         return y
 
 
+class OnMinSize(SizeBranch):
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if min(y.shape[2:]) > 4 and max(x.size(2), x.size(3)) < 99 else y
+
+
+class OnSizeInALocal(SizeBranch):  # fxprune cannot tell h from a value (break65 #4)
+    def forward(self, x):
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        return y * 2 if h > 4 else y
+
+
 class OnValue(SizeBranch):
     def forward(self, x):
         y = self.conv(x)
@@ -262,7 +275,7 @@ def test_the_torchscript_fallback_exports_a_branch_on_sizes_at_the_traced_shape(
     At a fixed batch it is exported; with a free batch asked for, the batch is fixed (the
     other branch runs at batch 1), said once."""
     fail_dynamo(monkeypatch, "an op it cannot export")
-    for cls in (OnBatch, OnSizes):
+    for cls in (OnBatch, OnSizes, OnMinSize):
         said, model = [], cls()
         path = tmp_path / f"{cls.__name__}{dynamic}.onnx"
         info = export_onnx(model, SHAPE, path, dynamic_batch=dynamic, log=said.append)
@@ -294,6 +307,7 @@ class CountedByValue(SizeBranch):  # a count read from values sizes a tensor (br
 
 
 @pytest.mark.parametrize("cls, what", [(OnValue, "a tensor.s value"),
+                                       (OnSizeInALocal, "h"),
                                        (FilteredByValue, "a tensor.s value"),
                                        (OnNonzero, r"a size that may come from tensor values "
                                                    r"\(nonzero in the forward\)"),
