@@ -308,6 +308,15 @@ class BatchLoader:
     def dataset_size(self) -> int:
         return len(self.images)
 
+    def fingerprint(self) -> dict:
+        """What tells this split from another: its size and the SHA-256 of its labels (a
+        resumed run compares them, so data moved may resume and other data may not)."""
+        import hashlib
+
+        labels = self.labels.detach().cpu().numpy()
+        return {"samples": len(self.images), "labels_sha256": hashlib.sha256(
+            np.ascontiguousarray(labels).tobytes()).hexdigest()}
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """``(C, H, W)`` of one sample as batches yield it."""

@@ -443,6 +443,19 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
 
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
+    data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}
+    if ckpt is not None and ckpt.get("data") not in (None, data_fingerprint):
+        # data.root may change on --resume for the same data moved, not for other data
+        # (break65 #3: another split trained the next epochs, said as a process-count change)
+        def sizes(fp):
+            return f"{fp['train']['samples']} training / {fp['test']['samples']} test images"
+
+        saw, sees = sizes(ckpt["data"]), sizes(data_fingerprint)
+        differ = f"{sees} against {saw}" if saw != sees else f"{sees}, as the run's, other labels"
+        raise ConfigError(
+            f"--resume: the data at data.root ({cfg['data'].get('root') or 'the default root'}) "
+            f"is not the run's ({differ}); point data.root at the data the run trained on, or "
+            "start a new run with another --out")
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
     if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
         model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
@@ -675,7 +688,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "measured_cost": measured_cost_state,
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
-                    "lr_schedules": lr_schedules,
+                    "lr_schedules": lr_schedules, "data": data_fingerprint,
                 }
                 save_checkpoint(checkpoint, ckpt_path)
     finally:

@@ -442,6 +442,32 @@ def test_a_resume_may_read_the_data_from_where_it_moved(recipe, tmp_path):
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
 
 
+def test_a_resume_on_other_data_is_refused(recipe, tmp_path, capsys):
+    """break65 #3: with data.root free to change, another split (the test files as the
+    training set) trained the next epochs; the checkpoint records the splits' sizes and label
+    hashes, and a resume compares them."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["data"]["train"]["samples"] == 192 and saved["data"]["test"]["samples"] == 64
+    # the run as if it had trained on other files (the synthetic data has no root to move)
+    for edit, said in [(("samples", 160), "192 training / 64 test images against 160 training / "
+                                          "64 test images"),
+                       (("labels_sha256", "0" * 64), "192 training / 64 test images, as the "
+                                                     "run's, other labels")]:
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        ckpt["data"]["train"][edit[0]] = edit[1]
+        torch.save(ckpt, out / "checkpoint.pt")
+        rc = cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
+                       "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"is not the run's ({said}); point data.root at the data" in err, err
+        torch.save(saved, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
+                     "--out", str(out)]) == 0
+
+
 def test_a_finished_run_resumed_trains_nothing_and_keeps_its_files(recipe, tmp_path, capsys):
     """break52: --resume of a finished run (a re-queued job) finalized and saved the model
     again, so the run's deploy report read as stale to fxprune plot; it rewrote results.json
