@@ -90,7 +90,8 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     ``resume`` or ``overwrite``. Creates nothing: it runs before any work."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    why = unwritable_folder(out)
+    why = None if resume else unwritable_folder(out)  # (a finished run resumed writes
+    # nothing: the trainer checks a resumed run that will train, break65 #5)
     if why:  # a bare "[Errno 20] Not a directory" named no --out (break62 #14)
         raise PermissionError(f"--out {out}: {why}; choose another --out")
     if out.is_symlink() and not out.exists():  # it failed later as "[Errno 17] File exists"

@@ -58,7 +58,8 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
                      check_out_folder, config_changes, cost_columns, format_results,
                      load_checkpoint, lock_out_folder, release_out_folder, rng_state,
-                     save_checkpoint, save_module, set_rng_state, write_results)
+                     save_checkpoint, save_module, set_rng_state, unwritable_folder,
+                     write_results)
 
 # Names this module exported before the config and the run I/O moved out stay importable here.
 _REEXPORTED = (DEFAULTS, apply_overrides, parse_value, format_results)
@@ -330,6 +331,13 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             dist.destroy_process_group()
 
 
+def _refuse_unwritable_resume(out: Path) -> None:
+    unwritable = unwritable_folder(out)
+    if unwritable:
+        raise PermissionError(f"--out {out}: {unwritable}; copy the run to a folder you can "
+                              "write and --resume there")
+
+
 def _on_main(fn):
     """``fn()`` run on rank 0, its result (or its exception, raised again) on every rank:
     folder checks and checkpoint reads happen once, where the files are written, so several
@@ -441,6 +449,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 _check_target(done, cfg, out)
                 return done
 
+    if ckpt is not None:  # a run that will train on writes its folder (rank 0 checks)
+        _on_main(lambda: _refuse_unwritable_resume(out))
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}

@@ -860,3 +860,27 @@ def test_an_out_that_cannot_hold_the_run_is_named_before_any_work(recipe, tmp_pa
         assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", out]) == 2
         assert f"fxprune train: error: {said}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "tiny.yaml"]
+
+
+def test_a_finished_run_in_a_folder_that_cannot_be_written_still_resumes_to_its_results(
+        recipe, tmp_path, capsys, monkeypatch):
+    """break65 #5: the --out writability check refused --resume of a finished run on a
+    read-only copy, which writes nothing (it prints the results); a run that would train on
+    is refused, before any epoch. (The folder is declared unwritable: root writes anywhere.)"""
+    import fxprune.run_io
+    import fxprune.train as train_module
+
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    read_only = lambda folder: f"{folder} refuses a new file (Read-only file system)"  # noqa: E731
+    monkeypatch.setattr(fxprune.run_io, "unwritable_folder", read_only)
+    monkeypatch.setattr(train_module, "unwritable_folder", read_only)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--resume",
+                     "--out", str(out)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume",
+                     "--out", str(out)]) == 2
+    assert (f"--out {out}: {out} refuses a new file (Read-only file system); copy the run to a "
+            "folder you can write and --resume there") in capsys.readouterr().err
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1"]
