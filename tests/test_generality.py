@@ -546,6 +546,34 @@ def test_a_shape_read_whole_sizes_the_channels_of_another_group_so_both_stay_who
     assert "channel count used as a size of a dim without those channels" in why["lin"]
 
 
+class ShapedLikeAnother(nn.Module):
+    """The second conv's channels viewed, reshaped or expanded like the first's output."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.head = cbr(3, 16), cbr(16, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        t = self.b(y)
+        if self.how == "expand_as":
+            return self.head(t.mean((2, 3), keepdim=True).expand_as(y))
+        return self.head(getattr(t.flatten(2), self.how)(y))
+
+
+@pytest.mark.parametrize("how", ["view_as", "reshape_as", "expand_as"])
+def test_a_tensor_shaped_like_another_group_keeps_both_whole(how):
+    """break65 #2: ``t.view_as(y)`` (reshape_as, expand_as) across two groups left both
+    prunable; pruned to other widths, finalize failed ("a bug in fxprune")."""
+    pm, _ = check(ShapedLikeAnother(how), X, X2)
+    assert prunable(pm) == {}
+    why = {g.producers[0]: g.reason for g in fxprune.channel_groups(pm, all_groups=True)
+           if g.producers}
+    assert "channel count used as a size of a dim without those channels" in why["a.0"]
+    assert "channel count used as a size of a dim without those channels" in why["b.0"]
+
+
 def test_a_literal_channel_count_in_arithmetic_keeps_the_channels_whole():
     """break63 #2: ``y.reshape(b * self.c, h * w)``: the literal 16 reached the view through a
     multiply with the batch, which the literal rewrite does not see; the group was prunable

@@ -223,6 +223,9 @@ class Reshape(ChannelRule):
 
     def check_sizes(self, ctx, out):
         node = ctx.node
+        if node.target in ("view_as", "reshape_as"):  # sized by the other tensor (break65 #2)
+            check_size_args(ctx, _sizes_of(ctx, node_arg(node, 1, "other")), out)
+            return
         if self.unflatten and node.op == "call_module":
             return  # nn.Unflatten holds literal sizes, fixed by ``resize``
         if self.unflatten:
@@ -259,6 +262,13 @@ class Reshape(ChannelRule):
         if new != sizes:
             node.args = (node.args[0], *new) if node.op == "call_method" else (node.args[0], tuple(new))
             node.kwargs = {k: v for k, v in node.kwargs.items() if k != "shape"}
+
+
+def _sizes_of(ctx, other) -> list:
+    """``other.shape`` as :func:`check_size_args` reads a shape read whole: each dim's
+    :class:`SizeOf` label, None where it holds no channels."""
+    labels, shape = ctx.labels(other), ctx.shape(other) or ()
+    return [SizeOf(labels[d]) if d in labels else None for d in range(len(shape))]
 
 
 def _constant_along(a: np.ndarray, axis: int) -> bool:
@@ -309,6 +319,8 @@ class Expand(ChannelRule):
             if isinstance(other, fx.Node) and tuple(ctx.shape(other)) == tuple(out_shape):
                 theirs = ctx.labels(other)
                 out.update({d: theirs[d] for d in repeated if d in theirs})
+                # the dims passed through are sized by the other's too (break65 #2)
+                check_size_args(ctx, _sizes_of(ctx, other), out)
         else:  # expand(..., y.size(1), ...) / expand(y.shape): sizes that count channels
             sizes = varargs(ctx.node, 1, "size")
             if len(sizes) == 1 and isinstance(sizes[0], fx.Node):  # a shape read whole (y.shape)
