@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fxprune.groups import is_prepared
-from fxprune.run_io import file_sha256
+from fxprune.run_io import file_record, file_sha256, matches_file_record
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
@@ -330,21 +330,8 @@ def _record_written(out_dir: str) -> dict[str, list]:
     for name in DEPLOY_FILES:
         path = os.path.join(out_dir, name)
         if os.path.isfile(path) and not os.path.islink(path):
-            st = os.stat(path)
-            record[name] = [st.st_size, st.st_mtime_ns, file_sha256(path)]
+            record[name] = file_record(path)
     return record
-
-
-def _as_recorded(recorded, path: str) -> bool:
-    """``path`` (a regular file) is the file a marker entry recorded: same size, and the same
-    modification time or (a folder copied without its times, ``cp -r``: break62 #5) the same
-    content. An older fxprune's entries, ``[size, mtime]``, match by time only."""
-    if not isinstance(recorded, list) or len(recorded) < 2:
-        return False
-    st = os.stat(path)
-    if recorded[0] != st.st_size:
-        return False
-    return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == file_sha256(path))
 
 
 def _check_out_dir(out_dir: str, **given) -> None:
@@ -387,7 +374,7 @@ def _check_out_dir(out_dir: str, **given) -> None:
         recorded = recorded if isinstance(recorded, dict) else {}
     clash = [f for f in DEPLOY_FILES if os.path.lexists(path := os.path.join(out_dir, f))
              and (os.path.islink(path) or not os.path.isfile(path)
-                  or not _as_recorded(recorded.get(f), path))]
+                  or not matches_file_record(recorded.get(f), path))]  # cp -r: break62 #5
     for name, value in given.items():
         if not isinstance(value, (str, os.PathLike)):
             continue

@@ -258,9 +258,10 @@ def _record_temp(path: Path, tmp: Path, *, add: bool) -> None:
     _write_marker(out, written, [*temps, tmp.name] if add else [t for t in temps if t != tmp.name])
 
 
-def _stat(path: Path) -> list:
-    """[size in bytes, mtime in ns, sha256 of the content] of a file fxprune writes."""
-    st = path.stat()
+def file_record(path: str | os.PathLike) -> list:
+    """[size in bytes, mtime in ns, sha256 of the content] of a file fxprune writes, as the
+    run and deploy markers record it (:func:`matches_file_record` compares one)."""
+    st = os.stat(path)
     return [st.st_size, st.st_mtime_ns, file_sha256(path)]
 
 
@@ -288,9 +289,16 @@ def _unchanged(recorded, path: Path) -> bool:
         return ((before is not None and (_unchanged(before, path) or (
                     recorded.get("appending") and _extends(before, path))))
                 or (after is not None and _unchanged(after, path)))
+    return matches_file_record(recorded, path)
+
+
+def matches_file_record(recorded, path: str | os.PathLike) -> bool:
+    """``path`` is the file a :func:`file_record` entry describes: same size, and the same
+    modification time or (a folder copied without its times: ``cp -r``, ``scp -r``) the same
+    content. An entry of an earlier fxprune, ``[size, mtime]``, matches by time only."""
     if not isinstance(recorded, list) or len(recorded) < 2:
         return False
-    st = path.stat()
+    st = os.stat(path)
     if recorded[0] != st.st_size:
         return False
     return recorded[1] == st.st_mtime_ns or (len(recorded) > 2 and recorded[2] == file_sha256(path))
@@ -328,20 +336,20 @@ def _record_written(path: Path, *, from_file: Path | None = None, appending: boo
         return
     written, temps = _marker_record(out)
     if written is None:  # an older fxprune's marker: its run files, trusted then, are adopted
-        written = {name: _stat(out / name) for name in RUN_FILES if (out / name).is_file()}
+        written = {name: file_record(out / name) for name in RUN_FILES if (out / name).is_file()}
     if pending:
         recorded = written.get(path.name)
         before = None  # the file as it is, where fxprune wrote it (else a kill leaves it foreign)
         if path.is_file() and _unchanged(recorded, path):
-            before = recorded if isinstance(recorded, list) else _stat(path)
+            before = recorded if isinstance(recorded, list) else file_record(path)
         now = ({"before": before, "appending": True} if appending
-               else {"before": before, "after": _stat(from_file)})
+               else {"before": before, "after": file_record(from_file)})
     else:
         entry = written.get(path.name)
         after = entry.get("after") if isinstance(entry, dict) else None
         st = path.stat()  # the rename keeps the file: no second hash of a just-hashed file
         now = (after if isinstance(after, list) and after[:2] == [st.st_size, st.st_mtime_ns]
-               else _stat(path))
+               else file_record(path))
     done = done_tmp is not None and done_tmp.name in temps
     if written.get(path.name) != now or done:
         written[path.name] = now
