@@ -124,6 +124,12 @@ class SizeOf(NamedTuple):
     ids: np.ndarray
 
 
+def shape_labels(labels: Labels, ndim: int) -> tuple:
+    """The labels of a tensor's whole shape (``x.shape``): each dim's :class:`SizeOf`, None
+    where the dim holds no channels."""
+    return tuple(SizeOf(labels[d]) if d in labels else None for d in range(ndim))
+
+
 class ShapeRead(ChannelRule):
     """``x.size()``, ``x.size(d)``, ``x.shape``, ``x.numel()``: sizes of channel dims carry
     :class:`SizeOf` labels. Using such a number to shape a tensor holding the same channels is
@@ -145,7 +151,7 @@ class ShapeRead(ChannelRule):
         if d is not None:
             d = norm_dim(int(d), len(shape))
             return SizeOf(labels[d]) if d in labels else None
-        return tuple(SizeOf(labels[d]) if d in labels else None for d in range(len(shape)))
+        return shape_labels(labels, len(shape))
 
     # tensor attributes that are the tensor itself, or it with dims swapped (read through
     # getattr, the op this row owns): ``y.data`` holds y's channels, ``y.mT`` moves them

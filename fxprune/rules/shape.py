@@ -8,7 +8,7 @@ import torch
 from torch import fx
 
 from .base import (ChannelRule, Labels, SizeOf, check_size_args, node_arg, norm_dim, pruned_size,
-                   set_node_arg, varargs)
+                   set_node_arg, shape_labels, varargs)
 from .elementwise import broadcast_unify
 
 def _pieces(ctx, tensors) -> list[tuple[Labels, tuple]] | None:
@@ -265,10 +265,8 @@ class Reshape(ChannelRule):
 
 
 def _sizes_of(ctx, other) -> list:
-    """``other.shape`` as :func:`check_size_args` reads a shape read whole: each dim's
-    :class:`SizeOf` label, None where it holds no channels."""
-    labels, shape = ctx.labels(other), ctx.shape(other) or ()
-    return [SizeOf(labels[d]) if d in labels else None for d in range(len(shape))]
+    """``other.shape``'s entries as :func:`check_size_args` reads them."""
+    return list(shape_labels(ctx.labels(other), len(ctx.shape(other) or ())))
 
 
 def _constant_along(a: np.ndarray, axis: int) -> bool:
