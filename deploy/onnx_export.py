@@ -426,8 +426,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             return caught
 
         try:
-            caught = trace(({name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
-                            if dynamic_batch else None))
+            caught = trace(axes)
         except Exception as legacy_err:
             raise DeployError(
                 f"ONNX export failed with both exporters: dynamo: {dynamo_reason}; TorchScript: "

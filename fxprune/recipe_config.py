@@ -655,8 +655,9 @@ def _check_prune(prune: dict, optim: dict) -> None:
         raise ConfigError(f"prune.{extra[0]} is set but prune.method is none (no pruning); set "
                           f"prune.method to one of {', '.join(PRUNERS)}, or remove the prune.* "
                           f"keys (on the command line: {drop})")
+    # the method's arguments it sets itself (oneshot: SMCP's schedule), refused below by name
+    sets_itself = getattr(pruner_class(method), "sets_itself", ()) if method != "none" else ()
     if extra:
-        sets_itself = getattr(pruner_class(method), "sets_itself", ())
         valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
         close = difflib.get_close_matches(extra[0], valid, n=1)
         hint = f" (did you mean prune.{close[0]}?)" if close else ""
@@ -664,7 +665,6 @@ def _check_prune(prune: dict, optim: dict) -> None:
                           f"{', '.join(sorted(valid))}; remove it from the "
                           f"recipe or the --set that gave it (on the command line: {drop})")
     if method != "none":  # e.g. oneshot sets SMCP's schedule: name the recipe's own forms
-        sets_itself = getattr(pruner_class(method), "sets_itself", ())
         clash = [k for k in prune if _argument_of(k) in sets_itself]
         if clash:
             drop = " ".join(f"--set '~prune.{k}'" for k in clash)

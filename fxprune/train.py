@@ -707,7 +707,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             undo_sync_bn()
 
     run_facts = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
-             "world_size": world}
+                 "world_size": world}
     if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
         run_facts["lr_schedules"] = lr_schedules
     results = _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,

@@ -89,7 +89,6 @@ __all__ = ["CUCB"]
 NONFINITE_STEPS_WARN = 20
 
 
-
 def _refuse_gathered_in_a_group(when: str = "") -> None:
     """Gathered execution runs the sub-network outside the DDP wrapper: in a process group of
     several, no gradient would be averaged and the ranks would train apart."""
@@ -98,6 +97,7 @@ def _refuse_gathered_in_a_group(when: str = "") -> None:
                          f"wrapper, so its gradients are not averaged across the processes{when}; "
                          "use execution='masked' under torch.distributed (in a recipe: "
                          "prune.execution=masked)")
+
 
 class CUCB(PruningMethod):
     #: the cost fraction kept when ``target`` is None
@@ -171,10 +171,9 @@ class CUCB(PruningMethod):
         for m in prepared.modules():  # inactive channels get no gradient through their readers
             if isinstance(m, _InputMasked):
                 m.fxprune_straight_through = False
-        if execution == "gathered":
-            _refuse_gathered_in_a_group()
         self.gathered = None
         if execution == "gathered":
+            _refuse_gathered_in_a_group()
             from fxprune.errors import SurgeryError
             from fxprune.passes.gathered import gathered_module
 
