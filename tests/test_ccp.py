@@ -123,17 +123,23 @@ def test_per_sample_terms_match_per_sample_autograd():
         np.testing.assert_allclose(t[n].numpy(), (h * h.grad)[0].detach().numpy(), rtol=1e-10, atol=1e-14)
 
 
+def tapped_mlp(n: int, loss_reduction: str = "mean"):
+    """A prepared float64 MLP with InputTaps on it, and a batch of ``n`` samples."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    x = torch.randn(n, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,))
+    pm = fxprune.prepare(model, (x[:1],))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n, loss_reduction)
+    return pm, index, taps, x, y
+
+
 @pytest.mark.parametrize("sizes,divisor", [((12, 12), None), ((16, 8), None), ((16, 8), 3)])
 def test_accumulated_micro_batches_give_the_terms_of_one_batch(sizes, divisor):
     # each micro-batch's mean loss divided by their number (the usual loop), or by a divisor
     # the trainer names (Lightning's accumulate_grad_batches, also in a shorter last window)
-    torch.manual_seed(0)
-    model = MLP().double()
-    x = torch.randn(sum(sizes), 8, dtype=torch.float64)
-    y = torch.randint(0, 3, (sum(sizes),))
-    pm = fxprune.prepare(model, (x[:1],))
-    index = UnitIndex(pm)
-    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+    pm, index, taps, x, y = tapped_mlp(sum(sizes))
     F.cross_entropy(pm(x), y).backward()
     whole = taps.take()
     taps.grad_scale = None if divisor is None else 1 / divisor
@@ -151,13 +157,7 @@ def test_accumulated_summed_losses_give_the_terms_of_one_batch(sizes):
     """break64 A: with loss_reduction="sum", micro-batches whose summed losses are backpropagated
     as they are (their gradient is the whole batch's summed loss's) gave terms k times too
     large: the default took each loss as divided by k."""
-    torch.manual_seed(0)
-    model = MLP().double()
-    x = torch.randn(sum(sizes), 8, dtype=torch.float64)
-    y = torch.randint(0, 3, (sum(sizes),))
-    pm = fxprune.prepare(model, (x[:1],))
-    index = UnitIndex(pm)
-    taps = InputTaps(pm, consumer_weights(pm, index), index.n, loss_reduction="sum")
+    pm, _, taps, x, y = tapped_mlp(sum(sizes), loss_reduction="sum")
     F.cross_entropy(pm(x), y, reduction="sum").backward()
     whole = taps.take()
     for xs, ys in zip(x.split(sizes), y.split(sizes)):
