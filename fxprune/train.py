@@ -331,6 +331,24 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             dist.destroy_process_group()
 
 
+
+def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> None:
+    """Refuse a resume on data other than the run's: ``data.root`` may change for the same
+    data moved, not for another split (break65 #3: other data trained the next epochs, said as
+    a process-count change). ``saved`` is None for checkpoints written before fingerprints."""
+    if saved in (None, current):
+        return
+
+    def sizes(fp):
+        return f"{fp['train']['samples']} training / {fp['test']['samples']} test images"
+
+    saw, sees = sizes(saved), sizes(current)
+    differ = f"{sees} against {saw}" if saw != sees else f"{sees}, as the run's, other labels"
+    raise ConfigError(
+        f"--resume: the data at data.root ({root or 'the default root'}) is not the run's "
+        f"({differ}); point data.root at the data the run trained on, or start a new run "
+        "with another --out")
+
 def _refuse_unwritable_resume(out: Path) -> None:
     unwritable = unwritable_folder(out)
     if unwritable:
@@ -454,18 +472,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}
-    if ckpt is not None and ckpt.get("data") not in (None, data_fingerprint):
-        # data.root may change on --resume for the same data moved, not for other data
-        # (break65 #3: another split trained the next epochs, said as a process-count change)
-        def sizes(fp):
-            return f"{fp['train']['samples']} training / {fp['test']['samples']} test images"
-
-        saw, sees = sizes(ckpt["data"]), sizes(data_fingerprint)
-        differ = f"{sees} against {saw}" if saw != sees else f"{sees}, as the run's, other labels"
-        raise ConfigError(
-            f"--resume: the data at data.root ({cfg['data'].get('root') or 'the default root'}) "
-            f"is not the run's ({differ}); point data.root at the data the run trained on, or "
-            "start a new run with another --out")
+    if ckpt is not None:
+        _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg["data"].get("root"))
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
     if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
         model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
