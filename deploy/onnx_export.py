@@ -73,15 +73,21 @@ def _records_a_branch(w: warnings.WarningMessage) -> bool:
     number or a length read from one (``.item()``, ``float(t)``, ``len(t)``) on a line that
     branches on it (``if x.mean().item() > 0:``: break53 #1, exported with the example's branch
     only). A number
-    read for arithmetic (``math.sqrt(q.size(-1))``) is not one (break51 #3)."""
+    read for arithmetic (``math.sqrt(q.size(-1))``) is not one (break51 #3). The line is read
+    as :func:`_branch_tests` reads it."""
     text = str(w.message)
     if "Python boolean" in text:
         return True
     # ``if len(t) > 0:`` compares a Python int: the tracer warns of the len() only
     if "Converting a tensor to a Python" not in text and "Using len to get" not in text:
         return False
+    if _branch_tests(w) is not None:  # the line parses and holds a condition
+        return True
+    # a condition over several lines does not parse alone: judged by its words (session 25:
+    # a comprehension's filter, ``[p for p in ps if p.mean().item() > 0]``, was not a branch)
     line = linecache.getline(w.filename, w.lineno).strip()
-    return bool(re.match(r"(if|elif|while|assert)\b", line) or re.search(r"\bif\b.*\belse\b", line))
+    return bool(re.match(r"(if|elif|while|assert)\b", line)
+                or re.search(r"\bif\b.*\belse\b|\bfor\b.*\bif\b", line))
 
 
 # calls that return a size: ``x.size(1)``, ``x.dim()``, ``len(x)``, ``int(x.shape[0])``,

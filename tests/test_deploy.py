@@ -298,6 +298,13 @@ class FilteredByValue(SizeBranch):  # a comprehension's filter reads values (bre
         return outs[0] if outs else y
 
 
+class FilteredByAnItem(SizeBranch):  # the tracer warns of the .item() only (session 25)
+    def forward(self, x):
+        y = self.conv(x)
+        outs = [t for t in y.split(2, dim=1) if t.abs().max().item() < 100]
+        return torch.cat([*outs, y], 1)
+
+
 class CountedByValue(SizeBranch):  # a count read from values sizes a tensor (break65 #1)
     def forward(self, x):
         y = self.conv(x)
@@ -309,6 +316,7 @@ class CountedByValue(SizeBranch):  # a count read from values sizes a tensor (br
 @pytest.mark.parametrize("cls, what", [(OnValue, "a tensor.s value"),
                                        (OnSizeInALocal, "h"),
                                        (FilteredByValue, "a tensor.s value"),
+                                       (FilteredByAnItem, "a tensor.s value"),
                                        (OnNonzero, r"a size that may come from tensor values "
                                                    r"\(nonzero in the forward\)"),
                                        (OnNonzeroLen, "a size that may come from tensor values"),
