@@ -76,6 +76,9 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
         except ValueError:
             raise DeployError(f"input shape {text!r} is not a comma-separated list of integers "
                               "(expected e.g. 1,3,224,224)") from None
+    elif hasattr(text, "shape") and hasattr(text, "dtype"):  # a tensor or array, not its shape
+        raise DeployError(f"input shape must be a shape, not a {type(text).__name__} of shape "
+                          f"{tuple(text.shape)}: pass its .shape")
     else:
         items = tuple(text)
         try:  # ints, numpy ints, a torch.Size: not 16.7 (it was cut to 16 silently)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError
+from .common import DeployError, parse_shape
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -355,6 +355,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     if weights - {torch.float32, _DTYPES[precision]}:  # a float64 model: exported at fp32
         log(f"the model's {', '.join(sorted(str(d).removeprefix('torch.') for d in weights))} "
             f"weights are exported at {precision}")
+    input_shape = parse_shape(input_shape)
     model = eval_copy(module, precision)
     x = example_input(input_shape, precision)
     with torch.no_grad():
@@ -555,7 +556,7 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
     rtol = d_rtol if rtol is None else rtol
     sess = make_session(path, threads)
     reference = eval_copy(module, "fp32")
-    input_shape = tuple(input_shape)
+    input_shape = parse_shape(input_shape)
     other_shape = input_shape
     if isinstance(written_batch_dim(onnx.load(path, load_external_data=False)), str):
         # a file that declares a free batch is checked at another one too: a size the trace

@@ -826,6 +826,24 @@ def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("call", ["export", "verify", "deploy"])
+def test_an_example_tensor_passed_as_the_input_shape_is_named(tmp_path, call):
+    """Session 25: export_onnx(model, x, ...) with a tensor x failed inside torch.randn with a
+    TypeError listing randn's signatures (or, in deploy, with the tensor printed)."""
+    model, path = small_net(8), tmp_path / "m.onnx"
+    if call == "verify":
+        export_onnx(model, SHAPE, path, log=lambda s: None)
+    run = {"export": lambda x: export_onnx(model, x, tmp_path / "n.onnx", log=lambda s: None),
+           "verify": lambda x: verify_onnx(path, model, x),
+           "deploy": lambda x: deploy(model, tmp_path / "out", backend="onnxruntime", iters=3,
+                                      warmup=1, progress=False, log=lambda s: None,
+                                      input_shape=x)}[call]
+    with pytest.raises(DeployError, match=r"^input shape must be a shape, not a Tensor of shape "
+                                          r"\(1, 3, 16, 16\): pass its .shape$"):
+        run(torch.randn(SHAPE))
+    assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_float64_model_is_said_to_be_exported_at_fp32(tmp_path):
     said = []  # break25 #13: it was exported, checked and timed as fp32 with nothing logged
     export_onnx(small_net(8).double(), SHAPE, tmp_path / "m.onnx", log=said.append)
