@@ -240,11 +240,24 @@ def layer_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}.get(len(layer.kernel_size))
     if conv is None:
         raise DeployError(f"layer {layer.name!r}: no torch conv for kernel {layer.kernel_size}")
-    # begins and ends that differ come only from padding="same" with an even kernel
-    padding = "same" if len(layer.padding) == 2 * len(layer.kernel_size) else layer.padding or 0
-    return conv(c_in, c_out, layer.kernel_size, stride=layer.stride or 1, padding=padding,
-                dilation=layer.dilation or 1, groups=groups, bias=layer.bias,
-                padding_mode=layer.padding_mode)
+    nd = len(layer.kernel_size)
+    uneven = len(layer.padding) == 2 * nd  # begins, then ends
+    if not uneven or all(s == 1 for s in layer.stride or (1,)):
+        # begins and ends that differ at stride 1 are padding="same" with an even kernel
+        return conv(c_in, c_out, layer.kernel_size, stride=layer.stride or 1,
+                    padding="same" if uneven else layer.padding or 0,
+                    dilation=layer.dilation or 1, groups=groups, bias=layer.bias,
+                    padding_mode=layer.padding_mode)
+    # strided with uneven pads: a conv padded in its forward as TensorFlow's "SAME" (timm's
+    # Conv2dSame): the pad, then the conv, as that layer runs
+    if layer.padding_mode != "zeros":
+        raise DeployError(f"layer {layer.name!r}: uneven {layer.padding_mode} padding "
+                          f"{layer.padding} at stride {layer.stride} has no torch layer here")
+    begin, end = layer.padding[:nd], layer.padding[nd:]
+    pad = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[nd](
+        [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)], 0.0)
+    return nn.Sequential(pad, conv(c_in, c_out, layer.kernel_size, stride=layer.stride or 1,
+                                   dilation=layer.dilation or 1, groups=groups, bias=layer.bias))
 
 
 class LayerTimer:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvTranspose, Create,
+from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create,
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
                             Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, ShapeRead, Spatial,
@@ -193,6 +193,12 @@ _INSTALLED_ROWS = {
                                                      "running_var")),
     # drops whole samples (a per-sample scale): channels pass through
     ("timm.layers", "DropPath"): ELEMENTWISE,
+    # a Conv2d that pads as TensorFlow's "SAME" in its forward (tf_efficientnet_*): its
+    # padding arithmetic on the input's size cannot be traced (a barrier with a reason before)
+    ("timm.layers.conv2d_same", "Conv2dSame"): ConvSame(),
+    # pools padded the same way (nasnet, pnasnet): per channel, as a pool is
+    ("timm.layers.pool2d_same", "MaxPool2dSame"): Spatial(2),
+    ("timm.layers.pool2d_same", "AvgPool2dSame"): Spatial(2),
     # torchvision's detection backbones' norm: traced through, its scale (computed from its
     # buffers alone) was baked in as anonymous constants, losing 80 state_dict names of a
     # resnet18 (break39 #3)

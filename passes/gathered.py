@@ -38,6 +38,7 @@ from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
 from fxprune.masks import _RescaledBatchNorm
 
+from .group_analysis import module_rule
 from .surgery import max_relative_error, run_eval
 
 __all__ = ["GatheredModule", "gathered_module"]
@@ -46,8 +47,10 @@ __all__ = ["GatheredModule", "gathered_module"]
 class _GatheredLayer(nn.Module):
     """Calls ``module`` with its weights gathered at the owner's current indices."""
 
-    def __init__(self, owner: "GatheredModule", name: str, module: nn.Module):
+    def __init__(self, owner: "GatheredModule", name: str, module: nn.Module, rule=None):
         super().__init__()
+        # a conv that pads in its own forward (timm's Conv2dSame: the ConvSame row)
+        object.__setattr__(self, "pad_input", getattr(rule, "pad_input", None))
         # plain attributes, not submodules: the parameters stay owned by the prepared model
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "layer", module)
@@ -73,6 +76,8 @@ class _GatheredLayer(nn.Module):
         if getattr(m, "transposed", False):
             raise SurgeryError(f"gathered execution does not support transposed convs ({self.name})")
         if isinstance(m, nn.modules.conv._ConvNd):
+            if self.pad_input is not None:
+                x = self.pad_input(m, x)
             w = self._gather(m.weight, "weight", (0, 1))
             b = self._gather(m.bias, "bias")
             if w.ndim == 4 and m.weight.is_contiguous(memory_format=torch.channels_last):
@@ -224,7 +229,9 @@ class GatheredModule(nn.Module):
                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)):
                     gathered_name = "g_" + node.target.replace(".", "_")
                     if not hasattr(root, gathered_name):
-                        root.add_module(gathered_name, _GatheredLayer(self, node.target, m))
+                        # the row of the user's class (a masked one is made at prepare)
+                        row = module_rule(getattr(type(m), "_fxprune_base", type(m)), state.rules)
+                        root.add_module(gathered_name, _GatheredLayer(self, node.target, m, row))
                     env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
                     continue
                 if self._touches(node) and not (_elementwise(m) or isinstance(m, (

@@ -67,9 +67,11 @@ MODELS = [
     ('caformer_s18', 64, 27, 55, 0.56),  # metaformer
     ('gmlp_s16_224', 64, 31, 35, 0.26),  # mlp_mixer
     ('mobilenetv3_small_050', 64, 26, 28, 0.39),  # mobilenetv3
+    ('nasnetalarge', 64, 172, 174, 0.26),  # nasnet (Conv2dSame, MaxPool2dSame: rows of their own)
     ('nextvit_small', 64, 45, 67, 0.48),  # nextvit
     ('test_nfnet', 64, 4, 14, 1.0),  # nfnet
     ('pit_xs_224', 64, 13, 39, 0.34),  # pit
+    ('pnasnet5large', 64, 131, 133, 0.26),  # pnasnet
     ('pvt_v2_b0', 64, 8, 44, 0.66),  # pvt_v2
     ('rdnet_tiny', 64, 35, 37, 0.26),  # rdnet
     ('regnetx_002', 64, 31, 33, 0.27),  # regnet
@@ -117,9 +119,7 @@ UNTRACEABLE = {  # model tried: where torch.fx stops (timm 1.0.31)
     "mobilevit": "mobilevit_xxs: control flow on a traced value in MobileVitBlock.forward (mobilevit.py:252)",
     "mvitv2": "mvitv2_tiny: control flow on a traced value in cal_rel_pos_type (mvitv2.py:172)",
     "naflexvit": "naflexvit_base_patch16_siglip: control flow on a traced value in NaFlexEmbeds.forward",
-    "nasnet": "nasnetalarge: Conv2dSame computes its padding from a traced shape (padding.py:28)",
     "nest": "nest_tiny: int() of a traced value in deblockify (nest.py:211)",
-    "pnasnet": "pnasnet5large: Conv2dSame computes its padding from a traced shape (padding.py:28)",
     "qwen3_vit": "qwen3_vit_88m: control flow on a traced value in resample_pos_embed_grid",
     "tiny_vit": "tiny_vit_5m_224: control flow on a traced value in TinyVitBlock.forward (tiny_vit.py:394)",
     "twins": "twins_svt_small: control flow on a traced value in LocallyGroupedAttn.forward (twins.py:100)",
@@ -164,3 +164,68 @@ def test_timm_model_prunes_exactly(name, size, prunable, n_groups, flops_kept):
     assert_plain(small)
     del model, pm, small
     gc.collect()
+
+
+class SamePadded(torch.nn.Module):
+    """timm's layers that pad in their forward as TensorFlow's "SAME" (the tf_ EfficientNets,
+    nasnet): strided, depthwise and pooled, at sizes whose pads are uneven."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import Conv2dSame
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+        self.stem = Conv2dSame(3, 8, 3, stride=2)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dw = Conv2dSame(8, 8, 5, stride=2, groups=8)
+        self.pool = MaxPool2dSame(3, stride=2)
+        self.conv = Conv2dSame(8, 12, 4, stride=1, bias=False)
+        self.avg = AvgPool2dSame(2, stride=2)
+        self.head = torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.stem(x)))
+        y = self.pool(torch.relu(self.dw(y)))
+        return self.head(self.avg(self.conv(y)).mean((2, 3)))
+
+
+def test_timm_same_padded_layers_are_rows_pruned_exactly_and_costed_as_they_run():
+    """Session 25: timm's Conv2dSame (tf_efficientnet_*, nasnet, pnasnet) was traced through,
+    and its padding arithmetic on the input size stopped torch.fx: the model could not be
+    prepared. With rows of their own, prepare, finalize, gathered execution (CUCB) and the
+    layers' cost specs (padding as run, for latency tables) agree with the model."""
+    import numpy as np
+
+    from fxprune.deploy.layer_onnx import layer_model_bytes
+    from fxprune.deploy.onnxruntime_backend import make_session
+    from fxprune.deploy.torch_backend import layer_module
+    from fxprune.passes.gathered import gathered_module
+    from fxprune.units import UnitIndex
+    from helpers import prune_and_check
+
+    torch.manual_seed(0)
+    model, x = with_signal(SamePadded(), torch.randn(2, 3, 31, 30)), torch.randn(2, 3, 31, 30)
+    pm, small = prune_and_check(model, x)
+    assert sum(g.prunable for g in fxprune.channel_groups(pm)) == 2  # stem+dw, conv
+    specs = {s.name: s for s in fxprune.layer_specs(pm)}
+    # stem at 31x30: pads 1+1, 0+1; dw (5x5, s2) at 16x15: 1+2, 2+2; conv (4x4, s1): 1+2
+    assert [specs[n].padding for n in ("stem", "dw", "conv")] == [
+        (1, 0, 1, 1), (1, 2, 2, 2), (1, 1, 2, 2)]
+    for spec in specs.values():
+        if spec.kind != "conv":
+            continue
+        inp = torch.randn(spec.input_shape)
+        ort = make_session(layer_model_bytes(spec, spec.in_channels, spec.out_channels), threads=1)
+        assert ort.run(None, {"x": inp.numpy()})[0].shape == spec.output_shape, spec.name
+        with torch.no_grad():
+            got = layer_module(spec, spec.in_channels, spec.out_channels)(inp)
+        assert tuple(got.shape) == spec.output_shape, spec.name
+    # gathered execution pads as the layer does (it calls the conv with gathered weights)
+    pm = fxprune.prepare(model, (x,))
+    index = UnitIndex(pm)
+    active = np.zeros(index.n, dtype=bool)
+    for i, g in enumerate(index.groups):
+        active[index.group_slice(i).start + np.arange(0, g.size, 2)] = True
+    index.set_masks(pm, active.astype(np.float32))
+    gathered = gathered_module(pm)
+    gathered.set_active(active)
+    assert gathered.check(pm) <= 1e-5

@@ -1,6 +1,7 @@
 """Layers with weights: convs and linears read and write channels; norms follow them."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -217,6 +218,36 @@ class Conv(_WeightLayer):
         g = node_arg(node, pos, "groups", 1)
         if isinstance(g, int) and g > 1 and g == shape[cdim]:
             set_node_arg(node, pos, "groups", ctx.pruned_size(x, cdim))
+
+
+class ConvSame(Conv):
+    """A conv that pads in its forward as TensorFlow's ``"SAME"`` does (timm's ``Conv2dSame``,
+    the ``tf_`` EfficientNets' strided convs): at input size ``i`` a spatial dim is padded by
+    ``max((ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0)`` in all, half (rounded down) at the
+    begin, so its ``padding`` attribute (0) is not what it runs. Channels are a Conv's; the
+    layer's cost spec carries the padding it runs at the traced size, so latency tables time
+    that conv."""
+
+    @staticmethod
+    def same_padding(sizes, kernel_size, stride, dilation) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The pads (begins, ends) per spatial dim at input ``sizes``."""
+        total = [max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+                 for i, k, s, d in zip(sizes, kernel_size, stride, dilation)]
+        return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
+
+    def pad_input(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded as the module's forward pads it (gathered execution calls the conv
+        itself, with the active channels' weights)."""
+        n = len(module.kernel_size)
+        begin, end = self.same_padding(x.shape[-n:], module.kernel_size, module.stride,
+                                       module.dilation)
+        return F.pad(x, [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)])
+
+    def layer_spec(self, ctx, call, c_in, c_out):
+        spec = super().layer_spec(ctx, call, c_in, c_out)
+        begin, end = self.same_padding(spec.input_shape[-len(spec.kernel_size):],
+                                       spec.kernel_size, spec.stride, spec.dilation)
+        return dataclasses.replace(spec, padding=begin if begin == end else begin + end)
 
 
 class ConvTranspose(Conv):
