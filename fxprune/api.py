@@ -65,6 +65,12 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "(model._orig_mod) and compile the prepared or the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
+        meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
+                     if t.is_meta), None)
+        if meta is not None:  # (break68 #3: torch's aten::equal NotImplementedError, mid-trace)
+            raise ValueError(f"prepare: the model's tensors are on the meta device ({meta}): they "
+                             "hold no values to trace, check and prune; materialize the model "
+                             "first (model.to_empty(device='cpu'), then load_state_dict)")
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
         for key, row in (rules or {}).items():

@@ -371,6 +371,66 @@ class RescaledBatchNorm3d(_RescaledBatchNorm, nn.BatchNorm3d):
     _fxprune_base = nn.BatchNorm3d
 
 
+class MaskBank(nn.Module):
+    """The prepared model's ``fxprune_masks``: one mask buffer per prunable group (``g0``,
+    ``g2``...: keys numbered by the analysis) and the index buffers of gathered masks.
+
+    A group's key names it only within one analysis: another fxprune version, or other
+    ``rules``, may number the same model's groups otherwise. The state_dict therefore carries
+    each key's group (its name and size) as extra state, and a load that would put a saved mask
+    on another group raises, with ``strict=False`` too (break68 #1: a mask landed on the next
+    layer silently). A state_dict saved before this record loads as before.
+    """
+
+    def __init__(self, groups: dict[str, tuple[str, int]] | None = None):
+        super().__init__()
+        #: key -> (group name, size), of the groups whose masks this bank holds
+        self.fxprune_groups = dict(groups or {})
+
+    def get_extra_state(self) -> torch.Tensor:
+        # a tensor (UTF-8 JSON), so that the state_dict stays tensors only (safetensors, EMA)
+        import json
+        text = json.dumps({k: list(v) for k, v in self.fxprune_groups.items()}, sort_keys=True)
+        return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+
+    def set_extra_state(self, state) -> None:
+        pass  # compared in _load_from_state_dict, where the error can name the load
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "_extra_state"
+        if key not in state_dict:  # saved before groups were recorded: nothing to compare
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                          missing_keys, unexpected_keys, error_msgs)
+            if key in missing_keys:
+                missing_keys.remove(key)
+            return
+        problem = self._other_groups(state_dict[key])
+        if problem:  # no mask of this bank is written (torch loads the other modules' tensors)
+            error_msgs.append(problem)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _other_groups(self, record) -> str | None:
+        """Why the saved masks (described by ``record``) cannot load here; None if they can."""
+        import json
+        try:
+            saved = json.loads(bytes(record.cpu().to(torch.uint8).tolist()).decode())
+            saved = {str(k): (str(v[0]), int(v[1])) for k, v in saved.items()}
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError, IndexError):
+            return "fxprune_masks._extra_state is not fxprune's record of the masks' groups"
+        other = [f"{k} is {saved[k][0]!r} ({saved[k][1]} channels) in the saved state, "
+                 f"{name!r} ({size}) here" for k, (name, size) in self.fxprune_groups.items()
+                 if k in saved and saved[k] != (name, size)]
+        if not other:
+            return None
+        return (f"the saved masks belong to other channel groups than this prepared model's "
+                f"({'; '.join(other[:3])}{'; ...' if len(other) > 3 else ''}): it was prepared "
+                "with other rules or by another fxprune version; prepare the model as the saved "
+                "one was, or load the saved weights without fxprune_masks.* and set the masks "
+                "by group name (fxprune.channel_groups)")
+
 MASKED_CLASS = {
     nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d,
     nn.ConvTranspose1d: MaskedConvTranspose1d, nn.ConvTranspose2d: MaskedConvTranspose2d,

@@ -100,11 +100,20 @@ class ConsumerWeight:
     """A weight that reads prunable channels along ``dim`` (SMCP's masked input channels)."""
 
     module: str
-    param: nn.Parameter
+    layer: nn.Module  # the module holding the weight, as ``layer.<attr>``
+    attr: str
     dim: int
     out_dim: int  # the weight dim of the layer's outputs (0; 1 for a transposed conv)
     in_flat: torch.Tensor  # position along dim -> flat channel (-1: not prunable)
     out_flat: torch.Tensor  # position along out_dim -> flat channel (-1: not prunable)
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The weight the layer holds now: read at each use, not kept, since
+        ``load_state_dict(assign=True)`` (or ``.to()`` under torch's overwrite setting) puts
+        new Parameter objects on the layer (break68 #2: a pruner built before saw no
+        gradients again, and blamed the training loop)."""
+        return self.layer._parameters[self.attr]
 
 
 def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[ConsumerWeight]:
@@ -114,10 +123,12 @@ def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[Consume
         if in_flat is None or not (in_flat >= 0).any():
             continue
         param = prepared.get_parameter(site.tensor)
+        path, _, attr = site.tensor.rpartition(".")
         out_flat = index.space_flat(site.tensor, site.out_dim)
         if out_flat is None:
             out_flat = np.full(param.shape[site.out_dim], -1)
-        out.append(ConsumerWeight(site.module, param, site.dim, site.out_dim,
+        out.append(ConsumerWeight(site.module, prepared.get_submodule(path), attr, site.dim,
+                                  site.out_dim,
                                   torch.as_tensor(in_flat, device=param.device),
                                   torch.as_tensor(out_flat, device=param.device)))
     return out

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import _InputMasked, gather_mask, input_masked_class, mask_weight
+from fxprune.masks import MaskBank, _InputMasked, gather_mask, input_masked_class, mask_weight
 
 from .trace import HOOK_KINDS, hook_names
 
@@ -29,7 +29,8 @@ MASK_OWNER = "fxprune_masks"
 class _MaskGraphBuilder:
     def __init__(self, gm: fx.GraphModule, channels: ChannelGraph):
         self.gm, self.ch = gm, channels
-        self.bank = nn.Module()
+        self.bank = MaskBank({g.key: (g.name, g.size) for g in channels.groups if g.prunable})
+        self.bank.train(gm.training)  # (break68 #5: it alone stayed in training mode)
         gm.add_submodule(MASK_OWNER, self.bank)
         # masks live where the model does, in its dtype (a model prepared on a GPU gets GPU masks)
         tensors = (*gm.parameters(), *gm.buffers())

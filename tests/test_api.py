@@ -621,3 +621,104 @@ def test_string_annotations_leave_no_string_global_in_the_generated_code():
     small = fxprune.finalize(pm)
     for gm in (pm, small):
         assert not [v for v in gm.graph.python_code("self").globals.values() if isinstance(v, str)]
+
+
+class CustomAct(nn.Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class ActChain(nn.Module):
+    """c1 -> a user activation -> c2 -> c3 -> c4 -> head, all 16 wide: whether the activation
+    passes channels (a rule the user gives) moves every later group's key by one."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.act = nn.Conv2d(3, 16, 3, padding=1), CustomAct()
+        self.c2, self.c3, self.c4 = (nn.Conv2d(16, 16, 3, padding=1) for _ in range(3))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.act(self.c1(x))
+        for c in (self.c2, self.c3, self.c4):
+            x = F.relu(c(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_saved_masks_load_only_onto_the_groups_they_were_saved_for():
+    """break68 #1: masks are keyed by the analysis' numbering (g0, g2...); with other rules a
+    key named another layer's group, and load_state_dict(strict=False) put c4's mask on c3
+    silently (finalize's check compares with the wrongly masked model, so it passed)."""
+    from fxprune.rules import Barrier, Elementwise
+    x = torch.randn(2, 3, 8, 8)
+    model = ActChain()
+    saved_pm = fxprune.prepare(model, (x,), rules={CustomAct: Elementwise()})
+    for g in fxprune.channel_groups(saved_pm):
+        if g.prunable:
+            g.mask[{"c1": 4, "c2": 8, "c3": 12, "c4": 14}[g.name]:] = 0
+    saved = saved_pm.state_dict()
+    assert saved["fxprune_masks._extra_state"].dtype == torch.uint8  # tensors only
+    other = fxprune.prepare(model, (x,), rules={CustomAct: Barrier("custom")})
+    keys = {g.name: g.key for g in fxprune.channel_groups(other) if g.prunable}
+    assert keys["c3"] == {g.name: g.key for g in fxprune.channel_groups(saved_pm)}["c4"]
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=r"the saved masks belong to other channel groups "
+                                               r"than this prepared model's \(g\d is 'c4' \(16 "
+                                               r"channels\) in the saved state, 'c3' \(16\) here\)"):
+            other.load_state_dict(saved, strict=strict)
+        assert all(bool(g.mask.all()) for g in fxprune.channel_groups(other) if g.prunable)
+    # the same analysis loads them (strictly), and a state saved before the record still loads
+    same = fxprune.prepare(model, (x,), rules={CustomAct: Elementwise()})
+    for state in (saved, {k: v for k, v in saved.items() if not k.endswith("_extra_state")}):
+        fxprune.channel_groups(same)[0].mask.fill_(1)
+        same.load_state_dict(state)
+        assert [g.kept for g in fxprune.channel_groups(same)] == [
+            g.kept for g in fxprune.channel_groups(saved_pm)]
+
+
+@pytest.mark.parametrize("method", ["smcp", "cucb"])
+def test_a_pruner_follows_parameters_replaced_after_it_was_built(method):
+    """break68 #2: load_state_dict(assign=True) after the pruner was built left it reading the
+    old Parameter objects: SMCP saw no gradient again (warning to fix the training loop) and
+    kept the model dense; CUCB's final selection was random."""
+    from fxprune.rules import Elementwise
+    x = torch.randn(8, 3, 8, 8)
+
+    def run(assign):
+        torch.manual_seed(0)
+        pm = fxprune.prepare(ActChain(), (x,), rules={CustomAct: Elementwise()})
+        checkpoint = copy.deepcopy(pm.state_dict())
+        pruner = (fxprune.SMCP(pm, target=0.5, cost="flops", warmup=1, ramp=3, update_every=1,
+                               channel_step=1) if method == "smcp"
+                  else fxprune.CUCB(pm, rho=0.5, warmup=1, explore=3, execution="masked"))
+        if assign:
+            pm.load_state_dict(checkpoint, assign=True)
+        opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+        for i in range(6):
+            xb = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+            pm(xb).square().mean().backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+        pruner.finalize_masks()
+        return [g.kept for g in fxprune.channel_groups(pm) if g.prunable]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(assign=True) == run(assign=False)
+    assert run(assign=False) != [16, 16, 16, 16]
+
+
+def test_the_mask_bank_takes_the_models_mode():
+    """break68 #5: after preparing an eval-mode model, fxprune_masks alone was in training mode."""
+    pm = fxprune.prepare(ActChain().eval(), torch.randn(2, 3, 8, 8))
+    assert not any(m.training for m in pm.modules())
+
+
+def test_a_model_on_the_meta_device_is_refused_in_one_line():
+    """break68 #3: prepare failed mid-trace with torch's aten::equal NotImplementedError."""
+    with torch.device("meta"):
+        model = ActChain()
+    with pytest.raises(ValueError, match=r"^prepare: the model's tensors are on the meta device "
+                                         r"\(c1.weight\): .* materialize the model first"):
+        fxprune.prepare(model, torch.randn(2, 3, 8, 8))
