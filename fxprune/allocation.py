@@ -20,7 +20,8 @@ Pricing (``Budget.subset_costs``) holds every other group at its current width, 
 only near the answer; :func:`allocate` re-prices around its answer and solves again (at most
 ``max_resolves`` times), then :func:`repair` walks single option steps with *exact* costs:
 drops the least valuable step per cost saved while over the budget, then adds the most valuable
-step per cost that still fits. Where that leaves over 1% of the dense cost unused (coarse
+step per cost that still fits. With at most :data:`EXHAUSTIVE_ALWAYS` combinations of
+options, every one is tried. Where that leaves over 1% of the dense cost unused (coarse
 options on a small model), every combination is tried when there are at most
 :data:`EXHAUSTIVE_MAX`, else the earlier answers are repaired too and :func:`trade_steps`
 trades a step up in one group for steps down in others. The result always fits (or
@@ -170,10 +171,11 @@ def _solve_priced(values, costs, constant, budget, resolution):
 def allocate(options: list[GroupOptions], budget: Budget, target: float, current: np.ndarray, *,
              resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6, hint: str = "") -> Allocation:
     """One option per group with real cost <= ``target`` x dense and a summed value as high as
-    the search finds: re-priced knapsack solves, then :func:`repair`; where over 1% of the
-    budget is left, every combination (few of them) or :func:`trade_steps`. A heuristic, not
-    always the optimum: on a 7-layer chain, up to 5% of the value short of trying every
-    combination (break28 #5).
+    the search finds: re-priced knapsack solves, then :func:`repair`; then every combination
+    where there are at most :data:`EXHAUSTIVE_ALWAYS` (the optimum), else, where over 1% of the
+    budget is left, every combination (at most :data:`EXHAUSTIVE_MAX`) or :func:`trade_steps`.
+    Beyond that a heuristic, not always the optimum: on a 7-layer chain, up to 5% of the value
+    short of trying every combination (break28 #5).
 
     ``current``: bool per flat channel, the widths the first pricing holds the other groups at.
     Raises :class:`InfeasibleBudget` (with ``hint`` appended) when even the cheapest options
@@ -198,13 +200,19 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
             break
         current = kept
     choice = repair(answers[-1], options, budget, limit, target, hint)
-    if limit - budget.total(kept_from(offsets, options, choice)) > _UNUSED * budget.dense:
+    combinations = math.prod(len(o.counts) for o in options)
+    if combinations <= EXHAUSTIVE_ALWAYS:
+        # few enough to try them all whatever room is left: repair's single steps can stop
+        # within 1% of the budget far from the best (break67 #2: 13.7% of the value short, on
+        # a two-group chain of 128 combinations)
+        choice = _exhaustive(options, budget, limit) or choice
+    elif limit - budget.total(kept_from(offsets, options, choice)) > _UNUSED * budget.dense:
         # Much of the budget left: single steps stop where one wide group's step costs more
         # than the room left (a 16-channel residual stream with options {8, 16}), and pricing
         # around one answer can send the next solve back to an earlier one. Each answer, made
         # to fit, is a candidate, then trades of one step up for steps down elsewhere (break22
         # #3). Real models' answers land within a hair of the target and skip this.
-        if math.prod(len(o.counts) for o in options) <= EXHAUSTIVE_MAX:
+        if combinations <= EXHAUSTIVE_MAX:
             choice = _exhaustive(options, budget, limit) or choice
         else:
             for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
@@ -222,6 +230,9 @@ def _value(options: list[GroupOptions], choice) -> float:
 
 #: option combinations up to which :func:`allocate`'s further search tries them all
 EXHAUSTIVE_MAX = 4096
+#: option combinations up to which :func:`allocate` tries them all in any case (each is one
+#: exact pricing of the model, at every mask update)
+EXHAUSTIVE_ALWAYS = 256
 
 
 def _exhaustive(options: list[GroupOptions], budget: Budget, limit: float) -> list[int] | None:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import fxprune
-from fxprune.allocation import (GroupOptions, InfeasibleBudget, allocate, kept_from,
-                                ranked_options, repair)
+from fxprune.allocation import (GroupOptions, InfeasibleBudget, allocate, allowed_counts,
+                                kept_from, ranked_options, repair)
 from fxprune.budget import Budget
 from fxprune.cost import FlopsCost
 from fxprune.importance import BanditStats, PairwiseTaylor, WeightTaylor
@@ -124,6 +125,39 @@ def test_allocate_uses_the_budget_of_a_model_with_coarse_options(search, monkeyp
     assert sum(o.values[j] for o, j in zip(options, result.choice)) == 92 and result.actual <= 0.9
     with pytest.raises(ValueError, match="max_resolves must be an integer >= 1, got 0"):
         allocate(options, budget, 0.5, np.ones(pruner.index.n, bool), max_resolves=0)
+
+
+def test_allocate_tries_every_combination_when_there_are_few():
+    """break67 #2: on a 3 -> 8 -> 16 -> 4 conv chain (two groups, 128 combinations) repair's
+    single steps stopped within 1% of the budget at [2, 16] channels, 13.7% of the value below
+    the best combination, [5, 5]; the search beyond was skipped as the budget was nearly used."""
+    import itertools
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    pruner = fxprune.SMCP(pm, target=0.99, cost="flops", channel_step=1)
+    index, budget = pruner.index, pruner.budget
+    scores = np.array([1.2963, 0.7592, 0.0189, 3.0464, 1.3208, 0.2093, 3.018, 3.7286, 1.6718,
+                       3.9377, 0.9212, 0.003, 0.3075, 0.0004, 0.0135, 0.1874, 0.3059, 0.0026,
+                       0.0986, 12.7395, 1.1292, 0.0059, 0.2232, 0.0])
+    options = []
+    for i, g in enumerate(index.groups):
+        s = scores[index.group_slice(i)]
+        order, min_k = index.ranking(i, s)
+        options.append(ranked_options(s, order, allowed_counts(g.size, 1, min_k, g.size)))
+    target = 0.2868965759982709
+
+    def value(choice):
+        return sum(o.values[c] for o, c in zip(options, choice))
+
+    combos = list(itertools.product(*(range(len(o.counts)) for o in options)))
+    assert len(combos) == 128
+    best = max((c for c in combos if budget.fraction(kept_from(index.offsets, options, c)) <= target),
+               key=value)
+    result = allocate(options, budget, target, np.ones(index.n, bool))
+    assert value(result.choice) == pytest.approx(value(best)) and result.actual <= target
+    assert [int(options[i].counts[c]) for i, c in enumerate(result.choice)] == [5, 5]
 
 
 class _BumpCost:

@@ -124,6 +124,11 @@ def measured_cost_from_dict(data: dict, source: str):
 
 def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
     """A cost model and the constant cost outside conv/linear layers it does not see."""
+    from ..cost import FlopsCost, ParamsCost
+    if type(cost) in (FlopsCost, ParamsCost):
+        # fxprune's own classes mean what their names do (break67 #1: an instance priced the
+        # conv/linear layers alone, and a 0.5 target kept 0.62 of a GRU-headed net's FLOPs)
+        cost = cost.name
     if isinstance(cost, str):
         if cost == "flops":
             from ..api import layer_specs
@@ -342,19 +347,22 @@ class PruningMethod:
         ``cost_model`` (e.g. price FLOPs-chosen masks with a latency table): a cost model, or
         ``"flops"``/``"params"`` as the constructor reads them (a measured cost is measured
         once and passed as a table: ``fxprune.LatencyTable.measure``)."""
+        from ..cost import FlopsCost, ParamsCost, fixed_cost_of
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
-        if isinstance(cost_model, str):
-            if cost_model in LATENCY_COSTS:
-                raise ValueError(f"pruner.cost({cost_model!r}) would time a latency table on every "
-                                 "call; measure one (fxprune.LatencyTable.measure(pruner.prepared, "
-                                 "...)) and pass it")
-            model, other = resolve_cost_model(self.prepared, cost_model, self.channel_step)
-            return Budget(self.index, self.budget.layers, model, other).fraction(self._kept_now())
+        if isinstance(cost_model, str) and cost_model in LATENCY_COSTS:
+            raise ValueError(f"pruner.cost({cost_model!r}) would time a latency table on every "
+                             "call; measure one (fxprune.LatencyTable.measure(pruner.prepared, "
+                             "...)) and pass it")
         if isinstance(cost_model, type):
             raise TypeError(f"cost_model is the class {cost_model.__name__}; pass an instance: "
                             f"{cost_model.__name__}()")
-        from ..cost import fixed_cost_of
+        if (isinstance(cost_model, str) or type(cost_model) in (FlopsCost, ParamsCost)
+                or not isinstance(cost_model, CostModel)):
+            # as the constructor reads it, its errors too (break67 #5: cost(3) raised an
+            # AttributeError; #1: FlopsCost() left out the cost outside conv/linear layers)
+            model, other = resolve_cost_model(self.prepared, cost_model, self.channel_step)
+            return Budget(self.index, self.budget.layers, model, other).fraction(self._kept_now())
         fixed = fixed_cost_of(cost_model, [layer.spec for layer in self.budget.layers])
         return Budget(self.index, self.budget.layers, cost_model, fixed).fraction(self._kept_now())
 
