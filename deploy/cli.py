@@ -57,9 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from .pipeline import deploy
 
+    if threading.current_thread() is threading.main_thread():
+        # a clean stop, like Ctrl-C, as fxprune train's (break66 #3: a kill mid-export left a
+        # truncated model.onnx that the next deploy refused as not its own)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.workspace_mib is not None and args.workspace_mib < 1:
             raise DeployError(f"--workspace-mib must be an integer >= 1, got {args.workspace_mib}")
@@ -73,4 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except (DeployError, OSError) as e:  # the message alone: it says what to do
         print(f"fxprune deploy: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"fxprune deploy: interrupted; {args.out} holds no report.json of this deploy "
+              "(its checked ONNX files stay); run it again to time the model", file=sys.stderr)
+        return 130
     return 0

@@ -13,13 +13,15 @@ import math
 import numbers
 import os
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from fxprune.groups import is_prepared
-from fxprune.run_io import file_record, file_sha256, matches_file_record
+from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_file_record,
+                            release_out_folder)
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
@@ -125,6 +127,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
     out_dir = os.path.expanduser(os.fspath(out_dir))
+    if not out_dir.strip():  # (break66 #4: a bare errno message)
+        raise DeployError("--out is empty: give the folder to write model.onnx and report.json to")
     _check_out_dir(out_dir, model=model, dense=compare)
     _check_not_overwritten(out_dir, model=model, dense=compare)
     if device is not None:
@@ -143,6 +147,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             and not torch.cuda.is_available():
         raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "
                           "or run on a machine with a GPU")
+    if backend == "torch" and device is not None and torch.device(device).type not in ("cpu", "cuda"):
+        # before the export, not after it (break66 #4: --device mps)
+        raise DeployError(f"--device {device}: the torch backend times on 'cpu' or 'cuda', not "
+                          f"{torch.device(device).type!r}")
     tensorrt_only = {"--max-batch": max_batch, "--workspace-mib": workspace}
     given_trt = [flag for flag, value in tensorrt_only.items() if value is not None]
     if given_trt and backend != "tensorrt":
@@ -192,21 +200,38 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         log(line)
     created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:  # (break66 #2: two deploys into one folder paired one's report with the other's file)
+        lock_out_folder(Path(out_dir))
+    except FileExistsError:
+        raise DeployError(f"--out {out_dir} is in use: another fxprune deploy or train is "
+                          "writing there (it holds the folder's lock); wait for it to end, or "
+                          "choose another --out") from None
     marker = os.path.join(out_dir, DEPLOY_MARKER)
-    had_marker = os.path.exists(marker)
     try:
-        return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
-                            model=model, compare=compare, threads=threads, iters=iters,
-                            warmup=warmup, opset=opset, max_batch=max_batch, workspace=workspace,
-                            atol=atol, rtol=rtol, progress=progress, device=device, log=log)
+        _check_out_dir(out_dir, model=model, dense=compare)  # again, under the lock
+        had_marker = os.path.exists(marker)
+        # The last deploy's report describes the files about to be replaced: removed first,
+        # so that a deploy that fails or is stopped leaves no report of other files (break66
+        # #1: a failed re-deploy's model.onnx sat beside a report of another model's speedup)
+        report_path = os.path.join(out_dir, "report.json")
+        if os.path.isfile(report_path):
+            os.remove(report_path)
+        try:
+            return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
+                                model=model, compare=compare, threads=threads, iters=iters,
+                                warmup=warmup, opset=opset, max_batch=max_batch,
+                                workspace=workspace, atol=atol, rtol=rtol, progress=progress,
+                                device=device, log=log)
+        finally:
+            # every file of deploy's names there now is deploy's: the check above refused others
+            written = _record_written(out_dir)
+            if written or had_marker:
+                with open(marker, "w") as f:
+                    json.dump({"fxprune_deploy": 1, "written": written}, f, indent=1)
+            elif created and not os.listdir(out_dir):  # failed before writing anything
+                os.rmdir(out_dir)
     finally:
-        # every file of deploy's names there now is deploy's: the check above refused others
-        written = _record_written(out_dir)
-        if written or had_marker:
-            with open(marker, "w") as f:
-                json.dump({"fxprune_deploy": 1, "written": written}, f, indent=1)
-        elif created and not os.listdir(out_dir):  # failed before writing anything
-            os.rmdir(out_dir)
+        release_out_folder(Path(out_dir))
 
 
 def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, threads, iters,
@@ -225,11 +250,20 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
             onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log, accepted)
             continue
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
-        # (the output folder's own files: deploy guards them, see _check_out_dir)
-        info = export_onnx(mod, shape, path, precision=onnx_precision, opset=opset,
-                           overwrite=True, log=log)
-        info["max_abs_diff"] = verify_onnx(path, mod, shape, precision=onnx_precision,
-                                           atol=atol, rtol=rtol, threads=threads)
+        try:
+            # (the output folder's own files: deploy guards them, see _check_out_dir)
+            info = export_onnx(mod, shape, path, precision=onnx_precision, opset=opset,
+                               overwrite=True, log=log)
+            info["max_abs_diff"] = verify_onnx(path, mod, shape, precision=onnx_precision,
+                                               atol=atol, rtol=rtol, threads=threads)
+        except BaseException:
+            # a file that failed its check, or one cut short by Ctrl-C / SIGTERM, is not left
+            # for the marker to vouch for (break66 #1, #3)
+            for leftover in (path, path + ".data"):
+                if os.path.isfile(leftover):
+                    os.remove(leftover)
+            raise
+        info["sha256"] = file_sha256(path)  # the file checked and timed (break66 #2)
         log(f"[{name}] ONNX Runtime matches PyTorch (max abs diff {info['max_abs_diff']:.2e})")
         onnx_infos[name] = info
 
@@ -311,8 +345,9 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
             # by content: a copy of the run (fresh times) is still the run (break62 #3)
             entry["model_sha256"] = file_sha256(entry["model_file"])
         onnx = entry.get("onnx") if isinstance(entry, dict) else None
-        if isinstance(onnx, dict) and isinstance(onnx.get("path"), str) and os.path.isfile(onnx["path"]):
-            onnx["sha256"] = file_sha256(onnx["path"])  # the file exported (or given) here
+        if (isinstance(onnx, dict) and "sha256" not in onnx and isinstance(onnx.get("path"), str)
+                and os.path.isfile(onnx["path"])):
+            onnx["sha256"] = file_sha256(onnx["path"])  # the file given here
     path = write_report(report, out_dir)
     log(format_table(report))
     log(f"report written to {path}")

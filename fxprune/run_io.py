@@ -414,7 +414,7 @@ def lock_out_folder(out: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise FileExistsError(f"--out {out} is in use: another fxprune train is writing there "
+        raise FileExistsError(f"--out {out} is in use: another fxprune run is writing there "
                               "(it holds the folder's lock); wait for it to end, or choose "
                               "another --out") from None
     _LOCKS[key] = fd

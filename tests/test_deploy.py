@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import onnx
@@ -1164,3 +1165,74 @@ def test_a_branch_on_a_number_read_from_a_tensor_is_refused_too(tmp_path):
     with pytest.raises(DeployError, match=r"the model branches on a tensor.s value \(test_deploy.py:\d+\)"):
         export_onnx(BranchesOnAnItem(), SHAPE, tmp_path / "bi.onnx", log=lambda s: None)
     assert not (tmp_path / "bi.onnx").exists()
+
+
+def test_a_failed_or_stopped_redeploy_leaves_no_report_of_other_files(saved, tmp_path, capsys,
+                                                                      monkeypatch):
+    """break66 #1: a re-deploy of another model into a used --out that failed its ONNX check
+    (or was stopped while timing) left its model.onnx beside the last run's report.json, which
+    named the other model and its speedup, and the next deploy accepted both."""
+    out = tmp_path / "out"
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--compare",
+                 str(saved / "dense.pt"), *QUICK, *TRUST]) == 0
+    capsys.readouterr()
+    # the check fails: the file that failed it is removed, and the old report with it
+    assert main(["deploy", str(saved / "dense.pt"), "--out", str(out), "--input-shape",
+                 "1,3,16,16", "--atol", "0", "--rtol", "0", *QUICK, *TRUST]) == 1
+    assert "ONNX" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == [".fxprune-deploy", "dense.onnx"]
+    # stopped while timing (Ctrl-C, or SIGTERM, which the CLI turns into one)
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline.ortb, "time_onnx_models", stopped)
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert "report.json" not in os.listdir(out)
+    monkeypatch.undo()
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_file"] == str(saved / "pruned.pt")
+    import hashlib
+    assert report["onnx"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+
+
+def test_a_deploy_into_a_folder_another_run_writes_is_refused(saved, tmp_path, capsys):
+    """break66 #2: two deploys into one --out both exited 0, the report of one beside the
+    other's model.onnx (with a matching hash); deploy holds the folder's lock, as train does."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(out)!r}, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 1
+        err = capsys.readouterr().err
+        assert f"--out {out} is in use: another fxprune deploy or train is writing there" in err
+        assert os.listdir(out) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--out", "", "--backend", "onnxruntime"],
+     "--out is empty: give the folder to write model.onnx and report.json to"),
+    (["--out", "OUT", "--backend", "torch", "--device", "mps"],
+     "--device mps: the torch backend times on 'cpu' or 'cuda', not 'mps'"),
+])
+def test_an_empty_out_or_an_unsupported_torch_device_is_refused_before_any_work(
+        saved, tmp_path, capsys, args, phrase):
+    """break66 #4: --out "" gave a bare errno message; --device mps was refused after the
+    model had been exported and checked, leaving model.onnx in --out."""
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    assert main(["deploy", str(saved / "pruned.pt"), *args, "--iters", "2", "--warmup", "0",
+                 "--no-progress", *TRUST]) == 1
+    err = capsys.readouterr().err
+    assert phrase in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -350,7 +350,7 @@ def test_a_second_train_in_the_same_out_is_refused(recipe, tmp_path, capsys):
     try:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         rc = cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)])
-        assert rc == 2 and "is in use: another fxprune train is writing there" in one_line_error(capsys)
+        assert rc == 2 and "is in use: another fxprune run is writing there" in one_line_error(capsys)
         assert list(out.iterdir()) == []  # nothing written
     finally:
         os.close(other)
