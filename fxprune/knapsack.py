@@ -130,6 +130,9 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         raise ValueError(f"budget is {budget}: give a finite number or +inf (no limit)")
     vals, csts = _as_groups(values, costs)
     if not vals:
+        if budget < 0:  # nothing chosen costs 0 (break67 #5: [] was returned)
+            raise ValueError(f"infeasible budget: with no groups the total cost is 0, which "
+                             f"exceeds the budget {budget:.12g}; give a budget >= 0")
         return np.zeros(0, dtype=np.int64)
 
     min_costs = np.array([c.min() for c in csts])
@@ -161,11 +164,25 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         return np.array([np.flatnonzero(e == 0)[np.argmax(v[e == 0])]
                          for v, e in zip(vals, extras)], dtype=np.int64)
 
-    # Shrinking the unit by a hair keeps float error in the final sum from crossing the budget.
-    unit_used = unit if integral else unit * (1.0 - 1e-12)
+    if integral:
+        return _solve_cells(vals, extras, unit, cells)
+    # An extra cost that fills the budget exactly sits on a cell boundary, where float error
+    # may put it a hair above (break67 #3: solve_mckp([[0, 1, 2]], [[0, .3, .5]], .3) gave [0]):
+    # weights are rounded up from a hair below, and the answer is kept if its real total fits;
+    # else the unit is shrunk by a hair, which keeps float error from crossing the budget.
+    choice = _solve_cells(vals, extras, unit, cells, below=1e-9)
+    if math.fsum(float(c[j]) for c, j in zip(csts, choice)) <= budget:
+        return choice
+    return _solve_cells(vals, extras, unit * (1.0 - 1e-12), cells)
+
+
+def _solve_cells(vals, extras, unit: float, cells: int, below: float = 0.0) -> np.ndarray:
+    """The multiple-choice knapsack over ``cells`` cost cells of ``unit`` (extra costs above
+    each group's cheapest option, rounded up to whole cells from ``below`` cells under)."""
     # An extra cost over (cells + 1) units never fits: capped there before the integer cast (a
     # tiny slack made e / unit overflow int64 to a negative weight that passed as fitting)
-    weights = [np.ceil(np.minimum(e / unit_used, cells + 1.0)).astype(np.int64) for e in extras]
+    weights = [np.maximum(np.ceil(np.minimum(e / unit, cells + 1.0) - below), 0).astype(np.int64)
+               for e in extras]
 
     # Per group, per distinct weight, only the most valuable option can ever be chosen.
     candidates = []  # (weights, values, original indices) per group, sorted by weight

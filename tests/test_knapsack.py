@@ -245,3 +245,18 @@ def test_resnet50_sized_problem_is_feasible_and_near_budget():
     choice = solve_mckp(values, costs, budget)
     _, cost = totals(values, costs, choice)
     assert 0.99 * budget <= cost <= budget
+
+
+def test_an_option_that_fills_the_budget_exactly_is_chosen():
+    """break67 #3: the unit shrunk by a hair put an extra cost equal to the room left one cell
+    over, and the option was never chosen, even in a single group."""
+    assert solve_mckp([[0, 1, 2]], [[0, 0.3, 0.5]], 0.3).tolist() == [1]
+    assert solve_mckp([[0, 1], [0, 1]], [[0, 100000], [0, 150000]], 100000).tolist() == [1, 0]
+    assert solve_mckp([[0, 1], [0, 1]], [[1.0, 1.7], [2.0, 2.9]], 3.7).tolist() == [1, 0]
+
+
+def test_no_groups_under_a_negative_budget_is_infeasible():
+    """break67 #5: solve_mckp([], [], -1) returned [], though nothing costs less than 0."""
+    with pytest.raises(ValueError, match="infeasible budget: with no groups the total cost is 0"):
+        solve_mckp([], [], -1.0)
+    assert solve_mckp([], [], 0.0).tolist() == []

@@ -876,3 +876,48 @@ def test_pruner_cost_of_something_not_a_cost_model_is_refused_as_the_constructor
                                         r"'latency\+fixed' or an object with a `name` and "
                                         r"`layer_cost"):
         pruner.cost(3)
+
+
+def test_a_summary_mid_training_gives_no_advice_meant_for_finalize():
+    """break67 #4: summary_table (which finalizes a copy of the current masks to count them)
+    warned "call SMCP.finalize_masks() after the last step, then finalize"."""
+    from fxprune.summary import summary_table
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.3, warmup=0, ramp=10, update_every=1)
+    x, y = data()
+    opt = torch.optim.SGD(pm.parameters(), lr=0.01)
+    for _ in range(2):
+        F.cross_entropy(pm(x), y).backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+    assert pruner.cost() > 0.3  # mid-ramp: finalize would warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = summary_table(pm)
+    assert "FLOPs" in text and "->" in text
+    with pytest.warns(RuntimeWarning, match="has not made its final selection"):
+        fxprune.finalize(pm)
+
+
+def test_count_flops_takes_a_tuple_and_says_so():
+    """break67 #5: a bare tensor's batch was unpacked as the forward's arguments."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"pass \(x,\), not x"):
+        count_flops(model, x)
+    assert count_flops(model, (x,)) == 2 * 2 * 4 * 27 * 36
+
+
+class _WidthBlindCost:
+    name = "constant"
+
+    def layer_cost(self, layer, c_in, c_out):
+        return 1.0
+
+
+def test_a_cost_no_width_changes_is_not_told_to_lower_channel_step():
+    """break67 #5: "raise the target ... or lower channel_step", which cannot help."""
+    with pytest.raises(ValueError, match=r"raise the target to at least 1\.000: the cost model "
+                                         r"prices it as the dense model"):
+        fxprune.SMCP(prepared(), target=0.5, cost=_WidthBlindCost())

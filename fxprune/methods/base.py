@@ -405,8 +405,11 @@ class PruningMethod:
                 # ... 0.05177" (break55 #5)
                 f"target {target:.5g} of dense is below the narrowest model the constraints "
                 f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
-                f"{self.channel_step}); raise the target to at least {at_least:.3f} or lower "
-                "channel_step")
+                f"{self.channel_step}); raise the target to at least {at_least:.3f}"
+                + (" or lower channel_step" if floor < 1 - 1e-9 else
+                   # a cost that no width changes (break67 #5): channel_step cannot help
+                   f": the cost model prices it as the dense model, so no pruning lowers "
+                   f"its cost; check the cost model"))
             error.floor = floor
             raise error
 
