@@ -51,6 +51,9 @@ def load_model(model: nn.Module | str | os.PathLike, *,
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise not_a_file(path, role)
+    other = _other_format(path)
+    if other:  # before any load: these were called pickles or corrupt files (break66 #4)
+        raise DeployError(f"{path!r} is {other}")
     if not trust_model_file:
         try:  # safe: tensors and plain data only; a pickled module fails here by design
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -85,6 +88,34 @@ def load_model(model: nn.Module | str | os.PathLike, *,
                     "its run wrote beside it)")  # break35 #6
         raise DeployError(f"{path!r} holds a {type(loaded).__name__}, not an nn.Module{hint}")
     return loaded, path
+
+
+def _other_format(path: str) -> str | None:
+    """What a model file is when it is not a ``torch.save`` file but a known other format
+    (read without running anything), with the way out; None otherwise."""
+    import zipfile
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if any(n.endswith("/archive_format") for n in names) and any(
+                "/models/" in n for n in names):
+            return ("a torch.export program (torch.export.save), not a module: load it with "
+                    "torch.export.load(path).module() and deploy that module from Python "
+                    "(fxprune.deploy.deploy), or export ONNX and deploy the .onnx file")
+        return None
+    if head[:1] == b"\x08":  # ONNX's protobuf opens with its ir_version field
+        try:
+            import onnx
+            graph = onnx.load(path, load_external_data=False)
+        except Exception:  # noqa: BLE001 - not ONNX after all
+            return None
+        if graph.ir_version > 0 and len(graph.graph.node) > 0:
+            return "an ONNX file under another name: name it .onnx (deploy reads ONNX by its extension)"
+    return None
 
 
 def not_a_file(path: str, role: str = "model") -> DeployError:
@@ -139,11 +170,28 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
             eval_copy(module, "fp32")(torch.zeros(shape))
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = first_line(e) or type(e).__name__
+        if _wants_integers(module, shape):  # no shape fits (break66 #4: "pass a fitting ...")
+            raise DeployError(
+                f"{label} takes an integer input (it runs on a torch.long tensor of shape "
+                f"{tuple(shape)}, not on a float one): fxprune deploy times models of one "
+                "float input; export the ONNX yourself and deploy that file") from None
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         rec = (f"the model records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
                else f"the model records no input shape ({INPUT_SHAPE_ATTR})")
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
                           "pass a fitting --input-shape") from None
+
+
+def _wants_integers(module: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether ``module`` runs on integer indices of ``shape`` (an embedding's input)."""
+    from .onnx_export import eval_copy
+
+    try:
+        with torch.no_grad():
+            eval_copy(module, "fp32")(torch.zeros(shape, dtype=torch.long))
+    except Exception:  # noqa: BLE001 - it fails on integers too
+        return False
+    return True
 
 
 def read_onnx(path: str, load_external_data: bool = False):

@@ -1236,3 +1236,33 @@ def test_an_empty_out_or_an_unsupported_torch_device_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert phrase in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_exported_program_or_an_onnx_file_under_another_name_is_named(tmp_path, capsys):
+    """break66 #4: a torch.export.save file was "a pickle" without --trust-model-file and
+    "corrupted" with it; an ONNX file named .pt was "not a file torch.save wrote"."""
+    model = small_net(8).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(SHAPE),)), tmp_path / "ep.pt2")
+    export_onnx(model, SHAPE, tmp_path / "m.onnx", log=lambda s: None)
+    shutil.copyfile(tmp_path / "m.onnx", tmp_path / "m.pt")
+    for name, said in [("ep.pt2", "is a torch.export program (torch.export.save), not a module: "
+                                  "load it with torch.export.load(path).module()"),
+                       ("m.pt", "is an ONNX file under another name: name it .onnx")]:
+        for trust in ([], TRUST):
+            assert main(["deploy", str(tmp_path / name), "--out", str(tmp_path / "out"),
+                         "--input-shape", "1,3,16,16", *QUICK, *trust]) == 1
+            err = capsys.readouterr().err
+            assert said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_of_integer_input_is_not_told_to_change_the_shape(tmp_path):
+    """break66 #4: an embedding front end got "pass a fitting --input-shape", which no shape
+    could satisfy (deploy feeds float inputs)."""
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(20, 2))
+    with pytest.raises(DeployError, match=r"^Sequential takes an integer input \(it runs on a "
+                                          r"torch.long tensor of shape \(2, 5\), not on a float "
+                                          r"one\): fxprune deploy times models of one float input"):
+        deploy(model, tmp_path / "out", input_shape=(2, 5), backend="onnxruntime", iters=2,
+               warmup=0, progress=False, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
