@@ -446,6 +446,18 @@ class LatencyTable:
                     f"{layer.dtype} now (the model was cast since the table was measured): "
                     f"measure a table of the cast model, or cast it back to {measured_as[0]}"
                 ) from None
+            def at(b):
+                return dataclasses.replace(layer, input_shape=(b, *layer.input_shape[1:]),
+                                           output_shape=(b, *layer.output_shape[1:]))
+
+            tried = {int(k.split("|", 1)[0][1:]) for k in self._grids} - {layer.batch}
+            batches = sorted(b for b in tried if layer.input_shape and grid_key(at(b)) in self._grids)
+            if batches:  # break66 #4: the message did not say the table is of another batch
+                raise UnmeasuredLayerError(
+                    f"layer {layer.name!r} was measured at batch "
+                    f"{', '.join(map(str, batches))}, and the model's example inputs are batch "
+                    f"{layer.batch}: measure a table at batch {layer.batch}, or prepare the model "
+                    f"with example inputs of batch {batches[0]}") from None
             raise UnmeasuredLayerError(
                 f"no latency was measured for layer {layer.name!r} ({layer.kind} "
                 f"{layer.in_channels}->{layer.out_channels}, {point_key(layer)}) on "

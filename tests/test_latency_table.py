@@ -738,3 +738,16 @@ def test_a_flat_latency_table_is_named_as_such():
                                          r"the narrowest allowed model at 1\.\d+ of dense: removing "
                                          r"channels saves no time there .*prune by cost='flops'"):
         fxprune.SMCP(pm, target=0.9, cost=flat, channel_step=8)
+
+
+def test_a_table_of_another_batch_names_its_batch():
+    """break66 #4: a table measured at batch 1 pricing a model prepared at batch 4 said "no
+    latency was measured ... call LatencyTable.measure", not which batch it holds."""
+    table = LatencyTable.measure(_tiny_prepared(), step=8, timer=CountingTimer(), **FAST)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 3, padding=1))
+    pm4 = fxprune.prepare(model.eval(), (torch.randn(4, 3, 6, 6),))
+    with pytest.raises(UnmeasuredLayerError, match=r"layer '0' was measured at batch 1, and the "
+                                                   r"model's example inputs are batch 4: measure "
+                                                   r"a table at batch 4"):
+        fxprune.SMCP(pm4, target=1.0, cost=table, channel_step=8)
