@@ -176,6 +176,26 @@ def _names_a_size_may_be_in(w: warnings.WarningMessage) -> list[str]:
     return sorted(names)
 
 
+@contextlib.contextmanager
+def _onnx_log_kept_off():
+    """The TorchScript exporter turns torch's ONNX log on and leaves it on (its
+    ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled``, not its result,
+    torch 2.14), so a failed export printed its whole IR graph before fxprune's one-line error
+    (break66 #4). Off while it runs, unless the user had turned it on; as it was after."""
+    c = torch._C
+    was = c._jit_is_onnx_log_enabled()
+    if was:
+        yield
+        return
+    real = c._jit_set_onnx_log_enabled
+    c._jit_set_onnx_log_enabled = lambda enabled: None
+    try:
+        yield
+    finally:
+        c._jit_set_onnx_log_enabled = real
+        real(False)
+
+
 def _data_dependent_shapes(model, x) -> list[str]:
     """The ops of one forward whose output shape depends on tensor values (``nonzero``,
     ``unique``, boolean indexing: torch's ``dynamic_output_shape`` tag) or that read a value
@@ -427,7 +447,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 os.remove(os.path.join(folder, name))
 
         def trace(axes):
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught, _onnx_log_kept_off():
                 warnings.simplefilter("always", torch.jit.TracerWarning)
                 torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, **common)
             return caught

@@ -1266,3 +1266,25 @@ def test_a_model_of_integer_input_is_not_told_to_change_the_shape(tmp_path):
         deploy(model, tmp_path / "out", input_shape=(2, 5), backend="onnxruntime", iters=2,
                warmup=0, progress=False, log=lambda s: None)
     assert not (tmp_path / "out").exists()
+
+
+class Inverts(nn.Module):
+    """torch.linalg.inv: neither ONNX exporter has it (torch 2.14)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 16)
+
+    def forward(self, x):
+        y = self.lin(x).view(-1, 4, 4)
+        return torch.linalg.inv(y @ y.transpose(1, 2) + torch.eye(4))
+
+
+def test_a_failed_export_prints_no_ir_graph_and_leaves_torchs_onnx_log_off(tmp_path, capfd):
+    """break66 #4: torch's TorchScript exporter turned its ONNX log on (and left it on), so the
+    failed export printed its IR graph, tens of lines, before fxprune's one-line error."""
+    with pytest.raises(DeployError, match="ONNX export failed with both exporters"):
+        export_onnx(Inverts(), (2, 4), tmp_path / "m.onnx", log=lambda s: None)
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err and "aten::" not in out + err
+    assert not torch._C._jit_is_onnx_log_enabled()
