@@ -181,19 +181,17 @@ def _onnx_log_kept_off():
     """The TorchScript exporter turns torch's ONNX log on and leaves it on (its
     ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled``, not its result,
     torch 2.14), so a failed export printed its whole IR graph before fxprune's one-line error
-    (break66 #4). Off while it runs, unless the user had turned it on; as it was after."""
+    (break66 #4). Off while it runs (on before may be an earlier export's leak); as it was
+    before, after."""
     c = torch._C
-    was = c._jit_is_onnx_log_enabled()
-    if was:
-        yield
-        return
-    real = c._jit_set_onnx_log_enabled
+    was, real = c._jit_is_onnx_log_enabled(), c._jit_set_onnx_log_enabled
+    real(False)
     c._jit_set_onnx_log_enabled = lambda enabled: None
     try:
         yield
     finally:
         c._jit_set_onnx_log_enabled = real
-        real(False)
+        real(was)
 
 
 def _data_dependent_shapes(model, x) -> list[str]:
