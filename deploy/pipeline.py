@@ -129,6 +129,11 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     out_dir = os.path.expanduser(os.fspath(out_dir))
     if not out_dir.strip():  # (break66 #4: a bare errno message)
         raise DeployError("--out is empty: give the folder to write model.onnx and report.json to")
+    if os.path.isdir(out_dir):
+        # in use is said before the folder's files are judged: a running deploy's fresh
+        # model.onnx, not yet in its marker, was called not deploy's, "delete it" (break69 F1)
+        _lock(out_dir)
+        release_out_folder(Path(out_dir))
     _check_out_dir(out_dir, model=model, dense=compare)
     _check_not_overwritten(out_dir, model=model, dense=compare)
     if device is not None:
@@ -200,12 +205,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         log(line)
     created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    try:  # (break66 #2: two deploys into one folder paired one's report with the other's file)
-        lock_out_folder(Path(out_dir))
-    except FileExistsError:
-        raise DeployError(f"--out {out_dir} is in use: another fxprune deploy or train is "
-                          "writing there (it holds the folder's lock); wait for it to end, or "
-                          "choose another --out") from None
+    _lock(out_dir)  # (break66 #2: two deploys into one folder paired one's report with the other's file)
     marker = os.path.join(out_dir, DEPLOY_MARKER)
     try:
         _check_out_dir(out_dir, model=model, dense=compare)  # again, under the lock
@@ -232,6 +232,16 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                 os.rmdir(out_dir)
     finally:
         release_out_folder(Path(out_dir))
+
+
+def _lock(out_dir: str) -> None:
+    """Take ``out_dir``'s lock (:func:`fxprune.run_io.lock_out_folder`), or refuse in one line."""
+    try:
+        lock_out_folder(Path(out_dir))
+    except FileExistsError:
+        raise DeployError(f"--out {out_dir} is in use: another fxprune deploy or train is "
+                          "writing there (it holds the folder's lock); wait for it to end, or "
+                          "choose another --out") from None
 
 
 def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, threads, iters,

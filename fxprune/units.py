@@ -106,14 +106,17 @@ class ConsumerWeight:
     out_dim: int  # the weight dim of the layer's outputs (0; 1 for a transposed conv)
     in_flat: torch.Tensor  # position along dim -> flat channel (-1: not prunable)
     out_flat: torch.Tensor  # position along out_dim -> flat channel (-1: not prunable)
+    built: nn.Parameter  # the weight when the pruner was built
 
     @property
     def param(self) -> nn.Parameter:
-        """The weight the layer holds now: read at each use, not kept, since
+        """The weight the layer holds now: read at each use, since
         ``load_state_dict(assign=True)`` (or ``.to()`` under torch's overwrite setting) puts
         new Parameter objects on the layer (break68 #2: a pruner built before saw no
-        gradients again, and blamed the training loop)."""
-        return self.layer._parameters[self.attr]
+        gradients again, and blamed the training loop). A weight torch made a computed
+        attribute since (``torch.nn.utils.prune``, a parametrization: break69 F2) is no
+        Parameter of the layer's: the one of the build is read, as before."""
+        return self.layer._parameters.get(self.attr, self.built)
 
 
 def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[ConsumerWeight]:
@@ -130,7 +133,7 @@ def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[Consume
         out.append(ConsumerWeight(site.module, prepared.get_submodule(path), attr, site.dim,
                                   site.out_dim,
                                   torch.as_tensor(in_flat, device=param.device),
-                                  torch.as_tensor(out_flat, device=param.device)))
+                                  torch.as_tensor(out_flat, device=param.device), param))
     return out
 
 

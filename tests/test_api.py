@@ -722,3 +722,50 @@ def test_a_model_on_the_meta_device_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"^prepare: the model's tensors are on the meta device "
                                          r"\(c1.weight\): .* materialize the model first"):
         fxprune.prepare(model, torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("how", ["torch_prune", "weight_norm"])
+def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break_it(how):
+    """break69 F2: with the weight read at each use, torch.nn.utils.prune (or a
+    parametrization) applied after SMCP was built made it fail with a bare KeyError: 'weight'
+    (the weight is no Parameter of the layer's then); the weight of the build is read, as
+    before."""
+    from fxprune.rules import Elementwise
+    torch.manual_seed(0)
+    pm = fxprune.prepare(ActChain(), torch.randn(4, 3, 8, 8), rules={CustomAct: Elementwise()})
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=1, ramp=3, update_every=1, channel_step=1)
+    if how == "torch_prune":
+        import torch.nn.utils.prune as torch_prune
+        torch_prune.l1_unstructured(pm.c3, "weight", amount=0.3)
+    else:
+        torch.nn.utils.parametrizations.weight_norm(pm.c3, "weight")
+    opt = torch.optim.SGD(pm.parameters(), lr=0.01)
+    for i in range(5):
+        pm(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i))).square().mean().backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+    pruner.finalize_masks()
+    assert pruner.cost() <= 0.5
+
+
+def test_copy_masks_refuses_models_whose_same_keys_name_other_groups():
+    """break69 F3: copy_masks compared mask names and shapes only, which two models can share
+    while their keys name other layers' groups (another model, or other rules)."""
+    x = torch.randn(2, 3, 8, 8)
+
+    def chain(first, second):
+        return nn.Sequential(OrderedDict([(first, nn.Conv2d(3, 8, 3)), ("relu", nn.ReLU()),
+                                          (second, nn.Conv2d(8, 8, 3))]))
+
+    from collections import OrderedDict
+    a = fxprune.prepare(chain("stem", "body"), (x,))
+    b = fxprune.prepare(chain("body", "stem"), (x,))
+    assert ({k: v.shape for k, v in a.fxprune_masks.named_buffers()}
+            == {k: v.shape for k, v in b.fxprune_masks.named_buffers()})
+    with pytest.raises(ValueError, match="copy_masks: the two models hold different channel masks"):
+        fxprune.copy_masks(a, b)
+    c = fxprune.prepare(chain("stem", "body"), (x,))
+    fxprune.channel_groups(a)[0].mask[:3] = 0
+    fxprune.copy_masks(a, c)
+    assert fxprune.channel_groups(c)[0].kept == 5

@@ -1214,9 +1214,17 @@ def test_a_deploy_into_a_folder_another_run_writes_is_refused(saved, tmp_path, c
         err = capsys.readouterr().err
         assert f"--out {out} is in use: another fxprune deploy or train is writing there" in err
         assert os.listdir(out) == []
+        # break69 F1: the running deploy's model.onnx, not yet in its marker, was called not
+        # deploy's, and the user told to delete it; in use is said first
+        (out / "model.onnx").write_bytes(b"being written")
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 1
+        err = capsys.readouterr().err
+        assert "is in use: another fxprune deploy" in err and "delete" not in err, err
+        assert (out / "model.onnx").read_bytes() == b"being written"
     finally:
         holder.kill()
         holder.wait()
+    (out / "model.onnx").unlink()
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
 
 
