@@ -174,9 +174,11 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         saved = [run_dir / name for name in RUN_MODEL_FILES if (run_dir / name).is_file()]
         own = saved[0].resolve() if len(saved) == 1 else None
 
+    moved = [old_run]  # the run's folder when it was deployed, where known (set below)
+
     def inside(p: Path) -> Path:
-        if old_run is not None and old_run != run and p.is_relative_to(old_run):
-            return run / p.relative_to(old_run)
+        if moved[0] is not None and moved[0] != run and p.is_relative_to(moved[0]):
+            return run / p.relative_to(moved[0])
         return p
 
     # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
@@ -212,6 +214,12 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                 path = Path(timed).resolve()
             except (OSError, ValueError) as exc:  # a NUL in the path
                 raise PlotError(f"{report}: model_file {timed!r} is not a path ({exc})") from None
+            if (moved[0] is None and own is not None and isinstance(recorded, str)
+                    and path.name == own.name and path.parent != run and own.is_file()
+                    and file_sha256(own) == recorded):
+                # a run trained with a relative out (results.json names no folder) and moved
+                # since: its model, by content, names where it was (break70 #1)
+                moved[0] = path.parent
             path = inside(path)
             # the run's model, or deploy's export of it inside the run (not a dense model
             # deployed there, nor an ONNX file of the user's, which may be any model)

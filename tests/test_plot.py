@@ -577,3 +577,35 @@ def test_a_run_skipped_at_the_batch_says_where_it_was_measured(tmp_path, capsys)
     assert main(["plot", str(a), str(b), "--out", str(tmp_path / "p.png")]) == 0
     assert ("not drawn (no latency at batch 8): b (measured at batch 64: --batch N)"
             in capsys.readouterr().out)
+
+
+def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path, monkeypatch):
+    """break70 #1: the quick recipe's out (runs/quick) is relative, so results.json names no
+    folder; its deploy report names the model's absolute path then. A copy of the run was
+    refused as a report that "timed another model", although the model is byte-identical."""
+    import shutil
+
+    from fxprune.run_io import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    run = _run(tmp_path / "runs" / "quick", 0.9, 8e6)
+    model = run / "model_pruned.pt"
+    model.write_bytes(b"the pruned model")
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "model": "runs/quick/model_pruned.pt"}))
+    d = run / "deploy_b64"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "model.onnx").write_bytes(b"its export")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 64, "latency_ms": {"median": 9.0}, "model_file": str(model.resolve()),
+         "model_sha256": file_sha256(model),
+         "onnx": {"path": str((d / "model.onnx").resolve()), "sha256": file_sha256(d / "model.onnx")}}))
+    assert load_points([run])[0].latency_ms == {64: 9.0}
+    copy = tmp_path / "archive" / "quick"
+    shutil.copytree(run, copy)
+    assert load_points([copy])[0].latency_ms == {64: 9.0}
+    (copy / "model_pruned.pt").write_bytes(b"another model")  # not the one the report timed
+    with pytest.raises(PlotError, match="timed .*model_pruned.pt, not the model of the run"):
+        load_points([copy])
