@@ -735,7 +735,10 @@ def format_results(results: dict) -> str:
     lines.append(f"method {results['method']}, {results['epochs']} epochs, "
                  f"{results['train_time_s']} s training; model: {results['model']}")
     if results.get("images_per_s") is not None:
-        lines.append(f"throughput {results['images_per_s']:.1f} training images/s on "
-                     f"{results.get('world_size', 1)} process(es)")
+        counts = results.get("process_counts") or []
+        on = (" then ".join(str(c["world_size"]) for c in counts) + " processes (a resume "
+              "changed the count; results.json: process_counts)" if len(counts) > 1
+              else f"{results.get('world_size', 1)} process(es)")
+        lines.append(f"throughput {results['images_per_s']:.1f} training images/s on {on}")
     return "\n".join(lines)
 

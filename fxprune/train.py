@@ -571,6 +571,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     images, loop_s = 0, 0.0  # training images and seconds in the training loop (throughput)
     # the learning-rate schedules the run trained on: one, unless a resume changed optim.epochs
     lr_schedules = [{"from_epoch": 0, "epochs": int(optim_cfg["epochs"])}]
+    # the process counts it trained with: one, unless a resume changed it (break70 #2)
+    process_counts = [{"from_epoch": 0, "world_size": world}]
     if ckpt is not None:
         try:
             net.load_state_dict(ckpt["model"])
@@ -588,6 +590,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
         lr_schedules = [dict(s) for s in ckpt.get("lr_schedules") or [
             {"from_epoch": 0, "epochs": int(ckpt["config"]["optim"]["epochs"])}]]
+        process_counts = [dict(c) for c in ckpt.get("process_counts") or [
+            {"from_epoch": 0, "world_size": int(ckpt.get("world_size", 1))}]]
+        if process_counts[-1]["world_size"] != world:
+            process_counts.append({"from_epoch": int(ckpt["epoch"]), "world_size": world})
         if lr_schedules[-1]["epochs"] != int(optim_cfg["epochs"]):
             # a run trained on (break62 #4: a finished cosine run's lr went from 0 back up,
             # silently, and its results read like one run of the new length)
@@ -707,6 +713,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
                     "lr_schedules": lr_schedules, "data": data_fingerprint,
+                    "process_counts": process_counts,
                 }
                 save_checkpoint(checkpoint, ckpt_path)
     finally:
@@ -718,6 +725,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                  "world_size": world}
     if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
         run_facts["lr_schedules"] = lr_schedules
+    if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all
+        run_facts["process_counts"] = process_counts
     results = _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,
                       epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything

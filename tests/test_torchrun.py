@@ -244,7 +244,11 @@ def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
         capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3"]
-    assert json.loads((out / "results.json").read_text())["world_size"] == 1
+    results = json.loads((out / "results.json").read_text())
+    # break70 #2: the throughput spans both counts, and results.json said 1 process alone
+    assert results["world_size"] == 1 and results["process_counts"] == [
+        {"from_epoch": 0, "world_size": 2}, {"from_epoch": 2, "world_size": 1}]
+    assert "training images/s on 2 then 1 processes" in resumed.stdout
 
     # ... and that one resumes in 2 again (rank 0 reads the checkpoint and sends it)
     again = torchrun(2, str(recipe), "--set", "device=cpu", "--set", "optim.epochs=4",
@@ -253,6 +257,9 @@ def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3", "4"]
     assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == list(range(4, 25, 4))
     assert torch.load(out / "checkpoint.pt", weights_only=True)["world_size"] == 2
+    assert json.loads((out / "results.json").read_text())["process_counts"] == [
+        {"from_epoch": 0, "world_size": 2}, {"from_epoch": 2, "world_size": 1},
+        {"from_epoch": 3, "world_size": 2}]
 
 
 @pytest.mark.slow

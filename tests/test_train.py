@@ -20,6 +20,7 @@ from fxprune import train as train_mod
 from fxprune.cli import main as cli_main
 from fxprune.recipe_config import DEFAULTS
 from fxprune.train import ConfigError, apply_overrides, load_config, resolve_config, train
+from fxprune.run_io import format_results
 from helpers import TINY_RECIPE as TINY
 
 
@@ -520,11 +521,16 @@ def test_a_resume_at_another_step_count_per_epoch_is_said(recipe, tmp_path):
     per_epoch = ckpt["steps_per_epoch"]
     ckpt["step"], ckpt["world_size"] = ckpt["step"] // 2, 2  # as two processes would have run
     ckpt["steps_per_epoch"] = per_epoch // 2
+    ckpt["process_counts"] = [{"from_epoch": 0, "world_size": 2}]
     torch.save(ckpt, out / "checkpoint.pt")
     with pytest.warns(RuntimeWarning, match=rf"--resume: the checkpoint ran {per_epoch // 2} "
                                             r"optimizer steps per epoch \(2 process\(es\)\) and "
                                             rf"this run runs {per_epoch} \(1\)"):
-        train(tiny_cfg(out, "optim.epochs=2"), resume=True)
+        results = train(tiny_cfg(out, "optim.epochs=2"), resume=True)
+    # break70 #2: the throughput spans both counts; results.json said world_size 1 alone
+    assert results["world_size"] == 1 and results["process_counts"] == [
+        {"from_epoch": 0, "world_size": 2}, {"from_epoch": 1, "world_size": 1}]
+    assert "on 2 then 1 processes" in format_results(results)
     # break54 #7: epoch 1 at the other count, epoch 2 at this one: the next resume at this
     # count is no change (the average over both epochs, a fraction, warned at every resume)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
