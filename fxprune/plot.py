@@ -239,7 +239,10 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                             f"({out[batch]['report']}, {report}); keep one")
         if data.get("timed_under_load") is True:  # deploy said so; a plot of it must too (break58 #8)
             load = data.get("load_average") if isinstance(data.get("load_average"), dict) else {}
-            said = (f" (load average {load.get('before')} -> {load.get('after')} on "
+            def avg(v):  # as uptime prints it (break70 #4: 5.4306640625)
+                return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+
+            said = (f" (load average {avg(load.get('before'))} -> {avg(load.get('after'))} on "
                     f"{load.get('cores')} cores)" if load else "")
             warn(f"{report} was timed while other processes shared the CPU{said}: its latency "
                  "and speedup may be off; deploy the run again on an idle machine",

@@ -443,10 +443,11 @@ def test_a_deploy_report_timed_under_load_is_said_to_be(tmp_path):
     report = run / "deploy_b1" / "report.json"
     data = json.loads(report.read_text())
     report.write_text(json.dumps({**data, "timed_under_load": True,
-                                  "load_average": {"before": 3.5, "after": 4.0, "cores": 2}}))
+                                  "load_average": {"before": 3.5, "after": 5.4306640625,
+                                                   "cores": 2}}))
     with pytest.warns(RuntimeWarning, match=r"deploy_b1/report.json was timed while other "
-                                            r"processes shared the CPU \(load average 3.5 -> 4.0 "
-                                            r"on 2 cores\).*deploy the run again on an idle"):
+                                            r"processes shared the CPU \(load average 3.50 -> "
+                                            r"5.43 on 2 cores\).*deploy the run again on an idle"):
         assert load_points([run])[0].latency_ms == {1: 2.0}
 
 
