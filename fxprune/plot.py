@@ -300,6 +300,11 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
         raise PlotError(f"{source} is not the results.json of an fxprune train run (no accuracy "
                         "and flops); pass a run folder or a benchmark results file with rows")
     label = (run_dir or results.parent).name or str(results)
+    if data.get("cost_timed_under_load"):  # (break70 #3: said once, at training, only)
+        warn(f"{source}: the latency table that priced this run had "
+             f"{data['cost_timed_under_load']} timings taken while other processes shared the "
+             "CPU: its channel choices may follow noise; measure the table again on an idle "
+             "machine", RuntimeWarning)
     deploys = (_deploy_latencies(run_dir, results, _path_or_none(data.get("model"), "model", source),
                                  data.get("params")) if run_dir is not None else {})
     # a dense run (prune.method none) is the 1.0x every --compare speedup is over: drawn there

@@ -734,6 +734,9 @@ def format_results(results: dict) -> str:
             lines.append(f"{'  pruner ' + k:22}{'':>14}{shown:>14}")
     lines.append(f"method {results['method']}, {results['epochs']} epochs, "
                  f"{results['train_time_s']} s training; model: {results['model']}")
+    if results.get("cost_timed_under_load"):
+        lines.append(f"the latency table that priced this run had {results['cost_timed_under_load']} "
+                     "timings taken under load (results.json: cost_timed_under_load)")
     if results.get("images_per_s") is not None:
         counts = results.get("process_counts") or []
         on = (" then ".join(str(c["world_size"]) for c in counts) + " processes (a resume "

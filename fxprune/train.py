@@ -799,6 +799,10 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         priced_by = getattr(getattr(pruner, "budget", None), "model", None)
         if getattr(priced_by, "fit", None):  # "latency+fixed": how its constant was fitted
             results["cost_fit"] = {"fixed_cost": priced_by.fixed_cost, **priced_by.fit}
+        table = getattr(priced_by, "base", priced_by)
+        under_load = (getattr(table, "stats", None) or {}).get("under_load", 0)
+        if under_load:  # said once when timed; kept with the run too (break70 #3)
+            results["cost_timed_under_load"] = int(under_load)
     results.update(dense_params=dense_stats["params"], dense_flops=dense_stats["flops"],
                    params_ratio=results["params"] / dense_stats["params"],
                    flops_ratio=results["flops"] / max(dense_stats["flops"], 1))

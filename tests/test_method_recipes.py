@@ -3,6 +3,7 @@ tests/test_recipe_e2e.py covers the real files): the budget holds by the flop co
 changes no prediction, and a run resumes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,29 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
     with pytest.raises(ConfigError, match=r"ccp prunes at optimizer step 20, but the run has 2 "
                                           r"\(1 epochs x 2\), so it would end unpruned"):
         train(cfg)  # it trained to the end, then failed on the cost it never pruned to
+
+
+def test_a_run_priced_by_a_table_timed_under_load_keeps_that_in_its_results(tmp_path,
+                                                                             monkeypatch):
+    """break70 #3: a latency table timed while the CPU was shared warned once, at training;
+    results.json, the printed results and fxprune plot said nothing of it."""
+    import fxprune
+    import fxprune.train as train_mod
+    from fxprune.deploy import LatencyTable
+    from fxprune.plot import load_points
+
+    def loaded_measurement(net, cost, channel_step, progress):
+        table = LatencyTable.measure(net, step=channel_step, progress=False, log=lambda s: None,
+                                     timer=lambda layer, ci, co: 1e-3 * ci * co + 0.05)
+        table.stats["under_load"] = 3  # as LatencyTable.measure counts layers timed under load
+        return table
+
+    monkeypatch.setattr(train_mod, "measured_latency_cost", loaded_measurement)
+    args = [*SMALL, "prune.cost=latency", "prune.channel_step=4", "prune.target=0.7",
+            f"out={tmp_path / 'run'}"]
+    results = train(load_config(ROOT / "configs" / "fashion_mnist_smcp.yaml", args))
+    assert results["cost_timed_under_load"] == 3
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["cost_timed_under_load"] == 3
+    with pytest.warns(RuntimeWarning, match=r"results.json: the latency table that priced this "
+                                            r"run had 3 timings taken while other processes"):
+        load_points([tmp_path / "run"])
