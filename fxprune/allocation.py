@@ -274,8 +274,7 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
     # is kept until a step of a group sharing one of them is taken: each round prices the few
     # groups next to the last step, not all (nasnet's 172 groups: 16-20 s per update, most of
     # it pricing steps no width had changed for).
-    touches = [set(t) for t in budget.touching]
-    near = [[j for j, other in enumerate(touches) if other & mine] for mine in touches]
+    near = budget.neighbours
     priced: list[dict[int, float]] = [{} for _ in options]  # group -> {option: cost change}
 
     def delta(i, new):

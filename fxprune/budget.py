@@ -47,6 +47,11 @@ class Budget:
                 flats = [layer.out_flat] + ([layer.in_flat] if layer.in_flat is not None else [])
                 if any(((f >= sl.start) & (f < sl.stop)).any() for f in flats):
                     self.touching[i].append(li)
+        # groups sharing a touched layer with each group: a step of one changes the other's
+        # step costs (allocation.repair keeps the rest)
+        touches = [set(t) for t in self.touching]
+        self.neighbours: list[list[int]] = [[j for j, other in enumerate(touches) if other & mine]
+                                            for mine in touches]
 
     def layer_cost(self, layer: CostedLayer, c_in: int, c_out: int) -> float:
         value = float(self.model.layer_cost(layer.spec, c_in, c_out))
