@@ -174,15 +174,17 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         saved = [run_dir / name for name in RUN_MODEL_FILES if (run_dir / name).is_file()]
         own = saved[0].resolve() if len(saved) == 1 else None
 
-    moved = [old_run]  # the run's folder when it was deployed, where known (set below)
+    # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
+    subs = sorted({m.parent for m in run_dir.rglob(DEPLOY_MARKER)})
+    if old_run is None and own is not None:  # a relative out: results.json names no folder
+        old_run = _where_the_run_was(run_dir, own, subs)
 
     def inside(p: Path) -> Path:
-        if moved[0] is not None and moved[0] != run and p.is_relative_to(moved[0]):
-            return run / p.relative_to(moved[0])
+        if old_run is not None and old_run != run and p.is_relative_to(old_run):
+            return run / p.relative_to(old_run)
         return p
 
-    # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
-    for sub in sorted({m.parent for m in run_dir.rglob(DEPLOY_MARKER)}):
+    for sub in subs:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
             continue
@@ -214,12 +216,6 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                 path = Path(timed).resolve()
             except (OSError, ValueError) as exc:  # a NUL in the path
                 raise PlotError(f"{report}: model_file {timed!r} is not a path ({exc})") from None
-            if (moved[0] is None and own is not None and isinstance(recorded, str)
-                    and path.name == own.name and path.parent != run and own.is_file()
-                    and file_sha256(own) == recorded):
-                # a run trained with a relative out (results.json names no folder) and moved
-                # since: its model, by content, names where it was (break70 #1)
-                moved[0] = path.parent
             path = inside(path)
             # the run's model, or deploy's export of it inside the run (not a dense model
             # deployed there, nor an ONNX file of the user's, which may be any model)
@@ -291,6 +287,32 @@ def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, in
         return isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
     except (OSError, ValueError):  # a NUL in the path
         return False
+
+
+def _where_the_run_was(run_dir: Path, own: Path, subs: list[Path]) -> Path | None:
+    """The folder a run trained with a relative out was in when it was deployed, where it has
+    moved since (break70 #1: a byte-identical copy was refused): a deploy report inside the run
+    that timed a file of the run model's name and content (the sha256 it records), written at
+    the same place in that folder as it is in this one (its ONNX file's path, where recorded).
+    None when no report says so."""
+    run = run_dir.resolve()
+    digest = file_sha256(own) if own.is_file() else None
+    for sub in subs:
+        try:
+            data = json.loads((sub / "report.json").read_text())
+            timed = Path(data["model_file"]).resolve()
+            onnx = data.get("onnx") if isinstance(data.get("onnx"), dict) else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # judged (and refused, if need be) by the reading that follows
+        old = timed.parent
+        if (timed.name != own.name or old == run or digest is None
+                or data.get("model_sha256") != digest):
+            continue
+        if isinstance(onnx.get("path"), str) and not Path(onnx["path"]).resolve().is_relative_to(
+                old / sub.resolve().relative_to(run)):
+            continue  # that report was not written in the run's folder then
+        return old
+    return None
 
 
 def _run_point(results: Path, run_dir: Path | None) -> Point:

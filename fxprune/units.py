@@ -116,7 +116,18 @@ class ConsumerWeight:
         gradients again, and blamed the training loop). A weight torch made a computed
         attribute since (``torch.nn.utils.prune``, a parametrization: break69 F2) is no
         Parameter of the layer's: the one of the build is read, as before."""
-        return self.layer._parameters.get(self.attr, self.built)
+        param = self.layer._parameters.get(self.attr)
+        if param is not None:
+            return param
+        if not any(p is self.built for p in self.layer.parameters()):
+            # weight_norm's parametrization trains two new tensors: the build's weight would
+            # get no gradient and the layer's scores would be left out, silently (break71 #1)
+            from .errors import FxPruneError
+            raise FxPruneError(
+                f"the weight of `{self.module}` is no longer a parameter the model trains (a "
+                "parametrization such as weight_norm was put on it after the pruner was built); "
+                "put it on before fxprune.prepare (the layer is then kept whole), or remove it")
+        return self.built
 
 
 def consumer_weights(prepared: fx.GraphModule, index: UnitIndex) -> list[ConsumerWeight]:

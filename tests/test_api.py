@@ -724,12 +724,15 @@ def test_a_model_on_the_meta_device_is_refused_in_one_line():
         fxprune.prepare(model, torch.randn(2, 3, 8, 8))
 
 
-@pytest.mark.parametrize("how", ["torch_prune", "weight_norm"])
+@pytest.mark.parametrize("how", ["torch_prune", "orthogonal", "weight_norm"])
 def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break_it(how):
     """break69 F2: with the weight read at each use, torch.nn.utils.prune (or a
     parametrization) applied after SMCP was built made it fail with a bare KeyError: 'weight'
     (the weight is no Parameter of the layer's then); the weight of the build is read, as
-    before."""
+    before, where the model still trains it (torch's prune keeps it as weight_orig, a
+    parametrization as its original). break71 #1: weight_norm trains two new tensors, so the
+    build's weight got no gradient and the layer's scores were left out silently: refused."""
+    from fxprune.errors import FxPruneError
     from fxprune.rules import Elementwise
     torch.manual_seed(0)
     pm = fxprune.prepare(ActChain(), torch.randn(4, 3, 8, 8), rules={CustomAct: Elementwise()})
@@ -737,14 +740,27 @@ def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break
     if how == "torch_prune":
         import torch.nn.utils.prune as torch_prune
         torch_prune.l1_unstructured(pm.c3, "weight", amount=0.3)
+    elif how == "orthogonal":
+        torch.nn.utils.parametrizations.orthogonal(pm.c3, "weight")
     else:
         torch.nn.utils.parametrizations.weight_norm(pm.c3, "weight")
     opt = torch.optim.SGD(pm.parameters(), lr=0.01)
-    for i in range(5):
-        pm(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i))).square().mean().backward()
-        pruner.step()
-        opt.step()
-        opt.zero_grad()
+
+    def train():
+        for i in range(5):
+            x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+            pm(x).square().mean().backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+
+    if how == "weight_norm":
+        with pytest.raises(FxPruneError, match=r"^the weight of `c3` is no longer a parameter "
+                                               r"the model trains \(a parametrization such as "
+                                               r"weight_norm"):
+            train()
+        return
+    train()
     pruner.finalize_masks()
     assert pruner.cost() <= 0.5
 

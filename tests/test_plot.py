@@ -580,10 +580,14 @@ def test_a_run_skipped_at_the_batch_says_where_it_was_measured(tmp_path, capsys)
             in capsys.readouterr().out)
 
 
-def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path, monkeypatch):
+@pytest.mark.parametrize("second", ["a_b1", "z_b1"])
+def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path, monkeypatch,
+                                                                         second):
     """break70 #1: the quick recipe's out (runs/quick) is relative, so results.json names no
     folder; its deploy report names the model's absolute path then. A copy of the run was
-    refused as a report that "timed another model", although the model is byte-identical."""
+    refused as a report that "timed another model", although the model is byte-identical.
+    break71 #2: a second deploy (of the first's export) sorted before the first was read before
+    the run's old folder was known, and refused."""
     import shutil
 
     from fxprune.run_io import file_sha256
@@ -603,10 +607,16 @@ def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path
         {"batch": 64, "latency_ms": {"median": 9.0}, "model_file": str(model.resolve()),
          "model_sha256": file_sha256(model),
          "onnx": {"path": str((d / "model.onnx").resolve()), "sha256": file_sha256(d / "model.onnx")}}))
-    assert load_points([run])[0].latency_ms == {64: 9.0}
+    e = run / second  # a deploy of deploy_b64's export, at batch 1
+    e.mkdir()
+    (e / ".fxprune-deploy").write_text("deploy\n")
+    (e / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": 1.0}, "model_file": str((d / "model.onnx").resolve()),
+         "model_sha256": file_sha256(d / "model.onnx")}))
+    assert load_points([run])[0].latency_ms == {64: 9.0, 1: 1.0}
     copy = tmp_path / "archive" / "quick"
     shutil.copytree(run, copy)
-    assert load_points([copy])[0].latency_ms == {64: 9.0}
+    assert load_points([copy])[0].latency_ms == {64: 9.0, 1: 1.0}
     (copy / "model_pruned.pt").write_bytes(b"another model")  # not the one the report timed
-    with pytest.raises(PlotError, match="timed .*model_pruned.pt, not the model of the run"):
+    with pytest.raises(PlotError, match="timed .*, not the model of the run"):
         load_points([copy])
