@@ -57,20 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from fxprune.run_io import stop_on_sigterm
 
     from .pipeline import deploy
 
-    if threading.current_thread() is threading.main_thread():
-        # a clean stop, like Ctrl-C, as fxprune train's (break66 #3: a kill mid-export left a
-        # truncated model.onnx that the next deploy refused as not its own)
-        signal.signal(signal.SIGTERM, _interrupt)
+    # (break66 #3: a kill mid-export left a truncated model.onnx the next deploy refused)
+    stop_on_sigterm()
     try:
         if args.workspace_mib is not None and args.workspace_mib < 1:
             raise DeployError(f"--workspace-mib must be an integer >= 1, got {args.workspace_mib}")

@@ -36,7 +36,7 @@ from .groups import is_finalized, mark_finalized
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "lock_out_folder", "release_out_folder", "atomic_write",
+           "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm", "atomic_write",
            "atomic_write_text", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
            "cost_columns", "save_module", "write_results", "format_results"]
 
@@ -425,6 +425,22 @@ def release_out_folder(out: Path) -> None:
     fd = _LOCKS.pop(os.path.realpath(out), None)
     if fd is not None:
         os.close(fd)  # closing the last descriptor of the open folder releases its flock
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a scheduler) stop the command as Ctrl-C does: a
+    KeyboardInterrupt its ``run`` catches, which leaves the files consistent and says so in one
+    line (``fxprune train``, ``fxprune deploy``). Set from the main thread only, where Python
+    allows signal handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

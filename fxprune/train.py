@@ -876,19 +876,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "writes every file).")
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from .run_io import stop_on_sigterm
 
     overrides = list(args.overrides)
     if args.out is not None:  # an empty --out is refused, not the recipe's folder
         overrides.append(f"out={json.dumps(args.out)}")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # a clean stop, like Ctrl-C
+    stop_on_sigterm()
     cfg = None
     try:
         cfg = load_config(args.config, overrides)

@@ -1299,3 +1299,25 @@ def test_a_failed_export_prints_no_ir_graph_and_leaves_torchs_onnx_log_as_it_was
         out, err = capfd.readouterr()
         assert "Torch IR graph" not in out + err and "aten::" not in out + err
         assert torch._C._jit_is_onnx_log_enabled() == was
+
+
+def test_sigterm_stops_a_deploy_as_ctrl_c_does(saved, tmp_path):
+    """break66 #3: SIGTERM (kill, timeout, a scheduler) ended deploy where it stood: a
+    truncated model.onnx mid-export, a traceback-free but unrecorded folder. The CLI turns it
+    into Ctrl-C's clean stop (fxprune.run_io.stop_on_sigterm, as train's)."""
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fxprune", "deploy", str(saved / "pruned.pt"), "--out", str(out),
+         "--iters", "100000000", "--warmup", "0", "--no-progress", "--backend", "onnxruntime",
+         *TRUST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # timing has started: model.onnx is written and checked
+        if line.startswith("timing on"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "fxprune deploy: interrupted" in err
+    assert sorted(os.listdir(out)) == [".fxprune-deploy", "model.onnx"]  # checked, recorded
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
