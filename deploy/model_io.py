@@ -165,12 +165,15 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                           f"({', '.join(p.name for p in required)}); fxprune deploy times "
                           "single-input models: wrap it in a module whose forward takes one "
                           "tensor, or export the ONNX yourself and deploy that file")
+    copy = None
     try:
+        copy = eval_copy(module, "fp32")  # on the CPU, as the inputs below
         with torch.no_grad():
-            eval_copy(module, "fp32")(torch.zeros(shape))
+            copy(torch.zeros(shape))
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = first_line(e) or type(e).__name__
-        if _wants_integers(module, shape):  # no shape fits (break66 #4: "pass a fitting ...")
+        if copy is not None and _wants_integers(copy, shape):
+            # no shape fits (break66 #4: "pass a fitting --input-shape")
             raise DeployError(
                 f"{label} takes an integer input (it runs on a torch.long tensor of shape "
                 f"{tuple(shape)}, not on a float one): fxprune deploy times models of one "
@@ -182,13 +185,12 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                           "pass a fitting --input-shape") from None
 
 
-def _wants_integers(module: nn.Module, shape: tuple[int, ...]) -> bool:
-    """Whether ``module`` runs on integer indices of ``shape`` (an embedding's input)."""
-    from .onnx_export import eval_copy
-
+def _wants_integers(copy: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether ``copy`` (an :func:`eval_copy`, on the CPU) runs on integer indices of
+    ``shape`` (an embedding's input)."""
     try:
         with torch.no_grad():
-            eval_copy(module, "fp32")(torch.zeros(shape, dtype=torch.long))
+            copy(torch.zeros(shape, dtype=torch.long))
     except Exception:  # noqa: BLE001 - it fails on integers too
         return False
     return True
