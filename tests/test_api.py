@@ -676,6 +676,17 @@ def test_saved_masks_load_only_onto_the_groups_they_were_saved_for():
             g.kept for g in fxprune.channel_groups(saved_pm)]
 
 
+def _train_steps(pm, pruner, opt, steps: int, *, batch: int) -> None:
+    """``steps`` optimizer steps of an ActChain on seeded random batches, the pruner stepping
+    after each backward."""
+    for i in range(steps):
+        x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+        pm(x).square().mean().backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+
+
 @pytest.mark.parametrize("method", ["smcp", "cucb"])
 def test_a_pruner_follows_parameters_replaced_after_it_was_built(method):
     """break68 #2: load_state_dict(assign=True) after the pruner was built left it reading the
@@ -693,13 +704,7 @@ def test_a_pruner_follows_parameters_replaced_after_it_was_built(method):
                   else fxprune.CUCB(pm, rho=0.5, warmup=1, explore=3, execution="masked"))
         if assign:
             pm.load_state_dict(checkpoint, assign=True)
-        opt = torch.optim.SGD(pm.parameters(), lr=0.05)
-        for i in range(6):
-            xb = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i))
-            pm(xb).square().mean().backward()
-            pruner.step()
-            opt.step()
-            opt.zero_grad()
+        _train_steps(pm, pruner, torch.optim.SGD(pm.parameters(), lr=0.05), 6, batch=8)
         pruner.finalize_masks()
         return [g.kept for g in fxprune.channel_groups(pm) if g.prunable]
 
@@ -747,12 +752,7 @@ def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break
     opt = torch.optim.SGD(pm.parameters(), lr=0.01)
 
     def train():
-        for i in range(5):
-            x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i))
-            pm(x).square().mean().backward()
-            pruner.step()
-            opt.step()
-            opt.zero_grad()
+        _train_steps(pm, pruner, opt, 5, batch=4)
 
     if how == "weight_norm":
         with pytest.raises(FxPruneError, match=r"^the weight of `c3` is no longer a parameter "
