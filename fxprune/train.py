@@ -331,7 +331,6 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             dist.destroy_process_group()
 
 
-
 def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> None:
     """Refuse a resume on data other than the run's: ``data.root`` may change for the same
     data moved, not for another split (break65 #3: other data trained the next epochs, said as
@@ -349,7 +348,9 @@ def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> N
         f"({differ}); point data.root at the data the run trained on, or start a new run "
         "with another --out")
 
+
 def _refuse_unwritable_resume(out: Path) -> None:
+    """Refuse a resume that would train on in a folder it cannot write (break65 #5)."""
     unwritable = unwritable_folder(out)
     if unwritable:
         raise PermissionError(f"--out {out}: {unwritable}; copy the run to a folder you can "
