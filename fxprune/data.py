@@ -413,7 +413,14 @@ def make_loaders(data_cfg: dict, seed: int = 0) -> tuple[BatchLoader, BatchLoade
     train_x, train_y = load_split(cfg, "train", seed)
     test_x, test_y = load_split(cfg, "test", seed)
     channels = int(cfg["channels"])
-    train = BatchLoader(train_x, train_y, batch_size=int(cfg["batch_size"]), shuffle=True,
+    batch = int(cfg["batch_size"])
+    main = is_main_process() and os.environ.get("RANK", "0") == "0"
+    if batch > len(train_x) and main:  # break70: 100000 was one 60,000-image batch, OOM-killed
+        # a warning, not an error: a tiny subset in one batch is a fair smoke run
+        warnings.warn(f"data.batch_size {batch} is more than the {len(train_x)} training "
+                      f"images: every step is one batch of all {len(train_x)} (memory grows "
+                      "with the batch); give a smaller data.batch_size", stacklevel=2)
+    train = BatchLoader(train_x, train_y, batch_size=batch, shuffle=True,
                         augment=bool(cfg["augment"]), seed=seed,
                         num_workers=int(cfg["num_workers"]), channels=channels)
     test = BatchLoader(test_x, test_y, batch_size=int(cfg["test_batch_size"]), shuffle=False,

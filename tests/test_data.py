@@ -228,3 +228,12 @@ def test_real_debian_files():
     assert y.bincount().tolist() == [6000] * 10
     mean = x.float().div(255).mean().item()
     assert mean == pytest.approx(data.FASHION_MNIST_MEAN, abs=1e-3)
+
+
+def test_a_batch_larger_than_the_training_set_is_said():
+    """break70: data.batch_size 100000 trained on one 60,000-image batch per step and was killed
+    for memory without a word. A warning: a tiny subset in one batch is a fair smoke run."""
+    with pytest.warns(UserWarning, match=r"data.batch_size 512 is more than the 300 training "
+                                         r"images: every step is one batch of all 300"):
+        train, _ = make_loaders(synthetic_cfg(synthetic_train=300, batch_size=512), seed=1)
+    assert len(train) == 1
