@@ -32,7 +32,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from fxprune.cost import LayerSpec
+from fxprune.cost import LayerSpec, torch_pad
 
 from .common import DeployError, cpu_name, time_interleaved_wall
 
@@ -255,7 +255,7 @@ def layer_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
                           f"{layer.padding} at stride {layer.stride} has no torch layer here")
     begin, end = layer.padding[:nd], layer.padding[nd:]
     pad = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[nd](
-        [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)], 0.0)
+        torch_pad(begin, end), 0.0)
     return nn.Sequential(pad, conv(c_in, c_out, layer.kernel_size, stride=layer.stride or 1,
                                    dilation=layer.dilation or 1, groups=groups, bias=layer.bias))
 

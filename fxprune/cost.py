@@ -15,6 +15,12 @@ from typing import Protocol, runtime_checkable
 from .checks import check_number
 
 
+def torch_pad(begins, ends) -> list[int]:
+    """``F.pad``'s list for pads given per spatial dim (``begins``, ``ends``, first dim first):
+    the last dim's pair first, as ``F.pad`` and ``nn.ConstantPadNd`` read it."""
+    return [p for b, e in zip(reversed(begins), reversed(ends)) for p in (b, e)]
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """A costed layer (conv or linear) of a prepared model, described by value.

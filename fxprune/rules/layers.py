@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.cost import LayerSpec
+from fxprune.cost import LayerSpec, torch_pad
 from fxprune.errors import FxPruneError
 
 from .base import ChannelRule, check_size_args, node_arg, pruned_size, set_node_arg
@@ -241,7 +241,7 @@ class ConvSame(Conv):
         n = len(module.kernel_size)
         begin, end = self.same_padding(x.shape[-n:], module.kernel_size, module.stride,
                                        module.dilation)
-        return F.pad(x, [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)])
+        return F.pad(x, torch_pad(begin, end))
 
     def layer_spec(self, ctx, call, c_in, c_out):
         spec = super().layer_spec(ctx, call, c_in, c_out)
