@@ -2100,3 +2100,48 @@ def test_in_place_forms_of_elementwise_ops_are_pruned():
     their out-of-place forms did: a barrier for an in-place spelling."""
     pm, small = prune_and_check(_InPlace(), X)
     assert small.c0.out_channels < 16
+
+
+class TokenMixing(nn.Module):
+    """A conv stage, then an MLP-Mixer-style linear over the H*W tokens of b's channels (and,
+    with ``over_width``, a linear over the width alone): the channels are the linear's rows."""
+
+    def __init__(self, over_width: bool = False):
+        super().__init__()
+        self.over_width = over_width
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
+        self.tok, self.c = nn.Linear(8 if over_width else 64, 8 if over_width else 64), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        y = self.b(F.relu(self.a(x)))
+        n, c, h, w = y.shape
+        mixed = self.tok(y) if self.over_width else self.tok(y.flatten(2)).view(n, c, h, w)
+        return self.c(F.relu(y + mixed))
+
+
+@pytest.mark.parametrize("over_width", [False, True])
+def test_channels_as_a_linears_rows_are_kept_whole_and_flops_cost_matches_flop_counter(over_width):
+    """break72 #1: a linear whose rows hold a prunable group (token mixing over H*W, a linear
+    over the width) cost its dense rows whatever was kept: SMCP said 0.75 of dense, flop_counter
+    put the finalized model at 0.31. Such a group is kept whole, as a conv's spatial dims; the
+    others prune, and the cost a method reports is what flop_counter counts."""
+    from fxprune.summary import count_flops
+
+    torch.manual_seed(0)
+    model, x = TokenMixing(over_width).eval(), torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(model, (x,))
+    (b,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["b"]]
+    assert not b.prunable and b.reason.startswith("rows of a linear"), b.reason
+    assert prunable(pm) == {"a": 8}
+    pruner = fxprune.SMCP(pm, target=0.8, cost="flops", warmup=0, ramp=2, update_every=1,
+                          channel_step=1)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.01)
+    for _ in range(4):
+        pm(torch.randn(4, 3, 8, 8)).square().mean().backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+    pruner.finalize_masks()
+    small = fxprune.finalize(pm)
+    assert small.a.out_channels < 8
+    assert pruner.cost() == pytest.approx(count_flops(small, (x,)) / count_flops(model, (x,)), rel=1e-6)

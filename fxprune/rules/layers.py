@@ -310,6 +310,14 @@ class Linear(_WeightLayer):
             bias = f"{module}.bias" if ctx.module().bias is not None else None
         x = node.args[0]
         labels, last = ctx.labels(x), len(ctx.shape(x)) - 1
+        for d, ids in labels.items():
+            if d != last:
+                # channels as the linear's rows (token mixing over H*W, a linear over a conv
+                # output's width): its cost follows the rows, which a layer's cost (c_in, c_out
+                # at its traced shape) does not price, so "flops" said 0.75 of a model flop_counter
+                # put at 0.31 (break72 #1); as a conv's spatial dims, kept whole
+                ctx.untracked(ids, "rows of a linear (a channel dim it runs across, as token "
+                              "mixing does: its cost would not follow the kept channels)")
         w_out, w_in = ctx.space(name, 0, source=True), ctx.space(name, 1)
         ctx.connect(w_in, labels.get(last), "linear input")
         ctx.mask_site(name, 1, self)
