@@ -19,7 +19,8 @@ With a fixed number of active channels per group every gathered shape is static 
 Supported: conv (any groups), linear, batch norm (timm's ``BatchNormAct2d`` with its dropout
 and activation), and channel-agnostic ops (the :data:`ELEMENTWISE` activation modules and
 their functions, pooling, flatten, add, cat). Anything else (masked layer/group norm, another
-BatchNorm subclass, a literal channel count in a view) raises, and construction checks the gathered forward against the
+BatchNorm subclass, a call whose arguments spell channel positions or counts: a slice, a
+chunk, a literal view size) raises, and construction checks the gathered forward against the
 masked model on the example inputs, as ``finalize`` checks itself.
 """
 from __future__ import annotations
@@ -205,12 +206,78 @@ class _Run(nn.Module):
         return self._interpreter.run(*args)
 
 
+def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | None:
+    """The first call whose arguments spell positions or counts of a prunable group's channels
+    (a gate ``y[:, 1:2]``, ``chunk(2)`` of two groups, a literal view size), or None.
+
+    ``finalize`` rewrites such arguments for the kept channels (the row's ``rewrite``); in the
+    gathered graph they would stay as written, and read other channels, or split at other
+    places, as the active set changes (break72 #2, #3: a one-channel gate read the wrong
+    channel silently; a chunk failed at a random step). Found, whatever the active set, by
+    rewriting with a group's first and then its last channel dropped: a spelled position or
+    count moves with one of them."""
+    from fxprune.rules.base import ChannelRule
+
+    from .group_analysis import lookup_rule
+    from .surgery import _FinalizeContext
+
+    ch = state.channels
+    for node in prepared.graph.nodes:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        rule = lookup_rule(node, prepared, state.rules)
+        if rule is None or type(rule).rewrite is ChannelRule.rewrite:  # nothing to rewrite
+            continue
+        ids = [np.asarray(v).ravel() for n in (node, *node.all_input_nodes)
+               for v in _label_arrays(n.meta.get("fxprune_labels"))]
+        units = ch.units(np.concatenate(ids)) if ids else np.empty(0, dtype=np.int64)
+        for g in np.unique(ch.unit_group[units[units >= 0]]):
+            if not ch.groups[g].prunable:
+                continue
+            for dropped in (0, ch.groups[g].size - 1):
+                kept = ~((ch.unit_group == g) & (ch.unit_pos == dropped))
+                before = (node.target, node.args, node.kwargs)
+                try:
+                    rule.rewrite(node, _FinalizeContext(ch, kept))
+                    moved = _differ((node.target, node.args, node.kwargs), before)
+                finally:
+                    node.target, node.args, node.kwargs = before
+                if moved:
+                    return node
+    return None
+
+
+def _label_arrays(labels):
+    """The id arrays of a node's labels: a dict per tensor, nested in tuples for several."""
+    if isinstance(labels, dict):
+        yield from labels.values()
+    elif isinstance(labels, (tuple, list)):
+        for item in labels:
+            yield from _label_arrays(item)
+
+
+def _differ(a, b) -> bool:
+    try:
+        return bool(a != b)
+    except Exception:  # noqa: BLE001 - a tensor argument: compared as different (refused)
+        return True
+
+
 class GatheredModule(nn.Module):
     """The active sub-network of a prepared model (see the module docstring)."""
 
     def __init__(self, prepared: fx.GraphModule):
         super().__init__()
         state = state_of(prepared)
+        spelled = _spelled_channel_positions(prepared, state)
+        if spelled is not None:
+            from fxprune.op_table import describe
+
+            raise SurgeryError(f"gathered execution cannot follow `{spelled.name}` "
+                               f"({describe(spelled, prepared)}): its arguments spell channel "
+                               "positions or counts, which finalize rewrites for the kept "
+                               "channels and which differ with every active set; use masked "
+                               "execution")
         self.channels = state.channels
         self.prepared_ref = [prepared]  # a list: not registered as a submodule
         self.indices: dict[str, torch.Tensor | None] = {}
@@ -250,8 +317,8 @@ class GatheredModule(nn.Module):
         self.check(prepared)
 
     def _touches(self, node: fx.Node) -> bool:
-        labels = node.meta.get("fxprune_labels") or {}
-        return any(self.channels.touches_prunable(np.asarray(ids)) for ids in labels.values())
+        return any(self.channels.touches_prunable(np.asarray(ids))
+                   for ids in _label_arrays(node.meta.get("fxprune_labels")))
 
     def set_active(self, flat_active: np.ndarray, device=None) -> None:
         """Gather at the channels ``flat_active`` (bool per flat channel, UnitIndex order) keeps."""

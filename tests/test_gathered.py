@@ -305,9 +305,75 @@ def test_a_split_by_a_literal_channel_count_falls_back_to_masked_execution(capfd
             return self.head(torch.cat([xs, self.b(xb)], 1))
 
     pm = fxprune.prepare(CSP(), (torch.randn(1, 3, 8, 8),))
-    # named by the split, not the getitem of its piece where the error surfaced (break38 #6)
-    with pytest.warns(UserWarning, match=r"gathered execution fails on the example inputs at "
-                                         r"node split \(Tensor.split\)"):
+    # named by the split, not the getitem of its piece (break38 #6), before any run (break72)
+    with pytest.warns(UserWarning, match=r"gathered execution cannot follow `split` "
+                                         r"\(Tensor.split\): its arguments spell channel"):
         pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=1)
     assert pruner.execution == "masked"
     assert "HERE" not in capfd.readouterr().err
+
+
+class Gate(torch.nn.Module):
+    """A one-channel gate sliced out of the group at a literal position."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.Conv2d(24, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.c(y * torch.sigmoid(y[:, 1:2]))
+
+
+class ChunkHeads(torch.nn.Module):
+    """One conv's output chunked in two halves, each read by its own conv (two groups)."""
+
+    def __init__(self, pieces: int = 2):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8 * pieces, 3, padding=1)
+        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(8, 4, 1) for _ in range(pieces))
+
+    def forward(self, x):
+        return sum(h(p) for h, p in zip(self.heads, self.a(x).chunk(len(self.heads), dim=1)))
+
+
+@pytest.mark.parametrize("model, node", [(Gate, "getitem"), (ChunkHeads, "chunk"),
+                                         (lambda: ChunkHeads(3), "chunk")])
+def test_a_call_spelling_channel_positions_is_refused_whatever_the_check_draws(model, node):
+    """break72 #2, #3: the gathered graph kept ``y[:, 1:2]`` and ``chunk(2)`` as written. Where
+    the active set moved channel 1 (or split the halves unevenly) the gate read another channel,
+    silently, and the chunk failed at a random step; the construction check, one random half of
+    each group, let both through by chance. Such a call is refused before any run."""
+    from fxprune.errors import SurgeryError
+
+    x = torch.randn(1, 3, 8, 8)
+    pm = fxprune.prepare(model(), (x,))
+    with pytest.raises(SurgeryError, match=rf"cannot follow `{node}` .*spell channel positions "
+                                           r"or counts.*use masked execution"):
+        gathered_module(pm)
+    with pytest.warns(UserWarning, match="gathered execution unavailable"):
+        pruner = fxprune.CUCB(pm, rho=0.5, warmup=1, explore=4, channel_step=1)
+    assert pruner.execution == "masked"
+    for _ in range(4):  # masked training runs every active set the bandit draws
+        loss = pruner.train_forward(torch.randn(4, 3, 8, 8)).square().mean()
+        loss.backward()
+        pruner.step(loss)
+
+
+def test_spatial_padding_and_a_read_channel_count_still_gather():
+    """The refusal is of spelled channel positions, not of every call a row rewrites: F.pad on
+    the spatial dims and a view whose sizes are read from the tensor run gathered, exactly."""
+    class Padded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            y = F.relu(self.a(x))
+            n, c, h, w = y.shape
+            y = y.reshape(n, c, h * w).reshape(n, c, h, w)
+            return self.b(F.pad(y, (1, 1, 1, 1)))
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Padded(), (x,))
+    assert gathered_module(pm).check(pm) <= 1e-4
