@@ -282,8 +282,11 @@ class LatencyTable:
             for key in flagged:
                 del todo[key]
             table._under_load.update(flagged)
-        # _points holds every cache hit so far, flagged ones being timed again among them
+        # _points holds every cache hit so far, flagged ones being timed again among them: they
+        # stay flagged until timed (break74 F2: a save of a run stopped midway, or a periodic
+        # one, cleared the flags of points still holding the busy timings)
         retimed = sum(key in todo for key in flagged)
+        table._under_load.update(key for key in flagged if key in todo)
         table.stats["cached"] = sum(len(v) for v in table._points.values()) - retimed
         log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} "
             f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
@@ -291,7 +294,8 @@ class LatencyTable:
 
         from tqdm import tqdm
 
-        if _busy(loads, threads):  # known before timing: the periodic cache saves mark them too
+        busy_before = _busy(loads, threads)
+        if busy_before:  # known before timing: the periodic cache saves mark them too
             table._under_load.update(todo)
         t_start = last_save = time.perf_counter()
         order = list(todo)
@@ -305,6 +309,8 @@ class LatencyTable:
                     ms = _timed(timer, todo[(pk, ci, co)], ci, co)
                     pts = table._points.setdefault(pk, {})
                     pts[(ci, co)] = ms if p == 0 else min(pts[(ci, co)], ms)
+                    if p == 0 and not busy_before:  # timed again, on an idle CPU so far
+                        table._under_load.discard((pk, ci, co))
                     bar.update()
                     if cache and time.perf_counter() - last_save > _CACHE_SAVE_EVERY_S:
                         table._write_cache(cache)
@@ -491,6 +497,15 @@ class LatencyTable:
         }
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the table as JSON to ``path`` (atomically). An existing file is replaced only
+        when it is a saved table: a latency cache (every context's timings) or any other file
+        raises :class:`DeployError` (break74 F3: ``save`` onto the cache lost its timings)."""
+        path = os.fspath(path)  # as given, as measure's cache= (the CLI expands ~)
+        if os.path.isfile(path) and (found := _format_of(path)) != _TABLE_FORMAT:
+            what = ("a latency cache (measure's cache= file, every context's timings)"
+                    if found == _CACHE_FORMAT else "not a saved latency table")
+            raise DeployError(f"{path!r} exists and is {what}: save replaces only a table it "
+                              "wrote; give another path")
         _atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -624,6 +639,15 @@ def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
 def _parse_point(text: str) -> tuple[int, int]:
     ci, co = text.split(",")
     return int(ci), int(co)
+
+
+def _is_point(text) -> bool:
+    """``text`` is a grid point's key, ``"c_in,c_out"``."""
+    try:
+        _parse_point(text)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _milliseconds(value) -> float:
@@ -760,6 +784,16 @@ def _read_json(path, what: str, fmt: str) -> dict:
     return data
 
 
+def _format_of(path) -> str | None:
+    """The ``format`` a JSON file of fxprune's declares (None: a folder, unreadable, not one)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+
 def _read_cache_file(path) -> tuple[dict, dict, dict]:
     """A cache's points (context -> point_key -> {"c_in,c_out": ms}), its points timed under
     load (context -> point_key -> ["c_in,c_out", ...]) and any other top-level keys (a later
@@ -769,8 +803,9 @@ def _read_cache_file(path) -> tuple[dict, dict, dict]:
     doc = _read_json(path, "a latency cache", _CACHE_FORMAT)
     marks = doc.get("under_load", {})
     if not (isinstance(marks, dict) and all(
-            isinstance(ctx, dict) and all(isinstance(v, list) for v in ctx.values())
-            for ctx in marks.values())):
+            isinstance(ctx, dict) and all(isinstance(v, list) and all(_is_point(p) for p in v)
+                                          for v in ctx.values())
+            for ctx in marks.values())):  # (break74 F4: [16, 32] failed the write after timing)
         raise DeployError(f"{os.fspath(path)!r} has a malformed 'under_load' entry (context -> "
                           "point key -> ['c_in,c_out', ...]); delete that key to use the cache")
     known = ("format", "version", "contexts", "under_load")

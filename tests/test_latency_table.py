@@ -751,3 +751,73 @@ def test_a_table_of_another_batch_names_its_batch():
                                                    r"model's example inputs are batch 4: measure "
                                                    r"a table at batch 4"):
         fxprune.SMCP(pm4, target=1.0, cost=table, channel_step=8)
+
+
+def test_a_remeasure_stopped_midway_keeps_the_flags_of_points_it_did_not_time(
+        tmp_path, monkeypatch, fake_ort):
+    """break74 F2: the cache write of a re-measure stopped by Ctrl-C (or a periodic save before
+    a kill) unflagged every point loaded from the cache, timed again or not: the next measure
+    used the busy timings as clean, without a word."""
+    import fxprune.deploy.onnxruntime_backend as ortb
+
+    cache = tmp_path / "c.json"
+    layers = [conv(cin=16, cout=16)]
+    _load(monkeypatch, 4.0)
+    with pytest.warns(RuntimeWarning):
+        LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+    _load(monkeypatch, 0.1)
+    timed = []
+
+    def stopped_after_one(*args, **kwargs):
+        if timed:
+            raise KeyboardInterrupt
+        timed.append(1)
+        return 2.0
+
+    monkeypatch.setattr(ortb, "time_single", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+    doc = json.loads(cache.read_text())
+    (flags,) = [pts for ctx in doc["under_load"].values() for pts in ctx.values()]
+    (points,) = [pts for ctx in doc["contexts"].values() for pts in ctx.values()]
+    retimed = [pt for pt, ms in points.items() if ms == 2.0]
+    assert len(retimed) == 1 and sorted(flags) == sorted(set(points) - set(retimed))
+    with pytest.warns(RuntimeWarning, match="3 of 4 points"):  # still busy: used, and said
+        _load(monkeypatch, 4.0)
+        LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+
+
+def test_save_replaces_only_a_saved_table(tmp_path):
+    """break74 F3: table.save onto the measure's cache (a user's mix-up) replaced it, and with
+    it every thread count's, batch's and machine's timings; any other file went the same way."""
+    cache, saved, notes = tmp_path / "c.json", tmp_path / "t.json", tmp_path / "notes.txt"
+    table = LatencyTable.measure([conv()], step=8, cache=cache, timer=CountingTimer(), **FAST)
+    before = cache.read_text()
+    with pytest.raises(DeployError, match=r"c.json' exists and is a latency cache .*save "
+                                          r"replaces only a table it wrote; give another path"):
+        table.save(cache)
+    assert cache.read_text() == before
+    notes.write_text("mine")
+    with pytest.raises(DeployError, match="exists and is not a saved latency table"):
+        table.save(notes)
+    assert notes.read_text() == "mine"
+    table.save(saved)
+    table.save(saved)  # its own file: replaced
+    assert LatencyTable.load(saved).grid(conv()) == table.grid(conv())
+
+
+def test_a_cache_whose_under_load_lists_hold_no_points_is_refused_on_read(tmp_path, monkeypatch,
+                                                                          fake_ort):
+    """break74 F4: [16, 32] in an under_load list was read, and the write after all the timing
+    failed with a TypeError traceback, the new timings lost."""
+    cache = tmp_path / "c.json"
+    LatencyTable.measure([conv(cin=8, cout=8)], step=8, threads=1, cache=cache, **FAST)
+    doc = json.loads(cache.read_text())
+    (ctx,) = doc["contexts"]
+    (pk,) = doc["contexts"][ctx]
+    doc["under_load"] = {ctx: {pk: [16, 32]}}
+    cache.write_text(json.dumps(doc))
+    calls = len(fake_ort)
+    with pytest.raises(DeployError, match="malformed 'under_load' entry"):
+        LatencyTable.measure([conv(cin=16, cout=16)], step=8, threads=1, cache=cache, **FAST)
+    assert len(fake_ort) == calls  # refused before timing anything
