@@ -220,7 +220,10 @@ class LatencyTable:
             if not _is_count(value, low):
                 raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
         dtype = _PRECISION_DTYPES.get(precision)
+        given = layers
         layers = _as_layer_specs(layers)
+        if batch is not None:
+            _check_batch_first(layers, _example_batch(given), batch)
         on_cpu = False  # a custom timer's device is unknown: no load check
         untimed = [layer for layer in layers if layer.kind not in ("conv", "linear")]
         if timer is None and untimed:  # before any timing, not when the shuffle reaches it
@@ -725,6 +728,36 @@ def _as_layer_specs(layers) -> list[LayerSpec]:
     if bad:
         raise TypeError(f"LatencyTable.measure needs LayerSpec objects, got {sorted(set(bad))}")
     return layers
+
+
+def _example_batch(layers) -> int | None:
+    """A prepared model's example batch (its first tensor input's dim 0); None for specs."""
+    if isinstance(layers, (list, tuple)):
+        return None
+    import torch
+
+    from fxprune.groups import state_of
+
+    first = next((t for t in state_of(layers).example_inputs if isinstance(t, torch.Tensor)
+                  and t.ndim), None)
+    return None if first is None else int(first.shape[0])
+
+
+def _check_batch_first(layers: list[LayerSpec], example_batch: int | None, batch: int) -> None:
+    """``batch=`` times every layer at a leading dim of ``batch``: right only where that dim is
+    the model's batch. A layer that runs frames folded into the batch (``B*T``) or a sequence
+    first (``T, B, C``) would be timed at a shape the model never runs (break74 F1: a video
+    model's convs priced 4x too cheap against its head, silently), so it is refused."""
+    timed = [layer for layer in layers if layer.input_shape]
+    if example_batch is None and timed:  # specs alone: batch-first layers share their dim 0
+        example_batch = max({l.batch for l in timed}, key=[l.batch for l in timed].count)
+    odd = next((layer for layer in timed if layer.batch != example_batch), None)
+    if odd is not None:
+        raise DeployError(
+            f"batch={batch}: layer {odd.name!r} runs on a leading dim of {odd.batch}, not the "
+            f"example batch {example_batch} (frames or a sequence folded into the batch, or a "
+            f"sequence-first layout), and batch= times every layer at a leading dim of {batch}; "
+            f"prepare the model with example inputs of batch {batch} and measure without batch=")
 
 
 def _backend_timer(backend: str, threads: int, *, torch_device=None, cuda_graphs: bool = True,

@@ -1,6 +1,7 @@
 """LatencyTable: grids, interpolation, caching, errors, persistence (tiny layers, seconds)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -821,3 +822,38 @@ def test_a_cache_whose_under_load_lists_hold_no_points_is_refused_on_read(tmp_pa
     with pytest.raises(DeployError, match="malformed 'under_load' entry"):
         LatencyTable.measure([conv(cin=16, cout=16)], step=8, threads=1, cache=cache, **FAST)
     assert len(fake_ort) == calls  # refused before timing anything
+
+
+class _PerFrame(torch.nn.Module):
+    """(B, T*3, H, W) -> B*T frames through the convs -> averaged over time -> a head."""
+
+    def __init__(self, frames=4):
+        super().__init__()
+        self.frames = frames
+        self.c1, self.fc = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        f = torch.relu(self.c1(x.reshape(b * self.frames, 3, h, w)))
+        return self.fc(f.mean((2, 3)).reshape(b, self.frames, 16).mean(1))
+
+
+def test_batch_refuses_a_layer_whose_leading_dim_is_not_the_batch():
+    """break74 F1: batch=8 set every layer's dim 0 to 8; a per-frame model's convs run on B*T
+    frames (32 at batch 8) and were timed on 8, priced 4x too cheap against the head, silently.
+    Specs given alone are judged by the dim 0 most of them share."""
+    import fxprune
+
+    pm = fxprune.prepare(_PerFrame().eval(), (torch.randn(1, 12, 8, 8),))
+    with pytest.raises(DeployError, match=r"batch=8: layer 'c1' runs on a leading dim of 4, not "
+                                          r"the example batch 1 .*prepare the model with example "
+                                          r"inputs of batch 8 and measure without batch="):
+        LatencyTable.measure(pm, step=8, batch=8, timer=CountingTimer(), **FAST)
+    with pytest.raises(DeployError, match="layer 'odd' runs on a leading dim of 4, not the "
+                                          "example batch 1"):
+        LatencyTable.measure([conv("a"), conv("b", cin=24), dataclasses.replace(
+            conv("odd"), input_shape=(4, 16, 8, 8), output_shape=(4, 24, 8, 8))], step=8,
+            batch=8, timer=CountingTimer(), **FAST)
+    # without batch= the layers are timed as the model runs them
+    table = LatencyTable.measure(pm, step=8, timer=CountingTimer(), **FAST)
+    assert len(table) > 0
