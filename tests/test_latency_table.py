@@ -857,3 +857,43 @@ def test_batch_refuses_a_layer_whose_leading_dim_is_not_the_batch():
     # without batch= the layers are timed as the model runs them
     table = LatencyTable.measure(pm, step=8, timer=CountingTimer(), **FAST)
     assert len(table) > 0
+
+
+def test_a_step_1_method_measures_a_table_every_8_channels_and_at_its_step(monkeypatch):
+    """break74 F5: CCP's and CUCB's channel_step 1 made cost="latency" time every width: 692,800
+    points on resnet18 at 64x64 (hours, without a word). The table is timed every 8 channels and
+    at the method's step (min_count), and interpolates between."""
+    import fxprune
+
+    macs = lambda layer, ci, co: layer.macs(ci, co) / 1e6 + 0.01  # noqa: E731
+    real, asked = LatencyTable.measure.__func__, []
+
+    def timed_by_macs(cls, layers, **kw):
+        asked.append(kw)
+        return real(cls, layers, timer=macs, **{**FAST, **kw, "progress": False})
+
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(timed_by_macs))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
+                                torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))
+    pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, cost="latency", collect=1)
+    assert pruner.channel_step == 1 and asked[-1]["step"] == 8 and asked[-1]["min_count"] == 1
+    every_width = real(LatencyTable, pm, step=1, timer=macs, **FAST)
+    assert sum(map(len, pruner.budget.model._points.values())) < sum(
+        map(len, every_width._points.values())) / 4
+    fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)  # SMCP's step: the table's, as before
+    assert asked[-1]["step"] == 8 and asked[-1]["min_count"] is None
+
+
+def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_table():
+    """break74 F6: "latency+fixed:64" (the README's benchmark command) was refused by the API
+    without saying how to price at batch 64."""
+    import fxprune
+
+    pm = fxprune.prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1)),
+                         (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(ValueError, match=r"':64' batch form is bench_vs_torch_pruning.py's; here, "
+                                         r"measure the table at that batch and pass it: table = "
+                                         r"fxprune.deploy.LatencyTable.measure\(pm, batch=64\), "
+                                         r"then cost=table \(or cost=fxprune.deploy.calibrate_cost"):
+        fxprune.SMCP(pm, 0.5, cost="latency+fixed:64")

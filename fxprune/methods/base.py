@@ -77,6 +77,11 @@ def latest_pruner(prepared) -> Any | None:
 LATENCY_COSTS = ("latency", "latency+fixed")
 
 
+#: the coarsest step of the latency table ``cost="latency"`` measures (widths between its
+#: points are interpolated)
+TABLE_STEP = 8
+
+
 def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int, *,
                           progress: bool = True) -> CostModel:
     """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``;
@@ -88,7 +93,12 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
 
     if cost == "latency+fixed":
         calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
-    table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
+    # a table at a channel_step under 8 (CCP's and CUCB's default is 1) timed every width: 692,800
+    # points on resnet18 at 64x64, hours (break74 F5). Timed every 8 channels, and at
+    # channel_step itself (min_count), it interpolates between; a finer table is the user's to
+    # measure and pass as cost=
+    table = LatencyTable.measure(prepared, step=max(channel_step, TABLE_STEP), progress=progress,
+                                 min_count=channel_step if channel_step < TABLE_STEP else None)
     if cost == "latency":
         return table
     return calibrate_cost(table, prepared, step=channel_step)
@@ -150,6 +160,13 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         if cost in LATENCY_COSTS:
             model = measured_latency_cost(prepared, cost, channel_step)
             return model, getattr(model, "fixed_cost", 0.0)
+        base, _, batch = cost.partition(":")
+        if base in LATENCY_COSTS and batch.strip().isdigit():  # the benchmark's spelling
+            raise ValueError(
+                f"cost {cost!r}: the ':{batch.strip()}' batch form is bench_vs_torch_pruning.py's; "
+                f"here, measure the table at that batch and pass it: table = "
+                f"fxprune.deploy.LatencyTable.measure(pm, batch={batch.strip()}), then cost=table "
+                f"{'(or cost=fxprune.deploy.calibrate_cost(table, pm)) ' if base == 'latency+fixed' else ''}")
         raise ValueError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or a "
                          f"CostModel, got {cost!r}")
     if isinstance(cost, type):  # the class passes the protocol check; its layer_cost is unbound
