@@ -239,7 +239,8 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
                 before = (node.target, node.args, node.kwargs)
                 try:
                     rule.rewrite(node, _FinalizeContext(ch, kept))
-                    moved = _differ((node.target, node.args, node.kwargs), before)
+                    moved = (_differ((node.target, node.args, node.kwargs), before)
+                             and not _equal_pieces(before, node))
                 finally:
                     node.target, node.args, node.kwargs = before
                 if moved:
@@ -254,6 +255,16 @@ def _label_arrays(labels):
     elif isinstance(labels, (tuple, list)):
         for item in labels:
             yield from _label_arrays(item)
+
+
+def _equal_pieces(before, node: fx.Node) -> bool:
+    """``chunk(n)`` rewritten as a split into ``n`` equal sizes: the same pieces (a group whose
+    channels sit one in each piece, as shufflenet's halves, keeps them equal at any active set)."""
+    target, args, kwargs = before
+    if target not in ("chunk", torch.chunk) or node.target not in ("split", torch.split):
+        return False
+    chunks, sizes = args[1] if len(args) > 1 else kwargs.get("chunks"), node.args[1]
+    return isinstance(chunks, int) and len(sizes) == chunks and len(set(sizes)) == 1
 
 
 def _differ(a, b) -> bool:

@@ -377,3 +377,30 @@ def test_spatial_padding_and_a_read_channel_count_still_gather():
     x = torch.randn(2, 3, 8, 8)
     pm = fxprune.prepare(Padded(), (x,))
     assert gathered_module(pm).check(pm) <= 1e-4
+
+
+def test_a_chunk_whose_pieces_are_tied_channel_by_channel_still_gathers():
+    """A chunk is refused only where its pieces can differ: halves added channel by channel
+    (one unit, one channel in each half) stay equal at every active set, and run gathered."""
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            p, q = self.a(x).chunk(2, dim=1)
+            return self.c(F.relu(p + q))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    pm = fxprune.prepare(Tied().double(), (x,))
+    gathered = gathered_module(pm)
+    index = UnitIndex(pm)
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # several active sets of several sizes, not the check's one half
+        active = np.zeros(index.n, dtype=bool)
+        active[rng.permutation(index.n)[:rng.integers(1, index.n + 1)]] = True
+        index.set_masks(pm, active.astype(np.float64))
+        gathered.set_active(active)
+        with torch.no_grad():
+            assert torch.allclose(gathered(x), pm(x), rtol=0, atol=1e-12)
