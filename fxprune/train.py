@@ -229,6 +229,24 @@ def evaluate(model: nn.Module, loader, device: torch.device,
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
+def prediction_differences(a: nn.Module, b: nn.Module, loader, device: torch.device,
+                           channels_last: bool = False) -> int:
+    """Samples of ``loader`` on which ``a`` and ``b`` (in eval mode) predict different classes,
+    over every process: the masked and the finalized model (break73 F1: the difference of
+    their correct counts let flips that cancel, and wrong-to-other-wrong ones, pass as 0)."""
+    modes = a.training, b.training
+    a.eval(), b.eval()
+    differ = 0
+    with torch.no_grad():
+        for x, _ in loader:
+            if not len(x):
+                continue
+            x = _to_device(x, device, channels_last)
+            differ += (a(x).argmax(1) != b(x).argmax(1)).sum().item()
+    a.train(modes[0]), b.train(modes[1])
+    return _summed(0.0, differ, 0)[1]
+
+
 def model_stats(model: nn.Module, input_shape=INPUT_SHAPE) -> dict[str, int]:
     """Parameters and FLOPs (torch's flop counter, 2 per multiply-accumulate) at batch 1."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -793,7 +811,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         path = out / "model_pruned.pt"
         if main:
             save_module(small, path, input_shape)
-        mismatched = round(abs(small_acc - test_acc) * test_loader.dataset_size)
+        mismatched = prediction_differences(net, small, test_loader, device, channels_last)
         results.update(accuracy=small_acc, test_loss=small_loss, accuracy_masked=test_acc,
                        finalize_mismatched_samples=mismatched, **stats, model=str(path),
                        pruner_cost=cost)

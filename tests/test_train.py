@@ -890,3 +890,26 @@ def test_a_finished_run_in_a_folder_that_cannot_be_written_still_resumes_to_its_
     assert (f"--out {out}: {out} refuses a new file (Read-only file system); copy the run to a "
             "folder you can write and --resume there") in capsys.readouterr().err
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1"]
+
+
+def test_finalize_mismatched_samples_counts_predictions_that_differ_not_the_accuracy_change():
+    """break73 F1: "N samples differ" was |delta correct| x N: a finalize that flipped 147
+    predictions said 9 (right-to-wrong and wrong-to-right flips cancel; wrong-to-other-wrong
+    ones count nothing). It counts the samples whose predicted class changed."""
+    from fxprune.data import make_loaders
+
+    _, test = make_loaders({"name": "synthetic", "synthetic_train": 8, "synthetic_test": 64,
+                            "batch_size": 8, "test_batch_size": 16}, seed=0)
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    b = torch.nn.Sequential(a, torch.nn.Flatten())  # the same predictions...
+    flipped = copy.deepcopy(a)
+    with torch.no_grad():  # ...and another model: its classes' rows rolled by one
+        flipped[1].weight.copy_(a[1].weight.roll(1, 0)), flipped[1].bias.copy_(a[1].bias.roll(1, 0))
+    cpu = torch.device("cpu")
+    assert train_mod.prediction_differences(a, b, test, cpu) == 0
+    expected = sum(int((a(x).argmax(1) != flipped(x).argmax(1)).sum()) for x, _ in test)
+    assert expected > 32 and train_mod.prediction_differences(a, flipped, test, cpu) == expected
+    _, acc_a = train_mod.evaluate(a, test, cpu)
+    _, acc_f = train_mod.evaluate(flipped, test, cpu)
+    assert round(abs(acc_a - acc_f) * 64) < expected  # what the old count said
