@@ -25,6 +25,7 @@ writing) follows :mod:`fxprune.distributed` (see :func:`_train`).
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import inspect
 import json
@@ -308,6 +309,18 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loade
                           f"images of shape {tuple(x.shape[1:])}: {first[:200]}{hint}") from None
     finally:
         model.train()
+    # in training too (on a copy: its BatchNorm statistics stay), where some models return
+    # more than logits: torchvision's googlenet passed, then failed at step 1 (break73 F4)
+    try:
+        with torch.no_grad():
+            trained = copy.deepcopy(model).train()(x[:2])
+    except Exception:  # noqa: BLE001 - e.g. a BatchNorm on one value: the step's batch decides
+        trained = None
+    if trained is not None and not isinstance(trained, torch.Tensor):
+        raise ConfigError(f"model.name {cfg['model']['name']!r} returns "
+                          f"{type(trained).__name__} in training, not a logits tensor (auxiliary "
+                          "outputs); fxprune train needs a model whose forward returns the "
+                          "logits in both modes: use another model")
     # both splits: a tiny training split may lack the highest label the test split has
     classes = max(int(loader.labels.max()) + 1 for loader in (train_loader, test_loader)
                   if len(loader.labels))

@@ -726,6 +726,9 @@ BAD_OVERRIDES = [
                               "the data has 10 classes"),
     (["model.name=resnet18", "model.widths=null", "model.blocks=null"],
      "model.name 'resnet18' does not run on the data's images of shape (1, 28, 28)"),
+    # break73 F4: eval mode gives logits, training GoogLeNetOutputs: a traceback at step 1
+    (["model.name=googlenet", "model.widths=null", "model.blocks=null", "data.channels=3"],
+     "model.name 'googlenet' returns GoogLeNetOutputs in training, not a logits tensor"),
     # break52 #3, #4: the trainer's own (its loss is a mean, it runs no scaler): loss_reduction=sum
     # picked other channels silently, scaler crashed at the first step leaving a folder
     (["prune.method=ccp", "prune.loss_reduction=sum"], "prune.loss_reduction is an argument "
