@@ -84,10 +84,12 @@ def unwritable_folder(folder: Path) -> str | None:
     return None
 
 
-def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
+                     tensorboard: bool = False) -> None:
     """Refuse a folder the run did not create (one holding files but no run marker), a file
     in the folder's place, a place files cannot be written, and a finished run unless
-    ``resume`` or ``overwrite``. Creates nothing: it runs before any work."""
+    ``resume`` or ``overwrite``; with ``tensorboard`` (the run writes its logs), a file named
+    ``tensorboard`` there. Creates nothing: it runs before any work."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
     why = None if resume else unwritable_folder(out)  # (a finished run resumed writes
@@ -103,6 +105,12 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         if odd:
             raise FileExistsError(f"--out {out} holds {odd[0]}, which is not a file; fxprune "
                                   "writes a file of that name: move it, or choose another --out")
+        board = out / "tensorboard"
+        if tensorboard and board.exists() and not board.is_dir():  # (break73 F3: the old run
+            # was removed, then SummaryWriter failed with a bare "[Errno 17] File exists")
+            raise FileExistsError(f"--out {out} holds tensorboard, which is not a folder; "
+                                  "fxprune writes TensorBoard logs there: move it, or --set "
+                                  "log.tensorboard=false")
     ckpt = out / "checkpoint.pt"
     if resume:
         prev = out / "checkpoint.prev.pt"
@@ -662,7 +670,8 @@ def tensorboard_writer(setting: Any, out: Path | None):
                           "pip install tensorboard, or --set log.tensorboard=false")
     from torch.utils.tensorboard import SummaryWriter
 
-    return lambda out: SummaryWriter(log_dir=str(out / "tensorboard"))
+    return lambda out, purge_step=None: SummaryWriter(log_dir=str(out / "tensorboard"),
+                                                      purge_step=purge_step)
 
 
 
@@ -705,7 +714,14 @@ class RunLogs:
                 (self.out / name).unlink(missing_ok=True)
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         if self._make_writer is not None:
-            self.writer = self._make_writer(self.out)
+            # TensorBoard reads every event file of the folder as one run (break73 F2): a fresh
+            # start removes the replaced run's, and a resumed one drops the steps logged after
+            # its checkpoint (as steps.csv's rows), which the interrupted run had written
+            if resumed_at is None:
+                for old in (self.out / "tensorboard").glob("events.out.tfevents.*"):
+                    old.unlink()
+            self.writer = self._make_writer(
+                self.out, purge_step=resumed_at[1] + 1 if resumed_at is not None else None)
 
     def step_row(self, row: dict) -> None:
         if not self.main:

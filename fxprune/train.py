@@ -59,8 +59,8 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
                      check_out_folder, config_changes, cost_columns, format_results,
                      load_checkpoint, lock_out_folder, release_out_folder, rng_state,
-                     save_checkpoint, save_module, set_rng_state, unwritable_folder,
-                     write_results)
+                     save_checkpoint, save_module, set_rng_state, tensorboard_writer,
+                     unwritable_folder, write_results)
 
 # Names this module exported before the config and the run I/O moved out stay importable here.
 _REEXPORTED = (DEFAULTS, apply_overrides, parse_value, format_results)
@@ -435,8 +435,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     ckpt_path = out / "checkpoint.pt"
     # the lock first: a second train in the same folder is refused as such, not by what the
     # first one has written so far (break58 #3); a new folder is locked when it is claimed
-    _on_main(lambda: (lock_out_folder(out), check_out_folder(out, resume=resume,
-                                                              overwrite=overwrite)))
+    tensorboard = tensorboard_writer(cfg["log"]["tensorboard"], None) is not None
+    _on_main(lambda: (lock_out_folder(out), check_out_folder(
+        out, resume=resume, overwrite=overwrite, tensorboard=tensorboard)))
 
     threads = cfg["num_threads"] or max((os.cpu_count() or 1) // fxdist.local_world_size(), 1)
     torch.set_num_threads(int(threads))

@@ -913,3 +913,48 @@ def test_finalize_mismatched_samples_counts_predictions_that_differ_not_the_accu
     _, acc_a = train_mod.evaluate(a, test, cpu)
     _, acc_f = train_mod.evaluate(flipped, test, cpu)
     assert round(abs(acc_a - acc_f) * 64) < expected  # what the old count said
+
+
+def test_tensorboard_events_of_a_replaced_run_go_and_a_resume_purges_later_steps(tmp_path,
+                                                                                  monkeypatch):
+    """break73 F2: TensorBoard reads every event file of its folder as one run: --overwrite kept
+    the replaced run's curves beside the new ones, and --resume the steps the interrupted run
+    logged after its checkpoint (steps.csv drops those rows). A fresh start removes the old
+    event files (nothing else there); a resume purges from the step after its checkpoint."""
+    from fxprune import run_io
+
+    made = []
+
+    class Writer:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(run_io, "tensorboard_writer", lambda setting, out: (
+        lambda out, purge_step=None: made.append(purge_step) or Writer()))
+    out = tmp_path / "run"
+    run_io.RunLogs(out, True).open({"seed": 0}, None)
+    board = out / "tensorboard"
+    board.mkdir(exist_ok=True)
+    (board / "events.out.tfevents.1.host").write_text("the replaced run's")
+    (board / "notes.txt").write_text("mine")
+    run_io.RunLogs(out, True).open({"seed": 1}, None, overwrite=True)
+    assert sorted(p.name for p in board.iterdir()) == ["notes.txt"] and made == [None, None]
+    (board / "events.out.tfevents.2.host").write_text("this run's, up to its kill")
+    run_io.RunLogs(out, True).open({"seed": 1}, (1, 40))
+    assert (board / "events.out.tfevents.2.host").exists() and made[-1] == 41
+
+
+def test_a_file_named_tensorboard_is_refused_before_any_work_when_the_run_logs_there(tmp_path):
+    """break73 F3: --overwrite removed the old run's files, then SummaryWriter failed with a
+    bare "[Errno 17] File exists: 'OUT/tensorboard'"."""
+    from fxprune.run_io import check_out_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".fxprune-run").write_text("{}")
+    (out / "tensorboard").write_text("my notes")
+    with pytest.raises(FileExistsError, match="holds tensorboard, which is not a folder; fxprune "
+                                              "writes TensorBoard logs there: move it, or --set "
+                                              "log.tensorboard=false"):
+        check_out_folder(out, resume=False, overwrite=True, tensorboard=True)
+    check_out_folder(out, resume=False, overwrite=True, tensorboard=False)  # not written: no matter
