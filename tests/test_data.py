@@ -237,3 +237,16 @@ def test_a_batch_larger_than_the_training_set_is_said():
                                          r"images: every step is one batch of all 300"):
         train, _ = make_loaders(synthetic_cfg(synthetic_train=300, batch_size=512), seed=1)
     assert len(train) == 1
+
+
+def test_the_test_subset_is_the_same_images_at_every_seed(monkeypatch):
+    """break73 F5: data.subset_test drew other test images at every seed (seeds 0 and 1 shared
+    about 10% of them), so a 3-seed mean +- std mixed test-set sampling into the spread. The
+    training subset still follows the seed."""
+    real = data.make_synthetic  # (the synthetic splits follow the seed: one split for all here)
+    monkeypatch.setattr(data, "make_synthetic", lambda n, seed: real(n, seed=7))
+    cfg = synthetic_cfg(synthetic_train=300, synthetic_test=100, subset_train=50, subset_test=40)
+    tests = [data.load_split(cfg, "test", seed) for seed in (0, 1)]
+    trains = [data.load_split(cfg, "train", seed) for seed in (0, 1)]
+    assert torch.equal(tests[0][0], tests[1][0]) and torch.equal(tests[0][1], tests[1][1])
+    assert len(tests[0][0]) == 40 and not torch.equal(trains[0][0], trains[1][0])
