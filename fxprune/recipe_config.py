@@ -156,8 +156,12 @@ class Rule:
             raise ConfigError(f"{key} cannot be null; it takes {self.describe()}")
         if self.choices is not None:
             if not any(_same(value, c) for c in self.choices):
+                words = [c for c in self.choices if isinstance(c, str)]
+                close = (difflib.get_close_matches(value.lower(), words, n=1, cutoff=0.6)
+                         if isinstance(value, str) else [])  # break73 M6: SMCP, smpc
+                hint = f" (did you mean {_show(close[0])}?)" if close else ""
                 raise ConfigError(f"{key} must be one of {self.describe()}; got "
-                                  f"{_show(value)}{_yaml_bool_hint(key, value, self.kind)}")
+                                  f"{_show(value)}{hint}{_yaml_bool_hint(key, value, self.kind)}")
             return
         items = value if self.kind in ("ints", "numbers") else [value]
         if self.kind in ("ints", "numbers") and not isinstance(value, list):

@@ -654,3 +654,11 @@ def test_repair_prices_only_the_steps_a_move_changed_and_walks_as_before():
             assert got == _repair_unpriced(start, options, budget, target * budget.dense)
             # every round priced every group's step before: 2 x groups x steps pricings
             assert len(calls) < 0.6 * 2 * len(options) * steps, (len(calls), steps)
+
+
+def test_an_unknown_method_name_close_to_a_registered_one_is_suggested():
+    """break73 M6: "SMCP" or "smpc" got the list of names without a "did you mean"."""
+    with pytest.raises(ValueError, match=r"unknown pruning method 'SMCP' \(did you mean 'smcp'\?\)"):
+        fxprune.get_method("SMCP")
+    with pytest.raises(ValueError, match=r"unknown pruning method 'cucbb' \(did you mean 'cucb'\?\)"):
+        fxprune.get_method("cucbb")

@@ -710,6 +710,9 @@ BAD_OVERRIDES = [
                                                     "magnitude (did you mean prune.target?); "
                                                     "valid: accumulate"),
     (["model.name=banana"], "model.name 'banana' is not a model: use resnet_fmnist"),
+    # break73 M6: a method's name in capitals or mistyped got the list, no "did you mean"
+    (["prune.method=SMCP"], "got 'SMCP' (did you mean 'smcp'?)"),
+    (["prune.method=smpc"], "got 'smpc' (did you mean 'smcp'?)"),
     (["model.widths=[0,32,64]"], "model.widths takes a list of integers each >= 1"),
     (["data.name=banana"], "data.name must be one of 'fashion_mnist' | 'synthetic'"),
     (["data.batch_size=0"], "data.batch_size takes an integer >= 1; got 0"),

@@ -610,8 +610,13 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
 def get_method(name: str) -> MethodEntry:
     _load_builtin()
     if name not in registry:
-        raise ValueError(f"unknown pruning method {name!r}; registered: {', '.join(sorted(registry))} "
-                         f"(a package adds one with an entry point in the {PLUGIN_GROUP!r} group)")
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), sorted(registry), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""  # break73 M6: SMCP, smpc
+        raise ValueError(f"unknown pruning method {name!r}{hint}; registered: "
+                         f"{', '.join(sorted(registry))} (a package adds one with an entry point "
+                         f"in the {PLUGIN_GROUP!r} group)")
     return registry[name]
 
 
