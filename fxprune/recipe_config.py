@@ -767,7 +767,8 @@ def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
     """Read a YAML recipe, apply ``section.key=value`` overrides, validate."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe is read (break73 M3: `<(sed ...)` was
+        # "not found")
         what = "is a folder, not a YAML recipe" if path.is_dir() else "not found"
         # named from here when the source tree is here, else as the source tree's
         # (break37 #9: paths relative to it meant nothing from another folder)

@@ -958,3 +958,22 @@ def test_a_file_named_tensorboard_is_refused_before_any_work_when_the_run_logs_t
                                               "log.tensorboard=false"):
         check_out_folder(out, resume=False, overwrite=True, tensorboard=True)
     check_out_folder(out, resume=False, overwrite=True, tensorboard=False)  # not written: no matter
+
+
+def test_a_recipe_is_read_from_a_pipe(tmp_path):
+    """break73 M3: `fxprune train <(sed ... recipe.yaml)` said "config file /dev/fd/63 not
+    found": a pipe is not a regular file, and it was refused as missing."""
+    import threading
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_quick.yaml"
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(
+        recipe.read_text().replace("epochs: 3", "epochs: 1")), daemon=True)
+    writer.start()
+    cfg = load_config(fifo)
+    writer.join()
+    assert cfg["optim"]["epochs"] == 1
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
