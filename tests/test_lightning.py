@@ -88,6 +88,11 @@ def test_a_resume_whose_checkpoint_lacks_this_callback_s_state_says_the_method_r
 def test_errors_name_the_way_out(tmp_path):
     with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
         PruningCallback("nope")
+    # break73 M5: a typo passed construction and failed inside fit() with a traceback
+    with pytest.raises(TypeError, match=r"PruningCallback\('smcp'\): 'traget' is not an argument "
+                                        r"of the method \(did you mean target\?\); it takes target"):
+        PruningCallback("smcp", traget=0.5)
+    PruningCallback("oneshot", target=0.5, importance="magnitude")  # SMCP's keywords, forwarded
     with pytest.raises(ValueError, match="self.model = fxprune.prepare"):
         find_prepared(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     (tmp_path / "taken.pt").write_bytes(b"not ours")

@@ -80,6 +80,31 @@ def _method_entry(name: str):
     return get_method(name)
 
 
+def _check_method_kwargs(method: str, cls, kwargs: dict) -> None:
+    """Refuse at construction a keyword the method does not take (break73 M5: a typo such as
+    ``traget=0.5`` passed, and ``fit()`` failed inside Lightning with a TypeError traceback)."""
+    try:
+        params = dict(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):  # no signature to judge by: the method judges at fit
+        return
+    forwards_to = getattr(cls, "forwards_kwargs_to", None)  # oneshot's **kwargs go to SMCP
+    if forwards_to is not None:
+        params = {**inspect.signature(forwards_to).parameters,
+                  **{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}}
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in list(params.items())[1:]  # the first is the prepared model
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TypeError(f"PruningCallback({method!r}): {unknown[0]!r} is not an argument of "
+                        f"the method{hint}; it takes {', '.join(valid)}")
+
+
 def _checkpoint_safe(value: Any) -> Any:
     """Numpy values as Python numbers and tensors: Lightning loads checkpoints with
     ``torch.load(weights_only=True)`` by default, which refuses numpy objects."""
@@ -153,6 +178,7 @@ class PruningCallback(pl.Callback):
                              "runs a sub-network through the method's train_forward, but Lightning "
                              "trains through the LightningModule's own forward; use "
                              "execution='masked' (the callback's default)")
+        _check_method_kwargs(method, self.method_entry.cls, method_kwargs)
         self.method_kwargs = method_kwargs
         self.attribute, self.check_masks = attribute, check_masks
         self.save_path = None if save_path is None else Path(save_path).expanduser()
