@@ -293,6 +293,18 @@ def _seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- training
 
+def _argument_defaults(method: str) -> dict[str, Any]:
+    """``{"prune.NAME": default}`` of the method's constructor arguments ({} for none)."""
+    if method == "none":
+        return {}
+    try:
+        params = inspect.signature(pruner_class(method)).parameters
+    except (TypeError, ValueError, ImportError, ConfigError):
+        return {}
+    return {f"prune.{name}": p.default for name, p in params.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loader) -> None:
     """One forward on one image before any work: a model that cannot read the data, or has
     fewer outputs than the data has classes, is a config error, not a traceback mid-run."""
@@ -464,6 +476,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         state = ckpt.get("pruner") if isinstance(ckpt.get("pruner"), dict) else {}
         used = {f"prune.{k}": v for part in ("settings", "run_settings")  # both kinds (break38 #4)
                 if isinstance(state.get(part), dict) for k, v in state[part].items()}
+        # one the state does not record: the method's default (break73 M1: ramp_shape=exp and
+        # momentum=0.9, SMCP's defaults written out, were refused as changes)
+        used = {**_argument_defaults(ckpt["config"]["prune"].get("method", "none")), **used}
         changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used)
                    if k not in RESUMABLE_CHANGES]
         fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))

@@ -358,6 +358,15 @@ def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe
     assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
                      "prune.hysteresis=0", "--set", "prune.accumulate=mean", "--resume",
                      "--out", str(out)]) == 0
+    # and one the state does not record, as the method's default (break73 M1: refused)
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
+                     "prune.hysteresis=0", "--set", "prune.ramp_shape=exp", "--set",
+                     "prune.momentum=0.9", "--resume", "--out", str(out)]) == 0
+    torch.save(ckpt, out / "checkpoint.pt")  # another value is still a change
+    assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
+                     "prune.hysteresis=0", "--set", "prune.ramp_shape=linear", "--resume",
+                     "--out", str(out)]) == 2
 
 
 def test_a_missing_recipe_names_the_shipped_ones_from_where_the_user_is(tmp_path, monkeypatch):
