@@ -30,6 +30,7 @@ import bisect
 import dataclasses
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -214,6 +215,9 @@ class LatencyTable:
             raise DeployError(f"batch must be an integer >= 1, got {batch!r}")
         if min_count is not None and not _is_count(min_count):
             raise DeployError(f"min_count must be an integer >= 1, got {min_count!r}")
+        if not (isinstance(target_ms, numbers.Real) and not isinstance(target_ms, bool)
+                and math.isfinite(target_ms) and target_ms > 0):  # break74: -1 and nan passed
+            raise DeployError(f"target_ms must be a number of milliseconds > 0, got {target_ms!r}")
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
@@ -600,8 +604,16 @@ def _check_header(data: dict, source: str) -> None:
         bad = ("threads", "an integer >= 1")
     if data.get("batch") is not None and not _is_count(data["batch"]):
         bad = ("batch", "an integer >= 1 or null")
-    if data.get("dtype") is not None and not isinstance(data["dtype"], str):
-        bad = ("dtype", "a dtype name or null")
+    # break74: an edited dtype (int8) loaded, and pricing said the model was cast; a backend
+    # fxprune has none of loaded too
+    dtypes = (*_PRECISION_DTYPES.values(), "float64")
+    if data.get("dtype") is not None and data["dtype"] not in dtypes:
+        bad = ("dtype", f"one of {', '.join(dtypes)} or null")
+    if isinstance(data.get("backend"), str) and data["backend"] not in _BACKENDS:
+        bad = ("backend", f"one of {', '.join(_BACKENDS)}")
+    if data.get("version", 1) != 1:  # a later format: read as this one, silently
+        bad = ("version", "1 (this fxprune's format: a later fxprune wrote it, or it was "
+               "edited)")
     if bad is not None:
         raise DeployError(f"{source} has {bad[0]!r}: {data[bad[0]]!r}, not {bad[1]}; measure "
                           "the table again")
@@ -834,6 +846,10 @@ def _read_cache_file(path) -> tuple[dict, dict, dict]:
     if path is None or not os.path.exists(path):
         return {}, {}, {}
     doc = _read_json(path, "a latency cache", _CACHE_FORMAT)
+    if doc.get("version", 1) != 1:  # (break74: version 99 was read, and rewritten, as 1)
+        raise DeployError(f"{os.fspath(path)!r} is a latency cache of version "
+                          f"{doc.get('version')!r}, not this fxprune's 1 (a later fxprune wrote "
+                          "it, or it was edited); pass another cache path")
     marks = doc.get("under_load", {})
     if not (isinstance(marks, dict) and all(
             isinstance(ctx, dict) and all(isinstance(v, list) and all(_is_point(p) for p in v)

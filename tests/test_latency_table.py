@@ -897,3 +897,25 @@ def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_ta
                                          r"fxprune.deploy.LatencyTable.measure\(pm, batch=64\), "
                                          r"then cost=table \(or cost=fxprune.deploy.calibrate_cost"):
         fxprune.SMCP(pm, 0.5, cost="latency+fixed:64")
+
+
+def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_refused(tmp_path):
+    """break74 (minor): a table whose dtype was edited to int8 loaded (pricing then said the
+    model had been cast), a backend fxprune lacks loaded, a version-99 table or cache was read
+    as version 1, and target_ms -1 or nan was taken."""
+    table = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST)
+    for key, value, said in (("dtype", "int8", "one of float32, float16, bfloat16, float64"),
+                             ("backend", "foo", "one of onnxruntime, tensorrt, torch"),
+                             ("version", 99, "1 \\(this fxprune's format")):
+        data = {**table.to_dict(), key: value}
+        with pytest.raises(DeployError, match=rf"has '{key}': .*, not {said}"):
+            LatencyTable.from_dict(data)
+    cache = tmp_path / "c.json"
+    LatencyTable.measure([conv()], step=8, cache=cache, timer=CountingTimer(), **FAST)
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "version": 99}))
+    with pytest.raises(DeployError, match="latency cache of version 99, not this fxprune's 1"):
+        LatencyTable.measure([conv()], step=8, cache=cache, timer=CountingTimer(), **FAST)
+    for bad in (-1, 0, float("nan"), float("inf"), "5"):
+        with pytest.raises(DeployError, match="target_ms must be a number of milliseconds > 0"):
+            LatencyTable.measure([conv()], step=8, timer=CountingTimer(),
+                                 **{**FAST, "target_ms": bad})
