@@ -143,6 +143,18 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Hardswish, n
                nn.Hardsigmoid, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
                nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Dropout)
 _PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: modules that act on each channel alone, with nothing per channel (break72 #5: Dropout2d and
+#: Upsample made CUCB train at full width): the active channels run as they would among all
+CHANNELWISE = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoolNd,
+               nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten,
+               nn.Upsample, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+               nn.FeatureAlphaDropout)
+
+
+def _plain_instance_norm(m: nn.Module) -> bool:
+    """An InstanceNorm without affine parameters or running statistics: per channel, alone."""
+    return (isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.affine
+            and not m.track_running_stats)
 
 
 def _elementwise(m: nn.Module) -> bool:
@@ -312,9 +324,8 @@ class GatheredModule(nn.Module):
                         root.add_module(gathered_name, _GatheredLayer(self, node.target, m, row))
                     env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
                     continue
-                if self._touches(node) and not (_elementwise(m) or isinstance(m, (
-                        nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoolNd,
-                        nn.modules.pooling._MaxPoolNd, nn.Flatten))):
+                if self._touches(node) and not (_elementwise(m) or isinstance(m, CHANNELWISE)
+                                                or _plain_instance_norm(m)):
                     raise SurgeryError(f"gathered execution does not support {type(m).__name__} "
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)

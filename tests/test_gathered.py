@@ -404,3 +404,21 @@ def test_a_chunk_whose_pieces_are_tied_channel_by_channel_still_gathers():
         gathered.set_active(active)
         with torch.no_grad():
             assert torch.allclose(gathered(x), pm(x), rtol=0, atol=1e-12)
+
+
+def test_channelwise_modules_without_parameters_run_gathered():
+    """break72 #5: Dropout2d, Upsample and a plain InstanceNorm on pruned channels made CUCB
+    train masked at full width; each acts on every channel alone, so they gather (exactly: the
+    check compares with the masked model in eval mode)."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.Dropout2d(0.2),
+                          nn.Upsample(scale_factor=2), nn.AdaptiveMaxPool2d(4),
+                          nn.Conv2d(8, 4, 1))
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    assert gathered_module(pm).check(pm) <= 1e-4
+    affine = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8, affine=True),
+                           nn.Conv2d(8, 4, 1))  # a weight per channel: not gathered (yet)
+    from fxprune.errors import SurgeryError
+    with pytest.raises(SurgeryError, match="does not support InstanceNorm2d"):
+        gathered_module(fxprune.prepare(affine, (torch.randn(2, 3, 8, 8),)))
