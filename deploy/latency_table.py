@@ -757,9 +757,11 @@ def _example_batch(layers) -> int | None:
 
 def _check_batch_first(layers: list[LayerSpec], example_batch: int | None, batch: int) -> None:
     """``batch=`` times every layer at a leading dim of ``batch``: right only where that dim is
-    the model's batch. A layer that runs frames folded into the batch (``B*T``) or a sequence
-    first (``T, B, C``) would be timed at a shape the model never runs (break74 F1: a video
-    model's convs priced 4x too cheap against its head, silently), so it is refused."""
+    the model's batch, dim 0 of its input (fxprune's convention, as deploy's). A layer whose
+    leading dim is another (frames folded into the batch, ``B*T``; a head after a
+    sequence-first body) would be timed at a shape the model never runs (break74 F1: a video
+    model's convs priced 4x too cheap against its head, silently), so it is refused. A model
+    sequence-first throughout (``T, B, C`` input) is read as batch ``T``: it cannot be told."""
     timed = [layer for layer in layers if layer.input_shape]
     if example_batch is None and timed:  # specs alone: batch-first layers share their dim 0
         example_batch = max({l.batch for l in timed}, key=[l.batch for l in timed].count)
@@ -767,8 +769,8 @@ def _check_batch_first(layers: list[LayerSpec], example_batch: int | None, batch
     if odd is not None:
         raise DeployError(
             f"batch={batch}: layer {odd.name!r} runs on a leading dim of {odd.batch}, not the "
-            f"example batch {example_batch} (frames or a sequence folded into the batch, or a "
-            f"sequence-first layout), and batch= times every layer at a leading dim of {batch}; "
+            f"example batch {example_batch} (frames folded into the batch, or a layer after a "
+            f"sequence-first one), and batch= times every layer at a leading dim of {batch}; "
             f"prepare the model with example inputs of batch {batch} and measure without batch=")
 
 

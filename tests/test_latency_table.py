@@ -859,11 +859,13 @@ def test_batch_refuses_a_layer_whose_leading_dim_is_not_the_batch():
     assert len(table) > 0
 
 
-def test_a_step_1_method_measures_a_table_every_8_channels_and_at_its_step(monkeypatch):
-    """break74 F5: CCP's and CUCB's channel_step 1 made cost="latency" time every width: 692,800
-    points on resnet18 at 64x64 (hours, without a word). The table is timed every 8 channels and
-    at the method's step (min_count), and interpolates between."""
+def test_a_method_times_its_table_at_its_step_and_says_when_that_grid_is_large(monkeypatch):
+    """break74 F5: CCP's and CUCB's channel_step 1 made cost="latency" time every width, 692,800
+    points on resnet18 at 64x64 (hours), without a word: it is said first, with the count at
+    step 8. The table stays at the method's step: widths between multiples of 8 run at times
+    no interpolation gives (break75 #1: 17 of 24 channels priced 0.41, measured 0.86)."""
     import fxprune
+    from fxprune.methods import base
 
     macs = lambda layer, ci, co: layer.macs(ci, co) / 1e6 + 0.01  # noqa: E731
     real, asked = LatencyTable.measure.__func__, []
@@ -873,16 +875,22 @@ def test_a_step_1_method_measures_a_table_every_8_channels_and_at_its_step(monke
         return real(cls, layers, timer=macs, **{**FAST, **kw, "progress": False})
 
     monkeypatch.setattr(LatencyTable, "measure", classmethod(timed_by_macs))
+    monkeypatch.setattr(base, "LARGE_GRID", 500)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
                                 torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1))
     pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))
-    pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, cost="latency", collect=1)
-    assert pruner.channel_step == 1 and asked[-1]["step"] == 8 and asked[-1]["min_count"] == 1
-    every_width = real(LatencyTable, pm, step=1, timer=macs, **FAST)
-    assert sum(map(len, pruner.budget.model._points.values())) < sum(
-        map(len, every_width._points.values())) / 4
-    fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)  # SMCP's step: the table's, as before
-    assert asked[-1]["step"] == 8 and asked[-1]["min_count"] is None
+    step1, step8 = base.grid_points(pm, 1), base.grid_points(pm, 8)
+    assert step1 > 500 > step8
+    with pytest.warns(UserWarning, match=rf"cost='latency' at channel_step=1 times a latency table "
+                                         rf"of {step1:,} layer shapes .*channel_step=8 times "
+                                         rf"{step8}"):
+        pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, cost="latency", collect=1)
+    assert pruner.channel_step == 1 and asked[-1]["step"] == 1
+    assert sum(map(len, pruner.budget.model._points.values())) == step1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SMCP's step 8: a small grid, nothing said
+        fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)
+    assert asked[-1]["step"] == 8
 
 
 def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_table():
@@ -895,8 +903,10 @@ def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_ta
     with pytest.raises(ValueError, match=r"':64' batch form is bench_vs_torch_pruning.py's; here, "
                                          r"measure the table at that batch and pass it: table = "
                                          r"fxprune.deploy.LatencyTable.measure\(pm, batch=64\), "
-                                         r"then cost=table \(or cost=fxprune.deploy.calibrate_cost"):
+                                         r"then cost=fxprune.deploy.calibrate_cost\(table, pm\)"):
         fxprune.SMCP(pm, 0.5, cost="latency+fixed:64")
+    with pytest.raises(ValueError, match=r"batch=1\), then cost=table"):
+        fxprune.SMCP(pm, 0.5, cost="latency:1")
 
 
 def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_refused(tmp_path):

@@ -77,9 +77,20 @@ def latest_pruner(prepared) -> Any | None:
 LATENCY_COSTS = ("latency", "latency+fixed")
 
 
-#: the coarsest step of the latency table ``cost="latency"`` measures (widths between its
-#: points are interpolated)
-TABLE_STEP = 8
+#: the channel_step suggested when a latency table would be large, and the size that is large
+TABLE_STEP, LARGE_GRID = 8, 20_000
+
+
+def grid_points(prepared: fx.GraphModule, step: int) -> int:
+    """Distinct (layer shape, c_in, c_out) points a latency table of ``prepared`` at ``step``
+    times (``LatencyTable.measure``'s grid, before any cache)."""
+    from fxprune.deploy.latency_table import _as_layer_specs, _points_of, layer_grid, point_key
+
+    points = set()
+    for layer in _as_layer_specs(prepared):
+        cins, couts, diag = layer_grid(layer, step)
+        points.update((point_key(layer), ci, co) for ci, co in _points_of(cins, couts, diag))
+    return len(points)
 
 
 def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int, *,
@@ -93,12 +104,17 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
 
     if cost == "latency+fixed":
         calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
-    # a table at a channel_step under 8 (CCP's and CUCB's default is 1) timed every width: 692,800
-    # points on resnet18 at 64x64, hours (break74 F5). Timed every 8 channels, and at
-    # channel_step itself (min_count), it interpolates between; a finer table is the user's to
-    # measure and pass as cost=
-    table = LatencyTable.measure(prepared, step=max(channel_step, TABLE_STEP), progress=progress,
-                                 min_count=channel_step if channel_step < TABLE_STEP else None)
+    # timed at every width the method can choose: between multiples of 8 ONNX Runtime's times
+    # jump (17 of 24 channels ran at 0.86 of dense where step-8 points interpolated 0.41:
+    # break75 #1), so no coarser grid stands in; a grid that large is said before it is timed
+    # (break74 F5: CCP's and CUCB's channel_step 1 meant 692,800 points on resnet18, hours)
+    points = grid_points(prepared, channel_step)
+    if points > LARGE_GRID:
+        warn(f"cost={cost!r} at channel_step={channel_step} times a latency table of "
+             f"{points:,} layer shapes (about {points * 0.014 / 3600:.1f} h at ~14 ms a shape "
+             f"on a CPU); channel_step={TABLE_STEP} times {grid_points(prepared, TABLE_STEP):,}, "
+             "or pass a table measured once (LatencyTable.measure(pm, cache=...)) as cost=")
+    table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
     if cost == "latency":
         return table
     return calibrate_cost(table, prepared, step=channel_step)
@@ -165,8 +181,9 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             raise ValueError(
                 f"cost {cost!r}: the ':{batch.strip()}' batch form is bench_vs_torch_pruning.py's; "
                 f"here, measure the table at that batch and pass it: table = "
-                f"fxprune.deploy.LatencyTable.measure(pm, batch={batch.strip()}), then cost=table "
-                f"{'(or cost=fxprune.deploy.calibrate_cost(table, pm)) ' if base == 'latency+fixed' else ''}")
+                f"fxprune.deploy.LatencyTable.measure(pm, batch={batch.strip()}), then "
+                + ("cost=fxprune.deploy.calibrate_cost(table, pm)" if base == "latency+fixed"
+                   else "cost=table"))
         raise ValueError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or a "
                          f"CostModel, got {cost!r}")
     if isinstance(cost, type):  # the class passes the protocol check; its layer_cost is unbound
