@@ -249,10 +249,12 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
             for dropped in (0, ch.groups[g].size - 1):
                 kept = ~((ch.unit_group == g) & (ch.unit_pos == dropped))
                 before = (node.target, node.args, node.kwargs)
+                ctx = _FinalizeContext(ch, kept)
                 try:
-                    rule.rewrite(node, _FinalizeContext(ch, kept))
+                    rule.rewrite(node, ctx)
                     moved = (_differ((node.target, node.args, node.kwargs), before)
-                             and not _equal_pieces(before, node))
+                             and not _equal_pieces(before, node)
+                             and not _same_selection(before, node, ctx))
                 finally:
                     node.target, node.args, node.kwargs = before
                 if moved:
@@ -277,6 +279,25 @@ def _equal_pieces(before, node: fx.Node) -> bool:
         return False
     chunks, sizes = args[1] if len(args) > 1 else kwargs.get("chunks"), node.args[1]
     return isinstance(chunks, int) and len(sizes) == chunks and len(set(sizes)) == 1
+
+
+def _same_selection(before, node: fx.Node, ctx) -> bool:
+    """An index ``x[...]`` rewritten to another that selects the same elements of the kept
+    channels: ``y[:, :16]`` of 16 channels is ``y[:, :15]`` of 15 (break75 #4: ghostnet's
+    whole-dim slice was refused). Compared on a tensor of the kept sizes, numbered."""
+    if before[0] is not operator.getitem or node.target is not operator.getitem:
+        return False
+    x = node.args[0]
+    shape, labels = ctx.shape(x), ctx.labels(x)
+    if not isinstance(x, fx.Node) or shape is None or not isinstance(labels, dict):
+        return False
+    sizes = [ctx.pruned_size(x, d) for d in range(len(shape))]
+    numbered = torch.arange(int(np.prod(sizes))).reshape(sizes)
+    try:
+        a, b = numbered[before[1][1]], numbered[node.args[1]]
+    except Exception:  # noqa: BLE001 - an index fxprune cannot replay here: not the same
+        return False
+    return a.shape == b.shape and torch.equal(a, b)
 
 
 def _differ(a, b) -> bool:

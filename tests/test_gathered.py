@@ -422,3 +422,24 @@ def test_channelwise_modules_without_parameters_run_gathered():
     from fxprune.errors import SurgeryError
     with pytest.raises(SurgeryError, match="does not support InstanceNorm2d"):
         gathered_module(fxprune.prepare(affine, (torch.randn(2, 3, 8, 8),)))
+
+
+def test_a_slice_of_the_whole_channel_dim_still_gathers():
+    """break75 #4: ghostnet's `cat([x1, x2], 1)[:, :16]` on 16 channels, rewritten to `:15`
+    when one is dropped, was refused although it selects every kept channel either way."""
+    class Ghost(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p, self.q = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.h = torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            a = self.p(x)
+            return self.h(torch.cat([a, self.q(a)], 1)[:, :16])
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Ghost(), (x,))
+    assert gathered_module(pm).check(pm) <= 1e-4
+    from fxprune.errors import SurgeryError
+    with pytest.raises(SurgeryError, match="cannot follow `getitem`"):  # a part of it: refused
+        gathered_module(fxprune.prepare(Gate(), (x,)))
