@@ -151,6 +151,16 @@ CHANNELWISE = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoo
                nn.FeatureAlphaDropout)
 
 
+def _drops_samples(m: nn.Module) -> bool:
+    """torchvision's StochasticDepth: one draw per sample ("row") or per batch, whatever the
+    channels (efficientnet's and convnext's blocks)."""
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:
+        return False
+    return isinstance(m, StochasticDepth)
+
+
 def _plain_instance_norm(m: nn.Module) -> bool:
     """An InstanceNorm without affine parameters or running statistics: per channel, alone."""
     return (isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.affine
@@ -346,7 +356,7 @@ class GatheredModule(nn.Module):
                     env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
                     continue
                 if self._touches(node) and not (_elementwise(m) or isinstance(m, CHANNELWISE)
-                                                or _plain_instance_norm(m)):
+                                                or _plain_instance_norm(m) or _drops_samples(m)):
                     raise SurgeryError(f"gathered execution does not support {type(m).__name__} "
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)

@@ -443,3 +443,38 @@ def test_a_slice_of_the_whole_channel_dim_still_gathers():
     from fxprune.errors import SurgeryError
     with pytest.raises(SurgeryError, match="cannot follow `getitem`"):  # a part of it: refused
         gathered_module(fxprune.prepare(Gate(), (x,)))
+
+
+def test_torchvisions_stochastic_depth_runs_gathered_drawing_as_the_masked_model():
+    """efficientnet's and convnext's StochasticDepth drops whole samples: gathered (CUCB fell
+    back to full width on it), with the same draws as the masked model in training."""
+    from torch import nn
+    from torchvision.ops import StochasticDepth
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.drop, self.h = StochasticDepth(0.5, "row"), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.h(y + self.drop(self.b(y)))
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    pm = fxprune.prepare(Block().double(), (x,))
+    for m in pm.modules():
+        if isinstance(m, _InputMasked):
+            m.fxprune_straight_through = False
+    gathered = gathered_module(pm)
+    index = UnitIndex(pm)
+    active = np.zeros(index.n, dtype=bool)
+    active[::2] = True
+    index.set_masks(pm, active.astype(np.float64))
+    gathered.set_active(active)
+    pm.train(), gathered.train()
+    torch.manual_seed(1)
+    masked = pm(x)
+    torch.manual_seed(1)
+    assert torch.allclose(gathered(x), masked, rtol=0, atol=1e-12)
