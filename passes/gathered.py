@@ -301,7 +301,9 @@ def _same_selection(before, node: fx.Node, ctx) -> bool:
     shape, labels = ctx.shape(x), ctx.labels(x)
     if not isinstance(x, fx.Node) or shape is None or not isinstance(labels, dict):
         return False
-    sizes = [ctx.pruned_size(x, d) for d in range(len(shape))]
+    # the channel dims at their kept counts; the others (batch, spatial: the rewrite leaves
+    # their items as written) at most 8, so that a big activation costs nothing here
+    sizes = [ctx.pruned_size(x, d) if d in labels else min(s, 8) for d, s in enumerate(shape)]
     numbered = torch.arange(int(np.prod(sizes))).reshape(sizes)
     try:
         a, b = numbered[before[1][1]], numbered[node.args[1]]
