@@ -112,6 +112,16 @@ def point_key(layer: LayerSpec) -> str:
     return f"b{layer.batch}|{layer.signature()}"
 
 
+def grid_points(layers, step: int, min_count: int | None = None) -> int:
+    """How many points :meth:`LatencyTable.measure` times for ``layers`` (LayerSpecs or a
+    prepared model) at ``step``, before any cache: distinct (layer shape, c_in, c_out)."""
+    points = set()
+    for layer in _as_layer_specs(layers):
+        cins, couts, diag = layer_grid(layer, step, min_count)
+        points.update((point_key(layer), ci, co) for ci, co in _points_of(cins, couts, diag))
+    return len(points)
+
+
 def _points_of(cins, couts, diagonal):
     if diagonal:
         return list(zip(cins, couts, strict=True))
@@ -905,4 +915,4 @@ def _atomic_write_json(path, data) -> None:
                                                         encoding="utf-8"))
 
 
-__all__ = ["LatencyTable", "UnmeasuredLayerError", "grid_counts", "layer_grid"]
+__all__ = ["LatencyTable", "UnmeasuredLayerError", "grid_counts", "grid_points", "layer_grid"]

@@ -81,18 +81,6 @@ LATENCY_COSTS = ("latency", "latency+fixed")
 TABLE_STEP, LARGE_GRID = 8, 20_000
 
 
-def grid_points(prepared: fx.GraphModule, step: int) -> int:
-    """Distinct (layer shape, c_in, c_out) points a latency table of ``prepared`` at ``step``
-    times (``LatencyTable.measure``'s grid, before any cache)."""
-    from fxprune.deploy.latency_table import _as_layer_specs, _points_of, layer_grid, point_key
-
-    points = set()
-    for layer in _as_layer_specs(prepared):
-        cins, couts, diag = layer_grid(layer, step)
-        points.update((point_key(layer), ci, co) for ci, co in _points_of(cins, couts, diag))
-    return len(points)
-
-
 def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int, *,
                           progress: bool = True) -> CostModel:
     """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``;
@@ -100,7 +88,7 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
     misses on this model, fitted from the measured latency of the dense and a uniformly halved
     model (``deploy.calibrate_cost``), so a target is a fraction of the measured latency."""
     from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
-    from fxprune.deploy.latency_table import LatencyTable
+    from fxprune.deploy.latency_table import LatencyTable, grid_points
 
     if cost == "latency+fixed":
         calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
