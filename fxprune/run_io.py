@@ -735,9 +735,12 @@ class RunLogs:
             return
         self.metrics.append(row)
         if self.writer is not None:
+            # at the optimizer step the epoch ended on, as train/loss_step: a resume's purge
+            # (steps after its checkpoint) then drops an epoch logged but not checkpointed too
+            # (break76: killed between the two, the epoch showed twice)
             for k, v in row.items():
                 if k not in ("epoch", "step") and isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
+                    self.writer.add_scalar(f"epoch/{k}", v, row.get("step", row["epoch"]))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -935,6 +935,11 @@ def test_tensorboard_events_of_a_replaced_run_go_and_a_resume_purges_later_steps
     made = []
 
     class Writer:
+        scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
         def close(self):
             pass
 
@@ -949,8 +954,13 @@ def test_tensorboard_events_of_a_replaced_run_go_and_a_resume_purges_later_steps
     run_io.RunLogs(out, True).open({"seed": 1}, None, overwrite=True)
     assert sorted(p.name for p in board.iterdir()) == ["notes.txt"] and made == [None, None]
     (board / "events.out.tfevents.2.host").write_text("this run's, up to its kill")
-    run_io.RunLogs(out, True).open({"seed": 1}, (1, 40))
+    logs = run_io.RunLogs(out, True)
+    logs.open({"seed": 1}, (1, 40))
     assert (board / "events.out.tfevents.2.host").exists() and made[-1] == 41
+    # epoch rows at their optimizer step, so the purge reaches an epoch logged after the
+    # checkpoint too (break76: it showed twice)
+    logs.epoch_row({"epoch": 2, "step": 80, "lr": 0.1})
+    assert Writer.scalars == [("epoch/lr", 80)]
 
 
 def test_a_file_named_tensorboard_is_refused_before_any_work_when_the_run_logs_there(tmp_path):
