@@ -115,11 +115,20 @@ def point_key(layer: LayerSpec) -> str:
 def grid_points(layers, step: int, min_count: int | None = None) -> int:
     """How many points :meth:`LatencyTable.measure` times for ``layers`` (LayerSpecs or a
     prepared model) at ``step``, before any cache: distinct (layer shape, c_in, c_out)."""
-    points = set()
-    for layer in _as_layer_specs(layers):
+    grids: dict[str, tuple] = {}
+    for layer in _as_layer_specs(layers):  # layers alike share a grid: the union, as measure
         cins, couts, diag = layer_grid(layer, step, min_count)
-        points.update((point_key(layer), ci, co) for ci, co in _points_of(cins, couts, diag))
-    return len(points)
+        key = grid_key(layer)
+        if key in grids:
+            old_in, old_out, _ = grids[key]
+            if diag:
+                pairs = sorted(set(zip(old_in, old_out)) | set(zip(cins, couts)))
+                cins, couts = [a for a, _ in pairs], [b for _, b in pairs]
+            else:
+                cins, couts = sorted({*old_in, *cins}), sorted({*old_out, *couts})
+        grids[key] = (cins, couts, diag)
+    return len({(key.rpartition("|")[0], ci, co) for key, (cins, couts, diag) in grids.items()
+                for ci, co in _points_of(cins, couts, diag)})
 
 
 def _points_of(cins, couts, diagonal):

@@ -931,3 +931,18 @@ def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_r
         with pytest.raises(DeployError, match="target_ms must be a number of milliseconds > 0"):
             LatencyTable.measure([conv()], step=8, timer=CountingTimer(),
                                  **{**FAST, "target_ms": bad})
+
+
+def test_grid_points_counts_what_measure_times_where_layers_alike_share_a_grid():
+    """break76 #1: layers of one shape pruned differently share a grid (the union of their
+    widths, every pair timed); the count added each layer's own, 2.6x too few on regnet_y_400mf
+    (9,170 said, 23,910 timed at step 4), and the large-grid warning stayed silent."""
+    import torchvision
+
+    import fxprune
+    from fxprune.deploy.latency_table import grid_points
+
+    model = torchvision.models.regnet_y_400mf(num_classes=10).eval()
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 32, 32),))
+    table = LatencyTable.measure(pm, step=8, timer=lambda layer, ci, co: 1.0, **FAST)
+    assert grid_points(pm, 8) == sum(map(len, table._points.values()))
