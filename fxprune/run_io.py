@@ -575,13 +575,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def config_changes(old: dict, new: dict, defaults: dict | None = None,
-                   used: dict | None = None) -> list[str]:
+                   used: dict | None = None, new_defaults: dict | None = None) -> list[str]:
     """Flattened keys whose values differ; a key ``old`` lacks (a checkpoint written before the
     key existed, or a method argument left to its default) counts as its value in ``used``
-    (flattened keys: what the run recorded it used), else in ``defaults``."""
+    (flattened keys: what the run recorded it used), else in ``defaults``; a key ``new`` lacks
+    counts as its value in ``new_defaults`` (what the resumed run builds with: the method's
+    default, break76 #4: a default written out at the start was refused when left out)."""
     a, b = _flatten(old), _flatten(new)
     d = {**_flatten(defaults or {}), **(used or {})}
-    return sorted(k for k in set(a) | set(b) if a.get(k, d.get(k)) != b.get(k))
+    nd = new_defaults or {}
+    return sorted(k for k in set(a) | set(b) if a.get(k, d.get(k)) != b.get(k, nd.get(k)))
 
 
 def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = INPUT_SHAPE) -> None:

@@ -298,7 +298,11 @@ def _argument_defaults(method: str) -> dict[str, Any]:
     if method == "none":
         return {}
     try:
-        params = inspect.signature(pruner_class(method)).parameters
+        cls = pruner_class(method)
+        params = dict(inspect.signature(cls).parameters)
+        forwards_to = getattr(cls, "forwards_kwargs_to", None)  # oneshot's go to SMCP
+        if forwards_to is not None:  # (break76 #4: its SMCP defaults were still refused)
+            params = {**inspect.signature(forwards_to).parameters, **params}
     except (TypeError, ValueError, ImportError, ConfigError):
         return {}
     return {f"prune.{name}": p.default for name, p in params.items()
@@ -479,7 +483,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         # one the state does not record: the method's default (break73 M1: ramp_shape=exp and
         # momentum=0.9, SMCP's defaults written out, were refused as changes)
         used = {**_argument_defaults(ckpt["config"]["prune"].get("method", "none")), **used}
-        changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used)
+        changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used,
+                                             _argument_defaults(method))
                    if k not in RESUMABLE_CHANGES]
         fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))
         if (not changed and fractions and method != "none"

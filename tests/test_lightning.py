@@ -93,6 +93,8 @@ def test_errors_name_the_way_out(tmp_path):
                                         r"of the method \(did you mean target\?\); it takes target"):
         PruningCallback("smcp", traget=0.5)
     PruningCallback("oneshot", target=0.5, importance="magnitude")  # SMCP's keywords, forwarded
+    with pytest.raises(TypeError, match=r"the method sets 'warmup' itself; drop it"):
+        PruningCallback("oneshot", target=0.5, warmup=3)  # break76 #5: a traceback in fit
     with pytest.raises(ValueError, match="self.model = fxprune.prepare"):
         find_prepared(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     (tmp_path / "taken.pt").write_bytes(b"not ours")

@@ -363,6 +363,16 @@ def test_a_resume_may_set_back_a_default_that_moved_since_the_run_started(recipe
     assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
                      "prune.hysteresis=0", "--set", "prune.ramp_shape=exp", "--set",
                      "prune.momentum=0.9", "--resume", "--out", str(out)]) == 0
+    # the reverse: started with a default written out, resumed with it left out (break76 #4)
+    written = copy.deepcopy(ckpt)
+    written["config"]["prune"]["momentum"] = 0.9
+    torch.save(written, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
+                     "prune.hysteresis=0", "--resume", "--out", str(out)]) == 0
+    written["config"]["prune"]["momentum"] = 0.5  # not the default: a change
+    torch.save(written, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
+                     "prune.hysteresis=0", "--resume", "--out", str(out)]) == 2
     torch.save(ckpt, out / "checkpoint.pt")  # another value is still a change
     assert cli_main(["train", str(recipe), *smcp, "--set", "optim.epochs=2", "--set",
                      "prune.hysteresis=0", "--set", "prune.ramp_shape=linear", "--resume",

@@ -93,8 +93,13 @@ def _check_method_kwargs(method: str, cls, kwargs: dict) -> None:
                   **{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}}
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
+    sets_itself = getattr(cls, "sets_itself", ())  # oneshot: SMCP's schedule (break76 #5)
     valid = [n for n, p in list(params.items())[1:]  # the first is the prepared model
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in sets_itself]
+    own = [k for k in kwargs if k in sets_itself]
+    if own:
+        raise TypeError(f"PruningCallback({method!r}): the method sets {own[0]!r} itself; "
+                        f"drop it (it takes {', '.join(valid)})")
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
         import difflib
