@@ -68,13 +68,13 @@ CHANNEL_RULES: dict = {
     F.conv_transpose3d: ConvTranspose(functional=True),
     F.linear: Linear(functional=True),
     # -- per-channel layers
-    nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
-    nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
-    nn.BatchNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
-    nn.SyncBatchNorm: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
-    nn.InstanceNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
-    nn.InstanceNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
-    nn.InstanceNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var")),
+    nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.BatchNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.SyncBatchNorm: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.InstanceNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.InstanceNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.InstanceNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
     nn.PReLU: ChannelAffine(("weight",)),
     # -- norms whose statistics span channels
     nn.LayerNorm: LayerNorm(),
@@ -190,7 +190,7 @@ else:  # stochastic depth scales whole samples: channels pass through
 _INSTALLED_ROWS = {
     # timm's BatchNorm + activation (+ dropout) in one module; its forward reads self.training
     ("timm.layers", "BatchNormAct2d"): ChannelAffine(("weight", "bias", "running_mean",
-                                                     "running_var")),
+                                                     "running_var"), normalizes=True),
     # drops whole samples (a per-sample scale): channels pass through
     ("timm.layers", "DropPath"): ELEMENTWISE,
     # a Conv2d that pads as TensorFlow's "SAME" in its forward (tf_efficientnet_*): its

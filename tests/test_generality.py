@@ -2145,3 +2145,16 @@ def test_channels_as_a_linears_rows_are_kept_whole_and_flops_cost_matches_flop_c
     small = fxprune.finalize(pm)
     assert small.a.out_channels < 8
     assert pruner.cost() == pytest.approx(count_flops(small, (x,)) / count_flops(model, (x,)), rel=1e-6)
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm1d(5), nn.BatchNorm1d(5)])
+def test_channels_in_the_dims_a_norm_takes_statistics_over_are_kept_whole(norm):
+    """break76: an InstanceNorm1d(T) on (N, T, F) normalizes over the F features a linear wrote;
+    they were a prunable group, so masked training ran with zeros in the statistics and, after
+    a whole SMCP run, finalize differed by 0.6 ("a bug in fxprune"). A norm's statistics dims
+    keep their channels whole, as a pool's do."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), norm, nn.Linear(16, 4))
+    x = torch.randn(3, 5, 6)
+    pm = fxprune.prepare(model.train(), (x,))
+    (feats,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["0"]]
+    assert not feats.prunable and "which takes its statistics over it" in feats.reason

@@ -338,12 +338,16 @@ class Linear(_WeightLayer):
 
 
 class ChannelAffine(ChannelRule):
-    """Per-channel statistics or affine along dim 1 (BatchNorm, InstanceNorm, PReLU)."""
+    """Per-channel statistics or affine along dim 1 (BatchNorm, InstanceNorm, PReLU).
+
+    ``normalizes``: the layer takes statistics over the other dims (a norm), so channels there
+    are kept whole: pruned, they would leave the statistics (break76: an InstanceNorm1d over a
+    linear's features trained a whole run, then finalize differed by 0.6)."""
 
     kind = "per-channel"
 
-    def __init__(self, tensors: tuple[str, ...]):
-        self.tensors = tensors
+    def __init__(self, tensors: tuple[str, ...], normalizes: bool = False):
+        self.tensors, self.normalizes = tensors, normalizes
 
     @staticmethod
     def _lookup(m, dotted: str):
@@ -383,6 +387,8 @@ class ChannelAffine(ChannelRule):
             value = self._lookup(m, t)
             if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() == shape[cdim] > 1:
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(cdim), f"{type(m).__name__}.{t}")
+        if self.normalizes:
+            _untrack_statistics_dims(ctx, labels, cdim, type(m).__name__)
         return dict(labels)
 
     def resize(self, m, node, ctx):
@@ -410,7 +416,15 @@ class FunctionalAffine(ChannelRule):
             ids = ctx.labels(a).get(0) if isinstance(a, fx.Node) else None
             if ids is not None and isinstance(ctx.labels(a), dict):
                 ctx.connect(ids, labels.get(cdim), f"{name} of a functional norm")
+        _untrack_statistics_dims(ctx, labels, cdim, getattr(node.target, "__name__", "a norm"))
         return dict(labels)
+
+
+def _untrack_statistics_dims(ctx, labels, cdim: int, what: str) -> None:
+    """Channels in the dims a per-channel norm takes its statistics over: kept whole."""
+    for d, ids in labels.items():
+        if d != cdim:
+            ctx.untracked(ids, f"dim {d} of {what}, which takes its statistics over it")
 
 
 class LayerNorm(ChannelRule):
