@@ -263,8 +263,7 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
                 try:
                     rule.rewrite(node, ctx)
                     moved = (_differ((node.target, node.args, node.kwargs), before)
-                             and not _equal_pieces(before, node)
-                             and not _same_selection(before, node, ctx))
+                             and not _same_on_kept(before, node, ctx))
                 finally:
                     node.target, node.args, node.kwargs = before
                 if moved:
@@ -281,35 +280,38 @@ def _label_arrays(labels):
             yield from _label_arrays(item)
 
 
-def _equal_pieces(before, node: fx.Node) -> bool:
-    """``chunk(n)`` rewritten as a split into ``n`` equal sizes: the same pieces (a group whose
-    channels sit one in each piece, as shufflenet's halves, keeps them equal at any active set)."""
-    target, args, kwargs = before
-    if target not in ("chunk", torch.chunk) or node.target not in ("split", torch.split):
-        return False
-    chunks, sizes = args[1] if len(args) > 1 else kwargs.get("chunks"), node.args[1]
-    return isinstance(chunks, int) and len(sizes) == chunks and len(set(sizes)) == 1
-
-
-def _same_selection(before, node: fx.Node, ctx) -> bool:
-    """An index ``x[...]`` rewritten to another that selects the same elements of the kept
-    channels: ``y[:, :16]`` of 16 channels is ``y[:, :15]`` of 15 (break75 #4: ghostnet's
-    whole-dim slice was refused). Compared on a tensor of the kept sizes, numbered."""
-    if before[0] is not operator.getitem or node.target is not operator.getitem:
-        return False
-    x = node.args[0]
-    shape, labels = ctx.shape(x), ctx.labels(x)
-    if not isinstance(x, fx.Node) or shape is None or not isinstance(labels, dict):
+def _same_on_kept(before, node: fx.Node, ctx) -> bool:
+    """The call as written (``before``: target, args, kwargs) and as finalize rewrote it
+    (``node``) compute the same on a tensor of the kept sizes, numbered: a ``chunk`` whose
+    pieces stay equal (a group with one channel in each piece), an index that selects every
+    kept channel (``y[:, :16]`` of 16 channels is ``y[:, :15]`` of 15: break75 #4, ghostnet's
+    whole-dim slice). A call it cannot replay (another node among its arguments, an error)
+    counts as different, and is refused."""
+    x = node.args[0] if node.args else None
+    if not isinstance(x, fx.Node) or ctx.shape(x) is None or not isinstance(ctx.labels(x), dict):
         return False
     # the channel dims at their kept counts; the others (batch, spatial: the rewrite leaves
     # their items as written) at most 8, so that a big activation costs nothing here
-    sizes = [ctx.pruned_size(x, d) if d in labels else min(s, 8) for d, s in enumerate(shape)]
-    numbered = torch.arange(int(np.prod(sizes))).reshape(sizes)
-    try:
-        a, b = numbered[before[1][1]], numbered[node.args[1]]
-    except Exception:  # noqa: BLE001 - an index fxprune cannot replay here: not the same
-        return False
-    return a.shape == b.shape and torch.equal(a, b)
+    labels = ctx.labels(x)
+    sizes = [ctx.pruned_size(x, d) if d in labels else min(s, 8)
+             for d, s in enumerate(ctx.shape(x))]
+    numbered = torch.arange(int(np.prod(sizes))).reshape(sizes)  # host-side: no model tensor
+
+    def replay(target, args, kwargs) -> list[torch.Tensor] | None:
+        others = []
+        fx.node.map_arg((args[1:], kwargs), others.append)
+        if others or not args or args[0] is not x:
+            return None
+        try:
+            out = (getattr(numbered, target)(*args[1:], **kwargs) if isinstance(target, str)
+                   else target(numbered, *args[1:], **kwargs))
+        except Exception:  # noqa: BLE001 - not replayable here
+            return None
+        return [out] if isinstance(out, torch.Tensor) else list(out)
+
+    a, b = replay(*before), replay(node.target, node.args, node.kwargs)
+    return (a is not None and b is not None and len(a) == len(b)
+            and all(p.shape == q.shape and torch.equal(p, q) for p, q in zip(a, b)))
 
 
 def _differ(a, b) -> bool:
