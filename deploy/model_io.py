@@ -169,7 +169,7 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
     try:
         copy = eval_copy(module, "fp32")  # on the CPU, as the inputs below
         with torch.no_grad():
-            copy(torch.zeros(shape))
+            copy(torch.zeros(shape, dtype=torch.float32))  # the copy's dtype, whatever the default
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = first_line(e) or type(e).__name__
         if copy is not None and _wants_integers(copy, shape):

@@ -1321,3 +1321,18 @@ def test_sigterm_stops_a_deploy_as_ctrl_c_does(saved, tmp_path):
     assert "Traceback" not in err and "fxprune deploy: interrupted" in err
     assert sorted(os.listdir(out)) == [".fxprune-deploy", "model.onnx"]  # checked, recorded
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
+
+
+def test_the_input_check_runs_at_the_copys_dtype_whatever_torchs_default():
+    """The fp32 copy was fed torch.zeros at the default dtype: under
+    torch.set_default_dtype(torch.float64) a fitting shape was called unfitting."""
+    from fxprune.deploy.model_io import check_input_fits
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        check_input_fits(model, (1, 3, 8, 8), "model")
+    finally:
+        torch.set_default_dtype(before)
