@@ -764,12 +764,23 @@ def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) 
     return resolved
 
 
+def _is_inherited_pipe(path: Path) -> bool:
+    """``/dev/fd/N`` or ``/proc/self/fd/N``: a ``<(...)`` pipe, open only in the shell's child."""
+    return re.fullmatch(r"/(dev|proc/self)/fd/\d+", str(path)) is not None
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
     """Read a YAML recipe, apply ``section.key=value`` overrides, validate."""
     path = Path(path).expanduser()
     if not path.exists() or path.is_dir():  # a pipe is read (break73 M3: `<(sed ...)` was
         # "not found")
         what = "is a folder, not a YAML recipe" if path.is_dir() else "not found"
+        if _is_inherited_pipe(path):  # break76 PIPE-1: `torchrun ... <(sed ...)`
+            raise ConfigError(
+                f"config file {path} is a shell pipe this process cannot open"
+                + (" (torchrun's processes do not inherit it)"
+                   if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+                + "; write the recipe to a file and pass that file")
         # named from here when the source tree is here, else as the source tree's
         # (break37 #9: paths relative to it meant nothing from another folder)
         shipped = Path(__file__).resolve().parents[1] / "configs"

@@ -1006,3 +1006,16 @@ def test_a_recipe_is_read_from_a_pipe(tmp_path):
     assert cfg["optim"]["epochs"] == 1
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_pipe_closed_in_this_process_is_named_as_such(monkeypatch):
+    """break76 PIPE-1: under torchrun, `<(sed ...)` is /dev/fd/63 in the shell's child only;
+    each process said "not found" with the list of shipped recipes."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^config file /dev/fd/987 is a shell pipe this "
+                                          r"process cannot open \(torchrun's processes do not "
+                                          r"inherit it\); write the recipe to a file"):
+        load_config("/dev/fd/987")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match=r"cannot open; write the recipe to a file"):
+        load_config("/proc/self/fd/987")
