@@ -132,6 +132,18 @@ def _worker(rank, init_file, out_dir):
         keys = layer_keys(fxprune.layer_specs(pm))
         fitted = fxdist.compute_on_main(lambda: WithFixedCost(table, 10.0 * (rank + 1), keys))
         out["fixed"] = fitted.fixed_cost_for(fxprune.layer_specs(pm))
+        # a method given cost="latency" on every rank: timed by rank 0 only (break76 LAT-2)
+        timed_by = []
+        real_measure = LatencyTable.measure
+        LatencyTable.measure = classmethod(lambda cls, *a, **k: timed_by.append(rank) or table)
+        try:
+            smcp = fxprune.SMCP(fxprune.prepare(NoBNNet().double(), (
+                torch.zeros(1, 1, 8, 8, dtype=torch.float64),)), target=0.5, cost="latency",
+                channel_step=4)
+        finally:
+            LatencyTable.measure = real_measure
+        out["method_timed_by"] = timed_by
+        out["method_latency"] = smcp.budget.model.layer_cost(fxprune.layer_specs(pm)[1], 4, 8)
         try:
             fxdist.compute_on_main(lambda: 1 / 0)
         except Exception as exc:  # noqa: BLE001 - every rank must raise, none may hang
@@ -217,6 +229,8 @@ def test_reduce_broadcast_and_rewrap(ranks):
         assert r["on_main"] == {"measured_by": 0}
         assert r["latency"] == 4 * 8  # rank 0's timing (rank 1's timer says 64)
         assert r["fixed"] == 10.0
+        assert r["method_latency"] == 4 * 8  # rank 0's table on every rank
+    assert results[0]["method_timed_by"] == [0] and results[1]["method_timed_by"] == []
     # the new wrapper averages the finalized model's gradients: ranks stay equal after a step
     for a, b in zip(results[0]["finetuned"], results[1]["finetuned"]):
         assert torch.equal(a, b)

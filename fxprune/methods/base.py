@@ -162,7 +162,11 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
                          for s in layer_specs(prepared))
             return model, max(dense - priced, 0)
         if cost in LATENCY_COSTS:
-            model = measured_latency_cost(prepared, cost, channel_step)
+            from .. import distributed as fxdist
+            # under DDP timed once, by rank 0, and sent: each rank timing its own table at once
+            # timed under the others' load, and each warned (break76 LAT-2)
+            model = fxdist.compute_on_main(
+                lambda: measured_latency_cost(prepared, cost, channel_step))
             return model, getattr(model, "fixed_cost", 0.0)
         base, _, batch = cost.partition(":")
         if base in LATENCY_COSTS and batch.strip().isdigit():  # the benchmark's spelling
