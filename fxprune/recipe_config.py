@@ -317,6 +317,18 @@ def pruner_class(method: str):
         raise ConfigError(f"prune.method {method!r}: {exc}") from None
 
 
+def _method_defaults(method: str) -> dict:
+    """The settings that define a registered method (``MethodEntry.defaults``); {} for none."""
+    if method == "none":
+        return {}
+    from .methods.base import get_method
+
+    try:
+        return dict(get_method(method).defaults)
+    except (ValueError, AttributeError, ImportError):
+        return {}
+
+
 def prune_keys(method: str) -> dict[str, Rule | None]:
     """The keys ``prune`` may hold for ``method``: the recipe's own and every constructor
     argument of the method's class (a Rule, or None where only the default's kind is known)."""
@@ -661,20 +673,32 @@ def _check_prune(prune: dict, optim: dict) -> None:
                           f"keys (on the command line: {drop})")
     # the method's arguments it sets itself (oneshot: SMCP's schedule), refused below by name
     sets_itself = getattr(pruner_class(method), "sets_itself", ()) if method != "none" else ()
-    if extra:
-        valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
-        close = difflib.get_close_matches(extra[0], valid, n=1)
-        hint = f" (did you mean prune.{close[0]}?)" if close else ""
-        raise ConfigError(f"unknown key prune.{extra[0]} for prune.method {method}{hint}; valid: "
-                          f"{', '.join(sorted(valid))}; remove it from the "
-                          f"recipe or the --set that gave it (on the command line: {drop})")
-    if method != "none":  # e.g. oneshot sets SMCP's schedule: name the recipe's own forms
-        clash = [k for k in prune if _argument_of(k) in sets_itself]
-        if clash:
-            drop = " ".join(f"--set '~prune.{k}'" for k in clash)
-            raise ConfigError(f"prune.method {method} sets these keys itself: remove "
-                              f"prune.{', prune.'.join(clash)} from the recipe (on the command "
-                              f"line: {drop}); it sets its arguments {', '.join(sets_itself)}")
+    # settings that define the method (magnitude is SMCP with importance="magnitude"), another
+    # value refused with the unknown keys, in one error (break73 M2: a second round followed)
+    defines = _method_defaults(method)
+    fixed = [k for k in prune if k in defines and prune[k] != defines[k]]
+    clash = [k for k in prune if method != "none" and _argument_of(k) in sets_itself]
+    if extra or clash or fixed:  # every key to remove in one error (break73 M2: two rounds)
+        parts = []
+        if extra:
+            valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
+            close = difflib.get_close_matches(extra[0], valid, n=1)
+            hint = f" (did you mean prune.{close[0]}?)" if close else ""
+            parts.append(f"unknown key prune.{extra[0]} for prune.method {method}{hint}; valid: "
+                         f"{', '.join(sorted(valid))}; remove {'it' if len(extra) == 1 else 'them'}"
+                         " from the recipe or the --set that gave it")
+        if clash:  # e.g. oneshot sets SMCP's schedule: name the recipe's own forms
+            parts.append(f"prune.method {method} sets these keys itself: remove "
+                         f"prune.{', prune.'.join(clash)} from the recipe")
+        if fixed:  # settings that define the method: magnitude is SMCP with importance=magnitude
+            it = "it" if len(fixed) == 1 else "them"
+            parts.append(f"prune.method {method} runs with "
+                         + ", ".join(f"{k}={defines[k]!r}" for k in fixed) + ", but the recipe "
+                         "sets " + ", ".join(f"prune.{k}={prune[k]!r}" for k in fixed)
+                         + f": remove {it}, or choose the method that has {it}")
+        drop = " ".join(f"--set '~prune.{k}'" for k in dict.fromkeys(extra + clash + fixed))
+        raise ConfigError("; ".join(parts) + f" (on the command line: {drop})"
+                          + (f"; it sets its arguments {', '.join(sets_itself)}" if clash else ""))
     for key, value in prune.items():
         rule = keys.get(key)
         if rule is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -508,6 +509,27 @@ def test_switching_a_recipe_to_one_shot_names_the_keys_it_wrote(tmp_path, capsys
     assert "masks_epochs" not in err and not (tmp_path / "run").exists()
 
 
+def test_a_method_switch_names_every_key_to_remove_in_one_error(tmp_path, capsys):
+    """break73 M2: `--set prune.method=magnitude` on the quick recipe named the schedule keys;
+    removing them exactly gave a second error, for prune.importance (magnitude is one-shot
+    SMCP with importance="magnitude")."""
+    from fxprune.cli import main as cli_main
+
+    quick = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_quick.yaml"
+    args = ["train", str(quick), "--set", "prune.method=magnitude", "--set",
+            "data.name=synthetic", "--out", str(tmp_path / "run")]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert ("prune.method magnitude runs with importance='magnitude', but the recipe sets "
+            "prune.importance='taylor': remove it, or choose the method that has it") in err
+    drops = re.findall(r"--set '(~prune\.\w+)'", err)
+    assert "~prune.importance" in drops and "~prune.warmup_fraction" in drops
+    from fxprune.recipe_config import load_config  # doing what it says is enough
+    cfg = load_config(quick, ["prune.method=magnitude", "data.name=synthetic", *drops])
+    assert cfg["prune"]["method"] == "magnitude" and "importance" not in cfg["prune"]
+
+
 def test_recipe_with_another_methods_keys_is_one_config_error(tmp_path, capsys):
     from fxprune.cli import main as cli_main
 
@@ -515,7 +537,7 @@ def test_recipe_with_another_methods_keys_is_one_config_error(tmp_path, capsys):
     rc = cli_main(["train", str(quick), "--set", "prune.method=hard",
                    "--set", "data.name=synthetic", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "masks='soft' is set" in err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "but the recipe sets prune.masks='soft'" in err
     assert not (tmp_path / "run").exists()
 
 
