@@ -64,6 +64,12 @@ class _Tracer(fx.Tracer):
         def recording(fn):
             def call(*args, **kwargs):
                 if any(isinstance(a, fx.Proxy) for a in arg_leaves(args, kwargs)):
+                    if fn.__name__ != "full" and len(args) > 1:
+                        # recorded as zeros((b, c, h, w)): a GraphModule unpickles by
+                        # re-tracing its code with plain torch.fx, which takes proxies inside
+                        # a size tuple but not as separate sizes (break79 F1: a finalized
+                        # model saved, and then torch.load failed)
+                        args = (tuple(args),)
                     return self.create_proxy("call_function", fn, args, kwargs)
                 return fn(*args, **kwargs)
             return call

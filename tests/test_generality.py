@@ -4,6 +4,7 @@ resolution."""
 from __future__ import annotations
 
 import functools
+import io
 import warnings
 from pathlib import Path
 
@@ -500,7 +501,7 @@ def test_recurrent_state_from_a_literal_count():
     kept = fxprune.channel_groups(pm)[0].kept
     assert small.get_submodule("gates").in_channels == 3 + kept
     assert small.get_submodule("gates").out_channels == 4 * kept
-    assert any(n.target == "new_zeros" and n.args[2] == kept for n in small.graph.nodes)
+    assert any(n.target == "new_zeros" and n.args[1][1] == kept for n in small.graph.nodes)
 
 
 # -- a dim holding channels sized by a number that does not count them ----------------------------
@@ -734,6 +735,37 @@ def test_torch_zeros_with_sizes_from_shape_traces():
     pm, small = check(ZerosFromShape(), X, X2)
     assert prunable(pm) == {"a.0": 8}
     assert small.get_submodule("b").in_channels == 2 * fxprune.channel_groups(pm)[0].kept
+
+
+@pytest.mark.parametrize("make", [
+    lambda y, b, c, h, w: torch.zeros(b, c, h, w, dtype=y.dtype),
+    lambda y, b, c, h, w: torch.ones(b, c, 1, 1, dtype=y.dtype).expand(b, c, h, w),
+    lambda y, b, c, h, w: torch.zeros(w, dtype=y.dtype),  # one size: broadcast over the width
+    lambda y, b, c, h, w: torch.zeros(y.shape, dtype=y.dtype),
+    lambda y, b, c, h, w: torch.ones(b, 8, h, w, dtype=y.dtype),  # a count finalize rewrites
+    lambda y, b, c, h, w: y.new_ones(b, 8, h, w),
+])
+def test_a_finalized_model_creating_tensors_from_its_sizes_saves_and_loads(make):
+    """break79 F1: `torch.zeros(b, c, h, w)` was recorded with its sizes as separate proxies;
+    torch.load re-traces a finalized model's code with plain torch.fx, which takes proxies
+    inside a size tuple only: the model saved, then failed to load."""
+    class FromSizes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            b, c, h, w = y.shape
+            return self.b(y + make(y, b, c, h, w) + 1.0)
+
+    pm, small = check(FromSizes().double(), X.double(), X2.double())
+    assert small.get_submodule("b").in_channels < 8  # pruned: the sizes follow the kept channels
+    buffer = io.BytesIO()
+    torch.save(small, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(X2.double()), small(X2.double()))
 
 
 # -- diagnostics ------------------------------------------------------------------------------------

@@ -616,7 +616,8 @@ class Create(ChannelRule):
         new[1] = int(ctx.kept(ids).sum())
         if new != sizes and self.one_size_arg:
             set_node_arg(node, self.sizes_from, "size", tuple(new))
-        elif new != sizes:
+        elif new != sizes:  # as one tuple: plain torch.fx re-traces torch.zeros((b, 4, h, w))
+            # when a saved model loads, not torch.zeros(b, 4, h, w) (break79 F1)
             rest = node.args[:self.sizes_from]
-            node.args = (*rest, *new)
+            node.args = (*rest, tuple(new))
             node.kwargs = {k: v for k, v in node.kwargs.items() if k != "size"}
