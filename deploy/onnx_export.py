@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 import linecache
+import math
 import operator
 import os
 import re
@@ -633,14 +634,19 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol) -> fl
             raise DeployError(f"output {i} of {path} has shape {tuple(g.shape)}, "
                               f"PyTorch gives {tuple(r.shape)}")
         # each output against its own scale: probabilities beside pixel-scale boxes
-        diff = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
-        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        diff, scale, misplaced = output_gap(g, r)
         limit = atol + rtol * scale
         if not diff <= limit and other_batch:  # (break57 #3: read as a lossy op)
             raise DeployError(f"{baked}: output {i} differs from PyTorch's by {diff:.3g} "
                               f"(tolerance {limit:.3g}) there; {way_out}")
-        if not diff <= limit:  # also catches NaN
-            which = "" if len(ref) == 1 else f"output {i}: "
+        which = "" if len(ref) == 1 else f"output {i}: "
+        if misplaced:
+            raise DeployError(
+                f"ONNX Runtime's output differs from PyTorch's: {which}{misplaced} of {r.size} "
+                f"entries are inf or NaN in one and not the other, for {path} at {precision}. "
+                "The export changed the model's behaviour; check for ops whose export is lossy "
+                "(an overflow at this precision, a division by zero)")
+        if not diff <= limit:
             raise DeployError(
                 f"ONNX Runtime's output differs from PyTorch's: {which}max abs diff {diff:.3g} > "
                 f"tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|output| {scale:.3g}) "
@@ -648,3 +654,21 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol) -> fl
                 "ops whose export is lossy, or loosen atol/rtol if the gap is expected.")
         max_diff = max(max_diff, diff)
     return max_diff
+
+
+def output_gap(got, ref) -> tuple[float, float, int]:
+    """How far ``got`` is from ``ref`` (arrays of one shape): the max absolute difference and
+    the max ``|ref|`` over the entries finite in both, and how many entries are non-finite in
+    one and not the same non-finite value in the other. An inf or a NaN in the same place in
+    both is the same output (log-probabilities of masked logits are -inf, break77 F1); ``inf -
+    inf`` would be NaN, which no tolerance passes. ``diff`` is inf where such entries differ."""
+    import numpy as np
+
+    g, r = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    finite = np.isfinite(g) & np.isfinite(r)
+    same = (g == r) | (np.isnan(g) & np.isnan(r))
+    misplaced = int(np.count_nonzero(~finite & ~same))
+    if misplaced:
+        return math.inf, float(np.max(np.abs(r[finite]), initial=0.0)), misplaced
+    diff = float(np.max(np.abs(g[finite] - r[finite]), initial=0.0))
+    return diff, float(np.max(np.abs(r[finite]), initial=0.0)), 0

@@ -773,6 +773,42 @@ def test_a_batch_free_model_exported_at_batch_1_keeps_its_batch_free(tmp_path):
     assert verify_onnx(info["path"], model, (1, 3, 64, 64)) < 1e-4
 
 
+class MaskedLogProbs(nn.Module):
+    """Log-probabilities of masked logits: -inf where a logit is masked, in torch and ORT."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        z = self.conv(x).mean((2, 3))
+        return z.masked_fill(z < 0, float("-inf")).log_softmax(1)
+
+
+def test_infinities_in_the_same_places_are_the_same_output(tmp_path):
+    """break77 F1: inf - inf is NaN, which no tolerance passes: a model whose output holds -inf
+    was refused as "the export changed the model's behaviour", and export_onnx fixed its batch,
+    blaming a branch on the batch size."""
+    torch.manual_seed(0)
+    model, said = MaskedLogProbs().eval(), []
+    with torch.no_grad():
+        assert torch.isinf(model(torch.randn(2, 3, 16, 16))).any()  # the case under test
+    info = export_onnx(model, (2, 3, 16, 16), tmp_path / "m.onnx", log=said.append)
+    assert info["dynamic_batch"] is True and said == []
+    assert verify_onnx(info["path"], model, (2, 3, 16, 16)) < 1e-4
+
+
+def test_output_gap_counts_misplaced_infinities_as_a_difference():
+    from fxprune.deploy.onnx_export import output_gap
+
+    inf, nan = math.inf, math.nan
+    assert output_gap(np.array([-inf, 1.0, nan]), np.array([-inf, 1.5, nan])) == (0.5, 1.5, 0)
+    diff, scale, misplaced = output_gap(np.array([-inf, 1.0, 2.0]), np.array([0.0, 1.0, inf]))
+    assert diff == inf and misplaced == 2 and scale == 1.0
+    assert output_gap(np.array([inf]), np.array([-inf]))[2] == 1  # another sign
+    assert output_gap(np.zeros(0), np.zeros(0)) == (0.0, 0.0, 0)
+
+
 def test_export_reports_the_batch_the_file_declares(tmp_path):
     """The exporter fixes the batch silently when the code needs it; the description said
     ``dynamic_batch: true`` and ONNX Runtime failed at batch 3."""
