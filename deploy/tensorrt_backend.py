@@ -31,8 +31,15 @@ _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT
 def _import_tensorrt():
     try:
         import tensorrt
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "tensorrt":  # one of its own imports is missing
+            return None, f"the tensorrt package is installed but fails to import ({exc})"
         return None, f"the tensorrt Python package is not installed ({_HOW_TO_INSTALL})"
+    except Exception as exc:  # noqa: BLE001 - a broken install (an OSError for a missing
+        # libnvinfer, from some wheels) makes TensorRT unusable, not the deploy (break77 F4)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return None, (f"the tensorrt package is installed but fails to import "
+                      f"({type(exc).__name__}: {first})")
     return tensorrt, ""
 
 

@@ -136,6 +136,27 @@ def test_missing_tensorrt_or_gpu_is_a_clear_error(tmp_path):
     assert not list(tmp_path.iterdir())  # failed before writing anything
 
 
+def test_a_broken_tensorrt_install_falls_back_to_another_backend(tmp_path, monkeypatch):
+    """break77 F4: a tensorrt package whose import raises OSError (a missing libnvinfer) made
+    the default backend fail with that bare error, instead of using another backend."""
+    from fxprune.deploy import pipeline
+
+    fake = tmp_path / "tensorrt"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise OSError('libnvinfer.so.10: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "tensorrt", raising=False)
+    ok, why = trtb.tensorrt_status()
+    assert not ok and ("the tensorrt package is installed but fails to import (OSError: "
+                       "libnvinfer.so.10: cannot open shared object file)") in why
+    said = []
+    chosen = pipeline.choose_backend("auto", log=said.append)
+    assert chosen in ("torch", "onnxruntime") and "fails to import" in said[0]
+    with pytest.raises(DeployError, match="fails to import"):
+        pipeline.choose_backend("tensorrt")
+
+
 def test_tensorrt_latency_table_without_tensorrt_is_a_clear_error():
     if TRT_OK:
         pytest.skip("TensorRT and a CUDA GPU are both present: there is no error to check")
