@@ -63,6 +63,10 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         if isinstance(getattr(model, "_orig_mod", None), nn.Module):
             raise TypeError("prepare got a torch.compile'd model; pass the model before compiling "
                             "(model._orig_mod) and compile the prepared or the finalized one")
+        if isinstance(model, torch.jit.ScriptModule):  # (break79 F3: fx's own assertion)
+            raise TypeError("prepare got a TorchScript module (torch.jit.script or trace); "
+                            "torch.fx traces the Python code, which it no longer holds: pass the "
+                            "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
         meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())

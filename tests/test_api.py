@@ -498,6 +498,13 @@ def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
         fxprune.prepare(torch.nn.DataParallel(resnet18), (X,))
     with pytest.raises(TypeError, match=r"torch.compile'd model; pass .*\(model._orig_mod\)"):
         fxprune.prepare(torch.compile(resnet18), (X,))
+    # break79 F3: torch.fx's own "traced_func_name=forward doesn't exist", then advice for
+    # data-dependent code
+    for scripted in (torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 1))),
+                     torch.jit.trace(nn.Sequential(nn.Conv2d(3, 4, 1)), X)):
+        with pytest.raises(TypeError, match=r"^prepare got a TorchScript module \(torch.jit.script "
+                                            r"or trace\); .* pass the model before scripting"):
+            fxprune.prepare(scripted, (X,))
     pm = fxprune.prepare(resnet18, (X,))
     for rtol in (-1, 0, float("nan"), "1e-4", True):  # -1 was taken, then 'a bug in fxprune'
         with pytest.raises(ValueError, match="rtol is the relative tolerance"):
