@@ -18,6 +18,7 @@ import logging
 import os
 import reprlib
 import traceback
+import types
 import warnings
 
 import torch
@@ -88,6 +89,15 @@ class _Tracer(fx.Tracer):
             for name, fn in originals.items():
                 setattr(torch, name, fn)
 
+    def create_proxy(self, kind, target, args, kwargs, *rest, **more):
+        if kind == "call_method" or (kind == "call_function" and isinstance(
+                target, types.BuiltinFunctionType)):
+            # torch's argument parser takes numpy's names (torch.cat(xs, axis=1)); recorded
+            # under torch's, which every row reads (break79 F2: a raw KeyError or numpy error)
+            kwargs = {_TORCH_NAMES[k] if k in _TORCH_NAMES and _TORCH_NAMES[k] not in kwargs
+                      else k: v for k, v in kwargs.items()}
+        return super().create_proxy(kind, target, args, kwargs, *rest, **more)
+
     def proxy(self, node):
         return _Proxy(node, self)
 
@@ -114,6 +124,8 @@ class _Tracer(fx.Tracer):
 
 
 _CREATORS = ("zeros", "ones", "empty", "full", "rand", "randn")
+# numpy's spellings torch's argument parser accepts for its own (python_arg_parser.cpp)
+_TORCH_NAMES = {"axis": "dim", "keepdims": "keepdim"}
 _SPLITS = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
 
 

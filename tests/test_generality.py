@@ -737,6 +737,31 @@ def test_torch_zeros_with_sizes_from_shape_traces():
     assert small.get_submodule("b").in_channels == 2 * fxprune.channel_groups(pm)[0].kept
 
 
+class NumpyNames(nn.Module):
+    """torch's argument parser takes numpy's names for dim and keepdim."""
+
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.a, self.b, self.head = cbr(3, 8), nn.Conv2d(8, 8, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.spelling == "numpy":
+            y = torch.softmax(y, axis=3) - y.mean(axis=(2, 3), keepdims=True)
+            return self.head(torch.cat([y, self.b(y).cumsum(axis=2)], axis=1))
+        y = torch.softmax(y, dim=3) - y.mean(dim=(2, 3), keepdim=True)
+        return self.head(torch.cat([y, self.b(y).cumsum(dim=2)], dim=1))
+
+
+def test_numpy_names_for_dim_and_keepdim_are_torch_names():
+    """break79 F2: `torch.cat(..., axis=1)` failed inside the group analysis (numpy's "shape
+    mismatch"), `cumsum(axis=1)` with a KeyError; a reduction with keepdims= was kept whole."""
+    torch_spelled = fxprune.prepare(NumpyNames("torch").eval(), (X,))
+    pm, small = check(NumpyNames("numpy"), X, X2)
+    assert prunable(pm) == prunable(torch_spelled) == {"a.0": 8, "b": 8}
+
+
 @pytest.mark.parametrize("make", [
     lambda y, b, c, h, w: torch.zeros(b, c, h, w, dtype=y.dtype),
     lambda y, b, c, h, w: torch.ones(b, c, 1, 1, dtype=y.dtype).expand(b, c, h, w),
