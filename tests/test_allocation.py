@@ -490,6 +490,12 @@ def test_a_method_is_not_silently_another():
     with pytest.raises(ValueError, match=r"one-shot pruning sets warmup, update_every itself \(the "
                                          r"schedule from prune_at and window, masks='hard'\)"):
         get_method("magnitude").build(prepared(), target=0.5, prune_at=2, warmup=1, update_every=3)
+    # break78 M1: a mistyped keyword was a bare TypeError from the constructor
+    with pytest.raises(TypeError, match=r"^method 'ccp': 'taget' is not an argument of the method "
+                                        r"\(did you mean target\?\); it takes target, cost, "):
+        get_method("ccp").build(prepared(), taget=0.4)
+    with pytest.raises(TypeError, match=r"^method 'magnitude': 'tgt' .*\(did you mean target\?\)"):
+        get_method("magnitude").build(prepared(), tgt=0.4)  # checked against SMCP's, forwarded
 
 
 def test_switching_a_recipe_to_one_shot_names_the_keys_it_wrote(tmp_path, capsys):

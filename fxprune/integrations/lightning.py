@@ -62,7 +62,7 @@ import fxprune
 from .. import distributed as fxdist
 from ..errors import warn
 from ..groups import is_prepared
-from ..methods.base import trains_model
+from ..methods.base import check_method_kwargs, trains_model
 from ..run_io import atomic_torch_save, unwritable_folder
 
 
@@ -78,36 +78,6 @@ def _method_entry(name: str):
     from fxprune.methods.base import get_method
 
     return get_method(name)
-
-
-def _check_method_kwargs(method: str, cls, kwargs: dict) -> None:
-    """Refuse at construction a keyword the method does not take (break73 M5: a typo such as
-    ``traget=0.5`` passed, and ``fit()`` failed inside Lightning with a TypeError traceback)."""
-    try:
-        params = dict(inspect.signature(cls).parameters)
-    except (TypeError, ValueError):  # no signature to judge by: the method judges at fit
-        return
-    forwards_to = getattr(cls, "forwards_kwargs_to", None)  # oneshot's **kwargs go to SMCP
-    if forwards_to is not None:
-        params = {**inspect.signature(forwards_to).parameters,
-                  **{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}}
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    sets_itself = getattr(cls, "sets_itself", ())  # oneshot: SMCP's schedule (break76 #5)
-    valid = [n for n, p in list(params.items())[1:]  # the first is the prepared model
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in sets_itself]
-    own = [k for k in kwargs if k in sets_itself]
-    if own:
-        raise TypeError(f"PruningCallback({method!r}): the method sets {own[0]!r} itself; "
-                        f"drop it (it takes {', '.join(valid)})")
-    unknown = [k for k in kwargs if k not in valid]
-    if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise TypeError(f"PruningCallback({method!r}): {unknown[0]!r} is not an argument of "
-                        f"the method{hint}; it takes {', '.join(valid)}")
 
 
 def _checkpoint_safe(value: Any) -> Any:
@@ -183,7 +153,8 @@ class PruningCallback(pl.Callback):
                              "runs a sub-network through the method's train_forward, but Lightning "
                              "trains through the LightningModule's own forward; use "
                              "execution='masked' (the callback's default)")
-        _check_method_kwargs(method, self.method_entry.cls, method_kwargs)
+        # (break73 M5: a typo such as traget=0.5 passed, and fit() failed inside Lightning)
+        check_method_kwargs(self.method_entry.cls, method_kwargs, f"PruningCallback({method!r})")
         self.method_kwargs = method_kwargs
         self.attribute, self.check_masks = attribute, check_masks
         self.save_path = None if save_path is None else Path(save_path).expanduser()

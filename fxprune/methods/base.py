@@ -2,8 +2,11 @@
 benchmarks read.
 
     pruner = get_method("cucb").build(prepared, target=0.5, ...)
+    if hasattr(pruner, "attach_optimizer"):  # the optional hooks (below): CUCB's sub-network
+        pruner.attach_optimizer(optimizer)
     for x, y in loader:
-        loss = criterion(prepared(x), y)
+        net = getattr(pruner, "train_forward", prepared)  # the module this step trains
+        loss = criterion(net(x), y)
         loss.backward()
         pruner.step(loss)            # after backward, before optimizer.step(); a record or None
         optimizer.step(); optimizer.zero_grad()
@@ -43,6 +46,7 @@ from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
+           "check_method_kwargs",
            "resolve_cost_model", "measured_latency_cost", "LATENCY_COSTS",
            "measured_cost_to_dict", "measured_cost_from_dict"]
 
@@ -176,8 +180,13 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
                 f"fxprune.deploy.LatencyTable.measure(pm, batch={batch.strip()}), then "
                 + ("cost=fxprune.deploy.calibrate_cost(table, pm)" if base == "latency+fixed"
                    else "cost=table"))
+        import difflib  # (break78 M2: cost="flop" or "FLOPS" got the list, no hint)
+
+        names = ["flops", "params", *LATENCY_COSTS]
+        close = difflib.get_close_matches(cost.strip().lower(), names, n=1, cutoff=0.7)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or a "
-                         f"CostModel, got {cost!r}")
+                         f"CostModel, got {cost!r}{hint}")
     if isinstance(cost, type):  # the class passes the protocol check; its layer_cost is unbound
         raise TypeError(f"cost is the class {cost.__name__}; pass an instance: {cost.__name__}()")
     if isinstance(cost, CostModel):
@@ -568,6 +577,8 @@ class MethodEntry:
                                  f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}; on "
                                  f"the command line: --set '~prune.{key}') or choose the method "
                                  "that has it")
+        # (keys it sets itself are the method's to refuse: one-shot names them all)
+        check_method_kwargs(self.cls, kwargs, f"method {self.name!r}", refuse_own=False)
         method = self.cls(prepared, **{**self.defaults, **kwargs})
         if isinstance(method, PruningMethod):
             method.registered_as = self.name  # its states say so (oneshot and smcp build SMCP)
@@ -575,6 +586,41 @@ class MethodEntry:
 
 
 registry: dict[str, MethodEntry] = {}
+
+
+def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
+                        refuse_own: bool = True) -> None:
+    """Refuse a keyword ``cls`` (a method's class or factory) does not take, or (``refuse_own``)
+    one it sets itself, with the arguments it takes and a "did you mean" (break78 M1: a bare
+    TypeError).
+
+    Raises TypeError naming ``caller``; nothing where ``cls`` takes ``**kwargs`` of its own or
+    has no signature to judge by (the method judges when it is called)."""
+    try:
+        params = dict(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return
+    forwards_to = getattr(cls, "forwards_kwargs_to", None)  # oneshot's **kwargs go to SMCP
+    if forwards_to is not None:
+        params = {**inspect.signature(forwards_to).parameters,
+                  **{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}}
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    sets_itself = getattr(cls, "sets_itself", ())  # oneshot: SMCP's schedule (break76 #5)
+    valid = [n for n, p in list(params.items())[1:]  # the first is the prepared model
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in sets_itself]
+    own = [k for k in kwargs if k in sets_itself]
+    if own and refuse_own:
+        raise TypeError(f"{caller}: the method sets {own[0]!r} itself; drop it (it takes "
+                        f"{', '.join(valid)})")
+    unknown = [k for k in kwargs if k not in valid and k not in own]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TypeError(f"{caller}: {unknown[0]!r} is not an argument of the method{hint}; it "
+                        f"takes {', '.join(valid)}")
 
 
 def register_method(name: str, target: str | Callable, *, defaults: dict | None = None,
