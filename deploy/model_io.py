@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Sequence
 
 import torch
@@ -172,6 +173,12 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
             copy(torch.zeros(shape, dtype=torch.float32))  # the copy's dtype, whatever the default
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = first_line(e) or type(e).__name__
+        container = None if copy is None else _reads_a_container(copy, shape)
+        if container is not None:  # no shape fits (break77 F3: "pass a fitting --input-shape")
+            raise DeployError(
+                f"{label}'s forward reads its input as a container ({container}); fxprune deploy "
+                "times models that take one tensor: wrap it in a module whose forward takes one "
+                "tensor, or export the ONNX yourself and deploy that file") from None
         if copy is not None and _wants_integers(copy, shape):
             # no shape fits (break66 #4: "pass a fitting --input-shape")
             raise DeployError(
@@ -183,6 +190,41 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                else f"the model records no input shape ({INPUT_SHAPE_ATTR})")
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
                           "pass a fitting --input-shape") from None
+
+
+class _InputProbe(torch.Tensor):
+    """The input tensor, noting how forward reads it: ``x["image"]`` or ``a, b = x``."""
+
+    probed: "_InputProbe | None" = None
+    seen: str | None = None
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if args and args[0] is cls.probed and cls.seen is None:
+            key = args[1] if len(args) > 1 else None
+            if func is torch.Tensor.__getitem__ and isinstance(key, str):
+                cls.seen = f"it indexes it by the key {key!r}"
+            elif func is torch.Tensor.__iter__ or (func is torch.Tensor.unbind and (
+                    key in (None, 0) and not kwargs)):  # (iteration unbinds dim 0)
+                cls.seen = "it unpacks it into several values"
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+def _reads_a_container(copy: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """How ``copy`` (an :func:`eval_copy`) reads its input as a dict or a tuple, where it
+    does; None otherwise."""
+    probe = torch.zeros(shape, dtype=torch.float32).as_subclass(_InputProbe)
+    _InputProbe.probed, _InputProbe.seen = probe, None
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (x["image"]: torch's indexing deprecation)
+            copy(probe)
+    except Exception:  # noqa: BLE001 - it fails, as it did on the plain tensor
+        pass
+    finally:
+        seen, _InputProbe.probed, _InputProbe.seen = _InputProbe.seen, None, None
+    return seen
 
 
 def _wants_integers(copy: nn.Module, shape: tuple[int, ...]) -> bool:

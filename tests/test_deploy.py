@@ -922,6 +922,37 @@ def test_a_model_of_two_inputs_is_told_deploy_times_one(tmp_path):
                progress=False, log=lambda s: None)
 
 
+class DictInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, batch):
+        return self.conv(batch["image"])
+
+
+class TupleInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 4)
+
+    def forward(self, inputs):
+        image, meta = inputs
+        return self.conv(image) + self.fc(meta)[:, :, None, None]
+
+
+@pytest.mark.parametrize("model, how", [(DictInput, "it indexes it by the key 'image'"),
+                                        (TupleInput, "it unpacks it into several values")])
+def test_a_model_reading_a_dict_or_tuple_is_told_deploy_times_one_tensor(tmp_path, model, how):
+    """break77 F3: told to pass a fitting --input-shape, which no shape is."""
+    with pytest.raises(DeployError, match=rf"^{model.__name__}'s forward reads its input as a "
+                                          rf"container \({how}\); fxprune deploy times models "
+                                          "that take one tensor"):
+        deploy(model(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
+               progress=False, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, capsys):
     out = tmp_path / "out"
