@@ -330,6 +330,27 @@ def _differs_at(sess, path: str, model: nn.Module, shape, precision: str) -> boo
     return False
 
 
+def _check_stateless(model: nn.Module, x: torch.Tensor, before: dict, first: list) -> None:
+    """Refuse a model whose eval-mode forward updates a buffer its output depends on (a call
+    counter, a running estimate): the file holds one value of it. It was blamed on a branch on
+    the batch size, then on lossy ops (break77 F2). A buffer updated but not read (a counter
+    for logging) changes no output, and passes."""
+    changed = [name for name, b in model.named_buffers()
+               if name in before and not torch.equal(b, before[name])]
+    if not changed:
+        return
+    with torch.no_grad():
+        again = flat_outputs(model(x))
+    if all(torch.equal(a, b) for a, b in zip(first, again, strict=True)):
+        return
+    raise DeployError(
+        f"the model updates its buffer{'s' if len(changed) > 1 else ''} {', '.join(changed[:3])}"
+        f"{' ...' if len(changed) > 3 else ''} in forward, in eval mode, and its output moves "
+        "with it (two calls on one input differ): an exported file holds one value of it, so "
+        "it cannot compute what the model computes; update such state only in training "
+        "(`if self.training:`)")
+
+
 def flat_outputs(out) -> list[torch.Tensor]:
     leaves = pytree.tree_leaves(out)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
@@ -377,8 +398,11 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     input_shape = parse_shape(input_shape)
     model = eval_copy(module, precision)
     x = example_input(input_shape, precision)
+    before = {name: b.clone() for name, b in model.named_buffers()}
     with torch.no_grad():
-        n_out = len(flat_outputs(model(x)))
+        first = flat_outputs(model(x))
+    n_out = len(first)
+    _check_stateless(model, x, before, first)
     output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     external = weight_bytes >= _PROTOBUF_LIMIT

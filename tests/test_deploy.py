@@ -798,6 +798,29 @@ def test_infinities_in_the_same_places_are_the_same_output(tmp_path):
     assert verify_onnx(info["path"], model, (2, 3, 16, 16)) < 1e-4
 
 
+class CountsCalls(nn.Module):
+    def __init__(self, reads_count):
+        super().__init__()
+        self.reads_count = reads_count
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x) + (self.calls if self.reads_count else 0)
+
+
+def test_a_model_whose_output_follows_a_buffer_it_updates_is_refused_as_such(tmp_path):
+    """break77 F2: blamed on a branch on the batch size, then on lossy ops."""
+    said = []
+    with pytest.raises(DeployError, match=r"^the model updates its buffer calls in forward, in "
+                                          r"eval mode, and its output moves with it"):
+        export_onnx(CountsCalls(True), SHAPE, tmp_path / "c.onnx", log=said.append)
+    assert said == [] and not (tmp_path / "c.onnx").exists()
+    info = export_onnx(CountsCalls(False), SHAPE, tmp_path / "n.onnx", log=said.append)
+    assert info["dynamic_batch"] and said == []  # a counter no output reads: exported
+
+
 def test_output_gap_counts_misplaced_infinities_as_a_difference():
     from fxprune.deploy.onnx_export import output_gap
 
