@@ -34,7 +34,7 @@ from torch import nn
 
 from fxprune.cost import LayerSpec, torch_pad
 
-from .common import DeployError, cpu_name, time_interleaved_wall
+from .common import DeployError, cpu_name, first_line, time_interleaved_wall
 
 BACKEND = "torch"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -149,8 +149,16 @@ def make_runner(module: nn.Module, x: torch.Tensor, *, cuda_graphs: bool = True,
     if not cuda_graphs:
         return forward
     graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        module(x)  # the output stays alive in the graph's memory pool
+    try:
+        with torch.no_grad(), torch.cuda.graph(graph):
+            module(x)  # the output stays alive in the graph's memory pool
+    except RuntimeError as exc:  # a raw traceback after the export and its check (break77 F5)
+        raise DeployError(
+            f"PyTorch cannot capture {type(module).__name__} into a CUDA graph "
+            f"({first_line(exc)}): its forward waits on the host (.item(), a CPU tensor copied "
+            "to the GPU, a size read from values); time it with --backend onnxruntime, or from "
+            "Python with fxprune.deploy.torch_backend.time_models(..., cuda_graphs=False)"
+        ) from exc
     graph.replay()
     torch.cuda.synchronize(x.device)
 

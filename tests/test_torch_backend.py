@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import fxprune
 from fxprune.cli import main
@@ -137,6 +138,29 @@ def test_a_cuda_graph_runner_keeps_what_the_graph_reads_alive():
     assert alive() is not None
     run()
     torch.cuda.synchronize()
+
+
+class ReadsAScalar(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.conv(x) * self.scale.item()  # a host read: not capturable
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_a_model_that_waits_on_the_host_is_refused_for_cuda_graphs_in_one_line():
+    """break77 F5 (read, not run on a CPU host): capture raised a raw RuntimeError after the
+    export and its check had passed."""
+    with pytest.raises(DeployError, match=r"^PyTorch cannot capture ReadsAScalar into a CUDA "
+                                          r"graph .*cuda_graphs=False\)$"):
+        tb.time_models({"m": ReadsAScalar()}, (2, 3, 16, 16), device="cuda", iters=2, warmup=1)
+    times = tb.time_models({"m": ReadsAScalar()}, (2, 3, 16, 16), device="cuda", iters=2,
+                           warmup=1, cuda_graphs=False)
+    assert len(times["m"]) == 2
 
 
 @pytest.mark.cuda
