@@ -337,7 +337,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                           pruned=entries["model"], dense=entries.get("dense"),
                           params_counted="module parameters" if from_modules
                           else "ONNX initializer elements")
-    if backend == "tensorrt":  # the largest batch the engines' profile takes (from 1)
+    if backend == "tensorrt":  # the largest batch the engines take (from 1; a fixed-batch
+        # ONNX: its one batch)
         report["engine_max_batch"] = int(max_batch or shape[0])
     if on_cpu:
         loads.append(cpu_load())
