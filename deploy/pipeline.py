@@ -216,6 +216,15 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         report_path = os.path.join(out_dir, "report.json")
         if os.path.isfile(report_path):
             os.remove(report_path)
+        # and the files it described that this deploy does not write again (a --compare's
+        # dense.onnx, a TensorRT deploy's engines) stayed beside a report not of them (break77
+        # F6): deploy's own, unchanged (checked above), and not an input of this deploy
+        inputs = {os.path.realpath(os.path.expanduser(os.fspath(v))) for v in (model, compare)
+                  if isinstance(v, (str, os.PathLike))}
+        for name in DEPLOY_FILES:
+            path = os.path.join(out_dir, name)
+            if os.path.isfile(path) and os.path.realpath(path) not in inputs:
+                os.remove(path)
         try:
             return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
                                 model=model, compare=compare, threads=threads, iters=iters,
