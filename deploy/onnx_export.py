@@ -351,6 +351,27 @@ def _check_stateless(model: nn.Module, x: torch.Tensor, before: dict, first: lis
         "(`if self.training:`)")
 
 
+def output_names_of(out) -> list[str]:
+    """The ONNX output names of ``out``'s tensors, in :func:`flat_outputs` order: ``output``
+    for one tensor, else the path of each in the output (a dict's keys: ``logits``,
+    ``aux_0``), ``output_i`` where a path gives no name (break77 F7: a dict's keys were
+    lost)."""
+    leaves = [(path, leaf) for path, leaf in pytree.tree_flatten_with_path(out)[0]
+              if isinstance(leaf, torch.Tensor)]
+    if len(leaves) == 1:
+        return ["output"]
+    names = []
+    for i, (path, _) in enumerate(leaves):
+        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", "")))) for k in path]
+        name = re.sub(r"\W+", "_", "_".join(parts)).strip("_")
+        if not name or not any(isinstance(k, pytree.MappingKey) for k in path):
+            name = f"output_{i}"  # a tuple's or a list's place says nothing more
+        names.append(name)
+    if len(set(names)) < len(names) or any(n == INPUT_NAME for n in names):
+        return [f"output_{i}" for i in range(len(leaves))]
+    return names
+
+
 def flat_outputs(out) -> list[torch.Tensor]:
     leaves = pytree.tree_leaves(out)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
@@ -400,10 +421,10 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     x = example_input(input_shape, precision)
     before = {name: b.clone() for name, b in model.named_buffers()}
     with torch.no_grad():
-        first = flat_outputs(model(x))
-    n_out = len(first)
+        out = model(x)
+    first = flat_outputs(out)
     _check_stateless(model, x, before, first)
-    output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    output_names = output_names_of(out)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     external = weight_bytes >= _PROTOBUF_LIMIT
     if external:

@@ -821,6 +821,32 @@ def test_a_model_whose_output_follows_a_buffer_it_updates_is_refused_as_such(tmp
     assert info["dynamic_batch"] and said == []  # a counter no output reads: exported
 
 
+class DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"scores": y.mean((2, 3)), "maps": y, "aux": [y.amax((2, 3)), y.sum()]}
+
+
+def test_onnx_outputs_are_named_by_the_model_outputs_keys(tmp_path):
+    """break77 F7: a dict output's keys were lost (output_0, output_1, ...)."""
+    model = DictOutput().eval()
+    info = export_onnx(model, SHAPE, tmp_path / "d.onnx", log=lambda s: None)
+    names = ["scores", "maps", "aux_0", "aux_1"]
+    assert info["outputs"] == names
+    assert [o.name for o in onnx.load(info["path"]).graph.output] == names
+    x = torch.randn(SHAPE)
+    got = dict(zip(names, ort.InferenceSession(info["path"]).run(None, {"input": x.numpy()})))
+    with torch.no_grad():
+        want = model(x)
+    for name, ref in [("scores", want["scores"]), ("maps", want["maps"]),
+                      ("aux_0", want["aux"][0]), ("aux_1", want["aux"][1])]:
+        np.testing.assert_allclose(got[name], ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_output_gap_counts_misplaced_infinities_as_a_difference():
     from fxprune.deploy.onnx_export import output_gap
 
