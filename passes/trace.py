@@ -90,10 +90,12 @@ class _Tracer(fx.Tracer):
                 setattr(torch, name, fn)
 
     def create_proxy(self, kind, target, args, kwargs, *rest, **more):
-        if kind == "call_method" or (kind == "call_function" and isinstance(
-                target, types.BuiltinFunctionType)):
-            # torch's argument parser takes numpy's names (torch.cat(xs, axis=1)); recorded
-            # under torch's, which every row reads (break79 F2: a raw KeyError or numpy error)
+        if (kind == "call_function" and isinstance(target, types.BuiltinFunctionType)) or (
+                kind == "call_method" and isinstance(getattr(torch.Tensor, target, None),
+                                                     types.MethodDescriptorType)):
+            # torch's argument parser (builtins, tensor methods in C) takes numpy's names
+            # (torch.cat(xs, axis=1)); recorded under torch's, which every row reads (break79
+            # F2: a raw KeyError or numpy error). Python functions' own arguments are theirs.
             kwargs = {_TORCH_NAMES[k] if k in _TORCH_NAMES and _TORCH_NAMES[k] not in kwargs
                       else k: v for k, v in kwargs.items()}
         return super().create_proxy(kind, target, args, kwargs, *rest, **more)
