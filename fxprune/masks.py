@@ -93,10 +93,31 @@ class _InputMasked(_FxPruneLayer):
         return scale(self.weight, m, straight_through=self.fxprune_straight_through)
 
 
-def mask_weight(weight: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+def mask_weight(weight: torch.Tensor, mask: torch.Tensor, dim: int,
+                straight_through: bool = True) -> torch.Tensor:
     """A functional layer's weight (``F.conv2d(x, self.w)``) masked along its input dim ``dim``
-    (straight-through, as the masked layer classes)."""
-    return scale(weight, broadcast_along(mask, weight.ndim, dim), straight_through=True)
+    (straight-through unless a method's masks are hard: :func:`set_straight_through`)."""
+    return scale(weight, broadcast_along(mask, weight.ndim, dim), straight_through=straight_through)
+
+
+def set_straight_through(prepared: nn.Module, on: bool) -> None:
+    """Whether the masks pass their gradient straight through to the masked weights (SMCP's
+    soft masks, He et al.'s straight-through estimator) or stop it where a mask is 0 (hard
+    masks: CUCB's inactive channels, CCP's and SMCP ``masks="hard"``'s pruned ones): the
+    masked layer classes and the functional layers' :func:`mask_weight` calls alike (the
+    latter stayed straight-through, so a timm ``Linear`` head trained inactive channels)."""
+    for m in prepared.modules():
+        if isinstance(m, _InputMasked):
+            m.fxprune_straight_through = on
+    graph = getattr(prepared, "graph", None)
+    changed = False
+    for node in (graph.nodes if graph is not None else ()):
+        if node.op == "call_function" and node.target is mask_weight and (
+                node.kwargs.get("straight_through", True) != on):
+            node.update_kwarg("straight_through", on)
+            changed = True
+    if changed:
+        prepared.recompile()
 
 
 class _MaskedConv(_InputMasked):

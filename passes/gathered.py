@@ -37,7 +37,7 @@ from torch import fx, nn
 from fxprune.cpu_kernels import strided_pointwise
 from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
-from fxprune.masks import _RescaledBatchNorm
+from fxprune.masks import _RescaledBatchNorm, mask_weight
 
 from .group_analysis import module_rule
 from .surgery import max_relative_error, run_eval
@@ -135,6 +135,27 @@ class _GatheredLayer(nn.Module):
                 bn.running_mean.index_copy_(0, idx, mean)
                 bn.running_var.index_copy_(0, idx, var)
         return out
+
+
+class _GatheredParameter(nn.Module):
+    """A parameter of the prepared model read by ``get_attr``, at the owner's current indices
+    of each of its dims (autograd scatters the gradient back into the whole parameter)."""
+
+    def __init__(self, owner: "GatheredModule", prepared: nn.Module, target: str):
+        super().__init__()
+        module_name, _, self.attr = target.rpartition(".")
+        # plain attributes, not submodules: the parameter stays owned by the prepared model
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "module", prepared.get_submodule(module_name))
+        self.target = target
+
+    def forward(self):
+        t = getattr(self.module, self.attr)
+        for d in range(t.ndim):
+            idx = self.owner.indices.get(f"{self.target}:{d}")
+            if idx is not None:
+                t = t.index_select(d, idx)
+        return t
 
 
 #: modules that act on each element alone (no per-channel parameter or count): they run on
@@ -258,6 +279,10 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
                 continue
             for dropped in (0, ch.groups[g].size - 1):
                 kept = ~((ch.unit_group == g) & (ch.unit_pos == dropped))
+                written = (node.target, node.args, node.kwargs)
+                # as finalize rewrites it: its masked weights read plain (F.conv2d on a
+                # layer's own weight: the rewrite reads the weight's shape)
+                node.args, node.kwargs = fx.node.map_arg((node.args, node.kwargs), _unmasked)
                 before = (node.target, node.args, node.kwargs)
                 ctx = _FinalizeContext(ch, kept)
                 try:
@@ -265,10 +290,15 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
                     moved = (_differ((node.target, node.args, node.kwargs), before)
                              and not _same_on_kept(before, node, ctx))
                 finally:
-                    node.target, node.args, node.kwargs = before
+                    node.target, node.args, node.kwargs = written
                 if moved:
                     return node
     return None
+
+
+def _unmasked(node: fx.Node) -> fx.Node:
+    """The weight a ``mask_weight`` node masks (finalize's step 3); any other node itself."""
+    return node.args[0] if node.op == "call_function" and node.target is mask_weight else node
 
 
 def _label_arrays(labels):
@@ -341,6 +371,8 @@ class GatheredModule(nn.Module):
         self.indices: dict[str, torch.Tensor | None] = {}
         self._spaces = [s for s in self.channels.spaces if self.channels.touches_prunable(s.ids)]
         modules = dict(prepared.named_modules())
+        params = dict(prepared.named_parameters())
+        gathered_params = {s.tensor for s in self._spaces if s.tensor in params}
         self._buffers_read: list[str] = []  # the prepared model's buffers the graph reads
         graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
@@ -364,6 +396,17 @@ class GatheredModule(nn.Module):
                     raise SurgeryError(f"gathered execution does not support {type(m).__name__} "
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)
+            elif node.op == "get_attr" and node.target in gathered_params:
+                # a parameter a functional layer reads (timm's Linear: F.linear on its own
+                # weight), gathered at its spaces' indices as a module's are
+                name = "p_" + node.target.replace(".", "_")
+                if not hasattr(root, name):
+                    root.add_module(name, _GatheredParameter(self, prepared, node.target))
+                env[node] = graph.call_module(name, ())
+                continue
+            elif node.op == "call_function" and node.target is mask_weight:
+                env[node] = env[node.args[0]]  # gathered layers need no mask: the active set
+                continue
             elif node.op == "get_attr":
                 if _copy_attr(root, prepared, node.target):
                     self._buffers_read.append(node.target)

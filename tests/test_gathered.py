@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fxprune
-from fxprune.masks import _InputMasked
+from fxprune.masks import _InputMasked, set_straight_through
 from fxprune.models import build_model
 from fxprune.passes.gathered import gathered_module
 from fxprune.units import UnitIndex
@@ -478,3 +478,82 @@ def test_torchvisions_stochastic_depth_runs_gathered_drawing_as_the_masked_model
     masked = pm(x)
     torch.manual_seed(1)
     assert torch.allclose(gathered(x), masked, rtol=0, atol=1e-12)
+
+
+class OwnForwardLinear(torch.nn.Linear):
+    """timm's Linear: its own forward, F.linear on its own parameters (traced through)."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class OwnForwardConv(torch.nn.Conv2d):
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+class FunctionalLayers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.mid = OwnForwardConv(8, 12, 3, padding=1)
+        self.head = OwnForwardLinear(12, 10)
+
+    def forward(self, x):
+        x = F.relu(self.mid(F.relu(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_parameters_read_by_functional_layers_are_gathered():
+    """ghostnet (timm): its classifier, a Linear with its own forward, traced as F.linear on
+    classifier.weight, read the whole weight beside the active inputs: CUCB fell back to
+    masked execution ("mat1 and mat2 shapes cannot be multiplied")."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))
+    pm = fxprune.prepare(FunctionalLayers().double(), (x[:1],))
+    set_straight_through(pm, False)  # CUCB's hard masks
+    index = UnitIndex(pm)
+    assert index.n == 8 + 12  # both groups are prunable, read through F.conv2d / F.linear
+    active = np.zeros(index.n, dtype=bool)
+    active[[0, 3, 5, 8, 9, 13, 19]] = True
+    index.set_masks(pm, active.astype(np.float64))
+    gathered = gathered_module(pm)  # its check: gathered == masked on the example input
+    gathered.set_active(active)
+    assert tuple(gathered.indices["head.weight:1"].tolist()) == (0, 1, 5, 11)
+    F.cross_entropy(pm(x), y).backward()
+    g_masked = grads(pm)
+    pm.zero_grad(set_to_none=True)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    gathered.protect(opt)
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    F.cross_entropy(gathered(x), y).backward()
+    for n, g in grads(pm).items():
+        torch.testing.assert_close(g, g_masked[n], rtol=1e-10, atol=1e-12, msg=n)
+    opt.step()
+    keeps = gathered.element_masks(gathered.indices)
+    for name in ("mid.weight", "head.weight"):
+        p = pm.get_parameter(name)
+        inactive = ~keeps[p].expand_as(p)
+        assert inactive.any() and torch.equal(p.detach()[inactive], before[name][inactive])
+        assert not torch.equal(p.detach()[~inactive], before[name][~inactive])
+
+
+@pytest.mark.parametrize("method", ["cucb", "ccp", "hard", "smcp"])
+def test_hard_masks_stop_the_gradient_through_functional_layers_too(method):
+    """CUCB, CCP and SMCP's hard masks turned the straight-through estimator off in the masked
+    layer classes only: a layer with its own forward (F.linear on its weight, timm's Linear)
+    still passed gradient to its masked-out input columns. SMCP's soft masks keep it."""
+    from fxprune.methods.base import get_method
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))
+    pm = fxprune.prepare(FunctionalLayers().double(), (x[:1],))
+    kwargs = {"execution": "masked"} if method == "cucb" else {}
+    get_method(method).build(pm, target=0.8, **kwargs)
+    index = UnitIndex(pm)
+    kept = np.ones(index.n)
+    kept[[8, 9, 10]] = 0  # three of mid's output channels, read by head (F.linear)
+    index.set_masks(pm, kept)
+    F.cross_entropy(pm(x), y).backward()
+    through = pm.get_parameter("head.weight").grad[:, :3]
+    assert bool((through != 0).any()) is (method == "smcp")

@@ -70,7 +70,7 @@ from ..errors import warn
 from ..allocation import Allocation, GroupOptions, allocate, allocate_uniform, allowed_counts
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import MethodHook, _InputMasked
+from ..masks import MethodHook, set_straight_through
 from ..checks import check_fraction, check_number
 from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target, trainable_state
 
@@ -337,9 +337,7 @@ class CCP(PruningMethod):
                 prepared.register_forward_pre_hook(MethodHook(self._norms_to_eval)),
                 prepared.register_forward_hook(MethodHook(self._norms_back), always_call=True)]
         self._set_collecting(self._collecting(1))
-        for m in prepared.modules():  # pruned channels are gone for good: no gradient through
-            if isinstance(m, _InputMasked):
-                m.fxprune_straight_through = False
+        set_straight_through(prepared, False)  # pruned channels are gone for good: no gradient
         self.dead = np.zeros(self.index.n, dtype=bool)
         self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
         self.skipped_rounds = 0  # rounds with no statistics to decide on (warned of)

@@ -78,7 +78,7 @@ from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import MethodHook, _InputMasked
+from ..masks import MethodHook, set_straight_through
 from ..checks import check_fraction, check_number
 from .base import DEFAULT_TARGET, PruningMethod, trainable_state, trains_model, warn_unused_target
 
@@ -168,9 +168,7 @@ class CUCB(PruningMethod):
                                   "Unfreeze them while pruning")
         self.stats = BanditStats(self.index.offsets)
         self.final = False
-        for m in prepared.modules():  # inactive channels get no gradient through their readers
-            if isinstance(m, _InputMasked):
-                m.fxprune_straight_through = False
+        set_straight_through(prepared, False)  # inactive channels: no gradient through readers
         self.gathered = None
         if execution == "gathered":
             _refuse_gathered_in_a_group()

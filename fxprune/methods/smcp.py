@@ -72,7 +72,7 @@ from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import MethodHook, _InputMasked
+from ..masks import MethodHook, set_straight_through
 from ..schedule import PruningSchedule
 from ..checks import check_fraction, check_number
 from .base import PruningMethod, resolve_cost_model, trainable_state
@@ -166,9 +166,7 @@ class SMCP(PruningMethod):
                                       "importance='magnitude'")
         self.bn_rescale = bn_rescale
         self.rescaled_bns = insert_bn_rescale(prepared, bn_rescale)
-        for m in prepared.modules():
-            if isinstance(m, _InputMasked):
-                m.fxprune_straight_through = masks == "soft"
+        set_straight_through(prepared, masks == "soft")
         self.dead = np.zeros(self.index.n, dtype=bool)  # hard masks: pruned for good
         # Host-side copy of the masks as of construction / the last update / load: step() reads
         # it instead of copying the masks off the device every step.
