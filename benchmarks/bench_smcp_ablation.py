@@ -75,6 +75,24 @@ def accuracy(model, loader, limit=None) -> float:
     return correct / seen
 
 
+def base_options(args, total: int) -> dict:
+    """SMCP's arguments on the short schedule of ``total`` steps (a row's options go over them)."""
+    return dict(target=args.target, cost="flops", warmup=round(0.1 * total),
+                ramp=round(0.6 * total) - round(0.1 * total), freeze_after=round(0.75 * total),
+                update_every=args.update_every, channel_step=8, masked_decay=2e-4,
+                bn_rescale="kept_fraction")  # SMCP's; off by default since (a row sets it)
+
+
+def smcp_problem(options: dict, args) -> str | None:
+    """Why SMCP refuses ``options`` over the schedule (built on the smoke net), or None."""
+    pm = fxprune.prepare(ConcatResNet((8, 16, 32)), (torch.zeros(1, 1, 28, 28),))
+    try:
+        fxprune.SMCP(pm, **{**base_options(args, 100), **options})
+    except Exception as exc:  # noqa: BLE001 - any refusal, said in one line
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def run_one(options: dict | None, seed: int, args) -> dict:
     data = {"name": "synthetic" if args.smoke else "fashion_mnist", "batch_size": args.batch,
             "subset_train": None if args.smoke else args.train_images, "augment": False,
@@ -89,11 +107,7 @@ def run_one(options: dict | None, seed: int, args) -> dict:
     total = args.epochs * steps_per_epoch
     pruner = None
     if options is not None:
-        base = dict(target=args.target, cost="flops", warmup=round(0.1 * total),
-                    ramp=round(0.6 * total) - round(0.1 * total), freeze_after=round(0.75 * total),
-                    update_every=args.update_every, channel_step=8, masked_decay=2e-4,
-                    bn_rescale="kept_fraction")  # SMCP's; off by default since (a row sets it)
-        pruner = fxprune.SMCP(pm, **{**base, **options})
+        pruner = fxprune.SMCP(pm, **{**base_options(args, total), **options})
     opt = torch.optim.SGD(pm.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total)
@@ -147,10 +161,17 @@ SAME_RUN = [("machine", "batch", "--batch", None), ("machine", "threads", "--thr
 
 def check_append(stem: Path, old_meta: dict, meta: dict) -> None:
     """Exit (one line) if the rows of ``old_meta``'s file were trained otherwise than this run's
-    (``meta``): another schedule, batch, thread count or mid-ramp probe."""
+    (``meta``): another schedule, seeds, batch, thread count or mid-ramp probe."""
     if old_meta.get("schedule") != meta["schedule"]:
         raise SystemExit(f"--append: {stem}.json was measured on another schedule; drop --append "
                          "or write to another --out")
+    # "vs dense" compares rows across runs: on other seeds it compared other draws (break80 F2)
+    for run in [old_meta, *old_meta.get("runs", [])]:
+        theirs = run.get("seeds")
+        if theirs is not None and sorted(theirs) != sorted(meta["seeds"]):
+            raise SystemExit(f"--append: {stem}.json has rows trained on seeds {theirs}, this run "
+                             f"on {meta['seeds']}; pass --seeds {' '.join(map(str, theirs))}, or "
+                             "write to another --out")
     for run in [old_meta, *old_meta.get("runs", [])]:
         for section, key, flag, default in SAME_RUN:
             where = run.get(section) if section else run
@@ -232,10 +253,18 @@ def main(argv=None) -> int:
     table = variants(args.bn_recal, args.hysteresis)
     for spec in args.extra:
         name, _, options = spec.partition("=")
+        if name in table:  # break80 F1: 'dense={...}' made the dense row a pruned one
+            p.error(f"--extra {spec!r}: {name!r} is a row already; give the extra row another "
+                    "name")
         try:
             table[name] = json.loads(options)
         except json.JSONDecodeError as exc:
             p.error(f"--extra {spec!r}: not NAME=JSON ({exc})")
+        if not isinstance(table[name], dict):
+            p.error(f"--extra {spec!r}: the JSON is SMCP's arguments, an object ({{...}})")
+        problem = smcp_problem(table[name], args)
+        if problem:  # before anything trains (break80 F5: a traceback after every other row)
+            p.error(f"--extra {spec!r}: {problem}")
     if args.rows:
         unknown = [r for r in args.rows if r not in table]
         if unknown:

@@ -33,6 +33,8 @@ def bench(monkeypatch):
     ("--batch", "16", "has rows trained at --batch 128, this run at 16; pass --batch 128"),
     ("--threads", "2", "has rows trained at --threads 1, this run at 2; pass --threads 1"),
     ("--probe-after", "5", "has rows trained at --probe-after 10, this run at 5"),
+    # break80 F2: "vs dense" then compared seeds 0-2 with seed 5, unsaid
+    ("--seeds", "5", r"has rows trained on seeds \[0\], this run on \[5\]; pass --seeds 0"),
     # break56 #15: this said "use --out" to a run that had given one
     ("--lr", "0.05", "was measured on another schedule; drop --append or write to"),
 ])
@@ -47,7 +49,7 @@ def test_append_refuses_rows_trained_at_another_batch_or_thread_count(bench, tmp
     bench.trained.clear()
     with pytest.raises(SystemExit, match=f"--append: .*abl.json {says}.*another --out"):
         bench.main(["--smoke", "--seeds", "0", "--rows", "SMCP", option, value, "--append",
-                    "--out", out])
+                    "--out", out])  # (argparse: the later --seeds is the one taken)
     assert bench.trained == []
     assert ((tmp_path / "abl.json").read_text(), (tmp_path / "abl.md").read_text()) == before
     # the same settings append
@@ -77,3 +79,21 @@ def test_append_to_the_published_file_is_still_guarded(bench, tmp_path, monkeypa
     assert list(after["rows"]) == list(rows_before)
     assert after["rows"]["SMCP"]["summary"]["accuracy"]["mean"] == 0.5
     assert after["meta"]["runs"][-1]["probe_after"] == 10
+
+
+@pytest.mark.parametrize("extra, says", [
+    ('dense={"hysteresis": 3}', "'dense' is a row already; give the extra row another name"),
+    ('typo={"hysterisis": 3}', "TypeError: .*hysterisis"),
+    ("lst=[1]", r"the JSON is SMCP's arguments, an object"),
+    ('bad={"hysteresis": -1}', "ValueError: "),
+])
+def test_extra_rows_are_checked_before_anything_trains(bench, tmp_path, capsys, extra, says):
+    """break80 F1: an extra row named like a built-in one replaced it (the dense row became a
+    pruned one, and "vs dense" was measured against it); F5: a typo failed when that row
+    trained, last, with a traceback, and nothing was written."""
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--smoke", "--seeds", "0", "--rows", "dense", "SMCP", "--extra", extra,
+                    "--out", str(tmp_path / "abl")])
+    assert exit_.value.code == 2 and bench.trained == []
+    assert __import__("re").search(says, capsys.readouterr().err)
+    assert not (tmp_path / "abl.json").exists()
