@@ -148,6 +148,39 @@ def test_a_bad_smcp_row_is_refused_before_anything_trains(tmp_path, row, says, c
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("options, says", [
+    ('{"hysterisis": 3}', "--smcp-options: unknown option.*hysterisis; it takes .*hysteresis"),
+    ("[3]", "--smcp-options must be a JSON object"),
+    ('{"target": 0.3}', "unknown option.*target.*--smcp NAME=JSON"),
+])
+def test_bad_smcp_options_are_refused_before_anything_trains(tmp_path, options, says, capsys):
+    """break80 F6: checked only when the first SMCP row was built, after the dense and the
+    Torch-Pruning rows had trained; a traceback, and nothing written."""
+    bench = load_benchmark("bench_vs_torch_pruning")
+    bench.train_rows = lambda *a: pytest.fail("trained")
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--no-tp", "--out", str(tmp_path / "x"), "--smcp-options",
+                    options])
+    assert re.search(says, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_each_row_is_judged_against_its_own_target_in_its_own_cost():
+    """break80 F3: a row given "target": 0.7 that ended at 0.683 of the FLOPs, and a params row
+    at 0.48 of its 0.5, were both "above the FLOPs target" (--target 0.5, in FLOPs)."""
+    bench = load_benchmark("bench_vs_torch_pruning")
+    row = lambda label, flops, params, **kw: {"label": label, "flops_ratio": flops,  # noqa: E731
+                                              "params_ratio": params, **kw}
+    assert bench.target_reached(row("f70", 0.683, 0.6, options={}, cost_target=0.7), 0.5)
+    assert bench.target_reached(row("p50", 0.52, 0.48, options={"cost": "params"},
+                                    cost_target=0.5), 0.5)
+    assert not bench.target_reached(row("f30", 0.45, 0.4, options={}, cost_target=0.3), 0.5)
+    assert not bench.target_reached(row("tp-taylor", 0.51, 0.4), 0.5)  # --target, in FLOPs
+    assert bench.target_reached(row("dense", 1.0, 1.0), 0.5) is None
+    assert bench.target_reached(row("lat", 0.9, 0.9, options={"cost": "latency:64"},
+                                    cost_target=0.85), 0.5) is None
+
+
 @pytest.mark.slow
 def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     bench = load_benchmark("bench_vs_torch_pruning")
@@ -170,6 +203,11 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     by_label = lambda rows: sorted(rows, key=lambda r: r["label"])  # noqa: E731
     assert by_label(combined["runs"]) == by_label(result["runs"])  # b's dense and y replaced a's
     assert len(combined["meta"]["commands"]) == 3 and combined["meta"]["protocol"]["seeds"] == [0]
+    # break80 F4: the merging command's default rows were recorded as the file's
+    protocol = combined["meta"]["protocol"]
+    assert protocol["smcp_rows"] == {r["label"]: r["options"] for r in result["runs"]
+                                     if r["label"] != "dense"}
+    assert protocol["torch_pruning_rows"] is False and protocol["smcp_options"] is None
     # rows of another protocol are not put in one table
     with pytest.raises(SystemExit, match="cannot merge .*a.json: .*; add --smoke to combine"):
         bench.main(["--no-tp", "--threads", "1", "--latency-batches", "1", "--epochs", "2",
