@@ -130,8 +130,10 @@ def summary(rows: list[dict]) -> list[dict]:
     for net in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == net and r["model"] != "dense"]
         dense = next(r for r in rows if r["net"] == net and r["model"] == "dense")
+        # None where no target was reachable on this net (break80 F7: a StatisticsError lost
+        # every net's results; the markdown lists the infeasible targets)
         err = {k: statistics.mean(abs(r[f"{k}_fraction"] - r["measured_fraction"]) for r in mine)
-               for k in PREDICTORS}
+               if mine else None for k in PREDICTORS}
         # where each chooser's models landed against the target they were chosen for
         landed = {c: [r["measured_fraction"] - r["target"] for r in mine if r["chosen_by"] == c]
                   for c in dict.fromkeys(r["chosen_by"] for r in mine)}
@@ -159,20 +161,25 @@ def markdown(meta: dict, rows: list[dict], summ: list[dict]) -> str:
              "from dense and a uniform half model; its share of the dense total in brackets).", "",
              "| net | dense ms | table sum / real | table | FLOPs | table+fixed | FLOPs+fixed | "
              "models | table points timed under load |", "|---|---|---|---|---|---|---|---|---|"]
+    def error(s, k):
+        value = s[f"{k}_mean_abs_error"]
+        return "-" if value is None else f"{value:.3f}"
+
     for s in summ:
         share = s["fixed_share"]
         lines.append(f"| {s['net']} | {s['dense_ms']:.3f} | {s['table_sum_over_real']:.2f} | "
-                     f"{s['table_mean_abs_error']:.3f} | {s['flops_mean_abs_error']:.3f} | "
-                     f"{s['table+fixed_mean_abs_error']:.3f} ({share['table+fixed']:.2f}) | "
-                     f"{s['flops+fixed_mean_abs_error']:.3f} ({share['flops+fixed']:.2f}) | "
+                     f"{error(s, 'table')} | {error(s, 'flops')} | "
+                     f"{error(s, 'table+fixed')} ({share['table+fixed']:.2f}) | "
+                     f"{error(s, 'flops+fixed')} ({share['flops+fixed']:.2f}) | "
                      f"{s['models']} | {s['points_under_load']} |")
     choosers = list(dict.fromkeys(c for s in summ for c in s["landed_minus_target"]))
     lines += ["", "Where the models each cost model chose landed: measured fraction minus target, "
               "mean (largest miss).", "", "| net | " + " | ".join(choosers) + " |",
               "|---|" + "---|" * len(choosers)]
     for s in summ:
-        cells = [f"{s['landed_minus_target'][c]['mean']:+.3f} "
-                 f"({s['landed_minus_target'][c]['max_abs']:.3f})" for c in choosers]
+        landed = s["landed_minus_target"]
+        cells = [f"{landed[c]['mean']:+.3f} ({landed[c]['max_abs']:.3f})" if c in landed else "-"
+                 for c in choosers]
         lines.append(f"| {s['net']} | " + " | ".join(cells) + " |")
     for r in rows:
         for miss in r.get("infeasible", ()):

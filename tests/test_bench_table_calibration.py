@@ -67,3 +67,27 @@ def test_a_constant_that_cannot_be_fitted_is_priced_as_zero_and_said(tmp_path, c
     assert all(fit["fixed_cost"] == 0.0 and "1.000" in fit["failed"]
                for fit in dense["fits"].values())
     assert "flops+fixed: no constant fitted" in capsys.readouterr().out
+
+
+def test_a_net_where_no_target_is_reachable_is_listed_not_a_crash():
+    """break80 F7: summary() took the mean over no model, and the StatisticsError lost every
+    net's results (a 40% target is below the floor on two of the three nets)."""
+    bench = load_benchmark("bench_table_calibration")
+    fits = {"table+fixed": {"fixed_share_of_dense": 0.1}, "flops+fixed": {"fixed_share_of_dense": 0.2}}
+    dense = lambda net, infeasible: {"net": net, "model": "dense", "ms": 2.0,  # noqa: E731
+                                     "table_sum_ms": 1.5, "fits": fits,
+                                     "table_points_under_load": 0, "infeasible": infeasible}
+    model = {"net": "wide", "model": "m0", "chosen_by": "table", "target": 0.5, "widths": [4, 8],
+             "measured_fraction": 0.55, **{f"{k}_fraction": 0.5 for k in bench.PREDICTORS}}
+    rows = [dense("wide", []), model,
+            dense("resnet", [{"chooser": "table", "target": 0.05, "floor": 0.45}])]
+    summ = bench.summary(rows)
+    assert [s["models"] for s in summ] == [1, 0]
+    assert summ[1]["table_mean_abs_error"] is None and summ[1]["landed_minus_target"] == {}
+    machine = {"cpu": "cpu", "cores": 2, "onnxruntime": "1", "threads": 1, "batch": 64,
+               "load_average_start": [0.0], "load_average_end": [0.0]}
+    text = bench.markdown({"command": "c", "machine": machine, "iters": 5, "runtime_s": 1.0},
+                          rows, summ)
+    assert "| resnet | 2.000 | 0.75 | - | - | - (0.10) | - (0.20) | 0 | 0 |" in text
+    assert "| wide | +0.050 (0.050) |" in text and "| resnet | - |" in text
+    assert "resnet, table at 0.05: no model" in text
