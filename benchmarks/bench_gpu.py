@@ -321,8 +321,10 @@ def main(argv=None) -> int:
     try:
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - one line and the way out
-        print(f"bench_gpu: {e}; `--device cpu --smoke --out PREFIX` checks the script without one",
-              file=sys.stderr)
+        # (deploy's message names its own --backend, an option this script lacks: break80 F10)
+        why = str(e).split("; use device")[0]
+        print(f"bench_gpu: {why}; this benchmark needs a CUDA GPU, and `--device cpu --smoke "
+              "--out PREFIX` checks the script without one", file=sys.stderr)
         return 2
     if device.type == "cpu" and not args.smoke:
         print("bench_gpu: the full run is for a CUDA GPU; on the CPU use --smoke", file=sys.stderr)

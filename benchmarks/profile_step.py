@@ -23,6 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import half_masked_setup  # noqa: E402
 
+from fxprune.deploy import torch_backend as tb  # noqa: E402
+
 
 def profile(model, x, y, device, steps: int, amp: bool):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -58,12 +60,21 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.txt")
     args = parser.parse_args(argv)
+    if args.out.suffix == ".txt":  # OUT, or OUT.txt as written (break80 F9: OUT.txt.txt)
+        args.out = args.out.with_suffix("")
     if Path(f"{args.out}.txt").exists():  # (break61 #8: replaced silently)
         parser.error(f"{args.out}.txt exists; give another --out")
-    device = torch.device(args.device)
+    try:  # one line, not a traceback (break80 F9)
+        device = tb.resolve_device(args.device)
+    except Exception as e:  # noqa: BLE001 - no CUDA here, or a device name torch does not know
+        parser.error(f"--device {args.device}: {str(e).split('; use device')[0]}; "
+                     "`--device cpu --smoke` checks the script without a GPU")
     name = "tiny_convnext" if args.smoke else args.model
     batch, size = (4, 32) if args.smoke else (args.batch, 224)
-    model, pm, x, y = half_masked_setup(name, batch, size, device)
+    try:
+        model, pm, x, y = half_masked_setup(name, batch, size, device)
+    except ValueError as e:  # an unknown --model
+        parser.error(f"--model {args.model}: {e}")
     if device.type == "cuda":
         pm = pm.to(memory_format=torch.channels_last)
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

@@ -66,7 +66,9 @@ def test_refuses_what_would_mislead(tmp_path, capsys):
     assert bench.main(["--device", "cpu", "--out", str(tmp_path / "x")]) == 2  # full run: GPU
     if not torch.cuda.is_available():
         assert bench.main(["--out", str(tmp_path / "x")]) == 2
-        assert "CUDA is not available" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "CUDA is not available" in err and "--device cpu --smoke --out PREFIX" in err
+        assert "--backend" not in err  # break80 F10: deploy's option, not this script's
     assert not list(tmp_path.iterdir())
 
 
@@ -111,3 +113,20 @@ def test_profile_step_smoke_writes_both_tables_and_keeps_an_existing_file(tmp_pa
     with pytest.raises(SystemExit):
         profile.main(["--device", "cpu", "--smoke", "--out", str(out)])
     assert (tmp_path / "prof.txt").read_text() == text
+    # break80 F9: OUT.txt wrote OUT.txt.txt; a missing GPU or an unknown model: a traceback
+    assert profile.main(["--device", "cpu", "--smoke", "--steps", "1", "--out",
+                         str(tmp_path / "two.txt")]) == 0
+    assert (tmp_path / "two.txt").is_file() and not (tmp_path / "two.txt.txt").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--device", "cpu", "--model", "resnet5"], "--model resnet5: "),
+    *([(["--device", "cuda"], "--device cuda: .*CUDA is not available.*--device cpu --smoke")]
+      if not torch.cuda.is_available() else []),
+])
+def test_profile_step_says_what_is_wrong_in_one_line(tmp_path, capsys, args, says):
+    profile = load_benchmark("profile_step")
+    with pytest.raises(SystemExit) as e:
+        profile.main([*args, "--out", str(tmp_path / "p")])
+    assert e.value.code == 2 and __import__("re").search(says, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
