@@ -49,3 +49,22 @@ def test_a_coarse_step_is_reported_as_clamped(fake_timing, tmp_path):
     assert r["half_width_layers_below_grid"] > 0
     assert r["table_sum_half_width_note"].startswith("NOT a half-width prediction")
     assert "NOT a half-width prediction" in (tmp_path / "lt.md").read_text()
+
+
+def test_points_timed_under_load_are_counted_in_the_results(fake_timing, tmp_path, monkeypatch):
+    """break80 F8: said on stderr only; the results file gave load averages a reader had to
+    compare with the core count."""
+    measure = LatencyTable.measure.__func__
+
+    def busy(cls, *a, **kw):  # every point timed on a busy machine (the fake timer reads no load)
+        table = measure(cls, *a, **{**kw, "timer": made_up})
+        table.stats["under_load"] = table.stats["measured"]
+        return table
+
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(busy))
+    bench = load_benchmark("bench_latency_table")
+    assert bench.main(["--step", "1024", "--threads", "1", "--out", str(tmp_path / "lt")]) == 0
+    r = json.loads((tmp_path / "lt.json").read_text())
+    assert r["grid_points_timed_under_load"] == r["grid_points_timed"] > 0
+    assert f"| grid_points_timed_under_load | {r['grid_points_timed']} |" in (
+        tmp_path / "lt.md").read_text()
