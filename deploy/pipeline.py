@@ -221,6 +221,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         # F6): deploy's own, unchanged (checked above), and not an input of this deploy
         inputs = {os.path.realpath(os.path.expanduser(os.fspath(v))) for v in (model, compare)
                   if isinstance(v, (str, os.PathLike))}
+        inputs |= {path + ".data" for path in inputs}  # an input's external weights (break82 F1)
         for name in DEPLOY_FILES:
             path = os.path.join(out_dir, name)
             if os.path.isfile(path) and os.path.realpath(path) not in inputs:

@@ -556,6 +556,14 @@ def test_an_onnx_file_with_its_weights_in_a_side_file_is_deployed_with_them(tmp_
                     backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
     assert report["onnx"]["external_data"] is True and report["speedup"] is not None
     assert {"model.onnx.data", "dense.onnx.data"} <= set(os.listdir(tmp_path / "out"))
+    # break82 F1: re-timing the folder's own files there (allowed) removed their side files as
+    # files of the last deploy, and left model.onnx without its weights
+    out = tmp_path / "out"
+    report = deploy(str(out / "model.onnx"), out, compare=str(out / "dense.onnx"),
+                    backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    assert report["speedup"] is not None
+    assert {"model.onnx", "model.onnx.data", "dense.onnx", "dense.onnx.data"} <= set(
+        os.listdir(out))
 
 
 class Embed(nn.Module):
