@@ -336,12 +336,12 @@ def _check_stateless(model: nn.Module, x: torch.Tensor, before: dict, first: lis
     the batch size, then on lossy ops (break77 F2). A buffer updated but not read (a counter
     for logging) changes no output, and passes."""
     changed = [name for name, b in model.named_buffers()
-               if name in before and not torch.equal(b, before[name])]
+               if name in before and not _same_values(b, before[name])]
     if not changed:
         return
     with torch.no_grad():
         again = flat_outputs(model(x))
-    if all(torch.equal(a, b) for a, b in zip(first, again, strict=True)):
+    if all(_same_values(a, b) for a, b in zip(first, again, strict=True)):
         return
     raise DeployError(
         f"the model updates its buffer{'s' if len(changed) > 1 else ''} {', '.join(changed[:3])}"
@@ -370,6 +370,16 @@ def output_names_of(out) -> list[str]:
     if len(set(names)) < len(names) or any(n == INPUT_NAME for n in names):
         return [f"output_{i}" for i in range(len(leaves))]
     return names
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal``, with a NaN in the same place in both the same value (break82 F4: a
+    buffer holding a NaN, or an output with one, read as a model changing its state)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point() and not a.is_complex():
+        return torch.equal(a, b)
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
