@@ -174,7 +174,8 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = first_line(e) or type(e).__name__
         container = None if copy is None else _reads_a_container(copy, shape)
-        if container is not None:  # no shape fits (break77 F3: "pass a fitting --input-shape")
+        if container is not None and container.startswith("it indexes"):
+            # no shape fits (break77 F3: "pass a fitting --input-shape")
             raise DeployError(
                 f"{label}'s forward reads its input as a container ({container}); fxprune deploy "
                 "times models that take one tensor: wrap it in a module whose forward takes one "
@@ -188,8 +189,12 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         rec = (f"the model records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
                else f"the model records no input shape ({INPUT_SHAPE_ATTR})")
+        # iterating over the input is a tuple's unpacking, or a loop over the samples (break82
+        # F6: a per-sample loop with a wrong shape was told it read a container): both said
+        unpacks = ("; if its forward unpacks a tuple or list input (it iterates over the input), "
+                   "wrap it in a module whose forward takes one tensor" if container else "")
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
-                          "pass a fitting --input-shape") from None
+                          f"pass a fitting --input-shape{unpacks}") from None
 
 
 class _InputProbe(torch.Tensor):

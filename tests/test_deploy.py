@@ -1004,16 +1004,39 @@ class TupleInput(nn.Module):
         return self.conv(image) + self.fc(meta)[:, :, None, None]
 
 
-@pytest.mark.parametrize("model, how", [(DictInput, "it indexes it by the key 'image'"),
-                                        (TupleInput, "it unpacks it into several values")])
-def test_a_model_reading_a_dict_or_tuple_is_told_deploy_times_one_tensor(tmp_path, model, how):
+class PerSample(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.stack([self.conv(img.unsqueeze(0))[0] for img in x])
+
+
+@pytest.mark.parametrize("model, says", [
+    (DictInput, r"^DictInput's forward reads its input as a container \(it indexes it by the "
+                r"key 'image'\); fxprune deploy times models that take one tensor"),
+    # iterating: a tuple unpacked, or a loop over the samples (break82 F6: told "a container"
+    # where only the shape was wrong); the message names both
+    (TupleInput, r"^input shape .* does not fit TupleInput .*pass a fitting --input-shape; if its "
+                 r"forward unpacks a tuple or list input \(it iterates over the input\), wrap it"),
+])
+def test_a_model_reading_a_dict_or_tuple_is_told_deploy_times_one_tensor(tmp_path, model, says):
     """break77 F3: told to pass a fitting --input-shape, which no shape is."""
-    with pytest.raises(DeployError, match=rf"^{model.__name__}'s forward reads its input as a "
-                                          rf"container \({how}\); fxprune deploy times models "
-                                          "that take one tensor"):
+    with pytest.raises(DeployError, match=says):
         deploy(model(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
                progress=False, log=lambda s: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_per_sample_loop_with_a_wrong_shape_is_told_the_shape(tmp_path):
+    with pytest.raises(DeployError, match=r"^input shape \(2, 4, 16, 16\) does not fit "
+                                          r"PerSample \(.*pass a fitting --input-shape"):
+        deploy(PerSample(), tmp_path / "out", input_shape=(2, 4, 16, 16), backend="onnxruntime",
+               progress=False, log=lambda s: None)
+    report = deploy(PerSample(), tmp_path / "ok", input_shape=SHAPE, backend="onnxruntime",
+                    iters=2, warmup=1, progress=False, log=lambda s: None)
+    assert report["batch"] == SHAPE[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
