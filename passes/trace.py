@@ -96,8 +96,9 @@ class _Tracer(fx.Tracer):
             # torch's argument parser (builtins, tensor methods in C) takes numpy's names
             # (torch.cat(xs, axis=1)); recorded under torch's, which every row reads (break79
             # F2: a raw KeyError or numpy error). Python functions' own arguments are theirs.
+            name = target if isinstance(target, str) else getattr(target, "__name__", "")
             kwargs = {_TORCH_NAMES[k] if k in _TORCH_NAMES and _TORCH_NAMES[k] not in kwargs
-                      else k: v for k, v in kwargs.items()}
+                      and not _own_argument(name, k) else k: v for k, v in kwargs.items()}
         return super().create_proxy(kind, target, args, kwargs, *rest, **more)
 
     def proxy(self, node):
@@ -128,6 +129,17 @@ class _Tracer(fx.Tracer):
 _CREATORS = ("zeros", "ones", "empty", "full", "rand", "randn")
 # numpy's spellings torch's argument parser accepts for its own (python_arg_parser.cpp)
 _TORCH_NAMES = {"axis": "dim", "keepdims": "keepdim"}
+
+
+@functools.lru_cache(maxsize=None)
+def _own_argument(op: str, name: str) -> bool:
+    """Whether the aten op ``op`` has an argument called ``name`` of its own: per-channel
+    quantization's ``axis`` is not numpy's spelling of ``dim`` (break82 F3)."""
+    try:
+        schemas = torch._C._jit_get_schemas_for_operator(f"aten::{op}")
+    except Exception:  # noqa: BLE001 - no aten op of that name: nothing of its own
+        return False
+    return any(a.name == name for schema in schemas for a in schema.arguments)
 _SPLITS = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
 
 

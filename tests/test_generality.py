@@ -762,6 +762,31 @@ def test_numpy_names_for_dim_and_keepdim_are_torch_names():
     assert prunable(pm) == prunable(torch_spelled) == {"a.0": 8, "b": 8}
 
 
+class FakeQuantized(nn.Module):
+    """QAT-style: per-channel fake quantization, whose own argument is named ``axis``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 8), nn.Conv2d(8, 4, 1)
+        self.register_buffer("scale", torch.full((8,), 0.05))
+        self.register_buffer("zero_point", torch.zeros(8, dtype=torch.int32))
+
+    def forward(self, x):
+        y = torch.fake_quantize_per_channel_affine(self.a(x), self.scale, self.zero_point,
+                                                   axis=1, quant_min=-128, quant_max=127)
+        return self.b(y)
+
+
+def test_an_ops_own_axis_argument_is_not_renamed():
+    """break82 F3: every builtin's axis= became dim=, and prepare failed on the QAT model
+    ("missing 3 required positional arguments"), blaming the example inputs."""
+    model = FakeQuantized().eval()
+    pm = fxprune.prepare(model, (X,))
+    (call,) = [n for n in pm.graph.nodes if "fake_quantize" in str(n.target)]
+    assert call.kwargs["axis"] == 1 and "dim" not in call.kwargs
+    torch.testing.assert_close(pm.eval()(X), model(X))
+
+
 @pytest.mark.parametrize("make", [
     lambda y, b, c, h, w: torch.zeros(b, c, h, w, dtype=y.dtype),
     lambda y, b, c, h, w: torch.ones(b, c, 1, 1, dtype=y.dtype).expand(b, c, h, w),
