@@ -353,9 +353,11 @@ def _check_stateless(model: nn.Module, x: torch.Tensor, before: dict, first: lis
 
 def output_names_of(out) -> list[str]:
     """The ONNX output names of ``out``'s tensors, in :func:`flat_outputs` order: ``output``
-    for one tensor, else the path of each in the output (a dict's keys: ``logits``,
-    ``aux_0``), ``output_i`` where a path gives no name (break77 F7: a dict's keys were
-    lost)."""
+    for one tensor, else ``output_`` and the path of each in the output (a dict's keys:
+    ``output_logits``, ``output_aux_0``), ``output_i`` where a path gives no name (break77 F7:
+    a dict's keys were lost). The prefix keeps them apart from the names the exporters give
+    the graph's own values (``mean``, ``conv2d``) and parameters: a key equal to one made an
+    invalid file (break82 F2)."""
     leaves = [(path, leaf) for path, leaf in pytree.tree_flatten_with_path(out)[0]
               if isinstance(leaf, torch.Tensor)]
     if len(leaves) == 1:
@@ -365,7 +367,8 @@ def output_names_of(out) -> list[str]:
         parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", "")))) for k in path]
         name = re.sub(r"\W+", "_", "_".join(parts)).strip("_")
         if not name or not any(isinstance(k, pytree.MappingKey) for k in path):
-            name = f"output_{i}"  # a tuple's or a list's place says nothing more
+            name = str(i)  # a tuple's or a list's place says nothing more
+        name = f"output_{name}"
         names.append(name)
     if len(set(names)) < len(names) or any(n == INPUT_NAME for n in names):
         return [f"output_{i}" for i in range(len(leaves))]
@@ -572,7 +575,9 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
             f"{os.path.basename(path)} runs at batch {batch_dim} only")
     return {"path": path, "exporter": exporter, "opset": written, "opset_requested": opset,
             "precision": precision, "dynamic_batch": not isinstance(batch_dim, int),
-            "external_data": external, "outputs": output_names}
+            # as the file names them (break82 F5: the TorchScript exporter renamed a key that
+            # was a parameter's name)
+            "external_data": external, "outputs": [o.name for o in graph_only.graph.output]}
 
 
 _ONNX_PRECISIONS = {1: "fp32", 10: "fp16", 16: "bf16"}  # TensorProto elem types deploy times
