@@ -370,7 +370,7 @@ def output_names_of(out) -> list[str]:
             name = str(i)  # a tuple's or a list's place says nothing more
         name = f"output_{name}"
         names.append(name)
-    if len(set(names)) < len(names) or any(n == INPUT_NAME for n in names):
+    if len(set(names)) < len(names):  # keys {"0": ..} beside a tuple's place 0, "a-b" and "a_b"
         return [f"output_{i}" for i in range(len(leaves))]
     return names
 

@@ -17,7 +17,8 @@ momentum would otherwise move them although their gradient is zero.
 
 With a fixed number of active channels per group every gathered shape is static across steps.
 Supported: conv (any groups), linear, batch norm (timm's ``BatchNormAct2d`` with its dropout
-and activation), and channel-agnostic ops (the :data:`ELEMENTWISE` activation modules and
+and activation), the parameters a functional layer reads (``F.linear(x, self.weight)`` in a
+layer's own forward: timm's ``Linear``), gathered at their spaces, and channel-agnostic ops (the :data:`ELEMENTWISE` activation modules and
 their functions, pooling, flatten, add, cat). Anything else (masked layer/group norm, another
 BatchNorm subclass, a call whose arguments spell channel positions or counts: a slice, a
 chunk, a literal view size) raises, and construction checks the gathered forward against the
