@@ -7,8 +7,8 @@ config is validated whole before any work (:mod:`fxprune.recipe_config`); ``prun
 the pruning method's constructor arguments plus the recipe's own (``*_epochs`` schedules,
 ``allow_above_target``).
 
-Each epoch appends to ``OUT/metrics.csv`` (and every ``log.every_steps`` steps to
-``OUT/steps.csv``), evaluates on the test split and saves ``OUT/checkpoint.pt`` (the previous
+Each epoch appends to ``OUT/metrics.csv`` (and every ``log.every_steps`` steps, and at the
+epoch's end, to ``OUT/steps.csv``), evaluates on the test split and saves ``OUT/checkpoint.pt`` (the previous
 one kept as ``checkpoint.prev.pt``; tensors and plain data only); ``--resume`` continues from
 it exactly (model, optimizer, schedule, pruner, RNG states; the data order is a function of
 seed and epoch). OUT must be new, empty, or a run's own folder (``.fxprune-run`` marker). At the end the model is saved whole to ``OUT/model_dense.pt``, or,
@@ -695,6 +695,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             window_loss = torch.zeros((), dtype=torch.float64, device=device)
             window_correct = torch.zeros((), dtype=torch.int64, device=device)
             window_seen = 0
+            epoch_end = step + len(train_loader)  # the step the epoch's last row is logged at
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                        disable=not (log_cfg["progress"] and main), dynamic_ncols=True)
             for x, y in bar:
@@ -710,6 +711,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     pruner.step(loss) if step_takes_loss else pruner.step()
                     # one small tensor; equal masks by construction (see fxprune.distributed)
                     fxdist.broadcast_masks(net, check=check_masks)
+                step_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains with
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -717,18 +719,19 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 window_loss += loss.detach().double() * len(y)
                 window_correct += (logits.argmax(1) == y).sum()
                 window_seen += len(y)
-                if step % every == 0:
+                # every log.every_steps steps, and the epoch's last ones (break81 #1: they were
+                # in no row, and a run shorter than the window wrote no steps.csv)
+                if step % every == 0 or step == epoch_end:
                     w_loss, w_correct = float(window_loss), int(window_correct)
                     loss_sum, correct, seen = loss_sum + w_loss, correct + w_correct, seen + window_seen
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
                     w_loss, w_correct, w_seen = _summed(w_loss, w_correct, window_seen)
-                    logs.step_row({"step": step, "epoch": epoch + 1,
-                                   "lr": optimizer.param_groups[0]["lr"],
+                    logs.step_row({"step": step, "epoch": epoch + 1, "lr": step_lr,
                                    "loss": w_loss / w_seen, "acc": w_correct / w_seen})
                     window_loss.zero_(), window_correct.zero_()
                     window_seen = 0
             bar.close()
-            if window_seen:  # the epoch's steps after the last logged window
+            if window_seen:  # (a loader shorter than its len(): steps the rows above missed)
                 loss_sum += float(window_loss)
                 correct += int(window_correct)
                 seen += window_seen

@@ -217,7 +217,8 @@ def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
 
     # rank 0 alone wrote and printed: one row per step/epoch, one summary
     steps = [int(r["step"]) for r in read_csv(out / "steps.csv")]
-    assert steps == [4, 8, 12]  # 192 / 32 = 6 steps per epoch, 2 epochs, a row every 4
+    # 192 / 32 = 6 steps per epoch, 2 epochs, a row every 4 and at each epoch's end
+    assert steps == [4, 6, 8, 12]
     metrics = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in metrics] == ["1", "2"]
     assert all(float(r["images_per_s"]) > 0 for r in metrics)
@@ -255,7 +256,7 @@ def test_torchrun_two_processes_end_to_end_then_resume_on_one(tmp_path):
                      "--set", "train.check_masks=true", "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2", "3", "4"]
-    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == list(range(4, 25, 4))
+    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == [4, 6, 8, 12, 16, 18, 20, 24]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["world_size"] == 2
     assert json.loads((out / "results.json").read_text())["process_counts"] == [
         {"from_epoch": 0, "world_size": 2}, {"from_epoch": 2, "world_size": 1},

@@ -191,7 +191,8 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1"]
     assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0
-    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == [4]  # 6 steps, every 4
+    # 6 steps, every 4, and the epoch's last two (break81 #1: they were in no row)
+    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == [4, 6]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 6 and ckpt["pruner"] is None
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config"}
@@ -259,6 +260,11 @@ def test_epoch_totals_add_up_the_logged_windows_and_the_rest(recipe, tmp_path):
             sum(float(r["loss"]) for r in steps) / 6, rel=1e-9)
         assert float(epoch["train_acc"]) == pytest.approx(
             sum(float(r["acc"]) for r in steps) / 6, rel=1e-9)
+    # every 4: a row of 4 steps and one of the epoch's last 2, which rebuild the epoch's mean
+    four = read_csv(tmp_path / "every4" / "steps.csv")
+    assert [int(r["step"]) for r in four] == [4, 6]
+    assert float(epoch["train_loss"]) == pytest.approx(
+        (4 * float(four[0]["loss"]) + 2 * float(four[1]["loss"])) / 6, rel=1e-9)
 
 
 def test_existing_run_is_not_overwritten_and_resume_needs_checkpoint(recipe, tmp_path, capsys):
@@ -587,7 +593,9 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
     resumed_rows = read_csv(tmp_path / "crashed" / "metrics.csv")
     assert [r["test_loss"] for r in resumed_rows] == [r["test_loss"] for r in straight_rows]
     # steps.csv rows of the crashed epoch were dropped, then written again once.
-    assert [r["step"] for r in read_csv(tmp_path / "crashed" / "steps.csv")] == ["4", "8", "12"]
+    assert [r["step"] for r in read_csv(tmp_path / "crashed" / "steps.csv")] == [
+        "4", "6", "8", "12"]
+    assert read_csv(tmp_path / "crashed" / "steps.csv") == read_csv(tmp_path / "straight" / "steps.csv")
 
 
 # ----------------------------------------------------------------------------- pruning hooks
