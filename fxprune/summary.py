@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fxprune.passes.surgery import run_eval
 
-from .errors import NotPreparedError
+from .errors import NotPreparedError, SurgeryError
 from .groups import channel_groups, is_prepared, state_of
 
 
@@ -118,17 +118,26 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
     n_prunable = sum(g.prunable for g in groups)
     lines.append("")
     lines.append(f"{len(groups)} groups, {n_prunable} prunable; "
-                 f"{sum(g.size for g in groups if g.prunable)} prunable channels")
+                 # mask entries: a group ties a channel of each layer it touches to one entry
+                 # (break81 #5: "10 prunable channels" of 40 across tied layers)
+                 f"{sum(g.size for g in groups if g.prunable)} mask entries (a group's channel "
+                 "positions, each removing a channel of every layer the group touches)")
     if not listed:
         lines.append("no group has a conv or linear layer in it: fxprune found no layer it prunes "
                      "(a layer with no row in fxprune.op_table.CHANNEL_RULES is traced through or a "
                      "barrier; see the reasons above, or pass rules=)")
     if any(g.kept < g.size for g in groups if g.prunable):
-        with warnings.catch_warnings():
-            # finalize's advice (call finalize_masks first; masks neither 0 nor 1) is about a
-            # finalize the user runs; this one only counts the current masks (break67 #4)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            small = finalize(prepared, check=False)
+        try:
+            with warnings.catch_warnings():
+                # finalize's advice (call finalize_masks first; masks neither 0 nor 1) is about
+                # a finalize the user runs; this one only counts the current masks (break67 #4)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                small = finalize(prepared, check=False)
+        except SurgeryError as exc:  # the groups still shown: that is when they are wanted
+            # (break81 #2: a whole group or a split piece masked printed no table at all)
+            lines.append(f"params {dense_params:,}; FLOPs {dense:,} dense; the current masks "
+                         f"cannot be finalized, so no pruned figures: {exc}")
+            return "\n".join(lines)
         flops, params = count_flops(small, inputs), count_params(small)
         lines.append(f"params {dense_params:,} -> {params:,} ({params / dense_params:.1%})")
         lines.append(f"FLOPs  {dense:,} -> {flops:,} ({flops / max(dense, 1):.1%}) "

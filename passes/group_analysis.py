@@ -5,7 +5,9 @@ Walks the graph once in topological order. Every weight or buffer dim a rule tou
 gets labels (per channel dim, the element at each position) from its rule in
 :data:`fxprune.op_table.CHANNEL_RULES`. Rules unify elements that must go together (an edge
 between their spaces, carrying the index mapping) and mark elements that must stay. Afterwards
-units are the classes of unified elements and groups the connected components of spaces.
+units are the classes of unified elements, and groups the units tied through the spaces that
+produce them (a layer's output dim): a consumer's input dim may span several groups (a concat's)
+without merging them, so a group is not a connected component of the graph of spaces.
 """
 from __future__ import annotations
 

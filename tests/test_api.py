@@ -483,6 +483,19 @@ def test_summary_lists_groups_and_savings(resnet18, capsys):
     assert "params" in out and "FLOPs" in out and "->" in out
 
 
+def test_summary_shows_the_groups_of_masks_finalize_would_refuse(resnet18, capsys):
+    """break81 #2: a whole group masked made summary raise finalize's SurgeryError, and no
+    table was printed, when the table is what a user wants to see."""
+    pm = fxprune.prepare(resnet18, (X,))
+    group = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+    group.mask.zero_()
+    fxprune.summary(pm)
+    out = capsys.readouterr().out
+    assert "prunable groups:" in out and f"{group.key}" in out
+    assert "the current masks cannot be finalized, so no pruned figures: every channel of " \
+           f"group {group.key}" in out
+
+
 def test_already_prepared_or_unprepared_inputs_are_rejected(resnet18):
     pm = fxprune.prepare(resnet18, (X,))
     with pytest.raises(ValueError, match="already prepared"):
