@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -103,13 +104,24 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"torch {meta['torch']}; {meta['runtime_s']} s in all. Model: ResNetFMNIST widths {meta['widths']}, {meta['epochs']} epochs, "
         f"seeds {meta['seeds']}; schedule from `configs/fashion_mnist_smcp.yaml`.",
         "",
-        "| method | FLOPs target | test accuracy | FLOPs (final/dense) | params (final/dense) | train time (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | FLOPs target | seed | test accuracy | FLOPs (final/dense) | params (final/dense) | train time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
+    for r in rows:  # (break80 F12: rows of several seeds could not be told apart)
         target = "-" if r["target"] is None else f"{r['target'] * 100:g}%"
-        lines.append(f"| {r['row']} | {target} | {r['accuracy'] * 100:.2f}% | {r['flops_ratio']:.3f} | "
-                     f"{r['params_ratio']:.3f} | {r['train_time_s']:.0f} |")
+        lines.append(f"| {r['row']} | {target} | {r['seed']} | {r['accuracy'] * 100:.2f}% | "
+                     f"{r['flops_ratio']:.3f} | {r['params_ratio']:.3f} | {r['train_time_s']:.0f} |")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["row"], r["target"]), []).append(r["accuracy"])
+    if any(len(accs) > 1 for accs in groups.values()):
+        lines += ["", "| method | FLOPs target | seeds | test accuracy (mean +- std) |",
+                  "| --- | --- | --- | --- |"]
+        for (name, target), accs in groups.items():
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            lines.append(f"| {name} | {'-' if target is None else f'{target * 100:g}%'} | "
+                         f"{len(accs)} | {statistics.fmean(accs) * 100:.2f} +- "
+                         f"{spread * 100:.2f}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -38,3 +38,16 @@ def test_a_relative_runs_dir_is_the_callers(tmp_path, monkeypatch):
     assert bench.main(["--epochs", "2", "--methods", "dense", "--runs-dir", "runs",
                        "--out", "res2"]) == 0
     assert seen[-1] == tmp_path / "runs" / "dense_dense_e2_s0"
+
+
+def test_the_table_names_each_rows_seed_and_gives_the_mean_over_seeds():
+    """break80 F12: two `| dense | - | 84.39% |` rows, with no seed to tell them apart."""
+    bench = load_benchmark("bench_fashion_mnist")
+    meta = {"command": "c", "cpu": "cpu", "cores": 2, "device": "cpu", "jobs": 1, "batch": 128,
+            "torch": "2", "runtime_s": 1, "widths": [8], "epochs": 1, "seeds": [0, 1]}
+    rows = [{"row": "dense", "target": None, "seed": s, "accuracy": a, "flops_ratio": 1.0,
+             "params_ratio": 1.0, "train_time_s": 10} for s, a in ((0, 0.8439), (1, 0.8473))]
+    text = bench.markdown(rows, meta)
+    assert "| dense | - | 0 | 84.39% |" in text and "| dense | - | 1 | 84.73% |" in text
+    assert "| dense | - | 2 | 84.56 +- 0.24% |" in text
+    assert "mean +- std" not in bench.markdown(rows[:1], meta)
