@@ -63,3 +63,23 @@ def test_a_cache_file_it_cannot_use_is_a_one_line_exit(tmp_path, capsys):
     message = str(exited.value.code)
     assert message.startswith("bench_latency_pruning: resnet18: ") and str(cache) in message
     assert "\n" not in message and json.loads(cache.read_text()) == {"my": "notes"}
+
+
+def test_a_run_with_its_own_out_keeps_its_latency_cache_beside_it(tmp_path, monkeypatch):
+    """break80 D4: a trial run with --out elsewhere filled the repository's cache, whose points
+    the published command then reused without saying where they came from."""
+    import pytest
+
+    from fxprune.deploy import DeployError
+
+    bench = load_benchmark("bench_latency_pruning")
+    used = []
+
+    def stop(*args, cache=None, **kwargs):
+        used.append(cache)
+        raise DeployError("stopped before timing")
+
+    monkeypatch.setattr(bench, "bench_model", stop)
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "resnet18", "--out", str(tmp_path / "lp"), "--no-progress"])
+    assert used == [f"{tmp_path / 'lp'}_latency_cache.json"]
