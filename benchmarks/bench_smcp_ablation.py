@@ -242,6 +242,14 @@ def main(argv=None) -> int:
                    help="add these rows to the results file already at --out (same schedule, "
                         "batch, threads and --probe-after; refused otherwise)")
     args = p.parse_args(argv)
+    if args.smoke:  # its ~10 steps: a few updates inside the ramp, and a probe after one, so
+        # the rows differ and the probe and flip counting run (break80 F11: one update, none
+        # in the ramp, and the hysteresis rows identical to SMCP's); what was given stays
+        given = set(argv if argv is not None else sys.argv[1:])
+        if "--update-every" not in given:
+            args.update_every = 1
+        if "--probe-after" not in given:
+            args.probe_after = 1
     torch.set_num_threads(args.threads)
     # --append keeps the file's rows (and checks its schedule, batch and threads): adding or
     # replacing rows is not another protocol, but fewer seeds (or another probe) still is, so

@@ -56,6 +56,11 @@ def test_smcp_ablation_smoke(tmp_path):
             assert r["summary"]["cost"]["mean"] <= 0.5 + 1e-9, name
     assert rows["+bn_recal 5"]["options"] == {"bn_recalibrate": 5, "hysteresis": 0.0}
     assert result["meta"]["machine"]["batch"] == 128 and result["meta"]["smoke"]
+    # break80 F11: the smoke run updated once, outside the ramp: no probe, no flip, and the
+    # hysteresis rows equal to SMCP's. Now it exercises what the ablation measures.
+    smcp = rows["SMCP"]["runs"][0]
+    assert smcp["updates"] > 2 and smcp["mid_ramp_accuracy"] is not None and smcp["flips"] > 0
+    assert rows["+hysteresis 1.0"]["runs"][0]["flips"] < smcp["flips"]
 
 
 @pytest.mark.slow
