@@ -318,6 +318,13 @@ def _where_the_run_was(run_dir: Path, own: Path, subs: list[Path]) -> Path | Non
 def _run_point(results: Path, run_dir: Path | None) -> Point:
     data = _read_json(results)
     source = str(results)
+    if isinstance(data, dict) and "meta" in data and "accuracy" not in data:
+        # a benchmark's file without rows (an older bench_methods.py's), not a run's (break81 #3)
+        raise PlotError(f"{source} is a benchmark results file without rows of result points "
+                        f"(it holds {', '.join(map(str, list(data)[:6]))}): fxprune plot reads "
+                        "a run's results.json or a benchmark file with rows, which "
+                        "bench_methods.py and bench_vs_torch_pruning.py write; run the "
+                        "benchmark again to get one")
     if not isinstance(data, dict) or "accuracy" not in data or "flops" not in data:
         raise PlotError(f"{source} is not the results.json of an fxprune train run (no accuracy "
                         "and flops); pass a run folder or a benchmark results file with rows")
@@ -342,6 +349,10 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
 
 def _bench_points(data: dict, source: str) -> list[Point]:
     rows = data["rows"]
+    if isinstance(rows, dict):  # bench_smcp_ablation's: a summary per row name (break81 #3)
+        raise PlotError(f"{source}: its rows are a summary per row name (the SMCP ablation's), "
+                        "not a list of result points with accuracy and flops: fxprune plot "
+                        "draws those of runs and of bench_methods.py / bench_vs_torch_pruning.py")
     if not isinstance(rows, list):
         raise PlotError(f"{source}: rows must be a list of result rows")
     about = data.get("meta") or data.get("machine") or {}

@@ -376,6 +376,11 @@ def test_speedup_axis_uses_each_rows_speedup_over_its_own_dense(tmp_path, capsys
     ({"rows": [{"accuracy": 0.9, "speedup": [1.2]}]}, "must be a number or a"),
     ({"rows": [{"accuracy": 0.9, "latency_ms": {"1": -2.0}}]}, "latency_ms[1] must be positive"),
     ({"rows": [{"accuracy": 0.9, "latency_ms": {"1": 2.0}}]}, "no input has a measured speedup"),
+    # break81 #3: the repository's own files were "not the results.json of an fxprune train
+    # run" (an older bench_methods.py's, no rows) or "rows must be a list" (the ablation's)
+    ({"meta": {}, "summary": {}, "runs": []}, "is a benchmark results file without rows of "
+                                              "result points (it holds meta, summary, runs)"),
+    ({"meta": {}, "rows": {"dense": {"summary": {}}}}, "its rows are a summary per row name"),
 ])
 def test_bad_benchmark_batches_and_speedups_are_one_line_errors(tmp_path, capsys, data, message):
     bench = tmp_path / "b.json"
