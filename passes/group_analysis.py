@@ -183,7 +183,10 @@ class ChannelAnalysis(NodeFacts):
         return np.searchsorted(np.asarray(self.starts), ids, side="right") - 1
 
     def why(self, what: str) -> str:
-        return f"{what} at `{self.node.name}` ({describe(self.node, self.gm)})"
+        # a module by its path, as the tables name producers (break81 #5: `layer1_0_conv1`,
+        # the graph's node name, found nothing in the model)
+        where = self.node.target if self.node.op == "call_module" else self.node.name
+        return f"{what} at `{where}` ({describe(self.node, self.gm)})"
 
     def unify(self, a, b, what: str) -> None:
         """Elements at equal positions of ``a`` and ``b`` are the same channel."""

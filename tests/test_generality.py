@@ -2240,3 +2240,20 @@ def test_channels_in_the_dims_a_norm_takes_statistics_over_are_kept_whole(norm):
     pm = fxprune.prepare(model.train(), (x,))
     (feats,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["0"]]
     assert not feats.prunable and "which takes its statistics over it" in feats.reason
+
+
+def test_a_reason_names_a_module_by_its_path():
+    """break81 #5: reasons said `body_1` (the graph's node name), which names nothing in the
+    model, beside producers listed as `body.0`."""
+    class Nested(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LocalResponseNorm(2))
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    pm = fxprune.prepare(Nested(), (X,))
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["body.0"]]
+    assert not group.prunable and "at `body.1` (LocalResponseNorm)" in group.reason
