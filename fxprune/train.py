@@ -443,6 +443,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     distributed = fxdist.is_distributed()
     main = fxdist.is_main_process()
     world = fxdist.world_size()
+    if world > int(cfg["data"]["batch_size"]):  # a recipe value: refused before any work, and
+        # said once, by rank 0 (break73 M4: the loader's ValueError, from every rank)
+        raise ConfigError(f"data.batch_size {cfg['data']['batch_size']} is smaller than the "
+                          f"{world} processes: each needs at least one sample per step; raise "
+                          "data.batch_size (it is the global batch) or use fewer processes")
     if not str(cfg["out"]).strip():  # Path("") is the current folder (break62 #12)
         raise ConfigError("out is empty: give the run's folder (--out DIR, or out: in the "
                           "recipe)")

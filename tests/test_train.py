@@ -1027,3 +1027,25 @@ def test_a_pipe_closed_in_this_process_is_named_as_such(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ConfigError, match=r"cannot open; write the recipe to a file"):
         load_config("/proc/self/fd/987")
+
+
+def test_a_global_batch_below_the_process_count_is_a_config_error(tmp_path, monkeypatch, capsys):
+    """break73 M4: the loader's ValueError, raised on every rank after the data was read, was
+    printed by each process; a ConfigError is said by rank 0 alone, before any work."""
+    monkeypatch.setattr(train_mod.fxdist, "world_size", lambda: 4)
+    cfg = tiny_cfg(tmp_path / "run", "data.batch_size=2")
+    with pytest.raises(ConfigError, match=r"^data.batch_size 2 is smaller than the 4 processes"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(TINY))
+    args = parser.parse_args([str(tmp_path / "r.yaml"), "--set", "data.batch_size=2", "--out",
+                              str(tmp_path / "run")])
+    monkeypatch.setenv("RANK", "1")  # another rank of the job: silent, rank 0 says it
+    assert train_mod.run(args) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert train_mod.run(args) == 2
+    assert "error: data.batch_size 2 is smaller than the 4" in capsys.readouterr().err
