@@ -237,6 +237,8 @@ class LatencyTable:
         if not (isinstance(target_ms, numbers.Real) and not isinstance(target_ms, bool)
                 and math.isfinite(target_ms) and target_ms > 0):  # break74: -1 and nan passed
             raise DeployError(f"target_ms must be a number of milliseconds > 0, got {target_ms!r}")
+        if cache is not None and not os.fspath(cache).strip():  # (break74: "" meant no cache)
+            raise DeployError("cache is an empty path: give a file, or cache=None for no cache")
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
@@ -672,7 +674,10 @@ def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
 
 def _parse_point(text: str) -> tuple[int, int]:
     ci, co = text.split(",")
-    return int(ci), int(co)
+    ci, co = int(ci), int(co)
+    if ci < 1 or co < 1:  # (break74: "-16,16" was read as a width)
+        raise ValueError(f"point {text!r} is not two channel counts >= 1")
+    return ci, co
 
 
 def _is_point(text) -> bool:

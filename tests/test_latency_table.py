@@ -931,6 +931,15 @@ def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_r
         with pytest.raises(DeployError, match="target_ms must be a number of milliseconds > 0"):
             LatencyTable.measure([conv()], step=8, timer=CountingTimer(),
                                  **{**FAST, "target_ms": bad})
+    # break74: "" meant no cache, and a point "-16,16" was read as a width
+    for empty in ("", "  "):
+        with pytest.raises(DeployError, match="cache is an empty path"):
+            LatencyTable.measure([conv()], step=8, cache=empty, timer=CountingTimer(), **FAST)
+    data = table.to_dict()
+    key = next(iter(data["points"]))
+    data["points"][key] = {"-16,16": 1.0, **data["points"][key]}
+    with pytest.raises(DeployError, match="is malformed .*point '-16,16' is not two channel"):
+        LatencyTable.from_dict(data)
 
 
 def test_grid_points_counts_what_measure_times_where_layers_alike_share_a_grid():
