@@ -1,6 +1,7 @@
 """SMCP: importance, soft/hard masks, BN rescaling, the budget, the schedule, resuming."""
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 
@@ -378,6 +379,13 @@ def test_bad_arguments_are_explained():
         fxprune.SMCP(pm, target=1.5)
     with pytest.raises(ValueError, match=r"cost must be .* got 'watts'$"):
         fxprune.SMCP(pm, cost="watts")
+    # break82 F7: the class called directly, as the README does, was Python's bare TypeError
+    for method, typo, meant in ((fxprune.SMCP, "traget", "target"), (fxprune.CCP, "taget", "target"),
+                                (fxprune.CUCB, "explor", "explore")):
+        with pytest.raises(TypeError, match=rf"^{method.__name__}\(\.\.\.\): '{typo}' is not an "
+                                            rf"argument of the method \(did you mean {meant}\?\)"):
+            method(pm, **{typo: 3})
+    assert list(inspect.signature(fxprune.SMCP).parameters)[:3] == ["prepared", "target", "cost"]
     for typo in ("flop", "FLOPS", "latncy"):  # break78 M2: the list, no hint
         with pytest.raises(ValueError, match=r"got '\w+' \(did you mean '(flops|latency)'\?\)$"):
             fxprune.SMCP(pm, cost=typo)

@@ -26,6 +26,7 @@ A third, ``sync_state()``, is a collective every process calls before rank 0 sav
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
 import math
@@ -238,6 +239,26 @@ def trainable_state(fn):
     return torch.inference_mode(False)(fn)
 
 
+def _keywords_explained(cls: type, init: Callable) -> Callable:
+    """``init`` that answers a mistyped keyword with the arguments ``cls`` takes and a "did you
+    mean" (break82 F7: ``fxprune.SMCP(pm, traget=0.5)``, the README's style, was Python's bare
+    TypeError). Only a failing call is checked; ``functools.wraps`` keeps the signature that
+    the recipe's checks read."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            return init(self, *args, **kwargs)
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            try:
+                check_method_kwargs(cls, kwargs, f"{cls.__name__}(...)", refuse_own=False)
+            except TypeError as clearer:
+                raise clearer from None
+            raise
+    return __init__
+
+
 class PruningMethod:
     """Shared state of the methods on prepared-graph masks: the flat channel index, the
     weights that read prunable channels, the cost model and the budget."""
@@ -247,6 +268,11 @@ class PruningMethod:
     state_keys: tuple[str, ...] = ()
     #: the registry name that built it (``oneshot`` builds SMCP), set by MethodEntry.build
     registered_as: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # its constructor's keywords, with a "did you mean"
+            cls.__init__ = _keywords_explained(cls, cls.__dict__["__init__"])
 
     def not_copyable(self) -> str | None:
         """Why a deep copy of this method, mid-run, would silently do something else (None: it
