@@ -32,7 +32,7 @@ def bench(monkeypatch):
 @pytest.mark.parametrize("option, value, says", [
     ("--batch", "16", "has rows trained at --batch 128, this run at 16; pass --batch 128"),
     ("--threads", "2", "has rows trained at --threads 1, this run at 2; pass --threads 1"),
-    ("--probe-after", "5", "has rows trained at --probe-after 10, this run at 5"),
+    ("--probe-after", "5", "has rows trained at --probe-after 1, this run at 5"),  # smoke's 1
     # break80 F2: "vs dense" then compared seeds 0-2 with seed 5, unsaid
     ("--seeds", "5", r"has rows trained on seeds \[0\], this run on \[5\]; pass --seeds 0"),
     # break56 #15: this said "use --out" to a run that had given one
@@ -86,6 +86,9 @@ def test_append_to_the_published_file_is_still_guarded(bench, tmp_path, monkeypa
     ('typo={"hysterisis": 3}', "TypeError: .*hysterisis"),
     ("lst=[1]", r"the JSON is SMCP's arguments, an object"),
     ('bad={"hysteresis": -1}', "ValueError: "),
+    # break83 F1: checked on a fixed 100-step schedule, this passed, then failed on the smoke
+    # run's 32 steps after the dense row had trained
+    ('w20={"warmup": 20}', "ValueError: freeze_after=24 stops mask updates before the ramp"),
 ])
 def test_extra_rows_are_checked_before_anything_trains(bench, tmp_path, capsys, extra, says):
     """break80 F1: an extra row named like a built-in one replaced it (the dense row became a
