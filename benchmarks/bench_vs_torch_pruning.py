@@ -515,6 +515,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(
         args.merge or [], args)
+    planned = [{"net": net, "label": label, "options": {**PINNED, **args.smcp_options, **spec}}
+               for net in args.nets for label, spec in smcp_rows(args).items()] if args.seeds else []
+    _same_options_per_label([*earlier, *planned], "this run's rows with the merged ones")
     rows = []
     for net in args.nets:
         for seed in args.seeds:
@@ -550,6 +553,24 @@ def run_key(run: dict) -> tuple:
     return run["net"], run["seed"], run["label"]
 
 
+def _same_options_per_label(runs, where) -> None:
+    """Exit (one line) if one net's row label holds runs trained with different options: the
+    table averages a label's seeds as one method (break83 F2: --smcp-options changes a default
+    row's options, not its label)."""
+    seen: dict = {}
+    for r in runs:
+        key = (r["net"], r["label"])
+        options = r.get("options")
+        if options is not None:  # rows recorded before PINNED ran at it: SMCP's default then
+            options = {**PINNED, **options}
+        if key in seen and seen[key] != options:
+            raise SystemExit(f"cannot merge {where}: row {r['label']} on {r['net']} was trained "
+                             f"with options {seen[key]} and {options}; the table would average "
+                             "them as one method: give one of them another label (--smcp "
+                             "NAME=JSON)")
+        seen.setdefault(key, options)
+
+
 def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[dict]]:
     """The union of the results files' runs (a later file's row replaces an earlier one of the
     same net, seed and label), the commands that made them, in order, the Torch-Pruning
@@ -579,6 +600,7 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
                                  f"{way} to combine it")
         for r in merged["runs"]:
             runs[run_key(r)] = r
+        _same_options_per_label(runs.values(), path)
         tp_version = merged["meta"]["machine"].get("torch_pruning") or tp_version
         skipped += merged["meta"].get("skipped", [])
         commands += merged["meta"].get("commands") or (

@@ -305,3 +305,17 @@ def test_merge_refuses_rows_trained_at_another_lr_or_timed_over_other_iters(tmp_
         bench.main(["--seeds", "--threads", "1", "--merge", str(tmp_path / "merged.json"),
                     "--lr", "0.2", "--out", str(tmp_path / "again")])
     assert not (tmp_path / "again.json").exists()
+
+
+def test_one_label_trained_with_other_options_is_not_averaged_as_one_method():
+    """break83 F2: --smcp-options changes a default row's options, not its label, and a merge
+    averaged the two methods' seeds into one table line. Rows recorded before bn_rescale was
+    pinned ran at it (SMCP's default then): the same method."""
+    bench = load_benchmark("bench_vs_torch_pruning")
+    run = lambda seed, options: {"net": "concat", "label": "smcp-flops", "seed": seed,  # noqa: E731
+                                 "options": options}
+    bench._same_options_per_label([run(0, {}), run(1, {"bn_rescale": "kept_fraction"}),
+                                   {"net": "concat", "label": "dense", "seed": 0}], "x")
+    with pytest.raises(SystemExit, match=r"row smcp-flops on concat was trained with options .* "
+                                         r"and .*masks.*give one of them another label"):
+        bench._same_options_per_label([run(0, {}), run(1, {"masks": "soft"})], "b.json")
