@@ -189,12 +189,18 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         rec = (f"the model records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
                else f"the model records no input shape ({INPUT_SHAPE_ATTR})")
-        # iterating over the input is a tuple's unpacking, or a loop over the samples (break82
-        # F6: a per-sample loop with a wrong shape was told it read a container): both said
-        unpacks = ("; if its forward unpacks a tuple or list input (it iterates over the input), "
-                   "wrap it in a module whose forward takes one tensor" if container else "")
+        if container:
+            # iterating over the input is a tuple's unpacking, or a loop over the samples: both
+            # said, the unpacking first (break82 F6: a per-sample loop with a wrong shape was
+            # told it read a container; break83 F3: told a shape first, a tuple-input model
+            # "fit" at batch 2, each sample taken for an input, and the wrong model was timed)
+            raise DeployError(
+                f"input shape {tuple(shape)} does not fit {label} ({first}), whose forward "
+                "iterates over its input: if it unpacks a tuple or list input (a, b = inputs), "
+                "no shape fits: wrap it in a module whose forward takes one tensor; if it loops "
+                f"over the samples, pass a fitting --input-shape ({rec})") from None
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
-                          f"pass a fitting --input-shape{unpacks}") from None
+                          "pass a fitting --input-shape") from None
 
 
 class _InputProbe(torch.Tensor):

@@ -863,6 +863,16 @@ def test_onnx_outputs_are_named_by_the_model_outputs_keys(tmp_path):
         np.testing.assert_allclose(got[name], ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_only_keys_that_spell_one_name_take_their_places():
+    """break83 F4: keys "a.b" and "a_b" made every output of the file positional."""
+    from fxprune.deploy.onnx_export import output_names_of
+
+    t = torch.zeros(1)
+    assert output_names_of({"a.b": t, "a_b": t, "c": t}) == ["output_0", "output_1", "output_c"]
+    assert output_names_of({"2": t, "a.b": t, "a_b": t}) == [  # key "2" and the clash at place 2
+        "output_0", "output_1", "output_2"]
+
+
 def test_output_gap_counts_misplaced_infinities_as_a_difference():
     from fxprune.deploy.onnx_export import output_gap
 
@@ -1020,8 +1030,9 @@ class PerSample(nn.Module):
                 r"key 'image'\); fxprune deploy times models that take one tensor"),
     # iterating: a tuple unpacked, or a loop over the samples (break82 F6: told "a container"
     # where only the shape was wrong); the message names both
-    (TupleInput, r"^input shape .* does not fit TupleInput .*pass a fitting --input-shape; if its "
-                 r"forward unpacks a tuple or list input \(it iterates over the input\), wrap it"),
+    (TupleInput, r"^input shape .* does not fit TupleInput \(.*\), whose forward iterates over "
+                 r"its input: if it unpacks a tuple or list input \(a, b = inputs\), no shape "
+                 r"fits: wrap it"),
 ])
 def test_a_model_reading_a_dict_or_tuple_is_told_deploy_times_one_tensor(tmp_path, model, says):
     """break77 F3: told to pass a fitting --input-shape, which no shape is."""
