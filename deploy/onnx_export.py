@@ -370,7 +370,11 @@ def output_names_of(out) -> list[str]:
             name = str(i)  # a tuple's or a list's place says nothing more
         name = f"output_{name}"
         names.append(name)
-    if len(set(names)) < len(names):  # keys {"0": ..} beside a tuple's place 0, "a-b" and "a_b"
+    # keys that spell one name ("a.b" and "a_b") take their places instead, and only they
+    # (break83 F4: one clash made every output positional)
+    clash = {n for n in names if names.count(n) > 1}
+    names = [f"output_{i}" if n in clash else n for i, n in enumerate(names)]
+    if len(set(names)) < len(names):  # a key "3" beside a clash at place 3: places for all
         return [f"output_{i}" for i in range(len(leaves))]
     return names
 
