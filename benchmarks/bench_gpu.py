@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - one line and the way out
         # (deploy's message names its own --backend, an option this script lacks: break80 F10)
-        why = str(e).split("; use device")[0]
+        why = str(e).split("; use device")[0].replace("the torch backend was asked for", "asked for")
         print(f"bench_gpu: {why}; this benchmark needs a CUDA GPU, and `--device cpu --smoke "
               "--out PREFIX` checks the script without one", file=sys.stderr)
         return 2

@@ -64,11 +64,15 @@ def main(argv=None) -> int:
         args.out = args.out.with_suffix("")
     if Path(f"{args.out}.txt").exists():  # (break61 #8: replaced silently)
         parser.error(f"{args.out}.txt exists; give another --out")
+    if args.smoke and "--model" in (argv if argv is not None else sys.argv[1:]):
+        parser.error("--smoke profiles a tiny ConvNeXt on the CPU; drop --model or --smoke")
     try:  # one line, not a traceback (break80 F9)
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - no CUDA here, or a device name torch does not know
-        parser.error(f"--device {args.device}: {str(e).split('; use device')[0]}; "
-                     "`--device cpu --smoke` checks the script without a GPU")
+        # (deploy's wording names its torch backend: break83 F5)
+        why = str(e).split("; use device")[0].replace("the torch backend was asked for", "asked for")
+        parser.error(f"--device {args.device}: {why}; `--device cpu --smoke` checks the script "
+                     "without a GPU")
     name = "tiny_convnext" if args.smoke else args.model
     batch, size = (4, 32) if args.smoke else (args.batch, 224)
     try:

@@ -121,7 +121,8 @@ def test_profile_step_smoke_writes_both_tables_and_keeps_an_existing_file(tmp_pa
 
 @pytest.mark.parametrize("args, says", [
     (["--device", "cpu", "--model", "resnet5"], "--model resnet5: "),
-    *([(["--device", "cuda"], "--device cuda: .*CUDA is not available.*--device cpu --smoke")]
+    (["--device", "cpu", "--smoke", "--model", "resnet18"], "drop --model or --smoke"),
+    *([(["--device", "cuda"], "--device cuda: asked for cuda.*CUDA is not available.*--device cpu --smoke")]
       if not torch.cuda.is_available() else []),
 ])
 def test_profile_step_says_what_is_wrong_in_one_line(tmp_path, capsys, args, says):
