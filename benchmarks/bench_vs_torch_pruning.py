@@ -515,9 +515,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     earlier, args.earlier_commands, args.earlier_tp, args.skipped = merge_files(
         args.merge or [], args)
-    planned = [{"net": net, "label": label, "options": {**PINNED, **args.smcp_options, **spec}}
-               for net in args.nets for label, spec in smcp_rows(args).items()] if args.seeds else []
-    _same_options_per_label([*earlier, *planned], "this run's rows with the merged ones")
+    # what the file will hold: this run's rows replace the merged ones of the same net, seed
+    # and label (a row retrained with new options is a replacement, not a second method)
+    planned = [{"net": net, "seed": seed, "label": label,
+                "options": {**PINNED, **args.smcp_options, **spec}}
+               for net in args.nets for seed in args.seeds
+               for label, spec in smcp_rows(args).items()]
+    replaced = {run_key(r) for r in planned}
+    _same_options_per_label([*(r for r in earlier if run_key(r) not in replaced), *planned],
+                            "this run's rows with the merged ones")
     rows = []
     for net in args.nets:
         for seed in args.seeds:

@@ -307,7 +307,7 @@ def test_merge_refuses_rows_trained_at_another_lr_or_timed_over_other_iters(tmp_
     assert not (tmp_path / "again.json").exists()
 
 
-def test_one_label_trained_with_other_options_is_not_averaged_as_one_method():
+def test_one_label_trained_with_other_options_is_not_averaged_as_one_method(tmp_path):
     """break83 F2: --smcp-options changes a default row's options, not its label, and a merge
     averaged the two methods' seeds into one table line. Rows recorded before bn_rescale was
     pinned ran at it (SMCP's default then): the same method."""
@@ -319,3 +319,16 @@ def test_one_label_trained_with_other_options_is_not_averaged_as_one_method():
     with pytest.raises(SystemExit, match=r"row smcp-flops on concat was trained with options .* "
                                          r"and .*masks.*give one of them another label"):
         bench._same_options_per_label([run(0, {}), run(1, {"masks": "soft"})], "b.json")
+    # a run retraining seed 1 of it with other options, beside the merged seed 0: refused
+    # before anything trains; the same seed retrained replaces the row (the slow merge test)
+    merged = {"meta": {"protocol": {"epochs": 2, "train_images": None, "target": 0.5,
+                                    "smoke": True, "lr": 0.1, "iters": 20},
+                       "machine": {"threads": 1, "train_batch": 128, "latency_batches": [1]}},
+              "runs": [run(0, {"bn_rescale": "kept_fraction"})]}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(merged))
+    bench.train_rows = lambda *a: pytest.fail("trained")
+    with pytest.raises(SystemExit, match="give one of them another label"):
+        bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+                    "--nets", "concat", "--seeds", "1", "--merge", str(path), "--out",
+                    str(tmp_path / "b"), "--smcp", 'smcp-flops={"masks": "soft"}'])
