@@ -335,19 +335,16 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
     keys: dict[str, Rule | None] = dict(RECIPE_PRUNE_KEYS)
     if method == "none":
         return {"method": RECIPE_PRUNE_KEYS["method"]}
+    from .methods.base import method_parameters
+
     cls = pruner_class(method)
     try:
-        params = inspect.signature(cls).parameters
+        # a one-shot factory's keywords are SMCP's: checked by name (break62 #9: a typo reached
+        # SMCP as "SMCP.__init__() got an unexpected keyword", with no valid keys and no "did
+        # you mean"); the ones it sets itself stay keys, refused below: "sets itself"
+        params = method_parameters(cls)
     except (TypeError, ValueError):
         return keys
-    forwards_to = getattr(cls, "forwards_kwargs_to", None)  # one_shot's **kwargs go to SMCP
-    if forwards_to is not None:
-        # its keywords are the target's: checked by name (break62 #9: a typo reached SMCP as
-        # "SMCP.__init__() got an unexpected keyword", with no valid keys and no "did you mean")
-        # (the ones it sets itself stay keys, refused below with what to do: "sets itself")
-        theirs = {name: p for name, p in inspect.signature(forwards_to).parameters.items()
-                  if name not in params}
-        params = {**{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}, **theirs}
     for name, p in params.items():
         if p.kind == p.VAR_KEYWORD:  # takes any keyword: let it judge unknown ones
             keys["*"] = None

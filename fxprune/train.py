@@ -50,7 +50,7 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError, TargetNotReachedError
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
-                           measured_latency_cost)
+                           measured_latency_cost, method_parameters)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_schedule_steps,
@@ -297,12 +297,8 @@ def _argument_defaults(method: str) -> dict[str, Any]:
     """``{"prune.NAME": default}`` of the method's constructor arguments ({} for none)."""
     if method == "none":
         return {}
-    try:
-        cls = pruner_class(method)
-        params = dict(inspect.signature(cls).parameters)
-        forwards_to = getattr(cls, "forwards_kwargs_to", None)  # oneshot's go to SMCP
-        if forwards_to is not None:  # (break76 #4: its SMCP defaults were still refused)
-            params = {**inspect.signature(forwards_to).parameters, **params}
+    try:  # (a one-shot factory's are SMCP's: break76 #4, its SMCP defaults were refused)
+        params = method_parameters(pruner_class(method))
     except (TypeError, ValueError, ImportError, ConfigError):
         return {}
     return {f"prune.{name}": p.default for name, p in params.items()

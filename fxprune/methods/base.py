@@ -47,7 +47,7 @@ from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
-           "check_method_kwargs",
+           "check_method_kwargs", "method_parameters",
            "resolve_cost_model", "measured_latency_cost", "LATENCY_COSTS",
            "measured_cost_to_dict", "measured_cost_from_dict"]
 
@@ -614,6 +614,20 @@ class MethodEntry:
 registry: dict[str, MethodEntry] = {}
 
 
+def method_parameters(cls: Callable) -> dict[str, inspect.Parameter]:
+    """The constructor parameters of a method's class or factory, by name (the prepared model
+    first). A factory that forwards its ``**kwargs`` (``forwards_kwargs_to``: one-shot's go to
+    SMCP) has them replaced by its target's, its own first. Raises TypeError or ValueError
+    where ``inspect.signature`` finds none."""
+    params = dict(inspect.signature(cls).parameters)
+    forwards_to = getattr(cls, "forwards_kwargs_to", None)
+    if forwards_to is None:
+        return params
+    own = {n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}
+    theirs = {n: p for n, p in inspect.signature(forwards_to).parameters.items() if n not in own}
+    return {**own, **theirs}
+
+
 def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
                         refuse_own: bool = True) -> None:
     """Refuse a keyword ``cls`` (a method's class or factory) does not take, or (``refuse_own``)
@@ -623,13 +637,9 @@ def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
     Raises TypeError naming ``caller``; nothing where ``cls`` takes ``**kwargs`` of its own or
     has no signature to judge by (the method judges when it is called)."""
     try:
-        params = dict(inspect.signature(cls).parameters)
+        params = method_parameters(cls)
     except (TypeError, ValueError):
         return
-    forwards_to = getattr(cls, "forwards_kwargs_to", None)  # oneshot's **kwargs go to SMCP
-    if forwards_to is not None:
-        params = {**inspect.signature(forwards_to).parameters,
-                  **{n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}}
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
     sets_itself = getattr(cls, "sets_itself", ())  # oneshot: SMCP's schedule (break76 #5)
