@@ -120,15 +120,19 @@ def grid_points(layers, step: int, min_count: int | None = None) -> int:
         cins, couts, diag = layer_grid(layer, step, min_count)
         key = grid_key(layer)
         if key in grids:
-            old_in, old_out, _ = grids[key]
-            if diag:
-                pairs = sorted(set(zip(old_in, old_out)) | set(zip(cins, couts)))
-                cins, couts = [a for a, _ in pairs], [b for _, b in pairs]
-            else:
-                cins, couts = sorted({*old_in, *cins}), sorted({*old_out, *couts})
+            cins, couts = _union_of_widths(*grids[key][:2], cins, couts, diag)
         grids[key] = (cins, couts, diag)
     return len({(key.rpartition("|")[0], ci, co) for key, (cins, couts, diag) in grids.items()
                 for ci, co in _points_of(cins, couts, diag)})
+
+
+def _union_of_widths(old_in, old_out, cins, couts, diagonal) -> tuple[list[int], list[int]]:
+    """One grid for layers alike but pruned differently: the union of their axes, or of their
+    (c_in, c_out) pairs where the points pair the axes (depthwise)."""
+    if diagonal:
+        pairs = sorted(set(zip(old_in, old_out)) | set(zip(cins, couts)))
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    return sorted({*old_in, *cins}), sorted({*old_out, *couts})
 
 
 def _points_of(cins, couts, diagonal):
@@ -280,11 +284,7 @@ class LatencyTable:
             key = grid_key(layer)
             if key in table._grids:  # layers alike but pruned differently: the union of widths
                 old_in, old_out, _, names = table._grids[key]
-                if diag:
-                    pairs = sorted(set(zip(old_in, old_out)) | set(zip(cins, couts)))
-                    cins, couts = [a for a, _ in pairs], [b for _, b in pairs]
-                else:
-                    cins, couts = sorted({*old_in, *cins}), sorted({*old_out, *couts})
+                cins, couts = _union_of_widths(old_in, old_out, cins, couts, diag)
             else:
                 names = []
             table._grids[key] = (cins, couts, diag, names + [layer.name])
