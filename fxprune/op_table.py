@@ -55,6 +55,10 @@ _POOLS = {
         F.max_pool3d, F.avg_pool3d, F.adaptive_max_pool3d, F.adaptive_avg_pool3d, F.lp_pool3d],
 }
 
+#: BatchNorm / InstanceNorm: a per-channel affine and running statistics, normalizing over
+#: the other dims (one row object: rows hold no state)
+_STATISTICS_NORM = ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True)
+
 CHANNEL_RULES: dict = {
     # -- layers that read and write channels
     nn.Conv1d: Conv(), nn.Conv2d: Conv(), nn.Conv3d: Conv(),
@@ -68,13 +72,13 @@ CHANNEL_RULES: dict = {
     F.conv_transpose3d: ConvTranspose(functional=True),
     F.linear: Linear(functional=True),
     # -- per-channel layers
-    nn.BatchNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
-    nn.BatchNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
-    nn.BatchNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
-    nn.SyncBatchNorm: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
-    nn.InstanceNorm1d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
-    nn.InstanceNorm2d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
-    nn.InstanceNorm3d: ChannelAffine(("weight", "bias", "running_mean", "running_var"), normalizes=True),
+    nn.BatchNorm1d: _STATISTICS_NORM,
+    nn.BatchNorm2d: _STATISTICS_NORM,
+    nn.BatchNorm3d: _STATISTICS_NORM,
+    nn.SyncBatchNorm: _STATISTICS_NORM,
+    nn.InstanceNorm1d: _STATISTICS_NORM,
+    nn.InstanceNorm2d: _STATISTICS_NORM,
+    nn.InstanceNorm3d: _STATISTICS_NORM,
     nn.PReLU: ChannelAffine(("weight",)),
     # -- norms whose statistics span channels
     nn.LayerNorm: LayerNorm(),
@@ -189,8 +193,7 @@ else:  # stochastic depth scales whole samples: channels pass through
 #: rows for layers of libraries fxprune does not import itself: (module, class name) -> row
 _INSTALLED_ROWS = {
     # timm's BatchNorm + activation (+ dropout) in one module; its forward reads self.training
-    ("timm.layers", "BatchNormAct2d"): ChannelAffine(("weight", "bias", "running_mean",
-                                                     "running_var"), normalizes=True),
+    ("timm.layers", "BatchNormAct2d"): _STATISTICS_NORM,
     # drops whole samples (a per-sample scale): channels pass through
     ("timm.layers", "DropPath"): ELEMENTWISE,
     # a Conv2d that pads as TensorFlow's "SAME" in its forward (tf_efficientnet_*): its
