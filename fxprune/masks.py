@@ -76,7 +76,12 @@ class _FxPruneLayer:
 def _new_of_derived(recipe: tuple):
     """An empty instance of the run-time class ``recipe`` names (its state is set after)."""
     kind, *args = recipe
-    cls = variant_class(args[0], dict([args[1:]])) if kind == "variant" else input_masked_class(*args)
+    if kind == "variant":
+        cls = variant_class(args[0], dict([args[1:]]))
+    elif kind == "row":
+        cls = row_masked_class(*args)
+    else:
+        cls = input_masked_class(*args)
     return cls.__new__(cls)
 
 
@@ -176,6 +181,17 @@ class _OwnForwardMasked(_InputMasked):
             return self._fxprune_base.forward(self, x, *args, **kwargs)
         finally:
             params["weight"] = weight
+
+
+class _RowForwardMasked(_InputMasked):
+    """A layer whose op-table row computes its masked forward (``row.masked_forward(module, x,
+    mask)``): one whose own forward computes with its weight in a way a masked weight alone
+    would not reproduce once the channels are gone (weight standardization's statistics)."""
+
+    _fxprune_row = None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._fxprune_row.masked_forward(self, x, mask)
 
 
 class MaskedLinear(_InputMasked, nn.Linear):
@@ -338,6 +354,17 @@ class MaskedGroupNorm(_FxPruneLayer, nn.GroupNorm):
         return masked_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, mask)
 
 
+class MaskedGroupNormAct(_FxPruneLayer, nn.GroupNorm):
+    """A GroupNorm subclass whose forward is the norm, then its ``drop``, then its ``act``
+    (timm's ``GroupNormAct``, ``GroupNorm1Act``: the BiT ResNetV2s'), the norm masked."""
+
+    _fxprune_base = nn.GroupNorm
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = masked_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, mask)
+        return self.act(self.drop(x))
+
+
 # -- SMCP's batch-norm rescaling ------------------------------------------------------------------
 
 def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight) -> torch.Tensor:
@@ -493,6 +520,18 @@ def input_masked_class(cls: type, in_dim: int) -> type:
         _DERIVED[key] = type(f"Masked_{cls.__name__}", (_OwnForwardMasked, cls),
                              {"_fxprune_base": cls, "_fxprune_in_dim": in_dim, "__module__": __name__,
                               "_fxprune_recipe": ("input", cls, in_dim)})
+    return _DERIVED[key]
+
+
+def row_masked_class(cls: type, row) -> type:
+    """The masked form of ``cls`` whose forward is ``row.masked_forward`` (made once per class
+    and row, cached; pickled by naming both)."""
+    key = (cls, _RowForwardMasked, row)
+    if key not in _DERIVED:
+        _DERIVED[key] = type(f"Masked_{cls.__name__}", (_RowForwardMasked, cls),
+                             {"_fxprune_base": cls, "_fxprune_in_dim": row.in_dim,
+                              "_fxprune_row": row, "__module__": __name__,
+                              "_fxprune_recipe": ("row", cls, row)})
     return _DERIVED[key]
 
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create,
+from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
-                            Expand, FunctionalLayerNorm, GroupNorm, Index, LayerNorm, Linear,
+                            Expand, FunctionalLayerNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear,
                             Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
@@ -199,6 +199,16 @@ _INSTALLED_ROWS = {
     # a Conv2d that pads as TensorFlow's "SAME" in its forward (tf_efficientnet_*): its
     # padding arithmetic on the input's size cannot be traced (a barrier with a reason before)
     ("timm.layers.conv2d_same", "Conv2dSame"): ConvSame(),
+    # convs that standardize their weight in their forward (BiT ResNetV2, NFNets, ViT hybrids):
+    # traced through, the computed weight was a barrier; as rows, pruned with the statistics
+    # the pruned layer computes
+    ("timm.layers.std_conv", "StdConv2d"): StandardizedConv(),
+    ("timm.layers.std_conv", "StdConv2dSame"): StandardizedConv(),
+    ("timm.layers.std_conv", "ScaledStdConv2d"): StandardizedConv(),
+    ("timm.layers.std_conv", "ScaledStdConv2dSame"): StandardizedConv(),
+    # GroupNorm, then dropout and activation, in one module (BiT ResNetV2s)
+    ("timm.layers.norm_act", "GroupNormAct"): GroupNormAct(),
+    ("timm.layers.norm_act", "GroupNorm1Act"): GroupNormAct(),
     # pools padded the same way (nasnet, pnasnet): per channel, as a pool is
     ("timm.layers.pool2d_same", "MaxPool2dSame"): Spatial(2),
     ("timm.layers.pool2d_same", "AvgPool2dSame"): Spatial(2),

@@ -53,6 +53,9 @@ class _GatheredLayer(nn.Module):
         super().__init__()
         # a conv that pads in its own forward (timm's Conv2dSame: the ConvSame row)
         object.__setattr__(self, "pad_input", getattr(rule, "pad_input", None))
+        # a conv that standardizes its weight (the StandardizedConv row): over the gathered
+        # inputs, the kept ones, as the pruned layer does
+        object.__setattr__(self, "standardized_weight", getattr(rule, "standardized_weight", None))
         # plain attributes, not submodules: the parameters stay owned by the prepared model
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "layer", module)
@@ -82,6 +85,8 @@ class _GatheredLayer(nn.Module):
                 x = self.pad_input(m, x)
             w = self._gather(m.weight, "weight", (0, 1))
             b = self._gather(m.bias, "bias")
+            if self.standardized_weight is not None:
+                w = self.standardized_weight(m, w, gain=self._gather(getattr(m, "gain", None), "gain"))
             if w.ndim == 4 and m.weight.is_contiguous(memory_format=torch.channels_last):
                 w = w.contiguous(memory_format=torch.channels_last)  # keep the fast layout
             conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]

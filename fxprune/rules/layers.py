@@ -250,6 +250,79 @@ class ConvSame(Conv):
         return dataclasses.replace(spec, padding=begin if begin == end else begin + end)
 
 
+class StandardizedConv(ConvSame):
+    """A conv that standardizes its weight in its forward (Weight Standardization, Qiao et al.
+    2019, eq. 2: ``W^[o] = (W[o] - mean(W[o])) / sqrt(var(W[o]) + eps)`` over each output
+    filter's ``in/groups x k...`` entries; timm's ``StdConv2d`` of the BiT ResNetV2s and the
+    ViT hybrids' ``StdConv2dSame``). The scaled form (Brock et al. 2021, NFNets:
+    ``ScaledStdConv2d``) multiplies filter ``o`` by ``gain[o] * scale`` after, ``scale = gamma /
+    sqrt(fan_in)`` fixed at construction. The ``*Same`` classes with ``same_pad`` set pad in
+    their forward as ``ConvSame``'s do.
+
+    Output channels are a Conv's (each filter's statistics are its own). An input channel
+    enters every filter's statistics, so a masked weight alone would not give the pruned
+    layer's output: the masked form standardizes each filter over its kept inputs (mask != 0)
+    only, as the layer with those inputs removed does, and finalize slices the raw weight."""
+
+    kind = "weight-standardized conv (reads and writes channels)"
+    needs = Conv.needs + ("eps",)
+    slices = ("weight", "bias", "gain")
+
+    def __eq__(self, other):  # the masked class is made once per row, also across a pickle
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(vars(self).items()))))
+
+    def masked_class(self, module) -> type:
+        from fxprune.masks import row_masked_class
+        return row_masked_class(type(module), self)
+
+    @staticmethod
+    def standardized_weight(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor | None = None,
+                            gain: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight`` ``[out, in/groups, k...]`` standardized per output filter as ``module``'s
+        forward does, over the input positions where ``keep`` (``[in/groups]``, 0 or 1) is 1
+        alone (None: all), the others 0; then scaled by ``gain`` (``[out, 1, ...]``, the
+        scaled form's, times ``module.scale``; None: not scaled). The variance is the biased
+        one, as the ``F.batch_norm`` timm calls normalizes with."""
+        flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
+        if keep is None:
+            keep = flat.new_ones(flat.shape[1])
+        k = keep.to(flat.dtype).view(1, -1, 1)
+        # clamp: a layer whose inputs are all masked computes zeros, not NaN
+        n = (k.sum() * flat.shape[2]).clamp_min(1)
+        mean = (flat * k).sum((1, 2), keepdim=True) / n
+        var = ((flat - mean).square() * k).sum((1, 2), keepdim=True) / n
+        out = (flat - mean) * torch.rsqrt(var + module.eps) * k
+        if gain is not None:  # ScaledStdConv2d: batch_norm's weight, gain * scale per filter
+            out = out * (gain * module.scale).reshape(-1, 1, 1)
+        return out.reshape(weight.shape)
+
+    def pad_input(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return super().pad_input(module, x) if getattr(module, "same_pad", False) else x
+
+    def masked_forward(self, module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The masked form's forward: the input-masked weight (straight-through as the
+        method sets it) standardized over the kept inputs."""
+        w = self.standardized_weight(module, module.masked_weight(mask), mask != 0,
+                                     getattr(module, "gain", None))
+        return module._conv_forward(self.pad_input(module, x), w, module.bias)
+
+    def propagate(self, ctx):
+        out = super().propagate(ctx)
+        gain = getattr(ctx.module(), "gain", None)
+        if isinstance(gain, nn.Parameter) and out is not None:
+            name = ctx.module_name()
+            ctx.unify(ctx.space(f"{name}.gain", 0), next(iter(out.values())), "conv gain")
+        return out
+
+    def layer_spec(self, ctx, call, c_in, c_out):
+        if getattr(ctx.module(), "same_pad", False):
+            return super().layer_spec(ctx, call, c_in, c_out)
+        return Conv.layer_spec(self, ctx, call, c_in, c_out)
+
+
 class ConvTranspose(Conv):
     """ConvTranspose1d/2d/3d: the weight is ``[in, out/groups, k...]``, so the input channels are
     weight dim 0 (masked there) and the output channels dim 1, repeated once per group.
@@ -551,7 +624,7 @@ class GroupNorm(ChannelRule):
             blocks = labels[1].reshape(m.num_groups, -1)
             for b in range(1, m.num_groups):
                 ctx.unify(blocks[0], blocks[b], "group norm keeps groups equal")
-            why = _no_masked_norm(ctx, nn.GroupNorm)
+            why = self.why_unmasked(ctx)
             if why:
                 ctx.untracked(labels[1], why)
             else:
@@ -561,15 +634,44 @@ class GroupNorm(ChannelRule):
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(1), "group norm affine")
         return dict(labels)
 
-    def mask_statistics(self, node, gm, masks, mask_dims):
+    def why_unmasked(self, ctx) -> str | None:
+        """Why the module cannot take this row's masked form (its channels are then kept
+        whole), or None."""
+        return _no_masked_norm(ctx, nn.GroupNorm)
+
+    def masked_class(self) -> type:
         from fxprune.masks import MaskedGroupNorm
-        _mask_norm_module(gm, node, MaskedGroupNorm, masks)
+        return MaskedGroupNorm
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        _mask_norm_module(gm, node, self.masked_class(), masks)
 
     def resize(self, m, node, ctx):
         per_channel = m.num_groups == m.num_channels
         m.num_channels = ctx.pruned_size(node.args[0], 1)
         if per_channel:
             m.num_groups = m.num_channels
+
+
+class GroupNormAct(GroupNorm):
+    """timm's ``GroupNormAct`` and ``GroupNorm1Act`` (the BiT ResNetV2s' norms): a GroupNorm
+    whose forward applies its ``drop`` and ``act`` (elementwise) after the norm. Traced
+    through, its ``F.group_norm`` had no row and kept every channel of those models whole."""
+
+    kind = "normalizes over channel groups, then an activation"
+
+    def why_unmasked(self, ctx) -> str | None:
+        m = ctx.module()
+        if not isinstance(m, nn.GroupNorm) or not all(
+                isinstance(getattr(m, a, None), nn.Module) for a in ("drop", "act")):
+            return (f"{type(m).__name__} ({ctx.module_name()}) is given the GroupNormAct row but is "
+                    "no nn.GroupNorm with `drop` and `act` modules, which its masked form runs "
+                    "after the norm; give it a row of its own to prune these channels")
+        return None
+
+    def masked_class(self) -> type:
+        from fxprune.masks import MaskedGroupNormAct
+        return MaskedGroupNormAct
 
 
 def _no_masked_norm(ctx, base: type) -> str | None:
