@@ -321,3 +321,26 @@ def test_timm_weight_standardized_convs_are_rows_pruned_exactly(dtype):
     with torch.no_grad():
         assert torch.equal(loaded(x), pm(x))
     assert type(loaded.conv) is type(pm.conv)  # the masked class is made once per class and row
+
+
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_masked_out_inputs_of_a_weight_standardized_conv_learn_as_a_masks_estimator_says(straight_through):
+    """SMCP's straight-through estimator lets a masked-out input channel keep a gradient (and a
+    Taylor score) so it can come back; the standardized form's zeroing of masked inputs stopped
+    it whatever the estimator said. Hard masks (CUCB, CCP) stop it."""
+    from fxprune.masks import set_straight_through
+    from fxprune.units import UnitIndex
+
+    torch.manual_seed(0)
+    model, x = without_norms(WeightStandardized()), torch.randn(2, 3, 31, 30)
+    pm = fxprune.prepare(model, (x,))
+    set_straight_through(pm, straight_through)
+    index = UnitIndex(pm)
+    masks = torch.ones(index.n)
+    conv = next(i for i, g in enumerate(index.groups) if g.name == "stem")  # read by `conv`
+    masks[index.group_slice(conv).start + torch.tensor([0, 3])] = 0
+    index.set_masks(pm, masks.numpy())
+    pm(x).square().sum().backward()
+    grad = pm.conv.weight.grad
+    assert bool((grad[:, [1, 2]] != 0).all())
+    assert bool((grad[:, [0, 3]] != 0).any()) is straight_through

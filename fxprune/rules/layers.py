@@ -280,12 +280,18 @@ class StandardizedConv(ConvSame):
 
     @staticmethod
     def standardized_weight(module: nn.Module, weight: torch.Tensor, keep: torch.Tensor | None = None,
-                            gain: torch.Tensor | None = None) -> torch.Tensor:
+                            gain: torch.Tensor | None = None, straight_through: bool = False
+                            ) -> torch.Tensor:
         """``weight`` ``[out, in/groups, k...]`` standardized per output filter as ``module``'s
         forward does, over the input positions where ``keep`` (``[in/groups]``, 0 or 1) is 1
         alone (None: all), the others 0; then scaled by ``gain`` (``[out, 1, ...]``, the
         scaled form's, times ``module.scale``; None: not scaled). The variance is the biased
-        one, as the ``F.batch_norm`` timm calls normalizes with."""
+        one, as the ``F.batch_norm`` timm calls normalizes with. ``straight_through``: the
+        zeroing of the other positions passes their gradient as a mask does (SMCP's
+        estimator: a masked-out input keeps a Taylor score, computed with the kept inputs'
+        statistics, and can come back)."""
+        from fxprune.masks import scale
+
         flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
         if keep is None:
             keep = flat.new_ones(flat.shape[1])
@@ -294,7 +300,7 @@ class StandardizedConv(ConvSame):
         n = (k.sum() * flat.shape[2]).clamp_min(1)
         mean = (flat * k).sum((1, 2), keepdim=True) / n
         var = ((flat - mean).square() * k).sum((1, 2), keepdim=True) / n
-        out = (flat - mean) * torch.rsqrt(var + module.eps) * k
+        out = scale((flat - mean) * torch.rsqrt(var + module.eps), k, straight_through=straight_through)
         if gain is not None:  # ScaledStdConv2d: batch_norm's weight, gain * scale per filter
             out = out * (gain * module.scale).reshape(-1, 1, 1)
         return out.reshape(weight.shape)
@@ -306,7 +312,7 @@ class StandardizedConv(ConvSame):
         """The masked form's forward: the input-masked weight (straight-through as the
         method sets it) standardized over the kept inputs."""
         w = self.standardized_weight(module, module.masked_weight(mask), mask != 0,
-                                     getattr(module, "gain", None))
+                                     getattr(module, "gain", None), module.fxprune_straight_through)
         return module._conv_forward(self.pad_input(module, x), w, module.bias)
 
     def propagate(self, ctx):
