@@ -17,7 +17,7 @@ pruning schedule is scaled to the epoch count (fractions below are of the total 
   (counts per group by the allocator under 50% FLOPs): dense training to 0.3 E, statistics over the 0.025 E before, fine-tune
 * one-shot magnitude and one-shot Taylor (importance over 0.025 E) at 0.3 E, fine-tune
 
-Also: CCP's greedy + 1-swap solver against exhaustive search on random instances (hit rate),
+Also: CCP's greedy + local search solver against exhaustive search on random instances (hit rate),
 and CUCB's measured training step time at rho 0.3 / 0.5 / 0.7 vs full width (batch and model of
 the recipe), and its whole training time vs dense (from the rows). Results (mean +- std over the
 seeds) go to ``benchmarks/results/methods.{json,md}`` (``methods_smoke`` with ``--smoke``),
@@ -220,7 +220,7 @@ def markdown(summary, solver, timing, meta) -> str:
         lines.append(f"| {r['row']} | {100 * a:.2f} +- {100 * sa:.2f}% | {f:.3f} +- {sf:.3f} | "
                      f"{p:.3f} +- {sp:.3f} | {t:.0f} +- {st:.0f} |")
     lines += ["", f"CCP solver, n = {solver['n']}, {solver['instances']} random instances: greedy elimination hits "
-              f"the exhaustive optimum {solver['greedy_hit_rate']:.0%}, greedy + 1-swap "
+              f"the exhaustive optimum {solver['greedy_hit_rate']:.0%}, greedy + local search "
               f"{solver['greedy_swap_hit_rate']:.0%} (mean gap {solver['mean_gap']:.3g}).",
               "", "CUCB training step (gathered execution: the active sub-network runs):", "",
               "| active | active FLOPs | ms / step |", "| --- | --- | --- |"]

@@ -64,8 +64,37 @@ def test_greedy_plus_swap_hits_the_exhaustive_optimum_often():
         hits += val <= exact + 1e-9 * max(1, abs(exact))
         greedy_only += val_greedy <= exact + 1e-9 * max(1, abs(exact))
     print(f"hit rate vs exhaustive (n=12, {trials} instances): greedy {greedy_only / trials:.2f}, "
-          f"greedy+1-swap {hits / trials:.2f}")
+          f"greedy+local search {hits / trials:.2f}")
     assert hits / trials >= 0.65 and hits >= greedy_only
+
+
+def test_the_local_search_takes_out_a_cancelling_pair_no_single_step_removes():
+    """break86 #1: t_1 = -t_0 (the pair cancels: removing both changes nothing, either alone
+    much) beside channels each of which costs a little to remove, keep n - 2: backward
+    elimination never removes one of the pair, and a 1-swap cannot move both; the pair move
+    finds the exhaustive optimum."""
+    rng = np.random.default_rng(0)
+    for n in (4, 14, 40):
+        t = rng.normal(size=(400, n)) * 0.05 - 0.5  # removing one costs about 0.5
+        t[:, 0] = rng.normal(size=400) * 3
+        t[:, 1] = -t[:, 0]
+        S = keep_form(t.mean(0), t.T @ t / len(t))
+        beta, val = best_subsets(S, [n - 2])[n - 2]
+        assert not beta[0] and not beta[1], n
+        if n <= 14:
+            assert val == pytest.approx(solve_exhaustive(S, n - 2)[1], abs=1e-12)
+        kept_pair, _ = best_subsets(S, [n - 2], swaps=False)[n - 2]
+        assert kept_pair[0] and kept_pair[1]  # what elimination alone keeps
+
+
+def test_best_subsets_solves_a_non_symmetric_matrix_as_its_quadratic_form():
+    """break86 #3: the running objective assumed S = S^T: [[0, 5, 0], [-5, 0, 0], [0, 0, 1]]
+    gave f = -10 for a subset whose beta^T S beta is 0, and picked a worse subset."""
+    S = np.array([[0.0, 5, 0], [-5, 0, 0], [0, 0, 1]])
+    for p in (1, 2):
+        beta, val = best_subsets(S, [p], swaps=False)[p]
+        exact_beta, exact = solve_exhaustive(S, p)
+        assert val == pytest.approx(objective(S, beta)) == pytest.approx(exact)
 
 
 def test_the_exported_solvers_refuse_counts_outside_one_to_n_in_one_line():
@@ -166,26 +195,31 @@ def test_accumulated_summed_losses_give_the_terms_of_one_batch(sizes):
     taps.close()
 
 
-def planted_mlp(seed=0):
+def planted_mlp(seed=0, h=6, others=1.0):
     """Hidden units 0 and 1: identical inputs, opposite (large) outputs. Removing both changes
-    nothing; removing one changes the logits a lot."""
+    nothing; removing one changes the logits a lot. ``others`` scales the other units' output
+    weights (so that each of them matters too)."""
     torch.manual_seed(seed)
-    model = MLP(d=8, h=6, k=3)
+    model = MLP(d=8, h=h, k=3)
     with torch.no_grad():
         model.fc1.weight[1] = model.fc1.weight[0]
         model.fc1.bias[1] = model.fc1.bias[0]
         model.fc1.weight[:2] *= 3
+        model.fc2.weight[:, 2:] *= others
         model.fc2.weight[:, 0] = torch.tensor([4.0, -3.0, 2.0])
         model.fc2.weight[:, 1] = -model.fc2.weight[:, 0]
     return model
 
 
-def test_ccp_removes_a_cancelling_pair_that_single_channel_criteria_keep():
-    model = planted_mlp()
+@pytest.mark.parametrize("h, others", [(6, 1.0), (16, 3.0)])
+def test_ccp_removes_a_cancelling_pair_that_single_channel_criteria_keep(h, others):
+    """At 16 units the group is wider than exhaustive_max (12): greedy elimination and 1-swaps
+    kept the pair (break86 #1: neither can take out two channels at once); the pair move does."""
+    model = planted_mlp(h=h, others=others)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(1, 8)
     pm = fxprune.prepare(model, (x0,))
-    pruner = CCP(pm, ratio=4 / 6, collect=8, channel_step=1, cost="params")
+    pruner = CCP(pm, ratio=(h - 2) / h, collect=8, channel_step=1, cost="params")
     for _ in range(8):
         x = torch.randn(256, 8, generator=g)
         with torch.no_grad():  # labels drawn from the model itself: it sits at its own optimum
@@ -195,9 +229,9 @@ def test_ccp_removes_a_cancelling_pair_that_single_channel_criteria_keep():
         loss.backward()
         single = pruner.stats.scores()  # before pruning resets the statistics
         record = pruner.step(loss)
-    assert record is not None and record["kept"] == 4
+    assert record is not None and record["kept"] == h - 2
     mask = fxprune.channel_groups(pm)[0].mask
-    assert mask[:2].tolist() == [0.0, 0.0] and mask[2:].tolist() == [1.0] * 4
+    assert mask[:2].tolist() == [0.0, 0.0] and mask[2:].tolist() == [1.0] * (h - 2)
     # single-channel criteria: removing unit 0 or 1 alone is the most costly, and they are the
     # largest by weight magnitude: any of them keeps the pair
     assert set(np.argsort(-single)[:2].tolist()) == {0, 1}

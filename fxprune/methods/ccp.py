@@ -36,7 +36,8 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
 * Solver per group: exhaustive search when the group has at most ``exhaustive_max`` alive
   channels (the test oracle); otherwise greedy backward elimination (remove the channel whose
   removal raises the objective least, O(n) per removal with a running ``S beta``) followed by
-  1-swap local search at each count asked for. ``keep_one_of`` constraints (a split piece must
+  local search at each count asked for: 1-swaps, and pair moves that take out two kept channels
+  together (a cancelling pair, which no single-channel step removes). ``keep_one_of`` constraints (a split piece must
   keep a channel) are enforced by both.
 * How many per group: ``mode="ratio"``: every group keeps ``ratio`` of its channels (the paper's
   preset per-layer ratio; on the ``channel_step`` grid; ``ratio=None``: the largest common ratio
@@ -150,8 +151,13 @@ def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=()) -> tuple[np.ndarray,
     return best, best_val
 
 
+#: how many kept pairs (those of most negative ``S_ij``) one pair move tries
+PAIR_CANDIDATES = 256
+
+
 def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """Best-improvement 1-swap (one kept channel out, one removed in) until none improves."""
+    """Best-improvement 1-swap (one kept channel out, one removed in) until none improves, then
+    a pair move (:func:`_pair_move`); again until neither improves."""
     beta = beta.copy()
     diag = np.diag(S)
     scale = max(np.abs(S).max(), 1e-300)
@@ -168,18 +174,65 @@ def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
                 bad = (critical[:, K][:, :, None] & ~critical[:, O][:, None, :]).any(0)
                 delta = np.where(bad, np.inf, delta)
         i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
-        if not delta[i, j] < -1e-12 * scale:
+        if delta[i, j] < -1e-12 * scale:
+            beta[K[i]], beta[O[j]] = False, True
+            continue
+        moved = _pair_move(S, beta, r, M, 1e-12 * scale)
+        if moved is None:
             break
-        beta[K[i]], beta[O[j]] = False, True
+        beta = moved
     return beta
+
+
+def _pair_move(S: np.ndarray, beta: np.ndarray, r: np.ndarray, M: np.ndarray, tol: float):
+    """Remove two kept channels together and put back the two removed ones that then cost
+    least, if that lowers the objective: the move that takes out a cancelling pair (channels
+    whose effects cancel, so that removing both costs little and either alone much: a
+    strongly negative ``S_ij``), which neither backward elimination nor a 1-swap can make.
+    The kept pairs with the most negative ``S_ij`` (at most ``PAIR_CANDIDATES``) are tried
+    at once, O(n) each. Returns the improved ``beta``, or None."""
+    K = np.flatnonzero(beta)
+    if len(K) < 2 or len(K) > len(S) - 2:
+        return None
+    diag = np.diag(S)
+    rows, cols = np.triu_indices(len(K), 1)
+    values = S[np.ix_(K, K)][rows, cols]
+    top = min(PAIR_CANDIDATES, len(S), len(values))
+    pick = np.argpartition(values, top - 1)[:top]
+    pick = pick[values[pick] < 0]  # a pair without cancellation costs at least its two singles
+    if not len(pick):
+        return None
+    i, j = K[rows[pick]], K[cols[pick]]
+    at = np.arange(len(pick))
+    removal = -2 * (r[i] + r[j]) + diag[i] + diag[j] + 2 * S[i, j]
+    left = r[None, :] - S[i] - S[j]  # S beta per candidate, the pair removed
+    allowed = np.broadcast_to(~beta, left.shape).copy()
+    allowed[at, i] = allowed[at, j] = True  # (a channel may come straight back)
+    add1 = np.where(allowed, 2 * left + diag, np.inf)
+    k = add1.argmin(1)
+    allowed[at, k] = False
+    add2 = np.where(allowed, 2 * (left + S[k]) + diag, np.inf)
+    m = add2.argmin(1)
+    delta = removal + add1[at, k] + add2[at, m]
+    for c in np.argsort(delta, kind="stable"):
+        if not delta[c] < -tol:
+            return None
+        trial = beta.copy()
+        trial[[i[c], j[c]]] = False
+        trial[[k[c], m[c]]] = True
+        if not len(M) or M[:, trial].any(1).all():  # no keep_one_of set left empty
+            return trial
+    return None
 
 
 def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -> dict[int, tuple[np.ndarray, float]]:
     """For every ``p`` in ``counts``: a good ``beta`` (bool) with ``p`` ones and its objective,
-    by greedy backward elimination from all-kept (one pass gives every count) plus 1-swap local
-    search at each requested count. O(n^2) for the path (its objective kept as it goes), O(n^2)
-    per swap. Raises ValueError when a count is not in 1..n."""
+    by greedy backward elimination from all-kept (one pass gives every count) plus local search
+    at each requested count (1-swaps and pair moves). O(n^2) for the path (its objective kept
+    as it goes), O(n^2) per move. ``S`` need not be symmetric: ``beta^T S beta`` is that of
+    ``(S + S^T) / 2``, which is solved. Raises ValueError when a count is not in 1..n."""
     S = np.asarray(S, np.float64)
+    S = (S + S.T) / 2
     n = len(S)
     M = _constraint_matrix(n, keep_one_of)
     wanted = sorted(set(_check_counts(n, counts)), reverse=True)
@@ -215,7 +268,7 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
 
 def solve(S: np.ndarray, p: int, keep_one_of=(), *, exhaustive_max: int = 12) -> tuple[np.ndarray, float]:
     """``min beta^T S beta, 1^T beta = p``: exhaustive up to ``exhaustive_max`` channels,
-    greedy elimination + 1-swap beyond."""
+    greedy elimination + local search (1-swaps, pair moves) beyond."""
     if len(S) <= exhaustive_max:
         return solve_exhaustive(S, p, keep_one_of)
     return best_subsets(S, [p], keep_one_of)[p]
