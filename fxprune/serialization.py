@@ -119,7 +119,12 @@ def _rebuild_prepared(body: dict, graph, class_name: str) -> fx.GraphModule:
     root.__dict__.update(body)
     gm = fx.GraphModule(root, graph, class_name)
     for key, value in body.items():  # attributes the graph does not reference, flags, meta
-        if key in ("_modules", "_parameters", "_buffers"):
+        if key == "_modules":
+            # the saved modules themselves: GraphModule puts plain stand-in containers where
+            # the graph reads through one (the MaskBank lost its class, and with it the record
+            # of which group each mask is: break84 F1); the saved ones hold the same layers
+            gm._modules.update(value)
+        elif key in ("_parameters", "_buffers"):
             for name, item in value.items():  # what the graph does not call is kept too
                 getattr(gm, key).setdefault(name, item)
         elif key not in ("_graph", "_code"):

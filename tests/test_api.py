@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import io
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -678,14 +680,23 @@ def test_saved_masks_load_only_onto_the_groups_they_were_saved_for():
             g.mask[{"c1": 4, "c2": 8, "c3": 12, "c4": 14}[g.name]:] = 0
     saved = saved_pm.state_dict()
     assert saved["fxprune_masks._extra_state"].dtype == torch.uint8  # tensors only
+    # break84 F1: torch.save/torch.load of the prepared model rebuilt its mask bank as a plain
+    # container: its state had no record, and the masks loaded onto other groups silently
+    buffer = io.BytesIO()
+    torch.save(saved_pm, buffer)
+    buffer.seek(0)
+    reloaded = torch.load(buffer, weights_only=False)
+    assert type(reloaded.fxprune_masks) is type(saved_pm.fxprune_masks)
+    assert set(reloaded.state_dict()) == set(saved)
+    reloaded.load_state_dict(saved)  # (a fresh state into the reloaded model: strict keys)
     other = fxprune.prepare(model, (x,), rules={CustomAct: Barrier("custom")})
     keys = {g.name: g.key for g in fxprune.channel_groups(other) if g.prunable}
     assert keys["c3"] == {g.name: g.key for g in fxprune.channel_groups(saved_pm)}["c4"]
-    for strict in (True, False):
+    for strict, state in itertools.product((True, False), (saved, reloaded.state_dict())):
         with pytest.raises(RuntimeError, match=r"the saved masks belong to other channel groups "
                                                r"than this prepared model's \(g\d is 'c4' \(16 "
                                                r"channels\) in the saved state, 'c3' \(16\) here\)"):
-            other.load_state_dict(saved, strict=strict)
+            other.load_state_dict(state, strict=strict)
         assert all(bool(g.mask.all()) for g in fxprune.channel_groups(other) if g.prunable)
     # the same analysis loads them (strictly), and a state saved before the record still loads
     same = fxprune.prepare(model, (x,), rules={CustomAct: Elementwise()})
