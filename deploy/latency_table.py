@@ -429,9 +429,20 @@ class LatencyTable:
         multiplier times it).
         """
         layer = self.as_priced(layer)
+        for side, count in (("c_in", c_in), ("c_out", c_out)):
+            if not count >= 0:  # (NaN too: it priced as nan, a negative count as 0)
+                raise ValueError(f"latency table: layer {layer.name!r} asked at {side}={count!r}: "
+                                 "a channel count must be a number >= 0")
         cins, couts, diag, _ = self._grid_for(layer)
         if c_in <= 0 or c_out <= 0:
             return 0.0  # a layer with no channels left is removed from the network
+        if c_in > cins[-1] or (not diag and c_out > couts[-1]):
+            # (break86 #4: priced silently as the dense width; pruning never asks above it)
+            raise ValueError(
+                f"latency table: layer {layer.name!r} ({point_key(layer)}) asked at {c_in}x{c_out} "
+                f"channels, above the widths its grid was measured up to "
+                f"({cins[-1]}x{couts[-1] if not diag else c_in}): a table prices a layer at its "
+                "dense width or narrower; measure a table for the wider layer")
         pts = self._points.get(point_key(layer), {})
         if (c_in < cins[0] or (not diag and c_out < couts[0])) and not self._clamp_warned:
             self._warn_below_grid(layer, c_in, c_out, cins, couts)

@@ -181,8 +181,10 @@ def _solve_cells(vals, extras, unit: float, cells: int, below: float = 0.0) -> n
     each group's cheapest option, rounded up to whole cells from ``below`` cells under)."""
     # An extra cost over (cells + 1) units never fits: capped there before the integer cast (a
     # tiny slack made e / unit overflow int64 to a negative weight that passed as fitting)
-    weights = [np.maximum(np.ceil(np.minimum(e / unit, cells + 1.0) - below), 0).astype(np.int64)
-               for e in extras]
+    # (a subnormal unit overflows e / unit to inf, which the cap handles: no warning to print)
+    with np.errstate(over="ignore"):
+        weights = [np.maximum(np.ceil(np.minimum(e / unit, cells + 1.0) - below), 0).astype(np.int64)
+                   for e in extras]
 
     # Per group, per distinct weight, only the most valuable option can ever be chosen.
     candidates = []  # (weights, values, original indices) per group, sorted by weight

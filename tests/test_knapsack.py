@@ -152,7 +152,9 @@ def test_costs_near_the_float_limit_solve_without_an_overflow_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's scalar add warned, though the answer was right
         choice = solve_mckp([[1.0, 2.0], [1.0, 3.0]], [[0.0, 1e308], [0.0, 1e308]], 1.5e308)
-    assert choice.tolist() == [0, 1]
+        # break86 #4: a subnormal slack made the cost unit subnormal, and e / unit overflowed
+        tiny = solve_mckp([[0, 1], [0, 1]], [[0, 1e-320], [0, 1]], 1e-310)
+    assert choice.tolist() == [0, 1] and tiny.tolist() == [1, 0]
 
 
 def test_infeasible_budget_names_minimum_cost():

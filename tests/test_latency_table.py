@@ -70,10 +70,17 @@ def test_bilinear_interpolation_is_exact_on_a_bilinear_cost_and_clamps():
     assert table.grid(layer) == ([16, 32], [16, 32, 48])
     for ci, co in [(16, 16), (20, 40), (31, 17), (32, 48), (25, 33)]:
         assert table.layer_cost(layer, ci, co) == pytest.approx(bilinear_fn(ci, co))
-    # Outside the grid the value is clamped to the nearest edge (below it: warned of).
+    # Below the grid the value is clamped to its edge, warned of.
     with pytest.warns(RuntimeWarning, match="below the smallest count"):
-        assert table.layer_cost(layer, 4, 100) == pytest.approx(bilinear_fn(16, 48))
+        assert table.layer_cost(layer, 4, 48) == pytest.approx(bilinear_fn(16, 48))
     assert table.layer_cost(layer, 0, 10) == 0.0  # a layer with no channels left costs nothing
+    # above the dense width (the grid's top) there is nothing to interpolate: it was priced as
+    # the dense width, silently; NaN priced as nan and a negative count as 0 (break86 #4)
+    for ci, co, match in [(40, 48, "above the widths its grid was measured up to"),
+                          (32, 64, "above the widths"), (float("nan"), 16, "c_in=nan"),
+                          (16, -3, "c_out=-3: a channel count must be a number >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            table.layer_cost(layer, ci, co)
 
 
 def test_depthwise_interpolates_along_the_diagonal():
@@ -338,7 +345,7 @@ def test_save_load_round_trip(tmp_path):
                                                                table.threads)
     for layer in layers:
         assert loaded.grid(layer) == table.grid(layer)
-        for ci, co in [(8, 8), (11, 13), (16, 10)]:
+        for ci, co in [(8, 8), (11, 9), (16, 10)]:
             assert loaded.layer_cost(layer, ci, co) == table.layer_cost(layer, ci, co)
     (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(DeployError, match="not a saved LatencyTable"):
