@@ -22,7 +22,7 @@ from torch import nn
 from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalLayerNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear,
-                            Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, ShapeRead, Spatial,
+                            Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
 ELEMENTWISE = Elementwise()
@@ -140,6 +140,8 @@ for _f in (torch.zeros, torch.ones, torch.empty, torch.randn, torch.rand):
 CHANNEL_RULES["new_full"] = Create(sizes_from=1, one_size_arg=True)
 CHANNEL_RULES[torch.full] = Create(sizes_from=0, one_size_arg=True)
 CHANNEL_RULES[F.normalize] = MixesDim(dim_pos=2, default_dim=1)  # elementwise but along dim
+# Swin's shifted windows: a cyclic shift of H and W keeps channels
+CHANNEL_RULES[torch.roll] = CHANNEL_RULES["roll"] = Roll()
 # x.narrow(dim, start, length): a slice whose bounds are numbers; of a channel dim it is kept
 CHANNEL_RULES[torch.narrow] = CHANNEL_RULES["narrow"] = MixesDim(
     reason="narrowed along the channel dim (use y[:, a:b], whose bounds fxprune rewrites)")

@@ -2257,3 +2257,37 @@ def test_a_reason_names_a_module_by_its_path():
     pm = fxprune.prepare(Nested(), (X,))
     (group,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["body.0"]]
     assert not group.prunable and "at `body.1` (LocalResponseNorm)" in group.reason
+
+
+class ShiftedWindows(nn.Module):
+    """Swin's cyclic shift: channels-last features rolled along H and W (kept channels), and
+    a roll along the channel dim and a flat roll (positions depend on the count kept)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 6)
+        self.mid = nn.Conv2d(6, 10, 1)
+        self.head = nn.Linear(10, 4)
+
+    def forward(self, x):
+        y = self.stem(x).permute(0, 2, 3, 1)  # B, H, W, C
+        y = torch.roll(y, shifts=(-1, 2), dims=(1, 2))
+        y = torch.relu(self.fc1(y)).roll(1, 2)
+        y = self.fc2(y).permute(0, 3, 1, 2)
+        z = self.mid(torch.roll(y, 1, dims=1))  # along the channels: kept whole
+        return self.head(torch.roll(z, 3).mean((2, 3)))  # flat: kept whole
+
+
+def test_a_roll_along_spatial_dims_keeps_channels_prunable():
+    """Swin's shifted windows (torch.roll over H and W) had no row: a barrier for every
+    channel through it (swin_s3_tiny 14/46 groups)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 7)
+    pm, small = prune_and_check(ShiftedWindows(), x)
+    groups = {g.name: g for g in fxprune.channel_groups(pm)}
+    assert groups["stem"].prunable and groups["fc1"].prunable
+    assert not groups["fc2"].prunable and "rolled along a channel dim" in groups["fc2"].reason
+    assert not groups["mid"].prunable and "rolled flat" in groups["mid"].reason
+    assert small.fc1.in_features == small.stem.out_channels < 8

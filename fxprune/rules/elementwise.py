@@ -250,3 +250,26 @@ class MixesDim(ChannelRule):
         if d in labels:
             ctx.untracked(labels[d], self.reason)
         return {k: v for k, v in labels.items() if k != d}
+
+
+class Roll(ChannelRule):
+    """``torch.roll(x, shifts, dims)``: each rolled dim's positions move cyclically (Swin's
+    shifted windows roll H and W); the others keep their channels. Rolled along a channel dim,
+    or flattened (``dims=None``), the positions a channel lands at depend on the count kept:
+    those channels are kept whole."""
+
+    kind = "rolls dims"
+    slices = ()
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        dims = ctx.value(node_arg(ctx.node, 2, "dims", None))
+        if dims is None or dims == ():
+            for ids in labels.values():
+                ctx.untracked(ids, "rolled flat (torch.roll without dims)")
+            return {}
+        dims = {norm_dim(int(d), ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        for d in dims & set(labels):
+            ctx.untracked(labels[d], "rolled along a channel dim")
+        return {k: v for k, v in labels.items() if k not in dims}
