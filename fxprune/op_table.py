@@ -208,6 +208,10 @@ _INSTALLED_ROWS = {
     ("timm.layers.std_conv", "StdConv2dSame"): StandardizedConv(),
     ("timm.layers.std_conv", "ScaledStdConv2d"): StandardizedConv(),
     ("timm.layers.std_conv", "ScaledStdConv2dSame"): StandardizedConv(),
+    # a GroupNorm whose forward is the norm alone (a fused kernel when timm's fast norm is on):
+    # traced through, its F.group_norm had no row (lowformer, shvit)
+    ("timm.layers.norm", "GroupNorm"): GroupNorm(forward_is_norm=True),
+    ("timm.layers.norm", "GroupNorm1"): GroupNorm(forward_is_norm=True),
     # GroupNorm, then dropout and activation, in one module (BiT ResNetV2s)
     ("timm.layers.norm_act", "GroupNormAct"): GroupNormAct(),
     ("timm.layers.norm_act", "GroupNorm1Act"): GroupNormAct(),

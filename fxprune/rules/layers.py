@@ -622,6 +622,11 @@ class GroupNorm(ChannelRule):
     kind = "normalizes over channel groups"
     slices = ("weight", "bias")
 
+    def __init__(self, forward_is_norm: bool = False):
+        #: the module's own forward computes its group norm and nothing else (timm's
+        #: GroupNorm and GroupNorm1, which may call a fused kernel): the masked form stands in
+        self.forward_is_norm = forward_is_norm
+
     def propagate(self, ctx):
         m, name = ctx.module(), ctx.module_name()
         x = ctx.node.args[0]
@@ -643,6 +648,8 @@ class GroupNorm(ChannelRule):
     def why_unmasked(self, ctx) -> str | None:
         """Why the module cannot take this row's masked form (its channels are then kept
         whole), or None."""
+        if self.forward_is_norm and isinstance(ctx.module(), nn.GroupNorm):
+            return None
         return _no_masked_norm(ctx, nn.GroupNorm)
 
     def masked_class(self) -> type:
