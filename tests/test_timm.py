@@ -174,6 +174,24 @@ def test_timm_model_prunes_exactly(name, size, prunable, n_groups, flops_kept):
     gc.collect()
 
 
+def gathered_error_at_every_other_channel(pm) -> float:
+    """Masks every other channel of each group of ``pm`` (in place) and returns gathered
+    execution's error against the masked model."""
+    import numpy as np
+
+    from fxprune.passes.gathered import gathered_module
+    from fxprune.units import UnitIndex
+
+    index = UnitIndex(pm)
+    active = np.zeros(index.n, dtype=bool)
+    for i, g in enumerate(index.groups):
+        active[index.group_slice(i).start + np.arange(0, g.size, 2)] = True
+    index.set_masks(pm, active.astype(np.float32))
+    gathered = gathered_module(pm)
+    gathered.set_active(active)
+    return gathered.check(pm)
+
+
 class SamePadded(torch.nn.Module):
     """timm's layers that pad in their forward as TensorFlow's "SAME" (the tf_ EfficientNets,
     nasnet): strided, depthwise and pooled, at sizes whose pads are uneven."""
@@ -201,13 +219,9 @@ def test_timm_same_padded_layers_are_rows_pruned_exactly_and_costed_as_they_run(
     and its padding arithmetic on the input size stopped torch.fx: the model could not be
     prepared. With rows of their own, prepare, finalize, gathered execution (CUCB) and the
     layers' cost specs (padding as run, for latency tables) agree with the model."""
-    import numpy as np
-
     from fxprune.deploy.layer_onnx import layer_model_bytes
     from fxprune.deploy.onnxruntime_backend import make_session
     from fxprune.deploy.torch_backend import layer_module
-    from fxprune.passes.gathered import gathered_module
-    from fxprune.units import UnitIndex
     from helpers import prune_and_check
 
     torch.manual_seed(0)
@@ -229,14 +243,7 @@ def test_timm_same_padded_layers_are_rows_pruned_exactly_and_costed_as_they_run(
         assert tuple(got.shape) == spec.output_shape, spec.name
     # gathered execution pads as the layer does (it calls the conv with gathered weights)
     pm = fxprune.prepare(model, (x,))
-    index = UnitIndex(pm)
-    active = np.zeros(index.n, dtype=bool)
-    for i, g in enumerate(index.groups):
-        active[index.group_slice(i).start + np.arange(0, g.size, 2)] = True
-    index.set_masks(pm, active.astype(np.float32))
-    gathered = gathered_module(pm)
-    gathered.set_active(active)
-    assert gathered.check(pm) <= 1e-5
+    assert gathered_error_at_every_other_channel(pm) <= 1e-5
 
 
 class WeightStandardized(torch.nn.Module):
@@ -286,10 +293,6 @@ def test_timm_weight_standardized_convs_are_rows_pruned_exactly(dtype):
     row its masked form is the masked GroupNorm, then its activation."""
     import io
 
-    import numpy as np
-
-    from fxprune.passes.gathered import gathered_module
-    from fxprune.units import UnitIndex
     from helpers import prune_and_check
 
     torch.manual_seed(0)
@@ -309,14 +312,7 @@ def test_timm_weight_standardized_convs_are_rows_pruned_exactly(dtype):
     # runs no masked group norm: a model without them)
     model = without_norms(model)
     pm = fxprune.prepare(model, (x,))
-    index = UnitIndex(pm)
-    active = np.zeros(index.n, dtype=bool)
-    for i, g in enumerate(index.groups):
-        active[index.group_slice(i).start + np.arange(0, g.size, 2)] = True
-    index.set_masks(pm, active.astype(np.float32))
-    gathered = gathered_module(pm)
-    gathered.set_active(active)
-    assert gathered.check(pm) <= 1e-5
+    assert gathered_error_at_every_other_channel(pm) <= 1e-5
     buffer = io.BytesIO()
     torch.save(pm, buffer)
     buffer.seek(0)
