@@ -290,8 +290,6 @@ class StandardizedConv(ConvSame):
         zeroing of the other positions passes their gradient as a mask does (SMCP's
         estimator: a masked-out input keeps a Taylor score, computed with the kept inputs'
         statistics, and can come back)."""
-        from fxprune.masks import scale
-
         flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
         if keep is None:
             keep = flat.new_ones(flat.shape[1])
@@ -300,7 +298,14 @@ class StandardizedConv(ConvSame):
         n = (k.sum() * flat.shape[2]).clamp_min(1)
         mean = (flat * k).sum((1, 2), keepdim=True) / n
         var = ((flat - mean).square() * k).sum((1, 2), keepdim=True) / n
-        out = scale((flat - mean) * torch.rsqrt(var + module.eps), k, straight_through=straight_through)
+        rs = torch.rsqrt(var + module.eps)
+        out = (flat - mean) * rs * k
+        if straight_through:
+            # the masked positions' gradient as if kept, on their own weights alone: through
+            # the statistics it would also reach the kept weights, which the forward does not
+            # (break87 #1: their gradient was 1.7x off the finalized layer's)
+            through = (flat - mean.detach()) * rs.detach() * (1 - k)
+            out = out + (through - through.detach())
         if gain is not None:  # ScaledStdConv2d: batch_norm's weight, gain * scale per filter
             out = out * (gain * module.scale).reshape(-1, 1, 1)
         return out.reshape(weight.shape)
