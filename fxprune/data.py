@@ -309,13 +309,16 @@ class BatchLoader:
         return len(self.images)
 
     def fingerprint(self) -> dict:
-        """What tells this split from another: its size and the SHA-256 of its labels (a
-        resumed run compares them, so data moved may resume and other data may not)."""
+        """What tells this split from another: its size and the SHA-256 of its labels and of
+        its images (a resumed run compares them, so data moved may resume and other data may
+        not; break85 F1: other images with the same labels resumed without a word)."""
         import hashlib
 
-        labels = self.labels.detach().cpu().numpy()
-        return {"samples": len(self.images), "labels_sha256": hashlib.sha256(
-            np.ascontiguousarray(labels).tobytes()).hexdigest()}
+        def sha(t: torch.Tensor) -> str:
+            return hashlib.sha256(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes()).hexdigest()
+
+        return {"samples": len(self.images), "labels_sha256": sha(self.labels),
+                "images_sha256": sha(self.images)}
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

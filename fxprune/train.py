@@ -378,14 +378,20 @@ def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> N
     """Refuse a resume on data other than the run's: ``data.root`` may change for the same
     data moved, not for another split (break65 #3: other data trained the next epochs, said as
     a process-count change). ``saved`` is None for checkpoints written before fingerprints."""
-    if saved in (None, current):
+    if saved is None:
+        return
+    # what the checkpoint records (one written before the images' hash has the labels' only)
+    changed = sorted({key for split in ("train", "test") for key, value in saved[split].items()
+                      if current[split].get(key) != value})
+    if not changed:
         return
 
     def sizes(fp):
         return f"{fp['train']['samples']} training / {fp['test']['samples']} test images"
 
     saw, sees = sizes(saved), sizes(current)
-    differ = f"{sees} against {saw}" if saw != sees else f"{sees}, as the run's, other labels"
+    other = " and ".join(k.split("_")[0] for k in changed if k != "samples")
+    differ = f"{sees} against {saw}" if saw != sees else f"{sees}, as the run's, other {other}"
     raise ConfigError(
         f"--resume: the data at data.root ({root or 'the default root'}) is not the run's "
         f"({differ}); point data.root at the data the run trained on, or start a new run "
