@@ -947,6 +947,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"out={json.dumps(args.out)}")
     stop_on_sigterm()
     cfg = None
+    started_ns = time.time_ns()
     try:
         cfg = load_config(args.config, overrides)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -962,8 +963,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         out = Path(cfg["out"]).expanduser() if cfg else None
-        if out is not None and (out / "checkpoint.pt").is_file():
-            saved = f"the last finished epoch is in {out / 'checkpoint.pt'}; continue with --resume"
+        ckpt = out / "checkpoint.pt" if out is not None else None
+        # (a file's time comes from a coarser clock than time_ns: a margin of 50 ms)
+        if (args.overwrite and ckpt is not None and ckpt.is_file()
+                and ckpt.stat().st_mtime_ns < started_ns - 50_000_000):
+            # break85 F2: that checkpoint is the run --overwrite was replacing, whose config
+            # --resume would compare with this command's and refuse
+            saved = (f"no epoch of this run had finished; {ckpt} is still the run it was to "
+                     "replace: run the same command again to start over")
+        elif ckpt is not None and ckpt.is_file():
+            saved = f"the last finished epoch is in {ckpt}; continue with --resume"
         elif out is not None and (out / "checkpoint.prev.pt").is_file():
             # interrupted between a save's two renames: the epoch before is there
             saved = (f"an epoch is in {out / 'checkpoint.prev.pt'}; move it to checkpoint.pt "

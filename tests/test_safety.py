@@ -949,6 +949,40 @@ def test_an_interrupt_between_a_saves_renames_names_the_previous_checkpoint(
     assert capsys.readouterr().err == ""  # rank 0 says it
 
 
+def test_an_interrupted_overwrite_does_not_advise_resuming_the_run_it_replaces(
+        recipe, tmp_path, capsys, monkeypatch):
+    """break85 F2: Ctrl-C during an --overwrite start, before its first epoch, said "continue
+    with --resume" of a checkpoint that was still the old run's: --resume with the new config
+    is refused. An epoch this run saved is still named for --resume."""
+    import os
+    import time
+
+    import fxprune.train as train_module
+
+    out = tmp_path / "run"
+    out.mkdir()
+    old = out / "checkpoint.pt"
+    old.write_bytes(b"the old run")
+    os.utime(old, ns=(1, 1))
+
+    def interrupted(cfg, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert cli_main(["train", str(recipe), "--out", str(out), "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "no epoch of this run had finished" in err and "--resume" not in err, err
+
+    def saved_one(cfg, **kw):
+        time.sleep(0.1)  # an epoch takes longer
+        old.write_bytes(b"epoch 1 of this run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", saved_one)
+    assert cli_main(["train", str(recipe), "--out", str(out), "--overwrite"]) == 130
+    assert "the last finished epoch is in" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_then_resume_is_bit_identical(long_run, tmp_path, sig):
     import signal
