@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                trust_model_file=args.trust_model_file, device=args.device)
     except (DeployError, OSError) as e:  # the message alone: it says what to do
         print(f"fxprune deploy: error: {e}", file=sys.stderr)
-        return 1
+        return 2  # as every fxprune command's errors (argparse's usage errors too)
     except KeyboardInterrupt:
         print(f"fxprune deploy: interrupted; {args.out} holds no report.json of this deploy "
               "(its checked ONNX files stay); run it again to time the model", file=sys.stderr)

@@ -3,6 +3,7 @@ magnitude, finalize, and show the groups and the savings (no training, no data).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -47,20 +48,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-groups", action="store_true", help="also list groups without layers")
 
 
+class _Refused(Exception):
+    """A bad argument or model: its message is the one line printed."""
+
+
 def run(args: argparse.Namespace) -> int:
+    """Exit status 0, or 2 with one line on stderr for a bad argument or model (as every
+    fxprune command)."""
+    try:
+        return _run(args)
+    except _Refused as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     import torchvision
 
     import fxprune
     from .summary import count_flops
 
     if not 0 <= args.fraction < 1:
-        raise SystemExit(f"fxprune demo: --fraction must be in [0, 1), got {args.fraction}")
+        raise _Refused(f"fxprune demo: --fraction must be in [0, 1), got {args.fraction}")
     if args.size < 1:
-        raise SystemExit(f"fxprune demo: --size must be a positive number of pixels, got {args.size}")
+        raise _Refused(f"fxprune demo: --size must be a positive number of pixels, got {args.size}")
     # classification models only: detection/segmentation builders download backbone weights
     names = torchvision.models.list_models(module=torchvision.models)
     if args.model not in names:
-        raise SystemExit(f"fxprune demo: --model {args.model!r} is not a torchvision classification "
+        raise _Refused(f"fxprune demo: --model {args.model!r} is not a torchvision classification "
                          f"model; choose one of {', '.join(names[:6])}, ... "
                          "(torchvision.models.list_models(module=torchvision.models))")
     torch.manual_seed(0)
@@ -73,11 +88,11 @@ def run(args: argparse.Namespace) -> int:
         # --size is the only input the user chose: say that in one line, not prepare's report
         cause = e.__cause__ or e
         first = (str(cause).strip().splitlines() or [""])[0][:200]
-        raise SystemExit(f"fxprune demo: {args.model} does not run on a {args.size}x{args.size} "
+        raise _Refused(f"fxprune demo: {args.model} does not run on a {args.size}x{args.size} "
                          f"input ({type(cause).__name__}: {first}); try --size "
                          f"{trained_size(args.model, model)}") from None
     except fxprune.FxPruneError as e:
-        raise SystemExit(f"fxprune demo: {args.model} at {args.size}x{args.size}: {e}") from None
+        raise _Refused(f"fxprune demo: {args.model} at {args.size}x{args.size}: {e}") from None
     prepared_s = time.perf_counter() - started
     prune_by_magnitude(pm, args.fraction)
     fxprune.summary(pm, all_groups=args.all_groups)

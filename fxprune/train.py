@@ -933,8 +933,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "A method's step counts (prune.warmup, update_every, prune_at, ...) may be "
                      "written in steps (NAME), epochs (NAME_epochs) or as a fraction of "
                      "optim.epochs (NAME_fraction, keeps its shape when the run is shortened). "
-                     "A pruning run that ends above its cost target exits with status 2 unless "
-                     "prune.allow_above_target=true. Data-parallel: torchrun --nproc-per-node N "
+                     "Exit status: 0 done; 2 an error (nothing trained, or a run that failed); 3 "
+                     "a pruning run that ended above its cost target (its files written; 0 with "
+                     "prune.allow_above_target=true); 130 interrupted. Data-parallel: torchrun --nproc-per-node N "
                      "-m fxprune train CONFIG (data.batch_size is the global batch; rank 0 "
                      "writes every file).")
 
@@ -951,6 +952,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except TargetNotReachedError as exc:
+        # trained, and every file written: a status of its own, not a config error's 2
+        # (break85 F3: a job script could not tell a typo from a run that missed its target)
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            print(f"fxprune train: error: {exc}", file=sys.stderr)
+        return 3
     except (FxPruneError, ValueError, OSError) as exc:
         # fxprune's own errors, invalid data files, folders: the message alone, no traceback.
         # Under torchrun every process reads the same config: rank 0 alone reports a config

@@ -521,8 +521,13 @@ def test_a_method_is_not_silently_another():
         get_method("uniform").build(prepared(), target=0.5, allocation="knapsack")
     assert get_method("hard").build(prepared(), target=0.5, masks="hard").masks_kind == "hard"
     with pytest.raises(ValueError, match=r"one-shot pruning sets warmup, update_every itself \(the "
-                                         r"schedule from prune_at and window, masks='hard'\)"):
+                                         r"schedule from prune_at and window, masks='hard', no "
+                                         r"hysteresis: one decision\)"):
         get_method("magnitude").build(prepared(), target=0.5, prune_at=2, warmup=1, update_every=3)
+    # break85 F4: a hysteresis was accepted and changed nothing (every channel is kept before
+    # the one decision)
+    with pytest.raises(ValueError, match=r"one-shot pruning sets hysteresis itself"):
+        get_method("oneshot").build(prepared(), target=0.5, hysteresis=2)
     # break78 M1: a mistyped keyword was a bare TypeError from the constructor
     with pytest.raises(TypeError, match=r"^method 'ccp': 'taget' is not an argument of the method "
                                         r"\(did you mean target\?\); it takes target, cost, "):
@@ -543,7 +548,7 @@ def test_switching_a_recipe_to_one_shot_names_the_keys_it_wrote(tmp_path, capsys
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "prune.method oneshot sets these keys itself: remove prune.warmup_fraction" in err
     assert err.strip().endswith("it sets its arguments warmup, ramp, update_every, freeze_after, "
-                                "masks")
+                                "masks, hysteresis")
     assert "--set '~prune.warmup_fraction'" in err and "--set '~prune.cooldown_fraction'" in err
     assert "masks_epochs" not in err and not (tmp_path / "run").exists()
 

@@ -126,7 +126,7 @@ def test_cli_subprocess_uses_recorded_shape_and_batch(saved, tmp_path):
 
 def test_missing_input_shape_names_the_option(saved, tmp_path, capsys):
     rc = main(["deploy", str(saved / "dense.pt"), "--out", str(tmp_path), *QUICK, *TRUST])
-    assert rc == 1
+    assert rc == 2
     assert "--input-shape" in capsys.readouterr().err
     with pytest.raises(DeployError, match="--input-shape"):
         deploy(small_net(4), tmp_path, backend="onnxruntime")
@@ -505,7 +505,7 @@ def test_pickled_model_is_refused_without_consent_and_runs_nothing(tmp_path, cap
     torch.save({"model": _Payload(marker)}, evil)
     rc = main(["deploy", str(evil), "--out", str(tmp_path / "o"), *QUICK])
     err = capsys.readouterr().err
-    assert rc == 1 and "--trust-model-file" in err and "runs code" in err
+    assert rc == 2 and "--trust-model-file" in err and "runs code" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not marker.exists()  # the payload never ran
     assert not (tmp_path / "o").exists()  # nothing written either
@@ -520,12 +520,12 @@ def test_pickled_model_is_refused_without_consent_and_runs_nothing(tmp_path, cap
 
 def test_compare_file_needs_consent_too(saved, tmp_path, capsys):
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(tmp_path / "o"), *QUICK])
-    assert rc == 1 and "--trust-model-file" in capsys.readouterr().err
+    assert rc == 2 and "--trust-model-file" in capsys.readouterr().err
     onnx_path = tmp_path / "pruned.onnx"
     export_onnx(small_net(8), SHAPE, onnx_path, log=lambda s: None)
     rc = main(["deploy", str(onnx_path), "--compare", str(saved / "dense.pt"),
                "--out", str(tmp_path / "o"), *QUICK])
-    assert rc == 1 and "--trust-model-file" in capsys.readouterr().err
+    assert rc == 2 and "--trust-model-file" in capsys.readouterr().err
 
 
 def test_onnx_file_deploys_without_unpickling(tmp_path):
@@ -653,14 +653,14 @@ def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys, content):
     bad.write_bytes(content)
     rc = main(["deploy", str(bad), "--out", str(tmp_path / "o"), *QUICK])
     err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err and "is not a readable ONNX model" in err
+    assert rc == 2 and "Traceback" not in err and "is not a readable ONNX model" in err
 
 
 def test_wrong_input_shape_shows_the_recorded_one(saved, tmp_path, capsys):
     rc = main(["deploy", str(saved / "pruned.pt"), "--input-shape", "1,1,28", "--out",
                str(tmp_path / "o"), *QUICK, *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err
     assert "input shape (1, 1, 28) does not fit" in err
     assert "records fxprune_input_shape = (1, 3, 16, 16)" in err
 
@@ -670,7 +670,7 @@ def test_out_naming_a_file_is_one_line_and_file_untouched(saved, tmp_path, capsy
     target.write_bytes(b"mine\n")
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(target), *QUICK, *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
     assert target.read_bytes() == b"mine\n"
 
 
@@ -679,7 +679,7 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"my own model")
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(folder), *QUICK, *TRUST])
-    assert rc == 1 and "did not record writing" in capsys.readouterr().err
+    assert rc == 2 and "did not record writing" in capsys.readouterr().err
     assert (folder / "model.onnx").read_bytes() == b"my own model"
     # a folder of an earlier deploy is fxprune's own: deploying again there works
     again = tmp_path / "again"
@@ -691,7 +691,7 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     (again / "dense.onnx").write_bytes(b"my own dense export")
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(again), "--compare",
                str(saved / "dense.pt"), *QUICK, *TRUST])
-    assert rc == 1 and "holds dense.onnx that fxprune deploy did not record writing" in capsys.readouterr().err
+    assert rc == 2 and "holds dense.onnx that fxprune deploy did not record writing" in capsys.readouterr().err
     assert (again / "dense.onnx").read_bytes() == b"my own dense export"
     (again / "dense.onnx").unlink()
     # break62 #5: a deploy folder copied without its times (cp -r, scp -r) is still deploy's:
@@ -702,21 +702,21 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(copied), *QUICK, *TRUST]) == 0
     text = (copied / "report.json").read_text()
     (copied / "report.json").write_text(text.replace("1", "2", 1))
-    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(copied), *QUICK, *TRUST]) == 1
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(copied), *QUICK, *TRUST]) == 2
     assert "holds report.json that fxprune deploy did not record" in capsys.readouterr().err
     # break62 #6: MODEL inside --out, under a name deploy writes: said so, not "delete it"
     own = tmp_path / "own"
     own.mkdir()
     (own / "model.onnx").write_bytes((again / "model.onnx").read_bytes())
-    assert main(["deploy", str(own / "model.onnx"), "--out", str(own), *QUICK]) == 1
+    assert main(["deploy", str(own / "model.onnx"), "--out", str(own), *QUICK]) == 2
     assert (f"MODEL {own / 'model.onnx'} is inside --out {own}, where deploy writes model.onnx; "
             "choose another --out") in capsys.readouterr().err
     (again / "report.json").write_text("{}")  # one of deploy's files, changed since
-    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 2
     assert "holds report.json" in capsys.readouterr().err
     # an older fxprune's text marker recorded nothing: refused, saying so
     (again / ".fxprune-deploy").write_text("fxprune deploy writes here: model.onnx, report.json\n")
-    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 1
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 2
     assert "its marker records no files: an older fxprune" in capsys.readouterr().err
     # a marker that is a link or a folder is not deploy's: nothing is written through it
     outside = tmp_path / "outside.txt"
@@ -724,19 +724,19 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / ".fxprune-deploy").symlink_to(outside)
-    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 1
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 2
     assert "which is not a file fxprune deploy wrote" in capsys.readouterr().err
     assert outside.read_text() == "mine" and os.listdir(linked) == [".fxprune-deploy"]
     (linked / ".fxprune-deploy").unlink()
     os.link(outside, linked / ".fxprune-deploy")  # a hard link is written through as well
-    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 1
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(linked), *QUICK, *TRUST]) == 2
     assert "with other hard links" in capsys.readouterr().err and outside.read_text() == "mine"
     # break25 #12: a file of the user's named like the marker was taken for an older marker
     # and replaced by deploy's
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / ".fxprune-deploy").write_text("my notes")
-    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(notes), *QUICK, *TRUST]) == 1
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(notes), *QUICK, *TRUST]) == 2
     assert "holds a .fxprune-deploy that fxprune deploy did not write" in capsys.readouterr().err
     assert os.listdir(notes) == [".fxprune-deploy"]
     assert (notes / ".fxprune-deploy").read_text() == "my notes"
@@ -750,7 +750,7 @@ def test_a_deploys_dense_export_deployed_back_into_its_folder_says_what_it_would
     assert main(["deploy", str(saved / "pruned.pt"), "--compare", str(saved / "dense.pt"),
                  "--out", str(out), *QUICK, *TRUST]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".onnx"}
-    assert main(["deploy", str(out / "dense.onnx"), "--out", str(out), *QUICK]) == 1
+    assert main(["deploy", str(out / "dense.onnx"), "--out", str(out), *QUICK]) == 2
     err = capsys.readouterr().err
     assert "is the dense model of the deploy in" in err and "would replace that deploy's model.onnx" in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".onnx"} == before
@@ -916,7 +916,7 @@ def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, v
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
                flag, value, *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and phrase in err and len(err.strip().splitlines()) == 1, err
+    assert rc == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()  # nothing exported, no folder made
 
 
@@ -1058,7 +1058,7 @@ def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, caps
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
                "--backend", "torch", "--device", "cuda", *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and "--device cuda: torch sees no CUDA device" in err, err
+    assert rc == 2 and "--device cuda: torch sees no CUDA device" in err, err
     assert not out.exists()
 
 
@@ -1071,7 +1071,7 @@ def test_device_that_would_be_ignored_or_is_not_a_device_is_refused(saved, tmp_p
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
                *extra, *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and phrase in err, err
+    assert rc == 2 and phrase in err, err
     assert not out.exists()
 
 
@@ -1085,13 +1085,13 @@ def test_a_given_file_this_deploy_would_overwrite_is_refused(saved, tmp_path, ca
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(d), "--compare",
                str(d / "model.onnx"), *QUICK, *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and "is the model.onnx this deploy writes" in err, err
+    assert rc == 2 and "is the model.onnx this deploy writes" in err, err
     assert (d / "model.onnx").read_bytes() == dense_onnx
     link = tmp_path / "link"  # the same folder under another name
     link.symlink_to(d, target_is_directory=True)
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(link), "--compare",
                str(d / "model.onnx"), *QUICK, *TRUST])
-    assert rc == 1 and "this deploy writes" in capsys.readouterr().err
+    assert rc == 2 and "this deploy writes" in capsys.readouterr().err
     assert (d / "model.onnx").read_bytes() == dense_onnx
     # a file at its own destination is used in place: MODEL d/model.onnx works
     assert main(["deploy", str(d / "model.onnx"), "--out", str(d), *QUICK]) == 0
@@ -1122,7 +1122,7 @@ def test_an_onnx_file_with_fixed_dims_at_another_shape_is_one_line(tmp_path, cap
     out = tmp_path / "o"
     rc = main(["deploy", str(fixed), "--out", str(out), "--batch", "4", *QUICK])
     err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "input shape (4, 3, 16, 16) does not fit" in err and "(1, 3, 16, 16)" in err
     assert not out.exists()  # refused before anything is written
 
@@ -1136,7 +1136,7 @@ def test_tensorrt_only_flags_are_not_silently_ignored(saved, tmp_path, capsys, e
     out = tmp_path / "out"
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *extra, *QUICK, *TRUST])
     err = capsys.readouterr().err
-    assert rc == 1 and phrase in err and len(err.strip().splitlines()) == 1, err
+    assert rc == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
@@ -1344,7 +1344,7 @@ def test_a_failed_or_stopped_redeploy_leaves_no_report_of_other_files(saved, tmp
     capsys.readouterr()
     # the check fails: the file that failed it is removed, and the old report with it
     assert main(["deploy", str(saved / "dense.pt"), "--out", str(out), "--input-shape",
-                 "1,3,16,16", "--atol", "0", "--rtol", "0", *QUICK, *TRUST]) == 1
+                 "1,3,16,16", "--atol", "0", "--rtol", "0", *QUICK, *TRUST]) == 2
     assert "ONNX" in capsys.readouterr().err
     # (break77 F6: the first deploy's dense.onnx stayed, beside a report not of it)
     assert sorted(os.listdir(out)) == [".fxprune-deploy"]
@@ -1378,14 +1378,14 @@ def test_a_deploy_into_a_folder_another_run_writes_is_refused(saved, tmp_path, c
         """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 1
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 2
         err = capsys.readouterr().err
         assert f"--out {out} is in use: another fxprune deploy or train is writing there" in err
         assert os.listdir(out) == []
         # break69 F1: the running deploy's model.onnx, not yet in its marker, was called not
         # deploy's, and the user told to delete it; in use is said first
         (out / "model.onnx").write_bytes(b"being written")
-        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 1
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 2
         err = capsys.readouterr().err
         assert "is in use: another fxprune deploy" in err and "delete" not in err, err
         assert (out / "model.onnx").read_bytes() == b"being written"
@@ -1408,7 +1408,7 @@ def test_an_empty_out_or_an_unsupported_torch_device_is_refused_before_any_work(
     model had been exported and checked, leaving model.onnx in --out."""
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
     assert main(["deploy", str(saved / "pruned.pt"), *args, "--iters", "2", "--warmup", "0",
-                 "--no-progress", *TRUST]) == 1
+                 "--no-progress", *TRUST]) == 2
     err = capsys.readouterr().err
     assert phrase in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
@@ -1426,7 +1426,7 @@ def test_an_exported_program_or_an_onnx_file_under_another_name_is_named(tmp_pat
                        ("m.pt", "is an ONNX file under another name: name it .onnx")]:
         for trust in ([], TRUST):
             assert main(["deploy", str(tmp_path / name), "--out", str(tmp_path / "out"),
-                         "--input-shape", "1,3,16,16", *QUICK, *trust]) == 1
+                         "--input-shape", "1,3,16,16", *QUICK, *trust]) == 2
             err = capsys.readouterr().err
             assert said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()

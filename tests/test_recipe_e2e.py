@@ -45,7 +45,7 @@ def test_quick_recipe_prunes_and_deploys(tmp_path):
     out = tmp_path / "deploy"
     # the run's own model file is a pickle: deploying it is an explicit choice
     assert cli_main(["deploy", str(model_path), "--out", str(out), "--backend", "onnxruntime",
-                     "--iters", "20", "--warmup", "3", "--no-progress"]) == 1
+                     "--iters", "20", "--warmup", "3", "--no-progress"]) == 2
     assert cli_main(["deploy", str(model_path), "--out", str(out), "--backend", "onnxruntime",
                      "--iters", "20", "--warmup", "3", "--no-progress",
                      "--trust-model-file"]) == 0

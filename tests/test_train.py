@@ -315,28 +315,28 @@ def test_resume_refuses_epochs_below_the_checkpoint_and_another_format(recipe, t
                      "--out", str(out)]) == 2
     assert "is checkpoint format 99, and this fxprune reads format 2" in capsys.readouterr().err
     # deploy pointed at the checkpoint names the model files of the run (break35 #6)
-    assert cli_main(["deploy", str(out / "checkpoint.pt"), "--out", str(tmp_path / "d")]) == 1
+    assert cli_main(["deploy", str(out / "checkpoint.pt"), "--out", str(tmp_path / "d")]) == 2
     assert "a fxprune train checkpoint: deploy the model_pruned.pt" in capsys.readouterr().err
     for given in (out, out / "x.onnx"):  # a folder is not "a file that does not exist"
         (out / "x.onnx").mkdir(exist_ok=True)
-        assert cli_main(["deploy", str(given), "--out", str(tmp_path / "d")]) == 1
+        assert cli_main(["deploy", str(given), "--out", str(tmp_path / "d")]) == 2
         assert "is a folder" in capsys.readouterr().err
-    assert cli_main(["deploy", str(out), "--out", str(tmp_path / "d")]) == 1
+    assert cli_main(["deploy", str(out), "--out", str(tmp_path / "d")]) == 2
     # break44 #6: the file named is one the run holds (this dense run: model_dense.pt)
     assert (f"is a folder, a fxprune train run: pass the model file in it "
             f"({out / 'model_dense.pt'}") in capsys.readouterr().err
     # break38 #8: the folder given as --compare is named so, with the dense model's file, and
     # a folder that is no run is not told to pick a file "in it"
     assert cli_main(["deploy", str(out / "model_dense.pt"), "--trust-model-file", "--compare",
-                     str(out), "--out", str(tmp_path / "d")]) == 1
+                     str(out), "--out", str(tmp_path / "d")]) == 2
     assert f"--compare '{out}' is a folder, a fxprune train run: pass the model file in it " \
            f"({out / 'model_dense.pt'}" in capsys.readouterr().err
     (out / "model_dense.pt").rename(tmp_path / "dense.pt")  # as a pruning run holds none
     assert cli_main(["deploy", str(tmp_path / "dense.pt"), "--trust-model-file", "--compare",
-                     str(out), "--out", str(tmp_path / "d")]) == 1
+                     str(out), "--out", str(tmp_path / "d")]) == 2
     assert "a fxprune train run that holds no model_dense.pt: pass a model_dense.pt (a dense " \
            "run's, prune.method none)" in capsys.readouterr().err
-    assert cli_main(["deploy", str(out / "x.onnx"), "--out", str(tmp_path / "d")]) == 1
+    assert cli_main(["deploy", str(out / "x.onnx"), "--out", str(tmp_path / "d")]) == 2
     assert "is a folder: pass a model file (a torch.save of the module" in capsys.readouterr().err
 
 

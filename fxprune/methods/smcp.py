@@ -401,15 +401,19 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
     clash = [k for k in one_shot.sets_itself if k in kwargs]
     if clash:
         raise ValueError(f"one-shot pruning sets {', '.join(clash)} itself (the schedule from "
-                         f"prune_at and window, masks='hard'); remove {', '.join(clash)}")
+                         f"prune_at and window, masks='hard', no hysteresis: one decision); "
+                         f"remove {', '.join(clash)}")
     check_number("prune_at (the optimizer step, from 1, of the pruning)", prune_at, 1, integer=True)
     check_number("window", window, 1, integer=True)
     window = min(int(window), int(prune_at))
+    # hysteresis favours the channels kept before an update: at the one update all are
     return SMCP(prepared, target, cost, warmup=int(prune_at) - window, ramp=0, update_every=window,
-                freeze_after=int(prune_at), masks="hard", importance=importance, **kwargs)
+                freeze_after=int(prune_at), masks="hard", hysteresis=0.0, importance=importance,
+                **kwargs)
 
 
-#: SMCP's arguments one_shot sets; a recipe is told which of its keys to drop
-one_shot.sets_itself = ("warmup", "ramp", "update_every", "freeze_after", "masks")
+#: SMCP's arguments one_shot sets; a recipe is told which of its keys to drop (break85 F4:
+#: a hysteresis given was accepted and changed nothing)
+one_shot.sets_itself = ("warmup", "ramp", "update_every", "freeze_after", "masks", "hysteresis")
 #: where one_shot's other keywords go: a recipe's prune keys are checked against SMCP's
 one_shot.forwards_kwargs_to = SMCP
