@@ -257,10 +257,7 @@ def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks)
     # Statistics in float32 (in bfloat16 a sum over hundreds of channels loses most of its
     # digits); the result in the dtype F.layer_norm gives: float32 under CUDA autocast (an fp32
     # op there), the autocast dtype under CPU autocast, else the input's.
-    out_dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
-        out_dtype = (torch.float32 if x.device.type == "cuda"
-                     else torch.get_autocast_dtype(x.device.type))
+    out_dtype = _autocast_out_dtype(x)
     if x.element_size() < 4:
         x = x.float()
     with torch.autocast(x.device.type, enabled=False):
@@ -319,10 +316,32 @@ def layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks
     return y
 
 
+def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype torch's own norms give ``x``: float32 under CUDA autocast (an fp32 op there),
+    the autocast dtype under CPU autocast, else the input's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.float32 if x.device.type == "cuda" else torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def masked_group_norm(x, num_groups, weight, bias, eps, mask):
-    """``F.group_norm`` whose per-group statistics count only channels with a nonzero mask."""
+    """``F.group_norm`` whose per-group statistics count only channels with a nonzero mask.
+    Computed in float32 for a float16/bfloat16 input, as torch's norm accumulates (break87
+    #2: the squared deviations summed in float16 overflowed to NaN at activations near 300)."""
     if _all_ones((mask,)):
         return F.group_norm(x, num_groups, weight, bias, eps)
+    out_dtype = _autocast_out_dtype(x)
+    if x.element_size() < 4:
+        x = x.float()
+    with torch.autocast(x.device.type, enabled=False):
+        if weight is not None:
+            weight = weight.to(x.dtype)
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        return _masked_group_norm(x, num_groups, weight, bias, eps, mask).to(out_dtype)
+
+
+def _masked_group_norm(x, num_groups, weight, bias, eps, mask):
     n, c = x.shape[:2]
     xg = x.reshape(n, num_groups, c // num_groups, -1)
     w = mask.to(x.dtype).view(1, num_groups, c // num_groups, 1).expand(1, -1, -1, xg.shape[-1])

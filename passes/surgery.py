@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -333,6 +334,10 @@ def run_eval(model: nn.Module, inputs: tuple):
             m.training = training
 
 
+#: finalize's check of a float16/bfloat16 model on float32 copies (:func:`verify`)
+_FLOAT32_RTOL = 1e-4
+
+
 def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
     forget_all_ones(prepared.get_submodule(state_of(prepared).mask_owner).buffers())
     expected = run_eval(prepared, inputs)
@@ -363,6 +368,23 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
                 "between two runs), so the pruned model cannot be checked against it: a random op "
                 "ignores eval mode (F.dropout(x, p) without training=self.training, torch.rand in "
                 "forward); make it follow self.training, or pass finalize(..., check=False)")
+        low = model_device_dtype(prepared)[1]
+        if low in (torch.float16, torch.bfloat16):
+            # a deep model rounds in 16 bits as much as its dense self does (break87 #2: BiT
+            # in bfloat16 was 0.15 off float64, and the masked and pruned models 0.13 apart):
+            # the surgery is judged on float32 copies of both
+            err32 = max_relative_error(
+                run_eval(copy_model(prepared, when="finalize's float32 check").float(), inputs),
+                run_eval(copy_model(pruned, when="finalize's float32 check").float(), inputs))
+            if err32 <= min(rtol, _FLOAT32_RTOL):
+                warnings.warn(
+                    f"finalize: in {str(low).replace('torch.', '')} the pruned model's output "
+                    f"differs from the masked model's by {err:.3g} (relative; above {rtol:g}), "
+                    f"as 16-bit rounding makes it: in float32 the two agree to {err32:.2g}. The "
+                    "pruned model is right; compare the dense model in the same precision with "
+                    "its float32 self to see what that precision costs this model",
+                    RuntimeWarning, stacklevel=3)
+                return err
         raise SurgeryError(
             f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "
             f"allowed {rtol:g}). " + (hooks or "This is a bug in fxprune or in a custom rule: please "

@@ -14,6 +14,7 @@ import gc
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
@@ -375,3 +376,35 @@ def test_timm_group_norms_whose_forward_is_the_norm_are_rows():
     layers = dict(small.named_modules())
     assert layers["1"].num_groups == 4 and layers["1"].num_channels == layers["0"].out_channels < 8
     assert layers["4"].num_groups == 1 and layers["4"].num_channels == layers["3"].out_channels < 6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_weight_standardized_and_group_normed_models_prune_in_16_bits(dtype):
+    """break87 #2: the masked group norm summed squared deviations in float16, which overflowed
+    to NaN at activations near 300 (the new rows route BiT's norms into it); and a deep model's
+    16-bit rounding (BiT in bfloat16: 0.15 off float64, dense) made finalize blame the
+    surgery. Statistics are float32 now, and a 16-bit model's surgery is judged on float32
+    copies when its own outputs differ beyond the tolerance (a warning says so)."""
+    import warnings
+
+    from fxprune.masks import masked_group_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 5) * 300
+    mask = torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 1])
+    got = masked_group_norm(x.to(dtype), 2, None, None, 1e-5, mask.to(dtype))
+    kept = mask.bool()
+    # group 0 keeps channels 0, 2; group 1 keeps 4, 5, 7: each group's statistics its own
+    want = torch.cat([F.group_norm(x[:, [0, 2]], 1), F.group_norm(x[:, [4, 5, 7]], 1)], 1)
+    assert got.dtype == dtype and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got[:, kept].float(), want, rtol=0.02, atol=0.02)
+
+    model = WeightStandardized().to(dtype).eval()
+    example = torch.randn(2, 3, 31, 30, dtype=dtype)
+    pm = fxprune.prepare(model, (example,))
+    random_masks(pm, 0.5, seed=0)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        small = fxprune.finalize(pm, rtol=1e-6)  # 16-bit rounding alone is above it
+    assert any("as 16-bit rounding makes it: in float32 the two agree" in str(w.message) for w in said)
+    assert next(small.parameters()).dtype == dtype

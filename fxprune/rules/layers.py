@@ -290,7 +290,11 @@ class StandardizedConv(ConvSame):
         zeroing of the other positions passes their gradient as a mask does (SMCP's
         estimator: a masked-out input keeps a Taylor score, computed with the kept inputs'
         statistics, and can come back)."""
+        dtype = weight.dtype
+        # statistics in float32 for a float16/bfloat16 weight, as F.batch_norm accumulates
         flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
+        if flat.element_size() < 4:
+            flat = flat.float()
         if keep is None:
             keep = flat.new_ones(flat.shape[1])
         k = keep.to(flat.dtype).view(1, -1, 1)
@@ -307,8 +311,8 @@ class StandardizedConv(ConvSame):
             through = (flat - mean.detach()) * rs.detach() * (1 - k)
             out = out + (through - through.detach())
         if gain is not None:  # ScaledStdConv2d: batch_norm's weight, gain * scale per filter
-            out = out * (gain * module.scale).reshape(-1, 1, 1)
-        return out.reshape(weight.shape)
+            out = out * (gain.to(out.dtype) * module.scale).reshape(-1, 1, 1)
+        return out.reshape(weight.shape).to(dtype)
 
     def pad_input(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return super().pad_input(module, x) if getattr(module, "same_pad", False) else x
