@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import FxPruneError
 from .masks import MethodHook
 from .units import ConsumerWeight
 
@@ -274,6 +275,7 @@ class InputTaps:
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         self.n, self.loss_reduction, self.enabled = n, loss_reduction, True
         self.forwards = 0  # forwards of the model so far: which micro-batch a gradient is from
+        self.batch: int | None = None  # the samples of the latest forward
         self.grad_scale: float | None = None
         self.loss_scale: float | None = None  # an AMP loss scale over the micro-batches' 1/k
         self.pending: dict[int, torch.Tensor] = {}  # per forward, its (N, n) terms
@@ -305,6 +307,7 @@ class InputTaps:
             x = args[0]
             if not (self.enabled and torch.is_grad_enabled() and x.is_floating_point()):
                 return None
+            batch = self.batch
             # an input that needs no gradient (a frozen stem's output) gets a leaf that does:
             # dL/dA through this reader is what the terms are made of
             alias = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
@@ -322,13 +325,24 @@ class InputTaps:
                     dim = channel_dim % prod.ndim
                     others = tuple(d for d in range(1, prod.ndim) if d != dim)
                     per = prod.sum(dim=others) if others else prod  # (N, C_in)
+                    if batch and per.shape[0] != batch:
+                        # samples folded with other rows into the leading dim (Swin's windows:
+                        # B * windows tokens-sets, break87 #3): each sample's rows summed,
+                        # the batch outermost as a view/reshape of (B, ...) leaves it
+                        if per.shape[0] % batch:
+                            raise FxPruneError(
+                                f"CCP: a layer reading pruned channels gets {per.shape[0]} rows "
+                                f"per batch of {batch} samples, not a multiple, so its "
+                                "per-sample terms cannot be told apart; use SMCP or CUCB "
+                                "for this model")
+                        per = per.reshape(batch, -1, per.shape[1]).sum(1)
                     flat, valid = indices(per.device)
                     if per.shape[1] != valid.numel():
                         # a grouped conv's weight reads C_in / groups positions, each standing
                         # for one channel of every group (channel c is position c % positions)
                         per = per.reshape(per.shape[0], -1, valid.numel()).sum(1)
                     if self.loss_reduction == "mean":
-                        per = per * prod.shape[0]
+                        per = per * per.shape[0]
                     t = per.new_zeros(per.shape[0], self.n)
                     t.index_add_(1, flat, per[:, valid])
                     self.last_backward = max(self.last_backward, forward)
@@ -343,6 +357,10 @@ class InputTaps:
 
     def _count_forward(self, module, args):
         self.forwards += 1
+        # the samples of this forward (the model's first input's leading dim), which a layer
+        # that folds other rows into its leading dim (windows) is summed back to
+        first = args[0] if args else None
+        self.batch = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else None
         return None
 
     def take(self) -> torch.Tensor | None:

@@ -152,6 +152,41 @@ def test_per_sample_terms_match_per_sample_autograd():
         np.testing.assert_allclose(t[n].numpy(), (h * h.grad)[0].detach().numpy(), rtol=1e-10, atol=1e-14)
 
 
+class Windowed(nn.Module):
+    """Swin's layout: a channels-last stream split into windows, (B * windows, tokens, C), read
+    by a linear there, and whole, (B, H * W, C), by another."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.attn, self.mlp, self.head = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.stem(x).permute(0, 2, 3, 1)  # B, H, W, C
+        b, h, w, c = y.shape
+        win = y.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
+        out = self.attn(win).view(b, h // 2, w // 2, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
+        y = y + torch.relu(out.reshape(b, h, w, c))
+        y = y + torch.relu(self.mlp(y.reshape(b, h * w, c))).view(b, h, w, c)
+        return self.head(y.mean((1, 2)))
+
+
+def test_per_sample_terms_of_a_layer_that_folds_windows_into_the_batch_dim():
+    """break87 #3: a layer reading (B * windows, tokens, C) gave B * windows rows of terms
+    beside the other layers' B, and CCP crashed inside loss.backward() on Swin (its stream
+    prunable since the roll row). Each sample's windows are summed back to its row: the terms
+    of a batch are those of its samples run one by one."""
+    torch.manual_seed(0)
+    model = Windowed().double()
+    x = torch.randn(3, 3, 4, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (3,))
+    index, t = batch_terms(model, x, y)
+    assert t.shape == (3, index.n)
+    for n in range(3):
+        _, alone = batch_terms(model, x[n:n + 1], y[n:n + 1])
+        np.testing.assert_allclose(t[n].numpy(), alone[0].numpy(), rtol=1e-9, atol=1e-14)
+
+
 def tapped_mlp(n: int, loss_reduction: str = "mean"):
     """A prepared float64 MLP with InputTaps on it, and a batch of ``n`` samples."""
     torch.manual_seed(0)
