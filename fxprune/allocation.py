@@ -20,9 +20,10 @@ Pricing (``Budget.subset_costs``) holds every other group at its current width, 
 only near the answer; :func:`allocate` re-prices around its answer and solves again (at most
 ``max_resolves`` times), then :func:`repair` walks single option steps with *exact* costs:
 drops the least valuable step per cost saved while over the budget, then adds the most valuable
-step per cost that still fits. With at most :data:`EXHAUSTIVE_MAX` combinations of
-options (a small model), every one is tried. Beyond, where that leaves over 1% of the dense
-cost unused (coarse options), the earlier answers are repaired too and :func:`trade_steps`
+step per cost that still fits. With at most :data:`EXHAUSTIVE_ALWAYS` combinations of
+options, every one is tried. Where that leaves over 1% of the dense cost unused (coarse
+options on a small model), every combination is tried when there are at most
+:data:`EXHAUSTIVE_MAX`, else the earlier answers are repaired too and :func:`trade_steps`
 trades a step up in one group for steps down in others. The result always fits (or
 :class:`InfeasibleBudget` is raised).
 """
@@ -171,12 +172,10 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
              resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6, hint: str = "") -> Allocation:
     """One option per group with real cost <= ``target`` x dense and a summed value as high as
     the search finds: re-priced knapsack solves, then :func:`repair`; then every combination
-    where there are at most :data:`EXHAUSTIVE_MAX` (the optimum), else, where over 1% of the
-    budget is left, the earlier answers repaired and :func:`trade_steps`. Beyond
-    :data:`EXHAUSTIVE_MAX` a heuristic, not always the optimum: on a 7-layer chain, up to 5%
-    of the value short of trying every combination (break28 #5); on 100 random 3-4-conv
-    chains, worst 2.3% short (break86 #2's sweep, session 28; 16.6% before every combination
-    up to :data:`EXHAUSTIVE_MAX` was tried in any case).
+    where there are at most :data:`EXHAUSTIVE_ALWAYS` (the optimum), else, where over 1% of the
+    budget is left, every combination (at most :data:`EXHAUSTIVE_MAX`) or :func:`trade_steps`.
+    Beyond that a heuristic, not always the optimum: on a 7-layer chain, up to 5% of the value
+    short of trying every combination (break28 #5).
 
     ``current``: bool per flat channel, the widths the first pricing holds the other groups at.
     Raises :class:`InfeasibleBudget` (with ``hint`` appended) when even the cheapest options
@@ -202,12 +201,10 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
         current = kept
     choice = repair(answers[-1], options, budget, limit, target, hint)
     combinations = math.prod(len(o.counts) for o in options)
-    if combinations <= EXHAUSTIVE_MAX:
+    if combinations <= EXHAUSTIVE_ALWAYS:
         # few enough to try them all whatever room is left: repair's single steps can stop
         # within 1% of the budget far from the best (break67 #2: 13.7% of the value short, on
-        # a two-group chain of 128 combinations; break86 #2: 16.6%, a 4-conv chain of 1680
-        # whose last group, read by a cheap head alone, was priced as almost free). Only small
-        # models have so few, and their exact pricing is cheap.
+        # a two-group chain of 128 combinations)
         choice = _exhaustive(options, budget, limit) or choice
     elif limit - budget.total(kept_from(offsets, options, choice)) > _UNUSED * budget.dense:
         # Much of the budget left: single steps stop where one wide group's step costs more
@@ -215,11 +212,14 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
         # around one answer can send the next solve back to an earlier one. Each answer, made
         # to fit, is a candidate, then trades of one step up for steps down elsewhere (break22
         # #3). Real models' answers land within a hair of the target and skip this.
-        for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
-            other = repair(other, options, budget, limit, target, hint)
-            if _value(options, other) > _value(options, choice):
-                choice = other
-        choice = trade_steps(choice, options, budget, limit)
+        if combinations <= EXHAUSTIVE_MAX:
+            choice = _exhaustive(options, budget, limit) or choice
+        else:
+            for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
+                other = repair(other, options, budget, limit, target, hint)
+                if _value(options, other) > _value(options, choice):
+                    choice = other
+            choice = trade_steps(choice, options, budget, limit)
     kept = kept_from(offsets, options, choice)
     return Allocation(kept, choice, first[0], first[1], budget.fraction(kept), attempt)
 
@@ -228,9 +228,11 @@ def _value(options: list[GroupOptions], choice) -> float:
     return sum(float(o.values[c]) for o, c in zip(options, choice))
 
 
-#: option combinations up to which :func:`allocate` tries them all (each is one exact pricing
-#: of the model, at every mask update: only a model of few groups has so few)
+#: option combinations up to which :func:`allocate`'s further search tries them all
 EXHAUSTIVE_MAX = 4096
+#: option combinations up to which :func:`allocate` tries them all in any case (each is one
+#: exact pricing of the model, at every mask update)
+EXHAUSTIVE_ALWAYS = 256
 
 
 def _exhaustive(options: list[GroupOptions], budget: Budget, limit: float) -> list[int] | None:
