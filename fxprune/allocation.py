@@ -175,7 +175,11 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
     where there are at most :data:`EXHAUSTIVE_ALWAYS` (the optimum), else, where over 1% of the
     budget is left, every combination (at most :data:`EXHAUSTIVE_MAX`) or :func:`trade_steps`.
     Beyond that a heuristic, not always the optimum: on a 7-layer chain, up to 5% of the value
-    short of trying every combination (break28 #5).
+    short of trying every combination (break28 #5); on random 3-4-conv chains of 257-20,000
+    combinations, 3 of 100 more than 1% short and up to 16.6% (break86 #2: the last group, read
+    by a cheap head alone, priced as almost free with the others held). Trying every
+    combination up to :data:`EXHAUSTIVE_MAX` in any case fixed that, but cost seconds per
+    update on deep models of few groups and changed CCP's budget filling (session 28).
 
     ``current``: bool per flat channel, the widths the first pricing holds the other groups at.
     Raises :class:`InfeasibleBudget` (with ``hint`` appended) when even the cheapest options
