@@ -282,7 +282,8 @@ class InputTaps:
         #: the last forward tapped, and the last whose gradients arrived: a tapped forward
         #: whose backward has not run yet holds the masks in its graph (see CCP.prune)
         self.last_tapped, self.last_backward = 0, 0
-        self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward))]
+        self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward),
+                                                           with_kwargs=True)]
         seen = set()
         for c in consumers:
             if c.module in seen:
@@ -292,9 +293,9 @@ class InputTaps:
             channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
             # a MethodHook: copies and pickles of the model do not carry the taps
             self.handles.append(module.register_forward_pre_hook(
-                MethodHook(self._pre_hook(c.in_flat, channel_dim))))
+                MethodHook(self._pre_hook(c.in_flat, channel_dim, c.module))))
 
-    def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int):
+    def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int, name: str):
         valid_cpu = in_flat >= 0
         per_device: dict = {}  # index tensors on the activations' device, made once
 
@@ -326,16 +327,17 @@ class InputTaps:
                     others = tuple(d for d in range(1, prod.ndim) if d != dim)
                     per = prod.sum(dim=others) if others else prod  # (N, C_in)
                     if batch and per.shape[0] != batch:
-                        # samples folded with other rows into the leading dim (Swin's windows:
-                        # B * windows tokens-sets, break87 #3): each sample's rows summed,
-                        # the batch outermost as a view/reshape of (B, ...) leaves it
-                        if per.shape[0] % batch:
-                            raise FxPruneError(
-                                f"CCP: a layer reading pruned channels gets {per.shape[0]} rows "
-                                f"per batch of {batch} samples, not a multiple, so its "
-                                "per-sample terms cannot be told apart; use SMCP or CUCB "
-                                "for this model")
-                        per = per.reshape(batch, -1, per.shape[1]).sum(1)
+                        # rows that are not one per sample: windows folded into the leading
+                        # dim (Swin: B * windows, break87 #3), views concatenated along it, a
+                        # table every sample shares (swinv2's position-bias MLP, break88 F4).
+                        # Which rows are whose cannot be read off the shapes (summing adjacent
+                        # rows was wrong for a concatenation, break88 F1b): refused by name,
+                        # where the terms of other shapes crashed the backward
+                        raise FxPruneError(
+                            f"CCP: `{name}` reads pruned channels in {per.shape[0]} rows for a "
+                            f"batch of {batch} samples (windows or views folded into the batch "
+                            "dim, or an input every sample shares), so its per-sample terms "
+                            "cannot be formed; use SMCP or CUCB for this model")
                     flat, valid = indices(per.device)
                     if per.shape[1] != valid.numel():
                         # a grouped conv's weight reads C_in / groups positions, each standing
@@ -355,12 +357,13 @@ class InputTaps:
 
         return pre
 
-    def _count_forward(self, module, args):
+    def _count_forward(self, module, args, kwargs):
         self.forwards += 1
-        # the samples of this forward (the model's first input's leading dim), which a layer
-        # that folds other rows into its leading dim (windows) is summed back to
-        first = args[0] if args else None
-        self.batch = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else None
+        # the samples of this forward, which every tapped layer must read one row each of:
+        # the largest leading dim of the model's tensor inputs, positional or keyword
+        dims = [t.shape[0] for t in (*args, *kwargs.values())
+                if isinstance(t, torch.Tensor) and t.ndim]
+        self.batch = max(dims) if dims else None
         return None
 
     def take(self) -> torch.Tensor | None:

@@ -171,20 +171,48 @@ class Windowed(nn.Module):
         return self.head(y.mean((1, 2)))
 
 
-def test_per_sample_terms_of_a_layer_that_folds_windows_into_the_batch_dim():
+def test_ccp_refuses_by_name_a_layer_whose_rows_are_not_one_per_sample():
     """break87 #3: a layer reading (B * windows, tokens, C) gave B * windows rows of terms
     beside the other layers' B, and CCP crashed inside loss.backward() on Swin (its stream
-    prunable since the roll row). Each sample's windows are summed back to its row: the terms
-    of a batch are those of its samples run one by one."""
+    prunable since the roll row). Summing adjacent rows per sample (d0b1715) was silently
+    wrong for views concatenated along the batch dim (break88 F1b): which rows are whose
+    cannot be read off the shapes, so the layer is named, called positionally or by keyword
+    (break88 F2: by keyword the backward crashed again)."""
+    from fxprune.errors import FxPruneError
+
     torch.manual_seed(0)
     model = Windowed().double()
     x = torch.randn(3, 3, 4, 6, dtype=torch.float64)
     y = torch.randint(0, 3, (3,))
-    index, t = batch_terms(model, x, y)
-    assert t.shape == (3, index.n)
-    for n in range(3):
-        _, alone = batch_terms(model, x[n:n + 1], y[n:n + 1])
-        np.testing.assert_allclose(t[n].numpy(), alone[0].numpy(), rtol=1e-9, atol=1e-14)
+    for call in (lambda pm: pm(x), lambda pm: pm(x=x)):
+        pm = fxprune.prepare(model, (x[:1],))
+        index = UnitIndex(pm)
+        taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+        with pytest.raises(FxPruneError, match=r"^CCP: `attn` reads pruned channels in 18 rows "
+                                               r"for a batch of 3 samples .*use SMCP or CUCB"):
+            F.cross_entropy(call(pm), y).backward()
+        taps.close()
+
+
+class ScaledMLP(MLP):
+    def forward(self, scale, x):  # a (1,)-shaped tensor before the batch
+        return super().forward(x * scale)
+
+
+def test_per_sample_terms_do_not_take_a_first_input_that_is_no_batch_for_the_samples():
+    torch.manual_seed(0)
+    model = ScaledMLP().double()
+    x, y = torch.randn(5, 8, dtype=torch.float64), torch.randint(0, 3, (5,))
+    scale = torch.ones(1, dtype=torch.float64)
+    pm = fxprune.prepare(model, (scale, x[:1]))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+    F.cross_entropy(pm(scale, x), y).backward()
+    terms = taps.take()
+    assert terms.shape == (5, index.n)  # one row per sample, not the (1,)-shaped scale's one
+    torch.manual_seed(0)
+    _, plain = batch_terms(MLP().double(), x, y)  # the same weights, without the scale
+    np.testing.assert_allclose(terms.numpy(), plain.numpy(), rtol=1e-9, atol=1e-14)
 
 
 def tapped_mlp(n: int, loss_reduction: str = "mean"):
