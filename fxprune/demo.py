@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     except _Refused as e:
         print(e, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # (break88 F6: a 42-line traceback where train prints one line)
+        print("fxprune demo: interrupted; it writes no file", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:

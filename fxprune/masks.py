@@ -316,12 +316,21 @@ def layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks
     return y
 
 
+_NORM_DTYPES: dict[tuple, torch.dtype] = {}
+
+
 def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype torch's own norms give ``x``: float32 under CUDA autocast (an fp32 op there),
-    the autocast dtype under CPU autocast, else the input's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.float32 if x.device.type == "cuda" else torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+    """The dtype torch's own norms give ``x`` here: the input's, or under autocast what the
+    torch in use casts a norm to (float32 under CUDA autocast; under CPU autocast the autocast
+    dtype in some torch versions, float32 in 2.14: break88 F5), asked of ``F.group_norm`` once
+    per device type, autocast dtype and input dtype."""
+    kind = x.device.type
+    if not torch.is_autocast_enabled(kind):
+        return x.dtype
+    key = (kind, torch.get_autocast_dtype(kind), x.dtype)
+    if key not in _NORM_DTYPES:
+        _NORM_DTYPES[key] = F.group_norm(x.new_zeros(1, 2, 2), 1).dtype
+    return _NORM_DTYPES[key]
 
 
 def masked_group_norm(x, num_groups, weight, bias, eps, mask):

@@ -971,13 +971,15 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         out = Path(cfg["out"]).expanduser() if cfg else None
         ckpt = out / "checkpoint.pt" if out is not None else None
+        prev = out / "checkpoint.prev.pt" if out is not None else None
         # (a file's time comes from a coarser clock than time_ns: a margin of 50 ms)
-        if (args.overwrite and ckpt is not None and ckpt.is_file()
-                and ckpt.stat().st_mtime_ns < started_ns - 50_000_000):
-            # break85 F2: that checkpoint is the run --overwrite was replacing, whose config
-            # --resume would compare with this command's and refuse
-            saved = (f"no epoch of this run had finished; {ckpt} is still the run it was to "
-                     "replace: run the same command again to start over")
+        replaced = [p for p in (ckpt, prev) if args.overwrite and p is not None and p.is_file()
+                    and p.stat().st_mtime_ns < started_ns - 50_000_000]
+        if replaced and not (ckpt.is_file() and ckpt not in replaced):
+            # break85 F2, break88 F3: that checkpoint is the run --overwrite was replacing,
+            # whose config --resume would compare with this command's and refuse
+            saved = (f"no epoch of this run had finished; {replaced[0]} is still the run it was "
+                     "to replace: run the same command again to start over")
         elif ckpt is not None and ckpt.is_file():
             saved = f"the last finished epoch is in {ckpt}; continue with --resume"
         elif out is not None and (out / "checkpoint.prev.pt").is_file():

@@ -543,6 +543,19 @@ def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
         assert re.search(message, err.strip()) and err.count("\n") == 1, err
 
 
+def test_an_interrupted_demo_says_so_in_one_line(capsys, monkeypatch):
+    """break88 F6: Ctrl-C printed a 42-line traceback where train and deploy print one line."""
+    import fxprune.demo as demo
+    from fxprune.cli import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_run", interrupted)
+    assert main(["demo", "--model", "resnet18"]) == 130
+    assert capsys.readouterr().err == "fxprune demo: interrupted; it writes no file\n"
+
+
 def test_a_warning_on_the_command_line_shows_no_launcher_line():
     """break62 #11: the console script (``sys.exit(main())``) was taken for the user's code,
     so fxprune demo's finalize warning printed that line and its file."""

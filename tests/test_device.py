@@ -310,6 +310,14 @@ def test_masked_layer_norm_under_bfloat16_autocast_computes_in_float32():
         y = masked_layer_norm(x.bfloat16(), (64,), ln.weight, ln.bias, 1e-5, (0,), mask)
         plain = F.layer_norm(x.bfloat16(), (64,), ln.weight, ln.bias, 1e-5)
     assert y.dtype == plain.dtype  # what F.layer_norm gives under autocast (bf16 on the CPU)
+    # a float32 input: the dtype torch's norms give it there (float32 in torch 2.14, where the
+    # masked norms returned the autocast dtype, break88 F5), group norm too
+    from fxprune.masks import masked_group_norm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert masked_layer_norm(x, (64,), ln.weight, ln.bias, 1e-5, (0,), mask).dtype == \
+            F.layer_norm(x, (64,), ln.weight, ln.bias, 1e-5).dtype
+        x4 = x.permute(0, 3, 1, 2)
+        assert masked_group_norm(x4, 4, None, None, 1e-5, mask).dtype == F.group_norm(x4, 4).dtype
     ref = _weighted_reference(x.bfloat16().float(), ln.weight, ln.bias, 1e-5, mask)
     # statistics in float32: only the final rounding to bfloat16 remains
     assert torch.allclose(y.double(), ref, rtol=1e-2, atol=1e-2)

@@ -973,6 +973,12 @@ def test_an_interrupted_overwrite_does_not_advise_resuming_the_run_it_replaces(
     assert cli_main(["train", str(recipe), "--out", str(out), "--overwrite"]) == 130
     err = capsys.readouterr().err
     assert "no epoch of this run had finished" in err and "--resume" not in err, err
+    # break88 F3: the old run stopped between a save's renames left checkpoint.prev.pt alone
+    old.rename(out / "checkpoint.prev.pt")
+    assert cli_main(["train", str(recipe), "--out", str(out), "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "no epoch of this run had finished" in err and "--resume" not in err, err
+    (out / "checkpoint.prev.pt").rename(old)
 
     def saved_one(cfg, **kw):
         time.sleep(0.1)  # an epoch takes longer
