@@ -254,21 +254,26 @@ def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks)
     """
     if _all_ones(masks):
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
-    # Statistics in float32 (in bfloat16 a sum over hundreds of channels loses most of its
-    # digits); the result in the dtype F.layer_norm gives: float32 under CUDA autocast (an fp32
-    # op there), the autocast dtype under CPU autocast, else the input's.
+    return _in_float32(_masked_layer_norm, x, weight, bias, normalized_shape, eps, mask_dims, masks)
+
+
+def _in_float32(norm, x, weight, bias, *args):
+    """``norm(x, weight, bias, *args)`` with its statistics in float32 for a float16/bfloat16
+    ``x`` (in bfloat16 a sum over hundreds of channels loses most of its digits; in float16
+    squared deviations overflow: break87 #2), outside any autocast region, the result in the
+    dtype torch's own norm gives ``x`` here (:func:`_autocast_out_dtype`)."""
     out_dtype = _autocast_out_dtype(x)
     if x.element_size() < 4:
         x = x.float()
     with torch.autocast(x.device.type, enabled=False):
-        return _masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, masks).to(out_dtype)
+        if weight is not None:
+            weight = weight.to(x.dtype)
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        return norm(x, weight, bias, *args).to(out_dtype)
 
 
-def _masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, masks):
-    if weight is not None:
-        weight = weight.to(x.dtype)
-    if bias is not None:
-        bias = bias.to(x.dtype)
+def _masked_layer_norm(x, weight, bias, normalized_shape, eps, mask_dims, masks):
     if len(normalized_shape) == 1 and len(masks) == 1:
         return layer_norm_mask_vector(x, masks[0], weight, bias, eps)
     return layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks)
@@ -334,23 +339,14 @@ def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def masked_group_norm(x, num_groups, weight, bias, eps, mask):
-    """``F.group_norm`` whose per-group statistics count only channels with a nonzero mask.
-    Computed in float32 for a float16/bfloat16 input, as torch's norm accumulates (break87
-    #2: the squared deviations summed in float16 overflowed to NaN at activations near 300)."""
+    """``F.group_norm`` whose per-group statistics count only channels with a nonzero mask
+    (in float32 for a float16/bfloat16 input: :func:`_in_float32`)."""
     if _all_ones((mask,)):
         return F.group_norm(x, num_groups, weight, bias, eps)
-    out_dtype = _autocast_out_dtype(x)
-    if x.element_size() < 4:
-        x = x.float()
-    with torch.autocast(x.device.type, enabled=False):
-        if weight is not None:
-            weight = weight.to(x.dtype)
-        if bias is not None:
-            bias = bias.to(x.dtype)
-        return _masked_group_norm(x, num_groups, weight, bias, eps, mask).to(out_dtype)
+    return _in_float32(_masked_group_norm, x, weight, bias, num_groups, eps, mask)
 
 
-def _masked_group_norm(x, num_groups, weight, bias, eps, mask):
+def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     n, c = x.shape[:2]
     xg = x.reshape(n, num_groups, c // num_groups, -1)
     w = mask.to(x.dtype).view(1, num_groups, c // num_groups, 1).expand(1, -1, -1, xg.shape[-1])
