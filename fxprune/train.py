@@ -982,9 +982,9 @@ def run(args: argparse.Namespace) -> int:
                      "to replace: run the same command again to start over")
         elif ckpt is not None and ckpt.is_file():
             saved = f"the last finished epoch is in {ckpt}; continue with --resume"
-        elif out is not None and (out / "checkpoint.prev.pt").is_file():
+        elif prev is not None and prev.is_file():
             # interrupted between a save's two renames: the epoch before is there
-            saved = (f"an epoch is in {out / 'checkpoint.prev.pt'}; move it to checkpoint.pt "
+            saved = (f"an epoch is in {prev}; move it to checkpoint.pt "
                      "and continue with --resume")
         else:
             saved = "no epoch had finished"
