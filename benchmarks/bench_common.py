@@ -116,6 +116,13 @@ def _usage_error(message: str):
     raise SystemExit(2)
 
 
+def device_problem(exc: Exception) -> str:
+    """Why ``torch_backend.resolve_device`` refused a device, without the way out it gives
+    deploy's users: their ``--backend``, an option the benchmarks lack (break80 F10, break83
+    F5)."""
+    return str(exc).split("; use device")[0].replace("the torch backend was asked for", "asked for")
+
+
 def half_masks(prepared) -> None:
     """Mask every other channel of every prunable group of ``prepared`` (in place), keeping one
     channel of each tied position set (grouped convs): the mid-ramp worst case of the timing

@@ -51,7 +51,7 @@ from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, half_masks, results_stem  # noqa: E402
+from bench_common import changed_options, device_problem, half_masks, results_stem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -321,10 +321,8 @@ def main(argv=None) -> int:
     try:
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - one line and the way out
-        # (deploy's message names its own --backend, an option this script lacks: break80 F10)
-        why = str(e).split("; use device")[0].replace("the torch backend was asked for", "asked for")
-        print(f"bench_gpu: {why}; this benchmark needs a CUDA GPU, and `--device cpu --smoke "
-              "--out PREFIX` checks the script without one", file=sys.stderr)
+        print(f"bench_gpu: {device_problem(e)}; this benchmark needs a CUDA GPU, and `--device cpu "
+              "--smoke --out PREFIX` checks the script without one", file=sys.stderr)
         return 2
     if device.type == "cpu" and not args.smoke:
         print("bench_gpu: the full run is for a CUDA GPU; on the CPU use --smoke", file=sys.stderr)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import device_problem  # noqa: E402
 from bench_gpu import half_masked_setup  # noqa: E402
 
 from fxprune.deploy import torch_backend as tb  # noqa: E402
@@ -69,10 +70,8 @@ def main(argv=None) -> int:
     try:  # one line, not a traceback (break80 F9)
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - no CUDA here, or a device name torch does not know
-        # (deploy's wording names its torch backend: break83 F5)
-        why = str(e).split("; use device")[0].replace("the torch backend was asked for", "asked for")
-        parser.error(f"--device {args.device}: {why}; `--device cpu --smoke` checks the script "
-                     "without a GPU")
+        parser.error(f"--device {args.device}: {device_problem(e)}; `--device cpu --smoke` "
+                     "checks the script without a GPU")
     name = "tiny_convnext" if args.smoke else args.model
     batch, size = (4, 32) if args.smoke else (args.batch, 224)
     try:
