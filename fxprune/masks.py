@@ -11,6 +11,8 @@ and ``isinstance`` checks stay what they were, and ``unwrap`` puts the plain cla
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -194,6 +196,19 @@ class _RowForwardMasked(_InputMasked):
         return self._fxprune_row.masked_forward(self, x, mask)
 
 
+class _RowNormMasked(_FxPruneLayer):
+    """A norm whose op-table row computes its masked forward (``row.masked_forward(module, x,
+    *masks)``, statistics over kept channels only): a library's norm class fxprune has no
+    masked subclass of (timm's RmsNorm2d), whose forward the row's replaces."""
+
+    _fxprune_row = None
+    #: indices, within the normalized dims, of the dims the masks passed to forward cover
+    fxprune_mask_dims: tuple[int, ...] = ()
+
+    def forward(self, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+        return self._fxprune_row.masked_forward(self, x, *masks)
+
+
 class MaskedLinear(_InputMasked, nn.Linear):
     _fxprune_base = nn.Linear
 
@@ -359,6 +374,49 @@ def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     if bias is not None:
         y = y + broadcast_along(bias, x.ndim, 1)
     return y
+
+
+def masked_rms_norm(x, normalized_shape, weight, eps, mask_dims, *masks):
+    """``F.rms_norm`` whose mean square counts only channels with a nonzero mask (the masked
+    form of ``F.rms_norm`` calls). ``mask_dims[i]`` is the index, within ``normalized_shape``,
+    of the dim ``masks[i]`` covers. ``eps`` None is ``torch.finfo(x.dtype).eps``, as torch's."""
+    if _all_ones(masks):
+        return F.rms_norm(x, normalized_shape, weight, eps)
+    k = len(normalized_shape)
+    dims = tuple(range(x.ndim - k, x.ndim))
+    return rms_norm_over(x, dims, weight, eps, False, mask_dims, masks)
+
+
+def rms_norm_over(x, dims, weight, eps, centered, mask_dims, masks):
+    """The root-mean-square norm of ``x`` over ``dims`` (Zhang & Sennrich 2019, eq. 4:
+    ``x / sqrt(mean(x^2) + eps) * weight``) whose mean counts only positions with a nonzero
+    mask; ``centered``: ``x / sqrt(var(x) + eps) * weight`` with the unbiased variance (timm's
+    SimpleNorm: x is divided by its standard deviation, not centered). ``masks[i]`` covers
+    ``dims[mask_dims[i]]``; ``weight`` has the normalized dims' shape. In float32 for a
+    float16/bfloat16 ``x``, ``eps`` None read from ``x``'s own dtype first."""
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    return _in_float32(_rms_norm_over, x, weight, None, dims, eps, centered, mask_dims, masks)
+
+
+def _rms_norm_over(x, weight, _bias, dims, eps, centered, mask_dims, masks):
+    w = x.new_ones(())
+    for j, m in zip(mask_dims, masks):
+        w = w * broadcast_along(m.to(x.dtype), x.ndim, dims[j])
+    others = [x.shape[d] for j, d in enumerate(dims) if j not in mask_dims]
+    count = w.sum() * math.prod(others)
+    if centered:
+        mean = (x * w).sum(dims, keepdim=True) / count
+        square = ((x - mean).square() * w).sum(dims, keepdim=True) / (count - 1)
+    else:
+        square = (x.square() * w).sum(dims, keepdim=True) / count
+    y = x * torch.rsqrt(square + eps)
+    if weight is None:
+        return y
+    if len(dims) == 1:
+        return y * broadcast_along(weight, x.ndim, dims[0])
+    # the normalized dims are the last ones (a 2-D weight of a channels-last norm)
+    return y * weight
 
 
 class MaskedLayerNorm(_FxPruneLayer, nn.LayerNorm):
@@ -547,15 +605,17 @@ def input_masked_class(cls: type, in_dim: int) -> type:
     return _DERIVED[key]
 
 
-def row_masked_class(cls: type, row) -> type:
-    """The masked form of ``cls`` whose forward is ``row.masked_forward`` (made once per class
-    and row, cached; pickled by naming both)."""
-    key = (cls, _RowForwardMasked, row)
+def row_masked_class(cls: type, row, mixin: type = _RowForwardMasked) -> type:
+    """The masked form of ``cls`` whose forward is ``row.masked_forward`` (made once per class,
+    row and mixin, cached; pickled by naming them): ``_RowForwardMasked`` for a layer whose
+    input channels are masked in its weight, ``_RowNormMasked`` for a norm."""
+    key = (cls, mixin, row)
     if key not in _DERIVED:
-        _DERIVED[key] = type(f"Masked_{cls.__name__}", (_RowForwardMasked, cls),
-                             {"_fxprune_base": cls, "_fxprune_in_dim": row.in_dim,
-                              "_fxprune_row": row, "__module__": __name__,
-                              "_fxprune_recipe": ("row", cls, row)})
+        attrs = {"_fxprune_base": cls, "_fxprune_row": row, "__module__": __name__,
+                 "_fxprune_recipe": ("row", cls, row, mixin)}
+        if issubclass(mixin, _InputMasked):
+            attrs["_fxprune_in_dim"] = row.in_dim
+        _DERIVED[key] = type(f"Masked_{cls.__name__}", (mixin, cls), attrs)
     return _DERIVED[key]
 
 

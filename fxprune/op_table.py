@@ -21,7 +21,7 @@ from torch import nn
 
 from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
-                            Expand, FunctionalLayerNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear,
+                            Expand, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
                             Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
@@ -85,6 +85,8 @@ CHANNEL_RULES: dict = {
     nn.GroupNorm: GroupNorm(),
     F.layer_norm: FunctionalLayerNorm(),
     torch.layer_norm: FunctionalLayerNorm(),  # same positions (plus cudnn_enable)
+    nn.RMSNorm: RMSNorm(),
+    F.rms_norm: FunctionalRMSNorm(), torch.rms_norm: FunctionalRMSNorm(),
     F.batch_norm: FunctionalAffine(), F.instance_norm: FunctionalAffine(),
     # -- shape ops
     nn.Flatten: RESHAPE, nn.Unflatten: Reshape(unflatten=True),
@@ -212,6 +214,16 @@ _INSTALLED_ROWS = {
     # traced through, its F.group_norm had no row (lowformer, shvit)
     ("timm.layers.norm", "GroupNorm"): GroupNorm(forward_is_norm=True),
     ("timm.layers.norm", "GroupNorm1"): GroupNorm(forward_is_norm=True),
+    # root-mean-square norms (ConvNeXt-RMS; the 2d forms normalize dim 1 of NCHW) and SimpleNorm
+    # (x / std(x)); traced through, their mean over the channels was a barrier
+    ("timm.layers.norm", "RmsNorm"): RMSNorm(),
+    ("timm.layers.norm", "RmsNormFp32"): RMSNorm(),
+    ("timm.layers.norm", "RmsNorm2d"): RMSNorm(channels_first=True),
+    ("timm.layers.norm", "RmsNorm2dFp32"): RMSNorm(channels_first=True),
+    ("timm.layers.norm", "SimpleNorm"): RMSNorm(centered=True),
+    ("timm.layers.norm", "SimpleNormFp32"): RMSNorm(centered=True),
+    ("timm.layers.norm", "SimpleNorm2d"): RMSNorm(channels_first=True, centered=True),
+    ("timm.layers.norm", "SimpleNorm2dFp32"): RMSNorm(channels_first=True, centered=True),
     # GroupNorm, then dropout and activation, in one module (BiT ResNetV2s)
     ("timm.layers.norm_act", "GroupNormAct"): GroupNormAct(),
     ("timm.layers.norm_act", "GroupNorm1Act"): GroupNormAct(),

@@ -399,7 +399,9 @@ class GatheredModule(nn.Module):
                     continue
                 if self._touches(node) and not (_elementwise(m) or isinstance(m, CHANNELWISE)
                                                 or _plain_instance_norm(m) or _drops_samples(m)):
-                    raise SurgeryError(f"gathered execution does not support {type(m).__name__} "
+                    # the user's class, not the masked one fxprune swapped in
+                    named = getattr(type(m), "_fxprune_base", type(m)).__name__
+                    raise SurgeryError(f"gathered execution does not support {named} "
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)
             elif node.op == "get_attr" and node.target in gathered_params:

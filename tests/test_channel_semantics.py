@@ -842,3 +842,57 @@ def test_nested_example_inputs_are_not_written_into():
     given = (xs[0].clone(), d["img"].clone())
     prune_and_check(FromList(), xs, d)
     assert torch.equal(xs[0], given[0]) and torch.equal(d["img"], given[1])
+
+
+class RMSNormed(nn.Module):
+    """torch's RMSNorm over channels last (eps None: the dtype's), over (tokens, channels) with
+    a 2-D weight, and F.rms_norm on a weight of the model's."""
+
+    def __init__(self, tokens=5):
+        super().__init__()
+        self.embed = nn.Linear(6, 12)
+        self.norm = nn.RMSNorm(12)
+        self.mid = nn.Linear(12, 10)
+        self.norm2 = nn.RMSNorm((tokens, 10), eps=1e-4)
+        self.up = nn.Linear(10, 8)
+        self.w = nn.Parameter(torch.rand(8) + 0.5)
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm2.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):  # x [N, tokens, 6]
+        y = torch.relu(self.mid(self.norm(self.embed(x))))
+        y = F.gelu(self.up(self.norm2(y)))
+        return self.head(F.rms_norm(y, (8,), self.w, 1e-6)).mean(1)
+
+
+def test_rms_norms_over_channels_are_masked_and_shrink():
+    """nn.RMSNorm and F.rms_norm were barriers (no row): every channel they normalized was kept
+    whole. As rows, the mean square counts kept channels only, so removing the others is exact;
+    the weight follows its channels, the normalized shape shrinks, and a dim that carries no
+    channels (the tokens of a 2-D normalized shape) still counts in full."""
+    torch.manual_seed(0)
+    model = RMSNormed().double()
+    x = torch.randn(4, 5, 6, dtype=torch.float64)
+    pm, small = prune_and_check(model, x, rtol=1e-9)
+    assert [g.name for g in fxprune.channel_groups(pm) if g.prunable] == ["embed", "mid", "up"]
+    assert small.norm.normalized_shape == (small.embed.out_features,) and small.embed.out_features < 12
+    assert small.norm2.normalized_shape == (5, small.mid.out_features) and small.mid.out_features < 10
+    assert small.norm2.weight.shape == (5, small.mid.out_features)
+    assert small.w.shape == (small.up.out_features,) and small.up.out_features < 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_masked_rms_norm_accumulates_in_float32(dtype):
+    """A 16-bit input's mean square over hundreds of channels: in float32, as the masked layer
+    norm's (in float16 squares of activations near 300 overflow)."""
+    from fxprune.masks import masked_rms_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 16, dtype=torch.float64) * 300
+    mask = (torch.arange(16) % 3 != 0).double()
+    got = masked_rms_norm(x.to(dtype), (16,), None, None, (0,), mask.to(dtype))
+    want = F.rms_norm(x[..., mask.bool()], (int(mask.sum()),), None, torch.finfo(dtype).eps)
+    assert got.dtype == dtype and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got[..., mask.bool()].double(), want, rtol=0.02, atol=0.02)

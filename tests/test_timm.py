@@ -32,6 +32,8 @@ MODELS = [
     ('coat_tiny', 64, 14, 25, 0.69),  # coat
     ('convmixer_768_32', 64, 33, 35, 0.27),  # convmixer
     ('test_convnext', 64, 13, 15, 0.3),  # convnext
+    # RmsNorm2d and SimpleNorm2d are rows (session 29; 12/18 groups and FLOPs kept 0.56 before)
+    ('convnext_atto_rms', 64, 16, 18, 0.27),  # convnext
     ('csatv2', 64, 18, 160, 0.9),  # csatv2
     ('cs3darknet_s', 64, 23, 25, 0.26),  # cspnet
     ('cspnext_tiny', 64, 22, 24, 0.26),  # cspnext
@@ -376,6 +378,65 @@ def test_timm_group_norms_whose_forward_is_the_norm_are_rows():
     layers = dict(small.named_modules())
     assert layers["1"].num_groups == 4 and layers["1"].num_channels == layers["0"].out_channels < 8
     assert layers["4"].num_groups == 1 and layers["4"].num_channels == layers["3"].out_channels < 6
+
+
+class RMSNormed(torch.nn.Module):
+    """timm's root-mean-square norms (ConvNeXt-RMS) and SimpleNorms, channels first (NCHW, dim
+    1) and channels last (after a permute), in their float32 forms too."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import (RmsNorm, RmsNorm2d, RmsNorm2dFp32, SimpleNorm, SimpleNorm2d,
+                                 SimpleNorm2dFp32)
+        conv = torch.nn.Conv2d
+        self.stem, self.norm = conv(3, 8, 3), RmsNorm2d(8)
+        self.conv, self.norm1 = conv(8, 12, 3, groups=4), SimpleNorm2d(12)
+        self.pw, self.norm2 = conv(12, 10, 1), RmsNorm2dFp32(10)
+        self.pw2, self.norm3 = conv(10, 6, 1), SimpleNorm2dFp32(6)
+        self.pw3 = conv(6, 9, 1)
+        self.last, self.last1 = RmsNorm(9), SimpleNorm(9)
+        self.head = torch.nn.Linear(9, 4)
+        with torch.no_grad():
+            for m in (self.norm, self.norm1, self.norm2, self.norm3, self.last, self.last1):
+                m.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        y = self.norm1(self.conv(self.norm(self.stem(x))))
+        y = self.pw3(self.norm3(self.pw2(torch.relu(self.norm2(self.pw(y))))))
+        y = self.last1(torch.relu(self.last(y.permute(0, 2, 3, 1))))
+        return self.head(y).mean((1, 2))
+
+
+def test_timm_rms_and_simple_norms_are_rows():
+    """timm's RmsNorm2d and SimpleNorm2d (ConvNeXt-RMS: convnext_atto_rms 12/18 groups, FLOPs
+    kept 0.56 at half of every group masked, with the 4 stage widths kept whole) take the mean
+    of squares (or the variance) over the channels in their forward: traced through, a mean
+    over dim 1, a barrier. As rows they are masked (statistics over kept channels only), so
+    finalize is exact; a pickled prepared model keeps its masked classes."""
+    import io
+
+    from helpers import prune_and_check
+
+    torch.manual_seed(0)
+    model = RMSNormed().double()
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    pm, small = prune_and_check(model, x, rtol=1e-6)  # the Fp32 forms compute in float32
+    assert [g.name for g in fxprune.channel_groups(pm) if g.prunable] == ["stem", "conv", "pw", "pw2", "pw3"]
+    for norm, layer in (("norm", "stem"), ("norm1", "conv"), ("norm2", "pw"), ("norm3", "pw2"),
+                        ("last", "pw3"), ("last1", "pw3")):
+        width = getattr(small, layer).out_channels
+        assert getattr(small, norm).normalized_shape == (width,) == tuple(getattr(small, norm).weight.shape)
+    buffer = io.BytesIO()
+    torch.save(pm, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pm(x))
+    assert type(loaded.norm) is type(pm.norm)  # the masked class is made once per class and row
+    # gathered execution (CUCB) runs no masked norm: refused, naming the user's class
+    from fxprune.passes.gathered import gathered_module
+    with pytest.raises(fxprune.FxPruneError, match=r"does not support RmsNorm2d \(norm\)"):
+        gathered_module(pm)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -696,6 +696,104 @@ class GroupNormAct(GroupNorm):
         return MaskedGroupNormAct
 
 
+class RMSNorm(ChannelRule):
+    """A root-mean-square norm (Zhang & Sennrich 2019, eq. 4: ``y = x / sqrt(mean(x^2) + eps) *
+    g``): torch's ``nn.RMSNorm`` and timm's ``RmsNorm`` over the last ``len(normalized_shape)``
+    dims; ``channels_first``, timm's ``RmsNorm2d`` over dim 1 of an NCHW input. ``centered``:
+    timm's ``SimpleNorm`` (``x / sqrt(var(x) + eps) * g``, the unbiased variance; x is not
+    centered). The mean square spans channels, so the norm is masked (statistics over kept
+    channels only, exact after removal) and its weight follows them. The module's own forward
+    runs when every mask is 1, so the unpruned model computes what it did."""
+
+    kind = "normalizes over channels (root mean square)"
+    slices = ("weight",)
+
+    def __init__(self, channels_first: bool = False, centered: bool = False):
+        self.channels_first = channels_first
+        self.centered = centered
+
+    def __eq__(self, other):  # the masked class is made once per row, also across a pickle
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(vars(self).items()))))
+
+    def dims(self, ndim: int, k: int) -> tuple[int, ...]:
+        """The input dims the statistics are taken over (``k`` normalized dims)."""
+        return (1,) if self.channels_first else tuple(range(ndim - k, ndim))
+
+    def propagate(self, ctx):
+        m, name = ctx.module(), ctx.module_name()
+        x = ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        shape = tuple(m.normalized_shape)
+        dims = self.dims(ndim, len(shape))
+        if len(dims) != len(shape):
+            raise FxPruneError(
+                f"`{name}` ({type(m).__name__}) normalizes {len(shape)} dims but its RMSNorm row "
+                "(channels_first) normalizes dim 1 alone; give it RMSNorm() to normalize the last dims")
+        if isinstance(getattr(m, "weight", None), torch.Tensor):
+            for j, d in enumerate(dims):
+                if shape[j] > 1:
+                    ctx.connect(ctx.space(f"{name}.weight", j), labels.get(d), "rms norm weight")
+        masked = tuple(j for j, d in enumerate(dims) if d in labels)
+        if masked:
+            ctx.stat_site(tuple(dims[j] for j in masked), masked, self)
+        return dict(labels)
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import _RowNormMasked, row_masked_class
+        module = gm.get_submodule(node.target)
+        module.__class__ = row_masked_class(type(module), self, _RowNormMasked)
+        module.fxprune_mask_dims = tuple(mask_dims)
+        node.args, node.kwargs = (node.args[0], *masks), {}
+
+    def masked_forward(self, module: nn.Module, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+        """The masked form's forward: the module's own when every mask is 1, else the norm
+        with its statistics over the kept channels (:func:`fxprune.masks.rms_norm_over`)."""
+        from fxprune.masks import _all_ones, rms_norm_over
+        if _all_ones(masks):
+            return module._fxprune_base.forward(module, x)
+        dims = self.dims(x.ndim, len(module.normalized_shape))
+        return rms_norm_over(x, dims, module.weight, module.eps, self.centered,
+                             module.fxprune_mask_dims, masks)
+
+    def resize(self, m, node, ctx):
+        x = node.args[0]
+        dims = self.dims(len(ctx.shape(x)), len(m.normalized_shape))
+        m.normalized_shape = tuple(ctx.pruned_size(x, d) for d in dims)
+
+
+class FunctionalRMSNorm(FunctionalLayerNorm):
+    """``F.rms_norm(x, normalized_shape, weight, eps)`` with weight read from the graph: masked
+    as :class:`RMSNorm` is (:func:`fxprune.masks.masked_rms_norm`)."""
+
+    kind = RMSNorm.kind
+    slices = ("weight",)
+
+    def normalized(self, ctx):
+        node = ctx.node
+        shape = ctx.value(node_arg(node, 1, "normalized_shape"))
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return shape, {"weight": node_arg(node, 2, "weight", None)}
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import masked_rms_norm
+        if node.target not in (F.rms_norm, torch.rms_norm):  # a user's function given this row
+            return super(LayerNorm, self).mask_statistics(node, gm, masks, mask_dims)
+        args = (node.args[0], node_arg(node, 1, "normalized_shape"), node_arg(node, 2, "weight", None),
+                node_arg(node, 3, "eps", None))
+        node.meta["fxprune_plain_target"] = node.target
+        node.target = masked_rms_norm
+        node.args, node.kwargs = (*args, mask_dims, *masks), {}
+
+    def unmask_statistics(self, node, gm):
+        from fxprune.masks import masked_rms_norm
+        if node.target is masked_rms_norm:
+            node.target = node.meta.pop("fxprune_plain_target", F.rms_norm)
+            node.args = node.args[:4]
+
+
 def _no_masked_norm(ctx, base: type) -> str | None:
     """Why the module ``ctx`` calls cannot take ``base``'s masked form (its statistics are then
     kept whole), or None. The masked form's forward replaces the module's: right for ``base``
