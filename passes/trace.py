@@ -30,7 +30,8 @@ from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
 from .group_analysis import arg_leaves, module_rule
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+# with the separator: torchvision's (or torchaudio's) files are model code, not torch's
+_TORCH_DIR = os.path.join(os.path.dirname(torch.__file__), "")
 
 
 class _Tracer(fx.Tracer):
@@ -659,8 +660,10 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
             way_out += (f"; if it works channel by channel as {base.__name__} does, prepare(..., "
                         f"rules={{{where[1].__name__}: fxprune.op_table.CHANNEL_RULES[{named}]}}) "
                         "keeps it one op with its channels prunable")
-    else:
-        way_out = "move the data-dependent part into a submodule and pass it in leaf_modules"
+    else:  # the model's own forward: a detector's loop over images, its postprocessing
+        way_out = ("move the data-dependent part into a submodule and pass it in leaf_modules, "
+                   "or prepare the part of the model that traces (its backbone: "
+                   "fxprune.prepare(model.backbone, ...))")
     if isinstance(e, fx.proxy.TraceError) and str(e).startswith("iterating"):
         why = f"Either rewrite it as said, or {way_out}."
     elif isinstance(e, fx.proxy.TraceError):

@@ -719,6 +719,31 @@ def test_iterating_an_unknown_piece_count_names_the_cause():
         fxprune.prepare(SplitInt(), (X,))
 
 
+def test_a_trace_error_in_a_torch_named_library_names_its_line():
+    """break89 F2: frames under any folder whose name starts with torch's (torchvision,
+    torchaudio, torchmetrics) were taken for torch's own, so a TraceError in their model code
+    (every torchvision detector's loop over its images) named no file, line or source. The
+    model's own forward cannot become a leaf module: the way out names preparing a part."""
+    import os
+    import sys
+
+    package = os.path.dirname(torch.__file__) + "fxprune_test_models"
+    source = ("import torch\n"
+              "class Detector(torch.nn.Module):\n"
+              "    def __init__(self):\n"
+              "        super().__init__()\n"
+              "        self.backbone = torch.nn.Conv2d(3, 8, 1)\n"
+              "    def forward(self, images):\n"
+              "        return [self.backbone(image) for image in images]\n")
+    module = type(sys)("fxprune_test_models")
+    exec(compile(source, os.path.join(package, "detector.py"), "exec"), module.__dict__)
+    with pytest.raises(fxprune.TraceError) as raised:
+        fxprune.prepare(module.Detector(), (X,))
+    message = str(raised.value)
+    assert "fxprune_test_models/detector.py:7 in forward()" in message, message
+    assert "fxprune.prepare(model.backbone, ...)" in message
+
+
 class ZerosFromShape(nn.Module):
     def __init__(self):
         super().__init__()
