@@ -68,11 +68,14 @@ class ModeDependence:
     unchecked: str | None = None
 
 
-def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -> ModeDependence:
+def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
+                    called: set[str] | None = None) -> ModeDependence:
     """Trace a fresh copy of the model (``fresh_copy()``; not ``root`` again: a model may cache
     a traced value in its modules) with every module's ``training`` flipped, by
     ``make_tracer()`` (a tracer like the one that traced ``root`` into ``graph``), and say what
-    differs."""
+    differs. ``called``: the paths of the modules that tracing ``graph`` called (the tracer's
+    ``called``; the other trace's are read from its tracer): a module called in one mode only
+    (GoogLeNet's auxiliary heads) does not read the flag itself, its caller does."""
     tracer = make_tracer()
     try:
         flipped = fresh_copy()
@@ -90,7 +93,14 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -
     mine, theirs = _by_owner(graph), _by_owner(other)
     where_mine, where_theirs = _positions(mine), _positions(theirs)
     differing = {}
+    called_theirs = getattr(tracer, "called", None)
+    one_mode_only: list[fx.Node] = []  # the nodes of modules called in one mode only
     for owner in mine.keys() | theirs.keys():
+        if owner and called is not None and called_theirs is not None and (
+                owner not in called or owner not in called_theirs):
+            # (break89 F1: its channels were kept whole, blamed on a line of its own)
+            one_mode_only += mine.get(owner, []) + theirs.get(owner, [])
+            continue
         a, b = mine.get(owner, []), theirs.get(owner, [])
         sa = [_signature(n, where_mine) for n in a]
         sb = [_signature(n, where_theirs) for n in b]
@@ -102,10 +112,14 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy) -
         flips = _dropout_flips(a, b, where_mine, where_theirs, training)
         if flips is not None:
             found.dropouts += flips
-        elif owner:
-            found.leaves[owner] = f"its forward reads self.training at {_first_line(a, b, sa, sb)}"
         else:
-            found.root_line = _first_line(a, b, sa, sb)
+            line = _first_line(a, b, sa, sb)
+            if line.startswith("node ") and one_mode_only:  # (it returns what such a module gave)
+                line = _call_site(root.get_submodule(owner), one_mode_only) or line
+            if owner:
+                found.leaves[owner] = f"its forward reads self.training at {line}"
+            else:
+                found.root_line = line
     if found.leaves:  # traced again with these as leaves
         return ModeDependence(leaves=found.leaves)
     return found
@@ -238,3 +252,18 @@ def _first_line(a, b, sa, sb) -> str:
         if frames:
             return f"{frames[-1][0]}:{frames[-1][1]}"
     return f"node `{nodes[0].name}`"
+
+
+def _call_site(module: nn.Module, nodes: list[fx.Node]) -> str | None:
+    """``file:line`` of the first line of ``module``'s own ``forward`` in the stack traces of
+    ``nodes`` (those of a module it calls in one mode only: where it calls it), or None."""
+    try:
+        lines, start = inspect.getsourcelines(type(module).forward)
+        path = os.path.abspath(inspect.getsourcefile(type(module).forward))
+    except (OSError, TypeError):
+        return None
+    for node in nodes:
+        for f, line in _FRAME.findall(node.meta.get("stack_trace") or ""):
+            if os.path.abspath(f) == path and start <= int(line) < start + len(lines):
+                return f"{f}:{line}"
+    return None

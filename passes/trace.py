@@ -47,6 +47,8 @@ class _Tracer(fx.Tracer):
         self.fixed = dict(fixed or {})  # forward arguments traced as values (fixed_arguments)
         self.module_path: list[tuple[str, type]] = []
         self.failed_at: list[tuple[str, type]] | None = None
+        #: paths of the modules called while tracing (a head called in one mode only)
+        self.called: set[str] = set()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, self.leaf_types) or qualname in self.leaf_names:
@@ -117,6 +119,7 @@ class _Tracer(fx.Tracer):
 
     def call_module(self, m, forward, args, kwargs):
         self.module_path.append((self.path_of_module(m), type(m)))
+        self.called.add(self.module_path[-1][0])
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -267,7 +270,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
                 called = _layers_reached(graph)
             updated = _updated_while_tracing(model, root, graph)
             found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
-                                    lambda: copy_model(model))
+                                    lambda: copy_model(model), tracer.called)
             # a buffer the forward updates in place ran its update once, while tracing, and the
             # graph reads a frozen copy (break39 #1): its module is called as one op, as it is
             leaves = {**found.leaves, **{owner: why for owner, why in updated.items() if owner}}

@@ -177,6 +177,37 @@ def test_the_models_own_forward_reading_the_flag_is_kept_as_prepared_with_a_warn
         fxprune.prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout()), (X,))
 
 
+class AuxHeadNet(nn.Module):
+    """GoogLeNet's auxiliary heads: submodules the model's own forward calls in train mode only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.aux = nn.Sequential(nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1))
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.training:
+            return x, self.aux(x)
+        return x
+
+
+def test_a_head_called_in_train_mode_only_is_traced_through_and_pruned():
+    """break89 F1: prepared in train mode (as the warning above advises for auxiliary heads),
+    GoogLeNet's and Inception v3's heads had nodes in one mode's graph only, so each was taken
+    for a module whose own forward reads self.training: called as one op, its channels kept
+    whole (googlenet 49 prunable groups instead of 57), blamed on a line that does not read the
+    flag. The model's own forward reads it: the warning names that line."""
+    import inspect
+    lines, start = inspect.getsourcelines(AuxHeadNet.forward)
+    call = start + next(i for i, line in enumerate(lines) if "self.aux(x)" in line)
+    with pytest.warns(UserWarning, match=rf"AuxHeadNet.forward reads self.training \(.*test_follow_mode.py:{call}\)"):
+        pm = fxprune.prepare(AuxHeadNet().train(), (X,))
+    groups = {g.name: g for g in fxprune.channel_groups(pm)}
+    assert groups["aux.0"].prunable, groups["aux.0"].reason
+    assert not any(n.op == "call_module" and n.target == "aux" for n in pm.graph.nodes)
+
+
 class TrainOnlyUntraceable(nn.Module):
     def __init__(self):
         super().__init__()
