@@ -703,7 +703,10 @@ class RMSNorm(ChannelRule):
     timm's ``SimpleNorm`` (``x / sqrt(var(x) + eps) * g``, the unbiased variance; x is not
     centered). The mean square spans channels, so the norm is masked (statistics over kept
     channels only, exact after removal) and its weight follows them. The module's own forward
-    runs when every mask is 1, so the unpruned model computes what it did."""
+    runs when every mask is 1, so the unpruned model computes what it did; otherwise the
+    masked form stands in for it, so give this row (``rules=``) to a module with
+    ``normalized_shape``, ``eps`` and ``weight`` whose forward is the norm alone (finalize's
+    check fails on one that does more)."""
 
     kind = "normalizes over channels (root mean square)"
     slices = ("weight",)
