@@ -268,6 +268,45 @@ def test_frozen_layers_are_named_in_a_warning():
         fxprune.CUCB(pm, target=0.5)
 
 
+def test_layers_frozen_after_the_pruner_is_built_are_named_at_the_next_update():
+    """break90 F1: the frozen-layer check ran when the pruner was built only, so a backbone
+    frozen by the training loop afterwards was pruned first without a word."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=4, update_every=2)
+    opt = train(pm, pruner, 2)
+    for p in pm.get_submodule("c1").parameters():
+        p.requires_grad_(False)
+    with pytest.warns(RuntimeWarning, match=r"SMCP: 1 layer\(s\) reading prunable channels have "
+                                            r"frozen weights \(requires_grad=False: c1\.0\)"):
+        train(pm, pruner, 2, optimizer=opt)
+    with warnings.catch_warnings():  # said once
+        warnings.simplefilter("error")
+        train(pm, pruner, 2, optimizer=opt)
+
+
+@pytest.mark.parametrize("method", ["SMCP", "CUCB"])
+def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decision(method):
+    """break90 F2: an optimizer built before prepare steps the original model (prepare works on
+    a copy): the prepared one never trained, its gradients piled up, and it was pruned anyway
+    without a word."""
+    torch.manual_seed(0)
+    model = SmallNet(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    pm = fxprune.prepare(model, (data()[0],))
+    kwargs = ({"warmup": 2, "ramp": 8, "update_every": 2} if method == "SMCP" else
+              {"warmup": 2, "explore": 10, "execution": "masked"})
+    pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+    with pytest.warns(RuntimeWarning, match=rf"{method}: the prepared model's weights have not "
+                                            r"changed in the \d+ steps .* is the optimizer over the "
+                                            r"prepared model's parameters\?"):
+        train(pm, pruner, 10, optimizer=opt)
+    with warnings.catch_warnings():  # a model that trains: no warning
+        warnings.simplefilter("error")
+        pm = prepared()
+        pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+        train(pm, pruner, 10)
+
+
 def test_state_dict_resumes_to_identical_masks(tmp_path):
     def run(split_at=None):
         pm = prepared(seed=1)

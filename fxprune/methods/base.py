@@ -224,6 +224,10 @@ def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -
          RuntimeWarning)
 
 
+#: steps with gradients and no weight change after which a pruner says the model does not train
+UNTRAINED_AFTER_STEPS = 8
+
+
 def trains_model(optimizer, model) -> bool:
     """Whether ``optimizer`` holds any of ``model``'s parameters (one built over a model before
     ``prepare``, which deep-copies it, holds none of the prepared model's)."""
@@ -337,13 +341,43 @@ class PruningMethod:
 
     def _warn_frozen_readers(self, scores: str, way_out: str) -> None:
         """Scores read from the readers' weight gradients are 0 where those weights are frozen
-        (``requires_grad=False``): channels only they read look useless and go first."""
+        (``requires_grad=False``): channels only they read look useless and go first. Said
+        when the pruner is built and again at a decision when more layers were frozen since
+        (break90 F1: a backbone frozen by the training loop, after the pruner was built, was
+        pruned first without a word); a host read of each weight's flag."""
+        self._frozen_scores = (scores, way_out)  # checked again at each decision
         frozen = [c.module for c in self.consumers if not c.param.requires_grad]
-        if frozen:
+        said = getattr(self, "_frozen_said", frozenset())
+        self._frozen_said = said | set(frozen)
+        if frozen and not set(frozen) <= said:
             warn(f"{type(self).__name__}: {len(frozen)} layer(s) reading prunable channels have "
                  f"frozen weights (requires_grad=False: {', '.join(frozen[:4])}"
                  f"{', ...' if len(frozen) > 4 else ''}); {scores} sees no gradient there, so "
                  f"channels only they read score 0 and go first. {way_out}", RuntimeWarning)
+
+    def _check_training(self) -> None:
+        """At a decision (an update, a pick, a pruning round): say once when the prepared
+        model's weights have not changed in the steps since the pruner was built though
+        gradients reached them (break90 F2: an optimizer built before ``prepare``, which works
+        on a copy, steps the user's original model; the prepared one never trained, its
+        gradients piled up, and it was pruned anyway), and say again which layers reading
+        prunable channels are frozen when more were frozen since (:meth:`_warn_frozen_readers`).
+        Host reads of each weight's version counter and flags only, no device sync."""
+        if getattr(self, "_frozen_scores", None) is not None:
+            self._warn_frozen_readers(*self._frozen_scores)
+        # (a loss scaler skips the optimizer's first steps while it finds its scale)
+        if self._versions is None or self.step_count < UNTRAINED_AFTER_STEPS:
+            return
+        if any(c.param._version != v for c, v in zip(self.consumers, self._versions)):
+            self._versions = None  # trained: nothing more to check
+        elif any(c.param.grad is not None for c in self.consumers):
+            self._versions = None
+            warn(f"{type(self).__name__}: the prepared model's weights have not changed in the "
+                 f"{self.step_count} steps since the pruner was built, though gradients reached "
+                 "them: is the optimizer over the prepared model's parameters? prepare() works on "
+                 "a copy of the model, so an optimizer built before it steps the original; build "
+                 "it over prepared.parameters() (if no optimizer step was meant yet, ignore this)",
+                 RuntimeWarning)
 
     def _allocation_settings(self) -> dict:
         """The run settings every method's allocation shares: the cost model (by name, and
@@ -395,6 +429,8 @@ class PruningMethod:
             raise ValueError("the prepared model has no prunable channel group; see "
                              "fxprune.summary(prepared) for why each group is kept")
         self.consumers = consumer_weights(prepared, self.index)
+        #: each reader's weight version when built; None once one has changed (see _check_training)
+        self._versions: list[int] | None = [c.param._version for c in self.consumers]
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self.step_count = 0

@@ -99,6 +99,11 @@ def _refuse_gathered_in_a_group(when: str = "") -> None:
                          "prune.execution=masked)")
 
 
+#: CUCB picks its channels at every step: whether the model trains and which readers are
+#: frozen is checked every this many steps (and at the final selection)
+CHECK_TRAINING_EVERY = 50
+
+
 class CUCB(PruningMethod):
     #: the cost fraction kept when ``target`` is None
     default_target = DEFAULT_TARGET
@@ -269,6 +274,8 @@ class CUCB(PruningMethod):
                 if self._nonfinite_run == NONFINITE_STEPS_WARN:
                     self._warn_nonfinite()
         self.stats.sync(self.reduce_fn)
+        if self.step_count % CHECK_TRAINING_EVERY == 0:  # (host reads: weights' flags, versions)
+            self._check_training()
         if self.explore is not None and self.step_count >= self.explore:
             return self.select_final()
         self.active = self._select(self.step_count)
@@ -363,6 +370,7 @@ class CUCB(PruningMethod):
         return self._keep(np.where(np.isfinite(index), index, cap))
 
     def select_final(self) -> dict:
+        self._check_training()
         start = time.perf_counter()
         if float(self.stats.T.max()) == 0:  # every mu is 0: the pick would be the tie-breaks'
             warn(

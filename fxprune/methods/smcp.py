@@ -240,6 +240,7 @@ class SMCP(PruningMethod):
             warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
                  RuntimeWarning)
             return None
+        self._check_training()
         start = time.perf_counter()
         target = self.target_now()
         before = self._kept_now()
