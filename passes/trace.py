@@ -304,6 +304,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             m.training = originals[name].training
     dropouts_follow_mode(gm, found.dropouts)
     gm.meta["fxprune_mode_leaves"] = mode_leaves
+    _warn_mode_overrides(model, root, gm)
     mode = "train" if model.training else "eval"
     # a whole block made one call puts its layers out of reach; layers whose weights the block
     # only passed to a function (torchvision's Swin attention) were out of reach before
@@ -385,6 +386,28 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"({found.unchecked}), so code that reads self.training could not be found; the "
             f"prepared model keeps what such code does in {mode} mode", UserWarning, stacklevel=3)
     return gm
+
+
+def _warn_mode_overrides(model: nn.Module, root: nn.Module, gm: fx.GraphModule) -> None:
+    """A traced-through module becomes a plain ``nn.Module`` in the graph module (the model
+    itself a GraphModule), so its class's methods are gone. ``train``/``eval`` overrides are the
+    ones whose loss changes results silently (break90 F3: a backbone that keeps its BatchNorms
+    in eval mode, mmdet's ``norm_eval``; after ``pm.train()`` their statistics updated)."""
+    kept = dict(gm.named_modules())
+    overriding = [name for name, m in root.named_modules()
+                  if (type(m).train is not nn.Module.train or type(m).eval is not nn.Module.eval)
+                  and type(kept.get(name)) is not type(m)]
+    if overriding:
+        first = overriding[0]
+        cls = type(root.get_submodule(first)).__name__
+        where = f"`{first}` ({cls})" if first else f"{cls} itself"
+        more = f" ({len(overriding) - 1} more)" if len(overriding) > 1 else ""
+        warnings.warn(
+            f"{where}{more} overrides train()/eval(), which the prepared and finalized models do "
+            "not keep (torch.fx traces through it: its class becomes a plain module), so "
+            ".train() sets every submodule's mode alike; after each .train(), set the modes its "
+            "override sets yourself (e.g. frozen BatchNorms: m.eval() for each)",
+            UserWarning, stacklevel=4)
 
 
 _LAYER_FUNCTIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",

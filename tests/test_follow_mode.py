@@ -208,6 +208,37 @@ def test_a_head_called_in_train_mode_only_is_traced_through_and_pruned():
     assert not any(n.op == "call_module" and n.target == "aux" for n in pm.graph.nodes)
 
 
+class FrozenNormBackbone(nn.Module):
+    """mmdet's norm_eval: ``train()`` keeps the backbone's BatchNorms in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bn.eval()
+        return self
+
+
+def test_a_train_override_the_prepared_model_cannot_keep_is_named():
+    """break90 F3: torch.fx rebuilds a traced-through module as a plain nn.Module, so its
+    train() override is gone: after pm.train() the frozen BatchNorms updated their statistics,
+    without a word."""
+    model = nn.Sequential(FrozenNormBackbone(), nn.Conv2d(8, 4, 1)).train()
+    with pytest.warns(UserWarning, match=r"`0` \(FrozenNormBackbone\) overrides train\(\)/eval\(\), "
+                                         r"which the prepared and finalized models do not keep"):
+        pm = fxprune.prepare(model, (X,))
+    assert not pm.get_submodule("0.bn").training  # the mode it had, as prepared
+    with warnings.catch_warnings():  # a leaf keeps its class, and its override
+        warnings.simplefilter("error")
+        pm = fxprune.prepare(model, (X,), leaf_modules=[FrozenNormBackbone])
+    assert not pm.train().get_submodule("0").bn.training
+
+
 class TrainOnlyUntraceable(nn.Module):
     def __init__(self):
         super().__init__()
