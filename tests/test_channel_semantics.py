@@ -896,3 +896,35 @@ def test_masked_rms_norm_accumulates_in_float32(dtype):
     want = F.rms_norm(x[..., mask.bool()], (int(mask.sum()),), None, torch.finfo(dtype).eps)
     assert got.dtype == dtype and bool(torch.isfinite(got).all())
     torch.testing.assert_close(got[..., mask.bool()].double(), want, rtol=0.02, atol=0.02)
+
+
+class Norms(nn.Module):
+    """Every masked norm over channels: channels-last LayerNorm, GroupNorm, RMSNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.ln = nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm(8)
+        self.gn, self.rms, self.b = nn.GroupNorm(2, 8), nn.RMSNorm(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.ln(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = self.rms(self.gn(y).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.b(y)
+
+
+def test_a_prepared_model_with_masked_norms_exports_and_compiles_to_one_graph():
+    """break90 F6: a masked norm reads on the host whether its masks are all ones, which
+    torch.export's fake tensors cannot answer (it failed) and which broke torch.compile's graph
+    at every norm (fullgraph=True failed). While tracing, the masked form runs: one graph,
+    following later mask changes."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Norms(), (x,))
+    exported = torch.export.export(pm, (x,)).module()
+    compiled = torch.compile(pm, fullgraph=True, backend="aot_eager")
+    for step in range(2):
+        with torch.no_grad():
+            want = pm(x)
+            torch.testing.assert_close(exported(x), want)
+            torch.testing.assert_close(compiled(x), want)
+        pm.fxprune_masks.get_buffer(next(iter(pm.fxprune_masks._buffers)))[:3] = 0
