@@ -189,6 +189,21 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
                       "ema_copy))", RuntimeWarning, stacklevel=3)
 
 
+def masked_classes(model: nn.Module) -> list[type]:
+    """The classes of the masked layers fxprune put into a prepared ``model`` (each one op of
+    its graph), for another torch.fx tracer to keep as leaves. Empty for a finalized model.
+
+    Example::
+
+        from torchvision.models.feature_extraction import create_feature_extractor
+        features = create_feature_extractor(
+            pm, {"layer3": "mid", "fc": "out"},
+            tracer_kwargs={"leaf_modules": fxprune.masked_classes(pm)})
+    """
+    from .masks import FXPRUNE_CLASSES
+    return list(dict.fromkeys(type(m) for m in model.modules() if isinstance(m, FXPRUNE_CLASSES)))
+
+
 def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     """Set ``target``'s channel masks to ``source``'s: two models prepared alike (e.g. the
     trained model and its EMA or ``AveragedModel`` copy, which averages masks with the weights).

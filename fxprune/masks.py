@@ -11,6 +11,7 @@ and ``isinstance`` checks stay what they were, and ``unwrap`` puts the plain cla
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -56,6 +57,34 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     """
     ones = group_masks[0].new_ones(1)
     return torch.cat([ones, *group_masks])[index]
+
+
+def _traced_by_another_tracer() -> bool:
+    """A torch.fx symbolic trace is running (not torch.compile or torch.export, whose tracing
+    the masked forwards support)."""
+    if torch.compiler.is_compiling():
+        return False
+    from torch.fx._symbolic_trace import _get_is_fx_tracing
+    return _get_is_fx_tracing()
+
+
+def one_op(forward):
+    """A masked layer's ``forward`` is one op of the prepared graph: a torch.fx tracer that
+    enters it (``torch.fx.symbolic_trace(prepared)``, torchvision's
+    ``create_feature_extractor``) fails on its host-side logic with torch's message (break90
+    F5: "'Proxy' object does not support item assignment"), so it is refused in one line
+    naming the way out."""
+    @functools.wraps(forward)
+    def checked(self, *args, **kwargs):
+        if _traced_by_another_tracer():
+            from .errors import FxPruneError
+            raise FxPruneError(
+                f"a torch.fx tracer went into fxprune's masked layer {type(self).__name__}, "
+                "which runs as one op: keep fxprune's layers as leaves, e.g. "
+                "create_feature_extractor(pm, nodes, tracer_kwargs={'leaf_modules': "
+                "fxprune.masked_classes(pm)}), or trace the finalized model")
+        return forward(self, *args, **kwargs)
+    return checked
 
 
 # -- layers whose input channels are masked -------------------------------------------------------
@@ -129,6 +158,7 @@ def set_straight_through(prepared: nn.Module, on: bool) -> None:
 
 class _MaskedConv(_InputMasked):
     # nn.Conv1d/2d/3d share _conv_forward(x, weight, bias); one forward serves all three.
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.masked_weight(mask), self.bias)
 
@@ -149,6 +179,7 @@ class _MaskedConvTranspose(_InputMasked):
     # weight [in, out/groups, k...]: the input channels are dim 0
     _fxprune_in_dim = 0
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor, output_size=None) -> torch.Tensor:
         n = len(self.kernel_size)
         out_pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n,
@@ -175,6 +206,7 @@ class _OwnForwardMasked(_InputMasked):
     row through ``rules=``): its own ``forward`` runs with the masked weight in place of its
     ``weight`` parameter, so whatever else that forward does stays as it was."""
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         params = self._parameters
         weight = params["weight"]
@@ -192,6 +224,7 @@ class _RowForwardMasked(_InputMasked):
 
     _fxprune_row = None
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self._fxprune_row.masked_forward(self, x, mask)
 
@@ -205,6 +238,7 @@ class _RowNormMasked(_FxPruneLayer):
     #: indices, within the normalized dims, of the dims the masks passed to forward cover
     fxprune_mask_dims: tuple[int, ...] = ()
 
+    @one_op
     def forward(self, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
         return self._fxprune_row.masked_forward(self, x, *masks)
 
@@ -212,6 +246,7 @@ class _RowNormMasked(_FxPruneLayer):
 class MaskedLinear(_InputMasked, nn.Linear):
     _fxprune_base = nn.Linear
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.masked_weight(mask), self.bias)
 
@@ -430,6 +465,7 @@ class MaskedLayerNorm(_FxPruneLayer, nn.LayerNorm):
     #: indices, within normalized_shape, of the dims the masks passed to forward cover
     fxprune_mask_dims: tuple[int, ...] = ()
 
+    @one_op
     def forward(self, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
         return masked_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
                                  self.fxprune_mask_dims, *masks)
@@ -438,6 +474,7 @@ class MaskedLayerNorm(_FxPruneLayer, nn.LayerNorm):
 class MaskedGroupNorm(_FxPruneLayer, nn.GroupNorm):
     _fxprune_base = nn.GroupNorm
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, mask)
 
@@ -448,6 +485,7 @@ class MaskedGroupNormAct(_FxPruneLayer, nn.GroupNorm):
 
     _fxprune_base = nn.GroupNorm
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = masked_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, mask)
         return self.act(self.drop(x))
@@ -488,6 +526,7 @@ class _RescaledBatchNorm(_FxPruneLayer):
             return mask.new_ones(())
         return mask.sum() / mask.numel()
 
+    @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if weight is not None and self.fxprune_rescale != "off":

@@ -830,3 +830,28 @@ def test_copy_masks_refuses_models_whose_same_keys_name_other_groups():
     fxprune.channel_groups(a)[0].mask[:3] = 0
     fxprune.copy_masks(a, c)
     assert fxprune.channel_groups(c)[0].kept == 5
+
+
+def test_another_tracer_keeps_the_masked_layers_as_leaves():
+    """break90 F5: torch.fx.symbolic_trace(pm) and torchvision's create_feature_extractor went
+    into the masked layers' forwards and failed there with "'Proxy' object does not support
+    item assignment". Refused in one line naming the way out, which works: the features are the
+    prepared model's own, masks included."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(torchvision.models.resnet18(num_classes=10), (X,))
+    with pytest.raises(fxprune.FxPruneError, match=r"a torch.fx tracer went into fxprune's masked "
+                                                   r"layer .*fxprune.masked_classes\(pm\)"):
+        torch.fx.symbolic_trace(pm)
+    with pytest.raises(fxprune.FxPruneError, match="masked_classes"):
+        create_feature_extractor(pm, {"layer3": "mid", "fc": "out"})
+    features = create_feature_extractor(pm, {"layer3": "mid", "fc": "out"},
+                                        tracer_kwargs={"leaf_modules": fxprune.masked_classes(pm)})
+    pm.eval()
+    features.eval()
+    group = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+    group.mask[: group.size // 2] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(features(X)["out"], pm(X))
+    assert fxprune.masked_classes(fxprune.finalize(pm)) == []
