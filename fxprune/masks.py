@@ -574,6 +574,10 @@ class MaskBank(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         key = prefix + "_extra_state"
+        mine = [prefix + name for name in self._buffers]
+        if mine and key not in state_dict and not any(k in state_dict for k in mine):
+            self._plain_state_dict(error_msgs)
+            return  # the masks stay as they are (the original's weights load, strict or not)
         if key not in state_dict:  # saved before groups were recorded: nothing to compare
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                           missing_keys, unexpected_keys, error_msgs)
@@ -586,6 +590,21 @@ class MaskBank(nn.Module):
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    @staticmethod
+    def _plain_state_dict(error_msgs: list) -> None:
+        """A state_dict without masks is a plain model's (torch passes each module its own keys
+        only; the bank is loaded last, after the others). A finalized model's narrower tensors
+        gave one size-mismatch line per layer (break90 F9: 103 lines for resnet18): those
+        become one line naming the route that works."""
+        mismatched = [m for m in error_msgs if m.startswith("size mismatch for ")]
+        if mismatched:
+            error_msgs[:] = [m for m in error_msgs if m not in mismatched]
+            error_msgs.append(
+                f"the state_dict has no fxprune_masks.* and {len(mismatched)} tensors narrower or "
+                "wider than this prepared model's: a finalized model's? Prepare the model, load "
+                "the prepared state_dict saved before finalize, finalize, then load it into the "
+                "finalized model (README, Safety)")
 
     def _other_groups(self, record) -> str | None:
         """Why the saved masks (described by ``record``) cannot load here; None if they can."""

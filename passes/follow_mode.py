@@ -95,7 +95,7 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
     differing = {}
     called_theirs = getattr(tracer, "called", None)
     one_mode_only: list[fx.Node] = []  # the nodes of modules called in one mode only
-    for owner in mine.keys() | theirs.keys():
+    for owner in dict.fromkeys([*mine, *theirs]):  # graph order (break89 F3: a set's varied)
         if owner and called is not None and called_theirs is not None and (
                 owner not in called or owner not in called_theirs):
             # (break89 F1: its channels were kept whole, blamed on a line of its own)

@@ -82,8 +82,12 @@ def _check_masks(channels: ChannelGraph, masks: dict[str, np.ndarray]) -> None:
         for ids in stat.labels:
             m = position_mask(channels, ids, masks)
             if not np.all((m == 0) | (m == 1)):
+                # (break90 F8: an EMA copy's averaged masks got this without its way out)
                 raise SurgeryError(f"norm `{stat.node}` normalizes over channels whose masks are not 0/1; "
-                                   "its statistics cannot be folded: set those masks to 0 or 1")
+                                   "its statistics cannot be folded: set those masks to 0 or 1 (an "
+                                   "EMA or averaged copy of a prepared model averages its masks: "
+                                   "copy the trained model's into it first, "
+                                   "fxprune.copy_masks(trained, ema_copy))")
 
 
 def _is_mask_node(node: fx.Node, owner: str) -> bool:

@@ -252,6 +252,34 @@ def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():
         fxprune.copy_masks(pm, on_meta)  # copying into it would keep nothing
 
 
+def test_an_averaged_copy_of_a_model_with_a_masked_norm_is_told_of_copy_masks():
+    """break90 F8: with a LayerNorm over the channels, finalize of an EMA copy raised (its
+    statistics cannot be folded at fractional masks) without the copy_masks way out the
+    warning above gives, and "set those masks to 0 or 1" read as "round them by hand"."""
+    from torch.optim.swa_utils import AveragedModel
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.ln, self.b = nn.Conv2d(3, 8, 3), nn.LayerNorm(8), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.b(self.ln(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+    pm = fxprune.prepare(Normed(), torch.randn(1, 3, 8, 8))
+    ema = AveragedModel(pm, use_buffers=True)
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.mask is not None]
+    ema.update_parameters(pm)
+    with torch.no_grad():
+        group.mask[:4] = 0
+    ema.update_parameters(pm)
+    with pytest.raises(fxprune.SurgeryError, match=r"norm `ln` normalizes over channels whose masks "
+                                                   r"are not 0/1.*fxprune.copy_masks\(trained, ema_copy\)"):
+        fxprune.finalize(ema.module)
+    fxprune.copy_masks(pm, ema)
+    assert fxprune.finalize(ema.module).ln.normalized_shape == (4,)
+
+
 def test_finalize_of_masks_all_one_warns_of_nothing_with_tied_units():
     """break28 #3: the warning counted the mask bank's integer maps of tied units (a residual
     read by a grouped conv) as masks: every finalize said 6 of 12 were neither 0 nor 1."""
@@ -855,3 +883,31 @@ def test_another_tracer_keeps_the_masked_layers_as_leaves():
     with torch.no_grad():
         torch.testing.assert_close(features(X)["out"], pm(X))
     assert fxprune.masked_classes(fxprune.finalize(pm)) == []
+
+
+def test_a_finalized_state_dict_loaded_into_a_prepared_model_is_refused_in_one_line():
+    """break90 F9: a finalized model's state_dict loaded into a freshly prepared one gave one
+    size-mismatch line per layer (103 lines for resnet18) and no way out: one line names the
+    route. A plain model's weights (the original's) load, the masks as they are."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    pm = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.mask is not None]
+    with torch.no_grad():
+        group.mask[:4] = 0
+    saved = pm.state_dict()
+    small = fxprune.finalize(pm)
+    fresh = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    for strict in (True, False):
+        with pytest.raises(RuntimeError) as raised:
+            fresh.load_state_dict(small.state_dict(), strict=strict)
+        lines = str(raised.value).splitlines()
+        assert len(lines) == 2 and re.match(r"\s+the state_dict has no fxprune_masks\.\* and 3 tensors "
+                                            r"narrower .*README, Safety\)$", lines[1]), lines
+    fresh.load_state_dict(net.state_dict())  # the original's weights: the masks stay
+    assert fresh.fxprune_masks.g0.eq(1).all()
+    fresh.load_state_dict(saved)  # the route the message names
+    again = fxprune.finalize(fresh)
+    again.load_state_dict(small.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(again(x), small(x))
