@@ -13,7 +13,7 @@ import re
 from typing import Any, NamedTuple
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from fxprune.errors import ExampleInputsError
 
@@ -61,6 +61,23 @@ def user_frame(stack_trace: str | None) -> str:
 
 
 class _Recorder(fx.Interpreter):
+    def _expected_input(self) -> str:
+        """What the first conv or linear the graph calls reads (break89 F5: a video model was
+        told to pass an image's shape, which it had been given)."""
+        spatial = {nn.Conv1d: "L", nn.Conv2d: "H, W", nn.Conv3d: "T, H, W"}
+        for node in self.graph.nodes:
+            if node.op != "call_module":
+                continue
+            m = self.module.get_submodule(node.target)
+            base = next((b for b in type(m).__mro__ if b in spatial), None)
+            if base is not None:
+                return (f"its first layer, `{node.target}` ({type(m).__name__}), reads "
+                        f"(N, {m.in_channels}, {spatial[base]}): e.g. (torch.randn(1, "
+                        f"{m.in_channels}, {spatial[base]}),)")
+            if isinstance(m, nn.Linear):
+                return (f"its first layer, `{node.target}` (Linear), reads (..., {m.in_features})")
+        return "for an image model that is usually (torch.randn(1, 3, H, W),)"
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -73,7 +90,7 @@ class _Recorder(fx.Interpreter):
                 f"running the model on example_inputs failed at node `{n.name}` "
                 f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: {e}\n"
                 f"Check that example_inputs match what the model expects (shapes {self.input_shapes}); "
-                f"for an image model that is usually (torch.randn(1, 3, H, W),).") from e
+                f"{self._expected_input()}.") from e
         pieces = n.meta.get("fxprune_pieces")
         if pieces is not None and (not isinstance(result, (list, tuple)) or len(result) != pieces):
             raise ExampleInputsError(

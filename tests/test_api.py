@@ -96,6 +96,11 @@ def test_leaf_module_is_traced_whole_and_becomes_a_barrier():
 def test_wrong_example_inputs_are_explained(resnet18):
     with pytest.raises(fxprune.ExampleInputsError, match="example_inputs.*conv1"):
         fxprune.prepare(resnet18, (torch.randn(1, 1, 32, 32),))  # 1 channel, model wants 3
+    # break89 F5: a video model given an image was told to pass an image's shape
+    video = nn.Sequential(nn.Conv3d(3, 4, 3), nn.ReLU(), nn.Conv3d(4, 2, 1))
+    with pytest.raises(fxprune.ExampleInputsError, match=r"its first layer, `0` \(Conv3d\), reads "
+                                                         r"\(N, 3, T, H, W\): e.g. \(torch.randn\(1, 3, T, H, W\),\)\.$"):
+        fxprune.prepare(video, (X,))
     with pytest.raises(fxprune.ExampleInputsError, match="1 required argument"):
         fxprune.prepare(resnet18, (X, X))
     with pytest.raises(fxprune.ExampleInputsError, match="tuple"):
