@@ -59,13 +59,16 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     return torch.cat([ones, *group_masks])[index]
 
 
+try:  # the flag torch.fx sets while it traces (read per masked forward: no warning logged)
+    from torch.fx._symbolic_trace import _get_is_fx_tracing
+except ImportError:  # pragma: no cover - a torch without it: its public, logging form
+    from torch.fx._symbolic_trace import is_fx_tracing as _get_is_fx_tracing
+
+
 def _traced_by_another_tracer() -> bool:
     """A torch.fx symbolic trace is running (not torch.compile or torch.export, whose tracing
     the masked forwards support)."""
-    if torch.compiler.is_compiling():
-        return False
-    from torch.fx._symbolic_trace import _get_is_fx_tracing
-    return _get_is_fx_tracing()
+    return not torch.compiler.is_compiling() and _get_is_fx_tracing()
 
 
 def one_op(forward):
