@@ -249,6 +249,20 @@ def test_timm_same_padded_layers_are_rows_pruned_exactly_and_costed_as_they_run(
     assert gathered_error_at_every_other_channel(pm) <= 1e-5
 
 
+def assert_saved_and_loaded_alike(pm, x, layer: str) -> None:
+    """A pickled prepared model computes what it did; ``layer``'s masked class, made at run
+    time once per class and row, is the same class after the load."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(pm, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pm(x))
+    assert type(loaded.get_submodule(layer)) is type(pm.get_submodule(layer))
+
+
 class WeightStandardized(torch.nn.Module):
     """timm's weight-standardized convs (BiT ResNetV2, NFNets, ViT hybrids): plain and scaled,
     static and SAME-padded, grouped, with gains and biases of their own; and BiT's norms with
@@ -294,8 +308,6 @@ def test_timm_weight_standardized_convs_are_rows_pruned_exactly(dtype):
     so finalize, gathered execution (CUCB) and a pickled prepared model agree with it. BiT's
     GroupNormAct called F.group_norm in its own forward, which has no row: a barrier; as a
     row its masked form is the masked GroupNorm, then its activation."""
-    import io
-
     from helpers import prune_and_check
 
     torch.manual_seed(0)
@@ -316,13 +328,7 @@ def test_timm_weight_standardized_convs_are_rows_pruned_exactly(dtype):
     model = without_norms(model)
     pm = fxprune.prepare(model, (x,))
     assert gathered_error_at_every_other_channel(pm) <= 1e-5
-    buffer = io.BytesIO()
-    torch.save(pm, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), pm(x))
-    assert type(loaded.conv) is type(pm.conv)  # the masked class is made once per class and row
+    assert_saved_and_loaded_alike(pm, x, "conv")
 
 
 @pytest.mark.parametrize("straight_through", [True, False])
@@ -413,8 +419,6 @@ def test_timm_rms_and_simple_norms_are_rows():
     of squares (or the variance) over the channels in their forward: traced through, a mean
     over dim 1, a barrier. As rows they are masked (statistics over kept channels only), so
     finalize is exact; a pickled prepared model keeps its masked classes."""
-    import io
-
     from helpers import prune_and_check
 
     torch.manual_seed(0)
@@ -426,13 +430,7 @@ def test_timm_rms_and_simple_norms_are_rows():
                         ("last", "pw3"), ("last1", "pw3")):
         width = getattr(small, layer).out_channels
         assert getattr(small, norm).normalized_shape == (width,) == tuple(getattr(small, norm).weight.shape)
-    buffer = io.BytesIO()
-    torch.save(pm, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), pm(x))
-    assert type(loaded.norm) is type(pm.norm)  # the masked class is made once per class and row
+    assert_saved_and_loaded_alike(pm, x, "norm")
     # gathered execution (CUCB) runs no masked norm: refused, naming the user's class
     from fxprune.passes.gathered import gathered_module
     with pytest.raises(fxprune.FxPruneError, match=r"does not support RmsNorm2d \(norm\)"):
