@@ -305,6 +305,16 @@ def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decisi
         pm = prepared()
         pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
         train(pm, pruner, 10)
+        pm = prepared()  # an optimizer writing through .data, which no version counter sees
+        pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+        for step in range(10):
+            x, y = data(seed=step)
+            F.cross_entropy(pm(x), y).backward()
+            pruner.step()
+            for p in pm.parameters():
+                if p.grad is not None:
+                    p.data.add_(p.grad, alpha=-0.05)
+                    p.grad = None
 
 
 def test_state_dict_resumes_to_identical_masks(tmp_path):

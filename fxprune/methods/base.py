@@ -355,6 +355,12 @@ class PruningMethod:
                  f"{', ...' if len(frozen) > 4 else ''}); {scores} sees no gradient there, so "
                  f"channels only they read score 0 and go first. {way_out}", RuntimeWarning)
 
+    def _weight_sums(self) -> torch.Tensor:
+        """Each reader's weight summed, in float64 on the model's device."""
+        with torch.no_grad():
+            device = self.consumers[0].param.device
+            return torch.stack([c.param.detach().double().sum().to(device) for c in self.consumers])
+
     def _check_training(self) -> None:
         """At a decision (an update, a pick, a pruning round): say once when the prepared
         model's weights have not changed in the steps since the pruner was built though
@@ -371,7 +377,12 @@ class PruningMethod:
         if any(c.param._version != v for c, v in zip(self.consumers, self._versions)):
             self._versions = None  # trained: nothing more to check
         elif any(c.param.grad is not None for c in self.consumers):
-            self._versions = None
+            # an optimizer writing through .data leaves the version counters as they were:
+            # the weights' values decide (one reduction and host read, once)
+            trained = not torch.equal(self._weight_sums(), self._sums_when_built)
+            self._versions = self._sums_when_built = None
+            if trained:
+                return
             warn(f"{type(self).__name__}: the prepared model's weights have not changed in the "
                  f"{self.step_count} steps since the pruner was built, though gradients reached "
                  "them: is the optimizer over the prepared model's parameters? prepare() works on "
@@ -431,6 +442,7 @@ class PruningMethod:
         self.consumers = consumer_weights(prepared, self.index)
         #: each reader's weight version when built; None once one has changed (see _check_training)
         self._versions: list[int] | None = [c.param._version for c in self.consumers]
+        self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self.step_count = 0
