@@ -250,16 +250,11 @@ def prediction_differences(a: nn.Module, b: nn.Module, loader, device: torch.dev
 
 def model_stats(model: nn.Module, input_shape=INPUT_SHAPE) -> dict[str, int]:
     """Parameters and FLOPs (torch's flop counter, 2 per multiply-accumulate) at batch 1."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from .summary import count_flops
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(input_shape, device=device))
-    model.train(was_training)
     return {"params": sum(p.numel() for p in model.parameters()),
-            "flops": int(counter.get_total_flops())}
+            "flops": count_flops(model, (torch.zeros(input_shape, device=device),))}
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

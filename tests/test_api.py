@@ -916,3 +916,38 @@ def test_a_finalized_state_dict_loaded_into_a_prepared_model_is_refused_in_one_l
     again.load_state_dict(small.state_dict())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(again(x), small(x))
+
+
+def test_flops_count_attention_and_recurrent_layers():
+    """break91 F1: in an eval forward nn.MultiheadAttention takes its fused fast path,
+    F.scaled_dot_product_attention its flash kernel and nn.LSTM oneDNN's fused RNN, which
+    torch's flop counter has no formula for: each counted 0 FLOPs (torchvision's vit_b_16 22.5
+    GFLOPs of 33.7; a 0.5 FLOPs target kept 0.67). Counted as their matrix products (2 per
+    multiply-accumulate), the backend flags as they were after."""
+    from fxprune.summary import count_flops
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            q = x.view(1, 5, 2, 8).transpose(1, 2)
+            return self.mha(x, x, x, need_weights=False)[0], F.scaled_dot_product_attention(q, q, q)
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(x)[0]
+
+    before = (torch.backends.mha.get_fastpath_enabled(), torch.backends.mkldnn.enabled,
+              torch.backends.cudnn.enabled)
+    projections, products = 4 * 16 * 16 * 5 * 2, 2 * (2 * 5 * 5 * 8 * 2)  # qkv + out; qk^T, av
+    assert count_flops(Attention(), (torch.randn(1, 5, 16),)) == projections + 2 * products
+    steps = 5 * (4 * 16 * 8 * 2 + 4 * 16 * 16 * 2)  # the input and recurrent products per step
+    assert count_flops(Recurrent(), (torch.randn(1, 5, 8),)) == steps
+    assert (torch.backends.mha.get_fastpath_enabled(), torch.backends.mkldnn.enabled,
+            torch.backends.cudnn.enabled) == before
