@@ -470,8 +470,10 @@ def main(argv=None) -> int:
     p.add_argument("--smcp", nargs="+", default=None, metavar="NAME=JSON",
                    help='SMCP rows, e.g. smcp-flops=\'{}\' \'smcp-lat-b64={"cost": "latency:64", '
                         '"target": 0.6}\'; schedule keys warmup, ramp_until, freeze_from, update_every '
-                        'are fractions of the epochs (default 0.1, 0.6, 0.7, 0.02); cost "flops" or '
-                        '"latency:BATCH" (an ONNX Runtime table at that batch); other keys go to SMCP')
+                        'are fractions of the epochs (default 0.1, 0.6, 0.7, 0.02); cost "flops", '
+                        '"params", "latency:BATCH" (an ONNX Runtime table at that batch) or '
+                        '"latency+fixed:BATCH" (that table plus the constant it misses, fitted); other '
+                        'keys go to SMCP')
     p.add_argument("--table-cache", default=str(ROOT / "runs" / "latency_tables"),
                    help="folder of the latency tables' cache files")
     p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS.json",

@@ -307,6 +307,36 @@ EXHAUSTIVE_MAX_LIMIT = 20
 
 
 class CCP(PruningMethod):
+    """CCP (Peng et al., ICML 2019): second-order pairwise statistics of the channels,
+    gathered from the trainer's own steps, and a 0-1 quadratic program per group for the
+    channels to keep (the module's docstring gives the objective, the solver and the loop).
+
+    Args:
+        prepared: the model :func:`fxprune.prepare` returned.
+        target: fraction of the dense cost to keep (None: 0.5); unused beside ``ratio`` in
+            ``mode="ratio"`` (a warning says so).
+        cost: as :class:`SMCP`'s (``"flops"``, ``"params"``, a latency table...).
+        mode: ``"ratio"`` (every group keeps ``ratio`` of its channels; None: the largest
+            common ratio within ``target``) or ``"adaptive"`` (fxprune's allocator picks the
+            counts under ``target``).
+        collect: the optimizer steps whose statistics each pruning round uses.
+        prune_at: the step (from 1) of the first round (None: ``collect``); rounds,
+            round_every: that many rounds, that many steps apart (the ratio or target moving
+            linearly to its final value; pruned channels stay pruned).
+        channel_step: widths per group are multiples of it.
+        exhaustive_max, swaps: groups of at most this many channels are solved exhaustively;
+            wider ones greedily, then with 1-swaps and pair moves (``swaps=False``: greedy only).
+        loss_reduction: ``"mean"`` or ``"sum"``, as the trainer's loss reduces its batch.
+        collect_bn: ``"train"`` or ``"eval"``: the batch norms' mode in the collecting
+            forwards.
+        resolution, max_resolves: the allocator's, as :class:`SMCP`'s.
+        reduce_fn: sums the statistics over processes (rank-local activation terms).
+        scaler: the loop's ``torch.amp.GradScaler``, whose scale the statistics undo.
+
+    Raises:
+        ValueError: an argument out of range.
+    """
+
     #: the cost fraction kept when ``target`` is None
     default_target = DEFAULT_TARGET
     name = "ccp"

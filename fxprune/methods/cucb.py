@@ -105,6 +105,35 @@ CHECK_TRAINING_EVERY = 50
 
 
 class CUCB(PruningMethod):
+    """CUCB channel execution (Spasov & Lio, BMVC 2019): a combinatorial bandit picks which
+    channels train at each step; at step ``explore`` the best by mean reward are kept (the
+    module's docstring gives the loop, the reward and the index).
+
+    Args:
+        prepared: the model :func:`fxprune.prepare` returned.
+        target: fraction of the dense cost to keep (None: 0.5); unused beside ``rho`` in
+            ``mode="ratio"`` (a warning says so).
+        cost: as :class:`SMCP`'s (``"flops"``, ``"params"``, a latency table...).
+        rho: fraction of every group active per step and kept (``mode="ratio"``; None: the
+            largest common fraction within ``target``).
+        mode: ``"ratio"`` (top ``rho`` per group) or ``"budget"`` (fxprune's allocator under
+            ``target``).
+        c: the exploration weight of the index ``mu + c sqrt(3 ln t / (2 T))``.
+        warmup: steps of random active sets first; explore: the step of the final selection
+            (None: at :meth:`finalize_masks`), in optimizer steps.
+        selection: ``"cucb"`` or ``"random"`` (the control).
+        seed: the tie-breaking and warm-up generator's seed.
+        channel_step: widths per group are multiples of it.
+        execution: ``"gathered"`` (the active sub-network runs, through :attr:`train_forward`,
+            with :meth:`attach_optimizer`) or ``"masked"`` (full width, inactive channels
+            masked).
+        reduce_fn: sums rewards over processes that hold their own gradients (None under DDP).
+        resolution, max_resolves: the allocator's, as :class:`SMCP`'s.
+
+    Raises:
+        ValueError: an argument out of range, or gathered execution under torch.distributed.
+    """
+
     #: the cost fraction kept when ``target`` is None
     default_target = DEFAULT_TARGET
     name = "cucb"
@@ -322,6 +351,8 @@ class CUCB(PruningMethod):
         return super().masks_not_final()
 
     def finalize_masks(self) -> bool:
+        """Make the final selection now (the top channels by mean reward, under the same rule
+        as the run's), if step ``explore`` has not made it; True if it was made here."""
         if self.final:
             return False
         self.select_final()

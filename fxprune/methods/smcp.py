@@ -131,6 +131,43 @@ def _check_reaches_target(schedule: PruningSchedule, target: float) -> None:
 
 
 class SMCP(PruningMethod):
+    """SMCP (Humble et al., ECCV 2022) on a prepared model: soft input-channel masks, Taylor
+    importance, a global knapsack under a cost target that ramps down (see the module's
+    docstring for the loop, mixed precision and the options' evidence).
+
+    Args:
+        prepared: the model :func:`fxprune.prepare` returned.
+        target: fraction of the dense cost to keep at the end of the ramp, in (0, 1].
+        cost: ``"flops"``, ``"params"``, ``"latency"``, ``"latency+fixed"`` (a table measured
+            here with ONNX Runtime), or a :class:`fxprune.CostModel` (a
+            :class:`fxprune.LatencyTable`).
+        warmup, ramp, update_every, freeze_after: the schedule, in optimizer steps (calls of
+            :meth:`step`): dense for ``warmup``, the target going from 1 to ``target`` over
+            ``ramp`` (``ramp_shape`` ``"exp"`` or ``"linear"``), masks re-solved every
+            ``update_every``, fixed after ``freeze_after`` (None: never); or ``schedule``, a
+            :class:`fxprune.PruningSchedule`.
+        importance: ``"taylor"`` (``|sum W dL/dW|`` over a channel's readers) or
+            ``"magnitude"``; ``accumulate`` ``"mean"`` over the steps between updates or
+            ``"momentum"`` (``momentum``, in [0, 1)).
+        masks: ``"soft"`` (straight-through: masked weights keep learning) or ``"hard"``
+            (HALP-style; pruned channels never come back).
+        allocation: ``"knapsack"`` (global) or ``"uniform"`` (the same fraction per group).
+        channel_step: widths offered per group are multiples of it (8 for GPU kernels).
+        bn_rescale: ``"off"`` or ``"kept_fraction"`` (SMCP's gamma scaling).
+        masked_decay: extra weight decay on masked-out weights only (``masked_decay * W``
+            added to their gradient at each step).
+        resolution, max_resolves: the knapsack's cost grid and its re-solves when the real
+            cost overshoots the grid's estimate.
+        hysteresis: margin a masked channel must beat kept ones by to come back (0: as
+            published).
+        bn_recalibrate: steps of batch-norm statistics recalibration after a mask change.
+
+    Raises:
+        ValueError: an argument out of range, a schedule that freezes before the ramp ends,
+            or a target below what the narrowest allowed widths cost
+            (:class:`fxprune.allocation.InfeasibleBudget`).
+    """
+
     name = "smcp"
     state_keys = ("step", "importance", "masks", "dead", "history")
 
