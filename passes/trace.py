@@ -397,6 +397,10 @@ def _warn_mode_overrides(model: nn.Module, root: nn.Module, gm: fx.GraphModule) 
     overriding = [name for name, m in root.named_modules()
                   if (type(m).train is not nn.Module.train or type(m).eval is not nn.Module.eval)
                   and type(kept.get(name)) is not type(m)]
+    if overriding:  # one that sets the modes as nn.Module's does (timm's attention clearing a
+        # cache: levit, efficientformer) loses nothing: each is tried on a copy
+        copy = copy_model(model)
+        overriding = [name for name in overriding if _sets_other_modes(copy.get_submodule(name))]
     if overriding:
         first = overriding[0]
         cls = type(root.get_submodule(first)).__name__
@@ -408,6 +412,16 @@ def _warn_mode_overrides(model: nn.Module, root: nn.Module, gm: fx.GraphModule) 
             ".train() sets every submodule's mode alike; after each .train(), set the modes its "
             "override sets yourself (e.g. frozen BatchNorms: m.eval() for each)",
             UserWarning, stacklevel=4)
+
+
+def _sets_other_modes(module: nn.Module) -> bool:
+    """Whether ``module.train()`` or ``.eval()`` (its override) leaves any of its modules in
+    another mode than nn.Module's would (called on a copy)."""
+    for mode in (True, False):
+        module.train(mode) if mode else module.eval()
+        if any(m.training is not mode for m in module.modules()):
+            return True
+    return False
 
 
 _LAYER_FUNCTIONS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",

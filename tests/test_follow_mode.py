@@ -238,6 +238,16 @@ def test_a_train_override_the_prepared_model_cannot_keep_is_named():
         pm = fxprune.prepare(model, (X,), leaf_modules=[FrozenNormBackbone])
     assert not pm.train().get_submodule("0").bn.training
 
+    class ClearsACache(FrozenNormBackbone):  # timm's levit attention: modes as nn.Module sets them
+        def train(self, mode=True):
+            nn.Module.train(self, mode)
+            self.cache = {}
+            return self
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.prepare(nn.Sequential(ClearsACache(), nn.Conv2d(8, 4, 1)), (X,))
+
 
 class TrainOnlyUntraceable(nn.Module):
     def __init__(self):
