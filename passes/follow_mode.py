@@ -74,32 +74,68 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
     a traced value in its modules) with every module's ``training`` flipped, by
     ``make_tracer()`` (a tracer like the one that traced ``root`` into ``graph``), and say what
     differs. ``called``: the paths of the modules that tracing ``graph`` called (the tracer's
-    ``called``; the other trace's are read from its tracer): a module called in one mode only
-    (GoogLeNet's auxiliary heads) does not read the flag itself, its caller does."""
+    ``called``; the other trace's are read from its tracer). A module called in one mode only
+    (GoogLeNet's auxiliary heads) is its caller's difference, not its own (break89 F1: each was
+    made a leaf, its channels kept whole); what its own code does with the flag is found by a
+    third trace, with only such heads flipped, so that their caller still calls them (break92
+    F3: a head's F.dropout(x, p, self.training) was frozen in the mode of the prepare)."""
+    flipped, other, tracer, failure = _trace_flipped(make_tracer, fresh_copy, lambda name: True)
+    if failure is not None:
+        return failure
+    called_theirs = getattr(tracer, "called", None)
+    heads: list[str] = []  # called by the graph kept, not in the other mode: in the graph
+    if called is not None and called_theirs is not None:
+        one_mode = (called - called_theirs) | (called_theirs - called)
+        heads = [name for name in sorted(called - called_theirs)
+                 if not any(name.startswith(h + ".") for h in called - called_theirs if h != name)]
+    else:
+        one_mode = set()
+    found = _differences(root, graph, other, skip=lambda owner: owner in one_mode)
+    if heads and not found.leaves:
+        inside = lambda name: any(name == h or name.startswith(h + ".") for h in heads)  # noqa: E731
+        _, other2, _, failure = _trace_flipped(make_tracer, fresh_copy, inside)
+        if failure is not None:
+            return failure
+        theirs = _differences(root, graph, other2, skip=lambda owner: not inside(owner))
+        found.dropouts += theirs.dropouts
+        found.leaves.update(theirs.leaves)
+    if found.leaves:  # traced again with these as leaves
+        return ModeDependence(leaves=found.leaves)
+    return found
+
+
+def _trace_flipped(make_tracer, fresh_copy, flip):
+    """(the copy, its graph, the tracer, None) with the modules whose path ``flip`` accepts
+    in the other mode, or (..., a ModeDependence saying why it could not be traced)."""
     tracer = make_tracer()
+    flipped = None
     try:
         flipped = fresh_copy()
-        for m in flipped.modules():
-            m.training = not m.training
-        other = tracer.trace(flipped)
+        for name, m in flipped.named_modules():
+            if flip(name):
+                m.training = not m.training
+        return flipped, tracer.trace(flipped), tracer, None
     except Exception as e:  # noqa: BLE001 - a submodule is made a leaf, else the caller warns
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failed = getattr(tracer, "failed_at", None) or []
-        if failed and failed[-1][0]:  # a submodule's other-mode code cannot be traced
+        if failed and failed[-1][0] and flipped is not None:  # a submodule's other-mode code
             mode = "train" if flipped.get_submodule(failed[-1][0]).training else "eval"
-            return ModeDependence(leaves={failed[-1][0]: f"its forward cannot be traced in {mode} "
-                                                         f"mode ({why})"})
-        return ModeDependence(unchecked=why)
+            return flipped, None, tracer, ModeDependence(
+                leaves={failed[-1][0]: f"its forward cannot be traced in {mode} mode ({why})"})
+        return flipped, None, tracer, ModeDependence(unchecked=why)
+
+
+def _differences(root: nn.Module, graph: fx.Graph, other: fx.Graph, skip) -> ModeDependence:
+    """Compare the two graphs' nodes per module whose code made them (but the modules ``skip``
+    accepts): functional dropouts that follow the flag, modules to make leaves, the root's
+    line."""
     mine, theirs = _by_owner(graph), _by_owner(other)
     where_mine, where_theirs = _positions(mine), _positions(theirs)
     differing = {}
-    called_theirs = getattr(tracer, "called", None)
-    one_mode_only: list[fx.Node] = []  # the nodes of modules called in one mode only
+    skipped: list[fx.Node] = []  # (their call sites name the line of a root that returns them)
     for owner in dict.fromkeys([*mine, *theirs]):  # graph order (break89 F3: a set's varied)
-        if owner and called is not None and called_theirs is not None and (
-                owner not in called or owner not in called_theirs):
-            # (break89 F1: its channels were kept whole, blamed on a line of its own)
-            one_mode_only += mine.get(owner, []) + theirs.get(owner, [])
+        if owner and skip(owner):
+            skipped += mine.get(owner, []) + theirs.get(owner, [])
             continue
         a, b = mine.get(owner, []), theirs.get(owner, [])
         sa = [_signature(n, where_mine) for n in a]
@@ -114,14 +150,12 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
             found.dropouts += flips
         else:
             line = _first_line(a, b, sa, sb)
-            if line.startswith("node ") and one_mode_only:  # (it returns what such a module gave)
-                line = _call_site(root.get_submodule(owner), one_mode_only) or line
+            if line.startswith("node ") and skipped:  # (it returns what such a module gave)
+                line = _call_site(root.get_submodule(owner), skipped) or line
             if owner:
                 found.leaves[owner] = f"its forward reads self.training at {line}"
             else:
                 found.root_line = line
-    if found.leaves:  # traced again with these as leaves
-        return ModeDependence(leaves=found.leaves)
     return found
 
 

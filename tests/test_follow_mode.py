@@ -208,6 +208,55 @@ def test_a_head_called_in_train_mode_only_is_traced_through_and_pruned():
     assert not any(n.op == "call_module" and n.target == "aux" for n in pm.graph.nodes)
 
 
+class OwnBN(nn.BatchNorm2d):
+    """A norm subclass with a forward of its own (as detection libraries write)."""
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
+class FunctionalAuxHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(8, 8, 1), OwnBN(8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.dropout(torch.relu(self.bn(self.conv(x))).mean((2, 3)), 0.5, self.training)
+        return self.fc(x)
+
+
+class FunctionalAuxNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.aux, self.head = nn.Conv2d(3, 8, 3), FunctionalAuxHead(), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return (self.head(x), self.aux(x)) if self.training else self.head(x)
+
+
+def test_a_head_called_in_one_mode_only_still_follows_the_flag_in_its_own_code():
+    """break92 F3: once a head called in train mode only was traced through, what its own code
+    does with self.training (F.dropout(x, p, self.training), a norm calling F.batch_norm with
+    it) was frozen in train mode: in eval mode it dropped out and updated its running
+    statistics, and finalize blamed the user's dropout. A third trace, with the heads alone
+    flipped, finds it as the two-mode comparison does for every other module."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"FunctionalAuxNet.forward reads self.training"):
+        pm = fxprune.prepare(FunctionalAuxNet().train(), (X,))
+    pm.eval()
+    stats = pm.get_submodule("aux.bn").running_mean.clone()
+    with torch.no_grad():
+        first, again = pm(X), pm(X)
+    assert torch.equal(first[1], again[1])  # no dropout in eval mode
+    assert torch.equal(stats, pm.get_submodule("aux.bn").running_mean)
+    assert any(n.op == "call_module" and "dropout" in n.target for n in pm.graph.nodes)
+    group = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+    group.mask[::2] = 0
+    fxprune.finalize(pm)  # exact in eval mode
+
+
 class FrozenNormBackbone(nn.Module):
     """mmdet's norm_eval: ``train()`` keeps the backbone's BatchNorms in eval mode."""
 
