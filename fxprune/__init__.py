@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from .api import copy_masks, finalize, layer_specs, masked_classes, prepare
+from .api import copy_masks, finalize, layer_specs, prepare, tracer_kwargs
 from .cost import CostModel, FlopsCost, LayerSpec, ParamsCost
 from .errors import (ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError,
                      TargetNotReachedError, TraceError)
@@ -35,6 +35,6 @@ def __getattr__(name):  # heavy or optional parts load on first use
     raise AttributeError(f"module 'fxprune' has no attribute {name!r}")
 
 
-__all__ = ["prepare", "finalize", "copy_masks", "masked_classes", "channel_groups", "summary", "layer_specs", "ChannelGroup",
+__all__ = ["prepare", "finalize", "copy_masks", "tracer_kwargs", "channel_groups", "summary", "layer_specs", "ChannelGroup",
            "CostModel", "FlopsCost", "ParamsCost", "LayerSpec", "FxPruneError", "TraceError",
            "ExampleInputsError", "SurgeryError", "NotPreparedError", "TargetNotReachedError", *_LAZY]

@@ -189,19 +189,30 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
                       "ema_copy))", RuntimeWarning, stacklevel=3)
 
 
-def masked_classes(model: nn.Module) -> list[type]:
-    """The classes of the masked layers fxprune put into a prepared ``model`` (each one op of
-    its graph), for another torch.fx tracer to keep as leaves. Empty for a finalized model.
+def tracer_kwargs(model: nn.Module) -> dict:
+    """What another torch.fx tracer needs to trace a prepared ``model`` exactly: the classes
+    of its masked layers as ``leaf_modules`` and the functions fxprune put into its graph as
+    ``autowrap_functions``, each recorded as one call (traced into, they fail, or with every
+    mask at 1 record a plain norm that no later mask change reaches: break92 F1).
+
+    Returns:
+        ``{"leaf_modules": [classes], "autowrap_functions": [functions]}``: torchvision's
+        ``create_feature_extractor(..., tracer_kwargs=...)`` takes it as it is; a
+        ``torch.fx.Tracer(autowrap_functions=...)`` takes the functions, and its
+        ``is_leaf_module`` the classes. For a finalized model both lists are empty: it holds
+        none of them.
 
     Example::
 
         from torchvision.models.feature_extraction import create_feature_extractor
-        features = create_feature_extractor(
-            pm, {"layer3": "mid", "fc": "out"},
-            tracer_kwargs={"leaf_modules": fxprune.masked_classes(pm)})
+        features = create_feature_extractor(pm, {"layer3": "mid", "fc": "out"},
+                                            tracer_kwargs=fxprune.tracer_kwargs(pm))
     """
-    from .masks import FXPRUNE_CLASSES
-    return list(dict.fromkeys(type(m) for m in model.modules() if isinstance(m, FXPRUNE_CLASSES)))
+    from .masks import FXPRUNE_CLASSES, GRAPH_FUNCTIONS
+    classes = list(dict.fromkeys(type(m) for m in model.modules() if isinstance(m, FXPRUNE_CLASSES)))
+    graph = getattr(model, "graph", None)
+    used = {n.target for n in graph.nodes if n.op == "call_function"} if graph is not None else set()
+    return {"leaf_modules": classes, "autowrap_functions": [f for f in GRAPH_FUNCTIONS if f in used]}
 
 
 def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:

@@ -18,6 +18,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:  # the flag torch.fx sets while it traces (read per masked forward: no warning logged)
+    from torch.fx._symbolic_trace import _get_is_fx_tracing
+except ImportError:  # pragma: no cover - a torch without it: its public, logging form
+    from torch.fx._symbolic_trace import is_fx_tracing as _get_is_fx_tracing
+
+
+def _traced_by_another_tracer() -> bool:
+    """A torch.fx symbolic trace is running (not torch.compile or torch.export, whose tracing
+    the masked forwards support)."""
+    return not torch.compiler.is_compiling() and _get_is_fx_tracing()
+
+
+def _refuse_another_tracer(what: str) -> None:
+    if _traced_by_another_tracer():
+        from .errors import FxPruneError
+        raise FxPruneError(
+            f"a torch.fx tracer went into fxprune's {what}, which runs as one op: keep "
+            "fxprune's layers and functions as leaves, e.g. create_feature_extractor(pm, nodes, "
+            "tracer_kwargs=fxprune.tracer_kwargs(pm)), or trace the finalized model")
+
+
+def one_op(fn):
+    """A masked layer's ``forward``, or a function fxprune puts into the prepared graph, is
+    one op of it: a torch.fx tracer that enters it (``torch.fx.symbolic_trace(prepared)``,
+    torchvision's ``create_feature_extractor``) fails on its host-side logic with torch's
+    message (break90 F5: "'Proxy' object does not support item assignment"; break92 F2), or,
+    with every mask at 1, records the plain norm and no later mask change (break92 F1:
+    silently). So it is refused in one line naming the way out
+    (:func:`fxprune.tracer_kwargs`)."""
+    if "." in fn.__qualname__:  # a method: the layer's class is named
+        @functools.wraps(fn)
+        def checked(self, *args, **kwargs):
+            _refuse_another_tracer(f"masked layer {type(self).__name__}")
+            return fn(self, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            _refuse_another_tracer(f"function {fn.__name__}")
+            return fn(*args, **kwargs)
+    return checked
+
 
 class _StraightThroughScale(torch.autograd.Function):
     """``x * s`` forward; the gradient reaches ``x`` as if ``s`` were 1. Written with
@@ -50,6 +91,7 @@ def broadcast_along(mask: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
     return mask.view(shape)
 
 
+@one_op
 def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor:
     """Per-position mask of a layer input that mixes groups (concat) or repeats them (flatten).
 
@@ -57,37 +99,6 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     """
     ones = group_masks[0].new_ones(1)
     return torch.cat([ones, *group_masks])[index]
-
-
-try:  # the flag torch.fx sets while it traces (read per masked forward: no warning logged)
-    from torch.fx._symbolic_trace import _get_is_fx_tracing
-except ImportError:  # pragma: no cover - a torch without it: its public, logging form
-    from torch.fx._symbolic_trace import is_fx_tracing as _get_is_fx_tracing
-
-
-def _traced_by_another_tracer() -> bool:
-    """A torch.fx symbolic trace is running (not torch.compile or torch.export, whose tracing
-    the masked forwards support)."""
-    return not torch.compiler.is_compiling() and _get_is_fx_tracing()
-
-
-def one_op(forward):
-    """A masked layer's ``forward`` is one op of the prepared graph: a torch.fx tracer that
-    enters it (``torch.fx.symbolic_trace(prepared)``, torchvision's
-    ``create_feature_extractor``) fails on its host-side logic with torch's message (break90
-    F5: "'Proxy' object does not support item assignment"), so it is refused in one line
-    naming the way out."""
-    @functools.wraps(forward)
-    def checked(self, *args, **kwargs):
-        if _traced_by_another_tracer():
-            from .errors import FxPruneError
-            raise FxPruneError(
-                f"a torch.fx tracer went into fxprune's masked layer {type(self).__name__}, "
-                "which runs as one op: keep fxprune's layers as leaves, e.g. "
-                "create_feature_extractor(pm, nodes, tracer_kwargs={'leaf_modules': "
-                "fxprune.masked_classes(pm)}), or trace the finalized model")
-        return forward(self, *args, **kwargs)
-    return checked
 
 
 # -- layers whose input channels are masked -------------------------------------------------------
@@ -132,6 +143,7 @@ class _InputMasked(_FxPruneLayer):
         return scale(self.weight, m, straight_through=self.fxprune_straight_through)
 
 
+@one_op
 def mask_weight(weight: torch.Tensor, mask: torch.Tensor, dim: int,
                 straight_through: bool = True) -> torch.Tensor:
     """A functional layer's weight (``F.conv2d(x, self.w)``) masked along its input dim ``dim``
@@ -304,6 +316,7 @@ def forget_all_ones(masks) -> None:
             del mask._fxprune_all_ones
 
 
+@one_op
 def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks):
     """``F.layer_norm`` whose mean and variance count only channels with a nonzero mask.
 
@@ -420,6 +433,7 @@ def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     return y
 
 
+@one_op
 def masked_rms_norm(x, normalized_shape, weight, eps, mask_dims, *masks):
     """``F.rms_norm`` whose mean square counts only channels with a nonzero mask (the masked
     form of ``F.rms_norm`` calls). ``mask_dims[i]`` is the index, within ``normalized_shape``,
@@ -749,3 +763,8 @@ def strip_method_hooks(model: nn.Module) -> None:
                 del hooks[key]
                 for side in _HOOK_SIDE_TABLES:
                     getattr(module, side, {}).pop(key, None)
+
+
+#: the functions fxprune puts into a prepared graph, each one op there: another torch.fx
+#: tracer records them as calls given them as ``autowrap_functions`` (:func:`fxprune.tracer_kwargs`)
+GRAPH_FUNCTIONS = (gather_mask, mask_weight, masked_layer_norm, masked_rms_norm)

@@ -865,29 +865,42 @@ def test_copy_masks_refuses_models_whose_same_keys_name_other_groups():
     assert fxprune.channel_groups(c)[0].kept == 5
 
 
-def test_another_tracer_keeps_the_masked_layers_as_leaves():
+def test_another_tracer_keeps_the_masked_layers_and_functions_as_single_calls():
     """break90 F5: torch.fx.symbolic_trace(pm) and torchvision's create_feature_extractor went
     into the masked layers' forwards and failed there with "'Proxy' object does not support
-    item assignment". Refused in one line naming the way out, which works: the features are the
-    prepared model's own, masks included."""
-    from torchvision.models.feature_extraction import create_feature_extractor
+    item assignment". break92 F1/F2: with leaf masked layers only, the masked functional
+    norms were traced into, recording a plain norm while every mask was 1 (later mask changes
+    silently ignored) and failing with torch's message once one was 0. Refused in one line
+    naming the way out, which works: the features are the prepared model's own, and follow
+    later mask changes."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    class Functional(nn.Module):  # F.layer_norm, F.rms_norm and F.conv2d on its own weights
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.w = nn.Parameter(torch.randn(6, 8, 1, 1))
+            self.g = nn.Parameter(torch.rand(8) + 0.5)
+
+        def forward(self, x):
+            y = F.layer_norm(self.a(x).permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2)
+            y = F.rms_norm(y.permute(0, 2, 3, 1), (8,), self.g).permute(0, 3, 1, 2)
+            return F.conv2d(torch.relu(y), self.w)
 
     torch.manual_seed(0)
-    pm = fxprune.prepare(torchvision.models.resnet18(num_classes=10), (X,))
-    with pytest.raises(fxprune.FxPruneError, match=r"a torch.fx tracer went into fxprune's masked "
-                                                   r"layer .*fxprune.masked_classes\(pm\)"):
-        torch.fx.symbolic_trace(pm)
-    with pytest.raises(fxprune.FxPruneError, match="masked_classes"):
-        create_feature_extractor(pm, {"layer3": "mid", "fc": "out"})
-    features = create_feature_extractor(pm, {"layer3": "mid", "fc": "out"},
-                                        tracer_kwargs={"leaf_modules": fxprune.masked_classes(pm)})
-    pm.eval()
-    features.eval()
-    group = next(g for g in fxprune.channel_groups(pm) if g.prunable)
-    group.mask[: group.size // 2] = 0
-    with torch.no_grad():
-        torch.testing.assert_close(features(X)["out"], pm(X))
-    assert fxprune.masked_classes(fxprune.finalize(pm)) == []
+    for model in (torchvision.models.resnet18(num_classes=10), Functional()):
+        pm = fxprune.prepare(model, (X,)).eval()
+        with pytest.raises(fxprune.FxPruneError, match=r"a torch.fx tracer went into fxprune's .*"
+                                                       r"tracer_kwargs=fxprune.tracer_kwargs\(pm\)"):
+            torch.fx.symbolic_trace(pm)
+        names = get_graph_node_names(pm, tracer_kwargs=fxprune.tracer_kwargs(pm))[1]
+        features = create_feature_extractor(pm, {names[-1]: "out"},
+                                            tracer_kwargs=fxprune.tracer_kwargs(pm)).eval()
+        group = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+        group.mask[: group.size // 2] = 0  # after the features were traced
+        with torch.no_grad():
+            torch.testing.assert_close(features(X)["out"], pm(X))
+        assert fxprune.tracer_kwargs(fxprune.finalize(pm)) == {"leaf_modules": [], "autowrap_functions": []}
 
 
 def test_a_finalized_state_dict_loaded_into_a_prepared_model_is_refused_in_one_line():
