@@ -305,6 +305,9 @@ def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decisi
         pm = prepared()
         pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
         train(pm, pruner, 10)
+        pm = prepared()  # break92 F4: a fused optimizer's step bumps no version counter
+        pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+        train(pm, pruner, 10, optimizer=torch.optim.AdamW(pm.parameters(), lr=1e-3, fused=True))
         pm = prepared()  # an optimizer writing through .data, which no version counter sees
         pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
         for step in range(10):
