@@ -614,14 +614,25 @@ class MaskBank(nn.Module):
         only; the bank is loaded last, after the others). A finalized model's narrower tensors
         gave one size-mismatch line per layer (break90 F9: 103 lines for resnet18): those
         become one line naming the route that works."""
-        mismatched = [m for m in error_msgs if m.startswith("size mismatch for ")]
-        if mismatched:
-            error_msgs[:] = [m for m in error_msgs if m not in mismatched]
+        import re
+        shapes = re.compile(r"size mismatch for (\S+): copying a param with shape "
+                            r"torch.Size\(\[([\d, ]*)\]\).* is torch.Size\(\[([\d, ]*)\]\)")
+        narrower = {}
+        for m in error_msgs:
+            found = shapes.match(m)
+            if found:
+                saved, here = ([int(v) for v in g.split(",") if v.strip()] for g in found.groups()[1:])
+                narrower[m] = (found.group(1), len(saved) == len(here)
+                               and all(a <= b for a, b in zip(saved, here)))
+        # every mismatch narrower (another head's wider classifier is torch's to say)
+        if narrower and all(ok for _, ok in narrower.values()):
+            names = [name for name, _ in narrower.values()]
+            error_msgs[:] = [m for m in error_msgs if m not in narrower]
             error_msgs.append(
-                f"the state_dict has no fxprune_masks.* and {len(mismatched)} tensors narrower or "
-                "wider than this prepared model's: a finalized model's? Prepare the model, load "
-                "the prepared state_dict saved before finalize, finalize, then load it into the "
-                "finalized model (README, Safety)")
+                f"the state_dict has no fxprune_masks.* and {len(names)} tensors narrower than "
+                f"this prepared model's ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): "
+                "a finalized model's? Prepare the model, load the prepared state_dict saved "
+                "before finalize, finalize, then load it into the finalized model (README, Safety)")
 
     def _other_groups(self, record) -> str | None:
         """Why the saved masks (described by ``record``) cannot load here; None if they can."""

@@ -921,7 +921,11 @@ def test_a_finalized_state_dict_loaded_into_a_prepared_model_is_refused_in_one_l
             fresh.load_state_dict(small.state_dict(), strict=strict)
         lines = str(raised.value).splitlines()
         assert len(lines) == 2 and re.match(r"\s+the state_dict has no fxprune_masks\.\* and 3 tensors "
-                                            r"narrower .*README, Safety\)$", lines[1]), lines
+                                            r"narrower than this prepared model's \(0.weight, 0.bias, "
+                                            r"2.weight\): a finalized .*README, Safety\)$", lines[1]), lines
+    wider = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3))  # another head
+    with pytest.raises(RuntimeError, match=r"size mismatch for 2.weight: .*\[6, 8, 3, 3\]"):
+        fresh.load_state_dict(wider.state_dict())  # (break92 F6: said as "a finalized model's?")
     fresh.load_state_dict(net.state_dict())  # the original's weights: the masks stay
     assert fresh.fxprune_masks.g0.eq(1).all()
     fresh.load_state_dict(saved)  # the route the message names
