@@ -66,6 +66,9 @@ class ModeDependence:
     root_line: str | None = None
     #: why the model could not be traced in the other mode (or None)
     unchecked: str | None = None
+    #: modules called in one mode only whose own code could not be traced alone in the other
+    #: mode, and why (or None)
+    heads_unchecked: tuple[list[str], str] | None = None
 
 
 def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
@@ -94,11 +97,16 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
     if heads and not found.leaves:
         inside = lambda name: any(name == h or name.startswith(h + ".") for h in heads)  # noqa: E731
         _, other2, _, failure = _trace_flipped(make_tracer, fresh_copy, inside)
-        if failure is not None:
-            return failure
-        theirs = _differences(root, graph, other2, skip=lambda owner: not inside(owner))
-        found.dropouts += theirs.dropouts
-        found.leaves.update(theirs.leaves)
+        if failure is not None:  # the heads alone in the other mode cannot be traced (their
+            # caller reads what they return as in this mode; made leaves, the caller may fail
+            # too): what the full flip found stands (break93 #1: it was dropped, and a dropout
+            # elsewhere stayed in train mode), and the heads' own use of the flag is unchecked
+            why = failure.unchecked or next(iter(failure.leaves.values()), "")
+            found.heads_unchecked = (heads, why)
+        else:
+            theirs = _differences(root, graph, other2, skip=lambda owner: not inside(owner))
+            found.dropouts += theirs.dropouts
+            found.leaves.update(theirs.leaves)
     if found.leaves:  # traced again with these as leaves
         return ModeDependence(leaves=found.leaves)
     return found

@@ -380,6 +380,14 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
                       "move that code into a "
                       "small submodule of its own, which is then called as one op",
                       UserWarning, stacklevel=3)
+    if found.heads_unchecked:
+        heads, why = found.heads_unchecked
+        warnings.warn(
+            f"`{heads[0]}`{f' ({len(heads) - 1} more)' if len(heads) > 1 else ''} is called in "
+            f"{mode} mode only, and its code could not be traced alone in the other mode "
+            f"({why}), so what it does with self.training could not be found: the prepared "
+            f"model keeps what it does in {mode} mode (prepare in the other mode to leave it "
+            "out)", UserWarning, stacklevel=3)
     if found.unchecked and not found.root_line:
         warnings.warn(
             f"{type(model).__name__} could not be traced with every module's mode flipped "
@@ -409,18 +417,32 @@ def _warn_mode_overrides(model: nn.Module, root: nn.Module, gm: fx.GraphModule) 
         warnings.warn(
             f"{where}{more} overrides train()/eval(), which the prepared and finalized models do "
             "not keep (torch.fx traces through it: its class becomes a plain module), so "
-            ".train() sets every submodule's mode alike; after each .train(), set the modes its "
-            "override sets yourself (e.g. frozen BatchNorms: m.eval() for each)",
+            ".train() sets every submodule's mode alike and the override's other changes are "
+            "not made; after each .train()/.eval(), do what it does yourself (e.g. frozen "
+            "BatchNorms: m.eval() for each)",
             UserWarning, stacklevel=4)
 
 
 def _sets_other_modes(module: nn.Module) -> bool:
-    """Whether ``module.train()`` or ``.eval()`` (its override) leaves any of its modules in
-    another mode than nn.Module's would (called on a copy)."""
-    for mode in (True, False):
-        module.train(mode) if mode else module.eval()
-        if any(m.training is not mode for m in module.modules()):
-            return True
+    """Whether ``module``'s ``train()``/``eval()`` override (called on a copy) does anything the
+    graph module would not: leave a module in another mode than nn.Module's would, or change
+    an attribute of one (a flag its forward reads, which the graph holds as traced: break93
+    #2). Emptying an already empty cache (timm's levit attention) changes nothing. An
+    override that raises is taken as one that matters (break93 #3: prepare crashed)."""
+    def state():
+        return [{k: (type(v), v if isinstance(v, (bool, int, float, str, type(None)))
+                     else len(v) if isinstance(v, (dict, list, set, tuple)) else id(v))
+                 for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
+                for m in module.modules()]
+    try:
+        module.train(True)  # settled: the state a .train() leaves
+        before = state()
+        for mode in (False, True):
+            module.train(mode) if mode else module.eval()
+            if any(m.training is not mode for m in module.modules()) or state() != before:
+                return True
+    except Exception:  # noqa: BLE001 - said in the warning, not raised from prepare
+        return True
     return False
 
 

@@ -257,6 +257,55 @@ def test_a_head_called_in_one_mode_only_still_follows_the_flag_in_its_own_code()
     fxprune.finalize(pm)  # exact in eval mode
 
 
+class TupleInTrainHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.fc(x.mean((2, 3)))
+        return (y, y * 2) if self.training else y
+
+
+class DropsOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return F.dropout(self.conv(x), 0.5, self.training)
+
+
+class ReadsTheHeadsTuple(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.aux, self.block = nn.Conv2d(3, 8, 3), TupleInTrainHead(), DropsOut()
+
+    def forward(self, x):
+        x = self.stem(x)
+        extra = None
+        if self.training:
+            out = self.aux(x)
+            extra = out[len(out) - 1]  # the head's train-mode tuple, read as one
+        return self.block(x), extra
+
+
+def test_a_head_that_cannot_be_traced_alone_in_the_other_mode_keeps_what_the_full_flip_found():
+    """break93 #1: when the heads-only trace failed (the caller reads the head's train-mode
+    tuple), its failure replaced what the full flip had found: a dropout of the main path stayed
+    in train mode (pm.eval() random, 0.025 off). It stands now; the head's own use of the flag is
+    said to be unchecked."""
+    torch.manual_seed(0)
+    model = ReadsTheHeadsTuple().train()
+    with pytest.warns(UserWarning, match=r"`aux` is called in train mode only, and its code could "
+                                         r"not be traced alone in the other mode"):
+        pm = fxprune.prepare(model, (X,))
+    pm.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(pm(X)[0], pm(X)[0])
+        torch.testing.assert_close(pm(X)[0], model(X)[0])
+
+
 class FrozenNormBackbone(nn.Module):
     """mmdet's norm_eval: ``train()`` keeps the backbone's BatchNorms in eval mode."""
 
@@ -296,6 +345,22 @@ def test_a_train_override_the_prepared_model_cannot_keep_is_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fxprune.prepare(nn.Sequential(ClearsACache(), nn.Conv2d(8, 4, 1)), (X,))
+
+    class SetsAFlag(FrozenNormBackbone):  # break93 #2: a flag its forward reads, modes as usual
+        def train(self, mode=True):
+            nn.Module.train(self, mode)
+            self.calibrated = not mode
+            return self
+
+    class InferenceOnly(FrozenNormBackbone):  # break93 #3: prepare crashed calling it
+        def train(self, mode=True):
+            if mode:
+                raise RuntimeError("inference only")
+            return nn.Module.train(self, mode)
+
+    for cls in (SetsAFlag, InferenceOnly):
+        with pytest.warns(UserWarning, match=rf"`0` \({cls.__name__}\) overrides train"):
+            fxprune.prepare(nn.Sequential(cls(), nn.Conv2d(8, 4, 1)).eval(), (X,))
 
 
 class TrainOnlyUntraceable(nn.Module):
