@@ -368,7 +368,9 @@ class PruningMethod:
         on a copy, steps the user's original model; the prepared one never trained, its
         gradients piled up, and it was pruned anyway), and say again which layers reading
         prunable channels are frozen when more were frozen since (:meth:`_warn_frozen_readers`).
-        Host reads of each weight's version counter and flags only, no device sync."""
+        Host reads of each weight's version counter and flags; when no counter moved (a fused
+        optimizer, or one writing through ``.data``, moves none), one reduction of the weights
+        and its host read, once a run."""
         if getattr(self, "_frozen_scores", None) is not None:
             self._warn_frozen_readers(*self._frozen_scores)
         # (a loss scaler skips the optimizer's first steps while it finds its scale)
