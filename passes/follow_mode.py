@@ -82,21 +82,18 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
     made a leaf, its channels kept whole); what its own code does with the flag is found by a
     third trace, with only such heads flipped, so that their caller still calls them (break92
     F3: a head's F.dropout(x, p, self.training) was frozen in the mode of the prepare)."""
-    flipped, other, tracer, failure = _trace_flipped(make_tracer, fresh_copy, lambda name: True)
+    other, tracer, failure = _trace_flipped(make_tracer, fresh_copy, lambda name: True)
     if failure is not None:
         return failure
     called_theirs = getattr(tracer, "called", None)
-    heads: list[str] = []  # called by the graph kept, not in the other mode: in the graph
-    if called is not None and called_theirs is not None:
-        one_mode = (called - called_theirs) | (called_theirs - called)
-        heads = [name for name in sorted(called - called_theirs)
-                 if not any(name.startswith(h + ".") for h in called - called_theirs if h != name)]
-    else:
-        one_mode = set()
+    known = called is not None and called_theirs is not None
+    one_mode = called ^ called_theirs if known else set()
+    mine_only = called - called_theirs if known else set()  # the heads are in the graph kept
+    heads = [name for name in sorted(mine_only) if not any(name.startswith(h + ".") for h in mine_only)]
     found = _differences(root, graph, other, skip=lambda owner: owner in one_mode)
     if heads and not found.leaves:
         inside = lambda name: any(name == h or name.startswith(h + ".") for h in heads)  # noqa: E731
-        _, other2, _, failure = _trace_flipped(make_tracer, fresh_copy, inside)
+        other2, _, failure = _trace_flipped(make_tracer, fresh_copy, inside)
         if failure is not None:  # the heads alone in the other mode cannot be traced (their
             # caller reads what they return as in this mode; made leaves, the caller may fail
             # too): what the full flip found stands (break93 #1: it was dropped, and a dropout
@@ -113,8 +110,9 @@ def mode_dependence(root: nn.Module, graph: fx.Graph, make_tracer, fresh_copy,
 
 
 def _trace_flipped(make_tracer, fresh_copy, flip):
-    """(the copy, its graph, the tracer, None) with the modules whose path ``flip`` accepts
-    in the other mode, or (..., a ModeDependence saying why it could not be traced)."""
+    """(the graph of a fresh copy with the modules whose path ``flip`` accepts in the other
+    mode, the tracer, None), or (None, the tracer, a ModeDependence saying why it could not be
+    traced)."""
     tracer = make_tracer()
     flipped = None
     try:
@@ -122,15 +120,15 @@ def _trace_flipped(make_tracer, fresh_copy, flip):
         for name, m in flipped.named_modules():
             if flip(name):
                 m.training = not m.training
-        return flipped, tracer.trace(flipped), tracer, None
+        return tracer.trace(flipped), tracer, None
     except Exception as e:  # noqa: BLE001 - a submodule is made a leaf, else the caller warns
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failed = getattr(tracer, "failed_at", None) or []
         if failed and failed[-1][0] and flipped is not None:  # a submodule's other-mode code
             mode = "train" if flipped.get_submodule(failed[-1][0]).training else "eval"
-            return flipped, None, tracer, ModeDependence(
+            return None, tracer, ModeDependence(
                 leaves={failed[-1][0]: f"its forward cannot be traced in {mode} mode ({why})"})
-        return flipped, None, tracer, ModeDependence(unchecked=why)
+        return None, tracer, ModeDependence(unchecked=why)
 
 
 def _differences(root: nn.Module, graph: fx.Graph, other: fx.Graph, skip) -> ModeDependence:

@@ -177,19 +177,12 @@ def test_the_models_own_forward_reading_the_flag_is_kept_as_prepared_with_a_warn
         fxprune.prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout()), (X,))
 
 
-class AuxHeadNet(nn.Module):
+class AuxHeadNet(AuxNet):
     """GoogLeNet's auxiliary heads: submodules the model's own forward calls in train mode only."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
         self.aux = nn.Sequential(nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1))
-
-    def forward(self, x):
-        x = self.conv(x)
-        if self.training:
-            return x, self.aux(x)
-        return x
 
 
 def test_a_head_called_in_train_mode_only_is_traced_through_and_pruned():

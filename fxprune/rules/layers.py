@@ -250,7 +250,19 @@ class ConvSame(Conv):
         return dataclasses.replace(spec, padding=begin if begin == end else begin + end)
 
 
-class StandardizedConv(ConvSame):
+class _RowOfMaskedClass:
+    """A row whose masked class is made at run time from it (:func:`fxprune.masks.
+    row_masked_class`): rows alike are equal, so that class is made once per row, also across
+    a pickle (which brings back an equal row, not the same object)."""
+
+    def __eq__(self, other):
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(vars(self).items()))))
+
+
+class StandardizedConv(_RowOfMaskedClass, ConvSame):
     """A conv that standardizes its weight in its forward (Weight Standardization, Qiao et al.
     2019, eq. 2: ``W^[o] = (W[o] - mean(W[o])) / sqrt(var(W[o]) + eps)`` over each output
     filter's ``in/groups x k...`` entries; timm's ``StdConv2d`` of the BiT ResNetV2s and the
@@ -267,12 +279,6 @@ class StandardizedConv(ConvSame):
     kind = "weight-standardized conv (reads and writes channels)"
     needs = Conv.needs + ("eps",)
     slices = ("weight", "bias", "gain")
-
-    def __eq__(self, other):  # the masked class is made once per row, also across a pickle
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    def __hash__(self):
-        return hash((type(self), tuple(sorted(vars(self).items()))))
 
     def masked_class(self, module) -> type:
         from fxprune.masks import row_masked_class
@@ -696,7 +702,7 @@ class GroupNormAct(GroupNorm):
         return MaskedGroupNormAct
 
 
-class RMSNorm(ChannelRule):
+class RMSNorm(_RowOfMaskedClass, ChannelRule):
     """A root-mean-square norm (Zhang & Sennrich 2019, eq. 4: ``y = x / sqrt(mean(x^2) + eps) *
     g``): torch's ``nn.RMSNorm`` and timm's ``RmsNorm`` over the last ``len(normalized_shape)``
     dims; ``channels_first``, timm's ``RmsNorm2d`` over dim 1 of an NCHW input. ``centered``:
@@ -714,12 +720,6 @@ class RMSNorm(ChannelRule):
     def __init__(self, channels_first: bool = False, centered: bool = False):
         self.channels_first = channels_first
         self.centered = centered
-
-    def __eq__(self, other):  # the masked class is made once per row, also across a pickle
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    def __hash__(self):
-        return hash((type(self), tuple(sorted(vars(self).items()))))
 
     def dims(self, ndim: int, k: int) -> tuple[int, ...]:
         """The input dims the statistics are taken over (``k`` normalized dims)."""
