@@ -43,8 +43,19 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     (:func:`counted_kernels`)."""
     if isinstance(inputs, torch.Tensor):  # (break67 #5: its batch was unpacked as arguments)
         raise TypeError("count_flops takes the forward's arguments as a tuple: pass (x,), not x")
-    with counted_kernels(), FlopCounterMode(display=False) as counter:
-        run_eval(model, inputs)
+    # FlopCounterMode's module tracker hooks the gradient of every argument of a submodule
+    # that requires one, even without grad: a parameter's view made under no_grad (PiT's and
+    # CaiT's class token, ``self.cls_token.expand(b, -1, -1)``, passed to a block) has none to
+    # hook, and torch raised an AssertionError. Counting needs no gradient: switched off here.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trained:
+            p.requires_grad_(False)
+        with counted_kernels(), FlopCounterMode(display=False) as counter:
+            run_eval(model, inputs)
+    finally:
+        for p in trained:
+            p.requires_grad_(True)
     return int(counter.get_total_flops())
 
 

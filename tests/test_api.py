@@ -968,3 +968,33 @@ def test_flops_count_attention_and_recurrent_layers():
     assert count_flops(Recurrent(), (torch.randn(1, 5, 8),)) == steps
     assert (torch.backends.mha.get_fastpath_enabled(), torch.backends.mkldnn.enabled,
             torch.backends.cudnn.enabled) == before
+
+
+def test_flops_count_a_parameter_passed_to_a_submodule():
+    """PiT and CaiT pass a view of their class-token parameter (``self.cls_token.expand(...)``)
+    to a block: torch's flop counter hooks the gradient of such an argument even without grad,
+    and raised an AssertionError ("Expected gradient function to be set") from count_flops,
+    on the dense model as on the finalized one. Counted, and every parameter still trains."""
+    from fxprune.summary import count_flops
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x, token):
+            return self.fc(torch.cat([token, x], 1))
+
+    class TokenNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x, self.cls_token.expand(x.shape[0], -1, -1))
+
+    model = TokenNet()
+    model.block.fc.bias.requires_grad_(False)  # one frozen: it stays frozen
+    assert count_flops(model, (torch.randn(2, 3, 8),)) == 2 * 2 * 4 * 8 * 8
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False]
