@@ -712,7 +712,10 @@ def row_masked_class(cls: type, row, mixin: type = _RowForwardMasked) -> type:
 
 
 def wrap(module: nn.Module, table: dict[type, type]) -> nn.Module:
-    """Turn ``module`` (in place) into its fxprune variant; parameters stay the same objects."""
+    """Turn ``module`` (in place) into its fxprune variant; parameters stay the same objects.
+    A module already turned (one norm called at several places) stays as it is."""
+    if isinstance(module, tuple(table.values())):
+        return module
     variant = variant_class(type(module), table)
     if variant is None:
         from .errors import FxPruneError

@@ -2316,3 +2316,51 @@ def test_a_roll_along_spatial_dims_keeps_channels_prunable():
     assert not groups["fc2"].prunable and "rolled along a channel dim" in groups["fc2"].reason
     assert not groups["mid"].prunable and "rolled flat" in groups["mid"].reason
     assert small.fc1.in_features == small.stem.out_channels < 8
+
+
+class SharedNorm(nn.Module):
+    """One norm module called on two branches (as attention's query and key share a qk-norm):
+    its weight ties the branches' channels into one group."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.norm = norm
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.norm(self.a(x)), self.norm(self.b(x))], -1))
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm, lambda c: nn.GroupNorm(2, c)],
+                         ids=["layer_norm", "rms_norm", "group_norm"])
+def test_norm_called_at_two_places_is_masked_once(norm):
+    """prepare raised TypeError ("duplicate base class MaskedLayerNorm", an inconsistent MRO
+    for RMSNorm): the second call's masked form was made from the first's. Masked once, each
+    call passing its own masks; exact, and the norm shrinks with its group."""
+    torch.manual_seed(0)
+    model = SharedNorm(norm(8))
+    pm, small = prune_and_check(model.eval(), torch.randn(4, 6))
+    g = next(g for g in fxprune.channel_groups(pm) if "a" in g.producers)
+    assert g.prunable and "b" in g.producers and 0 < g.kept < g.size
+    assert type(small.norm) is type(model.norm)
+    # (a group norm's unit is a position in each of its 2 groups)
+    assert small.norm.weight.shape == (g.kept * 8 // g.size,)
+
+
+def test_norm_called_with_channels_in_different_dims_is_refused():
+    class TwoDims(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.norm = nn.LayerNorm((4, 4), elementwise_affine=False)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x):
+            y = self.a(x)  # its channels in dim 2, then (transposed) in dim 1
+            both = [self.norm(y).flatten(1), self.norm(y.transpose(1, 2)).flatten(1)]
+            return self.head(torch.cat(both, 1))
+
+    with pytest.raises(fxprune.FxPruneError, match=r"`norm` .* called at several places with "
+                                                   r"channels in different normalized dims"):
+        fxprune.prepare(TwoDims(), (torch.randn(2, 4, 4),))

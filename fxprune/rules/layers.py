@@ -553,7 +553,7 @@ class LayerNorm(ChannelRule):
 
     def mask_statistics(self, node, gm, masks, mask_dims):
         from fxprune.masks import MaskedLayerNorm
-        _mask_norm_module(gm, node, MaskedLayerNorm, masks).fxprune_mask_dims = mask_dims
+        _set_mask_dims(_mask_norm_module(gm, node, MaskedLayerNorm, masks), node, mask_dims)
 
     def param_space(self, ctx, key, j):
         return ctx.space(f"{ctx.module_name()}.{key}", j)
@@ -747,8 +747,9 @@ class RMSNorm(_RowOfMaskedClass, ChannelRule):
     def mask_statistics(self, node, gm, masks, mask_dims):
         from fxprune.masks import _RowNormMasked, row_masked_class
         module = gm.get_submodule(node.target)
-        module.__class__ = row_masked_class(type(module), self, _RowNormMasked)
-        module.fxprune_mask_dims = tuple(mask_dims)
+        if not isinstance(module, _RowNormMasked):  # (a norm called at several places: once)
+            module.__class__ = row_masked_class(type(module), self, _RowNormMasked)
+        _set_mask_dims(module, node, mask_dims)
         node.args, node.kwargs = (node.args[0], *masks), {}
 
     def masked_forward(self, module: nn.Module, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
@@ -815,6 +816,20 @@ def _no_masked_norm(ctx, base: type) -> str | None:
                 "replace; give it a row of its own with mask_statistics/unmask_statistics to "
                 "prune these channels")
     return None
+
+
+def _set_mask_dims(module, node, mask_dims) -> None:
+    """Record which normalized dims a masked norm's masks cover. A norm module called at
+    several places (one LayerNorm shared by two branches, or by attention's queries and keys)
+    is masked once and gets each call's masks as arguments; the dims must agree."""
+    mask_dims = tuple(mask_dims)
+    had = getattr(module, "fxprune_mask_dims", None)
+    if had and tuple(had) != mask_dims:
+        raise FxPruneError(
+            f"`{node.target}` ({type(module).__name__}) is called at several places with channels "
+            f"in different normalized dims ({tuple(had)} and {mask_dims}): give each call a norm "
+            "module of its own")
+    module.fxprune_mask_dims = mask_dims
 
 
 def _mask_norm_module(gm, node, masked_class, masks):
