@@ -101,6 +101,15 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     return torch.cat([ones, *group_masks])[index]
 
 
+
+@one_op
+def mask_contracted(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` times ``mask`` along its last dim: the left operand of a product that sums over
+    channels without a weight (attention's query/key dot products, ``a @ b``), so a masked
+    channel adds nothing to the sum, as it adds nothing once removed
+    (:mod:`fxprune.rules.attention`). ``x`` (..., K), ``mask`` (K,)."""
+    return x * mask.to(x.dtype)
+
 # -- layers whose input channels are masked -------------------------------------------------------
 
 class _FxPruneLayer:
@@ -781,4 +790,4 @@ def strip_method_hooks(model: nn.Module) -> None:
 
 #: the functions fxprune puts into a prepared graph, each one op there: another torch.fx
 #: tracer records them as calls given them as ``autowrap_functions`` (:func:`fxprune.tracer_kwargs`)
-GRAPH_FUNCTIONS = (gather_mask, mask_weight, masked_layer_norm, masked_rms_norm)
+GRAPH_FUNCTIONS = (gather_mask, mask_weight, masked_layer_norm, masked_rms_norm, mask_contracted)

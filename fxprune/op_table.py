@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import (Barrier, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
+from .rules import (Barrier, MatMul, ScaledDotProductAttention, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
                             Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
@@ -117,10 +117,12 @@ CHANNEL_RULES: dict = {
     torch.cumsum: MixesDim(), "cumsum": MixesDim(),
     # -- reading shape only
     "size": SHAPE_READ, "numel": SHAPE_READ, getattr: SHAPE_READ, "dim": METADATA,
-    # -- indexing
-    # -- attention is not pruned in this version
+    # -- products that sum over channels without a weight: attention's query/key dims
+    operator.matmul: MatMul(), torch.matmul: MatMul(), "matmul": MatMul(),
+    torch.bmm: MatMul(), "bmm": MatMul(),
+    F.scaled_dot_product_attention: ScaledDotProductAttention(),
+    # in_proj_weight packs q, k and v in one tensor and the heads are split in C++
     nn.MultiheadAttention: Barrier("multi-head attention: its heads and embedding dims are kept"),
-    F.scaled_dot_product_attention: Barrier("attention: heads and head dims are kept"),
 }
 
 TUPLE_ITEM = TupleItem()

@@ -7,7 +7,8 @@ buffers ("spaces"); a rule says how an op maps its inputs' labels to its output'
 elements must be equal (``unify``) or may never be removed (``untracked``).
 
 Which op has which behaviour is data: see :mod:`fxprune.op_table`. The kinds live in
-``base`` (the base class, barriers, shape reads), ``elementwise``, ``shape`` and ``layers``. A rule
+``base`` (the base class, barriers, shape reads), ``elementwise``, ``shape``, ``layers`` and
+``attention`` (products that sum over channels without a weight). A rule
 owns everything about its op:
 
 * ``propagate(ctx)`` during analysis returns the output labels (a dict ``dim -> ids``, or a
@@ -21,13 +22,14 @@ owns everything about its op:
 """
 from .base import (Barrier, ChannelRule, Labels, Metadata, ShapeRead, SizeOf, check_size_args, node_arg,
                    norm_dim, set_node_arg, varargs)
+from .attention import MatMul, ScaledDotProductAttention
 from .elementwise import Elementwise, MixesDim, Pad, Reduce, Roll, Spatial, broadcast_unify
 from .layers import ChannelAffine, Conv, ConvSame, ConvTranspose, FunctionalAffine, StandardizedConv, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, LayerNorm, Linear, RMSNorm
 from .shape import (ChannelShuffle, Concat, Create, Expand, Index, Permute, PixelShuffle, Repeat, Reshape, Split,
                     Stack, TupleItem, reshape_blocks)
 
 __all__ = ["Barrier", "ChannelAffine", "ChannelRule", "ChannelShuffle", "Concat", "Conv", "ConvSame", "ConvTranspose", "Create", "Elementwise", "FunctionalAffine", "PixelShuffle",
-           "Expand", "FunctionalLayerNorm", "FunctionalRMSNorm", "GroupNorm", "GroupNormAct", "Index", "LayerNorm", "Labels", "Linear",
+           "Expand", "FunctionalLayerNorm", "FunctionalRMSNorm", "GroupNorm", "GroupNormAct", "Index", "LayerNorm", "Labels", "Linear", "MatMul", "ScaledDotProductAttention",
            "Metadata", "MixesDim", "Pad", "Permute", "Reduce", "Repeat", "Reshape", "Roll", "ShapeRead", "SizeOf", "Spatial",
            "Split", "StandardizedConv", "Stack", "TupleItem", "broadcast_unify", "check_size_args", "node_arg", "norm_dim",
            "reshape_blocks", "set_node_arg", "varargs"]

@@ -1,0 +1,162 @@
+"""Ops that contract channels without a weight: matrix products and scaled dot-product attention.
+
+In attention (Vaswani et al. 2017, eq. 1: ``softmax(Q K^T / sqrt(d_k)) V``) the query and key
+dims a head's dot product sums over are channels a projection wrote; so are the value dims it
+passes on to the output projection. Pruning a query/key dim removes a term of every dot
+product, exactly as pruning an input channel of a linear layer removes a term of every output;
+so the masked form multiplies the query (the product's left operand) by the group's mask
+before the product, and finalize removes that multiply with the channels.
+"""
+from __future__ import annotations
+
+import math
+
+from torch import fx
+
+from .base import ChannelRule, node_arg, set_node_arg
+
+
+def _batch_labels(ctx, operands: list, out_ndim: int, what: str) -> dict:
+    """Labels of the leading (batch) dims of a product's output, broadcast from its operands'
+    leading dims (each operand's last two dims are the matrix): operands that meet at a batch
+    dim with channels hold the same channels there."""
+    out = {}
+    for d in range(out_ndim - 2):
+        present = []
+        for a in operands:
+            shape, labels = ctx.shape(a), ctx.labels(a)
+            ad = d - (out_ndim - len(shape))
+            if 0 <= ad < len(shape) - 2 and not (shape[ad] == 1 and ctx.out_shape()[d] != 1):
+                present.append(labels.get(ad))
+        labelled = [p for p in present if p is not None]
+        if len(labelled) < len(present):
+            for p in labelled:
+                ctx.untracked(p, f"{what} with an operand whose channels fxprune does not track")
+            continue
+        for other in labelled[1:]:
+            ctx.unify(labelled[0], other, what)
+        if labelled:
+            out[d] = labelled[0]
+    return out
+
+
+def _contract(ctx, left, right, what: str) -> bool:
+    """Labels of the two dims a product sums over: equal channels if both hold channels (then
+    True: the left one is masked), kept whole if only one does (its partner would not shrink)."""
+    if left is not None and right is not None:
+        ctx.unify(left, right, what)
+        return True
+    for ids in (left, right):
+        if ids is not None:
+            ctx.untracked(ids, f"{what} with an operand whose channels fxprune does not track")
+    return False
+
+
+class _MasksLeftOperand(ChannelRule):
+    """The masked form of a product over channels: ``node``'s first argument times the mask
+    along its last dim (:func:`fxprune.masks.mask_contracted`), a node of its own that
+    finalize erases again."""
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import mask_contracted
+        with gm.graph.inserting_before(node):
+            masked = gm.graph.call_function(mask_contracted, (node.args[0], masks[0]))
+        node.args = (masked, *node.args[1:])
+
+    def unmask_statistics(self, node, gm):
+        from fxprune.masks import mask_contracted
+        first = node.args[0]
+        if isinstance(first, fx.Node) and first.op == "call_function" and first.target is mask_contracted:
+            node.args = (first.args[0], *node.args[1:])
+            if not first.users:
+                gm.graph.erase_node(first)
+
+
+class MatMul(_MasksLeftOperand):
+    """``a @ b`` (``torch.matmul``, ``torch.bmm``) of operands with at least two dims: the
+    product sums over ``a``'s last dim and ``b``'s second-to-last, so channels there are one
+    set (pruned together, ``a`` masked); ``a``'s rows and ``b``'s columns become the output's
+    last two dims; the leading dims broadcast. A vector operand keeps its channels whole."""
+
+    kind = "contracts channels (matrix product)"
+    slices = ()
+
+    def propagate(self, ctx):
+        node = ctx.node
+        a = node_arg(node, 0, "input")
+        b = node_arg(node, 1, "mat2" if "mat2" in node.kwargs else "other")
+        shapes = [ctx.shape(t) if isinstance(t, fx.Node) else None for t in (a, b)]
+        out_shape = ctx.out_shape()
+        if out_shape is None or any(s is None or len(s) < 2 for s in shapes) or len(out_shape) < 2:
+            ctx.untracked_inputs("a matrix product with a vector or an operand of unknown shape")
+            return None
+        la, lb = ctx.labels(a), ctx.labels(b)
+        nda, ndb, nd = len(shapes[0]), len(shapes[1]), len(out_shape)
+        out = _batch_labels(ctx, [a, b], nd, "matrix product's batch dims")
+        if _contract(ctx, la.get(nda - 1), lb.get(ndb - 2), "summed over by a matrix product") \
+                and node.args and node.args[0] is a:
+            ctx.stat_site((nda - 1,), (0,), self)
+        elif la.get(nda - 1) is not None and not (node.args and node.args[0] is a):
+            ctx.untracked(la[nda - 1], "summed over by a matrix product whose operands are passed by keyword")
+        if nda - 2 in la:
+            out[nd - 2] = la[nda - 2]
+        if ndb - 1 in lb:
+            out[nd - 1] = lb[ndb - 1]
+        return out
+
+
+class ScaledDotProductAttention(_MasksLeftOperand):
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)``:
+    ``q`` (..., L, E), ``k`` (..., S, E), ``v`` (..., S, Ev) give (..., L, Ev).
+
+    The query/key dims E are one set of channels (each score sums over them; ``q`` is masked),
+    the value dims Ev are the output's last dim, the query positions L pass through, and the
+    leading dims (batch, heads) broadcast. The key/value positions S are mixed by the softmax
+    and kept whole if they hold channels, as is anything the attention mask holds, and
+    grouped-query attention (``enable_gqa``). The default scale is ``1 / sqrt(E)``: finalize
+    writes the dense E's scale into the call, so the pruned model divides as the masked one
+    did."""
+
+    kind = "attention (contracts query/key channels)"
+    slices = ()
+
+    def propagate(self, ctx):
+        node = ctx.node
+        q, k, v = (node_arg(node, i, n, None) for i, n in enumerate(("query", "key", "value")))
+        attn_mask = node_arg(node, 3, "attn_mask", None)
+        shapes = [ctx.shape(t) if isinstance(t, fx.Node) else None for t in (q, k, v)]
+        out_shape = ctx.out_shape()
+        if out_shape is None or any(s is None or len(s) < 2 for s in shapes):
+            ctx.untracked_inputs("attention over operands of unknown shape")
+            return None
+        if ctx.value(node_arg(node, 7, "enable_gqa", False)):
+            ctx.untracked_inputs("grouped-query attention (enable_gqa): key/value heads are "
+                                 "repeated to the query heads, which fxprune does not follow")
+            return None
+        lq, lk, lv = (ctx.labels(t) for t in (q, k, v))
+        nq, nk, nv, nd = len(shapes[0]), len(shapes[1]), len(shapes[2]), len(out_shape)
+        if isinstance(attn_mask, fx.Node):
+            for ids in ctx.labels(attn_mask).values() if isinstance(ctx.labels(attn_mask), dict) else ():
+                ctx.untracked(ids, "an attention mask holding channels")
+        for labels, nx, what in ((lk, nk, "key"), (lv, nv, "value")):
+            if nx - 2 in labels:
+                ctx.untracked(labels[nx - 2], f"the {what} positions attention mixes")
+        out = _batch_labels(ctx, [q, k, v], nd, "attention's batch dims")
+        if _contract(ctx, lq.get(nq - 1), lk.get(nk - 1), "query/key dims of attention"):
+            if node.args and node.args[0] is q:
+                ctx.stat_site((nq - 1,), (0,), self)
+            else:
+                ctx.untracked(lq[nq - 1], "attention's query passed by keyword")
+        if nq - 2 in lq:
+            out[nd - 2] = lq[nq - 2]
+        if nv - 1 in lv:
+            out[nd - 1] = lv[nv - 1]
+        return out
+
+    def rewrite(self, node, ctx):
+        q = node_arg(node, 0, "query")
+        labels, shape = ctx.labels(q), ctx.shape(q)
+        e = len(shape) - 1
+        if e in labels and node_arg(node, 6, "scale", None) is None and \
+                ctx.pruned_size(q, e) != shape[e]:
+            set_node_arg(node, 6, "scale", 1.0 / math.sqrt(shape[e]))
