@@ -427,6 +427,13 @@ def masked_group_norm(x, num_groups, weight, bias, eps, mask):
     return _in_float32(_masked_group_norm, x, weight, bias, num_groups, eps, mask)
 
 
+
+@one_op
+def masked_group_norm_call(x, num_groups, weight, bias, eps, mask):
+    """The masked form of an ``F.group_norm`` call in a model's own code: graph-level
+    :func:`masked_group_norm`, one op to another tracer."""
+    return masked_group_norm(x, num_groups, weight, bias, eps, mask)
+
 def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     n, c = x.shape[:2]
     xg = x.reshape(n, num_groups, c // num_groups, -1)
@@ -790,4 +797,5 @@ def strip_method_hooks(model: nn.Module) -> None:
 
 #: the functions fxprune puts into a prepared graph, each one op there: another torch.fx
 #: tracer records them as calls given them as ``autowrap_functions`` (:func:`fxprune.tracer_kwargs`)
-GRAPH_FUNCTIONS = (gather_mask, mask_weight, masked_layer_norm, masked_rms_norm, mask_contracted)
+GRAPH_FUNCTIONS = (gather_mask, mask_weight, masked_layer_norm, masked_rms_norm, mask_contracted,
+                   masked_group_norm_call)

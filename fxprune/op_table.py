@@ -21,7 +21,7 @@ from torch import nn
 
 from .rules import (Barrier, MatMul, ScaledDotProductAttention, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
-                            Expand, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
+                            Expand, FunctionalGroupNorm, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
                             Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
@@ -83,6 +83,7 @@ CHANNEL_RULES: dict = {
     # -- norms whose statistics span channels
     nn.LayerNorm: LayerNorm(),
     nn.GroupNorm: GroupNorm(),
+    F.group_norm: FunctionalGroupNorm(), torch.group_norm: FunctionalGroupNorm(),
     F.layer_norm: FunctionalLayerNorm(),
     torch.layer_norm: FunctionalLayerNorm(),  # same positions (plus cudnn_enable)
     nn.RMSNorm: RMSNorm(),

@@ -2364,3 +2364,64 @@ def test_norm_called_with_channels_in_different_dims_is_refused():
     with pytest.raises(fxprune.FxPruneError, match=r"`norm` .* called at several places with "
                                                    r"channels in different normalized dims"):
         fxprune.prepare(TwoDims(), (torch.randn(2, 4, 4),))
+
+
+class OwnGroupNorm(nn.Module):
+    """A norm layer of a model's own that calls ``F.group_norm`` (or ``torch.group_norm``) in
+    its forward on its own parameters."""
+
+    def __init__(self, channels, groups, fn=F.group_norm):
+        super().__init__()
+        self.groups, self.fn = groups, fn
+        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+        self.bias = nn.Parameter(torch.randn(channels))
+
+    def forward(self, x):
+        if self.fn is torch.group_norm:
+            return torch.group_norm(x, self.groups, self.weight, self.bias, 1e-5, False)
+        return F.group_norm(x, self.groups, self.weight, self.bias)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, groups, fn=F.group_norm):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = OwnGroupNorm(8, groups, fn)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.norm(self.conv1(x))))
+
+
+@pytest.mark.parametrize("groups, fn", [(2, F.group_norm), (8, F.group_norm), (2, torch.group_norm)],
+                         ids=["two_groups", "per_channel", "torch_group_norm"])
+def test_functional_group_norm_in_a_models_own_code_prunes(groups, fn):
+    """F.group_norm called by a model's own code had no row: the channels it normalized were
+    kept whole (its reason named the call). As a row it is masked like nn.GroupNorm (statistics
+    per group over kept channels), its weight and bias follow the channels, and a per-channel
+    group count is rewritten to the kept count. Exact in float64 too."""
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        model = GroupNormNet(groups, fn).to(dtype).eval()
+        pm, small = prune_and_check(model, torch.randn(2, 3, 8, 8, dtype=dtype))
+        g = next(g for g in fxprune.channel_groups(pm) if "conv1" in g.producers)
+        assert g.prunable and g.size == (8 if groups == 8 else 4)
+        channels = g.kept * 8 // g.size
+        assert small.norm.weight.shape == (channels,) and small.conv2.in_channels == channels
+        call = next(n for n in small.graph.nodes if n.target is fn)
+        assert call.args[1] == (channels if groups == 8 else 2)  # a per-channel count rewritten
+
+
+def test_functional_group_norm_with_an_untracked_weight_keeps_channels_whole():
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x, w):  # the weight is a model input: it cannot shrink
+            return self.head(F.group_norm(self.conv(x), 2, w))
+
+    pm = fxprune.prepare(Fixed(), (torch.randn(1, 3, 4, 4), torch.ones(8)))
+    g = next(g for g in fxprune.channel_groups(pm) if "conv" in g.producers)
+    assert not g.prunable and "group norm weight whose channels fxprune does not track" in g.reason

@@ -681,6 +681,62 @@ class GroupNorm(ChannelRule):
             m.num_groups = m.num_channels
 
 
+class FunctionalGroupNorm(ChannelRule):
+    """``F.group_norm(x, num_groups, weight, bias, eps)`` in a model's own code, weight and
+    bias read from the graph: masked as :class:`GroupNorm` is (statistics per group over kept
+    channels only, :func:`fxprune.masks.masked_group_norm_call`). Every group keeps the same
+    count; with one channel per group the group count follows the kept channels (rewritten)."""
+
+    kind = GroupNorm.kind
+    slices = ()
+    checks_sizes = True
+
+    def propagate(self, ctx):
+        node, x = ctx.node, ctx.node.args[0]
+        labels = ctx.labels(x)
+        groups = node_arg(node, 1, "num_groups")
+        if isinstance(groups, fx.Node):
+            if 1 in labels:  # a count computed in the graph: one literal is what surgery rewrites
+                ctx.untracked(labels[1], "group norm with a computed group count")
+            return dict(labels)
+        channels = ctx.shape(x)[1]
+        for pos, name in ((2, "weight"), (3, "bias")):
+            a = node_arg(node, pos, name, None)
+            if not isinstance(a, fx.Node):
+                continue
+            ids = ctx.labels(a).get(0) if isinstance(ctx.labels(a), dict) else None
+            if ids is not None:
+                ctx.connect(ids, labels.get(1), f"group norm {name}")
+            elif 1 in labels:  # it would not shrink with them
+                ctx.untracked(labels[1], f"group norm {name} whose channels fxprune does not track")
+        if 1 in labels and groups < channels:
+            blocks = labels[1].reshape(groups, -1)
+            for b in range(1, groups):
+                ctx.unify(blocks[0], blocks[b], "group norm keeps groups equal")
+            ctx.stat_site((1,), (0,), self)
+        return dict(labels)
+
+    def mask_statistics(self, node, gm, masks, mask_dims):
+        from fxprune.masks import masked_group_norm_call
+        args = (node.args[0], node_arg(node, 1, "num_groups"), node_arg(node, 2, "weight", None),
+                node_arg(node, 3, "bias", None), node_arg(node, 4, "eps", 1e-5))
+        node.meta["fxprune_plain_target"] = node.target
+        node.target = masked_group_norm_call
+        node.args, node.kwargs = (*args, masks[0]), {}
+
+    def unmask_statistics(self, node, gm):
+        from fxprune.masks import masked_group_norm_call
+        if node.target is masked_group_norm_call:
+            node.target = node.meta.pop("fxprune_plain_target", F.group_norm)
+            node.args = node.args[:5]  # (torch.group_norm's cudnn_enabled: its default)
+
+    def rewrite(self, node, ctx):
+        x = node.args[0]
+        groups = node_arg(node, 1, "num_groups")
+        if isinstance(groups, int) and groups == ctx.shape(x)[1] and 1 in ctx.labels(x):
+            set_node_arg(node, 1, "num_groups", ctx.pruned_size(x, 1))
+
+
 class GroupNormAct(GroupNorm):
     """timm's ``GroupNormAct`` and ``GroupNorm1Act`` (the BiT ResNetV2s' norms): a GroupNorm
     whose forward applies its ``drop`` and ``act`` (elementwise) after the norm. Traced
