@@ -453,7 +453,8 @@ def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
 def masked_rms_norm(x, normalized_shape, weight, eps, mask_dims, *masks):
     """``F.rms_norm`` whose mean square counts only channels with a nonzero mask (the masked
     form of ``F.rms_norm`` calls). ``mask_dims[i]`` is the index, within ``normalized_shape``,
-    of the dim ``masks[i]`` covers. ``eps`` None is ``torch.finfo(x.dtype).eps``, as torch's."""
+    of the dim ``masks[i]`` covers. ``eps`` None is torch's: the epsilon of float32 (of float64
+    for a float64 ``x``)."""
     if _all_ones(masks):
         return F.rms_norm(x, normalized_shape, weight, eps)
     k = len(normalized_shape)
@@ -467,9 +468,11 @@ def rms_norm_over(x, dims, weight, eps, centered, mask_dims, masks):
     mask; ``centered``: ``x / sqrt(var(x) + eps) * weight`` with the unbiased variance (timm's
     SimpleNorm: x is divided by its standard deviation, not centered). ``masks[i]`` covers
     ``dims[mask_dims[i]]``; ``weight`` has the normalized dims' shape. In float32 for a
-    float16/bfloat16 ``x``, ``eps`` None read from ``x``'s own dtype first."""
-    if eps is None:
-        eps = torch.finfo(x.dtype).eps
+    float16/bfloat16 ``x``; ``eps`` None is float32's epsilon (float64's for a float64 ``x``),
+    the type torch's own norm computes in."""
+    if eps is None:  # torch's: the epsilon of the type it computes in (break94 #1: bfloat16's
+        # 0.0078 for a bfloat16 input, where torch takes float32's 1.2e-7)
+        eps = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
     return _in_float32(_rms_norm_over, x, weight, None, dims, eps, centered, mask_dims, masks)
 
 
