@@ -354,6 +354,14 @@ def _in_float32(norm, x, weight, bias, *args):
         return norm(x, weight, bias, *args).to(out_dtype)
 
 
+def _kept_count(count: torch.Tensor) -> torch.Tensor:
+    """A masked norm's count of kept positions, the divisor of its statistics, never 0: with
+    every channel of a group masked, the weighted sums are 0 as well and the statistics 0,
+    where 0/0 made the masked model's output NaN (break94 #5; a batch norm's branch goes
+    silent instead). Finalize refuses such a group in one line."""
+    return count.clamp_min(torch.finfo(count.dtype).tiny)
+
+
 def _masked_layer_norm(x, weight, bias, normalized_shape, eps, mask_dims, masks):
     if len(normalized_shape) == 1 and len(masks) == 1:
         return layer_norm_mask_vector(x, masks[0], weight, bias, eps)
@@ -372,7 +380,7 @@ def layer_norm_mask_vector(x, mask, weight, bias, eps):
     (``bench_overheads.py --masks-only``); a gathered ``var_mean`` over the kept channels was
     slower there (index_select on the last dim and its scatter backward)."""
     wn = mask.to(x.dtype)
-    wn = wn / wn.sum()
+    wn = wn / _kept_count(wn.sum())
     mean = (x @ wn).unsqueeze(-1)
     d = x - mean
     y = d * torch.rsqrt(((d * d) @ wn).unsqueeze(-1) + eps)
@@ -391,7 +399,7 @@ def layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks
     for j, m in zip(mask_dims, masks):
         w = w * broadcast_along(m.to(x.dtype), k, j)
     w = w.expand(tuple(normalized_shape))
-    count = w.sum()
+    count = _kept_count(w.sum())
     mean = (x * w).sum(dims, keepdim=True) / count
     var = ((x - mean).pow(2) * w).sum(dims, keepdim=True) / count
     y = (x - mean) * torch.rsqrt(var + eps)
@@ -438,7 +446,7 @@ def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     n, c = x.shape[:2]
     xg = x.reshape(n, num_groups, c // num_groups, -1)
     w = mask.to(x.dtype).view(1, num_groups, c // num_groups, 1).expand(1, -1, -1, xg.shape[-1])
-    count = w.sum(dim=(2, 3), keepdim=True)
+    count = _kept_count(w.sum(dim=(2, 3), keepdim=True))
     mean = (xg * w).sum(dim=(2, 3), keepdim=True) / count
     var = ((xg - mean).pow(2) * w).sum(dim=(2, 3), keepdim=True) / count
     y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
@@ -481,7 +489,7 @@ def _rms_norm_over(x, weight, _bias, dims, eps, centered, mask_dims, masks):
     for j, m in zip(mask_dims, masks):
         w = w * broadcast_along(m.to(x.dtype), x.ndim, dims[j])
     others = [x.shape[d] for j, d in enumerate(dims) if j not in mask_dims]
-    count = w.sum() * math.prod(others)
+    count = _kept_count(w.sum() * math.prod(others))
     if centered:
         mean = (x * w).sum(dims, keepdim=True) / count
         square = ((x - mean).square() * w).sum(dims, keepdim=True) / (count - 1)

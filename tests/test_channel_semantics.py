@@ -935,3 +935,42 @@ def test_a_prepared_model_with_masked_norms_exports_and_compiles_to_one_graph():
             torch.testing.assert_close(exported(x), want)
             torch.testing.assert_close(compiled(x), want)
         pm.fxprune_masks.get_buffer(next(iter(pm.fxprune_masks._buffers)))[:3] = 0
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "layer_norm_2d", "group_norm", "rms_norm", "simple_norm"])
+def test_a_group_masked_whole_gives_masked_norms_finite_output(norm):
+    """break94 #5: with every channel of a group masked, a masked norm divided its statistics
+    by a kept count of 0 and the model's output was NaN (a NaN loss, then NaN weights), where
+    a batch norm's branch goes silent. The branch goes silent here too; finalize refuses the
+    empty group in one line."""
+    import timm.layers
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.a = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 1)
+            self.n = {"layer_norm": lambda: timm.layers.LayerNorm2d(16),
+                      "layer_norm_2d": lambda: nn.LayerNorm((16, 4, 4)),
+                      "group_norm": lambda: nn.GroupNorm(2, 16),
+                      "rms_norm": lambda: timm.layers.RmsNorm2d(16),
+                      "simple_norm": lambda: timm.layers.SimpleNorm2d(16)}[norm]()
+            self.b, self.head = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.c0(x)
+            return self.head(y + self.b(self.n(self.a(y))))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4)
+    model = Branch().eval()
+    pm = fxprune.prepare(model, (x,))
+    g = next(g for g in fxprune.channel_groups(pm) if g.name == "a")
+    assert g.prunable
+    with torch.no_grad():
+        g.mask.zero_()
+        out = pm(x)
+        silent = model.head(model.c0(x) + model.b.bias.view(1, -1, 1, 1))
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out, silent)
+    with pytest.raises(fxprune.SurgeryError, match="every channel of group"):
+        fxprune.finalize(pm)
