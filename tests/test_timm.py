@@ -25,61 +25,61 @@ timm = pytest.importorskip("timm", reason="timm is a test dependency: pip instal
 
 #: (model, input size, prunable groups, all groups, FLOPs kept after masking half of every group)
 MODELS = [
-    ('beit_base_patch16_224', 64, 12, 39, 0.67),  # beit
+    ('beit_base_patch16_224', 64, 12, 27, 0.67),  # beit (attention is a row since session 30: 12/39 groups, 0.67 before)
     ('halonet26t', 256, 20, 31, 0.3),  # byoanet
     ('test_byobnet', 64, 14, 16, 0.29),  # byobnet
-    ('cait_xxs24_224', 64, 50, 157, 0.68),  # cait
+    ('cait_xxs24_224', 64, 50, 129, 0.68),  # cait (attention is a row since session 30: 50/157 groups, 0.68 before)
     ('coat_tiny', 64, 14, 25, 0.69),  # coat
     ('convmixer_768_32', 64, 33, 35, 0.27),  # convmixer
     ('test_convnext', 64, 13, 15, 0.3),  # convnext
     # RmsNorm2d and SimpleNorm2d are rows (session 29; 12/18 groups and FLOPs kept 0.56 before)
     ('convnext_atto_rms', 64, 16, 18, 0.27),  # convnext
-    ('csatv2', 64, 18, 160, 0.9),  # csatv2
+    ('csatv2', 64, 22, 156, 0.85),  # csatv2 (attention is a row since session 30: 18/160 groups, 0.90 before)
     ('cs3darknet_s', 64, 23, 25, 0.26),  # cspnet
     ('cspnext_tiny', 64, 22, 24, 0.26),  # cspnext
-    ('davit_tiny', 64, 12, 42, 0.8),  # davit
-    ('deepseek_vit_412m', 224, 32, 98, 0.68),  # deepseek_vit (its RmsNorms are rows and attention FLOPs are counted since session 29: 162 groups, 0.66 before)
-    ('deit_tiny_patch16_224', 64, 13, 39, 0.35),  # deit (attention FLOPs counted since session 29: 0.34 before)
+    ('davit_tiny', 64, 12, 30, 0.80),  # davit (attention is a row since session 30: 12/42 groups, 0.80 before)
+    ('deepseek_vit_412m', 224, 32, 66, 0.68),  # deepseek_vit (attention is a row since session 30: 32/98 groups, 0.68 before)
+    ('deit_tiny_patch16_224', 64, 25, 27, 0.26),  # deit (attention is a row since session 30: 13/39 groups, 0.35 before)
     ('densenet121', 64, 120, 122, 0.26),  # densenet
     ('dla34', 64, 25, 27, 0.26),  # dla
     ('dpn68', 64, 49, 51, 0.25),  # dpn
-    ('edgenext_small', 64, 19, 31, 0.52),  # edgenext
-    ('efficientformer_l1', 224, 20, 24, 0.26),  # efficientformer
-    ('efficientformerv2_s0', 64, 23, 48, 0.35),  # efficientformer_v2
+    ('edgenext_small', 64, 19, 28, 0.52),  # edgenext (attention is a row since session 30: 19/31 groups, 0.52 before)
+    ('efficientformer_l1', 224, 21, 23, 0.25),  # efficientformer (attention is a row since session 30: 20/24 groups, 0.26 before)
+    ('efficientformerv2_s0', 64, 28, 43, 0.28),  # efficientformer_v2 (attention is a row since session 30: 23/48 groups, 0.35 before)
     ('efficientnet_b0', 64, 40, 42, 0.29),  # efficientnet
-    ('efficientvim_m1', 64, 19, 42, 0.51),  # efficientvim
-    ('eva02_tiny_patch14_224', 64, 12, 38, 0.68),  # eva (attention FLOPs counted since session 29: 0.67 before)
+    ('efficientvim_m1', 64, 22, 30, 0.27),  # efficientvim (attention is a row since session 30: 19/42 groups, 0.51 before)
+    ('eva02_tiny_patch14_224', 64, 12, 26, 0.68),  # eva (attention is a row since session 30: 12/38 groups, 0.68 before)
     ('fasternet_t0', 64, 31, 33, 0.26),  # fasternet
     ('fastvit_s12', 64, 14, 17, 0.27),  # fastvit
     ('focalnet_tiny_lrf', 64, 28, 30, 0.26),  # focalnet
-    ('gcvit_tiny', 64, 43, 111, 0.7),  # gcvit
+    ('gcvit_tiny', 64, 43, 80, 0.70),  # gcvit (attention is a row since session 30: 43/111 groups, 0.70 before)
     ('ghostnet_050', 64, 31, 33, 0.35),  # ghostnet
     ('hardcorenas_a', 64, 27, 29, 0.3),  # hardcorenas
     ('hgnet_tiny', 64, 33, 35, 0.25),  # hgnet
-    ('sam2_hiera_tiny', 64, 14, 41, 0.59),  # hieradet_sam2 (attention FLOPs counted since session 29: 0.54 before)
+    ('sam2_hiera_tiny', 64, 26, 29, 0.33),  # hieradet_sam2 (attention is a row since session 30: 14/41 groups, 0.59 before)
     ('hrnet_w18_small', 64, 45, 47, 0.26),  # hrnet
-    ('iformer_t', 64, 22, 39, 0.3),  # iformer
+    ('iformer_t', 64, 27, 34, 0.28),  # iformer (attention is a row since session 30: 22/39 groups, 0.30 before)
     ('inception_next_atto', 64, 17, 19, 0.26),  # inception_next
     ('inception_resnet_v2', 224, 196, 198, 0.25),  # inception_resnet_v2
     ('inception_v3', 224, 94, 96, 0.25),  # inception_v3
     ('inception_v4', 224, 149, 151, 0.25),  # inception_v4
     ('lcnetv2_small', 64, 20, 22, 0.29),  # lcnetv2
-    ('levit_384_s8', 64, 19, 51, 0.37),  # levit
+    ('levit_384_s8', 64, 33, 35, 0.26),  # levit (attention is a row since session 30: 19/51 groups, 0.37 before)
     # timm's GroupNorm/GroupNorm1 are rows (session 28; 23/55 groups, FLOPs kept 0.52 before)
-    ('lowformer_b0', 64, 25, 41, 0.28),  # lowformer
+    ('lowformer_b0', 64, 32, 34, 0.26),  # lowformer (attention is a row since session 30: 25/41 groups, 0.28 before)
     ('test_mambaout', 64, 12, 14, 0.31),  # mambaout
-    ('test_maxvit', 64, 21, 39, 0.31),  # maxxvit (attention FLOPs counted since session 29: 0.3 before)
-    ('caformer_s18', 64, 27, 55, 0.56),  # metaformer
+    ('test_maxvit', 64, 29, 31, 0.26),  # maxxvit (attention is a row since session 30: 21/39 groups, 0.31 before)
+    ('caformer_s18', 64, 27, 43, 0.56),  # metaformer (attention is a row since session 30: 27/55 groups, 0.56 before)
     # its gating units' linear runs across the hidden channels (rows): kept whole (break72 #1)
     ('gmlp_s16_224', 64, 1, 35, 0.51),  # mlp_mixer
     ('mobilenetv3_small_050', 64, 26, 28, 0.39),  # mobilenetv3
     ('nasnetalarge', 64, 172, 174, 0.26),  # nasnet (Conv2dSame, MaxPool2dSame: rows of their own)
-    ('nextvit_small', 64, 45, 67, 0.48),  # nextvit
+    ('nextvit_small', 64, 45, 59, 0.48),  # nextvit (attention is a row since session 30: 45/67 groups, 0.48 before)
     # ScaledStdConv2d: a row of its own (session 28; 4/14 groups and FLOPs kept 1.0 before)
     ('test_nfnet', 64, 25, 27, 0.25),  # nfnet
-    ('pit_xs_224', 64, 13, 39, 0.35),  # pit (attention FLOPs counted since session 29: 0.34 before)
+    ('pit_xs_224', 64, 25, 27, 0.26),  # pit (attention is a row since session 30: 13/39 groups, 0.35 before)
     ('pnasnet5large', 64, 131, 133, 0.26),  # pnasnet
-    ('pvt_v2_b0', 64, 8, 44, 0.66),  # pvt_v2
+    ('pvt_v2_b0', 64, 8, 28, 0.66),  # pvt_v2 (attention is a row since session 30: 8/44 groups, 0.66 before)
     ('rdnet_tiny', 64, 35, 37, 0.26),  # rdnet
     ('regnetx_002', 64, 31, 33, 0.27),  # regnet
     ('repghostnet_050', 64, 31, 33, 0.36),  # repghost
@@ -94,27 +94,27 @@ MODELS = [
     ('selecsls42', 64, 41, 43, 0.25),  # selecsls
     ('legacy_seresnet18', 64, 20, 22, 0.27),  # senet
     ('sequencer2d_s', 64, 18, 42, 0.76),  # sequencer (LSTM FLOPs counted since session 29: 0.59 before)
-    ('shvit_s1', 64, 25, 45, 0.27),  # shvit (GroupNorm1: 23/54, 0.44 before)
+    ('shvit_s1', 64, 34, 36, 0.26),  # shvit (attention is a row since session 30: 25/45 groups, 0.27 before)
     ('skresnet18', 64, 20, 22, 0.27),  # sknet
     ('starnet_s050', 64, 11, 13, 0.31),  # starnet
     ('swiftformer_xs', 64, 25, 43, 0.29),  # swiftformer
     # torch.roll (shifted windows) has a row (session 28; 14/46 groups and FLOPs kept 0.54,
     # 36/80, 36/88 before)
-    ('swin_s3_tiny_224', 64, 16, 42, 0.38),  # swin_transformer
-    ('swinv2_tiny_window8_256', 64, 36, 78, 0.69),  # swin_transformer_v2
-    ('swinv2_cr_tiny_224', 64, 36, 78, 0.68),  # swin_transformer_v2_cr
-    ('tnt_s_patch16_224', 64, 26, 100, 0.34),  # tnt
+    ('swin_s3_tiny_224', 64, 28, 30, 0.26),  # swin_transformer (attention is a row since session 30: 16/42 groups, 0.38 before)
+    ('swinv2_tiny_window8_256', 64, 36, 66, 0.69),  # swin_transformer_v2 (attention is a row since session 30: 36/78 groups, 0.69 before)
+    ('swinv2_cr_tiny_224', 64, 36, 66, 0.68),  # swin_transformer_v2_cr (attention is a row since session 30: 36/78 groups, 0.68 before)
+    ('tnt_s_patch16_224', 64, 50, 76, 0.29),  # tnt (attention is a row since session 30: 26/100 groups, 0.34 before)
     ('tresnet_m', 64, 57, 65, 0.25),  # tresnet
-    ('visformer_tiny', 64, 26, 44, 0.31),  # visformer
-    ('vit_tiny_patch16_224', 64, 13, 39, 0.35),  # vision_transformer (attention FLOPs counted since session 29: 0.34 before)
-    ('vit_tiny_r_s16_p8_224', 64, 14, 40, 0.37),  # vision_transformer_hybrid (StdConv2dSame: a row)
-    ('test_vit_relpos', 64, 27, 57, 0.78),  # vision_transformer_relpos (attention FLOPs counted since session 29: 0.77 before)
-    ('vitamin_small_224', 64, 24, 54, 0.33),  # vitamin
-    ('volo_d1_224', 64, 23, 74, 0.63),  # volo
+    ('visformer_tiny', 64, 34, 36, 0.26),  # visformer (attention is a row since session 30: 26/44 groups, 0.31 before)
+    ('vit_tiny_patch16_224', 64, 25, 27, 0.26),  # vision_transformer (attention is a row since session 30: 13/39 groups, 0.35 before)
+    ('vit_tiny_r_s16_p8_224', 64, 26, 28, 0.31),  # vision_transformer_hybrid (attention is a row since session 30: 14/40 groups, 0.37 before)
+    ('test_vit_relpos', 64, 27, 48, 0.78),  # vision_transformer_relpos (attention is a row since session 30: 27/57 groups, 0.78 before)
+    ('vitamin_small_224', 64, 38, 40, 0.25),  # vitamin (attention is a row since session 30: 24/54 groups, 0.33 before)
+    ('volo_d1_224', 64, 23, 58, 0.63),  # volo (attention is a row since session 30: 23/74 groups, 0.63 before)
     ('ese_vovnet19b_slim', 64, 19, 21, 0.25),  # vovnet
     ('legacy_xception', 64, 28, 30, 0.26),  # xception
     ('xception41', 64, 33, 35, 0.26),  # xception_aligned
-    ('xcit_nano_12_p8_224', 64, 16, 53, 0.67),  # xcit
+    ('xcit_nano_12_p8_224', 64, 16, 36, 0.67),  # xcit (attention is a row since session 30: 16/53 groups, 0.67 before)
 ]
 
 #: Families whose stock code torch.fx cannot trace (torch.fx.symbolic_trace fails on the model
