@@ -227,6 +227,12 @@ _INSTALLED_ROWS = {
     ("timm.layers.norm", "SimpleNormFp32"): RMSNorm(centered=True),
     ("timm.layers.norm", "SimpleNorm2d"): RMSNorm(channels_first=True, centered=True),
     ("timm.layers.norm", "SimpleNorm2dFp32"): RMSNorm(channels_first=True, centered=True),
+    # an RMS norm, then dropout and activation, in one module (what ConvNormAct builds for
+    # norm_layer=RmsNorm2d; traced through, its mean over the channels was a barrier)
+    ("timm.layers.norm_act", "RmsNormAct"): RMSNorm(act=True),
+    ("timm.layers.norm_act", "RmsNormActFp32"): RMSNorm(act=True),
+    ("timm.layers.norm_act", "RmsNormAct2d"): RMSNorm(channels_first=True, act=True),
+    ("timm.layers.norm_act", "RmsNormAct2dFp32"): RMSNorm(channels_first=True, act=True),
     # GroupNorm, then dropout and activation, in one module (BiT ResNetV2s)
     ("timm.layers.norm_act", "GroupNormAct"): GroupNormAct(),
     ("timm.layers.norm_act", "GroupNorm1Act"): GroupNormAct(),

@@ -437,6 +437,41 @@ def test_timm_rms_and_simple_norms_are_rows():
         gathered_module(pm)
 
 
+def test_timm_rms_norm_act_layers_are_rows():
+    """break94 #3: timm's RmsNormAct2d (what ConvNormAct builds for norm_layer=RmsNorm2d:
+    MobileNetV5) has a forward of its own (norm, drop, act): traced through, its mean over the
+    channels was a barrier and every channel it normalized was kept whole, the reason naming
+    torch.mean. As rows (RMSNorm(act=True)) they are masked, the activation run after the
+    masked norm; exact, in their Fp32 and channels-last forms too."""
+    from timm.layers import ConvNormAct, RmsNorm2d, RmsNormAct, RmsNormAct2dFp32, RmsNormActFp32
+
+    from helpers import prune_and_check
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = ConvNormAct(3, 8, 3, norm_layer=RmsNorm2d, act_layer=torch.nn.GELU)
+            self.b = torch.nn.Conv2d(8, 10, 1)
+            self.nb = RmsNormAct2dFp32(10, act_layer=torch.nn.SiLU)
+            self.c = torch.nn.Conv2d(10, 6, 1)
+            self.last, self.last1 = RmsNormAct(6, act_layer=torch.nn.ReLU), RmsNormActFp32(6)
+            self.head = torch.nn.Linear(6, 4)
+
+        def forward(self, x):
+            y = self.c(self.nb(self.b(self.a(x))))
+            return self.head(self.last1(self.last(y.permute(0, 2, 3, 1)))).mean((1, 2))
+
+    torch.manual_seed(0)
+    model = Net()
+    assert type(model.a.bn).__name__ == "RmsNormAct2d"
+    x = torch.randn(2, 3, 9, 8)
+    pm, small = prune_and_check(model.eval(), x, rtol=1e-5)
+    assert [g.name for g in fxprune.channel_groups(pm) if g.prunable] == ["a.conv", "b", "c"]
+    assert type(small.a.bn).__name__ == "RmsNormAct2d"
+    assert small.a.bn.normalized_shape == (small.a.conv.out_channels,) and small.a.conv.out_channels < 8
+    assert small.last1.weight.shape == (small.c.out_channels,) and small.c.out_channels < 6
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_weight_standardized_and_group_normed_models_prune_in_16_bits(dtype):
     """break87 #2: the masked group norm summed squared deviations in float16, which overflowed

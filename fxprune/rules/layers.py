@@ -768,14 +768,18 @@ class RMSNorm(_RowOfMaskedClass, ChannelRule):
     runs when every mask is 1, so the unpruned model computes what it did; otherwise the
     masked form stands in for it, so give this row (``rules=``) to a module with
     ``normalized_shape``, ``eps`` and ``weight`` whose forward is the norm alone (finalize's
-    check fails on one that does more)."""
+    check fails on one that does more). ``act``: the forward is the norm, then the module's
+    ``drop`` and ``act`` (timm's ``RmsNormAct``/``RmsNormAct2d``, which ``ConvNormAct`` builds
+    for an RMS norm), which the masked form runs after the norm too."""
 
     kind = "normalizes over channels (root mean square)"
     slices = ("weight",)
+    act = False  # (a row pickled before ``act`` existed reads this)
 
-    def __init__(self, channels_first: bool = False, centered: bool = False):
+    def __init__(self, channels_first: bool = False, centered: bool = False, act: bool = False):
         self.channels_first = channels_first
         self.centered = centered
+        self.act = act
 
     def dims(self, ndim: int, k: int) -> tuple[int, ...]:
         """The input dims the statistics are taken over (``k`` normalized dims)."""
@@ -815,8 +819,9 @@ class RMSNorm(_RowOfMaskedClass, ChannelRule):
         if _all_ones(masks):
             return module._fxprune_base.forward(module, x)
         dims = self.dims(x.ndim, len(module.normalized_shape))
-        return rms_norm_over(x, dims, module.weight, module.eps, self.centered,
-                             module.fxprune_mask_dims, masks)
+        y = rms_norm_over(x, dims, module.weight, module.eps, self.centered,
+                          module.fxprune_mask_dims, masks)
+        return module.act(module.drop(y)) if self.act else y
 
     def resize(self, m, node, ctx):
         x = node.args[0]
