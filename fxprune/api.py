@@ -191,7 +191,9 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
 
 def tracer_kwargs(model: nn.Module) -> dict:
     """What another torch.fx tracer needs to trace a prepared ``model`` exactly: the classes
-    of its masked layers as ``leaf_modules`` and the functions fxprune put into its graph as
+    of its masked layers and of the other modules its graph calls as one op (timm's
+    ``BatchNormAct2d``, modules whose forward reads ``self.training``, hooked ones, the
+    ``leaf_modules`` given to prepare) as ``leaf_modules``, the functions fxprune put into its graph as
     ``autowrap_functions``, each recorded as one call (traced into, they fail, or with every
     mask at 1 record a plain norm that no later mask change reaches: break92 F1).
 
@@ -199,8 +201,8 @@ def tracer_kwargs(model: nn.Module) -> dict:
         ``{"leaf_modules": [classes], "autowrap_functions": [functions]}``: torchvision's
         ``create_feature_extractor(..., tracer_kwargs=...)`` takes it as it is; a
         ``torch.fx.Tracer(autowrap_functions=...)`` takes the functions, and its
-        ``is_leaf_module`` the classes. For a finalized model both lists are empty: it holds
-        none of them.
+        ``is_leaf_module`` the classes. For a finalized model, only the classes its graph
+        calls as one op that are not torch.nn's (it holds no masked layer or function).
 
     Example::
 
@@ -212,7 +214,28 @@ def tracer_kwargs(model: nn.Module) -> dict:
     classes = list(dict.fromkeys(type(m) for m in model.modules() if isinstance(m, FXPRUNE_CLASSES)))
     graph = getattr(model, "graph", None)
     used = {n.target for n in graph.nodes if n.op == "call_function"} if graph is not None else set()
-    return {"leaf_modules": classes, "autowrap_functions": [f for f in GRAPH_FUNCTIONS if f in used]}
+    return {"leaf_modules": classes + _one_op_classes(model, classes),
+            "autowrap_functions": [f for f in GRAPH_FUNCTIONS if f in used]}
+
+
+def _one_op_classes(model: nn.Module, listed: list) -> list:
+    """The classes of the other modules ``model``'s graph calls as one op (prepare's own
+    leaves: op-table rows such as timm's ``BatchNormAct2d``, modules whose forward reads
+    ``self.training``, hooked modules, the user's ``leaf_modules``): traced into, another
+    tracer froze their mode or ran their hooks on proxies (break94 #2). torch.nn's modules are
+    left out (every tracer calls them as one op). A module the graph traced through keeps no
+    class of its own in a GraphModule (a plain ``nn.Module`` holds its submodules), so naming
+    a class makes no traced-through module a leaf."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    out = []
+    for node in graph.nodes:
+        if node.op == "call_module":
+            cls = type(model.get_submodule(node.target))
+            if cls not in listed and cls not in out and not cls.__module__.startswith("torch.nn"):
+                out.append(cls)
+    return out
 
 
 def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:

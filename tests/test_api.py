@@ -998,3 +998,56 @@ def test_flops_count_a_parameter_passed_to_a_submodule():
     model.block.fc.bias.requires_grad_(False)  # one frozen: it stays frozen
     assert count_flops(model, (torch.randn(2, 3, 8),)) == 2 * 2 * 4 * 8 * 8
     assert [p.requires_grad for p in model.parameters()] == [True, True, False]
+
+
+def test_another_tracer_keeps_preparess_own_leaves_as_single_calls():
+    """break94 #2: tracer_kwargs named fxprune's masked classes only, so another tracer went
+    into the modules prepare itself calls as one op: timm's BatchNormAct2d (traced in train
+    mode, the re-traced model kept batch statistics after .eval(): 0.32 off), a leaf_modules
+    class with data-dependent control flow (create_feature_extractor failed with torch's
+    TraceError) and a hooked module (its hook ran on proxies while tracing, never after).
+    Their classes are leaves now; the features equal the prepared model's in both modes."""
+    from timm.layers import BatchNormAct2d
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    class Clip(nn.Module):  # data-dependent control flow: a leaf for prepare
+        def forward(self, x):
+            return x.clamp(max=1) if x.max() > 1 else x
+
+    class Hooked(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = nn.Conv2d(3, 16, 3, padding=1), BatchNormAct2d(16)
+            self.clip, self.hooked = Clip(), Hooked()
+            self.c2, self.fc = nn.Conv2d(16, 8, 1), nn.Linear(8, 5)
+
+        def forward(self, x):
+            y = self.hooked(self.clip(self.bn(self.c1(x))))
+            return self.fc(self.c2(y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():  # running statistics unlike a batch's
+        model.bn.running_mean.fill_(0.5)
+        model.bn.running_var.fill_(3.0)
+    calls = []
+    model.hooked.register_forward_hook(lambda m, args, out: calls.append(type(out).__name__))
+    x = torch.randn(4, 3, 8, 8)
+    with pytest.warns(UserWarning, match="hooks"):
+        pm = fxprune.prepare(model, (x,), leaf_modules=(Clip,))
+    kwargs = fxprune.tracer_kwargs(pm)
+    assert {BatchNormAct2d, Clip, Hooked} <= set(kwargs["leaf_modules"])
+    pm.train()
+    calls.clear()
+    features = create_feature_extractor(pm, {"fc": "out"}, tracer_kwargs=kwargs)
+    assert calls == []  # not run while tracing
+    for mode in ("train", "eval"):
+        getattr(pm, mode)()
+        getattr(features, mode)()
+        with torch.no_grad():
+            torch.testing.assert_close(features(x)["out"], pm(x))
+    assert calls and set(calls) == {"Tensor"}
