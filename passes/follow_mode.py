@@ -42,6 +42,34 @@ DROPOUT_MODULES = {F.dropout: _dropout(nn.Dropout), F.dropout1d: _dropout(nn.Dro
                    F.dropout2d: _dropout(nn.Dropout2d), F.dropout3d: _dropout(nn.Dropout3d),
                    F.alpha_dropout: _dropout(nn.AlphaDropout),
                    F.feature_alpha_dropout: _dropout(nn.FeatureAlphaDropout)}
+#: torch's own dropouts, ``torch.dropout(input, p, train)``: builtins without a Python signature,
+#: each what its module computes at any rank (torch.feature_dropout is not here: which of
+#: Dropout1d/2d/3d computes it depends on the input's rank)
+_TORCH_DROPOUTS = {torch.dropout: nn.Dropout, torch.alpha_dropout: nn.AlphaDropout,
+                   torch.feature_alpha_dropout: nn.FeatureAlphaDropout}
+for _f, _cls in _TORCH_DROPOUTS.items():
+    DROPOUT_MODULES[_f] = _dropout(_cls)
+
+
+def dropout_arguments(node: fx.Node) -> dict:
+    """A dropout call's arguments by name (``input``, ``p``, ``training``, ``inplace``...),
+    defaults filled in; torch's builtin ``torch.dropout(input, p, train)`` read alike (break94
+    #6: it has no signature to bind, and was left frozen in the prepare mode). Raises
+    TypeError for arguments the function does not take."""
+    if node.target in _TORCH_DROPOUTS:
+        names = ("input", "p", "training")
+        if len(node.args) > 3 or set(node.kwargs) - {"input", "p", "train"}:
+            raise TypeError(f"unexpected arguments to {node.target.__name__}")
+        a = dict(zip(names, node.args))
+        a.update({("training" if k == "train" else k): v for k, v in node.kwargs.items()})
+        if set(a) != set(names):
+            raise TypeError(f"missing arguments to {node.target.__name__}")
+        return {**a, "inplace": False}
+    args = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    args.apply_defaults()
+    return dict(args.arguments)
+
+
 #: Python functions torch.fx would trace into: recorded as one call instead, so that their
 #: ``training`` argument shows (torchvision's functional stochastic depth)
 AUTOWRAP_FUNCTIONS: tuple = ()
@@ -169,9 +197,7 @@ def dropouts_follow_mode(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
     """Replace each functional dropout node by a call of an ``nn.Dropout``-family submodule
     (added beside the module that ran it), in the mode the node was traced in."""
     for node in nodes:
-        args = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-        args.apply_defaults()
-        a = args.arguments
+        a = dropout_arguments(node)
         module = DROPOUT_MODULES[node.target](a).train(a["training"])
         owner = _owner(node)
         parent = gm.get_submodule(owner) if _has_module(gm, owner) else None
@@ -254,8 +280,7 @@ def _dropout_flips(a, b, where_a, where_b, training: bool | None) -> list[fx.Nod
         if x.target not in DROPOUT_MODULES or y.target is not x.target:
             return None
         try:
-            ax = dict(inspect.signature(x.target).bind(*x.args, **x.kwargs).arguments)
-            ay = dict(inspect.signature(y.target).bind(*y.args, **y.kwargs).arguments)
+            ax, ay = dropout_arguments(x), dropout_arguments(y)
         except TypeError:
             return None
         tx, ty = ax.pop("training", True), ay.pop("training", True)

@@ -1000,7 +1000,7 @@ def test_flops_count_a_parameter_passed_to_a_submodule():
     assert [p.requires_grad for p in model.parameters()] == [True, True, False]
 
 
-def test_another_tracer_keeps_preparess_own_leaves_as_single_calls():
+def test_another_tracer_keeps_prepares_own_leaves_as_single_calls():
     """break94 #2: tracer_kwargs named fxprune's masked classes only, so another tracer went
     into the modules prepare itself calls as one op: timm's BatchNormAct2d (traced in train
     mode, the re-traced model kept batch statistics after .eval(): 0.32 off), a leaf_modules

@@ -76,6 +76,40 @@ def test_both_modes_follow_the_flag_whichever_mode_the_model_was_prepared_in(pre
     assert {nn.Dropout, nn.Dropout2d} <= kinds and OwnBatchNorm in kinds
 
 
+class TorchDropouts(nn.Module):
+    """torch's own dropouts, ``torch.dropout(x, p, train)`` and its alpha forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.feature_alpha_dropout(self.conv(x), 0.25, self.training)
+        y = torch.alpha_dropout(torch.relu(y), 0.1, train=self.training)
+        return torch.dropout(self.head(y), 0.5, self.training)
+
+
+@pytest.mark.parametrize("prepared_in", ["train", "eval"])
+def test_torchs_own_dropouts_follow_the_flag(prepared_in):
+    """break94 #6: ``torch.dropout(x, p, self.training)`` has no Python signature to bind: it
+    was not made a module as F.dropout is, and stayed in the prepare mode (warned; prepared in
+    eval mode, train mode's output was 0.42 off)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = TorchDropouts().train(prepared_in == "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "reads self.training" warning
+        pm = fxprune.prepare(model, (X,))
+    for mode in ("train", "eval"):
+        model.train(mode == "train"), pm.train(mode == "train")
+        torch.manual_seed(1)
+        want = model(X)
+        torch.manual_seed(1)
+        torch.testing.assert_close(pm(X), want, rtol=0, atol=0)
+    assert {nn.Dropout, nn.FeatureAlphaDropout, nn.AlphaDropout} <= {type(m) for m in pm.modules()}
+
+
 def test_a_module_that_reads_the_flag_is_one_call_and_kept_whole_until_it_has_a_row():
     pm = fxprune.prepare(net(), (X,))
     (conv,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["conv"]]
