@@ -258,3 +258,20 @@ def test_pruned_attention_exports_to_onnx():
     with tempfile.TemporaryDirectory() as d:
         export_onnx(small, X, f"{d}/vit.onnx")
         assert verify_onnx(f"{d}/vit.onnx", small, X) < 1e-5
+
+
+def test_a_query_passed_by_keyword_keeps_its_dims_whole():
+    """The masked form replaces the call's first positional argument: a query given by
+    keyword is kept whole, with the reason."""
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.o = nn.Linear(8, 24), nn.Linear(8, 8)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return self.o(F.scaled_dot_product_attention(query=q, key=k, value=v))
+
+    pm = fxprune.prepare(Keyword(), (torch.randn(2, 5, 8),))
+    g = next(g for g in fxprune.channel_groups(pm) if "qkv" in g.producers and not g.prunable)
+    assert "query/key dims of attention, its left operand passed by keyword" in g.reason

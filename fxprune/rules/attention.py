@@ -40,22 +40,26 @@ def _batch_labels(ctx, operands: list, out_ndim: int, what: str) -> dict:
     return out
 
 
-def _contract(ctx, left, right, what: str) -> bool:
-    """Labels of the two dims a product sums over: equal channels if both hold channels (then
-    True: the left one is masked), kept whole if only one does (its partner would not shrink)."""
-    if left is not None and right is not None:
-        ctx.unify(left, right, what)
-        return True
-    for ids in (left, right):
-        if ids is not None:
-            ctx.untracked(ids, f"{what} with an operand whose channels fxprune does not track")
-    return False
-
-
 class _MasksLeftOperand(ChannelRule):
     """The masked form of a product over channels: ``node``'s first argument times the mask
     along its last dim (:func:`fxprune.masks.mask_contracted`), a node of its own that
     finalize erases again."""
+
+    def contract(self, ctx, left, left_ids, right_ids, last: int, what: str) -> None:
+        """The two dims a product sums over (``left``'s ``last``, labels ``left_ids``, and the
+        other operand's, ``right_ids``) hold one set of channels: unified, and ``left`` masked
+        there; it must be the node's first positional argument, which the masked form
+        replaces. Channels in one of them alone are kept whole (the other would not shrink)."""
+        if left_ids is None or right_ids is None:
+            for ids in (left_ids, right_ids):
+                if ids is not None:
+                    ctx.untracked(ids, f"{what} with an operand whose channels fxprune does not track")
+            return
+        ctx.unify(left_ids, right_ids, what)
+        if ctx.node.args and ctx.node.args[0] is left:
+            ctx.stat_site((last,), (0,), self)
+        else:
+            ctx.untracked(left_ids, f"{what}, its left operand passed by keyword")
 
     def mask_statistics(self, node, gm, masks, mask_dims):
         from fxprune.masks import mask_contracted
@@ -93,11 +97,7 @@ class MatMul(_MasksLeftOperand):
         la, lb = ctx.labels(a), ctx.labels(b)
         nda, ndb, nd = len(shapes[0]), len(shapes[1]), len(out_shape)
         out = _batch_labels(ctx, [a, b], nd, "matrix product's batch dims")
-        if _contract(ctx, la.get(nda - 1), lb.get(ndb - 2), "summed over by a matrix product") \
-                and node.args and node.args[0] is a:
-            ctx.stat_site((nda - 1,), (0,), self)
-        elif la.get(nda - 1) is not None and not (node.args and node.args[0] is a):
-            ctx.untracked(la[nda - 1], "summed over by a matrix product whose operands are passed by keyword")
+        self.contract(ctx, a, la.get(nda - 1), lb.get(ndb - 2), nda - 1, "summed over by a matrix product")
         if nda - 2 in la:
             out[nd - 2] = la[nda - 2]
         if ndb - 1 in lb:
@@ -142,11 +142,7 @@ class ScaledDotProductAttention(_MasksLeftOperand):
             if nx - 2 in labels:
                 ctx.untracked(labels[nx - 2], f"the {what} positions attention mixes")
         out = _batch_labels(ctx, [q, k, v], nd, "attention's batch dims")
-        if _contract(ctx, lq.get(nq - 1), lk.get(nk - 1), "query/key dims of attention"):
-            if node.args and node.args[0] is q:
-                ctx.stat_site((nq - 1,), (0,), self)
-            else:
-                ctx.untracked(lq[nq - 1], "attention's query passed by keyword")
+        self.contract(ctx, q, lq.get(nq - 1), lk.get(nk - 1), nq - 1, "query/key dims of attention")
         if nq - 2 in lq:
             out[nd - 2] = lq[nq - 2]
         if nv - 1 in lv:
