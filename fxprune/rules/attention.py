@@ -6,6 +6,10 @@ passes on to the output projection. Pruning a query/key dim removes a term of ev
 product, exactly as pruning an input channel of a linear layer removes a term of every output;
 so the masked form multiplies the query (the product's left operand) by the group's mask
 before the product, and finalize removes that multiply with the channels.
+
+What the methods see of it: a head dim is scored through the weights that read it (the
+output projection's columns, its value path); the query/key product adds no importance term,
+and cost models price the projections, not the attention products (which shrink too).
 """
 from __future__ import annotations
 
