@@ -172,6 +172,23 @@ class ChannelAnalysis(NodeFacts):
             self.graph.add_node(key, tensor=s.tensor, dim=s.dim, size=size)
         return s.ids
 
+    def shared_size(self, j: int, size: int) -> np.ndarray | None:
+        """Element ids standing for entry ``j`` (``size`` positions) of a size the called module
+        holds as an attribute (a parameter-free norm's ``normalized_shape``, ``num_groups``,
+        ``num_features``), when the module is called at several places; None when at one. One
+        module holds one such size, so its calls' channels must be one set there, as a
+        weight would make them (break96 #4: two branches' widths, finalize failed)."""
+        if self.node.op != "call_module":
+            return None
+        if not hasattr(self, "_calls"):
+            self._calls = {}
+            for n in self.gm.graph.nodes:
+                if n.op == "call_module":
+                    self._calls[n.target] = self._calls.get(n.target, 0) + 1
+        if self._calls.get(self.node.target, 0) < 2:
+            return None
+        return self.virtual_space(f"{self.node.target}.<size>", j, size)
+
     def tensor(self, qualname: str) -> torch.Tensor:
         return self._tensor(qualname)
 

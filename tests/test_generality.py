@@ -2348,7 +2348,7 @@ def test_norm_called_at_two_places_is_masked_once(norm):
     assert small.norm.weight.shape == (g.kept * 8 // g.size,)
 
 
-def test_norm_called_with_channels_in_different_dims_is_refused():
+def test_norm_called_with_channels_in_different_dims_keeps_them_whole():
     class TwoDims(nn.Module):
         def __init__(self):
             super().__init__()
@@ -2361,9 +2361,18 @@ def test_norm_called_with_channels_in_different_dims_is_refused():
             both = [self.norm(y).flatten(1), self.norm(y.transpose(1, 2)).flatten(1)]
             return self.head(torch.cat(both, 1))
 
+    pm = fxprune.prepare(TwoDims(), (torch.randn(2, 4, 4),))
+    g = next(g for g in fxprune.channel_groups(pm) if "a" in g.producers)
+    # the module's one normalized shape ties dim 2 of one call to dim 1 of the other, where
+    # the first call has no channels: kept whole
+    assert not g.prunable and "called at several places" in g.reason
+    # a row's masked form given two calls' masks over different dims is refused in one line
+    from fxprune.rules.layers import _set_mask_dims
+    norm = pm.get_submodule("norm")
+    _set_mask_dims(norm, pm.graph.find_nodes(op="call_module", target="norm")[0], (1,))
     with pytest.raises(fxprune.FxPruneError, match=r"`norm` .* called at several places with "
                                                    r"channels in different normalized dims"):
-        fxprune.prepare(TwoDims(), (torch.randn(2, 4, 4),))
+        _set_mask_dims(norm, pm.graph.find_nodes(op="call_module", target="norm")[1], (0,))
 
 
 class OwnGroupNorm(nn.Module):
@@ -2425,3 +2434,69 @@ def test_functional_group_norm_with_an_untracked_weight_keeps_channels_whole():
     pm = fxprune.prepare(Fixed(), (torch.randn(1, 3, 4, 4), torch.ones(8)))
     g = next(g for g in fxprune.channel_groups(pm) if "conv" in g.producers)
     assert not g.prunable and "group norm weight whose channels fxprune does not track" in g.reason
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.n = norm
+
+    def forward(self, x):
+        return self.n(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+PARAMETER_FREE_NORMS = {
+    "layer_norm": lambda: ChannelsLast(nn.LayerNorm(8, elementwise_affine=False)),
+    "rms_norm": lambda: ChannelsLast(nn.RMSNorm(8, elementwise_affine=False)),
+    "group_norm_per_channel": lambda: nn.GroupNorm(8, 8, affine=False),
+    "group_norm": lambda: nn.GroupNorm(2, 8, affine=False),
+    "instance_norm": lambda: nn.InstanceNorm2d(8),
+}
+
+
+@pytest.mark.parametrize("norm", list(PARAMETER_FREE_NORMS))
+def test_parameter_free_norm_on_two_branches_ties_them(norm):
+    """break96 #4: one parameter-free norm module on two branches left them two groups, and
+    finalize sized the module for the first (SurgeryError "a bug in fxprune"; a shared
+    InstanceNorm2d warned at every forward). The module holds one size: the branches' channels
+    are one group, as a weight would make them, and finalize is exact."""
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.c, self.d = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+            self.norm = PARAMETER_FREE_NORMS[norm]()
+
+        def forward(self, x):
+            return self.c(self.norm(self.a(x))) + self.d(self.norm(self.b(x)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pm, small = prune_and_check(TwoBranches().eval(), torch.randn(2, 3, 4, 4))
+        small(torch.randn(2, 3, 4, 4))  # (no size warning from the finalized norm)
+    g = next(g for g in fxprune.channel_groups(pm) if "a" in g.producers)
+    assert g.prunable and "b" in g.producers
+    assert small.a.out_channels == small.b.out_channels < 8
+
+
+@pytest.mark.parametrize("norm", list(PARAMETER_FREE_NORMS))
+def test_parameter_free_norm_also_called_on_untracked_channels_keeps_them_whole(norm):
+    """break96 #5: its second call normalizes a model input: the prepared model failed at once
+    (TypeError: MaskedGroupNorm.forward() missing 'mask'), or finalize did. The tracked call's
+    channels are kept whole, as with an affine norm."""
+    class WithInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+            self.norm = PARAMETER_FREE_NORMS[norm]()
+
+        def forward(self, x, z):
+            return self.c(self.norm(self.a(x))) + self.d(self.norm(z))
+
+    args = (torch.randn(2, 3, 4, 4), torch.randn(2, 8, 4, 4))
+    pm = fxprune.prepare(WithInput(), args)
+    g = next(g for g in fxprune.channel_groups(pm) if "a" in g.producers)
+    assert not g.prunable and "called at several places" in g.reason
+    pm(*args)
+    fxprune.finalize(pm)

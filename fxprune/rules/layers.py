@@ -477,10 +477,14 @@ class ChannelAffine(ChannelRule):
                 f"row slices 1-D tensors of the {shape[cdim]} channels only (hold it 1-D and view "
                 "it in forward)")
             return {}
+        sized = False
         for t in self.tensors:
             value = self._lookup(m, t)
             if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() == shape[cdim] > 1:
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(cdim), f"{type(m).__name__}.{t}")
+                sized = True
+        if not sized:  # (an InstanceNorm without affine or running statistics: num_features)
+            _tie_calls(ctx, [(0, shape[cdim], cdim)], labels, type(m).__name__)
         if self.normalizes:
             _untrack_statistics_dims(ctx, labels, cdim, type(m).__name__)
         return dict(labels)
@@ -514,6 +518,18 @@ class FunctionalAffine(ChannelRule):
         return dict(labels)
 
 
+def _tie_calls(ctx, dims: list[tuple[int, int, int]], labels, what: str) -> None:
+    """A module without tensors of the channels' size (a parameter-free norm) called at several
+    places: the calls' channels in each of its sized dims are one set (``dims``: (entry of
+    the module's size, its size, the input dim)), else kept whole where a call's are not
+    tracked (break96 #5: one call on the model's input left the module masked for the other,
+    and the prepared model failed)."""
+    for j, size, d in dims:
+        ids = ctx.shared_size(j, size) if size > 1 else None
+        if ids is not None:
+            ctx.connect(ids, labels.get(d), f"{what} called at several places")
+
+
 def _untrack_statistics_dims(ctx, labels, cdim: int, what: str) -> None:
     """Channels in the dims a per-channel norm takes its statistics over: kept whole."""
     for d, ids in labels.items():
@@ -543,6 +559,8 @@ class LayerNorm(ChannelRule):
             for j in range(len(shape)):
                 if shape[j] > 1:
                     ctx.connect(self.param_space(ctx, key, j), labels.get(first + j), "layer norm affine")
+        if all(p is None for p in params.values()):
+            _tie_calls(ctx, [(j, shape[j], first + j) for j in range(len(shape))], labels, "a layer norm")
         masked = tuple(j for j in range(len(shape)) if first + j in labels)
         why = _no_masked_norm(ctx, nn.LayerNorm) if masked else None
         for j in masked if why else ():
@@ -658,6 +676,8 @@ class GroupNorm(ChannelRule):
         for t in ("weight", "bias"):
             if getattr(m, t, None) is not None:
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(1), "group norm affine")
+        if getattr(m, "weight", None) is None and getattr(m, "bias", None) is None:
+            _tie_calls(ctx, [(0, m.num_channels, 1)], labels, "a group norm")
         return dict(labels)
 
     def why_unmasked(self, ctx) -> str | None:
@@ -799,6 +819,8 @@ class RMSNorm(_RowOfMaskedClass, ChannelRule):
             for j, d in enumerate(dims):
                 if shape[j] > 1:
                     ctx.connect(ctx.space(f"{name}.weight", j), labels.get(d), "rms norm weight")
+        else:
+            _tie_calls(ctx, [(j, shape[j], d) for j, d in enumerate(dims)], labels, "an rms norm")
         masked = tuple(j for j, d in enumerate(dims) if d in labels)
         if masked:
             ctx.stat_site(tuple(dims[j] for j in masked), masked, self)
