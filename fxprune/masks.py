@@ -354,12 +354,17 @@ def _in_float32(norm, x, weight, bias, *args):
         return norm(x, weight, bias, *args).to(out_dtype)
 
 
-def _kept_count(count: torch.Tensor) -> torch.Tensor:
-    """A masked norm's count of kept positions, the divisor of its statistics, never 0: with
-    every channel of a group masked, the weighted sums are 0 as well and the statistics 0,
-    where 0/0 made the masked model's output NaN (break94 #5; a batch norm's branch goes
-    silent instead). Finalize refuses such a group in one line."""
-    return count.clamp_min(torch.finfo(count.dtype).tiny)
+def _kept_weights(w: torch.Tensor, dims: tuple[int, ...] | None = None):
+    """A masked norm's per-position weights (its masks, broadcast) and their sum over ``dims``
+    (None: all), the divisor of its statistics. Where nothing is kept (a group masked whole)
+    every position counts, so the statistics are the dense ones: 0/0 made the output NaN
+    (break94 #5), and statistics of 0 gave the masked channels ``x / sqrt(eps)``, whose
+    straight-through gradients were 100-1000x too large and which overflowed float16
+    (break96 #2, #3). A batch norm's masked branch behaves so too. Finalize refuses such a
+    group in one line."""
+    count = w.sum() if dims is None else w.sum(dims, keepdim=True)
+    w = torch.where(count > 0, w, torch.ones_like(w))
+    return w, (w.sum() if dims is None else w.sum(dims, keepdim=True))
 
 
 def _masked_layer_norm(x, weight, bias, normalized_shape, eps, mask_dims, masks):
@@ -379,8 +384,8 @@ def layer_norm_mask_vector(x, mask, weight, bias, eps):
     measured within noise of each other, both 3-5x ``F.layer_norm``
     (``bench_overheads.py --masks-only``); a gathered ``var_mean`` over the kept channels was
     slower there (index_select on the last dim and its scatter backward)."""
-    wn = mask.to(x.dtype)
-    wn = wn / _kept_count(wn.sum())
+    wn, count = _kept_weights(mask.to(x.dtype))
+    wn = wn / count
     mean = (x @ wn).unsqueeze(-1)
     d = x - mean
     y = d * torch.rsqrt(((d * d) @ wn).unsqueeze(-1) + eps)
@@ -398,8 +403,7 @@ def layer_norm_weighted(x, normalized_shape, weight, bias, eps, mask_dims, masks
     w = x.new_ones(())
     for j, m in zip(mask_dims, masks):
         w = w * broadcast_along(m.to(x.dtype), k, j)
-    w = w.expand(tuple(normalized_shape))
-    count = _kept_count(w.sum())
+    w, count = _kept_weights(w.expand(tuple(normalized_shape)))
     mean = (x * w).sum(dims, keepdim=True) / count
     var = ((x - mean).pow(2) * w).sum(dims, keepdim=True) / count
     y = (x - mean) * torch.rsqrt(var + eps)
@@ -446,7 +450,7 @@ def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     n, c = x.shape[:2]
     xg = x.reshape(n, num_groups, c // num_groups, -1)
     w = mask.to(x.dtype).view(1, num_groups, c // num_groups, 1).expand(1, -1, -1, xg.shape[-1])
-    count = _kept_count(w.sum(dim=(2, 3), keepdim=True))
+    w, count = _kept_weights(w, (2, 3))
     mean = (xg * w).sum(dim=(2, 3), keepdim=True) / count
     var = ((xg - mean).pow(2) * w).sum(dim=(2, 3), keepdim=True) / count
     y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
@@ -489,7 +493,8 @@ def _rms_norm_over(x, weight, _bias, dims, eps, centered, mask_dims, masks):
     for j, m in zip(mask_dims, masks):
         w = w * broadcast_along(m.to(x.dtype), x.ndim, dims[j])
     others = [x.shape[d] for j, d in enumerate(dims) if j not in mask_dims]
-    count = _kept_count(w.sum() * math.prod(others))
+    w, count = _kept_weights(w)
+    count = count * math.prod(others)
     if centered:
         mean = (x * w).sum(dims, keepdim=True) / count
         square = ((x - mean).square() * w).sum(dims, keepdim=True) / (count - 1)

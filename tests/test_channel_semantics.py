@@ -972,5 +972,15 @@ def test_a_group_masked_whole_gives_masked_norms_finite_output(norm):
         silent = model.head(model.c0(x) + model.b.bias.view(1, -1, 1, 1))
     assert bool(torch.isfinite(out).all())
     torch.testing.assert_close(out, silent)
+    # the masked channels are normalized with the dense statistics (break96 #2: statistics of
+    # 0 gave them x / sqrt(eps), and the reading weights' straight-through gradients were
+    # 100-1000x the dense ones): here the gradients are the dense model's, as a batch norm's
+    grads = []
+    for fill in (1, 0):
+        g.mask.fill_(fill)
+        pm.zero_grad()
+        pm(x).sum().backward()  # (its gradient at b does not depend on the masks)
+        grads.append(pm.get_submodule("b").weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
     with pytest.raises(fxprune.SurgeryError, match="every channel of group"):
         fxprune.finalize(pm)
