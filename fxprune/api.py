@@ -222,8 +222,9 @@ def _one_op_classes(model: nn.Module, listed: list) -> list:
     """The classes of the other modules ``model``'s graph calls as one op (prepare's own
     leaves: op-table rows such as timm's ``BatchNormAct2d``, modules whose forward reads
     ``self.training``, hooked modules, the user's ``leaf_modules``): traced into, another
-    tracer froze their mode or ran their hooks on proxies (break94 #2). torch.nn's modules are
-    left out (every tracer calls them as one op). A module the graph traced through keeps no
+    tracer froze their mode or ran their hooks on proxies (break94 #2). torch.nn's modules but
+    ``nn.Sequential`` are left out (torch.fx calls them as one op anyway; break96 #6: a hooked
+    Sequential was traced into). A module the graph traced through keeps no
     class of its own in a GraphModule (a plain ``nn.Module`` holds its submodules), so naming
     a class makes no traced-through module a leaf."""
     graph = getattr(model, "graph", None)
@@ -233,7 +234,9 @@ def _one_op_classes(model: nn.Module, listed: list) -> list:
     for node in graph.nodes:
         if node.op == "call_module":
             cls = type(model.get_submodule(node.target))
-            if cls not in listed and cls not in out and not cls.__module__.startswith("torch.nn"):
+            # (torch.fx's own rule: torch.nn's modules but nn.Sequential are one op anyway)
+            if cls not in listed and cls not in out and not fx.Tracer().is_leaf_module(
+                    model.get_submodule(node.target), node.target):
                 out.append(cls)
     return out
 

@@ -371,7 +371,9 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
                 f"the masked model gives other outputs each run in eval mode (by {again:.3g} "
                 "between two runs), so the pruned model cannot be checked against it: a random op "
                 "ignores eval mode (F.dropout(x, p) without training=self.training, torch.rand in "
-                "forward); make it follow self.training, or pass finalize(..., check=False)")
+                "forward, or one prepare's warning named as frozen in the train mode it was "
+                "prepared in, e.g. torch.feature_dropout); make it follow self.training (F.dropout2d "
+                "follows it), prepare in eval mode, or pass finalize(..., check=False)")
         low = model_device_dtype(prepared)[1]
         if low in (torch.float16, torch.bfloat16):
             # a deep model rounds in 16 bits as much as its dense self does (break87 #2: BiT

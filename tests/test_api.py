@@ -1018,15 +1018,20 @@ def test_another_tracer_keeps_prepares_own_leaves_as_single_calls():
         def forward(self, x):
             return x * 2
 
+    class Scaled(nn.Module):
+        def forward(self, x):
+            return x * 3
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.c1, self.bn = nn.Conv2d(3, 16, 3, padding=1), BatchNormAct2d(16)
             self.clip, self.hooked = Clip(), Hooked()
+            self.seq = nn.Sequential(Scaled())  # hooked too (break96 #6)
             self.c2, self.fc = nn.Conv2d(16, 8, 1), nn.Linear(8, 5)
 
         def forward(self, x):
-            y = self.hooked(self.clip(self.bn(self.c1(x))))
+            y = self.seq(self.hooked(self.clip(self.bn(self.c1(x)))))
             return self.fc(self.c2(y).mean((2, 3)))
 
     torch.manual_seed(0)
@@ -1036,11 +1041,12 @@ def test_another_tracer_keeps_prepares_own_leaves_as_single_calls():
         model.bn.running_var.fill_(3.0)
     calls = []
     model.hooked.register_forward_hook(lambda m, args, out: calls.append(type(out).__name__))
+    model.seq.register_forward_hook(lambda m, args, out: calls.append(type(out).__name__))
     x = torch.randn(4, 3, 8, 8)
     with pytest.warns(UserWarning, match="hooks"):
         pm = fxprune.prepare(model, (x,), leaf_modules=(Clip,))
     kwargs = fxprune.tracer_kwargs(pm)
-    assert {BatchNormAct2d, Clip, Hooked} <= set(kwargs["leaf_modules"])
+    assert {BatchNormAct2d, Clip, Hooked, nn.Sequential} <= set(kwargs["leaf_modules"])
     pm.train()
     calls.clear()
     features = create_feature_extractor(pm, {"fc": "out"}, tracer_kwargs=kwargs)
@@ -1050,4 +1056,4 @@ def test_another_tracer_keeps_prepares_own_leaves_as_single_calls():
         getattr(features, mode)()
         with torch.no_grad():
             torch.testing.assert_close(features(x)["out"], pm(x))
-    assert calls and set(calls) == {"Tensor"}
+    assert len(calls) == 8 and set(calls) == {"Tensor"}  # both hooks, 4 forwards
