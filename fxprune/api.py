@@ -204,6 +204,11 @@ def tracer_kwargs(model: nn.Module) -> dict:
         ``is_leaf_module`` the classes. For a finalized model, only the classes its graph
         calls as one op that are not torch.nn's (it holds no masked layer or function).
 
+    The traced model shares ``model``'s mask tensors until either is moved or cast
+    (``.to(device)``, ``.half()``): torch then gives each its own copy of the buffers, and
+    the traced model keeps the old masks (break96 #1). Trace after moving, and again after
+    any move.
+
     Example::
 
         from torchvision.models.feature_extraction import create_feature_extractor
