@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -68,6 +69,22 @@ def dropout_arguments(node: fx.Node) -> dict:
     args = inspect.signature(node.target).bind(*node.args, **node.kwargs)
     args.apply_defaults()
     return dict(args.arguments)
+
+
+#: F.scaled_dot_product_attention's arguments, by position (a builtin: no signature to bind)
+_SDPA_ARGUMENTS = (("query", None), ("key", None), ("value", None), ("attn_mask", None),
+                   ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False))
+
+
+def _attention_arguments(node: fx.Node) -> dict:
+    """An attention call's arguments by name, defaults filled in (TypeError for others)."""
+    names = [n for n, _ in _SDPA_ARGUMENTS]
+    if len(node.args) > len(names) or set(node.kwargs) - set(names):
+        raise TypeError("unexpected arguments to scaled_dot_product_attention")
+    a = dict(_SDPA_ARGUMENTS)
+    a.update(zip(names, node.args))
+    a.update(node.kwargs)
+    return a
 
 
 #: Python functions torch.fx would trace into: recorded as one call instead, so that their
@@ -197,15 +214,12 @@ def dropouts_follow_mode(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
     """Replace each functional dropout node by a call of an ``nn.Dropout``-family submodule
     (added beside the module that ran it), in the mode the node was traced in."""
     for node in nodes:
+        if node.target is F.scaled_dot_product_attention:
+            _attention_dropout_follows_mode(gm, node)
+            continue
         a = dropout_arguments(node)
         module = DROPOUT_MODULES[node.target](a).train(a["training"])
-        owner = _owner(node)
-        parent = gm.get_submodule(owner) if _has_module(gm, owner) else None
-        name, k = f"{node.name}_module", 1  # a plain name: the finalized model names no fxprune
-        while parent is not None and hasattr(parent, name):
-            name, k = f"{node.name}_module{k}", k + 1
-        target = f"{owner}.{name}" if owner else name
-        gm.add_submodule(target, module)
+        target = _new_submodule(gm, node, module)
         with gm.graph.inserting_before(node):
             call = gm.graph.call_module(target, (a["input"],))
         call.meta = dict(node.meta)
@@ -213,6 +227,40 @@ def dropouts_follow_mode(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
         gm.graph.erase_node(node)
     if nodes:
         gm.recompile()
+
+
+def _attention_dropout_follows_mode(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Give an attention call ``dropout_p = module.training * p`` read from an ``nn.Dropout(p)``
+    added beside the module that ran it, which ``.train()``/``.eval()`` set (a plain torch
+    module: the finalized model names no fxprune)."""
+    p = node.meta.pop("fxprune_dropout_p")
+    traced_in_train = _attention_arguments(node)["dropout_p"] != 0
+    target = _new_submodule(gm, node, nn.Dropout(p).train(traced_in_train))
+    with gm.graph.inserting_before(node):
+        holder = gm.graph.get_attr(target)
+        flag = gm.graph.call_function(getattr, (holder, "training"))
+        rate = gm.graph.call_function(operator.mul, (flag, p))
+    for n in (holder, flag, rate):
+        n.meta["nn_module_stack"] = dict(node.meta.get("nn_module_stack", {}))
+    if len(node.args) > 4:
+        args = list(node.args)
+        args[4] = rate
+        node.args = tuple(args)
+    else:
+        node.update_kwarg("dropout_p", rate)
+
+
+def _new_submodule(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> str:
+    """Add ``module`` beside the module whose code made ``node``, under a free name made from
+    the node's (a plain name: the finalized model names no fxprune); its path."""
+    owner = _owner(node)
+    parent = gm.get_submodule(owner) if _has_module(gm, owner) else None
+    name, k = f"{node.name}_module", 1
+    while parent is not None and hasattr(parent, name):
+        name, k = f"{node.name}_module{k}", k + 1
+    target = f"{owner}.{name}" if owner else name
+    gm.add_submodule(target, module)
+    return target
 
 
 def _has_module(gm: nn.Module, path: str) -> bool:
@@ -277,6 +325,13 @@ def _dropout_flips(a, b, where_a, where_b, training: bool | None) -> list[fx.Nod
     for x, y in zip(a, b):
         if _signature(x, where_a) == _signature(y, where_b):
             continue
+        if x.target is F.scaled_dot_product_attention and y.target is x.target:
+            p = _attention_dropout_flip(x, y, where_a, where_b, training)
+            if p is None:
+                return None
+            x.meta["fxprune_dropout_p"] = p
+            flips.append(x)
+            continue
         if x.target not in DROPOUT_MODULES or y.target is not x.target:
             return None
         try:
@@ -294,6 +349,24 @@ def _dropout_flips(a, b, where_a, where_b, training: bool | None) -> list[fx.Nod
             return None
         flips.append(x)
     return flips
+
+
+def _attention_dropout_flip(x, y, where_a, where_b, training: bool) -> float | None:
+    """The dropout probability of an attention call whose only difference between the modes
+    is ``dropout_p=p if self.training else 0.`` (timm's and most transformers' attention:
+    with attn_drop > 0 each attention module was called as one op and kept whole, break96
+    #8); None for any other difference."""
+    try:
+        ax, ay = _attention_arguments(x), _attention_arguments(y)
+    except TypeError:
+        return None
+    px, py = ax.pop("dropout_p"), ay.pop("dropout_p")
+    p, off = (px, py) if training else (py, px)
+    same = (repr(fx.node.map_aggregate(ax, _token(where_a, where_a[x][0])))
+            == repr(fx.node.map_aggregate(ay, _token(where_b, where_b[y][0]))))
+    if not same or not isinstance(p, float) or not 0 < p <= 1 or off != 0:
+        return None
+    return p
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')

@@ -554,3 +554,49 @@ def test_a_conv_subclass_reading_the_flag_is_said_to_lose_its_layer(mode):
     with pytest.warns(UserWarning, match=r"1 submodule holding convs or linears \(1\) is called "
                                          r"as one op.*reads self.training"):
         fxprune.prepare(model, (X,))
+
+
+class AttentionWithDropout(nn.Module):
+    """timm's attention with attn_drop > 0: ``dropout_p=self.p if self.training else 0.``."""
+
+    def __init__(self, p=0.25):
+        super().__init__()
+        self.p = p
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.)
+        return self.head(self.proj(y.transpose(1, 2).reshape(b, n, 8))).mean(1)
+
+
+@pytest.mark.parametrize("prepared_in", ["train", "eval"])
+def test_attention_dropout_chosen_by_the_flag_follows_the_mode(prepared_in):
+    """break96 #8: the attention call's dropout probability differs between the modes, so
+    the module was called as one op and its channels kept whole (timm's vit_tiny with
+    attn_drop_rate=0.1: 12/15 groups prunable, 25/27 without). It now reads the rate from an
+    nn.Dropout(p) added beside it, which .train()/.eval() set: the head dims prune, and both
+    modes compute what the model does."""
+    import warnings
+
+    from helpers import prune_and_check
+
+    torch.manual_seed(0)
+    model = AttentionWithDropout().train(prepared_in == "train")
+    x = torch.randn(2, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "reads self.training" warning
+        pm = fxprune.prepare(model, (x,))
+    for mode in ("train", "eval"):
+        model.train(mode == "train"), pm.train(mode == "train")
+        torch.manual_seed(1)
+        want = model(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(pm(x), want, rtol=0, atol=0)
+    heads = next(g for g in fxprune.channel_groups(pm) if "qkv" in g.producers)
+    assert heads.prunable
+    pm, small = prune_and_check(model.eval(), x)
+    small.train()
+    assert not torch.equal(small(x), small(x))  # the pruned model's attention drops in train mode
