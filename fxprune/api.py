@@ -235,13 +235,12 @@ def _one_op_classes(model: nn.Module, listed: list) -> list:
     graph = getattr(model, "graph", None)
     if graph is None:
         return []
-    out = []
+    out, default = [], fx.Tracer()  # (its rule: torch.nn's modules but nn.Sequential are leaves)
     for node in graph.nodes:
         if node.op == "call_module":
-            cls = type(model.get_submodule(node.target))
-            # (torch.fx's own rule: torch.nn's modules but nn.Sequential are one op anyway)
-            if cls not in listed and cls not in out and not fx.Tracer().is_leaf_module(
-                    model.get_submodule(node.target), node.target):
+            module = model.get_submodule(node.target)
+            cls = type(module)
+            if cls not in listed and cls not in out and not default.is_leaf_module(module, node.target):
                 out.append(cls)
     return out
 

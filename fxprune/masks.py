@@ -101,7 +101,6 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     return torch.cat([ones, *group_masks])[index]
 
 
-
 @one_op
 def mask_contracted(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``x`` times ``mask`` along its last dim: the left operand of a product that sums over
@@ -109,6 +108,7 @@ def mask_contracted(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     channel adds nothing to the sum, as it adds nothing once removed
     (:mod:`fxprune.rules.attention`). ``x`` (..., K), ``mask`` (K,)."""
     return x * mask.to(x.dtype)
+
 
 # -- layers whose input channels are masked -------------------------------------------------------
 
@@ -439,12 +439,12 @@ def masked_group_norm(x, num_groups, weight, bias, eps, mask):
     return _in_float32(_masked_group_norm, x, weight, bias, num_groups, eps, mask)
 
 
-
 @one_op
 def masked_group_norm_call(x, num_groups, weight, bias, eps, mask):
     """The masked form of an ``F.group_norm`` call in a model's own code: graph-level
     :func:`masked_group_norm`, one op to another tracer."""
     return masked_group_norm(x, num_groups, weight, bias, eps, mask)
+
 
 def _masked_group_norm(x, weight, bias, num_groups, eps, mask):
     n, c = x.shape[:2]

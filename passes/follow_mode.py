@@ -52,39 +52,41 @@ for _f, _cls in _TORCH_DROPOUTS.items():
     DROPOUT_MODULES[_f] = _dropout(_cls)
 
 
+_REQUIRED = object()
+#: the builtins' parameters (name, default), in order: they have no Python signature to bind
+_TORCH_DROPOUT_PARAMETERS = (("input", _REQUIRED), ("p", _REQUIRED), ("training", _REQUIRED))
+_SDPA_PARAMETERS = (("query", _REQUIRED), ("key", _REQUIRED), ("value", _REQUIRED),
+                    ("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False), ("scale", None),
+                    ("enable_gqa", False))
+
+
+def _builtin_arguments(node: fx.Node, parameters: tuple, aliases: dict | None = None) -> dict:
+    """A builtin call's arguments by name, defaults filled in (``aliases``: its keyword names
+    that are other names here). Raises TypeError for arguments it does not take, or missing."""
+    names = [n for n, _ in parameters]
+    kwargs = {(aliases or {}).get(k, k): v for k, v in node.kwargs.items()}
+    what = getattr(node.target, "__name__", node.target)
+    if len(node.args) > len(names) or set(kwargs) - set(names):
+        raise TypeError(f"unexpected arguments to {what}")
+    a = {n: d for n, d in parameters if d is not _REQUIRED}
+    a.update(zip(names, node.args))
+    a.update(kwargs)
+    if len(a) != len(names):
+        raise TypeError(f"missing arguments to {what}")
+    return a
+
+
 def dropout_arguments(node: fx.Node) -> dict:
     """A dropout call's arguments by name (``input``, ``p``, ``training``, ``inplace``...),
     defaults filled in; torch's builtin ``torch.dropout(input, p, train)`` read alike (break94
     #6: it has no signature to bind, and was left frozen in the prepare mode). Raises
     TypeError for arguments the function does not take."""
     if node.target in _TORCH_DROPOUTS:
-        names = ("input", "p", "training")
-        if len(node.args) > 3 or set(node.kwargs) - {"input", "p", "train"}:
-            raise TypeError(f"unexpected arguments to {node.target.__name__}")
-        a = dict(zip(names, node.args))
-        a.update({("training" if k == "train" else k): v for k, v in node.kwargs.items()})
-        if set(a) != set(names):
-            raise TypeError(f"missing arguments to {node.target.__name__}")
+        a = _builtin_arguments(node, _TORCH_DROPOUT_PARAMETERS, {"train": "training"})
         return {**a, "inplace": False}
     args = inspect.signature(node.target).bind(*node.args, **node.kwargs)
     args.apply_defaults()
     return dict(args.arguments)
-
-
-#: F.scaled_dot_product_attention's arguments, by position (a builtin: no signature to bind)
-_SDPA_ARGUMENTS = (("query", None), ("key", None), ("value", None), ("attn_mask", None),
-                   ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False))
-
-
-def _attention_arguments(node: fx.Node) -> dict:
-    """An attention call's arguments by name, defaults filled in (TypeError for others)."""
-    names = [n for n, _ in _SDPA_ARGUMENTS]
-    if len(node.args) > len(names) or set(node.kwargs) - set(names):
-        raise TypeError("unexpected arguments to scaled_dot_product_attention")
-    a = dict(_SDPA_ARGUMENTS)
-    a.update(zip(names, node.args))
-    a.update(node.kwargs)
-    return a
 
 
 #: Python functions torch.fx would trace into: recorded as one call instead, so that their
@@ -234,7 +236,7 @@ def _attention_dropout_follows_mode(gm: fx.GraphModule, node: fx.Node) -> None:
     added beside the module that ran it, which ``.train()``/``.eval()`` set (a plain torch
     module: the finalized model names no fxprune)."""
     p = node.meta.pop("fxprune_dropout_p")
-    traced_in_train = _attention_arguments(node)["dropout_p"] != 0
+    traced_in_train = _builtin_arguments(node, _SDPA_PARAMETERS)["dropout_p"] != 0
     target = _new_submodule(gm, node, nn.Dropout(p).train(traced_in_train))
     with gm.graph.inserting_before(node):
         holder = gm.graph.get_attr(target)
@@ -357,7 +359,7 @@ def _attention_dropout_flip(x, y, where_a, where_b, training: bool) -> float | N
     with attn_drop > 0 each attention module was called as one op and kept whole, break96
     #8); None for any other difference."""
     try:
-        ax, ay = _attention_arguments(x), _attention_arguments(y)
+        ax, ay = _builtin_arguments(x, _SDPA_PARAMETERS), _builtin_arguments(y, _SDPA_PARAMETERS)
     except TypeError:
         return None
     px, py = ax.pop("dropout_p"), ay.pop("dropout_p")
