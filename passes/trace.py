@@ -16,6 +16,7 @@ import inspect
 import linecache
 import logging
 import os
+import operator
 import reprlib
 import traceback
 import types
@@ -223,6 +224,26 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     return fixed
 
 
+def _plain_guards(graph: fx.Graph) -> None:
+    """torch.fx guards an argument traced as None with its own wrapped ``_assert_is_none``,
+    which a pickled GraphModule re-registers by name on load (``torch.fx.wrap(...)`` in its
+    code), and torch.export then failed on the loaded model (KeyError: 'torch.fx.
+    _symbolic_trace._assert_is_none'; break95 #1: every timm ViT, whose forward takes
+    ``attn_mask=None``, saved and given to ``fxprune deploy``). The same guard in plain ops:
+    ``torch._assert(x == None, message)`` (``==``, not ``is``: loading re-traces the code, and
+    ``proxy is None`` is False there, where ``proxy == None`` is recorded; a tensor given
+    instead compares False too)."""
+    from torch.fx._symbolic_trace import _assert_is_none
+    for node in list(graph.find_nodes(op="call_function", target=_assert_is_none)):
+        value, message = node.args
+        with graph.inserting_before(node):
+            is_none = graph.call_function(operator.eq, (value, None))
+            guard = graph.call_function(torch._assert, (is_none, message))
+        guard.meta = dict(node.meta)
+        node.replace_all_uses_with(guard)
+        graph.erase_node(node)
+
+
 def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
           fixed: dict | None = None) -> fx.GraphModule:
     """Deep-copy ``model`` and trace the copy; ``leaf_modules`` holds classes or module paths,
@@ -290,6 +311,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             "with feature_cls='hook'), so the prepared model would return that; make forward "
             "return the tensors it computes (timm: forward_intermediates, or features_only with "
             "another feature_cls)")
+    _plain_guards(graph)
     for node in graph.nodes:
         if isinstance(node.type, str):
             # a string annotation (a model module with `from __future__ import annotations`)

@@ -2500,3 +2500,31 @@ def test_parameter_free_norm_also_called_on_untracked_channels_keeps_them_whole(
     assert not g.prunable and "called at several places" in g.reason
     pm(*args)
     fxprune.finalize(pm)
+
+
+def test_a_finalized_model_with_a_none_argument_loads_and_exports():
+    """break95 #1: an argument traced as its default None (timm ViTs' attn_mask=None) was
+    guarded by torch.fx's wrapped _assert_is_none, which the saved model's code re-registers by
+    name: once loaded, torch.export, both ONNX exporters and fxprune deploy failed (KeyError:
+    'torch.fx._symbolic_trace._assert_is_none'). The guard is plain ops now, and still
+    refuses a value given for that argument."""
+    class WithMask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x, mask=None, flag: bool = False):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    pm, small = prune_and_check(WithMask().eval(), x)
+    buffer = io.BytesIO()
+    torch.save(small, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    exported = torch.export.export(loaded, (x,)).module()
+    torch.testing.assert_close(exported(x), small(x))
+    for model in (pm, small, loaded):
+        with pytest.raises(AssertionError, match="mask has been specialized to have value None"):
+            model(x, mask=torch.ones(1))
