@@ -275,3 +275,80 @@ def test_a_query_passed_by_keyword_keeps_its_dims_whole():
     pm = fxprune.prepare(Keyword(), (torch.randn(2, 5, 8),))
     g = next(g for g in fxprune.channel_groups(pm) if "qkv" in g.producers and not g.prunable)
     assert "query/key dims of attention, its left operand passed by keyword" in g.reason
+
+
+class ChannelQueries(nn.Module):
+    """Channels as attention's query positions (L), causal or under a mask over (L, S)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.inp = nn.Linear(8, 24)
+        self.q, self.k, self.v = nn.Linear(24, 16), nn.Linear(24, 16), nn.Linear(24, 16)
+        self.proj, self.head = nn.Linear(16, 10), nn.Linear(10, 3)
+        self.register_buffer("mask", torch.rand(16, 16) > 0.4)
+
+    def forward(self, x):
+        x = self.inp(x)
+        q, k, v = (f(x).transpose(1, 2) for f in (self.q, self.k, self.v))  # (B, C, N)
+        if self.mode == "causal":
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.head(self.proj(o.transpose(1, 2)))
+
+
+class HeadsAsChannels(nn.Module):
+    """Every conv channel a head (B, C=heads, L=H, E=W), a per-head bias as the mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.q, self.k, self.v = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.bias = nn.Parameter(torch.randn(8, 6, 6))
+        self.o = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        f = self.c(x)
+        return self.o(F.scaled_dot_product_attention(self.q(f), self.k(f), self.v(f), attn_mask=self.bias))
+
+
+def test_query_positions_under_a_causal_triangle_are_kept_whole():
+    """break95 #5: channels as query positions were prunable under is_causal (a pruned
+    position shifts the triangle): finalize failed ("a bug in fxprune"). Kept whole, with the
+    reason."""
+    pm = fxprune.prepare(ChannelQueries("causal"), (torch.randn(2, 6, 8),))
+    g = next(g for g in fxprune.channel_groups(pm) if "q" in g.producers)
+    assert not g.prunable and "the query positions of causal attention" in g.reason
+
+
+def test_query_positions_slice_the_mask_rows():
+    """break95 #5: under an (L, S) mask buffer, channels as query positions were pruned and the
+    mask left whole: finalize failed. The mask's rows are the queries' channels, sliced with
+    them."""
+    torch.manual_seed(0)
+    pm, small = prune_and_check(ChannelQueries("mask").eval(), torch.randn(2, 6, 8))
+    g = next(g for g in fxprune.channel_groups(pm) if "q" in g.producers)
+    assert g.prunable and small.mask.shape == (small.q.out_features, 16) and small.q.out_features < 16
+
+
+def test_a_mask_that_does_not_shrink_keeps_the_query_positions_whole():
+    class InputMask(ChannelQueries):
+        def forward(self, x, mask):
+            x = self.inp(x)
+            q, k, v = (f(x).transpose(1, 2) for f in (self.q, self.k, self.v))
+            return self.head(self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)))
+
+    pm = fxprune.prepare(InputMask("mask"), (torch.randn(2, 6, 8), torch.rand(16, 16) > 0.4))
+    g = next(g for g in fxprune.channel_groups(pm) if "q" in g.producers)
+    assert not g.prunable and "an attention mask over them that holds other channels" in g.reason
+
+
+def test_a_per_head_mask_is_sliced_with_its_heads():
+    """break95 #5: a per-head bias given as attn_mask was left whole while the heads (conv
+    channels) were pruned: finalize failed. The bias holds the scores' channels and is sliced
+    with them, as a bias added to q @ k^T is."""
+    torch.manual_seed(0)
+    pm, small = prune_and_check(HeadsAsChannels().eval(), torch.randn(2, 3, 6, 6))
+    g = next(g for g in fxprune.channel_groups(pm) if "q" in g.producers)
+    assert g.prunable and small.bias.shape == (small.q.out_channels, 6, 6) and small.q.out_channels < 8

@@ -116,8 +116,9 @@ class ScaledDotProductAttention(_MasksLeftOperand):
     The query/key dims E are one set of channels (each score sums over them; ``q`` is masked),
     the value dims Ev are the output's last dim, the query positions L pass through, and the
     leading dims (batch, heads) broadcast. The key/value positions S are mixed by the softmax
-    and kept whole if they hold channels, as is anything the attention mask holds, and
-    grouped-query attention (``enable_gqa``). The default scale is ``1 / sqrt(E)``: finalize
+    and kept whole if they hold channels, as are query positions under ``is_causal`` and
+    grouped-query attention (``enable_gqa``); an attention mask holds the scores' channels
+    (sliced with them) or keeps them whole. The default scale is ``1 / sqrt(E)``: finalize
     writes the dense E's scale into the call, so the pruned model divides as the masked one
     did."""
 
@@ -139,19 +140,46 @@ class ScaledDotProductAttention(_MasksLeftOperand):
             return None
         lq, lk, lv = (ctx.labels(t) for t in (q, k, v))
         nq, nk, nv, nd = len(shapes[0]), len(shapes[1]), len(shapes[2]), len(out_shape)
-        if isinstance(attn_mask, fx.Node):
-            for ids in ctx.labels(attn_mask).values() if isinstance(ctx.labels(attn_mask), dict) else ():
-                ctx.untracked(ids, "an attention mask holding channels")
         for labels, nx, what in ((lk, nk, "key"), (lv, nv, "value")):
             if nx - 2 in labels:
                 ctx.untracked(labels[nx - 2], f"the {what} positions attention mixes")
+        if ctx.value(node_arg(node, 5, "is_causal", False)) and nq - 2 in lq:
+            # query i sees keys 0..i: a pruned query position would shift the triangle
+            ctx.untracked(lq[nq - 2], "the query positions of causal attention")
         out = _batch_labels(ctx, [q, k, v], nd, "attention's batch dims")
+        if isinstance(attn_mask, fx.Node):
+            scores = {d: ids for d, ids in out.items()}  # (..., L, S): S holds no channels here
+            if nq - 2 in lq:
+                scores[nd - 2] = lq[nq - 2]
+            self.biased_by(ctx, attn_mask, scores, nd)
         self.contract(ctx, q, lq.get(nq - 1), lk.get(nk - 1), nq - 1, "query/key dims of attention")
         if nq - 2 in lq:
             out[nd - 2] = lq[nq - 2]
         if nv - 1 in lv:
             out[nd - 1] = lv[nv - 1]
         return out
+
+    @staticmethod
+    def biased_by(ctx, attn_mask, scores: dict, nd: int) -> None:
+        """The attention mask is added to (or masks) the scores (..., L, S), broadcasting: where
+        both hold channels they are the same ones (the mask is sliced with them, as a bias
+        added to ``q @ k^T`` is); where only one does, they are kept whole."""
+        shape, labels = ctx.shape(attn_mask), ctx.labels(attn_mask)
+        labels = labels if isinstance(labels, dict) else {}
+        if shape is None:
+            for ids in (*scores.values(), *labels.values()):
+                ctx.untracked(ids, "an attention mask of unknown shape")
+            return
+        for d in range(nd):
+            md = d - (nd - len(shape))
+            broadcast = md < 0 or shape[md] == 1
+            a, b = scores.get(d), None if md < 0 else labels.get(md)
+            if a is not None and b is not None:
+                ctx.unify(a, b, "an attention mask over the scores")
+            elif a is not None and not broadcast:
+                ctx.untracked(a, "an attention mask over them that holds other channels")
+            elif b is not None:
+                ctx.untracked(b, "an attention mask holding channels the scores do not")
 
     def rewrite(self, node, ctx):
         q = node_arg(node, 0, "query")
