@@ -120,7 +120,7 @@ CHANNEL_RULES: dict = {
     "size": SHAPE_READ, "numel": SHAPE_READ, getattr: SHAPE_READ, "dim": METADATA,
     # -- products that sum over channels without a weight: attention's query/key dims
     operator.matmul: MatMul(), torch.matmul: MatMul(), "matmul": MatMul(),
-    torch.bmm: MatMul(), "bmm": MatMul(),
+    torch.bmm: MatMul(), "bmm": MatMul(), torch.mm: MatMul(), "mm": MatMul(),
     F.scaled_dot_product_attention: ScaledDotProductAttention(),
     # in_proj_weight packs q, k and v in one tensor and the heads are split in C++
     nn.MultiheadAttention: Barrier("multi-head attention: its heads and embedding dims are kept"),

@@ -2,6 +2,7 @@
 rows (fxprune.rules.attention). Before them every channel reaching an attention was kept whole
 (timm's ViTs: 13 of 39 groups prunable)."""
 import math
+import operator
 
 import pytest
 import torch
@@ -123,20 +124,23 @@ def test_float64_attention_model_prunes_exactly():
 class ProductWithParameter(nn.Module):
     """``x @ self.w``: a linear layer spelled as a product with a parameter."""
 
-    def __init__(self):
+    def __init__(self, product=operator.matmul):
         super().__init__()
         self.a = nn.Linear(6, 8)
         self.w = nn.Parameter(torch.randn(8, 4))
         self.b = nn.Linear(8, 3)
+        self.product = product
 
     def forward(self, x):
         y = self.a(x)
-        return y @ self.w, self.b(y)
+        return self.product(y, self.w), self.b(y)
 
 
-def test_product_with_a_parameter_slices_its_rows():
+@pytest.mark.parametrize("product", [operator.matmul, torch.mm, lambda y, w: y.mm(w)],
+                         ids=["matmul", "mm", "Tensor.mm"])
+def test_product_with_a_parameter_slices_its_rows(product):
     torch.manual_seed(0)
-    pm, small = prune_and_check(ProductWithParameter().eval(), torch.randn(2, 6))
+    pm, small = prune_and_check(ProductWithParameter(product).eval(), torch.randn(2, 6))
     g = next(g for g in fxprune.channel_groups(pm) if "a" in g.producers)
     assert g.prunable and small.w.shape == (g.kept, 4)
 

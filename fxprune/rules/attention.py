@@ -81,7 +81,7 @@ class _MasksLeftOperand(ChannelRule):
 
 
 class MatMul(_MasksLeftOperand):
-    """``a @ b`` (``torch.matmul``, ``torch.bmm``) of operands with at least two dims: the
+    """``a @ b`` (``torch.matmul``, ``torch.bmm``, ``torch.mm``) of operands with at least two dims: the
     product sums over ``a``'s last dim and ``b``'s second-to-last, so channels there are one
     set (pruned together, ``a`` masked); ``a``'s rows and ``b``'s columns become the output's
     last two dims; the leading dims broadcast. A vector operand keeps its channels whole."""
