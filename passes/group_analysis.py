@@ -11,6 +11,7 @@ without merging them, so a group is not a connected component of the graph of sp
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import operator
 
@@ -178,16 +179,18 @@ class ChannelAnalysis(NodeFacts):
         ``num_features``), when the module is called at several places; None when at one. One
         module holds one such size, so its calls' channels must be one set there, as a
         weight would make them (break96 #4: two branches' widths, finalize failed)."""
-        if self.node.op != "call_module":
-            return None
-        if not hasattr(self, "_calls"):
-            self._calls = {}
-            for n in self.gm.graph.nodes:
-                if n.op == "call_module":
-                    self._calls[n.target] = self._calls.get(n.target, 0) + 1
-        if self._calls.get(self.node.target, 0) < 2:
+        if self.module_calls() < 2:
             return None
         return self.virtual_space(f"{self.node.target}.<size>", j, size)
+
+    def module_calls(self) -> int:
+        """How many nodes call the module this node calls (0 for a node calling none)."""
+        if self.node.op != "call_module":
+            return 0
+        if not hasattr(self, "_calls"):
+            self._calls = collections.Counter(
+                n.target for n in self.gm.graph.nodes if n.op == "call_module")
+        return self._calls[self.node.target]
 
     def tensor(self, qualname: str) -> torch.Tensor:
         return self._tensor(qualname)

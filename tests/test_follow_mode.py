@@ -76,6 +76,24 @@ def test_both_modes_follow_the_flag_whichever_mode_the_model_was_prepared_in(pre
     assert {nn.Dropout, nn.Dropout2d} <= kinds and OwnBatchNorm in kinds
 
 
+def prepared_silently_following_both_modes(model, x, prepared_in: str):
+    """``model`` prepared in ``prepared_in`` mode with no warning (no "reads self.training"),
+    its prepared form computing what it does in both modes, random ops alike (same seed)."""
+    import warnings
+
+    model.train(prepared_in == "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pm = fxprune.prepare(model, (x,))
+    for mode in ("train", "eval"):
+        model.train(mode == "train"), pm.train(mode == "train")
+        torch.manual_seed(1)
+        want = model(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(pm(x), want, rtol=0, atol=0)
+    return pm
+
+
 class TorchDropouts(nn.Module):
     """torch's own dropouts, ``torch.dropout(x, p, train)`` and its alpha forms."""
 
@@ -94,19 +112,8 @@ def test_torchs_own_dropouts_follow_the_flag(prepared_in):
     """break94 #6: ``torch.dropout(x, p, self.training)`` has no Python signature to bind: it
     was not made a module as F.dropout is, and stayed in the prepare mode (warned; prepared in
     eval mode, train mode's output was 0.42 off)."""
-    import warnings
-
     torch.manual_seed(0)
-    model = TorchDropouts().train(prepared_in == "train")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "reads self.training" warning
-        pm = fxprune.prepare(model, (X,))
-    for mode in ("train", "eval"):
-        model.train(mode == "train"), pm.train(mode == "train")
-        torch.manual_seed(1)
-        want = model(X)
-        torch.manual_seed(1)
-        torch.testing.assert_close(pm(X), want, rtol=0, atol=0)
+    pm = prepared_silently_following_both_modes(TorchDropouts(), X, prepared_in)
     assert {nn.Dropout, nn.FeatureAlphaDropout, nn.AlphaDropout} <= {type(m) for m in pm.modules()}
 
 
@@ -579,22 +586,11 @@ def test_attention_dropout_chosen_by_the_flag_follows_the_mode(prepared_in):
     attn_drop_rate=0.1: 12/15 groups prunable, 25/27 without). It now reads the rate from an
     nn.Dropout(p) added beside it, which .train()/.eval() set: the head dims prune, and both
     modes compute what the model does."""
-    import warnings
-
     from helpers import prune_and_check
 
     torch.manual_seed(0)
-    model = AttentionWithDropout().train(prepared_in == "train")
-    x = torch.randn(2, 5, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "reads self.training" warning
-        pm = fxprune.prepare(model, (x,))
-    for mode in ("train", "eval"):
-        model.train(mode == "train"), pm.train(mode == "train")
-        torch.manual_seed(1)
-        want = model(x)
-        torch.manual_seed(1)
-        torch.testing.assert_close(pm(x), want, rtol=0, atol=0)
+    model, x = AttentionWithDropout(), torch.randn(2, 5, 8)
+    pm = prepared_silently_following_both_modes(model, x, prepared_in)
     heads = next(g for g in fxprune.channel_groups(pm) if "qkv" in g.producers)
     assert heads.prunable
     pm, small = prune_and_check(model.eval(), x)

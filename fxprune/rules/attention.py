@@ -44,6 +44,15 @@ def _batch_labels(ctx, operands: list, out_ndim: int, what: str) -> dict:
     return out
 
 
+def _with_rows_and_columns(out: dict, nd: int, rows, columns) -> dict:
+    """A product's output labels: ``out``'s batch dims, then the left operand's rows and the
+    right one's columns (labels or None) as its last two dims."""
+    for d, ids in ((nd - 2, rows), (nd - 1, columns)):
+        if ids is not None:
+            out[d] = ids
+    return out
+
+
 class _MasksLeftOperand(ChannelRule):
     """The masked form of a product over channels: ``node``'s first argument times the mask
     along its last dim (:func:`fxprune.masks.mask_contracted`), a node of its own that
@@ -102,11 +111,7 @@ class MatMul(_MasksLeftOperand):
         nda, ndb, nd = len(shapes[0]), len(shapes[1]), len(out_shape)
         out = _batch_labels(ctx, [a, b], nd, "matrix product's batch dims")
         self.contract(ctx, a, la.get(nda - 1), lb.get(ndb - 2), nda - 1, "summed over by a matrix product")
-        if nda - 2 in la:
-            out[nd - 2] = la[nda - 2]
-        if ndb - 1 in lb:
-            out[nd - 1] = lb[ndb - 1]
-        return out
+        return _with_rows_and_columns(out, nd, la.get(nda - 2), lb.get(ndb - 1))
 
 
 class ScaledDotProductAttention(_MasksLeftOperand):
@@ -153,11 +158,7 @@ class ScaledDotProductAttention(_MasksLeftOperand):
                 scores[nd - 2] = lq[nq - 2]
             self.biased_by(ctx, attn_mask, scores, nd)
         self.contract(ctx, q, lq.get(nq - 1), lk.get(nk - 1), nq - 1, "query/key dims of attention")
-        if nq - 2 in lq:
-            out[nd - 2] = lq[nq - 2]
-        if nv - 1 in lv:
-            out[nd - 1] = lv[nv - 1]
-        return out
+        return _with_rows_and_columns(out, nd, lq.get(nq - 2), lv.get(nv - 1))
 
     @staticmethod
     def biased_by(ctx, attn_mask, scores: dict, nd: int) -> None:

@@ -180,8 +180,7 @@ class Reshape(ChannelRule):
         if not labels:
             self.check_sizes(ctx, {})
             return {}
-        if self.unflatten and ctx.node.op == "call_module" and sum(
-                n.op == "call_module" and n.target == ctx.node.target for n in ctx.node.graph.nodes) > 1:
+        if self.unflatten and ctx.module_calls() > 1:
             # one nn.Unflatten holds one size: call sites pruned differently could not share it
             ctx.untracked_inputs("an nn.Unflatten module called at several places")
             return {}
