@@ -24,6 +24,7 @@ from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts, map_tensors, restoring_buffers
+from .grad_mode import ModeRecordingTracer, sets_modes
 from .trace import copy_model
 
 #: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
@@ -208,11 +209,13 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     # (a function that wants the prepared model names what it got instead)
     mark_finalized(gm)
     # The tracer class is pickled with a GraphModule; ours lives in fxprune, and the result must
-    # load where fxprune is not installed.
-    gm._tracer_cls, gm._tracer_extras = None, {}
+    # load where fxprune is not installed; but for a graph that sets the grad or autocast mode,
+    # whose calls torch.fx's own tracer would run, not record, when it re-traces the code on load.
+    tracer_cls = ModeRecordingTracer if sets_modes(gm.graph) else None
+    gm._tracer_cls, gm._tracer_extras = tracer_cls, {}
     # the graph keeps its own, which a deep copy of the result puts back on the module: the
     # model_pruned.pt of fxprune train (a copy, saved) needed fxprune to load (break45 #1)
-    gm.graph._tracer_cls, gm.graph._tracer_extras = None, {}
+    gm.graph._tracer_cls, gm.graph._tracer_extras = tracer_cls, {}
     gm.graph.lint()
     gm.recompile()
     return gm

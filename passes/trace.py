@@ -29,13 +29,14 @@ from fxprune.errors import TraceError
 from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
+from .grad_mode import ModeRecordingTracer
 from .group_analysis import arg_leaves, module_rule
 
 # with the separator: torchvision's (or torchaudio's) files are model code, not torch's
 _TORCH_DIR = os.path.join(os.path.dirname(torch.__file__), "")
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(ModeRecordingTracer):
     # The traced graph records this class; unpickling a GraphModule re-traces its code with
     # ``tracer_cls()``, so every argument needs a default or torch.load fails.
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_names: frozenset[str] = frozenset(),
@@ -83,6 +84,7 @@ class _Tracer(fx.Tracer):
             for name, fn in originals.items():
                 setattr(torch, name, recording(fn))
             fixing = concrete_args is None and bool(self.fixed) and isinstance(root, nn.Module)
+            # (ModeRecordingTracer keeps no_grad and autocast regions: passes/grad_mode.py)
             graph = super().trace(root, dict(self.fixed) if fixing else concrete_args)
             if fixing:  # torch.fx names a fixed argument `flag_1`: a call by keyword needs `flag`
                 for node in graph.find_nodes(op="placeholder"):

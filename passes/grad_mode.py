@@ -1,0 +1,113 @@
+"""Keep the autograd and autocast modes a model's ``forward`` sets, which torch.fx drops.
+
+``with torch.no_grad():`` (or ``@torch.no_grad()`` on a submodule's forward, or
+``torch.set_grad_enabled(False)``) and ``with torch.autocast(...):`` run while torch.fx traces,
+on proxies, and leave nothing in the graph: a frozen encoder or a stop-gradient branch (a
+BYOL/SimSiam target) was trained through, and a float32 island under the caller's autocast ran
+in bfloat16 (break97 F1, F2). As torch.export does, the graph gets the calls that set the
+modes:
+
+- :func:`recording_modes`, around tracing, marks each node made while grad was off
+  (``node.meta["fxprune_grad_enabled"] = False``) and records every ``torch.autocast``
+  entered and left as ``torch.amp._enter_autocast(device, dtype, enabled, cache)`` /
+  ``torch.amp._exit_autocast(ctx)`` nodes;
+- :func:`keep_no_grad_regions` brackets each run of nodes made without grad with
+  ``previous = torch.is_grad_enabled(); torch._C._set_grad_enabled(False)`` ...
+  ``torch._C._set_grad_enabled(previous)``, so a call under the caller's ``torch.no_grad()``
+  stays without grad after the region.
+
+The grad mode is read relative to tracing, which runs with grad on: ``torch.enable_grad()``
+inside a forward is not kept (it changes nothing then).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.fx as fx
+
+GRAD_ENABLED = "fxprune_grad_enabled"
+_MODE_SETTERS = (torch._C._set_grad_enabled, torch.amp._enter_autocast, torch.amp._exit_autocast)
+
+
+@contextlib.contextmanager
+def recording_modes(tracer: fx.Tracer):
+    """While tracing with ``tracer``: grad on (so that a node made with it off was made in a
+    region the forward turned off), and ``torch.autocast`` regions recorded as nodes. Nodes
+    are marked by :func:`mark_grad_mode`, called from the tracer's ``create_proxy``."""
+    cls = torch.amp.autocast_mode.autocast
+    enter, exit_ = cls.__enter__, cls.__exit__
+
+    def recorded_enter(self):
+        out = enter(self)
+        node = tracer.create_proxy("call_function", torch.amp._enter_autocast,
+                                   (self.device, self.fast_dtype, self._enabled,
+                                    self._cache_enabled), {})
+        self.__dict__.setdefault("_fxprune_entered", []).append(node)
+        return out
+
+    def recorded_exit(self, *exc):
+        entered = self.__dict__.get("_fxprune_entered")
+        if entered:
+            tracer.create_proxy("call_function", torch.amp._exit_autocast, (entered.pop(),), {})
+        return exit_(self, *exc)
+
+    cls.__enter__, cls.__exit__ = recorded_enter, recorded_exit
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        cls.__enter__, cls.__exit__ = enter, exit_
+
+
+def mark_grad_mode(node: fx.Node) -> None:
+    """Marks ``node`` as made with grad off, when it was (see :func:`recording_modes`)."""
+    if not torch.is_grad_enabled():
+        node.meta[GRAD_ENABLED] = False
+
+
+class ModeRecordingTracer(fx.Tracer):
+    """A tracer that keeps the modes (:func:`recording_modes`, :func:`keep_no_grad_regions`).
+
+    fxprune's tracer is one; a finalized model whose graph sets modes is pickled with this
+    class, since loading re-traces its code, and a plain tracer would run those calls instead of
+    recording them (so loading such a model needs fxprune)."""
+
+    def trace(self, root, concrete_args=None):
+        with recording_modes(self):
+            graph = super().trace(root, concrete_args)
+        keep_no_grad_regions(graph)
+        return graph
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **more):
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **more)
+        mark_grad_mode(proxy.node)
+        return proxy
+
+
+def sets_modes(graph: fx.Graph) -> bool:
+    """Whether ``graph`` has nodes that set the grad or autocast mode."""
+    return any(node.op == "call_function" and node.target in _MODE_SETTERS for node in graph.nodes)
+
+
+def keep_no_grad_regions(graph: fx.Graph) -> int:
+    """Brackets each run of nodes marked as made without grad with the calls that turn grad
+    off and restore the caller's mode; returns how many runs there were."""
+    runs: list[list[fx.Node]] = []
+    inside = False
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        off = node.meta.get(GRAD_ENABLED) is False
+        if off and not inside:
+            runs.append([node, node])
+        elif off:
+            runs[-1][1] = node
+        inside = off
+    for first, last in runs:
+        with graph.inserting_before(first):
+            previous = graph.call_function(torch.is_grad_enabled)
+            graph.call_function(torch._C._set_grad_enabled, (False,))
+        with graph.inserting_after(last):
+            graph.call_function(torch._C._set_grad_enabled, (previous,))
+    return len(runs)

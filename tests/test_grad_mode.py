@@ -1,0 +1,168 @@
+"""Grad-mode and autocast regions of a forward survive tracing (passes/grad_mode.py; break97
+F1, F2: torch.fx dropped them, and a stop-gradient branch was trained through)."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxprune
+from fxprune.passes.grad_mode import GRAD_ENABLED, keep_no_grad_regions
+
+
+class StopGradient(nn.Module):
+    """A BYOL/SimSiam-style target branch computed without grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 16, 3, padding=1)
+        self.target = nn.Conv2d(16, 16, 1)
+        self.pred = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        f = F.relu(self.backbone(x))
+        with torch.no_grad():
+            t = self.target(f)
+        return self.pred(f), t
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    @torch.no_grad()
+    def forward(self, x):
+        return F.relu(self.conv(x))
+
+
+class FrozenEncoder(nn.Module):
+    """A frozen encoder (``@torch.no_grad()`` on its forward, traced through) and a statement
+    form (``torch.set_grad_enabled``) around a second layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = Encoder()
+        self.mid = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.encoder(x)
+        torch.set_grad_enabled(False)
+        y = self.mid(y) + 1
+        torch.set_grad_enabled(True)
+        return self.head(y)
+
+
+def _loaded(model):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def _grads(model, x):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    loss = sum(o.float().pow(2).mean() for o in (out if isinstance(out, tuple) else (out,)))
+    if loss.requires_grad:
+        loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_no_grad_branch_gets_no_gradient_in_the_prepared_finalized_and_loaded_models(dtype):
+    torch.manual_seed(0)
+    model = StopGradient().to(dtype)
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    pm = fxprune.prepare(model, (x[:1],))
+    want = _grads(model, x)
+    got = _grads(pm, x)
+    assert got["target.weight"] is None and want["target.weight"] is None
+    torch.testing.assert_close(got["backbone.weight"], want["backbone.weight"])  # not through t
+    fxprune.channel_groups(pm)[0].mask[:8] = 0
+    small = fxprune.finalize(pm)
+    for m in (small, _loaded(small)):
+        p, t = m(x)
+        assert p.requires_grad and not t.requires_grad
+        assert _grads(m, x)["target.weight"] is None
+
+
+def test_the_callers_grad_mode_is_restored_after_a_no_grad_region():
+    pm = fxprune.prepare(StopGradient(), (torch.randn(1, 3, 8, 8),))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        p, _ = pm(x)
+        assert not torch.is_grad_enabled() and not p.requires_grad  # not turned on after it
+    pm(x)
+    assert torch.is_grad_enabled()
+
+
+def test_a_frozen_encoder_and_set_grad_enabled_statements_are_kept():
+    torch.manual_seed(0)
+    model = FrozenEncoder()
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(model, (x[:1],))
+    want, got = _grads(model, x), _grads(pm, x)
+    assert {n for n, g in want.items() if g is None} == {"encoder.conv.weight", "encoder.conv.bias",
+                                                           "mid.weight", "mid.bias"}
+    assert {n for n, g in got.items() if g is None} == {n for n, g in want.items() if g is None}
+    fxprune.channel_groups(pm)[0].mask[:4] = 0
+    small = fxprune.finalize(pm)
+    assert _grads(small, x)["encoder.conv.weight"] is None
+    assert _grads(small, x)["head.weight"] is not None
+
+
+class Float32Head(nn.Module):
+    """A head kept in float32 under the caller's autocast, and a body run in bfloat16."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = F.relu(self.c1(x))
+        with torch.autocast("cpu", enabled=False):
+            return self.head(y.float())
+
+
+def test_autocast_regions_are_kept_in_the_prepared_finalized_and_loaded_models():
+    torch.manual_seed(0)
+    model = Float32Head()
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(model, (x[:1],))
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), model(x), rtol=0, atol=0)  # the body ran in bfloat16
+    fxprune.channel_groups(pm)[0].mask[:8] = 0
+    small = fxprune.finalize(pm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.float32
+        for m in (pm, small, _loaded(small)):
+            assert m(x).dtype == torch.float32, type(m)
+
+
+def test_keep_no_grad_regions_brackets_each_run_of_nodes_made_without_grad():
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    a = graph.call_function(torch.relu, (x,))
+    b = graph.call_function(torch.neg, (a,))
+    c = graph.call_function(torch.exp, (b,))
+    d = graph.call_function(torch.neg, (c,))
+    graph.output(d)
+    for node in (a, b, d):
+        node.meta[GRAD_ENABLED] = False
+    assert keep_no_grad_regions(graph) == 2
+    targets = [n.target for n in graph.nodes if n.op == "call_function"]
+    assert targets == [torch.is_grad_enabled, torch._C._set_grad_enabled, torch.relu, torch.neg,
+                       torch._C._set_grad_enabled, torch.exp, torch.is_grad_enabled,
+                       torch._C._set_grad_enabled, torch.neg, torch._C._set_grad_enabled]
+    gm = fx.GraphModule(nn.Module(), graph)
+    x = torch.randn(3, requires_grad=True)
+    assert not gm(x).requires_grad  # the last op ran without grad
+    assert torch.is_grad_enabled()
