@@ -2528,3 +2528,42 @@ def test_a_finalized_model_with_a_none_argument_loads_and_exports():
     for model in (pm, small, loaded):
         with pytest.raises(AssertionError, match="mask has been specialized to have value None"):
             model(x, mask=torch.ones(1))
+
+
+# -- squeeze() of a channel dim that pruning takes down to one channel -----------------------------
+
+class PoolSqueeze(nn.Module):
+    """``pool(y).squeeze()`` before a linear, in the forms users write (break97 F3)."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(F.relu(self.c2(F.relu(self.c1(x)))), 1)
+        if self.form == "method":
+            y = y.squeeze()
+        elif self.form == "function":
+            y = torch.squeeze(y)
+        else:  # each dim by itself, the channel dim last
+            y = y.squeeze(-1).squeeze(-1).squeeze(1)
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("form", ["method", "function", "dims"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_squeeze_keeps_a_channel_dim_pruned_to_one_channel(form, batch):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 8, 8)
+    pm = fxprune.prepare(PoolSqueeze(form).eval(), (x,))
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask[1:] = 0  # one channel left in each group
+    small = fxprune.finalize(pm)  # raised "a bug in fxprune": the squeeze took the channel dim
+    for other in (x, torch.randn(3, 3, 8, 8)):
+        assert max_relative_error(run_eval(pm, (other,)), run_eval(small, (other,))) <= 1e-5
+    assert small.c2.out_channels == 1
+    if batch == 1:  # a batch of one is squeezed as the dense model squeezes it
+        assert small(torch.randn(1, 3, 8, 8)).shape == PoolSqueeze(form)(torch.randn(1, 3, 8, 8)).shape
