@@ -625,8 +625,37 @@ class AlwaysDropping(torch.nn.Module):
 def test_a_model_random_in_eval_mode_is_named_as_the_cause_not_fxprune():
     """finalize's check failed with 'a bug in fxprune' for the model's own randomness."""
     pm = fxprune.prepare(AlwaysDropping(), (torch.randn(2, 3, 8, 8),))
+    fxprune.channel_groups(pm)[0].mask[:4] = 0  # the dropout draws over fewer channels then
     with pytest.raises(fxprune.SurgeryError, match="gives other outputs each run in eval mode"):
         fxprune.finalize(pm)
+
+
+class NoiseInjection(torch.nn.Module):
+    """StyleGAN-style noise injection: samples in eval mode by design, one noise map per pixel
+    (its shape does not follow the channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 3, 3, padding=1)
+        self.w = torch.nn.Parameter(torch.full((1, 16, 1, 1), 0.1))
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y + self.w * torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device)
+        return self.b(F.leaky_relu(y, 0.2))
+
+
+def test_a_model_sampling_in_eval_mode_is_checked_from_one_random_state():
+    """break97 F5: such a model could never pass finalize's check, though exact under one seed."""
+    x = torch.randn(1, 3, 16, 16)
+    pm = fxprune.prepare(NoiseInjection().eval(), (x,))
+    fxprune.channel_groups(pm)[0].mask[:8] = 0
+    small = fxprune.finalize(pm)
+    assert small.a.out_channels == 8
+    torch.manual_seed(3)
+    want = pm(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(small(x), want)
 
 
 def test_a_compiled_or_wrapped_prepared_model_is_named_as_such():
