@@ -78,6 +78,12 @@ def load_model(model: nn.Module | str | os.PathLike, *,
                     "(__main__), which only that script defines: move the class into a module "
                     "on PYTHONPATH and save again, call fxprune.deploy.deploy(model, ...) from "
                     "that script, or deploy an .onnx file") from None
+            if isinstance(e, ModuleNotFoundError) and e.name:  # break97 F4: the class's module
+                raise DeployError(
+                    f"{path!r} pickles a model whose class is in module {e.name!r}, which cannot "
+                    "be imported here: run with that module's folder on PYTHONPATH (the fxprune "
+                    "command does not put the current folder on the path; `python -m fxprune` "
+                    "does), install the package holding it, or deploy an .onnx file") from None
             raise DeployError(f"could not load {path!r} with torch.load ({type(e).__name__}: "
                               f"{first}); is it a file written by torch.save(module, path)?"
                               ) from None

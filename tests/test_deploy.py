@@ -1310,6 +1310,22 @@ def test_a_model_whose_class_lives_in_the_saving_script_names_that_cause(tmp_pat
     assert "move the class into a module on PYTHONPATH" in err and "is it a file written" not in err
 
 
+def test_a_model_whose_class_module_is_not_importable_names_that_module(tmp_path, capsys):
+    """break97 F4: the class in the user's models.py, saved from its folder; the fxprune command
+    (no current folder on sys.path) said "is it a file written by torch.save(module, path)?"."""
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__(); self.c = nn.Conv2d(3, 4, 3)\n"
+        "    def forward(self, x):\n        return self.c(x)\n")
+    subprocess.run([sys.executable, "-c", "import torch, mynets; torch.save(mynets.Net(), 'dense.pt')"],
+                   check=True, cwd=tmp_path)
+    rc = main(["deploy", str(tmp_path / "dense.pt"), "--out", str(tmp_path / "out"),
+               "--input-shape", "1,3,16,16", *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc != 0 and "whose class is in module 'mynets', which cannot be imported here" in err, err
+    assert "PYTHONPATH" in err and "is it a file written" not in err
+
+
 class BranchesOnAnItem(nn.Module):
     """A branch on a number read out of a tensor: no "Python boolean" in the tracer's warning."""
 
