@@ -22,7 +22,7 @@ from torch import nn
 from .rules import (Barrier, MatMul, ScaledDotProductAttention, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalGroupNorm, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
-                            Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
+                            Flip, Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
 ELEMENTWISE = Elementwise()
@@ -147,6 +147,10 @@ CHANNEL_RULES[torch.full] = Create(sizes_from=0, one_size_arg=True)
 CHANNEL_RULES[F.normalize] = MixesDim(dim_pos=2, default_dim=1)  # elementwise but along dim
 # Swin's shifted windows: a cyclic shift of H and W keeps channels
 CHANNEL_RULES[torch.roll] = CHANNEL_RULES["roll"] = Roll()
+# flips: a channel dim flipped is the channels reversed (test-time flips, symmetric nets)
+CHANNEL_RULES[torch.flip] = CHANNEL_RULES["flip"] = Flip()
+CHANNEL_RULES[torch.fliplr] = CHANNEL_RULES["fliplr"] = Flip(dims=(1,))
+CHANNEL_RULES[torch.flipud] = CHANNEL_RULES["flipud"] = Flip(dims=(0,))
 # x.narrow(dim, start, length): a slice whose bounds are numbers; of a channel dim it is kept
 CHANNEL_RULES[torch.narrow] = CHANNEL_RULES["narrow"] = MixesDim(
     reason="narrowed along the channel dim (use y[:, a:b], whose bounds fxprune rewrites)")

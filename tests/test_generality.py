@@ -2567,3 +2567,27 @@ def test_a_squeeze_keeps_a_channel_dim_pruned_to_one_channel(form, batch):
     assert small.c2.out_channels == 1
     if batch == 1:  # a batch of one is squeezed as the dense model squeezes it
         assert small(torch.randn(1, 3, 8, 8)).shape == PoolSqueeze(form)(torch.randn(1, 3, 8, 8)).shape
+
+
+# -- flips ----------------------------------------------------------------------------------------
+
+class Flips(nn.Module):
+    """A spatial flip (test-time augmentation) and a flip of the channel dim in every form."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.c, self.d = nn.Conv2d(6, 6, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = y + torch.flip(y, [3])  # positional dims (Roll's row read them as flat: break97 F6)
+        z = torch.relu(self.b(y.flip(1)))  # the channels reversed
+        z = self.c(torch.fliplr(z)) + z.flip(-1, 1)
+        return self.d(torch.relu(z))
+
+
+def test_flips_of_spatial_and_channel_dims_prune_exactly():
+    pm, small = check(Flips(), X, X2)
+    assert prunable(pm) == {"a": 8, "b": 6}  # c's output is added to b's reversed: one group
+    assert small.b.in_channels == 4 and small.c.in_channels == small.c.out_channels == 3

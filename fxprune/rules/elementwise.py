@@ -6,7 +6,7 @@ import operator
 import numpy as np
 from torch import fx
 
-from .base import ChannelRule, Labels, node_arg, norm_dim, set_node_arg
+from .base import ChannelRule, Labels, node_arg, norm_dim, set_node_arg, varargs
 
 class Elementwise(ChannelRule):
     """Output position i depends on input position i, with broadcasting (add, mul, relu, ...).
@@ -250,6 +250,27 @@ class MixesDim(ChannelRule):
         if d in labels:
             ctx.untracked(labels[d], self.reason)
         return {k: v for k, v in labels.items() if k != d}
+
+
+class Flip(ChannelRule):
+    """``torch.flip(x, dims)`` / ``x.flip(*dims)`` / ``fliplr`` / ``flipud``: the flipped dims'
+    positions come in reverse order. Along a channel dim that is a fixed reordering of the
+    channels (the reverse of the kept ones, once pruned), so their labels are reversed and
+    nothing is kept whole (break97 F6: no row, and Roll's read flip's dims from the wrong
+    argument)."""
+
+    kind = "flips dims"
+    slices = ()
+
+    def __init__(self, dims: tuple[int, ...] | None = None):
+        self.dims = dims  # fliplr / flipud: fixed dims
+
+    def propagate(self, ctx):
+        x = ctx.node.args[0]
+        labels, ndim = ctx.labels(x), len(ctx.shape(x))
+        dims = self.dims if self.dims is not None else ctx.value(varargs(ctx.node, 1, "dims"))
+        dims = {norm_dim(int(d), ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        return {d: ids[::-1].copy() if d in dims else ids for d, ids in labels.items()}
 
 
 class Roll(ChannelRule):
