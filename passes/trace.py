@@ -768,7 +768,9 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
         why = ("Python control flow that depends on tensor values or shapes cannot be traced "
                "(flags and optional tensors left None in the forward's arguments can: give their "
                f"values in example_inputs). Either {way_out}, or rewrite the branch so it does "
-               "not depend on tensor values.")
+               "not depend on tensor values (a guard on the input's rank or shape, `if x.dim() "
+               "== 3` or `assert x.shape[1] == 3`: delete it, or check with torch._assert(cond, "
+               "message), which traces).")
     elif isinstance(e, TypeError) and "does not support item assignment" in str(e):
         why = ("torch.fx records no in-place item assignment (`x[...] = v`). Either write it out "
                "of place (`x = x.index_fill(1, idx, v)`, `x = torch.where(mask, v, x)`, "

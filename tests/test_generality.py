@@ -2591,3 +2591,47 @@ def test_flips_of_spatial_and_channel_dims_prune_exactly():
     pm, small = check(Flips(), X, X2)
     assert prunable(pm) == {"a": 8, "b": 6}  # c's output is added to b's reversed: one group
     assert small.b.in_channels == 4 and small.c.in_channels == small.c.out_channels == 3
+
+
+# -- messages with the rewrite that prunes or traces (break97 F7, F10) ------------------------------
+
+class ChannelByIndex(nn.Module):
+    def __init__(self, slice_it: bool):
+        super().__init__()
+        self.slice_it = slice_it
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(1, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        one = y[:, 5:6] if self.slice_it else y[:, 5].unsqueeze(1)
+        return self.b(one) + self.c(y)
+
+
+def test_an_integer_channel_index_names_the_slice_that_prunes():
+    pm = fxprune.prepare(ChannelByIndex(slice_it=False), X)
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["a"]]
+    assert not group.prunable and "y[:, i:i+1], whose bounds fxprune rewrites, prunes" in group.reason
+    pm, small = check(ChannelByIndex(slice_it=True), X, X2)  # the rewrite the reason names
+    assert "a" in prunable(pm)
+
+
+class RankGuarded(nn.Module):
+    def __init__(self, traced_assert: bool):
+        super().__init__()
+        self.traced_assert = traced_assert
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        if self.traced_assert:
+            torch._assert(x.dim() == 4, "NCHW input")
+        else:
+            assert x.dim() == 4, "NCHW input"
+        return self.a(x)
+
+
+def test_a_rank_guard_names_torch_assert_which_traces():
+    with pytest.raises(fxprune.TraceError, match=r"torch\._assert\(cond, message\), which traces"):
+        fxprune.prepare(RankGuarded(traced_assert=False), X)
+    pm = fxprune.prepare(RankGuarded(traced_assert=True), X)
+    with pytest.raises(AssertionError, match="NCHW input"):
+        pm(torch.randn(3, 8, 8))

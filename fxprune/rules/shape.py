@@ -488,7 +488,8 @@ class Index(ChannelRule):
                     od += 1
             elif isinstance(item, int):
                 if dims[0] in labels:
-                    ctx.untracked(labels[dims[0]][[item]], "one channel read by index")
+                    ctx.untracked(labels[dims[0]][[item]], "one channel read by an integer index "
+                                  "(y[:, i]; y[:, i:i+1], whose bounds fxprune rewrites, prunes)")
             elif isinstance(item, slice):
                 ids = labels.get(dims[0])
                 if ids is not None:
