@@ -32,9 +32,12 @@ def check_fraction(name: str, value, what: str) -> None:
         number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
             hint = f" (give a number: {name}={name}.item())"
-        elif number and 1 < value < 10:  # 1.5 reads as a speed-up, not 1.5% (break62 #8)
+        elif number and 1 < value < 10 and "cost" in what:  # 1.5 reads as a speed-up (break62 #8)
             hint = (f" (a speed-up of {value:g}x? give the fraction of the cost to keep: "
                     f"{name}={1 / value:.3g})")
+        elif number and 1 < value < 10:  # a fraction of channels (ratio) is not one of the cost
+            hint = (f" (a speed-up of {value:g}x? {name} counts channels, not cost: for "
+                    f"{1 / value:.3g} of the cost, give target={1 / value:.3g} instead)")
         elif number and 10 <= value <= 100:
             hint = f" (a percentage? give the fraction: {name}={value / 100:g})"
         elif number and value > 100:

@@ -495,6 +495,14 @@ def test_a_schedule_that_never_prunes_or_overlaps_is_said():
         CCP(prepared(), ratio=0.5, collect=3, prune_at=2)
 
 
+def test_a_ratio_above_one_is_not_read_as_a_cost():
+    """break98 F4: ratio=1.5 was told "give the fraction of the cost to keep: ratio=0.667",
+    but ratio counts channels (0.667 of them keeps about 0.44 of the FLOPs)."""
+    with pytest.raises(ValueError, match=r"got 1.5 \(a speed-up of 1.5x\? ratio counts channels, "
+                                         r"not cost: for 0.667 of the cost, give target=0.667"):
+        CCP(prepared(), ratio=1.5)
+
+
 def test_a_setting_the_mode_ignores_is_said():
     """Left alone before: ratio= in adaptive mode (and CUCB's rho in budget mode) did nothing,
     silently; the recipes now carry null for the other mode's setting."""
