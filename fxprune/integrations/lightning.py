@@ -177,18 +177,19 @@ class PruningCallback(pl.Callback):
 
     # -- hooks ------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # rank 0 writes the file, so its view decides; every rank raises (none waits for it)
-        taken = fxdist.broadcast_object(self.save_path is not None and self.save_path.exists()
-                                        and not self.overwrite)
-        if taken:
-            raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
-                                  f"PruningCallback(overwrite=True)")
-        # a path that cannot be written failed after the whole fit (break62 #2)
+        # a path that cannot be written failed after the whole fit (break62 #2); checked
+        # first: a folder exists too, and overwrite=True cannot help it (break98 F2).
+        # Rank 0 writes the file, so its view decides; every rank raises (none waits for it)
         unwritable = fxdist.broadcast_object(
             _unwritable(self.save_path) if self.save_path is not None else None)
         if unwritable:
             raise ValueError(f"save_path {self.save_path}: {unwritable}; pass a save_path in a "
                              "folder you can write (checked before training)")
+        taken = fxdist.broadcast_object(self.save_path is not None and self.save_path.exists()
+                                        and not self.overwrite)
+        if taken:
+            raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
+                                  f"PruningCallback(overwrite=True)")
         if self.pruner is not None and find_prepared(pl_module, self.attribute) is not self.prepared:
             # it would go on stepping the first model, and save that one again
             raise ValueError("this PruningCallback prunes the model of the module it was first "
