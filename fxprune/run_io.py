@@ -524,8 +524,13 @@ def load_checkpoint(path: Path, device) -> dict:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(path, "rb") as f:
+            head = f.read(4)
         if path.stat().st_size == 0:
             why = "the file is empty"
+        elif not (head == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
+            # (torch's weights-only loader says "weights only" of any file: break98 F3)
+            why = "not a file torch.save wrote: neither a zip nor a pickle"
         elif isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
             raise CheckpointError(
                 f"--resume: checkpoint {path} holds Python objects beyond tensors and plain data "

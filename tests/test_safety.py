@@ -693,6 +693,12 @@ def test_resume_never_unpickles_code(recipe, tmp_path, capsys):
     assert rc == 2 and "holds Python objects beyond tensors and plain data" in err, err
     assert "would run code the file carries" in err
     assert not marker.exists()
+    # bytes that are no pickle at all: damaged, not "code" (break98 F3)
+    (out / "checkpoint.pt").write_bytes(b"not a pt")
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume", "--out",
+                   str(out)])
+    err = one_line_error(capsys)
+    assert rc == 2 and "is damaged or not a fxprune checkpoint (not a file torch.save wrote" in err, err
 
 
 # ----------------------------------------------------------------------------- clear errors
