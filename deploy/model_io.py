@@ -9,7 +9,8 @@ file carries, so pickled files load only with ``trust_model_file=True``
 
 How a file records its input shape: whoever saves the module may set the attribute
 ``module.fxprune_input_shape`` to the full input shape, batch first, e.g.
-``model.fxprune_input_shape = (1, 3, 224, 224)``, before ``torch.save``. It is pickled with
+``model.fxprune_input_shape = (1, 3, 224, 224)``, before ``torch.save`` (``fxprune.finalize``
+sets it to the example input's shape, for a model of one tensor input). It is pickled with
 the module (GraphModules keep it too). ``--input-shape`` / ``input_shape=`` overrides it,
 ``--batch`` / ``batch=`` replaces its first dim. With neither, deploy stops and says so.
 """

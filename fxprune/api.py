@@ -140,6 +140,8 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     and dtype.
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
     function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
+    A model of one tensor input records its example input's shape as ``fxprune_input_shape``,
+    which ``fxprune deploy`` reads from the saved file.
     Its parameters are new tensors: to fine-tune it, build a new optimizer over them (one built
     over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
     warned of: see :func:`copy_masks`; so is a finalize that removes nothing (no mask is 0),
@@ -159,6 +161,12 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
             if rtol is None:
                 rtol = DEFAULT_RTOL.get(model_device_dtype(prepared)[1], 1e-4)
             verify(prepared, pruned, state.example_inputs, rtol)
+        inputs = state.example_inputs
+        if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor):
+            # what fxprune deploy reads from a saved model (fxprune.deploy.model_io's
+            # INPUT_SHAPE_ATTR): the shape it was checked at (break98 F6: only fxprune
+            # train's models recorded it, so deploy asked for --input-shape)
+            pruned.fxprune_input_shape = tuple(inputs[0].shape)
         return pruned
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import fxprune
 from fxprune.cli import main
 from fxprune.deploy import DeployError, choose_backend, deploy, export_onnx, verify_onnx
 from fxprune.deploy import pipeline
@@ -1520,3 +1521,19 @@ def test_the_input_check_runs_at_the_copys_dtype_whatever_torchs_default():
         check_input_fits(model, (1, 3, 8, 8), "model")
     finally:
         torch.set_default_dtype(before)
+
+
+def test_a_model_finalized_in_python_deploys_without_input_shape(tmp_path, capsys):
+    """break98 F6: only fxprune train's models recorded their input shape; one finalized in
+    Python needed --input-shape, although prepare was given its example input."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    pm = fxprune.prepare(small_net(8), (x,))
+    fxprune.channel_groups(pm)[0].mask[:4] = 0
+    small = fxprune.finalize(pm)
+    assert small.fxprune_input_shape == (1, 3, 16, 16)
+    torch.save(small, tmp_path / "small.pt")
+    rc = main(["deploy", str(tmp_path / "small.pt"), "--out", str(tmp_path / "out"), *QUICK, *TRUST])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["input_shape"] == [1, 3, 16, 16], report
