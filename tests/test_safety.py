@@ -884,6 +884,15 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"fxprune {fxprune.__version__}"
 
 
+def test_an_unknown_option_of_a_subcommand_shows_that_subcommand_s_usage(capsys):
+    """break98 F7: `fxprune train CONFIG --bogus` printed the top-level usage."""
+    with pytest.raises(SystemExit) as info:
+        cli_main(["train", "recipe.yaml", "--bogus"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "usage: fxprune train" in err and "fxprune train: error: unrecognized arguments: --bogus" in err
+
+
 def test_rebinding_a_group_mask_raises_and_wrong_length_names_the_group():
     pm = small_prepared()
     group = [g for g in fxprune.channel_groups(pm) if g.prunable][0]
