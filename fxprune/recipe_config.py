@@ -510,9 +510,11 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     """A copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML);
     ``~section.key`` removes a key (its default back, if it has one), as Hydra writes it."""
     cfg = copy.deepcopy(cfg)
+    replaced: set[str] = set()  # keys an earlier override removed by naming their other form
     for item in overrides:
         if item.startswith("~"):
-            _remove_key(cfg, item)
+            if item[1:].strip() not in replaced:  # (already gone: break98 F1 was told the
+                _remove_key(cfg, item)            # recipe did not set it, and another key)
             continue
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -533,7 +535,8 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             # --set prune.update_every=10 replaces the recipe's update_every_fraction: the
             # override names the same setting in another unit
             for other in _schedule_forms(parts[1]) - {parts[1]}:
-                cfg["prune"].pop(other, None)
+                if cfg["prune"].pop(other, None) is not None:
+                    replaced.add(f"prune.{other}")
         _merge(cfg, update, DEFAULTS)
     return cfg
 

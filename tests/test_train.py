@@ -737,6 +737,13 @@ def test_an_override_in_another_unit_replaces_the_recipes_form():
     assert cfg["prune"]["update_every"] == 7 and "update_every_fraction" not in cfg["prune"]
     assert cfg["prune"]["cooldown_epochs"] == 0.5 and "cooldown_fraction" not in cfg["prune"]
     assert cfg["prune"]["warmup_fraction"] == 0.1  # untouched forms stay
+    # removing the replaced form as well, after it (break98 F1: "the recipe does not set it")
+    both = resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                          ["prune.update_every=7", "~prune.update_every_fraction"])
+    assert both["prune"] == resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                                           ["~prune.update_every_fraction", "prune.update_every=7"])["prune"]
+    with pytest.raises(ConfigError, match="the recipe does not set 'prune.update_every_fractio'"):
+        resolve_config({**TINY, "prune": FRACTION_SCHEDULE}, ["~prune.update_every_fractio"])
 
 
 def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
