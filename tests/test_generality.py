@@ -1291,7 +1291,7 @@ class ComputedBias(nn.Module):
 
     def forward(self, x):
         y = F.relu(self.a(x))
-        bias = self.b.flip(0) if self.untracked else self.b * 2.0
+        bias = self.b.roll(1, 0) if self.untracked else self.b * 2.0
         y = F.relu(F.conv2d(y, self.w, bias, padding=1)).mean((2, 3))
         return self.head(F.relu(F.linear(y, self.v, self.c + 1.0)))
 
@@ -1300,7 +1300,7 @@ def test_a_bias_computed_in_the_graph_follows_the_output_channels():
     pm, small = check(ComputedBias(), X, X2)
     assert prunable(pm) == {"a": 8, "w": 6, "v": 5}
     assert small.b.shape[0] == small.w.shape[0] < 6 and small.c.shape[0] == small.v.shape[0] < 5
-    pm, _ = check(ComputedBias(untracked=True), X, X2)  # flip has no row: w's outputs stay
+    pm, _ = check(ComputedBias(untracked=True), X, X2)  # rolled along its channels: w's outputs stay
     assert prunable(pm) == {"a": 8, "v": 5}
 
 
