@@ -14,6 +14,13 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, max_examples=500, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# One intra-op thread for the tests' own torch work (FXPRUNE_TEST_THREADS to change it). The
+# tests run batch-1 models at 64 px, where a second thread gains little, and on a 2-core CI
+# host with any other load torch's two-thread barriers spin: six torchvision models of the
+# zoo sweep took 41 s with two threads beside one other process and 13 s with one, and the
+# whole suite's time went from 19 to 50 minutes between two CI runs of the same code.
+torch.set_num_threads(int(os.environ.get("FXPRUNE_TEST_THREADS", "1")))
+
 
 @pytest.fixture(autouse=True)
 def keep_thread_count():
