@@ -322,6 +322,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             # pickling cannot name (an H200 run failed saving the finalized model); the
             # annotation is cosmetic there, so it is dropped
             node.type = None
+    updated_parameters = _restore_parameters(model, root)
     gm = fx.GraphModule(root, graph, type(model).__name__)
     originals = dict(root.named_modules())
     for name, m in gm.named_modules():  # the stand-ins of traced-through modules, too
@@ -405,6 +406,14 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
                       "move that code into a "
                       "small submodule of its own, which is then called as one op",
                       UserWarning, stacklevel=3)
+    if updated_parameters:  # break99 F2: MoCo's momentum update of its key encoder
+        more = f" ({len(updated_parameters) - 1} more)" if len(updated_parameters) > 1 else ""
+        warnings.warn(
+            f"{type(model).__name__}.forward changes parameter `{updated_parameters[0]}`{more} "
+            "while it runs (a momentum or EMA teacher update, `p.data = ...` or `p.mul_(m)` on "
+            "real tensors): torch.fx ran that once, while tracing, and the prepared and finalized "
+            "models never do (prepare kept the weights as they were); make that update outside "
+            "forward, after optimizer.step()", UserWarning, stacklevel=3)
     if found.heads_unchecked:
         heads, why = found.heads_unchecked
         warnings.warn(
@@ -530,6 +539,24 @@ def _layers_reached(graph: fx.Graph) -> set[str]:
                 break
             frontier = [v for u in frontier for v in u.users]
     return reached
+
+
+def _restore_parameters(model: nn.Module, traced: nn.Module) -> list[str]:
+    """Names of the parameters of ``traced`` (a copy of ``model``) that tracing changed, each
+    given ``model``'s values back: code that updates parameters on real tensors (reached
+    through ``self.parameters()``, not as proxies) ran at trace time, and is in no graph."""
+    theirs = dict(model.named_parameters())
+    changed = []
+    for name, now in traced.named_parameters():
+        was = theirs.get(name)
+        if was is None or was.shape != now.shape or was.dtype != now.dtype:
+            continue
+        if not (torch.equal(was, now) or (was.is_floating_point() and bool(
+                ((was == now) | (was.isnan() & now.isnan())).all()))):
+            with torch.no_grad():
+                now.copy_(was)
+            changed.append(name)
+    return changed
 
 
 def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph) -> dict[str, str]:

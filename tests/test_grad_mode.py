@@ -166,3 +166,40 @@ def test_keep_no_grad_regions_brackets_each_run_of_nodes_made_without_grad():
     x = torch.randn(3, requires_grad=True)
     assert not gm(x).requires_grad  # the last op ran without grad
     assert torch.is_grad_enabled()
+
+
+class MomentumTeacher(nn.Module):
+    """MoCo: the key encoder follows the query encoder by a momentum update in forward."""
+
+    def __init__(self, m=0.5):
+        super().__init__()
+        self.m = m
+        self.encoder_q = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        self.encoder_k = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        self.encoder_k.requires_grad_(False)
+
+    @torch.no_grad()
+    def _momentum_update(self):
+        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            k.data = k.data * self.m + q.data * (1.0 - self.m)
+
+    def forward(self, x):
+        q = self.encoder_q(x)
+        with torch.no_grad():
+            self._momentum_update()
+            k = self.encoder_k(x)
+        return q, k
+
+
+def test_a_parameter_update_in_forward_is_warned_of_and_undone_in_the_prepared_model():
+    """break99 F2: the update ran once, while tracing, on prepare's copy: the prepared
+    teacher started from other weights, and nothing said the update was gone."""
+    torch.manual_seed(0)
+    model = MomentumTeacher()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match=r"forward changes parameter `encoder_k.0.weight` \(3 more\) "
+                                         r"while it runs .* make that update outside forward"):
+        pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    for name, value in state.items():
+        assert torch.equal(pm.state_dict()[name], value), name
+        assert torch.equal(model.state_dict()[name], value), name  # the user's model untouched
