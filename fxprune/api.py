@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import fx, nn
 
+from fxprune.passes.grad_mode import autocast_dtypes
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
@@ -134,8 +135,8 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     :func:`prepare` (moved to the model's device and cast to its floating dtype) and a
     :class:`~fxprune.errors.SurgeryError` is raised if their outputs differ
     by more than ``rtol`` relative to the output's scale (default 1e-4; for float16/bfloat16
-    models :data:`DEFAULT_RTOL`); NaN and +-inf (masked logits) must sit at the same places in
-    both, and an output with no finite value at all (a diverged run) is refused, since nothing
+    models, or a forward with an autocast region in one of them, :data:`DEFAULT_RTOL`); NaN
+    and +-inf (masked logits) must sit at the same places in both, and an output with no finite value at all (a diverged run) is refused, since nothing
     could be checked. ``prepared`` is left untouched; the result stays on its device
     and dtype.
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
@@ -158,8 +159,10 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
         _warn_masks_not_final(prepared)
         pruned = remove_channels(prepared)
         if check:
-            if rtol is None:
-                rtol = DEFAULT_RTOL.get(model_device_dtype(prepared)[1], 1e-4)
+            if rtol is None:  # the lowest precision it computes in: its dtype, or an autocast
+                # region's in its forward (break99 F4: bfloat16 rounding there was "a bug")
+                dtypes = {model_device_dtype(prepared)[1], *autocast_dtypes(prepared.graph)}
+                rtol = max(DEFAULT_RTOL.get(d, 1e-4) for d in dtypes)
             verify(prepared, pruned, state.example_inputs, rtol)
         inputs = state.example_inputs
         if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor):

@@ -85,6 +85,12 @@ class ModeRecordingTracer(fx.Tracer):
         return proxy
 
 
+def autocast_dtypes(graph: fx.Graph) -> set[torch.dtype]:
+    """The dtypes of the autocast regions ``graph`` enters enabled (its ops may run in them)."""
+    return {node.args[1] for node in graph.find_nodes(op="call_function", target=torch.amp._enter_autocast)
+            if len(node.args) > 2 and node.args[2] and isinstance(node.args[1], torch.dtype)}
+
+
 def sets_modes(graph: fx.Graph) -> bool:
     """Whether ``graph`` has nodes that set the grad or autocast mode."""
     return any(node.op == "call_function" and node.target in _MODE_SETTERS for node in graph.nodes)

@@ -203,3 +203,33 @@ def test_a_parameter_update_in_forward_is_warned_of_and_undone_in_the_prepared_m
     for name, value in state.items():
         assert torch.equal(pm.state_dict()[name], value), name
         assert torch.equal(model.state_dict()[name], value), name  # the user's model untouched
+
+
+class Bfloat16Body(nn.Module):
+    def __init__(self, width=128, depth=6):
+        super().__init__()
+        self.a = nn.Conv2d(3, width, 3, padding=1)
+        self.body = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth))
+        self.out = nn.Conv2d(width, 8, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for conv in self.body:
+                y = F.relu(conv(y)) + y
+            y = self.out(y)
+        return y.float()
+
+
+def test_finalize_checks_a_bfloat16_autocast_region_at_bfloat16_s_tolerance():
+    """break99 F4: bfloat16 rounding in the region (0.0035 apart) was called a bug in fxprune."""
+    torch.manual_seed(0)
+    pm = fxprune.prepare(Bfloat16Body(), (torch.randn(1, 3, 16, 16),))
+    g = torch.Generator().manual_seed(1)
+    for group in fxprune.channel_groups(pm):
+        if group.prunable:
+            group.mask[torch.randperm(group.size, generator=g)[: group.size // 2]] = 0
+    small = fxprune.finalize(pm)
+    assert small.a.out_channels == 64
+    with pytest.raises(fxprune.SurgeryError, match="allowed 0.0001"):
+        fxprune.finalize(pm, rtol=1e-4)  # the check still runs: an explicit rtol is kept
