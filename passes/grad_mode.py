@@ -66,6 +66,46 @@ def mark_grad_mode(node: fx.Node) -> None:
         node.meta[GRAD_ENABLED] = False
 
 
+class RestoreModes:
+    """A code transformer (``Graph.on_generate_code``) that runs the generated forward's body
+    inside ``with torch.set_grad_enabled(torch.is_grad_enabled()):`` and, per device of the
+    graph's autocast regions, a ``try``/``finally`` that puts back the caller's autocast state
+    (enabled, dtype): an exception raised inside a region no longer leaves the caller without
+    grad or under autocast (break99 F1), which the ``with`` statements of the model's own code
+    saw to. The code names only ``torch``, which every generated forward has, and no
+    ``torch.autocast`` (loading re-traces the code and would record one)."""
+
+    def __init__(self, devices: tuple[str, ...] = ()):
+        self.devices = tuple(devices)
+
+    def __call__(self, body: list[str]) -> list[str]:
+        out = ["with torch.set_grad_enabled(torch.is_grad_enabled()):\n"]
+        indent = "    "
+        saved = ", ".join(f"torch.is_autocast_enabled({d!r}), torch.get_autocast_dtype({d!r})"
+                          for d in self.devices)
+        if self.devices:
+            out += [f"{indent}_fxprune_autocast = ({saved})\n", f"{indent}try:\n"]
+            indent += "    "
+        for chunk in body:
+            out.append("".join(indent + line if line.strip() else line
+                               for line in chunk.splitlines(keepends=True)))
+        if self.devices:
+            out.append("    finally:\n")
+            for i, d in enumerate(self.devices):
+                out.append(f"        torch.set_autocast_enabled({d!r}, _fxprune_autocast[{2 * i}])\n")
+                out.append(f"        torch.set_autocast_dtype({d!r}, _fxprune_autocast[{2 * i + 1}])\n")
+        return out
+
+
+def restore_modes_on_exit(graph: fx.Graph) -> None:
+    """Has ``graph``'s generated code restore the caller's modes (:class:`RestoreModes`) when
+    it sets any."""
+    if sets_modes(graph):
+        devices = sorted({node.args[0] for node in graph.find_nodes(
+            op="call_function", target=torch.amp._enter_autocast) if isinstance(node.args[0], str)})
+        graph.on_generate_code(lambda _: RestoreModes(tuple(devices)))
+
+
 class ModeRecordingTracer(fx.Tracer):
     """A tracer that keeps the modes (:func:`recording_modes`, :func:`keep_no_grad_regions`).
 
@@ -77,6 +117,7 @@ class ModeRecordingTracer(fx.Tracer):
         with recording_modes(self):
             graph = super().trace(root, concrete_args)
         keep_no_grad_regions(graph)
+        restore_modes_on_exit(graph)
         return graph
 
     def create_proxy(self, kind, target, args, kwargs, *rest, **more):

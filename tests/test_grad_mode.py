@@ -233,3 +233,36 @@ def test_finalize_checks_a_bfloat16_autocast_region_at_bfloat16_s_tolerance():
     assert small.a.out_channels == 64
     with pytest.raises(fxprune.SurgeryError, match="allowed 0.0001"):
         fxprune.finalize(pm, rtol=1e-4)  # the check still runs: an explicit rtol is kept
+
+
+class FailingInsideRegions(nn.Module):
+    """A linear head under no_grad and bfloat16 autocast, which fails on another image size."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            z = self.fc(y.flatten(1))
+        return z.float()
+
+
+def test_an_error_inside_a_region_leaves_the_caller_s_modes_as_they_were():
+    """break99 F1: the graph's region calls ran to the op that raised, and the caller was left
+    without grad and under bfloat16 autocast (the model's own `with` statements restore them)."""
+    x = torch.randn(1, 3, 8, 8)
+    pm = fxprune.prepare(FailingInsideRegions(), (x,))
+    fxprune.channel_groups(pm)[0].mask[:4] = 0
+    small = fxprune.finalize(pm)
+    for m in (FailingInsideRegions(), pm, small, _loaded(small), _loaded(pm)):
+        with pytest.raises(RuntimeError):
+            m(torch.randn(1, 3, 6, 6))  # the linear fails inside both regions
+        assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"), type(m)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+            with pytest.raises(RuntimeError):
+                m(torch.randn(1, 3, 6, 6))
+            assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            assert torch.get_autocast_dtype("cpu") == torch.float16
