@@ -266,3 +266,27 @@ def test_an_error_inside_a_region_leaves_the_caller_s_modes_as_they_were():
                 m(torch.randn(1, 3, 6, 6))
             assert not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             assert torch.get_autocast_dtype("cpu") == torch.float16
+
+
+class NoGradBlock(nn.Module):
+    """A block computed without grad, its weights still requiring it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.c, self.d = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        with torch.no_grad():
+            z = self.c(F.relu(self.b(y)))
+        return self.d(y + z)
+
+
+def test_smcp_says_when_layers_reading_prunable_channels_run_without_grad():
+    """break99 F3: their channels score 0 under Taylor importance and went first, unsaid
+    (layers frozen by requires_grad=False were said)."""
+    pm = fxprune.prepare(NoGradBlock(), (torch.randn(2, 3, 8, 8),))
+    with pytest.warns(RuntimeWarning, match=r"frozen weights \(run under torch.no_grad\(\) in "
+                                            r"forward: b, c\)"):
+        fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=2)

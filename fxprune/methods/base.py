@@ -43,6 +43,7 @@ from ..allocation import uniform_kept
 from ..budget import Budget
 from ..cost import CostModel
 from ..errors import warn
+from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
 
@@ -346,14 +347,21 @@ class PruningMethod:
         (break90 F1: a backbone frozen by the training loop, after the pruner was built, was
         pruned first without a word); a host read of each weight's flag."""
         self._frozen_scores = (scores, way_out)  # checked again at each decision
+        # and layers the forward runs without grad, torch.no_grad() in it (break99 F3)
+        no_grad = {str(n.target) for n in self.prepared.graph.find_nodes(op="call_module")
+                   if n.meta.get(GRAD_ENABLED) is False}
         frozen = [c.module for c in self.consumers if not c.param.requires_grad]
+        unseen = [c.module for c in self.consumers if c.param.requires_grad and c.module in no_grad]
         said = getattr(self, "_frozen_said", frozenset())
-        self._frozen_said = said | set(frozen)
-        if frozen and not set(frozen) <= said:
-            warn(f"{type(self).__name__}: {len(frozen)} layer(s) reading prunable channels have "
-                 f"frozen weights (requires_grad=False: {', '.join(frozen[:4])}"
-                 f"{', ...' if len(frozen) > 4 else ''}); {scores} sees no gradient there, so "
-                 f"channels only they read score 0 and go first. {way_out}", RuntimeWarning)
+        self._frozen_said = said | set(frozen) | set(unseen)
+        if (frozen or unseen) and not set(frozen) | set(unseen) <= said:
+            why = [f"{what}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                   for what, names in (("requires_grad=False", frozen),
+                                       ("run under torch.no_grad() in forward", unseen)) if names]
+            warn(f"{type(self).__name__}: {len(frozen) + len(unseen)} layer(s) reading prunable "
+                 f"channels have frozen weights ({'; '.join(why)}); {scores} sees no gradient "
+                 f"there, so channels only they read score 0 and go first. {way_out}",
+                 RuntimeWarning)
 
     def _weight_sums(self) -> torch.Tensor:
         """Each reader's weight summed, in float64 on the model's device."""
