@@ -551,12 +551,17 @@ def _restore_parameters(model: nn.Module, traced: nn.Module) -> list[str]:
         was = theirs.get(name)
         if was is None or was.shape != now.shape or was.dtype != now.dtype:
             continue
-        if not (torch.equal(was, now) or (was.is_floating_point() and bool(
-                ((was == now) | (was.isnan() & now.isnan())).all()))):
+        if not _unchanged(was, now):
             with torch.no_grad():
                 now.copy_(was)
             changed.append(name)
     return changed
+
+
+def _unchanged(was: torch.Tensor, now: torch.Tensor) -> bool:
+    """Equal, NaN for NaN; compared where they are (a copy shares the device): no host copy."""
+    return torch.equal(was, now) or (was.is_floating_point() and bool(
+        ((was == now) | (was.isnan() & now.isnan())).all()))
 
 
 def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph) -> dict[str, str]:
@@ -575,9 +580,7 @@ def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph)
             continue
         if was is None or was.shape != now.shape or was.dtype != now.dtype:
             continue
-        # compared where they are (a copy shares the device): no host copy of every buffer
-        if not (torch.equal(was, now) or (was.is_floating_point() and bool(
-                ((was == now) | (was.isnan() & now.isnan())).all()))):
+        if not _unchanged(was, now):
             names[name] = "updates the buffer"
     for node in graph.nodes:
         first = node.args[0] if node.args else None
