@@ -489,12 +489,18 @@ class ChannelAnalysis(NodeFacts):
         groups = []
         for gi, units in enumerate(components):
             keys = [sp.key for sp in self.spaces if gi in space_groups[sp.key]]
-            reason = next((barrier_reason[u] for u in units if u in barrier_reason), "")
-            if not reason and not site_units.intersection(units):
-                reason = "no layer reads these channels through weights"
             tensors = [self.space_by_key[k].tensor for k in keys]
             owners = [t.rpartition(".")[0] or t for t in tensors]
             producers = [o for o, k in zip(owners, keys) if k in self.sources]
+            reason = next((barrier_reason[u] for u in units if u in barrier_reason), "")
+            if not reason and not site_units.intersection(units):
+                reason = "no layer reads these channels through weights"
+                if producers:  # (break101 #1: separate q and k projections read as unread)
+                    reason += (f": {producers[0]} writes them, but what reads them has no "
+                               "weight that gives them an importance (a product, as attention's "
+                               "q @ k.transpose(-2, -1) of separate q and k projections, or "
+                               "x @ self.w; a fused qkv projection, whose v channels share the "
+                               "group, prunes attention's)")
             consumers = [o for o, k in zip(owners, keys) if k in site_keys]
             lead = self.space_by_key[keys[0]]
             name = producers[0] if producers else f"{lead.tensor}[{lead.dim}]"

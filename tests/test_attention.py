@@ -184,6 +184,8 @@ def test_query_key_dims_read_by_no_weight_are_kept_and_value_dims_prune():
     groups = {p: g for g in fxprune.channel_groups(pm) for p in g.producers}
     assert groups["q"] is groups["k"]
     assert not groups["q"].prunable and "no layer reads these channels" in groups["q"].reason
+    # the reason says who writes them and what would prune them (break101 #1)
+    assert "q writes them" in groups["q"].reason and "a fused qkv projection" in groups["q"].reason
     assert groups["v"].prunable and small.get_submodule("o").in_features == groups["v"].kept
 
 
