@@ -40,6 +40,7 @@ from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
 from fxprune.masks import _RescaledBatchNorm, mask_weight
 
+from .grad_mode import restore_modes_on_exit
 from .group_analysis import module_rule
 from .surgery import max_relative_error, run_eval
 
@@ -421,6 +422,7 @@ class GatheredModule(nn.Module):
             env[node] = graph.node_copy(node, lambda n: env[n])
         self.gm = fx.GraphModule(root, graph)
         self.gm.graph.eliminate_dead_code()  # the mask nodes: gathered layers need no mask
+        restore_modes_on_exit(self.gm.graph)  # a new graph: the caller's modes after an error too
         self.gm.recompile()
         self.check(prepared)
 

@@ -36,12 +36,19 @@ def recording_modes(tracer: fx.Tracer):
     region the forward turned off), and ``torch.autocast`` regions recorded as nodes. Nodes
     are marked by :func:`mark_grad_mode`, called from the tracer's ``create_proxy``."""
     cls = torch.amp.autocast_mode.autocast
-    enter, exit_ = cls.__enter__, cls.__exit__
+    init, enter, exit_ = cls.__init__, cls.__enter__, cls.__exit__
+
+    def recorded_init(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+        init(self, device_type, dtype, enabled, cache_enabled)
+        # what the code asks for: autocast("cuda") on a host without CUDA turns itself off
+        # (break100 F5: recorded so, a model prepared on a CPU never autocast on the GPU)
+        self._fxprune_enabled = bool(enabled)
 
     def recorded_enter(self):
         out = enter(self)
+        enabled = self.__dict__.get("_fxprune_enabled", self._enabled)
         node = tracer.create_proxy("call_function", torch.amp._enter_autocast,
-                                   (self.device, self.fast_dtype, self._enabled,
+                                   (self.device, self.fast_dtype, enabled,
                                     self._cache_enabled), {})
         self.__dict__.setdefault("_fxprune_entered", []).append(node)
         return out
@@ -52,12 +59,12 @@ def recording_modes(tracer: fx.Tracer):
             tracer.create_proxy("call_function", torch.amp._exit_autocast, (entered.pop(),), {})
         return exit_(self, *exc)
 
-    cls.__enter__, cls.__exit__ = recorded_enter, recorded_exit
+    cls.__init__, cls.__enter__, cls.__exit__ = recorded_init, recorded_enter, recorded_exit
     try:
         with torch.enable_grad():
             yield
     finally:
-        cls.__enter__, cls.__exit__ = enter, exit_
+        cls.__init__, cls.__enter__, cls.__exit__ = init, enter, exit_
 
 
 def mark_grad_mode(node: fx.Node) -> None:
@@ -81,10 +88,15 @@ class RestoreModes:
     def __call__(self, body: list[str]) -> list[str]:
         out = ["with torch.set_grad_enabled(torch.is_grad_enabled()):\n"]
         indent = "    "
-        saved = ", ".join(f"torch.is_autocast_enabled({d!r}), torch.get_autocast_dtype({d!r})"
-                          for d in self.devices)
+        saved = "".join(f"torch.is_autocast_enabled({d!r}), torch.get_autocast_dtype({d!r}), "
+                        for d in self.devices)
         if self.devices:
-            out += [f"{indent}_fxprune_autocast = ({saved})\n", f"{indent}try:\n"]
+            # autocast's nesting depth, read by a step up and back (torch has no getter): a
+            # region left by an exception never ran its exit, which lowers it and clears the
+            # cache of cast weights at depth 0 (break100 F1: later steps ran on stale casts)
+            out += [f"{indent}_fxprune_autocast = ({saved}torch.is_autocast_cache_enabled(), "
+                    "torch.autocast_increment_nesting() - 1)\n",
+                    f"{indent}torch.autocast_decrement_nesting()\n", f"{indent}try:\n"]
             indent += "    "
         for chunk in body:
             out.append("".join(indent + line if line.strip() else line
@@ -94,6 +106,13 @@ class RestoreModes:
             for i, d in enumerate(self.devices):
                 out.append(f"        torch.set_autocast_enabled({d!r}, _fxprune_autocast[{2 * i}])\n")
                 out.append(f"        torch.set_autocast_dtype({d!r}, _fxprune_autocast[{2 * i + 1}])\n")
+            n = 2 * len(self.devices)
+            out += [f"        torch.set_autocast_cache_enabled(_fxprune_autocast[{n}])\n",
+                    "        _fxprune_depth = torch.autocast_increment_nesting() - 1\n",
+                    "        torch.autocast_decrement_nesting()\n",
+                    f"        for _ in range(_fxprune_depth - _fxprune_autocast[{n + 1}]):\n",
+                    "            if torch.autocast_decrement_nesting() == 0:\n",
+                    "                torch.clear_autocast_cache()\n"]
         return out
 
 

@@ -3,7 +3,9 @@ F1, F2: torch.fx dropped them, and a stop-gradient branch was trained through)."
 from __future__ import annotations
 
 import io
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.fx as fx
@@ -257,10 +259,18 @@ def test_an_error_inside_a_region_leaves_the_caller_s_modes_as_they_were():
     pm = fxprune.prepare(FailingInsideRegions(), (x,))
     fxprune.channel_groups(pm)[0].mask[:4] = 0
     small = fxprune.finalize(pm)
-    for m in (FailingInsideRegions(), pm, small, _loaded(small), _loaded(pm)):
+    from fxprune.passes.gathered import gathered_module  # CUCB's execution (break100 F3)
+
+    gathered = gathered_module(pm)
+    gathered.set_active(np.ones(sum(g.size for g in fxprune.channel_groups(pm)), dtype=bool))
+    for m in (FailingInsideRegions(), pm, small, _loaded(small), _loaded(pm), gathered.gm):
         with pytest.raises(RuntimeError):
             m(torch.randn(1, 3, 6, 6))  # the linear fails inside both regions
         assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"), type(m)
+        # autocast's nesting depth back at 0, where leaving clears its cache of cast weights
+        # (break100 F1: the cache was never cleared again, and later steps read stale casts)
+        assert torch.autocast_increment_nesting() == 1, type(m)
+        torch.autocast_decrement_nesting()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
             with pytest.raises(RuntimeError):
                 m(torch.randn(1, 3, 6, 6))
@@ -290,3 +300,24 @@ def test_smcp_says_when_layers_reading_prunable_channels_run_without_grad():
     with pytest.warns(RuntimeWarning, match=r"frozen weights \(run under torch.no_grad\(\) in "
                                             r"forward: b, c\)"):
         fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=2)
+
+
+class CudaAutocast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        with torch.autocast("cuda", dtype=torch.float16):
+            return self.c2(y).float()
+
+
+def test_a_cuda_autocast_region_is_recorded_as_written_on_a_host_without_cuda():
+    """break100 F5: autocast("cuda") turns itself off where CUDA is missing, and was recorded
+    off, so a model prepared on a CPU host never autocast once moved to the GPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CUDA is not available": as it says
+        pm = fxprune.prepare(CudaAutocast(), (torch.randn(1, 3, 8, 8),))
+    (enter,) = pm.graph.find_nodes(op="call_function", target=torch.amp._enter_autocast)
+    assert enter.args[:3] == ("cuda", torch.float16, True)
