@@ -173,7 +173,23 @@ def keep_no_grad_regions(graph: fx.Graph) -> int:
     for first, last in runs:
         with graph.inserting_before(first):
             previous = graph.call_function(torch.is_grad_enabled)
-            graph.call_function(torch._C._set_grad_enabled, (False,))
+            off = graph.call_function(torch._C._set_grad_enabled, (False,))
         with graph.inserting_after(last):
-            graph.call_function(torch._C._set_grad_enabled, (previous,))
+            on = graph.call_function(torch._C._set_grad_enabled, (previous,))
+        for node, like in ((previous, first), (off, first), (on, last)):
+            _made_by(node, like)
     return len(runs)
+
+
+def _made_by(node: fx.Node, like: fx.Node) -> None:
+    """Gives ``node`` the module and source line of the code that made ``like`` (its caller's,
+    for a module call): a region a submodule opens only in one mode (``torch.set_grad_enabled(
+    self.training)``) is then that submodule's difference between the modes, which makes it
+    one op following .train()/.eval() (passes/follow_mode.py; break100 F6: the model's own
+    forward was named, and the region frozen in the mode of the prepare)."""
+    stack = dict(like.meta.get("nn_module_stack", {}))
+    if like.op == "call_module" and stack and list(stack.values())[-1][0] == like.target:
+        stack.popitem()
+    node.meta["nn_module_stack"] = stack
+    if "stack_trace" in like.meta:
+        node.meta["stack_trace"] = like.meta["stack_trace"]

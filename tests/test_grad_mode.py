@@ -321,3 +321,38 @@ def test_a_cuda_autocast_region_is_recorded_as_written_on_a_host_without_cuda():
         pm = fxprune.prepare(CudaAutocast(), (torch.randn(1, 3, 8, 8),))
     (enter,) = pm.graph.find_nodes(op="call_function", target=torch.amp._enter_autocast)
     assert enter.args[:3] == ("cuda", torch.float16, True)
+
+
+class TrainsOnlyInTrainMode(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+            return F.relu(self.c(x))
+
+
+class WithModeDependentEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = TrainsOnlyInTrainMode()
+        self.c1, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.c1(self.e(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("prepared_in", ["train", "eval"])
+def test_a_region_a_submodule_opens_in_one_mode_follows_the_mode(prepared_in):
+    """break100 F6: prepared in eval mode, the encoder never trained again (the region frozen),
+    and the warning named the model's own forward."""
+    model = WithModeDependentEncoder()
+    model.train(prepared_in == "train")
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # e is called as one op: said as such
+        pm = fxprune.prepare(model, (x,))
+    for mode in (True, False):
+        model.train(mode), pm.train(mode)
+        assert (_grads(pm, x)["e.c.weight"] is None) == (_grads(model, x)["e.c.weight"] is None) == (not mode)
