@@ -22,6 +22,7 @@ inside a forward is not kept (it changes nothing then).
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 import torch.fx as fx
@@ -30,41 +31,81 @@ GRAD_ENABLED = "fxprune_grad_enabled"
 _MODE_SETTERS = (torch._C._set_grad_enabled, torch.amp._enter_autocast, torch.amp._exit_autocast)
 
 
+_TRACING = threading.RLock()  # one tracer patches torch.autocast at a time (nested: the same thread)
+
+
 @contextlib.contextmanager
 def recording_modes(tracer: fx.Tracer):
     """While tracing with ``tracer``: grad on (so that a node made with it off was made in a
     region the forward turned off), and ``torch.autocast`` regions recorded as nodes. Nodes
-    are marked by :func:`mark_grad_mode`, called from the tracer's ``create_proxy``."""
+    are marked by :func:`mark_grad_mode`, called from the tracer's ``create_proxy``.
+
+    ``torch.autocast``'s methods are patched on the class for the trace, so traces are
+    serialized (another thread's trace waits), and only this thread's autocast regions are
+    recorded (another thread's ``with torch.autocast`` went into the graph: review102 #2)."""
     cls = torch.amp.autocast_mode.autocast
-    init, enter, exit_ = cls.__init__, cls.__enter__, cls.__exit__
+    with _TRACING:
+        init, enter, exit_ = cls.__init__, cls.__enter__, cls.__exit__
+        mine = threading.get_ident()
 
-    def recorded_init(self, device_type, dtype=None, enabled=True, cache_enabled=None):
-        init(self, device_type, dtype, enabled, cache_enabled)
-        # what the code asks for: autocast("cuda") on a host without CUDA turns itself off
-        # (break100 F5: recorded so, a model prepared on a CPU never autocast on the GPU)
-        self._fxprune_enabled = bool(enabled)
+        def recorded_init(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+            init(self, device_type, dtype, enabled, cache_enabled)
+            if threading.get_ident() == mine:
+                # what the code asks for, as it asks: autocast("cuda") on a host without CUDA
+                # turns itself off (break100 F5: recorded so, it never autocast on the GPU),
+                # and a dtype or cache flag left out is the caller's at each call (review102
+                # #1: the dtype at prepare was recorded)
+                self._fxprune_asked = (dtype, bool(enabled), cache_enabled)
 
-    def recorded_enter(self):
-        out = enter(self)
-        enabled = self.__dict__.get("_fxprune_enabled", self._enabled)
-        node = tracer.create_proxy("call_function", torch.amp._enter_autocast,
-                                   (self.device, self.fast_dtype, enabled,
-                                    self._cache_enabled), {})
-        self.__dict__.setdefault("_fxprune_entered", []).append(node)
-        return out
+        def recorded_enter(self):
+            out = enter(self)
+            if threading.get_ident() == mine:
+                dtype, enabled, cache = self.__dict__.get(
+                    "_fxprune_asked", (self.fast_dtype, self._enabled, self._cache_enabled))
+                node = tracer.create_proxy("call_function", torch.amp._enter_autocast,
+                                           (self.device, dtype, enabled, cache), {})
+                self.__dict__.setdefault("_fxprune_entered", []).append(node)
+            return out
 
-    def recorded_exit(self, *exc):
-        entered = self.__dict__.get("_fxprune_entered")
-        if entered:
-            tracer.create_proxy("call_function", torch.amp._exit_autocast, (entered.pop(),), {})
-        return exit_(self, *exc)
+        def recorded_exit(self, *exc):
+            entered = self.__dict__.get("_fxprune_entered")
+            if entered and threading.get_ident() == mine:
+                tracer.create_proxy("call_function", torch.amp._exit_autocast, (entered.pop(),), {})
+            return exit_(self, *exc)
 
-    cls.__init__, cls.__enter__, cls.__exit__ = recorded_init, recorded_enter, recorded_exit
+        cls.__init__, cls.__enter__, cls.__exit__ = recorded_init, recorded_enter, recorded_exit
+        try:
+            with torch.enable_grad():
+                yield
+        finally:
+            cls.__init__, cls.__enter__, cls.__exit__ = init, enter, exit_
+
+
+@contextlib.contextmanager
+def preserving_modes():
+    """Runs the block and then gives back the grad mode and the CPU and CUDA autocast state
+    (enabled, dtype, cache flag, nesting depth), whatever the block raised: for running a graph
+    that sets modes node by node (an ``fx.Interpreter``: shape propagation), whose region
+    exits an exception skips (review102 #3: a failed prepare left the depth raised)."""
+    grad = torch.is_grad_enabled()
+    devices = ("cpu", "cuda")
+    state = [(torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in devices]
+    cache = torch.is_autocast_cache_enabled()
+    depth = torch.autocast_increment_nesting() - 1
+    torch.autocast_decrement_nesting()
     try:
-        with torch.enable_grad():
-            yield
+        yield
     finally:
-        cls.__init__, cls.__enter__, cls.__exit__ = init, enter, exit_
+        torch.set_grad_enabled(grad)
+        for d, (enabled, dtype) in zip(devices, state):
+            torch.set_autocast_enabled(d, enabled)
+            torch.set_autocast_dtype(d, dtype)
+        torch.set_autocast_cache_enabled(cache)
+        now = torch.autocast_increment_nesting() - 1
+        torch.autocast_decrement_nesting()
+        for _ in range(now - depth):
+            if torch.autocast_decrement_nesting() == 0:
+                torch.clear_autocast_cache()
 
 
 def mark_grad_mode(node: fx.Node) -> None:
@@ -147,8 +188,9 @@ class ModeRecordingTracer(fx.Tracer):
 
 def autocast_dtypes(graph: fx.Graph) -> set[torch.dtype]:
     """The dtypes of the autocast regions ``graph`` enters enabled (its ops may run in them)."""
-    return {node.args[1] for node in graph.find_nodes(op="call_function", target=torch.amp._enter_autocast)
-            if len(node.args) > 2 and node.args[2] and isinstance(node.args[1], torch.dtype)}
+    return {node.args[1] if isinstance(node.args[1], torch.dtype) else torch.get_autocast_dtype(node.args[0])
+            for node in graph.find_nodes(op="call_function", target=torch.amp._enter_autocast)
+            if len(node.args) > 2 and node.args[2]}  # (a dtype left out: the device's default)
 
 
 def sets_modes(graph: fx.Graph) -> bool:

@@ -16,6 +16,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import ExampleInputsError
+from .grad_mode import preserving_modes
 
 
 class TensorMeta(NamedTuple):
@@ -209,7 +210,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
                              for t in example_inputs]
     gm.eval()
     try:
-        with torch.no_grad(), restoring_buffers(gm):
+        with preserving_modes(), torch.no_grad(), restoring_buffers(gm):
             recorder.run(*example_inputs)
     finally:
         for m, training in modes.items():

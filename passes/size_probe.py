@@ -25,6 +25,7 @@ import warnings
 import torch
 from torch import fx
 
+from .grad_mode import preserving_modes
 from .shape_prop import TensorMeta
 
 
@@ -127,7 +128,7 @@ def _shapes(gm: fx.GraphModule, metas: list, sizes: dict, device) -> dict[str, t
             return result
 
     try:
-        with mode, torch.no_grad():
+        with preserving_modes(), mode, torch.no_grad():
             _Run(gm).run(*args)
     except Exception:  # noqa: BLE001 - a size the model cannot take, or code fake tensors cannot run
         return None

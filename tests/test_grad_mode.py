@@ -356,3 +356,74 @@ def test_a_region_a_submodule_opens_in_one_mode_follows_the_mode(prepared_in):
     for mode in (True, False):
         model.train(mode), pm.train(mode)
         assert (_grads(pm, x)["e.c.weight"] is None) == (_grads(model, x)["e.c.weight"] is None) == (not mode)
+
+
+class DefaultAutocast(nn.Module):
+    """``torch.autocast("cpu")``: no dtype, so the caller's autocast dtype at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        with torch.autocast("cpu"):
+            return self.c(y).float()
+
+
+def test_an_autocast_dtype_left_out_is_the_caller_s_at_each_call():
+    """review102 #1: the dtype at prepare (bfloat16) was recorded, so under the caller's
+    float16 the region ran in bfloat16 (and a second call failed on mixed types)."""
+    torch.manual_seed(0)
+    model = DefaultAutocast()
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(model, (x[:1],))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        want = model(x)
+        torch.testing.assert_close(pm(x), want, rtol=0, atol=0)
+        torch.testing.assert_close(model(x), want, rtol=0, atol=0)
+
+
+def test_another_thread_s_autocast_is_not_recorded_while_tracing():
+    """review102 #2: torch.autocast is patched on its class while tracing; another thread's
+    region went into the graph of a model that has none."""
+    import threading
+
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            with torch.autocast("cpu"):
+                pass
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        for _ in range(5):
+            pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), (torch.randn(1, 3, 8, 8),))
+            assert "autocast" not in pm.code and "set_grad_enabled" not in pm.code
+    finally:
+        stop.set()
+        thread.join()
+    assert torch.amp.autocast.__enter__.__qualname__ == "autocast.__enter__"  # unpatched
+
+
+class TooSmallInsideRegion(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 5)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.b(y).float()
+
+
+def test_a_failed_prepare_leaves_the_callers_autocast_as_it_was():
+    """review102 #3: shape propagation runs the graph node by node; the region's exit never ran
+    when a node failed, and autocast's nesting depth stayed raised."""
+    with pytest.raises(fxprune.ExampleInputsError):
+        fxprune.prepare(TooSmallInsideRegion(), (torch.randn(1, 3, 6, 6),))  # 4x4 < 5x5
+    assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    assert torch.autocast_increment_nesting() == 1
+    torch.autocast_decrement_nesting()
