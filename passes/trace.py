@@ -545,23 +545,29 @@ def _restore_parameters(model: nn.Module, traced: nn.Module) -> list[str]:
     """Names of the parameters of ``traced`` (a copy of ``model``) that tracing changed, each
     given ``model``'s values back: code that updates parameters on real tensors (reached
     through ``self.parameters()``, not as proxies) ran at trace time, and is in no graph."""
-    theirs = dict(model.named_parameters())
-    changed = []
-    for name, now in traced.named_parameters():
-        was = theirs.get(name)
-        if was is None or was.shape != now.shape or was.dtype != now.dtype:
-            continue
-        if not _unchanged(was, now):
-            with torch.no_grad():
-                now.copy_(was)
-            changed.append(name)
+    before = dict(model.named_parameters())
+    after = dict(traced.named_parameters())
+    changed = _changed(before, after)
+    with torch.no_grad():
+        for name in changed:
+            after[name].copy_(before[name])
     return changed
 
 
-def _unchanged(was: torch.Tensor, now: torch.Tensor) -> bool:
-    """Equal, NaN for NaN; compared where they are (a copy shares the device): no host copy."""
-    return torch.equal(was, now) or (was.is_floating_point() and bool(
-        ((was == now) | (was.isnan() & now.isnan())).all()))
+def _changed(before: dict, after: dict) -> list[str]:
+    """Names of the tensors of ``after`` (in its order) whose values differ from the same-named, same-shaped
+    and same-dtype ones of ``before`` (NaN equal to NaN); compared where they are (a copy
+    shares the device): no host copy."""
+    out = []
+    for name, now in after.items():
+        was = before.get(name)
+        if (not isinstance(now, torch.Tensor) or was is None or was.shape != now.shape
+                or was.dtype != now.dtype):
+            continue
+        if not (torch.equal(was, now) or (was.is_floating_point() and bool(
+                ((was == now) | (was.isnan() & now.isnan())).all()))):
+            out.append(name)
+    return out
 
 
 def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph) -> dict[str, str]:
@@ -573,14 +579,11 @@ def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph)
     before = dict(model.named_buffers())
     buffers = dict(traced.named_buffers())
     names = {}  # buffer -> how it is updated
+    updated = set(_changed(before, buffers))
     for name, now in buffers.items():
-        was = before.get(name)
         if not isinstance(now, torch.Tensor):  # it holds a proxy (break41: the check raised)
             names[name] = "assigns the buffer"
-            continue
-        if was is None or was.shape != now.shape or was.dtype != now.dtype:
-            continue
-        if not _unchanged(was, now):
+        elif name in updated:
             names[name] = "updates the buffer"
     for node in graph.nodes:
         first = node.args[0] if node.args else None

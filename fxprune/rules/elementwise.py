@@ -252,6 +252,11 @@ class MixesDim(ChannelRule):
         return {k: v for k, v in labels.items() if k != d}
 
 
+def _dim_set(dims, ndim: int) -> set[int]:
+    """One dim or a list of them (as torch.roll / torch.flip take them), made non-negative."""
+    return {norm_dim(int(d), ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+
+
 class Flip(ChannelRule):
     """``torch.flip(x, dims)`` / ``x.flip(*dims)`` / ``fliplr`` / ``flipud``: the flipped dims'
     positions come in reverse order. Along a channel dim that is a fixed reordering of the
@@ -268,8 +273,7 @@ class Flip(ChannelRule):
     def propagate(self, ctx):
         x = ctx.node.args[0]
         labels, ndim = ctx.labels(x), len(ctx.shape(x))
-        dims = self.dims if self.dims is not None else ctx.value(varargs(ctx.node, 1, "dims"))
-        dims = {norm_dim(int(d), ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        dims = _dim_set(self.dims if self.dims is not None else ctx.value(varargs(ctx.node, 1, "dims")), ndim)
         return {d: ids[::-1].copy() if d in dims else ids for d, ids in labels.items()}
 
 
@@ -290,7 +294,7 @@ class Roll(ChannelRule):
             for ids in labels.values():
                 ctx.untracked(ids, "rolled flat (torch.roll without dims)")
             return {}
-        dims = {norm_dim(int(d), ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        dims = _dim_set(dims, ndim)
         for d in dims & set(labels):
             ctx.untracked(labels[d], "rolled along a channel dim")
         return {k: v for k, v in labels.items() if k not in dims}
