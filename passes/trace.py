@@ -323,6 +323,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             # annotation is cosmetic there, so it is dropped
             node.type = None
     updated_parameters = _restore_parameters(model, root)
+    stored = _attributes_set_while_tracing(model, root)
     gm = fx.GraphModule(root, graph, type(model).__name__)
     originals = dict(root.named_modules())
     for name, m in gm.named_modules():  # the stand-ins of traced-through modules, too
@@ -414,6 +415,15 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             "real tensors): torch.fx ran that once, while tracing, and the prepared and finalized "
             "models never do (prepare kept the weights as they were); make that update outside "
             "forward, after optimizer.step()", UserWarning, stacklevel=3)
+    if stored:  # break97 F8: a feature kept for a loss or Grad-CAM, a call counter
+        names = ", ".join(f"`{a}`" for a in stored[:3]) + (", ..." if len(stored) > 3 else "")
+        warnings.warn(
+            f"{type(model).__name__}'s forward sets attribute{'s' if len(stored) > 1 else ''} "
+            f"{names} while it runs: "
+            "torch.fx ran that once, while tracing, and the prepared and finalized models never "
+            "do (a traced graph holds tensor operations only); return the value from forward, or "
+            "register a forward hook on the prepared (and the finalized) model's submodule",
+            UserWarning, stacklevel=3)
     if found.heads_unchecked:
         heads, why = found.heads_unchecked
         warnings.warn(
@@ -568,6 +578,37 @@ def _changed(before: dict, after: dict) -> list[str]:
                 ((was == now) | (was.isnan() & now.isnan())).all()))):
             out.append(name)
     return out
+
+
+def _attributes_set_while_tracing(model: nn.Module, traced: nn.Module) -> list[str]:
+    """``module.attr`` paths of plain attributes that the traced copy ``traced`` of ``model``
+    gained or changed while tracing: set to a traced value (a proxy, or a list or tuple holding
+    one: ``self.features = x``), or a number, bool or string changed (``self.calls += 1``).
+    Dicts are left out: timm caches traced values in one (its attention biases), which the
+    graph computes again."""
+    def traced_value(value) -> bool:
+        if isinstance(value, (list, tuple)):
+            return any(isinstance(v, fx.Proxy) for v in value)
+        return isinstance(value, fx.Proxy)
+
+    originals = dict(model.named_modules())
+    out = []
+    for path, m in traced.named_modules():
+        original = originals.get(path)
+        if original is None:
+            continue
+        before = vars(original)
+        for attr, now in vars(m).items():
+            if attr in _MODULE_INTERNALS:
+                continue
+            was = before.get(attr, _MISSING)
+            if traced_value(now) or (isinstance(now, (bool, int, float, str)) and was is not _MISSING
+                                     and type(was) is type(now) and was != now):
+                out.append(f"{path}.{attr}" if path else attr)
+    return out
+
+
+_MISSING = object()
 
 
 def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph) -> dict[str, str]:

@@ -215,6 +215,51 @@ def test_a_buffer_assigned_in_forward_is_one_op_not_a_crash():
     _kept_whole_and_live(Reassigned(), "assigns the buffer mu a value computed from its input")
 
 
+class KeepsFeatures(nn.Module):
+    """Stores a feature map (for a feature loss, Grad-CAM) and counts its calls in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.calls, self.mode = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1), 0, "x"
+
+    def forward(self, x):
+        self.features = torch.relu(self.a(x))
+        self.calls += 1
+        self.taps = [self.features]
+        return self.c(self.features)
+
+
+def test_attributes_a_forward_sets_are_warned_of_and_the_model_left_alone():
+    """break97 F8: `self.features = f` and `self.calls += 1` ran once, while tracing, and the
+    prepared model never set them again (`pm.features` raised AttributeError), with no word at
+    prepare. Unchanged attributes (`mode`) and the model's own stay out of it."""
+    model = KeepsFeatures()
+    with pytest.warns(UserWarning, match=r"KeepsFeatures's forward sets attributes `calls`, "
+                                         r"`features`, `taps` while it runs: torch.fx ran that once"):
+        pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    assert model.calls == 0 and not hasattr(model, "features")  # prepare traced a copy
+
+
+class CachesBias(nn.Module):
+    """Caches a computed tensor in a dict, as timm's attention blocks do in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bias, self.cache = nn.Conv2d(3, 8, 3), nn.Parameter(torch.randn(8)), {}
+
+    def forward(self, x):
+        if "b" not in self.cache:
+            self.cache["b"] = self.bias.view(1, -1, 1, 1) * 2
+        return self.a(x) + self.cache["b"]
+
+
+def test_a_dict_cache_of_traced_values_is_not_warned_of():
+    """The graph computes the cached value again, so a cache is no lost side effect."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.prepare(CachesBias().eval(), (torch.randn(1, 3, 8, 8),))
+
+
 def test_frozen_batch_norm_keeps_its_state_dict_names_and_prunes():
     """break39 #3: FrozenBatchNorm2d's scale, computed from buffers alone, was baked in as
     anonymous constants: a detection checkpoint could not be loaded by name (strict=False
