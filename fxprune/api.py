@@ -12,7 +12,7 @@ from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
                                       propagate_shapes)
-from fxprune.passes.surgery import inputs_for, model_device_dtype, remove_channels, verify
+from fxprune.passes.surgery import floating_dtypes, inputs_for, remove_channels, verify
 from fxprune.passes.trace import fixed_arguments, trace
 
 from .cost import LayerSpec
@@ -161,7 +161,8 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
         if check:
             if rtol is None:  # the lowest precision it computes in: its dtype, or an autocast
                 # region's in its forward (break99 F4: bfloat16 rounding there was "a bug")
-                dtypes = {model_device_dtype(prepared)[1], *autocast_dtypes(prepared.graph)}
+                # (break104 F1: every dtype its tensors hold, not the first tensor's alone)
+                dtypes = {*floating_dtypes(prepared), *autocast_dtypes(prepared.graph)}
                 rtol = max(DEFAULT_RTOL.get(d, 1e-4) for d in dtypes)
             verify(prepared, pruned, state.example_inputs, rtol)
         inputs = state.example_inputs

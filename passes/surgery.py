@@ -259,29 +259,42 @@ def max_relative_error(a, b) -> float:
     return worst
 
 
+def floating_dtypes(model: nn.Module) -> dict[torch.dtype, int]:
+    """{floating dtype: elements} over the model's parameters and buffers, most elements first."""
+    counts: dict[torch.dtype, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
-    """The device of the model's first parameter (or buffer) and its first floating dtype."""
+    """The device of the model's first parameter (or buffer) and the floating dtype most of its
+    elements hold (a float32 input scale in a bfloat16 model does not make it a float32 one)."""
     tensors = list(model.parameters()) + list(model.buffers())
     device = tensors[0].device if tensors else torch.device("cpu")
-    dtype = next((t.dtype for t in tensors if t.is_floating_point()), None)
-    return device, dtype
+    return device, next(iter(floating_dtypes(model)), None)
 
 
 def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
-    """``inputs`` moved to ``model``'s device, floating tensors cast to its floating dtype.
+    """``inputs`` moved to ``model``'s device, floating tensors of a dtype none of its
+    parameters or buffers hold cast to the one most of them hold.
 
     The example inputs stored at ``prepare`` stay where they were given (usually the CPU, in
     float32); the model may since have moved to a GPU or been cast to float64/bfloat16, and
-    every stored-input run (finalize's check, FLOPs counting, summary) must follow it.
+    every stored-input run (finalize's check, FLOPs counting, summary) must follow it. An input
+    of a dtype the model holds is kept (break104 F1: a bfloat16 model with a float32 input
+    scale had its bfloat16 example cast to float32, which its convs refused).
     Integer inputs (token ids) keep their dtype. Always copies: a forward that writes into its
     input (``x.mul_(2)``, an in-place normalisation) changes the copy, not the stored example
     (finalize's check then compared two runs on different inputs and blamed randomness).
     """
-    device, dtype = model_device_dtype(model)
+    device = model_device_dtype(model)[0]
+    dtypes = floating_dtypes(model)
 
     def move(t):
-        if t.is_floating_point() and dtype is not None:
-            return t.to(device=device, dtype=dtype, copy=True)
+        if t.is_floating_point() and dtypes and t.dtype not in dtypes:
+            return t.to(device=device, dtype=next(iter(dtypes)), copy=True)
         return t.to(device, copy=True)
 
     return map_tensors(tuple(inputs), move)
@@ -386,8 +399,8 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
                 "prepared in, e.g. torch.feature_dropout), and its draws follow the pruned widths, "
                 "so even from one random state the two differ; make it follow self.training "
                 "(F.dropout2d follows it), prepare in eval mode, or pass finalize(..., check=False)")
-        low = model_device_dtype(prepared)[1]
-        if low in (torch.float16, torch.bfloat16):
+        low = next((d for d in floating_dtypes(prepared) if d in (torch.float16, torch.bfloat16)), None)
+        if low is not None:
             # a deep model rounds in 16 bits as much as its dense self does (break87 #2: BiT
             # in bfloat16 was 0.15 off float64, and the masked and pruned models 0.13 apart):
             # the surgery is judged on float32 copies of both

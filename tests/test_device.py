@@ -168,6 +168,39 @@ def test_bfloat16_finalize_is_checked_at_its_precision():
     assert max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,))) <= 5e-2
 
 
+class ScaledInput(nn.Module):
+    """A bfloat16 net with a learned input scale kept in float32 (as a norm or a temperature
+    often is): its input is bfloat16."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_scale = nn.Parameter(torch.ones(1, 3, 1, 1))
+        self.c1, self.c2 = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = x * self.in_scale.to(x.dtype)
+        return self.head(self.c2(F.relu(self.c1(x))).mean((2, 3)))
+
+
+def test_a_mixed_precision_model_runs_its_example_inputs_as_given():
+    """break104 F1: prepare cast the bfloat16 example to the first parameter's float32, which
+    the bfloat16 convs refused ("check that example_inputs match"); no input could prepare it.
+    An input of a dtype the model holds is kept (one it holds none of goes to the dtype most of
+    it holds: test_prepare_a_model_already_on_its_device), and finalize checks at bfloat16's
+    tolerance, the lowest precision in it."""
+    torch.manual_seed(0)
+    model = ScaledInput().to(torch.bfloat16)
+    model.in_scale.data = model.in_scale.data.float()
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8, dtype=torch.bfloat16),))
+    random_masks(pm, 0.5)
+    small = fxprune.finalize(pm)
+    assert small.c1.weight.dtype == torch.bfloat16 and small.in_scale.dtype == torch.float32
+    assert small.c1.out_channels < 12
+    y = torch.randn(3, 3, 8, 8, dtype=torch.bfloat16)
+    assert max_relative_error(run_eval(pm, (y,)), run_eval(small, (y,))) <= 5e-2
+
+
 def test_step_copies_nothing_to_the_host_between_updates(monkeypatch):
     """SMCP.step() outside update steps reads no mask off the device (on a GPU every such
     read waits for all queued work)."""
