@@ -548,6 +548,16 @@ def load_checkpoint(path: Path, device) -> dict:
         raise CheckpointError(f"--resume: {path} is checkpoint format {ckpt['format']!r}, and "
                               f"this fxprune reads format {CHECKPOINT_FORMAT}; resume it with "
                               f"the fxprune that wrote it, or {way_out}")
+    # checkpoints may be edited by hand (README): a count that is not one trained a run
+    # labelled "epoch -2/12" on a schedule run past its end, or raised deep in the loop (break103 F1)
+    for key in ("epoch", "step"):
+        if type(ckpt[key]) is not int or ckpt[key] < 0:
+            raise CheckpointError(f"--resume: {path} has {key} {ckpt[key]!r}, not a count (an "
+                                  f"integer >= 0): the file was edited or damaged; {way_out}")
+    if ckpt["step"] < ckpt["epoch"]:  # every epoch runs at least one step
+        raise CheckpointError(f"--resume: {path} is at step {ckpt['step']} of epoch "
+                              f"{ckpt['epoch']}, fewer steps than epochs: the file was edited or "
+                              f"damaged; {way_out}")
     return ckpt
 
 

@@ -191,6 +191,19 @@ def _takes_loss(step) -> bool:
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError naming the first parameter whose optimizer state (a momentum buffer, Adam's
+    moments) has another shape than the parameter: ``Optimizer.load_state_dict`` checks the
+    group sizes only, and another model's state of the same parameter count raised at the
+    first step, deep in torch (break103 F1)."""
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"the optimizer's {key} of parameter {pi} in group {gi} is "
+                                     f"{tuple(value.shape)}, and the parameter {tuple(p.shape)}")
+
+
 def lr_factor(step: int, optim: dict, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
     total = optim["epochs"] * steps_per_epoch
@@ -632,6 +645,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         try:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            check_optimizer_state(optimizer)
             scheduler.load_state_dict(ckpt["scheduler"])
             if pruner is not None:
                 pruner.load_state_dict(ckpt["pruner"])
@@ -935,6 +949,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "writes every file).")
 
 
+def _refuse_edited_own_recipe(recipe: Path, out: Path) -> None:
+    """ConfigError when ``--resume`` is given the run's own ``config.yaml``, edited since the
+    run wrote it: resuming writes that file again, so the edit is refused as a user's file,
+    and the generic message did not say the file was the recipe passed in, nor how to keep
+    the edit (break103 F2)."""
+    from .run_io import foreign_run_files
+
+    own = out / "config.yaml"
+    try:
+        same = own.is_file() and recipe.resolve() == own.resolve()
+    except OSError:
+        return
+    if same and "config.yaml" in foreign_run_files(out):
+        raise ConfigError(
+            f"--resume: the recipe {recipe} is the run's own config.yaml, edited since the run "
+            f"wrote it, and resuming writes the run's config.yaml again; move the edited file "
+            f"out of {out} and pass it from there (e.g. `mv {own} {out.parent / (out.name + '-edited.yaml')}`), "
+            f"or pass the run's recipe with --set KEY=VALUE for the keys that may change")
+
+
 def run(args: argparse.Namespace) -> int:
     from .run_io import stop_on_sigterm
 
@@ -946,6 +980,8 @@ def run(args: argparse.Namespace) -> int:
     started_ns = time.time_ns()
     try:
         cfg = load_config(args.config, overrides)
+        if args.resume:
+            _refuse_edited_own_recipe(Path(args.config), Path(cfg["out"]).expanduser())
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TargetNotReachedError as exc:
         # trained, and every file written: a status of its own, not a config error's 2

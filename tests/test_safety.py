@@ -877,6 +877,58 @@ def test_resume_on_a_damaged_checkpoint_says_what_to_do(recipe, tmp_path, capsys
                      str(out)]) == 0
 
 
+@pytest.mark.parametrize("edit", ["epoch", "step", "optimizer"])
+def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsys, edit):
+    """break103 F1: the README says the checkpoints may be edited, but an `epoch` of -3 trained
+    a run labelled "epoch -2/12" on a schedule run past its end, with rc 0; a `step` of "abc"
+    and another model's optimizer state (its momentum of other shapes) raised tracebacks from
+    the training loop. Each is now the one-line damaged-checkpoint error, rc 2."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--out", str(out)]) == 0  # 2 epochs
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    if edit == "epoch":
+        ckpt["epoch"] = -3
+    elif edit == "step":
+        ckpt["step"] = "abc"
+    else:
+        state = ckpt["optimizer"]["state"]
+        assert state, "the recipe's optimizer keeps a state to edit"
+        for entry in state.values():
+            for key, value in entry.items():
+                if value.dim():
+                    entry[key] = value.flatten()[:3]
+    torch.save(ckpt, out / "checkpoint.pt")
+    rc = cli_main(["train", str(recipe), "--set", "optim.epochs=3", "--resume", "--out", str(out)])
+    err = one_line_error(capsys)
+    assert rc == 2, err
+    expected = {"epoch": "has epoch -3, not a count", "step": "has step 'abc', not a count",
+                "optimizer": "does not fit this run (the optimizer's"}[edit]
+    assert expected in err and ("checkpoint.prev.pt holds the epoch before it" in err
+                                or "start over with --overwrite" in err), err
+
+
+def test_resume_from_the_run_s_own_edited_config_says_so_and_its_way_out_works(recipe, tmp_path, capsys):
+    """break103 F2: resuming with the run's config.yaml, edited (a key that may change), was
+    refused as "not written by fxprune ... or choose another --out", which would abandon the
+    run. The refusal stays (the edit is the user's), and names the file and a way out that
+    keeps both the edit and the run."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--out", str(out)]) == 0  # 2 epochs
+    own = out / "config.yaml"
+    cfg = yaml.safe_load(own.read_text())
+    cfg["optim"]["epochs"] = 3
+    own.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", str(own), "--out", str(out), "--resume"]) == 2
+    err = one_line_error(capsys)
+    assert f"the recipe {own} is the run's own config.yaml, edited since the run wrote it" in err
+    assert yaml.safe_load(own.read_text())["optim"]["epochs"] == 3  # not written over
+    moved = tmp_path / "run-edited.yaml"
+    assert f"mv {own} {moved}" in err
+    own.rename(moved)
+    assert cli_main(["train", str(moved), "--out", str(out), "--resume"]) == 0
+    assert yaml.safe_load(own.read_text())["optim"]["epochs"] == 3
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli_main(["--version"])
