@@ -37,7 +37,8 @@ SPLIT = Split(dim_pos=2)
 _ACTIVATIONS = [
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
-    nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Tanhshrink, nn.LogSigmoid, nn.RReLU, nn.Hardshrink, nn.Softshrink, nn.Threshold,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
     nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 ]
 # an Nd pool transforms the last N dims whatever the input's rank: on an unbatched-looking
@@ -167,6 +168,18 @@ for _f in (
     F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.relu_, F.relu_,
     # the in-place forms (break59 #3: masked_fill_ was a barrier where masked_fill was not)
     F.hardtanh_, F.leaky_relu_, F.elu_, F.celu_, F.selu_, F.threshold, F.threshold_,
+    # the functional forms of modules in the table (break104 F2: F.logsigmoid was a barrier
+    # where nn.LogSigmoid was not), and more maps of one value each
+    F.logsigmoid, F.tanhshrink, F.softsign, F.hardshrink, F.softshrink, F.rrelu, F.rrelu_,
+    torch.log1p, torch.expm1, torch.sign, torch.sgn, torch.nan_to_num, torch.erfc,
+    torch.log2, torch.log10, torch.exp2, torch.floor, torch.ceil, torch.round, torch.trunc,
+    torch.frac, torch.sinh, torch.cosh, torch.atan, torch.asin, torch.acos, torch.tan,
+    torch.logit, torch.hardshrink,
+    # torch's in-place functions (torch.sigmoid_(x): x.sigmoid_() had a row, this not)
+    *(getattr(torch, name) for name in (
+        "sigmoid_", "tanh_", "exp_", "clamp_", "clip_", "abs_", "square_", "neg_", "sqrt_",
+        "rsqrt_", "log_", "erf_", "reciprocal_", "clamp_min_", "clamp_max_", "nan_to_num_")
+      if hasattr(torch, name)),
 ):
     CHANNEL_RULES[_f] = ELEMENTWISE
 for _name in (
@@ -175,6 +188,10 @@ for _name in (
     "add_", "sub_", "mul_", "div_", "relu_", "sigmoid_", "clamp_", "masked_fill", "where",
     "masked_fill_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_", "clip_", "tanh_",
     "exp_", "abs_", "neg_", "sqrt_", "pow_", "square_",
+    "erf", "erf_", "erfc", "log1p", "log1p_", "expm1", "expm1_", "sign", "sign_", "sgn",
+    "nan_to_num", "nan_to_num_", "rsqrt_", "log_", "reciprocal_", "log2", "log10", "exp2",
+    "floor", "ceil", "round", "trunc", "frac", "sin", "cos", "tan", "sinh", "cosh", "atan",
+    "logit", "hardshrink",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "cpu", "cuda",
     "requires_grad_",
 ):

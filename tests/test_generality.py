@@ -2254,6 +2254,35 @@ def test_in_place_forms_of_elementwise_ops_are_pruned():
     assert small.c0.out_channels < 16
 
 
+_SPELLINGS = {  # (break104 F2) each keeps c0's channels whole without its row
+    "torch.sigmoid_": lambda y: torch.sigmoid_(y), "torch.tanh_": lambda y: torch.tanh_(y),
+    "torch.clamp_": lambda y: torch.clamp_(y, -1, 1), "torch.abs_": lambda y: torch.abs_(y),
+    "Tensor.erf_": lambda y: y.erf_(), "F.logsigmoid": F.logsigmoid,
+    "F.tanhshrink": F.tanhshrink, "F.softsign": F.softsign, "F.hardshrink": F.hardshrink,
+    "F.softshrink": F.softshrink, "F.rrelu": F.rrelu, "nn.RReLU": nn.RReLU(),
+    "Tensor.log1p": lambda y: y.abs().log1p(), "Tensor.sign": lambda y: y + y.sign(),
+    "torch.nan_to_num": torch.nan_to_num, "torch.round": lambda y: torch.round(y * 4) / 4,
+}
+
+
+class _Spelled(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.c0, self.op, self.c1 = nn.Conv2d(3, 16, 3, padding=1), op, nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.c1(self.op(self.c0(x)))
+
+
+@pytest.mark.parametrize("spelling", list(_SPELLINGS))
+def test_every_spelling_of_an_elementwise_op_is_pruned(spelling):
+    """break104 F2: torch.sigmoid_(x) was a barrier where x.sigmoid_() was not, F.logsigmoid
+    where nn.LogSigmoid was not, and log1p, sign, nan_to_num had no row: channels kept whole
+    by how the op was spelled."""
+    pm, small = prune_and_check(_Spelled(_SPELLINGS[spelling]).eval(), X)
+    assert small.c0.out_channels < 16
+
+
 class TokenMixing(nn.Module):
     """A conv stage, then an MLP-Mixer-style linear over the H*W tokens of b's channels (and,
     with ``over_width``, a linear over the width alone): the channels are the linear's rows."""
