@@ -71,16 +71,18 @@ def _run(args: argparse.Namespace) -> int:
     import fxprune
     from .summary import count_flops
 
-    if not 0 <= args.fraction < 1:
-        raise _Refused(f"fxprune demo: --fraction must be in [0, 1), got {args.fraction}")
+    if not 0 < args.fraction < 1:  # (break102 F3: 0 pruned nothing, and said so as a warning)
+        raise _Refused(f"fxprune demo: error: --fraction must be in (0, 1), the share of each "
+                       f"group's channels removed, got {args.fraction}")
     if args.size < 1:
-        raise _Refused(f"fxprune demo: --size must be a positive number of pixels, got {args.size}")
+        raise _Refused(f"fxprune demo: error: --size must be a positive number of pixels, got "
+                       f"{args.size}")
     # classification models only: detection/segmentation builders download backbone weights
     names = torchvision.models.list_models(module=torchvision.models)
     if args.model not in names:
-        raise _Refused(f"fxprune demo: --model {args.model!r} is not a torchvision classification "
-                         f"model; choose one of {', '.join(names[:6])}, ... "
-                         "(torchvision.models.list_models(module=torchvision.models))")
+        raise _Refused(f"fxprune demo: error: --model {args.model!r} is not a torchvision "
+                       f"classification model; choose one of {', '.join(names[:6])}, ... "
+                       "(torchvision.models.list_models(module=torchvision.models))")
     torch.manual_seed(0)
     model = torchvision.models.get_model(args.model, weights=None).eval()
     x = torch.randn(1, 3, args.size, args.size)
@@ -91,11 +93,11 @@ def _run(args: argparse.Namespace) -> int:
         # --size is the only input the user chose: say that in one line, not prepare's report
         cause = e.__cause__ or e
         first = (str(cause).strip().splitlines() or [""])[0][:200]
-        raise _Refused(f"fxprune demo: {args.model} does not run on a {args.size}x{args.size} "
-                         f"input ({type(cause).__name__}: {first}); try --size "
-                         f"{trained_size(args.model, model)}") from None
+        raise _Refused(f"fxprune demo: error: {args.model} does not run on a "
+                       f"{args.size}x{args.size} input ({type(cause).__name__}: {first}); try "
+                       f"--size {trained_size(args.model, model)}") from None
     except fxprune.FxPruneError as e:
-        raise _Refused(f"fxprune demo: {args.model} at {args.size}x{args.size}: {e}") from None
+        raise _Refused(f"fxprune demo: error: {args.model} at {args.size}x{args.size}: {e}") from None
     prepared_s = time.perf_counter() - started
     prune_by_magnitude(pm, args.fraction)
     fxprune.summary(pm, all_groups=args.all_groups)

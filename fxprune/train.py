@@ -325,6 +325,10 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loade
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ("; models that expect RGB read the gray images with --set data.channels=3"
                 if x.shape[1] == 1 else "")
+        if "too small" in first.lower():  # (break102 F1: vgg11 on 28x28, no way out given)
+            hint += (f"; the model shrinks {x.shape[-2]}x{x.shape[-1]} images below one pixel "
+                     "(the recipe resizes nothing): choose a model that keeps a spatial size "
+                     "there, e.g. resnet_fmnist or mobilenet_v2")
         raise ConfigError(f"model.name {cfg['model']['name']!r} does not run on the data's "
                           f"images of shape {tuple(x.shape[1:])}: {first[:200]}{hint}") from None
     finally:

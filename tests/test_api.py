@@ -568,8 +568,11 @@ def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
     for argv, message in [(["--model", "nope"], "not a torchvision classification model"),
                           (["--model", "fcn_resnet50"], "not a torchvision classification model"),
                           (["--size", "0"], "--size must be a positive"),
+                          # (break102 F3: 0 pruned nothing and warned as a training run would)
+                          (["--fraction", "0"], r"^fxprune demo: error: --fraction must be in \(0, 1\)"),
                           (["--model", "squeezenet1_0", "--size", "8"],
-                           r"^fxprune demo: squeezenet1_0 does not run on a 8x8 input \(RuntimeError: .*\); "
+                           r"^fxprune demo: error: squeezenet1_0 does not run on a 8x8 input "
+                           r"\(RuntimeError: .*\); "
                            r"try --size 224$")]:
         assert main(["demo", *argv]) == 2  # an error, as every fxprune command's
         err = capsys.readouterr().err
