@@ -79,6 +79,19 @@ class _Recorder(fx.Interpreter):
                 return (f"its first layer, `{node.target}` (Linear), reads (..., {m.in_features})")
         return "for an image model that is usually (torch.randn(1, 3, H, W),)"
 
+    def _as_run(self, message: str) -> str:
+        """``message`` with each ``Proxy(node)`` a traced f-string froze into it (timm's
+        "Input height (Proxy(getitem_2)) doesn't match model (56)", break101 #4) replaced by
+        the value that node had on the example inputs."""
+        nodes = {node.name: node for node in self.graph.nodes}
+
+        def value(match: re.Match) -> str:
+            # (what run_node recorded: the interpreter frees a value after its last use)
+            v = getattr(nodes.get(match.group(1)), "meta", {}).get("fxprune_value")
+            return repr(v) if isinstance(v, (int, float, bool, str)) else match.group(0)
+
+        return re.sub(r"Proxy\((\w+)\)", value, message)
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -89,7 +102,8 @@ class _Recorder(fx.Interpreter):
             origin = f"\n  from: {frame}" if frame else ""
             raise ExampleInputsError(
                 f"running the model on example_inputs failed at node `{n.name}` "
-                f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: {e}\n"
+                f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: "
+                f"{self._as_run(str(e))}\n"
                 f"Check that example_inputs match what the model expects (shapes {self.input_shapes}); "
                 f"{self._expected_input()}.") from e
         pieces = n.meta.get("fxprune_pieces")

@@ -117,6 +117,26 @@ def test_wrong_example_inputs_name_the_models_own_line(resnet18):
     assert "torchvision/models/resnet.py" in origin and "self.conv1(x)" in origin, origin
 
 
+class SizeAsserted(nn.Module):
+    """A size check as timm writes it: an f-string of a traced size, frozen at trace time."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.size = nn.Conv2d(3, 8, 3), 56
+
+    def forward(self, x):
+        height = x.shape[2]
+        torch._assert(height == self.size, f"Input height ({height}) doesn't match model ({self.size}).")
+        return self.conv(x)
+
+
+def test_a_traced_value_in_the_models_own_message_is_shown_as_it_ran():
+    """break101 #4: the message read "Input height (Proxy(getitem_2)) doesn't match model (56)"."""
+    with pytest.raises(fxprune.ExampleInputsError,
+                       match=r"AssertionError: Input height \(64\) doesn't match model \(56\)\."):
+        fxprune.prepare(SizeAsserted(), (torch.randn(1, 3, 64, 64),))
+
+
 def test_example_inputs_that_cannot_check_the_surgery_are_refused(resnet18):
     with pytest.raises(fxprune.ExampleInputsError, match=r"example_inputs\[0\] is empty"):
         fxprune.prepare(resnet18, (torch.randn(0, 3, 32, 32),))
