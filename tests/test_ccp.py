@@ -393,6 +393,51 @@ def test_ccp_resumes_exactly(tmp_path):
     assert torch.equal(run(), run(split=3))
 
 
+def test_ccp_rewound_in_place_after_its_round_collects_again_and_repeats_it():
+    """break105 F1: loading an earlier state into the same CCP after its last round (which
+    removed its taps) collected nothing more: the redone round ran on 16 of the 24 samples
+    and kept other channels, without a word. The taps open again for a state before it."""
+    import copy
+
+    def steps(pm, pruner, opt, seeds):
+        for seed in seeds:
+            x, y = data(seed=seed)
+            loss = F.cross_entropy(pm(x), y)
+            loss.backward()
+            pruner.step(loss)
+            opt.step()
+            opt.zero_grad()
+
+    pm = prepared(seed=2)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, prune_at=4, channel_step=4)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    steps(pm, pruner, opt, range(3))
+    saved = copy.deepcopy((pruner.state_dict(), pm.state_dict(), opt.state_dict()))
+    steps(pm, pruner, opt, range(3, 6))
+    assert pruner.stats.taps.closed
+    first = (pruner.history[-1]["samples"], pruner.index.masks(pm))
+    pm.load_state_dict(saved[1])
+    opt.load_state_dict(saved[2])
+    pruner.load_state_dict(saved[0])
+    assert not pruner.stats.taps.closed
+    steps(pm, pruner, opt, range(3, 6))
+    assert pruner.history[-1]["samples"] == first[0]
+    assert torch.equal(pruner.index.masks(pm), first[1])
+
+
+def test_ccp_finalize_masks_before_its_rounds_says_they_cannot_run():
+    """break105 F6: finalize_masks before the round advised "train on", but it had removed the
+    taps, so the round was skipped and no training could reach the target."""
+    pm = prepared(seed=2)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, prune_at=6, channel_step=4)
+    x, y = data(seed=0)
+    F.cross_entropy(pm(x), y).backward()
+    pruner.step()
+    with pytest.warns(RuntimeWarning, match=r"finalize_masks removed CCP's statistics taps, so its "
+                                            r"rounds left \(the last at step 6\) cannot run"):
+        pruner.finalize_masks()
+
+
 def test_resuming_under_another_target_or_schedule_warns():
     import warnings
     pm = prepared()

@@ -571,8 +571,12 @@ class PruningMethod:
         if cost > float(target) * (1 + 1e-6):
             warn(f"{type(self).__name__}.finalize_masks at step {self.step_count}: the masks cost "
                  f"{cost:.4f} of dense, above the target {float(target):.4f}: the schedule has "
-                 "not reached it; train on (pruner.step() after each backward) until it has, or "
-                 "finalize this model knowingly", RuntimeWarning)
+                 f"not reached it; {self._way_to_target()}", RuntimeWarning)
+
+    def _way_to_target(self) -> str:
+        """What to do when :meth:`finalize_masks` finds the masks above ``target``."""
+        return ("train on (pruner.step() after each backward) until it has, or finalize this "
+                "model knowingly")
 
     def masks_not_final(self) -> str | None:
         """Why the current masks are not what :meth:`finalize_masks` would leave (None when

@@ -408,7 +408,6 @@ class CCP(PruningMethod):
         self.exhaustive_max, self.swaps = int(exhaustive_max), bool(swaps)
         self.resolution, self.max_resolves, self._reduce_fn = resolution, max_resolves, reduce_fn
         self._rank_pending = False  # a loaded state whose rank is not known yet (load_state_dict)
-        self.stats = PairwiseTaylor(prepared, self.consumers, self.index.offsets, loss_reduction)
         #: a ``torch.amp.GradScaler``: the activation gradients the statistics read come from
         #: the scaled loss (``unscale_`` reaches only the parameters' .grad), so each collected
         #: step divides by its scale, and a step whose terms overflowed is dropped
@@ -416,13 +415,7 @@ class CCP(PruningMethod):
         self.collect_bn = collect_bn
         self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         self._bn_modes: list[bool] | None = None
-        self._bn_hooks = []
-        if collect_bn == "eval" and self._bns:
-            # set around each forward, not once per step: a validation pass's .eval()/.train()
-            # between steps would undo it, and the user's frozen norms get their modes back
-            self._bn_hooks = [
-                prepared.register_forward_pre_hook(MethodHook(self._norms_to_eval)),
-                prepared.register_forward_hook(MethodHook(self._norms_back), always_call=True)]
+        self._open(loss_reduction)
         self._set_collecting(self._collecting(1))
         set_straight_through(prepared, False)  # pruned channels are gone for good: no gradient
         self.dead = np.zeros(self.index.n, dtype=bool)
@@ -534,6 +527,18 @@ class CCP(PruningMethod):
                 bn.train(mode)
             self._bn_modes = None
 
+    def _open(self, loss_reduction: str) -> None:
+        """The statistics' taps on the readers, and (``collect_bn="eval"``) the hooks that put
+        the norms in eval mode around each collecting forward."""
+        self.stats = PairwiseTaylor(self.prepared, self.consumers, self.index.offsets, loss_reduction)
+        self._bn_hooks = []
+        if self.collect_bn == "eval" and self._bns:
+            # set around each forward, not once per step: a validation pass's .eval()/.train()
+            # between steps would undo it, and the user's frozen norms get their modes back
+            self._bn_hooks = [
+                self.prepared.register_forward_pre_hook(MethodHook(self._norms_to_eval)),
+                self.prepared.register_forward_hook(MethodHook(self._norms_back), always_call=True)]
+
     def _close(self) -> None:
         self.stats.close()
         for h in self._bn_hooks:
@@ -551,6 +556,15 @@ class CCP(PruningMethod):
                  RuntimeWarning)
         self._warn_if_above_target()
         return False
+
+    def _way_to_target(self) -> str:
+        last = self.prune_steps()[-1]
+        if self.stats.taps.closed and self.step_count < last:
+            # (break105 F6: "train on" could not work: the rounds left have no statistics)
+            return (f"finalize_masks removed CCP's statistics taps, so its rounds left (the last "
+                    f"at step {last}) cannot run: call it after the last round, build a new CCP "
+                    "on the model to prune further, or finalize this model knowingly")
+        return super()._way_to_target()
 
     # -- selection ---------------------------------------------------------------------------
     def _group_problem(self, i: int):
@@ -741,6 +755,11 @@ class CCP(PruningMethod):
         self._check_state(state, "masks")
         self._warn_changed_settings(state)
         self.step_count = int(state["step"])
+        if self.stats.taps.closed and self.step_count < self.prune_steps()[-1]:
+            # this pruner's last round (or finalize_masks) removed its taps: a state from
+            # before it collects again (break105 F1: the redone round ran on 16 of 24 samples)
+            self._close()
+            self._open(self.stats.taps.loss_reduction)
         self.stats.load_state_dict(state["stats"])
         # rank 0's state holds every process's sums (sync_state): the others start from none.
         # Before init_process_group the launcher's RANK says which process this is (a CCP
