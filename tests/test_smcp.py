@@ -423,6 +423,14 @@ def test_a_ramp_of_zero_updates_before_an_early_freeze():
         fxprune.SMCP(prepared(), target=0.5, schedule=PruningSchedule(10, 100, 10, freeze_after=20))
     with pytest.raises(ValueError, match=r"schedule must be a fxprune.PruningSchedule .* got str"):
         fxprune.SMCP(prepared(), schedule="foo")
+    # break105 F2: a schedule dropped warmup and ramp given beside it without a word, and made
+    # one-shot pruning (prune_at ignored) a ramp of five updates
+    with pytest.raises(ValueError, match=r"schedule= replaces warmup, .* but warmup=50, ramp=99 "
+                                         r"was given too"):
+        fxprune.SMCP(prepared(), schedule=PruningSchedule(1, 6, 2), warmup=50, ramp=99)
+    with pytest.raises(ValueError, match=r"one-shot pruning sets schedule itself"):
+        fxprune.methods.get_method("oneshot").build(prepared(), prune_at=2,
+                                                    schedule=PruningSchedule(0, 8, 2))
 
 
 def test_bad_arguments_are_explained():

@@ -190,6 +190,13 @@ class SMCP(PruningMethod):
             raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
         if allocation not in ("knapsack", "uniform"):
             raise ValueError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
+        given = [f"{k}={v!r}" for k, v, default in (
+            ("warmup", warmup, 0), ("ramp", ramp, 1000), ("update_every", update_every, 100),
+            ("freeze_after", freeze_after, None), ("ramp_shape", ramp_shape, "exp")) if v != default]
+        if schedule is not None and given:  # (break105 F2: they were dropped without a word)
+            raise ValueError(f"schedule= replaces warmup, ramp, update_every, freeze_after and "
+                             f"ramp_shape, but {', '.join(given)} was given too: pass the "
+                             "schedule alone, or those arguments alone")
         schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
         _check_reaches_target(schedule, float(target))
         super().__init__(prepared, cost, channel_step)
@@ -452,6 +459,8 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
 
 #: SMCP's arguments one_shot sets; a recipe is told which of its keys to drop (break85 F4:
 #: a hysteresis given was accepted and changed nothing)
-one_shot.sets_itself = ("warmup", "ramp", "update_every", "freeze_after", "masks", "hysteresis")
+one_shot.sets_itself = ("warmup", "ramp", "update_every", "freeze_after", "masks", "hysteresis",
+                        # (break105 F2: a schedule made the one-shot decision a ramp)
+                        "schedule", "ramp_shape")
 #: where one_shot's other keywords go: a recipe's prune keys are checked against SMCP's
 one_shot.forwards_kwargs_to = SMCP
