@@ -433,7 +433,7 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
     from fxprune.cli import main
 
     assert main(["methods", "greedy"]) == 0
-    assert "**kw (any other keyword, passed on as it is)" in capsys.readouterr().out
+    assert "**kw (other keywords, passed on as they are)" in capsys.readouterr().out
     # a factory forwarding **kwargs still gets the recipe's schedule in steps, not as *_epochs
     cfg = resolve_config({"prune": {"method": "greedy", "target": 0.5,
                                     "update_every_fraction": 0.25, "warmup_fraction": 0.1}})
@@ -586,6 +586,12 @@ def test_cli_lists_the_registry(capsys):
     # break56 #10: the trainer's own arguments are listed as such, not as recipe keys
     assert "scaler = None  (Python API only: fxprune train gives it, not a recipe key)" in out
     assert "magnitude" not in out
+    # break105 F3: oneshot listed `**kwargs (any other keyword ...)`, not the SMCP arguments it
+    # forwards, and offered those it sets itself (warmup) or refuses (any other keyword)
+    assert main(["methods", "oneshot"]) == 0
+    out = capsys.readouterr().out
+    assert "prune_at = 1" in out and "channel_step = 8" in out and "masked_decay = 0.0" in out
+    assert "**" not in out and "warmup" not in out and "schedule" not in out
 
 
 def test_a_reader_that_stops_early_gets_no_traceback():

@@ -3,7 +3,6 @@ registry (:mod:`fxprune.methods.base`), with each one's arguments and defaults."
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 
 
@@ -14,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..recipe_config import _CONTEXT_ARGS
-    from .base import get_method, method_names
+    from .base import get_method, method_names, method_parameters
 
     detailed = bool(args.name)  # `fxprune methods smcp ccp` (break52: one name was taken)
     names = list(args.name) or method_names()
@@ -33,15 +32,19 @@ def run(args: argparse.Namespace) -> int:
         fixed = "".join(f" {k}={v!r}" for k, v in entry.defaults.items())
         print(f"{name:{width}} {entry.summary}" + (f" [{fixed.strip()}]" if fixed else ""))
         if detailed:
-            try:
-                params = inspect.signature(cls).parameters
+            try:  # (break105 F3: oneshot's SMCP arguments, which it forwards, were left out)
+                params = method_parameters(cls)
             except (TypeError, ValueError):  # a callable without a readable signature
                 print("    (arguments not introspectable)")
                 continue
+            sets_itself = getattr(cls, "sets_itself", ())
             for p in list(params.values())[1:]:
                 if p.kind == p.VAR_KEYWORD:
-                    print(f"    **{p.name} (any other keyword, passed on as it is)")
-                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    base = next((b.__name__ for b in getattr(cls, "__mro__", ())[1:]
+                                 if "__init__" in vars(b) and b is not object), None)
+                    print(f"    **{p.name} (other keywords, passed on as they are"
+                          + (f", e.g. to {base}'s own arguments)" if base else ")"))
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in sets_itself:
                     continue
                 default = entry.defaults.get(p.name, p.default)
                 said = ""
