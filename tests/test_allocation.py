@@ -515,7 +515,7 @@ def test_switching_a_recipe_to_one_shot_names_the_keys_it_wrote(tmp_path, capsys
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "prune.method oneshot sets these keys itself: remove prune.warmup_fraction" in err
     assert err.strip().endswith("it sets its arguments warmup, ramp, update_every, freeze_after, "
-                                "masks, hysteresis")
+                                "masks, hysteresis, schedule, ramp_shape")
     assert "--set '~prune.warmup_fraction'" in err and "--set '~prune.cooldown_fraction'" in err
     assert "masks_epochs" not in err and not (tmp_path / "run").exists()
 
