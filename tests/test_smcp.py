@@ -992,3 +992,15 @@ def test_a_cost_no_width_changes_is_not_told_to_lower_channel_step():
     with pytest.raises(ValueError, match=r"raise the target to at least 1\.000: the cost model "
                                          r"prices it as the dense model"):
         fxprune.SMCP(prepared(), target=0.5, cost=_WidthBlindCost())
+
+
+@pytest.mark.parametrize("method", ["SMCP", "CCP", "CUCB"])
+def test_a_channel_step_wider_than_every_group_is_named_as_the_cause(method):
+    """break105 F5: every group kept all its channels, and the error said "the cost model
+    prices it as the dense model ... check the cost model"."""
+    pm = prepared()
+    sizes = ", ".join(str(g.size) for g in fxprune.channel_groups(pm) if g.prunable)
+    with pytest.raises(ValueError, match=rf"channel_step=100 is at least as wide as every prunable "
+                                         rf"group \({sizes} channels\), so none can be pruned .*; "
+                                         r"lower channel_step$"):
+        getattr(fxprune, method)(pm, target=0.5, channel_step=100)

@@ -516,19 +516,28 @@ class PruningMethod:
             at_least = math.ceil(floor * 1000) / 1000
             from ..allocation import InfeasibleBudget
 
+            if np.asarray(narrowest).all():
+                # (break105 F5: blamed on the cost model) every group keeps all its channels
+                sizes = ", ".join(str(g.size) for g in self.index.groups[:6])
+                message = (f"channel_step={self.channel_step} is at least as wide as every "
+                           f"prunable group ({sizes}{', ...' if len(self.index.groups) > 6 else ''} "
+                           f"channels), so none can be pruned and the model stays dense, above "
+                           f"target {target:.5g}; lower channel_step")
+            else:
+                # the target at the floor's precision: 0.05177 read "target 0.0518 is below
+                # ... 0.05177" (break55 #5)
+                message = (
+                    f"target {target:.5g} of dense is below the narrowest model the constraints "
+                    f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
+                    f"{self.channel_step}); raise the target to at least {at_least:.3f}"
+                    + (" or lower channel_step" if floor < 1 - 1e-9 else
+                       # a cost that no width changes (break67 #5): channel_step cannot help
+                       f": the cost model prices it as the dense model, so no pruning lowers "
+                       f"its cost; check the cost model"))
             # "narrowest", not "cheapest": a cost that does not fall with width (a runtime's
             # kernels) may price a wider model lower, which the allocator does not search for
             # below this floor (break36 #4, break38 #1)
-            error = InfeasibleBudget(
-                # the target at the floor's precision: 0.05177 read "target 0.0518 is below
-                # ... 0.05177" (break55 #5)
-                f"target {target:.5g} of dense is below the narrowest model the constraints "
-                f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
-                f"{self.channel_step}); raise the target to at least {at_least:.3f}"
-                + (" or lower channel_step" if floor < 1 - 1e-9 else
-                   # a cost that no width changes (break67 #5): channel_step cannot help
-                   f": the cost model prices it as the dense model, so no pruning lowers "
-                   f"its cost; check the cost model"))
+            error = InfeasibleBudget(message)
             error.floor = floor
             raise error
 
