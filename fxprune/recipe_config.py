@@ -684,6 +684,11 @@ def _check_prune(prune: dict, optim: dict) -> None:
             valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
             close = difflib.get_close_matches(extra[0], valid, n=1)
             hint = f" (did you mean prune.{close[0]}?)" if close else ""
+            base = re.sub(r"_(epochs|fraction)$", "", extra[0])
+            if base != extra[0] and base in keys:  # (break105 F10: the way was in a comment)
+                hint += (f" (prune.{base} is the method's own argument: written in epochs or as "
+                         f"a fraction once its class lists it as a step count, "
+                         f"step_args = ({base!r},))")
             parts.append(f"unknown key prune.{extra[0]} for prune.method {method}{hint}; valid: "
                          f"{', '.join(sorted(valid))}; remove {'it' if len(extra) == 1 else 'them'}"
                          " from the recipe or the --set that gave it")

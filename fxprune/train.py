@@ -124,7 +124,9 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         # except for a target below the cheapest model, which no run length changes
         total = (context.get("steps_per_epoch") or 0) * (context.get("epochs") or 0)
         # ... and only for an error about those steps (break52 #5: `c must be >= 0` got it)
-        about_steps = any(re.search(rf"\b{re.escape(k)}\b", str(exc)) for k in steps)
+        # (not a keyword refused with the list of those the method takes: break105 F11)
+        about_steps = (not (isinstance(exc, TypeError) and "is not an argument" in str(exc))
+                       and any(re.search(rf"\b{re.escape(k)}\b", str(exc)) for k in steps))
         scaled = (f" (prune.{', prune.'.join(fractions)} of this run's {total:g} optimizer steps: "
                   "a longer run, with more data or optim.epochs, also gives them room)"
                   if fractions and total and about_steps and not isinstance(exc, InfeasibleBudget)

@@ -397,6 +397,51 @@ def test_a_method_registered_after_import_is_a_recipe_method(monkeypatch):
         make_pruner(prepared(), {"method": "no_cost"})
 
 
+class _Every(fxprune.SMCP):
+    """A plug-in with a step count of its own, ``every``."""
+
+    def __init__(self, prepared, target=0.5, cost="flops", *, every=4, channel_step=1):
+        super().__init__(prepared, target, cost, update_every=every, ramp=every, channel_step=channel_step)
+
+
+def test_a_methods_own_step_count_in_epochs_is_explained_and_step_args_allows_it(monkeypatch):
+    """break105 F10: `prune.every_fraction` for a method's own step count `every` was an
+    unknown key, and the way (a step_args class attribute) was in a code comment only."""
+    from fxprune.methods.base import register_method
+    from fxprune.train import ConfigError, make_pruner, resolve_config
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    register_method("every", _Every)
+    recipe = {"optim": {"epochs": 2}, "prune": {"method": "every", "every_fraction": 0.5}}
+    with pytest.raises(ConfigError, match=r"unknown key prune.every_fraction .*\(prune.every is the "
+                                          r"method's own argument: .* step_args = \('every',\)\)"):
+        resolve_config(recipe)
+    monkeypatch.setattr(_Every, "step_args", ("every",), raising=False)
+    cfg = resolve_config(recipe)
+    pruner = make_pruner(prepared(), cfg["prune"], steps_per_epoch=10, epochs=2)
+    assert pruner.schedule.update_every == 10  # half of the run's 20 steps
+
+
+class _Forwarding(fxprune.SMCP):
+    def __init__(self, prepared, *args, alpha=1.0, **kwargs):
+        super().__init__(prepared, *args, **kwargs)
+
+
+def test_a_mistyped_keyword_of_a_forwarding_method_gets_no_run_length_advice(monkeypatch):
+    """break105 F11: the unknown-keyword error listed warmup and ramp among the arguments the
+    method takes, which the "a longer run also gives them room" suffix took for its cause."""
+    from fxprune.methods.base import register_method
+    from fxprune.train import ConfigError, make_pruner, resolve_config
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    register_method("forwarding", _Forwarding)
+    cfg = resolve_config({"optim": {"epochs": 2}, "prune": {
+        "method": "forwarding", "warmup_fraction": 0.1, "ramp_fraction": 0.5, "hysterisis": 2}})
+    with pytest.raises(ConfigError, match=r"'hysterisis' is not an argument") as info:
+        make_pruner(prepared(), cfg["prune"], steps_per_epoch=10, epochs=2)
+    assert "gives them room" not in str(info.value)
+
+
 def installed_plugins(monkeypatch, tmp_path, modules: dict, entry_points: dict):
     """As if a package had installed ``modules`` (name -> source) and declared ``entry_points``
     (method name -> "module:attr") in the 'fxprune.methods' group; the registry is restored
