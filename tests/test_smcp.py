@@ -320,6 +320,37 @@ def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decisi
                     p.grad = None
 
 
+@pytest.mark.parametrize("method", ["SMCP", "CUCB"])
+def test_a_resume_whose_first_step_is_a_decision_is_not_taken_for_an_untrained_model(method):
+    """break107 F1: the check counted the loaded state's steps as steps of this run, and a
+    decision at the first step after a resume (before any optimizer step) warned that the
+    weights had not changed in 12 steps. A wrong optimizer after a resume is still named."""
+    kwargs = ({"warmup": 2, "ramp": 10, "update_every": 2} if method == "SMCP" else
+              {"warmup": 2, "explore": 10, "execution": "masked"})
+    pm = prepared()
+    pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    train(pm, pruner, 11, optimizer=opt)
+    saved = (pm.state_dict(), pruner.state_dict())
+
+    def resumed():
+        pm = prepared()
+        pm.load_state_dict(saved[0])
+        pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+        pruner.load_state_dict(saved[1])
+        return pm, pruner
+
+    pm, pruner = resumed()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(pm, pruner, 3, optimizer=torch.optim.SGD(pm.parameters(), lr=0.05))
+    if method == "SMCP":  # (CUCB made its last decision, the final pick, at step 10)
+        pm, pruner = resumed()
+        with pytest.warns(RuntimeWarning, match=r"not changed in the \d+ steps since the pruner "
+                                                r"was loaded"):
+            train(pm, pruner, 10, optimizer=torch.optim.SGD(SmallNet(16).parameters(), lr=0.05))
+
+
 def test_state_dict_resumes_to_identical_masks(tmp_path):
     def run(split_at=None):
         pm = prepared(seed=1)

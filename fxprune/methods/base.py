@@ -382,7 +382,8 @@ class PruningMethod:
         if getattr(self, "_frozen_scores", None) is not None:
             self._warn_frozen_readers(*self._frozen_scores)
         # (a loss scaler skips the optimizer's first steps while it finds its scale)
-        if self._versions is None or self.step_count < UNTRAINED_AFTER_STEPS:
+        steps = self.step_count - self._untrained_since
+        if self._versions is None or steps < UNTRAINED_AFTER_STEPS:
             return
         if any(c.param._version != v for c, v in zip(self.consumers, self._versions)):
             self._versions = None  # trained: nothing more to check
@@ -394,11 +395,20 @@ class PruningMethod:
             if trained:
                 return
             warn(f"{type(self).__name__}: the prepared model's weights have not changed in the "
-                 f"{self.step_count} steps since the pruner was built, though gradients reached "
+                 f"{steps} steps since the pruner was {self._untrained_from}, though gradients reached "
                  "them: is the optimizer over the prepared model's parameters? prepare() works on "
                  "a copy of the model, so an optimizer built before it steps the original; build "
                  "it over prepared.parameters() (if no optimizer step was meant yet, ignore this)",
                  RuntimeWarning)
+
+    def _restart_training_check(self) -> None:
+        """Compare the weights from now on (a loaded state): the steps the state counts were
+        trained before it was saved, and a decision at the first step after a resume came
+        before any optimizer step of this run (break107 F1: "not changed in the 12 steps")."""
+        if self._versions is not None:
+            self._versions = [c.param._version for c in self.consumers]
+            self._sums_when_built = self._weight_sums()
+        self._untrained_since, self._untrained_from = self.step_count, "loaded"
 
     def _allocation_settings(self) -> dict:
         """The run settings every method's allocation shares: the cost model (by name, and
@@ -453,6 +463,7 @@ class PruningMethod:
         #: each reader's weight version when built; None once one has changed (see _check_training)
         self._versions: list[int] | None = [c.param._version for c in self.consumers]
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
+        self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self.step_count = 0

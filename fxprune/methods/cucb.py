@@ -467,3 +467,4 @@ class CUCB(PruningMethod):
         self.skipped_steps = int(state.get("skipped_steps", 0))  # (states before break41)
         self._nonfinite_run = int(state.get("nonfinite_run", 0))
         self._apply(self.active)
+        self._restart_training_check()

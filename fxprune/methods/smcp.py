@@ -437,6 +437,7 @@ class SMCP(PruningMethod):
         self._kept_host = self._kept_now()
         self.history = list(state["history"])
         self._recalibrating = int(state.get("bn_recalibrating", 0))
+        self._restart_training_check()
 
 def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, prune_at: int = 1,
              window: int = 1, importance: str = "magnitude", **kwargs) -> SMCP:
