@@ -96,3 +96,6 @@ if __name__ == "__main__":  # python lightning_app.py OUT_DIR [METHOD]: Lightnin
     t = trainer(out, 2, [prune, RecordMasks(out)], devices=2, strategy="ddp", enable_checkpointing=False,
                 use_distributed_sampler=False)
     t.fit(ShardedClassifier())
+    # every rank runs this after fit(): rank 0's saved model is there (break107 F2)
+    small = torch.load(out / "pruned.pt", weights_only=False)
+    (out / f"loaded_rank{t.global_rank}.txt").write_text(str(sum(p.numel() for p in small.parameters())))

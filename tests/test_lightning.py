@@ -135,6 +135,9 @@ def test_ddp_two_processes_identical_masks(full_run, tmp_path):
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
                           timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    # break107 F2: rank 1 left fit() before rank 0 had saved, and its load found no file
+    loaded = [(tmp_path / f"loaded_rank{r}.txt").read_text() for r in range(2)]
+    assert loaded[0] == loaded[1]
     ranks = [torch.load(tmp_path / f"masks_rank{r}.pt") for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert len(ranks[0]["masks"]) == len(record.masks) == 8

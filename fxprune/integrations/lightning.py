@@ -341,12 +341,19 @@ class PruningCallback(pl.Callback):
                 f"ended{'; nothing was saved to ' + str(self.save_path) if self.save_path else ''}. "
                 "Train longer (max_epochs/max_steps) or shorten the schedule, or pass "
                 "PruningCallback(allow_above_target=True) to keep it")
+        # the other ranks wait while rank 0 saves: under DDP every rank runs the code after
+        # fit(), and rank 1's load of save_path found no file (break107 F2); rank 0 reaches the
+        # barrier whatever happens, so a failed save leaves no rank waiting
         if not trainer.is_global_zero:
+            trainer.strategy.barrier("fxprune_finalized")
             return
-        self.finalized = fxprune.finalize(self.prepared)
-        if self.save_path is not None:
-            self.save_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(self.finalized, self.save_path)
+        try:
+            self.finalized = fxprune.finalize(self.prepared)
+            if self.save_path is not None:
+                self.save_path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_torch_save(self.finalized, self.save_path)
+        finally:
+            trainer.strategy.barrier("fxprune_finalized")
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
