@@ -388,6 +388,20 @@ def test_a_cucb_pick_after_the_last_checkpoint_is_said(tmp_path):
     assert prune.pruner.final and prune.pruner.explore == 12
 
 
+def test_a_fit_shorter_than_cucb_s_warmup_is_said_at_its_start(tmp_path):
+    """break107 F3: the default warmup (100) over a fit of 8 steps: the bandit only drew at
+    random, and the one message blamed early stopping "before its explore step None"."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=20)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    with pytest.warns(RuntimeWarning) as said:
+        trainer(tmp_path, 2, [prune, ckpt]).fit(Classifier(), loader())
+    messages = [str(w.message) for w in said]
+    assert any(m.startswith("the fit's 8 estimated optimizer steps are fewer than cucb's warmup "
+                            "(20): it never leaves its random warm-up") for m in messages), messages
+    assert not any("explore step None" in m for m in messages), messages
+    assert any("in its warm-up: the fit was shorter than its warmup" in m for m in messages)
+
+
 def test_refitting_a_callback_from_an_earlier_checkpoint_resumes_the_checkpoints_method(tmp_path):
     """break33 #3: the refit loaded the checkpoint, then on_fit_start put back where the first
     fit had ended (pruner at step 12 after a resume from step 4)."""

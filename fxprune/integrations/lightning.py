@@ -242,8 +242,16 @@ class PruningCallback(pl.Callback):
         total = getattr(trainer, "estimated_stepping_batches", None)
         warmup = kwargs.get("warmup", getattr(takes.get("warmup"), "default", 1))
         if ("explore" in takes and kwargs.get("explore") is None and isinstance(total, (int, float))
-                and math.isfinite(total) and isinstance(warmup, int) and total >= warmup):
-            kwargs["explore"] = int(total)
+                and math.isfinite(total) and isinstance(warmup, int)):
+            if total >= warmup:
+                kwargs["explore"] = int(total)
+            elif trainer is not None and trainer.is_global_zero:
+                # (break107 F3: said at the end as "before its explore step None: early stopping")
+                warnings.warn(
+                    f"the fit's {int(total)} estimated optimizer steps are fewer than "
+                    f"{self.method}'s warmup ({warmup}): it never leaves its random warm-up, and "
+                    "its final pick rests on random draws alone; pass a smaller warmup= to the "
+                    "callback, or fit longer", RuntimeWarning, stacklevel=2)
         return kwargs
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -319,9 +327,12 @@ class PruningCallback(pl.Callback):
             if saved and trainer.is_global_zero:  # break34 #3: early stopping, max_time
                 warnings.warn(
                     f"{type(self.pruner).__name__}'s final selection came at the end of the fit "
-                    f"(step {self.pruner.step_count}, before its explore step "
-                    f"{getattr(self.pruner, 'explore', None)}: early stopping, max_time, fewer "
-                    "optimizer steps than Lightning estimated, or an explore past the fit), "
+                    f"(step {self.pruner.step_count}, "
+                    + (f"before its explore step {self.pruner.explore}: early stopping, max_time, "
+                       "fewer optimizer steps than Lightning estimated, or an explore past the "
+                       "fit" if getattr(self.pruner, "explore", None) is not None else
+                       "in its warm-up: the fit was shorter than its warmup")
+                    + "), "
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
                     "now saves one that is", RuntimeWarning, stacklevel=2)
