@@ -158,6 +158,13 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
         _warn_fractional_masks(prepared)
         _warn_masks_not_final(prepared)
         pruned = remove_channels(prepared)
+        synced = [n for n, m in pruned.named_modules() if isinstance(m, nn.SyncBatchNorm)]
+        if synced:  # (break107 F5: kept silently; it trains only inside a process group)
+            warn(f"finalize: the pruned model holds nn.SyncBatchNorm ({synced[0]}"
+                 f"{f' and {len(synced) - 1} more' if len(synced) > 1 else ''}), which trains only "
+                 "inside a process group; call the undo() of fxprune.distributed."
+                 "use_sync_batchnorm before finalize, or convert them back to BatchNorm",
+                 RuntimeWarning)
         if check:
             if rtol is None:  # the lowest precision it computes in: its dtype, or an autocast
                 # region's in its forward (break99 F4: bfloat16 rounding there was "a bug")
