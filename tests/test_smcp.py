@@ -351,6 +351,28 @@ def test_a_resume_whose_first_step_is_a_decision_is_not_taken_for_an_untrained_m
             train(pm, pruner, 10, optimizer=torch.optim.SGD(SmallNet(16).parameters(), lr=0.05))
 
 
+def test_a_second_pruner_over_one_in_its_run_is_warned_of():
+    """break105 F9: two SMCPs stepping one model both wrote its masks, with no word; the first
+    then said its schedule had not reached its target. A pruner done (finalize_masks) or never
+    stepped (built to read a state) is no cause."""
+    pm = prepared()
+    first = fxprune.SMCP(pm, target=0.3, warmup=0, ramp=6, update_every=2, channel_step=4)
+    train(pm, first, 2)
+    with pytest.warns(RuntimeWarning, match=r"SMCP: the model has a SMCP pruner in its run \(at "
+                                            r"step 2: its masks cost .* above its target 0\.3000\); "
+                                            r"both write the same masks"):
+        fxprune.SMCP(pm, target=0.8, warmup=0, ramp=6, update_every=2, channel_step=4)
+    pm = prepared()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxprune.SMCP(pm, target=0.3)
+        done = fxprune.SMCP(pm, target=0.3, warmup=0, ramp=6, update_every=2, channel_step=4)
+        train(pm, done, 2)
+        with pytest.warns(RuntimeWarning, match="finalize_masks at step 2"):
+            done.finalize_masks()
+        fxprune.CCP(pm, target=0.5)
+
+
 def test_state_dict_resumes_to_identical_masks(tmp_path):
     def run(split_at=None):
         pm = prepared(seed=1)

@@ -448,6 +448,13 @@ class PruningMethod:
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
+        earlier = latest_pruner(prepared)
+        unfinished = getattr(earlier, "masks_not_final", lambda: None)()
+        if unfinished:  # (break105 F9: both wrote the masks; the first then blamed its schedule)
+            warn(f"{type(self).__name__}: the model has a {type(earlier).__name__} pruner in its "
+                 f"run (at step {earlier.step_count}: {unfinished}); both write the same masks, "
+                 "so step only this one from now on (call the earlier one's finalize_masks() "
+                 "first if its run is over)", RuntimeWarning)
         if close_live_taps(prepared):
             warn(f"{type(self).__name__}: the model carries the activation taps of an earlier "
                  "pruner (CCP, or SMCP with importance='activation') that has not finished, "
