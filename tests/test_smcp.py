@@ -284,7 +284,7 @@ def test_layers_frozen_after_the_pruner_is_built_are_named_at_the_next_update():
         train(pm, pruner, 2, optimizer=opt)
 
 
-@pytest.mark.parametrize("method", ["SMCP", "CUCB"])
+@pytest.mark.parametrize("method", ["SMCP", "CUCB", "CCP"])
 def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decision(method):
     """break90 F2: an optimizer built before prepare steps the original model (prepare works on
     a copy): the prepared one never trained, its gradients piled up, and it was pruned anyway
@@ -293,8 +293,9 @@ def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decisi
     model = SmallNet(16)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     pm = fxprune.prepare(model, (data()[0],))
-    kwargs = ({"warmup": 2, "ramp": 8, "update_every": 2} if method == "SMCP" else
-              {"warmup": 2, "explore": 10, "execution": "masked"})
+    kwargs = {"SMCP": {"warmup": 2, "ramp": 8, "update_every": 2},
+              "CUCB": {"warmup": 2, "explore": 10, "execution": "masked"},
+              "CCP": {"collect": 9, "prune_at": 9}}[method]  # (break105 F4: CCP said nothing)
     pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
     with pytest.warns(RuntimeWarning, match=rf"{method}: the prepared model's weights have not "
                                             r"changed in the \d+ steps .* is the optimizer over the "

@@ -599,6 +599,7 @@ class CCP(PruningMethod):
 
     def prune(self, round_k: int = 1) -> dict | None:
         start = time.perf_counter()
+        self._check_training()  # (break105 F4: an optimizer over the original model, unsaid)
         # per-sample terms come from activation hooks: this process's samples only; summed
         # over the processes (one all-reduce) before the decision
         self.stats.sync(self.reduce_fn)
