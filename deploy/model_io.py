@@ -16,6 +16,7 @@ the module (GraphModules keep it too). ``--input-shape`` / ``input_shape=`` over
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -149,12 +150,32 @@ def not_a_file(path: str, role: str = "model") -> DeployError:
     return DeployError(f"{role} file {path!r} does not exist")
 
 
-def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:
-    """Run ``module`` once at ``shape``: a shape that does not fit is a one-line error showing
-    the shape the file records, not a traceback from inside the exporter."""
-    import inspect
+#: the way out for a model fxprune deploy cannot time (break106 #2: "export the ONNX yourself
+#: and deploy that file" sent users to a file deploy then refused for the same reason)
+_TIME_IT_YOURSELF = ("or export it with torch.onnx.export and time it with ONNX Runtime "
+                     "directly (fxprune deploy times models of one float tensor input)")
 
-    from .onnx_export import eval_copy
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable, page cache counted as free; else
+    the machine's physical memory), None where the OS does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_one_tensor_input(module: nn.Module, label: str) -> None:
+    """DeployError when ``module``'s forward needs more than one argument (no input shape can
+    make it fit)."""
+    import inspect
 
     try:
         params = inspect.signature(module.forward).parameters.values()
@@ -167,12 +188,27 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
         raise DeployError(f"{label}'s forward requires the keyword argument"
                           f"{'s' if len(keyword_only) > 1 else ''} {', '.join(keyword_only)}; "
                           "fxprune deploy times single-input models: wrap it in a module whose "
-                          "forward takes one tensor")
+                          f"forward takes one tensor, {_TIME_IT_YOURSELF}")
     if len(required) > 1:
         raise DeployError(f"{label} takes {len(required)} inputs "
                           f"({', '.join(p.name for p in required)}); fxprune deploy times "
                           "single-input models: wrap it in a module whose forward takes one "
-                          "tensor, or export the ONNX yourself and deploy that file")
+                          f"tensor, {_TIME_IT_YOURSELF}")
+
+
+def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:
+    """Run ``module`` once at ``shape``: a shape that does not fit is a one-line error showing
+    the shape the file records, not a traceback from inside the exporter."""
+    from .onnx_export import eval_copy
+
+    check_one_tensor_input(module, label)
+    need = 4 * math.prod(shape)
+    free = _available_memory()
+    if free is not None and need > free:  # (break106 #1: the probe's second allocation raised)
+        raise DeployError(f"input shape {tuple(shape)} needs {need / 2**30:.3g} GiB for one fp32 "
+                          f"tensor, more than the {free / 2**30:.3g} GiB this machine has "
+                          "available; "
+                          "pass a smaller --input-shape")
     copy = None
     try:
         copy = eval_copy(module, "fp32")  # on the CPU, as the inputs below
@@ -186,13 +222,14 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
             raise DeployError(
                 f"{label}'s forward reads its input as a container ({container}); fxprune deploy "
                 "times models that take one tensor: wrap it in a module whose forward takes one "
-                "tensor, or export the ONNX yourself and deploy that file") from None
+                f"tensor, {_TIME_IT_YOURSELF}") from None
         if copy is not None and _wants_integers(copy, shape):
             # no shape fits (break66 #4: "pass a fitting --input-shape")
             raise DeployError(
                 f"{label} takes an integer input (it runs on a torch.long tensor of shape "
                 f"{tuple(shape)}, not on a float one): fxprune deploy times models of one "
-                "float input; export the ONNX yourself and deploy that file") from None
+                "float input; export it with torch.onnx.export and time it with ONNX Runtime "
+                "directly") from None
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         rec = (f"the model records {INPUT_SHAPE_ATTR} = {tuple(recorded)}" if recorded is not None
                else f"the model records no input shape ({INPUT_SHAPE_ATTR})")
@@ -336,6 +373,7 @@ def resolve_input_shape(module: nn.Module, input_shape: str | Sequence[int] | No
     else:
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         if recorded is None:
+            check_one_tensor_input(module, type(module).__name__)  # no shape would help
             raise DeployError(
                 "the model's input shape is unknown: pass --input-shape (e.g. --input-shape "
                 f"1,3,224,224; input_shape= in Python), or set model.{INPUT_SHAPE_ATTR} = "

@@ -986,6 +986,13 @@ def test_a_model_of_two_inputs_is_told_deploy_times_one(tmp_path):
                                           "single-input models"):
         deploy(TwoInputs(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
                progress=False, log=lambda s: None)
+    # break106 #2: without a shape it was first sent to --input-shape, then to an ONNX file
+    # of its own, which deploy refuses for the same reason
+    with pytest.raises(DeployError, match=r"takes 2 inputs .* or export it with torch.onnx.export "
+                                          r"and time it with ONNX Runtime directly") as info:
+        deploy(TwoInputs(), tmp_path / "out", backend="onnxruntime", progress=False,
+               log=lambda s: None)
+    assert "deploy that file" not in str(info.value)
 
 
     class KeywordOnly(nn.Module):  # break25 #13: the same wrong advice
@@ -1447,6 +1454,16 @@ def test_an_exported_program_or_an_onnx_file_under_another_name_is_named(tmp_pat
             err = capsys.readouterr().err
             assert said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_input_shape_larger_than_memory_is_one_line(tmp_path):
+    """break106 #1: the first allocation was caught, the probe's second one raised a traceback
+    ("can't allocate memory: you tried to allocate 119999997600000012 bytes"), exit 1."""
+    with pytest.raises(DeployError, match=r"^input shape \(1, 3, 99999999, 99999999\) needs .* GiB "
+                                          r"for one fp32 tensor, more than the .* GiB this machine "
+                                          r"has available; pass a smaller --input-shape$"):
+        deploy(nn.Conv2d(3, 4, 3), tmp_path / "out", input_shape=(1, 3, 99999999, 99999999),
+               backend="onnxruntime", progress=False, log=lambda s: None)
 
 
 def test_a_model_of_integer_input_is_not_told_to_change_the_shape(tmp_path):
