@@ -348,7 +348,7 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
                           threads=run_threads, iters=iters, warmup=warmup, versions=versions,
                           pruned=entries["model"], dense=entries.get("dense"),
                           params_counted="module parameters" if from_modules
-                          else "ONNX initializer elements")
+                          else "ONNX floating-point initializer elements")
     if backend == "tensorrt":  # the largest batch the engines take (from 1; a fixed-batch
         # ONNX: its one batch)
         report["engine_max_batch"] = int(max_batch or shape[0])
@@ -520,15 +520,18 @@ def _given_onnx(source: str, path: str, precision: str, log, accepted=None) -> d
             "external_data": external, "outputs": [o.name for o in m.graph.output]}
 
 
+#: initializer types counted as parameters: weights, not the integer constants an export
+#: keeps as initializers (a mean's axes, a reshape's shape: break106 #3 counted them)
+_WEIGHT_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"})
+
+
 def _onnx_params(path: str) -> int:
+    """The elements of the file's floating-point initializers (its weights)."""
+    import onnx
+
     m = read_onnx(path, load_external_data=True)
-    total = 0
-    for t in m.graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        total += n
-    return total
+    weights = {getattr(onnx.TensorProto, name) for name in _WEIGHT_TYPES}
+    return sum(math.prod(t.dims) for t in m.graph.initializer if t.data_type in weights)
 
 
 def _backend_diff(runner, module: nn.Module, shape) -> float:

@@ -536,9 +536,12 @@ def test_onnx_file_deploys_without_unpickling(tmp_path):
                     progress=False, log=lambda s: None)
     assert report["input_shape"] == list(SHAPE)  # read from the ONNX input (batch dim -> 1)
     assert report["cuda_version"] is None and report["cudnn_version"] is None  # a CPU run
-    # an ONNX file's params are its initializers' elements (BN is folded into the convs)
+    # an ONNX file's params are its weights' elements (BN is folded into the convs), not an
+    # integer constant's (break106 #3: a mean's axes counted)
     inits = onnx.load(onnx_path).graph.initializer
-    assert report["params"] == sum(int(np.prod(t.dims)) for t in inits) > 0
+    weights = [t for t in inits if t.data_type == onnx.TensorProto.FLOAT]
+    assert report["params"] == sum(int(np.prod(t.dims)) for t in weights) > 0
+    assert len(weights) < len(inits), "the export keeps an integer constant as an initializer"
     assert report["onnx"]["exporter"] == "given" and report["onnx_max_abs_diff"] is None
     assert (tmp_path / "out" / "model.onnx").read_bytes() == onnx_path.read_bytes()
 
@@ -1115,7 +1118,7 @@ def test_params_of_a_module_and_an_onnx_file_are_counted_the_same_way(tmp_path):
     export_onnx(net, SHAPE, tmp_path / "same.onnx", log=lambda s: None)
     report = deploy(net, tmp_path / "out", compare=str(tmp_path / "same.onnx"),
                     backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
-    assert report["params_counted"] == "ONNX initializer elements"
+    assert report["params_counted"] == "ONNX floating-point initializer elements"
     assert report["params"] == report["dense"]["params"] and report["params_ratio"] == 1.0
     assert "params (ONNX)" in format_table(report)
     report = deploy(net, tmp_path / "out2", compare=small_net(16), backend="onnxruntime",
