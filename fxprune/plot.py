@@ -379,7 +379,8 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             None if row.get("flops") is None else _not_negative(row["flops"], "flops", where),
             _latencies(row.get("latency_ms"), row.get("batch", batch), where),
             _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
-            None if std is None else _not_negative(std, "accuracy_std", where), source, panel,
+            # (break106 #5: 5, i.e. 500 points, was drawn, where accuracy itself is refused)
+            None if std is None else _number(std, "accuracy_std", where, fraction=True), source, panel,
             str(row.get("row") or row.get("method") or label).split("-")[0]))
         points[-1].timing = dict.fromkeys(points[-1].latency_ms, timing)
     if not points:

@@ -157,7 +157,8 @@ def test_runs_in_folders_of_one_name_are_told_apart_and_out_needs_its_folder(tmp
     ("bad_suffix", "must be a .png"),
     ("batch_with_flops", "FLOPs are per image"),
     ("batch_zero", "--batch must be a positive batch size"),
-    ("negative_std", "accuracy_std must not be negative"),
+    ("negative_std", "accuracy_std -0.01 is not a fraction in [0, 1]"),
+    ("std_in_points", "accuracy_std 5 is not a fraction in [0, 1]"),  # break106 #5
     ("negative_flops", "flops must not be negative"),
     ("twice", "is given twice"),
 ])
@@ -182,9 +183,10 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
     elif case == "percent":
         target = tmp_path / "b.json"
         target.write_text(json.dumps({"rows": [{"accuracy": 91.5, "flops": 1}]}))
-    elif case in ("negative_std", "negative_flops"):  # a matplotlib traceback before
+    elif case in ("negative_std", "std_in_points", "negative_flops"):  # a matplotlib traceback before
         target = tmp_path / "b.json"
-        bad = {"accuracy_std": -0.01} if case == "negative_std" else {"flops": -1}
+        bad = {"negative_std": {"accuracy_std": -0.01}, "std_in_points": {"accuracy_std": 5},
+               "negative_flops": {"flops": -1}}[case]
         target.write_text(json.dumps({"rows": [{"accuracy": 0.9, "flops": 1, **bad}]}))
     else:
         target = _run(tmp_path / "r", 0.9, 8e6)  # no deploy report: no latency
