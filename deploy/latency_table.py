@@ -585,6 +585,7 @@ class LatencyTable:
                 _check_axes(source, k, g, dense_in, dense_out)
             for pk, pts in data["points"].items():
                 table._points[pk] = {_parse_point(p): _milliseconds(ms) for p, ms in pts.items()}
+            _check_header_matches_timings(table, source)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DeployError(f"{source} is malformed ({type(exc).__name__}: {exc}); measure "
                               "the table again") from None
@@ -616,6 +617,21 @@ class LatencyTable:
         return (f"LatencyTable(backend={self.backend!r}, device={self.device!r}, "
                 f"threads={self.threads}, batch={self.batch}, dtype={self.dtype}, "
                 f"layers={len(self._grids)}, points={n})")
+
+
+def _check_header_matches_timings(table: "LatencyTable", source: str) -> None:
+    """DeployError when the batch or dtype a table's header records is not the one its layers
+    were timed at (every grid key names both): an edited or mixed file priced a float32
+    batch-1 model as "cast since" or "batch 8" (break106 #4)."""
+    for key in table._grids:
+        batch, _, rest = key.partition("|")
+        dtype = rest.rpartition("|")[0].rpartition(":")[2]
+        for what, recorded, timed in (("batch", table.batch, int(batch[1:])),
+                                      ("dtype", table.dtype, dtype)):
+            if recorded is not None and recorded != timed:
+                raise DeployError(f"{source} records {what} {recorded}, but its layers were timed "
+                                  f"at {what} {timed} (the file was edited or mixed); measure the "
+                                  f"table again, or set its {what} back to {timed}")
 
 
 def _is_count(value, low: int = 1) -> bool:

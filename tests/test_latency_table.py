@@ -710,6 +710,19 @@ def test_an_edited_tables_impossible_axes_and_settings_are_refused(tmp_path, edi
     assert LatencyTable.from_dict(_edited_table_dict(lambda d, g, dw: None)) is not None
 
 
+@pytest.mark.parametrize("field, value, timed", [("batch", 8, "1"), ("dtype", "float16", "float32")])
+def test_a_tables_header_that_contradicts_its_timings_is_refused_on_load(tmp_path, field, value, timed):
+    """break106 #4: a header edited to float16 (or batch 8) loaded, and pricing a float32
+    batch-1 model then said the model "was cast since" (or "is batch 8"): false of the model."""
+    data = _edited_table_dict(lambda d, g, dw: d.update({field: value}))
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DeployError, match=rf"records {field} {value}, but its layers were timed at "
+                                          rf"{field} {timed} \(the file was edited or mixed\); "
+                                          r"measure the table again"):
+        LatencyTable.load(path)
+
+
 def test_a_method_on_a_table_at_its_channel_step_saves_and_resumes_quietly():
     """break49 #6, break50 #3: state_dict() priced its half-width fingerprint at channel step 1,
     below a step-8 table's grid, and warned with advice the run already followed; a table that
