@@ -374,6 +374,40 @@ def test_a_second_pruner_over_one_in_its_run_is_warned_of():
         fxprune.CCP(pm, target=0.5)
 
 
+@pytest.mark.parametrize("method", ["SMCP", "CCP", "CUCB"])
+def test_step_twice_per_backward_is_said_once(method):
+    """break105 F8: step() twice per backward ran the schedules at double speed and counted
+    one gradient twice, unsaid. Loops that zero their gradients either way are not flagged."""
+    kwargs = {"SMCP": {"warmup": 2, "ramp": 8, "update_every": 2},
+              "CUCB": {"warmup": 2, "explore": 10, "execution": "masked"},
+              "CCP": {"collect": 4, "prune_at": 5}}[method]
+    for set_to_none in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pm = prepared()
+            pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+            opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+            for step in range(6):
+                x, y = data(seed=step)
+                loss = F.cross_entropy(pm(x), y)
+                loss.backward()
+                pruner.step(loss)
+                opt.step()
+                opt.zero_grad(set_to_none=set_to_none)
+    pm = prepared()
+    pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+    x, y = data()
+    loss = F.cross_entropy(pm(x), y)
+    loss.backward()
+    pruner.step(loss)
+    with pytest.warns(RuntimeWarning, match=rf"{method}.step\(\) at step 2 ran with no backward "
+                                            r"since the last step\(\)"):
+        pruner.step(loss)
+    with warnings.catch_warnings():  # said once
+        warnings.simplefilter("error", RuntimeWarning)
+        pruner.step(loss)
+
+
 def test_state_dict_resumes_to_identical_masks(tmp_path):
     def run(split_at=None):
         pm = prepared(seed=1)

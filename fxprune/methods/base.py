@@ -401,6 +401,23 @@ class PruningMethod:
                  "it over prepared.parameters() (if no optimizer step was meant yet, ignore this)",
                  RuntimeWarning)
 
+    def _check_backward_since_last_step(self) -> None:
+        """Say once when ``step()`` runs again with no backward since the last one (break105
+        F8: twice per iteration ran the schedule at double speed and counted one gradient
+        twice). Read from the first reader's gradient: the same tensor at the same version
+        counter as at the last step (host reads, no device sync). The tensor itself is held,
+        not its id, which a new gradient could take once the old one is freed."""
+        grad = self.consumers[0].param.grad if self.consumers else None
+        last = getattr(self, "_last_grad", None)
+        if (grad is not None and last is not None and grad is last[0] and grad._version == last[1]
+                and not getattr(self, "_said_no_backward", False)):
+            self._said_no_backward = True
+            warn(f"{type(self).__name__}.step() at step {self.step_count} ran with no backward "
+                 "since the last step(): the gradients are the last step's, so the schedule "
+                 "runs ahead of training and one gradient counts twice; call step() once per "
+                 "optimizer step, after loss.backward()", RuntimeWarning)
+        self._last_grad = None if grad is None else (grad, grad._version)
+
     def _restart_training_check(self) -> None:
         """Compare the weights from now on (a loaded state): the steps the state counts were
         trained before it was saved, and a decision at the first step after a resume came
