@@ -326,13 +326,13 @@ class PruningMethod:
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         return lo
 
-    def _warn_uniform_unused(self, method: str, rho: float, other_mode: str) -> None:
+    def _warn_uniform_unused(self, method: str, reached: float, other_mode: str) -> None:
         """Ratio mode under a cost target: say when the widest every-group-alike model within
-        it leaves more than :data:`UNIFORM_UNUSED_WARN` of the dense cost unused (coarse widths:
-        the next fraction up jumps past the target, 0.32 of dense for both 0.4 and 0.5)."""
+        it, which costs ``reached`` of dense (as the run allocates it), leaves more than
+        :data:`UNIFORM_UNUSED_WARN` of the dense cost unused (coarse widths: the next fraction
+        up jumps past the target, 0.32 of dense for both 0.4 and 0.5)."""
         from ..distributed import is_main_process
 
-        reached = self.budget.fraction(uniform_kept(self.index, rho, self.channel_step))
         if self.cost_target - reached > UNIFORM_UNUSED_WARN and is_main_process():  # once, not per rank
             warn(
                 f"{method}: with every group at the same fraction of its channels, the widest "

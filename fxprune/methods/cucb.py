@@ -75,7 +75,7 @@ from torch.utils import _pytree as pytree
 
 from .. import distributed as fxdist
 from ..errors import warn
-from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
+from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options, uniform_kept
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through
@@ -189,7 +189,9 @@ class CUCB(PruningMethod):
         #: selection held to the target exactly
         self.rho = float(rho) if rho is not None else self._fitting_rho(self.cost_target)
         if rho is None and mode == "ratio":
-            self._warn_uniform_unused("CUCB", self.rho, "mode='budget'")
+            self._warn_uniform_unused(
+                "CUCB", self.budget.fraction(uniform_kept(self.index, self.rho, self.channel_step)),
+                "mode='budget'")
         # plain ints: a state holding numpy ones does not load with weights_only=True
         self.warmup, self.explore = int(warmup), None if explore is None else int(explore)
         self.selection = selection
