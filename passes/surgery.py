@@ -277,24 +277,27 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | No
 
 
 def inputs_for(model: nn.Module, inputs: tuple) -> tuple:
-    """``inputs`` moved to ``model``'s device, floating tensors of a dtype none of its
-    parameters or buffers hold cast to the one most of them hold.
+    """``inputs`` moved to ``model``'s device; a floating tensor of neither the dtype of the
+    model's first floating tensor nor the one most of its elements hold is cast to the first's.
 
     The example inputs stored at ``prepare`` stay where they were given (usually the CPU, in
     float32); the model may since have moved to a GPU or been cast to float64/bfloat16, and
     every stored-input run (finalize's check, FLOPs counting, summary) must follow it. An input
-    of a dtype the model holds is kept (break104 F1: a bfloat16 model with a float32 input
-    scale had its bfloat16 example cast to float32, which its convs refused).
+    of the dtype most of the model holds is kept (break104 F1: a bfloat16 model with a float32
+    input scale first had its bfloat16 example cast to float32, which its convs refused); one
+    of another dtype still goes to the first tensor's, which its first layer usually reads (a
+    float32 example of a bfloat16 model whose norms stay float32: review108 F1).
     Integer inputs (token ids) keep their dtype. Always copies: a forward that writes into its
     input (``x.mul_(2)``, an in-place normalisation) changes the copy, not the stored example
     (finalize's check then compared two runs on different inputs and blamed randomness).
     """
-    device = model_device_dtype(model)[0]
-    dtypes = floating_dtypes(model)
+    device, most = model_device_dtype(model)
+    tensors = [*model.parameters(), *model.buffers()]
+    first = next((t.dtype for t in tensors if t.is_floating_point()), None)
 
     def move(t):
-        if t.is_floating_point() and dtypes and t.dtype not in dtypes:
-            return t.to(device=device, dtype=next(iter(dtypes)), copy=True)
+        if t.is_floating_point() and first is not None and t.dtype not in (first, most):
+            return t.to(device=device, dtype=first, copy=True)
         return t.to(device, copy=True)
 
     return map_tensors(tuple(inputs), move)

@@ -201,6 +201,22 @@ def test_a_mixed_precision_model_runs_its_example_inputs_as_given():
     assert max_relative_error(run_eval(pm, (y,)), run_eval(small, (y,))) <= 5e-2
 
 
+def test_a_float32_example_reaches_a_bfloat16_model_whose_norms_stay_float32_as_bfloat16():
+    """review108 F1: the rule above, first written as "keep a dtype the model holds", kept a
+    float32 example for a bfloat16 model with float32 norms (apex O2's keep_batchnorm_fp32),
+    and summary and finalize failed on the bfloat16 conv it reached."""
+    torch.manual_seed(0)
+    pm = prepared()  # float32, its example float32
+    pm.to(torch.bfloat16)
+    for m in pm.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.float()
+    fxprune.summary(pm)
+    random_masks(pm, 0.5)
+    assert fxprune.finalize(pm).get_submodule(next(
+        n for n, m in pm.named_modules() if isinstance(m, nn.Conv2d))).weight.dtype == torch.bfloat16
+
+
 def test_step_copies_nothing_to_the_host_between_updates(monkeypatch):
     """SMCP.step() outside update steps reads no mask off the device (on a GPU every such
     read waits for all queued work)."""
