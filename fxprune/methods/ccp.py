@@ -763,8 +763,10 @@ class CCP(PruningMethod):
         if self.stats.taps.closed and self.step_count < self.prune_steps()[-1]:
             # this pruner's last round (or finalize_masks) removed its taps: a state from
             # before it collects again (break105 F1: the redone round ran on 16 of 24 samples)
+            grad_scale = self.grad_scale  # (review108 F6: a trainer's setting, not the state's)
             self._close()
             self._open(self.stats.taps.loss_reduction)
+            self.grad_scale = grad_scale
         self.stats.load_state_dict(state["stats"])
         # rank 0's state holds every process's sums (sync_state): the others start from none.
         # Before init_process_group the launcher's RANK says which process this is (a CCP
@@ -784,3 +786,4 @@ class CCP(PruningMethod):
         self._set_collecting(self._collecting(self.step_count + 1))
         if self.step_count >= self.prune_steps()[-1]:
             self._close()
+        self._restart_training_check()  # (review108 F2: as SMCP's and CUCB's)
