@@ -396,6 +396,21 @@ def test_step_twice_per_backward_is_said_once(method):
                 pruner.step(loss)
                 opt.step()
                 opt.zero_grad(set_to_none=set_to_none)
+    with warnings.catch_warnings():  # review108 F4: a first reader frozen, its stale gradient kept
+        warnings.filterwarnings("error", message=".*no backward since")
+        pm = prepared()
+        pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
+        opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+        for step in range(6):
+            if step == 2:
+                pm.get_submodule(pruner.consumers[0].module).requires_grad_(False)
+                opt = torch.optim.SGD([p for p in pm.parameters() if p.requires_grad], lr=0.05)
+            opt.zero_grad()
+            x, y = data(seed=step)
+            loss = F.cross_entropy(pm(x), y)
+            loss.backward()
+            pruner.step(loss)
+            opt.step()
     pm = prepared()
     pruner = getattr(fxprune, method)(pm, target=0.5, **kwargs)
     x, y = data()

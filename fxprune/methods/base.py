@@ -404,19 +404,23 @@ class PruningMethod:
     def _check_backward_since_last_step(self) -> None:
         """Say once when ``step()`` runs again with no backward since the last one (break105
         F8: twice per iteration ran the schedule at double speed and counted one gradient
-        twice). Read from the first reader's gradient: the same tensor at the same version
-        counter as at the last step (host reads, no device sync). The tensor itself is held,
-        not its id, which a new gradient could take once the old one is freed."""
-        grad = self.consumers[0].param.grad if self.consumers else None
-        last = getattr(self, "_last_grad", None)
-        if (grad is not None and last is not None and grad is last[0] and grad._version == last[1]
+        twice): every reader's gradient is the same tensor, at the same version counter, as at
+        the last step (host reads, no device sync). Weak references: no gradient is kept alive,
+        and a freed one never matches a new one. All readers, not the first alone: a frozen
+        layer keeps its last gradient while the others train (review108 F4)."""
+        marks = [(weakref.ref(c.param.grad), c.param.grad._version)
+                 for c in self.consumers if c.param.grad is not None]
+        last = getattr(self, "_last_grads", None)
+        if (marks and last is not None and len(last) == len(marks)
+                and all(a() is not None and a() is b() and va == vb
+                        for (a, va), (b, vb) in zip(marks, last))
                 and not getattr(self, "_said_no_backward", False)):
             self._said_no_backward = True
             warn(f"{type(self).__name__}.step() at step {self.step_count} ran with no backward "
                  "since the last step(): the gradients are the last step's, so the schedule "
                  "runs ahead of training and one gradient counts twice; call step() once per "
                  "optimizer step, after loss.backward()", RuntimeWarning)
-        self._last_grad = None if grad is None else (grad, grad._version)
+        self._last_grads = marks
 
     def _restart_training_check(self) -> None:
         """Compare the weights from now on (a loaded state): the steps the state counts were
