@@ -402,6 +402,27 @@ def test_a_fit_shorter_than_cucb_s_warmup_is_said_at_its_start(tmp_path):
     assert any("in its warm-up: the fit was shorter than its warmup" in m for m in messages)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """Samples of no known count: Lightning estimates the fit's steps as -1."""
+
+    def __iter__(self):
+        data = dataset()
+        return iter(zip(*data.tensors))
+
+
+def test_a_fit_of_unknown_length_is_not_called_shorter_than_the_warmup(tmp_path):
+    """review108 F3: an estimate of -1 steps was "fewer than cucb's warmup", and the end said
+    "in its warm-up" at step 8 with warmup 2."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    with pytest.warns(RuntimeWarning) as said:
+        trainer(tmp_path, 2, [prune, ckpt]).fit(Classifier(), DataLoader(_Stream(), batch_size=BATCH))
+    messages = [str(w.message) for w in said]
+    assert not any("estimated optimizer steps are fewer" in m or "in its warm-up" in m
+                   for m in messages), messages
+    assert any("with no explore step: Lightning did not know the fit's length" in m for m in messages)
+
+
 def test_refitting_a_callback_from_an_earlier_checkpoint_resumes_the_checkpoints_method(tmp_path):
     """break33 #3: the refit loaded the checkpoint, then on_fit_start put back where the first
     fit had ended (pruner at step 12 after a resume from step 4)."""

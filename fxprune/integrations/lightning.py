@@ -40,12 +40,13 @@ are not supported: the method reads whole weights and their gradients.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -245,7 +246,8 @@ class PruningCallback(pl.Callback):
                 and math.isfinite(total) and isinstance(warmup, int)):
             if total >= warmup:
                 kwargs["explore"] = int(total)
-            elif trainer is not None and trainer.is_global_zero:
+            elif total > 0 and trainer is not None and trainer.is_global_zero:  # (-1: unknown,
+                # a loader of no length: review108 F3)
                 # (break107 F3: said at the end as "before its explore step None: early stopping")
                 warnings.warn(
                     f"the fit's {int(total)} estimated optimizer steps are fewer than "
@@ -319,30 +321,38 @@ class PruningCallback(pl.Callback):
         finally:
             if warns is not None:
                 self.pruner.warn_above_target = warns
+        # rank 0's own warnings are said inside its try below: one made an error there
+        # (-W error) before the barrier left the other ranks waiting (review108 F9)
+        said: list[Callable[[], None]] = []
         if changed:
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)
             saved = [path for cb in trainer.checkpoint_callbacks
                      for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
                      if path]
             if saved and trainer.is_global_zero:  # break34 #3: early stopping, max_time
-                warnings.warn(
+                said.append(functools.partial(
+                    warnings.warn,
                     f"{type(self.pruner).__name__}'s final selection came at the end of the fit "
                     f"(step {self.pruner.step_count}, "
                     + (f"before its explore step {self.pruner.explore}: early stopping, max_time, "
                        "fewer optimizer steps than Lightning estimated, or an explore past the "
                        "fit" if getattr(self.pruner, "explore", None) is not None else
-                       "in its warm-up: the fit was shorter than its warmup")
+                       # (review108 F3: a fit of unknown length has no explore step either)
+                       "in its warm-up: the fit was shorter than its warmup"
+                       if self.pruner.step_count <= getattr(self.pruner, "warmup", 0) else
+                       "with no explore step: Lightning did not know the fit's length")
                     + "), "
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
-                    "now saves one that is", RuntimeWarning, stacklevel=2)
+                    "now saves one that is", RuntimeWarning, stacklevel=2))
         target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
         above = isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
         if above and self.allow_above_target and trainer.is_global_zero:
             # kept as allowed, but said (break54 #10: the method's own warning is off here)
-            warn(f"the fit ended at step {self.pruner.step_count} with the model at cost "
-                 f"{cost:.4f} of dense, above the target {float(target):.4f}; kept "
-                 "(allow_above_target=True)", RuntimeWarning)
+            said.append(functools.partial(
+                warn, f"the fit ended at step {self.pruner.step_count} with the model at cost "
+                f"{cost:.4f} of dense, above the target {float(target):.4f}; kept "
+                "(allow_above_target=True)", RuntimeWarning))
         if above and not self.allow_above_target:  # every rank: the masks are rank 0's
             from fxprune.errors import TargetNotReachedError
 
@@ -359,6 +369,8 @@ class PruningCallback(pl.Callback):
             trainer.strategy.barrier("fxprune_finalized")
             return
         try:
+            for say in said:
+                say()
             self.finalized = fxprune.finalize(self.prepared)
             if self.save_path is not None:
                 self.save_path.parent.mkdir(parents=True, exist_ok=True)
