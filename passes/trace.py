@@ -603,7 +603,8 @@ def _attributes_set_while_tracing(model: nn.Module, traced: nn.Module) -> list[s
                 continue
             was = before.get(attr, _MISSING)
             if traced_value(now) or (isinstance(now, (bool, int, float, str)) and was is not _MISSING
-                                     and type(was) is type(now) and was != now):
+                                     and type(was) is type(now) and was != now
+                                     and not (was != was and now != now)):  # NaN (review108 F7)
                 out.append(f"{path}.{attr}" if path else attr)
     return out
 
