@@ -703,7 +703,7 @@ def _check_prune(prune: dict, optim: dict) -> None:
                          + f": remove {it}, or choose the method that has {it}")
         drop = " ".join(f"--set '~prune.{k}'" for k in dict.fromkeys(extra + clash + fixed))
         # (break102 F4: for a key a --set gave, the way out is to drop that --set, said above)
-        raise ConfigError("; ".join(parts) + f" (a key the recipe holds, on the command line: {drop})"
+        raise ConfigError("; ".join(parts) + f" (a recipe's keys are removed on the command line: {drop})"
                           + (f"; it sets its arguments {', '.join(sets_itself)}" if clash else ""))
     for key, value in prune.items():
         rule = keys.get(key)

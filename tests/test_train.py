@@ -713,7 +713,7 @@ def test_a_target_below_the_cheapest_model_is_not_blamed_on_the_runs_length():
 
     pm = fxprune.prepare(build_model("resnet_fmnist", widths=[8, 8, 8]), (torch.randn(1, 1, 28, 28),))
     cfg = resolve_config({**TINY, "optim": {"epochs": 1},
-                          "prune": {**FRACTION_SCHEDULE, "channel_step": 8, "target": 0.2}})
+                          "prune": {**FRACTION_SCHEDULE, "channel_step": 4, "target": 0.1}})
     with pytest.raises(ConfigError) as info:
         make_pruner(pm, cfg["prune"], steps_per_epoch=4, epochs=1)
     assert "below the narrowest model" in str(info.value)

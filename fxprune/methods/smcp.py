@@ -60,6 +60,7 @@ same fraction instead of the global knapsack).
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -190,9 +191,10 @@ class SMCP(PruningMethod):
             raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
         if allocation not in ("knapsack", "uniform"):
             raise ValueError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
-        given = [f"{k}={v!r}" for k, v, default in (
-            ("warmup", warmup, 0), ("ramp", ramp, 1000), ("update_every", update_every, 100),
-            ("freeze_after", freeze_after, None), ("ramp_shape", ramp_shape, "exp")) if v != default]
+        defaults = inspect.signature(SMCP.__init__).parameters  # (not copied by hand: review108 F11)
+        given = [f"{k}={v!r}" for k, v in (
+            ("warmup", warmup), ("ramp", ramp), ("update_every", update_every),
+            ("freeze_after", freeze_after), ("ramp_shape", ramp_shape)) if v != defaults[k].default]
         if schedule is not None and given:  # (break105 F2: they were dropped without a word)
             raise ValueError(f"schedule= replaces warmup, ramp, update_every, freeze_after and "
                              f"ramp_shape, but {', '.join(given)} was given too: pass the "
