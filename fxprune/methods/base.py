@@ -401,6 +401,25 @@ class PruningMethod:
                  "it over prepared.parameters() (if no optimizer step was meant yet, ignore this)",
                  RuntimeWarning)
 
+    def _check_step_call(self) -> None:
+        """At each ``step()``: this pruner is the model's latest (:meth:`_check_superseded`),
+        and a backward ran since the last step (:meth:`_check_backward_since_last_step`)."""
+        self._check_superseded()
+        self._check_backward_since_last_step()
+
+    def _check_superseded(self) -> None:
+        """Say once when this pruner steps after a newer one was built on its model (break105
+        F9: two SMCPs stepping one model both wrote its masks, and the first then blamed its
+        schedule). Said at the step, not when the newer one is built: rebuilding a pruner and
+        loading a state into it, the usual resume, leaves the old one unstepped (break109 F3)."""
+        latest = latest_pruner(self.prepared)
+        if latest is not None and latest is not self and not getattr(self, "_said_superseded", False):
+            self._said_superseded = True
+            warn(f"{type(self).__name__}.step() at step {self.step_count}: a {type(latest).__name__} "
+                 "pruner was built on this model after this one, and both write its masks; step "
+                 "only the newer one (call this one's finalize_masks() and stop stepping it, or "
+                 "build no second pruner)", RuntimeWarning)
+
     def _check_backward_since_last_step(self) -> None:
         """Say once when ``step()`` runs again with no backward since the last one (break105
         F8: twice per iteration ran the schedule at double speed and counted one gradient
@@ -469,13 +488,6 @@ class PruningMethod:
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
         self.prepared, self.channel_step = prepared, int(channel_step)
-        earlier = latest_pruner(prepared)
-        unfinished = getattr(earlier, "masks_not_final", lambda: None)()
-        if unfinished:  # (break105 F9: both wrote the masks; the first then blamed its schedule)
-            warn(f"{type(self).__name__}: the model has a {type(earlier).__name__} pruner in its "
-                 f"run (at step {earlier.step_count}: {unfinished}); both write the same masks, "
-                 "so step only this one from now on (call the earlier one's finalize_masks() "
-                 "first if its run is over)", RuntimeWarning)
         if close_live_taps(prepared):
             warn(f"{type(self).__name__}: the model carries the activation taps of an earlier "
                  "pruner (CCP, or SMCP with importance='activation') that has not finished, "

@@ -477,7 +477,7 @@ class CCP(PruningMethod):
         the scheduled steps. The taps for the next batch switch on one step ahead."""
         self._settle_rank()
         self.step_count += 1
-        self._check_backward_since_last_step()
+        self._check_step_call()
         if self._collecting(self.step_count):
             if self.scaler is not None and self.scaler.is_enabled():
                 # collection steps only (a host read each): the scale this backward ran at

@@ -289,7 +289,7 @@ class CUCB(PruningMethod):
         """After ``loss.backward()``: reward the active channels, pick the next active set.
         Returns a record at the final selection, else None."""
         self.step_count += 1
-        self._check_backward_since_last_step()
+        self._check_step_call()
         if self.final:
             return None
         if not self._loop_checked and self.gathered is not None:

@@ -239,7 +239,7 @@ class SMCP(PruningMethod):
         record when masks were re-solved at this step, else None. (``loss`` is not needed: the
         importance comes from the weights' gradients.)"""
         self.step_count += 1
-        self._check_backward_since_last_step()
+        self._check_step_call()
         if self._recalibrating:  # this step's forward went into the BN averages
             self._recalibrating -= 1
         observing = self._observing(self.step_count)
