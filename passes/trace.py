@@ -292,6 +292,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             if called is None:
                 called = _layers_reached(graph)
             updated = _updated_while_tracing(model, root, graph)
+            _restore_assigned_buffers(model, root)
             # the other mode's traces are thrown away: their copies hold root's tensors
             found = mode_dependence(root, graph, lambda: _Tracer(leaf_types, names, rules, fixed),
                                     lambda: copy_model(model, tensors_of=root), tracer.called)
@@ -562,6 +563,19 @@ def _restore_parameters(model: nn.Module, traced: nn.Module) -> list[str]:
         for name in changed:
             after[name].copy_(before[name])
     return changed
+
+
+def _restore_assigned_buffers(model: nn.Module, traced: nn.Module) -> None:
+    """Give back ``model``'s value (a copy) to each buffer of ``traced`` (a copy of ``model``)
+    that tracing left holding a proxy: ``self.seen += x.shape[0]`` in the model's own forward
+    (warned of) put the proxy in the prepared and finalized models, which then could not be
+    saved, and the mode check's copy failed on it (break109 F5)."""
+    originals = dict(model.named_buffers())
+    for name, value in list(traced.named_buffers()):
+        if not isinstance(value, torch.Tensor) and name in originals:
+            owner, _, leaf = name.rpartition(".")
+            module = traced.get_submodule(owner) if owner else traced
+            module._buffers[leaf] = originals[name].detach().clone()
 
 
 def _changed(before: dict, after: dict) -> list[str]:

@@ -215,6 +215,43 @@ def test_a_buffer_assigned_in_forward_is_one_op_not_a_crash():
     _kept_whole_and_live(Reassigned(), "assigns the buffer mu a value computed from its input")
 
 
+class CountsImages(nn.Module):
+    """Counts the images it has seen in a buffer, in its own forward."""
+
+    def __init__(self, in_place: bool):
+        super().__init__()
+        self.in_place = in_place
+        self.a, self.c = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        if self.in_place:
+            self.seen += x.shape[0]
+        else:
+            self.seen = self.seen + x.shape[0]
+        return self.c(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_buffer_the_models_own_forward_assigns_leaves_no_proxy_behind(in_place):
+    """break109 F5: `self.seen += x.shape[0]` in the root forward left a torch.fx proxy as the
+    prepared (and finalized) model's buffer: torch.save failed with "cannot pickle 'module'
+    object", the buffer left the state_dict, and the mode check failed on it with a false
+    warning about self.training."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        pm = fxprune.prepare(CountsImages(in_place), (torch.randn(1, 3, 8, 8),))
+    messages = [str(w.message) for w in said]
+    assert any("forward" in m and "the buffer seen" in m for m in messages), messages
+    assert not any("mode flipped" in m for m in messages), messages
+    assert isinstance(pm.seen, torch.Tensor) and "seen" in pm.state_dict()
+    torch.save(pm, io.BytesIO())
+    fxprune.channel_groups(pm)[0].mask[:4] = 0
+    small = fxprune.finalize(pm)
+    torch.save(small, io.BytesIO())
+    assert "seen" in small.state_dict()
+
+
 class KeepsFeatures(nn.Module):
     """Stores a feature map (for a feature loss, Grad-CAM) and counts its calls in forward."""
 
