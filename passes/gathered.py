@@ -487,7 +487,7 @@ class GatheredModule(nn.Module):
             expected = run_eval(prepared, inputs)
             try:  # torch.fx prints its "<--- HERE" block for a failing call: the reason is ours
                 with contextlib.redirect_stderr(io.StringIO()):
-                    got = run_eval(self, inputs)
+                    got = run_eval(self, inputs, inputs_like=prepared)
             except Exception as e:  # noqa: BLE001 - any failure of the narrower graph: fall back
                 # e.g. a channel-sized buffer read whole, a split by a literal channel count
                 # (CSP blocks: an IndexError, break34 #1)

@@ -336,11 +336,12 @@ def ieee_float32():
             torch.backends.cuda.matmul.fp32_precision = new[1]
 
 
-def run_eval(model: nn.Module, inputs: tuple):
+def run_eval(model: nn.Module, inputs: tuple, *, inputs_like: nn.Module | None = None):
     """Run ``model`` in eval mode without grad, in IEEE float32 (:func:`ieee_float32`), on
     ``inputs`` moved to the model's device and floating dtype (:func:`inputs_for`), then
     restore every module's mode and every buffer (a check is not a training step:
-    :func:`restoring_buffers`)."""
+    :func:`restoring_buffers`). ``inputs_like``: the model whose device and dtypes the inputs
+    follow instead (a gathered network that holds few tensors of its own: break109 F1)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     device = model_device_dtype(model)[0]
@@ -351,7 +352,7 @@ def run_eval(model: nn.Module, inputs: tuple):
     plain = torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext()
     try:
         with torch.no_grad(), plain, ieee_float32(), restoring_buffers(model):
-            return model(*inputs_for(model, inputs))
+            return model(*inputs_for(model if inputs_like is None else inputs_like, inputs))
     finally:
         for m, training in modes.items():
             m.training = training

@@ -2,10 +2,13 @@
 full-width network, and inactive weights, optimizer state and BN statistics untouched."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import fxprune
 from fxprune.masks import _InputMasked, set_straight_through
@@ -557,3 +560,30 @@ def test_hard_masks_stop_the_gradient_through_functional_layers_too(method):
     F.cross_entropy(pm(x), y).backward()
     through = pm.get_parameter("head.weight").grad[:, :3]
     assert bool((through != 0).any()) is (method == "smcp")
+
+
+class _ScaledHead(nn.Module):
+    """A bfloat16 net whose output scale stays float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 10)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        f = torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3))
+        return self.fc(f) * self.scale.to(f.dtype)
+
+
+def test_a_bfloat16_model_with_a_float32_parameter_runs_gathered():
+    """break109 F1: the gathered network's check cast the bfloat16 example to the dtype of the
+    one tensor it holds itself (the float32 scale), failed on a bfloat16 conv, and CUCB fell
+    back to masked execution, blaming an op it cannot gather."""
+    torch.manual_seed(0)
+    net = _ScaledHead().to(torch.bfloat16)
+    net.scale.data = net.scale.data.float()
+    pm = fxprune.prepare(net, (torch.randn(1, 3, 8, 8, dtype=torch.bfloat16),))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gathered execution unavailable")
+        pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10)
+    assert pruner.execution == "gathered"
