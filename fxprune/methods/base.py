@@ -398,7 +398,8 @@ class PruningMethod:
                  f"{steps} steps since the pruner was {self._untrained_from}, though gradients reached "
                  "them: is the optimizer over the prepared model's parameters? prepare() works on "
                  "a copy of the model, so an optimizer built before it steps the original; build "
-                 "it over prepared.parameters() (if no optimizer step was meant yet, ignore this)",
+                 "it over prepared.parameters() (if no optimizer step was meant yet, or a loss scaler "
+                 "skipped every step for overflowed gradients, ignore this)",
                  RuntimeWarning)
 
     def _check_step_call(self) -> None:
