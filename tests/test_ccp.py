@@ -17,7 +17,7 @@ from fxprune.methods.ccp import (CCP, best_subsets, keep_form, objective, predic
                                  solve, solve_exhaustive)
 from fxprune.units import UnitIndex, consumer_weights
 
-from test_smcp import data, prepared
+from test_smcp import data, prepared, train
 
 
 def random_instance(n, seed, samples=None):
@@ -399,21 +399,11 @@ def test_ccp_rewound_in_place_after_its_round_collects_again_and_repeats_it():
     and kept other channels, without a word. The taps open again for a state before it."""
     import copy
 
-    def steps(pm, pruner, opt, seeds):
-        for seed in seeds:
-            x, y = data(seed=seed)
-            loss = F.cross_entropy(pm(x), y)
-            loss.backward()
-            pruner.step(loss)
-            opt.step()
-            opt.zero_grad()
-
     pm = prepared(seed=2)
     pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, prune_at=4, channel_step=4)
-    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
-    steps(pm, pruner, opt, range(3))
+    opt = train(pm, pruner, 3)
     saved = copy.deepcopy((pruner.state_dict(), pm.state_dict(), opt.state_dict()))
-    steps(pm, pruner, opt, range(3, 6))
+    train(pm, pruner, 3, seed=1, optimizer=opt)
     assert pruner.stats.taps.closed
     first = (pruner.history[-1]["samples"], pruner.index.masks(pm))
     pm.load_state_dict(saved[1])
@@ -422,7 +412,7 @@ def test_ccp_rewound_in_place_after_its_round_collects_again_and_repeats_it():
     pruner.load_state_dict(saved[0])
     assert not pruner.stats.taps.closed and pruner.grad_scale == 1.0
     pruner.grad_scale = None
-    steps(pm, pruner, opt, range(3, 6))
+    train(pm, pruner, 3, seed=1, optimizer=opt)
     assert pruner.history[-1]["samples"] == first[0]
     assert torch.equal(pruner.index.masks(pm), first[1])
 
@@ -829,8 +819,6 @@ def test_a_reader_of_a_frozen_layers_output_still_counts():
 def test_a_state_of_one_process_inside_a_collection_window_is_warned_of():
     """break31 #1: under several processes a mid-collection state_dict held rank 0's samples
     only; sync_state() sums them first, and without it state_dict says so."""
-    from test_smcp import train
-
     pm = prepared()
     pruner = CCP(pm, ratio=0.5, collect=4, prune_at=6, channel_step=4,
                  reduce_fn=lambda t: t)  # a one-process stand-in for the all-reduce
@@ -850,8 +838,6 @@ def test_a_state_of_one_process_inside_a_collection_window_is_warned_of():
 def test_a_state_loaded_before_the_process_group_exists_lives_on_rank_0_only(monkeypatch):
     """break34 #5: loaded before init_process_group, rank 1 kept rank 0's summed statistics and
     the first decision counted them twice."""
-    from test_smcp import train
-
     pm = prepared()
     pruner = CCP(pm, ratio=0.5, collect=4, prune_at=6, channel_step=4, reduce_fn=lambda t: t)
     train(pm, pruner, 4)
@@ -867,7 +853,6 @@ def test_a_state_loaded_before_the_process_group_exists_lives_on_rank_0_only(mon
     # created after the load, says at the first step which rank keeps the sums
     monkeypatch.delenv("RANK"), monkeypatch.delenv("WORLD_SIZE")
     import fxprune.distributed as fxdist
-    from test_smcp import data
 
     for rank, samples in ((0, 32 + 8), (1, 8)):
         pm = prepared()
