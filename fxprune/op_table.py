@@ -174,7 +174,7 @@ for _f in (
     torch.log1p, torch.expm1, torch.sign, torch.sgn, torch.nan_to_num, torch.erfc,
     torch.log2, torch.log10, torch.exp2, torch.floor, torch.ceil, torch.round, torch.trunc,
     torch.frac, torch.sinh, torch.cosh, torch.atan, torch.asin, torch.acos, torch.tan,
-    torch.logit, torch.hardshrink,
+    torch.logit,
     # torch's in-place functions (torch.sigmoid_(x): x.sigmoid_() had a row, this not)
     *(getattr(torch, name) for name in (
         "sigmoid_", "tanh_", "exp_", "clamp_", "clip_", "abs_", "square_", "neg_", "sqrt_",

@@ -333,15 +333,7 @@ class PruningCallback(pl.Callback):
                 said.append(functools.partial(
                     warnings.warn,
                     f"{type(self.pruner).__name__}'s final selection came at the end of the fit "
-                    f"(step {self.pruner.step_count}, "
-                    + (f"before its explore step {self.pruner.explore}: early stopping, max_time, "
-                       "fewer optimizer steps than Lightning estimated, or an explore past the "
-                       "fit" if getattr(self.pruner, "explore", None) is not None else
-                       # (review108 F3: a fit of unknown length has no explore step either)
-                       "in its warm-up: the fit was shorter than its warmup"
-                       if self.pruner.step_count <= getattr(self.pruner, "warmup", 0) else
-                       "with no explore step: Lightning did not know the fit's length")
-                    + "), "
+                    f"(step {self.pruner.step_count}, {self._why_pick_at_end()}), "
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
                     "now saves one that is", RuntimeWarning, stacklevel=2))
@@ -377,6 +369,17 @@ class PruningCallback(pl.Callback):
                 atomic_torch_save(self.finalized, self.save_path)
         finally:
             trainer.strategy.barrier("fxprune_finalized")
+
+    def _why_pick_at_end(self) -> str:
+        """Why the method's final pick came at the end of the fit, not at its explore step."""
+        explore = getattr(self.pruner, "explore", None)
+        if explore is not None:
+            return (f"before its explore step {explore}: early stopping, max_time, fewer "
+                    "optimizer steps than Lightning estimated, or an explore past the fit")
+        if self.pruner.step_count <= getattr(self.pruner, "warmup", 0):
+            return "in its warm-up: the fit was shorter than its warmup"
+        # (review108 F3: a fit of unknown length has no explore step either)
+        return "with no explore step: Lightning did not know the fit's length"
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
