@@ -127,6 +127,33 @@ def _warn_masks_not_final(prepared: fx.GraphModule) -> None:
              f"{name}.finalize_masks() after the last step, then finalize", RuntimeWarning)
 
 
+_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _plain_batchnorm_again(prepared: fx.GraphModule, pruned: fx.GraphModule) -> None:
+    """Give ``pruned`` back the plain BatchNorm layers that became ``nn.SyncBatchNorm`` after
+    ``prepare`` (``nn.SyncBatchNorm.convert_sync_batchnorm`` for DDP training, or Lightning's
+    ``sync_batchnorm=True``), sharing their tensors: in eval mode both compute the same, and
+    the model ships with no need of a process group (review108 F5: the warning's way out,
+    ``use_sync_batchnorm``'s undo, was not the user's to take under Lightning). A layer that
+    was already a SyncBatchNorm when traced is the user's choice and stays."""
+    traced = {}  # module path -> its class when prepare traced it (torch.fx's nn_module_stack)
+    for node in prepared.graph.nodes:
+        if node.op == "call_module":
+            for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+                traced.setdefault(path, cls)
+    for name, layer in list(pruned.named_modules()):
+        cls = traced.get(name)
+        if not isinstance(layer, nn.SyncBatchNorm) or cls not in _PLAIN_BATCHNORM:
+            continue
+        plain = cls(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                    layer.track_running_stats, device="meta")
+        plain._parameters, plain._buffers = dict(layer._parameters), dict(layer._buffers)  # shared
+        plain.train(layer.training)
+        parent, _, leaf = name.rpartition(".")
+        setattr(pruned.get_submodule(parent) if parent else pruned, leaf, plain)
+
+
 def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None = None) -> fx.GraphModule:
     """Remove every channel whose mask is 0 and return a smaller plain model.
 
@@ -147,7 +174,9 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
     warned of: see :func:`copy_masks`; so is a finalize that removes nothing (no mask is 0),
     and one whose latest pruner (still alive) has not made its final selection: a loop that
-    skipped ``pruner.finalize_masks()`` (RuntimeWarning).
+    skipped ``pruner.finalize_masks()`` (RuntimeWarning). A BatchNorm that became an
+    ``nn.SyncBatchNorm`` after ``prepare`` (converted for DDP training) is its traced class
+    again in the result; one that was a SyncBatchNorm when traced stays one, with a warning.
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
         if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
@@ -158,6 +187,7 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
         _warn_fractional_masks(prepared)
         _warn_masks_not_final(prepared)
         pruned = remove_channels(prepared)
+        _plain_batchnorm_again(prepared, pruned)
         synced = [n for n, m in pruned.named_modules() if isinstance(m, nn.SyncBatchNorm)]
         if synced:  # (break107 F5: kept silently; it trains only inside a process group)
             warn(f"finalize: the pruned model holds nn.SyncBatchNorm ({synced[0]}"

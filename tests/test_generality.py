@@ -1152,6 +1152,36 @@ def test_a_model_converted_to_sync_batch_norm_prunes_as_with_batch_norm():
     assert small.get_submodule("1").num_features == fxprune.channel_groups(pm)[0].kept
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_batch_norm_converted_to_sync_after_prepare_comes_back_plain(dims):
+    """review108 F5: Lightning's sync_batchnorm=True converts the prepared model's norms for the
+    fit and reverts them after PruningCallback finalized; the finalized model kept SyncBatchNorm
+    and the warning's way out was not the user's. Each becomes the class prepare traced again,
+    sharing the trained tensors; the finalized model is exact and no warning is said."""
+    conv, norm = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d),
+                  3: (nn.Conv3d, nn.BatchNorm3d)}[dims]
+    model = nn.Sequential(conv(3, 8, 3, padding=1), norm(8), nn.ReLU(), conv(8, 4, 1))
+    x = torch.randn(2, 3, *[5] * dims)
+    pm = fxprune.prepare(model, (x,))
+    nn.SyncBatchNorm.convert_sync_batchnorm(pm)  # what the DDP strategy does before the fit
+    synced = pm.get_submodule("1")
+    assert isinstance(synced, nn.SyncBatchNorm)
+    with torch.no_grad():
+        synced.running_mean.uniform_(-1, 1)
+        synced.running_var.uniform_(0.5, 2)
+        synced.weight.uniform_(0.5, 2)
+    fxprune.channel_groups(pm)[0].mask[[1, 4]] = 0
+    pm.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = fxprune.finalize(pm)
+    plain = small.get_submodule("1")
+    assert type(plain) is norm and plain.num_features == 6 and not plain.training
+    assert torch.equal(plain.running_mean, synced.running_mean[[0, 2, 3, 5, 6, 7]])
+    assert isinstance(pm.get_submodule("1"), nn.SyncBatchNorm)  # the prepared model as it was
+    torch.testing.assert_close(small(x), pm(x), rtol=1e-5, atol=1e-6)
+
+
 # -- ops whose arguments or ranks could mislead the analysis (break pass 14) ----------------------
 
 class PoolOverChannels(nn.Module):
