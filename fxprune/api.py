@@ -39,7 +39,9 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         leaf_modules: module classes or module paths traced as one call. Use it for modules with
             data-dependent control flow; a leaf with no channel rule keeps its channels whole.
         rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
-            ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A module class given a row is
+            ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A key is a module class, a
+            function (``torch.flip``) or a Tensor method's name (``"flip"``); a module instance
+            or another type raises TypeError, a name the graph never calls is warned of. A module class given a row is
             traced as one call. A row that cannot describe its module (a conv rule for a module
             without ``groups``, ``Conv()`` for a transposed conv) raises
             :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
@@ -78,7 +80,17 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                              "first (model.to_empty(device='cpu'), then load_state_dict)")
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
+        if rules is not None and not isinstance(rules, dict):  # (break111 F16: 'list' ... 'items')
+            raise TypeError(f"prepare: rules= is a dict {{module class, function or Tensor method "
+                            f"name: channel rule}}, got a {type(rules).__name__}")
         for key, row in (rules or {}).items():
+            if isinstance(key, nn.Module):  # break111 F1: a row keyed by an instance did nothing
+                raise TypeError(f"prepare: rules= has a module instance as a key ({type(key).__name__}); "
+                                f"rows are per class: key it by {type(key).__name__} (type(module)), "
+                                "or a subclass of it that only this module is")
+            if not isinstance(key, str) and not callable(key):
+                raise TypeError(f"prepare: rules= has the key {key!r} (of type {type(key).__name__}); a key "
+                                "is a module class, a function, or the name of a Tensor method")
             if not isinstance(row, ChannelRule):
                 raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, "
                                 "not a channel rule: give an instance such as "
@@ -88,6 +100,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         unused = [key for key in (rules or {}) if inspect.isfunction(key)
                   and (key.__module__ or "").split(".")[0] != "torch"  # (those torch.fx records)
                   and not any(n.target is key for n in gm.graph.nodes)]
+        _warn_unused_method_rules(model, gm, rules)
         if unused:  # break47 #5: a Barrier for a plain function did nothing, without a word
             name = getattr(unused[0], "__name__", repr(unused[0]))
             warnings.warn(f"rules= has a row for the function {name}, which the traced graph "
@@ -106,6 +119,28 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
         make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
         return gm
+
+
+def _warn_unused_method_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None) -> None:
+    """A string key names a Tensor method (``x.flip(...)``); one the traced graph never calls
+    does nothing (break111 F1: ``rules={"Conv2d": ...}`` or a module path, as leaf_modules=
+    takes, changed nothing without a word)."""
+    called = {n.target for n in gm.graph.nodes if n.op == "call_method"}
+    for key in rules or {}:
+        if not isinstance(key, str) or key in called:
+            continue
+        classes = {type(m).__name__: type(m) for m in model.modules()}
+        paths = dict(model.named_modules())
+        if key in paths and key:
+            hint = (f"; {key!r} is a submodule's path: key the row by its class "
+                    f"{type(paths[key]).__name__}")
+        elif key in classes:
+            hint = f"; key the row by the class {key} itself, not its name"
+        else:
+            hint = ""
+        warnings.warn(f"rules= has a row for {key!r}, a string, which names a Tensor method "
+                      f"(x.{key}(...)) the traced graph never calls, so the row does nothing"
+                      f"{hint}", UserWarning, stacklevel=3)
 
 
 #: finalize's default check tolerance by the model's floating dtype: half-precision models sum

@@ -2054,6 +2054,45 @@ def test_a_row_for_a_function_torch_fx_traces_through_is_warned_of():
         fxprune.prepare(Net(), (X,), rules={F.gelu: fxprune.rules.Elementwise()})
 
 
+class _Flips(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x).flip(1))
+
+
+@pytest.mark.parametrize("key, why", [
+    ("Conv2d", r"key the row by the class Conv2d itself, not its name"),
+    ("b", r"'b' is a submodule's path: key the row by its class Conv2d"),
+    ("flop", r"names a Tensor method \(x.flop\(...\)\) the traced graph never calls")])
+def test_a_string_rule_key_the_graph_never_calls_is_warned_of(key, why):
+    """break111 F1: leaf_modules= takes module paths, rules= read a path or a class name as a
+    Tensor method's name and did nothing, without a word."""
+    with pytest.warns(UserWarning, match=rf"rules= has a row for '{key}'.*{why}"):
+        pm = fxprune.prepare(_Flips(), (X,), rules={key: fxprune.rules.Barrier("mine")})
+    assert prunable(pm) == {"a": 8}
+    with warnings.catch_warnings():  # a method the graph calls: the row applies, quietly
+        warnings.simplefilter("error")
+        pm = fxprune.prepare(_Flips(), (X,), rules={"flip": fxprune.rules.Barrier("mine")})
+    assert prunable(pm) == {}
+
+
+@pytest.mark.parametrize("rules, message", [
+    ({None: None}, r"rules= has the key None \(of type NoneType\); a key is a module class"),
+    ([1], r"rules= is a dict \{module class, function or Tensor method name: channel rule\}, "
+          r"got a list"),
+    ("instance", r"rules= has a module instance as a key \(Conv2d\); rows are per class: key it "
+                 r"by Conv2d")])
+def test_a_rule_key_that_is_no_class_function_or_method_name_is_refused(rules, message):
+    model = _Flips()
+    if rules == "instance":
+        rules = {model.b: fxprune.rules.Barrier("mine")}
+    with pytest.raises(TypeError, match=message):
+        fxprune.prepare(model, (X,), rules=rules)
+
+
 class Collector(nn.Module):
     """A feature collector outside the model (a distillation helper, a LightningModule)."""
 
