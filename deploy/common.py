@@ -7,8 +7,10 @@ import platform
 import time
 from typing import Callable, Mapping, Sequence
 
+from fxprune.errors import FxPruneError
 
-class DeployError(RuntimeError):
+
+class DeployError(FxPruneError, RuntimeError):
     """A deploy step failed for a reason the user can act on (the message says how)."""
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fxprune.cost import LayerSpec
+from fxprune.errors import FxPruneError
 from fxprune.run_io import atomic_write
 
 from .common import DeployError
@@ -52,7 +53,7 @@ _PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _CACHE_SAVE_EVERY_S = 30.0  # an interrupted measurement keeps what it had timed
 
 
-class UnmeasuredLayerError(LookupError):
+class UnmeasuredLayerError(FxPruneError, LookupError):
     """``layer_cost`` was asked about a layer whose grid was never measured."""
 
 

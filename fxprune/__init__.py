@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LatencyTable": ("fxprune.deploy.latency_table", "LatencyTable"),
     "solve_mckp": ("fxprune.knapsack", "solve_mckp"),
+    "InfeasibleBudget": ("fxprune.allocation", "InfeasibleBudget"),
     "SMCP": ("fxprune.methods.smcp", "SMCP"),
     "CCP": ("fxprune.methods.ccp", "CCP"),
     "CUCB": ("fxprune.methods.cucb", "CUCB"),

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .budget import Budget
+from .errors import FxPruneError
 from .knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "ranked_options",
@@ -46,7 +47,7 @@ _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 _UNUSED = 0.01
 
 
-class InfeasibleBudget(ValueError):
+class InfeasibleBudget(FxPruneError, ValueError):
     """The cost target is below the cheapest model the options allow (``floor``: that model's
     fraction of the dense cost)."""
 

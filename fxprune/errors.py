@@ -6,7 +6,10 @@ import warnings
 
 
 class FxPruneError(Exception):
-    """Base class of every error fxprune raises on purpose."""
+    """Base class of every error fxprune raises on purpose, ``fxprune.deploy``'s included
+    (``DeployError``, ``UnmeasuredLayerError``) and ``InfeasibleBudget`` (a target below the
+    cheapest model allowed). Most also derive from the built-in error they are a kind of
+    (``ValueError``, ``TypeError``...), so ``except ValueError`` keeps catching them."""
 
 
 class TraceError(FxPruneError):

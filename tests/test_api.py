@@ -1108,3 +1108,17 @@ def test_another_tracer_keeps_prepares_own_leaves_as_single_calls():
         with torch.no_grad():
             torch.testing.assert_close(features(x)["out"], pm(x))
     assert len(calls) == 8 and set(calls) == {"Tensor"}  # both hooks, 4 forwards
+
+
+def test_every_error_fxprune_raises_on_purpose_is_an_fxprune_error():
+    """break111 F3: `except fxprune.FxPruneError` missed an infeasible target, an unmeasured
+    layer and every deploy failure, though the base class's docstring promised them."""
+    from fxprune.deploy import DeployError, UnmeasuredLayerError
+
+    for error, builtin in ((DeployError, RuntimeError), (UnmeasuredLayerError, LookupError),
+                           (fxprune.InfeasibleBudget, ValueError)):
+        assert issubclass(error, fxprune.FxPruneError) and issubclass(error, builtin)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(fxprune.FxPruneError, match="below the narrowest model"):
+        fxprune.SMCP(pm, target=1e-6, channel_step=2)
