@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
 
 from .cost import LayerSpec
 from .errors import NotPreparedError
@@ -213,6 +213,19 @@ def mark_finalized(model: fx.GraphModule) -> None:
     keeps (each loses the other: break51 #2, break53 #6)."""
     model.fxprune_finalized = True
     model.meta["fxprune_finalized"] = True
+
+
+#: torch.fx's ``meta`` key whose attributes ``GraphModule.__deepcopy__`` sets on the copy
+_PRESERVED = "_user_preserved_attributes"
+
+
+def record_input_shape(model: nn.Module, shape) -> None:
+    """Set ``model.fxprune_input_shape`` (what ``fxprune deploy`` reads), kept by ``torch.save``
+    as an attribute and, for a GraphModule, by ``copy.deepcopy`` through torch.fx's preserved
+    attributes (break111 F4: a deep copy, e.g. one kept before fine-tuning, lost it)."""
+    model.fxprune_input_shape = tuple(shape)
+    if isinstance(model, fx.GraphModule):
+        model.meta.setdefault(_PRESERVED, {})["fxprune_input_shape"] = tuple(shape)
 
 
 def is_finalized(model) -> bool:

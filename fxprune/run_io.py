@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 
 from .errors import FxPruneError
-from .groups import is_finalized, mark_finalized
+from .groups import is_finalized, mark_finalized, record_input_shape
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
@@ -607,7 +607,7 @@ def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = IN
     anywhere; the training layout is not its concern) and ``input_shape`` as
     ``fxprune_input_shape``. ``module`` itself is left as it was (break35 #5)."""
     saved = copy.deepcopy(module).to("cpu", memory_format=torch.contiguous_format).eval()
-    saved.fxprune_input_shape = tuple(input_shape)
+    record_input_shape(saved, input_shape)
     if is_finalized(module):  # (the copy kept it in meta, which the file does not keep)
         mark_finalized(saved)
     atomic_write(path, lambda tmp: torch.save(saved, tmp))

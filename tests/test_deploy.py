@@ -1,6 +1,7 @@
 """``fxprune deploy`` end to end on tiny models with ONNX Runtime (a few seconds each)."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import math
@@ -1551,6 +1552,9 @@ def test_a_model_finalized_in_python_deploys_without_input_shape(tmp_path, capsy
     pm = fxprune.prepare(small_net(8), (x,))
     fxprune.channel_groups(pm)[0].mask[:4] = 0
     small = fxprune.finalize(pm)
+    assert small.fxprune_input_shape == (1, 3, 16, 16)
+    # break111 F4: a deep copy (one kept before fine-tuning) lost it; torch.save keeps it
+    small = copy.deepcopy(small)
     assert small.fxprune_input_shape == (1, 3, 16, 16)
     torch.save(small, tmp_path / "small.pt")
     rc = main(["deploy", str(tmp_path / "small.pt"), "--out", str(tmp_path / "out"), *QUICK, *TRUST])
