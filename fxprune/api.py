@@ -1,6 +1,7 @@
 """fxprune's public functions: prepare -> (train) -> finalize, and what to look at in between."""
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 
@@ -17,7 +18,7 @@ from fxprune.passes.trace import fixed_arguments, trace
 
 from .cost import LayerSpec
 from .errors import warn
-from .groups import PreparedState, channel_groups, is_prepared, state_of
+from .groups import PreparedState, channel_groups, is_prepared, record_input_shape, state_of
 from .op_table import DEFAULT_LEAF_MODULES
 from .rules import ChannelRule
 from .serialization import make_savable
@@ -242,7 +243,7 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
             # what fxprune deploy reads from a saved model (fxprune.deploy.model_io's
             # INPUT_SHAPE_ATTR): the shape it was checked at (break98 F6: only fxprune
             # train's models recorded it, so deploy asked for --input-shape)
-            pruned.fxprune_input_shape = tuple(inputs[0].shape)
+            record_input_shape(pruned, inputs[0].shape)
         return pruned
 
 
@@ -363,10 +364,14 @@ def _unwrapped(model):
 
 def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:
     """Every conv/linear call of the model, as a :class:`~fxprune.cost.LayerSpec` (dense sizes,
-    the dtype its weight holds now)."""
+    the dtype its weight holds now). Each is a copy: editing its ``meta`` leaves the prepared
+    model's pricing as it was (break111 F2)."""
+    import dataclasses
+
     from .units import specs_now
 
-    return specs_now(prepared, state_of(prepared).channels.layers)
+    return [dataclasses.replace(spec, meta=copy.deepcopy(spec.meta))
+            for spec in specs_now(prepared, state_of(prepared).channels.layers)]
 
 
 __all__ = ["prepare", "finalize", "copy_masks", "layer_specs", "channel_groups"]

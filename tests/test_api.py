@@ -1122,3 +1122,16 @@ def test_every_error_fxprune_raises_on_purpose_is_an_fxprune_error():
     pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
     with pytest.raises(fxprune.FxPruneError, match="below the narrowest model"):
         fxprune.SMCP(pm, target=1e-6, channel_step=2)
+
+
+def test_layer_specs_are_copies_whose_meta_edits_change_no_pricing():
+    """break111 F2: the specs shared their meta dict with the prepared model; marking one as a
+    repeated call made ParamsCost price the model as dense and SMCP refuse its target."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))
+    before = fxprune.SMCP(pm, cost="params", channel_step=4).cost()
+    for spec in fxprune.layer_specs(pm):
+        spec.meta["repeated_call"] = True
+    assert all(not spec.meta for spec in fxprune.layer_specs(pm))
+    assert fxprune.SMCP(pm, cost="params", channel_step=4).cost() == before
