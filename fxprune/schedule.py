@@ -30,24 +30,26 @@ class PruningSchedule:
     shape: str = "exp"
     sharpness: float = 2.75
 
-    def __post_init__(self):
-        if self.shape not in ("exp", "linear"):
-            raise ValueError(f"schedule shape must be 'exp' or 'linear', got {self.shape!r}")
-        # step counts: a float warm-up (0.1 * total steps) never met `step == ...` and the
-        # schedule never pruned; kept as plain ints (a state holding numpy ones does not load
-        # with weights_only=True)
-        for name, low in (("warmup", 0), ("ramp", 0), ("update_every", 1), ("freeze_after", 0)):
-            v = getattr(self, name)
-            if name == "freeze_after" and v is None:
-                continue
+    def __setattr__(self, name: str, v) -> None:
+        # checked at every assignment, not only when built (break111 F5: `s.warmup = 2.5`
+        # afterwards gave a schedule that never updated)
+        if name == "shape" and v not in ("exp", "linear"):
+            raise ValueError(f"schedule shape must be 'exp' or 'linear', got {v!r}")
+        low = {"warmup": 0, "ramp": 0, "update_every": 1, "freeze_after": 0}.get(name)
+        if low is not None and not (name == "freeze_after" and v is None):
+            # step counts: a float warm-up (0.1 * total steps) never met `step == ...` and the
+            # schedule never pruned; kept as plain ints (a state holding numpy ones does not
+            # load with weights_only=True)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
                 raise ValueError(f"schedule {name} is a count of optimizer steps, an integer >= "
                                  f"{low}; got {v!r} (round a computed one: int(0.1 * steps))")
-            setattr(self, name, int(v))
-        if (isinstance(self.sharpness, bool) or not isinstance(self.sharpness, numbers.Real)
-                or not math.isfinite(self.sharpness) or self.sharpness <= 0):
-            raise ValueError(f"schedule sharpness must be a number > 0, got {self.sharpness!r}")
-        self.sharpness = float(self.sharpness)
+            v = int(v)
+        if name == "sharpness":
+            if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
+                    or v <= 0):
+                raise ValueError(f"schedule sharpness must be a number > 0, got {v!r}")
+            v = float(v)
+        object.__setattr__(self, name, v)
 
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""
@@ -62,7 +64,11 @@ class PruningSchedule:
         return math.expm1(-self.sharpness * t) / math.expm1(-self.sharpness)
 
     def target(self, step: int, final: float) -> float:
-        """Cost budget (fraction of dense) at ``step`` when the final target is ``final``."""
+        """Cost budget (fraction of dense) at ``step`` when the final target is ``final``, a
+        fraction in (0, 1]."""
+        if isinstance(final, bool) or not isinstance(final, numbers.Real) or not 0 < final <= 1:
+            raise ValueError(f"schedule target: the final target is a fraction of the dense cost "
+                             f"in (0, 1], got {final!r}")
         return 1.0 - (1.0 - final) * self.progress(step)
 
     @property

@@ -868,6 +868,30 @@ def test_a_schedule_counts_steps_in_integers():
     assert PruningSchedule(warmup=np.int64(3)).warmup == 3
 
 
+def test_a_schedule_is_checked_at_every_assignment_and_smcp_keeps_its_own_copy(tmp_path):
+    """break111 F5: `s.warmup = 2.5` after building gave a schedule that never updated, and
+    SMCP kept the caller's object, so an edit after SMCP's check (a freeze before the ramp
+    ends) went unchecked."""
+    s = PruningSchedule(ramp=100)
+    for name, value, phrase in [("warmup", 2.5, "schedule warmup is a count"),
+                                ("freeze_after", -1, "schedule freeze_after"),
+                                ("shape", "cosine", "shape must be 'exp' or 'linear'"),
+                                ("sharpness", float("inf"), "sharpness must be a number > 0")]:
+        with pytest.raises(ValueError, match=phrase):
+            setattr(s, name, value)
+    assert s == PruningSchedule(ramp=100)
+    s.warmup = np.int64(4)
+    assert type(s.warmup) is int and s.updates_at(104)
+    for final in (1.5, float("nan"), 0):
+        with pytest.raises(ValueError, match="final target is a fraction of the dense cost"):
+            s.target(50, final)
+    pm = prepared()
+    mine = PruningSchedule(warmup=1, ramp=4, update_every=2)
+    pruner = fxprune.SMCP(pm, target=0.5, channel_step=2, schedule=mine)
+    mine.freeze_after = 0
+    assert pruner.schedule.freeze_after is None and pruner.schedule == PruningSchedule(1, 4, 2)
+
+
 def test_a_tiny_sharpness_ramps_linearly_instead_of_dividing_by_zero():
     """break28 #6: 1 - exp(-1e-17) is 0.0, and the first update raised ZeroDivisionError."""
     tiny = PruningSchedule(warmup=0, ramp=10, sharpness=1e-17)

@@ -60,6 +60,7 @@ same fraction instead of the global knapsack).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 
@@ -203,7 +204,8 @@ class SMCP(PruningMethod):
         _check_reaches_target(schedule, float(target))
         super().__init__(prepared, cost, channel_step)
         self.target = float(target)
-        self.schedule = schedule
+        # its own copy: an edit of the caller's object after this check skipped it (break111 F5)
+        self.schedule = copy.copy(schedule)
         self.masks_kind, self.allocation = masks, allocation
         self.masked_decay, self.resolution, self.max_resolves = masked_decay, resolution, max_resolves
         self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
