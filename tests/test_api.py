@@ -1135,3 +1135,13 @@ def test_layer_specs_are_copies_whose_meta_edits_change_no_pricing():
         spec.meta["repeated_call"] = True
     assert all(not spec.meta for spec in fxprune.layer_specs(pm))
     assert fxprune.SMCP(pm, cost="params", channel_step=4).cost() == before
+
+
+@pytest.mark.parametrize("method", ["SMCP", "CCP", "CUCB"])
+@pytest.mark.parametrize("given", [None, "plain"])
+def test_a_method_built_over_what_is_not_a_prepared_model_says_so(method, given):
+    """break111 F11: SMCP(None) raised an AttributeError from inside importance.py."""
+    model = nn.Conv2d(3, 4, 1) if given == "plain" else None
+    with pytest.raises(fxprune.NotPreparedError, match=r"expected the GraphModule returned by "
+                                                       r"fxprune.prepare\(model, example_inputs\)"):
+        getattr(fxprune, method)(model)

@@ -43,6 +43,7 @@ from ..allocation import uniform_kept
 from ..budget import Budget
 from ..cost import CostModel
 from ..errors import warn
+from ..groups import state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
@@ -488,6 +489,7 @@ class PruningMethod:
                  RuntimeWarning)
 
     def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
+        state_of(prepared)  # NotPreparedError for anything else (break111 F11: None's AttributeError)
         self.prepared, self.channel_step = prepared, int(channel_step)
         if close_live_taps(prepared):
             warn(f"{type(self).__name__}: the model carries the activation taps of an earlier "
