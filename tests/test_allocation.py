@@ -682,6 +682,25 @@ def test_register_method_checks_its_name_and_target_where_they_are_given(monkeyp
         fxprune.get_method("typo")  # the registry's names still sort
 
 
+def test_register_method_checks_its_defaults(monkeypatch):
+    """break111 F12: defaults the method does not take were accepted, and failed at build as
+    the method's bare TypeError; a list or a string gave a dict-conversion error."""
+    from fxprune.methods.base import register_method
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    with pytest.raises(TypeError, match=r"register_method\('mine', defaults=...\): 'targt' is not "
+                                        r"an argument of the method \(did you mean target\?\)"):
+        register_method("mine", fxprune.SMCP, defaults={"targt": 0.3})
+    for wrong in ([1, 2], "ab"):
+        with pytest.raises(TypeError, match=r"defaults is a dict of the method's arguments"):
+            register_method("mine", fxprune.SMCP, defaults=wrong)
+    register_method("later", "fxprune:SMCP", defaults={"bogus": 1})  # imported when built
+    with pytest.raises(TypeError, match=r"method 'later' \(its registered defaults\): 'bogus' is "
+                                        r"not an argument of the method"):
+        fxprune.get_method("later").build(prepared())
+    assert register_method("ok", fxprune.SMCP, defaults={"masks": "hard"}).defaults == {"masks": "hard"}
+
+
 def _repair_unpriced(choice, options, budget, limit):
     """repair's two walks, every step priced again at every round (the oracle for its cache)."""
     offsets, choice = budget.index.offsets, list(choice)

@@ -31,7 +31,7 @@ import importlib
 import inspect
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -730,6 +730,9 @@ class MethodEntry:
                                  f"the command line: --set '~prune.{key}') or choose the method "
                                  "that has it")
         # (keys it sets itself are the method's to refuse: one-shot names them all)
+        # (break111 F12: a registered default it does not take was a bare TypeError here)
+        check_method_kwargs(self.cls, self.defaults, f"method {self.name!r} (its registered defaults)",
+                            refuse_own=False)
         check_method_kwargs(self.cls, kwargs, f"method {self.name!r}", refuse_own=False)
         method = self.cls(prepared, **{**self.defaults, **kwargs})
         if isinstance(method, PruningMethod):
@@ -819,6 +822,12 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
     else:
         raise TypeError(f"register_method({name!r}): target must be a method class or factory, or "
                         f"a 'package.module:attr' string, got a {type(target).__name__}")
+    if defaults is not None and not isinstance(defaults, Mapping):
+        raise TypeError(f"register_method({name!r}): defaults is a dict of the method's arguments "
+                        f"(e.g. {{'masks': 'hard'}}), got a {type(defaults).__name__}")
+    if defaults and callable(target):  # (a string target is checked when first built)
+        check_method_kwargs(target, defaults, f"register_method({name!r}, defaults=...)",
+                            refuse_own=False)
     entry = MethodEntry(name, load, dict(defaults or {}), summary)
     registry[name] = entry
     return entry
