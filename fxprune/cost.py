@@ -9,6 +9,7 @@ adds the constant a per-layer model misses on one model (:func:`fit_fixed_cost`)
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -265,4 +266,14 @@ def fixed_cost_of(cost_model, layers) -> float:
     """The constant ``cost_model`` adds to a model with these costed ``layers`` (0 for a cost
     model without one)."""
     fixed = getattr(cost_model, "fixed_cost_for", None)
-    return float(fixed(layers)) if fixed is not None else 0.0
+    if fixed is None:
+        return 0.0
+    value = fixed(layers)
+    # break111 F13: inf became "budget is nan" in the knapsack, None a bare float() TypeError
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        name = getattr(cost_model, "name", type(cost_model).__name__)
+        raise ValueError(f"the cost model {name!r} gives fixed_cost_for(layers) = {value!r}; it "
+                         "must return a finite number (0 where the model costs nothing beyond "
+                         "its layers)")
+    return float(value)

@@ -765,3 +765,19 @@ def test_an_unknown_method_name_close_to_a_registered_one_is_suggested():
         fxprune.get_method("SMCP")
     with pytest.raises(ValueError, match=r"unknown pruning method 'cucbb' \(did you mean 'cucb'\?\)"):
         fxprune.get_method("cucbb")
+
+
+@pytest.mark.parametrize("fixed", [float("inf"), float("nan"), None, "3", torch.tensor(2.0)])
+def test_a_cost_models_fixed_cost_that_is_no_finite_number_is_named(fixed):
+    """break111 F13: inf reached the knapsack as "budget is nan", None a bare float() error;
+    neither named the cost model."""
+
+    class WithFixed(FlopsCost):
+        name = "mine"
+
+        def fixed_cost_for(self, layers):
+            return fixed
+
+    with pytest.raises(ValueError, match=r"the cost model 'mine' gives fixed_cost_for\(layers\) = "
+                                         r".*; it must return a finite number"):
+        fxprune.SMCP(prepared(), cost=WithFixed())
