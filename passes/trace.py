@@ -828,6 +828,20 @@ def _why_uncopyable(model: nn.Module, when: str = "prepare") -> str:
     return ""
 
 
+def _parts_to_prepare(model: nn.Module) -> str:
+    """The children of ``model`` worth preparing alone: its ``backbone`` where it has one, else
+    those holding conv layers (break112 F3: RAFT has no backbone, and was told to pass it)."""
+    if isinstance(getattr(model, "backbone", None), nn.Module):
+        return "its backbone: fxprune.prepare(model.backbone, ...)"
+    convs = (nn.modules.conv._ConvNd,)
+    parts = [name for name, child in model.named_children()
+             if any(isinstance(m, convs) for m in child.modules())]
+    if not parts:
+        return "a submodule: fxprune.prepare(model.SUBMODULE, ...)"
+    listed = ", ".join(f"model.{name}" for name in parts[:4]) + (", ..." if len(parts) > 4 else "")
+    return f"a submodule with its convs ({listed}): fxprune.prepare(model.{parts[0]}, ...)"
+
+
 def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
     path = tracer.failed_at or []
     where = path[-1] if path else ("", type(model))
@@ -849,8 +863,7 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
                         "keeps it one op with its channels prunable")
     else:  # the model's own forward: a detector's loop over images, its postprocessing
         way_out = ("move the data-dependent part into a submodule and pass it in leaf_modules, "
-                   "or prepare the part of the model that traces (its backbone: "
-                   "fxprune.prepare(model.backbone, ...))")
+                   f"or prepare the part of the model that traces ({_parts_to_prepare(model)})")
     if isinstance(e, fx.proxy.TraceError) and str(e).startswith("iterating"):
         why = f"Either rewrite it as said, or {way_out}."
     elif isinstance(e, fx.proxy.TraceError):

@@ -827,6 +827,25 @@ def test_a_trace_error_in_a_torch_named_library_names_its_line():
     assert "fxprune.prepare(model.backbone, ...)" in message
 
 
+def test_a_trace_error_in_the_models_own_forward_names_its_parts_with_convs():
+    """break112 F3: the way out named model.backbone for a model with none (RAFT)."""
+
+    class TwoEncoders(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+            self.features = nn.Conv2d(3, 4, 3)
+            self.context = nn.Sequential(nn.Conv2d(3, 4, 1))
+
+        def forward(self, x):
+            return self.features(x) if x.sum() > 0 else self.context(x)
+
+    with pytest.raises(fxprune.TraceError, match=r"prepare the part of the model that traces \(a "
+                                                 r"submodule with its convs \(model.features, "
+                                                 r"model.context\): fxprune.prepare\(model.features"):
+        fxprune.prepare(TwoEncoders(), (X,))
+
+
 class ZerosFromShape(nn.Module):
     def __init__(self):
         super().__init__()
