@@ -181,6 +181,11 @@ class LatencyTable:
         self._under_load: set[tuple[str, int, int]] = set()
         # point keys of layers already warned of a width below their grid (once each)
         self._clamp_warned = False
+        # break111 F6: settings save() wrote and load() refused, far from the code that set them
+        bad = _header_problem({"backend": backend, "device": device, "threads": threads,
+                               "runtime_version": runtime_version, "batch": batch, "dtype": dtype})
+        if bad is not None:
+            raise DeployError(f"LatencyTable({bad[0]}={locals()[bad[0]]!r}): not {bad[1]}")
 
     # ----------------------------------------------------------------- measuring
     @classmethod
@@ -645,6 +650,15 @@ def _check_header(data: dict, source: str) -> None:
     corrupted file may hold anything)."""
     if not isinstance(data, dict):
         return  # refused as malformed by from_dict
+    bad = _header_problem(data)
+    if bad is not None:
+        raise DeployError(f"{source} has {bad[0]!r}: {data[bad[0]]!r}, not {bad[1]}; measure "
+                          "the table again")
+
+
+def _header_problem(data: dict) -> tuple[str, str] | None:
+    """The first setting of ``data`` (a table's header) of a type ``measure`` never gives, and
+    what it should be; None when all are fine."""
     bad = None
     for name in ("backend", "device", "runtime_version"):
         if name in data and not isinstance(data[name], str):
@@ -663,9 +677,7 @@ def _check_header(data: dict, source: str) -> None:
     if data.get("version", 1) != 1:  # a later format: read as this one, silently
         bad = ("version", "1 (this fxprune's format: a later fxprune wrote it, or it was "
                "edited)")
-    if bad is not None:
-        raise DeployError(f"{source} has {bad[0]!r}: {data[bad[0]]!r}, not {bad[1]}; measure "
-                          "the table again")
+    return bad
 
 
 def _check_diagonal(source: str, key: str, grid: dict) -> None:

@@ -975,3 +975,21 @@ def test_grid_points_counts_what_measure_times_where_layers_alike_share_a_grid()
     pm = fxprune.prepare(model, (torch.randn(1, 3, 32, 32),))
     table = LatencyTable.measure(pm, step=8, timer=lambda layer, ci, co: 1.0, **FAST)
     assert grid_points(pm, 8) == sum(map(len, table._points.values()))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"backend": "bogus"}, r"LatencyTable\(backend='bogus'\): not one of onnxruntime"),
+    ({"threads": 0}, r"LatencyTable\(threads=0\): not an integer >= 1"),
+    ({"batch": 2.5}, r"LatencyTable\(batch=2.5\): not an integer >= 1"),
+    ({"dtype": "int8"}, r"LatencyTable\(dtype='int8'\): not one of float32"),
+    ({"device": 5}, r"LatencyTable\(device=5\): not a string")])
+def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp_path, setting,
+                                                                              message):
+    """break111 F6: save() wrote such a table and load() then refused the file, far from the
+    code that made it."""
+    with pytest.raises(DeployError, match=message):
+        LatencyTable(**setting)
+    LatencyTable(backend="torch", threads=1, batch=4, dtype="float16").save(tmp_path / "t.json")
+    with warnings.catch_warnings():  # (timed on no machine: "another machine's")
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert LatencyTable.load(tmp_path / "t.json").batch == 4
