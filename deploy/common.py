@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import platform
 import time
@@ -12,6 +13,17 @@ from fxprune.errors import FxPruneError
 
 class DeployError(FxPruneError, RuntimeError):
     """A deploy step failed for a reason the user can act on (the message says how)."""
+
+
+def check_tolerance(name: str, value) -> None:
+    """DeployError unless ``value`` is None or a finite number >= 0 (an ``atol``/``rtol``)."""
+    try:
+        bad = value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                     or not math.isfinite(value) or value < 0)
+    except OverflowError:  # an int too large for a float
+        bad = True
+    if bad:
+        raise DeployError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError, parse_shape
+from .common import DeployError, check_tolerance, parse_shape
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -420,8 +420,15 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
     expanded.
     """
+    from .model_io import check_input_fits, check_one_tensor_input
+
+    if not isinstance(module, nn.Module):  # (break111 F7: None's AttributeError on state_dict)
+        raise DeployError(f"export_onnx takes the nn.Module to export, got "
+                          f"{type(module).__name__}")
     if precision not in _DTYPES:
         raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
+    label = f"the model ({type(module).__name__})"
+    check_one_tensor_input(module, label)  # (break112 F2: a bare TypeError from its forward)
     path = os.path.expanduser(os.fspath(path))
     if os.path.exists(path) and not overwrite:  # break48 #4: replaced any file, the user's too
         raise DeployError(f"{path} exists: export_onnx replaces it only with overwrite=True; "
@@ -437,8 +444,13 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     model = eval_copy(module, precision)
     x = example_input(input_shape, precision)
     before = {name: b.clone() for name, b in model.named_buffers()}
-    with torch.no_grad():
-        out = model(x)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception:
+        # a shape that does not fit: deploy's one-line error (break111 F7: torch's traceback)
+        check_input_fits(module, input_shape, label)
+        raise
     first = flat_outputs(out)
     _check_stateless(model, x, before, first)
     output_names = output_names_of(out)
@@ -634,6 +646,8 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
 
     from .onnxruntime_backend import make_session
 
+    check_tolerance("atol", atol)  # (break111 F9: NaN was blamed on the export)
+    check_tolerance("rtol", rtol)
     d_atol, d_rtol = TOLERANCES[precision]
     atol = d_atol if atol is None else atol
     rtol = d_rtol if rtol is None else rtol

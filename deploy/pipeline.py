@@ -26,7 +26,7 @@ from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_f
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
-from .common import DeployError, cpu_name
+from .common import DeployError, check_tolerance, cpu_name
 from .latency_table import _busy, cpu_load, load_said
 from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
                        not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
@@ -115,14 +115,14 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
                   workspace=workspace)
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        try:
-            bad = value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                         or not math.isfinite(value) or value < 0)
-        except OverflowError:  # an int too large for a float
-            bad = True
-        if bad:
-            raise DeployError(f"--{name} must be a finite number >= 0, got {value!r}")
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        check_tolerance(name, value)
+    for name, given in (("model", model), ("--compare", compare)):
+        if not isinstance(given, (nn.Module, str, os.PathLike)) and not (name == "--compare"
+                                                                         and given is None):
+            # (break111 F8: deploy(None, out) was a bare KeyError: 'model')
+            raise DeployError(f"deploy's {name} is an nn.Module or the path of a .pt or .onnx "
+                              f"file, got {type(given).__name__}")
     _check_opset(opset)
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))

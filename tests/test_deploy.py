@@ -1561,3 +1561,49 @@ def test_a_model_finalized_in_python_deploys_without_input_shape(tmp_path, capsy
     assert rc == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["input_shape"] == [1, 3, 16, 16], report
+
+
+class _RgbDepth(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, rgb, depth):
+        return self.conv(rgb) + depth
+
+
+@pytest.mark.parametrize("module, shape, message", [
+    (None, (1, 3, 8, 8), r"export_onnx takes the nn.Module to export, got NoneType"),
+    (_RgbDepth(), (1, 3, 8, 8), r"the model \(_RgbDepth\) takes 2 inputs \(rgb, depth\)"),
+    (nn.Conv2d(3, 4, 1), (1, 4, 8, 8), r"input shape \(1, 4, 8, 8\) does not fit the model "
+                                       r"\(Conv2d\) \(Given groups=1")])
+def test_export_onnx_answers_what_it_cannot_export_in_one_line(tmp_path, module, shape, message):
+    """break111 F7, break112 F2: export_onnx, called alone, let None's AttributeError, a
+    two-input forward's TypeError and a wrong shape's conv traceback through, where deploy
+    says each in one line."""
+    with pytest.raises(DeployError, match=message):
+        export_onnx(module, shape, tmp_path / "m.onnx", log=lambda line: None)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("model, compare, message", [
+    (None, None, r"deploy's model is an nn.Module or the path of a .pt or .onnx file, got NoneType"),
+    ("conv", 5, r"deploy's --compare is an nn.Module or the path of a .pt or .onnx file, got int")])
+def test_deploy_names_a_model_argument_that_is_no_model_or_path(tmp_path, model, compare, message):
+    """break111 F8: deploy(None, out) raised a bare KeyError: 'model'."""
+    model = nn.Conv2d(3, 4, 1) if model == "conv" else model
+    with pytest.raises(DeployError, match=message):
+        deploy(model, tmp_path / "out", backend="onnxruntime", compare=compare)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tolerance", [{"atol": float("nan")}, {"rtol": -1}, {"atol": "1e-4"}])
+def test_verify_onnx_refuses_a_tolerance_that_is_no_number_at_least_zero(tmp_path, tolerance):
+    """break111 F9: a NaN or negative tolerance was blamed on the export ("the export changed
+    the model's behaviour")."""
+    model = nn.Conv2d(3, 4, 1)
+    export_onnx(model, (1, 3, 8, 8), tmp_path / "m.onnx", log=lambda line: None)
+    name = next(iter(tolerance))
+    with pytest.raises(DeployError, match=rf"{name} must be a finite number >= 0"):
+        verify_onnx(tmp_path / "m.onnx", model, (1, 3, 8, 8), **tolerance)
+    assert verify_onnx(tmp_path / "m.onnx", model, (1, 3, 8, 8), atol=1e-5) < 1e-5
