@@ -542,4 +542,10 @@ def arg_leaves(*args) -> list:
 
 
 def analyze(gm: fx.GraphModule, extra_rules: dict | None = None) -> ChannelGraph:
+    """The channel groups of ``gm`` (traced, with :func:`propagate_shapes` run): every channel
+    dim the graph's ops tie together (residual adds, concats, depthwise convs, flatten into a
+    linear...) is one group, and a group that an op without a channel rule touches, or that
+    reaches the model's output, is a barrier with the reason. ``extra_rules`` (``{op: rule}``)
+    come before the op table's rows. Returns the ``ChannelGraph`` (a networkx graph of the
+    channel spaces with the groups, mask sites and costed layers); ``gm`` is not modified."""
     return ChannelAnalysis(gm, extra_rules).run()

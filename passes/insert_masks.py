@@ -100,6 +100,10 @@ def _warn_argument_hooks(name: str, module: nn.Module) -> None:
 
 
 def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
+    """Give ``gm`` a mask buffer of ones per prunable group (under ``fxprune_masks``) and make
+    each op that reads a masked channel dim read it masked: a masked layer class for a conv,
+    linear or norm (its input channels times the mask), a multiply elsewhere, each as its row
+    in the op table says. In place; returns None. ``channels`` is :func:`analyze`'s result."""
     builder = _MaskGraphBuilder(gm, channels)
     nodes = {n.name: n for n in gm.graph.nodes}
     for site in channels.mask_sites:

@@ -208,6 +208,13 @@ def restoring_buffers(model: torch.nn.Module):
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Run ``gm`` once on ``example_inputs`` (a tuple of its forward's arguments, on its device)
+    and record every node's value (a ``TensorMeta``: shape, dtype; containers as such) in
+    ``node.meta["fxprune_value"]``, which the channel analysis reads. In place; returns None.
+
+    Raises :class:`~fxprune.errors.ExampleInputsError` when the inputs do not fit the
+    forward's arguments or the model fails on them (naming the node and its source line).
+    Like ``torch.fx.passes.shape_prop.ShapeProp``, with fxprune's containers and messages."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     required = [n for n in placeholders if not n.args]  # a placeholder's args hold its default
     if not len(required) <= len(example_inputs) <= len(placeholders):

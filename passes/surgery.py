@@ -115,6 +115,11 @@ def _get_tensor(gm, qualname):
 
 
 def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
+    """The surgery of :func:`fxprune.finalize`, unchecked: a copy of ``prepared`` with every
+    channel whose mask is 0 sliced out of the weights that hold it (each op's row in the op
+    table says how) and the masks folded in. ``prepared`` is not modified. Raises
+    :class:`~fxprune.errors.SurgeryError` for masks that cannot be removed (a group whose
+    masks are all 0, a non-finite mask); :func:`verify` checks the result."""
     state = state_of(prepared)
     ch = state.channels
     masks = group_masks(prepared)
@@ -363,6 +368,15 @@ _FLOAT32_RTOL = 1e-4
 
 
 def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
+    """Run the masked ``prepared`` and the ``pruned`` model in eval mode on ``inputs`` (a tuple
+    of forward arguments) and return the largest difference of their outputs relative to the
+    output's scale; raises :class:`~fxprune.errors.SurgeryError` when it is above ``rtol``
+    (a number > 0), when the masked model's output has no finite value to compare, and when
+    the masked model itself differs between two runs (randomness in eval mode)."""
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < float("inf"):
+        # (break111 F10: a negative or NaN rtol was reported as a model that differs by 0
+        # between two runs)
+        raise ValueError(f"verify: rtol is a relative tolerance, a number > 0; got {rtol!r}")
     forget_all_ones(prepared.get_submodule(state_of(prepared).mask_owner).buffers())
     expected = run_eval(prepared, inputs)
     values = [t for t in _flat_tensors(expected) if t.numel()]

@@ -1145,3 +1145,17 @@ def test_a_method_built_over_what_is_not_a_prepared_model_says_so(method, given)
     with pytest.raises(fxprune.NotPreparedError, match=r"expected the GraphModule returned by "
                                                        r"fxprune.prepare\(model, example_inputs\)"):
         getattr(fxprune, method)(model)
+
+
+@pytest.mark.parametrize("rtol", [-1, float("nan"), 0, "1e-4"])
+def test_the_surgery_passes_verify_refuses_a_tolerance_that_is_no_number_above_zero(rtol):
+    """break111 F10: verify (the pass finalize runs) with rtol=-1 or NaN reported "the masked
+    model gives other outputs each run ... by 0 between two runs"."""
+    from fxprune.passes import surgery
+
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)),
+                         (torch.randn(1, 3, 8, 8),))
+    small = fxprune.finalize(pm, check=False)
+    with pytest.raises(ValueError, match="verify: rtol is a relative tolerance, a number > 0"):
+        surgery.verify(pm, small, (torch.randn(1, 3, 8, 8),), rtol)
+    assert surgery.verify(pm, small, (torch.randn(1, 3, 8, 8),), 1e-4) <= 1e-4
