@@ -52,6 +52,30 @@ class LayerSpec:
     padding_mode: str = "zeros"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self):
+        # break111 F14: an unknown kind was priced as a conv, negative counts gave negative
+        # FLOPs, list shapes failed as "unhashable", a conv without shapes as an IndexError
+        if self.kind not in ("conv", "conv_transpose", "linear"):
+            raise ValueError(f"LayerSpec {self.name!r}: kind is 'conv', 'conv_transpose' or "
+                             f"'linear', got {self.kind!r}")
+        for name in ("in_channels", "out_channels", "groups"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (name == "groups"):
+                raise ValueError(f"LayerSpec {self.name!r}: {name} is an integer >= "
+                                 f"{int(name == 'groups')}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("input_shape", "output_shape", "kernel_size", "stride", "padding", "dilation"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        spatial = len(self.input_shape) - 2
+        if self.kind != "linear" and (spatial < 1 or len(self.kernel_size) != spatial
+                                      or len(self.output_shape) != len(self.input_shape)):
+            raise ValueError(f"LayerSpec {self.name!r}: a {self.kind} needs input and output shapes "
+                             f"(N, C, spatial...) and a kernel size per spatial dim; got input "
+                             f"{self.input_shape}, output {self.output_shape}, kernel "
+                             f"{self.kernel_size}")
+        if self.kind == "linear" and not (self.input_shape and self.output_shape):
+            raise ValueError(f"LayerSpec {self.name!r}: a linear needs its input and output shapes")
+
     @property
     def depthwise(self) -> bool:
         return self.kind in ("conv", "conv_transpose") and self.groups > 1 and self.groups == self.in_channels
@@ -74,6 +98,9 @@ class LayerSpec:
     def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
         c_in = self.in_channels if c_in is None else c_in
         c_out = self.out_channels if c_out is None else c_out
+        if c_in < 0 or c_out < 0:
+            raise ValueError(f"LayerSpec {self.name!r}: channel counts are >= 0, got c_in={c_in}, "
+                             f"c_out={c_out}")
         if self.kind == "linear":
             return self._outputs_per_channel() * c_in * c_out
         if self.kind == "conv_transpose":  # every input position scatters a k-window per output
@@ -89,6 +116,9 @@ class LayerSpec:
     def params(self, c_in: int | None = None, c_out: int | None = None) -> int:
         c_in = self.in_channels if c_in is None else c_in
         c_out = self.out_channels if c_out is None else c_out
+        if c_in < 0 or c_out < 0:
+            raise ValueError(f"LayerSpec {self.name!r}: channel counts are >= 0, got c_in={c_in}, "
+                             f"c_out={c_out}")
         if self.kind == "linear":
             return c_in * c_out + (c_out if self.bias else 0)
         per_group_in = c_in // self.groups_at(c_in) if c_in else 0

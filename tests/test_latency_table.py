@@ -993,3 +993,23 @@ def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp
     with warnings.catch_warnings():  # (timed on no machine: "another machine's")
         warnings.simplefilter("ignore", RuntimeWarning)
         assert LatencyTable.load(tmp_path / "t.json").batch == 4
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "rnn"}, r"kind is 'conv', 'conv_transpose' or 'linear', got 'rnn'"),
+    ({"in_channels": -3}, r"in_channels is an integer >= 0, got -3"),
+    ({"groups": 0}, r"groups is an integer >= 1, got 0"),
+    ({"input_shape": (), "output_shape": ()}, r"a conv needs input and output shapes")])
+def test_a_layer_spec_checks_its_fields(fields, message):
+    """break111 F14: an unknown kind was priced as a conv, negative counts gave negative FLOPs,
+    list shapes failed as 'unhashable', a conv without shapes as an IndexError."""
+    good = dict(name="c", kind="conv", in_channels=3, out_channels=4, input_shape=[1, 3, 8, 8],
+                output_shape=[1, 4, 6, 6], kernel_size=[3, 3], stride=[1, 1], padding=[0, 0],
+                dilation=[1, 1])
+    with pytest.raises(ValueError, match=rf"LayerSpec 'c': {message}"):
+        LayerSpec(**{**good, **fields})
+    spec = LayerSpec(**good)  # lists become tuples: hashable, equal to the tuple form
+    assert hash(spec) == hash(dataclasses.replace(spec, input_shape=(1, 3, 8, 8)))
+    assert spec.flops() == 2 * 6 * 6 * 4 * 3 * 9
+    with pytest.raises(ValueError, match=r"channel counts are >= 0, got c_in=-4"):
+        fxprune.FlopsCost().layer_cost(spec, -4, 4)
