@@ -58,12 +58,26 @@ DEFAULT_RESOLUTION = 20_000
 _SUM_ULPS = 1e-12
 
 
+#: the largest dynamic-programming table solve_mckp builds (bytes)
+_MAX_TABLE_BYTES = 2 * 2**30
+
+
 def _as_groups(values: Sequence, costs: Sequence) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    for name, given in (("values", values), ("costs", costs)):
+        if not hasattr(given, "__len__") or isinstance(given, (str, bytes)):
+            # (break111 F15: None or a generator was "object of type ... has no len()")
+            raise ValueError(f"{name} is a sequence of 1-D arrays, one per group, got "
+                             f"{type(given).__name__}")
     if len(values) != len(costs):
         raise ValueError(f"values has {len(values)} groups but costs has {len(costs)}; "
                          "pass one array of options per group in both")
     vals, csts = [], []
     for g, (v, c) in enumerate(zip(values, costs)):
+        for name, given in (("values", v), ("costs", c)):
+            kind = np.asarray(given).dtype.kind
+            if kind not in "biuf":  # (strings were read as numbers, silently)
+                raise ValueError(f"group {g}: {name} must be numbers, got an array of dtype "
+                                 f"{np.asarray(given).dtype}")
         v = np.asarray(v, dtype=np.float64)
         c = np.asarray(c, dtype=np.float64)
         if v.ndim != 1 or c.ndim != 1:
@@ -115,8 +129,9 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
 
     Raises:
         ValueError: malformed input (mismatched group counts or shapes, an empty group, NaN or
-            infinite entries, negative costs, ``resolution < 1``) or an infeasible budget (even
-            the cheapest option of every group costs more than ``budget``).
+            infinite entries, negative costs, non-numbers, ``resolution < 1``, a resolution whose
+            table, 8 bytes x groups x (resolution + 1), exceeds 2 GiB) or an infeasible budget
+            (even the cheapest option of every group costs more than ``budget``).
     """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
             or resolution < 1:
@@ -159,6 +174,12 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         unit, cells = 1.0, int(math.floor(slack))
     else:
         unit, cells = slack / resolution, int(resolution)
+    need = 8 * len(vals) * (cells + 1)  # the DP's float64 table, groups x cells
+    if need > _MAX_TABLE_BYTES:  # (break111 F15: resolution=10**9 asked numpy for 14.9 GiB)
+        most = _MAX_TABLE_BYTES // (8 * len(vals)) - 1
+        raise ValueError(f"resolution {resolution} over {len(vals)} groups needs a "
+                         f"{need / 2**30:.3g} GiB table (8 bytes x groups x (resolution + 1)); "
+                         f"give a resolution of at most {most}")
     if cells == 0 or unit == 0.0:
         # No room above the cheapest choice: the most valuable of each group's cheapest options.
         return np.array([np.flatnonzero(e == 0)[np.argmax(v[e == 0])]

@@ -262,3 +262,18 @@ def test_no_groups_under_a_negative_budget_is_infeasible():
     with pytest.raises(ValueError, match="infeasible budget: with no groups the total cost is 0"):
         solve_mckp([], [], -1.0)
     assert solve_mckp([], [], 0.0).tolist() == []
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    (([[1, 2], [1, 2]], [[0, .5], [0, .5]], .7), {"resolution": 10**9},
+     r"resolution 1000000000 over 2 groups needs a 14.9 GiB table .*give a resolution of at most "
+     r"134217727"),
+    ((None, [[0]], 1), {}, r"values is a sequence of 1-D arrays, one per group, got NoneType"),
+    (([[0]], (c for c in [[0]]), 1), {}, r"costs is a sequence of 1-D arrays, one per group, got "
+                                          r"generator"),
+    (([["1", "2"]], [[0, 1]], 1), {}, r"group 0: values must be numbers, got an array of dtype")])
+def test_solve_mckp_names_an_argument_it_cannot_use(args, kwargs, message):
+    """break111 F15: resolution=10**9 asked numpy for 14.9 GiB (MemoryError), None or a
+    generator was 'object of type ... has no len()', strings were read as numbers."""
+    with pytest.raises(ValueError, match=message):
+        solve_mckp(*args, **kwargs)
