@@ -93,6 +93,9 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     elif hasattr(text, "shape") and hasattr(text, "dtype"):  # a tensor or array, not its shape
         raise DeployError(f"input shape must be a shape, not a {type(text).__name__} of shape "
                           f"{tuple(text.shape)}: pass its .shape")
+    elif not hasattr(text, "__iter__"):  # (break111 F16: "'int' object is not iterable")
+        raise DeployError(f"input shape {text!r} is not a shape: give every dim, batch first "
+                          "(e.g. (1, 3, 224, 224) or '1,3,224,224')")
     else:
         items = tuple(text)
         try:  # ints, numpy ints, a torch.Size: not 16.7 (it was cut to 16 silently)

@@ -578,6 +578,9 @@ class LatencyTable:
             table = cls(data["backend"], data["device"], data["threads"],
                         data["runtime_version"], data.get("batch"), data.get("dtype"))
             for k, g in data["grids"].items():
+                if not (isinstance(g["layers"], list) and all(isinstance(n, str) for n in g["layers"])):
+                    # (break111 F16: "c1" loaded as the layers ['c', '1'])
+                    raise TypeError(f"grid {k!r}: layers is {g['layers']!r}, not a list of names")
                 table._grids[k] = (list(g["c_in"]), list(g["c_out"]), bool(g["diagonal"]),
                                    list(g["layers"]))
                 dense_in, dense_out = map(int, k.rpartition("|")[2].split("x"))

@@ -79,6 +79,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             raise ValueError(f"prepare: the model's tensors are on the meta device ({meta}): they "
                              "hold no values to trace, check and prune; materialize the model "
                              "first (model.to_empty(device='cpu'), then load_state_dict)")
+        if leaf_modules is None:  # (break111 F16: 'NoneType' object is not iterable)
+            leaf_modules = ()
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
         if rules is not None and not isinstance(rules, dict):  # (break111 F16: 'list' ... 'items')
@@ -301,6 +303,9 @@ def tracer_kwargs(model: nn.Module) -> dict:
                                             tracer_kwargs=fxprune.tracer_kwargs(pm))
     """
     from .masks import FXPRUNE_CLASSES, GRAPH_FUNCTIONS
+    if not isinstance(model, nn.Module):  # (break111 F16: None's AttributeError)
+        raise TypeError(f"tracer_kwargs takes the prepared or finalized model, got "
+                        f"{type(model).__name__}")
     classes = list(dict.fromkeys(type(m) for m in model.modules() if isinstance(m, FXPRUNE_CLASSES)))
     graph = getattr(model, "graph", None)
     used = {n.target for n in graph.nodes if n.op == "call_function"} if graph is not None else set()

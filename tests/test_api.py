@@ -1189,3 +1189,31 @@ def test_the_surgery_passes_verify_refuses_a_tolerance_that_is_no_number_above_z
     with pytest.raises(ValueError, match="verify: rtol is a relative tolerance, a number > 0"):
         surgery.verify(pm, small, (torch.randn(1, 3, 8, 8),), rtol)
     assert surgery.verify(pm, small, (torch.randn(1, 3, 8, 8),), 1e-4) <= 1e-4
+
+
+def test_wrong_types_at_the_public_entry_points_get_one_line_errors(tmp_path):
+    """break111 F16: raw Python errors with no way out ('NoneType' object is not iterable,
+    unhashable type: 'list', 'int' object is not iterable), and a saved table's layers "c1"
+    loaded as ['c', '1']."""
+    from fxprune.deploy import DeployError, LatencyTable, resolve_input_shape
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    pm = fxprune.prepare(model, (x,), leaf_modules=None)  # None: no leaf modules
+    assert [g.size for g in fxprune.channel_groups(pm) if g.prunable] == [8]
+    with pytest.raises(TypeError, match="tracer_kwargs takes the prepared or finalized model, got "
+                                        "NoneType"):
+        fxprune.tracer_kwargs(None)
+    with pytest.raises(ValueError, match=r"a pruning method's name is a str, got \['smcp'\]; "
+                                         r"registered: .*smcp"):
+        fxprune.get_method(["smcp"])
+    with pytest.raises(DeployError, match="input shape 5 is not a shape: give every dim"):
+        resolve_input_shape(model, 5)
+    table = LatencyTable.measure(fxprune.layer_specs(pm), step=4, progress=False,
+                                 timer=lambda spec, ci, co: 0.01 * (ci + co))
+    data = table.to_dict()
+    key = next(iter(data["grids"]))
+    data["grids"][key]["layers"] = "c1"
+    with pytest.raises(DeployError, match=r"is malformed \(TypeError: grid .*: layers is 'c1', not a "
+                                          r"list of names\)"):
+        LatencyTable.from_dict(data)

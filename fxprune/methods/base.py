@@ -835,6 +835,9 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
 
 def get_method(name: str) -> MethodEntry:
     _load_builtin()
+    if not isinstance(name, str):  # (break111 F16: a list was "unhashable type")
+        raise ValueError(f"a pruning method's name is a str, got {name!r}; registered: "
+                         f"{', '.join(sorted(registry))}")
     if name not in registry:
         import difflib
 
