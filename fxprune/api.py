@@ -42,8 +42,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
             ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A key is a module class, a
             function (``torch.flip``) or a Tensor method's name (``"flip"``); a module instance
-            or another type raises TypeError, a name the graph never calls is warned of. A module class given a row is
-            traced as one call. A row that cannot describe its module (a conv rule for a module
+            or another type raises TypeError, a name the graph never calls is warned of. A
+            module class given a row is traced as one call. A row that cannot describe its module (a conv rule for a module
             without ``groups``, ``Conv()`` for a transposed conv) raises
             :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
 
@@ -88,12 +88,14 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             f"name: channel rule}}, got a {type(rules).__name__}")
         for key, row in (rules or {}).items():
             if isinstance(key, nn.Module):  # break111 F1: a row keyed by an instance did nothing
-                raise TypeError(f"prepare: rules= has a module instance as a key ({type(key).__name__}); "
-                                f"rows are per class: key it by {type(key).__name__} (type(module)), "
-                                "or a subclass of it that only this module is")
+                cls = type(key).__name__
+                raise TypeError(f"prepare: rules= has a module instance as a key ({cls}); rows "
+                                f"are per class: key it by {cls} (type(module)), or a subclass "
+                                "of it that only this module is")
             if not isinstance(key, str) and not callable(key):
-                raise TypeError(f"prepare: rules= has the key {key!r} (of type {type(key).__name__}); a key "
-                                "is a module class, a function, or the name of a Tensor method")
+                raise TypeError(f"prepare: rules= has the key {key!r} (of type "
+                                f"{type(key).__name__}); a key is a module class, a function, "
+                                "or the name of a Tensor method")
             if not isinstance(row, ChannelRule):
                 raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, "
                                 "not a channel rule: give an instance such as "
@@ -129,11 +131,11 @@ def _warn_unused_method_rules(model: nn.Module, gm: fx.GraphModule, rules: dict 
     does nothing (break111 F1: ``rules={"Conv2d": ...}`` or a module path, as leaf_modules=
     takes, changed nothing without a word)."""
     called = {n.target for n in gm.graph.nodes if n.op == "call_method"}
+    classes = {type(m).__name__ for m in model.modules()}
+    paths = dict(model.named_modules())
     for key in rules or {}:
         if not isinstance(key, str) or key in called:
             continue
-        classes = {type(m).__name__: type(m) for m in model.modules()}
-        paths = dict(model.named_modules())
         if key in paths and key:
             hint = (f"; {key!r} is a submodule's path: key the row by its class "
                     f"{type(paths[key]).__name__}")
