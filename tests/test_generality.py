@@ -827,6 +827,30 @@ def test_a_trace_error_in_a_torch_named_library_names_its_line():
     assert "fxprune.prepare(model.backbone, ...)" in message
 
 
+@pytest.mark.parametrize("conv, shape", [(nn.Conv1d, (3, 16)), (nn.Conv2d, (3, 8, 8)),
+                                         (nn.Conv3d, (3, 5, 6, 7)), (nn.ConvTranspose2d, (3, 8, 8))])
+def test_convs_on_unbatched_input_prune_and_are_priced_as_a_batch_of_one(conv, shape):
+    """review115 F1: LayerSpec's shape check refused a conv fed (C, H, W) inside prepare, which
+    fxprune supports; and its FLOPs dropped a spatial dim (output_shape[2:] of (C, H, W))."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(3, 8, 3), nn.ReLU(), conv(8, 4, 3))
+    x = torch.randn(*shape)
+    pm = fxprune.prepare(model, (x,))
+    pruner = fxprune.SMCP(pm, target=0.5, channel_step=2)
+    [g for g in fxprune.channel_groups(pm) if g.prunable][0].mask[:3] = 0
+    small = fxprune.finalize(pm)
+
+    def flops(m):
+        with FlopCounterMode(display=False) as counter:
+            m(x)
+        return counter.get_total_flops()
+
+    assert pruner.cost() == pytest.approx(flops(small) / flops(model))
+    torch.testing.assert_close(small(x), pm.eval()(x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_trace_error_in_the_models_own_forward_names_its_parts_with_convs():
     """break112 F3: the way out named model.backbone for a model with none (RAFT)."""
 
