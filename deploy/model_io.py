@@ -374,10 +374,15 @@ def resolve_input_shape(module: nn.Module, input_shape: str | Sequence[int] | No
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         if recorded is None:
             check_one_tensor_input(module, type(module).__name__)  # no shape would help
+            from fxprune.groups import is_finalized
+
+            # (break111 F4: a deep copy of a finalized model has the mark, not the attribute)
+            copied = (f" (copy.deepcopy of a finalized model does not keep its "
+                      f"{INPUT_SHAPE_ATTR}: set it on the copy)" if is_finalized(module) else "")
             raise DeployError(
-                "the model's input shape is unknown: pass --input-shape (e.g. --input-shape "
-                f"1,3,224,224; input_shape= in Python), or set model.{INPUT_SHAPE_ATTR} = "
-                "(1, 3, 224, 224) before torch.save")
+                f"the model's input shape is unknown{copied}: pass --input-shape (e.g. "
+                f"--input-shape 1,3,224,224; input_shape= in Python), or set "
+                f"model.{INPUT_SHAPE_ATTR} = (1, 3, 224, 224) before torch.save")
         shape = parse_shape(recorded)
     if batch is not None:
         if int(batch) <= 0:

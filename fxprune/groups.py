@@ -215,17 +215,12 @@ def mark_finalized(model: fx.GraphModule) -> None:
     model.meta["fxprune_finalized"] = True
 
 
-#: torch.fx's ``meta`` key whose attributes ``GraphModule.__deepcopy__`` sets on the copy
-_PRESERVED = "_user_preserved_attributes"
-
-
 def record_input_shape(model: nn.Module, shape) -> None:
-    """Set ``model.fxprune_input_shape`` (what ``fxprune deploy`` reads), kept by ``torch.save``
-    as an attribute and, for a GraphModule, by ``copy.deepcopy`` through torch.fx's preserved
-    attributes (break111 F4: a deep copy, e.g. one kept before fine-tuning, lost it)."""
+    """Set ``model.fxprune_input_shape`` (what ``fxprune deploy`` reads; ``torch.save`` keeps
+    it). A plain attribute only: ``copy.deepcopy`` of a GraphModule drops it, which deploy then
+    says. A second copy in torch.fx's deep-copy-preserved ``meta`` (break111 F4) came back
+    stale after the user set the attribute, and was lost by ``torch.load`` (review115 F2)."""
     model.fxprune_input_shape = tuple(shape)
-    if isinstance(model, fx.GraphModule):
-        model.meta.setdefault(_PRESERVED, {})["fxprune_input_shape"] = tuple(shape)
 
 
 def is_finalized(model) -> bool:

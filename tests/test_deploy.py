@@ -1553,9 +1553,11 @@ def test_a_model_finalized_in_python_deploys_without_input_shape(tmp_path, capsy
     fxprune.channel_groups(pm)[0].mask[:4] = 0
     small = fxprune.finalize(pm)
     assert small.fxprune_input_shape == (1, 3, 16, 16)
-    # break111 F4: a deep copy (one kept before fine-tuning) lost it; torch.save keeps it
-    small = copy.deepcopy(small)
-    assert small.fxprune_input_shape == (1, 3, 16, 16)
+    # break111 F4: a deep copy (one kept before fine-tuning) loses it, which deploy says
+    with pytest.raises(DeployError, match=r"input shape is unknown \(copy.deepcopy of a finalized "
+                                          r"model does not keep its fxprune_input_shape: set it on "
+                                          r"the copy\)"):
+        deploy(copy.deepcopy(small), tmp_path / "copy", backend="onnxruntime")
     torch.save(small, tmp_path / "small.pt")
     rc = main(["deploy", str(tmp_path / "small.pt"), "--out", str(tmp_path / "out"), *QUICK, *TRUST])
     assert rc == 0, capsys.readouterr().err
