@@ -185,7 +185,8 @@ class LatencyTable:
         bad = _header_problem({"backend": backend, "device": device, "threads": threads,
                                "runtime_version": runtime_version, "batch": batch, "dtype": dtype})
         if bad is not None:
-            raise DeployError(f"LatencyTable({bad[0]}={locals()[bad[0]]!r}): not {bad[1]}")
+            raise DeployError(f"LatencyTable({bad[0]}={locals()[bad[0]]!r}): not "
+                              f"{bad[1].replace('null', 'None')}")
 
     # ----------------------------------------------------------------- measuring
     @classmethod

@@ -244,7 +244,7 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                 "no shape fits: wrap it in a module whose forward takes one tensor; if it loops "
                 f"over the samples, pass a fitting --input-shape ({rec})") from None
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
-                          "pass a fitting --input-shape") from None
+                          "pass a fitting --input-shape (input_shape= in Python)") from None
 
 
 class _InputProbe(torch.Tensor):

@@ -115,10 +115,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
                   workspace=workspace)
-    for name, value in (("--atol", atol), ("--rtol", rtol)):
+    for name, value in (("atol (--atol)", atol), ("rtol (--rtol)", rtol)):
         check_tolerance(name, value)
-    for name, given in (("model", model), ("--compare", compare)):
-        if not isinstance(given, (nn.Module, str, os.PathLike)) and not (name == "--compare"
+    for name, given in (("model", model), ("compare (--compare)", compare)):
+        if not isinstance(given, (nn.Module, str, os.PathLike)) and not (name != "model"
                                                                          and given is None):
             # (break111 F8: deploy(None, out) was a bare KeyError: 'model')
             raise DeployError(f"deploy's {name} is an nn.Module or the path of a .pt or .onnx "

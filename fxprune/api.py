@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import inspect
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import fx, nn
@@ -83,7 +84,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             leaf_modules = ()
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
-        if rules is not None and not isinstance(rules, dict):  # (break111 F16: 'list' ... 'items')
+        if rules is not None and not isinstance(rules, Mapping):  # (break111 F16: 'list' ... 'items')
             raise TypeError(f"prepare: rules= is a dict {{module class, function or Tensor method "
                             f"name: channel rule}}, got a {type(rules).__name__}")
         for key, row in (rules or {}).items():
@@ -167,7 +168,12 @@ def _warn_masks_not_final(prepared: fx.GraphModule) -> None:
              f"{name}.finalize_masks() after the last step, then finalize", RuntimeWarning)
 
 
-_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _batchnorm_computing_as_sync(cls) -> bool:
+    """A BatchNorm class whose forward is torch's own (BatchNorm1d/2d/3d, or a subclass that
+    changes no computation): what ``convert_sync_batchnorm`` turns it into computes the same."""
+    base = nn.modules.batchnorm._BatchNorm
+    return (isinstance(cls, type) and issubclass(cls, base) and not issubclass(cls, nn.SyncBatchNorm)
+            and cls.forward is base.forward)
 
 
 def _plain_batchnorm_again(prepared: fx.GraphModule, pruned: fx.GraphModule) -> None:
@@ -176,7 +182,8 @@ def _plain_batchnorm_again(prepared: fx.GraphModule, pruned: fx.GraphModule) -> 
     ``sync_batchnorm=True``), sharing their tensors: in eval mode both compute the same, and
     the model ships with no need of a process group (review108 F5: the warning's way out,
     ``use_sync_batchnorm``'s undo, was not the user's to take under Lightning). A layer that
-    was already a SyncBatchNorm when traced is the user's choice and stays."""
+    was already a SyncBatchNorm when traced is the user's choice and stays; so does one whose
+    traced class has a forward of its own, which the conversion had dropped."""
     traced = {}  # module path -> its class when prepare traced it (torch.fx's nn_module_stack)
     for node in prepared.graph.nodes:
         if node.op == "call_module":
@@ -184,12 +191,13 @@ def _plain_batchnorm_again(prepared: fx.GraphModule, pruned: fx.GraphModule) -> 
                 traced.setdefault(path, cls)
     for name, layer in list(pruned.named_modules()):
         cls = traced.get(name)
-        if not isinstance(layer, nn.SyncBatchNorm) or cls not in _PLAIN_BATCHNORM:
+        if not isinstance(layer, nn.SyncBatchNorm) or not _batchnorm_computing_as_sync(cls):
             continue
-        plain = cls(layer.num_features, layer.eps, layer.momentum, layer.affine,
-                    layer.track_running_stats, device="meta")
-        plain._parameters, plain._buffers = dict(layer._parameters), dict(layer._buffers)  # shared
-        plain.train(layer.training)
+        # its class's __init__ may take other arguments (review115 F6): built without it, from
+        # the layer's own state, sharing its tensors
+        plain = cls.__new__(cls)
+        plain.__dict__.update({k: v for k, v in layer.__dict__.items() if k != "process_group"})
+        plain._parameters, plain._buffers = dict(layer._parameters), dict(layer._buffers)
         parent, _, leaf = name.rpartition(".")
         setattr(pruned.get_submodule(parent) if parent else pruned, leaf, plain)
 
@@ -216,7 +224,10 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     and one whose latest pruner (still alive) has not made its final selection: a loop that
     skipped ``pruner.finalize_masks()`` (RuntimeWarning). A BatchNorm that became an
     ``nn.SyncBatchNorm`` after ``prepare`` (converted for DDP training) is its traced class
-    again in the result; one that was a SyncBatchNorm when traced stays one, with a warning.
+    again in the result, unless that class has a forward of its own; one that was a
+    SyncBatchNorm when traced stays one, with a warning. A float32 model whose check fails is
+    judged again on float64 copies, relative to the float32 outputs' scale (an output that is
+    0 in exact arithmetic holds only rounding noise in float32).
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
         if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))

@@ -65,7 +65,14 @@ class LayerSpec:
                                  f"{int(name == 'groups')}, got {value!r}")
             object.__setattr__(self, name, int(value))
         for name in ("input_shape", "output_shape", "kernel_size", "stride", "padding", "dilation"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or any(
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
+                # (review115 F9: kernel_size=3 was "'int' object is not iterable", padding="same"
+                # became ('s', 'a', 'm', 'e'))
+                raise ValueError(f"LayerSpec {self.name!r}: {name} is a tuple of integers (one "
+                                 f"per dim), got {value!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
         spatial = len(self.input_shape) - 2
         if self.kind != "linear" and (spatial < 1 or len(self.kernel_size) != spatial
                                       or len(self.output_shape) != len(self.input_shape)):
@@ -299,6 +306,8 @@ def fixed_cost_of(cost_model, layers) -> float:
     if fixed is None:
         return 0.0
     value = fixed(layers)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or array
+        value = value.item()  # (review115 F4: worked before the check below)
     # break111 F13: inf became "budget is nan" in the knapsack, None a bare float() TypeError
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value)):

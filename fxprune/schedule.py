@@ -51,6 +51,10 @@ class PruningSchedule:
             v = float(v)
         object.__setattr__(self, name, v)
 
+    def __post_init__(self):
+        """Nothing left to do (each field is checked as it is set); kept for subclasses that
+        call ``super().__post_init__()`` (review115 F3)."""
+
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""
         if step <= self.warmup:

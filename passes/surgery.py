@@ -384,7 +384,10 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
     of forward arguments) and return the largest difference of their outputs relative to the
     output's scale; raises :class:`~fxprune.errors.SurgeryError` when it is above ``rtol``
     (a number > 0), when the masked model's output has no finite value to compare, and when
-    the masked model itself differs between two runs (randomness in eval mode)."""
+    the masked model itself differs between two runs (randomness in eval mode). A model with
+    no float64 tensor that fails is judged again on float64 copies, each output's difference
+    relative to its scale in the model's own precision (:func:`_float64_error`): what is
+    returned then is that difference; a 16-bit model, on float32 copies, with a warning."""
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < float("inf"):
         # (break111 F10: a negative or NaN rtol was reported as a model that differs by 0
         # between two runs)

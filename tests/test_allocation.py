@@ -767,7 +767,7 @@ def test_an_unknown_method_name_close_to_a_registered_one_is_suggested():
         fxprune.get_method("cucbb")
 
 
-@pytest.mark.parametrize("fixed", [float("inf"), float("nan"), None, "3", torch.tensor(2.0)])
+@pytest.mark.parametrize("fixed", [float("inf"), float("nan"), None, "3", torch.tensor(float("inf"))])
 def test_a_cost_models_fixed_cost_that_is_no_finite_number_is_named(fixed):
     """break111 F13: inf reached the knapsack as "budget is nan", None a bare float() error;
     neither named the cost model."""
@@ -781,3 +781,16 @@ def test_a_cost_models_fixed_cost_that_is_no_finite_number_is_named(fixed):
     with pytest.raises(ValueError, match=r"the cost model 'mine' gives fixed_cost_for\(layers\) = "
                                          r".*; it must return a finite number"):
         fxprune.SMCP(prepared(), cost=WithFixed())
+
+
+def test_a_cost_models_fixed_cost_may_be_a_zero_dim_tensor():
+    """review115 F4: a 0-d tensor worked (float(tensor)) before the finite-number check."""
+
+    class WithFixed(FlopsCost):
+        name = "mine"
+
+        def fixed_cost_for(self, layers):
+            return torch.tensor(1.5, dtype=torch.float64)
+
+    pruner = fxprune.SMCP(prepared(), cost=WithFixed())
+    assert pruner.cost() == 1.0

@@ -926,8 +926,8 @@ def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, v
 
 
 @pytest.mark.parametrize("option, phrase", [
-    ({"atol": -1.0}, "--atol must be a finite number >= 0"),
-    ({"rtol": float("nan")}, "--rtol must be a finite number >= 0"),
+    ({"atol": -1.0}, r"atol \(--atol\) must be a finite number >= 0"),
+    ({"rtol": float("nan")}, r"rtol \(--rtol\) must be a finite number >= 0"),
     ({"opset": 99}, "--opset must be an ONNX opset from 18 to"),
     # break25 #8: accepted, then written at 18 after the exporter's tracebacks
     ({"opset": 13}, r"--opset 13: torch's ONNX exporter writes opset 18 or later; .*"
@@ -1590,7 +1590,8 @@ def test_export_onnx_answers_what_it_cannot_export_in_one_line(tmp_path, module,
 
 @pytest.mark.parametrize("model, compare, message", [
     (None, None, r"deploy's model is an nn.Module or the path of a .pt or .onnx file, got NoneType"),
-    ("conv", 5, r"deploy's --compare is an nn.Module or the path of a .pt or .onnx file, got int")])
+    ("conv", 5, r"deploy's compare \(--compare\) is an nn.Module or the path of a .pt or .onnx "
+                r"file, got int")])
 def test_deploy_names_a_model_argument_that_is_no_model_or_path(tmp_path, model, compare, message):
     """break111 F8: deploy(None, out) raised a bare KeyError: 'model'."""
     model = nn.Conv2d(3, 4, 1) if model == "conv" else model

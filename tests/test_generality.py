@@ -1195,16 +1195,23 @@ def test_a_model_converted_to_sync_batch_norm_prunes_as_with_batch_norm():
     assert small.get_submodule("1").num_features == fxprune.channel_groups(pm)[0].kept
 
 
-@pytest.mark.parametrize("dims", [1, 2, 3])
+class _EpsNorm(nn.BatchNorm2d):
+    """A subclass that changes only its __init__ (review115 F6: it stayed a SyncBatchNorm)."""
+
+    def __init__(self, channels):
+        super().__init__(channels, eps=1e-3)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, "subclass"])
 def test_batch_norm_converted_to_sync_after_prepare_comes_back_plain(dims):
     """review108 F5: Lightning's sync_batchnorm=True converts the prepared model's norms for the
     fit and reverts them after PruningCallback finalized; the finalized model kept SyncBatchNorm
     and the warning's way out was not the user's. Each becomes the class prepare traced again,
     sharing the trained tensors; the finalized model is exact and no warning is said."""
     conv, norm = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d),
-                  3: (nn.Conv3d, nn.BatchNorm3d)}[dims]
+                  3: (nn.Conv3d, nn.BatchNorm3d), "subclass": (nn.Conv2d, _EpsNorm)}[dims]
     model = nn.Sequential(conv(3, 8, 3, padding=1), norm(8), nn.ReLU(), conv(8, 4, 1))
-    x = torch.randn(2, 3, *[5] * dims)
+    x = torch.randn(2, 3, *[5] * (2 if dims == "subclass" else dims))
     pm = fxprune.prepare(model, (x,))
     nn.SyncBatchNorm.convert_sync_batchnorm(pm)  # what the DDP strategy does before the fit
     synced = pm.get_submodule("1")
@@ -1220,6 +1227,7 @@ def test_batch_norm_converted_to_sync_after_prepare_comes_back_plain(dims):
         small = fxprune.finalize(pm)
     plain = small.get_submodule("1")
     assert type(plain) is norm and plain.num_features == 6 and not plain.training
+    assert plain.eps == norm(1).eps
     assert torch.equal(plain.running_mean, synced.running_mean[[0, 2, 3, 5, 6, 7]])
     assert isinstance(pm.get_submodule("1"), nn.SyncBatchNorm)  # the prepared model as it was
     torch.testing.assert_close(small(x), pm(x), rtol=1e-5, atol=1e-6)
@@ -2862,3 +2870,11 @@ def test_a_rank_guard_names_torch_assert_which_traces():
     pm = fxprune.prepare(RankGuarded(traced_assert=True), X)
     with pytest.raises(AssertionError, match="NCHW input"):
         pm(torch.randn(3, 8, 8))
+
+
+def test_rules_may_be_any_mapping():
+    """review115 F5: a MappingProxyType (a frozen config) worked before rules= was checked."""
+    import types
+
+    rules = types.MappingProxyType({"flip": fxprune.rules.Barrier("mine")})
+    assert prunable(fxprune.prepare(_Flips(), (X,), rules=rules)) == {}

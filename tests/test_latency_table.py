@@ -999,7 +999,9 @@ def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp
     ({"kind": "rnn"}, r"kind is 'conv', 'conv_transpose' or 'linear', got 'rnn'"),
     ({"in_channels": -3}, r"in_channels is an integer >= 0, got -3"),
     ({"groups": 0}, r"groups is an integer >= 1, got 0"),
-    ({"input_shape": (), "output_shape": ()}, r"a conv needs input and output shapes")])
+    ({"input_shape": (), "output_shape": ()}, r"a conv needs input and output shapes"),
+    ({"kernel_size": 3}, r"kernel_size is a tuple of integers \(one per dim\), got 3"),
+    ({"padding": "same"}, r"padding is a tuple of integers \(one per dim\), got 'same'")])
 def test_a_layer_spec_checks_its_fields(fields, message):
     """break111 F14: an unknown kind was priced as a conv, negative counts gave negative FLOPs,
     list shapes failed as 'unhashable', a conv without shapes as an IndexError."""

@@ -1,6 +1,7 @@
 """SMCP: importance, soft/hard masks, BN rescaling, the budget, the schedule, resuming."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import warnings
@@ -890,6 +891,16 @@ def test_a_schedule_is_checked_at_every_assignment_and_smcp_keeps_its_own_copy(t
     pruner = fxprune.SMCP(pm, target=0.5, channel_step=2, schedule=mine)
     mine.freeze_after = 0
     assert pruner.schedule.freeze_after is None and pruner.schedule == PruningSchedule(1, 4, 2)
+
+    @dataclasses.dataclass
+    class Mine(PruningSchedule):  # review115 F3: super().__post_init__() must still resolve
+        note: str = ""
+
+        def __post_init__(self):
+            super().__post_init__()
+            self.note = self.note or "mine"
+
+    assert Mine(ramp=10).note == "mine"
 
 
 def test_a_tiny_sharpness_ramps_linearly_instead_of_dividing_by_zero():
