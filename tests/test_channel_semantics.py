@@ -937,6 +937,44 @@ def test_a_prepared_model_with_masked_norms_exports_and_compiles_to_one_graph():
         pm.fxprune_masks.get_buffer(next(iter(pm.fxprune_masks._buffers)))[:3] = 0
 
 
+_COMPILED_CONVNEXT_BLOCK = """
+import torch, torch.nn as nn, torch.nn.functional as F, fxprune
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(16), nn.Linear(16, 32), nn.Linear(32, 16)
+        self.c, self.head = nn.Conv2d(16, 24, 3, padding=1), nn.Linear(24, 10)
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.fc2(F.gelu(self.fc1(self.ln(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.head(self.c(x + y).mean((2, 3)))
+torch.manual_seed(0)
+x = torch.randn(2, 3, 8, 8)
+pm = fxprune.prepare(Block(), (x,))
+torch.compile(pm)(x).sum().backward()
+grads = [p.grad.clone() for p in pm.parameters()]
+pm.zero_grad()
+pm(x).sum().backward()
+assert all(torch.allclose(g, p.grad, rtol=1e-4, atol=1e-5) for g, p in zip(grads, pm.parameters()))
+print("trained")
+"""
+
+
+@pytest.mark.slow
+def test_a_compiled_prepared_model_with_a_masked_layer_norm_trains_on_the_cpu():
+    """break113 F1: the first backward of an inductor-compiled prepared ConvNeXt block killed
+    the process (heap corruption, a segfault): inductor's CPU code for the masked LayerNorm's
+    GEMV form. Under torch.compile the weighted-sum form runs, which inductor fuses anyway.
+    In a child process: the failure is a crash."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _COMPILED_CONVNEXT_BLOCK], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "trained" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 @pytest.mark.parametrize("norm", ["layer_norm", "layer_norm_2d", "group_norm", "rms_norm", "simple_norm"])
 def test_a_group_masked_whole_gives_masked_norms_finite_output(norm):
     """break94 #5: with every channel of a group masked, a masked norm divided its statistics
