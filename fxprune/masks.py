@@ -120,6 +120,13 @@ class _FxPruneLayer:
     #: again: pickle finds classes by module and name, and these have none to find
     _fxprune_recipe: tuple | None = None
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule first (break113 F4: "Module
+        # 'MaskedConv2d' has no attribute '_fxprune_in_dim'", from inside TorchScript)
+        raise TypeError(f"torch.jit.script: {type(self).__name__} is one of fxprune's masked "
+                        "layers, which do not script: script the finalized model "
+                        "(fxprune.finalize(prepared)), or torch.jit.trace the prepared one")
+
     def __reduce_ex__(self, protocol):
         recipe = type(self).__dict__.get("_fxprune_recipe")
         if recipe is None:

@@ -1217,3 +1217,17 @@ def test_wrong_types_at_the_public_entry_points_get_one_line_errors(tmp_path):
     with pytest.raises(DeployError, match=r"is malformed \(TypeError: grid .*: layers is 'c1', not a "
                                           r"list of names\)"):
         LatencyTable.from_dict(data)
+
+
+def test_scripting_the_prepared_model_says_to_script_the_finalized_one():
+    """break113 F4: TorchScript's own "Module 'MaskedConv2d' has no attribute
+    '_fxprune_in_dim'" named neither the problem nor the way out."""
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)),
+                         (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(TypeError, match=r"MaskedConv2d is one of fxprune's masked layers, which do "
+                                        r"not script: script the finalized model"):
+        torch.jit.script(pm)
+    fxprune.channel_groups(pm)[0].mask[:2] = 0
+    scripted = torch.jit.script(fxprune.finalize(pm))
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(scripted(x), pm.eval()(x), rtol=1e-5, atol=1e-6)

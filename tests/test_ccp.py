@@ -743,6 +743,38 @@ def test_a_method_whose_copy_would_do_something_else_refuses_to_be_copied():
     smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
     pm2, smcp2 = copy.deepcopy((pm, smcp))
     assert smcp2.prepared is pm2 and smcp2.target == smcp.target
+    # break113 F3: the pruner alone took a hidden copy of the model, silently
+    with pytest.warns(RuntimeWarning, match=r"copy.deepcopy of a SMCP copied its model with it: the "
+                                            r"copy prunes that copy.*copy.deepcopy\(\(model, pruner\)\)"):
+        alone = copy.deepcopy(smcp)
+    assert alone.prepared is not pm
+
+
+def test_a_pruner_pickles_with_its_model_after_steps_or_says_why_not():
+    """break113 F2: torch.save({"model": pm, "pruner": pruner}) worked before the first step and
+    then failed with "cannot pickle 'weakref.ReferenceType' object"; CCP's and CUCB's hooks
+    failed as bare pickling errors."""
+    import io
+
+    pm = prepared()
+    smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    for step in range(2):
+        x, y = data(n=16, seed=step)
+        F.cross_entropy(pm(x), y).backward()
+        smcp.step()
+        opt.step()
+        opt.zero_grad()
+    buffer = io.BytesIO()
+    torch.save({"model": pm, "pruner": smcp}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded["pruner"].prepared is loaded["model"]
+    assert loaded["pruner"].cost() == pytest.approx(smcp.cost())
+    ccp = CCP(prepared(), ratio=0.5, collect=2)
+    with pytest.raises(TypeError, match=r"CCP cannot be pickled: its activation taps.*save its "
+                                        r"state_dict\(\)"):
+        torch.save(ccp, io.BytesIO())
 
 
 def _amp_run(scaled, scaler_arg, overflow_at=()):

@@ -291,11 +291,32 @@ class PruningMethod:
             raise TypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
                             "copy the model and optimizer, build a new pruner on the copy and load "
                             "this one's state_dict() into it")
+        if id(self.prepared) not in memo:
+            # break113 F3: the copy silently pruned a hidden copy of the model, while the user
+            # trained theirs; the only sign was a misleading "no gradients were seen"
+            warn(f"copy.deepcopy of a {type(self).__name__} copied its model with it: the copy "
+                 "prunes that copy, not the model you train. Copy both in one call, the model "
+                 "first (copy.deepcopy((model, pruner))), or build a new pruner on your model "
+                 "and load this one's state_dict()", RuntimeWarning)
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
             new.__dict__[key] = copy.deepcopy(value, memo)
         return new
+
+    def __getstate__(self):
+        """What pickling keeps (``torch.save({"model": pm, "pruner": pruner})``): all but the
+        weak references to the last step's gradients, which do not pickle (break113 F2: it
+        failed after the first step) and mean nothing in another process. A method holding
+        hooks refuses, as a deep copy does."""
+        why = self.not_copyable()
+        if why:
+            raise TypeError(f"{type(self).__name__} cannot be pickled: {why}; save its "
+                            "state_dict() with the model's and load it into a new pruner built "
+                            "on the loaded model")
+        state = self.__dict__.copy()
+        state.pop("_last_grads", None)
+        return state
 
     def state_origin(self) -> dict:
         """What a state records of who saved it: the method, the registry name if any, and the
