@@ -373,9 +373,10 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             f"{hook_names(model.get_submodule(lone[0]))}); {way_out}", UserWarning, stacklevel=3)
     if checkpointed:
         where = list(dict.fromkeys(checkpointed))
+        named = (where[0] if len(where) == 1 else f"{where[0]} and {where[1]}" if len(where) == 2
+                 else f"{', '.join(where[:3])}{', ...' if len(where) > 3 else ''}")
         warnings.warn(
-            f"{', '.join(where[:3])}{', ...' if len(where) > 3 else ''} "
-            f"run{'s' if len(where) == 1 else ''} under torch.utils.checkpoint (activation "
+            f"{named} run{'s' if len(where) == 1 else ''} under torch.utils.checkpoint (activation "
             "checkpointing), which a torch.fx graph does not keep: the prepared and finalized "
             "models compute the same outputs but store those activations for backward (more "
             "memory in training); to save that memory in the finalized model, call its blocks "
@@ -524,7 +525,8 @@ def _through_checkpoints(seen: list[str]):
             held = [v for cell in getattr(function, "__closure__", None) or ()
                     for v in (cell.cell_contents if isinstance(cell.cell_contents, (list, tuple))
                               else [cell.cell_contents])
-                    if isinstance(v, nn.Module)]
+                    if isinstance(v, nn.Module) and names.get(id(v)) != ""]
+            # (break113 F5: a lambda closing over the model itself was named "the model")
             if not held:
                 seen.append(getattr(function, "__qualname__", type(function).__name__))
             seen.extend(path(m) for m in held if id(m) in names)

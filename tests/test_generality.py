@@ -2334,6 +2334,30 @@ def test_activation_checkpointing_is_traced_through_and_said(reentrant):
     assert n_params(small) < n_params(pm)
 
 
+class _LambdaCheckpointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.c, self.h = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        x = checkpoint(self.blk, x, use_reentrant=False)
+        return self.h(checkpoint(lambda t: F.relu(self.c(t)), x, use_reentrant=False))
+
+
+def test_activation_checkpointing_of_a_lambda_over_the_model_is_named_as_the_lambda():
+    """break113 F5: a lambda closing over the model itself was named "the model", and two
+    names read "`blk`, the model run under"."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fxprune.prepare(_LambdaCheckpointed(), (X,))
+    texts = [str(w.message) for w in said]
+    assert len(texts) == 1 and texts[0].startswith(
+        "`blk` and _LambdaCheckpointed.forward.<locals>.<lambda> run under torch.utils.checkpoint"), texts
+
+
 class _ExpandedAttention(nn.Module):
     """CBAM-style spatial attention: a 1-channel map repeated to the feature's channels."""
 
