@@ -664,3 +664,28 @@ def test_finalize_says_when_the_loop_skipped_the_final_selection():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         fxprune.finalize(pm)
+
+
+@pytest.mark.parametrize("execution", ["masked", "gathered"])
+def test_a_step_between_forward_and_backward_is_named_before_it_fails(execution):
+    """break114 F1: masked execution failed in the user's backward with torch's bare in-place
+    error (naming a [1, 24, 1, 1] mask); gathered execution trained with no reward, unsaid. A
+    forward with grad only for logging (its output gone) owes nothing."""
+    pm = prepared()
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05)
+    pruner = CUCB(pm, rho=0.5, warmup=0, explore=6, execution=execution, channel_step=1)
+    pruner.attach_optimizer(opt)
+    x, y = data(n=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right order, a logging forward with grad: quiet
+        for _ in range(2):
+            F.cross_entropy(pruner.train_forward(x), y).backward()
+            pm(x).argmax(1)
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+    out = pruner.train_forward(x)
+    with pytest.warns(RuntimeWarning, match=r"CUCB.step\(\) at step 3 came after a forward with "
+                                            r"grad whose output has had no backward yet: call "
+                                            r"pruner.step\(\) after loss.backward\(\)"):
+        pruner.step()

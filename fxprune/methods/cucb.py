@@ -219,6 +219,12 @@ class CUCB(PruningMethod):
         self.execution = "gathered" if self.gathered is not None else "masked"
         if self.gathered is not None:
             prepared.register_forward_hook(MethodHook(self._full_width_forward))
+        # the last forward with grad, until a backward reaches its output (see step())
+        self._owed: dict = {}
+        self._said_owed = False
+        for module in (prepared, self.gathered):
+            if module is not None:
+                module.register_forward_hook(MethodHook(self._forward_with_grad))
         self._hooks = []
         self._attached: list = []  # weak references to the attached optimizers
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
@@ -292,6 +298,7 @@ class CUCB(PruningMethod):
         self._check_step_call()
         if self.final:
             return None
+        self._check_backward_ran()
         if not self._loop_checked and self.gathered is not None:
             self._loop_checked = True
             self._check_gathered_loop()
@@ -313,6 +320,33 @@ class CUCB(PruningMethod):
         self.active = self._select(self.step_count)
         self._apply(self.active)
         return None
+
+    def _forward_with_grad(self, module, args, output) -> None:
+        """Remember a forward with grad until a backward reaches one of its outputs (a weak
+        reference: a forward whose output is gone, a logged accuracy, owes nothing)."""
+        if not torch.is_grad_enabled():
+            return
+        leaves = [o for o in pytree.tree_leaves(output)
+                  if isinstance(o, torch.Tensor) and o.requires_grad]
+        if not leaves:
+            return
+        owed = self._owed = {"output": weakref.ref(leaves[0])}
+        for out in leaves:
+            out.register_hook(lambda grad, owed=owed: owed.update(output=None))
+
+    def _check_backward_ran(self) -> None:
+        """Say once when step() comes between a forward and its backward (break114 F1: masked
+        execution then failed in the user's backward with torch's bare in-place error, naming a
+        mask; gathered execution trained with no reward, unsaid)."""
+        ref = self._owed.get("output")
+        if ref is None or ref() is None or self._said_owed:
+            return
+        self._said_owed = True
+        warn(f"CUCB.step() at step {self.step_count} came after a forward with grad whose "
+             "output has had no backward yet: call pruner.step() after loss.backward(). Its "
+             "reward reads that backward's gradients, and the new active set it draws changes "
+             "the masks the forward's graph holds, so a backward after it fails (an in-place "
+             "error); a forward only for logging belongs under torch.no_grad()", RuntimeWarning)
 
     def _warn_nonfinite(self) -> None:
         warn(
