@@ -285,6 +285,20 @@ def test_layers_frozen_after_the_pruner_is_built_are_named_at_the_next_update():
         train(pm, pruner, 2, optimizer=opt)
 
 
+def test_ccp_whose_rounds_come_early_names_an_untrained_model_at_finalize_masks():
+    """break114 F2: with prune_at=4 the check (from 8 steps in) never ran at a round; 30 steps,
+    finalize_masks and finalize passed without a word while the prepared model never trained."""
+    torch.manual_seed(0)
+    model = SmallNet(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    pm = fxprune.prepare(model, (data()[0],))
+    pruner = fxprune.CCP(pm, target=0.5, collect=4, prune_at=4)
+    train(pm, pruner, 12, optimizer=opt)
+    with pytest.warns(RuntimeWarning, match=r"CCP: the prepared model's weights have not changed "
+                                            r"in the 12 steps"):
+        pruner.finalize_masks()
+
+
 @pytest.mark.parametrize("method", ["SMCP", "CUCB", "CCP"])
 def test_an_optimizer_over_the_model_before_prepare_is_named_at_the_first_decision(method):
     """break90 F2: an optimizer built before prepare steps the original model (prepare works on

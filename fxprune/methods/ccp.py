@@ -551,6 +551,9 @@ class CCP(PruningMethod):
         """Remove the statistics hooks (a finalized model must not carry them); masks stay.
         A run that ends before the last round keeps the masks of the rounds done (warned of
         when they cost more than ``target``)."""
+        # its rounds may all come early (prune_at=4): the run's end is its last chance to say
+        # the prepared model never trained (break114 F2)
+        self._check_training()
         self._close()
         if self.skipped_rounds:  # (ratio mode has no target to be above: this says it)
             warn(f"CCP.finalize_masks: {self.skipped_rounds} of {self.rounds} round(s) were skipped "
