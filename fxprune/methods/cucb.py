@@ -89,6 +89,19 @@ __all__ = ["CUCB"]
 NONFINITE_STEPS_WARN = 20
 
 
+def _backward_reached(pruner_ref, forward_step: int) -> None:
+    """A backward reached the output of a forward made at ``forward_step`` (CUCB's hook)."""
+    pruner = pruner_ref()
+    if pruner is None or pruner.step_count == forward_step or pruner._said_owed:
+        return
+    pruner._said_owed = True
+    warn(f"CUCB: a backward ran through a forward made before the last step() (step "
+         f"{forward_step}, now {pruner.step_count}): call pruner.step() after loss.backward(). "
+         "Its reward reads that backward's gradients, and the new active set it drew changed "
+         "the masks the forward's graph holds, so this backward fails with an in-place error "
+         "under masked execution", RuntimeWarning)
+
+
 def _refuse_gathered_in_a_group(when: str = "") -> None:
     """Gathered execution runs the sub-network outside the DDP wrapper: in a process group of
     several, no gradient would be averaged and the ranks would train apart."""
@@ -219,8 +232,8 @@ class CUCB(PruningMethod):
         self.execution = "gathered" if self.gathered is not None else "masked"
         if self.gathered is not None:
             prepared.register_forward_hook(MethodHook(self._full_width_forward))
-        # the last forward with grad, until a backward reaches its output (see step())
-        self._owed: dict = {}
+        # a backward that reaches a forward's output after a step() in between is said (see
+        # _forward_with_grad)
         self._said_owed = False
         for module in (prepared, self.gathered):
             if module is not None:
@@ -298,7 +311,6 @@ class CUCB(PruningMethod):
         self._check_step_call()
         if self.final:
             return None
-        self._check_backward_ran()
         if not self._loop_checked and self.gathered is not None:
             self._loop_checked = True
             self._check_gathered_loop()
@@ -322,31 +334,21 @@ class CUCB(PruningMethod):
         return None
 
     def _forward_with_grad(self, module, args, output) -> None:
-        """Remember a forward with grad until a backward reaches one of its outputs (a weak
-        reference: a forward whose output is gone, a logged accuracy, owes nothing)."""
-        if not torch.is_grad_enabled():
+        """Say once when a backward reaches a forward's output after a step() came between
+        them (break114 F1: masked execution then failed in the user's backward with torch's
+        bare in-place error, naming a mask; gathered execution trained with no reward, unsaid).
+        Told by the output's gradient hook, which runs before the graph's nodes unpack what
+        they saved, so before torch's error; a forward that has no backward (a logged
+        accuracy) is never said, and nothing outlives the graph (break117 F2, F3: a weak
+        reference to the output missed `loss = crit(pm(x), y)`, and did not pickle)."""
+        if not torch.is_grad_enabled() or self._said_owed:
             return
         leaves = [o for o in pytree.tree_leaves(output)
                   if isinstance(o, torch.Tensor) and o.requires_grad]
         if not leaves:
             return
-        owed = self._owed = {"output": weakref.ref(leaves[0])}
-        for out in leaves:
-            out.register_hook(lambda grad, owed=owed: owed.update(output=None))
-
-    def _check_backward_ran(self) -> None:
-        """Say once when step() comes between a forward and its backward (break114 F1: masked
-        execution then failed in the user's backward with torch's bare in-place error, naming a
-        mask; gathered execution trained with no reward, unsaid)."""
-        ref = self._owed.get("output")
-        if ref is None or ref() is None or self._said_owed:
-            return
-        self._said_owed = True
-        warn(f"CUCB.step() at step {self.step_count} came after a forward with grad whose "
-             "output has had no backward yet: call pruner.step() after loss.backward(). Its "
-             "reward reads that backward's gradients, and the new active set it draws changes "
-             "the masks the forward's graph holds, so a backward after it fails (an in-place "
-             "error); a forward only for logging belongs under torch.no_grad()", RuntimeWarning)
+        me, at = weakref.ref(self), self.step_count
+        leaves[0].register_hook(lambda grad: _backward_reached(me, at))
 
     def _warn_nonfinite(self) -> None:
         warn(
