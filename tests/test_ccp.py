@@ -743,11 +743,22 @@ def test_a_method_whose_copy_would_do_something_else_refuses_to_be_copied():
     smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
     pm2, smcp2 = copy.deepcopy((pm, smcp))
     assert smcp2.prepared is pm2 and smcp2.target == smcp.target
-    # break113 F3: the pruner alone took a hidden copy of the model, silently
-    with pytest.warns(RuntimeWarning, match=r"copy.deepcopy of a SMCP copied its model with it: the "
-                                            r"copy prunes that copy.*copy.deepcopy\(\(model, pruner\)\)"):
-        alone = copy.deepcopy(smcp)
+    # break117 F6: the pruner first in one call links the copies too, and is not warned of
+    smcp3, pm3 = copy.deepcopy((smcp, pm))
+    assert smcp3.prepared is pm3
+    # break113 F3: the pruner alone took a hidden copy of the model, silently; said at its
+    # first step, where the model trained got the gradients, not the pruner's
+    alone = copy.deepcopy(smcp)
     assert alone.prepared is not pm
+    x, y = data(n=8)
+    F.cross_entropy(pm(x), y).backward()
+    with pytest.warns(RuntimeWarning, match=r"SMCP.step\(\): this pruner was deep-copied without "
+                                            r"the model you train, so it prunes a copy of its own"):
+        alone.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F.cross_entropy(pm3(x), y).backward()
+        smcp3.step()
 
 
 def test_a_pruner_pickles_with_its_model_after_steps_or_says_why_not():

@@ -291,18 +291,36 @@ class PruningMethod:
             raise TypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
                             "copy the model and optimizer, build a new pruner on the copy and load "
                             "this one's state_dict() into it")
-        if id(self.prepared) not in memo:
-            # break113 F3: the copy silently pruned a hidden copy of the model, while the user
-            # trained theirs; the only sign was a misleading "no gradients were seen"
-            warn(f"copy.deepcopy of a {type(self).__name__} copied its model with it: the copy "
-                 "prunes that copy, not the model you train. Copy both in one call, the model "
-                 "first (copy.deepcopy((model, pruner))), or build a new pruner on your model "
-                 "and load this one's state_dict()", RuntimeWarning)
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
             new.__dict__[key] = copy.deepcopy(value, memo)
+        new._copied_as = "deep-copied"
+        new._after_copy()
         return new
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._copied_as = "unpickled"
+        self._after_copy()
+
+    def _after_copy(self) -> None:
+        """What a copy (deep or pickled) of this method does once its state is in: put back
+        hooks on its model's layers (a copied model holds no-ops in their place)."""
+
+    def _check_copied_alone(self) -> None:
+        """At a copy's first ``step()``: say when its model got no gradient, as happens when
+        the pruner was copied or pickled without the model being trained, so it holds a hidden
+        copy of its own (break113 F3, break117 F4, F6: said at the copy, it was wrong for a
+        pruner copied before its model in one call); the only sign was "no gradients seen"."""
+        how = self.__dict__.pop("_copied_as", None)
+        if how is None or any(c.param.grad is not None for c in self.consumers):
+            return
+        warn(f"{type(self).__name__}.step(): this pruner was {how} without the model you "
+             "train, so it prunes a copy of its own, which got no gradients: copy or pickle "
+             "the model and the pruner in one call (copy.deepcopy((model, pruner)), "
+             "torch.save({'model': model, 'pruner': pruner}, path)) and use both copies, or "
+             "build a new pruner on your model and load this one's state_dict()", RuntimeWarning)
 
     def __getstate__(self):
         """What pickling keeps (``torch.save({"model": pm, "pruner": pruner})``): all but the
@@ -428,6 +446,7 @@ class PruningMethod:
         """At each ``step()``: this pruner is the model's latest (:meth:`_check_superseded`),
         and a backward ran since the last step (:meth:`_check_backward_since_last_step`)."""
         self._check_superseded()
+        self._check_copied_alone()
         self._check_backward_since_last_step()
 
     def _check_superseded(self) -> None:

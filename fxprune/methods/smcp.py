@@ -74,7 +74,7 @@ from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import MethodHook, set_straight_through
+from ..masks import MethodHook, set_straight_through, strip_method_hooks
 from ..schedule import PruningSchedule
 from ..checks import check_fraction, check_number
 from .base import PruningMethod, resolve_cost_model, trainable_state
@@ -230,10 +230,23 @@ class SMCP(PruningMethod):
         self._recalibrating = 0  # training batches left in the current re-estimation window
         self._own_momentum: float | None = None
         if self.bn_recalibrate:
-            for bn in self._bns.values():
-                bn.register_forward_pre_hook(MethodHook(self._cumulative_average))
-                bn.register_forward_hook(MethodHook(self._momentum_back), always_call=True)
+            self._hook_norms()
         self._check_reachable(self.target)
+
+    def _hook_norms(self) -> None:
+        """bn_recalibrate's hooks on every BatchNorm that tracks running statistics."""
+        for bn in self._bns.values():
+            bn.register_forward_pre_hook(MethodHook(self._cumulative_average))
+            bn.register_forward_hook(MethodHook(self._momentum_back), always_call=True)
+
+    def _after_copy(self) -> None:
+        # a copied model holds no-ops where the hooks were: this copy's own go in their place
+        # (break117 F1: a run resumed from a pickle, or branched by a deep copy, silently
+        # stopped recalibrating; its BatchNorm statistics drifted from the uninterrupted run's)
+        if self.bn_recalibrate:
+            for bn in self._bns.values():
+                strip_method_hooks(bn)
+            self._hook_norms()
 
     # -- the training-loop API ------------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
