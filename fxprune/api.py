@@ -254,7 +254,10 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
                 rtol = max(DEFAULT_RTOL.get(d, 1e-4) for d in dtypes)
             verify(prepared, pruned, state.example_inputs, rtol)
         inputs = state.example_inputs
-        if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor):
+        # a model whose convs read an unbatched input records no shape: deploy read its
+        # channels as the batch (break117 F5) and asks for --input-shape instead
+        unbatched = any(layer.spec.meta.get("unbatched") for layer in state.channels.layers)
+        if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) and not unbatched:
             # what fxprune deploy reads from a saved model (fxprune.deploy.model_io's
             # INPUT_SHAPE_ATTR): the shape it was checked at (break98 F6: only fxprune
             # train's models recorded it, so deploy asked for --input-shape)

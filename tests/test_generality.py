@@ -849,6 +849,8 @@ def test_convs_on_unbatched_input_prune_and_are_priced_as_a_batch_of_one(conv, s
 
     assert pruner.cost() == pytest.approx(flops(small) / flops(model))
     torch.testing.assert_close(small(x), pm.eval()(x), rtol=1e-5, atol=1e-6)
+    # break117 F5: (C, H, W) recorded as the input shape, deploy read C as the batch
+    assert not hasattr(small, "fxprune_input_shape")
 
 
 def test_a_trace_error_in_the_models_own_forward_names_its_parts_with_convs():

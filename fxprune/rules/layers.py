@@ -190,13 +190,15 @@ class Conv(_WeightLayer):
                 pad += tuple(t - t // 2 for t in total)
         w = ctx.tensor(call.weight)
         shape_in, shape_out = tuple(ctx.shape(call.x)), tuple(ctx.out_shape())
-        if len(shape_in) == len(k) + 1:  # unbatched input (C, H, W): priced as a batch of 1
+        unbatched = len(shape_in) == len(k) + 1
+        if unbatched:  # input (C, H, W): priced as a batch of 1
             # (review115 F1: LayerSpec refused it; output_shape[2:] dropped a spatial dim)
             shape_in, shape_out = (1, *shape_in), (1, *shape_out)
         return LayerSpec(call.module, "conv_transpose" if self.transposed else "conv", c_in, c_out,
                          shape_in, shape_out, k, call.stride, tuple(pad),
                          call.dilation, call.groups, call.bias is not None,
-                         str(w.dtype).replace("torch.", ""), padding_mode=call.padding_mode)
+                         str(w.dtype).replace("torch.", ""), padding_mode=call.padding_mode,
+                         meta={"unbatched": True} if unbatched else {})
 
     def resize(self, m, node, ctx):
         out = m.weight.shape[0]
