@@ -187,6 +187,8 @@ class LatencyTable:
         if bad is not None:
             raise DeployError(f"LatencyTable({bad[0]}={locals()[bad[0]]!r}): not "
                               f"{bad[1].replace('null', 'None')}")
+        # plain ints: a numpy one (break117 F9) would not save as JSON
+        self.threads, self.batch = int(threads), None if batch is None else int(batch)
 
     # ----------------------------------------------------------------- measuring
     @classmethod
@@ -645,8 +647,9 @@ def _check_header_matches_timings(table: "LatencyTable", source: str) -> None:
 
 
 def _is_count(value, low: int = 1) -> bool:
-    """An int (not a bool) of at least ``low``: measure's settings, and a saved table's."""
-    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+    """An integer (not a bool; a numpy one too) of at least ``low``: measure's settings, and a
+    saved table's."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= low
 
 
 def _check_header(data: dict, source: str) -> None:

@@ -100,7 +100,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             if not isinstance(row, ChannelRule):
                 raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, "
                                 "not a channel rule: give an instance such as "
-                                "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier()")
+                                "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier('why')")
         gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
                    fixed=fixed_arguments(model, example_inputs))
         unused = [key for key in (rules or {}) if inspect.isfunction(key)
@@ -243,8 +243,8 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
         if synced:  # (break107 F5: kept silently; it trains only inside a process group)
             warn(f"finalize: the pruned model holds nn.SyncBatchNorm ({synced[0]}"
                  f"{f' and {len(synced) - 1} more' if len(synced) > 1 else ''}), which trains only "
-                 "inside a process group; call the undo() of fxprune.distributed."
-                 "use_sync_batchnorm before finalize, or convert them back to BatchNorm",
+                 "inside a process group; convert them back to BatchNorm before finalize (the "
+                 "undo() of fxprune.distributed.use_sync_batchnorm, if it made them)",
                  RuntimeWarning)
         if check:
             if rtol is None:  # the lowest precision it computes in: its dtype, or an autocast

@@ -33,8 +33,10 @@ class PruningSchedule:
     def __setattr__(self, name: str, v) -> None:
         # checked at every assignment, not only when built (break111 F5: `s.warmup = 2.5`
         # afterwards gave a schedule that never updated)
-        if name == "shape" and v not in ("exp", "linear"):
-            raise ValueError(f"schedule shape must be 'exp' or 'linear', got {v!r}")
+        if name == "shape":
+            if v not in ("exp", "linear"):
+                raise ValueError(f"schedule shape must be 'exp' or 'linear', got {v!r}")
+            v = str(v)  # (break117 F8: a numpy str did not load with weights_only=True)
         low = {"warmup": 0, "ramp": 0, "update_every": 1, "freeze_after": 0}.get(name)
         if low is not None and not (name == "freeze_after" and v is None):
             # step counts: a float warm-up (0.1 * total steps) never met `step == ...` and the

@@ -989,7 +989,9 @@ def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp
     code that made it."""
     with pytest.raises(DeployError, match=message):
         LatencyTable(**setting)
-    LatencyTable(backend="torch", threads=1, batch=4, dtype="float16").save(tmp_path / "t.json")
+    # numpy integers are integers (break117 F9), saved as plain ones
+    LatencyTable(backend="torch", threads=np.int64(1), batch=np.int64(4),
+                 dtype="float16").save(tmp_path / "t.json")
     with warnings.catch_warnings():  # (timed on no machine: "another machine's")
         warnings.simplefilter("ignore", RuntimeWarning)
         assert LatencyTable.load(tmp_path / "t.json").batch == 4
