@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -169,7 +170,8 @@ class _GatheredParameter(nn.Module):
 #: the active channels as they would on all of them
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Hardswish, nn.Sigmoid,
                nn.Hardsigmoid, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
-               nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Dropout)
+               nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Dropout,
+               nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.RReLU)  # (break116 #5)
 _PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: modules that act on each channel alone, with nothing per channel (break72 #5: Dropout2d and
 #: Upsample made CUCB train at full width): the active channels run as they would among all
@@ -491,11 +493,14 @@ class GatheredModule(nn.Module):
             except Exception as e:  # noqa: BLE001 - any failure of the narrower graph: fall back
                 # e.g. a channel-sized buffer read whole, a split by a literal channel count
                 # (CSP blocks: an IndexError, break34 #1)
+                # (break116 #1: a reason of ours, a transposed conv, got the generic guess too)
+                guess = ("" if isinstance(e, SurgeryError) else
+                         "; this graph has an op it cannot gather (a channel-sized buffer or "
+                         "constant, a literal channel count, a split or a view)")
                 raise SurgeryError(f"gathered execution fails on the example inputs"
                                    f"{_failing_node(self.gm, inputs)} "
                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                                   "; this graph has an op it cannot gather (a literal channel "
-                                   "count, a split or a view): use masked execution") from e
+                                   f"{guess}: use masked execution") from e
             err = max_relative_error(expected, got)
         finally:
             index.set_masks(prepared, before)
@@ -545,7 +550,7 @@ class GatheredModule(nn.Module):
         cleared the forward's record for the others). A wrapper holding its optimizer as
         ``.optim`` (``ZeroRedundancyOptimizer``) keeps the state there. Returns the hook
         handles."""
-        saved, protected = {}, {"forward": None}
+        saved, protected, said = {}, {"forward": None}, []
 
         def state_of(opt):
             inner = getattr(opt, "optim", None)  # ZeRO's local optimizer holds the state
@@ -574,6 +579,16 @@ class GatheredModule(nn.Module):
                     for k, v in state.items():  # state created at this step: zero where inactive
                         if k not in st and isinstance(v, torch.Tensor) and v.shape == p.shape:
                             v.copy_(torch.where(keep, v, torch.zeros_like(v)))
+                        elif (isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape
+                              and not said):  # (break116 #2: Adafactor's, changed unsaid)
+                            said.append(k)
+                            warnings.warn(
+                                f"CUCB: {type(opt).__name__}'s state {k!r} has shape "
+                                f"{tuple(v.shape)}, not its weight's {tuple(p.shape)} (factored "
+                                "moments), so the inactive channels' part of it changes at each "
+                                "step; an optimizer whose state is weight-shaped (SGD, Adam, "
+                                "AdamW, RMSprop) keeps them as they are", RuntimeWarning,
+                                stacklevel=2)
             saved.clear()
 
         return optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)

@@ -587,3 +587,52 @@ def test_a_bfloat16_model_with_a_float32_parameter_runs_gathered():
         warnings.filterwarnings("error", message=".*gathered execution unavailable")
         pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10)
     assert pruner.execution == "gathered"
+
+
+def test_a_transposed_conv_is_refused_with_its_own_reason_alone():
+    """break116 #1: the refusal added a guess about literal channel counts to a reason of
+    its own (transposed convs are not gathered)."""
+    from fxprune.errors import SurgeryError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 8, 2, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    with pytest.raises(SurgeryError) as refused:
+        gathered_module(pm)
+    message = str(refused.value)
+    assert "does not support transposed convs" in message and "literal channel" not in message
+
+
+@pytest.mark.parametrize("act", [nn.Threshold(0.1, 0.0), nn.Hardshrink(), nn.Softshrink(), nn.RReLU()])
+def test_more_elementwise_activation_modules_run_gathered(act):
+    """break116 #5: Threshold, Hardshrink (and Softshrink, RReLU) made CUCB train at full width."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), act, nn.Conv2d(8, 4, 1)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    pm = fxprune.prepare(model, (x,))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=1)
+    assert pruner.execution == "gathered"
+    pm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruner.train_forward(x), pm(x), rtol=1e-12, atol=1e-12)
+
+
+def test_optimizer_state_of_another_shape_than_its_weight_is_warned_of():
+    """break116 #2: Adafactor's factored moments of inactive channels changed at every step,
+    unsaid, where the README promised their state bit-identical."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    pm = fxprune.prepare(model, (x,))
+    pruner = fxprune.CUCB(pm, rho=0.5, warmup=50, channel_step=1)
+    opt = torch.optim.Adafactor(pm.parameters(), lr=1e-2)
+    pruner.attach_optimizer(opt)
+    with pytest.warns(RuntimeWarning, match=r"CUCB: Adafactor's state '\w+' has shape .*, not its "
+                                            r"weight's .* \(factored moments\)"):
+        for _ in range(2):
+            F.cross_entropy(pruner.train_forward(x), y).backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
