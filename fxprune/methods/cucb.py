@@ -235,9 +235,7 @@ class CUCB(PruningMethod):
         # a backward that reaches a forward's output after a step() in between is said (see
         # _forward_with_grad)
         self._said_owed = False
-        for module in (prepared, self.gathered):
-            if module is not None:
-                module.register_forward_hook(MethodHook(self._forward_with_grad))
+        self._hook_forwards()
         self._hooks = []
         self._attached: list = []  # weak references to the attached optimizers
         self._ran_gathered = False  # train_forward gave the sub-network since the first step
@@ -332,6 +330,15 @@ class CUCB(PruningMethod):
         self.active = self._select(self.step_count)
         self._apply(self.active)
         return None
+
+    def _hook_forwards(self) -> None:
+        for module in (self.prepared, self.gathered):
+            if module is not None:
+                module.register_forward_hook(MethodHook(self._forward_with_grad))
+
+    def _after_copy(self) -> None:
+        # (a copy of a masked CUCB: its model holds a no-op where this hook was)
+        self._hook_forwards()
 
     def _forward_with_grad(self, module, args, output) -> None:
         """Say once when a backward reaches a forward's output after a step() came between
