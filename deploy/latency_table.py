@@ -257,6 +257,11 @@ class LatencyTable:
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
             if not _is_count(value, low):
                 raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
+        # plain ints from here on: a numpy one reached the saved JSON (review118 #8)
+        step, threads, passes, warmup, min_runs, max_runs = map(
+            int, (step, threads, passes, warmup, min_runs, max_runs))
+        batch = None if batch is None else int(batch)
+        min_count = None if min_count is None else int(min_count)
         dtype = _PRECISION_DTYPES.get(precision)
         given = layers
         layers = _as_layer_specs(layers)

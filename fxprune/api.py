@@ -254,15 +254,25 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
                 rtol = max(DEFAULT_RTOL.get(d, 1e-4) for d in dtypes)
             verify(prepared, pruned, state.example_inputs, rtol)
         inputs = state.example_inputs
-        # a model whose convs read an unbatched input records no shape: deploy read its
-        # channels as the batch (break117 F5) and asks for --input-shape instead
-        unbatched = any(layer.spec.meta.get("unbatched") for layer in state.channels.layers)
-        if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) and not unbatched:
+        if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) and _batch_first(
+                inputs[0], state.channels.layers):
             # what fxprune deploy reads from a saved model (fxprune.deploy.model_io's
             # INPUT_SHAPE_ATTR): the shape it was checked at (break98 F6: only fxprune
             # train's models recorded it, so deploy asked for --input-shape)
             record_input_shape(pruned, inputs[0].shape)
         return pruned
+
+
+def _batch_first(x: torch.Tensor, layers) -> bool:
+    """Whether ``x``'s dim 0 is the batch its conv/linear layers run at (or a divisor of it:
+    frames folded into the batch): then deploy may read the recorded shape batch first. Not
+    for a layer fed an unbatched input, nor where dim 0 is not the layers' batch (an input
+    unsqueezed before the convs): deploy read its channels as the batch (break117 F5,
+    review118 #7) and now asks for --input-shape."""
+    if x.ndim == 0 or x.shape[0] < 1:
+        return False
+    return all(not layer.spec.meta.get("unbatched") and layer.spec.batch % x.shape[0] == 0
+               for layer in layers)
 
 
 def _warn_fractional_masks(prepared: fx.GraphModule) -> None:

@@ -809,13 +809,17 @@ _HOOK_SIDE_TABLES = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwar
                      "_forward_hooks_always_called")
 
 
-def strip_method_hooks(model: nn.Module) -> None:
+def strip_method_hooks(model: nn.Module, *, detached_only: bool = False,
+                       recurse: bool = True) -> None:
     """Remove (in place) every :class:`MethodHook` and :class:`DetachedHook` from ``model``'s
-    modules; the user's own hooks stay."""
-    for module in model.modules():
+    modules (``recurse=False``: from ``model`` itself), or the :class:`DetachedHook` alone (a
+    copy putting its own hooks where its model holds no-ops: another pruner's live hooks stay);
+    the user's own hooks stay."""
+    kinds = (DetachedHook,) if detached_only else (MethodHook, DetachedHook)
+    for module in (model.modules() if recurse else [model]):
         for attr in _HOOK_DICTS:
             hooks = getattr(module, attr, None) or {}
-            for key in [k for k, h in hooks.items() if isinstance(h, (MethodHook, DetachedHook))]:
+            for key in [k for k, h in hooks.items() if isinstance(h, kinds)]:
                 del hooks[key]
                 for side in _HOOK_SIDE_TABLES:
                     getattr(module, side, {}).pop(key, None)

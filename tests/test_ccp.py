@@ -759,6 +759,17 @@ def test_a_method_whose_copy_would_do_something_else_refuses_to_be_copied():
         warnings.simplefilter("error")
         F.cross_entropy(pm3(x), y).backward()
         smcp3.step()
+    # review118 #1: a copy whose readers are frozen (only biases train) is no copy alone
+    pm4, smcp4 = copy.deepcopy((pm, smcp))
+    for p in pm4.parameters():
+        p.requires_grad_(p.ndim == 1)
+        p.grad = None
+    F.cross_entropy(pm4(x), y).backward()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        smcp4.step()
+    assert not any("without the model you train" in str(w.message) for w in said), said
+    assert "_copied_as" not in smcp4.__dict__
 
 
 def test_a_pruner_pickles_with_its_model_after_steps_or_says_why_not():

@@ -708,3 +708,45 @@ def test_a_step_between_forward_and_backward_is_named_before_it_fails(execution)
     with pytest.warns(RuntimeWarning, match="CUCB: a backward ran through a forward made before"):
         with pytest.raises(RuntimeError, match="inplace operation"):
             loss.backward()
+
+
+def test_copies_of_a_cucb_carry_its_hooks_once_and_a_parameter_output_is_no_false_alarm():
+    """review118: a copied gathered CUCB lost its full-width hook (#3), each copy generation
+    left another no-op hook (#5), a shallow copy re-hooked the shared model (#4), and a
+    parameter returned as an output took a hook at each forward and said a right loop wrong (#2)."""
+    import copy
+
+    from fxprune.masks import DetachedHook, MethodHook
+
+    class WithTemperature(SmallNet):
+        def __init__(self):
+            super().__init__(16)
+            self.temperature = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return super().forward(x), self.temperature
+
+    def hooks(module):
+        return sorted(type(h).__name__ for h in module._forward_hooks.values()
+                      if isinstance(h, (MethodHook, DetachedHook)))
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(WithTemperature(), (data()[0],))
+    pruner = CUCB(pm, rho=0.5, warmup=0, explore=6, channel_step=1)
+    assert pruner.execution == "gathered" and hooks(pm) == ["MethodHook", "MethodHook"]
+    pm2, pruner2 = copy.deepcopy((pm, pruner))
+    pm3, pruner3 = copy.deepcopy((pm2, pruner2))
+    assert hooks(pm3) == ["MethodHook", "MethodHook"]
+    with pytest.raises(TypeError, match="CUCB cannot be shallow-copied"):
+        copy.copy(pruner)
+    opt = torch.optim.SGD(pm3.parameters(), lr=0.05)
+    pruner3.attach_optimizer(opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(3):
+            x, y = data(seed=step)
+            logits, temperature = pruner3.train_forward(x)
+            F.cross_entropy(logits / temperature, y).backward()
+            pruner3.step()
+            opt.step()
+            opt.zero_grad()

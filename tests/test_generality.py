@@ -853,6 +853,29 @@ def test_convs_on_unbatched_input_prune_and_are_priced_as_a_batch_of_one(conv, s
     assert not hasattr(small, "fxprune_input_shape")
 
 
+class _Unsqueezed(nn.Module):
+    def __init__(self, conv, dim):
+        super().__init__()
+        self.dim, self.a, self.b = dim, conv(1 if dim == 1 else 3, 8, 3), conv(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x.unsqueeze(self.dim)))
+
+
+@pytest.mark.parametrize("model, shape, recorded", [
+    (nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)), (32,), None),
+    (_Unsqueezed(nn.Conv2d, 0), (3, 16, 16), None),
+    (_Unsqueezed(nn.Conv1d, 1), (2, 50), (2, 50)),
+    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), (2, 3, 8, 8), (2, 3, 8, 8))])
+def test_the_input_shape_is_recorded_only_where_its_dim_0_is_the_batch(model, shape, recorded):
+    """review118 #7: an MLP on a 1-D input and a model unsqueezing its (C, H, W) input before
+    its convs recorded it, and deploy read C as the batch; an audio model adding its channel
+    dim keeps its (N, L)."""
+    pm = fxprune.prepare(model, (torch.randn(*shape),))
+    fxprune.channel_groups(pm)[0].mask[:2] = 0
+    assert getattr(fxprune.finalize(pm), "fxprune_input_shape", None) == recorded
+
+
 def test_a_trace_error_in_the_models_own_forward_names_its_parts_with_convs():
     """break112 F3: the way out named model.backbone for a model with none (RAFT)."""
 

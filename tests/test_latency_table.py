@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import fxprune
 from fxprune.cost import CostModel, LayerSpec
@@ -989,6 +990,12 @@ def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp
     code that made it."""
     with pytest.raises(DeployError, match=message):
         LatencyTable(**setting)
+    # review118 #8: a numpy min_count reached the saved JSON ("int64 is not JSON serializable")
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)),
+                         (torch.randn(1, 3, 8, 8),))
+    measured = LatencyTable.measure(fxprune.layer_specs(pm), step=np.int64(4), progress=False,
+                                    min_count=np.int64(2), timer=lambda spec, ci, co: 0.01 * ci)
+    measured.save(tmp_path / "measured.json")
     # numpy integers are integers (break117 F9), saved as plain ones
     LatencyTable(backend="torch", threads=np.int64(1), batch=np.int64(4),
                  dtype="float16").save(tmp_path / "t.json")

@@ -299,6 +299,13 @@ class PruningMethod:
         new._after_copy()
         return new
 
+    def __copy__(self):
+        # (review118 #4: a shallow copy shares the model, and re-hooking it took the
+        # original's hooks off)
+        raise TypeError(f"{type(self).__name__} cannot be shallow-copied: the copy would share "
+                        "the model and its hooks with this one; copy.deepcopy((model, pruner)) "
+                        "copies both, or build a new pruner and load this one's state_dict()")
+
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._copied_as = "unpickled"
@@ -314,7 +321,8 @@ class PruningMethod:
         copy of its own (break113 F3, break117 F4, F6: said at the copy, it was wrong for a
         pruner copied before its model in one call); the only sign was "no gradients seen"."""
         how = self.__dict__.pop("_copied_as", None)
-        if how is None or any(c.param.grad is not None for c in self.consumers):
+        # any gradient in the model: it trains (its readers may be frozen: review118 #1)
+        if how is None or any(p.grad is not None for p in self.prepared.parameters()):
             return
         warn(f"{type(self).__name__}.step(): this pruner was {how} without the model you "
              "train, so it prunes a copy of its own, which got no gradients: copy or pickle "

@@ -78,7 +78,7 @@ from ..errors import warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options, uniform_kept
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
-from ..masks import MethodHook, set_straight_through
+from ..masks import MethodHook, set_straight_through, strip_method_hooks
 from ..checks import check_fraction, check_number
 from .base import DEFAULT_TARGET, PruningMethod, trainable_state, trains_model, warn_unused_target
 
@@ -230,8 +230,6 @@ class CUCB(PruningMethod):
                 warn(f"CUCB: gathered execution unavailable ({exc}); training runs masked "
                      "at full width")
         self.execution = "gathered" if self.gathered is not None else "masked"
-        if self.gathered is not None:
-            prepared.register_forward_hook(MethodHook(self._full_width_forward))
         # a backward that reaches a forward's output after a step() in between is said (see
         # _forward_with_grad)
         self._said_owed = False
@@ -332,12 +330,18 @@ class CUCB(PruningMethod):
         return None
 
     def _hook_forwards(self) -> None:
+        if self.gathered is not None:
+            self.prepared.register_forward_hook(MethodHook(self._full_width_forward))
         for module in (self.prepared, self.gathered):
             if module is not None:
                 module.register_forward_hook(MethodHook(self._forward_with_grad))
 
     def _after_copy(self) -> None:
-        # (a copy of a masked CUCB: its model holds a no-op where this hook was)
+        # a copied model holds no-ops where these hooks were: the copy's own go in their place
+        # (review118 #3: a copied gathered CUCB lost its full-width hook and trained otherwise)
+        for module in (self.prepared, self.gathered):
+            if module is not None:
+                strip_method_hooks(module, detached_only=True, recurse=False)
         self._hook_forwards()
 
     def _forward_with_grad(self, module, args, output) -> None:
@@ -350,12 +354,13 @@ class CUCB(PruningMethod):
         reference to the output missed `loss = crit(pm(x), y)`, and did not pickle)."""
         if not torch.is_grad_enabled() or self._said_owed:
             return
-        leaves = [o for o in pytree.tree_leaves(output)
-                  if isinstance(o, torch.Tensor) and o.requires_grad]
-        if not leaves:
-            return
+        # outputs the forward computed (review118 #2: a parameter passed through as an output
+        # took a hook at every forward, and said a right loop wrong), every one: a loss may
+        # read any of them
         me, at = weakref.ref(self), self.step_count
-        leaves[0].register_hook(lambda grad: _backward_reached(me, at))
+        for out in pytree.tree_leaves(output):
+            if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+                out.register_hook(lambda grad: _backward_reached(me, at))
 
     def _warn_nonfinite(self) -> None:
         warn(

@@ -245,7 +245,7 @@ class SMCP(PruningMethod):
         # stopped recalibrating; its BatchNorm statistics drifted from the uninterrupted run's)
         if self.bn_recalibrate:
             for bn in self._bns.values():
-                strip_method_hooks(bn)
+                strip_method_hooks(bn, detached_only=True, recurse=False)
             self._hook_norms()
 
     # -- the training-loop API ------------------------------------------------------------------

@@ -428,7 +428,9 @@ class Linear(_WeightLayer):
         w = ctx.tensor(name)
         ctx.layer(LayerSpec(module, "linear", w.shape[1], w.shape[0], tuple(ctx.shape(x)),
                             tuple(ctx.out_shape()), bias=bias is not None,
-                            dtype=str(w.dtype).replace("torch.", "")), name, 1, 0)
+                            dtype=str(w.dtype).replace("torch.", ""),
+                            meta={"unbatched": True} if len(ctx.shape(x)) == 1 else {}),
+                  name, 1, 0)
         out = {d: v for d, v in labels.items() if d != last}
         out[last] = w_out
         return out
