@@ -24,7 +24,7 @@ from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts, map_tensors, restoring_buffers
-from .grad_mode import ModeRecordingTracer, sets_modes
+from .grad_mode import ModeRecordingTracer, autocast_dtypes, sets_modes
 from .trace import copy_model
 
 #: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
@@ -385,7 +385,7 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
     output's scale; raises :class:`~fxprune.errors.SurgeryError` when it is above ``rtol``
     (a number > 0), when the masked model's output has no finite value to compare, and when
     the masked model itself differs between two runs (randomness in eval mode). A model with
-    no float64 tensor that fails is judged again on float64 copies, each output's difference
+    no float64 tensor nor autocast region that fails is judged again on float64 copies, each output's difference
     relative to its scale in the model's own precision (:func:`_float64_error`): what is
     returned then is that difference; a 16-bit model, on float32 copies, with a warning."""
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < float("inf"):
@@ -449,7 +449,9 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
                     "its float32 self to see what that precision costs this model",
                     RuntimeWarning, stacklevel=3)
                 return err
-        elif torch.float64 not in floating_dtypes(prepared):
+        elif torch.float64 not in floating_dtypes(prepared) and not autocast_dtypes(prepared.graph):
+            # (not with an autocast region: float64 tensors run it unrounded, and the 16-bit
+            # rounding it makes is the model's own, which an explicit rtol judges)
             exact = _float64_error(prepared, pruned, inputs, expected)
             if exact <= rtol:
                 return exact
