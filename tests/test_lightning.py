@@ -505,3 +505,36 @@ def test_a_method_warning_under_the_callback_points_at_the_fit_call(tmp_path):
     with pytest.warns(RuntimeWarning, match="ratio=0.5 is not used in mode='adaptive'") as said:
         trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
     assert {w.filename for w in said if "is not used" in str(w.message)} == {__file__}
+
+
+def test_weight_averaging_of_buffers_is_refused_and_swa_s_norm_epoch_is_no_step(tmp_path):
+    """break119: EMAWeightAveraging(use_buffers=True), Lightning's default, averaged fxprune's
+    0/1 masks (pruned channels read 0.98 after the fit, or the fit ended "above target");
+    StochasticWeightAveraging's batch-norm epoch steps the optimizer with no backward, and the
+    method stepped on stale gradients, saying "no backward" to a user who could do nothing."""
+    callbacks = pytest.importorskip("lightning.pytorch.callbacks")
+    if not hasattr(callbacks, "EMAWeightAveraging"):
+        pytest.skip("this Lightning has no EMAWeightAveraging")
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    fit = trainer(tmp_path, 1, [callbacks.EMAWeightAveraging(), prune], enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"EMAWeightAveraging\(use_buffers=True\) averages every "
+                                         r"buffer, fxprune's 0/1 channel masks among them.*"
+                                         r"use_buffers=False\) and list it before PruningCallback"):
+        fit.fit(Classifier(), loader())
+    class WithNorm(Classifier):  # (SWA's batch-norm epoch runs only for a model with norms)
+        def __init__(self):
+            super().__init__()
+            net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8),
+                                      torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                                      torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                      torch.nn.Linear(8, 10)).double()
+            self.model = fxprune.prepare(net, (torch.zeros(1, 1, 8, 8, dtype=torch.float64),))
+
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    swa = callbacks.StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)
+    fit = trainer(tmp_path, 2, [prune, swa], enable_checkpointing=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fit.fit(WithNorm(), loader())
+    assert not any("no backward" in str(w.message) for w in said), [str(w.message) for w in said]
+    assert prune.pruner.step_count == 8  # 2 epochs of 4 batches; not the norm epoch's step

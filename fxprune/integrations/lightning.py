@@ -186,6 +186,15 @@ class PruningCallback(pl.Callback):
         if unwritable:
             raise ValueError(f"save_path {self.save_path}: {unwritable}; pass a save_path in a "
                              "folder you can write (checked before training)")
+        averaging = next((cb for cb in trainer.callbacks if getattr(cb, "_use_buffers", False)
+                          and type(cb).__name__.endswith("WeightAveraging")), None)
+        if averaging is not None:  # (break119 #1: silently soft masks, or a false "above target")
+            raise ValueError(
+                f"{type(averaging).__name__}(use_buffers=True) averages every buffer, fxprune's "
+                "0/1 channel masks among them: the averaged model's pruned channels read about "
+                f"0.98 and the pruned cost reads dense; pass {type(averaging).__name__}("
+                "use_buffers=False) and list it before PruningCallback, so that the averaged "
+                "weights are the ones finalized")
         taken = fxdist.broadcast_object(self.save_path is not None and self.save_path.exists()
                                         and not self.overwrite)
         if taken:
@@ -266,6 +275,11 @@ class PruningCallback(pl.Callback):
         # they took no part in (break33 #2); a GAN's discriminator step, first in its batch,
         # holds none of the pruned model's gradients (break34 #2)
         if self._stepped_batch == self._batch or not self._steps_the_model(optimizer):
+            return
+        if getattr(trainer.fit_loop, "_skip_backward", False):
+            # StochasticWeightAveraging's batch-norm epoch steps with no backward (break119 #2:
+            # the method stepped on stale gradients, and said "no backward" to a user who had
+            # no way to act on it)
             return
         self._stepped_batch = self._batch
         if self._overflowed(trainer, optimizer):
