@@ -42,8 +42,10 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         # (Lightning's frames too: a method the callback builds points at the fit call)
-        if not (module in ("fxprune", "lightning", "pytorch_lightning")
-                or module.startswith(("fxprune.", "torch.utils._contextlib", "lightning.",
+        # (torch's frames too: an optimizer's step(closure) runs Lightning's closure, and a
+        # warning pointed at torch/optim/sgd.py's `loss = closure()`: break119 #3)
+        if not (module in ("fxprune", "lightning", "pytorch_lightning", "torch")
+                or module.startswith(("fxprune.", "torch.", "lightning.",
                                       "pytorch_lightning."))):
             # the console script that runs fxprune's CLI is not the user's code: its line
             # (`sys.exit(main())`) was printed with the warning (break62 #11)

@@ -1231,3 +1231,17 @@ def test_scripting_the_prepared_model_says_to_script_the_finalized_one():
     scripted = torch.jit.script(fxprune.finalize(pm))
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(scripted(x), pm.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_warning_points_past_torch_s_frames_at_the_user_s_line():
+    """break119 #3: a warning said inside an optimizer's step(closure) (Lightning's loop)
+    pointed at torch/optim/sgd.py's `loss = closure()`, not at the user's line."""
+    namespace = {"__name__": "fxprune.fake_loop"}  # (fxprune's or Lightning's closure)
+    exec("from fxprune.errors import warn\n"
+         "def closure():\n"
+         "    warn('said from a method', RuntimeWarning)\n", namespace)
+    weight = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([weight], lr=0.1)
+    with pytest.warns(RuntimeWarning, match="said from a method") as said:
+        opt.step(namespace["closure"])  # this line is the user's
+    assert said[0].filename == __file__, said[0].filename
