@@ -276,7 +276,7 @@ class PruningCallback(pl.Callback):
         # holds none of the pruned model's gradients (break34 #2)
         if self._stepped_batch == self._batch or not self._steps_the_model(optimizer):
             return
-        if getattr(trainer.fit_loop, "_skip_backward", False):
+        if getattr(getattr(trainer, "fit_loop", None), "_skip_backward", False):
             # StochasticWeightAveraging's batch-norm epoch steps with no backward (break119 #2:
             # the method stepped on stale gradients, and said "no backward" to a user who had
             # no way to act on it)
