@@ -14,7 +14,8 @@ from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
                                       propagate_shapes)
-from fxprune.passes.surgery import floating_dtypes, inputs_for, remove_channels, verify
+from fxprune.passes.surgery import (floating_dtypes, inputs_for, is_tolerance, remove_channels,
+                                    verify)
 from fxprune.passes.trace import fixed_arguments, trace
 
 from .cost import LayerSpec
@@ -103,18 +104,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                                 "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier('why')")
         gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
                    fixed=fixed_arguments(model, example_inputs))
-        unused = [key for key in (rules or {}) if inspect.isfunction(key)
-                  and (key.__module__ or "").split(".")[0] != "torch"  # (those torch.fx records)
-                  and not any(n.target is key for n in gm.graph.nodes)]
-        _warn_unused_method_rules(model, gm, rules)
-        if unused:  # break47 #5: a Barrier for a plain function did nothing, without a word
-            name = getattr(unused[0], "__name__", repr(unused[0]))
-            warnings.warn(f"rules= has a row for the function {name}, which the traced graph "
-                          "never calls, so the row does nothing: torch.fx traces through a plain "
-                          f"Python function unless torch.fx.wrap({name!r}) is called at top level "
-                          "of the module whose code calls it (wrapping where it is defined does "
-                          "not reach an import of it); or it runs only inside a module called "
-                          "as one op, or not on this input's path", UserWarning, stacklevel=2)
+        _warn_unused_rules(model, gm, rules)
         # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
         # inputs are stored as given and moved (copied) again at each later use (finalize's check,
         # FLOPs): no run writes into the user's tensors or the stored ones.
@@ -127,14 +117,18 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         return gm
 
 
-def _warn_unused_method_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None) -> None:
-    """A string key names a Tensor method (``x.flip(...)``); one the traced graph never calls
-    does nothing (break111 F1: ``rules={"Conv2d": ...}`` or a module path, as leaf_modules=
-    takes, changed nothing without a word)."""
+def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None) -> None:
+    """Warn of rows the traced graph never reaches, which do nothing: a string key names a
+    Tensor method (``x.flip(...)``; break111 F1: ``rules={"Conv2d": ...}`` or a module path, as
+    leaf_modules= takes, changed nothing without a word), and a plain function is traced
+    through unless wrapped (break47 #5: a Barrier for it did nothing, without a word)."""
+    if not rules:
+        return
     called = {n.target for n in gm.graph.nodes if n.op == "call_method"}
+    functions = {id(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     classes = {type(m).__name__ for m in model.modules()}
     paths = dict(model.named_modules())
-    for key in rules or {}:
+    for key in rules:
         if not isinstance(key, str) or key in called:
             continue
         if key in paths and key:
@@ -147,6 +141,17 @@ def _warn_unused_method_rules(model: nn.Module, gm: fx.GraphModule, rules: dict 
         warnings.warn(f"rules= has a row for {key!r}, a string, which names a Tensor method "
                       f"(x.{key}(...)) the traced graph never calls, so the row does nothing"
                       f"{hint}", UserWarning, stacklevel=3)
+    unused = [key for key in rules if inspect.isfunction(key)
+              and (key.__module__ or "").split(".")[0] != "torch"  # (those torch.fx records)
+              and id(key) not in functions]
+    if unused:
+        name = getattr(unused[0], "__name__", repr(unused[0]))
+        warnings.warn(f"rules= has a row for the function {name}, which the traced graph "
+                      "never calls, so the row does nothing: torch.fx traces through a plain "
+                      f"Python function unless torch.fx.wrap({name!r}) is called at top level "
+                      "of the module whose code calls it (wrapping where it is defined does "
+                      "not reach an import of it); or it runs only inside a module called "
+                      "as one op, or not on this input's path", UserWarning, stacklevel=3)
 
 
 #: finalize's default check tolerance by the model's floating dtype: half-precision models sum
@@ -230,8 +235,7 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     0 in exact arithmetic holds only rounding noise in float32).
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
-        if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float))
-                                 or not 0 < rtol < float("inf")):
+        if rtol is not None and not is_tolerance(rtol):
             raise ValueError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
                              f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
         state = state_of(prepared)

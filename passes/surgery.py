@@ -379,6 +379,11 @@ def run_eval(model: nn.Module, inputs: tuple, *, inputs_like: nn.Module | None =
 _FLOAT32_RTOL = 1e-4
 
 
+def is_tolerance(rtol) -> bool:
+    """Whether ``rtol`` is a relative tolerance :func:`verify` takes: a number > 0 (not a bool)."""
+    return not isinstance(rtol, bool) and isinstance(rtol, (int, float)) and 0 < rtol < float("inf")
+
+
 def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
     """Run the masked ``prepared`` and the ``pruned`` model in eval mode on ``inputs`` (a tuple
     of forward arguments) and return the largest difference of their outputs relative to the
@@ -388,7 +393,7 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
     no float64 tensor nor autocast region that fails is judged again on float64 copies, each output's difference
     relative to its scale in the model's own precision (:func:`_float64_error`): what is
     returned then is that difference; a 16-bit model, on float32 copies, with a warning."""
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < float("inf"):
+    if not is_tolerance(rtol):
         # (break111 F10: a negative or NaN rtol was reported as a model that differs by 0
         # between two runs)
         raise ValueError(f"verify: rtol is a relative tolerance, a number > 0; got {rtol!r}")
