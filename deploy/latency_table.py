@@ -161,12 +161,18 @@ class LatencyTable:
 
     def __init__(self, backend: str = "onnxruntime", device: str = "", threads: int = 2,
                  runtime_version: str = "", batch: int | None = None, dtype: str | None = None):
+        # break111 F6: settings save() wrote and load() refused, far from the code that set them
+        bad = _header_problem({"backend": backend, "device": device, "threads": threads,
+                               "runtime_version": runtime_version, "batch": batch, "dtype": dtype})
+        if bad is not None:
+            raise DeployError(f"LatencyTable({bad[0]}={locals()[bad[0]]!r}): not "
+                              f"{bad[1].replace('null', 'None')}")
         self.backend = backend
         self.device = device
-        self.threads = threads
+        self.threads = int(threads)  # plain ints: a numpy one (break117 F9) would not save as JSON
         self.runtime_version = runtime_version
         #: batch and dtype the table was measured at, when they override the layers' own
-        self.batch, self.dtype = batch, dtype
+        self.batch, self.dtype = None if batch is None else int(batch), dtype
         #: the machine a backend measured on (``device`` may be a label given to measure)
         self.timed_on: str | None = None
         #: the torch backend's settings (torch_device, cuda_graphs, channels_last); None for
@@ -181,14 +187,6 @@ class LatencyTable:
         self._under_load: set[tuple[str, int, int]] = set()
         # point keys of layers already warned of a width below their grid (once each)
         self._clamp_warned = False
-        # break111 F6: settings save() wrote and load() refused, far from the code that set them
-        bad = _header_problem({"backend": backend, "device": device, "threads": threads,
-                               "runtime_version": runtime_version, "batch": batch, "dtype": dtype})
-        if bad is not None:
-            raise DeployError(f"LatencyTable({bad[0]}={locals()[bad[0]]!r}): not "
-                              f"{bad[1].replace('null', 'None')}")
-        # plain ints: a numpy one (break117 F9) would not save as JSON
-        self.threads, self.batch = int(threads), None if batch is None else int(batch)
 
     # ----------------------------------------------------------------- measuring
     @classmethod

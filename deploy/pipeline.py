@@ -118,8 +118,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     for name, value in (("atol (--atol)", atol), ("rtol (--rtol)", rtol)):
         check_tolerance(name, value)
     for name, given in (("model", model), ("compare (--compare)", compare)):
-        if not isinstance(given, (nn.Module, str, os.PathLike)) and not (name != "model"
-                                                                         and given is None):
+        optional = given is None and name != "model"
+        if not optional and not isinstance(given, (nn.Module, str, os.PathLike)):
             # (break111 F8: deploy(None, out) was a bare KeyError: 'model')
             raise DeployError(f"deploy's {name} is an nn.Module or the path of a .pt or .onnx "
                               f"file, got {type(given).__name__}")

@@ -73,13 +73,13 @@ def _as_groups(values: Sequence, costs: Sequence) -> tuple[list[np.ndarray], lis
                          "pass one array of options per group in both")
     vals, csts = [], []
     for g, (v, c) in enumerate(zip(values, costs)):
+        v, c = np.asarray(v), np.asarray(c)
         for name, given in (("values", v), ("costs", c)):
-            kind = np.asarray(given).dtype.kind
-            if kind not in "biuf":  # (strings were read as numbers, silently)
+            if given.dtype.kind not in "biuf":  # (strings were read as numbers, silently)
                 raise ValueError(f"group {g}: {name} must be numbers, got an array of dtype "
-                                 f"{np.asarray(given).dtype}")
-        v = np.asarray(v, dtype=np.float64)
-        c = np.asarray(c, dtype=np.float64)
+                                 f"{given.dtype}")
+        v = v.astype(np.float64, copy=False)
+        c = c.astype(np.float64, copy=False)
         if v.ndim != 1 or c.ndim != 1:
             raise ValueError(f"group {g}: values and costs must be 1-D arrays of options, got "
                              f"shapes {v.shape} and {c.shape}")
