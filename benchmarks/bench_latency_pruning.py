@@ -211,7 +211,7 @@ def text_table(rows: list[dict]) -> str:
 CHOICES = """\
 ## How to read this
 
-- **FLOPs / params**: pruned / dense (whole model, `fxprune.summary.count_flops`).
+- **FLOPs / params**: pruned / dense (whole model, `count_flops` from `fxprune.summary`).
 - **pred FLOPs**: dense FLOPs / pruned FLOPs, the speedup a FLOPs-driven tool promises.
   **pred table**: dense / pruned cost by the latency table (sum of per-layer conv/linear times),
   computed for both kinds of masks. **measured**: dense median / pruned median latency.

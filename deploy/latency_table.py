@@ -442,7 +442,8 @@ class LatencyTable:
         """
         layer = self.as_priced(layer)
         for side, count in (("c_in", c_in), ("c_out", c_out)):
-            if not count >= 0:  # (NaN too: it priced as nan, a negative count as 0)
+            if (isinstance(count, bool) or not isinstance(count, numbers.Real)
+                    or not count >= 0):  # (NaN too: it priced as nan, a negative count as 0)
                 raise ValueError(f"latency table: layer {layer.name!r} asked at {side}={count!r}: "
                                  "a channel count must be a number >= 0")
         cins, couts, diag, _ = self._grid_for(layer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .common import latency_stats
+from .common import DeployError, latency_stats
 
 
 def model_entry(*, label: str, params: int, times_ms, batch: int, onnx_info: dict,
@@ -65,7 +65,18 @@ def _fmt(v, spec: str) -> str:
 
 
 def format_table(report: dict) -> str:
-    """Pruned vs dense side by side (just the model when there is no dense one)."""
+    """Pruned vs dense side by side (just the model when there is no dense one).
+
+    ``report`` is the dict :func:`deploy` returns (or its ``report.json``); another raises
+    :class:`DeployError`.
+    """
+    needed = ("backend", "device", "precision", "input_shape", "iters", "params", "latency_ms")
+    missing = ([k for k in needed if k not in report] if isinstance(report, dict) else None)
+    if missing is None or missing:
+        what = (f"a dict without {', '.join(map(repr, missing))}" if missing
+                else type(report).__name__)
+        raise DeployError(f"format_table takes the report fxprune.deploy.deploy returns (or its "
+                          f"report.json, loaded), got {what}")
     dense = report.get("dense")
     cols = [("pruned", report), ("dense", dense)] if dense else [("model", report)]
     rows = [

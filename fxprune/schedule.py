@@ -59,6 +59,9 @@ class PruningSchedule:
 
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or math.isnan(step):
+            raise TypeError(f"schedule progress: step is the number of optimizer steps taken "
+                            f"(an int), got {step!r}")
         if step <= self.warmup:
             return 0.0
         if self.ramp == 0:

@@ -41,8 +41,12 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     """FLOPs of one eval forward on ``inputs`` (a tuple of the forward's arguments), as
     torch.utils.flop_counter counts them (2 per MAC), attention and RNNs included
     (:func:`counted_kernels`)."""
+    _check_module(model, "count_flops")
     if isinstance(inputs, torch.Tensor):  # (break67 #5: its batch was unpacked as arguments)
         raise TypeError("count_flops takes the forward's arguments as a tuple: pass (x,), not x")
+    if not isinstance(inputs, (tuple, list)):
+        raise TypeError(f"count_flops takes the forward's arguments as a tuple, e.g. (x,); got "
+                        f"{type(inputs).__name__}")
     # FlopCounterMode's module tracker hooks the gradient of every argument of a submodule
     # that requires one, even without grad: a parameter's view made under no_grad (PiT's and
     # CaiT's class token, ``self.cls_token.expand(b, -1, -1)``, passed to a block) has none to
@@ -59,7 +63,14 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     return int(counter.get_total_flops())
 
 
+def _check_module(model, fn: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn} takes an nn.Module (the model to count), got {type(model).__name__}")
+
+
 def count_params(model: nn.Module) -> int:
+    """Parameters of ``model`` (every element of ``model.parameters()``, shared ones once)."""
+    _check_module(model, "count_params")
     return sum(p.numel() for p in model.parameters())
 
 

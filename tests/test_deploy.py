@@ -478,6 +478,13 @@ def test_report_table_shows_both_models():
     assert report["latency_ms"]["p90"] == pytest.approx(2.8)
     text = format_table(report)
     assert "2.50x" in text and "400" in text and "dense" in text
+    # break111 F16: KeyError 'backend' / AttributeError on a dict that is not a report
+    with pytest.raises(DeployError, match=r"format_table takes the report .* got a dict without "
+                                          r"'backend', 'device'"):
+        format_table({"params": 3, "latency_ms": {}, "iters": 1, "precision": "fp32",
+                      "input_shape": [1]})
+    with pytest.raises(DeployError, match=r"format_table takes the report .* got NoneType"):
+        format_table(None)
 
 
 def test_import_is_light():

@@ -79,7 +79,9 @@ def test_bilinear_interpolation_is_exact_on_a_bilinear_cost_and_clamps():
     # the dense width, silently; NaN priced as nan and a negative count as 0 (break86 #4)
     for ci, co, match in [(40, 48, "above the widths its grid was measured up to"),
                           (32, 64, "above the widths"), (float("nan"), 16, "c_in=nan"),
-                          (16, -3, "c_out=-3: a channel count must be a number >= 0")]:
+                          (16, -3, "c_out=-3: a channel count must be a number >= 0"),
+                          (None, 16, "c_in=None: a channel count"),  # break111 F16: raw TypeError
+                          (16, "8", "c_out='8': a channel count")]:
         with pytest.raises(ValueError, match=match):
             table.layer_cost(layer, ci, co)
 

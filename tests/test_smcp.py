@@ -524,6 +524,9 @@ def test_schedule_ramps_and_freezes():
     assert [t for t in range(0, 260) if s.updates_at(t)] == list(range(20, 201, 10))
     with pytest.raises(ValueError, match="shape"):
         PruningSchedule(shape="cosine")
+    for step in (None, "3", float("nan")):  # break111 F16: a raw '<=' TypeError for None
+        with pytest.raises(TypeError, match=r"schedule progress: step is the number of optimizer"):
+            s.progress(step)
 
 
 def test_a_ramp_of_zero_updates_before_an_early_freeze():
@@ -1075,6 +1078,12 @@ def test_fxprunes_cost_classes_mean_what_their_names_do(name, cls):
     that cost="flops" adds: a 0.5 target was met at 0.375 while the finalized model kept 0.62
     of its FLOPs, and pruner.cost() and pruner.cost("flops") disagreed."""
     from fxprune.summary import count_params
+    for call in (lambda: count_params(None), lambda: count_flops(None, (torch.ones(1),))):
+        with pytest.raises(TypeError, match=r"count_(params|flops) takes an nn.Module .*, got NoneType"):
+            call()  # break111 F16: AttributeError 'NoneType' has no attribute 'parameters'
+    with pytest.raises(TypeError, match=r"count_flops takes the forward's arguments as a tuple, "
+                                        r"e.g. \(x,\); got NoneType"):
+        count_flops(nn.Linear(2, 2), None)
     x = torch.randn(2, 3, 8, 8)
     torch.manual_seed(0)
     model = GRUHead().eval()
