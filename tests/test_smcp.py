@@ -556,6 +556,26 @@ def test_a_ramp_of_zero_updates_before_an_early_freeze():
                                                     schedule=PruningSchedule(0, 8, 2))
 
 
+def test_a_schedule_or_target_edited_after_the_pruner_is_built_is_checked_again():
+    """break117 F7: `pruner.schedule.freeze_after = 2` after SMCP(...) skipped the check that
+    refuses a freeze before the ramp ends: the run ended at 0.76 of dense for a 0.5 target."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, schedule=PruningSchedule(warmup=1, ramp=6, update_every=1),
+                          channel_step=1)
+    pruner.schedule.freeze_after = 2
+    with pytest.raises(ValueError, match=r"pruner.schedule or pruner.target was changed after "
+                                         r"the pruner was built: freeze_after=2 stops mask updates"):
+        pruner.step()
+    assert pruner.step_count == 0  # refused before the step counted
+    pruner.schedule.freeze_after = 8
+    pruner.target = 1.5
+    with pytest.raises(ValueError, match=r"target is the fraction of the dense cost"):
+        pruner.step()
+    pruner.target = 0.6  # an edit that keeps the schedule sound is taken
+    train(pm, pruner, 10)
+    assert pruner.cost() <= 0.6 + 1e-9
+
+
 def test_bad_arguments_are_explained():
     pm = prepared()
     with pytest.raises(ValueError, match="fraction of the dense cost"):

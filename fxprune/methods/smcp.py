@@ -206,6 +206,7 @@ class SMCP(PruningMethod):
         self.target = float(target)
         # its own copy: an edit of the caller's object after this check skipped it (break111 F5)
         self.schedule = copy.copy(schedule)
+        self._schedule_checked = (copy.copy(self.schedule), self.target)
         self.masks_kind, self.allocation = masks, allocation
         self.masked_decay, self.resolution, self.max_resolves = masked_decay, resolution, max_resolves
         self.importance = ImportanceAccumulator(self.consumers, self.index.n, importance, accumulate, momentum)
@@ -253,6 +254,9 @@ class SMCP(PruningMethod):
         """Call after ``loss.backward()`` and before ``optimizer.step()``. Returns the update's
         record when masks were re-solved at this step, else None. (``loss`` is not needed: the
         importance comes from the weights' gradients.)"""
+        # (getattr: a pickle from before this check has none, and is checked once)
+        if getattr(self, "_schedule_checked", None) != (self.schedule, self.target):
+            self._recheck_schedule()
         self.step_count += 1
         self._check_step_call()
         if self._recalibrating:  # this step's forward went into the BN averages
@@ -268,6 +272,21 @@ class SMCP(PruningMethod):
         if self.schedule.updates_at(self.step_count):
             return self.update()
         return None
+
+    def _recheck_schedule(self) -> None:
+        """The constructor's checks again, for ``pruner.schedule`` or ``pruner.target`` edited
+        after it ran (break117 F7: a freeze moved before the ramp's end ran unpruned to the end,
+        and only finalize_masks said so)."""
+        if not isinstance(self.schedule, PruningSchedule):
+            raise ValueError(f"pruner.schedule was set to a {type(self.schedule).__name__}: give "
+                             "a fxprune.PruningSchedule")
+        check_fraction("target", self.target, "the fraction of the dense cost to keep")
+        try:
+            _check_reaches_target(self.schedule, float(self.target))
+        except ValueError as e:
+            raise ValueError(f"pruner.schedule or pruner.target was changed after the pruner was "
+                             f"built: {e}") from None
+        self._schedule_checked = (copy.copy(self.schedule), self.target)
 
     def _observing(self, step: int) -> bool:
         """Importance only matters in the window before an update: skip the pass over every
