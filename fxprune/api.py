@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import operator
 import warnings
 from collections.abc import Mapping
 
@@ -44,7 +46,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
             ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A key is a module class, a
             function (``torch.flip``) or a Tensor method's name (``"flip"``); a module instance
-            or another type raises TypeError, a name the graph never calls is warned of. A
+            or another type raises TypeError, a key the graph never calls is warned of. A
             module class given a row is traced as one call. A row that cannot describe its module (a conv rule for a module
             without ``groups``, ``Conv()`` for a transposed conv) raises
             :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
@@ -136,22 +138,37 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
                     f"{type(paths[key]).__name__}")
         elif key in classes:
             hint = f"; key the row by the class {key} itself, not its name"
+        elif id(getattr(operator, key, None)) in functions:  # (break117 F11: x + 1 is not x.add)
+            hint = f"; the graph calls operator.{key} (a Python operator): key the row by that"
         else:
             hint = ""
         warnings.warn(f"rules= has a row for {key!r}, a string, which names a Tensor method "
                       f"(x.{key}(...)) the traced graph never calls, so the row does nothing"
                       f"{hint}", UserWarning, stacklevel=3)
-    unused = [key for key in rules if inspect.isfunction(key)
-              and (key.__module__ or "").split(".")[0] != "torch"  # (those torch.fx records)
-              and id(key) not in functions]
-    if unused:
-        name = getattr(unused[0], "__name__", repr(unused[0]))
-        warnings.warn(f"rules= has a row for the function {name}, which the traced graph "
-                      "never calls, so the row does nothing: torch.fx traces through a plain "
-                      f"Python function unless torch.fx.wrap({name!r}) is called at top level "
-                      "of the module whose code calls it (wrapping where it is defined does "
-                      "not reach an import of it); or it runs only inside a module called "
-                      "as one op, or not on this input's path", UserWarning, stacklevel=3)
+    for key in rules:
+        if (isinstance(key, str) or id(key) in functions
+                or (isinstance(key, type) and issubclass(key, nn.Module))
+                # torch's own callables: torch.fx records each call of them, and a rule for
+                # one the model does not call is harmless (e.g. a shared rules dict)
+                or (getattr(key, "__module__", None) or "").split(".")[0] == "torch"):
+            continue
+        name = getattr(key, "__name__", None) or repr(key)
+        if inspect.isfunction(key):
+            why = (f"torch.fx traces through a plain Python function unless "
+                   f"torch.fx.wrap({name!r}) is called at top level of the module whose code "
+                   "calls it (wrapping where it is defined does not reach an import of it); or "
+                   "it runs only inside a module called as one op, or not on this input's path")
+        elif id(getattr(operator, name, None)) in functions:  # abs(x) is traced as operator.abs
+            why = f"the graph calls operator.{name} for it: key the row by operator.{name}"
+        elif inspect.ismethod(key) or isinstance(key, functools.partial):
+            why = ("torch.fx traces through a bound method or a functools.partial into the "
+                   "calls it makes: key the row by the function or module class it calls")
+        else:
+            why = ("a key matches a module class, a function the graph calls as one op, or a "
+                   "Tensor method's name")
+        what = f"the function {name}" if inspect.isfunction(key) else name
+        warnings.warn(f"rules= has a row for {what}, which the traced graph never calls, so the "
+                      f"row does nothing: {why}", UserWarning, stacklevel=3)
 
 
 #: finalize's default check tolerance by the model's floating dtype: half-precision models sum

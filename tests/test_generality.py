@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import operator
 import warnings
 from pathlib import Path
 
@@ -2152,6 +2153,41 @@ def test_a_string_rule_key_the_graph_never_calls_is_warned_of(key, why):
     with warnings.catch_warnings():  # a method the graph calls: the row applies, quietly
         warnings.simplefilter("error")
         pm = fxprune.prepare(_Flips(), (X,), rules={"flip": fxprune.rules.Barrier("mine")})
+    assert prunable(pm) == {}
+
+
+class _AbsPlusOne(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def scaled(self, x):
+        return x * 2
+
+    def forward(self, x):
+        return self.b(self.scaled(abs(self.a(x)) + 1))
+
+
+@pytest.mark.parametrize("key, why", [
+    ("abs", r"row for abs, .* never calls.*the graph calls operator.abs for it: key the row by "
+            r"operator.abs"),
+    ("bound", r"row for scaled, .*traces through a bound method or a functools.partial"),
+    ("partial", r"row for functools.partial.*traces through a bound method or a functools.partial"),
+    ("int", r"row for int, .*a key matches a module class, a function the graph calls as one op"),
+    ("add", r"row for 'add', a string, .*the graph calls operator.add \(a Python operator\): "
+            r"key the row by that")])
+def test_a_rule_key_of_another_kind_the_graph_never_calls_is_warned_of(key, why):
+    """break117 F11: rules={abs: ...} (traced as operator.abs), a bound method, a
+    functools.partial or a class that is no module did nothing, without a word; "add" for x + 1
+    was warned of with no hint that operator.add is the key."""
+    model = _AbsPlusOne()
+    key = {"abs": abs, "bound": model.scaled, "partial": functools.partial(torch.relu),
+           "int": int}.get(key, key)
+    with pytest.warns(UserWarning, match=why):
+        fxprune.prepare(model, (X,), rules={key: fxprune.rules.Barrier("mine")})
+    with warnings.catch_warnings():  # the key the graph calls: the row applies, quietly
+        warnings.simplefilter("error")
+        pm = fxprune.prepare(model, (X,), rules={operator.abs: fxprune.rules.Barrier("mine")})
     assert prunable(pm) == {}
 
 
