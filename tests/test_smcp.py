@@ -769,6 +769,26 @@ def test_bn_recalibration_restarts_statistics_under_the_new_masks(n):
         torch.testing.assert_close(bn2.running_mean, torch.stack([x.mean((0, 2, 3)) for x in seen2]).mean(0))
 
 
+def test_norms_converted_to_sync_batchnorm_after_the_pruner_is_built_are_recalibrated():
+    """break117 F13: convert_sync_batchnorm(prepared) after SMCP(bn_recalibrate=n) builds new
+    modules without the hooks; the pruner kept recalibrating the old ones, outside the model,
+    and nothing said so."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=1, update_every=100, channel_step=1,
+                          bn_recalibrate=3)
+    old = pm.get_submodule("c2.1")
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(pm)  # (no process group: runs as BatchNorm)
+    bn = pm.get_submodule("c2.1")
+    assert isinstance(bn, torch.nn.SyncBatchNorm) and bn is not old
+    opt = train(pm, pruner, 3)  # the update at step 3 opens the window
+    assert pruner.history[-1]["bn_recalibrated"]
+    seen, handle = _bn_inputs(pm, "c2.1")
+    train(pm, pruner, 3, seed=9, optimizer=opt)
+    handle.remove()
+    torch.testing.assert_close(bn.running_mean, torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0))
+    assert pruner._bns["c2.1"] is bn
+
+
 def test_a_model_finalized_inside_the_recalibration_window_keeps_its_norms_momentum():
     """momentum=None is set around each training forward of the window only: a model
     finalized (or saved) inside it has the norms' own momentum for later fine-tuning."""

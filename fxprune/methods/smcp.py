@@ -237,8 +237,29 @@ class SMCP(PruningMethod):
     def _hook_norms(self) -> None:
         """bn_recalibrate's hooks on every BatchNorm that tracks running statistics."""
         for bn in self._bns.values():
-            bn.register_forward_pre_hook(MethodHook(self._cumulative_average))
-            bn.register_forward_hook(MethodHook(self._momentum_back), always_call=True)
+            self._hook_norm(bn)
+
+    def _hook_norm(self, bn: torch.nn.Module) -> None:
+        bn.register_forward_pre_hook(MethodHook(self._cumulative_average))
+        bn.register_forward_hook(MethodHook(self._momentum_back), always_call=True)
+
+    def _follow_replaced_norms(self) -> None:
+        """BatchNorms swapped for others since the pruner was built (break117 F13:
+        ``nn.SyncBatchNorm.convert_sync_batchnorm(prepared)`` for DDP builds new modules,
+        without the hooks): recalibrate the ones the model now holds, not the old ones."""
+        for name, bn in list(self._bns.items()):
+            try:
+                now = self.prepared.get_submodule(name)
+            except AttributeError:  # removed: nothing of the model's to recalibrate there
+                del self._bns[name]
+                continue
+            if now is not bn:
+                if (isinstance(now, torch.nn.modules.batchnorm._BatchNorm)
+                        and now.track_running_stats):
+                    self._bns[name] = now
+                    self._hook_norm(now)
+                else:
+                    del self._bns[name]
 
     def _after_copy(self) -> None:
         # a copied model holds no-ops where the hooks were: this copy's own go in their place
@@ -393,6 +414,7 @@ class SMCP(PruningMethod):
         training forwards set them as their cumulative average (torch's ``momentum=None``
         with the batch count at 0, so the first batch replaces them). The old statistics are
         not reset: if no training batch follows (training ends at an update), they stay."""
+        self._follow_replaced_norms()
         for bn in self._bns.values():
             bn.num_batches_tracked.zero_()
         self._recalibrating = self.bn_recalibrate
