@@ -11,6 +11,7 @@ import copy
 import io
 import linecache
 import math
+import numbers
 import operator
 import os
 import re
@@ -397,10 +398,46 @@ def flat_outputs(out) -> list[torch.Tensor]:
     return tensors
 
 
+def check_opset(opset, name: str = "opset") -> None:
+    """A DeployError unless ``opset`` is an ONNX opset torch's exporter writes and the installed
+    onnx knows; ``name`` is the argument as the user gave it (``"--opset"`` or ``"opset"``)."""
+    import onnx
+
+    latest = onnx.defs.onnx_opset_version()
+    given = f"{name} {opset!r}" if name.startswith("--") else f"{name}={opset!r}"
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not 7 <= opset <= latest:
+        raise DeployError(f"{name} must be an ONNX opset from {DEFAULT_OPSET} to {latest} (the "
+                          f"installed onnx's latest), got {opset!r}; the default is {DEFAULT_OPSET}")
+    if opset < DEFAULT_OPSET:  # the exporter wrote 18 anyway, after printing its tracebacks
+        raise DeployError(f"{given}: torch's ONNX exporter writes opset {DEFAULT_OPSET} or "
+                          f"later; for an older runtime, export with torch.onnx.export(model, args, "
+                          f"path, dynamo=False, opset_version={opset}) and deploy that .onnx file")
+
+
 def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 precision: str = "fp32", opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                 overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Write ``module`` (copied, never modified) as ONNX to ``path``, check it, describe it.
+
+    A model :func:`fxprune.prepare` returned is exported at full width, with a
+    ``RuntimeWarning`` (export ``fxprune.finalize(model)`` for the pruned one). ``opset`` is
+    18 (torch's exporter writes no older one) up to the installed onnx's latest. An existing
+    ``path`` is replaced only with ``overwrite=True``, and only if it is an ONNX model.
+    """
+    from fxprune.groups import is_prepared
+
+    if is_prepared(module):  # (break111 F7: deploy warned, export_onnx wrote it silently)
+        warnings.warn("export_onnx got a model fxprune.prepare returned, not finalized: it is "
+                      "exported at full width with its masks; export fxprune.finalize(model) for "
+                      "the pruned model", RuntimeWarning, stacklevel=2)
+    return export_model(module, input_shape, path, precision=precision, opset=opset,
+                        dynamic_batch=dynamic_batch, overwrite=overwrite, log=log)
+
+
+def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
+                 precision: str = "fp32", opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                 overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    """:func:`export_onnx` without its warning of a prepared model (deploy says that itself).
 
     Uses torch's default (dynamo) exporter; if that raises, says so in one line and retries
     with the TorchScript exporter (``dynamo=False``), refusing a trace that branched on a
@@ -427,12 +464,16 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
                           f"{type(module).__name__}")
     if precision not in _DTYPES:
         raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
+    check_opset(opset)
     label = f"the model ({type(module).__name__})"
     check_one_tensor_input(module, label)  # (break112 F2: a bare TypeError from its forward)
     path = os.path.expanduser(os.fspath(path))
     if os.path.exists(path) and not overwrite:  # break48 #4: replaced any file, the user's too
         raise DeployError(f"{path} exists: export_onnx replaces it only with overwrite=True; "
                           "give another path")
+    if os.path.exists(path) and not _is_onnx_model(path):  # (break111 F7: a user's notes.txt)
+        raise DeployError(f"{path} exists and is not an ONNX model: export_onnx replaces only an "
+                          "ONNX file, even with overwrite=True; give another path")
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise DeployError(f"folder {os.path.dirname(os.path.abspath(path))} does not exist: "
                           "create it, or give a path in an existing folder")
@@ -614,6 +655,19 @@ def written_batch_dim(model) -> int | str | None:
     if not dims:
         return None
     return dims[0].dim_value if dims[0].HasField("dim_value") else (dims[0].dim_param or None)
+
+
+def _is_onnx_model(path: str) -> bool:
+    """Whether ``path`` is a file holding an ONNX model (its graph read, not its weights)."""
+    if not os.path.isfile(path):
+        return False
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a protobuf ONNX model
+        return False
+    return model.ir_version > 0 and model.HasField("graph")
 
 
 def written_opset(model) -> int:

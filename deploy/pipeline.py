@@ -30,7 +30,8 @@ from .common import DeployError, check_tolerance, cpu_name
 from .latency_table import _busy, cpu_load, load_said
 from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
                        not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
-from .onnx_export import DEFAULT_OPSET, example_input, export_onnx, flat_outputs, verify_onnx
+from .onnx_export import (DEFAULT_OPSET, check_opset, example_input, export_model, flat_outputs,
+                          verify_onnx)
 from .report import build_report, format_table, model_entry, write_report
 
 BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
@@ -68,20 +69,6 @@ def _check_counts(**counts) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             flag = "--" + name.replace("_", "-") if name != "workspace" else "workspace (bytes)"
             raise DeployError(f"{flag} must be an integer >= {low}, got {value!r}")
-
-
-def _check_opset(opset) -> None:
-    """An ONNX opset the installed onnx knows (a later one was logged and exported at 18)."""
-    import onnx
-
-    latest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not 7 <= opset <= latest:
-        raise DeployError(f"--opset must be an ONNX opset from {DEFAULT_OPSET} to {latest} (the "
-                          f"installed onnx's latest), got {opset!r}; the default is {DEFAULT_OPSET}")
-    if opset < DEFAULT_OPSET:  # the exporter wrote 18 anyway, after printing its tracebacks
-        raise DeployError(f"--opset {opset}: torch's ONNX exporter writes opset {DEFAULT_OPSET} or "
-                          f"later; for an older runtime, export with torch.onnx.export(model, args, "
-                          f"path, dynamo=False, opset_version={opset}) and deploy that .onnx file")
 
 
 def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -123,7 +110,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             # (break111 F8: deploy(None, out) was a bare KeyError: 'model')
             raise DeployError(f"deploy's {name} is an nn.Module or the path of a .pt or .onnx "
                               f"file, got {type(given).__name__}")
-    _check_opset(opset)
+    check_opset(opset, "--opset")
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
     out_dir = os.path.expanduser(os.fspath(out_dir))
@@ -272,8 +259,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
         try:
             # (the output folder's own files: deploy guards them, see _check_out_dir)
-            info = export_onnx(mod, shape, path, precision=onnx_precision, opset=opset,
-                               overwrite=True, log=log)
+            info = export_model(mod, shape, path, precision=onnx_precision, opset=opset,
+                                overwrite=True, log=log)
             info["max_abs_diff"] = verify_onnx(path, mod, shape, precision=onnx_precision,
                                                atol=atol, rtol=rtol, threads=threads)
         except BaseException:

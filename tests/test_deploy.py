@@ -907,14 +907,19 @@ def test_export_reports_the_batch_the_file_declares(tmp_path):
     assert info["dynamic_batch"] is True
 
 
-def test_export_records_the_opset_the_file_declares(tmp_path):
-    """The dynamo exporter writes the opsets it supports whatever was asked (an old opset is
-    upgraded): the description names the file's opset and the request, and says so."""
-    said = []
-    info = export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "m.onnx", opset=9, log=said.append)
+def test_export_records_the_opset_the_file_declares_and_refuses_an_older_one(tmp_path):
+    """The description names the file's opset and the request. An opset below 18 was
+    upgraded to 18 by torch's exporter after printing onnxscript's traceback (break111 F7):
+    export_onnx refuses it with the way out, as deploy does."""
+    info = export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "m.onnx", log=lambda s: None)
     declared = next(o.version for o in onnx.load(tmp_path / "m.onnx").opset_import if o.domain == "")
-    assert info["opset"] == declared and info["opset_requested"] == 9
-    assert (declared != 9) == any("opset 9 was asked for" in s for s in said), said
+    assert info["opset"] == declared == 18 and info["opset_requested"] == 18
+    with pytest.raises(DeployError, match=r"opset=9: torch's ONNX exporter writes opset 18 or "
+                                          r"later; .*dynamo=False, opset_version=9\)"):
+        export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "o.onnx", opset=9)
+    with pytest.raises(DeployError, match=r"opset must be an ONNX opset from 18 to \d+"):
+        export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "o.onnx", opset="18")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize("flag, value, phrase", [
@@ -981,9 +986,15 @@ def test_a_prepared_model_deployed_unfinalized_is_warned_of(tmp_path):
     """break25 #5: it was timed at full width and reported a 0.99x 'speedup', silently."""
     import fxprune
     pm = fxprune.prepare(small_net(8), torch.randn(SHAPE))
-    with pytest.warns(RuntimeWarning, match="not finalized: it runs at full width"):
+    with pytest.warns(RuntimeWarning, match="not finalized") as caught:
         deploy(pm, tmp_path / "out", backend="onnxruntime", iters=3, warmup=1, progress=False,
                log=lambda s: None, input_shape=SHAPE)
+    said = [str(w.message) for w in caught if "not finalized" in str(w.message)]
+    assert len(said) == 1 and "not finalized: it runs at full width" in said[0]  # once, not twice
+    # break111 F7: export_onnx wrote the full-width masked model without a word
+    with pytest.warns(RuntimeWarning, match=r"export_onnx got a model fxprune.prepare returned, "
+                                            r"not finalized: .*export fxprune.finalize\(model\)"):
+        export_onnx(pm, SHAPE, tmp_path / "p.onnx", log=lambda s: None)
 
 
 class TwoInputs(nn.Module):
@@ -1301,8 +1312,16 @@ def test_export_onnx_keeps_an_existing_file_expands_a_tilde_and_names_a_missing_
     with pytest.raises(DeployError, match=r"x.onnx exists: export_onnx replaces it only with overwrite=True"):
         export_onnx(small_net(4), SHAPE, mine, log=lambda s: None)
     assert mine.read_bytes() == b"the user's own"
+    # break111 F7: overwrite=True replaced any file, a user's notes too; it replaces ONNX files
+    with pytest.raises(DeployError, match=r"x.onnx exists and is not an ONNX model: export_onnx "
+                                          r"replaces only an ONNX file, even with overwrite=True"):
+        export_onnx(small_net(4), SHAPE, mine, overwrite=True, log=lambda s: None)
+    assert mine.read_bytes() == b"the user's own"
+    mine.unlink()
+    export_onnx(small_net(8), SHAPE, mine, log=lambda s: None)
     export_onnx(small_net(4), SHAPE, mine, overwrite=True, log=lambda s: None)
     onnx.checker.check_model(str(mine))
+    assert verify_onnx(str(mine), small_net(4), SHAPE) < 1e-4  # the new model's file
     monkeypatch.setenv("HOME", str(tmp_path))
     info = export_onnx(small_net(4), SHAPE, "~/y.onnx", log=lambda s: None)
     assert info["path"] == str(tmp_path / "y.onnx") and (tmp_path / "y.onnx").exists()
