@@ -109,6 +109,22 @@ def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
         setattr(owner, attr, value)
 
 
+def _check_not_computed(gm: fx.GraphModule, qualname: str) -> None:
+    """SurgeryError for a tensor the surgery must change that a parametrization computes: one
+    added after prepare (prepare keeps a parametrized layer whole), whose result no slice can
+    be written to (break121 #2: "a bug in fxprune", and check=False gave a model that failed)."""
+    owner_name, _, attr = qualname.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    if nn.utils.parametrize.is_parametrized(owner, attr):
+        kinds = ", ".join(type(p).__name__ for p in owner.parametrizations[attr])
+        raise SurgeryError(
+            f"`{owner_name}` computes its {attr} with a parametrization ({kinds}) added after "
+            "prepare: finalize cannot remove channels from a computed tensor; call "
+            f"torch.nn.utils.parametrize.remove_parametrizations(prepared.get_submodule("
+            f"{owner_name!r}), {attr!r}) before finalize, and parametrize the finalized model "
+            "again if it needs one")
+
+
 def _get_tensor(gm, qualname):
     owner_name, _, attr = qualname.rpartition(".")
     return getattr(gm.get_submodule(owner_name) if owner_name else gm, attr)
@@ -138,6 +154,8 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             if isinstance(m, _InputMasked):
                 site = site_by_module[name]
                 pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
+                if not (pm == 1).all():
+                    _check_not_computed(gm, f"{name}.weight" if name else "weight")
                 shape = [1] * m.weight.ndim
                 shape[site.dim] = -1
                 m.weight.mul_(torch.as_tensor(pm, dtype=m.weight.dtype, device=m.weight.device).view(shape))
@@ -151,6 +169,8 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             if site.functional_nodes and ch.touches_prunable(ch.space_ids(site.tensor, site.dim)):
                 w = _get_tensor(gm, site.tensor)
                 pm = position_mask(ch, ch.space_ids(site.tensor, site.dim), masks)
+                if not (pm == 1).all():
+                    _check_not_computed(gm, site.tensor)
                 shape = [1] * w.ndim
                 shape[site.dim] = -1
                 w.mul_(torch.as_tensor(pm, dtype=w.dtype, device=w.device).view(shape))
@@ -160,6 +180,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             keep = ctx.kept(space.ids)
             if keep.all() or space.virtual:  # a created tensor's size is rewritten in the graph
                 continue
+            _check_not_computed(gm, space.tensor)
             t = _get_tensor(gm, space.tensor)
             index = torch.as_tensor(np.nonzero(keep)[0], device=t.device)
             sliced = t.detach().index_select(space.dim, index)

@@ -753,6 +753,10 @@ def copy_model(model: nn.Module, when: str = "prepare", tensors_of: nn.Module | 
     the copy's parameters and buffers are that module's, same name for same name, not new ones:
     for a copy only traced and thrown away, whose tensors torch.fx reads as proxies (cloning
     ResNet-50's weights was a third of prepare's time)."""
+    hooked = hook_reparametrization(model, when)
+    if hooked:  # whatever the grad state (break121 #1: after a no_grad forward the copy went
+        # through, prepare accepted the model, and finalize failed after the training)
+        raise TypeError(f"fxprune cannot work on {type(model).__name__}: {hooked}")
     memo = {}
     if tensors_of is not None:
         theirs = {**dict(tensors_of.named_parameters(remove_duplicate=False)),
@@ -765,8 +769,12 @@ def copy_model(model: nn.Module, when: str = "prepare", tensors_of: nn.Module | 
         return copy.deepcopy(model, memo)
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
         why = _why_uncopyable(model, when)
+        if not why:
+            raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} "
+                            f"cannot be deep-copied: {e}; make its attributes copyable") from e
+        # the cause is named: one line, not torch's traceback above it (break121 #1)
         raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
-                        f"be deep-copied: {why or f'{e}; make its attributes copyable'}") from e
+                        f"be deep-copied: {why}") from None
 
 
 _DEPRECATED_HOOKS = {  # torch's hook-based reparametrizations hold a computed weight
@@ -780,11 +788,34 @@ _DEPRECATED_HOOKS = {  # torch's hook-based reparametrizations hold a computed w
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, the hook dicts...
 
 
+def hook_reparametrization(model: nn.Module, when: str = "prepare") -> str:
+    """The first layer of ``model`` that torch.nn.utils.prune or the deprecated hook-based
+    weight_norm / spectral_norm reparametrizes, with the way out ("" when none). Such a layer's
+    weight is recomputed by a forward pre-hook from ``weight_orig`` and a mask (or ``weight_g``
+    and ``weight_v``): fxprune can neither prune the computed tensor nor always copy it (a
+    deep copy fails while it holds autograd history)."""
+    from torch.nn.utils import prune as torch_prune
+
+    for name, m in model.named_modules():
+        where = f"`{name}`" if name else f"the model ({type(model).__name__})"
+        for hook in (getattr(m, "_forward_pre_hooks", None) or {}).values():
+            cls = type(hook).__name__
+            if cls in _DEPRECATED_HOOKS:
+                api, remove, new = _DEPRECATED_HOOKS[cls]
+                return (f"{where} uses the deprecated {api}, which recomputes its weight at each "
+                        f"call; call {remove} before {when}, or use {new} (kept whole by fxprune)")
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                return (f"{where} is pruned with torch.nn.utils.prune, which recomputes its "
+                        f"{hook._tensor_name} from a mask at each call; call "
+                        f"torch.nn.utils.prune.remove(module, {hook._tensor_name!r}) before "
+                        f"{when}, which makes the pruning permanent")
+    return ""
+
+
 def _why_uncopyable(model: nn.Module, when: str = "prepare") -> str:
     """What makes ``model`` fail a deep copy, with the way out, for the causes users meet
     (break50 #8: the deprecated weight_norm, a buffer or tap holding autograd history; the
     message named weight_norm for all of them); "" when none is found."""
-    from torch.nn.utils import prune as torch_prune
 
     def computed(value) -> bool:
         if isinstance(value, (list, tuple)):
@@ -805,15 +836,7 @@ def _why_uncopyable(model: nn.Module, when: str = "prepare") -> str:
         where = f"`{name}`" if name else f"the model ({type(model).__name__})"
         for attr, kind in HOOK_KINDS:
             for hook in (getattr(m, attr, None) or {}).values():
-                cls = type(hook).__name__
-                if cls in _DEPRECATED_HOOKS:
-                    api, remove, new = _DEPRECATED_HOOKS[cls]
-                    return (f"{where} uses the deprecated {api}, whose weight has autograd history; "
-                            f"call {remove} before {when}, or use {new} (kept whole by fxprune)")
-                if isinstance(hook, torch_prune.BasePruningMethod):
-                    return (f"{where} is pruned with torch.nn.utils.prune; call "
-                            f"torch.nn.utils.prune.remove(module, {hook._tensor_name!r}) before "
-                            f"{when}, which makes the pruning permanent")
+                # (torch's prune and deprecated weight_norm: hook_reparametrization, first)
                 owner, args = _hook_owner(hook)
                 for obj in (owner, *args):  # (a partial's store too, as _copied_hook_objects reads it)
                     held = ([] if obj is None or id(obj) in inside

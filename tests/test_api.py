@@ -922,6 +922,22 @@ def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break
     train()
     pruner.finalize_masks()
     assert pruner.cost() <= 0.5
+    if how == "torch_prune":  # break121 #1, #2: refused up front, in one line, with the way out
+        with pytest.raises(TypeError, match=r"`c3` is pruned with torch.nn.utils.prune, .*call "
+                                            r"torch.nn.utils.prune.remove\(module, 'weight'\) "
+                                            r"before finalize"):
+            fxprune.finalize(pm)
+        torch_prune.remove(pm.c3, "weight")
+    else:  # break121 #2: "a bug in fxprune", and check=False returned a model that failed
+        from fxprune.errors import SurgeryError
+        with pytest.raises(SurgeryError, match=r"`c3` computes its weight with a parametrization "
+                                               r"\(_Orthogonal\) added after prepare: .*call torch."
+                                               r"nn.utils.parametrize.remove_parametrizations\("):
+            fxprune.finalize(pm, check=False)
+        torch.nn.utils.parametrize.remove_parametrizations(pm.c3, "weight")
+    x = torch.randn(4, 3, 8, 8)
+    small = fxprune.finalize(pm)
+    torch.testing.assert_close(small.eval()(x), pm.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 def test_copy_masks_refuses_models_whose_same_keys_name_other_groups():

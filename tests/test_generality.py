@@ -2285,11 +2285,21 @@ def test_a_model_that_cannot_be_copied_is_told_which_part_and_the_way_out():
     keep = Keep()
     tapped[0].register_forward_hook(keep.hook)
     tapped(X)
-    cases = [(weight_norm, r"`0` uses the deprecated torch.nn.utils.weight_norm.*call "
-                           r"torch.nn.utils.remove_weight_norm\(module\) before prepare"),
-             (pruned, r"`2` is pruned with torch.nn.utils.prune; call "
-                      r"torch.nn.utils.prune.remove\(module, 'weight'\) before prepare"),
-             (tapped, r"the forward hook on `0` \(Keep\) holds `outs`, tensors with autograd history")]
+    # break121 #1: torch's prune and the deprecated weight_norm are refused whatever the grad
+    # state (after a no_grad forward the copy went through, and finalize failed after training)
+    for model, says in [(weight_norm, r"`0` uses the deprecated torch.nn.utils.weight_norm, which "
+                                      r"recomputes its weight at each call; call "
+                                      r"torch.nn.utils.remove_weight_norm\(module\) before prepare"),
+                        (pruned, r"`2` is pruned with torch.nn.utils.prune, which recomputes its "
+                                 r"weight from a mask at each call; call torch.nn.utils.prune."
+                                 r"remove\(module, 'weight'\) before prepare")]:
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                model(X)
+            with pytest.raises(TypeError, match=r"^fxprune cannot work on Sequential: " + says) as e:
+                fxprune.prepare(model, (X,))
+            assert e.value.__cause__ is None and e.value.__context__ is None  # one line
+    cases = [(tapped, r"the forward hook on `0` \(Keep\) holds `outs`, tensors with autograd history")]
     # a functools.partial's store is named as a bound method's owner is (the two hook readers
     # worked the owner out each their own way: this one fell back to torch's message)
     def tap(store, module, inputs, output):
