@@ -77,6 +77,15 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
+        if isinstance(model, fx.GraphModule) and any(
+                isinstance(n.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
+                for n in model.graph.nodes if n.op == "call_function"):
+            # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
+            # rules for ATen ops suggested as the way out)
+            raise TypeError("prepare got a graph of ATen ops (torch.export(...).module(), or "
+                            "make_fx / AOTAutograd output): fxprune's channel rules are for the "
+                            "model's own layers and torch functions; pass the nn.Module before "
+                            "torch.export, and export the finalized one")
         meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
                      if t.is_meta), None)
         if meta is not None:  # (break68 #3: torch's aten::equal NotImplementedError, mid-trace)

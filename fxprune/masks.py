@@ -645,27 +645,40 @@ class MaskBank(nn.Module):
             return
         problem = self._other_groups(state_dict[key])
         if problem:  # no mask of this bank is written (torch loads the other modules' tensors)
+            wider = self._size_mismatches(error_msgs)
+            if problem.startswith("the saved masks are of a wider model") and wider and all(
+                    len(saved) == len(here) and all(a >= b for a, b in zip(saved, here))
+                    for _, saved, here in wider.values()):
+                # (break121 #5: torch's line per layer; the one cause said once)
+                error_msgs[:] = [m for m in error_msgs if m not in wider]
             error_msgs.append(problem)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
     @staticmethod
-    def _plain_state_dict(error_msgs: list) -> None:
+    def _size_mismatches(error_msgs: list) -> dict[str, tuple[str, list[int], list[int]]]:
+        """torch's size-mismatch lines in ``error_msgs``: line -> (key, saved shape, this shape)."""
+        import re
+        shapes = re.compile(r"size mismatch for (\S+): copying a param with shape "
+                            r"torch.Size\(\[([\d, ]*)\]\).* is torch.Size\(\[([\d, ]*)\]\)")
+        found = {}
+        for m in error_msgs:
+            match = shapes.match(m)
+            if match:
+                saved, here = ([int(v) for v in g.split(",") if v.strip()]
+                               for g in match.groups()[1:])
+                found[m] = (match.group(1), saved, here)
+        return found
+
+    @classmethod
+    def _plain_state_dict(cls, error_msgs: list) -> None:
         """A state_dict without masks is a plain model's (torch passes each module its own keys
         only; the bank is loaded last, after the others). A finalized model's narrower tensors
         gave one size-mismatch line per layer (break90 F9: 103 lines for resnet18): those
         become one line naming the route that works."""
-        import re
-        shapes = re.compile(r"size mismatch for (\S+): copying a param with shape "
-                            r"torch.Size\(\[([\d, ]*)\]\).* is torch.Size\(\[([\d, ]*)\]\)")
-        narrower = {}
-        for m in error_msgs:
-            found = shapes.match(m)
-            if found:
-                saved, here = ([int(v) for v in g.split(",") if v.strip()] for g in found.groups()[1:])
-                narrower[m] = (found.group(1), len(saved) == len(here)
-                               and all(a <= b for a, b in zip(saved, here)))
+        narrower = {m: (name, len(saved) == len(here) and all(a <= b for a, b in zip(saved, here)))
+                    for m, (name, saved, here) in cls._size_mismatches(error_msgs).items()}
         # every mismatch narrower (another head's wider classifier is torch's to say)
         if narrower and all(ok for _, ok in narrower.values()):
             names = [name for name, _ in narrower.values()]
@@ -689,6 +702,14 @@ class MaskBank(nn.Module):
                  if k in saved and saved[k] != (name, size)]
         if not other:
             return None
+        if saved.keys() == self.fxprune_groups.keys() and all(
+                saved[k][0] == name and saved[k][1] >= size
+                for k, (name, size) in self.fxprune_groups.items()):
+            return (f"the saved masks are of a wider model with the same channel groups "
+                    f"({'; '.join(other[:3])}{'; ...' if len(other) > 3 else ''}): a state_dict "
+                    "of the model before an earlier finalize? Load it into a prepare of that "
+                    "model (pruning again starts from the finalized model's own prepared "
+                    "state_dict)")
         return (f"the saved masks belong to other channel groups than this prepared model's "
                 f"({'; '.join(other[:3])}{'; ...' if len(other) > 3 else ''}): it was prepared "
                 "with other rules or by another fxprune version; prepare the model as the saved "

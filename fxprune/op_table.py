@@ -281,7 +281,10 @@ def add_installed_rows() -> None:
 def describe(node, gm) -> str:
     """A readable name for the op a node runs (for barrier reasons and tables)."""
     if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+        cls = type(gm.get_submodule(node.target))
+        if getattr(nn, cls.__name__, cls) is not cls:  # (break121 #4: a quantized Linear read
+            return f"{cls.__module__}.{cls.__qualname__}"  # as nn.Linear having no rule)
+        return cls.__name__
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     target = node.target

@@ -604,6 +604,14 @@ def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
         with pytest.raises(TypeError, match=r"^prepare got a TorchScript module \(torch.jit.script "
                                             r"or trace\); .* pass the model before scripting"):
             fxprune.prepare(scripted, (X,))
+    # break121 #6: an exported (ATen) graph was accepted with every op kept whole, and rules
+    # for ATen ops named as the way out
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1)).eval()
+    exported = torch.export.export(small, (X,)).module()
+    with pytest.raises(TypeError, match=r"^prepare got a graph of ATen ops \(torch.export\(...\)."
+                                        r"module\(\), .*pass the nn.Module before torch.export"):
+        fxprune.prepare(exported, (X,))
+    fxprune.prepare(torch.fx.symbolic_trace(small), (X,))  # a torch.fx graph is the model's own
     pm = fxprune.prepare(resnet18, (X,))
     for rtol in (-1, 0, float("nan"), "1e-4", True):  # -1 was taken, then 'a bug in fxprune'
         with pytest.raises(ValueError, match="rtol is the relative tolerance"):
@@ -1030,6 +1038,18 @@ def test_a_finalized_state_dict_loaded_into_a_prepared_model_is_refused_in_one_l
     again.load_state_dict(small.state_dict())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(again(x), small(x))
+    # break121 #5: pruning again, the first prepare's state_dict loaded into the finalized
+    # model's prepare gave torch's line per layer; one line names the cause
+    second = fxprune.prepare(small, torch.randn(1, 3, 8, 8))
+    for strict in (True, False):
+        with pytest.raises(RuntimeError) as raised:
+            second.load_state_dict(saved, strict=strict)
+        lines = str(raised.value).splitlines()
+        assert len(lines) == 2 and re.match(r"\s+the saved masks are of a wider model with the same "
+                                            r"channel groups \(g0 is '0' \(8 channels\) in the saved "
+                                            r"state, '0' \(4\) here\): a state_dict of the model "
+                                            r"before an earlier finalize\?", lines[1]), lines
+    second.load_state_dict(second.state_dict())
 
 
 def test_flops_count_attention_and_recurrent_layers():

@@ -86,6 +86,19 @@ class SubclassNet(nn.Module):
         return self.head(self.dw(self.b(self.bn(self.a(x)))))
 
 
+def test_a_layer_sharing_a_torch_layers_name_is_named_in_full():
+    """break121 #4: a dynamically quantized Linear's barrier read "no channel rule for Linear",
+    as if nn.Linear had none."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    pm = fxprune.prepare(quantized, (X,))
+    (kept,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["0"]]
+    assert not kept.prunable
+    assert "no channel rule for torch.ao.nn.quantized.dynamic" in kept.reason, kept.reason
+    assert "no channel rule for Linear" not in kept.reason
+
+
 def test_subclasses_of_torch_layers_are_pruned():
     # the norm's own forward reads self.training: it is one call, whole until it has a row
     pm, small = check(SubclassNet(), X, X2)
