@@ -292,6 +292,33 @@ class WeightStandardized(torch.nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+def test_a_one_by_one_standardized_conv_left_one_input_is_refused_in_one_line():
+    """break120 F1: nf_resnet's 1x1 ScaledStdConv2d reading a group kept at one channel: the
+    masked model ran (a zero filter), the finalized one raised in timm's batch_norm, said as "a
+    bug in fxprune", and check=False returned a model that failed on every forward."""
+    from timm.layers import ScaledStdConv2d
+    from fxprune.errors import SurgeryError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                ScaledStdConv2d(8, 6, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(6, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(model, (x,))
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.producers == ["0"]]
+    with torch.no_grad():
+        group.mask.zero_()
+        group.mask[3] = 1
+    for check in (True, False):
+        with pytest.raises(SurgeryError, match=r"^`2` \(ScaledStdConv2d\) standardizes each filter "
+                                               r"over .* keep at least 2 channels of the group"):
+            fxprune.finalize(pm, check=check)
+    with torch.no_grad():
+        group.mask[5] = 1  # two inputs: two values per filter
+    small = fxprune.finalize(pm)
+    assert small.get_submodule("2").in_channels == 2
+    torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
+
+
 def without_norms(model):
     model = copy.deepcopy(model)
     model.norm = model.norm1 = torch.nn.ReLU()

@@ -349,6 +349,19 @@ class StandardizedConv(_RowOfMaskedClass, ConvSame):
             return super().layer_spec(ctx, call, c_in, c_out)
         return Conv.layer_spec(self, ctx, call, c_in, c_out)
 
+    def resize(self, m, node, ctx):
+        super().resize(m, node, ctx)
+        if m.weight[0].numel() == 1:
+            # timm standardizes with F.batch_norm(training=True), which refuses one value per
+            # filter: the masked form gives zero filters, the pruned layer cannot run (break120
+            # F1: "a bug in fxprune", and check=False gave a model failing every forward)
+            from fxprune.errors import SurgeryError
+            raise SurgeryError(
+                f"`{node.target}` ({type(m).__name__}) standardizes each filter over its input "
+                "channels x kernel, and the masks leave it one input channel of a 1x1 kernel: "
+                "one value, which the layer's batch_norm refuses; keep at least 2 channels of the "
+                "group it reads (a method's channel_step >= 2 does)")
+
 
 class ConvTranspose(Conv):
     """ConvTranspose1d/2d/3d: the weight is ``[in, out/groups, k...]``, so the input channels are
