@@ -123,7 +123,12 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         propagate_shapes(gm, inputs_for(gm, stored))
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
-        gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER)
+        traced = dict(gm.named_parameters())  # (by name: the graph holds copies)
+        untraced = {name: p for name, p in model.named_parameters() if name not in traced}
+        gm.meta["fxprune"] = PreparedState(
+            channels, dict(rules or {}), stored, MASK_OWNER,
+            untraced_params=sum(p.numel() for p in untraced.values()),
+            untraced_modules=tuple(dict.fromkeys(n.split(".")[0] for n in untraced)))
         make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
         return gm
 

@@ -255,6 +255,11 @@ class PreparedState:
     rules: dict
     example_inputs: tuple
     mask_owner: str = "fxprune_masks"
+    #: parameters of the model given to prepare that its traced forward never reads (an
+    #: auxiliary head in eval mode), and the top-level modules holding them: not in the
+    #: prepared model, so not in its counts (break120 F3)
+    untraced_params: int = 0
+    untraced_modules: tuple = ()
 
 
 def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> list[ChannelGroup]:

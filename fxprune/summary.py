@@ -169,6 +169,11 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
                  # (break81 #5: "10 prunable channels" of 40 across tied layers)
                  f"{sum(g.size for g in groups if g.prunable)} mask entries (a group's channel "
                  "positions, each removing a channel of every layer the group touches)")
+    if state.untraced_params:
+        modules = ", ".join(state.untraced_modules[:3]) + (", ..." if len(state.untraced_modules) > 3 else "")
+        lines.append(f"not counted: {state.untraced_params:,} parameters of the model given to "
+                     f"prepare that its traced forward never reads ({modules}: e.g. auxiliary "
+                     "heads of the other mode); the prepared and finalized models do not hold them")
     if not listed:
         lines.append("no group has a conv or linear layer in it: fxprune found no layer it prunes "
                      "(a layer with no row in fxprune.op_table.CHANNEL_RULES is traced through or a "

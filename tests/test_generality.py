@@ -1088,6 +1088,33 @@ def test_summary_counts_dense_flops_with_every_mask_at_one():
                zip(masked, [g for g in fxprune.channel_groups(pm) if g.prunable]))
 
 
+def test_summary_names_parameters_the_traced_forward_never_reads(tmp_path):
+    """break120 F3: GoogLeNet's summary said params 6,624,904 for a model of 13,004,888 (its
+    auxiliary heads, used in train mode only, are not in the prepared model), without a word."""
+    from fxprune.summary import summary_table
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+            self.aux = nn.Linear(8, 4)  # read in train mode only
+
+        def forward(self, x):
+            y = self.body(x).mean((2, 3))
+            return (self.head(y), self.aux(y)) if self.training else self.head(y)
+
+    model = WithAux().eval()
+    pm = fxprune.prepare(model, (X,))
+    text = summary_table(pm)
+    assert ("not counted: 36 parameters of the model given to prepare that its traced forward "
+            "never reads (aux: ") in text, text
+    assert "params 260;" in text  # the body (224) and head (36); not the aux head
+    path = tmp_path / "pm.pt"  # the record survives a pickle of the prepared model
+    torch.save(pm, path)
+    assert "not counted: 36 parameters" in summary_table(torch.load(path, weights_only=False))
+    assert "not counted" not in summary_table(fxprune.prepare(model.train(), (X,)))
+
+
 def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it(tmp_path):
     """break42 #10: not "call fxprune.prepare first" for what finalize returned."""
     from fxprune.summary import count_flops, count_params  # the names the error points to
