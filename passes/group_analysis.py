@@ -236,9 +236,14 @@ class ChannelAnalysis(NodeFacts):
     def connect(self, space_ids, act_ids, what: str) -> None:
         """A weight dim reads (or writes) an activation's channel dim."""
         if act_ids is None:
-            self.untracked(space_ids, f"{what} reads channels fxprune does not track (the model "
-                                      "input, or an output of an op whose channels it does not "
-                                      "follow)")  # not only the input (break39 #5)
+            src = self.node.args[0] if self.node is not None and self.node.args else None
+            if isinstance(src, fx.Node) and src.op == "placeholder":
+                # (break120 F4: every stem read as a possible barrier)
+                self.untracked(space_ids, f"{what} reads the model input `{src.name}`, whose "
+                                          "channels are the data's")
+            else:
+                self.untracked(space_ids, f"{what} reads channels fxprune does not track (an "
+                                          "output of an op whose channels it does not follow)")
         else:
             self.unify(space_ids, act_ids, what)
 

@@ -1870,7 +1870,19 @@ def test_reasons_for_a_namedtuple_output_and_a_list_argument_name_the_right_caus
     pm = fxprune.prepare(Named(), (X,))
     reasons = {g.name: g.reason for g in fxprune.channel_groups(pm)}
     assert reasons["b"].startswith("packed into the namedtuple Out")
-    assert "does not track (the model input, or an output of an op" in reasons["a.weight[1]"]
+    # break120 F4: the model input itself is said as that, not as a possible barrier
+    assert reasons["a.weight[1]"].startswith("conv input reads the model input `x`, whose "
+                                             "channels are the data's"), reasons["a.weight[1]"]
+    class Doubled(nn.Module):  # a leaf with no row: its output's channels are untracked
+        def forward(self, x):
+            return x * 2
+
+    behind = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), Doubled(), nn.Conv2d(8, 4, 1)), (X,),
+                             leaf_modules=[Doubled])
+    reasons = {g.name: g.reason for g in fxprune.channel_groups(behind, all_groups=True)}
+    assert reasons["2.weight[1]"].startswith("conv input reads channels fxprune does not track "
+                                             "(an output of an op whose channels it does not "
+                                             "follow)"), reasons
 
     class Neck(nn.Module):
         def __init__(self):
