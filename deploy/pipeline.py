@@ -360,8 +360,27 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
             onnx["sha256"] = file_sha256(onnx["path"])  # the file given here
     path = write_report(report, out_dir)
     log(format_table(report))
+    if report.get("speedup") is not None and report["speedup"] < 1:
+        log(_why_slower(models["model"][0], report["speedup"]))
     log(f"report written to {path}")
     return report
+
+
+def _why_slower(module: nn.Module | None, speedup: float) -> str:
+    """A line for a pruned model slower than dense (break120 F2: mobilenet_v2 hand-masked to odd
+    widths ran 0.71x at 29% of the FLOPs; deploy printed the figure without a word)."""
+    convs = ([(name, m) for name, m in module.named_modules()
+              if isinstance(m, nn.modules.conv._ConvNd)] if module is not None else [])
+    odd = [name for name, m in convs if m.out_channels % 8]
+    said = f"the pruned model runs slower than dense here ({speedup:.2f}x): "
+    if odd:
+        return (said + f"{len(odd)} of its {len(convs)} convs keep a channel count that is not a "
+                f"multiple of 8 ({', '.join(odd[:3])}{', ...' if len(odd) > 3 else ''}), which "
+                "many kernels run slower than a round count; prune with channel_step=8 (SMCP's "
+                "default), or price with a latency table measured here (README, Deploy and "
+                "latency tables)")
+    return (said + "FLOPs are a poor guide to this runtime's speed; price with a latency table "
+            "measured here (README, Deploy and latency tables)")
 
 
 DEPLOY_MARKER = ".fxprune-deploy"

@@ -6,6 +6,7 @@ import json
 import shutil
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -980,6 +981,32 @@ def test_a_float64_model_is_said_to_be_exported_at_fp32(tmp_path):
     said.clear()
     export_onnx(small_net(8), SHAPE, tmp_path / "n.onnx", log=said.append)
     assert not any("weights are exported" in s for s in said)
+
+
+@pytest.mark.parametrize("width, says", [
+    (5, r"2 of its 2 convs keep a channel count that is not a multiple of 8 \(0, 3\), which "
+        r"many kernels run slower than a round count; prune with channel_step=8"),
+    (8, r"FLOPs are a poor guide to this runtime's speed; price with a latency table")])
+def test_a_pruned_model_slower_than_dense_is_said_with_the_likely_cause(tmp_path, monkeypatch,
+                                                                        width, says):
+    """break120 F2: mobilenet_v2 hand-masked to odd widths ran 0.71x at 29% of the FLOPs, and
+    deploy printed the 0.71x without a word."""
+    def timed(paths, shape, **kwargs):  # the pruned file twice as slow as the dense one
+        return {name: [2.0 if name == "model" else 1.0] * 5 for name in paths}
+
+    monkeypatch.setattr(pipeline.ortb, "time_onnx_models", timed)
+    lines = []
+    report = deploy(small_net(width), tmp_path / "out", compare=small_net(16), input_shape=SHAPE,
+                    backend="onnxruntime", iters=5, warmup=1, progress=False, log=lines.append)
+    assert report["speedup"] == pytest.approx(0.5)
+    said = [line for line in lines if line.startswith("the pruned model runs slower than dense")]
+    assert len(said) == 1 and re.search(r"here \(0\.50x\): " + says, said[0]), said
+    monkeypatch.setattr(pipeline.ortb, "time_onnx_models",
+                        lambda paths, shape, **kw: {n: [1.0] * 5 for n in paths})
+    lines.clear()
+    deploy(small_net(width), tmp_path / "out2", compare=small_net(16), input_shape=SHAPE,
+           backend="onnxruntime", iters=5, warmup=1, progress=False, log=lines.append)
+    assert not any("slower than dense" in line for line in lines)
 
 
 def test_a_prepared_model_deployed_unfinalized_is_warned_of(tmp_path):
