@@ -12,7 +12,9 @@ and ``isinstance`` checks stay what they were, and ``unwrap`` puts the plain cla
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -806,13 +808,22 @@ class MethodHook:
     trains (CCP's activation taps). It belongs to the method, not to the model: a pickled or
     deep-copied model holds a :class:`DetachedHook` in its place (the hook's state stays with
     the method), which :func:`strip_method_hooks` removes (``finalize``, loading a prepared
-    model)."""
+    model). A bound method is held weakly: the model does not keep a pruner alive (a pruner
+    rebuilt over the same model left the old one, and its gathered model, behind: break109),
+    and a hook whose pruner is gone does nothing."""
 
     def __init__(self, fn):
-        self.fn = fn
+        self._weak = inspect.ismethod(fn)
+        self._fn = weakref.WeakMethod(fn) if self._weak else fn
+
+    @property
+    def fn(self):
+        """The hook's function (None once the object of a bound method is gone)."""
+        return self._fn() if self._weak else self._fn
 
     def __call__(self, *args):
-        return self.fn(*args)
+        fn = self.fn
+        return None if fn is None else fn(*args)
 
     def __reduce__(self):
         return DetachedHook, ()

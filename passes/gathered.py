@@ -30,6 +30,7 @@ import contextlib
 import io
 import operator
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -551,6 +552,9 @@ class GatheredModule(nn.Module):
         ``.optim`` (``ZeroRedundancyOptimizer``) keeps the state there. Returns the hook
         handles."""
         saved, protected, said = {}, {"forward": None}, []
+        # weakly: the optimizer outlives a pruner rebuilt over it, whose hooks kept the old one
+        # (and its gathered model) alive; once it is gone they do nothing
+        owner = weakref.ref(self)
 
         def state_of(opt):
             inner = getattr(opt, "optim", None)  # ZeRO's local optimizer holds the state
@@ -558,12 +562,15 @@ class GatheredModule(nn.Module):
 
         def pre(opt, args, kwargs):
             saved.clear()
-            forward = getattr(self, "forward_count", None)
+            gathered = owner()
+            if gathered is None:
+                return
+            forward = getattr(gathered, "forward_count", None)
             if protected["forward"] == forward:  # this optimizer stepped on that forward
                 return
             protected["forward"] = forward
             states = state_of(opt)
-            for p, keep in self.element_masks().items():
+            for p, keep in gathered.element_masks().items():
                 st = {k: v.detach().clone() for k, v in states.get(p, {}).items()
                       if isinstance(v, torch.Tensor) and v.shape == p.shape}
                 saved[p] = (keep, p.detach().clone(), st)

@@ -330,6 +330,39 @@ def test_gathered_execution_is_the_default_and_masked_is_the_fallback():
     assert masked.execution == "masked"
 
 
+def test_a_pruner_rebuilt_over_the_same_optimizer_lets_the_old_one_go():
+    """break109: each CUCB rebuilt and attached to the same optimizer left the old one's step
+    hooks on it, which held the old pruner and its gathered model alive."""
+    import gc
+    import weakref
+
+    pm = prepared()
+    opt = torch.optim.SGD(pm.parameters(), lr=0.05, momentum=0.9)
+    old = CUCB(pm, rho=0.5, warmup=1, explore=20, channel_step=4)
+    old.attach_optimizer(opt)
+    x, y = data(seed=0)
+    F.cross_entropy(old.train_forward(x), y).backward()
+    old.step()
+    opt.step()
+    opt.zero_grad()
+    gone, gathered_gone = weakref.ref(old), weakref.ref(old.gathered)
+    pruner = CUCB(pm, rho=0.5, warmup=1, explore=20, channel_step=4)
+    pruner.attach_optimizer(opt)
+    del old
+    gc.collect()
+    assert gone() is None and gathered_gone() is None
+    for step in range(1, 4):  # the new one's protection still holds
+        x, y = data(seed=step)
+        w = pm.get_submodule("c2.0").weight.detach().clone()
+        active_in = torch.from_numpy(pruner.active[pruner.index.group_slice(
+            next(i for i, g in enumerate(pruner.index.groups) if g.name == "c1.0"))])
+        F.cross_entropy(pruner.train_forward(x), y).backward()
+        pruner.step()
+        opt.step()
+        opt.zero_grad()
+        assert torch.equal(pm.get_submodule("c2.0").weight.detach()[:, ~active_in], w[:, ~active_in])
+
+
 def test_a_state_for_other_groups_is_refused():
     pruner = CUCB(prepared(width=16), rho=0.5, channel_step=4)
     other = CUCB(prepared(width=8), rho=0.5, channel_step=4)
