@@ -46,7 +46,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         rules: extra rows for the channel rule table (``{MyModule: ChannelAffine(("weight",))}``,
             ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A key is a module class, a
             function (``torch.flip``) or a Tensor method's name (``"flip"``); a module instance
-            or another type raises TypeError, a key the graph never calls is warned of. A
+            or a key that is neither callable nor a string raises TypeError, and a key the
+            graph never calls (other than torch's and Python's operators) is warned of. A
             module class given a row is traced as one call. A row that cannot describe its module (a conv rule for a module
             without ``groups``, ``Conv()`` for a transposed conv) raises
             :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
@@ -77,15 +78,14 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
-        if isinstance(model, fx.GraphModule) and any(
-                isinstance(n.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
-                for n in model.graph.nodes if n.op == "call_function"):
-            # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
+        aten = _aten_layer(model)
+        if aten:  # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
             # rules for ATen ops suggested as the way out)
-            raise TypeError("prepare got a graph of ATen ops (torch.export(...).module(), or "
-                            "make_fx / AOTAutograd output): fxprune's channel rules are for the "
-                            "model's own layers and torch functions; pass the nn.Module before "
-                            "torch.export, and export the finalized one")
+            raise TypeError(f"prepare got a graph whose layers are ATen ops ({aten}: "
+                            "torch.export(...).module(), or make_fx / AOTAutograd output): "
+                            "fxprune's channel rules are for the model's own layers and torch "
+                            "functions; pass the nn.Module before torch.export, and export the "
+                            "finalized one")
         meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
                      if t.is_meta), None)
         if meta is not None:  # (break68 #3: torch's aten::equal NotImplementedError, mid-trace)
@@ -123,14 +123,41 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         propagate_shapes(gm, inputs_for(gm, stored))
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
-        traced = dict(gm.named_parameters())  # (by name: the graph holds copies)
-        untraced = {name: p for name, p in model.named_parameters() if name not in traced}
+        # by name over every alias (the graph holds copies; a tied weight is read if any of
+        # its names is: review123 #4)
+        traced = set(dict(gm.named_parameters(remove_duplicate=False)))
+        aliases: dict[int, list] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), [p]).append(name)
+        untraced = {names[0]: p for p, *names in aliases.values()
+                    if not any(n in traced for n in names)}
         gm.meta["fxprune"] = PreparedState(
             channels, dict(rules or {}), stored, MASK_OWNER,
             untraced_params=sum(p.numel() for p in untraced.values()),
             untraced_modules=tuple(dict.fromkeys(n.split(".")[0] for n in untraced)))
         make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
         return gm
+
+
+#: ATen ops that are a network's layers: a graph calling them is an exported (ATen) graph
+_ATEN_LAYERS = frozenset({"aten::convolution", "aten::_convolution", "aten::conv1d",
+                          "aten::conv2d", "aten::conv3d", "aten::conv_transpose1d",
+                          "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::linear",
+                          "aten::addmm"})
+
+
+def _aten_layer(model: nn.Module) -> str:
+    """The first ATen conv or linear op a GraphModule calls ("" when none, or not a graph):
+    torch.export's and make_fx's graphs, not a user's graph with a torch.ops call of its own
+    (review123 #1)."""
+    if not isinstance(model, fx.GraphModule):
+        return ""
+    for n in model.graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
+            name = n.target._schema.name
+            if name in _ATEN_LAYERS:
+                return name.replace("::", ".")
+    return ""
 
 
 def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None) -> None:
@@ -164,7 +191,9 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
                 or (isinstance(key, type) and issubclass(key, nn.Module))
                 # torch's own callables: torch.fx records each call of them, and a rule for
                 # one the model does not call is harmless (e.g. a shared rules dict)
-                or (getattr(key, "__module__", None) or "").split(".")[0] == "torch"):
+                or (getattr(key, "__module__", None) or "").split(".")[0] == "torch"
+                # and Python's operators, recorded as operator.* (the op table's own keys)
+                or getattr(key, "__module__", None) in ("_operator", "operator")):
             continue
         name = getattr(key, "__name__", None) or repr(key)
         if inspect.isfunction(key):
@@ -177,9 +206,14 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
         elif inspect.ismethod(key) or isinstance(key, functools.partial):
             why = ("torch.fx traces through a bound method or a functools.partial into the "
                    "calls it makes: key the row by the function or module class it calls")
+        elif getattr(key, "__objclass__", None) in (torch.Tensor, torch._C.TensorBase):
+            why = (f"x.{name}(...) is traced as a call of the method's name: key the row by the "
+                   f"string {name!r}")
+        elif isinstance(key, type):
+            why = (f"{name} is a class that is no nn.Module: a key is a module class, a function "
+                   "the graph calls as one op, or a Tensor method's name")
         else:
-            why = ("a key matches a module class, a function the graph calls as one op, or a "
-                   "Tensor method's name")
+            why = "it runs only inside a module called as one op, or not on this input's path"
         what = f"the function {name}" if inspect.isfunction(key) else name
         warnings.warn(f"rules= has a row for {what}, which the traced graph never calls, so the "
                       f"row does nothing: {why}", UserWarning, stacklevel=3)

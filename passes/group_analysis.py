@@ -242,8 +242,10 @@ class ChannelAnalysis(NodeFacts):
                 self.untracked(space_ids, f"{what} reads the model input `{src.name}`, whose "
                                           "channels are the data's")
             else:
-                self.untracked(space_ids, f"{what} reads channels fxprune does not track (an "
-                                          "output of an op whose channels it does not follow)")
+                # (either: an op it follows passes the input's untracked channels on, x.float())
+                self.untracked(space_ids, f"{what} reads channels fxprune does not track (the "
+                                          "model input, or an output of an op whose channels it "
+                                          "does not follow)")
         else:
             self.unify(space_ids, act_ids, what)
 

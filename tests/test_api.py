@@ -608,10 +608,21 @@ def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
     # for ATen ops named as the way out
     small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1)).eval()
     exported = torch.export.export(small, (X,)).module()
-    with pytest.raises(TypeError, match=r"^prepare got a graph of ATen ops \(torch.export\(...\)."
-                                        r"module\(\), .*pass the nn.Module before torch.export"):
+    with pytest.raises(TypeError, match=r"^prepare got a graph whose layers are ATen ops "
+                                        r"\(aten.conv2d: torch.export\(...\).module\(\), .*pass "
+                                        r"the nn.Module before torch.export"):
         fxprune.prepare(exported, (X,))
     fxprune.prepare(torch.fx.symbolic_trace(small), (X,))  # a torch.fx graph is the model's own
+
+    class OwnOp(nn.Module):  # review123 #1: a user's graph with a torch.ops call of its own
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.ops.aten.relu(self.a(x)))
+
+    fxprune.prepare(torch.fx.symbolic_trace(OwnOp().eval()), (X,))
     pm = fxprune.prepare(resnet18, (X,))
     for rtol in (-1, 0, float("nan"), "1e-4", True):  # -1 was taken, then 'a bug in fxprune'
         with pytest.raises(ValueError, match="rtol is the relative tolerance"):

@@ -1113,6 +1113,9 @@ def test_summary_names_parameters_the_traced_forward_never_reads(tmp_path):
     torch.save(pm, path)
     assert "not counted: 36 parameters" in summary_table(torch.load(path, weights_only=False))
     assert "not counted" not in summary_table(fxprune.prepare(model.train(), (X,)))
+    model.train(False).aux.weight = model.head.weight  # review123 #4: tied to a read weight
+    text = summary_table(fxprune.prepare(model, (X,)))
+    assert "not counted: 4 parameters" in text and "(aux: " in text, text  # its bias alone
 
 
 def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it(tmp_path):
@@ -1881,8 +1884,8 @@ def test_reasons_for_a_namedtuple_output_and_a_list_argument_name_the_right_caus
                              leaf_modules=[Doubled])
     reasons = {g.name: g.reason for g in fxprune.channel_groups(behind, all_groups=True)}
     assert reasons["2.weight[1]"].startswith("conv input reads channels fxprune does not track "
-                                             "(an output of an op whose channels it does not "
-                                             "follow)"), reasons
+                                             "(the model input, or an output of an op whose "
+                                             "channels it does not follow)"), reasons
 
     class Neck(nn.Module):
         def __init__(self):
@@ -2225,7 +2228,9 @@ class _AbsPlusOne(nn.Module):
             r"operator.abs"),
     ("bound", r"row for scaled, .*traces through a bound method or a functools.partial"),
     ("partial", r"row for functools.partial.*traces through a bound method or a functools.partial"),
-    ("int", r"row for int, .*a key matches a module class, a function the graph calls as one op"),
+    ("int", r"row for int, .*int is a class that is no nn.Module: a key is a module class"),
+    ("Tensor.flip", r"row for flip, .*x.flip\(...\) is traced as a call of the method's name: key "
+                    r"the row by the string 'flip'"),
     ("add", r"row for 'add', a string, .*the graph calls operator.add \(a Python operator\): "
             r"key the row by that")])
 def test_a_rule_key_of_another_kind_the_graph_never_calls_is_warned_of(key, why):
@@ -2234,12 +2239,14 @@ def test_a_rule_key_of_another_kind_the_graph_never_calls_is_warned_of(key, why)
     was warned of with no hint that operator.add is the key."""
     model = _AbsPlusOne()
     key = {"abs": abs, "bound": model.scaled, "partial": functools.partial(torch.relu),
-           "int": int}.get(key, key)
+           "int": int, "Tensor.flip": torch.Tensor.flip}.get(key, key)
     with pytest.warns(UserWarning, match=why):
         fxprune.prepare(model, (X,), rules={key: fxprune.rules.Barrier("mine")})
     with warnings.catch_warnings():  # the key the graph calls: the row applies, quietly
         warnings.simplefilter("error")
         pm = fxprune.prepare(model, (X,), rules={operator.abs: fxprune.rules.Barrier("mine")})
+        # review123 #6: an operator the model does not use is as quiet as a torch function
+        fxprune.prepare(model, (X,), rules={operator.matmul: fxprune.rules.Barrier("mine")})
     assert prunable(pm) == {}
 
 

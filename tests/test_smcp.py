@@ -571,6 +571,9 @@ def test_a_schedule_or_target_edited_after_the_pruner_is_built_is_checked_again(
     pruner.target = 1.5
     with pytest.raises(ValueError, match=r"target is the fraction of the dense cost"):
         pruner.step()
+    pruner.target = 1e-4  # review123 #2: below the cheapest model, said at an update mid-ramp
+    with pytest.raises(fxprune.InfeasibleBudget, match=r"target 0.0001 of dense is below the narrowest"):
+        pruner.step()
     pruner.target = 0.6  # an edit that keeps the schedule sound is taken
     train(pm, pruner, 10)
     assert pruner.cost() <= 0.6 + 1e-9

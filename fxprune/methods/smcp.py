@@ -302,11 +302,13 @@ class SMCP(PruningMethod):
             raise ValueError(f"pruner.schedule was set to a {type(self.schedule).__name__}: give "
                              "a fxprune.PruningSchedule")
         check_fraction("target", self.target, "the fraction of the dense cost to keep")
+        self.target = float(self.target)
         try:
-            _check_reaches_target(self.schedule, float(self.target))
+            _check_reaches_target(self.schedule, self.target)
         except ValueError as e:
             raise ValueError(f"pruner.schedule or pruner.target was changed after the pruner was "
                              f"built: {e}") from None
+        self._check_reachable(self.target)  # (review123 #2: below the floor, said mid-ramp)
         self._schedule_checked = (copy.copy(self.schedule), self.target)
 
     def _observing(self, step: int) -> bool:
