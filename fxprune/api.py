@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import fx, nn
 
+from fxprune.passes.check_trace import check_traced
 from fxprune.passes.grad_mode import autocast_dtypes
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
@@ -18,7 +19,7 @@ from fxprune.passes.shape_prop import (check_example_values, map_tensors, normal
                                       propagate_shapes)
 from fxprune.passes.surgery import (floating_dtypes, inputs_for, is_tolerance, remove_channels,
                                     verify)
-from fxprune.passes.trace import fixed_arguments, trace
+from fxprune.passes.trace import copy_model, fixed_arguments, trace
 
 from .cost import LayerSpec
 from .errors import warn
@@ -121,6 +122,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         # FLOPs): no run writes into the user's tensors or the stored ones.
         stored = map_tensors(example_inputs, lambda t: t.detach().clone())
         propagate_shapes(gm, inputs_for(gm, stored))
+        check_traced(copy_model(model), gm, stored)  # (a copy: the user's hooks and buffers)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
         # by name over every alias (the graph holds copies; a tied weight is read if any of

@@ -1988,6 +1988,66 @@ def test_a_forward_whose_output_is_not_computed_in_the_graph_is_refused():
         fxprune.prepare(Stored(), (X,))
 
 
+class _WritesBuffer(nn.Module):
+    """break122 F0: an activation written into a module buffer in place, then read by an op."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.register_buffer("buf", torch.zeros(1, 8, 16, 16))
+
+    def forward(self, x):
+        y = self.c1(x)
+        if self.how == "out":
+            torch.add(y, 1.0, out=self.buf)
+            return self.c2(self.buf * 2)
+        self.buf.copy_(y)
+        return self.c2(self.buf.relu())
+
+
+@pytest.mark.parametrize("how", ["out", "copy"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_graph_computing_another_function_than_the_model_is_refused(how, mode):
+    """break122 F0: torch.fx stored `self.buf * 2` (a real tensor while tracing) as a constant:
+    the prepared and the finalized model ignored their input, and finalize's check passed (the
+    masked and pruned forms agreed). prepare now compares the graph with the model."""
+    model = _WritesBuffer(how).train(mode == "train")
+    x = torch.randn(1, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(fxprune.TraceError, match=r"^prepare: the traced graph computes another "
+                                                 r"output than the model on the example inputs "
+                                                 r"\(relative difference .*\) \(it holds "
+                                                 r"_tensor_constant0, .*self.buf.copy_\(y\)\)"):
+        fxprune.prepare(model, (x,))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_models_whose_runs_differ_or_read_written_buffers_directly_still_prepare():
+    """The graph check's false alarms: randomness in the forward (dropout in train mode, a
+    noise draw in eval mode), a buffer read directly after an in-place write (a get_attr in
+    the graph: right), and a forward branching on torch.is_grad_enabled()."""
+
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+            self.register_buffer("buf", torch.zeros(1, 8, 6, 6))
+
+        def forward(self, x):
+            y = F.dropout(self.a(x), 0.5, self.training) + torch.rand(1, device=x.device)
+            self.buf.copy_(y)
+            out = self.b(self.buf)
+            return out * 2 if torch.is_grad_enabled() else out
+
+    x = torch.randn(1, 3, 8, 8)
+    for mode in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # (the buffer updated in place)
+            pm = fxprune.prepare(Noisy().train(mode), (x,))
+        assert isinstance(pm, torch.fx.GraphModule)
+
+
 def test_a_given_row_that_does_not_fit_its_module_names_both():
     """break47 #4: ChannelShuffle() for a module without `groups` raised a bare AttributeError
     from inside the rule, where prepare's docstring promises an FxPruneError naming the module."""
