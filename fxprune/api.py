@@ -15,6 +15,7 @@ from fxprune.passes.check_trace import check_traced
 from fxprune.passes.grad_mode import autocast_dtypes
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
+from fxprune.passes.normalize_args import normalize_input_keyword
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
                                       propagate_shapes)
 from fxprune.passes.surgery import (floating_dtypes, inputs_for, is_tolerance, remove_channels,
@@ -116,6 +117,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                                 "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier('why')")
         gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
                    fixed=fixed_arguments(model, example_inputs))
+        normalize_input_keyword(gm)  # torch.flip(input=y, ...): the tensor where rules read it
         _warn_unused_rules(model, gm, rules)
         # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the
         # inputs are stored as given and moved (copied) again at each later use (finalize's check,

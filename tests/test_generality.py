@@ -1988,6 +1988,31 @@ def test_a_forward_whose_output_is_not_computed_in_the_graph_is_refused():
         fxprune.prepare(Stored(), (X,))
 
 
+@pytest.mark.parametrize("op, prunable_c1", [
+    (lambda y: torch.flip(input=y, dims=[1]), True),
+    (lambda y: torch.cat(torch.chunk(input=y, chunks=2, dim=1), 1), True),
+    (lambda y: y - torch.mean(input=y, dim=(2, 3), keepdim=True), True),
+    (lambda y: torch.roll(input=y, shifts=1, dims=2), True),
+    (lambda y: F.pixel_unshuffle(F.pixel_shuffle(input=y, upscale_factor=2), 2), True),
+    (lambda y: y * torch.sum(input=y, dim=1, keepdim=True), False),  # a channel reduction
+    (lambda y: torch.softmax(input=y, dim=1), False)])
+def test_a_tensor_given_by_keyword_is_read_as_the_first_argument(op, prunable_c1):
+    """break122 F1: torch.flip(input=y, dims=[1]) and about 20 other calls with the tensor as
+    input= crashed prepare with a bare IndexError inside the group analysis."""
+    from helpers import prune_and_check
+
+    class KeywordInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.c2(op(self.c1(x)))
+
+    pm, _ = prune_and_check(KeywordInput().eval(), torch.randn(2, 3, 8, 8))
+    assert ("c1" in prunable(pm)) == prunable_c1
+
+
 class _WritesBuffer(nn.Module):
     """break122 F0: an activation written into a module buffer in place, then read by an op."""
 
