@@ -15,50 +15,76 @@ from torch import fx, nn
 
 from fxprune.errors import TraceError
 from .shape_prop import restoring_buffers
-from .surgery import ieee_float32, inputs_for, max_relative_error, model_device_dtype
+from .surgery import _flat_tensors, ieee_float32, inputs_for, max_relative_error, model_device_dtype
 
 #: relative tolerance by the model's floating dtype (the same ops in the same order: these only
 #: absorb a kernel choosing another summation order)
 _RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-def _run(model: nn.Module, inputs: tuple, grad: bool = False):
-    """``model`` on ``inputs`` from random state 0, its buffers restored after; without grad
-    (a forward writing ``out=`` refuses grad), or with it (``grad``) to confirm a difference."""
+def _run(model: nn.Module, inputs: tuple, grad: bool, evaluate: bool):
+    """``model`` on ``inputs`` from random state 0, its buffers and modes restored after;
+    without grad (a forward writing ``out=`` refuses grad) or with it, in its own train/eval
+    modes or all in eval (``evaluate``)."""
     device = model_device_dtype(model)[0]
     cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
-    with (torch.random.fork_rng(devices=cuda), ieee_float32(), restoring_buffers(model),
-          torch.set_grad_enabled(grad)):
-        torch.manual_seed(0)
-        return model(*inputs_for(model, inputs))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        if evaluate:
+            model.eval()
+        with (torch.random.fork_rng(devices=cuda), ieee_float32(), restoring_buffers(model),
+              torch.set_grad_enabled(grad)):
+            torch.manual_seed(0)
+            return model(*inputs_for(model, inputs))
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
-def _differs(model: nn.Module, gm: fx.GraphModule, inputs: tuple, rtol: float, grad: bool) -> float:
-    """The graph's relative difference from the model (0 where the model differs from itself
-    between two runs: randomness the seed does not fix, nothing to judge the graph by)."""
-    expected = _run(model, inputs, grad)
-    error = max_relative_error(expected, _run(gm, inputs, grad))
-    if error > rtol and max_relative_error(expected, _run(model, inputs, grad)) > rtol:
-        return 0.0
+def _same_structure(a, b) -> bool:
+    ta, tb = _flat_tensors(a), _flat_tensors(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape for x, y in zip(ta, tb))
+
+
+def _difference(model: nn.Module, gm: fx.GraphModule, inputs: tuple, rtol: float, *,
+                grad: bool, evaluate: bool) -> float | None:
+    """The graph's relative difference from the model; None where it cannot be judged: a run
+    fails (a batch of one in train-mode BatchNorm), the outputs' structure differs (the root's
+    own branch on self.training, traced in the other mode), or the model differs from itself
+    between two runs (randomness the seed does not fix)."""
+    try:
+        expected = _run(model, inputs, grad, evaluate)
+        got = _run(gm, inputs, grad, evaluate)
+        if not _same_structure(expected, got):
+            return None
+        error = max_relative_error(expected, got)
+        if error > rtol and max_relative_error(expected, _run(model, inputs, grad, evaluate)) > rtol:
+            return None
+    except Exception:  # noqa: BLE001 - a forward that cannot run so: judged another way
+        return None
     return error
 
 
 def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
     """Raise :class:`~fxprune.errors.TraceError` when ``gm`` (traced from ``model``, no masks
     yet) computes another output than ``model`` on ``inputs`` (a tuple of forward arguments),
-    both run without grad in their current train/eval modes from the same random state, and
-    again with grad before raising. ``model`` is run as given: pass a copy of the user's
-    (hooks and buffers are its own). A model that differs from itself between two such runs
-    (randomness the seed does not fix) is not judged."""
+    both run without grad from the same random state, in their own train/eval modes or, where
+    that run fails, in eval mode; a difference is confirmed with grad where the model runs
+    with it. ``model`` is run as given: pass a copy of the user's (hooks and buffers are its
+    own). A run that fails, outputs of another structure, or a model that differs from
+    itself between two runs are not judged."""
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
-    error = _differs(model, gm, inputs, rtol, grad=False)
-    if error <= rtol:
+    for evaluate in (False, True):
+        error = _difference(model, gm, inputs, rtol, grad=False, evaluate=evaluate)
+        if error is not None:
+            break
+    if error is None or error <= rtol:
         return
-    try:  # with grad, as it was traced (a branch on torch.is_grad_enabled() took that side)
-        if _differs(model, gm, inputs, rtol, grad=True) <= rtol:
-            return
-    except Exception:  # noqa: BLE001 - a forward that runs without grad only: judged without
-        pass
+    # with grad, as it was traced (a branch on torch.is_grad_enabled() took that side); a
+    # forward that runs without grad only is judged without
+    confirmed = _difference(model, gm, inputs, rtol, grad=True, evaluate=evaluate)
+    if confirmed is not None and confirmed <= rtol:
+        return
     constants = [n.target for n in gm.graph.nodes
                  if n.op == "get_attr" and n.target.startswith("_tensor_constant")]
     held = (f" (it holds {', '.join(constants[:3])}, a tensor computed while tracing)"

@@ -2071,6 +2071,11 @@ def test_models_whose_runs_differ_or_read_written_buffers_directly_still_prepare
             warnings.simplefilter("ignore", UserWarning)  # (the buffer updated in place)
             pm = fxprune.prepare(Noisy().train(mode), (x,))
         assert isinstance(pm, torch.fx.GraphModule)
+    # a batch of one in train mode, which a BatchNorm over 1x1 maps refuses (the README's own
+    # example input is a batch of one): compared in eval mode instead (bench_gpu's smoke run)
+    pooled = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8),
+                           nn.Conv2d(8, 4, 1))
+    assert prunable(fxprune.prepare(pooled, (x,))) == {"0": 8}
 
 
 def test_a_given_row_that_does_not_fit_its_module_names_both():
