@@ -4,25 +4,29 @@ first positional argument, as the channel rules read it.
 Legal PyTorch, and torch.fx records the call as written: the rules, which read a call's tensor
 at ``node.args[0]``, met an empty ``args`` and failed with a bare IndexError (break122 F1:
 ``torch.flip``, ``chunk``, ``sum``, ``roll``, ``F.pixel_shuffle``, ``F.conv2d`` and others). The
-graph computes the same after this pass: only a parameter that is positional by definition is
-moved.
+graph computes the same after this pass: only a parameter that is first and positional in
+every signature of the function is moved.
 """
 from __future__ import annotations
 
 import inspect
 
 from torch import fx
+from torch.fx.operator_schemas import get_signature_for_torch_op
 
 
 def _input_is_positional(target) -> bool:
-    """Whether ``target``'s first parameter is ``input`` and may be passed by position; torch's
-    builtins, whose signature Python cannot read, take their tensor first."""
+    """Whether ``target``'s first parameter is ``input`` and may be passed by position, in
+    every signature it has (torch's builtins: their overloads' schemas; break124 #1:
+    ``torch.where(condition=, input=, other=)`` takes ``condition`` first). Unknown: False."""
     try:
-        params = list(inspect.signature(target).parameters.values())
+        signatures = [inspect.signature(target)]
     except (TypeError, ValueError):
-        return True
-    return bool(params) and params[0].name == "input" and params[0].kind in (
-        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        signatures = get_signature_for_torch_op(target) or []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    firsts = [next(iter(s.parameters.values()), None) for s in signatures]
+    return bool(firsts) and all(p is not None and p.name == "input" and p.kind in positional
+                                for p in firsts)
 
 
 def normalize_input_keyword(gm: fx.GraphModule) -> int:

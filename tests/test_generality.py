@@ -1995,7 +1995,9 @@ def test_a_forward_whose_output_is_not_computed_in_the_graph_is_refused():
     (lambda y: torch.roll(input=y, shifts=1, dims=2), True),
     (lambda y: F.pixel_unshuffle(F.pixel_shuffle(input=y, upscale_factor=2), 2), True),
     (lambda y: y * torch.sum(input=y, dim=1, keepdim=True), False),  # a channel reduction
-    (lambda y: torch.softmax(input=y, dim=1), False)])
+    (lambda y: torch.softmax(input=y, dim=1), False),
+    # break124 #1: a function whose first parameter is not input keeps its keywords
+    (lambda y: torch.where(condition=y > 0, input=y, other=0.1 * y), True)])
 def test_a_tensor_given_by_keyword_is_read_as_the_first_argument(op, prunable_c1):
     """break122 F1: torch.flip(input=y, dims=[1]) and about 20 other calls with the tensor as
     input= crashed prepare with a bare IndexError inside the group analysis."""
