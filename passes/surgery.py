@@ -280,6 +280,9 @@ def max_relative_error(a, b, min_scales: list[float] | None = None) -> float:
             return float("inf")
         if not x.numel():
             continue
+        if x.is_complex() or y.is_complex():  # (break124 #10: .double() dropped the imaginary part)
+            x, y = torch.view_as_real(x.detach().resolve_conj()), torch.view_as_real(
+                y.detach().resolve_conj())
         x, y = x.detach().double(), y.detach().double()
         finite = torch.isfinite(x)
         special = ~finite

@@ -2045,7 +2045,8 @@ def test_a_graph_computing_another_function_than_the_model_is_refused(how, mode)
     with pytest.raises(fxprune.TraceError, match=r"^prepare: the traced graph computes another "
                                                  r"output than the model on the example inputs "
                                                  r"\(relative difference .*\) \(it holds "
-                                                 r"_tensor_constant0, .*self.buf.copy_\(y\)\)"):
+                                                 r"_tensor_constant0, .*self.buf.copy_\(y\): compute "
+                                                 r"into a new tensor instead\)"):
         fxprune.prepare(model, (x,))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -2073,6 +2074,22 @@ def test_models_whose_runs_differ_or_read_written_buffers_directly_still_prepare
             warnings.simplefilter("ignore", UserWarning)  # (the buffer updated in place)
             pm = fxprune.prepare(Noisy().train(mode), (x,))
         assert isinstance(pm, torch.fx.GraphModule)
+    class GradOnly(nn.Module):  # break124 #11: the check's runs without grad raised its error
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            if not torch.is_grad_enabled():
+                raise RuntimeError("this model runs with grad only")
+            return self.b(self.a(x))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and nothing of the check's runs leaks (break124 #10)
+        assert prunable(fxprune.prepare(GradOnly(), (x,))) == {"a": 8}
+    from fxprune.passes.surgery import max_relative_error
+    z = torch.randn(2, 3, dtype=torch.complex64)  # (the imaginary part was dropped)
+    assert max_relative_error(z, z.conj()) > 0.1 and max_relative_error(z, z.clone()) == 0
     # a batch of one in train mode, which a BatchNorm over 1x1 maps refuses (the README's own
     # example input is a batch of one): compared in eval mode instead (bench_gpu's smoke run)
     pooled = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8),
