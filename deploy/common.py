@@ -135,3 +135,14 @@ def time_interleaved_wall(runs: Mapping[str, Callable[[], object]], iters: int, 
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def prepared_inside(module) -> str | None:
+    """Where ``module`` holds a model :func:`fxprune.prepare` returned: ``"the model"`` (it
+    is one), ``"`path`"`` (a submodule, in a wrapper or a Sequential: break124 #8), or None."""
+    from fxprune.groups import is_prepared
+
+    for path, m in module.named_modules():
+        if is_prepared(m):
+            return f"`{path}`" if path else "the model"
+    return None

@@ -424,12 +424,15 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     18 (torch's exporter writes no older one) up to the installed onnx's latest. An existing
     ``path`` is replaced only with ``overwrite=True``, and only if it is an ONNX model.
     """
-    from fxprune.groups import is_prepared
+    from .common import prepared_inside
 
-    if is_prepared(module):  # (break111 F7: deploy warned, export_onnx wrote it silently)
-        warnings.warn("export_onnx got a model fxprune.prepare returned, not finalized: it is "
-                      "exported at full width with its masks; export fxprune.finalize(model) for "
-                      "the pruned model", RuntimeWarning, stacklevel=2)
+    inside = prepared_inside(module)
+    if inside is not None:  # (break111 F7: deploy warned, export_onnx wrote it silently)
+        what = ("a model fxprune.prepare returned" if inside == "the model" else
+                f"a model whose submodule {inside} is one fxprune.prepare returned")
+        warnings.warn(f"export_onnx got {what}, not finalized: it is exported at full width with "
+                      "its masks; export fxprune.finalize(model) for the pruned model",
+                      RuntimeWarning, stacklevel=2)
     return export_model(module, input_shape, path, precision=precision, opset=opset,
                         dynamic_batch=dynamic_batch, overwrite=overwrite, log=log)
 

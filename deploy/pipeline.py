@@ -18,14 +18,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fxprune.groups import is_prepared
 from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_file_record,
                             release_out_folder)
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
-from .common import DeployError, check_tolerance, cpu_name
+from .common import DeployError, check_tolerance, cpu_name, prepared_inside
 from .latency_table import _busy, cpu_load, load_said
 from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
                        not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
@@ -170,8 +169,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             models[name] = load_model(given, trust_model_file=trust_model_file,
                                       role="model" if name == "model" else "--compare")
     for name, (mod, lbl) in models.items():
-        if is_prepared(mod):
-            warnings.warn(f"{lbl} is a model fxprune.prepare returned, not finalized: it runs at "
+        inside = prepared_inside(mod) if mod is not None else None
+        if inside is not None:
+            where = lbl if inside == "the model" else f"{lbl} holds {inside}, which"
+            warnings.warn(f"{where} is a model fxprune.prepare returned, not finalized: it runs at "
                           "full width with its masks; deploy fxprune.finalize(model) to time the "
                           "pruned model", RuntimeWarning, stacklevel=2)
     module, label = models["model"]

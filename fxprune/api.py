@@ -138,9 +138,24 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         gm.meta["fxprune"] = PreparedState(
             channels, dict(rules or {}), stored, MASK_OWNER,
             untraced_params=sum(p.numel() for p in untraced.values()),
-            untraced_modules=tuple(dict.fromkeys(n.split(".")[0] for n in untraced)))
+            untraced_modules=_untraced_modules(list(untraced), traced))
         make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
         return gm
+
+
+def _untraced_modules(untraced: list[str], traced: set[str]) -> tuple[str, ...]:
+    """The outermost modules holding only untraced parameters (``model.aux1`` of a wrapper
+    holding GoogLeNet, not ``model``: break124 #9), in order; a parameter of the root
+    itself is named as it is."""
+    out = {}
+    for name in untraced:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if depth == len(parts) or not any(t.startswith(prefix + ".") for t in traced):
+                out[prefix] = None
+                break
+    return tuple(out)
 
 
 #: ATen ops that are a network's layers: a graph calling them is an exported (ATen) graph
@@ -151,16 +166,17 @@ _ATEN_LAYERS = frozenset({"aten::convolution", "aten::_convolution", "aten::conv
 
 
 def _aten_layer(model: nn.Module) -> str:
-    """The first ATen conv or linear op a GraphModule calls ("" when none, or not a graph):
-    torch.export's and make_fx's graphs, not a user's graph with a torch.ops call of its own
-    (review123 #1)."""
-    if not isinstance(model, fx.GraphModule):
-        return ""
-    for n in model.graph.nodes:
-        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
-            name = n.target._schema.name
-            if name in _ATEN_LAYERS:
-                return name.replace("::", ".")
+    """The first ATen conv or linear op a GraphModule in ``model`` calls, and where ("" when
+    none): torch.export's and make_fx's graphs, also as a submodule (break124 #7), not a user's
+    graph with a torch.ops call of its own (review123 #1)."""
+    for path, module in model.named_modules():
+        if not isinstance(module, fx.GraphModule):
+            continue
+        for n in module.graph.nodes:
+            if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
+                name = n.target._schema.name
+                if name in _ATEN_LAYERS:
+                    return name.replace("::", ".") + (f" in `{path}`" if path else "")
     return ""
 
 
@@ -185,6 +201,8 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
             hint = f"; key the row by the class {key} itself, not its name"
         elif id(getattr(operator, key, None)) in functions:  # (break117 F11: x + 1 is not x.add)
             hint = f"; the graph calls operator.{key} (a Python operator): key the row by that"
+        elif id(getattr(torch, key, None)) in functions:  # (break124 #12: torch.flip(x, ...))
+            hint = f"; the graph calls torch.{key} as a function: key the row by torch.{key}"
         else:
             hint = ""
         warnings.warn(f"rules= has a row for {key!r}, a string, which names a Tensor method "

@@ -147,6 +147,11 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())
     site_by_module = {s.module: s for s in ch.mask_sites}
+    for name, m in modules.items():  # fxprune's classes become plain ones: a parametrization
+        # added since prepare would not survive that, whatever channels the layer keeps
+        # (break124 #4: "a bug in fxprune", and check=False gave a model without a weight)
+        if isinstance(m, FXPRUNE_CLASSES) and nn.utils.parametrize.is_parametrized(m):
+            _check_not_computed(gm, f"{name}.{next(iter(m.parametrizations))}")
 
     with torch.no_grad():
         # 1. fold masks and rescale factors into the weights they scale

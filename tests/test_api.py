@@ -613,6 +613,8 @@ def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
                                         r"the nn.Module before torch.export"):
         fxprune.prepare(exported, (X,))
     fxprune.prepare(torch.fx.symbolic_trace(small), (X,))  # a torch.fx graph is the model's own
+    with pytest.raises(TypeError, match=r"ATen ops \(aten.conv2d in `0`: "):  # break124 #7
+        fxprune.prepare(nn.Sequential(exported, nn.ReLU()), (X,))
 
     class OwnOp(nn.Module):  # review123 #1: a user's graph with a torch.ops call of its own
         def __init__(self):
@@ -957,6 +959,22 @@ def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break
     x = torch.randn(4, 3, 8, 8)
     small = fxprune.finalize(pm)
     torch.testing.assert_close(small.eval()(x), pm.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_parametrization_added_to_a_layer_keeping_its_channels_is_named_by_finalize():
+    """break124 #4: weight_norm on a prepared layer that loses no channel: finalize turns its
+    masked class into the plain one, which the parametrization did not survive ("a bug in
+    fxprune"; check=False returned a model with no weight)."""
+    from fxprune.errors import SurgeryError
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)),
+                         torch.randn(2, 3, 8, 8))
+    torch.nn.utils.parametrizations.weight_norm(pm.get_submodule("2"), "weight")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (no channel mask is 0)
+        for check in (True, False):
+            with pytest.raises(SurgeryError, match=r"^`2` computes its weight with a parametrization "
+                                                   r"\(_WeightNorm\) added after prepare"):
+                fxprune.finalize(pm, check=check)
 
 
 def test_copy_masks_refuses_models_whose_same_keys_name_other_groups():

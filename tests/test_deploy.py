@@ -1024,6 +1024,14 @@ def test_a_prepared_model_deployed_unfinalized_is_warned_of(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"export_onnx got a model fxprune.prepare returned, "
                                             r"not finalized: .*export fxprune.finalize\(model\)"):
         export_onnx(pm, SHAPE, tmp_path / "p.onnx", log=lambda s: None)
+    wrapped = nn.Sequential(pm, nn.Softmax(1))  # break124 #8: inside a wrapper, said too
+    with pytest.warns(RuntimeWarning, match=r"export_onnx got a model whose submodule `0` is one "
+                                            r"fxprune.prepare returned, not finalized"):
+        export_onnx(wrapped, SHAPE, tmp_path / "w.onnx", log=lambda s: None)
+    with pytest.warns(RuntimeWarning, match=r"Sequential holds `0`, which is a model "
+                                            r"fxprune.prepare returned, not finalized"):
+        deploy(wrapped, tmp_path / "out2", backend="onnxruntime", iters=3, warmup=1,
+               progress=False, log=lambda s: None, input_shape=SHAPE)
 
 
 class TwoInputs(nn.Module):

@@ -1117,6 +1117,18 @@ def test_summary_names_parameters_the_traced_forward_never_reads(tmp_path):
     text = summary_table(fxprune.prepare(model, (X,)))
     assert "not counted: 4 parameters" in text and "(aux: " in text, text  # its bias alone
 
+    class Holder(nn.Module):  # break124 #9: the wrapper's attribute was named, not the head
+        def __init__(self):
+            super().__init__()
+            self.model = nn.ModuleDict({"body": nn.Conv2d(3, 8, 3), "head": nn.Linear(8, 4),
+                                        "aux": nn.Linear(8, 4)})
+
+        def forward(self, x):
+            return self.model["head"](self.model["body"](x).mean((2, 3)))
+
+    text = summary_table(fxprune.prepare(Holder().eval(), (X,)))
+    assert "(model.aux: " in text, text
+
 
 def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it(tmp_path):
     """break42 #10: not "call fxprune.prepare first" for what finalize returned."""
@@ -2301,13 +2313,15 @@ class _Flips(nn.Module):
         self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        return self.b(self.a(x).flip(1))
+        return self.b(torch.roll(self.a(x).flip(1), 1, 2))
 
 
 @pytest.mark.parametrize("key, why", [
     ("Conv2d", r"key the row by the class Conv2d itself, not its name"),
     ("b", r"'b' is a submodule's path: key the row by its class Conv2d"),
-    ("flop", r"names a Tensor method \(x.flop\(...\)\) the traced graph never calls")])
+    ("flop", r"names a Tensor method \(x.flop\(...\)\) the traced graph never calls"),
+    # break124 #12: the model calls torch.flip(x, 1), not x.flip(1)
+    ("roll", r"the graph calls torch.roll as a function: key the row by torch.roll")])
 def test_a_string_rule_key_the_graph_never_calls_is_warned_of(key, why):
     """break111 F1: leaf_modules= takes module paths, rules= read a path or a class name as a
     Tensor method's name and did nothing, without a word."""

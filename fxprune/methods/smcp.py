@@ -303,6 +303,14 @@ class SMCP(PruningMethod):
                              "a fxprune.PruningSchedule")
         check_fraction("target", self.target, "the fraction of the dense cost to keep")
         self.target = float(self.target)
+        before = getattr(self, "_schedule_checked", (None, None))[1]
+        freeze = self.schedule.freeze_after
+        if (before is not None and self.target < before and freeze is not None
+                and self.step_count >= freeze):  # (break124 #6: "train on" could never help)
+            raise ValueError(f"pruner.target was lowered to {self.target:g} at step "
+                             f"{self.step_count}, after the masks froze (freeze_after={freeze}): "
+                             "no update comes to reach it; set it before the freeze, or prune "
+                             "the finalized model again (README, pruning again)")
         try:
             _check_reaches_target(self.schedule, self.target)
         except ValueError as e:
