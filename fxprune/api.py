@@ -127,26 +127,25 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         check_traced(copy_model(model), gm, stored)  # (a copy: the user's hooks and buffers)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
-        # by name over every alias (the graph holds copies; a tied weight is read if any of
-        # its names is: review123 #4)
-        traced = set(dict(gm.named_parameters(remove_duplicate=False)))
-        aliases: dict[int, list] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            aliases.setdefault(id(p), [p]).append(name)
-        untraced = {names[0]: p for p, *names in aliases.values()
-                    if not any(n in traced for n in names)}
-        gm.meta["fxprune"] = PreparedState(
-            channels, dict(rules or {}), stored, MASK_OWNER,
-            untraced_params=sum(p.numel() for p in untraced.values()),
-            untraced_modules=_untraced_modules(list(untraced), traced))
+        count, holders = _untraced_parameters(model, gm)
+        gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER,
+                                           untraced_params=count, untraced_modules=holders)
         make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
         return gm
 
 
-def _untraced_modules(untraced: list[str], traced: set[str]) -> tuple[str, ...]:
-    """The outermost modules holding only untraced parameters (``model.aux1`` of a wrapper
-    holding GoogLeNet, not ``model``: break124 #9), in order; a parameter of the root
-    itself is named as it is."""
+def _untraced_parameters(model: nn.Module, gm: fx.GraphModule) -> tuple[int, tuple[str, ...]]:
+    """How many parameters of ``model`` the traced ``gm`` does not hold (a forward that never
+    reads them: GoogLeNet's auxiliary heads in eval mode), and the outermost modules holding
+    only such parameters (``model.aux1`` of a wrapper, not ``model``: break124 #9; a
+    parameter of the root itself is named as it is). By name over every alias: the graph
+    holds copies, and a tied weight is read if any of its names is (review123 #4)."""
+    traced = set(dict(gm.named_parameters(remove_duplicate=False)))
+    aliases: dict[int, list] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), [p]).append(name)
+    untraced = {names[0]: p for p, *names in aliases.values()
+                if not any(n in traced for n in names)}
     out = {}
     for name in untraced:
         parts = name.split(".")
@@ -155,7 +154,7 @@ def _untraced_modules(untraced: list[str], traced: set[str]) -> tuple[str, ...]:
             if depth == len(parts) or not any(t.startswith(prefix + ".") for t in traced):
                 out[prefix] = None
                 break
-    return tuple(out)
+    return sum(p.numel() for p in untraced.values()), tuple(out)
 
 
 #: ATen ops that are a network's layers: a graph calling them is an exported (ATen) graph

@@ -5,8 +5,7 @@ while tracing is stored in the graph as a constant (``_tensor_constant0``): a mo
 written in place (``torch.add(y, 1, out=self.buf)``, ``self.buf.copy_(y)``) and then read through
 an op was computed once, from the buffer's value at trace time, and the graph silently computed
 another function, whose masked and pruned forms then agreed with each other (break122 F0). One
-forward of each, in the model's own modes and from one random state, finds such a graph before
-anything is pruned.
+forward of each, from one random state, finds such a graph before anything is pruned.
 """
 from __future__ import annotations
 
@@ -72,9 +71,9 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
     yet) computes another output than ``model`` on ``inputs`` (a tuple of forward arguments),
     both run from the same random state without grad, in their own train/eval modes or, where
     that fails, in eval mode (and with grad where no run without it works); a difference is
-    confirmed with grad where the model runs with it. ``model`` is run as given: pass a copy of the user's (hooks and buffers are its
-    own). A run that fails, outputs of another structure, or a model that differs from
-    itself between two runs are not judged."""
+    confirmed with grad where the model runs with it. ``model`` is run as given: pass a copy
+    of the user's (hooks and buffers are its own). A run that fails, outputs of another
+    structure, or a model that differs from itself between two runs are not judged."""
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
     with warnings.catch_warnings():  # the check's runs are fxprune's: torch's warnings about
         # them (checkpoint without grad) are not the user's (break124 #10)
