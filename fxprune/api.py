@@ -80,7 +80,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
-        aten = _aten_layer(model)
+        aten = _aten_layer(model, leaf_modules)
         if aten:  # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
             # rules for ATen ops suggested as the way out)
             raise TypeError(f"prepare got a graph whose layers are ATen ops ({aten}: "
@@ -124,7 +124,9 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         # FLOPs): no run writes into the user's tensors or the stored ones.
         stored = map_tensors(example_inputs, lambda t: t.detach().clone())
         propagate_shapes(gm, inputs_for(gm, stored))
-        check_traced(copy_model(model), gm, stored)  # (a copy: the user's hooks and buffers)
+        # a copy (the user's hooks and buffers) holding the graph's tensors, not new ones
+        # (review125 F3: a second copy of every weight at prepare's peak, on the GPU too)
+        check_traced(copy_model(model, tensors_of=gm), gm, stored)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
         count, holders = _untraced_parameters(model, gm)
@@ -164,12 +166,18 @@ _ATEN_LAYERS = frozenset({"aten::convolution", "aten::_convolution", "aten::conv
                           "aten::addmm"})
 
 
-def _aten_layer(model: nn.Module) -> str:
+def _aten_layer(model: nn.Module, leaf_modules=()) -> str:
     """The first ATen conv or linear op a GraphModule in ``model`` calls, and where ("" when
     none): torch.export's and make_fx's graphs, also as a submodule (break124 #7), not a user's
-    graph with a torch.ops call of its own (review123 #1)."""
+    graph with a torch.ops call of its own (review123 #1), nor one inside a module the user
+    made a leaf (called as one op, kept whole: review125 F4)."""
+    classes = tuple(c for c in leaf_modules if isinstance(c, type))
+    paths = {p for p in leaf_modules if isinstance(p, str)}
+    leaves = [path for path, m in model.named_modules()
+              if path and (path in paths or (classes and isinstance(m, classes)))]
     for path, module in model.named_modules():
-        if not isinstance(module, fx.GraphModule):
+        if not isinstance(module, fx.GraphModule) or any(
+                path == leaf or path.startswith(leaf + ".") for leaf in leaves):
             continue
         for n in module.graph.nodes:
             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):

@@ -9,8 +9,11 @@ forward of each, from one random state, finds such a graph before anything is pr
 """
 from __future__ import annotations
 
+import contextlib
+import random
 import warnings
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -18,24 +21,50 @@ from fxprune.errors import TraceError
 from .shape_prop import restoring_buffers
 from .surgery import _flat_tensors, ieee_float32, inputs_for, max_relative_error, model_device_dtype
 
+_ROOT_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
 #: relative tolerance by the model's floating dtype (the same ops in the same order: these only
 #: absorb a kernel choosing another summation order)
 _RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
+@contextlib.contextmanager
+def _seeded(device) -> None:
+    """Random state 0 for the block on the CPU (torch, Python's ``random``, numpy) and on
+    ``device`` if it is a CUDA one, all restored after; other devices' generators are not
+    touched (review125 F7: torch.manual_seed reset every accelerator's), so a model drawing
+    there differs between runs and is not judged. Python's and numpy's too: a drop-path by
+    random.random() refused at random (review125 F6)."""
+    cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
+    py, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(0)
+            if cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(0)
+            random.seed(0)
+            np.random.seed(0)
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+
+
 def _run(model: nn.Module, inputs: tuple, grad: bool, evaluate: bool):
     """``model`` on ``inputs`` from random state 0, its buffers and modes restored after;
     without grad (a forward writing ``out=`` refuses grad) or with it, in its own train/eval
-    modes or all in eval (``evaluate``)."""
-    device = model_device_dtype(model)[0]
-    cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
+    modes or with every submodule in eval (``evaluate``: the root keeps its mode, which its
+    own traced code followed; review125 F2)."""
     modes = {m: m.training for m in model.modules()}
     try:
         if evaluate:
-            model.eval()
-        with (torch.random.fork_rng(devices=cuda), ieee_float32(), restoring_buffers(model),
+            for m in model.modules():
+                if m is not model:
+                    m.training = False
+        with (_seeded(model_device_dtype(model)[0]), ieee_float32(), restoring_buffers(model),
               torch.set_grad_enabled(grad)):
-            torch.manual_seed(0)
             return model(*inputs_for(model, inputs))
     finally:
         for m, training in modes.items():
@@ -70,11 +99,16 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
     """Raise :class:`~fxprune.errors.TraceError` when ``gm`` (traced from ``model``, no masks
     yet) computes another output than ``model`` on ``inputs`` (a tuple of forward arguments),
     both run from the same random state without grad, in their own train/eval modes or, where
-    that fails, in eval mode (and with grad where no run without it works); a difference is
-    confirmed with grad where the model runs with it. ``model`` is run as given: pass a copy
-    of the user's (hooks and buffers are its own). A run that fails, outputs of another
-    structure, or a model that differs from itself between two runs are not judged."""
+    that fails, with their submodules in eval mode (and with grad where no run without it
+    works); a difference is confirmed with grad where the model runs with it. ``model`` is a
+    copy of the user's: its root's hooks, which the graph does not hold, are removed, and the
+    rest runs as given. A run that fails, outputs of another structure, or a model that
+    differs from itself between two runs are not judged."""
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
+    for attr in _ROOT_HOOKS:  # the root's own hooks are not in the graph (prepare warns of
+        hooks = getattr(model, attr, None)  # them: register them on the prepared model;
+        if hooks is not None:  # review125 F1)
+            hooks.clear()
     with warnings.catch_warnings():  # the check's runs are fxprune's: torch's warnings about
         # them (checkpoint without grad) are not the user's (break124 #10)
         warnings.simplefilter("ignore")
@@ -100,6 +134,5 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
         "values and keeps anything else as it was while tracing, e.g. a module attribute the "
         "forward wrote in place and reads back (torch.add(y, 1, out=self.buf), "
         "self.buf.copy_(y): compute into a new tensor instead), a random draw of a fixed size "
-        "(torch.randn(1, 8, 1, 1): draw it from the input, torch.randn_like), or what a hook "
-        "on the model itself does (register it on a submodule); a submodule doing such a thing "
-        "can be called as one op (leaf_modules=)")
+        "(torch.randn(1, 8, 1, 1): draw it from the input, torch.randn_like), or a branch on "
+        "a random draw; a submodule doing such a thing can be called as one op (leaf_modules=)")

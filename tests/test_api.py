@@ -615,6 +615,8 @@ def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
     fxprune.prepare(torch.fx.symbolic_trace(small), (X,))  # a torch.fx graph is the model's own
     with pytest.raises(TypeError, match=r"ATen ops \(aten.conv2d in `0`: "):  # break124 #7
         fxprune.prepare(nn.Sequential(exported, nn.ReLU()), (X,))
+    # review125 F4: one the user made a leaf is called as one op, kept whole
+    fxprune.prepare(nn.Sequential(exported, nn.ReLU()), (X,), leaf_modules=["0"])
 
     class OwnOp(nn.Module):  # review123 #1: a user's graph with a torch.ops call of its own
         def __init__(self):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import operator
+import random
 import warnings
 from pathlib import Path
 
@@ -2102,6 +2103,45 @@ def test_models_whose_runs_differ_or_read_written_buffers_directly_still_prepare
     from fxprune.passes.surgery import max_relative_error
     z = torch.randn(2, 3, dtype=torch.complex64)  # (the imaginary part was dropped)
     assert max_relative_error(z, z.conj()) > 0.1 and max_relative_error(z, z.clone()) == 0
+    class RootHooked(nn.Module):  # review125 F1: a hook on the model itself, which prepare
+        def __init__(self):  # warns the graph does not hold, was then refused as a difference
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+            self.register_forward_hook(lambda m, i, o: o * 2)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    with pytest.warns(UserWarning, match="hook"):
+        assert prunable(fxprune.prepare(RootHooked(), (x,))) == {"a": 8}
+
+    class DropPath(nn.Module):  # review125 F6: Python's random refused at random
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y if random.random() < 0.5 else 2 * y)
+
+    for _ in range(4):  # the traced branch is one draw; the check's runs are seeded alike
+        try:
+            fxprune.prepare(DropPath(), (x,))
+        except fxprune.TraceError as e:  # a graph of the other branch: said, every time alike
+            assert "relative difference" in str(e)
+
+    class EvalNormalized(nn.Module):  # review125 F2: the root's branch on self.training, and a
+        def __init__(self):  # batch of one in train-mode BatchNorm: judged with its submodules
+            super().__init__()  # in eval, the root in the mode it was traced in
+            self.a, self.bn, self.b = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.b(self.bn(self.a(x).mean((2, 3), keepdim=True)))
+            return y if self.training else F.normalize(y, dim=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (the root's own self.training, said)
+        assert prunable(fxprune.prepare(EvalNormalized(), (x,))) == {"a": 8}
     # a batch of one in train mode, which a BatchNorm over 1x1 maps refuses (the README's own
     # example input is a batch of one): compared in eval mode instead (bench_gpu's smoke run)
     pooled = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8),

@@ -305,12 +305,15 @@ class SMCP(PruningMethod):
         self.target = float(self.target)
         before = getattr(self, "_schedule_checked", (None, None))[1]
         freeze = self.schedule.freeze_after
+        # (break124 #6: "train on" could never help; review125 F5: one the frozen masks meet
+        # already is fine)
         if (before is not None and self.target < before and freeze is not None
-                and self.step_count >= freeze):  # (break124 #6: "train on" could never help)
+                and self.step_count >= freeze and self.cost() > self.target + 1e-9):
             raise ValueError(f"pruner.target was lowered to {self.target:g} at step "
-                             f"{self.step_count}, after the masks froze (freeze_after={freeze}): "
-                             "no update comes to reach it; set it before the freeze, or prune "
-                             "the finalized model again (README, pruning again)")
+                             f"{self.step_count}, below the frozen masks' cost {self.cost():.4g} "
+                             f"(freeze_after={freeze}): no update comes to reach it; set it "
+                             "before the freeze, or prune the finalized model again (README, "
+                             "pruning again)")
         try:
             _check_reaches_target(self.schedule, self.target)
         except ValueError as e:
