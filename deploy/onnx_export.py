@@ -426,7 +426,7 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     """
     from .common import prepared_inside
 
-    inside = prepared_inside(module)
+    inside = prepared_inside(module) if isinstance(module, nn.Module) else None
     if inside is not None:  # (break111 F7: deploy warned, export_onnx wrote it silently)
         what = ("a model fxprune.prepare returned" if inside == "the model" else
                 f"a model whose submodule {inside} is one fxprune.prepare returned")

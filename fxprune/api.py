@@ -6,7 +6,7 @@ import functools
 import inspect
 import operator
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import fx, nn
@@ -80,6 +80,13 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
+        if leaf_modules is None:  # (break111 F16: 'NoneType' object is not iterable)
+            leaf_modules = ()
+        elif isinstance(leaf_modules, (str, type)):  # one path or class: 'conv' read as c, o, n, v
+            leaf_modules = (leaf_modules,)
+        elif not isinstance(leaf_modules, Iterable):
+            raise TypeError(f"prepare: leaf_modules= is a list of module classes or module paths "
+                            f"(str), got {type(leaf_modules).__name__}")
         aten = _aten_layer(model, leaf_modules)
         if aten:  # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
             # rules for ATen ops suggested as the way out)
@@ -94,8 +101,6 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             raise ValueError(f"prepare: the model's tensors are on the meta device ({meta}): they "
                              "hold no values to trace, check and prune; materialize the model "
                              "first (model.to_empty(device='cpu'), then load_state_dict)")
-        if leaf_modules is None:  # (break111 F16: 'NoneType' object is not iterable)
-            leaf_modules = ()
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
         if rules is not None and not isinstance(rules, Mapping):  # (break111 F16: 'list' ... 'items')

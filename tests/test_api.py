@@ -1268,6 +1268,12 @@ def test_wrong_types_at_the_public_entry_points_get_one_line_errors(tmp_path):
     x = torch.randn(1, 3, 8, 8)
     pm = fxprune.prepare(model, (x,), leaf_modules=None)  # None: no leaf modules
     assert [g.size for g in fxprune.channel_groups(pm) if g.prunable] == [8]
+    with pytest.raises(TypeError, match=r"^prepare: leaf_modules= is a list of module classes or "
+                                        r"module paths \(str\), got int$"):
+        fxprune.prepare(model, (x,), leaf_modules=3)  # ('int' object is not iterable)
+    # one path alone is that path (a string was read as its characters: 'conv' as c, o, n, v)
+    pm = fxprune.prepare(model, (x,), leaf_modules="2")
+    assert [g.size for g in fxprune.channel_groups(pm) if g.prunable] == [8]
     with pytest.raises(TypeError, match="tracer_kwargs takes the prepared or finalized model, got "
                                         "NoneType"):
         fxprune.tracer_kwargs(None)
