@@ -18,11 +18,9 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
+from fxprune.masks import _HOOK_DICTS, _HOOK_SIDE_TABLES
 from .shape_prop import restoring_buffers
 from .surgery import _flat_tensors, ieee_float32, inputs_for, max_relative_error, model_device_dtype
-
-_ROOT_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-               "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 
 #: relative tolerance by the model's floating dtype (the same ops in the same order: these only
 #: absorb a kernel choosing another summation order)
@@ -109,9 +107,11 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
     rest runs as given. A run that fails, outputs of another structure, or a model that
     differs from itself between two runs are not judged."""
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
-    for attr in _ROOT_HOOKS:  # the root's own hooks are not in the graph (prepare warns of
-        hooks = getattr(model, attr, None)  # them: register them on the prepared model;
-        if hooks is not None:  # review125 F1)
+    # the root's own hooks are not in the graph (prepare warns of them: register them on the
+    # prepared model; review125 F1)
+    for attr in _HOOK_DICTS + _HOOK_SIDE_TABLES:
+        hooks = getattr(model, attr, None)
+        if hooks is not None:
             hooks.clear()
     with warnings.catch_warnings():  # the check's runs are fxprune's: torch's warnings about
         # them (checkpoint without grad) are not the user's (break124 #10)
