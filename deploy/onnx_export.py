@@ -661,16 +661,17 @@ def written_batch_dim(model) -> int | str | None:
 
 
 def _is_onnx_model(path: str) -> bool:
-    """Whether ``path`` is a file holding an ONNX model (its graph read, not its weights)."""
+    """Whether ``path`` is a file holding an ONNX model (its graph read, not its weights), as
+    :func:`~.model_io.read_onnx` judges one."""
+    from .model_io import read_onnx
+
     if not os.path.isfile(path):
         return False
-    import onnx
-
     try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception:  # noqa: BLE001 - not a protobuf ONNX model
+        read_onnx(path)
+    except (DeployError, OSError):
         return False
-    return model.ir_version > 0 and model.HasField("graph")
+    return True
 
 
 def written_opset(model) -> int:
