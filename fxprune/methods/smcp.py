@@ -122,6 +122,11 @@ def _check_args(**args) -> None:
                          f"ramp, update_every, freeze_after), got {type(schedule).__name__}")
 
 
+def _tracks_statistics(module: torch.nn.Module) -> bool:
+    """A BatchNorm whose running statistics ``bn_recalibrate`` re-estimates."""
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+
+
 def _check_reaches_target(schedule: PruningSchedule, target: float) -> None:
     freeze, end = schedule.freeze_after, schedule.ramp_end
     if target < 1 and freeze is not None and freeze < end:
@@ -225,9 +230,7 @@ class SMCP(PruningMethod):
         # BatchNorms whose running statistics are re-estimated after a mask change: during the
         # window their training forwards run with momentum=None (hooks set it around each
         # forward, so their own momentum is what a checkpoint, finalize or fine-tuning sees)
-        self._bns = {name: m for name, m in prepared.named_modules()
-                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                     and m.track_running_stats}
+        self._bns = {name: m for name, m in prepared.named_modules() if _tracks_statistics(m)}
         self._recalibrating = 0  # training batches left in the current re-estimation window
         self._own_momentum: float | None = None
         if self.bn_recalibrate:
@@ -254,8 +257,7 @@ class SMCP(PruningMethod):
                 del self._bns[name]
                 continue
             if now is not bn:
-                if (isinstance(now, torch.nn.modules.batchnorm._BatchNorm)
-                        and now.track_running_stats):
+                if _tracks_statistics(now):
                     self._bns[name] = now
                     self._hook_norm(now)
                 else:
