@@ -260,7 +260,8 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
     """Make ``choice`` fit ``limit`` (absolute cost) by exact single steps between neighbouring
     options (from every group's smallest option when no step down saves cost, as a measured
     table's noise allows), then spend what is left on the most valuable steps per cost that
-    still fit. ``hold``: a group no step down may touch (:func:`trade_steps` raised it); None
+    still fit and lose no value.
+    ``hold``: a group no step down may touch (:func:`trade_steps` raised it); None
     is returned when the others cannot pay for it. Raises :class:`InfeasibleBudget` when not
     even the smallest options fit."""
     offsets = budget.index.offsets
@@ -325,8 +326,11 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
         for i, c in enumerate(choice):
             if c + 1 < len(options[i].counts):
                 dc = delta(i, c + 1)
-                if total + dc <= limit * _SLACK:
-                    gain = options[i].values[c + 1] - options[i].values[c]
+                gain = options[i].values[c + 1] - options[i].values[c]
+                # a step that loses value is not taken for room alone: where values fall with
+                # the count (CCP's predicted loss changes) that threw the optimum away
+                # (review127 F1); a step that gains nothing is (see _exhaustive)
+                if total + dc <= limit * _SLACK and gain >= 0:
                     rate = gain / max(dc, 1e-12)
                     if best is None or rate > best[0]:
                         best = (rate, i)

@@ -190,6 +190,22 @@ def test_repair_leaves_a_local_minimum_of_a_cost_that_does_not_fall_with_width()
     assert e.value.floor == pytest.approx(smallest)
 
 
+def test_allocate_keeps_the_optimum_where_values_fall_with_the_count():
+    """review127 F1: repair filled the room left by steps that each lost value (CCP's
+    predicted loss changes can fall with the count), throwing the knapsack's optimum away."""
+    index, budget = _budget(prepared(width=32))
+    options = []
+    for g in index.groups:
+        counts = np.arange(1, g.size + 1)
+        options.append(GroupOptions(counts, -counts.astype(float),
+                                    np.arange(g.size)[None, :] < counts[:, None]))
+    combos = np.prod([len(o.counts) for o in options])
+    assert combos > 4096  # past the exhaustive search: the knapsack and repair decide
+    result = allocate(options, budget, 0.6, np.ones(index.n, bool))
+    assert [int(o.counts[c]) for o, c in zip(options, result.choice)] == [1] * len(options)
+    assert result.actual < 0.6
+
+
 def test_with_option_places_an_option_by_its_count_once():
     opts = GroupOptions([1, 2], [1.0, 3.0], [[True, False, False], [True, True, False]])
     more = opts.with_option(np.array([False, False, True]), 0.5)
