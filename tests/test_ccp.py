@@ -639,6 +639,39 @@ def test_an_unreachable_cost_target_is_refused_before_training():
     CCP(prepared(), mode="ratio", ratio=0.1, channel_step=8, collect=2)  # no cost promised
 
 
+class UnequalPieces(nn.Module):
+    """One group split into a piece a cheap 1x1 conv reads and one a costly 5x5 conv reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.ca, self.cb = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 64, 5, padding=2)
+        self.fc = nn.Linear(68, 10)
+
+    def forward(self, x):
+        a, b = F.relu(self.c1(x)).split(8, 1)
+        return self.fc(torch.cat([self.ca(a).mean((2, 3)), self.cb(b).mean((2, 3))], 1))
+
+
+def test_a_target_just_above_the_floor_is_met_where_pieces_cost_unequally():
+    """review127 F2: the QP's subsets at the smallest count cost more than the floor the
+    constructor accepted the target against (the costly piece kept), and the first round,
+    after training, raised InfeasibleBudget; the floor is one of the options now."""
+    torch.manual_seed(0)
+    probe = CCP(fxprune.prepare(UnequalPieces(), (torch.randn(2, 1, 8, 8),)), mode="adaptive",
+                target=0.99, channel_step=8, collect=3)
+    floor = probe.budget.fraction(probe.floor_kept)
+    pm = fxprune.prepare(UnequalPieces(), (torch.randn(2, 1, 8, 8),))
+    pruner = CCP(pm, mode="adaptive", target=floor * 1.02, channel_step=8, collect=3,
+                 exhaustive_max=0)
+    record = None
+    for _ in range(3):
+        F.cross_entropy(pm(torch.randn(32, 1, 8, 8)), torch.randint(0, 10, (32,))).backward()
+        record = pruner.step() or record
+        pm.zero_grad()
+    assert record is not None and record["actual"] <= floor * 1.02 + 1e-9
+
+
 class GroupedConvNet(nn.Module):
     """A grouped (not depthwise) conv: its weight reads C_in / groups positions per group."""
 
