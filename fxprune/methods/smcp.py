@@ -326,7 +326,9 @@ class SMCP(PruningMethod):
 
     def _observing(self, step: int) -> bool:
         """Importance only matters in the window before an update: skip the pass over every
-        weight early in warm-up and once masks are frozen."""
+        weight early in warm-up and once masks are frozen. The first update's window is the
+        last ``update_every`` steps of warm-up as well (2 x ``update_every`` steps, all under
+        the all-ones masks: more evidence for the first pick; review127 F4)."""
         s = self.schedule
         if s.freeze_after is not None and step > s.freeze_after:
             return False
