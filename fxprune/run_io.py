@@ -9,7 +9,9 @@ checkpoint on ``--resume``.
 
 Safety rules: a run writes only into a folder it created or one holding its ``.fxprune-run``
 marker (:func:`check_out_folder`), only the files of :data:`RUN_FILES` (and ``tensorboard/``),
-each through a temporary file and a rename, so a crash never leaves a half-written file.
+each through a temporary file and a rename, so a crash never leaves a half-written file; the
+CSV logs are the exception, a row appended in place (a kill mid-row can leave that last row
+partial; a header that grows rewrites the file through a rename).
 Checkpoints hold tensors and plain data only and are read with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
            "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm", "atomic_write",
-           "atomic_write_text", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
+           "atomic_write_text", "save_checkpoint", "load_checkpoint", "move_tensors", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
            "cost_columns", "save_module", "write_results", "format_results"]
 
 INPUT_SHAPE = (1, 1, 28, 28)  # what the saved models run on: one Fashion-MNIST image
@@ -513,15 +515,55 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
     atomic_torch_save(checkpoint, path, keep_previous=True)
 
 
+def move_tensors(obj, device):
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: move_tensors(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_tensors(v, device) for v in obj)
+    return obj
+
+
+def _layout_problem(ckpt: dict) -> str | None:
+    """What in a checkpoint's nested layout the resume would trip on (None: nothing): the
+    entries read without a default, each of the kind written (review126 #3: a hand-edited
+    one raised KeyError/TypeError mid-setup, after the model was prepared)."""
+    config, rng = ckpt["config"], ckpt["rng"]
+    if not isinstance(config, dict):
+        return f"config is a {type(config).__name__}, not the recipe's mapping"
+    for section in ("optim", "prune"):
+        if not isinstance(config.get(section), dict):
+            return f"config lacks its {section!r} section"
+    if type(config["optim"].get("epochs")) is not int:
+        return "config's optim.epochs is not an integer"
+    if not isinstance(ckpt["elapsed_s"], (int, float)) or isinstance(ckpt["elapsed_s"], bool):
+        return f"elapsed_s is {ckpt['elapsed_s']!r}, not a number of seconds"
+    layout = {"numpy": ("kind", "keys", "pos", "has_gauss", "cached"),
+              "python": ("version", "words", "gauss")}
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        return "rng lacks the torch generator's state"
+    for part, keys in layout.items():
+        if not isinstance(rng.get(part), dict) or not set(keys) <= set(rng[part]):
+            return f"rng lacks {part}'s generator state (entries {', '.join(keys)})"
+    return None
+
+
 def load_checkpoint(path: Path, device) -> dict:
     """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True``
-    (tensors and plain data only: loading it runs no code)."""
+    (tensors and plain data only: loading it runs no code), its tensors on ``device`` but the
+    random generators' states, which stay CPU tensors (what :func:`set_rng_state` takes).
+    Raises :class:`CheckpointError` (one line, with the way out) for a file that is not one,
+    damaged, of another format, or edited into a layout the resume cannot read."""
     prev = path.with_name(path.stem + ".prev.pt")
     way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
                "or start over with --overwrite" if prev.is_file()
                else "start over with --overwrite or use another --out")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        # on the CPU first: the RNG states must stay there (review126 #1: mapped to the GPU,
+        # torch.set_rng_state refused them and a CUDA run could not resume)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         with open(path, "rb") as f:
@@ -539,7 +581,8 @@ def load_checkpoint(path: Path, device) -> dict:
                 f"that wrote it, or {way_out}") from None
         raise CheckpointError(f"--resume: checkpoint {path} is damaged or not a fxprune "
                               f"checkpoint ({why[:200]}); {way_out}") from None
-    needed = {"format", "epoch", "step", "config", "model", "optimizer", "scheduler", "rng"}
+    needed = {"format", "epoch", "step", "elapsed_s", "config", "model", "optimizer", "scheduler",
+              "rng"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         raise CheckpointError(f"--resume: {path} is not a fxprune train checkpoint (it lacks "
                               f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}"
@@ -558,6 +601,12 @@ def load_checkpoint(path: Path, device) -> dict:
         raise CheckpointError(f"--resume: {path} is at step {ckpt['step']} of epoch "
                               f"{ckpt['epoch']}, fewer steps than epochs: the file was edited or "
                               f"damaged; {way_out}")
+    problem = _layout_problem(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"--resume: {path} cannot be resumed: its {problem} (the file was "
+                              f"edited or damaged); {way_out}")
+    if torch.device(device).type != "cpu":
+        ckpt = {k: v if k == "rng" else move_tensors(v, device) for k, v in ckpt.items()}
     return ckpt
 
 

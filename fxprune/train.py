@@ -58,7 +58,7 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
                             resolve_config)
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
                      check_out_folder, config_changes, cost_columns, format_results,
-                     load_checkpoint, lock_out_folder, release_out_folder, rng_state,
+                     load_checkpoint, lock_out_folder, move_tensors, release_out_folder, rng_state,
                      save_checkpoint, save_module, set_rng_state, tensorboard_writer,
                      unwritable_folder, write_results)
 
@@ -380,9 +380,11 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     cfg = resolve_config(cfg)
     device = _pick_device(cfg["device"], distributed=fxdist.launched_with_several_processes())
     created = fxdist.init_from_env(device)
+    threads = torch.get_num_threads()  # _train sets the run's (review126 #6: the caller kept it)
     try:
         return _train(cfg, device, resume=resume, overwrite=overwrite)
     finally:
+        torch.set_num_threads(threads)
         release_out_folder(Path(cfg["out"]).expanduser())  # taken by rank 0 in _train
         if created:
             dist.destroy_process_group()
@@ -494,7 +496,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         ckpt = load_checkpoint(ckpt_path, device)
     elif resume:  # read by rank 0, sent to all; the RNG states stay CPU tensors
         ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu"))
-        ckpt = {k: v if k == "rng" else _to(v, device) for k, v in ckpt.items()}
+        ckpt = {k: v if k == "rng" else move_tensors(v, device) for k, v in ckpt.items()}
     if ckpt is not None:
         # a method argument the recipe left to its default: the value the run used, which the
         # method's state records, so a default that moved since can be set back (break35 #1)
@@ -507,12 +509,16 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used,
                                              _argument_defaults(method))
                    if k not in RESUMABLE_CHANGES]
-        fractions = sorted(k for k in prune_cfg if k.endswith("_fraction"))
+        # a cool-down in epochs counts from the run's end, so it moves as a fraction does
+        # (review126 #5)
+        fractions = sorted(k for k in prune_cfg if k.endswith("_fraction") or k == "cooldown_epochs")
         if (not changed and fractions and method != "none"
                 and ckpt["config"]["optim"]["epochs"] != cfg["optim"]["epochs"]):
             raise ConfigError(
                 f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
-                f"{cfg['optim']['epochs']}: prune.{fractions[0]} is a fraction of the run, so the "
+                f"{cfg['optim']['epochs']}: prune.{fractions[0]} "
+                f"{'counts from the end' if fractions[0] == 'cooldown_epochs' else 'is a fraction'}"
+                f" of the run, so the "
                 f"pruning schedule would move under a run already on it; keep optim.epochs, or "
                 f"start a new run with another --out")
         if changed:
@@ -578,7 +584,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         net = fxprune.prepare(model, (example_batch,))
         build_cfg = prune_cfg
         if prune_cfg.get("cost") in LATENCY_COSTS:
-            channel_step = int(prune_cfg.get("channel_step", 1))
+            # the widths the method chooses among: its own default where the recipe sets none
+            # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
+            channel_step = int(prune_cfg.get("channel_step", _argument_defaults(method).get(
+                "prune.channel_step", 1)))
             saved = ckpt.get("measured_cost") if ckpt is not None else None
             if saved is not None:  # the run's own timings: a new measurement would move the budget
                 measured_cost = measured_cost_from_dict(saved, f"{ckpt_path}'s measured cost")
@@ -717,6 +726,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             window_loss = torch.zeros((), dtype=torch.float64, device=device)
             window_correct = torch.zeros((), dtype=torch.int64, device=device)
             window_seen = 0
+            step_lr = optimizer.param_groups[0]["lr"]  # (a loader with no batch: its row's)
             epoch_end = step + len(train_loader)  # the step the epoch's last row is logged at
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                        disable=not (log_cfg["progress"] and main), dynamic_ncols=True)
@@ -764,7 +774,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
 
             test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
             elapsed += time.perf_counter() - started
-            row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+            # the rate the epoch's last step trained with, as steps.csv's (review126 #4: the
+            # next one's, 0.0 on a cosine run's last epoch)
+            row = {"epoch": epoch + 1, "step": step, "lr": step_lr,
                    "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                    "test_loss": test_loss, "test_acc": test_acc,
                    "epoch_s": round(time.perf_counter() - started, 3),
@@ -809,17 +821,6 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
 
 
 def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:

@@ -23,6 +23,7 @@ from torch import nn
 import fxprune
 from fxprune.cli import main as cli_main
 from fxprune.data import write_idx
+from fxprune.run_io import load_checkpoint, set_rng_state
 from fxprune.train import (ConfigError, TargetNotReachedError, load_config,
                            resolve_config, train)
 from helpers import TINY_RECIPE as TINY
@@ -672,6 +673,17 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["pruner"]["groups"]
     assert torch.load(tmp_path / "run" / "checkpoint.prev.pt", weights_only=True)["epoch"] == 1
+    # loaded for another device, the generators' states stay CPU tensors, which is what
+    # torch.set_rng_state takes (review126 #1: mapped to CUDA, a GPU run could not resume);
+    # "meta" stands in for a GPU here
+    moved = load_checkpoint(tmp_path / "run" / "checkpoint.pt", "meta")
+    assert all(t.is_meta for t in moved["model"].values())
+    assert moved["rng"]["torch"].device.type == "cpu"
+    assert moved["rng"]["numpy"]["keys"].device.type == "cpu"
+    before = torch.get_rng_state()
+    set_rng_state(moved["rng"])
+    assert torch.equal(torch.get_rng_state(), ckpt["rng"]["torch"])
+    torch.set_rng_state(before)
 
 
 class _Payload:
@@ -881,7 +893,8 @@ def test_resume_on_a_damaged_checkpoint_says_what_to_do(recipe, tmp_path, capsys
                      str(out)]) == 0
 
 
-@pytest.mark.parametrize("edit", ["epoch", "step", "optimizer"])
+@pytest.mark.parametrize("edit", ["epoch", "step", "optimizer", "elapsed_s", "config", "prune",
+                                  "rng"])
 def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsys, edit):
     """break103 F1: the README says the checkpoints may be edited, but an `epoch` of -3 trained
     a run labelled "epoch -2/12" on a schedule run past its end, with rc 0; a `step` of "abc"
@@ -894,6 +907,14 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
         ckpt["epoch"] = -3
     elif edit == "step":
         ckpt["step"] = "abc"
+    elif edit == "elapsed_s":  # review126 #3: these four raised KeyError/TypeError tracebacks
+        del ckpt["elapsed_s"]
+    elif edit == "config":
+        ckpt["config"] = "tiny.yaml"
+    elif edit == "prune":
+        del ckpt["config"]["prune"]
+    elif edit == "rng":
+        del ckpt["rng"]["python"]
     else:
         state = ckpt["optimizer"]["state"]
         assert state, "the recipe's optimizer keeps a state to edit"
@@ -906,7 +927,11 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
     err = one_line_error(capsys)
     assert rc == 2, err
     expected = {"epoch": "has epoch -3, not a count", "step": "has step 'abc', not a count",
-                "optimizer": "does not fit this run (the optimizer's"}[edit]
+                "optimizer": "does not fit this run (the optimizer's",
+                "elapsed_s": "it lacks ['elapsed_s']",
+                "config": "its config is a str, not the recipe's mapping",
+                "prune": "its config lacks its 'prune' section",
+                "rng": "its rng lacks python's generator state"}[edit]
     assert expected in err and ("checkpoint.prev.pt holds the epoch before it" in err
                                 or "start over with --overwrite" in err), err
 

@@ -187,12 +187,23 @@ def test_cli_reports_config_errors(recipe, tmp_path, capsys):
 
 def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     out = tmp_path / "run"
-    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the recipe trains with 1 (num_threads)
+    try:
+        assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set",
+                         "optim.schedule=cosine", "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 3  # the caller's again (review126 #6)
+    finally:
+        torch.set_num_threads(threads)
     rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1"]
     assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0
     # 6 steps, every 4, and the epoch's last two (break81 #1: they were in no row)
-    assert [int(r["step"]) for r in read_csv(out / "steps.csv")] == [4, 6]
+    steps = read_csv(out / "steps.csv")
+    assert [int(r["step"]) for r in steps] == [4, 6]
+    # the rate the epoch's last step trained with, as steps.csv says it (review126 #4: the
+    # next step's, 0.0 at a cosine run's end)
+    assert float(rows[0]["lr"]) == float(steps[-1]["lr"]) > 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 6 and ckpt["pruner"] is None
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config"}
@@ -759,6 +770,39 @@ def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
     # what the fractions became is printed and recorded (6 steps per epoch x 2 epochs)
     steps = json.loads((out / "results.json").read_text())["schedule_steps"]
     assert steps == {"warmup": 1, "ramp": 6, "update_every": 1, "freeze_after": 8}
+
+
+def test_resume_refuses_to_move_a_cool_down_counted_from_the_end(recipe, tmp_path, capsys):
+    """review126 #5: cooldown_epochs is counted back from optim.epochs, so a resume with
+    another length moved the frozen window under the run, with a warning only."""
+    out = tmp_path / "run"
+    sets = ["prune.method=smcp", "prune.target=0.5", "prune.channel_step=1", "prune.warmup=1",
+            "prune.ramp=4", "prune.update_every=1", "prune.cooldown_epochs=1"]
+    args = ["train", str(recipe), *sum((["--set", s] for s in sets), []), "--out", str(out)]
+    assert cli_main(args) == 0  # 2 epochs
+    assert cli_main([*args, "--set", "optim.epochs=3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "prune.cooldown_epochs counts from the end of the run" in err, err
+
+
+def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_path, monkeypatch):
+    """review126 #2: a recipe leaving channel_step to SMCP (8) timed its table at step 1."""
+    import inspect
+
+    import fxprune.train as train_module
+
+    class Timed(Exception):
+        pass
+
+    def spy(net, cost, channel_step, progress=True):
+        raise Timed(channel_step)
+
+    monkeypatch.setattr(train_module, "measured_latency_cost", spy)
+    cfg = tiny_cfg(tmp_path / "run", "prune.method=smcp", "prune.target=0.5", "prune.cost=latency",
+                   "prune.warmup=1", "prune.ramp=2", "prune.update_every=1")
+    with pytest.raises(Timed) as e:
+        train(cfg)
+    assert e.value.args[0] == inspect.signature(fxprune.SMCP).parameters["channel_step"].default == 8
 
 
 def test_results_table_formats_the_pruners_cost():
