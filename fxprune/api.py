@@ -128,10 +128,10 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         # inputs are stored as given and moved (copied) again at each later use (finalize's check,
         # FLOPs): no run writes into the user's tensors or the stored ones.
         stored = map_tensors(example_inputs, lambda t: t.detach().clone())
-        propagate_shapes(gm, inputs_for(gm, stored))
+        eval_output = propagate_shapes(gm, inputs_for(gm, stored))
         # a copy of its own (the user's hooks and buffers; not sharing the graph's tensors,
         # which a forward updating its weights, a momentum teacher, wrote into: ci104)
-        check_traced(copy_model(model), gm, stored)
+        check_traced(copy_model(model), gm, stored, eval_output=eval_output)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
         count, holders = _untraced_parameters(model, gm)

@@ -207,10 +207,11 @@ def restoring_buffers(model: torch.nn.Module):
                     tensor.copy_(value)
 
 
-def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple):
     """Run ``gm`` once on ``example_inputs`` (a tuple of its forward's arguments, on its device)
     and record every node's value (a ``TensorMeta``: shape, dtype; containers as such) in
-    ``node.meta["fxprune_value"]``, which the channel analysis reads. In place; returns None.
+    ``node.meta["fxprune_value"]``, which the channel analysis reads. In place; returns the
+    graph's output of that run (without grad, every module in eval mode, buffers restored).
 
     Raises :class:`~fxprune.errors.ExampleInputsError` when the inputs do not fit the
     forward's arguments or the model fails on them (naming the node and its source line).
@@ -232,7 +233,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     gm.eval()
     try:
         with preserving_modes(), torch.no_grad(), restoring_buffers(gm):
-            recorder.run(*example_inputs)
+            return recorder.run(*example_inputs)
     finally:
         for m, training in modes.items():
             m.training = training

@@ -2064,6 +2064,29 @@ def test_a_graph_computing_another_function_than_the_model_is_refused(how, mode)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_the_graph_check_reuses_shape_propagations_run_for_a_model_in_eval_mode(monkeypatch):
+    """prepare's graph check ran the graph once more than shape propagation had (already in
+    eval mode, without grad): a model in eval mode is compared with that run's output, and the
+    graph is run again only where the model is in train mode or the two differ."""
+    from fxprune.passes import check_trace
+
+    runs = []
+    real_run = check_trace._run
+    monkeypatch.setattr(check_trace, "_run", lambda module, *a: runs.append(
+        isinstance(module, torch.fx.GraphModule)) or real_run(module, *a))
+    x = torch.randn(1, 3, 16, 16)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    fxprune.prepare(model.eval(), (x,))
+    assert runs == [False]  # the model alone
+    runs.clear()
+    fxprune.prepare(model.train(), (x,))
+    assert runs == [False, True]
+    runs.clear()
+    with pytest.raises(fxprune.TraceError):  # a graph that differs is run again, and refused
+        fxprune.prepare(_WritesBuffer("out").eval(), (x,))
+    assert runs[0] is False and True in runs
+
+
 def test_models_whose_runs_differ_or_read_written_buffers_directly_still_prepare():
     """The graph check's false alarms: randomness in the forward (dropout in train mode, a
     noise draw in eval mode), a buffer read directly after an in-place write (a get_attr in
