@@ -81,7 +81,8 @@ def test_smcp_rows_without_torch_pruning(tmp_path, capsys, monkeypatch):
         lambda cls, *a, **kw: measure(cls, *a, **{**kw, "timer": made_up})))
     monkeypatch.setattr(calibrate, "_median_ms", lambda models, *a, **k: {"dense": 1.0, "pruned": 0.6})
     bench = load_benchmark("bench_vs_torch_pruning")
-    assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+    # one epoch: the rows' settings and exactness are checked here, not what training reaches
+    assert bench.main(["--smoke", "--epochs", "1", "--no-tp", "--threads", "1", "--latency-batches", "1",
                        "--table-cache", str(tmp_path / "tables"), "--out", str(tmp_path / "vs"),
                        "--smcp", "smcp-flops={}",
                        'smcp-lat-b1={"cost": "latency:1", "target": 0.7, "warmup": 0.2}',
@@ -107,7 +108,7 @@ def test_smcp_rows_without_torch_pruning(tmp_path, capsys, monkeypatch):
     assert refused["reason"].startswith("target 0.001 of dense is below the narrowest model")
     assert "Rows refused before training (not in the table): concat seed 0 smcp-too-far" in (
         tmp_path / "vs.md").read_text()
-    assert bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+    assert bench.main(["--smoke", "--epochs", "1", "--no-tp", "--threads", "1", "--latency-batches", "1",
                        "--out", str(tmp_path / "again"), "--merge", str(tmp_path / "vs.json"),
                        "--smcp", 'smcp-too-far={"target": 0.6}']) == 0
     again = json.loads((tmp_path / "again.json").read_text())
@@ -189,7 +190,8 @@ def test_each_row_is_judged_against_its_own_target_in_its_own_cost():
 @pytest.mark.slow
 def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     bench = load_benchmark("bench_vs_torch_pruning")
-    common = ["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
+    # one epoch: this is about merging rows, not training them (69 s at the smoke's 2 epochs)
+    common = ["--smoke", "--epochs", "1", "--no-tp", "--threads", "1", "--latency-batches", "1",
               "--table-cache", str(tmp_path / "tables")]
     assert bench.main([*common, "--out", str(tmp_path / "a"), "--smcp", "x={}", "y={}"]) == 0
     assert bench.main([*common, "--out", str(tmp_path / "b"), "--merge", str(tmp_path / "a.json"),
@@ -215,10 +217,10 @@ def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
     assert protocol["torch_pruning_rows"] is False and protocol["smcp_options"] is None
     # rows of another protocol are not put in one table
     with pytest.raises(SystemExit, match="cannot merge .*a.json: .*; add --smoke to combine"):
-        bench.main(["--no-tp", "--threads", "1", "--latency-batches", "1", "--epochs", "2",
+        bench.main(["--no-tp", "--threads", "1", "--latency-batches", "1", "--epochs", "1",
                     "--out", str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit, match="cannot merge .*a.json: it ran threads 1, this run 2"):
-        bench.main(["--smoke", "--no-tp", "--threads", "2", "--latency-batches", "1", "--out",
+        bench.main(["--smoke", "--epochs", "1", "--no-tp", "--threads", "2", "--latency-batches", "1", "--out",
                     str(tmp_path / "d"), "--seeds", "--merge", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):
         bench.main([*common, "--out", str(tmp_path / "e"), "--seeds"])  # nothing to train or merge
