@@ -672,6 +672,43 @@ def test_a_target_just_above_the_floor_is_met_where_pieces_cost_unequally():
     assert record is not None and record["actual"] <= floor * 1.02 + 1e-9
 
 
+@pytest.mark.filterwarnings("ignore:CCP. with every group at the same fraction")  # (said, right)
+def test_one_common_ratios_swapped_channels_stay_within_the_target(monkeypatch):
+    """review127 F3: in ratio mode with ratio=None the ratio is priced on the greedy subsets,
+    then each wide group's channels swapped at the same count, unpriced; where the swap moves
+    channels into a costlier piece the round went above its target. Here a swap that picks the
+    costly piece's channels stands in for one; the priced subsets stay."""
+    import fxprune.methods.ccp as ccp_module
+
+    real = ccp_module.best_subsets
+
+    def costly_swaps(S, counts, keep_one_of=(), *, swaps=True):
+        out = real(S, counts, keep_one_of, swaps=swaps)
+        if swaps and len(S) == 16:  # UnequalPieces' split group: channels 8-15 feed the 5x5
+            for p in out:  # one of the cheap piece (keep_one_of), then the costly piece's
+                beta = np.zeros(16, bool)
+                beta[np.r_[0, 8:16, 1:8][:p]] = True
+                out[p] = (beta, objective(np.asarray(S, np.float64), beta))
+        return out
+
+    def run(swaps, target):
+        torch.manual_seed(0)
+        pm = fxprune.prepare(UnequalPieces(), (torch.randn(2, 1, 8, 8),))
+        pruner = CCP(pm, mode="ratio", target=target, channel_step=2, collect=3, exhaustive_max=0,
+                     swaps=swaps)
+        record = None
+        for _ in range(3):
+            F.cross_entropy(pm(torch.randn(32, 1, 8, 8)), torch.randint(0, 10, (32,))).backward()
+            record = pruner.step() or record
+            pm.zero_grad()
+        return record
+
+    greedy = run(False, 0.5)["actual"]
+    monkeypatch.setattr(ccp_module, "best_subsets", costly_swaps)
+    record = run(True, greedy)
+    assert record["actual"] <= greedy * (1 + 1e-9), (record["actual"], greedy)
+
+
 class GroupedConvNet(nn.Module):
     """A grouped (not depthwise) conv: its weight reads C_in / groups positions per group."""
 

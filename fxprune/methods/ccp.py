@@ -669,6 +669,7 @@ class CCP(PruningMethod):
                                       hint=f", channel_step={self.channel_step}")
             choice = result.choice
             if self.swaps:  # what best_subsets' swaps would have given at that count
+                greedy = [(o.keep[c].copy(), float(o.values[c])) for o, c in zip(options, choice)]
                 for (S, alive, constraints, full), o, c, v in zip(problems, options, choice,
                                                                  predicted_by):
                     if len(S) > self.exhaustive_max:
@@ -677,6 +678,13 @@ class CCP(PruningMethod):
                         o.keep[c] = False
                         o.keep[c, alive[beta]] = True
                         o.values[c] = v[c] = full - val
+                swapped = np.concatenate([o.keep[c] for o, c in zip(options, choice)])
+                if self.budget.total(swapped) > target * self.budget.dense * (1 + 1e-9):
+                    # the same counts, other channels: where a group's channels cost unequally
+                    # (split pieces) that can cost more than the ratio was priced at, above
+                    # the target (review127 F3): the priced subsets stay
+                    for (keep, value), o, c, v in zip(greedy, options, choice, predicted_by):
+                        o.keep[c], o.values[c], v[c] = keep, value, value
             kept = np.concatenate([o.keep[c] for o, c in zip(options, choice)])
             if round_k == self.rounds:  # as CUCB says it (break45)
                 self._warn_uniform_unused("CCP", self.budget.fraction(kept), "mode='adaptive'")
