@@ -40,6 +40,13 @@ def _import_tensorrt():
         first = str(exc).splitlines()[0] if str(exc) else ""
         return None, (f"the tensorrt package is installed but fails to import "
                       f"({type(exc).__name__}: {first})")
+    version = getattr(tensorrt, "__version__", None)
+    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+        # another module of that name first on sys.path (a folder ./tensorrt with
+        # python -m fxprune): TensorRT unusable, not the deploy (break129 F1)
+        where = getattr(tensorrt, "__file__", None) or list(getattr(tensorrt, "__path__", []))
+        return None, (f"the module imported as tensorrt ({where or 'no file'}) is not TensorRT "
+                      "(it has no version): rename or move it off the Python path")
     return tensorrt, ""
 
 

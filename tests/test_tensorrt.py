@@ -157,6 +157,22 @@ def test_a_broken_tensorrt_install_falls_back_to_another_backend(tmp_path, monke
         pipeline.choose_backend("tensorrt")
 
 
+def test_a_module_named_tensorrt_that_is_not_tensorrt_is_said_and_set_aside(tmp_path, monkeypatch):
+    """break129 F1: a plain folder ./tensorrt (no __version__) on the path crashed every
+    deploy, --backend onnxruntime included, with an AttributeError traceback."""
+    from fxprune.deploy import pipeline
+
+    (tmp_path / "tensorrt").mkdir()  # a namespace package: imports, holds nothing
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "tensorrt", raising=False)
+    ok, why = trtb.tensorrt_status()
+    assert not ok and "the module imported as tensorrt" in why and "is not TensorRT" in why
+    assert trtb.version() is None
+    said = []
+    assert pipeline.choose_backend("auto", log=said.append) in ("torch", "onnxruntime")
+    assert "is not TensorRT" in said[0]
+
+
 def test_tensorrt_latency_table_without_tensorrt_is_a_clear_error():
     if TRT_OK:
         pytest.skip("TensorRT and a CUDA GPU are both present: there is no error to check")
