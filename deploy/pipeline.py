@@ -355,6 +355,10 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
             # by content: a copy of the run (fresh times) is still the run (break62 #3)
             entry["model_sha256"] = file_sha256(entry["model_file"])
         onnx = entry.get("onnx") if isinstance(entry, dict) else None
+        if isinstance(onnx, dict) and isinstance(onnx.get("path"), str):
+            # absolute, as model_file: relative to deploy's working folder, a moved run was
+            # plotted from one folder and refused from the others (break129 F5)
+            onnx["path"] = os.path.abspath(onnx["path"])
         if (isinstance(onnx, dict) and "sha256" not in onnx and isinstance(onnx.get("path"), str)
                 and os.path.isfile(onnx["path"])):
             onnx["sha256"] = file_sha256(onnx["path"])  # the file given here

@@ -1011,6 +1011,21 @@ def test_a_pruned_model_slower_than_dense_is_said_with_the_likely_cause(tmp_path
     assert not any("slower than dense" in line for line in lines)
 
 
+def test_the_report_names_its_onnx_files_by_absolute_path(tmp_path, monkeypatch):
+    """break129 F5: a relative --out recorded onnx.path relative to deploy's working folder
+    (model_file was absolute), so a moved run plotted from one folder and was refused from
+    the others."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline.ortb, "time_onnx_models",
+                        lambda paths, shape, **kw: {n: [1.0] * 3 for n in paths})
+    report = deploy(small_net(8), "rel", compare=small_net(16), input_shape=SHAPE,
+                    backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    for entry in (report, report["dense"]):
+        assert entry["onnx"]["path"] == str(tmp_path / "rel" / os.path.basename(entry["onnx"]["path"]))
+    written = json.loads((tmp_path / "rel" / "report.json").read_text())
+    assert os.path.isabs(written["onnx"]["path"]) and os.path.isabs(written["dense"]["onnx"]["path"])
+
+
 def test_a_prepared_model_deployed_unfinalized_is_warned_of(tmp_path):
     """break25 #5: it was timed at full width and reported a 0.99x 'speedup', silently."""
     import fxprune
