@@ -17,6 +17,7 @@ interleaved on the runtime the table was measured on, and fits that constant
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import statistics
 import tempfile
@@ -104,7 +105,8 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
                              ("sessions", sessions, 1),
                              ("threads", 1 if threads is None else threads, 1),
                              ("batch", 1 if batch is None else batch, 1)):
-        if int(value) != value or value < low:
+        # (break129 F11: 8.0 and None raised bare TypeErrors from int() and range())
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise DeployError(f"calibrate_cost: {name} must be an integer >= {low}, got {value!r}")
     state = state_of(prepared)
     inputs = [x for x in state.example_inputs if hasattr(x, "shape")]

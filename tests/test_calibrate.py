@@ -271,7 +271,8 @@ def test_calibrate_cost_refuses_what_it_cannot_fit_before_timing(monkeypatch):
         calibrate_cost("flops", pm)
     with pytest.raises(TypeError, match=r"the class FlopsCost \(call it\)"):
         calibrate_cost(FlopsCost, pm)
-    for bad in ({"step": 0}, {"iters": 0}, {"threads": 0}, {"warmup": -1}, {"batch": 0}):
+    for bad in ({"step": 0}, {"iters": 0}, {"threads": 0}, {"warmup": -1}, {"batch": 0},
+                {"step": 8.0}, {"iters": None}, {"batch": 2.0}):  # (break129 F11: TypeErrors)
         with pytest.raises(DeployError, match=f"{next(iter(bad))} must be an integer"):
             calibrate_cost(FlopsCost(), pm, **bad)
     with pytest.raises(DeployError, match="no channel group is wide enough.*channel_step"):
