@@ -217,12 +217,16 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple):
     forward's arguments or the model fails on them (naming the node and its source line).
     Like ``torch.fx.passes.shape_prop.ShapeProp``, with fxprune's containers and messages."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    required = [n for n in placeholders if not n.args]  # a placeholder's args hold its default
+    # a placeholder's args hold its default; *args and **kwargs are none required (break129
+    # F2: ``forward(x, **kw)`` was told to pass (x,), as it had)
+    required = [n for n in placeholders if not n.args and not n.target.startswith("*")]
     if not len(required) <= len(example_inputs) <= len(placeholders):
         names = ", ".join(n.target for n in placeholders)
+        example = ", ".join(n.target for n in required) + ("," if len(required) == 1 else "")
         raise ExampleInputsError(
             f"the model's forward takes {len(required)} required argument(s) ({names}) but "
-            f"example_inputs has {len(example_inputs)}; pass one example per argument, e.g. (x,)"
+            f"example_inputs has {len(example_inputs)}; pass one example per argument, in their "
+            f"order (keyword-only ones too), e.g. ({example})"
             + ("; a forward taking one list of tensors gets it as one argument: ([a, b],)"
                if len(placeholders) == 1 < len(example_inputs) else ""))  # break39 #5
     modes = {m: m.training for m in gm.modules()}

@@ -207,7 +207,8 @@ def _user_frame(exc: BaseException):
 
 def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     """The forward arguments traced as the values they have rather than as inputs: those that
-    are None or a bool in ``example_inputs`` and, past them, those whose default is. A flag
+    are None or a bool in ``example_inputs`` and, past them, those whose default is (keyword-only
+    ones too). A flag
     (``return_features=False``) or an optional tensor left out (``skip=None``) decides a branch,
     which a traced input cannot (``if flag:`` fails; ``skip is None`` is always False). torch.fx
     puts an assertion in the graph, so a call with another value fails instead of running the
@@ -216,13 +217,18 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return {}
-    fixed = {}
+    fixed, positional = {}, True
     for i, p in enumerate(params):
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            break  # *args: the positions past it are not names
-        value = example_inputs[i] if i < len(example_inputs) else p.default
-        if value is None or isinstance(value, bool):
-            fixed[p.name] = value
+        if p.kind is p.VAR_POSITIONAL:
+            positional = False  # *args: the positions past it are not names
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and positional:
+            value = example_inputs[i] if i < len(example_inputs) else p.default
+            if value is None or isinstance(value, bool):
+                fixed[p.name] = value
+        elif p.kind is p.KEYWORD_ONLY and (p.default is None or isinstance(p.default, bool)):
+            # (break129 F2: ``*, feats=False`` was traced as an input, its branch refused with
+            # advice to give the value in example_inputs, which no keyword-only one can be)
+            fixed[p.name] = p.default
     return fixed
 
 

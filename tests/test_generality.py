@@ -1801,6 +1801,39 @@ def test_flags_and_absent_optionals_are_traced_as_their_values(example):
     assert features(X, True).shape == (2, 16, 16, 16)
 
 
+class KeywordOnly(FlagsAndOptionals):
+    """The same forward with its flag and optional tensor keyword-only, and **kwargs."""
+
+    def forward(self, x, *, return_features: bool = False, skip=None, **kwargs):
+        return super().forward(x, return_features, skip)
+
+
+def test_keyword_only_flags_and_optionals_are_traced_as_their_defaults():
+    """break129 F2: `*, feats=False` was traced as an input (its branch refused, with advice
+    to give the value in example_inputs, which no keyword-only one can be), `*, mask=None`
+    took the other branch and blamed the input shapes, and `**kwargs` counted as a required
+    argument ("pass ... e.g. (x,)", as given)."""
+    model = KeywordOnly().eval()
+    torch.manual_seed(0)
+    pm, small = prune_and_check(model, X)
+    assert max_relative_error(run_eval(pm, (X2,)), run_eval(small, (X2,))) <= 1e-4
+    assert set(prunable(pm)) == {"a.0", "b.0"}
+    with torch.no_grad():
+        assert torch.equal(pm(X, return_features=False), pm(X))
+
+    class RequiredKeyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 16)
+
+        def forward(self, x, *, y):
+            return self.a(x) + y
+
+    with pytest.raises(fxprune.ExampleInputsError, match=r"takes 2 required argument\(s\) \(x, y\) "
+                                                         r"but example_inputs has 1; .*e\.g\. \(x, y\)$"):
+        fxprune.prepare(RequiredKeyword(), (X,))
+
+
 def test_a_norm_subclass_calling_super_forward_is_told_the_row_that_keeps_it_prunable():
     """break27 #5: the error offered only leaf_modules (channels lost)."""
     class MyBN(nn.BatchNorm2d):
