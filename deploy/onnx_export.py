@@ -391,10 +391,21 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
-    leaves = pytree.tree_leaves(out)
-    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    """The tensors in a model's output (nested tuples, lists, dicts), in order; None leaves are
+    dropped (as the exporters drop them). Raises :class:`DeployError` for an output with no
+    tensor or with another kind of value, which no ONNX output holds."""
+    leaves = pytree.tree_flatten_with_path(out)[0]
+    tensors = [t for _, t in leaves if isinstance(t, torch.Tensor)]
     if not tensors:
         raise DeployError(f"the model returned no tensor (got {type(out).__name__})")
+    other = next(((where, v) for where, v in leaves
+                  if v is not None and not isinstance(v, torch.Tensor)), None)
+    if other is not None:  # (break129 F8: both exporters failed, the message cut mid-word)
+        where, value = other
+        raise DeployError(f"the model's output{pytree.keystr(where)} is {str(value)[:40]} "
+                          f"({type(value).__name__}), not a tensor: an ONNX model returns tensors "
+                          "only; wrap the model in a module whose forward drops it or makes it "
+                          "a tensor")
     return tensors
 
 

@@ -1011,6 +1011,22 @@ def test_a_pruned_model_slower_than_dense_is_said_with_the_likely_cause(tmp_path
     assert not any("slower than dense" in line for line in lines)
 
 
+def test_an_output_holding_a_non_tensor_is_refused_in_one_line_before_exporting(tmp_path):
+    """break129 F8: both exporters failed, the message cut mid-word ("output 1 (3")."""
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return {"feat": self.c(x), "n": 3, "skip": None}
+
+    with pytest.raises(DeployError, match=r"^the model's output\['n'\] is 3 \(int\), not a tensor: "
+                                          r"an ONNX model returns tensors only; wrap the model"):
+        export_onnx(Counted().eval(), SHAPE, tmp_path / "m.onnx", log=lambda s: None)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_the_report_names_its_onnx_files_by_absolute_path(tmp_path, monkeypatch):
     """break129 F5: a relative --out recorded onnx.path relative to deploy's working folder
     (model_file was absolute), so a moved run plotted from one folder and was refused from
