@@ -33,6 +33,9 @@ _PROTOBUF_LIMIT = 2 * 1024**3
 # The scale carries the check: an atol near a small output's scale (a 1000-class softmax peaks
 # near 1e-3) let any model of that shape pass (break48 #2), so atol is a floor for outputs ~0.
 TOLERANCES = {"fp32": (1e-6, 1e-3), "fp16": (1e-4, 2e-2)}
+#: the smallest positive value (subnormal) of each precision: a smaller output is 0 there
+_TINY = {"fp32": float(torch.finfo(torch.float32).smallest_normal) * 2.0**-23,
+         "fp16": float(torch.finfo(torch.float16).smallest_normal) * 2.0**-10}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -728,18 +731,21 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
         # a file that declares a free batch is checked at another one too: a size the trace
         # read as a number (int(x.size(0))) is the example's batch in the file
         other_shape = (2 * input_shape[0], *input_shape[1:])
-    max_diff = 0.0
+    max_diff, notes = 0.0, []
     # a normal input and an image-like one in [0, 1]: a file that recorded a value of the
     # example input passes one input at its scale and not another (break48 #1)
     for x in (example_input(input_shape, "fp32", seed=1),
               example_input(other_shape, "fp32", seed=2, uniform=True)):
         max_diff = max(max_diff, _compare(sess, reference, x, path, input_shape, precision,
-                                          atol, rtol))
+                                          atol, rtol, notes))
+    if notes:  # once per file (break129 F3: a vacuous check read as "matches")
+        warnings.warn(notes[0], RuntimeWarning, stacklevel=2)
     return max_diff
 
 
-def _compare(sess, reference, x, path, input_shape, precision, atol, rtol) -> float:
-    """max |onnx - torch| over the outputs at input ``x``; DeployError past the tolerance."""
+def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes=None) -> float:
+    """max |onnx - torch| over the outputs at input ``x``; DeployError past the tolerance.
+    ``notes``: a list that gets what the check could not judge (outputs below atol)."""
     import numpy as np
 
     from .onnxruntime_backend import run_once
@@ -793,6 +799,19 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol) -> fl
                 f"entries are inf or NaN in one and not the other, for {path} at {precision}. "
                 "The export changed the model's behaviour; check for ops whose export is lossy "
                 "(an overflow at this precision, a division by zero)")
+        if np.count_nonzero(r) and not np.count_nonzero(g):  # (break129 F3: all zeros at fp16
+            # "matched" outputs near 1e-12, under atol; argmax agreed nowhere)
+            underflow = (f" (below {precision}'s smallest value {_TINY[precision]:.2g}: they "
+                         "underflow; deploy at fp32, or a model whose outputs are of a usable "
+                         "scale: a trained one)" if scale < _TINY[precision] else
+                         ". The export changed the model's behaviour")
+            raise DeployError(f"ONNX Runtime's output is all zeros where PyTorch's is not: "
+                              f"{which}max|output| {scale:.3g} for {path} at {precision}{underflow}")
+        if 0 < scale < atol and notes is not None:
+            notes.append(f"verify_onnx: {which}the model's outputs are at most {scale:.2g}, "
+                         f"below the check's atol {atol:g}, so it cannot tell a right file from "
+                         "a wrong one there; check a model whose outputs are of a usable scale "
+                         "(a trained one), or pass a smaller atol")
         if not diff <= limit:
             raise DeployError(
                 f"ONNX Runtime's output differs from PyTorch's: {which}max abs diff {diff:.3g} > "

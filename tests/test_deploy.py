@@ -1011,6 +1011,33 @@ def test_a_pruned_model_slower_than_dense_is_said_with_the_likely_cause(tmp_path
     assert not any("slower than dense" in line for line in lines)
 
 
+class TinyOutputs(nn.Module):
+    """Outputs near 1e-12, as an untrained mobilenet_v3_small's logits at 64 px."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(x).mean((2, 3)) * 1e-12
+
+
+def test_a_check_that_cannot_judge_outputs_below_its_atol_says_so(tmp_path):
+    """break129 F3: an fp16 file whose outputs underflowed to all zeros "matched PyTorch (max
+    abs diff 5.6e-12)", as any file would under atol 1e-4."""
+    model = TinyOutputs().eval()
+    export_onnx(model, SHAPE, tmp_path / "h.onnx", precision="fp16", log=lambda s: None)
+    with pytest.raises(DeployError, match=r"^ONNX Runtime's output is all zeros where PyTorch's is "
+                                          r"not: max\|output\| .* at fp16 \(below fp16's smallest "
+                                          r"value 6e-08: they underflow; deploy at fp32"):
+        verify_onnx(str(tmp_path / "h.onnx"), model, SHAPE, precision="fp16")
+    export_onnx(model, SHAPE, tmp_path / "f.onnx", log=lambda s: None)
+    with pytest.warns(RuntimeWarning, match=r"outputs are at most .*, below the check's atol "
+                                            r"1e-06, so it cannot tell") as caught:
+        assert verify_onnx(str(tmp_path / "f.onnx"), model, SHAPE) < 1e-6
+    assert len(caught) == 1  # once per file, not per checked input
+
+
 def test_an_output_holding_a_non_tensor_is_refused_in_one_line_before_exporting(tmp_path):
     """break129 F8: both exporters failed, the message cut mid-word ("output 1 (3")."""
     class Counted(nn.Module):
