@@ -26,6 +26,20 @@ def check_tolerance(name: str, value) -> None:
         raise DeployError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+def file_in_the_way(path) -> str | None:
+    """The first existing folder on ``path``'s way (``path`` itself for a folder to create,
+    its parent for a file) that is a file, not a folder; None when there is none (missing
+    folders are created on write)."""
+    import os
+    from pathlib import Path
+
+    here = Path(os.path.abspath(os.fspath(path)))
+    for parent in here.parents:
+        if parent.exists():
+            return None if parent.is_dir() else str(parent)
+    return None
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of ``err``'s message (at most ``limit`` characters; "" when it has none):
     what a one-line error quotes of an exception from torch or ONNX Runtime."""

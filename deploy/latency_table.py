@@ -43,7 +43,7 @@ from fxprune.cost import LayerSpec
 from fxprune.errors import FxPruneError
 from fxprune.run_io import atomic_write
 
-from .common import DeployError
+from .common import DeployError, file_in_the_way
 
 Timer = Callable[[LayerSpec, int, int], float]
 _TABLE_FORMAT = "fxprune-latency-table"
@@ -250,6 +250,10 @@ class LatencyTable:
             raise DeployError(f"target_ms must be a number of milliseconds > 0, got {target_ms!r}")
         if cache is not None and not os.fspath(cache).strip():  # (break74: "" meant no cache)
             raise DeployError("cache is an empty path: give a file, or cache=None for no cache")
+        if cache is not None and (blocked := file_in_the_way(cache)):  # before any timing
+            # (break129 F7: the whole grid was timed, then a bare FileExistsError lost it)
+            raise DeployError(f"cache {os.fspath(cache)!r}: {blocked} is a file, not a folder; "
+                              "give a cache path in a folder")
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
@@ -553,6 +557,9 @@ class LatencyTable:
         when it is a saved table: a latency cache (every context's timings) or any other file
         raises :class:`DeployError` (break74 F3: ``save`` onto the cache lost its timings)."""
         path = os.fspath(path)  # as given, as measure's cache= (the CLI expands ~)
+        if blocked := file_in_the_way(path):
+            raise DeployError(f"{path!r}: {blocked} is a file, not a folder; save the table "
+                              "to a path in a folder")
         if os.path.isfile(path) and (found := _format_of(path)) != _TABLE_FORMAT:
             what = ("a latency cache (measure's cache= file, every context's timings)"
                     if found == _CACHE_FORMAT else "not a saved latency table")

@@ -181,8 +181,17 @@ def check_one_tensor_input(module: nn.Module, label: str) -> None:
         params = inspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
         params = []
-    required = [p for p in params
+    required = [p.name for p in params
                 if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(module, torch.fx.GraphModule):  # a default the graph reads anyway: an
+        # optional tensor given when it was traced (break129 F4: blamed on a deep copy, then
+        # on the input shape); a default it only guards (== None, == False) is not an input
+        import operator
+
+        required += [n.target for n in module.graph.nodes
+                     if n.op == "placeholder" and n.args and not n.target.startswith("*")
+                     and n.target not in required
+                     and any(u.target is not operator.eq for u in n.users)]
     keyword_only = [p.name for p in params if p.default is p.empty and p.kind == p.KEYWORD_ONLY]
     if keyword_only:  # no input shape can fit: "pass a fitting --input-shape" was wrong advice
         raise DeployError(f"{label}'s forward requires the keyword argument"
@@ -191,7 +200,7 @@ def check_one_tensor_input(module: nn.Module, label: str) -> None:
                           f"forward takes one tensor, {_TIME_IT_YOURSELF}")
     if len(required) > 1:
         raise DeployError(f"{label} takes {len(required)} inputs "
-                          f"({', '.join(p.name for p in required)}); fxprune deploy times "
+                          f"({', '.join(required)}); fxprune deploy times "
                           "single-input models: wrap it in a module whose forward takes one "
                           f"tensor, {_TIME_IT_YOURSELF}")
 

@@ -24,7 +24,7 @@ from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_f
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
-from .common import DeployError, check_tolerance, cpu_name, prepared_inside
+from .common import DeployError, check_tolerance, cpu_name, file_in_the_way, prepared_inside
 from .latency_table import _busy, cpu_load, load_said
 from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
                        not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
@@ -114,6 +114,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     out_dir = os.path.expanduser(os.fspath(out_dir))
     if not out_dir.strip():  # (break66 #4: a bare errno message)
         raise DeployError("--out is empty: give the folder to write model.onnx and report.json to")
+    if blocked := file_in_the_way(os.path.join(out_dir, "report.json")):  # (break129 F7: a
+        # bare "[Errno 20] Not a directory" for --out FILE/sub)
+        raise DeployError(f"--out {out_dir}: {blocked} is a file, not a folder; choose another --out")
     if os.path.isdir(out_dir):
         # in use is said before the folder's files are judged: a running deploy's fresh
         # model.onnx, not yet in its marker, was called not deploy's, "delete it" (break69 F1)

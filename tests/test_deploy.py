@@ -685,6 +685,11 @@ def test_out_naming_a_file_is_one_line_and_file_untouched(saved, tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
     assert target.read_bytes() == b"mine\n"
+    # a folder under it (break129 F7: a bare "[Errno 20] Not a directory")
+    rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(target / "sub"), *QUICK, *TRUST])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{target} is a file, not a folder; choose another --out" in err, err
+    assert len(err.strip().splitlines()) == 1 and target.read_bytes() == b"mine\n"
 
 
 def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
@@ -1052,6 +1057,30 @@ def test_an_output_holding_a_non_tensor_is_refused_in_one_line_before_exporting(
                                           r"an ONNX model returns tensors only; wrap the model"):
         export_onnx(Counted().eval(), SHAPE, tmp_path / "m.onnx", log=lambda s: None)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_traced_with_its_optional_tensor_given_is_said_to_take_two_inputs(tmp_path):
+    """break129 F4: prepared with (x, y) for forward(x, y=None), the finalized graph keeps the
+    default for show but reads y; deploy blamed a deep copy, then the input shape. Traced
+    with y left None, it is one input (the graph only guards y == None)."""
+    class Optional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 1), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x, y=None):
+            z = self.a(x)
+            return self.c(torch.relu(z if y is None else z + self.b(y)))
+
+    x = torch.randn(SHAPE)
+    both = fxprune.finalize(fxprune.prepare(Optional().eval(), (x, x)))
+    for shape in (None, SHAPE):
+        with pytest.raises(DeployError, match=r"^GraphModule takes 2 inputs \(x, y\); fxprune deploy "
+                                              r"times single-input models"):
+            deploy(both, tmp_path / "out", input_shape=shape, iters=3, warmup=1, progress=False,
+                   log=lambda s: None)
+    from fxprune.deploy.model_io import check_one_tensor_input
+    check_one_tensor_input(fxprune.finalize(fxprune.prepare(Optional().eval(), (x,))), "one")
 
 
 def test_the_report_names_its_onnx_files_by_absolute_path(tmp_path, monkeypatch):

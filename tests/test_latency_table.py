@@ -958,6 +958,17 @@ def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_r
     for empty in ("", "  "):
         with pytest.raises(DeployError, match="cache is an empty path"):
             LatencyTable.measure([conv()], step=8, cache=empty, timer=CountingTimer(), **FAST)
+    # break129 F7: a cache under a file timed the whole grid, then a bare FileExistsError lost it
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("mine")
+    timer = CountingTimer()
+    with pytest.raises(DeployError, match=rf"cache '.*notes.txt/sub/c.json': {in_the_way} is a file, "
+                                          r"not a folder; give a cache path in a folder"):
+        LatencyTable.measure([conv()], step=8, cache=in_the_way / "sub" / "c.json", timer=timer,
+                             **FAST)
+    assert timer.calls == [] and in_the_way.read_text() == "mine"
+    with pytest.raises(DeployError, match=rf"{in_the_way} is a file, not a folder; save the table"):
+        table.save(in_the_way / "t.json")
     data = table.to_dict()
     key = next(iter(data["points"]))
     data["points"][key] = {"-16,16": 1.0, **data["points"][key]}
