@@ -90,16 +90,24 @@ def layer_grid(layer: LayerSpec, step: int, min_count: int | None = None) -> tup
         mult = layer.out_channels // layer.in_channels
         return ks, [k * mult for k in ks], True
     g = layer.groups if layer.kind == "conv" else 1
-    return (_axis(layer.in_channels, step, g, w_in, min_count),
-            _axis(layer.out_channels, step, g, w_out, min_count), False)
+    # a linear's unit is a flattened channel's H * W features; another layer's is the channels
+    # a grouped conv ties into one unit, which the method's channel_step counts as channels
+    channels = layer.kind != "linear"
+    return (_axis(layer.in_channels, step, g, w_in, min_count, channels),
+            _axis(layer.out_channels, step, g, w_out, min_count, channels), False)
 
 
-def _axis(dense: int, step: int, multiple_of: int, widths, min_count=None) -> list[int]:
+def _axis(dense: int, step: int, multiple_of: int, widths, min_count=None,
+          units_of_channels: bool = True) -> list[int]:
     if widths is not None:
         fixed, unit, n = widths
         if n == 0:
             return [dense]
-        axis = [fixed + unit * k for k in grid_counts(n, step, min_count=min_count)]
+        # every kept count whose channels are a multiple of step, as the methods keep them
+        # (allowed_counts): step units were 4x too coarse for units of 4 channels, and SMCP's
+        # 8, 16, 24 were all priced as 32 (break128 F1)
+        units = step // math.gcd(step, unit) if units_of_channels else step
+        axis = [fixed + unit * k for k in grid_counts(n, units, min_count=min_count)]
         if axis[-1] == dense and multiple_of == 1:
             return axis
     return grid_counts(dense, step, multiple_of, min_count)
@@ -492,8 +500,9 @@ class LatencyTable:
             f"it is priced as {smallest} (the table clamps at its grid's edges), so narrower "
             "widths look no cheaper; measure the table with a finer step (LatencyTable.measure"
             "(..., step=N), N at most the method's channel_step) so that its grid starts at or "
-            "below the narrowest width pruning gives (said once per table, for its first "
-            "such layer)", RuntimeWarning, stacklevel=3)
+            "below the narrowest width pruning gives, or with min_count=1 where a concat's "
+            "pieces share a group, which any piece's width can take (said once per table, for "
+            "its first such layer)", RuntimeWarning, stacklevel=3)
 
     def _grid_for(self, layer: LayerSpec):
         try:

@@ -976,6 +976,40 @@ def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_r
         LatencyTable.from_dict(data)
 
 
+def test_a_group_a_grouped_conv_ties_is_timed_at_every_width_its_channel_step_keeps():
+    """break128 F1: the grid stepped by `step` units, not channels: under groups=4 (units of 4
+    channels) a table at step 8 timed a 64-channel reader at 32 and 64 inputs only, and SMCP's
+    8, 16 and 24 at channel_step=8 were all priced as 32 (a clamp warning whose advice, a step
+    at most channel_step, had been followed)."""
+    import fxprune
+    from fxprune.deploy.latency_table import _as_layer_specs
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 3, padding=1)
+            self.g = nn.Conv2d(32, 64, 3, padding=1, groups=4)
+            self.b = nn.Conv2d(64, 32, 3, padding=1)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.b(F.relu(self.g(F.relu(self.a(x)))))).mean((2, 3)))
+
+    pm = fxprune.prepare(Tied(), (torch.randn(1, 3, 16, 16),))
+    specs = {s.name: s for s in _as_layer_specs(pm)}
+    assert layer_grid(specs["b"], 8)[0] == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert layer_grid(specs["a"], 8)[1] == [8, 16, 24, 32]
+    assert layer_grid(specs["b"], 16)[0] == [16, 32, 48, 64]
+    timer = CountingTimer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no width priced below its grid (the clamp warning)
+        table = LatencyTable.measure(pm, step=8, timer=timer, **FAST)
+        pruner = fxprune.SMCP(pm, 0.5, table, channel_step=8)
+    b = specs["b"]
+    assert table.layer_cost(b, 8, 32) < table.layer_cost(b, 16, 32) < table.layer_cost(b, 32, 32)
+    assert pruner.cost() == pytest.approx(1.0)
+
+
 def test_grid_points_counts_what_measure_times_where_layers_alike_share_a_grid():
     """break76 #1: layers of one shape pruned differently share a grid (the union of their
     widths, every pair timed); the count added each layer's own, 2.6x too few on regnet_y_400mf
