@@ -384,6 +384,16 @@ def test_registry_serves_recipe_cli_and_benchmarks():
     assert fxprune.get_method is get_method and fxprune.register_method is register_method
     with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
         get_method("nope")
+    # the entry builds, called or by build(), the target by position too (break128 F5:
+    # 'MethodEntry' object is not callable, and build(pm, 0.5) a bare TypeError)
+    hard = get_method("hard")(prepared(), 0.5, channel_step=4)
+    assert isinstance(hard, fxprune.SMCP) and hard.target == 0.5 and hard.registered_as == "hard"
+    assert get_method("smcp").build(prepared(), 0.4, "params").target == 0.4
+    with pytest.raises(TypeError, match=r"method 'smcp' takes at most 2 positional argument\(s\) "
+                                        r"after the model \(target, cost\), got 3"):
+        get_method("smcp")(prepared(), 0.5, "flops", 4)
+    with pytest.raises(TypeError, match="got target both by position and by keyword"):
+        get_method("smcp")(prepared(), 0.5, target=0.4)
     from fxprune.train import ConfigError, resolve_config
     assert resolve_config({"prune": {"method": "cucb"}})["prune"]["method"] == "cucb"
     with pytest.raises(ConfigError, match="ccp"):

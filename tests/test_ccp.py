@@ -430,6 +430,26 @@ def test_ccp_finalize_masks_before_its_rounds_says_they_cannot_run():
         pruner.finalize_masks()
 
 
+def test_no_round_runs_after_finalize_masks_removed_the_taps():
+    """break128 F3: finalize_masks inside a collection window said the rounds left cannot run,
+    and the next one ran on the half window collected before, pruning 40 more channels."""
+    pm = prepared(seed=2)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, prune_at=6, channel_step=4)
+    x, y = data(seed=0)
+    for _ in range(5):  # steps 4 and 5 collected
+        F.cross_entropy(pm(x), y).backward()
+        pruner.step()
+        pm.zero_grad()
+    assert pruner.stats.samples > 0
+    with pytest.warns(RuntimeWarning, match="cannot run"):
+        pruner.finalize_masks()
+    masks = pruner.index.masks(pm).clone()
+    F.cross_entropy(pm(x), y).backward()
+    with pytest.warns(RuntimeWarning, match=r"round 1 at step 6 skipped: .*the taps were removed"):
+        assert pruner.step() is None
+    assert torch.equal(pruner.index.masks(pm), masks)
+
+
 class _ConcatSE(nn.Module):
     """Depthwise, grouped, a concat of unequal branches and a squeeze-excite: channels of one
     group that cost unequally (break105's net)."""
@@ -486,6 +506,9 @@ def test_resuming_under_another_target_or_schedule_warns():
     with pytest.warns(RuntimeWarning, match=r"CCP: resuming a state saved with another target "
                                             r"0\.5 -> 0\.4; prune_steps \[5\] -> \[6\]"):
         CCP(pm, target=0.4, mode="adaptive", collect=4, prune_at=6, channel_step=4).load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"another loss_reduction 'mean' -> 'sum'"):  # break128 F6
+        CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4,
+            loss_reduction="sum").load_state_dict(state)
 
 
 def test_a_prediction_that_pruning_lowers_the_loss_does_not_undershoot_the_target():
@@ -840,6 +863,30 @@ def test_a_method_whose_copy_would_do_something_else_refuses_to_be_copied():
         smcp4.step()
     assert not any("without the model you train" in str(w.message) for w in said), said
     assert "_copied_as" not in smcp4.__dict__
+
+
+def test_ccp_pickles_once_finalize_masks_removed_its_taps():
+    """break128 F7: after its last round and finalize_masks it still refused to be pickled,
+    "its activation taps are hooks on this model's layers", with no tap left."""
+    import copy
+    import io
+
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4)
+    x, y = data()
+    for _ in range(4):
+        F.cross_entropy(pm(x), y).backward()
+        pruner.step()
+        pm.zero_grad()
+    with pytest.raises(TypeError, match="activation taps"):
+        copy.deepcopy(CCP(prepared(), target=0.5, collect=2, prune_at=3, channel_step=4))
+    pruner.finalize_masks()
+    buf = io.BytesIO()
+    torch.save({"model": pm, "pruner": pruner}, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded["pruner"].cost() == pruner.cost() and loaded["pruner"].history == pruner.history
+    assert copy.deepcopy(pruner).cost() == pruner.cost()
 
 
 def test_a_pruner_pickles_with_its_model_after_steps_or_says_why_not():

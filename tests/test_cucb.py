@@ -179,6 +179,9 @@ def test_resuming_under_another_target_or_rho_warns():
                                             r"0\.5 -> None; rho \S+ -> 0\.3; explore 8 -> 9 at step 0: "
                                             r"the run continues"):
         CUCB(pm, rho=0.3, warmup=2, explore=9, channel_step=1).load_state_dict(state)
+    with pytest.warns(RuntimeWarning, match=r"another execution 'gathered' -> 'masked'"):  # break128 F6
+        CUCB(pm, target=0.5, warmup=2, explore=8, channel_step=1,
+             execution="masked").load_state_dict(state)
     # break40: a cost model of the same name pricing otherwise (another latency table, another
     # fixed cost) was resumed silently; what it prices the dense and half model at is recorded
     from fxprune.cost import FlopsCost, WithFixedCost

@@ -60,6 +60,20 @@ def prepared(width=16, seed=0):
     return fxprune.prepare(SmallNet(width), (data()[0],))
 
 
+def test_a_mask_update_after_finalize_masks_is_said_once():
+    """break128 F3: steps after finalize_masks() kept re-solving (30 mask entries changed),
+    and fxprune.finalize removed those without a word."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2, channel_step=4)
+    optimizer = train(pm, pruner, 5)
+    with pytest.warns(RuntimeWarning, match="above the target"):
+        pruner.finalize_masks()
+    with pytest.warns(RuntimeWarning, match=r"SMCP: masks re-solved at step 6, after "
+                                            r"finalize_masks\(\) at step 5 left them") as caught:
+        train(pm, pruner, 4, seed=1, optimizer=optimizer)
+    assert sum("after finalize_masks()" in str(w.message) for w in caught) == 1  # once
+
+
 @pytest.mark.parametrize("allocation,masks,cost", [("knapsack", "soft", "flops"), ("knapsack", "hard", "params"),
                                                    ("uniform", "soft", "flops")])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.8])

@@ -547,6 +547,7 @@ class PruningMethod:
                  RuntimeWarning)
         self.index = UnitIndex(prepared)
         self._masks_finalized_at: int | None = None  # the step finalize_masks() last ran at
+        self._said_after_final = False  # a mask update after it was warned of
         if not self.index.n:
             raise ValueError("the prepared model has no prunable channel group; see "
                              "fxprune.summary(prepared) for why each group is kept")
@@ -676,6 +677,7 @@ class PruningMethod:
         dense for a 0.3 target without a word, where the trainer and the callback refuse.
         Every finalize_masks calls it: it records that the final selection was asked for."""
         self._masks_finalized_at = self.step_count
+        self._said_after_final = False
         target = getattr(self, "target", None)
         if not self.warn_above_target or not isinstance(target, (int, float)):
             return
@@ -767,10 +769,26 @@ class MethodEntry:
     def cls(self) -> Callable:
         return self.load()
 
-    def build(self, prepared, **kwargs) -> Any:
-        """The method on ``prepared``. Its ``defaults`` are what the method is (``hard`` is
-        SMCP with ``masks="hard"``): another value for one of them raises ValueError, since
-        silently running a different method under this name would mislabel its results."""
+    def build(self, prepared, *args, **kwargs) -> Any:
+        """The method on ``prepared`` (``get_method("hard").build(pm, 0.5, channel_step=8)``,
+        or call the entry itself: ``get_method("hard")(pm, 0.5)``); ``args`` are the
+        constructor's positional arguments after the model (``target``, ``cost``, ...). Its
+        ``defaults`` are what the method is (``hard`` is SMCP with ``masks="hard"``): another
+        value for one of them raises ValueError, since silently running a different method
+        under this name would mislabel its results."""
+        if args:  # by name, so that the defaults' check sees them (break128 F5: a TypeError)
+            names = [n for n, p in list(method_parameters(self.cls).items())[1:]
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            if len(args) > len(names):
+                raise TypeError(f"method {self.name!r} takes at most {len(names)} positional "
+                                f"argument(s) after the model ({', '.join(names)}), got "
+                                f"{len(args)}; pass the others by keyword")
+            given = dict(zip(names, args))
+            twice = sorted(set(given) & set(kwargs))
+            if twice:
+                raise TypeError(f"method {self.name!r} got {twice[0]} both by position and by "
+                                "keyword; pass it once")
+            kwargs = {**given, **kwargs}
         for key, value in kwargs.items():
             if key in self.defaults and value != self.defaults[key]:
                 raise ValueError(f"method {self.name!r} runs with {key}={self.defaults[key]!r}, but "
@@ -786,6 +804,8 @@ class MethodEntry:
         if isinstance(method, PruningMethod):
             method.registered_as = self.name  # its states say so (oneshot and smcp build SMCP)
         return method
+
+    __call__ = build
 
 
 registry: dict[str, MethodEntry] = {}
@@ -882,6 +902,9 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
 
 
 def get_method(name: str) -> MethodEntry:
+    """The registered method ``name`` (built-in or a plug-in's): a :class:`MethodEntry`, which
+    builds it on a prepared model, ``get_method("cucb")(pm, 0.5, channel_step=8)``. Raises
+    ValueError for a name not registered, with the close ones."""
     _load_builtin()
     if not isinstance(name, str):  # (break111 F16: a list was "unhashable type")
         raise ValueError(f"a pruning method's name is a str, got {name!r}; registered: "

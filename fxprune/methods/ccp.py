@@ -616,7 +616,9 @@ class CCP(PruningMethod):
                  "loss.backward()", RuntimeWarning)
         dropped, self._dropped_at_decision = (self.dropped_steps - self._dropped_at_decision,
                                               self.dropped_steps)
-        if self.stats.samples == 0:  # every subset would look alike: the pick a tie-break
+        # taps removed (finalize_masks): samples from before are half a window, and the
+        # warning said no round runs after (break128 F3: one did, pruning 40 more channels)
+        if self.stats.samples == 0 or self.stats.taps.closed:
             self.skipped_rounds += 1
             if self.stats.taps.closed:
                 why = ("the taps were removed (by finalize_masks(), or by another pruner built on "
@@ -753,6 +755,8 @@ class CCP(PruningMethod):
         return filled
 
     def not_copyable(self) -> str | None:
+        if self.stats.taps.closed:  # removed (finalize_masks): nothing left tied to this model
+            return None  # (break128 F7: refused for taps that were gone)
         return ("its activation taps are hooks on this model's layers (a copy's would collect "
                 "nothing)")
 
@@ -763,7 +767,9 @@ class CCP(PruningMethod):
         return {"target": self.target, "ratio": self.ratio, "prune_steps": self.prune_steps(),
                 "collect": self.collect, **self._allocation_settings(),
                 "exhaustive_max": self.exhaustive_max, "swaps": self.swaps,
-                "collect_bn": str(self.collect_bn)}
+                "collect_bn": str(self.collect_bn),
+                # the per-sample terms' scale (break128 F6: changed unsaid)
+                "loss_reduction": self.stats.taps.loss_reduction}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

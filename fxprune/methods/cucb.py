@@ -495,7 +495,8 @@ class CUCB(PruningMethod):
         # only what this mode reads: ratio mode with rho ignores target, budget mode rho
         return {"target": self.target, "rho": self.rho if self.mode == "ratio" else None,
                 "c": self.c, "warmup": self.warmup, "explore": self.explore,
-                **self._allocation_settings()}
+                # which weights and momentum a step moves (break128 F6: changed unsaid)
+                "execution": self.execution, **self._allocation_settings()}
 
     # -- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
