@@ -60,10 +60,16 @@ def exporter_reason(err: BaseException) -> str:
     and where it came from follows "The following call raised this error"."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     lines = [line.strip() for line in text.splitlines()]
-    reason = next((line for line in lines if line), "")
+    start = 0
     if "## Exception summary" in lines:
-        after = lines[lines.index("## Exception summary") + 1:]
-        reason = next((line for line in after if line), reason)
+        start = lines.index("## Exception summary") + 1
+    at = next((i for i in range(start, len(lines)) if lines[i]),
+              next((i for i, line in enumerate(lines) if line), None))
+    reason = "" if at is None else lines[at]
+    if reason.endswith(":"):  # a heading ("The following inconsistencies were found:"): the
+        # reason is the line under it (break129 F10: quoted empty)
+        reason = f"{reason} {next((line for line in lines[at + 1:] if line), '')}".strip()
+    if start:
         reason = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>: ", r"\1: ", reason)
     else:
         reason = f"{type(err).__name__}: {reason}"
@@ -563,6 +569,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
             else:
                 log(f"dynamo ONNX exporter failed with a dynamic batch "
                     f"({exporter_reason(batch_err)}); exported at batch {x.shape[0]}")
+                batch_fixed_said = True  # (break129 F10: said again on the next line)
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
         dynamo_reason = exporter_reason(dynamo_err)
         log(f"dynamo ONNX exporter failed ({dynamo_reason}); retrying with dynamo=False")

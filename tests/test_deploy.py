@@ -908,7 +908,10 @@ def test_export_reports_the_batch_the_file_declares(tmp_path):
     said = []
     info = export_onnx(FixedBatch(), (1, 3, 16, 16), tmp_path / "f.onnx", log=said.append)
     assert info["dynamic_batch"] is False
-    assert any("fixed the batch at 1" in s for s in said), said
+    # once, with the exporter's reason (break129 F10: then "fixed the batch at 1" again)
+    fixed = [s for s in said if "batch 1" in s or "batch at 1" in s]
+    assert len(fixed) == 1 and "with a dynamic batch (" in fixed[0], said
+    assert fixed[0].endswith("exported at batch 1"), said
     info = export_onnx(small_net(8), (1, 3, 16, 16), tmp_path / "d.onnx", log=said.append)
     assert info["dynamic_batch"] is True
 
@@ -1014,6 +1017,31 @@ def test_a_pruned_model_slower_than_dense_is_said_with_the_likely_cause(tmp_path
     deploy(small_net(width), tmp_path / "out2", compare=small_net(16), input_shape=SHAPE,
            backend="onnxruntime", iters=5, warmup=1, progress=False, log=lines.append)
     assert not any("slower than dense" in line for line in lines)
+
+
+def test_a_batch_fixed_by_the_models_code_is_said_once_with_its_reason(tmp_path):
+    """break129 F10: the dynamo exporter's reason was quoted as its heading alone ("The
+    following inconsistencies were found:"), and the next line said the fixed batch again."""
+    from fxprune.deploy.onnx_export import exporter_reason
+
+    assert exporter_reason(ValueError("The following inconsistencies were found:\n"
+                                      "  * batch must be 1\n")) == (
+        "ValueError: The following inconsistencies were found: * batch must be 1")
+
+    class FlatToOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 16 * 16, 5)
+
+        def forward(self, x):
+            return self.fc(self.c(x).reshape(1, -1))
+
+    lines = []
+    info = export_onnx(FlatToOne().eval(), SHAPE, tmp_path / "m.onnx", log=lines.append)
+    assert not info["dynamic_batch"]
+    said = [line for line in lines if "batch" in line and ("fixed" in line or "exported at" in line)]
+    assert len(said) == 1, lines
+    assert not said[0].endswith("found:); exported at batch 1"), said
 
 
 class TinyOutputs(nn.Module):
