@@ -1111,6 +1111,17 @@ def test_a_model_traced_with_its_optional_tensor_given_is_said_to_take_two_input
     check_one_tensor_input(fxprune.finalize(fxprune.prepare(Optional().eval(), (x,))), "one")
 
 
+def test_more_timing_threads_than_cores_are_warned_of(tmp_path, monkeypatch):
+    """break129 F14: --threads 16 on 2 cores timed a p90 13x the median without a word (the
+    load check allows the timing its own threads)."""
+    monkeypatch.setattr(pipeline.ortb, "time_onnx_models",
+                        lambda paths, shape, **kw: {n: [1.0] * 3 for n in paths})
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.warns(RuntimeWarning, match=r"timing with 5 threads on 2 cores: .*pass --threads 2"):
+        deploy(small_net(8), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime", threads=5,
+               iters=3, warmup=1, progress=False, log=lambda s: None)
+
+
 def test_the_report_names_its_onnx_files_by_absolute_path(tmp_path, monkeypatch):
     """break129 F5: a relative --out recorded onnx.path relative to deploy's working folder
     (model_file was absolute), so a moved run plotted from one folder and was refused from
