@@ -1044,6 +1044,24 @@ def test_a_batch_fixed_by_the_models_code_is_said_once_with_its_reason(tmp_path)
     assert not said[0].endswith("found:); exported at batch 1"), said
 
 
+def test_a_model_random_in_eval_mode_is_not_called_a_lossy_export(tmp_path):
+    """break129 F12: noise drawn in eval mode (randn_like) was told "the export changed the
+    model's behaviour"; the model differs from itself."""
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(x + 0.1 * torch.randn_like(x))
+
+    model = Noisy().eval()
+    export_onnx(model, SHAPE, tmp_path / "n.onnx", log=lambda s: None)
+    with pytest.raises(DeployError, match=r"own output differs between two calls on one input "
+                                          r"\(max abs diff .*: random ops in eval mode\)"):
+        verify_onnx(str(tmp_path / "n.onnx"), model, SHAPE)
+
+
 class TinyOutputs(nn.Module):
     """Outputs near 1e-12, as an untrained mobilenet_v3_small's logits at 64 px."""
 
