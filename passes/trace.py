@@ -217,18 +217,17 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return {}
-    fixed, positional = {}, True
-    for i, p in enumerate(params):
-        if p.kind is p.VAR_POSITIONAL:
-            positional = False  # *args: the positions past it are not names
-        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and positional:
-            value = example_inputs[i] if i < len(example_inputs) else p.default
-            if value is None or isinstance(value, bool):
-                fixed[p.name] = value
-        elif p.kind is p.KEYWORD_ONLY and (p.default is None or isinstance(p.default, bool)):
-            # (break129 F2: ``*, feats=False`` was traced as an input, its branch refused with
-            # advice to give the value in example_inputs, which no keyword-only one can be)
-            fixed[p.name] = p.default
+    # the graph's placeholders, in order: the positional parameters, then the keyword-only
+    # ones (which example_inputs fill by that position), then *args and **kwargs
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                             p.KEYWORD_ONLY)]
+    fixed = {}
+    for i, p in enumerate(named):
+        # (break129 F2: ``*, feats=False`` was traced as an input, its branch refused;
+        # review130 F2: a keyword-only tensor given in example_inputs is one)
+        value = example_inputs[i] if i < len(example_inputs) else p.default
+        if value is None or isinstance(value, bool):
+            fixed[p.name] = value
     return fixed
 
 

@@ -1820,6 +1820,12 @@ def test_keyword_only_flags_and_optionals_are_traced_as_their_defaults():
     assert set(prunable(pm)) == {"a.0", "b.0"}
     with torch.no_grad():
         assert torch.equal(pm(X, return_features=False), pm(X))
+    # given in example_inputs (by their place after the positional ones), a keyword-only
+    # tensor is an input (review130 F2: it was fixed to its default None, and refused)
+    skip = torch.randn(2, 16, 16, 16)
+    given = fxprune.prepare(model, (X, False, skip))
+    with torch.no_grad():
+        assert torch.equal(given(X, skip=skip), model(X, skip=skip))
 
     class RequiredKeyword(nn.Module):
         def __init__(self):
