@@ -27,9 +27,9 @@ def check_tolerance(name: str, value) -> None:
 
 
 def file_in_the_way(path) -> str | None:
-    """The first existing folder on ``path``'s way (``path`` itself for a folder to create,
-    its parent for a file) that is a file, not a folder; None when there is none (missing
-    folders are created on write)."""
+    """The nearest existing folder above ``path`` (a file to write) when that is a file, not
+    a folder; None when it is a folder (missing folders between are created on write).
+    ``path`` itself is not looked at: for a folder to create, pass a file path inside it."""
     import os
     from pathlib import Path
 

@@ -806,16 +806,15 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
                 f"entries are inf or NaN in one and not the other, for {path} at {precision}. "
                 "The export changed the model's behaviour; check for ops whose export is lossy "
                 "(an overflow at this precision, a division by zero)")
-        if np.count_nonzero(r) and not np.count_nonzero(g):  # (break129 F3: all zeros at fp16
-            # "matched" outputs near 1e-12, under atol; argmax agreed nowhere)
-            underflow = (f" (below {precision}'s smallest value {_TINY[precision]:.2g}: they "
-                         "underflow; deploy at fp32, or a model whose outputs are of a usable "
-                         "scale: a trained one)" if scale < _TINY[precision] else
-                         ". The export changed the model's behaviour")
-            raise DeployError(f"ONNX Runtime's output is all zeros where PyTorch's is not: "
-                              f"{which}max|output| {scale:.3g} for {path} at {precision}{underflow}")
-        if 0 < scale < atol and notes is not None:
-            notes.append(f"verify_onnx: {which}the model's outputs are at most {scale:.2g}, "
+        if 0 < scale < atol and notes is not None:  # (break129 F3: an fp16 file of all zeros
+            # "matched" outputs near 1e-12; a refusal would also stop a right fp32 file whose
+            # exact zeros PyTorch computes as rounding leftovers: review130 S2)
+            zeros = ""
+            if not np.count_nonzero(g):
+                underflow = (f": below {precision}'s smallest value, they underflow"
+                             if scale < _TINY[precision] else "")
+                zeros = f" (ONNX Runtime's are all zeros{underflow})"
+            notes.append(f"verify_onnx: {which}the model's outputs are at most {scale:.2g}{zeros}, "
                          f"below the check's atol {atol:g}, so it cannot tell a right file from "
                          "a wrong one there; check a model whose outputs are of a usable scale "
                          "(a trained one), or pass a smaller atol")
