@@ -116,3 +116,27 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class DeviceTensor(torch.Tensor):
+    """A stand-in for a CUDA tensor on a machine without one: ``numpy()`` refuses it as torch
+    refuses a CUDA tensor's, ``cpu()`` gives a plain tensor (a state loaded with
+    ``map_location`` a GPU, read back)."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to "
+                        "copy the tensor to host memory first.")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor).clone()
+
+
+def on_device(obj):
+    """``obj`` (a state: nested dicts, lists, tuples) with every tensor a :class:`DeviceTensor`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.as_subclass(DeviceTensor)
+    if isinstance(obj, dict):
+        return {k: on_device(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_device(v) for v in obj)
+    return obj

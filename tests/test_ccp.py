@@ -445,7 +445,8 @@ def test_no_round_runs_after_finalize_masks_removed_the_taps():
         pruner.finalize_masks()
     masks = pruner.index.masks(pm).clone()
     F.cross_entropy(pm(x), y).backward()
-    with pytest.warns(RuntimeWarning, match=r"round 1 at step 6 skipped: .*the taps were removed"):
+    with pytest.warns(RuntimeWarning, match=r"round 1 at step 6 skipped: its statistics taps were removed, so channels cannot be "
+                                            r"ranked; they were removed by finalize_masks\(\)"):
         assert pruner.step() is None
     assert torch.equal(pruner.index.masks(pm), masks)
 
@@ -1056,11 +1057,12 @@ def test_a_round_without_statistics_is_skipped_with_the_cause(case):
     pruner = CCP(pm, target=0.5, mode="adaptive", collect=collect, prune_at=prune_at, channel_step=4)
     opt = torch.optim.SGD(pm.parameters(), lr=0.05)
     way = ("call pruner.step\\(\\) after loss.backward\\(\\)" if case == "step_before_forward"
-           else "removed \\(by finalize_masks\\(\\), or by another pruner built on the model\\): "
-                "build a new CCP")
+           else "they were removed by finalize_masks\\(\\), or by another pruner built on the "
+                "model: build a new CCP")
+    said = ("no per-sample terms were collected" if case == "step_before_forward"
+            else "its statistics taps were removed")
     records = []
-    with pytest.warns(RuntimeWarning, match=rf"round 1 at step {prune_at} skipped: no per-sample "
-                                            rf"terms were collected.*{way}"):
+    with pytest.warns(RuntimeWarning, match=rf"round 1 at step {prune_at} skipped: {said}.*{way}"):
         for step in range(6):
             x, y = data(seed=step)
             if case == "step_before_forward":

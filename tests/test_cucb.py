@@ -808,3 +808,25 @@ def test_a_final_pick_far_under_its_target_in_ratio_mode_is_said(monkeypatch):
                                             r"target 0\.5 by more than 0\.05: .*mode='budget'"):
         record = pruner.select_final()
     assert record["actual"] < 0.45
+
+
+@pytest.mark.parametrize("method", ["ccp", "cucb"])
+def test_a_state_mapped_to_a_gpu_loads(method):
+    """review130 F3: fxprune train --resume on CUDA maps the pruner's state there, and CCP's
+    and CUCB's load_state_dict read two of its tensors with .numpy(), which a CUDA tensor
+    refuses (SMCP's read them through .cpu()). DeviceTensor stands in for a CUDA tensor."""
+    from fxprune.methods.ccp import CCP
+    from helpers import on_device
+
+    cls, kw = ((CCP, dict(target=0.5, mode="adaptive", collect=2, prune_at=3, channel_step=4))
+               if method == "ccp" else (CUCB, dict(target=0.5, warmup=1, explore=3, channel_step=4)))
+    pm = prepared()
+    pruner = cls(pm, **kw)
+    x, y = data()
+    for _ in range(4):
+        F.cross_entropy((getattr(pruner, "train_forward", None) or pm)(x), y).backward()
+        pruner.step()
+        pm.zero_grad()
+    resumed = cls(prepared(), **kw)
+    resumed.load_state_dict(on_device(pruner.state_dict()))
+    assert resumed.cost() == pruner.cost() and resumed.step_count == pruner.step_count

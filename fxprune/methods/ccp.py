@@ -621,8 +621,8 @@ class CCP(PruningMethod):
         if self.stats.samples == 0 or self.stats.taps.closed:
             self.skipped_rounds += 1
             if self.stats.taps.closed:
-                why = ("the taps were removed (by finalize_masks(), or by another pruner built on "
-                       "the model): build a new CCP on the model to prune again")
+                why = ("they were removed by finalize_masks(), or by another pruner built on "
+                       "the model: build a new CCP on the model to prune again")
             elif dropped:  # break51 #4: the loop was right; the loss scale was not settled
                 why = (f"all {dropped} collected step(s) overflowed under the loss scaler and were "
                        "dropped (as the scaler skips them): collect over more steps, or prune "
@@ -630,8 +630,9 @@ class CCP(PruningMethod):
             else:
                 why = ("call pruner.step() after loss.backward() and before optimizer.zero_grad(), "
                        "with grad enabled in train mode")
-            warn(f"{where} skipped: no per-sample terms were collected, so channels cannot be "
-                 f"ranked; {why}", RuntimeWarning)
+            what = ("its statistics taps were removed" if self.stats.taps.closed else
+                    "no per-sample terms were collected")  # (review130 F4: said of 4 samples)
+            warn(f"{where} skipped: {what}, so channels cannot be ranked; {why}", RuntimeWarning)
             return None
         frac = round_k / self.rounds
         before = self._kept_now()
@@ -811,7 +812,7 @@ class CCP(PruningMethod):
             self._keep_loaded_sums_on_rank_0(
                 fxdist.rank() if fxdist.is_distributed() else int(os.environ["RANK"] or 0))
         self.index.set_masks(self.prepared, state["masks"])
-        self.dead = state["dead"].numpy().astype(bool).copy()
+        self.dead = state["dead"].cpu().numpy().astype(bool).copy()  # (a GPU resume maps it there)
         self.history = list(state["history"])
         # (absent from states saved before they were kept: none counted)
         self.skipped_rounds = int(state.get("skipped_rounds", 0))

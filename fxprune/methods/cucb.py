@@ -525,7 +525,7 @@ class CUCB(PruningMethod):
         self._warn_changed_settings(state)
         self.step_count, self.final = int(state["step"]), bool(state["final"])
         self.stats.load_state_dict(state["stats"])
-        self.active = state["active"].numpy().astype(bool).copy()
+        self.active = state["active"].cpu().numpy().astype(bool).copy()  # (as ccp.dead)
         self.rng.bit_generator.state = state["rng"]
         self.history = list(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))  # (states before break41)

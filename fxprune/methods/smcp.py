@@ -346,13 +346,6 @@ class SMCP(PruningMethod):
         a loss-scaler overflow), there is no evidence to rank channels by: the update is skipped with a ``RuntimeWarning`` (counted in
         ``skipped_updates``) and None returned, rather than ranking all-zero scores.
         """
-        final = self._masks_finalized_at
-        if final is not None and self.step_count > final and not getattr(self, "_said_after_final", False):
-            self._said_after_final = True  # (break128 F3: 30 entries changed, unsaid)
-            warn(f"SMCP: masks re-solved at step {self.step_count}, after finalize_masks() at "
-                 f"step {final} left them: fxprune.finalize now removes these; call "
-                 "finalize_masks() after the last step (or stop stepping the pruner once it "
-                 "has run)", RuntimeWarning)
         # count: steps observed (host); finite_steps: those averaged (one sync, once an update)
         if self.importance.kind == "taylor" and (self.importance.count == 0
                                                  or self.importance.finite_steps == 0):
@@ -366,6 +359,14 @@ class SMCP(PruningMethod):
             warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
                  RuntimeWarning)
             return None
+        # (after the skip: an update skipped re-solves nothing, review130 F5)
+        final = self._masks_finalized_at
+        if final is not None and self.step_count > final and not getattr(self, "_said_after_final", False):
+            self._said_after_final = True  # (break128 F3: 30 entries changed, unsaid)
+            warn(f"SMCP: masks re-solved at step {self.step_count}, after finalize_masks() at "
+                 f"step {final} left them: fxprune.finalize now removes these; call "
+                 "finalize_masks() after the last step (or stop stepping the pruner once it "
+                 "has run)", RuntimeWarning)
         self._check_training()
         start = time.perf_counter()
         target = self.target_now()
