@@ -207,8 +207,9 @@ def _user_frame(exc: BaseException):
 
 def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     """The forward arguments traced as the values they have rather than as inputs: those that
-    are None or a bool in ``example_inputs`` and, past them, those whose default is (keyword-only
-    ones too). A flag
+    are None or a bool in ``example_inputs`` and, past them, those whose default is. Keyword-
+    only arguments count too, placed after the positional ones (as the graph's placeholders
+    are: ``example_inputs`` may give them). A flag
     (``return_features=False``) or an optional tensor left out (``skip=None``) decides a branch,
     which a traced input cannot (``if flag:`` fails; ``skip is None`` is always False). torch.fx
     puts an assertion in the graph, so a call with another value fails instead of running the

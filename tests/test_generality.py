@@ -1827,6 +1827,14 @@ def test_keyword_only_flags_and_optionals_are_traced_as_their_defaults():
     with torch.no_grad():
         assert torch.equal(given(X, skip=skip), model(X, skip=skip))
 
+    class Drawn(KeywordOnly):  # and the graph check runs the model with it by name (review131
+        def forward(self, x, *, return_features: bool = False, skip=None):  # F1: called
+            return super().forward(x + torch.randn(1, 3, 1, 1), skip=skip)  # positionally, it
+            # raised, and the check judged nothing)
+
+    with pytest.raises(fxprune.TraceError, match="computes another output than the model"):
+        fxprune.prepare(Drawn().eval(), (X, False, skip))
+
     class RequiredKeyword(nn.Module):
         def __init__(self):
             super().__init__()
