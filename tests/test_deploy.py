@@ -1056,10 +1056,15 @@ def test_a_model_random_in_eval_mode_is_not_called_a_lossy_export(tmp_path):
             return self.c(x + 0.1 * torch.randn_like(x))
 
     model = Noisy().eval()
-    export_onnx(model, SHAPE, tmp_path / "n.onnx", log=lambda s: None)
-    with pytest.raises(DeployError, match=r"own output differs between two calls on one input "
-                                          r"\(max abs diff .*: random ops in eval mode\)"):
+    export_onnx(model, SHAPE, tmp_path / "n.onnx", dynamic_batch=False, log=lambda s: None)
+    said = r"own output differs between two calls on one input \(max abs diff .*: random ops in eval mode\)"
+    with pytest.raises(DeployError, match=said):
         verify_onnx(str(tmp_path / "n.onnx"), model, SHAPE)
+    lines = []  # and export's batch probes say it too (review131 F3: "a free batch is not kept
+    with pytest.raises(DeployError, match=said):  # ... a branch on the batch size")
+        export_onnx(model, SHAPE, tmp_path / "b.onnx", log=lines.append)
+    assert not any("free batch is not kept" in line for line in lines), lines
+    assert not (tmp_path / "b.onnx").exists()  # a file it could not check is not left
 
 
 class TinyOutputs(nn.Module):
@@ -1082,11 +1087,11 @@ def test_a_check_that_cannot_judge_outputs_below_its_atol_says_so(tmp_path):
     # leftovers would be refused too (review130 S2)
     with pytest.warns(RuntimeWarning, match=r"outputs are at most .* \(ONNX Runtime's are all "
                                             r"zeros: below fp16's smallest value, they underflow\), "
-                                            r"below the check's atol 0.0001"):
+                                            r"within the check's tolerance 0.0001 of zero"):
         verify_onnx(str(tmp_path / "h.onnx"), model, SHAPE, precision="fp16")
     export_onnx(model, SHAPE, tmp_path / "f.onnx", log=lambda s: None)
-    with pytest.warns(RuntimeWarning, match=r"outputs are at most .*, below the check's atol "
-                                            r"1e-06, so it cannot tell") as caught:
+    with pytest.warns(RuntimeWarning, match=r"outputs are at most .*, within the check's "
+                                            r"tolerance 1e-06 of zero, so it cannot tell") as caught:
         assert verify_onnx(str(tmp_path / "f.onnx"), model, SHAPE) < 1e-6
     assert len(caught) == 1  # once per file, not per checked input
 
@@ -1146,8 +1151,9 @@ def test_more_timing_threads_than_cores_are_warned_of(tmp_path, monkeypatch):
     load check allows the timing its own threads)."""
     monkeypatch.setattr(pipeline.ortb, "time_onnx_models",
                         lambda paths, shape, **kw: {n: [1.0] * 3 for n in paths})
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    with pytest.warns(RuntimeWarning, match=r"timing with 5 threads on 2 cores: .*pass --threads 2"):
+    monkeypatch.setattr(pipeline, "cpu_load", lambda: (0.0, 2))  # (usable cores: review131 F4)
+    with pytest.warns(RuntimeWarning, match=r"timing with 5 threads on 2 usable cores: .*pass "
+                                            r"threads=2 \(--threads 2\)"):
         deploy(small_net(8), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime", threads=5,
                iters=3, warmup=1, progress=False, log=lambda s: None)
 
