@@ -285,12 +285,12 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
     where = tb.resolve_device(device) if backend == "torch" else None  # the torch backend's device
     on_cpu = backend == "onnxruntime" or (where is not None and where.type == "cpu")
     loads = [cpu_load()] if on_cpu else []
-    cores = os.cpu_count() or 1
+    cores = loads[0][1] if loads else 0  # the cores this process may use (review131 F4)
     if on_cpu and threads > cores:  # (break129 F14: p90 13x the median, unsaid; the load
         # check cannot flag it, as it allows the timing its own threads)
-        warnings.warn(f"deploy: timing with {threads} threads on {cores} cores: the threads "
-                      f"take turns, so the latencies measure that; pass --threads {cores} or "
-                      "fewer", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"deploy: timing with {threads} threads on {cores} usable cores: the "
+                      f"threads take turns, so the latencies measure that; pass threads={cores} "
+                      f"(--threads {cores}) or fewer", RuntimeWarning, stacklevel=3)
     if backend == "onnxruntime":
         log(f"timing on ONNX Runtime ({threads} threads, {warmup} warm-up + {iters} runs"
             f"{', interleaved' if len(models) > 1 else ''})")
