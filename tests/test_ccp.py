@@ -446,7 +446,7 @@ def test_no_round_runs_after_finalize_masks_removed_the_taps():
     masks = pruner.index.masks(pm).clone()
     F.cross_entropy(pm(x), y).backward()
     with pytest.warns(RuntimeWarning, match=r"round 1 at step 6 skipped: its statistics taps were removed, so channels cannot be "
-                                            r"ranked; they were removed by finalize_masks\(\)"):
+                                            r"ranked; finalize_masks\(\) ended them"):
         assert pruner.step() is None
     assert torch.equal(pruner.index.masks(pm), masks)
 
@@ -1057,8 +1057,8 @@ def test_a_round_without_statistics_is_skipped_with_the_cause(case):
     pruner = CCP(pm, target=0.5, mode="adaptive", collect=collect, prune_at=prune_at, channel_step=4)
     opt = torch.optim.SGD(pm.parameters(), lr=0.05)
     way = ("call pruner.step\\(\\) after loss.backward\\(\\)" if case == "step_before_forward"
-           else "they were removed by finalize_masks\\(\\), or by another pruner built on the "
-                "model: build a new CCP")
+           else "finalize_masks\\(\\) ended them \\(or another pruner built on the model "
+                "did\\): build a new CCP")
     said = ("no per-sample terms were collected" if case == "step_before_forward"
             else "its statistics taps were removed")
     records = []

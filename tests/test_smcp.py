@@ -72,6 +72,20 @@ def test_a_mask_update_after_finalize_masks_is_said_once():
                                             r"finalize_masks\(\) at step 5 left them") as caught:
         train(pm, pruner, 4, seed=1, optimizer=optimizer)
     assert sum("after finalize_masks()" in str(w.message) for w in caught) == 1  # once
+    # an update skipped (no gradient since the last) re-solves nothing, and says only that
+    # (review130 F5, review131 F5)
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2, channel_step=4)
+    train(pm, pruner, 6)  # updates at 4 and 6
+    with pytest.warns(RuntimeWarning, match="above the target"):
+        pruner.finalize_masks()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.step()
+        pruner.step()  # step 8, an update, with no backward since step 6
+    said = [str(w.message) for w in caught]
+    assert any("skipped: no gradients were seen" in m for m in said), said
+    assert not any("after finalize_masks()" in m for m in said), said
 
 
 @pytest.mark.parametrize("allocation,masks,cost", [("knapsack", "soft", "flops"), ("knapsack", "hard", "params"),

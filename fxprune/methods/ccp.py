@@ -621,8 +621,8 @@ class CCP(PruningMethod):
         if self.stats.samples == 0 or self.stats.taps.closed:
             self.skipped_rounds += 1
             if self.stats.taps.closed:
-                why = ("they were removed by finalize_masks(), or by another pruner built on "
-                       "the model: build a new CCP on the model to prune again")
+                why = ("finalize_masks() ended them (or another pruner built on the model "
+                       "did): build a new CCP on the model to prune again")
             elif dropped:  # break51 #4: the loop was right; the loss scale was not settled
                 why = (f"all {dropped} collected step(s) overflowed under the loss scaler and were "
                        "dropped (as the scaler skips them): collect over more steps, or prune "

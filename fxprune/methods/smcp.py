@@ -359,14 +359,6 @@ class SMCP(PruningMethod):
             warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
                  RuntimeWarning)
             return None
-        # (after the skip: an update skipped re-solves nothing, review130 F5)
-        final = self._masks_finalized_at
-        if final is not None and self.step_count > final and not getattr(self, "_said_after_final", False):
-            self._said_after_final = True  # (break128 F3: 30 entries changed, unsaid)
-            warn(f"SMCP: masks re-solved at step {self.step_count}, after finalize_masks() at "
-                 f"step {final} left them: fxprune.finalize now removes these; call "
-                 "finalize_masks() after the last step (or stop stepping the pruner once it "
-                 "has run)", RuntimeWarning)
         self._check_training()
         start = time.perf_counter()
         target = self.target_now()
@@ -411,6 +403,14 @@ class SMCP(PruningMethod):
             "bn_recalibrated": changed and self.bn_recalibrate > 0,
         }
         self.history.append(record)
+        # once re-solved (review130 F5, review131 F5: a skip, or a refusal, re-solves nothing)
+        final = self._masks_finalized_at
+        if final is not None and self.step_count > final and not getattr(self, "_said_after_final", False):
+            self._said_after_final = True  # (break128 F3: 30 entries changed, unsaid)
+            warn(f"SMCP: masks re-solved at step {self.step_count}, after finalize_masks() at "
+                 f"step {final} left them: fxprune.finalize now removes these; call "
+                 "finalize_masks() after the last step (or stop stepping the pruner once it "
+                 "has run)", RuntimeWarning)
         return record
 
     def _options(self, scores):
