@@ -645,17 +645,22 @@ class PruningMethod:
             error.floor = floor
             raise error
 
-    def _with_floor(self, i: int, options, values: np.ndarray, dead: np.ndarray | None = None):
+    def _with_floor(self, i: int, options, values: np.ndarray | None = None,
+                    dead: np.ndarray | None = None, *, value: Callable | None = None):
         """Group ``i``'s ``options`` plus its part of :attr:`floor_kept` (valued by ``values``,
-        the group's channel values), unless that keeps a ``dead`` channel: top-k options alone
+        the group's channel values, summed; or by ``value``, a function of the floor's kept
+        mask: CCP's quadratic form), unless that keeps a ``dead`` channel: top-k options alone
         can cost more than the floor where a group's channels cost unequally (a concat's pieces
-        in one group), and a target accepted by the constructor then failed mid-run (break36 #1)."""
+        in one group), and a target accepted by the constructor then failed mid-run (break36 #1;
+        CCP's QP subsets too, review127 F2)."""
         if self.floor_kept is None:
             return options
         floor = self.floor_kept[self.index.group_slice(i)]
         if dead is not None and (floor & dead).any():
             return options
-        return options.with_option(floor, float(np.asarray(values, dtype=np.float64)[floor].sum()))
+        worth = (value(floor) if value is not None
+                 else float(np.asarray(values, dtype=np.float64)[floor].sum()))
+        return options.with_option(floor, worth)
 
     def _kept_now(self) -> np.ndarray:
         return self.index.masks(self.prepared).numpy() != 0

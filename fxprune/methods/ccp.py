@@ -658,7 +658,8 @@ class CCP(PruningMethod):
             if self.mode == "adaptive":  # the constructor's floor, valued by the same form:
                 # the QP's subsets alone can cost more where a group's channels cost unequally,
                 # and a target it accepted failed mid-run (review127 F2, as break36 #1 in SMCP)
-                group = self._with_floor_subset(i, group, S, alive, full)
+                group = self._with_floor(i, group, dead=self.dead[self.index.group_slice(i)],
+                                         value=lambda floor: full - objective(S, floor[alive]))
             predicted_by.append(group.values.copy())
             options.append(group)
             problems.append((S, alive, constraints, full))
@@ -707,18 +708,6 @@ class CCP(PruningMethod):
                   "exhaustive_groups": int(sum(len(p[0]) <= self.exhaustive_max for p in problems))}
         self.history.append(record)
         return record
-
-    def _with_floor_subset(self, i: int, options: GroupOptions, S: np.ndarray, alive: np.ndarray,
-                           full: float) -> GroupOptions:
-        """Group ``i``'s ``options`` plus its part of :attr:`floor_kept`, worth ``full`` minus
-        its objective under keep-form ``S`` (over the ``alive`` channels); unchanged where the
-        floor keeps a channel an earlier round removed."""
-        if self.floor_kept is None:
-            return options
-        floor = self.floor_kept[self.index.group_slice(i)]
-        if self.dead[self.index.group_slice(i)][floor].any():
-            return options
-        return options.with_option(floor, full - objective(S, floor[alive]))
 
     def _allocate_filling(self, options, raw_values, target: float, before) -> Allocation:
         """The allocator's answer under ``target``, with the budget filled: where the predicted
