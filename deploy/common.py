@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 import platform
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from fxprune.errors import FxPruneError
@@ -30,9 +32,6 @@ def file_in_the_way(path) -> str | None:
     """The nearest existing folder above ``path`` (a file to write) when that is a file, not
     a folder; None when it is a folder (missing folders between are created on write).
     ``path`` itself is not looked at: for a folder to create, pass a file path inside it."""
-    import os
-    from pathlib import Path
-
     here = Path(os.path.abspath(os.fspath(path)))
     for parent in here.parents:
         if parent.exists():

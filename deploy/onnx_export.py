@@ -838,11 +838,12 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
         if not diff <= limit:
             with torch.no_grad():  # the model against itself first (break129 F12: noise drawn
                 # in eval mode was blamed on the export)
-                again = [t.float().numpy() for t in flat_outputs(reference(x))]
-            if not output_gap(again[i], r)[0] <= limit:
+                again = flat_outputs(reference(x))[i].float().numpy()
+            itself = output_gap(again, r)[0]
+            if not itself <= limit:
                 raise _DiffersFromItself(
                     f"the PyTorch model's own {which}output differs between two calls on one "
-                    f"input (max abs diff {output_gap(again[i], r)[0]:.3g}: random ops in eval "
+                    f"input (max abs diff {itself:.3g}: random ops in eval "
                     f"mode), so {path} cannot be checked against it; make its eval mode "
                     "deterministic (noise, dropout and sampling off in eval()) to deploy it")
             raise DeployError(
