@@ -511,13 +511,13 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                    if k not in RESUMABLE_CHANGES]
         # a cool-down in epochs counts from the run's end, so it moves as a fraction does
         # (review126 #5)
-        fractions = sorted(k for k in prune_cfg if k.endswith("_fraction") or k == "cooldown_epochs")
-        if (not changed and fractions and method != "none"
+        moving = sorted(k for k in prune_cfg if k.endswith("_fraction") or k == "cooldown_epochs")
+        if (not changed and moving and method != "none"
                 and ckpt["config"]["optim"]["epochs"] != cfg["optim"]["epochs"]):
             raise ConfigError(
                 f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
-                f"{cfg['optim']['epochs']}: prune.{fractions[0]} "
-                f"{'counts from the end' if fractions[0] == 'cooldown_epochs' else 'is a fraction'}"
+                f"{cfg['optim']['epochs']}: prune.{moving[0]} "
+                f"{'counts from the end' if moving[0] == 'cooldown_epochs' else 'is a fraction'}"
                 f" of the run, so the "
                 f"pruning schedule would move under a run already on it; keep optim.epochs, or "
                 f"start a new run with another --out")
@@ -537,7 +537,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             done = _on_main(lambda: _finished_results(out, int(ckpt["epoch"])))
             if done is not None:
                 # a schedule in fractions refuses more epochs on resume (break57 #5)
-                more = ("start a new run with more optim.epochs to train longer" if fractions
+                more = ("start a new run with more optim.epochs to train longer" if moving
                         and method != "none" else "raise optim.epochs to train on")
                 if main:
                     print(f"fxprune train: the run in {out} finished its {ckpt['epoch']} epochs; "
