@@ -79,28 +79,57 @@ def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = No
 
 
 class _UnionFind:
+    """Union-find over element ids, batched: :meth:`union` records pairs of id arrays, and
+    :meth:`roots` resolves them at once with numpy (a Python loop per element pair was most of
+    the analysis: ViT-H/14 has 10^6 elements). Each class's root is its oldest (smallest) id,
+    so units keep their first owner's order."""
+
     def __init__(self):
-        self.parent: list[int] = []
+        self.size = 0
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._roots: np.ndarray | None = None
 
     def add(self, n: int) -> int:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
+        start, self.size, self._roots = self.size, self.size + n, None
         return start
 
-    def find(self, a: int) -> int:
-        p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = p[a]
-        return a
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Elements ``a[i]`` and ``b[i]`` are one (int arrays of equal length, ids >= 0)."""
+        self._pairs.append((a, b))
+        self._roots = None
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if ra < rb:  # the older element stays root: units keep their first owner's order
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
+    def roots(self) -> np.ndarray:
+        """``(size,)`` int64: each element's root, the smallest id of its class."""
+        if self._roots is None:
+            self._roots = min_label_components(self.size, self._pairs)
+        return self._roots
+
+
+def min_label_components(n: int, pairs) -> np.ndarray:
+    """The connected components of the graph on ``0..n-1`` whose edges are the pairs
+    ``(a[i], b[i])`` of ``pairs`` (a list of equal-length int array pairs): ``(n,)`` int64, each
+    node's smallest connected node. Min-label propagation over the edges, each round followed
+    by pointer jumping (``label = label[label]``), until every edge joins equal labels."""
+    label = np.arange(n, dtype=np.int64)
+    if not pairs:
+        return label
+    a = np.concatenate([np.asarray(x, dtype=np.int64).ravel() for x, _ in pairs])
+    b = np.concatenate([np.asarray(y, dtype=np.int64).ravel() for _, y in pairs])
+    while True:
+        la, lb = label[a], label[b]
+        differ = la != lb
+        if not differ.any():
+            return label
+        low = np.minimum(la[differ], lb[differ])
+        # a label only falls, and always to a node of the same component: at the fixed point
+        # each component holds one label, which is then its smallest node
+        np.minimum.at(label, la[differ], low)
+        np.minimum.at(label, lb[differ], low)
+        while True:
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
 
 
 class ChannelAnalysis(NodeFacts):
@@ -219,8 +248,7 @@ class ChannelAnalysis(NodeFacts):
         a, b = a[both], b[both]
         if not a.size:
             return
-        for x, y in zip(a.tolist(), b.tolist()):
-            self.uf.union(x, y)
+        self.uf.union(a, b)
         sa, sb = self._space_of(a), self._space_of(b)
         why = self.why(what)
         for pa, pb in set(zip(sa.tolist(), sb.tolist())):
@@ -298,7 +326,8 @@ class ChannelAnalysis(NodeFacts):
 
     def same_channels(self, a, b) -> bool:
         """Do ``a`` and ``b`` hold the same set of channels (as unified so far)?"""
-        roots = lambda ids: {self.uf.find(i) if i >= 0 else -1 for i in np.asarray(ids).tolist()}  # noqa: E731
+        found = self.uf.roots()
+        roots = lambda ids: {found[i] if i >= 0 else -1 for i in np.asarray(ids).tolist()}  # noqa: E731
         return roots(a) == roots(b)
 
     def mask_site(self, tensor: str, dim: int, rule=None) -> None:
@@ -446,8 +475,8 @@ class ChannelAnalysis(NodeFacts):
                     ids = ids[ids >= 0]
                     if ids.size:
                         self.marks.append((ids, why))
-        n = len(self.uf.parent)
-        roots = np.fromiter((self.uf.find(i) for i in range(n)), dtype=np.int64, count=n)
+        n = self.uf.size
+        roots = self.uf.roots()
         _, element_unit = np.unique(roots, return_inverse=True)  # units numbered by oldest element
         n_units = int(element_unit.max()) + 1 if n else 0
         barrier_reason: dict[int, str] = {}
@@ -471,22 +500,14 @@ class ChannelAnalysis(NodeFacts):
         has_source = np.zeros(n_units, dtype=bool)
         for key in self.sources:
             has_source[unit_sets[key]] = True
-        links = nx.Graph()
-        links.add_nodes_from(range(n_units))
-        first_seen = np.full(n_units, -1, dtype=np.int64)
-        seen = 0
-        for sp in self.spaces:  # creation order: a group's units follow its first producer
-            us = element_unit[sp.ids]
-            for u in us.tolist():
-                if first_seen[u] < 0:
-                    first_seen[u] = seen
-                    seen += 1
+        first_seen = _first_seen([element_unit[sp.ids] for sp in self.spaces], n_units)
+        links = []  # (creation order: a group's units follow its first producer)
+        for sp in self.spaces:
             linked = unit_sets[sp.key]
             if sp.key not in self.sources:
                 linked = linked[~has_source[linked]]
-            links.add_edges_from(zip(linked[:-1].tolist(), linked[1:].tolist()))
-        components = sorted((sorted(c, key=first_seen.__getitem__) for c in nx.connected_components(links)),
-                            key=lambda c: first_seen[c[0]])
+            links.append((linked[:-1], linked[1:]))
+        components = _components_in_order(min_label_components(n_units, links), first_seen)
         unit_group = np.full(n_units, -1, dtype=np.int64)
         unit_pos = np.full(n_units, -1, dtype=np.int64)
         for gi, units in enumerate(components):
@@ -499,8 +520,8 @@ class ChannelAnalysis(NodeFacts):
             tensors = [self.space_by_key[k].tensor for k in keys]
             owners = [t.rpartition(".")[0] or t for t in tensors]
             producers = [o for o, k in zip(owners, keys) if k in self.sources]
-            reason = next((barrier_reason[u] for u in units if u in barrier_reason), "")
-            if not reason and not site_units.intersection(units):
+            reason = next((barrier_reason[u] for u in units.tolist() if u in barrier_reason), "")
+            if not reason and not site_units.intersection(units.tolist()):
                 reason = "no layer reads these channels through weights"
                 if producers:  # (break101 #1: separate q and k projections read as unread)
                     reason += (f": {producers[0]} writes them, but what reads them has no "
@@ -531,6 +552,32 @@ class ChannelAnalysis(NodeFacts):
                 groups[owner].keep_one_of.append((positions, why))
         return ChannelGraph(self.spaces, self.graph, element_unit, unit_group, unit_pos, groups,
                             list(self.mask_sites.values()), self.stat_sites, self.layers, unit_barrier)
+
+
+def _first_seen(seen: list[np.ndarray], n: int) -> np.ndarray:
+    """``(n,)`` int64: each of ``0..n-1``'s rank by first appearance in the arrays of ``seen``
+    taken in order (each value appears somewhere)."""
+    order = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    first = np.full(n, order.size, dtype=np.int64)
+    np.minimum.at(first, order, np.arange(order.size))
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(n)
+    return rank
+
+
+def _components_in_order(label: np.ndarray, first_seen: np.ndarray) -> list[np.ndarray]:
+    """The classes of equal ``label``, each an array of its members by ``first_seen`` (a rank
+    per member, all distinct), the classes in the order of their first member."""
+    if not label.size:
+        return []
+    by_seen = np.argsort(first_seen, kind="stable")
+    _, first, inverse, counts = np.unique(label[by_seen], return_index=True, return_inverse=True,
+                                          return_counts=True)
+    order = np.argsort(first, kind="stable")  # the classes by their first member
+    class_rank = np.empty(order.size, dtype=np.int64)
+    class_rank[order] = np.arange(order.size)
+    members = by_seen[np.argsort(class_rank[inverse], kind="stable")]
+    return np.split(members, np.cumsum(counts[order])[:-1])
 
 
 def _tied_tensors(gm: fx.GraphModule) -> dict[str, list[str]]:
