@@ -127,7 +127,7 @@ class Conv(_WeightLayer):
         if w is None:
             return None
         b = node_arg(node, 2, "bias", None)
-        k = tuple(ctx.shape(node.args[1])[2:])
+        k = tuple(ctx.shape(node_arg(node, 1, "weight"))[2:])
         n = len(k)
         v = lambda pos, name, d: ctx.value(node_arg(node, pos, name, d))  # noqa: E731
         if self.transposed:
@@ -151,7 +151,7 @@ class Conv(_WeightLayer):
                 ctx.untracked(ids, "spatial dim of a conv" if d > cdim
                               else "batch dim of a conv (channels folded into the batch)")
         if self.functional:  # a weight read from the graph has labels on its kernel dims too
-            for d, ids in ctx.labels(ctx.node.args[1]).items():
+            for d, ids in ctx.labels(node_arg(ctx.node, 1, "weight")).items():
                 if d >= 2:
                     ctx.untracked(ids, "conv kernel dim")
         x_in = labels.get(cdim)
@@ -217,7 +217,7 @@ class Conv(_WeightLayer):
         shape = ctx.shape(x)
         if shape is None:
             return
-        cdim = len(shape) - (len(ctx.shape(node.args[1])) - 2) - 1
+        cdim = len(shape) - (len(ctx.shape(node_arg(node, 1, "weight"))) - 2) - 1
         pos = 6
         # a literal only: a computed groups (b * c of a per-sample kernel) follows the live
         # shapes already, and its example value baked in broke other batches (break39 #2)
@@ -532,9 +532,15 @@ class FunctionalAffine(ChannelRule):
         cdim = 1 if len(shape) > 1 else 0
         for pos, name in self._ARGS:
             a = node_arg(node, pos, name, None)
-            ids = ctx.labels(a).get(0) if isinstance(a, fx.Node) else None
-            if ids is not None and isinstance(ctx.labels(a), dict):
+            if not isinstance(a, fx.Node):
+                continue
+            ids = ctx.labels(a).get(0) if isinstance(ctx.labels(a), dict) else None
+            if ids is not None:
                 ctx.connect(ids, labels.get(cdim), f"{name} of a functional norm")
+            elif cdim in labels:  # it would not shrink with them (review134 F5: finalize failed,
+                # "weight should contain 4 elements not 8"), as FunctionalGroupNorm says
+                ctx.untracked(labels[cdim], f"functional norm {name} whose channels fxprune "
+                                            "does not track")
         _untrack_statistics_dims(ctx, labels, cdim, getattr(node.target, "__name__", "a norm"))
         return dict(labels)
 
@@ -556,6 +562,13 @@ def _untrack_statistics_dims(ctx, labels, cdim: int, what: str) -> None:
     for d, ids in labels.items():
         if d != cdim:
             ctx.untracked(ids, f"dim {d} of {what}, which takes its statistics over it")
+
+
+def _untrack_group_statistics_dims(ctx, labels, what: str) -> None:
+    """A group norm's statistics run over each group's channels and every dim after dim 1
+    (review134 F1: a Linear's channels in dim 2 of a GroupNorm were left prunable, and the
+    pruned model's statistics differed): channels there are kept whole. Dim 0 is per sample."""
+    _untrack_statistics_dims(ctx, {d: ids for d, ids in labels.items() if d >= 2}, 1, what)
 
 
 class LayerNorm(ChannelRule):
@@ -699,6 +712,7 @@ class GroupNorm(ChannelRule):
                 ctx.connect(ctx.space(f"{name}.{t}", 0), labels.get(1), "group norm affine")
         if getattr(m, "weight", None) is None and getattr(m, "bias", None) is None:
             _tie_calls(ctx, [(0, m.num_channels, 1)], labels, "a group norm")
+        _untrack_group_statistics_dims(ctx, labels, type(m).__name__)
         return dict(labels)
 
     def why_unmasked(self, ctx) -> str | None:
@@ -755,6 +769,7 @@ class FunctionalGroupNorm(ChannelRule):
             for b in range(1, groups):
                 ctx.unify(blocks[0], blocks[b], "group norm keeps groups equal")
             ctx.stat_site((1,), (0,), self)
+        _untrack_group_statistics_dims(ctx, labels, "group_norm")
         return dict(labels)
 
     def mask_statistics(self, node, gm, masks, mask_dims):
