@@ -153,6 +153,13 @@ class Split(ChannelRule):
             node.args, node.kwargs = (x, sizes, d), {}
 
 
+def _size_keyword(node) -> str:
+    """The keyword a reshape takes its sizes by: ``size`` for ``Tensor.view``, ``shape`` for
+    ``reshape`` (review134 F4: ``x.view(size=...)`` was read as giving none, left unchecked and
+    unrewritten)."""
+    return "size" if node.target == "view" else "shape"
+
+
 class Reshape(ChannelRule):
     """view / reshape / flatten / unflatten / squeeze / unsqueeze, worked out from the shapes.
 
@@ -231,7 +238,7 @@ class Reshape(ChannelRule):
             start = norm_dim(int(ctx.value(node_arg(node, 1, "dim"))), len(ctx.shape(node.args[0])))
             check_size_args(ctx, list(node_arg(node, 2, "sizes")), out, start)
         elif self.sizes_from is not None:
-            check_size_args(ctx, varargs(node, self.sizes_from, "shape"), out)
+            check_size_args(ctx, varargs(node, self.sizes_from, _size_keyword(node)), out)
 
     def resize(self, module, node, ctx):
         if not self.unflatten or not ctx.labels(node):
@@ -256,12 +263,17 @@ class Reshape(ChannelRule):
             new = [pruned_size(ctx, labels, start + i, s) for i, s in enumerate(sizes)]
             set_node_arg(node, 2, "sizes", tuple(new))
             return
-        sizes = varargs(node, self.sizes_from, "shape")
+        keyword = _size_keyword(node)
+        sizes = varargs(node, self.sizes_from, keyword)
         if len(sizes) != len(out_shape):
             return
         new = [s if not isinstance(s, int) or s == -1 else pruned_size(ctx, labels, d, s)
                for d, s in enumerate(sizes)]
-        if new != sizes:
+        if new == sizes:
+            return
+        if len(node.args) <= self.sizes_from:  # given by keyword: x.view(size=(b, 8, -1))
+            node.kwargs = {**node.kwargs, keyword: tuple(new)}
+        else:
             node.args = (node.args[0], *new) if node.op == "call_method" else (node.args[0], tuple(new))
             node.kwargs = {k: v for k, v in node.kwargs.items() if k != "shape"}
 
@@ -405,8 +417,10 @@ class Permute(ChannelRule):
             return [norm_dim(int(d), ndim) for d in ctx.value(varargs(node, 1, "dims"))]
         perm = list(range(ndim))
         if name in ("transpose", "swapaxes", "swapdims"):
-            a = norm_dim(int(ctx.value(node_arg(node, 1, "dim0"))), ndim)
-            b = norm_dim(int(ctx.value(node_arg(node, 2, "dim1"))), ndim)
+            # (swapaxes names them axis0, axis1: review134 F6)
+            first, second = ("axis0", "axis1") if name == "swapaxes" else ("dim0", "dim1")
+            a = norm_dim(int(ctx.value(node_arg(node, 1, first))), ndim)
+            b = norm_dim(int(ctx.value(node_arg(node, 2, second))), ndim)
             perm[a], perm[b] = perm[b], perm[a]
         elif name == "t":
             perm = perm[::-1]
