@@ -98,9 +98,18 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     """Per-position mask of a layer input that mixes groups (concat) or repeats them (flatten).
 
     ``index`` points into ``[1, *group_masks]``: 0 marks a position no group owns (never masked).
+    Whether the result is all ones is known from the group masks (each remembered by its
+    version, :func:`_is_all_ones`) and kept with it: a norm reading a gathered mask (a concat,
+    then GroupNorm: a U-Net decoder) read it from the device at every forward (review134 F7).
     """
     ones = group_masks[0].new_ones(1)
-    return torch.cat([ones, *group_masks])[index]
+    gathered = torch.cat([ones, *group_masks])[index]
+    if not torch.compiler.is_compiling():  # (a compiled graph's masked form asks nothing)
+        try:
+            gathered._fxprune_gathered_all_ones = all(_is_all_ones(m) for m in group_masks)
+        except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
+            pass
+    return gathered
 
 
 @one_op
@@ -307,8 +316,11 @@ def _is_all_ones(mask: torch.Tensor) -> bool:
     forward). In-place writes (the pruner's ``copy_``, ``g.mask[...] = 0``) bump the tensor's
     version counter, so the answer is read again only when the mask really changes; writes
     through ``.data`` or a numpy view do not (write masks through the tensor itself). A mask
-    computed in the forward (``gather_mask``) is a new tensor each time and is read each time.
+    computed in the forward (:func:`gather_mask`) holds the answer its group masks give.
     """
+    gathered = getattr(mask, "_fxprune_gathered_all_ones", None)
+    if gathered is not None:
+        return gathered
     if mask.is_inference():  # made under torch.inference_mode (a gathered mask): no version
         with torch.no_grad():  # counter to remember by (break43 #3: it raised)
             return bool((mask == 1).all().item())
