@@ -38,7 +38,9 @@ MODELS = [
     ('cs3darknet_s', 64, 23, 25, 0.26),  # cspnet
     ('cspnext_tiny', 64, 22, 24, 0.26),  # cspnext
     ('davit_tiny', 64, 12, 30, 0.80),  # davit (attention is a row since session 30: 12/42 groups, 0.80 before)
-    ('deepseek_vit_412m', 224, 32, 66, 0.68),  # deepseek_vit (attention is a row since session 30: 32/98 groups, 0.68 before)
+    # the family's one model has 412M parameters (a minute of the suite): built 4 blocks deep
+    # and 256 wide (MODEL_KWARGS), the same code (32 blocks: 33/35 groups, FLOPs kept 0.50)
+    ('deepseek_vit_412m', 224, 5, 7, 0.52),  # deepseek_vit
     ('deit_tiny_patch16_224', 64, 25, 27, 0.26),  # deit (attention is a row since session 30: 13/39 groups, 0.35 before)
     ('densenet121', 64, 120, 122, 0.26),  # densenet
     ('dla34', 64, 25, 27, 0.26),  # dla
@@ -117,6 +119,9 @@ MODELS = [
     ('xcit_nano_12_p8_224', 64, 16, 36, 0.67),  # xcit (attention is a row since session 30: 16/53 groups, 0.67 before)
 ]
 
+#: constructor arguments that shrink a model whose family has no small one
+MODEL_KWARGS = {"deepseek_vit_412m": {"depth": 4, "embed_dim": 256, "num_heads": 4}}
+
 #: Families whose stock code torch.fx cannot trace (torch.fx.symbolic_trace fails on the model
 #: named; fxprune raises a TraceError naming the module and the source line for each).
 UNTRACEABLE = {  # model tried: where torch.fx stops (timm 1.0.31)
@@ -152,20 +157,21 @@ def test_every_family_is_swept_or_named_untraceable():
 @pytest.mark.parametrize("name, size, prunable, n_groups, flops_kept", MODELS, ids=[m[0] for m in MODELS])
 def test_timm_model_prunes_exactly(name, size, prunable, n_groups, flops_kept):
     torch.manual_seed(0)
+    kwargs = MODEL_KWARGS.get(name, {})
     try:  # transformers take the resolution at construction
-        model = timm.create_model(name, pretrained=False, img_size=size)
+        model = timm.create_model(name, pretrained=False, img_size=size, **kwargs)
     except TypeError:
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     x = torch.randn(1, 3, size, size)
     model = with_signal(model, x)
     pm = fxprune.prepare(model, (x,))
     groups = fxprune.channel_groups(pm)
     found = sum(g.prunable for g in groups)
     random_masks(pm, 0.5, seed=0)
-    moved = sensitivity(model, pm, (x,))
+    moved, masked_out = sensitivity(model, pm, (x,))
     assert moved > 1e-4, moved  # the masks change the output, so the check below can fail
     small = fxprune.finalize(pm, rtol=1e-3)
-    err = max_relative_error(run_eval(pm, (x,)), run_eval(small, (x,)))
+    err = max_relative_error(masked_out, run_eval(small, (x,)))
     kept = count_flops(small, (x,)) / count_flops(pm, (x,))
     print(f"{name}: {found}/{len(groups)} groups prunable, masks move the output by {moved:.2g}, "
           f"error {err:.1e}, FLOPs kept {kept:.2f}")
