@@ -129,9 +129,11 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         # FLOPs): no run writes into the user's tensors or the stored ones.
         stored = map_tensors(example_inputs, lambda t: t.detach().clone())
         eval_output = propagate_shapes(gm, inputs_for(gm, stored))
-        # a copy of its own (the user's hooks and buffers; not sharing the graph's tensors,
-        # which a forward updating its weights, a momentum teacher, wrote into: ci104)
-        check_traced(copy_model(model), gm, stored, eval_output=eval_output)
+        # a copy (the user's hooks) holding the graph's tensors, not new ones (review125 F3: a
+        # second copy of every weight at prepare's peak, on the GPU too); what a forward writes
+        # into them (ci104: a momentum teacher) is put back from the user's model
+        check_traced(copy_model(model, tensors_of=gm), gm, stored, eval_output=eval_output,
+                     reference=model)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
         count, holders = _untraced_parameters(model, gm)

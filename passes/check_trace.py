@@ -94,17 +94,53 @@ def _same_structure(a, b) -> bool:
     return len(ta) == len(tb) and all(x.shape == y.shape for x, y in zip(ta, tb))
 
 
+def _shared_tensors(model: nn.Module, gm: fx.GraphModule, reference: nn.Module | None) -> list:
+    """``(tensor, reference's)`` for each tensor ``model`` shares with ``gm``, paired by name
+    with ``reference``'s (the user's model, which holds the values they must keep)."""
+    if reference is None:
+        return []
+    graph_held = {id(t) for t in (*gm.parameters(), *gm.buffers())}
+    theirs = {**dict(reference.named_parameters(remove_duplicate=False)),
+              **dict(reference.named_buffers(remove_duplicate=False))}
+    pairs = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False),
+                    *model.named_buffers(remove_duplicate=False)]:
+        if id(t) in graph_held and name in theirs:
+            pairs[id(t)] = (t, theirs[name])
+    return list(pairs.values())
+
+
+def _put_back(pairs: list) -> bool:
+    """Give each shared tensor its reference's values again where a run changed them
+    (in place, through ``.data`` or by assigning ``.data``: a momentum teacher); whether any
+    had changed. NaNs in the same places are equal."""
+    changed = False
+    with torch.no_grad():
+        for t, ref in pairs:
+            alike = t.shape == ref.shape and t.dtype == ref.dtype and t.device == ref.device
+            if alike and (torch.equal(t, ref) or (t.is_floating_point() and bool(
+                    ((t == ref) | (t.isnan() & ref.isnan())).all()))):
+                continue
+            if alike:
+                t.copy_(ref)
+            else:  # its .data was assigned another shape or dtype
+                t.data = ref.detach().clone()
+            changed = True
+    return changed
+
+
 def _difference(model: nn.Module, gm: fx.GraphModule, inputs: tuple, rtol: float, *,
-                grad: bool, evaluate: bool, got=None) -> float | None:
+                grad: bool, evaluate: bool, got=None, shared: list = ()) -> float | None:
     """The graph's relative difference from the model; None where it cannot be judged: a run
     fails (a batch of one in train-mode BatchNorm), the model's forward changes its weights,
     the outputs' structure differs, or the model differs from itself between two runs
     (randomness the seed does not fix). ``got``: the graph's output of that run, computed
-    already (None: run it)."""
+    already (None: run it). ``shared``: the tensors the model shares with the graph, put back
+    after the model's run (:func:`_put_back`)."""
     versions = [p._version for p in model.parameters()]
     try:
         expected = _run(model, inputs, grad, evaluate)
-        if [p._version for p in model.parameters()] != versions:
+        if _put_back(shared) or [p._version for p in model.parameters()] != versions:
             return None  # its forward updates its weights (a momentum teacher), which the
             # graph does not (prepare warns of it): the two compute from other weights
         if got is None:
@@ -120,7 +156,7 @@ def _difference(model: nn.Module, gm: fx.GraphModule, inputs: tuple, rtol: float
 
 
 def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple, *,
-                 eval_output=None) -> None:
+                 eval_output=None, reference: nn.Module | None = None) -> None:
     """Raise :class:`~fxprune.errors.TraceError` when ``gm`` (traced from ``model``, no masks
     yet) computes another output than ``model`` on ``inputs`` (a tuple of forward arguments),
     both run from the same random state without grad, in their own train/eval modes or, where
@@ -133,7 +169,22 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple, *,
     ``eval_output``: the graph's output on ``inputs`` without grad and with every module in
     eval mode (what :func:`~fxprune.passes.shape_prop.propagate_shapes` returns). Where the
     model is in eval mode throughout and its output is within tolerance of that one, the graph
-    is not run again (one forward less per prepare); any other case runs as above."""
+    is not run again (one forward less per prepare); any other case runs as above.
+
+    ``reference``: the user's model, where ``model`` is a copy sharing ``gm``'s parameters and
+    buffers (``copy_model(model, tensors_of=gm)``: one copy of the weights less at prepare's
+    peak, review125 F3). A forward that writes into its weights (ci104: a momentum teacher)
+    then writes into the graph's: every shared tensor is given ``reference``'s values again
+    before the check, after each run of the model (such a run is not judged) and at the end."""
+    shared = _shared_tensors(model, gm, reference)
+    try:
+        _put_back(shared)  # (the graph's run in propagate_shapes may have written too)
+        _check(model, gm, inputs, eval_output, shared)
+    finally:
+        _put_back(shared)
+
+
+def _check(model: nn.Module, gm: fx.GraphModule, inputs: tuple, eval_output, shared: list) -> None:
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
     # the root's own hooks are not in the graph (prepare warns of them: register them on the
     # prepared model; review125 F1)
@@ -146,19 +197,20 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple, *,
         warnings.simplefilter("ignore")
         if eval_output is not None and not any(m.training for m in model.modules()):
             error = _difference(model, gm, inputs, rtol, grad=False, evaluate=False,
-                                got=eval_output)
+                                got=eval_output, shared=shared)
             if error is not None and error <= rtol:
                 return
         error, grad, evaluate = None, False, False
         for grad, evaluate in ((False, False), (False, True), (True, False), (True, True)):
-            error = _difference(model, gm, inputs, rtol, grad=grad, evaluate=evaluate)
+            error = _difference(model, gm, inputs, rtol, grad=grad, evaluate=evaluate, shared=shared)
             if error is not None:
                 break
         if error is None or error <= rtol:
             return
         if not grad:  # with grad, as it was traced (a branch on torch.is_grad_enabled() took
             # that side); a forward that runs without grad only is judged without
-            confirmed = _difference(model, gm, inputs, rtol, grad=True, evaluate=evaluate)
+            confirmed = _difference(model, gm, inputs, rtol, grad=True, evaluate=evaluate,
+                                    shared=shared)
             if confirmed is not None and confirmed <= rtol:
                 return
     constants = [n.target for n in gm.graph.nodes

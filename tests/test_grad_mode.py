@@ -427,3 +427,32 @@ def test_a_failed_prepare_leaves_the_callers_autocast_as_it_was():
     assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
     assert torch.autocast_increment_nesting() == 1
     torch.autocast_decrement_nesting()
+
+
+class InPlaceMomentumTeacher(MomentumTeacher):
+    """The momentum update written in place through ``.data``: no version counter sees it."""
+
+    @torch.no_grad()
+    def _momentum_update(self):
+        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            k.data.mul_(self.m).add_(q.data * (1.0 - self.m))
+
+
+@pytest.mark.parametrize("cls", [MomentumTeacher, InPlaceMomentumTeacher])
+def test_prepare_copies_the_weights_once_and_a_forward_writing_them_leaves_them_as_they_were(
+        cls, monkeypatch):
+    """review125 F3: prepare's graph check ran a second copy of every weight (at prepare's
+    peak, on the GPU too); it now shares the graph's, and what the model's forward writes into
+    them while the check runs it (ci104) is put back from the user's model."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = []
+    deepcopy = nn.Parameter.__deepcopy__
+    monkeypatch.setattr(nn.Parameter, "__deepcopy__", lambda p, memo: copied.append(1) or deepcopy(p, memo))
+    with pytest.warns(UserWarning, match="forward changes parameter"):
+        pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    assert len(copied) == len(list(model.parameters()))
+    for name, value in state.items():
+        assert torch.equal(pm.state_dict()[name], value), name
+        assert torch.equal(model.state_dict()[name], value), name
