@@ -98,17 +98,17 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     """Per-position mask of a layer input that mixes groups (concat) or repeats them (flatten).
 
     ``index`` points into ``[1, *group_masks]``: 0 marks a position no group owns (never masked).
-    Whether the result is all ones is known from the group masks (each remembered by its
-    version, :func:`_is_all_ones`) and kept with it: a norm reading a gathered mask (a concat,
-    then GroupNorm: a U-Net decoder) read it from the device at every forward (review134 F7).
+    The group masks are kept with the result: whether it is all ones, which a masked norm
+    asks (a concat, then GroupNorm: a U-Net decoder), is their answer, each remembered by its
+    version (:func:`_is_all_ones`); it was read from the device at every forward (review134
+    F7), and is not read where nothing asks (a conv's input: review135 F1).
     """
     ones = group_masks[0].new_ones(1)
     gathered = torch.cat([ones, *group_masks])[index]
-    if not torch.compiler.is_compiling():  # (a compiled graph's masked form asks nothing)
-        try:
-            gathered._fxprune_gathered_all_ones = all(_is_all_ones(m) for m in group_masks)
-        except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
-            pass
+    try:
+        gathered._fxprune_gathered_from = group_masks
+    except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
+        pass
     return gathered
 
 
@@ -316,11 +316,11 @@ def _is_all_ones(mask: torch.Tensor) -> bool:
     forward). In-place writes (the pruner's ``copy_``, ``g.mask[...] = 0``) bump the tensor's
     version counter, so the answer is read again only when the mask really changes; writes
     through ``.data`` or a numpy view do not (write masks through the tensor itself). A mask
-    computed in the forward (:func:`gather_mask`) holds the answer its group masks give.
+    computed in the forward (:func:`gather_mask`) answers with the group masks it gathers.
     """
-    gathered = getattr(mask, "_fxprune_gathered_all_ones", None)
-    if gathered is not None:
-        return gathered
+    gathered_from = getattr(mask, "_fxprune_gathered_from", None)
+    if gathered_from is not None:
+        return all(_is_all_ones(m) for m in gathered_from)
     if mask.is_inference():  # made under torch.inference_mode (a gathered mask): no version
         with torch.no_grad():  # counter to remember by (break43 #3: it raised)
             return bool((mask == 1).all().item())

@@ -3309,23 +3309,29 @@ def test_literal_view_size_by_keyword_is_rewritten():
 
 class _GroupNormOverFeatures(nn.Module):
     """A group norm over (N, T, F) with a Linear's channels in F (dim 2): its statistics run
-    over them."""
+    over them. ``form``: the module, ``F.group_norm`` with a literal group count, or with one
+    computed from the shape."""
 
-    def __init__(self, functional: bool):
+    def __init__(self, form: str):
         super().__init__()
-        self.functional = functional
+        self.form = form
         self.l1, self.gn, self.l2 = nn.Linear(6, 16), nn.GroupNorm(2, 4), nn.Linear(16, 3)
 
     def forward(self, x):
         y = self.l1(x)
-        y = F.group_norm(y, 2, self.gn.weight, self.gn.bias) if self.functional else self.gn(y)
+        if self.form == "module":
+            y = self.gn(y)
+        else:
+            groups = y.size(1) // 2 if self.form == "computed" else 2
+            y = F.group_norm(y, groups, self.gn.weight, self.gn.bias)
         return self.l2(y)
 
 
-@pytest.mark.parametrize("functional", [False, True])
-def test_group_norm_keeps_channels_it_takes_statistics_over_whole(functional):
-    # review134 F1: group l1 was prunable and finalize failed ("differs ... by 0.164")
-    pm = fxprune.prepare(_GroupNormOverFeatures(functional).eval(), (torch.randn(2, 4, 6),))
+@pytest.mark.parametrize("form", ["module", "functional", "computed"])
+def test_group_norm_keeps_channels_it_takes_statistics_over_whole(form):
+    # review134 F1: group l1 was prunable and finalize failed ("differs ... by 0.164");
+    # review135 F3: with a computed group count too ("by 0.299")
+    pm = fxprune.prepare(_GroupNormOverFeatures(form).eval(), (torch.randn(2, 4, 6),))
     l1 = next(g for g in fxprune.channel_groups(pm) if g.producers == ["l1"])
     assert not l1.prunable and "takes its statistics over it" in l1.reason, l1.reason
 
@@ -3378,3 +3384,52 @@ def test_a_norm_over_a_concat_reads_no_mask_from_the_device_per_forward(monkeypa
     with torch.no_grad():
         pm(x)
     assert len(reads) == len(groups)
+
+
+def test_a_gathered_mask_only_a_conv_reads_is_not_read_from_the_device_after_a_mask_write(monkeypatch):
+    # review135 F1: the gathered mask's all-ones answer was read at every forward after a
+    # mask write (CUCB writes every step), whatever read it: 62 .item() per DenseNet forward
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+            self.c = nn.Conv2d(14, 3, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+    x = torch.randn(2, 4, 8, 8)
+    pm = fxprune.prepare(Cat(), (x,))
+    assert any(n.target is fxprune.masks.gather_mask for n in pm.graph.nodes)
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    with torch.no_grad():
+        for _ in range(3):
+            for g in fxprune.channel_groups(pm):
+                if g.prunable:
+                    g.mask.copy_(g.mask)
+            pm(x)
+    assert reads == []
+
+
+def test_a_keyword_for_a_positional_only_first_parameter_stays_a_keyword():
+    # review135 F4: moved into args, it changed what the module received (TraceError)
+    class Scale(nn.Module):
+        def forward(self, x=None, /, **kw):
+            return kw["x"] * 2 if x is None else x * 3
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.s, self.c = nn.Conv2d(3, 8, 3), Scale(), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(self.s(x=self.a(x)))
+
+    x = torch.randn(2, 3, 8, 8)
+    model = M().eval()
+    pm = fxprune.prepare(model, (x,), leaf_modules=(Scale,))
+    call = next(n for n in pm.graph.nodes if n.target == "s")
+    assert call.args == () and "x" in call.kwargs
+    assert torch.equal(run_eval(pm, (x,)), run_eval(model, (x,)))
