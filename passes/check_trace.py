@@ -118,7 +118,7 @@ def _put_back(pairs: list) -> bool:
     with torch.no_grad():
         for t, ref in pairs:
             alike = t.shape == ref.shape and t.dtype == ref.dtype and t.device == ref.device
-            if alike and (torch.equal(t, ref) or (t.is_floating_point() and bool(
+            if alike and (torch.equal(t, ref) or ((t.is_floating_point() or t.is_complex()) and bool(
                     ((t == ref) | (t.isnan() & ref.isnan())).all()))):
                 continue
             if alike:

@@ -31,13 +31,13 @@ def _input_is_positional(target) -> bool:
 
 def _module_input_name(module) -> str | None:
     """The name of the first parameter of ``module.forward`` where it may be passed by
-    position (``input`` for torch's layers), else None."""
+    position or by keyword (``input`` for torch's layers), else None: a keyword of the name of
+    a positional-only one goes to ``**kwargs`` (review135 F4)."""
     try:
         first = next(iter(inspect.signature(module.forward).parameters.values()), None)
     except (TypeError, ValueError):
         return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return first.name if first is not None and first.kind in positional else None
+    return first.name if first is not None and first.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else None
 
 
 def normalize_input_keyword(gm: fx.GraphModule) -> int:

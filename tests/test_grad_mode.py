@@ -456,3 +456,30 @@ def test_prepare_copies_the_weights_once_and_a_forward_writing_them_leaves_them_
     for name, value in state.items():
         assert torch.equal(pm.state_dict()[name], value), name
         assert torch.equal(model.state_dict()[name], value), name
+
+
+class WritesABufferItReads(nn.Module):
+    """break122 F0's graph that computes another function (a buffer written in place, then read
+    back), with a buffer holding NaN that the check's put-back compares (review135 F5: a complex
+    NaN counted as a change at every run, and the check judged nothing)."""
+
+    def __init__(self, extra: torch.Tensor):
+        super().__init__()
+        self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("buf", torch.zeros(2, 8, 8, 8))
+        self.register_buffer("extra", extra)
+
+    def forward(self, x):
+        y = self.a(x)
+        self.buf.copy_(y)
+        out = self.c(self.buf.relu())
+        scale = torch.nan_to_num(out.mean((1, 2, 3)).to(self.extra.dtype) * 0 + self.extra).abs().float()
+        return out * scale.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("extra", [torch.tensor([float("nan"), 1.0]), torch.tensor([complex(float("nan"), 0.0), 1j])],
+                         ids=["float", "complex"])
+def test_the_graph_check_still_judges_a_model_holding_nan(extra):
+    torch.manual_seed(0)
+    with pytest.raises(fxprune.TraceError, match="computes another output"):
+        fxprune.prepare(WritesABufferItReads(extra).eval(), (torch.randn(2, 3, 8, 8),))

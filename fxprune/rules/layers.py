@@ -753,6 +753,7 @@ class FunctionalGroupNorm(ChannelRule):
         if isinstance(groups, fx.Node):
             if 1 in labels:  # a count computed in the graph: one literal is what surgery rewrites
                 ctx.untracked(labels[1], "group norm with a computed group count")
+            _untrack_group_statistics_dims(ctx, labels, "group_norm")  # (review135 F3)
             return dict(labels)
         channels = ctx.shape(x)[1]
         for pos, name in ((2, "weight"), (3, "bias")):
