@@ -60,6 +60,13 @@ def sensitivity(model: nn.Module, pm, inputs: tuple):
     return max_relative_error(run_eval(model, inputs), masked), masked
 
 
+def stamps(module: nn.Module) -> list:
+    """Each tensor of ``module``'s state: where it is and its version counter (an in-place write
+    changes one), to see that a call left the module as it was, with no copy of the weights."""
+    return [(name, t.data_ptr(), t._version) for name, t in module.state_dict(keep_vars=True).items()
+            if isinstance(t, torch.Tensor) and not name.endswith("_extra_state")]  # (made per call)
+
+
 def assert_plain(module: nn.Module) -> None:
     """No fxprune class or function left in a finalized model."""
     for name, m in module.named_modules():

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
-from helpers import assert_plain, random_masks, sensitivity, with_signal
+from helpers import assert_plain, random_masks, sensitivity, stamps, with_signal
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[dev]'")
 
@@ -170,7 +170,9 @@ def test_timm_model_prunes_exactly(name, size, prunable, n_groups, flops_kept):
     random_masks(pm, 0.5, seed=0)
     moved, masked_out = sensitivity(model, pm, (x,))
     assert moved > 1e-4, moved  # the masks change the output, so the check below can fail
+    before = stamps(pm)  # (the masked output above is compared after finalize: it left pm alone)
     small = fxprune.finalize(pm, rtol=1e-3)
+    assert stamps(pm) == before
     err = max_relative_error(masked_out, run_eval(small, (x,)))
     kept = count_flops(small, (x,)) / count_flops(pm, (x,))
     print(f"{name}: {found}/{len(groups)} groups prunable, masks move the output by {moved:.2g}, "
