@@ -519,10 +519,13 @@ def test_update_with_no_gradients_is_skipped_with_a_warning_not_ranked_on_zeros(
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     for _ in range(3):  # the wrong order: step() before backward(), gradients cleared
         opt.zero_grad(set_to_none=True)
-        with pytest.warns(RuntimeWarning, match="skipped: no gradients were seen"):
+        with pytest.warns(RuntimeWarning, match="skipped: no gradients were seen") as caught:
             assert pruner.step() is None
         F.cross_entropy(pm(x), y).backward()
+        opt.step()
         opt.zero_grad(set_to_none=True)
+    # the prepared model trains: not told it is another model (break133 F3's clause)
+    assert not any("prepare() returned" in str(w.message) for w in caught)
     assert pruner.skipped_updates == 3 and pruner.history == []
     assert all(bool((g.mask == 1).all()) for g in fxprune.channel_groups(pm) if g.prunable)
     # the right order prunes
@@ -531,6 +534,33 @@ def test_update_with_no_gradients_is_skipped_with_a_warning_not_ranked_on_zeros(
         warnings.simplefilter("error")
         record = pruner.step()
     assert record is not None and pruner.cost() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("method", ["smcp", "ccp", "cucb"])
+def test_a_loop_training_the_model_given_to_prepare_is_told_so(method):
+    """break133 F3: DDP(model) then prepare(ddp.module): the loop trained the original, no
+    gradient ever reached the prepared copy, and each method said only "call pruner.step()
+    after loss.backward()", which the loop did. The same loop on one process: model, not pm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    build = {"smcp": lambda: fxprune.SMCP(pm, target=0.5, warmup=2, ramp=4, update_every=2, channel_step=4),
+             "ccp": lambda: fxprune.CCP(pm, target=0.5, collect=2, prune_at=3, channel_step=4),
+             "cucb": lambda: fxprune.CUCB(pm, target=0.5, mode="budget", warmup=2, explore=4,
+                                          channel_step=4, execution="masked")}[method]
+    pruner = build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)  # the user's model, as DDP(model) trains it
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            F.cross_entropy(model(x), y).backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+    said = [str(w.message) for w in caught if "does the loop train the model prepare() returned" in str(w.message)]
+    assert said, [str(w.message) for w in caught]
 
 
 @pytest.mark.parametrize("accumulate", ["mean", "momentum"])

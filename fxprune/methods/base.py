@@ -450,6 +450,20 @@ class PruningMethod:
                  "skipped every step for overflowed gradients, ignore this)",
                  RuntimeWarning)
 
+    def _no_gradient_cause(self) -> str:
+        """Where a method saw no gradient and no parameter of the prepared model holds one, the
+        likely cause, as a clause to add ("" otherwise): the training ran on another module
+        (break133 F3: ``DDP(model)`` then ``prepare(ddp.module)``; prepare works on a copy, so
+        the loop trained the original and the advice "call step() after backward" misled)."""
+        if any(p.grad is not None for p in self.prepared.parameters()):
+            return ""
+        if self._versions is None or any(c.param._version != v for c, v in zip(self.consumers, self._versions)):
+            return ""  # its weights train: the gradients were cleared before step()
+        return ("; no parameter of the prepared model has a gradient: does the loop train the "
+                "model prepare() returned? prepare() works on a copy, so a forward through the "
+                "model given to it (or a DDP wrapping that one) trains the original; train and "
+                "wrap the prepared model (DDP(prepared))")
+
     def _check_step_call(self) -> None:
         """At each ``step()``: this pruner is the model's latest (:meth:`_check_superseded`),
         and a backward ran since the last step (:meth:`_check_backward_since_last_step`)."""

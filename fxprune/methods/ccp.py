@@ -629,7 +629,7 @@ class CCP(PruningMethod):
                        "later (prune_at), once the scale has settled")
             else:
                 why = ("call pruner.step() after loss.backward() and before optimizer.zero_grad(), "
-                       "with grad enabled in train mode")
+                       "with grad enabled in train mode" + self._no_gradient_cause())
             what = ("its statistics taps were removed" if self.stats.taps.closed else
                     "no per-sample terms were collected")  # (review130 F4: said of 4 samples)
             warn(f"{where} skipped: {what}, so channels cannot be ranked; {why}", RuntimeWarning)

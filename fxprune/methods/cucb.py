@@ -461,7 +461,7 @@ class CUCB(PruningMethod):
                 f"CUCB: final selection at step {self.step_count} with no reward observed (no "
                 "gradients reached the channels, or every step overflowed): the kept channels are "
                 "random. Call pruner.step() after loss.backward() and before "
-                "optimizer.zero_grad()", RuntimeWarning)
+                f"optimizer.zero_grad(){self._no_gradient_cause()}", RuntimeWarning)
         elif self._nonfinite_run >= NONFINITE_STEPS_WARN:
             self._warn_nonfinite()  # said again where it decides the pick
         kept = self._keep(self.stats.mu.numpy().copy(), final=True)

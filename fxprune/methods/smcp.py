@@ -356,6 +356,8 @@ class SMCP(PruningMethod):
                    f"every one of the {self.importance.count} steps since the last update had "
                    "inf/nan gradients (loss-scaler overflows, or a diverged run), so channels "
                    "cannot be ranked; the masks stay as they are")
+            if self.importance.count == 0:
+                why += self._no_gradient_cause()
             warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
                  RuntimeWarning)
             return None
