@@ -295,6 +295,32 @@ def test_a_checkpoint_saved_after_fit_resumes_training_not_the_final_pick(tmp_pa
     assert [r["step"] for r in first.pruner.history if r.get("final")] == [6]
 
 
+def test_smcp_fitted_again_trains_on_without_a_finalize_masks_warning(tmp_path):
+    """break133 F2: the second fit's first update warned "masks re-solved ... after
+    finalize_masks() ... call finalize_masks()", a call the callback makes, not the user."""
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    module = Classifier()
+    trainer(tmp_path / "a", 2, [prune]).fit(module, loader())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path / "b", 3, [prune]).fit(module, loader())
+    said = [str(w.message) for w in caught if "finalize_masks" in str(w.message)]
+    assert not said, said
+    assert prune.pruner.step_count == 20 and prune.pruner.history[-1]["step"] > 8
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_fast_dev_run_checks_no_target_and_saves_nothing(tmp_path, allow):
+    """break133 F5: Lightning's smoke test raised TargetNotReachedError ("train longer", which
+    the mode overrides), and with allow_above_target saved a dense model to save_path."""
+    prune = PruningCallback("smcp", save_path=tmp_path / "pruned.pt", allow_above_target=allow, **SMCP_ARGS)
+    run = pl.Trainer(fast_dev_run=True, callbacks=[prune], logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="fast_dev_run ran 1 step.* saves nothing"):
+        run.fit(Classifier(), loader())
+    assert not (tmp_path / "pruned.pt").exists() and prune.finalized is None
+
+
 def test_cucb_without_explore_picks_at_the_last_step_so_checkpoints_hold_the_pick(tmp_path):
     """break33 #1: the pick came in on_train_end, after the last checkpoint; trainer.test() or
     load_from_checkpoint then evaluated the last random active set (1.2 relative off)."""

@@ -222,6 +222,10 @@ class PruningCallback(pl.Callback):
             # fitted again in this session: on from where training left the method, not from
             # the end's final rule (CUCB's pick would end its exploration: break26 #3)
             self.pruner.load_state_dict(self._trained_state)
+            # that state is from before the final rule this callback applied at the last fit's
+            # end, which it applies again at this one's: updates in between are training, not
+            # a loop stepping past its own finalize_masks() (break133 F2: SMCP warned so)
+            self.pruner._masks_finalized_at = None
         self._trained_state = None
         if hasattr(self.pruner, "attach_optimizer"):
             # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizers that
@@ -351,6 +355,16 @@ class PruningCallback(pl.Callback):
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
                     "now saves one that is", RuntimeWarning, stacklevel=2))
+        if getattr(trainer, "fast_dev_run", False):
+            # Lightning's smoke test (a batch or a few): no schedule runs to its end, and
+            # Lightning saves nothing; the target's error ("train longer") could not be acted on
+            # and allow_above_target saved a dense model (break133 F5)
+            if trainer.is_global_zero:
+                warnings.warn(f"PruningCallback: fast_dev_run ran {self.pruner.step_count} "
+                              f"step(s) of {self.method}; as Lightning does in this mode, the "
+                              "callback checks no target, finalizes nothing and saves nothing",
+                              RuntimeWarning, stacklevel=2)
+            return
         target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
         above = isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
         if above and self.allow_above_target and trainer.is_global_zero:
