@@ -976,6 +976,15 @@ def _refuse_edited_own_recipe(recipe: Path, out: Path) -> None:
             f"or pass the run's recipe with --set KEY=VALUE for the keys that may change")
 
 
+def _lost_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.distributed's report of a peer process gone mid-collective."""
+    if isinstance(exc, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
+                                   "Broken pipe"))
+
+
 def run(args: argparse.Namespace) -> int:
     from .run_io import stop_on_sigterm
 
@@ -985,26 +994,39 @@ def run(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     cfg = None
     started_ns = time.time_ns()
+    rank = int(os.environ.get("RANK", "0") or 0)
     try:
-        cfg = load_config(args.config, overrides)
-        if args.resume:
-            _refuse_edited_own_recipe(Path(args.config), Path(cfg["out"]).expanduser())
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        with warnings.catch_warnings():
+            if rank != 0:  # under torchrun rank 0 alone prints, as the README says (break133
+                # F4: each warning came once per process, a per-step one 13 times each)
+                warnings.simplefilter("ignore")
+            cfg = load_config(args.config, overrides)
+            if args.resume:
+                _refuse_edited_own_recipe(Path(args.config), Path(cfg["out"]).expanduser())
+            train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TargetNotReachedError as exc:
         # trained, and every file written: a status of its own, not a config error's 2
         # (break85 F3: a job script could not tell a typo from a run that missed its target)
-        if int(os.environ.get("RANK", "0") or 0) == 0:
+        if rank == 0:
             print(f"fxprune train: error: {exc}", file=sys.stderr)
         return 3
     except (FxPruneError, ValueError, OSError) as exc:
         # fxprune's own errors, invalid data files, folders: the message alone, no traceback.
         # Under torchrun every process reads the same config: rank 0 alone reports a config
         # error; anything else is reported by the process it happened in, named.
-        rank = int(os.environ.get("RANK", "0") or 0)
         if rank == 0:
             print(f"fxprune train: error: {exc}", file=sys.stderr)
         elif not isinstance(exc, ConfigError) and not getattr(exc, "fxprune_from_rank0", False):
             print(f"fxprune train (rank {rank}): error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if rank == 0 or not _lost_a_peer(exc):
+            raise
+        # another process failed and left this one's collective (break133 F6: a 30-line gloo
+        # traceback under rank 0's one-line error)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"fxprune train (rank {rank}): stopped: another process of the job failed and "
+              f"left a collective ({first}); its error is printed by that process", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = Path(cfg["out"]).expanduser() if cfg else None
@@ -1026,7 +1048,7 @@ def run(args: argparse.Namespace) -> int:
                      "and continue with --resume")
         else:
             saved = "no epoch had finished"
-        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun every process gets it
+        if rank == 0:  # under torchrun every process gets it
             print(f"fxprune train: interrupted; {saved}", file=sys.stderr)
         return 130
     return 0

@@ -939,6 +939,39 @@ def test_rank_0s_error_is_not_printed_again_by_the_others(monkeypatch, capsys, t
     assert "no checkpoint at X" in capsys.readouterr().err
 
 
+def test_under_torchrun_rank_0_alone_warns_and_a_lost_peer_is_one_line(monkeypatch, capsys, tmp_path):
+    """break133 F4: every rank printed every warning (the README says rank 0 alone prints);
+    F6: a rank whose peer failed printed a 30-line gloo traceback under rank 0's error."""
+    import argparse
+
+    def warns(cfg, **_):
+        warnings.warn("a warning of the run", RuntimeWarning)
+
+    def loses_its_peer(cfg, **_):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection "
+                           "closed by peer [127.0.0.1]:29500\nmore lines")
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    args = argparse.Namespace(overrides=[], out=str(tmp_path / "o"), config=str(path),
+                              resume=False, overwrite=False)
+    monkeypatch.setattr(train_mod, "train", warns)
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert train_mod.run(args) == 0
+        assert any("a warning of the run" in str(w.message) for w in caught) == said, rank
+    monkeypatch.setattr(train_mod, "train", loses_its_peer)
+    monkeypatch.setenv("RANK", "1")
+    assert train_mod.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rank 1): stopped: another process of the job failed" in err, err
+    monkeypatch.setenv("RANK", "0")  # the process whose error it is: as it was
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        train_mod.run(args)
+
+
 def test_an_out_that_cannot_hold_the_run_is_named_before_any_work(recipe, tmp_path, capsys,
                                                                   monkeypatch):
     """break62 #12: --out "" trained into the recipe's folder; #14: a path under a file gave a

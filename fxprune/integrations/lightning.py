@@ -403,7 +403,9 @@ class PruningCallback(pl.Callback):
         explore = getattr(self.pruner, "explore", None)
         if explore is not None:
             return (f"before its explore step {explore}: early stopping, max_time, fewer "
-                    "optimizer steps than Lightning estimated, or an explore past the fit")
+                    "optimizer steps than Lightning estimated, or an explore past the fit, as a "
+                    "resume on another number of devices sets it (from the whole fit at the new "
+                    "rate: break133 F1); pass explore= to the callback to fix the step")
         if self.pruner.step_count <= getattr(self.pruner, "warmup", 0):
             return "in its warm-up: the fit was shorter than its warmup"
         # (review108 F3: a fit of unknown length has no explore step either)
