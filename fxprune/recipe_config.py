@@ -767,19 +767,25 @@ def _check_schedule_epochs(written: dict, optim: dict) -> None:
                           f"{epochs}), so nothing would be pruned; {way_out('prune_at')}")
 
 
-def check_schedule_steps(schedule, target: float, total_steps: int) -> None:
+def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: dict | None = None) -> None:
     """The same check in optimizer steps, once the run's length is known: the ramp (and
-    with it the last update, at its end) must fit before masks freeze and training ends."""
+    with it the last update, at its end) must fit before masks freeze and training ends.
+    ``set_steps``: the step counts the recipe set (``{"prune_at": 100000}`` for a one-shot
+    method), which the error names as the way out (break132 #1: "shorten prune.ramp" was said
+    to a method that refuses ramp)."""
     if schedule is None or target >= 1.0:
         return
     ramp_end = schedule.ramp_end
     last = total_steps if schedule.freeze_after is None else min(schedule.freeze_after,
                                                                   total_steps)
     if ramp_end > last:
+        keys = [k for k in ("prune_at", "warmup", "ramp") if k in (set_steps or {})] or ["warmup", "ramp"]
+        how = (f"prune_at {set_steps['prune_at']}" if keys == ["prune_at"] else
+               f"warmup {schedule.warmup} + ramp {schedule.ramp}")
         raise ConfigError(
-            f"the pruning schedule reaches its target at step {ramp_end} (warmup {schedule.warmup} "
-            f"+ ramp {schedule.ramp}) but masks stop changing at step {last} of {total_steps}; "
-            f"shorten prune.ramp/ramp_epochs or raise optim.epochs")
+            f"the pruning schedule reaches its target at step {ramp_end} ({how}) but masks stop "
+            f"changing at step {last} of {total_steps}; lower {' or '.join(f'prune.{k}' for k in keys)} "
+            "(or the _epochs/_fraction form set) or raise optim.epochs")
 
 
 def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:
@@ -830,7 +836,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         if mark is not None and "line" not in first:  # where, and what PyYAML found there
             first = (f"line {mark.line + 1}, column {mark.column + 1}: "
                      f"{getattr(exc, 'problem', None) or first}")
-        raise ConfigError(f"{path}: not a valid YAML recipe ({first})") from None
+        tabs = "'\\t'" in first  # (break132 #7: PyYAML's text gave no way out)
+        raise ConfigError(f"{path}: not a valid YAML recipe ({first})"
+                          + ("; indent with spaces, not tabs" if tabs else "")) from None
     if raw is None:
         raise ConfigError(f"{path} is empty; a recipe needs at least its sections (see "
                           "configs/fashion_mnist_quick.yaml), or pass {} to use every default")

@@ -611,15 +611,28 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
         prune_steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
-        if prune_steps and prune_steps[-1] > total_steps:
+        run = f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})"
+        late = [s for s in prune_steps if s > total_steps]
+        if late:
+            listed = (", ".join(map(str, late)) if len(late) <= 5 else
+                      f"{', '.join(map(str, late[:3]))}, ..., {late[-1]}")  # (break132 #3: all 50)
+            what = ("so it would end unpruned" if len(late) == len(prune_steps) else
+                    f"so {len(late)} of its {len(prune_steps)} rounds would not run")
             raise ConfigError(
-                f"{method} prunes at optimizer step{'s' if len(prune_steps) > 1 else ''} "
-                f"{', '.join(map(str, prune_steps))}, but the run has {total_steps} "
-                f"({optim_cfg['epochs']} epochs x {steps_per_epoch}), so it would end unpruned; "
-                "lower prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
+                f"{method} prunes at optimizer step{'s' if len(late) > 1 else ''} {listed}, but "
+                f"{run}, {what}; lower prune.collect / prune.prune_at (or rounds, round_every) or "
+                "raise optim.epochs")
+        explore = getattr(pruner, "explore", None)
+        if isinstance(explore, int) and explore > total_steps:
+            # (break132 #2: accepted, and the pick came at the last step, nothing fine-tuned)
+            raise ConfigError(
+                f"{method} makes its final selection at optimizer step {explore} (prune.explore), "
+                f"but {run}: it would pick at the last step, with nothing fine-tuned after; lower "
+                "prune.explore (or its _epochs/_fraction form) or raise optim.epochs")
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
-            check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps)
+            check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps,
+                                 getattr(pruner, "fxprune_schedule_steps", None))
         own_forward = getattr(pruner, "train_forward", None)
         if distributed and own_forward is not None and own_forward is not net:
             raise ConfigError(f"prune.method {method}: its training step runs a sub-network "

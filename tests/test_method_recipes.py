@@ -117,6 +117,28 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
         train(cfg)  # it trained to the end, then failed on the cost it never pruned to
 
 
+@pytest.mark.parametrize("prune, said", [
+    # break132 #3: rounds 1 and 2 do prune; all 50 steps were listed
+    ("method: ccp\n  target: 0.5\n  collect: 1\n  prune_at: 1\n  rounds: 50\n  round_every: 1",
+     r"ccp prunes at optimizer steps 3, 4, 5, \.\.\., 50, but the run has 2 \(1 epochs x 2\), "
+     r"so 48 of its 50 rounds would not run"),
+    # break132 #2: accepted, the pick came at the last step
+    ("method: cucb\n  target: 0.5\n  explore: 100", r"cucb makes its final selection at optimizer "
+     r"step 100 \(prune.explore\), but the run has 2 .* lower prune.explore"),
+    # break132 #1: "shorten prune.ramp", which a one-shot method refuses
+    ("method: magnitude\n  target: 0.8\n  prune_at: 100", r"reaches its target at step 100 "
+     r"\(prune_at 100\) but masks stop changing at step 2 of 2; lower prune.prune_at \(or")])
+def test_a_schedule_past_the_run_is_refused_naming_what_was_set(tmp_path, prune, said):
+    from fxprune.recipe_config import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"prune:\n  {prune}\n")
+    cfg = load_config(recipe, [*SMALL, "optim.epochs=1", "data.synthetic_train=64",
+                               f"out={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=said):
+        train(cfg)
+
+
 def test_a_run_priced_by_a_table_timed_under_load_keeps_that_in_its_results(tmp_path,
                                                                              monkeypatch):
     """break70 #3: a latency table timed while the CPU was shared warned once, at training;

@@ -147,6 +147,9 @@ def test_yaml_merge_keys_still_merge_and_an_explicit_key_overrides_them(tmp_path
     with pytest.raises(ConfigError, match=r"not a valid YAML recipe \(line 3, column 2: expected "
                                           r"<block end>"):
         load_config(path)
+    path.write_text("optim:\n\tlr: 0.1\n")  # break132 #7: no way out was said
+    with pytest.raises(ConfigError, match=r"line 2, column 1: .*; indent with spaces, not tabs$"):
+        load_config(path)
 
 
 def test_a_recipes_method_switches_on_the_command_line_by_removing_its_own_keys():
