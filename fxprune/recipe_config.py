@@ -769,23 +769,30 @@ def _check_schedule_epochs(written: dict, optim: dict) -> None:
 
 def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: dict | None = None) -> None:
     """The same check in optimizer steps, once the run's length is known: the ramp (and
-    with it the last update, at its end) must fit before masks freeze and training ends.
-    ``set_steps``: the step counts the recipe set (``{"prune_at": 100000}`` for a one-shot
-    method), which the error names as the way out (break132 #1: "shorten prune.ramp" was said
-    to a method that refuses ramp)."""
+    with it the last update, at its end) must fit before masks freeze and training ends; a
+    one-shot method's decision (``prune_at`` in ``set_steps``, the step counts the recipe's
+    method runs with) must come within the run. The error names the keys that move it
+    (break132 #1: "shorten prune.ramp" was said to a method that refuses ramp)."""
     if schedule is None or target >= 1.0:
         return
-    ramp_end = schedule.ramp_end
     last = total_steps if schedule.freeze_after is None else min(schedule.freeze_after,
                                                                   total_steps)
+    prune_at = (set_steps or {}).get("prune_at")
+    if prune_at is not None:
+        if prune_at > total_steps:
+            raise ConfigError(
+                f"the pruning comes at step {prune_at} (prune.prune_at) but the run has "
+                f"{total_steps}; lower prune.prune_at (or the _epochs/_fraction form set) or raise "
+                "optim.epochs")
+        return
+    ramp_end = schedule.ramp_end
     if ramp_end > last:
-        keys = [k for k in ("prune_at", "warmup", "ramp") if k in (set_steps or {})] or ["warmup", "ramp"]
-        how = (f"prune_at {set_steps['prune_at']}" if keys == ["prune_at"] else
-               f"warmup {schedule.warmup} + ramp {schedule.ramp}")
+        frozen = schedule.freeze_after is not None and schedule.freeze_after < total_steps
+        keys = "prune.warmup or prune.ramp" + (" (or the cool-down, prune.cooldown_*)" if frozen else "")
         raise ConfigError(
-            f"the pruning schedule reaches its target at step {ramp_end} ({how}) but masks stop "
-            f"changing at step {last} of {total_steps}; lower {' or '.join(f'prune.{k}' for k in keys)} "
-            "(or the _epochs/_fraction form set) or raise optim.epochs")
+            f"the pruning schedule reaches its target at step {ramp_end} (warmup {schedule.warmup} "
+            f"+ ramp {schedule.ramp}) but masks stop changing at step {last} of {total_steps}; "
+            f"shorten {keys}, in whichever form the recipe sets them, or raise optim.epochs")
 
 
 def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:
@@ -803,6 +810,17 @@ def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) 
 def _is_inherited_pipe(path: Path) -> bool:
     """``/dev/fd/N`` or ``/proc/self/fd/N``: a ``<(...)`` pipe, open only in the shell's child."""
     return re.fullmatch(r"/(dev|proc/self)/fd/\d+", str(path)) is not None
+
+
+def _tab_indent(exc: Exception, text: str) -> bool:
+    """Whether PyYAML stopped at a tab that indents its line (break132 #7: its message gave no
+    way out; review137 #7: not a tab elsewhere in a line)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None or "'\\t'" not in str(exc):
+        return False
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    return not line[:mark.column].strip(" \t") and line[mark.column:mark.column + 1] == "\t"
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
@@ -827,6 +845,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
                           f"(a few minutes), {where}fashion_mnist_resnet.yaml (dense), "
                           f"{where}fashion_mnist_cucb.yaml and {where}fashion_mnist_ccp.yaml"
                           + ("" if shipped.is_dir() else " in fxprune's source tree"))
+    text = ""
     try:
         text = path.read_text()
         raw = yaml.load(text, Loader=_YamlLoader)
@@ -836,9 +855,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         if mark is not None and "line" not in first:  # where, and what PyYAML found there
             first = (f"line {mark.line + 1}, column {mark.column + 1}: "
                      f"{getattr(exc, 'problem', None) or first}")
-        tabs = "'\\t'" in first  # (break132 #7: PyYAML's text gave no way out)
         raise ConfigError(f"{path}: not a valid YAML recipe ({first})"
-                          + ("; indent with spaces, not tabs" if tabs else "")) from None
+                          + ("; indent with spaces, not tabs" if _tab_indent(exc, text) else "")) from None
     if raw is None:
         raise ConfigError(f"{path} is empty; a recipe needs at least its sections (see "
                           "configs/fashion_mnist_quick.yaml), or pass {} to use every default")

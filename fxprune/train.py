@@ -623,11 +623,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 f"{run}, {what}; lower prune.collect / prune.prune_at (or rounds, round_every) or "
                 "raise optim.epochs")
         explore = getattr(pruner, "explore", None)
-        if isinstance(explore, int) and explore > total_steps:
+        if isinstance(explore, int) and explore >= total_steps:
             # (break132 #2: accepted, and the pick came at the last step, nothing fine-tuned)
             raise ConfigError(
                 f"{method} makes its final selection at optimizer step {explore} (prune.explore), "
-                f"but {run}: it would pick at the last step, with nothing fine-tuned after; lower "
+                f"and {run}: it would pick at the last step, with nothing fine-tuned after; lower "
                 "prune.explore (or its _epochs/_fraction form) or raise optim.epochs")
         target = getattr(pruner, "target", None)
         if isinstance(target, (int, float)):
@@ -990,12 +990,10 @@ def _refuse_edited_own_recipe(recipe: Path, out: Path) -> None:
 
 
 def _lost_a_peer(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch.distributed's report of a peer process gone mid-collective."""
-    if isinstance(exc, getattr(dist, "DistNetworkError", ())):
-        return True
-    text = str(exc)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
-                                   "Broken pipe"))
+    """Whether ``exc`` is gloo's report of a peer process gone mid-collective, once the process
+    group is up (review137 #3: not a rendezvous that failed, nor a data loader's broken pipe)."""
+    return (dist.is_available() and dist.is_initialized()
+            and any(s in str(exc) for s in ("Connection closed by peer", "Connection reset by peer")))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1011,8 +1009,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             if rank != 0:  # under torchrun rank 0 alone prints, as the README says (break133
-                # F4: each warning came once per process, a per-step one 13 times each)
-                warnings.simplefilter("ignore")
+                # F4: each warning came once per process, a per-step one 13 times each); not
+                # shown, but filtered as on rank 0: -W error stops every rank alike (review137 #4)
+                warnings.showwarning = lambda *args, **kwargs: None
             cfg = load_config(args.config, overrides)
             if args.resume:
                 _refuse_edited_own_recipe(Path(args.config), Path(cfg["out"]).expanduser())

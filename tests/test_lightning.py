@@ -321,6 +321,20 @@ def test_fast_dev_run_checks_no_target_and_saves_nothing(tmp_path, allow):
     assert not (tmp_path / "pruned.pt").exists() and prune.finalized is None
 
 
+def test_a_fast_dev_run_refit_leaves_no_earlier_model_as_its_own(tmp_path):
+    """review137 #6: after a full fit, a fast_dev_run refit left callback.finalized the earlier
+    fit's model, and applied the final rule it says it does not."""
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    module = Classifier()
+    trainer(tmp_path / "a", 2, [prune]).fit(module, loader())
+    assert prune.finalized is not None
+    run = pl.Trainer(fast_dev_run=True, callbacks=[prune], logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path / "b")
+    with pytest.warns(RuntimeWarning, match="applies no final rule"):
+        run.fit(module, loader())
+    assert prune.finalized is None
+
+
 def test_cucb_without_explore_picks_at_the_last_step_so_checkpoints_hold_the_pick(tmp_path):
     """break33 #1: the pick came in on_train_end, after the last checkpoint; trainer.test() or
     load_from_checkpoint then evaluated the last random active set (1.2 relative off)."""

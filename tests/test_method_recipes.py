@@ -124,10 +124,16 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
      r"so 48 of its 50 rounds would not run"),
     # break132 #2: accepted, the pick came at the last step
     ("method: cucb\n  target: 0.5\n  explore: 100", r"cucb makes its final selection at optimizer "
-     r"step 100 \(prune.explore\), but the run has 2 .* lower prune.explore"),
-    # break132 #1: "shorten prune.ramp", which a one-shot method refuses
-    ("method: magnitude\n  target: 0.8\n  prune_at: 100", r"reaches its target at step 100 "
-     r"\(prune_at 100\) but masks stop changing at step 2 of 2; lower prune.prune_at \(or")])
+     r"step 100 \(prune.explore\), and the run has 2 .* lower prune.explore"),
+    ("method: cucb\n  target: 0.5\n  explore: 2\n  warmup: 1", r"step 2 \(prune.explore\), and the run has 2 "),
+    # break132 #1: "shorten prune.ramp", which a one-shot method refuses; review137 #1: its
+    # window made it "step 6 (prune_at 10)"
+    ("method: magnitude\n  target: 0.8\n  prune_at: 100", r"the pruning comes at step 100 "
+     r"\(prune.prune_at\) but the run has 2; lower prune.prune_at \(or"),
+    ("method: magnitude\n  target: 0.8\n  prune_at: 3\n  window: 2", r"comes at step 3 "),
+    # review137 #1: warmup alone set, the default ramp the cause: both named
+    ("method: smcp\n  target: 0.8\n  warmup: 1", r"\(warmup 1 \+ ramp \d+\) but masks stop changing "
+     r"at step 2 of 2; shorten prune.warmup or prune.ramp")])
 def test_a_schedule_past_the_run_is_refused_naming_what_was_set(tmp_path, prune, said):
     from fxprune.recipe_config import ConfigError
 

@@ -536,6 +536,27 @@ def test_update_with_no_gradients_is_skipped_with_a_warning_not_ranked_on_zeros(
     assert record is not None and pruner.cost() <= 0.5 + 1e-9
 
 
+def test_a_loop_clearing_gradients_before_step_with_an_update_through_data_is_not_told_it_trains_another_model():
+    """review137 #2: an optimizer writing through .data (a fused one moves no version counter
+    either) trained the prepared model, and the warning asked whether the loop trained it."""
+    pm = small_prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=4, update_every=2, channel_step=1)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            F.cross_entropy(pm(x), y).backward()
+            with torch.no_grad():
+                for p in pm.parameters():
+                    if p.grad is not None:
+                        p.data.add_(p.grad, alpha=-0.1)
+            pm.zero_grad(set_to_none=True)  # the wrong order: cleared before step()
+            pruner.step()
+    said = [str(w.message) for w in caught]
+    assert any("no gradients were seen" in m for m in said), said
+    assert not any("prepare() returned" in m for m in said), said
+
+
 @pytest.mark.parametrize("method", ["smcp", "ccp", "cucb"])
 def test_a_loop_training_the_model_given_to_prepare_is_told_so(method):
     """break133 F3: DDP(model) then prepare(ddp.module): the loop trained the original, no

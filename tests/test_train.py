@@ -150,6 +150,9 @@ def test_yaml_merge_keys_still_merge_and_an_explicit_key_overrides_them(tmp_path
     path.write_text("optim:\n\tlr: 0.1\n")  # break132 #7: no way out was said
     with pytest.raises(ConfigError, match=r"line 2, column 1: .*; indent with spaces, not tabs$"):
         load_config(path)
+    path.write_text("optim:\n  lr:\t0.1\n")  # review137 #7: a tab that indents nothing
+    with pytest.raises(ConfigError, match=r"cannot start any token\)$"):
+        load_config(path)
 
 
 def test_a_recipes_method_switches_on_the_command_line_by_removing_its_own_keys():
@@ -965,14 +968,27 @@ def test_under_torchrun_rank_0_alone_warns_and_a_lost_peer_is_one_line(monkeypat
             warnings.simplefilter("always")
             assert train_mod.run(args) == 0
         assert any("a warning of the run" in str(w.message) for w in caught) == said, rank
+    monkeypatch.setenv("RANK", "1")  # not shown, but -W error stops every rank alike (review137 #4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="a warning of the run"):
+            train_mod.run(args)
     monkeypatch.setattr(train_mod, "train", loses_its_peer)
-    monkeypatch.setenv("RANK", "1")
-    assert train_mod.run(args) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "rank 1): stopped: another process of the job failed" in err, err
-    monkeypatch.setenv("RANK", "0")  # the process whose error it is: as it was
+    # review137 #3: only once the process group is up (a rendezvous that failed is not a peer
+    # gone, and its traceback stays)
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         train_mod.run(args)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
+                                         rank=0, world_size=1)
+    try:
+        assert train_mod.run(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "rank 1): stopped: another process of the job failed" in err, err
+        monkeypatch.setenv("RANK", "0")  # the process whose error it is: as it was
+        with pytest.raises(RuntimeError, match="Connection closed by peer"):
+            train_mod.run(args)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_an_out_that_cannot_hold_the_run_is_named_before_any_work(recipe, tmp_path, capsys,

@@ -328,6 +328,18 @@ class PruningCallback(pl.Callback):
         if getattr(self.pruner, "sync_state", None) is not None:
             self.pruner.sync_state()  # every rank: a checkpoint after fit() holds all statistics
         self._trained_state = _checkpoint_safe(self.pruner.state_dict())
+        if getattr(trainer, "fast_dev_run", False):
+            # Lightning's smoke test (a batch or a few): no schedule runs to its end, and
+            # Lightning saves nothing; the target's error ("train longer") could not be acted on
+            # and allow_above_target saved a dense model (break133 F5). No final rule either,
+            # and no earlier fit's model left as this one's (review137 #6)
+            self.finalized = None
+            if trainer.is_global_zero:
+                warnings.warn(f"PruningCallback: fast_dev_run ran {self.pruner.step_count} "
+                              f"step(s) of {self.method}; as Lightning does in this mode, the "
+                              "callback applies no final rule, checks no target, finalizes "
+                              "nothing and saves nothing", RuntimeWarning, stacklevel=2)
+            return
         # every rank: the method's final masks (CUCB: top channels by mean reward; CCP: its
         # statistics hooks removed), if they differ from the last step's
         finalize_masks = getattr(self.pruner, "finalize_masks", None)
@@ -355,16 +367,6 @@ class PruningCallback(pl.Callback):
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
                     "now saves one that is", RuntimeWarning, stacklevel=2))
-        if getattr(trainer, "fast_dev_run", False):
-            # Lightning's smoke test (a batch or a few): no schedule runs to its end, and
-            # Lightning saves nothing; the target's error ("train longer") could not be acted on
-            # and allow_above_target saved a dense model (break133 F5)
-            if trainer.is_global_zero:
-                warnings.warn(f"PruningCallback: fast_dev_run ran {self.pruner.step_count} "
-                              f"step(s) of {self.method}; as Lightning does in this mode, the "
-                              "callback checks no target, finalizes nothing and saves nothing",
-                              RuntimeWarning, stacklevel=2)
-            return
         target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
         above = isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
         if above and self.allow_above_target and trainer.is_global_zero:

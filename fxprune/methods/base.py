@@ -459,6 +459,9 @@ class PruningMethod:
             return ""
         if self._versions is None or any(c.param._version != v for c, v in zip(self.consumers, self._versions)):
             return ""  # its weights train: the gradients were cleared before step()
+        if self._sums_when_built is not None and not torch.equal(self._weight_sums(), self._sums_when_built):
+            return ""  # (a fused optimizer, or one writing through .data, moves no counter:
+            # review137 #2; one reduction and host read, in a warning's path only)
         return ("; no parameter of the prepared model has a gradient: does the loop train the "
                 "model prepare() returned? prepare() works on a copy, so a forward through the "
                 "model given to it (or a DDP wrapping that one) trains the original; train and "
