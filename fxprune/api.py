@@ -95,6 +95,12 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "fxprune's channel rules are for the model's own layers and torch "
                             "functions; pass the nn.Module before torch.export, and export the "
                             "finalized one")
+        lazy = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
+                     if isinstance(t, nn.parameter.UninitializedTensorMixin)), None)
+        if lazy is not None:  # (break136 F4: torch's "Can't access the shape ... load_state_dict")
+            raise ValueError(f"prepare: the model has uninitialized lazy parameters ({lazy}): "
+                             "their shapes are not known yet; run the model once on an example "
+                             "batch (model(x)) before prepare")
         meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
                      if t.is_meta), None)
         if meta is not None:  # (break68 #3: torch's aten::equal NotImplementedError, mid-trace)

@@ -3433,3 +3433,57 @@ def test_a_keyword_for_a_positional_only_first_parameter_stays_a_keyword():
     call = next(n for n in pm.graph.nodes if n.target == "s")
     assert call.args == () and "x" in call.kwargs
     assert torch.equal(run_eval(pm, (x,)), run_eval(model, (x,)))
+
+
+class _NormWeightsFromTheShape(nn.Module):
+    """break136 F1, F2: a norm's weight built from the activation's channel count follows the
+    pruned count (as ones_like does); F.layer_norm's crashed prepare (a bare TypeError) and
+    F.batch_norm's kept the group whole."""
+
+    def __init__(self, norm: str):
+        super().__init__()
+        self.norm = norm
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("rm", torch.zeros(8))
+        self.register_buffer("rv", torch.ones(8))
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.norm == "batch":
+            return self.b(F.batch_norm(y, self.rm, self.rv, torch.ones(y.shape[1]), None))
+        y = y.permute(0, 2, 3, 1)
+        c = y.shape[-1]
+        y = F.layer_norm(y, (c,), torch.ones(c), torch.zeros(c))
+        return self.b(y.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_a_norm_weight_sized_from_the_activation_prunes_with_it(norm):
+    pm, small = check(_NormWeightsFromTheShape(norm), torch.randn(2, 3, 8, 8), torch.randn(3, 3, 10, 12))
+    assert prunable(pm) == {"a": 8} and small.a.out_channels == 4
+
+
+def test_a_one_channel_functional_norm_on_its_own_one_element_tensors_stays_prunable():
+    # break136 F3: its 1-element running_mean was called untracked and the conv kept whole
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+            self.register_buffer("rm", torch.zeros(1))
+            self.register_buffer("rv", torch.ones(1))
+            self.w, self.bias = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            y = self.a(x)
+            first = F.batch_norm(y[:, :1], self.rm, self.rv, self.w, self.bias, False, 0.1, 1e-5)
+            return self.b(torch.cat([first, y[:, 1:]], 1))
+
+    pm, _ = check(M(), torch.randn(2, 3, 8, 8), torch.randn(3, 3, 10, 12))
+    assert prunable(pm) == {"a": 8}
+
+
+def test_uninitialized_lazy_layers_are_refused_with_the_way_out():
+    # break136 F4: torch's "Can't access the shape of an uninitialized parameter ... load_state_dict"
+    model = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 1))
+    with pytest.raises(ValueError, match=r"uninitialized lazy parameters \(0.weight\).*run the model once"):
+        fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))

@@ -176,14 +176,23 @@ class ShapeRead(ChannelRule):
         return {out_d: labels[in_d] for out_d, in_d in enumerate(perm) if in_d in labels}
 
 
+def is_shape_label(ctx, size) -> bool:
+    """Whether ``size`` is a node holding a whole shape (``y.shape``: a tuple of entries), not
+    one count: a :class:`SizeOf` is a tuple too (break136 F2: ``torch.ones(y.shape[1])`` was
+    read as a shape, its one count as no size, and the vector got no channels)."""
+    if not isinstance(size, fx.Node):
+        return False
+    labels = ctx.labels(size)
+    return isinstance(labels, (tuple, list)) and not isinstance(labels, SizeOf)
+
+
 def check_size_args(ctx, sizes: list, out_labels: dict, first_dim: int = 0) -> None:
     """Sizes computed from channel counts must shape a dim that holds those same channels, and
     a dim that holds channels must be sized by their count (or a literal, which ``rewrite``
     sets to the kept count, or -1). ``sizes``: nodes, constants, or the :class:`SizeOf`
     labels of a shape's entries (None: a dim without channels); one node that is a whole
     shape (``z.reshape(y.shape)``) stands for its entries."""
-    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and isinstance(
-            ctx.labels(sizes[0]), (tuple, list)):
+    if len(sizes) == 1 and is_shape_label(ctx, sizes[0]):
         sizes = list(ctx.labels(sizes[0]))
     for k, s in enumerate(sizes):
         d = first_dim + k

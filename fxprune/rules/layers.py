@@ -535,10 +535,13 @@ class FunctionalAffine(ChannelRule):
             if not isinstance(a, fx.Node):
                 continue
             ids = ctx.labels(a).get(0) if isinstance(ctx.labels(a), dict) else None
+            shape = ctx.shape(a)
             if ids is not None:
                 ctx.connect(ids, labels.get(cdim), f"{name} of a functional norm")
-            elif cdim in labels:  # it would not shrink with them (review134 F5: finalize failed,
-                # "weight should contain 4 elements not 8"), as FunctionalGroupNorm says
+            elif cdim in labels and shape is not None and shape[:1] != (1,):
+                # it would not shrink with them (review134 F5: finalize failed, "weight should
+                # contain 4 elements not 8"), as FunctionalGroupNorm says; a one-element tensor
+                # of a one-channel norm has no channels to lose (break136 F3)
                 ctx.untracked(labels[cdim], f"functional norm {name} whose channels fxprune "
                                             "does not track")
         _untrack_statistics_dims(ctx, labels, cdim, getattr(node.target, "__name__", "a norm"))
@@ -591,8 +594,15 @@ class LayerNorm(ChannelRule):
             if p is None:
                 continue
             for j in range(len(shape)):
-                if shape[j] > 1:
-                    ctx.connect(self.param_space(ctx, key, j), labels.get(first + j), "layer norm affine")
+                if shape[j] <= 1:
+                    continue
+                space = self.param_space(ctx, key, j)
+                if space is None:  # (break136 F1: None reached unify, a bare TypeError)
+                    if first + j in labels:
+                        ctx.untracked(labels[first + j], f"layer norm {key} whose channels "
+                                                         "fxprune does not track")
+                    continue
+                ctx.connect(space, labels.get(first + j), "layer norm affine")
         if all(p is None for p in params.values()):
             _tie_calls(ctx, [(j, shape[j], first + j) for j in range(len(shape))], labels, "a layer norm")
         masked = tuple(j for j in range(len(shape)) if first + j in labels)
@@ -646,7 +656,8 @@ class FunctionalLayerNorm(LayerNorm):
         return shape, {"weight": node_arg(node, 2, "weight", None), "bias": node_arg(node, 3, "bias", None)}
 
     def param_space(self, ctx, key, j):
-        return ctx.labels(self.normalized(ctx)[1][key]).get(j)
+        labels = ctx.labels(self.normalized(ctx)[1][key])
+        return labels.get(j) if isinstance(labels, dict) else None
 
     def mask_statistics(self, node, gm, masks, mask_dims):
         from fxprune.masks import masked_layer_norm

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from .base import (ChannelRule, Labels, SizeOf, check_size_args, node_arg, norm_dim, pruned_size,
-                   set_node_arg, shape_labels, varargs)
+from .base import (ChannelRule, Labels, SizeOf, check_size_args, is_shape_label, node_arg, norm_dim,
+                   pruned_size, set_node_arg, shape_labels, varargs)
 from .elementwise import broadcast_unify
 
 def _pieces(ctx, tensors) -> list[tuple[Labels, tuple]] | None:
@@ -632,12 +632,14 @@ class Create(ChannelRule):
         node = ctx.node
         sizes = self._sizes(node)
         out, out_shape = {}, ctx.out_shape()
-        if len(sizes) == 1 and isinstance(sizes[0], torch.fx.Node) and isinstance(
-                ctx.labels(sizes[0]), (tuple, list)):
+        if len(sizes) == 1 and is_shape_label(ctx, sizes[0]):
             sizes = list(ctx.labels(sizes[0]))  # a shape read whole: y.new_zeros(y.shape)
         for d, s in enumerate(sizes):
             prov = s if isinstance(s, SizeOf) else ctx.labels(s) if isinstance(s, torch.fx.Node) else None
-            if d == 1 and isinstance(prov, SizeOf) and len(prov.ids) == out_shape[d]:
+            # dim 1, or the one dim of a per-channel vector (torch.ones(y.shape[1]) as a norm's
+            # weight: it follows the pruned count, as ones_like does; break136 F1, F2)
+            if ((d == 1 or (d == 0 and len(sizes) == 1)) and isinstance(prov, SizeOf)
+                    and len(prov.ids) == out_shape[d]):
                 out[d] = prov.ids.copy()
             elif d == 1 and isinstance(s, int) and s > 1:
                 out[d] = ctx.virtual_space(node.name, d, s)
