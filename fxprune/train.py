@@ -383,6 +383,11 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
     threads = torch.get_num_threads()  # _train sets the run's (review126 #6: the caller kept it)
     try:
         return _train(cfg, device, resume=resume, overwrite=overwrite)
+    except RuntimeError as exc:
+        # whether the process group was up when it failed: destroyed below, before the
+        # command line reads it (review138 F1: the one-line 'peer lost' never fired)
+        exc.fxprune_in_process_group = dist.is_available() and dist.is_initialized()
+        raise
     finally:
         torch.set_num_threads(threads)
         release_out_folder(Path(cfg["out"]).expanduser())  # taken by rank 0 in _train
@@ -990,9 +995,10 @@ def _refuse_edited_own_recipe(recipe: Path, out: Path) -> None:
 
 
 def _lost_a_peer(exc: BaseException) -> bool:
-    """Whether ``exc`` is gloo's report of a peer process gone mid-collective, once the process
-    group is up (review137 #3: not a rendezvous that failed, nor a data loader's broken pipe)."""
-    return (dist.is_available() and dist.is_initialized()
+    """Whether ``exc`` is gloo's report of a peer process gone mid-collective, raised while the
+    process group was up (:func:`train` marks that; review137 #3: not a rendezvous that failed,
+    nor a data loader's broken pipe)."""
+    return (getattr(exc, "fxprune_in_process_group", False)
             and any(s in str(exc) for s in ("Connection closed by peer", "Connection reset by peer")))
 
 

@@ -3487,3 +3487,20 @@ def test_uninitialized_lazy_layers_are_refused_with_the_way_out():
     model = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 1))
     with pytest.raises(ValueError, match=r"uninitialized lazy parameters \(0.weight\).*run the model once"):
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+
+
+def test_a_vector_expanded_to_a_channel_count_and_summed_keeps_the_channels_whole():
+    # review138 F2: expand(y.size(1)) read the one count as a whole shape, left it unchecked,
+    # and finalize failed (0.48 off): the count is a number the pruned model computes
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y * torch.ones(1).expand(y.size(1)).sum())
+
+    pm = fxprune.prepare(M().eval(), (torch.randn(2, 3, 8, 8),))
+    a = next(g for g in fxprune.channel_groups(pm) if g.producers == ["a"])
+    assert not a.prunable, a.reason

@@ -953,7 +953,7 @@ def test_under_torchrun_rank_0_alone_warns_and_a_lost_peer_is_one_line(monkeypat
     def warns(cfg, **_):
         warnings.warn("a warning of the run", RuntimeWarning)
 
-    def loses_its_peer(cfg, **_):
+    def loses_its_peer(cfg, *args, **kwargs):
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection "
                            "closed by peer [127.0.0.1]:29500\nmore lines")
 
@@ -973,22 +973,31 @@ def test_under_torchrun_rank_0_alone_warns_and_a_lost_peer_is_one_line(monkeypat
         warnings.simplefilter("error")
         with pytest.raises(RuntimeWarning, match="a warning of the run"):
             train_mod.run(args)
-    monkeypatch.setattr(train_mod, "train", loses_its_peer)
-    # review137 #3: only once the process group is up (a rendezvous that failed is not a peer
-    # gone, and its traceback stays)
+    # the real train() around a run that loses its peer: the process group it joined is
+    # destroyed before run() reads the error (review138 F1: the one line never came)
+    monkeypatch.undo()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(train_mod, "_train", loses_its_peer)
+    monkeypatch.setattr(train_mod, "_pick_device", lambda *a, **k: torch.device("cpu"))
+    store = tmp_path / "store"
+
+    def joins(device):
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        return True
+
+    for group, one_line in ((False, False), (True, True)):  # a failed rendezvous keeps its traceback
+        monkeypatch.setattr(train_mod.fxdist, "init_from_env", joins if group else (lambda device: False))
+        if one_line:
+            assert train_mod.run(args) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "rank 1): stopped: another process of the job failed" in err, err
+        else:
+            with pytest.raises(RuntimeError, match="Connection closed by peer"):
+                train_mod.run(args)
+        assert not torch.distributed.is_initialized()
+    monkeypatch.setenv("RANK", "0")  # the process whose error it is: as it was
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         train_mod.run(args)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
-                                         rank=0, world_size=1)
-    try:
-        assert train_mod.run(args) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "rank 1): stopped: another process of the job failed" in err, err
-        monkeypatch.setenv("RANK", "0")  # the process whose error it is: as it was
-        with pytest.raises(RuntimeError, match="Connection closed by peer"):
-            train_mod.run(args)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_an_out_that_cannot_hold_the_run_is_named_before_any_work(recipe, tmp_path, capsys,

@@ -357,9 +357,8 @@ class Expand(ChannelRule):
                 check_size_args(ctx, _sizes_of(ctx, other), out)
         else:  # expand(..., y.size(1), ...) / expand(y.shape): sizes that count channels
             sizes = varargs(ctx.node, 1, "size")
-            if len(sizes) == 1 and isinstance(sizes[0], fx.Node):  # a shape read whole (y.shape)
-                whole = ctx.labels(sizes[0])
-                sizes = list(whole) if isinstance(whole, tuple) else sizes
+            if len(sizes) == 1 and is_shape_label(ctx, sizes[0]):  # a shape read whole (y.shape),
+                sizes = list(ctx.labels(sizes[0]))  # not one count (review138 F2)
             if len(sizes) == len(out_shape):
                 for d in repeated:
                     count = ctx.labels(sizes[d]) if isinstance(sizes[d], fx.Node) else sizes[d]
