@@ -177,14 +177,19 @@ def check_traced(model: nn.Module, gm: fx.GraphModule, inputs: tuple, *,
     then writes into the graph's: every shared tensor is given ``reference``'s values again
     before the check, after each run of the model (such a run is not judged) and at the end."""
     shared = _shared_tensors(model, gm, reference)
+    settled = False
     try:
         _put_back(shared)  # (the graph's run in propagate_shapes may have written too)
-        _check(model, gm, inputs, eval_output, shared)
+        settled = _check(model, gm, inputs, eval_output, shared)
     finally:
-        _put_back(shared)
+        if not settled:  # (settled: put back after the last run already, nothing ran since)
+            _put_back(shared)
 
 
-def _check(model: nn.Module, gm: fx.GraphModule, inputs: tuple, eval_output, shared: list) -> None:
+def _check(model: nn.Module, gm: fx.GraphModule, inputs: tuple, eval_output, shared: list) -> bool:
+    """:func:`check_traced`'s comparisons; True when it returns with the shared tensors as
+    :func:`_put_back` left them after the model's run (the eval-mode shortcut: the graph did
+    not run again), False when the graph ran after that."""
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
     # the root's own hooks are not in the graph (prepare warns of them: register them on the
     # prepared model; review125 F1)
@@ -199,20 +204,20 @@ def _check(model: nn.Module, gm: fx.GraphModule, inputs: tuple, eval_output, sha
             error = _difference(model, gm, inputs, rtol, grad=False, evaluate=False,
                                 got=eval_output, shared=shared)
             if error is not None and error <= rtol:
-                return
+                return True
         error, grad, evaluate = None, False, False
         for grad, evaluate in ((False, False), (False, True), (True, False), (True, True)):
             error = _difference(model, gm, inputs, rtol, grad=grad, evaluate=evaluate, shared=shared)
             if error is not None:
                 break
         if error is None or error <= rtol:
-            return
+            return False
         if not grad:  # with grad, as it was traced (a branch on torch.is_grad_enabled() took
             # that side); a forward that runs without grad only is judged without
             confirmed = _difference(model, gm, inputs, rtol, grad=True, evaluate=evaluate,
                                     shared=shared)
             if confirmed is not None and confirmed <= rtol:
-                return
+                return False
     constants = [n.target for n in gm.graph.nodes
                  if n.op == "get_attr" and n.target.startswith("_tensor_constant")]
     held = (f" (it holds {', '.join(constants[:3])}, a tensor computed while tracing)"
