@@ -779,9 +779,12 @@ def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: d
                                                                   total_steps)
     prune_at = (set_steps or {}).get("prune_at")
     if prune_at is not None:
-        if prune_at > total_steps:
+        if prune_at >= total_steps:  # at the last step: nothing fine-tuned after (review138 F4,
+            # as CUCB's explore)
+            when = (" but the run has" if prune_at > total_steps else
+                    ", the last of the run's, with nothing fine-tuned after; the run has")
             raise ConfigError(
-                f"the pruning comes at step {prune_at} (prune.prune_at) but the run has "
+                f"the pruning comes at step {prune_at} (prune.prune_at){when} "
                 f"{total_steps}; lower prune.prune_at (or the _epochs/_fraction form set) or raise "
                 "optim.epochs")
         return

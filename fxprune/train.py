@@ -627,6 +627,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 f"{method} prunes at optimizer step{'s' if len(late) > 1 else ''} {listed}, but "
                 f"{run}, {what}; lower prune.collect / prune.prune_at (or rounds, round_every) or "
                 "raise optim.epochs")
+        if prune_steps and max(prune_steps) == total_steps:  # (review138 F4, as explore below)
+            raise ConfigError(
+                f"{method}'s last pruning round comes at optimizer step {total_steps}, and {run}: "
+                "it would prune at the last step, with nothing fine-tuned after; lower "
+                "prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
         explore = getattr(pruner, "explore", None)
         if isinstance(explore, int) and explore >= total_steps:
             # (break132 #2: accepted, and the pick came at the last step, nothing fine-tuned)

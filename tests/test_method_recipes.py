@@ -131,6 +131,11 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
     ("method: magnitude\n  target: 0.8\n  prune_at: 100", r"the pruning comes at step 100 "
      r"\(prune.prune_at\) but the run has 2; lower prune.prune_at \(or"),
     ("method: magnitude\n  target: 0.8\n  prune_at: 3\n  window: 2", r"comes at step 3 "),
+    # review138 F4: at the last step, nothing fine-tuned after (refused as CUCB's explore is)
+    ("method: magnitude\n  target: 0.8\n  prune_at: 2\n  window: 1", r"comes at step 2 "
+     r"\(prune.prune_at\), the last of the run's, with nothing fine-tuned after; the run has 2"),
+    ("method: ccp\n  target: 0.5\n  collect: 1\n  prune_at: 2", r"ccp's last pruning round comes "
+     r"at optimizer step 2, and the run has 2 \(1 epochs x 2\): it would prune at the last step"),
     # review137 #1: warmup alone set, the default ramp the cause: both named
     ("method: smcp\n  target: 0.8\n  warmup: 1", r"\(warmup 1 \+ ramp \d+\) but masks stop changing "
      r"at step 2 of 2; shorten prune.warmup or prune.ramp")])
