@@ -128,7 +128,9 @@ class WeightTaylor(_ConsumerStrategy):
         if not self.n or not self.consumers:
             return None
         self.follow_model()
-        ext = torch.cat([flat_masks.to(self.total.device, torch.float64), self.total.new_ones(1)])
+        # (non_blocking: CUCB's masks come from the host every step, review140 F4)
+        ext = torch.cat([flat_masks.to(self.total.device, torch.float64, non_blocking=True),
+                         self.total.new_ones(1)])
         spill = self.total.new_zeros(self.n + 1)  # [n]: positions outside every prunable group
         seen = False
         for c, target in zip(self.consumers, self._targets):

@@ -324,17 +324,27 @@ def _is_all_ones(mask: torch.Tensor) -> bool:
     if mask.is_inference():  # made under torch.inference_mode (a gathered mask): no version
         with torch.no_grad():  # counter to remember by (break43 #3: it raised)
             return bool((mask == 1).all().item())
-    key = (mask._version, mask.data_ptr(), mask.device)
     cached = getattr(mask, "_fxprune_all_ones", None)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == _version_key(mask):
         return cached[1]
     with torch.no_grad():
         answer = bool((mask == 1).all().item())
+    remember_all_ones(mask, answer)
+    return answer
+
+
+def _version_key(mask: torch.Tensor) -> tuple:
+    return (mask._version, mask.data_ptr(), mask.device)
+
+
+def remember_all_ones(mask: torch.Tensor, answer: bool) -> None:
+    """Record :func:`_is_all_ones`' answer for ``mask`` as it is now, known to the caller on
+    the host (the values it just wrote): a method that writes the masks every step (CUCB)
+    made each masked norm read its mask back in every forward (review140 F5)."""
     try:
-        mask._fxprune_all_ones = (key, answer)
+        mask._fxprune_all_ones = (_version_key(mask), bool(answer))
     except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
         pass
-    return answer
 
 
 def forget_all_ones(masks) -> None:

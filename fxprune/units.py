@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from .cost import LayerSpec
 from .groups import ChannelGraph, GroupInfo, mask_buffer, state_of
+from .masks import remember_all_ones
 
 
 class UnitIndex:
@@ -72,9 +73,15 @@ class UnitIndex:
         if tuple(flat.shape) != (self.n,):
             raise ValueError(f"set_masks takes one mask per prunable channel, a vector of length "
                              f"{self.n}; got shape {tuple(flat.shape)}")
+        on_host, moved = flat.device.type == "cpu", {}
         with torch.no_grad():
             for i, t in enumerate(self.mask_tensors(prepared)):
-                t.copy_(flat[self.group_slice(i)].to(t.device, t.dtype))
+                if (t.device, t.dtype) not in moved:  # one copy to the masks' device, not one
+                    # blocking copy per group (review140 F4: CUCB writes every step)
+                    moved[t.device, t.dtype] = flat.to(t.device, t.dtype, non_blocking=True)
+                t.copy_(moved[t.device, t.dtype][self.group_slice(i)])
+                if on_host:  # known here: a masked norm's all-ones check need not read it back
+                    remember_all_ones(t, bool((flat[self.group_slice(i)].to(t.dtype) == 1).all()))
 
     def ranking(self, i: int, scores: np.ndarray) -> tuple[np.ndarray, int]:
         """Group ``i``'s channels, most important first, and the fewest that may be kept.

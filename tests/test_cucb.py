@@ -830,3 +830,84 @@ def test_a_state_mapped_to_a_gpu_loads(method):
     resumed = cls(prepared(), **kw)
     resumed.load_state_dict(on_device(pruner.state_dict()))
     assert resumed.cost() == pruner.cost() and resumed.step_count == pruner.step_count
+
+
+def test_gathered_indices_follow_a_model_moved_after_the_pruner_was_built():
+    # review140 F1: `fxprune train` builds the pruner, then moves the model; the indices stayed
+    # on the CPU and CUDA's index_select refused them at the first step (meta stands in for it)
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, channel_step=4)
+    pm.to("meta")
+    out = pruner.train_forward(torch.randn(8, 1, 12, 12, device="meta"))
+    assert out.device.type == "meta" and out.shape == (8, 10)
+    assert {i.device.type for i in pruner.gathered.indices.values() if i is not None} == {"meta"}
+
+
+class _HostToDevice(torch.overrides.TorchFunctionMode):
+    """Counts the calls that make a tensor on the meta device (standing in for a GPU) out of
+    host data: each is a host-to-device copy there."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        host = [a for a in args if isinstance(a, np.ndarray)
+                or (isinstance(a, torch.Tensor) and a.device.type == "cpu")]
+        if host and isinstance(out, torch.Tensor) and out.device.type == "meta":
+            self.copies.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+def test_a_new_active_set_reaches_the_device_in_one_copy_for_masks_and_one_for_indices():
+    # review140 F4: a blocking host-to-device copy per group (masks) and per gathered space
+    # (indices): 133 per CUCB step on ResNet-18, each a stream sync on a GPU
+    pm = prepared()
+    pruner = CUCB(pm, rho=0.5, warmup=1, channel_step=4)
+    pm.to("meta")
+    active = np.random.default_rng(0).random(pruner.index.n) < 0.5
+    assert len(pruner.index.groups) > 2 and len(pruner.gathered._spaces) > 2
+    with _HostToDevice() as counter:
+        pruner.index.set_masks(pm, active.astype(np.float32))
+    assert len(counter.copies) == 1, counter.copies
+    with _HostToDevice() as counter:
+        pruner.gathered.set_active(active)
+    assert len(counter.copies) == 1, counter.copies
+
+
+def test_masks_written_from_the_host_are_not_read_back_by_the_masked_norms(monkeypatch):
+    # review140 F5: CUCB writes every mask every step, so each norm over pruned channels read
+    # its mask back (a device sync) in every forward; set_masks knows the values it wrote
+    from fxprune.units import UnitIndex
+
+    class Norms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.gn, self.ln = nn.GroupNorm(4, 16), nn.LayerNorm(16)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = self.gn(torch.cat([self.a(x), self.b(x)], 1))
+            return self.head(self.ln(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Norms(), (x,))
+    index = UnitIndex(pm)
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for _ in range(3):
+            index.set_masks(pm, (rng.random(index.n) < 0.5).astype(np.float32))
+            pm(x)
+    assert reads == []
+    index.set_masks(pm, np.ones(index.n, dtype=np.float32))  # all ones: the plain norms run
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    calls = []
+    monkeypatch.setattr(fxprune.masks, "_in_float32", lambda *a: calls.append(1))
+    with torch.no_grad():
+        pm(x)
+    assert calls == []
