@@ -299,11 +299,17 @@ class InputTaps:
 
     def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int, name: str):
         valid_cpu = in_flat >= 0
+        positions = valid_cpu.numel()
+        # the positions that are prunable channels, as integers (None: all of them): a bool
+        # mask indexing the terms was a nonzero(), a device sync per reader per backward
+        # (review140 F3)
+        kept_cpu = None if bool(valid_cpu.all()) else valid_cpu.nonzero().flatten()
         per_device: dict = {}  # index tensors on the activations' device, made once
 
         def indices(device):
             if device not in per_device:
-                per_device[device] = (in_flat[valid_cpu].to(device), valid_cpu.to(device))
+                per_device[device] = (in_flat[valid_cpu].to(device),
+                                      None if kept_cpu is None else kept_cpu.to(device))
             return per_device[device]
 
         def pre(module, args):
@@ -324,7 +330,10 @@ class InputTaps:
 
             def on_grad(g):
                 with torch.no_grad():
-                    prod = (saved * g).double()
+                    # half-precision factors widened first, as WeightTaylor does: their product
+                    # rounds in bfloat16 and overflows float16 under a loss scale (review140 F8)
+                    prod = ((saved.float() * g.float()) if saved.element_size() < 4
+                            else saved * g).double()
                     dim = channel_dim % prod.ndim
                     others = tuple(d for d in range(1, prod.ndim) if d != dim)
                     per = prod.sum(dim=others) if others else prod  # (N, C_in)
@@ -340,15 +349,15 @@ class InputTaps:
                             f"batch of {batch} samples (windows or views folded into the batch "
                             "dim, or an input every sample shares), so its per-sample terms "
                             "cannot be formed; use SMCP or CUCB for this model")
-                    flat, valid = indices(per.device)
-                    if per.shape[1] != valid.numel():
+                    flat, kept = indices(per.device)
+                    if per.shape[1] != positions:
                         # a grouped conv's weight reads C_in / groups positions, each standing
                         # for one channel of every group (channel c is position c % positions)
-                        per = per.reshape(per.shape[0], -1, valid.numel()).sum(1)
+                        per = per.reshape(per.shape[0], -1, positions).sum(1)
                     if self.loss_reduction == "mean":
                         per = per * per.shape[0]
                     t = per.new_zeros(per.shape[0], self.n)
-                    t.index_add_(1, flat, per[:, valid])
+                    t.index_add_(1, flat, per if kept is None else per.index_select(1, kept))
                     self.last_backward = max(self.last_backward, forward)
                     mine = self.pending.get(forward)
                     self.pending[forward] = t if mine is None else mine + t

@@ -152,6 +152,36 @@ def test_per_sample_terms_match_per_sample_autograd():
         np.testing.assert_allclose(t[n].numpy(), (h * h.grad)[0].detach().numpy(), rtol=1e-10, atol=1e-14)
 
 
+def test_half_precision_terms_are_formed_in_float32_not_in_the_activations_dtype():
+    # review140 F8: activation x gradient in float16 overflowed (a loss scale makes gradients
+    # large) and the whole step was dropped as non-finite; WeightTaylor widened first already
+    torch.manual_seed(0)
+    model = MLP().half()
+    x, y = torch.randn(4, 8).half() * 60, torch.randint(0, 3, (4,))
+    pm = fxprune.prepare(model, (x[:1],))
+    index = UnitIndex(pm)
+    taps = InputTaps(pm, consumer_weights(pm, index), index.n)
+    (F.cross_entropy(pm(x).float(), y) * 2.0 ** 17).backward()  # a GradScaler scale
+    t = taps.take()
+    taps.close()
+    assert torch.isfinite(t).all() and t.abs().max() > 65504  # past float16's largest
+
+
+def test_collecting_steps_read_nothing_back_from_the_device():
+    # review140 F3: the terms were indexed with a bool mask, a nonzero() (a device sync) per
+    # reader per collecting backward; on the meta device (standing in for a GPU) it raised
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, collect=4, prune_at=4, channel_step=4)
+    pm.to("meta")
+    for _ in range(3):  # collecting; the selection at step 4 reads the statistics, as it should
+        x, y = torch.randn(8, 1, 12, 12, device="meta"), torch.randint(0, 10, (8,), device="meta")
+        loss = F.cross_entropy(pm(x), y)
+        loss.backward()
+        assert pruner.step(loss) is None
+        pm.zero_grad()
+    assert pruner.stats.samples == 24 and pruner.stats.sum_t.device.type == "meta"
+
+
 class Windowed(nn.Module):
     """Swin's layout: a channels-last stream split into windows, (B * windows, tokens, C), read
     by a linear there, and whole, (B, H * W, C), by another."""
