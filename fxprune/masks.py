@@ -607,7 +607,8 @@ class _RescaledBatchNorm(_FxPruneLayer):
     def rescale_factor(self, mask: torch.Tensor) -> torch.Tensor:
         if self.fxprune_rescale == "off":
             return mask.new_ones(())
-        return mask.sum() / mask.numel()
+        # in float64, as finalize folds it: a bfloat16 sum of over 256 ones rounds (review140 F6)
+        return mask.sum(dtype=torch.float64) / mask.numel()
 
     @one_op
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -195,6 +195,21 @@ def test_bn_rescale_factor_is_the_kept_fraction():
     torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kept", [261, 279, 301])
+def test_a_half_precision_mask_gives_the_factor_finalize_folds(kept):
+    # review140 F6: a bfloat16 sum of more than 256 ones rounds (261 to 260), so training
+    # scaled gamma by another factor than the float64 one finalize folds (C = 384 here: of a
+    # power of two the two roundings agree)
+    from fxprune.masks import RescaledBatchNorm2d
+
+    bn = RescaledBatchNorm2d(4).to(torch.bfloat16)
+    mask = torch.zeros(384, dtype=torch.bfloat16)
+    mask[:kept] = 1
+    folded = bn.rescale_factor(mask.double())
+    assert folded.item() == kept / 384
+    assert bn.rescale_factor(mask).to(torch.bfloat16) == folded.to(torch.bfloat16)
+
+
 def _kept_out(pm, conv):
     g = {p: g for g in fxprune.channel_groups(pm) for p in g.producers}[conv]
     return (g.mask != 0).numpy() if g.mask is not None else np.ones(g.size, bool)
