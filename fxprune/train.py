@@ -231,16 +231,21 @@ def evaluate(model: nn.Module, loader, device: torch.device,
     every process returns the numbers of the whole split."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    # the sums stay on the device, read once at the end: two reads per batch were two syncs
+    # (review140 F2); float64, as the host sum of each batch's float32 loss was
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     for x, y in loader:
         if not len(y):  # a process's share of a last batch smaller than the number of processes
             continue
-        x, y = _to_device(x, device, channels_last), y.to(device)
+        x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
         logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     model.train(was_training)
+    loss_sum, correct = float(loss_sum), int(correct)
     loss_sum, correct, seen = _summed(loss_sum, correct, seen)
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
@@ -754,7 +759,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                        disable=not (log_cfg["progress"] and main), dynamic_ncols=True)
             for x, y in bar:
-                x, y = _to_device(x, device, channels_last), y.to(device)
+                # (labels too without a wait: a blocking copy is a stream sync, review140 F2)
+                x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
                 # a method may train a sub-network of the same weights (CUCB's active channels)
                 run = forward if distributed else (getattr(pruner, "train_forward", None) or net)
                 logits = run(x)

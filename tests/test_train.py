@@ -1169,3 +1169,23 @@ def test_a_global_batch_below_the_process_count_is_a_config_error(tmp_path, monk
     monkeypatch.setenv("RANK", "0")
     assert train_mod.run(args) == 2
     assert "error: data.batch_size 2 is smaller than the 4" in capsys.readouterr().err
+
+
+def test_evaluate_reads_its_sums_from_the_device_once_not_per_batch(monkeypatch):
+    # review140 F2: two .item() per batch, each a device sync on a GPU
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    loader = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
+    with torch.no_grad():
+        logits = [model(x) for x, _ in loader]
+    want_loss = sum(torch.nn.functional.cross_entropy(l, y, reduction="sum").item()
+                    for l, (_, y) in zip(logits, loader)) / 20
+    want_acc = sum(int((l.argmax(1) == y).sum()) for l, (_, y) in zip(logits, loader)) / 20
+    reads = []
+    for name in ("item", "__float__", "__int__", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, _real=real, _name=name: reads.append(_name) or _real(t, *a))
+    loss, acc = train_mod.evaluate(model, loader, torch.device("cpu"))
+    assert len(reads) <= 2, reads
+    assert loss == pytest.approx(want_loss, rel=1e-12) and acc == want_acc
