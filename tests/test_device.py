@@ -246,9 +246,27 @@ def test_cuda_step_between_updates_never_synchronizes():
                           masked_decay=2e-4)
     train(pm, pruner, 5, "cuda", torch.float32)  # an update, then a forward with its masks
     x, y = batch(5, "cuda", torch.float32)
-    F.cross_entropy(pm(x), y).backward()
-    torch.cuda.set_sync_debug_mode("error")  # any device-to-host sync raises
+    torch.cuda.set_sync_debug_mode("error")  # any sync (a read, a blocking copy) raises
+    try:  # the forward and backward too (review140: the step alone was checked)
+        F.cross_entropy(pm(x), y).backward()
+        assert pruner.step() is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device")
+def test_cuda_ccp_collecting_steps_never_synchronize():
+    # review140 F3: a bool-mask index (a nonzero) in every reader's gradient hook
+    from fxprune.methods.ccp import CCP
+
+    pm = prepared().cuda()
+    pruner = CCP(pm, target=0.5, collect=4, prune_at=4, channel_step=4)
+    train(pm, pruner, 1, "cuda", torch.float32)  # the first makes its index tensors there
+    x, y = batch(1, "cuda", torch.float32)
+    torch.cuda.set_sync_debug_mode("error")
     try:
+        F.cross_entropy(pm(x), y).backward()
         assert pruner.step() is None
     finally:
         torch.cuda.set_sync_debug_mode("default")
