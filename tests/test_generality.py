@@ -3504,3 +3504,43 @@ def test_a_vector_expanded_to_a_channel_count_and_summed_keeps_the_channels_whol
     pm = fxprune.prepare(M().eval(), (torch.randn(2, 3, 8, 8),))
     a = next(g for g in fxprune.channel_groups(pm) if g.producers == ["a"])
     assert not a.prunable, a.reason
+
+
+class _PerChannelColumn(nn.Module):
+    """review138's gap: a (C, 1, 1) tensor sized from the activation's count (a layer scale or
+    bias built in forward) kept its group whole; it broadcasts along dim 1 as a parameter does."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        c = y.shape[1]
+        if self.form == "ones":
+            return self.b(y * torch.ones(c, 1, 1) + 0.5)
+        if self.form == "full":
+            return self.b(y + torch.full((c, 1, 1), 0.25))
+        return self.b(y * (y.new_ones(c, 1, 1) * 2))
+
+
+@pytest.mark.parametrize("form", ["ones", "full", "new_ones"])
+def test_a_per_channel_column_sized_from_the_activation_prunes_with_it(form):
+    pm, small = check(_PerChannelColumn(form), torch.randn(2, 3, 8, 8), torch.randn(3, 3, 10, 12))
+    assert prunable(pm) == {"a": 8} and small.a.out_channels == 4
+
+
+def test_a_column_sized_from_the_channels_but_broadcast_along_height_keeps_them_whole():
+    # (C, 1) against (N, C, H, W) meets H, not C: the channel count does not make it per-channel
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y * torch.ones(y.shape[1], 1))
+
+    pm, _ = check(M(), torch.randn(2, 3, 8, 8), torch.randn(3, 3, 8, 8))
+    assert prunable(pm) == {}

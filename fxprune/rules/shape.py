@@ -635,9 +635,11 @@ class Create(ChannelRule):
             sizes = list(ctx.labels(sizes[0]))  # a shape read whole: y.new_zeros(y.shape)
         for d, s in enumerate(sizes):
             prov = s if isinstance(s, SizeOf) else ctx.labels(s) if isinstance(s, torch.fx.Node) else None
-            # dim 1, or the one dim of a per-channel vector (torch.ones(y.shape[1]) as a norm's
-            # weight: it follows the pruned count, as ones_like does; break136 F1, F2)
-            if ((d == 1 or (d == 0 and len(sizes) == 1)) and isinstance(prov, SizeOf)
+            # dim 1, or the first dim of a per-channel vector or column (torch.ones(y.shape[1])
+            # as a norm's weight, torch.ones(c, 1, 1) as a layer scale: it follows the pruned
+            # count, as ones_like does; break136 F1, F2, review138's gap)
+            if ((d == 1 or (d == 0 and all(type(r) is int and r == 1 for r in sizes[1:])))
+                    and isinstance(prov, SizeOf)
                     and len(prov.ids) == out_shape[d]):
                 out[d] = prov.ids.copy()
             elif d == 1 and isinstance(s, int) and s > 1:
