@@ -798,6 +798,45 @@ def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: d
             f"shorten {keys}, in whichever form the recipe sets them, or raise optim.epochs")
 
 
+def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
+    """Refuse, before training, a pruning that would not run within ``total_steps`` optimizer
+    steps or would come at the last one, with nothing fine-tuned after: CCP's rounds
+    (``prune_steps()``), CUCB's final selection (``explore``), the ramp and a one-shot
+    ``prune_at`` (:func:`check_schedule_steps`). ``method`` and ``run`` (the run's length in
+    words) go into the message, which names the keys that move the step.
+
+    Raises:
+        ConfigError: naming the step, the run's length and the keys to change.
+    """
+    prune_steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
+    late = [s for s in prune_steps if s > total_steps]
+    if late:
+        listed = (", ".join(map(str, late)) if len(late) <= 5 else
+                  f"{', '.join(map(str, late[:3]))}, ..., {late[-1]}")  # (break132 #3: all 50)
+        what = ("so it would end unpruned" if len(late) == len(prune_steps) else
+                f"so {len(late)} of its {len(prune_steps)} rounds would not run")
+        raise ConfigError(
+            f"{method} prunes at optimizer step{'s' if len(late) > 1 else ''} {listed}, but "
+            f"{run}, {what}; lower prune.collect / prune.prune_at (or rounds, round_every) or "
+            "raise optim.epochs")
+    if prune_steps and max(prune_steps) == total_steps:  # (review138 F4, as explore below)
+        raise ConfigError(
+            f"{method}'s last pruning round comes at optimizer step {total_steps}, and {run}: "
+            "it would prune at the last step, with nothing fine-tuned after; lower "
+            "prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
+    explore = getattr(pruner, "explore", None)
+    if isinstance(explore, int) and explore >= total_steps:
+        # (break132 #2: accepted, and the pick came at the last step, nothing fine-tuned)
+        raise ConfigError(
+            f"{method} makes its final selection at optimizer step {explore} (prune.explore), "
+            f"and {run}: it would pick at the last step, with nothing fine-tuned after; lower "
+            "prune.explore (or its _epochs/_fraction form) or raise optim.epochs")
+    target = getattr(pruner, "target", None)
+    if isinstance(target, (int, float)):
+        check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps,
+                             getattr(pruner, "fxprune_schedule_steps", None))
+
+
 def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:
     """DEFAULTS updated with ``cfg`` then ``overrides``; validated, never mutating ``cfg``."""
     resolved = copy.deepcopy(DEFAULTS)

@@ -53,7 +53,7 @@ from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost
                            measured_latency_cost, method_parameters)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
-                            ConfigError, apply_overrides, check_schedule_steps,
+                            ConfigError, apply_overrides, check_run_fits,
                             fractions_to_epochs, load_config, parse_value, pruner_class,
                             resolve_config)
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
@@ -620,34 +620,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
-        prune_steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
-        run = f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})"
-        late = [s for s in prune_steps if s > total_steps]
-        if late:
-            listed = (", ".join(map(str, late)) if len(late) <= 5 else
-                      f"{', '.join(map(str, late[:3]))}, ..., {late[-1]}")  # (break132 #3: all 50)
-            what = ("so it would end unpruned" if len(late) == len(prune_steps) else
-                    f"so {len(late)} of its {len(prune_steps)} rounds would not run")
-            raise ConfigError(
-                f"{method} prunes at optimizer step{'s' if len(late) > 1 else ''} {listed}, but "
-                f"{run}, {what}; lower prune.collect / prune.prune_at (or rounds, round_every) or "
-                "raise optim.epochs")
-        if prune_steps and max(prune_steps) == total_steps:  # (review138 F4, as explore below)
-            raise ConfigError(
-                f"{method}'s last pruning round comes at optimizer step {total_steps}, and {run}: "
-                "it would prune at the last step, with nothing fine-tuned after; lower "
-                "prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
-        explore = getattr(pruner, "explore", None)
-        if isinstance(explore, int) and explore >= total_steps:
-            # (break132 #2: accepted, and the pick came at the last step, nothing fine-tuned)
-            raise ConfigError(
-                f"{method} makes its final selection at optimizer step {explore} (prune.explore), "
-                f"and {run}: it would pick at the last step, with nothing fine-tuned after; lower "
-                "prune.explore (or its _epochs/_fraction form) or raise optim.epochs")
-        target = getattr(pruner, "target", None)
-        if isinstance(target, (int, float)):
-            check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps,
-                                 getattr(pruner, "fxprune_schedule_steps", None))
+        check_run_fits(pruner, method, total_steps,
+                       f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
         own_forward = getattr(pruner, "train_forward", None)
         if distributed and own_forward is not None and own_forward is not net:
             raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
