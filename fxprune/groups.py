@@ -260,6 +260,9 @@ class PreparedState:
     #: prepared model, so not in its counts (break120 F3)
     untraced_params: int = 0
     untraced_modules: tuple = ()
+    #: the model's quantized layers: their packed int8 weights are no nn.Parameter, so no
+    #: count holds them (break139 F1)
+    quantized_layers: tuple = ()
 
 
 def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> list[ChannelGroup]:

@@ -289,3 +289,24 @@ def describe(node, gm) -> str:
         return f"Tensor.{node.target}"
     target = node.target
     return f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', repr(target))}".lstrip(".")
+
+
+#: what to do with a quantized or quantization-aware-training model (break139 F1, F4)
+QUANTIZATION_WAY_OUT = ("prune the float model (before quantize / prepare_qat / prepare_qat_fx; "
+                        "torchvision: quantize=False) and quantize the finalized one")
+
+
+def quantization_stage(cls: type) -> str | None:
+    """``"quantized"`` for a torch.ao quantized layer with weights (int8 weights packed outside
+    ``nn.Parameter``: no row can slice them), ``"qat"`` for a quantization-aware-training layer
+    (fake-quantized weights, observers, a folded BatchNorm), else None. FloatFunctional and the
+    stubs of an unconverted quantizable model are neither: those models prune as float ones."""
+    name = getattr(cls, "__module__", "") or ""
+    if name.startswith(("torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat", "torch.nn.qat",
+                        "torch.nn.intrinsic.qat")):
+        return "qat"
+    if name.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                        "torch.nn.quantized", "torch.nn.intrinsic.quantized")):
+        from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
+        return "quantized" if issubclass(cls, WeightedQuantizedModule) else None
+    return None

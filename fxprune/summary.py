@@ -174,7 +174,19 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
         lines.append(f"not counted: {state.untraced_params:,} parameters of the model given to "
                      f"prepare that its traced forward never reads ({modules}: e.g. auxiliary "
                      "heads of the other mode); the prepared and finalized models do not hold them")
-    if not listed:
+    quantized = getattr(state, "quantized_layers", ())  # (a state saved before it was kept)
+    if quantized:
+        from .op_table import QUANTIZATION_WAY_OUT
+        names = ", ".join(quantized[:3]) + (", ..." if len(quantized) > 3 else "")
+        lines.append(f"not counted: the weights and FLOPs of {len(quantized)} quantized layer"
+                     f"{'s' if len(quantized) > 1 else ''} ({names}), packed outside "
+                     f"nn.Parameter; {QUANTIZATION_WAY_OUT}")
+    if not everything:  # (break139 F2: "see the reasons above" with none above)
+        lines.append("no channel group was found: no layer of the prepared model has channels "
+                     "fxprune follows (each conv or linear is called as one op, or is of a kind "
+                     "with no row in fxprune.op_table.CHANNEL_RULES); prepare's warnings say "
+                     "which, and rules= or leaf_modules= change it")
+    elif not listed:
         lines.append("no group has a conv or linear layer in it: fxprune found no layer it prunes "
                      "(a layer with no row in fxprune.op_table.CHANNEL_RULES is traced through or a "
                      "barrier; see the reasons above, or pass rules=)")

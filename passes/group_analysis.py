@@ -26,7 +26,8 @@ from fxprune.rules import Barrier, Elementwise, SizeOf
 from fxprune.rules.layers import _WeightLayer
 from fxprune.cost import LayerSpec
 from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, StatSite
-from fxprune.op_table import CHANNEL_RULES, INDEX, TUPLE_ITEM, describe
+from fxprune.op_table import (CHANNEL_RULES, INDEX, QUANTIZATION_WAY_OUT, TUPLE_ITEM, describe,
+                              quantization_stage)
 
 from .shape_prop import NodeFacts, TensorMeta
 from .size_probe import input_dependent_dims
@@ -403,9 +404,13 @@ class ChannelAnalysis(NodeFacts):
                 # a module traced as one call because its forward reads self.training
                 why = (getattr(self.gm, "meta", {}).get("fxprune_mode_leaves", {})
                        .get(node.target) if node.op == "call_module" else None)
+                stage = (quantization_stage(type(self.gm.get_submodule(node.target)))
+                         if node.op == "call_module" else None)
+                way_out = (f"a {'quantization-aware-training' if stage == 'qat' else 'quantized'} "
+                           f"layer: {QUANTIZATION_WAY_OUT}" if stage else
+                           "add one to fxprune.op_table.CHANNEL_RULES or pass rules=")
                 self.untracked_inputs(f"no channel rule for {describe(node, self.gm)}"
-                                      f"{f' (called as one op: {why})' if why else ''}; add one to "
-                                      "fxprune.op_table.CHANNEL_RULES or pass rules=")
+                                      f"{f' (called as one op: {why})' if why else ''}; {way_out}")
             return {}
         unsliced = self._unsliced_tensors(rule) if node.op == "call_module" else ""
         try:

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 import fxprune
 from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.summary import summary_table
 from helpers import n_params, prune_and_check
 
 
@@ -98,6 +99,46 @@ def test_a_layer_sharing_a_torch_layers_name_is_named_in_full():
     assert not kept.prunable
     assert "no channel rule for torch.ao.nn.quantized.dynamic" in kept.reason, kept.reason
     assert "no channel rule for Linear" not in kept.reason
+    # (break139 F1: "add one to CHANNEL_RULES" led away from the way out)
+    assert "a quantized layer: prune the float model" in kept.reason, kept.reason
+
+
+def _int8_conv_net():
+    from torch.ao import quantization as tq
+
+    model = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                          tq.DeQuantStub()).eval()
+    model.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(model)
+    prepared(X)  # calibration
+    return tq.convert(prepared)
+
+
+def test_an_int8_model_is_said_to_be_kept_whole_and_uncounted_with_the_way_out():
+    """break139 F1, F2: an int8 model prepared without a word, and its summary read "params 0;
+    FLOPs 0" and "see the reasons above" with none above."""
+    with pytest.warns(UserWarning, match=r"prepare: 2 quantized layers \(1, 3; `1` is "
+                                         r"torch\.ao\.nn\.quantized.*Conv2d\) are kept whole.*"
+                                         r"in no count: prune the float model"):
+        pm = fxprune.prepare(_int8_conv_net(), (X,))
+    text = summary_table(pm)
+    assert "not counted: the weights and FLOPs of 2 quantized layers (1, 3)" in text
+    assert "no channel group was found" in text and "see the reasons above" not in text
+
+
+def test_a_quantization_aware_training_layer_is_not_offered_the_conv_row():
+    # break139 F4: the refusal offered rules={ConvBnReLU2d: CHANNEL_RULES[Conv2d]}, which
+    # kept every group whole (its BN and fake-quant tensors are no row's to slice)
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    qat = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (X,)).eval()
+    with pytest.raises(Exception, match=r"ConvBnReLU2d is a quantization-aware-training layer "
+                                        r"\(fake-quantized weights, observers\): fxprune does not "
+                                        r"prune it; prune the float model") as raised:
+        fxprune.prepare(qat, (X,))
+    assert "CHANNEL_RULES[" not in str(raised.value)
 
 
 def test_subclasses_of_torch_layers_are_pruned():
