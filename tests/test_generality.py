@@ -1949,9 +1949,24 @@ def test_a_pre_hook_on_a_masked_layer_is_said():
     the mask and the prepared model failed with an internal TypeError, unexplained."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     model[2].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    # break141 F3: it was said, and the prepared model still failed at its first forward
     with pytest.warns(UserWarning, match=r"`2` \(Conv2d\) has a forward pre-hook \(<lambda>\): the "
-                                         r"prepared model calls it as \(input, mask\)"):
+                                         r"prepared model calls it as \(input, mask\)"), \
+            pytest.raises(ValueError, match=r"^prepare: the prepared model fails where layers with "
+                                            r"forward pre-hooks run \(`2`: a forward pre-hook "
+                                            r"\(<lambda>\)\): TypeError: .*missing 1 required "
+                                            r"positional argument: 'mask'; .*must return both"):
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+
+
+@pytest.mark.parametrize("hook", [lambda m, args: (args[0] * 2, *args[1:]), lambda m, args: None])
+def test_a_pre_hook_that_passes_the_mask_on_prepares_and_runs(hook):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model[2].register_forward_pre_hook(hook)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="calls it as"):
+        pm = fxprune.prepare(model, (x,))
+    assert pm(x).shape == (2, 4, 4, 4)
 
 
 def test_reasons_for_a_namedtuple_output_and_a_list_argument_name_the_right_cause():
