@@ -271,20 +271,26 @@ class ChannelAnalysis(NodeFacts):
                 self.untracked(space_ids, f"{what} reads the model input `{src.name}`, whose "
                                           "channels are the data's")
             else:
-                # (either: an op it follows passes the input's untracked channels on, x.float())
-                self.untracked(space_ids, f"{what} reads channels fxprune does not track (the "
-                                          "model input, or an output of an op whose channels it "
-                                          "does not follow)")
+                # (either: an op it follows passes the input's untracked channels on, x.float());
+                # the op upstream that dropped them is named where one did (break141 F4: after
+                # a parametrized conv the model input was suggested)
+                lost = self.where_lost(src)
+                self.untracked(space_ids, f"{what} reads channels fxprune does not track "
+                               + (f"(they were dropped: {lost})" if lost else
+                                  "(the model input, or an output of an op whose channels it "
+                                  "does not follow)"), cause=lost)
         else:
             self.unify(space_ids, act_ids, what)
 
-    def untracked(self, ids, reason: str) -> None:
-        """These elements must stay: something outside fxprune's rules depends on them."""
+    def untracked(self, ids, reason: str, cause: str | None = None) -> None:
+        """These elements must stay: something outside fxprune's rules depends on them.
+        ``cause``: where upstream they were dropped, which a later reader names (not this
+        node's own reason, which would nest one "dropped" in another)."""
         ids = np.asarray(ids).ravel()
         ids = ids[ids >= 0]
         if ids.size:
             self.marks.append((ids, self.why(reason)))
-            self.lost.setdefault(self.node, self.why(reason))
+            self.lost.setdefault(self.node, cause or self.why(reason))
 
     def where_lost(self, node, limit: int = 32) -> str | None:
         """Why the nearest node upstream of ``node`` (itself included) dropped channels, the

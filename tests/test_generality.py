@@ -1304,6 +1304,23 @@ def test_a_parametrized_weight_is_kept_whole_with_the_way_out(parametrize):
     what = "bias" if parametrize == "bias" else "weight"
     assert f"`b` (ParametrizedConv2d) computes its {what}" in reasons
     assert "remove_parametrizations" in reasons
+    # break141 F4: c's input (b's output) read "the model input, or an output of an op ..."
+    (c,) = [g for g in fxprune.channel_groups(pm) if "at `c`" in g.reason]
+    assert f"they were dropped: `b` (ParametrizedConv2d) computes its {what}" in c.reason, c.reason
+
+
+def test_channels_dropped_upstream_are_named_at_their_origin_not_nested():
+    # break141 F4: after a parametrized conv and a BN, the next conv named the BN's reason,
+    # which named the conv's: "dropped: ... (they were dropped: ...)"
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1))
+    parametrizations.weight_norm(model[2])
+    pm = fxprune.prepare(model.eval(), (X,))
+    (last,) = [g for g in fxprune.channel_groups(pm) if "at `5`" in g.reason]
+    assert last.reason.count("they were dropped") == 1, last.reason
+    assert "they were dropped: `2` (ParametrizedConv2d) computes its weight" in last.reason
 
 
 def test_a_model_converted_to_sync_batch_norm_prunes_as_with_batch_norm():
