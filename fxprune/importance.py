@@ -37,7 +37,7 @@ from torch import nn
 
 from .errors import FxPruneError
 from .masks import MethodHook
-from .units import ConsumerWeight
+from .units import ConsumerWeight, host_to_device
 
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -128,8 +128,8 @@ class WeightTaylor(_ConsumerStrategy):
         if not self.n or not self.consumers:
             return None
         self.follow_model()
-        # (non_blocking: CUCB's masks come from the host every step, review140 F4)
-        ext = torch.cat([flat_masks.to(self.total.device, torch.float64, non_blocking=True),
+        # (without a wait: CUCB's masks come from the host every step, review140 F4)
+        ext = torch.cat([host_to_device(flat_masks, self.total.device, torch.float64),
                          self.total.new_ones(1)])
         spill = self.total.new_zeros(self.n + 1)  # [n]: positions outside every prunable group
         seen = False

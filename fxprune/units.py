@@ -18,6 +18,18 @@ from .groups import ChannelGraph, GroupInfo, mask_buffer, state_of
 from .masks import remember_all_ones
 
 
+def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` (on the host) on ``device`` without waiting: to a CUDA device through pinned
+    memory with ``non_blocking``, which queues the copy behind the stream's work (a copy from
+    pageable memory may synchronize; torch keeps the pinned block until the copy has run).
+    Any other pair of devices copies as ``.to`` does (review140 F4, review142 F8: a
+    device-to-host copy must not be non-blocking, its result is read at once)."""
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, dtype, non_blocking=True)
+    return t.to(device, dtype)
+
+
 class UnitIndex:
     def __init__(self, prepared: fx.GraphModule):
         state = state_of(prepared)
@@ -78,7 +90,8 @@ class UnitIndex:
             for i, t in enumerate(self.mask_tensors(prepared)):
                 if (t.device, t.dtype) not in moved:  # one copy to the masks' device, not one
                     # blocking copy per group (review140 F4: CUCB writes every step)
-                    moved[t.device, t.dtype] = flat.to(t.device, t.dtype, non_blocking=True)
+                    moved[t.device, t.dtype] = (host_to_device(flat, t.device, t.dtype) if on_host
+                                                else flat.to(t.device, t.dtype))
                 t.copy_(moved[t.device, t.dtype][self.group_slice(i)])
                 if on_host:  # known here: a masked norm's all-ones check need not read it back
                     remember_all_ones(t, bool((flat[self.group_slice(i)].to(t.dtype) == 1).all()))

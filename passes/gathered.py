@@ -41,6 +41,7 @@ from fxprune.cpu_kernels import strided_pointwise
 from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
 from fxprune.masks import _RescaledBatchNorm, mask_weight
+from fxprune.units import host_to_device
 
 from .grad_mode import restore_modes_on_exit
 from .group_analysis import module_rule
@@ -438,8 +439,9 @@ class GatheredModule(nn.Module):
         return any(self.channels.touches_prunable(np.asarray(ids))
                    for ids in _label_arrays(node.meta.get("fxprune_labels")))
 
-    def set_active(self, flat_active: np.ndarray, device=None) -> None:
-        """Gather at the channels ``flat_active`` (bool per flat channel, UnitIndex order) keeps."""
+    def set_active(self, flat_active: np.ndarray) -> None:
+        """Gather at the channels ``flat_active`` (bool per flat channel, UnitIndex order) keeps,
+        on the prepared model's device (made again there by a forward after it moved)."""
         from fxprune.units import UnitIndex
 
         prepared = self.prepared_ref[0]
@@ -448,8 +450,7 @@ class GatheredModule(nn.Module):
         flat_active = np.asarray(flat_active, dtype=bool)
         masks = {g.key: flat_active[index.group_slice(i)] for i, g in enumerate(index.groups)}
         unit_kept = self.channels.unit_kept(masks)
-        if device is None:
-            device = _device_of(prepared)
+        device = _device_of(prepared)
         positions = {}
         for space in self._spaces:
             keep = self.channels.kept(space.ids, unit_kept)
@@ -457,13 +458,13 @@ class GatheredModule(nn.Module):
         # one copy to the device for every space, split there: a copy per space was a blocking
         # host-to-device copy each, 120 per step on ResNet-18 (review140 F4)
         parts = [v for v in positions.values() if v is not None]
-        flat = (torch.from_numpy(np.concatenate(parts).astype(np.int64)).to(device, non_blocking=True)
+        flat = (host_to_device(torch.from_numpy(np.concatenate(parts).astype(np.int64)), device)
                 if parts else None)
         views = iter(flat.split([len(v) for v in parts]) if parts else ())
         self.indices = {k: None if v is None else next(views) for k, v in positions.items()}
         # what the indices were made for: the model moving after (``fxprune train`` builds the
         # pruner, then moves the model) makes forward() make them again there (review140 F1)
-        self._active, self._indices_device = flat_active.copy(), torch.device(device)
+        self._active, self._indices_device = flat_active.copy(), device
 
     def forward(self, *args, **kwargs):
         # the optimizer step that follows protects what THIS forward left out, even when the
