@@ -153,29 +153,53 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
 
 
 def _check_pre_hooks_take_the_mask(gm: fx.GraphModule, inputs: tuple) -> None:
-    """A masked layer is called as ``(input, mask)``: a forward pre-hook written for the plain
-    layer that returns the input alone drops the mask, and the prepared model failed at its
-    first forward with torch's bare "missing 1 required positional argument: 'mask'"
-    (break141 F3; prepare's check ran the model before the masks). Where a masked layer has
-    forward pre-hooks, the prepared model runs once here (in eval mode, every buffer put back)
-    and a failure is refused, naming the layers and their hooks."""
-    from .masks import _InputMasked
+    """A masked layer (or norm) is called as ``(input, *masks)``: a forward pre-hook written
+    for the plain layer that returns the input alone drops the masks, and the prepared model
+    failed at its first forward with torch's bare "missing 1 required positional argument:
+    'mask'" (break141 F3; prepare's check ran the model before the masks), or, for a masked
+    LayerNorm, computed unmasked statistics (review142 F1). Where a masked layer has forward
+    pre-hooks, the prepared model runs once here (eval mode, every buffer put back; the user's
+    hooks run once more), a pre-hook of ours after theirs counting the arguments the layer
+    gets; a layer that gets fewer than the graph passes is refused by name (review142 F2),
+    and any other failure is raised as it is (review142 F3)."""
+    from .masks import FXPRUNE_CLASSES
 
     kinds = [("_forward_pre_hooks", "forward pre-hook")]
-    hooked = {name: hook_names(m, kinds) for name, m in gm.named_modules()
-              if isinstance(m, _InputMasked) and hook_names(m, kinds)}
-    if not hooked:
+    hooked = {name: m for name, m in gm.named_modules()
+              if isinstance(m, FXPRUNE_CLASSES) and hook_names(m, kinds)}
+    passed = {}  # the arguments the graph calls each with
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in hooked:
+            passed[node.target] = len(node.args)
+    if not passed:
         return
+    dropped: dict[str, int] = {}
+
+    def counting(name):
+        def pre(module, args):
+            if len(args) < passed[name]:
+                dropped.setdefault(name, len(args))
+        return pre
+
+    handles = [hooked[name].register_forward_pre_hook(counting(name)) for name in passed]
     try:
-        run_eval(gm, inputs)
-    except Exception as exc:
-        name = next(iter(hooked))
+        try:
+            run_eval(gm, inputs)
+        except Exception:
+            if not dropped:  # not theirs to answer for
+                raise
+    finally:
+        for handle in handles:
+            handle.remove()
+    if dropped:
+        name, got = next(iter(dropped.items()))
+        module = hooked[name]
+        cls = getattr(type(module), "_fxprune_base", type(module)).__name__  # the user's class
         raise ValueError(
-            f"prepare: the prepared model fails where layers with forward pre-hooks run (`{name}`: "
-            f"{hooked[name]}{', and ' + str(len(hooked) - 1) + ' more' if len(hooked) > 1 else ''}"
-            f"): {type(exc).__name__}: {exc}; the prepared model calls a masked layer as (input, "
-            "mask), so its pre-hook must return both (or None): register hooks written for the "
-            "plain layer on the finalized model") from exc
+            f"prepare: `{name}` ({cls}, with {hook_names(module, kinds)}) gets {got} of the "
+            f"{passed[name]} arguments the prepared model calls it with (input, then its masks): "
+            "a pre-hook on a masked layer must return every argument (or None); register hooks "
+            "written for the plain layer on the finalized model")
 
 
 def _warn_quantized_layers(model: nn.Module) -> tuple[str, ...]:

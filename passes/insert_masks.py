@@ -94,8 +94,9 @@ def _warn_argument_hooks(name: str, module: nn.Module) -> None:
     if hooks:
         warnings.warn(f"`{name}` ({type(module).__name__}) has {hooks}: the prepared model calls "
                       "it as (input, mask), so such a hook gets both arguments (a pre-hook must "
-                      "return both, or None; a backward hook gets a grad_input more); the "
-                      "finalized model calls it as before: register such hooks after finalize",
+                      "return both, or None; a backward hook gets a grad_input more; prepare runs "
+                      "the prepared model once to check a pre-hook does); the finalized model "
+                      "calls it as before: register such hooks after finalize",
                       UserWarning, stacklevel=4)
 
 
@@ -128,6 +129,10 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
                 node.args = (node.args[0], mask, *node.args[1:])
     for stat in channels.stat_sites:
         if any(channels.touches_prunable(ids) for ids in stat.labels):
+            node = nodes[stat.node]
+            if node.op == "call_module" and not isinstance(gm.get_submodule(node.target), _InputMasked):
+                # a masked norm is called as (input, *masks) too (review142 F1)
+                _warn_argument_hooks(node.target, gm.get_submodule(node.target))
             masks = tuple(builder.mask_for(ids) for ids in stat.labels)
             stat.rule.mask_statistics(nodes[stat.node], gm, masks, stat.mask_dims)
     gm.graph.lint()

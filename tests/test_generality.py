@@ -1970,10 +1970,67 @@ def test_a_pre_hook_on_a_masked_layer_is_said():
     # break141 F3: it was said, and the prepared model still failed at its first forward
     with pytest.warns(UserWarning, match=r"`2` \(Conv2d\) has a forward pre-hook \(<lambda>\): the "
                                          r"prepared model calls it as \(input, mask\)"), \
-            pytest.raises(ValueError, match=r"^prepare: the prepared model fails where layers with "
-                                            r"forward pre-hooks run \(`2`: a forward pre-hook "
-                                            r"\(<lambda>\)\): TypeError: .*missing 1 required "
-                                            r"positional argument: 'mask'; .*must return both"):
+            pytest.raises(ValueError, match=r"^prepare: `2` \(Conv2d, with a forward pre-hook "
+                                            r"\(<lambda>\)\) gets 1 of the 2 arguments the prepared "
+                                            r"model calls it with \(input, then its masks\): a "
+                                            r"pre-hook on a masked layer must return every argument"):
+        fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+
+
+class _NormBetween(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if isinstance(self.norm, nn.LayerNorm):
+            return self.b(self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return self.b(self.norm(y))
+
+
+@pytest.mark.parametrize("norm", [nn.GroupNorm(2, 8), nn.LayerNorm(8)])
+def test_a_pre_hook_dropping_a_masked_norms_masks_is_refused(norm):
+    # review142 F1: a GroupNorm failed at the first forward, a LayerNorm silently computed its
+    # statistics over every channel (finalize then differed by 0.36)
+    model = _NormBetween(norm)
+    model.norm.register_forward_pre_hook(lambda m, args: (args[0] * 1,))
+    with pytest.warns(UserWarning, match=r"`norm` \(\w+Norm\) has a forward pre-hook"), \
+            pytest.raises(ValueError, match=r"^prepare: `norm` \(\w+Norm, with a forward pre-hook "
+                                            r"\(<lambda>\)\) gets 1 of the 2 arguments"):
+        fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+
+
+def test_the_layer_whose_pre_hook_drops_the_mask_is_the_one_named():
+    # review142 F2: the first hooked layer was named, its hook innocent
+    def fine(m, args):
+        return None
+
+    def drops(m, args):
+        return (args[0],)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1))
+    model[2].register_forward_pre_hook(fine)
+    model[4].register_forward_pre_hook(drops)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"^prepare: `4` \(Conv2d, with "
+                                                                    r"a forward pre-hook \(drops\)\)"):
+        fxprune.prepare(model, (torch.randn(2, 3, 10, 10),))
+
+
+def test_a_failure_of_the_prepared_model_not_of_a_pre_hook_is_not_blamed_on_it():
+    # review142 F3: any failure of the check run was said to be the pre-hooks'
+    calls = []
+
+    def counts(m, args):
+        calls.append(len(args))
+        if len(args) == 2:  # the prepared model's call
+            raise RuntimeError("the hook's own failure")
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model[2].register_forward_pre_hook(counts)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="^the hook's own failure$"):
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
 
 
