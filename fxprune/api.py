@@ -107,6 +107,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             raise ValueError(f"prepare: the model's tensors are on the meta device ({meta}): they "
                              "hold no values to trace, check and prune; materialize the model "
                              "first (model.to_empty(device='cpu'), then load_state_dict)")
+        _refuse_quantization_aware_training(model)
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
         if rules is not None and not isinstance(rules, Mapping):  # (break111 F16: 'list' ... 'items')
@@ -202,27 +203,40 @@ def _check_pre_hooks_take_the_mask(gm: fx.GraphModule, inputs: tuple) -> None:
             "written for the plain layer on the finalized model")
 
 
-def _warn_quantized_layers(model: nn.Module) -> tuple[str, ...]:
-    """Say which layers of ``model`` are quantized (int8 weights packed outside
-    ``nn.Parameter``) or quantization-aware-training ones: kept whole, and a quantized one's
-    weights and FLOPs are in no count (break139 F1: an int8 resnet18 prepared silently, and
-    its summary read "params 0; FLOPs 0"). Returns the quantized ones' names."""
+def _refuse_quantization_aware_training(model: nn.Module) -> None:
+    """A model prepared for quantization-aware training (fake-quantized weights, observers
+    that resize their buffers at the first forward, a folded BatchNorm) is refused before it
+    runs: eager ``prepare_qat`` models failed in shape propagation with a bare RuntimeError,
+    ``prepare_qat_fx`` ones in tracing (review142 F4, break139 F4)."""
     from .op_table import QUANTIZATION_WAY_OUT, quantization_stage
 
-    staged = [(name, type(m), quantization_stage(type(m))) for name, m in model.named_modules()]
-    staged = [(name, cls, stage) for name, cls, stage in staged if stage is not None]
+    found = next(((name, type(m)) for name, m in model.named_modules()
+                  if quantization_stage(type(m)) == "qat"), None)
+    if found is not None:
+        name, cls = found
+        raise ValueError(f"prepare: `{name or '(the model)'}` is a quantization-aware-training "
+                         f"layer ({cls.__module__}.{cls.__qualname__}), which fxprune does not "
+                         f"prune; {QUANTIZATION_WAY_OUT}")
+
+
+def _warn_quantized_layers(model: nn.Module) -> tuple[str, ...]:
+    """Say which layers of ``model`` are quantized (weights packed outside ``nn.Parameter``):
+    kept whole, and their weights and FLOPs in no count (break139 F1: an int8 resnet18
+    prepared silently, and its summary read "params 0; FLOPs 0"). Returns their names."""
+    from .op_table import QUANTIZATION_WAY_OUT, quantization_stage
+
+    staged = [(name, type(m)) for name, m in model.named_modules()
+              if quantization_stage(type(m)) == "quantized"]
     if staged:
-        name, cls, stage = staged[0]
-        listed = ", ".join(n for n, _, _ in staged[:3]) + (", ..." if len(staged) > 3 else "")
-        quantized = any(stage == "quantized" for _, _, stage in staged)
-        warn(f"prepare: {len(staged)} {'quantized' if quantized else 'quantization-aware-training'} "
-             f"layer{'s' if len(staged) > 1 else ''} ({listed}; `{name}` is "
-             f"{cls.__module__}.{cls.__qualname__}) "
+        name, cls = staged[0]
+        listed = ", ".join(n for n, _ in staged[:3]) + (", ..." if len(staged) > 3 else "")
+        warn(f"prepare: {len(staged)} quantized layer{'s' if len(staged) > 1 else ''} ({listed}; "
+             f"`{name}` is {cls.__module__}.{cls.__qualname__}) "
              f"{'are' if len(staged) > 1 else 'is'} kept whole, with the channels "
-             f"{'they read and write' if len(staged) > 1 else 'it reads and writes'}"
-             + (", and the quantized weights and their FLOPs are in no count" if quantized else "")
-             + f": {QUANTIZATION_WAY_OUT}", UserWarning)
-    return tuple(name for name, _, stage in staged if stage == "quantized")
+             f"{'they read and write' if len(staged) > 1 else 'it reads and writes'}, and the "
+             f"quantized weights and their FLOPs are in no count: {QUANTIZATION_WAY_OUT}",
+             UserWarning)
+    return tuple(name for name, _ in staged)
 
 
 def _untraced_parameters(model: nn.Module, gm: fx.GraphModule) -> tuple[int, tuple[str, ...]]:

@@ -297,16 +297,21 @@ QUANTIZATION_WAY_OUT = ("prune the float model (before quantize / prepare_qat / 
 
 
 def quantization_stage(cls: type) -> str | None:
-    """``"quantized"`` for a torch.ao quantized layer with weights (int8 weights packed outside
-    ``nn.Parameter``: no row can slice them), ``"qat"`` for a quantization-aware-training layer
-    (fake-quantized weights, observers, a folded BatchNorm), else None. FloatFunctional and the
-    stubs of an unconverted quantizable model are neither: those models prune as float ones."""
-    name = getattr(cls, "__module__", "") or ""
-    if name.startswith(("torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat", "torch.nn.qat",
-                        "torch.nn.intrinsic.qat")):
-        return "qat"
-    if name.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
-                        "torch.nn.quantized", "torch.nn.intrinsic.quantized")):
-        from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
-        return "quantized" if issubclass(cls, WeightedQuantizedModule) else None
-    return None
+    """``"quantized"`` for a torch.ao quantized layer with weights (packed outside
+    ``nn.Parameter``, so no row can slice them and no count holds them: convs, linears,
+    dynamic RNNs, embeddings), ``"qat"`` for a quantization-aware-training layer
+    (fake-quantized weights, observers, a folded BatchNorm), else None; a subclass of either
+    is that too (review142 F5). FloatFunctional and the stubs of an unconverted quantizable
+    model are neither: those models prune as float ones."""
+    import torch.ao.nn.quantized as nnq
+    import torch.ao.nn.quantized.dynamic as nnqd
+    from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
+
+    for base in cls.__mro__:
+        if (getattr(base, "__module__", "") or "").startswith(
+                ("torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat", "torch.nn.qat",
+                 "torch.nn.intrinsic.qat")):
+            return "qat"
+    packed = (WeightedQuantizedModule, nnq.Embedding, nnq.EmbeddingBag,
+              nnqd.modules.rnn.RNNBase, nnqd.modules.rnn.RNNCellBase)
+    return "quantized" if issubclass(cls, packed) else None

@@ -410,10 +410,9 @@ class ChannelAnalysis(NodeFacts):
                 # a module traced as one call because its forward reads self.training
                 why = (getattr(self.gm, "meta", {}).get("fxprune_mode_leaves", {})
                        .get(node.target) if node.op == "call_module" else None)
-                stage = (quantization_stage(type(self.gm.get_submodule(node.target)))
-                         if node.op == "call_module" else None)
-                way_out = (f"a {'quantization-aware-training' if stage == 'qat' else 'quantized'} "
-                           f"layer: {QUANTIZATION_WAY_OUT}" if stage else
+                quantized = (node.op == "call_module" and quantization_stage(
+                    type(self.gm.get_submodule(node.target))) == "quantized")
+                way_out = (f"a quantized layer: {QUANTIZATION_WAY_OUT}" if quantized else
                            "add one to fxprune.op_table.CHANNEL_RULES or pass rules=")
                 self.untracked_inputs(f"no channel rule for {describe(node, self.gm)}"
                                       f"{f' (called as one op: {why})' if why else ''}; {way_out}")

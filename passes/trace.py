@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
-from fxprune.op_table import CHANNEL_RULES, QUANTIZATION_WAY_OUT, add_installed_rows, quantization_stage
+from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
 from .grad_mode import ModeRecordingTracer
@@ -886,9 +886,7 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
         way_out = (f"prepare(..., leaf_modules=[{where[1].__name__}]) or leaf_modules=['{where[0]}'] "
                    f"keeps that module whole (its channels are then not pruned)")
         base = next((b for b in where[1].__mro__[1:] if b in CHANNEL_RULES), None)
-        if base is not None and not quantization_stage(where[1]):
-            # a norm or conv subclass calling super().forward (not a QAT layer: its BN,
-            # observers and fake-quant tensors are no row's to slice; break139 F4)
+        if base is not None:  # a norm or conv subclass calling super().forward
             named = (f"torch.nn.{base.__name__}" if getattr(nn, base.__name__, None) is base
                      else f"{base.__module__}.{base.__qualname__}")
             way_out += (f"; if it works channel by channel as {base.__name__} does, prepare(..., "
@@ -914,9 +912,5 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
         why = ("Code that needs concrete values (numbers, shapes as Python ints) where torch.fx "
                f"passes symbolic proxies cannot be traced. Either {way_out}, or use tensor "
                "methods (x.new_zeros(...), x.size(...)) that torch.fx records.")
-    if where[0] and quantization_stage(where[1]):  # (break139 F4: the Conv2d row was
-        # offered, which kept all 40 groups whole)
-        why = (f"{where[1].__name__} is a quantization-aware-training layer (fake-quantized "
-               f"weights, observers): fxprune does not prune it; {QUANTIZATION_WAY_OUT}.")
     return TraceError(f"torch.fx could not trace module `{name}` ({where[1].__name__})"
                       f"{source or ' '}{type(e).__name__}: {e}\n{why}")
