@@ -302,7 +302,11 @@ class ChannelAnalysis(NodeFacts):
         seen, queue = {node}, [node]
         while queue and len(seen) <= limit:
             n = queue.pop(0)
-            if n in self.lost:
+            # a node whose output carries channels did not drop them: its record is of its
+            # input (a stem conv reading the model input; review142 F6 named it for a column
+            # that met the batch dim)
+            if n in self.lost and not any(np.any(np.asarray(ids) >= 0)
+                                          for ids in self._all_labels(self.labels(n))):
                 return self.lost[n]
             for a in n.all_input_nodes:
                 if a not in seen:
@@ -317,6 +321,10 @@ class ChannelAnalysis(NodeFacts):
             self.keep_one.append((ids, self.why(what)))
 
     def untracked_inputs(self, reason: str) -> None:
+        # this node ends tracking, whether or not its inputs still had channels to lose: a
+        # later reader names it, not an op before it (review142 F7: a parametrized conv after
+        # a leaf without a row, or reading the model input, was passed over)
+        self.lost.setdefault(self.node, self.why(reason))
         for a in arg_leaves(self.node.args, self.node.kwargs):
             for ids in self._all_labels(self.labels(a)):
                 self.untracked(ids, reason)

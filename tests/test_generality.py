@@ -3694,3 +3694,41 @@ def test_quantized_recurrent_and_embedding_layers_are_named_as_quantized():
     assert quantization_stage(type("MyQuantizedConv", (nnq.Conv2d,), {})) == "quantized"
     assert quantization_stage(nnq.FloatFunctional) is None
     assert quantization_stage(nn.LSTM) is None and quantization_stage(nn.Conv2d) is None
+
+
+class _Leaf(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+@pytest.mark.parametrize("behind_a_leaf", [False, True])
+def test_a_parametrized_conv_is_named_where_it_ends_tracking_after_a_leaf_or_as_the_stem(behind_a_leaf):
+    # review142 F7: a barrier whose input was already untracked recorded nothing, so the
+    # reader named the leaf before it, or (a stem) "the model input, or an op ..."
+    from torch.nn.utils import parametrizations
+
+    layers = [nn.Conv2d(3, 8, 3), _Leaf()] if behind_a_leaf else []
+    model = nn.Sequential(*layers, nn.Conv2d(8 if behind_a_leaf else 3, 8, 1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1))
+    param = len(layers)
+    parametrizations.weight_norm(model[param])
+    pm = fxprune.prepare(model.eval(), (X,), leaf_modules=[_Leaf])
+    (last,) = [g for g in fxprune.channel_groups(pm) if g.name == f"{param + 2}.weight[1]"]
+    assert f"they were dropped: `{param}` (ParametrizedConv2d) computes its weight" in last.reason, last.reason
+
+
+def test_a_column_meeting_the_batch_dim_is_said_so_not_blamed_on_the_stem():
+    # review142 F6: "they were dropped: conv input reads the model input `x` ... at `a`"
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y * torch.ones(y.shape[1], 1, 1, 1))  # meets N (8 == the batch)
+
+    pm = fxprune.prepare(M().eval(), (torch.randn(8, 3, 6, 6),))
+    reasons = " ".join(g.reason for g in fxprune.channel_groups(pm, all_groups=True))
+    assert "channels meet dim 0 of `a`, which holds none" in reasons, reasons
+    assert "they were dropped" not in reasons

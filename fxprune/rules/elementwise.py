@@ -90,19 +90,27 @@ def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
                 continue
             present.append(ctx.labels(a).get(ad))
             if present[-1] is None:
-                unknown = a
+                unknown, unknown_dim = a, ad
         labelled = [p for p in present if p is not None]
         if not labelled:
             continue
         if len(labelled) < len(present):
             expanded = (isinstance(unknown, fx.Node) and unknown.op == "call_method"
                         and unknown.target in ("expand", "repeat"))
-            lost = None if expanded else ctx.where_lost(unknown)
+            # channels meeting a dim of a tensor whose channels are elsewhere (a (C, 1, 1)
+            # column against the batch dim: review142 F6)
+            elsewhere = (isinstance(unknown, fx.Node) and not expanded
+                         and isinstance(ctx.labels(unknown), dict)
+                         and any(np.any(np.asarray(ids) >= 0) for ids in ctx.labels(unknown).values()))
+            lost = None if expanded or elsewhere else ctx.where_lost(unknown)
             for p in labelled:  # (an expand to a literal count: break59 #1 named only the op here)
                 ctx.untracked(p, f"{what} with a tensor whose channels fxprune does not track"
                               + (f" (`{unknown.name}`: {unknown.target} of a size-1 dim to a fixed "
                                  "count; broadcasting, or expand_as(y), follows the pruning)"
-                                 if expanded else f" (they were dropped: {lost})" if lost else ""))
+                                 if expanded else
+                                 f" (channels meet dim {unknown_dim} of `{unknown.name}`, which holds "
+                                 "none: a channel-sized dim broadcast against another dim)"
+                                 if elsewhere else f" (they were dropped: {lost})" if lost else ""))
         for other in labelled[1:]:
             ctx.unify(labelled[0], other, what)
         result[d] = labelled[0]
