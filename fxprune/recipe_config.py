@@ -767,26 +767,29 @@ def _check_schedule_epochs(written: dict, optim: dict) -> None:
                           f"{epochs}), so nothing would be pruned; {way_out('prune_at')}")
 
 
-def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: dict | None = None) -> None:
+def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: dict | None = None,
+                         run: str | None = None) -> None:
     """The same check in optimizer steps, once the run's length is known: the ramp (and
-    with it the last update, at its end) must fit before masks freeze and training ends; a
-    one-shot method's decision (``prune_at`` in ``set_steps``, the step counts the recipe's
-    method runs with) must come within the run. The error names the keys that move it
-    (break132 #1: "shorten prune.ramp" was said to a method that refuses ramp)."""
+    with it the last update, at its end) must fit before masks freeze and end before the
+    run's last step; a one-shot method's decision (``prune_at`` in ``set_steps``, the step
+    counts the recipe's method runs with) must come before it too, with steps left to
+    fine-tune (review138 F4, review142 F10). The error names the keys that move it
+    (break132 #1: "shorten prune.ramp" was said to a method that refuses ramp); ``run`` says
+    the run's length in words (default: "the run has N")."""
     if schedule is None or target >= 1.0:
         return
+    run = run or f"the run has {total_steps}"
     last = total_steps if schedule.freeze_after is None else min(schedule.freeze_after,
                                                                   total_steps)
     prune_at = (set_steps or {}).get("prune_at")
     if prune_at is not None:
         if prune_at >= total_steps:  # at the last step: nothing fine-tuned after (review138 F4,
             # as CUCB's explore)
-            when = (" but the run has" if prune_at > total_steps else
-                    ", the last of the run's, with nothing fine-tuned after; the run has")
+            when = (" but" if prune_at > total_steps else
+                    ", the last of the run's, with nothing fine-tuned after;")
             raise ConfigError(
-                f"the pruning comes at step {prune_at} (prune.prune_at){when} "
-                f"{total_steps}; lower prune.prune_at (or the _epochs/_fraction form set) or raise "
-                "optim.epochs")
+                f"the pruning comes at step {prune_at} (prune.prune_at){when} {run}; lower "
+                "prune.prune_at (or the _epochs/_fraction form set) or raise optim.epochs")
         return
     ramp_end = schedule.ramp_end
     if ramp_end > last:
@@ -796,6 +799,12 @@ def check_schedule_steps(schedule, target: float, total_steps: int, set_steps: d
             f"the pruning schedule reaches its target at step {ramp_end} (warmup {schedule.warmup} "
             f"+ ramp {schedule.ramp}) but masks stop changing at step {last} of {total_steps}; "
             f"shorten {keys}, in whichever form the recipe sets them, or raise optim.epochs")
+    if ramp_end >= total_steps:  # unfrozen to the end: its last update at the last step
+        raise ConfigError(
+            f"the pruning schedule reaches its target at step {ramp_end} (warmup {schedule.warmup} "
+            f"+ ramp {schedule.ramp}), the last of the run's, with nothing fine-tuned after; "
+            f"{run}; shorten prune.warmup or prune.ramp, in whichever form the recipe sets "
+            "them, or raise optim.epochs")
 
 
 def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
@@ -834,7 +843,7 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
     target = getattr(pruner, "target", None)
     if isinstance(target, (int, float)):
         check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps,
-                             getattr(pruner, "fxprune_schedule_steps", None))
+                             getattr(pruner, "fxprune_schedule_steps", None), run)
 
 
 def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:

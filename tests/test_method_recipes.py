@@ -129,11 +129,16 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
     # break132 #1: "shorten prune.ramp", which a one-shot method refuses; review137 #1: its
     # window made it "step 6 (prune_at 10)"
     ("method: magnitude\n  target: 0.8\n  prune_at: 100", r"the pruning comes at step 100 "
-     r"\(prune.prune_at\) but the run has 2; lower prune.prune_at \(or"),
+     r"\(prune.prune_at\) but the run has 2 \(1 epochs x 2\); lower prune.prune_at \(or"),
     ("method: magnitude\n  target: 0.8\n  prune_at: 3\n  window: 2", r"comes at step 3 "),
     # review138 F4: at the last step, nothing fine-tuned after (refused as CUCB's explore is)
     ("method: magnitude\n  target: 0.8\n  prune_at: 2\n  window: 1", r"comes at step 2 "
-     r"\(prune.prune_at\), the last of the run's, with nothing fine-tuned after; the run has 2"),
+     r"\(prune.prune_at\), the last of the run's, with nothing fine-tuned after; the run has 2 "
+     r"\(1 epochs x 2\)"),
+    # review142 F10: a ramp ending at the last step, unfrozen, was accepted
+    ("method: smcp\n  target: 0.8\n  warmup: 0\n  ramp: 2\n  update_every: 1\n  freeze_after: null",
+     r"reaches its target at step 2 \(warmup 0 \+ ramp 2\), the last of the run's, with nothing "
+     r"fine-tuned after; the run has 2 \(1 epochs x 2\)"),
     ("method: ccp\n  target: 0.5\n  collect: 1\n  prune_at: 2", r"ccp's last pruning round comes "
      r"at optimizer step 2, and the run has 2 \(1 epochs x 2\): it would prune at the last step"),
     # review137 #1: warmup alone set, the default ramp the cause: both named
