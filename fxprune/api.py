@@ -529,11 +529,12 @@ def tracer_kwargs(model: nn.Module) -> dict:
         features = create_feature_extractor(pm, {"layer3": "mid", "fc": "out"},
                                             tracer_kwargs=fxprune.tracer_kwargs(pm))
     """
-    from .masks import FXPRUNE_CLASSES, GRAPH_FUNCTIONS
+    from .masks import FXPRUNE_CLASSES, GRAPH_FUNCTIONS, MaskGather
     if not isinstance(model, nn.Module):  # (break111 F16: None's AttributeError)
         raise TypeError(f"tracer_kwargs takes the prepared or finalized model, got "
                         f"{type(model).__name__}")
-    classes = list(dict.fromkeys(type(m) for m in model.modules() if isinstance(m, FXPRUNE_CLASSES)))
+    classes = list(dict.fromkeys(type(m) for m in model.modules()
+                                 if isinstance(m, (*FXPRUNE_CLASSES, MaskGather))))
     graph = getattr(model, "graph", None)
     used = {n.target for n in graph.nodes if n.op == "call_function"} if graph is not None else set()
     return {"leaf_modules": classes + _one_op_classes(model, classes),

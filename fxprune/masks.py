@@ -103,6 +103,10 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     version (:func:`_is_all_ones`); it was read from the device at every forward (review134
     F7), and is not read where nothing asks (a conv's input: review135 F1).
     """
+    return _gathered(index, group_masks)
+
+
+def _gathered(index: torch.Tensor, group_masks: tuple) -> torch.Tensor:
     ones = group_masks[0].new_ones(1)
     gathered = torch.cat([ones, *group_masks])[index]
     try:
@@ -110,6 +114,24 @@ def gather_mask(index: torch.Tensor, *group_masks: torch.Tensor) -> torch.Tensor
     except (AttributeError, RuntimeError):  # a tensor subclass that takes no attributes
         pass
     return gathered
+
+
+class MaskGather(nn.Module):
+    """:func:`gather_mask` as a module of the mask bank, holding its ``index`` (a buffer): what
+    prepare puts into the graph. Another torch.fx tracer records a function only when one of
+    its arguments is traced, and every argument of the function is a buffer, which tracers
+    return as the tensor itself: ``create_feature_extractor(pm, ..., tracer_kwargs=
+    fxprune.tracer_kwargs(pm))`` failed on every model with a concat or a flatten into a
+    linear (break141 F1). A leaf module's call is recorded whatever its arguments are.
+    (Graphs saved with the function call it as before.)"""
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index, persistent=False)
+
+    @one_op
+    def forward(self, *group_masks: torch.Tensor) -> torch.Tensor:
+        return _gathered(self.index, group_masks)
 
 
 @one_op

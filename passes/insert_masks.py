@@ -5,7 +5,7 @@ Each prunable group gets a buffer ``fxprune_masks.<key>`` (ones, one entry per c
 masked form its op-table row names (:mod:`fxprune.masks`) and receives, as an extra argument,
 its per-input-channel mask (a functional ``F.conv2d(x, self.w)`` gets ``mask_weight(w, mask,
 dim)`` as its weight instead): the group's buffer itself when the layer reads exactly that
-group in order, otherwise a ``gather_mask`` node that assembles it (concatenated groups, flatten's repeats, untracked
+group in order, otherwise a call of a ``MaskGather`` module of the bank that assembles it (concatenated groups, flatten's repeats, untracked
 positions held at 1). A norm whose statistics span a prunable group becomes its row's masked
 form (``mask_statistics``: statistics over kept channels only), its masks passed likewise.
 """
@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import MaskBank, _InputMasked, gather_mask, input_masked_class, mask_weight
+from fxprune.masks import MaskBank, MaskGather, _InputMasked, input_masked_class, mask_weight
 
 from .trace import HOOK_KINDS, hook_names
 
@@ -76,13 +76,14 @@ class _MaskGraphBuilder:
         index = np.zeros(len(ids), dtype=np.int64)
         for p in np.nonzero(prunable)[0]:
             index[p] = offsets[groups[p]] + pos[p]
-        name = f"index{self.n_index}"
+        name = f"gather{self.n_index}"
         self.n_index += 1
-        self.bank.register_buffer(name, torch.from_numpy(index).to(self.device), persistent=False)
-        index_node = self._get_attr_at_top(f"{MASK_OWNER}.{name}")
+        # a module of the bank, not the function on an index buffer: another tracer records
+        # its call (break141 F1)
+        self.bank.add_module(name, MaskGather(torch.from_numpy(index).to(self.device)))
         masks = [self.group_node(ch.groups[gi].key) for gi in involved]
         with self.gm.graph.inserting_after(self.anchor):
-            node = self.gm.graph.call_function(gather_mask, (index_node, *masks))
+            node = self.gm.graph.call_module(f"{MASK_OWNER}.{name}", tuple(masks))
         self.anchor = node
         return node
 

@@ -92,9 +92,10 @@ def _check_masks(channels: ChannelGraph, masks: dict[str, np.ndarray]) -> None:
 
 
 def _is_mask_node(node: fx.Node, owner: str) -> bool:
-    """A node giving masks: a mask buffer of ``owner`` (``fxprune_masks``) or their gathering."""
+    """A node giving masks: a mask buffer of ``owner`` (``fxprune_masks``) or their gathering
+    (a module of ``owner``, or the function in graphs prepared before it was one)."""
     return (node.op == "call_function" and node.target is gather_mask) or (
-        node.op == "get_attr" and node.target.startswith(owner + "."))
+        node.op in ("get_attr", "call_module") and node.target.startswith(owner + "."))
 
 
 def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
