@@ -24,6 +24,7 @@ from fxprune.passes.trace import copy_model, fixed_arguments, hook_names, trace
 
 from .cost import LayerSpec
 from .errors import warn
+from .masks import MaskBank
 from .groups import PreparedState, channel_groups, is_prepared, record_input_shape, state_of
 from .op_table import DEFAULT_LEAF_MODULES
 from .rules import ChannelRule
@@ -80,6 +81,10 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                             "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
             raise ValueError("this model is already prepared by fxprune; prepare the original model")
+        inner = next((name for name, m in model.named_modules() if isinstance(m, MaskBank)), None)
+        if inner is not None:  # (review143 F6: its masked layers were offered as leaf_modules)
+            raise ValueError(f"prepare: the model holds a prepared model (its masks at `{inner}`); "
+                             "finalize that one first, or prepare the model it came from")
         if leaf_modules is None:  # (break111 F16: 'NoneType' object is not iterable)
             leaf_modules = ()
         elif isinstance(leaf_modules, (str, type)):  # one path or class: 'conv' read as c, o, n, v
@@ -143,7 +148,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                      reference=model)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
-        _check_pre_hooks_take_the_mask(gm, stored)
+        _check_hooks_take_the_masks(gm, stored)
         count, holders = _untraced_parameters(model, gm)
         quantized = _warn_quantized_layers(model)
         gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER,
@@ -153,19 +158,21 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         return gm
 
 
-def _check_pre_hooks_take_the_mask(gm: fx.GraphModule, inputs: tuple) -> None:
-    """A masked layer (or norm) is called as ``(input, *masks)``: a forward pre-hook written
-    for the plain layer that returns the input alone drops the masks, and the prepared model
-    failed at its first forward with torch's bare "missing 1 required positional argument:
-    'mask'" (break141 F3; prepare's check ran the model before the masks), or, for a masked
-    LayerNorm, computed unmasked statistics (review142 F1). Where a masked layer has forward
-    pre-hooks, the prepared model runs once here (eval mode, every buffer put back; the user's
-    hooks run once more), a pre-hook of ours after theirs counting the arguments the layer
-    gets; a layer that gets fewer than the graph passes is refused by name (review142 F2),
-    and any other failure is raised as it is (review142 F3)."""
+def _check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
+    """A masked layer (or norm) is called as ``(input, *masks)``: a hook written for the plain
+    layer can drop the masks (a pre-hook returning the input alone: the prepared model failed
+    at its first forward with torch's bare "missing 1 required positional argument: 'mask'",
+    break141 F3; a masked LayerNorm silently normalized over every channel, review142 F1), or
+    fail on them (``(x,) = args``: review143 F1, break144 F8). Where a masked layer has forward
+    hooks or pre-hooks, the prepared model runs once here (eval mode, every buffer put back; the
+    user's hooks run once more) between hooks of ours: one before theirs marks the layer
+    entered, one after their pre-hooks counts the arguments it gets, one after their forward
+    hooks marks it left. A layer that gets fewer arguments than the graph passes, or fails
+    while entered, is refused by name (review142 F2); any other failure is raised as it is
+    (review142 F3)."""
     from .masks import FXPRUNE_CLASSES
 
-    kinds = [("_forward_pre_hooks", "forward pre-hook")]
+    kinds = [("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook")]
     hooked = {name: m for name, m in gm.named_modules()
               if isinstance(m, FXPRUNE_CLASSES) and hook_names(m, kinds)}
     passed = {}  # the arguments the graph calls each with
@@ -175,6 +182,12 @@ def _check_pre_hooks_take_the_mask(gm: fx.GraphModule, inputs: tuple) -> None:
     if not passed:
         return
     dropped: dict[str, int] = {}
+    inside: list[str] = []  # the hooked layers entered and not left
+
+    def entering(name):
+        def pre(module, args):
+            inside.append(name)
+        return pre
 
     def counting(name):
         def pre(module, args):
@@ -182,25 +195,41 @@ def _check_pre_hooks_take_the_mask(gm: fx.GraphModule, inputs: tuple) -> None:
                 dropped.setdefault(name, len(args))
         return pre
 
-    handles = [hooked[name].register_forward_pre_hook(counting(name)) for name in passed]
+    def leaving(name):
+        def post(module, args, output):
+            inside.pop()
+        return post
+
+    handles = []
+    for name in passed:
+        module = hooked[name]
+        handles += [module.register_forward_pre_hook(entering(name), prepend=True),
+                    module.register_forward_pre_hook(counting(name)),
+                    module.register_forward_hook(leaving(name))]
+    failure = None
     try:
         try:
             run_eval(gm, inputs)
-        except Exception:
-            if not dropped:  # not theirs to answer for
+        except Exception as exc:
+            if not dropped and not inside:  # not theirs to answer for
                 raise
+            failure = exc
     finally:
         for handle in handles:
             handle.remove()
-    if dropped:
-        name, got = next(iter(dropped.items()))
-        module = hooked[name]
-        cls = getattr(type(module), "_fxprune_base", type(module)).__name__  # the user's class
-        raise ValueError(
-            f"prepare: `{name}` ({cls}, with {hook_names(module, kinds)}) gets {got} of the "
-            f"{passed[name]} arguments the prepared model calls it with (input, then its masks): "
-            "a pre-hook on a masked layer must return every argument (or None); register hooks "
-            "written for the plain layer on the finalized model")
+    name = next(iter(dropped)) if dropped else inside[-1] if inside else None
+    if name is None:
+        return
+    module = hooked[name]
+    cls = getattr(type(module), "_fxprune_base", type(module)).__name__  # the user's class
+    what = (f"gets {dropped[name]} of the {passed[name]} arguments the prepared model calls it "
+            "with (input, then its masks)" if name in dropped else
+            f"fails where the prepared model calls it with (input, then its masks): "
+            f"{type(failure).__name__}: {failure}")
+    raise ValueError(
+        f"prepare: `{name}` ({cls}, with {hook_names(module, kinds)}) {what}; a hook on a masked "
+        "layer sees every argument, and a pre-hook must return them all (or None): register "
+        "hooks written for the plain layer on the finalized model") from failure
 
 
 def _refuse_quantization_aware_training(model: nn.Module) -> None:
@@ -572,10 +601,12 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     sets (names or shapes)."""
     source, target = _unwrapped(source), _unwrapped(target)
     state_of(source), state_of(target)  # each a prepared model, or the error saying so
-    src = dict(source.get_submodule(MASK_OWNER).named_buffers())
-    dst = dict(target.get_submodule(MASK_OWNER).named_buffers())
     groups = [{g.key: (g.name, g.size) for g in state_of(m).channels.groups if g.prunable}
               for m in (source, target)]
+    # the group masks only: the gathered masks' index tensors are made by prepare, not state
+    # (review143 F4: their names changed, and an older pickle's copy was refused)
+    src = {k: v for k, v in source.get_submodule(MASK_OWNER).named_buffers() if k in groups[0]}
+    dst = {k: v for k, v in target.get_submodule(MASK_OWNER).named_buffers() if k in groups[1]}
     if {k: v.shape for k, v in src.items()} != {k: v.shape for k, v in dst.items()} \
             or groups[0] != groups[1]:  # the same keys may name other groups (break69 F3)
         raise ValueError("copy_masks: the two models hold different channel masks; they must be "

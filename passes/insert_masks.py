@@ -80,7 +80,8 @@ class _MaskGraphBuilder:
         self.n_index += 1
         # a module of the bank, not the function on an index buffer: another tracer records
         # its call (break141 F1)
-        self.bank.add_module(name, MaskGather(torch.from_numpy(index).to(self.device)))
+        gather = MaskGather(torch.from_numpy(index).to(self.device)).train(self.bank.training)
+        self.bank.add_module(name, gather)  # in the model's mode (review143 F3, break68 #5)
         masks = [self.group_node(ch.groups[gi].key) for gi in involved]
         with self.gm.graph.inserting_after(self.anchor):
             node = self.gm.graph.call_module(f"{MASK_OWNER}.{name}", tuple(masks))
@@ -91,12 +92,14 @@ class _MaskGraphBuilder:
 def _warn_argument_hooks(name: str, module: nn.Module) -> None:
     """A masked layer is called as ``(input, mask)``: hooks that see the call's arguments see
     both (break43 #4: a pre-hook returning ``(x,)`` dropped the mask and the model failed)."""
+    # (a forward hook, mostly reading the output, is not said: prepare's check run refuses one
+    # that fails on the mask in its input, break144 F8)
     hooks = hook_names(module, [k for k in HOOK_KINDS if k[0] != "_forward_hooks"])
     if hooks:
         warnings.warn(f"`{name}` ({type(module).__name__}) has {hooks}: the prepared model calls "
                       "it as (input, mask), so such a hook gets both arguments (a pre-hook must "
                       "return both, or None; a backward hook gets a grad_input more; prepare runs "
-                      "the prepared model once to check a pre-hook does); the finalized model "
+                      "the prepared model once to check them); the finalized model "
                       "calls it as before: register such hooks after finalize",
                       UserWarning, stacklevel=4)
 

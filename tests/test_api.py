@@ -900,6 +900,43 @@ def test_the_mask_bank_takes_the_models_mode():
     """break68 #5: after preparing an eval-mode model, fxprune_masks alone was in training mode."""
     pm = fxprune.prepare(ActChain().eval(), torch.randn(2, 3, 8, 8))
     assert not any(m.training for m in pm.modules())
+    # review143 F3: a concat's gathered mask (a module of the bank since break141 F1) too
+    cat = nn.Sequential(Cat2(), nn.ReLU(), nn.Conv2d(12, 4, 1)).eval()
+    pm = fxprune.prepare(cat, torch.randn(2, 3, 8, 8))
+    assert any(isinstance(m, fxprune.masks.MaskGather) for m in pm.modules())
+    assert not any(m.training for m in pm.modules())
+
+
+class Cat2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
+def test_masks_copy_between_banks_whose_gather_indices_differ_in_name():
+    # review143 F4: copy_masks compared every bank buffer, the index tensors too, so a model
+    # pickled before they were renamed (index0 -> gather0.index) was refused
+    model = nn.Sequential(Cat2(), nn.ReLU(), nn.Conv2d(12, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    old, new = fxprune.prepare(model, x), fxprune.prepare(model, x)
+    old.fxprune_masks.register_buffer("index0", torch.zeros(3, dtype=torch.int64), persistent=False)
+    for g in fxprune.channel_groups(old):
+        if g.prunable:
+            g.mask[:2] = 0
+    fxprune.copy_masks(old, new)
+    assert [g.kept for g in fxprune.channel_groups(new)] == [g.kept for g in fxprune.channel_groups(old)]
+
+
+def test_a_model_holding_a_prepared_model_is_refused_in_one_line():
+    # review143 F6: its masked layers were offered as leaf_modules, fxprune's internals named
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(nn.Sequential(Cat2(), nn.ReLU(), nn.Conv2d(12, 4, 1)), x)
+    with pytest.raises(ValueError, match=r"^prepare: the model holds a prepared model \(its masks "
+                                         r"at `0.fxprune_masks`\); finalize that one first"):
+        fxprune.prepare(nn.Sequential(pm, nn.Identity()), x)
 
 
 def test_a_model_on_the_meta_device_is_refused_in_one_line():

@@ -1978,8 +1978,9 @@ def test_a_pre_hook_on_a_masked_layer_is_said():
                                          r"prepared model calls it as \(input, mask\)"), \
             pytest.raises(ValueError, match=r"^prepare: `2` \(Conv2d, with a forward pre-hook "
                                             r"\(<lambda>\)\) gets 1 of the 2 arguments the prepared "
-                                            r"model calls it with \(input, then its masks\): a "
-                                            r"pre-hook on a masked layer must return every argument"):
+                                            r"model calls it with \(input, then its masks\); a hook "
+                                            r"on a masked layer sees every argument, and a pre-hook "
+                                            r"must return them all"):
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
 
 
@@ -2025,19 +2026,43 @@ def test_the_layer_whose_pre_hook_drops_the_mask_is_the_one_named():
         fxprune.prepare(model, (torch.randn(2, 3, 10, 10),))
 
 
-def test_a_failure_of_the_prepared_model_not_of_a_pre_hook_is_not_blamed_on_it():
-    # review142 F3: any failure of the check run was said to be the pre-hooks'
-    calls = []
+@pytest.mark.parametrize("kind", ["pre", "forward"])
+def test_a_hook_that_fails_on_the_mask_is_named_with_its_layer(kind):
+    # review143 F1: a pre-hook unpacking `(x,) = args` raised torch's bare "too many values to
+    # unpack" (the counting hook never ran); break144 F8: a forward hook doing it, the same
+    def pre(m, args):
+        (x,) = args
+        return (x * 0.5,)
 
-    def counts(m, args):
-        calls.append(len(args))
-        if len(args) == 2:  # the prepared model's call
-            raise RuntimeError("the hook's own failure")
+    def forward(m, inputs, output):
+        (x,) = inputs
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    model[2].register_forward_pre_hook(counts)
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="^the hook's own failure$"):
-        fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    if kind == "pre":
+        model[2].register_forward_pre_hook(pre)
+    else:
+        model[2].register_forward_hook(forward)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=rf"^prepare: `2` \(Conv2d, with a forward "
+                                             rf"{'pre-hook' if kind == 'pre' else 'hook'} "
+                                             rf"\({kind}\)\) fails where the prepared model calls it "
+                                             r"with \(input, then its masks\): ValueError: too many "
+                                             r"values to unpack"):
+            fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+
+
+def test_a_failure_outside_the_hooked_layers_is_not_blamed_on_their_hooks():
+    # review142 F3: any failure of the check run was said to be the pre-hooks'
+    from fxprune.api import _check_hooks_take_the_masks
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(model, (x,))
+    pm.get_submodule("2").register_forward_pre_hook(lambda m, args: None)
+    pm.get_submodule("1").register_forward_pre_hook(lambda m, args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _check_hooks_take_the_masks(pm, (x,))
 
 
 @pytest.mark.parametrize("hook", [lambda m, args: (args[0] * 2, *args[1:]), lambda m, args: None])
