@@ -112,7 +112,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             raise ValueError(f"prepare: the model's tensors are on the meta device ({meta}): they "
                              "hold no values to trace, check and prune; materialize the model "
                              "first (model.to_empty(device='cpu'), then load_state_dict)")
-        _refuse_quantization_aware_training(model)
+        _refuse_quantization_prepared(model)
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
         if rules is not None and not isinstance(rules, Mapping):  # (break111 F16: 'list' ... 'items')
@@ -232,19 +232,26 @@ def _check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
         "hooks written for the plain layer on the finalized model") from failure
 
 
-def _refuse_quantization_aware_training(model: nn.Module) -> None:
-    """A model prepared for quantization-aware training (fake-quantized weights, observers
-    that resize their buffers at the first forward, a folded BatchNorm) is refused before it
-    runs: eager ``prepare_qat`` models failed in shape propagation with a bare RuntimeError,
-    ``prepare_qat_fx`` ones in tracing (review142 F4, break139 F4)."""
+def _refuse_quantization_prepared(model: nn.Module) -> None:
+    """A model prepared for quantization (QAT layers with fake-quantized weights and a folded
+    BatchNorm; observers or fake quantizers of post-training calibration) is refused before it
+    runs: eager ``prepare_qat`` models failed in shape propagation with a bare RuntimeError
+    (their observers resize their buffers), ``prepare_qat_fx`` and ``prepare_fx`` ones in
+    tracing, naming an observer as a leaf to keep (review142 F4, break139 F4, break144 F5)."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.observer import ObserverBase
+
     from .op_table import QUANTIZATION_WAY_OUT, quantization_stage
 
-    found = next(((name, type(m)) for name, m in model.named_modules()
-                  if quantization_stage(type(m)) == "qat"), None)
+    modules = list(model.named_modules())
+    found = (next(((name, m, "a quantization-aware-training layer") for name, m in modules
+                   if quantization_stage(type(m)) == "qat"), None)  # the layer, before its observers
+             or next(((name, m, "an observer of a model prepared for quantization")
+                      for name, m in modules if isinstance(m, (ObserverBase, FakeQuantizeBase))), None))
     if found is not None:
-        name, cls = found
-        raise ValueError(f"prepare: `{name or '(the model)'}` is a quantization-aware-training "
-                         f"layer ({cls.__module__}.{cls.__qualname__}), which fxprune does not "
+        name, m, what = found
+        raise ValueError(f"prepare: `{name or '(the model)'}` is {what} "
+                         f"({type(m).__module__}.{type(m).__qualname__}), which fxprune does not "
                          f"prune; {QUANTIZATION_WAY_OUT}")
 
 

@@ -3758,3 +3758,23 @@ def test_a_column_meeting_the_batch_dim_is_said_so_not_blamed_on_the_stem():
     reasons = " ".join(g.reason for g in fxprune.channel_groups(pm, all_groups=True))
     assert "channels meet dim 0 of `a`, which holds none" in reasons, reasons
     assert "they were dropped" not in reasons
+
+
+@pytest.mark.parametrize("how", ["fx", "eager"])
+def test_a_model_prepared_for_calibration_is_refused_before_it_runs(how):
+    # break144 F5: prepare_fx's observers were offered as leaf_modules, an eager one's made
+    # every group "hold activation_post_process.histogram"
+    from torch.ao import quantization as tq
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    model = nn.Sequential(tq.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                          tq.DeQuantStub()).eval()
+    if how == "fx":
+        calibrating = prepare_fx(model, tq.get_default_qconfig_mapping("x86"), (X,))
+    else:
+        model.qconfig = tq.get_default_qconfig("x86")
+        calibrating = tq.prepare(model)
+    with pytest.raises(ValueError, match=r"^prepare: `.*` is an observer of a model prepared for "
+                                         r"quantization \(torch\.ao\.quantization\.observer\..*"
+                                         r"prune the float model"):
+        fxprune.prepare(calibrating, (X,))
