@@ -439,10 +439,10 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
         raise SurgeryError("the masked model's output on the example inputs holds no finite value "
                            "(all NaN or inf), so finalize cannot check the pruned model against it; "
                            "look for a diverged training run, or pass finalize(..., check=False)")
-    hooks = _user_hooks(pruned)
     try:
         got = run_eval(pruned, inputs)
     except Exception as e:  # noqa: BLE001 - a surgery bug, reported as one
+        hooks = _user_hooks(pruned, e)
         raise SurgeryError(f"the pruned model fails on the example inputs: {type(e).__name__}: {e}. "
                            + (hooks or "This is a bug in fxprune or in a custom rule: please report "
                               "it with the model. finalize(prepared, check=False) returns the model "
@@ -490,6 +490,7 @@ def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: flo
             exact = _float64_error(prepared, pruned, inputs, expected)
             if exact <= rtol:
                 return exact
+        hooks = _user_hooks(pruned)
         raise SurgeryError(
             f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "
             f"allowed {rtol:g}). " + (hooks or "This is a bug in fxprune or in a custom rule: please "
@@ -523,19 +524,35 @@ def _seeded(model: nn.Module, inputs: tuple):
         return run_eval(model, inputs)
 
 
-def _user_hooks(model: nn.Module) -> str:
+def _user_hooks(model: nn.Module, error: BaseException | None = None) -> str:
     """A sentence naming the forward hooks on the model's layers ("" when none): a hook written
     for the dense layer (a per-channel scale, a feature store) meets fewer channels after
-    pruning, which the surgery cannot know about."""
-    hooked = [(name, fn) for name, m in model.named_modules()
-              for hooks in _HOOK_DICTS for fn in getattr(m, hooks).values()]
+    pruning, which the surgery cannot know about. The hook whose code is in ``error``'s
+    traceback is the one named, with its kind (break144 F4: the first hooked layer was, a
+    harmless pre-hook called a forward hook)."""
+    kinds = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"))
+    hooked = [(name, kind, fn) for name, m in model.named_modules()
+              for attr, kind in kinds for fn in getattr(m, attr).values()]
     if not hooked:
         return ""
-    name, fn = hooked[0]
-    code = getattr(fn, "__code__", None)
+    frames, tb = set(), getattr(error, "__traceback__", None)
+    while tb is not None:
+        frames.add(tb.tb_frame.f_code)
+        tb = tb.tb_next
+
+    def code_of(fn):
+        fn = getattr(fn, "__func__", fn)  # a bound method
+        return getattr(fn, "__code__", None) or getattr(getattr(type(fn), "__call__", None), "__code__", None)
+
+    raised = [h for h in hooked if code_of(h[2]) in frames]
+    name, kind, fn = (raised or hooked)[0]
+    code = code_of(fn)
     where = f" at {os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
-    return (f"Layer `{name}` has a forward hook ({getattr(fn, '__name__', type(fn).__name__)}"
-            f"{where}{f'; {len(hooked)} hooks in all' if len(hooked) > 1 else ''}): a hook written "
-            "for the dense model can fail on the pruned one's channels; remove it before prepare "
-            "(prepare copies the model with its hooks; handle.remove()) and register one for the "
-            "new widths on the result")
+    what = (f"Layer `{name}`'s {kind} ({getattr(fn, '__name__', type(fn).__name__)}{where}) raised it"
+            if raised else
+            f"Layer `{name}` has a {kind} ({getattr(fn, '__name__', type(fn).__name__)}{where}"
+            f"{f'; {len(hooked)} hooks in all' if len(hooked) > 1 else ''})")
+    return (f"{what}: a hook written for the dense model can fail on the pruned one's channels; "
+            "remove it (handle.remove()) before finalize, or before prepare if it was registered "
+            "then (prepare copies the model with its hooks), and register one for the new widths "
+            "on the result")

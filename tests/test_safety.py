@@ -1173,10 +1173,33 @@ def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune()
     for g in fxprune.channel_groups(pm):
         if g.prunable:
             g.mask[:8] = 0
-    with pytest.raises(fxprune.SurgeryError, match=r"Layer `0` has a forward hook \(<lambda> at "
-                                                   r"test_safety.py:\d+\).*remove it before prepare") as e:
+    with pytest.raises(fxprune.SurgeryError, match=r"Layer `0`'s forward hook \(<lambda> at "
+                                                   r"test_safety.py:\d+\) raised it.*remove it "
+                                                   r"\(handle.remove\(\)\) before finalize, or "
+                                                   r"before prepare") as e:
         fxprune.finalize(pm)
     assert "bug in fxprune" not in str(e.value)
+
+
+def test_the_hook_that_fails_on_the_pruned_widths_is_the_one_named():
+    # break144 F4: the first hooked layer was named (a harmless pre-hook, called a forward
+    # hook), not the layer whose hook raised
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask[: g.size // 2] = 0
+    pm.get_submodule("1").register_forward_pre_hook(lambda mod, inp: None)
+    bias = torch.randn(1, 8, 1, 1)
+
+    def culprit(mod, inp, out):
+        return out + bias
+
+    pm.get_submodule("3").register_forward_hook(culprit)
+    with pytest.raises(fxprune.SurgeryError, match=r"Layer `3`'s forward hook \(culprit at "
+                                                   r"test_safety.py:\d+\) raised it"):
+        fxprune.finalize(pm)
 
 
 def test_an_older_fxprunes_marker_adopts_its_run_files_when_first_recorded(tmp_path):
