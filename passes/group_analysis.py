@@ -244,7 +244,12 @@ class ChannelAnalysis(NodeFacts):
         a, b = a.ravel(), b.ravel()
         lone = (a < 0) != (b < 0)
         if lone.any():
-            self.untracked(np.where(a < 0, b, a)[lone], f"{what}, meeting channels that are not tracked")
+            # where upstream they were dropped (break144 F2: through a concat, the reader
+            # after it was named, never the op that dropped them)
+            inputs = self.node.all_input_nodes if self.node is not None else []
+            lost = next((found for n in inputs for found in [self.where_lost(n)] if found), None)
+            self.untracked(np.where(a < 0, b, a)[lone], f"{what}, meeting channels that are not tracked"
+                           + (f" (they were dropped: {lost})" if lost else ""), cause=lost)
         both = (a >= 0) & (b >= 0)
         a, b = a[both], b[both]
         if not a.size:

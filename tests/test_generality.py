@@ -3778,3 +3778,30 @@ def test_a_model_prepared_for_calibration_is_refused_before_it_runs(how):
                                          r"quantization \(torch\.ao\.quantization\.observer\..*"
                                          r"prune the float model"):
         fxprune.prepare(calibrating, (X,))
+
+
+@torch.fx.wrap
+def _flipped(a):
+    return a.flip(1)
+
+
+def test_channels_dropped_before_a_concat_are_named_where_they_were_dropped():
+    # break144 F2: the layer reading the concat was named ("meeting channels that are not
+    # tracked at `dw`"), never the op that dropped them
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+            self.c2b = nn.Conv2d(16, 8, 1)
+            self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+            self.c4 = nn.Conv2d(24, 8, 1)
+
+        def forward(self, x):
+            x = F.relu(self.c1(x))
+            y = torch.cat([_flipped(self.c2(x)), self.c2b(x)], 1)
+            return self.c4(F.relu(self.dw(y)))
+
+    pm = fxprune.prepare(Net().eval(), (torch.randn(1, 3, 16, 16),))
+    (c2b,) = [g for g in fxprune.channel_groups(pm) if g.name == "c2b"]
+    assert "meeting channels that are not tracked (they were dropped: no channel rule for " in c2b.reason
+    assert "_flipped" in c2b.reason, c2b.reason
