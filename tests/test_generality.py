@@ -2054,7 +2054,7 @@ def test_a_hook_that_fails_on_the_mask_is_named_with_its_layer(kind):
 
 def test_a_failure_outside_the_hooked_layers_is_not_blamed_on_their_hooks():
     # review142 F3: any failure of the check run was said to be the pre-hooks'
-    from fxprune.api import _check_hooks_take_the_masks
+    from fxprune.passes.check_hooks import check_hooks_take_the_masks
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
     x = torch.randn(2, 3, 8, 8)
@@ -2062,7 +2062,7 @@ def test_a_failure_outside_the_hooked_layers_is_not_blamed_on_their_hooks():
     pm.get_submodule("2").register_forward_pre_hook(lambda m, args: None)
     pm.get_submodule("1").register_forward_pre_hook(lambda m, args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        _check_hooks_take_the_masks(pm, (x,))
+        check_hooks_take_the_masks(pm, (x,))
 
 
 @pytest.mark.parametrize("hook", [lambda m, args: (args[0] * 2, *args[1:]), lambda m, args: None])
