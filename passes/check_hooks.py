@@ -11,7 +11,7 @@ from torch import fx
 from fxprune.masks import FXPRUNE_CLASSES
 
 from .surgery import run_eval
-from .trace import hook_names
+from .trace import FORWARD_HOOK_KINDS, hook_names
 
 
 def check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
@@ -30,9 +30,8 @@ def check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
     Raises:
         ValueError: naming the layer, its hooks and what they did with the masks.
     """
-    kinds = [("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook")]
     hooked = {name: m for name, m in gm.named_modules()
-              if isinstance(m, FXPRUNE_CLASSES) and hook_names(m, kinds)}
+              if isinstance(m, FXPRUNE_CLASSES) and hook_names(m, FORWARD_HOOK_KINDS)}
     passed = {}  # the arguments the graph calls each with
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in hooked:
@@ -85,6 +84,6 @@ def check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
             f"fails where the prepared model calls it with (input, then its masks): "
             f"{type(failure).__name__}: {failure}")
     raise ValueError(
-        f"prepare: `{name}` ({cls}, with {hook_names(module, kinds)}) {what}; a hook on a masked "
+        f"prepare: `{name}` ({cls}, with {hook_names(module, FORWARD_HOOK_KINDS)}) {what}; a hook on a masked "
         "layer sees every argument, and a pre-hook must return them all (or None): register "
         "hooks written for the plain layer on the finalized model") from failure

@@ -310,14 +310,17 @@ class ChannelAnalysis(NodeFacts):
             # a node whose output carries channels did not drop them: its record is of its
             # input (a stem conv reading the model input; review142 F6 named it for a column
             # that met the batch dim)
-            if n in self.lost and not any(np.any(np.asarray(ids) >= 0)
-                                          for ids in self._all_labels(self.labels(n))):
+            if n in self.lost and not self.carries_channels(n):
                 return self.lost[n]
             for a in n.all_input_nodes:
                 if a not in seen:
                     seen.add(a)
                     queue.append(a)
         return None
+
+    def carries_channels(self, node) -> bool:
+        """Whether ``node``'s output holds channels fxprune tracks (in any dim)."""
+        return any(np.any(np.asarray(ids) >= 0) for ids in self._all_labels(self.labels(node)))
 
     def keep_one_of(self, ids, what: str) -> None:
         """At least one of these channels must stay (an empty slice would break the graph)."""

@@ -18,14 +18,14 @@ from torch import fx, nn
 
 from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mark_finalized, mask_buffer, state_of
-from fxprune.masks import (_HOOK_DICTS, FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
+from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
                            forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts, map_tensors, restoring_buffers
 from .grad_mode import ModeRecordingTracer, autocast_dtypes, sets_modes
-from .trace import copy_model
+from .trace import FORWARD_HOOK_KINDS, copy_model
 
 #: a model prepared before stat sites recorded their row: its only masked call was F.layer_norm
 _ROW_BEFORE_STAT_RULES = FunctionalLayerNorm()
@@ -530,9 +530,8 @@ def _user_hooks(model: nn.Module, error: BaseException | None = None) -> str:
     pruning, which the surgery cannot know about. The hook whose code is in ``error``'s
     traceback is the one named, with its kind (break144 F4: the first hooked layer was, a
     harmless pre-hook called a forward hook)."""
-    kinds = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"))
     hooked = [(name, kind, fn) for name, m in model.named_modules()
-              for attr, kind in kinds for fn in getattr(m, attr).values()]
+              for attr, kind in FORWARD_HOOK_KINDS for fn in getattr(m, attr).values()]
     if not hooked:
         return ""
     frames, tb = set(), getattr(error, "__traceback__", None)

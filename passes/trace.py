@@ -668,6 +668,8 @@ def _updated_while_tracing(model: nn.Module, traced: nn.Module, graph: fx.Graph)
 
 HOOK_KINDS = (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook"),
                ("_backward_pre_hooks", "backward pre-hook"), ("_backward_hooks", "backward hook"))
+#: the hooks a forward calls (what a check run of the model meets)
+FORWARD_HOOK_KINDS = HOOK_KINDS[:2]
 
 
 def hook_names(module: nn.Module, kinds=HOOK_KINDS) -> str:

@@ -99,9 +99,7 @@ def broadcast_unify(ctx, inputs: list, out_shape: tuple, what: str) -> Labels:
                         and unknown.target in ("expand", "repeat"))
             # channels meeting a dim of a tensor whose channels are elsewhere (a (C, 1, 1)
             # column against the batch dim: review142 F6)
-            elsewhere = (isinstance(unknown, fx.Node) and not expanded
-                         and isinstance(ctx.labels(unknown), dict)
-                         and any(np.any(np.asarray(ids) >= 0) for ids in ctx.labels(unknown).values()))
+            elsewhere = isinstance(unknown, fx.Node) and not expanded and ctx.carries_channels(unknown)
             lost = None if expanded or elsewhere else ctx.where_lost(unknown)
             for p in labelled:  # (an expand to a literal count: break59 #1 named only the op here)
                 ctx.untracked(p, f"{what} with a tensor whose channels fxprune does not track"
