@@ -128,6 +128,18 @@ class MaskGather(nn.Module):
     def __init__(self, index: torch.Tensor):
         super().__init__()
         self.register_buffer("index", index, persistent=False)
+        # A host copy, outside the module's state: ``to_empty`` (a model moved to the meta
+        # device, then made real) refills every buffer with garbage, and a non-persistent one is
+        # not in the state dict that ``load_state_dict`` would restore (review143 F8)
+        self._index_host = index.detach().to("cpu", copy=True)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        index, host = self._buffers["index"], getattr(self, "_index_host", None)
+        if host is not None and index.device.type != "meta":
+            with torch.no_grad():  # once per move of the model, not per step
+                index.copy_(host)
+        return self
 
     @one_op
     def forward(self, *group_masks: torch.Tensor) -> torch.Tensor:

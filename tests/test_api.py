@@ -948,6 +948,24 @@ def test_a_model_on_the_meta_device_is_refused_in_one_line():
         fxprune.prepare(model, torch.randn(2, 3, 8, 8))
 
 
+def test_a_prepared_model_made_on_the_meta_device_then_loaded_gathers_its_masks_right():
+    # review143 F8: the route prepare's meta-device error names (to_empty, then load_state_dict)
+    # left a concat's gather index (a non-persistent buffer) holding garbage
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(nn.Sequential(Cat2(), nn.ReLU(), nn.Conv2d(12, 4, 1)), x)
+    for g in fxprune.channel_groups(pm):
+        if g.prunable:
+            g.mask[1::2] = 0
+    with torch.no_grad():
+        expected = pm(x)
+    again = copy.deepcopy(pm).to("meta").to_empty(device="cpu")
+    again.load_state_dict(pm.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), expected, rtol=0, atol=0)
+    assert torch.equal(fxprune.finalize(again)(x), fxprune.finalize(pm)(x))
+
+
 @pytest.mark.parametrize("how", ["torch_prune", "orthogonal", "weight_norm"])
 def test_a_weight_torch_reparametrizes_after_the_pruner_was_built_does_not_break_it(how):
     """break69 F2: with the weight read at each use, torch.nn.utils.prune (or a
