@@ -60,10 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fxprune.run_io import stop_on_sigterm
 
+    # (break66 #3: a kill mid-export left a truncated model.onnx the next deploy refused)
+    with stop_on_sigterm():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .pipeline import deploy
 
-    # (break66 #3: a kill mid-export left a truncated model.onnx the next deploy refused)
-    stop_on_sigterm()
     try:
         if args.workspace_mib is not None and args.workspace_mib < 1:
             raise DeployError(f"--workspace-mib must be an integer >= 1, got {args.workspace_mib}")

@@ -16,6 +16,7 @@ Checkpoints hold tensors and plain data only and are read with ``weights_only=Tr
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -441,16 +442,25 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, ``timeout``, a scheduler) stop the command as Ctrl-C does: a
-    KeyboardInterrupt its ``run`` catches, which leaves the files consistent and says so in one
-    line (``fxprune train``, ``fxprune deploy``). Set from the main thread only, where Python
-    allows signal handlers."""
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within the block, SIGTERM (``kill``, ``timeout``, a scheduler) stops the command as
+    Ctrl-C does: a KeyboardInterrupt its ``run`` catches, which leaves the files consistent
+    and says so in one line (``fxprune train``, ``fxprune deploy``). The handler before is put
+    back on leaving: ``fxprune.cli.main`` called from a program (a notebook, a test runner)
+    left SIGTERM raising KeyboardInterrupt in whatever that program ran next (review146 F5).
+    Set from the main thread only, where Python allows signal handlers."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

@@ -990,10 +990,14 @@ def _lost_a_peer(exc: BaseException) -> bool:
 def run(args: argparse.Namespace) -> int:
     from .run_io import stop_on_sigterm
 
+    with stop_on_sigterm():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out is not None:  # an empty --out is refused, not the recipe's folder
         overrides.append(f"out={json.dumps(args.out)}")
-    stop_on_sigterm()
     cfg = None
     started_ns = time.time_ns()
     rank = int(os.environ.get("RANK", "0") or 0)

@@ -1163,6 +1163,23 @@ def test_interrupt_then_resume_is_bit_identical(long_run, tmp_path, sig):
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
+@pytest.mark.parametrize("command", [["train", "missing.yaml"], ["deploy", "missing.pt"]])
+def test_the_cli_called_in_process_puts_the_sigterm_handler_back(command, tmp_path, capsys):
+    # review146 F5: main() left SIGTERM raising KeyboardInterrupt in the program that called it
+    import signal
+
+    def handler(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        assert cli_main([command[0], str(tmp_path / command[1]), "--out", str(tmp_path / "o")]) == 2
+        assert "error:" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune():
     """break27 #6: a per-channel forward hook on a pruned layer made finalize say "This is a bug
     in fxprune", without naming the hook."""
