@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import fxprune
@@ -540,6 +542,39 @@ def test_resuming_under_another_target_or_schedule_warns():
     with pytest.warns(RuntimeWarning, match=r"another loss_reduction 'mean' -> 'sum'"):  # break128 F6
         CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=5, channel_step=4,
             loss_reduction="sum").load_state_dict(state)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(-10, 10)), min_size=1, max_size=8))
+def test_the_filling_price_makes_every_costlier_option_worth_at_least_a_cheaper_one(options):
+    """break147 F1: options of equal cost (a cost flat over some widths) were compared with
+    their neighbour in cost order only, so a drop across a tie set no price:
+    ``filling_price([([0, 0, 0, 1], [0, 1, 0, 0])])`` was 0, and CCP adaptive landed at 0.41
+    of dense for a 0.6 target."""
+    from fxprune.methods.ccp import filling_price
+
+    costs = np.array([float(c) for c, _ in options])
+    values = np.array([v for _, v in options])
+    price = filling_price([(costs, values)])
+    priced = values + price * costs
+    for i, j in itertools.product(range(len(costs)), repeat=2):
+        if costs[i] < costs[j]:
+            assert priced[j] >= priced[i] - 1e-9 * (1 + abs(priced[i]))
+    # and not more than the steepest pairwise drop needs
+    need = max([(values[i] - values[j]) / (costs[j] - costs[i])
+                for i, j in itertools.product(range(len(costs)), repeat=2) if costs[i] < costs[j]]
+               + [0.0])
+    assert price == pytest.approx(need * (1 + 1e-6), abs=1e-12)
+
+
+def test_the_greedy_subsets_name_their_own_limit_where_constraints_overlap():
+    # break147 F2: "cannot keep fewer than 2 channels under the keep_one_of constraints" was
+    # false: channel 0 alone holds both sets
+    S, sets = np.zeros((13, 13)), [[0, 1], [0, 2]]
+    assert solve_exhaustive(S[:3, :3], 1, sets)[0].tolist() == [True, False, False]
+    with pytest.raises(ValueError, match=r"^the greedy elimination cannot keep fewer than 2 "
+                                         r"channels .*solve_exhaustive searches every subset"):
+        solve(S, 1, sets)
 
 
 def test_a_prediction_that_pruning_lowers_the_loss_does_not_undershoot_the_target():

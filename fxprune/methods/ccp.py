@@ -259,7 +259,12 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
         if len(M):
             removable &= ~(M[held == 1].any(0))
         if not removable.any():
-            raise ValueError(f"cannot keep fewer than {size} channels under the keep_one_of constraints")
+            # (break147 F2: a smaller set can exist where keep_one_of sets overlap, so the
+            # message names the search's limit, not the constraints')
+            raise ValueError(f"the greedy elimination cannot keep fewer than {size} channels "
+                             "under these keep_one_of constraints; solve_exhaustive searches "
+                             "every subset (groups of up to "
+                             f"{EXHAUSTIVE_MAX_LIMIT} channels)")
         delta = np.where(removable, -2 * r + diag, np.inf)
         i = int(np.argmin(delta))
         beta[i] = False
@@ -293,12 +298,19 @@ def filling_price(options: list[tuple[np.ndarray, np.ndarray]]) -> float:
     :meth:`CCP._allocate_filling`'s search."""
     price = 0.0
     for costs, values in options:
-        order = np.argsort(np.asarray(costs, dtype=np.float64), kind="stable")
-        dc = np.diff(np.asarray(costs, dtype=np.float64)[order])
-        dv = np.diff(np.asarray(values, dtype=np.float64)[order])
-        rising = dc > 0
-        if rising.any():
-            price = max(price, float((-dv[rising] / dc[rising]).max()))
+        # per distinct cost, the best and the worst option: each cost level's worst must beat
+        # the level below's best (neighbouring levels suffice: a level's best is at least its
+        # worst). Options of one cost each were compared with their neighbour in cost order
+        # only, which skipped a drop across a tie (break147 F1: a cost flat over some widths
+        # gave too low a price, and CCP adaptive landed far under its target)
+        levels, level_of = np.unique(np.asarray(costs, dtype=np.float64), return_inverse=True)
+        if len(levels) < 2:
+            continue
+        values = np.asarray(values, dtype=np.float64)
+        best, worst = np.full(len(levels), -np.inf), np.full(len(levels), np.inf)
+        np.maximum.at(best, level_of, values)
+        np.minimum.at(worst, level_of, values)
+        price = max(price, float(((best[:-1] - worst[1:]) / np.diff(levels)).max()))
     return price * (1 + 1e-6)  # strictly: ties go to the costlier option
 
 
