@@ -569,6 +569,22 @@ def test_summary_lists_groups_and_savings(resnet18, capsys):
     assert "params" in out and "FLOPs" in out and "->" in out
 
 
+def test_summary_counts_the_pruned_params_and_flops_worked_out_by_hand():
+    from fxprune.summary import summary_table
+
+    # review146 F3: a summary reporting the dense figures as the pruned ones passed every test.
+    # 3 -> 8 (3x3, padding 1) -> 4 (1x1), no biases, a 4x4 input: 216 + 32 params, and per
+    # output position 8 * 27 + 4 * 8 multiply-adds (torch's flop counter: 2 FLOPs each)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1, bias=False))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 4, 4),))
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.prunable]
+    group.mask[::2] = 0  # 4 of 8 channels kept
+    table = summary_table(pm)
+    assert "params 248 -> 124 (50.0%)" in table, table
+    assert f"FLOPs  {2 * 16 * (8 * 27 + 4 * 8):,} -> {2 * 16 * (4 * 27 + 4 * 4):,} (50.0%)" in table
+
+
 def test_summary_shows_the_groups_of_masks_finalize_would_refuse(resnet18, capsys):
     """break81 #2: a whole group masked made summary raise finalize's SurgeryError, and no
     table was printed, when the table is what a user wants to see."""
