@@ -66,6 +66,12 @@ class _Tracer(ModeRecordingTracer):
         # proxies before torch.fx sees the call, so the creation functions are wrapped while
         # tracing to record the call when a proxy is among their arguments.
         originals = {name: getattr(torch, name) for name in _CREATORS}
+        # torch.overrides builds two tables of torch's functions once per process (lru_cache),
+        # on the first __torch_function__ of a proxy: built while the wrappers below stand in
+        # for torch.zeros..., the tables kept them, and through them this tracer, its graph
+        # and the first prepared model, for good (break145 F3). Built first, they hold torch's.
+        torch.overrides.get_ignored_functions()
+        torch.overrides.get_overridable_functions()
 
         def recording(fn):
             def call(*args, **kwargs):

@@ -946,6 +946,33 @@ def test_masks_copy_between_banks_whose_gather_indices_differ_in_name():
     assert [g.kept for g in fxprune.channel_groups(new)] == [g.kept for g in fxprune.channel_groups(old)]
 
 
+def test_the_first_prepared_model_of_a_process_is_freed_when_dropped():
+    # break145 F3: torch.overrides' tables of torch functions, built (once per process) while
+    # the trace's wrappers stood in for torch.zeros..., kept the tracer and the first prepared
+    # model alive for good (resnet152: 310 MB). A fresh process: the tables are built once.
+    code = textwrap.dedent("""
+        import gc, weakref
+        import torch, fxprune
+        from torch import nn
+        class Net(nn.Module):  # a torch function on a traced value (torch.cat)
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 4, 3)
+
+            def forward(self, x):
+                return torch.cat([self.a(x), self.b(x)], 1)
+
+        pm = fxprune.prepare(Net(), torch.randn(1, 3, 8, 8))
+        alive = weakref.ref(pm)
+        del pm
+        gc.collect()
+        assert alive() is None, "the prepared model is still referenced"
+        assert torch.zeros in torch.overrides.get_ignored_functions()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_model_holding_a_prepared_model_is_refused_in_one_line():
     # review143 F6: its masked layers were offered as leaf_modules, fxprune's internals named
     x = torch.randn(2, 3, 8, 8)
