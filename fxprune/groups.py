@@ -126,11 +126,24 @@ class ChannelGraph:
     def unit_kept(self, masks: dict[str, np.ndarray]) -> np.ndarray:
         """Per unit: kept (mask != 0) or not; units of groups without a mask are always kept."""
         kept = np.ones(len(self.unit_group), dtype=bool)
+        group_of_key, order, starts = self._units_by_group()
         for key, m in masks.items():
-            g = self.groups.index(self.group_by_key[key])
-            sel = self.unit_group == g
+            g = group_of_key[key]
+            sel = order[starts[g]:starts[g + 1]]
             kept[sel] = np.asarray(m)[self.unit_pos[sel]] != 0
         return kept
+
+    def _units_by_group(self) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """(group index by key, units ordered by group, each group's start in that order),
+        built once: a CUCB step calls :meth:`unit_kept`, which looked each group up in the
+        list and scanned every unit per group (break145 F5: 103 ms a step at 451 groups)."""
+        cached = self.__dict__.get("_units_by_group_cache")
+        if cached is None:  # (not in __init__: graphs pickled before have no such attribute)
+            order = np.argsort(self.unit_group, kind="stable")
+            starts = np.searchsorted(self.unit_group[order], np.arange(len(self.groups) + 1))
+            cached = ({g.key: i for i, g in enumerate(self.groups)}, order, starts)
+            self._units_by_group_cache = cached
+        return cached
 
     def kept(self, ids: np.ndarray, unit_kept: np.ndarray) -> np.ndarray:
         u = self.units(ids)

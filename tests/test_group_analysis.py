@@ -45,3 +45,25 @@ def test_components_in_order_follow_first_members():
     got = [c.tolist() for c in _components_in_order(label, first_seen)]
     assert got == [[4, 5, 1], [2], [0, 3]]
     assert _components_in_order(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)) == []
+
+
+def test_unit_kept_reads_each_groups_mask_at_its_units_positions():
+    # break145 F5: unit_kept looked each group up in the list and scanned every unit per group
+    # (quadratic in the groups, at every CUCB step); the grouped lookup gives the same answer
+    import torch
+    import torchvision
+
+    import fxprune
+    from fxprune.groups import state_of
+
+    pm = fxprune.prepare(torchvision.models.densenet121(num_classes=10), torch.randn(1, 3, 32, 32))
+    ch = state_of(pm).channels
+    rng = np.random.default_rng(0)
+    masks = {g.key: (rng.random(g.size) < 0.5).astype(np.float32) for g in ch.groups if g.prunable}
+    kept = ch.unit_kept(masks)
+    for key, m in masks.items():
+        g = [info.key for info in ch.groups].index(key)
+        units = np.flatnonzero(ch.unit_group == g)
+        assert np.array_equal(kept[units], m[ch.unit_pos[units]] != 0)
+    others = ~np.isin(ch.unit_group, [[info.key for info in ch.groups].index(k) for k in masks])
+    assert kept[others].all() and len(masks) > 50 and not kept.all()
