@@ -916,6 +916,12 @@ def test_a_method_times_its_table_at_its_step_and_says_when_that_grid_is_large(m
         warnings.simplefilter("error")  # SMCP's step 8: a small grid, nothing said
         fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)
     assert asked[-1]["step"] == 8
+    # break145 F7: at step 8 or more the advice is a coarser step than the one given
+    monkeypatch.setattr(base, "LARGE_GRID", step8 - 1)
+    with pytest.warns(UserWarning, match=rf"at channel_step=8 times a latency table of {step8:,} "
+                                         rf".*two passes.*; channel_step=16 times "
+                                         rf"{grid_points(pm, 16):,}, or pass a table"):
+        fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)
 
 
 def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_table():

@@ -105,10 +105,14 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
     # (break74 F5: CCP's and CUCB's channel_step 1 meant 692,800 points on resnet18, hours)
     points = grid_points(prepared, channel_step)
     if points > LARGE_GRID:
+        # a coarser step than the one given (break145 F7: at step 8 it offered step 8), and
+        # both of measure's passes at the ~30 ms a shape they took on a loaded 2-core host
+        coarser = TABLE_STEP if channel_step < TABLE_STEP else 2 * channel_step
         warn(f"cost={cost!r} at channel_step={channel_step} times a latency table of "
-             f"{points:,} layer shapes (about {points * 0.014 / 3600:.1f} h at ~14 ms a shape "
-             f"on a CPU); channel_step={TABLE_STEP} times {grid_points(prepared, TABLE_STEP):,}, "
-             "or pass a table measured once (LatencyTable.measure(pm, cache=...)) as cost=")
+             f"{points:,} layer shapes (about {points * 2 * 0.03 / 3600:.1f} h on a CPU: two "
+             f"passes at ~30 ms a shape); channel_step={coarser} times "
+             f"{grid_points(prepared, coarser):,}, or pass a table measured once "
+             "(LatencyTable.measure(pm, cache=...)) as cost=")
     table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
     if cost == "latency":
         return table
