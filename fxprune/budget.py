@@ -28,30 +28,36 @@ class Budget:
         if not self.dense > 0:
             raise ValueError(f"the model's dense cost under {cost_model.name!r} is {self.dense}; "
                              "a cost model must give a positive total")
-        # per layer, per prunable group it reads: how many positions each channel occupies
+        # per layer, per prunable group it reads: how many positions each channel occupies.
+        # Each flat position's group by one search of the groups' offsets: a range test per
+        # (layer, group) pair, and a set intersection per pair of groups for the neighbours,
+        # took 3.6-6 s at 400 layers (break145 F6)
+        def groups_of(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            flat = flat[flat >= 0]
+            return np.searchsorted(index.offsets, flat, side="right") - 1, flat
+
         self._reads = []
         for layer in layers:
-            reads = layer.out_flat if layer.in_flat is None else layer.in_flat
+            group, reads = groups_of(layer.out_flat if layer.in_flat is None else layer.in_flat)
             per_group = {}
-            for i in range(len(index.groups)):
+            for i in np.unique(group).tolist():
                 sl = index.group_slice(i)
-                inside = (reads >= sl.start) & (reads < sl.stop)
-                if inside.any():
-                    per_group[i] = np.bincount(reads[inside] - sl.start, minlength=sl.stop - sl.start)
+                per_group[i] = np.bincount(reads[group == i] - sl.start, minlength=sl.stop - sl.start)
             self._reads.append(per_group)
         # layers whose input or output width moves with each group (for exact local re-pricing)
         self.touching: list[list[int]] = [[] for _ in index.groups]
+        layer_groups: list[list[int]] = []
         for li, layer in enumerate(layers):
-            for i in range(len(index.groups)):
-                sl = index.group_slice(i)
-                flats = [layer.out_flat] + ([layer.in_flat] if layer.in_flat is not None else [])
-                if any(((f >= sl.start) & (f < sl.stop)).any() for f in flats):
-                    self.touching[i].append(li)
+            flats = [layer.out_flat] + ([layer.in_flat] if layer.in_flat is not None else [])
+            touched = np.unique(np.concatenate([groups_of(f)[0] for f in flats])).tolist()
+            for i in touched:
+                self.touching[i].append(li)
+            layer_groups.append(touched)
         # groups sharing a touched layer with each group: a step of one changes the other's
         # step costs (allocation.repair keeps the rest)
-        touches = [set(t) for t in self.touching]
-        self.neighbours: list[list[int]] = [[j for j, other in enumerate(touches) if other & mine]
-                                            for mine in touches]
+        self.neighbours: list[list[int]] = [
+            sorted({j for li in self.touching[i] for j in layer_groups[li]})
+            for i in range(len(index.groups))]
 
     def layer_cost(self, layer: CostedLayer, c_in: int, c_out: int) -> float:
         value = float(self.model.layer_cost(layer.spec, c_in, c_out))

@@ -820,3 +820,32 @@ def test_a_cost_models_fixed_cost_may_be_a_zero_dim_tensor():
 
     pruner = fxprune.SMCP(prepared(), cost=WithFixed())
     assert pruner.cost() == 1.0
+
+
+def test_budget_maps_each_layers_channels_to_groups_as_a_range_test_per_pair_does():
+    # break145 F6: the per-(layer, group) range tests and per-pair neighbour intersections
+    # are one search of the groups' offsets now; the same reads, touching layers, neighbours
+    import torchvision
+
+    from fxprune.budget import Budget
+
+    pm = fxprune.prepare(torchvision.models.densenet121(num_classes=10).eval(), torch.randn(1, 3, 32, 32))
+    index = UnitIndex(pm)
+    layers = costed_layers(index, pm)
+    budget = Budget(index, layers, fxprune.FlopsCost())
+    slices = [index.group_slice(i) for i in range(len(index.groups))]
+    for layer, per_group in zip(layers, budget._reads):
+        reads = layer.out_flat if layer.in_flat is None else layer.in_flat
+        expected = {i: np.bincount(reads[(reads >= sl.start) & (reads < sl.stop)] - sl.start,
+                                   minlength=sl.stop - sl.start)
+                    for i, sl in enumerate(slices) if ((reads >= sl.start) & (reads < sl.stop)).any()}
+        assert per_group.keys() == expected.keys()
+        assert all(np.array_equal(per_group[i], expected[i]) for i in expected)
+    touching = [[li for li, layer in enumerate(layers)
+                 if any(((f >= sl.start) & (f < sl.stop)).any()
+                        for f in (layer.out_flat, layer.in_flat) if f is not None)]
+                for sl in slices]
+    assert budget.touching == touching
+    assert budget.neighbours == [[j for j, other in enumerate(touching) if set(other) & set(mine)]
+                                 for mine in touching]
+    assert len(index.groups) > 100
