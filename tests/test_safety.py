@@ -443,6 +443,72 @@ def test_a_kill_during_an_overwrites_removals_never_leaves_an_interrupted_lookin
     assert not ((out / "checkpoint.prev.pt").exists() and not (out / "checkpoint.pt").exists())
 
 
+@pytest.mark.parametrize("stop", ["before_the_rename", "none"])
+def test_checkpoint_pt_is_there_at_every_moment_of_a_save(tmp_path, monkeypatch, stop):
+    """break148 F1: the old checkpoint was moved to checkpoint.prev.pt, then the new one hashed
+    and recorded, then renamed in: a kill in between (0.4 s an epoch at 100 MB) left no
+    checkpoint.pt, and --resume refused until a file was moved by hand."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    ckpt = out / "checkpoint.pt"
+    run_io.save_checkpoint({"epoch": 1}, ckpt)
+    real, seen = os.replace, []
+
+    def replace(src, dst):
+        seen.append(ckpt.is_file())  # at the rename of the new file, the old one is still there
+        if stop == "before_the_rename" and Path(dst) == ckpt:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(run_io.os, "replace", replace)
+    if stop == "none":
+        run_io.save_checkpoint({"epoch": 2}, ckpt)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_io.save_checkpoint({"epoch": 2}, ckpt)
+    monkeypatch.undo()
+    assert seen and all(seen)
+    epochs = [torch.load(f, weights_only=True)["epoch"] for f in (ckpt, out / "checkpoint.prev.pt")]
+    assert epochs == ([2, 1] if stop == "none" else [1, 1])
+    assert run_io.foreign_run_files(out) == []  # both still recorded as fxprune's
+    run_io.release_out_folder(out)
+
+
+def test_a_checkpoint_damaged_or_edited_since_the_run_wrote_it_is_not_resumed_unsaid(tmp_path):
+    """break148 F2: a bit flipped in checkpoint.pt (its zip CRC fails; the marker's sha256
+    differs) was resumed without a word, and the damage shipped in model_pruned.pt."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    ckpt = out / "checkpoint.pt"
+    run_io.save_checkpoint({"epoch": 1}, ckpt)
+    run_io.save_checkpoint({"epoch": 2, "weight": torch.full((256,), 0.1)}, ckpt)
+    raw = bytearray(ckpt.read_bytes())
+    at = raw.find(torch.full((256,), 0.1).numpy().tobytes()[:64])
+    raw[at + 3] ^= 0x40
+    ckpt.write_bytes(bytes(raw))
+    with pytest.raises(run_io.CheckpointError, match=r"^--resume: checkpoint .*checkpoint.pt is "
+                                                     r"damaged: its record .* fails the zip's "
+                                                     r"checksum; .*checkpoint.prev.pt holds the "
+                                                     r"epoch before it"):
+        run_io.load_checkpoint(ckpt, "cpu")
+    good = {"format": run_io.CHECKPOINT_FORMAT, "epoch": 1, "step": 4, "elapsed_s": 1.0,
+            "config": {"optim": {"epochs": 2}, "prune": {}}, "model": {}, "optimizer": {},
+            "scheduler": {}, "rng": run_io.rng_state()}
+    run_io.save_checkpoint(good, ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_io.load_checkpoint(ckpt, "cpu")["step"] == 4  # the run's own: nothing said
+    torch.save({**good, "step": 5}, ckpt)  # edited: a valid file, not the one the run wrote
+    with pytest.warns(RuntimeWarning, match=r"is not the file this run wrote \(edited since, or "
+                                            r"damaged\); resuming from it as it is"):
+        assert run_io.load_checkpoint(ckpt, "cpu")["step"] == 5
+    run_io.release_out_folder(out)
+
+
 def test_a_new_folder_is_locked_when_claimed(tmp_path):
     """A folder the run creates does not exist at the check: claiming it takes the lock, so
     a second start that checked the same empty place fails before its first write."""
