@@ -288,6 +288,28 @@ def test_a_kill_between_a_write_and_its_record_leaves_the_file_the_runs(tmp_path
     assert run_io.foreign_run_files(out) == ["results.json"]
 
 
+def test_a_log_row_cut_mid_write_is_dropped_at_the_resume_not_glued_to_the_next(tmp_path):
+    """break148 F3: a full disk cut a steps.csv row inside its step number ("3" of "36"); the
+    resume kept it as step 3 and appended the next row onto it: step 36 logged as 336."""
+    import csv
+
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    log = run_io.CsvLog(out / "steps.csv")
+    for step in (28, 32):
+        log.append({"step": step, "loss": 1.0})
+    with (out / "steps.csv").open("a") as f:
+        f.write("3")  # what fitted of the row of step 36
+    resumed = run_io.CsvLog(out / "steps.csv")
+    resumed.truncate("step", 32)  # the checkpoint was at step 32
+    resumed.append({"step": 36, "loss": 0.5})
+    with (out / "steps.csv").open(newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [28, 32, 36]
+    run_io.release_out_folder(out)
+
+
 @pytest.mark.parametrize("killed", ["before the rename", "after the rename", "mid-append"])
 def test_a_pending_write_left_by_a_kill_does_not_adopt_a_later_file(tmp_path, monkeypatch, killed):
     """break58 #2: a kill left the file's entry "pending", which matched any file: a user's
