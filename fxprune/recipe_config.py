@@ -16,6 +16,7 @@ import inspect
 import math
 import os
 import re
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,11 +210,20 @@ def _same(value: Any, choice: Any) -> bool:
     return type(value) is type(choice) and value == choice
 
 
+#: a value in a message, bounded: a 338-byte recipe of nested YAML aliases (a "billion
+#: laughs") expanded to a 3.5 MB message, and two levels more to 2 GB (break148 F7)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 200, 200
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 10
+
+
 def _show(v: Any) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (list, tuple, dict, set)):
+        return _SHOWN.repr(v)
     return repr(v) if isinstance(v, str) else str(v)
 
 

@@ -1268,6 +1268,21 @@ def test_the_cli_called_in_process_puts_the_sigterm_handler_back(command, tmp_pa
         signal.signal(signal.SIGTERM, before)
 
 
+def test_a_recipe_of_nested_yaml_aliases_is_refused_in_a_bounded_line(tmp_path):
+    """break148 F7: a 338-byte recipe of aliases nested 6 deep (a "billion laughs") made a
+    3.5 MB error line; 8 deep took 2 GB; the message showed the value fully expanded."""
+    from fxprune.recipe_config import ConfigError, load_config
+
+    items = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    recipe = tmp_path / "lol.yaml"
+    recipe.write_text("optim:\n  milestones: [" + ", ".join(items) + "]\n")
+    with pytest.raises(ConfigError, match=r"optim.milestones takes a list of numbers each >= 0; "
+                                          r"got \[\[1, 1, 1, 1, 1, 1, 1, 1, 1, 1\], \[\[\.\.\.\]") as e:
+        load_config(recipe, [])
+    assert len(str(e.value)) < 2000 and "\n" not in str(e.value)
+
+
 def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune():
     """break27 #6: a per-channel forward hook on a pruned layer made finalize say "This is a bug
     in fxprune", without naming the hook."""
