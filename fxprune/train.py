@@ -987,6 +987,23 @@ def _lost_a_peer(exc: BaseException) -> bool:
             and any(s in str(exc) for s in ("Connection closed by peer", "Connection reset by peer")))
 
 
+def _full_disk(exc: BaseException, cfg: dict | None) -> str | None:
+    """The line for a write that found no room (a full disk or a quota), naming the folder
+    and the way on; None for any other error (break148 F4: "[Errno 28] No space left on
+    device" alone)."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = exc.filename or (cfg or {}).get("out")
+    ckpt = Path(cfg["out"]).expanduser() / "checkpoint.pt" if cfg and cfg.get("out") else None
+    kept = (f"the last finished epoch is in {ckpt}; " if ckpt is not None and ckpt.is_file()
+            else "")
+    return (f"writing {where}: {exc.strerror.lower() if exc.strerror else 'no space left'} "
+            f"(a full disk or quota); {kept}free space there, then run the same command "
+            f"with --resume" + ("" if kept else " (or again, if no epoch had finished)"))
+
+
 def run(args: argparse.Namespace) -> int:
     from .run_io import stop_on_sigterm
 
@@ -1021,10 +1038,11 @@ def _run(args: argparse.Namespace) -> int:
         # fxprune's own errors, invalid data files, folders: the message alone, no traceback.
         # Under torchrun every process reads the same config: rank 0 alone reports a config
         # error; anything else is reported by the process it happened in, named.
+        message = _full_disk(exc, cfg) or exc
         if rank == 0:
-            print(f"fxprune train: error: {exc}", file=sys.stderr)
+            print(f"fxprune train: error: {message}", file=sys.stderr)
         elif not isinstance(exc, ConfigError) and not getattr(exc, "fxprune_from_rank0", False):
-            print(f"fxprune train (rank {rank}): error: {exc}", file=sys.stderr)
+            print(f"fxprune train (rank {rank}): error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         if rank == 0 or not _lost_a_peer(exc):

@@ -1283,6 +1283,33 @@ def test_a_recipe_of_nested_yaml_aliases_is_refused_in_a_bounded_line(tmp_path):
     assert len(str(e.value)) < 2000 and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("epoch_saved", [True, False])
+def test_a_full_disk_names_the_folder_and_the_way_on(recipe, tmp_path, monkeypatch, capsys,
+                                                     epoch_saved):
+    """break148 F4: "fxprune train: error: [Errno 28] No space left on device", no file, no
+    way out (freeing space and --resume worked)."""
+    import errno
+
+    import fxprune.train as train_module
+
+    out = tmp_path / "run"
+
+    def full(cfg, **kw):
+        out.mkdir()
+        if epoch_saved:
+            (out / "checkpoint.pt").write_bytes(b"an epoch")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module, "train", full)
+    assert cli_main(["train", str(recipe), "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert f"writing {out}: no space left on device (a full disk or quota); " in err, err
+    assert err.rstrip().endswith(f"the last finished epoch is in {out / 'checkpoint.pt'}; free "
+                                 "space there, then run the same command with --resume"
+                                 if epoch_saved else "with --resume (or again, if no epoch had "
+                                 "finished)"), err
+
+
 def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune():
     """break27 #6: a per-channel forward hook on a pruned layer made finalize say "This is a bug
     in fxprune", without naming the hook."""
