@@ -134,8 +134,13 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; run without --resume "
                                     "to start, or point --out at the run to continue")
         if not (out / RUN_MARKER).is_file():
-            raise FileExistsError(f"--resume: {out} has no {RUN_MARKER} marker, so fxprune did "
-                                  "not write it; point --out at a folder of a fxprune run")
+            # (break148 F5: a run copied with `cp run/* new/`, which leaves the hidden marker
+            # behind, was said not to be fxprune's, with no way out)
+            raise FileExistsError(f"--resume: {out} has no {RUN_MARKER} marker, the hidden file "
+                                  "a run keeps of the files it wrote (a copy made with `cp "
+                                  "RUN/* NEW/` leaves it behind); copy the whole folder "
+                                  "(`cp -r RUN NEW`) and --resume there, or point --out at "
+                                  "the run itself")
         # (its checkpoints are what --resume reads, edited or not: not the user's files here)
         _refuse_foreign(out, "--resume", "continuing the run would replace or append to",
                         skip=("checkpoint.pt", "checkpoint.prev.pt"))
@@ -429,8 +434,9 @@ def lock_out_folder(out: Path) -> None:
     except OSError:
         os.close(fd)
         raise FileExistsError(f"--out {out} is in use: another fxprune run is writing there "
-                              "(it holds the folder's lock); wait for it to end, or choose "
-                              "another --out") from None
+                              "(it holds the folder's lock; after a kill, its data-loader "
+                              "workers hold it for a few seconds more); wait for it to end, "
+                              "or choose another --out") from None
     _LOCKS[key] = fd
 
 

@@ -1310,6 +1310,18 @@ def test_a_full_disk_names_the_folder_and_the_way_on(recipe, tmp_path, monkeypat
                                  "finished)"), err
 
 
+def test_a_run_copied_without_its_marker_is_told_how_to_copy_it(recipe, tmp_path, capsys):
+    # break148 F5: "has no .fxprune-run marker, so fxprune did not write it", for files it wrote
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "checkpoint.pt").write_bytes(b"a run's checkpoint, copied with cp run/* copy/")
+    assert cli_main(["train", str(recipe), "--out", str(copy), "--resume"]) == 2
+    err = one_line_error(capsys)
+    assert re.search(r"--resume: .*copy has no .fxprune-run marker, the hidden file a run keeps of "
+                     r"the files it wrote .*; copy the whole folder \(`cp -r RUN NEW`\) and "
+                     r"--resume there", err), err
+
+
 def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune():
     """break27 #6: a per-channel forward hook on a pruned layer made finalize say "This is a bug
     in fxprune", without naming the hook."""
