@@ -703,6 +703,17 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 f"({world}): the learning-rate schedule and the method's step-counted schedule "
                 "go on at this count, so they end at other steps than the first run's; resume "
                 "with the same number of processes to keep them", RuntimeWarning, stacklevel=2)
+        saved_threads = ckpt.get("threads")  # (checkpoints before it: not recorded)
+        if saved_threads is not None and saved_threads != torch.get_num_threads() and main:
+            # CPU kernels sum in another order at another thread count, so the resumed run is
+            # not bit-identical to an uninterrupted one (break148 F8: nothing said so; the
+            # recipes' num_threads null is the machine's cores)
+            warnings.warn(
+                f"--resume: the checkpoint's epochs ran on {saved_threads} CPU threads per "
+                f"process and this run uses {torch.get_num_threads()}: the numbers go on "
+                f"close to, not equal to, an uninterrupted run's; set num_threads: "
+                f"{saved_threads} (--set num_threads={saved_threads}) to resume exactly",
+                RuntimeWarning, stacklevel=2)
         start_epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
         images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
     logs.open(cfg, (start_epoch, step) if ckpt is not None else None, overwrite=overwrite)
@@ -805,6 +816,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "measured_cost": measured_cost_state,
                     "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
+                    "threads": torch.get_num_threads(),
                     "lr_schedules": lr_schedules, "data": data_fingerprint,
                     "process_counts": process_counts,
                 }

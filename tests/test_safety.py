@@ -1322,6 +1322,23 @@ def test_a_run_copied_without_its_marker_is_told_how_to_copy_it(recipe, tmp_path
                      r"--resume there", err), err
 
 
+def test_a_resume_on_another_thread_count_says_it_is_not_exact(recipe, tmp_path, capsys):
+    # break148 F8: allowed, not bit-identical, and nothing said so
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(["train", str(recipe), "--out", str(out), "--set", "num_threads=1"]) == 0
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["threads"] == 1
+        with pytest.warns(RuntimeWarning, match=r"--resume: the checkpoint's epochs ran on 1 CPU "
+                                                r"threads per process and this run uses 2: .*set "
+                                                r"num_threads: 1 \(--set num_threads=1\) to "
+                                                r"resume exactly"):
+            assert cli_main(["train", str(recipe), "--out", str(out), "--resume", "--set",
+                             "num_threads=2", "--set", f"optim.epochs={TINY['optim']['epochs'] + 1}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_hook_that_fails_on_the_pruned_widths_is_named_not_blamed_on_fxprune():
     """break27 #6: a per-channel forward hook on a pruned layer made finalize say "This is a bug
     in fxprune", without naming the hook."""
