@@ -361,8 +361,14 @@ def _record_written(path: Path, *, from_file: Path | None = None, appending: boo
         before = None  # the file as it is, where fxprune wrote it (else a kill leaves it foreign)
         if path.is_file() and _unchanged(recorded, path):
             before = recorded if isinstance(recorded, list) else file_record(path)
-        now = ({"before": before, "appending": True} if appending
-               else {"before": before, "after": file_record(from_file)})
+        if appending:
+            now = {"before": before, "appending": True}
+        else:  # a run file kept under another name (checkpoint.pt as checkpoint.prev.pt) has
+            # its record already: no second hash of a checkpoint at every save (review149 F10)
+            known = written.get(from_file.name) if from_file.parent == out else None
+            st = from_file.stat()
+            now = {"before": before, "after": known if isinstance(known, list) and len(known) > 2
+                   and known[:2] == [st.st_size, st.st_mtime_ns] else file_record(from_file)}
     else:
         entry = written.get(path.name)
         after = entry.get("after") if isinstance(entry, dict) else None
@@ -468,8 +474,8 @@ def stop_on_sigterm():
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    finally:  # (None: a handler not set from Python, which cannot be set back from it)
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -522,7 +528,10 @@ def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> N
     previous = path.with_name(path.stem + ".prev.pt")
 
     def write(tmp):
-        torch.save(obj, tmp)
+        # into a file object: to a path, a full disk raised torch's "unexpected pos 64 vs 0"
+        # RuntimeError, not an OSError naming the cause (review149 F3)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         if keep_previous and path.exists():
             _record_written(previous, from_file=path)
             previous.unlink(missing_ok=True)
@@ -533,7 +542,7 @@ def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> N
 
     atomic_write(path, write)
     if keep_previous:
-        _record_written(previous)  # (renamed, not written: atomic_write recorded path only)
+        _record_written(previous)  # (linked or renamed: atomic_write recorded path only)
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
@@ -577,6 +586,60 @@ def _layout_problem(ckpt: dict) -> str | None:
     return None
 
 
+def _edited_since_written(path: Path) -> bool:
+    """``path`` (a run's checkpoint.pt) is not a file the folder's marker records the run
+    writing: neither its checkpoint.pt nor its checkpoint.prev.pt, which fxprune's own advice
+    moves into place (review149 F4). False where no marker records files."""
+    written = _written(path.parent) if (path.parent / RUN_MARKER).is_file() else None
+    if not written or path.name not in RUN_FILES:
+        return False
+    prev = path.with_name(path.stem + ".prev.pt")
+    return not any(_unchanged(written.get(name), path) for name in (path.name, prev.name)
+                   if written.get(name) is not None)
+
+
+def _zip_damage(path: Path) -> str | None:
+    """What fails in the zip ``torch.save`` wrote at ``path`` (None: nothing, or not a zip,
+    which ``torch.load`` reports). Each record is read whole, which checks its CRC-32: torch.load
+    checks none, and a flipped bit was resumed without a word and shipped in model_pruned.pt
+    (break148 F2). A record stored with CRC 0 (``torch.serialization.set_crc32_options(False)``)
+    is not checked; a zip index that does not parse is damage too (review149 F1)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:  # written without CRCs (review149 F2)
+                    continue
+                try:
+                    with archive.open(info) as record:
+                        while record.read(1 << 22):
+                            pass
+                except Exception as exc:  # noqa: BLE001 - a record that does not read whole
+                    return (f"its record {info.filename} fails the zip's checksum"
+                            if "CRC" in str(exc) else
+                            f"its record {info.filename} does not read ({_first_line(exc)})")
+    except zipfile.BadZipFile as exc:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        return f"its zip index does not read ({_first_line(exc)})" if is_zip else None
+    except OSError:
+        return None  # (unreadable: torch.load says so)
+    except Exception as exc:  # noqa: BLE001 - a damaged index fails in many ways
+        return f"its zip index does not read ({_first_line(exc)})"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 def load_checkpoint(path: Path, device) -> dict:
     """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True``
     (tensors and plain data only: loading it runs no code), its tensors on ``device`` but the
@@ -584,19 +647,14 @@ def load_checkpoint(path: Path, device) -> dict:
     Raises :class:`CheckpointError` (one line, with the way out) for a file that is not one,
     damaged, of another format, or edited into a layout the resume cannot read."""
     prev = path.with_name(path.stem + ".prev.pt")
+    # (a kill between keeping the old file as prev and renaming the new one in leaves both
+    # names on one file: then prev holds no other epoch; review149 F10)
     way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
-               "or start over with --overwrite" if prev.is_file()
+               "or start over with --overwrite" if prev.is_file() and not _same_file(prev, path)
                else "start over with --overwrite or use another --out")
-    # torch.save's zip keeps a CRC of each record, which torch.load does not check: a flipped
-    # bit was resumed without a word and shipped in model_pruned.pt (break148 F2)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError):  # not a zip: torch.load below says what it is
-        bad = None
-    if bad is not None:
-        raise CheckpointError(f"--resume: checkpoint {path} is damaged: its record {bad} fails "
-                              f"the zip's checksum; {way_out}")
+    damage = _zip_damage(path)
+    if damage is not None:
+        raise CheckpointError(f"--resume: checkpoint {path} is damaged: {damage}; {way_out}")
     try:
         # on the CPU first: the RNG states must stay there (review126 #1: mapped to the GPU,
         # torch.set_rng_state refused them and a CUDA run could not resume)
@@ -642,7 +700,7 @@ def load_checkpoint(path: Path, device) -> dict:
     if problem is not None:
         raise CheckpointError(f"--resume: {path} cannot be resumed: its {problem} (the file was "
                               f"edited or damaged); {way_out}")
-    if path.name in foreign_run_files(path.parent):  # (edits are allowed: the README's)
+    if _edited_since_written(path):  # (edits are allowed: the README's)
         warnings.warn(f"--resume: {path} is not the file this run wrote (edited since, or "
                       "damaged); resuming from it as it is", RuntimeWarning, stacklevel=2)
     if torch.device(device).type != "cpu":

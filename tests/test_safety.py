@@ -498,6 +498,27 @@ def test_checkpoint_pt_is_there_at_every_moment_of_a_save(tmp_path, monkeypatch,
     run_io.release_out_folder(out)
 
 
+def test_without_hard_links_the_previous_checkpoint_is_moved_as_before(tmp_path, monkeypatch):
+    # review149 F10: the fallback for file systems without hard links had no test
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    ckpt = out / "checkpoint.pt"
+    run_io.save_checkpoint({"epoch": 1}, ckpt)
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(run_io.os, "link", no_links)
+    run_io.save_checkpoint({"epoch": 2}, ckpt)
+    monkeypatch.undo()
+    epochs = [torch.load(f, weights_only=True)["epoch"] for f in (ckpt, out / "checkpoint.prev.pt")]
+    assert epochs == [2, 1] and not os.path.samefile(ckpt, out / "checkpoint.prev.pt")
+    assert run_io.foreign_run_files(out) == [] and run_io._temps(out) == []
+    run_io.release_out_folder(out)
+
+
 def test_a_checkpoint_damaged_or_edited_since_the_run_wrote_it_is_not_resumed_unsaid(tmp_path):
     """break148 F2: a bit flipped in checkpoint.pt (its zip CRC fails; the marker's sha256
     differs) was resumed without a word, and the damage shipped in model_pruned.pt."""
@@ -529,6 +550,50 @@ def test_a_checkpoint_damaged_or_edited_since_the_run_wrote_it_is_not_resumed_un
                                             r"damaged\); resuming from it as it is"):
         assert run_io.load_checkpoint(ckpt, "cpu")["step"] == 5
     run_io.release_out_folder(out)
+
+
+def test_the_checkpoint_checks_refuse_a_broken_index_and_pass_what_the_run_wrote(tmp_path):
+    """review149 F1: a damaged zip index escaped the CRC check as a UnicodeDecodeError or
+    zlib.error traceback; F2: checkpoints written with torch's CRCs off were all "damaged";
+    F4: following fxprune's own advice (move checkpoint.prev.pt to checkpoint.pt) warned that
+    the file was not the run's."""
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    ckpt = out / "checkpoint.pt"
+    good = {"format": run_io.CHECKPOINT_FORMAT, "epoch": 1, "step": 4, "elapsed_s": 1.0,
+            "config": {"optim": {"epochs": 2}, "prune": {}}, "model": {"w": torch.ones(64)},
+            "optimizer": {}, "scheduler": {}, "rng": run_io.rng_state()}
+    run_io.save_checkpoint(good, ckpt)
+    run_io.save_checkpoint({**good, "epoch": 2, "step": 8}, ckpt)
+    os.replace(out / "checkpoint.prev.pt", ckpt)  # the advice after an interrupted save
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_io.load_checkpoint(ckpt, "cpu")["epoch"] == 1
+    run_io.save_checkpoint(good, ckpt)
+    raw = bytearray(ckpt.read_bytes())
+    index = raw.rfind(b"PK\x01\x02")  # the last central-directory entry: its name's bytes
+    raw[index + 46: index + 50] = b"\xff\xfe\xfd\xfc"
+    ckpt.write_bytes(bytes(raw))
+    with pytest.raises(run_io.CheckpointError, match=r"^--resume: checkpoint .* is damaged: its "
+                                                     r"(zip index|record .*) does not read"):
+        run_io.load_checkpoint(ckpt, "cpu")
+    torch.serialization.set_crc32_options(False)
+    try:
+        run_io.save_checkpoint(good, ckpt)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_io.load_checkpoint(ckpt, "cpu")["step"] == 4
+    run_io.release_out_folder(out)
+    unmarked = tmp_path / "unmarked" / "checkpoint.pt"
+    unmarked.parent.mkdir()
+    torch.save(good, unmarked)  # no marker: nothing recorded to differ from
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_io.load_checkpoint(unmarked, "cpu")["epoch"] == 1
 
 
 def test_a_new_folder_is_locked_when_claimed(tmp_path):
@@ -1281,6 +1346,13 @@ def test_a_recipe_of_nested_yaml_aliases_is_refused_in_a_bounded_line(tmp_path):
                                           r"got \[\[1, 1, 1, 1, 1, 1, 1, 1, 1, 1\], \[\[\.\.\.\]") as e:
         load_config(recipe, [])
     assert len(str(e.value)) < 2000 and "\n" not in str(e.value)
+    # review149 F5: the message of a key a method sets itself showed the value with !r
+    recipe.write_text("prune:\n  method: magnitude\n  importance: [" + ", ".join(items) + "]\n")
+    with pytest.raises(ConfigError, match=r"prune.method magnitude runs with importance="
+                                          r"'magnitude', but the recipe sets prune.importance="
+                                          r"\[\[1, 1, 1, 1, 1, 1, 1, 1, 1, 1\], \[\[\.\.\.\]") as e:
+        load_config(recipe, [])
+    assert len(str(e.value)) < 2000 and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("epoch_saved", [True, False])
@@ -1298,7 +1370,8 @@ def test_a_full_disk_names_the_folder_and_the_way_on(recipe, tmp_path, monkeypat
         out.mkdir()
         if epoch_saved:
             (out / "checkpoint.pt").write_bytes(b"an epoch")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        with open("/dev/full", "wb") as f:  # torch.save into a file object, as fxprune's
+            torch.save({"weight": torch.zeros(4096)}, f)
 
     monkeypatch.setattr(train_module, "train", full)
     assert cli_main(["train", str(recipe), "--out", str(out)]) == 2
@@ -1306,8 +1379,30 @@ def test_a_full_disk_names_the_folder_and_the_way_on(recipe, tmp_path, monkeypat
     assert f"writing {out}: no space left on device (a full disk or quota); " in err, err
     assert err.rstrip().endswith(f"the last finished epoch is in {out / 'checkpoint.pt'}; free "
                                  "space there, then run the same command with --resume"
-                                 if epoch_saved else "with --resume (or again, if no epoch had "
-                                 "finished)"), err
+                                 if epoch_saved else "no epoch of this run had finished; free "
+                                 "space there, then run the same command again"), err
+
+
+def test_a_checkpoint_write_that_finds_no_room_raises_the_os_error(tmp_path, monkeypatch):
+    # review149 F3: torch.save to a path raised "unexpected pos 64 vs 0" (a RuntimeError) on a
+    # full disk; into a file object the OSError says ENOSPC
+    import builtins
+    import errno
+
+    from fxprune import run_io
+
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    real_open = builtins.open
+    monkeypatch.setattr(run_io, "open", lambda file, mode="r", *a, **k: real_open(
+        "/dev/full" if str(file).endswith(".tmp") and "w" in mode else file, mode, *a, **k),
+        raising=False)
+    with pytest.raises(OSError) as e:
+        run_io.save_checkpoint({"weight": torch.zeros(4096)}, out / "checkpoint.pt")
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert not (out / "checkpoint.pt").exists()
+    run_io.release_out_folder(out)
 
 
 def test_a_run_copied_without_its_marker_is_told_how_to_copy_it(recipe, tmp_path, capsys):
