@@ -704,7 +704,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 "go on at this count, so they end at other steps than the first run's; resume "
                 "with the same number of processes to keep them", RuntimeWarning, stacklevel=2)
         saved_threads = ckpt.get("threads")  # (checkpoints before it: not recorded)
-        if saved_threads is not None and saved_threads != torch.get_num_threads() and main:
+        if (saved_threads is not None and saved_threads != torch.get_num_threads() and main
+                and device.type == "cpu"):  # (on a GPU the CPU threads do not do the math)
             # CPU kernels sum in another order at another thread count, so the resumed run is
             # not bit-identical to an uninterrupted one (break148 F8: nothing said so; the
             # recipes' num_threads null is the machine's cores)
@@ -999,21 +1000,27 @@ def _lost_a_peer(exc: BaseException) -> bool:
             and any(s in str(exc) for s in ("Connection closed by peer", "Connection reset by peer")))
 
 
-def _full_disk(exc: BaseException, cfg: dict | None) -> str | None:
+def _full_disk(exc: BaseException, cfg: dict | None, *, overwrite: bool,
+               started_ns: int) -> str | None:
     """The line for a write that found no room (a full disk or a quota), naming the folder
     and the way on; None for any other error (break148 F4: "[Errno 28] No space left on
-    device" alone)."""
+    device" alone). The way on is --resume where this run saved an epoch, else the command
+    again (review149 F8: under --overwrite the checkpoint there may be the replaced run's)."""
     import errno
 
     if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     where = exc.filename or (cfg or {}).get("out")
     ckpt = Path(cfg["out"]).expanduser() / "checkpoint.pt" if cfg and cfg.get("out") else None
-    kept = (f"the last finished epoch is in {ckpt}; " if ckpt is not None and ckpt.is_file()
-            else "")
+    # (a file's time comes from a coarser clock than time_ns: a margin of 50 ms)
+    saved = (ckpt is not None and ckpt.is_file()
+             and (not overwrite or ckpt.stat().st_mtime_ns >= started_ns - 50_000_000))
+    way_on = (f"the last finished epoch is in {ckpt}; free space there, then run the same "
+              "command with --resume" if saved
+              else "no epoch of this run had finished; free space there, then run the same "
+                   "command again")
     return (f"writing {where}: {exc.strerror.lower() if exc.strerror else 'no space left'} "
-            f"(a full disk or quota); {kept}free space there, then run the same command "
-            f"with --resume" + ("" if kept else " (or again, if no epoch had finished)"))
+            f"(a full disk or quota); {way_on}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1050,7 +1057,7 @@ def _run(args: argparse.Namespace) -> int:
         # fxprune's own errors, invalid data files, folders: the message alone, no traceback.
         # Under torchrun every process reads the same config: rank 0 alone reports a config
         # error; anything else is reported by the process it happened in, named.
-        message = _full_disk(exc, cfg) or exc
+        message = _full_disk(exc, cfg, overwrite=args.overwrite, started_ns=started_ns) or exc
         if rank == 0:
             print(f"fxprune train: error: {message}", file=sys.stderr)
         elif not isinstance(exc, ConfigError) and not getattr(exc, "fxprune_from_rank0", False):
