@@ -143,6 +143,10 @@ class MaskGather(nn.Module):
 
     @one_op
     def forward(self, *group_masks: torch.Tensor) -> torch.Tensor:
+        if self.index.is_meta and getattr(self, "_index_host", None) is not None:
+            # load_state_dict(..., assign=True) into a meta-device model leaves this buffer
+            # on meta, and indexing with it returned garbage (review149 F6)
+            self.index = self._index_host.to(group_masks[0].device)
         return _gathered(self.index, group_masks)
 
 

@@ -1002,11 +1002,23 @@ def test_a_prepared_model_made_on_the_meta_device_then_loaded_gathers_its_masks_
             g.mask[1::2] = 0
     with torch.no_grad():
         expected = pm(x)
-    again = copy.deepcopy(pm).to("meta").to_empty(device="cpu")
+    # (deterministic mode fills empty memory, so the garbage is not what the freed block held:
+    # review149 F7, the test passed without the fix 3 runs in 20)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        again = copy.deepcopy(pm).to("meta").to_empty(device="cpu")
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     again.load_state_dict(pm.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(again(x), expected, rtol=0, atol=0)
     assert torch.equal(fxprune.finalize(again)(x), fxprune.finalize(pm)(x))
+    # review149 F6: load_state_dict(assign=True) into the meta model left the index on meta
+    assigned = copy.deepcopy(pm).to("meta")
+    assigned.load_state_dict(pm.state_dict(), assign=True)
+    with torch.no_grad():
+        torch.testing.assert_close(assigned(x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("how", ["torch_prune", "orthogonal", "weight_norm"])
