@@ -709,7 +709,7 @@ def _check_prune(prune: dict, optim: dict) -> None:
             it = "it" if len(fixed) == 1 else "them"
             parts.append(f"prune.method {method} runs with "
                          + ", ".join(f"{k}={defines[k]!r}" for k in fixed) + ", but the recipe "
-                         "sets " + ", ".join(f"prune.{k}={prune[k]!r}" for k in fixed)
+                         "sets " + ", ".join(f"prune.{k}={_show(prune[k])}" for k in fixed)
                          + f": remove {it}, or choose the method that has {it}")
         drop = " ".join(f"--set '~prune.{k}'" for k in dict.fromkeys(extra + clash + fixed))
         # (break102 F4: for a key a --set gave, the way out is to drop that --set, said above)

@@ -263,7 +263,7 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
             # message names the search's limit, not the constraints')
             raise ValueError(f"the greedy elimination cannot keep fewer than {size} channels "
                              "under these keep_one_of constraints; solve_exhaustive searches "
-                             "every subset (groups of up to "
+                             "every subset (CCP's exhaustive_max, up to "
                              f"{EXHAUSTIVE_MAX_LIMIT} channels)")
         delta = np.where(removable, -2 * r + diag, np.inf)
         i = int(np.argmin(delta))
