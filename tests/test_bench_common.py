@@ -99,12 +99,15 @@ def test_out_never_replaces_a_file_the_benchmark_did_not_write(tmp_path, monkeyp
     common = load_benchmark("bench_common")
     for text in ((tmp_path / "k.json").read_text(), "not json", "[1, 2]"):
         (tmp_path / "other.json").write_text(text)
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:  # (review146 F9: a bare raises took exit 0 too)
             common.results_stem("fm", str(tmp_path / "other"), keys=("meta", "rows"))
+        assert e.value.code == 2
+        assert "other.json exists and is not this benchmark's results file" in capsys.readouterr().err
     # a NAME.md with no results file beside it is a user's
     (tmp_path / "notes.md").write_text("# my notes\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         common.results_stem("fm", str(tmp_path / "notes"), keys=("meta", "rows"))
+    assert e.value.code == 2
     assert "notes.md exists beside no notes.json" in capsys.readouterr().err
     # ... unless the benchmark writes no .md (knapsack: .json only)
     assert common.results_stem("k", str(tmp_path / "notes"), files=(".json",)) == tmp_path / "notes"
@@ -158,8 +161,9 @@ def test_each_benchmark_replaces_its_own_results_and_no_other(script, monkeypatc
             if other == script:
                 assert common.results_stem(name, path, **seen) == common.RESULTS / stem
             else:
-                with pytest.raises(SystemExit):
+                with pytest.raises(SystemExit) as e:
                     common.results_stem(name, path, **seen)
+                assert e.value.code == 2  # refused, not the capture's exit 0
 
 
 def test_a_smoke_mode_keeps_the_options_given_in_any_spelling(monkeypatch):
