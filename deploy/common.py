@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from fxprune.errors import FxPruneError
+from fxprune.errors import FxPruneError, first_line  # noqa: F401 - deploy's modules import it here
 
 
 class DeployError(FxPruneError, RuntimeError):
@@ -37,12 +37,6 @@ def file_in_the_way(path) -> str | None:
         if parent.exists():
             return None if parent.is_dir() else str(parent)
     return None
-
-
-def first_line(err: BaseException, limit: int = 200) -> str:
-    """The first line of ``err``'s message (at most ``limit`` characters; "" when it has none):
-    what a one-line error quotes of an exception from torch or ONNX Runtime."""
-    return (str(err).strip().splitlines() or [""])[0][:limit]
 
 
 def cpu_name() -> str:

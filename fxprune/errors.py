@@ -33,6 +33,12 @@ class TargetNotReachedError(FxPruneError):
     above its target: the schedule did not finish within the run."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters; "" when it has none):
+    what a one-line error quotes of an exception from torch, ONNX Runtime or a file."""
+    return (str(err).strip().splitlines() or [""])[0][:limit]
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` pointing at the first frame outside fxprune: the user's line, whether
     fxprune was called directly, through the method registry, the trainer or a callback (a

@@ -37,7 +37,7 @@ import torch
 import yaml
 from torch import nn
 
-from .errors import FxPruneError
+from .errors import FxPruneError, first_line
 from .groups import is_finalized, mark_finalized, record_input_shape
 from .recipe_config import ConfigError, _flatten
 
@@ -616,15 +616,15 @@ def _zip_damage(path: Path) -> str | None:
                 except Exception as exc:  # noqa: BLE001 - a record that does not read whole
                     return (f"its record {info.filename} fails the zip's checksum"
                             if "CRC" in str(exc) else
-                            f"its record {info.filename} does not read ({_first_line(exc)})")
+                            f"its record {info.filename} does not read ({first_line(exc) or type(exc).__name__})")
     except zipfile.BadZipFile as exc:
         with open(path, "rb") as f:
             is_zip = f.read(4) == b"PK\x03\x04"
-        return f"its zip index does not read ({_first_line(exc)})" if is_zip else None
+        return f"its zip index does not read ({first_line(exc) or type(exc).__name__})" if is_zip else None
     except OSError:
         return None  # (unreadable: torch.load says so)
     except Exception as exc:  # noqa: BLE001 - a damaged index fails in many ways
-        return f"its zip index does not read ({_first_line(exc)})"
+        return f"its zip index does not read ({first_line(exc) or type(exc).__name__})"
     return None
 
 
@@ -633,11 +633,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def load_checkpoint(path: Path, device) -> dict:
@@ -660,7 +655,7 @@ def load_checkpoint(path: Path, device) -> dict:
         # torch.set_rng_state refused them and a CUDA run could not resume)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = first_line(exc) or type(exc).__name__
         with open(path, "rb") as f:
             head = f.read(4)
         if path.stat().st_size == 0:
