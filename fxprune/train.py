@@ -1012,15 +1012,21 @@ def _full_disk(exc: BaseException, cfg: dict | None, *, overwrite: bool,
         return None
     where = exc.filename or (cfg or {}).get("out")
     ckpt = Path(cfg["out"]).expanduser() / "checkpoint.pt" if cfg and cfg.get("out") else None
-    # (a file's time comes from a coarser clock than time_ns: a margin of 50 ms)
     saved = (ckpt is not None and ckpt.is_file()
-             and (not overwrite or ckpt.stat().st_mtime_ns >= started_ns - 50_000_000))
+             and not (overwrite and _older_than(ckpt, started_ns)))
     way_on = (f"the last finished epoch is in {ckpt}; free space there, then run the same "
               "command with --resume" if saved
               else "no epoch of this run had finished; free space there, then run the same "
                    "command again")
     return (f"writing {where}: {exc.strerror.lower() if exc.strerror else 'no space left'} "
             f"(a full disk or quota); {way_on}")
+
+
+def _older_than(path: Path, started_ns: int) -> bool:
+    """``path`` (a file) was written before ``started_ns`` (``time.time_ns()``): under
+    --overwrite, the replaced run's, not this one's."""
+    # (a file's time comes from a coarser clock than time_ns: a margin of 50 ms)
+    return path.stat().st_mtime_ns < started_ns - 50_000_000
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1076,9 +1082,8 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(cfg["out"]).expanduser() if cfg else None
         ckpt = out / "checkpoint.pt" if out is not None else None
         prev = out / "checkpoint.prev.pt" if out is not None else None
-        # (a file's time comes from a coarser clock than time_ns: a margin of 50 ms)
         replaced = [p for p in (ckpt, prev) if args.overwrite and p is not None and p.is_file()
-                    and p.stat().st_mtime_ns < started_ns - 50_000_000]
+                    and _older_than(p, started_ns)]
         if replaced and not (ckpt.is_file() and ckpt not in replaced):
             # break85 F2, break88 F3: that checkpoint is the run --overwrite was replacing,
             # whose config --resume would compare with this command's and refuse
