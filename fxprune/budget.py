@@ -28,28 +28,29 @@ class Budget:
         if not self.dense > 0:
             raise ValueError(f"the model's dense cost under {cost_model.name!r} is {self.dense}; "
                              "a cost model must give a positive total")
-        # per layer, per prunable group it reads: how many positions each channel occupies.
-        # Each flat position's group by one search of the groups' offsets: a range test per
-        # (layer, group) pair, and a set intersection per pair of groups for the neighbours,
-        # took 3.6-6 s at 400 layers (break145 F6)
+        # per layer, per prunable group it reads: how many positions each channel occupies;
+        # per group, the layers whose input or output width moves with it (for exact local
+        # re-pricing). Each flat position's group by one search of the groups' offsets: a
+        # range test per (layer, group) pair, and a set intersection per pair of groups for
+        # the neighbours, took 3.6-6 s at 400 layers (break145 F6)
         def groups_of(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             flat = flat[flat >= 0]
             return np.searchsorted(index.offsets, flat, side="right") - 1, flat
 
         self._reads = []
-        for layer in layers:
-            group, reads = groups_of(layer.out_flat if layer.in_flat is None else layer.in_flat)
+        self.touching: list[list[int]] = [[] for _ in index.groups]
+        layer_groups: list[list[int]] = []
+        for li, layer in enumerate(layers):
+            out_groups = groups_of(layer.out_flat)
+            in_groups = None if layer.in_flat is None else groups_of(layer.in_flat)
+            group, reads = out_groups if in_groups is None else in_groups  # what it reads
             per_group = {}
             for i in np.unique(group).tolist():
                 sl = index.group_slice(i)
                 per_group[i] = np.bincount(reads[group == i] - sl.start, minlength=sl.stop - sl.start)
             self._reads.append(per_group)
-        # layers whose input or output width moves with each group (for exact local re-pricing)
-        self.touching: list[list[int]] = [[] for _ in index.groups]
-        layer_groups: list[list[int]] = []
-        for li, layer in enumerate(layers):
-            flats = [layer.out_flat] + ([layer.in_flat] if layer.in_flat is not None else [])
-            touched = np.unique(np.concatenate([groups_of(f)[0] for f in flats])).tolist()
+            touched = np.unique(np.concatenate(
+                [out_groups[0]] + ([] if in_groups is None else [in_groups[0]]))).tolist()
             for i in touched:
                 self.touching[i].append(li)
             layer_groups.append(touched)
