@@ -150,6 +150,8 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
                               f"({_some_names(out)}); choose a new or empty folder")
     if overwrite:
         _refuse_foreign(out, "--overwrite", "starting over would remove")
+        if tensorboard:
+            _refuse_foreign_events(out, "--overwrite")
         return
     prev = out / "checkpoint.prev.pt"
     if not ckpt.exists() and prev.exists():  # interrupted between the two renames (break35 #2)
@@ -167,6 +169,20 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
                               "over, or another --out")
     # a run stopped in its first epoch: the fresh start removes its files (break54 #3)
     _refuse_foreign(out, f"--out {out}", "starting the run there would remove")
+    if tensorboard:
+        _refuse_foreign_events(out, f"--out {out}")
+
+
+def _refuse_foreign_events(out: Path, who: str) -> None:
+    """FileExistsError naming a TensorBoard event file in ``out/tensorboard`` the run did not
+    write: a fresh start keeps it, and TensorBoard would show it as part of the new run."""
+    foreign = _event_files(out)[1] if out.is_dir() else []
+    if foreign:
+        raise FileExistsError(
+            f"{who}: {out / 'tensorboard' / foreign[0].name}"
+            f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} was not written "
+            "by fxprune, and TensorBoard would show it as part of the new run's logs; move it "
+            "out of the folder, choose another --out, or --set log.tensorboard=false")
 
 
 def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = ()) -> None:
@@ -254,12 +270,43 @@ def _temps(out: Path) -> list[str]:
     return _marker_record(out)[1]
 
 
-def _write_marker(out: Path, written: dict, temps: list[str]) -> None:
+def _write_marker(out: Path, written: dict, temps: list[str],
+                  events: list[str] | None = None) -> None:
     """The marker, replaced whole (a temporary file renamed over it): rewritten in place, a
     kill between the truncation and the write left it empty (break54 #1). ``temps``: the
-    temporary names to record."""
+    temporary names to record; ``events``: the TensorBoard event files to record (None: those
+    the marker records now, if it records any)."""
+    if events is None:
+        data = _marker_data(out)
+        events = data.get("events") if isinstance(data, dict) else None
     atomic_write_text(out / RUN_MARKER, _MARKER_TEXT + json.dumps(
-        {"written": written, **({"temps": sorted(set(temps))} if temps else {})}) + "\n")
+        {"written": written, **({"temps": sorted(set(temps))} if temps else {}),
+         **({"events": sorted(set(events))} if isinstance(events, list) else {})}) + "\n")
+
+
+_EVENT_FILES = "events.out.tfevents.*"  # what SummaryWriter names its files
+
+
+def _event_files(out: Path) -> tuple[list[Path], list[Path]]:
+    """TensorBoard event files in ``out/tensorboard``: ``(fxprune's, the others)``.
+
+    The marker names the event files the run's writers created (break148 F10: a fresh start
+    removed every event file there, a user's too). A marker of an earlier fxprune, which named
+    none, adopts them all, as that fxprune did; one that cannot be read adopts none."""
+    board = out / "tensorboard"
+    found = sorted(p for p in board.glob(_EVENT_FILES) if p.is_file()) if board.is_dir() else []
+    data = _marker_data(out)
+    if data is None or ("written" in data and "events" not in data):
+        return found, []
+    ours = {e for e in data.get("events", ()) if isinstance(e, str)}
+    return [p for p in found if p.name in ours], [p for p in found if p.name not in ours]
+
+
+def _record_events(out: Path, names: list[str]) -> None:
+    """Name ``names`` (in ``out/tensorboard``) in the marker as the run's event files."""
+    written, temps = _marker_record(out)
+    if written is not None:  # (an older fxprune's marker adopts every event file anyway)
+        _write_marker(out, written, temps, names)
 
 
 def _record_temp(path: Path, tmp: Path, *, add: bool) -> None:
@@ -411,7 +458,7 @@ def claim_out_folder(out: Path, *, overwrite: bool = False) -> None:
                 and _TEMP_NAME.fullmatch(leftover.name)):
             leftover.unlink(missing_ok=True)
     if not (out / RUN_MARKER).exists():
-        _write_marker(out, {}, [])
+        _write_marker(out, {}, [], [])
     elif temps and written is not None:
         _write_marker(out, written, [])
 
@@ -886,11 +933,17 @@ class RunLogs:
             # TensorBoard reads every event file of the folder as one run (break73 F2): a fresh
             # start removes the replaced run's, and a resumed one drops the steps logged after
             # its checkpoint (as steps.csv's rows), which the interrupted run had written
-            if resumed_at is None:
-                for old in (self.out / "tensorboard").glob("events.out.tfevents.*"):
-                    old.unlink()
+            ours = _event_files(self.out)[0]
+            if resumed_at is None:  # only the files the marker names (a user's stay)
+                for old in ours:
+                    old.unlink(missing_ok=True)
+                ours = []
+            board = self.out / "tensorboard"
+            before = set(board.glob(_EVENT_FILES))
             self.writer = self._make_writer(
                 self.out, purge_step=resumed_at[1] + 1 if resumed_at is not None else None)
+            _record_events(self.out, [p.name for p in ours] + [
+                p.name for p in board.glob(_EVENT_FILES) if p not in before])
 
     def step_row(self, row: dict) -> None:
         if not self.main:

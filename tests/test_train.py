@@ -1067,13 +1067,21 @@ def test_tensorboard_events_of_a_replaced_run_go_and_a_resume_purges_later_steps
     """break73 F2: TensorBoard reads every event file of its folder as one run: --overwrite kept
     the replaced run's curves beside the new ones, and --resume the steps the interrupted run
     logged after its checkpoint (steps.csv drops those rows). A fresh start removes the old
-    event files (nothing else there); a resume purges from the step after its checkpoint."""
+    run's event files; a resume purges from the step after its checkpoint. break148 F10: the
+    fresh start removed every event file there, a user's too: it removes those the marker
+    names as the run's writers' now, and the check before any work refuses a user's."""
     from fxprune import run_io
+    from fxprune.run_io import check_out_folder
 
     made = []
 
-    class Writer:
+    class Writer:  # creates its event file, as SummaryWriter does
         scalars = []
+
+        def __init__(self, out, purge_step):
+            made.append(purge_step)
+            (out / "tensorboard").mkdir(exist_ok=True)
+            (out / "tensorboard" / f"events.out.tfevents.{len(made)}.host").write_text("run")
 
         def add_scalar(self, tag, value, step):
             self.scalars.append((tag, step))
@@ -1081,24 +1089,37 @@ def test_tensorboard_events_of_a_replaced_run_go_and_a_resume_purges_later_steps
         def close(self):
             pass
 
-    monkeypatch.setattr(run_io, "tensorboard_writer", lambda setting, out: (
-        lambda out, purge_step=None: made.append(purge_step) or Writer()))
+    monkeypatch.setattr(run_io, "tensorboard_writer", lambda setting, out: Writer)
     out = tmp_path / "run"
-    run_io.RunLogs(out, True).open({"seed": 0}, None)
     board = out / "tensorboard"
-    board.mkdir(exist_ok=True)
-    (board / "events.out.tfevents.1.host").write_text("the replaced run's")
+    run_io.RunLogs(out, True).open({"seed": 0}, None)
+    (board / "events.out.tfevents.9.mine").write_text("the user's")
     (board / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"--overwrite: .*events.out.tfevents.9.mine was not "
+                                              r"written by fxprune.* --set log.tensorboard=false"):
+        check_out_folder(out, resume=False, overwrite=True, tensorboard=True)
+    check_out_folder(out, resume=False, overwrite=True, tensorboard=False)  # not logged: kept
     run_io.RunLogs(out, True).open({"seed": 1}, None, overwrite=True)
-    assert sorted(p.name for p in board.iterdir()) == ["notes.txt"] and made == [None, None]
-    (board / "events.out.tfevents.2.host").write_text("this run's, up to its kill")
+    assert sorted(p.name for p in board.iterdir()) == [
+        "events.out.tfevents.2.host", "events.out.tfevents.9.mine", "notes.txt"]
+    (board / "events.out.tfevents.9.mine").unlink()
+    check_out_folder(out, resume=False, overwrite=True, tensorboard=True)
     logs = run_io.RunLogs(out, True)
     logs.open({"seed": 1}, (1, 40))
-    assert (board / "events.out.tfevents.2.host").exists() and made[-1] == 41
+    assert made == [None, None, 41]
+    assert [p.name for p in run_io._event_files(out)[0]] == [
+        "events.out.tfevents.2.host", "events.out.tfevents.3.host"]
     # epoch rows at their optimizer step, so the purge reaches an epoch logged after the
     # checkpoint too (break76: it showed twice)
     logs.epoch_row({"epoch": 2, "step": 80, "lr": 0.1})
     assert Writer.scalars == [("epoch/lr", 80)]
+    # a run of an earlier fxprune, whose marker named no event file: they are all its own
+    marker = out / ".fxprune-run"
+    head, _, record = marker.read_text().partition("\n")
+    marker.write_text(head + "\n" + json.dumps({"written": json.loads(record)["written"]}) + "\n")
+    check_out_folder(out, resume=False, overwrite=True, tensorboard=True)
+    run_io.RunLogs(out, True).open({"seed": 2}, None, overwrite=True)
+    assert sorted(p.name for p in board.iterdir()) == ["events.out.tfevents.4.host", "notes.txt"]
 
 
 def test_a_file_named_tensorboard_is_refused_before_any_work_when_the_run_logs_there(tmp_path):
