@@ -223,18 +223,29 @@ class Bfloat16Body(nn.Module):
         return y.float()
 
 
-def test_finalize_checks_a_bfloat16_autocast_region_at_bfloat16_s_tolerance():
-    """break99 F4: bfloat16 rounding in the region (0.0035 apart) was called a bug in fxprune."""
+def test_finalize_checks_a_bfloat16_autocast_region_at_bfloat16_s_tolerance(monkeypatch):
+    """break99 F4: bfloat16 rounding in the region (0.0035 apart) was called a bug in fxprune.
+    The check runs at bfloat16's tolerance, and at an explicit rtol where one is given. (How
+    far apart the two models land is the host's: 0.0035 on an AVX-512 host, equal at the
+    example input on an AVX2 one; the tolerance the check is handed is asserted, not that.)"""
+    from fxprune import api
+
     torch.manual_seed(0)
     pm = fxprune.prepare(Bfloat16Body(), (torch.randn(1, 3, 16, 16),))
     g = torch.Generator().manual_seed(1)
     for group in fxprune.channel_groups(pm):
         if group.prunable:
             group.mask[torch.randperm(group.size, generator=g)[: group.size // 2]] = 0
+    checked = []
+    real = api.verify
+    monkeypatch.setattr(api, "verify", lambda *a: checked.append(a[-1]) or real(*a))
     small = fxprune.finalize(pm)
     assert small.a.out_channels == 64
-    with pytest.raises(fxprune.SurgeryError, match="allowed 0.0001"):
-        fxprune.finalize(pm, rtol=1e-4)  # the check still runs: an explicit rtol is kept
+    fxprune.finalize(pm, rtol=1e-4)  # the check still runs: an explicit rtol is kept
+    assert checked == [api.DEFAULT_RTOL[torch.bfloat16], 1e-4]
+    x = torch.randn(4, 3, 16, 16)
+    scale = pm(x).abs().max()
+    assert (pm(x) - small(x)).abs().max() <= api.DEFAULT_RTOL[torch.bfloat16] * scale
 
 
 class FailingInsideRegions(nn.Module):
