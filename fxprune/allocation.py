@@ -296,15 +296,24 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
         choice[i] = new
         return dc
 
+    def down(i, c):  # the nearest option below c that saves cost, and its cost change
+        for new in range(c - 1, -1, -1):  # (a cost flat over some widths, a block-wise
+            dc = delta(i, new)  # table, saves nothing a step down: break150 F1)
+            if dc < 0:
+                return new, dc
+        return None, 0.0
+
     while total > limit * _SLACK:  # over: drop the step that loses least per cost saved
         best = None
         for i, c in enumerate(choice):
             if c > 0 and i != hold:
-                dc = delta(i, c - 1)
-                loss = options[i].values[c] - options[i].values[c - 1]
-                rate = loss / max(-dc, 1e-12)
-                if dc < 0 and (best is None or rate < best[0]):
-                    best = (rate, i)
+                new, dc = down(i, c)
+                if new is None:
+                    continue
+                loss = options[i].values[c] - options[i].values[new]
+                rate = loss / -dc
+                if best is None or rate < best[0]:
+                    best = (rate, i, new)
         if best is None:  # no single step down saves cost here
             if hold is not None:  # the held group's step cannot be paid for
                 return None
@@ -319,25 +328,47 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
                         cache.clear()
                     continue
             raise_infeasible(options, budget, target, hint)
-        i = best[1]
-        total += take(i, choice[i] - 1)
+        total += take(best[1], best[2])
     while True:  # room left: add the step that gains most per cost
         best = None
         for i, c in enumerate(choice):
-            if c + 1 < len(options[i].counts):
-                dc = delta(i, c + 1)
-                gain = options[i].values[c + 1] - options[i].values[c]
-                # a step that loses value is not taken for room alone: where values fall with
-                # the count (CCP's predicted loss changes) that threw the optimum away
-                # (review127 F1); a step that gains nothing is (see _exhaustive)
-                if total + dc <= limit * _SLACK and gain >= 0:
+            # a step that loses value is not taken for room alone: where values fall with
+            # the count (CCP's predicted loss changes) that threw the optimum away (review127
+            # F1); a step that gains nothing is (see _exhaustive). Where the step is free (a
+            # cost flat over some widths) and loses, the nearest option up that loses nothing:
+            # values that dip within a flat cost level stopped the fill there (break150 F1)
+            new = c + 1 if c + 1 < len(options[i].counts) else None
+            if new is not None and options[i].values[new] < options[i].values[c]:
+                new = _first_up(options[i].values, c, strict=False) if delta(i, new) <= 0 else None
+            if new is not None:
+                dc = delta(i, new)
+                gain = options[i].values[new] - options[i].values[c]
+                if total + dc <= limit * _SLACK:
                     rate = gain / max(dc, 1e-12)
                     if best is None or rate > best[0]:
-                        best = (rate, i)
+                        best = (rate, i, new)
         if best is None:
-            return choice
-        i = best[1]
-        total += take(i, choice[i] + 1)
+            break
+        total += take(best[1], best[2])
+    # a group inside a stretch of equal cost takes its most valuable option there (the down
+    # walk lands on a stretch's last option, whatever it is worth: break150 F1)
+    for i, c in enumerate(choice):
+        top = c
+        for new in range(c - 1, -1, -1):
+            if delta(i, new) != 0:
+                break
+            if options[i].values[new] > options[i].values[top]:
+                top = new
+        if top != c:
+            take(i, top)
+    return choice
+
+
+def _first_up(values: np.ndarray, c: int, *, strict: bool) -> int | None:
+    """The first option above ``c`` worth at least ``values[c]`` (``strict``: more); None."""
+    above = values[c + 1:]
+    hits = np.flatnonzero(above > values[c] if strict else above >= values[c])
+    return c + 1 + int(hits[0]) if len(hits) else None
 
 
 def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
@@ -350,14 +381,26 @@ def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, 
     at least as much. At most ``max_rounds`` passes over the groups."""
     choice = list(choice)
     value = _value(options, choice)
+    offsets = budget.index.offsets
     for _ in range(max_rounds):
         improved = False
         for i in range(len(choice)):
             c = choice[i]  # (a trade earlier in the pass may have moved it)
-            if c + 1 >= len(options[i].counts) or options[i].values[c + 1] <= options[i].values[c]:
+            if c + 1 >= len(options[i].counts):
                 continue
+            new = c + 1
+            if options[i].values[new] <= options[i].values[c]:
+                # past a dip where the step is free, as repair's fill (break150 F1)
+                kept = kept_from(offsets, options, choice)
+                trial = kept.copy()
+                trial[int(offsets[i]):int(offsets[i + 1])] = options[i].keep[new]
+                layers = budget.touching[i]
+                free = budget.cost_of(trial, layers) <= budget.cost_of(kept, layers)
+                new = _first_up(options[i].values, c, strict=True) if free else None
+                if new is None:
+                    continue
             trial = list(choice)
-            trial[i] += 1
+            trial[i] = new
             trial = repair(trial, options, budget, limit, hold=i)
             if trial is None:
                 continue

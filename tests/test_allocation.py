@@ -728,7 +728,8 @@ def test_register_method_checks_its_defaults(monkeypatch):
 
 
 def _repair_unpriced(choice, options, budget, limit):
-    """repair's two walks, every step priced again at every round (the oracle for its cache)."""
+    """repair's two walks, every step priced again at every round (the oracle for its cache):
+    down to the nearest option that saves cost; up a step, or past a dip where the step is free."""
     offsets, choice = budget.index.offsets, list(choice)
 
     def total_at(ch):
@@ -738,23 +739,33 @@ def _repair_unpriced(choice, options, budget, limit):
     while total > limit * (1 + 1e-9):
         best = None
         for i, c in enumerate(choice):
-            if c > 0:
-                trial = choice[:i] + [c - 1] + choice[i + 1:]
+            for new in range(c - 1, -1, -1):
+                trial = choice[:i] + [new] + choice[i + 1:]
                 dc = total_at(trial) - total
-                rate = (options[i].values[c] - options[i].values[c - 1]) / max(-dc, 1e-12)
-                if dc < 0 and (best is None or rate < best[0]):
-                    best = (rate, trial, dc)
+                if dc < 0:
+                    rate = (options[i].values[c] - options[i].values[new]) / -dc
+                    if best is None or rate < best[0]:
+                        best = (rate, trial, dc)
+                    break
         choice, total = best[1], total + best[2]
     while True:
         best = None
         for i, c in enumerate(choice):
-            if c + 1 < len(options[i].counts):
-                trial = choice[:i] + [c + 1] + choice[i + 1:]
-                dc = total_at(trial) - total
-                if total + dc <= limit * (1 + 1e-9):
-                    rate = (options[i].values[c + 1] - options[i].values[c]) / max(dc, 1e-12)
-                    if best is None or rate > best[0]:
-                        best = (rate, trial, dc)
+            if c + 1 == len(options[i].counts):
+                continue
+            up = c + 1
+            if options[i].values[up] < options[i].values[c]:  # past a dip where it is free
+                free = total_at(choice[:i] + [up] + choice[i + 1:]) <= total
+                up = next((n for n in range(c + 1, len(options[i].counts))
+                           if options[i].values[n] >= options[i].values[c]), None)
+                if not free or up is None:
+                    continue
+            trial = choice[:i] + [up] + choice[i + 1:]
+            dc = total_at(trial) - total
+            if total + dc <= limit * (1 + 1e-9):
+                rate = (options[i].values[up] - options[i].values[c]) / max(dc, 1e-12)
+                if best is None or rate > best[0]:
+                    best = (rate, trial, dc)
         if best is None:
             return choice
         choice, total = best[1], total + best[2]
@@ -849,3 +860,48 @@ def test_budget_maps_each_layers_channels_to_groups_as_a_range_test_per_pair_doe
     assert budget.neighbours == [[j for j, other in enumerate(touching) if set(other) & set(mine)]
                                  for mine in touching]
     assert len(index.groups) > 100
+
+
+class _BlockCost:
+    """FLOPs at the widths rounded up to a multiple of ``block``: flat between, as a table
+    timed at every 8th width, or a runtime's kernels in blocks of channels, is."""
+
+    name = "block"
+
+    def __init__(self, block):
+        self.block = block
+
+    def layer_cost(self, layer, c_in, c_out):
+        up = lambda c: -(-c // self.block) * self.block  # noqa: E731
+        return float(layer.flops(up(c_in), up(c_out)))
+
+
+def test_repair_walks_past_flat_steps_and_value_dips_to_fill_the_budget():
+    """break150 F1: under a cost flat over some widths, CCP adaptive landed at 0.32-0.51 of
+    dense for targets of 0.5-0.7. repair's single steps stopped there: a step down inside a
+    flat stretch saves nothing (so every group was sent to its smallest option), and a step up
+    inside one is free but can lose value (CCP's values dip within it), so it was never
+    taken. Each walk now goes to the nearest option that saves cost, or past the dip."""
+    pm = prepared(width=32)
+    index = UnitIndex(pm)
+    budget = Budget(index, costed_layers(index), _BlockCost(8))
+    options = []
+    for g in index.groups:
+        counts = np.arange(1, g.size + 1)
+        levels = -(-counts // 8)
+        # rising by cost level, falling inside one (each level's first option its best)
+        values = 10.0 * levels - (counts - 1) % 8
+        options.append(GroupOptions(counts, values, np.arange(g.size)[None, :] < counts[:, None]))
+    smallest = budget.fraction(kept_from(index.offsets, options, [0] * len(options)))
+    full = [len(o.counts) - 1 for o in options]
+    for target in (0.4, 0.6, 0.8):
+        for start in ([0] * len(options), full):
+            choice = repair(start, options, budget, target * budget.dense, target)
+            got = budget.fraction(kept_from(index.offsets, options, choice))
+            assert target - 0.1 < got <= target * (1 + 1e-9), (target, start[0], got, smallest)
+            # every group sits at a level's first option: the walks step past the dips
+            # each group at a level's first option (its best) or left at its full width
+            assert all((o.counts[c] - 1) % 8 == 0 or c == len(o.counts) - 1
+                       for o, c in zip(options, choice))
+        result = allocate(options, budget, target, np.ones(index.n, bool))
+        assert target - 0.1 < result.actual <= target * (1 + 1e-9)
