@@ -481,6 +481,10 @@ def _check_out(out: Path) -> None:
     if not out.parent.is_dir():  # a typo in the path would make a new tree (break37 #6)
         raise PlotError(f"--out {out}: the folder {out.parent} does not exist; create it, or "
                         "give a path in an existing folder")
+    if out.is_symlink():  # the file is written beside the link and renamed over it: a link
+        # of the user's (live or dangling) became a plain file (break151 F3), as deploy refuses
+        raise PlotError(f"--out {out} is a symbolic link, which fxprune plot would replace with "
+                        "a file; give the path it points to, or another --out")
     if out.exists():
         from PIL import Image
 

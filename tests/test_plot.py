@@ -133,6 +133,14 @@ def test_cli_writes_png_and_replaces_only_its_own(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "did not write it" in err and "\n" not in err
     assert foreign.read_bytes() == before
+    # a link, to a plot of its own or to nothing, is the user's: it stayed a file (break151 F3)
+    for name, target in (("to_own.png", out), ("dangling.png", tmp_path / "none.png")):
+        link = tmp_path / name
+        link.symlink_to(target)
+        assert main(["plot", str(run), "--out", str(link)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is a symbolic link, which fxprune plot would replace" in err and "\n" not in err
+        assert link.is_symlink() and not (tmp_path / "none.png").exists()
 
 
 def test_runs_in_folders_of_one_name_are_told_apart_and_out_needs_its_folder(tmp_path, capsys):
