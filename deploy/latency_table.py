@@ -908,7 +908,11 @@ def _read_json(path, what: str, fmt: str) -> dict:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise DeployError(f"{path!r} is a folder, not {what}; pass a file path")
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:  # (break151 F6: a missing file was a bare FileNotFoundError)
+        raise DeployError(f"{path!r}: cannot read {what} ({e.strerror or e}); check the path") from None
+    with f:
         try:
             data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -430,6 +430,10 @@ def test_a_cache_or_table_of_another_kind_is_a_clear_error(tmp_path, content, ph
         LatencyTable.load(bad)
     with pytest.raises(DeployError, match="is a folder"):
         LatencyTable.measure([conv()], step=8, cache=tmp_path, timer=CountingTimer(), **FAST)
+    # break151 F6: a bare FileNotFoundError
+    with pytest.raises(DeployError, match=r"none.json'?: cannot read a saved LatencyTable "
+                                          r"\(No such file or directory\); check the path"):
+        LatencyTable.load(tmp_path / "none.json")
 
 
 @pytest.mark.parametrize("option", [{"passes": 0}, {"step": 0}, {"threads": 0}, {"warmup": -1},
