@@ -50,7 +50,7 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError, TargetNotReachedError
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
-                           measured_latency_cost, method_parameters)
+                           measured_latency_cost, method_parameters, step_too_wide)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -61,6 +61,7 @@ from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError
                      load_checkpoint, lock_out_folder, move_tensors, release_out_folder, rng_state,
                      save_checkpoint, save_module, set_rng_state, tensorboard_writer,
                      unwritable_folder, write_results)
+from .units import UnitIndex
 
 # Names this module exported before the config and the run I/O moved out stay importable here.
 _REEXPORTED = (DEFAULTS, apply_overrides, parse_value, format_results)
@@ -598,6 +599,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
             channel_step = int(prune_cfg.get("channel_step", _argument_defaults(method).get(
                 "prune.channel_step", 1)))
+            coarse = step_too_wide(UnitIndex(net).groups, channel_step)
+            if coarse:  # before the table's timing, which no choice would read (break151 F2)
+                raise ConfigError(f"prune ({method}): {coarse}")
             saved = ckpt.get("measured_cost") if ckpt is not None else None
             if saved is not None:  # the run's own timings: a new measurement would move the budget
                 measured_cost = measured_cost_from_dict(saved, f"{ckpt_path}'s measured cost")

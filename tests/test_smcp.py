@@ -1265,6 +1265,17 @@ def test_a_channel_step_wider_than_every_group_is_named_as_the_cause(method):
         getattr(fxprune, method)(pm, target=0.5, channel_step=100)
 
 
+def test_a_channel_step_wider_than_every_group_is_refused_before_a_latency_table_is_timed(
+        monkeypatch):
+    """break151 F2: cost="latency" timed the whole table first (minutes on a real model)."""
+    import fxprune.methods.base as base
+
+    monkeypatch.setattr(base, "measured_latency_cost", lambda *a, **k: pytest.fail("timed"))
+    with pytest.raises(ValueError, match=r"^channel_step=100 is at least as wide as every "
+                                         r"prunable group .*; lower channel_step$"):
+        fxprune.SMCP(prepared(), target=0.5, cost="latency", channel_step=100)
+
+
 @pytest.mark.parametrize("route", ["pickle", "deepcopy"])
 def test_a_run_with_bn_recalibration_resumed_from_a_copy_of_model_and_pruner_is_exact(route):
     """break117 F1: a pickled or deep-copied model held no-ops where bn_recalibrate's hooks

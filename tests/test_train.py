@@ -805,10 +805,18 @@ def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_pa
 
     monkeypatch.setattr(train_module, "measured_latency_cost", spy)
     cfg = tiny_cfg(tmp_path / "run", "prune.method=smcp", "prune.target=0.5", "prune.cost=latency",
-                   "prune.warmup=1", "prune.ramp=2", "prune.update_every=1")
+                   "prune.warmup=1", "prune.ramp=2", "prune.update_every=1",
+                   "model.widths=[16, 16, 16]")  # (wider than step 8: see below)
     with pytest.raises(Timed) as e:
         train(cfg)
     assert e.value.args[0] == inspect.signature(fxprune.SMCP).parameters["channel_step"].default == 8
+    # break151 F2: a channel_step no group can be pruned at was refused after the timing
+    cfg = tiny_cfg(tmp_path / "run2", "prune.method=smcp", "prune.target=0.5",
+                   "prune.cost=latency", "prune.channel_step=512", "prune.warmup=1",
+                   "prune.ramp=2", "prune.update_every=1")
+    with pytest.raises(ConfigError, match=r"^prune \(smcp\): channel_step=512 is at least as "
+                                          r"wide as every prunable group .*; lower channel_step$"):
+        train(cfg)
 
 
 def test_results_table_formats_the_pruners_cost():

@@ -147,6 +147,18 @@ def measured_cost_from_dict(data: dict, source: str):
                          dict(data.get("fit", {})))
 
 
+def step_too_wide(groups, channel_step: int) -> str | None:
+    """Why no group of ``groups`` (a :class:`UnitIndex`'s) can be pruned at ``channel_step``,
+    or None: every group is at most that wide and keeps all its channels. (Not a group of
+    pieces of one channel each, which keep it whole at any step: review108 F8.)"""
+    if not all(g.size <= channel_step for g in groups):
+        return None
+    sizes = ", ".join(str(g.size) for g in groups[:6])
+    return (f"channel_step={channel_step} is at least as wide as every prunable group ({sizes}"
+            f"{', ...' if len(groups) > 6 else ''} channels), so none can be pruned and the "
+            "model stays dense; lower channel_step")
+
+
 def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
     """A cost model and the constant cost outside conv/linear layers it does not see."""
     from ..cost import FlopsCost, ParamsCost
@@ -174,6 +186,13 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             return model, max(dense - priced, 0)
         if cost in LATENCY_COSTS:
             from .. import distributed as fxdist
+            from ..units import UnitIndex
+
+            coarse = step_too_wide(UnitIndex(prepared).groups, channel_step)
+            if coarse:  # before minutes of timing a table no choice would read (break151 F2)
+                from ..allocation import InfeasibleBudget
+
+                raise InfeasibleBudget(coarse)
             # under DDP timed once, by rank 0, and sent: each rank timing its own table at once
             # timed under the others' load, and each warned (break76 LAT-2)
             model = fxdist.compute_on_main(
@@ -640,14 +659,9 @@ class PruningMethod:
             at_least = math.ceil(floor * 1000) / 1000
             from ..allocation import InfeasibleBudget
 
-            if all(g.size <= self.channel_step for g in self.index.groups):  # (not pieces of
-                # one channel each, which keep a group whole at any step: review108 F8)
-                # (break105 F5: blamed on the cost model) every group keeps all its channels
-                sizes = ", ".join(str(g.size) for g in self.index.groups[:6])
-                message = (f"channel_step={self.channel_step} is at least as wide as every "
-                           f"prunable group ({sizes}{', ...' if len(self.index.groups) > 6 else ''} "
-                           f"channels), so none can be pruned and the model stays dense, above "
-                           f"target {target:.5g}; lower channel_step")
+            coarse = step_too_wide(self.index.groups, self.channel_step)
+            if coarse:  # (break105 F5: blamed on the cost model)
+                message = coarse.replace("stays dense;", f"stays dense, above target {target:.5g};")
             else:
                 # the target at the floor's precision: 0.05177 read "target 0.0518 is below
                 # ... 0.05177" (break55 #5)
