@@ -178,6 +178,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             warnings.warn(f"{where} is a model fxprune.prepare returned, not finalized: it runs at "
                           "full width with its masks; deploy fxprune.finalize(model) to time the "
                           "pruned model", RuntimeWarning, stacklevel=2)
+    same = _same_model(model, compare)
+    if same:  # a typo in --compare, most likely; its "speedup" is the timing's noise
+        warnings.warn(f"--compare is {same} as MODEL: the speedup measures timing noise only; "
+                      "pass the dense model to --compare", RuntimeWarning, stacklevel=2)
     module, label = models["model"]
     if module is None:
         shape = onnx_input_shape(label, input_shape, batch)
@@ -221,7 +225,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                                 model=model, compare=compare, threads=threads, iters=iters,
                                 warmup=warmup, opset=opset, max_batch=max_batch,
                                 workspace=workspace, atol=atol, rtol=rtol, progress=progress,
-                                device=device, log=log)
+                                device=device, log=log, itself=bool(same))
         finally:
             # every file of deploy's names there now is deploy's: the check above refused others
             written = _record_written(out_dir)
@@ -244,9 +248,28 @@ def _lock(out_dir: str) -> None:
                           "choose another --out") from None
 
 
+def _same_model(model, compare) -> str | None:
+    """How ``compare`` is ``model`` ("the same module", "the same file", "a file of the same
+    content"), or None (break151 F5: a model timed against itself was blamed on FLOPs)."""
+    if compare is None:
+        return None
+    if not isinstance(model, (str, os.PathLike)) or not isinstance(compare, (str, os.PathLike)):
+        return "the same module" if model is compare else None
+    a, b = (os.path.expanduser(os.fspath(p)) for p in (model, compare))
+    if not (os.path.isfile(a) and os.path.isfile(b)):
+        return None
+    if os.path.samefile(a, b):
+        return "the same file"
+    if os.path.getsize(a) == os.path.getsize(b) and file_sha256(a) == file_sha256(b):
+        return "a file of the same content"
+    return None
+
+
 def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, threads, iters,
-                 warmup, opset, max_batch, workspace, atol, rtol, progress, device, log) -> dict:
-    """Export, check and time ``models`` into ``out_dir`` (``deploy``'s arguments, checked)."""
+                 warmup, opset, max_batch, workspace, atol, rtol, progress, device, log,
+                 itself=False) -> dict:
+    """Export, check and time ``models`` into ``out_dir`` (``deploy``'s arguments, checked;
+    ``itself``: the dense model is ``model`` again, warned of)."""
     trt = trtb.require_tensorrt() if backend == "tensorrt" else None
     onnx_precision = trtb.onnx_precision_for(trt, precision) if trt else precision
     if onnx_precision == "bf16":
@@ -373,7 +396,7 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
             onnx["sha256"] = file_sha256(onnx["path"])  # the file given here
     path = write_report(report, out_dir)
     log(format_table(report))
-    if report.get("speedup") is not None and report["speedup"] < 1:
+    if report.get("speedup") is not None and report["speedup"] < 1 and not itself:
         log(_why_slower(models["model"][0], models.get("dense", (None,))[0], report["speedup"]))
     log(f"report written to {path}")
     return report

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 import shutil
 import math
 import os
@@ -1835,3 +1836,30 @@ def test_verify_onnx_refuses_a_tolerance_that_is_no_number_at_least_zero(tmp_pat
     with pytest.raises(DeployError, match=rf"{name} must be a finite number >= 0"):
         verify_onnx(tmp_path / "m.onnx", model, (1, 3, 8, 8), **tolerance)
     assert verify_onnx(tmp_path / "m.onnx", model, (1, 3, 8, 8), atol=1e-5) < 1e-5
+
+
+def test_a_model_compared_with_itself_is_warned_of_and_not_blamed_on_flops(saved, tmp_path):
+    """break151 F5: --compare naming MODEL's own file timed it against itself without a word,
+    and a 0.90x read from the noise got "FLOPs are a poor guide to this runtime's speed"."""
+    import shutil
+
+    copy = tmp_path / "copy.pt"
+    shutil.copy(saved / "pruned.pt", copy)
+    for compare, how in ((saved / "pruned.pt", "the same file"),
+                         (copy, "a file of the same content")):
+        lines = []
+        with pytest.warns(RuntimeWarning, match=f"--compare is {how} as MODEL: the speedup "
+                                                "measures timing noise only"):
+            report = deploy(saved / "pruned.pt", tmp_path / how.replace(" ", "_"),
+                            compare=compare, input_shape=SHAPE, backend="onnxruntime", iters=3,
+                            warmup=1, progress=False, log=lines.append, trust_model_file=True)
+        assert report["speedup"] is not None
+        assert not any("poor guide" in line for line in lines)
+    net = small_net(8)
+    with pytest.warns(RuntimeWarning, match="--compare is the same module as MODEL"):
+        deploy(net, tmp_path / "module", compare=net, input_shape=SHAPE, backend="onnxruntime",
+               iters=3, warmup=1, progress=False, log=lambda s: None)
+    with warnings.catch_warnings():  # another model: no word
+        warnings.filterwarnings("error", message="--compare is")
+        deploy(small_net(8), tmp_path / "other", compare=small_net(16), input_shape=SHAPE,
+               backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
