@@ -50,7 +50,8 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError, TargetNotReachedError
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
-                           measured_latency_cost, method_parameters, step_too_wide)
+                           measured_latency_cost, method_parameters, step_too_wide,
+                           TIMED_FLOOR)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -132,7 +133,9 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
                   "a longer run, with more data or optim.epochs, also gives them room)"
                   if fractions and total and about_steps and not isinstance(exc, InfeasibleBudget)
                   else "")
-        raise ConfigError(f"prune ({method}): {exc}{scaled}") from None
+        error = ConfigError(f"prune ({method}): {exc}{scaled}")
+        error.floor = getattr(exc, "floor", None)  # (a target below the narrowest model)
+        raise error from None
     # the trainer calls these (fxprune.methods.base.Method): a method without one would fail
     # only after an epoch of training
     missing = [m for m in ("step", "cost", "state_dict", "load_state_dict")
@@ -618,8 +621,15 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         if sync_bn:  # before the method: it keeps the norms it hooks (CCP's collect_bn, SMCP's
             # re-estimation), which must be the ones that run (break31 #4)
             undo_sync_bn = fxdist.use_sync_batchnorm(net)
-        pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
-                             epochs=int(optim_cfg["epochs"]), **context)
+        try:
+            pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
+                                 epochs=int(optim_cfg["epochs"]), **context)
+        except ConfigError as exc:
+            if getattr(exc, "floor", None) is None or build_cfg is prune_cfg or saved is not None:
+                raise
+            # the floor came from this run's timings (break151 F1: 0.581, 0.608, 0.599 in three
+            # runs, so the advised target failed again)
+            raise ConfigError(f"{exc} ({TIMED_FLOOR})") from None
         if main and getattr(pruner, "fxprune_schedule_steps", None):
             print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)

@@ -1315,3 +1315,19 @@ def test_a_run_with_bn_recalibration_resumed_from_a_copy_of_model_and_pruner_is_
     steps(pm3, pruner3, opt3, 3, 3)
     want, got = pm.state_dict(), pm3.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+
+
+def test_a_floor_priced_with_a_table_timed_just_now_advises_a_margin(monkeypatch):
+    """break151 F1: cost="latency+fixed" timed the table again at each try, and the floor it
+    advised moved (0.581, 0.608, 0.599): the advised target failed on the next run."""
+    import fxprune.methods.base as base
+    from fxprune.cost import FlopsCost
+
+    monkeypatch.setattr(base, "measured_latency_cost", lambda *a, **k: FlopsCost())
+    with pytest.raises(ValueError, match=r"raise the target to at least [0-9.]+ or lower "
+                                         r"channel_step \(that floor comes from latencies timed "
+                                         r"just now, .*leave a margin, or time a table once"):
+        fxprune.SMCP(prepared(), target=0.001, cost="latency", channel_step=2)
+    with pytest.raises(ValueError) as e:  # a cost given: its floor does not move
+        fxprune.SMCP(prepared(), target=0.001, cost=FlopsCost(), channel_step=2)
+    assert "timed just now" not in str(e.value)

@@ -810,6 +810,18 @@ def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_pa
     with pytest.raises(Timed) as e:
         train(cfg)
     assert e.value.args[0] == inspect.signature(fxprune.SMCP).parameters["channel_step"].default == 8
+    # break151 F1: the floor of a table timed by this run moves at the next: a margin
+    from fxprune.cost import FlopsCost
+
+    monkeypatch.setattr(train_module, "measured_latency_cost", lambda *a, **k: FlopsCost())
+    cfg = tiny_cfg(tmp_path / "run1", "prune.method=smcp", "prune.target=0.01",
+                   "prune.cost=latency", "prune.warmup=1", "prune.ramp=2",
+                   "prune.update_every=1", "model.widths=[16, 16, 16]")
+    with pytest.raises(ConfigError, match=r"^prune \(smcp\): target 0.01 of dense is below the "
+                                          r"narrowest model .*raise the target to at least .* "
+                                          r"\(that floor comes from latencies timed just now, "
+                                          r".*: leave a margin\)$"):
+        train(cfg)
     # break151 F2: a channel_step no group can be pruned at was refused after the timing
     cfg = tiny_cfg(tmp_path / "run2", "prune.method=smcp", "prune.target=0.5",
                    "prune.cost=latency", "prune.channel_step=512", "prune.warmup=1",

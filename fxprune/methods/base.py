@@ -147,6 +147,11 @@ def measured_cost_from_dict(data: dict, source: str):
                          dict(data.get("fit", {})))
 
 
+#: said of a floor priced with a latency table timed for this pruner or run
+TIMED_FLOOR = ("that floor comes from latencies timed just now, which move by a few percent "
+               "from one timing to the next: leave a margin")
+
+
 def step_too_wide(groups, channel_step: int) -> str | None:
     """Why no group of ``groups`` (a :class:`UnitIndex`'s) can be pruned at ``channel_step``,
     or None: every group is at most that wide and keeps all its channels. (Not a group of
@@ -597,6 +602,8 @@ class PruningMethod:
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
+        #: the cost is a latency table timed here, for this pruner (its floor moves per timing)
+        self._timed_here = isinstance(cost, str) and cost in LATENCY_COSTS
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self.step_count = 0
         #: the narrowest model the target check priced (set by _check_reachable; None: no target)
@@ -673,6 +680,9 @@ class PruningMethod:
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        f": the cost model prices it as the dense model, so no pruning lowers "
                        f"its cost; check the cost model"))
+                if getattr(self, "_timed_here", False):  # (older pickles lack it)
+                    message += (f" ({TIMED_FLOOR}, or time a table once, "
+                                "LatencyTable.measure(pm, cache=...), and pass it as cost=)")
             # "narrowest", not "cheapest": a cost that does not fall with width (a runtime's
             # kernels) may price a wider model lower, which the allocator does not search for
             # below this floor (break36 #4, break38 #1)
