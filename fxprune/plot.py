@@ -147,7 +147,7 @@ def _latencies(value, batch, source: str, what: str = "latency_ms") -> dict[int,
 
 
 def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
-                      run_params: int | None = None) -> dict[int, dict]:
+                      run_params: int | None = None, backend: str | None = None) -> dict[int, dict]:
     """Per batch, from the deploy reports written in a run folder (the folder itself or its
     sub-folders): ``{"median": ms, "speedup": over the dense model timed beside it or None,
     "timing": the runtime setting (backend, device, precision, threads, input)}``. A report
@@ -158,7 +158,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
     when it names the model file it timed, that file is the run's model or a deploy's export
     of it inside the run folder (:func:`_export_of`); a report naming no file (a module
     deployed from Python) must count the run's parameters. Anything else is an error, not a
-    point."""
+    point. ``backend``: only reports of that backend count (None: any)."""
     out: dict[int, dict] = {}
     run = run_dir.resolve()
     finished = results.stat().st_mtime
@@ -189,6 +189,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
             continue
         data = _read_json(report)
+        if backend is not None and isinstance(data, dict) and data.get("backend") != backend:
+            continue  # (break151 F4: two backends' reports of a run at one batch)
         try:
             batch, median = data["batch"], data["latency_ms"]["median"]
         except (KeyError, TypeError):
@@ -231,8 +233,11 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                                 "now (its content changed since: a run redone there?); deploy "
                                 "the run again or remove it")
         if batch in out:  # named (break62 #7), so the user can tell which to move
+            kinds = {out[batch]["timing"]["backend"], data.get("backend")}
+            pick = (f", or pass --backend {' or '.join(sorted(map(str, kinds)))} to plot one "
+                    "backend's" if backend is None and len(kinds) > 1 else "")
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch} "
-                            f"({out[batch]['report']}, {report}); keep one")
+                            f"({out[batch]['report']}, {report}); move one out of the run{pick}")
         if data.get("timed_under_load") is True:  # deploy said so; a plot of it must too (break58 #8)
             load = data.get("load_average") if isinstance(data.get("load_average"), dict) else {}
             def avg(v):  # as uptime prints it (break70 #4: 5.4306640625)
@@ -315,7 +320,7 @@ def _where_the_run_was(run_dir: Path, own: Path, subs: list[Path]) -> Path | Non
     return None
 
 
-def _run_point(results: Path, run_dir: Path | None) -> Point:
+def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) -> Point:
     data = _read_json(results)
     source = str(results)
     if isinstance(data, dict) and "meta" in data and "accuracy" not in data:
@@ -335,7 +340,7 @@ def _run_point(results: Path, run_dir: Path | None) -> Point:
              "CPU: its channel choices may follow noise; measure the table again on an idle "
              "machine", RuntimeWarning)
     deploys = (_deploy_latencies(run_dir, results, _path_or_none(data.get("model"), "model", source),
-                                 data.get("params")) if run_dir is not None else {})
+                                 data.get("params"), backend) if run_dir is not None else {})
     # a dense run (prune.method none) is the 1.0x every --compare speedup is over: drawn there
     # on --x speedup wherever it was timed (break52: it was left off the plot)
     dense = data.get("method") == "none"
@@ -388,11 +393,12 @@ def _bench_points(data: dict, source: str) -> list[Point]:
     return points
 
 
-def load_points(inputs, *, latencies: bool = True) -> list[Point]:
+def load_points(inputs, *, latencies: bool = True, backend: str | None = None) -> list[Point]:
     """Points from run folders, runs' ``results.json`` and benchmark results files (see the
     module docstring); raises :class:`PlotError` naming a missing or foreign input.
     ``latencies=False`` reads no run's deploy reports (a FLOPs plot needs none, so a stale one
-    does not refuse the run: break56 #12)."""
+    does not refuse the run: break56 #12). ``backend``: read only runs' deploy reports of
+    that backend ("onnxruntime", "torch", "tensorrt"; None: any)."""
     points: list[Point] = []
     runs: list[tuple[Point, Path]] = []  # run points and their folders
     seen: dict[Path, str] = {}
@@ -409,7 +415,7 @@ def load_points(inputs, *, latencies: bool = True) -> list[Point]:
                        else "it is not an fxprune train --out folder")
                 raise PlotError(f"{path} has no results.json ({why}); pass finished run folders "
                                 "or results files")
-            points.append(_run_point(results, path if latencies else None))
+            points.append(_run_point(results, path if latencies else None, backend))
             runs.append((points[-1], path))
             continue
         data = _read_json(path)
@@ -417,7 +423,7 @@ def load_points(inputs, *, latencies: bool = True) -> list[Point]:
             points.extend(_bench_points(data, str(path)))
         else:
             run_dir = path.parent if (path.parent / RUN_MARKER).is_file() else None
-            points.append(_run_point(path, run_dir if latencies else None))
+            points.append(_run_point(path, run_dir if latencies else None, backend))
             runs.append((points[-1], run_dir or path.parent))
     _tell_runs_apart(runs)
     return points
@@ -602,6 +608,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None,
                    help="latency or speedup at this batch size (default: the smallest "
                         "measured)")
+    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
+                   help="read only runs' deploy reports of this backend (a run deployed on "
+                        "two at one batch)")
     p.add_argument("--title", default=None)
 
 
@@ -609,7 +618,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     try:
-        drawn = plot_points(load_points(args.inputs, latencies=args.x != "flops"), args.out, x=args.x, batch=args.batch,
+        drawn = plot_points(load_points(args.inputs, latencies=args.x != "flops",
+                                        backend=args.backend), args.out, x=args.x, batch=args.batch,
                             title=args.title)
     except (PlotError, OSError) as exc:  # the message alone: it says what to do
         print(f"fxprune plot: error: {exc}", file=sys.stderr)

@@ -408,8 +408,30 @@ def test_two_reports_at_one_batch_are_named(tmp_path):
                                                  "params": 10}))
     with pytest.raises(PlotError, match=rf"holds two deploy reports at batch 1 "
                                         rf"\({run / 'report.json'}, "
-                                        rf"{run / 'deploy_b1' / 'report.json'}\); keep one"):
+                                        rf"{run / 'deploy_b1' / 'report.json'}\); move one out "
+                                        rf"of the run$"):
         load_points([run])
+
+
+def test_a_run_deployed_on_two_backends_at_one_batch_plots_the_one_picked(tmp_path, capsys):
+    """break151 F4: ONNX Runtime and torch timings of a run at one batch refused the run, and
+    the way out was to delete a valid measurement."""
+    run = _run(tmp_path / "run", 0.9, 8e6)
+    for backend, ms in (("onnxruntime", 1.5), ("torch", 2.5)):
+        d = run / f"deploy_{backend}"
+        d.mkdir()
+        (d / ".fxprune-deploy").write_text("deploy\n")
+        (d / "report.json").write_text(json.dumps({"batch": 64, "latency_ms": {"median": ms},
+                                                   "params": 10, "backend": backend}))
+    with pytest.raises(PlotError, match=r"holds two deploy reports at batch 64 .*; move one out "
+                                        r"of the run, or pass --backend onnxruntime or torch to "
+                                        r"plot one backend's$"):
+        load_points([run])
+    for backend, ms in (("onnxruntime", 1.5), ("torch", 2.5)):
+        assert load_points([run], backend=backend)[0].latency_ms == {64: ms}
+        assert main(["plot", str(run), "--backend", backend, "--batch", "64",
+                     "--out", str(tmp_path / f"{backend}.png")]) == 0
+        assert f"{ms:12.4g}" in capsys.readouterr().out
 
 
 def test_a_relative_model_path_and_a_deploys_dense_copy(tmp_path, monkeypatch):
