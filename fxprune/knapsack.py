@@ -151,10 +151,15 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         return np.zeros(0, dtype=np.int64)
 
     min_costs = np.array([c.min() for c in csts])
-    min_total = math.fsum(min_costs.tolist())
+    min_total = _fsum(min_costs.tolist())
     # a budget written as the caller's own sum of the cheapest options may differ from this
     # one in the last bits (another summation order): that is the cheapest choice, not over
-    if min_total - budget > _SUM_ULPS * max(abs(budget), min_total):
+    if min_total > budget and (math.isinf(min_total)  # (inf - x > 1e-12 * inf is false)
+                               or min_total - budget > _SUM_ULPS * max(abs(budget), min_total)):
+        if math.isinf(min_total):
+            raise ValueError("infeasible budget: the cheapest option of every group together "
+                             "costs more than the largest float (their sum overflows); scale "
+                             "the costs and the budget down")
         over = min_total - budget
         relative = f" ({over / budget:.2%} over)" if budget > 0 else ""
         raise ValueError(
@@ -192,9 +197,18 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     # weights are rounded up from a hair below, and the answer is kept if its real total fits;
     # else the unit is shrunk by a hair, which keeps float error from crossing the budget.
     choice = _solve_cells(vals, extras, unit, cells, below=1e-9)
-    if math.fsum(float(c[j]) for c, j in zip(csts, choice)) <= budget:
+    if _fsum(float(c[j]) for c, j in zip(csts, choice)) <= budget:
         return choice
     return _solve_cells(vals, extras, unit * (1.0 - 1e-12), cells)
+
+
+def _fsum(numbers) -> float:
+    """math.fsum, +inf where the exact sum is past the largest float (fsum raises
+    OverflowError there: break147 F3, two options of 1e308 each)."""
+    try:
+        return math.fsum(numbers)
+    except OverflowError:
+        return math.inf
 
 
 def _solve_cells(vals, extras, unit: float, cells: int, below: float = 0.0) -> np.ndarray:

@@ -277,3 +277,14 @@ def test_solve_mckp_names_an_argument_it_cannot_use(args, kwargs, message):
     generator was 'object of type ... has no len()', strings were read as numbers."""
     with pytest.raises(ValueError, match=message):
         solve_mckp(*args, **kwargs)
+
+
+def test_costs_whose_sum_overflows_are_infeasible_not_an_overflow_error():
+    """break147 F3: math.fsum raised OverflowError on two options of 1e308, and with that
+    caught, inf - budget > 1e-12 * inf was false, so [0, 0] (cost inf) came back as fitting."""
+    with pytest.raises(ValueError, match=r"^infeasible budget: the cheapest option of every "
+                                         r"group together costs more than the largest float"):
+        solve_mckp([[0, 1], [0, 1]], [[1e308, 1.7e308], [1e308, 1.7e308]], 1.7e308)
+    assert solve_mckp([[0, 1], [0, 1]], [[1e308, 1.7e308]] * 2, math.inf).tolist() == [1, 1]
+    choice = solve_mckp([[0, 1], [0, 1]], [[0, 1.7e308]] * 2, 1.7e308)
+    assert sorted(choice.tolist()) == [0, 1]  # one of the two fits
