@@ -131,9 +131,14 @@ class _GatheredLayer(nn.Module):
         training = self.training and bn.training
         idx = self._index("weight", 0) if bn.affine else self._index("running_mean", 0)
         if idx is None:
+            if training:  # the norm's own step (a SyncBatchNorm syncs); only the norm of a
+                # timm BatchNormAct2d, whose forward adds the activation applied after this
+                # (break152 F2: applied twice, or an in-place ReLU failed the backward)
+                return (nn.modules.batchnorm._BatchNorm.forward(bn, x) if self.after_norm
+                        else bn(x))
             return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                training or bn.running_mean is None, 0.0 if bn.momentum is None else bn.momentum,
-                                bn.eps) if not training else bn(x)
+                                bn.running_mean is None, 0.0 if bn.momentum is None else bn.momentum,
+                                bn.eps)
         weight = bn.weight.index_select(0, idx) if bn.weight is not None else None
         bias = bn.bias.index_select(0, idx) if bn.bias is not None else None
         factor = 0.0 if bn.momentum is None else bn.momentum

@@ -2,6 +2,7 @@
 full-width network, and inactive weights, optimizer state and BN statistics untouched."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -292,6 +293,42 @@ def test_timms_batchnormact_and_elementwise_activation_modules_run_gathered():
     pm.eval()
     with torch.no_grad():
         torch.testing.assert_close(pruner.train_forward(x), pm(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["hardswish", "relu"])
+def test_a_batchnormact_whose_channels_are_all_active_applies_its_activation_once(act):
+    """break152 F2: with no gather index (a group kept whole, or every channel active) a
+    training step ran the BatchNormAct2d itself, activation included, and then its activation
+    again: hardswish's forward was 0.05 off the masked model's, and timm's in-place ReLU
+    failed the backward ("modified by an inplace operation"); eval mode was right."""
+    timm_layers = pytest.importorskip("timm.layers")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.bn1 = timm_layers.BatchNormAct2d(16, act_layer=act)
+            self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False)
+            self.bn2 = timm_layers.BatchNormAct2d(16, act_layer=act)  # read by the output: whole
+
+        def forward(self, x):
+            return self.bn2(self.c2(self.bn1(self.c1(x)))).mean((2, 3))
+
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    torch.manual_seed(0)
+    pm = fxprune.prepare(Net().double(), (x[:1],))
+    for rho in (0.5, 1.0):  # bn2 kept whole; then every channel of bn1 active too
+        pruner = fxprune.CUCB(pm, rho=rho, warmup=2, explore=10, channel_step=1)
+        assert pruner.execution == "gathered"
+        pm.train()
+        reference = copy.deepcopy(pm)  # the masked model, its running statistics as they are
+        out = pruner.train_forward(x)
+        torch.testing.assert_close(out, reference(x), rtol=1e-12, atol=1e-12)
+        out.sum().backward()
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(pm.bn2, name), getattr(reference.bn2, name))
+        pruner.finalize_masks()
+        pm.zero_grad()
 
 
 def test_a_split_by_a_literal_channel_count_falls_back_to_masked_execution(capfd):
