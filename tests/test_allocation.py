@@ -905,3 +905,48 @@ def test_repair_walks_past_flat_steps_and_value_dips_to_fill_the_budget():
                        for o, c in zip(options, choice))
         result = allocate(options, budget, target, np.ones(index.n, bool))
         assert target - 0.1 < result.actual <= target * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("method", ["cucb", "ccp"])
+def test_a_target_set_mid_run_is_checked_and_followed_or_refused(method):
+    """break152 F1: CUCB and CCP kept the target they were built with when pruner.target was
+    set mid-run (CUCB ended at 0.49 for 0.3, without a word) and took 1.5 and NaN; SMCP
+    follows it. Now checked at the next step, followed by the choices left, and refused with
+    the reason where none is left or where a per-group fraction sets the widths."""
+    from test_smcp import train
+
+    def build(**kw):
+        pm = prepared()
+        if method == "cucb":
+            return pm, fxprune.CUCB(pm, warmup=1, explore=8, execution="masked", **kw)
+        return pm, fxprune.CCP(pm, collect=2, prune_at=8, **kw)
+
+    mode = {"mode": "budget"} if method == "cucb" else {"mode": "adaptive"}
+    pm, pruner = build(target=0.5, **mode)
+    train(pm, pruner, 3)
+    pruner.target = 0.3
+    train(pm, pruner, 6, seed=1)
+    assert pruner.target == pruner.cost_target == 0.3 and pruner.cost() <= 0.3 + 1e-9
+    with pytest.raises(ValueError, match=r"pruner.target was changed to 0.2 at step 10, after "
+                                         r"(the final pick|its last round) \(step 8\): no later "
+                                         r"choice follows it"):
+        pruner.target = 0.2
+        train(pm, pruner, 1, seed=2)
+    for bad in (1.5, float("nan")):
+        pm, pruner = build(target=0.5, **mode)
+        pruner.target = bad
+        with pytest.raises(ValueError, match=r"^target is the fraction of the dense cost to keep"):
+            train(pm, pruner, 1)
+    fixed = {"rho": 0.5} if method == "cucb" else {"ratio": 0.5}
+    pm, pruner = build(mode="ratio", **fixed)
+    pruner.target = 0.3
+    with pytest.raises(ValueError, match=rf"pruner.target was set to 0.3, but this "
+                                         rf"{method.upper()} keeps {'rho' if method == 'cucb' else 'ratio'}=0.5 "
+                                         r"of each group's channels \(mode='ratio'\): no cost target"):
+        train(pm, pruner, 1)
+    if method == "cucb":  # ratio mode under a target: the common fraction is fitted again
+        pm, pruner = build(target=0.5, mode="ratio")
+        rho = pruner.rho
+        pruner.target = 0.3
+        train(pm, pruner, 1)
+        assert pruner.rho < rho and pruner.rho == pruner._fitting_rho(0.3)

@@ -41,6 +41,7 @@ from torch import fx
 
 from ..allocation import uniform_kept
 from ..budget import Budget
+from ..checks import check_fraction
 from ..cost import CostModel
 from ..errors import warn
 from ..groups import state_of
@@ -191,7 +192,6 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
             return model, max(dense - priced, 0)
         if cost in LATENCY_COSTS:
             from .. import distributed as fxdist
-            from ..units import UnitIndex
 
             coarse = step_too_wide(UnitIndex(prepared).groups, channel_step)
             if coarse:  # before minutes of timing a table no choice would read (break151 F2)
@@ -634,6 +634,30 @@ class PruningMethod:
             return Budget(self.index, self.budget.layers, model, other).fraction(self._kept_now())
         fixed = fixed_cost_of(cost_model, [layer.spec for layer in self.budget.layers])
         return Budget(self.index, self.budget.layers, cost_model, fixed).fraction(self._kept_now())
+
+    def _follow_target(self, *, done: str | None = None, fixed: str = "") -> bool:
+        """Take up ``pruner.target`` set after the pruner was built, checked as the constructor
+        checks it, for the choices still to come; True when it changed (break152 F1: CUCB and
+        CCP kept the target they were built with, without a word, and took 1.5 and NaN).
+        ``done``: why no choice is left to follow it (refused); ``fixed``: the per-group
+        fraction that sets the widths where the pruner was built without a target (refused)."""
+        new, old = self.target, getattr(self, "_target_followed", self.target)
+        if new is old or (type(new) is float and new == old):
+            return False
+        name = type(self).__name__
+        if old is None:
+            raise ValueError(f"pruner.target was set to {new!r}, but this {name} keeps {fixed} "
+                             f"of each group's channels (mode='ratio'): no cost target applies; "
+                             f"build a new {name} with target= to prune to a cost")
+        check_fraction("target", new, "the fraction of the dense cost to keep")
+        new = float(new)
+        if done is not None:
+            raise ValueError(f"pruner.target was changed to {new:g} at step {self.step_count}, "
+                             f"after {done}: no later choice follows it; set it before, or "
+                             "prune the finalized model again (README, pruning again)")
+        self._check_reachable(new)
+        self.target = self.cost_target = self._target_followed = new
+        return True
 
     def _check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the narrowest model the constraints

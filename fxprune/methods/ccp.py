@@ -412,6 +412,7 @@ class CCP(PruningMethod):
         self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
         if self.target is not None:  # known now, not at the first round, steps into training
             self._check_reachable(self.target)
+        self._target_followed = self.target  # (see _follow_target)
         self.ratio = None if ratio is None else float(ratio)
         # (ratio mode under a cost target: said at its last round, where the cost it reaches is
         # known; at construction a figure without the channels picked was 0.612 for a run that
@@ -490,6 +491,9 @@ class CCP(PruningMethod):
         self._settle_rank()
         self.step_count += 1
         self._check_step_call()
+        last = self.prune_steps()[-1]
+        self._follow_target(done=f"its last round (step {last})" if self.step_count > last else None,
+                            fixed=f"ratio={self.ratio}")
         if self._collecting(self.step_count):
             if self.scaler is not None and self.scaler.is_enabled():
                 # collection steps only (a host read each): the scale this backward ran at

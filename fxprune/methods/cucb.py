@@ -207,6 +207,7 @@ class CUCB(PruningMethod):
         #: common fraction whose model fits ``target`` (as CCP's ratio=None), the final
         #: selection held to the target exactly
         self.rho = float(rho) if rho is not None else self._fitting_rho(self.cost_target)
+        self._target_followed = self.target  # (see _follow_target)
         if rho is None and mode == "ratio":
             self._uniform_reached = self.budget.fraction(
                 uniform_kept(self.index, self.rho, self.channel_step))
@@ -311,6 +312,10 @@ class CUCB(PruningMethod):
         Returns a record at the final selection, else None."""
         self.step_count += 1
         self._check_step_call()
+        if self._follow_target(done=f"the final pick (step {self.explore})" if self.final else None,
+                               fixed=f"rho={self.rho:g}"):
+            if self.mode == "ratio":  # the widest common fraction within the new target
+                self.rho = self._fitting_rho(self.cost_target)
         if self.final:
             return None
         if not self._loop_checked and self.gathered is not None:
