@@ -428,6 +428,29 @@ def test_a_final_selection_without_any_reward_is_said():
             pruner.step()
 
 
+def test_rewards_of_zero_gradients_are_said_while_it_explores_and_at_the_pick():
+    """break152 F3, F4: zero_grad(set_to_none=False) before step() gave every channel a reward
+    of 0 (the "no reward" check saw rewards counted), and the pick was the tie-breaks', without
+    a word; after zero_grad() (None) it was said only at the final pick, the run spent."""
+    from fxprune.methods.cucb import CHECK_TRAINING_EVERY
+
+    x, y = data()
+    for set_to_none, why in ((False, "every reward 0"), (True, "no reward observed")):
+        pm = prepared()
+        pruner = CUCB(pm, rho=0.5, warmup=1, explore=2 * CHECK_TRAINING_EVERY, channel_step=1,
+                      execution="masked")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2 * CHECK_TRAINING_EVERY):
+                F.cross_entropy(pm(x), y).backward()
+                pm.zero_grad(set_to_none=set_to_none)
+                pruner.step()
+        said = [str(w.message) for w in caught if why in str(w.message)]
+        assert said[0].startswith(f"CUCB: step {CHECK_TRAINING_EVERY}: {why}")  # while exploring
+        assert said[1].startswith(f"CUCB: final selection at step {2 * CHECK_TRAINING_EVERY} "
+                                  f"with {why}") and len(said) == 2  # once, then at the pick
+
+
 def test_a_run_of_nonfinite_steps_is_said_and_counted():
     """break38 #10: with a NaN weight every later step was dropped in BanditStats.observe
     without a word, and the final pick came from the rewards seen before the divergence."""

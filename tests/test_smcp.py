@@ -1331,3 +1331,24 @@ def test_a_floor_priced_with_a_table_timed_just_now_advises_a_margin(monkeypatch
     with pytest.raises(ValueError) as e:  # a cost given: its floor does not move
         fxprune.SMCP(prepared(), target=0.001, cost=FlopsCost(), channel_step=2)
     assert "timed just now" not in str(e.value)
+
+
+def test_an_update_on_gradients_of_zeros_is_skipped_and_said():
+    """break152 F4: zero_grad(set_to_none=False) before pruner.step() left gradients of zeros,
+    which counted as observed steps: the knapsack ranked all-zero scores and cut a group to 3
+    of 32 channels by its tie-breaks, without a word."""
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, warmup=2, ramp=8, update_every=2, channel_step=1)
+    optimizer = torch.optim.SGD(pm.parameters(), lr=0.05)
+    with pytest.warns(RuntimeWarning, match=r"SMCP: mask update at step \d+ skipped: every "
+                                            r"Taylor score since the last update is 0 .*"
+                                            r"zero_grad\(set_to_none=False\) before it\?"):
+        for step in range(6):
+            x, y = data(seed=step)
+            F.cross_entropy(pm(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+            pruner.step()
+    assert pruner.skipped_updates >= 1 and pruner.cost() == 1.0
+    train(pm, pruner, 4, seed=1, optimizer=optimizer)  # the loop put right: it prunes
+    assert pruner.cost() < 1.0

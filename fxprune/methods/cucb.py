@@ -334,6 +334,7 @@ class CUCB(PruningMethod):
         self.stats.sync(self.reduce_fn)
         if self.step_count % CHECK_TRAINING_EVERY == 0:  # (host reads: weights' flags, versions)
             self._check_training()
+            self._check_rewards()
         if self.explore is not None and self.step_count >= self.explore:
             return self.select_final()
         self.active = self._select(self.step_count)
@@ -462,14 +463,35 @@ class CUCB(PruningMethod):
         cap = 2.0 + self.c * np.sqrt(1.5 * np.log(step + 1)) + 1.0  # above every finite index
         return self._keep(np.where(np.isfinite(index), index, cap))
 
+    def _no_reward(self) -> str | None:
+        """Why no channel has earned a reward so far (every mu is 0, so a pick is the
+        tie-breaks'), or None."""
+        if float(self.stats.T.max()) == 0:
+            return ("no reward observed (no gradients reached the channels, or every step "
+                    "overflowed)")
+        if float(self.stats.running_max.max()) == 0:  # (break152 F4: zeros, not None)
+            return ("every reward 0 (the gradients pruner.step() saw were all zeros: "
+                    "optimizer.zero_grad(set_to_none=False) before it?)")
+        return None
+
+    def _check_rewards(self) -> None:
+        """Say once, while it explores, that no reward has come (break152 F3: said only at the
+        final pick, the run's compute spent)."""
+        why = None if getattr(self, "_said_no_reward", False) else self._no_reward()
+        if why is not None and self.step_count > self.warmup:
+            self._said_no_reward = True
+            warn(f"CUCB: step {self.step_count}: {why}, so its picks of the active channels "
+                 "are the tie-breaks'. Call pruner.step() after loss.backward() and before "
+                 f"optimizer.zero_grad(){self._no_gradient_cause()}", RuntimeWarning)
+
     def select_final(self) -> dict:
         self._check_training()
         start = time.perf_counter()
-        if float(self.stats.T.max()) == 0:  # every mu is 0: the pick would be the tie-breaks'
+        why = self._no_reward()
+        if why is not None:  # every mu is 0: the pick would be the tie-breaks'
             warn(
-                f"CUCB: final selection at step {self.step_count} with no reward observed (no "
-                "gradients reached the channels, or every step overflowed): the kept channels are "
-                "random. Call pruner.step() after loss.backward() and before "
+                f"CUCB: final selection at step {self.step_count} with {why}: the kept "
+                "channels are random. Call pruner.step() after loss.backward() and before "
                 f"optimizer.zero_grad(){self._no_gradient_cause()}", RuntimeWarning)
         elif self._nonfinite_run >= NONFINITE_STEPS_WARN:
             self._warn_nonfinite()  # said again where it decides the pick

@@ -366,6 +366,17 @@ class SMCP(PruningMethod):
         target = self.target_now()
         before = self._kept_now()
         scores = self.importance.scores()
+        if self.importance.kind == "taylor" and not scores.any():
+            # gradients of zeros, not None: zero_grad(set_to_none=False) before step() (break152
+            # F4: ranked on all-zero scores, a group cut to 3 of 32 channels by tie-breaks)
+            self.skipped_updates += 1
+            self.importance.reset()
+            warn(f"SMCP: mask update at step {self.step_count} skipped: every Taylor score since "
+                 "the last update is 0 (the gradients pruner.step() saw were all zeros: "
+                 "optimizer.zero_grad(set_to_none=False) before it?), so channels cannot be "
+                 "ranked. Call pruner.step() after loss.backward() and before "
+                 "optimizer.zero_grad()", RuntimeWarning)
+            return None
         if not np.isfinite(scores).all():  # Taylor drops such steps; weights can hold them too
             broken = [c.module for c in self.consumers if not bool(torch.isfinite(c.param).all())]
             raise FloatingPointError(
