@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -950,3 +951,37 @@ def test_a_target_set_mid_run_is_checked_and_followed_or_refused(method):
         pruner.target = 0.3
         train(pm, pruner, 1)
         assert pruner.rho < rho and pruner.rho == pruner._fitting_rho(0.3)
+
+
+@pytest.mark.parametrize("method", ["SMCP", "CUCB", "CCP"])
+def test_a_pruner_built_on_pruned_masks_without_its_state_says_so_at_its_first_step(method):
+    """break152 F5: a resume that restored the model (its masks) but built the pruner afresh,
+    without load_state_dict, started the schedule again at step 0 on the pruned masks (CCP
+    brought back 9 channels it had pruned for good), without a word."""
+    from test_smcp import train
+
+    kwargs = {"SMCP": dict(target=0.5, warmup=1, ramp=4, update_every=1, channel_step=1),
+              "CUCB": dict(target=0.5, warmup=1, explore=4, execution="masked"),
+              "CCP": dict(target=0.5, collect=2, prune_at=3)}[method]
+    pm = prepared()
+    pruner = getattr(fxprune, method)(pm, **kwargs)
+    train(pm, pruner, 5)
+    state, saved = pruner.state_dict(), copy.deepcopy(pm.state_dict())
+    resumed = prepared()
+    resumed.load_state_dict(saved)
+    fresh = getattr(fxprune, method)(resumed, **kwargs)
+    with pytest.warns(RuntimeWarning, match=rf"{method}.step\(\) at step 1: the model's masks "
+                                            r"already pruned \d+ channels \(cost 0\.\d+ of dense\) "
+                                            r"when this .* load the saved pruner state"):
+        train(resumed, fresh, 1)
+    resumed = prepared()
+    resumed.load_state_dict(saved)
+    loaded = getattr(fxprune, method)(resumed, **kwargs)
+    loaded.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*already pruned")
+        train(resumed, loaded, 1)
+    with warnings.catch_warnings():  # a model with every channel kept: nothing to say
+        warnings.filterwarnings("error", message=".*already pruned")
+        pm = prepared()
+        train(pm, getattr(fxprune, method)(pm, **kwargs), 1)

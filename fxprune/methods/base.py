@@ -501,6 +501,16 @@ class PruningMethod:
         self._check_superseded()
         self._check_copied_alone()
         self._check_backward_since_last_step()
+        pruned = getattr(self, "_pruned_at_build", None)
+        if pruned is not None:  # (break152 F5: a resume that loaded the model alone started
+            # the schedule again on its masks; CCP brought back channels it had pruned for good)
+            self._pruned_at_build = None
+            name = type(self).__name__
+            warn(f"{name}.step() at step {self.step_count}: the model's masks already pruned "
+                 f"{pruned[0]} channels (cost {pruned[1]:.4f} of dense) when this {name} was "
+                 "built, and it starts its schedule at step 0: resuming a run? load the saved "
+                 "pruner state with pruner.load_state_dict(state) before the first step (the "
+                 "model's state_dict holds the masks, not the schedule)", RuntimeWarning)
 
     def _check_superseded(self) -> None:
         """Say once when this pruner steps after a newer one was built on its model (break105
@@ -609,6 +619,16 @@ class PruningMethod:
         #: the narrowest model the target check priced (set by _check_reachable; None: no target)
         self.floor_kept: np.ndarray | None = None
         self.history: list[dict] = []
+        #: (channels, cost) the model's masks prune when no earlier pruner of it lives: a run
+        #: resumed without its pruner state? (said at the first step, unless one is loaded)
+        self._pruned_at_build = None
+        if latest_pruner(prepared) is None:
+            try:
+                kept = self._kept_now()
+            except (RuntimeError, NotImplementedError):  # (a model on the meta device)
+                kept = None
+            if kept is not None and not kept.all():
+                self._pruned_at_build = (int((~kept).sum()), self.budget.fraction(kept))
         _LATEST_PRUNER[prepared] = weakref.ref(self)
 
     def cost(self, cost_model: CostModel | str | None = None) -> float:
@@ -786,6 +806,7 @@ class PruningMethod:
     def _check_state(self, state: dict, masks_key: str) -> None:
         """Refuse, before anything is loaded, a state of another method or an incomplete one,
         or one saved for other groups (names or sizes differ), naming both."""
+        self._pruned_at_build = None  # a state is loaded: the masks are its run's
         me = type(self).__name__
         if not isinstance(state, dict):
             raise TypeError(f"a {me} state is the dict its state_dict() returned, got "
