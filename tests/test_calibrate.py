@@ -311,8 +311,10 @@ def test_calibrate_cost_refuses_what_it_cannot_fit_before_timing(monkeypatch):
             calibrate_cost(FlopsCost(), pm, **bad)
     with pytest.raises(DeployError, match="no channel group is wide enough.*channel_step"):
         calibrate_cost(FlopsCost(), pm, step=64)
-    # through the cost name too, before the table is timed
-    with pytest.raises(DeployError, match="no channel group is wide enough"):
+    # through the cost name too, before the table is timed (refused for every latency cost
+    # since break151 F2, in the method's words)
+    with pytest.raises(ValueError, match="channel_step=64 is at least as wide as every "
+                                         "prunable group"):
         fxprune.SMCP(pm, target=0.8, cost="latency+fixed", channel_step=64)
 
 
