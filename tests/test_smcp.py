@@ -1275,6 +1275,27 @@ def test_a_channel_step_wider_than_every_group_is_refused_before_a_latency_table
                                          r"prunable group .*; lower channel_step$"):
         fxprune.SMCP(prepared(), target=0.5, cost="latency", channel_step=100)
 
+    # review153 F1: a grouped conv's groups count units of 8 channels each; step 8 prunes them
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 64, 3, padding=1)
+            self.b = nn.Conv2d(64, 64, 3, padding=1, groups=8)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.b(F.relu(self.a(x)))).mean((2, 3)))
+
+    from fxprune.cost import FlopsCost
+
+    monkeypatch.setattr(base, "measured_latency_cost", lambda *a, **k: FlopsCost())
+    pm = fxprune.prepare(Grouped(), (torch.randn(1, 3, 8, 8),))
+    assert fxprune.SMCP(pm, target=0.5, cost="latency", channel_step=8).budget.fraction(
+        fxprune.SMCP(pm, target=0.5, channel_step=8).floor_kept) < 0.5
+    with pytest.raises(ValueError, match=r"channel_step=128 is at least as wide as every "
+                                         r"prunable group \(64, 64 channels\)"):
+        fxprune.SMCP(pm, target=0.5, cost="latency", channel_step=128)
+
 
 @pytest.mark.parametrize("route", ["pickle", "deepcopy"])
 def test_a_run_with_bn_recalibration_resumed_from_a_copy_of_model_and_pruner_is_exact(route):

@@ -153,16 +153,20 @@ TIMED_FLOOR = ("that floor comes from latencies timed just now, which move by a 
                "from one timing to the next: leave a margin")
 
 
-def step_too_wide(groups, channel_step: int) -> str | None:
-    """Why no group of ``groups`` (a :class:`UnitIndex`'s) can be pruned at ``channel_step``,
-    or None: every group is at most that wide and keeps all its channels. (Not a group of
-    pieces of one channel each, which keep it whole at any step: review108 F8.)"""
-    if not all(g.size <= channel_step for g in groups):
+def step_too_wide(index: UnitIndex, channel_step: int) -> str | None:
+    """Why no group of ``index`` can be pruned at ``channel_step`` where a finer step could
+    prune some, or None: the narrowest model the step allows keeps every channel. (Not groups
+    of pieces of one channel each, which keep all at any step: review108 F8; nor a grouped
+    conv's groups of several channels a unit, which a step of a unit's width prunes: review153
+    F1, where comparing sizes in units with the step in channels refused them.)"""
+    if not index.groups or uniform_kept(index, 0.0, 1).all():
         return None
-    sizes = ", ".join(str(g.size) for g in groups[:6])
+    if not uniform_kept(index, 0.0, channel_step).all():
+        return None
+    sizes = ", ".join(str(g.size * u) for g, u in zip(index.groups[:6], index.unit_channels))
     return (f"channel_step={channel_step} is at least as wide as every prunable group ({sizes}"
-            f"{', ...' if len(groups) > 6 else ''} channels), so none can be pruned and the "
-            "model stays dense; lower channel_step")
+            f"{', ...' if len(index.groups) > 6 else ''} channels), so none can be pruned and "
+            "the model stays dense; lower channel_step")
 
 
 def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
@@ -193,7 +197,7 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         if cost in LATENCY_COSTS:
             from .. import distributed as fxdist
 
-            coarse = step_too_wide(UnitIndex(prepared).groups, channel_step)
+            coarse = step_too_wide(UnitIndex(prepared), channel_step)
             if coarse:  # before minutes of timing a table no choice would read (break151 F2)
                 from ..allocation import InfeasibleBudget
 
@@ -612,8 +616,8 @@ class PruningMethod:
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
-        #: the cost is a latency table timed here, for this pruner (its floor moves per timing)
-        self._timed_here = isinstance(cost, str) and cost in LATENCY_COSTS
+        #: the latency cost name timed here, for this pruner (its floor moves per timing), or None
+        self._timed_here = cost if isinstance(cost, str) and cost in LATENCY_COSTS else None
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self.step_count = 0
         #: the narrowest model the target check priced (set by _check_reachable; None: no target)
@@ -710,7 +714,7 @@ class PruningMethod:
             at_least = math.ceil(floor * 1000) / 1000
             from ..allocation import InfeasibleBudget
 
-            coarse = step_too_wide(self.index.groups, self.channel_step)
+            coarse = step_too_wide(self.index, self.channel_step)
             if coarse:  # (break105 F5: blamed on the cost model)
                 message = coarse.replace("stays dense;", f"stays dense, above target {target:.5g};")
             else:
@@ -724,9 +728,12 @@ class PruningMethod:
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        f": the cost model prices it as the dense model, so no pruning lowers "
                        f"its cost; check the cost model"))
-                if getattr(self, "_timed_here", False):  # (older pickles lack it)
-                    message += (f" ({TIMED_FLOOR}, or time a table once, "
-                                "LatencyTable.measure(pm, cache=...), and pass it as cost=)")
+                timed = getattr(self, "_timed_here", None)  # (older pickles lack it)
+                if timed and floor < 1 - 1e-9:  # (review153 F9: not where no margin helps)
+                    message += (f" ({TIMED_FLOOR}, or time a table once, table = "
+                                "LatencyTable.measure(pm, cache=...), and pass cost="
+                                + ("calibrate_cost(table, pm))" if timed == "latency+fixed"
+                                   else "table)"))
             # "narrowest", not "cheapest": a cost that does not fall with width (a runtime's
             # kernels) may price a wider model lower, which the allocator does not search for
             # below this floor (break36 #4, break38 #1)
