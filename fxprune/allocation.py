@@ -18,9 +18,11 @@ a bool vector of kept channels with the cost model). The flat channel numbering 
 
 Pricing (``Budget.subset_costs``) holds every other group at its current width, which is exact
 only near the answer; :func:`allocate` re-prices around its answer and solves again (at most
-``max_resolves`` times), then :func:`repair` walks single option steps with *exact* costs:
-drops the least valuable step per cost saved while over the budget, then adds the most valuable
-step per cost that still fits. With at most :data:`EXHAUSTIVE_ALWAYS` combinations of
+``max_resolves`` times), then :func:`repair` walks option steps with *exact* costs: drops
+the least valuable step per cost saved while over the budget (to the nearest option that saves
+cost, past a stretch of equal cost), then adds the most valuable step per cost that still fits
+(past a value dip where the step is free), and moves a group inside a stretch of equal cost to
+its best option there. With at most :data:`EXHAUSTIVE_ALWAYS` combinations of
 options, every one is tried. Where that leaves over 1% of the dense cost unused (coarse
 options on a small model), every combination is tried when there are at most
 :data:`EXHAUSTIVE_MAX`, else the earlier answers are repaired too and :func:`trade_steps`
@@ -257,10 +259,11 @@ def _exhaustive(options: list[GroupOptions], budget: Budget, limit: float) -> li
 
 def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
            target: float = float("nan"), hint: str = "", hold: int | None = None) -> list[int] | None:
-    """Make ``choice`` fit ``limit`` (absolute cost) by exact single steps between neighbouring
-    options (from every group's smallest option when no step down saves cost, as a measured
-    table's noise allows), then spend what is left on the most valuable steps per cost that
-    still fit and lose no value.
+    """Make ``choice`` fit ``limit`` (absolute cost) by exact steps down, each to a group's
+    nearest option that saves cost (from every group's smallest option when none does, as a
+    measured table's noise allows), then spend what is left on the most valuable steps per cost
+    that still fit and lose no value (a free step that loses goes on to the nearest option
+    that does not), each group moving to the best option of a stretch of equal cost it sits in.
     ``hold``: a group no step down may touch (:func:`trade_steps` raised it); None
     is returned when the others cannot pay for it. Raises :class:`InfeasibleBudget` when not
     even the smallest options fit."""
@@ -329,39 +332,46 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
                     continue
             raise_infeasible(options, budget, target, hint)
         total += take(best[1], best[2])
-    while True:  # room left: add the step that gains most per cost
-        best = None
-        for i, c in enumerate(choice):
-            # a step that loses value is not taken for room alone: where values fall with
-            # the count (CCP's predicted loss changes) that threw the optimum away (review127
-            # F1); a step that gains nothing is (see _exhaustive). Where the step is free (a
-            # cost flat over some widths) and loses, the nearest option up that loses nothing:
-            # values that dip within a flat cost level stopped the fill there (break150 F1)
-            new = c + 1 if c + 1 < len(options[i].counts) else None
-            if new is not None and options[i].values[new] < options[i].values[c]:
-                new = _first_up(options[i].values, c, strict=False) if delta(i, new) <= 0 else None
-            if new is not None:
-                dc = delta(i, new)
-                gain = options[i].values[new] - options[i].values[c]
-                if total + dc <= limit * _SLACK:
-                    rate = gain / max(dc, 1e-12)
-                    if best is None or rate > best[0]:
-                        best = (rate, i, new)
-        if best is None:
-            break
-        total += take(best[1], best[2])
-    # a group inside a stretch of equal cost takes its most valuable option there (the down
-    # walk lands on a stretch's last option, whatever it is worth: break150 F1)
-    for i, c in enumerate(choice):
-        top = c
-        for new in range(c - 1, -1, -1):
-            if delta(i, new) != 0:
+    while True:
+        while True:  # room left: add the step that gains most per cost
+            best = None
+            for i, c in enumerate(choice):
+                # a step that loses value is not taken for room alone: where values fall with
+                # the count (CCP's predicted loss changes) that threw the optimum away
+                # (review127 F1); a step that gains nothing is (see _exhaustive). Where the step
+                # is free (a cost flat over some widths) and loses, the nearest option up that
+                # loses nothing: values that dip within a flat cost stretch stopped the fill
+                # there (break150 F1)
+                new = c + 1 if c + 1 < len(options[i].counts) else None
+                if new is not None and options[i].values[new] < options[i].values[c]:
+                    new = _first_up(options[i].values, c, strict=False) if delta(i, new) <= 0 else None
+                if new is not None:
+                    dc = delta(i, new)
+                    gain = options[i].values[new] - options[i].values[c]
+                    if total + dc <= limit * _SLACK:
+                        rate = gain / max(dc, 1e-12)
+                        if best is None or rate > best[0]:
+                            best = (rate, i, new)
+            if best is None:
                 break
-            if options[i].values[new] > options[i].values[top]:
-                top = new
-        if top != c:
-            take(i, top)
-    return choice
+            total += take(best[1], best[2])
+        # a group inside a stretch of equal cost takes its most valuable option there (the
+        # down walk lands on a stretch's last option, whatever it is worth: break150 F1); such
+        # a move changes what its neighbours' steps cost, so the fill runs again after one
+        # (review153 F2). Each move gains value, and the fill loses none: it ends.
+        moved = False
+        for i, c in enumerate(choice):
+            top = c
+            for new in range(c - 1, -1, -1):
+                if delta(i, new) != 0:
+                    break
+                if options[i].values[new] > options[i].values[top]:
+                    top = new
+            if top != c:
+                take(i, top)
+                moved = True
+        if not moved:
+            return choice
 
 
 def _first_up(values: np.ndarray, c: int, *, strict: bool) -> int | None:
@@ -373,8 +383,8 @@ def _first_up(values: np.ndarray, c: int, *, strict: bool) -> int | None:
 
 def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
                 max_rounds: int = 3) -> list[int]:
-    """Local search after :func:`repair`: raise one group a step and pay for it by exact steps
-    down elsewhere (repair with that group held); keep the trade when the summed value grows.
+    """Local search after :func:`repair`: raise one group a step (past a value dip where that
+    step is free) and pay for it by exact steps down elsewhere (repair with that group held); keep the trade when the summed value grows.
     Single steps alone stop where one wide group's step costs more than the room left (a
     16-channel residual stream with options {8, 16}): a choice at 0.57 of dense under a 0.9
     target while one at 0.88 is worth more. ``choice`` must fit; the result fits and is worth

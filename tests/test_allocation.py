@@ -985,3 +985,72 @@ def test_a_pruner_built_on_pruned_masks_without_its_state_says_so_at_its_first_s
         warnings.filterwarnings("error", message=".*already pruned")
         pm = prepared()
         train(pm, getattr(fxprune, method)(pm, **kwargs), 1)
+
+
+def test_trade_steps_raises_a_group_past_a_dip_in_a_free_stretch():
+    """review153 F6 (break150 F1's trade): a group at a flat stretch's best option, the rest of
+    the stretch worth less and the next stretch worth far more but over the room left, was
+    never raised: trade_steps looked one option up only, found it worth less, and moved on."""
+    from fxprune.allocation import trade_steps
+
+    pm = prepared(width=32)
+    index = UnitIndex(pm)
+    budget = Budget(index, costed_layers(index), _BlockCost(8))
+    options = []
+    for i, g in enumerate(index.groups):
+        counts = np.arange(1, g.size + 1)
+        values = (100.0 * -(-counts // 8) - (counts - 1) % 8 if i == 0  # 100 a stretch
+                  else 0.001 * counts)  # the others: worth little
+        options.append(GroupOptions(counts, values, np.arange(g.size)[None, :] < counts[:, None]))
+    choice = [0] + [len(o.counts) - 1 for o in options[1:]]
+    limit = budget.total(kept_from(index.offsets, options, choice))  # no room left
+    traded = trade_steps(choice, options, budget, limit)
+    assert options[0].counts[traded[0]] > 8  # into a costlier stretch, paid for by the others
+    assert budget.total(kept_from(index.offsets, options, traded)) <= limit * (1 + 1e-9)
+    assert sum(o.values[c] for o, c in zip(options, traded)) > sum(
+        o.values[c] for o, c in zip(options, choice))
+
+
+class _LaunchFloor:
+    """A layer costs its dense FLOPs until its FLOPs fall under ``frac`` of them, then that
+    fraction: a cost of both widths at once, flat but for one drop (a kernel's launch time)."""
+
+    name = "launch-floor"
+
+    def __init__(self, frac):
+        self.frac = frac
+
+    def layer_cost(self, layer, c_in, c_out):
+        dense = float(layer.flops(layer.in_channels, layer.out_channels))
+        return dense if float(layer.flops(c_in, c_out)) > self.frac * dense else self.frac * dense
+
+
+def test_repair_fills_again_after_a_move_inside_an_equal_cost_stretch():
+    """review153 F2: the move to a stretch's best option changed its neighbours' widths, and a
+    neighbour's step up it had made free was left untaken (13 of 300 random cases)."""
+    left = checked = 0
+    index = UnitIndex(prepared(width=8))
+    for seed in range(100):  # (seeds 39, 45, 50, 88 and 99 left one before)
+        rng = np.random.default_rng(seed)
+        budget = Budget(index, costed_layers(index), _LaunchFloor(rng.uniform(0.2, 0.7)))
+        options = []
+        for g in index.groups:
+            counts = np.arange(1, g.size + 1)
+            values = np.cumsum(rng.random(g.size)) - rng.random(g.size) * 1.5
+            options.append(GroupOptions(counts, values,
+                                        np.arange(g.size)[None, :] < counts[:, None]))
+        target = float(rng.uniform(0.3, 0.9))
+        limit = target * budget.dense
+        try:
+            choice = repair([len(o.counts) - 1 for o in options], options, budget, limit, target)
+        except InfeasibleBudget:  # a target below the floor's cost
+            continue
+        checked += 1
+        total = budget.total(kept_from(index.offsets, options, choice))
+        assert total <= limit * (1 + 1e-9)
+        for i, o in enumerate(options):  # no step up that fits and gains is left
+            c = choice[i]
+            if c + 1 < len(o.counts) and o.values[c + 1] >= o.values[c]:
+                trial = choice[:i] + [c + 1] + choice[i + 1:]
+                left += budget.total(kept_from(index.offsets, options, trial)) <= limit
+    assert left == 0 and checked > 50
