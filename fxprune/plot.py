@@ -160,6 +160,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
     deployed from Python) must count the run's parameters. Anything else is an error, not a
     point. ``backend``: only reports of that backend count (None: any)."""
     out: dict[int, dict] = {}
+    other: set[str] = set()  # the backends of reports --backend left out
     run = run_dir.resolve()
     finished = results.stat().st_mtime
     # The run's model file lives in the run folder, which may have moved since: results.json
@@ -190,7 +191,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             continue
         data = _read_json(report)
         if backend is not None and isinstance(data, dict) and data.get("backend") != backend:
-            continue  # (break151 F4: two backends' reports of a run at one batch)
+            other.add(str(data.get("backend")))  # (break151 F4: two backends at one batch)
+            continue
         try:
             batch, median = data["batch"], data["latency_ms"]["median"]
         except (KeyError, TypeError):
@@ -256,6 +258,9 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                                                                   "threads")},
                                  "input": "x".join(map(str, shape[1:])) if isinstance(shape, list) else None,
                                  "runtime": data.get(f"{data.get('backend')}_version")}}
+    if other and not out:  # (review153 F5: "deploy the runs" said of runs deployed)
+        warn(f"{run_dir}: its deploy reports are of {', '.join(sorted(other))}, not --backend "
+             f"{backend}: it has no latency to draw", RuntimeWarning)
     return out
 
 
@@ -617,6 +622,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    if args.backend is not None and args.x == "flops":
+        print(f"fxprune plot: --backend {args.backend} is not used with --x flops (it picks "
+              "deploy reports, which a FLOPs axis does not read)", file=sys.stderr)
     try:
         drawn = plot_points(load_points(args.inputs, latencies=args.x != "flops",
                                         backend=args.backend), args.out, x=args.x, batch=args.batch,

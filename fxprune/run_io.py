@@ -298,7 +298,8 @@ def _event_files(out: Path) -> tuple[list[Path], list[Path]]:
     data = _marker_data(out)
     if data is None or ("written" in data and "events" not in data):
         return found, []
-    ours = {e for e in data.get("events", ()) if isinstance(e, str)}
+    events = data.get("events", [])  # (review153 F4: a damaged record names none)
+    ours = {e for e in events if isinstance(e, str)} if isinstance(events, list) else set()
     return [p for p in found if p.name in ours], [p for p in found if p.name not in ours]
 
 

@@ -432,6 +432,14 @@ def test_a_run_deployed_on_two_backends_at_one_batch_plots_the_one_picked(tmp_pa
         assert main(["plot", str(run), "--backend", backend, "--batch", "64",
                      "--out", str(tmp_path / f"{backend}.png")]) == 0
         assert f"{ms:12.4g}" in capsys.readouterr().out
+    # review153 F5: a backend no report is of is named, not "deploy the runs" alone
+    with pytest.warns(RuntimeWarning, match=r"its deploy reports are of onnxruntime, torch, "
+                                            r"not --backend tensorrt: it has no latency"):
+        assert main(["plot", str(run), "--backend", "tensorrt",
+                     "--out", str(tmp_path / "none.png")]) == 2
+    assert main(["plot", str(run), "--backend", "torch", "--x", "flops",
+                 "--out", str(tmp_path / "flops.png")]) == 0
+    assert "--backend torch is not used with --x flops" in capsys.readouterr().err
 
 
 def test_a_relative_model_path_and_a_deploys_dense_copy(tmp_path, monkeypatch):

@@ -1142,6 +1142,20 @@ def test_tensorboard_events_of_a_replaced_run_go_and_a_resume_purges_later_steps
     assert sorted(p.name for p in board.iterdir()) == ["events.out.tfevents.4.host", "notes.txt"]
 
 
+@pytest.mark.parametrize("events", [None, 3, "events.out.tfevents.1.host"])
+def test_a_marker_whose_event_record_is_damaged_names_no_event_file_as_the_run_s(tmp_path, events):
+    """review153 F4: "events": null in the marker was a TypeError traceback."""
+    from fxprune.run_io import RUN_MARKER, _MARKER_TEXT, check_out_folder
+
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1.host").write_text("x")
+    (out / RUN_MARKER).write_text(_MARKER_TEXT + json.dumps({"written": {}, "events": events}))
+    with pytest.raises(FileExistsError, match="events.out.tfevents.1.host was not written by "
+                                              "fxprune"):
+        check_out_folder(out, resume=False, overwrite=True, tensorboard=True)
+
+
 def test_a_file_named_tensorboard_is_refused_before_any_work_when_the_run_logs_there(tmp_path):
     """break73 F3: --overwrite removed the old run's files, then SummaryWriter failed with a
     bare "[Errno 17] File exists: 'OUT/tensorboard'"."""
