@@ -312,8 +312,11 @@ class CUCB(PruningMethod):
         Returns a record at the final selection, else None."""
         self.step_count += 1
         self._check_step_call()
-        if self._follow_target(done=f"the final pick (step {self.explore})" if self.final else None,
-                               fixed=f"rho={self.rho:g}"):
+        done = None
+        if self.final:  # (explore=None: made by finalize_masks, at its step)
+            done = "the final pick (step {})".format(
+                next((r["step"] for r in reversed(self.history) if r.get("final")), "?"))
+        if self._follow_target(done=done, fixed=f"rho={self.rho:g}"):
             if self.mode == "ratio":  # the widest common fraction within the new target
                 self.rho = self._fitting_rho(self.cost_target)
         if self.final:
