@@ -272,12 +272,8 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
     kept = kept_from(offsets, options, choice)
     total = budget.total(kept)
 
-    def move(i, new):  # exact change of total cost if group i takes option `new`
-        layers = budget.touching[i]
-        old_cost = budget.cost_of(kept, layers)
-        trial = kept.copy()
-        trial[int(offsets[i]):int(offsets[i + 1])] = options[i].keep[new]
-        return budget.cost_of(trial, layers) - old_cost, trial
+    def move(i, new):
+        return _move(budget, options, kept, i, new)
 
     # A step's cost change depends only on the widths of the layers its group touches, so it
     # is kept until a step of a group sharing one of them is taken: each round prices the few
@@ -374,6 +370,17 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
             return choice
 
 
+def _move(budget: Budget, options: list[GroupOptions], kept: np.ndarray, i: int,
+          new: int) -> tuple[float, np.ndarray]:
+    """Group ``i`` taking option ``new`` in ``kept``: the exact change of the total cost (only
+    the layers it touches priced) and the kept vector after it."""
+    offsets = budget.index.offsets
+    layers = budget.touching[i]
+    trial = kept.copy()
+    trial[int(offsets[i]):int(offsets[i + 1])] = options[i].keep[new]
+    return budget.cost_of(trial, layers) - budget.cost_of(kept, layers), trial
+
+
 def _first_up(values: np.ndarray, c: int, *, strict: bool) -> int | None:
     """The first option above ``c`` worth at least ``values[c]`` (``strict``: more); None."""
     above = values[c + 1:]
@@ -384,7 +391,8 @@ def _first_up(values: np.ndarray, c: int, *, strict: bool) -> int | None:
 def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
                 max_rounds: int = 3) -> list[int]:
     """Local search after :func:`repair`: raise one group a step (past a value dip where that
-    step is free) and pay for it by exact steps down elsewhere (repair with that group held); keep the trade when the summed value grows.
+    step is free) and pay for it by exact steps down elsewhere (repair with that group held);
+    keep the trade when the summed value grows.
     Single steps alone stop where one wide group's step costs more than the room left (a
     16-channel residual stream with options {8, 16}): a choice at 0.57 of dense under a 0.9
     target while one at 0.88 is worth more. ``choice`` must fit; the result fits and is worth
@@ -401,11 +409,7 @@ def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, 
             new = c + 1
             if options[i].values[new] <= options[i].values[c]:
                 # past a dip where the step is free, as repair's fill (break150 F1)
-                kept = kept_from(offsets, options, choice)
-                trial = kept.copy()
-                trial[int(offsets[i]):int(offsets[i + 1])] = options[i].keep[new]
-                layers = budget.touching[i]
-                free = budget.cost_of(trial, layers) <= budget.cost_of(kept, layers)
+                free = _move(budget, options, kept_from(offsets, options, choice), i, new)[0] <= 0
                 new = _first_up(options[i].values, c, strict=True) if free else None
                 if new is None:
                     continue
