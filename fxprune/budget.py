@@ -19,11 +19,19 @@ from .cost import CostModel
 from .units import CostedLayer, UnitIndex
 
 
+#: width pairs :class:`Budget` keeps priced before it starts its memo again (a bound on memory)
+_PRICED_MAX = 1_000_000
+
+
 class Budget:
     def __init__(self, index: UnitIndex, layers: list[CostedLayer], cost_model: CostModel,
                  other_cost: float = 0.0):
         self.index, self.layers, self.model = index, layers, cost_model
         self.other_cost = float(other_cost)  # cost outside conv/linear layers (constant)
+        # (layer, c_in, c_out) -> cost: the cost model is fixed for a run and a pure function
+        # of the widths, and pricing asks the same widths at every re-solve and step (CUCB's
+        # budget mode solves at every step: 56,742 calls, 0.5 of its 1.7 s on resnet50)
+        self._memo: dict[tuple[int, int, int], float] = {}
         self.dense = self.total(np.ones(index.n, dtype=bool))
         if not self.dense > 0:
             raise ValueError(f"the model's dense cost under {cost_model.name!r} is {self.dense}; "
@@ -69,13 +77,24 @@ class Budget:
                 f"as {value}: layer_cost must return a finite number")
         return value
 
+    def _cost(self, li: int, c_in: int, c_out: int) -> float:
+        """:meth:`layer_cost` of ``self.layers[li]``, each width pair priced once."""
+        key = (li, c_in, c_out)
+        value = self._memo.get(key)
+        if value is None:
+            if len(self._memo) >= _PRICED_MAX:
+                self._memo.clear()
+            value = self._memo[key] = self.layer_cost(self.layers[li], c_in, c_out)
+        return value
+
     def total(self, kept: np.ndarray) -> float:
         """Real cost when ``kept`` (bool per flat channel) says which channels stay."""
-        return self.other_cost + sum(self.layer_cost(l, *l.widths(kept)) for l in self.layers)
+        return self.other_cost + sum(self._cost(li, *layer.widths(kept))
+                                     for li, layer in enumerate(self.layers))
 
     def cost_of(self, kept: np.ndarray, layer_ids: list[int]) -> float:
         """Real cost of some layers only (to price a change of one group exactly)."""
-        return sum(self.layer_cost(self.layers[i], *self.layers[i].widths(kept)) for i in layer_ids)
+        return sum(self._cost(i, *self.layers[i].widths(kept)) for i in layer_ids)
 
     def fraction(self, kept: np.ndarray) -> float:
         return self.total(kept) / self.dense
@@ -97,16 +116,20 @@ class Budget:
         and the constant the group costs add to. Shapes: ``keeps[i]`` is (options, size)."""
         costs = [np.zeros(len(k), dtype=np.float64) for k in keeps]
         constant = self.other_cost
-        for layer, per_group in zip(self.layers, self._reads):
+        as_float: dict[int, np.ndarray] = {}  # a group's options as 0/1, once (a BLAS product)
+        for li, (layer, per_group) in enumerate(zip(self.layers, self._reads)):
             c_in, c_out = layer.widths(kept)
-            now = self.layer_cost(layer, c_in, c_out)
-            positions_now = max(self._positions(layer, kept), 1)
+            now = self._cost(li, c_in, c_out)
+            positions = self._positions(layer, kept)
+            positions_now = max(positions, 1)
             shared = 0.0
             for i, counts in per_group.items():
                 sl = self.index.group_slice(i)
                 mine_now = int(counts[kept[sl]].sum())
-                others = self._positions(layer, kept) - mine_now
-                mine = np.asarray(keeps[i], dtype=np.int64) @ counts  # positions per option
+                others = positions - mine_now
+                if i not in as_float:
+                    as_float[i] = np.asarray(keeps[i], dtype=np.float64)
+                mine = np.rint(as_float[i] @ counts).astype(np.int64)  # positions per option
                 share = mine_now / positions_now
                 for j, m in enumerate(mine.tolist()):
                     n = others + int(m)
@@ -114,7 +137,7 @@ class Budget:
                         c_out_k, c_in_k = n, n // layer.mult
                     else:
                         c_in_k, c_out_k = layer.in_factor * n, c_out
-                    costs[i][j] += self.layer_cost(layer, c_in_k, c_out_k) - now * (1 - share)
+                    costs[i][j] += self._cost(li, c_in_k, c_out_k) - now * (1 - share)
                 shared += share
             constant += now * (1 - shared)
         return costs, constant

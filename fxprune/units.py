@@ -7,6 +7,7 @@ a position no prunable group owns (always kept).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,10 +182,17 @@ class CostedLayer:
 
     def widths(self, kept: np.ndarray) -> tuple[int, int]:
         """(c_in, c_out) when ``kept[flat]`` says which prunable channels stay."""
-        c_out = self.out_factor * int(_count(self.out_flat, kept))
+        c_out = self.out_factor * _count(self._positions[0], kept)
         if self.in_flat is None:
             return c_out // self.mult, c_out
-        return self.in_factor * int(_count(self.in_flat, kept)), c_out
+        return self.in_factor * _count(self._positions[1], kept), c_out
+
+    @functools.cached_property
+    def _positions(self):
+        """Per side (output, input): positions that always stay, and the flat channels of the
+        others (split once: the allocator asks for widths thousands of times per solve)."""
+        return tuple(None if flat is None else (int((flat < 0).sum()), flat[flat >= 0], len(flat))
+                     for flat in (self.out_flat, self.in_flat))
 
 
 def reachable_widths(layer: CostedLayer) -> tuple[tuple[int, int, int] | None,
@@ -210,10 +218,11 @@ def reachable_widths(layer: CostedLayer) -> tuple[tuple[int, int, int] | None,
     return widths(layer.in_flat, layer.in_factor), widths(layer.out_flat, layer.out_factor)
 
 
-def _count(flat: np.ndarray, kept: np.ndarray) -> int:
+def _count(positions: tuple[int, np.ndarray, int], kept: np.ndarray) -> int:
+    fixed, prunable, total = positions
     if not kept.size:
-        return len(flat)
-    return int(np.where(flat >= 0, kept[np.maximum(flat, 0)], True).sum())
+        return total
+    return fixed + int(np.count_nonzero(kept[prunable]))
 
 
 def specs_now(prepared: nn.Module, layers) -> list[LayerSpec]:

@@ -47,6 +47,39 @@ def test_subset_costs_price_non_nested_options_exactly():
             assert predicted == pytest.approx(held_output_cost(budget, trial, kept), rel=1e-9)
 
 
+def test_budget_prices_each_width_pair_of_a_layer_once(monkeypatch):
+    """The cost model is fixed for a run: a width pair asked again (each re-solve, each of
+    CUCB's steps) comes from the memo, and a memo at its bound starts again, same answers."""
+    pm = prepared()
+    index = UnitIndex(pm)
+    asked = []
+
+    class Counting(FlopsCost):
+        def layer_cost(self, layer, c_in, c_out):
+            asked.append((layer.name, c_in, c_out))
+            return super().layer_cost(layer, c_in, c_out)
+
+    budget = Budget(index, costed_layers(index), Counting())
+    rng = np.random.default_rng(0)
+    kept = rng.random(index.n) > 0.4
+    keeps = [np.tril(np.ones((g.size, g.size), dtype=bool)) for g in index.groups]
+    first = (budget.total(kept), budget.subset_costs(kept, keeps))
+    assert len(asked) == len(set(asked))  # nothing priced twice, even within one call
+    n = len(asked)
+    again = (budget.total(kept), budget.subset_costs(kept, keeps))
+    assert len(asked) == n
+    assert again[0] == first[0] and again[1][1] == first[1][1]
+    assert all(np.array_equal(a, b) for a, b in zip(again[1][0], first[1][0]))
+
+    monkeypatch.setattr("fxprune.budget._PRICED_MAX", 3)
+    fresh = Budget(index, costed_layers(index), FlopsCost())
+    assert len(fresh._memo) <= 3
+    assert fresh.total(kept) == first[0]
+    costs, constant = fresh.subset_costs(kept, keeps)
+    assert len(fresh._memo) <= 3 and constant == first[1][1]
+    assert all(np.array_equal(a, b) for a, b in zip(costs, first[1][0]))
+
+
 @pytest.mark.parametrize("target", [0.35, 0.6])
 def test_allocate_fits_and_prefers_valuable_subsets(target):
     pm = prepared()
