@@ -101,7 +101,9 @@ def format_table(report: dict) -> str:
     for (label, _), row in zip(rows, cells, strict=True):
         lines.append(label.ljust(width) + "".join(c.rjust(colw) for c in row))
     if dense:
-        lines.append(f"speedup (dense median / pruned median): {report['speedup']:.2f}x")
+        lines.append(f"speedup (dense median / pruned median): {report['speedup']:.2f}x"
+                     + (f" (--compare is {report['compare_is_model']} as MODEL: timing noise)"
+                        if report.get("compare_is_model") else ""))
     if report.get("timed_under_load"):
         load = report["load_average"]
         lines.append(f"timed under load (load average {load['before']:.1f} -> {load['after']:.1f} "

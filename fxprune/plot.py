@@ -251,6 +251,11 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                  "and speedup may be off; deploy the run again on an idle machine",
                  RuntimeWarning)
         speedup = data.get("speedup")
+        if data.get("compare_is_model") and speedup is not None:
+            warn(f"{report} timed the model against {data['compare_is_model']} as --compare: its "
+                 "speedup measures timing noise, not drawn; deploy the run again with the "
+                 "dense model as --compare", RuntimeWarning)
+            speedup = None
         shape = data.get("input_shape")
         out[batch] = {"median": median, "report": str(report),
                       "speedup": speedup if isinstance(speedup, (int, float)) and speedup > 0 else None,

@@ -1860,6 +1860,11 @@ def test_a_model_compared_with_itself_is_warned_of_and_not_blamed_on_flops(saved
                             warmup=1, progress=False, log=lines.append, trust_model_file=True)
         assert report["speedup"] == pytest.approx(0.9)
         assert not any("poor guide" in line for line in lines)
+        # recorded, for `fxprune plot` (review153 F8: it drew the 0.9x as a speedup)
+        assert report["compare_is_model"] == how
+        assert any(f"(--compare is {how} as MODEL: timing noise)" in line for line in lines)
+        on_disk = json.loads((tmp_path / how.replace(" ", "_") / "report.json").read_text())
+        assert on_disk["compare_is_model"] == how
     net = small_net(8)
     with pytest.warns(RuntimeWarning, match="--compare is the same module as MODEL"):
         deploy(net, tmp_path / "module", compare=net, input_shape=SHAPE, backend="onnxruntime",
@@ -1867,6 +1872,7 @@ def test_a_model_compared_with_itself_is_warned_of_and_not_blamed_on_flops(saved
     lines = []
     with warnings.catch_warnings():  # another model: no word, and the advice where slower
         warnings.filterwarnings("error", message="--compare is")
-        deploy(small_net(8), tmp_path / "other", compare=small_net(16), input_shape=SHAPE,
-               backend="onnxruntime", iters=3, warmup=1, progress=False, log=lines.append)
+        other = deploy(small_net(8), tmp_path / "other", compare=small_net(16), input_shape=SHAPE,
+                       backend="onnxruntime", iters=3, warmup=1, progress=False, log=lines.append)
     assert any("poor guide" in line for line in lines)
+    assert "compare_is_model" not in other

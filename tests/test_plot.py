@@ -376,6 +376,25 @@ def test_speedup_axis_uses_each_rows_speedup_over_its_own_dense(tmp_path, capsys
         plot_points(load_points([bench]), tmp_path / "u.png", x="speedup", batch=64)
 
 
+def test_a_speedup_over_the_model_itself_is_not_drawn(tmp_path):
+    """review153 F8: deploy warned that --compare was MODEL, and the plot drew the noise as
+    the run's speedup without a word."""
+    run = _run(tmp_path / "r", 0.9, 8e6, [(1, 2.0), (64, 30.0)])
+    for batch, itself in ((1, "the same file"), (64, None)):
+        report = run / f"deploy_b{batch}" / "report.json"
+        data = json.loads(report.read_text())
+        data["speedup"] = 0.97 if itself else 1.4
+        if itself:
+            data["compare_is_model"] = itself
+        report.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match=r"deploy_b1/report.json timed the model against the "
+                                            r"same file as --compare: its speedup measures "
+                                            r"timing noise, not drawn"):
+        points = load_points([run])
+    assert points[0].speedup == {64: 1.4}
+    assert points[0].latency_ms == {1: 2.0, 64: 30.0}
+
+
 @pytest.mark.parametrize("data, message", [
     ({"batch": "one", "rows": [{"accuracy": 0.9, "speedup": 1.2}]}, "the file's batch must be a batch size"),
     ({"batch": [1, 64], "rows": [{"accuracy": 0.9, "speedup": 1.2}]}, "the file's batch must be a batch size"),
