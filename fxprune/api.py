@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import fx, nn
 
+from fxprune.passes.autograd_function import function_of
 from fxprune.passes.check_hooks import check_hooks_take_the_masks
 from fxprune.passes.check_trace import check_traced
 from fxprune.passes.grad_mode import autocast_dtypes
@@ -262,6 +263,8 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
         return
     called = {n.target for n in gm.graph.nodes if n.op == "call_method"}
     functions = {id(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    # a custom autograd Function's row is keyed by its class (passes/autograd_function.py)
+    functions |= {id(f) for f in map(function_of, gm.graph.nodes) if f is not None}
     classes = {type(m).__name__ for m in model.modules()}
     paths = dict(model.named_modules())
     for key in rules:

@@ -224,6 +224,10 @@ _INSTALLED_ROWS = {
     ("timm.layers", "BatchNormAct2d"): _STATISTICS_NORM,
     # drops whole samples (a per-sample scale): channels pass through
     ("timm.layers", "DropPath"): ELEMENTWISE,
+    # the memory-efficient activations (act_layer="hard_mish" and the like): custom autograd
+    # Functions, called as one op (passes/autograd_function.py), element by element
+    **{("timm.layers.activations_me", name): ELEMENTWISE for name in (
+        "SwishAutoFn", "MishAutoFn", "HardSigmoidAutoFn", "HardSwishAutoFn", "HardMishAutoFn")},
     # a Conv2d that pads as TensorFlow's "SAME" in its forward (tf_efficientnet_*): its
     # padding arithmetic on the input's size cannot be traced (a barrier with a reason before)
     ("timm.layers.conv2d_same", "Conv2dSame"): ConvSame(),

@@ -27,6 +27,8 @@ import threading
 import torch
 import torch.fx as fx
 
+from .autograd_function import tracing_autograd_functions
+
 GRAD_ENABLED = "fxprune_grad_enabled"
 _MODE_SETTERS = (torch._C._set_grad_enabled, torch.amp._enter_autocast, torch.amp._exit_autocast)
 
@@ -167,14 +169,16 @@ def restore_modes_on_exit(graph: fx.Graph) -> None:
 
 
 class ModeRecordingTracer(fx.Tracer):
-    """A tracer that keeps the modes (:func:`recording_modes`, :func:`keep_no_grad_regions`).
+    """A tracer that keeps the modes (:func:`recording_modes`, :func:`keep_no_grad_regions`),
+    and records a custom autograd Function's ``apply`` as one call (whose forward runs with
+    grad off: :mod:`fxprune.passes.autograd_function`).
 
     fxprune's tracer is one; a finalized model whose graph sets modes is pickled with this
     class, since loading re-traces its code, and a plain tracer would run those calls instead of
     recording them (so loading such a model needs fxprune)."""
 
     def trace(self, root, concrete_args=None):
-        with recording_modes(self):
+        with recording_modes(self), tracing_autograd_functions():
             graph = super().trace(root, concrete_args)
         keep_no_grad_regions(graph)
         restore_modes_on_exit(graph)

@@ -29,6 +29,7 @@ from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, 
 from fxprune.op_table import (CHANNEL_RULES, INDEX, QUANTIZATION_WAY_OUT, TUPLE_ITEM, describe,
                               quantization_stage)
 
+from .autograd_function import function_of
 from .shape_prop import NodeFacts, TensorMeta
 from .size_probe import input_dependent_dims
 
@@ -64,6 +65,13 @@ def lookup_rule(node: fx.Node, gm: fx.GraphModule, extra_rules: dict | None = No
                                "torch.nn.utils.remove_weight_norm) to prune these channels")
         return row
     key = node.target
+    function = function_of(node)
+    if function is not None:  # a custom autograd Function: its class's row
+        row = (extra_rules or {}).get(function) or CHANNEL_RULES.get(function)
+        return row if row is not None else Barrier(
+            f"no channel rule for the custom autograd Function {function.__module__}."
+            f"{function.__qualname__} (called as one op, its backward kept); if it acts element "
+            f"by element, pass rules={{{function.__name__}: fxprune.rules.Elementwise()}}")
     if extra_rules and key in extra_rules:
         return extra_rules[key]
     if isinstance(key, type) and issubclass(key, tuple) and hasattr(key, "_fields"):
