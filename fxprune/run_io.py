@@ -792,12 +792,15 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None,
     return sorted(k for k in set(a) | set(b) if a.get(k, d.get(k)) != b.get(k, nd.get(k)))
 
 
-def save_module(module: nn.Module, path: Path, input_shape: tuple[int, ...] = INPUT_SHAPE) -> None:
+def save_module(module: nn.Module, path: Path,
+                input_shape: tuple[int, ...] | None = INPUT_SHAPE) -> None:
     """Save a copy of ``module`` in eval mode with NCHW CPU weights (so the file loads
     anywhere; the training layout is not its concern) and ``input_shape`` as
-    ``fxprune_input_shape``. ``module`` itself is left as it was (break35 #5)."""
+    ``fxprune_input_shape`` (None: none recorded). ``module`` itself is left as it was
+    (break35 #5)."""
     saved = copy.deepcopy(module).to("cpu", memory_format=torch.contiguous_format).eval()
-    record_input_shape(saved, input_shape)
+    if input_shape is not None:
+        record_input_shape(saved, input_shape)
     if is_finalized(module):  # (the copy kept it in meta, which the file does not keep)
         mark_finalized(saved)
     atomic_write(path, lambda tmp: torch.save(saved, tmp))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -43,6 +44,10 @@ def test_two_epochs_update_masks_and_save_an_exact_pruned_model(full_run):
     assert record.masks[-1].sum() < first  # channels pruned
     small = torch.load(tmp / "pruned.pt", weights_only=False)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in module.model.parameters())
+    # the file fxprune train writes: eval mode (break155 F4: a train-mode BatchNorm after
+    # torch.load used batch statistics), the example's input shape recorded
+    assert not any(m.training for m in small.modules())
+    assert small.fxprune_input_shape == (1, 1, 8, 8)
     x = dataset().tensors[0][:8]
     module.model.eval()
     with torch.no_grad():
@@ -226,22 +231,61 @@ def test_a_fit_that_ends_before_the_schedule_saves_nothing_and_says_so(tmp_path)
     from fxprune.train import TargetNotReachedError
 
     prune = PruningCallback("smcp", save_path=tmp_path / "short.pt", **SMCP_ARGS)
-    with pytest.raises(TargetNotReachedError, match=r"the fit ended at step 4 with the model at "
-                                                    r"cost 0\.\d+ of dense, above the target 0\.5000"):
+    # Lightning knows the fit's length at its start: refused before training (break155 F1:
+    # said after the whole fit)
+    with pytest.raises(ValueError, match=r"PruningCallback: smcp reaches its target at optimizer "
+                                         r"step 6 \(its schedule's end\), but this fit has at most "
+                                         r"4 optimizer steps; pass a shorter schedule"):
+        trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+    assert prune.pruner.step_count == 0 and not (tmp_path / "short.pt").exists()
+
+    class StopAt3(pl.Callback):  # as EarlyStopping: the fit ends before the schedule does
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.global_step >= 3
+
+    prune = PruningCallback("smcp", save_path=tmp_path / "short.pt", **SMCP_ARGS)
+    with pytest.raises(TargetNotReachedError, match=r"the fit ended at step 3 with the model at "
+                                                    r"cost 1\.0000 of dense, above the target "
+                                                    r"0\.5000: the fit was stopped at step 3 by a "
+                                                    r"callback \(EarlyStopping"):
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
-            trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+            trainer(tmp_path, 2, [prune, StopAt3()]).fit(Classifier(), loader())
     # said once, by the callback: not also by finalize_masks (break49 #3's warning)
     assert not any("finalize_masks at step" in str(w.message) for w in said)
     assert prune.pruner.warn_above_target  # the pruner's own setting is back
     assert not (tmp_path / "short.pt").exists()
     kept = PruningCallback("smcp", save_path=tmp_path / "kept.pt", allow_above_target=True,
                            **SMCP_ARGS)
-    with pytest.warns(RuntimeWarning, match=r"above the target 0\.5000; kept "
-                                            r"\(allow_above_target=True\)") as said:  # break54 #10
+    with pytest.warns(RuntimeWarning) as said:  # break54 #10
         trainer(tmp_path, 1, [kept]).fit(Classifier(), loader())
+    messages = [str(w.message) for w in said]
+    assert any("but this fit has at most 4 optimizer steps" in m and "the model is kept as the "
+               "fit leaves it (allow_above_target=True)" in m for m in messages)
+    assert any(re.search(r"above the target 0\.5000; kept \(allow_above_target=True\)", m)
+               for m in messages)
     assert [w.filename for w in said if "kept (allow" in str(w.message)] == [__file__]  # break57 #13
     assert (tmp_path / "kept.pt").exists() and kept.pruner.cost() > 0.5
+
+
+def test_a_fit_whose_optimizers_hold_none_of_the_prepared_model_is_refused_first(tmp_path):
+    """break155 F2: the method never stepped, and the end said "the schedule had not ended.
+    Train longer"."""
+
+    class HeadOnly(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(2, 2)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.head.parameters(), lr=0.05)
+
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    with pytest.raises(ValueError, match=r"PruningCallback: none of the fit's 1 optimizer\(s\) "
+                                         r"holds the parameters of the model fxprune.prepare "
+                                         r"returned, so the method would never step"):
+        trainer(tmp_path, 2, [prune]).fit(HeadOnly(), loader())
+    assert prune.pruner.step_count == 0
 
 
 def test_a_callback_fitted_again_on_another_module_is_refused(tmp_path):

@@ -64,7 +64,7 @@ from .. import distributed as fxdist
 from ..errors import warn
 from ..groups import is_prepared
 from ..methods.base import check_method_kwargs, trains_model
-from ..run_io import atomic_torch_save, unwritable_folder
+from ..run_io import save_module, unwritable_folder
 
 
 def _unwritable(path: Path) -> str | None:
@@ -227,6 +227,7 @@ class PruningCallback(pl.Callback):
             # a loop stepping past its own finalize_masks() (break133 F2: SMCP warned so)
             self.pruner._masks_finalized_at = None
         self._trained_state = None
+        self._check_fit_runs_the_method(trainer)
         if hasattr(self.pruner, "attach_optimizer"):
             # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizers that
             # train the pruned model: the first is a GAN's discriminator's, whose protection
@@ -236,6 +237,64 @@ class PruningCallback(pl.Callback):
                     self.pruner.attach_optimizer(optimizer)
         if self._pending_state is not None:
             self._load(self._pending_state)
+
+    def _schedule_end(self) -> int | None:
+        """The optimizer step at which the method's masks reach its target: the ramp's end
+        (SMCP and its family), the last round (CCP); None where it has no fixed end."""
+        schedule = getattr(self.pruner, "schedule", None)
+        if schedule is not None and getattr(self.pruner, "target", None) is not None:
+            return int(schedule.ramp_end)
+        steps = self.pruner.prune_steps() if callable(getattr(self.pruner, "prune_steps", None)) else []
+        return int(max(steps)) if steps else None
+
+    def _check_fit_runs_the_method(self, trainer: pl.Trainer) -> None:
+        """Before training (break155 F1, F2): no optimizer of the fit holds the prepared
+        model's parameters (the method would never step), or the fit is shorter than the
+        method's schedule (it would end above its target, said after the whole fit)."""
+        optimizers = list(getattr(trainer, "optimizers", None) or [])
+        if optimizers and not any(trains_model(o, self.prepared) for o in optimizers):
+            raise ValueError(
+                f"PruningCallback: none of the fit's {len(optimizers)} optimizer(s) holds the "
+                "parameters of the model fxprune.prepare returned, so the method would never "
+                "step; return an optimizer over self.model.parameters() (the prepared model's) "
+                "from configure_optimizers")
+        total = getattr(trainer, "estimated_stepping_batches", None)
+        end = self._schedule_end()
+        if (end is None or not isinstance(total, (int, float)) or not math.isfinite(total)
+                or total <= 0 or end <= total):
+            return
+        accumulate = getattr(trainer, "accumulate_grad_batches", 1)
+        why = (f" (accumulate_grad_batches={accumulate}: one optimizer step per {accumulate} "
+               "batches)" if isinstance(accumulate, int) and accumulate > 1 else "")
+        message = (f"PruningCallback: {self.method} reaches its target at optimizer step {end} "
+                   f"(its schedule's end), but this fit has at most {int(total)} optimizer "
+                   f"steps{why}; pass a shorter schedule to the callback (warmup=, ramp=; CCP: "
+                   "collect=, prune_at=) or fit longer (max_epochs, max_steps)")
+        if not self.allow_above_target:
+            raise ValueError(message + ", or pass allow_above_target=True to keep the model as "
+                             "the fit leaves it")
+        if trainer.is_global_zero:
+            warnings.warn(message + "; the model is kept as the fit leaves it "
+                          "(allow_above_target=True)", RuntimeWarning, stacklevel=3)
+
+    def _why_above(self, trainer: pl.Trainer) -> str:
+        """Why the fit ended above the target, for its error (break155 F2: "the schedule had
+        not ended" was said where the method never stepped, or a callback stopped the fit)."""
+        steps, end = self.pruner.step_count, self._schedule_end()
+        if steps == 0:
+            return ("the method never stepped: no optimizer step of the fit reached it (manual "
+                    "optimization must step the optimizers self.optimizers() returns, not their "
+                    ".optimizer)")
+        if end is not None and steps >= end:
+            return (f"its schedule ended at step {end}, but its updates did not prune: did "
+                    "training_step run the prepared model, its parameters trainable? (the "
+                    "method's warnings during the fit say more)")
+        if getattr(trainer, "should_stop", False):
+            return (f"the fit was stopped at step {steps} by a callback (EarlyStopping, whose "
+                    "monitored metric dips while channels go, or another), before the schedule's "
+                    f"end{f' at step {end}' if end is not None else ''}; let the fit run past it "
+                    "(e.g. EarlyStopping only after it)")
+        return "the schedule had not ended. Train longer (max_epochs/max_steps) or shorten the schedule"
 
     def _build_kwargs(self, trainer: pl.Trainer | None = None) -> dict:
         """The method's arguments as the callback must run it: statistics gathered in hooks
@@ -380,10 +439,10 @@ class PruningCallback(pl.Callback):
 
             raise TargetNotReachedError(
                 f"the fit ended at step {self.pruner.step_count} with the model at cost "
-                f"{cost:.4f} of dense, above the target {float(target):.4f}: the schedule had not "
-                f"ended{'; nothing was saved to ' + str(self.save_path) if self.save_path else ''}. "
-                "Train longer (max_epochs/max_steps) or shorten the schedule, or pass "
-                "PruningCallback(allow_above_target=True) to keep it")
+                f"{cost:.4f} of dense, above the target {float(target):.4f}: "
+                f"{self._why_above(trainer)}"
+                f"{'; nothing was saved to ' + str(self.save_path) if self.save_path else ''}; "
+                "or pass PruningCallback(allow_above_target=True) to keep it")
         # the other ranks wait while rank 0 saves: under DDP every rank runs the code after
         # fit(), and rank 1's load of save_path found no file (break107 F2); rank 0 reaches the
         # barrier whatever happens, so a failed save leaves no rank waiting
@@ -396,7 +455,12 @@ class PruningCallback(pl.Callback):
             self.finalized = fxprune.finalize(self.prepared)
             if self.save_path is not None:
                 self.save_path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_torch_save(self.finalized, self.save_path)
+                # the file fxprune train writes: a copy in eval mode, on the CPU (break155 F4:
+                # train-mode BatchNorm after torch.load used batch statistics, and each
+                # inference call moved its running statistics)
+                save_module(self.finalized, self.save_path,
+                            getattr(self.finalized, "fxprune_input_shape", None)
+                            or getattr(self.prepared, "fxprune_input_shape", None))
         finally:
             trainer.strategy.barrier("fxprune_finalized")
 
