@@ -87,7 +87,8 @@ def test_a_resume_whose_checkpoint_lacks_this_callback_s_state_says_the_method_r
     with pytest.warns(RuntimeWarning, match=r"PruningCallback: the checkpoint .* holds no state of "
                                             r"this callback \(PruningCallback\{'method': 'smcp', "
                                             r"'attribute': 'model'\}\), so smcp starts at its step 0"):
-        trainer(tmp_path, 1, [other], enable_checkpointing=False).fit(Classifier(), loader(),
+        # 3 epochs: the method, restarted at the resumed fit's step 4, reaches its target
+        trainer(tmp_path, 3, [other], enable_checkpointing=False).fit(Classifier(), loader(),
                                                                       ckpt_path=ckpt)
 
 
@@ -623,3 +624,71 @@ def test_weight_averaging_of_buffers_is_refused_and_swa_s_norm_epoch_is_no_step(
         fit.fit(WithNorm(), loader())
     assert not any("no backward" in str(w.message) for w in said), [str(w.message) for w in said]
     assert prune.pruner.step_count == 8  # 2 epochs of 4 batches; not the norm epoch's step
+
+
+def test_the_callback_pickles_for_spawning_launchers():
+    """break155 F5: ddp_spawn pickles the callbacks, and the method's registry entry (a
+    closure) made that fail deep in multiprocessing."""
+    import pickle
+
+    prune = PruningCallback("smcp", save_path="p.pt", **SMCP_ARGS)
+    again = pickle.loads(pickle.dumps(prune))
+    assert again.method_entry.cls is prune.method_entry.cls
+    assert again.method_kwargs == prune.method_kwargs and again.save_path == prune.save_path
+
+
+def test_rank_0_alone_shows_the_methods_warnings_and_a_failed_save_stops_every_rank(
+        tmp_path, monkeypatch):
+    """break155 F6, F7: a method's warnings came once per process; rank 1 returned from fit()
+    normally when rank 0's save failed, and went on to code that found no file."""
+    from fxprune.integrations import lightning as integration
+
+    for zero in (True, False):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            with integration._shown_on_rank_zero(SimpleNamespace(is_global_zero=zero)):
+                warnings.warn("a method's warning", RuntimeWarning)
+        assert len(said) == (1 if zero else 0)
+    with warnings.catch_warnings():  # -W error stops every rank alike
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning):
+            with integration._shown_on_rank_zero(SimpleNamespace(is_global_zero=False)):
+                warnings.warn("a method's warning", RuntimeWarning)
+
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
+    rank1 = SimpleNamespace(is_global_zero=False, fast_dev_run=False, checkpoint_callbacks=[],
+                            strategy=SimpleNamespace(barrier=lambda name: None))
+    monkeypatch.setattr(integration.fxdist, "broadcast_object",
+                        lambda obj: "FileExistsError: [Errno 17] File exists: 'runs/models'")
+    with pytest.raises(RuntimeError, match=r"PruningCallback: rank 0 failed to finalize or save "
+                                           r"the pruned model \(FileExistsError: .*\); see rank 0"):
+        prune.on_train_end(rank1, None)
+    monkeypatch.setattr(integration.fxdist, "broadcast_object", lambda obj: None)
+    prune.on_train_end(rank1, None)  # rank 0 saved: this rank goes on
+
+
+def test_a_finalized_model_is_told_to_fine_tune_without_the_callback():
+    """break155 F8: 'set self.model = fxprune.prepare(...)' would restart from a dense model."""
+    module = Classifier()
+    next(iter(fxprune.channel_groups(module.model))).mask[0] = 0
+    module.model = fxprune.finalize(module.model)
+    with pytest.raises(ValueError, match=r"Classifier.model is a model fxprune already finalized "
+                                         r"\(pruned\): fine-tune it with a Trainer without "
+                                         r"PruningCallback"):
+        find_prepared(module)
+
+
+def test_a_refit_replaces_the_file_it_saved_but_not_one_changed_since(tmp_path):
+    """break155 F9: the second fit refused the first's own file without overwrite=True."""
+    path = tmp_path / "p.pt"
+    prune = PruningCallback("smcp", save_path=path, **SMCP_ARGS)
+    module = Classifier()
+    trainer(tmp_path, 2, [prune]).fit(module, loader())
+    first = path.stat().st_mtime_ns
+    trainer(tmp_path, 3, [prune]).fit(module, loader())
+    assert path.stat().st_mtime_ns != first and prune.pruner.step_count == 20
+    path.write_bytes(b"the user's file now")
+    with pytest.raises(FileExistsError, match="p.pt exists; pass another save_path"):
+        trainer(tmp_path, 4, [prune]).fit(module, loader())
+    assert path.read_bytes() == b"the user's file now"

@@ -40,6 +40,7 @@ are not supported: the method reads whole weights and their gradients.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -62,7 +63,7 @@ import fxprune
 
 from .. import distributed as fxdist
 from ..errors import warn
-from ..groups import is_prepared
+from ..groups import is_finalized, is_prepared
 from ..methods.base import check_method_kwargs, trains_model
 from ..run_io import save_module, unwritable_folder
 
@@ -95,6 +96,27 @@ def _checkpoint_safe(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _shown_on_rank_zero(trainer):
+    """Warnings raised in the block shown by rank 0 alone, as ``fxprune train`` does (break155
+    F7: a method's warnings came once per process); filtered as on rank 0, so ``-W error``
+    stops every rank alike."""
+    if getattr(trainer, "is_global_zero", True):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda *args, **kwargs: None
+        yield
+
+
+def _file_id(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def find_prepared(pl_module: nn.Module, attribute: str | None = None) -> fx.GraphModule:
     """The model ``fxprune.prepare`` returned, held by ``pl_module`` (at ``attribute``, or the
     only one among its submodules)."""
@@ -107,6 +129,11 @@ def find_prepared(pl_module: nn.Module, attribute: str | None = None) -> fx.Grap
     found = [(name, m) for name, m in pl_module.named_modules()
              if is_prepared(m)]
     if not found:
+        done = next((name for name, m in pl_module.named_modules() if is_finalized(m)), None)
+        if done is not None:  # (break155 F8: told to prepare, which restarts from a dense model)
+            raise ValueError(f"{type(pl_module).__name__}.{done or 'self'} is a model fxprune "
+                             "already finalized (pruned): fine-tune it with a Trainer without "
+                             "PruningCallback")
         raise ValueError(f"{type(pl_module).__name__} holds no model prepared by fxprune; in its "
                          f"__init__, set e.g. self.model = fxprune.prepare(model, example_inputs)")
     if len(found) > 1:
@@ -171,6 +198,21 @@ class PruningCallback(pl.Callback):
         self._batch = 0  # training batches started; the method steps once per batch
         self._stepped_batch = -1
         self._param_ids: set[int] | None = None  # the pruned model's parameters
+        #: (path, inode, size, mtime) of the file this callback saved: a refit may replace it
+        #: (break155 F9: the second fit refused the first's own file)
+        self._saved: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        """Picklable (a spawning launcher, ``strategy="ddp_spawn"``, pickles the callbacks:
+        break155 F5): the method's registry entry holds a closure, so it is found again by
+        name when unpickled."""
+        state = self.__dict__.copy()
+        state.pop("method_entry", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.method_entry = _method_entry(self.method)
 
     @property
     def state_key(self) -> str:
@@ -196,7 +238,7 @@ class PruningCallback(pl.Callback):
                 "use_buffers=False) and list it before PruningCallback, so that the averaged "
                 "weights are the ones finalized")
         taken = fxdist.broadcast_object(self.save_path is not None and self.save_path.exists()
-                                        and not self.overwrite)
+                                        and not self.overwrite and not self._wrote_it())
         if taken:
             raise FileExistsError(f"{self.save_path} exists; pass another save_path or "
                                   f"PruningCallback(overwrite=True)")
@@ -205,6 +247,11 @@ class PruningCallback(pl.Callback):
             raise ValueError("this PruningCallback prunes the model of the module it was first "
                              f"fitted with, not {type(pl_module).__name__}'s; make a new "
                              "PruningCallback for each model (e.g. each fold of a sweep)")
+        with _shown_on_rank_zero(trainer):
+            self._start(trainer, pl_module)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """on_fit_start's method part: build (or restore) it and check the fit runs it."""
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
             self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs(trainer))
@@ -238,6 +285,10 @@ class PruningCallback(pl.Callback):
         if self._pending_state is not None:
             self._load(self._pending_state)
 
+    def _wrote_it(self) -> bool:
+        """Whether ``save_path`` is the file this callback saved, unchanged since."""
+        return self._saved is not None and self._saved == _file_id(self.save_path)
+
     def _schedule_end(self) -> int | None:
         """The optimizer step at which the method's masks reach its target: the ramp's end
         (SMCP and its family), the last round (CCP); None where it has no fixed end."""
@@ -258,6 +309,9 @@ class PruningCallback(pl.Callback):
                 "parameters of the model fxprune.prepare returned, so the method would never "
                 "step; return an optimizer over self.model.parameters() (the prepared model's) "
                 "from configure_optimizers")
+        if (getattr(trainer, "fast_dev_run", False)  # a smoke test: no target checked at its end
+                or not isinstance(getattr(self.pruner, "target", None), (int, float))):
+            return  # (a ratio, not a cost target: nothing is checked at the end either)
         total = getattr(trainer, "estimated_stepping_batches", None)
         end = self._schedule_end()
         if (end is None or not isinstance(total, (int, float)) or not math.isfinite(total)
@@ -363,7 +417,8 @@ class PruningCallback(pl.Callback):
                 self.pruner.grad_scale = None
                 if scaler is not None and hasattr(self.pruner, "scaler"):
                     self.pruner.scaler = scaler
-        record = self.pruner.step()
+        with _shown_on_rank_zero(trainer):
+            record = self.pruner.step()
         if record is not None:
             fxdist.broadcast_masks(self.prepared, check=self.check_masks)
             logged = {f"pruning/{k}": float(record[k]) for k in ("target", "actual", "kept")
@@ -406,7 +461,8 @@ class PruningCallback(pl.Callback):
         if warns is not None:  # this callback says it below (raises, or is allowed to keep it)
             self.pruner.warn_above_target = False
         try:
-            changed = finalize_masks is not None and finalize_masks()
+            with _shown_on_rank_zero(trainer):
+                changed = finalize_masks is not None and finalize_masks()
         finally:
             if warns is not None:
                 self.pruner.warn_above_target = warns
@@ -448,7 +504,12 @@ class PruningCallback(pl.Callback):
         # barrier whatever happens, so a failed save leaves no rank waiting
         if not trainer.is_global_zero:
             trainer.strategy.barrier("fxprune_finalized")
+            failed = fxdist.broadcast_object(None)
+            if failed:  # (break155 F6: this rank went on to code after fit() that finds no file)
+                raise RuntimeError(f"PruningCallback: rank 0 failed to finalize or save the "
+                                   f"pruned model ({failed}); see rank 0's error")
             return
+        failed = "stopped"
         try:
             for say in said:
                 say()
@@ -461,8 +522,14 @@ class PruningCallback(pl.Callback):
                 save_module(self.finalized, self.save_path,
                             getattr(self.finalized, "fxprune_input_shape", None)
                             or getattr(self.prepared, "fxprune_input_shape", None))
+                self._saved = _file_id(self.save_path)
+            failed = None
+        except Exception as exc:
+            failed = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             trainer.strategy.barrier("fxprune_finalized")
+            fxdist.broadcast_object(failed)
 
     def _why_pick_at_end(self) -> str:
         """Why the method's final pick came at the end of the fit, not at its explore step."""
