@@ -10,6 +10,7 @@ from torch import fx
 
 from fxprune.masks import FXPRUNE_CLASSES
 
+from .shape_prop import preserving_rng
 from .surgery import run_eval
 from .trace import FORWARD_HOOK_KINDS, hook_names
 
@@ -66,7 +67,8 @@ def check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
     failure = None
     try:
         try:
-            run_eval(gm, inputs)
+            with preserving_rng(gm, inputs):
+                run_eval(gm, inputs)
         except Exception as exc:
             if not dropped and not inside:  # not theirs to answer for
                 raise

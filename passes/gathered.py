@@ -40,7 +40,8 @@ from torch import fx, nn
 from fxprune.cpu_kernels import strided_pointwise
 from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
-from fxprune.masks import _RescaledBatchNorm, mask_weight
+from fxprune.masks import (_RescaledBatchNorm, mask_weight, masked_group_norm_call,
+                           masked_layer_norm, masked_rms_norm)
 from fxprune.units import host_to_device
 
 from .grad_mode import restore_modes_on_exit
@@ -191,6 +192,8 @@ CHANNELWISE = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoo
                nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten,
                nn.Upsample, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                nn.FeatureAlphaDropout)
+#: the masked forms of functional norms: their statistics span the pruned channels
+_MASKED_NORMS = (masked_layer_norm, masked_rms_norm, masked_group_norm_call)
 
 
 def _drops_samples(m: nn.Module) -> bool:
@@ -430,6 +433,13 @@ class GatheredModule(nn.Module):
             elif node.op == "call_function" and node.target is mask_weight:
                 env[node] = env[node.args[0]]  # gathered layers need no mask: the active set
                 continue
+            elif (node.op == "call_function" and node.target in _MASKED_NORMS
+                    and self._touches(node)):
+                # as the module forms above, refused here (break154 F5: timm's LayerNorm2d,
+                # F.layer_norm, failed later on a size mismatch, said as "an op it cannot gather")
+                raise SurgeryError(f"gathered execution does not support the functional "
+                                   f"{node.target.__name__.removeprefix('masked_')} "
+                                   f"(`{node.name}`) on pruned channels; use masked execution")
             elif node.op == "get_attr":
                 if _copy_attr(root, prepared, node.target):
                     self._buffers_read.append(node.target)

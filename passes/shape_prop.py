@@ -207,6 +207,15 @@ def restoring_buffers(model: torch.nn.Module):
                     tensor.copy_(value)
 
 
+def preserving_rng(model: torch.nn.Module, inputs: tuple):
+    """torch's random state on the CPU and on the CUDA devices of ``model`` and ``inputs``,
+    given back after the block: a run of the model that fxprune makes (shapes, checks) leaves
+    the caller's draws as they were (break154 F6: a forward drawing randn_like moved them)."""
+    cuda = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers(), *inputs)
+                   if isinstance(t, torch.Tensor) and t.is_cuda})
+    return torch.random.fork_rng(devices=cuda)
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple):
     """Run ``gm`` once on ``example_inputs`` (a tuple of its forward's arguments, on its device)
     and record every node's value (a ``TensorMeta``: shape, dtype; containers as such) in
@@ -236,7 +245,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple):
                              for t in example_inputs]
     gm.eval()
     try:
-        with preserving_modes(), torch.no_grad(), restoring_buffers(gm):
+        with preserving_modes(), torch.no_grad(), restoring_buffers(gm), preserving_rng(gm, example_inputs):
             return recorder.run(*example_inputs)
     finally:
         for m, training in modes.items():

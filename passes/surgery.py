@@ -23,7 +23,7 @@ from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .group_analysis import lookup_rule
-from .shape_prop import NodeFacts, map_tensors, restoring_buffers
+from .shape_prop import NodeFacts, map_tensors, preserving_rng, restoring_buffers
 from .grad_mode import ModeRecordingTracer, autocast_dtypes, sets_modes
 from .trace import FORWARD_HOOK_KINDS, copy_model
 
@@ -415,6 +415,12 @@ def is_tolerance(rtol) -> bool:
 
 
 def verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
+    """:func:`_verify`, the caller's random state as it was after it (break154 F6)."""
+    with preserving_rng(prepared, inputs):
+        return _verify(prepared, pruned, inputs, rtol)
+
+
+def _verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: float) -> float:
     """Run the masked ``prepared`` and the ``pruned`` model in eval mode on ``inputs`` (a tuple
     of forward arguments) and return the largest difference of their outputs relative to the
     output's scale; raises :class:`~fxprune.errors.SurgeryError` when it is above ``rtol``

@@ -33,6 +33,7 @@ from .grad_mode import ModeRecordingTracer
 from .group_analysis import arg_leaves, module_rule
 
 # with the separator: torchvision's (or torchaudio's) files are model code, not torch's
+_PASSES_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # this pass and the others
 _TORCH_DIR = os.path.join(os.path.dirname(torch.__file__), "")
 
 
@@ -204,10 +205,10 @@ def _iteration_cause(node) -> str:
 
 
 def _user_frame(exc: BaseException):
-    """The deepest traceback frame outside torch: the line of model code that failed."""
+    """The deepest traceback frame outside torch and fxprune's passes: the line of model code
+    that failed (break154 F2: the grad-mode tracer's create_proxy was named instead)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_TORCH_DIR)
-              and os.path.abspath(f.filename) != os.path.abspath(__file__)]
+              if not os.path.abspath(f.filename).startswith((_TORCH_DIR, _PASSES_DIR))]
     return frames[-1] if frames else None
 
 
@@ -907,8 +908,9 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
         why = f"Either rewrite it as said, or {way_out}."
     elif isinstance(e, fx.proxy.TraceError):
         why = ("Python control flow that depends on tensor values or shapes cannot be traced "
-               "(flags and optional tensors left None in the forward's arguments can: give their "
-               f"values in example_inputs). Either {way_out}, or rewrite the branch so it does "
+               "(forward arguments that are a bool or None can: give their values in "
+               "example_inputs; a str or number that picks the branch cannot: make it a "
+               f"module attribute set in __init__). Either {way_out}, or rewrite the branch so it does "
                "not depend on tensor values (a guard on the input's rank or shape, `if x.dim() "
                "== 3` or `assert x.shape[1] == 3`: delete it, or check with torch._assert(cond, "
                "message), which traces).")

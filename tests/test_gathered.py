@@ -464,6 +464,31 @@ def test_channelwise_modules_without_parameters_run_gathered():
         gathered_module(fxprune.prepare(affine, (torch.randn(2, 3, 8, 8),)))
 
 
+def test_a_functional_layer_norm_on_pruned_channels_is_refused_up_front():
+    """break154 F5: timm's LayerNorm2d (F.layer_norm) passed the check the module form gets,
+    failed later on a size mismatch and was said as "an op it cannot gather"."""
+    from torch import nn
+    import torch.nn.functional as F
+    from fxprune.errors import SurgeryError
+
+    class Channels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+            self.w, self.bias = nn.Parameter(torch.ones(8)), nn.Parameter(torch.zeros(8))
+
+        def forward(self, x):
+            y = self.a(x).permute(0, 2, 3, 1)
+            y = F.layer_norm(y, (8,), self.w, self.bias).permute(0, 3, 1, 2)
+            return self.b(y)
+
+    pm = fxprune.prepare(Channels(), (torch.randn(2, 3, 8, 8),))
+    with pytest.raises(SurgeryError, match=r"gathered execution does not support the functional "
+                                           r"layer_norm \(`layer_norm`\) on pruned channels; use "
+                                           r"masked execution"):
+        gathered_module(pm)
+
+
 def test_a_slice_of_the_whole_channel_dim_still_gathers():
     """break75 #4: ghostnet's `cat([x1, x2], 1)[:, :16]` on 16 channels, rewritten to `:15`
     when one is dropped, was refused although it selects every kept channel either way."""

@@ -889,6 +889,44 @@ def test_a_trace_error_in_a_torch_named_library_names_its_line():
     assert "fxprune.prepare(model.backbone, ...)" in message
 
 
+def test_a_str_argument_picking_a_branch_is_said_to_be_no_flag():
+    """break154 F3: the error said flags could be given in example_inputs, and a str given
+    there did not help."""
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x, mode: str = "logits"):
+            y = self.a(x)
+            return y.softmax(1) if mode == "probs" else y
+
+    with pytest.raises(fxprune.TraceError, match=r"forward arguments that are a bool or None can: "
+                                                 r"give their values in example_inputs; a str or "
+                                                 r"number that picks the branch cannot: make it a "
+                                                 r"module attribute set in __init__"):
+        fxprune.prepare(Heads(), (torch.randn(1, 3, 4, 4), "logits"))
+
+
+def test_a_trace_error_raised_inside_a_pass_names_the_model_s_line():
+    """break154 F2: a gradient hook registered in forward failed in the grad-mode tracer's
+    create_proxy, and the error named that line of fxprune, not the model's."""
+    class GradScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            y.register_hook(lambda g: g * 0.1)
+            return y
+
+    with pytest.raises(fxprune.TraceError) as raised:
+        fxprune.prepare(GradScale(), (torch.randn(1, 3, 4, 4),))
+    message = str(raised.value)
+    assert f"{__file__}:" in message and "y.register_hook(lambda g: g * 0.1)" in message, message
+
+
 @pytest.mark.parametrize("conv, shape", [(nn.Conv1d, (3, 16)), (nn.Conv2d, (3, 8, 8)),
                                          (nn.Conv3d, (3, 5, 6, 7)), (nn.ConvTranspose2d, (3, 8, 8))])
 def test_convs_on_unbatched_input_prune_and_are_priced_as_a_batch_of_one(conv, shape):
@@ -3805,3 +3843,26 @@ def test_channels_dropped_before_a_concat_are_named_where_they_were_dropped():
     (c2b,) = [g for g in fxprune.channel_groups(pm) if g.name == "c2b"]
     assert "meeting channels that are not tracked (they were dropped: no channel rule for " in c2b.reason
     assert "_flipped" in c2b.reason, c2b.reason
+
+
+def test_prepare_and_finalize_leave_the_callers_random_state_as_it_was():
+    """break154 F6: shape propagation and finalize's check ran a forward that draws
+    (randn_like) outside fork_rng, so the caller's next draws moved."""
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.a(x)) + 0.01 * torch.randn_like(x[:, :1]))
+
+    x, model = torch.randn(2, 3, 8, 8), Noisy().eval()
+    torch.manual_seed(0)
+    ref = torch.rand(3)
+    torch.manual_seed(0)
+    pm = fxprune.prepare(model, (x,))
+    assert torch.equal(torch.rand(3), ref)
+    fxprune.channel_groups(pm)[0].mask[0] = 0
+    torch.manual_seed(0)
+    fxprune.finalize(pm)
+    assert torch.equal(torch.rand(3), ref)
