@@ -692,3 +692,25 @@ def test_a_refit_replaces_the_file_it_saved_but_not_one_changed_since(tmp_path):
     with pytest.raises(FileExistsError, match="p.pt exists; pass another save_path"):
         trainer(tmp_path, 4, [prune]).fit(module, loader())
     assert path.read_bytes() == b"the user's file now"
+
+
+def test_a_best_checkpoint_saved_before_the_target_was_reached_is_said(tmp_path):
+    """break155 F3: the best checkpoint by a metric that dips while channels go was the model
+    from before pruning, and trainer.test(ckpt_path="best") reported it without a word."""
+
+    class Scored(Classifier):  # a score that only falls: the first epoch's checkpoint is best
+        def training_step(self, batch, i):
+            self.log("score", -float(self.global_step), on_step=False, on_epoch=True)
+            return super().training_step(batch, i)
+
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="score", mode="max", save_top_k=1)
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    with pytest.warns(RuntimeWarning, match=r"PruningCallback: the best checkpoint by score \(.*"
+                                            r"epoch=0-step=4\.ckpt, step 4\) holds the model at "
+                                            r"cost 0\.\d+ of dense, above the target 0\.5000"):
+        trainer(tmp_path, 2, [prune, best]).fit(Scored(), loader())
+    assert prune.pruner.cost() <= 0.5
+    last = ModelCheckpoint(dirpath=tmp_path / "last", monitor="score", mode="min", save_top_k=1)
+    with warnings.catch_warnings():  # the best one is the pruned model: nothing to say
+        warnings.filterwarnings("error", message="PruningCallback: the best checkpoint")
+        trainer(tmp_path, 2, [PruningCallback("smcp", **SMCP_ARGS), last]).fit(Scored(), loader())

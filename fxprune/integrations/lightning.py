@@ -201,6 +201,8 @@ class PruningCallback(pl.Callback):
         #: (path, inode, size, mtime) of the file this callback saved: a refit may replace it
         #: (break155 F9: the second fit refused the first's own file)
         self._saved: tuple | None = None
+        #: global step -> the method's cost when a checkpoint was saved there (this process)
+        self._checkpoint_costs: dict[int, float] = {}
 
     def __getstate__(self) -> dict:
         """Picklable (a spawning launcher, ``strategy="ddp_spawn"``, pickles the callbacks:
@@ -513,6 +515,8 @@ class PruningCallback(pl.Callback):
         try:
             for say in said:
                 say()
+            if isinstance(target, (int, float)):
+                self._warn_best_above_target(trainer, float(target))
             self.finalized = fxprune.finalize(self.prepared)
             if self.save_path is not None:
                 self.save_path.parent.mkdir(parents=True, exist_ok=True)
@@ -545,6 +549,36 @@ class PruningCallback(pl.Callback):
         return "with no explore step: Lightning did not know the fit's length"
 
     # -- checkpointing -------------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self.pruner is not None and isinstance(checkpoint.get("global_step"), int):
+            # the cost each checkpoint holds, for the end's check of the best one (break155 F3)
+            self._checkpoint_costs[checkpoint["global_step"]] = float(self.pruner.cost())
+
+    def _warn_best_above_target(self, trainer: pl.Trainer, target: float) -> None:
+        """Say when a ModelCheckpoint's best checkpoint (by its monitored metric) holds a
+        model above the target (break155 F3: accuracy dips while channels go, so the best
+        by val_acc was the dense model from before pruning, and trainer.test(ckpt_path=
+        "best") reported it silently)."""
+        for cb in trainer.checkpoint_callbacks:
+            best = getattr(cb, "best_model_path", "")
+            if not best or getattr(cb, "monitor", None) is None or not os.path.isfile(best):
+                continue
+            try:
+                step = torch.load(best, map_location="cpu", weights_only=True, mmap=True).get(
+                    "global_step")
+            except Exception:  # noqa: BLE001 - not a checkpoint this process can read
+                continue
+            cost = self._checkpoint_costs.get(step)
+            if cost is not None and cost > target * (1 + 1e-6):
+                warnings.warn(
+                    f"PruningCallback: the best checkpoint by {cb.monitor} ({best}, step {step}) "
+                    f"holds the model at cost {cost:.4f} of dense, above the target "
+                    f"{target:.4f}: it was saved before {self.method} reached its target (the "
+                    "metric dips while channels go); evaluate callback.finalized or the "
+                    "save_path file, or have ModelCheckpoint monitor only after the schedule's "
+                    "end (e.g. a metric logged from then on)", RuntimeWarning, stacklevel=3)
+
     def state_dict(self) -> dict[str, Any]:
         if self.pruner is None:
             return dict(self._pending_state or {})
