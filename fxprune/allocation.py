@@ -50,7 +50,7 @@ _UNUSED = 0.01
 
 
 class InfeasibleBudget(FxPruneError, ValueError):
-    """The cost target is below the cheapest model the options allow (``floor``: that model's
+    """The cost target is below the narrowest model the options allow (``floor``: that model's
     fraction of the dense cost)."""
 
     floor: float | None = None
@@ -93,7 +93,8 @@ class Allocation:
     """What :func:`allocate` chose. ``kept``: bool per flat channel; ``choice``: option index
     per group; ``predicted``: the first knapsack answer's priced cost and ``solved_actual`` its
     real cost (both fractions of dense: how good pricing with the other widths held is);
-    ``actual``: the final real cost fraction; ``resolves``: knapsack solves made."""
+    ``actual``: the final real cost fraction; ``resolves``: knapsack solves made;
+    ``rho`` (:func:`allocate_uniform` only): the fractions ``(low, high]`` that give its choice."""
 
     kept: np.ndarray
     choice: list[int]
@@ -101,6 +102,7 @@ class Allocation:
     solved_actual: float
     actual: float
     resolves: int
+    rho: tuple[float, float] | None = None
 
 
 def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int = 1) -> np.ndarray:
@@ -190,6 +192,7 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
     """
     if isinstance(max_resolves, bool) or not isinstance(max_resolves, int) or max_resolves < 1:
         raise ValueError(f"max_resolves must be an integer >= 1, got {max_resolves!r}")
+    _check_target(target)
     offsets = budget.index.offsets
     limit = target * budget.dense
     values = [o.values for o in options]
@@ -206,8 +209,15 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
         if real <= limit and attempt > 1 or np.array_equal(kept, current):
             break
         current = kept
-    choice = repair(answers[-1], options, budget, limit, target, hint)
     combinations = math.prod(len(o.counts) for o in options)
+    try:
+        choice = repair(answers[-1], options, budget, limit, target, hint)
+    except InfeasibleBudget:
+        # every group at its smallest width is not the cheapest model under a cost that is not
+        # monotone in width: where all can be tried, one that fits is taken (break156 F2)
+        if combinations > EXHAUSTIVE_ALWAYS or _exhaustive(options, budget, limit) is None:
+            raise
+        choice = None
     if combinations <= EXHAUSTIVE_ALWAYS:
         # few enough to try them all whatever room is left: repair's single steps can stop
         # within 1% of the budget far from the best (break67 #2: 13.7% of the value short, on
@@ -229,6 +239,14 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
             choice = trade_steps(choice, options, budget, limit)
     kept = kept_from(offsets, options, choice)
     return Allocation(kept, choice, first[0], first[1], budget.fraction(kept), attempt)
+
+
+def _check_target(target) -> None:
+    """A cost target is a number > 0, a fraction of the dense cost (break156 F4: NaN read as
+    "budget is nan", a negative one as below the cheapest model, a str as a TypeError)."""
+    if (isinstance(target, bool) or not isinstance(target, (int, float, np.floating))
+            or not 0 < target < math.inf):
+        raise ValueError(f"target is a fraction of the dense cost, a number > 0; got {target!r}")
 
 
 def _value(options: list[GroupOptions], choice) -> float:
@@ -428,37 +446,50 @@ def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, 
 
 def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float, sizes, *,
                      hint: str = "") -> Allocation:
-    """Every group keeps (about) the same fraction ``rho`` of its channels: the largest ``rho``
-    (bisection) whose real cost fits ``target`` x dense. A baseline to the knapsack."""
+    """Every group keeps (about) the same fraction ``rho`` of its channels (the option whose
+    count is nearest ``rho`` x its size): the largest ``rho`` whose real cost fits ``target`` x
+    dense. A baseline to the knapsack.
+
+    ``rho`` walks down from 1 through every point where some group's option changes, each
+    step priced on the layers it touches, so a cost that is not monotone in width (a measured
+    latency table) gets the widest fitting model too (break156 F1: a bisection kept 0.42 of
+    the dense cost where a uniform model at 0.62 fitted a 0.68 target). ``resolves`` counts
+    the uniform models priced. Raises :class:`InfeasibleBudget` when none fits."""
+    _check_target(target)
     offsets = budget.index.offsets
     limit = target * budget.dense
-
-    def pick(rho):
-        choice = [int(np.argmin(np.abs(o.counts - rho * s))) for o, s in zip(options, sizes)]
-        return choice, kept_from(offsets, options, choice)
-
-    full_choice, full = pick(1.0)
-    if budget.total(full) <= limit:
-        a = budget.fraction(full)
-        return Allocation(full, full_choice, a, a, a, 1)
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        choice, kept = pick(mid)
-        if budget.total(kept) <= limit * _SLACK:
-            lo, best = mid, (choice, kept)
-        else:
-            hi = mid
-    if best is None:
-        raise_infeasible(options, budget, target, hint)
-    a = budget.fraction(best[1])
-    return Allocation(best[1], best[0], a, a, a, 40)
+    choice = [int(np.argmin(np.abs(o.counts - s))) for o, s in zip(options, sizes)]  # rho = 1
+    # where a group's option changes as rho falls: the midpoint between two counts (at it,
+    # argmin takes the smaller), each group stepping down one option at a time
+    events = sorted(((float(o.counts[j] + o.counts[j + 1]) / (2 * s), i, j)
+                     for i, (o, s) in enumerate(zip(options, sizes))
+                     for j in range(choice[i])), key=lambda e: (-e[0], e[1]))
+    kept = kept_from(offsets, options, choice)
+    total, priced, at, high = budget.total(kept), 1, 0, 1.0
+    while True:
+        if total <= limit * _SLACK:
+            exact = budget.total(kept)  # (the steps' sum may drift by rounding)
+            if exact <= limit * _SLACK:
+                a = exact / budget.dense
+                low = events[at][0] if at < len(events) else 0.0
+                return Allocation(kept, list(choice), a, a, a, priced, rho=(low, high))
+            total = exact
+        if at == len(events):
+            raise_infeasible(options, budget, target, hint)
+        rho = high = events[at][0]
+        while at < len(events) and events[at][0] == rho:  # every group changing at this rho
+            _, i, j = events[at]
+            change, kept = _move(budget, options, kept, i, j)
+            total += change
+            choice[i] = j
+            at += 1
+        priced += 1
 
 
 def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float, hint: str = ""):
     floor = budget.fraction(kept_from(budget.index.offsets, options, [0] * len(options)))
     error = InfeasibleBudget(
-        f"cost target {target:.3g} of dense is below the cheapest model the constraints allow "
+        f"cost target {target:.3g} of dense is below the narrowest model the constraints allow "
         f"({floor:.3f}: every group at its smallest allowed width{hint}); "
         "raise the target" + (" or relax the constraints" if not hint else " or lower channel_step"))
     error.floor = floor

@@ -169,7 +169,8 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
 
     # If the most valuable option of every group fits, the budget does not bind.
     greedy = _best_per_group(vals, csts)
-    if sum(float(c[j]) for c, j in zip(csts, greedy)) <= budget:  # floats: inf, no warning
+    # summed as the final check sums (break156 F3: a plain sum passed a choice 1 ulp over)
+    if _fsum(float(c[j]) for c, j in zip(csts, greedy)) <= budget:  # floats: inf, no warning
         return greedy
 
     slack = max(budget - min_total, 0.0)

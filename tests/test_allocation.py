@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.allocation import (GroupOptions, InfeasibleBudget, allocate, allowed_counts,
+from fxprune.allocation import (GroupOptions, InfeasibleBudget, allocate, allocate_uniform, allowed_counts,
                                 kept_from, ranked_options, repair)
 from fxprune.budget import Budget
 from fxprune.cost import FlopsCost
@@ -78,6 +79,89 @@ def test_budget_prices_each_width_pair_of_a_layer_once(monkeypatch):
     costs, constant = fresh.subset_costs(kept, keeps)
     assert len(fresh._memo) <= 3 and constant == first[1][1]
     assert all(np.array_equal(a, b) for a, b in zip(costs, first[1][0]))
+
+
+@pytest.mark.parametrize("target", [0.6, 0.75, 0.9])
+def test_allocate_uniform_keeps_the_widest_fitting_model_under_a_cost_not_monotone_in_width(target):
+    """break156 F1: a bisection over rho assumed the cost rises with width; under a measured
+    table's noise (here +-30%, fixed per width pair) it kept a narrower model than one that
+    fitted (0.58 of dense for a 0.75 target, 0.74 for 0.9)."""
+    pm = prepared()
+    index = UnitIndex(pm)
+
+    class Noisy(FlopsCost):
+        name = "noisy"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return super().layer_cost(layer, c_in, c_out) * (
+                1 + 0.3 * math.sin(c_in * 12.9898 + c_out * 78.233 + 1))
+
+    budget = Budget(index, costed_layers(index), Noisy())
+    sizes = [g.size for g in index.groups]
+    options = [ranked_options(np.arange(g.size, 0, -1, dtype=float), np.arange(g.size),
+                              allowed_counts(g.size, 1, 1, g.size)) for g in index.groups]
+    got = allocate_uniform(options, budget, target, sizes)
+    assert got.actual <= target * (1 + 1e-9)
+
+    def pick(rho):
+        return [int(np.argmin(np.abs(o.counts - rho * s))) for o, s in zip(options, sizes)]
+
+    widest = next(choice for rho in np.linspace(1, 0, 20001)  # every rho, widest first
+                  if budget.fraction(kept_from(index.offsets, options, choice := pick(rho)))
+                  <= target * (1 + 1e-9))
+    assert got.choice == widest
+    monotone = Budget(index, costed_layers(index), FlopsCost())  # as the bisection found it
+    assert allocate_uniform(options, monotone, target, sizes).choice == next(
+        choice for rho in np.linspace(1, 0, 20001)
+        if monotone.fraction(kept_from(index.offsets, options, choice := pick(rho))) <= target)
+
+
+def test_allocate_finds_a_fitting_model_cheaper_than_the_narrowest_and_checks_its_target():
+    """break156 F2, F4: under a measured table (+-30% noise), repair raised "below the cheapest
+    model" from the narrowest widths although another of the 9 combinations fitted, before
+    allocate tried them all; and a NaN, negative or str target got the knapsack's or numpy's
+    words. The chain 3 -> g0 (3) -> g1 (3) -> 5 of linear layers, its table as break156 drew it."""
+    from types import SimpleNamespace
+
+    from fxprune.cost import LayerSpec
+    from fxprune.units import CostedLayer
+
+    table = {('l0', 0, 0): 5.6, ('l0', 0, 1): 10.4, ('l0', 0, 2): 6.4, ('l0', 0, 3): 5.6, ('l0', 1, 0): 6.4, ('l0', 1, 1): 9.0, ('l0', 1, 2): 10.8, ('l0', 1, 3): 16.8, ('l0', 2, 0): 5.6, ('l0', 2, 1): 13.200000000000001, ('l0', 2, 2): 12.8, ('l0', 2, 3): 14.0, ('l0', 3, 0): 9.6, ('l0', 3, 1): 18.2, ('l0', 3, 2): 16.0, ('l0', 3, 3): 33.800000000000004, ('l1', 0, 0): 5.6, ('l1', 0, 1): 9.6, ('l1', 0, 2): 6.4, ('l1', 0, 3): 7.2, ('l1', 1, 0): 6.4, ('l1', 1, 1): 7.0, ('l1', 1, 2): 9.600000000000001, ('l1', 1, 3): 9.799999999999999, ('l1', 2, 0): 7.2, ('l1', 2, 1): 8.399999999999999, ('l1', 2, 2): 14.4, ('l1', 2, 3): 14.0, ('l1', 3, 0): 9.6, ('l1', 3, 1): 18.2, ('l1', 3, 2): 18.0, ('l1', 3, 3): 26.0, ('head', 0, 0): 9.6, ('head', 0, 1): 8.0, ('head', 0, 2): 9.6, ('head', 0, 3): 10.4, ('head', 0, 4): 7.2, ('head', 0, 5): 8.0, ('head', 1, 0): 6.4, ('head', 1, 1): 9.0, ('head', 1, 2): 15.600000000000001, ('head', 1, 3): 18.2, ('head', 1, 4): 17.6, ('head', 1, 5): 18.0, ('head', 2, 0): 5.6, ('head', 2, 1): 15.600000000000001, ('head', 2, 2): 19.2, ('head', 2, 3): 22.0, ('head', 2, 4): 16.799999999999997, ('head', 2, 5): 33.6, ('head', 3, 0): 8.8, ('head', 3, 1): 15.400000000000002, ('head', 3, 2): 26.0, ('head', 3, 3): 18.2, ('head', 3, 4): 22.4, ('head', 3, 5): 45.6}
+
+    class Table:
+        name = "table"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return table[(layer.name, c_in, c_out)]
+
+    def linear(name, c_in, c_out):
+        return LayerSpec(name=name, kind="linear", in_channels=c_in, out_channels=c_out,
+                         input_shape=(1, c_in), output_shape=(1, c_out))
+
+    offsets = np.array([0, 3, 6])
+    index = SimpleNamespace(groups=[None, None], offsets=offsets, n=6, unit_channels=[1, 1],
+                            group_slice=lambda i: slice(int(offsets[i]), int(offsets[i + 1])))
+    g0, g1 = np.arange(3), np.arange(3, 6)
+    layers = [CostedLayer(linear("l0", 3, 3), g0, np.full(3, -1), 1, 1),
+              CostedLayer(linear("l1", 3, 3), g1, g0, 1, 1),
+              CostedLayer(linear("head", 3, 5), np.full(5, -1), g1, 1, 1)]
+    budget = Budget(index, layers, Table())
+    counts = np.array([1, 2, 3])
+    options = [GroupOptions(counts, values, np.arange(3)[None, :] < counts[:, None])
+               for values in ([2.0, 3.0, 5.0], [2.0, 4.0, 6.0])]
+    narrowest = budget.fraction(kept_from(offsets, options, [0, 0]))
+    fits = budget.fraction(kept_from(offsets, options, [1, 0]))
+    assert fits < 0.4023 < narrowest  # the premise: the narrowest model is not the cheapest
+    got = allocate(options, budget, 0.4023, np.ones(6, bool))
+    assert got.choice == [1, 0] and got.actual <= 0.4023
+    with pytest.raises(InfeasibleBudget, match="below the narrowest model the constraints allow"):
+        allocate(options, budget, 0.3, np.ones(6, bool))
+    for bad in (float("nan"), -0.5, "0.5"):
+        with pytest.raises(ValueError, match=r"target is a fraction of the dense cost, a number "
+                                             r"> 0; got"):
+            allocate(options, budget, bad, np.ones(6, bool))
+        with pytest.raises(ValueError, match=r"target is a fraction of the dense cost"):
+            allocate_uniform(options, budget, bad, [3, 3])
 
 
 @pytest.mark.parametrize("target", [0.35, 0.6])

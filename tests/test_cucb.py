@@ -934,3 +934,30 @@ def test_masks_written_from_the_host_are_not_read_back_by_the_masked_norms(monke
     with torch.no_grad():
         pm(x)
     assert calls == []
+
+
+@pytest.mark.parametrize("target", [0.6, 0.75, 0.9])
+def test_ratio_mode_takes_the_widest_common_fraction_that_fits_a_cost_not_monotone_in_width(
+        target):
+    """break156 F1: the fraction was bisected, which a measured table's noise (here +-30%,
+    fixed per width pair) misleads into a narrower common fraction than one that fits."""
+    import math
+
+    from fxprune.allocation import uniform_kept
+    from fxprune.cost import FlopsCost
+
+    class Noisy(FlopsCost):
+        name = "noisy"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return super().layer_cost(layer, c_in, c_out) * (
+                1 + 0.3 * math.sin(c_in * 12.9898 + c_out * 78.233 + 1))
+
+    with warnings.catch_warnings():  # (at 0.9 the widest common fraction leaves 0.07 unused,
+        warnings.simplefilter("ignore", RuntimeWarning)  # which CUCB says)
+        pruner = CUCB(prepared(), target, cost=Noisy(), mode="ratio", channel_step=1)
+    kept = uniform_kept(pruner.index, pruner.rho, 1)
+    assert pruner.budget.fraction(kept) <= target
+    widest = next(rho for rho in np.linspace(1, 0, 20001)
+                  if pruner.budget.fraction(uniform_kept(pruner.index, rho, 1)) <= target)
+    assert np.array_equal(kept, uniform_kept(pruner.index, widest, 1))

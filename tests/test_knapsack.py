@@ -257,6 +257,15 @@ def test_an_option_that_fills_the_budget_exactly_is_chosen():
     assert solve_mckp([[0, 1], [0, 1]], [[1.0, 1.7], [2.0, 2.9]], 3.7).tolist() == [1, 0]
 
 
+def test_a_budget_that_does_not_bind_is_checked_on_the_exact_sum():
+    """break156 F3: the shortcut taking every group's best option summed the costs in floats,
+    and returned a choice 1 ulp over the budget (its exact sum 2.0000000000000002e-11)."""
+    costs = [[1.2e-11], [1e-12, 7e-12], [1e-12]]
+    choice = solve_mckp([[0], [0, 1], [0]], costs, 2e-11)
+    assert math.fsum(c[j] for c, j in zip(costs, choice)) <= 2e-11
+    assert list(choice) == [0, 0, 0]
+
+
 def test_no_groups_under_a_negative_budget_is_infeasible():
     """break67 #5: solve_mckp([], [], -1) returned [], though nothing costs less than 0."""
     with pytest.raises(ValueError, match="infeasible budget: with no groups the total cost is 0"):

@@ -394,8 +394,13 @@ class PruningMethod:
         return {}
 
     def _fitting_rho(self, target: float) -> float:
-        """The largest fraction (bisection) whose every-group-alike model costs at most
-        ``target`` x dense: ratio mode's widths when only a cost target is given."""
+        """The largest fraction whose every-group-alike model costs at most ``target`` x
+        dense: ratio mode's widths when only a cost target is given. A bisection, then
+        :func:`~fxprune.allocation.allocate_uniform`'s walk, which a cost not monotone in
+        width (a measured table) does not mislead (break156 F1): where it finds a wider
+        model, a fraction inside that model's range."""
+        from ..allocation import InfeasibleBudget, allocate_uniform, allowed_counts, ranked_options
+
         def fits(rho):
             return self.budget.fraction(uniform_kept(self.index, rho, self.channel_step)) <= target
         if fits(1.0):
@@ -404,7 +409,18 @@ class PruningMethod:
         for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
+        options = []
+        for i, group in enumerate(self.index.groups):  # uniform_kept's options
+            order, min_k = self.index.ranking(i, np.zeros(group.size))
+            counts = allowed_counts(group.size, self.channel_step, min_k, group.size,
+                                    self.index.unit_channels[i])
+            options.append(ranked_options(np.zeros(group.size), order, counts))
+        try:
+            low, high = allocate_uniform(options, self.budget, target,
+                                         [g.size for g in self.index.groups]).rho
+        except InfeasibleBudget:
+            return lo
+        return (low + high) / 2 if low > lo else lo
 
     def _warn_uniform_unused(self, method: str, reached: float, other_mode: str) -> None:
         """Ratio mode under a cost target: say when the widest every-group-alike model within
