@@ -307,9 +307,13 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
         elif getattr(key, "__objclass__", None) in (torch.Tensor, torch._C.TensorBase):
             why = (f"x.{name}(...) is traced as a call of the method's name: key the row by the "
                    f"string {name!r}")
+        elif isinstance(key, type) and issubclass(key, torch.autograd.Function):
+            why = (f"the traced graph applies no {name} (it runs only inside a module called as "
+                   "one op, or not on this input's path)")
         elif isinstance(key, type):
-            why = (f"{name} is a class that is no nn.Module: a key is a module class, a function "
-                   "the graph calls as one op, or a Tensor method's name")
+            why = (f"{name} is a class that is no nn.Module: a key is a module class, a custom "
+                   "autograd Function's class, a function the graph calls as one op, or a "
+                   "Tensor method's name")
         else:
             why = "it runs only inside a module called as one op, or not on this input's path"
         what = f"the function {name}" if inspect.isfunction(key) else name
@@ -383,7 +387,9 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     could be checked. ``prepared`` is left untouched; the result stays on its device
     and dtype.
     The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
-    function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX.
+    function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX
+    (but for a forward that sets the grad or autocast mode, or applies a custom autograd
+    Function: loading those needs fxprune).
     A model of one tensor input records its example input's shape as ``fxprune_input_shape``,
     which ``fxprune deploy`` reads from the saved file.
     Its parameters are new tensors: to fine-tune it, build a new optimizer over them (one built

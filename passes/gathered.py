@@ -438,7 +438,7 @@ class GatheredModule(nn.Module):
                 # as the module forms above, refused here (break154 F5: timm's LayerNorm2d,
                 # F.layer_norm, failed later on a size mismatch, said as "an op it cannot gather")
                 raise SurgeryError(f"gathered execution does not support the functional "
-                                   f"{node.target.__name__.removeprefix('masked_')} "
+                                   f"{node.target.__name__.removeprefix('masked_').removesuffix('_call')} "
                                    f"(`{node.name}`) on pruned channels; use masked execution")
             elif node.op == "get_attr":
                 if _copy_attr(root, prepared, node.target):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import fxprune
-from fxprune.passes.autograd_function import apply_function, function_key, resolve
+from fxprune.passes.autograd_function import KEY, apply_function, function_key, resolve
 from fxprune.rules import Elementwise
 
 
@@ -72,7 +72,7 @@ def test_the_functions_backward_reaches_every_layer_before_it(function):
     model = Net(function).double()
     pm = fxprune.prepare(model, (x,), rules={function: Elementwise()})
     applied = [n for n in pm.graph.nodes if n.target is apply_function]
-    assert len(applied) == 1 and resolve(applied[0].args[0]) is function
+    assert len(applied) == 1 and resolve(applied[0].kwargs[KEY]) is function
     # its own backward: before, the forward's ops ran without grad (a.weight got none), and a
     # plain trace through them would have lost RoundSTE's and GradReverse's gradients
     want = _grads(model, x)
@@ -91,6 +91,52 @@ def test_the_functions_backward_reaches_every_layer_before_it(function):
     small.zero_grad()
     small(x).pow(2).sum().backward()
     assert small.a.weight.grad is not None and small.a.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("row", [Elementwise(tensor_args=(0,)), "spatial"])
+def test_a_row_reads_the_functions_own_arguments(row):
+    """review157 F1: the class's key came first among the node's arguments, so a row reading
+    its first argument as the input got a string (Spatial: a bare TypeError at prepare)."""
+    from fxprune.op_table import SPATIAL
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    model = Net(SwishFn).double()
+    pm = fxprune.prepare(model, (x,), rules={SwishFn: SPATIAL if row == "spatial" else row})
+    group = next(g for g in fxprune.channel_groups(pm) if g.size == 16)
+    assert group.prunable, group.reason
+    group.mask[[0, 3]] = 0
+    torch.testing.assert_close(fxprune.finalize(pm)(x), pm(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_function_class_made_at_each_call_of_a_helper_is_one_op_of_both_traces():
+    """review157 F3: a class defined inside a function, made again at each call, got a key of
+    its id, so the train- and eval-mode traces differed: a false "reads self.training"."""
+    def gated(x):
+        class Gate(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x * 2
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * 2
+
+        return Gate.apply(x)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(gated(self.a(x)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pm = fxprune.prepare(nn.Sequential(Block()), (torch.randn(2, 3, 4, 4),))
+    keys = {n.kwargs[KEY] for n in pm.graph.nodes if n.target is apply_function}
+    assert len(keys) == 1 and "@" in next(iter(keys))
+    assert not any(isinstance(m, Block) for m in pm.modules())  # traced through, not a leaf
 
 
 def test_a_function_without_a_row_is_a_barrier_saying_how_to_give_one():
@@ -177,3 +223,15 @@ def test_timms_memory_efficient_activations_have_rows():
     want, got = _grads(model, x), _grads(pm, x)
     for name in want:  # every layer trains (break154 F1: 60 of resnet18's 62 got no gradient)
         torch.testing.assert_close(got[name], want[name])
+
+
+def test_torch_compile_traces_the_call_without_a_graph_break():
+    """review157 F2: each call resolved its class through importlib, which dynamo does not
+    trace: two graph breaks per Function call in the prepared and the finalized model."""
+    import torch._dynamo
+
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(Net(SwishFn), (x,), rules={SwishFn: Elementwise()})
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(pm)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)

@@ -3866,3 +3866,8 @@ def test_prepare_and_finalize_leave_the_callers_random_state_as_it_was():
     torch.manual_seed(0)
     fxprune.finalize(pm)
     assert torch.equal(torch.rand(3), ref)
+    hooked = Noisy().eval()  # a user's hook: prepare runs the model again to check it (review157 F12)
+    hooked.c.register_forward_pre_hook(lambda module, args: None)
+    torch.manual_seed(0)
+    fxprune.prepare(hooked, (x,))
+    assert torch.equal(torch.rand(3), ref)
