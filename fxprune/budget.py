@@ -19,8 +19,10 @@ from .cost import CostModel
 from .units import CostedLayer, UnitIndex
 
 
-#: width pairs :class:`Budget` keeps priced before it starts its memo again (a bound on memory)
-_PRICED_MAX = 1_000_000
+#: width pairs :class:`Budget` keeps priced before it starts its memo again: a bound on its
+#: memory, about 40 MB (review157 F11: 1,000,000 held about 200 MB, which CUCB's random
+#: widths on resnet50 reached in some 50 steps)
+_PRICED_MAX = 200_000
 
 
 class Budget:
@@ -76,6 +78,11 @@ class Budget:
                 f"prices layer {layer.spec.name!r} at {c_in} input and {c_out} output channels "
                 f"as {value}: layer_cost must return a finite number")
         return value
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_memo"] = {}  # priced again where needed: not carried in a copy or a pickle
+        return state
 
     def _cost(self, li: int, c_in: int, c_out: int) -> float:
         """:meth:`layer_cost` of ``self.layers[li]``, each width pair priced once."""

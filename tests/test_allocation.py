@@ -72,6 +72,7 @@ def test_budget_prices_each_width_pair_of_a_layer_once(monkeypatch):
     assert again[0] == first[0] and again[1][1] == first[1][1]
     assert all(np.array_equal(a, b) for a, b in zip(again[1][0], first[1][0]))
 
+    assert budget._memo and copy.deepcopy(budget)._memo == {}  # not carried (review157 F11)
     monkeypatch.setattr("fxprune.budget._PRICED_MAX", 3)
     fresh = Budget(index, costed_layers(index), FlopsCost())
     assert len(fresh._memo) <= 3

@@ -714,3 +714,42 @@ def test_a_best_checkpoint_saved_before_the_target_was_reached_is_said(tmp_path)
     with warnings.catch_warnings():  # the best one is the pruned model: nothing to say
         warnings.filterwarnings("error", message="PruningCallback: the best checkpoint")
         trainer(tmp_path, 2, [PruningCallback("smcp", **SMCP_ARGS), last]).fit(Scored(), loader())
+
+
+def test_hiding_warnings_on_other_ranks_keeps_once_only_warnings_once():
+    """review157 F6: entering catch_warnings() at every step reset the registries of warnings
+    already shown, so a once-only warning of any code came again at every step on rank 1."""
+    from fxprune.integrations.lightning import _shown_on_rank_zero
+
+    def the_users_warning():
+        warnings.warn("once-only", UserWarning)
+
+    rank1 = SimpleNamespace(is_global_zero=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("default")
+        for _ in range(3):  # three steps: the method's part hidden, the user's code not
+            with _shown_on_rank_zero(rank1):
+                pass
+            the_users_warning()
+    assert [str(w.message) for w in said] == ["once-only"]
+
+
+def test_a_refit_after_the_target_was_reached_is_not_refused(tmp_path):
+    """review157 F4: the start's check compared the schedule's end with the new fit's steps
+    alone, and refused a refit of one more epoch after the method had reached its target."""
+    prune = PruningCallback("smcp", **SMCP_ARGS)
+    module = Classifier()
+    trainer(tmp_path, 2, [prune]).fit(module, loader())
+    assert prune.pruner.step_count == 8 and prune.pruner.cost() <= 0.5
+    trainer(tmp_path, 1, [prune]).fit(module, loader())  # a new trainer: 4 more steps
+    assert prune.pruner.step_count == 12
+
+
+def test_a_one_shot_method_is_checked_at_its_update_not_at_its_ramps_end(tmp_path):
+    """review157 F5: oneshot(prune_at=6, window=3) reaches its target at its one update, step 6,
+    but the check took the ramp's end (step 4) and passed a 4-step fit, whose end then blamed
+    training_step."""
+    prune = PruningCallback("oneshot", target=0.5, prune_at=6, window=3, channel_step=1)
+    with pytest.raises(ValueError, match=r"oneshot reaches its target at optimizer step 6 \(its "
+                                         r"schedule's end\), but this fit has at most 4"):
+        trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())

@@ -27,7 +27,9 @@ The LightningModule owns the prepared model; the callback finds it and drives a 
   Counts and means of averaged gradients: a checkpoint resumes on any number of devices.
 - **The end.** ``on_train_end`` applies the method's final rule (``finalize_masks()``, every
   rank), finalizes on rank 0 (``self.finalized``) and, with ``save_path``, ``torch.save``-s
-  the pruned model (a plain module, loadable without fxprune) through a temporary file.
+  a copy of the pruned model (a plain module in eval mode with CPU weights, loadable without
+  fxprune but where its forward sets modes or applies a custom autograd Function) through a
+  temporary file.
 - **Methods.** Statistics a method gathers in hooks (``rank_local_statistics``, e.g. CCP) are
   summed over the DDP processes; the training step is the LightningModule's own, at full
   width, so CUCB runs ``execution="masked"`` (its gathered sub-network is refused here).
@@ -104,9 +106,18 @@ def _shown_on_rank_zero(trainer):
     if getattr(trainer, "is_global_zero", True):
         yield
         return
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda *args, **kwargs: None
+    # showwarning swapped by hand: catch_warnings() resets the registries of warnings already
+    # shown, and a once-only warning came again at every step (review157 F6)
+    shown = warnings.showwarning
+    warnings.showwarning = _not_shown
+    try:
         yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _not_shown(*args, **kwargs) -> None:
+    return None
 
 
 def _file_id(path: Path) -> tuple | None:
@@ -276,7 +287,6 @@ class PruningCallback(pl.Callback):
             # a loop stepping past its own finalize_masks() (break133 F2: SMCP warned so)
             self.pruner._masks_finalized_at = None
         self._trained_state = None
-        self._check_fit_runs_the_method(trainer)
         if hasattr(self.pruner, "attach_optimizer"):
             # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizers that
             # train the pruned model: the first is a GAN's discriminator's, whose protection
@@ -286,6 +296,7 @@ class PruningCallback(pl.Callback):
                     self.pruner.attach_optimizer(optimizer)
         if self._pending_state is not None:
             self._load(self._pending_state)
+        self._check_fit_runs_the_method(trainer)  # with the steps a resumed method has taken
 
     def _wrote_it(self) -> bool:
         """Whether ``save_path`` is the file this callback saved, unchanged since."""
@@ -296,7 +307,11 @@ class PruningCallback(pl.Callback):
         (SMCP and its family), the last round (CCP); None where it has no fixed end."""
         schedule = getattr(self.pruner, "schedule", None)
         if schedule is not None and getattr(self.pruner, "target", None) is not None:
-            return int(schedule.ramp_end)
+            # the first update at or after the ramp's end (a one-shot's window, update_every,
+            # a freeze: review157 F5), else the ramp's end
+            end = int(schedule.ramp_end)
+            return next((s for s in range(end, end + int(schedule.update_every) + 1)
+                         if schedule.updates_at(s)), end)
         steps = self.pruner.prune_steps() if callable(getattr(self.pruner, "prune_steps", None)) else []
         return int(max(steps)) if steps else None
 
@@ -316,22 +331,32 @@ class PruningCallback(pl.Callback):
             return  # (a ratio, not a cost target: nothing is checked at the end either)
         total = getattr(trainer, "estimated_stepping_batches", None)
         end = self._schedule_end()
-        if (end is None or not isinstance(total, (int, float)) or not math.isfinite(total)
-                or total <= 0 or end <= total):
+        if end is None or not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
+            return
+        # steps still needed against steps this fit has left: a refit of this callback goes on
+        # from the method's step (review157 F4: refused after its target was reached), a
+        # resume from the checkpoint's
+        needed = end - self.pruner.step_count
+        left = total - int(getattr(trainer, "global_step", 0) or 0)
+        if needed <= 0 or needed <= left:
             return
         accumulate = getattr(trainer, "accumulate_grad_batches", 1)
         why = (f" (accumulate_grad_batches={accumulate}: one optimizer step per {accumulate} "
                "batches)" if isinstance(accumulate, int) and accumulate > 1 else "")
+        now = (f"; {needed} more from its step {self.pruner.step_count}"
+               if self.pruner.step_count else "")
         message = (f"PruningCallback: {self.method} reaches its target at optimizer step {end} "
-                   f"(its schedule's end), but this fit has at most {int(total)} optimizer "
-                   f"steps{why}; pass a shorter schedule to the callback (warmup=, ramp=; CCP: "
-                   "collect=, prune_at=) or fit longer (max_epochs, max_steps)")
+                   f"(its schedule's end{now}), but this fit has at most {int(left)} optimizer "
+                   f"steps{why}; pass a shorter schedule to the callback "
+                   "(warmup=, ramp=; CCP: collect=, prune_at=) or fit longer (max_epochs, "
+                   "max_steps)")
         if not self.allow_above_target:
             raise ValueError(message + ", or pass allow_above_target=True to keep the model as "
                              "the fit leaves it")
-        if trainer.is_global_zero:
-            warnings.warn(message + "; the model is kept as the fit leaves it "
-                          "(allow_above_target=True)", RuntimeWarning, stacklevel=3)
+        # every rank (shown by rank 0: _shown_on_rank_zero), so that -W error stops them
+        # alike (review157 F8: rank 1 went on into the fit alone)
+        warn(message + "; the model is kept as the fit leaves it (allow_above_target=True)",
+             RuntimeWarning)
 
     def _why_above(self, trainer: pl.Trainer) -> str:
         """Why the fit ended above the target, for its error (break155 F2: "the schedule had
@@ -551,9 +576,13 @@ class PruningCallback(pl.Callback):
     # -- checkpointing -------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self.pruner is not None and isinstance(checkpoint.get("global_step"), int):
-            # the cost each checkpoint holds, for the end's check of the best one (break155 F3)
-            self._checkpoint_costs[checkpoint["global_step"]] = float(self.pruner.cost())
+        if self.pruner is not None:
+            # the cost each checkpoint holds, for the end's check of the best one (break155 F3),
+            # in the file too: a resumed fit's best may be an earlier process's (review157 F7)
+            cost = float(self.pruner.cost())
+            checkpoint.setdefault("fxprune_cost", {})[self.state_key] = cost
+            if isinstance(checkpoint.get("global_step"), int):
+                self._checkpoint_costs[checkpoint["global_step"]] = cost
 
     def _warn_best_above_target(self, trainer: pl.Trainer, target: float) -> None:
         """Say when a ModelCheckpoint's best checkpoint (by its monitored metric) holds a
@@ -565,19 +594,20 @@ class PruningCallback(pl.Callback):
             if not best or getattr(cb, "monitor", None) is None or not os.path.isfile(best):
                 continue
             try:
-                step = torch.load(best, map_location="cpu", weights_only=True, mmap=True).get(
-                    "global_step")
+                saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
             except Exception:  # noqa: BLE001 - not a checkpoint this process can read
                 continue
-            cost = self._checkpoint_costs.get(step)
-            if cost is not None and cost > target * (1 + 1e-6):
-                warnings.warn(
+            step = saved.get("global_step")
+            cost = (saved.get("fxprune_cost") or {}).get(self.state_key,
+                                                         self._checkpoint_costs.get(step))
+            if isinstance(cost, (int, float)) and cost > target * (1 + 1e-6):
+                warn(
                     f"PruningCallback: the best checkpoint by {cb.monitor} ({best}, step {step}) "
                     f"holds the model at cost {cost:.4f} of dense, above the target "
                     f"{target:.4f}: it was saved before {self.method} reached its target (the "
                     "metric dips while channels go); evaluate callback.finalized or the "
                     "save_path file, or have ModelCheckpoint monitor only after the schedule's "
-                    "end (e.g. a metric logged from then on)", RuntimeWarning, stacklevel=3)
+                    "end (e.g. a metric logged from then on)", RuntimeWarning)
 
     def state_dict(self) -> dict[str, Any]:
         if self.pruner is None:
