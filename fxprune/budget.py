@@ -127,7 +127,7 @@ class Budget:
         for li, (layer, per_group) in enumerate(zip(self.layers, self._reads)):
             c_in, c_out = layer.widths(kept)
             now = self._cost(li, c_in, c_out)
-            positions = self._positions(layer, kept)
+            positions = layer.read_positions(kept)
             positions_now = max(positions, 1)
             shared = 0.0
             for i, counts in per_group.items():
@@ -148,10 +148,3 @@ class Budget:
                 shared += share
             constant += now * (1 - shared)
         return costs, constant
-
-    @staticmethod
-    def _positions(layer: CostedLayer, kept: np.ndarray) -> int:
-        reads = layer.out_flat if layer.in_flat is None else layer.in_flat
-        if not kept.size:
-            return len(reads)
-        return int(np.where(reads >= 0, kept[np.maximum(reads, 0)], True).sum())

@@ -187,6 +187,11 @@ class CostedLayer:
             return c_out // self.mult, c_out
         return self.in_factor * _count(self._positions[1], kept), c_out
 
+    def read_positions(self, kept: np.ndarray) -> int:
+        """Kept positions of the dim the layer reads: its input's weight dim, or a depthwise
+        conv's output (which follows its input)."""
+        return _count(self._positions[0 if self.in_flat is None else 1], kept)
+
     @functools.cached_property
     def _positions(self):
         """Per side (output, input): positions that always stay, and the flat channels of the
