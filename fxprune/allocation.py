@@ -42,7 +42,8 @@ from .errors import FxPruneError
 from .knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "ranked_options",
-           "kept_from", "allocate", "allocate_uniform", "repair", "trade_steps", "uniform_kept"]
+           "kept_from", "allocate", "allocate_uniform", "repair", "trade_steps", "uniform_kept",
+           "uniform_counts"]
 
 _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 #: a fraction of the dense cost left unused above which :func:`allocate` searches further
@@ -134,11 +135,18 @@ def uniform_kept(index, keep: float, step: int) -> np.ndarray:
     constraints allow."""
     kept = np.zeros(index.n, dtype=bool)
     for i, group in enumerate(index.groups):
-        order, min_k = index.ranking(i, np.zeros(group.size))
-        counts = allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
+        order, counts = uniform_counts(index, i, step)
         k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
         kept[index.group_slice(i).start + order[:k]] = True
     return kept
+
+
+def uniform_counts(index, i: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``i`` of ``index`` ranked without scores (the first channel of every piece it
+    feeds first) and the counts it may keep at ``step``: what :func:`uniform_kept` picks from."""
+    group = index.groups[i]
+    order, min_k = index.ranking(i, np.zeros(group.size))
+    return order, allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
 
 
 def ranked_options(scores: np.ndarray, order: np.ndarray, counts: np.ndarray) -> GroupOptions:

@@ -399,7 +399,7 @@ class PruningMethod:
         :func:`~fxprune.allocation.allocate_uniform`'s walk, which a cost not monotone in
         width (a measured table) does not mislead (break156 F1): where it finds a wider
         model, a fraction inside that model's range."""
-        from ..allocation import InfeasibleBudget, allocate_uniform, allowed_counts, ranked_options
+        from ..allocation import InfeasibleBudget, allocate_uniform, ranked_options, uniform_counts
 
         def fits(rho):
             return self.budget.fraction(uniform_kept(self.index, rho, self.channel_step)) <= target
@@ -409,12 +409,9 @@ class PruningMethod:
         for _ in range(30):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        options = []
-        for i, group in enumerate(self.index.groups):  # uniform_kept's options
-            order, min_k = self.index.ranking(i, np.zeros(group.size))
-            counts = allowed_counts(group.size, self.channel_step, min_k, group.size,
-                                    self.index.unit_channels[i])
-            options.append(ranked_options(np.zeros(group.size), order, counts))
+        options = [ranked_options(np.zeros(len(order)), order, counts)  # uniform_kept's options
+                   for order, counts in (uniform_counts(self.index, i, self.channel_step)
+                                         for i in range(len(self.index.groups)))]
         try:
             low, high = allocate_uniform(options, self.budget, target,
                                          [g.size for g in self.index.groups]).rho
