@@ -188,9 +188,14 @@ def test_each_row_is_judged_against_its_own_target_in_its_own_cost():
 
 
 @pytest.mark.slow
-def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path):
+def test_merge_replaces_rows_of_the_same_net_seed_and_label(tmp_path, monkeypatch):
     bench = load_benchmark("bench_vs_torch_pruning")
-    # one epoch: this is about merging rows, not training them (69 s at the smoke's 2 epochs)
+    # This is about merging rows, not training or timing them: one epoch (69 s at the smoke's
+    # 2 epochs), and no ONNX export or timing, which took half of the test's 49 s
+    # (test_smcp_rows_without_torch_pruning runs both for real)
+    monkeypatch.setattr(bench, "export_onnx", lambda model, shape, path, log: open(path, "wb").close())
+    monkeypatch.setattr(bench.ortb, "time_onnx_models", lambda paths, shape, **kw: {
+        label: [1.0 if label == "dense" else 0.5] for label in paths})
     common = ["--smoke", "--epochs", "1", "--no-tp", "--threads", "1", "--latency-batches", "1",
               "--table-cache", str(tmp_path / "tables")]
     assert bench.main([*common, "--out", str(tmp_path / "a"), "--smcp", "x={}", "y={}"]) == 0
