@@ -540,8 +540,10 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     trained model and its EMA or ``AveragedModel`` copy, which averages masks with the weights).
 
     A wrapper holding the prepared model as ``.module`` (``AveragedModel``, timm's
-    ``ModelEmaV2``, DDP) stands for it. Raises ValueError when the two hold different mask
-    sets (names or shapes)."""
+    ``ModelEmaV2``, DDP) stands for it. ``target``'s BatchNorms take ``source``'s rescaling by
+    the kept fraction too (SMCP's ``bn_rescale``, a class swap a copy made before the pruner
+    was built lacks: its finalize folded another gamma, break159 F1). Raises ValueError when
+    the two hold different mask sets (names or shapes)."""
     source, target = _unwrapped(source), _unwrapped(target)
     state_of(source), state_of(target)  # each a prepared model, or the error saying so
     groups = [{g.key: (g.name, g.size) for g in state_of(m).channels.groups if g.prunable}
@@ -559,6 +561,16 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
             raise ValueError(f"copy_masks: the {role} model's masks are on the meta device (they "
                              "hold no values); move it to a real device first (.to_empty(device=...)"
                              " and load its state_dict)")
+    rescaled = getattr(source.get_submodule(MASK_OWNER), "fxprune_rescaled", None)
+    bank = target.get_submodule(MASK_OWNER)
+    if rescaled is not None and set(rescaled) != set(getattr(bank, "fxprune_rescaled", None) or ()):
+        from .passes.bn_rescale import insert_bn_rescale
+
+        insert_bn_rescale(target, "kept_fraction" if rescaled else "off")
+        if set(bank.fxprune_rescaled) != set(rescaled):
+            raise ValueError("copy_masks: the source model rescales other BatchNorms (bn_rescale) "
+                             "than the target can; they must be prepared from the same model and "
+                             "example inputs")
     with torch.no_grad():
         for name, mask in src.items():
             dst[name].copy_(mask)

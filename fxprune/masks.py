@@ -677,17 +677,30 @@ class MaskBank(nn.Module):
     each key's group (its name and size) as extra state, and a load that would put a saved mask
     on another group raises, with ``strict=False`` too (break68 #1: a mask landed on the next
     layer silently). A state_dict saved before this record loads as before.
+
+    The record also names the BatchNorms SMCP rescales by the kept fraction
+    (``bn_rescale="kept_fraction"``, :mod:`fxprune.passes.bn_rescale`): that rescale is the
+    norm's class, not a tensor, so a state saved with it and loaded into a model without it
+    finalized to another model, its check passing (break159 F1); such a load raises.
     """
+
+    #: names of the BatchNorms rescaled by the kept fraction (set by ``insert_bn_rescale``);
+    #: None in a bank pickled before this record, whose state then says nothing of them
+    fxprune_rescaled: list[str] | None = None
 
     def __init__(self, groups: dict[str, tuple[str, int]] | None = None):
         super().__init__()
         #: key -> (group name, size), of the groups whose masks this bank holds
         self.fxprune_groups = dict(groups or {})
+        self.fxprune_rescaled = []
 
     def get_extra_state(self) -> torch.Tensor:
         # a tensor (UTF-8 JSON), so that the state_dict stays tensors only (safetensors, EMA)
         import json
-        text = json.dumps({k: list(v) for k, v in self.fxprune_groups.items()}, sort_keys=True)
+        record = {k: list(v) for k, v in self.fxprune_groups.items()}
+        if self.fxprune_rescaled is not None:  # (not a group key: those are "g<number>")
+            record[_RESCALED_KEY] = sorted(self.fxprune_rescaled)
+        text = json.dumps(record, sort_keys=True)
         return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
 
     def set_extra_state(self, state) -> None:
@@ -707,6 +720,11 @@ class MaskBank(nn.Module):
                 missing_keys.remove(key)
             return
         problem = self._other_groups(state_dict[key])
+        if not problem:
+            rescale = self._other_rescale(state_dict[key])
+            if rescale:
+                error_msgs.append(rescale)
+                return
         if problem:  # no mask of this bank is written (torch loads the other modules' tensors)
             wider = self._size_mismatches(error_msgs)
             if problem.startswith("the saved masks are of a wider model") and wider and all(
@@ -757,7 +775,7 @@ class MaskBank(nn.Module):
         import json
         try:
             saved = json.loads(bytes(record.cpu().to(torch.uint8).tolist()).decode())
-            saved = {str(k): (str(v[0]), int(v[1])) for k, v in saved.items()}
+            saved = {str(k): (str(v[0]), int(v[1])) for k, v in saved.items() if k != _RESCALED_KEY}
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError, IndexError):
             return "fxprune_masks._extra_state is not fxprune's record of the masks' groups"
         other = [f"{k} is {saved[k][0]!r} ({saved[k][1]} channels) in the saved state, "
@@ -778,6 +796,26 @@ class MaskBank(nn.Module):
                 "with other rules or by another fxprune version; prepare the model as the saved "
                 "one was, or load the saved weights without fxprune_masks.* and set the masks "
                 "by group name (fxprune.channel_groups)")
+
+    def _other_rescale(self, record) -> str | None:
+        """Why a state saved with BatchNorms rescaled by the kept fraction cannot load here
+        (this model does not rescale them); None if it can, or if either side has no record."""
+        import json
+        saved = json.loads(bytes(record.cpu().to(torch.uint8).tolist()).decode()).get(_RESCALED_KEY)
+        if saved is None or self.fxprune_rescaled is None:
+            return None
+        missing = sorted(set(saved) - set(self.fxprune_rescaled))
+        if not missing:
+            return None
+        return (f"the state_dict was saved from a model whose BatchNorms {', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''} ({len(missing)}) were rescaled by the kept "
+                "fraction (SMCP's bn_rescale='kept_fraction'), and this prepared model's are not: "
+                "finalize would fold another gamma; call fxprune.passes.bn_rescale."
+                "insert_bn_rescale(model) (what SMCP(..., bn_rescale='kept_fraction') does) "
+                "before loading")
+
+
+_RESCALED_KEY = "bn_rescale"  # the record's entry for the rescaled BatchNorms
 
 MASKED_CLASS = {
     nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d,

@@ -10,13 +10,16 @@ import warnings
 
 from torch import fx, nn
 
-from fxprune.masks import RESCALED_CLASS, _InputMasked, wrap
+from fxprune.masks import RESCALED_CLASS, MaskBank, _InputMasked, _RescaledBatchNorm, wrap
+
+from .insert_masks import MASK_OWNER
 
 
 def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[str]:
     """Wrap every BN fed only by a masked layer; returns the BN module names. Idempotent: a BN
     already wrapped just gets ``mode`` updated; with ``mode="off"`` an unwrapped BN stays a
-    plain one. A norm of another class (``nn.SyncBatchNorm``) is warned of, not rescaled."""
+    plain one. A norm of another class (``nn.SyncBatchNorm``) is warned of, not rescaled. The
+    mask bank records the BNs rescaled by the kept fraction (its state_dict carries them)."""
     if mode not in ("kept_fraction", "off"):
         raise ValueError(f"bn_rescale must be 'kept_fraction' or 'off', got {mode!r}")
     modules = dict(gm.named_modules())
@@ -44,6 +47,10 @@ def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[s
         bn.fxprune_rescale = mode
         wrapped.append(bn_node.target)
     gm.recompile()
+    bank = getattr(gm, MASK_OWNER, None)
+    if isinstance(bank, MaskBank):  # recorded in the state_dict (a load without it raises)
+        bank.fxprune_rescaled = sorted(name for name, m in gm.named_modules() if isinstance(
+            m, _RescaledBatchNorm) and m.fxprune_rescale == "kept_fraction")
     if unknown:  # e.g. an nn.SyncBatchNorm: said, not silently left out (break31 #4)
         warnings.warn(f"bn_rescale={mode!r} has no rescaled form of {', '.join(unknown[:4])}"
                       f"{', ...' if len(unknown) > 4 else ''}: they normalise without it; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -1159,6 +1160,67 @@ def test_another_tracer_keeps_the_masked_layers_and_functions_as_single_calls():
         with torch.no_grad():
             torch.testing.assert_close(features(X)["out"], pm(X))
         assert fxprune.tracer_kwargs(fxprune.finalize(pm)) == {"leaf_modules": [], "autowrap_functions": []}
+
+
+def _rescaled_run():
+    """A conv-BN net whose SMCP (bn_rescale="kept_fraction") pruned half of its inner group."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.weight.uniform_(0.5, 1.5), bn.running_var.uniform_(0.5, 2.0)
+    pm = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    fxprune.SMCP(pm, target=0.5, channel_step=2, bn_rescale="kept_fraction")
+    for group in fxprune.channel_groups(pm):
+        if group.mask is not None:
+            group.mask[: group.size // 2] = 0
+    return net, pm.eval()
+
+
+def test_a_state_saved_with_bn_rescale_is_refused_by_a_model_without_it():
+    """break159 F1: SMCP's kept-fraction rescale is the BatchNorm's class, not a tensor, so the
+    README's weights-only route (prepare, load_state_dict, finalize) finalized to another
+    model (outputs off by 7.5 on a scale of 0.8) with its check passing. The load raises now,
+    strict or not, naming the call that makes it exact."""
+    net, pm = _rescaled_run()
+    x = torch.randn(2, 3, 8, 8)
+    want = fxprune.finalize(pm)(x)
+    saved = pm.state_dict()
+    fresh = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=r"BatchNorms 4 \(1\) were rescaled by the kept fraction "
+                                               r".*fxprune.passes.bn_rescale.insert_bn_rescale\(model\)"):
+            fresh.load_state_dict(saved, strict=strict)
+    from fxprune.passes.bn_rescale import insert_bn_rescale
+
+    insert_bn_rescale(fresh)  # the way out the message names
+    fresh.load_state_dict(saved)
+    torch.testing.assert_close(fxprune.finalize(fresh.eval())(x), want)
+    # a state without the rescale loads into a model with it (the pruner's own choice), and
+    # a state saved before the record existed loads as before
+    plain = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    fresh.load_state_dict(plain.state_dict())
+    old = dict(saved)
+    old["fxprune_masks._extra_state"] = torch.frombuffer(bytearray(json.dumps(
+        {k: v for k, v in json.loads(bytes(saved["fxprune_masks._extra_state"].tolist()).decode()).items()
+         if k != "bn_rescale"}).encode()), dtype=torch.uint8)
+    plain.load_state_dict(old)
+
+
+def test_copy_masks_gives_a_copy_made_before_the_pruner_its_bn_rescale():
+    """break159 F1: an EMA copy made right after prepare (before SMCP swapped the BatchNorms)
+    took the masks from copy_masks but not the rescale, and finalized to another model."""
+    net, pm = _rescaled_run()
+    plain = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    copy = torch.optim.swa_utils.AveragedModel(plain)
+    copy.module.load_state_dict({k: v for k, v in pm.state_dict().items() if "fxprune_masks" not in k},
+                                strict=False)
+    fxprune.copy_masks(pm, copy)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fxprune.finalize(copy.module.eval())(x), fxprune.finalize(pm)(x))
+    fxprune.copy_masks(plain.eval(), copy)  # and back: a source without it turns it off
+    torch.testing.assert_close(fxprune.finalize(copy.module)(x), fxprune.finalize(plain)(x))
 
 
 def test_a_finalized_state_dict_loaded_into_a_prepared_model_is_refused_in_one_line():
