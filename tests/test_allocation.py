@@ -1092,6 +1092,14 @@ def test_a_pruner_built_on_pruned_masks_without_its_state_says_so_at_its_first_s
                                             r"already pruned \d+ channels \(cost 0\.\d+ of dense\) "
                                             r"when this .* load the saved pruner state"):
         train(resumed, fresh, 1)
+    # break159 F6: the pruner built first, the model's state loaded after it: said too
+    resumed = prepared()
+    fresh = getattr(fxprune, method)(resumed, **kwargs)
+    resumed.load_state_dict(saved)
+    with pytest.warns(RuntimeWarning, match=rf"{method}.step\(\) at step 1: the model's masks "
+                                            r"already pruned \d+ channels \(cost 0\.\d+ of dense\) "
+                                            r"since this .* load the saved pruner state"):
+        train(resumed, fresh, 1)
     resumed = prepared()
     resumed.load_state_dict(saved)
     loaded = getattr(fxprune, method)(resumed, **kwargs)
@@ -1103,6 +1111,12 @@ def test_a_pruner_built_on_pruned_masks_without_its_state_says_so_at_its_first_s
         warnings.filterwarnings("error", message=".*already pruned")
         pm = prepared()
         train(pm, getattr(fxprune, method)(pm, **kwargs), 1)
+        # the usual resume order, every state loaded after the pruner is built
+        resumed = prepared()
+        loaded = getattr(fxprune, method)(resumed, **kwargs)
+        resumed.load_state_dict(saved)
+        loaded.load_state_dict(state)
+        train(resumed, loaded, 1)
 
 
 def test_trade_steps_raises_a_group_past_a_dip_in_a_free_stretch():

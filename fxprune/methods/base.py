@@ -285,7 +285,10 @@ def _keywords_explained(cls: type, init: Callable) -> Callable:
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
         try:
-            return init(self, *args, **kwargs)
+            init(self, *args, **kwargs)
+            if type(self) is cls:  # the whole constructor ran (a method may write masks in its own)
+                self._record_built_masks()
+            return None
         except TypeError as exc:
             if "unexpected keyword argument" not in str(exc):
                 raise
@@ -328,6 +331,7 @@ class PruningMethod:
         for key, value in self.__dict__.items():
             new.__dict__[key] = copy.deepcopy(value, memo)
         new._copied_as = "deep-copied"
+        new._register_copy()
         new._after_copy()
         return new
 
@@ -341,7 +345,15 @@ class PruningMethod:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._copied_as = "unpickled"
+        self._register_copy()
         self._after_copy()
+
+    def _register_copy(self) -> None:
+        """A copy is its (copied) model's latest pruner, so that finalize asks it whether its
+        final selection was made (break159 F2: a resumed pair said nothing)."""
+        prepared = self.__dict__.get("prepared")
+        if prepared is not None and latest_pruner(prepared) is None:
+            _LATEST_PRUNER[prepared] = weakref.ref(self)
 
     def _after_copy(self) -> None:
         """What a copy (deep or pickled) of this method does once its state is in: put back
@@ -522,12 +534,29 @@ class PruningMethod:
         if pruned is not None:  # (break152 F5: a resume that loaded the model alone started
             # the schedule again on its masks; CCP brought back channels it had pruned for good)
             self._pruned_at_build = None
-            name = type(self).__name__
-            warn(f"{name}.step() at step {self.step_count}: the model's masks already pruned "
-                 f"{pruned[0]} channels (cost {pruned[1]:.4f} of dense) when this {name} was "
-                 "built, and it starts its schedule at step 0: resuming a run? load the saved "
-                 "pruner state with pruner.load_state_dict(state) before the first step (the "
-                 "model's state_dict holds the masks, not the schedule)", RuntimeWarning)
+            self._warn_started_on_pruned_masks(*pruned, f"when this {type(self).__name__} was built")
+        built = self.__dict__.pop("_kept_when_built", None)
+        if built is not None:  # the same, the model's state loaded after the pruner was built
+            now = self._kept_now()  # (one host read, at the first step only)
+            if (built & ~now).any():
+                self._warn_started_on_pruned_masks(
+                    int((~now).sum()), self.budget.fraction(now),
+                    f"since this {type(self).__name__} was built (a model state_dict loaded after it?)")
+
+    def _record_built_masks(self) -> None:
+        if getattr(self, "_first_on_model", False) and self._pruned_at_build is None:
+            try:
+                self._kept_when_built = self._kept_now()
+            except (RuntimeError, NotImplementedError):  # (a model on the meta device)
+                self._kept_when_built = None
+
+    def _warn_started_on_pruned_masks(self, pruned: int, cost: float, when: str) -> None:
+        name = type(self).__name__
+        warn(f"{name}.step() at step {self.step_count}: the model's masks already pruned {pruned} "
+             f"channels (cost {cost:.4f} of dense) {when}, and it starts its schedule at step 0: "
+             "resuming a run? load the saved pruner state with pruner.load_state_dict(state) "
+             "before the first step (the model's state_dict holds the masks, not the schedule)",
+             RuntimeWarning)
 
     def _check_superseded(self) -> None:
         """Say once when this pruner steps after a newer one was built on its model (break105
@@ -639,7 +668,11 @@ class PruningMethod:
         #: (channels, cost) the model's masks prune when no earlier pruner of it lives: a run
         #: resumed without its pruner state? (said at the first step, unless one is loaded)
         self._pruned_at_build = None
-        if latest_pruner(prepared) is None:
+        #: the masks when the constructor ended, where no earlier pruner of the model lived: a
+        #: model state loaded after the pruner was built, without the pruner's (break159 F6)
+        self._kept_when_built = None
+        self._first_on_model = latest_pruner(prepared) is None
+        if self._first_on_model:
             try:
                 kept = self._kept_now()
             except (RuntimeError, NotImplementedError):  # (a model on the meta device)
@@ -826,7 +859,7 @@ class PruningMethod:
     def _check_state(self, state: dict, masks_key: str) -> None:
         """Refuse, before anything is loaded, a state of another method or an incomplete one,
         or one saved for other groups (names or sizes differ), naming both."""
-        self._pruned_at_build = None  # a state is loaded: the masks are its run's
+        self._pruned_at_build = self._kept_when_built = None  # a state is loaded: the masks are its run's
         me = type(self).__name__
         if not isinstance(state, dict):
             raise TypeError(f"a {me} state is the dict its state_dict() returned, got "
