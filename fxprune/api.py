@@ -14,14 +14,13 @@ from torch import fx, nn
 from fxprune.passes.autograd_function import function_of
 from fxprune.passes.check_hooks import check_hooks_take_the_masks
 from fxprune.passes.check_trace import check_traced
-from fxprune.passes.grad_mode import autocast_dtypes
 from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.normalize_args import normalize_input_keyword
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
                                       propagate_shapes)
-from fxprune.passes.surgery import (floating_dtypes, inputs_for, is_tolerance, remove_channels,
-                                    verify)
+from fxprune.passes.surgery import (DEFAULT_RTOL, default_rtol, inputs_for, is_tolerance,  # noqa: F401
+                                    remove_channels, verify)
 from fxprune.passes.trace import copy_model, fixed_arguments, trace
 
 from .cost import LayerSpec
@@ -321,12 +320,6 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
                       f"row does nothing: {why}", UserWarning, stacklevel=3)
 
 
-#: finalize's default check tolerance by the model's floating dtype: half-precision models sum
-#: the kept channels in another order than the masked model does, which moves results by
-#: about their rounding step (bfloat16: 8 bits of mantissa).
-DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
 def _warn_masks_not_final(prepared: fx.GraphModule) -> None:
     """break64 C: a loop that skipped ``pruner.finalize_masks()`` shipped CUCB's last
     exploring draw, or SMCP's masks above its target mid-ramp, without a word."""
@@ -420,11 +413,8 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
                  "undo() of fxprune.distributed.use_sync_batchnorm, if it made them)",
                  RuntimeWarning)
         if check:
-            if rtol is None:  # the lowest precision it computes in: its dtype, or an autocast
-                # region's in its forward (break99 F4: bfloat16 rounding there was "a bug")
-                # (break104 F1: every dtype its tensors hold, not the first tensor's alone)
-                dtypes = {*floating_dtypes(prepared), *autocast_dtypes(prepared.graph)}
-                rtol = max(DEFAULT_RTOL.get(d, 1e-4) for d in dtypes)
+            if rtol is None:  # the lowest precision it computes in
+                rtol = default_rtol(prepared)
             verify(prepared, pruned, state.example_inputs, rtol)
         inputs = state.example_inputs
         if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) and _batch_first(

@@ -315,6 +315,20 @@ def floating_dtypes(model: nn.Module) -> dict[torch.dtype, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+#: the default check tolerance by the model's floating dtype: half-precision models sum the
+#: kept channels in another order than the masked model does, which moves results by about
+#: their rounding step (bfloat16: 8 bits of mantissa); 1e-4 for the others.
+DEFAULT_RTOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def default_rtol(prepared: fx.GraphModule) -> float:
+    """The relative tolerance of the lowest precision ``prepared`` computes in: every dtype its
+    tensors hold and its forward's autocast regions (break99 F4, break104 F1), by
+    :data:`DEFAULT_RTOL`."""
+    dtypes = {*floating_dtypes(prepared), *autocast_dtypes(prepared.graph)}
+    return max((DEFAULT_RTOL.get(d, 1e-4) for d in dtypes), default=1e-4)
+
+
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
     """The device of the model's first parameter (or buffer) and the floating dtype most of its
     elements hold (a float32 input scale in a bfloat16 model does not make it a float32 one)."""
