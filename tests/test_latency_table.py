@@ -656,6 +656,35 @@ def test_a_model_cast_after_prepare_is_timed_and_priced_at_its_dtype_now():
     assert set(dtypes) == {"float16"}
 
 
+def test_a_model_cast_after_its_pruner_was_built_is_priced_again():
+    """break159 F4: a pruner built on the float32 model kept pricing it with the float32
+    timings after ``pm.double()`` mid-run, without a word (a pruner built after the cast was
+    refused). At the next step or cost() it is priced again: refused by a float32 table, and
+    by a table holding both dtypes priced at the new one."""
+    pm = _tiny_prepared()
+    table = LatencyTable.measure(pm, step=8, timer=lambda l, ci, co: 1.0 + 0.01 * ci * co, **FAST)
+    pruner = fxprune.SMCP(pm, target=1.0, cost=table, channel_step=8)
+    pm.double()
+    for call in (pruner.cost, pruner.step):
+        with pytest.raises(UnmeasuredLayerError, match=r"layer '0' was measured at float32, and its "
+                                                       r"weights are float64 now"):
+            call()
+    # one table timing both dtypes (float64 layers twice as slow)
+    both = LatencyTable.measure([*fxprune.layer_specs(_tiny_prepared()), *fxprune.layer_specs(pm)], step=8,
+                                timer=lambda l, ci, co: (2.0 if l.dtype == "float64" else 1.0) * ci * co,
+                                **FAST)
+    pm.float()
+    pruner = fxprune.SMCP(pm, target=1.0, cost=both, channel_step=8)
+    dense = pruner.budget.dense
+    pm.double()
+    assert pruner.cost() == 1.0 and pruner.budget.dense == pytest.approx(2 * dense)
+    assert {layer.spec.dtype for layer in pruner.budget.layers} == {"float64"}
+    flops = fxprune.SMCP(pm, target=1.0, channel_step=8)  # FLOPs do not move with the dtype
+    before = flops.cost()
+    pm.float()
+    assert flops.cost() == before
+
+
 def test_a_width_below_the_grid_is_warned_of_once_per_layer_signature():
     """break42 #4: a table measured at step 16 priced 8 channels as 16, without a word."""
     layer = conv(cin=32, cout=32)

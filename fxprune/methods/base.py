@@ -528,6 +528,7 @@ class PruningMethod:
         """At each ``step()``: this pruner is the model's latest (:meth:`_check_superseded`),
         and a backward ran since the last step (:meth:`_check_backward_since_last_step`)."""
         self._check_superseded()
+        self._check_priced_dtypes()
         self._check_copied_alone()
         self._check_backward_since_last_step()
         pruned = getattr(self, "_pruned_at_build", None)
@@ -536,12 +537,32 @@ class PruningMethod:
             self._pruned_at_build = None
             self._warn_started_on_pruned_masks(*pruned, f"when this {type(self).__name__} was built")
         built = self.__dict__.pop("_kept_when_built", None)
-        if built is not None:  # the same, the model's state loaded after the pruner was built
-            now = self._kept_now()  # (one host read, at the first step only)
+        versions = self.__dict__.pop("_mask_versions", None)
+        written = built is not None and versions is not None and any(
+            id(t) == i and t._version != v
+            for (i, v), t in zip(versions, self.index.mask_tensors(self.prepared)))
+        if written:  # the same, the model's state loaded after the pruner was built
+            try:
+                now = self._kept_now()  # (one host read, at the first step only)
+            except (RuntimeError, NotImplementedError):  # (a model on the meta device)
+                now = built
             if (built & ~now).any():
                 self._warn_started_on_pruned_masks(
                     int((~now).sum()), self.budget.fraction(now),
                     f"since this {type(self).__name__} was built (a model state_dict loaded after it?)")
+
+    def _check_priced_dtypes(self) -> None:
+        """The budget prices each layer at the dtype its weights held when it was made; after a
+        cast (``pm.half()`` mid-run) it is priced again, as a pruner built now would be, and a
+        latency table not measured at that dtype refuses (``UnmeasuredLayerError``) (break159
+        F4: float32 timings priced a bfloat16 model silently). Dtype reads, no device work."""
+        priced = getattr(self, "_priced_dtypes", None)
+        if priced is not None and all(c.param.dtype == d for c, d in zip(self.consumers, priced)):
+            return
+        self.budget = Budget(self.index, costed_layers(self.index, self.prepared), self.budget.model,
+                             self.budget.other_cost)
+        self._priced_dtypes = [c.param.dtype for c in self.consumers]
+        self._priced = None  # the run settings' half-width price, at the dtype now
 
     def _record_built_masks(self) -> None:
         if getattr(self, "_first_on_model", False) and self._pruned_at_build is None:
@@ -549,6 +570,9 @@ class PruningMethod:
                 self._kept_when_built = self._kept_now()
             except (RuntimeError, NotImplementedError):  # (a model on the meta device)
                 self._kept_when_built = None
+            # a load writes the mask buffers in place: the first step reads them back (a host
+            # read) only where one of them (the same tensor: not moved since) was written
+            self._mask_versions = [(id(t), t._version) for t in self.index.mask_tensors(self.prepared)]
 
     def _warn_started_on_pruned_masks(self, pruned: int, cost: float, when: str) -> None:
         name = type(self).__name__
@@ -661,6 +685,7 @@ class PruningMethod:
         #: the latency cost name timed here, for this pruner (its floor moves per timing), or None
         self._timed_here = cost if isinstance(cost, str) and cost in LATENCY_COSTS else None
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
+        self._priced_dtypes = [c.param.dtype for c in self.consumers]  # (see _check_priced_dtypes)
         self.step_count = 0
         #: the narrowest model the target check priced (set by _check_reachable; None: no target)
         self.floor_kept: np.ndarray | None = None
@@ -687,6 +712,7 @@ class PruningMethod:
         ``"flops"``/``"params"`` as the constructor reads them (a measured cost is measured
         once and passed as a table: ``fxprune.LatencyTable.measure``)."""
         from ..cost import FlopsCost, ParamsCost, fixed_cost_of
+        self._check_priced_dtypes()
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
         if isinstance(cost_model, str) and cost_model in LATENCY_COSTS:
@@ -860,6 +886,7 @@ class PruningMethod:
         """Refuse, before anything is loaded, a state of another method or an incomplete one,
         or one saved for other groups (names or sizes differ), naming both."""
         self._pruned_at_build = self._kept_when_built = None  # a state is loaded: the masks are its run's
+        self.__dict__.pop("_mask_versions", None)
         me = type(self).__name__
         if not isinstance(state, dict):
             raise TypeError(f"a {me} state is the dict its state_dict() returned, got "
