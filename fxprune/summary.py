@@ -8,6 +8,7 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fxprune.passes.shape_prop import preserving_rng
 from fxprune.passes.surgery import run_eval
 
 from .errors import NotPreparedError, SurgeryError
@@ -55,7 +56,9 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     try:
         for p in trained:
             p.requires_grad_(False)
-        with counted_kernels(), FlopCounterMode(display=False) as counter:
+        # the caller's random state stays as it was (break159 F5: a forward drawing noise moved
+        # it when a method was built or summary() printed, as prepare's once did)
+        with preserving_rng(model, inputs), counted_kernels(), FlopCounterMode(display=False) as counter:
             run_eval(model, inputs)
     finally:
         for p in trained:

@@ -4,6 +4,7 @@ resolution."""
 from __future__ import annotations
 
 import functools
+import contextlib
 import io
 import operator
 import random
@@ -3907,3 +3908,13 @@ def test_prepare_and_finalize_leave_the_callers_random_state_as_it_was():
     torch.manual_seed(0)
     fxprune.prepare(hooked, (x,))
     assert torch.equal(torch.rand(3), ref)
+    # break159 F5: the FLOPs count behind a method's cost and summary() ran it outside too
+    from fxprune.summary import count_flops
+
+    pm = fxprune.prepare(model, (x,))
+    for call in (lambda: fxprune.SMCP(pm, target=0.5, channel_step=1), lambda: fxprune.summary(pm),
+                 lambda: count_flops(pm, (x,))):
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            call()
+        assert torch.equal(torch.rand(3), ref)
