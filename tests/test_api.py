@@ -1162,6 +1162,18 @@ def test_another_tracer_keeps_the_masked_layers_and_functions_as_single_calls():
         assert fxprune.tracer_kwargs(fxprune.finalize(pm)) == {"leaf_modules": [], "autowrap_functions": []}
 
 
+def test_subpackages_are_reachable_after_import_fxprune_alone():
+    """break159 F7: ``fxprune.methods.method_names()``, as the README writes it, raised
+    AttributeError until something had imported the subpackage; so did the pass an error
+    message names (``fxprune.passes.bn_rescale.insert_bn_rescale``)."""
+    code = ("import fxprune; assert 'smcp' in fxprune.methods.method_names(); "
+            "assert callable(fxprune.passes.bn_rescale.insert_bn_rescale)\n"
+            "try:\n    fxprune.passes.no_such_pass\nexcept AttributeError as e:\n    print(e)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "module 'fxprune.passes' has no attribute 'no_such_pass'"
+
+
 def _rescaled_run():
     """A conv-BN net whose SMCP (bn_rescale="kept_fraction") pruned half of its inner group."""
     torch.manual_seed(0)
