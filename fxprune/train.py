@@ -428,6 +428,49 @@ def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> N
         "with another --out")
 
 
+#: recipe keys each machine of a job may set for itself: where its copy of the data lives, its
+#: threads and loader workers, its device, what it shows, where it would write (rank 0 writes)
+_PER_MACHINE = (("data", "root"), ("data", "num_workers"), ("num_threads",), ("device",),
+                ("log", "progress"), ("log", "tensorboard"), ("out",))
+
+
+def _refuse_processes_that_differ(cfg: dict, data: dict) -> None:
+    """Every process of a job trains one recipe on one dataset: one all-gather of a hash of
+    each's recipe (``_PER_MACHINE`` keys aside) and of its data's fingerprint, and a
+    difference is the same ConfigError on every process (said once, by rank 0). break160 F1:
+    one machine's copy of Fashion-MNIST with fewer images hung the job in a collective until
+    gloo's 30-minute timeout; F2: other labels, or another optim.lr, on one machine trained
+    on silently."""
+    import hashlib
+
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+    shared = copy.deepcopy(cfg)
+    for path in _PER_MACHINE:
+        parent = shared
+        for key in path[:-1]:
+            parent = parent.get(key, {}) if isinstance(parent, dict) else {}
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    mine = {"data": digest(data), "recipe": digest(shared), "sizes": (
+        data["train"]["samples"], data["test"]["samples"])}
+    everyone: list = [None] * fxdist.world_size()
+    dist.all_gather_object(everyone, mine)
+    for key, what, way in (
+            ("data", "data", "give every machine the same copy at its data.root"),
+            ("recipe", "recipe (config and --set)", "launch every process with the same "
+             f"config and --set (only {', '.join('.'.join(p) for p in _PER_MACHINE)} may differ)")):
+        odd = [r for r, theirs in enumerate(everyone) if theirs[key] != everyone[0][key]]
+        if odd:
+            sizes = ("" if key != "data" else " (training / test images: " + ", ".join(
+                f"process {r}: {everyone[r]['sizes'][0]} / {everyone[r]['sizes'][1]}"
+                for r in [0, *odd[:3]]) + ")")
+            raise ConfigError(f"process{'es' if len(odd) > 1 else ''} {', '.join(map(str, odd[:8]))} "
+                              f"of the job read{'' if len(odd) > 1 else 's'} other {what} than "
+                              f"process 0{sizes}; {way}")
+
+
 def _refuse_unwritable_resume(out: Path) -> None:
     """Refuse a resume that would train on in a folder it cannot write (break65 #5)."""
     unwritable = unwritable_folder(out)
@@ -566,6 +609,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}
+    if distributed:
+        _refuse_processes_that_differ(cfg, data_fingerprint)
     if ckpt is not None:
         _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg["data"].get("root"))
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}

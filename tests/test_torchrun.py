@@ -68,6 +68,44 @@ def test_shards_are_disjoint_cover_the_epoch_and_reshuffle(world):
     assert not torch.equal(orders[0], orders[1])  # reshuffled per epoch
 
 
+def test_processes_that_read_other_data_or_recipes_are_refused_before_training(monkeypatch):
+    """break160 F1/F2: one machine's copy of the data with fewer images hung the job in a
+    collective until gloo's timeout; other labels or another optim.lr trained on silently.
+    Every process compares its recipe and data with process 0's (one all-gather, faked here
+    for a world of 3) and raises the same one-line ConfigError."""
+    from fxprune import train as fxtrain
+
+    cfg = {"seed": 0, "out": "runs/a", "device": "cpu", "num_threads": 2,
+           "data": {"root": "/data/a", "batch_size": 128, "num_workers": 0},
+           "optim": {"lr": 0.1}, "log": {"progress": True}}
+    data = {"train": {"samples": 2048, "labels_sha256": "l", "images_sha256": "i"},
+            "test": {"samples": 1000, "labels_sha256": "t", "images_sha256": "j"}}
+    gathered = []
+
+    def gather(out, mine):  # every process sends what the first call recorded, this one third
+        gathered.append(mine)
+        out[:] = [gathered[0], gathered[0], mine]
+
+    monkeypatch.setattr(fxtrain.dist, "all_gather_object", gather)
+    monkeypatch.setattr(fxtrain.fxdist, "world_size", lambda: 3)
+    fxtrain._refuse_processes_that_differ(cfg, data)  # the reference: every process the same
+    # each machine's own root, threads, workers, device, progress and output folder: accepted
+    own = {**cfg, "out": "runs/b", "device": "cuda", "num_threads": 8, "log": {"progress": False},
+           "data": {**cfg["data"], "root": "/mnt/copy", "num_workers": 4}}
+    fxtrain._refuse_processes_that_differ(own, data)
+    fewer = {**data, "train": {**data["train"], "samples": 1500, "images_sha256": "k"}}
+    with pytest.raises(ConfigError, match=r"^process 2 of the job reads other data than process 0 "
+                                          r"\(training / test images: process 0: 2048 / 1000, process 2: "
+                                          r"1500 / 1000\); give every machine the same copy at its data.root$"):
+        fxtrain._refuse_processes_that_differ(cfg, fewer)
+    relabelled = {**data, "train": {**data["train"], "labels_sha256": "other"}}
+    with pytest.raises(ConfigError, match=r"process 2 of the job reads other data than process 0"):
+        fxtrain._refuse_processes_that_differ(cfg, relabelled)
+    with pytest.raises(ConfigError, match=r"process 2 of the job reads other recipe \(config and --set\) "
+                                          r"than process 0; launch every process with the same"):
+        fxtrain._refuse_processes_that_differ({**cfg, "optim": {"lr": 0.01}}, data)
+
+
 def test_shard_slices_the_augmented_global_batch():
     """A sample gets the same crop and flip whatever the number of processes."""
     whole, a, b = (id_loader(64, 16, augment=True) for _ in range(3))
