@@ -1130,13 +1130,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"fxprune train (rank {rank}): error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if rank == 0 or not _lost_a_peer(exc):
+        if not _lost_a_peer(exc):
             raise
         # another process failed and left this one's collective (break133 F6: a 30-line gloo
-        # traceback under rank 0's one-line error)
+        # traceback under rank 0's one-line error; break160 F4: rank 0's own was 28 lines, and
+        # a process stopped by a signal of its own prints nothing)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"fxprune train (rank {rank}): stopped: another process of the job failed and "
-              f"left a collective ({first}); its error is printed by that process", file=sys.stderr)
+        who = "fxprune train" if rank == 0 else f"fxprune train (rank {rank})"
+        print(f"{who}: stopped: another process of the job failed or was stopped and left a "
+              f"collective ({first}); its error, if it had one, is printed by that process",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = Path(cfg["out"]).expanduser() if cfg else None

@@ -1015,9 +1015,13 @@ def test_under_torchrun_rank_0_alone_warns_and_a_lost_peer_is_one_line(monkeypat
             with pytest.raises(RuntimeError, match="Connection closed by peer"):
                 train_mod.run(args)
         assert not torch.distributed.is_initialized()
-    monkeypatch.setenv("RANK", "0")  # the process whose error it is: as it was
-    with pytest.raises(RuntimeError, match="Connection closed by peer"):
-        train_mod.run(args)
+    # break160 F4: rank 0 losing its peer printed gloo's 28-line traceback
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(train_mod.fxdist, "init_from_env", joins)
+    assert train_mod.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fxprune train: stopped: another process of the job "
+                                                    "failed or was stopped and left a collective"), err
 
 
 def test_an_out_that_cannot_hold_the_run_is_named_before_any_work(recipe, tmp_path, capsys,
