@@ -3,6 +3,7 @@ the planted cancelling pair, and the method on a small CNN (ratio, adaptive, rou
 from __future__ import annotations
 
 import itertools
+import copy
 import warnings
 
 import numpy as np
@@ -423,6 +424,31 @@ def test_ccp_resumes_exactly(tmp_path):
         return pruner.index.masks(pm)
 
     assert torch.equal(run(), run(split=3))
+
+
+def test_a_resume_whose_schedule_moved_before_its_step_prunes_the_owed_round_next():
+    """break160 F5: resumed on another number of processes, the steps per epoch moved the
+    prune step from 6 to 4, before the checkpoint's step 5: the round never ran (an exact
+    match only), the run ended dense. It runs at the next step, with the statistics kept."""
+    pm = prepared(seed=2)
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=4, prune_at=6, channel_step=4)
+    opt = train(pm, pruner, 5)
+    saved = copy.deepcopy((pruner.state_dict(), pm.state_dict()))
+    resumed = prepared(seed=2)
+    resumed.load_state_dict(saved[1])
+    moved = CCP(resumed, target=0.5, mode="adaptive", collect=4, prune_at=4, channel_step=4)
+    with pytest.warns(RuntimeWarning, match=r"another prune_steps \[6\] -> \[4\] at step 5"):
+        moved.load_state_dict(saved[0])
+    assert not moved.stats.taps.closed  # the owed round keeps its statistics
+    with pytest.warns(RuntimeWarning, match=r"CCP: round 1 was scheduled at step 4, before this "
+                                            r"run's step 6 .*: pruned now"):
+        train(resumed, moved, 1)
+    assert [r["round"] for r in moved.history] == [1] and moved.history[0]["samples"] > 0
+    assert moved.stats.taps.closed and moved.cost() <= 0.5 + 1e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        train(resumed, moved, 2)  # nothing more owed
+    del opt
 
 
 def test_ccp_rewound_in_place_after_its_round_collects_again_and_repeats_it():

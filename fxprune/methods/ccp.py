@@ -482,6 +482,25 @@ class CCP(PruningMethod):
     def prune_steps(self) -> list[int]:
         return [self.prune_at + k * self.round_every for k in range(self.rounds)]
 
+    def _rounds_decided(self) -> int:
+        """Rounds pruned (each a history record) or skipped so far."""
+        return sum(1 for r in self.history if "round" in r) + self.skipped_rounds
+
+    def _missed_round(self) -> int | None:
+        """The next round where its step has passed without it: a run resumed on another
+        number of processes, whose steps per epoch moved the schedule to a step before the
+        checkpoint's (break160 F5: it then never pruned, and ended dense). Pruned at the
+        first step after, with the statistics collected; None when no round is owed."""
+        due = sum(1 for p in self.prune_steps() if p < self.step_count)
+        decided = self._rounds_decided()
+        if due <= decided:
+            return None
+        warn(f"CCP: round {decided + 1} was scheduled at step {self.prune_steps()[decided]}, "
+             f"before this run's step {self.step_count} (the schedule moved since the state was "
+             "saved: another number of processes or steps per epoch): pruned now",
+             RuntimeWarning)
+        return decided + 1
+
     def _collecting(self, step: int) -> bool:
         return any(p - self.collect < step <= p for p in self.prune_steps())
 
@@ -505,8 +524,9 @@ class CCP(PruningMethod):
         else:
             self.stats.taps.take()
         self._set_collecting(self._collecting(self.step_count + 1))
-        if self.step_count in self.prune_steps():
-            k = self.prune_steps().index(self.step_count) + 1
+        k = (self.prune_steps().index(self.step_count) + 1 if self.step_count in self.prune_steps()
+             else self._missed_round())
+        if k is not None:
             record = self.prune(k)
             if k == self.rounds:  # statistics are no longer needed: the model carries no hooks
                 self._close()
@@ -824,6 +844,6 @@ class CCP(PruningMethod):
         self.dropped_steps = int(state.get("dropped_steps", 0))
         self._dropped_at_decision = int(state.get("dropped_at_decision", 0))
         self._set_collecting(self._collecting(self.step_count + 1))
-        if self.step_count >= self.prune_steps()[-1]:
-            self._close()
+        if self.step_count >= self.prune_steps()[-1] and self._rounds_decided() >= self.rounds:
+            self._close()  # (a round still owed keeps its statistics: _missed_round)
         self._restart_training_check()  # (review108 F2: as SMCP's and CUCB's)
