@@ -12,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.passes.autograd_function import function_of
+from fxprune.passes.bn_rescale import sync_loaded_rescale
 from fxprune.passes.check_hooks import check_hooks_take_the_masks
 from fxprune.passes.check_trace import check_traced
 from fxprune.passes.group_analysis import analyze
@@ -149,6 +150,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                      reference=model)
         channels = analyze(gm, rules)
         insert_masks(gm, channels)
+        # a state loaded from a model SMCP rescaled rescales this one too (passes/bn_rescale.py)
+        gm.register_load_state_dict_post_hook(sync_loaded_rescale)
         check_hooks_take_the_masks(gm, stored)
         count, holders = _untraced_parameters(model, gm)
         quantized = _warn_quantized_layers(model)

@@ -678,10 +678,13 @@ class MaskBank(nn.Module):
     on another group raises, with ``strict=False`` too (break68 #1: a mask landed on the next
     layer silently). A state_dict saved before this record loads as before.
 
-    The record also names the BatchNorms SMCP rescales by the kept fraction
-    (``bn_rescale="kept_fraction"``, :mod:`fxprune.passes.bn_rescale`): that rescale is the
-    norm's class, not a tensor, so a state saved with it and loaded into a model without it
-    finalized to another model, its check passing (break159 F1); such a load raises.
+    The state_dict's metadata (beside ``version``, as torch keeps it: not a tensor, so an EMA
+    that zips two models' tensors sees none) names the BatchNorms SMCP rescales by the kept
+    fraction (``bn_rescale="kept_fraction"``, :mod:`fxprune.passes.bn_rescale`): that rescale is
+    the norm's class, so a state saved with it and loaded into a model without it finalized to
+    another model, its check passing (break159 F1). The load keeps the record for the prepared
+    model's post-hook (``bn_rescale.sync_loaded_rescale``), which rescales those BatchNorms too.
+    A state without the metadata (saved before it, or through safetensors) loads as before.
     """
 
     #: names of the BatchNorms rescaled by the kept fraction (set by ``insert_bn_rescale``);
@@ -697,11 +700,14 @@ class MaskBank(nn.Module):
     def get_extra_state(self) -> torch.Tensor:
         # a tensor (UTF-8 JSON), so that the state_dict stays tensors only (safetensors, EMA)
         import json
-        record = {k: list(v) for k, v in self.fxprune_groups.items()}
-        if self.fxprune_rescaled is not None:  # (not a group key: those are "g<number>")
-            record[_RESCALED_KEY] = sorted(self.fxprune_rescaled)
-        text = json.dumps(record, sort_keys=True)
+        text = json.dumps({k: list(v) for k, v in self.fxprune_groups.items()}, sort_keys=True)
         return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None and self.fxprune_rescaled is not None:
+            metadata.setdefault(prefix[:-1], {})[_RESCALED_KEY] = sorted(self.fxprune_rescaled)
 
     def set_extra_state(self, state) -> None:
         pass  # compared in _load_from_state_dict, where the error can name the load
@@ -720,11 +726,8 @@ class MaskBank(nn.Module):
                 missing_keys.remove(key)
             return
         problem = self._other_groups(state_dict[key])
-        if not problem:
-            rescale = self._other_rescale(state_dict[key])
-            if rescale:
-                error_msgs.append(rescale)
-                return
+        saved = (local_metadata or {}).get(_RESCALED_KEY)
+        self._loaded_rescale = list(map(str, saved)) if isinstance(saved, (list, tuple)) else None
         if problem:  # no mask of this bank is written (torch loads the other modules' tensors)
             wider = self._size_mismatches(error_msgs)
             if problem.startswith("the saved masks are of a wider model") and wider and all(
@@ -775,7 +778,7 @@ class MaskBank(nn.Module):
         import json
         try:
             saved = json.loads(bytes(record.cpu().to(torch.uint8).tolist()).decode())
-            saved = {str(k): (str(v[0]), int(v[1])) for k, v in saved.items() if k != _RESCALED_KEY}
+            saved = {str(k): (str(v[0]), int(v[1])) for k, v in saved.items()}
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError, IndexError):
             return "fxprune_masks._extra_state is not fxprune's record of the masks' groups"
         other = [f"{k} is {saved[k][0]!r} ({saved[k][1]} channels) in the saved state, "
@@ -797,25 +800,8 @@ class MaskBank(nn.Module):
                 "one was, or load the saved weights without fxprune_masks.* and set the masks "
                 "by group name (fxprune.channel_groups)")
 
-    def _other_rescale(self, record) -> str | None:
-        """Why a state saved with BatchNorms rescaled by the kept fraction cannot load here
-        (this model does not rescale them); None if it can, or if either side has no record."""
-        import json
-        saved = json.loads(bytes(record.cpu().to(torch.uint8).tolist()).decode()).get(_RESCALED_KEY)
-        if saved is None or self.fxprune_rescaled is None:
-            return None
-        missing = sorted(set(saved) - set(self.fxprune_rescaled))
-        if not missing:
-            return None
-        return (f"the state_dict was saved from a model whose BatchNorms {', '.join(missing[:3])}"
-                f"{', ...' if len(missing) > 3 else ''} ({len(missing)}) were rescaled by the kept "
-                "fraction (SMCP's bn_rescale='kept_fraction'), and this prepared model's are not: "
-                "finalize would fold another gamma; call fxprune.passes.bn_rescale."
-                "insert_bn_rescale(model) (what SMCP(..., bn_rescale='kept_fraction') does) "
-                "before loading")
 
-
-_RESCALED_KEY = "bn_rescale"  # the record's entry for the rescaled BatchNorms
+_RESCALED_KEY = "fxprune_bn_rescale"  # the mask bank's metadata entry for the rescaled BatchNorms
 
 MASKED_CLASS = {
     nn.Conv1d: MaskedConv1d, nn.Conv2d: MaskedConv2d, nn.Conv3d: MaskedConv3d,

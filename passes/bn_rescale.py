@@ -10,6 +10,7 @@ import warnings
 
 from torch import fx, nn
 
+from fxprune.errors import warn
 from fxprune.masks import RESCALED_CLASS, MaskBank, _InputMasked, _RescaledBatchNorm, wrap
 
 from .insert_masks import MASK_OWNER
@@ -56,3 +57,28 @@ def insert_bn_rescale(gm: fx.GraphModule, mode: str = "kept_fraction") -> list[s
                       f"{', ...' if len(unknown) > 4 else ''}: they normalise without it; "
                       "rescaling covers nn.BatchNorm1d/2d/3d", RuntimeWarning, stacklevel=3)
     return wrapped
+
+
+def sync_loaded_rescale(module, incompatible_keys) -> None:
+    """A prepared model's ``load_state_dict`` post-hook (registered by ``fxprune.prepare``):
+    a state saved from a model whose BatchNorms were rescaled by the kept fraction rescales
+    this model's too, as the model it came from computed (break159 F1: the README's
+    weights-only route, prepare then load then finalize, gave a model off by 7.5 on outputs of
+    0.8, finalize's check passing). A pruner built afterwards sets its own ``bn_rescale``, as
+    it always has. A state saved without the rescale into a model with it is said: the
+    pruner's choice stands, and finalize folds the factor the saved model did not have."""
+    bank = getattr(module, MASK_OWNER, None)
+    if not isinstance(bank, MaskBank):
+        return
+    saved = bank.__dict__.pop("_loaded_rescale", None)
+    if saved is None or bank.fxprune_rescaled is None or set(saved) == set(bank.fxprune_rescaled):
+        return
+    if set(saved) - set(bank.fxprune_rescaled):
+        insert_bn_rescale(module, "kept_fraction")
+    extra = sorted(set(bank.fxprune_rescaled) - set(saved))
+    if extra or set(saved) - set(bank.fxprune_rescaled):
+        warn(f"load_state_dict: the state was saved from a model that rescaled other BatchNorms by "
+             f"the kept fraction than this one does ({', '.join(extra[:3]) or 'none here'}"
+             f"{', ...' if len(extra) > 3 else ''}: SMCP's bn_rescale), so finalize folds a gamma "
+             "factor the saved model did not have; call insert_bn_rescale(model, 'off') (SMCP's "
+             "default) before finalize to compute as the saved model did", RuntimeWarning)

@@ -1190,34 +1190,53 @@ def _rescaled_run():
     return net, pm.eval()
 
 
-def test_a_state_saved_with_bn_rescale_is_refused_by_a_model_without_it():
+def test_a_state_saved_with_bn_rescale_rescales_the_model_it_is_loaded_into():
     """break159 F1: SMCP's kept-fraction rescale is the BatchNorm's class, not a tensor, so the
     README's weights-only route (prepare, load_state_dict, finalize) finalized to another
-    model (outputs off by 7.5 on a scale of 0.8) with its check passing. The load raises now,
-    strict or not, naming the call that makes it exact."""
+    model (outputs off by 7.5 on a scale of 0.8) with its check passing. The state_dict's
+    metadata names the rescaled BatchNorms (review161 F2: not a tensor, which broke timm's EMA)
+    and the load rescales them, strict or not; a pruner built after the load (the Lightning
+    callback's order) sets its own."""
     net, pm = _rescaled_run()
     x = torch.randn(2, 3, 8, 8)
     want = fxprune.finalize(pm)(x)
     saved = pm.state_dict()
-    fresh = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    assert saved._metadata["fxprune_masks"]["fxprune_bn_rescale"] == ["4"]
+    assert len(saved) == len(fxprune.prepare(net, torch.randn(1, 3, 8, 8)).state_dict())
     for strict in (True, False):
-        with pytest.raises(RuntimeError, match=r"BatchNorms 4 \(1\) were rescaled by the kept fraction "
-                                               r".*fxprune.passes.bn_rescale.insert_bn_rescale\(model\)"):
-            fresh.load_state_dict(saved, strict=strict)
-    from fxprune.passes.bn_rescale import insert_bn_rescale
-
-    insert_bn_rescale(fresh)  # the way out the message names
-    fresh.load_state_dict(saved)
+        fresh = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+        fresh.load_state_dict(saved, strict=strict)
+        torch.testing.assert_close(fxprune.finalize(fresh.eval())(x), want)
+    buffer = io.BytesIO()  # through a file, and a pickled prepared model
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    fresh = copy.deepcopy(fxprune.prepare(net, torch.randn(1, 3, 8, 8)))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
     torch.testing.assert_close(fxprune.finalize(fresh.eval())(x), want)
-    # a state without the rescale loads into a model with it (the pruner's own choice), and
-    # a state saved before the record existed loads as before
+    # the reverse: a state without the rescale into a model with it is said
     plain = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
-    fresh.load_state_dict(plain.state_dict())
-    old = dict(saved)
-    old["fxprune_masks._extra_state"] = torch.frombuffer(bytearray(json.dumps(
-        {k: v for k, v in json.loads(bytes(saved["fxprune_masks._extra_state"].tolist()).decode()).items()
-         if k != "bn_rescale"}).encode()), dtype=torch.uint8)
-    plain.load_state_dict(old)
+    with pytest.warns(RuntimeWarning, match=r"rescaled other BatchNorms by the kept fraction than "
+                                             r"this one does \(4: SMCP's bn_rescale\)"):
+        fresh.load_state_dict(plain.state_dict())
+    # a state without the metadata (safetensors, or saved before it) loads as before
+    bare = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    bare.load_state_dict(dict(saved))
+    assert not [m for m in bare.modules() if type(m).__name__.startswith("Rescaled")]
+
+
+def test_a_timm_ema_made_before_smcp_with_bn_rescale_updates():
+    """review161 F2: the record of rescaled BatchNorms in the masks' extra-state tensor made
+    it longer than an EMA copy's, and timm's ModelEmaV2/V3 (which zip the two state_dicts'
+    tensors) failed at their first update."""
+    timm = pytest.importorskip("timm")
+    net = _rescaled_run()[0]
+    pm = fxprune.prepare(net, torch.randn(1, 3, 8, 8))
+    ema = timm.utils.ModelEmaV3(pm, decay=0.9)
+    fxprune.SMCP(pm, target=0.5, channel_step=2, bn_rescale="kept_fraction")
+    ema.update(pm)
+    fxprune.copy_masks(pm, ema.module)
+    assert [type(m).__name__ for m in ema.module.modules() if "BatchNorm" in type(m).__name__] == [
+        type(m).__name__ for m in pm.modules() if "BatchNorm" in type(m).__name__]
 
 
 def test_copy_masks_gives_a_copy_made_before_the_pruner_its_bn_rescale():
