@@ -1885,8 +1885,16 @@ class NormsEverywhere(nn.Module):
         return self.head(self.bn_flat((self.p(u) + self.q(v)).flatten(1)))
 
 
+def _stale_num_features():
+    """A BatchNorm whose num_features was left as it was when its tensors were cut (another
+    tool's surgery): the real forward never reads it (review161 F3)."""
+    model = ChunkOfRepeatedChannels("shuffle")
+    model.a[1].num_features = 7
+    return model
+
+
 @pytest.mark.parametrize("make", [NormsEverywhere, lambda: ChunkOfRepeatedChannels("shuffle"),
-                                  lambda: torchvision.models.shufflenet_v2_x0_5()])
+                                  lambda: torchvision.models.shufflenet_v2_x0_5(), _stale_num_features])
 def test_the_probes_shape_only_batch_norm_answers_as_the_real_one(make, monkeypatch):
     """The size probes run eval-mode BatchNorms as a shape check (their fake decomposition was
     half of the probes' time, 13 s of ShuffleNetV2's 14 s prepare at 224x224): every node's
