@@ -34,7 +34,7 @@ def __getattr__(name):  # heavy or optional parts load on first use
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     import importlib.util
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if not name.startswith("_") and "." not in name and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         # a subpackage or module (fxprune.methods.method_names(), as the README writes it,
         # failed until something had imported it: break159 F7)
         return importlib.import_module(f"{__name__}.{name}")
