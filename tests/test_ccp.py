@@ -449,6 +449,16 @@ def test_a_resume_whose_schedule_moved_before_its_step_prunes_the_owed_round_nex
         warnings.simplefilter("error", RuntimeWarning)
         train(resumed, moved, 2)  # nothing more owed
     del opt
+    # review161 F7: moved later, past a round already decided: not decided a second time
+    train(pm, pruner, 2)
+    assert [r["round"] for r in pruner.history] == [1]
+    later = prepared(seed=2)
+    later.load_state_dict(pm.state_dict())
+    moved = CCP(later, target=0.5, mode="adaptive", collect=4, prune_at=9, channel_step=4)
+    with pytest.warns(RuntimeWarning, match=r"another prune_steps \[6\] -> \[9\]"):
+        moved.load_state_dict(pruner.state_dict())
+    train(later, moved, 4)
+    assert [r["round"] for r in moved.history] == [1]
 
 
 def test_ccp_rewound_in_place_after_its_round_collects_again_and_repeats_it():

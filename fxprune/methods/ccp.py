@@ -486,19 +486,21 @@ class CCP(PruningMethod):
         """Rounds pruned (each a history record) or skipped so far."""
         return sum(1 for r in self.history if "round" in r) + self.skipped_rounds
 
-    def _missed_round(self) -> int | None:
-        """The next round where its step has passed without it: a run resumed on another
-        number of processes, whose steps per epoch moved the schedule to a step before the
-        checkpoint's (break160 F5: it then never pruned, and ended dense). Pruned at the
-        first step after, with the statistics collected; None when no round is owed."""
-        due = sum(1 for p in self.prune_steps() if p < self.step_count)
+    def _round_due(self) -> int | None:
+        """The round to decide at this step: the next undecided one, once its step is reached.
+        A run resumed on another number of processes may find that step passed (the steps per
+        epoch moved the schedule before the checkpoint's step: break160 F5, it never pruned
+        and ended dense): decided now, said; or a decided round's step ahead (moved later:
+        review161 F7, it was decided twice): not decided again."""
         decided = self._rounds_decided()
-        if due <= decided:
+        if decided >= self.rounds or self.step_count < self.prune_steps()[decided]:
             return None
-        warn(f"CCP: round {decided + 1} was scheduled at step {self.prune_steps()[decided]}, "
-             f"before this run's step {self.step_count} (the schedule moved since the state was "
-             "saved: another number of processes or steps per epoch): pruned now",
-             RuntimeWarning)
+        if self.step_count > self.prune_steps()[decided]:
+            self._owed = True
+            warn(f"CCP: round {decided + 1} was scheduled at step {self.prune_steps()[decided]}, "
+                 f"before this run's step {self.step_count} (the schedule moved since the state "
+                 "was saved: another number of processes or steps per epoch): pruned now",
+                 RuntimeWarning)
         return decided + 1
 
     def _collecting(self, step: int) -> bool:
@@ -524,10 +526,10 @@ class CCP(PruningMethod):
         else:
             self.stats.taps.take()
         self._set_collecting(self._collecting(self.step_count + 1))
-        k = (self.prune_steps().index(self.step_count) + 1 if self.step_count in self.prune_steps()
-             else self._missed_round())
+        k = self._round_due()
         if k is not None:
             record = self.prune(k)
+            self._owed = False
             if k == self.rounds:  # statistics are no longer needed: the model carries no hooks
                 self._close()
             return record
@@ -659,6 +661,11 @@ class CCP(PruningMethod):
             if self.stats.taps.closed:
                 why = ("finalize_masks() ended them (or another pruner built on the model "
                        "did): build a new CCP on the model to prune again")
+            elif getattr(self, "_owed", False):  # (review161 F6: not the loop's fault)
+                self._owed = False
+                why = ("the state this run resumed from held no statistics for it (its collection "
+                       "window moved before the checkpoint's step); resume on the number of "
+                       "processes that saved it, or from a checkpoint after its window opened")
             elif dropped:  # break51 #4: the loop was right; the loss scale was not settled
                 why = (f"all {dropped} collected step(s) overflowed under the loss scaler and were "
                        "dropped (as the scaler skips them): collect over more steps, or prune "
