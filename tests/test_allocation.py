@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import math
 import re
 import warnings
@@ -1117,6 +1118,39 @@ def test_a_pruner_built_on_pruned_masks_without_its_state_says_so_at_its_first_s
         resumed.load_state_dict(saved)
         loaded.load_state_dict(state)
         train(resumed, loaded, 1)
+
+
+def test_a_subclass_without_its_own_init_says_a_state_loaded_after_it_was_built():
+    """review161 F8: the check ran for the class whose constructor ran outermost only, so a
+    subclass overriding step() alone never said it."""
+    from test_smcp import train
+
+    class MySMCP(fxprune.SMCP):
+        def step(self, loss=None):
+            return super().step(loss)
+
+    kwargs = dict(target=0.5, warmup=1, ramp=4, update_every=1, channel_step=1)
+    pm = prepared()
+    train(pm, MySMCP(pm, **kwargs), 5)
+    resumed = prepared()
+    fresh = MySMCP(resumed, **kwargs)
+    resumed.load_state_dict(pm.state_dict())
+    with pytest.warns(RuntimeWarning, match=r"MySMCP.step\(\) at step 1: the model's masks already pruned"):
+        train(resumed, fresh, 1)
+
+
+def test_a_superseded_pruner_copied_beside_the_newer_one_does_not_become_the_latest():
+    """review161 F9: deep-copying (model, old, new) made the old pruner's copy the copied
+    model's latest (the first copy made claimed it), and stepping the newer copy warned that
+    it had been superseded."""
+    from fxprune.methods.base import latest_pruner
+
+    pm = prepared()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old, new = fxprune.SMCP(pm, target=0.5), fxprune.SMCP(pm, target=0.5)
+    for copied in (copy.deepcopy((pm, old, new)), pickle.loads(pickle.dumps((pm, old, new)))):
+        assert latest_pruner(copied[0]) is copied[2]
 
 
 def test_trade_steps_raises_a_group_past_a_dip_in_a_free_stretch():

@@ -679,6 +679,15 @@ def test_a_model_cast_after_its_pruner_was_built_is_priced_again():
     pm.double()
     assert pruner.cost() == 1.0 and pruner.budget.dense == pytest.approx(2 * dense)
     assert {layer.spec.dtype for layer in pruner.budget.layers} == {"float64"}
+    # review161 F5: a constant fitted at float32 is refused after the cast, as at construction
+    from fxprune.cost import FlopsCost, WithFixedCost, layer_keys
+
+    pm.float()
+    fitted = WithFixedCost(FlopsCost(), fixed_cost=1e4, layers=layer_keys(fxprune.layer_specs(pm), FlopsCost()))
+    pruner = fxprune.SMCP(pm, target=1.0, cost=fitted, channel_step=8)
+    pm.double()
+    with pytest.raises(ValueError, match=r"fitted on this model's layers at float32, and they are float64 now"):
+        pruner.cost()
     flops = fxprune.SMCP(pm, target=1.0, channel_step=8)  # FLOPs do not move with the dtype
     before = flops.cost()
     pm.float()

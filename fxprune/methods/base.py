@@ -286,7 +286,9 @@ def _keywords_explained(cls: type, init: Callable) -> Callable:
     def __init__(self, *args, **kwargs):
         try:
             init(self, *args, **kwargs)
-            if type(self) is cls:  # the whole constructor ran (a method may write masks in its own)
+            # the outermost constructor ran (a method may write masks in its own); also for a
+            # subclass without an __init__ of its own (review161 F8)
+            if type(self).__init__ is __init__:
                 self._record_built_masks()
             return None
         except TypeError as exc:
@@ -326,12 +328,14 @@ class PruningMethod:
             raise TypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
                             "copy the model and optimizer, build a new pruner on the copy and load "
                             "this one's state_dict() into it")
+        was_latest = latest_pruner(self.prepared) is self
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
             new.__dict__[key] = copy.deepcopy(value, memo)
         new._copied_as = "deep-copied"
-        new._register_copy()
+        if was_latest:
+            new._register_copy()
         new._after_copy()
         return new
 
@@ -343,14 +347,17 @@ class PruningMethod:
                         "copies both, or build a new pruner and load this one's state_dict()")
 
     def __setstate__(self, state):
+        was_latest = state.pop("_was_latest", True)  # (a pickle from before the flag: as it was)
         self.__dict__.update(state)
         self._copied_as = "unpickled"
-        self._register_copy()
+        if was_latest:
+            self._register_copy()
         self._after_copy()
 
     def _register_copy(self) -> None:
-        """A copy is its (copied) model's latest pruner, so that finalize asks it whether its
-        final selection was made (break159 F2: a resumed pair said nothing)."""
+        """The copy of its model's latest pruner is its copied model's latest, so that finalize
+        asks it whether its final selection was made (break159 F2: a resumed pair said nothing;
+        review161 F9: only the latest's copy, not a superseded pruner's copied beside it)."""
         prepared = self.__dict__.get("prepared")
         if prepared is not None and latest_pruner(prepared) is None:
             _LATEST_PRUNER[prepared] = weakref.ref(self)
@@ -386,6 +393,7 @@ class PruningMethod:
                             "on the loaded model")
         state = self.__dict__.copy()
         state.pop("_last_grads", None)
+        state["_was_latest"] = latest_pruner(self.prepared) is self
         return state
 
     def state_origin(self) -> dict:
@@ -559,8 +567,13 @@ class PruningMethod:
         priced = getattr(self, "_priced_dtypes", None)
         if priced is not None and all(c.param.dtype == d for c, d in zip(self.consumers, priced)):
             return
-        self.budget = Budget(self.index, costed_layers(self.index, self.prepared), self.budget.model,
-                             self.budget.other_cost)
+        from ..cost import fixed_cost_of
+
+        layers = costed_layers(self.index, self.prepared)
+        model = self.budget.model  # a fitted constant is asked again: refused at another dtype
+        other = (fixed_cost_of(model, [layer.spec for layer in layers])  # (review161 F5)
+                 if hasattr(model, "fixed_cost_for") else self.budget.other_cost)
+        self.budget = Budget(self.index, layers, model, other)
         self._priced_dtypes = [c.param.dtype for c in self.consumers]
         self._priced = None  # the run settings' half-width price, at the dtype now
 
