@@ -434,18 +434,8 @@ _PER_MACHINE = (("data", "root"), ("data", "num_workers"), ("num_threads",), ("d
                 ("log", "progress"), ("log", "tensorboard"), ("out",))
 
 
-def _refuse_processes_that_differ(cfg: dict, data: dict) -> None:
-    """Every process of a job trains one recipe on one dataset: one all-gather of a hash of
-    each's recipe (``_PER_MACHINE`` keys aside) and of its data's fingerprint, and a
-    difference is the same ConfigError on every process (said once, by rank 0). break160 F1:
-    one machine's copy of Fashion-MNIST with fewer images hung the job in a collective until
-    gloo's 30-minute timeout; F2: other labels, or another optim.lr, on one machine trained
-    on silently."""
-    import hashlib
-
-    def digest(obj) -> str:
-        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
+def _shared_recipe(cfg: dict) -> dict:
+    """``cfg`` without the keys each machine may set for itself (``_PER_MACHINE``)."""
     shared = copy.deepcopy(cfg)
     for path in _PER_MACHINE:
         parent = shared
@@ -453,22 +443,28 @@ def _refuse_processes_that_differ(cfg: dict, data: dict) -> None:
             parent = parent.get(key, {}) if isinstance(parent, dict) else {}
         if isinstance(parent, dict):
             parent.pop(path[-1], None)
-    mine = {"data": digest(data), "recipe": digest(shared), "sizes": (
-        data["train"]["samples"], data["test"]["samples"])}
+    return shared
+
+
+def _refuse_processes_that_differ(what: str, value, way: str, detail: str = "") -> None:
+    """Every process of a job trains one recipe on one dataset: one all-gather of a hash of
+    ``value`` (and each process's ``detail``), and a difference from process 0's is the same
+    ConfigError on every process (said once, by rank 0). Run twice: the recipe and the
+    command's flags first thing (review161 F1: compared after --resume's work had split the
+    processes, a flag given to one hung the job), the data once loaded. break160 F1: one
+    machine's copy of Fashion-MNIST with fewer images hung the job in a collective until
+    gloo's 30-minute timeout; F2: other labels, or another optim.lr, trained on silently."""
+    import hashlib
+
+    mine = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
     everyone: list = [None] * fxdist.world_size()
-    dist.all_gather_object(everyone, mine)
-    for key, what, way in (
-            ("data", "data", "give every machine the same copy at its data.root"),
-            ("recipe", "recipe (config and --set)", "launch every process with the same "
-             f"config and --set (only {', '.join('.'.join(p) for p in _PER_MACHINE)} may differ)")):
-        odd = [r for r, theirs in enumerate(everyone) if theirs[key] != everyone[0][key]]
-        if odd:
-            sizes = ("" if key != "data" else " (training / test images: " + ", ".join(
-                f"process {r}: {everyone[r]['sizes'][0]} / {everyone[r]['sizes'][1]}"
-                for r in [0, *odd[:3]]) + ")")
-            raise ConfigError(f"process{'es' if len(odd) > 1 else ''} {', '.join(map(str, odd[:8]))} "
-                              f"of the job read{'' if len(odd) > 1 else 's'} other {what} than "
-                              f"process 0{sizes}; {way}")
+    dist.all_gather_object(everyone, (mine, detail))
+    odd = [r for r, (theirs, _) in enumerate(everyone) if theirs != everyone[0][0]]
+    if odd:
+        details = "; ".join(f"process {r}: {everyone[r][1]}" for r in [0, *odd[:3]]) if detail else ""
+        raise ConfigError(f"process{'es' if len(odd) > 1 else ''} {', '.join(map(str, odd[:8]))} of "
+                          f"the job read{'' if len(odd) > 1 else 's'} other {what} than process 0"
+                          f"{f' ({details})' if details else ''}; {way}")
 
 
 def _refuse_unwritable_resume(out: Path) -> None:
@@ -518,6 +514,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     distributed = fxdist.is_distributed()
     main = fxdist.is_main_process()
     world = fxdist.world_size()
+    if distributed:  # before any work that differs between the processes (review161 F1)
+        _refuse_processes_that_differ(
+            "recipe (config, --set, --resume and --overwrite)",
+            {"recipe": _shared_recipe(cfg), "resume": resume, "overwrite": overwrite},
+            "launch every process with the same command (only "
+            f"{', '.join('.'.join(p) for p in _PER_MACHINE)} may differ)")
     if world > int(cfg["data"]["batch_size"]):  # a recipe value: refused before any work, and
         # said once, by rank 0 (break73 M4: the loader's ValueError, from every rank)
         raise ConfigError(f"data.batch_size {cfg['data']['batch_size']} is smaller than the "
@@ -610,7 +612,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}
     if distributed:
-        _refuse_processes_that_differ(cfg, data_fingerprint)
+        _refuse_processes_that_differ(
+            "data", data_fingerprint, "give every machine the same copy at its data.root",
+            detail=f"{data_fingerprint['train']['samples']} training / "
+                   f"{data_fingerprint['test']['samples']} test images")
     if ckpt is not None:
         _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg["data"].get("root"))
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}

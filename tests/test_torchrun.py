@@ -71,13 +71,14 @@ def test_shards_are_disjoint_cover_the_epoch_and_reshuffle(world):
 def test_processes_that_read_other_data_or_recipes_are_refused_before_training(monkeypatch):
     """break160 F1/F2: one machine's copy of the data with fewer images hung the job in a
     collective until gloo's timeout; other labels or another optim.lr trained on silently.
-    Every process compares its recipe and data with process 0's (one all-gather, faked here
-    for a world of 3) and raises the same one-line ConfigError."""
+    Every process compares its recipe and flags (first thing: review161 F1, --resume on one
+    process hung) and its data with process 0's (one all-gather each, faked here for a world
+    of 3) and raises the same one-line ConfigError."""
     from fxprune import train as fxtrain
 
     cfg = {"seed": 0, "out": "runs/a", "device": "cpu", "num_threads": 2,
            "data": {"root": "/data/a", "batch_size": 128, "num_workers": 0},
-           "optim": {"lr": 0.1}, "log": {"progress": True}}
+           "optim": {"lr": 0.1}, "log": {"progress": True, "every_steps": 50}}
     data = {"train": {"samples": 2048, "labels_sha256": "l", "images_sha256": "i"},
             "test": {"samples": 1000, "labels_sha256": "t", "images_sha256": "j"}}
     gathered = []
@@ -88,22 +89,28 @@ def test_processes_that_read_other_data_or_recipes_are_refused_before_training(m
 
     monkeypatch.setattr(fxtrain.dist, "all_gather_object", gather)
     monkeypatch.setattr(fxtrain.fxdist, "world_size", lambda: 3)
-    fxtrain._refuse_processes_that_differ(cfg, data)  # the reference: every process the same
+
+    def recipe(cfg, resume=False):
+        fxtrain._refuse_processes_that_differ("recipe", {"recipe": fxtrain._shared_recipe(cfg),
+                                                         "resume": resume}, "the same command")
+
+    recipe(cfg)  # the reference: every process the same
     # each machine's own root, threads, workers, device, progress and output folder: accepted
-    own = {**cfg, "out": "runs/b", "device": "cuda", "num_threads": 8, "log": {"progress": False},
-           "data": {**cfg["data"], "root": "/mnt/copy", "num_workers": 4}}
-    fxtrain._refuse_processes_that_differ(own, data)
+    recipe({**cfg, "out": "runs/b", "device": "cuda", "num_threads": 8,
+            "log": {"progress": False, "every_steps": 50},
+            "data": {**cfg["data"], "root": "/mnt/copy", "num_workers": 4}})
+    for other in ({**cfg, "optim": {"lr": 0.01}}, {**cfg, "log": {"progress": True, "every_steps": 10}}):
+        with pytest.raises(ConfigError, match=r"^process 2 of the job reads other recipe than process 0; "
+                                              r"the same command$"):
+            recipe(other)
+    with pytest.raises(ConfigError, match="process 2 of the job reads other recipe"):
+        recipe(cfg, resume=True)
+    gathered.clear()
+    fxtrain._refuse_processes_that_differ("data", data, "the same copy", "2048 / 1000")
     fewer = {**data, "train": {**data["train"], "samples": 1500, "images_sha256": "k"}}
     with pytest.raises(ConfigError, match=r"^process 2 of the job reads other data than process 0 "
-                                          r"\(training / test images: process 0: 2048 / 1000, process 2: "
-                                          r"1500 / 1000\); give every machine the same copy at its data.root$"):
-        fxtrain._refuse_processes_that_differ(cfg, fewer)
-    relabelled = {**data, "train": {**data["train"], "labels_sha256": "other"}}
-    with pytest.raises(ConfigError, match=r"process 2 of the job reads other data than process 0"):
-        fxtrain._refuse_processes_that_differ(cfg, relabelled)
-    with pytest.raises(ConfigError, match=r"process 2 of the job reads other recipe \(config and --set\) "
-                                          r"than process 0; launch every process with the same"):
-        fxtrain._refuse_processes_that_differ({**cfg, "optim": {"lr": 0.01}}, data)
+                                          r"\(process 0: 2048 / 1000; process 2: 1500 / 1000\); the same copy$"):
+        fxtrain._refuse_processes_that_differ("data", fewer, "the same copy", "1500 / 1000")
 
 
 def test_shard_slices_the_augmented_global_batch():
