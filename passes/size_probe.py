@@ -25,6 +25,8 @@ import warnings
 import torch
 from torch import fx
 
+from fxprune.masks import RESCALED_CLASS
+
 from .grad_mode import preserving_modes
 from .shape_prop import TensorMeta
 
@@ -97,7 +99,7 @@ def input_dependent_dims(gm: fx.GraphModule) -> dict[str, tuple[frozenset[int], 
 _PROBES = (lambda n: 2 * n, lambda n: n - 1 if n > 2 else n, lambda n: 2 if n > 3 else n)
 
 
-_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+_BATCH_NORMS = tuple(RESCALED_CLASS)  # the plain BatchNorm1d/2d/3d (a subclass keeps its forward)
 
 
 class _ShapeOnlyBatchNorm:

@@ -534,7 +534,10 @@ class PruningMethod:
 
     def _check_step_call(self) -> None:
         """At each ``step()``: this pruner is the model's latest (:meth:`_check_superseded`),
-        and a backward ran since the last step (:meth:`_check_backward_since_last_step`)."""
+        its prices follow the weights' dtype (:meth:`_check_priced_dtypes`), a copy made alone
+        is said (:meth:`_check_copied_alone`), a backward ran since the last step
+        (:meth:`_check_backward_since_last_step`), and at the first step, masks pruned before
+        it without the pruner's state (a resume that loaded the model's alone)."""
         self._check_superseded()
         self._check_priced_dtypes()
         self._check_copied_alone()
