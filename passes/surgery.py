@@ -22,6 +22,7 @@ from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
                            forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
 from fxprune.rules.layers import FunctionalLayerNorm
 
+from .bn_rescale import sync_loaded_rescale
 from .group_analysis import lookup_rule
 from .shape_prop import NodeFacts, map_tensors, preserving_rng, restoring_buffers
 from .grad_mode import ModeRecordingTracer, autocast_dtypes, sets_modes
@@ -145,6 +146,9 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     # (an uncopyable part named: a buffer the forward set, a tap's store)
     gm = copy_model(prepared, when="finalize")
     strip_method_hooks(gm)  # a method's hooks (CCP's taps mid-run) are not part of the model
+    # nor is prepare's load hook: the finalized model loads without fxprune
+    for key in [k for k, hook in gm._load_state_dict_post_hooks.items() if hook is sync_loaded_rescale]:
+        del gm._load_state_dict_post_hooks[key]
     ctx = _FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())
     site_by_module = {s.module: s for s in ch.mask_sites}
