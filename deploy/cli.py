@@ -58,10 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fxprune.run_io import stop_on_sigterm
+    from fxprune.run_io import outlive_reader, stop_on_sigterm
 
-    # (break66 #3: a kill mid-export left a truncated model.onnx the next deploy refused)
-    with stop_on_sigterm():
+    # (break66 #3: a kill mid-export left a truncated model.onnx the next deploy refused;
+    # break158 F1: a reader of its output that went away stopped it before report.json)
+    with stop_on_sigterm(), outlive_reader():
         return _run(args)
 
 
@@ -82,7 +83,25 @@ def _run(args: argparse.Namespace) -> int:
         print(f"fxprune deploy: error: {e}", file=sys.stderr)
         return 2  # as every fxprune command's errors (argparse's usage errors too)
     except KeyboardInterrupt:
-        print(f"fxprune deploy: interrupted; {args.out} holds no report.json of this deploy "
-              "(its checked ONNX files stay); run it again to time the model", file=sys.stderr)
+        print(f"fxprune deploy: interrupted; {_left_behind(args.out)}; run it again to time "
+              "the model", file=sys.stderr)
         return 130
     return 0
+
+
+def _left_behind(out) -> str:
+    """What an interrupted deploy left in ``out``, as it is (break158 F8: the fixed text spoke
+    of checked ONNX files in a folder not yet made)."""
+    from pathlib import Path
+
+    folder = Path(out).expanduser()
+    try:
+        onnx = sorted(p.name for p in folder.glob("*.onnx")) if folder.is_dir() else []
+    except OSError:
+        onnx = []
+    if not folder.is_dir():
+        return f"{out} was not created"
+    if not onnx:
+        return f"{out} holds no file of this deploy"
+    return (f"{out} holds no report.json of this deploy (the ONNX files there, "
+            f"{', '.join(onnx)}, stay)")

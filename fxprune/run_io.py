@@ -505,6 +505,66 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+class _StreamOutlivingReader:
+    """A text stream (``sys.stdout``, ``sys.stderr``) whose writes survive the reader going
+    away: on the first EPIPE its file descriptor is pointed at ``os.devnull``, so the rest is
+    dropped, not raised. Every other attribute is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop_the_rest()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop_the_rest()
+
+    def _drop_the_rest(self) -> None:
+        self.reader_gone = True
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):  # a stream with no descriptor
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        try:
+            self._stream.flush()  # what the stream still buffers, now into devnull
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def outlive_reader():
+    """Within the block, a reader of stdout or stderr that goes away (``fxprune train ... |
+    head``) no longer stops the command: the rest of its console output is dropped and the
+    work goes on to its end, its files written. A training run's output is its run folder,
+    so a log reader that leaves must not cost an epoch in progress (break158 F1: it stopped
+    with "error: Broken pipe" before the epoch's checkpoint). The streams before are put
+    back on leaving."""
+    import sys
+
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_StreamOutlivingReader(s) if s is not None else s for s in before)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
+
+
 @contextlib.contextmanager
 def stop_on_sigterm():
     """Within the block, SIGTERM (``kill``, ``timeout``, a scheduler) stops the command as

@@ -868,11 +868,6 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             if getattr(pruner, "sync_state", None) is not None:
                 pruner.sync_state()  # every rank: rank 0's checkpoint then holds all statistics
             if main:
-                print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
-                      f"{row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-                      f"{row['epoch_s']:.1f}s | {row['images_per_s']:.0f} img/s"
-                      + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}"
-                                for k, v in epoch_cost.items()), flush=True)
                 checkpoint = {
                     "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step,
                     "elapsed_s": elapsed,
@@ -887,13 +882,21 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "process_counts": process_counts,
                 }
                 save_checkpoint(checkpoint, ckpt_path)
+                # said once saved: the line means the epoch is safe (break158 F1)
+                print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
+                      f"{row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+                      f"{row['epoch_s']:.1f}s | {row['images_per_s']:.0f} img/s"
+                      + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}"
+                                for k, v in epoch_cost.items()), flush=True)
     finally:
         logs.close()
         if undo_sync_bn is not None:
             undo_sync_bn()
 
+    # the memory layout that trained (break158 F6: config.yaml keeps the recipe's
+    # channels_last even where the run turned it off)
     run_facts = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
-                 "world_size": world}
+                 "world_size": world, "channels_last": channels_last}
     if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
         run_facts["lr_schedules"] = lr_schedules
     if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all
@@ -1032,7 +1035,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "optim.epochs (NAME_fraction, keeps its shape when the run is shortened). "
                      "Exit status: 0 done; 2 an error (nothing trained, or a run that failed); 3 "
                      "a pruning run that ended above its cost target (its files written; 0 with "
-                     "prune.allow_above_target=true); 130 interrupted. Data-parallel: torchrun --nproc-per-node N "
+                     "prune.allow_above_target=true); 130 interrupted. A reader of the output that goes away (`| head`) does not stop the run. Data-parallel: torchrun --nproc-per-node N "
                      "-m fxprune train CONFIG (data.batch_size is the global batch; rank 0 "
                      "writes every file).")
 
@@ -1095,9 +1098,9 @@ def _older_than(path: Path, started_ns: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .run_io import stop_on_sigterm
+    from .run_io import outlive_reader, stop_on_sigterm
 
-    with stop_on_sigterm():
+    with stop_on_sigterm(), outlive_reader():
         return _run(args)
 
 

@@ -1607,7 +1607,8 @@ def test_a_failed_or_stopped_redeploy_leaves_no_report_of_other_files(saved, tmp
         raise KeyboardInterrupt
     monkeypatch.setattr(pipeline.ortb, "time_onnx_models", stopped)
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 130
-    assert "interrupted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "(the ONNX files there, model.onnx" in err, err
     assert "report.json" not in os.listdir(out)
     monkeypatch.undo()
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
@@ -1753,6 +1754,35 @@ def test_sigterm_stops_a_deploy_as_ctrl_c_does(saved, tmp_path):
     assert "Traceback" not in err and "fxprune deploy: interrupted" in err
     assert sorted(os.listdir(out)) == [".fxprune-deploy", "model.onnx"]  # checked, recorded
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
+
+
+def test_an_interrupt_before_the_folder_is_made_says_so(saved, tmp_path, capsys, monkeypatch):
+    """break158 F8: the fixed text spoke of "checked ONNX files" in a folder never made."""
+    from fxprune.deploy import pipeline as pipeline_mod
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline_mod, "deploy", stopped)
+    out = tmp_path / "never"
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 130
+    assert capsys.readouterr().err == (f"fxprune deploy: interrupted; {out} was not created; "
+                                       "run it again to time the model\n")
+
+
+def test_a_reader_that_goes_away_does_not_stop_a_deploy(saved, tmp_path):
+    """break158 F1: `fxprune deploy ... | head -1` stopped with "error: Broken pipe" (2) before
+    report.json; the console's rest is dropped and the deploy ends as it would."""
+    r, w = os.pipe()
+    os.close(r)  # every write to w fails with EPIPE
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fxprune", "deploy", str(saved / "pruned.pt"),
+                               "--out", str(out), *QUICK, *TRUST], stdout=w, stderr=w,
+                              timeout=300)
+    finally:
+        os.close(w)
+    assert proc.returncode == 0
+    assert json.loads((out / "report.json").read_text())["model_file"] == str(saved / "pruned.pt")
 
 
 def test_the_input_check_runs_at_the_copys_dtype_whatever_torchs_default():

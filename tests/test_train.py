@@ -223,6 +223,44 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
 
 
+def test_a_reader_that_goes_away_does_not_stop_a_run(recipe, tmp_path):
+    """break158 F1: `fxprune train ... | head -2` stopped with "error: Broken pipe" (2) at the
+    next epoch line, before that epoch's checkpoint; the console's rest is dropped now (stderr
+    too: `2>&1 | head`) and the run goes on to its results."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # every write to w fails with EPIPE
+    out = tmp_path / "run"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fxprune", "train", str(recipe), "--set",
+                               "optim.epochs=2", "--out", str(out)], stdout=w, stderr=w,
+                              timeout=600)
+    finally:
+        os.close(w)
+    assert proc.returncode == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+
+
+def test_an_epochs_line_is_printed_once_its_checkpoint_is_saved(recipe, tmp_path, capsys,
+                                                               monkeypatch):
+    """break158 F1: the line came first, so a reader that saw it could lose the epoch."""
+    saves = []
+    real_save = train_mod.save_checkpoint
+
+    def save(checkpoint, path):
+        saves.append(capsys.readouterr().out)
+        real_save(checkpoint, path)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--out",
+                     str(tmp_path / "r")]) == 0
+    assert len(saves) == 2 and "epoch 1/2:" in saves[1]
+    assert not any("epoch 1/2:" in text for text in saves[:1])
+    assert "epoch 2/2:" in capsys.readouterr().out
+
+
 def test_a_torchvision_model_trains_on_gray_images_repeated_as_rgb(recipe, tmp_path, capsys):
     base = ["train", str(recipe), "--set", "optim.epochs=1", "--set", "model.name=resnet18",
             "--set", "model.widths=null", "--set", "model.blocks=null", "--set", "prune.method=smcp",
@@ -255,12 +293,15 @@ def test_channels_last_is_off_where_a_conv_would_meet_the_onednn_nhwc_fault(reci
     assert "channels_last off: layer2.0.downsample.0 (strided 1x1 conv, 4 input channels)" \
         in capsys.readouterr().out
     assert layouts and not any(layouts)
+    # the layout that trained, recorded (break158 F6: config.yaml alone said true)
+    assert json.loads((out / "results.json").read_text())["channels_last"] is False
     wide = tmp_path / "wide"  # 16 input channels: NHWC stays on
     layouts.clear()
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--set", "channels_last=true",
                      "--set", "model.widths=[16,16,16]", "--out", str(wide)]) == 0
     assert "channels_last off" not in capsys.readouterr().out
     assert layouts and all(layouts)
+    assert json.loads((wide / "results.json").read_text())["channels_last"] is True
 
 
 def test_epoch_totals_add_up_the_logged_windows_and_the_rest(recipe, tmp_path):
