@@ -1167,7 +1167,7 @@ def _run(args: argparse.Namespace) -> int:
             saved = (f"an epoch is in {prev}; move it to checkpoint.pt "
                      "and continue with --resume")
         else:
-            saved = "no epoch had finished"
+            saved = "no epoch had been saved yet; run the same command again to start over"
         if rank == 0:  # under torchrun every process gets it
             print(f"fxprune train: interrupted; {saved}", file=sys.stderr)
         return 130

@@ -261,6 +261,22 @@ def test_an_epochs_line_is_printed_once_its_checkpoint_is_saved(recipe, tmp_path
     assert "epoch 2/2:" in capsys.readouterr().out
 
 
+def test_an_interrupt_before_the_first_save_says_what_to_do_and_that_works(
+        recipe, tmp_path, capsys, monkeypatch):
+    """break158 F8: "no epoch had finished" beside metrics.csv's row of epoch 1, written just
+    before the checkpoint; the advice given is followed here."""
+    def stopped(checkpoint, path):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "save_checkpoint", stopped)
+    out = tmp_path / "r"
+    argv = ["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]
+    assert cli_main(argv) == 130
+    assert capsys.readouterr().err == ("fxprune train: interrupted; no epoch had been saved yet; "
+                                       "run the same command again to start over\n")
+    monkeypatch.undo()
+    assert cli_main(argv) == 0
+
+
 def test_a_torchvision_model_trains_on_gray_images_repeated_as_rgb(recipe, tmp_path, capsys):
     base = ["train", str(recipe), "--set", "optim.epochs=1", "--set", "model.name=resnet18",
             "--set", "model.widths=null", "--set", "model.blocks=null", "--set", "prune.method=smcp",
