@@ -508,6 +508,14 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path} is a section (a mapping of keys), got {_show(value)}")
             if prefix == "" and key in FREE_SECTIONS:
+                # (break158 F3: an int or YAML-boolean key was a 30-line traceback further on)
+                odd = [k for k in value if not isinstance(k, str)]
+                if odd:
+                    raise ConfigError(
+                        f"{path} has the key {odd[0]!r} ({type(odd[0]).__name__}), not a name: "
+                        "YAML reads an unquoted number, null or off/no/on/yes key as such; the "
+                        f"keys of {path} are the method's argument names (fxprune methods "
+                        "METHOD lists them), quoted where YAML would read them otherwise")
                 base[key].update(copy.deepcopy(value))
             else:
                 _merge(base[key], value, default, path + ".")

@@ -97,6 +97,10 @@ def test_overrides_do_not_mutate_input():
                              r"is 'cosine'\): --set optim.schedule=step"),
     (["optim.schedule=step", "optim.epochs=10", "optim.milestones=[3, 10, 30]"],
      r"optim.milestones \[10, 30\] lie at or past optim.epochs \(10\), where they never apply"),
+    # break158 F3: a 30-line AttributeError ('int' object has no attribute 'removesuffix')
+    ("prune={method: smcp, 1: x}", r"^prune has the key 1 \(int\), not a name: YAML reads"),
+    ("prune={method: none, on: true}", r"^prune has the key True \(bool\), not a name"),
+    ("prune={null: 3}", r"^prune has the key None \(NoneType\), not a name"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
