@@ -736,6 +736,16 @@ def _zip_damage(path: Path) -> str | None:
     return None
 
 
+def start_over(checkpoint: Path) -> str:
+    """The way to start over in the folder of an unusable ``checkpoint``: ``--overwrite``
+    replaces fxprune's own files only, so a checkpoint changed since fxprune wrote it (cut
+    short, edited) is to be moved out first (break158 F4: --overwrite refused the advice)."""
+    if checkpoint.name in foreign_run_files(checkpoint.parent):
+        return (f"move {checkpoint.name} out of the folder (it changed since fxprune wrote it), "
+                "then start over with --overwrite")
+    return "start over with --overwrite"
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -753,8 +763,8 @@ def load_checkpoint(path: Path, device) -> dict:
     # (a kill between keeping the old file as prev and renaming the new one in leaves both
     # names on one file: then prev holds no other epoch; review149 F10)
     way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
-               "or start over with --overwrite" if prev.is_file() and not _same_file(prev, path)
-               else "start over with --overwrite or use another --out")
+               f"or {start_over(path)}" if prev.is_file() and not _same_file(prev, path)
+               else f"{start_over(path)}, or use another --out")
     damage = _zip_damage(path)
     if damage is not None:
         raise CheckpointError(f"--resume: checkpoint {path} is damaged: {damage}; {way_out}")

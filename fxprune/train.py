@@ -60,7 +60,7 @@ from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHAN
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
                      check_out_folder, config_changes, cost_columns, format_results,
                      load_checkpoint, lock_out_folder, move_tensors, release_out_folder, rng_state,
-                     save_checkpoint, save_module, set_rng_state, tensorboard_writer,
+                     save_checkpoint, save_module, set_rng_state, start_over, tensorboard_writer,
                      unwritable_folder, write_results)
 from .units import UnitIndex
 
@@ -734,7 +734,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"--resume: {ckpt_path} does not fit this run ({first[:200]}); "
-                                  "start over with --overwrite or use another --out") from None
+                                  f"{start_over(ckpt_path)}, or use another --out") from None
         # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
         saved_lr = optimizer.param_groups[0]["lr"]
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):

@@ -1140,6 +1140,25 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
                                 or "start over with --overwrite" in err), err
 
 
+def test_a_damaged_checkpoints_way_out_is_one_overwrite_takes(recipe, tmp_path, capsys):
+    """break158 F4: a checkpoint cut short said "start over with --overwrite", which then
+    refused it as not written by fxprune; the advice now moves it out first, and works."""
+    out = tmp_path / "run"
+    argv = ["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert not (out / "checkpoint.prev.pt").exists()
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert cli_main([*argv[:-2], "--set", "optim.epochs=2", "--resume", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert err.rstrip().endswith(
+        "is damaged: its zip index does not read (File is not a zip file); move checkpoint.pt "
+        "out of the folder (it changed since fxprune wrote it), then start over with "
+        "--overwrite, or use another --out"), err
+    (out / "checkpoint.pt").rename(tmp_path / "damaged.pt")
+    assert cli_main([*argv, "--overwrite"]) == 0
+
+
 def test_resume_from_the_run_s_own_edited_config_says_so_and_its_way_out_works(recipe, tmp_path, capsys):
     """break103 F2: resuming with the run's config.yaml, edited (a key that may change), was
     refused as "not written by fxprune ... or choose another --out", which would abandon the
