@@ -852,6 +852,14 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
             "it would prune at the last step, with nothing fine-tuned after; lower "
             "prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
     explore = getattr(pruner, "explore", None)
+    if hasattr(pruner, "explore") and explore is None:
+        # (break158 F5: accepted without a word; the pick came after the last step, its
+        # channels never trained together, while explore at the last step was refused)
+        raise ConfigError(
+            f"{method} has no prune.explore, so its final selection would come after the last "
+            f"step ({run}), with nothing fine-tuned after; set prune.explore (or its "
+            "_epochs/_fraction form) below the run's length, e.g. --set "
+            "prune.explore_fraction=0.7")
     if isinstance(explore, int) and explore >= total_steps:
         # (break132 #2: accepted, and the pick came at the last step, nothing fine-tuned)
         raise ConfigError(
