@@ -48,7 +48,7 @@ from . import distributed as fxdist
 from .allocation import InfeasibleBudget
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
-from .errors import FxPruneError, TargetNotReachedError
+from .errors import FxPruneError, TargetNotReachedError, first_line
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
                            measured_latency_cost, method_parameters, step_too_wide,
                            TIMED_FLOOR)
@@ -621,7 +621,16 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
     if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
         model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
-    model = build_model(cfg["model"]["name"], **model_kwargs)
+    try:
+        model = build_model(cfg["model"]["name"], **model_kwargs)
+    except RuntimeError as exc:  # (break158 F7: a 38-line traceback for model.widths=[100000])
+        if "can't allocate memory" not in str(exc) and not isinstance(exc, torch.OutOfMemoryError):
+            raise
+        sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
+                          if k in ("widths", "blocks", "inner_widths"))
+        raise ConfigError(f"model {cfg['model']['name']}"
+                          f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
+                          f"({first_line(exc)[:160]}); choose a smaller model") from None
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)

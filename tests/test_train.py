@@ -281,6 +281,26 @@ def test_an_interrupt_before_the_first_save_says_what_to_do_and_that_works(
     assert cli_main(argv) == 0
 
 
+def test_a_model_too_large_for_memory_is_one_line_naming_its_size(recipe, tmp_path, capsys,
+                                                                  monkeypatch):
+    """break158 F7: model.widths=[100000] ended in a 38-line allocation traceback (exit 1)."""
+    def too_large(name, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 360000000000 bytes.")
+    monkeypatch.setattr(train_mod, "build_model", too_large)
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxprune train: error: model resnet_fmnist (model.widths=[4, 8, 8], "
+                          "model.blocks=[1, 1, 1]) does not fit in memory ([enforce fail"), err
+    assert err.rstrip().endswith("; choose a smaller model") and err.count("\n") == 1, err
+
+    def other(name, **kwargs):  # any other RuntimeError stays a traceback (a bug to see)
+        raise RuntimeError("something else")
+    monkeypatch.setattr(train_mod, "build_model", other)
+    with pytest.raises(RuntimeError, match="something else"):
+        cli_main(["train", str(recipe), "--out", str(tmp_path / "r2")])
+
+
 def test_a_torchvision_model_trains_on_gray_images_repeated_as_rgb(recipe, tmp_path, capsys):
     base = ["train", str(recipe), "--set", "optim.epochs=1", "--set", "model.name=resnet18",
             "--set", "model.widths=null", "--set", "model.blocks=null", "--set", "prune.method=smcp",
