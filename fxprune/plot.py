@@ -67,6 +67,9 @@ class Point:
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
     family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
     timing: dict[int, dict] = field(default_factory=dict)  # how each batch's latency was timed
+    # what the accuracy was scored on (a run's data set name, test images, their hashes;
+    # None: not recorded, as in a benchmark's rows)
+    test_set: dict | None = None
 
 
 def _read_json(path: Path) -> object:
@@ -354,12 +357,16 @@ def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) 
     # a dense run (prune.method none) is the 1.0x every --compare speedup is over: drawn there
     # on --x speedup wherever it was timed (break52: it was left off the plot)
     dense = data.get("method") == "none"
+    # (an older run's results.json has its test_samples only)
+    test_set = data.get("test_data") if isinstance(data.get("test_data"), dict) else (
+        {"samples": data["test_samples"]} if "test_samples" in data else None)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _not_negative(data["flops"], "flops", source),
                  {b: d["median"] for b, d in deploys.items()},
                  {b: 1.0 if dense and d["speedup"] is None else d["speedup"]
                   for b, d in deploys.items() if d["speedup"] is not None or dense},
-                 timing={b: d["timing"] for b, d in deploys.items()}, source=source)
+                 timing={b: d["timing"] for b, d in deploys.items()}, source=source,
+                 test_set=test_set)
 
 
 def _bench_points(data: dict, source: str) -> list[Point]:
@@ -489,6 +496,32 @@ def _check_alike_timing(points: list[Point], batch: int) -> None:
                             "put them on one axis, or plot --x speedup or --x flops")
 
 
+def _check_one_test_set(points: list[Point]) -> None:
+    """PlotError where two runs' accuracies were scored on different test sets (another data
+    set, another count of test images, other images): one accuracy axis would compare them as
+    if alike (break158 F2: a synthetic run beside Fashion-MNIST ones, without a word). Points
+    that do not record their test set (a benchmark's rows) are not compared."""
+    said = [p for p in points if p.test_set]
+    for key in ("name", "samples", "images_sha256", "labels_sha256"):
+        known = [p for p in said if p.test_set.get(key) is not None]
+        other = next((p for p in known[1:] if p.test_set[key] != known[0].test_set[key]), None)
+        if other is not None:
+            first = known[0]
+            raise PlotError(f"the accuracies were scored on different test sets: {first.label} on "
+                            f"{_test_set_words(first.test_set, key)}, {other.label} on "
+                            f"{_test_set_words(other.test_set, key)}; plot runs scored on one "
+                            "test set")
+
+
+def _test_set_words(test_set: dict, differs: str) -> str:
+    words = f"{test_set['samples']} test images" if "samples" in test_set else "its test images"
+    if test_set.get("name"):
+        words = f"{test_set['name']} ({words})"
+    if differs.endswith("_sha256"):  # the same count of other images (or labels)
+        words += f", {differs.split('_')[0]} sha256 {test_set[differs][:12]}"
+    return words
+
+
 def _check_out(out: Path) -> None:
     if out.suffix.lower() != ".png":
         raise PlotError(f"--out {out} must be a .png file")
@@ -555,6 +588,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         xs = {id(p): None if p.flops is None else p.flops / 1e6 for p in points}
         xlabel = "MFLOPs per image (batch 1)"
     drawn = [p for p in points if xs[id(p)] is not None]
+    _check_one_test_set(drawn)
     if not drawn:
         raise PlotError(f"no input has {dict(latency='a latency', speedup='a speedup').get(x, 'FLOPs')} "
                         "to plot against; try another --x")

@@ -936,7 +936,12 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
     results: dict[str, Any] = {"method": method, "epochs": epochs,
                                "train_time_s": round(elapsed, 1), **run_facts,
-                               "test_samples": test_loader.dataset_size, "out": str(out)}
+                               "test_samples": test_loader.dataset_size,
+                               # what the accuracy was scored on, which fxprune plot compares
+                               # across runs (break158 F2)
+                               "test_data": {"name": cfg["data"]["name"],
+                                             **test_loader.fingerprint()},
+                               "out": str(out)}
     if getattr(pruner, "fxprune_schedule_steps", None):
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
     if pruner is None:

@@ -3,6 +3,7 @@ line, and a file plot did not write is never replaced."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -51,6 +52,44 @@ def _software(png):
         im.verify()
     with Image.open(png) as im:
         return im.format, im.size, im.info.get("Software")
+
+
+def test_runs_scored_on_different_test_sets_are_refused_naming_both(tmp_path):
+    """break158 F2: a synthetic run, one scored on 50 images and Fashion-MNIST runs shared an
+    accuracy axis without a word."""
+    fmnist = {"name": "fashion_mnist", "samples": 1000, "images_sha256": "a" * 64,
+              "labels_sha256": "b" * 64}
+
+    def run(name, test_data=None, **older):
+        folder = _run(tmp_path / name, 0.8, 4e6)
+        results = json.loads((folder / "results.json").read_text())
+        results.update(older, **({"test_data": test_data} if test_data else {}))
+        (folder / "results.json").write_text(json.dumps(results))
+        return folder
+
+    a, b = run("a", fmnist), run("b", fmnist)
+    old = run("old", test_samples=1000)  # an older results.json: its count only
+    bench = _bench(tmp_path / "bench.json")  # rows say nothing of their test set
+    assert len(plot_points(load_points([a, b, old, bench]), tmp_path / "ok.png", x="flops")
+               ["points"]) == 5
+    cases = {
+        "synthetic": ({**fmnist, "name": "synthetic", "samples": 64},
+                      "a on fashion_mnist (1000 test images), synthetic on synthetic (64 test images)"),
+        "fewer": ({**fmnist, "samples": 50}, "a on fashion_mnist (1000 test images), fewer on "
+                                             "fashion_mnist (50 test images)"),
+        "other_images": ({**fmnist, "images_sha256": "c" * 64},
+                         "a on fashion_mnist (1000 test images), images sha256 aaaaaaaaaaaa, "
+                         "other_images on fashion_mnist (1000 test images), images sha256 cccccccccccc"),
+    }
+    for name, (test_data, said) in cases.items():
+        with pytest.raises(PlotError, match=re.escape(
+                f"the accuracies were scored on different test sets: {said}; plot runs scored "
+                "on one test set")):
+            plot_points(load_points([a, old, run(name, test_data)]), tmp_path / f"{name}.png",
+                        x="flops")
+    with pytest.raises(PlotError, match=r"old on 1000 test images, few on 50 test images"):
+        plot_points(load_points([old, run("few", test_samples=50)]), tmp_path / "few.png",
+                    x="flops")
 
 
 def test_points_come_from_inputs(tmp_path):

@@ -222,6 +222,10 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
     results = json.loads((out / "results.json").read_text())
     assert results["epochs"] == 1 and results["method"] == "none"
+    # what the accuracy was scored on, for fxprune plot to compare (break158 F2)
+    assert results["test_data"] == {"name": "synthetic", "samples": results["test_samples"],
+                                    "labels_sha256": ckpt["data"]["test"]["labels_sha256"],
+                                    "images_sha256": ckpt["data"]["test"]["images_sha256"]}
     assert results["params"] == sum(p.numel() for p in model.parameters())
     assert results["flops"] > 0 and results["flops_ratio"] == 1.0
     assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
