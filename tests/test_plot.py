@@ -458,6 +458,26 @@ def test_bad_benchmark_batches_and_speedups_are_one_line_errors(tmp_path, capsys
     assert message in err and "\n" not in err, err
 
 
+def test_the_shipped_method_results_the_readme_cites_plot(tmp_path):
+    """break158 F9: methods_1epoch.json and the other bench_methods files predated `rows` and
+    were refused; their rows are now derived from their own summary and runs
+    (bench_methods.plot_rows), as the benchmark writes them today."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    files = sorted(p for p in results.glob("methods_*.json") if "replication" not in p.name)
+    assert len(files) >= 6
+    for path in files:
+        data = json.loads(path.read_text())
+        points = load_points([path])
+        assert len(points) == len(data["summary"]) and all(  # (the label names the target)
+            p.label.startswith(s["row"]) for p, s in zip(points, data["summary"])), path
+        drawn = plot_points(points, tmp_path / f"{path.stem}.png", x="flops")
+        assert len(drawn["points"]) == len(data["summary"])
+    one_epoch = load_points([results / "methods_1epoch.json"])
+    assert [round(p.accuracy, 4) for p in one_epoch if p.label.startswith("CCP adaptive")] == [0.8313]
+
+
 def test_two_reports_at_one_batch_are_named(tmp_path):
     """break62 #7: "holds two deploy reports at batch 1; keep one" named neither."""
     run = _run(tmp_path / "run", 0.9, 8e6, deploys=[(1, 1.5)])
