@@ -847,6 +847,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     loss_sum, correct, seen = loss_sum + w_loss, correct + w_correct, seen + window_seen
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
                     w_loss, w_correct, w_seen = _summed(w_loss, w_correct, window_seen)
+                    if not math.isfinite(w_loss):  # (summed: every process stops alike)
+                        raise TrainingDivergedError(_diverged(step, epoch, step_lr, ckpt_path))
                     logs.step_row({"step": step, "epoch": epoch + 1, "lr": step_lr,
                                    "loss": w_loss / w_seen, "acc": w_correct / w_seen})
                     window_loss.zero_(), window_correct.zero_()
@@ -914,6 +916,21 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
+
+
+class TrainingDivergedError(FxPruneError):
+    """The training loss became non-finite: nothing after it is worth saving."""
+
+
+def _diverged(step: int, epoch: int, lr: float, ckpt_path: Path) -> str:
+    """The line for a run whose loss became NaN or infinite (break158 F10: a dense run exited
+    0 with an accuracy of chance and "NaN" in results.json, which strict JSON refuses; a
+    pruning run failed at finalize, advising an argument only the Python API takes)."""
+    saved = (f"the last finished epoch, in {ckpt_path}, is the last one before it"
+             if ckpt_path.is_file() else "no epoch was saved")
+    return (f"training diverged: the loss is not finite at step {step} (epoch {epoch + 1}, "
+            f"learning rate {lr:.4g}); {saved}; lower optim.lr (or raise optim.warmup_epochs) "
+            "and start over with --overwrite")
 
 
 def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:

@@ -305,6 +305,25 @@ def test_a_model_too_large_for_memory_is_one_line_naming_its_size(recipe, tmp_pa
         cli_main(["train", str(recipe), "--out", str(tmp_path / "r2")])
 
 
+@pytest.mark.parametrize("method", ["none", "smcp"])
+def test_a_run_whose_loss_diverges_stops_in_one_line(recipe, tmp_path, capsys, method):
+    """break158 F10: optim.lr=10000 exited 0 with an accuracy of chance and a bare NaN in
+    results.json (the dense recipe); a pruning run failed at finalize, advising
+    finalize(..., check=False), which a command-line user cannot pass."""
+    out = tmp_path / "r"
+    prune = ["--set", "prune.method=smcp", "--set", "prune.target=0.7", "--set",
+             "prune.allow_above_target=true", "--set", "prune.channel_step=1", "--set", "prune.warmup=0",
+             "--set", "prune.ramp=4", "--set", "prune.update_every=2"] if method == "smcp" else []
+    assert cli_main(["train", str(recipe), "--set", "optim.lr=1e30", "--set",
+                     "optim.warmup_epochs=0", *prune, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxprune train: error: training diverged: the loss is not finite at "
+                          "step "), err
+    assert err.rstrip().endswith("; no epoch was saved; lower optim.lr (or raise "
+                                 "optim.warmup_epochs) and start over with --overwrite"), err
+    assert not (out / "results.json").exists() and not (out / "checkpoint.pt").exists()
+
+
 def test_a_torchvision_model_trains_on_gray_images_repeated_as_rgb(recipe, tmp_path, capsys):
     base = ["train", str(recipe), "--set", "optim.epochs=1", "--set", "model.name=resnet18",
             "--set", "model.widths=null", "--set", "model.blocks=null", "--set", "prune.method=smcp",
