@@ -694,6 +694,35 @@ def test_a_model_cast_after_its_pruner_was_built_is_priced_again():
     assert flops.cost() == before
 
 
+def test_cucbs_fitted_rho_is_fitted_again_after_a_cast():
+    """review161 F5: after a cast, CUCB's common fraction stayed fitted to the old dtype's
+    prices; it is refitted, as a CUCB built after the cast fits it, and a target the new
+    prices put below the narrowest model is refused."""
+    pm = _tiny_prepared()
+    # float64 layers priced with a large fixed part: the common fraction fitting 0.6 moves
+    both = LatencyTable.measure(
+        [*fxprune.layer_specs(pm), *fxprune.layer_specs(_tiny_prepared().double())], step=1,
+        timer=lambda l, ci, co: (40.0 + ci * co) if l.dtype == "float64" else float(ci * co),
+        **FAST)
+    kwargs = dict(target=0.6, cost=both, channel_step=1, rho=None, mode="ratio",
+                  execution="masked", explore=10, warmup=1)
+    pruner = fxprune.CUCB(pm, **kwargs)
+    pm.double()
+    fresh = fxprune.CUCB(_tiny_prepared().double(), **kwargs)
+    assert (pruner.rho, fresh.rho) == (0.59375, 0.40625)
+    pruner.cost()
+    assert pruner.rho == fresh.rho
+    high_floor = LatencyTable.measure(
+        [*fxprune.layer_specs(_tiny_prepared()), *fxprune.layer_specs(pm)], step=1,
+        timer=lambda l, ci, co: (1e4 + ci * co) if l.dtype == "float64" else float(ci * co),
+        **FAST)
+    pm.float()
+    pruner = fxprune.CUCB(pm, **{**kwargs, "cost": high_floor, "target": 0.3})
+    pm.double()
+    with pytest.raises(ValueError, match=r"target 0.3 of dense is below the narrowest model"):
+        pruner.cost()
+
+
 def test_a_width_below_the_grid_is_warned_of_once_per_layer_signature():
     """break42 #4: a table measured at step 16 priced 8 channels as 16, without a word."""
     layer = conv(cin=32, cout=32)

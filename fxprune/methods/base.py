@@ -579,6 +579,13 @@ class PruningMethod:
         self.budget = Budget(self.index, layers, model, other)
         self._priced_dtypes = [c.param.dtype for c in self.consumers]
         self._priced = None  # the run settings' half-width price, at the dtype now
+        if getattr(self, "floor_kept", None) is not None and getattr(self, "target", None) is not None:
+            self._check_reachable(float(self.target))  # the floor's price moved too
+        self._repriced()
+
+    def _repriced(self) -> None:
+        """After :meth:`_check_priced_dtypes` priced the model again: refit what was fitted to
+        the old prices (CUCB's common fraction ``rho``; review161 F5). Nothing by default."""
 
     def _record_built_masks(self) -> None:
         if getattr(self, "_first_on_model", False) and self._pruned_at_build is None:

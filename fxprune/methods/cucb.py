@@ -308,6 +308,11 @@ class CUCB(PruningMethod):
             self._hooks += list(self.gathered.protect(optimizer))
             self._attached.append(weakref.ref(optimizer))
 
+    def _repriced(self) -> None:
+        # ratio mode with a target: rho was fitted to the prices, which a cast moved
+        if self.mode == "ratio" and self.target is not None and not self.final:
+            self.rho = self._fitting_rho(self.cost_target)
+
     # -- the training-loop API --------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
         """After ``loss.backward()``: reward the active channels, pick the next active set.
