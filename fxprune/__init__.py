@@ -12,6 +12,7 @@ from .errors import (ExampleInputsError, FxPruneError, NotPreparedError, Surgery
                      TargetNotReachedError, TraceError)
 from .groups import ChannelGroup, channel_groups
 from .summary import summary
+from ._lazy import lazy_getattr as _lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -28,17 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):  # heavy or optional parts load on first use
-    if name in _LAZY:
-        import importlib
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    import importlib.util
-    if not name.startswith("_") and "." not in name and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        # a subpackage or module (fxprune.methods.method_names(), as the README writes it,
-        # failed until something had imported it: break159 F7)
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'fxprune' has no attribute {name!r}")
+__getattr__ = _lazy_getattr(__name__, _LAZY)  # heavy or optional parts load on first use
 
 
 __all__ = ["prepare", "finalize", "copy_masks", "tracer_kwargs", "channel_groups", "summary", "layer_specs", "ChannelGroup",

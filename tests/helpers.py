@@ -67,11 +67,26 @@ def stamps(module: nn.Module) -> list:
             if isinstance(t, torch.Tensor) and not name.endswith("_extra_state")]  # (made per call)
 
 
+_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+                "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
+def _fxprune_function(hook) -> bool:
+    fn = getattr(hook, "hook", hook)  # (load pre-hooks are wrapped in _WrappedHook)
+    fn = getattr(fn, "__func__", fn)
+    return (getattr(fn, "__module__", "") or "").startswith("fxprune")
+
+
 def assert_plain(module: nn.Module) -> None:
-    """No fxprune class or function left in a finalized model."""
+    """No fxprune class or function left in a finalized model: its modules, graph and hook
+    tables (a hook of prepare's left behind needs fxprune to unpickle the model)."""
     for name, m in module.named_modules():
         assert not isinstance(m, FXPRUNE_CLASSES), name
         assert not type(m).__module__.startswith("fxprune"), (name, type(m))
+        for table in _HOOK_TABLES:
+            hooks = list((getattr(m, table, None) or {}).values())
+            assert not any(_fxprune_function(h) for h in hooks), (name, table, hooks)
     if hasattr(module, "graph"):
         for node in module.graph.nodes:
             mod = getattr(node.target, "__module__", "") or ""
