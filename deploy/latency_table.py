@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 
 from fxprune.cost import LayerSpec
 from fxprune.errors import FxPruneError
-from fxprune.run_io import atomic_write
+from fxprune.run_io import atomic_write, check_replaceable
 
 from .common import DeployError, file_in_the_way
 
@@ -262,6 +262,11 @@ class LatencyTable:
             # (break129 F7: the whole grid was timed, then a bare FileExistsError lost it)
             raise DeployError(f"cache {os.fspath(cache)!r}: {blocked} is a file, not a folder; "
                               "give a cache path in a folder")
+        if cache is not None:  # (before any timing, as above: break164 F1)
+            try:
+                check_replaceable(cache)
+            except OSError as exc:
+                raise DeployError(f"cache {exc}") from None
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
@@ -569,6 +574,10 @@ class LatencyTable:
         if blocked := file_in_the_way(path):
             raise DeployError(f"{path!r}: {blocked} is a file, not a folder; save the table "
                               "to a path in a folder")
+        try:
+            check_replaceable(path)
+        except OSError as exc:
+            raise DeployError(str(exc)) from None
         if os.path.isfile(path) and (found := _format_of(path)) != _TABLE_FORMAT:
             what = ("a latency cache (measure's cache= file, every context's timings)"
                     if found == _CACHE_FORMAT else "not a saved latency table")
@@ -622,7 +631,9 @@ class LatencyTable:
             raise DeployError(f"{source} is malformed ({type(exc).__name__}: {exc}); measure "
                               "the table again") from None
         marks = data.get("under_load", [])
+        # (break164 F4: a pair whose point did not parse was a bare ValueError)
         if not isinstance(marks, list) or any(not isinstance(m, list) or len(m) != 2
+                                              or not isinstance(m[0], str) or not _is_point(m[1])
                                               for m in marks):
             raise DeployError(f"{source} has a malformed 'under_load' entry (a list of "
                               "[point key, 'c_in,c_out'] pairs); delete that key to use the table")

@@ -42,7 +42,7 @@ from .groups import is_finalized, mark_finalized, record_input_shape
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm", "atomic_write",
+           "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm", "atomic_write", "check_replaceable",
            "atomic_write_text", "save_checkpoint", "load_checkpoint", "move_tensors", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
            "cost_columns", "save_module", "write_results", "format_results"]
 
@@ -586,6 +586,23 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace ``path`` where a plain ``open(path, "w")`` would not write it: a
+    read-only file (PermissionError), or a symbolic link, which a rename would swap for a new
+    file, the file it points to unchanged (FileExistsError). :func:`atomic_write`'s rename
+    needs write permission on the folder only, so a read-only table of another user was
+    replaced (break164 F1). Nothing is raised for a path that does not exist."""
+    path = Path(path)
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link (to {os.readlink(path)}): writing "
+                              "would replace the link with a new file, not write the file it "
+                              "points to; pass that file's own path, or remove the link")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{path} is read-only for this user, so it is not replaced; "
+                              "choose another path, or make it writable if it is yours to "
+                              "replace")
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` on a fresh temporary file beside ``path``, then rename it over
     ``path``: a crash mid-write leaves no truncated ``path`` behind, and the temporary name is
@@ -597,6 +614,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path = Path(path)  # as given: callers expand ~ where they take paths from users
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; pass a file path")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:  # the name's first 100 characters: a long name stays within NAME_MAX
         tmp = path.with_name(f".{path.name[:100]}.{uuid.uuid4().hex[:8]}.tmp")

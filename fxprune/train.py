@@ -664,9 +664,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             coarse = step_too_wide(UnitIndex(net), channel_step)
             if coarse:  # before the table's timing, which no choice would read (break151 F2)
                 raise ConfigError(f"prune ({method}): {coarse}")
-            saved = ckpt.get("measured_cost") if ckpt is not None else None
-            if saved is not None:  # the run's own timings: a new measurement would move the budget
-                measured_cost = measured_cost_from_dict(saved, f"{ckpt_path}'s measured cost")
+            if ckpt is not None:  # the run's own timings: a new measurement would move the budget
+                measured_cost = _saved_measured_cost(ckpt, ckpt_path, prune_cfg["cost"])
             else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
                 # (log.progress=false turns off the table's bar as the training one, break52)
                 measure = functools.partial(measured_latency_cost, net, prune_cfg["cost"],
@@ -916,6 +915,26 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
+
+
+def _saved_measured_cost(ckpt: dict, ckpt_path: Path, cost: str):
+    """The latency cost a run priced with, from its checkpoint; CheckpointError for one missing
+    or edited out of shape (break164 F3: a None constant was a traceback, a missing one timed
+    a new table and moved the budget under the masks already chosen)."""
+    saved = ckpt.get("measured_cost")
+    source = f"{ckpt_path}'s measured cost"
+    try:
+        if saved is None:
+            raise ValueError(f"{ckpt_path} holds no measured cost, though the run prices by "
+                             f"prune.cost={cost}: timing a new table would move the budget under "
+                             "the masks already chosen")
+        if isinstance(saved, dict) and saved.get("kind") != cost:
+            raise ValueError(f"{source} is of kind {saved.get('kind')!r}, and the run prices by "
+                             f"prune.cost={cost}")
+        return measured_cost_from_dict(saved, source)
+    except (ValueError, FxPruneError) as exc:
+        raise CheckpointError(f"--resume: {exc}; {start_over(ckpt_path)}, or use "
+                              "another --out") from None
 
 
 class TrainingDivergedError(FxPruneError):

@@ -510,10 +510,12 @@ def test_a_saved_table_keeps_its_flags(tmp_path, monkeypatch, fake_ort):
         loaded = LatencyTable.load(tmp_path / "t.json")
     assert loaded.stats["under_load"] == 1
     data = json.loads((tmp_path / "t.json").read_text())
-    data["under_load"] = "yes"
-    (tmp_path / "bad.json").write_text(json.dumps(data))
-    with pytest.raises(DeployError, match="malformed 'under_load'"):
-        LatencyTable.load(tmp_path / "bad.json")
+    # (break164 F4: a pair whose point does not parse was a bare ValueError)
+    for bad in ("yes", [["x", "abc"]], [[3, "8,8"]], [["x", "-8,8"]]):
+        data["under_load"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(DeployError, match="malformed 'under_load'"):
+            LatencyTable.load(tmp_path / "bad.json")
 
 
 def test_a_malformed_cache_flag_list_is_a_clear_error_and_other_keys_survive(
@@ -899,6 +901,40 @@ def test_save_replaces_only_a_saved_table(tmp_path):
     table.save(saved)
     table.save(saved)  # its own file: replaced
     assert LatencyTable.load(saved).grid(conv()) == table.grid(conv())
+
+
+def test_save_and_the_cache_leave_a_read_only_file_and_a_link_as_they_are(tmp_path,
+                                                                         monkeypatch):
+    """break164 F1: save and measure(cache=) renamed over a read-only table or cache of
+    another user (a rename needs write permission on the folder only), and replaced a link to
+    a shared table with a new file, the shared one unchanged. Refused as open(path, "w")
+    would be, the cache before any timing."""
+    import os
+
+    table = LatencyTable.measure([conv()], step=8, timer=CountingTimer(), **FAST)
+    shared, cache = tmp_path / "shared.json", tmp_path / "cache.json"
+    table.save(shared)
+    LatencyTable.measure([conv()], step=8, cache=cache, timer=CountingTimer(), **FAST)
+    before = {p: p.read_bytes() for p in (shared, cache)}
+    link = tmp_path / "link.json"
+    link.symlink_to(shared)
+    with pytest.raises(DeployError, match=r"link.json is a symbolic link \(to .*shared.json\): "
+                                          r"writing would replace the link with a new file"):
+        table.save(link)
+    assert link.is_symlink()
+    real_access = os.access
+    # (as root, every file is writable: the check is os.access's, as open's permission is)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if os.fspath(p) in (str(shared), str(cache)) and mode == os.W_OK
+        else real_access(p, mode, **kw)))
+    with pytest.raises(DeployError, match=r"shared.json is read-only for this user, so it is "
+                                          r"not replaced"):
+        table.save(shared)
+    timer = CountingTimer()
+    with pytest.raises(DeployError, match=r"cache .*cache.json is read-only for this user"):
+        LatencyTable.measure([conv(cin=32)], step=8, cache=cache, timer=timer, **FAST)
+    assert timer.calls == []  # refused before any timing
+    assert {p: p.read_bytes() for p in (shared, cache)} == before
 
 
 def test_a_cache_whose_under_load_lists_hold_no_points_is_refused_on_read(tmp_path, monkeypatch,

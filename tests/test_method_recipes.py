@@ -99,6 +99,28 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     assert calls == ["latency+fixed"]
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["measured_cost"]
     assert saved["kind"] == "latency+fixed" and saved["fixed_cost"] == 0.2
+    # break164 F3: an edited measured cost was a traceback (None), or, missing, timed anew
+    import copy
+    import re
+    import shutil
+
+    from fxprune.run_io import CheckpointError
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    edits = {"missing": ({"measured_cost": None}, "holds no measured cost, though the run prices "
+                                                  "by prune.cost=latency+fixed: timing a new table"),
+             "constant": ({"measured_cost": {**saved, "fixed_cost": None}},
+                          "fixed_cost is None, not a finite number of milliseconds"),
+             "kind": ({"measured_cost": {**saved, "kind": "latency"}},
+                      "is of kind 'latency', and the run prices by prune.cost=latency+fixed"),
+             "list": ({"measured_cost": [1, 2]}, "is not a measured cost")}
+    for name, (edit, said) in edits.items():
+        edited = tmp_path / f"edited_{name}"
+        shutil.copytree(tmp_path / "run", edited)
+        torch.save({**copy.deepcopy(ckpt), **edit}, edited / "checkpoint.pt")
+        with pytest.raises(CheckpointError, match=re.escape(said)):
+            train(load_config(smcp, [*args[:-1], f"out={edited}"]), resume=True)
+    assert calls == ["latency+fixed"]
     resumed = train(load_config(smcp, args), resume=True)
     assert calls == ["latency+fixed"]  # not timed again
     assert resumed["cost_fit"] == {"fixed_cost": 0.2, "measured_fraction": 0.6}

@@ -137,15 +137,30 @@ def measured_cost_to_dict(cost_model) -> dict | None:
 
 
 def measured_cost_from_dict(data: dict, source: str):
-    """The cost model :func:`measured_cost_to_dict` wrote (``source`` names it in errors)."""
+    """The cost model :func:`measured_cost_to_dict` wrote (``source`` names it in errors).
+
+    Raises:
+        ValueError: naming the entry that does not read (an edited checkpoint: break164 F3,
+            a None constant was a TypeError traceback); ``DeployError`` for its table.
+    """
     from fxprune.cost import WithFixedCost
     from fxprune.deploy.latency_table import LatencyTable
 
+    if not (isinstance(data, dict) and data.get("kind") in LATENCY_COSTS
+            and isinstance(data.get("table"), dict)):
+        raise ValueError(f"{source} is not a measured cost (a mapping with kind "
+                         f"{' or '.join(map(repr, LATENCY_COSTS))} and its table)")
     table = LatencyTable.from_dict(data["table"], source)
     if data["kind"] == "latency":
         return table
-    return WithFixedCost(table, float(data["fixed_cost"]), tuple(data["layers"]),
-                         dict(data.get("fit", {})))
+    fixed, layers, fit = data.get("fixed_cost"), data.get("layers"), data.get("fit", {})
+    if not (isinstance(fixed, (int, float)) and not isinstance(fixed, bool) and math.isfinite(fixed)):
+        raise ValueError(f"{source}: fixed_cost is {fixed!r}, not a finite number of milliseconds")
+    if not (isinstance(layers, list) and all(isinstance(k, str) for k in layers)):
+        raise ValueError(f"{source}: layers is not the list of layer keys the constant was fitted on")
+    if not isinstance(fit, dict):
+        raise ValueError(f"{source}: fit is {fit!r}, not the mapping of how the constant was fitted")
+    return WithFixedCost(table, float(fixed), tuple(layers), dict(fit))
 
 
 #: said of a floor priced with a latency table timed for this pruner or run
