@@ -9,6 +9,7 @@ on the example inputs and refuse to return a model whose output differs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 
@@ -258,12 +259,17 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
 
 
 def _flat_tensors(out):
+    """The tensors in a model's output: a tensor, or lists, tuples, dicts and dataclasses of
+    them (break163 F5: a dataclass output held "no values", and the trace check compared
+    nothing); anything else holds none."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (list, tuple)):
         return [t for o in out for t in _flat_tensors(o)]
     if isinstance(out, dict):
         return [t for o in out.values() for t in _flat_tensors(o)]
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return [t for f in dataclasses.fields(out) for t in _flat_tensors(getattr(out, f.name))]
     return []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import contextlib
+import dataclasses
 import io
 import operator
 import random
@@ -3926,3 +3927,34 @@ def test_prepare_and_finalize_leave_the_callers_random_state_as_it_was():
         with contextlib.redirect_stdout(io.StringIO()):
             call()
         assert torch.equal(torch.rand(3), ref)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+@dataclasses.dataclass
+class _Heads:
+    logits: torch.Tensor
+    aux: torch.Tensor
+
+
+class _DataclassOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 6, 3), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return _Heads(logits=self.b(y), aux=self.c(y))
+
+
+def test_a_dataclass_output_is_checked():
+    """break163 F5: a forward returning a dataclass "held no values": finalize refused, its way
+    out was check=False, and prepare's trace check compared nothing. Its fields are read now."""
+    from fxprune.passes.surgery import _flat_tensors
+
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    pm, small = prune_and_check(_DataclassOut().double(), x)
+    want, got = pm.eval()(x), small.eval()(x)
+    torch.testing.assert_close(got.logits, want.logits)
+    torch.testing.assert_close(got.aux, want.aux)
+    assert [t.shape for t in _flat_tensors(want)] == [want.logits.shape, want.aux.shape]
