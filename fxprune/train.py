@@ -1013,6 +1013,13 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         if getattr(priced_by, "fit", None):  # "latency+fixed": how its constant was fitted
             results["cost_fit"] = {"fixed_cost": priced_by.fixed_cost, **priced_by.fit}
         table = getattr(priced_by, "base", priced_by)
+        if getattr(table, "backend", None) is not None and hasattr(table, "runtime_version"):
+            # how the latency table that priced the run was timed (break164 F9: kept in the
+            # checkpoint only; a latency+fixed run said it in cost_fit alone)
+            results["cost_table"] = {
+                "backend": table.backend, "device": table.device, "timed_on": table.timed_on,
+                "runtime": table.runtime_version, "threads": table.threads,
+                "batch": table.batch, "dtype": table.dtype}
         under_load = (getattr(table, "stats", None) or {}).get("under_load", 0)
         if under_load:  # said once when timed; kept with the run too (break70 #3)
             results["cost_timed_under_load"] = int(under_load)

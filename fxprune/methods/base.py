@@ -689,7 +689,12 @@ class PruningMethod:
         if {"cost", "channel_step"} & set(differ):  # priced otherwise anyway: said as that
             # (break44 #7: a channel_step change was also reported as a cost model change)
             differ = [name for name in differ if name != "half_width_fraction"]
-        changed = [f"{name} {saved[name]!r} -> {mine[name]!r}" for name in differ]
+        # the half-width price fingerprints the cost model: said as what a user changed
+        # (break164 F5: "another half_width_fraction 0.75 -> 0.70" named no table)
+        changed = [f"cost model pricing (a half-width model at {saved[name]!r} -> {mine[name]!r} "
+                   "of dense: another latency table or fixed cost?)"
+                   if name == "half_width_fraction" else f"{name} {saved[name]!r} -> {mine[name]!r}"
+                   for name in differ]
         if changed:
             # a state whose final selection is made keeps it (CUCB's pick): new settings change
             # nothing about it, and saying the run continues under them misled (break34 #7)
