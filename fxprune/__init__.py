@@ -9,7 +9,7 @@ from __future__ import annotations
 from .api import copy_masks, finalize, layer_specs, prepare, tracer_kwargs
 from .cost import CostModel, FlopsCost, LayerSpec, ParamsCost
 from .errors import (ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError,
-                     TargetNotReachedError, TraceError)
+                     TargetNotReachedError, TraceError, UnsupportedModelError)
 from .groups import ChannelGroup, channel_groups
 from .summary import summary
 from ._lazy import lazy_getattr as _lazy_getattr
@@ -34,4 +34,5 @@ __getattr__ = _lazy_getattr(__name__, _LAZY)  # heavy or optional parts load on 
 
 __all__ = ["prepare", "finalize", "copy_masks", "tracer_kwargs", "channel_groups", "summary", "layer_specs", "ChannelGroup",
            "CostModel", "FlopsCost", "ParamsCost", "LayerSpec", "FxPruneError", "TraceError",
-           "ExampleInputsError", "SurgeryError", "NotPreparedError", "TargetNotReachedError", *_LAZY]
+           "ExampleInputsError", "SurgeryError", "NotPreparedError", "TargetNotReachedError",
+           "UnsupportedModelError", *_LAZY]

@@ -25,7 +25,7 @@ from fxprune.passes.surgery import (DEFAULT_RTOL, default_rtol, inputs_for, is_t
 from fxprune.passes.trace import copy_model, fixed_arguments, trace
 
 from .cost import LayerSpec
-from .errors import warn
+from .errors import UnsupportedModelError, warn
 from .masks import MaskBank
 from .groups import PreparedState, channel_groups, is_prepared, record_input_shape, state_of
 from .op_table import DEFAULT_LEAF_MODULES
@@ -72,21 +72,26 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         if not isinstance(model, nn.Module):
             raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            raise TypeError(f"prepare got a {type(model).__name__} wrapper; pass the model it wraps "
-                            "(model.module) and wrap the prepared model instead")
+            raise UnsupportedModelError(
+                f"prepare got a {type(model).__name__} wrapper; pass the model it wraps "
+                "(model.module) and wrap the prepared model instead")
         if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            raise TypeError("prepare got a torch.compile'd model; pass the model before compiling "
-                            "(model._orig_mod) and compile the prepared or the finalized one")
+            raise UnsupportedModelError(
+                "prepare got a torch.compile'd model; pass the model before compiling "
+                "(model._orig_mod) and compile the prepared or the finalized one")
         if isinstance(model, torch.jit.ScriptModule):  # (break79 F3: fx's own assertion)
-            raise TypeError("prepare got a TorchScript module (torch.jit.script or trace); "
-                            "torch.fx traces the Python code, which it no longer holds: pass the "
-                            "model before scripting, and script the finalized one")
+            raise UnsupportedModelError(
+                "prepare got a TorchScript module (torch.jit.script or trace); "
+                "torch.fx traces the Python code, which it no longer holds: pass the "
+                "model before scripting, and script the finalized one")
         if isinstance(model, fx.GraphModule) and "fxprune" in getattr(model, "meta", {}):
-            raise ValueError("this model is already prepared by fxprune; prepare the original model")
+            raise UnsupportedModelError(
+                "this model is already prepared by fxprune; prepare the original model")
         inner = next((name for name, m in model.named_modules() if isinstance(m, MaskBank)), None)
         if inner is not None:  # (review143 F6: its masked layers were offered as leaf_modules)
-            raise ValueError(f"prepare: the model holds a prepared model (its masks at `{inner}`); "
-                             "finalize that one first, or prepare the model it came from")
+            raise UnsupportedModelError(
+                f"prepare: the model holds a prepared model (its masks at `{inner}`); "
+                "finalize that one first, or prepare the model it came from")
         if leaf_modules is None:  # (break111 F16: 'NoneType' object is not iterable)
             leaf_modules = ()
         elif isinstance(leaf_modules, (str, type)):  # one path or class: 'conv' read as c, o, n, v
@@ -97,23 +102,26 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         aten = _aten_layer(model, leaf_modules)
         if aten:  # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
             # rules for ATen ops suggested as the way out)
-            raise TypeError(f"prepare got a graph whose layers are ATen ops ({aten}: "
-                            "torch.export(...).module(), or make_fx / AOTAutograd output): "
-                            "fxprune's channel rules are for the model's own layers and torch "
-                            "functions; pass the nn.Module before torch.export, and export the "
-                            "finalized one")
+            raise UnsupportedModelError(
+                f"prepare got a graph whose layers are ATen ops ({aten}: "
+                "torch.export(...).module(), or make_fx / AOTAutograd output): "
+                "fxprune's channel rules are for the model's own layers and torch "
+                "functions; pass the nn.Module before torch.export, and export the "
+                "finalized one")
         lazy = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
                      if isinstance(t, nn.parameter.UninitializedTensorMixin)), None)
         if lazy is not None:  # (break136 F4: torch's "Can't access the shape ... load_state_dict")
-            raise ValueError(f"prepare: the model has uninitialized lazy parameters ({lazy}): "
-                             "their shapes are not known yet; run the model once on an example "
-                             "batch (model(x)) before prepare")
+            raise UnsupportedModelError(
+                f"prepare: the model has uninitialized lazy parameters ({lazy}): "
+                "their shapes are not known yet; run the model once on an example "
+                "batch (model(x)) before prepare")
         meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
                      if t.is_meta), None)
         if meta is not None:  # (break68 #3: torch's aten::equal NotImplementedError, mid-trace)
-            raise ValueError(f"prepare: the model's tensors are on the meta device ({meta}): they "
-                             "hold no values to trace, check and prune; materialize the model "
-                             "first (model.to_empty(device='cpu'), then load_state_dict)")
+            raise UnsupportedModelError(
+                f"prepare: the model's tensors are on the meta device ({meta}): they "
+                "hold no values to trace, check and prune; materialize the model "
+                "first (model.to_empty(device='cpu'), then load_state_dict)")
         _refuse_quantization_prepared(model)
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)

@@ -28,6 +28,13 @@ class NotPreparedError(FxPruneError, TypeError):
     """A function that needs ``fxprune.prepare``'s output was given something else."""
 
 
+class UnsupportedModelError(FxPruneError, TypeError, ValueError):
+    """``prepare`` was given a model of a kind it cannot trace: a DDP/DataParallel wrapper, a
+    ``torch.compile``'d or TorchScript module, an ATen graph, a model already prepared, or one
+    with uninitialised lazy or meta-device tensors. The message names the way out. (A
+    ``TypeError`` and a ``ValueError`` too, as these were before: break163 F7.)"""
+
+
 class TargetNotReachedError(FxPruneError):
     """A training run (``fxprune train``, the Lightning callback) ended with the pruner's cost
     above its target: the schedule did not finish within the run."""

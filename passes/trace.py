@@ -15,11 +15,12 @@ import functools
 import inspect
 import linecache
 import logging
-import os
 import operator
+import os
 import reprlib
 import traceback
 import types
+import typing
 import warnings
 
 import torch
@@ -97,6 +98,7 @@ class _Tracer(ModeRecordingTracer):
                 for node in graph.find_nodes(op="placeholder"):
                     if node.target.endswith("_1") and node.target[:-2] in self.fixed:
                         node.target = node.target[:-2]
+                _keep_annotations(graph, root, self.fixed)
             return graph
         finally:
             for name, fn in originals.items():
@@ -159,6 +161,22 @@ _SPLITS = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
 
 def _op_name(node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+
+def _keep_annotations(graph: fx.Graph, root: nn.Module, fixed: dict) -> None:
+    """torch.fx's code for arguments fixed to a value drops their annotations: ``flip=False``
+    read as a tensor, and TorchScript refused the finalized model of a forward that scripted
+    (break163 F2). The fixed placeholders get the forward's annotations back. (An argument
+    fixed to None keeps its guard ``mask == None``, which TorchScript refuses for a tensor:
+    ``is`` would not survive the re-trace a saved model is loaded with, see _plain_guards.)"""
+    try:
+        hints = typing.get_type_hints(type(root).forward)
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: left as it is
+        return
+    for node in graph.find_nodes(op="placeholder"):
+        if node.target in fixed and node.target in hints and node.type is None:
+            node.type = hints[node.target]
 
 
 def _piece_count(node) -> int | None:

@@ -612,8 +612,13 @@ def test_already_prepared_or_unprepared_inputs_are_rejected(resnet18):
 def test_wrapped_models_and_a_bad_tolerance_name_the_way_out(resnet18):
     with pytest.raises(TypeError, match=r"DataParallel wrapper; pass the model it wraps \(model.module\)"):
         fxprune.prepare(torch.nn.DataParallel(resnet18), (X,))
-    with pytest.raises(TypeError, match=r"torch.compile'd model; pass .*\(model._orig_mod\)"):
+    # (break163 F7: a plain TypeError, which `except fxprune.FxPruneError` missed)
+    with pytest.raises(fxprune.UnsupportedModelError,
+                       match=r"torch.compile'd model; pass .*\(model._orig_mod\)") as raised:
         fxprune.prepare(torch.compile(resnet18), (X,))
+    assert isinstance(raised.value, (fxprune.FxPruneError, TypeError, ValueError))
+    with pytest.raises(fxprune.FxPruneError, match="uninitialized lazy parameters"):
+        fxprune.prepare(nn.Sequential(nn.LazyConv2d(4, 1)), (X,))
     # break79 F3: torch.fx's own "traced_func_name=forward doesn't exist", then advice for
     # data-dependent code
     for scripted in (torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 1))),
@@ -1519,6 +1524,31 @@ def test_scripting_the_prepared_model_says_to_script_the_finalized_one():
     scripted = torch.jit.script(fxprune.finalize(pm))
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(scripted(x), pm.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+class _Flipping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x, flip: bool = False):
+        y = torch.relu(self.a(x))
+        return self.b(y.flip(3) if flip else y)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_finalized_model_with_a_bool_argument_scripts_and_keeps_its_guard(flip):
+    """break163 F2: a forward with `flip: bool = False` scripted, its finalized model did not
+    ("Expected a default value of type Tensor" for flip: torch.fx dropped the annotation of an
+    argument it traced as a value)."""
+    x = torch.randn(1, 3, 8, 8)
+    pm = fxprune.prepare(_Flipping(), (x, flip))
+    fxprune.channel_groups(pm)[0].mask[:3] = 0
+    small = fxprune.finalize(pm)
+    scripted = torch.jit.script(small)
+    torch.testing.assert_close(scripted(x, flip), pm.eval()(x, flip), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="flip has been specialized to have value"):
+        scripted(x, not flip)  # traced as one value: another is refused, scripted too
 
 
 def test_a_warning_points_past_torch_s_frames_at_the_user_s_line():
