@@ -296,7 +296,7 @@ def run_section(key, budgets, results, skipped, fn):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --smoke)")
-    parser.add_argument("--smoke", action="store_true", help="tiny models and inputs: about a minute")
+    parser.add_argument("--smoke", action="store_true", help="tiny models and inputs: a few minutes on a CPU")
     parser.add_argument("--out", type=Path, default=None,
                         help="results path prefix (default benchmarks/results/gpu, or gpu_smoke "
                              "with --smoke: a smoke run never replaces real results)")

@@ -56,6 +56,18 @@ def _plain_warnings():
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command's own handler runs (loading torch takes seconds): one line
+        # and 130, not a traceback and death by SIGINT (-2 to a Python caller; break162 F3)
+        chosen = next((a for a in argv if not a.startswith("-")), None)
+        who = f"fxprune {chosen}" if chosen in SUBCOMMANDS else "fxprune"
+        print(f"{who}: interrupted while starting; nothing was done", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fxprune",  # the docstring's first line, no rST marks
                                      description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"fxprune {_version()}")
@@ -82,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         # goes to devnull so the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # a command without its own handler (train's says what is saved)
+        print(f"fxprune {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

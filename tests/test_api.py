@@ -685,6 +685,21 @@ def test_an_interrupted_demo_says_so_in_one_line(capsys, monkeypatch):
     monkeypatch.setattr(demo, "_run", interrupted)
     assert main(["demo", "--model", "resnet18"]) == 130
     assert capsys.readouterr().err == "fxprune demo: interrupted; it writes no file\n"
+    # break162 F3: Ctrl-C while the command loads (torch takes seconds) killed the process by
+    # SIGINT (-2 to a Python caller), with a traceback
+    import fxprune.cli as cli
+
+    real_import = cli.importlib.import_module
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: interrupted(name)
+                        if name == "fxprune.demo" else real_import(name))
+    assert main(["demo", "--model", "resnet18"]) == 130
+    assert capsys.readouterr().err == "fxprune demo: interrupted while starting; nothing was done\n"
+    monkeypatch.undo()
+    import fxprune.methods.cli as methods_cli  # a command without a handler of its own
+
+    monkeypatch.setattr(methods_cli, "run", interrupted)
+    assert main(["methods"]) == 130
+    assert capsys.readouterr().err == "fxprune methods: interrupted\n"
 
 
 def test_a_warning_on_the_command_line_shows_no_launcher_line():
