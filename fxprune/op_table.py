@@ -22,7 +22,7 @@ from torch import nn
 from .rules import (Barrier, MatMul, ScaledDotProductAttention, ChannelAffine, ChannelShuffle, Concat, Conv, ConvSame, ConvTranspose, Create, StandardizedConv,
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalGroupNorm, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
-                            Flip, Metadata, MixesDim, Pad, Permute, Reduce, Repeat, Reshape, Roll, ShapeRead, Spatial,
+                            Flip, Metadata, MixesDim, Pad, Permute, Reduce, ReducePair, Repeat, Reshape, Roll, ShapeRead, Spatial,
                             Split, Stack, TupleItem)
 
 ELEMENTWISE = Elementwise()
@@ -30,6 +30,7 @@ SPATIAL = Spatial()
 RESHAPE = Reshape()
 PERMUTE = Permute()
 REDUCE = Reduce()
+REDUCE_PAIR = ReducePair()
 METADATA = Metadata()
 SHAPE_READ = ShapeRead()
 SPLIT = Split(dim_pos=2)
@@ -46,14 +47,17 @@ _ACTIVATIONS = [
 _POOLS = {
     1: [nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d,
         nn.ReflectionPad1d, nn.ReplicationPad1d, nn.ZeroPad1d, nn.ConstantPad1d, nn.CircularPad1d,
-        F.max_pool1d, F.avg_pool1d, F.adaptive_max_pool1d, F.adaptive_avg_pool1d, F.lp_pool1d],
+        F.max_pool1d, F.avg_pool1d, F.adaptive_max_pool1d, F.adaptive_avg_pool1d, F.lp_pool1d,
+        F.max_pool1d_with_indices, F.adaptive_max_pool1d_with_indices],
     2: [nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
         nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.CircularPad2d,
         F.max_pool2d, F.avg_pool2d, F.adaptive_max_pool2d, F.adaptive_avg_pool2d, F.lp_pool2d,
+        F.max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices,
         torch._C._nn.avg_pool2d],
     3: [nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d,
         nn.ReflectionPad3d, nn.ReplicationPad3d, nn.ZeroPad3d, nn.ConstantPad3d, nn.CircularPad3d,
-        F.max_pool3d, F.avg_pool3d, F.adaptive_max_pool3d, F.adaptive_avg_pool3d, F.lp_pool3d],
+        F.max_pool3d, F.avg_pool3d, F.adaptive_max_pool3d, F.adaptive_avg_pool3d, F.lp_pool3d,
+        F.max_pool3d_with_indices, F.adaptive_max_pool3d_with_indices],
 }
 
 #: BatchNorm / InstanceNorm: a per-channel affine and running statistics, normalizing over
@@ -114,6 +118,9 @@ CHANNEL_RULES: dict = {
     torch.amax: REDUCE, "amax": REDUCE, torch.amin: REDUCE, "amin": REDUCE,
     torch.std: REDUCE, "std": REDUCE, torch.var: REDUCE, "var": REDUCE,
     torch.logsumexp: REDUCE, "logsumexp": REDUCE,
+    torch.max: REDUCE_PAIR, "max": REDUCE_PAIR, torch.min: REDUCE_PAIR, "min": REDUCE_PAIR,
+    torch.median: REDUCE_PAIR, "median": REDUCE_PAIR, torch.var_mean: REDUCE_PAIR,
+    torch.std_mean: REDUCE_PAIR, torch.aminmax: REDUCE_PAIR, "aminmax": REDUCE_PAIR,
     F.softmax: MixesDim(), torch.softmax: MixesDim(), "softmax": MixesDim(),
     F.log_softmax: MixesDim(), torch.log_softmax: MixesDim(), "log_softmax": MixesDim(),
     torch.cumsum: MixesDim(), "cumsum": MixesDim(),

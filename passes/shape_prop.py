@@ -8,6 +8,7 @@ are not touched, then restores each module's mode.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from typing import Any, NamedTuple
@@ -35,7 +36,10 @@ def summarize(value: Any) -> Any:
         return tuple(value)
     if isinstance(value, (list, tuple)):
         items = [summarize(v) for v in value]
-        return type(value)(items) if type(value) in (list, tuple) else tuple(items)
+        if type(value) in (list, tuple) or type(value).__module__ == "torch.return_types":
+            # (torch's named results keep their field names: y.max(dim=2).values)
+            return type(value)(items)
+        return tuple(items)
     if isinstance(value, dict):
         return {k: summarize(v) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str, slice, torch.dtype, torch.device)):
@@ -229,7 +233,16 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple):
     # a placeholder's args hold its default; *args and **kwargs are none required (break129
     # F2: ``forward(x, **kw)`` was told to pass (x,), as it had)
     required = [n for n in placeholders if not n.args and not n.target.startswith("*")]
-    if not len(required) <= len(example_inputs) <= len(placeholders):
+    # (break163 F1: a forward(*xs) was refused for any count but 0 or 1, and one reading
+    # **kw got a list there, the error blaming the example inputs)
+    star = any(n.target.startswith("*") and not n.target.startswith("**") for n in placeholders)
+    read_kwargs = [n.target for n in placeholders if n.target.startswith("**") and n.users]
+    if read_kwargs:
+        raise ExampleInputsError(
+            f"the model's forward reads {read_kwargs[0]}, and prepare passes example_inputs by "
+            "position, so it cannot fill keyword arguments; wrap the model in a module whose "
+            "forward takes them as named arguments, and prepare that")
+    if not len(required) <= len(example_inputs) <= (math.inf if star else len(placeholders)):
         names = ", ".join(n.target for n in placeholders)
         example = ", ".join(n.target for n in required) + ("," if len(required) == 1 else "")
         raise ExampleInputsError(

@@ -3958,3 +3958,90 @@ def test_a_dataclass_output_is_checked():
     torch.testing.assert_close(got.logits, want.logits)
     torch.testing.assert_close(got.aux, want.aux)
     assert [t.shape for t in _flat_tensors(want)] == [want.logits.shape, want.aux.shape]
+
+
+class _StarArgs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, *xs):
+        return self.b(torch.relu(self.a(xs[0] + xs[1])))
+
+
+class _ReadsKwargs(_StarArgs):
+    def forward(self, x, **kw):
+        return self.b(torch.relu(self.a(x))) * kw.get("gain", 1.0)
+
+
+def test_a_forward_taking_star_args_prunes_and_one_reading_kwargs_is_one_line():
+    """break163 F1: forward(*xs) was refused for two inputs ("takes 0 required argument(s)",
+    then an IndexError for the ([a, b],) it suggested); forward(x, **kw) reading kw got a
+    list there and blamed the example inputs. torch.fx traces both."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    prune_and_check(_StarArgs().double(), x, x.flip(0))
+    with pytest.raises(fxprune.ExampleInputsError,
+                       match=r"^the model's forward reads \*\*kw, and prepare passes "
+                             r"example_inputs by position, so it cannot fill keyword arguments; "
+                             r"wrap the model"):
+        fxprune.prepare(_ReadsKwargs().double(), (x,))
+
+
+class _GlobalReduction(nn.Module):
+    """PointNet's shape: per-point convs, then a global reduction over the points, spelled as
+    models write it, then a head; ``how="channels"`` reduces over the channels instead."""
+
+    SPELLINGS = {
+        "max": lambda y: torch.max(y, 2)[0],
+        "values": lambda y: y.max(dim=2).values,
+        "min_keepdim": lambda y: torch.min(y, 2, keepdim=True)[0].squeeze(2),
+        "median": lambda y: torch.median(y, 2).values,
+        "var_mean": lambda y: torch.var_mean(y, dim=2)[0] + torch.var_mean(y, dim=2)[1],
+        "std_mean": lambda y: torch.std_mean(y, 2)[0] * torch.std_mean(y, 2)[1],
+        "aminmax": lambda y: torch.aminmax(y, dim=2).max,
+        "max_of_two": lambda y: torch.max(y, y.flip(2)).mean(2),
+        "channels": lambda y: torch.max(y, 1)[0].sum(-1, keepdim=True).expand(-1, 32),
+    }
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.fc = nn.Conv1d(3, 16, 1), nn.Conv1d(16, 32, 1), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.SPELLINGS[self.how](self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("how", list(_GlobalReduction.SPELLINGS))
+def test_reductions_returning_two_tensors_prune_over_the_dims_they_keep(how):
+    """break163 F3: torch.max(y, 2)[0] (PointNet's global feature), .values, median, var_mean,
+    aminmax... kept the conv before them whole ("no channel rule"), where amax over the same
+    dim pruned; a reduction over the channels stays a barrier with its reason."""
+    x = torch.randn(2, 3, 10, dtype=torch.float64)
+    pm, _ = prune_and_check(_GlobalReduction(how).double(), x)
+    prunable = sorted(g.size for g in fxprune.channel_groups(pm) if g.prunable)
+    assert prunable == ([16] if how == "channels" else [16, 32])
+    if how == "channels":
+        assert "reduced over (would mix channels)" in str(summary_table(pm))
+
+
+class _PoolWithIndices(nn.Module):
+    def __init__(self, functional):
+        super().__init__()
+        self.functional = functional
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        values, _ = F.max_pool2d(y, 2, return_indices=True) if self.functional else self.pool(y)
+        return self.b(values)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_max_pool_returning_its_indices_prunes(functional):
+    """break163 F4: MaxPool2d(return_indices=True) was kept whole as "changes the number of
+    dims" (it returns a pair), and F.max_pool2d(..., return_indices=True) had no rule."""
+    pm, _ = prune_and_check(_PoolWithIndices(functional).double(),
+                            torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    assert [g.size for g in fxprune.channel_groups(pm) if g.prunable] == [8]

@@ -140,9 +140,13 @@ class ShapeRead(ChannelRule):
     def propagate(self, ctx):
         node, x = ctx.node, ctx.node.args[0]
         labels, shape = ctx.labels(x), ctx.shape(x)
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        fields = getattr(type(ctx.value(x)), "__match_args__", ())
+        if name == "getattr" and isinstance(labels, tuple) and node.args[1] in fields:
+            # an output of an op returning a named tuple: y.max(dim=2).values
+            return labels[fields.index(node.args[1])] or {}
         if shape is None:
             return None
-        name = node.target if isinstance(node.target, str) else node.target.__name__
         if name == "getattr" and node.args[1] != "shape":
             return self.tensor_attribute(ctx, node.args[1], labels, len(shape))
         if name == "numel":

@@ -130,10 +130,20 @@ class Spatial(ChannelRule):
     def propagate(self, ctx):
         x = ctx.node.args[0]
         labels, shape = ctx.labels(x), ctx.shape(x)
-        out_shape = ctx.out_shape()
+        out_shape, meta = ctx.out_shape(), ctx.out_meta()
+        pair = (isinstance(meta, tuple) and len(meta) == 2 and shape is not None
+                and all(getattr(m, "shape", None) is not None and len(m.shape) == len(shape)
+                        for m in meta))
+        if pair:  # a max pool's values and indices (return_indices=True), per channel both
+            return (self._kept(ctx, labels, shape),) * 2
         if out_shape is None or len(out_shape) != len(shape):
-            ctx.untracked_inputs("changes the number of dims")
+            # (break163 F4: a pool's (values, indices) pair was said to change the dims)
+            ctx.untracked_inputs("changes the number of dims" if out_shape is not None
+                                 else "returns what fxprune does not follow")
             return None
+        return self._kept(ctx, labels, shape)
+
+    def _kept(self, ctx, labels, shape) -> dict:
         first_spatial = len(shape) - self.spatial_dims(ctx, len(shape))
         out = {}
         for d, ids in labels.items():
@@ -203,12 +213,15 @@ class Reduce(ChannelRule):
         self.dim_pos, self.keepdim_pos = dim_pos, keepdim_pos
 
     def propagate(self, ctx):
+        return self._reduced(ctx, ctx.out_shape())
+
+    def _reduced(self, ctx, out_shape):
+        """The output's labels, ``out_shape`` its shape (None: not known)."""
         node, x = ctx.node, ctx.node.args[0]
         labels, ndim = ctx.labels(x), len(ctx.shape(x))
         dims = ctx.value(node_arg(node, self.dim_pos, "dim", None))
         if isinstance(dims, bool):  # torch.std(x, True): that is ``unbiased``, every dim reduced
             dims = None
-        out_shape = ctx.out_shape()
         # the output's rank says it, whatever the overload's positions (std(x, 1, True): unbiased)
         keepdim = (len(out_shape) == ndim if out_shape is not None
                    else bool(ctx.value(node_arg(node, self.keepdim_pos, "keepdim", False))))
@@ -229,6 +242,24 @@ class Reduce(ChannelRule):
             elif d in labels:
                 out[d - shift] = labels[d]
         return out
+
+
+class ReducePair(Reduce):
+    """A reduction returning two tensors of one shape: ``torch.max/min/median(x, dim)`` (values
+    and indices), ``var_mean``, ``std_mean``, ``aminmax``; each holds the channels a
+    :class:`Reduce` of those dims keeps (break163 F3: PointNet's ``torch.max(y, 2)[0]`` kept
+    its conv whole). Without a dim, max/min/median return one tensor, reduced over all; given
+    a second tensor, ``torch.max(a, b)`` is elementwise."""
+
+    def propagate(self, ctx):
+        meta = ctx.out_meta()
+        # (a single tensor's TensorMeta is a tuple too: its items have no shape)
+        if isinstance(meta, tuple) and meta and all(hasattr(m, "shape") for m in meta):
+            labels = self._reduced(ctx, meta[0].shape)
+            return tuple(dict(labels) for _ in meta)
+        if len(ctx.node.args) > 1 and isinstance(ctx.node.args[1], fx.Node):  # max(a, b)
+            return Elementwise().propagate(ctx)
+        return super().propagate(ctx)
 
 
 class MixesDim(ChannelRule):
