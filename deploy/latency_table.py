@@ -534,10 +534,15 @@ class LatencyTable:
                     f"{', '.join(map(str, batches))}, and the model's example inputs are batch "
                     f"{layer.batch}: measure a table at batch {layer.batch}, or prepare the model "
                     f"with example inputs of batch {batches[0]}") from None
+            # a layer of this name measured in another shape: said (break164 F6: another
+            # input size or width read as "nothing measured")
+            held = next((f"; the table holds {layer.name!r} as {k.rpartition('|')[2].replace('x', '->')} "
+                         f"channels, {k.rpartition('|')[0]}" for k, g in self._grids.items()
+                         if layer.name in g[3]), "")
             raise UnmeasuredLayerError(
                 f"no latency was measured for layer {layer.name!r} ({layer.kind} "
                 f"{layer.in_channels}->{layer.out_channels}, {point_key(layer)}) on "
-                f"{self.backend} / {self.device or 'unknown device'}: call "
+                f"{self.backend} / {self.device or 'unknown device'}{held}: call "
                 "LatencyTable.measure(...) with this layer (or the model it belongs to) "
                 "first") from None
 

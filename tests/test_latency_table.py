@@ -937,6 +937,20 @@ def test_save_and_the_cache_leave_a_read_only_file_and_a_link_as_they_are(tmp_pa
     assert {p: p.read_bytes() for p in (shared, cache)} == before
 
 
+def test_a_layer_measured_in_another_shape_is_named_with_what_the_table_holds():
+    """break164 F6: a table of a 28x28 model used at 32x32 said only "no latency was
+    measured", where a batch or dtype mismatch names what the table holds."""
+    table = LatencyTable.measure([conv(hw=8)], step=8, timer=CountingTimer(), **FAST)
+    with pytest.raises(UnmeasuredLayerError, match=r"^no latency was measured for layer 'c' "
+                                                   r"\(conv 16->24, b1\|conv2d\[n1,16x16\].*; the "
+                                                   r"table holds 'c' as 16->24 channels, "
+                                                   r"b1\|conv2d\[n1,8x8\]"):
+        table.layer_cost(conv(hw=16), 16, 24)
+    with pytest.raises(UnmeasuredLayerError) as other:  # a layer it never saw: nothing to add
+        table.layer_cost(conv(name="other", hw=16), 16, 24)
+    assert "the table holds" not in str(other.value)
+
+
 def test_a_cache_whose_under_load_lists_hold_no_points_is_refused_on_read(tmp_path, monkeypatch,
                                                                           fake_ort):
     """break74 F4: [16, 32] in an under_load list was read, and the write after all the timing
