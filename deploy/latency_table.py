@@ -499,6 +499,17 @@ class LatencyTable:
         self._clamp_warned = True
         side, asked, smallest = (("input", c_in, cins[0]) if c_in < cins[0]
                                  else ("output", c_out, couts[0]))
+        if len(cins if side == "input" else couts) == 1:
+            # one count on that axis: timed where these channels could not be pruned (break164
+            # F2: the advice, a finer step, could not help a table of another model)
+            warnings.warn(
+                f"latency table: layer {layer.name!r} ({point_key(layer)}) was priced at {asked} "
+                f"{side} channels, but its grid holds only {smallest}: the table was measured on "
+                "a model where these channels were kept whole, so it prices every narrower width "
+                f"as {smallest} and the method will not prune them; measure a table of this "
+                "model (said once per table, for its first such layer)", RuntimeWarning,
+                stacklevel=3)
+            return
         warnings.warn(
             f"latency table: layer {layer.name!r} ({point_key(layer)}) was priced at {asked} "
             f"{side} channels, below the smallest count its grid was measured at ({smallest}): "

@@ -819,6 +819,25 @@ def test_a_method_on_a_table_at_its_channel_step_saves_and_resumes_quietly():
     assert sum("below the smallest count" in str(w.message) for w in said) == 1
 
 
+def test_a_table_of_a_model_that_kept_a_layers_channels_says_so_not_finer_step():
+    """break164 F2: a table measured where c2's outputs reached the model's output (kept
+    whole: its grid holds 32 only), used for a model that prunes them, priced every width as
+    32; the warning advised a finer step, which could not help."""
+    torch.manual_seed(0)
+    head = [torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3)]
+    x = torch.randn(1, 3, 12, 12)
+    kept_whole = fxprune.prepare(torch.nn.Sequential(*head), (x,))
+    prunes = fxprune.prepare(torch.nn.Sequential(*head, torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1)), (x,))
+    macs = lambda layer, ci, co: layer.macs(ci, co) / 1e6 + 0.01  # noqa: E731
+    table = LatencyTable.measure(kept_whole, step=8, timer=macs, **FAST)
+    (c2,) = [s for s in fxprune.layer_specs(prunes) if s.name == "2"]
+    with pytest.warns(RuntimeWarning, match=r"layer '2' .* was priced at 8 output channels, but "
+                                            r"its grid holds only 32: the table was measured on a "
+                                            r"model where these channels were kept whole") as said:
+        assert table.layer_cost(c2, 16, 8) == table.layer_cost(c2, 16, 32)
+    assert "finer step" not in str(said[0].message)
+
+
 def test_a_flat_latency_table_is_named_as_such():
     """On an H200 a small net at batch 4 is launch-bound: the table timed the narrowest model
     at 1.014 of dense (noise), and SMCP said to "check the cost model". It now says removing
