@@ -72,11 +72,13 @@ class Budget:
 
     def layer_cost(self, layer: CostedLayer, c_in: int, c_out: int) -> float:
         value = float(self.model.layer_cost(layer.spec, c_in, c_out))
-        if not math.isfinite(value):  # break49 #8: it surfaced as "budget is nan"
+        # break49 #8: NaN surfaced as "budget is nan"; break164 F8: a negative price was taken,
+        # and the knapsack then favoured keeping the layer's channels
+        if not (math.isfinite(value) and value >= 0):
             raise ValueError(
                 f"the cost model {getattr(self.model, 'name', type(self.model).__name__)!r} "
                 f"prices layer {layer.spec.name!r} at {c_in} input and {c_out} output channels "
-                f"as {value}: layer_cost must return a finite number")
+                f"as {value}: layer_cost must return a finite number >= 0")
         return value
 
     def __getstate__(self) -> dict:

@@ -1133,6 +1133,17 @@ def test_a_cost_model_pricing_a_width_as_nan_or_inf_is_named():
                                              r"input and \d+ output channels as nan: layer_cost must"):
             make(prepared())
 
+    class Negative(FlopsCost):  # break164 F8: taken, and the knapsack kept the layer wide
+        name = "negative"
+
+        def layer_cost(self, layer, c_in, c_out):
+            return -super().layer_cost(layer, c_in, c_out)
+
+    with pytest.raises(ValueError, match=r"the cost model 'negative' prices layer '\S+' at \d+ input "
+                                         r"and \d+ output channels as -\d+.0: layer_cost must return "
+                                         r"a finite number >= 0"):
+        fxprune.SMCP(prepared(), 0.5, cost=Negative())
+
 
 def test_a_target_given_as_a_tensor_or_an_absolute_cost_gets_the_way_out():
     """break49 #11: target=torch.tensor(0.5) and target=5e6 (an absolute FLOPs budget) were
