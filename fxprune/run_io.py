@@ -42,7 +42,8 @@ from .groups import is_finalized, mark_finalized, record_input_shape
 from .recipe_config import ConfigError, _flatten
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
-           "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm", "atomic_write", "check_replaceable",
+           "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm",
+           "outlive_reader", "atomic_write", "check_replaceable",
            "atomic_write_text", "save_checkpoint", "load_checkpoint", "move_tensors", "rng_state", "set_rng_state", "config_changes", "CsvLog", "RunLogs",
            "cost_columns", "save_module", "write_results", "format_results"]
 
@@ -512,7 +513,6 @@ class _StreamOutlivingReader:
 
     def __init__(self, stream):
         self._stream = stream
-        self.reader_gone = False
 
     def write(self, text):
         try:
@@ -528,7 +528,6 @@ class _StreamOutlivingReader:
             self._drop_the_rest()
 
     def _drop_the_rest(self) -> None:
-        self.reader_gone = True
         try:
             fd = self._stream.fileno()
         except (OSError, ValueError, AttributeError):  # a stream with no descriptor

@@ -1092,7 +1092,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "optim.epochs (NAME_fraction, keeps its shape when the run is shortened). "
                      "Exit status: 0 done; 2 an error (nothing trained, or a run that failed); 3 "
                      "a pruning run that ended above its cost target (its files written; 0 with "
-                     "prune.allow_above_target=true); 130 interrupted. A reader of the output that goes away (`| head`) does not stop the run. Data-parallel: torchrun --nproc-per-node N "
+                     "prune.allow_above_target=true); 130 interrupted. A reader of the output "
+                     "that goes away (`| head`) does not stop the run. Data-parallel: torchrun "
+                     "--nproc-per-node N "
                      "-m fxprune train CONFIG (data.batch_size is the global batch; rank 0 "
                      "writes every file).")
 
