@@ -767,6 +767,8 @@ def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
 
 
 def _parse_point(text: str) -> tuple[int, int]:
+    if not re.fullmatch(r"-?\d+,-?\d+", text):  # (break164 F7: " 8, 24" read as "8,24", and won)
+        raise ValueError(f"point {text!r} is not 'c_in,c_out' (two counts, no spaces)")
     ci, co = text.split(",")
     ci, co = int(ci), int(co)
     if ci < 1 or co < 1:  # (break74: "-16,16" was read as a width)
@@ -930,6 +932,19 @@ def _backend_timer(backend: str, threads: int, *, torch_device=None, cuda_graphs
     return timer, f"tensorrt {trt.__version__}", trtb.gpu_name()
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def _read_json(path, what: str, fmt: str) -> dict:
     """A JSON object of format ``fmt`` (a table or a cache), or a DeployError naming ``path``."""
     path = os.fspath(path)
@@ -941,10 +956,13 @@ def _read_json(path, what: str, fmt: str) -> dict:
         raise DeployError(f"{path!r}: cannot read {what} ({e.strerror or e}); check the path") from None
     with f:
         try:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=_no_duplicate_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DeployError(f"{path!r} is not {what} (not valid JSON: {e}); delete it or pass "
                               "another path") from None
+        except _DuplicateKey as e:  # (break164 F7: the last of two edited values was read)
+            raise DeployError(f"{path!r} has the key {e.args[0]!r} twice (a hand edit?); keep "
+                              "one") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         found = (f"format {data.get('format')!r}" if isinstance(data, dict)
                  else f"a JSON {type(data).__name__}")

@@ -1120,6 +1120,16 @@ def test_edited_tables_and_caches_of_another_format_and_bad_timing_options_are_r
     data["points"][key] = {"-16,16": 1.0, **data["points"][key]}
     with pytest.raises(DeployError, match="is malformed .*point '-16,16' is not two channel"):
         LatencyTable.from_dict(data)
+    # break164 F7: " 8, 24" was read as (8, 24) and overrode "8,24"; a key given twice
+    # (a hand edit) kept the last value
+    (tmp_path / "spaced.json").write_text(json.dumps({**data, "points": {
+        key: {" 16, 16": 1.0, **{k: v for k, v in data["points"][key].items() if k != "-16,16"}}}}))
+    with pytest.raises(DeployError, match=r"is malformed .*point ' 16, 16' is not 'c_in,c_out'"):
+        LatencyTable.load(tmp_path / "spaced.json")
+    (tmp_path / "twice.json").write_text(
+        json.dumps(table.to_dict()).replace('"threads": ', '"threads": 4, "threads": ', 1))
+    with pytest.raises(DeployError, match=r"has the key 'threads' twice \(a hand edit\?\); keep one"):
+        LatencyTable.load(tmp_path / "twice.json")
 
 
 def test_a_group_a_grouped_conv_ties_is_timed_at_every_width_its_channel_step_keeps():
