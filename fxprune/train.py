@@ -505,7 +505,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
       images than processes, which is dropped: a resume at another count then says so).
     * The model is prepared and the pruner built on every process, before the DDP wrap;
       ``pruner.step()`` runs after ``backward()`` returned (gradients averaged) and rank 0's
-      masks are broadcast after it (:func:`fxprune.distributed.broadcast_masks`).
+      masks are broadcast after each step that updates them (it returns a record:
+      :func:`fxprune.distributed.broadcast_masks`), as the README's own loop does.
     * The test split is sharded too; losses and counts are summed over the processes.
     * Rank 0 checks the folder, reads the checkpoint and writes every file.
     """
@@ -828,9 +829,14 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 loss.backward()  # under DDP: gradients averaged over the processes on return
                 if pruner is not None:
                     # sees this batch's gradients; may update masks and weights
-                    pruner.step(loss) if step_takes_loss else pruner.step()
-                    # one small tensor; equal masks by construction (see fxprune.distributed)
-                    fxdist.broadcast_masks(net, check=check_masks)
+                    record = pruner.step(loss) if step_takes_loss else pruner.step()
+                    # after an update (a record: the same step on every rank), one small
+                    # tensor; equal masks by construction (see fxprune.distributed). Not at
+                    # every step: the copy bumps each mask's version, and masked norms then
+                    # read their mask from the device at every forward (break166 F1); the
+                    # debug mode train.check_masks checks at every step
+                    if record is not None or check_masks:
+                        fxdist.broadcast_masks(net, check=check_masks)
                 step_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains with
                 optimizer.step()
                 scheduler.step()

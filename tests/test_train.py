@@ -324,6 +324,36 @@ def test_a_run_whose_loss_diverges_stops_in_one_line(recipe, tmp_path, capsys, m
     assert not (out / "results.json").exists() and not (out / "checkpoint.pt").exists()
 
 
+def test_masks_are_broadcast_after_updates_only(recipe, tmp_path, monkeypatch):
+    """break166 F1: the trainer broadcast the masks after every step; under a process group the
+    copy bumped each mask's version, and masked norms read their mask from the device at
+    every forward. Now after each step whose record says it updated them, as the README's own
+    loop and the Lightning callback do (train.check_masks, a debug mode, every step)."""
+    from fxprune.methods.smcp import SMCP
+
+    records, broadcasts = [], []
+    real_step = SMCP.step
+
+    def step(self, *args, **kwargs):
+        record = real_step(self, *args, **kwargs)
+        records.append(record is not None)
+        return record
+    monkeypatch.setattr(SMCP, "step", step)
+    monkeypatch.setattr(train_mod.fxdist, "broadcast_masks",
+                        lambda net, check=False: broadcasts.append((len(records), check)))
+    args = ["train", str(recipe), "--set", "optim.epochs=2", "--set", "prune.method=smcp",
+            "--set", "prune.target=0.7", "--set", "prune.channel_step=1", "--set",
+            "prune.warmup=0", "--set", "prune.ramp=4", "--set", "prune.update_every=2",
+            "--set", "prune.allow_above_target=true"]
+    assert cli_main([*args, "--out", str(tmp_path / "r")]) == 0
+    updates = [i + 1 for i, updated in enumerate(records) if updated]
+    assert 0 < len(updates) < len(records) == 12
+    assert [n for n, _ in broadcasts if n <= len(records)][:len(updates)] == updates
+    records.clear(), broadcasts.clear()
+    assert cli_main([*args, "--set", "train.check_masks=true", "--out", str(tmp_path / "c")]) == 0
+    assert [n for n, check in broadcasts if check][:12] == list(range(1, 13))
+
+
 def test_a_torchvision_model_trains_on_gray_images_repeated_as_rgb(recipe, tmp_path, capsys):
     base = ["train", str(recipe), "--set", "optim.epochs=1", "--set", "model.name=resnet18",
             "--set", "model.widths=null", "--set", "model.blocks=null", "--set", "prune.method=smcp",
