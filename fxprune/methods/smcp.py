@@ -233,6 +233,9 @@ class SMCP(PruningMethod):
         self._bns = {name: m for name, m in prepared.named_modules() if _tracks_statistics(m)}
         self._recalibrating = 0  # training batches left in the current re-estimation window
         self._own_momentum: float | None = None
+        self._swapped = False  # a BatchNorm's momentum is the window's now (see below)
+        #: batches each BatchNorm averaged in the window (host ints; by id: modules may hash)
+        self._batches_averaged: dict[int, int] = {}
         if self.bn_recalibrate:
             self._hook_norms()
         self._check_reachable(self.target)
@@ -455,15 +458,23 @@ class SMCP(PruningMethod):
         self._follow_replaced_norms()
         for bn in self._bns.values():
             bn.num_batches_tracked.zero_()
+        self._batches_averaged = {id(bn): 0 for bn in self._bns.values()}
         self._recalibrating = self.bn_recalibrate
 
     def _cumulative_average(self, bn, args) -> None:
         if self._recalibrating and bn.training:
-            self._own_momentum, bn.momentum = bn.momentum, None
+            # torch's momentum=None average, 1 / (batches since the reset), from a count kept
+            # on the host: momentum=None reads num_batches_tracked from the device at every
+            # forward (break166 F2). A resumed window reads it once, to go on from there.
+            seen = self._batches_averaged.get(id(bn))
+            if seen is None:
+                seen = int(bn.num_batches_tracked)
+            self._batches_averaged[id(bn)] = seen + 1
+            self._own_momentum, bn.momentum, self._swapped = bn.momentum, 1.0 / (seen + 1), True
 
     def _momentum_back(self, bn, args, output) -> None:
-        if bn.momentum is None and self._own_momentum is not None:
-            bn.momentum, self._own_momentum = self._own_momentum, None
+        if self._swapped:
+            bn.momentum, self._own_momentum, self._swapped = self._own_momentum, None, False
 
     # -- helpers -----------------------------------------------------------------------------------
     def _device_masks(self) -> torch.Tensor:
