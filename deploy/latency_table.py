@@ -262,11 +262,6 @@ class LatencyTable:
             # (break129 F7: the whole grid was timed, then a bare FileExistsError lost it)
             raise DeployError(f"cache {os.fspath(cache)!r}: {blocked} is a file, not a folder; "
                               "give a cache path in a folder")
-        if cache is not None:  # (before any timing, as above: break164 F1)
-            try:
-                check_replaceable(cache)
-            except OSError as exc:
-                raise DeployError(f"cache {exc}") from None
         for name, value, low in (("step", step, 1), ("threads", threads, 1),
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
@@ -348,6 +343,14 @@ class LatencyTable:
         log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} "
             f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
             f"({table.stats['cached']} cached, {len(todo)} to time)")
+
+        if cache and todo:  # written after timing: refused before it (break164 F1), and
+            # only where something is timed (review165 F2: a read-only cache holding every
+            # point is read, not written)
+            try:
+                check_replaceable(cache)
+            except OSError as exc:
+                raise DeployError(f"cache {exc}") from None
 
         from tqdm import tqdm
 

@@ -953,6 +953,10 @@ def test_save_and_the_cache_leave_a_read_only_file_and_a_link_as_they_are(tmp_pa
     with pytest.raises(DeployError, match=r"cache .*cache.json is read-only for this user"):
         LatencyTable.measure([conv(cin=32)], step=8, cache=cache, timer=timer, **FAST)
     assert timer.calls == []  # refused before any timing
+    # every point cached: read, not written, so a read-only cache serves (review165 F2)
+    assert LatencyTable.measure([conv()], step=8, cache=cache, timer=timer,
+                                **FAST).grid(conv()) == table.grid(conv())
+    assert timer.calls == []
     assert {p: p.read_bytes() for p in (shared, cache)} == before
 
 
