@@ -66,6 +66,18 @@ class CheckpointError(FxPruneError):
     """A checkpoint cannot be read (truncated, empty, not fxprune's) or does not fit the run."""
 
 
+def unwritable_run_file(out: Path) -> str | None:
+    """Why a run could not write one of its files in ``out``, or None: a run file there that
+    is read-only or a symbolic link, which :func:`atomic_write` refuses to replace (review165
+    F3: a read-only results.json failed the run at its end, after the training)."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_symlink() or (path.exists() and not os.access(path, os.W_OK)):
+            return (f"{path} is {'a symbolic link' if path.is_symlink() else 'read-only'}, and "
+                    "the run writes a file of its own there; make it a writable file")
+    return None
+
+
 def unwritable_folder(folder: Path) -> str | None:
     """Why files could not be written in ``folder`` (made first where missing), or None: a
     file where a folder on its path should be, or a folder that refuses a new file (tried
@@ -99,8 +111,9 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
     ``tensorboard`` there. Creates nothing: it runs before any work."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    why = None if resume else unwritable_folder(out)  # (a finished run resumed writes
-    # nothing: the trainer checks a resumed run that will train, break65 #5)
+    # (a finished run resumed writes nothing: the trainer checks a resumed run that will
+    # train, break65 #5)
+    why = None if resume else unwritable_folder(out) or unwritable_run_file(out)
     if why:  # a bare "[Errno 20] Not a directory" named no --out (break62 #14)
         raise PermissionError(f"--out {out}: {why}; choose another --out")
     if out.is_symlink() and not out.exists():  # it failed later as "[Errno 17] File exists"

@@ -61,7 +61,7 @@ from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError
                      check_out_folder, config_changes, cost_columns, format_results,
                      load_checkpoint, lock_out_folder, move_tensors, release_out_folder, rng_state,
                      save_checkpoint, save_module, set_rng_state, start_over, tensorboard_writer,
-                     unwritable_folder, write_results)
+                     unwritable_folder, unwritable_run_file, write_results)
 from .units import UnitIndex
 
 # Names this module exported before the config and the run I/O moved out stay importable here.
@@ -469,7 +469,7 @@ def _refuse_processes_that_differ(what: str, value, way: str, detail: str = "") 
 
 def _refuse_unwritable_resume(out: Path) -> None:
     """Refuse a resume that would train on in a folder it cannot write (break65 #5)."""
-    unwritable = unwritable_folder(out)
+    unwritable = unwritable_folder(out) or unwritable_run_file(out)
     if unwritable:
         raise PermissionError(f"--out {out}: {unwritable}; copy the run to a folder you can "
                               "write and --resume there")

@@ -1197,6 +1197,28 @@ def test_a_finished_run_in_a_folder_that_cannot_be_written_still_resumes_to_its_
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1"]
 
 
+def test_a_read_only_run_file_is_refused_before_any_epoch(recipe, tmp_path, capsys, monkeypatch):
+    """review165 F3: a read-only results.json (atomic_write will not replace it) failed the
+    run at its end, after the training, its model beside the old results. Refused first now,
+    for a start over it and a resume that trains on. (Declared read-only: root writes anywhere.)"""
+    import os
+
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    results = str(out / "results.json")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if os.fspath(p) == results and mode & os.W_OK else real_access(p, mode, **kw)))
+    before = (out / "metrics.csv").read_text()
+    for extra in (["--overwrite"], ["--set", "optim.epochs=2", "--resume"]):
+        assert cli_main(["train", str(recipe), *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{results} is read-only, and the run writes a file of its own there; make it a " \
+               "writable file" in err, err
+        assert (out / "metrics.csv").read_text() == before  # no epoch ran
+
+
 def test_finalize_mismatched_samples_counts_predictions_that_differ_not_the_accuracy_change():
     """break73 F1: "N samples differ" was |delta correct| x N: a finalize that flipped 147
     predictions said 9 (right-to-wrong and wrong-to-right flips cancel; wrong-to-other-wrong
