@@ -6,17 +6,25 @@
 """
 from __future__ import annotations
 
-from .api import copy_masks, finalize, layer_specs, prepare, tracer_kwargs
-from .cost import CostModel, FlopsCost, LayerSpec, ParamsCost
+import sys as _sys
+import types as _types
+
+from ._lazy import lazy_getattr as _lazy_getattr
 from .errors import (ExampleInputsError, FxPruneError, NotPreparedError, SurgeryError,
                      TargetNotReachedError, TraceError, UnsupportedModelError)
-from .groups import ChannelGroup, channel_groups
-from .summary import summary
-from ._lazy import lazy_getattr as _lazy_getattr
 
 __version__ = "0.1.0"
 
+# Every part that needs torch loads on first use: `import fxprune` itself is instant, so the
+# command line's Ctrl-C handler covers the seconds torch takes to load (review165 F1: a
+# traceback and death by SIGINT while `fxprune methods` started)
 _LAZY = {
+    **{name: ("fxprune.api", name)
+       for name in ("prepare", "finalize", "copy_masks", "layer_specs", "tracer_kwargs")},
+    **{name: ("fxprune.cost", name) for name in ("CostModel", "FlopsCost", "LayerSpec", "ParamsCost")},
+    "ChannelGroup": ("fxprune.groups", "ChannelGroup"),
+    "channel_groups": ("fxprune.groups", "channel_groups"),
+    "summary": ("fxprune.summary", "summary"),
     "LatencyTable": ("fxprune.deploy.latency_table", "LatencyTable"),
     "solve_mckp": ("fxprune.knapsack", "solve_mckp"),
     "InfeasibleBudget": ("fxprune.allocation", "InfeasibleBudget"),
@@ -30,6 +38,23 @@ _LAZY = {
 
 
 __getattr__ = _lazy_getattr(__name__, _LAZY)  # heavy or optional parts load on first use
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(_types.ModuleType):
+    """``fxprune.summary`` is the function, as it was when this package imported it eagerly:
+    the import system sets a submodule as its package's attribute once it loads, and the
+    module ``fxprune.summary`` (``from fxprune.summary import count_flops``) shares the name."""
+
+    def __setattr__(self, name, value):
+        if not (name == "summary" and isinstance(value, _types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["prepare", "finalize", "copy_masks", "tracer_kwargs", "channel_groups", "summary", "layer_specs", "ChannelGroup",

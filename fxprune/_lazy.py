@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 
 def lazy_getattr(package: str, names: dict[str, tuple[str, str]] | None = None):
@@ -15,7 +16,9 @@ def lazy_getattr(package: str, names: dict[str, tuple[str, str]] | None = None):
     def __getattr__(name: str):
         if name in names:
             module, attr = names[name]
-            return getattr(importlib.import_module(module), attr)
+            value = getattr(importlib.import_module(module), attr)
+            setattr(sys.modules[package], name, value)  # found once: later reads are plain
+            return value
         if (not name.startswith("_") and "." not in name
                 and importlib.util.find_spec(f"{package}.{name}") is not None):
             return importlib.import_module(f"{package}.{name}")

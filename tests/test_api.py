@@ -723,6 +723,30 @@ def test_a_warning_on_the_command_line_shows_no_launcher_line(tmp_path):
     assert "<string>" not in done.stderr and "RuntimeWarning" not in done.stderr
 
 
+def test_ctrl_c_while_the_command_line_loads_torch_is_one_line():
+    """review165 F1: `import fxprune` loaded torch before the command line's handler was
+    installed, so Ctrl-C in the first seconds was a traceback and death by SIGINT (-2 to a
+    Python caller). The package loads its parts on first use now."""
+    import signal
+    import time
+
+    code = "import sys, fxprune, fxprune.cli; print('torch' in sys.modules)"
+    light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert light.stdout.strip() == "False", light.stderr
+    # as the console script: the interpreter up, then the command line (light) imported
+    launcher = ("import sys; print('started', flush=True); from fxprune.cli import main; "
+                "sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, "demo", "--model", "resnet18",
+                             "--size", "32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "started\n"
+    time.sleep(0.5)  # in main: loading torch (seconds), or later, in demo's own handler
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert err.startswith("fxprune demo: interrupted") and err.count("\n") == 1, err
+
+
 def test_demo_size_hint_reads_torchvision_weight_metadata():
     from fxprune.demo import trained_size
 
