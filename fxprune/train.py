@@ -685,7 +685,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                                  epochs=int(optim_cfg["epochs"]), **context)
         except ConfigError as exc:
             if (getattr(exc, "floor", None) is None or exc.floor >= 1 - 1e-9
-                    or build_cfg is prune_cfg or saved is not None):
+                    or build_cfg is prune_cfg or ckpt is not None):  # (a resume: its own)
                 raise
             # the floor came from this run's timings (break151 F1: 0.581, 0.608, 0.599 in three
             # runs, so the advised target failed again)
