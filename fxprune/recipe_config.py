@@ -857,7 +857,7 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
         # channels never trained together, while explore at the last step was refused)
         raise ConfigError(
             f"{method} has no prune.explore, so its final selection would come after the last "
-            f"step ({run}), with nothing fine-tuned after; set prune.explore (or its "
+            f"step, and {run}: nothing would be fine-tuned after it; set prune.explore (or its "
             "_epochs/_fraction form) below the run's length, e.g. --set "
             "prune.explore_fraction=0.7")
     if isinstance(explore, int) and explore >= total_steps:

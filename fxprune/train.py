@@ -629,9 +629,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             raise
         sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
                           if k in ("widths", "blocks", "inner_widths"))
+        # torch's own words, not cut mid-word (review165 F8: "(Cannot alloca)")
+        said = re.search(r"(can't allocate memory: you tried to allocate \d+ bytes)", str(exc))
         raise ConfigError(f"model {cfg['model']['name']}"
                           f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
-                          f"({first_line(exc)[:160]}); choose a smaller model") from None
+                          f"({said.group(1) if said else first_line(exc)}); choose a smaller "
+                          "model") from None
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)
@@ -953,9 +956,9 @@ def _diverged(step: int, epoch: int, lr: float, ckpt_path: Path) -> str:
     pruning run failed at finalize, advising an argument only the Python API takes)."""
     saved = (f"the last finished epoch, in {ckpt_path}, is the last one before it"
              if ckpt_path.is_file() else "no epoch was saved")
-    return (f"training diverged: the loss is not finite at step {step} (epoch {epoch + 1}, "
-            f"learning rate {lr:.4g}); {saved}; lower optim.lr (or raise optim.warmup_epochs) "
-            "and start over with --overwrite")
+    return (f"training diverged: the loss is not finite in the steps up to {step} (epoch "
+            f"{epoch + 1}, learning rate {lr:.4g}); {saved}; lower optim.lr (or raise "
+            "optim.warmup_epochs) and start over with --overwrite")
 
 
 def _summed(loss: float, correct: int, seen: int) -> tuple[float, int, int]:

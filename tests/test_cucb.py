@@ -202,8 +202,8 @@ def test_resuming_under_another_target_or_rho_warns():
         CUCB(pm, target=0.5, cost=Table(1e-6), channel_step=1).load_state_dict(saved)
     # (break164 F5: said as "another half_width_fraction", naming no table)
     with pytest.warns(RuntimeWarning, match=r"(another |; )cost model pricing \(a half-width model at "
-                                            r"0\.\d+ -> 0\.\d+ of dense: another latency table "
-                                            r"or fixed cost\?\) at step"):
+                                            r"0\.\d+ -> 0\.\d+ of dense: another latency table, "
+                                            r"fixed cost or example input size\?\) at step"):
         CUCB(pm, target=0.5, cost=Table(2e-6), channel_step=1).load_state_dict(saved)
     # break44 #7: another channel_step is said as that, not also as a cost model change
     with pytest.warns(RuntimeWarning, match="channel_step 1 -> 3") as said:

@@ -155,8 +155,8 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
     ("method: cucb\n  target: 0.5\n  explore: 2\n  warmup: 1", r"step 2 \(prune.explore\), and the run has 2 "),
     # break158 F5: no explore at all, the pick after the last step, was accepted
     ("method: cucb\n  target: 0.5\n  warmup: 1", r"cucb has no prune.explore, so its final "
-     r"selection would come after the last step \(the run has 2 \(1 epochs x 2\)\), with "
-     r"nothing fine-tuned after; set prune.explore"),
+     r"selection would come after the last step, and the run has 2 \(1 epochs x 2\): nothing "
+     r"would be fine-tuned after it; set prune.explore"),
     # break132 #1: "shorten prune.ramp", which a one-shot method refuses; review137 #1: its
     # window made it "step 6 (prune_at 10)"
     ("method: magnitude\n  target: 0.8\n  prune_at: 100", r"the pruning comes at step 100 "

@@ -692,7 +692,7 @@ class PruningMethod:
         # the half-width price fingerprints the cost model: said as what a user changed
         # (break164 F5: "another half_width_fraction 0.75 -> 0.70" named no table)
         changed = [f"cost model pricing (a half-width model at {saved[name]!r} -> {mine[name]!r} "
-                   "of dense: another latency table or fixed cost?)"
+                   "of dense: another latency table, fixed cost or example input size?)"
                    if name == "half_width_fraction" else f"{name} {saved[name]!r} -> {mine[name]!r}"
                    for name in differ]
         if changed:
