@@ -274,6 +274,9 @@ class SMCP(PruningMethod):
             for bn in self._bns.values():
                 strip_method_hooks(bn, detached_only=True, recurse=False)
             self._hook_norms()
+        # the counts are keyed by the norms' ids, which a copy's norms do not share: each
+        # reads its counter once (another norm may have an old id in a new process)
+        self._batches_averaged = {}
 
     # -- the training-loop API ------------------------------------------------------------------
     def step(self, loss=None) -> dict | None:
