@@ -54,6 +54,31 @@ def _plain_warnings():
         warnings.formatwarning = default
 
 
+@contextlib.contextmanager
+def _ctrl_c_after_loading():
+    """Ctrl-C while a command's modules load (torch: seconds) takes effect once they have
+    loaded: a KeyboardInterrupt raised inside a C++ extension's initialisation aborted the
+    process (pybind11's terminate, status -6). A SIGINT the process ignores stays ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN or before is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if received:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -77,7 +102,8 @@ def _main(argv: list[str]) -> int:
     for name, (module, help_text) in SUBCOMMANDS.items():
         parsers[name] = p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            importlib.import_module(module).add_arguments(p)
+            with _ctrl_c_after_loading():
+                importlib.import_module(module).add_arguments(p)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # with the subcommand's usage, not the top level's (break98 F7)
         parsers.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -733,9 +733,11 @@ def test_ctrl_c_while_the_command_line_loads_torch_is_one_line():
     code = "import sys, fxprune, fxprune.cli; print('torch' in sys.modules)"
     light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert light.stdout.strip() == "False", light.stderr
-    # as the console script: the interpreter up, then the command line (light) imported
-    launcher = ("import sys; print('started', flush=True); from fxprune.cli import main; "
-                "sys.exit(main())")
+    # as the console script: the interpreter up, then the command line (light) imported. A
+    # terminal's Ctrl-C handler first: a job started in the background by a non-interactive
+    # shell (CI's) inherits SIGINT ignored, and so would this child
+    launcher = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "print('started', flush=True); from fxprune.cli import main; sys.exit(main())")
     proc = subprocess.Popen([sys.executable, "-c", launcher, "demo", "--model", "resnet18",
                              "--size", "32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
