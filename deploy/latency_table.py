@@ -550,8 +550,9 @@ class LatencyTable:
                     f"with example inputs of batch {batches[0]}") from None
             # a layer of this name measured in another shape: said (break164 F6: another
             # input size or width read as "nothing measured")
-            held = next((f"; the table holds {layer.name!r} as {k.rpartition('|')[2].replace('x', '->')} "
-                         f"channels, {k.rpartition('|')[0]}" for k, g in self._grids.items()
+            held = next((f"; the table holds {layer.name!r} as "
+                         f"{k.rpartition('|')[2].replace('x', '->')} channels, "
+                         f"{k.rpartition('|')[0]}" for k, g in self._grids.items()
                          if layer.name in g[3]), "")
             raise UnmeasuredLayerError(
                 f"no latency was measured for layer {layer.name!r} ({layer.kind} "

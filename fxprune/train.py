@@ -745,8 +745,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 pruner.load_state_dict(ckpt["pruner"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"--resume: {ckpt_path} does not fit this run ({first[:200]}); "
-                                  f"{start_over(ckpt_path)}, or use another --out") from None
+            raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",
+                                       ckpt_path) from None
         # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
         saved_lr = optimizer.param_groups[0]["lr"]
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -942,8 +942,12 @@ def _saved_measured_cost(ckpt: dict, ckpt_path: Path, cost: str):
                              f"prune.cost={cost}")
         return measured_cost_from_dict(saved, source)
     except (ValueError, FxPruneError) as exc:
-        raise CheckpointError(f"--resume: {exc}; {start_over(ckpt_path)}, or use "
-                              "another --out") from None
+        raise _unusable_checkpoint(str(exc), ckpt_path) from None
+
+
+def _unusable_checkpoint(why: str, ckpt_path: Path) -> CheckpointError:
+    """The one-line error for a checkpoint --resume cannot use, with the way to start over."""
+    return CheckpointError(f"--resume: {why}; {start_over(ckpt_path)}, or use another --out")
 
 
 class TrainingDivergedError(FxPruneError):
