@@ -23,7 +23,7 @@ from .rules import (Barrier, MatMul, ScaledDotProductAttention, ChannelAffine, C
                     Elementwise, FunctionalAffine, PixelShuffle,
                             Expand, FunctionalGroupNorm, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, Index, LayerNorm, Linear, RMSNorm,
                             Flip, Metadata, MixesDim, Pad, Permute, Reduce, ReducePair, Repeat, Reshape, Roll, ShapeRead, Spatial,
-                            Split, Stack, TupleItem)
+                            Split, Stack, TupleItem, Unpool)
 
 ELEMENTWISE = Elementwise()
 SPATIAL = Spatial()
@@ -142,6 +142,9 @@ for _m in _ACTIVATIONS:
 for _n, _mods in _POOLS.items():
     for _m in _mods:
         CHANNEL_RULES[_m] = Spatial(_n)
+# max unpooling (SegNet's decoder): values and a max pool's indices, per channel both
+for _n in (1, 2, 3):
+    CHANNEL_RULES[getattr(nn, f"MaxUnpool{_n}d")] = CHANNEL_RULES[getattr(F, f"max_unpool{_n}d")] = Unpool(_n)
 # pixel (un)shuffle move r*r channels into space: pruned in blocks
 CHANNEL_RULES[nn.PixelShuffle] = CHANNEL_RULES[F.pixel_shuffle] = PixelShuffle()
 CHANNEL_RULES[nn.PixelUnshuffle] = CHANNEL_RULES[F.pixel_unshuffle] = PixelShuffle(inverse=True)

@@ -4045,3 +4045,35 @@ def test_a_max_pool_returning_its_indices_prunes(functional):
     pm, _ = prune_and_check(_PoolWithIndices(functional).double(),
                             torch.randn(2, 3, 8, 8, dtype=torch.float64))
     assert [g.size for g in fxprune.channel_groups(pm) if g.prunable] == [8]
+
+
+class _SegNetStage(nn.Module):
+    """SegNet's encoder-decoder step: the decoder unpools its features to the places the
+    encoder's max pool took its values from."""
+
+    def __init__(self, functional):
+        super().__init__()
+        self.functional = functional
+        self.enc, self.mid = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.dec = nn.Conv2d(8, 4, 1)
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+    def forward(self, x):
+        y = torch.relu(self.enc(x))
+        values, indices = self.pool(y)
+        z = torch.relu(self.mid(values))
+        if self.functional:
+            up = F.max_unpool2d(z, indices, 2, output_size=y.size())
+        else:
+            up = self.unpool(z, indices, output_size=y.shape)
+        return self.dec(up)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_max_unpooling_ties_the_decoder_to_the_encoder_s_channels(functional):
+    """MaxUnpool2d had no row (a barrier keeping both convs whole): its values and indices hold
+    the same channels, so `mid`'s output channels are `enc`'s, one group of both."""
+    pm, _ = prune_and_check(_SegNetStage(functional).double(),
+                            torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    [group] = [g for g in fxprune.channel_groups(pm) if g.prunable]
+    assert group.size == 8 and {p.split(".")[0] for p in group.producers} == {"enc", "mid"}

@@ -23,7 +23,7 @@ owns everything about its op:
 from .base import (Barrier, ChannelRule, Labels, Metadata, ShapeRead, SizeOf, check_size_args, node_arg,
                    norm_dim, set_node_arg, varargs)
 from .attention import MatMul, ScaledDotProductAttention
-from .elementwise import Elementwise, Flip, MixesDim, Pad, Reduce, ReducePair, Roll, Spatial, broadcast_unify
+from .elementwise import Elementwise, Flip, MixesDim, Pad, Reduce, ReducePair, Roll, Spatial, Unpool, broadcast_unify
 from .layers import ChannelAffine, Conv, ConvSame, ConvTranspose, FunctionalAffine, StandardizedConv, FunctionalGroupNorm, FunctionalLayerNorm, FunctionalRMSNorm, GroupNorm, GroupNormAct, LayerNorm, Linear, RMSNorm
 from .shape import (ChannelShuffle, Concat, Create, Expand, Index, Permute, PixelShuffle, Repeat, Reshape, Split,
                     Stack, TupleItem, reshape_blocks)
@@ -31,5 +31,5 @@ from .shape import (ChannelShuffle, Concat, Create, Expand, Index, Permute, Pixe
 __all__ = ["Barrier", "ChannelAffine", "ChannelRule", "ChannelShuffle", "Concat", "Conv", "ConvSame", "ConvTranspose", "Create", "Elementwise", "FunctionalAffine", "FunctionalGroupNorm", "PixelShuffle",
            "Expand", "FunctionalLayerNorm", "FunctionalRMSNorm", "GroupNorm", "GroupNormAct", "Index", "LayerNorm", "Labels", "Linear", "MatMul", "ScaledDotProductAttention",
            "Flip", "Metadata", "MixesDim", "Pad", "Permute", "Reduce", "ReducePair", "Repeat", "Reshape", "Roll", "ShapeRead", "SizeOf", "Spatial",
-           "Split", "StandardizedConv", "Stack", "TupleItem", "broadcast_unify", "check_size_args", "node_arg", "norm_dim",
+           "Split", "StandardizedConv", "Stack", "TupleItem", "Unpool", "broadcast_unify", "check_size_args", "node_arg", "norm_dim",
            "reshape_blocks", "set_node_arg", "varargs"]

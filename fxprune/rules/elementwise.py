@@ -154,6 +154,24 @@ class Spatial(ChannelRule):
         return out
 
 
+class Unpool(Spatial):
+    """``max_unpool``: each channel's values go to the positions its indices name. The values and
+    the indices (a max pool's pair) hold the same channels, so their labels are unified, as an
+    add's inputs are (SegNet's decoder ties each unpooled feature map to its encoder's)."""
+
+    kind = "passes through (unpooling)"
+
+    def propagate(self, ctx):
+        x, indices = ctx.node.args[0], node_arg(ctx.node, 1, "indices", None)
+        shape, out_shape = ctx.shape(x), ctx.out_shape()
+        if (shape is None or out_shape is None or len(out_shape) != len(shape)
+                or not isinstance(indices, fx.Node) or ctx.shape(indices) != shape):
+            ctx.untracked_inputs("unpools what fxprune does not follow (values and indices "
+                                 "of different shapes)")
+            return None
+        return self._kept(ctx, broadcast_unify(ctx, [x, indices], shape, "unpooling"), shape)
+
+
 class Pad(ChannelRule):
     """``F.pad``: spatial padding keeps channels; constant padding of a channel dim is a concat
     with constant channels (CIFAR ResNet's "option A" shortcut ``F.pad(x, (0, 0, 0, 0, p, p))``).
