@@ -110,6 +110,12 @@ class _ConsumerStrategy(ImportanceStrategy):
         """Steps whose scores are in the average (mean: since the last reset; reading it syncs)."""
         return int(self._finite)
 
+    def step_counts(self) -> tuple[int, int]:
+        """(:attr:`finite_steps`, :attr:`skipped`) in one device read: a mask update reads the
+        host a fixed number of times, not once per counter (break166 F4)."""
+        finite, skipped = torch.stack([self._finite, self._skipped]).tolist()
+        return finite, skipped
+
 
 class WeightTaylor(_ConsumerStrategy):
     kind = "taylor"

@@ -74,9 +74,12 @@ class UnitIndex:
     def masks(self, prepared: fx.GraphModule) -> torch.Tensor:
         """Every group's mask, flat, on the CPU in float64 (a float64 model's fractional masks
         saved in a pruner state come back to the bit)."""
-        tensors = self.mask_tensors(prepared)
-        return (torch.cat([t.detach().double().cpu() for t in tensors]) if tensors
-                else torch.zeros(0, dtype=torch.float64))
+        tensors = [t.detach().double() for t in self.mask_tensors(prepared)]
+        if not tensors:
+            return torch.zeros(0, dtype=torch.float64)
+        if len({t.device for t in tensors}) == 1:  # one copy to the host, not one per group
+            return torch.cat(tensors).cpu()  # (break166 F4)
+        return torch.cat([t.cpu() for t in tensors])
 
     def set_masks(self, prepared: fx.GraphModule, flat: torch.Tensor | np.ndarray) -> None:
         """Write the flat vector of every prunable group's masks (length :attr:`n`, groups in

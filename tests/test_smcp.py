@@ -1393,3 +1393,42 @@ def test_an_update_on_gradients_of_zeros_is_skipped_and_said():
     assert pruner.skipped_updates >= 1 and pruner.cost() == 1.0
     train(pm, pruner, 4, seed=1, optimizer=optimizer)  # the loop put right: it prunes
     assert pruner.cost() < 1.0
+
+
+class _Chain(nn.Module):
+    def __init__(self, depth):
+        super().__init__()
+        self.convs = nn.Sequential(*[nn.Sequential(nn.Conv2d(1 if i == 0 else 8, 8, 3, padding=1),
+                                                   nn.ReLU()) for i in range(depth)])
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.convs(x).mean((2, 3)))
+
+
+def _reads_at_an_update(depth, monkeypatch):
+    torch.manual_seed(0)
+    pm = fxprune.prepare(_Chain(depth), (data()[0],))
+    pruner = fxprune.SMCP(pm, target=0.6, warmup=2, ramp=4, update_every=2, channel_step=2)
+    train(pm, pruner, 3)  # the update is the 4th step
+    reads = []
+    # copies to the host; bool() is left out: set_masks tests host vectors with it, and on the
+    # CPU a host vector and a device one look alike
+    for name in ("cpu", "tolist", "item", "numpy", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _real=real, _name=name, **k: (reads.append(_name),
+                                                                           _real(self, *a, **k))[1])
+    x, y = data(seed=3)
+    F.cross_entropy(pm(x), y).backward()
+    assert pruner.step() is not None  # the update
+    monkeypatch.undo()
+    return reads
+
+
+def test_a_mask_update_reads_the_device_a_fixed_number_of_times(monkeypatch):
+    """break166 F4: an update read the host once per prunable group (each mask's .cpu()) and once
+    per importance counter; on a GPU each read waits for the queued work."""
+    few, many = _reads_at_an_update(2, monkeypatch), _reads_at_an_update(6, monkeypatch)
+    # (counters in one read, scores in one, masks in one; numpy() after cpu() copies nothing)
+    assert len(few) == len(many) <= 5, (few, many)

@@ -352,9 +352,9 @@ class SMCP(PruningMethod):
         a loss-scaler overflow), there is no evidence to rank channels by: the update is skipped with a ``RuntimeWarning`` (counted in
         ``skipped_updates``) and None returned, rather than ranking all-zero scores.
         """
-        # count: steps observed (host); finite_steps: those averaged (one sync, once an update)
-        if self.importance.kind == "taylor" and (self.importance.count == 0
-                                                 or self.importance.finite_steps == 0):
+        # count: steps observed (host); finite: those averaged (one read, once an update)
+        finite, skipped = self.importance.step_counts()
+        if self.importance.kind == "taylor" and (self.importance.count == 0 or finite == 0):
             self.skipped_updates += 1
             why = ("no gradients were seen since the last update, so channels cannot be ranked. "
                    "Call pruner.step() after loss.backward() and before optimizer.zero_grad()"
@@ -408,7 +408,6 @@ class SMCP(PruningMethod):
         changed = bool((kept != before).any())
         if changed and self.bn_recalibrate:
             self._start_bn_recalibration()
-        skipped = self.importance.skipped
         self.importance.reset()
         actual = self.budget.fraction(kept)
         record = {
