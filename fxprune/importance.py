@@ -314,8 +314,8 @@ class InputTaps:
 
         def indices(device):
             if device not in per_device:
-                per_device[device] = (in_flat[valid_cpu].to(device),
-                                      None if kept_cpu is None else kept_cpu.to(device))
+                per_device[device] = (host_to_device(in_flat[valid_cpu], device),  # (no wait)
+                                      None if kept_cpu is None else host_to_device(kept_cpu, device))
             return per_device[device]
 
         def pre(module, args):

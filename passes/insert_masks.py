@@ -19,7 +19,8 @@ from torch import fx, nn
 
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
-from fxprune.masks import MaskBank, MaskGather, _InputMasked, input_masked_class, mask_weight
+from fxprune.masks import (MaskBank, MaskGather, _InputMasked, input_masked_class, mask_weight,
+                           remember_all_ones)
 
 from .trace import HOOK_KINDS, hook_names
 
@@ -38,7 +39,9 @@ class _MaskGraphBuilder:
         dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         for g in channels.groups:
             if g.prunable:
-                self.bank.register_buffer(g.key, torch.ones(g.size, device=self.device, dtype=dtype))
+                ones = torch.ones(g.size, device=self.device, dtype=dtype)
+                remember_all_ones(ones, True)  # (a masked norm's first forward need not read it)
+                self.bank.register_buffer(g.key, ones)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.anchor = placeholders[-1] if placeholders else None
         self.group_nodes: dict[str, fx.Node] = {}

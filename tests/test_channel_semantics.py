@@ -1022,3 +1022,22 @@ def test_a_group_masked_whole_gives_masked_norms_finite_output(norm):
     torch.testing.assert_close(grads[1], grads[0])
     with pytest.raises(fxprune.SurgeryError, match="every channel of group"):
         fxprune.finalize(pm)
+
+
+def test_a_masked_norm_s_first_forward_after_prepare_reads_no_mask(monkeypatch):
+    """break166 F6: new masks are all ones, known at insertion; each masked norm read its mask
+    back (a device sync on a GPU) in the first forward after prepare."""
+    class GroupNormed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(self.norm(self.a(x)))
+
+    pm = fxprune.prepare(GroupNormed(), (torch.randn(1, 3, 8, 8),))
+    assert any(g.prunable for g in fxprune.channel_groups(pm))
+    reads, item = [], torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    pm(torch.randn(2, 3, 8, 8))
+    assert reads == []
