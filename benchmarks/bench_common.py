@@ -12,6 +12,36 @@ import fxprune
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def at_least(minimum: int):
+    """An argparse ``type`` for a whole number ``>= minimum``: a count of epochs, threads,
+    timed rounds (break167 F4-F8: ``--epochs -1`` trained nothing and exited 0, ``--batch 0``
+    timed an empty batch for minutes, ``--threads 0`` was a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+def run_script(main, resume: str = "") -> int:
+    """Run a benchmark's ``main()`` as its ``__main__`` does: Ctrl-C is one line and status 130,
+    not a traceback (break167 F9), saying that the results file, written at the end, was left
+    as it was, and how to resume (``resume``) where the script can."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        name = Path(sys.argv[0]).name
+        print(f"{name}: interrupted; no results file was written or changed"
+              + (f"; {resume}" if resume else ""), file=sys.stderr)
+        return 130
+
+
 def changed_options(parser, args, ignore=()) -> list[str]:
     """The options of ``args`` that differ from ``parser``'s defaults, as ``--flag`` strings,
     leaving out ``--out``, ``--smoke`` and the ``ignore`` dests (options that do not change the
@@ -61,7 +91,33 @@ def results_stem(name: str, out=None, smoke: bool = False, changed=(), *, keys=(
     shrunk run without ``out``, an empty ``out`` or a folder."""
     stem = _stem(name, out, smoke, changed)
     _refuse_other_files(stem, keys, meta_keys, files)
+    refuse_unwritable(stem, files)
     return stem
+
+
+def refuse_unwritable(stem: Path, files=(".json", ".md"), option: str = "--out") -> None:
+    """Exit (one line) before any work if the results cannot be written at ``stem`` (``option``:
+    the command-line option that chose it): the
+    scripts write at the end, and a read-only folder was found after hours (break167 F3). The
+    folder (or its nearest existing parent, for one that ``mkdir`` will make) is probed by
+    creating a file in it: permission bits do not tell root about a read-only mount or an
+    immutable folder."""
+    import tempfile
+
+    from fxprune.run_io import check_replaceable
+
+    folder = stem.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        for ending in files:
+            check_replaceable(f"{stem}{ending}")
+    except OSError as exc:
+        _usage_error(f"cannot write at {stem} ({exc.strerror or exc}); choose another {option}")
 
 
 def _stem(name: str, out, smoke: bool, changed) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
 # the dense row drops the recipe's pruning keys (a recipe with prune.* keys and no method is
 # refused as a mistake)
@@ -90,7 +91,7 @@ def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,
             raise RuntimeError(f"{name} @ {target}: exit {proc.returncode}, see {log}")
     result = json.loads((out / "results.json").read_text())
     result.update(row=name, target=target, seed=seed,
-                  command=" ".join(cmd[2:]))
+                  command=shlex.join(cmd[2:]))
     return result
 
 
@@ -127,11 +128,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=at_least(1), default=10)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--jobs", type=at_least(1), default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_fashion_mnist")
     parser.add_argument("--fresh", action="store_true",
                         help="retrain every run instead of reusing or resuming the saved ones")
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
             parser.error(f"row {name!r} at target {target}: {exc}")
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
     started = time.perf_counter()
-    with ThreadPoolExecutor(args.jobs) as pool:
+    pool = ThreadPoolExecutor(args.jobs)
+    try:
         futures = [pool.submit(run_one, n, t, s, args.epochs, d, args.fresh) for n, t, s, d in plan]
         rows = []
         for f in futures:
@@ -174,12 +176,19 @@ def main(argv=None) -> int:
             r = rows[-1]
             print(f"{r['row']:>12} target={r['target']} acc={r['accuracy']:.4f} "
                   f"flops={r['flops_ratio']:.3f} ({r['train_time_s']:.0f}s training)", flush=True)
+    except BaseException:
+        # Ctrl-C (or a failed run): the queued runs must not start (break167 F1: leaving the
+        # `with` block waited for every queued run, which went on training); the running ones
+        # got the terminal's SIGINT too and stop at their next step
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
     import torch
 
     recipe = load_config(CONFIG)
     meta = {
-        "command": "python benchmarks/bench_fashion_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_fashion_mnist.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "cpu": cpu_name(), "cores": os.cpu_count(), "jobs": args.jobs, "torch": torch.__version__,
         "epochs": args.epochs, "seeds": args.seeds, "widths": recipe["model"]["widths"],
         "device": "cpu", "threads": 1, "batch": recipe["data"]["batch_size"],
@@ -194,4 +203,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main, 'run the same command again: finished runs are read back, interrupted ones resume from their last epoch'))

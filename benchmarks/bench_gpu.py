@@ -51,7 +51,7 @@ from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, device_problem, half_masks, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, device_problem, half_masks, results_stem, run_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,12 +300,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results path prefix (default benchmarks/results/gpu, or gpu_smoke "
                              "with --smoke: a smoke run never replaces real results)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for --device cpu")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads for --device cpu")
     parser.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None,
                         help="tables and speedups (default fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16",
                         help="autocast dtype of the training-step section (default bf16)")
-    parser.add_argument("--channel-step", type=int, default=8)
+    parser.add_argument("--channel-step", type=at_least(1), default=8)
     parser.add_argument("--sections", default="abc",
                         help="which sections to run (default abc; e.g. c alone to redo the "
                              "speedups, which measure their own tables)")
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
             except OutOfBudget as e:
                 skipped.append({"section": "c", "model": name, "reason": str(e)})
 
-    def write() -> str:  # after every section: a later failure keeps what was measured
+    def write() -> str:
         results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -378,12 +378,22 @@ def main(argv=None) -> int:
         Path(f"{out}.md").write_text(text)
         return text
 
-    failed = False
+    failed, done = False, []
     for key, fn in [(k, f) for k, f in (("a", section_a), ("b", section_b), ("c", section_c))
                     if k in args.sections]:
         print(f"bench_gpu: section ({key}) ...", flush=True)
         try:
             run_section(key, budgets, results, skipped, fn)
+        except KeyboardInterrupt:
+            # (break167 F2: the file was rewritten as an empty run, unmarked, replacing a
+            # finished one) nothing measured yet: the file stays as it was (run_script says so)
+            if not done:
+                raise
+            results["meta"]["interrupted"] = f"in section ({key}): it and the ones after did not run"
+            write()
+            print(f"bench_gpu: interrupted in section ({key}); {out}.json holds section(s) "
+                  f"{', '.join(done)}, marked interrupted", file=sys.stderr)
+            return 130
         except Exception as exc:  # noqa: BLE001 - recorded; a CUDA error ends the run (see below)
             traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -391,16 +401,18 @@ def main(argv=None) -> int:
             failed = True
             # (a CUDA error such as an illegal memory access leaves the context unusable:
             # the later sections would fail on it too, so the run stops here)
-            break
-        finally:
             text = write()
+            break
+        done.append(key)
+        text = write()  # after every section: a later failure keeps what was measured
     print(text)
     return 1 if failed else 0
 
 
 def markdown(r: dict) -> str:
     m = r["meta"]
-    lines = ["# fxprune on a GPU" + (" (smoke run: tiny models, not results)" if m["smoke"] else ""),
+    lines = ["# fxprune on a GPU" + (" (smoke run: tiny models, not results)" if m["smoke"] else "")
+             + (f" (interrupted {m['interrupted']})" if m.get("interrupted") else ""),
              "", f"`{m.get('command') or 'python benchmarks/bench_gpu.py'}` on {m['device']} "
              f"({m['device_type']}), {m.get('torch_threads', m['threads'])} CPU thread(s), "
              f"torch {m['torch']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}; "
@@ -439,4 +451,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -26,7 +26,7 @@ from fxprune.deploy.common import cpu_name
 from fxprune.knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
 
 # ResNet-50's channel groups: the stem's output, the two block-internal widths of each of the
 # 16 bottlenecks, and the four residual streams (37 groups, 8 to 256 options each).
@@ -77,13 +77,15 @@ def time_problem(name: str, resolution: int, ratio: float, repeats: int) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION)
+    parser.add_argument("--repeats", type=at_least(1), default=7)
+    parser.add_argument("--resolution", type=at_least(1), default=DEFAULT_RESOLUTION)
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="fraction of the dense cost to remove (budget = (1 - ratio) * dense)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results path (.json is written; default benchmarks/results/knapsack)")
     args = parser.parse_args(argv)
+    if not 0 <= args.ratio < 1:  # (break167 F8: --ratio 1 was an "infeasible budget" traceback)
+        parser.error(f"--ratio is the fraction of the dense cost removed, in [0, 1); got {args.ratio}")
     stem = results_stem("knapsack", args.out, changed=changed_options(parser, args),
                         keys=("benchmark", "solver", "runs", "machine"), files=(".json",))
     out = Path(f"{stem}.json")
@@ -119,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

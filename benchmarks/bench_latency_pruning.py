@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ from fxprune.methods.smcp import SMCP
 from fxprune.summary import count_flops, count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COSTS = ("flops", "latency")
@@ -312,15 +313,15 @@ def render(json_path: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
-    ap.add_argument("--step", type=int, default=16, help="latency table grid step")
-    ap.add_argument("--channel-step", type=int, nargs="+", default=[16, 8],
+    ap.add_argument("--step", type=at_least(1), default=16, help="latency table grid step")
+    ap.add_argument("--channel-step", type=at_least(1), nargs="+", default=[16, 8],
                     help="SMCP option step(s); each gets a FLOPs row and a latency row")
     ap.add_argument("--target", type=float, default=0.5, help="cost to keep, fraction of dense")
-    ap.add_argument("--iters", type=int, default=300, help="timed rounds per model")
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--iters", type=at_least(1), default=300, help="timed rounds per model")
+    ap.add_argument("--warmup", type=at_least(0), default=20)
+    ap.add_argument("--threads", type=at_least(1), default=2)
+    ap.add_argument("--batch", type=at_least(1), default=1)
+    ap.add_argument("--size", type=at_least(1), default=224)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spinning", action="store_true",
                     help="leave ORT's spin-waiting on while timing (its default; distorts "
@@ -333,6 +334,12 @@ def main(argv=None) -> int:
                          "benchmarks/results/latency_pruning)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    import torchvision
+
+    unknown = [m for m in args.models if m not in torchvision.models.list_models()]
+    if unknown:  # (break167 F8: an AttributeError traceback)
+        ap.error(f"--models: {', '.join(unknown)} not among torchvision's models "
+                 "(torchvision.models.list_models())")
     given_out = args.out
     args.out = str(results_stem("latency_pruning", args.out,
                                 changed=changed_options(ap, args, ignore=("cache", "no_progress")),
@@ -341,7 +348,7 @@ def main(argv=None) -> int:
         args.cache = (os.path.join(RESULTS, "cache", "latency_cache.json") if given_out is None
                       else f"{args.out}_latency_cache.json")
 
-    result = {"command": " ".join(["python", "benchmarks/bench_latency_pruning.py",
+    result = {"command": shlex.join(["python", "benchmarks/bench_latency_pruning.py",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "args": vars(args), "machine": machine_facts(args), "models": []}
     shape = (args.batch, 3, args.size, args.size)
@@ -371,4 +378,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

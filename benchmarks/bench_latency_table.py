@@ -28,7 +28,7 @@ from fxprune.deploy import LatencyTable
 from fxprune.deploy.common import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
 
 
 
@@ -100,9 +100,9 @@ def _whole_model_ms(model: nn.Module, shape, threads: int, folder: str) -> float
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--step", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--step", type=at_least(1), default=32)
+    ap.add_argument("--threads", type=at_least(1), default=2)
+    ap.add_argument("--batch", type=at_least(1), default=1)
     ap.add_argument("--check-model", action="store_true")
     ap.add_argument("--save-table", default=None, help="also save the table JSON here")
     ap.add_argument("--out", default=None,
@@ -196,4 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, refuse_unwritable, results_stem, run_script  # noqa: E402
 from fxprune.train import ConfigError, load_config, resolve_config, train  # noqa: E402
 
 BASE = ROOT / "configs" / "fashion_mnist_smcp.yaml"
@@ -234,17 +235,17 @@ def markdown(summary, solver, timing, meta) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="synthetic images, tiny net, 1 epoch, 1 seed")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=at_least(1), default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=None, help="a subset of the rows, by name")
     parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=JSON",
                         help="more rows: the SMCP row with these prune keys changed, e.g. "
-                             "'late={\"warmup_fraction\": 0.3}'")
+                             "'late={\"warmup_fraction\": 0.15}'")
     parser.add_argument("--reuse", action="store_true",
                         help="a row whose run folder holds a finished run of the same config is "
                              "read, not trained again (an interrupted benchmark resumes)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--timing-steps", type=int, default=20)
+    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--timing-steps", type=at_least(3), default=20)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_methods")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -252,6 +253,7 @@ def main(argv=None) -> int:
         args.epochs, args.seeds, args.timing_steps = 1, args.seeds[:1], min(args.timing_steps, 3)
     out = results_stem("methods", args.out, args.smoke, changed_options(
         parser, args, ignore=("reuse", "runs_dir")), keys=("meta", "summary", "solver", "runs"))
+    refuse_unwritable(args.runs_dir / "row", (), option="--runs-dir")  # (break167 F3)
     threads_before = torch.get_num_threads()
     plan = rows_for(args.epochs)
     for item in args.extra:
@@ -302,7 +304,7 @@ def main(argv=None) -> int:
     by = {s["row"]: s for s in summary}
     from fxprune.deploy.common import cpu_name
 
-    meta = {"command": "python benchmarks/bench_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": "python benchmarks/bench_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "smoke": args.smoke, "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
             "torch": torch.__version__, "device": "cpu", "epochs": args.epochs, "seeds": args.seeds,
             "batch": batch, "runtime_s": round(time.perf_counter() - started, 1),
@@ -320,4 +322,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main, 'add --reuse to the same command to read the finished rows back'))

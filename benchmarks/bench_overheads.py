@@ -36,7 +36,7 @@ from fxprune.deploy.common import cpu_name
 from fxprune.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, half_masks, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, half_masks, results_stem, run_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,14 +193,14 @@ def mask_overhead_table(rows, meta, ln=None) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=at_least(1), default=2)
+    parser.add_argument("--steps", type=at_least(1), default=30)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--masks-only", action="store_true",
                         help="only the mask-overhead section (plain vs masked forward + backward)")
-    parser.add_argument("--mask-batch", type=int, default=2)
-    parser.add_argument("--mask-size", type=int, default=128)
-    parser.add_argument("--mask-steps", type=int, default=8)
+    parser.add_argument("--mask-batch", type=at_least(1), default=2)
+    parser.add_argument("--mask-size", type=at_least(1), default=128)
+    parser.add_argument("--mask-steps", type=at_least(1), default=8)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -267,4 +267,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import apply_smoke_defaults, at_least, changed_options, results_stem, run_script  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
 
@@ -229,21 +229,21 @@ def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--train-images", type=int, default=10000)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--epochs", type=at_least(1), default=2)
+    p.add_argument("--train-images", type=at_least(1), default=10000)
+    p.add_argument("--batch", type=at_least(1), default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--target", type=float, default=0.5)
-    p.add_argument("--update-every", type=int, default=20)
-    p.add_argument("--bn-recal", type=int, nargs="+", default=[5, 20])
+    p.add_argument("--update-every", type=at_least(1), default=20)
+    p.add_argument("--bn-recal", type=at_least(1), nargs="+", default=[5, 20])
     p.add_argument("--hysteresis", type=float, nargs="+", default=[0.25, 1.0])
-    p.add_argument("--probe-after", type=int, default=10,
+    p.add_argument("--probe-after", type=at_least(1), default=10,
                    help="steps after a mid-ramp update at which the dip is measured")
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (names as printed)")
     p.add_argument("--extra", nargs="+", default=[], metavar="NAME=JSON",
                    help='more rows: SMCP arguments over the base schedule, e.g. '
                         '\'update40={"update_every": 40}\'')
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=at_least(1), default=1)
     p.add_argument("--smoke", action="store_true", help="synthetic data, narrow net, every row and seed: ~2 minutes on 2 cores")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/smcp_ablation)")
     p.add_argument("--append", action="store_true",
@@ -253,11 +253,8 @@ def main(argv=None) -> int:
     if args.smoke:  # its ~10 steps: a few updates inside the ramp, and a probe after one, so
         # the rows differ and the probe and flip counting run (break80 F11: one update, none
         # in the ramp, and the hysteresis rows identical to SMCP's); what was given stays
-        given = set(argv if argv is not None else sys.argv[1:])
-        if "--update-every" not in given:
-            args.update_every = 1
-        if "--probe-after" not in given:
-            args.probe_after = 1
+        # (break167 F7: --update-every=3 was read as not given)
+        apply_smoke_defaults(p, argv, args, {"update_every": 1, "probe_after": 1})
     torch.set_num_threads(args.threads)
     # --append keeps the file's rows (and checks its schedule, batch and threads): adding or
     # replacing rows is not another protocol, but fewer seeds (or another probe) still is, so
@@ -315,4 +312,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

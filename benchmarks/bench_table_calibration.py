@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -42,14 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import apply_smoke_defaults, changed_options, results_stem  # noqa: E402
+from bench_common import apply_smoke_defaults, changed_options, results_stem, run_script  # noqa: E402
 from bench_vs_torch_pruning import NETS  # noqa: E402
 from fxprune.allocation import InfeasibleBudget, allocate  # noqa: E402
 from fxprune.cost import FlopsCost, WithFixedCost, layer_keys  # noqa: E402
 from fxprune.deploy import DeployError, LatencyTable, calibrate_cost  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
-from fxprune.deploy.latency_table import cpu_load  # noqa: E402
+from fxprune.deploy.latency_table import _read_cache_file, cpu_load  # noqa: E402
 from fxprune.deploy.onnx_export import export_onnx  # noqa: E402
 
 
@@ -234,6 +235,11 @@ def main(argv=None) -> None:
     if args.cache and not os.path.isfile(args.cache):
         p.error(f"--cache {args.cache} is not a file (a latency cache written by "
                 "LatencyTable.measure(cache=...))")
+    if args.cache:  # read here: the run reads a temporary copy, which its error named
+        try:  # (break167 F8)
+            _read_cache_file(args.cache)
+        except DeployError as exc:
+            p.error(f"--cache: {exc}")
     torch.set_num_threads(args.threads)
     start, load_start = time.perf_counter(), os.getloadavg()
     rows = []
@@ -244,7 +250,7 @@ def main(argv=None) -> None:
                 shutil.copyfile(args.cache, cache)
             rows += calibrate(net, args, cache)
     summ = summary(rows)
-    meta = {"command": "python benchmarks/bench_table_calibration.py " + " ".join(
+    meta = {"command": "python benchmarks/bench_table_calibration.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]),
             "iters": args.iters, "passes": args.passes, "runtime_s": time.perf_counter() - start,
             "machine": {"cpu": cpu_name(), "cores": cpu_load()[1], "threads": args.threads,
@@ -261,4 +267,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import RESULTS, apply_smoke_defaults, changed_options, results_stem  # noqa: E402
+from bench_common import RESULTS, apply_smoke_defaults, at_least, changed_options, results_stem, run_script  # noqa: E402
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
@@ -457,9 +457,9 @@ def main(argv=None) -> int:
     p.add_argument("--nets", nargs="+", default=["concat", "resnet", "wide"], choices=list(NETS))
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
                    help="seeds to train (none, with --merge: only combine the merged files)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--train-images", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--epochs", type=at_least(1), default=6)
+    p.add_argument("--train-images", type=at_least(1), default=20000)
+    p.add_argument("--batch", type=at_least(1), default=128)
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--target", type=float, default=0.5, help="fraction of the dense FLOPs kept")
     p.add_argument("--tp-importance", nargs="+", default=["taylor", "magnitude"])
@@ -485,10 +485,10 @@ def main(argv=None) -> int:
                    help="dense and SMCP rows only (e.g. to re-measure SMCP with other options)")
     p.add_argument("--no-smcp", dest="with_smcp", action="store_false",
                    help="dense and Torch-Pruning rows only (e.g. to retrain the baseline)")
-    p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--iters", type=int, default=DEFAULTS["iters"],
+    p.add_argument("--latency-batches", type=at_least(1), nargs="+", default=[1, 64])
+    p.add_argument("--iters", type=at_least(1), default=DEFAULTS["iters"],
                    help="ONNX Runtime timing runs per model and batch (--smoke: %d)" % SMOKE_ITERS)
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads")
+    p.add_argument("--threads", type=at_least(1), default=1, help="ONNX Runtime and torch threads")
     p.add_argument("--smoke", action="store_true",
                    help="a few minutes: synthetic data, 2 epochs, 1 seed, the concat net, "
                         "%d timing runs (options given stay as given; --nets resnet is narrowed "
@@ -591,7 +591,14 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
     skipped: list[dict] = []
     tp_version = None
     for path in paths:
-        merged = json.loads(Path(path).read_text())
+        try:  # (break167 F8: a missing or foreign file was a traceback)
+            merged = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SystemExit(f"cannot merge {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not (isinstance(merged, dict) and isinstance(merged.get("meta"), dict)
+                and all(isinstance(merged["meta"].get(s), dict) for s in ("protocol", "machine"))
+                and isinstance(merged.get("runs"), list)):
+            raise SystemExit(f"cannot merge {path}: not a results file of bench_vs_torch_pruning.py")
         for section, key, arg in SAME_PROTOCOL:
             theirs, ours = merged["meta"][section].get(key), getattr(args, arg)
             if key in DEFAULTS and key not in merged["meta"][section]:  # an older file
@@ -763,4 +770,4 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import device_problem  # noqa: E402
+from bench_common import at_least, device_problem, given_options, refuse_unwritable, run_script  # noqa: E402
 from bench_gpu import half_masked_setup  # noqa: E402
 
 from fxprune.deploy import torch_backend as tb  # noqa: E402
@@ -56,17 +57,20 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="convnext_tiny")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="a tiny model and input (CPU check)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--batch", type=at_least(1), default=64)
+    parser.add_argument("--steps", type=at_least(1), default=5)
+    parser.add_argument("--rows", type=at_least(1), default=25)
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.txt")
     args = parser.parse_args(argv)
     if args.out.suffix == ".txt":  # OUT, or OUT.txt as written (break80 F9: OUT.txt.txt)
         args.out = args.out.with_suffix("")
     if Path(f"{args.out}.txt").exists():  # (break61 #8: replaced silently)
         parser.error(f"{args.out}.txt exists; give another --out")
-    if args.smoke and "--model" in (argv if argv is not None else sys.argv[1:]):
-        parser.error("--smoke profiles a tiny ConvNeXt on the CPU; drop --model or --smoke")
+    refuse_unwritable(args.out, (".txt",))  # before the work (break167 F3)
+    given = given_options(parser, argv)  # (break167 F7: --model=resnet50 was not seen)
+    if args.smoke and {"model", "batch"} & given:
+        parser.error("--smoke profiles a tiny ConvNeXt at batch 4 on the CPU; drop "
+                     f"--{'model' if 'model' in given else 'batch'} or --smoke")
     try:  # one line, not a traceback (break80 F9)
         device = tb.resolve_device(args.device)
     except Exception as e:  # noqa: BLE001 - no CUDA here, or a device name torch does not know
@@ -81,12 +85,17 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         pm = pm.to(memory_format=torch.channels_last)
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    from fxprune.deploy.common import cpu_name
+
+    started = time.perf_counter()
     lines = [f"{name}, batch {batch} x 3x{size}x{size}, {args.steps} profiled steps, device "
-             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch "
-             f"{torch.__version__}; sorted by {sort_by}", ""]
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, CPU "
+             f"{cpu_name()} ({torch.get_num_threads()} torch threads), torch {torch.__version__}; "
+             f"sorted by {sort_by}", ""]
     for label, m in (("plain", model), ("half masked (prepared)", pm)):
         prof = profile(m, x, y, device, args.steps, amp=device.type == "cuda")
         lines += [f"== {label}", prof.key_averages().table(sort_by=sort_by, row_limit=args.rows), ""]
+    lines.append(f"{time.perf_counter() - started:.1f} s in all")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.txt").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -94,4 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -23,7 +23,7 @@ import torch
 from fxprune.deploy.common import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import changed_options, results_stem  # noqa: E402
+from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
 
 # Name parts that mark a family's small variants, smallest first.
 PREFERENCE = ["test_", "atto", "femto", "pico", "nano", "xxs", "_xs", "tiny", "mini", "_s0", "_b0", "_m0",
@@ -89,22 +89,30 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None,
                    help="results path (.json; default benchmarks/results/timm_sweep.json)")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--timeout", type=int, default=120)
+    p.add_argument("--size", type=at_least(1), default=64)
+    p.add_argument("--timeout", type=at_least(1), default=120)
     p.add_argument("--only", default="", help="regex of family names")
     args = p.parse_args()
+    if args.only and args.out is None:  # (break167 F13: a one-family run became the results)
+        p.error("--only sweeps some families, and benchmarks/results/timm_sweep.json is the whole "
+                "sweep's: give --out PATH too")
+    try:
+        only = re.compile(args.only)
+    except re.error as exc:  # (break167 F8: a traceback)
+        p.error(f"--only {args.only!r} is not a regular expression: {exc}")
+    families = [f for f in timm.list_modules() if only.search(f)]
+    if not families:  # (break167 F13: an empty results file, exit 0)
+        p.error(f"--only {args.only!r} matches no timm model family (timm.list_modules())")
     # replaces only its own results (break56 #6: a user's JSON at --out was replaced)
     out = results_stem("timm_sweep", args.out, changed=changed_options(p, args, ignore=("timeout",)),
                        keys=("machine", "processor", "results"), files=(".json",))
     torch.set_num_threads(1)
-    results = []
+    results, started = [], time.perf_counter()
 
     def alarm(*_):
         raise _Timeout()
     signal.signal(signal.SIGALRM, alarm)
-    for family in timm.list_modules():
-        if args.only and not re.search(args.only, family):
-            continue
+    for family in families:
         names = timm.list_models(module=family)
         if not names:
             continue
@@ -132,9 +140,10 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps({
         "machine": platform.platform(), "processor": cpu_name(), "threads": 1,
-        "device": "cpu", "batch": 1, "torch": torch.__version__, "timm": timm.__version__,
+        "device": "cpu", "batch": 1, "size": args.size, "torch": torch.__version__,
+        "timm": timm.__version__, "runtime_s": round(time.perf_counter() - started, 1),
         "results": results}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

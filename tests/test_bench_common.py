@@ -199,3 +199,83 @@ def test_a_smoke_mode_keeps_the_options_given_in_any_spelling(monkeypatch):
         bench.main(["--smoke"])
     args = seen.value.args[0]
     assert (args.nets, args.iters, args.epochs) == (["concat"], bench.SMOKE_ITERS, 2)
+
+
+@pytest.mark.parametrize("script, args, says", [
+    ("bench_vs_torch_pruning", ["--no-tp", "--epochs", "-1"], "--epochs: must be >= 1, got -1"),
+    ("bench_vs_torch_pruning", ["--no-tp", "--iters", "0"], "--iters: must be >= 1, got 0"),
+    ("bench_latency_table", ["--batch", "0"], "--batch: must be >= 1, got 0"),
+    ("bench_methods", ["--timing-steps", "0"], "--timing-steps: must be >= 3, got 0"),
+    ("bench_overheads", ["--threads", "0"], "--threads: must be >= 1, got 0"),
+    ("bench_knapsack", ["--repeats", "0"], "--repeats: must be >= 1, got 0"),
+    ("bench_knapsack", ["--ratio", "1"], "--ratio is the fraction of the dense cost removed"),
+    ("bench_smcp_ablation", ["--update-every", "x"], "'x' is not a whole number"),
+    ("bench_latency_pruning", ["--models", "nosuch"], "nosuch not among torchvision's models"),
+])
+def test_a_count_out_of_range_is_refused_before_any_work(script, args, says, capsys):
+    """break167 F4-F8: --epochs -1 trained nothing and exited 0, --batch 0 timed an empty batch
+    for minutes, --timing-steps 0 failed after every row had trained, --threads 0, --repeats 0,
+    --ratio 1 and an unknown model were tracebacks."""
+    bench = load_benchmark(script)
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_results_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """break167 F3: the scripts write at the end, and a read-only folder was a traceback after
+    all the work (hours, for the methods protocol)."""
+    import tempfile
+
+    bench = load_benchmark("bench_knapsack")
+    timed = []
+    monkeypatch.setattr(bench, "time_problem", lambda *a: timed.append(a))
+    (tmp_path / "file").write_text("")
+    with monkeypatch.context() as m:  # a results file of its own, for the link to point to
+        m.setattr(bench, "PROBLEMS", {})
+        assert bench.main(["--repeats", "1", "--out", str(tmp_path / "k")]) == 0
+    (tmp_path / "link.json").symlink_to(tmp_path / "k.json")
+
+    def read_only(*a, **k):
+        raise PermissionError(30, "Read-only file system")
+
+    for out, says in ((tmp_path / "file" / "k", "file is not a folder"),
+                      (tmp_path / "link", "is a symbolic link"),
+                      (tmp_path / "new" / "k", "Read-only file system")):
+        with monkeypatch.context() as m:
+            if "new" in str(out):
+                m.setattr(tempfile, "TemporaryFile", read_only)
+            with pytest.raises(SystemExit) as e:
+                bench.main(["--repeats", "1", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and "choose another --out" in err, err
+    assert timed == []
+    methods = load_benchmark("bench_methods")  # its run folders, named by their own option
+    with pytest.raises(SystemExit):
+        methods.main(["--smoke", "--runs-dir", str(tmp_path / "file" / "runs"),
+                      "--out", str(tmp_path / "m")])
+    assert "choose another --runs-dir" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_benchmark_is_one_line_and_status_130(capsys):
+    """break167 F9: a 17-frame traceback, and no word of how to resume."""
+    common = load_benchmark("bench_common")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert common.run_script(interrupted, "add --reuse") == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; no results file was written" in err
+    assert err.rstrip().endswith("; add --reuse")
+    assert common.run_script(lambda: 0) == 0
+
+
+@pytest.mark.parametrize("option", ["--model=resnet50", "--batch=8"])
+def test_profile_step_s_smoke_mode_refuses_what_it_would_replace(option, tmp_path, capsys):
+    """break167 F7: --model=resnet50 (typed with '=') and --batch 8 were replaced without a word
+    by the smoke run's tiny model at batch 4."""
+    bench = load_benchmark("profile_step")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--smoke", "--device", "cpu", option, "--out", str(tmp_path / "p")])
+    assert e.value.code == 2 and "drop --" in capsys.readouterr().err

@@ -131,3 +131,30 @@ def test_profile_step_says_what_is_wrong_in_one_line(tmp_path, capsys, args, say
         profile.main([*args, "--out", str(tmp_path / "p")])
     assert e.value.code == 2 and __import__("re").search(says, capsys.readouterr().err)
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_keeps_an_earlier_file_or_marks_the_sections_it_wrote(tmp_path, monkeypatch):
+    """break167 F2: Ctrl-C rewrote the results as an empty, unmarked run, over a finished one.
+    Interrupted in the first section, nothing is written; later, the file holds the sections
+    done and says it was interrupted."""
+    bench = load_benchmark("bench_gpu")
+    out = tmp_path / "gpu"
+    args = ["--device", "cpu", "--smoke", "--threads", "1", "--sections", "ab", "--out", str(out)]
+
+    def section(key, budgets, results, skipped, fn, stop_at):
+        if key == stop_at:
+            raise KeyboardInterrupt
+        results["section_seconds"][key] = 0.0
+
+    monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="none"))
+    assert bench.main(args) == 0
+    finished = out.with_suffix(".json").read_text()
+    monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="a"))
+    with pytest.raises(KeyboardInterrupt):  # run_script says it in one line, status 130
+        bench.main(args)
+    assert out.with_suffix(".json").read_text() == finished
+    monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="b"))
+    assert bench.main(args) == 130
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["meta"]["interrupted"].startswith("in section (b)") and list(r["section_seconds"]) == ["a"]
+    assert "(interrupted in section (b)" in out.with_suffix(".md").read_text()
