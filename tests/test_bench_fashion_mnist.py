@@ -51,3 +51,22 @@ def test_the_table_names_each_rows_seed_and_gives_the_mean_over_seeds():
     assert "| dense | - | 0 | 84.39% |" in text and "| dense | - | 1 | 84.73% |" in text
     assert "| dense | - | 2 | 84.56 +- 0.24% |" in text
     assert "mean +- std" not in bench.markdown(rows[:1], meta)
+
+
+def test_ctrl_c_starts_none_of_the_queued_runs(tmp_path, monkeypatch):
+    """break167 F1: after Ctrl-C stopped a run, leaving the thread pool waited for every queued
+    run, which started and trained; a second Ctrl-C was needed."""
+    import pytest
+
+    bench = load_benchmark("bench_fashion_mnist")
+    started = []
+
+    def interrupted_run(name, target, seed, epochs, out, fresh):
+        started.append(name)
+        raise KeyboardInterrupt  # as the run's child reports the terminal's SIGINT
+
+    monkeypatch.setattr(bench, "run_one", interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--epochs", "1", "--methods", "dense", "magnitude", "--targets", "0.5", "0.3",
+                    "--jobs", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
+    assert started == ["dense"] and not (tmp_path / "r.json").exists()
