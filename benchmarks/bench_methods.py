@@ -245,7 +245,8 @@ def main(argv=None) -> int:
                         help="a row whose run folder holds a finished run of the same config is "
                              "read, not trained again (an interrupted benchmark resumes)")
     parser.add_argument("--threads", type=at_least(1), default=1)
-    parser.add_argument("--timing-steps", type=at_least(3), default=20)
+    parser.add_argument("--timing-steps", type=at_least(1), default=20,
+                        help="timed CUCB steps per width (after 2 untimed ones)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_methods")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
