@@ -19,6 +19,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # host with any other load torch's two-thread barriers spin: six torchvision models of the
 # zoo sweep took 41 s with two threads beside one other process and 13 s with one, and the
 # whole suite's time went from 19 to 50 minutes between two CI runs of the same code.
+# The README's command runs two pytest-xdist workers (-n 2): one thread each fills the 2 cores.
 torch.set_num_threads(int(os.environ.get("FXPRUNE_TEST_THREADS", "1")))
 
 
