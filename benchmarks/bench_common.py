@@ -29,16 +29,17 @@ def at_least(minimum: int):
     return parse
 
 
-def run_script(main, resume: str = "") -> int:
+def run_script(main, resume: str = "",
+               left: str = "no results file was written or changed") -> int:
     """Run a benchmark's ``main()`` as its ``__main__`` does: Ctrl-C is one line and status 130,
-    not a traceback (break167 F9), saying that the results file, written at the end, was left
-    as it was, and how to resume (``resume``) where the script can."""
+    not a traceback (break167 F9), saying what the results file holds (``left``: for a script
+    that writes at the end, that it was left as it was) and how to resume (``resume``) where
+    the script can."""
     try:
         return main()
     except KeyboardInterrupt:
         name = Path(sys.argv[0]).name
-        print(f"{name}: interrupted; no results file was written or changed"
-              + (f"; {resume}" if resume else ""), file=sys.stderr)
+        print(f"{name}: interrupted; {left}" + (f"; {resume}" if resume else ""), file=sys.stderr)
         return 130
 
 

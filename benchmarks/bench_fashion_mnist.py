@@ -26,6 +26,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -167,9 +168,16 @@ def main(argv=None) -> int:
             parser.error(f"row {name!r} at target {target}: {exc}")
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
     started = time.perf_counter()
-    pool = ThreadPoolExecutor(args.jobs)
+    pool, stopping = ThreadPoolExecutor(args.jobs), threading.Event()
+
+    def unless_stopping(*run):  # (review169 F3: a queued run could start before the cancel)
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        return run_one(*run)
+
     try:
-        futures = [pool.submit(run_one, n, t, s, args.epochs, d, args.fresh) for n, t, s, d in plan]
+        futures = [pool.submit(unless_stopping, n, t, s, args.epochs, d, args.fresh)
+                   for n, t, s, d in plan]
         rows = []
         for f in futures:
             rows.append(f.result())
@@ -180,6 +188,7 @@ def main(argv=None) -> int:
         # Ctrl-C (or a failed run): the queued runs must not start (break167 F1: leaving the
         # `with` block waited for every queued run, which went on training); the running ones
         # got the terminal's SIGINT too and stop at their next step
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()

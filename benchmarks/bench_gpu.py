@@ -378,7 +378,7 @@ def main(argv=None) -> int:
         Path(f"{out}.md").write_text(text)
         return text
 
-    failed, done = False, []
+    failed = False
     for key, fn in [(k, f) for k, f in (("a", section_a), ("b", section_b), ("c", section_c))
                     if k in args.sections]:
         print(f"bench_gpu: section ({key}) ...", flush=True)
@@ -387,12 +387,13 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             # (break167 F2: the file was rewritten as an empty run, unmarked, replacing a
             # finished one) nothing measured yet: the file stays as it was (run_script says so)
-            if not done:
+            if not (results["training"] or results["table"] or results["speedups"]):
                 raise
-            results["meta"]["interrupted"] = f"in section ({key}): it and the ones after did not run"
+            results["meta"]["interrupted"] = (f"in section ({key}): it did not finish, and the "
+                                              "sections after it did not run")
             write()
-            print(f"bench_gpu: interrupted in section ({key}); {out}.json holds section(s) "
-                  f"{', '.join(done)}, marked interrupted", file=sys.stderr)
+            print(f"bench_gpu: interrupted in section ({key}); {out}.json holds what was "
+                  "measured before, marked interrupted", file=sys.stderr)
             return 130
         except Exception as exc:  # noqa: BLE001 - recorded; a CUDA error ends the run (see below)
             traceback.print_exc()
@@ -403,7 +404,6 @@ def main(argv=None) -> int:
             # the later sections would fail on it too, so the run stops here)
             text = write()
             break
-        done.append(key)
         text = write()  # after every section: a later failure keeps what was measured
     print(text)
     return 1 if failed else 0

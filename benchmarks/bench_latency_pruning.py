@@ -336,10 +336,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torchvision
 
-    unknown = [m for m in args.models if m not in torchvision.models.list_models()]
+    known = torchvision.models.list_models(module=torchvision.models)  # classification ones
+    unknown = [m for m in args.models if m not in known]
     if unknown:  # (break167 F8: an AttributeError traceback)
-        ap.error(f"--models: {', '.join(unknown)} not among torchvision's models "
-                 "(torchvision.models.list_models())")
+        ap.error(f"--models: {', '.join(unknown)} not among torchvision's classification models "
+                 "(torchvision.models.list_models(module=torchvision.models))")
     given_out = args.out
     args.out = str(results_stem("latency_pruning", args.out,
                                 changed=changed_options(ap, args, ignore=("cache", "no_progress")),

@@ -770,4 +770,5 @@ def write_results(stem: Path, rows: list[dict], args, tp, start: float, argv) ->
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_script(main))
+    raise SystemExit(run_script(main, left="the results file holds the nets and seeds finished "
+                                           "before (it is written after each)"))

@@ -304,6 +304,9 @@ class InputTaps:
                 MethodHook(self._pre_hook(c.in_flat, channel_dim, c.module))))
 
     def _pre_hook(self, in_flat: torch.Tensor, channel_dim: int, name: str):
+        # on the host (read once, here): a model built on the GPU has its index there, and the
+        # bool selection below was a device wait per layer at the first backward (review169 F5)
+        in_flat = in_flat.cpu()
         valid_cpu = in_flat >= 0
         positions = valid_cpu.numel()
         # the positions that are prunable channels, as integers (None: all of them): a bool

@@ -191,7 +191,7 @@ _PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CHANNELWISE = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoolNd,
                nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten,
                nn.Upsample, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-               nn.FeatureAlphaDropout)
+               nn.FeatureAlphaDropout, nn.modules.pooling._MaxUnpoolNd)
 #: the masked forms of functional norms: their statistics span the pruned channels
 _MASKED_NORMS = (masked_layer_norm, masked_rms_norm, masked_group_norm_call)
 

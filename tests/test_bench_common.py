@@ -210,7 +210,8 @@ def test_a_smoke_mode_keeps_the_options_given_in_any_spelling(monkeypatch):
     ("bench_knapsack", ["--repeats", "0"], "--repeats: must be >= 1, got 0"),
     ("bench_knapsack", ["--ratio", "1"], "--ratio is the fraction of the dense cost removed"),
     ("bench_smcp_ablation", ["--update-every", "x"], "'x' is not a whole number"),
-    ("bench_latency_pruning", ["--models", "nosuch"], "nosuch not among torchvision's models"),
+    ("bench_latency_pruning", ["--models", "nosuch"], "nosuch not among torchvision's classification"),
+    ("bench_latency_pruning", ["--models", "fcn_resnet50"], "fcn_resnet50 not among"),
 ])
 def test_a_count_out_of_range_is_refused_before_any_work(script, args, says, capsys):
     """break167 F4-F8: --epochs -1 trained nothing and exited 0, --batch 0 timed an empty batch
@@ -269,6 +270,9 @@ def test_ctrl_c_in_a_benchmark_is_one_line_and_status_130(capsys):
     assert err.count("\n") == 1 and "interrupted; no results file was written" in err
     assert err.rstrip().endswith("; add --reuse")
     assert common.run_script(lambda: 0) == 0
+    # a script that writes as it goes says what the file holds (review169 F1)
+    assert common.run_script(interrupted, left="the file holds the rows finished") == 130
+    assert "interrupted; the file holds the rows finished\n" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", ["--model=resnet50", "--batch=8"])

@@ -138,13 +138,15 @@ def test_profile_step_says_what_is_wrong_in_one_line(tmp_path, capsys, args, say
 
 def test_ctrl_c_keeps_an_earlier_file_or_marks_the_sections_it_wrote(tmp_path, monkeypatch):
     """break167 F2: Ctrl-C rewrote the results as an empty, unmarked run, over a finished one.
-    Interrupted in the first section, nothing is written; later, the file holds the sections
-    done and says it was interrupted."""
+    Interrupted before anything was measured, nothing is written; later, the file holds what
+    was measured (review169 F2: a section's finished models too) and says it was interrupted."""
     bench = load_benchmark("bench_gpu")
     out = tmp_path / "gpu"
     args = ["--device", "cpu", "--smoke", "--threads", "1", "--sections", "ab", "--out", str(out)]
 
-    def section(key, budgets, results, skipped, fn, stop_at):
+    def section(key, budgets, results, skipped, fn, stop_at, measured=True):
+        if measured or key != stop_at:
+            results["speedups"].append({"model": f"from ({key})"})  # a finished model's row
         if key == stop_at:
             raise KeyboardInterrupt
         results["section_seconds"][key] = 0.0
@@ -152,12 +154,14 @@ def test_ctrl_c_keeps_an_earlier_file_or_marks_the_sections_it_wrote(tmp_path, m
     monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="none"))
     assert bench.main(args) == 0
     finished = out.with_suffix(".json").read_text()
-    monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="a"))
+    monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="a", measured=False))
     with pytest.raises(KeyboardInterrupt):  # run_script says it in one line, status 130
         bench.main(args)
     assert out.with_suffix(".json").read_text() == finished
-    monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at="b"))
-    assert bench.main(args) == 130
-    r = json.loads(out.with_suffix(".json").read_text())
-    assert r["meta"]["interrupted"].startswith("in section (b)") and list(r["section_seconds"]) == ["a"]
-    assert "(interrupted in section (b)" in out.with_suffix(".md").read_text()
+    for stop_at, models in (("a", ["from (a)"]), ("b", ["from (a)", "from (b)"])):
+        monkeypatch.setattr(bench, "run_section", lambda *a: section(*a, stop_at=stop_at))
+        assert bench.main(args) == 130
+        r = json.loads(out.with_suffix(".json").read_text())
+        assert r["meta"]["interrupted"].startswith(f"in section ({stop_at})")
+        assert [row["model"] for row in r["speedups"]] == models
+        assert f"(interrupted in section ({stop_at})" in out.with_suffix(".md").read_text()

@@ -464,6 +464,27 @@ def test_channelwise_modules_without_parameters_run_gathered():
         gathered_module(fxprune.prepare(affine, (torch.randn(2, 3, 8, 8),)))
 
 
+def test_max_unpooling_runs_gathered():
+    """review169 F6: with MaxUnpool2d's row, a SegNet-style stage is prunable, but the module
+    was not among the channelwise ones and CUCB trained it masked at full width."""
+    from torch import nn
+
+    class SegNetStage(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.mid = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.dec = nn.Conv2d(8, 4, 1)
+            self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+        def forward(self, x):
+            values, indices = self.pool(torch.relu(self.enc(x)))
+            return self.dec(self.unpool(torch.relu(self.mid(values)), indices))
+
+    pm = fxprune.prepare(SegNetStage(), (torch.randn(2, 3, 8, 8),))
+    assert any(g.prunable for g in fxprune.channel_groups(pm))
+    assert gathered_module(pm).check(pm) <= 1e-4
+
+
 def test_a_functional_layer_norm_on_pruned_channels_is_refused_up_front():
     """break154 F5: timm's LayerNorm2d (F.layer_norm) passed the check the module form gets,
     failed later on a size mismatch and was said as "an op it cannot gather"."""
