@@ -3,6 +3,7 @@ on tiny models (seconds), writing only to a temporary folder."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -16,7 +17,12 @@ def test_smoke_run_writes_every_section(tmp_path, monkeypatch):
     # the load beside it (xd1: section a ran out of its 60 s beside four other processes)
     monkeypatch.setitem(bench.SMOKE, "budgets_s", {"a": 3600, "b": 3600, "c": 3600})
     out = tmp_path / "gpu"
-    assert bench.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(out)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert bench.main(["--device", "cpu", "--smoke", "--threads", "1", "--out", str(out)]) == 0
+    # break167 F14: its own set-up (two pruners on one half-masked model) was warned of
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "pruner was built on this model" in m or "already pruned" in m], said
     r = json.loads(out.with_suffix(".json").read_text())
     meta = r["meta"]
     # break42 #8: the header states the command as typed and the thread count
