@@ -100,27 +100,20 @@ def results_stem(name: str, out=None, smoke: bool = False, changed=(), *, keys=(
 
 def refuse_unwritable(stem: Path, files=(".json", ".md"), option: str = "--out") -> None:
     """Exit (one line) before any work if the results cannot be written at ``stem`` (``option``:
-    the command-line option that chose it): the
-    scripts write at the end, and a read-only folder was found after hours (break167 F3). The
-    folder (or its nearest existing parent, for one that ``mkdir`` will make) is probed by
-    creating a file in it: permission bits do not tell root about a read-only mount or an
-    immutable folder."""
-    import tempfile
+    the command-line option that chose it): the scripts write at the end, and a read-only folder
+    was found after hours (break167 F3). The folder is checked as ``fxprune train`` checks its
+    own (:func:`fxprune.run_io.unwritable_folder`: a missing one by a file tried in its nearest
+    existing parent), each results file as :func:`fxprune.run_io.check_replaceable` does."""
+    from fxprune.run_io import check_replaceable, unwritable_folder
 
-    from fxprune.run_io import check_replaceable
-
-    folder = stem.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    why = unwritable_folder(stem.parent)
     try:
-        if not folder.is_dir():
-            raise NotADirectoryError(f"{folder} is not a folder")
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-        for ending in files:
+        for ending in () if why else files:
             check_replaceable(f"{stem}{ending}")
     except OSError as exc:
-        _usage_error(f"cannot write at {stem} ({exc.strerror or exc}); choose another {option}")
+        why = str(exc)
+    if why:
+        _usage_error(f"cannot write at {stem} ({why}); choose another {option}")
 
 
 def _stem(name: str, out, smoke: bool, changed) -> Path:

@@ -240,12 +240,12 @@ def test_a_results_path_that_cannot_be_written_is_refused_before_any_work(tmp_pa
     def read_only(*a, **k):
         raise PermissionError(30, "Read-only file system")
 
-    for out, says in ((tmp_path / "file" / "k", "file is not a folder"),
+    for out, says in ((tmp_path / "file" / "k", "file is a file, not a folder"),
                       (tmp_path / "link", "is a symbolic link"),
                       (tmp_path / "new" / "k", "Read-only file system")):
         with monkeypatch.context() as m:
             if "new" in str(out):
-                m.setattr(tempfile, "TemporaryFile", read_only)
+                m.setattr(tempfile, "mkstemp", read_only)
             with pytest.raises(SystemExit) as e:
                 bench.main(["--repeats", "1", "--out", str(out)])
         err = capsys.readouterr().err
