@@ -449,7 +449,8 @@ def _verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: fl
     of forward arguments) and return the largest difference of their outputs relative to the
     output's scale; raises :class:`~fxprune.errors.SurgeryError` when it is above ``rtol``
     (a number > 0), when the masked model's output has no finite value to compare, and when
-    the masked model itself differs between two runs (randomness in eval mode). A model with
+    the masked model itself differs between two runs (randomness in eval mode); warns when its
+    float outputs are all zeros, which any model matches. A model with
     no float64 tensor nor autocast region that fails is judged again on float64 copies, each output's difference
     relative to its scale in the model's own precision (:func:`_float64_error`): what is
     returned then is that difference; a 16-bit model, on float32 copies, with a warning."""
@@ -469,6 +470,13 @@ def _verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: fl
         raise SurgeryError("the masked model's output on the example inputs holds no finite value "
                            "(all NaN or inf), so finalize cannot check the pruned model against it; "
                            "look for a diverged training run, or pass finalize(..., check=False)")
+    if floats and not any(bool(t.any()) for t in floats):
+        # (break171 F2: a wrong custom rule "passed" against a zero-initialised head, a
+        # torchvision ViT's at init: any pruned model matches zeros)
+        warnings.warn("finalize: the masked model's output on the example inputs is all zeros "
+                      "(a zero-initialised head?), so the check cannot tell a right pruned model "
+                      "from a wrong one; finalize the trained model, whose outputs are not zero, "
+                      "to have the surgery checked", RuntimeWarning, stacklevel=3)
     try:
         got = run_eval(pruned, inputs)
     except Exception as e:  # noqa: BLE001 - a surgery bug, reported as one

@@ -196,6 +196,35 @@ def test_finalize_check_refuses_an_output_without_finite_values_and_wraps_a_cras
     assert fxprune.finalize(pm, check=False) is not None
 
 
+def test_finalize_says_its_check_cannot_judge_a_model_whose_output_is_all_zeros():
+    """break171 F2: a wrong custom rule passed finalize's check against a zero-initialised
+    head (a torchvision ViT at init), and the two models differed once the head had weights."""
+    from fxprune.passes.surgery import verify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.zero_()
+    pm = fxprune.prepare(model, (X,))
+
+    class Wrong(nn.Module):  # any model matches zeros
+        def forward(self, x):
+            return torch.zeros(len(x), 4, 28, 28)
+
+    with pytest.warns(RuntimeWarning, match=r"^finalize: the masked model's output on the example "
+                                            r"inputs is all zeros .*cannot tell a right pruned "
+                                            r"model from a wrong one"):
+        assert verify(pm, Wrong(), (X,), 1e-4) == 0
+    pm2 = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)), (X,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (nothing pruned: said)
+        pruned = fxprune.finalize(pm2, check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model with outputs: no word
+        verify(pm2, pruned, (X,), 1e-4)
+
+
 class _MeanOfInstanceNorm(nn.Module):
     def __init__(self):
         super().__init__()
