@@ -556,6 +556,11 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 probes = {*_PROBE_BATCHES, x.shape[0]}
                 if _batch_compared(program):  # a test of the batch: probed more widely
                     probes |= {*_COMPARED_PROBE_BATCHES, 2 * x.shape[0]}
+                    # (break171 F6: a ViT's probes took 110 of deploy's 181 s, unannounced)
+                    log(f"the exported program tests the batch size: checking the file "
+                        f"against PyTorch at batches "
+                        f"{', '.join(map(str, sorted(probes - {wide.shape[0]})))} before "
+                        "keeping the batch free")
                 from .onnxruntime_backend import make_session
 
                 sess = make_session(path, 1)  # one session for every probe batch
@@ -822,16 +827,19 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
                 "The export changed the model's behaviour; check for ops whose export is lossy "
                 "(an overflow at this precision, a division by zero)")
         all_zero = not np.count_nonzero(g)
-        if notes is not None and 0 < scale and diff <= limit and (scale < atol or all_zero):
+        if notes is not None and r.size and diff <= limit and (scale < atol or all_zero):
             # (break129 F3: an fp16 file of all zeros "matched" outputs near 1e-12; a refusal
             # would also stop a right fp32 file whose exact zeros PyTorch computes as rounding
-            # leftovers: review130 S2. All zeros passing just above atol is said too: review131 F2)
-            zeros = ""
-            if all_zero:
+            # leftovers: review130 S2. All zeros passing just above atol is said too: review131 F2;
+            # and PyTorch's own all zeros, a torchvision ViT's zero-initialised head: break171 F1)
+            if scale == 0:
+                seen = "all zeros, ONNX Runtime's too"
+            else:
                 underflow = (f": below {precision}'s smallest value, they underflow"
                              if scale < _TINY[precision] else "")
-                zeros = f" (ONNX Runtime's are all zeros{underflow})"
-            notes.append(f"verify_onnx: {which}the model's outputs are at most {scale:.2g}{zeros}, "
+                seen = (f"at most {scale:.2g}"
+                        + (f" (ONNX Runtime's are all zeros{underflow})" if all_zero else ""))
+            notes.append(f"verify_onnx: {which}the model's outputs are {seen}, "
                          f"within the check's tolerance {limit:.2g} of zero, so it cannot tell a "
                          "right file from a wrong one there; check a model whose outputs are of "
                          "a usable scale (a trained one)")
