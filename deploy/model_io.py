@@ -16,6 +16,8 @@ the module (GraphModules keep it too). ``--input-shape`` / ``input_shape=`` over
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -222,17 +224,14 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
     copy = None
     try:
         copy = eval_copy(module, "fp32")  # on the CPU, as the inputs below
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             copy(torch.zeros(shape, dtype=torch.float32))  # the copy's dtype, whatever the default
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
         first = first_line(e) or type(e).__name__
         container = None if copy is None else _reads_a_container(copy, shape)
         if container is not None and container.startswith("it indexes"):
             # no shape fits (break77 F3: "pass a fitting --input-shape")
-            raise DeployError(
-                f"{label}'s forward reads its input as a container ({container}); fxprune deploy "
-                "times models that take one tensor: wrap it in a module whose forward takes one "
-                f"tensor, {_TIME_IT_YOURSELF}") from None
+            raise _reads_a_dict(label, container) from None
         if copy is not None and _wants_integers(copy, shape):
             # no shape fits (break66 #4: "pass a fitting --input-shape")
             raise DeployError(
@@ -255,6 +254,39 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                 f"over the samples, pass a fitting --input-shape ({rec})") from None
         raise DeployError(f"input shape {tuple(shape)} does not fit {label} ({first}); {rec}; "
                           "pass a fitting --input-shape (input_shape= in Python)") from None
+
+
+def _reads_a_dict(label: str, how: str) -> DeployError:
+    return DeployError(
+        f"{label}'s forward reads its input as a container ({how}); fxprune deploy "
+        "times models that take one tensor: wrap it in a module whose forward takes one "
+        f"tensor, {_TIME_IT_YOURSELF}")
+
+
+def _graph_indexes_its_input(module: nn.Module) -> str | None:
+    """How a GraphModule's graph reads its one input by a key (``x["image"]``), where it
+    does; None otherwise (and for a plain module, whose code is not read)."""
+    import operator
+
+    if not isinstance(module, torch.fx.GraphModule):
+        return None
+    inputs = [n for n in module.graph.nodes if n.op == "placeholder"]
+    for node in inputs[:1]:
+        for user in node.users:
+            if (user.op == "call_function" and user.target is operator.getitem
+                    and user.args[0] is node and isinstance(user.args[1], str)):
+                return f"it indexes it by the key {user.args[1]!r}"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Warnings off and stderr kept, around a probe call of the user's model: torch.fx
+    prints the generated code's traceback to stderr before it re-raises (break171 F3), and
+    the probe's failure is said in one line."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # (x["image"]: torch's indexing deprecation)
+        yield
 
 
 class _InputProbe(torch.Tensor):
@@ -282,8 +314,7 @@ def _reads_a_container(copy: nn.Module, shape: tuple[int, ...]) -> str | None:
     probe = torch.zeros(shape, dtype=torch.float32).as_subclass(_InputProbe)
     _InputProbe.probed, _InputProbe.seen = probe, None
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # (x["image"]: torch's indexing deprecation)
+        with torch.no_grad(), _quiet():
             copy(probe)
     except Exception:  # noqa: BLE001 - it fails, as it did on the plain tensor
         pass
@@ -296,7 +327,7 @@ def _wants_integers(copy: nn.Module, shape: tuple[int, ...]) -> bool:
     """Whether ``copy`` (an :func:`eval_copy`, on the CPU) runs on integer indices of
     ``shape`` (an embedding's input)."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             copy(torch.zeros(shape, dtype=torch.long))
     except Exception:  # noqa: BLE001 - it fails on integers too
         return False
@@ -384,6 +415,9 @@ def resolve_input_shape(module: nn.Module, input_shape: str | Sequence[int] | No
         recorded = getattr(module, INPUT_SHAPE_ATTR, None)
         if recorded is None:
             check_one_tensor_input(module, type(module).__name__)  # no shape would help
+            how = _graph_indexes_its_input(module)
+            if how is not None:  # (break171 F4: blamed on a deep copy, then on the shape)
+                raise _reads_a_dict(type(module).__name__, how)
             from fxprune.groups import is_finalized
 
             # (break111 F4: a deep copy of a finalized model has the mark, not the attribute)

@@ -411,6 +411,10 @@ def test_a_branch_on_the_batch_size_keeps_the_file_fixed(tmp_path, batch, branch
     info = export_onnx(model, shape, tmp_path / "late.onnx", log=said.append)
     assert not info["dynamic_batch"], said
     assert any(said_how in s for s in said), said
+    if said_how == "another output at batch 8":  # the wider probes are said before they run
+        # (break171 F6: a ViT's took 110 of deploy's 181 s without a word)
+        assert ("the exported program tests the batch size: checking the file against "
+                "PyTorch at batches 1, 3, 4, 5, 6, 7, 8, 16 before keeping the batch free") in said
     assert verify_onnx(info["path"], model, shape) < 1e-4
 
 
@@ -1097,6 +1101,21 @@ def test_a_check_that_cannot_judge_outputs_below_its_atol_says_so(tmp_path):
     assert len(caught) == 1  # once per file, not per checked input
 
 
+def test_a_check_against_pytorch_outputs_of_exact_zeros_says_it_cannot_judge(tmp_path):
+    """break171 F1: a torchvision ViT at init (a zero-initialised head) "matched PyTorch (max
+    abs diff 0)" with no word, while outputs of 1e-10 were said."""
+    model = TinyOutputs().eval()
+    with torch.no_grad():
+        model.c.weight.zero_()
+        model.c.bias.zero_()
+    export_onnx(model, SHAPE, tmp_path / "z.onnx", log=lambda s: None)
+    with pytest.warns(RuntimeWarning, match=r"^verify_onnx: the model's outputs are all zeros, "
+                                            r"ONNX Runtime's too, within the check's tolerance "
+                                            r"1e-06 of zero, so it cannot tell") as caught:
+        assert verify_onnx(str(tmp_path / "z.onnx"), model, SHAPE) == 0
+    assert len(caught) == 1
+
+
 def test_an_output_holding_a_non_tensor_is_refused_in_one_line_before_exporting(tmp_path):
     """break129 F8: both exporters failed, the message cut mid-word ("output 1 (3")."""
     class Counted(nn.Module):
@@ -1270,6 +1289,50 @@ def test_a_model_reading_a_dict_or_tuple_is_told_deploy_times_one_tensor(tmp_pat
         deploy(model(), tmp_path / "out", input_shape=SHAPE, backend="onnxruntime",
                progress=False, log=lambda s: None)
     assert not (tmp_path / "out").exists()
+
+
+class FlattensToAFixedSize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(self.c(x).view(x.size(0), 4 * 16 * 16))
+
+
+class DictOfTwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3)
+
+    def forward(self, batch):
+        return self.b(torch.relu(self.a(batch["image"])))
+
+
+def test_a_traced_model_refused_at_a_wrong_shape_or_for_a_dict_input_is_one_line(tmp_path, capsys):
+    """break171 F3: torch.fx printed its generated code's traceback (27-63 lines) to stderr
+    from each of deploy's probe calls before the one-line error; break171 F4: a finalized
+    dict-input model was told a deep copy had lost its shape."""
+    torch.manual_seed(0)
+    pm = fxprune.prepare(FlattensToAFixedSize().eval(), (torch.randn(1, 3, 16, 16),))
+    fxprune.channel_groups(pm)[0].mask[:2] = 0
+    torch.save(fxprune.finalize(pm), tmp_path / "view.pt")
+    pm = fxprune.prepare(DictOfTwoConvs().eval(), ({"image": torch.randn(1, 3, 16, 16)},))
+    fxprune.channel_groups(pm)[0].mask[:2] = 0
+    torch.save(fxprune.finalize(pm), tmp_path / "dict.pt")
+    capsys.readouterr()
+    for model, shape, says in [
+            ("view.pt", ["--input-shape", "1,3,32,32"], "input shape (1, 3, 32, 32) does not fit"),
+            ("dict.pt", ["--input-shape", "1,3,16,16"], "reads its input as a container (it "
+                                                        "indexes it by the key 'image')"),
+            ("dict.pt", [], "reads its input as a container (it indexes it by the key 'image')")]:
+        rc = main(["deploy", str(tmp_path / model), "--out", str(tmp_path / "o"), *shape, *QUICK,
+                   *TRUST])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+        assert "deepcopy" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_per_sample_loop_with_a_wrong_shape_is_told_the_shape(tmp_path):
