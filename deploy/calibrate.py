@@ -55,7 +55,7 @@ def calibration_kept(index: UnitIndex | fx.GraphModule, keep: float, step: int) 
 
 
 def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: float = 0.5,
-                   step: int = 8, backend: str | None = None, threads: int | None = None,
+                   step: int | None = None, backend: str | None = None, threads: int | None = None,
                    batch: int | None = None, device: str | None = None, iters: int = 100,
                    warmup: int = 10, sessions: int = 5,
                    log: Callable[[str], None] = print) -> WithFixedCost:
@@ -64,7 +64,8 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     Times two finalized copies of ``prepared`` interleaved, in ``sessions`` fresh runtime
     sessions (per model the fastest session's median of ``iters`` runs): the dense model and
     the one :func:`fxprune.allocation.uniform_kept` leaves (``keep`` of every group's channels,
-    counts on multiples of ``step``). The constant ``F`` (:func:`fxprune.cost.fit_fixed_cost`,
+    counts on multiples of ``step``; None: the step a :class:`~fxprune.deploy.LatencyTable`
+    was measured at, else 8). The constant ``F`` (:func:`fxprune.cost.fit_fixed_cost`,
     in ``cost_model``'s units) makes ``(priced + F) / (dense priced + F)`` equal the measured
     fraction of that model. ``prepared`` and its masks are not changed.
 
@@ -99,6 +100,8 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
                         f"LatencyTable, ...), got {got}")
     if isinstance(cost_model, WithFixedCost):  # fit again from the per-layer model
         cost_model = cost_model.base
+    if step is None:  # a finer step than the table's prices widths it never timed (break171 F5)
+        step = getattr(cost_model, "step", None) or 8
     if not 0 < keep < 1:
         raise DeployError(f"keep must be a fraction of each group's channels in (0, 1), got {keep}")
     for name, value, low in (("step", step, 1), ("iters", iters, 1), ("warmup", warmup, 0),

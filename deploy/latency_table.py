@@ -150,6 +150,11 @@ def _points_of(cins, couts, diagonal):
     return [(ci, co) for ci in cins for co in couts]
 
 
+#: one point's time in one pass, for the estimate said before a long table: ~30 ms on a
+#: loaded 2-core CPU host (break74 F5)
+CPU_SECONDS_PER_POINT = 0.03
+
+
 def _interp(axis: Sequence[int], x: float) -> tuple[int, int, float]:
     """Indices (lo, hi) around x on ``axis`` and x's weight toward hi; clamped to the ends."""
     if x <= axis[0]:
@@ -186,6 +191,9 @@ class LatencyTable:
         #: the torch backend's settings (torch_device, cuda_graphs, channels_last); None for
         #: other backends and tables saved before they were recorded
         self.torch_settings: dict | None = None
+        #: the grid step ``measure`` was given (channels between timed counts); None for a
+        #: table built by hand or saved before it was recorded
+        self.step: int | None = None
         # point_key -> {(c_in, c_out): ms}; shared by every layer with that signature.
         self._points: dict[str, dict[tuple[int, int], float]] = {}
         # grid_key -> (c_in axis, c_out axis, diagonal, layer names)
@@ -296,7 +304,7 @@ class LatencyTable:
         else:
             runtime_version, default_device, timed_on = "custom-timer", "custom-timer", None
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
-        table.timed_on = timed_on
+        table.timed_on, table.step = timed_on, step
         if backend == "torch" and timed_on is not None:  # what calibrate_cost must time alike
             table.torch_settings = {"torch_device": str(timer.device), "cuda_graphs": cuda_graphs,
                                     "channels_last": channels_last}
@@ -340,9 +348,15 @@ class LatencyTable:
         retimed = sum(key in todo for key in flagged)
         table._under_load.update(key for key in flagged if key in todo)
         table.stats["cached"] = sum(len(v) for v in table._points.values()) - retimed
+        # the progress bar counts every pass (break171 F7: 96,200 points here, 192,400 there,
+        # and hours of timing begun without a word)
+        hours = len(todo) * passes * CPU_SECONDS_PER_POINT / 3600
+        long = (f"; about {hours:.1f} h on a CPU at ~{CPU_SECONDS_PER_POINT * 1000:.0f} ms a "
+                "point: a coarser step times fewer, and a cache= file keeps what was timed"
+                if on_cpu and hours >= 0.5 else "")
         log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} "
             f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
-            f"({table.stats['cached']} cached, {len(todo)} to time)")
+            f"({table.stats['cached']} cached, {len(todo)} to time, in {passes} pass{'es' if passes != 1 else ''}{long})")
 
         if cache and todo:  # written after timing: refused before it (break164 F1), and
             # only where something is timed (review165 F2: a read-only cache holding every
@@ -502,9 +516,12 @@ class LatencyTable:
         self._clamp_warned = True
         side, asked, smallest = (("input", c_in, cins[0]) if c_in < cins[0]
                                  else ("output", c_out, couts[0]))
-        if len(cins if side == "input" else couts) == 1:
+        if len(cins if side == "input" else couts) == 1 and (self.step is None
+                                                             or smallest > self.step):
             # one count on that axis: timed where these channels could not be pruned (break164
-            # F2: the advice, a finer step, could not help a table of another model)
+            # F2: the advice, a finer step, could not help a table of another model); not
+            # where the step is as wide as the layer (break171 F5: a table at step 32 of this
+            # very model was said to come from another)
             warnings.warn(
                 f"latency table: layer {layer.name!r} ({point_key(layer)}) was priced at {asked} "
                 f"{side} channels, but its grid holds only {smallest}: the table was measured on "
@@ -578,6 +595,7 @@ class LatencyTable:
             "runtime_version": self.runtime_version, "batch": self.batch, "dtype": self.dtype,
             **({"timed_on": self.timed_on} if self.timed_on else {}),
             **({"torch_settings": self.torch_settings} if self.torch_settings else {}),
+            **({"step": self.step} if self.step is not None else {}),
             "grids": {k: {"c_in": ci, "c_out": co, "diagonal": d, "layers": names}
                       for k, (ci, co, d, names) in self._grids.items()},
             "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
@@ -660,6 +678,7 @@ class LatencyTable:
         table.timed_on = data.get("timed_on") if isinstance(data.get("timed_on"), str) else None
         settings = data.get("torch_settings")
         table.torch_settings = dict(settings) if isinstance(settings, dict) else None
+        table.step = data["step"] if _is_count(data.get("step")) else None
         missing = [(ci, co, names) for k, (cins, couts, diag, names) in table._grids.items()
                    for ci, co in _points_of(cins, couts, diag)
                    if (ci, co) not in table._points.get(k.rpartition("|")[0], {})]

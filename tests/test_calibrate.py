@@ -188,6 +188,31 @@ def test_calibrate_cost_with_a_latency_table_uses_its_runtime():
     assert cost.name == "latency+fixed"
 
 
+def test_calibrate_cost_steps_as_its_table_was_measured(monkeypatch, tmp_path):
+    """break171 F5: a table at step 32 of this very model, fitted at calibrate_cost's default
+    step 8, priced 16 of 32 channels as 32 and warned that the table came from another model."""
+    import warnings
+
+    import fxprune.deploy.calibrate as calibrate
+    from fxprune.deploy import LatencyTable
+
+    pm = _prepared(32)
+    table = LatencyTable.measure(pm, step=32, threads=1, progress=False, log=lambda s: None,
+                                 timer=lambda layer, ci, co: 0.01 + ci * co)
+    table.save(tmp_path / "t.json")
+    assert (table.step, LatencyTable.load(tmp_path / "t.json").step) == (32, 32)
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a, **kw: {"dense": 10.0, "pruned": 6.0})
+    monkeypatch.setattr(calibrate, "cpu_load", lambda: (0.0, 2))  # (whatever runs beside)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cost_model in (table, LatencyTable.load(tmp_path / "t.json")):
+            assert calibrate_cost(cost_model, pm, log=lambda s: None).fit["step"] == 32
+    # a step finer than the table's, asked for, is warned of as such
+    with pytest.warns(RuntimeWarning, match=r"below the smallest count its grid was measured at "
+                                            r"\(32\).*measure the table with a finer step"):
+        assert calibrate_cost(table, pm, step=8, log=lambda s: None).fit["step"] == 8
+
+
 def test_calibrate_cost_times_at_the_tables_precision_and_refuses_another_setting(monkeypatch):
     """break32 #1: an fp16 table was fitted against fp32 timings (and a torch table's device
     was not its own); the fit now times what the table timed and records it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -16,7 +17,7 @@ import fxprune
 from fxprune.cost import CostModel, LayerSpec
 from fxprune.deploy import DeployError, LatencyTable, UnmeasuredLayerError
 from fxprune.deploy import onnxruntime_backend as ortb
-from fxprune.deploy.latency_table import grid_counts, layer_grid
+from fxprune.deploy.latency_table import grid_counts, grid_points, layer_grid
 from fxprune.deploy.layer_onnx import layer_input_shape, layer_model_bytes
 
 FAST = dict(warmup=1, min_runs=2, max_runs=3, target_ms=0.5, passes=1, progress=False, log=lambda s: None)
@@ -1231,3 +1232,21 @@ def test_a_layer_spec_checks_its_fields(fields, message):
     assert spec.flops() == 2 * 6 * 6 * 4 * 3 * 9
     with pytest.raises(ValueError, match=r"channel counts are >= 0, got c_in=-4"):
         fxprune.FlopsCost().layer_cost(spec, -4, 4)
+
+
+def test_a_long_table_says_its_time_and_passes_before_timing(monkeypatch):
+    """break171 F7: the README's LatencyTable.measure(pm, step=8) on resnet50 began hours of
+    timing (96,200 points, which the progress bar counted as 192,400) without an estimate."""
+    import fxprune.deploy.latency_table as latency_table
+
+    pm = fxprune.prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),
+                                             torch.nn.Conv2d(16, 8, 1)), (torch.randn(1, 3, 8, 8),))
+    said = []
+    LatencyTable.measure(pm, step=8, threads=1, **{**FAST, "passes": 2, "log": said.append})
+    assert re.search(r"to time, in 2 passes\)$", said[0]) and " h on a CPU" not in said[0]
+    monkeypatch.setattr(latency_table, "CPU_SECONDS_PER_POINT", 3600.0)  # as if each took an hour
+    said.clear()
+    LatencyTable.measure(pm, step=8, threads=1, **{**FAST, "log": said.append})
+    n = grid_points(pm, 8)
+    assert re.search(rf"{n} grid points \(0 cached, {n} to time, in 1 pass; about {n}\.0 h on a "
+                     r"CPU .*: a coarser step times fewer, and a cache= file keeps", said[0])

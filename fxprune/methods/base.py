@@ -96,7 +96,7 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
     misses on this model, fitted from the measured latency of the dense and a uniformly halved
     model (``deploy.calibrate_cost``), so a target is a fraction of the measured latency."""
     from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
-    from fxprune.deploy.latency_table import LatencyTable, grid_points
+    from fxprune.deploy.latency_table import CPU_SECONDS_PER_POINT, LatencyTable, grid_points
 
     if cost == "latency+fixed":
         calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
@@ -110,8 +110,8 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
         # both of measure's passes at the ~30 ms a shape they took on a loaded 2-core host
         coarser = TABLE_STEP if channel_step < TABLE_STEP else 2 * channel_step
         warn(f"cost={cost!r} at channel_step={channel_step} times a latency table of "
-             f"{points:,} layer shapes (about {points * 2 * 0.03 / 3600:.1f} h on a CPU: two "
-             f"passes at ~30 ms a shape); channel_step={coarser} times "
+             f"{points:,} layer shapes (about {points * 2 * CPU_SECONDS_PER_POINT / 3600:.1f} h "
+             f"on a CPU: two passes at ~30 ms a shape); channel_step={coarser} times "
              f"{grid_points(prepared, coarser):,}, or pass a table measured once "
              "(LatencyTable.measure(pm, cache=...)) as cost=")
     table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
@@ -841,7 +841,7 @@ class PruningMethod:
                     f"{self.channel_step}); raise the target to at least {at_least:.3f}"
                     + (" or lower channel_step" if floor < 1 - 1e-9 else
                        # a cost that no width changes (break67 #5): channel_step cannot help
-                       f": the cost model prices it as the dense model, so no pruning lowers "
+                       ": the cost model prices it as the dense model, so no pruning lowers "
                        f"its cost; check the cost model"))
                 timed = getattr(self, "_timed_here", None)  # (older pickles lack it)
                 if timed and floor < 1 - 1e-9:  # (review153 F9: not where no margin helps)
