@@ -22,7 +22,7 @@ from fxprune.passes.shape_prop import (check_example_values, map_tensors, normal
                                       propagate_shapes)
 from fxprune.passes.surgery import (DEFAULT_RTOL, default_rtol, inputs_for, is_tolerance,  # noqa: F401
                                     remove_channels, verify)
-from fxprune.passes.trace import copy_model, fixed_arguments, trace
+from fxprune.passes.trace import copy_model, fixed_arguments, number_arguments, trace
 
 from .cost import LayerSpec
 from .errors import UnsupportedModelError, warn
@@ -143,7 +143,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                                 "not a channel rule: give an instance such as "
                                 "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier('why')")
         gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
-                   fixed=fixed_arguments(model, example_inputs))
+                   fixed=fixed_arguments(model, example_inputs),
+                   numbers=number_arguments(model, example_inputs))
         normalize_input_keyword(gm)  # torch.flip(input=y, ...): the tensor where rules read it
         _warn_unused_rules(model, gm, rules)
         # Analysis runs the inputs on the model's device/dtype (CPU example, GPU model is fine); the

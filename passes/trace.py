@@ -257,6 +257,24 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     return fixed
 
 
+def number_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
+    """The forward arguments that are a Python number (not a bool) in ``example_inputs`` or,
+    past them, by default: traced as inputs (a scale multiplies as one), so a number that
+    sets a loop count or a size fails the trace, which then names them."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                             p.KEYWORD_ONLY)]
+    numbers = {}
+    for i, p in enumerate(named):
+        value = example_inputs[i] if i < len(example_inputs) else p.default
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[p.name] = value
+    return numbers
+
+
 def _plain_guards(graph: fx.Graph) -> None:
     """torch.fx guards an argument traced as None with its own wrapped ``_assert_is_none``,
     which a pickled GraphModule re-registers by name on load (``torch.fx.wrap(...)`` in its
@@ -278,10 +296,11 @@ def _plain_guards(graph: fx.Graph) -> None:
 
 
 def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
-          fixed: dict | None = None) -> fx.GraphModule:
+          fixed: dict | None = None, numbers: dict | None = None) -> fx.GraphModule:
     """Deep-copy ``model`` and trace the copy; ``leaf_modules`` holds classes or module paths,
     ``rules`` extra op-table rows (a module class with a row is called as one op), ``fixed``
-    forward arguments traced as values (:func:`fixed_arguments`). Code that
+    forward arguments traced as values (:func:`fixed_arguments`), ``numbers`` those that are
+    numbers, named when the trace fails (:func:`number_arguments`). Code that
     reads ``self.training`` is kept following the mode (:mod:`.follow_mode`); the model's own
     ``forward`` doing so, or a model that cannot be traced in the other mode, warns."""
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
@@ -319,7 +338,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
             try:
                 graph = tracer.trace(root)
             except Exception as e:  # noqa: BLE001 - any tracing failure gets the same explanation
-                raise _trace_error(model, tracer, e) from e
+                raise _trace_error(model, tracer, e, numbers or {}) from e
             if called is None:
                 called = _layers_reached(graph)
             updated = _updated_while_tracing(model, root, graph)
@@ -900,7 +919,7 @@ def _parts_to_prepare(model: nn.Module) -> str:
     return f"a submodule with its convs ({listed}): fxprune.prepare(model.{parts[0]}, ...)"
 
 
-def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
+def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception, numbers: dict) -> TraceError:
     path = tracer.failed_at or []
     where = path[-1] if path else ("", type(model))
     name = where[0] or "(the model itself)"
@@ -940,5 +959,14 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception) -> TraceError:
         why = ("Code that needs concrete values (numbers, shapes as Python ints) where torch.fx "
                f"passes symbolic proxies cannot be traced. Either {way_out}, or use tensor "
                "methods (x.new_zeros(...), x.size(...)) that torch.fx records.")
+    if numbers and not str(e).startswith("iterating"):
+        # (break171 F8: `for _ in range(n)` with forward(x, n=1) was told to use tensor methods)
+        listed = ", ".join(f"{k}={v!r}" for k, v in numbers.items())
+        one = len(numbers) == 1
+        why += (f" Note that forward's number argument{'' if one else 's'} ({listed}) "
+                f"{'is' if one else 'are'} traced as {'an input' if one else 'inputs'}, not as "
+                "a value (bools and None are): one that sets a loop count, a size or a branch "
+                "cannot be; make it a module attribute set in __init__, or prepare a wrapper "
+                "module whose forward calls the model with it written in.")
     return TraceError(f"torch.fx could not trace module `{name}` ({where[1].__name__})"
                       f"{source or ' '}{type(e).__name__}: {e}\n{why}")

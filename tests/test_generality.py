@@ -911,6 +911,31 @@ def test_a_str_argument_picking_a_branch_is_said_to_be_no_flag():
         fxprune.prepare(Heads(), (torch.randn(1, 3, 4, 4), "logits"))
 
 
+def test_a_number_argument_setting_a_loop_count_is_named_in_the_trace_error():
+    """break171 F8: `for _ in range(n)` with forward(x, scale=1.0, n: int = 1) was told to use
+    tensor methods; the error names the number arguments traced as inputs and the way out."""
+    class Repeats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x, scale=1.0, n: int = 1):
+            y = self.a(x) * scale
+            for _ in range(n):
+                y = y * 2
+            return y
+
+    x = torch.randn(1, 3, 4, 4)
+    for example, listed in (((x,), "scale=1.0, n=1"), ((x, 2.0, 3), "scale=2.0, n=3")):
+        with pytest.raises(fxprune.TraceError, match=rf"Note that forward's number arguments "
+                                                     rf"\({listed}\) are traced as inputs, not as "
+                                                     r"a value .*make it a module attribute set "
+                                                     r"in __init__, or prepare a wrapper"):
+            fxprune.prepare(Repeats(), example)
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 1)), (x,))  # nothing said where it traces
+    assert pm(x).shape == (1, 8, 4, 4)
+
+
 def test_a_trace_error_raised_inside_a_pass_names_the_model_s_line():
     """break154 F2: a gradient hook registered in forward failed in the grad-mode tracer's
     create_proxy, and the error named that line of fxprune, not the model's."""
