@@ -304,6 +304,21 @@ def _pick_device(name: str, distributed: bool = False) -> torch.device:
     return device
 
 
+def default_threads(local_processes: int = 1) -> int:
+    """CPU threads per process for ``num_threads: null``: ``OMP_NUM_THREADS`` where it is set
+    (torchrun sets 1 when it is not), else the cores this process may run on (its CPU
+    affinity: taskset, a container's or Slurm's cpuset) divided by the processes on this node.
+    (break170 F1: the host's every core, 32 threads pinned to one core trained 5x slower.)"""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(cores // max(local_processes, 1), 1)
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -538,7 +553,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     _on_main(lambda: (lock_out_folder(out), check_out_folder(
         out, resume=resume, overwrite=overwrite, tensorboard=tensorboard)))
 
-    threads = cfg["num_threads"] or max((os.cpu_count() or 1) // fxdist.local_world_size(), 1)
+    threads = cfg["num_threads"] or default_threads(fxdist.local_world_size())
     torch.set_num_threads(int(threads))
     channels_last = bool(cfg["channels_last"])
     seed = int(cfg["seed"])
@@ -915,7 +930,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     # the memory layout that trained (break158 F6: config.yaml keeps the recipe's
     # channels_last even where the run turned it off)
     run_facts = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
-                 "world_size": world, "channels_last": channels_last}
+                 "world_size": world, "threads": torch.get_num_threads(),
+                 "channels_last": channels_last}
     if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
         run_facts["lr_schedules"] = lr_schedules
     if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all

@@ -229,6 +229,23 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert results["params"] == sum(p.numel() for p in model.parameters())
     assert results["flops"] > 0 and results["flops_ratio"] == 1.0
     assert results["accuracy"] == pytest.approx(float(rows[0]["test_acc"]))
+    assert results["threads"] == 1  # the recipe's num_threads, said (break170 F1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
+def test_num_threads_null_is_the_cores_this_process_may_use_or_omp_num_threads(monkeypatch):
+    """break170 F1: null was os.cpu_count(), the host's every core, whatever taskset, a
+    container's cpuset or OMP_NUM_THREADS allowed: 32 threads pinned to one core trained 5x
+    slower, without a word."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert train_mod.default_threads() == 4 and train_mod.default_threads(2) == 2
+    assert train_mod.default_threads(8) == 1  # at least one
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert train_mod.default_threads() == 3 == train_mod.default_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a count: the cores
+    assert train_mod.default_threads() == 4
 
 
 def test_a_reader_that_goes_away_does_not_stop_a_run(recipe, tmp_path):
