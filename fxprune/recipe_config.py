@@ -458,14 +458,25 @@ class _YamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+class _YamlDumper(yaml.SafeDumper):
+    """SafeDumper that quotes what :class:`_YamlLoader` reads as a number: a string ``1e3``
+    (an --out folder) was written bare and read back as 1000.0 (break170 F2)."""
+
+
+for _resolving in (_YamlLoader, _YamlDumper):  # YAML 1.2's floats: 1e-3 without a dot
+    _resolving.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
 
 
 def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that :func:`parse_value` (and a recipe's loading) reads back equal."""
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from .errors import FxPruneError, first_line
 from .groups import is_finalized, mark_finalized, record_input_shape
-from .recipe_config import ConfigError, _flatten
+from .recipe_config import ConfigError, _flatten, dump_yaml
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
            "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm",
@@ -1032,7 +1031,7 @@ class RunLogs:
             for name in sorted(RUN_FILES, key=lambda n: (n != "checkpoint.prev.pt",
                                                          n != "checkpoint.pt")):
                 (self.out / name).unlink(missing_ok=True)
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(self.out / "config.yaml", dump_yaml(cfg))
         if self._make_writer is not None:
             # TensorBoard reads every event file of the folder as one run (break73 F2): a fresh
             # start removes the replaced run's, and a resumed one drops the steps logged after

@@ -267,3 +267,23 @@ def test_valid_configs_run_or_stop_in_one_line(case, capsys):
     if rc == 2 and "r.yaml: " in err:  # a config error: one of the rules across keys
         message = err.split("r.yaml: ", 1)[1].strip()
         assert any(re.search(rule, message) for rule in CROSS_KEY_RULES), message
+
+
+_PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+    | st.from_regex(r"[-+]?[0-9]{1,3}(\.[0-9]*)?[eE][-+]?[0-9]{1,2}", fullmatch=True),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=6),
+                                                                inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@example({"out": "1e3", "root": "1e-3", "lr": 1e-3})
+@given(st.dictionaries(st.text(min_size=1, max_size=8), _PLAIN, max_size=4))
+def test_a_written_config_reads_back_equal(data):
+    """break170 F2: a run's config.yaml wrote the folder 1e3 bare, which the recipe loader
+    (YAML 1.2's floats) read back as 1000.0, and the run could not be resumed."""
+    from fxprune.recipe_config import dump_yaml, parse_value
+
+    assert parse_value(dump_yaml(data)) == data
