@@ -229,7 +229,7 @@ def _show(v: Any) -> str:
 
 POSITIVE_INT = Rule("int", low=1)
 SCHEMA: dict[str, Rule] = {
-    "seed": Rule("int", low=0),
+    "seed": Rule("int", low=0, high=2**64 - 1),  # torch.manual_seed's range (break170 F3)
     "device": Rule("str"),             # also parsed by torch.device (see _check_device)
     "num_threads": Rule("int", nullable=True, low=1),
     "channels_last": Rule("bool"),

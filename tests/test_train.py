@@ -191,6 +191,12 @@ def test_cli_reports_config_errors(recipe, tmp_path, capsys):
     rc = cli_main(["train", str(recipe), "--set", "optim.epoch=1", "--out", str(tmp_path / "r")])
     assert rc == 2
     assert "unknown config key 'optim.epoch'" in capsys.readouterr().err
+    # break170 F3: "Overflow when unpacking long long", naming no key
+    rc = cli_main(["train", str(recipe), "--set", f"seed={2**64}", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert (f"seed takes an integer >= 0 and <= {2**64 - 1}; got {2**64}"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
 
 
 # ----------------------------------------------------------------------------- runs
