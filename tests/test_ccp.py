@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import copy
+import re
 import warnings
 
 import numpy as np
@@ -373,6 +374,24 @@ def test_ccp_method_prunes_in_rounds_and_finalizes(mode, ratio):
     small = fxprune.finalize(pm).eval()
     pm.eval()
     torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_long_channel_choice_is_said_once_while_it_runs_with_the_lever(monkeypatch):
+    """break170 F5: the CCP recipe on mobilenet_v2 sat 4.5 minutes inside one step, the
+    progress bar frozen; the README's advice (a coarser channel_step) was not shown."""
+    import fxprune.methods.ccp as ccp
+
+    monkeypatch.setattr(ccp, "SLOW_SOLVE_S", -1.0)  # as if every group took long
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, rounds=2, round_every=3,
+                 channel_step=4, exhaustive_max=8)
+    with pytest.warns(RuntimeWarning) as said:
+        _train(pm, pruner, 9)
+    slow = [str(w.message) for w in said if "choosing channels has taken" in str(w.message)]
+    assert len(slow) == 1, slow  # once per pruner, not per group or round
+    assert re.match(r"CCP: round 1 at step 3: choosing channels has taken \d+ s for 0 of \d+ "
+                    r"groups \(the widest has 64 channels; channel_step=4\).*a coarser "
+                    r"channel_step \(a recipe: --set prune.channel_step=16\) solves fewer", slow[0])
 
 
 def test_a_run_ended_mid_schedule_saves_without_the_statistics_hooks(tmp_path):

@@ -317,6 +317,10 @@ def filling_price(options: list[tuple[np.ndarray, np.ndarray]]) -> float:
 #: the widest group CCP searches exhaustively (C(20, 10) = 184,756 subsets, held at once)
 EXHAUSTIVE_MAX_LIMIT = 20
 
+#: seconds of one round's channel choice after which it says so, once per pruner, with the
+#: lever (a coarser channel_step)
+SLOW_SOLVE_S = 30.0
+
 
 class CCP(PruningMethod):
     """CCP (Peng et al., ICML 2019): second-order pairwise statistics of the channels,
@@ -435,6 +439,7 @@ class CCP(PruningMethod):
         self.dead = np.zeros(self.index.n, dtype=bool)
         self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
         self.skipped_rounds = 0  # rounds with no statistics to decide on (warned of)
+        self._slow_solve_said = False  # a long channel choice, said once (SLOW_SOLVE_S)
         self._dropped_at_decision = 0  # dropped_steps at the last round's decision
 
     @property
@@ -684,6 +689,17 @@ class CCP(PruningMethod):
         # picked count alone (below), not at each of a wide group's hundreds of counts
         uniform = self.mode == "ratio" and self.ratio is None
         for i, g in enumerate(self.index.groups):
+            if (time.perf_counter() - start > SLOW_SOLVE_S
+                    and not getattr(self, "_slow_solve_said", False)):  # (older pickles lack it)
+                # said while it runs (break170 F5: 4.5 minutes inside one step on
+                # mobilenet_v2, the progress bar frozen, the lever in the README only)
+                self._slow_solve_said = True
+                widest = max(h.size for h in self.index.groups)
+                warn(f"{where}: choosing channels has taken {time.perf_counter() - start:.0f} s "
+                     f"for {i} of {len(self.index.groups)} groups (the widest has {widest} "
+                     f"channels; channel_step={self.channel_step}): the QP is solved at each "
+                     "count a group may keep, so a coarser channel_step (a recipe: --set "
+                     "prune.channel_step=16) solves fewer", RuntimeWarning)
             S, alive, constraints = self._group_problem(i)
             counts = self._counts(i, len(alive), constraints)
             if self.mode == "ratio" and self.ratio is not None:
