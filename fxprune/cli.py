@@ -79,10 +79,27 @@ def _ctrl_c_after_loading():
         raise KeyboardInterrupt
 
 
+def _done_with_signals() -> None:
+    """The command has finished and written what it writes: Ctrl-C or SIGTERM in the seconds
+    the interpreter takes to exit (garbage collection, torch's libraries) no longer changes its
+    status (break170 F4: a finished run died by the signal, -2 or -15, or printed a
+    traceback from an exit handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # the fxprune command itself, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return _main(argv)
+        rc = _main(argv)
+        if as_program:
+            _done_with_signals()
+        return rc
     except KeyboardInterrupt:
         # Ctrl-C before a command's own handler runs (loading torch takes seconds): one line
         # and 130, not a traceback and death by SIGINT (-2 to a Python caller; break162 F3)

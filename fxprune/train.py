@@ -1239,6 +1239,18 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         out = Path(cfg["out"]).expanduser() if cfg else None
+        results = out / "results.json" if out is not None else None
+        if results is not None and results.is_file() and not _older_than(results, started_ns):
+            # every file written, the table perhaps not printed (break170 F4: told to
+            # --resume a finished run): the run's own status
+            if rank == 0:
+                print(f"fxprune train: interrupted after the run finished; its results are in "
+                      f"{results}", file=sys.stderr)
+            try:
+                reached = json.loads(results.read_text()).get("target_reached", True)
+            except (OSError, ValueError, AttributeError):
+                reached = True
+            return 3 if reached is False else 0
         ckpt = out / "checkpoint.pt" if out is not None else None
         prev = out / "checkpoint.prev.pt" if out is not None else None
         replaced = [p for p in (ckpt, prev) if args.overwrite and p is not None and p.is_file()

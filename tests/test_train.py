@@ -238,6 +238,43 @@ def test_cli_run_writes_logs_checkpoint_model_and_results(recipe, tmp_path):
     assert results["threads"] == 1  # the recipe's num_threads, said (break170 F1)
 
 
+def test_ctrl_c_after_a_run_wrote_its_results_keeps_the_runs_status(recipe, tmp_path, capsys,
+                                                                    monkeypatch):
+    """break170 F4: a Ctrl-C between results.json and the printed table said "interrupted ...
+    continue with --resume" (130) of a finished run."""
+    def interrupted(results):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "format_results", interrupted)
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (f"fxprune train: interrupted after the run finished; its results are in "
+            f"{out / 'results.json'}") in err and "--resume" not in err
+
+
+def test_the_fxprune_command_ignores_ctrl_c_and_sigterm_once_it_has_finished(tmp_path):
+    """break170 F4: in the seconds the interpreter takes to exit, a signal turned a finished
+    run into death by SIGINT/SIGTERM or an exit handler's traceback. Only the program: a
+    Python caller of cli.main keeps its handlers."""
+    import subprocess
+    import sys
+
+    code = ("import signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # (CI ignores SIGINT)
+            "from fxprune import cli\n"
+            "assert cli.main(['methods']) == 0\n"  # a call from Python: handlers kept
+            "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+            "sys.argv = ['fxprune', 'methods']\n"
+            "rc = cli.main()\n"
+            "print(rc, signal.getsignal(signal.SIGINT) is signal.SIG_IGN,\n"
+            "      signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 True True"
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
 def test_num_threads_null_is_the_cores_this_process_may_use_or_omp_num_threads(monkeypatch):
     """break170 F1: null was os.cpu_count(), the host's every core, whatever taskset, a
