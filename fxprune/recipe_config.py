@@ -925,6 +925,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
                 + "; write the recipe to a file and pass that file")
         # named from here when the source tree is here, else as the source tree's
         # (break37 #9: paths relative to it meant nothing from another folder)
+        if path.is_dir() and (path / "config.yaml").is_file() and (path / ".fxprune-run").is_file():
+            # (break170 F7: a run's folder given for its recipe got the shipped ones listed)
+            raise ConfigError(f"config file {path} is a run's folder, not a YAML recipe; its "
+                              f"recipe is {path / 'config.yaml'} (fxprune train "
+                              f"{path / 'config.yaml'} --resume continues the run)")
+        if str(path) == "-":
+            raise ConfigError("config file - is not read as standard input; pass /dev/stdin "
+                              "(cat recipe.yaml | fxprune train /dev/stdin)")
         shipped = Path(__file__).resolve().parents[1] / "configs"
         where = os.path.relpath(shipped) if shipped.is_dir() else "configs"
         where = (str(shipped) if where.startswith("..") else where) + os.sep

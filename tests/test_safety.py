@@ -1047,6 +1047,17 @@ def test_empty_recipe_is_an_error(tmp_path, capsys):
     assert rc == 2 and "is a folder, not a YAML recipe" in one_line_error(capsys)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    # break170 F7: a run's folder is pointed to its recipe; "-" to /dev/stdin
+    run = tmp_path / "run_done"
+    run.mkdir()
+    (run / ".fxprune-run").write_text("")
+    (run / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match=rf"is a run's folder, not a YAML recipe; its recipe is "
+                                          rf"{re.escape(str(run / 'config.yaml'))} \(fxprune train "):
+        load_config(run)
+    with pytest.raises(ConfigError, match=r"^config file - is not read as standard input; pass "
+                                          r"/dev/stdin"):
+        load_config("-")
 
 
 def test_corrupt_data_prints_the_message_alone(recipe, tmp_path, capsys):
