@@ -457,6 +457,20 @@ class _YamlLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):
+        # YAML 1.1's octal (017 is 15) and base 60 (1:30 is 90) changed a seed or a size
+        # without a word (break170 F6); YAML 1.2 reads neither so
+        text = str(node.value).replace("_", "")
+        if ":" in text or re.fullmatch(r"[-+]?0[0-7]+", text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value} at line {node.start_mark.line + 1} is read by YAML 1.1 "
+                f"as {super().construct_yaml_int(node)} (a leading 0 is octal, a colon base 60); "
+                f"write the number plainly, or quote it as a string", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _YamlLoader.construct_yaml_int)
+
 
 class _YamlDumper(yaml.SafeDumper):
     """SafeDumper that quotes what :class:`_YamlLoader` reads as a number: a string ``1e3``

@@ -57,6 +57,20 @@ def test_overrides_are_yaml_typed():
     assert cfg["prune"] == {"method": "smcp", "target": 0.5, "cost": "flops"}
 
 
+@pytest.mark.parametrize("text, read", [("seed: 017", "15"), ("seed: 1:30", "90"),
+                                        ("data:\n  batch_size: -0_17", "-15")])
+def test_yaml_1_1_octal_and_base_60_integers_are_refused_not_read(tmp_path, text, read):
+    """break170 F6: seed: 017 trained with seed 15 and 1:30 with 90, without a word."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=rf"is read by YAML 1.1 as {read} \(a leading 0 is "
+                                          r"octal, a colon base 60\); write the number plainly"):
+        load_config(path)
+    path.write_text("seed: 17\ndata:\n  batch_size: 1_28\n  root: '017'\n")
+    cfg = load_config(path)
+    assert (cfg["seed"], cfg["data"]["batch_size"], cfg["data"]["root"]) == (17, 128, "017")
+
+
 def test_overrides_do_not_mutate_input():
     base = resolve_config()
     snapshot = copy.deepcopy(base)
