@@ -681,6 +681,13 @@ def test_resume_extends_epochs(recipe, tmp_path, capsys):
                      "--out", str(out)]) == 0  # and on: the history is kept
     assert json.loads((out / "results.json").read_text())["lr_schedules"][1:] == [
         {"from_epoch": 1, "epochs": 2}, {"from_epoch": 2, "epochs": 3}]
+    (out / "metrics.csv").unlink()  # break170 F8: re-created from epoch 4 on, without a word
+    with pytest.warns(RuntimeWarning, match=r"--resume: .*metrics.csv is gone \(the "
+                                            r"checkpoint's 3 epoch\(s\) had written their rows "
+                                            r"there\); it starts again at epoch 4"):
+        assert cli_main(["train", str(recipe), "--set", "optim.epochs=4", "--resume",
+                         "--out", str(out)]) == 0
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["4"]
 
 
 def test_a_resume_may_read_the_data_from_where_it_moved(recipe, tmp_path):
