@@ -409,7 +409,7 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
         cls = type(first).__name__
         # a row is per class: for a container (nn.Sequential) it would reach every one of them
         # (break46 #2), so its way out is the hook's place
-        way_out = (f"register the hooks on a module inside it, or remove them before prepare"
+        way_out = ("register the hooks on a module inside it, or remove them before prepare"
                    if any(True for _ in first.children()) else
                    f"if {cls} works channel by channel, prepare(..., rules={{{cls}: "
                    "fxprune.rules.Elementwise()}) keeps them prunable, or remove the hooks "

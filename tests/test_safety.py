@@ -1390,7 +1390,6 @@ def test_a_full_disk_names_the_folder_and_the_way_on(recipe, tmp_path, monkeypat
                                                      epoch_saved):
     """break148 F4: "fxprune train: error: [Errno 28] No space left on device", no file, no
     way out (freeing space and --resume worked)."""
-    import errno
 
     import fxprune.train as train_module
 
