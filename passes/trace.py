@@ -239,40 +239,33 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     which a traced input cannot (``if flag:`` fails; ``skip is None`` is always False). torch.fx
     puts an assertion in the graph, so a call with another value fails instead of running the
     traced branch."""
+    # (break129 F2: ``*, feats=False`` was traced as an input, its branch refused;
+    # review130 F2: a keyword-only tensor given in example_inputs is one)
+    return {name: value for name, value in _forward_values(model, example_inputs)
+            if value is None or isinstance(value, bool)}
+
+
+def _forward_values(model: nn.Module, example_inputs: tuple) -> list[tuple[str, object]]:
+    """(name, value) of each named forward argument: its value in ``example_inputs`` or,
+    past them, its default (``inspect.Parameter.empty`` where it has none)."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        return {}
+        return []
     # the graph's placeholders, in order: the positional parameters, then the keyword-only
     # ones (which example_inputs fill by that position), then *args and **kwargs
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
                                              p.KEYWORD_ONLY)]
-    fixed = {}
-    for i, p in enumerate(named):
-        # (break129 F2: ``*, feats=False`` was traced as an input, its branch refused;
-        # review130 F2: a keyword-only tensor given in example_inputs is one)
-        value = example_inputs[i] if i < len(example_inputs) else p.default
-        if value is None or isinstance(value, bool):
-            fixed[p.name] = value
-    return fixed
+    return [(p.name, example_inputs[i] if i < len(example_inputs) else p.default)
+            for i, p in enumerate(named)]
 
 
 def number_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     """The forward arguments that are a Python number (not a bool) in ``example_inputs`` or,
     past them, by default: traced as inputs (a scale multiplies as one), so a number that
     sets a loop count or a size fails the trace, which then names them."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
-    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                                             p.KEYWORD_ONLY)]
-    numbers = {}
-    for i, p in enumerate(named):
-        value = example_inputs[i] if i < len(example_inputs) else p.default
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            numbers[p.name] = value
-    return numbers
+    return {name: value for name, value in _forward_values(model, example_inputs)
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def _plain_guards(graph: fx.Graph) -> None:
