@@ -1,5 +1,5 @@
 """``python -m fxprune``: the ``fxprune`` command, also what ``torchrun -m fxprune`` runs
 (``torchrun --nproc-per-node 2 -m fxprune train CONFIG``)."""
-from .cli import main
+from .cli import program
 
-raise SystemExit(main())
+raise SystemExit(program())

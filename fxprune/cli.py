@@ -92,14 +92,19 @@ def _done_with_signals() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
+def program() -> int:
+    """The ``fxprune`` command (its console script, ``python -m fxprune``): :func:`main`, after
+    which signals no longer change its status. A Python caller of :func:`main` keeps its
+    handlers (review172 F2)."""
+    rc = main()
+    _done_with_signals()
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
-    as_program = argv is None  # the fxprune command itself, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
     try:
-        rc = _main(argv)
-        if as_program:
-            _done_with_signals()
-        return rc
+        return _main(argv)
     except KeyboardInterrupt:
         # Ctrl-C before a command's own handler runs (loading torch takes seconds): one line
         # and 130, not a traceback and death by SIGINT (-2 to a Python caller; break162 F3)
@@ -143,4 +148,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(program())

@@ -743,7 +743,7 @@ def test_a_warning_on_the_command_line_shows_no_launcher_line(tmp_path):
     (run / ".fxprune-run").write_text("run\n")
     (run / "results.json").write_text(json.dumps({"method": "smcp", "accuracy": 0.8,
                                                   "flops": 4e6, "cost_timed_under_load": 3}))
-    launcher = "import sys; from fxprune.cli import main; sys.exit(main())"  # as pip's script
+    launcher = "import sys; from fxprune.cli import program; sys.exit(program())"  # pip's script
     done = subprocess.run([sys.executable, "-c", launcher, "plot", str(run), "--x", "flops",
                            "--out", str(tmp_path / "p.png")], capture_output=True, text=True,
                           timeout=300)
@@ -766,7 +766,7 @@ def test_ctrl_c_while_the_command_line_loads_torch_is_one_line():
     # terminal's Ctrl-C handler first: a job started in the background by a non-interactive
     # shell (CI's) inherits SIGINT ignored, and so would this child
     launcher = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                "print('started', flush=True); from fxprune.cli import main; sys.exit(main())")
+                "print('started', flush=True); from fxprune.cli import program; sys.exit(program())")
     proc = subprocess.Popen([sys.executable, "-c", launcher, "demo", "--model", "resnet18",
                              "--size", "32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

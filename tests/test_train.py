@@ -269,8 +269,8 @@ def test_ctrl_c_after_a_run_wrote_its_results_keeps_the_runs_status(recipe, tmp_
 
 def test_the_fxprune_command_ignores_ctrl_c_and_sigterm_once_it_has_finished(tmp_path):
     """break170 F4: in the seconds the interpreter takes to exit, a signal turned a finished
-    run into death by SIGINT/SIGTERM or an exit handler's traceback. Only the program: a
-    Python caller of cli.main keeps its handlers."""
+    run into death by SIGINT/SIGTERM or an exit handler's traceback. Only the program (the
+    console script, python -m fxprune): a Python caller of cli.main keeps its handlers."""
     import subprocess
     import sys
 
@@ -278,15 +278,20 @@ def test_the_fxprune_command_ignores_ctrl_c_and_sigterm_once_it_has_finished(tmp
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # (CI ignores SIGINT)
             "from fxprune import cli\n"
             "assert cli.main(['methods']) == 0\n"  # a call from Python: handlers kept
-            "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
             "sys.argv = ['fxprune', 'methods']\n"
-            "rc = cli.main()\n"
+            "assert cli.main() == 0\n"  # (review172 F2: not even with sys.argv set)
+            "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+            "rc = cli.program()\n"
             "print(rc, signal.getsignal(signal.SIGINT) is signal.SIG_IGN,\n"
             "      signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0 True True"
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="fxprune")
+    assert script.value == "fxprune.cli:program"
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
