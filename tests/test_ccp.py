@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import copy
 import re
+import time
 import warnings
 
 import numpy as np
@@ -392,6 +393,16 @@ def test_a_long_channel_choice_is_said_once_while_it_runs_with_the_lever(monkeyp
     assert re.match(r"CCP: round 1 at step 3: choosing channels has taken \d+ s for 0 of \d+ "
                     r"groups \(the widest has 64 channels; channel_step=4\).*a coarser "
                     r"channel_step \(a recipe: --set prune.channel_step=16\) solves fewer", slow[0])
+    # at step 16 or more the lever is a step coarser than the one given (review172 F3); and a
+    # round whose time went to its last groups is said once they are done (review172 F4)
+    pm = prepared()
+    pruner = CCP(pm, target=0.5, mode="adaptive", collect=3, rounds=1, channel_step=16,
+                 exhaustive_max=8)
+    n = len(pruner.index.groups)
+    with pytest.warns(RuntimeWarning, match=rf"^CCP: round 1 at step 3: choosing channels has "
+                                            rf"taken \d+ s for {n} of {n} groups.*--set "
+                                            r"prune.channel_step=32\)"):
+        pruner._say_a_slow_solve("CCP: round 1 at step 3", time.perf_counter(), n)
 
 
 def test_a_run_ended_mid_schedule_saves_without_the_statistics_hooks(tmp_path):

@@ -689,17 +689,7 @@ class CCP(PruningMethod):
         # picked count alone (below), not at each of a wide group's hundreds of counts
         uniform = self.mode == "ratio" and self.ratio is None
         for i, g in enumerate(self.index.groups):
-            if (time.perf_counter() - start > SLOW_SOLVE_S
-                    and not getattr(self, "_slow_solve_said", False)):  # (older pickles lack it)
-                # said while it runs (break170 F5: 4.5 minutes inside one step on
-                # mobilenet_v2, the progress bar frozen, the lever in the README only)
-                self._slow_solve_said = True
-                widest = max(h.size for h in self.index.groups)
-                warn(f"{where}: choosing channels has taken {time.perf_counter() - start:.0f} s "
-                     f"for {i} of {len(self.index.groups)} groups (the widest has {widest} "
-                     f"channels; channel_step={self.channel_step}): the QP is solved at each "
-                     "count a group may keep, so a coarser channel_step (a recipe: --set "
-                     "prune.channel_step=16) solves fewer", RuntimeWarning)
+            self._say_a_slow_solve(where, start, i)
             S, alive, constraints = self._group_problem(i)
             counts = self._counts(i, len(alive), constraints)
             if self.mode == "ratio" and self.ratio is not None:
@@ -722,6 +712,9 @@ class CCP(PruningMethod):
             predicted_by.append(group.values.copy())
             options.append(group)
             problems.append((S, alive, constraints, full))
+        # and where the last groups took the time (review172 F4: mobilenet_v2's widest, last
+        # group took 59% of its solve), said before the next round's
+        self._say_a_slow_solve(where, start, len(self.index.groups))
         if self.mode == "ratio" and self.ratio is not None:
             choice = [0] * len(options)
             kept = np.concatenate([o.keep[0] for o in options])
@@ -767,6 +760,22 @@ class CCP(PruningMethod):
                   "exhaustive_groups": int(sum(len(p[0]) <= self.exhaustive_max for p in problems))}
         self.history.append(record)
         return record
+
+    def _say_a_slow_solve(self, where: str, start: float, done: int) -> None:
+        """Once per pruner, a round's channel choice past :data:`SLOW_SOLVE_S`, said while it
+        runs, with the lever (break170 F5: 4.5 minutes inside one step on mobilenet_v2, the
+        progress bar frozen, the advice in the README only)."""
+        took = time.perf_counter() - start
+        if took <= SLOW_SOLVE_S or getattr(self, "_slow_solve_said", False):  # (older pickles)
+            return
+        self._slow_solve_said = True
+        widest = max(g.size for g in self.index.groups)
+        coarser = max(16, 2 * self.channel_step)
+        warn(f"{where}: choosing channels has taken {took:.0f} s for {done} of "
+             f"{len(self.index.groups)} groups (the widest has {widest} channels; "
+             f"channel_step={self.channel_step}): the QP is solved at each count a group may "
+             f"keep, so a coarser channel_step (a recipe: --set prune.channel_step={coarser}) "
+             "solves fewer", RuntimeWarning)
 
     def _allocate_filling(self, options, raw_values, target: float, before) -> Allocation:
         """The allocator's answer under ``target``, with the budget filled: where the predicted
