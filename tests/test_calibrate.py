@@ -401,3 +401,26 @@ def test_a_cost_model_that_ignores_widths_is_refused_with_its_likely_cause():
     with pytest.raises(DeployError, match="costs as much as dense under 'per-layer'.*do not "
                                           "fall with fewer channels.*use FLOPs"):
         calibrate_cost(PerLayer(), _prepared(32), log=lambda s: None)
+
+
+def test_calibrate_cost_of_an_untrained_zero_head_says_nothing_of_finalize(monkeypatch):
+    """review172 F5: cost='latency+fixed' fits before training, where a zero-initialised head
+    (a torchvision ViT's) made finalize tell the user to "finalize the trained model"; the
+    copies are timed there, not judged."""
+    import warnings
+
+    import fxprune.deploy.calibrate as calibrate
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 10))
+    with torch.no_grad():
+        model[-1].weight.zero_()
+        model[-1].bias.zero_()
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 16, 16),))
+    monkeypatch.setattr(calibrate, "_median_ms", lambda *a, **kw: {"dense": 10.0, "pruned": 6.0})
+    monkeypatch.setattr(calibrate, "cpu_load", lambda: (0.0, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert calibrate_cost(FlopsCost(), pm, log=lambda s: None).fit["measured_fraction"] == 0.6
