@@ -17,6 +17,7 @@ import linecache
 import logging
 import operator
 import os
+import re
 import reprlib
 import traceback
 import types
@@ -952,6 +953,9 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception, numbers: dict)
         why = ("Code that needs concrete values (numbers, shapes as Python ints) where torch.fx "
                f"passes symbolic proxies cannot be traced. Either {way_out}, or use tensor "
                "methods (x.new_zeros(...), x.size(...)) that torch.fx records.")
+    failed_line = "" if frame is None else (frame.line or "").split("#", 1)[0]  # (its code)
+    # the number arguments the failing line names (review172 F6: not a failure elsewhere)
+    numbers = {k: v for k, v in numbers.items() if re.search(rf"\b{re.escape(k)}\b", failed_line)}
     if numbers and not str(e).startswith("iterating"):
         # (break171 F8: `for _ in range(n)` with forward(x, n=1) was told to use tensor methods)
         listed = ", ".join(f"{k}={v!r}" for k, v in numbers.items())

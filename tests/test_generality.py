@@ -926,14 +926,30 @@ def test_a_number_argument_setting_a_loop_count_is_named_in_the_trace_error():
             return y
 
     x = torch.randn(1, 3, 4, 4)
-    for example, listed in (((x,), "scale=1.0, n=1"), ((x, 2.0, 3), "scale=2.0, n=3")):
-        with pytest.raises(fxprune.TraceError, match=rf"Note that forward's number arguments "
-                                                     rf"\({listed}\) are traced as inputs, not as "
+    for example, listed in (((x,), "n=1"), ((x, 2.0, 3), "n=3")):  # (scale: not on the line)
+        with pytest.raises(fxprune.TraceError, match=rf"Note that forward's number argument "
+                                                     rf"\({listed}\) is traced as an input, not as "
                                                      r"a value .*make it a module attribute set "
                                                      r"in __init__, or prepare a wrapper"):
             fxprune.prepare(Repeats(), example)
     pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 8, 1)), (x,))  # nothing said where it traces
     assert pm(x).shape == (1, 8, 4, 4)
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    class Scaled(nn.Module):  # a scale that traces, and a failure that is not about it
+        def __init__(self):
+            super().__init__()
+            self.a, self.g = nn.Conv2d(3, 8, 1), Gate()
+
+        def forward(self, x, scale: float = 1.0):
+            return self.g(self.a(x)) * scale
+
+    with pytest.raises(fxprune.TraceError) as raised:
+        fxprune.prepare(Scaled(), (x,))
+    assert "number argument" not in str(raised.value)  # (review172 F6)
 
 
 def test_a_trace_error_raised_inside_a_pass_names_the_model_s_line():
