@@ -1115,6 +1115,15 @@ def test_a_check_against_pytorch_outputs_of_exact_zeros_says_it_cannot_judge(tmp
         assert verify_onnx(str(tmp_path / "z.onnx"), model, SHAPE) == 0
     assert len(caught) == 1
 
+    class MinusInf(nn.Module):  # no finite value to judge: not called zeros (review172 F7)
+        def forward(self, x):
+            return torch.log(x.mean((2, 3)) * 0)
+
+    export_onnx(MinusInf().eval(), SHAPE, tmp_path / "i.onnx", log=lambda s: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert verify_onnx(str(tmp_path / "i.onnx"), MinusInf().eval(), SHAPE) == 0
+
 
 def test_an_output_holding_a_non_tensor_is_refused_in_one_line_before_exporting(tmp_path):
     """break129 F8: both exporters failed, the message cut mid-word ("output 1 (3")."""
