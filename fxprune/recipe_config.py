@@ -35,7 +35,7 @@ __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",        # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    "num_threads": None,     # torch CPU threads; None: every core
+    "num_threads": None,     # torch CPU threads; None: OMP_NUM_THREADS, else the usable cores
     "channels_last": True,   # NHWC activations: ~1.4x faster convs on CPU for this model
     "out": "runs/fashion_mnist_resnet",
     "data": dict(DATA_DEFAULTS),
