@@ -516,8 +516,8 @@ class LatencyTable:
         self._clamp_warned = True
         side, asked, smallest = (("input", c_in, cins[0]) if c_in < cins[0]
                                  else ("output", c_out, couts[0]))
-        if len(cins if side == "input" else couts) == 1 and (self.step is None
-                                                             or smallest > self.step):
+        step = getattr(self, "step", None)  # (a table pickled before it was recorded)
+        if len(cins if side == "input" else couts) == 1 and (step is None or smallest > step):
             # one count on that axis: timed where these channels could not be pruned (break164
             # F2: the advice, a finer step, could not help a table of another model); not
             # where the step is as wide as the layer (break171 F5: a table at step 32 of this
@@ -595,7 +595,7 @@ class LatencyTable:
             "runtime_version": self.runtime_version, "batch": self.batch, "dtype": self.dtype,
             **({"timed_on": self.timed_on} if self.timed_on else {}),
             **({"torch_settings": self.torch_settings} if self.torch_settings else {}),
-            **({"step": self.step} if self.step is not None else {}),
+            **({"step": self.step} if getattr(self, "step", None) is not None else {}),
             "grids": {k: {"c_in": ci, "c_out": co, "diagonal": d, "layers": names}
                       for k, (ci, co, d, names) in self._grids.items()},
             "points": {pk: {f"{ci},{co}": ms for (ci, co), ms in pts.items()}
