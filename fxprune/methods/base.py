@@ -842,7 +842,7 @@ class PruningMethod:
                     + (" or lower channel_step" if floor < 1 - 1e-9 else
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        ": the cost model prices it as the dense model, so no pruning lowers "
-                       f"its cost; check the cost model"))
+                       "its cost; check the cost model"))
                 timed = getattr(self, "_timed_here", None)  # (older pickles lack it)
                 if timed and floor < 1 - 1e-9:  # (review153 F9: not where no margin helps)
                     message += (f" ({TIMED_FLOOR}, or time a table once, table = "
