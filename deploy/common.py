@@ -39,6 +39,15 @@ def file_in_the_way(path) -> str | None:
     return None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity (taskset, a container's or Slurm's
+    cpuset) where the OS keeps one, else every core."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def cpu_name() -> str:
     """The CPU's model name as /proc/cpuinfo reports it, with its widest vector extension
     ("AMD EPYC (AVX2)"): CPUs sold under one name differ in it (EPYC Zen 2/3: AVX2, Zen 4:

@@ -43,7 +43,7 @@ from fxprune.cost import LayerSpec
 from fxprune.errors import FxPruneError
 from fxprune.run_io import atomic_write, check_replaceable
 
-from .common import DeployError, file_in_the_way
+from .common import DeployError, file_in_the_way, usable_cores
 
 Timer = Callable[[LayerSpec, int, int], float]
 _TABLE_FORMAT = "fxprune-latency-table"
@@ -1038,10 +1038,7 @@ def _read_cache_file(path) -> tuple[dict, dict, dict]:
 
 def cpu_load() -> tuple[float | None, int]:
     """(1-minute load average or None where the OS keeps none, usable CPU cores)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     try:
         return os.getloadavg()[0], cores
     except (AttributeError, OSError):  # Windows

@@ -309,14 +309,12 @@ def default_threads(local_processes: int = 1) -> int:
     (torchrun sets 1 when it is not), else the cores this process may run on (its CPU
     affinity: taskset, a container's or Slurm's cpuset) divided by the processes on this node.
     (break170 F1: the host's every core, 32 threads pinned to one core trained 5x slower.)"""
+    from fxprune.deploy.common import usable_cores
+
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(cores // max(local_processes, 1), 1)
+    return max(usable_cores() // max(local_processes, 1), 1)
 
 
 def _seed_everything(seed: int) -> None:
