@@ -918,7 +918,7 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception, numbers: dict)
     where = path[-1] if path else ("", type(model))
     name = where[0] or "(the model itself)"
     frame = _user_frame(e)
-    source = ""
+    source = line = ""
     if frame is not None:
         line = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
         source = f" at {frame.filename}:{frame.lineno} in {frame.name}():\n    {line}\n"
@@ -953,9 +953,9 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception, numbers: dict)
         why = ("Code that needs concrete values (numbers, shapes as Python ints) where torch.fx "
                f"passes symbolic proxies cannot be traced. Either {way_out}, or use tensor "
                "methods (x.new_zeros(...), x.size(...)) that torch.fx records.")
-    failed_line = "" if frame is None else (frame.line or "").split("#", 1)[0]  # (its code)
+    code = line.split("#", 1)[0]  # the failing line's code, its comment left out
     # the number arguments the failing line names (review172 F6: not a failure elsewhere)
-    numbers = {k: v for k, v in numbers.items() if re.search(rf"\b{re.escape(k)}\b", failed_line)}
+    numbers = {k: v for k, v in numbers.items() if re.search(rf"\b{re.escape(k)}\b", code)}
     if numbers and not str(e).startswith("iterating"):
         # (break171 F8: `for _ in range(n)` with forward(x, n=1) was told to use tensor methods)
         listed = ", ".join(f"{k}={v!r}" for k, v in numbers.items())
