@@ -463,7 +463,7 @@ class _YamlLoader(yaml.SafeLoader):
         text = str(node.value).replace("_", "")
         if ":" in text or re.fullmatch(r"[-+]?0[0-7]+", text):
             raise yaml.constructor.ConstructorError(
-                None, None, f"{node.value} at line {node.start_mark.line + 1} is read by YAML 1.1 "
+                None, None, f"{node.value} is read by YAML 1.1 "
                 f"as {super().construct_yaml_int(node)} (a leading 0 is octal, a colon base 60); "
                 f"write the number plainly, or quote it as a string", node.start_mark)
         return super().construct_yaml_int(node)
@@ -565,6 +565,8 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.epochs=2)")
         try:
             value = parse_value(text)
+        except yaml.constructor.ConstructorError as exc:  # valid YAML, refused (review172 F11)
+            raise ConfigError(f"override {item!r}: {exc.problem}") from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise ConfigError(f"override {item!r}: value is not valid YAML ({first})") from None

@@ -1016,11 +1016,15 @@ class RunLogs:
         if not self.main:
             return
         claim_out_folder(self.out, overwrite=overwrite)
-        if resumed_at is not None and resumed_at[0] >= 1 and not (self.out / "metrics.csv").is_file():
-            # (break170 F8: re-created from the resumed epoch on, without a word)
-            warnings.warn(f"--resume: {self.out / 'metrics.csv'} is gone (the checkpoint's "
-                          f"{resumed_at[0]} epoch(s) had written their rows there); it starts "
-                          f"again at epoch {resumed_at[0] + 1}", RuntimeWarning, stacklevel=3)
+        # (break170 F8, review172 F11: re-created from the resumed epoch on, without a word;
+        # every epoch writes a row to each)
+        gone = [name for name in ("metrics.csv", "steps.csv") if not (self.out / name).is_file()]
+        if resumed_at is not None and resumed_at[0] >= 1 and gone:
+            warnings.warn(f"--resume: {' and '.join(str(self.out / n) for n in gone)} "
+                          f"{'is' if len(gone) == 1 else 'are'} gone (the checkpoint's "
+                          f"{resumed_at[0]} epoch(s) had written their rows there); "
+                          f"{'it starts' if len(gone) == 1 else 'they start'} again at epoch "
+                          f"{resumed_at[0] + 1}", RuntimeWarning, stacklevel=3)
         self.metrics, self.steps = CsvLog(self.out / "metrics.csv"), CsvLog(self.out / "steps.csv")
         if resumed_at is not None:
             self.metrics.truncate("epoch", resumed_at[0])

@@ -311,10 +311,13 @@ def default_threads(local_processes: int = 1) -> int:
     (break170 F1: the host's every core, 32 threads pinned to one core trained 5x slower.)"""
     from fxprune.deploy.common import usable_cores
 
+    return _omp_threads() or max(usable_cores() // max(local_processes, 1), 1)
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` where it is a count >= 1, else None."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
-    return max(usable_cores() // max(local_processes, 1), 1)
+    return int(env) if env.isdigit() and int(env) >= 1 else None
 
 
 def _seed_everything(seed: int) -> None:
@@ -622,6 +625,12 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
 
     if ckpt is not None:  # a run that will train on writes its folder (rank 0 checks)
         _on_main(lambda: _refuse_unwritable_resume(out))
+    if main:  # results.json says it only at the end; under torchrun null is 1 (review172 F9)
+        where = (f"{world} processes, {torch.get_num_threads()} CPU thread(s) each" if world > 1
+                 else f"{torch.get_num_threads()} CPU thread(s)")
+        why = ("" if cfg["num_threads"] is not None else " (num_threads null: OMP_NUM_THREADS)"
+               if _omp_threads() else " (num_threads null: the usable cores)")
+        print(f"fxprune train: {out} on {device}, {where}{why}", flush=True)
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}

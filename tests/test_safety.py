@@ -1453,6 +1453,8 @@ def test_a_resume_on_another_thread_count_says_it_is_not_exact(recipe, tmp_path,
     try:
         assert cli_main(["train", str(recipe), "--out", str(out), "--set", "num_threads=1"]) == 0
         assert torch.load(out / "checkpoint.pt", weights_only=True)["threads"] == 1
+        # review172 F9: the thread count shows when the run starts, not only in results.json
+        assert f"fxprune train: {out} on cpu, 1 CPU thread(s)\n" in capsys.readouterr().out
         with pytest.warns(RuntimeWarning, match=r"--resume: the checkpoint's epochs ran on 1 CPU "
                                                 r"threads per process and this run uses 2: .*set "
                                                 r"num_threads: 1 \(--set num_threads=1\) to "

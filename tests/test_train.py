@@ -66,6 +66,10 @@ def test_yaml_1_1_octal_and_base_60_integers_are_refused_not_read(tmp_path, text
     with pytest.raises(ConfigError, match=rf"is read by YAML 1.1 as {read} \(a leading 0 is "
                                           r"octal, a colon base 60\); write the number plainly"):
         load_config(path)
+    # review172 F11: an override is not at "line 1", and it is valid YAML, refused
+    with pytest.raises(ConfigError, match=rf"^override 'seed={text.split(': ')[1]}': "
+                                          rf"\S+ is read by YAML 1.1 as {read} \(a leading"):
+        apply_overrides(resolve_config(), [f"seed={text.split(': ')[1]}"])
     path.write_text("seed: 17\ndata:\n  batch_size: 1_28\n  root: '017'\n")
     cfg = load_config(path)
     assert (cfg["seed"], cfg["data"]["batch_size"], cfg["data"]["root"]) == (17, 128, "017")
@@ -693,6 +697,12 @@ def test_resume_extends_epochs(recipe, tmp_path, capsys):
         assert cli_main(["train", str(recipe), "--set", "optim.epochs=4", "--resume",
                          "--out", str(out)]) == 0
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["4"]
+    (out / "steps.csv").unlink()  # review172 F11: steps.csv alike
+    with pytest.warns(RuntimeWarning, match=r"--resume: \S*steps.csv is gone .* it starts again "
+                                            r"at epoch 5"):
+        assert cli_main(["train", str(recipe), "--set", "optim.epochs=5", "--resume",
+                         "--out", str(out)]) == 0
+    assert int(read_csv(out / "steps.csv")[0]["step"]) > 0
 
 
 def test_a_resume_may_read_the_data_from_where_it_moved(recipe, tmp_path):
