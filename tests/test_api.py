@@ -736,8 +736,6 @@ def test_a_warning_on_the_command_line_shows_no_launcher_line(tmp_path):
     so fxprune demo's finalize warning printed that line and its file. (Any fxprune warning
     at the command line: plot's for a run priced by timings taken under load is the cheapest;
     demo's on googlenet took a minute.)"""
-    import json
-
     run = tmp_path / "run"
     run.mkdir()
     (run / ".fxprune-run").write_text("run\n")

@@ -14,7 +14,7 @@ from fxprune.masks import mask_contracted
 from fxprune.summary import count_flops
 from passes.surgery import max_relative_error, run_eval
 
-from helpers import assert_plain, prune_and_check, random_masks
+from helpers import assert_plain, prune_and_check
 
 
 class Block(nn.Module):

@@ -185,7 +185,7 @@ def test_resuming_under_another_target_or_rho_warns():
              execution="masked").load_state_dict(state)
     # break40: a cost model of the same name pricing otherwise (another latency table, another
     # fixed cost) was resumed silently; what it prices the dense and half model at is recorded
-    from fxprune.cost import FlopsCost, WithFixedCost
+    from fxprune.cost import FlopsCost
 
     class Table(FlopsCost):
         name = "latency"
@@ -775,7 +775,7 @@ def test_a_step_between_forward_and_backward_is_named_before_it_fails(execution)
     torch.save({"model": pm, "pruner": pruner}, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
-    pm2, pruner2 = loaded["model"], loaded["pruner"]
+    pruner2 = loaded["pruner"]
     pruner2._said_owed = False  # (said once per pruner: the copy's own hook says it again)
     loss = F.cross_entropy(pruner2.train_forward(x), y)
     pruner2.step()

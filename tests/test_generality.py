@@ -339,7 +339,7 @@ def test_attributes_a_forward_sets_are_warned_of_and_the_model_left_alone():
     model = KeepsFeatures()
     with pytest.warns(UserWarning, match=r"KeepsFeatures's forward sets attributes `calls`, "
                                          r"`features`, `taps` while it runs: torch.fx ran that once"):
-        pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+        fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
     assert model.calls == 0 and not hasattr(model, "features")  # prepare traced a copy
 
 

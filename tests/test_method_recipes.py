@@ -190,7 +190,6 @@ def test_a_run_priced_by_a_table_timed_under_load_keeps_that_in_its_results(tmp_
                                                                              monkeypatch):
     """break70 #3: a latency table timed while the CPU was shared warned once, at training;
     results.json, the printed results and fxprune plot said nothing of it."""
-    import fxprune
     import fxprune.train as train_mod
     from fxprune.deploy import LatencyTable
     from fxprune.plot import load_points
