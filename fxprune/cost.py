@@ -102,12 +102,17 @@ class LayerSpec:
             return math.prod(self.output_shape[:-1])
         return self.output_shape[0] * math.prod(self.output_shape[2:])
 
-    def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
+    def _channels(self, c_in: int | None, c_out: int | None) -> tuple[int, int]:
+        """``(c_in, c_out)``, each the layer's own where None; a negative count raises."""
         c_in = self.in_channels if c_in is None else c_in
         c_out = self.out_channels if c_out is None else c_out
         if c_in < 0 or c_out < 0:
             raise ValueError(f"LayerSpec {self.name!r}: channel counts are >= 0, got c_in={c_in}, "
                              f"c_out={c_out}")
+        return c_in, c_out
+
+    def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
+        c_in, c_out = self._channels(c_in, c_out)
         if self.kind == "linear":
             return self._outputs_per_channel() * c_in * c_out
         if self.kind == "conv_transpose":  # every input position scatters a k-window per output
@@ -121,11 +126,7 @@ class LayerSpec:
         return 2 * self.macs(c_in, c_out)
 
     def params(self, c_in: int | None = None, c_out: int | None = None) -> int:
-        c_in = self.in_channels if c_in is None else c_in
-        c_out = self.out_channels if c_out is None else c_out
-        if c_in < 0 or c_out < 0:
-            raise ValueError(f"LayerSpec {self.name!r}: channel counts are >= 0, got c_in={c_in}, "
-                             f"c_out={c_out}")
+        c_in, c_out = self._channels(c_in, c_out)
         if self.kind == "linear":
             return c_in * c_out + (c_out if self.bias else 0)
         per_group_in = c_in // self.groups_at(c_in) if c_in else 0
