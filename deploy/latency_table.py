@@ -835,7 +835,11 @@ def _this_machine(table: "LatencyTable") -> tuple[str, str] | None:
         on_cuda = timing["torch_device"].startswith("cuda")
         if on_cuda and not torch.cuda.is_available():
             return "a machine without CUDA", f"torch {torch.__version__}"
-        device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+        device = torch.device("cpu")
+        if on_cuda:  # the GPU it was timed on, where this machine has that index (review175 F7)
+            index = torch.device(timing["torch_device"]).index
+            device = torch.device("cuda", index if index is not None and index
+                                  < torch.cuda.device_count() else torch.cuda.current_device())
         return tb.device_name(device), tb.runtime_version(
             device, cuda_graphs=timing["cuda_graphs"], channels_last=timing["channels_last"])
     return None

@@ -87,8 +87,13 @@ def versions(device: torch.device) -> dict:
 
 @contextlib.contextmanager
 def timing_settings(device: torch.device, threads: int | None):
-    """cuDNN autotuning on and TF32 off on CUDA (through the TF32 API the process uses:
-    :func:`fxprune.passes.surgery.ieee_float32`); a fixed thread count on the CPU; restored."""
+    """On CUDA: ``device`` the current device, cuDNN autotuning on and TF32 off (through the TF32
+    API the process uses: :func:`fxprune.passes.surgery.ieee_float32`); on the CPU a fixed
+    thread count; restored after.
+
+    The current device matters: CUDA events record on, and a graph captures from, the current
+    device's stream, so timing ``cuda:1`` while ``cuda:0`` was current captured an empty graph
+    and timed the host (review175 F1)."""
     from fxprune.passes.surgery import ieee_float32
 
     saved = (torch.backends.cudnn.benchmark, torch.get_num_threads())
@@ -97,7 +102,10 @@ def timing_settings(device: torch.device, threads: int | None):
             torch.backends.cudnn.benchmark = True
         elif threads:
             torch.set_num_threads(threads)
-        with ieee_float32() if device.type == "cuda" else contextlib.nullcontext():
+        with contextlib.ExitStack() as cuda:
+            if device.type == "cuda":
+                cuda.enter_context(torch.cuda.device(device))
+                cuda.enter_context(ieee_float32())
             yield
     finally:
         torch.backends.cudnn.benchmark = saved[0]
@@ -139,6 +147,11 @@ def make_runner(module: nn.Module, x: torch.Tensor, *, cuda_graphs: bool = True,
         for _ in range(warmup):
             forward()
         return forward
+    with torch.cuda.device(x.device):  # the graph captures from the current device's stream
+        return _cuda_runner(module, x, forward, cuda_graphs, warmup)
+
+
+def _cuda_runner(module, x, forward, cuda_graphs: bool, warmup: int):
     side = torch.cuda.Stream(x.device)
     side.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(side), torch.no_grad():
@@ -194,6 +207,11 @@ def time_interleaved(runs: Mapping[str, Callable[[], object]], device: torch.dev
         return time_interleaved_wall(runs, iters, warmup, progress, desc)
     if iters < 1 or warmup < 0:
         raise DeployError(f"need iters >= 1 and warmup >= 0 (got iters={iters}, warmup={warmup})")
+    with torch.cuda.device(device):  # events record on the current device's stream
+        return _time_cuda(runs, device, iters, warmup, sample_ms, progress, desc)
+
+
+def _time_cuda(runs, device, iters, warmup, sample_ms, progress, desc) -> dict[str, list[float]]:
     for _ in range(warmup):
         for fn in runs.values():
             fn()
