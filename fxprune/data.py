@@ -285,12 +285,15 @@ class BatchLoader:
     repeats the gray image, for torchvision/timm models that expect RGB); ``y`` is int64 ``[B]``.
     Batches are made whole (one index, one gather), through a ``torch.utils.data.DataLoader``
     so ``num_workers > 0`` works, though with data in memory the main process is usually fastest.
+    ``pin_memory`` (for a CUDA device): batches in page-locked memory, so that a copy with
+    ``non_blocking=True`` overlaps the GPU's work (from pageable memory it is staged through a
+    host copy first; review175 F3).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  shuffle: bool, augment: bool, seed: int = 0, drop_last: bool = False,
                  num_workers: int = 0, mean: float = FASHION_MNIST_MEAN,
-                 std: float = FASHION_MNIST_STD, channels: int = 1):
+                 std: float = FASHION_MNIST_STD, channels: int = 1, pin_memory: bool = False):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1:
@@ -301,7 +304,7 @@ class BatchLoader:
         self._loader = DataLoader(
             _TensorBatches(images, labels, augment, seed, mean, std, channels),
             batch_size=None, sampler=self._sampler, num_workers=num_workers,
-            worker_init_fn=_seed_worker if num_workers else None,
+            worker_init_fn=_seed_worker if num_workers else None, pin_memory=pin_memory,
             generator=torch.Generator().manual_seed(seed))
 
     @property
@@ -406,8 +409,10 @@ def load_split(data_cfg: dict, split: str, seed: int = 0) -> tuple[torch.Tensor,
     return _subset(images, labels, n, _mix(seed, 3) if split == "train" else _mix(0, 4))
 
 
-def make_loaders(data_cfg: dict, seed: int = 0) -> tuple[BatchLoader, BatchLoader]:
-    """``(train_loader, test_loader)`` for a ``data`` config section (keys: ``DATA_DEFAULTS``).
+def make_loaders(data_cfg: dict, seed: int = 0, *,
+                 pin_memory: bool = False) -> tuple[BatchLoader, BatchLoader]:
+    """``(train_loader, test_loader)`` for a ``data`` config section (keys: ``DATA_DEFAULTS``);
+    ``pin_memory`` as :class:`BatchLoader`'s (for a CUDA device).
 
     The training loader shuffles and (if ``augment``) augments; call ``set_epoch(e)`` before
     each epoch to get that epoch's order. The test loader is fixed-order and unaugmented.
@@ -428,8 +433,9 @@ def make_loaders(data_cfg: dict, seed: int = 0) -> tuple[BatchLoader, BatchLoade
                       "with the batch); give a smaller data.batch_size", stacklevel=2)
     train = BatchLoader(train_x, train_y, batch_size=batch, shuffle=True,
                         augment=bool(cfg["augment"]), seed=seed,
-                        num_workers=int(cfg["num_workers"]), channels=channels)
+                        num_workers=int(cfg["num_workers"]), channels=channels,
+                        pin_memory=pin_memory)
     test = BatchLoader(test_x, test_y, batch_size=int(cfg["test_batch_size"]), shuffle=False,
                        augment=False, seed=seed, num_workers=int(cfg["num_workers"]),
-                       channels=channels)
+                       channels=channels, pin_memory=pin_memory)
     return train, test

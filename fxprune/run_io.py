@@ -853,28 +853,45 @@ def load_checkpoint(path: Path, device) -> dict:
 
 # ----------------------------------------------------------------------------- RNG states
 
-def rng_state() -> dict:
-    """Every RNG's state as tensors and plain data (loadable with ``weights_only=True``)."""
+def rng_state(device: torch.device | str | None = None) -> dict:
+    """The CPU RNGs' states (torch, NumPy, Python) and, for a CUDA ``device``, its generator's,
+    as tensors and plain data (loadable with ``weights_only=True``).
+
+    Only the training device's generator: every visible GPU's (``get_rng_state_all``) made a
+    checkpoint written where more GPUs were visible fail to resume with an IndexError
+    (review175 F2)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, words, gauss = random.getstate()
     state = {"torch": torch.get_rng_state(),
              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
                        "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
              "python": {"version": version, "words": list(words), "gauss": gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | str | None = None) -> None:
+    """Restore what :func:`rng_state` saved; the CUDA generator's state goes to ``device`` (under
+    torchrun each process's own GPU: every process starts from the same seed, so rank 0's state
+    is each one's). A checkpoint from before, which saved every visible GPU's, gives the state
+    of the GPU at ``device``'s index where it has one."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
                          n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["words"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    saved = state.get("cuda_device")
+    if saved is None and index < len(state.get("cuda") or ()):
+        saved = state["cuda"][index]
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, device)
 
 
 

@@ -258,18 +258,24 @@ def prediction_differences(a: nn.Module, b: nn.Module, loader, device: torch.dev
                            channels_last: bool = False) -> int:
     """Samples of ``loader`` on which ``a`` and ``b`` (in eval mode) predict different classes,
     over every process: the masked and the finalized model (break73 F1: the difference of
-    their correct counts let flips that cancel, and wrong-to-other-wrong ones, pass as 0)."""
+    their correct counts let flips that cancel, and wrong-to-other-wrong ones, pass as 0).
+
+    In IEEE float32, as finalize's own check (:func:`fxprune.passes.surgery.ieee_float32`):
+    with TF32 a near-tie sample could flip between two exact models (review175 F4). The count
+    stays on the device until the end (one read, not one a batch)."""
+    from fxprune.passes.surgery import ieee_float32
+
     modes = a.training, b.training
     a.eval(), b.eval()
-    differ = 0
-    with torch.no_grad():
+    differ = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.no_grad(), ieee_float32():
         for x, _ in loader:
             if not len(x):
                 continue
             x = _to_device(x, device, channels_last)
-            differ += (a(x).argmax(1) != b(x).argmax(1)).sum().item()
+            differ += (a(x).argmax(1) != b(x).argmax(1)).sum()
     a.train(modes[0]), b.train(modes[1])
-    return _summed(0.0, differ, 0)[1]
+    return _summed(0.0, int(differ), 0)[1]
 
 
 def model_stats(model: nn.Module, input_shape=INPUT_SHAPE) -> dict[str, int]:
@@ -632,7 +638,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                if _omp_threads() else " (num_threads null: the usable cores)")
         print(f"fxprune train: {out} on {device}, {where}{why}", flush=True)
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
-    train_loader, test_loader = make_loaders(cfg["data"], seed=seed)
+    train_loader, test_loader = make_loaders(cfg["data"], seed=seed,
+                                             pin_memory=device.type == "cuda")
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}
     if distributed:
         _refuse_processes_that_differ(
@@ -791,7 +798,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       f"{new_lr:.4g}); the epochs before ran on the "
                       f"{lr_schedules[-2]['epochs']}-epoch one (results.json: lr_schedules)",
                       flush=True)
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], device)
         # the count the checkpoint's last epoch ran (an average over a history that mixed
         # process counts warned at every later resume, with fractions: break54 #7)
         saved_per_epoch = ckpt.get("steps_per_epoch", ckpt["step"] / max(ckpt["epoch"], 1))
@@ -844,7 +851,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                        disable=not (log_cfg["progress"] and main), dynamic_ncols=True)
             for x, y in bar:
-                # (labels too without a wait: a blocking copy is a stream sync, review140 F2)
+                # (labels too without a wait: a blocking copy is a stream sync, review140 F2;
+                # the loader pins batches on CUDA, so the copies overlap: review175 F3)
                 x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
                 # a method may train a sub-network of the same weights (CUCB's active channels)
                 run = forward if distributed else (getattr(pruner, "train_forward", None) or net)
@@ -916,7 +924,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "scheduler": scheduler.state_dict(),
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "measured_cost": measured_cost_state,
-                    "rng": rng_state(), "train_images": images, "train_loop_s": loop_s,
+                    "rng": rng_state(device), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
                     "threads": torch.get_num_threads(),
                     "lr_schedules": lr_schedules, "data": data_fingerprint,

@@ -7,6 +7,8 @@ catches the kind without a GPU. The same tests run on CUDA (marked ``cuda``) whe
 """
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -566,3 +568,111 @@ print("ok")
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+# -- review175: what differs on CUDA, checked where the CPU can stand in -------------------------------
+
+def test_the_masked_and_finalized_predictions_are_compared_in_ieee_float32():
+    """review175 F4: with TF32 (cuDNN's default for convolutions) a near-tie sample could flip
+    between two exact models and count as a mismatch; finalize's own check ran in IEEE."""
+    from fxprune.train import prediction_differences
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return x.flatten(1)
+
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        loader = [(torch.randn(4, 3), torch.zeros(4)), (torch.randn(2, 3), torch.zeros(2))]
+        assert prediction_differences(Probe(), Probe(), loader, torch.device("cpu")) == 0
+        assert seen == [False] * 4 and torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
+def test_torch_backend_timing_makes_its_cuda_device_the_current_one(monkeypatch):
+    """review175 F1: events record on, and a CUDA graph captures from, the current device's
+    stream: timing cuda:1 while cuda:0 was current timed an empty graph, or the host."""
+    import contextlib
+
+    from fxprune.deploy import torch_backend as tb
+
+    entered = []
+
+    @contextlib.contextmanager
+    def current(device):
+        entered.append(torch.device(device))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", current)
+    with tb.timing_settings(torch.device("cuda", 1), None):
+        assert entered == [torch.device("cuda", 1)]
+    with tb.timing_settings(torch.device("cpu"), 1):
+        assert entered == [torch.device("cuda", 1)]  # the CPU: no CUDA device touched
+
+
+def test_a_saved_torch_table_is_compared_with_the_gpu_it_was_timed_on(monkeypatch):
+    """review175 F7: a table timed on cuda:1 was compared with the current GPU (cuda:0), so on
+    a node of two kinds of GPU the "another machine's timings" warning could be wrong."""
+    from fxprune.deploy import torch_backend as tb
+    from fxprune.deploy.latency_table import LatencyTable, _this_machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(tb, "device_name", lambda d: f"GPU {d.index}")
+    monkeypatch.setattr(tb, "runtime_version", lambda d, **kw: "v")
+    table = LatencyTable("torch", "GPU 1", 1, "v", 8, "float32")
+    table.torch_settings = {"torch_device": "cuda:1", "cuda_graphs": True, "channels_last": True}
+    assert _this_machine(table) == ("GPU 1", "v")
+    table.torch_settings["torch_device"] = "cuda:5"  # an index this machine lacks: the current
+    assert _this_machine(table) == ("GPU 0", "v")
+
+
+def test_the_checkpoint_keeps_the_training_devices_generator_only():
+    """review175 F2: every visible GPU's state was saved and restored by index, so a checkpoint
+    written where more GPUs were visible failed to resume with an IndexError."""
+    from fxprune.run_io import rng_state, set_rng_state
+
+    state = rng_state("cpu")
+    assert "cuda" not in state and "cuda_device" not in state
+    # one written before, with eight GPUs' states, resumes on the CPU without touching CUDA
+    set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}, "cpu")
+    if not HAVE_CUDA:
+        return
+    state = rng_state("cuda")
+    assert set(state) >= {"torch", "cuda_device"}
+    first = torch.randn(3, device="cuda")
+    set_rng_state(state, "cuda")
+    assert torch.equal(torch.randn(3, device="cuda"), first)
+    extra = [torch.cuda.get_rng_state()] * (torch.cuda.device_count() + 3)
+    set_rng_state({k: v for k, v in state.items() if k != "cuda_device"} | {"cuda": extra}, "cuda")
+
+
+def test_batches_are_pinned_for_a_cuda_device():
+    """review175 F3: a non_blocking copy from pageable memory is staged through a host copy,
+    so the training loop's copies did not overlap the GPU's work."""
+    from fxprune.data import make_loaders
+
+    cfg = {"name": "synthetic", "synthetic_train": 16, "synthetic_test": 8, "batch_size": 8}
+    for pin in (False, True):
+        train, test = make_loaders(cfg, pin_memory=pin)
+        assert train._loader.pin_memory is pin and test._loader.pin_memory is pin
+
+
+@cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_timed_on_the_second_gpu_is_timed_there():
+    """review175 F1 on a machine with two GPUs: cuda:1's time is a GPU time like cuda:0's (an
+    empty graph, or events on the idle current device, read near zero)."""
+    from fxprune.deploy import torch_backend as tb
+
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+    ms = {d: statistics.median(tb.time_models({"m": model}, (64, 64, 56, 56), device=d,
+                                              iters=10)["m"]) for d in ("cuda:0", "cuda:1")}
+    assert torch.cuda.current_device() == 0
+    assert ms["cuda:1"] > ms["cuda:0"] / 3 and ms["cuda:0"] > ms["cuda:1"] / 3, ms
