@@ -67,8 +67,8 @@ class Point:
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
     family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
     timing: dict[int, dict] = field(default_factory=dict)  # how each batch's latency was timed
-    # what the accuracy was scored on (a run's data set name, test images, their hashes;
-    # None: not recorded, as in a benchmark's rows)
+    # what the accuracy was scored on (a run's data set name, test images, their hashes; a
+    # benchmark row's test image count where it records one; None: not recorded)
     test_set: dict | None = None
 
 
@@ -357,16 +357,21 @@ def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) 
     # a dense run (prune.method none) is the 1.0x every --compare speedup is over: drawn there
     # on --x speedup wherever it was timed (break52: it was left off the plot)
     dense = data.get("method") == "none"
-    # (an older run's results.json has its test_samples only)
-    test_set = data.get("test_data") if isinstance(data.get("test_data"), dict) else (
-        {"samples": data["test_samples"]} if "test_samples" in data else None)
     return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
                  _not_negative(data["flops"], "flops", source),
                  {b: d["median"] for b, d in deploys.items()},
                  {b: 1.0 if dense and d["speedup"] is None else d["speedup"]
                   for b, d in deploys.items() if d["speedup"] is not None or dense},
                  timing={b: d["timing"] for b, d in deploys.items()}, source=source,
-                 test_set=test_set)
+                 test_set=_test_set(data))
+
+
+def _test_set(data: dict) -> dict | None:
+    """The test set a run's results or a benchmark row records (``test_data``; an older
+    run's, and bench rows, ``test_samples`` only), or None."""
+    if isinstance(data.get("test_data"), dict):
+        return data["test_data"]
+    return {"samples": data["test_samples"]} if data.get("test_samples") is not None else None
 
 
 def _bench_points(data: dict, source: str) -> list[Point]:
@@ -403,7 +408,8 @@ def _bench_points(data: dict, source: str) -> list[Point]:
             _latencies(row.get("speedup"), row.get("batch", batch), where, "speedup"),
             # (break106 #5: 5, i.e. 500 points, was drawn, where accuracy itself is refused)
             None if std is None else _number(std, "accuracy_std", where, fraction=True), source, panel,
-            str(row.get("row") or row.get("method") or label).split("-")[0]))
+            str(row.get("row") or row.get("method") or label).split("-")[0],
+            test_set=_test_set(row)))  # (break174 F1: a row's was never compared)
         points[-1].timing = dict.fromkeys(points[-1].latency_ms, timing)
     if not points:
         raise PlotError(f"{source} has no row with an accuracy; nothing to plot from it")
@@ -500,7 +506,7 @@ def _check_one_test_set(points: list[Point]) -> None:
     """PlotError where two runs' accuracies were scored on different test sets (another data
     set, another count of test images, other images): one accuracy axis would compare them as
     if alike (break158 F2: a synthetic run beside Fashion-MNIST ones, without a word). Points
-    that do not record their test set (a benchmark's rows) are not compared."""
+    that do not record their test set (most benchmarks' rows) are not compared."""
     said = [p for p in points if p.test_set]
     for key in ("name", "samples", "images_sha256", "labels_sha256"):
         known = [p for p in said if p.test_set.get(key) is not None]

@@ -90,6 +90,13 @@ def test_runs_scored_on_different_test_sets_are_refused_naming_both(tmp_path):
     with pytest.raises(PlotError, match=r"old on 1000 test images, few on 50 test images"):
         plot_points(load_points([old, run("few", test_samples=50)]), tmp_path / "few.png",
                     x="flops")
+    # break174 F1: a benchmark row that records its test images is compared too
+    scored = tmp_path / "scored.json"
+    scored.write_text(json.dumps({"rows": [{"label": "dense", "accuracy": 0.9, "flops": 8e6,
+                                            "test_samples": 10000}]}))
+    with pytest.raises(PlotError, match=r"a on fashion_mnist \(1000 test images\), dense on "
+                                        r"10000 test images"):
+        plot_points(load_points([a, scored]), tmp_path / "scored.png", x="flops")
 
 
 def test_points_come_from_inputs(tmp_path):
