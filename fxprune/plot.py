@@ -180,18 +180,23 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
 
     # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
     subs = sorted({m.parent for m in run_dir.rglob(DEPLOY_MARKER)})
+    digest = file_sha256(own) if own is not None and own.is_file() else None
     if old_run is None and own is not None:  # a relative out: results.json names no folder
-        old_run = _where_the_run_was(run_dir, own, subs)
-
-    def inside(p: Path) -> Path:
-        if old_run is not None and old_run != run and p.is_relative_to(old_run):
-            return run / p.relative_to(old_run)
-        return p
+        old_run = _where_the_run_was(run_dir, own, subs, digest)
 
     for sub in subs:
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
             continue
+        # where the run was when this report was written: a run deployed, copied and deployed
+        # again holds reports of two places (break174 F2: the second place was refused)
+        was = (_where_the_run_was(run_dir, own, [sub], digest) if own is not None else None) or old_run
+
+        def inside(p: Path, was=was) -> Path:
+            if was is not None and was != run and p.is_relative_to(was):
+                return run / p.relative_to(was)
+            return p
+
         data = _read_json(report)
         if backend is not None and isinstance(data, dict) and data.get("backend") != backend:
             other.add(str(data.get("backend")))  # (break151 F4: two backends at one batch)
@@ -307,14 +312,16 @@ def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, in
         return False
 
 
-def _where_the_run_was(run_dir: Path, own: Path, subs: list[Path]) -> Path | None:
+def _where_the_run_was(run_dir: Path, own: Path, subs: list[Path],
+                       digest: str | None = None) -> Path | None:
     """The folder a run trained with a relative out was in when it was deployed, where it has
     moved since (break70 #1: a byte-identical copy was refused): a deploy report inside the run
     that timed a file of the run model's name and content (the sha256 it records), written at
     the same place in that folder as it is in this one (its ONNX file's path, where recorded).
-    None when no report says so."""
+    None when no report says so. ``digest``: ``own``'s sha256, where the caller has it."""
     run = run_dir.resolve()
-    digest = file_sha256(own) if own.is_file() else None
+    if digest is None:
+        digest = file_sha256(own) if own.is_file() else None
     for sub in subs:
         try:
             data = json.loads((sub / "report.json").read_text())
@@ -346,7 +353,8 @@ def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) 
     if not isinstance(data, dict) or "accuracy" not in data or "flops" not in data:
         raise PlotError(f"{source} is not the results.json of an fxprune train run (no accuracy "
                         "and flops); pass a run folder or a benchmark results file with rows")
-    label = (run_dir or results.parent).name or str(results)
+    # resolved: "." or a bare results.json (plot run from inside the run) has no name (break174 F3)
+    label = (run_dir or results.parent).resolve().name or str(results)
     if data.get("cost_timed_under_load"):  # (break70 #3: said once, at training, only)
         warn(f"{source}: the latency table that priced this run had "
              f"{data['cost_timed_under_load']} timings taken while other processes shared the "
@@ -449,7 +457,29 @@ def load_points(inputs, *, latencies: bool = True, backend: str | None = None) -
             points.append(_run_point(path, run_dir if latencies else None, backend))
             runs.append((points[-1], run_dir or path.parent))
     _tell_runs_apart(runs)
+    _tell_points_apart(points)
     return points
+
+
+def _tell_points_apart(points: list[Point]) -> None:
+    """Points of one panel that still share a label (a benchmark row and a run both "dense",
+    two rows of one file both "A") were drawn and listed alike (break174 F4): a benchmark row
+    gets its file's name after the label where the points come from several files, and those
+    still alike a number (#1, #2, ...)."""
+    def alike(of: list[Point]) -> list[list[Point]]:
+        groups: dict[tuple[str, str], list[Point]] = {}
+        for point in of:
+            groups.setdefault((point.panel, point.label), []).append(point)
+        return [same for same in groups.values() if len(same) > 1]
+
+    for same in alike(points):
+        if len({p.source for p in same}) > 1:
+            for point in same:
+                if not point.source.endswith("results.json"):  # (a run's label is its folder)
+                    point.label += f" ({Path(point.source).name})"
+    for same in alike(points):
+        for i, point in enumerate(same, 1):
+            point.label += f" #{i}"
 
 
 def _tell_runs_apart(runs: list[tuple[Point, Path]]) -> None:
@@ -601,7 +631,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
     def group(p: Point) -> str:
         if p.family:
             return p.family
-        return (Path(p.source).parent.name if p.source.endswith("results.json")
+        return (Path(p.source).resolve().parent.name if p.source.endswith("results.json")
                 else Path(p.source).name)
 
     panels = list(dict.fromkeys(p.panel for p in drawn))

@@ -750,3 +750,77 @@ def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path
     (copy / "model_pruned.pt").write_bytes(b"another model")  # not the one the report timed
     with pytest.raises(PlotError, match="timed .*, not the model of the run"):
         load_points([copy])
+
+
+def test_a_run_deployed_in_two_places_still_plots_after_a_copy_or_a_move(tmp_path, monkeypatch):
+    """break174 F2: a run deployed, copied, and deployed again in the copy holds reports written
+    at two places; every later copy or move of it was refused, though each report's hash is
+    the run model's."""
+    import shutil
+
+    from fxprune.run_io import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    run = _run(tmp_path / "runs" / "a", 0.9, 8e6)
+    model = run / "model_pruned.pt"
+    model.write_bytes(b"the pruned model")
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "model": "runs/a/model_pruned.pt"}))
+
+    def deploy(where, batch):
+        d = where / f"deploy_b{batch}"
+        d.mkdir()
+        (d / ".fxprune-deploy").write_text("deploy\n")
+        (d / "model.onnx").write_bytes(b"its export")
+        (d / "report.json").write_text(json.dumps(
+            {"batch": batch, "latency_ms": {"median": float(batch)},
+             "model_file": str((where / "model_pruned.pt").resolve()),
+             "model_sha256": file_sha256(model),
+             "onnx": {"path": str((d / "model.onnx").resolve()),
+                      "sha256": file_sha256(d / "model.onnx")}}))
+
+    deploy(run, 1)
+    copy = tmp_path / "B"
+    shutil.copytree(run, copy)
+    deploy(copy, 2)
+    assert load_points([copy])[0].latency_ms == {1: 1.0, 2: 2.0}
+    again = tmp_path / "C"
+    shutil.copytree(copy, again)
+    assert load_points([again])[0].latency_ms == {1: 1.0, 2: 2.0}
+    copy.rename(tmp_path / "D")
+    assert load_points([tmp_path / "D"])[0].latency_ms == {1: 1.0, 2: 2.0}
+    (again / "model_pruned.pt").write_bytes(b"another model")  # not the one they timed
+    with pytest.raises(PlotError, match="timed .*, not the model of the run"):
+        load_points([again])
+
+
+def test_a_run_given_from_inside_its_folder_is_labelled_by_the_folder(tmp_path, monkeypatch):
+    """break174 F3: `fxprune plot . ../ccp` or `results.json` from inside the run labelled it
+    "results.json", and its colour group was "", so the legend left it out."""
+    import matplotlib.pyplot as plt
+
+    smcp = _run(tmp_path / "smcp50", 0.89, 4e6)
+    ccp = _run(tmp_path / "ccp", 0.88, 5e6)
+    monkeypatch.chdir(smcp)
+    assert [p.label for p in load_points([".", "../ccp"])] == ["smcp50", "ccp"]
+    assert [p.label for p in load_points(["results.json"])] == ["smcp50"]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its legend
+    plot_points(load_points(["results.json", ccp]), tmp_path / "p.png", x="flops")
+    legend = figures[0].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["smcp50", "ccp"]
+
+
+def test_points_that_share_a_label_are_told_apart(tmp_path):
+    """break174 F4: two rows of one file both labelled "A", and a run beside a row of its
+    name, were drawn and listed by the same label."""
+    dups = tmp_path / "dups.json"
+    dups.write_text(json.dumps({"rows": [{"label": "A", "accuracy": 0.8, "flops": 2e6},
+                                         {"label": "A", "accuracy": 0.85, "flops": 3e6},
+                                         {"label": "dense", "accuracy": 0.9, "flops": 8e6}]}))
+    dense = _run(tmp_path / "dense", 0.91, 8e6)
+    labels = [p.label for p in load_points([dups, dense])]
+    assert labels == ["A #1", "A #2", "dense (dups.json)", "dense"]
+    drawn = plot_points(load_points([dups, dense]), tmp_path / "p.png", x="flops")
+    assert len({label for label, _, _ in drawn["points"]}) == 4
