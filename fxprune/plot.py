@@ -72,15 +72,19 @@ class Point:
     test_set: dict | None = None
 
 
-def _read_json(path: Path) -> object:
+_INPUTS = "pass a run folder (fxprune train --out), its results.json or a benchmark results .json"
+
+
+def _read_json(path: Path, way_out: str = _INPUTS) -> object:
+    """``path``'s JSON; a missing or unreadable file is a PlotError ending in ``way_out``
+    (for a file inside a run, not the inputs' advice: break174 F5)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise PlotError(f"{path} does not exist; pass a run folder (fxprune train --out), its "
-                        "results.json or a benchmark results .json") from None
+        raise PlotError(f"{path} does not exist; {way_out}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlotError(f"{path} is not JSON ({str(exc).splitlines()[0][:120]}); pass a run "
-                        "folder, its results.json or a benchmark results .json") from None
+        raise PlotError(f"{path} is not JSON ({str(exc).splitlines()[0][:120]}); "
+                        f"{way_out}") from None
 
 
 def _number(value, what: str, source: str, *, fraction: bool = False) -> float:
@@ -197,7 +201,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                 return run / p.relative_to(was)
             return p
 
-        data = _read_json(report)
+        data = _read_json(report, f"deploy the run there again, or move {sub} out of the run")
         if backend is not None and isinstance(data, dict) and data.get("backend") != backend:
             other.add(str(data.get("backend")))  # (break151 F4: two backends at one batch)
             continue
@@ -290,7 +294,7 @@ def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, in
     source = path.parent / "report.json"
     if path.name != "model.onnx" or not (path.parent / DEPLOY_MARKER).is_file() or not source.is_file():
         return False
-    made = _read_json(source)
+    made = _read_json(source, f"deploy the run there again, or move {path.parent} out of the run")
     made = made if isinstance(made, dict) else {}
     onnx = made.get("onnx") if isinstance(made.get("onnx"), dict) else {}
     if isinstance(made.get("model_sha256"), str) and isinstance(onnx.get("sha256"), str):
@@ -559,8 +563,8 @@ def _test_set_words(test_set: dict, differs: str) -> str:
 
 
 def _check_out(out: Path) -> None:
-    if out.suffix.lower() != ".png":
-        raise PlotError(f"--out {out} must be a .png file")
+    if out.suffix.lower() != ".png":  # (".png" alone has no suffix: a hidden file's name)
+        raise PlotError(f"--out {out} must be a file name ending in .png (e.g. pareto.png)")
     if out.is_dir():
         raise PlotError(f"--out {out} is a folder; give a file name ending in .png")
     if not out.parent.is_dir():  # a typo in the path would make a new tree (break37 #6)
@@ -661,8 +665,12 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         if panels != [""]:
             fig.suptitle(_literal(title or f"accuracy vs {x if x != 'flops' else 'FLOPs'}"))
         fig.tight_layout()
-        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png",
-                                                  metadata={"Software": SOFTWARE}))
+        try:
+            atomic_write(out, lambda tmp: fig.savefig(tmp, format="png",
+                                                      metadata={"Software": SOFTWARE}))
+        except OSError as exc:  # (break174 F11: it named plot's temporary file, no way out)
+            raise PlotError(f"--out {out} could not be written ({exc.strerror or exc}); give "
+                            "a path in a folder you can write to") from None
     finally:
         plt.close(fig)
     return {"x": x, "batch": None if x == "flops" else batch, "panels": panels,
@@ -700,6 +708,10 @@ def run(args: argparse.Namespace) -> int:
     if args.backend is not None and args.x == "flops":
         print(f"fxprune plot: --backend {args.backend} is not used with --x flops (it picks "
               "deploy reports, which a FLOPs axis does not read)", file=sys.stderr)
+    if str(args.out).endswith(("/", os.sep)):  # (Path drops the slash: a.png/ wrote a.png)
+        print(f"fxprune plot: error: --out {args.out} ends in a slash, as a folder does; give a "
+              "file name ending in .png", file=sys.stderr)
+        return 2
     try:
         drawn = plot_points(load_points(args.inputs, latencies=args.x != "flops",
                                         backend=args.backend), args.out, x=args.x, batch=args.batch,

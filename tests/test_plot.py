@@ -208,7 +208,7 @@ def test_runs_in_folders_of_one_name_are_told_apart_and_out_needs_its_folder(tmp
     ("unfinished", "run that has not finished"),
     ("percent", "not a fraction"),
     ("no_latency", "no input has a measured latency"),
-    ("bad_suffix", "must be a .png"),
+    ("bad_suffix", "must be a file name ending in .png"),
     ("batch_with_flops", "FLOPs are per image"),
     ("batch_zero", "--batch must be a positive batch size"),
     ("negative_std", "accuracy_std -0.01 is not a fraction in [0, 1]"),
@@ -824,3 +824,29 @@ def test_points_that_share_a_label_are_told_apart(tmp_path):
     assert labels == ["A #1", "A #2", "dense (dups.json)", "dense"]
     drawn = plot_points(load_points([dups, dense]), tmp_path / "p.png", x="flops")
     assert len({label for label, _, _ in drawn["points"]}) == 4
+
+
+def test_a_damaged_deploy_report_in_a_run_says_to_deploy_again(tmp_path):
+    """break174 F5: a corrupt report.json inside a run said "pass a run folder, its
+    results.json or ...", which the user had done."""
+    run = _run(tmp_path / "run", 0.9, 8e6, [(1, 2.0)])
+    (run / "deploy_b1" / "report.json").write_text('{"batch": 1, "latency')
+    with pytest.raises(PlotError, match=r"deploy_b1/report.json is not JSON \(.*\); deploy the run "
+                                        r"there again, or move \S*deploy_b1 out of the run$"):
+        load_points([run])
+
+
+def test_out_paths_that_cannot_be_a_png_say_so(tmp_path, capsys, monkeypatch):
+    """break174 F11: /proc/x.png named plot's temporary file with no way out; `.png` was told
+    it "must be a .png file"; `a.png/` wrote a.png."""
+    run = _run(tmp_path / "r", 0.9, 8e6)
+    cases = {str(tmp_path / "a.png") + "/": "ends in a slash, as a folder does",
+             ".png": "must be a file name ending in .png",
+             "/proc/x.png": "could not be written (No such file or directory); give a path in "
+                            "a folder you can write to"}
+    monkeypatch.chdir(tmp_path)
+    for out, said in cases.items():
+        assert main(["plot", str(run), "--x", "flops", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1 and ".tmp" not in err, err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / ".png").exists()
