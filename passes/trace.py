@@ -261,6 +261,15 @@ def _forward_values(model: nn.Module, example_inputs: tuple) -> list[tuple[str, 
             for i, p in enumerate(named)]
 
 
+def _var_keyword(model: nn.Module) -> str | None:
+    """The name of ``model.forward``'s ``**kwargs`` parameter, or None."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+
+
 def number_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
     """The forward arguments that are a Python number (not a bool) in ``example_inputs`` or,
     past them, by default: traced as inputs (a scale multiplies as one), so a number that
@@ -954,6 +963,13 @@ def _trace_error(model: nn.Module, tracer: _Tracer, e: Exception, numbers: dict)
                f"passes symbolic proxies cannot be traced. Either {way_out}, or use tensor "
                "methods (x.new_zeros(...), x.size(...)) that torch.fx records.")
     code = line.split("#", 1)[0]  # the failing line's code, its comment left out
+    star = _var_keyword(model) if not where[0] else None
+    if star is not None and re.search(rf"\b{re.escape(star)}\b", code):
+        # (break174 F12: `if kw.get("double"):` was told of tensor-dependent control flow)
+        why = (f"The line reads forward's **{star}, and prepare passes example_inputs by "
+               "position, so it cannot fill keyword arguments (torch.fx traces **"
+               f"{star} as a proxy, so a branch on it fails); wrap the model in a module whose "
+               "forward takes them as named arguments, and prepare that.")
     # the number arguments the failing line names (review172 F6: not a failure elsewhere)
     numbers = {k: v for k, v in numbers.items() if re.search(rf"\b{re.escape(k)}\b", code)}
     if numbers and not str(e).startswith("iterating"):

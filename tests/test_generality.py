@@ -4028,6 +4028,23 @@ def test_a_forward_taking_star_args_prunes_and_one_reading_kwargs_is_one_line():
         fxprune.prepare(_ReadsKwargs().double(), (x,))
 
 
+class _BranchesOnKwargs(_StarArgs):
+    def forward(self, x, **options):
+        y = self.a(x)
+        if options.get("double"):  # a flag in **kwargs
+            y = y * 2
+        return self.b(y)
+
+
+def test_a_forward_branching_on_a_kwargs_flag_is_told_of_the_kwargs():
+    """break174 F12: `if kw.get("double"):` got the tensor-dependent control-flow message and
+    advice of leaf_modules and shape guards, not the **kwargs refusal the README gives."""
+    with pytest.raises(fxprune.TraceError, match=r"if options.get\(\"double\"\):[\s\S]*\nThe "
+                                                r"line reads forward's \*\*options, and prepare "
+                                                r"passes example_inputs by position"):
+        fxprune.prepare(_BranchesOnKwargs(), (torch.randn(1, 3, 8, 8),))
+
+
 class _GlobalReduction(nn.Module):
     """PointNet's shape: per-point convs, then a global reduction over the points, spelled as
     models write it, then a head; ``how="channels"`` reduces over the channels instead."""
