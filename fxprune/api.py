@@ -52,7 +52,9 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             ``{MyConv: Conv()}``), see :mod:`fxprune.op_table`. A key is a module class, a
             function (``torch.flip``) or a Tensor method's name (``"flip"``); a module instance
             or a key that is neither callable nor a string raises TypeError, and a key the
-            graph never calls (other than torch's and Python's operators) is warned of. A
+            graph never calls (a module class the model has no module of; torch's own
+            functions and classes and Python's operators excepted: a shared rules dict) is
+            warned of. A
             module class given a row is traced as one call. A row that cannot describe its module (a conv rule for a module
             without ``groups``, ``Conv()`` for a transposed conv) raises
             :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
@@ -297,7 +299,9 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
                       f"{hint}", UserWarning, stacklevel=3)
     for key in rules:
         if (isinstance(key, str) or id(key) in functions
-                or (isinstance(key, type) and issubclass(key, nn.Module))
+                # a module class of the model's (break174 F7: one it has none of was silent)
+                or (isinstance(key, type) and issubclass(key, nn.Module)
+                    and any(isinstance(m, key) for m in model.modules()))
                 # torch's own callables: torch.fx records each call of them, and a rule for
                 # one the model does not call is harmless (e.g. a shared rules dict)
                 or (getattr(key, "__module__", None) or "").split(".")[0] == "torch"
@@ -318,6 +322,8 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
         elif getattr(key, "__objclass__", None) in (torch.Tensor, torch._C.TensorBase):
             why = (f"x.{name}(...) is traced as a call of the method's name: key the row by the "
                    f"string {name!r}")
+        elif isinstance(key, type) and issubclass(key, nn.Module):
+            why = f"the model has no {name} module (nor one of a subclass of it)"
         elif isinstance(key, type) and issubclass(key, torch.autograd.Function):
             why = (f"the traced graph applies no {name} (it runs only inside a module called as "
                    "one op, or not on this input's path)")

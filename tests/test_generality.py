@@ -2743,12 +2743,19 @@ class _AbsPlusOne(nn.Module):
         return self.b(self.scaled(abs(self.a(x)) + 1))
 
 
+class _UnusedModule(nn.Module):
+    def forward(self, x):
+        return x
+
+
 @pytest.mark.parametrize("key, why", [
     ("abs", r"row for abs, .* never calls.*the graph calls operator.abs for it: key the row by "
             r"operator.abs"),
     ("bound", r"row for scaled, .*traces through a bound method or a functools.partial"),
     ("partial", r"row for functools.partial.*traces through a bound method or a functools.partial"),
     ("int", r"row for int, .*int is a class that is no nn.Module: a key is a module class"),
+    # break174 F7: a module class of the user's that the model has none of was silent
+    ("Unused", r"row for _UnusedModule, .*the model has no _UnusedModule module"),
     ("Tensor.flip", r"row for flip, .*x.flip\(...\) is traced as a call of the method's name: key "
                     r"the row by the string 'flip'"),
     ("add", r"row for 'add', a string, .*the graph calls operator.add \(a Python operator\): "
@@ -2759,7 +2766,7 @@ def test_a_rule_key_of_another_kind_the_graph_never_calls_is_warned_of(key, why)
     was warned of with no hint that operator.add is the key."""
     model = _AbsPlusOne()
     key = {"abs": abs, "bound": model.scaled, "partial": functools.partial(torch.relu),
-           "int": int, "Tensor.flip": torch.Tensor.flip}.get(key, key)
+           "int": int, "Tensor.flip": torch.Tensor.flip, "Unused": _UnusedModule}.get(key, key)
     with pytest.warns(UserWarning, match=why):
         fxprune.prepare(model, (X,), rules={key: fxprune.rules.Barrier("mine")})
     with warnings.catch_warnings():  # the key the graph calls: the row applies, quietly
@@ -2767,6 +2774,8 @@ def test_a_rule_key_of_another_kind_the_graph_never_calls_is_warned_of(key, why)
         pm = fxprune.prepare(model, (X,), rules={operator.abs: fxprune.rules.Barrier("mine")})
         # review123 #6: an operator the model does not use is as quiet as a torch function
         fxprune.prepare(model, (X,), rules={operator.matmul: fxprune.rules.Barrier("mine")})
+        # torch's own module classes are as quiet (a shared rules dict)
+        fxprune.prepare(model, (X,), rules={nn.PixelShuffle: fxprune.rules.Barrier("mine")})
     assert prunable(pm) == {}
 
 
