@@ -129,8 +129,10 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
 
     Raises:
         ValueError: malformed input (mismatched group counts or shapes, an empty group, NaN or
-            infinite entries, negative costs, non-numbers, ``resolution < 1``, a resolution whose
-            table, 8 bytes x groups x (resolution + 1), exceeds 2 GiB) or an infeasible budget
+            infinite entries, negative costs, non-numbers, ``resolution < 1``, a table over
+            2 GiB: 8 bytes x groups x (cells + 1), where cells is the integer slack
+            ``budget - min total cost`` when the costs are integers and it is at most
+            ``resolution``, else ``resolution``) or an infeasible budget
             (even the cheapest option of every group costs more than ``budget``).
     """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
