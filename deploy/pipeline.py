@@ -65,8 +65,15 @@ def _check_counts(**counts) -> None:
             continue
         low = 0 if name == "warmup" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            flag = "--" + name.replace("_", "-") if name != "workspace" else "workspace (bytes)"
-            raise DeployError(f"{flag} must be an integer >= {low}, got {value!r}")
+            # both names, as atol (--atol): the Python argument and the flag (break174 F9)
+            raise DeployError(f"{_both(name)} must be an integer >= {low}, got {value!r}")
+
+
+def _both(name: str) -> str:
+    """A deploy() argument named as in Python and as its command-line flag."""
+    if name == "workspace":  # bytes in Python, MiB on the command line
+        return "workspace (bytes; --workspace-mib in MiB)"
+    return f"{name} (--{name.replace('_', '-')})"
 
 
 def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -144,12 +151,13 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         # before the export, not after it (break66 #4: --device mps)
         raise DeployError(f"--device {device}: the torch backend times on 'cpu' or 'cuda', not "
                           f"{torch.device(device).type!r}")
-    tensorrt_only = {"--max-batch": max_batch, "--workspace-mib": workspace}
+    tensorrt_only = {_both("max_batch"): max_batch, _both("workspace"): workspace}
     given_trt = [flag for flag, value in tensorrt_only.items() if value is not None]
     if given_trt and backend != "tensorrt":
         raise DeployError(f"{' and '.join(given_trt)} appl{'y' if len(given_trt) > 1 else 'ies'} "
                           f"to the tensorrt backend, but the {backend} backend was chosen; drop "
-                          f"{'them' if len(given_trt) > 1 else 'it'} or pass --backend tensorrt")
+                          f"{'them' if len(given_trt) > 1 else 'it'} or pass backend='tensorrt' "
+                          "(--backend tensorrt)")
     if precision == "bf16" and backend != "torch":
         raise DeployError(f"precision bf16 is timed by the torch backend only, not {backend}; "
                           "pass --backend torch or --precision fp16")

@@ -937,10 +937,10 @@ def test_export_records_the_opset_the_file_declares_and_refuses_an_older_one(tmp
 
 
 @pytest.mark.parametrize("flag, value, phrase", [
-    ("--iters", "0", "--iters must be an integer >= 1, got 0"),
-    ("--threads", "0", "--threads must be an integer >= 1, got 0"),
-    ("--warmup", "-1", "--warmup must be an integer >= 0, got -1"),
-    ("--batch", "0", "--batch must be an integer >= 1, got 0"),
+    ("--iters", "0", "iters (--iters) must be an integer >= 1, got 0"),
+    ("--threads", "0", "threads (--threads) must be an integer >= 1, got 0"),
+    ("--warmup", "-1", "warmup (--warmup) must be an integer >= 0, got -1"),
+    ("--batch", "0", "batch (--batch) must be an integer >= 1, got 0"),
 ])
 def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, value, phrase):
     out = tmp_path / "out"
@@ -1430,8 +1430,8 @@ def test_an_onnx_file_with_fixed_dims_at_another_shape_is_one_line(tmp_path, cap
 
 
 @pytest.mark.parametrize("extra, phrase", [
-    (["--max-batch", "8"], "--max-batch applies to the tensorrt backend"),
-    (["--workspace-mib", "64"], "--workspace-mib applies to the tensorrt backend"),
+    (["--max-batch", "8"], "max_batch (--max-batch) applies to the tensorrt backend"),
+    (["--workspace-mib", "64"], "workspace (bytes; --workspace-mib in MiB) applies to the tensorrt backend"),
     (["--workspace-mib", "-5"], "--workspace-mib must be an integer >= 1, got -5"),
 ])
 def test_tensorrt_only_flags_are_not_silently_ignored(saved, tmp_path, capsys, extra, phrase):
@@ -1440,6 +1440,18 @@ def test_tensorrt_only_flags_are_not_silently_ignored(saved, tmp_path, capsys, e
     err = capsys.readouterr().err
     assert rc == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_python_callers_are_told_the_argument_not_only_the_flag(tmp_path):
+    """break174 F9: deploy(..., workspace=2**20) said "--workspace-mib applies ...", a flag the
+    caller did not pass, in MiB where the argument is in bytes."""
+    with pytest.raises(DeployError, match=r"^workspace \(bytes; --workspace-mib in MiB\) applies to "
+                                          r"the tensorrt backend.*pass backend='tensorrt'"):
+        deploy(small_net(8), tmp_path / "o", backend="onnxruntime", workspace=2 ** 20,
+               input_shape=SHAPE)
+    with pytest.raises(DeployError, match=r"^iters \(--iters\) must be an integer >= 1, got 0"):
+        deploy(small_net(8), tmp_path / "o", backend="onnxruntime", iters=0, input_shape=SHAPE)
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_deploy_that_fails_leaves_no_folder_it_made_for_nothing(tmp_path, monkeypatch):
