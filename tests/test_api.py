@@ -1641,3 +1641,16 @@ def test_a_warning_points_past_torch_s_frames_at_the_user_s_line():
     with pytest.warns(RuntimeWarning, match="said from a method") as said:
         opt.step(namespace["closure"])  # this line is the user's
     assert said[0].filename == __file__, said[0].filename
+
+
+def test_the_public_names_are_listed_once_and_the_passes_are_discoverable():
+    """break174 F10: fxprune.__all__ named 12 of its names twice, and dir(fxprune.passes) was
+    empty, so the passes the README's table lists could not be found from Python."""
+    import fxprune.passes
+
+    assert len(fxprune.__all__) == len(set(fxprune.__all__))
+    assert all(getattr(fxprune, name) is not None for name in fxprune.__all__)
+    listed = dir(fxprune.passes)
+    assert {"trace", "shape_prop", "insert_masks", "surgery", "bn_rescale"} <= set(listed)
+    assert all(getattr(fxprune.passes, name).__name__ == f"fxprune.passes.{name}"
+               for name in listed if not name.startswith("_"))
