@@ -33,7 +33,9 @@ import math
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -1203,8 +1205,30 @@ def _older_than(path: Path, started_ns: int) -> bool:
 def run(args: argparse.Namespace) -> int:
     from .run_io import outlive_reader, stop_on_sigterm
 
-    with stop_on_sigterm(), outlive_reader():
-        return _run(args)
+    handlers = _signal_handlers()
+    try:
+        with stop_on_sigterm(), outlive_reader():
+            return _run(args)
+    finally:  # (_reported ignored them: a Python caller gets its own back)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _signal_handlers() -> dict:
+    """SIGINT's and SIGTERM's handlers, where this thread may set them (the main thread's)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: h for s in (signal.SIGINT, signal.SIGTERM)
+            if (h := signal.getsignal(s)) is not None}
+
+
+def _reported() -> None:
+    """The command has said how it ends (its error line and status): a signal from now on
+    does not add "interrupted" and 130 to it. Under torchrun the survivors of a process that
+    died get SIGTERM just as their collective fails (break173 F1: "stopped: ..." and then
+    "interrupted", exit 130)."""
+    for signum in _signal_handlers():
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -1225,12 +1249,14 @@ def _run(args: argparse.Namespace) -> int:
                 _refuse_edited_own_recipe(Path(args.config), Path(cfg["out"]).expanduser())
             train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TargetNotReachedError as exc:
+        _reported()
         # trained, and every file written: a status of its own, not a config error's 2
         # (break85 F3: a job script could not tell a typo from a run that missed its target)
         if rank == 0:
             print(f"fxprune train: error: {exc}", file=sys.stderr)
         return 3
     except (FxPruneError, ValueError, OSError) as exc:
+        _reported()
         # fxprune's own errors, invalid data files, folders: the message alone, no traceback.
         # Under torchrun every process reads the same config: rank 0 alone reports a config
         # error; anything else is reported by the process it happened in, named.
@@ -1243,6 +1269,7 @@ def _run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         if not _lost_a_peer(exc):
             raise
+        _reported()
         # another process failed and left this one's collective (break133 F6: a 30-line gloo
         # traceback under rank 0's one-line error; break160 F4: rank 0's own was 28 lines, and
         # a process stopped by a signal of its own prints nothing)

@@ -389,6 +389,36 @@ def test_a_model_too_large_for_memory_is_one_line_naming_its_size(recipe, tmp_pa
         cli_main(["train", str(recipe), "--out", str(tmp_path / "r2")])
 
 
+@pytest.mark.parametrize("failure", ["lost_a_peer", "config"])
+def test_a_signal_after_the_error_line_leaves_the_error_and_its_status(recipe, tmp_path, capsys,
+                                                                       monkeypatch, failure):
+    """break173 F1: under torchrun the survivors of a process that died get SIGTERM as their
+    collective fails: "stopped: another process ..." was followed by "interrupted", exit 130.
+    Once the error line is out, a signal changes nothing; a Python caller's handlers are back
+    afterwards."""
+    import signal
+
+    def lost(cfg, **kwargs):
+        if failure == "config":
+            raise ConfigError("a bad value; the way out")
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection "
+                           "closed by peer")
+    monkeypatch.setattr(train_mod, "train", lost)
+    monkeypatch.setattr(train_mod, "_lost_a_peer", lambda exc: True)
+
+    def print_then_signal(*args, **kwargs):  # torchrun's SIGTERM, as the line goes out
+        print(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(train_mod, "print", print_then_signal, raising=False)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" not in err, err
+    assert ("stopped: another process" if failure == "lost_a_peer" else "a bad value") in err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 @pytest.mark.parametrize("method", ["none", "smcp"])
 def test_a_run_whose_loss_diverges_stops_in_one_line(recipe, tmp_path, capsys, method):
     """break158 F10: optim.lr=10000 exited 0 with an accuracy of chance and a bare NaN in
