@@ -67,6 +67,9 @@ class Point:
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
     family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
     timing: dict[int, dict] = field(default_factory=dict)  # how each batch's latency was timed
+    # per batch, what plot_points warns of where it draws that batch (a deploy report timed
+    # under load, a speedup over the model itself)
+    notes: dict[int, list[str]] = field(default_factory=dict)
     # what the accuracy was scored on (a run's data set name, test images, their hashes; a
     # benchmark row's test image count where it records one; None: not recorded)
     test_set: dict | None = None
@@ -252,6 +255,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                     "backend's" if backend is None and len(kinds) > 1 else "")
             raise PlotError(f"{run_dir} holds two deploy reports at batch {batch} "
                             f"({out[batch]['report']}, {report}); move one out of the run{pick}")
+        notes = []  # said when this batch is drawn (break174 F6: not for batches left off)
         if data.get("timed_under_load") is True:  # deploy said so; a plot of it must too (break58 #8)
             load = data.get("load_average") if isinstance(data.get("load_average"), dict) else {}
             def avg(v):  # as uptime prints it (break70 #4: 5.4306640625)
@@ -259,14 +263,13 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
 
             said = (f" (load average {avg(load.get('before'))} -> {avg(load.get('after'))} on "
                     f"{load.get('cores')} cores)" if load else "")
-            warn(f"{report} was timed while other processes shared the CPU{said}: its latency "
-                 "and speedup may be off; deploy the run again on an idle machine",
-                 RuntimeWarning)
+            notes.append(f"{report} was timed while other processes shared the CPU{said}: its "
+                         "latency and speedup may be off; deploy the run again on an idle machine")
         speedup = data.get("speedup")
         if data.get("compare_is_model") and speedup is not None:
-            warn(f"{report} timed the model against {data['compare_is_model']} as --compare: its "
-                 "speedup measures timing noise, not drawn; deploy the run again with the "
-                 "dense model as --compare", RuntimeWarning)
+            notes.append(f"{report} timed the model against {data['compare_is_model']} as "
+                         "--compare: its speedup measures timing noise, not drawn; deploy the run "
+                         "again with the dense model as --compare")
             speedup = None
         shape = data.get("input_shape")
         out[batch] = {"median": median, "report": str(report),
@@ -274,7 +277,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                       "timing": {**{key: data.get(key) for key in ("backend", "device", "precision",
                                                                   "threads")},
                                  "input": "x".join(map(str, shape[1:])) if isinstance(shape, list) else None,
-                                 "runtime": data.get(f"{data.get('backend')}_version")}}
+                                 "runtime": data.get(f"{data.get('backend')}_version")},
+                      "notes": notes}
     if other and not out:  # (review153 F5: "deploy the runs" said of runs deployed)
         warn(f"{run_dir}: its deploy reports are of {', '.join(sorted(other))}, not --backend "
              f"{backend}: it has no latency to draw", RuntimeWarning)
@@ -375,6 +379,7 @@ def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) 
                  {b: 1.0 if dense and d["speedup"] is None else d["speedup"]
                   for b, d in deploys.items() if d["speedup"] is not None or dense},
                  timing={b: d["timing"] for b, d in deploys.items()}, source=source,
+                 notes={b: d["notes"] for b, d in deploys.items() if d["notes"]},
                  test_set=_test_set(data))
 
 
@@ -433,7 +438,9 @@ def load_points(inputs, *, latencies: bool = True, backend: str | None = None) -
     module docstring); raises :class:`PlotError` naming a missing or foreign input.
     ``latencies=False`` reads no run's deploy reports (a FLOPs plot needs none, so a stale one
     does not refuse the run: break56 #12). ``backend``: read only runs' deploy reports of
-    that backend ("onnxruntime", "torch", "tensorrt"; None: any)."""
+    that backend ("onnxruntime", "torch", "tensorrt"; None: any). What a deploy report warns
+    of (timed under load, a speedup over the model itself) is kept in :attr:`Point.notes` and
+    said by :func:`plot_points` where it draws that batch."""
     points: list[Point] = []
     runs: list[tuple[Point, Path]] = []  # run points and their folders
     seen: dict[Path, str] = {}
@@ -629,6 +636,9 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         xlabel = "MFLOPs per image (batch 1)"
     drawn = [p for p in points if xs[id(p)] is not None]
     _check_one_test_set(drawn)
+    for p in drawn if x != "flops" else ():
+        for note in p.notes.get(batch, ()):
+            warn(note, RuntimeWarning)
     if not drawn:
         raise PlotError(f"no input has {dict(latency='a latency', speedup='a speedup').get(x, 'FLOPs')} "
                         "to plot against; try another --x")

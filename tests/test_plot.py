@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import pytest
 
@@ -433,12 +434,17 @@ def test_a_speedup_over_the_model_itself_is_not_drawn(tmp_path):
         if itself:
             data["compare_is_model"] = itself
         report.write_text(json.dumps(data))
+    points = load_points([run])
+    assert points[0].speedup == {64: 1.4}
+    assert points[0].latency_ms == {1: 2.0, 64: 30.0}
     with pytest.warns(RuntimeWarning, match=r"deploy_b1/report.json timed the model against the "
                                             r"same file as --compare: its speedup measures "
                                             r"timing noise, not drawn"):
-        points = load_points([run])
-    assert points[0].speedup == {64: 1.4}
-    assert points[0].latency_ms == {1: 2.0, 64: 30.0}
+        plot_points(points, tmp_path / "b1.png", batch=1)
+    with warnings.catch_warnings():  # break174 F6: not said where batch 1 is not drawn
+        warnings.simplefilter("error")
+        plot_points(points, tmp_path / "b64.png", batch=64)
+        plot_points(points, tmp_path / "flops.png", x="flops")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -575,10 +581,12 @@ def test_a_deploy_report_timed_under_load_is_said_to_be(tmp_path):
     report.write_text(json.dumps({**data, "timed_under_load": True,
                                   "load_average": {"before": 3.5, "after": 5.4306640625,
                                                    "cores": 2}}))
+    points = load_points([run])
+    assert points[0].latency_ms == {1: 2.0}
     with pytest.warns(RuntimeWarning, match=r"deploy_b1/report.json was timed while other "
                                             r"processes shared the CPU \(load average 3.50 -> "
                                             r"5.43 on 2 cores\).*deploy the run again on an idle"):
-        assert load_points([run])[0].latency_ms == {1: 2.0}
+        plot_points(points, tmp_path / "p.png")
 
 
 def test_the_temporary_file_is_never_a_users_file(tmp_path):
