@@ -681,6 +681,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         train_loader.shard(fxdist.rank(), world)
         test_loader.shard(fxdist.rank(), world, drop_small_last=False)
     steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:  # (break173 F2: a dense run saved an untrained model, exit 0)
+        raise ConfigError(f"the {train_loader.dataset_size} training image(s) give no training "
+                          f"step on {world} processes (a batch with fewer samples than "
+                          "processes is dropped, so that each has one); use more training data "
+                          "(data.subset_train) or fewer processes")
 
     pruner = None
     measured_cost_state = None  # a latency table (and fitted constant) timed for this run

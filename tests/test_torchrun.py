@@ -333,3 +333,20 @@ def test_torchrun_two_processes_keep_masks_equal(method, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["finalize_mismatched_samples"] == 0
     assert results["flops_ratio"] <= 0.5 + 1e-6
+
+
+def test_fewer_training_images_than_processes_is_refused_not_trained_for_zero_steps(
+        tmp_path, monkeypatch):
+    """break173 F2: 1 training image on 2 processes left every epoch without a step (a batch
+    smaller than the process count is dropped): a dense run saved an untrained model and
+    exited 0, a pruning run was told of its schedule."""
+    cfg = resolve_config({**TINY, "prune": {"method": "none"}},
+                         [f"out={tmp_path / 'r'}", "data.name=synthetic", "data.synthetic_train=1"])
+    with one_process_group():
+        monkeypatch.setattr(fxdist, "world_size", lambda: 2)  # (a second process, pretended)
+        import fxprune.train as train_mod
+        monkeypatch.setattr(train_mod, "_refuse_processes_that_differ", lambda *a, **k: None)
+        with pytest.raises(ConfigError, match=r"^the 1 training image\(s\) give no training step "
+                                              r"on 2 processes .*; use more training data"):
+            train(cfg)
+    assert not (tmp_path / "r" / "model_dense.pt").exists()
