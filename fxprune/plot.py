@@ -34,6 +34,7 @@ metadata says so).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -67,12 +68,12 @@ class Point:
     panel: str = ""    # the network a benchmark row measured ("" : the one shared panel)
     family: str = ""   # the colour group: a benchmark row's method family ("" : its source)
     timing: dict[int, dict] = field(default_factory=dict)  # how each batch's latency was timed
-    # per batch, what plot_points warns of where it draws that batch (a deploy report timed
-    # under load, a speedup over the model itself)
-    notes: dict[int, list[str]] = field(default_factory=dict)
     # what the accuracy was scored on (a run's data set name, test images, their hashes; a
     # benchmark row's test image count where it records one; None: not recorded)
     test_set: dict | None = None
+    # per batch, what plot_points warns of where it plots that batch (a deploy report timed
+    # under load, a speedup over the model itself)
+    notes: dict[int, list[str]] = field(default_factory=dict)
 
 
 _INPUTS = "pass a run folder (fxprune train --out), its results.json or a benchmark results .json"
@@ -195,16 +196,14 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         report = sub / "report.json"
         if not (sub / DEPLOY_MARKER).is_file() or not report.is_file():
             continue
-        # where the run was when this report was written: a run deployed, copied and deployed
-        # again holds reports of two places (break174 F2: the second place was refused)
-        was = (_where_the_run_was(run_dir, own, [sub], digest) if own is not None else None) or old_run
-
-        def inside(p: Path, was=was) -> Path:
-            if was is not None and was != run and p.is_relative_to(was):
-                return run / p.relative_to(was)
-            return p
-
         data = _read_json(report, f"deploy the run there again, or move {sub} out of the run")
+        # where the run was when this report was written: a run deployed, copied and deployed
+        # again holds reports of two places (break174 F2, review177 F2: the second place was
+        # refused); what the paths then name is judged by content below
+        was = (_written_at(run, sub, data)
+               or (_where_the_run_was(run_dir, own, [sub], digest) if own is not None else None)
+               or old_run)
+        inside = functools.partial(_moved, was=was, run=run)
         if backend is not None and isinstance(data, dict) and data.get("backend") != backend:
             other.add(str(data.get("backend")))  # (break151 F4: two backends at one batch)
             continue
@@ -239,7 +238,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
             # the run's model, or deploy's export of it inside the run (not a dense model
             # deployed there, nor an ONNX file of the user's, which may be any model)
             ours = path == own or (path.is_relative_to(run) and _export_of(
-                path, own, timed_by=report, after=finished, inside=inside))
+                path, own, timed_by=report, after=finished, run=run, fallback=old_run))
             if not ours or not path.is_file():
                 raise PlotError(f"{report} timed {timed}, not the model of the run {run_dir}"
                                 f"{' (the file is gone)' if ours else ''}; deploy "
@@ -290,11 +289,38 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
 _TIMING_KEYS = ("backend", "device", "precision", "threads", "input", "runtime")
 
 
-def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, inside) -> bool:
+def _moved(p: Path, *, was: Path | None, run: Path) -> Path:
+    """``p``, recorded while the run folder ``run`` was at ``was``, where it is now."""
+    if was is not None and was != run and p.is_relative_to(was):
+        return run / p.relative_to(was)
+    return p
+
+
+def _written_at(run: Path, sub: Path, data) -> Path | None:
+    """Where the run folder ``run`` was when the deploy report of its sub-folder ``sub`` was
+    written: deploy records its ONNX file's absolute path, which lies in ``sub`` (None where
+    the report records none, or one elsewhere)."""
+    onnx = data.get("onnx") if isinstance(data, dict) else None
+    path = onnx.get("path") if isinstance(onnx, dict) else None
+    if not isinstance(path, str):
+        return None
+    try:
+        then = Path(path).resolve().parent.parts
+        rel = sub.resolve().relative_to(run).parts
+    except (OSError, ValueError):  # a NUL in the path; a sub outside the run
+        return None
+    if not rel or len(then) <= len(rel) or then[len(then) - len(rel):] != rel:
+        return None
+    return Path(*then[:len(then) - len(rel)])
+
+
+def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, run: Path,
+               fallback: Path | None) -> bool:
     """Whether ``path`` is a deploy folder's ``model.onnx`` exported from ``own``: that folder's
     report timed ``own`` and is newer than ``after`` (the run), and the file is no newer than
-    it or than ``timed_by`` (a later deploy there, even a failed one, rewrote it). ``inside``
-    maps a path recorded in a run folder that has moved since."""
+    it or than ``timed_by`` (a later deploy there, even a failed one, rewrote it). The model
+    file that report names is read where the run folder ``run`` was when it was written
+    (:func:`_written_at`, else ``fallback``)."""
     source = path.parent / "report.json"
     if path.name != "model.onnx" or not (path.parent / DEPLOY_MARKER).is_file() or not source.is_file():
         return False
@@ -314,8 +340,9 @@ def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, in
         if path.is_file() and path.stat().st_mtime > min(source.stat().st_mtime, timed_by.stat().st_mtime):
             return False
     made_from = made.get("model_file")
+    was = _written_at(run, path.parent, made) or fallback
     try:
-        return isinstance(made_from, str) and inside(Path(made_from).resolve()) == own
+        return isinstance(made_from, str) and _moved(Path(made_from).resolve(), was=was, run=run) == own
     except (OSError, ValueError):  # a NUL in the path
         return False
 
@@ -361,8 +388,9 @@ def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) 
     if not isinstance(data, dict) or "accuracy" not in data or "flops" not in data:
         raise PlotError(f"{source} is not the results.json of an fxprune train run (no accuracy "
                         "and flops); pass a run folder or a benchmark results file with rows")
-    # resolved: "." or a bare results.json (plot run from inside the run) has no name (break174 F3)
-    label = (run_dir or results.parent).resolve().name or str(results)
+    # absolute: "." or a bare results.json (plot run from inside the run) has no name (break174
+    # F3); not resolved, which would name a link's target (review177 F5)
+    label = Path(os.path.abspath(run_dir or results.parent)).name or str(results)
     if data.get("cost_timed_under_load"):  # (break70 #3: said once, at training, only)
         warn(f"{source}: the latency table that priced this run had "
              f"{data['cost_timed_under_load']} timings taken while other processes shared the "
@@ -636,7 +664,9 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
         xlabel = "MFLOPs per image (batch 1)"
     drawn = [p for p in points if xs[id(p)] is not None]
     _check_one_test_set(drawn)
-    for p in drawn if x != "flops" else ():
+    # the notes of every report at this batch, drawn or not (review177 F3: a speedup over the
+    # model itself is why that run is not drawn on --x speedup)
+    for p in points if x != "flops" else ():
         for note in p.notes.get(batch, ()):
             warn(note, RuntimeWarning)
     if not drawn:
@@ -645,7 +675,7 @@ def plot_points(points: list[Point], out, *, x: str = "latency", batch: int | No
     def group(p: Point) -> str:
         if p.family:
             return p.family
-        return (Path(p.source).resolve().parent.name if p.source.endswith("results.json")
+        return (Path(os.path.abspath(p.source)).parent.name if p.source.endswith("results.json")
                 else Path(p.source).name)
 
     panels = list(dict.fromkeys(p.panel for p in drawn))

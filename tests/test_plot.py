@@ -441,6 +441,15 @@ def test_a_speedup_over_the_model_itself_is_not_drawn(tmp_path):
                                             r"same file as --compare: its speedup measures "
                                             r"timing noise, not drawn"):
         plot_points(points, tmp_path / "b1.png", batch=1)
+    bench = _bench(tmp_path / "bench.json")  # review177 F3: and where it is why r is not drawn
+    with open(bench) as f:
+        rows = json.load(f)
+    rows["rows"][0]["speedup"] = {"1": 1.3}
+    bench.write_text(json.dumps(rows))
+    with pytest.warns(RuntimeWarning, match=r"deploy_b1/report.json timed the model against"):
+        drawn = plot_points([*points, *load_points([bench])], tmp_path / "s1.png", x="speedup",
+                            batch=1)
+    assert drawn["skipped"][0] == "r"
     with warnings.catch_warnings():  # break174 F6: not said where batch 1 is not drawn
         warnings.simplefilter("error")
         plot_points(points, tmp_path / "b64.png", batch=64)
@@ -756,7 +765,9 @@ def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path
     shutil.copytree(run, copy)
     assert load_points([copy])[0].latency_ms == {64: 9.0, 1: 1.0}
     (copy / "model_pruned.pt").write_bytes(b"another model")  # not the one the report timed
-    with pytest.raises(PlotError, match="timed .*, not the model of the run"):
+    # (which report is read first says it: the one of the changed file, or the one of its export)
+    with pytest.raises(PlotError, match=r"timed (another model_pruned.pt than the one in .* now "
+                                        r"\(its content changed since|.*, not the model of the run)"):
         load_points([copy])
 
 
@@ -776,15 +787,15 @@ def test_a_run_deployed_in_two_places_still_plots_after_a_copy_or_a_move(tmp_pat
     results = json.loads((run / "results.json").read_text())
     (run / "results.json").write_text(json.dumps({**results, "model": "runs/a/model_pruned.pt"}))
 
-    def deploy(where, batch):
+    def deploy(where, batch, timed="model_pruned.pt"):
         d = where / f"deploy_b{batch}"
         d.mkdir()
         (d / ".fxprune-deploy").write_text("deploy\n")
-        (d / "model.onnx").write_bytes(b"its export")
+        (d / "model.onnx").write_bytes(b"the export of " + (where / timed).read_bytes())
         (d / "report.json").write_text(json.dumps(
             {"batch": batch, "latency_ms": {"median": float(batch)},
-             "model_file": str((where / "model_pruned.pt").resolve()),
-             "model_sha256": file_sha256(model),
+             "model_file": str((where / timed).resolve()),
+             "model_sha256": file_sha256(where / timed),
              "onnx": {"path": str((d / "model.onnx").resolve()),
                       "sha256": file_sha256(d / "model.onnx")}}))
 
@@ -792,14 +803,17 @@ def test_a_run_deployed_in_two_places_still_plots_after_a_copy_or_a_move(tmp_pat
     copy = tmp_path / "B"
     shutil.copytree(run, copy)
     deploy(copy, 2)
-    assert load_points([copy])[0].latency_ms == {1: 1.0, 2: 2.0}
+    # review177 F2: and a deploy of the first place's export, made at the second
+    deploy(copy, 8, timed="deploy_b1/model.onnx")
+    assert load_points([copy])[0].latency_ms == {1: 1.0, 2: 2.0, 8: 8.0}
     again = tmp_path / "C"
     shutil.copytree(copy, again)
-    assert load_points([again])[0].latency_ms == {1: 1.0, 2: 2.0}
+    assert load_points([again])[0].latency_ms == {1: 1.0, 2: 2.0, 8: 8.0}
     copy.rename(tmp_path / "D")
-    assert load_points([tmp_path / "D"])[0].latency_ms == {1: 1.0, 2: 2.0}
+    assert load_points([tmp_path / "D"])[0].latency_ms == {1: 1.0, 2: 2.0, 8: 8.0}
     (again / "model_pruned.pt").write_bytes(b"another model")  # not the one they timed
-    with pytest.raises(PlotError, match="timed .*, not the model of the run"):
+    with pytest.raises(PlotError, match=r"timed another model_pruned.pt than the one in .* now \(its content "
+                                        r"changed since"):
         load_points([again])
 
 
@@ -813,6 +827,8 @@ def test_a_run_given_from_inside_its_folder_is_labelled_by_the_folder(tmp_path, 
     monkeypatch.chdir(smcp)
     assert [p.label for p in load_points([".", "../ccp"])] == ["smcp50", "ccp"]
     assert [p.label for p in load_points(["results.json"])] == ["smcp50"]
+    (tmp_path / "best").symlink_to(smcp)  # review177 F5: a link is labelled by its own name
+    assert [p.label for p in load_points([tmp_path / "best"])] == ["best"]
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its legend
     plot_points(load_points(["results.json", ccp]), tmp_path / "p.png", x="flops")
