@@ -163,7 +163,10 @@ def _cuda_runner(module, x, forward, cuda_graphs: bool, warmup: int):
         return forward
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.no_grad(), torch.cuda.graph(graph):
+        # on a stream of x's device: torch.cuda.graph's default is one stream per process,
+        # made on the device current at the first capture (review177 F1: cuda:1's kernels,
+        # after a capture on cuda:0, went to a stream that was not capturing)
+        with torch.no_grad(), torch.cuda.graph(graph, stream=side):
             module(x)  # the output stays alive in the graph's memory pool
     except RuntimeError as exc:  # a raw traceback after the export and its check (break77 F5)
         raise DeployError(

@@ -92,10 +92,17 @@ def _done_with_signals() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
+#: set by :func:`program`: the process ends with the command, so a command that has said how
+#: it ends may leave SIGINT and SIGTERM ignored (``fxprune train``'s error lines: review177 F4)
+AS_PROGRAM = False
+
+
 def program() -> int:
     """The ``fxprune`` command (its console script, ``python -m fxprune``): :func:`main`, after
     which signals no longer change its status. A Python caller of :func:`main` keeps its
     handlers (review172 F2)."""
+    global AS_PROGRAM
+    AS_PROGRAM = True
     rc = main()
     _done_with_signals()
     return rc

@@ -409,10 +409,12 @@ def load_split(data_cfg: dict, split: str, seed: int = 0) -> tuple[torch.Tensor,
     return _subset(images, labels, n, _mix(seed, 3) if split == "train" else _mix(0, 4))
 
 
-def make_loaders(data_cfg: dict, seed: int = 0, *,
-                 pin_memory: bool = False) -> tuple[BatchLoader, BatchLoader]:
+def make_loaders(data_cfg: dict, seed: int = 0, *, pin_memory: bool = False,
+                 processes: int = 1) -> tuple[BatchLoader, BatchLoader]:
     """``(train_loader, test_loader)`` for a ``data`` config section (keys: ``DATA_DEFAULTS``);
-    ``pin_memory`` as :class:`BatchLoader`'s (for a CUDA device).
+    ``pin_memory`` as :class:`BatchLoader`'s (for a CUDA device); ``processes``: the
+    data-parallel processes that will share each batch (fewer training images than that give
+    no step, which the caller refuses: no warning of a batch of all of them).
 
     The training loader shuffles and (if ``augment``) augments; call ``set_epoch(e)`` before
     each epoch to get that epoch's order. The test loader is fixed-order and unaugmented.
@@ -426,7 +428,7 @@ def make_loaders(data_cfg: dict, seed: int = 0, *,
     channels = int(cfg["channels"])
     batch = int(cfg["batch_size"])
     main = is_main_process() and os.environ.get("RANK", "0") == "0"
-    if batch > len(train_x) and main:  # break70: 100000 was one 60,000-image batch, OOM-killed
+    if processes <= len(train_x) < batch and main:  # break70: 100000 was one 60,000-image batch, OOM-killed
         # a warning, not an error: a tiny subset in one batch is a fair smoke run
         warnings.warn(f"data.batch_size {batch} is more than the {len(train_x)} training "
                       f"images: every step is one batch of all {len(train_x)} (memory grows "

@@ -641,7 +641,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         print(f"fxprune train: {out} on {device}, {where}{why}", flush=True)
     _seed_everything(seed)  # the same seed on every process: same model, same pruner choices
     train_loader, test_loader = make_loaders(cfg["data"], seed=seed,
-                                             pin_memory=device.type == "cuda")
+                                             pin_memory=device.type == "cuda", processes=world)
     data_fingerprint = {"train": train_loader.fingerprint(), "test": test_loader.fingerprint()}
     if distributed:
         _refuse_processes_that_differ(
@@ -684,8 +684,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     if steps_per_epoch == 0:  # (break173 F2: a dense run saved an untrained model, exit 0)
         raise ConfigError(f"the {train_loader.dataset_size} training image(s) give no training "
                           f"step on {world} processes (a batch with fewer samples than "
-                          "processes is dropped, so that each has one); use more training data "
-                          "(data.subset_train) or fewer processes")
+                          "processes is dropped: each process needs one); use more training "
+                          "data (data.subset_train) or fewer processes")
 
     pruner = None
     measured_cost_state = None  # a latency table (and fitted constant) timed for this run
@@ -1210,13 +1210,16 @@ def _older_than(path: Path, started_ns: int) -> bool:
 def run(args: argparse.Namespace) -> int:
     from .run_io import outlive_reader, stop_on_sigterm
 
+    from . import cli
+
     handlers = _signal_handlers()
     try:
         with stop_on_sigterm(), outlive_reader():
             return _run(args)
-    finally:  # (_reported ignored them: a Python caller gets its own back)
+    finally:  # (_reported ignored them: a Python caller gets its own back; the fxprune
+        # command keeps them ignored to its exit, as it would once main returned)
         for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if cli.AS_PROGRAM else handler)
 
 
 def _signal_handlers() -> dict:
@@ -1285,6 +1288,7 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _reported()  # (review177 F4: a second signal, torchrun's after the terminal's Ctrl-C)
         out = Path(cfg["out"]).expanduser() if cfg else None
         results = out / "results.json" if out is not None else None
         if results is not None and results.is_file() and not _older_than(results, started_ns):

@@ -676,3 +676,55 @@ def test_a_model_timed_on_the_second_gpu_is_timed_there():
                                               iters=10)["m"]) for d in ("cuda:0", "cuda:1")}
     assert torch.cuda.current_device() == 0
     assert ms["cuda:1"] > ms["cuda:0"] / 3 and ms["cuda:0"] > ms["cuda:1"] / 3, ms
+
+
+def test_a_cuda_graph_is_captured_on_a_stream_of_the_models_device(monkeypatch):
+    """review177 F1: torch.cuda.graph's default capture stream is one per process, made on the
+    device current at its first capture: after a capture on cuda:0, cuda:1's kernels went to a
+    stream that was not capturing. (torch.cuda stood in for on the CPU.)"""
+    import contextlib
+    import types
+
+    from fxprune.deploy import torch_backend as tb
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = torch.device(device)
+
+        def wait_stream(self, other):
+            pass
+
+    captured = []
+    fake = {"Stream": Stream, "current_stream": lambda device=None: Stream(device),
+            "stream": lambda s: contextlib.nullcontext(), "synchronize": lambda device=None: None,
+            "device": lambda d: contextlib.nullcontext(),
+            "CUDAGraph": lambda: types.SimpleNamespace(replay=lambda: None),
+            "graph": lambda g, stream=None, **kw: (captured.append(stream),
+                                                   contextlib.nullcontext())[1]}
+    for name, value in fake.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    x = types.SimpleNamespace(device=torch.device("cuda", 1))
+    tb.make_runner(lambda x: None, x)
+    assert len(captured) == 1 and captured[0] is not None
+    assert captured[0].device == torch.device("cuda", 1)
+
+
+def test_train_asks_the_loaders_to_pin_for_cuda_only(tmp_path, monkeypatch):
+    """review177 F10: the loaders' pin_memory was tested, not that train passes it."""
+    import fxprune.train as train_mod
+    from fxprune.train import resolve_config, train
+
+    asked = []
+    real = train_mod.make_loaders
+
+    def spy(cfg, seed=0, **kwargs):
+        asked.append(kwargs.get("pin_memory", "not given"))
+        return real(cfg, seed, **kwargs)
+    monkeypatch.setattr(train_mod, "make_loaders", spy)
+    threads = torch.get_num_threads()
+    try:
+        train(resolve_config({**RECIPE, "prune": {"method": "none"}},
+                             [f"out={tmp_path / 'run'}", "device=cpu"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert asked == [False]

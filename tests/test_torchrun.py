@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -350,3 +351,11 @@ def test_fewer_training_images_than_processes_is_refused_not_trained_for_zero_st
                                               r"on 2 processes .*; use more training data"):
             train(cfg)
     assert not (tmp_path / "r" / "model_dense.pt").exists()
+    # review177 F6: nor a warning before it that every step is one batch of all the images
+    from fxprune.data import make_loaders
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_loaders(cfg["data"], processes=2)
+    with pytest.warns(UserWarning, match="every step is one batch of all 1"):
+        make_loaders(cfg["data"])

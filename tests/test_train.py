@@ -389,7 +389,7 @@ def test_a_model_too_large_for_memory_is_one_line_naming_its_size(recipe, tmp_pa
         cli_main(["train", str(recipe), "--out", str(tmp_path / "r2")])
 
 
-@pytest.mark.parametrize("failure", ["lost_a_peer", "config"])
+@pytest.mark.parametrize("failure", ["lost_a_peer", "config", "interrupt"])
 def test_a_signal_after_the_error_line_leaves_the_error_and_its_status(recipe, tmp_path, capsys,
                                                                        monkeypatch, failure):
     """break173 F1: under torchrun the survivors of a process that died get SIGTERM as their
@@ -401,6 +401,8 @@ def test_a_signal_after_the_error_line_leaves_the_error_and_its_status(recipe, t
     def lost(cfg, **kwargs):
         if failure == "config":
             raise ConfigError("a bad value; the way out")
+        if failure == "interrupt":  # review177 F4: the terminal's Ctrl-C, then torchrun's
+            raise KeyboardInterrupt
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection "
                            "closed by peer")
     monkeypatch.setattr(train_mod, "train", lost)
@@ -412,10 +414,13 @@ def test_a_signal_after_the_error_line_leaves_the_error_and_its_status(recipe, t
         os.kill(os.getpid(), signal.SIGINT)
     monkeypatch.setattr(train_mod, "print", print_then_signal, raising=False)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "r")]) == 2
+    rc = cli_main(["train", str(recipe), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "interrupted" not in err, err
-    assert ("stopped: another process" if failure == "lost_a_peer" else "a bad value") in err
+    assert err.count("\n") == 1, err
+    said = {"lost_a_peer": "stopped: another process", "config": "a bad value",
+            "interrupt": "interrupted; no epoch had been saved yet"}[failure]
+    assert said in err and rc == (130 if failure == "interrupt" else 2), (rc, err)
+    assert failure == "interrupt" or "interrupted" not in err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
