@@ -131,8 +131,9 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
         ValueError: malformed input (mismatched group counts or shapes, an empty group, NaN or
             infinite entries, negative costs, non-numbers, ``resolution < 1``, a table over
             2 GiB: 8 bytes x groups x (cells + 1), where cells is the integer slack
-            ``budget - min total cost`` when the costs are integers and it is at most
-            ``resolution``, else ``resolution``) or an infeasible budget
+            ``budget - min total cost`` when every cost's excess over its group's cheapest is
+            an integer and the slack is at most ``resolution``, else ``resolution``) or an
+            infeasible budget
             (even the cheapest option of every group costs more than ``budget``).
     """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
@@ -186,7 +187,8 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     if need > _MAX_TABLE_BYTES:  # (break111 F15: resolution=10**9 asked numpy for 14.9 GiB)
         most = _MAX_TABLE_BYTES // (8 * len(vals)) - 1
         raise ValueError(f"resolution {resolution} over {len(vals)} groups needs a "
-                         f"{need / 2**30:.3g} GiB table (8 bytes x groups x (resolution + 1)); "
+                         f"{need / 2**30:.3g} GiB table (8 bytes x groups x (cells + 1), {cells} "
+                         f"cells: {'the integer slack' if integral else 'the resolution'}); "
                          f"give a resolution of at most {most}")
     if cells == 0 or unit == 0.0:
         # No room above the cheapest choice: the most valuable of each group's cheapest options.

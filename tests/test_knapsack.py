@@ -275,8 +275,12 @@ def test_no_groups_under_a_negative_budget_is_infeasible():
 
 @pytest.mark.parametrize("args, kwargs, message", [
     (([[1, 2], [1, 2]], [[0, .5], [0, .5]], .7), {"resolution": 10**9},
-     r"resolution 1000000000 over 2 groups needs a 14.9 GiB table .*give a resolution of at most "
-     r"134217727"),
+     r"resolution 1000000000 over 2 groups needs a 14.9 GiB table \(8 bytes x groups x \(cells "
+     r"\+ 1\), 1000000000 cells: the resolution\); give a resolution of at most 134217727"),
+    # review177 F8: integer costs size the table by their slack, which the message says
+    (([[0, 1, 2]] * 10, [[0, 1e8, 3e8]] * 10, 3e8), {"resolution": 10**9},
+     r"needs a 22.4 GiB table \(8 bytes x groups x \(cells \+ 1\), 300000000 cells: the "
+     r"integer slack\)"),
     ((None, [[0]], 1), {}, r"values is a sequence of 1-D arrays, one per group, got NoneType"),
     (([[0]], (c for c in [[0]]), 1), {}, r"costs is a sequence of 1-D arrays, one per group, got "
                                           r"generator"),
