@@ -783,9 +783,14 @@ def _check_axes(source: str, key: str, grid: dict, dense_in: int, dense_out: int
 
 
 def _timed(timer: Timer, layer: LayerSpec, c_in: int, c_out: int) -> float:
-    ms = float(timer(layer, c_in, c_out))
-    if not math.isfinite(ms) or ms < 0:
-        raise DeployError(f"timing {layer.name!r} at {c_in}->{c_out} channels gave {ms} ms")
+    given = timer(layer, c_in, c_out)
+    try:  # (break176 F3: a timer returning None was a bare TypeError)
+        ms = float(given)
+    except (TypeError, ValueError):
+        ms = given
+    if not isinstance(ms, float) or not math.isfinite(ms) or ms < 0:
+        raise DeployError(f"timing {layer.name!r} at {c_in}->{c_out} channels gave {ms!r} ms; "
+                          "a timer returns the layer's time as a finite number of ms >= 0")
     return ms
 
 

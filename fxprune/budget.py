@@ -71,14 +71,18 @@ class Budget:
             for i in range(len(index.groups))]
 
     def layer_cost(self, layer: CostedLayer, c_in: int, c_out: int) -> float:
-        value = float(self.model.layer_cost(layer.spec, c_in, c_out))
+        given = self.model.layer_cost(layer.spec, c_in, c_out)
+        try:  # (break176 F3: None, a formula's missing return, was a bare TypeError)
+            value = float(given)
+        except (TypeError, ValueError):
+            value = given
         # break49 #8: NaN surfaced as "budget is nan"; break164 F8: a negative price was taken,
         # and the knapsack then favoured keeping the layer's channels
-        if not (math.isfinite(value) and value >= 0):
+        if not (isinstance(value, float) and math.isfinite(value) and value >= 0):
             raise ValueError(
                 f"the cost model {getattr(self.model, 'name', type(self.model).__name__)!r} "
                 f"prices layer {layer.spec.name!r} at {c_in} input and {c_out} output channels "
-                f"as {value}: layer_cost must return a finite number >= 0")
+                f"as {value!r}: layer_cost must return a finite number >= 0")
         return value
 
     def __getstate__(self) -> dict:

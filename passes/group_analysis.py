@@ -455,9 +455,10 @@ class ChannelAnalysis(NodeFacts):
             for ids in self._all_labels(out):
                 self.untracked(ids, why)
             return out
-        except (AttributeError, TypeError, ValueError, IndexError) as e:
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as e:
             # a rows=given row that does not fit its module (ChannelShuffle without groups): a
-            # bare AttributeError from inside the rule named neither (break47 #4)
+            # bare AttributeError from inside the rule named neither (break47 #4); a
+            # functional row keyed by a module class, a KeyError (break176 F9)
             user_row = (node.op == "call_module" and self.extra_rules
                         and any(base in self.extra_rules for base in type(self.module()).__mro__))
             if not user_row or isinstance(e, FxPruneError):

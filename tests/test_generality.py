@@ -441,6 +441,10 @@ def test_a_row_that_cannot_apply_names_the_module():
 
     with pytest.raises(fxprune.FxPruneError, match=r"`odd` \(NotAConv\).*lacks .*groups"):
         fxprune.prepare(Net(), (X,), leaf_modules=[NotAConv], rules={NotAConv: Conv()})
+    # break176 F9: a row for functional calls keyed by a module class was a bare KeyError
+    with pytest.raises(fxprune.FxPruneError, match=r"rule Conv\(\) given in rules= cannot apply "
+                                                   r"to `a` \(Conv2d\): KeyError"):
+        fxprune.prepare(Up(), (X,), rules={nn.Conv2d: Conv(functional=True)})
 
 
 # -- transposed convs -----------------------------------------------------------------------------

@@ -437,6 +437,15 @@ def test_a_cache_or_table_of_another_kind_is_a_clear_error(tmp_path, content, ph
         LatencyTable.load(tmp_path / "none.json")
 
 
+@pytest.mark.parametrize("bad", [None, float("nan"), -1.0, "fast"])
+def test_a_timer_that_returns_no_time_is_named_with_the_layer(bad):
+    """break176 F3: a custom timer returning None was a bare TypeError naming nothing."""
+    with pytest.raises(DeployError, match=rf"timing '\S+' at \d+->\d+ channels gave "
+                                          rf"{re.escape(repr(bad))} ms; a timer returns the "
+                                          r"layer's time as a finite number of ms >= 0"):
+        LatencyTable.measure([conv()], **FAST, timer=CountingTimer(lambda ci, co: bad))
+
+
 @pytest.mark.parametrize("option", [{"passes": 0}, {"step": 0}, {"threads": 0}, {"warmup": -1},
                                     {"min_runs": 0}, {"min_runs": 5, "max_runs": 4}])
 def test_counts_that_would_time_nothing_are_refused(option):

@@ -1153,6 +1153,17 @@ def test_a_cost_model_pricing_a_width_as_nan_or_inf_is_named():
                                          r"a finite number >= 0"):
         fxprune.SMCP(prepared(), 0.5, cost=Negative())
 
+    class NoReturn(FlopsCost):  # break176 F3: a formula's missing return, a bare TypeError
+        name = "no-return"
+
+        def layer_cost(self, layer, c_in, c_out):
+            if c_in < 0:
+                return 0.0
+
+    with pytest.raises(ValueError, match=r"the cost model 'no-return' prices layer .* as None: "
+                                         r"layer_cost must return a finite number >= 0"):
+        fxprune.SMCP(prepared(), 0.5, cost=NoReturn())
+
 
 def test_a_target_given_as_a_tensor_or_an_absolute_cost_gets_the_way_out():
     """break49 #11: target=torch.tensor(0.5) and target=5e6 (an absolute FLOPs budget) were
