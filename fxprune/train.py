@@ -733,6 +733,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
+        if main and ckpt is None:
+            _refuse_unloadable_state(pruner, method)  # before an epoch is spent
         check_run_fits(pruner, method, total_steps,
                        f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
         own_forward = getattr(pruner, "train_forward", None)
@@ -937,6 +939,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "lr_schedules": lr_schedules, "data": data_fingerprint,
                     "process_counts": process_counts,
                 }
+                if epoch == start_epoch and checkpoint["pruner"] is not None:
+                    _refuse_unloadable_state(pruner, method, checkpoint["pruner"])
                 save_checkpoint(checkpoint, ckpt_path)
                 # said once saved: the line means the epoch is safe (break158 F1)
                 print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
@@ -1220,6 +1224,29 @@ def run(args: argparse.Namespace) -> int:
         # command keeps them ignored to its exit, as it would once main returned)
         for signum, handler in handlers.items():
             signal.signal(signum, signal.SIG_IGN if cli.AS_PROGRAM else handler)
+
+
+def _refuse_unloadable_state(pruner, method: str, state=None) -> None:
+    """FxPruneError where the method's ``state_dict()`` (``state``, else read now) holds what
+    ``torch.load(weights_only=True)`` refuses, which --resume uses (break176 F1: a plug-in's
+    numpy state trained and saved checkpoints that --resume then called another program's).
+    Checked once when the pruner is built and at the run's first checkpoint."""
+    import io
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save(pruner.state_dict() if state is None else state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = next((line.strip() for line in str(exc).splitlines()
+                    if "GLOBAL" in line or "Unsupported" in line), first_line(exc))
+        raise FxPruneError(
+            f"prune.method {method}: its state_dict() holds objects that "
+            f"torch.load(weights_only=True) refuses ({why[:200]}), so --resume could not read "
+            "the run's checkpoint; a method's state holds tensors and plain Python data "
+            "(numbers, strings, lists, dicts: a numpy array as torch.from_numpy(a))") from None
 
 
 def _signal_handlers() -> dict:

@@ -9,6 +9,7 @@ import csv
 import json
 import shutil
 import os
+import re
 import warnings
 
 import pytest
@@ -1536,3 +1537,44 @@ def test_evaluate_reads_its_sums_from_the_device_once_not_per_batch(monkeypatch)
     loss, acc = train_mod.evaluate(model, loader, torch.device("cpu"))
     assert len(reads) <= 2, reads
     assert loss == pytest.approx(want_loss, rel=1e-12) and acc == want_acc
+
+
+class _NumpyAtStart(fxprune.SMCP):
+    """A plug-in whose state holds a numpy array from the start."""
+
+    def state_dict(self):
+        import numpy as np
+
+        return {**super().state_dict(), "extra": np.arange(3)}
+
+
+class _NumpyLater(fxprune.SMCP):
+    """One whose state gains a numpy array once it has stepped."""
+
+    def state_dict(self):
+        import numpy as np
+
+        state = super().state_dict()
+        return {**state, "extra": np.arange(3)} if self.history or self.step_count else state
+
+
+@pytest.mark.parametrize("method", ["numpy_at_start", "numpy_later"])
+def test_a_method_state_that_resume_could_not_read_is_refused_before_it_is_saved(
+        recipe, tmp_path, capsys, monkeypatch, method):
+    """break176 F1: a plug-in whose state_dict held numpy data trained and saved checkpoints,
+    and --resume then called the file another program's."""
+    from fxprune.methods.base import register_method, registry
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    register_method(method, _NumpyAtStart if method == "numpy_at_start" else _NumpyLater)
+    out = tmp_path / "r"
+    assert cli_main(["train", str(recipe), "--set", f"prune.method={method}", "--set",
+                     "prune.channel_step=1", "--set", "prune.warmup=2", "--set", "prune.ramp=4",
+                     "--set", "prune.update_every=2", "--out",
+                     str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"^fxprune train: error: prune.method {method}: its state_dict\(\) holds "
+                     r"objects that torch.load\(weights_only=True\) refuses \(.*numpy.*\), so "
+                     r"--resume could not read the run's checkpoint; a method's state holds "
+                     r"tensors and plain Python data", err), err
+    assert not (out / "checkpoint.pt").exists()

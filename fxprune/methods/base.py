@@ -15,7 +15,9 @@ benchmarks read.
 
 A method is any object with ``step(loss=None) -> dict | None``, ``cost(cost_model=None) ->
 float`` (the current masks' cost as a fraction of dense), ``history`` (the records ``step``
-returned), ``state_dict()``/``load_state_dict()`` (exact resume) and ``finalize_masks()`` (True when it changed the masks).
+returned), ``state_dict()``/``load_state_dict()`` (exact resume; tensors and plain Python data
+only, which ``torch.load(weights_only=True)`` reads back: ``fxprune train`` refuses a state
+holding anything else before it saves one) and ``finalize_masks()`` (True when it changed the masks).
 Two optional hooks let a method train a sub-network of the same weights (CUCB's gathered
 execution): ``train_forward`` (the module the training step calls instead of the prepared
 model) and ``attach_optimizer(optimizer)`` (called once the trainer has built its optimizer).
