@@ -1091,19 +1091,24 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     if main:
         write_results(out, results)
         print(format_results(results))
-    _check_target(results, cfg, out)
+    scheduled = (getattr(pruner, "schedule", None) is not None
+                 or callable(getattr(pruner, "prune_steps", None)))
+    _check_target(results, cfg, out, None if scheduled else (
+        f"prune.method {method} declares no schedule a longer run would lengthen (a `schedule` "
+        "or prune_steps()): its final masks are what its own settings chose"))
     return results
 
 
-def _check_target(results: dict, cfg: dict, out: Path) -> None:
-    """TargetNotReachedError for a run that ended above its target, unless it was allowed."""
+def _check_target(results: dict, cfg: dict, out: Path, why: str | None = None) -> None:
+    """TargetNotReachedError for a run that ended above its target, unless it was allowed;
+    ``why``: said in place of "lengthen the schedule" (a method without one: break176 F5)."""
     if results.get("target_reached", True) or cfg["prune"].get("allow_above_target", False):
         return
     raise TargetNotReachedError(
         f"the run ended at cost {results['pruner_cost']['cost']:.4f} of dense, above its target "
         f"{results['target']:.4f}: {results['model']} is not pruned as asked (results in "
-        f"{out / 'results.json'}); lengthen the schedule, or set prune.allow_above_target=true "
-        "to accept it")
+        f"{out / 'results.json'}); {why + '; change them' if why else 'lengthen the schedule'}, "
+        "or set prune.allow_above_target=true to accept it")
 
 
 def _finished_results(out: Path, epochs: int) -> dict | None:

@@ -167,3 +167,27 @@ def on_device(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(on_device(v) for v in obj)
     return obj
+
+
+class NoScheduleMethod:
+    """A plug-in method of the bare protocol with a ``target`` it never reaches and no schedule
+    (neither ``schedule`` nor ``prune_steps()``): it prunes nothing."""
+
+    def __init__(self, prepared, target=0.5):
+        self.prepared, self.target, self.history, self.step_count = prepared, target, [], 0
+
+    def step(self, loss=None):
+        self.step_count += 1
+        return None
+
+    def cost(self, cost_model=None):
+        return 1.0
+
+    def state_dict(self):
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state):
+        self.step_count = state["step_count"]
+
+    def finalize_masks(self):
+        return False

@@ -753,3 +753,21 @@ def test_a_one_shot_method_is_checked_at_its_update_not_at_its_ramps_end(tmp_pat
     with pytest.raises(ValueError, match=r"oneshot reaches its target at optimizer step 6 \(its "
                                          r"schedule's end\), but this fit has at most 4"):
         trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+
+
+def test_a_method_without_a_schedule_ending_above_its_target_is_not_told_to_train_longer(
+        tmp_path, monkeypatch):
+    """break176 F5: a plug-in with no schedule was told "the schedule had not ended. Train
+    longer"."""
+    from fxprune.methods.base import register_method, registry
+    from fxprune.train import TargetNotReachedError
+    from helpers import NoScheduleMethod
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    register_method("no_schedule", NoScheduleMethod)
+    prune = PruningCallback("no_schedule", target=0.5)
+    with pytest.raises(TargetNotReachedError, match=r"above the target 0\.5000: NoScheduleMethod "
+                                                    r"declares no schedule a longer fit would "
+                                                    r"lengthen") as info:
+        trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
+    assert "Train longer" not in str(info.value)

@@ -1578,3 +1578,20 @@ def test_a_method_state_that_resume_could_not_read_is_refused_before_it_is_saved
                      r"--resume could not read the run's checkpoint; a method's state holds "
                      r"tensors and plain Python data", err), err
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_method_without_a_schedule_ending_above_its_target_is_not_told_to_lengthen_it(
+        recipe, tmp_path, capsys, monkeypatch):
+    """break176 F5: a plug-in with no schedule was told to lengthen it."""
+    from fxprune.methods.base import register_method, registry
+    from helpers import NoScheduleMethod
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    register_method("no_schedule", NoScheduleMethod)
+    assert cli_main(["train", str(recipe), "--set", "prune.method=no_schedule", "--out",
+                     str(tmp_path / "r")]) == 3
+    err = capsys.readouterr().err
+    assert ("prune.method no_schedule declares no schedule a longer run would lengthen (a "
+            "`schedule` or prune_steps()): its final masks are what its own settings chose; "
+            "change them, or set prune.allow_above_target=true") in err, err
+    assert "lengthen the schedule" not in err

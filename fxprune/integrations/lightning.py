@@ -375,6 +375,10 @@ class PruningCallback(pl.Callback):
                     "monitored metric dips while channels go, or another), before the schedule's "
                     f"end{f' at step {end}' if end is not None else ''}; let the fit run past it "
                     "(e.g. EarlyStopping only after it)")
+        if end is None:  # (break176 F5: a method without one was told to train longer)
+            return (f"{type(self.pruner).__name__} declares no schedule a longer fit would "
+                    "lengthen (a `schedule` or prune_steps()): its final masks are what its own "
+                    "settings chose; change them")
         return "the schedule had not ended. Train longer (max_epochs/max_steps) or shorten the schedule"
 
     def _build_kwargs(self, trainer: pl.Trainer | None = None) -> dict:
