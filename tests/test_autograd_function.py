@@ -139,6 +139,37 @@ def test_a_function_class_made_at_each_call_of_a_helper_is_one_op_of_both_traces
     assert not any(isinstance(m, Block) for m in pm.modules())  # traced through, not a leaf
 
 
+class FusedBiasAct(torch.autograd.Function):  # StyleGAN2's fused bias + leaky ReLU: bias[C]
+    @staticmethod
+    def forward(ctx, x, bias):
+        return torch.nn.functional.leaky_relu(x + bias.view(1, -1, 1, 1), 0.2)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g.sum((0, 2, 3))
+
+
+class _FusedNet(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, 4, 1)
+        self.bias = nn.Parameter(torch.randn(c))
+
+    def forward(self, x):
+        return self.b(FusedBiasAct.apply(self.a(x), self.bias))
+
+
+def test_an_elementwise_row_on_an_op_whose_argument_does_not_broadcast_keeps_its_channels():
+    """break176 F4: Elementwise() on a Function taking a bias[C] (not broadcastable to the
+    output) left the conv's channels prunable, and finalize failed after the training."""
+    pm = fxprune.prepare(_FusedNet(), (torch.randn(2, 3, 10, 10),),
+                         rules={FusedBiasAct: Elementwise()})
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
+    assert not group.prunable
+    assert ("Elementwise row on an op whose argument of shape (8,) does not broadcast to its "
+            "output (2, 8, 10, 10)") in group.reason
+
+
 def test_a_function_without_a_row_is_a_barrier_saying_how_to_give_one():
     x = torch.randn(2, 3, 8, 8)
     pm = fxprune.prepare(Net(SwishFn), (x,))

@@ -37,7 +37,23 @@ class Elementwise(ChannelRule):
                 return _tuple_arithmetic(ctx)
             return None
         inputs = [a for a in self.inputs(ctx.node) if ctx.shape(a) is not None]
+        odd = next((a for a in inputs if not _broadcasts(ctx.shape(a), out_shape)), None)
+        if odd is not None:  # (break176 F4: a fused bias+activation Function given this row
+            # took a bias[C], which does not broadcast: x's channels passed, finalize failed)
+            ctx.untracked_inputs(
+                f"an Elementwise row on an op whose argument of shape {tuple(ctx.shape(odd))} "
+                f"does not broadcast to its output {tuple(out_shape)}: the op is not "
+                "elementwise, and the row does not describe it (give it a rule of its own)")
+            return {}
         return broadcast_unify(ctx, inputs, out_shape, "elementwise")
+
+
+def _broadcasts(shape, out_shape) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``out_shape`` (torch's rules)."""
+    if len(shape) > len(out_shape):
+        return False
+    tail = out_shape[len(out_shape) - len(shape):]
+    return all(s == 1 or s == o for s, o in zip(shape, tail))
 
 
 def _item_labels(ctx, a) -> list | None:

@@ -62,11 +62,43 @@ class _WeightLayer(ChannelRule):
             missing = ["`weight` as an nn.Parameter"]
         elif not missing and m.weight.ndim < 2:
             missing = [f"a weight with input and output dims (its weight has shape {tuple(m.weight.shape)})"]
+        elif not missing:
+            self._check_layout(ctx, m)
         if missing:
             raise FxPruneError(
                 f"rule {type(self).__name__}() cannot apply to `{ctx.module_name()}` ({type(m).__name__}): "
                 f"it lacks {', '.join(missing)}. Give it a rule of its own kind (a subclass of "
                 f"fxprune.rules.ChannelRule), or leave it out of rules= to keep its channels whole")
+
+
+    def _check_layout(self, ctx, m) -> None:
+        """The weight's dims at ``in_dim``/``out_dim`` hold the module's own input and output
+        counts (``in_features``/``out_features``, or a conv's ``in_channels``/``out_channels``
+        over ``groups``), where it has them: a weight laid out otherwise (GPT-2's Conv1D,
+        ``[in, out]``) given a row of torch's layout passed as prunable when square and failed
+        at finalize (break176 F2)."""
+        shape = tuple(m.weight.shape)
+        ints = lambda *names: all(isinstance(getattr(m, n, None), int) for n in names)  # noqa: E731
+        if ints("in_features", "out_features"):
+            want = {self.in_dim: ("in_features", m.in_features),
+                    self.out_dim: ("out_features", m.out_features)}
+        elif ints("in_channels", "out_channels", "groups") and m.groups >= 1:
+            per_group = "out_channels" if getattr(m, "transposed", False) else "in_channels"
+            want = {self.in_dim: ("in_channels", m.in_channels), self.out_dim: ("out_channels", m.out_channels)}
+            for d, (name, n) in list(want.items()):
+                if name == per_group:
+                    want[d] = (f"{name} / groups", n // m.groups)
+        else:
+            return
+        for d, (name, n) in want.items():
+            if d < len(shape) and shape[d] != n:
+                raise FxPruneError(
+                    f"rule {type(self).__name__}() cannot apply to `{ctx.module_name()}` "
+                    f"({type(m).__name__}): its weight has shape {shape}, whose dim {d} (the row's "
+                    f"{'in_dim' if d == self.in_dim else 'out_dim'}) has {shape[d]} where its "
+                    f"{name} is {n}. A weight laid out otherwise needs a row that says so: "
+                    f"class MyRow({type(self).__name__}): in_dim, out_dim = ... (the weight dims "
+                    "holding its input and output channels)")
 
 
 def _computed_bias(ctx, bias, out_ids, what: str) -> None:
@@ -166,18 +198,19 @@ class Conv(_WeightLayer):
         return {cdim: out}
 
     def connect(self, ctx, call, x_in, g, c_in):
-        w_out = ctx.space(call.weight, 0, source=True)
+        # the row's weight dims (break176 F2: a subclass's in_dim/out_dim were not read)
+        w_out = ctx.space(call.weight, self.out_dim, source=True)
         if g > 1 and c_in == g:  # depthwise (with channel multiplier c_out // c_in)
             ctx.connect(w_out.reshape(g, -1), None if x_in is None else x_in[:, None], "depthwise conv")
         else:
-            w_in = ctx.space(call.weight, 1)
+            w_in = ctx.space(call.weight, self.in_dim)
             per_group = x_in.reshape(g, -1) if x_in is not None else None
             for b in range(g):
                 ctx.connect(w_in, None if per_group is None else per_group[b], "conv input")
             blocks = w_out.reshape(g, -1)
             for b in range(1, g):
                 ctx.unify(blocks[0], blocks[b], "grouped conv keeps groups equal")
-            ctx.mask_site(call.weight, 1, self)
+            ctx.mask_site(call.weight, self.in_dim, self)
         return w_out
 
     def layer_spec(self, ctx, call, c_in, c_out):
@@ -431,19 +464,21 @@ class Linear(_WeightLayer):
                 # put at 0.31 (break72 #1); as a conv's spatial dims, kept whole
                 ctx.untracked(ids, "rows of a linear (a channel dim it runs across, as token "
                               "mixing does: its cost would not follow the kept channels)")
-        w_out, w_in = ctx.space(name, 0, source=True), ctx.space(name, 1)
+        # the row's weight dims (break176 F2: GPT-2's Conv1D, weight [in, out], could not be
+        # described by a Linear subclass with in_dim, out_dim = 0, 1)
+        w_out, w_in = ctx.space(name, self.out_dim, source=True), ctx.space(name, self.in_dim)
         ctx.connect(w_in, labels.get(last), "linear input")
-        ctx.mask_site(name, 1, self)
+        ctx.mask_site(name, self.in_dim, self)
         if bias is not None:
             ctx.unify(ctx.space(bias, 0), w_out, "linear bias")
         elif self.functional:
             _computed_bias(ctx, node_arg(node, 2, "bias", None), w_out, "linear")
         w = ctx.tensor(name)
-        ctx.layer(LayerSpec(module, "linear", w.shape[1], w.shape[0], tuple(ctx.shape(x)),
-                            tuple(ctx.out_shape()), bias=bias is not None,
+        ctx.layer(LayerSpec(module, "linear", w.shape[self.in_dim], w.shape[self.out_dim],
+                            tuple(ctx.shape(x)), tuple(ctx.out_shape()), bias=bias is not None,
                             dtype=str(w.dtype).replace("torch.", ""),
                             meta={"unbatched": True} if len(ctx.shape(x)) == 1 else {}),
-                  name, 1, 0)
+                  name, self.in_dim, self.out_dim)
         out = {d: v for d, v in labels.items() if d != last}
         out[last] = w_out
         return out
