@@ -482,9 +482,7 @@ def _verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: fl
     except Exception as e:  # noqa: BLE001 - a surgery bug, reported as one
         hooks = _user_hooks(pruned, e)
         raise SurgeryError(f"the pruned model fails on the example inputs: {type(e).__name__}: {e}. "
-                           + (hooks or "This is a bug in fxprune or in a custom rule: please report "
-                              "it with the model. finalize(prepared, check=False) returns the model "
-                              "anyway.")) from e
+                           + (hooks or _likely_cause(prepared))) from e
     err = max_relative_error(expected, got)
     if not err <= rtol:
         again = max_relative_error(expected, run_eval(prepared, inputs))
@@ -531,10 +529,23 @@ def _verify(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, rtol: fl
         hooks = _user_hooks(pruned)
         raise SurgeryError(
             f"the pruned model's output differs from the masked model's by {err:.3g} (relative; "
-            f"allowed {rtol:g}). " + (hooks or "This is a bug in fxprune or in a custom rule: please "
-                                      "report it with the model. finalize(prepared, check=False) "
-                                      "returns the model anyway."))
+            f"allowed {rtol:g}). " + (hooks or _likely_cause(prepared)))
     return err
+
+
+def _likely_cause(prepared: fx.GraphModule) -> str:
+    """The end of a failed check's error: the rows the user gave ``prepare`` (rules=) where
+    there are any, the likeliest cause (break176 F8: an Elementwise() row on an op that mixes
+    channels was called "a bug in fxprune or in a custom rule", naming neither), else a bug."""
+    rows = state_of(prepared).rules
+    anyway = "finalize(prepared, check=False) returns the model anyway."
+    if not rows:
+        return f"This is a bug in fxprune: please report it with the model. {anyway}"
+    listed = ", ".join(f"{getattr(key, '__qualname__', None) or key}: {type(row).__name__}()"
+                       for key, row in list(rows.items())[:6]) + (", ..." if len(rows) > 6 else "")
+    return (f"The rows given in rules= ({listed}) are the likeliest cause: each must describe its "
+            "op (an Elementwise() row keeps every channel to itself; an op that mixes, reorders "
+            f"or reduces channels needs a rule of its own kind, or a Barrier). {anyway}")
 
 
 def _float64_error(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, expected) -> float:

@@ -1654,3 +1654,33 @@ def test_the_public_names_are_listed_once_and_the_passes_are_discoverable():
     assert {"trace", "shape_prop", "insert_masks", "surgery", "bn_rescale"} <= set(listed)
     assert all(getattr(fxprune.passes, name).__name__ == f"fxprune.passes.{name}"
                for name in listed if not name.startswith("_"))
+
+
+class _ChannelFlip(torch.nn.Module):  # reverses the channels: not elementwise
+    def forward(self, x):
+        return x.flip(1)
+
+
+class _FlipNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.flip, self.b = torch.nn.Conv2d(3, 8, 3), _ChannelFlip(), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.flip(self.a(x)))
+
+
+def test_a_failed_check_names_the_rows_the_user_gave():
+    """break176 F8: an Elementwise() row on an op that reorders channels was found by finalize
+    as "a bug in fxprune or in a custom rule", naming neither the row nor the op."""
+    from fxprune.rules import Elementwise
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    pm = fxprune.prepare(_FlipNet().eval(), (x,), rules={_ChannelFlip: Elementwise()},
+                         leaf_modules=[_ChannelFlip])
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
+    group.mask[:4] = 0
+    with pytest.raises(fxprune.SurgeryError, match=r"The rows given in rules= \(_ChannelFlip: "
+                                                   r"Elementwise\(\)\) are the likeliest cause"):
+        fxprune.finalize(pm)
