@@ -221,7 +221,9 @@ class LatencyTable:
         model (anything else), whose layers come with the widths pruning can give them
         (:func:`fxprune.units.reachable_widths`; :func:`layer_grid`). ``timer(layer, c_in, c_out) -> ms`` replaces
         the backend's timing (tests, custom runtimes); its results are cached like real ones,
-        so give it its own cache file. ``min_count``: a count timed on every axis below ``step``
+        under its name (its function's or class's ``__qualname__``, recorded as the runtime
+        ``custom-timer NAME``): two instances of one class that time differently need their own
+        cache files, or ``device`` labels. ``min_count``: a count timed on every axis below ``step``
         (the pruner's ``channel_step``): a coarse grid (``step=128``, to fit a time budget) then
         interpolates narrow widths instead of pricing them as ``step`` channels (on an H200,
         resnet50's narrowest model was priced at 0.55 of dense, a 50% target unreachable). ``warmup``/``min_runs``/``max_runs``/``target_ms`` set
@@ -301,8 +303,10 @@ class LatencyTable:
             on_cpu = backend == "onnxruntime" or (
                 backend == "torch" and getattr(timer.device, "type", "") == "cpu")
             timed_on = default_device  # the machine itself: `device` may be a label of the user's
-        else:
-            runtime_version, default_device, timed_on = "custom-timer", "custom-timer", None
+        else:  # named: two timers sharing a cache file do not read each other's points, and a
+            # table or report does not pass it off as the backend's (break176 F6)
+            named = getattr(timer, "__qualname__", None) or type(timer).__qualname__
+            runtime_version, default_device, timed_on = f"custom-timer {named}", "custom-timer", None
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
         table.timed_on, table.step = timed_on, step
         if backend == "torch" and timed_on is not None:  # what calibrate_cost must time alike
@@ -354,7 +358,9 @@ class LatencyTable:
         long = (f"; about {hours:.1f} h on a CPU at ~{CPU_SECONDS_PER_POINT * 1000:.0f} ms a "
                 "point: a coarser step times fewer, and a cache= file keeps what was timed"
                 if on_cpu and hours >= 0.5 else "")
-        log(f"latency table ({backend}, {threads} threads, step {step}): {len(layers)} "
+        timed_by = (backend if not runtime_version.startswith("custom-timer")
+                    else f"{runtime_version.replace('custom-timer', 'custom timer', 1)}")
+        log(f"latency table ({timed_by}, {threads} threads, step {step}): {len(layers)} "
             f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
             f"({table.stats['cached']} cached, {len(todo)} to time, in {passes} pass{'es' if passes != 1 else ''}{long})")
 
@@ -824,7 +830,7 @@ def _milliseconds(value) -> float:
 def _this_machine(table: "LatencyTable") -> tuple[str, str] | None:
     """(device name, runtime version) a table of ``table``'s backend would record here; None
     where that is unknown (TensorRT without tensorrt, a custom timer)."""
-    if table.runtime_version == "custom-timer":
+    if table.runtime_version.startswith("custom-timer"):
         return None
     if table.backend == "onnxruntime":
         from . import onnxruntime_backend as ortb

@@ -437,6 +437,27 @@ def test_a_cache_or_table_of_another_kind_is_a_clear_error(tmp_path, content, ph
         LatencyTable.load(tmp_path / "none.json")
 
 
+def test_two_timers_sharing_a_cache_do_not_read_each_others_points(tmp_path):
+    """break176 F6: a second timer= with the same cache file replayed the first one's numbers
+    (and logs and tables said ONNX Runtime)."""
+    def timer_a(layer, ci, co):
+        return 1.0
+
+    def timer_b(layer, ci, co):
+        return 2.0
+
+    said = []
+    cache = tmp_path / "cache.json"
+    first = LatencyTable.measure([conv()], **{**FAST, "log": said.append}, timer=timer_a, cache=cache)
+    second = LatencyTable.measure([conv()], **FAST, timer=timer_b, cache=cache)
+    layer = conv()
+    assert first.layer_cost(layer, 8, 8) == 1.0 and second.layer_cost(layer, 8, 8) == 2.0
+    assert second.runtime_version.endswith("timer_b") and "custom timer" in said[0]
+    again = LatencyTable.measure([conv()], **FAST, timer=CountingTimer(lambda ci, co: 9.0),
+                                 cache=cache)
+    assert again.stats["cached"] == 0  # a third timer (a class instance): its own points too
+
+
 @pytest.mark.parametrize("bad", [None, float("nan"), -1.0, "fast"])
 def test_a_timer_that_returns_no_time_is_named_with_the_layer(bad):
     """break176 F3: a custom timer returning None was a bare TypeError naming nothing."""
