@@ -1117,7 +1117,8 @@ def format_results(results: dict) -> str:
         for k, v in results["pruner_cost"].items():
             shown = (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool)
                      else f"{v:.4g}" if isinstance(v, float) else str(v))
-            lines.append(f"{'  pruner ' + k:22}{'':>14}{shown:>14}")
+            priced = f"   ({results['cost_model']} of dense)" if results.get("cost_model") else ""
+            lines.append(f"{'  pruner ' + k:22}{'':>14}{shown:>14}{priced}")
     lines.append(f"method {results['method']}, {results['epochs']} epochs, "
                  f"{results['train_time_s']} s training; model: {results['model']}")
     if results.get("cost_timed_under_load"):

@@ -1065,6 +1065,10 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
                        finalize_mismatched_samples=mismatched, **stats, model=str(path),
                        pruner_cost=cost)
         priced_by = getattr(getattr(pruner, "budget", None), "model", None)
+        if isinstance(getattr(priced_by, "name", None), str):
+            # what pruner_cost and target are fractions of (break176 F7: a method's own cost
+            # model was named nowhere)
+            results["cost_model"] = priced_by.name
         if getattr(priced_by, "fit", None):  # "latency+fixed": how its constant was fitted
             results["cost_fit"] = {"fixed_cost": priced_by.fixed_cost, **priced_by.fit}
         table = getattr(priced_by, "base", priced_by)

@@ -1595,3 +1595,15 @@ def test_a_method_without_a_schedule_ending_above_its_target_is_not_told_to_leng
             "`schedule` or prune_steps()): its final masks are what its own settings chose; "
             "change them, or set prune.allow_above_target=true") in err, err
     assert "lengthen the schedule" not in err
+
+
+def test_results_name_the_cost_model_the_pruner_cost_is_in(recipe, tmp_path, capsys):
+    """break176 F7: pruner_cost and target were fractions of a cost named nowhere (a method's
+    own cost model beside the FLOPs row of the table)."""
+    out = tmp_path / "r"
+    assert cli_main(["train", str(recipe), "--set", "prune.method=smcp", "--set",
+                     "prune.cost=params", "--set", "prune.channel_step=1", "--set", "prune.warmup=2",
+                     "--set", "prune.ramp=4", "--set", "prune.update_every=2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["cost_model"] == "params"
+    assert re.search(r"pruner cost +\d\.\d+   \(params of dense\)", capsys.readouterr().out)
