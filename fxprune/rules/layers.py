@@ -77,6 +77,8 @@ class _WeightLayer(ChannelRule):
         over ``groups``), where it has them: a weight laid out otherwise (GPT-2's Conv1D,
         ``[in, out]``) given a row of torch's layout passed as prunable when square and failed
         at finalize (break176 F2)."""
+        if getattr(m, "transposed", False) and self.in_dim != 0:
+            return  # a transposed conv given Conv(): the row's own check says ConvTranspose()
         shape = tuple(m.weight.shape)
         ints = lambda *names: all(isinstance(getattr(m, n, None), int) for n in names)  # noqa: E731
         if ints("in_features", "out_features"):
