@@ -77,8 +77,10 @@ class _WeightLayer(ChannelRule):
         over ``groups``), where it has them: a weight laid out otherwise (GPT-2's Conv1D,
         ``[in, out]``) given a row of torch's layout passed as prunable when square and failed
         at finalize (break176 F2)."""
-        if getattr(m, "transposed", False) and self.in_dim != 0:
-            return  # a transposed conv given Conv(): the row's own check says ConvTranspose()
+        if isinstance(getattr(m, "transposed", None), bool) and m.transposed != (self.in_dim == 0):
+            # a torch conv given the other kind's row (Conv() for a transposed one, or the
+            # reverse): the row's own check says which to use (review178 F6)
+            return
         shape = tuple(m.weight.shape)
         ints = lambda *names: all(isinstance(getattr(m, n, None), int) for n in names)  # noqa: E731
         if ints("in_features", "out_features"):
@@ -236,12 +238,13 @@ class Conv(_WeightLayer):
                          meta={"unbatched": True} if unbatched else {})
 
     def resize(self, m, node, ctx):
-        out = m.weight.shape[0]
+        # the row's dims (review178 F1: a subclass's layout was read as torch's here)
+        out = m.weight.shape[self.out_dim]
         if m.groups > 1 and m.in_channels == m.groups:
             mult = m.out_channels // m.in_channels
             m.in_channels = m.groups = out // mult
         else:
-            m.in_channels = m.weight.shape[1] * m.groups
+            m.in_channels = m.weight.shape[self.in_dim] * m.groups
         m.out_channels = out
 
     def rewrite(self, node, ctx):
@@ -486,7 +489,8 @@ class Linear(_WeightLayer):
         return out
 
     def resize(self, m, node, ctx):
-        m.out_features, m.in_features = m.weight.shape
+        # the row's dims (review178 F1: GPT-2's Conv1D came out with the two swapped)
+        m.out_features, m.in_features = m.weight.shape[self.out_dim], m.weight.shape[self.in_dim]
 
 
 class ChannelAffine(ChannelRule):
