@@ -170,6 +170,40 @@ def test_an_elementwise_row_on_an_op_whose_argument_does_not_broadcast_keeps_its
             "output (2, 8, 10, 10)") in group.reason
 
 
+class BlurFn(torch.autograd.Function):  # a fused blur: a (3, 3) kernel, one per channel
+    @staticmethod
+    def forward(ctx, x, kernel):
+        c = x.shape[1]
+        return torch.nn.functional.conv2d(x, kernel.expand(c, 1, 3, 3), padding=1, groups=c)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _BlurNet(_FusedNet):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("kernel", torch.full((3, 3), 1 / 9))
+
+    def forward(self, x):
+        return self.b(BlurFn.apply(self.a(x), self.kernel))
+
+
+def test_an_elementwise_row_on_an_op_with_a_kernel_argument_still_prunes_exactly():
+    """review178 F3: the refusal above must not take a blur's (3, 3) kernel, which holds no
+    channels, for a misplaced per-channel tensor: its channels were pruned exactly before."""
+    x = torch.randn(2, 3, 10, 10)
+    pm = fxprune.prepare(_BlurNet().eval(), (x,), rules={BlurFn: Elementwise()})
+    (group,) = [g for g in fxprune.channel_groups(pm) if g.name == "a"]
+    assert group.prunable
+    group.mask[::2] = 0
+    with torch.no_grad():
+        want = pm(x)
+        got = fxprune.finalize(pm)(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_a_function_without_a_row_is_a_barrier_saying_how_to_give_one():
     x = torch.randn(2, 3, 8, 8)
     pm = fxprune.prepare(Net(SwishFn), (x,))

@@ -37,13 +37,19 @@ class Elementwise(ChannelRule):
                 return _tuple_arithmetic(ctx)
             return None
         inputs = [a for a in self.inputs(ctx.node) if ctx.shape(a) is not None]
-        odd = next((a for a in inputs if not _broadcasts(ctx.shape(a), out_shape)), None)
-        if odd is not None:  # (break176 F4: a fused bias+activation Function given this row
-            # took a bias[C], which does not broadcast: x's channels passed, finalize failed)
+        # an argument that does not broadcast and has a dim of the channels' size: a per-channel
+        # tensor the op lines up itself (break176 F4: a fused bias+activation Function given
+        # this row took a bias[C]; x's channels passed, the bias was not sliced, finalize
+        # failed). One without (a blur's kernel) stays as before (review178 F3).
+        channels = out_shape[1] if len(out_shape) >= 2 else None
+        odd = next((a for a in inputs if not _broadcasts(ctx.shape(a), out_shape)
+                    and channels in tuple(ctx.shape(a))), None)
+        if odd is not None:
             ctx.untracked_inputs(
                 f"an Elementwise row on an op whose argument of shape {tuple(ctx.shape(odd))} "
                 f"does not broadcast to its output {tuple(out_shape)}: the op is not "
-                "elementwise, and the row does not describe it (give it a rule of its own)")
+                "elementwise, and the row does not describe it (give it a rule of its own kind, "
+                "e.g. a ChannelAffine naming that tensor)")
             return {}
         return broadcast_unify(ctx, inputs, out_shape, "elementwise")
 
