@@ -200,7 +200,10 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         # where the run was when this report was written: a run deployed, copied and deployed
         # again holds reports of two places (break174 F2, review177 F2: the second place was
         # refused); what the paths then name is judged by content below
-        was = (_written_at(run, sub, data)
+        # (only a report whose content hash is then checked: one without, of an earlier
+        # fxprune, is judged by its time in the run's own place; review178 F2)
+        was = ((_written_at(run, sub, data) if isinstance(data, dict)
+                and isinstance(data.get("model_sha256"), str) else None)
                or (_where_the_run_was(run_dir, own, [sub], digest) if own is not None else None)
                or old_run)
         inside = functools.partial(_moved, was=was, run=run)
@@ -340,7 +343,8 @@ def _export_of(path: Path, own: Path | None, *, timed_by: Path, after: float, ru
         if path.is_file() and path.stat().st_mtime > min(source.stat().st_mtime, timed_by.stat().st_mtime):
             return False
     made_from = made.get("model_file")
-    was = _written_at(run, path.parent, made) or fallback
+    was = (_written_at(run, path.parent, made) if isinstance(made.get("model_sha256"), str)
+           else None) or fallback
     try:
         return isinstance(made_from, str) and _moved(Path(made_from).resolve(), was=was, run=run) == own
     except (OSError, ValueError):  # a NUL in the path

@@ -874,3 +874,29 @@ def test_out_paths_that_cannot_be_a_png_say_so(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1 and ".tmp" not in err, err
     assert not (tmp_path / "a.png").exists() and not (tmp_path / ".png").exists()
+
+
+def test_a_report_without_a_hash_copied_from_another_run_is_not_read_where_its_path_says(tmp_path):
+    """review178 F2: a report of an earlier fxprune (no model_sha256) copied from run A into
+    run B with fresh times was mapped by its ONNX path onto B's model and plotted as B's."""
+    import shutil
+
+    runs = {}
+    for name in ("A", "B"):
+        run = _run(tmp_path / name, 0.9, 8e6)
+        (run / "model_pruned.pt").write_bytes(f"model {name}".encode())
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps(
+            {**results, "model": str((run / "model_pruned.pt").resolve())}))
+        runs[name] = run
+    d = runs["A"] / "deploy_b1"
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "model.onnx").write_bytes(b"export of A")
+    (d / "report.json").write_text(json.dumps(
+        {"batch": 1, "latency_ms": {"median": 3.0},
+         "model_file": str((runs["A"] / "model_pruned.pt").resolve()),
+         "onnx": {"path": str((d / "model.onnx").resolve())}}))
+    shutil.copytree(d, runs["B"] / "deploy_b1")  # fresh times: newer than B's results
+    with pytest.raises(PlotError, match="timed .*A/model_pruned.pt, not the model of the run"):
+        load_points([runs["B"]])
