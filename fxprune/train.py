@@ -733,8 +733,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
-        if main and ckpt is None:
-            _refuse_unloadable_state(pruner, method)  # before an epoch is spent
+        if ckpt is None:  # before an epoch is spent; every rank stops alike (review178 F4)
+            _on_main(lambda: _refuse_unloadable_state(pruner, method, at_build=True))
         check_run_fits(pruner, method, total_steps,
                        f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
         own_forward = getattr(pruner, "train_forward", None)
@@ -1235,7 +1235,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signum, signal.SIG_IGN if cli.AS_PROGRAM else handler)
 
 
-def _refuse_unloadable_state(pruner, method: str, state=None) -> None:
+def _refuse_unloadable_state(pruner, method: str, state=None, *, at_build: bool = False) -> None:
     """FxPruneError where the method's ``state_dict()`` (``state``, else read now) holds what
     ``torch.load(weights_only=True)`` refuses, which --resume uses (break176 F1: a plug-in's
     numpy state trained and saved checkpoints that --resume then called another program's).
@@ -1243,8 +1243,15 @@ def _refuse_unloadable_state(pruner, method: str, state=None) -> None:
     import io
     import pickle
 
+    if state is None:
+        try:
+            state = pruner.state_dict()
+        except Exception:  # noqa: BLE001 - a state that needs the run (an optimizer attached)
+            if at_build:  # is checked at the first checkpoint instead (review178 F4)
+                return
+            raise
     buffer = io.BytesIO()
-    torch.save(pruner.state_dict() if state is None else state, buffer)
+    torch.save(state, buffer)
     buffer.seek(0)
     try:
         torch.load(buffer, weights_only=True)
