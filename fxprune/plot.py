@@ -188,7 +188,8 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
 
     # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
     subs = sorted({m.parent for m in run_dir.rglob(DEPLOY_MARKER)})
-    digest = file_sha256(own) if own is not None and own.is_file() else None
+    # the model's hash once, and only where there are reports to match it with
+    digest = file_sha256(own) if subs and own is not None and own.is_file() else None
     if old_run is None and own is not None:  # a relative out: results.json names no folder
         old_run = _where_the_run_was(run_dir, own, subs, digest)
 
@@ -204,7 +205,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         # fxprune, is judged by its time in the run's own place; review178 F2)
         was = ((_written_at(run, sub, data) if isinstance(data, dict)
                 and isinstance(data.get("model_sha256"), str) else None)
-               or (_where_the_run_was(run_dir, own, [sub], digest) if own is not None else None)
+               or (_timed_there(run, sub, data, own, digest) if own is not None else None)
                or old_run)
         inside = functools.partial(_moved, was=was, run=run)
         if backend is not None and isinstance(data, dict) and data.get("backend") != backend:
@@ -359,24 +360,37 @@ def _where_the_run_was(run_dir: Path, own: Path, subs: list[Path],
     the same place in that folder as it is in this one (its ONNX file's path, where recorded).
     None when no report says so. ``digest``: ``own``'s sha256, where the caller has it."""
     run = run_dir.resolve()
-    if digest is None:
+    if digest is None and subs:
         digest = file_sha256(own) if own.is_file() else None
     for sub in subs:
         try:
             data = json.loads((sub / "report.json").read_text())
-            timed = Path(data["model_file"]).resolve()
-            onnx = data.get("onnx") if isinstance(data.get("onnx"), dict) else {}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue  # judged (and refused, if need be) by the reading that follows
-        old = timed.parent
-        if (timed.name != own.name or old == run or digest is None
-                or data.get("model_sha256") != digest):
-            continue
-        if isinstance(onnx.get("path"), str) and not Path(onnx["path"]).resolve().is_relative_to(
-                old / sub.resolve().relative_to(run)):
-            continue  # that report was not written in the run's folder then
-        return old
+        old = _timed_there(run, sub, data, own, digest)
+        if old is not None:
+            return old
     return None
+
+
+def _timed_there(run: Path, sub: Path, data, own: Path, digest: str | None) -> Path | None:
+    """The folder the run (now at ``run``) was in when the report ``data`` of its sub-folder
+    ``sub`` timed the run's model there: a file of ``own``'s name and content (``digest``),
+    written at the same place in that folder (its ONNX file's path, where recorded); else
+    None."""
+    try:
+        timed = Path(data["model_file"]).resolve()
+        onnx = data.get("onnx") if isinstance(data.get("onnx"), dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    old = timed.parent
+    if (timed.name != own.name or old == run or digest is None
+            or data.get("model_sha256") != digest):
+        return None
+    if isinstance(onnx.get("path"), str) and not Path(onnx["path"]).resolve().is_relative_to(
+            old / sub.resolve().relative_to(run)):
+        return None  # that report was not written in the run's folder then
+    return old
 
 
 def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) -> Point:
