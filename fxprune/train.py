@@ -1231,8 +1231,11 @@ def run(args: argparse.Namespace) -> int:
             return _run(args)
     finally:  # (_reported ignored them: a Python caller gets its own back; the fxprune
         # command keeps them ignored to its exit, as it would once main returned)
-        for signum, handler in handlers.items():
-            signal.signal(signum, signal.SIG_IGN if cli.AS_PROGRAM else handler)
+        if cli.AS_PROGRAM:
+            cli._done_with_signals()
+        else:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
 
 
 def _refuse_unloadable_state(pruner, method: str, state=None, *, at_build: bool = False) -> None:
@@ -1277,9 +1280,10 @@ def _reported() -> None:
     """The command has said how it ends (its error line and status): a signal from now on
     does not add "interrupted" and 130 to it. Under torchrun the survivors of a process that
     died get SIGTERM just as their collective fails (break173 F1: "stopped: ..." and then
-    "interrupted", exit 130)."""
-    for signum in _signal_handlers():
-        signal.signal(signum, signal.SIG_IGN)
+    "interrupted", exit 130). What the command does once it has finished."""
+    from .cli import _done_with_signals
+
+    _done_with_signals()
 
 
 def _run(args: argparse.Namespace) -> int:
