@@ -39,6 +39,25 @@ def _deployed(run, model, median=1.5):
         {"batch": 1, "latency_ms": {"median": median}, "model_file": str(model)}))
 
 
+def _deploy_of(where, name, batch, timed, *, median=None, hashed=True):
+    """``where/name``: a deploy folder as fxprune deploy writes it, having timed the file
+    ``where/timed`` at ``batch`` (median ``batch`` ms unless given), with its ONNX export and
+    the export's path; the content hashes too unless ``hashed`` is False (an earlier fxprune's)."""
+    from fxprune.run_io import file_sha256
+
+    d, timed = where / name, where / timed
+    d.mkdir()
+    (d / ".fxprune-deploy").write_text("deploy\n")
+    (d / "model.onnx").write_bytes(b"the export of " + timed.read_bytes())
+    onnx = {"path": str((d / "model.onnx").resolve())}
+    report = {"batch": batch, "latency_ms": {"median": float(batch if median is None else median)},
+              "model_file": str(timed.resolve()), "onnx": onnx}
+    if hashed:
+        report["model_sha256"], onnx["sha256"] = file_sha256(timed), file_sha256(d / "model.onnx")
+    (d / "report.json").write_text(json.dumps(report))
+    return d
+
+
 def _bench(path):
     path.write_text(json.dumps({"machine": {"batch": 1}, "rows": [
         {"label": "tp-taylor", "accuracy": 0.80, "accuracy_std": 0.01, "flops": 4e6,
@@ -746,14 +765,7 @@ def test_a_moved_run_trained_with_a_relative_out_still_plots_by_content(tmp_path
     model.write_bytes(b"the pruned model")
     results = json.loads((run / "results.json").read_text())
     (run / "results.json").write_text(json.dumps({**results, "model": "runs/quick/model_pruned.pt"}))
-    d = run / "deploy_b64"
-    d.mkdir()
-    (d / ".fxprune-deploy").write_text("deploy\n")
-    (d / "model.onnx").write_bytes(b"its export")
-    (d / "report.json").write_text(json.dumps(
-        {"batch": 64, "latency_ms": {"median": 9.0}, "model_file": str(model.resolve()),
-         "model_sha256": file_sha256(model),
-         "onnx": {"path": str((d / "model.onnx").resolve()), "sha256": file_sha256(d / "model.onnx")}}))
+    d = _deploy_of(run, "deploy_b64", 64, "model_pruned.pt", median=9.0)
     e = run / second  # a deploy of deploy_b64's export, at batch 1
     e.mkdir()
     (e / ".fxprune-deploy").write_text("deploy\n")
@@ -777,8 +789,6 @@ def test_a_run_deployed_in_two_places_still_plots_after_a_copy_or_a_move(tmp_pat
     the run model's."""
     import shutil
 
-    from fxprune.run_io import file_sha256
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     run = _run(tmp_path / "runs" / "a", 0.9, 8e6)
@@ -788,16 +798,7 @@ def test_a_run_deployed_in_two_places_still_plots_after_a_copy_or_a_move(tmp_pat
     (run / "results.json").write_text(json.dumps({**results, "model": "runs/a/model_pruned.pt"}))
 
     def deploy(where, batch, timed="model_pruned.pt"):
-        d = where / f"deploy_b{batch}"
-        d.mkdir()
-        (d / ".fxprune-deploy").write_text("deploy\n")
-        (d / "model.onnx").write_bytes(b"the export of " + (where / timed).read_bytes())
-        (d / "report.json").write_text(json.dumps(
-            {"batch": batch, "latency_ms": {"median": float(batch)},
-             "model_file": str((where / timed).resolve()),
-             "model_sha256": file_sha256(where / timed),
-             "onnx": {"path": str((d / "model.onnx").resolve()),
-                      "sha256": file_sha256(d / "model.onnx")}}))
+        _deploy_of(where, f"deploy_b{batch}", batch, timed)
 
     deploy(run, 1)
     copy = tmp_path / "B"
@@ -889,14 +890,7 @@ def test_a_report_without_a_hash_copied_from_another_run_is_not_read_where_its_p
         (run / "results.json").write_text(json.dumps(
             {**results, "model": str((run / "model_pruned.pt").resolve())}))
         runs[name] = run
-    d = runs["A"] / "deploy_b1"
-    d.mkdir()
-    (d / ".fxprune-deploy").write_text("deploy\n")
-    (d / "model.onnx").write_bytes(b"export of A")
-    (d / "report.json").write_text(json.dumps(
-        {"batch": 1, "latency_ms": {"median": 3.0},
-         "model_file": str((runs["A"] / "model_pruned.pt").resolve()),
-         "onnx": {"path": str((d / "model.onnx").resolve())}}))
+    d = _deploy_of(runs["A"], "deploy_b1", 1, "model_pruned.pt", median=3.0, hashed=False)
     shutil.copytree(d, runs["B"] / "deploy_b1")  # fresh times: newer than B's results
     with pytest.raises(PlotError, match="timed .*A/model_pruned.pt, not the model of the run"):
         load_points([runs["B"]])
