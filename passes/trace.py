@@ -249,10 +249,7 @@ def fixed_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
 def _forward_values(model: nn.Module, example_inputs: tuple) -> list[tuple[str, object]]:
     """(name, value) of each named forward argument: its value in ``example_inputs`` or,
     past them, its default (``inspect.Parameter.empty`` where it has none)."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return []
+    params = _forward_parameters(model)
     # the graph's placeholders, in order: the positional parameters, then the keyword-only
     # ones (which example_inputs fill by that position), then *args and **kwargs
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
@@ -261,13 +258,17 @@ def _forward_values(model: nn.Module, example_inputs: tuple) -> list[tuple[str, 
             for i, p in enumerate(named)]
 
 
+def _forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    """``model.forward``'s parameters ([] where it has no signature to read)."""
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+
+
 def _var_keyword(model: nn.Module) -> str | None:
     """The name of ``model.forward``'s ``**kwargs`` parameter, or None."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    return next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+    return next((p.name for p in _forward_parameters(model) if p.kind is p.VAR_KEYWORD), None)
 
 
 def number_arguments(model: nn.Module, example_inputs: tuple = ()) -> dict:
