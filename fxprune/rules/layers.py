@@ -87,11 +87,12 @@ class _WeightLayer(ChannelRule):
             want = {self.in_dim: ("in_features", m.in_features),
                     self.out_dim: ("out_features", m.out_features)}
         elif ints("in_channels", "out_channels", "groups") and m.groups >= 1:
-            per_group = "out_channels" if getattr(m, "transposed", False) else "in_channels"
-            want = {self.in_dim: ("in_channels", m.in_channels), self.out_dim: ("out_channels", m.out_channels)}
-            for d, (name, n) in list(want.items()):
-                if name == per_group:
-                    want[d] = (f"{name} / groups", n // m.groups)
+            if getattr(m, "transposed", False):  # its weight holds one group's outputs
+                want = {self.in_dim: ("in_channels", m.in_channels),
+                        self.out_dim: ("out_channels / groups", m.out_channels // m.groups)}
+            else:  # a conv's weight holds one group's inputs
+                want = {self.in_dim: ("in_channels / groups", m.in_channels // m.groups),
+                        self.out_dim: ("out_channels", m.out_channels)}
         else:
             return
         for d, (name, n) in want.items():
