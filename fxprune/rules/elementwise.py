@@ -4,6 +4,7 @@ from __future__ import annotations
 import operator
 
 import numpy as np
+import torch
 from torch import fx
 
 from .base import ChannelRule, Labels, node_arg, norm_dim, set_node_arg, varargs
@@ -56,10 +57,10 @@ class Elementwise(ChannelRule):
 
 def _broadcasts(shape, out_shape) -> bool:
     """Whether a tensor of ``shape`` broadcasts to ``out_shape`` (torch's rules)."""
-    if len(shape) > len(out_shape):
+    try:
+        return torch.broadcast_shapes(tuple(shape), tuple(out_shape)) == tuple(out_shape)
+    except RuntimeError:
         return False
-    tail = out_shape[len(out_shape) - len(shape):]
-    return all(s == 1 or s == o for s, o in zip(shape, tail))
 
 
 def _item_labels(ctx, a) -> list | None:
