@@ -52,8 +52,8 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError, TargetNotReachedError, first_line
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
-                           measured_latency_cost, method_parameters, step_too_wide,
-                           TIMED_FLOOR)
+                           measured_latency_cost, method_parameters, schedule_end,
+                           step_too_wide, TIMED_FLOOR)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -1095,9 +1095,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     if main:
         write_results(out, results)
         print(format_results(results))
-    scheduled = (getattr(pruner, "schedule", None) is not None
-                 or callable(getattr(pruner, "prune_steps", None)))
-    _check_target(results, cfg, out, None if scheduled else (
+    _check_target(results, cfg, out, None if schedule_end(pruner) is not None else (
         f"prune.method {method} declares no schedule a longer run would lengthen (a `schedule` "
         "or prune_steps()): its final masks are what its own settings chose"))
     return results

@@ -66,7 +66,7 @@ import fxprune
 from .. import distributed as fxdist
 from ..errors import warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import check_method_kwargs, trains_model
+from ..methods.base import check_method_kwargs, schedule_end, trains_model
 from ..run_io import save_module, unwritable_folder
 
 
@@ -303,17 +303,7 @@ class PruningCallback(pl.Callback):
         return self._saved is not None and self._saved == _file_id(self.save_path)
 
     def _schedule_end(self) -> int | None:
-        """The optimizer step at which the method's masks reach its target: the ramp's end
-        (SMCP and its family), the last round (CCP); None where it has no fixed end."""
-        schedule = getattr(self.pruner, "schedule", None)
-        if schedule is not None and getattr(self.pruner, "target", None) is not None:
-            # the first update at or after the ramp's end (a one-shot's window, update_every,
-            # a freeze: review157 F5), else the ramp's end
-            end = int(schedule.ramp_end)
-            return next((s for s in range(end, end + int(schedule.update_every) + 1)
-                         if schedule.updates_at(s)), end)
-        steps = self.pruner.prune_steps() if callable(getattr(self.pruner, "prune_steps", None)) else []
-        return int(max(steps)) if steps else None
+        return schedule_end(self.pruner)
 
     def _check_fit_runs_the_method(self, trainer: pl.Trainer) -> None:
         """Before training (break155 F1, F2): no optimizer of the fit holds the prepared

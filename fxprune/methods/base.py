@@ -83,6 +83,21 @@ def latest_pruner(prepared) -> Any | None:
     return ref() if ref is not None else None
 
 
+def schedule_end(pruner) -> int | None:
+    """The optimizer step at which ``pruner``'s masks reach its target: the ramp's end (SMCP
+    and its family), the last round (CCP); None where it declares no fixed end (a plug-in
+    without a ``schedule`` or ``prune_steps()``), so that a longer run would not help."""
+    schedule = getattr(pruner, "schedule", None)
+    if schedule is not None and getattr(pruner, "target", None) is not None:
+        # the first update at or after the ramp's end (a one-shot's window, update_every,
+        # a freeze: review157 F5), else the ramp's end
+        end = int(schedule.ramp_end)
+        return next((s for s in range(end, end + int(schedule.update_every) + 1)
+                     if schedule.updates_at(s)), end)
+    steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
+    return int(max(steps)) if steps else None
+
+
 #: cost names measured on this machine: a latency table, and one with its fitted fixed cost
 LATENCY_COSTS = ("latency", "latency+fixed")
 
