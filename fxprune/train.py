@@ -628,7 +628,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                           f"nothing to resume, its files are kept as they are ({more})",
                           flush=True)
                     print(format_results(done))
-                _check_target(done, cfg, out)
+                # resuming cannot lengthen a finished run's schedule (review178 F9)
+                _check_target(done, cfg, out, "the run is finished: a new run (another --out) "
+                              "with a longer schedule or a higher target would reach it")
                 return done
 
     if ckpt is not None:  # a run that will train on writes its folder (rank 0 checks)
@@ -1095,21 +1097,23 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     if main:
         write_results(out, results)
         print(format_results(results))
-    _check_target(results, cfg, out, None if schedule_end(pruner) is not None else (
-        f"prune.method {method} declares no schedule a longer run would lengthen (a `schedule` "
-        "or prune_steps()): its final masks are what its own settings chose"))
+    _check_target(results, cfg, out, "lengthen the schedule" if schedule_end(pruner) is not None
+                  else f"prune.method {method} declares no schedule a longer run would lengthen "
+                       "(a `schedule` or prune_steps()): its final masks are what its own "
+                       "settings chose; change them")
     return results
 
 
-def _check_target(results: dict, cfg: dict, out: Path, why: str | None = None) -> None:
+def _check_target(results: dict, cfg: dict, out: Path, way_out: str) -> None:
     """TargetNotReachedError for a run that ended above its target, unless it was allowed;
-    ``why``: said in place of "lengthen the schedule" (a method without one: break176 F5)."""
+    ``way_out``: what would reach the target (a method without a schedule: break176 F5; a
+    finished run resumed: review178 F9), said before allow_above_target."""
     if results.get("target_reached", True) or cfg["prune"].get("allow_above_target", False):
         return
     raise TargetNotReachedError(
         f"the run ended at cost {results['pruner_cost']['cost']:.4f} of dense, above its target "
         f"{results['target']:.4f}: {results['model']} is not pruned as asked (results in "
-        f"{out / 'results.json'}); {why + '; change them' if why else 'lengthen the schedule'}, "
+        f"{out / 'results.json'}); {way_out}, "
         "or set prune.allow_above_target=true to accept it")
 
 

@@ -129,8 +129,12 @@ def test_run_ending_above_target_fails_loudly_unless_allowed(tmp_path, monkeypat
     allowed = train(resolve_config(cfg, ["prune.allow_above_target=true"]), overwrite=True)
     assert allowed["target_reached"] is False
     # a finished run resumed (nothing to train) says the same, and accepts it when allowed
-    with pytest.raises(TargetNotReachedError, match=r"cost 0.9000 of dense, above its target"):
+    with pytest.raises(TargetNotReachedError, match=r"cost 0.9000 of dense, above its target") \
+            as finished:
         train(cfg, resume=True)
+    # resuming cannot lengthen a finished run: the way out is a new run (review178 F9)
+    assert "lengthen the schedule" not in str(finished.value)
+    assert "the run is finished: a new run (another --out)" in str(finished.value)
     assert train(resolve_config(cfg, ["prune.allow_above_target=true"]),
                  resume=True)["target_reached"] is False
 
