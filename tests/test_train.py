@@ -423,6 +423,17 @@ def test_a_signal_after_the_error_line_leaves_the_error_and_its_status(recipe, t
     assert said in err and rc == (130 if failure == "interrupt" else 2), (rc, err)
     assert failure == "interrupt" or "interrupted" not in err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    # the fxprune command (cli.program) ends with the command: they stay ignored to its exit,
+    # or a signal in the interpreter's last seconds would still change the status (review178 F7)
+    from fxprune import cli
+    monkeypatch.setattr(cli, "AS_PROGRAM", True)
+    try:
+        rc2 = cli_main(["train", str(recipe), "--out", str(tmp_path / "r2")])
+        after = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    finally:
+        for signum, handler in zip((signal.SIGINT, signal.SIGTERM), before):
+            signal.signal(signum, handler)
+    assert rc2 == rc and after == (signal.SIG_IGN, signal.SIG_IGN), (rc2, after)
 
 
 @pytest.mark.parametrize("method", ["none", "smcp"])
