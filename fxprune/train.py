@@ -52,8 +52,8 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .errors import FxPruneError, TargetNotReachedError, first_line
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
-                           measured_latency_cost, method_parameters, schedule_end,
-                           step_too_wide, TIMED_FLOOR)
+                           measured_latency_cost, method_parameters, refuse_unloadable_state,
+                           schedule_end, step_too_wide, TIMED_FLOOR)
 from .models import build_model
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -736,7 +736,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                   + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
         total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
         if ckpt is None:  # before an epoch is spent; every rank stops alike (review178 F4)
-            _on_main(lambda: _refuse_unloadable_state(pruner, method, at_build=True))
+            _on_main(lambda: refuse_unloadable_state(pruner, method, at_build=True))
         check_run_fits(pruner, method, total_steps,
                        f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
         own_forward = getattr(pruner, "train_forward", None)
@@ -942,7 +942,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "process_counts": process_counts,
                 }
                 if epoch == start_epoch and checkpoint["pruner"] is not None:
-                    _refuse_unloadable_state(pruner, method, checkpoint["pruner"])
+                    refuse_unloadable_state(pruner, method, checkpoint["pruner"])
                 save_checkpoint(checkpoint, ckpt_path)
                 # said once saved: the line means the epoch is safe (break158 F1)
                 print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc "
@@ -1238,36 +1238,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-
-
-def _refuse_unloadable_state(pruner, method: str, state=None, *, at_build: bool = False) -> None:
-    """FxPruneError where the method's ``state_dict()`` (``state``, else read now) holds what
-    ``torch.load(weights_only=True)`` refuses, which --resume uses (break176 F1: a plug-in's
-    numpy state trained and saved checkpoints that --resume then called another program's).
-    Checked once when the pruner is built and at the run's first checkpoint."""
-    import io
-    import pickle
-
-    if state is None:
-        try:
-            state = pruner.state_dict()
-        except Exception:  # noqa: BLE001 - a state that needs the run (an optimizer attached)
-            if at_build:  # is checked at the first checkpoint instead (review178 F4)
-                return
-            raise
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    try:
-        torch.load(buffer, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        why = next((line.strip() for line in str(exc).splitlines()
-                    if "GLOBAL" in line or "Unsupported" in line), first_line(exc))
-        raise FxPruneError(
-            f"prune.method {method}: its state_dict() holds objects that "
-            f"torch.load(weights_only=True) refuses ({why[:200]}), so --resume could not read "
-            "the run's checkpoint; a method's state holds tensors and plain Python data "
-            "(numbers, strings, lists, dicts: a numpy array as torch.from_numpy(a))") from None
 
 
 def _signal_handlers() -> dict:

@@ -191,3 +191,23 @@ class NoScheduleMethod:
 
     def finalize_masks(self):
         return False
+
+
+class NumpyStateAtStart(fxprune.SMCP):
+    """A plug-in whose state holds a numpy array from the start (torch.load(weights_only=True)
+    refuses it)."""
+
+    def state_dict(self):
+        import numpy as np
+
+        return {**super().state_dict(), "extra": np.arange(3)}
+
+
+class NumpyStateLater(fxprune.SMCP):
+    """One whose state gains a numpy array once it has stepped."""
+
+    def state_dict(self):
+        import numpy as np
+
+        state = super().state_dict()
+        return {**state, "extra": np.arange(3)} if self.history or self.step_count else state

@@ -771,3 +771,28 @@ def test_a_method_without_a_schedule_ending_above_its_target_is_not_told_to_trai
                                                     r"lengthen") as info:
         trainer(tmp_path, 1, [prune]).fit(Classifier(), loader())
     assert "Train longer" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["numpy_at_start", "numpy_later"])
+def test_a_method_state_a_resume_could_not_read_is_refused_not_converted(
+        tmp_path, monkeypatch, method):
+    """The callback turned a plug-in's numpy state into tensors for Lightning's
+    weights_only=True load, so its load_state_dict met tensors it had never saved; it is
+    refused as fxprune train refuses it (break176 F1), before a step or at the first save."""
+    from fxprune.errors import FxPruneError
+    from fxprune.methods.base import register_method, registry
+    from helpers import NumpyStateAtStart, NumpyStateLater
+
+    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    register_method(method, NumpyStateAtStart if method == "numpy_at_start" else NumpyStateLater)
+    prune = PruningCallback(method, **SMCP_ARGS)
+    record = RecordMasks()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    with pytest.raises(FxPruneError, match=rf"^prune.method {method}: its state_dict\(\) holds "
+                                           r"objects that torch.load\(weights_only=True\) "
+                                           r"refuses \(.*numpy.*\), so Lightning's ckpt_path "
+                                           r"resume could not read the run's checkpoint"):
+        trainer(tmp_path, 2, [prune, record, ckpt]).fit(Classifier(), loader())
+    assert not list((tmp_path / "ckpt").glob("*.ckpt"))
+    # refused before the first step, or at the first save
+    assert (prune.pruner.step_count == 0) == (method == "numpy_at_start")

@@ -1550,25 +1550,6 @@ def test_evaluate_reads_its_sums_from_the_device_once_not_per_batch(monkeypatch)
     assert loss == pytest.approx(want_loss, rel=1e-12) and acc == want_acc
 
 
-class _NumpyAtStart(fxprune.SMCP):
-    """A plug-in whose state holds a numpy array from the start."""
-
-    def state_dict(self):
-        import numpy as np
-
-        return {**super().state_dict(), "extra": np.arange(3)}
-
-
-class _NumpyLater(fxprune.SMCP):
-    """One whose state gains a numpy array once it has stepped."""
-
-    def state_dict(self):
-        import numpy as np
-
-        state = super().state_dict()
-        return {**state, "extra": np.arange(3)} if self.history or self.step_count else state
-
-
 @pytest.mark.parametrize("method", ["numpy_at_start", "numpy_later"])
 def test_a_method_state_that_resume_could_not_read_is_refused_before_it_is_saved(
         recipe, tmp_path, capsys, monkeypatch, method):
@@ -1577,7 +1558,9 @@ def test_a_method_state_that_resume_could_not_read_is_refused_before_it_is_saved
     from fxprune.methods.base import register_method, registry
 
     monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
-    register_method(method, _NumpyAtStart if method == "numpy_at_start" else _NumpyLater)
+    from helpers import NumpyStateAtStart, NumpyStateLater
+
+    register_method(method, NumpyStateAtStart if method == "numpy_at_start" else NumpyStateLater)
     out = tmp_path / "r"
     assert cli_main(["train", str(recipe), "--set", f"prune.method={method}", "--set",
                      "prune.channel_step=1", "--set", "prune.warmup=2", "--set", "prune.ramp=4",

@@ -43,6 +43,7 @@ are not supported: the method reads whole weights and their gradients.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import math
@@ -51,7 +52,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import fx, nn
 
@@ -66,7 +66,8 @@ import fxprune
 from .. import distributed as fxdist
 from ..errors import warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import check_method_kwargs, schedule_end, trains_model
+from ..methods.base import (check_method_kwargs, refuse_unloadable_state, schedule_end,
+                            trains_model)
 from ..run_io import save_module, unwritable_folder
 
 
@@ -84,18 +85,8 @@ def _method_entry(name: str):
     return get_method(name)
 
 
-def _checkpoint_safe(value: Any) -> Any:
-    """Numpy values as Python numbers and tensors: Lightning loads checkpoints with
-    ``torch.load(weights_only=True)`` by default, which refuses numpy objects."""
-    if isinstance(value, dict):
-        return {k: _checkpoint_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_checkpoint_safe(v) for v in value)
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value.copy())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+#: who reads a checkpoint's method state back with torch.load(weights_only=True)
+_READ_BY = "Lightning's ckpt_path resume"
 
 
 @contextlib.contextmanager
@@ -206,6 +197,7 @@ class PruningCallback(pl.Callback):
         #: checkpoint saved after fit() holds, so a longer fit resumed from it goes on training
         #: (CUCB's final pick had ended its exploration: break24 #7)
         self._trained_state: dict | None = None
+        self._state_checked = False
         self._batch = 0  # training batches started; the method steps once per batch
         self._stepped_batch = -1
         self._param_ids: set[int] | None = None  # the pruned model's parameters
@@ -268,6 +260,9 @@ class PruningCallback(pl.Callback):
         if self.pruner is None:
             self.prepared = find_prepared(pl_module, self.attribute)
             self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs(trainer))
+            # before a step is spent, as fxprune train does (a state refused by
+            # weights_only=True was turned into tensors its load_state_dict never saw)
+            refuse_unloadable_state(self.pruner, self.method, at_build=True, read_by=_READ_BY)
             resumed_from = getattr(trainer, "ckpt_path", None)
             if resumed_from and self._pending_state is None and trainer.is_global_zero:
                 # Lightning restores callbacks by state_key: one written with other arguments
@@ -462,7 +457,8 @@ class PruningCallback(pl.Callback):
             return
         if getattr(self.pruner, "sync_state", None) is not None:
             self.pruner.sync_state()  # every rank: a checkpoint after fit() holds all statistics
-        self._trained_state = _checkpoint_safe(self.pruner.state_dict())
+        # a copy: finalize_masks() below may change what the state's tensors and lists hold
+        self._trained_state = copy.deepcopy(self._checked_state())
         if getattr(trainer, "fast_dev_run", False):
             # Lightning's smoke test (a batch or a few): no schedule runs to its end, and
             # Lightning saves nothing; the target's error ("train longer") could not be acted on
@@ -611,7 +607,15 @@ class PruningCallback(pl.Callback):
         if getattr(self.pruner, "sync_state", None) is not None:
             # every rank calls this (Lightning's save_checkpoint): statistics summed onto rank 0
             self.pruner.sync_state()
-        return {"method": self.method, "state": _checkpoint_safe(self.pruner.state_dict())}
+        return {"method": self.method, "state": self._checked_state()}
+
+    def _checked_state(self) -> dict:
+        """The method's state_dict(), the first one checked to load with weights_only=True."""
+        state = self.pruner.state_dict()
+        if not self._state_checked:
+            refuse_unloadable_state(self.pruner, self.method, state, read_by=_READ_BY)
+            self._state_checked = True
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:

@@ -16,8 +16,9 @@ benchmarks read.
 A method is any object with ``step(loss=None) -> dict | None``, ``cost(cost_model=None) ->
 float`` (the current masks' cost as a fraction of dense), ``history`` (the records ``step``
 returned), ``state_dict()``/``load_state_dict()`` (exact resume; tensors and plain Python data
-only, which ``torch.load(weights_only=True)`` reads back: ``fxprune train`` refuses a state
-holding anything else before it saves one) and ``finalize_masks()`` (True when it changed the masks).
+only, which ``torch.load(weights_only=True)`` reads back: ``fxprune train`` and the Lightning
+callback refuse a state holding anything else before they save one) and ``finalize_masks()``
+(True when it changed the masks).
 Two optional hooks let a method train a sub-network of the same weights (CUCB's gathered
 execution): ``train_forward`` (the module the training step calls instead of the prepared
 model) and ``attach_optimizer(optimizer)`` (called once the trainer has built its optimizer).
@@ -96,6 +97,47 @@ def schedule_end(pruner) -> int | None:
                      if schedule.updates_at(s)), end)
     steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
     return int(max(steps)) if steps else None
+
+
+def refuse_unloadable_state(pruner, method: str, state=None, *, at_build: bool = False,
+                            read_by: str = "--resume") -> None:
+    """FxPruneError where ``pruner.state_dict()`` (``state``, else read now) holds what
+    ``torch.load(weights_only=True)`` refuses, which reads a run's checkpoint back (``read_by``:
+    ``fxprune train --resume``, Lightning's ``ckpt_path``). The protocol's state is tensors and
+    plain Python data; a plug-in's numpy state trained and saved checkpoints that resuming then
+    called another program's (break176 F1), and the Lightning callback turned it into tensors
+    its ``load_state_dict`` had never seen. Checked when the pruner is built (``at_build``: a
+    state that needs the run, an optimizer attached, waits for the first checkpoint) and at the
+    first checkpoint.
+
+    Raises:
+        FxPruneError: naming the refused object and the way out.
+    """
+    import io
+    import pickle
+
+    from ..errors import FxPruneError, first_line
+
+    if state is None:
+        try:
+            state = pruner.state_dict()
+        except Exception:  # noqa: BLE001 - a state that needs the run (an optimizer attached)
+            if at_build:  # is checked at the first checkpoint instead (review178 F4)
+                return
+            raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = next((line.strip() for line in str(exc).splitlines()
+                    if "GLOBAL" in line or "Unsupported" in line), first_line(exc))
+        raise FxPruneError(
+            f"prune.method {method}: its state_dict() holds objects that "
+            f"torch.load(weights_only=True) refuses ({why[:200]}), so {read_by} could not read "
+            "the run's checkpoint; a method's state holds tensors and plain Python data "
+            "(numbers, strings, lists, dicts: a numpy array as torch.from_numpy(a))") from None
 
 
 #: cost names measured on this machine: a latency table, and one with its fitted fixed cost
