@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -221,7 +222,8 @@ class LatencyTable:
         model (anything else), whose layers come with the widths pruning can give them
         (:func:`fxprune.units.reachable_widths`; :func:`layer_grid`). ``timer(layer, c_in, c_out) -> ms`` replaces
         the backend's timing (tests, custom runtimes); its results are cached like real ones,
-        under its name (its function's or class's ``__qualname__``, recorded as the runtime
+        under its name (its function's or class's ``__qualname__``, with the numbers and
+        strings a ``functools.partial`` binds or a closure captures, recorded as the runtime
         ``custom-timer NAME``): two instances of one class that time differently need their own
         cache files, or ``device`` labels. ``min_count``: a count timed on every axis below ``step``
         (the pruner's ``channel_step``): a coarse grid (``step=128``, to fit a time budget) then
@@ -305,8 +307,8 @@ class LatencyTable:
             timed_on = default_device  # the machine itself: `device` may be a label of the user's
         else:  # named: two timers sharing a cache file do not read each other's points, and a
             # table or report does not pass it off as the backend's (break176 F6)
-            named = getattr(timer, "__qualname__", None) or type(timer).__qualname__
-            runtime_version, default_device, timed_on = f"custom-timer {named}", "custom-timer", None
+            runtime_version, default_device, timed_on = (f"custom-timer {_timer_name(timer)}",
+                                                         "custom-timer", None)
         table = cls(backend, device or default_device, threads, runtime_version, batch, dtype)
         table.timed_on, table.step = timed_on, step
         if backend == "torch" and timed_on is not None:  # what calibrate_cost must time alike
@@ -817,6 +819,36 @@ def _is_point(text) -> bool:
     except (AttributeError, TypeError, ValueError):
         return False
     return True
+
+
+def _timer_name(timer) -> str:
+    """The name a custom timer's points are cached under: its function's or class's
+    ``__qualname__``, with what a ``functools.partial`` binds and what a closure captures
+    (review178 F5: two partials of one function, or two closures of one factory, read each
+    other's points). Numbers, strings and their tuples are named by value, anything else by
+    its type, so a timer that captures a runtime session keeps its cache across processes;
+    two instances of one class that time differently still need their own cache files or
+    ``device`` labels (as the docstring of :meth:`LatencyTable.measure` says)."""
+    def value(v) -> str:
+        if v is None or isinstance(v, (bool, numbers.Number, str)):
+            return repr(v)
+        if isinstance(v, tuple) and all(v_ is None or isinstance(v_, (bool, numbers.Number, str))
+                                        for v_ in v):
+            return repr(v)
+        return type(v).__qualname__
+
+    if isinstance(timer, functools.partial):
+        bound = ([value(a) for a in timer.args]
+                 + [f"{k}={value(v)}" for k, v in sorted(timer.keywords.items())])
+        return f"{_timer_name(timer.func)}({', '.join(bound)})"
+    name = getattr(timer, "__qualname__", None) or type(timer).__qualname__
+    captured = []
+    for cell in getattr(timer, "__closure__", None) or ():
+        try:
+            captured.append(value(cell.cell_contents))
+        except ValueError:  # a cell not yet filled
+            captured.append("<empty>")
+    return f"{name}[{', '.join(captured)}]" if captured else name
 
 
 def _milliseconds(value) -> float:

@@ -458,6 +458,32 @@ def test_two_timers_sharing_a_cache_do_not_read_each_others_points(tmp_path):
     assert again.stats["cached"] == 0  # a third timer (a class instance): its own points too
 
 
+def test_partials_and_closures_of_one_timer_keep_their_own_points(tmp_path):
+    """review178 F5: two functools.partials of one function (or two closures of one factory)
+    were one name in the cache, so the second read the first one's points."""
+    import functools
+
+    def scaled(layer, ci, co, *, scale):
+        return scale * 1.0
+
+    def factory(scale, session):
+        def timer(layer, ci, co):
+            return session[0] * scale
+        return timer
+
+    cache, layer = tmp_path / "cache.json", conv()
+    for make in (lambda s: functools.partial(scaled, scale=s), lambda s: factory(s, [1.0])):
+        costs = [LatencyTable.measure([conv()], **FAST, timer=make(s), cache=cache)
+                 .layer_cost(layer, 8, 8) for s in (2.0, 3.0)]
+        assert costs == [2.0, 3.0]
+        # the same arguments read the cache back (a captured list is named by its type)
+        again = LatencyTable.measure([conv()], **FAST, timer=make(3.0), cache=cache)
+        assert again.stats["cached"] > 0 and again.layer_cost(layer, 8, 8) == 3.0
+    table = LatencyTable.measure([conv()], **FAST, timer=factory(2.0, [1.0]), cache=cache)
+    assert table.runtime_version == ("custom-timer test_partials_and_closures_of_one_timer_keep_"
+                                     "their_own_points.<locals>.factory.<locals>.timer[2.0, list]")
+
+
 @pytest.mark.parametrize("bad", [None, float("nan"), -1.0, "fast"])
 def test_a_timer_that_returns_no_time_is_named_with_the_layer(bad):
     """break176 F3: a custom timer returning None was a bare TypeError naming nothing."""
