@@ -256,6 +256,28 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
                           "pass a fitting --input-shape (input_shape= in Python)") from None
 
 
+def check_runs_at(module: nn.Module, shape: tuple[int, ...], label: str, precision: str,
+                  device: torch.device, what: str) -> None:
+    """Run ``module`` (which fits ``shape`` at fp32: :func:`check_input_fits`) once at
+    ``precision`` on ``device``: an op without a kernel in that dtype there (an antialiased
+    resize or an FFT in half precision on the CPU) is a one-line error before deploy writes
+    anything (break179 F1: a traceback, and a model.onnx left without a report). ``what``:
+    what happens to the model there ("exported", "timed")."""
+    from .torch_backend import prepare_module
+
+    if precision == "fp32":
+        return
+    try:
+        copy, x = prepare_module(module, shape, device, precision, channels_last=False)
+        with torch.no_grad(), _quiet():
+            copy(x)
+    except Exception as e:  # noqa: BLE001 - it runs at fp32: the dtype is what fails
+        way_out = "pass --precision fp32" + (", or time it on a GPU (--backend torch --device cuda)"
+                                             if device.type == "cpu" and what == "timed" else "")
+        raise DeployError(f"{label} runs at fp32 but not at {precision} on {device}, where it "
+                          f"is {what} ({first_line(e) or type(e).__name__}); {way_out}") from None
+
+
 def _reads_a_dict(label: str, how: str) -> DeployError:
     return DeployError(
         f"{label}'s forward reads its input as a container ({how}); fxprune deploy "

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError, check_tolerance, parse_shape
+from .common import DeployError, check_tolerance, first_line, parse_shape
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -518,15 +518,26 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
     try:
         with torch.no_grad():
             out = model(x)
-    except Exception:
+    except Exception as exc:
         # a shape that does not fit: deploy's one-line error (break111 F7: torch's traceback)
         check_input_fits(module, input_shape, label)
+        if precision != "fp32":  # it runs at fp32: the dtype fails (break179 F1)
+            raise DeployError(f"{label} runs at fp32 but not at {precision} on the CPU, where it "
+                              f"is exported ({first_line(exc) or type(exc).__name__}); export "
+                              "it at fp32") from None
         raise
     first = flat_outputs(out)
     _check_stateless(model, x, before, first)
     output_names = output_names_of(out)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     external = weight_bytes >= _PROTOBUF_LIMIT
+    side = f"{path}.data"
+    if external and os.path.exists(side) and not (overwrite and _keeps_weights_in(path, side)):
+        # (break179 F2: a user's file of that name was replaced, unsaid)
+        raise DeployError(f"{side} exists, and the model's weights ({weight_bytes / 1024**3:.1f} "
+                          f"GiB, over ONNX's 2 GiB limit) go to that file beside {path}: "
+                          "export_onnx replaces it only with overwrite=True and only as the "
+                          f"side file of the ONNX model at {path}; give another path")
     if external:
         log(f"weights take {weight_bytes / 1024**3:.1f} GiB, over ONNX's 2 GiB limit: "
             f"writing them to {os.path.basename(path)}.data beside the model")
@@ -696,6 +707,20 @@ def written_batch_dim(model) -> int | str | None:
     if not dims:
         return None
     return dims[0].dim_value if dims[0].HasField("dim_value") else (dims[0].dim_param or None)
+
+
+def _keeps_weights_in(path: str, side: str) -> bool:
+    """Whether ``path`` is an ONNX model whose external weights are in ``side`` (beside it)."""
+    import onnx
+
+    if not _is_onnx_model(path):
+        return False
+    from .model_io import read_onnx
+
+    model = read_onnx(path)
+    return any(entry.key == "location" and entry.value == os.path.basename(side)
+               for t in model.graph.initializer
+               if t.data_location == onnx.TensorProto.EXTERNAL for entry in t.external_data)
 
 
 def _is_onnx_model(path: str) -> bool:

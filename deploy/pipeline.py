@@ -26,8 +26,9 @@ from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import DeployError, check_tolerance, cpu_name, file_in_the_way, prepared_inside
 from .latency_table import _busy, cpu_load, load_said
-from .model_io import (check_input_fits, check_onnx_input_fits, count_params, is_onnx, load_model,
-                       not_a_file, onnx_input_shape, read_onnx, resolve_input_shape)
+from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, count_params,
+                       is_onnx, load_model, not_a_file, onnx_input_shape, read_onnx,
+                       resolve_input_shape)
 from .onnx_export import (DEFAULT_OPSET, check_opset, example_input, export_model, flat_outputs,
                           verify_onnx)
 from .report import build_report, format_table, model_entry, write_report
@@ -198,11 +199,22 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     if max_batch is not None and max_batch < shape[0]:
         raise DeployError(f"--max-batch {max_batch} is below the batch deployed at ({shape[0]}); "
                           f"pass --max-batch >= {shape[0]} or drop it")
+    trt = trtb.require_tensorrt() if backend == "tensorrt" else None
+    onnx_precision = trtb.onnx_precision_for(trt, precision) if trt else precision
+    if onnx_precision == "bf16":
+        onnx_precision = "fp32"
+    where = tb.resolve_device(device) if backend == "torch" else None  # the torch backend's device
+    # every check that can refuse, before anything is written (break179 F1, F5: a model.onnx
+    # left without a report)
     for mod, lbl in models.values():
         if mod is not None:
             check_input_fits(mod, shape, lbl)
+            check_runs_at(mod, shape, lbl, onnx_precision, torch.device("cpu"), "exported")
+            if where is not None:
+                check_runs_at(mod, shape, lbl, precision, where, "timed")
         else:
             check_onnx_input_fits(lbl, shape)
+            _given_precision(lbl, onnx_precision, _accepted(trt, onnx_precision, precision))
     for line in chosen:
         log(line)
     created = not os.path.isdir(out_dir)
@@ -230,6 +242,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                 os.remove(path)
         try:
             return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
+                                trt=trt, onnx_precision=onnx_precision, where=where,
                                 model=model, compare=compare, threads=threads, iters=iters,
                                 warmup=warmup, opset=opset, max_batch=max_batch,
                                 workspace=workspace, atol=atol, rtol=rtol, progress=progress,
@@ -273,22 +286,25 @@ def _same_model(model, compare) -> str | None:
     return None
 
 
-def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, threads, iters,
-                 warmup, opset, max_batch, workspace, atol, rtol, progress, device, log,
-                 itself: str | None = None) -> dict:
+def _accepted(trt, onnx_precision: str, precision: str) -> tuple[str, ...]:
+    """The precisions a given ONNX file may have: TensorRT 10 builds fp16 from an fp32 file
+    (FP16 flag) and from an fp16 one (break37 #1)."""
+    return (onnx_precision, precision) if trt else (onnx_precision,)
+
+
+def _deploy_into(out_dir, models, shape, *, backend, precision, trt, onnx_precision, where,
+                 model, compare, threads, iters, warmup, opset, max_batch, workspace, atol, rtol,
+                 progress, device, log, itself: str | None = None) -> dict:
     """Export, check and time ``models`` into ``out_dir`` (``deploy``'s arguments, checked;
-    ``itself``: how the dense model is ``model`` again, warned of and recorded)."""
-    trt = trtb.require_tensorrt() if backend == "tensorrt" else None
-    onnx_precision = trtb.onnx_precision_for(trt, precision) if trt else precision
-    if onnx_precision == "bf16":
-        onnx_precision = "fp32"
+    ``trt``: the tensorrt module, or None; ``onnx_precision``: the files' precision; ``where``:
+    the torch backend's device; ``itself``: how the dense model is ``model`` again, warned of
+    and recorded)."""
     onnx_infos = {}
     for name, (mod, lbl) in models.items():
         path = os.path.join(out_dir, f"{name}.onnx")
         if mod is None:
-            # TensorRT 10 builds fp16 from an fp32 file (FP16 flag) and from an fp16 one (break37 #1)
-            accepted = (onnx_precision, precision) if trt else (onnx_precision,)
-            onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log, accepted)
+            onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log,
+                                           _accepted(trt, onnx_precision, precision))
             continue
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
         try:
@@ -313,7 +329,6 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, model, compare, 
     engines, trt_diffs = {}, {}
     # CPU timings read the load around them: other processes' work slows the longer (dense)
     # model's runs more, and a speedup of 3.5x read 8.35x under load, unsaid (break55 #2)
-    where = tb.resolve_device(device) if backend == "torch" else None  # the torch backend's device
     on_cpu = backend == "onnxruntime" or (where is not None and where.type == "cpu")
     loads = [cpu_load()] if on_cpu else []
     cores = loads[0][1] if loads else 0  # the cores this process may use (review131 F4)
@@ -533,14 +548,12 @@ def _check_not_overwritten(out_dir: str, **given) -> None:
                               "copy it out of that folder first, or choose another --out")
 
 
-def _given_onnx(source: str, path: str, precision: str, log, accepted=None) -> dict:
-    """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported).
-    Its input's precision must be one of ``accepted`` (default: ``precision``)."""
-    import shutil
-
+def _given_precision(source: str, precision: str, accepted=None):
+    """``source``'s ONNX graph (without its weights) and its input's precision, which must be
+    one of ``accepted`` (default: ``precision``); DeployError otherwise."""
     import onnx
 
-    from .onnx_export import check_onnx, written_opset, written_precision
+    from .onnx_export import check_onnx, written_precision
 
     check_onnx(source)
     m = read_onnx(source)  # the graph only: what the file declares
@@ -560,6 +573,19 @@ def _given_onnx(source: str, path: str, precision: str, log, accepted=None) -> d
         raise DeployError(f"{source} is an ONNX file of precision {written} (its input's type), "
                           f"timed as it is, and precision {precision} was asked for: pass "
                           f"--precision {written}, or give a file exported at {precision}")
+    return m, written
+
+
+def _given_onnx(source: str, path: str, precision: str, log, accepted=None) -> dict:
+    """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported).
+    Its input's precision must be one of ``accepted`` (default: ``precision``)."""
+    import shutil
+
+    import onnx
+
+    from .onnx_export import written_opset
+
+    m, written = _given_precision(source, precision, accepted)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
     if os.path.realpath(source) == os.path.realpath(path):  # a symlink to it is the file too
         pass

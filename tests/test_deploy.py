@@ -361,6 +361,27 @@ def test_a_refused_export_leaves_no_side_file_and_no_graph_dump(tmp_path, monkey
     assert "def forward" not in capsys.readouterr().err
 
 
+def test_a_side_weights_file_it_did_not_write_is_not_replaced(tmp_path, monkeypatch):
+    """break179 F2: a model over 2 GiB writes its weights to PATH.data, and a user's file of
+    that name was replaced without a word; its own side file is replaced with overwrite=True."""
+    from fxprune.deploy import onnx_export
+
+    monkeypatch.setattr(onnx_export, "_PROTOBUF_LIMIT", 0)  # as for a model over 2 GiB
+    path = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.data").write_text("my notes")
+    for overwrite in (False, True):
+        with pytest.raises(DeployError, match=r"m.onnx.data exists, and the model's weights .* go "
+                                              r"to that file beside .*m.onnx: export_onnx "
+                                              r"replaces it only with overwrite=True"):
+            export_onnx(small_net(4), SHAPE, path, overwrite=overwrite, log=lambda s: None)
+        assert (tmp_path / "m.onnx.data").read_text() == "my notes" and not path.exists()
+    (tmp_path / "m.onnx.data").unlink()
+    first = export_onnx(small_net(4), SHAPE, path, log=lambda s: None)
+    assert first["external_data"] and (tmp_path / "m.onnx.data").stat().st_size > 0
+    export_onnx(small_net(8), SHAPE, path, overwrite=True, log=lambda s: None)  # its own: replaced
+    verify_onnx(path, small_net(8), SHAPE)
+
+
 def test_a_branch_on_the_batch_size_exports_at_that_batch(tmp_path):
     """break26 #7: refused as a data branch (the TorchScript trace's warning is the same); a
     dynamo export at the example's fixed batch is exact there."""
@@ -613,6 +634,53 @@ def test_an_fp16_onnx_file_is_timed_at_fp16_and_said_to_be(tmp_path):
         deploy(str(onnx_path), tmp_path / "out32", **quick)
     report = deploy(str(onnx_path), tmp_path / "out16", precision="fp16", **quick)
     assert report["precision"] == report["onnx"]["precision"] == "fp16"
+
+
+class AntialiasedResize(nn.Module):
+    """A model with an op that has no half-precision CPU kernel (antialiased bilinear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(nn.functional.interpolate(x, size=(12, 12), mode="bilinear",
+                                                   antialias=True))
+
+
+def test_a_model_without_half_kernels_is_refused_before_anything_is_written(tmp_path):
+    """break179 F1: --precision fp16 (bf16 on the torch backend) with an op lacking a CPU
+    kernel in that dtype was a traceback, exit 1, and a model.onnx left without a report."""
+    quiet = dict(input_shape=(1, 3, 16, 16), iters=2, warmup=1, progress=False,
+                 log=lambda s: None)
+    model = AntialiasedResize().eval()
+    with pytest.raises(DeployError, match=r"^AntialiasedResize runs at fp32 but "
+                                          r"not at fp16 on cpu, where it is exported \(.*Half.*\); "
+                                          r"pass --precision fp32$"):
+        deploy(model, tmp_path / "ort16", backend="onnxruntime", precision="fp16", **quiet)
+    with pytest.raises(DeployError, match=r"not at bf16 on cpu, where it is timed \(.*\); pass "
+                                          r"--precision fp32, or time it on a GPU"):
+        deploy(model, tmp_path / "torch_bf16", backend="torch", device="cpu",
+               precision="bf16", **quiet)
+    assert not (tmp_path / "ort16").exists() and not (tmp_path / "torch_bf16").exists()
+    with pytest.raises(DeployError, match=r"runs at fp32 but not at fp16 on the CPU, where it is "
+                                          r"exported \(.*\); export it at fp32$"):
+        export_onnx(model, (1, 3, 16, 16), tmp_path / "m.onnx", precision="fp16",
+                    log=lambda s: None)
+    assert not (tmp_path / "m.onnx").exists()
+    assert deploy(model, tmp_path / "ok", backend="onnxruntime", **quiet)["precision"] == "fp32"
+
+
+def test_a_compare_file_of_another_precision_is_refused_before_model_is_exported(tmp_path):
+    """break179 F5: the --compare file's precision was read after MODEL had been exported,
+    checked and written, and the folder kept a model.onnx without a report."""
+    dense = tmp_path / "dense32.onnx"
+    export_onnx(small_net(8), SHAPE, dense, log=lambda s: None)
+    said = []
+    with pytest.raises(DeployError, match="dense32.onnx is an ONNX file of precision fp32"):
+        deploy(small_net(4), tmp_path / "out", compare=str(dense), precision="fp16",
+               input_shape=SHAPE, backend="onnxruntime", progress=False, log=said.append)
+    assert not (tmp_path / "out").exists() and not any("exporting" in line for line in said)
 
 
 def _tiny_onnx(path, nodes, inputs, inits=(), out_type=None):
