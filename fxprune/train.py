@@ -1077,10 +1077,11 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         if getattr(table, "backend", None) is not None and hasattr(table, "runtime_version"):
             # how the latency table that priced the run was timed (break164 F9: kept in the
             # checkpoint only; a latency+fixed run said it in cost_fit alone)
+            batch, dtype = _priced_at(table, pruner)
             results["cost_table"] = {
                 "backend": table.backend, "device": table.device, "timed_on": table.timed_on,
                 "runtime": table.runtime_version, "threads": table.threads,
-                "batch": table.batch, "dtype": table.dtype}
+                "batch": batch, "dtype": dtype}
         under_load = (getattr(table, "stats", None) or {}).get("under_load", 0)
         if under_load:  # said once when timed; kept with the run too (break70 #3)
             results["cost_timed_under_load"] = int(under_load)
@@ -1102,6 +1103,21 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
                        "(a `schedule` or prune_steps()): its final masks are what its own "
                        "settings chose; change them")
     return results
+
+
+def _priced_at(table, pruner) -> tuple[int | None, str | None]:
+    """The batch and dtype ``table`` priced the run's layers at: its own, else the layers'
+    (a table's None means "the layers' own", which results.json printed as null: break180 F8);
+    None where the layers differ or the method has no unit index."""
+    batch, dtype = table.batch, table.dtype
+    index = getattr(pruner, "index", None)
+    layers = getattr(getattr(index, "channels", None), "layers", None)
+    if (batch is None or dtype is None) and layers:
+        specs = [table.as_priced(layer.spec) for layer in layers]
+        batches, dtypes = {spec.batch for spec in specs}, {spec.dtype for spec in specs}
+        batch = batch if batch is not None else (batches.pop() if len(batches) == 1 else None)
+        dtype = dtype if dtype is not None else (dtypes.pop() if len(dtypes) == 1 else None)
+    return batch, dtype
 
 
 def _check_target(results: dict, cfg: dict, out: Path, way_out: str) -> None:

@@ -127,8 +127,10 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     # how the table was timed, in the results too (break164 F9: in the checkpoint only)
     assert resumed["cost_table"] == {"backend": "onnxruntime", "device": "custom-timer",
                                      "timed_on": None, "runtime": saved["table"]["runtime_version"],
-                                     "threads": saved["table"]["threads"], "batch": None,
-                                     "dtype": None}
+                                     "threads": saved["table"]["threads"], "batch": 1,
+                                     "dtype": "float32"}
+    # the table kept the layers' own batch and dtype, which the results name (break180 F8: null)
+    assert saved["table"]["batch"] is None and saved["table"]["dtype"] is None
     assert resumed["cost_table"]["runtime"].startswith("custom-timer ")  # its timer named
     assert resumed["pruner_cost"]["cost"] <= 0.7 + 1e-6
 
