@@ -151,9 +151,11 @@ def _points_of(cins, couts, diagonal):
     return [(ci, co) for ci in cins for co in couts]
 
 
-#: one point's time in one pass, for the estimate said before a long table: ~30 ms on a
-#: loaded 2-core CPU host (break74 F5)
-CPU_SECONDS_PER_POINT = 0.03
+#: a table's estimate of its time left is said once this many seconds of timing have set its
+#: pace, where that estimate is longer than PACE_SAID_ABOVE_S (break171 F7: hours begun without
+#: a word). A point's time varies tenfold with the layers' size (break180 F11: a fixed 30 ms a
+#: point said 0.7 h for a run of 4 minutes), so the pace is measured, not assumed.
+PACE_AFTER_S, PACE_SAID_ABOVE_S = 10.0, 300.0
 
 
 def _interp(axis: Sequence[int], x: float) -> tuple[int, int, float]:
@@ -354,17 +356,12 @@ class LatencyTable:
         retimed = sum(key in todo for key in flagged)
         table._under_load.update(key for key in flagged if key in todo)
         table.stats["cached"] = sum(len(v) for v in table._points.values()) - retimed
-        # the progress bar counts every pass (break171 F7: 96,200 points here, 192,400 there,
-        # and hours of timing begun without a word)
-        hours = len(todo) * passes * CPU_SECONDS_PER_POINT / 3600
-        long = (f"; about {hours:.1f} h on a CPU at ~{CPU_SECONDS_PER_POINT * 1000:.0f} ms a "
-                "point: a coarser step times fewer, and a cache= file keeps what was timed"
-                if on_cpu and hours >= 0.5 else "")
+        # the progress bar counts every pass (break171 F7: 96,200 points here, 192,400 there)
         timed_by = (backend if not runtime_version.startswith("custom-timer")
                     else f"{runtime_version.replace('custom-timer', 'custom timer', 1)}")
         log(f"latency table ({timed_by}, {threads} threads, step {step}): {len(layers)} "
             f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
-            f"({table.stats['cached']} cached, {len(todo)} to time, in {passes} pass{'es' if passes != 1 else ''}{long})")
+            f"({table.stats['cached']} cached, {len(todo)} to time, in {passes} pass{'es' if passes != 1 else ''})")
 
         if cache and todo:  # written after timing: refused before it (break164 F1), and
             # only where something is timed (review165 F2: a read-only cache holding every
@@ -382,7 +379,8 @@ class LatencyTable:
         t_start = last_save = time.perf_counter()
         order = list(todo)
         rng = random.Random(seed)
-        bar = tqdm(total=len(todo) * passes, desc=f"latency table ({backend})", unit="pt",
+        total, done, paced = len(todo) * passes, 0, False
+        bar = tqdm(total=total, desc=f"latency table ({backend})", unit="pt",
                    disable=not progress or not todo)
         try:
             for p in range(passes):
@@ -394,6 +392,15 @@ class LatencyTable:
                     if p == 0 and not busy_before:  # timed again, on an idle CPU so far
                         table._under_load.discard((pk, ci, co))
                     bar.update()
+                    done += 1
+                    if not paced and (spent := time.perf_counter() - t_start) >= PACE_AFTER_S:
+                        paced = True  # (the points come in random order: a fair sample)
+                        left = spent / done * (total - done)
+                        if left > PACE_SAID_ABOVE_S:
+                            log(f"latency table: {done:,} of {total:,} points timed in "
+                                f"{spent:.0f} s; about {_duration(left)} more at this pace: a "
+                                "coarser step times fewer, and a cache= file keeps what was "
+                                "timed")
                     if cache and time.perf_counter() - last_save > _CACHE_SAVE_EVERY_S:
                         table._write_cache(cache)
                         last_save = time.perf_counter()
@@ -819,6 +826,11 @@ def _is_point(text) -> bool:
     except (AttributeError, TypeError, ValueError):
         return False
     return True
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a person says it: "12 min", "1.4 h"."""
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _timer_name(timer) -> str:

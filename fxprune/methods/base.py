@@ -155,7 +155,7 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
     misses on this model, fitted from the measured latency of the dense and a uniformly halved
     model (``deploy.calibrate_cost``), so a target is a fraction of the measured latency."""
     from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
-    from fxprune.deploy.latency_table import CPU_SECONDS_PER_POINT, LatencyTable, grid_points
+    from fxprune.deploy.latency_table import LatencyTable, grid_points
 
     if cost == "latency+fixed":
         calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
@@ -165,12 +165,13 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
     # (break74 F5: CCP's and CUCB's channel_step 1 meant 692,800 points on resnet18, hours)
     points = grid_points(prepared, channel_step)
     if points > LARGE_GRID:
-        # a coarser step than the one given (break145 F7: at step 8 it offered step 8), and
-        # both of measure's passes at the ~30 ms a shape they took on a loaded 2-core host
+        # a coarser step than the one given (break145 F7: at step 8 it offered step 8); the
+        # time it takes is said once timing has set its pace (a point takes 3 to 30 ms on a
+        # 2-core CPU host, by the layers' size: break180 F11)
         coarser = TABLE_STEP if channel_step < TABLE_STEP else 2 * channel_step
         warn(f"cost={cost!r} at channel_step={channel_step} times a latency table of "
-             f"{points:,} layer shapes (about {points * 2 * CPU_SECONDS_PER_POINT / 3600:.1f} h "
-             f"on a CPU: two passes at ~30 ms a shape); channel_step={coarser} times "
+             f"{points:,} layer shapes, twice (minutes to hours on a CPU, said once its pace is "
+             f"known); channel_step={coarser} times "
              f"{grid_points(prepared, coarser):,}, or pass a table measured once "
              "(LatencyTable.measure(pm, cache=...)) as cost=")
     table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
