@@ -140,6 +140,33 @@ def _torchvision_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
+#: a recipe's ``model.name`` for a timm model: ``timm:NAME`` (any name ``timm.list_models()``
+#: gives, built with ``pretrained=False``: nothing is downloaded)
+TIMM_PREFIX = "timm:"
+
+
+def timm_name(name: str) -> str | None:
+    """The timm architecture a ``timm:NAME`` model name names; None for other names."""
+    return name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else None
+
+
+def check_timm_model(name: str) -> None:
+    """ValueError where ``timm:NAME`` cannot be built here: timm is not installed, or NAME is
+    not one of its architectures."""
+    arch = timm_name(name)
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"{name!r} names a timm model, and the timm package is not installed: "
+                         "pip install timm") from None
+    if not arch or not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5) if arch else []
+        raise ValueError(f"{name!r} is not a timm model (timm {timm.__version__}: "
+                         f"timm.list_models() lists them{'; e.g. ' + ', '.join(close) if close else ''})")
+
+
 def available_models() -> list[str]:
     """Names ``build_model`` accepts: fxprune's own, then torchvision's classification models."""
     return sorted(_BUILDERS) + _torchvision_names()
@@ -153,7 +180,13 @@ def build_model(name: str, **kwargs) -> nn.Module:
     classification model name (``"resnet18"``, ``"mobilenet_v2"``, ...) is built with
     ``torchvision.models.get_model`` and the given keyword arguments (``num_classes`` and the
     like); those models expect 3-channel inputs, so they do not train on Fashion-MNIST as they
-    are.
+    are. ``"timm:NAME"`` builds timm's ``NAME`` with ``timm.create_model(NAME,
+    pretrained=False, **kwargs)`` (``num_classes``, ``in_chans``: timm adapts its stem to
+    1-channel images).
+
+    Raises:
+        ValueError: an unknown name (or timm not installed, for ``timm:NAME``).
+        TypeError: keyword arguments the model does not take.
     """
     if name in _BUILDERS:
         builder = _BUILDERS[name]
@@ -163,10 +196,19 @@ def build_model(name: str, **kwargs) -> nn.Module:
             raise TypeError(f"model {name!r} does not take {unknown}; it takes "
                             f"{sorted(params)}")
         return builder(**kwargs)
+    if timm_name(name) is not None:
+        check_timm_model(name)
+        import timm
+
+        stray = sorted(k for k in RESNET_FMNIST_ONLY if kwargs.get(k) is not None)
+        if stray:
+            raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the timm model {name!r} "
+                            "takes timm's keyword arguments (num_classes, in_chans, ...)")
+        return timm.create_model(timm_name(name), pretrained=False, **kwargs)
     tv_names = _torchvision_names()
     if name not in tv_names:
-        raise ValueError(f"unknown model {name!r}; choose 'resnet_fmnist' or a torchvision "
-                         f"classification model: {', '.join(tv_names)}")
+        raise ValueError(f"unknown model {name!r}; choose 'resnet_fmnist', 'timm:NAME' (a timm "
+                         f"model) or a torchvision classification model: {', '.join(tv_names)}")
     import torchvision.models as tvm
 
     stray = sorted(k for k in RESNET_FMNIST_ONLY if kwargs.get(k) is not None)

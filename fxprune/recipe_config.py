@@ -245,7 +245,7 @@ SCHEMA: dict[str, Rule] = {
     "data.channels": Rule("int", choices=(1, 3)),
     "data.synthetic_train": POSITIVE_INT,
     "data.synthetic_test": POSITIVE_INT,
-    "model.name": Rule("str"),         # fxprune's own or a torchvision model (see _check_model)
+    "model.name": Rule("str"),         # fxprune's own, torchvision's or timm:NAME (_check_model)
     "model.widths": Rule("ints", nullable=True, low=1),
     "model.blocks": Rule("ints", nullable=True, low=1),
     "model.inner_widths": Rule("ints", nullable=True, low=1),
@@ -652,21 +652,31 @@ def _check_device(name: str) -> None:
 
 
 def _check_model(model: dict) -> None:
-    from .models import available_models
+    from .models import available_models, check_timm_model, timm_name
 
     name = model["name"]
     if name != "resnet_fmnist":
-        if name not in available_models():
-            raise ConfigError(f"model.name {name!r} is not a model: use resnet_fmnist or a "
+        if timm_name(name) is not None:
+            try:
+                check_timm_model(name)
+            except ValueError as exc:
+                raise ConfigError(f"model.name: {exc}") from None
+        elif name not in available_models():
+            # (break180 F12: a timm model or one's own module was refused with no way on)
+            raise ConfigError(f"model.name {name!r} is not a model: use resnet_fmnist, a "
                               f"torchvision classification model (resnet18, mobilenet_v2, ...; "
-                              f"see fxprune.models.available_models())")
+                              f"see fxprune.models.available_models()) or timm:NAME (a timm "
+                              f"model); a model of your own is pruned from Python "
+                              f"(fxprune.prepare, a method, fxprune.finalize: README, 'The "
+                              f"pipeline')")
         stray = [k for k in RESNET_FMNIST_ONLY if model.get(k) is not None]
         if stray:  # all at once: the shipped recipes set several
             keys = ", ".join(f"model.{k}" for k in stray)
             sets = " ".join(f"--set model.{k}=null" for k in stray)
+            kind = "timm" if timm_name(name) is not None else "torchvision"
             raise ConfigError(f"{keys} only appl{'ies' if len(stray) == 1 else 'y'} to "
                               f"resnet_fmnist; set {'it' if len(stray) == 1 else 'them'} to null "
-                              f"for the torchvision model {name!r} ({sets})")
+                              f"for the {kind} model {name!r} ({sets})")
         return
     widths, blocks = model.get("widths"), model.get("blocks")
     widths = list(DEFAULT_WIDTHS) if widths is None else widths

@@ -54,7 +54,7 @@ from .errors import FxPruneError, TargetNotReachedError, first_line
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
                            measured_latency_cost, method_parameters, refuse_unloadable_state,
                            schedule_end, step_too_wide, TIMED_FLOOR)
-from .models import build_model
+from .models import build_model, timm_name
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
                             fractions_to_epochs, load_config, parse_value, pruner_class,
@@ -655,6 +655,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
     if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
         model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
+    elif timm_name(cfg["model"]["name"]) is not None:  # so does timm's (in_chans)
+        model_kwargs["in_chans"] = int(cfg["data"].get("channels", 1))
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs)
     except RuntimeError as exc:  # (break158 F7: a 38-line traceback for model.widths=[100000])

@@ -555,3 +555,33 @@ def test_weight_standardized_and_group_normed_models_prune_in_16_bits(dtype):
         small = fxprune.finalize(pm, rtol=1e-6)  # 16-bit rounding alone is above it
     assert any("as 16-bit rounding makes it: in float32 the two agree" in str(w.message) for w in said)
     assert next(small.parameters()).dtype == dtype
+
+
+def test_a_recipe_trains_prunes_and_finalizes_a_timm_model(tmp_path):
+    """break180 F12: a recipe could name fxprune's ResNet or a torchvision model only; a timm
+    model was refused with no way on. model.name timm:NAME builds it (pretrained=False, its
+    stem at the data's channels), and unknown names say what would do."""
+    from fxprune.recipe_config import ConfigError, resolve_config
+    from fxprune.train import train
+    from helpers import TINY_RECIPE
+
+    nulls = ["model.widths=null", "model.blocks=null"]
+    cfg = resolve_config(TINY_RECIPE, [f"out={tmp_path / 'run'}", "model.name=timm:mobilenetv3_small_050",
+                                       *nulls, "prune.method=smcp", "prune.target=0.5",
+                                       "prune.warmup=2", "prune.ramp=4", "prune.update_every=2",
+                                       "prune.channel_step=1"])
+    results = train(cfg)
+    assert results["flops_ratio"] <= 0.5 + 1e-9 and results["finalize_mismatched_samples"] == 0
+    small = torch.load(results["model"], weights_only=False)
+    x = torch.randn(2, 1, 28, 28)  # one channel, as the data: timm's in_chans
+    assert small(x).shape == (2, 10) and count_flops(small, (x[:1],)) == results["flops"]
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["name"] == "timm:mobilenetv3_small_050"
+    with pytest.raises(ConfigError, match=r"'timm:resnet10' is not a timm model \(timm .*; e\.g\. "
+                                          r"resnet10t"):
+        resolve_config(TINY_RECIPE, ["model.name=timm:resnet10", *nulls])
+    with pytest.raises(ConfigError, match=r"model.widths only applies to resnet_fmnist; set it to "
+                                          r"null for the timm model"):
+        resolve_config(TINY_RECIPE, ["model.name=timm:resnet10t", "model.blocks=null"])
