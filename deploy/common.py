@@ -100,12 +100,19 @@ def latency_stats(times_ms: Sequence[float]) -> dict:
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"1,3,224,224"`` (or a sequence) -> ``(1, 3, 224, 224)``, every dim a positive int."""
     if isinstance(text, str):
-        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        # (break179 F8: "1,1,28,28,x" and "1,,1,28,28" were read as 1,1,28,28: every part counts)
+        parts = text.replace("x", ",").split(",")
         try:
+            if not all(p.strip() for p in parts):
+                raise ValueError
             shape = tuple(int(p) for p in parts)
         except ValueError:
             raise DeployError(f"input shape {text!r} is not a comma-separated list of integers "
                               "(expected e.g. 1,3,224,224)") from None
+    elif (hasattr(text, "shape") and hasattr(text, "dtype") and len(text.shape) == 1
+          and not getattr(text.dtype, "is_floating_point", False)
+          and str(text.dtype).rpartition(".")[2].startswith(("int", "uint"))):
+        return parse_shape(text.tolist())  # an array of dims (break179 F8: "pass its .shape")
     elif hasattr(text, "shape") and hasattr(text, "dtype"):  # a tensor or array, not its shape
         raise DeployError(f"input shape must be a shape, not a {type(text).__name__} of shape "
                           f"{tuple(text.shape)}: pass its .shape")

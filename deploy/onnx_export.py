@@ -449,7 +449,8 @@ def export_onnx(module: nn.Module, input_shape, path: str | os.PathLike, *,
     A model :func:`fxprune.prepare` returned is exported at full width, with a
     ``RuntimeWarning`` (export ``fxprune.finalize(model)`` for the pruned one). ``opset`` is
     18 (torch's exporter writes no older one) up to the installed onnx's latest. An existing
-    ``path`` is replaced only with ``overwrite=True``, and only if it is an ONNX model.
+    ``path`` is replaced only with ``overwrite=True``, and only if it is an ONNX model. ``log``
+    takes each line it says (None: none).
     """
     from .common import prepared_inside
 
@@ -495,6 +496,10 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
     if precision not in _DTYPES:
         raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
     check_opset(opset)
+    opset = int(opset)  # a numpy one: into the returned info, which is written as JSON (break179 F8)
+    if log is None:  # silent
+        def log(line: str) -> None:
+            return None
     label = f"the model ({type(module).__name__})"
     check_one_tensor_input(module, label)  # (break112 F2: a bare TypeError from its forward)
     path = os.path.expanduser(os.fspath(path))
@@ -548,7 +553,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
     batch_fixed_said = False  # a fixed batch that a log line below already explained
     try:
         try:
-            dyn = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+            dyn = _batch_free(model) if dynamic_batch else None
             # torch.export specialises an example batch of 1 (0/1 specialisation) and fixed
             # batch-free models' files at 1 (break55 #3: convnext, levit): a free batch is
             # exported from an example of 2, a file at batch 1 only where that fails
@@ -560,6 +565,14 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 raise _BatchBounded(f"torch.export bounded the batch to {bound} (a branch on "
                                     "the batch size): the file would compute the example's "
                                     "branch at every batch")
+            if dynamic_batch:
+                import onnx
+
+                fixed = written_batch_dim(onnx.load(path, load_external_data=False))
+                if isinstance(fixed, int):  # (break179 F6: probed, and called a branch)
+                    raise _BatchBounded(f"the dynamo exporter fixed the batch at {fixed} (the "
+                                        "model's code reads it as a number: int(x.size(0)), a "
+                                        "reshape to it)")
             if dynamic_batch:
                 # torch.export assumes the example's side of a branch on the batch size
                 # (`if x.shape[0] > 1`) for every batch, silently: where the file is another
@@ -709,6 +722,21 @@ def written_batch_dim(model) -> int | str | None:
     return dims[0].dim_value if dims[0].HasField("dim_value") else (dims[0].dim_param or None)
 
 
+def _batch_free(model: nn.Module) -> tuple:
+    """torch.export's ``dynamic_shapes`` freeing the batch dim of ``model``'s one input, in the
+    structure its forward takes it: a ``forward(*xs)`` takes a tuple (break179 F3: the flat
+    spec failed the exporter's structure check, and such models were always written at a
+    fixed batch)."""
+    import inspect
+
+    batch = {0: torch.export.Dim("batch")}
+    try:
+        first = next(iter(inspect.signature(model.forward).parameters.values()), None)
+    except (TypeError, ValueError):  # no signature to read: the plain form
+        first = None
+    return ((batch,),) if first is not None and first.kind is first.VAR_POSITIONAL else (batch,)
+
+
 def _keeps_weights_in(path: str, side: str) -> bool:
     """Whether ``path`` is an ONNX model whose external weights are in ``side`` (beside it)."""
     import onnx
@@ -815,6 +843,10 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
             ref = [t.float().numpy() for t in flat_outputs(reference(x))]
     except Exception as e:  # noqa: BLE001 - the model's own failure at the other batch
         if not other_batch:
+            # a shape that does not fit the model: one line (break179 F4: a raw RuntimeError)
+            from .model_io import check_input_fits
+
+            check_input_fits(reference, tuple(x.shape), f"the model ({type(reference).__name__})")
             raise
         raise DeployError(f"the PyTorch model does not run at batch {x.shape[0]}, where "
                           f"{os.path.basename(path)}, which declares a free batch, is checked "

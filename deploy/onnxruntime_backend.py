@@ -35,7 +35,9 @@ def make_session(model, threads: int = 2, *, spinning: bool = False):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+    # fatal only: its warnings (unused initializers) are noise, and its error lines repeat what
+    # fxprune's own one-line error says, in red, before it (break179 F11)
+    opts.log_severity_level = 4
     # Idle worker threads spin by default. With models timed in turn (dense vs pruned, table
     # points), one session's spinning threads steal the cores the next one runs on: measured
     # here, dense mobilenet_v2 went from 6.5 to 14.6 ms when interleaved with one other model.
@@ -55,9 +57,28 @@ def run_once(session, feed: dict, path: str, input_shape) -> list:
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = first_line(e, 300)
         raise DeployError(f"ONNX Runtime failed to run {path} at input shape {tuple(input_shape)}: "
-                          f"{type(e).__name__}: {first}; the file may fix a size its inputs "
-                          "declare free (a reshape to batch 1): pass the --batch/--input-shape "
-                          "it was exported at") from None
+                          f"{type(e).__name__}: {first}; {_way_out(session, feed, input_shape)}"
+                          ) from None
+
+
+_PRECISION_OF = {"tensor(float)": ("fp32", np.float32), "tensor(float16)": ("fp16", np.float16)}
+
+
+def _way_out(session, feed: dict, input_shape) -> str:
+    """What would run the file, read from what it declares (break179 F4: a dtype it does not
+    take, or a batch it fixes, was blamed on "a reshape to batch 1")."""
+    declared = session.get_inputs()[0] if session.get_inputs() else None
+    fed = next(iter(feed.values()), None)
+    if declared is not None and fed is not None:
+        precision, dtype = _PRECISION_OF.get(declared.type, (None, None))
+        if dtype is not None and fed.dtype != dtype:
+            return (f"the file's input is {declared.type}, fed {fed.dtype}: pass "
+                    f"precision={precision!r} (--precision {precision})")
+        batch = declared.shape[0] if declared.shape else None
+        if isinstance(batch, int) and batch != tuple(input_shape)[0]:
+            return f"the file fixes its batch at {batch}: pass batch={batch} (--batch {batch})"
+    return ("the file may fix a size its inputs declare free (a reshape to batch 1): pass the "
+            "--batch/--input-shape it was exported at")
 
 
 def random_feed(session, input_shape, seed: int = 0) -> dict[str, np.ndarray]:

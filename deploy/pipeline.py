@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -65,9 +66,14 @@ def _check_counts(**counts) -> None:
         if value is None and name in ("batch", "max_batch", "workspace"):
             continue
         low = 0 if name == "warmup" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        # (numpy ints too: break179 F8)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             # both names, as atol (--atol): the Python argument and the flag (break174 F9)
             raise DeployError(f"{_both(name)} must be an integer >= {low}, got {value!r}")
+
+
+def _silent(line: str) -> None:
+    return None
 
 
 def _both(name: str) -> str:
@@ -93,7 +99,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     ``max_batch`` widens the TensorRT engine's batch range (default: the batch itself);
     ``workspace`` is the TensorRT builder's workspace in bytes (default 1 GiB). Both apply to the
     TensorRT backend only and are refused with another one.
-    ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. ``device`` is where the torch backend
+    ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. ``log`` takes each progress line
+    (None: none are said). ``device`` is where the torch backend
     times ("cuda", "cpu"; default: CUDA when there is one). ``precision="bf16"`` is for the
     torch backend only (its ONNX file is then exported and checked in fp32). Nothing passed in
     is modified.
@@ -108,6 +115,12 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,
                   workspace=workspace)
+    # plain ints from here: a numpy one would not be written to report.json (break179 F8)
+    threads, iters, warmup = int(threads), int(iters), int(warmup)
+    batch, max_batch, workspace = (None if v is None else int(v)
+                                   for v in (batch, max_batch, workspace))
+    if log is None:  # silent (break179 F8: a TypeError)
+        log = _silent
     for name, value in (("atol (--atol)", atol), ("rtol (--rtol)", rtol)):
         check_tolerance(name, value)
     for name, given in (("model", model), ("compare (--compare)", compare)):
@@ -217,7 +230,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             _given_precision(lbl, onnx_precision, _accepted(trt, onnx_precision, precision))
     for line in chosen:
         log(line)
-    created = not os.path.isdir(out_dir)
+    created = _missing_folders(out_dir)  # removed again if nothing is written (break179 F7)
     os.makedirs(out_dir, exist_ok=True)
     _lock(out_dir)  # (break66 #2: two deploys into one folder paired one's report with the other's file)
     marker = os.path.join(out_dir, DEPLOY_MARKER)
@@ -254,9 +267,22 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                 with open(marker, "w") as f:
                     json.dump({"fxprune_deploy": 1, "written": written}, f, indent=1)
             elif created and not os.listdir(out_dir):  # failed before writing anything
-                os.rmdir(out_dir)
+                for folder in created:  # the innermost first; one in use since stays
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break
     finally:
         release_out_folder(Path(out_dir))
+
+
+def _missing_folders(out_dir: str) -> list[str]:
+    """The folders ``os.makedirs(out_dir)`` would create, the innermost first."""
+    missing, folder = [], os.path.abspath(out_dir)
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def _lock(out_dir: str) -> None:
@@ -405,7 +431,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, trt, onnx_precis
         if report["timed_under_load"]:
             warnings.warn(f"deploy: timed while other processes shared the CPU ({load_said(loads)}): "
                           "the latencies and the speedup may be off; time again on an "
-                          "idle machine", RuntimeWarning, stacklevel=2)
+                          "idle machine", RuntimeWarning,
+                          stacklevel=3)  # the caller of deploy (break179 F9)
     for name, given in (("model", model), ("dense", compare)):
         entry = report if name == "model" else report.get("dense")
         if isinstance(given, (str, os.PathLike)):  # which file was timed (fxprune plot checks it)
@@ -514,8 +541,11 @@ def _check_out_dir(out_dir: str, **given) -> None:
         inside = [f for f in clash if os.path.realpath(os.path.join(out_dir, f)) == path]
         if inside:  # break62 #6: told to delete the model being deployed "if not yours"
             flag = "MODEL" if name == "model" else "--compare"
+            # (break179 F10: "deploy writes dense.onnx" said to a deploy without --compare)
+            this_one = given.get("dense") is not None or not inside[0].startswith("dense")
             raise DeployError(f"{flag} {value} is inside --out {out_dir}, where deploy writes "
-                              f"{inside[0]}; choose another --out")
+                              f"{inside[0]}{'' if this_one else ' (with --compare)'}; choose "
+                              "another --out")
     if clash:
         why = ("its marker records no files: an older fxprune's, or a deploy killed while "
                "writing it" if old_marker else

@@ -65,9 +65,11 @@ def test_a_timing_under_load_is_said_and_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "cpu_load", lambda: next(readings))
     lines = []
     with pytest.warns(RuntimeWarning, match=r"deploy: timed while other processes shared the CPU "
-                                            r"\(load average 9\.0 before, 8\.5 after, on 2 cores\)"):
+                                            r"\(load average 9\.0 before, 8\.5 after, on 2 cores\)"
+                      ) as said:
         report = deploy(small_net(8), tmp_path / "out", compare=small_net(16), input_shape=SHAPE,
                         backend="onnxruntime", iters=3, warmup=1, progress=False, log=lines.append)
+    assert said[0].filename == __file__  # the caller's line (break179 F9: pipeline.py's)
     assert report["timed_under_load"] is True
     assert report["load_average"] == {"before": 9.0, "after": 8.5, "cores": 2}
     assert any("timed under load (load average 9.0 -> 8.5 on 2 cores)" in line for line in lines)
@@ -683,6 +685,76 @@ def test_a_compare_file_of_another_precision_is_refused_before_model_is_exported
     assert not (tmp_path / "out").exists() and not any("exporting" in line for line in said)
 
 
+class VarArgs(nn.Module):
+    """A forward(*xs): fxprune.prepare takes example_inputs as its items."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, *xs):
+        return self.conv(xs[0])
+
+
+class SizeAsNumber(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(int(x.size(0)), -1))
+
+
+def test_a_varargs_forward_keeps_its_batch_free_and_a_fixed_batch_is_named_as_such(tmp_path):
+    """break179 F3: a forward(*xs) was always written at a fixed batch (fxprune's own
+    dynamic_shapes did not match its signature, and the exporter was blamed); F6: a batch the
+    exporter fixed (int(x.size(0))) was called "a branch on the batch size"."""
+    said, model = [], VarArgs().eval()
+    for which in (model, fxprune.finalize(fxprune.prepare(VarArgs().eval(), (torch.randn(SHAPE),)),
+                                          check=False)):
+        info = export_onnx(which, SHAPE, tmp_path / "v.onnx", overwrite=True, log=said.append)
+        assert info["dynamic_batch"] and info["exporter"] == "dynamo" and not said, said
+        # checked at batch 3, which the example (1, then 2) never was
+        assert verify_onnx(tmp_path / "v.onnx", which, (3, *SHAPE[1:])) < 1e-5
+    info = export_onnx(SizeAsNumber().eval(), SHAPE, tmp_path / "s.onnx", log=said.append)
+    assert not info["dynamic_batch"]
+    assert said == ["a free batch is not kept: the dynamo exporter fixed the batch at 2 (the "
+                    "model's code reads it as a number: int(x.size(0)), a reshape to it); "
+                    "exported at batch 1"], said
+
+
+def test_a_failed_deploy_removes_the_folders_it_created(tmp_path):
+    """break179 F7: a failed deploy into a new --out a/b removed b and left a."""
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "nest" / "a" / "b"
+    with pytest.raises(DeployError, match="ONNX Runtime's output differs"):
+        deploy(small_net(8), out, input_shape=SHAPE, atol=0, rtol=0, backend="onnxruntime",
+               progress=False, log=lambda s: None)
+    assert os.listdir(tmp_path / "kept") == []
+
+
+def test_verify_onnx_names_the_precision_or_batch_the_file_takes(tmp_path, capfd):
+    """break179 F4: a dtype the file does not take, or a batch it fixes, was blamed on "a
+    reshape to batch 1", and a shape the model does not take was a raw RuntimeError; F11:
+    ONNX Runtime's own red error line reached stderr before the one-line error."""
+    net = small_net(4)
+    half, fixed = tmp_path / "h.onnx", tmp_path / "f4.onnx"
+    quiet = dict(log=lambda s: None)
+    export_onnx(net, SHAPE, half, precision="fp16", **quiet)
+    export_onnx(net, (4, *SHAPE[1:]), fixed, dynamic_batch=False, **quiet)
+    capfd.readouterr()
+    with pytest.raises(DeployError, match=r"the file's input is tensor\(float16\), fed float32: "
+                                          r"pass precision='fp16' \(--precision fp16\)$"):
+        verify_onnx(half, net, SHAPE)
+    with pytest.raises(DeployError, match=r"the file fixes its batch at 4: pass batch=4 "
+                                          r"\(--batch 4\)$"):
+        verify_onnx(fixed, net, (2, *SHAPE[1:]))
+    with pytest.raises(DeployError, match=r"input shape \(1, 1, 16, 16\) does not fit the model "
+                                          r"\(Sequential\)"):
+        verify_onnx(fixed, net, (1, 1, 16, 16))
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
 def _tiny_onnx(path, nodes, inputs, inits=(), out_type=None):
     from onnx import TensorProto, helper
     y = helper.make_tensor_value_info("y", out_type or TensorProto.FLOAT, [None, 4])
@@ -802,6 +874,10 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert main(["deploy", str(own / "model.onnx"), "--out", str(own), *QUICK]) == 2
     assert (f"MODEL {own / 'model.onnx'} is inside --out {own}, where deploy writes model.onnx; "
             "choose another --out") in capsys.readouterr().err
+    (own / "model.onnx").rename(own / "dense.onnx")  # break179 F10: written with --compare only
+    assert main(["deploy", str(own / "dense.onnx"), "--out", str(own), *QUICK]) == 2
+    assert (f"MODEL {own / 'dense.onnx'} is inside --out {own}, where deploy writes dense.onnx "
+            "(with --compare); choose another --out") in capsys.readouterr().err
     (again / "report.json").write_text("{}")  # one of deploy's files, changed since
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(again), *QUICK, *TRUST]) == 2
     assert "holds report.json" in capsys.readouterr().err
@@ -1027,6 +1103,9 @@ def test_bad_counts_are_refused_before_any_work(saved, tmp_path, capsys, flag, v
     ({"opset": 13}, r"--opset 13: torch's ONNX exporter writes opset 18 or later; .*"
                     r"dynamo=False, opset_version=13\)"),
     ({"input_shape": (1, 3, 16.7, 16)}, "must hold integers"),
+    # break179 F8: an empty part or a stray letter was dropped, and 1,3,16,16 deployed
+    ({"input_shape": "1,3,16,16,x"}, "is not a comma-separated list of integers"),
+    ({"input_shape": "1,,3,16,16"}, "is not a comma-separated list of integers"),
 ])
 def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, option, phrase):
     """A negative atol blamed the export for the failed check; opset 99 was logged and exported
@@ -1035,6 +1114,20 @@ def test_bad_tolerances_opsets_and_shapes_are_refused_before_any_work(tmp_path, 
         deploy(small_net(8), tmp_path / "out", backend="onnxruntime", iters=3, warmup=1,
                progress=False, log=lambda s: None, **{"input_shape": SHAPE, **option})
     assert not (tmp_path / "out").exists()
+
+
+def test_numpy_numbers_and_an_array_of_dims_are_taken_as_plain_ones(tmp_path):
+    """break179 F8: batch=np.int64(2) was "not an integer >= 1", an array of dims was told to
+    "pass its .shape", an np.int64 opset came back unwritable as JSON, and log=None was a
+    TypeError."""
+    report = deploy(small_net(8), tmp_path / "out", backend="onnxruntime", iters=np.int64(3),
+                    warmup=np.int32(1), threads=np.int64(1), batch=np.int64(2),
+                    opset=np.int64(20), input_shape=np.array(SHAPE), progress=False, log=None)
+    assert report["input_shape"] == [2, *SHAPE[1:]] and report["batch"] == 2
+    json.dumps(report)
+    info = export_onnx(small_net(8), torch.tensor(SHAPE), tmp_path / "m.onnx", opset=np.int64(20),
+                       log=None)
+    assert type(info["opset_requested"]) is int and json.dumps(info)
 
 
 @pytest.mark.parametrize("call", ["export", "verify", "deploy"])
