@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -29,6 +30,45 @@ def at_least(minimum: int):
 
     parse.__name__ = f"whole number >= {minimum}"
     return parse
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):  # NaN passes any range check; inf is no rate or fraction
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    return value
+
+
+def fraction_kept(text: str) -> float:
+    """An argparse ``type`` for a target: the fraction of the dense cost to keep, in (0, 1]
+    (break180 F1-F3: ``--target 2`` or ``0`` was found after the latency table or the dense
+    rows had been timed or trained, as error rows with exit 0 or a traceback)."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"the fraction of the dense cost to keep, in (0, 1]; got {value:g}")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse ``type`` for a number > 0, such as a learning rate (break180 F3: ``--lr -1``
+    was torch's traceback)."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def default_threads() -> int:
+    """A CPU timing's default ``--threads``: ``OMP_NUM_THREADS`` where it is set, else the cores
+    this process may run on, as ``fxprune train`` chooses (break180 F10: a fixed 2 threads
+    under ``OMP_NUM_THREADS=1`` beside other jobs timed a step 100x too slow)."""
+    from fxprune.train import default_threads as train_default
+
+    return train_default()
 
 
 def run_script(main, resume: str = "",
@@ -116,6 +156,27 @@ def refuse_unwritable(stem: Path, files=(".json", ".md"), option: str = "--out")
         _usage_error(f"cannot write at {stem} ({why}); choose another {option}")
 
 
+def refuse_unusable_run_folder(out: Path, what: str) -> None:
+    """Exit (one line) before any training if the run folder ``out`` (a row's, under
+    ``--runs-dir``; ``what`` names the row) cannot take the row's run: it holds files fxprune
+    did not write, or is no folder (the check ``fxprune train --overwrite`` makes there).
+    (break180 F6: a traceback once the row's turn came, after the rows before it had trained,
+    and naming ``--out``, an option the user never typed.)"""
+    import re
+
+    from fxprune.run_io import check_out_folder
+
+    try:
+        check_out_folder(Path(out), resume=False, overwrite=True)
+    except OSError as exc:
+        why = re.split(r"; (?:choose|move|pass|point|create) ", str(exc))[0]
+        why = why.replace(f"--out {out}", str(out)).removeprefix("--overwrite: ")
+        if str(out) not in why:
+            why = f"{out}: {why}"
+        _usage_error(f"{what}: its run folder under --runs-dir cannot take the run: {why}; "
+                     "choose another --runs-dir, or move those files out of that folder")
+
+
 def _stem(name: str, out, smoke: bool, changed) -> Path:
     if out is None:
         stem = RESULTS / (f"{name}_smoke" if smoke else name)
@@ -166,6 +227,9 @@ def _usage_error(message: str):
     """Exit as argparse does on a bad argument: one line on stderr, status 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+usage_error = _usage_error  # for a script's own checks of the same kind (break180 F4)
 
 
 def device_problem(exc: Exception) -> str:

@@ -38,7 +38,8 @@ from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
+from bench_common import (at_least, changed_options, refuse_unusable_run_folder,  # noqa: E402
+                          results_stem, run_script, usage_error)
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
 # the dense row drops the recipe's pruning keys (a recipe with prune.* keys and no method is
 # refused as a mistake)
@@ -73,19 +74,52 @@ def planned_config(name: str, target: float | None, seed: int, epochs: int, out:
     return sets, load_config(CONFIG, [*sets, f"out={json.dumps(str(out))}"])
 
 
+# the first line of every log this benchmark writes: it replaces only such a log (break180 F4:
+# a user's file at the log's path was truncated without a word)
+LOG_HEADER = "# bench_fashion_mnist.py: fxprune train's output for the run folder beside this log"
+
+
+def log_path(out: Path) -> Path:
+    return Path(f"{out}.log")
+
+
+def own_log(log: Path, out: Path) -> bool:
+    """Whether ``log`` (a file) is one this benchmark wrote for the run folder ``out``: its
+    first line is :data:`LOG_HEADER`, or, for a log written before the header, the first line
+    ``fxprune train`` prints for that very folder."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            first = f.readline().rstrip("\n")
+    except OSError:
+        return False
+    return first == LOG_HEADER or first.startswith(f"fxprune train: {out} on ")
+
+
+def refuse_others_log(out: Path, what: str) -> None:
+    """Exit (one line) before any training if the row's log path holds a file this benchmark
+    did not write (:func:`own_log`), which its run would replace."""
+    log = log_path(out)
+    if (log.exists() or log.is_symlink()) and not (
+            log.is_file() and not log.is_symlink() and own_log(log, out)):
+        usage_error(f"{what}: {log} exists and is not a log this benchmark wrote; its run "
+                    "would replace it: move it away, or choose another --runs-dir")
+
+
 def run_one(name: str, target: float | None, seed: int, epochs: int, out: Path,
             fresh: bool) -> dict:
     sets, planned = planned_config(name, target, seed, epochs, out)
     cmd = [sys.executable, "-m", "fxprune.cli", "train", str(CONFIG), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
-    log = Path(f"{out}.log")
+    log = log_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = (out / "results.json").is_file() and _saved_config(out, "config.yaml") == planned
     if fresh or not finished:
         # An interrupted run of exactly this config continues where its checkpoint left off.
         resume = not fresh and _saved_config(out, "checkpoint.pt") == planned
         with open(log, "a" if resume else "w") as f:
+            if not resume:
+                print(LOG_HEADER, file=f, flush=True)
             proc = subprocess.run(cmd + ["--resume" if resume else "--overwrite"], stdout=f,
                                   stderr=subprocess.STDOUT, cwd=ROOT)
         if proc.returncode != 0:
@@ -166,6 +200,11 @@ def main(argv=None) -> int:
             planned_config(name, target, seed, args.epochs, out)
         except ConfigError as exc:  # one line, as bench_methods says it (break57 #11)
             parser.error(f"row {name!r} at target {target}: {exc}")
+        # a user's file in the row's folder or at its log's path: one line, before any run
+        # trains (break180 F4, F6: the log was truncated, then a RuntimeError traceback)
+        what = f"row {name!r} at target {target} seed {seed}"
+        refuse_unusable_run_folder(out, what)
+        refuse_others_log(out, what)
     print(f"{len(plan)} runs, {args.jobs} at a time, {args.epochs} epochs each", flush=True)
     started = time.perf_counter()
     pool, stopping = ThreadPoolExecutor(args.jobs), threading.Event()

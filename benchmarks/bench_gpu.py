@@ -51,8 +51,9 @@ from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (at_least, changed_options, device_problem, half_masks,  # noqa: E402
-                          results_stem, run_script, timing_setup_warnings_off)
+from bench_common import (at_least, changed_options, default_threads, device_problem,  # noqa: E402
+                          half_masks, results_stem, run_script, timing_setup_warnings_off)
+from fxprune.deploy.latency_table import _busy, cpu_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,7 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results path prefix (default benchmarks/results/gpu, or gpu_smoke "
                              "with --smoke: a smoke run never replaces real results)")
-    parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads for --device cpu")
+    parser.add_argument("--threads", type=at_least(1), default=default_threads(),
+                        help="CPU threads for --device cpu (default: OMP_NUM_THREADS, else the "
+                             "usable cores; %(default)s here)")
     parser.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None,
                         help="tables and speedups (default fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--amp", choices=("bf16", "fp16", "off"), default="bf16",
@@ -334,6 +337,10 @@ def main(argv=None) -> int:
         torch.cuda.set_device(device)
     s = SMOKE if args.smoke else FULL
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
+    # the CPU's load around the timings, and whether others' work shared its cores, as the
+    # other timing benchmarks record it (break180 F10: a step timed 100x too slow under load
+    # was published without a word)
+    loads = [cpu_load()]
     started = time.perf_counter()
     results = {
         "meta": {"command": "python " + shlex.join([os.path.relpath(__file__, ROOT),
@@ -376,6 +383,10 @@ def main(argv=None) -> int:
 
     def write() -> str:
         results["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
+        loads.append(cpu_load())
+        results["meta"].update(
+            cores=loads[0][1], load_average_before=loads[0][0], load_average_after=loads[-1][0],
+            under_load=_busy(loads, args.threads) if device.type == "cpu" else None)
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         text = markdown(results)
@@ -421,6 +432,10 @@ def markdown(r: dict) -> str:
              f"({m['device_type']}), {m.get('torch_threads', m['threads'])} CPU thread(s), "
              f"torch {m['torch']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}; "
              f"{m['total_seconds']} s in all.", "",
+             *([f"Timed under load (load average {m['load_average_before']:.1f} before, "
+                f"{m['load_average_after']:.1f} after, on {m['cores']} cores): other processes "
+                "shared the CPU, and the times and speedups below are distorted by it.", ""]
+               if m.get("under_load") else []),
              f"## (a) training step ({m['amp']} autocast), medians of interleaved steps", "",
              "| model | batch x input | plain (ms) | masked | masked + SMCP in window | outside window "
              "| updates | cost after | finalize max rel. error |", "|---|---|---|---|---|---|---|---|---|"]

@@ -39,7 +39,7 @@ from fxprune.methods.smcp import SMCP
 from fxprune.summary import count_flops, count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import at_least, changed_options, results_stem, run_script  # noqa: E402
+from bench_common import at_least, changed_options, fraction_kept, results_stem, run_script  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COSTS = ("flops", "latency")
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     ap.add_argument("--step", type=at_least(1), default=16, help="latency table grid step")
     ap.add_argument("--channel-step", type=at_least(1), nargs="+", default=[16, 8],
                     help="SMCP option step(s); each gets a FLOPs row and a latency row")
-    ap.add_argument("--target", type=float, default=0.5, help="cost to keep, fraction of dense")
+    ap.add_argument("--target", type=fraction_kept, default=0.5, help="cost to keep, fraction of dense")
     ap.add_argument("--iters", type=at_least(1), default=300, help="timed rounds per model")
     ap.add_argument("--warmup", type=at_least(0), default=20)
     ap.add_argument("--threads", type=at_least(1), default=2)

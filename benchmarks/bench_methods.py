@@ -44,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import at_least, changed_options, refuse_unwritable, results_stem, run_script  # noqa: E402
+from bench_common import (apply_smoke_defaults, at_least, changed_options,  # noqa: E402
+                          refuse_unusable_run_folder, refuse_unwritable, results_stem,
+                          run_script)
 from fxprune.train import ConfigError, load_config, resolve_config, train  # noqa: E402
 
 BASE = ROOT / "configs" / "fashion_mnist_smcp.yaml"
@@ -234,7 +236,9 @@ def markdown(summary, solver, timing, meta) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="synthetic images, tiny net, 1 epoch, 1 seed")
+    parser.add_argument("--smoke", action="store_true",
+                        help="synthetic images, tiny net, 1 epoch, 1 seed, 3 timing steps "
+                             "(options given stay as given)")
     parser.add_argument("--epochs", type=at_least(1), default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=None, help="a subset of the rows, by name")
@@ -250,8 +254,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_methods")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.epochs, args.seeds, args.timing_steps = 1, args.seeds[:1], min(args.timing_steps, 3)
+    if args.smoke:  # smaller defaults; what was given stays (break180 F5: --epochs 2,
+        # --seeds 0 1 and --timing-steps were replaced without a word)
+        apply_smoke_defaults(parser, argv, args, {"epochs": 1, "seeds": args.seeds[:1],
+                                                  "timing_steps": 3})
     out = results_stem("methods", args.out, args.smoke, changed_options(
         parser, args, ignore=("reuse", "runs_dir")), keys=("meta", "summary", "solver", "runs"))
     refuse_unwritable(args.runs_dir / "row", (), option="--runs-dir")  # (break167 F3)
@@ -284,6 +290,11 @@ def main(argv=None) -> int:
                        args.smoke)
         except ConfigError as exc:
             parser.error(f"row {name!r}: {exc}")
+    for seed in args.seeds:  # a user's file in a row's folder: one line, before any training
+        for name in names:
+            refuse_unusable_run_folder(row_config(name, plan[name], seed, args.epochs,
+                                                  args.runs_dir, args.threads, args.smoke)["out"],
+                                       f"row {name!r} seed {seed}")
     rows = []
     started = time.perf_counter()
     try:

@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
-from bench_common import apply_smoke_defaults, at_least, changed_options, results_stem, run_script  # noqa: E402
+from bench_common import (apply_smoke_defaults, at_least, changed_options, fraction_kept,  # noqa: E402
+                          positive, results_stem, run_script)
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
 
@@ -232,8 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=at_least(1), default=2)
     p.add_argument("--train-images", type=at_least(1), default=10000)
     p.add_argument("--batch", type=at_least(1), default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--lr", type=positive, default=0.1)
+    p.add_argument("--target", type=fraction_kept, default=0.5)
     p.add_argument("--update-every", type=at_least(1), default=20)
     p.add_argument("--bn-recal", type=at_least(1), nargs="+", default=[5, 20])
     p.add_argument("--hysteresis", type=float, nargs="+", default=[0.25, 1.0])

@@ -71,7 +71,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
-from bench_common import RESULTS, apply_smoke_defaults, at_least, changed_options, results_stem, run_script  # noqa: E402
+from bench_common import (RESULTS, apply_smoke_defaults, at_least, changed_options,  # noqa: E402
+                          fraction_kept, positive, results_stem, run_script)
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
@@ -452,6 +453,16 @@ def aggregate(rows: list[dict], batches) -> list[dict]:
     return out
 
 
+def round_to(text: str):
+    """``--round-to``'s type: 'none' or a whole number >= 1, its error saying what it takes
+    (break180 F13: a lambda, "invalid <lambda> value: 'x'")."""
+    if text == "none":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 or 'none'")
+    return int(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=["concat", "resnet", "wide"], choices=list(NETS))
@@ -460,10 +471,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=at_least(1), default=6)
     p.add_argument("--train-images", type=at_least(1), default=20000)
     p.add_argument("--batch", type=at_least(1), default=128)
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--target", type=float, default=0.5, help="fraction of the dense FLOPs kept")
+    p.add_argument("--lr", type=positive, default=DEFAULTS["lr"])
+    p.add_argument("--target", type=fraction_kept, default=0.5, help="fraction of the dense FLOPs kept")
     p.add_argument("--tp-importance", nargs="+", default=["taylor", "magnitude"])
-    p.add_argument("--round-to", type=lambda s: None if s == "none" else int(s), nargs="+",
+    p.add_argument("--round-to", type=round_to, nargs="+",
                    default=[None, 8], help="Torch-Pruning round_to values ('none' or an int)")
     p.add_argument("--smcp-options", type=json.loads, default={},
                    help='extra SMCP arguments as JSON, e.g. \'{"hysteresis": 0}\'')

@@ -7,10 +7,55 @@
 # 3. benchmarks/bench_gpu.py (SMCP step overhead, a GPU latency table, measured speedups).
 # Every step writes its log to OUT_DIR and has its own timeout, so a failing or slow step
 # leaves the others' results; the exit status is the first failing step's.
+# OUT_DIR must be new, empty, or hold only the files an earlier run of this script wrote there.
 set -u
-out=${1:?usage: gpu_checks.sh OUT_DIR}
-mkdir -p "$out"
-: > "$out/steps.txt"  # this run's steps only (break61 #6: a rerun listed the last run's too)
+usage="usage: [SMOKE=1] [PYTHON=python3] bash benchmarks/gpu_checks.sh OUT_DIR"
+# (break180 F7: --help was taken for OUT_DIR, a cascade of mkdir, tee and cat errors)
+case "${1:-}" in
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; echo "$usage"; exit 0 ;;
+    "") echo "$usage" >&2; exit 2 ;;
+    -*) echo "gpu_checks.sh: unknown option $1; $usage" >&2; exit 2 ;;
+esac
+if [ "$#" -ne 1 ]; then
+    echo "gpu_checks.sh: one OUT_DIR, got $#; $usage" >&2
+    exit 2
+fi
+out=$1
+# the first line of each text file it writes: it replaces only those, and its bench_gpu results
+# (break180 F7: a user's steps.txt, machine.txt and *.log in OUT_DIR were replaced)
+header="# written by benchmarks/gpu_checks.sh"
+logs="install cuda_tests bench_gpu"
+ours() {  # ours NAME: OUT_DIR/NAME is a file an earlier run of this script wrote
+    local path="$out/$1"
+    [ -f "$path" ] && [ ! -L "$path" ] || return 1
+    case "$1" in
+        gpu.json) grep -q '"device_type"' "$path" ;;  # bench_gpu's results (it checks them too)
+        gpu.md) ours gpu.json ;;                      # (bench_gpu's table, beside its results)
+        steps.txt|machine.txt) [ "$(head -n 1 "$path")" = "$header" ] ;;
+        *.log) case " $logs " in *" ${1%.log} "*) [ "$(head -n 1 "$path")" = "$header" ] ;;
+                                  *) return 1 ;; esac ;;
+        *) return 1 ;;
+    esac
+}
+if [ -e "$out" ] || [ -L "$out" ]; then
+    if [ ! -d "$out" ]; then
+        echo "gpu_checks.sh: OUT_DIR $out is not a folder; choose a new or empty folder" >&2
+        exit 2
+    fi
+    others=$(for path in "$out"/* "$out"/.*; do
+        name=${path##*/}
+        case "$name" in .|..) continue ;; esac
+        [ -e "$path" ] || [ -L "$path" ] || continue  # (a pattern that matched nothing)
+        ours "$name" || printf '%s ' "$name"
+    done)
+    if [ -n "$others" ]; then
+        echo "gpu_checks.sh: OUT_DIR $out holds files this script did not write (${others% }):" \
+             "it would replace or mix with them; choose a new or empty folder" >&2
+        exit 2
+    fi
+fi
+mkdir -p "$out" || exit 2
+echo "$header" > "$out/steps.txt"  # this run's steps only (break61 #6: a rerun listed the last run's too)
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 status=0
@@ -18,7 +63,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to OUT_DIR/NAM
     local name=$1 limit=$2
     shift 2
     local started=$SECONDS
-    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "$header" > "$out/$name.log"
+    timeout "$limit" "$@" >> "$out/$name.log" 2>&1
     local rc=$?
     echo "$name: exit $rc after $((SECONDS - started)) s (limit $limit s)" | tee -a "$out/steps.txt"
     [ "$rc" -ne 0 ] && [ "$status" -eq 0 ] && status=$rc
@@ -26,6 +72,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to OUT_DIR/NAM
 }
 
 {
+    echo "$header"
     date -u
     nvidia-smi -L 2>&1 || echo "no nvidia-smi"
     "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn',

@@ -8,7 +8,8 @@ one on an H200 (resnet50: 1.06x). This script says which ops make the difference
 plain model and the prepared one with half of every group masked (the mid-ramp worst case),
 it profiles a few training steps (bf16 autocast on CUDA, SGD) and writes the top ops by
 device time (self time, summed over the profiled steps) of each to ``OUT.txt``, with the
-machine and versions; an existing ``OUT.txt`` is refused.
+machine and versions; an existing ``OUT.txt`` is replaced only if this script wrote it (its
+first line), refused otherwise.
 A diagnosis, not a benchmark: its figures are the profiler's, with its overhead.
 """
 from __future__ import annotations
@@ -26,6 +27,20 @@ from bench_common import at_least, device_problem, given_options, refuse_unwrita
 from bench_gpu import half_masked_setup  # noqa: E402
 
 from fxprune.deploy import torch_backend as tb  # noqa: E402
+
+
+# the first line of every OUT.txt it writes: it replaces only such a file (break180 F9: a rerun
+# into its own earlier output was refused, unlike every other benchmark's --out)
+HEADER = "# benchmarks/profile_step.py: torch.profiler's top ops of a plain and a half-masked step"
+
+
+def own_output(path: Path) -> bool:
+    """Whether ``path`` is an ``OUT.txt`` this script wrote: its first line is :data:`HEADER`."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n") == HEADER
+    except OSError:
+        return False
 
 
 def profile(model, x, y, device, steps: int, amp: bool):
@@ -64,8 +79,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.out.suffix == ".txt":  # OUT, or OUT.txt as written (break80 F9: OUT.txt.txt)
         args.out = args.out.with_suffix("")
-    if Path(f"{args.out}.txt").exists():  # (break61 #8: replaced silently)
-        parser.error(f"{args.out}.txt exists; give another --out")
+    if Path(f"{args.out}.txt").exists() and not own_output(Path(f"{args.out}.txt")):
+        # a user's file (break61 #8: replaced silently); its own earlier output is replaced
+        parser.error(f"{args.out}.txt exists and is not this script's output; give another "
+                     "--out (or move the file away)")
     refuse_unwritable(args.out, (".txt",))  # before the work (break167 F3)
     given = given_options(parser, argv)  # (break167 F7: --model=resnet50 was not seen)
     if args.smoke and {"model", "batch"} & given:
@@ -88,7 +105,7 @@ def main(argv=None) -> int:
     from fxprune.deploy.common import cpu_name
 
     started = time.perf_counter()
-    lines = [f"{name}, batch {batch} x 3x{size}x{size}, {args.steps} profiled steps, device "
+    lines = [HEADER, f"{name}, batch {batch} x 3x{size}x{size}, {args.steps} profiled steps, device "
              f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, CPU "
              f"{cpu_name()} ({torch.get_num_threads()} torch threads), torch {torch.__version__}; "
              f"sorted by {sort_by}", ""]

@@ -212,6 +212,17 @@ def test_a_smoke_mode_keeps_the_options_given_in_any_spelling(monkeypatch):
     ("bench_smcp_ablation", ["--update-every", "x"], "'x' is not a whole number"),
     ("bench_latency_pruning", ["--models", "nosuch"], "nosuch not among torchvision's classification"),
     ("bench_latency_pruning", ["--models", "fcn_resnet50"], "fcn_resnet50 not among"),
+    # break180 F1-F3: found after the table was timed or the dense rows trained
+    ("bench_latency_pruning", ["--target", "2"], "--target: the fraction of the dense cost to keep, in (0, 1]; got 2"),
+    ("bench_latency_pruning", ["--target", "0"], "--target: the fraction of the dense cost to keep"),
+    ("bench_latency_pruning", ["--target", "-0.5"], "--target: the fraction of the dense cost to keep"),
+    ("bench_vs_torch_pruning", ["--smoke", "--target", "2"], "--target: the fraction of the dense cost"),
+    ("bench_vs_torch_pruning", ["--smoke", "--lr", "-1"], "--lr: must be > 0, got -1"),
+    ("bench_smcp_ablation", ["--smoke", "--target", "2"], "--target: the fraction of the dense cost"),
+    ("bench_smcp_ablation", ["--smoke", "--target", "nan"], "--target: 'nan' is not a number"),
+    ("bench_smcp_ablation", ["--smoke", "--lr", "-1"], "--lr: must be > 0, got -1"),
+    # break180 F13: "invalid <lambda> value: 'x'"
+    ("bench_vs_torch_pruning", ["--round-to", "x"], "--round-to: 'x' is not an integer >= 1 or 'none'"),
 ])
 def test_a_count_out_of_range_is_refused_before_any_work(script, args, says, capsys):
     """break167 F4-F8: --epochs -1 trained nothing and exited 0, --batch 0 timed an empty batch

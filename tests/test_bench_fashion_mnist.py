@@ -70,3 +70,80 @@ def test_ctrl_c_starts_none_of_the_queued_runs(tmp_path, monkeypatch):
         bench.main(["--epochs", "1", "--methods", "dense", "magnitude", "--targets", "0.5", "0.3",
                     "--jobs", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
     assert started == ["dense"] and not (tmp_path / "r.json").exists()
+
+
+def _fake_train(bench, monkeypatch, started):
+    """``fxprune train`` as run_one runs it, without training: its first line, a results file."""
+    import subprocess
+    from pathlib import Path
+
+    def fake_run(cmd, stdout, **kwargs):
+        out = Path(cmd[cmd.index("--out") + 1])
+        started.append(out)
+        print(f"fxprune train: {out} on cpu, 1 CPU thread(s)", file=stdout)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(
+            {"accuracy": 0.9, "flops_ratio": 0.5, "params_ratio": 0.5, "train_time_s": 1.0}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+
+
+def test_a_users_file_at_a_rows_log_path_is_refused_and_its_own_log_replaced(tmp_path,
+                                                                            monkeypatch, capsys):
+    """break180 F4: a user's file at RUNS_DIR/<row>.log was truncated without a check."""
+    import shutil
+
+    import pytest
+
+    bench = load_benchmark("bench_fashion_mnist")
+    started = []
+    _fake_train(bench, monkeypatch, started)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    log = runs / "SMCP_50_e1_s0.log"
+    log.write_text("my precious log\n")
+    args = ["--epochs", "1", "--targets", "0.5", "--methods", "SMCP", "--jobs", "1",
+            "--runs-dir", str(runs), "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"{log} exists and is not a log this benchmark wrote" in err and "--runs-dir" in err
+    assert log.read_text() == "my precious log\n" and started == []
+    log.unlink()
+
+    def main_then_drop_the_run(extra=()):  # (the fake run's folder has no fxprune marker)
+        assert bench.main([*args, *extra]) == 0
+        shutil.rmtree(runs / "SMCP_50_e1_s0")
+
+    main_then_drop_the_run()
+    assert len(started) == 1 and log.read_text().splitlines()[0] == bench.LOG_HEADER
+    main_then_drop_the_run(["--fresh"])  # its own log: replaced
+    assert len(started) == 2 and log.read_text().count(bench.LOG_HEADER) == 1
+    # a log written before the header: fxprune train's first line, for this very folder
+    log.write_text(f"fxprune train: {runs / 'SMCP_50_e1_s0'} on cpu, 1 CPU thread(s)\n")
+    main_then_drop_the_run(["--fresh"])
+    assert len(started) == 3
+
+
+def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_run(tmp_path, monkeypatch,
+                                                                     capsys):
+    """break180 F6: `RuntimeError: SMCP @ 0.5: exit 2, see ....log`, a traceback, once the
+    row's run had been started (its log already truncated)."""
+    import pytest
+
+    bench = load_benchmark("bench_fashion_mnist")
+    started = []
+    _fake_train(bench, monkeypatch, started)
+    folder = tmp_path / "runs" / "SMCP_50_e1_s0"
+    folder.mkdir(parents=True)
+    (folder / "mine.txt").write_text("mine\n")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--epochs", "1", "--targets", "0.5", "--methods", "dense", "SMCP",
+                    "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert (f"row 'SMCP' at target 0.5 seed 0: its run folder under --runs-dir cannot take the "
+            f"run: {folder} already holds files fxprune did not write (mine.txt)") in err
+    assert started == [] and not (tmp_path / "runs" / "SMCP_50_e1_s0.log").exists()

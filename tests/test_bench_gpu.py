@@ -111,17 +111,24 @@ def test_a_run_off_the_published_protocol_needs_out_where_gpu_json_exists(args, 
         assert "no device here" in capsys.readouterr().err
 
 
-def test_profile_step_smoke_writes_both_tables_and_keeps_an_existing_file(tmp_path):
+def test_profile_step_smoke_writes_both_tables_and_keeps_an_existing_file(tmp_path, capsys):
     """benchmarks/profile_step.py on the CPU: the plain and the half-masked step's top ops;
-    an existing OUT.txt is refused, not replaced (break61 #8)."""
+    a user's file at OUT.txt is refused, not replaced (break61 #8), and its own earlier
+    output is replaced (break180 F9: that was refused too)."""
     profile = load_benchmark("profile_step")
     out = tmp_path / "prof"
     assert profile.main(["--device", "cpu", "--smoke", "--steps", "1", "--out", str(out)]) == 0
     text = (tmp_path / "prof.txt").read_text()
     assert "== plain" in text and "== half masked (prepared)" in text and "tiny_convnext" in text
-    with pytest.raises(SystemExit):
-        profile.main(["--device", "cpu", "--smoke", "--out", str(out)])
-    assert (tmp_path / "prof.txt").read_text() == text
+    assert profile.main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(out)]) == 0
+    assert "2 profiled steps" in (tmp_path / "prof.txt").read_text()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("my notes\n")
+    with pytest.raises(SystemExit) as e:
+        profile.main(["--device", "cpu", "--smoke", "--out", str(mine)])
+    assert e.value.code == 2 and "mine.txt exists and is not this script's output" in (
+        capsys.readouterr().err)
+    assert mine.read_text() == "my notes\n"
     # break80 F9: OUT.txt wrote OUT.txt.txt; a missing GPU or an unknown model: a traceback
     assert profile.main(["--device", "cpu", "--smoke", "--steps", "1", "--out",
                          str(tmp_path / "two.txt")]) == 0
@@ -171,3 +178,87 @@ def test_ctrl_c_keeps_an_earlier_file_or_marks_the_sections_it_wrote(tmp_path, m
         assert r["meta"]["interrupted"].startswith(f"in section ({stop_at})")
         assert [row["model"] for row in r["speedups"]] == models
         assert f"(interrupted in section ({stop_at})" in out.with_suffix(".md").read_text()
+
+
+def test_cpu_threads_follow_omp_num_threads_and_the_load_is_recorded(tmp_path, monkeypatch):
+    """break180 F10: --device cpu took 2 threads whatever OMP_NUM_THREADS said, and recorded
+    no load: a step timed 100x too slow beside other jobs was published without a word."""
+    import os
+
+    bench = load_benchmark("bench_gpu")
+
+    def no_timing(key, budgets, results, skipped, fn):  # the sections are tested above
+        results["section_seconds"][key] = 0.0
+
+    monkeypatch.setattr(bench, "run_section", no_timing)
+    readings = iter([(0.2, 2), (9.0, 2)])  # before, then a busy CPU after
+    monkeypatch.setattr(bench, "cpu_load", lambda: next(readings))
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        out = tmp_path / "gpu"
+        assert bench.main(["--device", "cpu", "--smoke", "--sections", "a", "--out", str(out)]) == 0
+        meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+        assert meta["threads"] == 1 and meta["torch_threads"] == 1
+        assert (meta["load_average_before"], meta["load_average_after"]) == (0.2, 9.0)
+        assert meta["cores"] == 2 and meta["under_load"] is True
+        assert "Timed under load (load average 0.2 before, 9.0 after, on 2 cores)" in (
+            out.with_suffix(".md").read_text())
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(bench, "cpu_load", lambda: (0.0, 2))
+        assert bench.main(["--device", "cpu", "--smoke", "--sections", "a", "--out", str(out)]) == 0
+        meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+        assert meta["threads"] == len(os.sched_getaffinity(0)) and meta["under_load"] is False
+        assert "under load" not in out.with_suffix(".md").read_text()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _gpu_checks(tmp_path, *args):
+    """benchmarks/gpu_checks.sh run as break180 F7 ran it: SMOKE=1 and PYTHON=echo, so that its
+    steps print their commands and nothing is installed or run (no GPU here)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.sh"
+    env = {**os.environ, "SMOKE": "1", "PYTHON": "echo"}
+    return subprocess.run(["bash", str(script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_gpu_checks_help_usage_and_a_folder_of_other_files(tmp_path):
+    """break180 F7: --help was taken for OUT_DIR (mkdir's help, then tee and cat errors), and
+    a user's steps.txt and machine.txt in OUT_DIR were replaced."""
+    for flag in ("-h", "--help"):
+        done = _gpu_checks(tmp_path, flag)
+        assert done.returncode == 0 and "usage:" in done.stdout and "OUT_DIR" in done.stdout
+        assert not done.stderr
+    for args in ((), ("a", "b"), ("--out",)):
+        done = _gpu_checks(tmp_path, *args)
+        assert done.returncode == 2 and "usage:" in done.stderr, args
+    assert not list(tmp_path.iterdir())  # nothing made for a usage error
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "steps.txt").write_text("my notes\n")
+    (mine / "machine.txt").write_text("my machine notes\n")
+    done = _gpu_checks(tmp_path, "mine")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "mine holds files this script did not write (machine.txt steps.txt)" in done.stderr
+    assert (mine / "steps.txt").read_text() == "my notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["machine.txt", "steps.txt"]
+    (tmp_path / "afile").write_text("x")
+    done = _gpu_checks(tmp_path, "afile")
+    assert done.returncode == 2 and "afile is not a folder" in done.stderr
+    # its own earlier output is replaced (a rerun), and the steps listed are this run's
+    assert _gpu_checks(tmp_path, "new").returncode == 0
+    written = sorted(p.name for p in (tmp_path / "new").iterdir())
+    assert written == ["bench_gpu.log", "cuda_tests.log", "machine.txt", "steps.txt"]
+    (tmp_path / "new" / "gpu.json").write_text('{"meta": {"device_type": "cpu"}}')
+    (tmp_path / "new" / "gpu.md").write_text("# table\n")
+    done = _gpu_checks(tmp_path, "new")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "new" / "steps.txt").read_text().count("bench_gpu: exit 0") == 1
+    (tmp_path / "new" / "notes.log").write_text("mine\n")
+    done = _gpu_checks(tmp_path, "new")
+    assert done.returncode == 2 and "(notes.log)" in done.stderr

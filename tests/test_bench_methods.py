@@ -71,3 +71,57 @@ def test_smoke_runs_stay_inside_the_runs_dir(tmp_path, monkeypatch, given, expec
     cfg = bench.row_config("dense", {"method": "none"}, 0, 1, Path(given), 1, True)
     folder = expected.format(cwd=tmp_path, home=tmp_path / "home")
     assert cfg["out"] == f"{folder}/dense_e1_s0"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_smoke_mode_keeps_the_options_given(tmp_path, monkeypatch):
+    """break180 F5: --smoke replaced --epochs 2 with 1, --seeds 0 1 with [0] and
+    --timing-steps with at most 3, without a word; the other smoke modes keep what was given."""
+    bench = load_benchmark("bench_methods")
+    trained, timed = [], []
+
+    def fake_row(name, prune, seed, epochs, *rest):
+        trained.append((name, seed, epochs))
+        return {"row": name, "seed": seed, "accuracy": 0.5, "flops_ratio": 1.0,
+                "params_ratio": 1.0, "train_time_s": 1.0}
+
+    def fake_timing(widths, batch, rhos, steps, threads):
+        timed.append(steps)
+        raise _Stop
+
+    monkeypatch.setattr(bench, "run_row", fake_row)
+    monkeypatch.setattr(bench, "solver_hit_rate", lambda: {})
+    monkeypatch.setattr(bench, "cucb_step_times", fake_timing)
+    common = ["--smoke", "--rows", "dense", "--runs-dir", str(tmp_path / "runs"),
+              "--out", str(tmp_path / "m")]
+    with pytest.raises(_Stop):
+        bench.main([*common, "--epochs", "2", "--seeds", "0", "1", "--timing-steps=7"])
+    assert trained == [("dense", 0, 2), ("dense", 1, 2)] and timed == [7]
+    trained.clear()
+    timed.clear()
+    with pytest.raises(_Stop):  # the smoke run's own defaults where nothing was given
+        bench.main(common)
+    assert trained == [("dense", 0, 1)] and timed == [3]
+
+
+def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_training(tmp_path, monkeypatch,
+                                                                         capsys):
+    """break180 F6: a 27-line FileExistsError traceback naming --out, an option never typed,
+    when that row's turn came (after the rows before it had trained)."""
+    bench = load_benchmark("bench_methods")
+    monkeypatch.setattr(bench, "run_row", lambda *a, **k: pytest.fail("trained"))
+    folder = tmp_path / "runs" / "smoke" / "SMCP_e1_s0"
+    folder.mkdir(parents=True)
+    (folder / "mine.txt").write_text("mine\n")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--smoke", "--rows", "dense", "SMCP", "--runs-dir", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"row 'SMCP' seed 0: its run folder under --runs-dir cannot take the run: {folder} " \
+           "already holds files fxprune did not write (mine.txt); choose another --runs-dir" in err
+    assert "--out" not in err and (folder / "mine.txt").read_text() == "mine\n"
+    assert not (tmp_path / "m.json").exists()
