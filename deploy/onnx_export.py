@@ -15,7 +15,9 @@ import numbers
 import operator
 import os
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from typing import Callable
 
@@ -617,23 +619,33 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         exporter = "torchscript"
         axes = ({name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
                 if dynamic_batch else None)
-        folder = os.path.dirname(os.path.abspath(path))
-        before = set(os.listdir(folder)) - {os.path.basename(path)}
+        # a big model's TorchScript export writes one weight file per initializer, named by
+        # it, beside the model: it writes in a folder of its own, gathered below into PATH.data
+        # as the dynamo exporter writes it (break179 F2: a user's file named like a weight,
+        # beside PATH, was replaced)
+        staging = (tempfile.mkdtemp(prefix=".fxprune-export-",
+                                    dir=os.path.dirname(os.path.abspath(path)))
+                   if external else None)
+        traced = os.path.join(staging, os.path.basename(path)) if staging else path
 
-        def remove_written():  # the file, and a big model's weight files beside it
-            written = set(os.listdir(folder)) - before if external else {os.path.basename(path)}
-            for name in written:
-                os.remove(os.path.join(folder, name))
+        def remove_written(again: bool = False):  # the file (and, big, its weight files)
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
+                if again:
+                    os.makedirs(staging)
+            elif os.path.isfile(path):
+                os.remove(path)
 
         def trace(axes):
             with warnings.catch_warnings(record=True) as caught, _onnx_log_kept_off():
                 warnings.simplefilter("always", torch.jit.TracerWarning)
-                torch.onnx.export(model, (x,), path, dynamo=False, dynamic_axes=axes, **common)
+                torch.onnx.export(model, (x,), traced, dynamo=False, dynamic_axes=axes, **common)
             return caught
 
         try:
             caught = trace(axes)
         except Exception as legacy_err:
+            remove_written()
             raise DeployError(
                 f"ONNX export failed with both exporters: dynamo: {dynamo_reason}; TorchScript: "
                 f"{exporter_reason(legacy_err)}") from legacy_err
@@ -671,7 +683,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         if branches and dynamic_batch:
             # a branch on sizes is right at the traced shape, and wrong at another batch
             w = branches[0]
-            remove_written()
+            remove_written(again=True)
             caught = trace(None)
             log(f"a free batch is not kept: the model branches on a tensor's size "
                 f"({os.path.basename(w.filename)}:{w.lineno}), which the TorchScript "
@@ -682,6 +694,15 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         for w in caught:  # anything else TorchScript warns of is shown, not dropped
             if not issubclass(w.category, DeprecationWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if staging:
+            import onnx
+
+            try:
+                onnx.save_model(onnx.load(traced, load_external_data=True), path,
+                                save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=f"{os.path.basename(path)}.data")
+            finally:
+                remove_written()
     check_onnx(path)
     import onnx
 

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -342,6 +343,27 @@ def test_the_torchscript_fallback_refuses_a_branch_on_values_even_through_a_size
     assert not (tmp_path / "v.onnx").exists()
 
 
+def test_a_big_torchscript_export_gathers_its_weights_and_keeps_files_named_like_them(
+        tmp_path, monkeypatch):
+    """break179 F2's other half: a big model's TorchScript export wrote one file per
+    initializer, named by it, beside the model: a user's file of such a name was replaced. It
+    now writes in a folder of its own and gathers them into PATH.data, as the dynamo exporter
+    writes them."""
+    from fxprune.deploy import onnx_export
+
+    fail_dynamo(monkeypatch, "an op it cannot export")
+    monkeypatch.setattr(onnx_export, "_PROTOBUF_LIMIT", 0)  # as for a model over 2 GiB
+    model = small_net(4)
+    mine = {name: f"the user's {name}" for name in (*model.state_dict(), "onnx__Conv_0")}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    info = export_onnx(model, SHAPE, tmp_path / "m.onnx", log=lambda s: None)
+    assert info["exporter"] == "torchscript" and info["external_data"]
+    assert {p.name for p in tmp_path.iterdir()} == {*mine, "m.onnx", "m.onnx.data"}
+    assert all((tmp_path / name).read_text() == text for name, text in mine.items())
+    assert verify_onnx(tmp_path / "m.onnx", model, SHAPE) < 1e-5
+
+
 def test_a_refused_export_leaves_no_side_file_and_no_graph_dump(tmp_path, monkeypatch, capsys):
     """Last note's left-alone: the refusal removed model.onnx but not a big model's weights file;
     torch.export printed each failed attempt's partial graph (about 50 lines) to stderr."""
@@ -352,7 +374,7 @@ def test_a_refused_export_leaves_no_side_file_and_no_graph_dump(tmp_path, monkey
         real_export(model, args, path, dynamo=dynamo, **kwargs)
         if not dynamo and kwargs["external_data"]:  # TorchScript: one file per initializer
             for name in ("conv.weight", "conv.bias"):
-                (tmp_path / name).write_bytes(b"weights")
+                (Path(path).parent / name).write_bytes(b"weights")
 
     monkeypatch.setattr(torch.onnx, "export", with_weight_files)
     monkeypatch.setattr(onnx_export, "_PROTOBUF_LIMIT", 0)  # as for a model over 2 GiB
