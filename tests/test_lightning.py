@@ -790,9 +790,23 @@ def test_a_method_state_a_resume_could_not_read_is_refused_not_converted(
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     with pytest.raises(FxPruneError, match=rf"^prune.method {method}: its state_dict\(\) holds "
                                            r"objects that torch.load\(weights_only=True\) "
-                                           r"refuses \(.*numpy.*\), so Lightning's ckpt_path "
-                                           r"resume could not read the run's checkpoint"):
+                                           r"refuses \(a numpy\.[\w.]+\), so Lightning's "
+                                           r"ckpt_path resume \(torch.load's default "
+                                           r"weights_only=True\) could not read the run's "
+                                           r"checkpoint"):
         trainer(tmp_path, 2, [prune, record, ckpt]).fit(Classifier(), loader())
     assert not list((tmp_path / "ckpt").glob("*.ckpt"))
-    # refused before the first step, or at the first save
-    assert (prune.pruner.step_count == 0) == (method == "numpy_at_start")
+    if method == "numpy_at_start":  # refused before the first step, and kept unbuilt, so a
+        # refit is refused before its first step too (review181 F3)
+        assert prune.pruner is None
+        with pytest.raises(FxPruneError, match="its state_dict"):
+            trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
+        assert prune.pruner is None
+    else:  # at the first save
+        assert prune.pruner.step_count > 0
+        # review181 F1: a fit that saves no checkpoint has no state to refuse: it trains to its
+        # end and saves the pruned model, as before the check
+        prune = PruningCallback(method, save_path=tmp_path / "pruned.pt", **SMCP_ARGS)
+        trainer(tmp_path / "none", 2, [prune], enable_checkpointing=False).fit(Classifier(),
+                                                                                loader())
+        assert (tmp_path / "pruned.pt").is_file() and prune.finalized is not None

@@ -86,7 +86,7 @@ def _method_entry(name: str):
 
 
 #: who reads a checkpoint's method state back with torch.load(weights_only=True)
-_READ_BY = "Lightning's ckpt_path resume"
+_READ_BY = "Lightning's ckpt_path resume (torch.load's default weights_only=True)"
 
 
 @contextlib.contextmanager
@@ -258,11 +258,13 @@ class PruningCallback(pl.Callback):
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """on_fit_start's method part: build (or restore) it and check the fit runs it."""
         if self.pruner is None:
-            self.prepared = find_prepared(pl_module, self.attribute)
-            self.pruner = self.method_entry.build(self.prepared, **self._build_kwargs(trainer))
+            prepared = find_prepared(pl_module, self.attribute)
+            pruner = self.method_entry.build(prepared, **self._build_kwargs(trainer))
             # before a step is spent, as fxprune train does (a state refused by
-            # weights_only=True was turned into tensors its load_state_dict never saw)
-            refuse_unloadable_state(self.pruner, self.method, at_build=True, read_by=_READ_BY)
+            # weights_only=True was turned into tensors its load_state_dict never saw); kept
+            # only once checked, so a refit checks again (review181 F3)
+            refuse_unloadable_state(pruner, self.method, at_build=True, read_by=_READ_BY)
+            self.prepared, self.pruner = prepared, pruner
             resumed_from = getattr(trainer, "ckpt_path", None)
             if resumed_from and self._pending_state is None and trainer.is_global_zero:
                 # Lightning restores callbacks by state_key: one written with other arguments
@@ -457,8 +459,10 @@ class PruningCallback(pl.Callback):
             return
         if getattr(self.pruner, "sync_state", None) is not None:
             self.pruner.sync_state()  # every rank: a checkpoint after fit() holds all statistics
-        # a copy: finalize_masks() below may change what the state's tensors and lists hold
-        self._trained_state = copy.deepcopy(self._checked_state())
+        # a copy: finalize_masks() below may change what the state's tensors and lists hold.
+        # Checked only when a checkpoint saves it (review181 F1: a fit without checkpoints
+        # trained to its end, refused, and saved no model)
+        self._trained_state = copy.deepcopy(self.pruner.state_dict())
         if getattr(trainer, "fast_dev_run", False):
             # Lightning's smoke test (a batch or a few): no schedule runs to its end, and
             # Lightning saves nothing; the target's error ("train longer") could not be acted on
@@ -603,19 +607,17 @@ class PruningCallback(pl.Callback):
         if self.pruner is None:
             return dict(self._pending_state or {})
         if self._trained_state is not None:  # saved after the fit ended
-            return {"method": self.method, "state": self._trained_state}
-        if getattr(self.pruner, "sync_state", None) is not None:
-            # every rank calls this (Lightning's save_checkpoint): statistics summed onto rank 0
-            self.pruner.sync_state()
-        return {"method": self.method, "state": self._checked_state()}
-
-    def _checked_state(self) -> dict:
-        """The method's state_dict(), the first one checked to load with weights_only=True."""
-        state = self.pruner.state_dict()
-        if not self._state_checked:
+            state = self._trained_state
+        else:
+            if getattr(self.pruner, "sync_state", None) is not None:
+                # every rank calls this (Lightning's save_checkpoint): statistics summed onto
+                # rank 0
+                self.pruner.sync_state()
+            state = self.pruner.state_dict()
+        if not self._state_checked:  # the first one saved loads with weights_only=True
             refuse_unloadable_state(self.pruner, self.method, state, read_by=_READ_BY)
             self._state_checked = True
-        return state
+        return {"method": self.method, "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:

@@ -131,8 +131,12 @@ def refuse_unloadable_state(pruner, method: str, state=None, *, at_build: bool =
     try:
         torch.load(buffer, weights_only=True)
     except pickle.UnpicklingError as exc:
-        why = next((line.strip() for line in str(exc).splitlines()
-                    if "GLOBAL" in line or "Unsupported" in line), first_line(exc))
+        import re
+
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the refused class, not torch's advice
+        why = (f"a {named.group(1).rstrip('.')}" if named else
+               next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line),
+                    first_line(exc)))
         raise FxPruneError(
             f"prune.method {method}: its state_dict() holds objects that "
             f"torch.load(weights_only=True) refuses ({why[:200]}), so {read_by} could not read "
