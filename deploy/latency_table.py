@@ -224,10 +224,11 @@ class LatencyTable:
         model (anything else), whose layers come with the widths pruning can give them
         (:func:`fxprune.units.reachable_widths`; :func:`layer_grid`). ``timer(layer, c_in, c_out) -> ms`` replaces
         the backend's timing (tests, custom runtimes); its results are cached like real ones,
-        under its name (its function's or class's ``__qualname__``, with the numbers and
-        strings a ``functools.partial`` binds or a closure captures, recorded as the runtime
-        ``custom-timer NAME``): two instances of one class that time differently need their own
-        cache files, or ``device`` labels. ``min_count``: a count timed on every axis below ``step``
+        under its name (its ``fxprune_name`` attribute, else its function's or class's
+        ``__qualname__`` with the numbers and strings a ``functools.partial`` binds, a closure
+        captures or its defaults hold; recorded as the runtime ``custom-timer NAME``): two
+        instances of one class that time differently, or a timer that captures a clock
+        reading, need an ``fxprune_name`` of their own. ``min_count``: a count timed on every axis below ``step``
         (the pruner's ``channel_step``): a coarse grid (``step=128``, to fit a time budget) then
         interpolates narrow widths instead of pricing them as ``step`` channels (on an H200,
         resnet50's narrowest model was priced at 0.55 of dense, a 50% target unreachable). ``warmup``/``min_runs``/``max_runs``/``target_ms`` set
@@ -834,13 +835,14 @@ def _duration(seconds: float) -> str:
 
 
 def _timer_name(timer) -> str:
-    """The name a custom timer's points are cached under: its function's or class's
-    ``__qualname__``, with what a ``functools.partial`` binds and what a closure captures
-    (review178 F5: two partials of one function, or two closures of one factory, read each
-    other's points). Numbers, strings and their tuples are named by value, anything else by
-    its type, so a timer that captures a runtime session keeps its cache across processes;
-    two instances of one class that time differently still need their own cache files or
-    ``device`` labels (as the docstring of :meth:`LatencyTable.measure` says)."""
+    """The name a custom timer's points are cached under: its ``fxprune_name`` attribute where
+    it has one (the way to name a timer that captures a clock reading, or instances of one
+    class that time differently); else its function's or class's ``__qualname__``, with what
+    a ``functools.partial`` binds, a closure captures and its default arguments hold
+    (``lambda layer, ci, co, s=s: ...`` in a loop) (review178 F5, review181 F2: timers of one
+    function read each other's points). Numbers, strings and their tuples are named by value,
+    anything else by its type, so a timer that captures a runtime session keeps its cache
+    across processes; a bound method is named by its class, as an instance is."""
     def value(v) -> str:
         if v is None or isinstance(v, (bool, numbers.Number, str)):
             return repr(v)
@@ -849,6 +851,9 @@ def _timer_name(timer) -> str:
             return repr(v)
         return type(v).__qualname__
 
+    own = getattr(timer, "fxprune_name", None)
+    if isinstance(own, str) and own:
+        return own
     if isinstance(timer, functools.partial):
         bound = ([value(a) for a in timer.args]
                  + [f"{k}={value(v)}" for k, v in sorted(timer.keywords.items())])
@@ -860,7 +865,11 @@ def _timer_name(timer) -> str:
             captured.append(value(cell.cell_contents))
         except ValueError:  # a cell not yet filled
             captured.append("<empty>")
-    return f"{name}[{', '.join(captured)}]" if captured else name
+    defaults = [value(v) for v in getattr(timer, "__defaults__", None) or ()]
+    defaults += [f"{k}={value(v)}" for k, v in
+                 sorted((getattr(timer, "__kwdefaults__", None) or {}).items())]
+    return (name + (f"[{', '.join(captured)}]" if captured else "")
+            + (f"({', '.join(defaults)})" if defaults else ""))
 
 
 def _milliseconds(value) -> float:

@@ -482,6 +482,22 @@ def test_partials_and_closures_of_one_timer_keep_their_own_points(tmp_path):
     table = LatencyTable.measure([conv()], **FAST, timer=factory(2.0, [1.0]), cache=cache)
     assert table.runtime_version == ("custom-timer test_partials_and_closures_of_one_timer_keep_"
                                      "their_own_points.<locals>.factory.<locals>.timer[2.0, list]")
+    # review181 F2: a loop's lambdas bind by default argument; a name of one's own wins
+    loop = [lambda layer, ci, co, s=s: s for s in (4.0, 5.0)]
+    assert [LatencyTable.measure([conv()], **FAST, timer=t, cache=cache).layer_cost(layer, 8, 8)
+            for t in loop] == [4.0, 5.0]
+
+    class Timer:
+        def __init__(self, ms):
+            self.ms = ms
+
+        def __call__(self, layer, ci, co):
+            return self.ms
+    named = [Timer(6.0), Timer(7.0)]
+    named[0].fxprune_name, named[1].fxprune_name = "six", "seven"
+    tables = [LatencyTable.measure([conv()], **FAST, timer=t, cache=cache) for t in named]
+    assert [t.layer_cost(layer, 8, 8) for t in tables] == [6.0, 7.0]
+    assert tables[1].runtime_version == "custom-timer seven"
 
 
 @pytest.mark.parametrize("bad", [None, float("nan"), -1.0, "fast"])
