@@ -76,7 +76,10 @@ def _way_out(session, feed: dict, input_shape) -> str:
                     f"precision={precision!r} (--precision {precision})")
         batch = declared.shape[0] if declared.shape else None
         if isinstance(batch, int) and batch != tuple(input_shape)[0]:
-            return f"the file fixes its batch at {batch}: pass batch={batch} (--batch {batch})"
+            # (review181 F4: "pass batch=4" told verify_onnx of an argument it lacks)
+            shape = (batch, *tuple(input_shape)[1:])
+            return (f"the file fixes its batch at {batch}: run it at batch {batch} (input shape "
+                    f"{shape}; deploy: --batch {batch})")
     return ("the file may fix a size its inputs declare free (a reshape to batch 1): pass the "
             "--batch/--input-shape it was exported at")
 
