@@ -162,19 +162,13 @@ def refuse_unusable_run_folder(out: Path, what: str) -> None:
     did not write, or is no folder (the check ``fxprune train --overwrite`` makes there).
     (break180 F6: a traceback once the row's turn came, after the rows before it had trained,
     and naming ``--out``, an option the user never typed.)"""
-    import re
-
     from fxprune.run_io import check_out_folder
 
-    try:
-        check_out_folder(Path(out), resume=False, overwrite=True)
+    try:  # (review181 F6: run_io's --out messages were rewritten by a regex)
+        check_out_folder(Path(out), resume=False, overwrite=True, option="--runs-dir",
+                         called=f"{what}: its run folder")
     except OSError as exc:
-        why = re.split(r"; (?:choose|move|pass|point|create) ", str(exc))[0]
-        why = why.replace(f"--out {out}", str(out)).removeprefix("--overwrite: ")
-        if str(out) not in why:
-            why = f"{out}: {why}"
-        _usage_error(f"{what}: its run folder under --runs-dir cannot take the run: {why}; "
-                     "choose another --runs-dir, or move those files out of that folder")
+        _usage_error(str(exc))
 
 
 def _stem(name: str, out, smoke: bool, changed) -> Path:

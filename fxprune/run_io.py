@@ -103,27 +103,31 @@ def unwritable_folder(folder: Path) -> str | None:
 
 
 def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
-                     tensorboard: bool = False) -> None:
+                     tensorboard: bool = False, option: str = "--out",
+                     called: str | None = None) -> None:
     """Refuse a folder the run did not create (one holding files but no run marker), a file
     in the folder's place, a place files cannot be written, and a finished run unless
     ``resume`` or ``overwrite``; with ``tensorboard`` (the run writes its logs), a file named
-    ``tensorboard`` there. Creates nothing: it runs before any work."""
+    ``tensorboard`` there. Creates nothing: it runs before any work. ``option``: the option
+    that chose the folder, named in the way out; ``called``: what the messages call the folder
+    (default ``"--out"``): a benchmark's row folder is no ``--out`` of its user's (review181 F6)."""
+    named = f"{called or option} {out}"
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+        raise FileExistsError(f"{named} is a file, not a folder; choose another {option}")
     # (a finished run resumed writes nothing: the trainer checks a resumed run that will
     # train, break65 #5)
     why = None if resume else unwritable_folder(out) or unwritable_run_file(out)
     if why:  # a bare "[Errno 20] Not a directory" named no --out (break62 #14)
-        raise PermissionError(f"--out {out}: {why}; choose another --out")
+        raise PermissionError(f"{named}: {why}; choose another {option}")
     if out.is_symlink() and not out.exists():  # it failed later as "[Errno 17] File exists"
-        raise FileNotFoundError(f"--out {out} is a symbolic link to {os.readlink(out)}, which "
-                                "does not exist; create that folder, or choose another --out")
+        raise FileNotFoundError(f"{named} is a symbolic link to {os.readlink(out)}, which "
+                                f"does not exist; create that folder, or choose another {option}")
     if out.is_dir():
         # a folder of a run file's name failed after prepare, half the old run removed (break54)
         odd = [name for name in RUN_FILES if (out / name).exists() and not (out / name).is_file()]
         if odd:
-            raise FileExistsError(f"--out {out} holds {odd[0]}, which is not a file; fxprune "
-                                  "writes a file of that name: move it, or choose another --out")
+            raise FileExistsError(f"{named} holds {odd[0]}, which is not a file; fxprune "
+                                  f"writes a file of that name: move it, or choose another {option}")
         board = out / "tensorboard"
         if tensorboard and board.exists() and not board.is_dir():  # (break73 F3: the old run
             # was removed, then SummaryWriter failed with a bare "[Errno 17] File exists")
@@ -159,10 +163,12 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
                         skip=("checkpoint.pt", "checkpoint.prev.pt"))
         return
     if out.is_dir() and _user_entries(out) and not (out / RUN_MARKER).is_file():
-        raise FileExistsError(f"--out {out} already holds files fxprune did not write "
-                              f"({_some_names(out)}); choose a new or empty folder")
+        raise FileExistsError(f"{named} already holds files fxprune did not write "
+                              f"({_some_names(out)}); " + ("choose a new or empty folder"
+                              if option == "--out" else f"move them, or choose another {option}"))
     if overwrite:
-        _refuse_foreign(out, "--overwrite", "starting over would remove")
+        _refuse_foreign(out, "--overwrite" if called is None else called,
+                        "starting over would remove", option=option)
         if tensorboard:
             _refuse_foreign_events(out, "--overwrite")
         return
@@ -198,7 +204,8 @@ def _refuse_foreign_events(out: Path, who: str) -> None:
             "out of the folder, choose another --out, or --set log.tensorboard=false")
 
 
-def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = ()) -> None:
+def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = (),
+                    option: str = "--out") -> None:
     """FileExistsError naming every run file in ``out`` (but ``skip``) its marker does not
     record fxprune writing as it is now (a user's file of that name, or one changed since)."""
     foreign = [name for name in foreign_run_files(out) if name not in skip]
@@ -209,7 +216,7 @@ def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = ())
         f"{who}: {them} in {out} {'was' if len(foreign) == 1 else 'were'} not written by "
         f"fxprune (or changed since), and "
         f"{would} {'it' if len(foreign) == 1 else 'them'}; move {'it' if len(foreign) == 1 else 'them'} "
-        "out of the folder, or choose another --out")
+        f"out of the folder, or choose another {option}")
 
 
 def _user_entries(folder: Path) -> list[Path]:

@@ -144,6 +144,7 @@ def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_run(tmp_path, 
                     "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
-    assert (f"row 'SMCP' at target 0.5 seed 0: its run folder under --runs-dir cannot take the "
-            f"run: {folder} already holds files fxprune did not write (mine.txt)") in err
+    assert (f"row 'SMCP' at target 0.5 seed 0: its run folder {folder} already holds files "
+            "fxprune did not write (mine.txt); move them, or choose another --runs-dir") in err
+    assert "--out" not in err
     assert started == [] and not (tmp_path / "runs" / "SMCP_50_e1_s0.log").exists()

@@ -121,7 +121,17 @@ def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_training(tmp_p
                     "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
-    assert f"row 'SMCP' seed 0: its run folder under --runs-dir cannot take the run: {folder} " \
-           "already holds files fxprune did not write (mine.txt); choose another --runs-dir" in err
+    assert f"row 'SMCP' seed 0: its run folder {folder} already holds files fxprune did not " \
+           "write (mine.txt); move them, or choose another --runs-dir" in err
     assert "--out" not in err and (folder / "mine.txt").read_text() == "mine\n"
+    # review181 F6: a folder's other refusals name the row's folder and --runs-dir too
+    (folder / "mine.txt").unlink()
+    (folder / "checkpoint.pt").mkdir()
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--rows", "SMCP", "--runs-dir", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert (f"row 'SMCP' seed 0: its run folder {folder} holds checkpoint.pt, which is not a "
+            "file; fxprune writes a file of that name: move it, or choose another --runs-dir"
+            ) in err and "--out" not in err, err
     assert not (tmp_path / "m.json").exists()
