@@ -358,8 +358,14 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loade
             logits = model(x[:1])
     except Exception as exc:  # noqa: BLE001 - whatever fails, the model does not fit the data
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        timm = timm_name(cfg["model"]["name"]) is not None  # its stem is at data.channels
         hint = ("; models that expect RGB read the gray images with --set data.channels=3"
-                if x.shape[1] == 1 else "")
+                if x.shape[1] == 1 and not timm else
+                # (review181 F8: timm's vit at 28x28 was told to use 3 channels)
+                f"; a timm model built for another input size does not take "
+                f"{x.shape[-2]}x{x.shape[-1]} images (the recipe resizes nothing): choose one "
+                "that takes any size, e.g. timm:resnet10t or timm:mobilenetv3_small_050"
+                if timm else "")
         if "too small" in first.lower():  # (break102 F1: vgg11 on 28x28, no way out given)
             hint += (f"; the model shrinks {x.shape[-2]}x{x.shape[-1]} images below one pixel "
                      "(the recipe resizes nothing): choose a model that keeps a spatial size "
@@ -623,14 +629,20 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 # a schedule in fractions refuses more epochs on resume (break57 #5)
                 more = ("start a new run with more optim.epochs to train longer" if moving
                         and method != "none" else "raise optim.epochs to train on")
+                missed = not done.get("target_reached", True) and not prune_cfg.get(
+                    "allow_above_target", False)  # the error below says what would help
                 if main:
                     print(f"fxprune train: the run in {out} finished its {ckpt['epoch']} epochs; "
-                          f"nothing to resume, its files are kept as they are ({more})",
-                          flush=True)
+                          f"nothing to resume, its files are kept as they are"
+                          f"{'' if missed else f' ({more})'}", flush=True)
                     print(format_results(done))
-                # resuming cannot lengthen a finished run's schedule (review178 F9)
-                _check_target(done, cfg, out, "the run is finished: a new run (another --out) "
-                              "with a longer schedule or a higher target would reach it")
+                # resuming cannot lengthen a finished run's schedule (review178 F9), and a
+                # method without one is told what its first error said (review181 F7)
+                _check_target(done, cfg, out, "the run is finished and resuming prunes it no "
+                              "further: in a new run (another --out), " + (
+                                  "lengthen the schedule" if done.get("schedule_end", 0) is not None
+                                  else f"change prune.method {method}'s settings (it declares "
+                                       "no schedule a longer run would lengthen)"))
                 return done
 
     if ckpt is not None:  # a run that will train on writes its folder (rank 0 checks)
@@ -1039,6 +1051,8 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
                                "out": str(out)}
     if getattr(pruner, "fxprune_schedule_steps", None):
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
+    if pruner is not None:  # the step its masks reach the target; null: no schedule declared
+        results["schedule_end"] = schedule_end(pruner)
     if pruner is None:
         path = out / "model_dense.pt"
         stats = model_stats(net, input_shape)

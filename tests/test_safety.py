@@ -133,8 +133,11 @@ def test_run_ending_above_target_fails_loudly_unless_allowed(tmp_path, monkeypat
             as finished:
         train(cfg, resume=True)
     # resuming cannot lengthen a finished run: the way out is a new run (review178 F9)
+    assert "the run is finished and resuming prunes it no further: in a new run (another " \
+           "--out), change prune.method smcp's settings (it declares no schedule" \
+           in str(finished.value)  # as its first error said (review181 F7)
     assert "lengthen the schedule" not in str(finished.value)
-    assert "the run is finished: a new run (another --out)" in str(finished.value)
+    assert json.loads((out / "results.json").read_text())["schedule_end"] is None
     assert train(resolve_config(cfg, ["prune.allow_above_target=true"]),
                  resume=True)["target_reached"] is False
 
