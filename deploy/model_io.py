@@ -262,20 +262,39 @@ def check_runs_at(module: nn.Module, shape: tuple[int, ...], label: str, precisi
     ``precision`` on ``device``: an op without a kernel in that dtype there (an antialiased
     resize or an FFT in half precision on the CPU) is a one-line error before deploy writes
     anything (break179 F1: a traceback, and a model.onnx left without a report). ``what``:
-    what happens to the model there ("exported", "timed")."""
+    what happens to the model there ("exported", "timed"). Run at batch 1 (a dtype's kernels
+    do not depend on the batch, and half precision on the CPU is slow: review181 F9); a
+    failure that fp32 on that device shares (memory, a tensor made on another device) is not
+    blamed on the dtype: left to the step that meets it."""
     from .torch_backend import prepare_module
 
     if precision == "fp32":
         return
-    try:
-        copy, x = prepare_module(module, shape, device, precision, channels_last=False)
-        with torch.no_grad(), _quiet():
-            copy(x)
-    except Exception as e:  # noqa: BLE001 - it runs at fp32: the dtype is what fails
-        way_out = "pass --precision fp32" + (", or time it on a GPU (--backend torch --device cuda)"
-                                             if device.type == "cpu" and what == "timed" else "")
-        raise DeployError(f"{label} runs at fp32 but not at {precision} on {device}, where it "
-                          f"is {what} ({first_line(e) or type(e).__name__}); {way_out}") from None
+    one = (1, *shape[1:])
+
+    def runs(dtype: str) -> Exception | None:
+        try:
+            copy, x = prepare_module(module, one, device, dtype, channels_last=False)
+            with torch.no_grad(), _quiet():
+                copy(x)
+        except Exception as e:  # noqa: BLE001 - judged below
+            return e
+        return None
+
+    failed = runs(precision)
+    if failed is not None and runs("fp32") is None:
+        raise dtype_refusal(label, precision, device, what, failed)
+
+
+def dtype_refusal(label: str, precision: str, device: torch.device, what: str,
+                  exc: BaseException) -> DeployError:
+    """The one-line error for a model that runs at fp32 but not at ``precision`` on
+    ``device`` (deploy's check before writing, and export_onnx's own forward)."""
+    way_out = "pass precision='fp32' (--precision fp32)" + (
+        ", or time it on a GPU (--backend torch --device cuda)"
+        if device.type == "cpu" and what == "timed" else "")
+    return DeployError(f"{label} runs at fp32 but not at {precision} on {device}, where it is "
+                       f"{what} ({first_line(exc) or type(exc).__name__}); {way_out}")
 
 
 def _reads_a_dict(label: str, how: str) -> DeployError:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError, check_tolerance, first_line, parse_shape
+from .common import DeployError, check_tolerance, parse_shape
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -529,9 +529,9 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         # a shape that does not fit: deploy's one-line error (break111 F7: torch's traceback)
         check_input_fits(module, input_shape, label)
         if precision != "fp32":  # it runs at fp32: the dtype fails (break179 F1)
-            raise DeployError(f"{label} runs at fp32 but not at {precision} on the CPU, where it "
-                              f"is exported ({first_line(exc) or type(exc).__name__}); export "
-                              "it at fp32") from None
+            from .model_io import dtype_refusal
+
+            raise dtype_refusal(label, precision, torch.device("cpu"), "exported", exc) from None
         raise
     first = flat_outputs(out)
     _check_stateless(model, x, before, first)
