@@ -156,6 +156,7 @@ def _points_of(cins, couts, diagonal):
 #: a word). A point's time varies tenfold with the layers' size (break180 F11: a fixed 30 ms a
 #: point said 0.7 h for a run of 4 minutes), so the pace is measured, not assumed.
 PACE_AFTER_S, PACE_SAID_ABOVE_S = 10.0, 300.0
+_pace_clock = time.perf_counter  # (a test's fake clock replaces this one alone)
 
 
 def _interp(axis: Sequence[int], x: float) -> tuple[int, int, float]:
@@ -380,9 +381,11 @@ class LatencyTable:
         t_start = last_save = time.perf_counter()
         order = list(todo)
         rng = random.Random(seed)
-        total, done, paced = len(todo) * passes, 0, False
+        total, done, paced, pace_start = len(todo) * passes, 0, False, _pace_clock()
         bar = tqdm(total=total, desc=f"latency table ({backend})", unit="pt",
                    disable=not progress or not todo)
+        # a line printed under a drawn bar lands on it (review181 F10)
+        say = bar.write if log is print and not bar.disable else log
         try:
             for p in range(passes):
                 rng.shuffle(order)
@@ -394,11 +397,11 @@ class LatencyTable:
                         table._under_load.discard((pk, ci, co))
                     bar.update()
                     done += 1
-                    if not paced and (spent := time.perf_counter() - t_start) >= PACE_AFTER_S:
+                    if not paced and (spent := _pace_clock() - pace_start) >= PACE_AFTER_S:
                         paced = True  # (the points come in random order: a fair sample)
                         left = spent / done * (total - done)
                         if left > PACE_SAID_ABOVE_S:
-                            log(f"latency table: {done:,} of {total:,} points timed in "
+                            say(f"latency table: {done:,} of {total:,} points timed in "
                                 f"{spent:.0f} s; about {_duration(left)} more at this pace: a "
                                 "coarser step times fewer, and a cache= file keeps what was "
                                 "timed")

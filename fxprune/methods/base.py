@@ -174,8 +174,8 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
         # 2-core CPU host, by the layers' size: break180 F11)
         coarser = TABLE_STEP if channel_step < TABLE_STEP else 2 * channel_step
         warn(f"cost={cost!r} at channel_step={channel_step} times a latency table of "
-             f"{points:,} layer shapes, twice (minutes to hours on a CPU, said once its pace is "
-             f"known); channel_step={coarser} times "
+             f"{points:,} layer shapes, twice (minutes to hours on a CPU; the time left is said "
+             f"once its pace is known, if over 5 minutes); channel_step={coarser} times "
              f"{grid_points(prepared, coarser):,}, or pass a table measured once "
              "(LatencyTable.measure(pm, cache=...)) as cost=")
     table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
