@@ -153,7 +153,7 @@ def refuse_unwritable(stem: Path, files=(".json", ".md"), option: str = "--out")
     except OSError as exc:
         why = str(exc)
     if why:
-        _usage_error(f"cannot write at {stem} ({why}); choose another {option}")
+        usage_error(f"cannot write at {stem} ({why}); choose another {option}")
 
 
 def refuse_unusable_run_folder(out: Path, what: str) -> None:
@@ -168,7 +168,7 @@ def refuse_unusable_run_folder(out: Path, what: str) -> None:
         check_out_folder(Path(out), resume=False, overwrite=True, option="--runs-dir",
                          called=f"{what}: its run folder")
     except OSError as exc:
-        _usage_error(str(exc))
+        usage_error(str(exc))
 
 
 def _stem(name: str, out, smoke: bool, changed) -> Path:
@@ -176,16 +176,16 @@ def _stem(name: str, out, smoke: bool, changed) -> Path:
         stem = RESULTS / (f"{name}_smoke" if smoke else name)
         if changed and not smoke and Path(f"{stem}.json").exists():
             verb = "changes" if len(changed) == 1 else "change"
-            _usage_error(f"{' '.join(changed)} {verb} the published protocol, and this run would "
+            usage_error(f"{' '.join(changed)} {verb} the published protocol, and this run would "
                          f"replace benchmarks/results/{name}.json; give --out PATH "
                          f"(e.g. --out /tmp/{name}; --out benchmarks/results/{name} replaces it)")
         return stem
     stem = Path(out)
     if not str(out).strip():
-        _usage_error(f"--out is empty; give a path without extension, e.g. /tmp/{name} "
+        usage_error(f"--out is empty; give a path without extension, e.g. /tmp/{name} "
                      f"(writes /tmp/{name}.json and .md)")
     if stem.is_dir() or str(out).endswith(("/", os.sep)):
-        _usage_error(f"--out {out} is a folder; give a path without extension inside it, "
+        usage_error(f"--out {out} is a folder; give a path without extension inside it, "
                      f"e.g. {stem / name}")
     return stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
 
@@ -196,13 +196,13 @@ def _refuse_other_files(stem: Path, keys, meta_keys, files) -> None:
     results = Path(f"{stem}.json")
     if results.exists():
         if not _is_results_file(results, keys, meta_keys):
-            _usage_error(f"{results} exists and is not this benchmark's results file; it would "
+            usage_error(f"{results} exists and is not this benchmark's results file; it would "
                          "be replaced: choose another --out (or move the file away)")
         return
     for ending in files:
         other = Path(f"{stem}{ending}")
         if ending != ".json" and other.exists():
-            _usage_error(f"{other} exists beside no {results.name} of this benchmark; it would "
+            usage_error(f"{other} exists beside no {results.name} of this benchmark; it would "
                          "be replaced: choose another --out (or move the file away)")
 
 
@@ -217,13 +217,20 @@ def _is_results_file(path: Path, keys, meta_keys) -> bool:
                              and all(k in data["meta"] for k in meta_keys))
 
 
-def _usage_error(message: str):
+def first_line_of(path) -> str | None:
+    """``path``'s first line (a file a benchmark recognises as its own by it), None where it
+    cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n")
+    except OSError:
+        return None
+
+
+def usage_error(message: str):
     """Exit as argparse does on a bad argument: one line on stderr, status 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-usage_error = _usage_error  # for a script's own checks of the same kind (break180 F4)
 
 
 def device_problem(exc: Exception) -> str:

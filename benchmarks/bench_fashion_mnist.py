@@ -38,8 +38,8 @@ from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_common import (at_least, changed_options, refuse_unusable_run_folder,  # noqa: E402
-                          results_stem, run_script, usage_error)
+from bench_common import (at_least, changed_options, first_line_of,  # noqa: E402
+                          refuse_unusable_run_folder, results_stem, run_script, usage_error)
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
 # the dense row drops the recipe's pruning keys (a recipe with prune.* keys and no method is
 # refused as a mistake)
@@ -87,12 +87,9 @@ def own_log(log: Path, out: Path) -> bool:
     """Whether ``log`` (a file) is one this benchmark wrote for the run folder ``out``: its
     first line is :data:`LOG_HEADER`, or, for a log written before the header, the first line
     ``fxprune train`` prints for that very folder."""
-    try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            first = f.readline().rstrip("\n")
-    except OSError:
-        return False
-    return first == LOG_HEADER or first.startswith(f"fxprune train: {out} on ")
+    first = first_line_of(log)
+    return first is not None and (first == LOG_HEADER
+                                  or first.startswith(f"fxprune train: {out} on "))
 
 
 def refuse_others_log(out: Path, what: str) -> None:

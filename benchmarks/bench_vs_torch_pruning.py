@@ -458,9 +458,10 @@ def round_to(text: str):
     (break180 F13: a lambda, "invalid <lambda> value: 'x'")."""
     if text == "none":
         return None
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 or 'none'")
-    return int(text)
+    try:
+        return at_least(1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 or 'none'") from None
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import at_least, device_problem, given_options, refuse_unwritable, run_script  # noqa: E402
+from bench_common import (at_least, device_problem, first_line_of, given_options,  # noqa: E402
+                          refuse_unwritable, run_script)
 from bench_gpu import half_masked_setup  # noqa: E402
 
 from fxprune.deploy import torch_backend as tb  # noqa: E402
@@ -36,11 +37,7 @@ HEADER = "# benchmarks/profile_step.py: torch.profiler's top ops of a plain and 
 
 def own_output(path: Path) -> bool:
     """Whether ``path`` is an ``OUT.txt`` this script wrote: its first line is :data:`HEADER`."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.readline().rstrip("\n") == HEADER
-    except OSError:
-        return False
+    return first_line_of(path) == HEADER
 
 
 def profile(model, x, y, device, steps: int, amp: bool):

@@ -97,6 +97,11 @@ def latency_stats(times_ms: Sequence[float]) -> dict:
     }
 
 
+def silent(line: str) -> None:
+    """A ``log=`` that says nothing (``log=None`` in deploy's functions)."""
+    return None
+
+
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"1,3,224,224"`` (or a sequence) -> ``(1, 3, 224, 224)``, every dim a positive int."""
     if isinstance(text, str):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError, check_tolerance, parse_shape
+from .common import DeployError, check_tolerance, parse_shape, silent
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -499,9 +499,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
     check_opset(opset)
     opset = int(opset)  # a numpy one: into the returned info, which is written as JSON (break179 F8)
-    if log is None:  # silent
-        def log(line: str) -> None:
-            return None
+    log = silent if log is None else log
     label = f"the model ({type(module).__name__})"
     check_one_tensor_input(module, label)  # (break112 F2: a bare TypeError from its forward)
     path = os.path.expanduser(os.fspath(path))

@@ -25,7 +25,8 @@ from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_f
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
-from .common import DeployError, check_tolerance, cpu_name, file_in_the_way, prepared_inside
+from .common import (DeployError, check_tolerance, cpu_name, file_in_the_way, prepared_inside,
+                     silent)
 from .latency_table import _busy, cpu_load, load_said
 from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, count_params,
                        is_onnx, load_model, not_a_file, onnx_input_shape, read_onnx,
@@ -72,10 +73,6 @@ def _check_counts(**counts) -> None:
             raise DeployError(f"{_both(name)} must be an integer >= {low}, got {value!r}")
 
 
-def _silent(line: str) -> None:
-    return None
-
-
 def _both(name: str) -> str:
     """A deploy() argument named as in Python and as its command-line flag."""
     if name == "workspace":  # bytes in Python, MiB on the command line
@@ -120,7 +117,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     batch, max_batch, workspace = (None if v is None else int(v)
                                    for v in (batch, max_batch, workspace))
     if log is None:  # silent (break179 F8: a TypeError)
-        log = _silent
+        log = silent
     for name, value in (("atol (--atol)", atol), ("rtol (--rtol)", rtol)):
         check_tolerance(name, value)
     for name, given in (("model", model), ("compare (--compare)", compare)):
