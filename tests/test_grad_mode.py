@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
+from fxprune.errors import SurgeryError
 from fxprune.passes.grad_mode import GRAD_ENABLED, keep_no_grad_regions
 
 
@@ -241,7 +242,12 @@ def test_finalize_checks_a_bfloat16_autocast_region_at_bfloat16_s_tolerance(monk
     monkeypatch.setattr(api, "verify", lambda *a: checked.append(a[-1]) or real(*a))
     small = fxprune.finalize(pm)
     assert small.a.out_channels == 64
-    fxprune.finalize(pm, rtol=1e-4)  # the check still runs: an explicit rtol is kept
+    # the check still runs: an explicit rtol is kept, which the region's bfloat16 rounding
+    # meets on an AVX2 host and not on an AVX-512 one (0.0035 apart; ci138 ran on one)
+    try:
+        fxprune.finalize(pm, rtol=1e-4)
+    except SurgeryError as exc:
+        assert "(relative; allowed 0.0001)" in str(exc), exc
     assert checked == [api.DEFAULT_RTOL[torch.bfloat16], 1e-4]
     x = torch.randn(4, 3, 16, 16)
     scale = pm(x).abs().max()
