@@ -163,8 +163,9 @@ def check_timm_model(name: str) -> None:
         import difflib
 
         close = difflib.get_close_matches(arch, timm.list_models(), n=5) if arch else []
+        like = f"; e.g. {', '.join(close)}" if close else ""
         raise ValueError(f"{name!r} is not a timm model (timm {timm.__version__}: "
-                         f"timm.list_models() lists them{'; e.g. ' + ', '.join(close) if close else ''})")
+                         f"timm.list_models() lists them{like})")
 
 
 def available_models() -> list[str]:
