@@ -917,6 +917,14 @@ def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) 
             raise ConfigError(f"a config is a mapping of sections, got {type(cfg).__name__}")
         _merge(resolved, cfg, DEFAULTS)
     resolved = apply_overrides(resolved, overrides or [])
+    model = resolved.get("model")
+    if isinstance(model, dict) and model.get("name") != "resnet_fmnist":
+        # the recipe's own ResNet's defaults are no setting of another model: a recipe naming
+        # only timm:NAME was refused for model.widths and model.blocks it never wrote (break182
+        # F5); a value of the user's other than the default is still refused as stray
+        for key in RESNET_FMNIST_ONLY:
+            if key in model and model[key] == DEFAULTS["model"].get(key):
+                model[key] = None
     validate(resolved)
     return resolved
 

@@ -103,10 +103,13 @@ def test_overrides_do_not_mutate_input():
     (["model.name=resnet18", "model.widths=null", "model.blocks=null", "model.conv_init=torch_default"],
      r"model.conv_init only applies to resnet_fmnist; set it to null for the torchvision model "
      r"'resnet18' \(--set model.conv_init=null\)$"),
+    # break182 F5: widths and blocks at their defaults are no setting of another model
     (["model.name=resnet18", "model.conv_init=torch_default"],
-     r"model.widths, model.blocks, model.conv_init only apply to resnet_fmnist; set them to null "
-     r"for the torchvision model 'resnet18' \(--set model.widths=null --set model.blocks=null "
-     r"--set model.conv_init=null\)$"),
+     r"model.conv_init only applies to resnet_fmnist; set it to null for the torchvision model "
+     r"'resnet18' \(--set model.conv_init=null\)$"),
+    (["model.name=timm:resnet10t", "model.widths=[8, 8, 8]", "model.conv_init=torch_default"],
+     r"model.widths, model.conv_init only apply to resnet_fmnist; set them to null for the timm "
+     r"model 'timm:resnet10t' \(--set model.widths=null --set model.conv_init=null\)$"),
     (["prune.method=smcp", "prune.bn_rescale=off"],
      r"prune.bn_rescale must be one of 'kept_fraction' \| 'off'; got false \(YAML reads unquoted "
      r"off/no/on/yes as booleans: write bn_rescale: \"off\" in a recipe, --set "
