@@ -608,7 +608,9 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
                 batch_fixed_said = True  # (break129 F10: said again on the next line)
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
         if isinstance(dynamo_err, _DiffersFromItself):  # the model's, not the exporter's:
-            for written in (path, f"{path}.data"):  # the file it could not check is not left
+            # the file it could not check is not left, and its weights only where this export
+            # wrote them (break182 F1: a user's PATH.data beside a small model was removed)
+            for written in (path, f"{path}.data") if external else (path,):
                 if os.path.isfile(written):
                     os.remove(written)
             raise

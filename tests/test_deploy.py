@@ -1271,10 +1271,12 @@ def test_a_model_random_in_eval_mode_is_not_called_a_lossy_export(tmp_path):
     with pytest.raises(DeployError, match=said):
         verify_onnx(str(tmp_path / "n.onnx"), model, SHAPE)
     lines = []  # and export's batch probes say it too (review131 F3: "a free batch is not kept
+    (tmp_path / "b.onnx.data").write_text("the user's")  # not this small model's weights
     with pytest.raises(DeployError, match=said):  # ... a branch on the batch size")
         export_onnx(model, SHAPE, tmp_path / "b.onnx", log=lines.append)
     assert not any("free batch is not kept" in line for line in lines), lines
     assert not (tmp_path / "b.onnx").exists()  # a file it could not check is not left
+    assert (tmp_path / "b.onnx.data").read_text() == "the user's"  # (break182 F1: removed)
 
 
 class TinyOutputs(nn.Module):
