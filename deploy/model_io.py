@@ -266,24 +266,42 @@ def check_runs_at(module: nn.Module, shape: tuple[int, ...], label: str, precisi
     do not depend on the batch, and half precision on the CPU is slow: review181 F9); a
     failure that fp32 on that device shares (memory, a tensor made on another device) is not
     blamed on the dtype: left to the step that meets it."""
+    from .onnx_export import flat_outputs
     from .torch_backend import prepare_module
 
     if precision == "fp32":
         return
     one = (1, *shape[1:])
 
-    def runs(dtype: str) -> Exception | None:
+    def runs(dtype: str) -> list[torch.Tensor] | Exception:
         try:
             copy, x = prepare_module(module, one, device, dtype, channels_last=False)
             with torch.no_grad(), _quiet():
-                copy(x)
+                return [t for t in flat_outputs(copy(x)) if t.is_floating_point()]
         except Exception as e:  # noqa: BLE001 - judged below
             return e
-        return None
 
-    failed = runs(precision)
-    if failed is not None and runs("fp32") is None:
-        raise dtype_refusal(label, precision, device, what, failed)
+    low = runs(precision)
+    if isinstance(low, Exception):
+        if not isinstance(runs("fp32"), Exception):
+            raise dtype_refusal(label, precision, device, what, low)
+        return
+    if all(bool(torch.isfinite(t).all()) for t in low):
+        return
+    full = runs("fp32")  # the same input: inf/NaN it lacks are the dtype's range
+    if isinstance(full, Exception) or not all(bool(torch.isfinite(t).all()) for t in full):
+        return
+    peak = max((float(t.abs().max()) for t in full if t.numel()), default=0.0)
+    # (break182 F2: an overflowed model was told of a branch on the batch size, then that the
+    # export changed its behaviour)
+    raise DeployError(f"{label} overflows at {precision} on {device}, where it is {what}: its "
+                      f"outputs hold inf or NaN that fp32's do not (fp32's largest |output| "
+                      f"{peak:.3g}, {precision}'s largest number "
+                      f"{torch.finfo(_DTYPE_OF[precision]).max:.3g}); pass precision='fp32' "
+                      "(--precision fp32)")
+
+
+_DTYPE_OF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def dtype_refusal(label: str, precision: str, device: torch.device, what: str,

@@ -694,12 +694,32 @@ def test_a_model_without_half_kernels_is_refused_before_anything_is_written(tmp_
                     log=lambda s: None)
     assert not (tmp_path / "m.onnx").exists()
     assert deploy(model, tmp_path / "ok", backend="onnxruntime", **quiet)["precision"] == "fp32"
+    # break182 F2: a model whose outputs overflow fp16 was told of a branch on the batch size,
+    # then that the export changed its behaviour
+    with pytest.raises(DeployError, match=r"^BeyondHalf overflows at fp16 on cpu, where it is "
+                                          r"exported: its outputs hold inf or NaN that fp32's do "
+                                          r"not \(fp32's largest \|output\| [\d.e+]+, fp16's "
+                                          r"largest number 6\.55e\+04\); pass precision='fp32'"):
+        deploy(BeyondHalf().eval(), tmp_path / "huge", backend="onnxruntime", precision="fp16",
+               **quiet)
+    assert not (tmp_path / "huge").exists()
     # review181 F9: probed at batch 1, and a failure fp32 shares there is not the dtype's: a
     # model of pairs folded into its batch deploys at fp16 at batch 2
     report = deploy(PairsInBatch().eval(), tmp_path / "pairs",
                     **{**quiet, "input_shape": (2, 3, 16, 16)}, backend="onnxruntime",
                     precision="fp16")
     assert report["precision"] == "fp16" and report["batch"] == 2
+
+
+class BeyondHalf(nn.Module):
+    """Outputs past fp16's largest number (65504), as a briefly trained net's logits can be."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x) * 1e6
 
 
 class PairsInBatch(nn.Module):
