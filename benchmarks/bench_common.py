@@ -62,6 +62,15 @@ def positive(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    """An argparse ``type`` for a number >= 0, such as SMCP's hysteresis (break182 F3:
+    ``--hysteresis -1`` trained four rows, then was a traceback)."""
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
+    return value
+
+
 def default_threads() -> int:
     """A CPU timing's default ``--threads``: ``OMP_NUM_THREADS`` where it is set, else the cores
     this process may run on, as ``fxprune train`` chooses (break180 F10: a fixed 2 threads

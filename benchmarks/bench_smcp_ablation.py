@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fxprune  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
 from bench_common import (apply_smoke_defaults, at_least, changed_options, fraction_kept,  # noqa: E402
-                          positive, results_stem, run_script)
+                          non_negative, positive, results_stem, run_script)
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
 
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=fraction_kept, default=0.5)
     p.add_argument("--update-every", type=at_least(1), default=20)
     p.add_argument("--bn-recal", type=at_least(1), nargs="+", default=[5, 20])
-    p.add_argument("--hysteresis", type=float, nargs="+", default=[0.25, 1.0])
+    p.add_argument("--hysteresis", type=non_negative, nargs="+", default=[0.25, 1.0])
     p.add_argument("--probe-after", type=at_least(1), default=10,
                    help="steps after a mid-ramp update at which the dip is measured")
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (names as printed)")

@@ -221,6 +221,8 @@ def test_a_smoke_mode_keeps_the_options_given_in_any_spelling(monkeypatch):
     ("bench_smcp_ablation", ["--smoke", "--target", "2"], "--target: the fraction of the dense cost"),
     ("bench_smcp_ablation", ["--smoke", "--target", "nan"], "--target: 'nan' is not a number"),
     ("bench_smcp_ablation", ["--smoke", "--lr", "-1"], "--lr: must be > 0, got -1"),
+    # break182 F3: four rows trained, then a traceback
+    ("bench_smcp_ablation", ["--smoke", "--hysteresis", "-1"], "--hysteresis: must be >= 0, got -1"),
     # break180 F13: "invalid <lambda> value: 'x'"
     ("bench_vs_torch_pruning", ["--round-to", "x"], "--round-to: 'x' is not an integer >= 1 or 'none'"),
 ])
