@@ -821,6 +821,9 @@ def verify_onnx(path: str, module: nn.Module, input_shape, *, precision: str = "
 
     check_tolerance("atol", atol)  # (break111 F9: NaN was blamed on the export)
     check_tolerance("rtol", rtol)
+    if precision not in TOLERANCES:  # (break182 F7: a bare KeyError)
+        raise DeployError(f"precision {precision!r} is not one of {sorted(TOLERANCES)} (the "
+                          "file's own, as exported)")
     d_atol, d_rtol = TOLERANCES[precision]
     atol = d_atol if atol is None else atol
     rtol = d_rtol if rtol is None else rtol

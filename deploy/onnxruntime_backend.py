@@ -74,8 +74,16 @@ def _way_out(session, feed: dict, input_shape) -> str:
         if dtype is not None and fed.dtype != dtype:
             return (f"the file's input is {declared.type}, fed {fed.dtype}: pass "
                     f"precision={precision!r} (--precision {precision})")
-        batch = declared.shape[0] if declared.shape else None
-        if isinstance(batch, int) and batch != tuple(input_shape)[0]:
+        fed_shape, dims = tuple(input_shape), list(declared.shape or [])
+        fixed_elsewhere = [i for i, d in enumerate(dims[1:], 1) if isinstance(d, int)
+                           and i < len(fed_shape) and d != fed_shape[i]]
+        if fixed_elsewhere or (dims and len(dims) != len(fed_shape)):
+            # (break182 F6: a fixed 28x28 fed 32x32 was told of "a size declared free")
+            said = "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + ")"
+            return (f"the file's input is {said} (? free): run it at a shape of that form "
+                    "(input_shape=; deploy: --input-shape)")
+        batch = dims[0] if dims else None
+        if isinstance(batch, int) and batch != fed_shape[0]:
             # (review181 F4: "pass batch=4" told verify_onnx of an argument it lacks)
             shape = (batch, *tuple(input_shape)[1:])
             return (f"the file fixes its batch at {batch}: run it at batch {batch} (input shape "
