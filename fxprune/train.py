@@ -50,7 +50,7 @@ from . import distributed as fxdist
 from .allocation import InfeasibleBudget
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
-from .errors import FxPruneError, TargetNotReachedError, first_line
+from .errors import FxPruneError, TargetNotReachedError, TraceError, first_line
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
                            measured_latency_cost, method_parameters, refuse_unloadable_state,
                            schedule_end, step_too_wide, TIMED_FLOOR)
@@ -710,7 +710,14 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     if method != "none":
         import fxprune
 
-        net = fxprune.prepare(model, (example_batch,))
+        try:
+            net = fxprune.prepare(model, (example_batch,))
+        except TraceError as exc:  # its way out is prepare's leaf_modules= (break182 F8)
+            raise TraceError(f"model.name {cfg['model']['name']!r}: {str(exc).rstrip('.')}; "
+                             "a recipe passes no "
+                             "leaf_modules: choose another model, or prune this one from "
+                             "Python (fxprune.prepare(model, example_inputs, leaf_modules=[...]), "
+                             "README's 'The pipeline')") from None
         build_cfg = prune_cfg
         if prune_cfg.get("cost") in LATENCY_COSTS:
             # the widths the method chooses among: its own default where the recipe sets none

@@ -592,3 +592,10 @@ def test_a_recipe_trains_prunes_and_finalizes_a_timm_model(tmp_path):
         train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224",
                                    f"out={tmp_path / 'vit'}"]))
     assert "data.channels" not in str(info.value)
+    # break182 F8: a model torch.fx cannot trace whole was told of prepare's leaf_modules=,
+    # which a recipe cannot pass
+    from fxprune.errors import TraceError
+    with pytest.raises(TraceError, match=r"(?s)^model.name 'timm:mobilevit_xxs': .*\); a recipe passes "
+                                         r"no leaf_modules: choose another model, or prune this "
+                                         r"one from Python"):
+        train(resolve_config(cfg, ["model.name=timm:mobilevit_xxs", f"out={tmp_path / 'mv'}"]))
