@@ -254,7 +254,10 @@ def test_gpu_checks_help_usage_and_a_folder_of_other_files(tmp_path):
     assert _gpu_checks(tmp_path, "new").returncode == 0
     written = sorted(p.name for p in (tmp_path / "new").iterdir())
     assert written == ["bench_gpu.log", "cuda_tests.log", "machine.txt", "steps.txt"]
-    (tmp_path / "new" / "gpu.json").write_text('{"meta": {"device_type": "cpu"}}')
+    (tmp_path / "new" / "gpu.json").write_text('{"device_type": "mine"}')  # break182 F9
+    assert _gpu_checks(tmp_path, "new").returncode == 2
+    (tmp_path / "new" / "gpu.json").write_text(
+        '{"meta": {"device_type": "cpu"}, "training": [], "speedups": [], "section_seconds": {}}')
     (tmp_path / "new" / "gpu.md").write_text("# table\n")
     done = _gpu_checks(tmp_path, "new")
     assert done.returncode == 0, done.stderr
