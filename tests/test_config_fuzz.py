@@ -186,7 +186,9 @@ def merged(flat: dict) -> dict:
 CROSS_KEY_RULES = [
     r"^model\.widths and model\.blocks need one entry per stage",
     r"^model\.inner_widths needs one entry per stage like model\.widths",
-    r"^model\.[a-z_, .]+ only apply to resnet_fmnist; set them to null",
+    # (one key or several: a default widths/blocks is no setting of another model since
+    # break182 F5, so one stray key is common; review183 R1)
+    r"^model\.[a-z_, .]+ only appl(?:y|ies) to resnet_fmnist; set (?:them|it) to null",
     r"^optim\.milestones \[.*\] are read by the step schedule only",
     r"^the pruning ramp ends at epoch [\d.]+ .* but masks stop changing at epoch",
     r"^prune\.warmup_epochs \([\d.]+\) leaves no epoch to prune in before the",
