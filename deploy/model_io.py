@@ -286,22 +286,33 @@ def check_runs_at(module: nn.Module, shape: tuple[int, ...], label: str, precisi
         if not isinstance(runs("fp32"), Exception):
             raise dtype_refusal(label, precision, device, what, low)
         return
-    if all(bool(torch.isfinite(t).all()) for t in low):
-        return
-    full = runs("fp32")  # the same input: inf/NaN it lacks are the dtype's range
-    if isinstance(full, Exception) or not all(bool(torch.isfinite(t).all()) for t in full):
-        return
-    peak = max((float(t.abs().max()) for t in full if t.numel()), default=0.0)
-    # (break182 F2: an overflowed model was told of a branch on the batch size, then that the
-    # export changed its behaviour)
-    raise DeployError(f"{label} overflows at {precision} on {device}, where it is {what}: its "
-                      f"outputs hold inf or NaN that fp32's do not (fp32's largest |output| "
-                      f"{peak:.3g}, {precision}'s largest number "
-                      f"{torch.finfo(_DTYPE_OF[precision]).max:.3g}); pass precision='fp32' "
-                      "(--precision fp32)")
+    refusal = overflow_refusal(label, precision, device, what, low, lambda: runs("fp32"))
+    if refusal is not None:
+        raise refusal
 
 
 _DTYPE_OF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def overflow_refusal(label: str, precision: str, device: torch.device, what: str,
+                     low: list[torch.Tensor], at_fp32) -> DeployError | None:
+    """The one-line error for a model whose float outputs ``low`` at ``precision`` hold inf or
+    NaN where the same input at fp32 (``at_fp32()``: its outputs, or an exception) gives none:
+    a value past the dtype's range inside the model or at its outputs (break182 F2: told of a
+    branch on the batch size, then that the export changed the model's behaviour). None where
+    ``low`` is finite or fp32 is not."""
+    if all(bool(torch.isfinite(t).all()) for t in low):
+        return None
+    full = at_fp32()
+    if isinstance(full, Exception) or not all(bool(torch.isfinite(t).all()) for t in full):
+        return None
+    peak = max((float(t.abs().max()) for t in full if t.numel()), default=0.0)
+    # (review183 R4: the overflow may be inside the model, its outputs small)
+    return DeployError(
+        f"{label} gives inf or NaN at {precision} on {device}, where it is {what}, and finite "
+        f"outputs at fp32 (largest |output| {peak:.3g}): a value inside the model or at its "
+        f"outputs leaves {precision}'s range or precision (largest number "
+        f"{torch.finfo(_DTYPE_OF[precision]).max:.3g}); pass precision='fp32' (--precision fp32)")
 
 
 def dtype_refusal(label: str, precision: str, device: torch.device, what: str,

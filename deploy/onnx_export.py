@@ -532,6 +532,17 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
             raise dtype_refusal(label, precision, torch.device("cpu"), "exported", exc) from None
         raise
     first = flat_outputs(out)
+    if precision != "fp32":  # before the exporter's probes read it as a batch branch (review183 R2)
+        from .model_io import overflow_refusal
+
+        def at_fp32():
+            with torch.no_grad():
+                return [t for t in flat_outputs(eval_copy(module, "fp32")(x.float()))
+                        if t.is_floating_point()]
+        refusal = overflow_refusal(label, precision, torch.device("cpu"), "exported",
+                                   [t for t in first if t.is_floating_point()], at_fp32)
+        if refusal is not None:
+            raise refusal
     _check_stateless(model, x, before, first)
     output_names = output_names_of(out)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
