@@ -362,11 +362,11 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loade
         hint = ("; models that expect RGB read the gray images with --set data.channels=3"
                 if x.shape[1] == 1 and not timm else
                 # (review181 F8: timm's vit at 28x28 was told to use 3 channels)
-                f"; a timm model built for another input size does not take "
-                f"{x.shape[-2]}x{x.shape[-1]} images (the recipe resizes nothing): choose one "
-                "that takes any size, e.g. timm:resnet10t or timm:mobilenetv3_small_050"
-                if timm else "")
-        if "too small" in first.lower():  # (break102 F1: vgg11 on 28x28, no way out given)
+                f"; a timm model built for a fixed input size, or one that shrinks "
+                f"{x.shape[-2]}x{x.shape[-1]} images below its kernels, does not take them (the "
+                "recipe resizes nothing): choose one that does, e.g. timm:resnet10t or "
+                "timm:mobilenetv3_small_050" if timm else "")
+        if "too small" in first.lower() and not timm:  # (break102 F1: vgg11 on 28x28)
             hint += (f"; the model shrinks {x.shape[-2]}x{x.shape[-1]} images below one pixel "
                      "(the recipe resizes nothing): choose a model that keeps a spatial size "
                      "there, e.g. resnet_fmnist or mobilenet_v2")

@@ -587,8 +587,9 @@ def test_a_recipe_trains_prunes_and_finalizes_a_timm_model(tmp_path):
         resolve_config(TINY_RECIPE, ["model.name=timm:resnet10t", "model.blocks=null"])
     # review181 F8: a fixed-size timm model was told to read the images as RGB
     with pytest.raises(ConfigError, match=r"does not run on the data's images of shape "
-                                          r"\(1, 28, 28\): .*; a timm model built for another "
-                                          r"input size does not take 28x28 images") as info:
+                                          r"\(1, 28, 28\): .*; a timm model built for a fixed "
+                                          r"input size, or one that shrinks 28x28 images below "
+                                          r"its kernels, does not take them") as info:
         train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224",
                                    f"out={tmp_path / 'vit'}"]))
     assert "data.channels" not in str(info.value)
