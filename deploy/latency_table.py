@@ -845,7 +845,8 @@ def _timer_name(timer) -> str:
     (``lambda layer, ci, co, s=s: ...`` in a loop) (review178 F5, review181 F2: timers of one
     function read each other's points). Numbers, strings and their tuples are named by value,
     anything else by its type, so a timer that captures a runtime session keeps its cache
-    across processes; a bound method is named by its class, as an instance is."""
+    across processes; a bound method is named by its class, as an instance is (and takes no
+    attribute: wrap it, ``functools.partial(obj.time)``, and name the partial)."""
     def value(v) -> str:
         if v is None or isinstance(v, (bool, numbers.Number, str)):
             return repr(v)

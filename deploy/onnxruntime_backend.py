@@ -80,8 +80,9 @@ def _way_out(session, feed: dict, input_shape) -> str:
         if fixed_elsewhere or (dims and len(dims) != len(fed_shape)):
             # (break182 F6: a fixed 28x28 fed 32x32 was told of "a size declared free")
             said = "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + ")"
-            return (f"the file's input is {said} (? free): run it at a shape of that form "
-                    "(input_shape=; deploy: --input-shape)")
+            free = " (? free)" if "?" in said else ""
+            return (f"the file's input is {said}{free}: run it at a shape of that form "
+                    "(input_shape= in Python, --input-shape with deploy)")
         batch = dims[0] if dims else None
         if isinstance(batch, int) and batch != fed_shape[0]:
             # (review181 F4: "pass batch=4" told verify_onnx of an argument it lacks)

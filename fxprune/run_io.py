@@ -109,8 +109,10 @@ def check_out_folder(out: Path, *, resume: bool, overwrite: bool,
     in the folder's place, a place files cannot be written, and a finished run unless
     ``resume`` or ``overwrite``; with ``tensorboard`` (the run writes its logs), a file named
     ``tensorboard`` there. Creates nothing: it runs before any work. ``option``: the option
-    that chose the folder, named in the way out; ``called``: what the messages call the folder
-    (default ``"--out"``): a benchmark's row folder is no ``--out`` of its user's (review181 F6)."""
+    that chose the folder, named in the way out; ``called``: what the messages that judge the
+    folder's own state call it (default: ``option``): a benchmark's row folder is no ``--out``
+    of its user's (review181 F6). The resume and TensorBoard messages name ``--out`` as the
+    trainer's own."""
     named = f"{called or option} {out}"
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{named} is a file, not a folder; choose another {option}")
