@@ -336,6 +336,8 @@ class LatencyTable:
         contexts, marks, _ = _read_cache_file(cache)
         cached = contexts.get(table._context(), {})
         cached_busy = marks.get(table._context(), {})
+        if not cached and timed_on is None and contexts:
+            _say_older_timer_name(table, timer, contexts, cache, log)
         flagged = []  # cached points the cache says were timed under load
         for pk, ci, co in list(todo):
             hit = cached.get(pk, {}).get(f"{ci},{co}")
@@ -830,6 +832,26 @@ def _is_point(text) -> bool:
     except (AttributeError, TypeError, ValueError):
         return False
     return True
+
+
+def _say_older_timer_name(table: "LatencyTable", timer, contexts: dict, cache, log) -> None:
+    """Say where ``cache`` holds points of this custom timer under the name an fxprune before
+    this one gave it (its bare ``__qualname__``): the name now includes its arguments, so they
+    are not read, and ``fxprune_name`` reuses them (break184 F1: a cache re-timed in full,
+    without a word)."""
+    if isinstance(timer, functools.partial):
+        return
+    older = getattr(timer, "__qualname__", None) or type(timer).__qualname__
+    if f"custom-timer {older}" == table.runtime_version:
+        return
+    old_context = (f"{table.backend}|custom-timer {older}|{table.device}|"
+                   f"threads={table.threads}")
+    points = sum(len(v) for v in contexts.get(old_context, {}).values())
+    if points:
+        log(f"latency table: the cache {os.fspath(cache)!r} holds {points} points of this timer "
+            f"under the name an earlier fxprune gave it ({older!r}; now "
+            f"{table.runtime_version.removeprefix('custom-timer ')!r}, with its arguments): set "
+            f"timer.fxprune_name = {older!r} to reuse them if it times as it did then")
 
 
 def _duration(seconds: float) -> str:

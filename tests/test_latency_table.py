@@ -458,6 +458,30 @@ def test_two_timers_sharing_a_cache_do_not_read_each_others_points(tmp_path):
     assert again.stats["cached"] == 0  # a third timer (a class instance): its own points too
 
 
+def test_a_cache_of_a_timer_named_by_an_earlier_fxprune_is_said_with_the_way_to_reuse_it(
+        tmp_path):
+    """break184 F1: a cache written when a closure (or a def with defaults) was named by its
+    bare __qualname__ was timed again in full, without a word."""
+    def factory(scale):
+        def timer(layer, ci, co):
+            return scale * 1.0
+        return timer
+
+    cache = tmp_path / "cache.json"
+    old = factory(2.0)
+    old.fxprune_name = old.__qualname__  # as fxprune named it before
+    LatencyTable.measure([conv()], **FAST, timer=old, cache=cache)
+    said = []
+    LatencyTable.measure([conv()], **{**FAST, "log": said.append}, timer=factory(2.0), cache=cache)
+    assert any("holds 6 points of this timer under the name an earlier fxprune gave it "
+               "('test_a_cache_of_a_timer_named_by_an_earlier_fxprune_is_said_with_the_way_to_"
+               "reuse_it.<locals>.factory.<locals>.timer'" in line and
+               "set timer.fxprune_name = " in line for line in said), said
+    again = factory(2.0)
+    again.fxprune_name = old.fxprune_name  # the way out it gives: every point read back
+    assert LatencyTable.measure([conv()], **FAST, timer=again, cache=cache).stats["measured"] == 0
+
+
 def test_partials_and_closures_of_one_timer_keep_their_own_points(tmp_path):
     """review178 F5: two functools.partials of one function (or two closures of one factory)
     were one name in the cache, so the second read the first one's points."""
