@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -88,8 +89,12 @@ def own_log(log: Path, out: Path) -> bool:
     first line is :data:`LOG_HEADER`, or, for a log written before the header, the first line
     ``fxprune train`` prints for that very folder."""
     first = first_line_of(log)
-    return first is not None and (first == LOG_HEADER
-                                  or first.startswith(f"fxprune train: {out} on "))
+    if first is None:
+        return False
+    # an older log names its run folder as it was then: a runs folder moved since is still
+    # its own (break184 F4)
+    said = re.match(r"fxprune train: (.+?) on ", first)
+    return first == LOG_HEADER or (said is not None and Path(said.group(1)).name == out.name)
 
 
 def refuse_others_log(out: Path, what: str) -> None:

@@ -53,8 +53,10 @@ if [ -e "$out" ] || [ -L "$out" ]; then
         ours "$name" || printf '%s ' "$name"
     done)
     if [ -n "$others" ]; then
-        echo "gpu_checks.sh: OUT_DIR $out holds files this script did not write (${others% }):" \
-             "it would replace or mix with them; choose a new or empty folder" >&2
+        # (break184 F3: its earlier version's own files were called not its own)
+        echo "gpu_checks.sh: OUT_DIR $out holds files without this script's header line" \
+             "(${others% }: not written by it, or by an earlier version of it): it would" \
+             "replace or mix with them; choose a new or empty folder" >&2
         exit 2
     fi
 fi

@@ -148,3 +148,16 @@ def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_run(tmp_path, 
             "fxprune did not write (mine.txt); move them, or choose another --runs-dir") in err
     assert "--out" not in err
     assert started == [] and not (tmp_path / "runs" / "SMCP_50_e1_s0.log").exists()
+
+
+def test_a_log_of_an_earlier_version_is_its_own_in_a_moved_runs_folder(tmp_path):
+    """break184 F4: a log without the header line was recognised only under the --runs-dir
+    path it was written with."""
+    bench = load_benchmark("bench_fashion_mnist")
+    out = tmp_path / "moved" / "SMCP_50_e1_s0"
+    log = bench.log_path(out)
+    log.parent.mkdir(parents=True)
+    log.write_text("fxprune train: /elsewhere/runs/SMCP_50_e1_s0 on cpu, 1 CPU thread(s)\n")
+    assert bench.own_log(log, out)
+    log.write_text("fxprune train: /elsewhere/runs/dense_e1_s0 on cpu, 1 CPU thread(s)\n")
+    assert not bench.own_log(log, out)

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import load_benchmark
+from helpers import BENCHMARKS, load_benchmark
 
 
 def test_smoke_run_writes_every_section(tmp_path, monkeypatch):
@@ -244,7 +244,8 @@ def test_gpu_checks_help_usage_and_a_folder_of_other_files(tmp_path):
     (mine / "machine.txt").write_text("my machine notes\n")
     done = _gpu_checks(tmp_path, "mine")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "mine holds files this script did not write (machine.txt steps.txt)" in done.stderr
+    assert ("mine holds files without this script's header line (machine.txt steps.txt: not "
+            "written by it, or by an earlier version of it)") in done.stderr
     assert (mine / "steps.txt").read_text() == "my notes\n"
     assert sorted(p.name for p in mine.iterdir()) == ["machine.txt", "steps.txt"]
     (tmp_path / "afile").write_text("x")
@@ -264,4 +265,17 @@ def test_gpu_checks_help_usage_and_a_folder_of_other_files(tmp_path):
     assert (tmp_path / "new" / "steps.txt").read_text().count("bench_gpu: exit 0") == 1
     (tmp_path / "new" / "notes.log").write_text("mine\n")
     done = _gpu_checks(tmp_path, "new")
-    assert done.returncode == 2 and "(notes.log)" in done.stderr
+    assert done.returncode == 2 and "(notes.log:" in done.stderr
+
+
+def test_profile_step_knows_the_output_of_its_earlier_version(tmp_path):
+    """break184 F2: an OUT.txt written before the header line, the shipped results file among
+    them, was refused as "not this script's output"."""
+    import shutil
+
+    bench = load_benchmark("profile_step")
+    shipped = tmp_path / "shipped.txt"
+    shutil.copyfile(BENCHMARKS / "results" / "profile_convnext_h200.txt", shipped)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("convnext notes, batch 2\n")
+    assert bench.own_output(shipped) and not bench.own_output(mine)
