@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow loading pickled .pt modules (MODEL and --compare): unpickling "
                         "runs any code the file carries, so only for files you wrote or trust")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for model.onnx, model.engine and report.json")
+                   help="folder for model.onnx (and dense.onnx with --compare), the engines "
+                        "and report.json")
     p.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"),
                    default="auto",
                    help="auto: TensorRT when it imports and a CUDA GPU exists, else PyTorch on "
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "file records fxprune_input_shape)")
     p.add_argument("--compare", default=None, metavar="DENSE_MODEL",
                    help="dense model (ONNX, or torch.save file with --trust-model-file) to time "
-                        "interleaved with MODEL")
+                        "interleaved with MODEL; its export goes to DIR/dense.onnx")
     p.add_argument("--threads", type=int, default=2,
                    help="CPU threads: ONNX Runtime intra-op, or torch on the CPU (default 2)")
     p.add_argument("--iters", type=int, default=100, help="timed runs per model (default 100)")
