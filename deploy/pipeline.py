@@ -216,7 +216,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     where = tb.resolve_device(device) if backend == "torch" else None  # the torch backend's device
     # every check that can refuse, before anything is written (break179 F1, F5: a model.onnx
     # left without a report)
-    for mod, lbl in models.values():
+    # TensorRT 10 builds fp16 from an fp32 file (FP16 flag) and from an fp16 one (break37 #1)
+    accepted = (onnx_precision, precision) if trt else (onnx_precision,)
+    given = {}  # a given ONNX file's graph and precision, read and checked once
+    for name, (mod, lbl) in models.items():
         if mod is not None:
             check_input_fits(mod, shape, lbl)
             check_runs_at(mod, shape, lbl, onnx_precision, torch.device("cpu"), "exported")
@@ -224,7 +227,7 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
                 check_runs_at(mod, shape, lbl, precision, where, "timed")  # (not the same again)
         else:
             check_onnx_input_fits(lbl, shape)
-            _given_precision(lbl, onnx_precision, _accepted(trt, onnx_precision, precision))
+            given[name] = _given_precision(lbl, onnx_precision, accepted)
     for line in chosen:
         log(line)
     created = _missing_folders(out_dir)  # removed again if nothing is written (break179 F7)
@@ -253,10 +256,11 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         try:
             return _deploy_into(out_dir, models, shape, backend=backend, precision=precision,
                                 trt=trt, onnx_precision=onnx_precision, where=where,
+                                given=given,
                                 model=model, compare=compare, threads=threads, iters=iters,
                                 warmup=warmup, opset=opset, max_batch=max_batch,
                                 workspace=workspace, atol=atol, rtol=rtol, progress=progress,
-                                device=device, log=log, itself=same)
+                                log=log, itself=same)
         finally:
             # every file of deploy's names there now is deploy's: the check above refused others
             written = _record_written(out_dir)
@@ -309,25 +313,19 @@ def _same_model(model, compare) -> str | None:
     return None
 
 
-def _accepted(trt, onnx_precision: str, precision: str) -> tuple[str, ...]:
-    """The precisions a given ONNX file may have: TensorRT 10 builds fp16 from an fp32 file
-    (FP16 flag) and from an fp16 one (break37 #1)."""
-    return (onnx_precision, precision) if trt else (onnx_precision,)
-
-
 def _deploy_into(out_dir, models, shape, *, backend, precision, trt, onnx_precision, where,
-                 model, compare, threads, iters, warmup, opset, max_batch, workspace, atol, rtol,
-                 progress, device, log, itself: str | None = None) -> dict:
+                 given, model, compare, threads, iters, warmup, opset, max_batch, workspace,
+                 atol, rtol, progress, log, itself: str | None = None) -> dict:
     """Export, check and time ``models`` into ``out_dir`` (``deploy``'s arguments, checked;
     ``trt``: the tensorrt module, or None; ``onnx_precision``: the files' precision; ``where``:
-    the torch backend's device; ``itself``: how the dense model is ``model`` again, warned of
+    the torch backend's device; ``given``: each given ONNX file's graph and precision
+    (:func:`_given_precision`); ``itself``: how the dense model is ``model`` again, warned of
     and recorded)."""
     onnx_infos = {}
     for name, (mod, lbl) in models.items():
         path = os.path.join(out_dir, f"{name}.onnx")
         if mod is None:
-            onnx_infos[name] = _given_onnx(lbl, path, onnx_precision, log,
-                                           _accepted(trt, onnx_precision, precision))
+            onnx_infos[name] = _given_onnx(lbl, path, log, *given[name])
             continue
         log(f"[{name}] exporting {lbl} to {path} ({onnx_precision}, input {tuple(shape)})")
         try:
@@ -603,16 +601,15 @@ def _given_precision(source: str, precision: str, accepted=None):
     return m, written
 
 
-def _given_onnx(source: str, path: str, precision: str, log, accepted=None) -> dict:
-    """An ONNX file the user gave: checked, copied to ``path``, described (not re-exported).
-    Its input's precision must be one of ``accepted`` (default: ``precision``)."""
+def _given_onnx(source: str, path: str, log, m, written: str) -> dict:
+    """An ONNX file the user gave, checked by :func:`_given_precision` (its graph ``m``, its
+    input's precision ``written``): copied to ``path``, described (not re-exported)."""
     import shutil
 
     import onnx
 
     from .onnx_export import written_opset
 
-    m, written = _given_precision(source, precision, accepted)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
     if os.path.realpath(source) == os.path.realpath(path):  # a symlink to it is the file too
         pass

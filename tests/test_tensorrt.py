@@ -108,15 +108,15 @@ def test_engine_build_settings_without_tensorrt(monkeypatch):
 def test_a_given_fp16_onnx_is_taken_where_the_engine_builds_fp16(tmp_path):
     """break37 #1: on TensorRT 10 (fp16 by a builder flag on an fp32 export) a given fp16 ONNX
     was refused for --precision fp16, told to pass --precision fp16."""
-    from fxprune.deploy.pipeline import _given_onnx
+    from fxprune.deploy.pipeline import _given_onnx, _given_precision
 
     path = tmp_path / "m16.onnx"
     export_onnx(small_net(), SHAPE, path, precision="fp16", log=lambda s: None)
-    info = _given_onnx(str(path), str(tmp_path / "model.onnx"), "fp32", lambda s: None,
-                       ("fp32", "fp16"))
+    info = _given_onnx(str(path), str(tmp_path / "model.onnx"), lambda s: None,
+                       *_given_precision(str(path), "fp32", ("fp32", "fp16")))
     assert info["precision"] == "fp16"
     with pytest.raises(DeployError, match="precision fp16 .* precision fp32 was asked for"):
-        _given_onnx(str(path), str(tmp_path / "other.onnx"), "fp32", lambda s: None)
+        _given_precision(str(path), "fp32")
 
 
 def test_missing_tensorrt_or_gpu_is_a_clear_error(tmp_path):
