@@ -457,8 +457,11 @@ class LatencyTable:
             changes["output_shape"] = (self.batch, *layer.output_shape[1:])
         return dataclasses.replace(layer, **changes) if changes else layer
 
-    def _context(self) -> str:
-        return f"{self.backend}|{self.runtime_version}|{self.device}|threads={self.threads}"
+    def _context(self, runtime_version: str | None = None) -> str:
+        """The cache's key for this table's points (``runtime_version``: another's, the same
+        backend, device and threads)."""
+        return (f"{self.backend}|{runtime_version or self.runtime_version}|{self.device}|"
+                f"threads={self.threads}")
 
     def _write_cache(self, path) -> None:
         data, busy, extra = _read_cache_file(path)
@@ -841,12 +844,11 @@ def _say_older_timer_name(table: "LatencyTable", timer, contexts: dict, cache, l
     without a word)."""
     if isinstance(timer, functools.partial):
         return
-    older = getattr(timer, "__qualname__", None) or type(timer).__qualname__
+    older = _bare_name(timer)
     if f"custom-timer {older}" == table.runtime_version:
         return
-    old_context = (f"{table.backend}|custom-timer {older}|{table.device}|"
-                   f"threads={table.threads}")
-    points = sum(len(v) for v in contexts.get(old_context, {}).values())
+    points = sum(len(v) for v in
+                 contexts.get(table._context(f"custom-timer {older}"), {}).values())
     if points:
         log(f"latency table: the cache {os.fspath(cache)!r} holds {points} points of this timer "
             f"under the name an earlier fxprune gave it ({older!r}; now "
@@ -859,6 +861,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def _bare_name(timer) -> str:
+    """A timer's function's or class's ``__qualname__``: all an fxprune named it by before its
+    arguments were part of the name."""
+    return getattr(timer, "__qualname__", None) or type(timer).__qualname__
+
+
 def _timer_name(timer) -> str:
     """The name a custom timer's points are cached under: its ``fxprune_name`` attribute where
     it has one (the way to name a timer that captures a clock reading, or instances of one
@@ -869,13 +877,12 @@ def _timer_name(timer) -> str:
     anything else by its type, so a timer that captures a runtime session keeps its cache
     across processes; a bound method is named by its class, as an instance is (and takes no
     attribute: wrap it, ``functools.partial(obj.time)``, and name the partial)."""
+    def plain(v) -> bool:
+        return v is None or isinstance(v, (bool, numbers.Number, str))
+
     def value(v) -> str:
-        if v is None or isinstance(v, (bool, numbers.Number, str)):
-            return repr(v)
-        if isinstance(v, tuple) and all(v_ is None or isinstance(v_, (bool, numbers.Number, str))
-                                        for v_ in v):
-            return repr(v)
-        return type(v).__qualname__
+        named = plain(v) or (isinstance(v, tuple) and all(map(plain, v)))
+        return repr(v) if named else type(v).__qualname__
 
     own = getattr(timer, "fxprune_name", None)
     if isinstance(own, str) and own:
@@ -884,7 +891,7 @@ def _timer_name(timer) -> str:
         bound = ([value(a) for a in timer.args]
                  + [f"{k}={value(v)}" for k, v in sorted(timer.keywords.items())])
         return f"{_timer_name(timer.func)}({', '.join(bound)})"
-    name = getattr(timer, "__qualname__", None) or type(timer).__qualname__
+    name = _bare_name(timer)
     captured = []
     for cell in getattr(timer, "__closure__", None) or ():
         try:
