@@ -584,7 +584,6 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
                     raise _BatchBounded(f"the dynamo exporter fixed the batch at {fixed} (the "
                                         "model's code reads it as a number: int(x.size(0)), a "
                                         "reshape to it)")
-            if dynamic_batch:
                 # torch.export assumes the example's side of a branch on the batch size
                 # (`if x.shape[0] > 1`) for every batch, silently: where the file is another
                 # model at some batch, it is exported at the example's batch, fixed
@@ -621,7 +620,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         if isinstance(dynamo_err, _DiffersFromItself):  # the model's, not the exporter's:
             # the file it could not check is not left, and its weights only where this export
             # wrote them (break182 F1: a user's PATH.data beside a small model was removed)
-            for written in (path, f"{path}.data") if external else (path,):
+            for written in (path, side) if external else (path,):
                 if os.path.isfile(written):
                     os.remove(written)
             raise
