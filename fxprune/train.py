@@ -1058,8 +1058,9 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
                                "out": str(out)}
     if getattr(pruner, "fxprune_schedule_steps", None):
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
+    end = schedule_end(pruner) if pruner is not None else None
     if pruner is not None:  # the step its masks reach the target; null: no schedule declared
-        results["schedule_end"] = schedule_end(pruner)
+        results["schedule_end"] = end
     if pruner is None:
         path = out / "model_dense.pt"
         stats = model_stats(net, input_shape)
@@ -1121,7 +1122,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     if main:
         write_results(out, results)
         print(format_results(results))
-    _check_target(results, cfg, out, "lengthen the schedule" if schedule_end(pruner) is not None
+    _check_target(results, cfg, out, "lengthen the schedule" if end is not None
                   else f"prune.method {method} declares no schedule a longer run would lengthen "
                        "(a `schedule` or prune_steps()): its final masks are what its own "
                        "settings chose; change them")

@@ -299,9 +299,6 @@ class PruningCallback(pl.Callback):
         """Whether ``save_path`` is the file this callback saved, unchanged since."""
         return self._saved is not None and self._saved == _file_id(self.save_path)
 
-    def _schedule_end(self) -> int | None:
-        return schedule_end(self.pruner)
-
     def _check_fit_runs_the_method(self, trainer: pl.Trainer) -> None:
         """Before training (break155 F1, F2): no optimizer of the fit holds the prepared
         model's parameters (the method would never step), or the fit is shorter than the
@@ -317,7 +314,7 @@ class PruningCallback(pl.Callback):
                 or not isinstance(getattr(self.pruner, "target", None), (int, float))):
             return  # (a ratio, not a cost target: nothing is checked at the end either)
         total = getattr(trainer, "estimated_stepping_batches", None)
-        end = self._schedule_end()
+        end = schedule_end(self.pruner)
         if end is None or not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
             return
         # steps still needed against steps this fit has left: a refit of this callback goes on
@@ -348,7 +345,7 @@ class PruningCallback(pl.Callback):
     def _why_above(self, trainer: pl.Trainer) -> str:
         """Why the fit ended above the target, for its error (break155 F2: "the schedule had
         not ended" was said where the method never stepped, or a callback stopped the fit)."""
-        steps, end = self.pruner.step_count, self._schedule_end()
+        steps, end = self.pruner.step_count, schedule_end(self.pruner)
         if steps == 0:
             return ("the method never stepped: no optimizer step of the fit reached it (manual "
                     "optimization must step the optimizers self.optimizers() returns, not their "
