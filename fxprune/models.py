@@ -201,10 +201,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
         check_timm_model(name)
         import timm
 
-        stray = sorted(k for k in RESNET_FMNIST_ONLY if kwargs.get(k) is not None)
-        if stray:
-            raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the timm model {name!r} "
-                            "takes timm's keyword arguments (num_classes, in_chans, ...)")
+        _refuse_resnet_only(name, "timm", kwargs)
         return timm.create_model(timm_name(name), pretrained=False, **kwargs)
     tv_names = _torchvision_names()
     if name not in tv_names:
@@ -212,9 +209,15 @@ def build_model(name: str, **kwargs) -> nn.Module:
                          f"model) or a torchvision classification model: {', '.join(tv_names)}")
     import torchvision.models as tvm
 
+    _refuse_resnet_only(name, "torchvision", kwargs)
+    return tvm.get_model(name, weights=None, **kwargs)
+
+
+def _refuse_resnet_only(name: str, kind: str, kwargs: dict) -> None:
+    """TypeError where ``kwargs`` set one of ResNetFMNIST's own keys for the ``kind``
+    ("torchvision", "timm") model ``name``."""
     stray = sorted(k for k in RESNET_FMNIST_ONLY if kwargs.get(k) is not None)
     if stray:
-        raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the torchvision model "
-                        f"{name!r} takes its own keyword arguments (e.g. num_classes). In a "
-                        f"config, set them to null: --set model.{stray[0]}=null")
-    return tvm.get_model(name, weights=None, **kwargs)
+        raise TypeError(f"{stray} only apply to 'resnet_fmnist'; the {kind} model {name!r} "
+                        f"takes its own keyword arguments (e.g. num_classes). In a config, set "
+                        f"them to null: --set model.{stray[0]}=null")
