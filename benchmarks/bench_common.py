@@ -71,15 +71,6 @@ def non_negative(text: str) -> float:
     return value
 
 
-def default_threads() -> int:
-    """A CPU timing's default ``--threads``: ``OMP_NUM_THREADS`` where it is set, else the cores
-    this process may run on, as ``fxprune train`` chooses (break180 F10: a fixed 2 threads
-    under ``OMP_NUM_THREADS=1`` beside other jobs timed a step 100x too slow)."""
-    from fxprune.train import default_threads as train_default
-
-    return train_default()
-
-
 def run_script(main, resume: str = "",
                left: str = "no results file was written or changed") -> int:
     """Run a benchmark's ``main()`` as its ``__main__`` does: Ctrl-C is one line and status 130,

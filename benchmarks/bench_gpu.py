@@ -46,14 +46,15 @@ import torch.nn.functional as F
 import fxprune
 from fxprune.deploy import LatencyTable
 from fxprune.deploy import torch_backend as tb
+from fxprune.deploy.latency_table import _busy, cpu_load
 from fxprune.methods.smcp import SMCP
 from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
+from fxprune.train import default_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (at_least, changed_options, default_threads, device_problem,  # noqa: E402
-                          half_masks, results_stem, run_script, timing_setup_warnings_off)
-from fxprune.deploy.latency_table import _busy, cpu_load  # noqa: E402
+from bench_common import (at_least, changed_options, device_problem, half_masks,  # noqa: E402
+                          results_stem, run_script, timing_setup_warnings_off)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,6 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results path prefix (default benchmarks/results/gpu, or gpu_smoke "
                              "with --smoke: a smoke run never replaces real results)")
+    # as fxprune train chooses them (break180 F10: a fixed 2 threads under OMP_NUM_THREADS=1,
+    # beside other jobs, timed a step 100x too slow)
     parser.add_argument("--threads", type=at_least(1), default=default_threads(),
                         help="CPU threads for --device cpu (default: OMP_NUM_THREADS, else the "
                              "usable cores; %(default)s here)")
