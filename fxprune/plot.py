@@ -8,7 +8,9 @@ Inputs, any mix of:
   (``fxprune deploy RUN/model_pruned.pt --out RUN/deploy_b1 --trust-model-file``): every
   folder inside it (at any depth) holding a deploy marker and ``report.json``; the report's ``batch`` says which
   batch that latency is for, and its ``speedup`` (``fxprune deploy --compare DENSE``) places
-  the run for ``--x speedup``. Latencies timed on another backend, device, precision, thread
+  the run for ``--x speedup``; the run whose model file that report timed as ``--compare``
+  (by content), given too and not deployed itself at that batch, is drawn at the dense
+  latency the report holds (1.0x). Latencies timed on another backend, device, precision, thread
   count, input size or runtime version than the others (where both say: a benchmark file
   says its machine's CPU, threads and ONNX Runtime version) are refused on a latency axis.
 * a benchmark results file: JSON with a ``rows`` list; each row with an ``accuracy``
@@ -177,14 +179,10 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
     # The run's model file lives in the run folder, which may have moved since: results.json
     # names it relative to where `fxprune train` ran, or where the run was then; paths a
     # deploy recorded inside that old folder are read inside this one.
-    own = old_run = None
-    if run_model:
-        recorded = Path(run_model).expanduser()
-        own = (run_dir / recorded.name).resolve()
-        old_run = recorded.parent.resolve() if recorded.is_absolute() else None
-    else:  # a results.json without "model" (edited by hand): the one model file the run wrote
-        saved = [run_dir / name for name in RUN_MODEL_FILES if (run_dir / name).is_file()]
-        own = saved[0].resolve() if len(saved) == 1 else None
+    own = _run_model_file(run_dir, run_model)
+    old_run = None
+    if run_model and Path(run_model).expanduser().is_absolute():
+        old_run = Path(run_model).expanduser().parent.resolve()
 
     # at any depth: RUN/deploys/b1 was passed over, then "deploy the runs" was advised
     subs = sorted({m.parent for m in run_dir.rglob(DEPLOY_MARKER)})
@@ -275,7 +273,7 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
                          "again with the dense model as --compare")
             speedup = None
         shape = data.get("input_shape")
-        out[batch] = {"median": median, "report": str(report),
+        out[batch] = {"median": median, "report": str(report), "dense": _dense_timed(data),
                       "speedup": speedup if isinstance(speedup, (int, float)) and speedup > 0 else None,
                       "timing": {**{key: data.get(key) for key in ("backend", "device", "precision",
                                                                   "threads")},
@@ -286,6 +284,31 @@ def _deploy_latencies(run_dir: Path, results: Path, run_model: str | None,
         warn(f"{run_dir}: its deploy reports are of {', '.join(sorted(other))}, not --backend "
              f"{backend}: it has no latency to draw", RuntimeWarning)
     return out
+
+
+def _run_model_file(run_dir: Path, run_model: str | None) -> Path | None:
+    """The model file a run wrote, in ``run_dir`` now: the one its results.json names (by
+    name: the run folder may have moved since), or for a results.json without "model"
+    (edited by hand) the one model file the run wrote; None where that is not known."""
+    if run_model:
+        return (run_dir / Path(run_model).expanduser().name).resolve()
+    saved = [run_dir / name for name in RUN_MODEL_FILES if (run_dir / name).is_file()]
+    return saved[0].resolve() if len(saved) == 1 else None
+
+
+def _dense_timed(report: dict) -> dict | None:
+    """The dense model a deploy report timed beside its model (``--compare``): ``{"sha256":
+    its file's content hash, "median": ms}``, or None (no --compare, a module compared from
+    Python, or the model compared with itself)."""
+    dense = report.get("dense")
+    if not isinstance(dense, dict) or report.get("compare_is_model"):
+        return None
+    sha = dense.get("model_sha256")
+    median = dense.get("latency_ms", {}).get("median") if isinstance(dense.get("latency_ms"), dict) else None
+    if not isinstance(sha, str) or not isinstance(median, (int, float)) or isinstance(median, bool) \
+            or not math.isfinite(median) or median <= 0:
+        return None
+    return {"sha256": sha, "median": float(median)}
 
 
 # what must agree for latencies to share an axis (the batch is the axis's own), where both
@@ -393,7 +416,18 @@ def _timed_there(run: Path, sub: Path, data, own: Path, digest: str | None) -> P
     return old
 
 
-def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) -> Point:
+@dataclass
+class _RunSeen:
+    """A run's point, its folder, its model file now and, per batch, the dense model its
+    deploy reports timed beside it (``{"sha256", "median", "timing", "report"}``)."""
+
+    point: Point
+    folder: Path
+    model_file: Path | None = None
+    dense_beside: dict[int, dict] = field(default_factory=dict)
+
+
+def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) -> _RunSeen:
     data = _read_json(results)
     source = str(results)
     if isinstance(data, dict) and "meta" in data and "accuracy" not in data:
@@ -419,14 +453,19 @@ def _run_point(results: Path, run_dir: Path | None, backend: str | None = None) 
     # a dense run (prune.method none) is the 1.0x every --compare speedup is over: drawn there
     # on --x speedup wherever it was timed (break52: it was left off the plot)
     dense = data.get("method") == "none"
-    return Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
-                 _not_negative(data["flops"], "flops", source),
-                 {b: d["median"] for b, d in deploys.items()},
-                 {b: 1.0 if dense and d["speedup"] is None else d["speedup"]
-                  for b, d in deploys.items() if d["speedup"] is not None or dense},
-                 timing={b: d["timing"] for b, d in deploys.items()}, source=source,
-                 notes={b: d["notes"] for b, d in deploys.items() if d["notes"]},
-                 test_set=_test_set(data))
+    point = Point(label, _number(data["accuracy"], "accuracy", source, fraction=True),
+                  _not_negative(data["flops"], "flops", source),
+                  {b: d["median"] for b, d in deploys.items()},
+                  {b: 1.0 if dense and d["speedup"] is None else d["speedup"]
+                   for b, d in deploys.items() if d["speedup"] is not None or dense},
+                  timing={b: d["timing"] for b, d in deploys.items()}, source=source,
+                  notes={b: d["notes"] for b, d in deploys.items() if d["notes"]},
+                  test_set=_test_set(data))
+    folder = run_dir or results.parent
+    return _RunSeen(point, folder,
+                    _run_model_file(folder, _path_or_none(data.get("model"), "model", source)),
+                    {b: {**d["dense"], "timing": d["timing"], "report": d["report"]}
+                     for b, d in deploys.items() if d["dense"] is not None})
 
 
 def _test_set(data: dict) -> dict | None:
@@ -488,7 +527,7 @@ def load_points(inputs, *, latencies: bool = True, backend: str | None = None) -
     of (timed under load, a speedup over the model itself) is kept in :attr:`Point.notes` and
     said by :func:`plot_points` where it draws that batch."""
     points: list[Point] = []
-    runs: list[tuple[Point, Path]] = []  # run points and their folders
+    runs: list[_RunSeen] = []
     seen: dict[Path, str] = {}
     for given in inputs:
         path = Path(os.path.expanduser(os.fspath(given)))
@@ -503,19 +542,41 @@ def load_points(inputs, *, latencies: bool = True, backend: str | None = None) -
                        else "it is not an fxprune train --out folder")
                 raise PlotError(f"{path} has no results.json ({why}); pass finished run folders "
                                 "or results files")
-            points.append(_run_point(results, path if latencies else None, backend))
-            runs.append((points[-1], path))
+            runs.append(_run_point(results, path if latencies else None, backend))
+            points.append(runs[-1].point)
             continue
         data = _read_json(path)
         if isinstance(data, dict) and "rows" in data:
             points.extend(_bench_points(data, str(path)))
         else:
             run_dir = path.parent if (path.parent / RUN_MARKER).is_file() else None
-            points.append(_run_point(path, run_dir if latencies else None, backend))
-            runs.append((points[-1], run_dir or path.parent))
-    _tell_runs_apart(runs)
+            runs.append(_run_point(path, run_dir if latencies else None, backend))
+            points.append(runs[-1].point)
+    _time_dense_runs_from_compare(runs)
+    _tell_runs_apart([(run.point, run.folder) for run in runs])
     _tell_points_apart(points)
     return points
+
+
+def _time_dense_runs_from_compare(runs: list[_RunSeen]) -> None:
+    """A run given with no latency of its own at a batch where another run's deploy report
+    timed that run's very model file (by content) as ``--compare`` is drawn at that timing,
+    1.0x on ``--x speedup``: the dense run a pruned run was deployed against was "not drawn"
+    (break185 F4), the reference the plot is for."""
+    beside = [(b, timed) for run in runs for b, timed in run.dense_beside.items()]
+    if not beside:
+        return
+    for run in runs:
+        missing = [b for b, _ in beside if b not in run.point.latency_ms]
+        if not missing or run.model_file is None or not run.model_file.is_file():
+            continue
+        digest = file_sha256(run.model_file)
+        for b, timed in beside:
+            if b in run.point.latency_ms or timed["sha256"] != digest:
+                continue
+            run.point.latency_ms[b] = timed["median"]
+            run.point.speedup[b] = 1.0  # the model every speedup of that report is over
+            run.point.timing[b] = timed["timing"]
 
 
 def _tell_points_apart(points: list[Point]) -> None:

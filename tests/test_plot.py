@@ -894,3 +894,37 @@ def test_a_report_without_a_hash_copied_from_another_run_is_not_read_where_its_p
     shutil.copytree(d, runs["B"] / "deploy_b1")  # fresh times: newer than B's results
     with pytest.raises(PlotError, match="timed .*A/model_pruned.pt, not the model of the run"):
         load_points([runs["B"]])
+
+
+def test_the_dense_run_is_drawn_at_the_latency_deploy_compare_timed_it(tmp_path):
+    """break185 F4: a pruned run deployed with --compare DENSE_RUN/model_dense.pt holds the
+    dense model's latency; the dense run, given too, was "not drawn (no latency at batch 1)"."""
+    from fxprune.run_io import file_sha256
+
+    dense = _run(tmp_path / "dense", 0.92, 8e6, method="none")
+    (dense / "model_dense.pt").write_bytes(b"the dense weights")
+    pruned = _run(tmp_path / "pruned", 0.90, 4e6)
+    (pruned / "model_pruned.pt").write_bytes(b"the pruned weights")
+    d = _deploy_of(pruned, "deploy", 1, "model_pruned.pt", median=0.25)
+    report = json.loads((d / "report.json").read_text())
+    report.update(backend="onnxruntime", threads=1, speedup=2.0,
+                  dense={"latency_ms": {"median": 0.5},
+                         "model_file": str(dense / "model_dense.pt"),
+                         "model_sha256": file_sha256(dense / "model_dense.pt")})
+    (d / "report.json").write_text(json.dumps(report))
+
+    points = {p.label: p for p in load_points([pruned, dense])}
+    assert points["dense"].latency_ms == {1: 0.5} and points["dense"].speedup == {1: 1.0}
+    assert points["dense"].timing[1]["backend"] == "onnxruntime"
+    drawn = plot_points(list(points.values()), tmp_path / "lat.png")
+    assert drawn["points"] == [("pruned", 0.25, 0.90), ("dense", 0.5, 0.92)]
+    assert drawn["skipped"] == []
+    # by content: another dense file of the same name, changed since, is not that model
+    (dense / "model_dense.pt").write_bytes(b"retrained since")
+    points = {p.label: p for p in load_points([pruned, dense])}
+    assert points["dense"].latency_ms == {}
+    # a report that compared the model with itself times no dense model
+    report["compare_is_model"] = str(pruned / "model_pruned.pt")
+    report["dense"]["model_sha256"] = file_sha256(dense / "model_dense.pt")
+    (d / "report.json").write_text(json.dumps(report))
+    assert {p.label: p for p in load_points([pruned, dense])}["dense"].latency_ms == {}
