@@ -638,11 +638,16 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     print(format_results(done))
                 # resuming cannot lengthen a finished run's schedule (review178 F9), and a
                 # method without one is told what its first error said (review181 F7)
+                settings = f"change prune.method {method}'s settings"
                 _check_target(done, cfg, out, "the run is finished and resuming prunes it no "
                               "further: in a new run (another --out), " + (
-                                  "lengthen the schedule" if done.get("schedule_end", 0) is not None
-                                  else f"change prune.method {method}'s settings (it declares "
-                                       "no schedule a longer run would lengthen)"))
+                                  # results of a version before schedule_end do not say
+                                  # whether the method has one (review183 R5)
+                                  f"lengthen the schedule or {settings}"
+                                  if "schedule_end" not in done
+                                  else "lengthen the schedule" if done["schedule_end"] is not None
+                                  else f"{settings} (it declares no schedule a longer run "
+                                       "would lengthen)"))
                 return done
 
     if ckpt is not None:  # a run that will train on writes its folder (rank 0 checks)

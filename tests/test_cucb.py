@@ -123,6 +123,16 @@ def test_budget_mode_active_sets_fit_the_cost_target():
     torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
 
 
+def test_the_schedule_end_is_the_final_selection_step():
+    """break184 F5: results.json's schedule_end was null for CUCB, as for a method that
+    declares no step its masks reach the target at, where the final selection's is explore."""
+    from fxprune.methods.base import schedule_end
+
+    assert schedule_end(CUCB(prepared(), target=0.4, warmup=2, explore=6, execution="masked")) == 6
+    # picked at finalize_masks(): no step known beforehand
+    assert schedule_end(CUCB(prepared(), target=0.4, warmup=2, execution="masked")) is None
+
+
 def test_ratio_mode_keeps_rho_of_every_group_and_finalize_masks_selects_by_mu():
     pm = prepared()
     pruner = CUCB(pm, rho=0.5, warmup=1, explore=None, channel_step=4, execution="masked")

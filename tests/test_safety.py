@@ -138,6 +138,16 @@ def test_run_ending_above_target_fails_loudly_unless_allowed(tmp_path, monkeypat
            in str(finished.value)  # as its first error said (review181 F7)
     assert "lengthen the schedule" not in str(finished.value)
     assert json.loads((out / "results.json").read_text())["schedule_end"] is None
+    # results a version before schedule_end wrote do not say whether there is one (review183 R5)
+    old = json.loads((out / "results.json").read_text())
+    from fxprune.run_io import atomic_write_text
+
+    del old["schedule_end"]
+    atomic_write_text(out / "results.json", json.dumps(old))  # as the run wrote it
+    with pytest.raises(TargetNotReachedError, match=r"in a new run \(another --out\), lengthen "
+                                                    r"the schedule or change prune.method smcp's "
+                                                    r"settings, or set"):
+        train(cfg, resume=True)
     assert train(resolve_config(cfg, ["prune.allow_above_target=true"]),
                  resume=True)["target_reached"] is False
 
