@@ -921,7 +921,9 @@ def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) 
     if isinstance(model, dict) and model.get("name") != "resnet_fmnist":
         # the recipe's own ResNet's defaults are no setting of another model: a recipe naming
         # only timm:NAME was refused for model.widths and model.blocks it never wrote (break182
-        # F5); a value of the user's other than the default is still refused as stray
+        # F5), and the shipped recipes write them out. Compared by value, so the default
+        # written by the user is dropped too (harmless: it sets nothing of this model); any
+        # other value is refused as stray (review183 R9)
         for key in RESNET_FMNIST_ONLY:
             if key in model and model[key] == DEFAULTS["model"].get(key):
                 model[key] = None
