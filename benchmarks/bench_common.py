@@ -228,8 +228,10 @@ def first_line_of(path) -> str | None:
 
 
 def usage_error(message: str):
-    """Exit as argparse does on a bad argument: one line on stderr, status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    """Exit as argparse does on a bad argument, without its usage line: ``SCRIPT: error:
+    message``, one line on stderr, status 2 (the form of argparse's own last line, which the
+    same script's other refusals print: review183 R8)."""
+    print(f"{os.path.basename(sys.argv[0]) or 'benchmark'}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
