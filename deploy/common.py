@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from fxprune.errors import FxPruneError, first_line  # noqa: F401 - deploy's modules import it here
+from fxprune.errors import FxPruneError, first_line, out_of_memory  # noqa: F401 - deploy's modules import it here
 
 
 class DeployError(FxPruneError, RuntimeError):

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .common import DeployError, first_line, parse_shape
+from .common import DeployError, first_line, out_of_memory, parse_shape
 
 INPUT_SHAPE_ATTR = "fxprune_input_shape"
 
@@ -208,6 +208,15 @@ def check_one_tensor_input(module: nn.Module, label: str) -> None:
                           f"tensor, {_TIME_IT_YOURSELF}")
 
 
+def memory_refusal(label: str, shape, said: str, why: str = "") -> DeployError:
+    """The one-line error for ``label`` run out of memory at ``shape`` (``said``: what the
+    allocator said, :func:`fxprune.errors.out_of_memory`; ``why``: why deploy ran it at that
+    shape): the batch is the lever, not the shape's fit (break186 F1)."""
+    return DeployError(f"running {label} at input shape {tuple(shape)}{why} ran out of memory "
+                       f"({said}); pass a smaller batch (--batch; batch= in Python), or free "
+                       "memory")
+
+
 def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:
     """Run ``module`` once at ``shape``: a shape that does not fit is a one-line error showing
     the shape the file records, not a traceback from inside the exporter."""
@@ -219,14 +228,17 @@ def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> N
     if free is not None and need > free:  # (break106 #1: the probe's second allocation raised)
         raise DeployError(f"input shape {tuple(shape)} needs {need / 2**30:.3g} GiB for one fp32 "
                           f"tensor, more than the {free / 2**30:.3g} GiB this machine has "
-                          "available; "
-                          "pass a smaller --input-shape")
+                          "available; pass a smaller batch (--batch; batch= in Python) or "
+                          "--input-shape")
     copy = None
     try:
         copy = eval_copy(module, "fp32")  # on the CPU, as the inputs below
         with torch.no_grad(), _quiet():
             copy(torch.zeros(shape, dtype=torch.float32))  # the copy's dtype, whatever the default
     except Exception as e:  # noqa: BLE001 - whatever fails, the shape does not fit
+        said = out_of_memory(e)
+        if said is not None:  # it fits; the memory does not
+            raise memory_refusal(label, shape, said) from None
         first = first_line(e) or type(e).__name__
         container = None if copy is None else _reads_a_container(copy, shape)
         if container is not None and container.startswith("it indexes"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError, check_tolerance, parse_shape, silent
+from .common import DeployError, check_tolerance, out_of_memory, parse_shape, silent
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -876,6 +876,13 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
         with torch.no_grad():
             ref = [t.float().numpy() for t in flat_outputs(reference(x))]
     except Exception as e:  # noqa: BLE001 - the model's own failure at the other batch
+        said = out_of_memory(e)
+        if said is not None:  # not a batch the code depends on, nor a misfit (break186 F1)
+            from .model_io import memory_refusal
+
+            raise memory_refusal(f"the model ({type(reference).__name__})", x.shape, said,
+                                 f" (a file with a free batch is checked at twice its batch, "
+                                 f"{input_shape[0]})" if other_batch else "") from None
         if not other_batch:
             # a shape that does not fit the model: one line (break179 F4: a raw RuntimeError)
             from .model_io import check_input_fits

@@ -46,6 +46,24 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return (str(err).strip().splitlines() or [""])[0][:limit]
 
 
+def out_of_memory(err: BaseException) -> str | None:
+    """What ``err`` says of memory where it is an allocation failure (``MemoryError``, torch's
+    CPU allocator's "can't allocate memory: you tried to allocate N bytes", a CUDA
+    ``torch.OutOfMemoryError``'s first line), else None: the cause a one-line error must name
+    (break186 F1: deploy called it a shape that "does not fit the model")."""
+    import re
+
+    import torch
+
+    text = str(err)
+    said = re.search(r"can't allocate memory: you tried to allocate \d+ bytes", text)
+    if said:
+        return said.group(0)
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return first_line(err) or type(err).__name__
+    return None
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` pointing at the first frame outside fxprune: the user's line, whether
     fxprune was called directly, through the method registry, the trainer or a callback (a

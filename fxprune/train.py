@@ -50,7 +50,7 @@ from . import distributed as fxdist
 from .allocation import InfeasibleBudget
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
-from .errors import FxPruneError, TargetNotReachedError, TraceError, first_line
+from .errors import FxPruneError, TargetNotReachedError, TraceError, out_of_memory
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
                            measured_latency_cost, method_parameters, refuse_unloadable_state,
                            schedule_end, step_too_wide, TIMED_FLOOR)
@@ -676,17 +676,16 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         model_kwargs["in_chans"] = int(cfg["data"].get("channels", 1))
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs)
-    except RuntimeError as exc:  # (break158 F7: a 38-line traceback for model.widths=[100000])
-        if "can't allocate memory" not in str(exc) and not isinstance(exc, torch.OutOfMemoryError):
+    except (RuntimeError, MemoryError) as exc:  # (break158 F7: a 38-line traceback for
+        # model.widths=[100000])
+        said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)
+        if said is None:
             raise
         sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
                           if k in ("widths", "blocks", "inner_widths"))
-        # torch's own words, not cut mid-word (review165 F8: "(Cannot alloca)")
-        said = re.search(r"(can't allocate memory: you tried to allocate \d+ bytes)", str(exc))
         raise ConfigError(f"model {cfg['model']['name']}"
                           f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
-                          f"({said.group(1) if said else first_line(exc)}); choose a smaller "
-                          "model") from None
+                          f"({said}); choose a smaller model") from None
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)

@@ -2016,9 +2016,46 @@ def test_an_input_shape_larger_than_memory_is_one_line(tmp_path):
     ("can't allocate memory: you tried to allocate 119999997600000012 bytes"), exit 1."""
     with pytest.raises(DeployError, match=r"^input shape \(1, 3, 99999999, 99999999\) needs .* GiB "
                                           r"for one fp32 tensor, more than the .* GiB this machine "
-                                          r"has available; pass a smaller --input-shape$"):
+                                          r"has available; pass a smaller batch \(--batch; "
+                                          r"batch= in Python\) or --input-shape$"):
         deploy(nn.Conv2d(3, 4, 3), tmp_path / "out", input_shape=(1, 3, 99999999, 99999999),
                backend="onnxruntime", progress=False, log=lambda s: None)
+
+
+class _RunsOutOfMemoryFrom(nn.Module):
+    """A conv that fails as torch's CPU allocator does from batch ``limit`` on."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.conv, self.limit = nn.Conv2d(3, 4, 3), limit
+
+    def forward(self, x):
+        if x.shape[0] >= self.limit:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                               "can't allocate memory: you tried to allocate 1048576000 bytes. "
+                               "Error code 12 (Cannot allocate memory)")
+        return self.conv(x)
+
+
+def test_a_batch_that_runs_out_of_memory_is_not_called_a_shape_that_does_not_fit(tmp_path):
+    """break186 F1: an out-of-memory at --batch 8000 was "input shape ... does not fit the
+    model", "the model records no input shape", "pass a fitting --input-shape"."""
+    from fxprune.deploy.model_io import check_input_fits
+    from fxprune.deploy.onnx_export import _compare
+
+    model = _RunsOutOfMemoryFrom(8)
+    check_input_fits(model, (4, 3, 8, 8), "model")  # fits
+    with pytest.raises(DeployError, match=r"^running model at input shape \(8, 3, 8, 8\) ran out "
+                                          r"of memory \(can't allocate memory: you tried to "
+                                          r"allocate 1048576000 bytes\); pass a smaller batch "
+                                          r"\(--batch; batch= in Python\), or free memory$"):
+        check_input_fits(model, (8, 3, 8, 8), "model")
+    # a file with a free batch is checked at twice the batch: the memory is named there too,
+    # not the code's dependence on the batch
+    with pytest.raises(DeployError, match=r"^running the model \(_RunsOutOfMemoryFrom\) at input "
+                                          r"shape \(8, 3, 8, 8\) \(a file with a free batch is "
+                                          r"checked at twice its batch, 4\) ran out of memory"):
+        _compare(None, model, torch.zeros(8, 3, 8, 8), "m.onnx", (4, 3, 8, 8), "fp32", 1e-5, 1e-5)
 
 
 def test_a_model_of_integer_input_is_not_told_to_change_the_shape(tmp_path):
