@@ -998,4 +998,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         return resolve_config(raw, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{_blamed(raw, overrides or [], str(exc), path)}: {exc}") from None
+
+
+def _blamed(raw: dict, overrides: list[str], message: str, path: Path) -> str:
+    """Where a config error comes from: the recipe file, or the first override after which
+    it appears (break187: a bad --set value was called the file's, which held a good one).
+    Neither alone: the file with the overrides."""
+    for k in range(len(overrides) + 1):
+        try:
+            resolve_config(raw, overrides[:k])
+        except ConfigError as exc:
+            if str(exc) == message:
+                return str(path) if k == 0 else f"--set {overrides[k - 1]}"
+    return f"{path} with --set {' '.join(overrides)}" if overrides else str(path)

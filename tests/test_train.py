@@ -1604,3 +1604,22 @@ def test_results_name_the_cost_model_the_pruner_cost_is_in(recipe, tmp_path, cap
     results = json.loads((out / "results.json").read_text())
     assert results["cost_model"] == "params"
     assert re.search(r"pruner cost +\d\.\d+   \(params of dense\)", capsys.readouterr().out)
+
+
+def test_a_config_error_names_the_override_that_made_it_not_the_file(tmp_path):
+    """break187: `--set prune.target=0` on a recipe holding target 0.5 was refused as
+    "RECIPE.yaml: prune.target takes ... got 0", sending the user to a file that was right."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"data": {"name": "synthetic"},
+                                    "prune": {"method": "smcp", "target": 0.5}}))
+    with pytest.raises(ConfigError, match=r"^--set prune.target=0: prune.target takes a number"):
+        load_config(path, ["optim.epochs=2", "prune.target=0"])
+    path.write_text(yaml.safe_dump({"data": {"name": "synthetic"},
+                                    "prune": {"method": "smcp", "target": 7}}))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: prune.target takes"):
+        load_config(path, ["optim.epochs=2"])
+    # a conflict with the file's value: the override that made it (the message shows both)
+    path.write_text(yaml.safe_dump({"data": {"name": "synthetic"}, "model": {"widths": [8, 8]}}))
+    with pytest.raises(ConfigError, match=r"^--set model.blocks=\[1\]: model.widths and "
+                                          r"model.blocks .*; got \[8, 8\] and \[1\]"):
+        load_config(path, ["model.blocks=[1]", "optim.epochs=2"])
