@@ -59,6 +59,13 @@ def load_model(model: nn.Module | str | os.PathLike, *,
     other = _other_format(path)
     if other:  # before any load: these were called pickles or corrupt files (break66 #4)
         raise DeployError(f"{path!r} is {other}")
+    from fxprune.run_io import zip_damage
+
+    damage = zip_damage(path)
+    if damage is not None:  # (break187: a file cut short was "not loaded" until trusted, then
+        # torch.load's "Invalid argument")
+        raise DeployError(f"{path!r} is damaged: {damage}; it was cut short or changed after "
+                          "torch.save wrote it: save or copy it again")
     if not trust_model_file:
         try:  # safe: tensors and plain data only; a pickled module fails here by design
             loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -744,7 +744,7 @@ def _edited_since_written(path: Path) -> bool:
                    if written.get(name) is not None)
 
 
-def _zip_damage(path: Path) -> str | None:
+def zip_damage(path: Path) -> str | None:
     """What fails in the zip ``torch.save`` wrote at ``path`` (None: nothing, or not a zip,
     which ``torch.load`` reports). Each record is read whole, which checks its CRC-32: torch.load
     checks none, and a flipped bit was resumed without a word and shipped in model_pruned.pt
@@ -803,7 +803,7 @@ def load_checkpoint(path: Path, device) -> dict:
     way_out = (f"{prev} holds the epoch before it: move it to {path.name} and --resume again, "
                f"or {start_over(path)}" if prev.is_file() and not _same_file(prev, path)
                else f"{start_over(path)}, or use another --out")
-    damage = _zip_damage(path)
+    damage = zip_damage(path)
     if damage is not None:
         raise CheckpointError(f"--resume: checkpoint {path} is damaged: {damage}; {way_out}")
     try:

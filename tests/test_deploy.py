@@ -2267,3 +2267,19 @@ def test_a_model_compared_with_itself_is_warned_of_and_not_blamed_on_flops(saved
                        backend="onnxruntime", iters=3, warmup=1, progress=False, log=lines.append)
     assert any("poor guide" in line for line in lines)
     assert "compare_is_model" not in other
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.9])
+def test_a_model_file_cut_short_is_called_damaged_with_or_without_trust(tmp_path, capsys, kept):
+    """break187: the first half of a saved module was "not loaded: ... --trust-model-file" (the
+    user asked to let a broken file run code), then torch.load's "Invalid argument"."""
+    torch.save(nn.Conv2d(3, 4, 3), tmp_path / "full.pt")
+    whole = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[:int(len(whole) * kept)])
+    for trust in ([], TRUST):
+        assert main(["deploy", str(tmp_path / "cut.pt"), "--out", str(tmp_path / "out"),
+                     "--input-shape", "1,3,8,8", *QUICK, *trust]) == 2
+        err = capsys.readouterr().err
+        assert "cut.pt' is damaged: its zip index does not read" in err, err
+        assert "trust" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
