@@ -514,6 +514,20 @@ def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _methods_prune_keys() -> list[str]:
+    """``prune.KEY`` for every key a registered method takes: where a misplaced key may
+    belong (break187: ``model.target`` was "did you mean model.name?", not prune.target)."""
+    from .methods.base import registry
+
+    keys: dict[str, None] = {}
+    for method in registry:
+        try:
+            keys.update(dict.fromkeys(f"prune.{k}" for k in prune_keys(method) if k != "*"))
+        except Exception:  # noqa: BLE001 - a plug-in that cannot be inspected adds none
+            continue
+    return list(keys)
+
+
 def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
     """Merge ``update`` into ``base`` in place, checking keys (kinds: :func:`validate`)."""
     for key, value in update.items():
@@ -521,9 +535,12 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
         if not isinstance(key, str) or key not in defaults:
             # the keys of this section first: a long list of every key got cut off (break37 #8)
             here = [f"{prefix}{k}" for k in defaults]
-            everywhere = _valid_keys(DEFAULTS)
-            # a key of another section given bare (lr for optim.lr), or a near miss
-            close = ([k for k in everywhere if isinstance(key, str) and k.endswith("." + key)]
+            everywhere = _valid_keys(DEFAULTS) + _methods_prune_keys()
+            # this section's key in another unit (optim.warmup for optim.warmup_epochs), a
+            # key of another section given bare or misplaced (lr for optim.lr, model.target
+            # for prune.target), or a near miss
+            close = ([k for k in here if k.startswith(path + "_")]
+                     or [k for k in everywhere if isinstance(key, str) and k.endswith("." + key)]
                      or difflib.get_close_matches(path, here + everywhere, n=1))
             hint = f" (did you mean {close[0]}?)" if isinstance(key, str) and close else ""
             raise ConfigError(f"unknown config key {path!r}{hint}; valid keys"

@@ -1623,3 +1623,15 @@ def test_a_config_error_names_the_override_that_made_it_not_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"^--set model.blocks=\[1\]: model.widths and "
                                           r"model.blocks .*; got \[8, 8\] and \[1\]"):
         load_config(path, ["model.blocks=[1]", "optim.epochs=2"])
+
+
+@pytest.mark.parametrize("given, meant", [("model.target", "prune.target"),
+                                          ("optim.warmup", "optim.warmup_epochs"),
+                                          ("data.channel_step", "prune.channel_step"),
+                                          ("lr", "optim.lr"), ("optim.epoch", "optim.epochs")])
+def test_a_misplaced_key_is_pointed_to_where_it_belongs(given, meant):
+    """break187: `--set model.target=0.5` was asked "did you mean model.name?"; a method's
+    key given in another section is pointed to prune."""
+    with pytest.raises(ConfigError, match=rf"unknown config key '{re.escape(given)}' \(did you "
+                                          rf"mean {re.escape(meant)}\?\)"):
+        resolve_config(TINY, [f"{given}=1"])
