@@ -80,6 +80,20 @@ def _both(name: str) -> str:
     return f"{name} (--{name.replace('_', '-')})"
 
 
+def _check_utf8_path(what: str, path) -> None:
+    """DeployError for a path whose name is not UTF-8 (a Latin-1 file name: Python holds its
+    bytes as surrogates): ONNX's checker and ONNX Runtime take UTF-8 paths only, and refused it
+    in four lines of pybind11 after a second export "at batch 1" (break187 F9)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return
+    name = os.fspath(path)
+    try:
+        (name if isinstance(name, str) else os.fsdecode(name)).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DeployError(f"{what} {name!r} is not a UTF-8 path, and ONNX and ONNX Runtime open "
+                          "UTF-8 paths only: rename it") from None
+
+
 def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
            backend: str = "auto", precision: str = "fp32", input_shape=None,
            batch: int | None = None, compare: nn.Module | str | os.PathLike | None = None,
@@ -130,6 +144,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
     out_dir = os.path.expanduser(os.fspath(out_dir))
+    for what, path in (("the model file", model), ("--compare", compare), ("--out", out_dir)):
+        if what == "--out" or str(os.fspath(path) if isinstance(path, (str, os.PathLike))
+                                  else "").lower().endswith(".onnx"):  # what ONNX opens
+            _check_utf8_path(what, path)
     if not out_dir.strip():  # (break66 #4: a bare errno message)
         raise DeployError("--out is empty: give the folder to write model.onnx and report.json to")
     if blocked := file_in_the_way(os.path.join(out_dir, "report.json")):  # (break129 F7: a

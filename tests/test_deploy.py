@@ -2283,3 +2283,21 @@ def test_a_model_file_cut_short_is_called_damaged_with_or_without_trust(tmp_path
         assert "cut.pt' is damaged: its zip index does not read" in err, err
         assert "trust" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_path_onnx_cannot_open_is_refused_in_one_line_before_any_export(tmp_path, capsys):
+    """break187 F9: a Latin-1 file name (not UTF-8) was refused by onnx's pybind11 binding in
+    four lines, "onnx.checker rejected", after a second export "at batch 1" for --out."""
+    torch.save(nn.Conv2d(3, 4, 3), tmp_path / "m.pt")
+    latin1 = tmp_path / os.fsdecode(b"d\xff")
+    assert main(["deploy", str(tmp_path / "m.pt"), "--out", str(latin1), "--input-shape",
+                 "1,3,8,8", *QUICK, *TRUST]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is not a UTF-8 path" in err and len(err.strip().splitlines()) == 1
+    assert not latin1.exists()
+    onnx_file = tmp_path / os.fsdecode(b"m\xff.onnx")
+    onnx_file.write_bytes(b"not read")
+    assert main(["deploy", str(onnx_file), "--out", str(tmp_path / "out"), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "the model file" in err and "is not a UTF-8 path" in err, err
+    assert not (tmp_path / "out").exists()
