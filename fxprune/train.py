@@ -1302,6 +1302,31 @@ def _reported() -> None:
     _done_with_signals()
 
 
+def _out_of_memory_message(exc: BaseException, said: str, cfg: dict | None) -> str:
+    """The one line for a run that ran out of memory (``said``: the allocator's words): in
+    the evaluation, at data.test_batch_size, else in training, at data.batch_size, with the
+    way out and, where an epoch was saved, --resume."""
+    import traceback
+
+    data = (cfg or {}).get("data") or {}
+    # this module's innermost frame: the evaluation, or the training loop's step
+    ours = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
+    inner = ours[-1] if ours else None
+    out = Path(str((cfg or {}).get("out", ""))).expanduser()
+    resume = (" (--resume continues from the last saved epoch)"
+              if cfg and (out / "checkpoint.pt").is_file() else "")
+    if inner is not None and inner.name == "evaluate":
+        where, key = "evaluating", "test_batch_size"
+    elif inner is not None and inner.name == "_train" and any(
+            call in (inner.line or "") for call in ("run(x)", "backward", "pruner.step")):
+        where, key = "training", "batch_size"
+    else:  # building, preparing or saving: no batch to lower
+        return f"ran out of memory ({said}); choose a smaller model or free memory{resume}"
+    at = f" at data.{key} {data[key]}" if data.get(key) is not None else ""
+    return (f"ran out of memory {where}{at} ({said}); lower data.{key} (--set data.{key}=N), or "
+            f"choose a smaller model{resume}")
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out is not None:  # an empty --out is refused, not the recipe's folder
@@ -1337,8 +1362,14 @@ def _run(args: argparse.Namespace) -> int:
         elif not isinstance(exc, ConfigError) and not getattr(exc, "fxprune_from_rank0", False):
             print(f"fxprune train (rank {rank}): error: {message}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if not _lost_a_peer(exc):
+    except (RuntimeError, MemoryError) as exc:
+        said = out_of_memory(exc)
+        if said is not None:  # (break186 F3: a batch too large was a 57-line traceback, exit 1)
+            _reported()
+            who = "fxprune train" if rank == 0 else f"fxprune train (rank {rank})"
+            print(f"{who}: error: {_out_of_memory_message(exc, said, cfg)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, MemoryError) or not _lost_a_peer(exc):
             raise
         _reported()
         # another process failed and left this one's collective (break133 F6: a 30-line gloo

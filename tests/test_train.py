@@ -372,6 +372,35 @@ def test_an_interrupt_before_the_first_save_says_what_to_do_and_that_works(
     assert cli_main(argv) == 0
 
 
+class _OutOfMemoryAbove(torch.nn.Module):
+    """A classifier that fails as torch's CPU allocator does on batches above ``limit``."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.head = limit, torch.nn.Sequential(torch.nn.Flatten(),
+                                                           torch.nn.Linear(28 * 28, 10))
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                               "can't allocate memory: you tried to allocate 205520896 bytes.")
+        return self.head(x)
+
+
+@pytest.mark.parametrize("limit, where, key, size", [(16, "training", "batch_size", 32),
+                                                     (40, "evaluating", "test_batch_size", 64)])
+def test_a_batch_too_large_for_memory_is_one_line_naming_the_batch(
+        recipe, tmp_path, capsys, monkeypatch, limit, where, key, size):
+    """break186 F3: a data.batch_size (or test_batch_size) too large for memory ended in a
+    57-line traceback, exit 1, where a model too large was one line."""
+    monkeypatch.setattr(train_mod, "build_model", lambda name, **kwargs: _OutOfMemoryAbove(limit))
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fxprune train: error: ran out of memory {where} at data.{key} {size} (can't "
+                   f"allocate memory: you tried to allocate 205520896 bytes); lower data.{key} "
+                   f"(--set data.{key}=N), or choose a smaller model\n"), err
+
+
 def test_a_model_too_large_for_memory_is_one_line_naming_its_size(recipe, tmp_path, capsys,
                                                                   monkeypatch):
     """break158 F7: model.widths=[100000] ended in a 38-line allocation traceback (exit 1)."""
