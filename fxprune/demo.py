@@ -9,6 +9,8 @@ import time
 import numpy as np
 import torch
 
+from .errors import out_of_memory
+
 
 def prune_by_magnitude(prepared, fraction: float) -> None:
     """Mask the ``fraction`` of each prunable group whose readers' weights are smallest (L2)."""
@@ -59,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except _Refused as e:
         print(e, file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as e:  # (break186 F2, break187 F3: a 20-line traceback)
+        said = out_of_memory(e)
+        if said is None:
+            raise
+        print(f"fxprune demo: error: {args.model} at {args.size}x{args.size} ran out of memory "
+              f"({said}); try a smaller --size (e.g. 224)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # (break88 F6: a 42-line traceback where train prints one line)
         print("fxprune demo: interrupted; it writes no file", file=sys.stderr)

@@ -703,6 +703,29 @@ def test_demo_prunes_a_torchvision_model_and_refuses_bad_arguments(capsys):
         assert re.search(message, err.strip()) and err.count("\n") == 1, err
 
 
+def test_a_demo_size_out_of_memory_is_one_line(capsys, monkeypatch):
+    """break186 F2, break187 F3: --size 100000 ended in a 20-line allocation traceback, exit 1."""
+    import fxprune.demo as demo
+    from fxprune.cli import main
+
+    def out_of_memory(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 120000000000 bytes.")
+
+    monkeypatch.setattr(demo, "_run", out_of_memory)
+    assert main(["demo", "--size", "100000"]) == 2
+    assert capsys.readouterr().err == (
+        "fxprune demo: error: resnet18 at 100000x100000 ran out of memory (can't allocate "
+        "memory: you tried to allocate 120000000000 bytes); try a smaller --size (e.g. 224)\n")
+
+    def other(args):  # another RuntimeError stays a traceback (a bug to see)
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(demo, "_run", other)
+    with pytest.raises(RuntimeError, match="something else"):
+        main(["demo"])
+
+
 def test_an_interrupted_demo_says_so_in_one_line(capsys, monkeypatch):
     """break88 F6: Ctrl-C printed a 42-line traceback where train and deploy print one line."""
     import fxprune.demo as demo
