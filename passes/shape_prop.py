@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx, nn
 
-from fxprune.errors import ExampleInputsError
+from fxprune.errors import ExampleInputsError, out_of_memory
 from .grad_mode import preserving_modes
 
 
@@ -104,6 +104,13 @@ class _Recorder(fx.Interpreter):
         except Exception as e:  # noqa: BLE001 - reported with the node that failed
             frame = user_frame(n.stack_trace)
             origin = f"\n  from: {frame}" if frame else ""
+            said = out_of_memory(e)
+            if said is not None:  # the shapes fit; the memory does not (break186 F6)
+                raise ExampleInputsError(
+                    f"running the model on example_inputs (shapes {self.input_shapes}) ran out of "
+                    f"memory at node `{n.name}` ({said}); give a smaller example input: one "
+                    "sample (batch 1) is enough: the analysis does not depend on the batch "
+                    "size") from e
             raise ExampleInputsError(
                 f"running the model on example_inputs failed at node `{n.name}` "
                 f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: "

@@ -1707,3 +1707,27 @@ def test_a_failed_check_names_the_rows_the_user_gave():
     with pytest.raises(fxprune.SurgeryError, match=r"The rows given in rules= \(_ChannelFlip: "
                                                    r"Elementwise\(\)\) are the likeliest cause"):
         fxprune.finalize(pm)
+
+
+def test_prepare_out_of_memory_names_memory_not_the_shapes(monkeypatch):
+    """break186 F6: an example input too large for memory was told to "check that
+    example_inputs match what the model expects", though the shapes fit."""
+    class Hungry(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "999 bytes.")
+
+    model = Hungry()
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", refuse)
+    with pytest.raises(fxprune.ExampleInputsError, match=r"ran out of memory at node `conv` "
+                                                         r"\(can't allocate memory: .*\); give a "
+                                                         r"smaller example input") as e:
+        fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    assert "Check that example_inputs match" not in str(e.value)
