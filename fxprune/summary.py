@@ -193,6 +193,9 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
         lines.append("no group has a conv or linear layer in it: fxprune found no layer it prunes "
                      "(a layer with no row in fxprune.op_table.CHANNEL_RULES is traced through or a "
                      "barrier; see the reasons above, or pass rules=)")
+    # the input the FLOPs are of: the example's whole batch (break186 F4: 8x the per-image
+    # figure at batch 8, unsaid where all channels were kept)
+    at = f"at input {[tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]}"
     if any(g.kept < g.size for g in groups if g.prunable):
         try:
             with warnings.catch_warnings():
@@ -202,15 +205,14 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
                 small = finalize(prepared, check=False)
         except SurgeryError as exc:  # the groups still shown: that is when they are wanted
             # (break81 #2: a whole group or a split piece masked printed no table at all)
-            lines.append(f"params {dense_params:,}; FLOPs {dense:,} dense; the current masks "
+            lines.append(f"params {dense_params:,}; FLOPs {dense:,} dense {at}; the current masks "
                          f"cannot be finalized, so no pruned figures: {exc}")
             return "\n".join(lines)
         flops, params = count_flops(small, inputs), count_params(small)
         lines.append(f"params {dense_params:,} -> {params:,} ({params / dense_params:.1%})")
-        lines.append(f"FLOPs  {dense:,} -> {flops:,} ({flops / max(dense, 1):.1%}) "
-                     f"at input {[tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]}")
+        lines.append(f"FLOPs  {dense:,} -> {flops:,} ({flops / max(dense, 1):.1%}) {at}")
     else:
-        lines.append(f"params {dense_params:,}; FLOPs {dense:,} (all channels kept)")
+        lines.append(f"params {dense_params:,}; FLOPs {dense:,} {at} (all channels kept)")
     return "\n".join(lines)
 
 

@@ -613,6 +613,11 @@ def test_summary_counts_the_pruned_params_and_flops_worked_out_by_hand():
     table = summary_table(pm)
     assert "params 248 -> 124 (50.0%)" in table, table
     assert f"FLOPs  {2 * 16 * (8 * 27 + 4 * 8):,} -> {2 * 16 * (4 * 27 + 4 * 4):,} (50.0%)" in table
+    # the batch the FLOPs are of is said, masks or none (break186 F4: 8x the per-image FLOPs
+    # at batch 8, unsaid with every channel kept)
+    eight = fxprune.prepare(model, (torch.randn(8, 3, 4, 4),))
+    assert (f"FLOPs {8 * 2 * 16 * (8 * 27 + 4 * 8):,} at input [(8, 3, 4, 4)] (all channels "
+            "kept)") in summary_table(eight), summary_table(eight)
 
 
 def test_summary_shows_the_groups_of_masks_finalize_would_refuse(resnet18, capsys):
