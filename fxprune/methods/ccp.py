@@ -332,8 +332,9 @@ class CCP(PruningMethod):
     gathered from the trainer's own steps, and a 0-1 quadratic program per group for the
     channels to keep (the module's docstring gives the objective, the solver and the loop).
 
-    Memory: one float64 C x C matrix per group of C channels (8 * sum C^2 bytes), on the
-    training device from construction, and in :meth:`state_dict` (so in every checkpoint):
+    Memory: one float64 C x C matrix per group of C channels (8 * sum C^2 bytes), from
+    construction (on the training device once it collects), and in :meth:`state_dict` (so in
+    every checkpoint):
     62 MiB for torchvision's resnet50, 401 MiB for convnext_tiny (3.7x its weights).
 
     Args:
