@@ -136,8 +136,11 @@ def _main(argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # with the subcommand's usage, not the top level's (break98 F7)
         parsers.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # a usage error as any other: usage and one line on stderr, 2
+        # (break187 F8: the help on stdout, nothing on stderr; `fxprune --help` prints it)
+        parser.print_usage(sys.stderr)
+        print(f"fxprune: error: a command is required ({', '.join(SUBCOMMANDS)}); fxprune "
+              "--help describes them", file=sys.stderr)
         return 2
     try:
         with _plain_warnings():

@@ -1736,3 +1736,16 @@ def test_prepare_out_of_memory_names_memory_not_the_shapes(monkeypatch):
                                                          r"smaller example input") as e:
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
     assert "Check that example_inputs match" not in str(e.value)
+
+
+def test_fxprune_without_a_command_is_a_usage_error_on_stderr(capsys):
+    """break187 F8: `fxprune` alone printed the whole help on stdout and exited 2 with nothing
+    on stderr; every other usage error is the usage and one line there."""
+    from fxprune.cli import main
+
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: fxprune")
+    assert captured.err.splitlines()[-1] == ("fxprune: error: a command is required (demo, train, "
+                                             "deploy, plot, methods); fxprune --help describes them")
