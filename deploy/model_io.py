@@ -101,10 +101,17 @@ def load_model(model: nn.Module | str | os.PathLike, *,
     if not isinstance(loaded, nn.Module):
         hint = (" (it looks like a state_dict: save the whole module with torch.save(model, path))"
                 if isinstance(loaded, dict) else "")
+        inside = ([k for k, v in loaded.items() if isinstance(v, nn.Module)]
+                  if isinstance(loaded, dict) else [])
+        if inside:  # (break187 F6: {'model': module} "looks like a state_dict")
+            hint = (f" (it holds a module under key {inside[0]!r}: save that module itself, "
+                    f"torch.save(d[{inside[0]!r}], path))")
         if isinstance(loaded, dict) and {"format", "epoch", "model", "optimizer"} <= set(loaded):
             hint = (" (a fxprune train checkpoint: deploy the model_pruned.pt or model_dense.pt "
                     "its run wrote beside it)")  # break35 #6
-        raise DeployError(f"{path!r} holds a {type(loaded).__name__}, not an nn.Module{hint}")
+        kind = type(loaded).__name__
+        raise DeployError(f"{path!r} holds {'an' if kind[0] in 'AEIOUaeiou' else 'a'} {kind}, "
+                          f"not an nn.Module{hint}")
     return loaded, path
 
 

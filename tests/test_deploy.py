@@ -2301,3 +2301,19 @@ def test_a_path_onnx_cannot_open_is_refused_in_one_line_before_any_export(tmp_pa
     err = capsys.readouterr().err
     assert "the model file" in err and "is not a UTF-8 path" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_of_a_dict_is_told_apart_from_a_module_in_a_dict(tmp_path, capsys):
+    """break187 F6: {'model': module} was said to "look like a state_dict", and a state_dict
+    "holds a OrderedDict"."""
+    model = nn.Conv2d(3, 4, 3)
+    torch.save({"model": model}, tmp_path / "wrapped.pt")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    said = {}
+    for name in ("wrapped", "sd"):
+        assert main(["deploy", str(tmp_path / f"{name}.pt"), "--out", str(tmp_path / name),
+                     "--input-shape", "1,3,8,8", *QUICK, *TRUST]) == 2
+        said[name] = capsys.readouterr().err
+    assert "holds a dict, not an nn.Module (it holds a module under key 'model': save that " \
+           "module itself, torch.save(d['model'], path))" in said["wrapped"], said["wrapped"]
+    assert "holds an OrderedDict, not an nn.Module (it looks like a state_dict" in said["sd"], said["sd"]
