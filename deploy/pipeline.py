@@ -143,6 +143,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     check_opset(opset, "--opset")
     opset = int(opset)  # a numpy int too
     atol, rtol = (None if v is None else float(v) for v in (atol, rtol))
+    if not isinstance(out_dir, (str, os.PathLike)):  # (break187 F5: a bare TypeError)
+        raise DeployError(f"deploy's out_dir is the folder to write model.onnx and report.json "
+                          f"to (a str or path), got {type(out_dir).__name__}")
     out_dir = os.path.expanduser(os.fspath(out_dir))
     for what, path in (("the model file", model), ("--compare", compare), ("--out", out_dir)):
         if what == "--out" or str(os.fspath(path) if isinstance(path, (str, os.PathLike))

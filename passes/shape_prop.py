@@ -186,8 +186,14 @@ def check_example_values(example_inputs: tuple) -> None:
     comparing outputs on them. Every tensor empty (a batch of 0) or every floating tensor all
     NaN/inf leaves nothing to compare; one empty or non-finite input among others (an empty
     cache, a causal mask of -inf) is fine, and finalize refuses a non-finite output itself."""
-    tensors = [(i, t) for i, t in enumerate(example_inputs)
-               if isinstance(t, torch.Tensor) and t.device.type != "meta"]
+    meta = [i for i, t in enumerate(example_inputs)
+            if isinstance(t, torch.Tensor) and t.device.type == "meta"]
+    if meta:  # (break187 F5: torch's "Cannot copy out of meta tensor; no data!")
+        raise ExampleInputsError(
+            f"example_inputs[{meta[0]}] is on the meta device (a shape without data); prepare "
+            "runs the model on its examples, so give real tensors, e.g. torch.randn of that "
+            "shape on the model's device")
+    tensors = [(i, t) for i, t in enumerate(example_inputs) if isinstance(t, torch.Tensor)]
     if tensors and all(t.numel() == 0 for _, t in tensors):
         i, t = tensors[0]
         raise ExampleInputsError(

@@ -1749,3 +1749,11 @@ def test_fxprune_without_a_command_is_a_usage_error_on_stderr(capsys):
     assert captured.err.startswith("usage: fxprune")
     assert captured.err.splitlines()[-1] == ("fxprune: error: a command is required (demo, train, "
                                              "deploy, plot, methods); fxprune --help describes them")
+
+
+def test_an_example_input_on_the_meta_device_is_named():
+    """break187 F5: torch's "Cannot copy out of meta tensor; no data!" from inside prepare."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with pytest.raises(fxprune.ExampleInputsError, match=r"^example_inputs\[0\] is on the meta "
+                                                         r"device \(a shape without data\)"):
+        fxprune.prepare(model, (torch.randn(1, 3, 8, 8, device="meta"),))

@@ -2317,3 +2317,10 @@ def test_a_file_of_a_dict_is_told_apart_from_a_module_in_a_dict(tmp_path, capsys
     assert "holds a dict, not an nn.Module (it holds a module under key 'model': save that " \
            "module itself, torch.save(d['model'], path))" in said["wrapped"], said["wrapped"]
     assert "holds an OrderedDict, not an nn.Module (it looks like a state_dict" in said["sd"], said["sd"]
+
+
+def test_deploy_without_an_out_folder_is_named(tmp_path):
+    """break187 F5: deploy(model, None) was a bare TypeError from os.fspath."""
+    with pytest.raises(DeployError, match=r"^deploy's out_dir is the folder to write model.onnx "
+                                          r"and report.json to \(a str or path\), got NoneType$"):
+        deploy(nn.Conv2d(3, 4, 3), None, input_shape=(1, 3, 8, 8), progress=False)
