@@ -227,12 +227,25 @@ def first_line_of(path) -> str | None:
         return None
 
 
+class UsageError(SystemExit):
+    """Status 2, its message (already printed) as its text: ``pytest.raises(match=)`` and a
+    caller of ``main()`` read what the user read."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def usage_error(message: str):
     """Exit as argparse does on a bad argument, without its usage line: ``SCRIPT: error:
     message``, one line on stderr, status 2 (the form of argparse's own last line, which the
-    same script's other refusals print: review183 R8)."""
+    same script's other refusals print: review183 R8; break187 F4: others exited 1 with a
+    bare message)."""
     print(f"{os.path.basename(sys.argv[0]) or 'benchmark'}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise UsageError(message)
 
 
 def device_problem(exc: Exception) -> str:

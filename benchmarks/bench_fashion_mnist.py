@@ -39,7 +39,7 @@ from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_common import (at_least, changed_options, first_line_of,  # noqa: E402
+from bench_common import (at_least, changed_options, first_line_of, fraction_kept,  # noqa: E402
                           refuse_unusable_run_folder, results_stem, run_script, usage_error)
 CONFIG = ROOT / "configs" / "fashion_mnist_smcp.yaml"
 # the dense row drops the recipe's pruning keys (a recipe with prune.* keys and no method is
@@ -166,8 +166,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=at_least(1), default=10)
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--targets", type=fraction_kept, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--jobs", type=at_least(1), default=2, help="runs at a time (one thread each)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench_fashion_mnist")

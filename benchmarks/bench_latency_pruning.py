@@ -39,7 +39,8 @@ from fxprune.methods.smcp import SMCP
 from fxprune.summary import count_flops, count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import at_least, changed_options, fraction_kept, results_stem, run_script  # noqa: E402
+from bench_common import (at_least, changed_options, fraction_kept, results_stem,  # noqa: E402
+                          run_script, usage_error)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COSTS = ("flops", "latency")
@@ -364,7 +365,7 @@ def main(argv=None) -> int:
                     cache=args.cache, workdir=workdir,
                     progress=not args.no_progress))
             except DeployError as exc:  # e.g. a --cache file of another machine: its message says how
-                raise SystemExit(f"bench_latency_pruning: {name}: {exc}") from None
+                usage_error(f"{name}: {exc}")
     result["machine"]["load_average_end"] = load_average()
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

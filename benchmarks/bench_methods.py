@@ -240,7 +240,7 @@ def main(argv=None) -> int:
                         help="synthetic images, tiny net, 1 epoch, 1 seed, 3 timing steps "
                              "(options given stay as given)")
     parser.add_argument("--epochs", type=at_least(1), default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=None, help="a subset of the rows, by name")
     parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=JSON",
                         help="more rows: the SMCP row with these prune keys changed, e.g. "

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fxprune  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
 from bench_common import (apply_smoke_defaults, at_least, changed_options, fraction_kept,  # noqa: E402
-                          non_negative, positive, results_stem, run_script)
+                          non_negative, positive, results_stem, run_script, usage_error)
 from fxprune.data import make_loaders  # noqa: E402
 from fmnist_nets import ConcatResNet  # noqa: E402
 
@@ -172,15 +172,15 @@ def check_append(stem: Path, old_meta: dict, meta: dict) -> None:
     """Exit (one line) if the rows of ``old_meta``'s file were trained otherwise than this run's
     (``meta``): another schedule, seeds, batch, thread count or mid-ramp probe."""
     if old_meta.get("schedule") != meta["schedule"]:
-        raise SystemExit(f"--append: {stem}.json was measured on another schedule; drop --append "
-                         "or write to another --out")
+        usage_error(f"--append: {stem}.json was measured on another schedule; drop --append "
+                    "or write to another --out")
     # "vs dense" compares rows across runs: on other seeds it compared other draws (break80 F2)
     for run in [old_meta, *old_meta.get("runs", [])]:
         theirs = run.get("seeds")
         if theirs is not None and sorted(theirs) != sorted(meta["seeds"]):
-            raise SystemExit(f"--append: {stem}.json has rows trained on seeds {theirs}, this run "
-                             f"on {meta['seeds']}; pass --seeds {' '.join(map(str, theirs))}, or "
-                             "write to another --out")
+            usage_error(f"--append: {stem}.json has rows trained on seeds {theirs}, this run "
+                        f"on {meta['seeds']}; pass --seeds {' '.join(map(str, theirs))}, or "
+                        "write to another --out")
     for run in [old_meta, *old_meta.get("runs", [])]:
         for section, key, flag, default in SAME_RUN:
             where = run.get(section) if section else run
@@ -188,9 +188,9 @@ def check_append(stem: Path, old_meta: dict, meta: dict) -> None:
             theirs = default if theirs is None else theirs  # None: not recorded (older file)
             ours = (meta[section] if section else meta)[key]
             if theirs is not None and theirs != ours:
-                raise SystemExit(f"--append: {stem}.json has rows trained at {flag} {theirs}, "
-                                 f"this run at {ours}; pass {flag} {theirs}, or write to another "
-                                 "--out")
+                usage_error(f"--append: {stem}.json has rows trained at {flag} {theirs}, "
+                            f"this run at {ours}; pass {flag} {theirs}, or write to another "
+                            "--out")
 
 
 def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -> list[str]:
@@ -229,7 +229,7 @@ def write_results(stem: Path, meta: dict, results: dict, append: bool = False) -
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=at_least(1), default=2)
     p.add_argument("--train-images", type=at_least(1), default=10000)
     p.add_argument("--batch", type=at_least(1), default=128)

@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fxprune  # noqa: E402
 from bench_common import (RESULTS, apply_smoke_defaults, at_least, changed_options,  # noqa: E402
-                          fraction_kept, positive, results_stem, run_script)
+                          fraction_kept, positive, results_stem, run_script, usage_error)
 from fxprune.data import make_loaders  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import DeployError, cpu_name  # noqa: E402
@@ -467,7 +467,7 @@ def round_to(text: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=["concat", "resnet", "wide"], choices=list(NETS))
-    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+    p.add_argument("--seeds", type=at_least(0), nargs="*", default=[0, 1, 2],
                    help="seeds to train (none, with --merge: only combine the merged files)")
     p.add_argument("--epochs", type=at_least(1), default=6)
     p.add_argument("--train-images", type=at_least(1), default=20000)
@@ -584,10 +584,9 @@ def _same_options_per_label(runs, where) -> None:
         if options is not None:  # rows recorded before PINNED ran at it: SMCP's default then
             options = {**PINNED, **options}
         if key in seen and seen[key] != options:
-            raise SystemExit(f"cannot merge {where}: row {r['label']} on {r['net']} was trained "
-                             f"with options {seen[key]} and {options}; the table would average "
-                             "them as one method: give one of them another label (--smcp "
-                             "NAME=JSON)")
+            usage_error(f"cannot merge {where}: row {r['label']} on {r['net']} was trained "
+                        f"with options {seen[key]} and {options}; the table would average "
+                        "them as one method: give one of them another label (--smcp NAME=JSON)")
         seen.setdefault(key, options)
 
 
@@ -606,11 +605,13 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
         try:  # (break167 F8: a missing or foreign file was a traceback)
             merged = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise SystemExit(f"cannot merge {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            usage_error(f"cannot merge {path}: {getattr(exc, 'strerror', None) or exc}; pass "
+                        "results files this script wrote (the .json of its --out)")
         if not (isinstance(merged, dict) and isinstance(merged.get("meta"), dict)
                 and all(isinstance(merged["meta"].get(s), dict) for s in ("protocol", "machine"))
                 and isinstance(merged.get("runs"), list)):
-            raise SystemExit(f"cannot merge {path}: not a results file of bench_vs_torch_pruning.py")
+            usage_error(f"cannot merge {path}: not a results file of bench_vs_torch_pruning.py; "
+                        "pass results files this script wrote (the .json of its --out)")
         for section, key, arg in SAME_PROTOCOL:
             theirs, ours = merged["meta"][section].get(key), getattr(args, arg)
             if key in DEFAULTS and key not in merged["meta"][section]:  # an older file
@@ -623,8 +624,8 @@ def merge_files(paths, args) -> tuple[list[dict], list[str], str | None, list[di
                     way = "add --smoke" if merged["meta"]["protocol"].get("smoke") else "drop --smoke"
                 else:
                     way = f"pass --{arg.replace('_', '-')} {theirs}"
-                raise SystemExit(f"cannot merge {path}: it ran {key} {theirs}, this run {ours}; "
-                                 f"{way} to combine it")
+                usage_error(f"cannot merge {path}: it ran {key} {theirs}, this run {ours}; "
+                            f"{way} to combine it")
         for r in merged["runs"]:
             runs[run_key(r)] = r
         _same_options_per_label(runs.values(), path)

@@ -1082,8 +1082,8 @@ def _read_json(path, what: str, fmt: str) -> dict:
         try:
             data = json.load(f, object_pairs_hook=_no_duplicate_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DeployError(f"{path!r} is not {what} (not valid JSON: {e}); delete it or pass "
-                              "another path") from None
+            raise DeployError(f"{path!r} is not {what} (not valid JSON: {e}); pass another "
+                              "path") from None  # (break187 F4: "delete it" of a user's file)
         except _DuplicateKey as e:  # (break164 F7: the last of two edited values was read)
             raise DeployError(f"{path!r} has the key {e.args[0]!r} twice (a hand edit?); keep "
                               "one") from None

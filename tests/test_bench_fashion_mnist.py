@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import load_benchmark
 
 
@@ -161,3 +163,18 @@ def test_a_log_of_an_earlier_version_is_its_own_in_a_moved_runs_folder(tmp_path)
     assert bench.own_log(log, out)
     log.write_text("fxprune train: /elsewhere/runs/dense_e1_s0 on cpu, 1 CPU thread(s)\n")
     assert not bench.own_log(log, out)
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--targets", "1.5", "argument --targets: the fraction of the dense cost to keep, in (0, 1]; "
+                         "got 1.5"),
+    ("--seeds", "-1", "argument --seeds: must be >= 0, got -1")])
+def test_a_target_or_seed_out_of_range_is_named_as_typed(option, value, says, tmp_path, capsys):
+    """break187 F2: --targets 1.5 and --seeds -1 were refused as errors of the shipped
+    configs/fashion_mnist_smcp.yaml (and "at target None" for a seed)."""
+    bench = load_benchmark("bench_fashion_mnist")
+    with pytest.raises(SystemExit) as e:
+        bench.main([option, value, "--epochs", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.rstrip().endswith(says), err
+    assert "fashion_mnist_smcp.yaml" not in err

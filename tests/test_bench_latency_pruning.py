@@ -1,6 +1,8 @@
 """benchmarks/bench_latency_pruning.py's core on a tiny CNN (real ONNX Runtime timing, seconds)."""
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -60,9 +62,12 @@ def test_a_cache_file_it_cannot_use_is_a_one_line_exit(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         bench.main(["--models", "resnet18", "--size", "32", "--iters", "2", "--no-progress",
                     "--cache", str(cache), "--out", str(tmp_path / "lp")])
-    message = str(exited.value.code)
-    assert message.startswith("bench_latency_pruning: resnet18: ") and str(cache) in message
-    assert "\n" not in message and json.loads(cache.read_text()) == {"my": "notes"}
+    # status 2 and argparse's form, as its other refusals (break187 F4: status 1, bare)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1, err
+    assert re.match(r"^\S+: error: resnet18: ", err) and str(cache) in err
+    assert "delete it" not in err  # the user's file (break187 F4)
+    assert json.loads(cache.read_text()) == {"my": "notes"}
 
 
 def test_a_run_with_its_own_out_keeps_its_latency_cache_beside_it(tmp_path, monkeypatch):

@@ -339,3 +339,18 @@ def test_one_label_trained_with_other_options_is_not_averaged_as_one_method(tmp_
         bench.main(["--smoke", "--no-tp", "--threads", "1", "--latency-batches", "1",
                     "--nets", "concat", "--seeds", "1", "--merge", str(path), "--out",
                     str(tmp_path / "b"), "--smcp", 'smcp-flops={"masks": "soft"}'])
+
+
+def test_merging_a_file_that_is_not_results_is_a_usage_error(tmp_path, capsys):
+    """break187 F4: --merge of a missing or foreign file exited 1 with a bare message and no
+    way out."""
+    bench = load_benchmark("bench_vs_torch_pruning")
+    (tmp_path / "notes.txt").write_text("hi")
+    for given in (tmp_path / "notes.txt", tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--smoke", "--seeds", "--threads", "1", "--merge", str(given),
+                        "--out", str(tmp_path / "m")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert f": error: cannot merge {given}: " in err
+        assert err.rstrip().endswith("pass results files this script wrote (the .json of its --out)")
