@@ -277,6 +277,9 @@ RECIPE_PRUNE_KEYS: dict[str, Rule] = {
     "cooldown_epochs": Rule("float", low=0),
     # A run ending above its cost target is an error unless this is true.
     "allow_above_target": Rule("bool"),
+    # cost latency / latency+fixed: a latency cache file (LatencyTable.measure's cache=), read
+    # and extended, so the same recipe prices with the same timings run to run (break188 F3)
+    "latency_cache": Rule("str", nullable=True),
 }
 # Ranges and choices of method arguments; kinds of the others come from their defaults.
 PRUNE_RULES: dict[str, Rule] = {
@@ -783,6 +786,13 @@ def _check_prune(prune: dict, optim: dict) -> None:
             rule.check(f"prune.{key}", value)
     if method == "none":
         return
+    from .methods.base import LATENCY_COSTS
+
+    if prune.get("latency_cache") is not None and prune.get("cost") not in LATENCY_COSTS:
+        raise ConfigError(f"prune.latency_cache is the latency table's cache, read when "
+                          f"prune.cost is {' or '.join(LATENCY_COSTS)}, not "
+                          f"{prune.get('cost', 'the method default')!r}: set prune.cost=latency, "
+                          "or remove it (--set '~prune.latency_cache')")
     _check_one_form(prune)
     if prune.get("target") is None:  # the method's own default target is the one the run will use
         cls = pruner_class(method)

@@ -736,7 +736,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
                 # (log.progress=false turns off the table's bar as the training one, break52)
                 measure = functools.partial(measured_latency_cost, net, prune_cfg["cost"],
-                                            channel_step, progress=bool(log_cfg["progress"]))
+                                            channel_step, progress=bool(log_cfg["progress"]),
+                                            cache=prune_cfg.get("latency_cache"))
                 measured_cost = fxdist.compute_on_main(measure) if distributed else measure()
             build_cfg = {**prune_cfg, "cost": measured_cost}
             measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's

@@ -1110,7 +1110,7 @@ def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_pa
     class Timed(Exception):
         pass
 
-    def spy(net, cost, channel_step, progress=True):
+    def spy(net, cost, channel_step, progress=True, cache=None):
         raise Timed(channel_step)
 
     monkeypatch.setattr(train_module, "measured_latency_cost", spy)
@@ -1664,3 +1664,40 @@ def test_a_misplaced_key_is_pointed_to_where_it_belongs(given, meant):
     with pytest.raises(ConfigError, match=rf"unknown config key '{re.escape(given)}' \(did you "
                                           rf"mean {re.escape(meant)}\?\)"):
         resolve_config(TINY, [f"{given}=1"])
+
+
+def test_a_latency_cache_makes_a_latency_priced_recipe_repeat(tmp_path, monkeypatch):
+    """break188 F3: each start of a recipe with prune.cost=latency timed a new table, and two
+    identical commands pruned to 0.855 and 0.662 of the dense FLOPs; prune.latency_cache reads
+    the timings back."""
+    import itertools
+
+    from fxprune.deploy.latency_table import LatencyTable
+
+    clock = itertools.count(1)
+
+    def noisy_timer(layer, c_in, c_out):  # every timing differs, as a loaded machine's
+        return (c_in * c_out + 1) * (1 + 0.37 * (next(clock) % 7))
+
+    measure = LatencyTable.measure.__func__
+
+    def timed_by_noise(cls, layers, *args, **kwargs):
+        return measure(cls, layers, *args, **{**kwargs, "timer": noisy_timer})
+
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(timed_by_noise))
+    prune = ["prune.method=smcp", "prune.target=0.6", "prune.cost=latency", "prune.channel_step=4",
+             "prune.warmup=1", "prune.ramp=2", "prune.update_every=1", "model.widths=[8, 16, 16]"]
+    cache = tmp_path / "latency_cache.json"
+    runs = [train(tiny_cfg(tmp_path / f"r{i}", *prune, f"prune.latency_cache={cache}"))
+            for i in range(2)]
+    assert cache.is_file()
+    assert runs[0]["params"] == runs[1]["params"] and runs[0]["flops"] == runs[1]["flops"]
+    assert runs[0]["pruner_cost"] == runs[1]["pruner_cost"]
+    # without it, the second run times again (the noise moves the prices)
+    fresh = [train(tiny_cfg(tmp_path / f"f{i}", *prune)) for i in range(2)]
+    assert fresh[0]["pruner_cost"] != fresh[1]["pruner_cost"]
+    # a cache with another cost is refused by name
+    with pytest.raises(ConfigError, match=r"prune.latency_cache is the latency table's cache, "
+                                          r"read when prune.cost is latency or latency\+fixed"):
+        resolve_config(TINY, ["prune.method=smcp", "prune.cost=flops",
+                              f"prune.latency_cache={cache}"])

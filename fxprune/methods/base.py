@@ -33,6 +33,7 @@ import functools
 import importlib
 import inspect
 import math
+import os
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -157,11 +158,13 @@ TABLE_STEP, LARGE_GRID = 8, 20_000
 
 
 def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int, *,
-                          progress: bool = True) -> CostModel:
+                          progress: bool = True, cache=None) -> CostModel:
     """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``;
-    ``progress``: its progress bar). ``"latency+fixed"``: that table plus the constant it
+    ``progress``: its progress bar; ``cache``: its cache file, read and extended, so a second
+    run prices with the same timings). ``"latency+fixed"``: that table plus the constant it
     misses on this model, fitted from the measured latency of the dense and a uniformly halved
-    model (``deploy.calibrate_cost``), so a target is a fraction of the measured latency."""
+    model (``deploy.calibrate_cost``, timed each time: not cached), so a target is a fraction
+    of the measured latency."""
     from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
     from fxprune.deploy.latency_table import LatencyTable, grid_points
 
@@ -182,7 +185,8 @@ def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int
              f"once its pace is known, if over 5 minutes); channel_step={coarser} times "
              f"{grid_points(prepared, coarser):,}, or pass a table measured once "
              "(LatencyTable.measure(pm, cache=...)) as cost=")
-    table = LatencyTable.measure(prepared, step=channel_step, progress=progress)
+    table = LatencyTable.measure(prepared, step=channel_step, progress=progress,
+                                 cache=None if cache is None else os.path.expanduser(cache))
     if cost == "latency":
         return table
     return calibrate_cost(table, prepared, step=channel_step)
