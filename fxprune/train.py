@@ -149,9 +149,39 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     try:  # what epochs and fractions became, for the log and results.json
         pruner.fxprune_schedule_steps = {k: kwargs[k] for k in sorted(convertible)  # (a set:
                                          if k in steps and k in kwargs}  # same order each run)
+        # every argument the method ran with, its defaults included: config.yaml holds only
+        # the recipe's keys, and a default changed in a later version changes the run
+        # unsaid (break188 F6)
+        pruner.fxprune_arguments = _arguments_used(cls, kwargs)
     except AttributeError:  # a method object that takes no attributes
         pass
     return pruner
+
+
+def _arguments_used(cls, kwargs: dict) -> dict:
+    """The keyword arguments ``cls`` was built with, each of its others at its default, as
+    plain data (an object as ``<ClassName>``), sorted; the trainer's own (the model, the run's length,
+    hooks) left out."""
+    from .methods.base import method_parameters
+    from .recipe_config import _CONTEXT_ARGS
+
+    try:
+        params = method_parameters(cls)
+    except (TypeError, ValueError):
+        params = {}
+    used = {name: p.default for name, p in params.items()
+            if name not in _CONTEXT_ARGS and p.default is not inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    used.update({k: v for k, v in kwargs.items() if k not in _CONTEXT_ARGS})
+
+    def plain(value):  # an object (a measured latency table) by its class: its repr is long
+        try:
+            json.dumps(value, allow_nan=False)
+            return value
+        except (TypeError, ValueError):
+            return f"<{type(value).__name__}>"
+
+    return {k: plain(used[k]) for k in sorted(used)}
 
 
 def _epochs_to_steps(kwargs: dict, steps_per_epoch: int | None, epochs: int | None,
@@ -748,8 +778,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             # re-estimation), which must be the ones that run (break31 #4)
             undo_sync_bn = fxdist.use_sync_batchnorm(net)
         try:
+            # seed: a method drawing random numbers (CUCB's warm-up and ties) follows the
+            # run's seed unless prune.seed is set (break188 F5: every seed drew alike)
             pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
-                                 epochs=int(optim_cfg["epochs"]), **context)
+                                 epochs=int(optim_cfg["epochs"]), seed=seed, **context)
         except ConfigError as exc:
             if (getattr(exc, "floor", None) is None or exc.floor >= 1 - 1e-9
                     or build_cfg is prune_cfg or ckpt is not None):  # (a resume: its own)
@@ -985,7 +1017,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     # channels_last even where the run turned it off)
     run_facts = {"images_per_s": round(images / loop_s, 1) if loop_s > 0 else None,
                  "world_size": world, "threads": torch.get_num_threads(),
-                 "channels_last": channels_last}
+                 "channels_last": channels_last,
+                 # what it trained on, as test_data says what it was scored on (break188 F2)
+                 "train_data": {"name": cfg["data"]["name"], **data_fingerprint["train"]}}
     if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
         run_facts["lr_schedules"] = lr_schedules
     if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all
@@ -1063,6 +1097,9 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
                                "out": str(out)}
     if getattr(pruner, "fxprune_schedule_steps", None):
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
+    if isinstance(getattr(pruner, "fxprune_arguments", None), dict):
+        results["method_arguments"] = dict(pruner.fxprune_arguments)
+    results["environment"] = run_environment(device, int(cfg["seed"]))
     end = schedule_end(pruner) if pruner is not None else None
     if pruner is not None:  # the step its masks reach the target; null: no schedule declared
         results["schedule_end"] = end
@@ -1301,6 +1338,23 @@ def _reported() -> None:
     from .cli import _done_with_signals
 
     _done_with_signals()
+
+
+def run_environment(device: torch.device, seed: int) -> dict:
+    """What a run's numbers depend on beyond its recipe (break188 F2: a published results.json
+    named neither): the seed, the versions of fxprune, torch and Python, and the device (the
+    CPU's name with its vector extension, or the GPU's), whose kernels round differently."""
+    import platform
+
+    from . import __version__
+    from .deploy.common import cpu_name
+
+    env = {"seed": seed, "fxprune": __version__, "torch": torch.__version__,
+           "python": platform.python_version(), "cpu": cpu_name()}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
 
 
 def _out_of_memory_message(exc: BaseException, said: str, cfg: dict | None) -> str:

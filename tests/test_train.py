@@ -1701,3 +1701,26 @@ def test_a_latency_cache_makes_a_latency_priced_recipe_repeat(tmp_path, monkeypa
                                           r"read when prune.cost is latency or latency\+fixed"):
         resolve_config(TINY, ["prune.method=smcp", "prune.cost=flops",
                               f"prune.latency_cache={cache}"])
+
+
+def test_results_record_what_a_run_depends_on_beyond_its_recipe(tmp_path):
+    """break188 F2, F5, F6: results.json named no versions, device, seed or training data;
+    config.yaml holds only the recipe's keys, not the method's defaults; CUCB drew from
+    prune.seed (0) whatever the run's seed."""
+    import platform
+
+    cucb = ["prune.method=cucb", "prune.warmup=2", "prune.explore=5", "prune.channel_step=4",
+            "model.widths=[8, 8, 8]"]
+    results = train(tiny_cfg(tmp_path / "a", "seed=5", *cucb))
+    env = results["environment"]
+    assert env["seed"] == 5 and env["torch"] == torch.__version__
+    assert env["fxprune"] == fxprune.__version__ and env["python"] == platform.python_version()
+    assert isinstance(env["cpu"], str) and env["cpu"]
+    assert results["train_data"]["samples"] == TINY["data"]["synthetic_train"]
+    assert len(results["train_data"]["images_sha256"]) == 64
+    arguments = results["method_arguments"]
+    assert arguments["seed"] == 5  # the run's, where the recipe sets no prune.seed
+    assert arguments["selection"] == "cucb" and arguments["explore"] == 5  # defaults too
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["method_arguments"] == arguments
+    assert train(tiny_cfg(tmp_path / "b", "seed=5", *cucb, "prune.seed=9"))[
+        "method_arguments"]["seed"] == 9
