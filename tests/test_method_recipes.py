@@ -69,7 +69,7 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     from fxprune.cost import WithFixedCost, layer_keys
     from fxprune.deploy import LatencyTable
 
-    def fake_measurement(net, cost, channel_step, progress):  # deterministic, one call only
+    def fake_measurement(net, cost, channel_step, progress, cache=None):  # deterministic, one call only
         calls.append(cost)
         assert progress is False  # log.progress=false: no bar (break52)
         table = LatencyTable.measure(net, step=channel_step, progress=False, log=lambda s: None,
@@ -197,7 +197,7 @@ def test_a_run_priced_by_a_table_timed_under_load_keeps_that_in_its_results(tmp_
     from fxprune.deploy import LatencyTable
     from fxprune.plot import load_points
 
-    def loaded_measurement(net, cost, channel_step, progress):
+    def loaded_measurement(net, cost, channel_step, progress, cache=None):
         table = LatencyTable.measure(net, step=channel_step, progress=False, log=lambda s: None,
                                      timer=lambda layer, ci, co: 1e-3 * ci * co + 0.05)
         table.stats["under_load"] = 3  # as LatencyTable.measure counts layers timed under load
