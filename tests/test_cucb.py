@@ -123,14 +123,15 @@ def test_budget_mode_active_sets_fit_the_cost_target():
     torch.testing.assert_close(small(x), pm(x), rtol=1e-4, atol=1e-5)
 
 
-def test_the_schedule_end_is_the_final_selection_step():
-    """break184 F5: results.json's schedule_end was null for CUCB, as for a method that
-    declares no step its masks reach the target at, where the final selection's is explore."""
+def test_cucb_declares_no_schedule_end_a_longer_run_would_reach():
+    """break184 F5 asked for results.json's schedule_end to be explore; but CUCB's active sets
+    fit its target from the first step, and a Lightning fit shorter than explore (whose final
+    pick then comes at the fit's end) was refused as ending above its target."""
     from fxprune.methods.base import schedule_end
 
-    assert schedule_end(CUCB(prepared(), target=0.4, warmup=2, explore=6, execution="masked")) == 6
-    # picked at finalize_masks(): no step known beforehand
-    assert schedule_end(CUCB(prepared(), target=0.4, warmup=2, execution="masked")) is None
+    pruner = CUCB(prepared(), target=0.4, mode="budget", warmup=2, explore=6, channel_step=4,
+                  execution="masked")
+    assert schedule_end(pruner) is None and pruner.active_cost() <= 0.4 + 1e-9
 
 
 def test_ratio_mode_keeps_rho_of_every_group_and_finalize_masks_selects_by_mu():
