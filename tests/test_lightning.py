@@ -76,6 +76,21 @@ def test_resume_from_the_checkpoint_gives_identical_masks(full_run, tmp_path):
         assert n == n2 and torch.equal(p, p2), n
 
 
+def test_a_fit_resumed_at_its_end_says_it_finalized_nothing(full_run, tmp_path):
+    """break188 F8: fit(ckpt_path=) from the checkpoint of a fit at max_epochs ran no training
+    (Lightning skips its loop and on_train_end): callback.finalized None, save_path not
+    written, without a word."""
+    tmp, prune, record, module = full_run
+    (last,) = sorted((tmp / "ckpt").glob("epoch=1-*.ckpt"))
+    again = PruningCallback("smcp", save_path=tmp_path / "pruned.pt", **SMCP_ARGS)
+    with pytest.warns(RuntimeWarning, match=r"PruningCallback: Lightning ran no training in "
+                                            r"this fit \(resumed from .*epoch=1.* at its end: "
+                                            r"max_epochs/max_steps already reached\), so smcp "
+                                            r"applied no final rule, finalized nothing"):
+        trainer(tmp_path, 2, [again]).fit(Classifier(), loader(), ckpt_path=last)
+    assert again.finalized is None and not (tmp_path / "pruned.pt").exists()
+
+
 def test_a_resume_whose_checkpoint_lacks_this_callback_s_state_says_the_method_restarts(
         full_run, tmp_path):
     """break41 #2: the state key holds attribute=, so a callback naming the same model gets

@@ -254,6 +254,23 @@ class PruningCallback(pl.Callback):
                              "PruningCallback for each model (e.g. each fold of a sweep)")
         with _shown_on_rank_zero(trainer):
             self._start(trainer, pl_module)
+        self._train_ended = False  # set by on_train_end, which Lightning skips on a done fit
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a fit resumed from the checkpoint of one that had reached its end: Lightning runs no
+        # training loop and no on_train_end, so nothing was finalized or saved (break188 F8:
+        # callback.finalized None, save_path not written, without a word)
+        if (self.pruner is None or getattr(self, "_train_ended", True)
+                or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero):
+            return
+        resumed = getattr(trainer, "ckpt_path", None)
+        warnings.warn(f"PruningCallback: Lightning ran no training in this fit (resumed from "
+                      f"{resumed or 'a checkpoint'} at its end: max_epochs/max_steps already "
+                      f"reached), so {self.method} applied no final rule, finalized nothing "
+                      "and saved nothing: callback.finalized is None"
+                      + (f" and {self.save_path} was not written" if self.save_path else "")
+                      + "; the model that fit pruned is the one it saved then, or fit on with "
+                      "a larger max_epochs", RuntimeWarning, stacklevel=2)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """on_fit_start's method part: build (or restore) it and check the fit runs it."""
@@ -452,6 +469,7 @@ class PruningCallback(pl.Callback):
         self._batch += 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_ended = True
         if self.prepared is None:
             return
         if getattr(self.pruner, "sync_state", None) is not None:
