@@ -928,8 +928,15 @@ def save_module(module: nn.Module, path: Path,
         record_input_shape(saved, input_shape)
     if is_finalized(module):  # (the copy kept it in meta, which the file does not keep)
         mark_finalized(saved)
-    atomic_write(path, lambda tmp: torch.save(saved, tmp))
 
+    def write(tmp):
+        # into a file object, as checkpoints: to a path, the zip's root folder was the
+        # temporary file's random name, so two identical runs wrote different bytes
+        # (break188 F7), and a full disk was torch's "unexpected pos" (review149 F3)
+        with open(tmp, "wb") as f:
+            torch.save(saved, f)
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- logs

@@ -1724,3 +1724,17 @@ def test_results_record_what_a_run_depends_on_beyond_its_recipe(tmp_path):
     assert json.loads((tmp_path / "a" / "results.json").read_text())["method_arguments"] == arguments
     assert train(tiny_cfg(tmp_path / "b", "seed=5", *cucb, "prune.seed=9"))[
         "method_arguments"]["seed"] == 9
+
+
+def test_a_saved_model_file_is_the_same_bytes_for_the_same_model(tmp_path):
+    """break188 F7: the zip inside model_pruned.pt was rooted at the temporary file's random
+    name, so two identical runs' files differed byte for byte and a published sha256 could not
+    confirm a reproduction."""
+    from fxprune.run_io import file_sha256, save_module
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    save_module(model, tmp_path / "a.pt", (1, 1, 8, 8))
+    save_module(model, tmp_path / "b.pt", (1, 1, 8, 8))
+    assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
+    loaded = torch.load(tmp_path / "a.pt", weights_only=False)
+    assert loaded.fxprune_input_shape == (1, 1, 8, 8) and not loaded.training
