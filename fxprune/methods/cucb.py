@@ -143,11 +143,15 @@ class CUCB(PruningMethod):
         warmup: steps of random active sets first; explore: the step of the final selection
             (None: at :meth:`finalize_masks`), in optimizer steps.
         selection: ``"cucb"`` or ``"random"`` (the control).
-        seed: the tie-breaking and warm-up generator's seed.
+        seed: the tie-breaking and warm-up generator's seed (its own generator: the global
+            ones are not drawn from; ``fxprune train`` passes the run's seed unless
+            ``prune.seed`` is set).
         channel_step: widths per group are multiples of it.
         execution: ``"gathered"`` (the active sub-network runs, through :attr:`train_forward`,
             with :meth:`attach_optimizer`) or ``"masked"`` (full width, inactive channels
-            masked).
+            masked). Gathered, a dropout runs over the active channels only and draws fewer
+            numbers from torch's global generator than the full-width model would, so a loop
+            drawing its data order from that generator drifts from the same loop unpruned.
         reduce_fn: sums rewards over processes that hold their own gradients (None under DDP).
         resolution, max_resolves: the allocator's, as :class:`SMCP`'s.
 
