@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "inner_widths": None,  # resnet_fmnist: width inside each block (null: the stage's)
         "conv_init": None,     # resnet_fmnist: kaiming_fan_out | torch_default (null: the first)
         "num_classes": 10,
+        "kwargs": {},          # more keyword arguments of the model's builder (timm: img_size)
     },
     "optim": {
         "epochs": 10,
@@ -75,6 +76,8 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 FREE_SECTIONS = {"prune"}
+# mappings inside a section whose keys are another program's (the model builder's arguments)
+FREE_MAPPINGS = {"model.kwargs"}
 # What may change between a run and its --resume without breaking exact continuation.
 # data.root is where the data is, not which data (a run started with it null reads
 # FXPRUNE_DATA, wherever that points): the same data moved may resume (break62 #1).
@@ -510,10 +513,11 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
     keys = []
     for k, v in defaults.items():
-        if isinstance(v, dict) and k not in FREE_SECTIONS:
+        free = k in FREE_SECTIONS if not prefix else f"{prefix}{k}" in FREE_MAPPINGS
+        if isinstance(v, dict) and not free:
             keys += _valid_keys(v, f"{prefix}{k}.")
         else:
-            keys.append(f"{prefix}{k}" + (".*" if k in FREE_SECTIONS else ""))
+            keys.append(f"{prefix}{k}" + (".*" if free else ""))
     return keys
 
 
@@ -552,15 +556,16 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
         if isinstance(default, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path} is a section (a mapping of keys), got {_show(value)}")
-            if prefix == "" and key in FREE_SECTIONS:
+            if (prefix == "" and key in FREE_SECTIONS) or path in FREE_MAPPINGS:
                 # (break158 F3: an int or YAML-boolean key was a 30-line traceback further on)
                 odd = [k for k in value if not isinstance(k, str)]
                 if odd:
+                    names = ("the method's argument names (fxprune methods METHOD lists them)"
+                             if path == "prune" else "keyword argument names of the model's builder")
                     raise ConfigError(
                         f"{path} has the key {odd[0]!r} ({type(odd[0]).__name__}), not a name: "
                         "YAML reads an unquoted number, null or off/no/on/yes key as such; the "
-                        f"keys of {path} are the method's argument names (fxprune methods "
-                        "METHOD lists them), quoted where YAML would read them otherwise")
+                        f"keys of {path} are {names}, quoted where YAML would read them otherwise")
                 base[key].update(copy.deepcopy(value))
             else:
                 _merge(base[key], value, default, path + ".")

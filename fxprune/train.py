@@ -50,7 +50,7 @@ from . import distributed as fxdist
 from .allocation import InfeasibleBudget
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
-from .errors import FxPruneError, TargetNotReachedError, TraceError, out_of_memory
+from .errors import FxPruneError, TargetNotReachedError, TraceError, first_line, out_of_memory
 from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
                            measured_latency_cost, method_parameters, refuse_unloadable_state,
                            schedule_end, step_too_wide, TIMED_FLOOR)
@@ -394,8 +394,9 @@ def _check_model_fits_data(model: nn.Module, cfg: dict, train_loader, test_loade
                 # (review181 F8: timm's vit at 28x28 was told to use 3 channels)
                 f"; a timm model built for a fixed input size, or one that shrinks "
                 f"{x.shape[-2]}x{x.shape[-1]} images below its kernels, does not take them (the "
-                "recipe resizes nothing): choose one that does, e.g. timm:resnet10t or "
-                "timm:mobilenetv3_small_050" if timm else "")
+                "recipe resizes nothing): give a ViT-like model the size (--set "
+                f"model.kwargs.img_size={x.shape[-1]}), or choose one that does, e.g. "
+                "timm:resnet10t or timm:mobilenetv3_small_050" if timm else "")
         if "too small" in first.lower() and not timm:  # (break102 F1: vgg11 on 28x28)
             hint += (f"; the model shrinks {x.shape[-2]}x{x.shape[-1]} images below one pixel "
                      "(the recipe resizes nothing): choose a model that keeps a spatial size "
@@ -699,13 +700,30 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                    f"{data_fingerprint['test']['samples']} test images")
     if ckpt is not None:
         _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg["data"].get("root"))
-    model_kwargs = {k: v for k, v in cfg["model"].items() if k != "name" and v is not None}
+    model_kwargs = {k: v for k, v in cfg["model"].items()
+                    if k not in ("name", "kwargs") and v is not None}
     if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
         model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
     elif timm_name(cfg["model"]["name"]) is not None:  # so does timm's (in_chans)
         model_kwargs["in_chans"] = int(cfg["data"].get("channels", 1))
+    extra = dict(cfg["model"].get("kwargs") or {})  # the builder's other arguments (break182
+    # F4: a ViT's img_size had no key, and a fixed-size timm model could not run from a recipe)
+    taken = sorted(set(extra) & set(model_kwargs))
+    if taken:
+        said = {"in_channels": "data.channels", "in_chans": "data.channels"}.get(
+            taken[0], f"model.{taken[0]}")
+        raise ConfigError(f"model.kwargs.{taken[0]} is set by {said}; set it there, once "
+                          f"(--set '~model.kwargs.{taken[0]}')")
+    model_kwargs.update(extra)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs)
+    except TypeError as exc:  # an argument the builder does not take: one of model.kwargs
+        if not extra:
+            raise
+        raise ConfigError(f"model {cfg['model']['name']} with model.kwargs "
+                          f"{', '.join(sorted(extra))}: {first_line(exc)}; model.kwargs holds "
+                          "keyword arguments of the model's builder (timm.create_model, "
+                          "torchvision.models.get_model, fxprune's ResNetFMNIST)") from None
     except (RuntimeError, MemoryError) as exc:  # (break158 F7: a 38-line traceback for
         # model.widths=[100000])
         said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)

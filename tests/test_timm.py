@@ -593,6 +593,24 @@ def test_a_recipe_trains_prunes_and_finalizes_a_timm_model(tmp_path):
         train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224",
                                    f"out={tmp_path / 'vit'}"]))
     assert "data.channels" not in str(info.value)
+    assert "--set model.kwargs.img_size=28" in str(info.value)
+    # break182 F4: model.kwargs gives the builder the size, and the ViT runs from a recipe
+    vit = train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224", "model.kwargs="
+                                     "{img_size: 28, patch_size: 4, depth: 2}",
+                                     "prune.channel_step=8", f"out={tmp_path / 'vit2'}"]))
+    assert vit["flops_ratio"] <= 0.5 + 1e-9 and vit["finalize_mismatched_samples"] == 0
+    assert yaml.safe_load((tmp_path / "vit2" / "config.yaml").read_text())["model"]["kwargs"] == {
+        "img_size": 28, "patch_size": 4, "depth": 2}
+    with pytest.raises(ConfigError, match=r"^model timm:vit_tiny_patch16_224 with model.kwargs "
+                                          r"bogus: .*unexpected keyword argument 'bogus'; "
+                                          r"model.kwargs holds keyword arguments of the model's "
+                                          r"builder"):
+        train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224", "model.kwargs.bogus=1",
+                                   f"out={tmp_path / 'vit3'}"]))
+    with pytest.raises(ConfigError, match=r"^model.kwargs.in_chans is set by data.channels"):
+        train(resolve_config(cfg, ["model.kwargs.in_chans=3", f"out={tmp_path / 'vit4'}"]))
+    with pytest.raises(ConfigError, match=r"^model.kwargs.num_classes is set by model.num_classes"):
+        train(resolve_config(cfg, ["model.kwargs.num_classes=3", f"out={tmp_path / 'vit5'}"]))
     # break182 F8: a model torch.fx cannot trace whole was told of prepare's leaf_modules=,
     # which a recipe cannot pass
     from fxprune.errors import TraceError
