@@ -928,3 +928,26 @@ def test_the_dense_run_is_drawn_at_the_latency_deploy_compare_timed_it(tmp_path)
     report["dense"]["model_sha256"] = file_sha256(dense / "model_dense.pt")
     (d / "report.json").write_text(json.dumps(report))
     assert {p.label: p for p in load_points([pruned, dense])}["dense"].latency_ms == {}
+
+
+def test_a_dense_run_timed_by_several_reports_is_drawn_alike_in_any_order(tmp_path):
+    """break190 F4: two pruned runs deployed against one dense file drew the dense point at the
+    first input's report's timing (3.4 or 6.4 ms by the order), without a word."""
+    from fxprune.run_io import file_sha256
+
+    dense = _run(tmp_path / "dense", 0.92, 8e6, method="none")
+    (dense / "model_dense.pt").write_bytes(b"the dense weights")
+    pruned = []
+    for name, dense_ms in (("p1", 0.5), ("p2", 1.0)):
+        run = _run(tmp_path / name, 0.90, 4e6)
+        (run / "model_pruned.pt").write_bytes(name.encode())
+        d = _deploy_of(run, "deploy", 1, "model_pruned.pt", median=0.25)
+        report = json.loads((d / "report.json").read_text())
+        report["dense"] = {"latency_ms": {"median": dense_ms},
+                           "model_sha256": file_sha256(dense / "model_dense.pt")}
+        (d / "report.json").write_text(json.dumps(report))
+        pruned.append(run)
+    for order in ([*pruned, dense], [pruned[1], pruned[0], dense]):
+        points = {p.label: p for p in load_points(order)}
+        assert points["dense"].latency_ms == {1: 0.75}
+        assert "timed it 2 times at batch 1, 0.5 to 1 ms" in points["dense"].notes[1][0]
