@@ -66,12 +66,16 @@ def run(args: argparse.Namespace) -> int:
         said = out_of_memory(e)
         if said is None:
             raise
-        print(f"fxprune demo: error: {args.model} at {args.size}x{args.size} ran out of memory "
-              f"({said}); try a smaller --size (e.g. 224)", file=sys.stderr)
+        print(_memory_line(args, said), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # (break88 F6: a 42-line traceback where train prints one line)
         print("fxprune demo: interrupted; it writes no file", file=sys.stderr)
         return 130
+
+
+def _memory_line(args: argparse.Namespace, said: str) -> str:
+    return (f"fxprune demo: error: {args.model} at {args.size}x{args.size} ran out of memory "
+            f"({said}); try a smaller --size (e.g. 224)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -101,6 +105,9 @@ def _run(args: argparse.Namespace) -> int:
     except fxprune.ExampleInputsError as e:  # e.g. an input too small for the model's downsampling
         # --size is the only input the user chose: say that in one line, not prepare's report
         cause = e.__cause__ or e
+        said = out_of_memory(cause)
+        if said is not None:  # (review189 R1: prepare is where a large --size runs out)
+            raise _Refused(_memory_line(args, said)) from None
         first = (str(cause).strip().splitlines() or [""])[0][:200]
         raise _Refused(f"fxprune demo: error: {args.model} does not run on a "
                        f"{args.size}x{args.size} input ({type(cause).__name__}: {first}); try "

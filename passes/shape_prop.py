@@ -106,11 +106,14 @@ class _Recorder(fx.Interpreter):
             origin = f"\n  from: {frame}" if frame else ""
             said = out_of_memory(e)
             if said is not None:  # the shapes fit; the memory does not (break186 F6)
+                batched = any(len(s) > 0 and s[0] > 1 for s in self.input_shapes
+                              if isinstance(s, tuple))
+                smaller = ("one sample (batch 1) is enough: the analysis does not depend on the "
+                           "batch size" if batched else "a smaller input size")
                 raise ExampleInputsError(
                     f"running the model on example_inputs (shapes {self.input_shapes}) ran out of "
-                    f"memory at node `{n.name}` ({said}); give a smaller example input: one "
-                    "sample (batch 1) is enough: the analysis does not depend on the batch "
-                    "size") from e
+                    f"memory at node `{n.name}` ({said}); give a smaller example input: "
+                    f"{smaller}") from e
             raise ExampleInputsError(
                 f"running the model on example_inputs failed at node `{n.name}` "
                 f"({n.op} {getattr(n.target, '__name__', n.target)}){origin}\n  {type(e).__name__}: "

@@ -731,6 +731,22 @@ def test_a_demo_size_out_of_memory_is_one_line(capsys, monkeypatch):
         main(["demo"])
 
 
+def test_a_demo_size_out_of_memory_inside_prepare_is_named_as_memory(capsys, monkeypatch):
+    """review189 R1: prepare runs the model first, so a large --size ran out of memory there,
+    and demo called it a size the model "does not run on"."""
+    from fxprune.cli import main
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "2304000000 bytes.")
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", refuse)
+    assert main(["demo", "--model", "resnet18", "--size", "64"]) == 2
+    assert capsys.readouterr().err == (
+        "fxprune demo: error: resnet18 at 64x64 ran out of memory (can't allocate memory: you "
+        "tried to allocate 2304000000 bytes); try a smaller --size (e.g. 224)\n")
+
+
 def test_an_interrupted_demo_says_so_in_one_line(capsys, monkeypatch):
     """break88 F6: Ctrl-C printed a 42-line traceback where train and deploy print one line."""
     import fxprune.demo as demo
@@ -1733,9 +1749,14 @@ def test_prepare_out_of_memory_names_memory_not_the_shapes(monkeypatch):
     monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", refuse)
     with pytest.raises(fxprune.ExampleInputsError, match=r"ran out of memory at node `conv` "
                                                          r"\(can't allocate memory: .*\); give a "
-                                                         r"smaller example input") as e:
+                                                         r"smaller example input: one sample "
+                                                         r"\(batch 1\) is enough") as e:
         fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
     assert "Check that example_inputs match" not in str(e.value)
+    # one sample already (review189 R1): the size is what is left
+    with pytest.raises(fxprune.ExampleInputsError, match=r"give a smaller example input: a "
+                                                         r"smaller input size$"):
+        fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
 
 
 def test_fxprune_without_a_command_is_a_usage_error_on_stderr(capsys):
