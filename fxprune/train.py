@@ -1388,10 +1388,17 @@ def _out_of_memory_message(exc: BaseException, said: str, cfg: dict | None) -> s
     out = Path(str((cfg or {}).get("out", ""))).expanduser()
     resume = (" (--resume continues from the last saved epoch)"
               if cfg and (out / "checkpoint.pt").is_file() else "")
-    if inner is not None and inner.name == "evaluate":
+    line = (inner.line or "") if inner is not None else ""
+    if inner is not None and inner.name in ("evaluate", "prediction_differences"):
         where, key = "evaluating", "test_batch_size"
+    elif inner is not None and inner.name == "_train" and "pruner.step" in line:
+        # the method's own memory (its statistics, its solves) grows with the model, not the
+        # batch (review189 R2: it was blamed on data.batch_size)
+        method = ((cfg or {}).get("prune") or {}).get("method", "the method")
+        return (f"ran out of memory in prune.method {method}'s step ({said}); choose a smaller "
+                f"model or a coarser prune.channel_step, or free memory{resume}")
     elif inner is not None and inner.name == "_train" and any(
-            call in (inner.line or "") for call in ("run(x)", "backward", "pruner.step")):
+            call in line for call in ("run(x)", "backward", "_to_device")):
         where, key = "training", "batch_size"
     else:  # building, preparing or saving: no batch to lower
         return f"ran out of memory ({said}); choose a smaller model or free memory{resume}"

@@ -401,6 +401,27 @@ def test_a_batch_too_large_for_memory_is_one_line_naming_the_batch(
                    f"(--set data.{key}=N), or choose a smaller model\n"), err
 
 
+def test_memory_run_out_in_the_methods_step_is_not_blamed_on_the_batch(tmp_path, capsys,
+                                                                      monkeypatch):
+    """review189 R2: an allocation in SMCP's step (its knapsack, a C x C statistic) was told
+    to lower data.batch_size, which does not change it."""
+    def step(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 8.00 TiB for an array with shape (1099511627776,) "
+                          "and data type float64")
+
+    monkeypatch.setattr(fxprune.SMCP, "step", step)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    assert cli_main(["train", str(recipe), "--set", "prune.method=smcp", "--set", "prune.target=0.5",
+                     "--set", "prune.channel_step=2", "--set", "prune.warmup=1", "--set",
+                     "prune.ramp=4", "--set", "prune.update_every=1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fxprune train: error: ran out of memory in prune.method smcp's step (Unable "
+                   "to allocate 8.00 TiB for an array with shape (1099511627776,) and data type "
+                   "float64); choose a smaller model or a coarser prune.channel_step, or free "
+                   "memory\n"), err
+
+
 def test_a_model_too_large_for_memory_is_one_line_naming_its_size(recipe, tmp_path, capsys,
                                                                   monkeypatch):
     """break158 F7: model.widths=[100000] ended in a 38-line allocation traceback (exit 1)."""
