@@ -89,6 +89,14 @@ def test_a_fit_resumed_at_its_end_says_it_finalized_nothing(full_run, tmp_path):
                                             r"applied no final rule, finalized nothing"):
         trainer(tmp_path, 2, [again]).fit(Classifier(), loader(), ckpt_path=last)
     assert again.finalized is None and not (tmp_path / "pruned.pt").exists()
+    # a fresh fit of no training step is not called a resume (review189 R4)
+    fresh = PruningCallback("smcp", **SMCP_ARGS)
+    with pytest.warns(RuntimeWarning, match=r"Lightning ran no training in this fit \(no "
+                                            r"training step: limit_train_batches=0 or "
+                                            r"max_steps=0\?\)"):
+        pl.Trainer(max_epochs=1, limit_train_batches=0, callbacks=[fresh], logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path).fit(Classifier(), loader())
 
 
 def test_a_resume_whose_checkpoint_lacks_this_callback_s_state_says_the_method_restarts(

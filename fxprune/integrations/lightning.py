@@ -264,13 +264,17 @@ class PruningCallback(pl.Callback):
                 or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero):
             return
         resumed = getattr(trainer, "ckpt_path", None)
-        warnings.warn(f"PruningCallback: Lightning ran no training in this fit (resumed from "
-                      f"{resumed or 'a checkpoint'} at its end: max_epochs/max_steps already "
-                      f"reached), so {self.method} applied no final rule, finalized nothing "
-                      "and saved nothing: callback.finalized is None"
+        why, way = ((f"resumed from {resumed} at its end: max_epochs/max_steps already reached",
+                     "the model that fit pruned is the one it saved then, or fit on with a "
+                     "larger max_epochs") if resumed else
+                    # (review189 R4: a fresh fit of no step was said to be a resume)
+                    ("no training step: limit_train_batches=0 or max_steps=0?",
+                     "fit with training steps"))
+        warnings.warn(f"PruningCallback: Lightning ran no training in this fit ({why}), so "
+                      f"{self.method} applied no final rule, finalized nothing and saved "
+                      "nothing: callback.finalized is None"
                       + (f" and {self.save_path} was not written" if self.save_path else "")
-                      + "; the model that fit pruned is the one it saved then, or fit on with "
-                      "a larger max_epochs", RuntimeWarning, stacklevel=2)
+                      + f"; {way}", RuntimeWarning, stacklevel=2)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """on_fit_start's method part: build (or restore) it and check the fit runs it."""
