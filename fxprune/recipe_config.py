@@ -85,7 +85,9 @@ RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_w
                      "data.root",
                      "log.every_steps", "log.tensorboard", "log.progress",
                      "prune.allow_above_target", "train.sync_bn",
-                     "train.check_masks"}
+                     "train.check_masks",
+                     # a resume prices with the checkpoint's table, reading no cache (break190 F2)
+                     "prune.latency_cache"}
 
 
 
@@ -796,7 +798,8 @@ def _check_prune(prune: dict, optim: dict) -> None:
     if prune.get("latency_cache") is not None and prune.get("cost") not in LATENCY_COSTS:
         raise ConfigError(f"prune.latency_cache is the latency table's cache, read when "
                           f"prune.cost is {' or '.join(LATENCY_COSTS)}, not "
-                          f"{prune.get('cost', 'the method default')!r}: set prune.cost=latency, "
+                          f"{_show(prune['cost']) if 'cost' in prune else 'the method default'}: "
+                          "set prune.cost=latency, "
                           "or remove it (--set '~prune.latency_cache')")
     _check_one_form(prune)
     if prune.get("target") is None:  # the method's own default target is the one the run will use

@@ -783,6 +783,14 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 measured_cost = _saved_measured_cost(ckpt, ckpt_path, prune_cfg["cost"])
             else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
                 # (log.progress=false turns off the table's bar as the training one, break52)
+                # its cache judged before any timing, by rank 0 (the one that reads and
+                # writes it), every rank refusing alike (break190 F1, F3; review189 R5)
+                cache_problem = _latency_cache_problem(prune_cfg.get("latency_cache")) \
+                    if main else None
+                if distributed:
+                    cache_problem = fxdist.broadcast_object(cache_problem)
+                if cache_problem:
+                    raise ConfigError(cache_problem)
                 measure = functools.partial(measured_latency_cost, net, prune_cfg["cost"],
                                             channel_step, progress=bool(log_cfg["progress"]),
                                             cache=prune_cfg.get("latency_cache"))
@@ -1356,6 +1364,44 @@ def _reported() -> None:
     from .cli import _done_with_signals
 
     _done_with_signals()
+
+
+def _latency_cache_problem(value) -> str | None:
+    """Why ``prune.latency_cache`` cannot be the table's cache (empty, a folder, not a cache,
+    a folder that takes no new file), in the recipe's words, or None: said before the table
+    is timed, which its write followed (break190 F1: minutes of timing, then an OSError
+    naming a temporary file)."""
+    import tempfile
+
+    from .deploy.common import DeployError
+    from .deploy.latency_table import _read_cache_file
+    from .run_io import unwritable_folder
+
+    if value is None:
+        return None
+    if not str(value).strip():
+        return ("prune.latency_cache is empty: give a file path (e.g. latency_cache.json), or "
+                "remove it (--set '~prune.latency_cache')")
+    path = Path(os.path.expanduser(str(value)))
+    if path.is_dir():
+        return (f"prune.latency_cache {path} is a folder: give a file path, e.g. "
+                f"{path / 'latency_cache.json'}")
+    try:
+        _read_cache_file(path)  # (a file of the user's: refused, untouched)
+    except DeployError as exc:
+        return f"prune.latency_cache: {exc}"
+    why = unwritable_folder(path.parent)
+    if why is None and path.parent.is_dir():
+        try:  # the cache's folder, not a run's: a probe file there for a moment is harmless
+            fd, probe = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=path.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            why = f"{path.parent} refuses a new file ({exc.strerror or exc})"
+    if why is not None:
+        return (f"prune.latency_cache {path}: {why}, and the table's timings are written there; "
+                "choose a folder you can write")
+    return None
 
 
 def run_environment(device: torch.device, seed: int) -> dict:

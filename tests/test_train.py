@@ -1722,6 +1722,24 @@ def test_a_latency_cache_makes_a_latency_priced_recipe_repeat(tmp_path, monkeypa
                                           r"read when prune.cost is latency or latency\+fixed"):
         resolve_config(TINY, ["prune.method=smcp", "prune.cost=flops",
                               f"prune.latency_cache={cache}"])
+    # a resume reads no cache: it may move (break190 F2)
+    train(tiny_cfg(tmp_path / "r0", *prune, f"prune.latency_cache={tmp_path / 'moved.json'}",
+                   "optim.epochs=3"), resume=True)
+    # a cache that cannot be one is refused before any timing, in the recipe's words
+    # (break190 F1, review189 R5: the Python argument's words, or an OSError after timing)
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(
+        lambda *a, **k: pytest.fail("timed before the cache was judged")))
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    (tmp_path / "afile").write_text("x")
+    for value, says in (("''", r"prune.latency_cache is empty: give a file path"),
+                        (str(tmp_path), r"prune.latency_cache .* is a folder: give a file path"),
+                        (str(notes), r"prune.latency_cache: .*notes.json' is not a latency cache"),
+                        (str(tmp_path / "afile" / "c.json"),
+                         r"prune.latency_cache .*c.json: .*afile is a file, not a folder")):
+        with pytest.raises(ConfigError, match=says):
+            train(tiny_cfg(tmp_path / "bad", *prune, f"prune.latency_cache={value}"))
+    assert notes.read_text() == '{"mine": 1}'
 
 
 def test_results_record_what_a_run_depends_on_beyond_its_recipe(tmp_path):
