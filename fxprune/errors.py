@@ -59,6 +59,13 @@ def out_of_memory(err: BaseException) -> str | None:
     said = re.search(r"can't allocate memory: you tried to allocate \d+ bytes", text)
     if said:
         return said.group(0)
+    # CUDA's is one sentence of 400-600 characters: its first two, not 200 characters cut
+    # mid-word (review189 R8)
+    said = re.search(r"CUDA out of memory\. Tried to allocate [\d.]+ [KMGTP]?i?B\."
+                     r"(?: GPU \d+ has a total capacity of [\d.]+ [KMGTP]?i?B of which "
+                     r"[\d.]+ [KMGTP]?i?B is free\.)?", text)
+    if said:
+        return said.group(0)
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return first_line(err) or type(err).__name__
     return None

@@ -549,6 +549,10 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
             # key of another section given bare or misplaced (lr for optim.lr, model.target
             # for prune.target), or a near miss
             close = ([k for k in here if k.startswith(path + "_")]
+                     # a top-level key put in a section (optim.seed: the run's seed, review189
+                     # R6, not CUCB's prune.seed)
+                     or ([key] if prefix and isinstance(key, str) and key in DEFAULTS
+                         and not isinstance(DEFAULTS[key], dict) else [])
                      or [k for k in everywhere if isinstance(key, str) and k.endswith("." + key)]
                      or difflib.get_close_matches(path, here + everywhere, n=1))
             hint = f" (did you mean {close[0]}?)" if isinstance(key, str) and close else ""

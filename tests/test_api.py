@@ -1778,3 +1778,22 @@ def test_an_example_input_on_the_meta_device_is_named():
     with pytest.raises(fxprune.ExampleInputsError, match=r"^example_inputs\[0\] is on the meta "
                                                          r"device \(a shape without data\)"):
         fxprune.prepare(model, (torch.randn(1, 3, 8, 8, device="meta"),))
+
+
+def test_out_of_memory_quotes_whole_sentences_of_the_allocators_words():
+    """review189 R8: CUDA's one ~500-character line was cut at 200 characters, mid-word."""
+    from fxprune.errors import out_of_memory
+
+    cuda = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+        "of which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB "
+        "memory in use. Of the allocated memory 77.00 GiB is allocated by PyTorch, and 500.00 MiB "
+        "is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try "
+        "setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+    assert out_of_memory(cuda) == ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+                                   "total capacity of 79.19 GiB of which 1.06 GiB is free.")
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                       "allocate memory: you tried to allocate 1048576000 bytes. Error code 12")
+    assert out_of_memory(cpu) == "can't allocate memory: you tried to allocate 1048576000 bytes"
+    assert out_of_memory(MemoryError("Unable to allocate 8.00 TiB")) == "Unable to allocate 8.00 TiB"
+    assert out_of_memory(RuntimeError("shapes do not match")) is None

@@ -1678,7 +1678,8 @@ def test_a_config_error_names_the_override_that_made_it_not_the_file(tmp_path):
 @pytest.mark.parametrize("given, meant", [("model.target", "prune.target"),
                                           ("optim.warmup", "optim.warmup_epochs"),
                                           ("data.channel_step", "prune.channel_step"),
-                                          ("lr", "optim.lr"), ("optim.epoch", "optim.epochs")])
+                                          ("lr", "optim.lr"), ("optim.epoch", "optim.epochs"),
+                                          ("optim.seed", "seed"), ("model.seed", "seed")])
 def test_a_misplaced_key_is_pointed_to_where_it_belongs(given, meant):
     """break187: `--set model.target=0.5` was asked "did you mean model.name?"; a method's
     key given in another section is pointed to prune."""
