@@ -110,7 +110,7 @@ def load_model(model: nn.Module | str | os.PathLike, *,
             hint = (" (a fxprune train checkpoint: deploy the model_pruned.pt or model_dense.pt "
                     "its run wrote beside it)")  # break35 #6
         kind = type(loaded).__name__
-        raise DeployError(f"{path!r} holds {'an' if kind[0] in 'AEIOUaeiou' else 'a'} {kind}, "
+        raise DeployError(f"{path!r} holds {'an' if kind[0] in 'AEIOaeio' else 'a'} {kind}, "
                           f"not an nn.Module{hint}")
     return loaded, path
 

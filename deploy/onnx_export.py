@@ -881,8 +881,8 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
             from .model_io import memory_refusal
 
             raise memory_refusal(f"the model ({type(reference).__name__})", x.shape, said,
-                                 f" (a file with a free batch is checked at twice its batch, "
-                                 f"{input_shape[0]})" if other_batch else "") from None
+                                 f" (deploy checks a file whose batch is free at twice --batch "
+                                 f"{input_shape[0]} too)" if other_batch else "") from None
         if not other_batch:
             # a shape that does not fit the model: one line (break179 F4: a raw RuntimeError)
             from .model_io import check_input_fits

@@ -1366,6 +1366,23 @@ def _reported() -> None:
     _done_with_signals()
 
 
+def _source_commit() -> str | None:
+    """The git commit of the fxprune source that runs (``git describe --always --dirty``),
+    where it runs from a checkout; None otherwise (an installed copy, no git): the version
+    alone is the same for every commit (review189 R10)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty",
+                               "--abbrev=12"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def _latency_cache_problem(value) -> str | None:
     """Why ``prune.latency_cache`` cannot be the table's cache (empty, a folder, not a cache,
     a folder that takes no new file), in the recipe's words, or None: said before the table
@@ -1413,8 +1430,8 @@ def run_environment(device: torch.device, seed: int) -> dict:
     from . import __version__
     from .deploy.common import cpu_name
 
-    env = {"seed": seed, "fxprune": __version__, "torch": torch.__version__,
-           "python": platform.python_version(), "cpu": cpu_name()}
+    env = {"seed": seed, "fxprune": __version__, "fxprune_commit": _source_commit(),
+           "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name()}
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())

@@ -2053,8 +2053,9 @@ def test_a_batch_that_runs_out_of_memory_is_not_called_a_shape_that_does_not_fit
     # a file with a free batch is checked at twice the batch: the memory is named there too,
     # not the code's dependence on the batch
     with pytest.raises(DeployError, match=r"^running the model \(_RunsOutOfMemoryFrom\) at input "
-                                          r"shape \(8, 3, 8, 8\) \(a file with a free batch is "
-                                          r"checked at twice its batch, 4\) ran out of memory"):
+                                          r"shape \(8, 3, 8, 8\) \(deploy checks a file whose "
+                                          r"batch is free at twice --batch 4 too\) ran out of "
+                                          r"memory"):
         _compare(None, model, torch.zeros(8, 3, 8, 8), "m.onnx", (4, 3, 8, 8), "fp32", 1e-5, 1e-5)
 
 

@@ -1756,6 +1756,9 @@ def test_results_record_what_a_run_depends_on_beyond_its_recipe(tmp_path):
     assert env["seed"] == 5 and env["torch"] == torch.__version__
     assert env["fxprune"] == fxprune.__version__ and env["python"] == platform.python_version()
     assert isinstance(env["cpu"], str) and env["cpu"]
+    # the commit of a checkout (the version is the same for every one: review189 R10)
+    from fxprune.train import _source_commit
+    assert env["fxprune_commit"] == _source_commit()
     assert results["train_data"]["samples"] == TINY["data"]["synthetic_train"]
     assert len(results["train_data"]["images_sha256"]) == 64
     arguments = results["method_arguments"]
