@@ -113,8 +113,11 @@ def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, thread
     done = Path(resolved["out"]) / "results.json"
     if reuse and done.is_file() and load_config(Path(resolved["out"]) / "config.yaml") == resolved:
         result = json.loads(done.read_text())  # this very row ran to the end before
-        result.update(row=name, seed=seed, reused=True)
-        return result
+        # ... unless a CUCB row ran before its draws followed the run's seed (results without
+        # method_arguments): every seed drew alike then (review189 R3)
+        if not (str(prune.get("method", "")).startswith("cucb") and "method_arguments" not in result):
+            result.update(row=name, seed=seed, reused=True)
+            return result
     result = train(resolved, overwrite=True)
     result.update(row=name, seed=seed)
     return result

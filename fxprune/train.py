@@ -158,6 +158,19 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     return pruner
 
 
+def _record_loaded_seed(pruner, state, prune_cfg: dict) -> None:
+    """On a resume, the seed a method's generator started from, as its state says, in
+    ``method_arguments``: a run begun before the run's seed reached CUCB drew from
+    ``prune.seed``'s default, 0, whatever the seed it is resumed with (review189 R3)."""
+    used = getattr(pruner, "fxprune_arguments", None)
+    if not isinstance(used, dict) or "seed" not in used or not isinstance(state, dict):
+        return
+    if state.get("seed") is not None:
+        used["seed"] = state["seed"]
+    elif "rng" in state and "seed" not in prune_cfg:  # a state from before it was kept
+        used["seed"] = 0
+
+
 def _arguments_used(cls, kwargs: dict) -> dict:
     """The keyword arguments ``cls`` was built with, each of its others at its default, as
     plain data (an object as ``<ClassName>``), sorted; the trainer's own (the model, the run's length,
@@ -867,6 +880,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             scheduler.load_state_dict(ckpt["scheduler"])
             if pruner is not None:
                 pruner.load_state_dict(ckpt["pruner"])
+                _record_loaded_seed(pruner, ckpt["pruner"], prune_cfg)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",

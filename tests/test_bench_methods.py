@@ -135,3 +135,25 @@ def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_training(tmp_p
             "file; fxprune writes a file of that name: move it, or choose another --runs-dir"
             ) in err and "--out" not in err, err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_reuse_runs_a_cucb_row_again_that_ran_before_its_draws_followed_the_seed(tmp_path,
+                                                                                 monkeypatch):
+    """review189 R3: a CUCB row finished before the run's seed reached CUCB's generator (every
+    seed drew alike; its results lack method_arguments) was reused without a word."""
+    import yaml
+
+    bench = load_benchmark("bench_methods")
+    trained = []
+    monkeypatch.setattr(bench, "train", lambda cfg, overwrite: trained.append(cfg) or {"x": 1})
+    prune = bench.rows_for(1)["CUCB"]
+    resolved = bench.row_config("CUCB", prune, 1, 1, tmp_path, 1, True)
+    out = Path(resolved["out"])
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved))
+    (out / "results.json").write_text(json.dumps({"accuracy": 0.5}))
+    bench.run_row("CUCB", prune, 1, 1, tmp_path, 1, True, reuse=True)
+    assert len(trained) == 1  # run again
+    (out / "results.json").write_text(json.dumps({"accuracy": 0.5, "method_arguments": {"seed": 1}}))
+    assert bench.run_row("CUCB", prune, 1, 1, tmp_path, 1, True, reuse=True)["reused"]
+    assert len(trained) == 1

@@ -1767,6 +1767,19 @@ def test_results_record_what_a_run_depends_on_beyond_its_recipe(tmp_path):
     assert json.loads((tmp_path / "a" / "results.json").read_text())["method_arguments"] == arguments
     assert train(tiny_cfg(tmp_path / "b", "seed=5", *cucb, "prune.seed=9"))[
         "method_arguments"]["seed"] == 9
+    # a run begun before CUCB's generator followed the run's seed drew from 0: its resume
+    # says so (review189 R3), as its state, without the seed, tells
+    from fxprune.run_io import atomic_torch_save
+
+    ckpt_path = tmp_path / "a" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["pruner"]["seed"] == 5
+    del ckpt["pruner"]["seed"]
+    atomic_torch_save(ckpt, ckpt_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = train(tiny_cfg(tmp_path / "a", "seed=5", *cucb, "optim.epochs=3"), resume=True)
+    assert resumed["method_arguments"]["seed"] == 0
 
 
 def test_a_saved_model_file_is_the_same_bytes_for_the_same_model(tmp_path):

@@ -222,7 +222,7 @@ class CUCB(PruningMethod):
         self.warmup, self.explore = int(warmup), None if explore is None else int(explore)
         self.selection = selection
         self.resolution, self.max_resolves, self.reduce_fn = resolution, max_resolves, reduce_fn
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.rng = int(seed), np.random.default_rng(seed)
         self.saliency = WeightTaylor(self.consumers, self.index.n)
         # break49 #2: a group read only by frozen layers got reward 0 (a random pick in ratio
         # mode, cut to 2 of 16 channels in budget mode), where SMCP warned
@@ -561,6 +561,7 @@ class CUCB(PruningMethod):
                 "run_settings": self.run_settings(),
                 "stats": self.stats.state_dict(), "final": self.final,
                 "active": torch.from_numpy(self.active.copy()), "rng": self.rng.bit_generator.state,
+                "seed": self.seed,  # what the generator started from (results.json says it)
                 "history": list(self.history), "skipped_steps": self.skipped_steps,
                 "nonfinite_run": self._nonfinite_run}
 
@@ -572,6 +573,8 @@ class CUCB(PruningMethod):
         self.stats.load_state_dict(state["stats"])
         self.active = state["active"].cpu().numpy().astype(bool).copy()  # (as ccp.dead)
         self.rng.bit_generator.state = state["rng"]
+        # (states before it: drawn from the seed this run's was built with, or another)
+        self.seed = int(state["seed"]) if state.get("seed") is not None else None
         self.history = list(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))  # (states before break41)
         self._nonfinite_run = int(state.get("nonfinite_run", 0))
