@@ -768,8 +768,12 @@ def _check_prune(prune: dict, optim: dict) -> None:
         parts = []
         if extra:
             valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
-            close = difflib.get_close_matches(extra[0], valid, n=1)
-            hint = f" (did you mean prune.{close[0]}?)" if close else ""
+            # a key of another section put here (prune.lr: optim.lr, break190 F8), else a near
+            # miss among the method's
+            elsewhere = [k for k in _valid_keys(DEFAULTS) if k.endswith("." + extra[0])
+                         or k == extra[0]]
+            close = elsewhere or [f"prune.{k}" for k in difflib.get_close_matches(extra[0], valid, n=1)]
+            hint = f" (did you mean {close[0]}?)" if close else ""
             base = re.sub(r"_(epochs|fraction)$", "", extra[0])
             if base != extra[0] and base in keys:  # (break105 F10: the way was in a comment)
                 hint += (f" (prune.{base} is the method's own argument: written in epochs or as "
@@ -1042,12 +1046,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 def _blamed(raw: dict, overrides: list[str], message: str, path: Path) -> str:
     """Where a config error comes from: the recipe file, or the first override after which
-    it appears (break187: a bad --set value was called the file's, which held a good one).
-    Neither alone: the file with the overrides."""
+    it appears (break187: a bad --set value was called the file's, which held a good one),
+    its numbers aside (break190 F7: a later --set of optim.epochs changed the epochs the
+    message quoted, and took the blame for the --set that caused it). Neither alone: the
+    file with the overrides."""
+    def kind(text: str) -> str:
+        return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", text)
+
     for k in range(len(overrides) + 1):
         try:
             resolve_config(raw, overrides[:k])
         except ConfigError as exc:
-            if str(exc) == message:
+            if kind(str(exc)) == kind(message):
                 return str(path) if k == 0 else f"--set {overrides[k - 1]}"
     return f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
