@@ -872,6 +872,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     lr_schedules = [{"from_epoch": 0, "epochs": int(optim_cfg["epochs"])}]
     # the process counts it trained with: one, unless a resume changed it (break70 #2)
     process_counts = [{"from_epoch": 0, "world_size": world}]
+    # and the threads, versions and device: one, unless a resume changed them (break190 F5:
+    # results.json said the last part's only)
+    here = {"threads": torch.get_num_threads(),
+            **{k: v for k, v in run_environment(device, seed).items() if k != "seed"}}
+    environments = [{"from_epoch": 0, **here}]
     if ckpt is not None:
         try:
             net.load_state_dict(ckpt["model"])
@@ -895,6 +900,11 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             {"from_epoch": 0, "world_size": int(ckpt.get("world_size", 1))}]]
         if process_counts[-1]["world_size"] != world:
             process_counts.append({"from_epoch": int(ckpt["epoch"]), "world_size": world})
+        # (checkpoints before it: their thread count only)
+        environments = [dict(e) for e in ckpt.get("environments") or [
+            {"from_epoch": 0, "threads": ckpt.get("threads")}]]
+        if any(environments[-1].get(k, v) != v for k, v in here.items()):
+            environments.append({"from_epoch": int(ckpt["epoch"]), **here})
         if lr_schedules[-1]["epochs"] != int(optim_cfg["epochs"]):
             # a run trained on (break62 #4: a finished cosine run's lr went from 0 back up,
             # silently, and its results read like one run of the new length)
@@ -1037,7 +1047,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
                     "threads": torch.get_num_threads(),
                     "lr_schedules": lr_schedules, "data": data_fingerprint,
-                    "process_counts": process_counts,
+                    "process_counts": process_counts, "environments": environments,
                 }
                 if epoch == start_epoch and checkpoint["pruner"] is not None:
                     refuse_unloadable_state(pruner, method, checkpoint["pruner"])
@@ -1064,6 +1074,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         run_facts["lr_schedules"] = lr_schedules
     if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all
         run_facts["process_counts"] = process_counts
+    if len(environments) > 1:  # threads and environment are the last part's
+        run_facts["environments"] = environments
     results = _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,
                       epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
@@ -1445,7 +1457,8 @@ def run_environment(device: torch.device, seed: int) -> dict:
     from .deploy.common import cpu_name
 
     env = {"seed": seed, "fxprune": __version__, "fxprune_commit": _source_commit(),
-           "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name()}
+           "torch": str(torch.__version__), "python": platform.python_version(),
+           "cpu": cpu_name()}  # (a plain str: a TorchVersion is no data a checkpoint may hold)
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())

@@ -1806,3 +1806,22 @@ def test_a_saved_model_file_is_the_same_bytes_for_the_same_model(tmp_path):
     assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
     loaded = torch.load(tmp_path / "a.pt", weights_only=False)
     assert loaded.fxprune_input_shape == (1, 1, 8, 8) and not loaded.training
+
+
+def test_a_resume_on_another_thread_count_records_each_parts(tmp_path):
+    """break190 F5: results.json said threads 2 for a run whose first epoch ran on 1 thread;
+    process counts and lengths were recorded per part, threads and environment not."""
+    before = torch.get_num_threads()
+    try:
+        train(tiny_cfg(tmp_path / "r", "num_threads=1", "optim.epochs=1"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the thread count's own warning
+            results = train(tiny_cfg(tmp_path / "r", "num_threads=2", "optim.epochs=2"),
+                            resume=True)
+    finally:
+        torch.set_num_threads(before)
+    parts = results["environments"]
+    assert [(p["from_epoch"], p["threads"]) for p in parts] == [(0, 1), (1, 2)]
+    assert parts[1]["torch"] == torch.__version__ and results["threads"] == 2
+    # one part: no list
+    assert "environments" not in train(tiny_cfg(tmp_path / "s", "num_threads=1", "optim.epochs=1"))
