@@ -61,9 +61,10 @@ def out_of_memory(err: BaseException) -> str | None:
         return said.group(0)
     # CUDA's is one sentence of 400-600 characters: its first two, not 200 characters cut
     # mid-word (review189 R8)
-    said = re.search(r"CUDA out of memory\. Tried to allocate [\d.]+ [KMGTP]?i?B\."
-                     r"(?: GPU \d+ has a total capacity of [\d.]+ [KMGTP]?i?B of which "
-                     r"[\d.]+ [KMGTP]?i?B is free\.)?", text)
+    size = r"[\d.]+ (?:[KMGTP]iB|bytes)"  # (review189 R13: "0 bytes is free", a full GPU)
+    said = re.search(rf"CUDA out of memory\. Tried to allocate {size}\."
+                     rf"(?: GPU \d+ has a total capacity of {size} of which {size} is free\.)?",
+                     text)
     if said:
         return said.group(0)
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):

@@ -87,7 +87,11 @@ RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_w
                      "prune.allow_above_target", "train.sync_bn",
                      "train.check_masks",
                      # a resume prices with the checkpoint's table, reading no cache (break190 F2)
-                     "prune.latency_cache"}
+                     "prune.latency_cache",
+                     # a method's generator state comes from the checkpoint, whatever seed it
+                     # is built with (review189 R15: the run's seed, now its default, was
+                     # refused as a change from 0)
+                     "prune.seed"}
 
 
 

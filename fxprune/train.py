@@ -117,8 +117,10 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
     convertible = set(accepted) | (steps if takes_any else set())
     _epochs_to_steps(kwargs, context.get("steps_per_epoch"), context.get("epochs"), convertible)
+    defined = dict(getattr(entry, "defaults", None) or {})  # settings that define the method
     for name, value in context.items():
-        if name in accepted and name not in kwargs:
+        # (review189 R11: the run's seed replaced a seed the method's registration fixes)
+        if name in accepted and name not in kwargs and name not in defined:
             kwargs[name] = value
     fractions = [k for k in prune_cfg if k.endswith("_fraction")]
     try:
@@ -1074,6 +1076,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         run_facts["lr_schedules"] = lr_schedules
     if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all
         run_facts["process_counts"] = process_counts
+    # as it was when this part started: the code that ran (a commit read at the end could be
+    # one checked out while it trained: review189 R14)
+    run_facts["environment"] = {"seed": seed, **{k: v for k, v in here.items() if k != "threads"}}
     if len(environments) > 1:  # threads and environment are the last part's
         run_facts["environments"] = environments
     results = _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, out,
@@ -1151,7 +1156,8 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
     if isinstance(getattr(pruner, "fxprune_arguments", None), dict):
         results["method_arguments"] = dict(pruner.fxprune_arguments)
-    results["environment"] = run_environment(device, int(cfg["seed"]))
+    if "environment" not in results:  # (run_facts has it: read at the start, review189 R14)
+        results["environment"] = run_environment(device, int(cfg["seed"]))
     end = schedule_end(pruner) if pruner is not None else None
     if pruner is not None:  # the step its masks reach the target; null: no schedule declared
         results["schedule_end"] = end
@@ -1478,17 +1484,19 @@ def _out_of_memory_message(exc: BaseException, said: str, cfg: dict | None) -> s
     out = Path(str((cfg or {}).get("out", ""))).expanduser()
     resume = (" (--resume continues from the last saved epoch)"
               if cfg and (out / "checkpoint.pt").is_file() else "")
+    name = inner.name if inner is not None else ""
     line = (inner.line or "") if inner is not None else ""
-    if inner is not None and inner.name in ("evaluate", "prediction_differences"):
+    if name == "_to_device":  # a training batch's copy to the device (review189 R12)
+        name, line = "_train", "_to_device"
+    if name in ("evaluate", "prediction_differences"):
         where, key = "evaluating", "test_batch_size"
-    elif inner is not None and inner.name == "_train" and "pruner.step" in line:
+    elif name == "_train" and "pruner.step" in line:
         # the method's own memory (its statistics, its solves) grows with the model, not the
         # batch (review189 R2: it was blamed on data.batch_size)
         method = ((cfg or {}).get("prune") or {}).get("method", "the method")
         return (f"ran out of memory in prune.method {method}'s step ({said}); choose a smaller "
                 f"model or a coarser prune.channel_step, or free memory{resume}")
-    elif inner is not None and inner.name == "_train" and any(
-            call in line for call in ("run(x)", "backward", "_to_device")):
+    elif name == "_train" and any(call in line for call in ("run(x)", "backward", "_to_device")):
         where, key = "training", "batch_size"
     else:  # building, preparing or saving: no batch to lower
         return f"ran out of memory ({said}); choose a smaller model or free memory{resume}"

@@ -1795,5 +1795,10 @@ def test_out_of_memory_quotes_whole_sentences_of_the_allocators_words():
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
                        "allocate memory: you tried to allocate 1048576000 bytes. Error code 12")
     assert out_of_memory(cpu) == "can't allocate memory: you tried to allocate 1048576000 bytes"
+    full = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 bytes. GPU 0 has a "
+                                  "total capacity of 79.19 GiB of which 0 bytes is free. Including "
+                                  "non-PyTorch memory, this process has 79.18 GiB memory in use.")
+    assert out_of_memory(full) == ("CUDA out of memory. Tried to allocate 512.00 bytes. GPU 0 has "
+                                   "a total capacity of 79.19 GiB of which 0 bytes is free.")
     assert out_of_memory(MemoryError("Unable to allocate 8.00 TiB")) == "Unable to allocate 8.00 TiB"
     assert out_of_memory(RuntimeError("shapes do not match")) is None

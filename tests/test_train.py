@@ -1825,3 +1825,31 @@ def test_a_resume_on_another_thread_count_records_each_parts(tmp_path):
     assert parts[1]["torch"] == torch.__version__ and results["threads"] == 2
     # one part: no list
     assert "environments" not in train(tiny_cfg(tmp_path / "s", "num_threads=1", "optim.epochs=1"))
+
+
+def test_the_run_seed_reaches_no_seed_a_methods_registration_fixes(tmp_path):
+    """review189 R11: a method registered with defaults={"seed": K} failed at any other run
+    seed, told to remove a prune.seed the user never set; R15: --set prune.seed on a resume
+    (the seed the run used) was refused as a change."""
+    from fxprune.methods.base import get_method, register_method, registry
+    from fxprune.methods.cucb import CUCB
+    from fxprune.train import make_pruner
+
+    saved = dict(registry)
+    try:
+        register_method("cucb_seed7", CUCB, defaults={"seed": 7})
+        pm = fxprune.prepare(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(),
+                                                 torch.nn.Conv2d(8, 4, 1)),
+                             (torch.randn(1, 1, 8, 8),))
+        pruner = make_pruner(pm, {"method": "cucb_seed7", "warmup": 1, "explore": 3,
+                                  "execution": "masked"}, steps_per_epoch=2, epochs=2, seed=5)
+        assert pruner.seed == 7 and get_method("cucb_seed7").defaults == {"seed": 7}
+    finally:
+        registry.clear()
+        registry.update(saved)
+    cucb = ["prune.method=cucb", "prune.warmup=2", "prune.explore=5", "prune.channel_step=4",
+            "model.widths=[8, 8, 8]"]
+    train(tiny_cfg(tmp_path / "r", "seed=5", *cucb))
+    resumed = train(tiny_cfg(tmp_path / "r", "seed=5", *cucb, "prune.seed=5", "optim.epochs=3"),
+                    resume=True)
+    assert resumed["method_arguments"]["seed"] == 5
