@@ -363,9 +363,12 @@ class LatencyTable:
         # the progress bar counts every pass (break171 F7: 96,200 points here, 192,400 there)
         timed_by = (backend if not runtime_version.startswith("custom-timer")
                     else f"{runtime_version.replace('custom-timer', 'custom timer', 1)}")
+        # (break190 F14: a cache's points timed under load, timed again, read as "0 cached")
+        again = f", {retimed} of them cached but timed under load" if retimed else ""
         log(f"latency table ({timed_by}, {threads} threads, step {step}): {len(layers)} "
             f"layers, {len(table._grids)} distinct, {table.stats['cached'] + len(todo)} grid points "
-            f"({table.stats['cached']} cached, {len(todo)} to time, in {passes} pass{'es' if passes != 1 else ''})")
+            f"({table.stats['cached']} cached, {len(todo)} to time{again}, in {passes} "
+            f"pass{'es' if passes != 1 else ''})")
 
         if cache and todo:  # written after timing: refused before it (break164 F1), and
             # only where something is timed (review165 F2: a read-only cache holding every

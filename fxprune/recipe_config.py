@@ -91,7 +91,10 @@ RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_w
                      # a method's generator state comes from the checkpoint, whatever seed it
                      # is built with (review189 R15: the run's seed, now its default, was
                      # refused as a change from 0)
-                     "prune.seed"}
+                     "prune.seed",
+                     # sizes the evaluation's batches only (break190 F12: a run whose evaluation
+                     # ran out of memory could not go on)
+                     "data.test_batch_size"}
 
 
 
@@ -294,6 +297,7 @@ RECIPE_PRUNE_KEYS: dict[str, Rule] = {
 PRUNE_RULES: dict[str, Rule] = {
     # null: the method's default (CUCB/CCP list target = None; break38 #6)
     "target": Rule("float", nullable=True, low=0, high=1, open_low=True),
+    "seed": Rule("int", low=0),  # (break190 F13: -1 was the constructor's, unattributed)
     "cost": Rule("str", choices=("flops", "params", "latency", "latency+fixed")),
     "warmup": Rule("int", low=0),
     "ramp": Rule("int", low=0),

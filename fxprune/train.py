@@ -800,7 +800,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                 # (log.progress=false turns off the table's bar as the training one, break52)
                 # its cache judged before any timing, by rank 0 (the one that reads and
                 # writes it), every rank refusing alike (break190 F1, F3; review189 R5)
-                cache_problem = _latency_cache_problem(prune_cfg.get("latency_cache")) \
+                cache_problem = _latency_cache_problem(prune_cfg.get("latency_cache"), out) \
                     if main else None
                 if distributed:
                     cache_problem = fxdist.broadcast_object(cache_problem)
@@ -1415,7 +1415,7 @@ def _source_commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def _latency_cache_problem(value) -> str | None:
+def _latency_cache_problem(value, out: Path | None = None) -> str | None:
     """Why ``prune.latency_cache`` cannot be the table's cache (empty, a folder, not a cache,
     a folder that takes no new file), in the recipe's words, or None: said before the table
     is timed, which its write followed (break190 F1: minutes of timing, then an OSError
@@ -1435,6 +1435,12 @@ def _latency_cache_problem(value) -> str | None:
     if path.is_dir():
         return (f"prune.latency_cache {path} is a folder: give a file path, e.g. "
                 f"{path / 'latency_cache.json'}")
+    if out is not None and path.resolve().is_relative_to(Path(out).expanduser().resolve()):
+        # a file of its own in the run's folder is no run file: the run would refuse its own
+        # folder, or replace it with --overwrite (break190 F9: timed, then refused)
+        return (f"prune.latency_cache {path} is inside the run's folder {out}, which holds the "
+                f"run's own files only: keep the cache beside it, e.g. "
+                f"{Path(out).expanduser().parent / 'latency_cache.json'}")
     try:
         _read_cache_file(path)  # (a file of the user's: refused, untouched)
     except DeployError as exc:
@@ -1501,8 +1507,12 @@ def _out_of_memory_message(exc: BaseException, said: str, cfg: dict | None) -> s
     else:  # building, preparing or saving: no batch to lower
         return f"ran out of memory ({said}); choose a smaller model or free memory{resume}"
     at = f" at data.{key} {data[key]}" if data.get(key) is not None else ""
-    return (f"ran out of memory {where}{at} ({said}); lower data.{key} (--set data.{key}=N), or "
-            f"choose a smaller model{resume}")
+    if key == "batch_size":  # the training batch is the run's: a resume keeps it (break190 F12)
+        return (f"ran out of memory {where}{at} ({said}); lower data.batch_size in a new run "
+                f"(--set data.batch_size=N, another --out), or choose a smaller model"
+                + (", or free memory and --resume" if resume else ""))
+    return (f"ran out of memory {where}{at} ({said}); lower data.{key} (--set data.{key}=N"
+            f"{', with --resume' if resume else ''}), or choose a smaller model")
 
 
 def _run(args: argparse.Namespace) -> int:

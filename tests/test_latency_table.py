@@ -591,10 +591,14 @@ def test_points_timed_on_a_busy_cpu_are_flagged_until_timed_again_on_an_idle_one
     assert len(fake_ort) == calls and again.stats["under_load"] == 4 and again.stats["cached"] == 4
     # idle now: the flagged points are timed again and leave the cache's list
     _load(monkeypatch, 0.1)
+    said = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        idle = LatencyTable.measure(layers, step=8, threads=1, cache=cache, **FAST)
+        idle = LatencyTable.measure(layers, step=8, threads=1, cache=cache,
+                                    **{**FAST, "log": said.append})
     assert len(fake_ort) == calls + 4 and idle.stats["measured"] == 4 and idle.stats["cached"] == 0
+    # the table's line says why a cache's points are timed again (break190 F14: "0 cached")
+    assert "(0 cached, 4 to time, 4 of them cached but timed under load, in" in said[0], said
     assert idle.stats["under_load"] == 0 and "under_load" not in json.loads(cache.read_text())
 
 

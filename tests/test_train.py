@@ -387,18 +387,31 @@ class _OutOfMemoryAbove(torch.nn.Module):
         return self.head(x)
 
 
-@pytest.mark.parametrize("limit, where, key, size", [(16, "training", "batch_size", 32),
-                                                     (40, "evaluating", "test_batch_size", 64)])
-def test_a_batch_too_large_for_memory_is_one_line_naming_the_batch(
-        recipe, tmp_path, capsys, monkeypatch, limit, where, key, size):
+def test_a_batch_too_large_for_memory_is_one_line_naming_the_batch(recipe, tmp_path, capsys,
+                                                                   monkeypatch):
     """break186 F3: a data.batch_size (or test_batch_size) too large for memory ended in a
-    57-line traceback, exit 1, where a model too large was one line."""
-    monkeypatch.setattr(train_mod, "build_model", lambda name, **kwargs: _OutOfMemoryAbove(limit))
+    57-line traceback, exit 1, where a model too large was one line; break190 F12: a resume
+    keeps the training batch (a new run changes it), and may change the evaluation's."""
+    said = "(can't allocate memory: you tried to allocate 205520896 bytes)"
+    monkeypatch.setattr(train_mod, "build_model", lambda name, **kwargs: _OutOfMemoryAbove(16))
     assert cli_main(["train", str(recipe), "--out", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"fxprune train: error: ran out of memory {where} at data.{key} {size} (can't "
-                   f"allocate memory: you tried to allocate 205520896 bytes); lower data.{key} "
-                   f"(--set data.{key}=N), or choose a smaller model\n"), err
+    assert capsys.readouterr().err == (
+        f"fxprune train: error: ran out of memory training at data.batch_size 32 {said}; lower "
+        "data.batch_size in a new run (--set data.batch_size=N, another --out), or choose a "
+        "smaller model\n")
+    # the evaluation of a resumed run's epoch: the resume may change its batch
+    monkeypatch.setattr(train_mod, "build_model", lambda name, **kwargs: _OutOfMemoryAbove(100))
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "e"), "--set",
+                     "optim.epochs=1"]) == 0
+    monkeypatch.setattr(train_mod, "build_model", lambda name, **kwargs: _OutOfMemoryAbove(40))
+    capsys.readouterr()
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "e"), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"fxprune train: error: ran out of memory evaluating at data.test_batch_size 64 {said}; "
+        "lower data.test_batch_size (--set data.test_batch_size=N, with --resume), or choose a "
+        "smaller model\n")
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "e"), "--resume", "--set",
+                     "data.test_batch_size=32"]) == 0
 
 
 def test_memory_run_out_in_the_methods_step_is_not_blamed_on_the_batch(tmp_path, capsys,
@@ -1664,6 +1677,8 @@ def test_a_config_error_names_the_override_that_made_it_not_the_file(tmp_path):
                                     "prune": {"method": "smcp", "target": 0.5}}))
     with pytest.raises(ConfigError, match=r"^--set prune.target=0: prune.target takes a number"):
         load_config(path, ["optim.epochs=2", "prune.target=0"])
+    with pytest.raises(ConfigError, match=r"^--set prune.seed=-1: prune.seed takes an integer >= 0"):
+        load_config(path, ["prune.method=cucb", "prune.seed=-1"])  # (break190 F13)
     path.write_text(yaml.safe_dump({"data": {"name": "synthetic"},
                                     "prune": {"method": "smcp", "target": 7}}))
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: prune.target takes"):
@@ -1749,7 +1764,11 @@ def test_a_latency_cache_makes_a_latency_priced_recipe_repeat(tmp_path, monkeypa
                         (str(tmp_path), r"prune.latency_cache .* is a folder: give a file path"),
                         (str(notes), r"prune.latency_cache: .*notes.json' is not a latency cache"),
                         (str(tmp_path / "afile" / "c.json"),
-                         r"prune.latency_cache .*c.json: .*afile is a file, not a folder")):
+                         r"prune.latency_cache .*c.json: .*afile is a file, not a folder"),
+                        # (break190 F9: timed, then the run refused its folder for the cache)
+                        (str(tmp_path / "bad" / "lc.json"),
+                         r"prune.latency_cache .*lc.json is inside the run's folder .*bad, which "
+                         r"holds the run's own files only: keep the cache beside it")):
         with pytest.raises(ConfigError, match=says):
             train(tiny_cfg(tmp_path / "bad", *prune, f"prune.latency_cache={value}"))
     assert notes.read_text() == '{"mine": 1}'
