@@ -732,13 +732,17 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     model_kwargs.update(extra)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs)
-    except TypeError as exc:  # an argument the builder does not take: one of model.kwargs
-        if not extra:
+    except Exception as exc:  # noqa: BLE001 - the builder's own refusal of model.kwargs: an
+        # argument it does not take, or a value it cannot build with (break191 F1: a
+        # ZeroDivisionError for patch_size=0, an AssertionError, a traceback each)
+        if not extra or out_of_memory(exc) is not None:
             raise
         raise ConfigError(f"model {cfg['model']['name']} with model.kwargs "
-                          f"{', '.join(sorted(extra))}: {first_line(exc)}; model.kwargs holds "
-                          "keyword arguments of the model's builder (timm.create_model, "
-                          "torchvision.models.get_model, fxprune's ResNetFMNIST)") from None
+                          f"{', '.join(sorted(extra))}: {type(exc).__name__}"
+                          f"{': ' + first_line(exc) if first_line(exc) else ''}; model.kwargs "
+                          "holds keyword arguments of the model's builder (timm.create_model, "
+                          "torchvision.models.get_model, fxprune's ResNetFMNIST) with values it "
+                          "takes") from None
     except (RuntimeError, MemoryError) as exc:  # (break158 F7: a 38-line traceback for
         # model.widths=[100000])
         said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)
@@ -824,8 +828,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
                                  epochs=int(optim_cfg["epochs"]), seed=seed, **context)
         except ConfigError as exc:
+            cached = getattr(build_cfg.get("cost"), "stats", {}).get("measured") == 0
             if (getattr(exc, "floor", None) is None or exc.floor >= 1 - 1e-9
-                    or build_cfg is prune_cfg or ckpt is not None):  # (a resume: its own)
+                    or build_cfg is prune_cfg or ckpt is not None  # (a resume: its own)
+                    or cached):  # every point from prune.latency_cache (break191 F4)
                 raise
             # the floor came from this run's timings (break151 F1: 0.581, 0.608, 0.599 in three
             # runs, so the advised target failed again)

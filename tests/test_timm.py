@@ -607,6 +607,11 @@ def test_a_recipe_trains_prunes_and_finalizes_a_timm_model(tmp_path):
                                           r"builder"):
         train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224", "model.kwargs.bogus=1",
                                    f"out={tmp_path / 'vit3'}"]))
+    # a value the builder cannot build with (break191 F1: a ZeroDivisionError traceback)
+    with pytest.raises(ConfigError, match=r"^model timm:vit_tiny_patch16_224 with model.kwargs "
+                                          r"img_size, patch_size: ZeroDivisionError: "):
+        train(resolve_config(cfg, ["model.name=timm:vit_tiny_patch16_224", "model.kwargs="
+                                   "{img_size: 28, patch_size: 0}", f"out={tmp_path / 'vit6'}"]))
     with pytest.raises(ConfigError, match=r"^model.kwargs.in_chans is set by data.channels"):
         train(resolve_config(cfg, ["model.kwargs.in_chans=3", f"out={tmp_path / 'vit4'}"]))
     with pytest.raises(ConfigError, match=r"^model.kwargs.num_classes is set by model.num_classes"):

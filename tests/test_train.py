@@ -1750,6 +1750,11 @@ def test_a_latency_cache_makes_a_latency_priced_recipe_repeat(tmp_path, monkeypa
                                           r"read when prune.cost is latency or latency\+fixed"):
         resolve_config(TINY, ["prune.method=smcp", "prune.cost=flops",
                               f"prune.latency_cache={cache}"])
+    # a floor priced from the cache alone does not move at the next run (break191 F4: "timed
+    # just now ... leave a margin" was said of it)
+    with pytest.raises(ConfigError, match=r"below the narrowest model") as below:
+        train(tiny_cfg(tmp_path / "low", *prune, "prune.target=0.01", f"prune.latency_cache={cache}"))
+    assert "timed just now" not in str(below.value)
     # a resume reads no cache: it may move (break190 F2)
     train(tiny_cfg(tmp_path / "r0", *prune, f"prune.latency_cache={tmp_path / 'moved.json'}",
                    "optim.epochs=3"), resume=True)
