@@ -732,27 +732,25 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     model_kwargs.update(extra)
     try:
         model = build_model(cfg["model"]["name"], **model_kwargs)
-    except Exception as exc:  # noqa: BLE001 - the builder's own refusal of model.kwargs: an
-        # argument it does not take, or a value it cannot build with (break191 F1: a
-        # ZeroDivisionError for patch_size=0, an AssertionError, a traceback each)
-        if not extra or out_of_memory(exc) is not None:
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else is raised as it is
+        said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)
+        if said is not None:  # (break158 F7: a 38-line traceback for model.widths=[100000])
+            sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
+                              if k in ("widths", "blocks", "inner_widths"))
+            raise ConfigError(f"model {cfg['model']['name']}"
+                              f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
+                              f"({said}); choose a smaller model") from None
+        if not extra:
             raise
+        # the builder's own refusal of model.kwargs: an argument it does not take, or a value
+        # it cannot build with (break191 F1: a ZeroDivisionError for patch_size=0, an
+        # AssertionError, a traceback each)
         raise ConfigError(f"model {cfg['model']['name']} with model.kwargs "
                           f"{', '.join(sorted(extra))}: {type(exc).__name__}"
                           f"{': ' + first_line(exc) if first_line(exc) else ''}; model.kwargs "
                           "holds keyword arguments of the model's builder (timm.create_model, "
                           "torchvision.models.get_model, fxprune's ResNetFMNIST) with values it "
                           "takes") from None
-    except (RuntimeError, MemoryError) as exc:  # (break158 F7: a 38-line traceback for
-        # model.widths=[100000])
-        said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)
-        if said is None:
-            raise
-        sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
-                          if k in ("widths", "blocks", "inner_widths"))
-        raise ConfigError(f"model {cfg['model']['name']}"
-                          f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
-                          f"({said}); choose a smaller model") from None
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)
