@@ -154,7 +154,7 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         # every argument the method ran with, its defaults included: config.yaml holds only
         # the recipe's keys, and a default changed in a later version changes the run
         # unsaid (break188 F6)
-        pruner.fxprune_arguments = _arguments_used(cls, kwargs)
+        pruner.fxprune_arguments = _arguments_used(method, kwargs)
     except AttributeError:  # a method object that takes no attributes
         pass
     return pruner
@@ -173,21 +173,15 @@ def _record_loaded_seed(pruner, state, prune_cfg: dict) -> None:
         used["seed"] = 0
 
 
-def _arguments_used(cls, kwargs: dict) -> dict:
-    """The keyword arguments ``cls`` was built with, each of its others at its default, as
-    plain data (an object as ``<ClassName>``), sorted; the trainer's own (the model, the run's length,
-    hooks) left out."""
-    from .methods.base import method_parameters
+def _arguments_used(method: str, kwargs: dict) -> dict:
+    """The keyword arguments ``method``'s class was built with, each of its others at its
+    default, as plain data (an object as ``<ClassName>``), sorted; the trainer's own (the
+    model, the run's length, hooks) left out."""
     from .recipe_config import _CONTEXT_ARGS
 
-    try:
-        params = method_parameters(cls)
-    except (TypeError, ValueError):
-        params = {}
-    used = {name: p.default for name, p in params.items()
-            if name not in _CONTEXT_ARGS and p.default is not inspect.Parameter.empty
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    used.update({k: v for k, v in kwargs.items() if k not in _CONTEXT_ARGS})
+    used = {k.removeprefix("prune."): v for k, v in _argument_defaults(method).items()}
+    used.update(kwargs)
+    used = {k: v for k, v in used.items() if k not in _CONTEXT_ARGS}
 
     def plain(value):  # an object (a measured latency table) by its class: its repr is long
         try:
@@ -1160,8 +1154,6 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         results["schedule_steps"] = dict(pruner.fxprune_schedule_steps)
     if isinstance(getattr(pruner, "fxprune_arguments", None), dict):
         results["method_arguments"] = dict(pruner.fxprune_arguments)
-    if "environment" not in results:  # (run_facts has it: read at the start, review189 R14)
-        results["environment"] = run_environment(device, int(cfg["seed"]))
     end = schedule_end(pruner) if pruner is not None else None
     if pruner is not None:  # the step its masks reach the target; null: no schedule declared
         results["schedule_end"] = end
