@@ -77,26 +77,34 @@ def unwritable_run_file(out: Path) -> str | None:
     return None
 
 
-def unwritable_folder(folder: Path) -> str | None:
+def unwritable_folder(folder: Path, *, probe_existing: bool = False) -> str | None:
     """Why files could not be written in ``folder`` (made first where missing), or None: a
     file where a folder on its path should be, or a folder that refuses a new file (tried
     with a temporary file in the nearest existing folder above a missing one, removed at
     once: permission bits do not tell root, nor a read-only file system; an existing folder
-    by its permission bits). Creates nothing that stays."""
-    import tempfile
-
-    if folder.is_dir():  # no file of ours in it, even for a moment: another run may be
-        # listing it (a folder holding a file fxprune did not write is refused)
+    by its permission bits, or with ``probe_existing`` by such a file too, where a file of
+    fxprune's there for a moment disturbs nothing: a latency cache's folder, not a run's).
+    Creates nothing that stays."""
+    if folder.is_dir() and not probe_existing:  # no file of ours in it, even for a moment:
+        # another run may be listing it (a folder holding a file fxprune did not write is
+        # refused)
         return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} cannot be written"
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent  # the folders missing below it are made by the writer
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
+    return _refuses_a_new_file(existing)
+
+
+def _refuses_a_new_file(folder: Path) -> str | None:
+    """Why ``folder`` refuses a new file, tried with a temporary one removed at once; None."""
+    import tempfile
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=existing)
+        fd, tmp = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=folder)
     except OSError as exc:
-        return f"{existing} refuses a new file ({exc.strerror or exc})"
+        return f"{folder} refuses a new file ({exc.strerror or exc})"
     os.close(fd)
     os.unlink(tmp)
     return None

@@ -1416,8 +1416,6 @@ def _latency_cache_problem(value, out: Path | None = None) -> str | None:
     a folder that takes no new file), in the recipe's words, or None: said before the table
     is timed, which its write followed (break190 F1: minutes of timing, then an OSError
     naming a temporary file)."""
-    import tempfile
-
     from .deploy.common import DeployError
     from .deploy.latency_table import _read_cache_file
     from .run_io import unwritable_folder
@@ -1441,14 +1439,7 @@ def _latency_cache_problem(value, out: Path | None = None) -> str | None:
         _read_cache_file(path)  # (a file of the user's: refused, untouched)
     except DeployError as exc:
         return f"prune.latency_cache: {exc}"
-    why = unwritable_folder(path.parent)
-    if why is None and path.parent.is_dir():
-        try:  # the cache's folder, not a run's: a probe file there for a moment is harmless
-            fd, probe = tempfile.mkstemp(prefix=".fxprune-write-check.", dir=path.parent)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            why = f"{path.parent} refuses a new file ({exc.strerror or exc})"
+    why = unwritable_folder(path.parent, probe_existing=True)
     if why is not None:
         return (f"prune.latency_cache {path}: {why}, and the table's timings are written there; "
                 "choose a folder you can write")
