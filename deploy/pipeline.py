@@ -80,15 +80,19 @@ def _both(name: str) -> str:
     return f"{name} (--{name.replace('_', '-')})"
 
 
-def _check_utf8_path(what: str, path) -> None:
-    """DeployError for a path whose name is not UTF-8 (a Latin-1 file name: Python holds its
-    bytes as surrogates): ONNX's checker and ONNX Runtime take UTF-8 paths only, and refused it
-    in four lines of pybind11 after a second export "at batch 1" (break187 F9)."""
-    if not isinstance(path, (str, bytes, os.PathLike)):
+def _check_utf8_path(what: str, path, *, onnx_file: bool = True) -> None:
+    """DeployError for a path ONNX opens (``onnx_file``: a model path naming an ``.onnx``
+    file; else a folder deploy writes its ONNX files in) whose name is not UTF-8 (a Latin-1
+    file name: Python holds its bytes as surrogates): ONNX's checker and ONNX Runtime take
+    UTF-8 paths only, and refused it in four lines of pybind11 after a second export "at
+    batch 1" (break187 F9). A ``.pt`` path, which torch opens, or a module is not checked."""
+    if not isinstance(path, (str, os.PathLike)):
         return
     name = os.fspath(path)
+    if onnx_file and not name.lower().endswith(".onnx"):
+        return
     try:
-        (name if isinstance(name, str) else os.fsdecode(name)).encode("utf-8")
+        name.encode("utf-8")
     except UnicodeEncodeError:
         raise DeployError(f"{what} {name!r} is not a UTF-8 path, and ONNX and ONNX Runtime open "
                           "UTF-8 paths only: rename it") from None
@@ -147,10 +151,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         raise DeployError(f"deploy's out_dir is the folder to write model.onnx and report.json "
                           f"to (a str or path), got {type(out_dir).__name__}")
     out_dir = os.path.expanduser(os.fspath(out_dir))
-    for what, path in (("the model file", model), ("--compare", compare), ("--out", out_dir)):
-        if what == "--out" or str(os.fspath(path) if isinstance(path, (str, os.PathLike))
-                                  else "").lower().endswith(".onnx"):  # what ONNX opens
-            _check_utf8_path(what, path)
+    _check_utf8_path("the model file", model)
+    _check_utf8_path("--compare", compare)
+    _check_utf8_path("--out", out_dir, onnx_file=False)
     if not out_dir.strip():  # (break66 #4: a bare errno message)
         raise DeployError("--out is empty: give the folder to write model.onnx and report.json to")
     if blocked := file_in_the_way(os.path.join(out_dir, "report.json")):  # (break129 F7: a
