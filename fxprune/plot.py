@@ -40,6 +40,7 @@ import functools
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -581,9 +582,7 @@ def _time_dense_runs_from_compare(runs: list[_RunSeen]) -> None:
             # the first input's report set it, 3.4 or 6.4 ms by the order), and said where
             # they disagree
             medians = sorted(t["median"] for t in timings)
-            mid = len(medians) // 2
-            run.point.latency_ms[b] = (medians[mid] if len(medians) % 2
-                                       else (medians[mid - 1] + medians[mid]) / 2)
+            run.point.latency_ms[b] = statistics.median(medians)
             run.point.speedup[b] = 1.0  # the model every speedup of those reports is over
             run.point.timing[b] = timings[0]["timing"]
             if medians[-1] > 1.2 * medians[0]:
