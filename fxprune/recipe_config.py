@@ -523,7 +523,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
     keys = []
     for k, v in defaults.items():
-        free = k in FREE_SECTIONS if not prefix else f"{prefix}{k}" in FREE_MAPPINGS
+        free = f"{prefix}{k}" in FREE_SECTIONS | FREE_MAPPINGS
         if isinstance(v, dict) and not free:
             keys += _valid_keys(v, f"{prefix}{k}.")
         else:
@@ -545,6 +545,17 @@ def _methods_prune_keys() -> list[str]:
     return list(keys)
 
 
+def _where_it_belongs(key: str, *, prune: bool = True) -> list[str]:
+    """Where a key given in the wrong section belongs: the top-level key of its name
+    (optim.seed: the run's seed, review189 R6), else the keys of its name in other sections,
+    a method's ``prune.*`` keys among them with ``prune`` (lr: optim.lr; model.target:
+    prune.target, break187; prune.lr: optim.lr, break190 F8)."""
+    if key in DEFAULTS and not isinstance(DEFAULTS[key], dict):
+        return [key]
+    everywhere = _valid_keys(DEFAULTS) + (_methods_prune_keys() if prune else [])
+    return [k for k in everywhere if k.endswith("." + key)]
+
+
 def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
     """Merge ``update`` into ``base`` in place, checking keys (kinds: :func:`validate`)."""
     for key, value in update.items():
@@ -554,14 +565,9 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
             here = [f"{prefix}{k}" for k in defaults]
             everywhere = _valid_keys(DEFAULTS) + _methods_prune_keys()
             # this section's key in another unit (optim.warmup for optim.warmup_epochs), a
-            # key of another section given bare or misplaced (lr for optim.lr, model.target
-            # for prune.target), or a near miss
+            # key given bare or misplaced, or a near miss
             close = ([k for k in here if k.startswith(path + "_")]
-                     # a top-level key put in a section (optim.seed: the run's seed, review189
-                     # R6, not CUCB's prune.seed)
-                     or ([key] if prefix and isinstance(key, str) and key in DEFAULTS
-                         and not isinstance(DEFAULTS[key], dict) else [])
-                     or [k for k in everywhere if isinstance(key, str) and k.endswith("." + key)]
+                     or (_where_it_belongs(key) if isinstance(key, str) else [])
                      or difflib.get_close_matches(path, here + everywhere, n=1))
             hint = f" (did you mean {close[0]}?)" if isinstance(key, str) and close else ""
             raise ConfigError(f"unknown config key {path!r}{hint}; valid keys"
@@ -570,7 +576,7 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
         if isinstance(default, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path} is a section (a mapping of keys), got {_show(value)}")
-            if (prefix == "" and key in FREE_SECTIONS) or path in FREE_MAPPINGS:
+            if path in FREE_SECTIONS | FREE_MAPPINGS:
                 # (break158 F3: an int or YAML-boolean key was a 30-line traceback further on)
                 odd = [k for k in value if not isinstance(k, str)]
                 if odd:
@@ -776,11 +782,9 @@ def _check_prune(prune: dict, optim: dict) -> None:
         parts = []
         if extra:
             valid = [k for k in keys if k != "*" and _argument_of(k) not in sets_itself]
-            # a key of another section put here (prune.lr: optim.lr, break190 F8), else a near
-            # miss among the method's
-            elsewhere = [k for k in _valid_keys(DEFAULTS) if k.endswith("." + extra[0])
-                         or k == extra[0]]
-            close = elsewhere or [f"prune.{k}" for k in difflib.get_close_matches(extra[0], valid, n=1)]
+            # a key of another section put here, else a near miss among the method's
+            close = (_where_it_belongs(extra[0], prune=False)
+                     or [f"prune.{k}" for k in difflib.get_close_matches(extra[0], valid, n=1)])
             hint = f" (did you mean {close[0]}?)" if close else ""
             base = re.sub(r"_(epochs|fraction)$", "", extra[0])
             if base != extra[0] and base in keys:  # (break105 F10: the way was in a comment)
