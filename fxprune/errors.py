@@ -49,7 +49,7 @@ def first_line(err: BaseException, limit: int = 200) -> str:
 def out_of_memory(err: BaseException) -> str | None:
     """What ``err`` says of memory where it is an allocation failure (``MemoryError``, torch's
     CPU allocator's "can't allocate memory: you tried to allocate N bytes", a CUDA
-    ``torch.OutOfMemoryError``'s first line), else None: the cause a one-line error must name
+    ``torch.OutOfMemoryError``'s first sentences), else None: the cause a one-line error must name
     (break186 F1: deploy called it a shape that "does not fit the model")."""
     import re
 
