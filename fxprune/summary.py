@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fxprune.passes.shape_prop import preserving_rng
 from fxprune.passes.surgery import run_eval
 
-from .errors import NotPreparedError, SurgeryError
+from .errors import ExampleInputsError, NotPreparedError, SurgeryError, out_of_memory
 from .groups import channel_groups, is_prepared, state_of
 
 
@@ -41,7 +41,10 @@ def counted_kernels():
 def count_flops(model: nn.Module, inputs: tuple) -> int:
     """FLOPs of one eval forward on ``inputs`` (a tuple of the forward's arguments), as
     torch.utils.flop_counter counts them (2 per MAC), attention and RNNs included
-    (:func:`counted_kernels`)."""
+    (:func:`counted_kernels`).
+
+    Raises TypeError for a non-module or inputs not given as a tuple, and ExampleInputsError
+    (chained to the model's own error) when the model does not run on ``inputs``."""
     _check_module(model, "count_flops")
     if isinstance(inputs, torch.Tensor):  # (break67 #5: its batch was unpacked as arguments)
         raise TypeError("count_flops takes the forward's arguments as a tuple: pass (x,), not x")
@@ -59,11 +62,29 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
         # the caller's random state stays as it was (break159 F5: a forward drawing noise moved
         # it when a method was built or summary() printed, as prepare's once did)
         with preserving_rng(model, inputs), counted_kernels(), FlopCounterMode(display=False) as counter:
-            run_eval(model, inputs)
+            try:
+                run_eval(model, inputs)
+            except Exception as e:  # noqa: BLE001 - the model's own error, chained
+                raise _not_run(model, inputs, e) from e
     finally:
         for p in trained:
             p.requires_grad_(True)
     return int(counter.get_total_flops())
+
+
+def _not_run(model: nn.Module, inputs: tuple, e: Exception) -> ExampleInputsError:
+    """count_flops' one line for a forward that fails on ``inputs`` (break187 F5: a wrong
+    shape was torch's multi-line RuntimeError, naming neither the call nor the inputs)."""
+    shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs]
+    said = out_of_memory(e)
+    if said is not None:
+        return ExampleInputsError(f"count_flops: running {type(model).__name__} on inputs of "
+                                  f"shapes {shapes} ran out of memory ({said}); count on a smaller "
+                                  "batch (FLOPs scale with it)")
+    first = (str(e).strip().splitlines() or [""])[0]
+    return ExampleInputsError(f"count_flops: {type(model).__name__} does not run on inputs of "
+                              f"shapes {shapes} ({type(e).__name__}: {first}); pass the "
+                              "arguments its forward takes, as a tuple")
 
 
 def _check_module(model, fn: str) -> None:

@@ -1197,6 +1197,20 @@ class GRUHead(nn.Module):
         return self.fc(out[:, -1])
 
 
+def test_count_flops_names_inputs_a_model_does_not_run_on():
+    """break187 F5: a wrong input shape was torch's RuntimeError, naming neither count_flops
+    nor the shapes it was given."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    assert count_flops(model, (torch.randn(1, 3, 8, 8),)) > 0
+    with pytest.raises(fxprune.ExampleInputsError,
+                       match=r"^count_flops: Sequential does not run on inputs of shapes "
+                             r"\[\(1, 3, 9, 9\)\] \(RuntimeError: mat1 and mat2 [^\n]*\); pass the "
+                             r"arguments its forward takes, as a tuple$") as info:
+        count_flops(model, (torch.randn(1, 3, 9, 9),))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
 @pytest.mark.parametrize("name, cls", [("flops", FlopsCost), ("params", ParamsCost)])
 def test_fxprunes_cost_classes_mean_what_their_names_do(name, cls):
     """break67 #1: cost=FlopsCost() priced conv/linear layers alone, not the cost outside them
