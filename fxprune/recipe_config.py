@@ -570,7 +570,9 @@ def _merge(base: dict, update: dict, defaults: dict, prefix: str = "") -> None:
                      or (_where_it_belongs(key) if isinstance(key, str) else [])
                      or difflib.get_close_matches(path, here + everywhere, n=1))
             hint = f" (did you mean {close[0]}?)" if isinstance(key, str) and close else ""
-            raise ConfigError(f"unknown config key {path!r}{hint}; valid keys"
+            # in the words of a method's unknown prune key (break187 F7: two formats)
+            named = path if re.fullmatch(r"[\w.]+", path) else repr(path)
+            raise ConfigError(f"unknown key {named}{hint}; valid keys"
                               f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(here)}")
         default = defaults[key]
         if isinstance(default, dict):

@@ -85,11 +85,11 @@ def test_overrides_do_not_mutate_input():
 
 @pytest.mark.parametrize("override, message", [
     # the keys of the section, and the closest (break37 #8: a list of every key was cut off)
-    ("optim.epoch=2", r"unknown config key 'optim.epoch' \(did you mean optim.epochs\?\); "
+    ("optim.epoch=2", r"unknown key optim.epoch \(did you mean optim.epochs\?\); "
                       r"valid keys in optim: optim.epochs"),
-    ("optimizer.lr=0.1", r"unknown config key 'optimizer' \(did you mean optim\?\); "
+    ("optimizer.lr=0.1", r"unknown key optimizer \(did you mean optim\?\); "
                          r"valid keys: seed, .*prune"),
-    ("lr=0.1", r"unknown config key 'lr' \(did you mean optim.lr\?\)"),
+    ("lr=0.1", r"unknown key lr \(did you mean optim.lr\?\)"),
     ("optim.epochs=two", r"optim.epochs takes an integer >= 1; got 'two'"),
     ("optim.lr=fast", r"optim.lr takes a number > 0; got 'fast'"),
     ("optim=3", r"optim is a section"),
@@ -140,7 +140,7 @@ def test_step_schedule_decays_at_each_milestone(milestones):
 def test_typo_in_recipe_file_names_file_and_key(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("optim:\n  learning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown config key 'optim.learning_rate'"):
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key optim.learning_rate"):
         load_config(path)
 
 
@@ -212,7 +212,7 @@ def test_shipped_recipe_loads_and_builds():
 def test_cli_reports_config_errors(recipe, tmp_path, capsys):
     rc = cli_main(["train", str(recipe), "--set", "optim.epoch=1", "--out", str(tmp_path / "r")])
     assert rc == 2
-    assert "unknown config key 'optim.epoch'" in capsys.readouterr().err
+    assert "unknown key optim.epoch " in capsys.readouterr().err
     # break170 F3: "Overflow when unpacking long long", naming no key
     rc = cli_main(["train", str(recipe), "--set", f"seed={2**64}", "--out", str(tmp_path / "r")])
     assert rc == 2
