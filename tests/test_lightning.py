@@ -452,7 +452,11 @@ class DiscriminatorFirst(Classifier):
     def __init__(self):
         super().__init__()
         self.automatic_optimization = False
-        self.disc = torch.nn.Linear(10, 1).double()
+        # drawn from a fixed seed: the generator's loss is linear in the discriminator, and 3
+        # of 12 global seeds drove the model to inf, so the test failed by the order it ran in
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.disc = torch.nn.Linear(10, 1).double()
 
     def training_step(self, batch, _):
         d_opt, g_opt = self.optimizers()
