@@ -9,6 +9,10 @@ The names below load on first use, so ``import fxprune.deploy`` stays cheap and 
 - ``LatencyTable.measure(layers_or_prepared_model, backend="onnxruntime", step=8, threads=2,
   cache=None, progress=True, batch=None, precision=None, ...)``: a ``CostModel`` in ms;
   ``backend="torch"`` times with PyTorch (CUDA graphs + cuDNN on a GPU, eager on the CPU)
+- ``latency_cost(prepared, kind="latency", channel_step=8, cache=None, progress=True)``: the
+  cost model a latency-priced method takes (``"latency"``: a table; ``"latency+fixed"``: the
+  table calibrated), measured once, by rank 0 under torch.distributed; what ``fxprune train``
+  does for ``prune.cost: latency``
 - ``calibrate_cost(cost_model, prepared, keep=0.5, ...)``: the cost model plus the constant it
   misses on that model (unpriced ops, per-call overhead), fitted from the measured latency of
   the dense model and a uniformly pruned one; a target then aims at the measured fraction
@@ -24,6 +28,7 @@ _EXPORTS = {
     "LatencyTable": "latency_table",
     "UnmeasuredLayerError": "latency_table",
     "calibrate_cost": "calibrate",
+    "latency_cost": "measured_cost",
     "export_onnx": "onnx_export",
     "verify_onnx": "onnx_export",
     "load_model": "model_io",

@@ -50,7 +50,7 @@ def calibration_kept(index: UnitIndex | fx.GraphModule, keep: float, step: int) 
         raise DeployError(f"no channel group is wide enough to keep {keep:g} of it at step {step} "
                           f"(the widest has {max(g.size for g in index.groups)} channels): no "
                           "pruned model to fit a constant from; lower the step (channel_step) "
-                          "or use the cost model alone (cost='latency')")
+                          "or price with the table alone ('latency', not 'latency+fixed')")
     return kept
 
 
@@ -174,7 +174,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
             f"calibrate_cost: the model keeping {keep:g} of each group ran at {measured:.3f} of "
             f"the dense latency ({ms['pruned']:.4g} ms against {ms['dense']:.4g} ms at batch "
             f"{batch}): too small a difference to fit from; time at a larger batch, lower keep, "
-            "fit on an idle machine, or use the cost model alone (cost='latency')")
+            "fit on an idle machine, or price with the table alone ('latency', not 'latency+fixed')")
     fixed = fit_fixed_cost(priced_dense, priced_pruned, measured)
     # the narrowest model the steps allow must still cost something under the fit: a negative
     # constant larger than it (layers timed alone each carry overhead the model does not pay)

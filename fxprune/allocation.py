@@ -43,7 +43,7 @@ from .knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "ranked_options",
            "kept_from", "allocate", "allocate_uniform", "repair", "trade_steps", "uniform_kept",
-           "uniform_counts"]
+           "uniform_counts", "step_too_wide"]
 
 _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 #: a fraction of the dense cost left unused above which :func:`allocate` searches further
@@ -139,6 +139,22 @@ def uniform_kept(index, keep: float, step: int) -> np.ndarray:
         k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
         kept[index.group_slice(i).start + order[:k]] = True
     return kept
+
+
+def step_too_wide(index, channel_step: int) -> str | None:
+    """Why no group of ``index`` can be pruned at ``channel_step`` where a finer step could
+    prune some, or None: the narrowest model the step allows keeps every channel. (Not groups
+    of pieces of one channel each, which keep all at any step: review108 F8; nor a grouped
+    conv's groups of several channels a unit, which a step of a unit's width prunes: review153
+    F1, where comparing sizes in units with the step in channels refused them.)"""
+    if not index.groups or uniform_kept(index, 0.0, 1).all():
+        return None
+    if not uniform_kept(index, 0.0, channel_step).all():
+        return None
+    sizes = ", ".join(str(g.size * u) for g, u in zip(index.groups[:6], index.unit_channels))
+    return (f"channel_step={channel_step} is at least as wide as every prunable group ({sizes}"
+            f"{', ...' if len(index.groups) > 6 else ''} channels), so none can be pruned and "
+            "the model stays dense; lower channel_step")
 
 
 def uniform_counts(index, i: int, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,12 @@ from typing import Protocol, runtime_checkable
 from .checks import check_number
 
 
+#: the cost names a recipe (``prune.cost``) prices by with a measurement on this machine: a
+#: latency table, and that table with its fitted fixed cost. A method takes the measured cost
+#: model (:func:`fxprune.deploy.latency_cost`), never the name.
+LATENCY_COSTS = ("latency", "latency+fixed")
+
+
 def torch_pad(begins, ends) -> list[int]:
     """``F.pad``'s list for pads given per spatial dim (``begins``, ``ends``, first dim first):
     the last dim's pair first, as ``F.pad`` and ``nn.ConstantPadNd`` read it."""

@@ -51,8 +51,8 @@ every rank builds the same model) and wrap it anew with a new optimizer:
 
 **I/O.** Write checkpoints, logs and ``model_pruned.pt`` only where :func:`is_main_process`;
 measure a latency table once with :func:`compute_on_main` (rank 0 measures or reads its cache,
-the others receive it; a method built with ``cost="latency"`` does this itself, so build it on
-every rank). A pruner's state holds means and counts of averaged quantities, so a
+the others receive it; ``fxprune.deploy.latency_cost`` does this itself, so call it on every
+rank). A pruner's state holds means and counts of averaged quantities, so a
 checkpoint written by rank 0 resumes on any number of ranks.
 """
 from __future__ import annotations

@@ -815,7 +815,7 @@ def _check_prune(prune: dict, optim: dict) -> None:
             rule.check(f"prune.{key}", value)
     if method == "none":
         return
-    from .methods.base import LATENCY_COSTS
+    from .cost import LATENCY_COSTS
 
     if prune.get("latency_cache") is not None and prune.get("cost") not in LATENCY_COSTS:
         raise ConfigError(f"prune.latency_cache is the latency table's cache, read when "

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import inspect
 import json
 import math
@@ -47,13 +46,13 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distributed as fxdist
-from .allocation import InfeasibleBudget
+from .allocation import InfeasibleBudget, step_too_wide
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
+from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
+                                   measured_cost_from_dict, measured_cost_to_dict)
 from .errors import FxPruneError, TargetNotReachedError, TraceError, first_line, out_of_memory
-from .methods.base import (LATENCY_COSTS, measured_cost_from_dict, measured_cost_to_dict,
-                           measured_latency_cost, method_parameters, refuse_unloadable_state,
-                           schedule_end, step_too_wide, TIMED_FLOOR)
+from .methods.base import method_parameters, refuse_unloadable_state, schedule_end
 from .models import build_model, timm_name
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -802,10 +801,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     cache_problem = fxdist.broadcast_object(cache_problem)
                 if cache_problem:
                     raise ConfigError(cache_problem)
-                measure = functools.partial(measured_latency_cost, net, prune_cfg["cost"],
-                                            channel_step, progress=bool(log_cfg["progress"]),
-                                            cache=prune_cfg.get("latency_cache"))
-                measured_cost = fxdist.compute_on_main(measure) if distributed else measure()
+                measured_cost = latency_cost(net, prune_cfg["cost"], channel_step=channel_step,
+                                             progress=bool(log_cfg["progress"]),
+                                             cache=prune_cfg.get("latency_cache"))
             build_cfg = {**prune_cfg, "cost": measured_cost}
             measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's
         context = {}

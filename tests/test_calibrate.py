@@ -301,7 +301,8 @@ def test_the_latency_fixed_cost_name_measures_a_table_and_fits_its_constant(monk
     fast["timer"] = lambda layer, ci, co: timed_points.append(1) or 0.01 + ci * co
     medians = _timed_for_real_fitted_on(monkeypatch, dense=10.0, pruned=7.0)
     # target 1.0: the test is about the cost the name builds
-    pruner = fxprune.SMCP(pm, target=1.0, cost="latency+fixed", channel_step=8)
+    pruner = fxprune.SMCP(pm, target=1.0, cost=fxprune.deploy.latency_cost(
+        pm, "latency+fixed", channel_step=8, progress=False), channel_step=8)
     model = pruner.budget.model
     assert isinstance(model, WithFixedCost) and isinstance(model.base, LatencyTable)
     assert timed_points and _timed(medians)
@@ -336,11 +337,11 @@ def test_calibrate_cost_refuses_what_it_cannot_fit_before_timing(monkeypatch):
             calibrate_cost(FlopsCost(), pm, **bad)
     with pytest.raises(DeployError, match="no channel group is wide enough.*channel_step"):
         calibrate_cost(FlopsCost(), pm, step=64)
-    # through the cost name too, before the table is timed (refused for every latency cost
+    # through latency_cost too, before the table is timed (refused for every latency cost
     # since break151 F2, in the method's words)
     with pytest.raises(ValueError, match="channel_step=64 is at least as wide as every "
                                          "prunable group"):
-        fxprune.SMCP(pm, target=0.8, cost="latency+fixed", channel_step=64)
+        fxprune.deploy.latency_cost(pm, "latency+fixed", channel_step=64)
 
 
 @pytest.mark.parametrize("pruned_over_dense, says", [

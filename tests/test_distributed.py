@@ -132,14 +132,14 @@ def _worker(rank, init_file, out_dir):
         keys = layer_keys(fxprune.layer_specs(pm))
         fitted = fxdist.compute_on_main(lambda: WithFixedCost(table, 10.0 * (rank + 1), keys))
         out["fixed"] = fitted.fixed_cost_for(fxprune.layer_specs(pm))
-        # a method given cost="latency" on every rank: timed by rank 0 only (break76 LAT-2)
+        # latency_cost called on every rank: timed by rank 0 only (break76 LAT-2)
         timed_by = []
         real_measure = LatencyTable.measure
         LatencyTable.measure = classmethod(lambda cls, *a, **k: timed_by.append(rank) or table)
         try:
-            smcp = fxprune.SMCP(fxprune.prepare(NoBNNet().double(), (
-                torch.zeros(1, 1, 8, 8, dtype=torch.float64),)), target=0.5, cost="latency",
-                channel_step=4)
+            pm2 = fxprune.prepare(NoBNNet().double(), (torch.zeros(1, 1, 8, 8, dtype=torch.float64),))
+            smcp = fxprune.SMCP(pm2, target=0.5, channel_step=4, cost=fxprune.deploy.latency_cost(
+                pm2, "latency", channel_step=4))
         finally:
             LatencyTable.measure = real_measure
         out["method_timed_by"] = timed_by

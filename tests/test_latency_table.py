@@ -1132,13 +1132,13 @@ def test_batch_refuses_a_layer_whose_leading_dim_is_not_the_batch():
     assert len(table) > 0
 
 
-def test_a_method_times_its_table_at_its_step_and_says_when_that_grid_is_large(monkeypatch):
+def test_latency_cost_times_at_the_step_given_and_says_when_that_grid_is_large(monkeypatch):
     """break74 F5: CCP's and CUCB's channel_step 1 made cost="latency" time every width, 692,800
     points on resnet18 at 64x64 (hours), without a word: it is said first, with the count at
     step 8. The table stays at the method's step: widths between multiples of 8 run at times
     no interpolation gives (break75 #1: 17 of 24 channels priced 0.41, measured 0.86)."""
     import fxprune
-    from fxprune.methods import base
+    from fxprune.deploy import latency_cost, measured_cost
 
     macs = lambda layer, ci, co: layer.macs(ci, co) / 1e6 + 0.01  # noqa: E731
     real, asked = LatencyTable.measure.__func__, []
@@ -1148,7 +1148,7 @@ def test_a_method_times_its_table_at_its_step_and_says_when_that_grid_is_large(m
         return real(cls, layers, timer=macs, **{**FAST, **kw, "progress": False})
 
     monkeypatch.setattr(LatencyTable, "measure", classmethod(timed_by_macs))
-    monkeypatch.setattr(base, "LARGE_GRID", 500)
+    monkeypatch.setattr(measured_cost, "LARGE_GRID", 500)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
                                 torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1))
     pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))
@@ -1159,21 +1159,23 @@ def test_a_method_times_its_table_at_its_step_and_says_when_that_grid_is_large(m
     with pytest.warns(UserWarning, match=rf"cost='latency' at channel_step=1 times a latency table "
                                          rf"of {step1:,} layer shapes, .*channel_step=8 times "
                                          rf"{step8}"):
-        pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, cost="latency", collect=1)
+        pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, collect=1,
+                             cost=latency_cost(pm, "latency", channel_step=1))
     assert pruner.channel_step == 1 and asked[-1]["step"] == 1
     assert sum(map(len, pruner.budget.model._points.values())) == step1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # SMCP's step 8: a small grid, nothing said
-        fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)
+        latency_cost(pm, channel_step=8)
     assert asked[-1]["step"] == 8
     # break145 F7: at step 8 or more the advice is a coarser step than the one given
-    monkeypatch.setattr(base, "LARGE_GRID", step8 - 1)
+    monkeypatch.setattr(measured_cost, "LARGE_GRID", step8 - 1)
     with pytest.warns(UserWarning, match=rf"at channel_step=8 times a latency table of {step8:,} "
                                          r"layer shapes, twice \(minutes to hours on a CPU; "
                                          r"the time left is said once its pace is known, if over 5 "
                                          r"minutes\); channel_step=16 times "
-                                         rf"{grid_points(pm, 16):,}, or pass a table"):
-        fxprune.SMCP(pm, 0.5, cost="latency", channel_step=8)
+                                         rf"{grid_points(pm, 16):,}, or measure the "
+                                         r"table once and keep it \(cache=...\)"):
+        latency_cost(pm, "latency", channel_step=8)
 
 
 def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_table():

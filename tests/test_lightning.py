@@ -837,3 +837,23 @@ def test_a_method_state_a_resume_could_not_read_is_refused_not_converted(
         trainer(tmp_path / "none", 2, [prune], enable_checkpointing=False).fit(Classifier(),
                                                                                 loader())
         assert (tmp_path / "pruned.pt").is_file() and prune.finalized is not None
+
+
+def test_a_latency_cost_named_to_the_callback_is_measured_by_the_callback(tmp_path, monkeypatch):
+    """review194 M1: methods no longer measure; the callback, as fxprune train, measures a
+    latency cost named as a recipe names it, at the method's channel_step, and the method
+    prices with what it measured."""
+    import fxprune.integrations.lightning as lightning_mod
+    from fxprune.cost import FlopsCost
+
+    asked = []
+
+    def measured(prepared, kind, *, channel_step):
+        asked.append((kind, channel_step, fxprune.channel_groups(prepared) is not None))
+        return FlopsCost()
+
+    monkeypatch.setattr(lightning_mod, "latency_cost", measured)
+    prune = PruningCallback("smcp", **{**SMCP_ARGS, "cost": "latency+fixed"})
+    trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
+    assert asked == [("latency+fixed", SMCP_ARGS.get("channel_step", 8), True)]
+    assert prune.pruner.budget.model.name == "flops"

@@ -80,7 +80,7 @@ def test_a_latency_fixed_run_resumes_on_its_own_timings(tmp_path, monkeypatch):
     import fxprune
 
     calls = []
-    monkeypatch.setattr(train_mod, "measured_latency_cost", fake_measurement)
+    monkeypatch.setattr(train_mod, "latency_cost", fake_measurement)
     smcp = ROOT / "configs" / "fashion_mnist_smcp.yaml"
     args = [*SMALL, "prune.cost=latency+fixed", "prune.channel_step=4", "prune.target=0.7",
             f"out={tmp_path / 'run'}"]
@@ -203,7 +203,7 @@ def test_a_run_priced_by_a_table_timed_under_load_keeps_that_in_its_results(tmp_
         table.stats["under_load"] = 3  # as LatencyTable.measure counts layers timed under load
         return table
 
-    monkeypatch.setattr(train_mod, "measured_latency_cost", loaded_measurement)
+    monkeypatch.setattr(train_mod, "latency_cost", loaded_measurement)
     args = [*SMALL, "prune.cost=latency", "prune.channel_step=4", "prune.target=0.7",
             f"out={tmp_path / 'run'}"]
     results = train(load_config(ROOT / "configs" / "fashion_mnist_smcp.yaml", args))

@@ -727,7 +727,7 @@ def test_cost_can_be_priced_by_another_model():
     # weights (break22 #8: an AttributeError from inside)
     assert pruner.cost("params") == pytest.approx(fxprune.SMCP(pm, target=0.5, cost="params").cost())
     assert pruner.cost("flops") == pytest.approx(pruner.cost())
-    with pytest.raises(ValueError, match=r"pruner.cost\('latency'\) would time a latency table"):
+    with pytest.raises(ValueError, match=r"pruner.cost\('latency'\) names a measurement"):
         pruner.cost("latency")
     with pytest.raises(TypeError, match=r"the class ParamsCost; pass an instance: ParamsCost\(\)"):
         pruner.cost(ParamsCost)
@@ -1247,9 +1247,8 @@ def test_pruner_cost_of_something_not_a_cost_model_is_refused_as_the_constructor
     'layer_cost'."""
     pm = fxprune.prepare(GRUHead(), torch.randn(2, 3, 8, 8))
     pruner = fxprune.SMCP(pm, target=0.5)
-    with pytest.raises(TypeError, match=r"^cost must be 'flops', 'params', 'latency', "
-                                        r"'latency\+fixed' or an object with a `name` and "
-                                        r"`layer_cost"):
+    with pytest.raises(TypeError, match=r"^cost must be 'flops', 'params' or an object with a "
+                                        r"`name` and `layer_cost"):
         pruner.cost(3)
 
 
@@ -1310,15 +1309,54 @@ def test_a_channel_step_wider_than_every_group_is_named_as_the_cause(method):
         getattr(fxprune, method)(pm, target=0.5, channel_step=100)
 
 
+@pytest.mark.parametrize("method", ["SMCP", "CCP", "CUCB"])
+@pytest.mark.parametrize("cost", ["latency", "latency+fixed"])
+def test_a_method_given_a_latency_name_measures_nothing_and_names_the_call_that_does(
+        monkeypatch, method, cost):
+    """review194 M1: a method measured its own cost model (cost="latency" timed an ONNX Runtime
+    table inside SMCP's constructor), against "a method takes a cost model": it refuses the
+    name, before any timing, and says how to measure."""
+    from fxprune.deploy.latency_table import LatencyTable
+
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(lambda *a, **k: pytest.fail("timed")))
+    with pytest.raises(ValueError, match=rf"^cost='{re.escape(cost)}' names a measurement, which a "
+                                         rf"method does not make: .*cost=fxprune.deploy."
+                                         rf"latency_cost\(pm, '{re.escape(cost)}', channel_step=4\)"):
+        getattr(fxprune, method)(prepared(), target=0.5, cost=cost, channel_step=4)
+    pm = prepared()
+    pruner = fxprune.SMCP(pm, target=0.5, channel_step=4)
+    with pytest.raises(ValueError, match=rf"pruner.cost\('{re.escape(cost)}'\) names a "
+                                         r"measurement; .*latency_cost\(pruner.prepared"):
+        pruner.cost(cost)
+
+
+def test_methods_and_finalize_import_nothing_of_deploy():
+    """review194 M1: data flows one way (methods price; deploy measures): building every
+    method and finalizing loads no module of fxprune.deploy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, fxprune\n"
+            "m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))\n"
+            "pm = fxprune.prepare(m, (torch.randn(1, 3, 8, 8),))\n"
+            "for name in fxprune.methods.method_names():\n"
+            "    fxprune.methods.get_method(name)(pm, 0.5, channel_step=1)\n"
+            "fxprune.finalize(pm)\n"
+            "print(sorted(k for k in sys.modules if k.startswith('fxprune.deploy')))\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_a_channel_step_wider_than_every_group_is_refused_before_a_latency_table_is_timed(
         monkeypatch):
     """break151 F2: cost="latency" timed the whole table first (minutes on a real model)."""
-    import fxprune.methods.base as base
+    from fxprune.deploy import latency_cost, measured_cost
 
-    monkeypatch.setattr(base, "measured_latency_cost", lambda *a, **k: pytest.fail("timed"))
+    monkeypatch.setattr(measured_cost, "_measure", lambda *a, **k: pytest.fail("timed"))
     with pytest.raises(ValueError, match=r"^channel_step=100 is at least as wide as every "
                                          r"prunable group .*; lower channel_step$"):
-        fxprune.SMCP(prepared(), target=0.5, cost="latency", channel_step=100)
+        latency_cost(prepared(), "latency", channel_step=100)
 
     # review153 F1: a grouped conv's groups count units of 8 channels each; step 8 prunes them
     class Grouped(nn.Module):
@@ -1333,13 +1371,14 @@ def test_a_channel_step_wider_than_every_group_is_refused_before_a_latency_table
 
     from fxprune.cost import FlopsCost
 
-    monkeypatch.setattr(base, "measured_latency_cost", lambda *a, **k: FlopsCost())
+    monkeypatch.setattr(measured_cost, "_measure", lambda *a, **k: FlopsCost())
     pm = fxprune.prepare(Grouped(), (torch.randn(1, 3, 8, 8),))
-    assert fxprune.SMCP(pm, target=0.5, cost="latency", channel_step=8).budget.fraction(
+    assert fxprune.SMCP(pm, target=0.5, cost=latency_cost(pm, channel_step=8),
+                        channel_step=8).budget.fraction(
         fxprune.SMCP(pm, target=0.5, channel_step=8).floor_kept) < 0.5
     with pytest.raises(ValueError, match=r"channel_step=128 is at least as wide as every "
                                          r"prunable group \(64, 64 channels\)"):
-        fxprune.SMCP(pm, target=0.5, cost="latency", channel_step=128)
+        latency_cost(pm, "latency", channel_step=128)
 
 
 @pytest.mark.parametrize("route", ["pickle", "deepcopy"])
@@ -1381,22 +1420,6 @@ def test_a_run_with_bn_recalibration_resumed_from_a_copy_of_model_and_pruner_is_
     steps(pm3, pruner3, opt3, 3, 3)
     want, got = pm.state_dict(), pm3.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
-
-
-def test_a_floor_priced_with_a_table_timed_just_now_advises_a_margin(monkeypatch):
-    """break151 F1: cost="latency+fixed" timed the table again at each try, and the floor it
-    advised moved (0.581, 0.608, 0.599): the advised target failed on the next run."""
-    import fxprune.methods.base as base
-    from fxprune.cost import FlopsCost
-
-    monkeypatch.setattr(base, "measured_latency_cost", lambda *a, **k: FlopsCost())
-    with pytest.raises(ValueError, match=r"raise the target to at least [0-9.]+ or lower "
-                                         r"channel_step \(that floor comes from latencies timed "
-                                         r"just now, .*leave a margin, or time a table once"):
-        fxprune.SMCP(prepared(), target=0.001, cost="latency", channel_step=2)
-    with pytest.raises(ValueError) as e:  # a cost given: its floor does not move
-        fxprune.SMCP(prepared(), target=0.001, cost=FlopsCost(), channel_step=2)
-    assert "timed just now" not in str(e.value)
 
 
 def test_an_update_on_gradients_of_zeros_is_skipped_and_said():

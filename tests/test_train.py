@@ -1147,7 +1147,7 @@ def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_pa
     def spy(net, cost, channel_step, progress=True, cache=None):
         raise Timed(channel_step)
 
-    monkeypatch.setattr(train_module, "measured_latency_cost", spy)
+    monkeypatch.setattr(train_module, "latency_cost", spy)
     cfg = tiny_cfg(tmp_path / "run", "prune.method=smcp", "prune.target=0.5", "prune.cost=latency",
                    "prune.warmup=1", "prune.ramp=2", "prune.update_every=1",
                    "model.widths=[16, 16, 16]")  # (wider than step 8: see below)
@@ -1157,7 +1157,7 @@ def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_pa
     # break151 F1: the floor of a table timed by this run moves at the next: a margin
     from fxprune.cost import FlopsCost
 
-    monkeypatch.setattr(train_module, "measured_latency_cost", lambda *a, **k: FlopsCost())
+    monkeypatch.setattr(train_module, "latency_cost", lambda *a, **k: FlopsCost())
     cfg = tiny_cfg(tmp_path / "run1", "prune.method=smcp", "prune.target=0.01",
                    "prune.cost=latency", "prune.warmup=1", "prune.ramp=2",
                    "prune.update_every=1", "model.widths=[16, 16, 16]")

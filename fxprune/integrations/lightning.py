@@ -64,10 +64,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import fxprune
 
 from .. import distributed as fxdist
+from ..cost import LATENCY_COSTS
+from ..deploy.measured_cost import latency_cost
 from ..errors import warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import (check_method_kwargs, refuse_unloadable_state, schedule_end,
-                            trains_model)
+from ..methods.base import (check_method_kwargs, method_parameters, refuse_unloadable_state,
+                            schedule_end, trains_model)
 from ..run_io import save_module, unwritable_folder
 
 
@@ -280,7 +282,7 @@ class PruningCallback(pl.Callback):
         """on_fit_start's method part: build (or restore) it and check the fit runs it."""
         if self.pruner is None:
             prepared = find_prepared(pl_module, self.attribute)
-            pruner = self.method_entry.build(prepared, **self._build_kwargs(trainer))
+            pruner = self.method_entry.build(prepared, **self._build_kwargs(trainer, prepared))
             # before a step is spent, as fxprune train does (a state refused by
             # weights_only=True was turned into tensors its load_state_dict never saw); kept
             # only once checked, so a refit checks again (review181 F3)
@@ -386,14 +388,26 @@ class PruningCallback(pl.Callback):
                     "settings chose; change them")
         return "the schedule had not ended. Train longer (max_epochs/max_steps) or shorten the schedule"
 
-    def _build_kwargs(self, trainer: pl.Trainer | None = None) -> dict:
+    def _build_kwargs(self, trainer: pl.Trainer | None = None, prepared=None) -> dict:
         """The method's arguments as the callback must run it: statistics gathered in hooks
         summed over the processes (as ``fxprune train`` does), the training step through
-        the LightningModule's own forward, so at full width (CUCB ``execution="masked"``), and
+        the LightningModule's own forward, so at full width (CUCB ``execution="masked"``),
         CUCB's final pick at the fit's last step when ``explore`` is not given, so that the
-        checkpoints Lightning writes at the end hold the final masks (break33 #1)."""
+        checkpoints Lightning writes at the end hold the final masks (break33 #1), and a
+        latency ``cost`` named as a recipe names it measured for ``prepared`` (a method takes
+        a cost model; the callback, like ``fxprune train``, does the measuring: rank 0 times,
+        every rank receives it)."""
         kwargs = dict(self.method_kwargs)
         cls = self.method_entry.cls
+        if prepared is not None and isinstance(kwargs.get("cost"), str) \
+                and kwargs["cost"] in LATENCY_COSTS:
+            try:
+                default = method_parameters(cls).get("channel_step")
+            except (TypeError, ValueError):  # no signature to read: SMCP's default
+                default = None
+            step = kwargs.get("channel_step", self.method_entry.defaults.get(
+                "channel_step", getattr(default, "default", 8)))
+            kwargs["cost"] = latency_cost(prepared, kwargs["cost"], channel_step=int(step))
         if fxdist.is_distributed() and getattr(cls, "rank_local_statistics", False):
             kwargs.setdefault("reduce_fn", fxdist.all_reduce_sum)  # e.g. CCP's activation terms
         try:

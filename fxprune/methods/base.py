@@ -33,7 +33,6 @@ import functools
 import importlib
 import inspect
 import math
-import os
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from torch import fx
 from ..allocation import uniform_kept
 from ..budget import Budget
 from ..checks import check_fraction
-from ..cost import CostModel
+from ..cost import LATENCY_COSTS, CostModel
 from ..errors import warn
 from ..groups import state_of
 from ..passes.grad_mode import GRAD_ENABLED
@@ -55,8 +54,7 @@ from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_method", "get_method",
            "check_method_kwargs", "method_parameters",
-           "resolve_cost_model", "measured_latency_cost", "LATENCY_COSTS",
-           "measured_cost_to_dict", "measured_cost_from_dict"]
+           "resolve_cost_model"]
 
 
 @runtime_checkable
@@ -148,113 +146,6 @@ def refuse_unloadable_state(pruner, method: str, state=None, *, at_build: bool =
             "(numbers, strings, lists, dicts: a numpy array as torch.from_numpy(a))") from None
 
 
-#: cost names measured on this machine: a latency table, and one with its fitted fixed cost
-LATENCY_COSTS = ("latency", "latency+fixed")
-
-
-#: the channel_step suggested when a latency table would be large, and the size that is large
-TABLE_STEP, LARGE_GRID = 8, 20_000
-
-
-def measured_latency_cost(prepared: fx.GraphModule, cost: str, channel_step: int, *,
-                          progress: bool = True, cache=None) -> CostModel:
-    """``"latency"``: an ONNX Runtime latency table of ``prepared`` (``LatencyTable.measure``;
-    ``progress``: its progress bar; ``cache``: its cache file, read and extended, so a second
-    run prices with the same timings). ``"latency+fixed"``: that table plus the constant it
-    misses on this model, fitted from the measured latency of the dense and a uniformly halved
-    model (``deploy.calibrate_cost``, timed each time: not cached), so a target is a fraction
-    of the measured latency."""
-    from fxprune.deploy.calibrate import calibrate_cost, calibration_kept
-    from fxprune.deploy.latency_table import LatencyTable, grid_points
-
-    if cost == "latency+fixed":
-        calibration_kept(prepared, 0.5, channel_step)  # refuse before timing the table
-    # timed at every width the method can choose: between multiples of 8 ONNX Runtime's times
-    # jump (17 of 24 channels ran at 0.86 of dense where step-8 points interpolated 0.41:
-    # break75 #1), so no coarser grid stands in; a grid that large is said before it is timed
-    # (break74 F5: CCP's and CUCB's channel_step 1 meant 692,800 points on resnet18, hours)
-    points = grid_points(prepared, channel_step)
-    if points > LARGE_GRID:
-        # a coarser step than the one given (break145 F7: at step 8 it offered step 8); the
-        # time it takes is said once timing has set its pace (a point takes 3 to 30 ms on a
-        # 2-core CPU host, by the layers' size: break180 F11)
-        coarser = TABLE_STEP if channel_step < TABLE_STEP else 2 * channel_step
-        warn(f"cost={cost!r} at channel_step={channel_step} times a latency table of "
-             f"{points:,} layer shapes, twice (minutes to hours on a CPU; the time left is said "
-             f"once its pace is known, if over 5 minutes); channel_step={coarser} times "
-             f"{grid_points(prepared, coarser):,}, or pass a table measured once "
-             "(LatencyTable.measure(pm, cache=...)) as cost=")
-    table = LatencyTable.measure(prepared, step=channel_step, progress=progress,
-                                 cache=None if cache is None else os.path.expanduser(cache))
-    if cost == "latency":
-        return table
-    return calibrate_cost(table, prepared, step=channel_step)
-
-
-def measured_cost_to_dict(cost_model) -> dict | None:
-    """Plain data (a checkpoint's) for a measured cost model: a LatencyTable, or one with a
-    fitted fixed cost; None for anything else. A resumed run prices with it instead of timing
-    again (a new timing would move the budget under the masks already chosen)."""
-    from fxprune.cost import WithFixedCost
-    from fxprune.deploy.latency_table import LatencyTable
-
-    if isinstance(cost_model, LatencyTable):
-        return {"kind": "latency", "table": cost_model.to_dict()}
-    if isinstance(cost_model, WithFixedCost) and isinstance(cost_model.base, LatencyTable):
-        return {"kind": "latency+fixed", "table": cost_model.base.to_dict(),
-                "fixed_cost": cost_model.fixed_cost, "layers": list(cost_model.layers),
-                "fit": dict(cost_model.fit)}
-    return None
-
-
-def measured_cost_from_dict(data: dict, source: str):
-    """The cost model :func:`measured_cost_to_dict` wrote (``source`` names it in errors).
-
-    Raises:
-        ValueError: naming the entry that does not read (an edited checkpoint: break164 F3,
-            a None constant was a TypeError traceback); ``DeployError`` for its table.
-    """
-    from fxprune.cost import WithFixedCost
-    from fxprune.deploy.latency_table import LatencyTable
-
-    if not (isinstance(data, dict) and data.get("kind") in LATENCY_COSTS
-            and isinstance(data.get("table"), dict)):
-        raise ValueError(f"{source} is not a measured cost (a mapping with kind "
-                         f"{' or '.join(map(repr, LATENCY_COSTS))} and its table)")
-    table = LatencyTable.from_dict(data["table"], source)
-    if data["kind"] == "latency":
-        return table
-    fixed, layers, fit = data.get("fixed_cost"), data.get("layers"), data.get("fit", {})
-    if not (isinstance(fixed, (int, float)) and not isinstance(fixed, bool) and math.isfinite(fixed)):
-        raise ValueError(f"{source}: fixed_cost is {fixed!r}, not a finite number of milliseconds")
-    if not (isinstance(layers, list) and all(isinstance(k, str) for k in layers)):
-        raise ValueError(f"{source}: layers is not the list of layer keys the constant was fitted on")
-    if not isinstance(fit, dict):
-        raise ValueError(f"{source}: fit is {fit!r}, not the mapping of how the constant was fitted")
-    return WithFixedCost(table, float(fixed), tuple(layers), dict(fit))
-
-
-#: said of a floor priced with a latency table timed for this pruner or run
-TIMED_FLOOR = ("that floor comes from latencies timed just now, which move by a few percent "
-               "from one timing to the next: leave a margin")
-
-
-def step_too_wide(index: UnitIndex, channel_step: int) -> str | None:
-    """Why no group of ``index`` can be pruned at ``channel_step`` where a finer step could
-    prune some, or None: the narrowest model the step allows keeps every channel. (Not groups
-    of pieces of one channel each, which keep all at any step: review108 F8; nor a grouped
-    conv's groups of several channels a unit, which a step of a unit's width prunes: review153
-    F1, where comparing sizes in units with the step in channels refused them.)"""
-    if not index.groups or uniform_kept(index, 0.0, 1).all():
-        return None
-    if not uniform_kept(index, 0.0, channel_step).all():
-        return None
-    sizes = ", ".join(str(g.size * u) for g, u in zip(index.groups[:6], index.unit_channels))
-    return (f"channel_step={channel_step} is at least as wide as every prunable group ({sizes}"
-            f"{', ...' if len(index.groups) > 6 else ''} channels), so none can be pruned and "
-            "the model stays dense; lower channel_step")
-
-
 def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tuple[CostModel, float]:
     """A cost model and the constant cost outside conv/linear layers it does not see."""
     from ..cost import FlopsCost, ParamsCost
@@ -281,18 +172,13 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
                          for s in layer_specs(prepared))
             return model, max(dense - priced, 0)
         if cost in LATENCY_COSTS:
-            from .. import distributed as fxdist
-
-            coarse = step_too_wide(UnitIndex(prepared), channel_step)
-            if coarse:  # before minutes of timing a table no choice would read (break151 F2)
-                from ..allocation import InfeasibleBudget
-
-                raise InfeasibleBudget(coarse)
-            # under DDP timed once, by rank 0, and sent: each rank timing its own table at once
-            # timed under the others' load, and each warned (break76 LAT-2)
-            model = fxdist.compute_on_main(
-                lambda: measured_latency_cost(prepared, cost, channel_step))
-            return model, getattr(model, "fixed_cost", 0.0)
+            # a method takes a cost model; the measuring is the caller's (fxprune train does
+            # it for prune.cost), where it can be cached, timed once under DDP and resumed
+            raise ValueError(
+                f"cost={cost!r} names a measurement, which a method does not make: measure it "
+                f"and pass the cost model, cost=fxprune.deploy.latency_cost(pm, {cost!r}, "
+                f"channel_step={channel_step}) (add cache='FILE' to time it once; a recipe's "
+                f"prune.cost: {cost} does this)")
         base, _, batch = cost.partition(":")
         if base in LATENCY_COSTS and batch.strip().isdigit():  # the benchmark's spelling
             raise ValueError(
@@ -306,17 +192,17 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         names = ["flops", "params", *LATENCY_COSTS]
         close = difflib.get_close_matches(cost.strip().lower(), names, n=1, cutoff=0.7)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or a "
-                         f"CostModel, got {cost!r}{hint}")
+        raise ValueError(f"cost must be 'flops', 'params' or a CostModel (a measured latency: "
+                         f"fxprune.deploy.latency_cost(pm)), got {cost!r}{hint}")
     if isinstance(cost, type):  # the class passes the protocol check; its layer_cost is unbound
         raise TypeError(f"cost is the class {cost.__name__}; pass an instance: {cost.__name__}()")
     if isinstance(cost, CostModel):
         from ..api import layer_specs
         from ..cost import fixed_cost_of
         return cost, fixed_cost_of(cost, layer_specs(prepared))
-    raise TypeError(f"cost must be 'flops', 'params', 'latency', 'latency+fixed' or an object "
-                    f"with a `name` and `layer_cost(layer, c_in, c_out)` (fxprune.CostModel), "
-                    f"got {type(cost).__name__}")
+    raise TypeError(f"cost must be 'flops', 'params' or an object with a `name` and "
+                    f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel, e.g. "
+                    f"fxprune.deploy.latency_cost(pm)), got {type(cost).__name__}")
 
 
 #: the fraction of the dense cost a method keeps when its ``target`` is None (CUCB, CCP: None
@@ -796,8 +682,6 @@ class PruningMethod:
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
-        #: the latency cost name timed here, for this pruner (its floor moves per timing), or None
-        self._timed_here = cost if isinstance(cost, str) and cost in LATENCY_COSTS else None
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self._priced_dtypes = [c.param.dtype for c in self.consumers]  # (see _check_priced_dtypes)
         self.step_count = 0
@@ -830,9 +714,9 @@ class PruningMethod:
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
         if isinstance(cost_model, str) and cost_model in LATENCY_COSTS:
-            raise ValueError(f"pruner.cost({cost_model!r}) would time a latency table on every "
-                             "call; measure one (fxprune.LatencyTable.measure(pruner.prepared, "
-                             "...)) and pass it")
+            raise ValueError(f"pruner.cost({cost_model!r}) names a measurement; measure it "
+                             f"once, fxprune.deploy.latency_cost(pruner.prepared, "
+                             f"{cost_model!r}), and pass that")
         if isinstance(cost_model, type):
             raise TypeError(f"cost_model is the class {cost_model.__name__}; pass an instance: "
                             f"{cost_model.__name__}()")
@@ -874,7 +758,7 @@ class PruningMethod:
         allow: every group at its smallest allowed width (``channel_step``, split pieces).
         That model is kept as :attr:`floor_kept`, which the allocator's options always hold,
         so no ranking of channels found later makes the target unreachable."""
-        from ..allocation import uniform_kept
+        from ..allocation import step_too_wide, uniform_kept
 
         narrowest = uniform_kept(self.index, 0.0, self.channel_step)
         floor = self.budget.fraction(narrowest)
@@ -914,12 +798,6 @@ class PruningMethod:
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        ": the cost model prices it as the dense model, so no pruning lowers "
                        "its cost; check the cost model"))
-                timed = getattr(self, "_timed_here", None)  # (older pickles lack it)
-                if timed and floor < 1 - 1e-9:  # (review153 F9: not where no margin helps)
-                    message += (f" ({TIMED_FLOOR}, or time a table once, table = "
-                                "LatencyTable.measure(pm, cache=...), and pass cost="
-                                + ("calibrate_cost(table, pm))" if timed == "latency+fixed"
-                                   else "table)"))
             # "narrowest", not "cheapest": a cost that does not fall with width (a runtime's
             # kernels) may price a wider model lower, which the allocator does not search for
             # below this floor (break36 #4, break38 #1)

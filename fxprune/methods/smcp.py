@@ -145,9 +145,10 @@ class SMCP(PruningMethod):
     Args:
         prepared: the model :func:`fxprune.prepare` returned.
         target: fraction of the dense cost to keep at the end of the ramp, in (0, 1].
-        cost: ``"flops"``, ``"params"``, ``"latency"``, ``"latency+fixed"`` (a table measured
-            here with ONNX Runtime), or a :class:`fxprune.CostModel` (a
-            :class:`fxprune.LatencyTable`).
+        cost: ``"flops"``, ``"params"``, or a :class:`fxprune.CostModel`: a measured
+            latency, ``fxprune.deploy.latency_cost(prepared, "latency")`` (an ONNX Runtime
+            table; ``"latency+fixed"``: with its fitted constant), measured by the caller: a
+            method does not time anything.
         warmup, ramp, update_every, freeze_after: the schedule, in optimizer steps (calls of
             :meth:`step`): dense for ``warmup``, the target going from 1 to ``target`` over
             ``ramp`` (``ramp_shape`` ``"exp"`` or ``"linear"``), masks re-solved every
