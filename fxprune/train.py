@@ -159,17 +159,19 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
     return pruner
 
 
-def _record_loaded_seed(pruner, state, prune_cfg: dict) -> None:
-    """On a resume, the seed a method's generator started from, as its state says, in
-    ``method_arguments``: a run begun before the run's seed reached CUCB drew from
-    ``prune.seed``'s default, 0, whatever the seed it is resumed with (review189 R3)."""
-    used = getattr(pruner, "fxprune_arguments", None)
-    if not isinstance(used, dict) or "seed" not in used or not isinstance(state, dict):
-        return
+def _seed_drawn_from(ckpt: dict) -> int | None:
+    """The seed a resumed method's generator began from: its state's own, or for a state from
+    before the state kept it (a generator state alone), the checkpoint's ``prune.seed``, else
+    that key's default then, 0 (break192 F1: the resume's ``prune.seed`` was recorded, or 0,
+    whatever the run had drawn from); None for a method that draws nothing."""
+    state = ckpt.get("pruner")
+    if not isinstance(state, dict):
+        return None
     if state.get("seed") is not None:
-        used["seed"] = state["seed"]
-    elif "rng" in state and "seed" not in prune_cfg:  # a state from before it was kept
-        used["seed"] = 0
+        return int(state["seed"])
+    if "rng" in state:
+        return int((ckpt.get("config") or {}).get("prune", {}).get("seed", 0))
+    return None
 
 
 def _arguments_used(method: str, kwargs: dict) -> dict:
@@ -373,6 +375,16 @@ def _seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------- training
+
+def _registered_defaults(method: str) -> dict[str, Any]:
+    """The arguments ``method``'s registration fixes (``hard``: ``masks="hard"``)."""
+    from .methods.base import get_method
+
+    try:
+        return dict(get_method(method).defaults or {})
+    except (ValueError, AttributeError, ImportError):
+        return {}
+
 
 def _argument_defaults(method: str) -> dict[str, Any]:
     """``{"prune.NAME": default}`` of the method's constructor arguments ({} for none)."""
@@ -655,6 +667,18 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                               "pass the same recipe and overrides (only "
                               f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
                               "with another --out")
+        drawn = _seed_drawn_from(ckpt)
+        if (drawn is not None and prune_cfg.get("seed", seed) != drawn
+                and "seed" not in _registered_defaults(method)):
+            # the generator goes on from the checkpoint: config.yaml, results.json and the next
+            # checkpoint name the seed it began from (break192 F3: a --set prune.seed on
+            # --resume was written there, without effect or a word)
+            if "seed" in prune_cfg:
+                warnings.warn(f"--resume: prune.seed {prune_cfg['seed']} has no effect; "
+                              f"{method}'s generator goes on from the checkpoint, begun at seed "
+                              f"{drawn}, which config.yaml and results.json record",
+                              RuntimeWarning, stacklevel=2)
+            prune_cfg["seed"] = drawn
         if int(cfg["optim"]["epochs"]) < int(ckpt["epoch"]):  # it trained nothing (break35 #3)
             raise ConfigError(f"--resume: the checkpoint is at epoch {ckpt['epoch']}, past "
                               f"optim.epochs {cfg['optim']['epochs']}; give optim.epochs >= "
@@ -883,7 +907,6 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             scheduler.load_state_dict(ckpt["scheduler"])
             if pruner is not None:
                 pruner.load_state_dict(ckpt["pruner"])
-                _record_loaded_seed(pruner, ckpt["pruner"], prune_cfg)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",

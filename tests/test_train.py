@@ -1816,6 +1816,36 @@ def test_results_record_what_a_run_depends_on_beyond_its_recipe(tmp_path):
         warnings.simplefilter("ignore")
         resumed = train(tiny_cfg(tmp_path / "a", "seed=5", *cucb, "optim.epochs=3"), resume=True)
     assert resumed["method_arguments"]["seed"] == 0
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["prune"]["seed"] == 0
+
+
+def test_a_resume_records_the_seed_the_method_drew_from_not_the_one_it_is_given(tmp_path):
+    """break192 F1, F3: a CUCB run from before its state kept the seed, begun at prune.seed 3,
+    was recorded as 0 (or the resume's --set prune.seed), and a prune.seed given on --resume,
+    which cannot move a generator that goes on from the checkpoint, was written to
+    config.yaml without a word."""
+    from fxprune.run_io import atomic_torch_save
+
+    cucb = ["prune.method=cucb", "prune.warmup=2", "prune.explore=5", "prune.channel_step=4",
+            "model.widths=[8, 8, 8]"]
+    train(tiny_cfg(tmp_path / "a", "seed=1", *cucb, "prune.seed=3", "optim.epochs=2"))
+    ckpt_path = tmp_path / "a" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["pruner"]["seed"]  # as the state of an earlier fxprune, whose recipe set seed 3
+    atomic_torch_save(ckpt, ckpt_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = train(tiny_cfg(tmp_path / "a", "seed=1", *cucb, "optim.epochs=3"), resume=True)
+    assert resumed["method_arguments"]["seed"] == 3
+    config = tmp_path / "a" / "config.yaml"
+    assert yaml.safe_load(config.read_text())["prune"]["seed"] == 3
+    with pytest.warns(RuntimeWarning, match=r"^--resume: prune.seed 7 has no effect; cucb's "
+                                            r"generator goes on from the checkpoint, begun at "
+                                            r"seed 3, which config.yaml and results.json record$"):
+        resumed = train(tiny_cfg(tmp_path / "a", "seed=1", *cucb, "prune.seed=7",
+                                 "optim.epochs=4"), resume=True)
+    assert resumed["method_arguments"]["seed"] == 3
+    assert yaml.safe_load(config.read_text())["prune"]["seed"] == 3
 
 
 def test_a_saved_model_file_is_the_same_bytes_for_the_same_model(tmp_path):
