@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from fxprune.deploy.common import cpu_name
+from fxprune.recipe_config import resolve_config
 from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,14 +55,23 @@ METHODS = {
 
 
 def _saved_config(out: Path, name: str) -> dict | None:
+    """The config a run in ``out`` saved in ``name`` (its config.yaml or checkpoint),
+    resolved as today's planned one is: a key fxprune added since (``model.kwargs``) takes its
+    default, so a row trained before an upgrade is reused or resumed, not trained again
+    (break192 F2); None for no file or one that no longer resolves."""
     path = out / name
     if not path.is_file():
         return None
     if name == "config.yaml":
-        return yaml.safe_load(path.read_text())
-    import torch
+        saved = yaml.safe_load(path.read_text())
+    else:
+        import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True).get("config")
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
+    try:
+        return resolve_config(saved)
+    except ConfigError:
+        return None
 
 
 def planned_config(name: str, target: float | None, seed: int, epochs: int, out: Path):

@@ -178,3 +178,24 @@ def test_a_target_or_seed_out_of_range_is_named_as_typed(option, value, says, tm
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.rstrip().endswith(says), err
     assert "fashion_mnist_smcp.yaml" not in err
+
+
+def test_a_row_saved_before_a_new_recipe_key_is_the_same_config(tmp_path):
+    """break192 F2: config.yaml and a checkpoint written before `model.kwargs` existed were
+    compared raw with today's resolved config, so every finished row was trained again (its
+    results replaced) and every interrupted one restarted instead of resuming."""
+    import torch
+    import yaml
+
+    bench = load_benchmark("bench_fashion_mnist")
+    out = tmp_path / "SMCP_50_e1_s0"
+    out.mkdir()
+    _, planned = bench.planned_config("SMCP", 0.5, 0, 1, out)
+    older = json.loads(json.dumps(planned))
+    del older["model"]["kwargs"]  # a key the recipe schema gained since the row was trained
+    (out / "config.yaml").write_text(yaml.safe_dump(older))
+    torch.save({"config": older}, out / "checkpoint.pt")
+    assert bench._saved_config(out, "config.yaml") == planned
+    assert bench._saved_config(out, "checkpoint.pt") == planned
+    (out / "config.yaml").write_text(yaml.safe_dump({**older, "optim": {"epochs": "x"}}))
+    assert bench._saved_config(out, "config.yaml") is None  # no longer a config: run it anew
