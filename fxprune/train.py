@@ -921,9 +921,10 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             {"from_epoch": 0, "world_size": int(ckpt.get("world_size", 1))}]]
         if process_counts[-1]["world_size"] != world:
             process_counts.append({"from_epoch": int(ckpt["epoch"]), "world_size": world})
-        # (checkpoints before it: their thread count only)
+        # (checkpoints before it: their thread count only, the rest not recorded, so null: a
+        # resumed old run showed one environment, as if this code had run all of it, break192 F4)
         environments = [dict(e) for e in ckpt.get("environments") or [
-            {"from_epoch": 0, "threads": ckpt.get("threads")}]]
+            {**{k: None for k in here}, "from_epoch": 0, "threads": ckpt.get("threads")}]]
         if any(environments[-1].get(k, v) != v for k, v in here.items()):
             environments.append({"from_epoch": int(ckpt["epoch"]), **here})
         if lr_schedules[-1]["epochs"] != int(optim_cfg["epochs"]):

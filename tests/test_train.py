@@ -1879,6 +1879,20 @@ def test_a_resume_on_another_thread_count_records_each_parts(tmp_path):
     assert parts[1]["torch"] == torch.__version__ and results["threads"] == 2
     # one part: no list
     assert "environments" not in train(tiny_cfg(tmp_path / "s", "num_threads=1", "optim.epochs=1"))
+    # break192 F4: a checkpoint of an earlier fxprune recorded no environment: its part is
+    # null there, not taken for this one
+    from fxprune.run_io import atomic_torch_save
+
+    ckpt_path = tmp_path / "s" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["environments"]
+    atomic_torch_save(ckpt, ckpt_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = train(tiny_cfg(tmp_path / "s", "num_threads=1", "optim.epochs=2"),
+                      resume=True)["environments"]
+    assert [(p["from_epoch"], p["threads"], p["torch"]) for p in parts] == [
+        (0, 1, None), (1, 1, torch.__version__)]
 
 
 def test_the_run_seed_reaches_no_seed_a_methods_registration_fixes(tmp_path):
