@@ -18,11 +18,13 @@ momentum would otherwise move them although their gradient is zero.
 With a fixed number of active channels per group every gathered shape is static across steps.
 Supported: conv (any groups), linear, batch norm (timm's ``BatchNormAct2d`` with its dropout
 and activation), the parameters a functional layer reads (``F.linear(x, self.weight)`` in a
-layer's own forward: timm's ``Linear``), gathered at their spaces, and channel-agnostic ops (the :data:`ELEMENTWISE` activation modules and
-their functions, pooling, flatten, add, cat). Anything else (masked layer/group norm, another
-BatchNorm subclass, a call whose arguments spell channel positions or counts: a slice, a
-chunk, a literal view size) raises, and construction checks the gathered forward against the
-masked model on the example inputs, as ``finalize`` checks itself.
+layer's own forward: timm's ``Linear``), gathered at their spaces, and channel-agnostic ops:
+a module whose row says it runs as it is (:meth:`fxprune.rules.ChannelRule.gathers_as_is`:
+activations, dropouts, pooling, flatten, a user's ``Elementwise()`` row) and functions (add,
+cat). Anything else (masked layer/group norm, another BatchNorm subclass, a call whose
+arguments spell channel positions or counts: a slice, a chunk, a literal view size) raises,
+and construction checks the gathered forward against the masked model on the example inputs,
+as ``finalize`` checks itself.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def _device_of(model: nn.Module) -> torch.device:
 class _GatheredLayer(nn.Module):
     """Calls ``module`` with its weights gathered at the owner's current indices."""
 
-    def __init__(self, owner: "GatheredModule", name: str, module: nn.Module, rule=None):
+    def __init__(self, owner: "GatheredModule", name: str, module: nn.Module, rule=None,
+                 rules: dict | None = None):
         super().__init__()
         # a conv that pads in its own forward (timm's Conv2dSame: the ConvSame row)
         object.__setattr__(self, "pad_input", getattr(rule, "pad_input", None))
@@ -71,7 +74,7 @@ class _GatheredLayer(nn.Module):
         object.__setattr__(self, "layer", module)
         self.name = name
         # what a BatchNorm subclass applies after normalising (raises for one it cannot run)
-        self.after_norm = (_after_norm(module, name)
+        self.after_norm = (_after_norm(module, name, rules)
                            if isinstance(module, nn.modules.batchnorm._BatchNorm) else [])
 
     def _index(self, tensor: str, dim: int):
@@ -179,45 +182,21 @@ class _GatheredParameter(nn.Module):
         return t
 
 
-#: modules that act on each element alone (no per-channel parameter or count): they run on
-#: the active channels as they would on all of them
-ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Identity, nn.Hardswish, nn.Sigmoid,
-               nn.Hardsigmoid, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
-               nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Dropout,
-               nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.RReLU)  # (break116 #5)
 _PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-#: modules that act on each channel alone, with nothing per channel (break72 #5: Dropout2d and
-#: Upsample made CUCB train at full width): the active channels run as they would among all
-CHANNELWISE = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AvgPoolNd,
-               nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten,
-               nn.Upsample, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-               nn.FeatureAlphaDropout, nn.modules.pooling._MaxUnpoolNd)
 #: the masked forms of functional norms: their statistics span the pruned channels
 _MASKED_NORMS = (masked_layer_norm, masked_rms_norm, masked_group_norm_call)
 
 
-def _drops_samples(m: nn.Module) -> bool:
-    """torchvision's StochasticDepth: one draw per sample ("row") or per batch, whatever the
-    channels (efficientnet's and convnext's blocks)."""
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
-        return False
-    return isinstance(m, StochasticDepth)
+def _runs_as_is(m: nn.Module, rules: dict | None) -> bool:
+    """Whether the row of ``m``'s class (the user's class, not a masked one fxprune swapped
+    in; ``rules``: prepare's own rows) says it runs unchanged on the active channels
+    (:meth:`ChannelRule.gathers_as_is`): activations, dropouts, pools, a row given through
+    ``rules=`` (review194 M2: a second list here ignored it, and CUCB trained at full width)."""
+    row = module_rule(getattr(type(m), "_fxprune_base", type(m)), rules)
+    return row is not None and row.gathers_as_is(m)
 
 
-def _plain_instance_norm(m: nn.Module) -> bool:
-    """An InstanceNorm without affine parameters or running statistics: per channel, alone."""
-    return (isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.affine
-            and not m.track_running_stats)
-
-
-def _elementwise(m: nn.Module) -> bool:
-    # a PReLU with one slope is elementwise too; one slope per channel is not
-    return isinstance(m, ELEMENTWISE) or (isinstance(m, nn.PReLU) and m.weight.numel() == 1)
-
-
-def _after_norm(bn: nn.Module, name: str) -> list[nn.Module]:
+def _after_norm(bn: nn.Module, name: str, rules: dict | None = None) -> list[nn.Module]:
     """What a BatchNorm subclass applies after normalising, for the gathered forward to apply
     too: timm's ``BatchNormAct2d`` runs ``drop`` then ``act`` (break33 #4: they were dropped).
     Raises SurgeryError for a subclass whose additions are not known to be elementwise."""
@@ -225,7 +204,7 @@ def _after_norm(bn: nn.Module, name: str) -> list[nn.Module]:
     if type(bn) in _PLAIN_NORMS or base in _PLAIN_NORMS:
         return []
     extras = [getattr(bn, attr) for attr in ("drop", "act") if hasattr(bn, attr)]
-    if extras and all(isinstance(e, nn.Module) and _elementwise(e) for e in extras):
+    if extras and all(isinstance(e, nn.Module) and _runs_as_is(e, rules) for e in extras):
         return extras
     raise SurgeryError(f"gathered execution runs {name} ({type(bn).__name__}) as a plain "
                        "BatchNorm and does not know what its class adds; use masked execution")
@@ -412,11 +391,11 @@ class GatheredModule(nn.Module):
                     if not hasattr(root, gathered_name):
                         # the row of the user's class (a masked one is made at prepare)
                         row = module_rule(getattr(type(m), "_fxprune_base", type(m)), state.rules)
-                        root.add_module(gathered_name, _GatheredLayer(self, node.target, m, row))
+                        root.add_module(gathered_name, _GatheredLayer(self, node.target, m, row,
+                                                                     state.rules))
                     env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
                     continue
-                if self._touches(node) and not (_elementwise(m) or isinstance(m, CHANNELWISE)
-                                                or _plain_instance_norm(m) or _drops_samples(m)):
+                if self._touches(node) and not _runs_as_is(m, state.rules):
                     # the user's class, not the masked one fxprune swapped in
                     named = getattr(type(m), "_fxprune_base", type(m)).__name__
                     raise SurgeryError(f"gathered execution does not support {named} "

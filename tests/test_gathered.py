@@ -737,3 +737,43 @@ def test_optimizer_state_of_another_shape_than_its_weight_is_warned_of():
             pruner.step()
             opt.step()
             opt.zero_grad()
+
+
+class _UserAct(nn.Module):
+    """A user's activation fxprune has no row for."""
+
+    def forward(self, x):
+        return x * torch.tanh(x)
+
+
+@pytest.mark.parametrize("layer", [_UserAct(), nn.LPPool2d(2, 1), nn.ReflectionPad2d(1),
+                                   nn.PReLU()])
+def test_a_module_whose_row_says_it_runs_as_it_is_runs_gathered(layer):
+    """review194 M2: gathered execution kept a second list of channel-agnostic modules, so a
+    user's row (rules={MyAct: Elementwise()}) and op-table rows it lacked (LPPool, spatial
+    pads) made CUCB train at full width; the row now says (ChannelRule.gathers_as_is)."""
+    from fxprune.rules import Elementwise
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.Conv2d(8, 4, 1)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    pm = fxprune.prepare(model, (x,), rules={_UserAct: Elementwise()},
+                         leaf_modules=[_UserAct])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to masked execution, said by a warning
+        pruner = fxprune.CUCB(pm, rho=0.5, warmup=2, explore=10, channel_step=1)
+    assert pruner.execution == "gathered"
+    pm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruner.train_forward(x), pm(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_module_with_a_count_of_channels_or_a_tensor_per_channel_is_not_gathered():
+    """A row that says no: a PReLU of one slope per channel holds a tensor of that count."""
+    from fxprune.errors import SurgeryError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8), nn.Conv2d(8, 4, 1))
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 8, 8),))
+    assert fxprune.channel_groups(pm)
+    with pytest.raises(SurgeryError, match="does not support PReLU"):
+        gathered_module(pm)

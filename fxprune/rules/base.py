@@ -67,6 +67,14 @@ class ChannelRule:
     def propagate(self, ctx) -> Labels | tuple | None:
         raise NotImplementedError
 
+    def gathers_as_is(self, module) -> bool:
+        """Whether ``module`` (an instance of this row's class, called as one op) computes, on a
+        subset of its input's channels, that subset of its output, with nothing sized by the
+        channel count: no per-channel tensor, no channel count among its settings. CUCB's
+        gathered execution (:mod:`fxprune.passes.gathered`) then runs it as it is on the active
+        channels; otherwise it trains the model masked, at full width. Default: False."""
+        return False
+
     def rewrite(self, node: fx.Node, ctx) -> None:
         """Fix literal channel counts in ``node``'s arguments after pruning (default: none)."""
 

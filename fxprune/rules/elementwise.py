@@ -20,6 +20,10 @@ class Elementwise(ChannelRule):
     kind = "passes through"
     slices = ()
 
+    def gathers_as_is(self, module) -> bool:
+        return True  # each element alone: an activation, a dropout (a per-channel tensor the
+        # row's empty ``slices`` would have kept whole)
+
     def __init__(self, tensor_args: tuple[int, ...] | None = None):
         self.tensor_args = tensor_args  # positions that are tensors; None: every arg and kwarg
 
@@ -143,6 +147,9 @@ class Spatial(ChannelRule):
 
     kind = "passes through (spatial op)"
     slices = ()
+
+    def gathers_as_is(self, module) -> bool:
+        return True  # pools, upsampling, spatial pads: each channel alone
 
     def __init__(self, n: int | None = None):
         self.n = n  # None: every dim after (batch, channel)

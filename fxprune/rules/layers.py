@@ -506,6 +506,12 @@ class ChannelAffine(ChannelRule):
     def __init__(self, tensors: tuple[str, ...], normalizes: bool = False):
         self.tensors, self.normalizes = tensors, normalizes
 
+    def gathers_as_is(self, module) -> bool:
+        # nothing per channel: an InstanceNorm without affine or running statistics, a PReLU
+        # of one slope
+        return all(not isinstance(t, torch.Tensor) or t.numel() == 1
+                   for t in (self._lookup(module, name) for name in self.tensors))
+
     @staticmethod
     def _lookup(m, dotted: str):
         """``m.weight`` or a child's ``m.bn.running_mean`` (a row may name either); None if absent."""

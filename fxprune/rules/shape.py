@@ -180,6 +180,10 @@ class Reshape(ChannelRule):
         self.sizes_from = sizes_from  # first positional arg that spells out sizes (view/reshape)
         self.unflatten = unflatten
 
+    def gathers_as_is(self, module) -> bool:
+        # nn.Flatten names dims, not sizes; nn.Unflatten's sizes count the channels
+        return self.sizes_from is None and not self.unflatten
+
     def propagate(self, ctx):
         x = ctx.node.args[0]
         in_shape, labels = tuple(ctx.shape(x)), ctx.labels(x)
