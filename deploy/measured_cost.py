@@ -18,9 +18,9 @@ import os
 
 from torch import fx
 
-from fxprune.allocation import InfeasibleBudget, step_too_wide
+from fxprune.allocation import step_too_wide
 from fxprune.cost import LATENCY_COSTS, CostModel, WithFixedCost
-from fxprune.errors import warn
+from fxprune.errors import ArgumentError, InfeasibleBudget, warn
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex
 
@@ -68,11 +68,11 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
 
     state_of(prepared)  # a plain model: NotPreparedError, before anything is timed
     if kind not in LATENCY_COSTS:
-        raise ValueError(f"latency_cost measures {' or '.join(map(repr, LATENCY_COSTS))}, got "
-                         f"{kind!r}; 'flops' and 'params' need no measurement: pass the name "
-                         "to the method as cost=")
+        raise ArgumentError(f"latency_cost measures {' or '.join(map(repr, LATENCY_COSTS))}, got "
+                            f"{kind!r}; 'flops' and 'params' need no measurement: pass the name "
+                            "to the method as cost=")
     if isinstance(channel_step, bool) or not isinstance(channel_step, int) or channel_step < 1:
-        raise ValueError(f"channel_step must be an integer >= 1, got {channel_step!r}")
+        raise ArgumentError(f"channel_step must be an integer >= 1, got {channel_step!r}")
     coarse = step_too_wide(UnitIndex(prepared), channel_step)
     if coarse:  # before minutes of timing a table no choice would read (break151 F2)
         raise InfeasibleBudget(coarse)
@@ -137,16 +137,16 @@ def measured_cost_from_dict(data: dict, source: str):
 
     if not (isinstance(data, dict) and data.get("kind") in LATENCY_COSTS
             and isinstance(data.get("table"), dict)):
-        raise ValueError(f"{source} is not a measured cost (a mapping with kind "
-                         f"{' or '.join(map(repr, LATENCY_COSTS))} and its table)")
+        raise ArgumentError(f"{source} is not a measured cost (a mapping with kind "
+                            f"{' or '.join(map(repr, LATENCY_COSTS))} and its table)")
     table = LatencyTable.from_dict(data["table"], source)
     if data["kind"] == "latency":
         return table
     fixed, layers, fit = data.get("fixed_cost"), data.get("layers"), data.get("fit", {})
     if not (isinstance(fixed, (int, float)) and not isinstance(fixed, bool) and math.isfinite(fixed)):
-        raise ValueError(f"{source}: fixed_cost is {fixed!r}, not a finite number of milliseconds")
+        raise ArgumentError(f"{source}: fixed_cost is {fixed!r}, not a finite number of milliseconds")
     if not (isinstance(layers, list) and all(isinstance(k, str) for k in layers)):
-        raise ValueError(f"{source}: layers is not the list of layer keys the constant was fitted on")
+        raise ArgumentError(f"{source}: layers is not the list of layer keys the constant was fitted on")
     if not isinstance(fit, dict):
-        raise ValueError(f"{source}: fit is {fit!r}, not the mapping of how the constant was fitted")
+        raise ArgumentError(f"{source}: fit is {fit!r}, not the mapping of how the constant was fitted")
     return WithFixedCost(table, float(fixed), tuple(layers), dict(fit))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .budget import Budget
-from .errors import FxPruneError
+from .errors import ArgumentError, InfeasibleBudget
 from .knapsack import DEFAULT_RESOLUTION, solve_mckp
 
 __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "ranked_options",
@@ -48,13 +48,6 @@ __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "
 _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 #: a fraction of the dense cost left unused above which :func:`allocate` searches further
 _UNUSED = 0.01
-
-
-class InfeasibleBudget(FxPruneError, ValueError):
-    """The cost target is below the narrowest model the options allow (``floor``: that model's
-    fraction of the dense cost)."""
-
-    floor: float | None = None
 
 
 @dataclass
@@ -72,10 +65,10 @@ class GroupOptions:
         self.values = np.asarray(self.values, dtype=np.float64)
         self.keep = np.asarray(self.keep, dtype=bool)
         if self.keep.ndim != 2 or len(self.keep) != len(self.counts) or len(self.values) != len(self.counts):
-            raise ValueError(f"GroupOptions needs keep (options, size) and one count and value per "
-                             f"option; got shapes {self.keep.shape}, {self.counts.shape}, {self.values.shape}")
+            raise ArgumentError(f"GroupOptions needs keep (options, size) and one count and value per "
+                                f"option; got shapes {self.keep.shape}, {self.counts.shape}, {self.values.shape}")
         if not len(self.counts):
-            raise ValueError("a group needs at least one option (e.g. keep every channel)")
+            raise ArgumentError("a group needs at least one option (e.g. keep every channel)")
 
     def with_option(self, keep: np.ndarray, value: float) -> "GroupOptions":
         """These options and one more keeping ``keep`` ((size,) bool), worth ``value``, placed
@@ -118,8 +111,8 @@ def allowed_counts(size: int, step: int, low: int, high: int, unit_channels: int
 
     Raises ValueError when ``[low, high]`` holds no count from 1 to ``size``."""
     if not 1 <= max(low, 1) <= min(high, size):
-        raise ValueError(f"allowed_counts: a {size}-channel group has no count in [{low}, {high}]; "
-                         f"low must be at most min(high, size)")
+        raise ArgumentError(f"allowed_counts: a {size}-channel group has no count in [{low}, {high}]; "
+                            f"low must be at most min(high, size)")
     per = max(1, step // math.gcd(step, unit_channels)) if step > 1 else 1
     ks = set(range(per, size + 1, per)) | {size}
     ks = sorted(k for k in ks if low <= k <= high)
@@ -215,7 +208,7 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
     are over the target.
     """
     if isinstance(max_resolves, bool) or not isinstance(max_resolves, int) or max_resolves < 1:
-        raise ValueError(f"max_resolves must be an integer >= 1, got {max_resolves!r}")
+        raise ArgumentError(f"max_resolves must be an integer >= 1, got {max_resolves!r}")
     _check_target(target)
     offsets = budget.index.offsets
     limit = target * budget.dense
@@ -270,7 +263,7 @@ def _check_target(target) -> None:
     "budget is nan", a negative one as below the cheapest model, a str as a TypeError)."""
     if (isinstance(target, bool) or not isinstance(target, (int, float, np.floating))
             or not 0 < target < math.inf):
-        raise ValueError(f"target is a fraction of the dense cost, a number > 0; got {target!r}")
+        raise ArgumentError(f"target is a fraction of the dense cost, a number > 0; got {target!r}")
 
 
 def _value(options: list[GroupOptions], choice) -> float:

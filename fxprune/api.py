@@ -25,7 +25,7 @@ from fxprune.passes.surgery import (DEFAULT_RTOL, default_rtol, inputs_for, is_t
 from fxprune.passes.trace import copy_model, fixed_arguments, number_arguments, trace
 
 from .cost import LayerSpec
-from .errors import UnsupportedModelError, warn
+from .errors import ArgumentError, ArgumentTypeError, UnsupportedModelError, warn
 from .masks import MaskBank
 from .groups import PreparedState, channel_groups, is_prepared, record_input_shape, state_of
 from .op_table import DEFAULT_LEAF_MODULES
@@ -72,7 +72,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
     # `with`, not a decorator, so warnings still point at the caller's line) (break43 #7)
     with torch.inference_mode(False):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError(f"prepare expects an nn.Module, got {type(model).__name__}")
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             raise UnsupportedModelError(
                 f"prepare got a {type(model).__name__} wrapper; pass the model it wraps "
@@ -99,8 +99,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         elif isinstance(leaf_modules, (str, type)):  # one path or class: 'conv' read as c, o, n, v
             leaf_modules = (leaf_modules,)
         elif not isinstance(leaf_modules, Iterable):
-            raise TypeError(f"prepare: leaf_modules= is a list of module classes or module paths "
-                            f"(str), got {type(leaf_modules).__name__}")
+            raise ArgumentTypeError(f"prepare: leaf_modules= is a list of module classes or module paths "
+                                    f"(str), got {type(leaf_modules).__name__}")
         aten = _aten_layer(model, leaf_modules)
         if aten:  # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
             # rules for ATen ops suggested as the way out)
@@ -128,22 +128,22 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         example_inputs = normalize_example_inputs(example_inputs)
         check_example_values(example_inputs)
         if rules is not None and not isinstance(rules, Mapping):  # (break111 F16: 'list' ... 'items')
-            raise TypeError(f"prepare: rules= is a dict {{module class, function or Tensor method "
-                            f"name: channel rule}}, got a {type(rules).__name__}")
+            raise ArgumentTypeError(f"prepare: rules= is a dict {{module class, function or Tensor method "
+                                    f"name: channel rule}}, got a {type(rules).__name__}")
         for key, row in (rules or {}).items():
             if isinstance(key, nn.Module):  # break111 F1: a row keyed by an instance did nothing
                 cls = type(key).__name__
-                raise TypeError(f"prepare: rules= has a module instance as a key ({cls}); rows "
-                                f"are per class: key it by {cls} (type(module)), or a subclass "
-                                "of it that only this module is")
+                raise ArgumentTypeError(f"prepare: rules= has a module instance as a key ({cls}); rows "
+                                        f"are per class: key it by {cls} (type(module)), or a subclass "
+                                        "of it that only this module is")
             if not isinstance(key, str) and not callable(key):
-                raise TypeError(f"prepare: rules= has the key {key!r} (of type "
-                                f"{type(key).__name__}); a key is a module class, a function, "
-                                "or the name of a Tensor method")
+                raise ArgumentTypeError(f"prepare: rules= has the key {key!r} (of type "
+                                        f"{type(key).__name__}); a key is a module class, a function, "
+                                        "or the name of a Tensor method")
             if not isinstance(row, ChannelRule):
-                raise TypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, "
-                                "not a channel rule: give an instance such as "
-                                "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier('why')")
+                raise ArgumentTypeError(f"rules[{getattr(key, '__name__', key)!r}] is a {type(row).__name__}, "
+                                        "not a channel rule: give an instance such as "
+                                        "fxprune.rules.ChannelAffine(('weight',)) or fxprune.rules.Barrier('why')")
         gm = trace(model, leaf_modules=tuple(DEFAULT_LEAF_MODULES) + tuple(leaf_modules), rules=rules,
                    fixed=fixed_arguments(model, example_inputs),
                    numbers=number_arguments(model, example_inputs))
@@ -191,9 +191,9 @@ def _refuse_quantization_prepared(model: nn.Module) -> None:
                       for name, m in modules if isinstance(m, (ObserverBase, FakeQuantizeBase))), None))
     if found is not None:
         name, m, what = found
-        raise ValueError(f"prepare: `{name or '(the model)'}` is {what} "
-                         f"({type(m).__module__}.{type(m).__qualname__}), which fxprune does not "
-                         f"prune; {QUANTIZATION_WAY_OUT}")
+        raise UnsupportedModelError(
+            f"prepare: `{name or '(the model)'}` is {what} ({type(m).__module__}."
+            f"{type(m).__qualname__}), which fxprune does not prune; {QUANTIZATION_WAY_OUT}")
 
 
 def _warn_quantized_layers(model: nn.Module) -> tuple[str, ...]:
@@ -416,8 +416,8 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
         if rtol is not None and not is_tolerance(rtol):
-            raise ValueError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
-                             f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
+            raise ArgumentError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
+                                f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")
         state = state_of(prepared)
         _warn_fractional_masks(prepared)
         _warn_masks_not_final(prepared)
@@ -511,8 +511,8 @@ def tracer_kwargs(model: nn.Module) -> dict:
     """
     from .masks import FXPRUNE_CLASSES, GRAPH_FUNCTIONS, MaskGather
     if not isinstance(model, nn.Module):  # (break111 F16: None's AttributeError)
-        raise TypeError(f"tracer_kwargs takes the prepared or finalized model, got "
-                        f"{type(model).__name__}")
+        raise ArgumentTypeError(f"tracer_kwargs takes the prepared or finalized model, got "
+                                f"{type(model).__name__}")
     classes = list(dict.fromkeys(type(m) for m in model.modules()
                                  if isinstance(m, (*FXPRUNE_CLASSES, MaskGather))))
     graph = getattr(model, "graph", None)
@@ -562,13 +562,13 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     dst = {k: v for k, v in target.get_submodule(MASK_OWNER).named_buffers() if k in groups[1]}
     if {k: v.shape for k, v in src.items()} != {k: v.shape for k, v in dst.items()} \
             or groups[0] != groups[1]:  # the same keys may name other groups (break69 F3)
-        raise ValueError("copy_masks: the two models hold different channel masks; they must be "
-                         "prepared from the same model and example inputs")
+        raise ArgumentError("copy_masks: the two models hold different channel masks; they must be "
+                            "prepared from the same model and example inputs")
     for role, masks in (("source", src), ("target", dst)):
         if any(mask.is_meta for mask in masks.values()):
-            raise ValueError(f"copy_masks: the {role} model's masks are on the meta device (they "
-                             "hold no values); move it to a real device first (.to_empty(device=...)"
-                             " and load its state_dict)")
+            raise ArgumentError(f"copy_masks: the {role} model's masks are on the meta device (they "
+                                "hold no values); move it to a real device first (.to_empty(device=...)"
+                                " and load its state_dict)")
     rescaled = getattr(source.get_submodule(MASK_OWNER), "fxprune_rescaled", None)
     bank = target.get_submodule(MASK_OWNER)
     if rescaled is not None and set(rescaled) != set(getattr(bank, "fxprune_rescaled", None) or ()):
@@ -576,9 +576,9 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
 
         insert_bn_rescale(target, "kept_fraction" if rescaled else "off")
         if set(bank.fxprune_rescaled) != set(rescaled):
-            raise ValueError("copy_masks: the source model rescales other BatchNorms (bn_rescale) "
-                             "than the target can; they must be prepared from the same model and "
-                             "example inputs")
+            raise ArgumentError("copy_masks: the source model rescales other BatchNorms (bn_rescale) "
+                                "than the target can; they must be prepared from the same model and "
+                                "example inputs")
     with torch.no_grad():
         for name, mask in src.items():
             dst[name].copy_(mask)

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from .cost import CostModel
+from .errors import ArgumentError
 from .units import CostedLayer, UnitIndex
 
 
@@ -36,8 +37,8 @@ class Budget:
         self._memo: dict[tuple[int, int, int], float] = {}
         self.dense = self.total(np.ones(index.n, dtype=bool))
         if not self.dense > 0:
-            raise ValueError(f"the model's dense cost under {cost_model.name!r} is {self.dense}; "
-                             "a cost model must give a positive total")
+            raise ArgumentError(f"the model's dense cost under {cost_model.name!r} is {self.dense}; "
+                                "a cost model must give a positive total")
         # per layer, per prunable group it reads: how many positions each channel occupies;
         # per group, the layers whose input or output width moves with it (for exact local
         # re-pricing). Each flat position's group by one search of the groups' offsets: a
@@ -79,7 +80,7 @@ class Budget:
         # break49 #8: NaN surfaced as "budget is nan"; break164 F8: a negative price was taken,
         # and the knapsack then favoured keeping the layer's channels
         if not (isinstance(value, float) and math.isfinite(value) and value >= 0):
-            raise ValueError(
+            raise ArgumentError(
                 f"the cost model {getattr(self.model, 'name', type(self.model).__name__)!r} "
                 f"prices layer {layer.spec.name!r} at {c_in} input and {c_out} output channels "
                 f"as {value!r}: layer_cost must return a finite number >= 0")

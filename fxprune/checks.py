@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from .errors import ArgumentError
+
 __all__ = ["check_number", "check_fraction"]
 
 
@@ -15,12 +17,12 @@ def check_number(name: str, value, low=None, high=None, *, integer: bool = False
     bound left open with ``open_low``/``open_high``; None: unbounded)."""
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}, "
-                         f"got {value!r}")
+        raise ArgumentError(f"{name} must be {'an integer' if integer else 'a finite number'}, "
+                            f"got {value!r}")
     if low is not None and (value <= low if open_low else value < low):
-        raise ValueError(f"{name} must be {'>' if open_low else '>='} {low}, got {value!r}")
+        raise ArgumentError(f"{name} must be {'>' if open_low else '>='} {low}, got {value!r}")
     if high is not None and (value >= high if open_high else value > high):
-        raise ValueError(f"{name} must be {'<' if open_high else '<='} {high}, got {value!r}")
+        raise ArgumentError(f"{name} must be {'<' if open_high else '<='} {high}, got {value!r}")
 
 
 def check_fraction(name: str, value, what: str) -> None:
@@ -43,4 +45,4 @@ def check_fraction(name: str, value, what: str) -> None:
         elif number and value > 100:
             hint = (" (a fraction of dense, not an absolute cost: divide by the dense cost, "
                     "e.g. fxprune.summary's dense FLOPs)")
-        raise ValueError(f"{name} is {what}, in (0, 1]; got {value!r}{hint}")
+        raise ArgumentError(f"{name} is {what}, in (0, 1]; got {value!r}{hint}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from .checks import check_number
+from .errors import ArgumentError, ArgumentTypeError
 
 
 #: the cost names a recipe (``prune.cost``) prices by with a measurement on this machine: a
@@ -62,13 +63,13 @@ class LayerSpec:
         # break111 F14: an unknown kind was priced as a conv, negative counts gave negative
         # FLOPs, list shapes failed as "unhashable", a conv without shapes as an IndexError
         if self.kind not in ("conv", "conv_transpose", "linear"):
-            raise ValueError(f"LayerSpec {self.name!r}: kind is 'conv', 'conv_transpose' or "
-                             f"'linear', got {self.kind!r}")
+            raise ArgumentError(f"LayerSpec {self.name!r}: kind is 'conv', 'conv_transpose' or "
+                                f"'linear', got {self.kind!r}")
         for name in ("in_channels", "out_channels", "groups"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (name == "groups"):
-                raise ValueError(f"LayerSpec {self.name!r}: {name} is an integer >= "
-                                 f"{int(name == 'groups')}, got {value!r}")
+                raise ArgumentError(f"LayerSpec {self.name!r}: {name} is an integer >= "
+                                    f"{int(name == 'groups')}, got {value!r}")
             object.__setattr__(self, name, int(value))
         for name in ("input_shape", "output_shape", "kernel_size", "stride", "padding", "dilation"):
             value = getattr(self, name)
@@ -76,18 +77,18 @@ class LayerSpec:
                     isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
                 # (review115 F9: kernel_size=3 was "'int' object is not iterable", padding="same"
                 # became ('s', 'a', 'm', 'e'))
-                raise ValueError(f"LayerSpec {self.name!r}: {name} is a tuple of integers (one "
-                                 f"per dim), got {value!r}")
+                raise ArgumentError(f"LayerSpec {self.name!r}: {name} is a tuple of integers (one "
+                                    f"per dim), got {value!r}")
             object.__setattr__(self, name, tuple(int(v) for v in value))
         spatial = len(self.input_shape) - 2
         if self.kind != "linear" and (spatial < 1 or len(self.kernel_size) != spatial
                                       or len(self.output_shape) != len(self.input_shape)):
-            raise ValueError(f"LayerSpec {self.name!r}: a {self.kind} needs input and output shapes "
-                             f"(N, C, spatial...) and a kernel size per spatial dim; got input "
-                             f"{self.input_shape}, output {self.output_shape}, kernel "
-                             f"{self.kernel_size}")
+            raise ArgumentError(f"LayerSpec {self.name!r}: a {self.kind} needs input and output shapes "
+                                f"(N, C, spatial...) and a kernel size per spatial dim; got input "
+                                f"{self.input_shape}, output {self.output_shape}, kernel "
+                                f"{self.kernel_size}")
         if self.kind == "linear" and not (self.input_shape and self.output_shape):
-            raise ValueError(f"LayerSpec {self.name!r}: a linear needs its input and output shapes")
+            raise ArgumentError(f"LayerSpec {self.name!r}: a linear needs its input and output shapes")
 
     @property
     def depthwise(self) -> bool:
@@ -113,8 +114,8 @@ class LayerSpec:
         c_in = self.in_channels if c_in is None else c_in
         c_out = self.out_channels if c_out is None else c_out
         if c_in < 0 or c_out < 0:
-            raise ValueError(f"LayerSpec {self.name!r}: channel counts are >= 0, got c_in={c_in}, "
-                             f"c_out={c_out}")
+            raise ArgumentError(f"LayerSpec {self.name!r}: channel counts are >= 0, got c_in={c_in}, "
+                                f"c_out={c_out}")
         return c_in, c_out
 
     def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
@@ -224,11 +225,11 @@ def fit_fixed_cost(dense_cost: float, pruned_cost: float, measured_fraction: flo
         check_number(name, v)
     dense_cost, pruned_cost, m = float(dense_cost), float(pruned_cost), float(measured_fraction)
     if not 0 < pruned_cost < dense_cost:
-        raise ValueError(f"pruned_cost must be in (0, dense_cost={dense_cost:g}), got "
-                         f"{pruned_cost:g}: calibrate with a model pruned below the dense one")
+        raise ArgumentError(f"pruned_cost must be in (0, dense_cost={dense_cost:g}), got "
+                            f"{pruned_cost:g}: calibrate with a model pruned below the dense one")
     if not 0 < m < 1:
-        raise ValueError(f"the pruned model measured {m:.3f} of the dense latency; a fixed cost "
-                         "needs one in (0, 1): time it again on an idle machine, or prune it further")
+        raise ArgumentError(f"the pruned model measured {m:.3f} of the dense latency; a fixed cost "
+                            "needs one in (0, 1): time it again on an idle machine, or prune it further")
     return (m * dense_cost - pruned_cost) / (1 - m)
 
 
@@ -271,7 +272,7 @@ class WithFixedCost:
             if undtyped(given) == undtyped(self.layers):  # the model was cast since (break44 #3)
                 now, then = next((a.rpartition(":")[2], b.rpartition(":")[2])
                                  for a, b in zip(given, self.layers) if a != b)
-                raise ValueError(
+                raise ArgumentError(
                     f"this {self.name} cost was fitted on this model's layers at {then}, and they "
                     f"are {now} now (cast since the fit): its constant comes from latency measured "
                     f"at {then}; fit it again after the cast with "
@@ -279,7 +280,7 @@ class WithFixedCost:
             first = next((f"layer {i}: {a!r} here, {b!r} when fitted"
                           for i, (a, b) in enumerate(zip(given, self.layers)) if a != b),
                          f"{len(given)} costed layers here, {len(self.layers)} when fitted")
-            raise ValueError(
+            raise ArgumentError(
                 f"this {self.name} cost was fitted on another model ({first}); fit it again for "
                 "this model with fxprune.deploy.calibrate_cost(cost_model, prepared)")
         return self.fixed_cost
@@ -300,8 +301,8 @@ def layer_keys(layers, cost_model=None) -> tuple[str, ...]:
     except TypeError:  # a model that is not a container
         specs = None
     if specs is None or not all(isinstance(s, LayerSpec) for s in specs):
-        raise TypeError(f"layer_keys takes LayerSpecs, got {type(layers).__name__}: pass "
-                        "fxprune.layer_specs(model), not the model")
+        raise ArgumentTypeError(f"layer_keys takes LayerSpecs, got {type(layers).__name__}: pass "
+                                "fxprune.layer_specs(model), not the model")
     as_priced = getattr(cost_model, "as_priced", None) or (lambda spec: spec)
     return tuple(layer_key(as_priced(s)) for s in specs)
 
@@ -319,7 +320,7 @@ def fixed_cost_of(cost_model, layers) -> float:
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value)):
         name = getattr(cost_model, "name", type(cost_model).__name__)
-        raise ValueError(f"the cost model {name!r} gives fixed_cost_for(layers) = {value!r}; it "
-                         "must return a finite number (0 where the model costs nothing beyond "
-                         "its layers)")
+        raise ArgumentError(f"the cost model {name!r} gives fixed_cost_for(layers) = {value!r}; it "
+                            "must return a finite number (0 where the model costs nothing beyond "
+                            "its layers)")
     return float(value)

@@ -6,10 +6,30 @@ import warnings
 
 
 class FxPruneError(Exception):
-    """Base class of every error fxprune raises on purpose, ``fxprune.deploy``'s included
-    (``DeployError``, ``UnmeasuredLayerError``) and ``InfeasibleBudget`` (a target below the
-    cheapest model allowed). Most also derive from the built-in error they are a kind of
-    (``ValueError``, ``TypeError``...), so ``except ValueError`` keeps catching them."""
+    """Base class of the errors fxprune raises on purpose: about a model, a run, a file or an
+    argument of the public API (``ArgumentError``, ``ArgumentTypeError``), ``fxprune.deploy``'s
+    included (``DeployError``, ``UnmeasuredLayerError``) and ``InfeasibleBudget`` (a target
+    below the cheapest model allowed). Most also derive from the built-in error they are a kind
+    of (``ValueError``, ``TypeError``...), so ``except ValueError`` keeps catching them.
+    (Recipes' errors are ``fxprune.train.ConfigError``; a few internal checks of data a user
+    does not pass still raise the built-in errors.)"""
+
+
+class ArgumentError(FxPruneError, ValueError):
+    """An argument of a public function or method's constructor has a value out of its range:
+    the message names the argument, what it takes and what was given."""
+
+
+class ArgumentTypeError(FxPruneError, TypeError):
+    """An argument of a public function or method's constructor is of the wrong kind: the
+    message names the argument and what it takes."""
+
+
+class InfeasibleBudget(FxPruneError, ValueError):
+    """The cost target is below the narrowest model the options allow (``floor``: that model's
+    fraction of the dense cost, where known)."""
+
+    floor: float | None = None
 
 
 class TraceError(FxPruneError):

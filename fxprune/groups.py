@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 
 from .cost import LayerSpec
-from .errors import NotPreparedError
+from .errors import ArgumentError, NotPreparedError
 
 
 @dataclass
@@ -209,9 +209,9 @@ def mask_buffer(bank: torch.nn.Module, key: str, name: str, size: int) -> torch.
     mask = getattr(bank, key, None)
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (size,):
         got = f"shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else repr(type(mask).__name__)
-        raise ValueError(f"the mask buffer of group {key} ({name}) must be a tensor of {size} "
-                         f"entries, one per channel, but it is {got}; write into the mask "
-                         "(g.mask[:] = values) instead of replacing it")
+        raise ArgumentError(f"the mask buffer of group {key} ({name}) must be a tensor of {size} "
+                            f"entries, one per channel, but it is {got}; write into the mask "
+                            "(g.mask[:] = values) instead of replacing it")
     return mask
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FxPruneError
+from .errors import ArgumentError, FxPruneError
 from .masks import MethodHook
 from .units import ConsumerWeight, host_to_device
 
@@ -123,7 +123,7 @@ class WeightTaylor(_ConsumerStrategy):
     def __init__(self, consumers: list[ConsumerWeight], n: int, accumulate: str = "mean",
                  momentum: float = 0.9):
         if accumulate not in ("mean", "momentum"):
-            raise ValueError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
+            raise ArgumentError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
         super().__init__(consumers, n)
         self.accumulate, self.momentum = accumulate, momentum
 
@@ -246,9 +246,9 @@ def ImportanceAccumulator(consumers: list[ConsumerWeight], n: int, kind: str = "
         return WeightTaylor(consumers, n, accumulate, momentum)
     if kind == "magnitude":
         if accumulate not in ("mean", "momentum"):
-            raise ValueError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
+            raise ArgumentError(f"accumulate must be 'mean' or 'momentum', got {accumulate!r}")
         return WeightMagnitude(consumers, n)
-    raise ValueError(f"importance must be one of ('taylor', 'magnitude'), got {kind!r}")
+    raise ArgumentError(f"importance must be one of ('taylor', 'magnitude'), got {kind!r}")
 
 
 ImportanceAccumulator.KINDS = ("taylor", "magnitude")
@@ -280,7 +280,7 @@ class InputTaps:
     def __init__(self, prepared: nn.Module, consumers: list[ConsumerWeight], n: int,
                  loss_reduction: str = "mean"):
         if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+            raise ArgumentError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         self.n, self.loss_reduction, self.enabled = n, loss_reduction, True
         self.forwards = 0  # forwards of the model so far: which micro-batch a gradient is from
         self.batch: int | None = None  # the samples of the latest forward

@@ -48,6 +48,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import ArgumentError, InfeasibleBudget
+
 __all__ = ["solve_mckp", "DEFAULT_RESOLUTION"]
 
 # Cells of the DP table. Rounding costs up loses at most n_groups/resolution of the slack: for
@@ -66,35 +68,35 @@ def _as_groups(values: Sequence, costs: Sequence) -> tuple[list[np.ndarray], lis
     for name, given in (("values", values), ("costs", costs)):
         if not hasattr(given, "__len__") or isinstance(given, (str, bytes)):
             # (break111 F15: None or a generator was "object of type ... has no len()")
-            raise ValueError(f"{name} is a sequence of 1-D arrays, one per group, got "
-                             f"{type(given).__name__}")
+            raise ArgumentError(f"{name} is a sequence of 1-D arrays, one per group, got "
+                                f"{type(given).__name__}")
     if len(values) != len(costs):
-        raise ValueError(f"values has {len(values)} groups but costs has {len(costs)}; "
-                         "pass one array of options per group in both")
+        raise ArgumentError(f"values has {len(values)} groups but costs has {len(costs)}; "
+                            "pass one array of options per group in both")
     vals, csts = [], []
     for g, (v, c) in enumerate(zip(values, costs)):
         v, c = np.asarray(v), np.asarray(c)
         for name, given in (("values", v), ("costs", c)):
             if given.dtype.kind not in "biuf":  # (strings were read as numbers, silently)
-                raise ValueError(f"group {g}: {name} must be numbers, got an array of dtype "
-                                 f"{given.dtype}")
+                raise ArgumentError(f"group {g}: {name} must be numbers, got an array of dtype "
+                                    f"{given.dtype}")
         v = v.astype(np.float64, copy=False)
         c = c.astype(np.float64, copy=False)
         if v.ndim != 1 or c.ndim != 1:
-            raise ValueError(f"group {g}: values and costs must be 1-D arrays of options, got "
-                             f"shapes {v.shape} and {c.shape}")
+            raise ArgumentError(f"group {g}: values and costs must be 1-D arrays of options, got "
+                                f"shapes {v.shape} and {c.shape}")
         if v.shape != c.shape:
-            raise ValueError(f"group {g}: {v.size} values but {c.size} costs; each option "
-                             "needs exactly one value and one cost")
+            raise ArgumentError(f"group {g}: {v.size} values but {c.size} costs; each option "
+                                "needs exactly one value and one cost")
         if v.size == 0:
-            raise ValueError(f"group {g} has no options; every group needs at least one "
-                             "(e.g. 'keep all channels')")
+            raise ArgumentError(f"group {g} has no options; every group needs at least one "
+                                "(e.g. 'keep all channels')")
         if not np.all(np.isfinite(v)):
-            raise ValueError(f"group {g}: values must be finite, got {v[~np.isfinite(v)][:3]}")
+            raise ArgumentError(f"group {g}: values must be finite, got {v[~np.isfinite(v)][:3]}")
         if not np.all(np.isfinite(c)):
-            raise ValueError(f"group {g}: costs must be finite, got {c[~np.isfinite(c)][:3]}")
+            raise ArgumentError(f"group {g}: costs must be finite, got {c[~np.isfinite(c)][:3]}")
         if np.any(c < 0):
-            raise ValueError(f"group {g}: costs must be >= 0, got {c[c < 0][:3]}")
+            raise ArgumentError(f"group {g}: costs must be >= 0, got {c[c < 0][:3]}")
         vals.append(v)
         csts.append(c)
     return vals, csts
@@ -138,19 +140,19 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
             or resolution < 1:
-        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+        raise ArgumentError(f"resolution must be a positive integer, got {resolution!r}")
     if getattr(budget, "ndim", None) == 0 and hasattr(budget, "item"):  # np.array(5.), a 0-d tensor
         budget = budget.item()
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):  # "5" read as 5.0
-        raise ValueError(f"budget must be a number, got {budget!r}")
+        raise ArgumentError(f"budget must be a number, got {budget!r}")
     budget = float(budget)
     if math.isnan(budget) or budget == -math.inf:  # -inf: the tolerance would be inf too
-        raise ValueError(f"budget is {budget}: give a finite number or +inf (no limit)")
+        raise ArgumentError(f"budget is {budget}: give a finite number or +inf (no limit)")
     vals, csts = _as_groups(values, costs)
     if not vals:
         if budget < 0:  # nothing chosen costs 0 (break67 #5: [] was returned)
-            raise ValueError(f"infeasible budget: with no groups the total cost is 0, which "
-                             f"exceeds the budget {budget:.12g}; give a budget >= 0")
+            raise InfeasibleBudget(f"infeasible budget: with no groups the total cost is 0, which "
+                                   f"exceeds the budget {budget:.12g}; give a budget >= 0")
         return np.zeros(0, dtype=np.int64)
 
     min_costs = np.array([c.min() for c in csts])
@@ -160,12 +162,12 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     if min_total > budget and (math.isinf(min_total)  # (inf - x > 1e-12 * inf is false)
                                or min_total - budget > _SUM_ULPS * max(abs(budget), min_total)):
         if math.isinf(min_total):
-            raise ValueError("infeasible budget: the cheapest option of every group together "
-                             "costs more than the largest float (their sum overflows); scale "
-                             "the costs and the budget down")
+            raise InfeasibleBudget("infeasible budget: the cheapest option of every group together "
+                                   "costs more than the largest float (their sum overflows); scale "
+                                   "the costs and the budget down")
         over = min_total - budget
         relative = f" ({over / budget:.2%} over)" if budget > 0 else ""
-        raise ValueError(
+        raise InfeasibleBudget(
             f"infeasible budget: the cheapest option of every group together costs "
             f"{min_total:.12g}, which exceeds the budget {budget:.12g} by {over:.6g}{relative}; "
             f"raise the budget to at least {min_total:.12g} or allow cheaper options")
@@ -186,10 +188,10 @@ def solve_mckp(values: Sequence, costs: Sequence, budget: float, *,
     need = 8 * len(vals) * (cells + 1)  # the DP's float64 table, groups x cells
     if need > _MAX_TABLE_BYTES:  # (break111 F15: resolution=10**9 asked numpy for 14.9 GiB)
         most = _MAX_TABLE_BYTES // (8 * len(vals)) - 1
-        raise ValueError(f"resolution {resolution} over {len(vals)} groups needs a "
-                         f"{need / 2**30:.3g} GiB table (8 bytes x groups x (cells + 1), {cells} "
-                         f"cells: {'the integer slack' if integral else 'the resolution'}); "
-                         f"give a resolution of at most {most}")
+        raise ArgumentError(f"resolution {resolution} over {len(vals)} groups needs a "
+                            f"{need / 2**30:.3g} GiB table (8 bytes x groups x (cells + 1), {cells} "
+                            f"cells: {'the integer slack' if integral else 'the resolution'}); "
+                            f"give a resolution of at most {most}")
     if cells == 0 or unit == 0.0:
         # No room above the cheapest choice: the most valuable of each group's cheapest options.
         return np.array([np.flatnonzero(e == 0)[np.argmax(v[e == 0])]

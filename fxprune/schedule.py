@@ -10,6 +10,8 @@ import math
 import numbers
 from dataclasses import asdict, dataclass
 
+from .errors import ArgumentError, ArgumentTypeError
+
 
 @dataclass
 class PruningSchedule:
@@ -35,7 +37,7 @@ class PruningSchedule:
         # afterwards gave a schedule that never updated)
         if name == "shape":
             if v not in ("exp", "linear"):
-                raise ValueError(f"schedule shape must be 'exp' or 'linear', got {v!r}")
+                raise ArgumentError(f"schedule shape must be 'exp' or 'linear', got {v!r}")
             v = str(v)  # (break117 F8: a numpy str did not load with weights_only=True)
         low = {"warmup": 0, "ramp": 0, "update_every": 1, "freeze_after": 0}.get(name)
         if low is not None and not (name == "freeze_after" and v is None):
@@ -43,13 +45,13 @@ class PruningSchedule:
             # schedule never pruned; kept as plain ints (a state holding numpy ones does not
             # load with weights_only=True)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-                raise ValueError(f"schedule {name} is a count of optimizer steps, an integer >= "
-                                 f"{low}; got {v!r} (round a computed one: int(0.1 * steps))")
+                raise ArgumentError(f"schedule {name} is a count of optimizer steps, an integer >= "
+                                    f"{low}; got {v!r} (round a computed one: int(0.1 * steps))")
             v = int(v)
         if name == "sharpness":
             if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
                     or v <= 0):
-                raise ValueError(f"schedule sharpness must be a number > 0, got {v!r}")
+                raise ArgumentError(f"schedule sharpness must be a number > 0, got {v!r}")
             v = float(v)
         object.__setattr__(self, name, v)
 
@@ -60,8 +62,8 @@ class PruningSchedule:
     def progress(self, step: int) -> float:
         """Fraction of the ramp done at ``step`` (0 before warm-up ends, 1 after the ramp)."""
         if isinstance(step, bool) or not isinstance(step, numbers.Real) or math.isnan(step):
-            raise TypeError(f"schedule progress: step is the number of optimizer steps taken "
-                            f"(an int), got {step!r}")
+            raise ArgumentTypeError(f"schedule progress: step is the number of optimizer steps taken "
+                                    f"(an int), got {step!r}")
         if step <= self.warmup:
             return 0.0
         if self.ramp == 0:
@@ -76,8 +78,8 @@ class PruningSchedule:
         """Cost budget (fraction of dense) at ``step`` when the final target is ``final``, a
         fraction in (0, 1]."""
         if isinstance(final, bool) or not isinstance(final, numbers.Real) or not 0 < final <= 1:
-            raise ValueError(f"schedule target: the final target is a fraction of the dense cost "
-                             f"in (0, 1], got {final!r}")
+            raise ArgumentError(f"schedule target: the final target is a fraction of the dense cost "
+                                f"in (0, 1], got {final!r}")
         return 1.0 - (1.0 - final) * self.progress(step)
 
     @property

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fxprune.passes.shape_prop import preserving_rng
 from fxprune.passes.surgery import run_eval
 
-from .errors import ExampleInputsError, NotPreparedError, SurgeryError, out_of_memory
+from .errors import ArgumentTypeError, ExampleInputsError, NotPreparedError, SurgeryError, out_of_memory
 from .groups import channel_groups, is_prepared, state_of
 
 
@@ -47,10 +47,10 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     (chained to the model's own error) when the model does not run on ``inputs``."""
     _check_module(model, "count_flops")
     if isinstance(inputs, torch.Tensor):  # (break67 #5: its batch was unpacked as arguments)
-        raise TypeError("count_flops takes the forward's arguments as a tuple: pass (x,), not x")
+        raise ArgumentTypeError("count_flops takes the forward's arguments as a tuple: pass (x,), not x")
     if not isinstance(inputs, (tuple, list)):
-        raise TypeError(f"count_flops takes the forward's arguments as a tuple, e.g. (x,); got "
-                        f"{type(inputs).__name__}")
+        raise ArgumentTypeError(f"count_flops takes the forward's arguments as a tuple, e.g. (x,); got "
+                                f"{type(inputs).__name__}")
     # FlopCounterMode's module tracker hooks the gradient of every argument of a submodule
     # that requires one, even without grad: a parameter's view made under no_grad (PiT's and
     # CaiT's class token, ``self.cls_token.expand(b, -1, -1)``, passed to a block) has none to
@@ -89,7 +89,7 @@ def _not_run(model: nn.Module, inputs: tuple, e: Exception) -> ExampleInputsErro
 
 def _check_module(model, fn: str) -> None:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{fn} takes an nn.Module (the model to count), got {type(model).__name__}")
+        raise ArgumentTypeError(f"{fn} takes an nn.Module (the model to count), got {type(model).__name__}")
 
 
 def count_params(model: nn.Module) -> int:

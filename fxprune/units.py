@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 from .cost import LayerSpec
+from .errors import ArgumentError
 from .groups import ChannelGraph, GroupInfo, mask_buffer, state_of
 from .masks import remember_all_ones
 
@@ -87,8 +88,8 @@ class UnitIndex:
         flat = (flat.detach() if isinstance(flat, torch.Tensor)
                 else torch.as_tensor(np.asarray(flat, dtype=np.float64)))
         if tuple(flat.shape) != (self.n,):
-            raise ValueError(f"set_masks takes one mask per prunable channel, a vector of length "
-                             f"{self.n}; got shape {tuple(flat.shape)}")
+            raise ArgumentError(f"set_masks takes one mask per prunable channel, a vector of length "
+                                f"{self.n}; got shape {tuple(flat.shape)}")
         on_host, moved = flat.device.type == "cpu", {}
         with torch.no_grad():
             for i, t in enumerate(self.mask_tensors(prepared)):

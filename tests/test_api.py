@@ -1802,3 +1802,28 @@ def test_out_of_memory_quotes_whole_sentences_of_the_allocators_words():
                                    "a total capacity of 79.19 GiB of which 0 bytes is free.")
     assert out_of_memory(MemoryError("Unable to allocate 8.00 TiB")) == "Unable to allocate 8.00 TiB"
     assert out_of_memory(RuntimeError("shapes do not match")) is None
+
+
+def test_the_apis_deliberate_errors_are_fxprune_errors_of_their_builtin_kind():
+    """review194 M4: FxPruneError's docstring promised the base of every deliberate error, but
+    a bad argument (SMCP's target=2, prepare's rules=[...]), a quantization-prepared model
+    and solve_mckp's infeasible budget raised plain ValueError/TypeError, which
+    ``except fxprune.FxPruneError`` missed."""
+    from fxprune.knapsack import solve_mckp
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    pm = fxprune.prepare(model, (x,))
+    cases = [
+        (lambda: fxprune.SMCP(pm, target=2.0), fxprune.ArgumentError, ValueError),
+        (lambda: fxprune.SMCP(pm, target=0.5, hysteresis=-1), fxprune.ArgumentError, ValueError),
+        (lambda: fxprune.CUCB(pm, target=0.5, warmup=-1), fxprune.ArgumentError, ValueError),
+        (lambda: fxprune.prepare(model, (x,), rules=[1]), fxprune.ArgumentTypeError, TypeError),
+        (lambda: fxprune.SMCP(pm, target=0.5, cost=3), fxprune.ArgumentTypeError, TypeError),
+        (lambda: solve_mckp([np.array([1.0])], [np.array([5.0])], 1.0), fxprune.InfeasibleBudget,
+         ValueError),
+    ]
+    for call, kind, builtin in cases:
+        with pytest.raises(kind) as info:
+            call()
+        assert isinstance(info.value, fxprune.FxPruneError) and isinstance(info.value, builtin)

@@ -85,10 +85,10 @@ def test_append_to_the_published_file_is_still_guarded(bench, tmp_path, monkeypa
     ('dense={"hysteresis": 3}', "'dense' is a row already; give the extra row another name"),
     ('typo={"hysterisis": 3}', "TypeError: .*hysterisis"),
     ("lst=[1]", r"the JSON is SMCP's arguments, an object"),
-    ('bad={"hysteresis": -1}', "ValueError: "),
+    ('bad={"hysteresis": -1}', "ArgumentError: hysteresis must be >= 0"),
     # break83 F1: checked on a fixed 100-step schedule, this passed, then failed on the smoke
     # run's 32 steps after the dense row had trained
-    ('w20={"warmup": 20}', "ValueError: freeze_after=24 stops mask updates before the ramp"),
+    ('w20={"warmup": 20}', "ArgumentError: freeze_after=24 stops mask updates before the ramp"),
 ])
 def test_extra_rows_are_checked_before_anything_trains(bench, tmp_path, capsys, extra, says):
     """break80 F1: an extra row named like a built-in one replaced it (the dense row became a

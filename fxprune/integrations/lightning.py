@@ -66,7 +66,7 @@ import fxprune
 from .. import distributed as fxdist
 from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost
-from ..errors import warn
+from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
 from ..methods.base import (check_method_kwargs, method_parameters, refuse_unloadable_state,
                             schedule_end, trains_model)
@@ -127,22 +127,22 @@ def find_prepared(pl_module: nn.Module, attribute: str | None = None) -> fx.Grap
     if attribute is not None:
         model = pl_module.get_submodule(attribute)
         if not is_prepared(model):
-            raise TypeError(f"{type(pl_module).__name__}.{attribute} is a {type(model).__name__}, "
-                            f"not a model prepared by fxprune; set it to fxprune.prepare(model, inputs)")
+            raise ArgumentTypeError(f"{type(pl_module).__name__}.{attribute} is a {type(model).__name__}, "
+                                    f"not a model prepared by fxprune; set it to fxprune.prepare(model, inputs)")
         return model
     found = [(name, m) for name, m in pl_module.named_modules()
              if is_prepared(m)]
     if not found:
         done = next((name for name, m in pl_module.named_modules() if is_finalized(m)), None)
         if done is not None:  # (break155 F8: told to prepare, which restarts from a dense model)
-            raise ValueError(f"{type(pl_module).__name__}.{done or 'self'} is a model fxprune "
-                             "already finalized (pruned): fine-tune it with a Trainer without "
-                             "PruningCallback")
-        raise ValueError(f"{type(pl_module).__name__} holds no model prepared by fxprune; in its "
-                         f"__init__, set e.g. self.model = fxprune.prepare(model, example_inputs)")
+            raise ArgumentError(f"{type(pl_module).__name__}.{done or 'self'} is a model fxprune "
+                                "already finalized (pruned): fine-tune it with a Trainer without "
+                                "PruningCallback")
+        raise ArgumentError(f"{type(pl_module).__name__} holds no model prepared by fxprune; in its "
+                            f"__init__, set e.g. self.model = fxprune.prepare(model, example_inputs)")
     if len(found) > 1:
-        raise ValueError(f"{type(pl_module).__name__} holds several prepared models "
-                         f"({', '.join(n for n, _ in found)}); pass PruningCallback(attribute=NAME)")
+        raise ArgumentError(f"{type(pl_module).__name__} holds several prepared models "
+                            f"({', '.join(n for n, _ in found)}); pass PruningCallback(attribute=NAME)")
     return found[0][1]
 
 
@@ -181,10 +181,10 @@ class PruningCallback(pl.Callback):
         self.method = method
         self.method_entry = _method_entry(method)  # an unknown name fails here, not mid-fit
         if method_kwargs.get("execution", "masked") != "masked":
-            raise ValueError(f"PruningCallback({method!r}): execution={method_kwargs['execution']!r} "
-                             "runs a sub-network through the method's train_forward, but Lightning "
-                             "trains through the LightningModule's own forward; use "
-                             "execution='masked' (the callback's default)")
+            raise ArgumentError(f"PruningCallback({method!r}): execution={method_kwargs['execution']!r} "
+                                "runs a sub-network through the method's train_forward, but Lightning "
+                                "trains through the LightningModule's own forward; use "
+                                "execution='masked' (the callback's default)")
         # (break73 M5: a typo such as traget=0.5 passed, and fit() failed inside Lightning)
         check_method_kwargs(self.method_entry.cls, method_kwargs, f"PruningCallback({method!r})")
         self.method_kwargs = method_kwargs
@@ -233,12 +233,12 @@ class PruningCallback(pl.Callback):
         unwritable = fxdist.broadcast_object(
             _unwritable(self.save_path) if self.save_path is not None else None)
         if unwritable:
-            raise ValueError(f"save_path {self.save_path}: {unwritable}; pass a save_path in a "
-                             "folder you can write (checked before training)")
+            raise ArgumentError(f"save_path {self.save_path}: {unwritable}; pass a save_path in a "
+                                "folder you can write (checked before training)")
         averaging = next((cb for cb in trainer.callbacks if getattr(cb, "_use_buffers", False)
                           and type(cb).__name__.endswith("WeightAveraging")), None)
         if averaging is not None:  # (break119 #1: silently soft masks, or a false "above target")
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(averaging).__name__}(use_buffers=True) averages every buffer, fxprune's "
                 "0/1 channel masks among them: the averaged model's pruned channels read about "
                 f"0.98 and the pruned cost reads dense; pass {type(averaging).__name__}("
@@ -251,9 +251,9 @@ class PruningCallback(pl.Callback):
                                   f"PruningCallback(overwrite=True)")
         if self.pruner is not None and find_prepared(pl_module, self.attribute) is not self.prepared:
             # it would go on stepping the first model, and save that one again
-            raise ValueError("this PruningCallback prunes the model of the module it was first "
-                             f"fitted with, not {type(pl_module).__name__}'s; make a new "
-                             "PruningCallback for each model (e.g. each fold of a sweep)")
+            raise ArgumentError("this PruningCallback prunes the model of the module it was first "
+                                f"fitted with, not {type(pl_module).__name__}'s; make a new "
+                                "PruningCallback for each model (e.g. each fold of a sweep)")
         with _shown_on_rank_zero(trainer):
             self._start(trainer, pl_module)
         self._train_ended = False  # set by on_train_end, which Lightning skips on a done fit
@@ -328,7 +328,7 @@ class PruningCallback(pl.Callback):
         method's schedule (it would end above its target, said after the whole fit)."""
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         if optimizers and not any(trains_model(o, self.prepared) for o in optimizers):
-            raise ValueError(
+            raise ArgumentError(
                 f"PruningCallback: none of the fit's {len(optimizers)} optimizer(s) holds the "
                 "parameters of the model fxprune.prepare returned, so the method would never "
                 "step; return an optimizer over self.model.parameters() (the prepared model's) "
@@ -358,8 +358,8 @@ class PruningCallback(pl.Callback):
                    "(warmup=, ramp=; CCP: collect=, prune_at=) or fit longer (max_epochs, "
                    "max_steps)")
         if not self.allow_above_target:
-            raise ValueError(message + ", or pass allow_above_target=True to keep the model as "
-                             "the fit leaves it")
+            raise ArgumentError(message + ", or pass allow_above_target=True to keep the model as "
+                                "the fit leaves it")
         # every rank (shown by rank 0: _shown_on_rank_zero), so that -W error stops them
         # alike (review157 F8: rank 1 went on into the fit alone)
         warn(message + "; the model is kept as the fit leaves it (allow_above_target=True)",
@@ -656,8 +656,8 @@ class PruningCallback(pl.Callback):
         if not state_dict:
             return
         if state_dict.get("method") != self.method:
-            raise ValueError(f"this checkpoint holds the state of pruning method "
-                             f"{state_dict.get('method')!r}, not {self.method!r}")
+            raise ArgumentError(f"this checkpoint holds the state of pruning method "
+                                f"{state_dict.get('method')!r}, not {self.method!r}")
         # a checkpoint's state wins over where an earlier fit of this callback left the method
         # (a refit from an earlier checkpoint went on from the end of the first fit: break33 #3)
         self._trained_state = None

@@ -46,7 +46,7 @@ from ..allocation import uniform_kept
 from ..budget import Budget
 from ..checks import check_fraction
 from ..cost import LATENCY_COSTS, CostModel
-from ..errors import warn
+from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
@@ -174,14 +174,14 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         if cost in LATENCY_COSTS:
             # a method takes a cost model; the measuring is the caller's (fxprune train does
             # it for prune.cost), where it can be cached, timed once under DDP and resumed
-            raise ValueError(
+            raise ArgumentError(
                 f"cost={cost!r} names a measurement, which a method does not make: measure it "
                 f"and pass the cost model, cost=fxprune.deploy.latency_cost(pm, {cost!r}, "
                 f"channel_step={channel_step}) (add cache='FILE' to time it once; a recipe's "
                 f"prune.cost: {cost} does this)")
         base, _, batch = cost.partition(":")
         if base in LATENCY_COSTS and batch.strip().isdigit():  # the benchmark's spelling
-            raise ValueError(
+            raise ArgumentError(
                 f"cost {cost!r}: the ':{batch.strip()}' batch form is bench_vs_torch_pruning.py's; "
                 f"here, measure the table at that batch and pass it: table = "
                 f"fxprune.deploy.LatencyTable.measure(pm, batch={batch.strip()}), then "
@@ -192,17 +192,17 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         names = ["flops", "params", *LATENCY_COSTS]
         close = difflib.get_close_matches(cost.strip().lower(), names, n=1, cutoff=0.7)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"cost must be 'flops', 'params' or a CostModel (a measured latency: "
-                         f"fxprune.deploy.latency_cost(pm)), got {cost!r}{hint}")
+        raise ArgumentError(f"cost must be 'flops', 'params' or a CostModel (a measured latency: "
+                            f"fxprune.deploy.latency_cost(pm)), got {cost!r}{hint}")
     if isinstance(cost, type):  # the class passes the protocol check; its layer_cost is unbound
-        raise TypeError(f"cost is the class {cost.__name__}; pass an instance: {cost.__name__}()")
+        raise ArgumentTypeError(f"cost is the class {cost.__name__}; pass an instance: {cost.__name__}()")
     if isinstance(cost, CostModel):
         from ..api import layer_specs
         from ..cost import fixed_cost_of
         return cost, fixed_cost_of(cost, layer_specs(prepared))
-    raise TypeError(f"cost must be 'flops', 'params' or an object with a `name` and "
-                    f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel, e.g. "
-                    f"fxprune.deploy.latency_cost(pm)), got {type(cost).__name__}")
+    raise ArgumentTypeError(f"cost must be 'flops', 'params' or an object with a `name` and "
+                            f"`layer_cost(layer, c_in, c_out)` (fxprune.CostModel, e.g. "
+                            f"fxprune.deploy.latency_cost(pm)), got {type(cost).__name__}")
 
 
 #: the fraction of the dense cost a method keeps when its ``target`` is None (CUCB, CCP: None
@@ -297,9 +297,9 @@ class PruningMethod:
     def __deepcopy__(self, memo):
         why = self.not_copyable()
         if why:
-            raise TypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
-                            "copy the model and optimizer, build a new pruner on the copy and load "
-                            "this one's state_dict() into it")
+            raise ArgumentTypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
+                                    "copy the model and optimizer, build a new pruner on the copy and load "
+                                    "this one's state_dict() into it")
         was_latest = latest_pruner(self.prepared) is self
         new = type(self).__new__(type(self))
         memo[id(self)] = new
@@ -314,9 +314,9 @@ class PruningMethod:
     def __copy__(self):
         # (review118 #4: a shallow copy shares the model, and re-hooking it took the
         # original's hooks off)
-        raise TypeError(f"{type(self).__name__} cannot be shallow-copied: the copy would share "
-                        "the model and its hooks with this one; copy.deepcopy((model, pruner)) "
-                        "copies both, or build a new pruner and load this one's state_dict()")
+        raise ArgumentTypeError(f"{type(self).__name__} cannot be shallow-copied: the copy would share "
+                                "the model and its hooks with this one; copy.deepcopy((model, pruner)) "
+                                "copies both, or build a new pruner and load this one's state_dict()")
 
     def __setstate__(self, state):
         was_latest = state.pop("_was_latest", True)  # (a pickle from before the flag: as it was)
@@ -360,9 +360,9 @@ class PruningMethod:
         hooks refuses, as a deep copy does."""
         why = self.not_copyable()
         if why:
-            raise TypeError(f"{type(self).__name__} cannot be pickled: {why}; save its "
-                            "state_dict() with the model's and load it into a new pruner built "
-                            "on the loaded model")
+            raise ArgumentTypeError(f"{type(self).__name__} cannot be pickled: {why}; save its "
+                                    "state_dict() with the model's and load it into a new pruner built "
+                                    "on the loaded model")
         state = self.__dict__.copy()
         state.pop("_last_grads", None)
         state["_was_latest"] = latest_pruner(self.prepared) is self
@@ -674,8 +674,8 @@ class PruningMethod:
         self._masks_finalized_at: int | None = None  # the step finalize_masks() last ran at
         self._said_after_final = False  # a mask update after it was warned of
         if not self.index.n:
-            raise ValueError("the prepared model has no prunable channel group; see "
-                             "fxprune.summary(prepared) for why each group is kept")
+            raise ArgumentError("the prepared model has no prunable channel group; see "
+                                "fxprune.summary(prepared) for why each group is kept")
         self.consumers = consumer_weights(prepared, self.index)
         #: each reader's weight version when built; None once one has changed (see _check_training)
         self._versions: list[int] | None = [c.param._version for c in self.consumers]
@@ -714,12 +714,12 @@ class PruningMethod:
         if cost_model is None or cost_model is self.budget.model:
             return self.budget.fraction(self._kept_now())
         if isinstance(cost_model, str) and cost_model in LATENCY_COSTS:
-            raise ValueError(f"pruner.cost({cost_model!r}) names a measurement; measure it "
-                             f"once, fxprune.deploy.latency_cost(pruner.prepared, "
-                             f"{cost_model!r}), and pass that")
+            raise ArgumentError(f"pruner.cost({cost_model!r}) names a measurement; measure it "
+                                f"once, fxprune.deploy.latency_cost(pruner.prepared, "
+                                f"{cost_model!r}), and pass that")
         if isinstance(cost_model, type):
-            raise TypeError(f"cost_model is the class {cost_model.__name__}; pass an instance: "
-                            f"{cost_model.__name__}()")
+            raise ArgumentTypeError(f"cost_model is the class {cost_model.__name__}; pass an instance: "
+                                    f"{cost_model.__name__}()")
         if (isinstance(cost_model, str) or type(cost_model) in (FlopsCost, ParamsCost)
                 or not isinstance(cost_model, CostModel)):
             # as the constructor reads it, its errors too (break67 #5: cost(3) raised an
@@ -740,15 +740,15 @@ class PruningMethod:
             return False
         name = type(self).__name__
         if old is None:
-            raise ValueError(f"pruner.target was set to {new!r}, but this {name} keeps {fixed} "
-                             f"of each group's channels (mode='ratio'): no cost target applies; "
-                             f"build a new {name} with target= to prune to a cost")
+            raise ArgumentError(f"pruner.target was set to {new!r}, but this {name} keeps {fixed} "
+                                f"of each group's channels (mode='ratio'): no cost target applies; "
+                                f"build a new {name} with target= to prune to a cost")
         check_fraction("target", new, "the fraction of the dense cost to keep")
         new = float(new)
         if done is not None:
-            raise ValueError(f"pruner.target was changed to {new:g} at step {self.step_count}, "
-                             f"after {done}: no later choice follows it; set it before, or "
-                             "prune the finalized model again (README, pruning again)")
+            raise ArgumentError(f"pruner.target was changed to {new:g} at step {self.step_count}, "
+                                f"after {done}: no later choice follows it; set it before, or "
+                                "prune the finalized model again (README, pruning again)")
         self._check_reachable(new)
         self.target = self.cost_target = self._target_followed = new
         return True
@@ -767,13 +767,13 @@ class PruningMethod:
             model = self.budget.model
             if getattr(model, "batch", None) is not None and hasattr(model, "backend"):
                 # a measured table, flat: an H200 timed a small net at batch 4 (launch-bound)
-                raise ValueError(
+                raise ArgumentError(
                     f"the latency table ({model.backend} on {model.device}, batch {model.batch}) "
                     f"times the narrowest allowed model at {floor:.5g} of dense: removing "
                     "channels saves no time there (layers this small at this batch are bound by "
                     "launch overhead, and timing noise decides); measure the table at a larger "
                     "batch (the deployment's), or prune by cost='flops'")
-            raise ValueError(
+            raise ArgumentError(
                 f"the cost model {getattr(self.budget.model, 'name', type(self.budget.model).__name__)!r}"
                 f" prices the narrowest allowed model at "
                 f"{floor:.5g} of dense, above the dense model: a channel cost must not grow as "
@@ -881,41 +881,41 @@ class PruningMethod:
         self.__dict__.pop("_mask_versions", None)
         me = type(self).__name__
         if not isinstance(state, dict):
-            raise TypeError(f"a {me} state is the dict its state_dict() returned, got "
-                            f"{type(state).__name__}")
+            raise ArgumentTypeError(f"a {me} state is the dict its state_dict() returned, got "
+                                    f"{type(state).__name__}")
         saved_by, saved_as = state.get("method"), state.get("registered_as")
         mine = self.registered_as or self.name
         if (saved_by is not None and saved_by != self.name) or (
                 saved_as and self.registered_as and saved_as != self.registered_as):
-            raise ValueError(f"this pruner state was saved by the {saved_as or saved_by!r} "
-                             f"method, not {mine!r}: load it into the method that saved it "
-                             f"(prune.method: {saved_as or saved_by} in a recipe)")
+            raise ArgumentError(f"this pruner state was saved by the {saved_as or saved_by!r} "
+                                f"method, not {mine!r}: load it into the method that saved it "
+                                f"(prune.method: {saved_as or saved_by} in a recipe)")
         theirs, ours = state.get("settings"), self.defining_settings()
         # settings a state records (an older one may record fewer) must be this pruner's
         differ = ", ".join(f"{k}={theirs[k]!r} (here {ours[k]!r})" for k in sorted(ours)
                            if isinstance(theirs, dict) and k in theirs and theirs[k] != ours[k])
         if differ:
-            raise ValueError(f"this pruner state was saved by a {saved_as or saved_by!r} pruner "
-                             f"with {differ}: another method; load it into a pruner built with "
-                             "the settings that saved it")
+            raise ArgumentError(f"this pruner state was saved by a {saved_as or saved_by!r} pruner "
+                                f"with {differ}: another method; load it into a pruner built with "
+                                "the settings that saved it")
         missing = [k for k in self.state_keys if k not in state]
         if missing:
-            raise ValueError(f"this pruner state lacks {', '.join(missing)}: it is not a {me} "
-                             f"state (another method's, or incomplete); load the state {me}."
-                             "state_dict() saved")
+            raise ArgumentError(f"this pruner state lacks {', '.join(missing)}: it is not a {me} "
+                                f"state (another method's, or incomplete); load the state {me}."
+                                "state_dict() saved")
         masks = state[masks_key]
         mine, theirs = self.signature(), state.get("groups")
         if theirs is not None and [list(g) for g in theirs] != mine:
             show = lambda gs: ", ".join(f"{name} ({size})" for _, name, size in gs)  # noqa: E731
-            raise ValueError(f"this pruner state was saved for channel groups {show(theirs)} but "
-                             f"the prepared model has {show(mine)}: it belongs to a different "
-                             "model; load it into a model prepared like the one that saved it")
+            raise ArgumentError(f"this pruner state was saved for channel groups {show(theirs)} but "
+                                f"the prepared model has {show(mine)}: it belongs to a different "
+                                "model; load it into a model prepared like the one that saved it")
         self._check_channels(masks)
 
     def _check_channels(self, masks) -> None:
         if masks.numel() != self.index.n:
-            raise ValueError(f"this state holds {masks.numel()} channels but the prepared "
-                             f"model has {self.index.n}: it was saved for a different model")
+            raise ArgumentError(f"this state holds {masks.numel()} channels but the prepared "
+                                f"model has {self.index.n}: it was saved for a different model")
 
 
 # ----------------------------------------------------------------------------- registry
@@ -947,21 +947,21 @@ class MethodEntry:
             names = [n for n, p in list(method_parameters(self.cls).items())[1:]
                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
             if len(args) > len(names):
-                raise TypeError(f"method {self.name!r} takes at most {len(names)} positional "
-                                f"argument(s) after the model ({', '.join(names)}), got "
-                                f"{len(args)}; pass the others by keyword")
+                raise ArgumentTypeError(f"method {self.name!r} takes at most {len(names)} positional "
+                                        f"argument(s) after the model ({', '.join(names)}), got "
+                                        f"{len(args)}; pass the others by keyword")
             given = dict(zip(names, args))
             twice = sorted(set(given) & set(kwargs))
             if twice:
-                raise TypeError(f"method {self.name!r} got {twice[0]} both by position and by "
-                                "keyword; pass it once")
+                raise ArgumentTypeError(f"method {self.name!r} got {twice[0]} both by position and by "
+                                        "keyword; pass it once")
             kwargs = {**given, **kwargs}
         for key, value in kwargs.items():
             if key in self.defaults and value != self.defaults[key]:
-                raise ValueError(f"method {self.name!r} runs with {key}={self.defaults[key]!r}, but "
-                                 f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}; on "
-                                 f"the command line: --set '~prune.{key}') or choose the method "
-                                 "that has it")
+                raise ArgumentError(f"method {self.name!r} runs with {key}={self.defaults[key]!r}, but "
+                                    f"{key}={value!r} is set; remove {key} (in a recipe: prune.{key}; on "
+                                    f"the command line: --set '~prune.{key}') or choose the method "
+                                    "that has it")
         # (keys it sets itself are the method's to refuse: one-shot names them all)
         # (break111 F12: a registered default it does not take was a bare TypeError here)
         check_method_kwargs(self.cls, self.defaults, f"method {self.name!r} (its registered defaults)",
@@ -1011,16 +1011,16 @@ def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in sets_itself]
     own = [k for k in kwargs if k in sets_itself]
     if own and refuse_own:
-        raise TypeError(f"{caller}: the method sets {own[0]!r} itself; drop it (it takes "
-                        f"{', '.join(valid)})")
+        raise ArgumentTypeError(f"{caller}: the method sets {own[0]!r} itself; drop it (it takes "
+                                f"{', '.join(valid)})")
     unknown = [k for k in kwargs if k not in valid and k not in own]
     if unknown:
         import difflib
 
         close = difflib.get_close_matches(unknown[0], valid, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise TypeError(f"{caller}: {unknown[0]!r} is not an argument of the method{hint}; it "
-                        f"takes {', '.join(valid)}")
+        raise ArgumentTypeError(f"{caller}: {unknown[0]!r} is not an argument of the method{hint}; it "
+                                f"takes {', '.join(valid)}")
 
 
 def register_method(name: str, target: str | Callable, *, defaults: dict | None = None,
@@ -1034,12 +1034,12 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
     a callable nor a ``"module:attr"`` string; a string target that fails to import or to name
     a callable raises :class:`ImportError` at first use, naming the method."""
     if not isinstance(name, str) or not name:  # (a None name broke get_method's own error)
-        raise TypeError(f"register_method: name must be a non-empty str, got {name!r}")
+        raise ArgumentTypeError(f"register_method: name must be a non-empty str, got {name!r}")
     if isinstance(target, str):
         module, _, attr = target.partition(":")
         if not module or not attr:
-            raise TypeError(f"register_method({name!r}): a string target is 'package.module:attr', "
-                            f"got {target!r}")
+            raise ArgumentTypeError(f"register_method({name!r}): a string target is 'package.module:attr', "
+                                    f"got {target!r}")
 
         def load(module=module, attr=attr):
             try:  # break49 #9: a bare ModuleNotFoundError named no method
@@ -1055,11 +1055,11 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
         def load(target=target):
             return target
     else:
-        raise TypeError(f"register_method({name!r}): target must be a method class or factory, or "
-                        f"a 'package.module:attr' string, got a {type(target).__name__}")
+        raise ArgumentTypeError(f"register_method({name!r}): target must be a method class or factory, or "
+                                f"a 'package.module:attr' string, got a {type(target).__name__}")
     if defaults is not None and not isinstance(defaults, Mapping):
-        raise TypeError(f"register_method({name!r}): defaults is a dict of the method's arguments "
-                        f"(e.g. {{'masks': 'hard'}}), got a {type(defaults).__name__}")
+        raise ArgumentTypeError(f"register_method({name!r}): defaults is a dict of the method's arguments "
+                                f"(e.g. {{'masks': 'hard'}}), got a {type(defaults).__name__}")
     if defaults and callable(target):  # (a string target is checked when first built)
         check_method_kwargs(target, defaults, f"register_method({name!r}, defaults=...)",
                             refuse_own=False)
@@ -1074,16 +1074,16 @@ def get_method(name: str) -> MethodEntry:
     ValueError for a name not registered, with the close ones."""
     _load_builtin()
     if not isinstance(name, str):  # (break111 F16: a list was "unhashable type")
-        raise ValueError(f"a pruning method's name is a str, got {name!r}; registered: "
-                         f"{', '.join(sorted(registry))}")
+        raise ArgumentError(f"a pruning method's name is a str, got {name!r}; registered: "
+                            f"{', '.join(sorted(registry))}")
     if name not in registry:
         import difflib
 
         close = difflib.get_close_matches(str(name).lower(), sorted(registry), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""  # break73 M6: SMCP, smpc
-        raise ValueError(f"unknown pruning method {name!r}{hint}; registered: "
-                         f"{', '.join(sorted(registry))} (a package adds one with an entry point "
-                         f"in the {PLUGIN_GROUP!r} group)")
+        raise ArgumentError(f"unknown pruning method {name!r}{hint}; registered: "
+                            f"{', '.join(sorted(registry))} (a package adds one with an entry point "
+                            f"in the {PLUGIN_GROUP!r} group)")
     return registry[name]
 
 

@@ -67,7 +67,7 @@ import torch
 from torch import fx
 
 from .. import distributed as fxdist
-from ..errors import warn
+from ..errors import ArgumentError, warn
 from ..allocation import Allocation, GroupOptions, allocate, allocate_uniform, allowed_counts
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
@@ -117,11 +117,11 @@ def _check_counts(n: int, counts) -> list[int]:
     """The kept counts asked of an ``n``-channel QP, each an integer in 1..n (ValueError)."""
     counts = list(counts)
     if not counts:
-        raise ValueError("counts is empty: give the numbers of channels to keep (1..n)")
+        raise ArgumentError("counts is empty: give the numbers of channels to keep (1..n)")
     for p in counts:
         if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not 1 <= p <= n:
-            raise ValueError(f"a count of channels to keep must be an integer in 1..{n} (the "
-                             f"matrix's size), got {p!r}")
+            raise ArgumentError(f"a count of channels to keep must be an integer in 1..{n} (the "
+                                f"matrix's size), got {p!r}")
     return [int(p) for p in counts]
 
 
@@ -147,7 +147,7 @@ def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=()) -> tuple[np.ndarray,
         if vals[j] < best_val:
             best_val, best = float(vals[j]), beta[j] > 0
     if best is None:
-        raise ValueError(f"no subset of {p} channels satisfies the keep_one_of constraints")
+        raise ArgumentError(f"no subset of {p} channels satisfies the keep_one_of constraints")
     return best, best_val
 
 
@@ -266,10 +266,10 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
         if not removable.any():
             # (break147 F2: a smaller set can exist where keep_one_of sets overlap, so the
             # message names the search's limit, not the constraints')
-            raise ValueError(f"the greedy elimination cannot keep fewer than {size} channels "
-                             "under these keep_one_of constraints; solve_exhaustive searches "
-                             "every subset (CCP's exhaustive_max, up to "
-                             f"{EXHAUSTIVE_MAX_LIMIT} channels)")
+            raise ArgumentError(f"the greedy elimination cannot keep fewer than {size} channels "
+                                "under these keep_one_of constraints; solve_exhaustive searches "
+                                "every subset (CCP's exhaustive_max, up to "
+                                f"{EXHAUSTIVE_MAX_LIMIT} channels)")
         delta = np.where(removable, -2 * r + diag, np.inf)
         i = int(np.argmin(delta))
         beta[i] = False
@@ -382,8 +382,8 @@ class CCP(PruningMethod):
                  resolution: int = DEFAULT_RESOLUTION,
                  max_resolves: int = 6, reduce_fn=None, scaler=None):
         if mode not in ("ratio", "adaptive"):
-            raise ValueError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
-                             f"(counts by the allocator under a cost target), got {mode!r}")
+            raise ArgumentError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
+                                f"(counts by the allocator under a cost target), got {mode!r}")
         if target is not None:
             check_fraction("target", target, "the fraction of the dense cost to keep")
         if ratio is not None:
@@ -391,7 +391,7 @@ class CCP(PruningMethod):
         if mode == "ratio":
             warn_unused_target("CCP", target, "ratio", ratio, "adaptive")
         if collect_bn not in ("eval", "train"):
-            raise ValueError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
+            raise ArgumentError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
         # round_every 0 put every round on one step, and only the first ran
         for name, value in (("rounds", rounds), ("collect", collect), ("round_every", round_every),
                             ("channel_step", channel_step), ("resolution", resolution),
@@ -399,7 +399,7 @@ class CCP(PruningMethod):
             check_number(name, value, 1, integer=True)
         check_number("exhaustive_max", exhaustive_max, 0, integer=True)
         if exhaustive_max > EXHAUSTIVE_MAX_LIMIT:  # break52 #1: 40 took all memory, unnamed
-            raise ValueError(
+            raise ArgumentError(
                 f"exhaustive_max must be <= {EXHAUSTIVE_MAX_LIMIT}, got {exhaustive_max}: the "
                 f"exact search over a group of n channels enumerates up to C(n, n/2) subsets "
                 f"(C({EXHAUSTIVE_MAX_LIMIT}, {EXHAUSTIVE_MAX_LIMIT // 2}) = "
@@ -408,8 +408,8 @@ class CCP(PruningMethod):
         if prune_at is not None:
             check_number("prune_at", prune_at, integer=True)
             if prune_at < 1:  # step() counts from 1: step 0 never comes
-                raise ValueError(f"prune_at is the optimizer step (from 1) of the first pruning; got "
-                                 f"{prune_at}, which would never prune: give 1 or more (None: collect)")
+                raise ArgumentError(f"prune_at is the optimizer step (from 1) of the first pruning; got "
+                                    f"{prune_at}, which would never prune: give 1 or more (None: collect)")
         if rounds > 1 and round_every < collect:
             warn(f"CCP: round_every ({round_every}) < collect ({collect}): each later round "
                  f"collects over the {round_every} steps since the one before, not {collect}")
@@ -629,7 +629,7 @@ class CCP(PruningMethod):
         """Group i's keep-form S over its alive channels, their positions, constraints."""
         a, B = self.stats.moments(i)
         if not (np.isfinite(a).all() and np.isfinite(B).all()):
-            raise ValueError(
+            raise ArgumentError(
                 f"CCP: the statistics of group {self.index.groups[i].name!r} hold inf/nan at step "
                 f"{self.step_count}: training diverged during collection (lower the learning rate "
                 "or, with collect_bn='eval', use collect_bn='train'), or a mixed-precision step "

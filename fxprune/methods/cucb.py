@@ -80,7 +80,7 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from .. import distributed as fxdist
-from ..errors import warn
+from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options, uniform_kept
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
@@ -114,10 +114,10 @@ def _refuse_gathered_in_a_group(when: str = "") -> None:
     """Gathered execution runs the sub-network outside the DDP wrapper: in a process group of
     several, no gradient would be averaged and the ranks would train apart."""
     if fxdist.is_distributed() and fxdist.world_size() > 1:
-        raise ValueError(f"CUCB: execution='gathered' trains a sub-network outside the DDP "
-                         f"wrapper, so its gradients are not averaged across the processes{when}; "
-                         "use execution='masked' under torch.distributed (in a recipe: "
-                         "prune.execution=masked)")
+        raise ArgumentError(f"CUCB: execution='gathered' trains a sub-network outside the DDP "
+                            f"wrapper, so its gradients are not averaged across the processes{when}; "
+                            "use execution='masked' under torch.distributed (in a recipe: "
+                            "prune.execution=masked)")
 
 
 #: CUCB picks its channels at every step: whether the model trains and which readers are
@@ -171,10 +171,10 @@ class CUCB(PruningMethod):
                  seed: int = 0, channel_step: int = 1, execution: str = "gathered", reduce_fn=None,
                  resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6):
         if mode not in ("ratio", "budget"):
-            raise ValueError(f"mode must be 'ratio' (top rho per group) or 'budget' (the allocator "
-                             f"under a cost target), got {mode!r}")
+            raise ArgumentError(f"mode must be 'ratio' (top rho per group) or 'budget' (the allocator "
+                                f"under a cost target), got {mode!r}")
         if selection not in ("cucb", "random"):
-            raise ValueError(f"selection must be 'cucb' or 'random' (the control), got {selection!r}")
+            raise ArgumentError(f"selection must be 'cucb' or 'random' (the control), got {selection!r}")
         if target is not None:
             check_fraction("target", target, "the fraction of the dense cost to keep")
         if rho is not None:
@@ -191,16 +191,16 @@ class CUCB(PruningMethod):
             check_number(name, value, 1, integer=True)
         check_number("seed", seed, 0, integer=True)
         if explore is not None and explore < warmup:  # the final pick would be a random one
-            raise ValueError(f"explore={explore} makes the final selection during the {warmup} "
-                             "steps of random warm-up, before any bandit statistics: raise "
-                             "explore or lower warmup")
+            raise ArgumentError(f"explore={explore} makes the final selection during the {warmup} "
+                                "steps of random warm-up, before any bandit statistics: raise "
+                                "explore or lower warmup")
         if mode == "budget" and rho is not None:
             warn(f"CUCB: rho={rho:g} is not used in mode='budget', where the allocator "
                  "sets each group's active count under target; drop rho (a recipe: --set "
                  "prune.rho=null) or use mode='ratio'", RuntimeWarning)
         if execution not in ("gathered", "masked"):
-            raise ValueError(f"execution must be 'gathered' (run the active sub-network) or "
-                             f"'masked' (full width, inactive channels masked), got {execution!r}")
+            raise ArgumentError(f"execution must be 'gathered' (run the active sub-network) or "
+                                f"'masked' (full width, inactive channels masked), got {execution!r}")
         super().__init__(prepared, cost, channel_step)
         self.cost_target = DEFAULT_TARGET if target is None else float(target)
         self.mode, self.c = mode, float(c)
@@ -299,12 +299,12 @@ class CUCB(PruningMethod):
         ``prepare``, which works on a deep copy, trains that one), TypeError when it is not a
         ``torch.optim.Optimizer`` (a wrapper: attach the optimizer inside it)."""
         if not isinstance(optimizer, torch.optim.Optimizer):  # it failed in the hook's set-up
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"CUCB.attach_optimizer: a {type(optimizer).__name__} is not a "
                 "torch.optim.Optimizer, whose step hooks keep inactive weights as they are; "
                 "attach the torch.optim optimizer it wraps")
         if not trains_model(optimizer, self.prepared):
-            raise ValueError(  # break49 #4: nothing trained, and nothing said so
+            raise ArgumentError(  # break49 #4: nothing trained, and nothing said so
                 "CUCB.attach_optimizer: the optimizer holds none of the prepared model's "
                 "parameters (fxprune.prepare works on a deep copy): build it over "
                 "prepared.parameters(), after prepare")

@@ -70,7 +70,7 @@ from torch import fx
 
 from fxprune.passes.bn_rescale import insert_bn_rescale
 
-from ..errors import warn
+from ..errors import ArgumentError, warn
 from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
 from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
@@ -114,12 +114,12 @@ def _check_args(**args) -> None:
     number("hysteresis", 0)
     number("bn_recalibrate", 0, integer=True)
     if args["bn_rescale"] not in ("kept_fraction", "off"):
-        raise ValueError(f"bn_rescale must be 'kept_fraction' (SMCP) or 'off', got "
-                         f"{args['bn_rescale']!r}")
+        raise ArgumentError(f"bn_rescale must be 'kept_fraction' (SMCP) or 'off', got "
+                            f"{args['bn_rescale']!r}")
     schedule = args["schedule"]
     if schedule is not None and not isinstance(schedule, PruningSchedule):
-        raise ValueError(f"schedule must be a fxprune.PruningSchedule (or None: built from warmup, "
-                         f"ramp, update_every, freeze_after), got {type(schedule).__name__}")
+        raise ArgumentError(f"schedule must be a fxprune.PruningSchedule (or None: built from warmup, "
+                            f"ramp, update_every, freeze_after), got {type(schedule).__name__}")
 
 
 def _tracks_statistics(module: torch.nn.Module) -> bool:
@@ -132,9 +132,9 @@ def _check_reaches_target(schedule: PruningSchedule, target: float) -> None:
     if target < 1 and freeze is not None and freeze < end:
         how = (f"warmup {schedule.warmup} + ramp {schedule.ramp}" if schedule.ramp else
                f"no ramp: the first step after warmup {schedule.warmup}")
-        raise ValueError(f"freeze_after={freeze} stops mask updates before the ramp ends at step "
-                         f"{end} ({how}), so the target would never be reached; freeze later or "
-                         "shorten the warm-up or ramp")
+        raise ArgumentError(f"freeze_after={freeze} stops mask updates before the ramp ends at step "
+                            f"{end} ({how}), so the target would never be reached; freeze later or "
+                            "shorten the warm-up or ramp")
 
 
 class SMCP(PruningMethod):
@@ -195,17 +195,17 @@ class SMCP(PruningMethod):
                     bn_rescale=bn_rescale, schedule=schedule, hysteresis=hysteresis,
                     bn_recalibrate=bn_recalibrate)
         if masks not in ("soft", "hard"):
-            raise ValueError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
+            raise ArgumentError(f"masks must be 'soft' (SMCP) or 'hard' (HALP-style), got {masks!r}")
         if allocation not in ("knapsack", "uniform"):
-            raise ValueError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
+            raise ArgumentError(f"allocation must be 'knapsack' or 'uniform', got {allocation!r}")
         defaults = inspect.signature(SMCP.__init__).parameters  # (not copied by hand: review108 F11)
         given = [f"{k}={v!r}" for k, v in (
             ("warmup", warmup), ("ramp", ramp), ("update_every", update_every),
             ("freeze_after", freeze_after), ("ramp_shape", ramp_shape)) if v != defaults[k].default]
         if schedule is not None and given:  # (break105 F2: they were dropped without a word)
-            raise ValueError(f"schedule= replaces warmup, ramp, update_every, freeze_after and "
-                             f"ramp_shape, but {', '.join(given)} was given too: pass the "
-                             "schedule alone, or those arguments alone")
+            raise ArgumentError(f"schedule= replaces warmup, ramp, update_every, freeze_after and "
+                                f"ramp_shape, but {', '.join(given)} was given too: pass the "
+                                "schedule alone, or those arguments alone")
         schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
         _check_reaches_target(schedule, float(target))
         super().__init__(prepared, cost, channel_step)
@@ -308,8 +308,8 @@ class SMCP(PruningMethod):
         after it ran (break117 F7: a freeze moved before the ramp's end ran unpruned to the end,
         and only finalize_masks said so)."""
         if not isinstance(self.schedule, PruningSchedule):
-            raise ValueError(f"pruner.schedule was set to a {type(self.schedule).__name__}: give "
-                             "a fxprune.PruningSchedule")
+            raise ArgumentError(f"pruner.schedule was set to a {type(self.schedule).__name__}: give "
+                                "a fxprune.PruningSchedule")
         check_fraction("target", self.target, "the fraction of the dense cost to keep")
         self.target = float(self.target)
         before = getattr(self, "_schedule_checked", (None, None))[1]
@@ -318,16 +318,16 @@ class SMCP(PruningMethod):
         # already is fine)
         if (before is not None and self.target < before and freeze is not None
                 and self.step_count >= freeze and self.cost() > self.target + 1e-9):
-            raise ValueError(f"pruner.target was lowered to {self.target:g} at step "
-                             f"{self.step_count}, below the frozen masks' cost {self.cost():.4g} "
-                             f"(freeze_after={freeze}): no update comes to reach it; set it "
-                             "before the freeze, or prune the finalized model again (README, "
-                             "pruning again)")
+            raise ArgumentError(f"pruner.target was lowered to {self.target:g} at step "
+                                f"{self.step_count}, below the frozen masks' cost {self.cost():.4g} "
+                                f"(freeze_after={freeze}): no update comes to reach it; set it "
+                                "before the freeze, or prune the finalized model again (README, "
+                                "pruning again)")
         try:
             _check_reaches_target(self.schedule, self.target)
         except ValueError as e:
-            raise ValueError(f"pruner.schedule or pruner.target was changed after the pruner was "
-                             f"built: {e}") from None
+            raise ArgumentError(f"pruner.schedule or pruner.target was changed after the pruner was "
+                                f"built: {e}") from None
         self._check_reachable(self.target)  # (review123 #2: below the floor, said mid-ramp)
         self._schedule_checked = (copy.copy(self.schedule), self.target)
 
@@ -535,9 +535,9 @@ class SMCP(PruningMethod):
         self._check_state(state, "masks")
         saved = state.get("bn_rescale")  # states saved before it was recorded do not say
         if saved is not None and saved != self.bn_rescale:
-            raise ValueError(f"this SMCP state was saved with bn_rescale={saved!r}, the pruner has "
-                             f"bn_rescale={self.bn_rescale!r}; build it with "
-                             f"bn_rescale={saved!r} to resume that run")
+            raise ArgumentError(f"this SMCP state was saved with bn_rescale={saved!r}, the pruner has "
+                                f"bn_rescale={self.bn_rescale!r}; build it with "
+                                f"bn_rescale={saved!r} to resume that run")
         self._warn_changed_settings(state)  # allowed (e.g. pruning further), never silently
         self.skipped_updates = int(state.get("skipped_updates", 0))
         self.step_count = int(state["step"])
@@ -557,9 +557,9 @@ def one_shot(prepared: fx.GraphModule, target: float = 0.5, cost="flops", *, pru
     ``target`` and they are removed for good (hard masks); the remaining steps fine-tune."""
     clash = [k for k in one_shot.sets_itself if k in kwargs]
     if clash:
-        raise ValueError(f"one-shot pruning sets {', '.join(clash)} itself (the schedule from "
-                         f"prune_at and window, masks='hard', no hysteresis: one decision); "
-                         f"remove {', '.join(clash)}")
+        raise ArgumentError(f"one-shot pruning sets {', '.join(clash)} itself (the schedule from "
+                            f"prune_at and window, masks='hard', no hysteresis: one decision); "
+                            f"remove {', '.join(clash)}")
     check_number("prune_at (the optimizer step, from 1, of the pruning)", prune_at, 1, integer=True)
     check_number("window", window, 1, integer=True)
     window = min(int(window), int(prune_at))
