@@ -1208,7 +1208,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         results.update(accuracy=small_acc, test_loss=small_loss, accuracy_masked=test_acc,
                        finalize_mismatched_samples=mismatched, **stats, model=str(path),
                        pruner_cost=cost)
-        priced_by = getattr(getattr(pruner, "budget", None), "model", None)
+        priced_by = getattr(pruner, "cost_model", None)
         if isinstance(getattr(priced_by, "name", None), str):
             # what pruner_cost and target are fractions of (break176 F7: a method's own cost
             # model was named nowhere)

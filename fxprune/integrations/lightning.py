@@ -305,7 +305,8 @@ class PruningCallback(pl.Callback):
             # that state is from before the final rule this callback applied at the last fit's
             # end, which it applies again at this one's: updates in between are training, not
             # a loop stepping past its own finalize_masks() (break133 F2: SMCP warned so)
-            self.pruner._masks_finalized_at = None
+            if callable(getattr(self.pruner, "reopen", None)):
+                self.pruner.reopen()
         self._trained_state = None
         if hasattr(self.pruner, "attach_optimizer"):
             # e.g. CUCB: inactive weights keep their optimizer state (this fit's optimizers that

@@ -25,6 +25,27 @@ model) and ``attach_optimizer(optimizer)`` (called once the trainer has built it
 A third, ``sync_state()``, is a collective every process calls before rank 0 saves
 ``state_dict()`` (CCP: statistics collected on each process are summed onto rank 0).
 :class:`PruningMethod` gives the shared parts (unit index, cost model, budget, masks).
+
+Optional members ``fxprune train`` and the Lightning callback read where a method has them
+(each read with ``getattr``; a method without one loses only what it is for):
+
+- ``step_count`` (int): the steps taken; the callback names it in its messages.
+- ``target`` (a fraction of the dense cost): what the end of a run is checked against.
+- ``schedule`` (a :class:`fxprune.PruningSchedule`) or ``prune_steps()`` (the steps that
+  choose masks): where the masks reach the target (:func:`schedule_end`), so that a run
+  too short for it is refused before training.
+- ``explore`` and ``warmup``: a final selection made at step ``explore`` (CUCB); the
+  callback sets ``explore`` to the fit's last step when it is None.
+- ``warn_above_target`` (bool): switched off while the trainer itself says a cost above the
+  target; ``masks_not_final()``: why ``fxprune.finalize`` should warn.
+- ``cost_model``: the cost model its budget prices with (``results.json``'s ``cost_model``).
+- ``grad_scale`` (writable float) and ``discard_step()``: under mixed precision, the loss
+  scale a step's gradients carry, and a step whose gradients overflowed (CCP's hooks).
+- ``reopen()``: the callback restored a state from before the final rule of an earlier fit;
+  the masks are trained on.
+- class attributes: ``rank_local_statistics`` (hook statistics each process gathers: the
+  trainer passes ``reduce_fn``), ``step_args`` (arguments a recipe may give in epochs or as a
+  fraction of the run), ``sets_itself`` (arguments a factory fixes: one-shot's schedule).
 """
 from __future__ import annotations
 
@@ -59,6 +80,8 @@ __all__ = ["Method", "PruningMethod", "MethodEntry", "registry", "register_metho
 
 @runtime_checkable
 class Method(Protocol):
+    """The members every method has (the module docstring lists the optional ones)."""
+
     history: list
 
     def step(self, loss=None) -> dict | None: ...
@@ -856,6 +879,18 @@ class PruningMethod:
         """What to do when :meth:`finalize_masks` finds the masks above ``target``."""
         return ("train on (pruner.step() after each backward) until it has, or finalize this "
                 "model knowingly")
+
+    @property
+    def cost_model(self) -> CostModel:
+        """The cost model the budget prices with (``cost=`` resolved)."""
+        return self.budget.model
+
+    def reopen(self) -> None:
+        """Forget that :meth:`finalize_masks` ran: the masks are trained on (the Lightning
+        callback restored, for a second fit, the state from before the final rule it applied
+        at the first one's end), so updates from here are no loop stepping past its own
+        final selection."""
+        self._masks_finalized_at = None
 
     def masks_not_final(self) -> str | None:
         """Why the current masks are not what :meth:`finalize_masks` would leave (None when
