@@ -130,8 +130,8 @@ def _check_prepared(model) -> None:
                 "fxprune.prepare(model, example_inputs) returns")
     raise NotPreparedError(
         f"fxprune.summary lists a prepared model's channel groups; got {what}, or count this "
-        "model's FLOPs and parameters with `from fxprune.summary import count_flops, "
-        "count_params`: count_flops(model, inputs), count_params(model)")
+        "model's FLOPs and parameters with fxprune.count_flops(model, inputs) and "
+        "fxprune.count_params(model)")
 
 
 def dense_flops(prepared: fx.GraphModule) -> int:

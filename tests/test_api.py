@@ -1827,3 +1827,16 @@ def test_the_apis_deliberate_errors_are_fxprune_errors_of_their_builtin_kind():
         with pytest.raises(kind) as info:
             call()
         assert isinstance(info.value, fxprune.FxPruneError) and isinstance(info.value, builtin)
+
+
+def test_flops_and_parameter_counts_are_at_the_top_level_where_summary_points():
+    """review194 L3: README and summary()'s error sent users to `from fxprune.summary import
+    count_flops`, while `import fxprune.summary` gives the function summary."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 2))
+    assert {"count_flops", "count_params"} <= set(fxprune.__all__)
+    assert fxprune.count_params(model) == sum(p.numel() for p in model.parameters())
+    # 2 per multiply-add: the conv's 8*3*9 per output pixel (36 of them), the linear's 288*2
+    assert fxprune.count_flops(model, (torch.randn(1, 3, 8, 8),)) == 2 * (8 * 3 * 9 * 36 + 288 * 2)
+    with pytest.raises(fxprune.NotPreparedError, match=r"fxprune.count_flops\(model, inputs\) "
+                                                       r"and fxprune.count_params\(model\)$"):
+        fxprune.summary(model)
