@@ -172,7 +172,16 @@ def _interp(axis: Sequence[int], x: float) -> tuple[int, int, float]:
 
 
 class LatencyTable:
-    """Per-layer latency (ms) on one backend, device and thread count; a ``CostModel``."""
+    """Per-layer latency (ms) on one backend, device and thread count; a ``CostModel``.
+
+    A lookup table of each conv/linear layer's time alone at a grid of kept input and output
+    channel counts (HALP's latency lookup table, Shen et al. 2022), interpolated between grid
+    points: ``layer_cost(layer, c_in, c_out)`` in ms. Build one with :meth:`measure` (or
+    :func:`fxprune.deploy.latency_cost`, which a recipe's ``prune.cost: latency`` calls), or
+    read a saved one with :meth:`load`; the constructor makes an empty table (``backend``,
+    ``device``, ``threads``, ``runtime_version``, ``batch``, ``dtype`` describe where its
+    points were timed, and a cache keeps points of one such context apart from another's).
+    """
 
     name = "latency"
 
@@ -259,7 +268,21 @@ class LatencyTable:
         ``device`` labels the table and its cache context (default: the CPU's or GPU's name). A
         torch device name there ("cpu", "cuda:1") is where the torch backend times, as in
         ``deploy`` and ``calibrate_cost``; for ONNX Runtime (CPU) and TensorRT (CUDA) it must
-        name their device. Raises :class:`DeployError` for a device the backend cannot time on.
+        name their device.
+
+        ``step``: the grid's spacing in channels (every multiple of it up to each layer's width;
+        the pruner's ``channel_step``). ``threads``: the runtime's intra-op threads (ONNX
+        Runtime, the torch backend on the CPU). ``cache``: a JSON file of points, read first
+        (only the points of this context: backend, device, runtime, threads, batch, dtype,
+        timer) and written back atomically with the new ones, so a second call times only what
+        is missing; it must be a cache this method wrote (a saved table or another file is
+        refused, never overwritten). ``progress``: a progress bar on standard error; ``log``:
+        where the one-line summary (points cached, timed, under load) goes.
+
+        Raises:
+            DeployError: an unknown backend or precision, a bad count (``step``, ``threads``,
+                ``batch``, runs), a device the backend cannot time on, a ``cache`` that is not
+                a latency cache of this format, or a timing that fails.
         """
         if backend not in _BACKENDS:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")

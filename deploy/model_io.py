@@ -504,7 +504,10 @@ def onnx_input_shape(path: str, input_shape=None, batch: int | None = None) -> t
 
 def resolve_input_shape(module: nn.Module, input_shape: str | Sequence[int] | None = None,
                         batch: int | None = None) -> tuple[int, ...]:
-    """The full input shape (batch first) to export and time the model at."""
+    """The full input shape (batch first) to export and time the model at: ``input_shape``
+    ("1,3,224,224" or a sequence) when given, else the module's ``fxprune_input_shape``
+    (``finalize`` records it); ``batch`` then replaces the first dim. Raises DeployError when
+    neither gives a shape (naming how to give one), or for a batch <= 0."""
     if input_shape is not None:
         shape = parse_shape(input_shape)
     else:

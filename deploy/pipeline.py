@@ -114,7 +114,8 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     ``max_batch`` widens the TensorRT engine's batch range (default: the batch itself);
     ``workspace`` is the TensorRT builder's workspace in bytes (default 1 GiB). Both apply to the
     TensorRT backend only and are refused with another one.
-    ``atol``/``rtol`` bound the ONNX-vs-PyTorch check. ``log`` takes each progress line
+    ``atol``/``rtol`` bound the ONNX-vs-PyTorch check (None: 1e-6/1e-3 for an fp32 export,
+    1e-4/2e-2 for fp16: ``onnx_export.TOLERANCES``). ``log`` takes each progress line
     (None: none are said). ``device`` is where the torch backend
     times ("cuda", "cpu"; default: CUDA when there is one). ``precision="bf16"`` is for the
     torch backend only (its ONNX file is then exported and checked in fp32). Nothing passed in
@@ -125,6 +126,12 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     with ``trust_model_file=True``: unpickling runs code the file carries.
     ``out_dir`` must be a folder (created if missing); files there that a deploy did not write
     are never replaced (the folder's marker records what deploy wrote).
+
+    Raises:
+        DeployError: every refusal, each one line naming the way out: a bad option or count,
+            a backend or precision this machine lacks, an unknown input shape, a model file
+            that is damaged or not trusted (``trust_model_file``), an ONNX export or check that
+            fails, an ``out_dir`` that cannot be written, memory running out.
     """
     if precision not in PRECISIONS:
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")

@@ -389,30 +389,41 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     """Remove every channel whose mask is 0 and return a smaller plain model.
 
     Masks are folded into the weights, so the result computes what the masked model computes
-    (in eval mode). With ``check`` (default) both are run on the example inputs given to
-    :func:`prepare` (moved to the model's device and cast to its floating dtype) and a
-    :class:`~fxprune.errors.SurgeryError` is raised if their outputs differ
-    by more than ``rtol`` relative to the output's scale (default 1e-4; for float16/bfloat16
-    models, or a forward with an autocast region in one of them, :data:`DEFAULT_RTOL`); NaN
-    and +-inf (masked logits) must sit at the same places in both, and an output with no finite value at all (a diverged run) is refused, since nothing
-    could be checked. ``prepared`` is left untouched; the result stays on its device
-    and dtype.
-    The result is a ``torch.fx.GraphModule`` of plain torch.nn layers, with no fxprune class or
-    function in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX
-    (but for a forward that sets the grad or autocast mode, or applies a custom autograd
-    Function: loading those needs fxprune).
-    A model of one tensor input records its example input's shape as ``fxprune_input_shape``,
-    which ``fxprune deploy`` reads from the saved file.
-    Its parameters are new tensors: to fine-tune it, build a new optimizer over them (one built
-    over ``prepared`` trains ``prepared``). Masks neither 0 nor 1 (an EMA copy's averages) are
-    warned of: see :func:`copy_masks`; so is a finalize that removes nothing (no mask is 0),
-    and one whose latest pruner (still alive) has not made its final selection: a loop that
-    skipped ``pruner.finalize_masks()`` (RuntimeWarning). A BatchNorm that became an
-    ``nn.SyncBatchNorm`` after ``prepare`` (converted for DDP training) is its traced class
-    again in the result, unless that class has a forward of its own; one that was a
-    SyncBatchNorm when traced stays one, with a warning. A float32 model whose check fails is
-    judged again on float64 copies, relative to the float32 outputs' scale (an output that is
-    0 in exact arithmetic holds only rounding noise in float32).
+    (in eval mode). ``prepared`` is left untouched; the result stays on its device and dtype.
+
+    Args:
+        prepared: the model :func:`prepare` returned (trained, its masks 0 or 1).
+        check: run both models on the example inputs given to :func:`prepare` (moved to the
+            model's device and cast to its floating dtype) and compare their outputs; NaN and
+            +-inf (masked logits) must sit at the same places in both. A float32 model whose
+            check fails is judged again on float64 copies, relative to the float32 outputs'
+            scale (an output that is 0 in exact arithmetic holds only rounding noise).
+        rtol: the check's tolerance, relative to the output's scale; None: 1e-4, or
+            :data:`DEFAULT_RTOL` for float16/bfloat16 models and a forward with an autocast
+            region.
+
+    Returns:
+        A ``torch.fx.GraphModule`` of plain torch.nn layers with no fxprune class or function
+        in it: it can be ``torch.save``-d, loaded without fxprune, and exported to ONNX (but
+        for a forward that sets the grad or autocast mode, or applies a custom autograd
+        Function: loading those needs fxprune). A model of one tensor input records its
+        example input's shape as ``fxprune_input_shape``, which ``fxprune deploy`` reads from
+        the saved file. Its parameters are new tensors: to fine-tune it, build a new optimizer
+        over them (one built over ``prepared`` trains ``prepared``). A BatchNorm that became an
+        ``nn.SyncBatchNorm`` after ``prepare`` (converted for DDP training) is its traced class
+        again, unless that class has a forward of its own; one that was a SyncBatchNorm when
+        traced stays one, with a warning.
+
+    Raises:
+        SurgeryError: the outputs differ beyond ``rtol``, or the masked model's output holds no
+            finite value (a diverged run: nothing could be checked; ``check=False`` skips it).
+        NotPreparedError: ``prepared`` is not :func:`prepare`'s output.
+        ArgumentError: ``rtol`` is not a number > 0.
+
+    Warns (RuntimeWarning): masks neither 0 nor 1 (an EMA copy's averages: see
+    :func:`copy_masks`); a finalize that removes nothing (no mask is 0); a live pruner of this
+    model that has not made its final selection (a loop that skipped
+    ``pruner.finalize_masks()``).
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
         if rtol is not None and not is_tolerance(rtol):

@@ -164,6 +164,11 @@ class ChannelGroup:
     model at each access, so a group listed before ``model.to(device)``, ``.double()`` or
     ``.half()`` (which replace buffers) still writes into the model. Groups that cannot be
     pruned have ``prunable=False``, a ``reason``, and ``mask=None``.
+
+    ``key``: the group's id (``masks.<key>`` is its buffer); ``name``: a readable label (its
+    first producer's); ``size``: its channel count; ``producers``/``consumers``: the layers
+    writing and reading its channels, ``members``: every layer it touches (module paths or node
+    names); ``keep_one_of`` and ``bank``: below.
     """
 
     key: str
@@ -195,6 +200,7 @@ class ChannelGroup:
 
     @property
     def kept(self) -> int:
+        """Channels the mask keeps now (nonzero entries); ``size`` for a group kept whole."""
         mask = self.mask
         return self.size if mask is None else int((mask != 0).sum())
 
@@ -280,7 +286,10 @@ class PreparedState:
 
 def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> list[ChannelGroup]:
     """The channel groups of a prepared model (those with a conv or linear in them, unless
-    ``all_groups``), each with its live mask tensor."""
+    ``all_groups``), each with its live mask tensor (None for a group kept whole).
+
+    Raises NotPreparedError for a model :func:`fxprune.prepare` did not return (a wrapper
+    around one is named, with the attribute that holds it)."""
     state = state_of(prepared)
     masks = prepared.get_submodule(state.mask_owner)
     out = []

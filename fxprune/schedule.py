@@ -21,8 +21,15 @@ class PruningSchedule:
     ramp: steps over which the cost target goes from 1.0 to the final target.
     update_every: masks are re-solved every this many steps from the end of warm-up: the first
     update is at step ``warmup + update_every``.
-    freeze_after: from this step on masks stay as they are (cool-down); None: never frozen.
-    shape: "exp" (SMCP) or "linear". sharpness: ``a*T`` of the exponential ramp.
+    freeze_after: after this step masks stay as they are (cool-down; an update at the step
+    itself still runs); None: never frozen.
+    shape: "exp" (SMCP) or "linear". With ``t`` the fraction of the ramp done, the budget is
+    ``1 - (1 - target) * p(t)``, where ``p(t) = t`` (linear) or
+    ``p(t) = (1 - exp(-s t)) / (1 - exp(-s))`` (exp): SMCP's ImageNet schedule (Humble et al.,
+    ECCV 2022, after HALP) prunes a ratio ``r (1 - exp(-a e)) / (1 - exp(-a T))`` at epoch ``e``
+    of a ``T``-epoch ramp, with ``a = 0.05`` and ``T = 55``. sharpness: ``s = a T`` (2.75 by
+    default: that schedule's); a small ``s`` tends to the linear ramp, a large one prunes most
+    of the way early.
     """
 
     warmup: int = 0

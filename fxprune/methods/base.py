@@ -969,6 +969,7 @@ class MethodEntry:
 
     @property
     def cls(self) -> Callable:
+        """The method's class, or the factory function it was registered as (one-shot's)."""
         return self.load()
 
     def build(self, prepared, *args, **kwargs) -> Any:
@@ -1123,6 +1124,7 @@ def get_method(name: str) -> MethodEntry:
 
 
 def method_names() -> list[str]:
+    """The registered method names, fxprune's and the entry-point plug-ins', in order."""
     _load_builtin()
     return list(registry)
 

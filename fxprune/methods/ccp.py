@@ -495,6 +495,8 @@ class CCP(PruningMethod):
                 self._keep_loaded_sums_on_rank_0(fxdist.rank())
 
     def prune_steps(self) -> list[int]:
+        """The optimizer steps at which the rounds are decided (``prune_at``, then every
+        ``round_every``)."""
         return [self.prune_at + k * self.round_every for k in range(self.rounds)]
 
     def _rounds_decided(self) -> int:
@@ -656,6 +658,10 @@ class CCP(PruningMethod):
         return best_subsets(S, counts, constraints, swaps=self.swaps if swaps is None else swaps)
 
     def prune(self, round_k: int = 1) -> dict | None:
+        """Decide round ``round_k`` now, from the statistics collected so far: each group's
+        kept channels by the pairwise second-order selection, masks set; the round's record
+        (None when it was skipped). ``step()`` calls it at :meth:`prune_steps`; called by
+        hand it is one more round."""
         start = time.perf_counter()
         self._check_training()  # (break105 F4: an optimizer over the original model, unsaid)
         # per-sample terms come from activation hooks: this process's samples only; summed

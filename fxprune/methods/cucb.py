@@ -499,6 +499,9 @@ class CUCB(PruningMethod):
                  f"optimizer.zero_grad(){self._no_gradient_cause()}", RuntimeWarning)
 
     def select_final(self) -> dict:
+        """Make the final selection now, by the run's rule (the channels of highest mean
+        reward, as many as the run's mode keeps), set the masks and return the record;
+        ``step()`` calls it at ``explore``, :meth:`finalize_masks` where that step has not."""
         self._check_training()
         start = time.perf_counter()
         why = self._no_reward()

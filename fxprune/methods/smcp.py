@@ -342,6 +342,7 @@ class SMCP(PruningMethod):
         return step > s.warmup - s.update_every
 
     def target_now(self) -> float:
+        """The cost budget at this step, a fraction of dense (the schedule's ramp)."""
         return self.schedule.target(self.step_count, self.target)
 
     # -- the update ----------------------------------------------------------------------------

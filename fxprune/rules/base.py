@@ -65,6 +65,19 @@ class ChannelRule:
     slices: tuple[str, ...] | None = None
 
     def propagate(self, ctx) -> Labels | tuple | None:
+        """The channel labels of ``ctx.node``'s output: ``{dim: ids}``, one integer id per
+        position of each dim that carries channels (the ids of the input positions it passes
+        on), a tuple of such dicts for an op returning several tensors, or None (no channels
+        come out).
+
+        ``ctx`` is :class:`fxprune.passes.group_analysis.ChannelAnalysis`: ``ctx.node``,
+        ``ctx.labels(n)`` and ``ctx.shape(n)`` of an input node, ``ctx.out_shape()``,
+        ``ctx.module()`` / ``ctx.module_name()`` for a module call, ``ctx.unify(a, b, what)``
+        to tie positions that must hold the same channels (an add's inputs),
+        ``ctx.untracked(ids, reason)`` and ``ctx.untracked_inputs(reason)`` to keep channels
+        whole with the reason ``fxprune.summary`` shows, ``ctx.space(tensor, dim)`` and
+        ``ctx.layer(...)`` for a weight's channel dims (see :class:`fxprune.rules.Conv`).
+        """
         raise NotImplementedError
 
     def gathers_as_is(self, module) -> bool:
