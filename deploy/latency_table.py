@@ -657,7 +657,7 @@ class LatencyTable:
     def save(self, path: str | os.PathLike) -> None:
         """Write the table as JSON to ``path`` (atomically). An existing file is replaced only
         when it is a saved table: a latency cache (every context's timings) or any other file
-        raises :class:`DeployError` (break74 F3: ``save`` onto the cache lost its timings)."""
+        raises :class:`DeployError` (saving onto a cache would lose every context's timings)."""
         path = os.fspath(path)  # as given, as measure's cache= (the CLI expands ~)
         if blocked := file_in_the_way(path):
             raise DeployError(f"{path!r}: {blocked} is a file, not a folder; save the table "

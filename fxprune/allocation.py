@@ -137,9 +137,9 @@ def uniform_kept(index, keep: float, step: int) -> np.ndarray:
 def step_too_wide(index, channel_step: int) -> str | None:
     """Why no group of ``index`` can be pruned at ``channel_step`` where a finer step could
     prune some, or None: the narrowest model the step allows keeps every channel. (Not groups
-    of pieces of one channel each, which keep all at any step: review108 F8; nor a grouped
-    conv's groups of several channels a unit, which a step of a unit's width prunes: review153
-    F1, where comparing sizes in units with the step in channels refused them.)"""
+    of pieces of one channel each, which keep all at any step; nor a grouped
+    conv's groups of several channels a unit, which a step of a unit's width
+    prunes: sizes are compared in channels, not units.)"""
     if not index.groups or uniform_kept(index, 0.0, 1).all():
         return None
     if not uniform_kept(index, 0.0, channel_step).all():
@@ -197,11 +197,11 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
     where there are at most :data:`EXHAUSTIVE_ALWAYS` (the optimum), else, where over 1% of the
     budget is left, every combination (at most :data:`EXHAUSTIVE_MAX`) or :func:`trade_steps`.
     Beyond that a heuristic, not always the optimum: on a 7-layer chain, up to 5% of the value
-    short of trying every combination (break28 #5); on random 3-4-conv chains of 257-20,000
-    combinations, 3 of 100 more than 1% short and up to 16.6% (break86 #2: the last group, read
+    short of trying every combination; on random 3-4-conv chains of 257-20,000
+    combinations, 3 of 100 more than 1% short and up to 16.6% (the last group, read
     by a cheap head alone, priced as almost free with the others held). Trying every
     combination up to :data:`EXHAUSTIVE_MAX` in any case fixed that, but cost seconds per
-    update on deep models of few groups and changed CCP's budget filling (session 28).
+    update on deep models of few groups and changed CCP's budget filling.
 
     ``current``: bool per flat channel, the widths the first pricing holds the other groups at.
     Raises :class:`InfeasibleBudget` (with ``hint`` appended) when even the cheapest options
@@ -469,7 +469,7 @@ def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float,
 
     ``rho`` walks down from 1 through every point where some group's option changes, each
     step priced on the layers it touches, so a cost that is not monotone in width (a measured
-    latency table) gets the widest fitting model too (break156 F1: a bisection kept 0.42 of
+    latency table) gets the widest fitting model too (a bisection kept 0.42 of
     the dense cost where a uniform model at 0.62 fitted a 0.68 target). ``resolves`` counts
     the uniform models priced. Raises :class:`InfeasibleBudget` when none fits."""
     _check_target(target)

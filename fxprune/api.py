@@ -500,7 +500,7 @@ def tracer_kwargs(model: nn.Module) -> dict:
     ``BatchNormAct2d``, modules whose forward reads ``self.training``, hooked ones, the
     ``leaf_modules`` given to prepare) as ``leaf_modules``, the functions fxprune put into its graph as
     ``autowrap_functions``, each recorded as one call (traced into, they fail, or with every
-    mask at 1 record a plain norm that no later mask change reaches: break92 F1).
+    mask at 1 record a plain norm that no later mask change reaches).
 
     Returns:
         ``{"leaf_modules": [classes], "autowrap_functions": [functions]}``: torchvision's
@@ -511,7 +511,7 @@ def tracer_kwargs(model: nn.Module) -> dict:
 
     The traced model shares ``model``'s mask tensors until either is moved or cast
     (``.to(device)``, ``.half()``): torch then gives each its own copy of the buffers, and
-    the traced model keeps the old masks (break96 #1). Trace after moving, and again after
+    the traced model keeps the old masks. Trace after moving, and again after
     any move.
 
     Example::
@@ -561,7 +561,7 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     A wrapper holding the prepared model as ``.module`` (``AveragedModel``, timm's
     ``ModelEmaV2``, DDP) stands for it. ``target``'s BatchNorms take ``source``'s rescaling by
     the kept fraction too (SMCP's ``bn_rescale``, a class swap a copy made before the pruner
-    was built lacks: its finalize folded another gamma, break159 F1). Raises ValueError when
+    was built lacks: its finalize folded another gamma). Raises ValueError when
     the two hold different mask sets (names or shapes)."""
     source, target = _unwrapped(source), _unwrapped(target)
     state_of(source), state_of(target)  # each a prepared model, or the error saying so
@@ -603,7 +603,7 @@ def _unwrapped(model):
 def layer_specs(prepared: fx.GraphModule) -> list[LayerSpec]:
     """Every conv/linear call of the model, as a :class:`~fxprune.cost.LayerSpec` (dense sizes,
     the dtype its weight holds now). Each is a copy: editing its ``meta`` leaves the prepared
-    model's pricing as it was (break111 F2)."""
+    model's pricing as it was."""
     import dataclasses
 
     from .units import specs_now

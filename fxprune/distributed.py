@@ -20,7 +20,7 @@ importance needs no communication of its own and every rank takes the same decis
 - "The same decision" holds to the last bit on the CPU. On CUDA the importance sums per
   channel with ``index_add_``, whose atomics add in any order, so two ranks' scores can differ
   in the last bit and a near tie can go either way: ``broadcast_masks`` after each update is
-  what makes every rank keep rank 0's channels (review175).
+  what makes every rank keep rank 0's channels.
 - Under gradient accumulation, micro-steps inside ``ddp.no_sync()`` hold *rank-local* partial
   gradients: call ``pruner.step()`` once per optimizer step, after the last (synchronised)
   backward, never after a ``no_sync`` micro-step.

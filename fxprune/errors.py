@@ -52,7 +52,7 @@ class UnsupportedModelError(FxPruneError, TypeError, ValueError):
     """``prepare`` was given a model of a kind it cannot trace: a DDP/DataParallel wrapper, a
     ``torch.compile``'d or TorchScript module, an ATen graph, a model already prepared, or one
     with uninitialised lazy or meta-device tensors. The message names the way out. (A
-    ``TypeError`` and a ``ValueError`` too, as these were before: break163 F7.)"""
+    ``TypeError`` and a ``ValueError`` too, so that existing ``except`` clauses of either kind catch it.)"""
 
 
 class TargetNotReachedError(FxPruneError):
@@ -70,7 +70,7 @@ def out_of_memory(err: BaseException) -> str | None:
     """What ``err`` says of memory where it is an allocation failure (``MemoryError``, torch's
     CPU allocator's "can't allocate memory: you tried to allocate N bytes", a CUDA
     ``torch.OutOfMemoryError``'s first sentences), else None: the cause a one-line error must name
-    (break186 F1: deploy called it a shape that "does not fit the model")."""
+    (not a shape that "does not fit the model")."""
     import re
 
     import torch

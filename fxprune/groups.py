@@ -6,8 +6,8 @@ that must be removed together into *units* (a unit is one prunable channel, e.g.
 channel 5 of a conv, the BN entry that normalizes it, and the input column of every layer that
 reads it), and units into *groups*: the units that share a source space (a layer's output
 dim) go together, so a consumer's input dim can span several groups (a concat's) without
-merging them; a group is therefore not a connected component of the networkx graph of spaces
-(break81 #4), where the concat's consumer joins its producers. A group's mask has one entry per
+merging them; a group is therefore not a connected component of the networkx graph of spaces,
+where the concat's consumer joins its producers. A group's mask has one entry per
 unit.
 """
 from __future__ import annotations

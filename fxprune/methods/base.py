@@ -111,8 +111,8 @@ def schedule_end(pruner) -> int | None:
     and its family), the last round (CCP); None where it declares no fixed end (a plug-in
     without a ``schedule`` or ``prune_steps()``), so that a longer run would not help. CUCB
     has none: its active sets fit its target from the first step, and its final selection
-    (``explore``, else ``finalize_masks()`` at the run's end) keeps to it (break184 F5 asked
-    for ``explore``; a fit shorter than that was then refused as ending above the target)."""
+    (``explore``, else ``finalize_masks()`` at the run's end) keeps to it (asking for
+    ``explore`` would refuse a fit shorter than it as ending above the target)."""
     schedule = getattr(pruner, "schedule", None)
     if schedule is not None and getattr(pruner, "target", None) is not None:
         # the first update at or after the ramp's end (a one-shot's window, update_every,
@@ -960,7 +960,7 @@ class MethodEntry:
     """A registered method: ``load()`` returns its class or factory (imported when first
     used, so a test or plug-in may replace it); ``defaults`` are keyword arguments that define
     the method, added to the recipe's own: :meth:`build` refuses another value for one
-    (break49 #10: "defaults" read as overridable)."""
+    (they are what the method is, not overridable defaults)."""
 
     name: str
     load: Callable[[], Callable]
@@ -1031,8 +1031,7 @@ def method_parameters(cls: Callable) -> dict[str, inspect.Parameter]:
 def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
                         refuse_own: bool = True) -> None:
     """Refuse a keyword ``cls`` (a method's class or factory) does not take, or (``refuse_own``)
-    one it sets itself, with the arguments it takes and a "did you mean" (break78 M1: a bare
-    TypeError).
+    one it sets itself, with the arguments it takes and a "did you mean".
 
     Raises TypeError naming ``caller``; nothing where ``cls`` takes ``**kwargs`` of its own or
     has no signature to judge by (the method judges when it is called)."""

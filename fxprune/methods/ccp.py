@@ -456,7 +456,7 @@ class CCP(PruningMethod):
     def reduce_fn(self):
         """What sums the statistics over processes before a decision: the one given, else under
         torch.distributed with several processes :func:`fxprune.distributed.all_reduce_sum`
-        (read when used, so a CCP built before ``init_process_group`` still sums: break31 #7)."""
+        (read when used, so a CCP built before ``init_process_group`` still sums)."""
         if self._reduce_fn is None and fxdist.is_distributed() and fxdist.world_size() > 1:
             return fxdist.all_reduce_sum  # every process steps at once under DDP
         return self._reduce_fn
@@ -470,7 +470,7 @@ class CCP(PruningMethod):
         :meth:`state_dict` (``fxprune train`` and the Lightning callback do): the statistics
         collected so far are summed over the processes onto rank 0, the others keeping none, so
         a checkpoint taken inside a collection window holds every process's samples and resumes
-        on any number of processes (break31 #1). A collective inside a collection window;
+        on any number of processes. A collective inside a collection window;
         nothing to do outside one or without a ``reduce_fn``."""
         self._settle_rank()
         fn = self.reduce_fn

@@ -55,7 +55,7 @@ Execution (``execution=``):
   the selection takes 10-55 ms a step for the recipe's ResNet. ``mode="budget"`` solves the
   allocator at every step (re-pricing every layer at each option), which grows with the model
   and the options: 0.4-1.2 s a step on resnet50 at ``channel_step=1`` (64x64 input, a 2-core
-  Xeon; 0.3-0.7 s at 4), several seconds on resnet152 or densenet201 (break145 F1); since the
+  Xeon; 0.3-0.7 s at 4), several seconds on resnet152 or densenet201; since the
   budget keeps each layer's width pairs priced, 0.68 s against 1.04 s before (median of 20
   steps, a 2-core AVX2 EPYC under a load of 3.8). For big models use ``mode="ratio"`` (0.1 s
   on resnet50) or a ``channel_step`` of 8 or more.
@@ -66,7 +66,7 @@ Execution (``execution=``):
 Under DDP the rewards come from the averaged ``.grad``, equal on every process: leave
 ``reduce_fn`` None. It sums the pending rewards and play counts over processes for loops whose
 processes hold their own gradients (no DDP); under DDP it would count every play once per
-process (break31 #8). A ``BatchNorm(momentum=None)`` (cumulative average) gathered updates an
+process. A ``BatchNorm(momentum=None)`` (cumulative average) gathered updates an
 intermittently active channel with the global ``1/num_batches_tracked``, not its own count.
 """
 from __future__ import annotations

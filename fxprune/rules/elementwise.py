@@ -295,7 +295,7 @@ class Reduce(ChannelRule):
 class ReducePair(Reduce):
     """A reduction returning two tensors of one shape: ``torch.max/min/median(x, dim)`` (values
     and indices), ``var_mean``, ``std_mean``, ``aminmax``; each holds the channels a
-    :class:`Reduce` of those dims keeps (break163 F3: PointNet's ``torch.max(y, 2)[0]`` kept
+    :class:`Reduce` of those dims keeps (PointNet's ``torch.max(y, 2)[0]`` kept
     its conv whole). Without a dim, max/min/median return one tensor, reduced over all; given
     a second tensor, ``torch.max(a, b)`` is elementwise."""
 
@@ -346,8 +346,7 @@ class Flip(ChannelRule):
     """``torch.flip(x, dims)`` / ``x.flip(*dims)`` / ``fliplr`` / ``flipud``: the flipped dims'
     positions come in reverse order. Along a channel dim that is a fixed reordering of the
     channels (the reverse of the kept ones, once pruned), so their labels are reversed and
-    nothing is kept whole (break97 F6: no row, and Roll's read flip's dims from the wrong
-    argument)."""
+    nothing is kept whole."""
 
     kind = "flips dims"
     slices = ()

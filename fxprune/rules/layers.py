@@ -498,7 +498,7 @@ class ChannelAffine(ChannelRule):
     """Per-channel statistics or affine along dim 1 (BatchNorm, InstanceNorm, PReLU).
 
     ``normalizes``: the layer takes statistics over the other dims (a norm), so channels there
-    are kept whole: pruned, they would leave the statistics (break76: an InstanceNorm1d over a
+    are kept whole: pruned, they would leave the statistics (an InstanceNorm1d over a
     linear's features trained a whole run, then finalize differed by 0.6)."""
 
     kind = "per-channel"
