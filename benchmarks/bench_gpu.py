@@ -46,7 +46,7 @@ import torch.nn.functional as F
 import fxprune
 from fxprune.deploy import LatencyTable
 from fxprune.deploy import torch_backend as tb
-from fxprune.deploy.latency_table import _busy, cpu_load
+from fxprune.deploy.common import cpu_busy, cpu_load
 from fxprune.methods.smcp import SMCP
 from fxprune.passes.surgery import max_relative_error, run_eval
 from fxprune.summary import count_flops
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
         loads.append(cpu_load())
         results["meta"].update(
             cores=loads[0][1], load_average_before=loads[0][0], load_average_after=loads[-1][0],
-            under_load=_busy(loads, args.threads) if device.type == "cpu" else None)
+            under_load=cpu_busy(loads, args.threads) if device.type == "cpu" else None)
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         text = markdown(results)

@@ -50,7 +50,8 @@ from fxprune.cost import FlopsCost, WithFixedCost, layer_keys  # noqa: E402
 from fxprune.deploy import DeployError, LatencyTable, calibrate_cost  # noqa: E402
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
-from fxprune.deploy.latency_table import _read_cache_file, cpu_load  # noqa: E402
+from fxprune.deploy.common import cpu_load  # noqa: E402
+from fxprune.deploy.latency_table import _read_cache_file  # noqa: E402
 from fxprune.deploy.onnx_export import export_onnx  # noqa: E402
 
 

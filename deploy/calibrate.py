@@ -35,8 +35,7 @@ from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_keys
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
-from .common import DeployError, cpu_name
-from .latency_table import _busy, cpu_load, load_said
+from .common import DeployError, cpu_busy, cpu_load, cpu_name, load_said
 
 __all__ = ["calibrate_cost", "calibration_kept"]
 
@@ -164,7 +163,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     ms = _median_ms(models, shape, backend, threads, timed_on, precision, iters, warmup,
                     sessions, torch_options=setting.get("torch_options", {}))
     loads += [cpu_load()] if on_cpu else []
-    if _busy(loads, threads):
+    if cpu_busy(loads, threads):
         warnings.warn(f"calibrate_cost: the models were timed while other processes shared the "
                       f"CPU ({load_said(loads)}); the fitted constant may be off: fit again on an "
                       "idle machine", RuntimeWarning, stacklevel=2)

@@ -48,6 +48,29 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_load() -> tuple[float | None, int]:
+    """(1-minute load average or None where the OS keeps none, usable CPU cores)."""
+    cores = usable_cores()
+    try:
+        return os.getloadavg()[0], cores
+    except (AttributeError, OSError):  # Windows
+        return None, cores
+
+
+def load_said(loads) -> str:
+    """The readings of :func:`cpu_load` around a timing, as a warning says them (under load,
+    so the first and last readings are numbers)."""
+    return (f"load average {loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on "
+            f"{loads[0][1]} cores")
+
+
+def cpu_busy(loads, threads: int) -> bool:
+    """More runnable threads than cores (or than the timing's own threads, where it asked for
+    more than there are cores), by over half a core, at any reading: time slicing by others
+    distorts the timings. The margin spares brief background work a false alarm."""
+    return any(load is not None and load > max(cores, threads) + 0.5 for load, cores in loads)
+
+
 def cpu_name() -> str:
     """The CPU's model name as /proc/cpuinfo reports it, with its widest vector extension
     ("AMD EPYC (AVX2)"): CPUs sold under one name differ in it (EPYC Zen 2/3: AVX2, Zen 4:

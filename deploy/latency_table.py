@@ -44,7 +44,7 @@ from fxprune.cost import LayerSpec
 from fxprune.errors import FxPruneError
 from fxprune.run_io import atomic_write, check_replaceable
 
-from .common import DeployError, file_in_the_way, usable_cores
+from .common import DeployError, cpu_busy, cpu_load, file_in_the_way
 
 Timer = Callable[[LayerSpec, int, int], float]
 _TABLE_FORMAT = "fxprune-latency-table"
@@ -373,7 +373,7 @@ class LatencyTable:
         loads = [cpu_load()] if on_cpu and todo else []
         # a flagged point is timed again when the CPU is idle now; while it is busy (or under a
         # custom timer, whose device is unknown) the cached value is used, and still flagged
-        if flagged and (not on_cpu or _busy(loads, threads)):
+        if flagged and (not on_cpu or cpu_busy(loads, threads)):
             for key in flagged:
                 del todo[key]
             table._under_load.update(flagged)
@@ -403,7 +403,7 @@ class LatencyTable:
 
         from tqdm import tqdm
 
-        busy_before = _busy(loads, threads)
+        busy_before = cpu_busy(loads, threads)
         if busy_before:  # known before timing: the periodic cache saves mark them too
             table._under_load.update(todo)
         t_start = last_save = time.perf_counter()
@@ -439,7 +439,7 @@ class LatencyTable:
             table.stats["measured"] = len(todo)
             if loads and todo:
                 loads.append(cpu_load())
-                if _busy(loads, threads):
+                if cpu_busy(loads, threads):
                     table._under_load.update(todo)
         finally:
             bar.close()
@@ -450,14 +450,14 @@ class LatencyTable:
         table.stats["under_load"] = len(table._under_load)
         if table._under_load:
             why = []
-            if todo and _busy(loads, threads):
+            if todo and cpu_busy(loads, threads):
                 now = " and ".join(f"{load:.1f} {when}" for (load, _), when
                                    in zip(loads, ("before timing", "after")) if load is not None)
                 why.append(f"load average {now} on {loads[0][1]} cores"
                            + (f" timing with {threads} threads" if threads > loads[0][1] else ""))
             if flagged and not todo.keys() & set(flagged):
                 busy_now = (f", and the CPU is still busy (load average {loads[0][0]:.1f})"
-                            if _busy(loads, threads) else "")
+                            if cpu_busy(loads, threads) else "")
                 why.append(f"{len(flagged)} as the cache {os.fspath(cache)!r} records{busy_now}")
             table._warn_under_load("; ".join(why), "measure again on an idle machine" + (
                 ", which times the flagged points again" if cache else ""), stacklevel=3)
@@ -1161,29 +1161,6 @@ def _read_cache_file(path) -> tuple[dict, dict, dict]:
         raise DeployError(f"{os.fspath(path)!r} has malformed 'contexts' ({type(exc).__name__}: "
                           f"{exc}); delete the cache file to time the layers again") from None
     return contexts, marks, extra
-
-
-def cpu_load() -> tuple[float | None, int]:
-    """(1-minute load average or None where the OS keeps none, usable CPU cores)."""
-    cores = usable_cores()
-    try:
-        return os.getloadavg()[0], cores
-    except (AttributeError, OSError):  # Windows
-        return None, cores
-
-
-def load_said(loads) -> str:
-    """The readings of :func:`cpu_load` around a timing, as a warning says them (under load,
-    so the first and last readings are numbers)."""
-    return (f"load average {loads[0][0]:.1f} before, {loads[-1][0]:.1f} after, on "
-            f"{loads[0][1]} cores")
-
-
-def _busy(loads, threads: int) -> bool:
-    """More runnable threads than cores (or than the timing's own threads, where it asked for
-    more than there are cores), by over half a core, at any reading: time slicing by others
-    distorts the timings. The margin spares brief background work a false alarm."""
-    return any(load is not None and load > max(cores, threads) + 0.5 for load, cores in loads)
 
 
 def _atomic_write_json(path, data) -> None:

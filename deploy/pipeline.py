@@ -21,15 +21,15 @@ from torch import nn
 
 from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_file_record,
                             release_out_folder)
+from fxprune.summary import count_params
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
-from .common import (DeployError, check_tolerance, cpu_name, file_in_the_way, prepared_inside,
-                     silent)
-from .latency_table import _busy, cpu_load, load_said
-from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, count_params,
-                       is_onnx, load_model, not_a_file, onnx_input_shape, read_onnx,
+from .common import (DeployError, check_tolerance, cpu_busy, cpu_load, cpu_name, file_in_the_way,
+                     load_said, prepared_inside, silent)
+from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, is_onnx,
+                       load_model, not_a_file, onnx_input_shape, read_onnx,
                        resolve_input_shape)
 from .onnx_export import (DEFAULT_OPSET, check_opset, example_input, export_model, flat_outputs,
                           verify_onnx)
@@ -453,7 +453,7 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, trt, onnx_precis
         loads.append(cpu_load())
         report["load_average"] = {"before": loads[0][0], "after": loads[-1][0],
                                   "cores": loads[0][1]}
-        report["timed_under_load"] = _busy(loads, threads)
+        report["timed_under_load"] = cpu_busy(loads, threads)
         if report["timed_under_load"]:
             warnings.warn(f"deploy: timed while other processes shared the CPU ({load_said(loads)}): "
                           "the latencies and the speedup may be off; time again on an "
