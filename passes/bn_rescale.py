@@ -1,4 +1,4 @@
-"""Pass 5: SMCP's batch-norm rescaling.
+"""SMCP's batch-norm rescaling.
 
 A batch norm that directly follows a layer whose input channels are masked gets that layer's
 mask as an extra argument and scales its gamma by the kept fraction ``sum(m) / C_in``

@@ -1,4 +1,4 @@
-"""Pass 4b (after insert_masks): the user's hooks on masked layers take the masks.
+"""The user's hooks on masked layers take the masks.
 
 A masked layer (or norm) is called as ``(input, *masks)``. Hooks written for the plain layer
 can drop the masks or fail on them; the prepared model runs once, between hooks of this pass,

@@ -1,4 +1,4 @@
-"""Pass 1b: keep ``.train()/.eval()`` meaningful in a traced graph.
+"""Keep ``.train()/.eval()`` meaningful in a traced graph.
 
 torch.fx reads ``self.training`` as a Python bool while tracing, so code that branches on it
 (timm's ``BatchNormAct2d`` computing ``training=self.training``, ``F.dropout(x, p,

@@ -1,4 +1,4 @@
-"""Pass: run only the active channels (CUCB's training step on the active sub-network).
+"""Run only the active channels (CUCB's training step on the active sub-network).
 
 ``gathered_module(prepared)`` returns a :class:`GatheredModule`: a second GraphModule over the
 SAME parameters and buffers as the prepared model, in which every conv/linear computes with

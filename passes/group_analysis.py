@@ -1,4 +1,4 @@
-"""Pass 3: find the channel groups.
+"""Find the channel groups.
 
 Walks the graph once in topological order. Every weight or buffer dim a rule touches becomes a
 *space* (a node of a networkx graph) whose positions are fresh element ids; each node's output

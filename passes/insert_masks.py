@@ -1,4 +1,4 @@
-"""Pass 4: put the masks into the graph.
+"""Put the masks into the graph.
 
 Each prunable group gets a buffer ``fxprune_masks.<key>`` (ones, one entry per channel) and a
 ``get_attr`` node. Every layer that reads a prunable group through its weights becomes the

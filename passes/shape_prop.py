@@ -1,4 +1,4 @@
-"""Pass 2: run the graph once on the example inputs and record what every node produced.
+"""Run the graph once on the example inputs and record what every node produced.
 
 Like ``torch.fx.passes.shape_prop`` but it also keeps small Python values (``x.size(0)``,
 ``dim`` arguments) that rules need to read, and turns a failure into an error that says which

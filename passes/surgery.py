@@ -1,4 +1,4 @@
-"""Pass 6: remove masked channels for real.
+"""Remove masked channels for real.
 
 On a copy of the prepared model: fold each mask (and SMCP's BN rescale) into the weights, slice
 every weight and buffer dim that belongs to a group at the kept channels, give every fxprune

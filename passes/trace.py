@@ -1,4 +1,4 @@
-"""Pass 1: trace the user's model into a torch.fx GraphModule, on a copy.
+"""Trace the user's model into a torch.fx GraphModule, on a copy.
 
 The GraphModule ``symbolic_trace`` makes shares the original's layer objects, so pruning it
 would edit the user's model; we deep-copy first and trace the copy. Data-dependent control flow
