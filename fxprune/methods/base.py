@@ -1107,7 +1107,7 @@ def get_method(name: str) -> MethodEntry:
     """The registered method ``name`` (built-in or a plug-in's): a :class:`MethodEntry`, which
     builds it on a prepared model, ``get_method("cucb")(pm, 0.5, channel_step=8)``. Raises
     ValueError for a name not registered, with the close ones."""
-    _load_builtin()
+    _load_methods()
     if not isinstance(name, str):  # (break111 F16: a list was "unhashable type")
         raise ArgumentError(f"a pruning method's name is a str, got {name!r}; registered: "
                             f"{', '.join(sorted(registry))}")
@@ -1124,7 +1124,7 @@ def get_method(name: str) -> MethodEntry:
 
 def method_names() -> list[str]:
     """The registered method names, fxprune's and the entry-point plug-ins', in order."""
-    _load_builtin()
+    _load_methods()
     return list(registry)
 
 
@@ -1135,7 +1135,7 @@ PLUGIN_GROUP = "fxprune.methods"
 _plugins_seen = False
 
 
-def _load_builtin() -> None:
+def _load_methods() -> None:
     importlib.import_module("fxprune.methods")  # registers the shipped methods
     global _plugins_seen
     if _plugins_seen:
