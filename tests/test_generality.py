@@ -1317,13 +1317,13 @@ def test_summary_names_parameters_the_traced_forward_never_reads(tmp_path):
 
 def test_summary_of_a_finalized_or_plain_model_says_how_to_count_it(tmp_path):
     """break42 #10: not "call fxprune.prepare first" for what finalize returned."""
-    from fxprune.summary import count_flops, count_params  # the names the error points to
-
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
     small = fxprune.finalize(fxprune.prepare(model, (X,)))
-    assert count_flops(small, (X,)) > 0 and count_params(small) > 0
+    # the names the error points to
+    assert fxprune.count_flops(small, (X,)) > 0 and fxprune.count_params(small) > 0
     with pytest.raises(fxprune.NotPreparedError, match="GraphModule that is not a prepared model"
-                       r".*finalize.*fxprune.summary import count_flops, count_params") as err:
+                       r".*finalize.*fxprune.count_flops\(model, inputs\) and "
+                       r"fxprune.count_params\(model\)") as err:
         fxprune.summary(small)
     assert "\n" not in str(err.value)
     with pytest.raises(fxprune.NotPreparedError, match=r"got Sequential, not a prepared model.*"
