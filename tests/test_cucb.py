@@ -46,7 +46,7 @@ def run_bandit(selection, steps=300, seed=0):
     model = planted_model()
     pm = fxprune.prepare(model, (torch.randn(1, 8),))
     pruner = CUCB(pm, rho=0.25, c=0.25, warmup=30, explore=steps, selection=selection, seed=seed,
-                  cost="params", execution="masked")  # the loop trains the prepared model
+                  cost="params", execution="masked", channel_step=1)  # the loop trains the prepared model
     g = torch.Generator().manual_seed(seed)
     teacher = planted_model()
     late_overlap = []

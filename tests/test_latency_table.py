@@ -1159,7 +1159,7 @@ def test_latency_cost_times_at_the_step_given_and_says_when_that_grid_is_large(m
     with pytest.warns(UserWarning, match=rf"cost='latency' at channel_step=1 times a latency table "
                                          rf"of {step1:,} layer shapes, .*channel_step=8 times "
                                          rf"{step8}"):
-        pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, collect=1,
+        pruner = fxprune.CCP(pm, mode="adaptive", target=0.5, collect=1, channel_step=1,
                              cost=latency_cost(pm, "latency", channel_step=1))
     assert pruner.channel_step == 1 and asked[-1]["step"] == 1
     assert sum(map(len, pruner.budget.model._points.values())) == step1

@@ -141,7 +141,7 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
     recipe = tmp_path / "ccp.yaml"
     recipe.write_text("prune:\n  method: ccp\n  target: 0.5\n")  # CCP's default: collect 20 steps
     cfg = load_config(recipe, [*SMALL, "optim.epochs=1", "data.synthetic_train=64",
-                               f"out={tmp_path / 'run'}"])
+                               "prune.channel_step=1", f"out={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match=r"ccp prunes at optimizer step 20, but the run has 2 "
                                           r"\(1 epochs x 2\), so it would end unpruned"):
         train(cfg)  # it trained to the end, then failed on the cost it never pruned to
@@ -184,7 +184,7 @@ def test_a_schedule_past_the_run_is_refused_naming_what_was_set(tmp_path, prune,
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"prune:\n  {prune}\n")
     cfg = load_config(recipe, [*SMALL, "optim.epochs=1", "data.synthetic_train=64",
-                               f"out={tmp_path / 'run'}"])
+                               "prune.channel_step=1", f"out={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match=said):
         train(cfg)
 

@@ -1910,7 +1910,8 @@ def test_the_run_seed_reaches_no_seed_a_methods_registration_fixes(tmp_path):
                                                  torch.nn.Conv2d(8, 4, 1)),
                              (torch.randn(1, 1, 8, 8),))
         pruner = make_pruner(pm, {"method": "cucb_seed7", "warmup": 1, "explore": 3,
-                                  "execution": "masked"}, steps_per_epoch=2, epochs=2, seed=5)
+                                  "execution": "masked", "channel_step": 1},
+                             steps_per_epoch=2, epochs=2, seed=5)
         assert pruner.seed == 7 and get_method("cucb_seed7").defaults == {"seed": 7}
     finally:
         registry.clear()
