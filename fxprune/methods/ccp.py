@@ -322,9 +322,11 @@ def filling_price(options: list[tuple[np.ndarray, np.ndarray]]) -> float:
 #: the widest group CCP searches exhaustively (C(20, 10) = 184,756 subsets, held at once)
 EXHAUSTIVE_MAX_LIMIT = 20
 
-#: seconds of one round's channel choice after which it says so, once per pruner, with the
+#: seconds of one round's channel choice after which it says so, with the
 #: lever (a coarser channel_step)
 SLOW_SOLVE_S = 30.0
+#: and again every this many seconds while it runs
+SLOW_SOLVE_AGAIN_S = 60.0
 
 
 class CCP(PruningMethod):
@@ -451,7 +453,7 @@ class CCP(PruningMethod):
         self.dead = np.zeros(self.index.n, dtype=bool)
         self.dropped_steps = 0  # collected steps whose terms overflowed (with a scaler)
         self.skipped_rounds = 0  # rounds with no statistics to decide on (warned of)
-        self._slow_solve_said = False  # a long channel choice, said once (SLOW_SOLVE_S)
+        self._slow_solve_said = None  # (round start, time) a long channel choice was last said
         self._dropped_at_decision = 0  # dropped_steps at the last round's decision
 
     @property
@@ -780,20 +782,36 @@ class CCP(PruningMethod):
         return record
 
     def _say_a_slow_solve(self, where: str, start: float, done: int) -> None:
-        """Once per pruner, a round's channel choice past :data:`SLOW_SOLVE_S`, said while it
-        runs, with the lever (break170 F5: 4.5 minutes inside one step on mobilenet_v2, the
-        progress bar frozen, the advice in the README only)."""
-        took = time.perf_counter() - start
-        if took <= SLOW_SOLVE_S or getattr(self, "_slow_solve_said", False):  # (older pickles)
+        """A round's channel choice past :data:`SLOW_SOLVE_S`, said while it runs, with the
+        lever (break170 F5: 4.5 minutes inside one step on mobilenet_v2, the progress bar
+        frozen, the advice in the README only), then again every
+        :data:`SLOW_SOLVE_AGAIN_S`, each time with the share of the work done, weighted by the
+        groups' sizes (break193 F2: "21 of 25 groups" after 33 s read as nearly done, and the
+        last, widest groups took 130 s more without a word)."""
+        now = time.perf_counter()
+        said = getattr(self, "_slow_solve_said", None)  # (the round's start, when last said)
+        if not isinstance(said, tuple) or said[0] != start:
+            said = None  # (a new round; a bool from an older pickle)
+        if now - start <= SLOW_SOLVE_S or (said is not None and now - said[1] < SLOW_SOLVE_AGAIN_S):
             return
-        self._slow_solve_said = True
-        widest = max(g.size for g in self.index.groups)
+        self._slow_solve_said = (start, now)
+        # the QP is solved at each count a group may keep (about size / step of them in the
+        # adaptive mode, one in a ratio mode), each in time growing with the size squared
+        sizes = np.array([g.size for g in self.index.groups], dtype=np.float64)
+        counts = np.maximum(sizes // self.channel_step, 1) if self.mode == "adaptive" else 1.0
+        work = counts * sizes ** 2
+        share = float(work[:done].sum() / max(work.sum(), 1.0))
+        progress = (f"{now - start:.0f} s for {done} of {len(self.index.groups)} groups, about "
+                    f"{share:.0%} of the work")
+        if said is not None:
+            warn(f"{where}: still choosing channels: {progress}", RuntimeWarning)
+            return
+        widest = int(sizes.max())
         coarser = max(16, 2 * self.channel_step)
-        warn(f"{where}: choosing channels has taken {took:.0f} s for {done} of "
-             f"{len(self.index.groups)} groups (the widest has {widest} channels; "
-             f"channel_step={self.channel_step}): the QP is solved at each count a group may "
-             f"keep, so a coarser channel_step (a recipe: --set prune.channel_step={coarser}) "
-             "solves fewer", RuntimeWarning)
+        warn(f"{where}: choosing channels has taken {progress} (the widest group has {widest} "
+             f"channels; channel_step={self.channel_step}): the QP is solved at each count a "
+             f"group may keep, so a coarser channel_step (a recipe: --set "
+             f"prune.channel_step={coarser}) solves fewer", RuntimeWarning)
 
     def _allocate_filling(self, options, raw_values, target: float, before) -> Allocation:
         """The allocator's answer under ``target``, with the budget filled: where the predicted
