@@ -1293,3 +1293,40 @@ def test_every_method_keeps_channel_counts_on_multiples_of_8_by_default():
     kept = [int(pruner.active[pruner.index.group_slice(i)].sum())
             for i in range(len(pruner.index.groups))]
     assert kept and all(k % 8 == 0 and k < g.size for k, g in zip(kept, pruner.index.groups)), kept
+
+
+def test_a_common_ratio_sized_on_greedy_subsets_widens_while_the_swapped_ones_fit(monkeypatch):
+    """break193 F3: CCP's ratio=None mode sized its common ratio on the greedy subsets, then
+    swapped in cheaper channels (shufflenet's split pieces cost unequally) and left the budget
+    short: 0.462 of dense for a 0.5 target, where a wider common ratio fitted at 0.491."""
+    import torchvision
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(torchvision.models.shufflenet_v2_x0_5(num_classes=10),
+                         (torch.randn(2, 3, 64, 64),))
+    pruner = CCP(pm, target=0.5, collect=3, prune_at=3, channel_step=1)
+    seen = []
+    real = CCP._swapped_uniform
+
+    def spy(self, options, problems, predicted_by, choice, high, target):
+        first = [int(options[i].counts[c]) for i, c in enumerate(choice)]
+        out = real(self, options, problems, predicted_by, choice, high, target)
+        seen.append((first, [int(options[i].counts[c]) for i, c in enumerate(out)]))
+        return out
+
+    monkeypatch.setattr(CCP, "_swapped_uniform", spy)
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(pm.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            x, y = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 10, (4,), generator=g)
+            F.cross_entropy(pm(x), y).backward()
+            pruner.step()
+            opt.step()
+            opt.zero_grad()
+    (first, final), = seen
+    assert all(b >= a for a, b in zip(first, final)) and sum(final) > sum(first)  # widened
+    assert pruner.cost() <= 0.5 + 1e-9
+    kept = [g.kept for g in fxprune.channel_groups(pm) if g.prunable]
+    assert kept == final
