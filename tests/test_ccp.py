@@ -924,7 +924,10 @@ def test_one_common_ratio_swaps_at_the_picked_count_only(monkeypatch):
     pruner._group_problem = lambda i: problems.setdefault(i, original(i))
     _train(pm, pruner, 3)
     wide = [i for i, (S, _, _) in problems.items() if len(S) > 4]
-    assert wide and len(calls) == len(wide)  # not one per count
+    # not one per count: one per wide group at the picked count, and one per group widened
+    # after (break193 F3: while the swapped subsets still fit the target)
+    assert wide and len(wide) <= len(calls) < sum(len(problems[i][0]) for i in wide) / 2, (
+        len(calls), [len(problems[i][0]) for i in wide])
     for i in wide:
         S, alive, constraints = problems[i]
         kept = pruner.index.masks(pm).numpy()[pruner.index.group_slice(i)] > 0
