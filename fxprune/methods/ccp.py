@@ -702,6 +702,16 @@ class CCP(PruningMethod):
                     "no per-sample terms were collected")  # (review130 F4: said of 4 samples)
             warn(f"{where} skipped: {what}, so channels cannot be ranked; {why}", RuntimeWarning)
             return None
+        widest = max(g.size for g in self.index.groups)
+        if self.stats.samples < widest:
+            # the pairwise terms of a group are a sum over samples of rank-one terms: with
+            # fewer samples than its channels they are rank-deficient, and the choice among
+            # its channels is noise (break193 F4: 12 samples for a 1024-channel group, unsaid)
+            warn(f"{where}: statistics from {int(self.stats.samples)} samples for groups of up "
+                 f"to {widest} channels: fewer samples than channels leave the pairwise terms "
+                 "rank-deficient, so the channel choice is close to noise; collect over more "
+                 "steps or larger batches (about 10x the widest group's channels)",
+                 RuntimeWarning)
         frac = round_k / self.rounds
         before = self._kept_now()
         options, problems, predicted_by = [], [], []
