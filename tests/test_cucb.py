@@ -291,7 +291,13 @@ def test_bad_arguments_are_explained():
                            ({"seed": "a"}, "seed must be an integer, got 'a'"),
                            # break23: the final selection fell in the random warm-up
                            ({"warmup": 10, "explore": 3}, "explore=3 makes the final selection "
-                                                          "during the 10 steps of random warm-up")]:
+                                                          "during the 10 steps of random warm-up"),
+                           # break193 F5: at explore == warmup the run was the random control's
+                           ({"warmup": 4, "explore": 4}, "explore=4 makes the final selection at "
+                                                         "the end of the 4 steps of random "
+                                                         "warm-up, before the bandit chose any "
+                                                         "active set: raise explore above "
+                                                         "warmup")]:
         with pytest.raises(ValueError, match=phrase) as info:
             CUCB(pm, **kwargs)
         assert "\n" not in str(info.value)

@@ -153,7 +153,7 @@ def test_a_schedule_that_would_end_unpruned_is_refused_before_training(tmp_path)
      r"ccp prunes at optimizer steps 3, 4, 5, \.\.\., 50, but the run has 2 \(1 epochs x 2\), "
      r"so 48 of its 50 rounds would not run"),
     # break132 #2: accepted, the pick came at the last step
-    ("method: cucb\n  target: 0.5\n  explore: 100", r"cucb makes its final selection at optimizer "
+    ("method: cucb\n  target: 0.5\n  explore: 100\n  warmup: 1", r"cucb makes its final selection at optimizer "
      r"step 100 \(prune.explore\), and the run has 2 .* lower prune.explore"),
     ("method: cucb\n  target: 0.5\n  explore: 2\n  warmup: 1", r"step 2 \(prune.explore\), and the run has 2 "),
     # break158 F5: no explore at all, the pick after the last step, was accepted

@@ -421,14 +421,15 @@ class PruningCallback(pl.Callback):
         warmup = kwargs.get("warmup", getattr(takes.get("warmup"), "default", 1))
         if ("explore" in takes and kwargs.get("explore") is None and isinstance(total, (int, float))
                 and math.isfinite(total) and isinstance(warmup, int)):
-            if total >= warmup:
+            if total > warmup:
                 kwargs["explore"] = int(total)
             elif total > 0 and trainer is not None and trainer.is_global_zero:  # (-1: unknown,
                 # a loader of no length: review108 F3)
                 # (break107 F3: said at the end as "before its explore step None: early stopping")
                 warnings.warn(
-                    f"the fit's {int(total)} estimated optimizer steps are fewer than "
-                    f"{self.method}'s warmup ({warmup}): it never leaves its random warm-up, and "
+                    f"the fit's {int(total)} estimated optimizer steps are "
+                    + ("fewer than" if total < warmup else "no more than")
+                    + f" {self.method}'s warmup ({warmup}): it never leaves its random warm-up, and "
                     "its final pick rests on random draws alone; pass a smaller warmup= to the "
                     "callback, or fit longer", RuntimeWarning, stacklevel=2)
         return kwargs

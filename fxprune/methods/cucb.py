@@ -191,10 +191,14 @@ class CUCB(PruningMethod):
                             ("max_resolves", max_resolves)):
             check_number(name, value, 1, integer=True)
         check_number("seed", seed, 0, integer=True)
-        if explore is not None and explore < warmup:  # the final pick would be a random one
-            raise ArgumentError(f"explore={explore} makes the final selection during the {warmup} "
-                                "steps of random warm-up, before any bandit statistics: raise "
-                                "explore or lower warmup")
+        if explore is not None and explore <= warmup:
+            # the final pick from random draws alone: at explore == warmup the bandit never
+            # chose a set, and the run is the random control's (break193 F5)
+            raise ArgumentError(f"explore={explore} makes the final selection "
+                                + ("during" if explore < warmup else "at the end of")
+                                + f" the {warmup} steps of random warm-up, before the bandit "
+                                "chose any active set: raise explore above warmup or lower "
+                                "warmup")
         if mode == "budget" and rho is not None:
             warn(f"CUCB: rho={rho:g} is not used in mode='budget', where the allocator "
                  "sets each group's active count under target; drop rho (a recipe: --set "
