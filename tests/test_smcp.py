@@ -1297,6 +1297,19 @@ def test_a_cost_no_width_changes_is_not_told_to_lower_channel_step():
         fxprune.SMCP(prepared(), target=0.5, cost=_WidthBlindCost())
 
 
+def test_a_floor_at_channel_step_1_names_the_channels_kept_whole_not_the_step():
+    """break193 F6: "or lower channel_step" at channel_step=1 (swin_t, whose floor was its
+    attention blocks, kept whole)."""
+    with pytest.raises(fxprune.InfeasibleBudget) as at_1:
+        fxprune.SMCP(prepared(), target=0.001, channel_step=1)
+    assert "lower channel_step" not in str(at_1.value)
+    assert str(at_1.value).endswith("; the rest of the cost is in channels kept whole "
+                                    "(fxprune.summary(pm) lists each with its reason)")
+    with pytest.raises(fxprune.InfeasibleBudget, match=r"raise the target to at least [0-9.]+ or "
+                                                       r"lower channel_step$"):
+        fxprune.SMCP(prepared(), target=0.001, channel_step=4)
+
+
 @pytest.mark.parametrize("method", ["SMCP", "CCP", "CUCB"])
 def test_a_channel_step_wider_than_every_group_is_named_as_the_cause(method):
     """break105 F5: every group kept all its channels, and the error said "the cost model

@@ -817,7 +817,11 @@ class PruningMethod:
                     f"target {target:.5g} of dense is below the narrowest model the constraints "
                     f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
                     f"{self.channel_step}); raise the target to at least {at_least:.3f}"
-                    + (" or lower channel_step" if floor < 1 - 1e-9 else
+                    + (" or lower channel_step" if floor < 1 - 1e-9 and self.channel_step > 1
+                       # at step 1 the floor is the groups kept whole (break193 F6: swin_t's
+                       # attention blocks were advised a lower channel_step)
+                       else "; the rest of the cost is in channels kept whole (fxprune.summary"
+                       "(pm) lists each with its reason)" if floor < 1 - 1e-9 else
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        ": the cost model prices it as the dense model, so no pruning lowers "
                        "its cost; check the cost model"))
