@@ -45,6 +45,9 @@ __all__ = ["GroupOptions", "Allocation", "InfeasibleBudget", "allowed_counts", "
            "kept_from", "allocate", "allocate_uniform", "repair", "trade_steps", "uniform_kept",
            "uniform_counts", "step_too_wide"]
 
+#: how many times :func:`allocate` re-solves with the layers' widths of its last answer
+DEFAULT_MAX_RESOLVES = 6
+
 _SLACK = 1 + 1e-9  # float round-off when comparing a real total with the budget
 #: a fraction of the dense cost left unused above which :func:`allocate` searches further
 _UNUSED = 0.01
@@ -191,7 +194,7 @@ def _solve_priced(values, costs, constant, budget, resolution):
 
 
 def allocate(options: list[GroupOptions], budget: Budget, target: float, current: np.ndarray, *,
-             resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6, hint: str = "") -> Allocation:
+             resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES, hint: str = "") -> Allocation:
     """One option per group with real cost <= ``target`` x dense and a summed value as high as
     the search finds: re-priced knapsack solves, then :func:`repair`; then every combination
     where there are at most :data:`EXHAUSTIVE_ALWAYS` (the optimum), else, where over 1% of the

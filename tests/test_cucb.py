@@ -993,3 +993,23 @@ def test_ratio_mode_takes_the_widest_common_fraction_that_fits_a_cost_not_monoto
     widest = next(rho for rho in np.linspace(1, 0, 20001)
                   if pruner.budget.fraction(uniform_kept(pruner.index, rho, 1)) <= target)
     assert np.array_equal(kept, uniform_kept(pruner.index, widest, 1))
+
+
+@pytest.mark.parametrize("method", ["CCP", "CUCB"])
+def test_allocator_settings_given_to_a_ratio_mode_are_said_to_be_unused(method):
+    """break193 F7: resolution and max_resolves tune the knapsack, which ratio mode never calls:
+    silently unused, where an unused target was said."""
+    import warnings
+
+    pm = prepared()
+    cls = getattr(fxprune, method)
+    other = {"CCP": "adaptive", "CUCB": "budget"}[method]
+    with pytest.warns(RuntimeWarning, match=rf"^{method}: resolution=100 and max_resolves=2 tune "
+                                            rf"the knapsack allocator of mode='{other}', which "
+                                            rf"mode='ratio' does not call: drop them, or use "
+                                            rf"mode='{other}'$"):
+        cls(pm, target=0.5, channel_step=1, resolution=100, max_resolves=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults, or the allocator's own mode: nothing said
+        cls(pm, target=0.5, channel_step=1)
+        cls(pm, target=0.5, channel_step=1, mode=other, resolution=100)

@@ -253,6 +253,26 @@ def warn_unused_target(method: str, target, fixed: str, value, cost_mode: str) -
          RuntimeWarning)
 
 
+def warn_unused_allocator_settings(method: str, allocator_mode: str, resolution: int,
+                                   max_resolves: int) -> None:
+    """``resolution`` and ``max_resolves`` tune the knapsack allocator, which mode='ratio' never
+    calls: said when given other than their defaults (break193 F7: silently unused, where an
+    unused ``target`` was said)."""
+    from ..allocation import DEFAULT_MAX_RESOLVES
+    from ..distributed import is_main_process
+    from ..knapsack import DEFAULT_RESOLUTION
+
+    given = [f"{name}={value}" for name, value, default in
+             (("resolution", resolution, DEFAULT_RESOLUTION),
+              ("max_resolves", max_resolves, DEFAULT_MAX_RESOLVES))
+             if value != default]
+    if given and is_main_process():
+        warn(f"{method}: {' and '.join(given)} tune the knapsack allocator of "
+             f"mode='{allocator_mode}', which mode='ratio' does not call: drop "
+             f"{'it' if len(given) == 1 else 'them'}, or use mode='{allocator_mode}'",
+             RuntimeWarning)
+
+
 #: steps with gradients and no weight change after which a pruner says the model does not train
 UNTRAINED_AFTER_STEPS = 8
 

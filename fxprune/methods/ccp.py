@@ -68,12 +68,14 @@ from torch import fx
 
 from .. import distributed as fxdist
 from ..errors import ArgumentError, warn
-from ..allocation import Allocation, GroupOptions, allocate, allocate_uniform, allowed_counts
+from ..allocation import (DEFAULT_MAX_RESOLVES, Allocation, GroupOptions, allocate, allocate_uniform,
+                          allowed_counts)
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through
 from ..checks import check_fraction, check_number
-from .base import DEFAULT_TARGET, PruningMethod, warn_unused_target, trainable_state
+from .base import (DEFAULT_TARGET, PruningMethod, trainable_state, warn_unused_allocator_settings,
+                   warn_unused_target)
 
 __all__ = ["CCP", "keep_form", "prune_form", "predicted_change", "objective", "solve_exhaustive",
            "best_subsets", "solve"]
@@ -384,7 +386,7 @@ class CCP(PruningMethod):
                  channel_step: int = 8, exhaustive_max: int = 12, swaps: bool = True,
                  loss_reduction: str = "mean", collect_bn: str = "train",
                  resolution: int = DEFAULT_RESOLUTION,
-                 max_resolves: int = 6, reduce_fn=None, scaler=None):
+                 max_resolves: int = DEFAULT_MAX_RESOLVES, reduce_fn=None, scaler=None):
         if mode not in ("ratio", "adaptive"):
             raise ArgumentError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
                                 f"(counts by the allocator under a cost target), got {mode!r}")
@@ -394,6 +396,7 @@ class CCP(PruningMethod):
             check_fraction("ratio", ratio, "the fraction of each group's channels to keep")
         if mode == "ratio":
             warn_unused_target("CCP", target, "ratio", ratio, "adaptive")
+            warn_unused_allocator_settings("CCP", "adaptive", resolution, max_resolves)
         if collect_bn not in ("eval", "train"):
             raise ArgumentError(f"collect_bn must be 'eval' (per-sample terms) or 'train', got {collect_bn!r}")
         # round_every 0 put every round on one step, and only the first ran

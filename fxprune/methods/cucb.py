@@ -81,14 +81,15 @@ from torch.utils import _pytree as pytree
 
 from .. import distributed as fxdist
 from ..errors import ArgumentError, ArgumentTypeError, warn
-from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options, uniform_kept
+from ..allocation import (DEFAULT_MAX_RESOLVES, allocate, allocate_uniform, allowed_counts,
+                          ranked_options, uniform_kept)
 from ..importance import BanditStats, WeightTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through, strip_method_hooks
 from ..checks import check_fraction, check_number
 from ..distributed import is_main_process
 from .base import (DEFAULT_TARGET, UNIFORM_UNUSED_WARN, PruningMethod, trainable_state, trains_model,
-                   warn_unused_target)
+                   warn_unused_allocator_settings, warn_unused_target)
 
 __all__ = ["CUCB"]
 
@@ -170,7 +171,7 @@ class CUCB(PruningMethod):
                  rho: float | None = None, mode: str = "ratio", c: float = 1.0,
                  warmup: int = 100, explore: int | None = None, selection: str = "cucb",
                  seed: int = 0, channel_step: int = 8, execution: str = "gathered", reduce_fn=None,
-                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6):
+                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES):
         if mode not in ("ratio", "budget"):
             raise ArgumentError(f"mode must be 'ratio' (top rho per group) or 'budget' (the allocator "
                                 f"under a cost target), got {mode!r}")
@@ -182,6 +183,7 @@ class CUCB(PruningMethod):
             check_fraction("rho", rho, "the fraction of each group's channels active")
         if mode == "ratio":
             warn_unused_target("CUCB", target, "rho", rho, "budget")
+            warn_unused_allocator_settings("CUCB", "budget", resolution, max_resolves)
         check_number("c", c, 0)
         check_number("warmup", warmup, 0, integer=True)
         if explore is not None:

@@ -71,7 +71,8 @@ from torch import fx
 from fxprune.passes.bn_rescale import insert_bn_rescale
 
 from ..errors import ArgumentError, warn
-from ..allocation import allocate, allocate_uniform, allowed_counts, ranked_options
+from ..allocation import (DEFAULT_MAX_RESOLVES, allocate, allocate_uniform, allowed_counts,
+                          ranked_options)
 from ..importance import ImportanceAccumulator
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through, strip_method_hooks
@@ -187,7 +188,7 @@ class SMCP(PruningMethod):
                  accumulate: str = "mean", momentum: float = 0.9, masks: str = "soft",
                  allocation: str = "knapsack", channel_step: int = 8,
                  bn_rescale: str = "off", masked_decay: float = 0.0,
-                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = 6,
+                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES,
                  hysteresis: float = 3.0, bn_recalibrate: int = 0):
         _check_args(target=target, warmup=warmup, ramp=ramp, update_every=update_every,
                     freeze_after=freeze_after, momentum=momentum, channel_step=channel_step,
