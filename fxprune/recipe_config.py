@@ -601,6 +601,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     ``~section.key`` removes a key (its default back, if it has one), as Hydra writes it."""
     cfg = copy.deepcopy(cfg)
     replaced: set[str] = set()  # keys an earlier override removed by naming their other form
+    forms_given: dict[frozenset, str] = {}  # a schedule setting's forms -> the override giving one
     for item in overrides:
         if item.startswith("~"):
             if item[1:].strip() not in replaced:  # (already gone: break98 F1 was told the
@@ -623,6 +624,16 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
+        forms = frozenset(_schedule_forms(parts[1])) if len(parts) == 2 and parts[0] == "prune" \
+            else frozenset()
+        earlier = forms_given.get(forms) if len(forms) > 1 else None
+        if earlier is not None and earlier.partition("=")[0].strip() != key:
+            # two overrides of one setting in two units: which one meant it? (break193 F8: the
+            # last one won without a word, where a recipe giving both is refused)
+            raise ConfigError(f"{key} gives the setting that --set {earlier} gave, in another "
+                              "unit; keep one of them")
+        if len(forms) > 1:
+            forms_given[forms] = item
         if len(parts) == 2 and parts[0] == "prune" and isinstance(cfg.get("prune"), dict):
             # --set prune.update_every=10 replaces the recipe's update_every_fraction: the
             # override names the same setting in another unit

@@ -1105,6 +1105,14 @@ def test_an_override_in_another_unit_replaces_the_recipes_form():
                                            ["~prune.update_every_fraction", "prune.update_every=7"])["prune"]
     with pytest.raises(ConfigError, match="the recipe does not set 'prune.update_every_fractio'"):
         resolve_config({**TINY, "prune": FRACTION_SCHEDULE}, ["~prune.update_every_fractio"])
+    # break193 F8: two overrides of one setting in two units kept the last without a word
+    with pytest.raises(ConfigError, match=r"^prune.update_every_fraction gives the setting that "
+                                          r"--set prune.update_every=7 gave, in another unit; "
+                                          r"keep one of them$"):
+        resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                       ["prune.update_every=7", "prune.update_every_fraction=0.2"])
+    assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},  # one form twice: the last
+                          ["prune.update_every=7", "prune.update_every=8"])["prune"]["update_every"] == 8
 
 
 def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
