@@ -17,6 +17,10 @@ The names below load on first use, so ``import fxprune.deploy`` stays cheap and 
   misses on that model (unpriced ops, per-call overhead), fitted from the measured latency of
   the dense model and a uniformly pruned one; a target then aims at the measured fraction
 - ``export_onnx``, ``verify_onnx``, ``load_model``, ``resolve_input_shape``, ``DeployError``
+- ``choose_backend(backend)`` (what ``"auto"`` resolves to here), ``tensorrt_status()``
+  (``(usable, why not)``), ``format_table(report)`` (pruned vs dense as text),
+  ``INPUT_SHAPE_ATTR`` (``"fxprune_input_shape"``, the attribute a saved model's input shape is
+  read from), ``UnmeasuredLayerError`` (a table asked about a layer it never timed)
 """
 from __future__ import annotations
 
