@@ -27,7 +27,8 @@ from fxprune.passes.trace import copy_model, fixed_arguments, number_arguments, 
 from .cost import LayerSpec
 from .errors import ArgumentError, ArgumentTypeError, UnsupportedModelError, warn
 from .masks import MaskBank
-from .groups import PreparedState, channel_groups, is_prepared, record_input_shape, state_of
+from .groups import (PreparedState, channel_groups, is_prepared, latest_pruner, record_input_shape,
+                     state_of)
 from .op_table import DEFAULT_LEAF_MODULES
 from .rules import ChannelRule
 from .serialization import make_savable
@@ -341,8 +342,6 @@ def _warn_unused_rules(model: nn.Module, gm: fx.GraphModule, rules: dict | None)
 def _warn_masks_not_final(prepared: fx.GraphModule) -> None:
     """break64 C: a loop that skipped ``pruner.finalize_masks()`` shipped CUCB's last
     exploring draw, or SMCP's masks above its target mid-ramp, without a word."""
-    from .methods.base import latest_pruner
-
     pruner = latest_pruner(prepared)
     why = pruner.masks_not_final() if hasattr(pruner, "masks_not_final") else None
     if why:

@@ -12,6 +12,7 @@ unit.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +246,23 @@ def record_input_shape(model: nn.Module, shape) -> None:
 def is_finalized(model) -> bool:
     return isinstance(model, fx.GraphModule) and bool(
         getattr(model, "fxprune_finalized", False) or model.meta.get("fxprune_finalized"))
+
+
+# prepared model -> its latest pruner, both held weakly (nothing is stored on the model, which
+# must pickle): fxprune.finalize asks it whether its final selection was made (break64 C). Here,
+# with the model's state, so that finalize reads it without importing the methods
+_LATEST_PRUNER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def register_pruner(prepared, pruner) -> None:
+    """Record ``pruner`` as the latest built on ``prepared`` (a method's constructor does)."""
+    _LATEST_PRUNER[prepared] = weakref.ref(pruner)
+
+
+def latest_pruner(prepared):
+    """The pruner built last on ``prepared``, while it lives (None otherwise)."""
+    ref = _LATEST_PRUNER.get(prepared)
+    return ref() if ref is not None else None
 
 
 def state_of(prepared) -> "PreparedState":

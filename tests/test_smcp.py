@@ -1344,13 +1344,16 @@ def test_a_method_given_a_latency_name_measures_nothing_and_names_the_call_that_
 
 
 def test_methods_and_finalize_import_nothing_of_deploy():
-    """review194 M1: data flows one way (methods price; deploy measures): building every
-    method and finalizing loads no module of fxprune.deploy."""
+    """review194 M1, L2: data flows one way (methods price; deploy measures; finalize, the
+    last stage but deploy, asks nothing of the methods): prepare and finalize load no method
+    module, and building every method loads no module of fxprune.deploy."""
     import subprocess
     import sys
 
     code = ("import sys, torch, fxprune\n"
             "m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))\n"
+            "fxprune.finalize(fxprune.prepare(m, (torch.randn(1, 3, 8, 8),)))\n"
+            "assert not [k for k in sys.modules if k.startswith('fxprune.methods')]\n"
             "pm = fxprune.prepare(m, (torch.randn(1, 3, 8, 8),))\n"
             "for name in fxprune.methods.method_names():\n"
             "    fxprune.methods.get_method(name)(pm, 0.5, channel_step=1)\n"

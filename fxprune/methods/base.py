@@ -68,7 +68,7 @@ from ..budget import Budget
 from ..checks import check_fraction
 from ..cost import LATENCY_COSTS, CostModel
 from ..errors import ArgumentError, ArgumentTypeError, warn
-from ..groups import state_of
+from ..groups import latest_pruner, register_pruner, state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
@@ -93,17 +93,6 @@ class Method(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def finalize_masks(self) -> bool: ...
-
-
-# prepared model -> its latest pruner, both held weakly (nothing is stored on the model, which
-# must pickle): fxprune.finalize asks it whether its final selection was made (break64 C)
-_LATEST_PRUNER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def latest_pruner(prepared) -> Any | None:
-    """The pruner built last on ``prepared``, while it lives (None otherwise)."""
-    ref = _LATEST_PRUNER.get(prepared)
-    return ref() if ref is not None else None
 
 
 def schedule_end(pruner) -> int | None:
@@ -375,7 +364,7 @@ class PruningMethod:
         review161 F9: only the latest's copy, not a superseded pruner's copied beside it)."""
         prepared = self.__dict__.get("prepared")
         if prepared is not None and latest_pruner(prepared) is None:
-            _LATEST_PRUNER[prepared] = weakref.ref(self)
+            register_pruner(prepared, self)
 
     def _after_copy(self) -> None:
         """What a copy (deep or pickled) of this method does once its state is in: put back
@@ -745,7 +734,7 @@ class PruningMethod:
                 kept = None
             if kept is not None and not kept.all():
                 self._pruned_at_build = (int((~kept).sum()), self.budget.fraction(kept))
-        _LATEST_PRUNER[prepared] = weakref.ref(self)
+        register_pruner(prepared, self)
 
     def cost(self, cost_model: CostModel | str | None = None) -> float:
         """Current cost as a fraction of the dense model's, by this method's cost model or by
