@@ -534,10 +534,10 @@ def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
 def _methods_prune_keys() -> list[str]:
     """``prune.KEY`` for every key a registered method takes: where a misplaced key may
     belong (break187: ``model.target`` was "did you mean model.name?", not prune.target)."""
-    from .methods.base import registry
+    from .methods.base import method_names
 
     keys: dict[str, None] = {}
-    for method in registry:
+    for method in method_names():  # the plug-ins too (the registry holds them once loaded)
         try:
             keys.update(dict.fromkeys(f"prune.{k}" for k in prune_keys(method) if k != "*"))
         except Exception:  # noqa: BLE001 - a plug-in that cannot be inspected adds none

@@ -635,6 +635,21 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
         base.get_method("nope")
 
 
+def test_a_misplaced_key_of_a_plug_in_method_is_pointed_at_before_anything_loads_it(
+        monkeypatch, tmp_path):
+    """review194 L4: the "did you mean prune.KEY?" of a misplaced key read the registry as it
+    stood, without the entry-point plug-ins until something else had loaded them."""
+    from fxprune.train import ConfigError, resolve_config
+
+    source = ("import fxprune\n"
+              "def pruner(prepared, target=0.5, sparsity_knob=3):\n"
+              "    return fxprune.SMCP(prepared, target=target)\n")
+    installed_plugins(monkeypatch, tmp_path, {"knob_plugin": source},
+                      {"knob": "knob_plugin:pruner"})
+    with pytest.raises(ConfigError, match=r"did you mean prune.sparsity_knob\?"):
+        resolve_config({"model": {"sparsity_knob": 1}})
+
+
 def test_a_broken_plug_in_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
     from fxprune.cli import main
     from fxprune.train import ConfigError, resolve_config
