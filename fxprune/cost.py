@@ -17,6 +17,9 @@ from .checks import check_number
 from .errors import ArgumentError, ArgumentTypeError
 
 
+__all__ = ["CostModel", "FlopsCost", "ParamsCost", "WithFixedCost", "LayerSpec",
+           "fit_fixed_cost", "fixed_cost_of", "layer_key", "layer_keys", "LATENCY_COSTS"]
+
 #: the cost names a recipe (``prune.cost``) prices by with a measurement on this machine: a
 #: latency table, and that table with its fitted fixed cost. A method takes the measured cost
 #: model (:func:`fxprune.deploy.latency_cost`), never the name.

@@ -5,6 +5,12 @@ import sys
 import warnings
 
 
+__all__ = ["FxPruneError", "ArgumentError", "ArgumentTypeError", "InfeasibleBudget",
+           "TraceError", "ExampleInputsError", "SurgeryError", "NotPreparedError",
+           "UnsupportedModelError", "TargetNotReachedError", "first_line", "out_of_memory",
+           "warn"]
+
+
 class FxPruneError(Exception):
     """Base class of the errors fxprune raises on purpose: about a model, a run, a file or an
     argument of the public API (``ArgumentError``, ``ArgumentTypeError``), ``fxprune.deploy``'s

@@ -25,6 +25,10 @@ from .cost import LayerSpec
 from .errors import ArgumentError, NotPreparedError
 
 
+__all__ = ["ChannelGroup", "channel_groups", "state_of", "is_prepared", "is_finalized",
+           "latest_pruner", "register_pruner", "PreparedState", "ChannelGraph"]
+
+
 @dataclass
 class Space:
     key: str  # "layer1.0.conv1.weight:0"

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from .errors import ArgumentError, ArgumentTypeError
 
 
+__all__ = ["PruningSchedule"]
+
+
 @dataclass
 class PruningSchedule:
     """Step counts are optimizer steps (calls of ``pruner.step()``).

@@ -15,6 +15,10 @@ from .errors import ArgumentTypeError, ExampleInputsError, NotPreparedError, Sur
 from .groups import channel_groups, is_prepared, state_of
 
 
+__all__ = ["summary", "summary_table", "count_flops", "count_params", "dense_flops",
+           "counted_kernels"]
+
+
 @contextlib.contextmanager
 def counted_kernels():
     """Run the ops torch.utils.flop_counter counts: attention's fused kernels
