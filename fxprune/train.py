@@ -376,6 +376,24 @@ def _seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- training
 
+def _keep_recorded_channel_step(prune_cfg: dict, method: str, state: dict) -> None:
+    """A resumed run goes on at the channel_step its state recorded where the recipe leaves it
+    to the method's default and that default moved since (review195 R1: CCP's and CUCB's went
+    from 1 to 8, and a run begun at 1 went on at 8, its arms and rounds at another granularity,
+    with a warning only); config.yaml then records it, and one line says so."""
+    recorded = (state.get("run_settings") or {}).get("channel_step") if isinstance(
+        state.get("run_settings"), dict) else None
+    default = _argument_defaults(method).get("prune.channel_step")
+    if (not isinstance(recorded, int) or isinstance(recorded, bool) or "channel_step" in prune_cfg
+            or default is None or recorded == default
+            or "channel_step" in _registered_defaults(method)):
+        return
+    prune_cfg["channel_step"] = recorded
+    warnings.warn(f"--resume: the run began at channel_step {recorded}, {method}'s default then "
+                  f"(now {default}), and goes on at it; config.yaml records prune.channel_step: "
+                  f"{recorded} (a new run takes the new default)", RuntimeWarning, stacklevel=2)
+
+
 def _registered_defaults(method: str) -> dict[str, Any]:
     """The arguments ``method``'s registration fixes (``hard``: ``masks="hard"``)."""
     from .methods.base import get_method
@@ -667,16 +685,19 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                               "pass the same recipe and overrides (only "
                               f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
                               "with another --out")
+        _keep_recorded_channel_step(prune_cfg, method, state)
         drawn = _seed_drawn_from(ckpt)
         if (drawn is not None and prune_cfg.get("seed", seed) != drawn
-                and "seed" not in _registered_defaults(method)):
+                and "seed" not in _registered_defaults(method)
+                and "prune.seed" in _argument_defaults(method)):
             # the generator goes on from the checkpoint: config.yaml, results.json and the next
             # checkpoint name the seed it began from (break192 F3: a --set prune.seed on
             # --resume was written there, without effect or a word)
             if "seed" in prune_cfg:
                 warnings.warn(f"--resume: prune.seed {prune_cfg['seed']} has no effect; "
                               f"{method}'s generator goes on from the checkpoint, begun at seed "
-                              f"{drawn}, which config.yaml and results.json record",
+                              f"{drawn}, which config.yaml and results.json record; to draw "
+                              f"from seed {prune_cfg['seed']}, start a new run (another --out)",
                               RuntimeWarning, stacklevel=2)
             prune_cfg["seed"] = drawn
         if int(cfg["optim"]["epochs"]) < int(ckpt["epoch"]):  # it trained nothing (break35 #3)

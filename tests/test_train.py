@@ -1849,11 +1849,32 @@ def test_a_resume_records_the_seed_the_method_drew_from_not_the_one_it_is_given(
     assert yaml.safe_load(config.read_text())["prune"]["seed"] == 3
     with pytest.warns(RuntimeWarning, match=r"^--resume: prune.seed 7 has no effect; cucb's "
                                             r"generator goes on from the checkpoint, begun at "
-                                            r"seed 3, which config.yaml and results.json record$"):
+                                            r"seed 3, which config.yaml and results.json record; "
+                                            r"to draw from seed 7, start a new run \(another "
+                                            r"--out\)$"):
         resumed = train(tiny_cfg(tmp_path / "a", "seed=1", *cucb, "prune.seed=7",
                                  "optim.epochs=4"), resume=True)
     assert resumed["method_arguments"]["seed"] == 3
     assert yaml.safe_load(config.read_text())["prune"]["seed"] == 3
+
+
+def test_a_resume_goes_on_at_the_channel_step_the_run_began_at_when_the_default_moved(tmp_path):
+    """review195 R1: CCP's and CUCB's channel_step default moved from 1 to 8; a run begun at 1
+    by a recipe that left it unset went on at 8 after --resume, with a warning only."""
+    from fxprune.run_io import atomic_torch_save
+
+    cucb = ["prune.method=cucb", "prune.warmup=2", "prune.explore=5", "model.widths=[8, 8, 8]"]
+    train(tiny_cfg(tmp_path / "r", *cucb, "prune.channel_step=1", "optim.epochs=2"))
+    ckpt_path = tmp_path / "r" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["config"]["prune"]["channel_step"]  # as a recipe of the old default wrote it
+    atomic_torch_save(ckpt, ckpt_path)
+    with pytest.warns(RuntimeWarning, match=r"^--resume: the run began at channel_step 1, cucb's "
+                                            r"default then \(now 8\), and goes on at it; "
+                                            r"config.yaml records prune.channel_step: 1"):
+        train(tiny_cfg(tmp_path / "r", *cucb, "optim.epochs=3"), resume=True)
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["prune"]["channel_step"] == 1
+    assert torch.load(ckpt_path, weights_only=True)["pruner"]["run_settings"]["channel_step"] == 1
 
 
 def test_a_saved_model_file_is_the_same_bytes_for_the_same_model(tmp_path):
