@@ -1367,3 +1367,46 @@ def test_a_long_table_says_its_points_and_passes_then_the_time_its_pace_gives(mo
     assert pace and len(said) == 2, said
     spent, hours = int(pace.group(1)), float(pace.group(2))
     assert spent == 1800 and hours == pytest.approx((2 * n - 1) * 0.5, abs=0.05)
+
+
+def test_a_method_pricing_with_a_table_timed_at_another_step_says_so():
+    """review195 R4: a table timed at step 8 priced a method choosing widths at step 4 by
+    interpolation between its grid points, without a word."""
+    import fxprune
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    table = LatencyTable.measure(pm, step=8, timer=CountingTimer(), **FAST)
+    with pytest.warns(RuntimeWarning, match=r"^SMCP: the latency table was timed at step 8 and "
+                                            r"this method chooses widths at channel_step=4: .*"
+                                            r"latency_cost\(pm, \.\.\., channel_step=4\)\)$"):
+        fxprune.SMCP(pm, target=0.9, cost=table, channel_step=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a multiple of the table's step: on its grid
+        fxprune.SMCP(pm, target=0.9, cost=table, channel_step=16)
+
+
+def test_a_latency_recipe_refuses_a_method_whose_channel_step_cannot_be_read(tmp_path):
+    """review195 R4: a factory taking **kwargs had its table timed at a guessed step 1."""
+    import fxprune
+    from fxprune.methods.base import register_method, registry
+    from fxprune.train import ConfigError, load_config, train
+
+    def forwarding(prepared, **kwargs):
+        return fxprune.SMCP(prepared, **kwargs)
+
+    saved = dict(registry)
+    try:
+        register_method("forwarding", forwarding)
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("prune:\n  method: forwarding\n  target: 0.5\n  cost: latency\n")
+        cfg = load_config(recipe, ["data.name=synthetic", "data.synthetic_train=64",
+                                   "data.synthetic_test=32", "model.widths=[8,16,16]",
+                                   "optim.epochs=1", "log.progress=false",
+                                   "log.tensorboard=false", f"out={tmp_path / 'run'}"])
+        with pytest.raises(ConfigError, match=r"channel_step cannot be read from its signature; "
+                                              r"set prune.channel_step$"):
+            train(cfg)
+    finally:
+        registry.clear()
+        registry.update(saved)

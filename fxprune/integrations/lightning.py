@@ -68,7 +68,7 @@ from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import (check_method_kwargs, method_parameters, refuse_unloadable_state,
+from ..methods.base import (check_method_kwargs, priced_channel_step, refuse_unloadable_state,
                             schedule_end, trains_model)
 from ..run_io import save_module, unwritable_folder
 
@@ -402,12 +402,12 @@ class PruningCallback(pl.Callback):
         cls = self.method_entry.cls
         if prepared is not None and isinstance(kwargs.get("cost"), str) \
                 and kwargs["cost"] in LATENCY_COSTS:
-            try:
-                default = method_parameters(cls).get("channel_step")
-            except (TypeError, ValueError):  # no signature to read: SMCP's default
-                default = None
-            step = kwargs.get("channel_step", self.method_entry.defaults.get(
-                "channel_step", getattr(default, "default", 8)))
+            step = priced_channel_step(self.method_entry, kwargs)
+            if step is None:  # (review195 R4: guessed as 8)
+                raise ArgumentError(f"PruningCallback({self.method!r}, cost={kwargs['cost']!r}): "
+                                    "the table is timed at the widths the method chooses, and "
+                                    "its channel_step cannot be read from its signature; pass "
+                                    "channel_step=")
             kwargs["cost"] = latency_cost(prepared, kwargs["cost"], channel_step=int(step))
         if fxdist.is_distributed() and getattr(cls, "rank_local_statistics", False):
             kwargs.setdefault("reduce_fn", fxdist.all_reduce_sum)  # e.g. CCP's activation terms

@@ -714,6 +714,15 @@ class PruningMethod:
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
+        timed_step = getattr(getattr(cost_model, "base", cost_model), "step", None)
+        if isinstance(timed_step, int) and timed_step > 1 and self.channel_step % timed_step:
+            # widths between a table's grid points are interpolated, which ONNX Runtime's times
+            # do not follow off multiples of 8 (review195 R4: a table timed at another step)
+            warn(f"{type(self).__name__}: the latency table was timed at step {timed_step} and "
+                 f"this method chooses widths at channel_step={self.channel_step}: widths between "
+                 "its grid points are priced by interpolation; time it at the method's step "
+                 f"(fxprune.deploy.latency_cost(pm, ..., channel_step={self.channel_step}))",
+                 RuntimeWarning)
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self._priced_dtypes = [c.param.dtype for c in self.consumers]  # (see _check_priced_dtypes)
         self.step_count = 0
@@ -1039,6 +1048,25 @@ def method_parameters(cls: Callable) -> dict[str, inspect.Parameter]:
     own = {n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}
     theirs = {n: p for n, p in inspect.signature(forwards_to).parameters.items() if n not in own}
     return {**own, **theirs}
+
+
+def priced_channel_step(entry: "MethodEntry", kwargs: dict) -> int | None:
+    """The ``channel_step`` a method built from ``entry`` with ``kwargs`` chooses widths at,
+    which a latency table for it must be timed at: the one given, else the registration's,
+    else its signature's default (a factory forwarding ``**kwargs``: its target's, see
+    :func:`method_parameters`); None where none can be read (review195 R4: the trainer and
+    the callback guessed 1 and 8)."""
+    if "channel_step" in kwargs:
+        return kwargs["channel_step"]
+    if "channel_step" in (entry.defaults or {}):
+        return entry.defaults["channel_step"]
+    try:
+        param = method_parameters(entry.cls).get("channel_step")
+    except (TypeError, ValueError):
+        return None
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return param.default
 
 
 def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
