@@ -841,19 +841,34 @@ def test_a_method_state_a_resume_could_not_read_is_refused_not_converted(
 
 def test_a_latency_cost_named_to_the_callback_is_measured_by_the_callback(tmp_path, monkeypatch):
     """review194 M1: methods no longer measure; the callback, as fxprune train, measures a
-    latency cost named as a recipe names it, at the method's channel_step, and the method
-    prices with what it measured."""
+    latency cost named as a recipe names it, at the method's channel_step, with its cache
+    (review195 R6), keeps the timings in its checkpoints, and a fit resumed from one prices
+    with them instead of timing a new table (which would move the budget)."""
     import fxprune.integrations.lightning as lightning_mod
-    from fxprune.cost import FlopsCost
+    from fxprune.deploy import LatencyTable
 
     asked = []
 
-    def measured(prepared, kind, *, channel_step):
-        asked.append((kind, channel_step, fxprune.channel_groups(prepared) is not None))
-        return FlopsCost()
+    def measured(prepared, kind, *, channel_step, cache=None, progress=True):
+        asked.append((kind, channel_step, cache, progress))
+        return LatencyTable.measure(prepared, step=channel_step, progress=False,
+                                    log=lambda line: None, passes=1, min_runs=1, max_runs=1,
+                                    timer=lambda layer, ci, co: 1e-3 * ci * co + 0.05)
 
     monkeypatch.setattr(lightning_mod, "latency_cost", measured)
-    prune = PruningCallback("smcp", **{**SMCP_ARGS, "cost": "latency+fixed"})
-    trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
-    assert asked == [("latency+fixed", SMCP_ARGS.get("channel_step", 8), True)]
-    assert prune.pruner.budget.model.name == "flops"
+    with pytest.raises(ValueError, match=r"latency_cache= keeps the timings of a latency cost, "
+                                         r"and cost is 'the method default'"):
+        PruningCallback("smcp", latency_cache=tmp_path / "lat.json", **SMCP_ARGS)
+    prune = PruningCallback("smcp", latency_cache=tmp_path / "lat.json",
+                            **{**SMCP_ARGS, "cost": "latency"})
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    trainer(tmp_path, 2, [prune, ckpt]).fit(Classifier(), loader())
+    assert asked == [("latency", SMCP_ARGS["channel_step"], tmp_path / "lat.json", False)]
+    assert isinstance(prune.pruner.cost_model, LatencyTable)
+    table = prune.pruner.cost_model.to_dict()
+    resumed = PruningCallback("smcp", latency_cache=tmp_path / "lat.json",
+                              **{**SMCP_ARGS, "cost": "latency"})
+    saved = sorted((tmp_path / "ckpt").glob("epoch=0*.ckpt"))[0]  # after the first epoch
+    trainer(tmp_path, 2, [resumed]).fit(Classifier(), loader(), ckpt_path=saved)
+    assert len(asked) == 1  # not timed again
+    assert resumed.pruner.cost_model.to_dict() == table

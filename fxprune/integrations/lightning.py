@@ -65,7 +65,7 @@ import fxprune
 
 from .. import distributed as fxdist
 from ..cost import LATENCY_COSTS
-from ..deploy.measured_cost import latency_cost
+from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
 from ..methods.base import (check_method_kwargs, priced_channel_step, refuse_unloadable_state,
@@ -165,6 +165,9 @@ class PruningCallback(pl.Callback):
             (it stopped before the schedule did: ``max_epochs`` too small for the steps given)
             raises :class:`fxprune.train.TargetNotReachedError` and saves nothing, as
             ``fxprune train`` does; True keeps and saves such a model.
+        latency_cache: with ``cost="latency"`` or ``"latency+fixed"``: a latency cache file
+            the table's timings are read from and added to (``LatencyTable.measure``'s
+            ``cache=``), so a second fit prices with the same timings; None: none.
         **method_kwargs: the method's own arguments (SMCP: ``target``, ``cost``, ``warmup``, ...;
             step counts are optimizer steps; the method steps once per batch, at the first
             step of an optimizer holding the pruned model's parameters, even when several
@@ -177,8 +180,15 @@ class PruningCallback(pl.Callback):
 
     def __init__(self, method: str = "smcp", *, attribute: str | None = None,
                  save_path: str | os.PathLike | None = None, overwrite: bool = False,
-                 check_masks: bool = False, allow_above_target: bool = False, **method_kwargs):
+                 check_masks: bool = False, allow_above_target: bool = False,
+                 latency_cache: str | os.PathLike | None = None, **method_kwargs):
         self.method = method
+        if latency_cache is not None and method_kwargs.get("cost") not in LATENCY_COSTS:
+            raise ArgumentError(f"PruningCallback({method!r}): latency_cache= keeps the timings "
+                                "of a latency cost, and cost is "
+                                f"{method_kwargs.get('cost', 'the method default')!r}; drop it, "
+                                "or pass cost='latency'")
+        self.latency_cache = latency_cache
         self.method_entry = _method_entry(method)  # an unknown name fails here, not mid-fit
         if method_kwargs.get("execution", "masked") != "masked":
             raise ArgumentError(f"PruningCallback({method!r}): execution={method_kwargs['execution']!r} "
@@ -195,6 +205,8 @@ class PruningCallback(pl.Callback):
         self.prepared: fx.GraphModule | None = None
         self.finalized: nn.Module | None = None
         self._pending_state: dict | None = None
+        #: a latency cost timed for this callback's method (plain data, as checkpoints hold it)
+        self._measured_cost: dict | None = None
         #: the method's state as training left it, before the end's final rule: what a
         #: checkpoint saved after fit() holds, so a longer fit resumed from it goes on training
         #: (CUCB's final pick had ended its exploration: break24 #7)
@@ -401,6 +413,12 @@ class PruningCallback(pl.Callback):
         kwargs = dict(self.method_kwargs)
         cls = self.method_entry.cls
         if prepared is not None and isinstance(kwargs.get("cost"), str) \
+                and kwargs["cost"] in LATENCY_COSTS and self._measured_cost is not None:
+            # the fit's own timings, from the checkpoint it resumes (a new timing would move
+            # the budget under the masks already chosen: review195 R6), or the last fit's
+            kwargs["cost"] = measured_cost_from_dict(self._measured_cost, "the checkpoint's "
+                                                     "measured cost")
+        elif prepared is not None and isinstance(kwargs.get("cost"), str) \
                 and kwargs["cost"] in LATENCY_COSTS:
             step = priced_channel_step(self.method_entry, kwargs)
             if step is None:  # (review195 R4: guessed as 8)
@@ -408,7 +426,10 @@ class PruningCallback(pl.Callback):
                                     "the table is timed at the widths the method chooses, and "
                                     "its channel_step cannot be read from its signature; pass "
                                     "channel_step=")
-            kwargs["cost"] = latency_cost(prepared, kwargs["cost"], channel_step=int(step))
+            kwargs["cost"] = latency_cost(
+                prepared, kwargs["cost"], channel_step=int(step), cache=self.latency_cache,
+                progress=trainer is None or getattr(trainer, "progress_bar_callback", None) is not None)
+            self._measured_cost = measured_cost_to_dict(kwargs["cost"])
         if fxdist.is_distributed() and getattr(cls, "rank_local_statistics", False):
             kwargs.setdefault("reduce_fn", fxdist.all_reduce_sum)  # e.g. CCP's activation terms
         try:
@@ -652,7 +673,8 @@ class PruningCallback(pl.Callback):
         if not self._state_checked:  # the first one saved loads with weights_only=True
             refuse_unloadable_state(self.pruner, self.method, state, read_by=_READ_BY)
             self._state_checked = True
-        return {"method": self.method, "state": state}
+        return {"method": self.method, "state": state,
+                **({"measured_cost": self._measured_cost} if self._measured_cost else {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -663,6 +685,8 @@ class PruningCallback(pl.Callback):
         # a checkpoint's state wins over where an earlier fit of this callback left the method
         # (a refit from an earlier checkpoint went on from the end of the first fit: break33 #3)
         self._trained_state = None
+        if state_dict.get("measured_cost") is not None:
+            self._measured_cost = state_dict["measured_cost"]
         if self.pruner is None:  # Lightning restores callbacks before on_fit_start builds it
             self._pending_state = state_dict
         else:
