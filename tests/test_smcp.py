@@ -1303,8 +1303,15 @@ def test_a_floor_at_channel_step_1_names_the_channels_kept_whole_not_the_step():
     with pytest.raises(fxprune.InfeasibleBudget) as at_1:
         fxprune.SMCP(prepared(), target=0.001, channel_step=1)
     assert "lower channel_step" not in str(at_1.value)
-    assert str(at_1.value).endswith("; the rest of the cost is in channels kept whole "
-                                    "(fxprune.summary(pm) lists each with its reason)")
+    assert re.search(r"; of that floor, 0\.\d{5} of dense is cost outside conv/linear layers, "
+                     r"which the cost model holds at its dense value \(attention products, "
+                     r"elementwise ops\), and 0\.\d{5} is layers at their narrowest, channels "
+                     r"kept whole among them \(fxprune.summary\(pm\) lists those with their "
+                     r"reasons\)$", str(at_1.value)), str(at_1.value)
+    floor = float(re.search(r"allow \((\d\.\d+):", str(at_1.value)).group(1))
+    other, layers = map(float, re.search(r"of that floor, (\d\.\d+) of dense .* and (\d\.\d+) "
+                                         r"is layers", str(at_1.value)).groups())
+    assert other >= 0 and abs(other + layers - floor) < 2e-5, (other, layers, floor)
     with pytest.raises(fxprune.InfeasibleBudget, match=r"raise the target to at least [0-9.]+ or "
                                                        r"lower channel_step$"):
         fxprune.SMCP(prepared(), target=0.001, channel_step=4)

@@ -836,10 +836,10 @@ class PruningMethod:
                     f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
                     f"{self.channel_step}); raise the target to at least {at_least:.3f}"
                     + (" or lower channel_step" if floor < 1 - 1e-9 and self.channel_step > 1
-                       # at step 1 the floor is the groups kept whole (break193 F6: swin_t's
-                       # attention blocks were advised a lower channel_step)
-                       else "; the rest of the cost is in channels kept whole (fxprune.summary"
-                       "(pm) lists each with its reason)" if floor < 1 - 1e-9 else
+                       # at step 1 the floor is cost no channel choice lowers (break193 F6:
+                       # swin_t's attention was advised a lower channel_step), named by its
+                       # parts (review195 R3: a matmul's constant cost was called "kept whole")
+                       else self._floor_parts(floor) if floor < 1 - 1e-9 else
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        ": the cost model prices it as the dense model, so no pruning lowers "
                        "its cost; check the cost model"))
@@ -849,6 +849,15 @@ class PruningMethod:
             error = InfeasibleBudget(message)
             error.floor = floor
             raise error
+
+    def _floor_parts(self, floor: float) -> str:
+        """What a floor at channel_step 1 is made of: the cost outside conv/linear layers, held
+        at its dense value, and the layers at their narrowest (channels kept whole among them)."""
+        other = self.budget.other_cost / self.budget.dense
+        return (f"; of that floor, {other:.5f} of dense is cost outside conv/linear layers, "
+                "which the cost model holds at its dense value (attention products, elementwise "
+                f"ops), and {floor - other:.5f} is layers at their narrowest, channels kept whole "
+                "among them (fxprune.summary(pm) lists those with their reasons)")
 
     def _with_floor(self, i: int, options, values: np.ndarray | None = None,
                     dead: np.ndarray | None = None, *, value: Callable | None = None):
