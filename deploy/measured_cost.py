@@ -47,8 +47,8 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
             uniformly halved one (:func:`calibrate_cost`; timed each call, not cached), so that a
             target is a fraction of the measured latency.
         channel_step: the widths to time, every multiple of it up to each layer's dense width:
-            give the ``channel_step`` of the method that will price with it (SMCP's default is
-            8; CCP's and CUCB's 1). Between multiples of 8 ONNX Runtime's times jump, so a
+            give the ``channel_step`` of the method that will price with it (8 by default for
+            SMCP, CCP and CUCB). Between multiples of 8 ONNX Runtime's times jump, so a
             coarser grid does not stand in for a finer one.
         cache: a JSON file of timings, read and extended (written atomically), so that a second
             run prices with the same timings; None: no cache.

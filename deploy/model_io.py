@@ -532,7 +532,3 @@ def resolve_input_shape(module: nn.Module, input_shape: str | Sequence[int] | No
             raise DeployError(f"--batch must be positive, got {batch}")
         shape = (int(batch),) + shape[1:]
     return shape
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -10,9 +10,9 @@ import sys as _sys
 import types as _types
 
 from ._lazy import lazy_getattr as _lazy_getattr
-from .errors import (ArgumentError, ArgumentTypeError, ExampleInputsError, FxPruneError,
-                     NotPreparedError, SurgeryError, TargetNotReachedError, TraceError,
-                     UnsupportedModelError)
+from .errors import (ArgumentError, ArgumentTypeError, DivergedError, ExampleInputsError,
+                     FxPruneError, NotCopyableError, NotPreparedError, SurgeryError,
+                     TargetNotReachedError, TraceError, UnsupportedModelError)
 
 __version__ = "0.1.0"
 
@@ -65,5 +65,6 @@ _sys.modules[__name__].__class__ = _Package
 __all__ = ["prepare", "finalize", "copy_masks", "tracer_kwargs", "channel_groups", "summary", "layer_specs", "ChannelGroup",
            "CostModel", "FlopsCost", "ParamsCost", "LayerSpec", "FxPruneError", "TraceError",
            "ExampleInputsError", "SurgeryError", "NotPreparedError", "TargetNotReachedError",
-           "UnsupportedModelError", "ArgumentError", "ArgumentTypeError"]
+           "UnsupportedModelError", "ArgumentError", "ArgumentTypeError", "NotCopyableError",
+           "DivergedError"]
 __all__ += [name for name in _LAZY if name not in __all__]  # each once (break174 F10)

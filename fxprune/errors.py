@@ -5,7 +5,8 @@ import sys
 import warnings
 
 
-__all__ = ["FxPruneError", "ArgumentError", "ArgumentTypeError", "InfeasibleBudget",
+__all__ = ["FxPruneError", "ArgumentError", "ArgumentTypeError", "NotCopyableError",
+           "DivergedError", "InfeasibleBudget",
            "TraceError", "ExampleInputsError", "SurgeryError", "NotPreparedError",
            "UnsupportedModelError", "TargetNotReachedError", "first_line", "out_of_memory",
            "warn"]
@@ -29,6 +30,16 @@ class ArgumentError(FxPruneError, ValueError):
 class ArgumentTypeError(FxPruneError, TypeError):
     """An argument of a public function or method's constructor is of the wrong kind: the
     message names the argument and what it takes."""
+
+
+class NotCopyableError(FxPruneError, TypeError):
+    """A pruner refuses ``copy.copy``, ``copy.deepcopy`` or pickling in a state that would not
+    survive it; the message says how to branch or save the run instead."""
+
+
+class DivergedError(FxPruneError, ValueError):
+    """Statistics a method decides on hold inf or NaN: training diverged, or a mixed-precision
+    step overflowed; the message names the lever."""
 
 
 class InfeasibleBudget(FxPruneError, ValueError):

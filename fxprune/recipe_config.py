@@ -606,6 +606,11 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         if item.startswith("~"):
             if item[1:].strip() not in replaced:  # (already gone: break98 F1 was told the
                 _remove_key(cfg, item)            # recipe did not set it, and another key)
+            # an override removed is no longer in effect (review195 R5: a later form of its
+            # setting was refused, naming it)
+            forms_given = {f: given for f, given in forms_given.items()
+                           if f"prune.{given.partition('=')[0].strip().removeprefix('prune.')}"
+                           != item[1:].strip()}
             continue
         key, sep, text = item.partition("=")
         key = key.strip()

@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from fxprune.passes.shape_prop import preserving_rng
 from fxprune.passes.surgery import run_eval
 
-from .errors import ArgumentTypeError, ExampleInputsError, NotPreparedError, SurgeryError, out_of_memory
+from .errors import (ArgumentTypeError, ExampleInputsError, FxPruneError, NotPreparedError,
+                     SurgeryError, first_line, out_of_memory)
 from .groups import channel_groups, is_prepared, state_of
 
 
@@ -68,6 +69,8 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
         with preserving_rng(model, inputs), counted_kernels(), FlopCounterMode(display=False) as counter:
             try:
                 run_eval(model, inputs)
+            except FxPruneError:  # fxprune's own refusal inside the forward says its way out
+                raise
             except Exception as e:  # noqa: BLE001 - the model's own error, chained
                 raise _not_run(model, inputs, e) from e
     finally:
@@ -148,7 +151,14 @@ def dense_flops(prepared: fx.GraphModule) -> int:
         with torch.no_grad():
             for m in masks:
                 m.fill_(1)
-        return count_flops(prepared, state_of(prepared).example_inputs)
+        try:
+            return count_flops(prepared, state_of(prepared).example_inputs)
+        except ExampleInputsError as e:  # inputs fxprune chose, not the caller (review195 R13)
+            cause = e.__cause__ if e.__cause__ is not None else e
+            raise ExampleInputsError(
+                f"the prepared model no longer runs on the example inputs it was prepared with "
+                f"({type(cause).__name__}: {first_line(cause)}); was it moved, cast or edited "
+                "since prepare? prepare it again from the model as it is") from e
     finally:
         with torch.no_grad():
             for m, old in zip(masks, saved):

@@ -350,7 +350,8 @@ def test_gathered_execution_is_the_default_and_masked_is_the_fallback():
             return self.fc2(self.ln(self.fc1(x)))
 
     with pytest.warns(UserWarning, match="runs masked"):
-        masked = CUCB(fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),)), rho=0.5, cost="params")
+        masked = CUCB(fxprune.prepare(WithLayerNorm(), (torch.randn(1, 4),)), rho=0.5, cost="params",
+                      channel_step=1)
     assert masked.execution == "masked"
 
 
@@ -1013,3 +1014,16 @@ def test_allocator_settings_given_to_a_ratio_mode_are_said_to_be_unused(method):
         warnings.simplefilter("error")  # the defaults, or the allocator's own mode: nothing said
         cls(pm, target=0.5, channel_step=1)
         cls(pm, target=0.5, channel_step=1, mode=other, resolution=100)
+
+
+@pytest.mark.parametrize("method, fixed", [("CUCB", {"rho": 0.5}), ("CCP", {"ratio": 0.5})])
+def test_a_fixed_fraction_at_a_step_no_group_can_be_pruned_at_is_refused(method, fixed):
+    """break196 F1: with the default channel_step 8, CUCB's rho and CCP's ratio on a net of
+    6-channel groups pruned nothing (cost 1.0) without a word; a target form was refused."""
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(fxprune.InfeasibleBudget, match=r"^channel_step=8 is at least as wide as "
+                                                       r"every prunable group \(6 channels\), so "
+                                                       r"none can be pruned .*; lower channel_step$"):
+        getattr(fxprune, method)(pm, **fixed)
+    getattr(fxprune, method)(pm, channel_step=2, **fixed)  # a step the groups can take

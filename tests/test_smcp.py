@@ -1503,3 +1503,27 @@ def test_a_mask_update_reads_the_device_a_fixed_number_of_times(monkeypatch):
     few, many = _reads_at_an_update(2, monkeypatch), _reads_at_an_update(6, monkeypatch)
     # (counters in one read, scores in one, masks in one; numpy() after cpu() copies nothing)
     assert len(few) == len(many) <= 5, (few, many)
+
+
+def test_counting_the_prepared_models_own_inputs_names_them_not_the_callers():
+    """review195 R13: dense_flops counts on prepare's own example inputs, and a model that no
+    longer ran on them was told to "pass the arguments its forward takes"; an fxprune error
+    raised inside the forward is its own, not rewritten."""
+    from fxprune.groups import state_of
+    from fxprune.summary import dense_flops
+
+    pm = prepared()
+    x = state_of(pm).example_inputs[0]
+    state_of(pm).example_inputs = (torch.randn(x.shape[0], x.shape[1] + 2, *x.shape[2:]),)
+    with pytest.raises(fxprune.ExampleInputsError, match=r"^the prepared model no longer runs on "
+                                                         r"the example inputs it was prepared "
+                                                         r"with \(RuntimeError: .*\); was it "
+                                                         r"moved, cast or edited since prepare\?"):
+        dense_flops(pm)
+
+    class Refuses(nn.Module):
+        def forward(self, x):
+            raise fxprune.SurgeryError("a refusal of fxprune's own")
+
+    with pytest.raises(fxprune.SurgeryError, match=r"^a refusal of fxprune's own$"):
+        fxprune.count_flops(Refuses(), (torch.randn(1, 2),))

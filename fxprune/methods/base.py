@@ -35,7 +35,8 @@ Optional members ``fxprune train`` and the Lightning callback read where a metho
   choose masks): where the masks reach the target (:func:`schedule_end`), so that a run
   too short for it is refused before training.
 - ``explore`` and ``warmup``: a final selection made at step ``explore`` (CUCB); the
-  callback sets ``explore`` to the fit's last step when it is None.
+  callback sets ``explore`` to the fit's last step when it is None and the fit is longer
+  than the warm-up (else it warns and leaves it None).
 - ``warn_above_target`` (bool): switched off while the trainer itself says a cost above the
   target; ``masks_not_final()``: why ``fxprune.finalize`` should warn.
 - ``cost_model``: the cost model its budget prices with (``results.json``'s ``cost_model``).
@@ -67,7 +68,7 @@ from ..allocation import uniform_kept
 from ..budget import Budget
 from ..checks import check_fraction
 from ..cost import LATENCY_COSTS, CostModel
-from ..errors import ArgumentError, ArgumentTypeError, warn
+from ..errors import ArgumentError, ArgumentTypeError, NotCopyableError, warn
 from ..groups import latest_pruner, register_pruner, state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
@@ -329,9 +330,9 @@ class PruningMethod:
     def __deepcopy__(self, memo):
         why = self.not_copyable()
         if why:
-            raise ArgumentTypeError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
-                                    "copy the model and optimizer, build a new pruner on the copy and load "
-                                    "this one's state_dict() into it")
+            raise NotCopyableError(f"{type(self).__name__} cannot be deep-copied: {why}; to branch a run, "
+                                   "copy the model and optimizer, build a new pruner on the copy and load "
+                                   "this one's state_dict() into it")
         was_latest = latest_pruner(self.prepared) is self
         new = type(self).__new__(type(self))
         memo[id(self)] = new
@@ -346,9 +347,9 @@ class PruningMethod:
     def __copy__(self):
         # (review118 #4: a shallow copy shares the model, and re-hooking it took the
         # original's hooks off)
-        raise ArgumentTypeError(f"{type(self).__name__} cannot be shallow-copied: the copy would share "
-                                "the model and its hooks with this one; copy.deepcopy((model, pruner)) "
-                                "copies both, or build a new pruner and load this one's state_dict()")
+        raise NotCopyableError(f"{type(self).__name__} cannot be shallow-copied: the copy would share "
+                               "the model and its hooks with this one; copy.deepcopy((model, pruner)) "
+                               "copies both, or build a new pruner and load this one's state_dict()")
 
     def __setstate__(self, state):
         was_latest = state.pop("_was_latest", True)  # (a pickle from before the flag: as it was)
@@ -392,9 +393,9 @@ class PruningMethod:
         hooks refuses, as a deep copy does."""
         why = self.not_copyable()
         if why:
-            raise ArgumentTypeError(f"{type(self).__name__} cannot be pickled: {why}; save its "
-                                    "state_dict() with the model's and load it into a new pruner built "
-                                    "on the loaded model")
+            raise NotCopyableError(f"{type(self).__name__} cannot be pickled: {why}; save its "
+                                   "state_dict() with the model's and load it into a new pruner built "
+                                   "on the loaded model")
         state = self.__dict__.copy()
         state.pop("_last_grads", None)
         state["_was_latest"] = latest_pruner(self.prepared) is self
@@ -793,6 +794,16 @@ class PruningMethod:
         self._check_reachable(new)
         self.target = self.cost_target = self._target_followed = new
         return True
+
+    def _check_some_group_prunes(self) -> None:
+        """A fixed per-group fraction (no cost target) at a ``channel_step`` no group can be
+        pruned at is refused, as a target is (break196 F1: CUCB's rho and CCP's ratio on a net
+        of groups narrower than the default step 8 pruned nothing, without a word)."""
+        from ..allocation import InfeasibleBudget, step_too_wide
+
+        coarse = step_too_wide(self.index, self.channel_step)
+        if coarse:
+            raise InfeasibleBudget(coarse)
 
     def _check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the narrowest model the constraints

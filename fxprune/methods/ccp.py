@@ -67,7 +67,7 @@ import torch
 from torch import fx
 
 from .. import distributed as fxdist
-from ..errors import ArgumentError, warn
+from ..errors import ArgumentError, DivergedError, warn
 from ..allocation import (DEFAULT_MAX_RESOLVES, Allocation, GroupOptions, allocate, allocate_uniform,
                           allowed_counts)
 from ..importance import PairwiseTaylor
@@ -433,6 +433,8 @@ class CCP(PruningMethod):
         self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
         if self.target is not None:  # known now, not at the first round, steps into training
             self._check_reachable(self.target)
+        else:
+            self._check_some_group_prunes()
         self._target_followed = self.target  # (see _follow_target)
         self.ratio = None if ratio is None else float(ratio)
         # (ratio mode under a cost target: said at its last round, where the cost it reaches is
@@ -638,7 +640,7 @@ class CCP(PruningMethod):
         """Group i's keep-form S over its alive channels, their positions, constraints."""
         a, B = self.stats.moments(i)
         if not (np.isfinite(a).all() and np.isfinite(B).all()):
-            raise ArgumentError(
+            raise DivergedError(
                 f"CCP: the statistics of group {self.index.groups[i].name!r} hold inf/nan at step "
                 f"{self.step_count}: training diverged during collection (lower the learning rate "
                 "or, with collect_bn='eval', use collect_bn='train'), or a mixed-precision step "

@@ -216,6 +216,8 @@ class CUCB(PruningMethod):
         self.target = None if (mode == "ratio" and rho is not None) else self.cost_target
         if self.target is not None:
             self._check_reachable(self.target)
+        else:
+            self._check_some_group_prunes()
         #: ratio mode: the fraction of every group active at each step; rho=None: the largest
         #: common fraction whose model fits ``target`` (as CCP's ratio=None), the final
         #: selection held to the target exactly

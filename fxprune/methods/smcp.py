@@ -174,7 +174,7 @@ class SMCP(PruningMethod):
     Raises:
         ValueError: an argument out of range, a schedule that freezes before the ramp ends,
             or a target below what the narrowest allowed widths cost
-            (:class:`fxprune.allocation.InfeasibleBudget`).
+            (:class:`fxprune.InfeasibleBudget`).
     """
 
     name = "smcp"
