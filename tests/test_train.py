@@ -1113,6 +1113,10 @@ def test_an_override_in_another_unit_replaces_the_recipes_form():
                        ["prune.update_every=7", "prune.update_every_fraction=0.2"])
     assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},  # one form twice: the last
                           ["prune.update_every=7", "prune.update_every=8"])["prune"]["update_every"] == 8
+    # review195 R5: an override removed with ~ is no longer in effect
+    assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                          ["prune.update_every=7", "~prune.update_every",
+                           "prune.update_every_fraction=0.2"])["prune"]["update_every_fraction"] == 0.2
 
 
 def test_resume_refuses_to_move_a_fractional_schedule(recipe, tmp_path, capsys):
