@@ -32,6 +32,7 @@ from fxprune.allocation import uniform_kept
 from fxprune.api import finalize, layer_specs
 from fxprune.budget import Budget
 from fxprune.cost import CostModel, WithFixedCost, fit_fixed_cost, layer_keys
+from fxprune.errors import ArgumentTypeError
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
@@ -95,7 +96,7 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     if isinstance(cost_model, type) or not isinstance(cost_model, CostModel):
         got = (f"the class {cost_model.__name__} (call it)" if isinstance(cost_model, type)
                else type(cost_model).__name__)
-        raise TypeError(f"calibrate_cost needs a cost model object (fxprune.FlopsCost(), a "
+        raise ArgumentTypeError(f"calibrate_cost needs a cost model object (fxprune.FlopsCost(), a "
                         f"LatencyTable, ...), got {got}")
     if isinstance(cost_model, WithFixedCost):  # fit again from the per-layer model
         cost_model = cost_model.base

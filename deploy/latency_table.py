@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fxprune.cost import LayerSpec
-from fxprune.errors import FxPruneError
+from fxprune.errors import ArgumentTypeError, FxPruneError
 from fxprune.run_io import atomic_write, check_replaceable
 
 from .common import DeployError, cpu_busy, cpu_load, file_in_the_way
@@ -1008,7 +1008,7 @@ def _as_layer_specs(layers) -> list[LayerSpec]:
     layers = list(layers)
     bad = [type(x).__name__ for x in layers if not isinstance(x, LayerSpec)]
     if bad:
-        raise TypeError(f"LatencyTable.measure needs LayerSpec objects, got {sorted(set(bad))}")
+        raise ArgumentTypeError(f"LatencyTable.measure needs LayerSpec objects, got {sorted(set(bad))}")
     return layers
 
 

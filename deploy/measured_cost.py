@@ -20,7 +20,7 @@ from torch import fx
 
 from fxprune.allocation import step_too_wide
 from fxprune.cost import LATENCY_COSTS, CostModel, WithFixedCost
-from fxprune.errors import ArgumentError, InfeasibleBudget, warn
+from fxprune.errors import ArgumentError, ArgumentTypeError, InfeasibleBudget, warn
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex
 
@@ -71,6 +71,9 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
         raise ArgumentError(f"latency_cost measures {' or '.join(map(repr, LATENCY_COSTS))}, got "
                             f"{kind!r}; 'flops' and 'params' need no measurement: pass the name "
                             "to the method as cost=")
+    if cache is not None and not isinstance(cache, (str, os.PathLike)):
+        raise ArgumentTypeError(f"cache is a file path (str or Path) or None, got "
+                                f"{type(cache).__name__}")
     if isinstance(channel_step, bool) or not isinstance(channel_step, int) or channel_step < 1:
         raise ArgumentError(f"channel_step must be an integer >= 1, got {channel_step!r}")
     coarse = step_too_wide(UnitIndex(prepared), channel_step)

@@ -64,7 +64,7 @@ import torch
 import torch.distributed as dist
 from torch import fx, nn
 
-from .errors import FxPruneError
+from .errors import ArgumentTypeError, FxPruneError
 from .groups import state_of
 
 
@@ -160,7 +160,7 @@ def use_sync_batchnorm(module: nn.Module) -> Callable[[], None]:
                         "SyncBatchNorm would replace its behaviour: set train.sync_bn=false")
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if converted is not module:
-        raise TypeError("use_sync_batchnorm: pass the model, not a BatchNorm layer")
+        raise ArgumentTypeError("use_sync_batchnorm: pass the model, not a BatchNorm layer")
 
     def undo() -> None:
         for name, original in originals:
@@ -384,10 +384,10 @@ def rewrap_after_finalize(finalized: nn.Module, ddp_kwargs: dict | None,
         distributed) and the optimizer over ``finalized``'s parameters.
     """
     if isinstance(finalized, nn.parallel.DistributedDataParallel):
-        raise TypeError("rewrap_after_finalize expects the finalized plain module, got a "
+        raise ArgumentTypeError("rewrap_after_finalize expects the finalized plain module, got a "
                         "DistributedDataParallel wrapper; pass fxprune.finalize(ddp.module)")
     if isinstance(finalized, fx.GraphModule) and "fxprune" in finalized.meta:
-        raise TypeError("this model still has fxprune masks (it is the prepared model); "
+        raise ArgumentTypeError("this model still has fxprune masks (it is the prepared model); "
                         "pass fxprune.finalize(prepared), the smaller plain model")
     model = finalized
     if is_distributed():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import fx
 
+from fxprune.errors import UnsupportedModelError
 from fxprune.masks import FXPRUNE_CLASSES
 
 from .shape_prop import preserving_rng
@@ -85,7 +86,7 @@ def check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
             "with (input, then its masks)" if name in dropped else
             f"fails where the prepared model calls it with (input, then its masks): "
             f"{type(failure).__name__}: {failure}")
-    raise ValueError(
+    raise UnsupportedModelError(
         f"prepare: `{name}` ({cls}, with {hook_names(module, FORWARD_HOOK_KINDS)}) {what}; a hook on a masked "
         "layer sees every argument, and a pre-hook must return them all (or None): register "
         "hooks written for the plain layer on the finalized model") from failure

@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import fx, nn
 
-from fxprune.errors import TraceError
+from fxprune.errors import ArgumentError, ArgumentTypeError, TraceError, UnsupportedModelError
 from fxprune.op_table import CHANNEL_RULES, add_installed_rows
 
 from .follow_mode import AUTOWRAP_FUNCTIONS, dropouts_follow_mode, mode_dependence
@@ -311,11 +311,11 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
     bad = [m for m in leaf_modules if not isinstance(m, (type, str))]
     if bad:
-        raise TypeError(f"leaf_modules takes module classes or module paths (str), got {bad!r}")
+        raise ArgumentTypeError(f"leaf_modules takes module classes or module paths (str), got {bad!r}")
     unknown = [n for n in leaf_names if n not in dict(model.named_modules())]
     if unknown:
-        raise ValueError(f"leaf_modules names {unknown} are not modules of the model; "
-                         f"paths look like {[n for n, _ in list(model.named_modules())[1:4]]}")
+        raise ArgumentError(f"leaf_modules names {unknown} are not modules of the model; "
+                            f"paths look like {[n for n, _ in list(model.named_modules())[1:4]]}")
     # Code that reads self.training is frozen by tracing: a module whose code differs between
     # the modes is traced again as one call, until the graphs of both modes agree
     # (passes/follow_mode.py).
@@ -812,7 +812,7 @@ def copy_model(model: nn.Module, when: str = "prepare", tensors_of: nn.Module | 
     hooked = hook_reparametrization(model, when)
     if hooked:  # whatever the grad state (break121 #1: after a no_grad forward the copy went
         # through, prepare accepted the model, and finalize failed after the training)
-        raise TypeError(f"fxprune cannot work on {type(model).__name__}: {hooked}")
+        raise UnsupportedModelError(f"fxprune cannot work on {type(model).__name__}: {hooked}")
     memo = {}
     if tensors_of is not None:
         theirs = {**dict(tensors_of.named_parameters(remove_duplicate=False)),
@@ -826,11 +826,11 @@ def copy_model(model: nn.Module, when: str = "prepare", tensors_of: nn.Module | 
     except Exception as e:  # noqa: BLE001 - re-raised with the way out
         why = _why_uncopyable(model, when)
         if not why:
-            raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} "
-                            f"cannot be deep-copied: {e}; make its attributes copyable") from e
+            raise UnsupportedModelError(f"fxprune works on a copy of the model but {type(model).__name__} "
+                                        f"cannot be deep-copied: {e}; make its attributes copyable") from e
         # the cause is named: one line, not torch's traceback above it (break121 #1)
-        raise TypeError(f"fxprune works on a copy of the model but {type(model).__name__} cannot "
-                        f"be deep-copied: {why}") from None
+        raise UnsupportedModelError(f"fxprune works on a copy of the model but {type(model).__name__} "
+                                    f"cannot be deep-copied: {why}") from None
 
 
 _DEPRECATED_HOOKS = {  # torch's hook-based reparametrizations hold a computed weight

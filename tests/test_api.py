@@ -1804,6 +1804,17 @@ def test_out_of_memory_quotes_whole_sentences_of_the_allocators_words():
     assert out_of_memory(RuntimeError("shapes do not match")) is None
 
 
+class _Uncopyable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.conv, self.lock = torch.nn.Conv2d(3, 4, 3), threading.Lock()
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 def test_the_apis_deliberate_errors_are_fxprune_errors_of_their_builtin_kind():
     """review194 M4: FxPruneError's docstring promised the base of every deliberate error, but
     a bad argument (SMCP's target=2, prepare's rules=[...]), a quantization-prepared model
@@ -1822,6 +1833,17 @@ def test_the_apis_deliberate_errors_are_fxprune_errors_of_their_builtin_kind():
         (lambda: fxprune.SMCP(pm, target=0.5, cost=3), fxprune.ArgumentTypeError, TypeError),
         (lambda: solve_mckp([np.array([1.0])], [np.array([5.0])], 1.0), fxprune.InfeasibleBudget,
          ValueError),
+        # break196 F3: refusals the first pass left as built-in errors
+        (lambda: fxprune.prepare(model, (x,), leaf_modules=["nope"]), fxprune.ArgumentError,
+         ValueError),
+        (lambda: fxprune.prepare(model, (x,), leaf_modules=[123]), fxprune.ArgumentTypeError,
+         TypeError),
+        (lambda: fxprune.deploy.calibrate_cost("flops", pm), fxprune.ArgumentTypeError, TypeError),
+        (lambda: fxprune.LatencyTable.measure([1, 2]), fxprune.ArgumentTypeError, TypeError),
+        (lambda: fxprune.deploy.latency_cost(pm, cache=123), fxprune.ArgumentTypeError, TypeError),
+        (lambda: fxprune.distributed.rewrap_after_finalize(pm, {}, lambda m: None),
+         fxprune.ArgumentTypeError, TypeError),
+        (lambda: fxprune.prepare(_Uncopyable(), (x,)), fxprune.UnsupportedModelError, TypeError),
     ]
     for call, kind, builtin in cases:
         with pytest.raises(kind) as info:
