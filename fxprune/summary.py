@@ -49,8 +49,16 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     (:func:`counted_kernels`).
 
     Raises TypeError for a non-module or inputs not given as a tuple, and ExampleInputsError
-    (chained to the model's own error) when the model does not run on ``inputs``."""
+    (chained to the model's own error) when the model does not run on ``inputs``. Warns for a
+    prepared model with pruned channels, which counts as the dense model."""
     _check_module(model, "count_flops")
+    _warn_if_masked(model, "count_flops")
+    return _count_flops(model, inputs)
+
+
+def _count_flops(model: nn.Module, inputs: tuple) -> int:
+    """:func:`count_flops` without its check for a masked model (``dense_flops`` counts one
+    with every mask at 1 on purpose)."""
     if isinstance(inputs, torch.Tensor):  # (break67 #5: its batch was unpacked as arguments)
         raise ArgumentTypeError("count_flops takes the forward's arguments as a tuple: pass (x,), not x")
     if not isinstance(inputs, (tuple, list)):
@@ -94,14 +102,29 @@ def _not_run(model: nn.Module, inputs: tuple, e: Exception) -> ExampleInputsErro
                               "arguments its forward takes, as a tuple")
 
 
+def _warn_if_masked(model: nn.Module, fn: str) -> None:
+    """A prepared model whose masks prune channels still holds every weight and runs every
+    product: it counts as the dense model (break196 F6: silent, where deploy warns)."""
+    if not is_prepared(model):
+        return
+    masks = [g.mask for g in channel_groups(model) if g.prunable]
+    if any(bool((m == 0).any()) for m in masks):  # (a host read: counting is not per step)
+        warnings.warn(f"{fn}: a model fxprune.prepare returned counts as the dense model, its "
+                      "masked channels included; count fxprune.finalize(model), or read the "
+                      "masked cost with pruner.cost() or fxprune.summary(model)",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _check_module(model, fn: str) -> None:
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"{fn} takes an nn.Module (the model to count), got {type(model).__name__}")
 
 
 def count_params(model: nn.Module) -> int:
-    """Parameters of ``model`` (every element of ``model.parameters()``, shared ones once)."""
+    """Parameters of ``model`` (every element of ``model.parameters()``, shared ones once).
+    Warns for a prepared model with pruned channels, which counts as the dense model."""
     _check_module(model, "count_params")
+    _warn_if_masked(model, "count_params")
     return sum(p.numel() for p in model.parameters())
 
 
@@ -152,7 +175,7 @@ def dense_flops(prepared: fx.GraphModule) -> int:
             for m in masks:
                 m.fill_(1)
         try:
-            return count_flops(prepared, state_of(prepared).example_inputs)
+            return _count_flops(prepared, state_of(prepared).example_inputs)
         except ExampleInputsError as e:  # inputs fxprune chose, not the caller (review195 R13)
             cause = e.__cause__ if e.__cause__ is not None else e
             raise ExampleInputsError(
@@ -199,7 +222,7 @@ def summary_table(prepared: fx.GraphModule, *, all_groups: bool = False) -> str:
                      "them): "
                      + "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     inputs = state.example_inputs
-    dense, dense_params = dense_flops(prepared), count_params(prepared)
+    dense, dense_params = dense_flops(prepared), sum(p.numel() for p in prepared.parameters())
     n_prunable = sum(g.prunable for g in groups)
     lines.append("")
     lines.append(f"{len(groups)} groups, {n_prunable} prunable; "

@@ -1527,3 +1527,23 @@ def test_counting_the_prepared_models_own_inputs_names_them_not_the_callers():
 
     with pytest.raises(fxprune.SurgeryError, match=r"^a refusal of fxprune's own$"):
         fxprune.count_flops(Refuses(), (torch.randn(1, 2),))
+
+
+def test_counting_a_prepared_model_with_pruned_channels_says_it_counts_the_dense_model():
+    """break196 F6: count_flops and count_params of a prepared model whose masks prune half its
+    channels gave the dense figures without a word (deploy warns for the same mistake)."""
+    import warnings
+
+    pm = prepared()
+    x = fxprune.groups.state_of(pm).example_inputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every mask at 1: the dense count is the right one
+        dense = fxprune.count_flops(pm, x)
+        fxprune.count_params(pm)
+    g = next(g for g in fxprune.channel_groups(pm) if g.prunable)
+    g.mask[: g.size // 2] = 0
+    for count in (lambda: fxprune.count_flops(pm, x), lambda: fxprune.count_params(pm)):
+        with pytest.warns(RuntimeWarning, match=r"a model fxprune.prepare returned counts as the "
+                                                r"dense model.*count fxprune.finalize\(model\)"):
+            count()
+    assert fxprune.count_flops(fxprune.finalize(pm), x) < dense
