@@ -500,18 +500,19 @@ def test_a_cucb_pick_after_the_last_checkpoint_is_said(tmp_path):
     assert prune.pruner.final and prune.pruner.explore == 12
 
 
-def test_a_fit_shorter_than_cucb_s_warmup_is_said_at_its_start(tmp_path):
+@pytest.mark.parametrize("warmup, than", [(20, "fewer than"), (8, "no more than")])
+def test_a_fit_no_longer_than_cucb_s_warmup_is_refused_at_its_start(tmp_path, warmup, than):
     """break107 F3: the default warmup (100) over a fit of 8 steps: the bandit only drew at
-    random, and the one message blamed early stopping "before its explore step None"."""
-    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=20)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
-    with pytest.warns(RuntimeWarning) as said:
-        trainer(tmp_path, 2, [prune, ckpt]).fit(Classifier(), loader())
-    messages = [str(w.message) for w in said]
-    assert any(m.startswith("the fit's 8 estimated optimizer steps are fewer than cucb's warmup "
-                            "(20): it never leaves its random warm-up") for m in messages), messages
-    assert not any("explore step None" in m for m in messages), messages
-    assert any("in its warm-up: the fit was shorter than its warmup" in m for m in messages)
+    random, and the one message blamed early stopping "before its explore step None".
+    break196 F9: then only warned, and picked inside the warm-up, where CUCB itself refuses
+    explore <= warmup; review195 R10: a fit of exactly warmup steps is no longer either."""
+    prune = PruningCallback("cucb", target=0.5, mode="budget", warmup=warmup)
+    with pytest.raises(ValueError, match=rf"^PruningCallback\('cucb'\): the fit's 8 estimated "
+                                         rf"optimizer steps are {than} cucb's warmup \({warmup}\): "
+                                         r"it never leaves its random warm-up.*pass a smaller "
+                                         r"warmup= to the callback, or fit longer$"):
+        trainer(tmp_path, 2, [prune]).fit(Classifier(), loader())
+    assert prune.pruner is None
 
 
 class _Stream(torch.utils.data.IterableDataset):

@@ -444,15 +444,19 @@ class PruningCallback(pl.Callback):
                 and math.isfinite(total) and isinstance(warmup, int)):
             if total > warmup:
                 kwargs["explore"] = int(total)
-            elif total > 0 and trainer is not None and trainer.is_global_zero:  # (-1: unknown,
-                # a loader of no length: review108 F3)
-                # (break107 F3: said at the end as "before its explore step None: early stopping")
-                warnings.warn(
-                    f"the fit's {int(total)} estimated optimizer steps are "
-                    + ("fewer than" if total < warmup else "no more than")
-                    + f" {self.method}'s warmup ({warmup}): it never leaves its random warm-up, and "
-                    "its final pick rests on random draws alone; pass a smaller warmup= to the "
-                    "callback, or fit longer", RuntimeWarning, stacklevel=2)
+            elif total > 0 and trainer is not None:  # (-1: unknown, a loader of no length:
+                # review108 F3; break107 F3: said at the end as "before its explore step None")
+                said = (f"the fit's {int(total)} estimated optimizer steps are "
+                        + ("fewer than" if total < warmup else "no more than")
+                        + f" {self.method}'s warmup ({warmup}): it never leaves its random "
+                        "warm-up, and its final pick rests on random draws alone; pass a smaller "
+                        "warmup= to the callback, or fit longer")
+                if not getattr(trainer, "fast_dev_run", False):
+                    # refused on every rank alike, as the method refuses explore <= warmup
+                    # (break196 F9: a warning, then a final pick inside the warm-up)
+                    raise ArgumentError(f"PruningCallback({self.method!r}): {said}")
+                if trainer.is_global_zero:  # a smoke run: said, not refused
+                    warnings.warn(said, RuntimeWarning, stacklevel=2)
         return kwargs
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

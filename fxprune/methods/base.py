@@ -187,11 +187,13 @@ def resolve_cost_model(prepared: fx.GraphModule, cost, channel_step: int) -> tup
         if cost in LATENCY_COSTS:
             # a method takes a cost model; the measuring is the caller's (fxprune train does
             # it for prune.cost), where it can be cached, timed once under DDP and resumed
+            cached = ("the table once; the constant is fitted each call" if cost == "latency+fixed"
+                      else "it once")
             raise ArgumentError(
                 f"cost={cost!r} names a measurement, which a method does not make: measure it "
                 f"and pass the cost model, cost=fxprune.deploy.latency_cost(pm, {cost!r}, "
-                f"channel_step={channel_step}) (add cache='FILE' to time it once; a recipe's "
-                f"prune.cost: {cost} does this)")
+                f"channel_step={channel_step}) (add cache='FILE' to time {cached}; a recipe's "
+                f"prune.cost: {cost} and the Lightning callback's cost={cost!r} do this)")
         base, _, batch = cost.partition(":")
         if base in LATENCY_COSTS and batch.strip().isdigit():  # the benchmark's spelling
             raise ArgumentError(
