@@ -284,6 +284,12 @@ class LatencyTable:
                 ``batch``, runs), a device the backend cannot time on, a ``cache`` that is not
                 a latency cache of this format, or a timing that fails.
         """
+        if timer is not None and not callable(timer):  # (break196 F5: failed mid-timing)
+            raise DeployError(f"timer is called as timer(layer, c_in, c_out) -> ms (or None: the "
+                              f"backend times), got {type(timer).__name__}")
+        if not callable(log):
+            raise DeployError(f"log is called with each line (print, or lambda line: None to "
+                              f"keep quiet), got {type(log).__name__}")
         if backend not in _BACKENDS:
             raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
         if precision is not None and precision not in _PRECISION_DTYPES:

@@ -71,6 +71,8 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
         raise ArgumentError(f"latency_cost measures {' or '.join(map(repr, LATENCY_COSTS))}, got "
                             f"{kind!r}; 'flops' and 'params' need no measurement: pass the name "
                             "to the method as cost=")
+    if not isinstance(progress, bool):
+        raise ArgumentTypeError(f"progress is True or False, got {progress!r}")
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise ArgumentTypeError(f"cache is a file path (str or Path) or None, got "
                                 f"{type(cache).__name__}")

@@ -133,6 +133,9 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
             that is damaged or not trusted (``trust_model_file``), an ONNX export or check that
             fails, an ``out_dir`` that cannot be written, memory running out.
     """
+    if log is not None and not callable(log):  # (break196 F5: "'int' is not callable" later)
+        raise DeployError(f"log takes each progress line (a function such as print) or None, "
+                          f"got {type(log).__name__}")
     if precision not in PRECISIONS:
         raise DeployError(f"precision {precision!r} is not one of {PRECISIONS}")
     _check_counts(threads=threads, iters=iters, warmup=warmup, batch=batch, max_batch=max_batch,

@@ -24,6 +24,7 @@ from fxprune.passes.surgery import (DEFAULT_RTOL, default_rtol, inputs_for, is_t
                                     remove_channels, verify)
 from fxprune.passes.trace import copy_model, fixed_arguments, number_arguments, trace
 
+from .checks import check_bool
 from .cost import LayerSpec
 from .errors import ArgumentError, ArgumentTypeError, UnsupportedModelError, warn
 from .masks import MaskBank
@@ -425,6 +426,7 @@ def finalize(prepared: fx.GraphModule, *, check: bool = True, rtol: float | None
     ``pruner.finalize_masks()``).
     """
     with torch.inference_mode(False):  # a finalized model may be fine-tuned (break43 #7)
+        check_bool("check", check)  # ("no" read as True: break196 F5)
         if rtol is not None and not is_tolerance(rtol):
             raise ArgumentError(f"rtol is the relative tolerance of finalize's check, a number > 0 "
                                 f"(None: 1e-4, looser for float16/bfloat16); got {rtol!r}")

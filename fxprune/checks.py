@@ -1,13 +1,16 @@
 """One-line argument checks shared by the pruning methods and the cost models: each
-raises a ValueError naming the argument, what it must be and what was given."""
+raises an ArgumentError (a ValueError; a wrong kind: ArgumentTypeError) naming the argument,
+what it must be and what was given."""
 from __future__ import annotations
 
 import math
 import numbers
 
-from .errors import ArgumentError
+import numpy as np
 
-__all__ = ["check_number", "check_fraction"]
+from .errors import ArgumentError, ArgumentTypeError
+
+__all__ = ["check_number", "check_fraction", "check_bool", "check_callable"]
 
 
 def check_number(name: str, value, low=None, high=None, *, integer: bool = False,
@@ -23,6 +26,20 @@ def check_number(name: str, value, low=None, high=None, *, integer: bool = False
         raise ArgumentError(f"{name} must be {'>' if open_low else '>='} {low}, got {value!r}")
     if high is not None and (value >= high if open_high else value > high):
         raise ArgumentError(f"{name} must be {'<' if open_high else '<='} {high}, got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    """A one-line ArgumentTypeError unless ``value`` is a bool (numpy's too): a string such as
+    ``"no"`` read as True (break196 F5)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} is True or False, got {value!r}")
+
+
+def check_callable(name: str, value, what: str) -> None:
+    """A one-line ArgumentTypeError unless ``value`` is callable; ``what`` says what it is
+    called with (break196 F5: an int failed later as "'int' object is not callable")."""
+    if not callable(value):
+        raise ArgumentTypeError(f"{name} is {what}, got {type(value).__name__}")
 
 
 def check_fraction(name: str, value, what: str) -> None:

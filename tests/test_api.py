@@ -1862,3 +1862,25 @@ def test_flops_and_parameter_counts_are_at_the_top_level_where_summary_points():
     with pytest.raises(fxprune.NotPreparedError, match=r"fxprune.count_flops\(model, inputs\) "
                                                        r"and fxprune.count_params\(model\)$"):
         fxprune.summary(model)
+
+
+def test_flags_and_callables_are_checked_where_they_are_given():
+    """break196 F5: CCP(scaler=1) failed at its first step with an AttributeError, swaps="no"
+    and finalize(check="no") read as True, deploy(log=1) and measure(timer=1) failed later as
+    "'int' object is not callable"."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    for call, says in [
+            (lambda: fxprune.CCP(pm, scaler=1), r"^scaler is the loop's torch.amp.GradScaler"),
+            (lambda: fxprune.CCP(pm, swaps="no"), r"^swaps is True or False, got 'no'$"),
+            (lambda: fxprune.finalize(pm, check="no"), r"^check is True or False, got 'no'$"),
+            (lambda: fxprune.deploy.latency_cost(pm, progress="no"),
+             r"^progress is True or False, got 'no'$")]:
+        with pytest.raises(fxprune.ArgumentTypeError, match=says):
+            call()
+    from fxprune.deploy import DeployError
+    for call, says in [(lambda: fxprune.LatencyTable.measure(pm, timer=1), r"^timer is called as"),
+                       (lambda: fxprune.LatencyTable.measure(pm, log=1), r"^log is called with"),
+                       (lambda: fxprune.deploy.deploy(model, "unused", log=1), r"^log takes each")]:
+        with pytest.raises(DeployError, match=says):
+            call()

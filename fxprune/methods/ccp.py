@@ -67,13 +67,13 @@ import torch
 from torch import fx
 
 from .. import distributed as fxdist
-from ..errors import ArgumentError, DivergedError, warn
+from ..errors import ArgumentError, ArgumentTypeError, DivergedError, warn
 from ..allocation import (DEFAULT_MAX_RESOLVES, Allocation, GroupOptions, allocate, allocate_uniform,
                           allowed_counts)
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through
-from ..checks import check_fraction, check_number
+from ..checks import check_bool, check_fraction, check_number
 from .base import (DEFAULT_TARGET, PruningMethod, trainable_state, warn_unused_allocator_settings,
                    warn_unused_target)
 
@@ -448,6 +448,11 @@ class CCP(PruningMethod):
         #: a ``torch.amp.GradScaler``: the activation gradients the statistics read come from
         #: the scaled loss (``unscale_`` reaches only the parameters' .grad), so each collected
         #: step divides by its scale, and a step whose terms overflowed is dropped
+        if scaler is not None and not (callable(getattr(scaler, "get_scale", None))
+                                       and callable(getattr(scaler, "is_enabled", None))):
+            raise ArgumentTypeError(f"scaler is the loop's torch.amp.GradScaler (or None), got "
+                                    f"{type(scaler).__name__}")
+        check_bool("swaps", swaps)
         self.scaler = scaler
         self.collect_bn = collect_bn
         self._bns = [m for m in prepared.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
