@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["check_number", "check_fraction", "check_bool", "check_callable"]
+__all__ = ["check_number", "check_fraction", "check_bool"]
 
 
 def check_number(name: str, value, low=None, high=None, *, integer: bool = False,
@@ -33,13 +33,6 @@ def check_bool(name: str, value) -> None:
     ``"no"`` read as True (break196 F5)."""
     if not isinstance(value, (bool, np.bool_)):
         raise ArgumentTypeError(f"{name} is True or False, got {value!r}")
-
-
-def check_callable(name: str, value, what: str) -> None:
-    """A one-line ArgumentTypeError unless ``value`` is callable; ``what`` says what it is
-    called with (break196 F5: an int failed later as "'int' object is not callable")."""
-    if not callable(value):
-        raise ArgumentTypeError(f"{name} is {what}, got {type(value).__name__}")
 
 
 def check_fraction(name: str, value, what: str) -> None:
