@@ -601,16 +601,16 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     ``~section.key`` removes a key (its default back, if it has one), as Hydra writes it."""
     cfg = copy.deepcopy(cfg)
     replaced: set[str] = set()  # keys an earlier override removed by naming their other form
-    forms_given: dict[frozenset, str] = {}  # a schedule setting's forms -> the override giving one
+    #: a schedule setting's forms -> (the form an override gave, that override)
+    forms_given: dict[frozenset, tuple[str, str]] = {}
     for item in overrides:
         if item.startswith("~"):
             if item[1:].strip() not in replaced:  # (already gone: break98 F1 was told the
                 _remove_key(cfg, item)            # recipe did not set it, and another key)
             # an override removed is no longer in effect (review195 R5: a later form of its
             # setting was refused, naming it)
-            forms_given = {f: given for f, given in forms_given.items()
-                           if f"prune.{given.partition('=')[0].strip().removeprefix('prune.')}"
-                           != item[1:].strip()}
+            forms_given = {f: (name, by) for f, (name, by) in forms_given.items()
+                           if f"prune.{name}" != item[1:].strip()}
             continue
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -629,22 +629,27 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-        forms = frozenset(_schedule_forms(parts[1])) if len(parts) == 2 and parts[0] == "prune" \
-            else frozenset()
-        earlier = forms_given.get(forms) if len(forms) > 1 else None
-        if earlier is not None and earlier.partition("=")[0].strip() != key:
-            # two overrides of one setting in two units: which one meant it? (break193 F8: the
-            # last one won without a word, where a recipe giving both is refused)
-            raise ConfigError(f"{key} gives the setting that --set {earlier} gave, in another "
-                              "unit; keep one of them")
-        if len(forms) > 1:
-            forms_given[forms] = item
-        if len(parts) == 2 and parts[0] == "prune" and isinstance(cfg.get("prune"), dict):
-            # --set prune.update_every=10 replaces the recipe's update_every_fraction: the
-            # override names the same setting in another unit
-            for other in _schedule_forms(parts[1]) - {parts[1]}:
-                if cfg["prune"].pop(other, None) is not None:
-                    replaced.add(f"prune.{other}")
+        # the schedule keys it gives, dotted (prune.warmup=2) or as a mapping (prune={...}),
+        # alike (break196 F4: the mapping form was checked against the recipe's own form)
+        given = update.get("prune") if isinstance(update.get("prune"), dict) else {}
+        for name in [k for k in given if isinstance(k, str)]:
+            forms = frozenset(_schedule_forms(name))
+            if len(forms) < 2:
+                continue
+            earlier = forms_given.get(forms)
+            if earlier is not None and earlier[0] != name and earlier[1] != item:
+                # two overrides of one setting in two units: which one meant it? (break193 F8:
+                # the last one won without a word, where a recipe giving both is refused)
+                raise ConfigError(f"prune.{name} gives the setting that --set {earlier[1]} gave, "
+                                  "in another unit; keep one of them")
+            forms_given[forms] = (name, item)
+            if isinstance(cfg.get("prune"), dict):
+                # --set prune.update_every=10 replaces the recipe's update_every_fraction: the
+                # override names the same setting in another unit (two forms in one mapping
+                # stay, and are refused below as a recipe's would be)
+                for other in forms - {name} - set(given):
+                    if cfg["prune"].pop(other, None) is not None:
+                        replaced.add(f"prune.{other}")
         _merge(cfg, update, DEFAULTS)
     return cfg
 

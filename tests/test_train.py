@@ -1113,6 +1113,19 @@ def test_an_override_in_another_unit_replaces_the_recipes_form():
                        ["prune.update_every=7", "prune.update_every_fraction=0.2"])
     assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},  # one form twice: the last
                           ["prune.update_every=7", "prune.update_every=8"])["prune"]["update_every"] == 8
+    # break196 F4: the mapping form replaces the recipe's other form as the dotted one does, and
+    # meets another override's form as the dotted one does, in either order
+    assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                          ["prune={update_every: 7}"])["prune"]["update_every"] == 7
+    for overrides in (["prune={update_every_epochs: 0.5}", "prune.update_every=7"],
+                      ["prune.update_every=7", "prune={update_every_epochs: 0.5}"]):
+        with pytest.raises(ConfigError, match=r"gives the setting that --set prune.*gave, in "
+                                              r"another unit; keep one of them$"):
+            resolve_config({**TINY, "prune": FRACTION_SCHEDULE}, overrides)
+    with pytest.raises(ConfigError, match=r"^prune.update_every and prune.update_every_epochs set "
+                                          r"the same thing"):  # both in one mapping: its own
+        resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                       ["prune={update_every: 7, update_every_epochs: 0.5}"])
     # review195 R5: an override removed with ~ is no longer in effect
     assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
                           ["prune.update_every=7", "~prune.update_every",
