@@ -311,7 +311,9 @@ class LatencyTable:
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
             if not _is_count(value, low):
-                raise DeployError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise DeployError(f"{name} must be an integer >= {low}"
+                                  + (" (min_runs)" if name == "max_runs" else "")
+                                  + f", got {value!r}")
         # plain ints from here on: a numpy one reached the saved JSON (review118 #8)
         step, threads, passes, warmup, min_runs, max_runs = map(
             int, (step, threads, passes, warmup, min_runs, max_runs))
@@ -561,7 +563,8 @@ class LatencyTable:
         except KeyError as e:
             raise UnmeasuredLayerError(
                 f"the latency table lacks grid point {e.args[0]} of layer {layer.name!r} "
-                f"({point_key(layer)}); measure it again with LatencyTable.measure") from None
+                f"({point_key(layer)}); measure it again for this model (LatencyTable.measure, or "
+                f"fxprune.deploy.latency_cost)") from None
         return ((1 - wi) * ((1 - wo) * f00 + wo * f01) + wi * ((1 - wo) * f10 + wo * f11))
 
     def _warn_below_grid(self, layer: LayerSpec, c_in: int, c_out: int, cins, couts) -> None:
