@@ -665,6 +665,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         # one the state does not record: the method's default (break73 M1: ramp_shape=exp and
         # momentum=0.9, SMCP's defaults written out, were refused as changes)
         used = {**_argument_defaults(ckpt["config"]["prune"].get("method", "none")), **used}
+        # before the comparison: the step written to config.yaml by the first resume is the
+        # recipe's own at the next (review197 M1: the second --resume was refused)
+        _keep_recorded_channel_step(prune_cfg, method, state)
         changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used,
                                              _argument_defaults(method))
                    if k not in RESUMABLE_CHANGES]
@@ -685,7 +688,6 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                               "pass the same recipe and overrides (only "
                               f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
                               "with another --out")
-        _keep_recorded_channel_step(prune_cfg, method, state)
         drawn = _seed_drawn_from(ckpt)
         if (drawn is not None and prune_cfg.get("seed", seed) != drawn
                 and "seed" not in _registered_defaults(method)

@@ -1892,6 +1892,9 @@ def test_a_resume_goes_on_at_the_channel_step_the_run_began_at_when_the_default_
         train(tiny_cfg(tmp_path / "r", *cucb, "optim.epochs=3"), resume=True)
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["prune"]["channel_step"] == 1
     assert torch.load(ckpt_path, weights_only=True)["pruner"]["run_settings"]["channel_step"] == 1
+    # review197 M1: and the next --resume of the same recipe goes on (config.yaml now says 1)
+    train(tiny_cfg(tmp_path / "r", *cucb, "optim.epochs=4"), resume=True)
+    assert torch.load(ckpt_path, weights_only=True)["pruner"]["run_settings"]["channel_step"] == 1
 
 
 def test_a_saved_model_file_is_the_same_bytes_for_the_same_model(tmp_path):
