@@ -858,7 +858,7 @@ def test_a_latency_cost_named_to_the_callback_is_measured_by_the_callback(tmp_pa
 
     monkeypatch.setattr(lightning_mod, "latency_cost", measured)
     with pytest.raises(ValueError, match=r"latency_cache= keeps the timings of a latency cost, "
-                                         r"and cost is 'the method default'"):
+                                         r"and cost is the method's default, 'flops'"):
         PruningCallback("smcp", latency_cache=tmp_path / "lat.json", **SMCP_ARGS)
     prune = PruningCallback("smcp", latency_cache=tmp_path / "lat.json",
                             **{**SMCP_ARGS, "cost": "latency"})
@@ -873,3 +873,35 @@ def test_a_latency_cost_named_to_the_callback_is_measured_by_the_callback(tmp_pa
     trainer(tmp_path, 2, [resumed]).fit(Classifier(), loader(), ckpt_path=saved)
     assert len(asked) == 1  # not timed again
     assert resumed.pruner.cost_model.to_dict() == table
+
+
+def test_a_resumed_fit_keeps_the_checkpoints_step_and_cost_and_refuses_before_timing(
+        tmp_path, monkeypatch):
+    """review197 L1: a fit resumed from a checkpoint begun at a default channel_step that moved
+    since went on at the new one; L2: a latency+fixed fit resumed from a latency checkpoint
+    priced with the plain table without a word; L3: a CUCB fit shorter than its warm-up was
+    refused only after its latency table was timed."""
+    import fxprune.integrations.lightning as lightning_mod
+
+    timed = []
+    monkeypatch.setattr(lightning_mod, "latency_cost", lambda *a, **k: timed.append(1))
+    with pytest.raises(ValueError, match=r"estimated optimizer steps are fewer than cucb's warmup"):
+        trainer(tmp_path, 1, [PruningCallback("cucb", target=0.5, warmup=20, cost="latency",
+                                              channel_step=1)]).fit(Classifier(), loader())
+    assert timed == []  # refused before any timing
+
+    first = PruningCallback("cucb", rho=0.5, warmup=2, explore=6, channel_step=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    trainer(tmp_path, 1, [first, ckpt]).fit(Classifier(), loader())
+    resumed = PruningCallback("cucb", rho=0.5, warmup=2, explore=6)  # the default step: 8
+    with pytest.warns(RuntimeWarning, match=r"the checkpoint's cucb began at channel_step 1, its "
+                                            r"default then \(now 8\), and goes on at it"):
+        trainer(tmp_path, 2, [resumed]).fit(Classifier(), loader(),
+                                            ckpt_path=sorted((tmp_path / "ckpt").glob("*.ckpt"))[0])
+    assert resumed.pruner.channel_step == 1
+
+    kept = PruningCallback("smcp", **{**SMCP_ARGS, "cost": "latency+fixed"})
+    kept._measured_cost = {"kind": "latency", "table": {}}  # as a latency fit's checkpoint holds
+    with pytest.raises(ValueError, match=r"cost='latency\+fixed'\): the checkpoint priced by "
+                                         r"cost='latency', which a resumed fit keeps"):
+        kept._build_kwargs(None, prepared=Classifier().model)

@@ -64,6 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import fxprune
 
 from .. import distributed as fxdist
+from ..checks import check_bool
 from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
@@ -183,11 +184,15 @@ class PruningCallback(pl.Callback):
                  check_masks: bool = False, allow_above_target: bool = False,
                  latency_cache: str | os.PathLike | None = None, **method_kwargs):
         self.method = method
+        for name, flag in (("overwrite", overwrite), ("check_masks", check_masks),
+                           ("allow_above_target", allow_above_target)):
+            check_bool(name, flag)  # ("no" read as True: review197 N5)
         if latency_cache is not None and method_kwargs.get("cost") not in LATENCY_COSTS:
+            cost = (repr(method_kwargs["cost"]) if "cost" in method_kwargs
+                    else "the method's default, 'flops'")
             raise ArgumentError(f"PruningCallback({method!r}): latency_cache= keeps the timings "
-                                "of a latency cost, and cost is "
-                                f"{method_kwargs.get('cost', 'the method default')!r}; drop it, "
-                                "or pass cost='latency'")
+                                f"of a latency cost, and cost is {cost}; drop it, or pass "
+                                "cost='latency'")
         self.latency_cache = latency_cache
         self.method_entry = _method_entry(method)  # an unknown name fails here, not mid-fit
         if method_kwargs.get("execution", "masked") != "masked":
@@ -412,24 +417,19 @@ class PruningCallback(pl.Callback):
         every rank receives it)."""
         kwargs = dict(self.method_kwargs)
         cls = self.method_entry.cls
-        if prepared is not None and isinstance(kwargs.get("cost"), str) \
-                and kwargs["cost"] in LATENCY_COSTS and self._measured_cost is not None:
-            # the fit's own timings, from the checkpoint it resumes (a new timing would move
-            # the budget under the masks already chosen: review195 R6), or the last fit's
-            kwargs["cost"] = measured_cost_from_dict(self._measured_cost, "the checkpoint's "
-                                                     "measured cost")
-        elif prepared is not None and isinstance(kwargs.get("cost"), str) \
-                and kwargs["cost"] in LATENCY_COSTS:
-            step = priced_channel_step(self.method_entry, kwargs)
-            if step is None:  # (review195 R4: guessed as 8)
-                raise ArgumentError(f"PruningCallback({self.method!r}, cost={kwargs['cost']!r}): "
-                                    "the table is timed at the widths the method chooses, and "
-                                    "its channel_step cannot be read from its signature; pass "
-                                    "channel_step=")
-            kwargs["cost"] = latency_cost(
-                prepared, kwargs["cost"], channel_step=int(step), cache=self.latency_cache,
-                progress=trainer is None or getattr(trainer, "progress_bar_callback", None) is not None)
-            self._measured_cost = measured_cost_to_dict(kwargs["cost"])
+        recorded = ((self._pending_state or {}).get("state") or {}).get("run_settings")
+        recorded = recorded.get("channel_step") if isinstance(recorded, dict) else None
+        default = priced_channel_step(self.method_entry, {})
+        if (isinstance(recorded, int) and "channel_step" not in kwargs and default is not None
+                and recorded != default and "channel_step" not in (self.method_entry.defaults or {})):
+            # a fit resumed from a checkpoint begun at a default that moved since goes on at
+            # its own step, as fxprune train's --resume does (review197 L1)
+            kwargs["channel_step"] = recorded
+            if trainer is None or trainer.is_global_zero:
+                warnings.warn(f"PruningCallback: the checkpoint's {self.method} began at "
+                              f"channel_step {recorded}, its default then (now {default}), and "
+                              f"goes on at it; pass channel_step={recorded} to say so",
+                              RuntimeWarning, stacklevel=2)
         if fxdist.is_distributed() and getattr(cls, "rank_local_statistics", False):
             kwargs.setdefault("reduce_fn", fxdist.all_reduce_sum)  # e.g. CCP's activation terms
         try:
@@ -457,6 +457,32 @@ class PruningCallback(pl.Callback):
                     raise ArgumentError(f"PruningCallback({self.method!r}): {said}")
                 if trainer.is_global_zero:  # a smoke run: said, not refused
                     warnings.warn(said, RuntimeWarning, stacklevel=2)
+        # the latency cost last: every refusal above comes before minutes of timing (review197
+        # L3, review195 R2 for the callback's own checks)
+        if prepared is not None and isinstance(kwargs.get("cost"), str) \
+                and kwargs["cost"] in LATENCY_COSTS and self._measured_cost is not None:
+            # the fit's own timings, from the checkpoint it resumes (a new timing would move
+            # the budget under the masks already chosen: review195 R6), or the last fit's
+            if self._measured_cost.get("kind") != kwargs["cost"]:  # (review197 L2)
+                raise ArgumentError(f"PruningCallback({self.method!r}, cost={kwargs['cost']!r}): "
+                                    f"the checkpoint priced by cost="
+                                    f"{self._measured_cost.get('kind')!r}, which a resumed fit "
+                                    "keeps (new timings would move the budget under the masks "
+                                    "chosen); pass that cost, or start a new fit")
+            kwargs["cost"] = measured_cost_from_dict(self._measured_cost, "the checkpoint's "
+                                                     "measured cost")
+        elif prepared is not None and isinstance(kwargs.get("cost"), str) \
+                and kwargs["cost"] in LATENCY_COSTS:
+            step = priced_channel_step(self.method_entry, kwargs)
+            if step is None:  # (review195 R4: guessed as 8)
+                raise ArgumentError(f"PruningCallback({self.method!r}, cost={kwargs['cost']!r}): "
+                                    "the table is timed at the widths the method chooses, and "
+                                    "its channel_step cannot be read from its signature; pass "
+                                    "channel_step=")
+            kwargs["cost"] = latency_cost(
+                prepared, kwargs["cost"], channel_step=int(step), cache=self.latency_cache,
+                progress=trainer is None or getattr(trainer, "progress_bar_callback", None) is not None)
+            self._measured_cost = measured_cost_to_dict(kwargs["cost"])
         return kwargs
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
