@@ -287,6 +287,8 @@ class LatencyTable:
         if timer is not None and not callable(timer):  # (break196 F5: failed mid-timing)
             raise DeployError(f"timer is called as timer(layer, c_in, c_out) -> ms (or None: the "
                               f"backend times), got {type(timer).__name__}")
+        if isinstance(progress, str) or progress not in (True, False):  # ("no" was True: review197 N5)
+            raise DeployError(f"progress is True or False, got {progress!r}")
         if not callable(log):
             raise DeployError(f"log is called with each line (print, or lambda line: None to "
                               f"keep quiet), got {type(log).__name__}")

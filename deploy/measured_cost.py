@@ -19,6 +19,7 @@ import os
 from torch import fx
 
 from fxprune.allocation import step_too_wide
+from fxprune.checks import check_bool
 from fxprune.cost import LATENCY_COSTS, CostModel, WithFixedCost
 from fxprune.errors import ArgumentError, ArgumentTypeError, InfeasibleBudget, warn
 from fxprune.groups import state_of
@@ -71,8 +72,7 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
         raise ArgumentError(f"latency_cost measures {' or '.join(map(repr, LATENCY_COSTS))}, got "
                             f"{kind!r}; 'flops' and 'params' need no measurement: pass the name "
                             "to the method as cost=")
-    if not isinstance(progress, bool):
-        raise ArgumentTypeError(f"progress is True or False, got {progress!r}")
+    check_bool("progress", progress)
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise ArgumentTypeError(f"cache is a file path (str or Path) or None, got "
                                 f"{type(cache).__name__}")

@@ -21,7 +21,6 @@ from torch import nn
 
 from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_file_record,
                             release_out_folder)
-from fxprune.summary import count_params
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
@@ -429,7 +428,7 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, trt, onnx_precis
     # compare different counts).
     from_modules = all(mod is not None for mod, _ in models.values())
     entries = {
-        name: model_entry(label=lbl, params=count_params(mod) if from_modules
+        name: model_entry(label=lbl, params=sum(p.numel() for p in mod.parameters()) if from_modules
                           else _onnx_params(onnx_infos[name]["path"]), times_ms=times[name],
                           batch=shape[0], onnx_info=onnx_infos[name], engine=engines.get(name),
                           backend_max_abs_diff=trt_diffs.get(name))

@@ -8,8 +8,7 @@ import warnings
 __all__ = ["FxPruneError", "ArgumentError", "ArgumentTypeError", "NotCopyableError",
            "DivergedError", "InfeasibleBudget",
            "TraceError", "ExampleInputsError", "SurgeryError", "NotPreparedError",
-           "UnsupportedModelError", "TargetNotReachedError", "first_line", "out_of_memory",
-           "warn"]
+           "UnsupportedModelError", "TargetNotReachedError"]
 
 
 class FxPruneError(Exception):

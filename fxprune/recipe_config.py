@@ -610,7 +610,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             # an override removed is no longer in effect (review195 R5: a later form of its
             # setting was refused, naming it)
             forms_given = {f: (name, by) for f, (name, by) in forms_given.items()
-                           if f"prune.{name}" != item[1:].strip()}
+                           if item[1:].strip() not in (f"prune.{name}", "prune")}
             continue
         key, sep, text = item.partition("=")
         key = key.strip()

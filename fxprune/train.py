@@ -51,7 +51,8 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
                                    measured_cost_from_dict, measured_cost_to_dict)
-from .errors import FxPruneError, TargetNotReachedError, TraceError, first_line, out_of_memory
+from .errors import (DivergedError, FxPruneError, TargetNotReachedError, TraceError, first_line,
+                     out_of_memory)
 from .methods.base import method_parameters, refuse_unloadable_state, schedule_end
 from .models import build_model, timm_name
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
@@ -1160,7 +1161,7 @@ def _unusable_checkpoint(why: str, ckpt_path: Path) -> CheckpointError:
     return CheckpointError(f"--resume: {why}; {start_over(ckpt_path)}, or use another --out")
 
 
-class TrainingDivergedError(FxPruneError):
+class TrainingDivergedError(DivergedError):
     """The training loss became non-finite: nothing after it is worth saving."""
 
 

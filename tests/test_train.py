@@ -1126,6 +1126,10 @@ def test_an_override_in_another_unit_replaces_the_recipes_form():
                                           r"the same thing"):  # both in one mapping: its own
         resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
                        ["prune={update_every: 7, update_every_epochs: 0.5}"])
+    # review197 N1: nor is one whose whole section was removed
+    assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
+                          ["prune.update_every=7", "~prune", "prune.method=smcp",
+                           "prune.update_every_fraction=0.2"])["prune"]["update_every_fraction"] == 0.2
     # review195 R5: an override removed with ~ is no longer in effect
     assert resolve_config({**TINY, "prune": FRACTION_SCHEDULE},
                           ["prune.update_every=7", "~prune.update_every",

@@ -36,7 +36,7 @@ Optional members ``fxprune train`` and the Lightning callback read where a metho
   too short for it is refused before training.
 - ``explore`` and ``warmup``: a final selection made at step ``explore`` (CUCB); the
   callback sets ``explore`` to the fit's last step when it is None and the fit is longer
-  than the warm-up (else it warns and leaves it None).
+  than the warm-up (a fit no longer than it is refused, a fast_dev_run warned).
 - ``warn_above_target`` (bool): switched off while the trainer itself says a cost above the
   target; ``masks_not_final()``: why ``fxprune.finalize`` should warn.
 - ``cost_model``: the cost model its budget prices with (``results.json``'s ``cost_model``).
@@ -867,10 +867,13 @@ class PruningMethod:
         """What a floor at channel_step 1 is made of: the cost outside conv/linear layers, held
         at its dense value, and the layers at their narrowest (channels kept whole among them)."""
         other = self.budget.other_cost / self.budget.dense
-        return (f"; of that floor, {other:.5f} of dense is cost outside conv/linear layers, "
-                "which the cost model holds at its dense value (attention products, elementwise "
-                f"ops), and {floor - other:.5f} is layers at their narrowest, channels kept whole "
-                "among them (fxprune.summary(pm) lists those with their reasons)")
+        layers = ("layers at their narrowest, channels kept whole among them (fxprune.summary(pm) "
+                  "lists those with their reasons)")
+        if abs(other) < 5e-6:  # (review197 N2: "0.00000 of dense" said of nothing)
+            return f"; that floor is {layers}"
+        return (f"; of that floor, {other:.5f} of dense is cost no channel choice changes (outside "
+                "conv/linear layers, such as attention products, or a fitted constant), and "
+                f"{floor - other:.5f} is {layers}")
 
     def _with_floor(self, i: int, options, values: np.ndarray | None = None,
                     dead: np.ndarray | None = None, *, value: Callable | None = None):
