@@ -69,7 +69,7 @@ from torch import fx
 from .. import distributed as fxdist
 from ..errors import ArgumentError, ArgumentTypeError, DivergedError, warn
 from ..allocation import (DEFAULT_MAX_RESOLVES, Allocation, GroupOptions, allocate, allocate_uniform,
-                          allowed_counts)
+                          allowed_counts, kept_from)
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through
@@ -767,7 +767,7 @@ class CCP(PruningMethod):
             if self.swaps:
                 choice = self._swapped_uniform(options, problems, predicted_by, choice,
                                                result.rho[1], target)
-            kept = np.concatenate([o.keep[c] for o, c in zip(options, choice)])
+            kept = kept_from(self.index.offsets, options, choice)
             if round_k == self.rounds:  # as CUCB says it (break45)
                 self._warn_uniform_unused("CCP", self.budget.fraction(kept), "mode='adaptive'")
         else:
@@ -811,7 +811,7 @@ class CCP(PruningMethod):
         greedy = [(o.keep[c].copy(), float(o.values[c])) for o, c in zip(options, choice)]
         for problem, o, c, v in zip(problems, options, choice, predicted_by):
             self._swap_at(problem, o, c, v)
-        if self.budget.total(np.concatenate([o.keep[c] for o, c in zip(options, choice)])) > limit:
+        if self.budget.total(kept_from(self.index.offsets, options, choice)) > limit:
             for (keep, value), o, c, v in zip(greedy, options, choice, predicted_by):
                 o.keep[c], o.values[c], v[c] = keep, value, value
             return choice
@@ -828,7 +828,7 @@ class CCP(PruningMethod):
                 if wider[i] != choice[i]:
                     saved[i] = (o.keep[wider[i]].copy(), float(o.values[wider[i]]))
                     self._swap_at(problem, o, wider[i], v)
-            if self.budget.total(np.concatenate([o.keep[c] for o, c in zip(options, wider)])) > limit:
+            if self.budget.total(kept_from(self.index.offsets, options, wider)) > limit:
                 for i, (keep, value) in saved.items():  # this one does not fit: the last did
                     options[i].keep[wider[i]], options[i].values[wider[i]] = keep, value
                     predicted_by[i][wider[i]] = value
