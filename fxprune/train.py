@@ -382,13 +382,12 @@ def _keep_recorded_channel_step(prune_cfg: dict, method: str, state: dict) -> No
     to the method's default and that default moved since (review195 R1: CCP's and CUCB's went
     from 1 to 8, and a run begun at 1 went on at 8, its arms and rounds at another granularity,
     with a warning only); config.yaml then records it, and one line says so."""
-    recorded = (state.get("run_settings") or {}).get("channel_step") if isinstance(
-        state.get("run_settings"), dict) else None
-    default = _argument_defaults(method).get("prune.channel_step")
-    if (not isinstance(recorded, int) or isinstance(recorded, bool) or "channel_step" in prune_cfg
-            or default is None or recorded == default
-            or "channel_step" in _registered_defaults(method)):
+    from .methods.base import get_method, moved_channel_step
+
+    moved = moved_channel_step(get_method(method), state, prune_cfg) if state else None
+    if moved is None:
         return
+    recorded, default = moved
     prune_cfg["channel_step"] = recorded
     warnings.warn(f"--resume: the run began at channel_step {recorded}, {method}'s default then "
                   f"(now {default}), and goes on at it; config.yaml records prune.channel_step: "

@@ -69,8 +69,8 @@ from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import (check_method_kwargs, priced_channel_step, refuse_unloadable_state,
-                            schedule_end, trains_model)
+from ..methods.base import (check_method_kwargs, moved_channel_step, priced_channel_step,
+                            refuse_unloadable_state, schedule_end, trains_model)
 from ..run_io import save_module, unwritable_folder
 
 
@@ -417,13 +417,12 @@ class PruningCallback(pl.Callback):
         every rank receives it)."""
         kwargs = dict(self.method_kwargs)
         cls = self.method_entry.cls
-        recorded = ((self._pending_state or {}).get("state") or {}).get("run_settings")
-        recorded = recorded.get("channel_step") if isinstance(recorded, dict) else None
-        default = priced_channel_step(self.method_entry, {})
-        if (isinstance(recorded, int) and "channel_step" not in kwargs and default is not None
-                and recorded != default and "channel_step" not in (self.method_entry.defaults or {})):
+        moved = moved_channel_step(self.method_entry, (self._pending_state or {}).get("state"),
+                                   kwargs)
+        if moved is not None:
             # a fit resumed from a checkpoint begun at a default that moved since goes on at
             # its own step, as fxprune train's --resume does (review197 L1)
+            recorded, default = moved
             kwargs["channel_step"] = recorded
             if trainer is None or trainer.is_global_zero:
                 warnings.warn(f"PruningCallback: the checkpoint's {self.method} began at "

@@ -1094,6 +1094,20 @@ def priced_channel_step(entry: "MethodEntry", kwargs: dict) -> int | None:
     return param.default
 
 
+def moved_channel_step(entry: "MethodEntry", state, kwargs: dict) -> tuple[int, int] | None:
+    """``(recorded, default now)`` where a resumed method's ``state`` recorded a
+    ``channel_step`` that ``kwargs`` leave to a default which has moved since (CCP's and
+    CUCB's went from 1 to 8): the run goes on at the recorded one, which ``fxprune train`` and
+    the Lightning callback pass (review195 R1, review197 L1); None otherwise."""
+    settings = state.get("run_settings") if isinstance(state, dict) else None
+    recorded = settings.get("channel_step") if isinstance(settings, dict) else None
+    if (not isinstance(recorded, int) or isinstance(recorded, bool) or "channel_step" in kwargs
+            or "channel_step" in (entry.defaults or {})):
+        return None
+    default = priced_channel_step(entry, {})
+    return None if default is None or recorded == default else (recorded, default)
+
+
 def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
                         refuse_own: bool = True) -> None:
     """Refuse a keyword ``cls`` (a method's class or factory) does not take, or (``refuse_own``)
