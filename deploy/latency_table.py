@@ -45,6 +45,7 @@ from fxprune.errors import ArgumentTypeError, FxPruneError
 from fxprune.run_io import atomic_write, check_replaceable
 
 from .common import DeployError, cpu_busy, cpu_load, file_in_the_way
+from .layer_onnx import check_timed
 
 Timer = Callable[[LayerSpec, int, int], float]
 _TABLE_FORMAT = "fxprune-latency-table"
@@ -90,10 +91,10 @@ def layer_grid(layer: LayerSpec, step: int, min_count: int | None = None) -> tup
                                                             min_count=min_count)
         mult = layer.out_channels // layer.in_channels
         return ks, [k * mult for k in ks], True
-    g = layer.groups if layer.kind == "conv" else 1
+    g = layer.groups if layer.layer_kind.spatial else 1
     # a linear's unit is a flattened channel's H * W features; another layer's is the channels
     # a grouped conv ties into one unit, which the method's channel_step counts as channels
-    channels = layer.kind != "linear"
+    channels = layer.layer_kind.channel_dim == 1
     return (_axis(layer.in_channels, step, g, w_in, min_count, channels),
             _axis(layer.out_channels, step, g, w_out, min_count, channels), False)
 
@@ -327,11 +328,9 @@ class LatencyTable:
         if batch is not None:
             _check_batch_first(layers, _example_batch(given), batch)
         on_cpu = False  # a custom timer's device is unknown: no load check
-        untimed = [layer for layer in layers if layer.kind not in ("conv", "linear")]
-        if timer is None and untimed:  # before any timing, not when the shuffle reaches it
-            raise DeployError(f"layer {untimed[0].name!r} has kind {untimed[0].kind!r}; latency "
-                              "tables time 'conv' and 'linear' layers only: price this model by "
-                              "cost='flops' or 'params', or a cost model of your own")
+        if timer is None:  # before any timing, not when the shuffle reaches it
+            for layer in layers:
+                check_timed(layer)
         if timer is None and device is not None:
             device, torch_device = _device_label(backend, device, torch_device)
         if timer is None:

@@ -40,16 +40,88 @@ def layer_input_shape(layer: LayerSpec, c_in: int) -> tuple[int, ...]:
     shape = list(layer.input_shape)
     if not shape:
         raise DeployError(f"layer {layer.name!r} has no input_shape; a latency table needs one")
-    if layer.kind == "linear":
-        shape[-1] = c_in
-    else:
-        shape[1] = c_in
+    shape[layer.layer_kind.channel_dim] = c_in
     return tuple(shape)
+
+
+def check_timed(layer: LayerSpec) -> None:
+    """Raise :class:`DeployError` unless a latency table can time ``layer``'s kind: ONNX and
+    torch single-layer builders exist for it (:data:`TIMED_KINDS`)."""
+    if layer.kind not in TIMED_KINDS:
+        raise DeployError(f"layer {layer.name!r} has kind {layer.kind!r}; latency tables time "
+                          f"{' and '.join(repr(k) for k in TIMED_KINDS)} layers only: price this "
+                          "model by cost='flops' or 'params', or a cost model of your own")
+
+
+def check_groups(layer: LayerSpec, c_in: int, c_out: int) -> int:
+    """``layer``'s groups at ``c_in`` input channels; :class:`DeployError` where ``c_in`` or
+    ``c_out`` does not split into them."""
+    groups = layer.groups_at(c_in)
+    if c_in % groups or c_out % groups:
+        raise DeployError(f"layer {layer.name!r}: {c_in}->{c_out} channels are not divisible "
+                          f"by its {groups} groups")
+    return groups
+
+
+def _conv_nodes(layer: LayerSpec, c_in: int, c_out: int, np_dtype):
+    """(initializers, nodes) of a conv from "x" to "y" (a Pad first for non-zero modes)."""
+    from onnx import helper, numpy_helper
+
+    groups = check_groups(layer, c_in, c_out)
+    w = _POOL.take((c_out, c_in // groups, *layer.kernel_size), np_dtype)
+    inits, nodes = [numpy_helper.from_array(w, "W")], []
+    inputs = ["x", "W"]
+    if layer.bias:
+        inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
+        inputs.append("B")
+    nd = len(layer.kernel_size)
+    pads = list(layer.padding) or [0] * nd
+    pads = pads * 2 if len(pads) == nd else pads  # else begins then ends already
+    if layer.padding_mode != "zeros":  # a Pad of that mode, then an unpadded conv
+        nodes.append(helper.make_node("Pad", ["x", "pads"], ["xp"],
+                                      mode=_PAD_MODES[layer.padding_mode]))
+        inits.append(numpy_helper.from_array(
+            np.array([0, 0, *pads[:nd], 0, 0, *pads[nd:]], dtype=np.int64), "pads"))
+        inputs[0], pads = "xp", [0] * (2 * nd)
+    nodes.append(helper.make_node(
+        "Conv", inputs, ["y"], kernel_shape=list(layer.kernel_size),
+        strides=list(layer.stride) or [1] * nd, pads=pads,
+        dilations=list(layer.dilation) or [1] * nd, group=groups))
+    return inits, nodes
+
+
+def _linear_nodes(layer: LayerSpec, c_in: int, c_out: int, np_dtype):
+    """(initializers, nodes) of a linear from "x" to "y", as torch exports one."""
+    from onnx import helper, numpy_helper
+
+    w = _POOL.take((c_out, c_in), np_dtype)
+    inits, nodes = [numpy_helper.from_array(w, "W")], []
+    if len(layer.input_shape) == 2:
+        # What torch exports for a 2-D nn.Linear: one Gemm with the weight transposed.
+        inputs = ["x", "W"]
+        if layer.bias:
+            inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
+            inputs.append("B")
+        nodes.append(helper.make_node("Gemm", inputs, ["y"], transB=1))
+    else:
+        inits[-1] = numpy_helper.from_array(np.ascontiguousarray(w.T), "W")
+        nodes.append(helper.make_node("MatMul", ["x", "W"], ["y" if not layer.bias else "m"]))
+        if layer.bias:
+            inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
+            nodes.append(helper.make_node("Add", ["m", "B"], ["y"]))
+    return inits, nodes
+
+
+#: the ONNX nodes of each layer kind (fxprune.cost.LAYER_KINDS) a latency table can time; the
+#: torch backend has a module builder for each (deploy/torch_backend.py)
+_NODE_BUILDERS = {"conv": _conv_nodes, "linear": _linear_nodes}
+#: the layer kinds a latency table times
+TIMED_KINDS = tuple(_NODE_BUILDERS)
 
 
 def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
     """Serialized ONNX model holding just ``layer`` pruned to ``c_in`` -> ``c_out`` channels."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if layer.dtype not in _ONNX_DTYPES:
         raise DeployError(f"layer {layer.name!r} has dtype {layer.dtype!r}; latency tables "
@@ -57,52 +129,9 @@ def layer_model_bytes(layer: LayerSpec, c_in: int, c_out: int) -> bytes:
                           "LatencyTable.measure(..., precision='fp32' or 'fp16')")
     elem_name, np_dtype = _ONNX_DTYPES[layer.dtype]
     elem = getattr(TensorProto, elem_name)
+    check_timed(layer)
     x_shape = layer_input_shape(layer, c_in)
-    inits, nodes = [], []
-    if layer.kind == "conv":
-        groups = layer.groups_at(c_in)
-        if c_in % groups or c_out % groups:
-            raise DeployError(f"layer {layer.name!r}: {c_in}->{c_out} channels are not divisible "
-                              f"by its {groups} groups")
-        w = _POOL.take((c_out, c_in // groups, *layer.kernel_size), np_dtype)
-        inits.append(numpy_helper.from_array(w, "W"))
-        inputs = ["x", "W"]
-        if layer.bias:
-            inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
-            inputs.append("B")
-        nd = len(layer.kernel_size)
-        pads = list(layer.padding) or [0] * nd
-        pads = pads * 2 if len(pads) == nd else pads  # else begins then ends already
-        if layer.padding_mode != "zeros":  # a Pad of that mode, then an unpadded conv
-            nodes.append(helper.make_node("Pad", ["x", "pads"], ["xp"],
-                                          mode=_PAD_MODES[layer.padding_mode]))
-            inits.append(numpy_helper.from_array(
-                np.array([0, 0, *pads[:nd], 0, 0, *pads[nd:]], dtype=np.int64), "pads"))
-            inputs[0], pads = "xp", [0] * (2 * nd)
-        nodes.append(helper.make_node(
-            "Conv", inputs, ["y"], kernel_shape=list(layer.kernel_size),
-            strides=list(layer.stride) or [1] * nd, pads=pads,
-            dilations=list(layer.dilation) or [1] * nd, group=groups))
-    elif layer.kind == "linear":
-        w = _POOL.take((c_out, c_in), np_dtype)
-        inits.append(numpy_helper.from_array(w, "W"))
-        if len(x_shape) == 2:
-            # What torch exports for a 2-D nn.Linear: one Gemm with the weight transposed.
-            inputs = ["x", "W"]
-            if layer.bias:
-                inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
-                inputs.append("B")
-            nodes.append(helper.make_node("Gemm", inputs, ["y"], transB=1))
-        else:
-            inits[-1] = numpy_helper.from_array(np.ascontiguousarray(w.T), "W")
-            nodes.append(helper.make_node("MatMul", ["x", "W"], ["y" if not layer.bias else "m"]))
-            if layer.bias:
-                inits.append(numpy_helper.from_array(_POOL.take((c_out,), np_dtype), "B"))
-                nodes.append(helper.make_node("Add", ["m", "B"], ["y"]))
-    else:
-        raise DeployError(f"layer {layer.name!r} has kind {layer.kind!r}; latency tables time "
-                          "'conv' and 'linear' layers only: price this model by cost='flops' or "
-                          "'params', or a cost model of your own")
+    inits, nodes = _NODE_BUILDERS[layer.kind](layer, c_in, c_out, np_dtype)
     graph = helper.make_graph(
         nodes, f"layer_{layer.kind}",
         [helper.make_tensor_value_info("x", elem, list(x_shape))],

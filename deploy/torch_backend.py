@@ -35,6 +35,7 @@ from torch import nn
 from fxprune.cost import LayerSpec, torch_pad
 
 from .common import DeployError, cpu_name, first_line, time_interleaved_wall
+from .layer_onnx import check_groups, check_timed, layer_input_shape
 
 BACKEND = "torch"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -257,15 +258,16 @@ def time_models(models: Mapping[str, nn.Module], input_shape, *, device=None,
 # ------------------------------------------------------------------------- single layers
 def layer_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
     """A conv or linear layer shaped like ``layer`` pruned to ``c_in`` -> ``c_out`` channels."""
-    if layer.kind == "linear":
-        return nn.Linear(c_in, c_out, bias=layer.bias)
-    if layer.kind != "conv":
-        raise DeployError(f"layer {layer.name!r} has kind {layer.kind!r}; latency tables time "
-                          "'conv' and 'linear' layers")
-    groups = layer.groups_at(c_in)
-    if c_in % groups or c_out % groups:
-        raise DeployError(f"layer {layer.name!r}: {c_in}->{c_out} channels are not divisible by "
-                          f"its {groups} groups")
+    check_timed(layer)
+    return _MODULE_BUILDERS[layer.kind](layer, c_in, c_out)
+
+
+def _linear_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
+    return nn.Linear(c_in, c_out, bias=layer.bias)
+
+
+def _conv_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
+    groups = check_groups(layer, c_in, c_out)
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}.get(len(layer.kernel_size))
     if conv is None:
         raise DeployError(f"layer {layer.name!r}: no torch conv for kernel {layer.kernel_size}")
@@ -289,6 +291,10 @@ def layer_module(layer: LayerSpec, c_in: int, c_out: int) -> nn.Module:
                                    dilation=layer.dilation or 1, groups=groups, bias=layer.bias))
 
 
+#: the torch module of each layer kind a latency table times (layer_onnx.TIMED_KINDS)
+_MODULE_BUILDERS = {"conv": _conv_module, "linear": _linear_module}
+
+
 class LayerTimer:
     """``timer(layer, c_in, c_out) -> ms`` for :meth:`LatencyTable.measure` (the torch backend).
 
@@ -305,8 +311,6 @@ class LayerTimer:
         self.target_ms, self.sample_ms = target_ms, sample_ms
 
     def __call__(self, layer: LayerSpec, c_in: int, c_out: int) -> float:
-        from .layer_onnx import layer_input_shape
-
         precision = _SPEC_DTYPES.get(layer.dtype)
         if precision is None:
             raise DeployError(f"layer {layer.name!r} has dtype {layer.dtype!r}; the torch backend "
@@ -317,7 +321,7 @@ class LayerTimer:
             # channels_last is a conv's layout; a Linear's 4-D input (N, H, W, C) already is
             module, x = prepare_module(layer_module(layer, c_in, c_out), shape, self.device,
                                        precision,
-                                       channels_last=self.channels_last and layer.kind == "conv")
+                                       channels_last=self.channels_last and layer.layer_kind.spatial)
             fn = make_runner(module, x, cuda_graphs=self.cuda_graphs, warmup=self.warmup)
             # as many samples as fit in target_ms, between min_runs and max_runs
             probe = time_interleaved({"l": fn}, self.device, iters=1, warmup=0,

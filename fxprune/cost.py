@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 from .checks import check_number
 from .errors import ArgumentError, ArgumentTypeError
 
 
 __all__ = ["CostModel", "FlopsCost", "ParamsCost", "WithFixedCost", "LayerSpec",
-           "fit_fixed_cost", "fixed_cost_of", "layer_key", "layer_keys", "LATENCY_COSTS"]
+           "LayerKind", "LAYER_KINDS", "fit_fixed_cost", "fixed_cost_of", "layer_key",
+           "layer_keys", "LATENCY_COSTS"]
 
 #: the cost names a recipe (``prune.cost``) prices by with a measurement on this machine: a
 #: latency table, and that table with its fitted fixed cost. A method takes the measured cost
@@ -47,7 +48,7 @@ class LayerSpec:
     """
 
     name: str
-    kind: str  # "conv", "conv_transpose" or "linear"
+    kind: str  # a key of LAYER_KINDS: "conv", "conv_transpose" or "linear"
     in_channels: int
     out_channels: int
     input_shape: tuple[int, ...]
@@ -65,9 +66,9 @@ class LayerSpec:
     def __post_init__(self):
         # break111 F14: an unknown kind was priced as a conv, negative counts gave negative
         # FLOPs, list shapes failed as "unhashable", a conv without shapes as an IndexError
-        if self.kind not in ("conv", "conv_transpose", "linear"):
-            raise ArgumentError(f"LayerSpec {self.name!r}: kind is 'conv', 'conv_transpose' or "
-                                f"'linear', got {self.kind!r}")
+        if self.kind not in LAYER_KINDS:
+            raise ArgumentError(f"LayerSpec {self.name!r}: kind is one of {_kind_names()}, got "
+                                f"{self.kind!r} (a new kind is a LayerKind in fxprune.cost.LAYER_KINDS)")
         for name in ("in_channels", "out_channels", "groups"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (name == "groups"):
@@ -84,18 +85,23 @@ class LayerSpec:
                                     f"per dim), got {value!r}")
             object.__setattr__(self, name, tuple(int(v) for v in value))
         spatial = len(self.input_shape) - 2
-        if self.kind != "linear" and (spatial < 1 or len(self.kernel_size) != spatial
+        if self.layer_kind.spatial and (spatial < 1 or len(self.kernel_size) != spatial
                                       or len(self.output_shape) != len(self.input_shape)):
             raise ArgumentError(f"LayerSpec {self.name!r}: a {self.kind} needs input and output shapes "
                                 f"(N, C, spatial...) and a kernel size per spatial dim; got input "
                                 f"{self.input_shape}, output {self.output_shape}, kernel "
                                 f"{self.kernel_size}")
-        if self.kind == "linear" and not (self.input_shape and self.output_shape):
+        if not self.layer_kind.spatial and not (self.input_shape and self.output_shape):
             raise ArgumentError(f"LayerSpec {self.name!r}: a linear needs its input and output shapes")
 
     @property
+    def layer_kind(self) -> LayerKind:
+        """This layer's entry of :data:`LAYER_KINDS`: its formulas and channel layout."""
+        return LAYER_KINDS[self.kind]
+
+    @property
     def depthwise(self) -> bool:
-        return self.kind in ("conv", "conv_transpose") and self.groups > 1 and self.groups == self.in_channels
+        return self.layer_kind.spatial and self.groups > 1 and self.groups == self.in_channels
 
     def groups_at(self, c_in: int) -> int:
         """The conv's ``groups`` once pruned to ``c_in`` input channels."""
@@ -104,13 +110,6 @@ class LayerSpec:
     @property
     def batch(self) -> int:
         return int(self.input_shape[0]) if self.input_shape else 1
-
-    def _outputs_per_channel(self) -> int:
-        """Output positions computed per output channel (spatial size x batch, or rows for linear)."""
-        # Linear acts on the last dim: every other dim (batch included) is a row.
-        if self.kind == "linear":
-            return math.prod(self.output_shape[:-1])
-        return self.output_shape[0] * math.prod(self.output_shape[2:])
 
     def _channels(self, c_in: int | None, c_out: int | None) -> tuple[int, int]:
         """``(c_in, c_out)``, each the layer's own where None; a negative count raises."""
@@ -122,42 +121,112 @@ class LayerSpec:
         return c_in, c_out
 
     def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
-        c_in, c_out = self._channels(c_in, c_out)
-        if self.kind == "linear":
-            return self._outputs_per_channel() * c_in * c_out
-        if self.kind == "conv_transpose":  # every input position scatters a k-window per output
-            inputs = self.input_shape[0] * math.prod(self.input_shape[2:])
-            return inputs * c_in * (c_out // self.groups_at(c_in) if c_in else 0) * math.prod(self.kernel_size)
-        per_group_in = c_in // self.groups_at(c_in) if c_in else 0
-        return self._outputs_per_channel() * c_out * per_group_in * math.prod(self.kernel_size)
+        """Multiply-accumulates at ``c_in`` -> ``c_out`` channels (the dense counts where None)."""
+        return self.layer_kind.macs(self, *self._channels(c_in, c_out))
 
     def flops(self, c_in: int | None = None, c_out: int | None = None) -> int:
         # Same convention as torch.utils.flop_counter: 2 FLOPs per multiply-accumulate, bias ignored.
         return 2 * self.macs(c_in, c_out)
 
     def params(self, c_in: int | None = None, c_out: int | None = None) -> int:
-        c_in, c_out = self._channels(c_in, c_out)
-        if self.kind == "linear":
-            return c_in * c_out + (c_out if self.bias else 0)
-        per_group_in = c_in // self.groups_at(c_in) if c_in else 0
-        return c_out * per_group_in * math.prod(self.kernel_size) + (c_out if self.bias else 0)
+        """Weight and bias parameters at ``c_in`` -> ``c_out`` channels."""
+        return self.layer_kind.params(self, *self._channels(c_in, c_out))
 
     def signature(self) -> str:
         """What fixes this layer's cost apart from its channel counts (a latency cache key)."""
-        dw = "dw" if self.depthwise else f"g{self.groups}"
-        if self.kind == "linear":
-            rows = "x".join(str(s) for s in self.input_shape[:-1])
-            return f"linear[{rows}]{'b' if self.bias else ''}:{self.dtype}"
-        k = "x".join(map(str, self.kernel_size))
-        if self.kind == "conv_transpose":
-            k = "T" + k
-        s = "x".join(map(str, self.stride))
-        p = "x".join(map(str, self.padding))
-        d = "x".join(map(str, self.dilation))
-        hw = "x".join(str(v) for v in self.input_shape[2:])
-        mode = "" if self.padding_mode == "zeros" else f"-{self.padding_mode}"
-        return (f"conv{len(self.kernel_size)}d[n{self.batch},{hw}]k{k}s{s}p{p}{mode}d{d}{dw}"
-                f"{'b' if self.bias else ''}:{self.dtype}")
+        return self.layer_kind.signature(self)
+
+
+# ---------------------------------------------------------------------------- layer kinds
+# Each kind's formulas, over a LayerSpec and kept counts c_in, c_out (checked >= 0).
+def _per_group_in(layer: LayerSpec, c_in: int) -> int:
+    return c_in // layer.groups_at(c_in) if c_in else 0
+
+
+def _bias(layer: LayerSpec, c_out: int) -> int:
+    return c_out if layer.bias else 0
+
+
+def _conv_macs(layer: LayerSpec, c_in: int, c_out: int) -> int:
+    # every output position of every output channel reads a k-window of its group's inputs
+    positions = layer.output_shape[0] * math.prod(layer.output_shape[2:])
+    return positions * c_out * _per_group_in(layer, c_in) * math.prod(layer.kernel_size)
+
+
+def _conv_transpose_macs(layer: LayerSpec, c_in: int, c_out: int) -> int:
+    # every input position scatters a k-window to its group's outputs
+    inputs = layer.input_shape[0] * math.prod(layer.input_shape[2:])
+    per_group_out = c_out // layer.groups_at(c_in) if c_in else 0
+    return inputs * c_in * per_group_out * math.prod(layer.kernel_size)
+
+
+def _conv_params(layer: LayerSpec, c_in: int, c_out: int) -> int:
+    return c_out * _per_group_in(layer, c_in) * math.prod(layer.kernel_size) + _bias(layer, c_out)
+
+
+def _linear_macs(layer: LayerSpec, c_in: int, c_out: int) -> int:
+    # a linear acts on the last dim: every other dim (batch included) is a row
+    return math.prod(layer.output_shape[:-1]) * c_in * c_out
+
+
+def _linear_params(layer: LayerSpec, c_in: int, c_out: int) -> int:
+    return c_in * c_out + _bias(layer, c_out)
+
+
+def _conv_signature(layer: LayerSpec) -> str:
+    def dims(values):
+        return "x".join(map(str, values))
+
+    k = ("T" if layer.kind == "conv_transpose" else "") + dims(layer.kernel_size)
+    groups = "dw" if layer.depthwise else f"g{layer.groups}"
+    mode = "" if layer.padding_mode == "zeros" else f"-{layer.padding_mode}"
+    return (f"conv{len(layer.kernel_size)}d[n{layer.batch},{dims(layer.input_shape[2:])}]k{k}"
+            f"s{dims(layer.stride)}p{dims(layer.padding)}{mode}d{dims(layer.dilation)}{groups}"
+            f"{'b' if layer.bias else ''}:{layer.dtype}")
+
+
+def _linear_signature(layer: LayerSpec) -> str:
+    rows = "x".join(str(s) for s in layer.input_shape[:-1])
+    return f"linear[{rows}]{'b' if layer.bias else ''}:{layer.dtype}"
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What a :class:`LayerSpec`'s ``kind`` means: where its channels sit and how it is priced.
+
+    A rule's ``layer_spec`` names the kind (``fxprune.rules``); the cost models read the
+    formulas here, and ``fxprune.deploy`` builds the single-layer models a latency table times
+    by the same name (a kind it has no builder for is refused there, before any timing).
+
+    Attributes:
+        name: the ``LayerSpec.kind`` string.
+        channel_dim: the activation dim holding channels: 1 for ``(N, C, *spatial)``, -1 for
+            ``(*rows, C)``.
+        spatial: whether the layer has a kernel, stride, padding and dilation per spatial dim
+            (and ``groups``); a spec of such a kind needs ``(N, C, *spatial)`` shapes.
+        macs, params: ``f(layer, c_in, c_out) -> int`` at kept counts ``c_in``, ``c_out``.
+        signature: ``f(layer) -> str``, what fixes the cost apart from the channel counts (a
+            latency table's cache key).
+    """
+
+    name: str
+    channel_dim: int
+    spatial: bool
+    macs: Callable[[LayerSpec, int, int], int]
+    params: Callable[[LayerSpec, int, int], int]
+    signature: Callable[[LayerSpec], str]
+
+
+#: every ``LayerSpec.kind``, by name: supporting a new weight layer's cost is adding an entry
+LAYER_KINDS: dict[str, LayerKind] = {kind.name: kind for kind in (
+    LayerKind("conv", 1, True, _conv_macs, _conv_params, _conv_signature),
+    LayerKind("conv_transpose", 1, True, _conv_transpose_macs, _conv_params, _conv_signature),
+    LayerKind("linear", -1, False, _linear_macs, _linear_params, _linear_signature),
+)}
+
+
+def _kind_names() -> str:
+    return ", ".join(repr(k) for k in LAYER_KINDS)
 
 
 @runtime_checkable

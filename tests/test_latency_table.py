@@ -232,6 +232,34 @@ def test_a_layer_the_tables_cannot_time_names_the_way_out():
     assert table.layer_cost(conv(dtype="float64"), 16, 24) > 0
 
 
+def test_a_layer_kind_is_one_entry_priced_by_its_formulas_and_timed_only_with_builders(
+        monkeypatch):
+    """review194 L7: a kind's formulas lived in four files; a new kind is now one LayerKind
+    (its MACs, params and signature), and a latency table refuses it in one place, before
+    any timing, until the deploy backends have builders for it."""
+    from fxprune.cost import LAYER_KINDS, LayerKind, layer_key
+    from fxprune.deploy.layer_onnx import TIMED_KINDS
+    from fxprune.deploy.torch_backend import _MODULE_BUILDERS, layer_module
+
+    # every kind a table times has an ONNX and a torch builder
+    assert set(TIMED_KINDS) == set(_MODULE_BUILDERS) and set(TIMED_KINDS) <= set(LAYER_KINDS)
+    scale = LayerKind("scale", 1, False, macs=lambda spec, c_in, c_out: 7 * c_in * c_out,
+                      params=lambda spec, c_in, c_out: c_in + c_out,
+                      signature=lambda spec: f"scale:{spec.dtype}")
+    monkeypatch.setitem(LAYER_KINDS, "scale", scale)
+    spec = LayerSpec("s", "scale", 4, 6, (2, 4), (2, 6))
+    assert fxprune.FlopsCost().layer_cost(spec, 2, 3) == 2 * 7 * 2 * 3
+    assert fxprune.ParamsCost().layer_cost(spec, 2, 3) == 5
+    assert layer_key(spec) == "s:4x6:scale:float32" and not spec.depthwise
+    with pytest.raises(DeployError, match=r"^layer 's' has kind 'scale'; latency tables time "
+                                          r"'conv' and 'linear' layers only"):
+        LatencyTable.measure([conv(), spec], step=8, threads=1,
+                             **{**FAST, "log": lambda s: pytest.fail(f"started: {s}")})
+    for build in (layer_model_bytes, layer_module):
+        with pytest.raises(DeployError, match=r"has kind 'scale'"):
+            build(spec, 4, 6)
+
+
 # ---------------------------------------------------------------------------- caching
 def test_identical_layers_are_measured_once():
     timer = CountingTimer()
@@ -1322,7 +1350,8 @@ def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"kind": "rnn"}, r"kind is 'conv', 'conv_transpose' or 'linear', got 'rnn'"),
+    ({"kind": "rnn"}, r"kind is one of 'conv', 'conv_transpose', 'linear', got 'rnn' \(a new "
+                      r"kind is a LayerKind in fxprune.cost.LAYER_KINDS\)"),
     ({"in_channels": -3}, r"in_channels is an integer >= 0, got -3"),
     ({"groups": 0}, r"groups is an integer >= 1, got 0"),
     ({"input_shape": (), "output_shape": ()}, r"a conv needs input and output shapes"),
