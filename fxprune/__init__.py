@@ -36,8 +36,8 @@ _LAZY = {
     "SMCP": ("fxprune.methods.smcp", "SMCP"),
     "CCP": ("fxprune.methods.ccp", "CCP"),
     "CUCB": ("fxprune.methods.cucb", "CUCB"),
-    "get_method": ("fxprune.methods.base", "get_method"),
-    "register_method": ("fxprune.methods.base", "register_method"),
+    "get_method": ("fxprune.methods.registration", "get_method"),
+    "register_method": ("fxprune.methods.registration", "register_method"),
     "PruningSchedule": ("fxprune.schedule", "PruningSchedule"),
 }
 

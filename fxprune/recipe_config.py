@@ -99,7 +99,7 @@ RESUMABLE_CHANGES = {"optim.epochs", "num_threads", "device", "out", "data.num_w
 
 
 class _Registered(Sequence):
-    """``prune.method`` names, read from the method registry (:mod:`fxprune.methods.base`) at
+    """``prune.method`` names, read from the method registry (:mod:`fxprune.methods.registration`) at
     each use: a method registered after this module was imported is a valid name too.
     ``with_none`` puts ``"none"`` (no pruning) first."""
 
@@ -107,7 +107,7 @@ class _Registered(Sequence):
         self.with_none = with_none
 
     def _names(self) -> list[str]:
-        from .methods.base import method_names
+        from .methods.registration import method_names
 
         return ["none", *method_names()] if self.with_none else method_names()
 
@@ -335,7 +335,7 @@ _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epoch
 
 def pruner_class(method: str):
     """The class (or factory) registered as ``method`` (looked up at each call)."""
-    from .methods.base import get_method
+    from .methods.registration import get_method
 
     try:
         return get_method(method).cls
@@ -347,7 +347,7 @@ def _method_defaults(method: str) -> dict:
     """The settings that define a registered method (``MethodEntry.defaults``); {} for none."""
     if method == "none":
         return {}
-    from .methods.base import get_method
+    from .methods.registration import get_method
 
     try:
         return dict(get_method(method).defaults)
@@ -534,7 +534,7 @@ def _valid_keys(defaults: dict, prefix: str = "") -> list[str]:
 def _methods_prune_keys() -> list[str]:
     """``prune.KEY`` for every key a registered method takes: where a misplaced key may
     belong (break187: ``model.target`` was "did you mean model.name?", not prune.target)."""
-    from .methods.base import method_names
+    from .methods.registration import method_names
 
     keys: dict[str, None] = {}
     for method in method_names():  # the plug-ins too (the registry holds them once loaded)

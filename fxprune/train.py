@@ -103,7 +103,7 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
         kwargs = fractions_to_epochs(kwargs, context["epochs"])
     if method not in PRUNERS:
         raise ConfigError(f"prune.method {method!r} is not one of: none, {', '.join(PRUNERS)}")
-    from .methods.base import get_method
+    from .methods.registration import get_method
 
     entry = get_method(method)
     cls = entry.cls
@@ -382,7 +382,7 @@ def _keep_recorded_channel_step(prune_cfg: dict, method: str, state: dict) -> No
     to the method's default and that default moved since (review195 R1: CCP's and CUCB's went
     from 1 to 8, and a run begun at 1 went on at 8, its arms and rounds at another granularity,
     with a warning only); config.yaml then records it, and one line says so."""
-    from .methods.base import get_method, moved_channel_step
+    from .methods.registration import get_method, moved_channel_step
 
     moved = moved_channel_step(get_method(method), state, prune_cfg) if state else None
     if moved is None:
@@ -396,7 +396,7 @@ def _keep_recorded_channel_step(prune_cfg: dict, method: str, state: dict) -> No
 
 def _registered_defaults(method: str) -> dict[str, Any]:
     """The arguments ``method``'s registration fixes (``hard``: ``masks="hard"``)."""
-    from .methods.base import get_method
+    from .methods.registration import get_method
 
     try:
         return dict(get_method(method).defaults or {})
@@ -831,7 +831,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         if prune_cfg.get("cost") in LATENCY_COSTS:
             # the widths the method chooses among: its own default where the recipe sets none
             # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
-            from .methods.base import get_method, priced_channel_step
+            from .methods.registration import get_method, priced_channel_step
 
             channel_step = priced_channel_step(get_method(method), prune_cfg)
             if channel_step is None:  # (review195 R4: guessed as 1, the table 64x too large)

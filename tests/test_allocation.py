@@ -499,9 +499,16 @@ def test_registry_serves_recipe_cli_and_benchmarks():
         assert name in registry
     assert get_method("smcp").cls is fxprune.SMCP
     # the names the README gives (break45 #2: fxprune.register_method did not exist)
-    from fxprune.methods.base import register_method
+    from fxprune.methods.registration import register_method
 
     assert fxprune.get_method is get_method and fxprune.register_method is register_method
+    # the registry moved out of methods.base (review194 L1); code importing it there still works
+    from fxprune.methods import base, registration
+
+    for name in registration.__all__:
+        assert getattr(base, name) is getattr(registration, name)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        base.nope
     with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
         get_method("nope")
     # the entry builds, called or by build(), the target by position too (break128 F5:
@@ -521,10 +528,10 @@ def test_registry_serves_recipe_cli_and_benchmarks():
 
 
 def test_a_method_registered_after_import_is_a_recipe_method(monkeypatch):
-    from fxprune.methods.base import register_method
+    from fxprune.methods.registration import register_method
     from fxprune.train import ConfigError, make_pruner, resolve_config  # imported before registering
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))  # undone after the test
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))  # undone after the test
     register_method("late_smcp", fxprune.SMCP, summary="SMCP under another name")
     cfg = resolve_config({"prune": {"method": "late_smcp", "target": 0.5}})
     assert cfg["prune"]["method"] == "late_smcp"
@@ -553,10 +560,10 @@ class _Every(fxprune.SMCP):
 def test_a_methods_own_step_count_in_epochs_is_explained_and_step_args_allows_it(monkeypatch):
     """break105 F10: `prune.every_fraction` for a method's own step count `every` was an
     unknown key, and the way (a step_args class attribute) was in a code comment only."""
-    from fxprune.methods.base import register_method
+    from fxprune.methods.registration import register_method
     from fxprune.train import ConfigError, make_pruner, resolve_config
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     register_method("every", _Every)
     recipe = {"optim": {"epochs": 2}, "prune": {"method": "every", "every_fraction": 0.5}}
     with pytest.raises(ConfigError, match=r"unknown key prune.every_fraction .*\(prune.every is the "
@@ -576,10 +583,10 @@ class _Forwarding(fxprune.SMCP):
 def test_a_mistyped_keyword_of_a_forwarding_method_gets_no_run_length_advice(monkeypatch):
     """break105 F11: the unknown-keyword error listed warmup and ramp among the arguments the
     method takes, which the "a longer run also gives them room" suffix took for its cause."""
-    from fxprune.methods.base import register_method
+    from fxprune.methods.registration import register_method
     from fxprune.train import ConfigError, make_pruner, resolve_config
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     register_method("forwarding", _Forwarding)
     cfg = resolve_config({"optim": {"epochs": 2}, "prune": {
         "method": "forwarding", "warmup_fraction": 0.1, "ramp_fraction": 0.5, "hysterisis": 2}})
@@ -594,16 +601,16 @@ def installed_plugins(monkeypatch, tmp_path, modules: dict, entry_points: dict):
     after the test."""
     import importlib.metadata as md
 
-    from fxprune.methods import base
+    from fxprune.methods import registration
 
     for name, source in modules.items():
         (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    eps = [md.EntryPoint(n, v, base.PLUGIN_GROUP) for n, v in entry_points.items()]
+    eps = [md.EntryPoint(n, v, registration.PLUGIN_GROUP) for n, v in entry_points.items()]
     monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
-    monkeypatch.setattr(base, "registry", dict(registry))
-    monkeypatch.setattr(base, "_plugins_seen", False)
-    return base
+    monkeypatch.setattr(registration, "registry", dict(registry))
+    monkeypatch.setattr(registration, "_plugins_seen", False)
+    return registration
 
 
 def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, tmp_path, capsys):
@@ -614,13 +621,13 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
                "    @staticmethod\n"
                "    def greedy(prepared, **kw):\n"
                "        return fxprune.SMCP(prepared, **kw)\n")
-    base = installed_plugins(monkeypatch, tmp_path, {"my_pruning_plugin": factory},
-                             {"greedy": "my_pruning_plugin:Methods.greedy",
-                              "smcp": "my_pruning_plugin:Methods.greedy"})
+    registration = installed_plugins(monkeypatch, tmp_path, {"my_pruning_plugin": factory},
+                                     {"greedy": "my_pruning_plugin:Methods.greedy",
+                                      "smcp": "my_pruning_plugin:Methods.greedy"})
     with pytest.warns(RuntimeWarning, match="plug-in smcp = .* is ignored"):
-        names = base.method_names()
-    assert "greedy" in names and base.get_method("smcp").cls is fxprune.SMCP  # shipped name kept
-    assert "my_pruning_plugin" in base.get_method("greedy").summary
+        names = registration.method_names()
+    assert "greedy" in names and registration.get_method("smcp").cls is fxprune.SMCP  # shipped kept
+    assert "my_pruning_plugin" in registration.get_method("greedy").summary
     from fxprune.cli import main
 
     assert main(["methods", "greedy"]) == 0
@@ -632,7 +639,7 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
     assert isinstance(pruner, fxprune.SMCP) and pruner.schedule.update_every == 5
     assert pruner.fxprune_schedule_steps["update_every"] == 5
     with pytest.raises(ValueError, match="entry point in the 'fxprune.methods' group"):
-        base.get_method("nope")
+        registration.get_method("nope")
 
 
 def test_a_misplaced_key_of_a_plug_in_method_is_pointed_at_before_anything_loads_it(
@@ -821,9 +828,9 @@ def test_register_method_checks_its_name_and_target_where_they_are_given(monkeyp
     """break49 #9: a None or int name was accepted and then broke get_method's own error
     (sorting the names); a target that does not import failed at build as a bare
     ModuleNotFoundError, or 42 as "'int' object is not callable", naming no method."""
-    from fxprune.methods.base import register_method
+    from fxprune.methods.registration import register_method
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     for name in (None, 3, ""):
         with pytest.raises(TypeError, match="name must be a non-empty str"):
             register_method(name, fxprune.SMCP)
@@ -846,9 +853,9 @@ def test_register_method_checks_its_name_and_target_where_they_are_given(monkeyp
 def test_register_method_checks_its_defaults(monkeypatch):
     """break111 F12: defaults the method does not take were accepted, and failed at build as
     the method's bare TypeError; a list or a string gave a dict-conversion error."""
-    from fxprune.methods.base import register_method
+    from fxprune.methods.registration import register_method
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     with pytest.raises(TypeError, match=r"register_method\('mine', defaults=...\): 'targt' is not "
                                         r"an argument of the method \(did you mean target\?\)"):
         register_method("mine", fxprune.SMCP, defaults={"targt": 0.3})

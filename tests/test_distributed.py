@@ -277,10 +277,10 @@ def make_method(name, reduce_fn=None):
     CUCB (masked execution: rewards from DDP's averaged gradients, no reduction needed)."""
     pm, _ = make_pruner()
     if name == "ccp":
-        return pm, fxprune.methods.base.get_method("ccp").build(
+        return pm, fxprune.methods.get_method("ccp").build(
             pm, target=0.5, cost="flops", mode="adaptive", collect=4, prune_at=6,
             reduce_fn=reduce_fn)
-    return pm, fxprune.methods.base.get_method("cucb").build(
+    return pm, fxprune.methods.get_method("cucb").build(
         pm, target=0.5, cost="flops", warmup=2, explore=8, execution="masked", seed=0)
 
 

@@ -629,7 +629,7 @@ def test_hard_masks_stop_the_gradient_through_functional_layers_too(method):
     """CUCB, CCP and SMCP's hard masks turned the straight-through estimator off in the masked
     layer classes only: a layer with its own forward (F.linear on its weight, timm's Linear)
     still passed gradient to its masked-out input columns. SMCP's soft masks keep it."""
-    from fxprune.methods.base import get_method
+    from fxprune.methods.registration import get_method
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))

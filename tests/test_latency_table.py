@@ -1418,7 +1418,7 @@ def test_a_method_pricing_with_a_table_timed_at_another_step_says_so():
 def test_a_latency_recipe_refuses_a_method_whose_channel_step_cannot_be_read(tmp_path):
     """review195 R4: a factory taking **kwargs had its table timed at a guessed step 1."""
     import fxprune
-    from fxprune.methods.base import register_method, registry
+    from fxprune.methods.registration import register_method, registry
     from fxprune.train import ConfigError, load_config, train
 
     def forwarding(prepared, **kwargs):

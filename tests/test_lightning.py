@@ -787,11 +787,11 @@ def test_a_method_without_a_schedule_ending_above_its_target_is_not_told_to_trai
         tmp_path, monkeypatch):
     """break176 F5: a plug-in with no schedule was told "the schedule had not ended. Train
     longer"."""
-    from fxprune.methods.base import register_method, registry
+    from fxprune.methods.registration import register_method, registry
     from fxprune.train import TargetNotReachedError
     from helpers import NoScheduleMethod
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     register_method("no_schedule", NoScheduleMethod)
     prune = PruningCallback("no_schedule", target=0.5)
     with pytest.raises(TargetNotReachedError, match=r"above the target 0\.5000: NoScheduleMethod "
@@ -808,10 +808,10 @@ def test_a_method_state_a_resume_could_not_read_is_refused_not_converted(
     weights_only=True load, so its load_state_dict met tensors it had never saved; it is
     refused as fxprune train refuses it (break176 F1), before a step or at the first save."""
     from fxprune.errors import FxPruneError
-    from fxprune.methods.base import register_method, registry
+    from fxprune.methods.registration import register_method, registry
     from helpers import NumpyStateAtStart, NumpyStateLater
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     register_method(method, NumpyStateAtStart if method == "numpy_at_start" else NumpyStateLater)
     prune = PruningCallback(method, **SMCP_ARGS)
     record = RecordMasks()

@@ -1650,9 +1650,9 @@ def test_a_method_state_that_resume_could_not_read_is_refused_before_it_is_saved
         recipe, tmp_path, capsys, monkeypatch, method):
     """break176 F1: a plug-in whose state_dict held numpy data trained and saved checkpoints,
     and --resume then called the file another program's."""
-    from fxprune.methods.base import register_method, registry
+    from fxprune.methods.registration import register_method, registry
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     from helpers import NumpyStateAtStart, NumpyStateLater
 
     register_method(method, NumpyStateAtStart if method == "numpy_at_start" else NumpyStateLater)
@@ -1672,10 +1672,10 @@ def test_a_method_state_that_resume_could_not_read_is_refused_before_it_is_saved
 def test_a_method_without_a_schedule_ending_above_its_target_is_not_told_to_lengthen_it(
         recipe, tmp_path, capsys, monkeypatch):
     """break176 F5: a plug-in with no schedule was told to lengthen it."""
-    from fxprune.methods.base import register_method, registry
+    from fxprune.methods.registration import register_method, registry
     from helpers import NoScheduleMethod
 
-    monkeypatch.setattr("fxprune.methods.base.registry", dict(registry))
+    monkeypatch.setattr("fxprune.methods.registration.registry", dict(registry))
     register_method("no_schedule", NoScheduleMethod)
     assert cli_main(["train", str(recipe), "--set", "prune.method=no_schedule", "--out",
                      str(tmp_path / "r")]) == 3
@@ -1952,7 +1952,7 @@ def test_the_run_seed_reaches_no_seed_a_methods_registration_fixes(tmp_path):
     """review189 R11: a method registered with defaults={"seed": K} failed at any other run
     seed, told to remove a prune.seed the user never set; R15: --set prune.seed on a resume
     (the seed the run used) was refused as a change."""
-    from fxprune.methods.base import get_method, register_method, registry
+    from fxprune.methods.registration import get_method, register_method, registry
     from fxprune.methods.cucb import CUCB
     from fxprune.train import make_pruner
 

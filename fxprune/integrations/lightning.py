@@ -69,8 +69,8 @@ from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import (check_method_kwargs, moved_channel_step, priced_channel_step,
-                            refuse_unloadable_state, schedule_end, trains_model)
+from ..methods.base import check_method_kwargs, refuse_unloadable_state, schedule_end, trains_model
+from ..methods.registration import moved_channel_step, priced_channel_step
 from ..run_io import save_module, unwritable_folder
 
 
@@ -81,9 +81,9 @@ def _unwritable(path: Path) -> str | None:
 
 
 def _method_entry(name: str):
-    """The pruning method registered under ``name`` (:mod:`fxprune.methods.base`); an unknown
-    name raises ValueError naming the registered ones."""
-    from fxprune.methods.base import get_method
+    """The pruning method registered under ``name`` (:mod:`fxprune.methods.registration`); an
+    unknown name raises ValueError naming the registered ones."""
+    from fxprune.methods.registration import get_method
 
     return get_method(name)
 

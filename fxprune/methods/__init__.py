@@ -3,7 +3,8 @@
 ``prune.method`` in a recipe, ``fxprune train`` and ``benchmarks/bench_methods.py`` all read
 :data:`registry` (see :mod:`fxprune.methods.base` for the protocol every method follows).
 """
-from .base import MethodEntry, PruningMethod, get_method, method_names, register_method, registry
+from .base import PruningMethod
+from .registration import MethodEntry, get_method, method_names, register_method, registry
 from .smcp import SMCP
 
 register_method("smcp", "fxprune:SMCP", summary="SMCP: soft masks, Taylor importance, global knapsack")

@@ -1,5 +1,5 @@
 """``fxprune methods``: the pruning methods a recipe's ``prune.method`` may name, read from the
-registry (:mod:`fxprune.methods.base`), with each one's arguments and defaults."""
+registry (:mod:`fxprune.methods.registration`), with each one's arguments and defaults."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..recipe_config import _CONTEXT_ARGS
-    from .base import get_method, method_names, method_parameters
+    from .base import method_parameters
+    from .registration import get_method, method_names
 
     detailed = bool(args.name)  # `fxprune methods smcp ccp` (break52: one name was taken)
     names = list(args.name) or method_names()
