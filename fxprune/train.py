@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -657,84 +658,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
         ckpt = _on_main(lambda: load_checkpoint(ckpt_path, "cpu"))
         ckpt = {k: v if k == "rng" else move_tensors(v, device) for k, v in ckpt.items()}
     if ckpt is not None:
-        # a method argument the recipe left to its default: the value the run used, which the
-        # method's state records, so a default that moved since can be set back (break35 #1)
-        state = ckpt.get("pruner") if isinstance(ckpt.get("pruner"), dict) else {}
-        used = {f"prune.{k}": v for part in ("settings", "run_settings")  # both kinds (break38 #4)
-                if isinstance(state.get(part), dict) for k, v in state[part].items()}
-        # one the state does not record: the method's default (break73 M1: ramp_shape=exp and
-        # momentum=0.9, SMCP's defaults written out, were refused as changes)
-        used = {**_argument_defaults(ckpt["config"]["prune"].get("method", "none")), **used}
-        # before the comparison: the step written to config.yaml by the first resume is the
-        # recipe's own at the next (review197 M1: the second --resume was refused)
-        _keep_recorded_channel_step(prune_cfg, method, state)
-        changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used,
-                                             _argument_defaults(method))
-                   if k not in RESUMABLE_CHANGES]
-        # a cool-down in epochs counts from the run's end, so it moves as a fraction does
-        # (review126 #5)
-        moving = sorted(k for k in prune_cfg if k.endswith("_fraction") or k == "cooldown_epochs")
-        if (not changed and moving and method != "none"
-                and ckpt["config"]["optim"]["epochs"] != cfg["optim"]["epochs"]):
-            raise ConfigError(
-                f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
-                f"{cfg['optim']['epochs']}: prune.{moving[0]} "
-                f"{'counts from the end' if moving[0] == 'cooldown_epochs' else 'is a fraction'}"
-                f" of the run, so the "
-                f"pruning schedule would move under a run already on it; keep optim.epochs, or "
-                f"start a new run with another --out")
-        if changed:
-            raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
-                              "pass the same recipe and overrides (only "
-                              f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
-                              "with another --out")
-        drawn = _seed_drawn_from(ckpt)
-        if (drawn is not None and prune_cfg.get("seed", seed) != drawn
-                and "seed" not in _registered_defaults(method)
-                and "prune.seed" in _argument_defaults(method)):
-            # the generator goes on from the checkpoint: config.yaml, results.json and the next
-            # checkpoint name the seed it began from (break192 F3: a --set prune.seed on
-            # --resume was written there, without effect or a word)
-            if "seed" in prune_cfg:
-                warnings.warn(f"--resume: prune.seed {prune_cfg['seed']} has no effect; "
-                              f"{method}'s generator goes on from the checkpoint, begun at seed "
-                              f"{drawn}, which config.yaml and results.json record; to draw "
-                              f"from seed {prune_cfg['seed']}, start a new run (another --out)",
-                              RuntimeWarning, stacklevel=2)
-            prune_cfg["seed"] = drawn
-        if int(cfg["optim"]["epochs"]) < int(ckpt["epoch"]):  # it trained nothing (break35 #3)
-            raise ConfigError(f"--resume: the checkpoint is at epoch {ckpt['epoch']}, past "
-                              f"optim.epochs {cfg['optim']['epochs']}; give optim.epochs >= "
-                              f"{ckpt['epoch']}, or start a new run with another --out")
-        if int(cfg["optim"]["epochs"]) == int(ckpt["epoch"]):
-            # a finished run (a re-queued job): nothing to train, and its files stay as they
-            # are, as Lightning's fit at max_epochs does; finalizing again rewrote the model
-            # file and made its deploy report read as stale (break52)
-            done = _on_main(lambda: _finished_results(out, int(ckpt["epoch"])))
-            if done is not None:
-                # a schedule in fractions refuses more epochs on resume (break57 #5)
-                more = ("start a new run with more optim.epochs to train longer" if moving
-                        and method != "none" else "raise optim.epochs to train on")
-                missed = not done.get("target_reached", True) and not prune_cfg.get(
-                    "allow_above_target", False)  # the error below says what would help
-                if main:
-                    print(f"fxprune train: the run in {out} finished its {ckpt['epoch']} epochs; "
-                          f"nothing to resume, its files are kept as they are"
-                          f"{'' if missed else f' ({more})'}", flush=True)
-                    print(format_results(done))
-                # resuming cannot lengthen a finished run's schedule (review178 F9), and a
-                # method without one is told what its first error said (review181 F7)
-                settings = f"change prune.method {method}'s settings"
-                _check_target(done, cfg, out, "the run is finished and resuming prunes it no "
-                              "further: in a new run (another --out), " + (
-                                  # results of a version before schedule_end do not say
-                                  # whether the method has one (review183 R5)
-                                  f"lengthen the schedule or {settings}"
-                                  if "schedule_end" not in done
-                                  else "lengthen the schedule" if done["schedule_end"] is not None
-                                  else f"{settings} (it declares no schedule a longer run "
-                                       "would lengthen)"))
-                return done
+        done = _check_resume(cfg, ckpt, out, method, seed, main)
+        if done is not None:
+            return done
 
     if ckpt is not None:  # a run that will train on writes its folder (rank 0 checks)
         _on_main(lambda: _refuse_unwritable_resume(out))
@@ -755,42 +681,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                    f"{data_fingerprint['test']['samples']} test images")
     if ckpt is not None:
         _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg["data"].get("root"))
-    model_kwargs = {k: v for k, v in cfg["model"].items()
-                    if k not in ("name", "kwargs") and v is not None}
-    if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
-        model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
-    elif timm_name(cfg["model"]["name"]) is not None:  # so does timm's (in_chans)
-        model_kwargs["in_chans"] = int(cfg["data"].get("channels", 1))
-    extra = dict(cfg["model"].get("kwargs") or {})  # the builder's other arguments (break182
-    # F4: a ViT's img_size had no key, and a fixed-size timm model could not run from a recipe)
-    taken = sorted(set(extra) & set(model_kwargs))
-    if taken:
-        said = {"in_channels": "data.channels", "in_chans": "data.channels"}.get(
-            taken[0], f"model.{taken[0]}")
-        raise ConfigError(f"model.kwargs.{taken[0]} is set by {said}; set it there, once "
-                          f"(--set '~model.kwargs.{taken[0]}')")
-    model_kwargs.update(extra)
-    try:
-        model = build_model(cfg["model"]["name"], **model_kwargs)
-    except Exception as exc:  # noqa: BLE001 - sorted below; anything else is raised as it is
-        said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)
-        if said is not None:  # (break158 F7: a 38-line traceback for model.widths=[100000])
-            sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
-                              if k in ("widths", "blocks", "inner_widths"))
-            raise ConfigError(f"model {cfg['model']['name']}"
-                              f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
-                              f"({said}); choose a smaller model") from None
-        if not extra:
-            raise
-        # the builder's own refusal of model.kwargs: an argument it does not take, or a value
-        # it cannot build with (break191 F1: a ZeroDivisionError for patch_size=0, an
-        # AssertionError, a traceback each)
-        raise ConfigError(f"model {cfg['model']['name']} with model.kwargs "
-                          f"{', '.join(sorted(extra))}: {type(exc).__name__}"
-                          f"{': ' + first_line(exc) if first_line(exc) else ''}; model.kwargs "
-                          "holds keyword arguments of the model's builder (timm.create_model, "
-                          "torchvision.models.get_model, fxprune's ResNetFMNIST) with values it "
-                          "takes") from None
+    model = _recipe_model(cfg)
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)
@@ -812,86 +703,13 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                           "processes is dropped: each process needs one); use more training "
                           "data (data.subset_train) or fewer processes")
 
-    pruner = None
-    measured_cost_state = None  # a latency table (and fitted constant) timed for this run
-    net: nn.Module = model
-    undo_sync_bn = None  # puts the BatchNorms back (before finalize)
+    # the model that trains, its method, the latency table timed for it (every checkpoint
+    # holds it) and what puts the BatchNorms back before finalize
+    net, pruner, measured_cost_state, undo_sync_bn = model, None, None, None
     if method != "none":
-        import fxprune
-
-        try:
-            net = fxprune.prepare(model, (example_batch,))
-        except TraceError as exc:  # its way out is prepare's leaf_modules= (break182 F8)
-            raise TraceError(f"model.name {cfg['model']['name']!r}: {str(exc).rstrip('.')}; "
-                             "a recipe passes no "
-                             "leaf_modules: choose another model, or prune this one from "
-                             "Python (fxprune.prepare(model, example_inputs, leaf_modules=[...]), "
-                             "README's 'The pipeline')") from None
-        build_cfg = prune_cfg
-        if prune_cfg.get("cost") in LATENCY_COSTS:
-            # the widths the method chooses among: its own default where the recipe sets none
-            # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
-            from .methods.registration import get_method, priced_channel_step
-
-            channel_step = priced_channel_step(get_method(method), prune_cfg)
-            if channel_step is None:  # (review195 R4: guessed as 1, the table 64x too large)
-                raise ConfigError(f"prune.cost {prune_cfg['cost']}: the table is timed at the "
-                                  f"widths {method} chooses, and its channel_step cannot be read "
-                                  "from its signature; set prune.channel_step")
-            channel_step = int(channel_step)
-            coarse = step_too_wide(UnitIndex(net), channel_step)
-            if coarse:  # before the table's timing, which no choice would read (break151 F2)
-                raise ConfigError(f"prune ({method}): {coarse}")
-            if ckpt is not None:  # the run's own timings: a new measurement would move the budget
-                measured_cost = _saved_measured_cost(ckpt, ckpt_path, prune_cfg["cost"])
-            else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
-                # (log.progress=false turns off the table's bar as the training one, break52)
-                # its cache judged before any timing, by rank 0 (the one that reads and
-                # writes it), every rank refusing alike (break190 F1, F3; review189 R5)
-                cache_problem = _latency_cache_problem(prune_cfg.get("latency_cache"), out) \
-                    if main else None
-                if distributed:
-                    cache_problem = fxdist.broadcast_object(cache_problem)
-                if cache_problem:
-                    raise ConfigError(cache_problem)
-                measured_cost = latency_cost(net, prune_cfg["cost"], channel_step=channel_step,
-                                             progress=bool(log_cfg["progress"]),
-                                             cache=prune_cfg.get("latency_cache"))
-            build_cfg = {**prune_cfg, "cost": measured_cost}
-            measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's
-        context = {}
-        if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
-            context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
-        if sync_bn:  # before the method: it keeps the norms it hooks (CCP's collect_bn, SMCP's
-            # re-estimation), which must be the ones that run (break31 #4)
-            undo_sync_bn = fxdist.use_sync_batchnorm(net)
-        try:
-            # seed: a method drawing random numbers (CUCB's warm-up and ties) follows the
-            # run's seed unless prune.seed is set (break188 F5: every seed drew alike)
-            pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
-                                 epochs=int(optim_cfg["epochs"]), seed=seed, **context)
-        except ConfigError as exc:
-            cached = getattr(build_cfg.get("cost"), "stats", {}).get("measured") == 0
-            if (getattr(exc, "floor", None) is None or exc.floor >= 1 - 1e-9
-                    or build_cfg is prune_cfg or ckpt is not None  # (a resume: its own)
-                    or cached):  # every point from prune.latency_cache (break191 F4)
-                raise
-            # the floor came from this run's timings (break151 F1: 0.581, 0.608, 0.599 in three
-            # runs, so the advised target failed again)
-            raise ConfigError(f"{exc} ({TIMED_FLOOR})") from None
-        if main and getattr(pruner, "fxprune_schedule_steps", None):
-            print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
-                  + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
-        total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
-        if ckpt is None:  # before an epoch is spent; every rank stops alike (review178 F4)
-            _on_main(lambda: refuse_unloadable_state(pruner, method, at_build=True))
-        check_run_fits(pruner, method, total_steps,
-                       f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
-        own_forward = getattr(pruner, "train_forward", None)
-        if distributed and own_forward is not None and own_forward is not net:
-            raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
-                              "outside the DDP wrapper, whose gradients would not be averaged; "
-                              "under torchrun set prune.execution=masked")
+        net, pruner, measured_cost_state, undo_sync_bn = _prepared_pruner(
+            cfg, model, example_batch, out=out, ckpt=ckpt, ckpt_path=ckpt_path,
+            steps_per_epoch=steps_per_epoch, sync_bn=sync_bn)
     net = net.to(device)
     if channels_last and device.type == "cpu":
         faulty = [(name, m) for name, m in net.named_modules() if nhwc_weight_grad_fault(m)]
@@ -917,82 +735,19 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"])
 
     logs = RunLogs(out, log_cfg["tensorboard"], main=main)  # checks before any write
-    start_epoch, step, elapsed = 0, 0, 0.0
-    images, loop_s = 0, 0.0  # training images and seconds in the training loop (throughput)
-    # the learning-rate schedules the run trained on: one, unless a resume changed optim.epochs
-    lr_schedules = [{"from_epoch": 0, "epochs": int(optim_cfg["epochs"])}]
-    # the process counts it trained with: one, unless a resume changed it (break70 #2)
-    process_counts = [{"from_epoch": 0, "world_size": world}]
-    # and the threads, versions and device: one, unless a resume changed them (break190 F5:
+    # the threads, versions and device: one entry, unless a resume changed them (break190 F5:
     # results.json said the last part's only)
     here = {"threads": torch.get_num_threads(),
             **{k: v for k, v in run_environment(device, seed).items() if k != "seed"}}
-    environments = [{"from_epoch": 0, **here}]
-    if ckpt is not None:
-        try:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            check_optimizer_state(optimizer)
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if pruner is not None:
-                pruner.load_state_dict(ckpt["pruner"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",
-                                       ckpt_path) from None
-        # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
-        saved_lr = optimizer.param_groups[0]["lr"]
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
-        lr_schedules = [dict(s) for s in ckpt.get("lr_schedules") or [
-            {"from_epoch": 0, "epochs": int(ckpt["config"]["optim"]["epochs"])}]]
-        process_counts = [dict(c) for c in ckpt.get("process_counts") or [
-            {"from_epoch": 0, "world_size": int(ckpt.get("world_size", 1))}]]
-        if process_counts[-1]["world_size"] != world:
-            process_counts.append({"from_epoch": int(ckpt["epoch"]), "world_size": world})
-        # (checkpoints before it: their thread count only, the rest not recorded, so null: a
-        # resumed old run showed one environment, as if this code had run all of it, break192 F4)
-        environments = [dict(e) for e in ckpt.get("environments") or [
-            {**{k: None for k in here}, "from_epoch": 0, "threads": ckpt.get("threads")}]]
-        if any(environments[-1].get(k, v) != v for k, v in here.items()):
-            environments.append({"from_epoch": int(ckpt["epoch"]), **here})
-        if lr_schedules[-1]["epochs"] != int(optim_cfg["epochs"]):
-            # a run trained on (break62 #4: a finished cosine run's lr went from 0 back up,
-            # silently, and its results read like one run of the new length)
-            lr_schedules.append({"from_epoch": int(ckpt["epoch"]), "epochs": int(optim_cfg["epochs"])})
-            new_lr = optimizer.param_groups[0]["lr"]
-            if main and not math.isclose(new_lr, saved_lr, rel_tol=1e-9, abs_tol=1e-12):
-                print(f"fxprune train: --resume with optim.epochs {lr_schedules[-2]['epochs']} -> "
-                      f"{optim_cfg['epochs']}: from epoch {ckpt['epoch'] + 1} the learning rate "
-                      f"follows the {optim_cfg['epochs']}-epoch schedule (lr {saved_lr:.4g} -> "
-                      f"{new_lr:.4g}); the epochs before ran on the "
-                      f"{lr_schedules[-2]['epochs']}-epoch one (results.json: lr_schedules)",
-                      flush=True)
-        set_rng_state(ckpt["rng"], device)
-        # the count the checkpoint's last epoch ran (an average over a history that mixed
-        # process counts warned at every later resume, with fractions: break54 #7)
-        saved_per_epoch = ckpt.get("steps_per_epoch", ckpt["step"] / max(ckpt["epoch"], 1))
-        if ckpt["epoch"] and saved_per_epoch != steps_per_epoch and main:  # break52 #7
-            warnings.warn(
-                f"--resume: the checkpoint ran {saved_per_epoch:g} optimizer steps per epoch "
-                f"({ckpt.get('world_size', 1)} process(es)) and this run runs {steps_per_epoch} "
-                f"({world}): the learning-rate schedule and the method's step-counted schedule "
-                "go on at this count, so they end at other steps than the first run's; resume "
-                "with the same number of processes to keep them", RuntimeWarning, stacklevel=2)
-        saved_threads = ckpt.get("threads")  # (checkpoints before it: not recorded)
-        if (saved_threads is not None and saved_threads != torch.get_num_threads() and main
-                and device.type == "cpu"):  # (on a GPU the CPU threads do not do the math)
-            # CPU kernels sum in another order at another thread count, so the resumed run is
-            # not bit-identical to an uninterrupted one (break148 F8: nothing said so; the
-            # recipes' num_threads null is the machine's cores)
-            warnings.warn(
-                f"--resume: the checkpoint's epochs ran on {saved_threads} CPU threads per "
-                f"process and this run uses {torch.get_num_threads()}: the numbers go on "
-                f"close to, not equal to, an uninterrupted run's; set num_threads: "
-                f"{saved_threads} (--set num_threads={saved_threads}) to resume exactly",
-                RuntimeWarning, stacklevel=2)
-        start_epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"]
-        images, loop_s = int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0))
+    if ckpt is None:
+        history = _RunHistory.fresh(int(optim_cfg["epochs"]), world, here)
+    else:
+        history = _resumed(ckpt, ckpt_path, net, optimizer, scheduler, pruner, cfg=cfg,
+                           steps_per_epoch=steps_per_epoch, here=here, device=device)
+    start_epoch, step, elapsed = history.start_epoch, history.step, history.elapsed
+    images, loop_s = history.images, history.loop_s
+    lr_schedules, process_counts = history.lr_schedules, history.process_counts
+    environments = history.environments
     logs.open(cfg, (start_epoch, step) if ckpt is not None else None, overwrite=overwrite)
 
     forward = net
@@ -1134,6 +889,322 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                       epochs, elapsed, run_facts, check=check_masks)
     fxdist.barrier_if_distributed()  # the others end once rank 0 has written everything
     return results
+
+
+def _check_resume(cfg: dict, ckpt: dict, out: Path, method: str, seed: int,
+                  main: bool) -> dict | None:
+    """Refuse a resume whose recipe differs from the checkpoint's where the run cannot follow,
+    and set ``cfg["prune"]``'s ``channel_step`` and ``seed`` back to those the run began with.
+    Returns a finished run's results (said, and checked against its target), else None."""
+    prune_cfg = cfg["prune"]
+    # a method argument the recipe left to its default: the value the run used, which the
+    # method's state records, so a default that moved since can be set back (break35 #1)
+    state = ckpt.get("pruner") if isinstance(ckpt.get("pruner"), dict) else {}
+    used = {f"prune.{k}": v for part in ("settings", "run_settings")  # both kinds (break38 #4)
+            if isinstance(state.get(part), dict) for k, v in state[part].items()}
+    # one the state does not record: the method's default (break73 M1: ramp_shape=exp and
+    # momentum=0.9, SMCP's defaults written out, were refused as changes)
+    used = {**_argument_defaults(ckpt["config"]["prune"].get("method", "none")), **used}
+    # before the comparison: the step written to config.yaml by the first resume is the
+    # recipe's own at the next (review197 M1: the second --resume was refused)
+    _keep_recorded_channel_step(prune_cfg, method, state)
+    changed = [k for k in config_changes(ckpt["config"], cfg, DEFAULTS, used,
+                                         _argument_defaults(method))
+               if k not in RESUMABLE_CHANGES]
+    # a cool-down in epochs counts from the run's end, so it moves as a fraction does
+    # (review126 #5)
+    moving = sorted(k for k in prune_cfg if k.endswith("_fraction") or k == "cooldown_epochs")
+    if (not changed and moving and method != "none"
+            and ckpt["config"]["optim"]["epochs"] != cfg["optim"]["epochs"]):
+        raise ConfigError(
+            f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
+            f"{cfg['optim']['epochs']}: prune.{moving[0]} "
+            f"{'counts from the end' if moving[0] == 'cooldown_epochs' else 'is a fraction'}"
+            f" of the run, so the "
+            f"pruning schedule would move under a run already on it; keep optim.epochs, or "
+            f"start a new run with another --out")
+    if changed:
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {changed}; "
+                          "pass the same recipe and overrides (only "
+                          f"{sorted(RESUMABLE_CHANGES)} may change), or start a new run "
+                          "with another --out")
+    drawn = _seed_drawn_from(ckpt)
+    if (drawn is not None and prune_cfg.get("seed", seed) != drawn
+            and "seed" not in _registered_defaults(method)
+            and "prune.seed" in _argument_defaults(method)):
+        # the generator goes on from the checkpoint: config.yaml, results.json and the next
+        # checkpoint name the seed it began from (break192 F3: a --set prune.seed on
+        # --resume was written there, without effect or a word)
+        if "seed" in prune_cfg:
+            warnings.warn(f"--resume: prune.seed {prune_cfg['seed']} has no effect; "
+                          f"{method}'s generator goes on from the checkpoint, begun at seed "
+                          f"{drawn}, which config.yaml and results.json record; to draw "
+                          f"from seed {prune_cfg['seed']}, start a new run (another --out)",
+                          RuntimeWarning, stacklevel=2)
+        prune_cfg["seed"] = drawn
+    if int(cfg["optim"]["epochs"]) < int(ckpt["epoch"]):  # it trained nothing (break35 #3)
+        raise ConfigError(f"--resume: the checkpoint is at epoch {ckpt['epoch']}, past "
+                          f"optim.epochs {cfg['optim']['epochs']}; give optim.epochs >= "
+                          f"{ckpt['epoch']}, or start a new run with another --out")
+    if int(cfg["optim"]["epochs"]) == int(ckpt["epoch"]):
+        # a finished run (a re-queued job): nothing to train, and its files stay as they
+        # are, as Lightning's fit at max_epochs does; finalizing again rewrote the model
+        # file and made its deploy report read as stale (break52)
+        done = _on_main(lambda: _finished_results(out, int(ckpt["epoch"])))
+        if done is not None:
+            # a schedule in fractions refuses more epochs on resume (break57 #5)
+            more = ("start a new run with more optim.epochs to train longer" if moving
+                    and method != "none" else "raise optim.epochs to train on")
+            missed = not done.get("target_reached", True) and not prune_cfg.get(
+                "allow_above_target", False)  # the error below says what would help
+            if main:
+                print(f"fxprune train: the run in {out} finished its {ckpt['epoch']} epochs; "
+                      f"nothing to resume, its files are kept as they are"
+                      f"{'' if missed else f' ({more})'}", flush=True)
+                print(format_results(done))
+            # resuming cannot lengthen a finished run's schedule (review178 F9), and a
+            # method without one is told what its first error said (review181 F7)
+            settings = f"change prune.method {method}'s settings"
+            _check_target(done, cfg, out, "the run is finished and resuming prunes it no "
+                          "further: in a new run (another --out), " + (
+                              # results of a version before schedule_end do not say
+                              # whether the method has one (review183 R5)
+                              f"lengthen the schedule or {settings}"
+                              if "schedule_end" not in done
+                              else "lengthen the schedule" if done["schedule_end"] is not None
+                              else f"{settings} (it declares no schedule a longer run "
+                                   "would lengthen)"))
+            return done
+    return None
+
+
+def _recipe_model(cfg: dict) -> nn.Module:
+    """The recipe's model (``model.name`` with its widths and ``model.kwargs``), its input
+    channels the data's; ConfigError where it does not fit in memory or its builder refuses
+    ``model.kwargs``."""
+    model_kwargs = {k: v for k, v in cfg["model"].items()
+                    if k not in ("name", "kwargs") and v is not None}
+    if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
+        model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
+    elif timm_name(cfg["model"]["name"]) is not None:  # so does timm's (in_chans)
+        model_kwargs["in_chans"] = int(cfg["data"].get("channels", 1))
+    extra = dict(cfg["model"].get("kwargs") or {})  # the builder's other arguments (break182
+    # F4: a ViT's img_size had no key, and a fixed-size timm model could not run from a recipe)
+    taken = sorted(set(extra) & set(model_kwargs))
+    if taken:
+        said = {"in_channels": "data.channels", "in_chans": "data.channels"}.get(
+            taken[0], f"model.{taken[0]}")
+        raise ConfigError(f"model.kwargs.{taken[0]} is set by {said}; set it there, once "
+                          f"(--set '~model.kwargs.{taken[0]}')")
+    model_kwargs.update(extra)
+    try:
+        model = build_model(cfg["model"]["name"], **model_kwargs)
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else is raised as it is
+        said = out_of_memory(exc)  # torch's own words, not cut mid-word (review165 F8)
+        if said is not None:  # (break158 F7: a 38-line traceback for model.widths=[100000])
+            sizes = ", ".join(f"model.{k}={v}" for k, v in model_kwargs.items()
+                              if k in ("widths", "blocks", "inner_widths"))
+            raise ConfigError(f"model {cfg['model']['name']}"
+                              f"{' (' + sizes + ')' if sizes else ''} does not fit in memory "
+                              f"({said}); choose a smaller model") from None
+        if not extra:
+            raise
+        # the builder's own refusal of model.kwargs: an argument it does not take, or a value
+        # it cannot build with (break191 F1: a ZeroDivisionError for patch_size=0, an
+        # AssertionError, a traceback each)
+        raise ConfigError(f"model {cfg['model']['name']} with model.kwargs "
+                          f"{', '.join(sorted(extra))}: {type(exc).__name__}"
+                          f"{': ' + first_line(exc) if first_line(exc) else ''}; model.kwargs "
+                          "holds keyword arguments of the model's builder (timm.create_model, "
+                          "torchvision.models.get_model, fxprune's ResNetFMNIST) with values it "
+                          "takes") from None
+    return model
+
+
+def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *, out: Path,
+                     ckpt: dict | None, ckpt_path: Path, steps_per_epoch: int, sync_bn: bool):
+    """``(net, pruner, measured_cost_state, undo_sync_bn)``: the prepared model, the recipe's
+    method on it (priced by a latency table timed here, or the checkpoint's, where
+    ``prune.cost`` is one), the table for the checkpoints, and what puts the BatchNorms back
+    where ``sync_bn`` converted them."""
+    import fxprune
+
+    optim_cfg, prune_cfg, log_cfg = cfg["optim"], cfg["prune"], cfg["log"]
+    method = prune_cfg["method"]
+    distributed, main = fxdist.is_distributed(), fxdist.is_main_process()
+    seed = int(cfg["seed"])
+    measured_cost_state = None  # a latency table (and fitted constant) timed for this run
+    undo_sync_bn = None  # puts the BatchNorms back (before finalize)
+    try:
+        net = fxprune.prepare(model, (example_batch,))
+    except TraceError as exc:  # its way out is prepare's leaf_modules= (break182 F8)
+        raise TraceError(f"model.name {cfg['model']['name']!r}: {str(exc).rstrip('.')}; "
+                         "a recipe passes no "
+                         "leaf_modules: choose another model, or prune this one from "
+                         "Python (fxprune.prepare(model, example_inputs, leaf_modules=[...]), "
+                         "README's 'The pipeline')") from None
+    build_cfg = prune_cfg
+    if prune_cfg.get("cost") in LATENCY_COSTS:
+        # the widths the method chooses among: its own default where the recipe sets none
+        # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
+        from .methods.registration import get_method, priced_channel_step
+
+        channel_step = priced_channel_step(get_method(method), prune_cfg)
+        if channel_step is None:  # (review195 R4: guessed as 1, the table 64x too large)
+            raise ConfigError(f"prune.cost {prune_cfg['cost']}: the table is timed at the "
+                              f"widths {method} chooses, and its channel_step cannot be read "
+                              "from its signature; set prune.channel_step")
+        channel_step = int(channel_step)
+        coarse = step_too_wide(UnitIndex(net), channel_step)
+        if coarse:  # before the table's timing, which no choice would read (break151 F2)
+            raise ConfigError(f"prune ({method}): {coarse}")
+        if ckpt is not None:  # the run's own timings: a new measurement would move the budget
+            measured_cost = _saved_measured_cost(ckpt, ckpt_path, prune_cfg["cost"])
+        else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
+            # (log.progress=false turns off the table's bar as the training one, break52)
+            # its cache judged before any timing, by rank 0 (the one that reads and
+            # writes it), every rank refusing alike (break190 F1, F3; review189 R5)
+            cache_problem = _latency_cache_problem(prune_cfg.get("latency_cache"), out) \
+                if main else None
+            if distributed:
+                cache_problem = fxdist.broadcast_object(cache_problem)
+            if cache_problem:
+                raise ConfigError(cache_problem)
+            measured_cost = latency_cost(net, prune_cfg["cost"], channel_step=channel_step,
+                                         progress=bool(log_cfg["progress"]),
+                                         cache=prune_cfg.get("latency_cache"))
+        build_cfg = {**prune_cfg, "cost": measured_cost}
+        measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's
+    context = {}
+    if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
+        context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
+    if sync_bn:  # before the method: it keeps the norms it hooks (CCP's collect_bn, SMCP's
+        # re-estimation), which must be the ones that run (break31 #4)
+        undo_sync_bn = fxdist.use_sync_batchnorm(net)
+    try:
+        # seed: a method drawing random numbers (CUCB's warm-up and ties) follows the
+        # run's seed unless prune.seed is set (break188 F5: every seed drew alike)
+        pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
+                             epochs=int(optim_cfg["epochs"]), seed=seed, **context)
+    except ConfigError as exc:
+        cached = getattr(build_cfg.get("cost"), "stats", {}).get("measured") == 0
+        if (getattr(exc, "floor", None) is None or exc.floor >= 1 - 1e-9
+                or build_cfg is prune_cfg or ckpt is not None  # (a resume: its own)
+                or cached):  # every point from prune.latency_cache (break191 F4)
+            raise
+        # the floor came from this run's timings (break151 F1: 0.581, 0.608, 0.599 in three
+        # runs, so the advised target failed again)
+        raise ConfigError(f"{exc} ({TIMED_FLOOR})") from None
+    if main and getattr(pruner, "fxprune_schedule_steps", None):
+        print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
+              + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
+    total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
+    if ckpt is None:  # before an epoch is spent; every rank stops alike (review178 F4)
+        _on_main(lambda: refuse_unloadable_state(pruner, method, at_build=True))
+    check_run_fits(pruner, method, total_steps,
+                   f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
+    own_forward = getattr(pruner, "train_forward", None)
+    if distributed and own_forward is not None and own_forward is not net:
+        raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
+                          "outside the DDP wrapper, whose gradients would not be averaged; "
+                          "under torchrun set prune.execution=masked")
+    return net, pruner, measured_cost_state, undo_sync_bn
+
+
+@dataclass
+class _RunHistory:
+    """Where a run stands, and what its parts ran on: fresh, or read from a checkpoint."""
+
+    start_epoch: int
+    step: int
+    elapsed: float  # seconds of the epochs run, evaluation included
+    images: int  # training images and seconds in the training loop (the throughput)
+    loop_s: float
+    #: the learning-rate schedules the run trained on: one, unless a resume changed optim.epochs
+    lr_schedules: list[dict]
+    #: the process counts it trained with: one, unless a resume changed it (break70 #2)
+    process_counts: list[dict]
+    #: the threads, versions and device: one, unless a resume changed them
+    environments: list[dict]
+
+    @classmethod
+    def fresh(cls, epochs: int, world: int, here: dict) -> "_RunHistory":
+        return cls(0, 0, 0.0, 0, 0.0, [{"from_epoch": 0, "epochs": epochs}],
+                   [{"from_epoch": 0, "world_size": world}], [{"from_epoch": 0, **here}])
+
+
+def _resumed(ckpt: dict, ckpt_path: Path, net: nn.Module, optimizer, scheduler, pruner, *,
+             cfg: dict, steps_per_epoch: int, here: dict, device: torch.device) -> _RunHistory:
+    """Load the checkpoint's model, optimizer, scheduler, method and RNG states into this run
+    and return its history, each part this resume changes appended (said where it changes
+    the numbers: another schedule length, step count or thread count)."""
+    optim_cfg = cfg["optim"]
+    world, main = fxdist.world_size(), fxdist.is_main_process()
+    try:
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        check_optimizer_state(optimizer)
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if pruner is not None:
+            pruner.load_state_dict(ckpt["pruner"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",
+                                   ckpt_path) from None
+    # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
+    saved_lr = optimizer.param_groups[0]["lr"]
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * lr_factor(ckpt["step"], optim_cfg, steps_per_epoch)
+    lr_schedules = [dict(s) for s in ckpt.get("lr_schedules") or [
+        {"from_epoch": 0, "epochs": int(ckpt["config"]["optim"]["epochs"])}]]
+    process_counts = [dict(c) for c in ckpt.get("process_counts") or [
+        {"from_epoch": 0, "world_size": int(ckpt.get("world_size", 1))}]]
+    if process_counts[-1]["world_size"] != world:
+        process_counts.append({"from_epoch": int(ckpt["epoch"]), "world_size": world})
+    # (checkpoints before it: their thread count only, the rest not recorded, so null: a
+    # resumed old run showed one environment, as if this code had run all of it, break192 F4)
+    environments = [dict(e) for e in ckpt.get("environments") or [
+        {**{k: None for k in here}, "from_epoch": 0, "threads": ckpt.get("threads")}]]
+    if any(environments[-1].get(k, v) != v for k, v in here.items()):
+        environments.append({"from_epoch": int(ckpt["epoch"]), **here})
+    if lr_schedules[-1]["epochs"] != int(optim_cfg["epochs"]):
+        # a run trained on (break62 #4: a finished cosine run's lr went from 0 back up,
+        # silently, and its results read like one run of the new length)
+        lr_schedules.append({"from_epoch": int(ckpt["epoch"]), "epochs": int(optim_cfg["epochs"])})
+        new_lr = optimizer.param_groups[0]["lr"]
+        if main and not math.isclose(new_lr, saved_lr, rel_tol=1e-9, abs_tol=1e-12):
+            print(f"fxprune train: --resume with optim.epochs {lr_schedules[-2]['epochs']} -> "
+                  f"{optim_cfg['epochs']}: from epoch {ckpt['epoch'] + 1} the learning rate "
+                  f"follows the {optim_cfg['epochs']}-epoch schedule (lr {saved_lr:.4g} -> "
+                  f"{new_lr:.4g}); the epochs before ran on the "
+                  f"{lr_schedules[-2]['epochs']}-epoch one (results.json: lr_schedules)",
+                  flush=True)
+    set_rng_state(ckpt["rng"], device)
+    # the count the checkpoint's last epoch ran (an average over a history that mixed
+    # process counts warned at every later resume, with fractions: break54 #7)
+    saved_per_epoch = ckpt.get("steps_per_epoch", ckpt["step"] / max(ckpt["epoch"], 1))
+    if ckpt["epoch"] and saved_per_epoch != steps_per_epoch and main:  # break52 #7
+        warnings.warn(
+            f"--resume: the checkpoint ran {saved_per_epoch:g} optimizer steps per epoch "
+            f"({ckpt.get('world_size', 1)} process(es)) and this run runs {steps_per_epoch} "
+            f"({world}): the learning-rate schedule and the method's step-counted schedule "
+            "go on at this count, so they end at other steps than the first run's; resume "
+            "with the same number of processes to keep them", RuntimeWarning, stacklevel=2)
+    saved_threads = ckpt.get("threads")  # (checkpoints before it: not recorded)
+    if (saved_threads is not None and saved_threads != torch.get_num_threads() and main
+            and device.type == "cpu"):  # (on a GPU the CPU threads do not do the math)
+        # CPU kernels sum in another order at another thread count, so the resumed run is
+        # not bit-identical to an uninterrupted one (break148 F8: nothing said so; the
+        # recipes' num_threads null is the machine's cores)
+        warnings.warn(
+            f"--resume: the checkpoint's epochs ran on {saved_threads} CPU threads per "
+            f"process and this run uses {torch.get_num_threads()}: the numbers go on "
+            f"close to, not equal to, an uninterrupted run's; set num_threads: "
+            f"{saved_threads} (--set num_threads={saved_threads}) to resume exactly",
+            RuntimeWarning, stacklevel=2)
+    return _RunHistory(ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"],
+                       int(ckpt.get("train_images", 0)), float(ckpt.get("train_loop_s", 0.0)),
+                       lr_schedules, process_counts, environments)
 
 
 def _saved_measured_cost(ckpt: dict, ckpt_path: Path, cost: str):
