@@ -48,7 +48,7 @@ from fxprune.deploy import LatencyTable
 from fxprune.deploy import torch_backend as tb
 from fxprune.deploy.common import cpu_busy, cpu_load
 from fxprune.methods.smcp import SMCP
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 from fxprune.summary import count_flops
 from fxprune.train import default_threads
 

@@ -51,7 +51,7 @@ def create(name: str, size: int):
 
 def run_one(name: str, size: int) -> dict:
     import fxprune
-    from fxprune.passes.surgery import max_relative_error, run_eval
+    from fxprune.compare import max_relative_error, run_eval
     from fxprune.summary import count_flops
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import random_masks

@@ -89,13 +89,13 @@ def versions(device: torch.device) -> dict:
 @contextlib.contextmanager
 def timing_settings(device: torch.device, threads: int | None):
     """On CUDA: ``device`` the current device, cuDNN autotuning on and TF32 off (through the TF32
-    API the process uses: :func:`fxprune.passes.surgery.ieee_float32`); on the CPU a fixed
+    API the process uses: :func:`fxprune.compare.ieee_float32`); on the CPU a fixed
     thread count; restored after.
 
     The current device matters: CUDA events record on, and a graph captures from, the current
     device's stream, so timing ``cuda:1`` while ``cuda:0`` was current captured an empty graph
     and timed the host (review175 F1)."""
-    from fxprune.passes.surgery import ieee_float32
+    from fxprune.compare import ieee_float32
 
     saved = (torch.backends.cudnn.benchmark, torch.get_num_threads())
     try:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import fx, nn
 
+from fxprune.compare import DEFAULT_RTOL, default_rtol, inputs_for  # noqa: F401 (api.DEFAULT_RTOL)
 from fxprune.passes.autograd_function import function_of
 from fxprune.passes.bn_rescale import sync_loaded_rescale
 from fxprune.passes.check_hooks import check_hooks_take_the_masks
@@ -20,8 +21,7 @@ from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.normalize_args import normalize_input_keyword
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
                                       propagate_shapes)
-from fxprune.passes.surgery import (DEFAULT_RTOL, default_rtol, inputs_for, is_tolerance,  # noqa: F401
-                                    remove_channels, verify)
+from fxprune.passes.surgery import is_tolerance, remove_channels, verify
 from fxprune.passes.trace import copy_model, fixed_arguments, number_arguments, trace
 
 from .checks import check_bool

@@ -9,7 +9,7 @@ from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxprune.passes.shape_prop import preserving_rng
-from fxprune.passes.surgery import run_eval
+from fxprune.compare import run_eval
 
 from .errors import (ArgumentTypeError, ExampleInputsError, FxPruneError, NotPreparedError,
                      SurgeryError, first_line, out_of_memory)

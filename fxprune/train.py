@@ -304,10 +304,10 @@ def prediction_differences(a: nn.Module, b: nn.Module, loader, device: torch.dev
     over every process: the masked and the finalized model (break73 F1: the difference of
     their correct counts let flips that cancel, and wrong-to-other-wrong ones, pass as 0).
 
-    In IEEE float32, as finalize's own check (:func:`fxprune.passes.surgery.ieee_float32`):
+    In IEEE float32, as finalize's own check (:func:`fxprune.compare.ieee_float32`):
     with TF32 a near-tie sample could flip between two exact models (review175 F4). The count
     stays on the device until the end (one read, not one a batch)."""
-    from fxprune.passes.surgery import ieee_float32
+    from fxprune.compare import ieee_float32
 
     modes = a.training, b.training
     a.eval(), b.eval()

@@ -12,7 +12,7 @@ from fxprune.errors import UnsupportedModelError
 from fxprune.masks import FXPRUNE_CLASSES
 
 from .shape_prop import preserving_rng
-from .surgery import run_eval
+from fxprune.compare import run_eval
 from .trace import FORWARD_HOOK_KINDS, hook_names
 
 

@@ -19,8 +19,9 @@ from torch import fx, nn
 
 from fxprune.errors import TraceError
 from fxprune.masks import _HOOK_DICTS, _HOOK_SIDE_TABLES
+from fxprune.compare import (flat_tensors, ieee_float32, inputs_for, max_relative_error,
+                             model_device_dtype)
 from .shape_prop import restoring_buffers
-from .surgery import _flat_tensors, ieee_float32, inputs_for, max_relative_error, model_device_dtype
 
 #: relative tolerance by the model's floating dtype (the same ops in the same order: these only
 #: absorb a kernel choosing another summation order)
@@ -90,7 +91,7 @@ def _by_name(model: nn.Module, inputs: tuple) -> tuple[tuple, dict]:
 
 
 def _same_structure(a, b) -> bool:
-    ta, tb = _flat_tensors(a), _flat_tensors(b)
+    ta, tb = flat_tensors(a), flat_tensors(b)
     return len(ta) == len(tb) and all(x.shape == y.shape for x, y in zip(ta, tb))
 
 

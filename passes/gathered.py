@@ -48,7 +48,7 @@ from fxprune.units import host_to_device
 
 from .grad_mode import restore_modes_on_exit
 from .group_analysis import module_rule
-from .surgery import default_rtol, max_relative_error, run_eval
+from fxprune.compare import default_rtol, max_relative_error, run_eval
 
 __all__ = ["GatheredModule", "gathered_module"]
 

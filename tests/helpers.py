@@ -9,7 +9,7 @@ from torch import nn
 
 import fxprune
 from fxprune.masks import FXPRUNE_CLASSES
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 
 
 def random_masks(pm, fraction: float = 0.5, seed: int = 0) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 import fxprune
 from fxprune.masks import MaskedConv2d
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 from fxprune.summary import count_flops
 from helpers import assert_plain, random_masks
 

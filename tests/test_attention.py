@@ -12,7 +12,7 @@ from torch import nn
 import fxprune
 from fxprune.masks import mask_contracted
 from fxprune.summary import count_flops
-from passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 
 from helpers import assert_plain, prune_and_check
 

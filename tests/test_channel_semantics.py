@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.passes.surgery import max_relative_error
+from fxprune.compare import max_relative_error
 from helpers import n_params, prune_and_check
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 from fxprune.summary import summary_table
 from helpers import random_masks
 
@@ -519,7 +519,7 @@ def test_exactness_checks_run_in_ieee_float32():
     """On an H200, finalize of resnet50 failed its exactness check by 2.6e-4: cuDNN's default
     TF32 convolutions round differently for the masked and the pruned shapes. Checks run with
     TF32 off, and the caller's settings come back."""
-    from fxprune.passes.surgery import run_eval
+    from fxprune.compare import run_eval
 
     seen = []
 
@@ -546,7 +546,7 @@ def test_exactness_checks_use_the_tf32_api_the_process_uses():
     and torch refuses a mix of the two. Run apart: the mix would outlive this test."""
     code = """
 import torch, fxprune
-from fxprune.passes.surgery import run_eval
+from fxprune.compare import run_eval
 torch.backends.cuda.matmul.fp32_precision = "tf32"
 torch.backends.cudnn.conv.fp32_precision = "tf32"
 seen = []

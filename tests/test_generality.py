@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import fxprune
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 from fxprune.summary import summary_table
 from helpers import n_params, prune_and_check
 
@@ -2511,7 +2511,7 @@ def test_models_whose_runs_differ_or_read_written_buffers_directly_still_prepare
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and nothing of the check's runs leaks (break124 #10)
         assert prunable(fxprune.prepare(GradOnly(), (x,))) == {"a": 8}
-    from fxprune.passes.surgery import max_relative_error
+    from fxprune.compare import max_relative_error
     z = torch.randn(2, 3, dtype=torch.complex64)  # (the imaginary part was dropped)
     assert max_relative_error(z, z.conj()) > 0.1 and max_relative_error(z, z.clone()) == 0
     class RootHooked(nn.Module):  # review125 F1: a hook on the model itself, which prepare
@@ -4054,14 +4054,14 @@ class _DataclassOut(nn.Module):
 def test_a_dataclass_output_is_checked():
     """break163 F5: a forward returning a dataclass "held no values": finalize refused, its way
     out was check=False, and prepare's trace check compared nothing. Its fields are read now."""
-    from fxprune.passes.surgery import _flat_tensors
+    from fxprune.compare import flat_tensors
 
     x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
     pm, small = prune_and_check(_DataclassOut().double(), x)
     want, got = pm.eval()(x), small.eval()(x)
     torch.testing.assert_close(got.logits, want.logits)
     torch.testing.assert_close(got.aux, want.aux)
-    assert [t.shape for t in _flat_tensors(want)] == [want.logits.shape, want.aux.shape]
+    assert [t.shape for t in flat_tensors(want)] == [want.logits.shape, want.aux.shape]
 
 
 class _StarArgs(nn.Module):

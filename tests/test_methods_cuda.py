@@ -10,7 +10,7 @@ import fxprune
 from fxprune.methods.ccp import CCP
 from fxprune.methods.cucb import CUCB
 from fxprune.models import build_model
-from fxprune.passes.surgery import ieee_float32
+from fxprune.compare import ieee_float32
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import fxprune
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 from fxprune.summary import count_flops
 from helpers import assert_plain, random_masks, sensitivity, stamps, with_signal
 

@@ -10,7 +10,7 @@ import torchvision
 from torchvision.models import segmentation
 
 import fxprune
-from fxprune.passes.surgery import max_relative_error, run_eval
+from fxprune.compare import max_relative_error, run_eval
 from fxprune.summary import count_flops
 from helpers import assert_plain, random_masks, sensitivity, stamps, with_signal
 
