@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 from torch import fx
 
@@ -36,7 +37,8 @@ TIMED_FLOOR = ("that floor comes from latencies timed just now, which move by a 
 
 
 def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_step: int = 8,
-                 cache: str | os.PathLike | None = None, progress: bool = True) -> CostModel:
+                 cache: str | os.PathLike | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print) -> CostModel:
     """Measure the cost model named ``kind`` for ``prepared`` on this machine.
 
     Args:
@@ -54,6 +56,8 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
         cache: a JSON file of timings, read and extended (written atomically), so that a second
             run prices with the same timings; None: no cache.
         progress: show the timing's progress bar.
+        log: where the table's and the calibration's lines go (what is timed, where, how long
+            it took); ``lambda line: None`` for none. Warnings are warnings either way.
 
     Returns:
         A ``CostModel`` (a ``LatencyTable``, or a ``WithFixedCost`` around one) to pass as a
@@ -73,6 +77,9 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
                             f"{kind!r}; 'flops' and 'params' need no measurement: pass the name "
                             "to the method as cost=")
     check_bool("progress", progress)
+    if not callable(log):
+        raise ArgumentTypeError(f"log is a function taking one line (print, logger.info), got "
+                                f"{type(log).__name__}")
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise ArgumentTypeError(f"cache is a file path (str or Path) or None, got "
                                 f"{type(cache).__name__}")
@@ -84,11 +91,11 @@ def latency_cost(prepared: fx.GraphModule, kind: str = "latency", *, channel_ste
     # under DDP timed once, by rank 0, and sent: each rank timing its own table at once timed
     # under the others' load, and each warned (break76 LAT-2)
     return fxdist.compute_on_main(
-        lambda: _measure(prepared, kind, channel_step, progress=progress, cache=cache))
+        lambda: _measure(prepared, kind, channel_step, progress=progress, cache=cache, log=log))
 
 
 def _measure(prepared: fx.GraphModule, kind: str, channel_step: int, *, progress: bool,
-             cache) -> CostModel:
+             cache, log: Callable[[str], None]) -> CostModel:
     from .calibrate import calibrate_cost, calibration_kept
     from .latency_table import LatencyTable, grid_points
 
@@ -109,11 +116,11 @@ def _measure(prepared: fx.GraphModule, kind: str, channel_step: int, *, progress
              f"once its pace is known, if over 5 minutes); channel_step={coarser} times "
              f"{grid_points(prepared, coarser):,}, or measure the table once and keep it "
              "(cache=...)")
-    table = LatencyTable.measure(prepared, step=channel_step, progress=progress,
+    table = LatencyTable.measure(prepared, step=channel_step, progress=progress, log=log,
                                  cache=None if cache is None else os.path.expanduser(cache))
     if kind == "latency":
         return table
-    return calibrate_cost(table, prepared, step=channel_step)
+    return calibrate_cost(table, prepared, step=channel_step, log=log)
 
 
 def measured_cost_to_dict(cost_model) -> dict | None:

@@ -1206,6 +1206,32 @@ def test_latency_cost_times_at_the_step_given_and_says_when_that_grid_is_large(m
         latency_cost(pm, "latency", channel_step=8)
 
 
+def test_latency_cost_sends_the_table_and_calibration_lines_to_log(monkeypatch, capsys):
+    """break196 F10: progress=False still printed the table's lines; log= takes them, as
+    LatencyTable.measure's and calibrate_cost's own log= do."""
+    import fxprune
+    from fxprune.deploy import calibrate, latency_cost
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 8, 8),))
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a shared CPU's load)
+        table = latency_cost(pm, "latency", progress=False, log=lines.append)
+    assert isinstance(table, LatencyTable) and lines and capsys.readouterr().out == ""
+    given = []
+    real = LatencyTable.measure.__func__
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(
+        lambda cls, layers, **kw: real(cls, layers, **{**kw, "timer": CountingTimer()})))
+    monkeypatch.setattr(calibrate, "calibrate_cost", lambda table, pm, **kw: given.append(kw))
+    monkeypatch.setattr(calibrate, "calibration_kept", lambda *a: None)
+    latency_cost(pm, "latency+fixed", progress=False, log=lines.append)
+    assert given[0]["log"] == lines.append and capsys.readouterr().out == ""
+    with pytest.raises(TypeError, match=r"^log is a function taking one line \(print, "
+                                        r"logger.info\), got list$"):
+        latency_cost(pm, log=lines)
+
+
 def test_the_benchmarks_batch_spelling_of_a_latency_cost_says_how_to_get_that_table():
     """break74 F6: "latency+fixed:64" (the README's benchmark command) was refused by the API
     without saying how to price at batch 64."""
