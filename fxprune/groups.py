@@ -198,6 +198,10 @@ class ChannelGroup:
 
     @mask.setter
     def mask(self, value):
+        if not self.prunable or self.bank is None:  # (break198 F9: g.mask[:] then failed on None)
+            raise AttributeError(f"group {self.key} ({self.name}) is not prunable ({self.reason}): "
+                                 "it has no mask to set; fxprune.summary(prepared) lists why "
+                                 "each group is kept")
         raise AttributeError(
             f"group {self.key} ({self.name}): `g.mask = ...` would rebind this view, not the "
             "model's mask buffer; write into it instead: g.mask[:] = values (or "

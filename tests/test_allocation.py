@@ -623,9 +623,18 @@ def test_an_installed_package_adds_a_method_through_an_entry_point(monkeypatch, 
                "        return fxprune.SMCP(prepared, **kw)\n")
     registration = installed_plugins(monkeypatch, tmp_path, {"my_pruning_plugin": factory},
                                      {"greedy": "my_pruning_plugin:Methods.greedy",
-                                      "smcp": "my_pruning_plugin:Methods.greedy"})
-    with pytest.warns(RuntimeWarning, match="plug-in smcp = .* is ignored"):
+                                      "smcp": "my_pruning_plugin:Methods.greedy",
+                                      "none": "my_pruning_plugin:Methods.greedy"})
+    with pytest.warns(RuntimeWarning) as said:
         names = registration.method_names()
+    assert [str(w.message).partition(" is ignored: ")[0] for w in said] == [
+        "the 'fxprune.methods' plug-in smcp = 'my_pruning_plugin:Methods.greedy'",
+        "the 'fxprune.methods' plug-in none = 'my_pruning_plugin:Methods.greedy'"]
+    # break198 F8: recipes read none as no pruning, so no method may take the name
+    assert "reserved: prune.method none trains the dense model" in str(said[1].message)
+    assert "none" not in names
+    with pytest.raises(ValueError, match=r"^register_method: 'none' is reserved"):
+        registration.register_method("none", fxprune.SMCP)
     assert "greedy" in names and registration.get_method("smcp").cls is fxprune.SMCP  # shipped kept
     assert "my_pruning_plugin" in registration.get_method("greedy").summary
     from fxprune.cli import main

@@ -300,6 +300,11 @@ def test_a_group_listed_before_a_dtype_change_still_writes_into_the_model():
     assert fxprune.finalize(pm).get_submodule("0").out_channels == 4
     with pytest.raises(AttributeError, match=r"would rebind this view.*g.mask\[:\] = values"):
         group.mask = torch.zeros(8)
+    # break198 F9: a group kept whole was told to write g.mask[:], which then failed on None
+    whole = next(g for g in fxprune.channel_groups(pm) if not g.prunable)
+    with pytest.raises(AttributeError, match=rf"^group {whole.key} \(.*\) is not prunable "
+                                             r"\(.+\): it has no mask to set; fxprune.summary"):
+        whole.mask = torch.zeros(whole.size)
 
 
 def test_an_averaged_copy_s_masks_are_flagged_and_copy_masks_mends_them():

@@ -124,6 +124,9 @@ def register_method(name: str, target: str | Callable, *, defaults: dict | None 
     a callable raises :class:`ImportError` at first use, naming the method."""
     if not isinstance(name, str) or not name:  # (a None name broke get_method's own error)
         raise ArgumentTypeError(f"register_method: name must be a non-empty str, got {name!r}")
+    if name in RESERVED_NAMES:
+        raise ArgumentError(f"register_method: {name!r} is reserved: prune.method: {name} trains "
+                            "the dense model; register the method under another name")
     if isinstance(target, str):
         module, _, attr = target.partition(":")
         if not module or not attr:
@@ -186,6 +189,8 @@ def method_names() -> list[str]:
 #: pyproject.toml: ``[project.entry-points."fxprune.methods"] mymethod = "mypkg.pruning:MyMethod"``.
 #: Only the names are read up front; the target is imported when the method is first built.
 PLUGIN_GROUP = "fxprune.methods"
+#: names no method may take: a recipe's ``prune.method: none`` trains the dense model
+RESERVED_NAMES = ("none",)
 _plugins_seen = False
 
 
@@ -200,10 +205,13 @@ def _load_methods() -> None:
     for ep in entry_points(group=PLUGIN_GROUP):
         where = f"{ep.name} = {ep.value!r}" + (f" (package {ep.dist.name})"
                                                 if getattr(ep, "dist", None) else "")
-        if ep.name in registry:  # a shipped or explicitly registered method keeps its name
-            warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: a method named "
-                 f"{ep.name!r} is already registered; rename the entry point",
-                 RuntimeWarning)
+        if ep.name in registry or ep.name in RESERVED_NAMES:
+            # a shipped or explicitly registered method keeps its name (break198 F8: a plug-in
+            # named none was get_method's, while recipes read none as no pruning)
+            taken = ("reserved: prune.method none trains the dense model" if ep.name in RESERVED_NAMES
+                     else f"a method named {ep.name!r} is already registered")
+            warn(f"the {PLUGIN_GROUP!r} plug-in {where} is ignored: {taken}; rename the entry "
+                 "point", RuntimeWarning)
             continue
         registry[ep.name] = MethodEntry(ep.name, _plugin_loader(ep, where), {},
                                         f"plug-in {ep.value}")
