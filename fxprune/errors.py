@@ -8,7 +8,7 @@ import warnings
 __all__ = ["FxPruneError", "ArgumentError", "ArgumentTypeError", "NotCopyableError",
            "DivergedError", "InfeasibleBudget",
            "TraceError", "ExampleInputsError", "SurgeryError", "NotPreparedError",
-           "UnsupportedModelError", "TargetNotReachedError"]
+           "UnsupportedModelError", "TargetNotReachedError", "MethodProtocolError"]
 
 
 class FxPruneError(Exception):
@@ -74,6 +74,14 @@ class UnsupportedModelError(FxPruneError, TypeError, ValueError):
 class TargetNotReachedError(FxPruneError):
     """A training run (``fxprune train``, the Lightning callback) ended with the pruner's cost
     above its target: the schedule did not finish within the run."""
+
+
+class MethodProtocolError(FxPruneError, TypeError):
+    """A pruning method (usually a plug-in) does not do what the protocol of
+    :mod:`fxprune.methods.base` asks of it, as the trainer or the Lightning callback found: a
+    ``cost()`` that is not a finite number, a ``load_state_dict`` that fails on the state its
+    own ``state_dict`` saved or does not bring back its step count. The message names the
+    method and the member to fix."""
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

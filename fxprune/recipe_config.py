@@ -950,8 +950,13 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
     Raises:
         ConfigError: naming the step, the run's length and the keys to change.
     """
+    from .methods.base import pruning_schedule
+
+    schedule = pruning_schedule(pruner)  # (a plug-in's schedule of another kind: refused)
     prune_steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
     late = [s for s in prune_steps if s > total_steps]
+    # the keys that move them (break198 F5: a plug-in was told CCP's collect and prune_at)
+    keys = _step_keys(pruner, "prune.collect / prune.prune_at (or rounds, round_every)")
     if late:
         listed = (", ".join(map(str, late)) if len(late) <= 5 else
                   f"{', '.join(map(str, late[:3]))}, ..., {late[-1]}")  # (break132 #3: all 50)
@@ -959,13 +964,12 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
                 f"so {len(late)} of its {len(prune_steps)} rounds would not run")
         raise ConfigError(
             f"{method} prunes at optimizer step{'s' if len(late) > 1 else ''} {listed}, but "
-            f"{run}, {what}; lower prune.collect / prune.prune_at (or rounds, round_every) or "
-            "raise optim.epochs")
+            f"{run}, {what}; lower {keys} or raise optim.epochs")
     if prune_steps and max(prune_steps) == total_steps:  # (review138 F4, as explore below)
         raise ConfigError(
             f"{method}'s last pruning round comes at optimizer step {total_steps}, and {run}: "
-            "it would prune at the last step, with nothing fine-tuned after; lower "
-            "prune.collect / prune.prune_at (or rounds, round_every) or raise optim.epochs")
+            f"it would prune at the last step, with nothing fine-tuned after; lower {keys} or "
+            "raise optim.epochs")
     explore = getattr(pruner, "explore", None)
     if hasattr(pruner, "explore") and explore is None:
         # (break158 F5: accepted without a word; the pick came after the last step, its
@@ -983,8 +987,19 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
             "prune.explore (or its _epochs/_fraction form) or raise optim.epochs")
     target = getattr(pruner, "target", None)
     if isinstance(target, (int, float)):
-        check_schedule_steps(getattr(pruner, "schedule", None), float(target), total_steps,
+        check_schedule_steps(schedule, float(target), total_steps,
                              getattr(pruner, "fxprune_schedule_steps", None), run)
+
+
+def _step_keys(pruner, fxprune_keys: str) -> str:
+    """The recipe keys that move a method's pruning steps, for a refusal: a method's own
+    ``step_args``, else ``fxprune_keys`` for fxprune's methods, else words."""
+    own = getattr(type(pruner), "step_args", ())
+    if own:
+        return " / ".join(f"prune.{k}" for k in own) + " (or the _epochs/_fraction form set)"
+    if type(pruner).__module__.startswith("fxprune."):
+        return fxprune_keys
+    return f"the settings of {type(pruner).__name__} that set when it prunes"
 
 
 def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:

@@ -52,9 +52,10 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
                                    measured_cost_from_dict, measured_cost_to_dict)
-from .errors import (DivergedError, FxPruneError, TargetNotReachedError, TraceError, first_line,
-                     out_of_memory)
-from .methods.base import method_parameters, refuse_unloadable_state, schedule_end
+from .errors import (DivergedError, FxPruneError, MethodProtocolError, TargetNotReachedError,
+                     TraceError, first_line, out_of_memory)
+from .methods.base import (check_resumed_steps, method_cost, method_parameters,
+                           refuse_unloadable_state, schedule_end)
 from .models import build_model, timm_name
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -836,7 +837,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                    "epoch_s": round(time.perf_counter() - started, 3),
                    "elapsed_s": round(elapsed, 3),
                    "images_per_s": round(seen / max(epoch_loop_s, 1e-9), 1)}
-            epoch_cost = cost_columns(pruner.cost()) if pruner is not None else {}
+            epoch_cost = cost_columns(method_cost(pruner, method)) if pruner is not None else {}
             row.update(epoch_cost)
             logs.epoch_row(row)
             if getattr(pruner, "sync_state", None) is not None:
@@ -848,6 +849,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "config": cfg, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "pruner": pruner.state_dict() if pruner is not None else None,
+                    # its step count: a load_state_dict that does not bring it back is refused
+                    "pruner_step_count": getattr(pruner, "step_count", None),
                     "measured_cost": measured_cost_state,
                     "rng": rng_state(device), "train_images": images, "train_loop_s": loop_s,
                     "world_size": world, "steps_per_epoch": steps_per_epoch,
@@ -1140,14 +1143,29 @@ def _resumed(ckpt: dict, ckpt_path: Path, net: nn.Module, optimizer, scheduler, 
     the numbers: another schedule length, step count or thread count)."""
     optim_cfg = cfg["optim"]
     world, main = fxdist.world_size(), fxdist.is_main_process()
+    method = cfg["prune"]["method"]
     try:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         check_optimizer_state(optimizer)
         scheduler.load_state_dict(ckpt["scheduler"])
         if pruner is not None:
-            pruner.load_state_dict(ckpt["pruner"])
+            try:
+                pruner.load_state_dict(ckpt["pruner"])
+            except (FxPruneError, RuntimeError, ValueError):
+                raise  # a refusal, or tensors of other shapes: a state that does not fit (below)
+            except Exception as exc:  # noqa: BLE001 - the method's code: whatever it raises
+                # (break198 F4: a plug-in whose load reads a key its save left out was told
+                # the checkpoint did not fit, and to start over with --overwrite)
+                raise MethodProtocolError(
+                    f"--resume: {method}'s load_state_dict failed on the state its own "
+                    f"state_dict saved in {ckpt_path} ({type(exc).__name__}: "
+                    f"{first_line(exc)}): its save and load disagree; fix the method, the "
+                    "checkpoint is as it saved it") from exc
+            check_resumed_steps(pruner, method, ckpt.get("pruner_step_count"))
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, MethodProtocolError):
+            raise
         first = str(exc).strip().splitlines()[0]
         raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",
                                    ckpt_path) from None
@@ -1295,7 +1313,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
         if finalize_masks is not None and finalize_masks():
             fxdist.broadcast_masks(net)
             test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
-        cost = cost_columns(pruner.cost())
+        cost = cost_columns(method_cost(pruner, cfg["prune"]["method"]))
         small = fxprune.finalize(net)
         if check:
             fxdist.check_models_equal(small, "finalized model")

@@ -9,6 +9,7 @@ from torch import nn
 
 import fxprune
 from fxprune.masks import FXPRUNE_CLASSES
+from fxprune.methods import PruningMethod
 from fxprune.compare import max_relative_error, run_eval
 
 
@@ -211,3 +212,35 @@ class NumpyStateLater(fxprune.SMCP):
 
         state = super().state_dict()
         return {**state, "extra": np.arange(3)} if self.history or self.step_count else state
+
+
+class UniformOneShot(PruningMethod):
+    """A plug-in method written as ``PruningMethod``'s docstring shows: at step ``at_step``
+    every group keeps ``keep`` of its channels (``step_args``: the recipe takes its epoch and
+    fraction forms)."""
+
+    step_args = ("at_step",)
+
+    def __init__(self, prepared, target=0.9, cost="flops", channel_step=1, at_step=3, keep=0.5):
+        super().__init__(prepared, cost, channel_step)
+        self.target, self.at_step, self.keep = target, at_step, keep
+
+    def step(self, loss=None):
+        from fxprune.allocation import uniform_kept
+
+        self.check_step()
+        self.step_count += 1
+        if self.step_count == self.at_step:
+            self.check_training()
+            self.index.set_masks(self.prepared, uniform_kept(self.index, self.keep, self.channel_step))
+            return {"step": self.step_count, "cost": self.cost()}
+        return None
+
+    def prune_steps(self):
+        return [self.at_step]
+
+    def state_dict(self):
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state):
+        self.step_count = int(state["step_count"])

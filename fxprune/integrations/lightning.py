@@ -69,7 +69,8 @@ from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
-from ..methods.base import check_method_kwargs, refuse_unloadable_state, schedule_end, trains_model
+from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cost,
+                            refuse_unloadable_state, schedule_end, trains_model)
 from ..methods.registration import moved_channel_step, priced_channel_step
 from ..run_io import save_module, unwritable_folder
 
@@ -361,20 +362,19 @@ class PruningCallback(pl.Callback):
         # steps still needed against steps this fit has left: a refit of this callback goes on
         # from the method's step (review157 F4: refused after its target was reached), a
         # resume from the checkpoint's
-        needed = end - self.pruner.step_count
+        steps = self._method_steps(trainer)
+        needed = end - steps
         left = total - int(getattr(trainer, "global_step", 0) or 0)
         if needed <= 0 or needed <= left:
             return
         accumulate = getattr(trainer, "accumulate_grad_batches", 1)
         why = (f" (accumulate_grad_batches={accumulate}: one optimizer step per {accumulate} "
                "batches)" if isinstance(accumulate, int) and accumulate > 1 else "")
-        now = (f"; {needed} more from its step {self.pruner.step_count}"
-               if self.pruner.step_count else "")
+        now = f"; {needed} more from its step {steps}" if steps else ""
         message = (f"PruningCallback: {self.method} reaches its target at optimizer step {end} "
                    f"(its schedule's end{now}), but this fit has at most {int(left)} optimizer "
-                   f"steps{why}; pass a shorter schedule to the callback "
-                   "(warmup=, ramp=; CCP: collect=, prune_at=) or fit longer (max_epochs, "
-                   "max_steps)")
+                   f"steps{why}; pass a shorter schedule to the callback ({self._step_keys()}) "
+                   "or fit longer (max_epochs, max_steps)")
         if not self.allow_above_target:
             raise ArgumentError(message + ", or pass allow_above_target=True to keep the model as "
                                 "the fit leaves it")
@@ -383,10 +383,30 @@ class PruningCallback(pl.Callback):
         warn(message + "; the model is kept as the fit leaves it (allow_above_target=True)",
              RuntimeWarning)
 
+    def _step_keys(self) -> str:
+        """The arguments that move the method's pruning steps (break198 F5: a plug-in was told
+        SMCP's and CCP's): its own ``step_args``, else fxprune's methods' or words."""
+        cls = type(self.pruner)
+        own = getattr(cls, "step_args", ())
+        if own:
+            return ", ".join(f"{k}=" for k in own)
+        if cls.__module__.startswith("fxprune."):
+            return "warmup=, ramp=; CCP: collect=, prune_at="
+        return f"the arguments of {cls.__name__} that set when it prunes"
+
+    def _method_steps(self, trainer: pl.Trainer) -> int:
+        """The steps the method has taken: its ``step_count``, or, for a method without one
+        (optional in the protocol: break198 F6, an AttributeError at fit start), the fit's
+        optimizer steps, one method step each."""
+        count = getattr(self.pruner, "step_count", None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+        return int(getattr(trainer, "global_step", 0) or 0)
+
     def _why_above(self, trainer: pl.Trainer) -> str:
         """Why the fit ended above the target, for its error (break155 F2: "the schedule had
         not ended" was said where the method never stepped, or a callback stopped the fit)."""
-        steps, end = self.pruner.step_count, schedule_end(self.pruner)
+        steps, end = self._method_steps(trainer), schedule_end(self.pruner)
         if steps == 0:
             return ("the method never stepped: no optimizer step of the fit reached it (manual "
                     "optimization must step the optimizers self.optimizers() returns, not their "
@@ -555,7 +575,7 @@ class PruningCallback(pl.Callback):
             # and no earlier fit's model left as this one's (review137 #6)
             self.finalized = None
             if trainer.is_global_zero:
-                warnings.warn(f"PruningCallback: fast_dev_run ran {self.pruner.step_count} "
+                warnings.warn(f"PruningCallback: fast_dev_run ran {self._method_steps(trainer)} "
                               f"step(s) of {self.method}; as Lightning does in this mode, the "
                               "callback applies no final rule, checks no target, finalizes "
                               "nothing and saves nothing", RuntimeWarning, stacklevel=2)
@@ -584,23 +604,23 @@ class PruningCallback(pl.Callback):
                 said.append(functools.partial(
                     warnings.warn,
                     f"{type(self.pruner).__name__}'s final selection came at the end of the fit "
-                    f"(step {self.pruner.step_count}, {self._why_pick_at_end()}), "
+                    f"(step {self._method_steps(trainer)}, {self._why_pick_at_end()}), "
                     f"after the last checkpoint ({saved[0]}), which holds an exploring active set; "
                     "the saved and in-memory models are final: trainer.save_checkpoint(PATH) "
                     "now saves one that is", RuntimeWarning, stacklevel=2))
-        target, cost = getattr(self.pruner, "target", None), self.pruner.cost()
+        target, cost = getattr(self.pruner, "target", None), method_cost(self.pruner, self.method)
         above = isinstance(target, (int, float)) and cost > float(target) * (1 + 1e-6)
         if above and self.allow_above_target and trainer.is_global_zero:
             # kept as allowed, but said (break54 #10: the method's own warning is off here)
             said.append(functools.partial(
-                warn, f"the fit ended at step {self.pruner.step_count} with the model at cost "
+                warn, f"the fit ended at step {self._method_steps(trainer)} with the model at cost "
                 f"{cost:.4f} of dense, above the target {float(target):.4f}; kept "
                 "(allow_above_target=True)", RuntimeWarning))
         if above and not self.allow_above_target:  # every rank: the masks are rank 0's
             from fxprune.errors import TargetNotReachedError
 
             raise TargetNotReachedError(
-                f"the fit ended at step {self.pruner.step_count} with the model at cost "
+                f"the fit ended at step {self._method_steps(trainer)} with the model at cost "
                 f"{cost:.4f} of dense, above the target {float(target):.4f}: "
                 f"{self._why_above(trainer)}"
                 f"{'; nothing was saved to ' + str(self.save_path) if self.save_path else ''}; "
@@ -647,7 +667,7 @@ class PruningCallback(pl.Callback):
                     "optimizer steps than Lightning estimated, or an explore past the fit, as a "
                     "resume on another number of devices sets it (from the whole fit at the new "
                     "rate: break133 F1); pass explore= to the callback to fix the step")
-        if self.pruner.step_count <= getattr(self.pruner, "warmup", 0):
+        if getattr(self.pruner, "step_count", 0) <= getattr(self.pruner, "warmup", 0):
             return "in its warm-up: the fit was shorter than its warmup"
         # (review108 F3: a fit of unknown length has no explore step either)
         return "with no explore step: Lightning did not know the fit's length"
@@ -658,7 +678,7 @@ class PruningCallback(pl.Callback):
         if self.pruner is not None:
             # the cost each checkpoint holds, for the end's check of the best one (break155 F3),
             # in the file too: a resumed fit's best may be an earlier process's (review157 F7)
-            cost = float(self.pruner.cost())
+            cost = method_cost(self.pruner, self.method)
             checkpoint.setdefault("fxprune_cost", {})[self.state_key] = cost
             if isinstance(checkpoint.get("global_step"), int):
                 self._checkpoint_costs[checkpoint["global_step"]] = cost
@@ -702,7 +722,9 @@ class PruningCallback(pl.Callback):
         if not self._state_checked:  # the first one saved loads with weights_only=True
             refuse_unloadable_state(self.pruner, self.method, state, read_by=_READ_BY)
             self._state_checked = True
+        # its step count: a load_state_dict that does not bring it back is refused (break198 F3)
         return {"method": self.method, "state": state,
+                "step_count": getattr(self.pruner, "step_count", None),
                 **({"measured_cost": self._measured_cost} if self._measured_cost else {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -723,6 +745,7 @@ class PruningCallback(pl.Callback):
 
     def _load(self, state_dict: dict) -> None:
         self.pruner.load_state_dict(state_dict["state"])
+        check_resumed_steps(self.pruner, self.method, state_dict.get("step_count"))
         self._pending_state = None
 
     @staticmethod

@@ -54,8 +54,9 @@ import copy
 import functools
 import inspect
 import math
+import numbers
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -66,14 +67,14 @@ from ..allocation import uniform_kept
 from ..budget import Budget
 from ..checks import check_fraction
 from ..cost import LATENCY_COSTS, CostModel
-from ..errors import ArgumentError, ArgumentTypeError, NotCopyableError, warn
+from ..errors import ArgumentError, ArgumentTypeError, MethodProtocolError, NotCopyableError, warn
 from ..groups import latest_pruner, register_pruner, state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
 
 __all__ = ["Method", "PruningMethod", "check_method_kwargs", "method_parameters",
-           "resolve_cost_model"]
+           "resolve_cost_model", "method_cost", "check_resumed_steps", "pruning_schedule"]
 
 
 @runtime_checkable
@@ -93,6 +94,72 @@ class Method(Protocol):
     def finalize_masks(self) -> bool: ...
 
 
+def method_cost(pruner, method: str) -> float | dict[str, float]:
+    """``pruner.cost()``, the protocol's fraction of the dense cost, as a float (a 0-d tensor
+    or numpy scalar read). A method without a numeric ``target`` may return a mapping of named
+    costs instead (logged as ``cost.NAME`` columns); one with a target is held to a number,
+    which the target is checked against.
+
+    Raises:
+        MethodProtocolError: naming ``method``, for anything else: None, NaN, a negative
+            number, a str, or a mapping from a method with a target (break198 F2: those
+            counted as a target reached, and NaN went into results.json).
+    """
+    def number(value):
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            value = value.item()
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not (math.isfinite(value) and value >= 0)):
+            return None
+        return float(value)
+
+    cost = pruner.cost()
+    target = getattr(pruner, "target", None)
+    has_target = isinstance(target, numbers.Real) and not isinstance(target, bool)
+    if isinstance(cost, Mapping) and not has_target:
+        named = {str(k): number(v) for k, v in cost.items()}
+        if named and None not in named.values():
+            return named
+    elif number(cost) is not None:
+        return number(cost)
+    raise MethodProtocolError(
+        f"{method}'s cost() returned {cost!r}; the protocol (fxprune.methods.base) asks for "
+        "the current masks' cost as a finite fraction of the dense model's (a float >= 0"
+        + (", which its target is checked against)" if has_target and isinstance(cost, Mapping)
+           else "; a method without a target may return a mapping of such numbers)"))
+
+
+def check_resumed_steps(pruner, method: str, saved_steps) -> None:
+    """After ``pruner.load_state_dict``: refuse a method whose ``step_count`` is not the one it
+    had when its state was saved (``saved_steps``; None: not recorded, nothing checked). Its
+    load did not bring back what its save wrote, so its schedule would start over mid-run
+    (break198 F3: the run then ended unpruned, told to lengthen its schedule)."""
+    now = getattr(pruner, "step_count", None)
+    if (isinstance(saved_steps, int) and isinstance(now, int) and not isinstance(now, bool)
+            and now != saved_steps):
+        raise MethodProtocolError(
+            f"{method}'s load_state_dict left it at step_count {now}, and it was at "
+            f"{saved_steps} when its state_dict was saved: its schedule would start over "
+            "mid-run; its load_state_dict must bring back what its state_dict saves, the step "
+            "count included")
+
+
+def pruning_schedule(pruner):
+    """``pruner.schedule``, the :class:`fxprune.PruningSchedule` the trainer and the callback
+    read the ramp from, or None; :class:`~fxprune.errors.MethodProtocolError` for an attribute
+    of that name that is something else (break198 F7: a plug-in's ``schedule = "once"`` was an
+    AttributeError traceback in the trainer)."""
+    from ..schedule import PruningSchedule
+
+    schedule = getattr(pruner, "schedule", None)
+    if schedule is None or isinstance(schedule, PruningSchedule):
+        return schedule
+    raise MethodProtocolError(
+        f"{type(pruner).__name__}.schedule is a {type(schedule).__name__}; fxprune train and the "
+        "Lightning callback read a method's schedule attribute as a fxprune.PruningSchedule "
+        "(where its masks reach the target): give it one, or name the attribute otherwise")
+
+
 def schedule_end(pruner) -> int | None:
     """The optimizer step at which ``pruner``'s masks reach its target: the ramp's end (SMCP
     and its family), the last round (CCP); None where it declares no fixed end (a plug-in
@@ -100,7 +167,7 @@ def schedule_end(pruner) -> int | None:
     has none: its active sets fit its target from the first step, and its final selection
     (``explore``, else ``finalize_masks()`` at the run's end) keeps to it (asking for
     ``explore`` would refuse a fit shorter than it as ending above the target)."""
-    schedule = getattr(pruner, "schedule", None)
+    schedule = pruning_schedule(pruner)
     if schedule is not None and getattr(pruner, "target", None) is not None:
         # the first update at or after the ramp's end (a one-shot's window, update_every,
         # a freeze: review157 F5), else the ramp's end
@@ -293,6 +360,7 @@ def _keywords_explained(cls: type, init: Callable) -> Callable:
             # the outermost constructor ran (a method may write masks in its own); also for a
             # subclass without an __init__ of its own (review161 F8)
             if type(self).__init__ is __init__:
+                self._check_target_once()
                 self._record_built_masks()
             return None
         except TypeError as exc:
@@ -308,7 +376,27 @@ def _keywords_explained(cls: type, init: Callable) -> Callable:
 
 class PruningMethod:
     """Shared state of the methods on prepared-graph masks: the flat channel index, the
-    weights that read prunable channels, the cost model and the budget."""
+    weights that read prunable channels, the cost model and the budget.
+
+    A method of one's own (a plug-in) subclasses it as SMCP, CCP and CUCB do::
+
+        class MyMethod(PruningMethod):
+            def __init__(self, prepared, target=0.5, cost="flops", channel_step=8, at_step=100):
+                super().__init__(prepared, cost, channel_step)  # index, consumers, budget
+                self.target, self.at_step = target, at_step
+            def step(self, loss=None):
+                self.check_step()         # misuse: two steps per backward, a newer pruner...
+                self.step_count += 1
+                if self.step_count == self.at_step:
+                    self.check_training()  # an optimizer that never trained the prepared model
+                    ...                    # choose: self.index.set_masks(self.prepared, kept)
+                    return {"step": self.step_count, "cost": self.cost()}
+                return None
+
+    Once the outermost constructor returns, a ``target`` in (0, 1] that it did not check
+    itself is checked against the narrowest model the constraints allow
+    (:meth:`check_reachable`), so a target no choice can reach is refused before training.
+    """
 
     name = "method"
     #: the keys every state of this method holds, checked before anything is loaded
@@ -486,7 +574,7 @@ class PruningMethod:
             device = self.consumers[0].param.device
             return torch.stack([c.param.detach().double().sum().to(device) for c in self.consumers])
 
-    def _check_training(self) -> None:
+    def check_training(self) -> None:
         """At a decision (an update, a pick, a pruning round): say once when the prepared
         model's weights have not changed in the steps since the pruner was built though
         gradients reached them (break90 F2: an optimizer built before ``prepare``, which works
@@ -536,7 +624,7 @@ class PruningMethod:
                 "model given to it (or a DDP wrapping that one) trains the original; train and "
                 "wrap the prepared model (DDP(prepared))")
 
-    def _check_step_call(self) -> None:
+    def check_step(self) -> None:
         """At each ``step()``: this pruner is the model's latest (:meth:`_check_superseded`),
         its prices follow the weights' dtype (:meth:`_check_priced_dtypes`), a copy made alone
         is said (:meth:`_check_copied_alone`), a backward ran since the last step
@@ -584,12 +672,21 @@ class PruningMethod:
         self._priced_dtypes = [c.param.dtype for c in self.consumers]
         self._priced = None  # the run settings' half-width price, at the dtype now
         if getattr(self, "floor_kept", None) is not None and getattr(self, "target", None) is not None:
-            self._check_reachable(float(self.target))  # the floor's price moved too
+            self.check_reachable(float(self.target))  # the floor's price moved too
         self._repriced()
 
     def _repriced(self) -> None:
         """After :meth:`_check_priced_dtypes` priced the model again: refit what was fitted to
         the old prices (CUCB's common fraction ``rho``; review161 F5). Nothing by default."""
+
+    def _check_target_once(self) -> None:
+        """After the outermost constructor: a cost ``target`` the constructor did not check
+        against the narrowest model is checked now (break198 F1: a plug-in subclass that never
+        called :meth:`check_reachable` was refused only at its pruning step, epochs in)."""
+        target = getattr(self, "target", None)
+        if (self.floor_kept is None and isinstance(target, numbers.Real)
+                and not isinstance(target, bool) and 0 < target <= 1):
+            self.check_reachable(float(target))
 
     def _record_built_masks(self) -> None:
         if getattr(self, "_first_on_model", False) and self._pruned_at_build is None:
@@ -709,7 +806,7 @@ class PruningMethod:
             raise ArgumentError("the prepared model has no prunable channel group; see "
                                 "fxprune.summary(prepared) for why each group is kept")
         self.consumers = consumer_weights(prepared, self.index)
-        #: each reader's weight version when built; None once one has changed (see _check_training)
+        #: each reader's weight version when built; None once one has changed (see check_training)
         self._versions: list[int] | None = [c.param._version for c in self.consumers]
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
@@ -726,7 +823,7 @@ class PruningMethod:
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self._priced_dtypes = [c.param.dtype for c in self.consumers]  # (see _check_priced_dtypes)
         self.step_count = 0
-        #: the narrowest model the target check priced (set by _check_reachable; None: no target)
+        #: the narrowest model the target check priced (set by check_reachable; None: no target)
         self.floor_kept: np.ndarray | None = None
         self.history: list[dict] = []
         #: (channels, cost) the model's masks prune when no earlier pruner of it lives: a run
@@ -790,7 +887,7 @@ class PruningMethod:
             raise ArgumentError(f"pruner.target was changed to {new:g} at step {self.step_count}, "
                                 f"after {done}: no later choice follows it; set it before, or "
                                 "prune the finalized model again (README, pruning again)")
-        self._check_reachable(new)
+        self.check_reachable(new)
         self.target = self.cost_target = self._target_followed = new
         return True
 
@@ -804,7 +901,7 @@ class PruningMethod:
         if coarse:
             raise InfeasibleBudget(coarse)
 
-    def _check_reachable(self, target: float) -> None:
+    def check_reachable(self, target: float) -> None:
         """Refuse, before any training, a cost target below the narrowest model the constraints
         allow: every group at its smallest allowed width (``channel_step``, split pieces).
         That model is kept as :attr:`floor_kept`, which the allocator's options always hold,

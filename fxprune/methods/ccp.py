@@ -432,7 +432,7 @@ class CCP(PruningMethod):
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
         self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
         if self.target is not None:  # known now, not at the first round, steps into training
-            self._check_reachable(self.target)
+            self.check_reachable(self.target)
         else:
             self._check_some_group_prunes()
         self._target_followed = self.target  # (see _follow_target)
@@ -542,7 +542,7 @@ class CCP(PruningMethod):
         the scheduled steps. The taps for the next batch switch on one step ahead."""
         self._settle_rank()
         self.step_count += 1
-        self._check_step_call()
+        self.check_step()
         last = self.prune_steps()[-1]
         self._follow_target(done=f"its last round (step {last})" if self.step_count > last else None,
                             fixed=f"ratio={self.ratio}")
@@ -622,7 +622,7 @@ class CCP(PruningMethod):
         when they cost more than ``target``)."""
         # its rounds may all come early (prune_at=4): the run's end is its last chance to say
         # the prepared model never trained (break114 F2)
-        self._check_training()
+        self.check_training()
         self._close()
         if self.skipped_rounds:  # (ratio mode has no target to be above: this says it)
             warn(f"CCP.finalize_masks: {self.skipped_rounds} of {self.rounds} round(s) were skipped "
@@ -677,7 +677,7 @@ class CCP(PruningMethod):
         (None when it was skipped). ``step()`` calls it at :meth:`prune_steps`; called by
         hand it is one more round."""
         start = time.perf_counter()
-        self._check_training()  # (break105 F4: an optimizer over the original model, unsaid)
+        self.check_training()  # (break105 F4: an optimizer over the original model, unsaid)
         # per-sample terms come from activation hooks: this process's samples only; summed
         # over the processes (one all-reduce) before the decision
         self.stats.sync(self.reduce_fn)

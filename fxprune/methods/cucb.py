@@ -215,7 +215,7 @@ class CUCB(PruningMethod):
         #: the widths)
         self.target = None if (mode == "ratio" and rho is not None) else self.cost_target
         if self.target is not None:
-            self._check_reachable(self.target)
+            self.check_reachable(self.target)
         else:
             self._check_some_group_prunes()
         #: ratio mode: the fraction of every group active at each step; rho=None: the largest
@@ -331,7 +331,7 @@ class CUCB(PruningMethod):
         """After ``loss.backward()``: reward the active channels, pick the next active set.
         Returns a record at the final selection, else None."""
         self.step_count += 1
-        self._check_step_call()
+        self.check_step()
         done = None
         if self.final:  # (explore=None: made by finalize_masks, at its step)
             done = "the final pick (step {})".format(
@@ -356,7 +356,7 @@ class CUCB(PruningMethod):
                     self._warn_nonfinite()
         self.stats.sync(self.reduce_fn)
         if self.step_count % CHECK_TRAINING_EVERY == 0:  # (host reads: weights' flags, versions)
-            self._check_training()
+            self.check_training()
             self._check_rewards()
         if self.explore is not None and self.step_count >= self.explore:
             return self.select_final()
@@ -511,7 +511,7 @@ class CUCB(PruningMethod):
         """Make the final selection now, by the run's rule (the channels of highest mean
         reward, as many as the run's mode keeps), set the masks and return the record;
         ``step()`` calls it at ``explore``, :meth:`finalize_masks` where that step has not."""
-        self._check_training()
+        self.check_training()
         start = time.perf_counter()
         why = self._no_reward()
         if why is not None:  # every mu is 0: the pick would be the tie-breaks'

@@ -240,7 +240,7 @@ class SMCP(PruningMethod):
         self._batches_averaged: dict[int, int] = {}
         if self.bn_recalibrate:
             self._hook_norms()
-        self._check_reachable(self.target)
+        self.check_reachable(self.target)
 
     def _hook_norms(self) -> None:
         """bn_recalibrate's hooks on every BatchNorm that tracks running statistics."""
@@ -289,7 +289,7 @@ class SMCP(PruningMethod):
         if getattr(self, "_schedule_checked", None) != (self.schedule, self.target):
             self._recheck_schedule()
         self.step_count += 1
-        self._check_step_call()
+        self.check_step()
         if self._recalibrating:  # this step's forward went into the BN averages
             self._recalibrating -= 1
         observing = self._observing(self.step_count)
@@ -329,7 +329,7 @@ class SMCP(PruningMethod):
         except ValueError as e:
             raise ArgumentError(f"pruner.schedule or pruner.target was changed after the pruner was "
                                 f"built: {e}") from None
-        self._check_reachable(self.target)  # (review123 #2: below the floor, said mid-ramp)
+        self.check_reachable(self.target)  # (review123 #2: below the floor, said mid-ramp)
         self._schedule_checked = (copy.copy(self.schedule), self.target)
 
     def _observing(self, step: int) -> bool:
@@ -370,7 +370,7 @@ class SMCP(PruningMethod):
             warn(f"SMCP: mask update at step {self.step_count} skipped: {why}",
                  RuntimeWarning)
             return None
-        self._check_training()
+        self.check_training()
         start = time.perf_counter()
         target = self.target_now()
         before = self._kept_now()
