@@ -9,7 +9,7 @@ The names below load on first use, so ``import fxprune.deploy`` stays cheap and 
 - ``LatencyTable.measure(layers_or_prepared_model, backend="onnxruntime", step=8, threads=2,
   cache=None, progress=True, batch=None, precision=None, ...)``: a ``CostModel`` in ms;
   ``backend="torch"`` times with PyTorch (CUDA graphs + cuDNN on a GPU, eager on the CPU)
-- ``latency_cost(prepared, kind="latency", channel_step=8, cache=None, progress=True)``: the
+- ``latency_cost(prepared, kind="latency", channel_step=8, cache=None, progress=True, log=print)``: the
   cost model a latency-priced method takes (``"latency"``: a table; ``"latency+fixed"``: the
   table calibrated), measured once, by rank 0 under torch.distributed; what ``fxprune train``
   does for ``prune.cost: latency``

@@ -49,7 +49,7 @@ def check_timed(layer: LayerSpec) -> None:
     torch single-layer builders exist for it (:data:`TIMED_KINDS`)."""
     if layer.kind not in TIMED_KINDS:
         raise DeployError(f"layer {layer.name!r} has kind {layer.kind!r}; latency tables time "
-                          f"{' and '.join(repr(k) for k in TIMED_KINDS)} layers only: price this "
+                          f"{', '.join(repr(k) for k in TIMED_KINDS[:-1])} and {TIMED_KINDS[-1]!r} layers only: price this "
                           "model by cost='flops' or 'params', or a cost model of your own")
 
 

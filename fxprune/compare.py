@@ -49,7 +49,8 @@ def max_relative_error(a, b, min_scales: list[float] | None = None) -> float:
     """max |a - b| / max |a| over the finite values of all output tensors (compared in the same
     order). NaN and +-inf must sit at the same positions in both (masked logits of -inf), else,
     or where the structure or a shape differs, the result is ``inf``: a NaN never compares as 0.
-    ``min_scales``: per tensor, a floor under its max |a| (see :func:`verify`)."""
+    ``min_scales``: per tensor, a floor under its max |a| (see
+    :func:`fxprune.passes.surgery.verify`)."""
     ta, tb = flat_tensors(a), flat_tensors(b)
     if len(ta) != len(tb):
         return float("inf")

@@ -8,6 +8,7 @@ adds the constant a per-layer model misses on one model (:func:`fit_fixed_cost`)
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class LayerSpec:
     def __post_init__(self):
         # break111 F14: an unknown kind was priced as a conv, negative counts gave negative
         # FLOPs, list shapes failed as "unhashable", a conv without shapes as an IndexError
-        if self.kind not in LAYER_KINDS:
+        if not isinstance(self.kind, str) or self.kind not in LAYER_KINDS:  # (a list: unhashable)
             raise ArgumentError(f"LayerSpec {self.name!r}: kind is one of {_kind_names()}, got "
                                 f"{self.kind!r} (a new kind is a LayerKind in fxprune.cost.LAYER_KINDS)")
         for name in ("in_channels", "out_channels", "groups"):
@@ -92,7 +93,7 @@ class LayerSpec:
                                 f"{self.input_shape}, output {self.output_shape}, kernel "
                                 f"{self.kernel_size}")
         if not self.layer_kind.spatial and not (self.input_shape and self.output_shape):
-            raise ArgumentError(f"LayerSpec {self.name!r}: a linear needs its input and output shapes")
+            raise ArgumentError(f"LayerSpec {self.name!r}: a {self.kind} needs its input and output shapes")
 
     @property
     def layer_kind(self) -> LayerKind:
@@ -173,11 +174,11 @@ def _linear_params(layer: LayerSpec, c_in: int, c_out: int) -> int:
     return c_in * c_out + _bias(layer, c_out)
 
 
-def _conv_signature(layer: LayerSpec) -> str:
+def _conv_signature(layer: LayerSpec, transposed: bool = False) -> str:
     def dims(values):
         return "x".join(map(str, values))
 
-    k = ("T" if layer.kind == "conv_transpose" else "") + dims(layer.kernel_size)
+    k = ("T" if transposed else "") + dims(layer.kernel_size)
     groups = "dw" if layer.depthwise else f"g{layer.groups}"
     mode = "" if layer.padding_mode == "zeros" else f"-{layer.padding_mode}"
     return (f"conv{len(layer.kernel_size)}d[n{layer.batch},{dims(layer.input_shape[2:])}]k{k}"
@@ -220,7 +221,8 @@ class LayerKind:
 #: every ``LayerSpec.kind``, by name: supporting a new weight layer's cost is adding an entry
 LAYER_KINDS: dict[str, LayerKind] = {kind.name: kind for kind in (
     LayerKind("conv", 1, True, _conv_macs, _conv_params, _conv_signature),
-    LayerKind("conv_transpose", 1, True, _conv_transpose_macs, _conv_params, _conv_signature),
+    LayerKind("conv_transpose", 1, True, _conv_transpose_macs, _conv_params,
+              functools.partial(_conv_signature, transposed=True)),
     LayerKind("linear", -1, False, _linear_macs, _linear_params, _linear_signature),
 )}
 

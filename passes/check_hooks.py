@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from torch import fx
 
+from fxprune.compare import run_eval
 from fxprune.errors import UnsupportedModelError
 from fxprune.masks import FXPRUNE_CLASSES
 
 from .shape_prop import preserving_rng
-from fxprune.compare import run_eval
 from .trace import FORWARD_HOOK_KINDS, hook_names
 
 

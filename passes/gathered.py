@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxprune.compare import default_rtol, max_relative_error, run_eval
 from fxprune.cpu_kernels import strided_pointwise
 from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
@@ -48,7 +49,6 @@ from fxprune.units import host_to_device
 
 from .grad_mode import restore_modes_on_exit
 from .group_analysis import module_rule
-from fxprune.compare import default_rtol, max_relative_error, run_eval
 
 __all__ = ["GatheredModule", "gathered_module"]
 

@@ -1378,6 +1378,7 @@ def test_a_table_built_with_settings_load_would_refuse_is_refused_when_built(tmp
 @pytest.mark.parametrize("fields, message", [
     ({"kind": "rnn"}, r"kind is one of 'conv', 'conv_transpose', 'linear', got 'rnn' \(a new "
                       r"kind is a LayerKind in fxprune.cost.LAYER_KINDS\)"),
+    ({"kind": ["conv"]}, r"kind is one of 'conv', 'conv_transpose', 'linear', got \['conv'\]"),
     ({"in_channels": -3}, r"in_channels is an integer >= 0, got -3"),
     ({"groups": 0}, r"groups is an integer >= 1, got 0"),
     ({"input_shape": (), "output_shape": ()}, r"a conv needs input and output shapes"),
