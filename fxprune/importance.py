@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .errors import ArgumentError, FxPruneError
+from .groups import state_of
 from .masks import MethodHook
 from .units import ConsumerWeight, host_to_device
 
@@ -292,13 +293,20 @@ class InputTaps:
         self.last_tapped, self.last_backward = 0, 0
         self.handles = [prepared.register_forward_pre_hook(MethodHook(self._count_forward),
                                                            with_kwargs=True)]
+        # the input's channel dim by the layer's kind (fxprune.cost.LAYER_KINDS): a user's row
+        # on a conv-like module was read as channels-last here, its statistics summed across
+        # the wrong dim (break200 F1); a layer no spec names, by its torch class
+        channel_dims = {layer.spec.name: layer.spec.layer_kind.channel_dim
+                        for layer in state_of(prepared).channels.layers}
         seen = set()
         for c in consumers:
             if c.module in seen:
                 continue
             seen.add(c.module)
             module = prepared.get_submodule(c.module)
-            channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+            channel_dim = channel_dims.get(c.module)
+            if channel_dim is None:
+                channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
             # a MethodHook: copies and pickles of the model do not carry the taps
             self.handles.append(module.register_forward_pre_hook(
                 MethodHook(self._pre_hook(c.in_flat, channel_dim, c.module))))

@@ -1350,3 +1350,47 @@ def test_a_round_decided_on_fewer_samples_than_a_groups_channels_says_so():
                                             r"fewer samples than channels .*rank-deficient"):
         pruner.step()
     assert pruner.history[-1]["samples"] == 8
+
+
+class _EinsumPointwise(nn.Module):
+    """A 1x1 conv written as an einsum, with a conv's attributes (README: a ``Conv()`` row
+    works for any module that has them)."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c_out, c_in) / c_in ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.in_channels, self.out_channels, self.groups = c_in, c_out, 1
+        self.kernel_size, self.stride, self.padding, self.dilation = (1, 1), (1, 1), (0, 0), (1, 1)
+
+    def forward(self, x):
+        return torch.einsum("oi,nihw->nohw", self.weight, x) + self.bias[:, None, None]
+
+
+@pytest.mark.parametrize("c_in", [8, 16])
+def test_a_users_conv_row_is_tapped_at_its_channel_dim_as_a_torch_conv(c_in):
+    """break200 F1: the taps took the channel dim from torch's conv class, so a conv-like
+    module given the Conv() row was read as channels-last: other channels kept than the same
+    net with nn.Conv2d picks, or a reshape error in backward (16 channels on 8x8 maps)."""
+    from fxprune.rules import Conv
+
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Conv2d(3, c_in, 3, padding=1), nn.ReLU(), _EinsumPointwise(c_in, 8),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    torchs = copy.deepcopy(mine)
+    torchs[2] = nn.Conv2d(c_in, 8, 1)
+    with torch.no_grad():
+        torchs[2].weight.copy_(mine[2].weight.view(8, c_in, 1, 1))
+        torchs[2].bias.copy_(mine[2].bias)
+    x = torch.randn(2, 3, 8, 8)
+    masks = []
+    for net, rules in ((mine, {_EinsumPointwise: Conv()}), (torchs, None)):
+        pm = fxprune.prepare(net, (x,), rules=rules)
+        pruner = CCP(pm, target=0.6, collect=3, prune_at=3, channel_step=1)
+        torch.manual_seed(1)
+        for _ in range(3):
+            F.cross_entropy(pm(torch.randn(8, 3, 8, 8)), torch.randint(0, 10, (8,))).backward()
+            pruner.step()
+            pm.zero_grad()
+        masks.append(fxprune.channel_groups(pm)[0].mask.clone())
+    assert not masks[1].all() and torch.equal(masks[0], masks[1])
