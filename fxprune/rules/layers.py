@@ -71,6 +71,23 @@ class _WeightLayer(ChannelRule):
                 f"fxprune.rules.ChannelRule), or leave it out of rules= to keep its channels whole")
 
 
+    def check_output(self, ctx, spec, expected: tuple[int, ...]) -> None:
+        """A module's output is the layer's own (``expected``, from its input and attributes):
+        a module whose forward does more after the layer (a pool, a pixel shuffle, a mean over
+        tokens) would be priced at its output's size and its channels labelled wrong (break200
+        F2: a conv + pool priced 4x too cheap, SMCP at 0.68 of dense FLOPs with the model at
+        0.30; F7: a numpy error at the next layer)."""
+        got = tuple(ctx.out_shape())
+        if got != tuple(expected):
+            m = ctx.module()
+            raise FxPruneError(
+                f"rule {type(self).__name__}() cannot apply to `{ctx.module_name()}` "
+                f"({type(m).__name__}): its output has shape {got}, and the layer its attributes "
+                f"describe gives {tuple(expected)} at this input: its forward does more than "
+                "the layer (a pool, a reshape, a reduction after it), which the row would price "
+                "and prune as the layer alone; do that part outside the module, or give the "
+                "module a rule of its own kind (a subclass of fxprune.rules.ChannelRule)")
+
     def _check_layout(self, ctx, m) -> None:
         """The weight's dims at ``in_dim``/``out_dim`` hold the module's own input and output
         counts (``in_features``/``out_features``, or a conv's ``in_channels``/``out_channels``
@@ -104,6 +121,17 @@ class _WeightLayer(ChannelRule):
                     f"{name} is {n}. A weight laid out otherwise needs a row that says so: "
                     f"class MyRow({type(self).__name__}): in_dim, out_dim = ... (the weight dims "
                     "holding its input and output channels)")
+
+
+def _conv_output_sizes(spec) -> tuple[int, ...]:
+    """The spatial sizes a conv with ``spec``'s kernel, stride, padding and dilation gives at
+    its input sizes (torch's Conv formula; ``padding`` per dim, or begins then ends)."""
+    nd = len(spec.kernel_size)
+    pads = spec.padding or (0,) * nd
+    begins, ends = (pads, pads) if len(pads) == nd else (pads[:nd], pads[nd:])
+    return tuple((i + b + e - d * (k - 1) - 1) // s + 1 for i, b, e, k, s, d in zip(
+        spec.input_shape[2:], begins, ends, spec.kernel_size, spec.stride or (1,) * nd,
+        spec.dilation or (1,) * nd))
 
 
 def _computed_bias(ctx, bias, out_ids, what: str) -> None:
@@ -198,8 +226,11 @@ class Conv(_WeightLayer):
             ctx.unify(ctx.space(call.bias, 0), out, "conv bias")
         elif self.functional:
             _computed_bias(ctx, node_arg(ctx.node, 2, "bias", None), out, "conv")
-        ctx.layer(self.layer_spec(ctx, call, c_in, len(out)), call.weight, self.in_dim, self.out_dim,
-                  depthwise=g > 1 and c_in == g)
+        spec = self.layer_spec(ctx, call, c_in, len(out))
+        if not self.functional and not self.transposed:
+            batch = () if spec.meta.get("unbatched") else spec.input_shape[:1]  # (priced as 1)
+            self.check_output(ctx, spec, (*batch, spec.out_channels, *_conv_output_sizes(spec)))
+        ctx.layer(spec, call.weight, self.in_dim, self.out_dim, depthwise=g > 1 and c_in == g)
         return {cdim: out}
 
     def connect(self, ctx, call, x_in, g, c_in):
@@ -480,11 +511,13 @@ class Linear(_WeightLayer):
         elif self.functional:
             _computed_bias(ctx, node_arg(node, 2, "bias", None), w_out, "linear")
         w = ctx.tensor(name)
-        ctx.layer(LayerSpec(module, "linear", w.shape[self.in_dim], w.shape[self.out_dim],
-                            tuple(ctx.shape(x)), tuple(ctx.out_shape()), bias=bias is not None,
-                            dtype=str(w.dtype).replace("torch.", ""),
-                            meta={"unbatched": True} if len(ctx.shape(x)) == 1 else {}),
-                  name, self.in_dim, self.out_dim)
+        spec = LayerSpec(module, "linear", w.shape[self.in_dim], w.shape[self.out_dim],
+                         tuple(ctx.shape(x)), tuple(ctx.out_shape()), bias=bias is not None,
+                         dtype=str(w.dtype).replace("torch.", ""),
+                         meta={"unbatched": True} if len(ctx.shape(x)) == 1 else {})
+        if not self.functional:
+            self.check_output(ctx, spec, (*spec.input_shape[:-1], spec.out_channels))
+        ctx.layer(spec, name, self.in_dim, self.out_dim)
         out = {d: v for d, v in labels.items() if d != last}
         out[last] = w_out
         return out
