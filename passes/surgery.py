@@ -21,6 +21,7 @@ from fxprune.errors import SurgeryError
 from fxprune.groups import ChannelGraph, mark_finalized, mask_buffer, state_of
 from fxprune.masks import (FXPRUNE_CLASSES, _InputMasked, _RescaledBatchNorm,
                            forget_all_ones, gather_mask, mask_weight, strip_method_hooks, unwrap)
+from fxprune.op_table import add_installed_rows
 from fxprune.rules.layers import FunctionalLayerNorm
 
 from .bn_rescale import sync_loaded_rescale
@@ -220,6 +221,8 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
                 f"({type(rule).__name__}): the row must give finalize the plain call back, "
                 "without the mask arguments its mask_statistics added")
     resized = set()
+    add_installed_rows()  # a library's rows (timm's), for a model prepared in another process
+    costed = {layer.spec.name for layer in ch.layers}
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
             m = modules[node.target]
@@ -228,6 +231,15 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
             elif node.target in wrapped:  # norms: every argument after x is a mask
                 node.args, node.kwargs = node.args[:1], {}
             rule = lookup_rule(node, gm, state.rules)
+            if rule is None and node.target in costed:
+                # a row added to CHANNEL_RULES in the process that prepared the model, not in
+                # this one: its sizes would stay the dense ones (break200 F3)
+                raise SurgeryError(
+                    f"`{node.target}` ({type(m).__name__}) was prepared with a row of "
+                    "fxprune.op_table.CHANNEL_RULES that this process lacks, so finalize cannot "
+                    f"set its sizes; add the row again (CHANNEL_RULES[{type(m).__name__}] = ...) "
+                    f"before finalize, or prepare with rules={{{type(m).__name__}: ...}}, which "
+                    "the prepared model carries")
             if rule is not None and node.target not in resized:
                 rule.resize(m, node, ctx)
                 resized.add(node.target)

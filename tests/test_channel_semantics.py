@@ -1091,3 +1091,32 @@ def test_a_row_on_a_module_whose_forward_does_more_than_its_layer_is_refused(lay
                          rules={_ScaledConv: fxprune.rules.Conv()})
     spec = next(s for s in fxprune.layer_specs(pm) if s.name == "1")
     assert spec.output_shape == (2, 16, 4, 4)
+
+
+def test_finalize_in_a_process_without_the_row_prepare_used(monkeypatch):
+    """break200 F3: a prepared model saved and finalized in a new process lost the rows not
+    passed as rules=: timm's (added when a model is traced) failed finalize's check as "a bug
+    in fxprune", and a user's CHANNEL_RULES row left stale sizes, silently."""
+    from fxprune.op_table import CHANNEL_RULES
+    from fxprune.rules import Conv
+
+    monkeypatch.setitem(CHANNEL_RULES, _ScaledConv, Conv())
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _ScaledConv(8, 16, 3, padding=1),
+                        nn.ReLU(), _ScaledConv(16, 4, 1))
+    pm = fxprune.prepare(net, (torch.randn(2, 3, 8, 8),))
+    group = next(g for g in fxprune.channel_groups(pm) if g.name == "2")
+    group.mask[:6] = 0
+    assert fxprune.finalize(pm).get_submodule("2").out_channels == 10
+    monkeypatch.delitem(CHANNEL_RULES, _ScaledConv)  # as in a process that never added it
+    with pytest.raises(fxprune.SurgeryError, match=r"^`2` \(_ScaledConv\) was prepared with a "
+                                                   r"row of fxprune.op_table.CHANNEL_RULES that "
+                                                   r"this process lacks"):
+        fxprune.finalize(pm)
+    timm_layers = pytest.importorskip("timm.layers")
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), timm_layers.GroupNorm(16, 4), nn.ReLU(),
+                        nn.Conv2d(16, 4, 1))
+    pm = fxprune.prepare(net, (torch.randn(2, 3, 8, 8),))
+    fxprune.channel_groups(pm)[0].mask[:1] = 0  # one of the norm's 4 groups of 4 channels
+    # timm's rows join the table when a model is traced: a new process has not traced one
+    monkeypatch.delitem(CHANNEL_RULES, timm_layers.GroupNorm)
+    assert fxprune.finalize(pm).get_submodule("1").num_channels == 12
