@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from fxprune.errors import FxPruneError
 from fxprune.rules import node_arg, set_node_arg
 from fxprune.groups import ChannelGraph
 from fxprune.masks import (MaskBank, MaskGather, _InputMasked, input_masked_class, mask_weight,
@@ -107,6 +108,18 @@ def _warn_argument_hooks(name: str, module: nn.Module) -> None:
                       UserWarning, stacklevel=4)
 
 
+def _not_a_masked_form(site, module, masked) -> str:
+    """break200 F4: a row's own masked class passed prepare and trained, and finalize, which
+    gives only fxprune's masked forms their plain class back, failed in torch.fx."""
+    row = type(site.rule).__name__
+    return (f"the row {row}() of `{site.module}` ({type(module).__name__}) gives masked_class "
+            f"{getattr(masked, '__name__', masked)!r}, which is not one of fxprune's masked "
+            "forms (finalize could not give the layer its class back): return "
+            f"fxprune.masks.input_masked_class(type(module), {site.dim}) (its own forward on the "
+            "weight masked along that dim), or fxprune.masks.row_masked_class(type(module), "
+            "self) with a row method masked_forward(module, x, mask)")
+
+
 def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
     """Give ``gm`` a mask buffer of ones per prunable group (under ``fxprune_masks``) and make
     each op that reads a masked channel dim read it masked: a masked layer class for a conv,
@@ -130,8 +143,11 @@ def insert_masks(gm: fx.GraphModule, channels: ChannelGraph) -> None:
                 module = gm.get_submodule(site.module)
                 if not isinstance(module, _InputMasked):  # (a module called twice: swapped once)
                     _warn_argument_hooks(site.module, module)
-                    module.__class__ = (site.rule.masked_class(module) if site.rule is not None
-                                        else input_masked_class(type(module), site.dim))
+                    masked = (site.rule.masked_class(module) if site.rule is not None
+                              else input_masked_class(type(module), site.dim))
+                    if not (isinstance(masked, type) and issubclass(masked, _InputMasked)):
+                        raise FxPruneError(_not_a_masked_form(site, module, masked))
+                    module.__class__ = masked
                 # the mask goes second; the call's other arguments (output_size) stay
                 node.args = (node.args[0], mask, *node.args[1:])
     for stat in channels.stat_sites:

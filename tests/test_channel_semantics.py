@@ -1120,3 +1120,24 @@ def test_finalize_in_a_process_without_the_row_prepare_used(monkeypatch):
     # timm's rows join the table when a model is traced: a new process has not traced one
     monkeypatch.delitem(CHANNEL_RULES, timm_layers.GroupNorm)
     assert fxprune.finalize(pm).get_submodule("1").num_channels == 12
+
+
+def test_a_rows_masked_class_of_its_own_is_refused_at_prepare():
+    """break200 F4: a row returning a masked class of its own passed prepare and trained, and
+    finalize and summary then failed in torch.fx ("Tried to erase Node ... still had users")."""
+    from fxprune.rules import Conv
+
+    class OwnMasked(_ScaledConv):
+        def forward(self, x, mask):
+            return self._conv_forward(x, self.weight * mask[None, :, None, None], self.bias)
+
+    class OwnRow(Conv):
+        def masked_class(self, module):
+            return OwnMasked
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), _ScaledConv(8, 4, 1))
+    with pytest.raises(fxprune.FxPruneError, match=r"^the row OwnRow\(\) of `2` \(_ScaledConv\) "
+                                                   r"gives masked_class 'OwnMasked', which is not "
+                                                   r"one of fxprune's masked forms.*"
+                                                   r"input_masked_class\(type\(module\), 1\)"):
+        fxprune.prepare(net, (torch.randn(1, 3, 8, 8),), rules={_ScaledConv: OwnRow()})
