@@ -58,6 +58,14 @@ def _device_of(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def _own_forward(module: nn.Module) -> bool:
+    """Whether the user's class of ``module`` (the one fxprune's masked form derives from)
+    runs a forward of its own rather than its torch layer's."""
+    user = getattr(type(module), "_fxprune_base", type(module))
+    torch_layer = next((c for c in user.__mro__ if c.__module__.startswith("torch.nn.")), None)
+    return torch_layer is not None and user.forward is not torch_layer.forward
+
+
 class _GatheredLayer(nn.Module):
     """Calls ``module`` with its weights gathered at the owner's current indices."""
 
@@ -76,6 +84,16 @@ class _GatheredLayer(nn.Module):
         # what a BatchNorm subclass applies after normalising (raises for one it cannot run)
         self.after_norm = (_after_norm(module, name, rules)
                            if isinstance(module, nn.modules.batchnorm._BatchNorm) else [])
+        if (isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and _own_forward(module)
+                and self.pad_input is None and self.standardized_weight is None):
+            # its row keeps its own forward running on the masked weight, which the gathered
+            # call below would replace by the plain layer's (break200 F5: a DropConnect conv
+            # trained without its DropConnect, unsaid; a scaled one was blamed on "a literal
+            # channel count")
+            user = getattr(type(module), "_fxprune_base", type(module))
+            raise SurgeryError(f"gathered execution does not run {user.__name__}'s own forward "
+                               f"({name}): it would call the plain layer instead; use masked "
+                               "execution")
 
     def _index(self, tensor: str, dim: int):
         return self.owner.indices.get(f"{self.name}.{tensor}:{dim}")

@@ -161,6 +161,30 @@ def test_unsupported_graphs_are_refused_with_a_reason():
         gathered_module(pm)
 
 
+class _DropConnectConv(nn.Conv2d):
+    """A conv with a forward of its own: a random weight mask in training."""
+
+    def forward(self, x):
+        w = F.dropout(self.weight, 0.5, self.training)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_a_users_conv_with_its_own_forward_is_not_gathered_as_a_plain_conv():
+    """break200 F5: a row-given conv subclass's own forward (DropConnect) was replaced by a
+    plain conv in gathered execution, which trained without it, unsaid (the construction's
+    check runs in eval mode, where the two agree)."""
+    from fxprune.errors import SurgeryError
+    from fxprune.rules import Conv
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), _DropConnectConv(8, 8, 3), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1))
+    pm = fxprune.prepare(net, (torch.randn(1, 3, 10, 10),), rules={_DropConnectConv: Conv()})
+    with pytest.raises(SurgeryError, match=r"^gathered execution does not run _DropConnectConv's "
+                                           r"own forward \(2\): it would call the plain layer "
+                                           r"instead; use masked execution"):
+        gathered_module(pm)
+
+
 def test_grouped_convs_gather_and_a_graph_it_cannot_gather_is_refused():
     from torch import nn
     from fxprune.errors import SurgeryError
