@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import fx, nn
 
-from fxprune.compare import DEFAULT_RTOL, default_rtol, inputs_for  # noqa: F401 (api.DEFAULT_RTOL)
+from fxprune.compare import (DEFAULT_RTOL, default_rtol, inputs_for,  # noqa: F401 (api.DEFAULT_RTOL)
+                             max_relative_error, run_eval)
 from fxprune.passes.autograd_function import function_of
 from fxprune.passes.bn_rescale import sync_loaded_rescale
 from fxprune.passes.check_hooks import check_hooks_take_the_masks
@@ -20,7 +21,7 @@ from fxprune.passes.group_analysis import analyze
 from fxprune.passes.insert_masks import MASK_OWNER, insert_masks
 from fxprune.passes.normalize_args import normalize_input_keyword
 from fxprune.passes.shape_prop import (check_example_values, map_tensors, normalize_example_inputs,
-                                      propagate_shapes)
+                                      preserving_rng, propagate_shapes)
 from fxprune.passes.surgery import is_tolerance, remove_channels, verify
 from fxprune.passes.trace import copy_model, fixed_arguments, number_arguments, trace
 
@@ -166,6 +167,8 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         # a state loaded from a model SMCP rescaled rescales this one too (passes/bn_rescale.py)
         gm.register_load_state_dict_post_hook(sync_loaded_rescale)
         check_hooks_take_the_masks(gm, stored)
+        if rules:
+            _check_rows_keep_the_function(gm, stored, eval_output, rules)
         count, holders = _untraced_parameters(model, gm)
         quantized = _warn_quantized_layers(model)
         gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER,
@@ -173,6 +176,32 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
                                            quantized_layers=quantized)
         make_savable(gm)  # torch.save / torch.load round-trip, masks and groups included
         return gm
+
+
+def _check_rows_keep_the_function(gm: fx.GraphModule, inputs: tuple, eval_output,
+                                   rules: dict) -> None:
+    """With every mask 1, the prepared model computes what the traced one did: a row given in
+    ``rules=`` whose masked form is another function (break200 F6: a user's weight-standardized
+    conv given StandardizedConv(), whose formula differs, trained on another function and was
+    refused only at finalize) is refused here, naming the rows. Eval mode, from one random
+    state; a model whose eval output differs from itself between runs is not judged."""
+    with preserving_rng(gm, inputs):
+        masked = run_eval(gm, inputs)
+    err = max_relative_error(eval_output, masked)
+    rtol = default_rtol(gm)
+    if err <= rtol:
+        return
+    with preserving_rng(gm, inputs):
+        if max_relative_error(masked, run_eval(gm, inputs)) > rtol:
+            return  # random in eval mode: finalize's own check says so
+    listed = ", ".join(f"{getattr(key, '__qualname__', None) or key}: {type(row).__name__}()"
+                       for key, row in list(rules.items())[:6])
+    raise ArgumentError(
+        f"prepare: with every channel kept, the prepared model's output differs from the "
+        f"model's by {err:.3g} (relative; allowed {rtol:g}): a row given in rules= ({listed}) "
+        "has a masked form that is not its op's function (a StandardizedConv() on a layer that "
+        "standardizes by another formula: subclass the row and give it the layer's own "
+        "standardized_weight), so training would run another model")
 
 
 def _refuse_quantization_prepared(model: nn.Module) -> None:

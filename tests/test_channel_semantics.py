@@ -1141,3 +1141,34 @@ def test_a_rows_masked_class_of_its_own_is_refused_at_prepare():
                                                    r"one of fxprune's masked forms.*"
                                                    r"input_masked_class\(type\(module\), 1\)"):
         fxprune.prepare(net, (torch.randn(1, 3, 8, 8),), rules={_ScaledConv: OwnRow()})
+
+
+class _UnbiasedStandardizedConv(nn.Conv2d):
+    """Weight standardization by another formula than timm's: the unbiased std, eps outside
+    the square root."""
+
+    eps = 1e-5
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + self.eps)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_a_row_whose_masked_form_is_another_function_is_refused_at_prepare():
+    """break200 F6: StandardizedConv() given a conv standardizing by another formula trained on
+    another function than the model's; only finalize's check said so, after training."""
+    from fxprune.rules import Conv, StandardizedConv
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        _UnbiasedStandardizedConv(16, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = (torch.randn(2, 3, 8, 8),)
+    with pytest.raises(ValueError, match=r"^prepare: with every channel kept, the prepared model's "
+                                         r"output differs from the model's by [\d.e-]+ \(relative; "
+                                         r"allowed 0.0001\): a row given in rules= "
+                                         r"\(_UnbiasedStandardizedConv: StandardizedConv\(\)\)"):
+        fxprune.prepare(net, x, rules={_UnbiasedStandardizedConv: StandardizedConv()})
+    # a row whose masked form is the layer's own forward on the masked weight is that function
+    pm = fxprune.prepare(net, x, rules={_UnbiasedStandardizedConv: Conv()})
+    assert max_relative_error(net(*x), pm(*x)) < 1e-5
