@@ -55,7 +55,7 @@ from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
 from .errors import (DivergedError, FxPruneError, MethodProtocolError, TargetNotReachedError,
                      TraceError, first_line, out_of_memory)
 from .methods.base import (check_resumed_steps, method_cost, method_parameters,
-                           refuse_unloadable_state, schedule_end)
+                           refuse_unloadable_state, schedule_end, trial_build)
 from .models import build_model, timm_name
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -1047,6 +1047,25 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
                          "Python (fxprune.prepare(model, example_inputs, leaf_modules=[...]), "
                          "README's 'The pipeline')") from None
     build_cfg = prune_cfg
+    context = {}
+    if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
+        context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
+    total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
+
+    def build(model, cfg):
+        # seed: a method drawing random numbers (CUCB's warm-up and ties) follows the
+        # run's seed unless prune.seed is set (break188 F5: every seed drew alike)
+        return make_pruner(model, cfg, steps_per_epoch=steps_per_epoch,
+                           epochs=int(optim_cfg["epochs"]), seed=seed, **context)
+
+    if prune_cfg.get("cost") in LATENCY_COSTS and ckpt is None:
+        # what needs no timings is refused before them (break199 F1: a CUCB explore past the
+        # run, or gathered execution under torchrun, an hour of timing later)
+        copies = []
+        trial = trial_build(lambda copy: build(copies.append(copy) or copy,
+                                               {**prune_cfg, "cost": "flops"}), net)
+        if trial is not None:
+            _check_fits_run(trial, method, total_steps, steps_per_epoch, cfg, copies[0])
     if prune_cfg.get("cost") in LATENCY_COSTS:
         # the widths the method chooses among: its own default where the recipe sets none
         # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
@@ -1078,17 +1097,11 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
                                          cache=prune_cfg.get("latency_cache"))
         build_cfg = {**prune_cfg, "cost": measured_cost}
         measured_cost_state = measured_cost_to_dict(measured_cost)  # every checkpoint's
-    context = {}
-    if distributed and getattr(pruner_class(method), "rank_local_statistics", False):
-        context["reduce_fn"] = fxdist.all_reduce_sum  # e.g. CCP's activation statistics
     if sync_bn:  # before the method: it keeps the norms it hooks (CCP's collect_bn, SMCP's
         # re-estimation), which must be the ones that run (break31 #4)
         undo_sync_bn = fxdist.use_sync_batchnorm(net)
     try:
-        # seed: a method drawing random numbers (CUCB's warm-up and ties) follows the
-        # run's seed unless prune.seed is set (break188 F5: every seed drew alike)
-        pruner = make_pruner(net, build_cfg, steps_per_epoch=steps_per_epoch,
-                             epochs=int(optim_cfg["epochs"]), seed=seed, **context)
+        pruner = build(net, build_cfg)
     except ConfigError as exc:
         cached = getattr(build_cfg.get("cost"), "stats", {}).get("measured") == 0
         if (getattr(exc, "floor", None) is None or exc.floor >= 1 - 1e-9
@@ -1101,17 +1114,23 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
     if main and getattr(pruner, "fxprune_schedule_steps", None):
         print(f"prune ({method}) schedule in optimizer steps ({steps_per_epoch} per epoch): "
               + ", ".join(f"{k} {v}" for k, v in pruner.fxprune_schedule_steps.items()), flush=True)
-    total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
     if ckpt is None:  # before an epoch is spent; every rank stops alike (review178 F4)
         _on_main(lambda: refuse_unloadable_state(pruner, method, at_build=True))
+    _check_fits_run(pruner, method, total_steps, steps_per_epoch, cfg, net)
+    return net, pruner, measured_cost_state, undo_sync_bn
+
+
+def _check_fits_run(pruner, method: str, total_steps: int, steps_per_epoch: int, cfg: dict,
+                    net: nn.Module) -> None:
+    """The method's pruning runs within the run (:func:`check_run_fits`), and under DDP its
+    training step is the wrapped model's (``net``, the model it was built on)."""
     check_run_fits(pruner, method, total_steps,
-                   f"the run has {total_steps} ({optim_cfg['epochs']} epochs x {steps_per_epoch})")
+                   f"the run has {total_steps} ({cfg['optim']['epochs']} epochs x {steps_per_epoch})")
     own_forward = getattr(pruner, "train_forward", None)
-    if distributed and own_forward is not None and own_forward is not net:
+    if fxdist.is_distributed() and own_forward is not None and own_forward is not net:
         raise ConfigError(f"prune.method {method}: its training step runs a sub-network "
                           "outside the DDP wrapper, whose gradients would not be averaged; "
                           "under torchrun set prune.execution=masked")
-    return net, pruner, measured_cost_state, undo_sync_bn
 
 
 @dataclass

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -873,6 +874,35 @@ def test_a_latency_cost_named_to_the_callback_is_measured_by_the_callback(tmp_pa
     trainer(tmp_path, 2, [resumed]).fit(Classifier(), loader(), ckpt_path=saved)
     assert len(asked) == 1  # not timed again
     assert resumed.pruner.cost_model.to_dict() == table
+
+
+def test_refusals_that_need_no_timings_come_before_the_callbacks_latency_table(
+        tmp_path, monkeypatch):
+    """break199 F1: a fit too short for the schedule, or one whose optimizers hold none of the
+    model's parameters, was refused after the whole latency table was timed; F2: a
+    fast_dev_run timed the whole table for its one batch."""
+    import fxprune.integrations.lightning as lightning_mod
+
+    timed = []
+    monkeypatch.setattr(lightning_mod, "latency_cost", lambda *a, **k: timed.append(1))
+    long_ramp = {**SMCP_ARGS, "ramp": 40, "cost": "latency"}
+    with pytest.raises(ValueError, match=r"smcp reaches its target at optimizer step \d+ \(its "
+                                         r"schedule's end\), but this fit has at most 4"):
+        trainer(tmp_path, 1, [PruningCallback("smcp", **long_ramp)]).fit(Classifier(), loader())
+
+    class Elsewhere(Classifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    with pytest.raises(ValueError, match=r"none of the fit's 1 optimizer\(s\) holds the parameters"):
+        trainer(tmp_path, 1, [PruningCallback("smcp", **{**SMCP_ARGS, "cost": "latency"})]).fit(
+            Elsewhere(), loader())
+    assert timed == []
+    prune = PruningCallback("smcp", **{**SMCP_ARGS, "cost": "latency"})
+    with pytest.warns(RuntimeWarning, match=r"fast_dev_run prices smcp by FLOPs; cost='latency' "
+                                            r"times a latency table in a real fit"):
+        trainer(tmp_path, 1, [prune], fast_dev_run=True).fit(Classifier(), loader())
+    assert timed == [] and prune.pruner.cost_model.name == "flops"
 
 
 def test_a_resumed_fit_keeps_the_checkpoints_step_and_cost_and_refuses_before_timing(

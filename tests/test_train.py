@@ -1165,6 +1165,29 @@ def test_resume_refuses_to_move_a_cool_down_counted_from_the_end(recipe, tmp_pat
     assert "prune.cooldown_epochs counts from the end of the run" in err, err
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["prune.method=cucb", "prune.warmup=2", "prune.explore=100", "prune.channel_step=4"],
+     r"cucb makes its final selection at optimizer step 100 \(prune.explore\)"),
+    (["prune.method=smcp", "prune.warmup=2", "prune.ramp=500", "prune.update_every=2",
+      "prune.channel_step=4"], r"the pruning schedule reaches its target at step 502")])
+def test_refusals_that_need_no_timings_come_before_the_latency_table(
+        tmp_path, monkeypatch, overrides, message):
+    """break199 F1: a CUCB explore past the run, or a ramp past it, was refused only after the
+    whole latency table was timed (an hour on resnet18's recipe); the method is tried on a copy
+    priced by FLOPs first, and a target below that copy's floor is left to the table."""
+    import fxprune.train as train_module
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("timed before the refusal")
+
+    monkeypatch.setattr(train_module, "latency_cost", not_yet)
+    cfg = tiny_cfg(tmp_path / "run", "prune.cost=latency", "prune.target=0.5",
+                   "model.widths=[8, 8, 8]", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_a_latency_table_is_timed_at_the_methods_own_channel_step(recipe, tmp_path, monkeypatch):
     """review126 #2: a recipe leaving channel_step to SMCP (8) timed its table at step 1."""
     import inspect

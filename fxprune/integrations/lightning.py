@@ -70,7 +70,7 @@ from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measur
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
 from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cost,
-                            refuse_unloadable_state, schedule_end, trains_model)
+                            refuse_unloadable_state, schedule_end, trains_model, trial_build)
 from ..methods.registration import moved_channel_step, priced_channel_step
 from ..run_io import save_module, unwritable_folder
 
@@ -341,28 +341,32 @@ class PruningCallback(pl.Callback):
         """Whether ``save_path`` is the file this callback saved, unchanged since."""
         return self._saved is not None and self._saved == _file_id(self.save_path)
 
-    def _check_fit_runs_the_method(self, trainer: pl.Trainer) -> None:
+    def _check_fit_runs_the_method(self, trainer: pl.Trainer, pruner=None, prepared=None) -> None:
         """Before training (break155 F1, F2): no optimizer of the fit holds the prepared
         model's parameters (the method would never step), or the fit is shorter than the
-        method's schedule (it would end above its target, said after the whole fit)."""
+        method's schedule (it would end above its target, said after the whole fit).
+        ``pruner``/``prepared``: a trial of the method and its model, before a latency table is
+        timed (default: the callback's own)."""
+        pruner = self.pruner if pruner is None else pruner
+        prepared = self.prepared if prepared is None else prepared
         optimizers = list(getattr(trainer, "optimizers", None) or [])
-        if optimizers and not any(trains_model(o, self.prepared) for o in optimizers):
+        if optimizers and not any(trains_model(o, prepared) for o in optimizers):
             raise ArgumentError(
                 f"PruningCallback: none of the fit's {len(optimizers)} optimizer(s) holds the "
                 "parameters of the model fxprune.prepare returned, so the method would never "
                 "step; return an optimizer over self.model.parameters() (the prepared model's) "
                 "from configure_optimizers")
         if (getattr(trainer, "fast_dev_run", False)  # a smoke test: no target checked at its end
-                or not isinstance(getattr(self.pruner, "target", None), (int, float))):
+                or not isinstance(getattr(pruner, "target", None), (int, float))):
             return  # (a ratio, not a cost target: nothing is checked at the end either)
         total = getattr(trainer, "estimated_stepping_batches", None)
-        end = schedule_end(self.pruner)
+        end = schedule_end(pruner)
         if end is None or not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
             return
         # steps still needed against steps this fit has left: a refit of this callback goes on
         # from the method's step (review157 F4: refused after its target was reached), a
         # resume from the checkpoint's
-        steps = self._method_steps(trainer)
+        steps = self._method_steps(trainer, pruner)
         needed = end - steps
         left = total - int(getattr(trainer, "global_step", 0) or 0)
         if needed <= 0 or needed <= left:
@@ -373,7 +377,7 @@ class PruningCallback(pl.Callback):
         now = f"; {needed} more from its step {steps}" if steps else ""
         message = (f"PruningCallback: {self.method} reaches its target at optimizer step {end} "
                    f"(its schedule's end{now}), but this fit has at most {int(left)} optimizer "
-                   f"steps{why}; pass a shorter schedule to the callback ({self._step_keys()}) "
+                   f"steps{why}; pass a shorter schedule to the callback ({self._step_keys(pruner)}) "
                    "or fit longer (max_epochs, max_steps)")
         if not self.allow_above_target:
             raise ArgumentError(message + ", or pass allow_above_target=True to keep the model as "
@@ -383,10 +387,10 @@ class PruningCallback(pl.Callback):
         warn(message + "; the model is kept as the fit leaves it (allow_above_target=True)",
              RuntimeWarning)
 
-    def _step_keys(self) -> str:
+    def _step_keys(self, pruner) -> str:
         """The arguments that move the method's pruning steps (break198 F5: a plug-in was told
         SMCP's and CCP's): its own ``step_args``, else fxprune's methods' or words."""
-        cls = type(self.pruner)
+        cls = type(pruner)
         own = getattr(cls, "step_args", ())
         if own:
             return ", ".join(f"{k}=" for k in own)
@@ -394,11 +398,11 @@ class PruningCallback(pl.Callback):
             return "warmup=, ramp=; CCP: collect=, prune_at="
         return f"the arguments of {cls.__name__} that set when it prunes"
 
-    def _method_steps(self, trainer: pl.Trainer) -> int:
+    def _method_steps(self, trainer: pl.Trainer, pruner=None) -> int:
         """The steps the method has taken: its ``step_count``, or, for a method without one
         (optional in the protocol: break198 F6, an AttributeError at fit start), the fit's
         optimizer steps, one method step each."""
-        count = getattr(self.pruner, "step_count", None)
+        count = getattr(self.pruner if pruner is None else pruner, "step_count", None)
         if isinstance(count, int) and not isinstance(count, bool):
             return count
         return int(getattr(trainer, "global_step", 0) or 0)
@@ -498,6 +502,22 @@ class PruningCallback(pl.Callback):
                                     "the table is timed at the widths the method chooses, and "
                                     "its channel_step cannot be read from its signature; pass "
                                     "channel_step=")
+            if trainer is not None and getattr(trainer, "fast_dev_run", False):
+                # a smoke test of a batch or a few: no table is timed for it (break199 F2:
+                # minutes to an hour before the one batch)
+                if trainer.is_global_zero:
+                    warnings.warn(f"PruningCallback: fast_dev_run prices {self.method} by FLOPs; "
+                                  f"cost={kwargs['cost']!r} times a latency table in a real fit",
+                                  RuntimeWarning, stacklevel=2)
+                kwargs["cost"] = "flops"
+                return kwargs
+            if trainer is not None and not self.allow_above_target:
+                # what needs no timings is refused before them (break199 F1: a fit too short
+                # for the schedule, or no optimizer over the model, after the whole table)
+                trial = trial_build(lambda copy: self.method_entry.build(
+                    copy, **{**kwargs, "cost": "flops"}), prepared)
+                if trial is not None:  # (the optimizers hold the parameters of the model itself)
+                    self._check_fit_runs_the_method(trainer, trial, prepared)
             kwargs["cost"] = latency_cost(
                 prepared, kwargs["cost"], channel_step=int(step), cache=self.latency_cache,
                 progress=trainer is None or getattr(trainer, "progress_bar_callback", None) is not None)

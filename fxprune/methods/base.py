@@ -67,7 +67,8 @@ from ..allocation import uniform_kept
 from ..budget import Budget
 from ..checks import check_fraction
 from ..cost import LATENCY_COSTS, CostModel
-from ..errors import ArgumentError, ArgumentTypeError, MethodProtocolError, NotCopyableError, warn
+from ..errors import (ArgumentError, ArgumentTypeError, InfeasibleBudget, MethodProtocolError,
+                      NotCopyableError, warn)
 from ..groups import latest_pruner, register_pruner, state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
@@ -158,6 +159,30 @@ def pruning_schedule(pruner):
         f"{type(pruner).__name__}.schedule is a {type(schedule).__name__}; fxprune train and the "
         "Lightning callback read a method's schedule attribute as a fxprune.PruningSchedule "
         "(where its masks reach the target): give it one, or name the attribute otherwise")
+
+
+def trial_build(build: Callable[[fx.GraphModule], object], prepared: fx.GraphModule):
+    """``build(model)`` on a copy of ``prepared``, priced by FLOPs by the caller, its warnings
+    silenced and every random state left as it was: the refusals that need no latency table
+    (a schedule longer than the run, an explore step past it, gathered execution under DDP)
+    come before minutes of timing one (break199 F1). Returns the method, or None where it
+    refused its target (an error with a ``floor``), which only the real cost model judges."""
+    import random
+    import warnings
+
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build(copy.deepcopy(prepared))
+    except (ArgumentError, ArgumentTypeError, ValueError) as exc:
+        if getattr(exc, "floor", None) is not None or isinstance(exc, InfeasibleBudget):
+            return None
+        raise
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def schedule_end(pruner) -> int | None:
