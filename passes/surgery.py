@@ -384,9 +384,15 @@ def _likely_cause(prepared: fx.GraphModule) -> str:
         return f"This is a bug in fxprune: please report it with the model. {anyway}"
     listed = ", ".join(f"{getattr(key, '__qualname__', None) or key}: {type(row).__name__}()"
                        for key, row in list(rows.items())[:6]) + (", ..." if len(rows) > 6 else "")
+    weight_rows = any(hasattr(row, "in_dim") for row in rows.values())  # (a conv/linear row)
+    # (break200 F9: a weight layer's row was pointed at Elementwise() and Barriers alone)
+    layers = (" For a weight layer's row: a forward that reads sizes of its own (a reshape by "
+              "self.cin) needs a row subclass whose resize sets them, and one that computes with "
+              "its weight beyond a product needs a masked forward (a StandardizedConv subclass "
+              "with its standardized_weight)." if weight_rows else "")
     return (f"The rows given in rules= ({listed}) are the likeliest cause: each must describe its "
             "op (an Elementwise() row keeps every channel to itself; an op that mixes, reorders "
-            f"or reduces channels needs a rule of its own kind, or a Barrier). {anyway}")
+            f"or reduces channels needs a rule of its own kind, or a Barrier).{layers} {anyway}")
 
 
 def _float64_error(prepared: fx.GraphModule, pruned: nn.Module, inputs: tuple, expected) -> float:

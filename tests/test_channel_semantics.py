@@ -1172,3 +1172,30 @@ def test_a_row_whose_masked_form_is_another_function_is_refused_at_prepare():
     # a row whose masked form is the layer's own forward on the masked weight is that function
     pm = fxprune.prepare(net, x, rules={_UnbiasedStandardizedConv: Conv()})
     assert max_relative_error(net(*x), pm(*x)) < 1e-5
+
+
+class _SizedByItself(nn.Conv2d):
+    """A conv whose forward reshapes by a width of its own, which the Conv() row's resize
+    does not know to set."""
+
+    def forward(self, x):
+        y = self._conv_forward(x, self.weight, self.bias)
+        return y.reshape(y.shape[0], self.out_channels, *y.shape[2:])
+
+
+def test_finalizes_refusal_of_a_weight_row_names_the_weight_rows_ways_out():
+    """break200 F9: finalize pointed a conv's row at Elementwise() and Barriers alone."""
+    from fxprune.rules import Conv
+
+    class Row(Conv):
+        def resize(self, m, node, ctx):  # sizes left as they were: the reshape fails
+            pass
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), _SizedByItself(8, 8, 1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1))
+    pm = fxprune.prepare(net, (torch.randn(1, 3, 8, 8),), rules={_SizedByItself: Row()})
+    next(g for g in fxprune.channel_groups(pm) if g.name == "2").mask[:4] = 0
+    with pytest.raises(fxprune.SurgeryError, match=r"For a weight layer's row: a forward that "
+                                                   r"reads sizes of its own .* needs a row "
+                                                   r"subclass whose resize sets them"):
+        fxprune.finalize(pm)

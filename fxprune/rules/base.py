@@ -76,7 +76,11 @@ class ChannelRule:
         to tie positions that must hold the same channels (an add's inputs),
         ``ctx.untracked(ids, reason)`` and ``ctx.untracked_inputs(reason)`` to keep channels
         whole with the reason ``fxprune.summary`` shows, ``ctx.space(tensor, dim)`` and
-        ``ctx.layer(...)`` for a weight's channel dims (see :class:`fxprune.rules.Conv`).
+        ``ctx.layer(...)`` for a weight's channel dims; a weight row also ties its input dim
+        to the activation's channels (``ctx.connect(space_ids, act_ids, what)``) and says
+        where the mask goes (``ctx.mask_site(tensor, dim, row)``): see
+        :class:`fxprune.rules.Conv` and :class:`fxprune.rules.Linear`, and
+        :class:`fxprune.passes.group_analysis.ChannelAnalysis` for each method.
         """
         raise NotImplementedError
 
