@@ -115,7 +115,8 @@ def _measure(prepared: fx.GraphModule, kind: str, channel_step: int, *, progress
              f"{points:,} layer shapes, twice (minutes to hours on a CPU; the time left is said "
              f"once its pace is known, if over 5 minutes); channel_step={coarser} times "
              f"{grid_points(prepared, coarser):,}, or measure the table once and keep it "
-             "(cache=...)")
+             "(cache=...; a recipe: prune.channel_step, prune.latency_cache; the Lightning "
+             "callback: channel_step=, latency_cache=)")
     table = LatencyTable.measure(prepared, step=channel_step, progress=progress, log=log,
                                  cache=None if cache is None else os.path.expanduser(cache))
     if kind == "latency":

@@ -1202,7 +1202,9 @@ def test_latency_cost_times_at_the_step_given_and_says_when_that_grid_is_large(m
                                          r"the time left is said once its pace is known, if over 5 "
                                          r"minutes\); channel_step=16 times "
                                          rf"{grid_points(pm, 16):,}, or measure the "
-                                         r"table once and keep it \(cache=...\)"):
+                                         r"table once and keep it \(cache=...; a recipe: prune.channel_step, "
+                                         r"prune.latency_cache; the Lightning callback: "
+                                         r"channel_step=, latency_cache=\)"):
         latency_cost(pm, "latency", channel_step=8)
 
 
@@ -1436,6 +1438,11 @@ def test_a_method_pricing_with_a_table_timed_at_another_step_says_so():
     with pytest.warns(RuntimeWarning, match=r"^SMCP: the latency table was timed at step 8 and "
                                             r"this method chooses widths at channel_step=4: .*"
                                             r"latency_cost\(pm, \.\.\., channel_step=4\)\)$"):
+        fxprune.SMCP(pm, target=0.9, cost=table, channel_step=4)
+    # break199 F4: a table of another backend (a GPU's) is not told to become a CPU one
+    table.backend = "torch"
+    with pytest.warns(RuntimeWarning, match=r"\(LatencyTable.measure\(pm, backend='torch', step=4, "
+                                            r"\.\.\.\) as this one was timed\)$"):
         fxprune.SMCP(pm, target=0.9, cost=table, channel_step=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a multiple of the table's step: on its grid

@@ -836,15 +836,21 @@ class PruningMethod:
         self._sums_when_built = self._weight_sums()  # (on the device: no host read here)
         self._untrained_since, self._untrained_from = 0, "built"  # (see _restart_training_check)
         cost_model, other = resolve_cost_model(prepared, cost, self.channel_step)
-        timed_step = getattr(getattr(cost_model, "base", cost_model), "step", None)
+        table = getattr(cost_model, "base", cost_model)
+        timed_step = getattr(table, "step", None)
         if isinstance(timed_step, int) and timed_step > 1 and self.channel_step % timed_step:
             # widths between a table's grid points are interpolated, which ONNX Runtime's times
             # do not follow off multiples of 8 (review195 R4: a table timed at another step)
+            backend = getattr(table, "backend", None)
+            how = (f"fxprune.deploy.latency_cost(pm, ..., channel_step={self.channel_step})"
+                   if backend == "onnxruntime" else  # (break199 F4: a GPU table, told to
+                   # swap itself for a CPU one)
+                   f"LatencyTable.measure(pm, backend={backend!r}, step={self.channel_step}, "
+                   "...) as this one was timed")
             warn(f"{type(self).__name__}: the latency table was timed at step {timed_step} and "
                  f"this method chooses widths at channel_step={self.channel_step}: widths between "
-                 "its grid points are priced by interpolation; time it at the method's step "
-                 f"(fxprune.deploy.latency_cost(pm, ..., channel_step={self.channel_step}))",
-                 RuntimeWarning)
+                 f"its grid points are priced by interpolation; time it at the method's step "
+                 f"({how})", RuntimeWarning)
         self.budget = Budget(self.index, costed_layers(self.index, prepared), cost_model, other)
         self._priced_dtypes = [c.param.dtype for c in self.consumers]  # (see _check_priced_dtypes)
         self.step_count = 0
