@@ -36,7 +36,7 @@ from fxprune.errors import ArgumentTypeError
 from fxprune.groups import state_of
 from fxprune.units import UnitIndex, costed_layers
 
-from .common import DeployError, cpu_busy, cpu_load, cpu_name, load_said
+from .common import DeployArgumentError, DeployError, cpu_busy, cpu_load, cpu_name, load_said
 
 __all__ = ["calibrate_cost", "calibration_kept"]
 
@@ -103,14 +103,14 @@ def calibrate_cost(cost_model: CostModel, prepared: fx.GraphModule, *, keep: flo
     if step is None:  # a finer step than the table's prices widths it never timed (break171 F5)
         step = getattr(cost_model, "step", None) or 8
     if not 0 < keep < 1:
-        raise DeployError(f"keep must be a fraction of each group's channels in (0, 1), got {keep}")
+        raise DeployArgumentError(f"keep must be a fraction of each group's channels in (0, 1), got {keep}")
     for name, value, low in (("step", step, 1), ("iters", iters, 1), ("warmup", warmup, 0),
                              ("sessions", sessions, 1),
                              ("threads", 1 if threads is None else threads, 1),
                              ("batch", 1 if batch is None else batch, 1)):
         # (break129 F11: 8.0 and None raised bare TypeErrors from int() and range())
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise DeployError(f"calibrate_cost: {name} must be an integer >= {low}, got {value!r}")
+            raise DeployArgumentError(f"calibrate_cost: {name} must be an integer >= {low}, got {value!r}")
     state = state_of(prepared)
     inputs = [x for x in state.example_inputs if hasattr(x, "shape")]
     if len(inputs) != 1:

@@ -10,11 +10,23 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from fxprune.errors import FxPruneError, first_line, out_of_memory  # noqa: F401 - deploy's modules import it here
+from fxprune.errors import (ArgumentError, ArgumentTypeError, FxPruneError,  # noqa: F401
+                            first_line, out_of_memory)  # (deploy's modules import these here)
 
 
 class DeployError(FxPruneError, RuntimeError):
     """A deploy step failed for a reason the user can act on (the message says how)."""
+
+
+class DeployArgumentError(DeployError, ArgumentError):
+    """An argument of a deploy function out of its range: a :class:`DeployError` (what
+    ``fxprune deploy`` reports, exit 2) and an :class:`~fxprune.errors.ArgumentError` (a
+    ValueError), as the same argument of ``fxprune.deploy.latency_cost`` raises (break199 F5)."""
+
+
+class DeployArgumentTypeError(DeployError, ArgumentTypeError):
+    """An argument of a deploy function of the wrong kind: a :class:`DeployError` and an
+    :class:`~fxprune.errors.ArgumentTypeError` (a TypeError)."""
 
 
 def check_tolerance(name: str, value) -> None:

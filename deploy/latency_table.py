@@ -44,7 +44,8 @@ from fxprune.cost import LayerSpec
 from fxprune.errors import ArgumentTypeError, FxPruneError
 from fxprune.run_io import atomic_write, check_replaceable
 
-from .common import DeployError, cpu_busy, cpu_load, file_in_the_way
+from .common import (DeployArgumentError, DeployArgumentTypeError, DeployError, cpu_busy,
+                     cpu_load, file_in_the_way)
 from .layer_onnx import check_timed
 
 Timer = Callable[[LayerSpec, int, int], float]
@@ -286,24 +287,24 @@ class LatencyTable:
                 a latency cache of this format, or a timing that fails.
         """
         if timer is not None and not callable(timer):  # (break196 F5: failed mid-timing)
-            raise DeployError(f"timer is called as timer(layer, c_in, c_out) -> ms (or None: the "
+            raise DeployArgumentTypeError(f"timer is called as timer(layer, c_in, c_out) -> ms (or None: the "
                               f"backend times), got {type(timer).__name__}")
         if isinstance(progress, str) or progress not in (True, False):  # ("no" was True: review197 N5)
-            raise DeployError(f"progress is True or False, got {progress!r}")
+            raise DeployArgumentTypeError(f"progress is True or False, got {progress!r}")
         if not callable(log):
-            raise DeployError(f"log is called with each line (print, or lambda line: None to "
+            raise DeployArgumentTypeError(f"log is called with each line (print, or lambda line: None to "
                               f"keep quiet), got {type(log).__name__}")
         if backend not in _BACKENDS:
-            raise DeployError(f"backend {backend!r} is not one of {_BACKENDS}")
+            raise DeployArgumentError(f"backend {backend!r} is not one of {_BACKENDS}")
         if precision is not None and precision not in _PRECISION_DTYPES:
-            raise DeployError(f"precision {precision!r} is not one of {tuple(_PRECISION_DTYPES)}")
+            raise DeployArgumentError(f"precision {precision!r} is not one of {tuple(_PRECISION_DTYPES)}")
         if batch is not None and not _is_count(batch):
-            raise DeployError(f"batch must be an integer >= 1, got {batch!r}")
+            raise DeployArgumentError(f"batch must be an integer >= 1, got {batch!r}")
         if min_count is not None and not _is_count(min_count):
-            raise DeployError(f"min_count must be an integer >= 1, got {min_count!r}")
+            raise DeployArgumentError(f"min_count must be an integer >= 1, got {min_count!r}")
         if not (isinstance(target_ms, numbers.Real) and not isinstance(target_ms, bool)
                 and math.isfinite(target_ms) and target_ms > 0):  # break74: -1 and nan passed
-            raise DeployError(f"target_ms must be a number of milliseconds > 0, got {target_ms!r}")
+            raise DeployArgumentError(f"target_ms must be a number of milliseconds > 0, got {target_ms!r}")
         if cache is not None and not os.fspath(cache).strip():  # (break74: "" meant no cache)
             raise DeployError("cache is an empty path: give a file, or cache=None for no cache")
         if cache is not None and (blocked := file_in_the_way(cache)):  # before any timing
@@ -314,7 +315,7 @@ class LatencyTable:
                                  ("passes", passes, 1), ("warmup", warmup, 0),
                                  ("min_runs", min_runs, 1), ("max_runs", max_runs, min_runs)):
             if not _is_count(value, low):
-                raise DeployError(f"{name} must be an integer >= {low}"
+                raise DeployArgumentError(f"{name} must be an integer >= {low}"
                                   + (" (min_runs)" if name == "max_runs" else "")
                                   + f", got {value!r}")
         # plain ints from here on: a numpy one reached the saved JSON (review118 #8)

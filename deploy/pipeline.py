@@ -25,8 +25,8 @@ from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_f
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
 from . import torch_backend as tb
-from .common import (DeployError, check_tolerance, cpu_busy, cpu_load, cpu_name, file_in_the_way,
-                     load_said, prepared_inside, silent)
+from .common import (DeployArgumentError, DeployError, check_tolerance, cpu_busy, cpu_load,
+                     cpu_name, file_in_the_way, load_said, prepared_inside, silent)
 from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, is_onnx,
                        load_model, not_a_file, onnx_input_shape, read_onnx,
                        resolve_input_shape)
@@ -69,7 +69,7 @@ def _check_counts(**counts) -> None:
         # (numpy ints too: break179 F8)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             # both names, as atol (--atol): the Python argument and the flag (break174 F9)
-            raise DeployError(f"{_both(name)} must be an integer >= {low}, got {value!r}")
+            raise DeployArgumentError(f"{_both(name)} must be an integer >= {low}, got {value!r}")
 
 
 def _both(name: str) -> str:

@@ -565,8 +565,13 @@ def test_a_timer_that_returns_no_time_is_named_with_the_layer(bad):
                                     {"min_runs": 0}, {"min_runs": 5, "max_runs": 4}])
 def test_counts_that_would_time_nothing_are_refused(option):
     name = [k for k in option if k != "min_runs"][-1] if len(option) > 1 else next(iter(option))
-    with pytest.raises(DeployError, match=f"{name} must be an integer >= "):
+    with pytest.raises(DeployError, match=f"{name} must be an integer >= ") as refused:
         LatencyTable.measure([conv()], **{**FAST, **option}, timer=CountingTimer())
+    # break199 F5: latency_cost's channel_step=0 was a ValueError, measure's step=0 not
+    assert isinstance(refused.value, ValueError) and isinstance(refused.value, fxprune.ArgumentError)
+    with pytest.raises(TypeError, match="progress is True or False") as refused:
+        LatencyTable.measure([conv()], **{**FAST, "progress": "no"}, timer=CountingTimer())
+    assert isinstance(refused.value, DeployError)
 
 
 def test_a_tilde_path_is_read_where_it_is_written(tmp_path, monkeypatch):
