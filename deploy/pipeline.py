@@ -184,13 +184,13 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     # a missing model file it was noise (break37 #9)
     chosen: list[str] = []
     backend = choose_backend(backend, chosen.append)
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        # said first: the advice to pass --backend torch led to this error next (break199 F6)
+        raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "
+                          "or run on a machine with a GPU")
     if device is not None and backend != "torch":
         raise DeployError(f"--device {device} applies to the torch backend, but the {backend} "
                           "backend was chosen; drop --device or pass --backend torch")
-    if backend == "torch" and device is not None and str(device).startswith("cuda") \
-            and not torch.cuda.is_available():
-        raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "
-                          "or run on a machine with a GPU")
     if backend == "torch" and device is not None and torch.device(device).type not in ("cpu", "cuda"):
         # before the export, not after it (break66 #4: --device mps)
         raise DeployError(f"--device {device}: the torch backend times on 'cpu' or 'cuda', not "

@@ -1595,10 +1595,13 @@ def test_a_per_sample_loop_with_a_wrong_shape_is_told_the_shape(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, capsys):
+@pytest.mark.parametrize("backend", [[], ["--backend", "torch"]])
+def test_cuda_device_without_cuda_is_refused_before_export(saved, tmp_path, capsys, backend):
+    """break199 F6: without --backend, auto chose ONNX Runtime and the advice to pass
+    --backend torch led to "no CUDA device" only on the second try."""
     out = tmp_path / "out"
     rc = main(["deploy", str(saved / "pruned.pt"), "--out", str(out), "--input-shape", "1,3,16,16",
-               "--backend", "torch", "--device", "cuda", *TRUST])
+               *backend, "--device", "cuda", *TRUST])
     err = capsys.readouterr().err
     assert rc == 2 and "--device cuda: torch sees no CUDA device" in err, err
     assert not out.exists()
