@@ -390,8 +390,12 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     mode = "train" if model.training else "eval"
     # a whole block made one call puts its layers out of reach; layers whose weights the block
     # only passed to a function (torchvision's Swin attention) were out of reach before
+    def weight_layer(m):  # a torch conv/linear, or a module a weight row (rules=) is given for
+        return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))  # (break200 F8: a user's,
+                or hasattr(module_rule(type(m), rules), "in_dim"))  # dropped without a word)
+
     hiding = [name for name in mode_leaves if any(
-        isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        weight_layer(m)
         # (a hooked module is never traced through: its own call counts, if the forward makes it)
         and ((f"{name}.{path}" if path else name) in called or (name in hooked and name in called))
         for path, m in root.get_submodule(name).named_modules())]

@@ -1199,3 +1199,33 @@ def test_finalizes_refusal_of_a_weight_row_names_the_weight_rows_ways_out():
                                                    r"reads sizes of its own .* needs a row "
                                                    r"subclass whose resize sets them"):
         fxprune.finalize(pm)
+
+
+def test_a_users_row_layer_hidden_in_a_block_called_as_one_op_is_said():
+    """break200 F8: layers given a row, inside a block called as one op (its forward reads
+    self.training), were dropped without the warning torch's convs get."""
+    from fxprune.rules import Conv
+
+    class Pointwise(nn.Module):  # not a torch layer: a 1x1 conv with a conv's attributes
+        def __init__(self, c):
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.randn(c, c, 1, 1)), None
+            self.in_channels = self.out_channels = c
+            self.kernel_size, self.stride, self.padding, self.dilation = (1, 1), (1, 1), (0, 0), (1, 1)
+            self.groups = 1
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = Pointwise(8)
+
+        def forward(self, x):
+            return self.mix(x) * (0.5 if self.training else 1.0)
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), Block(), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with pytest.warns(UserWarning, match=r"1 submodule holding convs or linears \(2\) is called "
+                                         r"as one op, so those layers are not pruned"):
+        fxprune.prepare(net, (torch.randn(1, 3, 8, 8),), rules={Pointwise: Conv()})
