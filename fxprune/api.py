@@ -163,12 +163,16 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         check_traced(copy_model(model, tensors_of=gm), gm, stored, eval_output=eval_output,
                      reference=model)
         channels = analyze(gm, rules)
+        # the traced model's output as the masked one's is judged: eval mode, IEEE float32,
+        # autocast off (review202 R1: against propagate_shapes' run, in the caller's autocast
+        # or TF32, a right row was refused)
+        unmasked = _reference_output(gm, stored) if rules else None
         insert_masks(gm, channels)
         # a state loaded from a model SMCP rescaled rescales this one too (passes/bn_rescale.py)
         gm.register_load_state_dict_post_hook(sync_loaded_rescale)
         check_hooks_take_the_masks(gm, stored)
         if rules:
-            _check_rows_keep_the_function(gm, stored, eval_output, rules)
+            _check_rows_keep_the_function(gm, stored, unmasked, rules)
         count, holders = _untraced_parameters(model, gm)
         quantized = _warn_quantized_layers(model)
         gm.meta["fxprune"] = PreparedState(channels, dict(rules or {}), stored, MASK_OWNER,
@@ -178,22 +182,28 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         return gm
 
 
-def _check_rows_keep_the_function(gm: fx.GraphModule, inputs: tuple, eval_output,
-                                   rules: dict) -> None:
+def _reference_output(gm: fx.GraphModule, inputs: tuple):
+    """``gm``'s output as :func:`run_eval` gives it, from the caller's random state, which is
+    kept."""
+    with preserving_rng(gm, inputs):
+        return run_eval(gm, inputs)
+
+
+def _check_rows_keep_the_function(gm: fx.GraphModule, inputs: tuple, unmasked,
+                                  rules: dict) -> None:
     """With every mask 1, the prepared model computes what the traced one did: a row given in
     ``rules=`` whose masked form is another function (break200 F6: a user's weight-standardized
     conv given StandardizedConv(), whose formula differs, trained on another function and was
     refused only at finalize) is refused here, naming the rows. Eval mode, from one random
-    state; a model whose eval output differs from itself between runs is not judged."""
-    with preserving_rng(gm, inputs):
-        masked = run_eval(gm, inputs)
-    err = max_relative_error(eval_output, masked)
+    state, both runs as :func:`run_eval` makes them; a model whose eval output differs from
+    itself between runs is not judged."""
+    masked = _reference_output(gm, inputs)
+    err = max_relative_error(unmasked, masked)
     rtol = default_rtol(gm)
     if err <= rtol:
         return
-    with preserving_rng(gm, inputs):
-        if max_relative_error(masked, run_eval(gm, inputs)) > rtol:
-            return  # random in eval mode: finalize's own check says so
+    if max_relative_error(masked, _reference_output(gm, inputs)) > rtol:
+        return  # random in eval mode: finalize's own check says so
     listed = ", ".join(f"{getattr(key, '__qualname__', None) or key}: {type(row).__name__}()"
                        for key, row in list(rules.items())[:6])
     raise ArgumentError(
