@@ -185,9 +185,11 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
     chosen: list[str] = []
     backend = choose_backend(backend, chosen.append)
     if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
-        # said first: the advice to pass --backend torch led to this error next (break199 F6)
-        raise DeployError(f"--device {device}: torch sees no CUDA device here; pass --device cpu "
-                          "or run on a machine with a GPU")
+        # said first: the advice to pass --backend torch led to this error next (break199 F6),
+        # and --device cpu, with ONNX Runtime, to "applies to the torch backend" (review202 R6)
+        way = "pass --device cpu" if backend == "torch" else "drop --device (ONNX Runtime runs on the CPU)"
+        raise DeployError(f"--device {device}: torch sees no CUDA device here; {way} or run on a "
+                          "machine with a GPU")
     if device is not None and backend != "torch":
         raise DeployError(f"--device {device} applies to the torch backend, but the {backend} "
                           "backend was chosen; drop --device or pass --backend torch")

@@ -55,7 +55,7 @@ from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
 from .errors import (DivergedError, FxPruneError, MethodProtocolError, TargetNotReachedError,
                      TraceError, first_line, out_of_memory)
 from .methods.base import (check_resumed_steps, method_cost, method_parameters,
-                           refuse_unloadable_state, schedule_end, trial_build)
+                           refuse_unloadable_state, schedule_end, check_on_trial)
 from .models import build_model, timm_name
 from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
                             ConfigError, apply_overrides, check_run_fits,
@@ -1061,11 +1061,9 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
     if prune_cfg.get("cost") in LATENCY_COSTS and ckpt is None:
         # what needs no timings is refused before them (break199 F1: a CUCB explore past the
         # run, or gathered execution under torchrun, an hour of timing later)
-        copies = []
-        trial = trial_build(lambda copy: build(copies.append(copy) or copy,
-                                               {**prune_cfg, "cost": "flops"}), net)
-        if trial is not None:
-            _check_fits_run(trial, method, total_steps, steps_per_epoch, cfg, copies[0])
+        check_on_trial(lambda copy: build(copy, {**prune_cfg, "cost": "flops"}), net,
+                       lambda trial, copy: _check_fits_run(trial, method, total_steps,
+                                                           steps_per_epoch, cfg, copy))
     if prune_cfg.get("cost") in LATENCY_COSTS:
         # the widths the method chooses among: its own default where the recipe sets none
         # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)

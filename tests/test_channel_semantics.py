@@ -1058,6 +1058,11 @@ class _LinearThenMean(nn.Linear):
         return F.linear(x, self.weight, self.bias).mean(1)
 
 
+class _ConvPaddingItself(nn.Conv2d):
+    def forward(self, x):
+        return self._conv_forward(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
+
+
 class _ScaledConv(nn.Conv2d):
     def forward(self, x):
         return self._conv_forward(x, self.weight * 0.5, self.bias)
@@ -1066,7 +1071,9 @@ class _ScaledConv(nn.Conv2d):
 @pytest.mark.parametrize("layer, row, got, want", [
     (_ConvThenPool(8, 16, 3, padding=1), "Conv", r"\(2, 16, 4, 4\)", r"\(2, 16, 8, 8\)"),
     (_ConvThenShuffle(8, 16, 3, padding=1), "Conv", r"\(2, 4, 16, 16\)", r"\(2, 16, 8, 8\)"),
-    (_LinearThenMean(8, 16), "Linear", r"\(2, 16\)", r"\(2, 8, 16\)")])
+    (_LinearThenMean(8, 16), "Linear", r"\(2, 16\)", r"\(2, 8, 16\)"),
+    (_ConvPaddingItself(8, 16, 3), "Conv", r"\(2, 16, 8, 8\)",
+     r"\(2, 16, 6, 6\) at this input: .* takes the ConvSame\(\) row; otherwise do that")])
 def test_a_row_on_a_module_whose_forward_does_more_than_its_layer_is_refused(layer, row, got, want):
     """break200 F2: a conv + pool given the Conv() row was priced at the pooled output, 4x too
     cheap (SMCP at 0.68 of dense FLOPs with the finalized model at 0.30), a linear + mean too;
@@ -1076,13 +1083,13 @@ def test_a_row_on_a_module_whose_forward_does_more_than_its_layer_is_refused(lay
     if row == "Linear":
         net, x = nn.Sequential(nn.Linear(4, 8), layer, nn.Linear(16, 3)), torch.randn(2, 8, 4)
     else:
-        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(16 if
-                            isinstance(layer, _ConvThenPool) else 4, 4, 1))
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(
+            4 if isinstance(layer, _ConvThenShuffle) else 16, 4, 1))
         x = torch.randn(2, 3, 8, 8)
     with pytest.raises(fxprune.FxPruneError, match=rf"^rule {row}\(\) cannot apply to `1` "
                                                    rf"\({type(layer).__name__}\): its output has "
                                                    rf"shape {got}, and the layer its attributes "
-                                                   rf"describe gives {want} at this input"):
+                                                   rf"describe gives {want}"):
         fxprune.prepare(net, (x,), rules={type(layer): getattr(fxprune.rules, row)()})
     # a forward that only changes the weight is the layer: priced at its own output
     scaled = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _ScaledConv(8, 16, 3, stride=2),

@@ -70,7 +70,8 @@ from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measur
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..groups import is_finalized, is_prepared
 from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cost,
-                            refuse_unloadable_state, schedule_end, trains_model, trial_build)
+                            refuse_unloadable_state, schedule_end, trains_model, check_on_trial)
+from ..importance import close_live_taps
 from ..methods.registration import moved_channel_step, priced_channel_step
 from ..run_io import save_module, unwritable_folder
 
@@ -504,20 +505,21 @@ class PruningCallback(pl.Callback):
                                     "channel_step=")
             if trainer is not None and getattr(trainer, "fast_dev_run", False):
                 # a smoke test of a batch or a few: no table is timed for it (break199 F2:
-                # minutes to an hour before the one batch)
+                # minutes to an hour before the one batch); the method is dropped at its end
                 if trainer.is_global_zero:
                     warnings.warn(f"PruningCallback: fast_dev_run prices {self.method} by FLOPs; "
                                   f"cost={kwargs['cost']!r} times a latency table in a real fit",
                                   RuntimeWarning, stacklevel=2)
                 kwargs["cost"] = "flops"
+                self._priced_for_smoke = True
                 return kwargs
-            if trainer is not None and not self.allow_above_target:
+            if trainer is not None:
                 # what needs no timings is refused before them (break199 F1: a fit too short
-                # for the schedule, or no optimizer over the model, after the whole table)
-                trial = trial_build(lambda copy: self.method_entry.build(
-                    copy, **{**kwargs, "cost": "flops"}), prepared)
-                if trial is not None:  # (the optimizers hold the parameters of the model itself)
-                    self._check_fit_runs_the_method(trainer, trial, prepared)
+                # for the schedule, or no optimizer over the model, after the whole table);
+                # the optimizers hold the parameters of the model itself, not of the copy
+                check_on_trial(lambda copy: self.method_entry.build(
+                    copy, **{**kwargs, "cost": "flops"}), prepared,
+                    lambda trial, copy: self._check_fit_runs_the_method(trainer, trial, prepared))
             kwargs["cost"] = latency_cost(
                 prepared, kwargs["cost"], channel_step=int(step), cache=self.latency_cache,
                 progress=trainer is None or getattr(trainer, "progress_bar_callback", None) is not None)
@@ -594,6 +596,11 @@ class PruningCallback(pl.Callback):
             # and allow_above_target saved a dense model (break133 F5). No final rule either,
             # and no earlier fit's model left as this one's (review137 #6)
             self.finalized = None
+            if self.__dict__.pop("_priced_for_smoke", False):
+                # priced by FLOPs for the smoke test only: a later fit builds it again, priced
+                # by the latency it was given (review202 R2: it went on by FLOPs, unsaid)
+                close_live_taps(self.prepared)
+                self.pruner, self._trained_state, self._param_ids = None, None, None
             if trainer.is_global_zero:
                 warnings.warn(f"PruningCallback: fast_dev_run ran {self._method_steps(trainer)} "
                               f"step(s) of {self.method}; as Lightning does in this mode, the "

@@ -161,28 +161,39 @@ def pruning_schedule(pruner):
         "(where its masks reach the target): give it one, or name the attribute otherwise")
 
 
-def trial_build(build: Callable[[fx.GraphModule], object], prepared: fx.GraphModule):
-    """``build(model)`` on a copy of ``prepared``, priced by FLOPs by the caller, its warnings
-    silenced and every random state left as it was: the refusals that need no latency table
-    (a schedule longer than the run, an explore step past it, gathered execution under DDP)
-    come before minutes of timing one (break199 F1). Returns the method, or None where it
-    refused its target (an error with a ``floor``), which only the real cost model judges."""
+def check_on_trial(build: Callable[[fx.GraphModule], object], prepared: fx.GraphModule,
+                   check: Callable[[object, fx.GraphModule], None]) -> None:
+    """``check(method, model)`` on ``method = build(model)``, ``model`` a copy of ``prepared``
+    that ``build`` prices by FLOPs: the refusals that need no latency table (a schedule longer
+    than the run, an explore step past it, gathered execution under DDP, no optimizer over the
+    model) come before minutes of timing one (break199 F1). Warnings are silenced (the real
+    build and check say them), every random state is left as it was, and the copy is freed
+    before this returns (review202 R3: its hooks tie it to the method, a cycle). A target the
+    copy refuses (an error with a ``floor``) is not checked: only the real cost model judges
+    it."""
+    import gc
     import random
     import warnings
 
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     python_state, numpy_state = random.getstate(), np.random.get_state()
+    model = method = None
     try:
         with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return build(copy.deepcopy(prepared))
-    except (ArgumentError, ArgumentTypeError, ValueError) as exc:
-        if getattr(exc, "floor", None) is not None or isinstance(exc, InfeasibleBudget):
-            return None
-        raise
+            model = copy.deepcopy(prepared)
+            try:
+                method = build(model)
+            except (ArgumentError, ArgumentTypeError, ValueError) as exc:
+                if getattr(exc, "floor", None) is not None or isinstance(exc, InfeasibleBudget):
+                    return
+                raise
+            check(method, model)
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+        del model, method
+        gc.collect()
 
 
 def schedule_end(pruner) -> int | None:

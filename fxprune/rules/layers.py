@@ -80,13 +80,19 @@ class _WeightLayer(ChannelRule):
         got = tuple(ctx.out_shape())
         if got != tuple(expected):
             m = ctx.module()
+            n = len(getattr(spec, "kernel_size", ()))
+            padded = (n and len(got) == len(expected) and got[:-n] == tuple(expected[:-n])
+                      and all(g > e for g, e in zip(got[-n:], expected[-n:])))
+            # (review202 R4: a conv padding in its own forward was told to move its "pool")
+            hint = ("a conv that pads its input in its forward as TensorFlow's \"SAME\" does takes "
+                    "the ConvSame() row; otherwise " if padded else "")
             raise FxPruneError(
                 f"rule {type(self).__name__}() cannot apply to `{ctx.module_name()}` "
                 f"({type(m).__name__}): its output has shape {got}, and the layer its attributes "
                 f"describe gives {tuple(expected)} at this input: its forward does more than "
                 "the layer (a pool, a reshape, a reduction after it), which the row would price "
-                "and prune as the layer alone; do that part outside the module, or give the "
-                "module a rule of its own kind (a subclass of fxprune.rules.ChannelRule)")
+                f"and prune as the layer alone; {hint}do that part outside the module, or give "
+                "the module a rule of its own kind (a subclass of fxprune.rules.ChannelRule)")
 
     def _check_layout(self, ctx, m) -> None:
         """The weight's dims at ``in_dim``/``out_dim`` hold the module's own input and output
