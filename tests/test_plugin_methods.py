@@ -211,3 +211,34 @@ def test_the_lightning_callback_holds_a_plug_in_to_the_protocol_as_the_trainer_d
                                                   r"step_count 0, and it was at 4 when"):
         trainer(tmp_path / "c", 2, [PruningCallback("forgets", at_step=3)]).fit(
             Classifier(), loader(), ckpt_path=ckpt)
+
+
+def test_a_trial_build_leaves_no_copy_no_random_draw_and_no_pruner_behind():
+    """break199 F1's trial (the method on a FLOPs-priced copy, before a latency table):
+    review202 R3 found the copy kept alive by a cycle through the timing."""
+    import random
+    import weakref
+
+    import numpy as np
+
+    from fxprune.groups import latest_pruner
+    from fxprune.methods.base import check_on_trial
+
+    pm = prepared()
+    copies, checked = [], []
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+
+    def build(model):
+        copies.append(weakref.ref(model))
+        torch.randn(3), random.random(), np.random.rand()  # draws a trial must not leave
+        return fxprune.CCP(model, target=0.5, collect=2, prune_at=3, channel_step=1)
+
+    check_on_trial(build, pm, lambda method, model: checked.append(method.prepared is model))
+    assert checked == [True] and copies[0]() is None and latest_pruner(pm) is None
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert (np.random.get_state()[1] == states[2]).all()
+    with pytest.raises(ValueError, match="too short"):  # a check's refusal is the caller's
+        check_on_trial(build, pm, lambda method, model: (_ for _ in ()).throw(ValueError("too short")))
+    # a target below the copy's floor is the real cost model's to judge: not raised here
+    check_on_trial(lambda model: UniformOneShot(model, target=0.001), pm, checked.append)
+    assert len(checked) == 1
