@@ -956,7 +956,7 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
     prune_steps = pruner.prune_steps() if callable(getattr(pruner, "prune_steps", None)) else []
     late = [s for s in prune_steps if s > total_steps]
     # the keys that move them (break198 F5: a plug-in was told CCP's collect and prune_at)
-    keys = _step_keys(pruner, "prune.collect / prune.prune_at (or rounds, round_every)")
+    keys = step_keys(pruner, "prune.collect / prune.prune_at (or rounds, round_every)")
     if late:
         listed = (", ".join(map(str, late)) if len(late) <= 5 else
                   f"{', '.join(map(str, late[:3]))}, ..., {late[-1]}")  # (break132 #3: all 50)
@@ -991,15 +991,18 @@ def check_run_fits(pruner, method: str, total_steps: int, run: str) -> None:
                              getattr(pruner, "fxprune_schedule_steps", None), run)
 
 
-def _step_keys(pruner, fxprune_keys: str) -> str:
-    """The recipe keys that move a method's pruning steps, for a refusal: a method's own
-    ``step_args``, else ``fxprune_keys`` for fxprune's methods, else words."""
+def step_keys(pruner, fxprune_keys: str, *, recipe: bool = True) -> str:
+    """The settings that move a method's pruning steps, for a refusal (break198 F5: a plug-in
+    was told CCP's): a method's own ``step_args`` (``prune.KEY`` in a recipe, ``KEY=`` for
+    the Lightning callback), else ``fxprune_keys`` for fxprune's methods, else words."""
     own = getattr(type(pruner), "step_args", ())
     if own:
-        return " / ".join(f"prune.{k}" for k in own) + " (or the _epochs/_fraction form set)"
+        return (" / ".join(f"prune.{k}" for k in own) + " (or the _epochs/_fraction form set)"
+                if recipe else ", ".join(f"{k}=" for k in own))
     if type(pruner).__module__.startswith("fxprune."):
         return fxprune_keys
-    return f"the settings of {type(pruner).__name__} that set when it prunes"
+    what = "settings" if recipe else "arguments"
+    return f"the {what} of {type(pruner).__name__} that set when it prunes"
 
 
 def resolve_config(cfg: dict | None = None, overrides: list[str] | None = None) -> dict:

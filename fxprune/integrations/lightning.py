@@ -73,6 +73,7 @@ from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cos
                             refuse_unloadable_state, schedule_end, trains_model, check_on_trial)
 from ..importance import close_live_taps
 from ..methods.registration import moved_channel_step, priced_channel_step
+from ..recipe_config import step_keys
 from ..run_io import save_module, unwritable_folder
 
 
@@ -376,9 +377,10 @@ class PruningCallback(pl.Callback):
         why = (f" (accumulate_grad_batches={accumulate}: one optimizer step per {accumulate} "
                "batches)" if isinstance(accumulate, int) and accumulate > 1 else "")
         now = f"; {needed} more from its step {steps}" if steps else ""
+        keys = step_keys(pruner, "warmup=, ramp=; CCP: collect=, prune_at=", recipe=False)
         message = (f"PruningCallback: {self.method} reaches its target at optimizer step {end} "
                    f"(its schedule's end{now}), but this fit has at most {int(left)} optimizer "
-                   f"steps{why}; pass a shorter schedule to the callback ({self._step_keys(pruner)}) "
+                   f"steps{why}; pass a shorter schedule to the callback ({keys}) "
                    "or fit longer (max_epochs, max_steps)")
         if not self.allow_above_target:
             raise ArgumentError(message + ", or pass allow_above_target=True to keep the model as "
@@ -387,17 +389,6 @@ class PruningCallback(pl.Callback):
         # alike (review157 F8: rank 1 went on into the fit alone)
         warn(message + "; the model is kept as the fit leaves it (allow_above_target=True)",
              RuntimeWarning)
-
-    def _step_keys(self, pruner) -> str:
-        """The arguments that move the method's pruning steps (break198 F5: a plug-in was told
-        SMCP's and CCP's): its own ``step_args``, else fxprune's methods' or words."""
-        cls = type(pruner)
-        own = getattr(cls, "step_args", ())
-        if own:
-            return ", ".join(f"{k}=" for k in own)
-        if cls.__module__.startswith("fxprune."):
-            return "warmup=, ramp=; CCP: collect=, prune_at="
-        return f"the arguments of {cls.__name__} that set when it prunes"
 
     def _method_steps(self, trainer: pl.Trainer, pruner=None) -> int:
         """The steps the method has taken: its ``step_count``, or, for a method without one
