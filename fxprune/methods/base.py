@@ -175,11 +175,13 @@ def check_on_trial(build: Callable[[fx.GraphModule], object], prepared: fx.Graph
     import random
     import warnings
 
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    from ..passes.shape_prop import preserving_rng
+
     python_state, numpy_state = random.getstate(), np.random.get_state()
     model = method = None
     try:
-        with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
+        # (torch's generators on the CPU and the model's own CUDA devices, review202 R10)
+        with preserving_rng(prepared, ()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = copy.deepcopy(prepared)
             try:
