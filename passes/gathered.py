@@ -93,7 +93,8 @@ class _GatheredLayer(nn.Module):
             user = getattr(type(module), "_fxprune_base", type(module))
             raise SurgeryError(f"gathered execution does not run {user.__name__}'s own forward "
                                f"({name}): it would call the plain layer instead; use masked "
-                               "execution")
+                               "execution (a forward that only makes its layer's call needs no "
+                               "row in rules=: traced through, it gathers)")
 
     def _index(self, tensor: str, dim: int):
         return self.owner.indices.get(f"{self.name}.{tensor}:{dim}")

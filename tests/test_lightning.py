@@ -899,10 +899,16 @@ def test_refusals_that_need_no_timings_come_before_the_callbacks_latency_table(
             Elsewhere(), loader())
     assert timed == []
     prune = PruningCallback("smcp", **{**SMCP_ARGS, "cost": "latency"})
-    with pytest.warns(RuntimeWarning, match=r"fast_dev_run prices smcp by FLOPs; cost='latency' "
+    model = Classifier()
+    before = [g.mask.clone() for g in fxprune.channel_groups(model.model) if g.prunable]
+    with pytest.warns(RuntimeWarning, match=r"fast_dev_run prices smcp by FLOPs \(its target is "
+                                            r"not checked against latency here\); cost='latency' "
                                             r"times a latency table in a real fit"):
-        trainer(tmp_path, 1, [prune], fast_dev_run=True).fit(Classifier(), loader())
+        trainer(tmp_path, 1, [prune], fast_dev_run=4).fit(model, loader())
     assert timed == [] and prune.pruner is None
+    # break203 F1: the smoke test's masks stayed, and the next fit was told of a resume
+    after = [g.mask for g in fxprune.channel_groups(model.model) if g.prunable]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
     # review202 R2: the real fit after the smoke test went on with the FLOPs-priced method
     from fxprune.cost import FlopsCost
 

@@ -68,7 +68,7 @@ from ..checks import check_bool
 from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
-from ..groups import is_finalized, is_prepared
+from ..groups import is_finalized, is_prepared, state_of
 from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cost,
                             refuse_unloadable_state, schedule_end, trains_model, check_on_trial)
 from ..importance import close_live_taps
@@ -498,11 +498,15 @@ class PruningCallback(pl.Callback):
                 # a smoke test of a batch or a few: no table is timed for it (break199 F2:
                 # minutes to an hour before the one batch); the method is dropped at its end
                 if trainer.is_global_zero:
-                    warnings.warn(f"PruningCallback: fast_dev_run prices {self.method} by FLOPs; "
+                    warnings.warn(f"PruningCallback: fast_dev_run prices {self.method} by FLOPs "
+                                  "(its target is not checked against latency here); "
                                   f"cost={kwargs['cost']!r} times a latency table in a real fit",
                                   RuntimeWarning, stacklevel=2)
                 kwargs["cost"] = "flops"
-                self._priced_for_smoke = True
+                # its masks, put back when the smoke test's method is dropped (break203 F1: the
+                # next fit's method was told of a resume that never happened)
+                bank = prepared.get_submodule(state_of(prepared).mask_owner)
+                self._masks_before_smoke = {n: b.detach().clone() for n, b in bank.named_buffers()}
                 return kwargs
             if trainer is not None:
                 # what needs no timings is refused before them (break199 F1: a fit too short
@@ -587,10 +591,16 @@ class PruningCallback(pl.Callback):
             # and allow_above_target saved a dense model (break133 F5). No final rule either,
             # and no earlier fit's model left as this one's (review137 #6)
             self.finalized = None
-            if self.__dict__.pop("_priced_for_smoke", False):
+            before = self.__dict__.pop("_masks_before_smoke", None)
+            if before is not None:
                 # priced by FLOPs for the smoke test only: a later fit builds it again, priced
-                # by the latency it was given (review202 R2: it went on by FLOPs, unsaid)
+                # by the latency it was given (review202 R2: it went on by FLOPs, unsaid), on
+                # the masks the model had before
                 close_live_taps(self.prepared)
+                bank = self.prepared.get_submodule(state_of(self.prepared).mask_owner)
+                with torch.no_grad():
+                    for name, mask in bank.named_buffers():
+                        mask.copy_(before[name])
                 self.pruner, self._trained_state, self._param_ids = None, None, None
             if trainer.is_global_zero:
                 warnings.warn(f"PruningCallback: fast_dev_run ran {self._method_steps(trainer)} "
