@@ -1058,12 +1058,6 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
         return make_pruner(model, cfg, steps_per_epoch=steps_per_epoch,
                            epochs=int(optim_cfg["epochs"]), seed=seed, **context)
 
-    if prune_cfg.get("cost") in LATENCY_COSTS and ckpt is None:
-        # what needs no timings is refused before them (break199 F1: a CUCB explore past the
-        # run, or gathered execution under torchrun, an hour of timing later)
-        check_on_trial(lambda copy: build(copy, {**prune_cfg, "cost": "flops"}), net,
-                       lambda trial, copy: _check_fits_run(trial, method, total_steps,
-                                                           steps_per_epoch, cfg, copy))
     if prune_cfg.get("cost") in LATENCY_COSTS:
         # the widths the method chooses among: its own default where the recipe sets none
         # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
@@ -1081,6 +1075,11 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
         if ckpt is not None:  # the run's own timings: a new measurement would move the budget
             measured_cost = _saved_measured_cost(ckpt, ckpt_path, prune_cfg["cost"])
         else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
+            # what needs no timings is refused before them (break199 F1: a CUCB explore past
+            # the run, or gathered execution under torchrun, an hour of timing later)
+            check_on_trial(lambda copy: build(copy, {**prune_cfg, "cost": "flops"}), net,
+                           lambda trial, copy: _check_fits_run(trial, method, total_steps,
+                                                               steps_per_epoch, cfg, copy))
             # (log.progress=false turns off the table's bar as the training one, break52)
             # its cache judged before any timing, by rank 0 (the one that reads and
             # writes it), every rank refusing alike (break190 F1, F3; review189 R5)

@@ -186,7 +186,7 @@ def check_on_trial(build: Callable[[fx.GraphModule], object], prepared: fx.Graph
             model = copy.deepcopy(prepared)
             try:
                 method = build(model)
-            except (ArgumentError, ArgumentTypeError, ValueError) as exc:
+            except ValueError as exc:  # (ArgumentError, ConfigError and InfeasibleBudget are)
                 if getattr(exc, "floor", None) is not None or isinstance(exc, InfeasibleBudget):
                     return
                 raise
