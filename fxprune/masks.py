@@ -877,6 +877,12 @@ def wrap(module: nn.Module, table: dict[type, type]) -> nn.Module:
     return module
 
 
+def user_class(module: nn.Module) -> type:
+    """The class ``module`` had before ``prepare`` (the user's), whether or not fxprune swapped
+    in its masked form."""
+    return getattr(type(module), "_fxprune_base", type(module))
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """Give ``module`` (in place) back its plain torch.nn class and drop fxprune attributes."""
     if isinstance(module, FXPRUNE_CLASSES):

@@ -10,7 +10,7 @@ from torch import fx
 
 from fxprune.compare import run_eval
 from fxprune.errors import UnsupportedModelError
-from fxprune.masks import FXPRUNE_CLASSES
+from fxprune.masks import FXPRUNE_CLASSES, user_class
 
 from .shape_prop import preserving_rng
 from .trace import FORWARD_HOOK_KINDS, hook_names
@@ -81,7 +81,7 @@ def check_hooks_take_the_masks(gm: fx.GraphModule, inputs: tuple) -> None:
     if name is None:
         return
     module = hooked[name]
-    cls = getattr(type(module), "_fxprune_base", type(module)).__name__  # the user's class
+    cls = user_class(module).__name__
     what = (f"gets {dropped[name]} of the {passed[name]} arguments the prepared model calls it "
             "with (input, then its masks)" if name in dropped else
             f"fails where the prepared model calls it with (input, then its masks): "

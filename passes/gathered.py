@@ -44,7 +44,7 @@ from fxprune.cpu_kernels import strided_pointwise
 from fxprune.errors import SurgeryError
 from fxprune.groups import state_of
 from fxprune.masks import (_RescaledBatchNorm, mask_weight, masked_group_norm_call,
-                           masked_layer_norm, masked_rms_norm)
+                           masked_layer_norm, masked_rms_norm, user_class)
 from fxprune.units import host_to_device
 
 from .grad_mode import restore_modes_on_exit
@@ -61,7 +61,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def _own_forward(module: nn.Module) -> bool:
     """Whether the user's class of ``module`` (the one fxprune's masked form derives from)
     runs a forward of its own rather than its torch layer's."""
-    user = getattr(type(module), "_fxprune_base", type(module))
+    user = user_class(module)
     torch_layer = next((c for c in user.__mro__ if c.__module__.startswith("torch.nn.")), None)
     return torch_layer is not None and user.forward is not torch_layer.forward
 
@@ -90,9 +90,8 @@ class _GatheredLayer(nn.Module):
             # call below would replace by the plain layer's (break200 F5: a DropConnect conv
             # trained without its DropConnect, unsaid; a scaled one was blamed on "a literal
             # channel count")
-            user = getattr(type(module), "_fxprune_base", type(module))
-            raise SurgeryError(f"gathered execution does not run {user.__name__}'s own forward "
-                               f"({name}): it would call the plain layer instead; use masked "
+            raise SurgeryError(f"gathered execution does not run {user_class(module).__name__}'s "
+                               f"own forward ({name}): it would call the plain layer instead; use masked "
                                "execution (a forward that only makes its layer's call needs no "
                                "row in rules=: traced through, it gathers)")
 
@@ -211,7 +210,7 @@ def _runs_as_is(m: nn.Module, rules: dict | None) -> bool:
     in; ``rules``: prepare's own rows) says it runs unchanged on the active channels
     (:meth:`ChannelRule.gathers_as_is`): activations, dropouts, pools, a row given through
     ``rules=`` (review194 M2: a second list here ignored it, and CUCB trained at full width)."""
-    row = module_rule(getattr(type(m), "_fxprune_base", type(m)), rules)
+    row = module_rule(user_class(m), rules)
     return row is not None and row.gathers_as_is(m)
 
 
@@ -219,7 +218,7 @@ def _after_norm(bn: nn.Module, name: str, rules: dict | None = None) -> list[nn.
     """What a BatchNorm subclass applies after normalising, for the gathered forward to apply
     too: timm's ``BatchNormAct2d`` runs ``drop`` then ``act`` (break33 #4: they were dropped).
     Raises SurgeryError for a subclass whose additions are not known to be elementwise."""
-    base = getattr(type(bn), "_fxprune_base", type(bn))
+    base = user_class(bn)
     if type(bn) in _PLAIN_NORMS or base in _PLAIN_NORMS:
         return []
     extras = [getattr(bn, attr) for attr in ("drop", "act") if hasattr(bn, attr)]
@@ -409,14 +408,14 @@ class GatheredModule(nn.Module):
                     gathered_name = "g_" + node.target.replace(".", "_")
                     if not hasattr(root, gathered_name):
                         # the row of the user's class (a masked one is made at prepare)
-                        row = module_rule(getattr(type(m), "_fxprune_base", type(m)), state.rules)
+                        row = module_rule(user_class(m), state.rules)
                         root.add_module(gathered_name, _GatheredLayer(self, node.target, m, row,
                                                                      state.rules))
                     env[node] = graph.call_module(gathered_name, (env[node.args[0]],))
                     continue
                 if self._touches(node) and not _runs_as_is(m, state.rules):
                     # the user's class, not the masked one fxprune swapped in
-                    named = getattr(type(m), "_fxprune_base", type(m)).__name__
+                    named = user_class(m).__name__
                     raise SurgeryError(f"gathered execution does not support {named} "
                                        f"({node.target}) on pruned channels; use masked execution")
                 _copy_attr(root, prepared, node.target)
