@@ -29,8 +29,8 @@ from .checks import check_bool
 from .cost import LayerSpec
 from .errors import ArgumentError, ArgumentTypeError, UnsupportedModelError, warn
 from .masks import MaskBank
-from .groups import (PreparedState, channel_groups, is_prepared, latest_pruner, record_input_shape,
-                     state_of)
+from .groups import (PreparedState, channel_groups, is_prepared, latest_pruner, mask_bank,
+                     record_input_shape, state_of)
 from .op_table import DEFAULT_LEAF_MODULES
 from .rules import ChannelRule
 from .serialization import make_savable
@@ -513,7 +513,7 @@ def _warn_fractional_masks(prepared: fx.GraphModule) -> None:
     so a pruned channel's decays toward 0 and never reaches it, and that model finalizes dense
     (break24 #3: timm's ModelEmaV2, AveragedModel(use_buffers=True))."""
     between = total = zeros = 0
-    for mask in prepared.get_submodule(MASK_OWNER).buffers():
+    for mask in mask_bank(prepared).buffers():
         if not mask.is_floating_point():  # the integer maps of tied units, not masks
             continue
         between += int(((mask != 0) & (mask != 1)).sum())
@@ -609,8 +609,8 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
               for m in (source, target)]
     # the group masks only: the gathered masks' index tensors are made by prepare, not state
     # (review143 F4: their names changed, and an older pickle's copy was refused)
-    src = {k: v for k, v in source.get_submodule(MASK_OWNER).named_buffers() if k in groups[0]}
-    dst = {k: v for k, v in target.get_submodule(MASK_OWNER).named_buffers() if k in groups[1]}
+    src = {k: v for k, v in mask_bank(source).named_buffers() if k in groups[0]}
+    dst = {k: v for k, v in mask_bank(target).named_buffers() if k in groups[1]}
     if {k: v.shape for k, v in src.items()} != {k: v.shape for k, v in dst.items()} \
             or groups[0] != groups[1]:  # the same keys may name other groups (break69 F3)
         raise ArgumentError("copy_masks: the two models hold different channel masks; they must be "
@@ -620,8 +620,8 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
             raise ArgumentError(f"copy_masks: the {role} model's masks are on the meta device (they "
                                 "hold no values); move it to a real device first (.to_empty(device=...)"
                                 " and load its state_dict)")
-    rescaled = getattr(source.get_submodule(MASK_OWNER), "fxprune_rescaled", None)
-    bank = target.get_submodule(MASK_OWNER)
+    rescaled = getattr(mask_bank(source), "fxprune_rescaled", None)
+    bank = mask_bank(target)
     if rescaled is not None and set(rescaled) != set(getattr(bank, "fxprune_rescaled", None) or ()):
         from .passes.bn_rescale import insert_bn_rescale
 

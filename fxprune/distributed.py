@@ -65,7 +65,7 @@ import torch.distributed as dist
 from torch import fx, nn
 
 from .errors import ArgumentTypeError, FxPruneError
-from .groups import state_of
+from .groups import mask_bank, state_of
 
 
 class MaskMismatchError(FxPruneError, RuntimeError):
@@ -272,7 +272,7 @@ def _mask_buffers(prepared: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(group description, mask buffer) of every prunable group, in a fixed order."""
     gm = _unwrap(prepared)
     state = state_of(gm)
-    bank = gm.get_submodule(state.mask_owner)
+    bank = mask_bank(gm)
     return [(f"{g.key} ({g.name!r})", getattr(bank, g.key)) for g in state.channels.groups if g.prunable]
 
 

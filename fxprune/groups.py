@@ -292,6 +292,12 @@ def state_of(prepared) -> "PreparedState":
     return state
 
 
+def mask_bank(prepared) -> nn.Module:
+    """The module of a prepared model that holds its group masks as buffers (one per prunable
+    group, named by the group's key). Raises NotPreparedError as :func:`state_of` does."""
+    return prepared.get_submodule(state_of(prepared).mask_owner)
+
+
 @dataclass
 class PreparedState:
     """What ``prepare`` leaves in ``prepared.meta["fxprune"]`` for later steps."""
@@ -317,7 +323,7 @@ def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> lis
     Raises NotPreparedError for a model :func:`fxprune.prepare` did not return (a wrapper
     around one is named, with the attribute that holds it)."""
     state = state_of(prepared)
-    masks = prepared.get_submodule(state.mask_owner)
+    masks = mask_bank(prepared)
     out = []
     for g in state.channels.groups:
         if not (g.listed or all_groups):

@@ -16,7 +16,7 @@ from torch import fx, nn
 
 from .cost import LayerSpec
 from .errors import ArgumentError
-from .groups import ChannelGraph, GroupInfo, mask_buffer, state_of
+from .groups import ChannelGraph, GroupInfo, mask_bank, mask_buffer, state_of
 from .masks import remember_all_ones
 
 
@@ -41,7 +41,6 @@ class UnitIndex:
         sizes = np.array([g.size for g in self.groups], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n = int(self.offsets[-1])
-        self.mask_owner = state.mask_owner
         group_number = {g.key: i for i, g in enumerate(self.groups)}
         gi = np.array([group_number.get(ch.groups[g].key, -1) for g in ch.unit_group], dtype=np.int64)
         self._unit_flat = np.where(gi >= 0, self.offsets[np.maximum(gi, 0)] + ch.unit_pos, -1)
@@ -69,7 +68,7 @@ class UnitIndex:
         return None if ids is None else self.flat(ids)
 
     def mask_tensors(self, prepared: fx.GraphModule) -> list[torch.Tensor]:
-        bank = prepared.get_submodule(self.mask_owner)
+        bank = mask_bank(prepared)
         return [mask_buffer(bank, g.key, g.name, g.size) for g in self.groups]
 
     def masks(self, prepared: fx.GraphModule) -> torch.Tensor:

@@ -68,7 +68,7 @@ from ..checks import check_bool
 from ..cost import LATENCY_COSTS
 from ..deploy.measured_cost import latency_cost, measured_cost_from_dict, measured_cost_to_dict
 from ..errors import ArgumentError, ArgumentTypeError, warn
-from ..groups import is_finalized, is_prepared, state_of
+from ..groups import is_finalized, is_prepared, mask_bank
 from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cost,
                             refuse_unloadable_state, schedule_end, trains_model, check_on_trial)
 from ..importance import close_live_taps
@@ -505,7 +505,7 @@ class PruningCallback(pl.Callback):
                 kwargs["cost"] = "flops"
                 # its masks, put back when the smoke test's method is dropped (break203 F1: the
                 # next fit's method was told of a resume that never happened)
-                bank = prepared.get_submodule(state_of(prepared).mask_owner)
+                bank = mask_bank(prepared)
                 self._masks_before_smoke = {n: b.detach().clone() for n, b in bank.named_buffers()}
                 return kwargs
             if trainer is not None:
@@ -597,7 +597,7 @@ class PruningCallback(pl.Callback):
                 # by the latency it was given (review202 R2: it went on by FLOPs, unsaid), on
                 # the masks the model had before
                 close_live_taps(self.prepared)
-                bank = self.prepared.get_submodule(state_of(self.prepared).mask_owner)
+                bank = mask_bank(self.prepared)
                 with torch.no_grad():
                     for name, mask in bank.named_buffers():
                         mask.copy_(before[name])
