@@ -28,6 +28,9 @@ from .data import DATA_DEFAULTS
 from .errors import FxPruneError
 from .models import CONV_INITS, DEFAULT_BLOCKS, DEFAULT_WIDTHS, RESNET_FMNIST_ONLY
 
+#: prune.method that trains the dense model: a recipe's word, which no registered method may take
+NO_PRUNING = "none"
+
 __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_config",
            "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS",
            "fractions_to_epochs"]
@@ -62,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # Owned by the pruning method: everything but "method" (and the recipe's own keys,
     # RECIPE_PRUNE_KEYS) goes to its constructor.
-    "prune": {"method": "none"},
+    "prune": {"method": NO_PRUNING},
     # Data-parallel training under torchrun (README, "Distributed training").
     "train": {
         "sync_bn": False,          # nn.SyncBatchNorm over the processes: CUDA only (an error
@@ -109,7 +112,7 @@ class _Registered(Sequence):
     def _names(self) -> list[str]:
         from .methods.registration import method_names
 
-        return ["none", *method_names()] if self.with_none else method_names()
+        return [NO_PRUNING, *method_names()] if self.with_none else method_names()
 
     def __getitem__(self, i):
         return self._names()[i]
@@ -345,7 +348,7 @@ def pruner_class(method: str):
 
 def _method_defaults(method: str) -> dict:
     """The settings that define a registered method (``MethodEntry.defaults``); {} for none."""
-    if method == "none":
+    if method == NO_PRUNING:
         return {}
     from .methods.registration import get_method
 
@@ -359,7 +362,7 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
     """The keys ``prune`` may hold for ``method``: the recipe's own and every constructor
     argument of the method's class (a Rule, or None where only the default's kind is known)."""
     keys: dict[str, Rule | None] = dict(RECIPE_PRUNE_KEYS)
-    if method == "none":
+    if method == NO_PRUNING:
         return {"method": RECIPE_PRUNE_KEYS["method"]}
     from .methods.base import method_parameters
 
@@ -767,13 +770,13 @@ def _argument_of(key: str) -> str:
 
 
 def _check_prune(prune: dict, optim: dict) -> None:
-    method = prune.get("method", "none")
+    method = prune.get("method", NO_PRUNING)
     RECIPE_PRUNE_KEYS["method"].check("prune.method", method)
     keys = prune_keys(method)
     # the trainer's own arguments, refused by name: a method taking **kwargs (an SMCP subclass
     # forwarding them) let them through, and a method's own `scaler` was an "unknown key"
     # (break54 #5)
-    theirs = sorted(k for k in prune if k in _CONTEXT_ARGS and method != "none")
+    theirs = sorted(k for k in prune if k in _CONTEXT_ARGS and method != NO_PRUNING)
     if "schedule" in theirs:
         # (break57 #9: the trainer gives no schedule; the method builds it from these keys)
         raise ConfigError("prune.schedule is the method's schedule object, which it builds from "
@@ -787,20 +790,20 @@ def _check_prune(prune: dict, optim: dict) -> None:
                           f"remove it (on the command line: --set '~prune.{theirs[0]}'); for "
                           "another, train from your own loop with the Python API")
     # under method none a key left null asks for nothing (break40 #7: `prune.target: null`)
-    extra = [k for k in prune if k not in keys and (method == "none" or "*" not in keys)
-             and not (method == "none" and prune[k] is None)]
+    extra = [k for k in prune if k not in keys and (method == NO_PRUNING or "*" not in keys)
+             and not (method == NO_PRUNING and prune[k] is None)]
     drop = " ".join(f"--set '~prune.{k}'" for k in extra)
-    if extra and method == "none":
+    if extra and method == NO_PRUNING:
         raise ConfigError(f"prune.{extra[0]} is set but prune.method is none (no pruning); set "
                           f"prune.method to one of {', '.join(PRUNERS)}, or remove the prune.* "
                           f"keys (on the command line: {drop})")
     # the method's arguments it sets itself (oneshot: SMCP's schedule), refused below by name
-    sets_itself = getattr(pruner_class(method), "sets_itself", ()) if method != "none" else ()
+    sets_itself = getattr(pruner_class(method), "sets_itself", ()) if method != NO_PRUNING else ()
     # settings that define the method (magnitude is SMCP with importance="magnitude"), another
     # value refused with the unknown keys, in one error (break73 M2: a second round followed)
     defines = _method_defaults(method)
     fixed = [k for k in prune if k in defines and prune[k] != defines[k]]
-    clash = [k for k in prune if method != "none" and _argument_of(k) in sets_itself]
+    clash = [k for k in prune if method != NO_PRUNING and _argument_of(k) in sets_itself]
     if extra or clash or fixed:  # every key to remove in one error (break73 M2: two rounds)
         parts = []
         if extra:
@@ -834,7 +837,7 @@ def _check_prune(prune: dict, optim: dict) -> None:
         rule = keys.get(key)
         if rule is not None:
             rule.check(f"prune.{key}", value)
-    if method == "none":
+    if method == NO_PRUNING:
         return
     from .cost import LATENCY_COSTS
 

@@ -57,8 +57,8 @@ from .errors import (DivergedError, FxPruneError, MethodProtocolError, TargetNot
 from .methods.base import (check_resumed_steps, method_cost, method_parameters,
                            refuse_unloadable_state, schedule_end, check_on_trial)
 from .models import build_model, timm_name
-from .recipe_config import (DEFAULTS, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES, STEP_ARGS,
-                            ConfigError, apply_overrides, check_run_fits,
+from .recipe_config import (DEFAULTS, NO_PRUNING, PRUNERS, RECIPE_PRUNE_KEYS, RESUMABLE_CHANGES,
+                            STEP_ARGS, ConfigError, apply_overrides, check_run_fits,
                             fractions_to_epochs, load_config, parse_value, pruner_class,
                             resolve_config)
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
@@ -96,8 +96,8 @@ def make_pruner(pm: nn.Module, prune_cfg: dict, **context):
               if k not in RECIPE_PRUNE_KEYS or k.endswith(("_epochs", "_fraction"))}
     if "target" in kwargs and kwargs["target"] is None:  # null: the method's own default
         del kwargs["target"]
-    method = prune_cfg.get("method", "none")
-    if method == "none":
+    method = prune_cfg.get("method", NO_PRUNING)
+    if method == NO_PRUNING:
         return None
     if any(k.endswith("_fraction") for k in kwargs):
         if context.get("epochs") is None:
@@ -408,7 +408,7 @@ def _registered_defaults(method: str) -> dict[str, Any]:
 
 def _argument_defaults(method: str) -> dict[str, Any]:
     """``{"prune.NAME": default}`` of the method's constructor arguments ({} for none)."""
-    if method == "none":
+    if method == NO_PRUNING:
         return {}
     try:  # (a one-shot factory's are SMCP's: break76 #4, its SMCP defaults were refused)
         params = method_parameters(pruner_class(method))
@@ -644,7 +644,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     channels_last = bool(cfg["channels_last"])
     seed = int(cfg["seed"])
     optim_cfg, prune_cfg, log_cfg = cfg["optim"], cfg["prune"], cfg["log"]
-    method = prune_cfg.get("method", "none")
+    method = prune_cfg.get("method", NO_PRUNING)
     sync_bn = bool(cfg["train"]["sync_bn"]) and distributed
     check_masks = bool(cfg["train"]["check_masks"])
     if sync_bn and device.type != "cuda":
@@ -707,7 +707,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     # the model that trains, its method, the latency table timed for it (every checkpoint
     # holds it) and what puts the BatchNorms back before finalize
     net, pruner, measured_cost_state, undo_sync_bn = model, None, None, None
-    if method != "none":
+    if method != NO_PRUNING:
         net, pruner, measured_cost_state, undo_sync_bn = _prepared_pruner(
             cfg, model, example_batch, out=out, ckpt=ckpt, ckpt_path=ckpt_path,
             steps_per_epoch=steps_per_epoch, sync_bn=sync_bn)
@@ -907,7 +907,7 @@ def _check_resume(cfg: dict, ckpt: dict, out: Path, method: str, seed: int,
             if isinstance(state.get(part), dict) for k, v in state[part].items()}
     # one the state does not record: the method's default (break73 M1: ramp_shape=exp and
     # momentum=0.9, SMCP's defaults written out, were refused as changes)
-    used = {**_argument_defaults(ckpt["config"]["prune"].get("method", "none")), **used}
+    used = {**_argument_defaults(ckpt["config"]["prune"].get("method", NO_PRUNING)), **used}
     # before the comparison: the step written to config.yaml by the first resume is the
     # recipe's own at the next (review197 M1: the second --resume was refused)
     _keep_recorded_channel_step(prune_cfg, method, state)
@@ -917,7 +917,7 @@ def _check_resume(cfg: dict, ckpt: dict, out: Path, method: str, seed: int,
     # a cool-down in epochs counts from the run's end, so it moves as a fraction does
     # (review126 #5)
     moving = sorted(k for k in prune_cfg if k.endswith("_fraction") or k == "cooldown_epochs")
-    if (not changed and moving and method != "none"
+    if (not changed and moving and method != NO_PRUNING
             and ckpt["config"]["optim"]["epochs"] != cfg["optim"]["epochs"]):
         raise ConfigError(
             f"--resume with optim.epochs {ckpt['config']['optim']['epochs']} -> "
@@ -957,7 +957,7 @@ def _check_resume(cfg: dict, ckpt: dict, out: Path, method: str, seed: int,
         if done is not None:
             # a schedule in fractions refuses more epochs on resume (break57 #5)
             more = ("start a new run with more optim.epochs to train longer" if moving
-                    and method != "none" else "raise optim.epochs to train on")
+                    and method != NO_PRUNING else "raise optim.epochs to train on")
             missed = not done.get("target_reached", True) and not prune_cfg.get(
                 "allow_above_target", False)  # the error below says what would help
             if main:
@@ -1296,7 +1296,7 @@ def _finish(cfg, net, pruner, dense_stats, test_loader, device, channels_last, o
     small model) and evaluates its test slice; rank 0 saves."""
     main = fxdist.is_main_process()
     input_shape = (1, *test_loader.sample_shape)
-    method = cfg["prune"].get("method", "none")
+    method = cfg["prune"].get("method", NO_PRUNING)
     test_loss, test_acc = evaluate(net, test_loader, device, channels_last)
     results: dict[str, Any] = {"method": method, "epochs": epochs,
                                "train_time_s": round(elapsed, 1), **run_facts,

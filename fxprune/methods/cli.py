@@ -14,13 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..recipe_config import _CONTEXT_ARGS
     from .base import method_parameters
-    from .registration import get_method, method_names
+    from .registration import RESERVED_NAMES, get_method, method_names
 
     detailed = bool(args.name)  # `fxprune methods smcp ccp` (break52: one name was taken)
     names = list(args.name) or method_names()
     width = max(14, *(len(n) + 1 for n in names))
     for name in names:
-        if name == "none":  # valid in a recipe (break37 #9), but no registered method
+        if name in RESERVED_NAMES:  # valid in a recipe (break37 #9), but no registered method
             print(f"{name:{width}} no pruning: train the dense model (prune.method: none); "
                   "no arguments")
             continue

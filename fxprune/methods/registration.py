@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ArgumentError, ArgumentTypeError, warn
+from ..recipe_config import NO_PRUNING
 from .base import PruningMethod, check_method_kwargs, method_parameters
 
 __all__ = ["MethodEntry", "registry", "register_method", "get_method", "method_names",
@@ -190,7 +191,7 @@ def method_names() -> list[str]:
 #: Only the names are read up front; the target is imported when the method is first built.
 PLUGIN_GROUP = "fxprune.methods"
 #: names no method may take: a recipe's ``prune.method: none`` trains the dense model
-RESERVED_NAMES = ("none",)
+RESERVED_NAMES = (NO_PRUNING,)
 _plugins_seen = False
 
 
