@@ -51,7 +51,7 @@ from fxprune.deploy import DeployError, LatencyTable, calibrate_cost  # noqa: E4
 from fxprune.deploy import onnxruntime_backend as ortb  # noqa: E402
 from fxprune.deploy.common import cpu_name  # noqa: E402
 from fxprune.deploy.common import cpu_load  # noqa: E402
-from fxprune.deploy.latency_table import _read_cache_file  # noqa: E402
+from fxprune.deploy.latency_table import read_cache_file  # noqa: E402
 from fxprune.deploy.onnx_export import export_onnx  # noqa: E402
 
 
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
                 "LatencyTable.measure(cache=...))")
     if args.cache:  # read here: the run reads a temporary copy, which its error named
         try:  # (break167 F8)
-            _read_cache_file(args.cache)
+            read_cache_file(args.cache)
         except DeployError as exc:
             p.error(f"--cache: {exc}")
     torch.set_num_threads(args.threads)

@@ -366,7 +366,7 @@ class LatencyTable:
             for ci, co in _points_of(cins, couts, diag):
                 todo.setdefault((point_key(layer), ci, co), layer)
 
-        contexts, marks, _ = _read_cache_file(cache)
+        contexts, marks, _ = read_cache_file(cache)
         cached = contexts.get(table._context(), {})
         cached_busy = marks.get(table._context(), {})
         if not cached and timed_on is None and contexts:
@@ -500,7 +500,7 @@ class LatencyTable:
                 f"threads={self.threads}")
 
     def _write_cache(self, path) -> None:
-        data, busy, extra = _read_cache_file(path)
+        data, busy, extra = read_cache_file(path)
         ctx = data.setdefault(self._context(), {})
         ctx_busy = busy.setdefault(self._context(), {})
         for pk, pts in self._points.items():
@@ -1142,7 +1142,7 @@ def _format_of(path) -> str | None:
     return data.get("format") if isinstance(data, dict) else None
 
 
-def _read_cache_file(path) -> tuple[dict, dict, dict]:
+def read_cache_file(path) -> tuple[dict, dict, dict]:
     """A cache's points (context -> point_key -> {"c_in,c_out": ms}), its points timed under
     load (context -> point_key -> ["c_in,c_out", ...]) and any other top-level keys (a later
     version's, kept when the file is rewritten); all empty when there is no file."""

@@ -79,7 +79,7 @@ def _ctrl_c_after_loading():
         raise KeyboardInterrupt
 
 
-def _done_with_signals() -> None:
+def done_with_signals() -> None:
     """The command has finished and written what it writes: Ctrl-C or SIGTERM in the seconds
     the interpreter takes to exit (garbage collection, torch's libraries) no longer changes its
     status (break170 F4: a finished run died by the signal, -2 or -15, or printed a
@@ -104,7 +104,7 @@ def program() -> int:
     global AS_PROGRAM
     AS_PROGRAM = True
     rc = main()
-    _done_with_signals()
+    done_with_signals()
     return rc
 
 

@@ -336,7 +336,7 @@ class MaskedLinear(_InputMasked, nn.Linear):
 # that averages over channels must leave masked channels out of its statistics, or removing them
 # later would change every other channel's output.
 
-def _all_ones(masks) -> bool:
+def all_ones(masks) -> bool:
     """Whether every mask is all ones (the norm's plain form then runs). While torch.compile
     or torch.export traces, False without a look: the masked form, exact with every mask at 1
     too, is one graph, where reading the answer breaks it (a host read) or fails (fake
@@ -402,7 +402,7 @@ def masked_layer_norm(x, normalized_shape, weight, bias, eps, mask_dims, *masks)
     Masked-out channels are normalized with the kept channels' statistics (their values still
     reach the masked weights that read them, whose straight-through gradient needs them).
     """
-    if _all_ones(masks):
+    if all_ones(masks):
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
     return _in_float32(_masked_layer_norm, x, weight, bias, normalized_shape, eps, mask_dims, masks)
 
@@ -506,7 +506,7 @@ def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:
 def masked_group_norm(x, num_groups, weight, bias, eps, mask):
     """``F.group_norm`` whose per-group statistics count only channels with a nonzero mask
     (in float32 for a float16/bfloat16 input: :func:`_in_float32`)."""
-    if _all_ones((mask,)):
+    if all_ones((mask,)):
         return F.group_norm(x, num_groups, weight, bias, eps)
     return _in_float32(_masked_group_norm, x, weight, bias, num_groups, eps, mask)
 
@@ -539,7 +539,7 @@ def masked_rms_norm(x, normalized_shape, weight, eps, mask_dims, *masks):
     form of ``F.rms_norm`` calls). ``mask_dims[i]`` is the index, within ``normalized_shape``,
     of the dim ``masks[i]`` covers. ``eps`` None is torch's: the epsilon of float32 (of float64
     for a float64 ``x``)."""
-    if _all_ones(masks):
+    if all_ones(masks):
         return F.rms_norm(x, normalized_shape, weight, eps)
     k = len(normalized_shape)
     dims = tuple(range(x.ndim - k, x.ndim))
@@ -927,8 +927,8 @@ class DetachedHook:
         return None
 
 
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
-_HOOK_SIDE_TABLES = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+HOOK_SIDE_TABLES = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
                      "_forward_hooks_always_called")
 
 
@@ -940,11 +940,11 @@ def strip_method_hooks(model: nn.Module, *, detached_only: bool = False,
     the user's own hooks stay."""
     kinds = (DetachedHook,) if detached_only else (MethodHook, DetachedHook)
     for module in (model.modules() if recurse else [model]):
-        for attr in _HOOK_DICTS:
+        for attr in HOOK_DICTS:
             hooks = getattr(module, attr, None) or {}
             for key in [k for k, h in hooks.items() if isinstance(h, kinds)]:
                 del hooks[key]
-                for side in _HOOK_SIDE_TABLES:
+                for side in HOOK_SIDE_TABLES:
                     getattr(module, side, {}).pop(key, None)
 
 

@@ -331,7 +331,7 @@ STEP_ARGS = {"warmup", "ramp", "update_every", "freeze_after", "prune_at", "wind
 # (a GradScaler object and the loss's reduction are the trainer's: its loss is a mean and it
 # runs no scaler; given in a recipe, `sum` picked other CCP channels and `scaler` crashed at
 # the first step: break52 #3, #4)
-_CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn", "scaler",
+CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn", "scaler",
                  "loss_reduction"}
 _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
 
@@ -377,7 +377,7 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
     for name, p in params.items():
         if p.kind == p.VAR_KEYWORD:  # takes any keyword: let it judge unknown ones
             keys["*"] = None
-        if name in _CONTEXT_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if name in CONTEXT_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         rule = PRUNE_RULES.get(name)
         if rule is None and p.default is not inspect.Parameter.empty:
@@ -389,7 +389,7 @@ def prune_keys(method: str) -> dict[str, Rule | None]:
             keys.pop(epochs_key, None)
     steps = STEP_ARGS | set(getattr(cls, "step_args", ()))
     for name in params:  # a step count the method takes may be written in epochs ...
-        if name in steps and name not in _CONTEXT_ARGS:
+        if name in steps and name not in CONTEXT_ARGS:
             keys.setdefault(f"{name}_epochs", _epochs_rule(name))
     for key in [k for k in keys if k.endswith("_epochs")]:  # ... or as a fraction of the run
         name = key[: -len("_epochs")]
@@ -512,12 +512,14 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def dotted_keys(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested recipe as one level, its keys dotted as ``--set`` writes them:
+    ``{"prune": {"target": 0.5}}`` -> ``{"prune.target": 0.5}`` (an empty section is a value)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
+            out.update(dotted_keys(v, key + "."))
         else:
             out[key] = v
     return out
@@ -684,7 +686,7 @@ def _remove_key(cfg: dict, item: str) -> None:
 
 def validate(cfg: dict) -> None:
     """Check every key of a resolved config; raise a one-line :class:`ConfigError` if wrong."""
-    for key, value in _flatten({k: v for k, v in cfg.items() if k not in FREE_SECTIONS}).items():
+    for key, value in dotted_keys({k: v for k, v in cfg.items() if k not in FREE_SECTIONS}).items():
         if key in SCHEMA:
             SCHEMA[key].check(key, value)
     _check_device(cfg["device"])
@@ -776,7 +778,7 @@ def _check_prune(prune: dict, optim: dict) -> None:
     # the trainer's own arguments, refused by name: a method taking **kwargs (an SMCP subclass
     # forwarding them) let them through, and a method's own `scaler` was an "unknown key"
     # (break54 #5)
-    theirs = sorted(k for k in prune if k in _CONTEXT_ARGS and method != NO_PRUNING)
+    theirs = sorted(k for k in prune if k in CONTEXT_ARGS and method != NO_PRUNING)
     if "schedule" in theirs:
         # (break57 #9: the trainer gives no schedule; the method builds it from these keys)
         raise ConfigError("prune.schedule is the method's schedule object, which it builds from "

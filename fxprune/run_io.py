@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import FxPruneError, first_line
 from .groups import is_finalized, mark_finalized, record_input_shape
-from .recipe_config import ConfigError, _flatten, dump_yaml
+from .recipe_config import ConfigError, dotted_keys, dump_yaml
 
 __all__ = ["INPUT_SHAPE", "RUN_MARKER", "RUN_FILES", "CheckpointError", "check_out_folder",
            "claim_out_folder", "lock_out_folder", "release_out_folder", "stop_on_sigterm",
@@ -919,8 +919,8 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None,
     (flattened keys: what the run recorded it used), else in ``defaults``; a key ``new`` lacks
     counts as its value in ``new_defaults`` (what the resumed run builds with: the method's
     default, break76 #4: a default written out at the start was refused when left out)."""
-    a, b = _flatten(old), _flatten(new)
-    d = {**_flatten(defaults or {}), **(used or {})}
+    a, b = dotted_keys(old), dotted_keys(new)
+    d = {**dotted_keys(defaults or {}), **(used or {})}
     nd = new_defaults or {}
     return sorted(k for k in set(a) | set(b) if a.get(k, d.get(k)) != b.get(k, nd.get(k)))
 

@@ -181,11 +181,11 @@ def _arguments_used(method: str, kwargs: dict) -> dict:
     """The keyword arguments ``method``'s class was built with, each of its others at its
     default, as plain data (an object as ``<ClassName>``), sorted; the trainer's own (the
     model, the run's length, hooks) left out."""
-    from .recipe_config import _CONTEXT_ARGS
+    from .recipe_config import CONTEXT_ARGS
 
     used = {k.removeprefix("prune."): v for k, v in _argument_defaults(method).items()}
     used.update(kwargs)
-    used = {k: v for k, v in used.items() if k not in _CONTEXT_ARGS}
+    used = {k: v for k, v in used.items() if k not in CONTEXT_ARGS}
 
     def plain(value):  # an object (a measured latency table) by its class: its repr is long
         try:
@@ -1526,7 +1526,7 @@ def run(args: argparse.Namespace) -> int:
     finally:  # (_reported ignored them: a Python caller gets its own back; the fxprune
         # command keeps them ignored to its exit, as it would once main returned)
         if cli.AS_PROGRAM:
-            cli._done_with_signals()
+            cli.done_with_signals()
         else:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
@@ -1545,9 +1545,9 @@ def _reported() -> None:
     does not add "interrupted" and 130 to it. Under torchrun the survivors of a process that
     died get SIGTERM just as their collective fails (break173 F1: "stopped: ..." and then
     "interrupted", exit 130). What the command does once it has finished."""
-    from .cli import _done_with_signals
+    from .cli import done_with_signals
 
-    _done_with_signals()
+    done_with_signals()
 
 
 def _source_commit() -> str | None:
@@ -1573,7 +1573,7 @@ def _latency_cache_problem(value, out: Path | None = None) -> str | None:
     is timed, which its write followed (break190 F1: minutes of timing, then an OSError
     naming a temporary file)."""
     from .deploy.common import DeployError
-    from .deploy.latency_table import _read_cache_file
+    from .deploy.latency_table import read_cache_file
     from .run_io import unwritable_folder
 
     if value is None:
@@ -1592,7 +1592,7 @@ def _latency_cache_problem(value, out: Path | None = None) -> str | None:
                 f"run's own files only: keep the cache beside it, e.g. "
                 f"{Path(out).expanduser().parent / 'latency_cache.json'}")
     try:
-        _read_cache_file(path)  # (a file of the user's: refused, untouched)
+        read_cache_file(path)  # (a file of the user's: refused, untouched)
     except DeployError as exc:
         return f"prune.latency_cache: {exc}"
     why = unwritable_folder(path.parent, probe_existing=True)

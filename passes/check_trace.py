@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.errors import TraceError
-from fxprune.masks import _HOOK_DICTS, _HOOK_SIDE_TABLES
+from fxprune.masks import HOOK_DICTS, HOOK_SIDE_TABLES
 from fxprune.compare import (flat_tensors, ieee_float32, inputs_for, max_relative_error,
                              model_device_dtype)
 from .shape_prop import restoring_buffers
@@ -194,7 +194,7 @@ def _check(model: nn.Module, gm: fx.GraphModule, inputs: tuple, eval_output, sha
     rtol = _RTOL.get(model_device_dtype(model)[1], 1e-4)
     # the root's own hooks are not in the graph (prepare warns of them: register them on the
     # prepared model; review125 F1)
-    for attr in _HOOK_DICTS + _HOOK_SIDE_TABLES:
+    for attr in HOOK_DICTS + HOOK_SIDE_TABLES:
         hooks = getattr(model, attr, None)
         if hooks is not None:
             hooks.clear()

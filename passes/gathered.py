@@ -283,7 +283,7 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
     from fxprune.rules.base import ChannelRule
 
     from .group_analysis import lookup_rule
-    from .surgery import _FinalizeContext
+    from .surgery import FinalizeContext
 
     ch = state.channels
     for node in prepared.graph.nodes:
@@ -305,7 +305,7 @@ def _spelled_channel_positions(prepared: fx.GraphModule, state) -> fx.Node | Non
                 # layer's own weight: the rewrite reads the weight's shape)
                 node.args, node.kwargs = fx.node.map_arg((node.args, node.kwargs), _unmasked)
                 before = (node.target, node.args, node.kwargs)
-                ctx = _FinalizeContext(ch, kept)
+                ctx = FinalizeContext(ch, kept)
                 try:
                     rule.rewrite(node, ctx)
                     moved = (_differ((node.target, node.args, node.kwargs), before)

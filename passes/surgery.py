@@ -34,7 +34,7 @@ from .trace import FORWARD_HOOK_KINDS, copy_model
 _ROW_BEFORE_STAT_RULES = FunctionalLayerNorm()
 
 
-class _FinalizeContext(NodeFacts):
+class FinalizeContext(NodeFacts):
     """What a rule's ``rewrite``/``resize`` reads: the analysis labels and which elements stay."""
 
     def __init__(self, channels: ChannelGraph, unit_kept: np.ndarray):
@@ -151,7 +151,7 @@ def remove_channels(prepared: fx.GraphModule) -> fx.GraphModule:
     # nor is prepare's load hook: the finalized model loads without fxprune
     for key in [k for k, hook in gm._load_state_dict_post_hooks.items() if hook is sync_loaded_rescale]:
         del gm._load_state_dict_post_hooks[key]
-    ctx = _FinalizeContext(ch, unit_kept)
+    ctx = FinalizeContext(ch, unit_kept)
     modules = dict(gm.named_modules())
     site_by_module = {s.module: s for s in ch.mask_sites}
     for name, m in modules.items():  # fxprune's classes become plain ones: a parametrization

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipe_config import _CONTEXT_ARGS
+    from ..recipe_config import CONTEXT_ARGS
     from .base import method_parameters
     from .registration import RESERVED_NAMES, get_method, method_names
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                     said = f"  ({cls.default_target:g} of dense unless a fixed fraction is given)"
                 elif p.name == "schedule":  # built from the schedule keys (break57 #9)
                     said = "  (Python API only: a recipe sets warmup/ramp/update_every/freeze_after)"
-                elif p.name in _CONTEXT_ARGS:  # break56 #10: listed, then refused in a recipe
+                elif p.name in CONTEXT_ARGS:  # break56 #10: listed, then refused in a recipe
                     said = "  (Python API only: fxprune train gives it, not a recipe key)"
                 print(f"    {p.name} = {default!r}{said}")
     return 0

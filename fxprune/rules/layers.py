@@ -972,8 +972,8 @@ class RMSNorm(_RowOfMaskedClass, ChannelRule):
     def masked_forward(self, module: nn.Module, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
         """The masked form's forward: the module's own when every mask is 1, else the norm
         with its statistics over the kept channels (:func:`fxprune.masks.rms_norm_over`)."""
-        from fxprune.masks import _all_ones, rms_norm_over
-        if _all_ones(masks):
+        from fxprune.masks import all_ones, rms_norm_over
+        if all_ones(masks):
             return module._fxprune_base.forward(module, x)
         dims = self.dims(x.ndim, len(module.normalized_shape))
         y = rms_norm_over(x, dims, module.weight, module.eps, self.centered,
