@@ -917,6 +917,35 @@ def test_refusals_that_need_no_timings_come_before_the_callbacks_latency_table(
     assert timed == [1] and prune.finalized is not None
 
 
+def test_a_resumed_fit_keeps_the_checkpoints_cost_kind_whichever_it_was(tmp_path, monkeypatch):
+    """break199 F7: a fit resumed under another cost kind than its checkpoint's was refused for
+    latency -> latency+fixed only; flops -> latency timed a new table and warned, latency ->
+    flops warned. Every change is refused, before any timing, as fxprune train's --resume does."""
+    import fxprune.integrations.lightning as lightning_mod
+
+    timed = []
+    monkeypatch.setattr(lightning_mod, "latency_cost", lambda *a, **k: timed.append(1))
+    first = PruningCallback("smcp", **SMCP_ARGS)  # priced by FLOPs
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    trainer(tmp_path, 2, [first, ckpt]).fit(Classifier(), loader())
+    path = sorted((tmp_path / "ckpt").glob("*.ckpt"))[0]
+    for cost in ("latency", "params"):
+        resumed = PruningCallback("smcp", **{**SMCP_ARGS, "cost": cost})
+        with pytest.raises(ValueError, match=rf"cost='{re.escape(cost)}'\): the checkpoint priced "
+                                             r"by cost='flops', which a resumed fit keeps"):
+            trainer(tmp_path, 3, [resumed]).fit(Classifier(), loader(), ckpt_path=path)
+    assert timed == []  # refused before any timing
+
+    kept = PruningCallback("smcp", **SMCP_ARGS)  # the default, flops, after a latency fit
+    kept._pending_state = {"method": "smcp", "state": {"run_settings": {"cost": "latency"}}}
+    with pytest.raises(ValueError, match=r"cost='flops'\): the checkpoint priced by "
+                                         r"cost='latency', which a resumed fit keeps"):
+        kept._build_kwargs(None, prepared=Classifier().model)
+    same = PruningCallback("smcp", **SMCP_ARGS)  # the same kind goes on
+    same._pending_state = {"method": "smcp", "state": {"run_settings": {"cost": "flops"}}}
+    assert same._build_kwargs(None, prepared=Classifier().model).get("cost", "flops") == "flops"
+
+
 def test_a_resumed_fit_keeps_the_checkpoints_step_and_cost_and_refuses_before_timing(
         tmp_path, monkeypatch):
     """review197 L1: a fit resumed from a checkpoint begun at a default channel_step that moved

@@ -72,7 +72,7 @@ from ..groups import is_finalized, is_prepared, mask_bank
 from ..methods.base import (check_method_kwargs, check_resumed_steps, method_cost,
                             refuse_unloadable_state, schedule_end, trains_model, check_on_trial)
 from ..importance import close_live_taps
-from ..methods.registration import moved_channel_step, priced_channel_step
+from ..methods.registration import built_argument, moved_channel_step, priced_channel_step
 from ..recipe_config import step_keys
 from ..run_io import save_module, unwritable_folder
 
@@ -433,6 +433,7 @@ class PruningCallback(pl.Callback):
         every rank receives it)."""
         kwargs = dict(self.method_kwargs)
         cls = self.method_entry.cls
+        self._check_resumed_cost(built_argument(self.method_entry, kwargs, "cost"))
         moved = moved_channel_step(self.method_entry, (self._pending_state or {}).get("state"),
                                    kwargs)
         if moved is not None:
@@ -479,11 +480,7 @@ class PruningCallback(pl.Callback):
             # the fit's own timings, from the checkpoint it resumes (a new timing would move
             # the budget under the masks already chosen: review195 R6), or the last fit's
             if self._measured_cost.get("kind") != kwargs["cost"]:  # (review197 L2)
-                raise ArgumentError(f"PruningCallback({self.method!r}, cost={kwargs['cost']!r}): "
-                                    f"the checkpoint priced by cost="
-                                    f"{self._measured_cost.get('kind')!r}, which a resumed fit "
-                                    "keeps (new timings would move the budget under the masks "
-                                    "chosen); pass that cost, or start a new fit")
+                raise self._cost_kept(kwargs["cost"], self._measured_cost.get("kind"))
             kwargs["cost"] = measured_cost_from_dict(self._measured_cost, "the checkpoint's "
                                                      "measured cost")
         elif prepared is not None and isinstance(kwargs.get("cost"), str) \
@@ -520,6 +517,23 @@ class PruningCallback(pl.Callback):
                 progress=trainer is None or getattr(trainer, "progress_bar_callback", None) is not None)
             self._measured_cost = measured_cost_to_dict(kwargs["cost"])
         return kwargs
+
+    def _check_resumed_cost(self, given) -> None:
+        """A fit resumed from a checkpoint keeps the cost kind its method priced by, as
+        ``fxprune train --resume`` keeps ``prune.cost`` (break199 F7: latency -> latency+fixed
+        was refused, but flops <-> latency only warned, one of them after timing a table)."""
+        state = (self._pending_state or {}).get("state")
+        settings = state.get("run_settings", state) if isinstance(state, dict) else None
+        saved = settings.get("cost") if isinstance(settings, dict) else None
+        kinds = ("flops", "params", *LATENCY_COSTS)  # a recipe's names, which states record
+        if given in kinds and saved in kinds and given != saved:
+            raise self._cost_kept(given, saved)
+
+    def _cost_kept(self, given: str, saved) -> ArgumentError:
+        return ArgumentError(f"PruningCallback({self.method!r}, cost={given!r}): the checkpoint "
+                             f"priced by cost={saved!r}, which a resumed fit keeps (another cost "
+                             "would move the budget under the masks chosen); pass that cost, or "
+                             "start a new fit")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:

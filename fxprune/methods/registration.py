@@ -80,23 +80,28 @@ class MethodEntry:
 registry: dict[str, MethodEntry] = {}
 
 
-def priced_channel_step(entry: "MethodEntry", kwargs: dict) -> int | None:
-    """The ``channel_step`` a method built from ``entry`` with ``kwargs`` chooses widths at,
-    which a latency table for it must be timed at: the one given, else the registration's,
-    else its signature's default (a factory forwarding ``**kwargs``: its target's, see
-    :func:`method_parameters`); None where none can be read (review195 R4: the trainer and
-    the callback guessed 1 and 8)."""
-    if "channel_step" in kwargs:
-        return kwargs["channel_step"]
-    if "channel_step" in (entry.defaults or {}):
-        return entry.defaults["channel_step"]
+def built_argument(entry: "MethodEntry", kwargs: dict, name: str):
+    """The argument ``name`` a method built from ``entry`` with ``kwargs`` receives: the one
+    given, else the registration's default, else its signature's (a factory forwarding
+    ``**kwargs``: its target's, see :func:`method_parameters`); None where none can be read."""
+    if name in kwargs:
+        return kwargs[name]
+    if name in (entry.defaults or {}):
+        return entry.defaults[name]
     try:
-        param = method_parameters(entry.cls).get("channel_step")
+        param = method_parameters(entry.cls).get(name)
     except (TypeError, ValueError):
         return None
     if param is None or param.default is inspect.Parameter.empty:
         return None
     return param.default
+
+
+def priced_channel_step(entry: "MethodEntry", kwargs: dict) -> int | None:
+    """The ``channel_step`` a method built from ``entry`` with ``kwargs`` chooses widths at,
+    which a latency table for it must be timed at (:func:`built_argument`); None where none
+    can be read (review195 R4: the trainer and the callback guessed 1 and 8)."""
+    return built_argument(entry, kwargs, "channel_step")
 
 
 def moved_channel_step(entry: "MethodEntry", state, kwargs: dict) -> tuple[int, int] | None:
