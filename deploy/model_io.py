@@ -17,6 +17,7 @@ the module (GraphModules keep it too). ``--input-shape`` / ``input_shape=`` over
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import os
@@ -26,8 +27,38 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .common import DeployError, first_line, out_of_memory, parse_shape
+
+#: the precisions a model is exported at, and their dtypes
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def eval_copy(module: nn.Module, precision: str = "fp32") -> nn.Module:
+    """An eval-mode CPU copy in the wanted dtype: export needs eval(), and the caller's module
+    (its training flag, dtype and device) must stay as it was."""
+    return copy.deepcopy(module).eval().to(device="cpu", dtype=EXPORT_DTYPES[precision])
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    """The tensors in a model's output (nested tuples, lists, dicts), in order; None leaves are
+    dropped (as the exporters drop them). Raises :class:`DeployError` for an output with no
+    tensor or with another kind of value, which no ONNX output holds."""
+    leaves = pytree.tree_flatten_with_path(out)[0]
+    tensors = [t for _, t in leaves if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise DeployError(f"the model returned no tensor (got {type(out).__name__})")
+    other = next(((where, v) for where, v in leaves
+                  if v is not None and not isinstance(v, torch.Tensor)), None)
+    if other is not None:  # (break129 F8: both exporters failed, the message cut mid-word)
+        where, value = other
+        raise DeployError(f"the model's output{pytree.keystr(where)} is {str(value)[:40]} "
+                          f"({type(value).__name__}), not a tensor: an ONNX model returns tensors "
+                          "only; wrap the model in a module whose forward drops it or makes it "
+                          "a tensor")
+    return tensors
+
 
 INPUT_SHAPE_ATTR = "fxprune_input_shape"
 
@@ -234,7 +265,6 @@ def memory_refusal(label: str, shape, said: str, why: str = "") -> DeployError:
 def check_input_fits(module: nn.Module, shape: tuple[int, ...], label: str) -> None:
     """Run ``module`` once at ``shape``: a shape that does not fit is a one-line error showing
     the shape the file records, not a traceback from inside the exporter."""
-    from .onnx_export import eval_copy
 
     check_one_tensor_input(module, label)
     need = 4 * math.prod(shape)
@@ -292,7 +322,6 @@ def check_runs_at(module: nn.Module, shape: tuple[int, ...], label: str, precisi
     do not depend on the batch, and half precision on the CPU is slow: review181 F9); a
     failure that fp32 on that device shares (memory, a tensor made on another device) is not
     blamed on the dtype: left to the step that meets it."""
-    from .onnx_export import flat_outputs
     from .torch_backend import prepare_module
 
     if precision == "fp32":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import copy
 import io
 import linecache
 import math
@@ -26,6 +25,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .common import DeployError, check_tolerance, out_of_memory, parse_shape, silent
+from .model_io import (EXPORT_DTYPES, check_input_fits, check_one_tensor_input, dtype_refusal,
+                       eval_copy, flat_outputs, memory_refusal, overflow_refusal, read_onnx)
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
@@ -38,13 +39,6 @@ TOLERANCES = {"fp32": (1e-6, 1e-3), "fp16": (1e-4, 2e-2)}
 #: the smallest positive value (subnormal) of each precision: a smaller output is 0 there
 _TINY = {"fp32": float(torch.finfo(torch.float32).smallest_normal) * 2.0**-23,
          "fp16": float(torch.finfo(torch.float16).smallest_normal) * 2.0**-10}
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-def eval_copy(module: nn.Module, precision: str = "fp32") -> nn.Module:
-    """An eval-mode CPU copy in the wanted dtype: export needs eval(), and the caller's module
-    (its training flag, dtype and device) must stay as it was."""
-    return copy.deepcopy(module).eval().to(device="cpu", dtype=_DTYPES[precision])
 
 
 def example_input(input_shape, precision: str = "fp32", seed: int = 0, *,
@@ -53,7 +47,7 @@ def example_input(input_shape, precision: str = "fp32", seed: int = 0, *,
     or uniform in [0, 1] (image-like)."""
     gen = torch.Generator().manual_seed(seed)
     draw = torch.rand if uniform else torch.randn
-    return draw(*input_shape, generator=gen).to(_DTYPES[precision])
+    return draw(*input_shape, generator=gen).to(EXPORT_DTYPES[precision])
 
 
 def exporter_reason(err: BaseException) -> str:
@@ -408,25 +402,6 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
-def flat_outputs(out) -> list[torch.Tensor]:
-    """The tensors in a model's output (nested tuples, lists, dicts), in order; None leaves are
-    dropped (as the exporters drop them). Raises :class:`DeployError` for an output with no
-    tensor or with another kind of value, which no ONNX output holds."""
-    leaves = pytree.tree_flatten_with_path(out)[0]
-    tensors = [t for _, t in leaves if isinstance(t, torch.Tensor)]
-    if not tensors:
-        raise DeployError(f"the model returned no tensor (got {type(out).__name__})")
-    other = next(((where, v) for where, v in leaves
-                  if v is not None and not isinstance(v, torch.Tensor)), None)
-    if other is not None:  # (break129 F8: both exporters failed, the message cut mid-word)
-        where, value = other
-        raise DeployError(f"the model's output{pytree.keystr(where)} is {str(value)[:40]} "
-                          f"({type(value).__name__}), not a tensor: an ONNX model returns tensors "
-                          "only; wrap the model in a module whose forward drops it or makes it "
-                          "a tensor")
-    return tensors
-
-
 def check_opset(opset, name: str = "opset") -> None:
     """A DeployError unless ``opset`` is an ONNX opset torch's exporter writes and the installed
     onnx knows; ``name`` is the argument as the user gave it (``"--opset"`` or ``"opset"``)."""
@@ -490,13 +465,12 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
     is replaced only with ``overwrite=True`` (:class:`DeployError` otherwise); ``~`` is
     expanded.
     """
-    from .model_io import check_input_fits, check_one_tensor_input
 
     if not isinstance(module, nn.Module):  # (break111 F7: None's AttributeError on state_dict)
         raise DeployError(f"export_onnx takes the nn.Module to export, got "
                           f"{type(module).__name__}")
-    if precision not in _DTYPES:
-        raise DeployError(f"precision {precision!r} is not one of {sorted(_DTYPES)}")
+    if precision not in EXPORT_DTYPES:
+        raise DeployError(f"precision {precision!r} is not one of {sorted(EXPORT_DTYPES)}")
     check_opset(opset)
     opset = int(opset)  # a numpy one: into the returned info, which is written as JSON (break179 F8)
     log = silent if log is None else log
@@ -513,7 +487,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         raise DeployError(f"folder {os.path.dirname(os.path.abspath(path))} does not exist: "
                           "create it, or give a path in an existing folder")
     weights = {t.dtype for t in module.state_dict().values() if t.is_floating_point()}
-    if weights - {torch.float32, _DTYPES[precision]}:  # a float64 model: exported at fp32
+    if weights - {torch.float32, EXPORT_DTYPES[precision]}:  # a float64 model: exported at fp32
         log(f"the model's {', '.join(sorted(str(d).removeprefix('torch.') for d in weights))} "
             f"weights are exported at {precision}")
     input_shape = parse_shape(input_shape)
@@ -527,13 +501,11 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
         # a shape that does not fit: deploy's one-line error (break111 F7: torch's traceback)
         check_input_fits(module, input_shape, label)
         if precision != "fp32":  # it runs at fp32: the dtype fails (break179 F1)
-            from .model_io import dtype_refusal
 
             raise dtype_refusal(label, precision, torch.device("cpu"), "exported", exc) from None
         raise
     first = flat_outputs(out)
     if precision != "fp32":  # before the exporter's probes read it as a batch branch (review183 R2)
-        from .model_io import overflow_refusal
 
         def at_fp32():
             with torch.no_grad():
@@ -774,7 +746,6 @@ def _keeps_weights_in(path: str, side: str) -> bool:
 
     if not _is_onnx_model(path):
         return False
-    from .model_io import read_onnx
 
     model = read_onnx(path)
     return any(entry.key == "location" and entry.value == os.path.basename(side)
@@ -785,7 +756,6 @@ def _keeps_weights_in(path: str, side: str) -> bool:
 def _is_onnx_model(path: str) -> bool:
     """Whether ``path`` is a file holding an ONNX model (its graph read, not its weights), as
     :func:`~.model_io.read_onnx` judges one."""
-    from .model_io import read_onnx
 
     if not os.path.isfile(path):
         return False
@@ -878,14 +848,12 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
     except Exception as e:  # noqa: BLE001 - the model's own failure at the other batch
         said = out_of_memory(e)
         if said is not None:  # not a batch the code depends on, nor a misfit (break186 F1)
-            from .model_io import memory_refusal
 
             raise memory_refusal(f"the model ({type(reference).__name__})", x.shape, said,
                                  f" (deploy checks a file whose batch is free at twice --batch "
                                  f"{input_shape[0]} too)" if other_batch else "") from None
         if not other_batch:
             # a shape that does not fit the model: one line (break179 F4: a raw RuntimeError)
-            from .model_io import check_input_fits
 
             check_input_fits(reference, tuple(x.shape), f"the model ({type(reference).__name__})")
             raise
@@ -894,7 +862,7 @@ def _compare(sess, reference, x, path, input_shape, precision, atol, rtol, notes
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "export at a fixed batch with fxprune.deploy.export_onnx(..., "
                           "dynamic_batch=False) and deploy that .onnx file") from e
-    feed = x.to(_DTYPES[precision]).numpy()
+    feed = x.to(EXPORT_DTYPES[precision]).numpy()
     try:
         got = run_once(sess, {sess.get_inputs()[0].name: feed}, path, x.shape)
     except DeployError as e:

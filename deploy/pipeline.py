@@ -27,11 +27,10 @@ from . import tensorrt_backend as trtb
 from . import torch_backend as tb
 from .common import (DeployArgumentError, DeployError, check_tolerance, cpu_busy, cpu_load,
                      cpu_name, file_in_the_way, load_said, prepared_inside, silent)
-from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, is_onnx,
-                       load_model, not_a_file, onnx_input_shape, read_onnx,
+from .model_io import (check_input_fits, check_onnx_input_fits, check_runs_at, eval_copy,
+                       flat_outputs, is_onnx, load_model, not_a_file, onnx_input_shape, read_onnx,
                        resolve_input_shape)
-from .onnx_export import (DEFAULT_OPSET, check_opset, example_input, export_model, flat_outputs,
-                          verify_onnx)
+from .onnx_export import DEFAULT_OPSET, check_opset, example_input, export_model, verify_onnx
 from .report import build_report, format_table, model_entry, write_report
 
 BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
@@ -681,7 +680,7 @@ def _onnx_params(path: str) -> int:
 def _backend_diff(runner, module: nn.Module, shape) -> float:
     """max |TensorRT - PyTorch fp32| on one random input (reported, not enforced: TF32 and fp16
     kernels legitimately move results by more than the ONNX check's tolerance)."""
-    from .onnx_export import eval_copy, output_gap
+    from .onnx_export import output_gap
 
     x = example_input(shape, "fp32", seed=1)
     with torch.no_grad():

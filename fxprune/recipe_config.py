@@ -26,10 +26,8 @@ import yaml
 
 from .data import DATA_DEFAULTS
 from .errors import FxPruneError
+from .methods.registration import NO_PRUNING
 from .models import CONV_INITS, DEFAULT_BLOCKS, DEFAULT_WIDTHS, RESNET_FMNIST_ONLY
-
-#: prune.method that trains the dense model: a recipe's word, which no registered method may take
-NO_PRUNING = "none"
 
 __all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "Rule", "load_config", "resolve_config",
            "apply_overrides", "validate", "parse_value", "prune_keys", "RECIPE_PRUNE_KEYS",

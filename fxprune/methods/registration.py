@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ArgumentError, ArgumentTypeError, warn
-from ..recipe_config import NO_PRUNING
 from .base import PruningMethod, check_method_kwargs, method_parameters
 
 __all__ = ["MethodEntry", "registry", "register_method", "get_method", "method_names",
@@ -195,7 +194,9 @@ def method_names() -> list[str]:
 #: pyproject.toml: ``[project.entry-points."fxprune.methods"] mymethod = "mypkg.pruning:MyMethod"``.
 #: Only the names are read up front; the target is imported when the method is first built.
 PLUGIN_GROUP = "fxprune.methods"
-#: names no method may take: a recipe's ``prune.method: none`` trains the dense model
+#: a recipe's ``prune.method`` that trains the dense model, which no method may take as its name
+NO_PRUNING = "none"
+#: names no method may take
 RESERVED_NAMES = (NO_PRUNING,)
 _plugins_seen = False
 
