@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import inspect
 import operator
@@ -36,7 +37,8 @@ from .rules import ChannelRule
 from .serialization import make_savable
 
 
-def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | None = None) -> fx.GraphModule:
+def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | None = None,
+            keep=()) -> fx.GraphModule:
     """Trace ``model``, find its channel groups and insert soft masks.
 
     Args:
@@ -61,6 +63,14 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             module class given a row is traced as one call. A row that cannot describe its module (a conv rule for a module
             without ``groups``, ``Conv()`` for a transposed conv) raises
             :class:`~fxprune.errors.FxPruneError` naming the module and what it lacks.
+        keep: modules whose output channels are never pruned, as Torch-Pruning's ignored
+            layers or NNI's excluded ops: module paths (``"conv1"``; a path keeps every module
+            under it, ``"layer1"`` the whole block), module classes (``nn.Linear``: every one
+            the model has) or the model's own module objects. A kept layer's output channels,
+            and all that share them (the residual stream it adds into), stay whole; its input
+            channels follow the layer before it (keep that one too to keep them). Their groups
+            say why in :func:`channel_groups` and :func:`fxprune.summary`. An entry that is no
+            module of the model, or holds no prunable channels, raises ArgumentError.
 
     Returns:
         A ``torch.fx.GraphModule`` computing the same function while all masks are 1. Its groups
@@ -104,6 +114,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         elif not isinstance(leaf_modules, Iterable):
             raise ArgumentTypeError(f"prepare: leaf_modules= is a list of module classes or module paths "
                                     f"(str), got {type(leaf_modules).__name__}")
+        kept = _kept_modules(model, keep)
         aten = _aten_layer(model, leaf_modules)
         if aten:  # (break121 #6: every op a barrier "with no channel rule for aten.conv2d", and
             # rules for ATen ops suggested as the way out)
@@ -162,7 +173,7 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         # into them (ci104: a momentum teacher) is put back from the user's model
         check_traced(copy_model(model, tensors_of=gm), gm, stored, eval_output=eval_output,
                      reference=model)
-        channels = analyze(gm, rules)
+        channels = analyze(gm, rules, kept)
         # the traced model's output as the masked one's is judged: eval mode, IEEE float32,
         # autocast off (review202 R1: against propagate_shapes' run, in the caller's autocast
         # or TF32, a right row was refused)
@@ -285,6 +296,54 @@ _ATEN_LAYERS = frozenset({"aten::convolution", "aten::_convolution", "aten::conv
                           "aten::conv2d", "aten::conv3d", "aten::conv_transpose1d",
                           "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::linear",
                           "aten::addmm"})
+
+
+def _kept_modules(model: nn.Module, keep) -> dict[str, str]:
+    """``prepare``'s ``keep=`` as ``{module path: how the user named it}``, each entry checked
+    against ``model`` (one-line errors naming the entry and the way out)."""
+    if keep is None:
+        return {}
+    if isinstance(keep, (str, type, nn.Module)):  # one entry: 'conv1' read as c, o, n, v, 1
+        keep = (keep,)
+    elif not isinstance(keep, Iterable):
+        raise ArgumentTypeError(f"prepare: keep= is a list of module paths, module classes or "
+                                f"the model's modules, got {type(keep).__name__}")
+    modules = dict(model.named_modules(remove_duplicate=False))
+    path_of = {}
+    for path, module in modules.items():
+        path_of.setdefault(id(module), path)
+    kept = {}
+    for entry in keep:
+        if isinstance(entry, str):
+            if entry not in modules:
+                paths = [p for p in modules if p]
+                close = difflib.get_close_matches(entry, paths, n=1)
+                hint = (f"did you mean {close[0]!r}?" if close else
+                        f"paths are model.named_modules()'s, e.g. {', '.join(map(repr, paths[:4]))}")
+                raise ArgumentError(f"prepare: keep= names {entry!r}, which is no module of the "
+                                    f"model; {hint}")
+            if not entry:
+                raise ArgumentError("prepare: keep= names the whole model (''): nothing would "
+                                    "be pruned; name the layers to keep")
+            kept.setdefault(entry, f"`{entry}`")
+        elif isinstance(entry, type) and issubclass(entry, nn.Module):
+            paths = [p for p, m in modules.items() if p and isinstance(m, entry)]
+            if not paths:
+                raise ArgumentError(f"prepare: keep= names {entry.__name__}, of which the model "
+                                    "has no module")
+            for path in paths:
+                kept.setdefault(path, entry.__name__)
+        elif isinstance(entry, nn.Module):
+            path = path_of.get(id(entry))
+            if not path:  # (a copy of one, or the model itself)
+                raise ArgumentError(f"prepare: keep= holds a {type(entry).__name__} that is not "
+                                    "a submodule of this model (a copy, or another model's?); "
+                                    "give its path instead")
+            kept.setdefault(path, f"`{path}`")
+        else:
+            raise ArgumentTypeError(f"prepare: keep= takes module paths (str), module classes or "
+                                    f"the model's modules, got {type(entry).__name__}")
+    return kept
 
 
 def _aten_layer(model: nn.Module, leaf_modules=()) -> str:

@@ -138,7 +138,7 @@ class ConfigError(FxPruneError, ValueError):
 @dataclass(frozen=True)
 class Rule:
     """What one config key takes: ``kind`` ("int", "float", "bool", "str", "ints",
-    "numbers"), whether null is allowed, a closed range ``[low, high]`` (``open_low``: low
+    "numbers", "strs"), whether null is allowed, a closed range ``[low, high]`` (``open_low``: low
     excluded), or a fixed tuple of ``choices``."""
 
     kind: str
@@ -155,7 +155,7 @@ class Rule:
         else:
             text = {"int": "an integer", "float": "a number", "bool": "true or false",
                     "str": "a string", "ints": "a list of integers",
-                    "numbers": "a list of numbers"}[self.kind]
+                    "numbers": "a list of numbers", "strs": "a list of strings"}[self.kind]
             if self.low is not None or self.high is not None:
                 lo = "" if self.low is None else f"{'>' if self.open_low else '>='} {_show(self.low)}"
                 hi = "" if self.high is None else f"{'<' if self.open_high else '<='} {_show(self.high)}"
@@ -177,10 +177,11 @@ class Rule:
                 raise ConfigError(f"{key} must be one of {self.describe()}; got "
                                   f"{_show(value)}{hint}{_yaml_bool_hint(key, value, self.kind)}")
             return
-        items = value if self.kind in ("ints", "numbers") else [value]
-        if self.kind in ("ints", "numbers") and not isinstance(value, list):
+        listed = self.kind in ("ints", "numbers", "strs")
+        items = value if listed else [value]
+        if listed and not isinstance(value, list):
             raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)}")
-        item_kind = {"ints": "int", "numbers": "float"}.get(self.kind, self.kind)
+        item_kind = {"ints": "int", "numbers": "float", "strs": "str"}.get(self.kind, self.kind)
         for v in items:
             if not _is_kind(v, item_kind):
                 raise ConfigError(f"{key} takes {self.describe()}; got {_show(value)} "
@@ -293,6 +294,8 @@ RECIPE_PRUNE_KEYS: dict[str, Rule] = {
     # cost latency / latency+fixed: a latency cache file (LatencyTable.measure's cache=), read
     # and extended, so the same recipe prices with the same timings run to run (break188 F3)
     "latency_cache": Rule("str", nullable=True),
+    # module paths whose output channels are never pruned (prepare's keep=: the stem, a head)
+    "keep": Rule("strs"),
 }
 # Ranges and choices of method arguments; kinds of the others come from their defaults.
 PRUNE_RULES: dict[str, Rule] = {

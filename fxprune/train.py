@@ -52,8 +52,8 @@ from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
 from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
                                    measured_cost_from_dict, measured_cost_to_dict)
-from .errors import (DivergedError, FxPruneError, MethodProtocolError, TargetNotReachedError,
-                     TraceError, first_line, out_of_memory)
+from .errors import (ArgumentError, DivergedError, FxPruneError, MethodProtocolError,
+                     TargetNotReachedError, TraceError, first_line, out_of_memory)
 from .methods.base import (check_resumed_steps, method_cost, method_parameters,
                            refuse_unloadable_state, schedule_end, check_on_trial)
 from .models import build_model, timm_name
@@ -1039,7 +1039,11 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
     measured_cost_state = None  # a latency table (and fitted constant) timed for this run
     undo_sync_bn = None  # puts the BatchNorms back (before finalize)
     try:
-        net = fxprune.prepare(model, (example_batch,))
+        net = fxprune.prepare(model, (example_batch,), keep=prune_cfg.get("keep", ()))
+    except ArgumentError as exc:  # a path that is no module, or holds no prunable channels
+        if not prune_cfg.get("keep"):
+            raise
+        raise ConfigError(f"prune.keep: {exc}") from None
     except TraceError as exc:  # its way out is prepare's leaf_modules= (break182 F8)
         raise TraceError(f"model.name {cfg['model']['name']!r}: {str(exc).rstrip('.')}; "
                          "a recipe passes no "

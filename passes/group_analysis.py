@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from fxprune.errors import FxPruneError
+from fxprune.errors import ArgumentError, FxPruneError
 from fxprune.rules import Barrier, Elementwise, SizeOf
 from fxprune.rules.layers import _WeightLayer
 from fxprune.cost import LayerSpec
@@ -144,8 +144,9 @@ def min_label_components(n: int, pairs) -> np.ndarray:
 class ChannelAnalysis(NodeFacts):
     """Runs the rules over a shape-propagated GraphModule; the ``ctx`` every rule receives."""
 
-    def __init__(self, gm: fx.GraphModule, extra_rules: dict | None = None):
-        self.gm, self.extra_rules = gm, extra_rules or {}
+    def __init__(self, gm: fx.GraphModule, extra_rules: dict | None = None,
+                 keep: dict[str, str] | None = None):
+        self.gm, self.extra_rules, self.keep = gm, extra_rules or {}, dict(keep or {})
         self.modules = dict(gm.named_modules())
         self.uf = _UnionFind()
         self.spaces: list[Space] = []
@@ -510,6 +511,7 @@ class ChannelAnalysis(NodeFacts):
                     ids = ids[ids >= 0]
                     if ids.size:
                         self.marks.append((ids, why))
+        self._mark_kept()
         n = self.uf.size
         roots = self.uf.roots()
         _, element_unit = np.unique(roots, return_inverse=True)  # units numbered by oldest element
@@ -589,6 +591,31 @@ class ChannelAnalysis(NodeFacts):
                             list(self.mask_sites.values()), self.stat_sites, self.layers, unit_barrier)
 
 
+    def _mark_kept(self) -> None:
+        """The output channels of the modules the user keeps (``keep``: module path -> how the
+        user named it) stay whole: a layer's output dims (its sources), a norm's or other
+        channel-wise module's every dim. A path keeps the modules under it too. Marked after
+        the structure's own reasons, which a group's reason names first."""
+        layers = {li.module for li in self.layers}
+        matched = set()
+        for sp in self.spaces:
+            owner = sp.tensor.rpartition(".")[0]
+            if sp.virtual or not (sp.key in self.sources or owner not in layers):
+                continue
+            names = [named for p, named in self.keep.items()
+                     if owner == p or owner.startswith(p + ".")]
+            if names:
+                matched.update(names)
+                where = "" if names[0] == f"`{owner}`" else f" (`{owner}`)"
+                self.marks.append((sp.ids, f"prepare(keep=...) names {names[0]}{where}"))
+        missed = [named for named in self.keep.values() if named not in matched]
+        if missed:
+            raise ArgumentError(
+                f"prepare: keep= names {missed[0]}, which holds no channels fxprune prunes (no "
+                "conv, linear or norm layer's output in the traced graph); name the layer "
+                "whose output channels to keep")
+
+
 def _first_seen(seen: list[np.ndarray], n: int) -> np.ndarray:
     """``(n,)`` int64: each of ``0..n-1``'s rank by first appearance in the arrays of ``seen``
     taken in order (each value appears somewhere)."""
@@ -630,11 +657,14 @@ def arg_leaves(*args) -> list:
     return found
 
 
-def analyze(gm: fx.GraphModule, extra_rules: dict | None = None) -> ChannelGraph:
+def analyze(gm: fx.GraphModule, extra_rules: dict | None = None,
+            keep: dict[str, str] | None = None) -> ChannelGraph:
     """The channel groups of ``gm`` (traced, with :func:`propagate_shapes` run): every channel
     dim the graph's ops tie together (residual adds, concats, depthwise convs, flatten into a
     linear...) is one group, and a group that an op without a channel rule touches, or that
     reaches the model's output, is a barrier with the reason. ``extra_rules`` (``{op: rule}``)
     come before the op table's rows. Returns the ``ChannelGraph`` (a networkx graph of the
-    channel spaces with the groups, mask sites and costed layers); ``gm`` is not modified."""
-    return ChannelAnalysis(gm, extra_rules).run()
+    channel spaces with the groups, mask sites and costed layers); ``gm`` is not modified.
+    ``keep`` (``{module path: how the user named it}``) keeps those modules' output channels
+    whole (``prepare(keep=...)``); ArgumentError for a path that holds none."""
+    return ChannelAnalysis(gm, extra_rules, keep).run()

@@ -309,9 +309,13 @@ def trace(model: nn.Module, *, leaf_modules=(), rules: dict | None = None,
     ``forward`` doing so, or a model that cannot be traced in the other mode, warns."""
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
     leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
-    bad = [m for m in leaf_modules if not isinstance(m, (type, str))]
-    if bad:
-        raise ArgumentTypeError(f"leaf_modules takes module classes or module paths (str), got {bad!r}")
+    bad = next((m for m in leaf_modules if not isinstance(m, (type, str))), None)
+    if bad is not None:  # (break205 F6: a module was printed whole, 13,000 characters)
+        path = next((p for p, m in model.named_modules() if m is bad and p), None)
+        what = (f"the module `{path}` itself: pass its path, {path!r}" if path is not None
+                else f"a {type(bad).__name__}")
+        raise ArgumentTypeError(f"leaf_modules takes module classes or module paths (str), got "
+                                f"{what}")
     unknown = [n for n in leaf_names if n not in dict(model.named_modules())]
     if unknown:
         raise ArgumentError(f"leaf_modules names {unknown} are not modules of the model; "

@@ -1,0 +1,123 @@
+"""prepare(keep=...): layers whose output channels are never pruned (break205 F1: no way to
+keep the stem or a head whole, as Torch-Pruning's ignored layers and NNI's excluded ops do)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxprune
+from fxprune.recipe_config import ConfigError, resolve_config
+from fxprune.train import train
+from helpers import TINY_RECIPE
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval(), (torch.randn(2, 3, 32, 32),)
+
+
+def _kept(pm) -> dict[str, str]:
+    return {g.name: g.reason for g in fxprune.channel_groups(pm) if not g.prunable}
+
+
+def test_a_kept_layer_keeps_its_output_channels_through_pruning_and_finalize():
+    model, x = _resnet()
+    before = copy.deepcopy(model.state_dict())
+    keep = ["conv1"]
+    pm = fxprune.prepare(model, x, keep=keep)
+    assert _kept(pm)["conv1"] == "prepare(keep=...) names `conv1`"
+    plain = fxprune.prepare(model, x)
+    assert plain_is_prunable(plain, "conv1")  # kept only because it was asked
+    pruner = fxprune.get_method("magnitude")(pm, 0.5)
+    pruner.step()
+    pruner.finalize_masks()
+    small = fxprune.finalize(pm)
+    # the stem's output (the residual stream of layer1) stays whole, others are cut
+    assert small.conv1.weight.shape[0] == 64 and small.get_submodule("layer1.0.conv2").weight.shape[0] == 64
+    assert sum(m.weight.shape[0] for m in small.modules() if isinstance(m, nn.Conv2d)) < \
+        sum(m.weight.shape[0] for m in model.modules() if isinstance(m, nn.Conv2d))
+    ratio = fxprune.count_flops(small, x) / fxprune.count_flops(model, x)
+    assert pruner.cost() == pytest.approx(ratio, rel=1e-9) and ratio <= 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(small(*x), pm.eval()(*x), rtol=1e-4, atol=1e-5)
+    assert keep == ["conv1"]  # nothing the user passed is changed
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def plain_is_prunable(pm, name: str) -> bool:
+    return next(g for g in fxprune.channel_groups(pm) if g.name == name).prunable
+
+
+def test_keep_takes_paths_of_blocks_classes_and_the_models_own_modules():
+    model, x = _resnet()
+    pm = fxprune.prepare(model, x, keep=[model.layer4, "layer1", nn.Linear])
+    kept = _kept(pm)
+    assert kept["layer1.0.conv1"] == "prepare(keep=...) names `layer1` (`layer1.0.conv1`)"
+    assert kept["layer4.1.conv1"].startswith("prepare(keep=...) names `layer4`")
+    # the stem shares its channels with layer1's residual outputs: kept with the block
+    assert kept["conv1"].startswith("prepare(keep=...) names `layer1`")
+    prunable = [g.name for g in fxprune.channel_groups(pm) if g.prunable]
+    assert prunable and all(name.startswith(("layer2", "layer3")) for name in prunable)
+    # a norm layer names the channels it normalizes; one string is one path
+    assert not plain_is_prunable(fxprune.prepare(model, x, keep="layer2.0.bn1"), "layer2.0.conv1")
+
+
+@pytest.mark.parametrize("keep, error, message", [
+    (["layer1.0.cnv1"], ValueError, r"keep= names 'layer1.0.cnv1', which is no module of the "
+                                    r"model; did you mean 'layer1.0.conv1'\?"),
+    (["nothing_like_it"], ValueError, r"no module of the model; paths are model.named_modules\(\)'s"
+                                      r", e.g. 'conv1', 'bn1', 'relu', 'maxpool'"),
+    (["relu"], ValueError, r"keep= names `relu`, which holds no channels fxprune prunes"),
+    ([nn.GELU], ValueError, r"keep= names GELU, of which the model has no module"),
+    ([nn.Conv2d(3, 3, 1)], ValueError, r"keep= holds a Conv2d that is not a submodule of this "
+                                       r"model .*give its path instead"),
+    ([""], ValueError, r"keep= names the whole model"),
+    ([3], TypeError, r"keep= takes module paths \(str\), module classes or the model's modules, "
+                     r"got int"),
+    (5, TypeError, r"keep= is a list of module paths"),
+])
+def test_a_keep_entry_that_names_no_prunable_module_is_refused_in_one_line(keep, error, message):
+    model, x = _resnet()
+    with pytest.raises(error, match=message) as info:
+        fxprune.prepare(model, x, keep=keep)
+    assert "\n" not in str(info.value)
+
+
+def test_models_prepared_with_other_kept_layers_hold_other_masks():
+    model, x = _resnet()
+    with pytest.raises(ValueError, match=r"the two models hold different channel masks"):
+        fxprune.copy_masks(fxprune.prepare(model, x, keep=["conv1"]), fxprune.prepare(model, x))
+
+
+def test_the_recipe_keeps_layers_with_prune_keep(tmp_path):
+    def cfg(out, *overrides):
+        return resolve_config(TINY_RECIPE, [f"out={out}", "optim.epochs=1", "prune.method=smcp",
+                                            "prune.target=0.6", "prune.channel_step=1", "prune.warmup=1",
+                                            "prune.ramp=3", "prune.update_every=1",
+                                            *overrides])
+
+    results = train(cfg(tmp_path / "kept", "prune.keep=[conv1]"))
+    small = torch.load(tmp_path / "kept" / "model_pruned.pt", weights_only=False)
+    assert small.conv1.weight.shape[0] == TINY_RECIPE["model"]["widths"][0]
+    assert results["flops_ratio"] <= 0.6
+    with pytest.raises(ConfigError, match=r"prune.keep: prepare: keep= names 'conv', which is no "
+                                          r"module of the model; did you mean 'conv1'\?"):
+        train(cfg(tmp_path / "typo", "prune.keep=[conv]"))
+    with pytest.raises(ConfigError, match=r"prune.keep takes a list of strings; got 'conv1'"):
+        cfg(tmp_path / "one", "prune.keep=conv1")
+
+
+def test_a_module_object_in_leaf_modules_is_named_by_its_path_not_printed_whole():
+    """break205 F6: a module given where a path was wanted printed all of it (13,473
+    characters for mobilenet_v2's features)."""
+    model, x = _resnet()
+    with pytest.raises(TypeError, match=r"^leaf_modules takes module classes or module paths "
+                                        r"\(str\), got the module `layer1` itself: pass its path, "
+                                        r"'layer1'$"):
+        fxprune.prepare(model, x, leaf_modules=[model.layer1])
+    with pytest.raises(TypeError, match=r"got a Conv2d$"):
+        fxprune.prepare(model, x, leaf_modules=[nn.Conv2d(1, 1, 1)])
