@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -511,6 +512,7 @@ def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float,
     error = InfeasibleBudget(
         f"cost target {target:.3g} of dense is below the narrowest model the constraints allow "
         f"({floor:.3f}: every group at its smallest allowed width{hint}); "
-        "raise the target" + (" or relax the constraints" if not hint else " or lower channel_step"))
+        "raise the target" + (" or relax the constraints" if not hint else
+                              " or lower " + " or ".join(re.findall(r"(\w+)=", hint))))
     error.floor = floor
     raise error

@@ -317,6 +317,7 @@ PRUNE_RULES: dict[str, Rule] = {
     "masks": Rule("str", choices=("soft", "hard")),
     "allocation": Rule("str", choices=("knapsack", "uniform")),
     "channel_step": POSITIVE_INT,
+    "min_kept": Rule("float", low=0, high=1),
     "bn_rescale": Rule("str", choices=("kept_fraction", "off")),
     "masked_decay": Rule("float", low=0),
     "resolution": POSITIVE_INT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,11 @@ def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | N
 
 
 class UnitIndex:
-    def __init__(self, prepared: fx.GraphModule):
+    """The prepared model's prunable channels numbered flat, group after group. ``min_kept``
+    (a fraction in [0, 1]): every group keeps at least that share of its positions (rounded
+    up), which :meth:`ranking` reports as its fewest."""
+
+    def __init__(self, prepared: fx.GraphModule, min_kept: float = 0.0):
         state = state_of(prepared)
         ch: ChannelGraph = state.channels
         self.channels = ch
@@ -47,6 +52,8 @@ class UnitIndex:
         #: channels one unit is in its producer's output (more than 1 when a grouped conv ties
         #: position j of every group, or a depthwise conv multiplies channels)
         self.unit_channels = [self._channels_per_unit(g) for g in self.groups]
+        #: the fewest positions each group keeps by ``min_kept`` (1 at 0: no layer is emptied)
+        self.min_counts = [max(1, math.ceil(round(min_kept * g.size, 9))) for g in self.groups]
 
     def _channels_per_unit(self, group: GroupInfo) -> int:
         for key in group.sources[:1]:
@@ -101,7 +108,8 @@ class UnitIndex:
                     remember_all_ones(t, bool((flat[self.group_slice(i)].to(t.dtype) == 1).all()))
 
     def ranking(self, i: int, scores: np.ndarray) -> tuple[np.ndarray, int]:
-        """Group ``i``'s channels, most important first, and the fewest that may be kept.
+        """Group ``i``'s channels, most important first, and the fewest that may be kept
+        (``min_kept``'s count, or more).
 
         The best channel of every split piece or slice the group feeds (``keep_one_of``) is moved
         to the front, so keeping the top ``k >= min_k`` never empties a piece.
@@ -113,10 +121,11 @@ class UnitIndex:
             if best not in front:
                 front.append(best)
         if not front:
-            return order, 1
+            return order, self.min_counts[i]
         front = sorted(front, key=lambda p: -scores[p])
         rest = order[~np.isin(order, front)]
-        return np.concatenate([np.array(front, dtype=order.dtype), rest]), len(front)
+        return (np.concatenate([np.array(front, dtype=order.dtype), rest]),
+                max(len(front), self.min_counts[i]))
 
 
 @dataclass

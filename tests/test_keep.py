@@ -1,8 +1,10 @@
-"""prepare(keep=...): layers whose output channels are never pruned (break205 F1: no way to
-keep the stem or a head whole, as Torch-Pruning's ignored layers and NNI's excluded ops do)."""
+"""What pruning leaves: prepare(keep=...), layers whose output channels are never pruned
+(break205 F1: no way to keep the stem or a head whole, as Torch-Pruning's ignored layers and
+NNI's excluded ops do), and the methods' min_kept, a floor every group keeps (F2)."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,9 +12,14 @@ import torchvision
 from torch import nn
 
 import fxprune
+from fxprune.methods.ccp import CCP
+from fxprune.methods.cucb import CUCB
+from fxprune.models import build_model
 from fxprune.recipe_config import ConfigError, resolve_config
 from fxprune.train import train
 from helpers import TINY_RECIPE
+from test_cucb import _train
+from test_smcp import prepared
 
 
 def _resnet():
@@ -109,6 +116,15 @@ def test_the_recipe_keeps_layers_with_prune_keep(tmp_path):
         train(cfg(tmp_path / "typo", "prune.keep=[conv]"))
     with pytest.raises(ConfigError, match=r"prune.keep takes a list of strings; got 'conv1'"):
         cfg(tmp_path / "one", "prune.keep=conv1")
+    train(cfg(tmp_path / "floor", "prune.min_kept=0.5"))
+    small = torch.load(tmp_path / "floor" / "model_pruned.pt", weights_only=False)
+    dense = build_model("resnet_fmnist", **TINY_RECIPE["model"])
+    widths = [(small.get_submodule(n).weight.shape[0], m.weight.shape[0])
+              for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)]
+    assert all(2 * kept >= size for kept, size in widths), widths
+    assert any(kept < size for kept, size in widths), widths
+    with pytest.raises(ConfigError, match=r"prune.min_kept takes a number >= 0 and <= 1"):
+        cfg(tmp_path / "bad", "prune.min_kept=2")
 
 
 def test_a_module_object_in_leaf_modules_is_named_by_its_path_not_printed_whole():
@@ -121,3 +137,68 @@ def test_a_module_object_in_leaf_modules_is_named_by_its_path_not_printed_whole(
         fxprune.prepare(model, x, leaf_modules=[model.layer1])
     with pytest.raises(TypeError, match=r"got a Conv2d$"):
         fxprune.prepare(model, x, leaf_modules=[nn.Conv2d(1, 1, 1)])
+
+
+# ---------------------------------------------------------------------------- min_kept
+def _kept_counts(pm) -> list[tuple[int, int]]:
+    return [(int(g.mask.sum()), g.size) for g in fxprune.channel_groups(pm) if g.prunable]
+
+
+def test_min_kept_is_a_floor_every_group_keeps_under_a_global_allocation():
+    """break205 F2: the knapsack cut resnet18's stem and its layer2 stream to 8 and 16 of 64 and
+    128 channels, and nothing could stop it short of a wider channel_step (Torch-Pruning's
+    max_pruning_ratio, NNI's per-op sparsity)."""
+    model, x = _resnet()
+    collapsed = fxprune.prepare(model, x)
+    pruner = fxprune.get_method("magnitude")(collapsed, 0.5)
+    pruner.step()
+    assert min(k / size for k, size in _kept_counts(collapsed)) < 0.25  # what the floor stops
+    pm = fxprune.prepare(model, x)
+    pruner = fxprune.get_method("magnitude")(pm, 0.5, min_kept=0.25)
+    pruner.step()
+    pruner.finalize_masks()
+    assert all(k >= math.ceil(0.25 * size) for k, size in _kept_counts(pm))
+    small = fxprune.finalize(pm)
+    ratio = fxprune.count_flops(small, x) / fxprune.count_flops(model, x)
+    assert pruner.cost() == pytest.approx(ratio, rel=1e-9) and ratio <= 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(small(*x), pm.eval()(*x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [
+    lambda pm: CCP(pm, target=0.3, mode="adaptive", collect=2, rounds=1, channel_step=1,
+                   min_kept=0.5),
+    lambda pm: CCP(pm, ratio=0.6, collect=2, rounds=2, round_every=1, channel_step=1,
+                   min_kept=0.5),
+    lambda pm: CUCB(pm, target=0.3, mode="budget", warmup=1, explore=3, channel_step=1,
+                    execution="masked", min_kept=0.5),
+], ids=["ccp-adaptive", "ccp-ratio", "cucb-budget"])
+def test_ccp_and_cucb_keep_the_floor_too(build):
+    pm = prepared()
+    pruner = build(pm)
+    _train(pm, pruner, 4)
+    pruner.finalize_masks()
+    counts = _kept_counts(pm)
+    assert all(k >= math.ceil(0.5 * size) for k, size in counts), counts
+    assert any(k < size for k, size in counts)  # it pruned
+
+
+def test_a_target_below_the_floor_says_min_kept_and_min_kept_out_of_range_is_refused():
+    model, x = _resnet()
+    pm = fxprune.prepare(model, x)
+    with pytest.raises(fxprune.InfeasibleBudget, match=r"channel_step=8, min_kept=0\.6\); raise "
+                                                       r"the target to at least 0\.\d+ or lower "
+                                                       r"channel_step or min_kept$"):
+        fxprune.SMCP(pm, 0.2, min_kept=0.6)
+    for bad, message in ((1.5, r"min_kept must be <= 1, got 1\.5"),
+                         (-0.1, r"min_kept must be >= 0"), (True, r"min_kept must be a finite")):
+        with pytest.raises(ValueError, match=message):
+            fxprune.SMCP(pm, 0.5, min_kept=bad)
+    assert fxprune.SMCP(pm, 0.5, min_kept=0.25).run_settings()["min_kept"] == 0.25
+    small = prepared()  # a per-group ratio below the floor would be the floor, unsaid
+    with pytest.raises(ValueError, match=r"^ratio=0\.2 keeps less of every group than "
+                                         r"min_kept=0\.5, the floor every group keeps: raise "
+                                         r"ratio or lower min_kept$"):
+        CCP(small, ratio=0.2, channel_step=1, min_kept=0.5)
+    with pytest.raises(ValueError, match=r"^rho=0\.2 keeps less"):
+        CUCB(small, rho=0.2, channel_step=1, min_kept=0.5)

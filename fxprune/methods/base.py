@@ -65,7 +65,7 @@ from torch import fx
 
 from ..allocation import uniform_kept
 from ..budget import Budget
-from ..checks import check_fraction
+from ..checks import check_fraction, check_number
 from ..cost import LATENCY_COSTS, CostModel
 from ..errors import (ArgumentError, ArgumentTypeError, InfeasibleBudget, MethodProtocolError,
                       NotCopyableError, warn)
@@ -801,7 +801,7 @@ class PruningMethod:
             half = self.budget.total(uniform_kept(self.index, 0.5, self.channel_step))
             self._priced = {"half_width_fraction": float(f"{half / self.budget.dense:.6g}")}
         return {"cost": str(getattr(model, "name", type(model).__name__)), **self._priced,
-                "channel_step": self.channel_step,
+                "channel_step": self.channel_step, "min_kept": self.min_kept,
                 "resolution": int(getattr(self, "resolution", 0)),
                 "max_resolves": int(getattr(self, "max_resolves", 0))}
 
@@ -828,16 +828,21 @@ class PruningMethod:
                  f"{'; '.join(changed)} at step {int(state['step'])}: {how}",
                  RuntimeWarning)
 
-    def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1):
+    def __init__(self, prepared: fx.GraphModule, cost="flops", channel_step: int = 1,
+                 min_kept: float = 0.0):
         state_of(prepared)  # NotPreparedError for anything else (break111 F11: None's AttributeError)
+        check_number("min_kept", min_kept, 0, 1)
         self.prepared, self.channel_step = prepared, int(channel_step)
+        #: the share of every group's channels it keeps at least (Torch-Pruning's
+        #: max_pruning_ratio is 1 - min_kept): no layer collapses to a few channels
+        self.min_kept = float(min_kept)
         if close_live_taps(prepared):
             warn(f"{type(self).__name__}: the model carries the activation taps of an earlier "
                  "pruner (CCP, or SMCP with importance='activation') that has not finished, "
                  "which collect at every step while it lives: removed, so that pruner prunes no "
                  "more; call its finalize_masks() before building another to end it yourself",
                  RuntimeWarning)
-        self.index = UnitIndex(prepared)
+        self.index = UnitIndex(prepared, self.min_kept)
         self._masks_finalized_at: int | None = None  # the step finalize_masks() last ran at
         self._said_after_final = False  # a mask update after it was warned of
         if not self.index.n:
@@ -982,11 +987,14 @@ class PruningMethod:
             else:
                 # the target at the floor's precision: 0.05177 read "target 0.0518 is below
                 # ... 0.05177" (break55 #5)
+                lower = " or ".join(name for name, narrows in (
+                    ("channel_step", self.channel_step > 1), ("min_kept", self.min_kept > 0))
+                    if narrows)
                 message = (
                     f"target {target:.5g} of dense is below the narrowest model the constraints "
-                    f"allow ({floor:.5f}: every group at its smallest allowed width, channel_step="
-                    f"{self.channel_step}); raise the target to at least {at_least:.3f}"
-                    + (" or lower channel_step" if floor < 1 - 1e-9 and self.channel_step > 1
+                    f"allow ({floor:.5f}: every group at its smallest allowed width, "
+                    f"{self.widths_said()}); raise the target to at least {at_least:.3f}"
+                    + (f" or lower {lower}" if floor < 1 - 1e-9 and lower
                        # at step 1 the floor is cost no channel choice lowers (break193 F6:
                        # swin_t's attention was advised a lower channel_step), named by its
                        # parts (review195 R3: a matmul's constant cost was called "kept whole")
@@ -1000,6 +1008,19 @@ class PruningMethod:
             error = InfeasibleBudget(message)
             error.floor = floor
             raise error
+
+    def _check_ratio_above_floor(self, name: str, ratio: float | None) -> None:
+        """A per-group kept ``ratio`` (CCP's ``ratio``, CUCB's ``rho``) given below ``min_kept``
+        would be replaced by the floor without a word: refused."""
+        if ratio is not None and self.min_kept and ratio < self.min_kept:
+            raise ArgumentError(f"{name}={ratio:g} keeps less of every group than min_kept="
+                                f"{self.min_kept:g}, the floor every group keeps: raise {name} "
+                                "or lower min_kept")
+
+    def widths_said(self) -> str:
+        """The arguments that bound the widths the method chooses, as its errors name them."""
+        return f"channel_step={self.channel_step}" + (f", min_kept={self.min_kept:g}"
+                                                      if self.min_kept else "")
 
     def _floor_parts(self, floor: float) -> str:
         """What a floor at channel_step 1 is made of: the cost outside conv/linear layers, held

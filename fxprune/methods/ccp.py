@@ -356,6 +356,10 @@ class CCP(PruningMethod):
         channel_step: widths per group are multiples of it (8, as SMCP's: counts off
             multiples of 8 ran slower than dense on ONNX Runtime's blocked kernels; 1 for the
             paper's per-channel choice).
+        min_kept: the share of every group's channels it keeps at least, in [0, 1], rounded
+            up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+            ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
+            which a global allocation can otherwise drive to ``channel_step`` channels.
         exhaustive_max, swaps: groups of at most this many channels are solved exhaustively;
             wider ones greedily, then with 1-swaps and pair moves (``swaps=False``: greedy only).
         loss_reduction: ``"mean"`` or ``"sum"``, as the trainer's loss reduces its batch.
@@ -386,7 +390,8 @@ class CCP(PruningMethod):
                  channel_step: int = 8, exhaustive_max: int = 12, swaps: bool = True,
                  loss_reduction: str = "mean", collect_bn: str = "train",
                  resolution: int = DEFAULT_RESOLUTION,
-                 max_resolves: int = DEFAULT_MAX_RESOLVES, reduce_fn=None, scaler=None):
+                 max_resolves: int = DEFAULT_MAX_RESOLVES, reduce_fn=None, scaler=None,
+                 min_kept: float = 0.0):
         if mode not in ("ratio", "adaptive"):
             raise ArgumentError(f"mode must be 'ratio' (per-layer ratio, CCP) or 'adaptive' "
                                 f"(counts by the allocator under a cost target), got {mode!r}")
@@ -427,7 +432,7 @@ class CCP(PruningMethod):
         if prune_at is not None and prune_at < collect:
             warn(f"CCP: prune_at ({prune_at}) < collect ({collect}): the first round collects "
                  f"over {prune_at} steps only")
-        super().__init__(prepared, cost, channel_step)
+        super().__init__(prepared, cost, channel_step, min_kept)
         self.mode, self.cost_target = mode, DEFAULT_TARGET if target is None else float(target)
         #: the cost fraction this method promises (None: a fixed ratio, no cost promise)
         self.target = None if (mode == "ratio" and ratio is not None) else self.cost_target
@@ -437,6 +442,7 @@ class CCP(PruningMethod):
             self._check_some_group_prunes()
         self._target_followed = self.target  # (see _follow_target)
         self.ratio = None if ratio is None else float(ratio)
+        self._check_ratio_above_floor("ratio", self.ratio)
         # (ratio mode under a cost target: said at its last round, where the cost it reaches is
         # known; at construction a figure without the channels picked was 0.612 for a run that
         # reached 0.643, break105 F7)
@@ -663,8 +669,9 @@ class CCP(PruningMethod):
 
     def _counts(self, i: int, alive: int, constraints) -> np.ndarray:
         g = self.index.groups[i]
-        return allowed_counts(g.size, self.channel_step, max(1, len(constraints)), alive,
-                              self.index.unit_channels[i])
+        # min_kept's floor, among the channels still alive (a mask set to 0 by hand stays 0)
+        low = max(1, len(constraints), min(self.index.min_counts[i], alive))
+        return allowed_counts(g.size, self.channel_step, low, alive, self.index.unit_channels[i])
 
     def _subsets(self, S, counts, constraints, swaps=None):
         if len(S) <= self.exhaustive_max:
@@ -762,7 +769,7 @@ class CCP(PruningMethod):
         elif self.mode == "ratio":  # one ratio for every group: the largest that fits the target
             target = 1 - (1 - self.cost_target) * frac
             result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
-                                      hint=f", channel_step={self.channel_step}")
+                                      hint=f", {self.widths_said()}")
             choice = result.choice
             if self.swaps:
                 choice = self._swapped_uniform(options, problems, predicted_by, choice,
@@ -881,7 +888,7 @@ class CCP(PruningMethod):
             priced = [GroupOptions(o.counts, v if costs is None else v + price * c, o.keep)
                       for o, v, c in zip(options, raw_values, costs or raw_values)]
             return allocate(priced, self.budget, target, before, resolution=self.resolution,
-                            max_resolves=self.max_resolves, hint=f", channel_step={self.channel_step}")
+                            max_resolves=self.max_resolves, hint=f", {self.widths_said()}")
 
         result = solve(0.0)
         if target - result.actual <= _FILLED:

@@ -149,6 +149,10 @@ class CUCB(PruningMethod):
             ``prune.seed`` is set).
         channel_step: widths per group are multiples of it (8, as SMCP's and CCP's: counts
             off multiples of 8 ran slower than dense on ONNX Runtime's blocked kernels).
+        min_kept: the share of every group's channels it keeps at least, in [0, 1], rounded
+            up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+            ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
+            which a global allocation can otherwise drive to ``channel_step`` channels.
         execution: ``"gathered"`` (the active sub-network runs, through :attr:`train_forward`,
             with :meth:`attach_optimizer`) or ``"masked"`` (full width, inactive channels
             masked). Gathered, a dropout runs over the active channels only and draws fewer
@@ -171,7 +175,8 @@ class CUCB(PruningMethod):
                  rho: float | None = None, mode: str = "ratio", c: float = 1.0,
                  warmup: int = 100, explore: int | None = None, selection: str = "cucb",
                  seed: int = 0, channel_step: int = 8, execution: str = "gathered", reduce_fn=None,
-                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES):
+                 resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES,
+                 min_kept: float = 0.0):
         if mode not in ("ratio", "budget"):
             raise ArgumentError(f"mode must be 'ratio' (top rho per group) or 'budget' (the allocator "
                                 f"under a cost target), got {mode!r}")
@@ -208,7 +213,7 @@ class CUCB(PruningMethod):
         if execution not in ("gathered", "masked"):
             raise ArgumentError(f"execution must be 'gathered' (run the active sub-network) or "
                                 f"'masked' (full width, inactive channels masked), got {execution!r}")
-        super().__init__(prepared, cost, channel_step)
+        super().__init__(prepared, cost, channel_step, min_kept)
         self.cost_target = DEFAULT_TARGET if target is None else float(target)
         self.mode, self.c = mode, float(c)
         #: the cost fraction this method promises (None in ratio mode with rho given: rho sets
@@ -222,6 +227,8 @@ class CUCB(PruningMethod):
         #: common fraction whose model fits ``target`` (as CCP's ratio=None), the final
         #: selection held to the target exactly
         self.rho = float(rho) if rho is not None else self._fitting_rho(self.cost_target)
+        if mode == "ratio":
+            self._check_ratio_above_floor("rho", rho)
         self._target_followed = self.target  # (see _follow_target)
         if rho is None and mode == "ratio":
             self._uniform_reached = self.budget.fraction(
@@ -469,7 +476,7 @@ class CUCB(PruningMethod):
                 values = np.maximum(s, 0.0)
                 ranked = ranked_options(values, order, counts)  # the knapsack: the floor too
                 options.append(self._with_floor(i, ranked, values) if self.mode == "budget" else ranked)
-        hint = f", channel_step={self.channel_step}"
+        hint = f", {self.widths_said()}"
         if self.mode == "budget":
             current = self.active if hasattr(self, "active") else np.ones(self.index.n, bool)
             kept = allocate(options, self.budget, self.cost_target, current, resolution=self.resolution,

@@ -162,6 +162,10 @@ class SMCP(PruningMethod):
             (HALP-style; pruned channels never come back).
         allocation: ``"knapsack"`` (global) or ``"uniform"`` (the same fraction per group).
         channel_step: widths offered per group are multiples of it (8 for GPU kernels).
+        min_kept: the share of every group's channels it keeps at least, in [0, 1], rounded
+            up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+            ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
+            which a global allocation can otherwise drive to ``channel_step`` channels.
         bn_rescale: ``"off"`` or ``"kept_fraction"`` (SMCP's gamma scaling).
         masked_decay: extra weight decay on masked-out weights only (``masked_decay * W``
             added to their gradient at each step).
@@ -189,7 +193,7 @@ class SMCP(PruningMethod):
                  allocation: str = "knapsack", channel_step: int = 8,
                  bn_rescale: str = "off", masked_decay: float = 0.0,
                  resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES,
-                 hysteresis: float = 3.0, bn_recalibrate: int = 0):
+                 hysteresis: float = 3.0, bn_recalibrate: int = 0, min_kept: float = 0.0):
         _check_args(target=target, warmup=warmup, ramp=ramp, update_every=update_every,
                     freeze_after=freeze_after, momentum=momentum, channel_step=channel_step,
                     masked_decay=masked_decay, resolution=resolution, max_resolves=max_resolves,
@@ -209,7 +213,7 @@ class SMCP(PruningMethod):
                                 "schedule alone, or those arguments alone")
         schedule = schedule or PruningSchedule(warmup, ramp, update_every, freeze_after, ramp_shape)
         _check_reaches_target(schedule, float(target))
-        super().__init__(prepared, cost, channel_step)
+        super().__init__(prepared, cost, channel_step, min_kept)
         self.target = float(target)
         # its own copy: an edit of the caller's object after this check skipped it (break111 F5)
         self.schedule = copy.copy(schedule)
@@ -396,7 +400,7 @@ class SMCP(PruningMethod):
                 "taken before")
         scores = damp_churn(scores, before, self.hysteresis)
         options = self._options(scores)
-        hint = f", channel_step={self.channel_step}"
+        hint = f", {self.widths_said()}"
         if self.allocation == "knapsack":
             result = allocate(options, self.budget, target, before, resolution=self.resolution,
                               max_resolves=self.max_resolves, hint=hint)
