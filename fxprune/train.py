@@ -505,7 +505,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False) -> dict:
             dist.destroy_process_group()
 
 
-def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> None:
+def _refuse_other_data(saved: dict | None, current: dict, cfg: dict) -> None:
     """Refuse a resume on data other than the run's: ``data.root`` may change for the same
     data moved, not for another split (break65 #3: other data trained the next epochs, said as
     a process-count change). ``saved`` is None for checkpoints written before fingerprints."""
@@ -516,6 +516,20 @@ def _refuse_other_data(saved: dict | None, current: dict, root: str | None) -> N
                       if current[split].get(key) != value})
     if not changed:
         return
+    root = cfg["data"].get("root")
+    before_images_hash = "images_sha256" not in saved["test"]
+    only_test = all(current["train"].get(k) == v for k, v in saved["train"].items())
+    if (before_images_hash and only_test and cfg["data"].get("subset_test") is not None
+            and int(cfg["seed"]) != 0):
+        # (break204 F1: "point data.root at the data", which could not help) the draw of the
+        # test subset stopped following the seed (f32d14a, 2026-12-04); checkpoints written
+        # before it record the labels' hash only, and the same data gives other test images
+        raise ConfigError(
+            f"--resume: this run's test subset (data.subset_test {cfg['data']['subset_test']}, "
+            f"seed {cfg['seed']}) was drawn by an fxprune older than 2026-12-04, which drew it "
+            "anew for every seed; this one draws the same test images at every seed, so it "
+            "cannot score the run on the images it began with: finish the run with the fxprune "
+            "it began with, or start a new run with another --out")
 
     def sizes(fp):
         return f"{fp['train']['samples']} training / {fp['test']['samples']} test images"
@@ -681,7 +695,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
             detail=f"{data_fingerprint['train']['samples']} training / "
                    f"{data_fingerprint['test']['samples']} test images")
     if ckpt is not None:
-        _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg["data"].get("root"))
+        _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg)
     model = _recipe_model(cfg)
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()

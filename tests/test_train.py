@@ -1999,3 +1999,26 @@ def test_the_run_seed_reaches_no_seed_a_methods_registration_fixes(tmp_path):
     resumed = train(tiny_cfg(tmp_path / "r", "seed=5", *cucb, "prune.seed=5", "optim.epochs=3"),
                     resume=True)
     assert resumed["method_arguments"]["seed"] == 5
+
+
+def test_a_run_begun_before_the_test_subset_stopped_following_the_seed_is_told_so(recipe,
+                                                                                   tmp_path,
+                                                                                   capsys):
+    """break204 F1: a run begun before f32d14a with data.subset_test at a seed other than 0
+    scored other test images than the same data gives now; the resume blamed data.root."""
+    out = tmp_path / "run"
+    args = ["--set", "seed=1", "--set", "data.subset_test=32", "--out", str(out)]
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", *args]) == 0
+    capsys.readouterr()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    for split in ("train", "test"):  # as such a checkpoint: the labels' hash alone
+        del ckpt["data"][split]["images_sha256"]
+    ckpt["data"]["test"]["labels_sha256"] = "0" * 64  # the per-seed draw's other images
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--resume", *args]) == 2
+    err = capsys.readouterr().err
+    assert ("--resume: this run's test subset (data.subset_test 32, seed 1) was drawn by an "
+            "fxprune older than 2026-12-04, which drew it anew for every seed; this one draws the "
+            "same test images at every seed, so it cannot score the run on the images it began "
+            "with: finish the run with the fxprune it began with, or start a new run with "
+            "another --out") in err, err
