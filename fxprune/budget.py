@@ -91,6 +91,10 @@ class Budget:
         state["_memo"] = {}  # priced again where needed: not carried in a copy or a pickle
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_memo", {})  # a pickle from before the memo (break204 F2)
+
     def _cost(self, li: int, c_in: int, c_out: int) -> float:
         """:meth:`layer_cost` of ``self.layers[li]``, each width pair priced once."""
         key = (li, c_in, c_out)

@@ -1060,6 +1060,57 @@ def test_a_pruner_pickles_with_its_model_after_steps_or_says_why_not():
         torch.save(ccp, io.BytesIO())
 
 
+def test_a_pruner_pickled_before_an_attribute_existed_runs_or_says_how_to_rebuild_it(
+        monkeypatch):
+    """break204 F2: a (model, pruner) pickle from an fxprune before a new attribute ('_memo' of
+    the budget, CUCB's '_said_owed') failed at its first step or forward with a bare
+    AttributeError. Those two get defaults; any other is said with the way out."""
+    import io
+
+    from fxprune.budget import Budget
+    from fxprune.methods.base import PruningMethod
+    from fxprune.methods.cucb import CUCB
+
+    def without(cls, *names):
+        saved = cls.__getstate__
+
+        def old_getstate(self):
+            return {k: v for k, v in saved(self).items() if k not in names}
+        monkeypatch.setattr(cls, "__getstate__", old_getstate)
+
+    def round_trip(pm, pruner):
+        buffer = io.BytesIO()
+        torch.save({"model": pm, "pruner": pruner}, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        return loaded["model"], loaded["pruner"]
+
+    without(Budget, "_memo")
+    without(PruningMethod, "_said_owed")
+    pm = prepared()
+    smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
+    pm2, smcp2 = round_trip(pm, smcp)
+    x, y = data(n=16, seed=0)
+    F.cross_entropy(pm2(x), y).backward()
+    smcp2.step()  # priced again: the memo is back
+    assert smcp2.cost() <= 0.5 + 1e-9
+    pm = prepared()
+    cucb = CUCB(pm, rho=0.5, warmup=1, channel_step=1, execution="masked")
+    pm2, cucb2 = round_trip(pm, cucb)
+    F.cross_entropy(pm2(x), y).backward()  # its forward reads the flag
+    cucb2.step()
+    without(PruningMethod, "_versions")  # one no default stands for
+    pm = prepared()
+    pm2, smcp2 = round_trip(pm, fxprune.SMCP(pm, target=0.5))
+    with pytest.raises(AttributeError, match=r"^SMCP has no attribute '_versions': it was "
+                                             r"pickled by an older fxprune, whose pruners lack "
+                                             r"it; build the method again on the loaded model "
+                                             r"and load_state_dict\(old_pruner.state_dict\(\)\) "
+                                             r"into it$"):
+        smcp2._versions  # noqa: B018 (the read is the test)
+    assert not hasattr(smcp2, "no_such_attribute")  # getattr's default still works
+
+
 def _amp_run(scaled, scaler_arg, overflow_at=()):
     """4 steps of the README's GradScaler loop (fp32, exact power-of-two scale), CCP collecting."""
     pm = prepared()

@@ -169,6 +169,8 @@ class CUCB(PruningMethod):
     default_target = DEFAULT_TARGET
     name = "cucb"
     state_keys = ("step", "stats", "final", "active", "rng", "history")
+    #: (a class default too: a CUCB pickled before this flag lacks it, break204 F2)
+    _said_owed = False
 
     @trainable_state
     def __init__(self, prepared: fx.GraphModule, target: float | None = None, cost="flops", *,
