@@ -1092,6 +1092,13 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
             raise ConfigError(f"prune ({method}): {coarse}")
         if ckpt is not None:  # the run's own timings: a new measurement would move the budget
             measured_cost = _saved_measured_cost(ckpt, ckpt_path, prune_cfg["cost"])
+            cache = prune_cfg.get("latency_cache")
+            if main and cache is not None and \
+                    cache != ckpt["config"]["prune"].get("latency_cache"):
+                # (break204 F4: a cache named on resume was neither read nor written, unsaid)
+                warnings.warn(f"prune.latency_cache {cache} is neither read nor written by a "
+                              "resumed run: it prices with the table in its checkpoint, timed "
+                              "when the run began", RuntimeWarning, stacklevel=2)
         else:  # under DDP measured once, by rank 0 (or read from its cache), then sent
             # what needs no timings is refused before them (break199 F1: a CUCB explore past
             # the run, or gathered execution under torchrun, an hour of timing later)

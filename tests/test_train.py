@@ -1808,9 +1808,18 @@ def test_a_latency_cache_makes_a_latency_priced_recipe_repeat(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"below the narrowest model") as below:
         train(tiny_cfg(tmp_path / "low", *prune, "prune.target=0.01", f"prune.latency_cache={cache}"))
     assert "timed just now" not in str(below.value)
-    # a resume reads no cache: it may move (break190 F2)
-    train(tiny_cfg(tmp_path / "r0", *prune, f"prune.latency_cache={tmp_path / 'moved.json'}",
-                   "optim.epochs=3"), resume=True)
+    # a resume reads no cache: it may move (break190 F2); one named anew is said to be unused
+    # (break204 F4: neither read nor written, without a word); the one it began with is not
+    with pytest.warns(RuntimeWarning, match=r"prune.latency_cache .*moved.json is neither read "
+                                            r"nor written by a resumed run: it prices with the "
+                                            r"table in its checkpoint"):
+        train(tiny_cfg(tmp_path / "r0", *prune, f"prune.latency_cache={tmp_path / 'moved.json'}",
+                       "optim.epochs=3"), resume=True)
+    assert not (tmp_path / "moved.json").exists()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*latency_cache")
+        train(tiny_cfg(tmp_path / "r1", *prune, f"prune.latency_cache={cache}",
+                       "optim.epochs=3"), resume=True)
     # a cache that cannot be one is refused before any timing, in the recipe's words
     # (break190 F1, review189 R5: the Python argument's words, or an OSError after timing)
     monkeypatch.setattr(LatencyTable, "measure", classmethod(
