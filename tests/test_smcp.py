@@ -546,7 +546,10 @@ def test_resuming_under_other_step_settings_warns_and_another_accumulation_is_re
     ccp = CCP(pm, mode="adaptive", channel_step=4).state_dict()
     with pytest.raises(ValueError, match=r"mode='adaptive' \(here 'ratio'\)"):
         CCP(pm, mode="ratio", channel_step=4).load_state_dict(ccp)
-    with pytest.warns(RuntimeWarning, match=r"channel_step 4 -> 8"):
+    # with the way back to the state's step (break204 F6: CCP's and CUCB's default moved)
+    with pytest.warns(RuntimeWarning, match=r"channel_step 4 -> 8 at step 0: the run continues "
+                                            r"under this pruner's settings \(build it with "
+                                            r"channel_step=4 to go on under the state's\)$"):
         CCP(pm, mode="adaptive", channel_step=8).load_state_dict(ccp)
     # the cost model and the knapsack's and CCP's search settings too (break38 #3)
     with pytest.warns(RuntimeWarning, match=r"cost 'flops' -> 'params'; resolution 20000 -> 500"):

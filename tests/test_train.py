@@ -1013,7 +1013,7 @@ def test_pruning_hooks_called_in_order_and_saved(tmp_path, monkeypatch):
     RecordingPruner.instances = []
     prepared = []
 
-    def fake_prepare(model, example_inputs):
+    def fake_prepare(model, example_inputs, keep=()):
         # prepare traces on a single real image: costs describe batch-1 deployment
         # and the channel structure does not depend on the batch size.
         assert example_inputs[0].shape == (1, 1, 28, 28)

@@ -836,6 +836,12 @@ class PruningMethod:
             # nothing about it, and saying the run continues under them misled (break34 #7)
             how = ("its final selection stands" if state.get("final")
                    else "the run continues under this pruner's settings")
+            # the way back to the saved ones (break204 F6: a default that moved since, CCP's
+            # and CUCB's channel_step 1 -> 8, went on at the new one, unsaid how to keep 1)
+            back = [f"{name}={saved[name]!r}" for name in differ
+                    if name in ("channel_step", "min_kept")]
+            if back and not state.get("final"):
+                how += f" (build it with {', '.join(back)} to go on under the state's)"
             warn(f"{type(self).__name__}: resuming a state saved with another "
                  f"{'; '.join(changed)} at step {int(state['step'])}: {how}",
                  RuntimeWarning)
