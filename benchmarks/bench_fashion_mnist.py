@@ -36,6 +36,7 @@ import yaml
 
 from fxprune.deploy.common import cpu_name
 from fxprune.recipe_config import resolve_config
+from fxprune.run_io import RUN_MARKER
 from fxprune.train import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,12 @@ def own_log(log: Path, out: Path) -> bool:
     # an older log names its run folder as it was then: a runs folder moved since is still
     # its own (break184 F4)
     said = re.match(r"fxprune train: (.+?) on ", first)
-    return first == LOG_HEADER or (said is not None and Path(said.group(1)).name == out.name)
+    # one from before fxprune train named its folder (6ec152e) begins with the schedule of the
+    # pruned run fxprune train made beside it (break204 F3: refused as a file of the user's)
+    older = (re.match(r"prune \(\w+\) schedule in optimizer steps ", first) is not None
+             and (out / RUN_MARKER).is_file())
+    return first == LOG_HEADER or older or (said is not None
+                                            and Path(said.group(1)).name == out.name)
 
 
 def refuse_others_log(out: Path, what: str) -> None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fxprune.run_io import RUN_MARKER
 from helpers import load_benchmark
 
 
@@ -162,6 +163,15 @@ def test_a_log_of_an_earlier_version_is_its_own_in_a_moved_runs_folder(tmp_path)
     log.write_text("fxprune train: /elsewhere/runs/SMCP_50_e1_s0 on cpu, 1 CPU thread(s)\n")
     assert bench.own_log(log, out)
     log.write_text("fxprune train: /elsewhere/runs/dense_e1_s0 on cpu, 1 CPU thread(s)\n")
+    assert not bench.own_log(log, out)
+    # break204 F3: one from before fxprune train named its folder begins with the schedule,
+    # its run folder beside it marked as fxprune train's
+    log.write_text("prune (smcp) schedule in optimizer steps (469 per epoch): warmup 46\n")
+    assert not bench.own_log(log, out)  # no run folder of fxprune's beside it
+    out.mkdir()
+    (out / RUN_MARKER).write_text("")
+    assert bench.own_log(log, out)
+    log.write_text("my notes on prune (smcp) schedule in optimizer steps\n")
     assert not bench.own_log(log, out)
 
 
