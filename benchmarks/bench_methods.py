@@ -118,6 +118,9 @@ def run_row(name: str, prune: dict, seed: int, epochs: float, runs: Path, thread
         if not (str(prune.get("method", "")).startswith("cucb") and "method_arguments" not in result):
             result.update(row=name, seed=seed, reused=True)
             return result
+        # (break204 F5: its files were replaced without a word)
+        print(f"row {name!r} seed {seed}: trained again, not reused: its CUCB run predates "
+              "draws that follow the run's seed (its results lack method_arguments)", flush=True)
     result = train(resolved, overwrite=True)
     result.update(row=name, seed=seed)
     return result

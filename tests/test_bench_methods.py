@@ -138,7 +138,8 @@ def test_a_users_file_in_a_rows_run_folder_is_one_line_before_any_training(tmp_p
 
 
 def test_reuse_runs_a_cucb_row_again_that_ran_before_its_draws_followed_the_seed(tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch,
+                                                                                 capsys):
     """review189 R3: a CUCB row finished before the run's seed reached CUCB's generator (every
     seed drew alike; its results lack method_arguments) was reused without a word."""
     import yaml
@@ -153,7 +154,10 @@ def test_reuse_runs_a_cucb_row_again_that_ran_before_its_draws_followed_the_seed
     (out / "config.yaml").write_text(yaml.safe_dump(resolved))
     (out / "results.json").write_text(json.dumps({"accuracy": 0.5}))
     bench.run_row("CUCB", prune, 1, 1, tmp_path, 1, True, reuse=True)
-    assert len(trained) == 1  # run again
+    assert len(trained) == 1  # run again, and said why (break204 F5)
+    assert capsys.readouterr().out == ("row 'CUCB' seed 1: trained again, not reused: its CUCB "
+                                       "run predates draws that follow the run's seed (its "
+                                       "results lack method_arguments)\n")
     (out / "results.json").write_text(json.dumps({"accuracy": 0.5, "method_arguments": {"seed": 1}}))
     assert bench.run_row("CUCB", prune, 1, 1, tmp_path, 1, True, reuse=True)["reused"]
     assert len(trained) == 1
