@@ -188,7 +188,8 @@ def test_a_target_below_the_floor_says_min_kept_and_min_kept_out_of_range_is_ref
     pm = fxprune.prepare(model, x)
     with pytest.raises(fxprune.InfeasibleBudget, match=r"channel_step=8, min_kept=0\.6\); raise "
                                                        r"the target to at least 0\.\d+ or lower "
-                                                       r"channel_step or min_kept$"):
+                                                       r"channel_step \(at 1 the floor is 0\.\d+\) "
+                                                       r"or min_kept \(at 0 the floor is 0\.\d+\)$"):
         fxprune.SMCP(pm, 0.2, min_kept=0.6)
     for bad, message in ((1.5, r"min_kept must be <= 1, got 1\.5"),
                          (-0.1, r"min_kept must be >= 0"), (True, r"min_kept must be a finite")):

@@ -1323,7 +1323,8 @@ def test_a_floor_at_channel_step_1_names_its_parts_not_the_step():
                                     "whole among them (fxprune.summary(pm) lists those with "
                                     "their reasons)"), str(at_1.value)
     with pytest.raises(fxprune.InfeasibleBudget, match=r"raise the target to at least [0-9.]+ or "
-                                                       r"lower channel_step$"):
+                                                       r"lower channel_step \(at 1 the floor is "
+                                                       r"0\.\d{3}\)$"):
         fxprune.SMCP(prepared(), target=0.001, channel_step=4)
     pm = fxprune.prepare(_MatmulHead(), (torch.randn(1, 3, 32, 32),))
     with pytest.raises(fxprune.InfeasibleBudget) as matmul:
@@ -1331,10 +1332,28 @@ def test_a_floor_at_channel_step_1_names_its_parts_not_the_step():
     said = str(matmul.value)
     floor = float(re.search(r"allow \((\d\.\d+):", said).group(1))
     other, layers = map(float, re.search(r"of that floor, (\d\.\d+) of dense is cost no channel "
-                                         r"choice changes \(outside conv/linear layers, such as "
-                                         r"attention products, or a fitted constant\), and "
+                                         r"choice changes \(layers inside leaf modules or ops "
+                                         r"called as one, cost outside conv/linear layers such "
+                                         r"as attention products, or a fitted constant\), and "
                                          r"(\d\.\d+) is layers at their narrowest", said).groups())
     assert other > layers > 0 and abs(other + layers - floor) < 2e-5, said
+
+
+def test_a_channel_step_that_barely_moves_the_floor_is_not_offered_as_the_way_out():
+    """break205 F7: with three of resnet18's stages as leaf modules (held at their dense cost),
+    "or lower channel_step" was advised where step 1 moved the floor by 0.0005."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    pm = fxprune.prepare(model, (torch.randn(2, 3, 32, 32),),
+                         leaf_modules=["layer1", "layer2", "layer3"])
+    with pytest.raises(fxprune.InfeasibleBudget) as info:
+        fxprune.SMCP(pm, 0.3)
+    said = str(info.value)
+    assert "lower channel_step" not in said and "layers inside leaf modules" in said, said
+    with pytest.raises(fxprune.InfeasibleBudget, match=r" or min_kept \(at 0 the floor is "
+                                                       r"0\.\d{3}\)$"):
+        fxprune.SMCP(pm, 0.5, min_kept=0.9)
 
 
 @pytest.mark.parametrize("method", ["SMCP", "CCP", "CUCB"])

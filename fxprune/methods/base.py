@@ -1005,18 +1005,11 @@ class PruningMethod:
             else:
                 # the target at the floor's precision: 0.05177 read "target 0.0518 is below
                 # ... 0.05177" (break55 #5)
-                lower = " or ".join(name for name, narrows in (
-                    ("channel_step", self.channel_step > 1), ("min_kept", self.min_kept > 0))
-                    if narrows)
                 message = (
                     f"target {target:.5g} of dense is below the narrowest model the constraints "
                     f"allow ({floor:.5f}: every group at its smallest allowed width, "
                     f"{self.widths_said()}); raise the target to at least {at_least:.3f}"
-                    + (f" or lower {lower}" if floor < 1 - 1e-9 and lower
-                       # at step 1 the floor is cost no channel choice lowers (break193 F6:
-                       # swin_t's attention was advised a lower channel_step), named by its
-                       # parts (review195 R3: a matmul's constant cost was called "kept whole")
-                       else self._floor_parts(floor) if floor < 1 - 1e-9 else
+                    + (self._levers(floor) or self._floor_parts(floor) if floor < 1 - 1e-9 else
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        ": the cost model prices it as the dense model, so no pruning lowers "
                        "its cost; check the cost model"))
@@ -1040,17 +1033,36 @@ class PruningMethod:
         return f"channel_step={self.channel_step}" + (f", min_kept={self.min_kept:g}"
                                                       if self.min_kept else "")
 
+    def _levers(self, floor: float) -> str:
+        """" or lower channel_step (...)" for each width argument whose lowering moves the
+        floor at the precision it is said at, with the floor it leaves; "" for none (break205
+        F7: lowering channel_step was advised where it moved the floor by 0.0005; at step 1
+        swin_t's attention was advised it, break193 F6)."""
+        from ..allocation import uniform_kept
+
+        lowered = []
+        if self.channel_step > 1:
+            lowered.append(("channel_step", "at 1", uniform_kept(self.index, 0.0, 1)))
+        if self.min_kept > 0:
+            lowered.append(("min_kept", "at 0", uniform_kept(UnitIndex(self.prepared), 0.0,
+                                                             self.channel_step)))
+        said = [f"{name} ({at} the floor is {self.budget.fraction(kept):.3f})"
+                for name, at, kept in lowered if self.budget.fraction(kept) < floor - 1e-3]
+        return f" or lower {' or '.join(said)}" if said else ""
+
     def _floor_parts(self, floor: float) -> str:
-        """What a floor at channel_step 1 is made of: the cost outside conv/linear layers, held
-        at its dense value, and the layers at their narrowest (channels kept whole among them)."""
+        """What a floor no width argument lowers is made of: cost the cost model holds at its
+        dense value, and the layers at their narrowest (channels kept whole among them)."""
         other = self.budget.other_cost / self.budget.dense
         layers = ("layers at their narrowest, channels kept whole among them (fxprune.summary(pm) "
                   "lists those with their reasons)")
         if abs(other) < 5e-6:  # (review197 N2: "0.00000 of dense" said of nothing)
             return f"; that floor is {layers}"
-        return (f"; of that floor, {other:.5f} of dense is cost no channel choice changes (outside "
-                "conv/linear layers, such as attention products, or a fitted constant), and "
-                f"{floor - other:.5f} is {layers}")
+        # (break205 F7: the convs of leaf modules were called "outside conv/linear layers")
+        return (f"; of that floor, {other:.5f} of dense is cost no channel choice changes (layers "
+                "inside leaf modules or ops called as one, cost outside conv/linear layers such "
+                f"as attention products, or a fitted constant), and {floor - other:.5f} is "
+                f"{layers}")
 
     def _with_floor(self, i: int, options, values: np.ndarray | None = None,
                     dead: np.ndarray | None = None, *, value: Callable | None = None):
