@@ -45,7 +45,10 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
         model: any ``nn.Module`` torch.fx can trace. It is deep-copied first and never modified:
             the prepared model owns its own copy of every weight.
         example_inputs: the forward arguments, e.g. ``(torch.randn(1, 3, 224, 224),)``; they fix
-            the shapes the analysis reasons about (the batch size does not matter) and are what
+            the shapes the analysis reasons about (the groups do not depend on the batch size;
+            what is counted for the example does: :func:`summary`'s FLOPs are the whole
+            batch's, and :func:`finalize` records its shape, batch included, as the input
+            ``fxprune deploy`` times) and are what
             :func:`finalize` checks its surgery on, so they may not all be empty or all NaN/inf
             (:class:`~fxprune.errors.ExampleInputsError`). Arguments that are a bool or None
             here, or left out with such a default (``return_features=False``, ``skip=None``),

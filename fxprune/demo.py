@@ -46,7 +46,7 @@ def trained_size(name: str, model=None) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet18", help="a torchvision classification model name (default: resnet18)")
     p.add_argument("--size", type=int, default=224, help="input height and width (default: 224)")
-    p.add_argument("--fraction", type=float, default=0.5, help="fraction of each group to prune (default: 0.5)")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of each group's channels REMOVED (default: 0.5; 0.25 keeps 3/4)")
     p.add_argument("--all-groups", action="store_true", help="also list groups without layers")
 
 

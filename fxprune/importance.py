@@ -221,6 +221,10 @@ class WeightTaylor(_ConsumerStrategy):
 
 
 class WeightMagnitude(_ConsumerStrategy):
+    """A channel's L2 norm over the input columns ``W[:, i]`` of every layer that reads it
+    (where SMCP's masks sit), not over the producing filter's row as filter-norm pruning
+    (Li et al. 2017; Torch-Pruning's and NNI's norm pruners) takes it."""
+
     kind = "magnitude"
 
     @torch.no_grad()

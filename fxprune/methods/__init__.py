@@ -15,7 +15,7 @@ register_method("uniform", "fxprune:SMCP", defaults={"allocation": "uniform"},
 register_method("oneshot", "fxprune.methods.smcp:one_shot",
                 summary="one-shot pruning at one step by an importance, then fine-tuning")
 register_method("magnitude", "fxprune.methods.smcp:one_shot", defaults={"importance": "magnitude"},
-                summary="one-shot L2-magnitude pruning under the budget, then fine-tuning")
+                summary="one-shot pruning by the L2 norm of readers' input columns, then fine-tuning")
 register_method("taylor", "fxprune.methods.smcp:one_shot", defaults={"importance": "taylor"},
                 summary="one-shot Taylor pruning under the budget, then fine-tuning")
 register_method("ccp", "fxprune.methods.ccp:CCP",

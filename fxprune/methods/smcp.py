@@ -156,7 +156,8 @@ class SMCP(PruningMethod):
             ``update_every``, fixed after ``freeze_after`` (None: never); or ``schedule``, a
             :class:`fxprune.PruningSchedule`.
         importance: ``"taylor"`` (``|sum W dL/dW|`` over a channel's readers) or
-            ``"magnitude"``; ``accumulate`` ``"mean"`` over the steps between updates or
+            ``"magnitude"`` (the L2 norm of its readers' input columns ``W[:, i]``, not of
+            the producing filter as in filter-norm pruning); ``accumulate`` ``"mean"`` over the steps between updates or
             ``"momentum"`` (``momentum``, in [0, 1)).
         masks: ``"soft"`` (straight-through: masked weights keep learning) or ``"hard"``
             (HALP-style; pruned channels never come back).
