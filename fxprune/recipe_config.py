@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "conv_init": None,     # resnet_fmnist: kaiming_fan_out | torch_default (null: the first)
         "num_classes": 10,
         "kwargs": {},          # more keyword arguments of the model's builder (timm: img_size)
+        "init": None,          # a state_dict file of trained weights, loaded before pruning
     },
     "optim": {
         "epochs": 10,
@@ -264,6 +265,7 @@ SCHEMA: dict[str, Rule] = {
     "model.blocks": Rule("ints", nullable=True, low=1),
     "model.inner_widths": Rule("ints", nullable=True, low=1),
     "model.conv_init": Rule("str", nullable=True, choices=CONV_INITS),
+    "model.init": Rule("str", nullable=True),
     "model.num_classes": Rule("int", low=2),
     "optim.epochs": POSITIVE_INT,
     "optim.lr": Rule("float", low=0, open_low=True),

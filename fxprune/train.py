@@ -62,7 +62,7 @@ from .recipe_config import (DEFAULTS, NO_PRUNING, PRUNERS, RECIPE_PRUNE_KEYS, RE
                             fractions_to_epochs, load_config, parse_value, pruner_class,
                             resolve_config)
 from .run_io import (CHECKPOINT_FORMAT, INPUT_SHAPE, RUN_MARKER, CheckpointError, RunLogs,
-                     check_out_folder, config_changes, cost_columns, format_results,
+                     check_out_folder, config_changes, cost_columns, file_sha256, format_results,
                      load_checkpoint, lock_out_folder, move_tensors, release_out_folder, rng_state,
                      save_checkpoint, save_module, set_rng_state, start_over, tensorboard_writer,
                      unwritable_folder, unwritable_run_file, write_results)
@@ -697,6 +697,9 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
     if ckpt is not None:
         _refuse_other_data(ckpt.get("data"), data_fingerprint, cfg)
     model = _recipe_model(cfg)
+    # trained weights to prune, then fine-tune; a resumed run's are its checkpoint's
+    model_init = (ckpt.get("model_init") if ckpt is not None
+                  else _load_model_init(model, cfg["model"].get("init"), cfg["model"]["name"]))
     train_loader.set_epoch(0)
     rng = torch.get_rng_state()
     _check_model_fits_data(model, cfg, train_loader, test_loader)
@@ -871,6 +874,7 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                     "threads": torch.get_num_threads(),
                     "lr_schedules": lr_schedules, "data": data_fingerprint,
                     "process_counts": process_counts, "environments": environments,
+                    "model_init": model_init,
                 }
                 if epoch == start_epoch and checkpoint["pruner"] is not None:
                     refuse_unloadable_state(pruner, method, checkpoint["pruner"])
@@ -893,6 +897,8 @@ def _train(cfg: dict, device: torch.device, *, resume: bool, overwrite: bool) ->
                  "channels_last": channels_last,
                  # what it trained on, as test_data says what it was scored on (break188 F2)
                  "train_data": {"name": cfg["data"]["name"], **data_fingerprint["train"]}}
+    if model_init is not None:  # the trained weights it began from, by content
+        run_facts["model_init"] = model_init
     if len(lr_schedules) > 1:  # trained on past an earlier optim.epochs: said in the results
         run_facts["lr_schedules"] = lr_schedules
     if len(process_counts) > 1:  # world_size is the last part's; the throughput spans all
@@ -995,12 +1001,56 @@ def _check_resume(cfg: dict, ckpt: dict, out: Path, method: str, seed: int,
     return None
 
 
+def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
+    """Load ``model.init`` (a state_dict file: ``torch.save(model.state_dict(), PATH)``, or a
+    checkpoint holding one as ``state_dict`` or ``model``, as a dense ``fxprune train`` run's
+    checkpoint.pt) into the recipe's ``model``, read with ``weights_only=True`` (no code runs
+    from it). Returns ``{"file", "sha256"}`` for the results, None without one; ConfigError
+    naming the file and what does not fit (break205 F3: no recipe could start from trained
+    weights)."""
+    if init is None:
+        return None
+    path = Path(os.path.expanduser(str(init)))
+    if not path.is_file():
+        raise ConfigError(f"model.init {path} is not a file: give the state_dict file of the "
+                          "trained weights (torch.save(model.state_dict(), PATH))")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is said as one
+        raise ConfigError(f"model.init {path} is not a file torch.load reads with "
+                          f"weights_only=True ({type(exc).__name__}: {first_line(exc)}); save "
+                          "the weights as torch.save(model.state_dict(), PATH)") from None
+    for key in ("state_dict", "model"):  # a checkpoint holding the state_dict
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor)
+                                               for v in loaded.values()):
+        raise ConfigError(f"model.init {path} holds a {type(loaded).__name__}, not a state_dict "
+                          "(names to tensors); save the weights as "
+                          "torch.save(model.state_dict(), PATH)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in loaded]
+    unexpected = [k for k in loaded if k not in own]
+    shapes = [k for k in own if k in loaded and loaded[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def some(keys):
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        said = "; ".join(f"{what} {some(keys)}" for what, keys in (
+            ("missing", missing), ("unexpected", unexpected), ("other shapes at", shapes)) if keys)
+        raise ConfigError(f"model.init {path} does not fit model {name} as the recipe builds "
+                          f"it ({said}); give the weights of this model (model.widths, "
+                          "model.blocks and data.channels as when it was trained)")
+    model.load_state_dict(loaded)
+    return {"file": str(path), "sha256": file_sha256(path)}
+
+
 def _recipe_model(cfg: dict) -> nn.Module:
     """The recipe's model (``model.name`` with its widths and ``model.kwargs``), its input
     channels the data's; ConfigError where it does not fit in memory or its builder refuses
     ``model.kwargs``."""
     model_kwargs = {k: v for k, v in cfg["model"].items()
-                    if k not in ("name", "kwargs") and v is not None}
+                    if k not in ("name", "kwargs", "init") and v is not None}
     if cfg["model"]["name"] == "resnet_fmnist":  # its stem follows the data's channels
         model_kwargs["in_channels"] = int(cfg["data"].get("channels", 1))
     elif timm_name(cfg["model"]["name"]) is not None:  # so does timm's (in_chans)

@@ -56,6 +56,7 @@ CHEAP_VALID = {
     "model.inner_widths": st.none() | st.lists(st.integers(1, 8), min_size=1, max_size=3),
     "model.conv_init": st.none() | st.sampled_from(["kaiming_fan_out", "torch_default"]),
     "model.num_classes": st.integers(2, 12),
+    "model.init": st.none(),  # a file of weights: tests/test_keep.py
     "optim.epochs": st.integers(1, 2),
     "optim.lr": st.floats(1e-4, 1.0),
     "optim.momentum": st.floats(0, 0.99),
@@ -87,6 +88,7 @@ CHEAP_PRUNE = {
     "bn_rescale": st.sampled_from(["kept_fraction", "off"]),
     "masked_decay": st.floats(0, 1e-3),
     "allow_above_target": st.booleans(),
+    "min_kept": st.floats(0, 0.3),
 }
 
 
@@ -114,6 +116,8 @@ def invalid_values(rule: Rule) -> st.SearchStrategy:
         bad.append(st.sampled_from(["yes please", 3, 0.5]))
     elif rule.kind == "str":
         bad.append(st.sampled_from([3, 1.5, True, ["x"]]))
+    elif rule.kind == "strs":
+        bad += [st.just("x"), st.just(3), st.just([3]), st.just([["a"]])]
     elif rule.kind in ("ints", "numbers"):
         bad += [st.just("x"), st.just(3), st.just(["a"])]
         if rule.low is not None:

@@ -203,3 +203,45 @@ def test_a_target_below_the_floor_says_min_kept_and_min_kept_out_of_range_is_ref
         CCP(small, ratio=0.2, channel_step=1, min_kept=0.5)
     with pytest.raises(ValueError, match=r"^rho=0\.2 keeps less"):
         CUCB(small, rho=0.2, channel_step=1, min_kept=0.5)
+
+
+# ---------------------------------------------------------------------------- model.init
+def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
+    """break205 F3: a recipe always began from random weights; the classic flow, prune a
+    trained model then fine-tune, had no key."""
+    from fxprune.run_io import file_sha256
+
+    def cfg(out, *overrides):
+        return resolve_config(TINY_RECIPE, [f"out={out}", "optim.epochs=1", *overrides])
+
+    train(cfg(tmp_path / "dense"))  # a dense run: its checkpoint holds the model's state_dict
+    trained = tmp_path / "dense" / "checkpoint.pt"
+    weights = torch.load(trained, weights_only=True)["model"]
+    results = train(cfg(tmp_path / "from", f"model.init={trained}", "optim.lr=1e-9",
+                        "optim.weight_decay=0"))
+    assert results["model_init"] == {"file": str(trained), "sha256": file_sha256(trained)}
+    again = torch.load(tmp_path / "from" / "model_dense.pt", weights_only=False)
+    torch.testing.assert_close(again.conv1.weight, weights["conv1.weight"], rtol=0, atol=1e-6)
+    # a plain state_dict file, pruned from
+    plain = tmp_path / "plain.pt"
+    torch.save(weights, plain)
+    pruned = train(cfg(tmp_path / "pruned", f"model.init={plain}", "prune.method=smcp",
+                       "prune.target=0.6", "prune.channel_step=1", "prune.warmup=1",
+                       "prune.ramp=3", "prune.update_every=1"))
+    assert pruned["model_init"]["sha256"] == file_sha256(plain) and pruned["flops_ratio"] <= 0.6
+    (tmp_path / "notes.yaml").write_text("a: 1\n")
+    for value, says in (
+            (tmp_path / "nowhere.pt", r"model.init .*nowhere.pt is not a file: give the "
+                                      r"state_dict file"),
+            (tmp_path / "notes.yaml", r"model.init .*notes.yaml is not a file torch.load reads "
+                                      r"with weights_only=True"),
+            (tmp_path / "dense" / "results.json", r"is not a file torch.load reads")):
+        with pytest.raises(ConfigError, match=says):
+            train(cfg(tmp_path / "bad", f"model.init={value}"))
+    with pytest.raises(ConfigError, match=r"model.init .*plain.pt does not fit model "
+                                          r"resnet_fmnist as the recipe builds it \(other shapes "
+                                          r"at conv1.weight, .*\); give the weights of this model"):
+        train(cfg(tmp_path / "wide", f"model.init={plain}", "model.widths=[8, 8, 8]"))
+    torch.save({"w": [1, 2]}, tmp_path / "odd.pt")
+    with pytest.raises(ConfigError, match=r"holds a dict, not a state_dict"):
+        train(cfg(tmp_path / "odd", f"model.init={tmp_path / 'odd.pt'}"))
