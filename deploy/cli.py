@@ -102,6 +102,9 @@ def _left_behind(out) -> str:
         onnx = []
     if not folder.is_dir():
         return f"{out} was not created"
+    if (folder / "report.json").is_file():  # a deploy removes the last one first, and writes
+        # its own whole or not at all (break206 F1: "no report.json" beside one)
+        return f"{out} holds this deploy's report.json, written before it stopped"
     if not onnx:
         return f"{out} holds no file of this deploy"
     return (f"{out} holds no report.json of this deploy (the ONNX files there, "

@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fxprune.run_io import (file_record, file_sha256, lock_out_folder, matches_file_record,
-                            release_out_folder)
+from fxprune.run_io import (atomic_write_text, file_record, file_sha256, lock_out_folder,
+                            matches_file_record, release_out_folder)
 
 from . import onnxruntime_backend as ortb
 from . import tensorrt_backend as trtb
@@ -298,9 +298,10 @@ def deploy(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike, *,
         finally:
             # every file of deploy's names there now is deploy's: the check above refused others
             written = _record_written(out_dir)
-            if written or had_marker:
-                with open(marker, "w") as f:
-                    json.dump({"fxprune_deploy": 1, "written": written}, f, indent=1)
+            if written or had_marker:  # (whole or not at all: break206 F1, a cut one was
+                # "not written by fxprune deploy", a way out that could not work)
+                atomic_write_text(Path(marker), json.dumps({"fxprune_deploy": 1,
+                                                            "written": written}, indent=1))
             elif created and not os.listdir(out_dir):  # failed before writing anything
                 for folder in created:  # the innermost first; one in use since stays
                     try:
@@ -555,6 +556,12 @@ def _check_out_dir(out_dir: str, **given) -> None:
             recorded = data.get("written")
         elif text.startswith("fxprune deploy writes here:"):  # an older fxprune's text marker
             recorded = None
+        elif not text.strip() or text.startswith('{\n "fxprune_deploy": 1'):
+            # one an older fxprune deploy left cut, interrupted or on a full disk (break206 F1)
+            raise DeployError(f"--out {out_dir} holds a {DEPLOY_MARKER} left cut by an "
+                              "interrupted fxprune deploy, so which files there are deploy's is "
+                              f"not known: remove {DEPLOY_MARKER} and the files there of the names deploy "
+                              "writes (model.onnx, report.json...), or choose a new folder")
         else:  # a file of the user's by that name: deploy would write over it
             raise DeployError(f"--out {out_dir} holds a {DEPLOY_MARKER} that fxprune deploy did "
                               "not write; choose a new or empty folder")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from .common import DeployError, latency_stats
 
@@ -53,10 +54,12 @@ def build_report(*, backend: str, device: str, precision: str, input_shape, thre
 
 
 def write_report(report: dict, out_dir: str) -> str:
+    """``report`` as ``out_dir/report.json``, through a temporary file renamed over it: an
+    interruption or a full disk leaves no cut report (break206 F1)."""
+    from fxprune.run_io import atomic_write_text
+
     path = os.path.join(out_dir, "report.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
     return path
 
 

@@ -984,6 +984,43 @@ def test_deploy_never_replaces_files_it_did_not_write(saved, tmp_path, capsys):
     assert "holds a .fxprune-deploy that fxprune deploy did not write" in capsys.readouterr().err
     assert os.listdir(notes) == [".fxprune-deploy"]
     assert (notes / ".fxprune-deploy").read_text() == "my notes"
+    # break206 F1: a marker an older deploy left cut (interrupted, a full disk) was "not
+    # written by fxprune deploy", a way out that could not work
+    for cut in ("", '{\n "fxprune_deploy": 1,\n "written": {\n  "report.json": [11'):
+        (notes / ".fxprune-deploy").write_text(cut)
+        assert main(["deploy", str(saved / "pruned.pt"), "--out", str(notes), *QUICK,
+                     *TRUST]) == 2
+        assert ("holds a .fxprune-deploy left cut by an interrupted fxprune deploy, so which "
+                "files there are deploy's is not known: remove .fxprune-deploy and the files "
+                "there of the names deploy writes") in capsys.readouterr().err
+
+
+def test_the_report_and_the_marker_are_written_whole_or_not_at_all(saved, tmp_path, capsys,
+                                                                    monkeypatch):
+    """break206 F1: report.json and the marker were written in place: a full disk or Ctrl-C
+    left a cut report, which the marker then recorded as deploy's."""
+    import errno
+    import pathlib
+
+    real = pathlib.Path.write_text
+
+    def disk_fills(self, text, *args, **kwargs):
+        if self.name.startswith(".report.json"):  # half the report, then no space
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_fills)
+    out = tmp_path / "dep"
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 2
+    capsys.readouterr()
+    assert not (out / "report.json").exists()
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]  # its temporary file too
+    marker = json.loads((out / ".fxprune-deploy").read_text())
+    assert "report.json" not in marker["written"] and "model.onnx" in marker["written"]
+    monkeypatch.setattr(pathlib.Path, "write_text", real)
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 0
+    assert json.loads((out / "report.json").read_text())["model_file"] == str(saved / "pruned.pt")
 
 
 def test_a_deploys_dense_export_deployed_back_into_its_folder_says_what_it_would_replace(
@@ -2329,3 +2366,16 @@ def test_deploy_without_an_out_folder_is_named(tmp_path):
     with pytest.raises(DeployError, match=r"^deploy's out_dir is the folder to write model.onnx "
                                           r"and report.json to \(a str or path\), got NoneType$"):
         deploy(nn.Conv2d(3, 4, 3), None, input_shape=(1, 3, 8, 8), progress=False)
+
+
+def test_an_interrupted_deploy_says_a_report_it_wrote_is_there(tmp_path):
+    """break206 F1: "holds no report.json of this deploy" beside one (a deploy removes the
+    last report first, so one there is this deploy's, written whole)."""
+    from fxprune.deploy.cli import _left_behind
+
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    assert _left_behind(tmp_path) == (f"{tmp_path} holds no report.json of this deploy (the "
+                                      "ONNX files there, model.onnx, stay)")
+    (tmp_path / "report.json").write_text("{}")
+    assert _left_behind(tmp_path) == (f"{tmp_path} holds this deploy's report.json, written "
+                                      "before it stopped")
