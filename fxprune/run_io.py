@@ -672,6 +672,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def torch_save_to(obj: Any, tmp: str | os.PathLike) -> None:
+    """``torch.save(obj)`` into a new file ``tmp``, through a file object: to a path, the zip's
+    root folder was the file's random name, so two identical runs wrote different bytes
+    (break188 F7). A disk that fills mid-file raises the OSError naming it (ENOSPC): torch's
+    zip writer raised its own "unexpected pos" RuntimeError over it (review149 F3, break206
+    F2: only a write that failed at the end, as into /dev/full, showed the OSError)."""
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            cause = exc.__context__ or exc.__cause__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__ or cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
 def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
     """``torch.save`` through :func:`atomic_write`. ``keep_previous`` keeps an existing
     ``path`` as ``*.prev.pt`` first: a second name (a hard link) for it, so ``path`` itself is
@@ -682,10 +700,7 @@ def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> N
     previous = path.with_name(path.stem + ".prev.pt")
 
     def write(tmp):
-        # into a file object: to a path, a full disk raised torch's "unexpected pos 64 vs 0"
-        # RuntimeError, not an OSError naming the cause (review149 F3)
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        torch_save_to(obj, tmp)
         if keep_previous and path.exists():
             _record_written(previous, from_file=path)
             previous.unlink(missing_ok=True)
@@ -937,14 +952,7 @@ def save_module(module: nn.Module, path: Path,
     if is_finalized(module):  # (the copy kept it in meta, which the file does not keep)
         mark_finalized(saved)
 
-    def write(tmp):
-        # into a file object, as checkpoints: to a path, the zip's root folder was the
-        # temporary file's random name, so two identical runs wrote different bytes
-        # (break188 F7), and a full disk was torch's "unexpected pos" (review149 F3)
-        with open(tmp, "wb") as f:
-            torch.save(saved, f)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: torch_save_to(saved, tmp))
 
 
 # ----------------------------------------------------------------------------- logs

@@ -5,6 +5,7 @@ Each test names the issue's bullet it covers. Runs use synthetic data and a tiny
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -1448,6 +1449,38 @@ def test_a_checkpoint_write_that_finds_no_room_raises_the_os_error(tmp_path, mon
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert not (out / "checkpoint.pt").exists()
+
+    # break206 F2: a disk that fills mid-file, whose file still closes (a real file system,
+    # unlike /dev/full), raised torch's "unexpected pos" RuntimeError over the OSError
+    class DiskFills(io.RawIOBase):
+        def __init__(self, path):
+            self.file, self.written = real_open(path, "wb"), 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if self.written + len(data) > 2000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.file.write(data)
+
+        def close(self):
+            self.file.close()
+            super().close()
+
+    monkeypatch.setattr(run_io, "open", lambda file, mode="r", *a, **k: DiskFills(file)
+                        if str(file).endswith(".tmp") and "w" in mode
+                        else real_open(file, mode, *a, **k), raising=False)
+    for save in (lambda: run_io.save_checkpoint({"weight": torch.zeros(4096)},
+                                                out / "checkpoint.pt"),
+                 lambda: run_io.save_module(torch.nn.Linear(64, 64), out / "model_pruned.pt")):
+        with pytest.raises(OSError) as e:
+            save()
+        assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert not (out / "checkpoint.pt").exists() and not (out / "model_pruned.pt").exists()
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     run_io.release_out_folder(out)
 
 
