@@ -138,8 +138,14 @@ def test_errors_name_the_way_out(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    # break206 F3: a symbolic link, dangling or to a file of the user's, only after the fit
+    (tmp_path / "dangling.pt").symlink_to(tmp_path / "nowhere" / "x.pt")
+    (tmp_path / "to_mine.pt").symlink_to(tmp_path / "a_file")
     blocked = [(tmp_path / "a_file" / "m.pt", "a_file is a file, not a folder"),
-               (tmp_path, "is a folder")]
+               (tmp_path, "is a folder"),
+               (tmp_path / "dangling.pt", "is a symbolic link \\(to .*nowhere/x.pt\\), which "
+                                          "the save would replace, not write through"),
+               (tmp_path / "to_mine.pt", "is a symbolic link")]
     try:
         if os.geteuid() != 0:  # root writes anywhere the permission bits say not to
             blocked.append((locked / "sub" / "m.pt", "locked refuses a new file"))
@@ -153,7 +159,8 @@ def test_errors_name_the_way_out(tmp_path):
     finally:
         locked.chmod(0o700)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("lightning")) == [
-        "a_file", "locked", "taken.pt"]
+        "a_file", "dangling.pt", "locked", "taken.pt", "to_mine.pt"]
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_ddp_two_processes_identical_masks(full_run, tmp_path):

@@ -79,7 +79,12 @@ from ..run_io import save_module, unwritable_folder
 
 def _unwritable(path: Path) -> str | None:
     """Why the finalized model could not be saved to ``path`` at the end of the fit (None when
-    it can): a folder there, or a folder on its way that cannot hold a new file."""
+    it can): a folder there, a symbolic link (the save would replace the link, not write the
+    file it points to: break206 F3, refused only after the fit), or a folder on its way that
+    cannot hold a new file."""
+    if path.is_symlink():
+        return (f"is a symbolic link (to {os.readlink(path)}), which the save would replace, "
+                "not write through")
     return "is a folder" if path.is_dir() else unwritable_folder(path.parent)
 
 
