@@ -1003,7 +1003,9 @@ class CsvLog:
     def append(self, row: dict) -> None:
         header = self._header()
         self.rows.append(row)
-        if set(row) - set(header) or not self.path.exists():
+        # a file with other hard links (a run copied with cp -al) is written anew, which
+        # breaks the link: appended, the other run's log grew too (break206 F4)
+        if set(row) - set(header) or not self.path.exists() or self.path.stat().st_nlink > 1:
             self._rewrite()
         else:
             _record_written(self.path, appending=True)

@@ -1570,3 +1570,19 @@ def test_an_older_fxprunes_marker_adopts_its_run_files_when_first_recorded(tmp_p
     assert run_io.foreign_run_files(out) == []
     (out / "results.json").write_text("{}")  # put there since: the user's
     assert run_io.foreign_run_files(out) == ["results.json"]
+
+
+def test_a_run_copied_with_hard_links_and_resumed_leaves_the_originals_logs(recipe, tmp_path):
+    """break206 F4: `cp -al run copy` then --resume in the copy appended its rows to the
+    original's metrics.csv and steps.csv (one file under two names), whose own --resume was
+    then refused as changed by another program."""
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(run)]) == 0
+    before = {name: (run / name).read_bytes() for name in ("metrics.csv", "steps.csv")}
+    subprocess.run(["cp", "-al", str(run), str(copy)], check=True)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--out", str(copy),
+                     "--resume"]) == 0
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert (copy / "metrics.csv").read_text().count("\n") > before["metrics.csv"].count(b"\n")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--out", str(run),
+                     "--resume"]) == 0
