@@ -1254,11 +1254,15 @@ def _resumed(ckpt: dict, ckpt_path: Path, net: nn.Module, optimizer, scheduler, 
                     f"{first_line(exc)}): its save and load disagree; fix the method, the "
                     "checkpoint is as it saved it") from exc
             check_resumed_steps(pruner, method, ckpt.get("pruner_step_count"))
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # (AttributeError: an optimizer state that is no dict, break206 F5)
         if isinstance(exc, MethodProtocolError):
             raise
-        first = str(exc).strip().splitlines()[0]
-        raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({first[:200]})",
+        # torch's load_state_dict says what differs on the lines after "Error(s) in loading
+        # state_dict for X:" (break206 F5: that line alone named no key or shape)
+        said = " ".join(line.strip() for line in str(exc).strip().splitlines())
+        said = said if len(said) <= 300 else said[:297] + "..."
+        raise _unusable_checkpoint(f"{ckpt_path} does not fit this run ({said})",
                                    ckpt_path) from None
     # The saved lr came from the saved schedule; when optim.epochs grew, the schedule did too.
     saved_lr = optimizer.param_groups[0]["lr"]

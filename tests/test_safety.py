@@ -1127,7 +1127,7 @@ def test_resume_on_a_damaged_checkpoint_says_what_to_do(recipe, tmp_path, capsys
 
 
 @pytest.mark.parametrize("edit", ["epoch", "step", "optimizer", "elapsed_s", "config", "prune",
-                                  "rng"])
+                                  "rng", "optimizer_str", "model_key", "model_shape"])
 def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsys, edit):
     """break103 F1: the README says the checkpoints may be edited, but an `epoch` of -3 trained
     a run labelled "epoch -2/12" on a schedule run past its end, with rc 0; a `step` of "abc"
@@ -1148,6 +1148,12 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
         del ckpt["config"]["prune"]
     elif edit == "rng":
         del ckpt["rng"]["python"]
+    elif edit == "optimizer_str":  # break206 F5: an AttributeError traceback
+        ckpt["optimizer"] = "x"
+    elif edit == "model_key":  # break206 F5: "Error(s) in loading state_dict for ...:" alone
+        del ckpt["model"]["conv1.weight"]
+    elif edit == "model_shape":
+        ckpt["model"]["conv1.weight"] = ckpt["model"]["conv1.weight"][:1]
     else:
         state = ckpt["optimizer"]["state"]
         assert state, "the recipe's optimizer keeps a state to edit"
@@ -1164,7 +1170,10 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
                 "elapsed_s": "it lacks ['elapsed_s']",
                 "config": "its config is a str, not the recipe's mapping",
                 "prune": "its config lacks its 'prune' section",
-                "rng": "its rng lacks python's generator state"}[edit]
+                "rng": "its rng lacks python's generator state",
+                "optimizer_str": "does not fit this run (",
+                "model_key": 'Missing key(s) in state_dict: "conv1.weight"',
+                "model_shape": "size mismatch for conv1.weight"}[edit]
     assert expected in err and ("checkpoint.prev.pt holds the epoch before it" in err
                                 or "start over with --overwrite" in err), err
 
