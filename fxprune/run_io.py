@@ -677,7 +677,8 @@ def torch_save_to(obj: Any, tmp: str | os.PathLike) -> None:
     root folder was the file's random name, so two identical runs wrote different bytes
     (break188 F7). A disk that fills mid-file raises the OSError naming it (ENOSPC): torch's
     zip writer raised its own "unexpected pos" RuntimeError over it (review149 F3, break206
-    F2: only a write that failed at the end, as into /dev/full, showed the OSError)."""
+    F2: only a write that failed at the end, as into /dev/full, showed the OSError). The file
+    is synced to the disk before it returns."""
     with open(tmp, "wb") as f:
         try:
             torch.save(obj, f)
@@ -688,6 +689,10 @@ def torch_save_to(obj: Any, tmp: str | os.PathLike) -> None:
             if cause is None:
                 raise
             raise cause from None
+        # on the disk before the rename that makes it the file: after a power loss the name
+        # holds the new file or the old one, never an empty one (break206 F6)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_torch_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:

@@ -1595,3 +1595,23 @@ def test_a_run_copied_with_hard_links_and_resumed_leaves_the_originals_logs(reci
     assert (copy / "metrics.csv").read_text().count("\n") > before["metrics.csv"].count(b"\n")
     assert cli_main(["train", str(recipe), "--set", "optim.epochs=2", "--out", str(run),
                      "--resume"]) == 0
+
+
+def test_a_saved_checkpoint_is_on_the_disk_before_its_rename(tmp_path, monkeypatch):
+    """break206 F6: nothing was fsynced, so after a power loss a renamed checkpoint.pt could
+    come back empty on file systems without ext4's rename heuristics."""
+    from fxprune import run_io
+
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(run_io.os, "fsync", lambda fd: synced.append(len(renamed))
+                        or real_fsync(fd))
+    monkeypatch.setattr(run_io.os, "replace", lambda a, b: renamed.append(b)
+                        or real_replace(a, b))
+    out = tmp_path / "run"
+    run_io.claim_out_folder(out)
+    run_io.save_checkpoint({"weight": torch.zeros(8)}, out / "checkpoint.pt")
+    run_io.release_out_folder(out)
+    monkeypatch.undo()
+    target = renamed.index(out / "checkpoint.pt")
+    assert synced and synced[0] <= target  # synced before the rename that publishes it
