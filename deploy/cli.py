@@ -81,13 +81,29 @@ def _run(args: argparse.Namespace) -> int:
                atol=args.atol, rtol=args.rtol, progress=not args.no_progress,
                trust_model_file=args.trust_model_file, device=args.device)
     except (DeployError, OSError) as e:  # the message alone: it says what to do
-        print(f"fxprune deploy: error: {e}", file=sys.stderr)
+        print(f"fxprune deploy: error: {_file_system_said(e, args.out) or e}", file=sys.stderr)
         return 2  # as every fxprune command's errors (argparse's usage errors too)
     except KeyboardInterrupt:
         print(f"fxprune deploy: interrupted; {_left_behind(args.out)}; run it again to time "
               "the model", file=sys.stderr)
         return 130
     return 0
+
+
+def _file_system_said(exc: BaseException, out) -> str | None:
+    """A full disk, a quota or a read-only place said with the way out (break206 F7: the
+    system's words alone, "[Errno 30] Read-only file system: '.../report.json'"); None for
+    any other error."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT,
+                                                         errno.EROFS, errno.EACCES, errno.EPERM):
+        return None
+    where = exc.filename or out
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (f"writing {where}: {(exc.strerror or '').lower() or 'cannot write'}"
+            + ("; free space there, then deploy again" if full else
+               "; choose an --out you can write"))
 
 
 def _left_behind(out) -> str:

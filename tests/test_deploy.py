@@ -2379,3 +2379,38 @@ def test_an_interrupted_deploy_says_a_report_it_wrote_is_there(tmp_path):
     (tmp_path / "report.json").write_text("{}")
     assert _left_behind(tmp_path) == (f"{tmp_path} holds this deploy's report.json, written "
                                       "before it stopped")
+
+
+def test_a_full_disk_or_read_only_folder_is_said_with_the_way_out(saved, tmp_path, capsys,
+                                                                  monkeypatch):
+    """break206 F7: a full disk during export was "ONNX export failed with both exporters",
+    and a read-only folder the system's words alone."""
+    import errno
+
+    from fxprune.deploy import onnx_export
+
+    tried = []
+
+    def disk_full(model, x, path, **kwargs):
+        tried.append("dynamo")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(onnx_export, "_dynamo_export", disk_full)
+    monkeypatch.setattr(onnx_export.torch.onnx, "export",
+                        lambda *a, **k: tried.append("torchscript"))
+    out = tmp_path / "dep"
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 2
+    err = capsys.readouterr().err
+    assert tried == ["dynamo"]  # a file system's error is not retried as an exporter's
+    assert err == (f"fxprune deploy: error: writing {out / 'model.onnx'}: no space left on "
+                   "device; free space there, then deploy again\n"), err
+    monkeypatch.undo()
+    from fxprune import run_io
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(run_io, "atomic_write_text", read_only)
+    assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 2
+    assert capsys.readouterr().err == (f"fxprune deploy: error: writing {out / 'report.json'}: "
+                                       "read-only file system; choose an --out you can write\n")
