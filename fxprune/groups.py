@@ -189,6 +189,27 @@ class ChannelGroup:
     keep_one_of: list[torch.Tensor] = field(default_factory=list)
     #: the prepared model's mask bank (None for a group that is not prunable)
     bank: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    #: the analysis it came from (for :meth:`positions`)
+    graph: "ChannelGraph | None" = field(default=None, repr=False, compare=False)
+
+    def positions(self) -> dict[str, np.ndarray]:
+        """Which weight rows or columns each mask entry stands for: ``{"<tensor>:<dim>":
+        (n,) int64}`` for every tensor dim the group touches (a conv's ``weight:0``, the next
+        conv's ``weight:1``, a BatchNorm's ``weight:0``...), each position's mask entry, or -1
+        for a position of another group (a concat's consumer reads several). Entry j of a
+        grouped conv's group is channel j of every conv group (``[0, 16, 32, 48]``), a channel
+        read through flatten -> linear its H*W columns (break205 F9: a criterion of one's own
+        had to work this out)."""
+        if self.graph is None:
+            return {}
+        gi = int(self.key[1:])  # "g<index>", as the analysis names them
+        out = {}
+        for key in self.graph.group_by_key[self.key].spaces:
+            units = self.graph.units(self.graph.space_by_key[key].ids)
+            inside = units >= 0
+            inside[inside] = self.graph.unit_group[units[inside]] == gi
+            out[key] = np.where(inside, self.graph.unit_pos[np.maximum(units, 0)], -1)
+        return out
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -333,5 +354,5 @@ def channel_groups(prepared: fx.GraphModule, *, all_groups: bool = False) -> lis
         out.append(ChannelGroup(g.key, g.name, g.size, g.prunable, g.reason,
                                 list(g.producers), list(g.consumers), list(g.members),
                                 [torch.from_numpy(p) for p, _ in g.keep_one_of],
-                                bank=masks if g.prunable else None))
+                                bank=masks if g.prunable else None, graph=state.channels))
     return out

@@ -1889,3 +1889,40 @@ def test_flags_and_callables_are_checked_where_they_are_given():
                        (lambda: fxprune.deploy.deploy(model, "unused", log=1), r"^log takes each")]:
         with pytest.raises(DeployError, match=says):
             call()
+
+
+class _GroupedToLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 64, 3, padding=1)
+        self.g = nn.Conv2d(64, 64, 3, padding=1, groups=4)
+        self.fc = nn.Linear(64 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.g(torch.relu(self.a(x)))).flatten(1))
+
+
+def test_a_groups_positions_say_which_rows_and_columns_each_mask_entry_removes():
+    """break205 F9: which weight rows or columns a mask entry stands for (a grouped conv's
+    position j of every conv group, flatten -> linear's H*W columns) was not public."""
+    torch.manual_seed(0)
+    model = _GroupedToLinear().eval()
+    x = torch.randn(2, 3, 4, 4)
+    pm = fxprune.prepare(model, (x,))
+    groups = {g.name: g for g in fxprune.channel_groups(pm)}
+    a, g = groups["a"], groups["g"]
+    assert a.positions()["a.weight:0"].tolist() == list(range(16)) * 4
+    assert g.positions()["fc.weight:1"].tolist() == [j for j in range(16) for _ in range(4 * 4)] * 4
+    a.mask[0] = 0
+    g.mask[[1, 2]] = 0
+    small = fxprune.finalize(pm)
+
+    def kept(group, tensor):  # the rows or columns the masks keep, by the positions
+        return torch.from_numpy(group.mask.numpy()[group.positions()[tensor]] != 0).nonzero().flatten()
+
+    torch.testing.assert_close(small.a.weight, model.a.weight.index_select(0, kept(a, "a.weight:0")))
+    torch.testing.assert_close(small.g.weight, model.g.weight.index_select(
+        0, kept(g, "g.weight:0")).index_select(1, kept(a, "g.weight:1")))
+    torch.testing.assert_close(small.fc.weight, model.fc.weight.index_select(
+        1, kept(g, "fc.weight:1")))
+    assert groups["fc"].positions()["fc.weight:0"].tolist() == list(range(10))
