@@ -433,7 +433,8 @@ def _deploy_into(out_dir, models, shape, *, backend, precision, trt, onnx_precis
         name: model_entry(label=lbl, params=sum(p.numel() for p in mod.parameters()) if from_modules
                           else _onnx_params(onnx_infos[name]["path"]), times_ms=times[name],
                           batch=shape[0], onnx_info=onnx_infos[name], engine=engines.get(name),
-                          backend_max_abs_diff=trt_diffs.get(name))
+                          backend_max_abs_diff=trt_diffs.get(name),
+                          flops=_flops(mod, shape) if from_modules else None)
         for name, (mod, lbl) in models.items()
     }
     on_gpu = backend == "tensorrt" or (backend == "torch" and where.type == "cuda")
@@ -682,6 +683,18 @@ def _onnx_params(path: str) -> int:
     m = read_onnx(path, load_external_data=True)
     weights = {getattr(onnx.TensorProto, name) for name in _WEIGHT_TYPES}
     return sum(math.prod(t.dims) for t in m.graph.initializer if t.data_type in weights)
+
+
+def _flops(module: nn.Module, shape) -> int | None:
+    """FLOPs of one forward of ``module`` at ``shape`` (fxprune.count_flops, on an fp32 CPU
+    copy), or None where torch's flop counter cannot run it (not a reason to fail a deploy)."""
+    from fxprune.summary import count_flops
+
+    try:
+        with torch.no_grad():
+            return count_flops(eval_copy(module, "fp32"), (example_input(shape, "fp32"),))
+    except Exception:  # noqa: BLE001 - a count is extra; the timing stands without it
+        return None
 
 
 def _backend_diff(runner, module: nn.Module, shape) -> float:

@@ -9,8 +9,11 @@ from .common import DeployError, latency_stats
 
 
 def model_entry(*, label: str, params: int, times_ms, batch: int, onnx_info: dict,
-                engine: str | None = None, backend_max_abs_diff: float | None = None) -> dict:
-    """One model's figures: latency stats, throughput, size, export facts."""
+                engine: str | None = None, backend_max_abs_diff: float | None = None,
+                flops: int | None = None) -> dict:
+    """One model's figures: latency stats, throughput, size, export facts; ``flops``: of one
+    forward at the timed input shape, batch included (2 per MAC, torch.utils.flop_counter's
+    count), where the model is a module (None: an ONNX file, not counted)."""
     stats = latency_stats(times_ms)
     entry = {
         "model": label,
@@ -20,6 +23,8 @@ def model_entry(*, label: str, params: int, times_ms, batch: int, onnx_info: dic
         "onnx": onnx_info,
         "onnx_max_abs_diff": onnx_info.get("max_abs_diff"),
     }
+    if flops is not None:
+        entry["flops"] = int(flops)
     if engine is not None:
         entry["engine"] = engine
     if backend_max_abs_diff is not None:
@@ -50,6 +55,9 @@ def build_report(*, backend: str, device: str, precision: str, input_shape, thre
         # pruned / dense, as fxprune train's results.json has it (break56 #11: dense / pruned
         # here read as "75% more parameters" beside the run's 0.57)
         report["params_ratio"] = pruned["params"] / dense["params"] if dense["params"] else None
+        if pruned.get("flops") and dense.get("flops"):  # (break205 F8: the figure compression
+            # users compare first was in fxprune train's results only)
+            report["flops_ratio"] = pruned["flops"] / dense["flops"]
     return report
 
 
@@ -85,6 +93,8 @@ def format_table(report: dict) -> str:
     rows = [
         ("params" if report.get("params_counted", "module parameters") == "module parameters"
          else "params (ONNX)", lambda e: f"{e['params']:,}"),
+        *([(f"FLOPs (batch {report['input_shape'][0]})", lambda e: _fmt(e.get("flops"), ","))]
+          if report.get("flops") is not None else []),
         ("latency median (ms)", lambda e: _fmt(e["latency_ms"]["median"], ".3f")),
         ("latency p90 (ms)", lambda e: _fmt(e["latency_ms"]["p90"], ".3f")),
         ("throughput (/s)", lambda e: _fmt(e["throughput_per_s"], ".1f")),

@@ -1697,6 +1697,16 @@ def test_params_of_a_module_and_an_onnx_file_are_counted_the_same_way(tmp_path):
                     iters=3, warmup=1, progress=False, log=lambda s: None)
     assert report["params_counted"] == "module parameters"
     assert (report["params"], report["dense"]["params"]) == (n_params(net), n_params(small_net(16)))
+    # FLOPs at the timed input, batch included, as fxprune.count_flops counts them (break205
+    # F8: in fxprune train's results only); an ONNX file's are not counted
+    x = (torch.randn(*SHAPE),)
+    flops = (fxprune.count_flops(net, x), fxprune.count_flops(small_net(16), x))
+    assert (report["flops"], report["dense"]["flops"]) == flops
+    assert report["flops_ratio"] == pytest.approx(flops[0] / flops[1])
+    assert f"FLOPs (batch {SHAPE[0]})" in format_table(report)
+    first = deploy(net, tmp_path / "out3", compare=str(tmp_path / "same.onnx"),
+                   backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
+    assert "flops" not in first and "flops_ratio" not in first and "FLOPs" not in format_table(first)
 
 
 def test_an_onnx_file_with_fixed_dims_at_another_shape_is_one_line(tmp_path, capsys):
