@@ -55,6 +55,11 @@ class UnitIndex:
         #: the fewest positions each group keeps by ``min_kept`` (1 at 0: no layer is emptied)
         self.min_counts = [max(1, math.ceil(round(min_kept * g.size, 9))) for g in self.groups]
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        # an index pickled (with its pruner) before min_kept: no floor but the one channel
+        self.__dict__.setdefault("min_counts", [1] * len(self.groups))
+
     def _channels_per_unit(self, group: GroupInfo) -> int:
         for key in group.sources[:1]:
             space = self.channels.space_by_key[key]

@@ -1070,6 +1070,7 @@ def test_a_pruner_pickled_before_an_attribute_existed_runs_or_says_how_to_rebuil
     from fxprune.budget import Budget
     from fxprune.methods.base import PruningMethod
     from fxprune.methods.cucb import CUCB
+    from fxprune.units import UnitIndex
 
     def without(cls, *names):
         saved = cls.__getstate__
@@ -1086,14 +1087,16 @@ def test_a_pruner_pickled_before_an_attribute_existed_runs_or_says_how_to_rebuil
         return loaded["model"], loaded["pruner"]
 
     without(Budget, "_memo")
-    without(PruningMethod, "_said_owed")
+    without(PruningMethod, "_said_owed", "min_kept")  # (min_kept: a pickle of 2026-12-07)
+    without(UnitIndex, "min_counts")
     pm = prepared()
     smcp = fxprune.SMCP(pm, target=0.5, warmup=0, ramp=1, update_every=1)
     pm2, smcp2 = round_trip(pm, smcp)
     x, y = data(n=16, seed=0)
     F.cross_entropy(pm2(x), y).backward()
-    smcp2.step()  # priced again: the memo is back
-    assert smcp2.cost() <= 0.5 + 1e-9
+    smcp2.step()  # priced again: the memo is back, the floor the one channel it was
+    assert smcp2.cost() <= 0.5 + 1e-9 and smcp2.min_kept == 0.0
+    assert "min_counts" not in smcp.index.__getstate__()  # (the stand-in for an old pickle)
     pm = prepared()
     cucb = CUCB(pm, rho=0.5, warmup=1, channel_step=1, execution="masked")
     pm2, cucb2 = round_trip(pm, cucb)

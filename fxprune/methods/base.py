@@ -484,6 +484,9 @@ class PruningMethod:
             self._register_copy()
         self._after_copy()
 
+    #: (a class default too: a pruner pickled before min_kept lacks it)
+    min_kept = 0.0
+
     def __getattr__(self, name: str):
         # (only for what normal lookup misses) a pruner pickled by an older fxprune lacks what
         # later ones set up in __init__: said, with the way out (break204 F2: an AttributeError
