@@ -487,18 +487,6 @@ class PruningMethod:
     #: (a class default too: a pruner pickled before min_kept lacks it)
     min_kept = 0.0
 
-    def __getattr__(self, name: str):
-        # (only for what normal lookup misses) a pruner pickled by an older fxprune lacks what
-        # later ones set up in __init__: said, with the way out (break204 F2: an AttributeError
-        # on '_memo' or '_said_owed' at its first step or forward)
-        if self.__dict__.get("_copied_as") == "unpickled" and not name.startswith("__"):
-            raise AttributeError(
-                f"{type(self).__name__} has no attribute {name!r}: it was pickled by an older "
-                "fxprune, whose pruners lack it; build the method again on the loaded model and "
-                "load_state_dict(old_pruner.state_dict()) into it", name=name, obj=self)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
-                             name=name, obj=self)
-
     def _register_copy(self) -> None:
         """The copy of its model's latest pruner is its copied model's latest, so that finalize
         asks it whether its final selection was made (break159 F2: a resumed pair said nothing;
