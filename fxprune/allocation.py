@@ -138,15 +138,22 @@ def uniform_kept(index, keep: float, step: int) -> np.ndarray:
     return kept
 
 
-def step_too_wide(index, channel_step: int) -> str | None:
-    """Why no group of ``index`` can be pruned at ``channel_step`` where a finer step could
-    prune some, or None: the narrowest model the step allows keeps every channel. (Not groups
-    of pieces of one channel each, which keep all at any step; nor a grouped
-    conv's groups of several channels a unit, which a step of a unit's width
-    prunes: sizes are compared in channels, not units.)"""
-    if not index.groups or uniform_kept(index, 0.0, 1).all():
+def step_too_wide(index, channel_step: int, min_kept: float = 0.0) -> str | None:
+    """Why no group of ``index`` (a :class:`~fxprune.units.UnitIndex`) can be pruned at
+    ``channel_step`` and ``min_kept`` where a finer step or a lower floor could prune some, or
+    None: the narrowest model they allow keeps every channel. (Not groups of pieces of one
+    channel each, which keep all at any step; nor a grouped conv's groups of several channels
+    a unit, which a step of a unit's width prunes: sizes are compared in channels, not
+    units.) The step is named where it alone keeps every group whole, else ``min_kept``
+    (review208 R2: a floor keeping them whole was blamed on the step)."""
+    bare = index.with_floor(0.0)
+    if not index.groups or uniform_kept(bare, 0.0, 1).all():
         return None
-    if not uniform_kept(index, 0.0, channel_step).all():
+    if not uniform_kept(bare, 0.0, channel_step).all():
+        if min_kept and uniform_kept(index.with_floor(min_kept), 0.0, channel_step).all():
+            return (f"min_kept={min_kept:g} keeps every prunable group whole at channel_step="
+                    f"{channel_step}, so none can be pruned and the model stays dense; lower "
+                    "min_kept")
         return None
     sizes = ", ".join(str(g.size * u) for g, u in zip(index.groups[:6], index.unit_channels))
     return (f"channel_step={channel_step} is at least as wide as every prunable group ({sizes}"

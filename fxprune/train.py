@@ -1129,7 +1129,7 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
     if prune_cfg.get("cost") in LATENCY_COSTS:
         # the widths the method chooses among: its own default where the recipe sets none
         # (review126 #2: timed at step 1, 60x the shapes of SMCP's default 8)
-        from .methods.registration import get_method, priced_channel_step
+        from .methods.registration import built_argument, get_method, priced_channel_step
 
         channel_step = priced_channel_step(get_method(method), prune_cfg)
         if channel_step is None:  # (review195 R4: guessed as 1, the table 64x too large)
@@ -1137,7 +1137,11 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
                               f"widths {method} chooses, and its channel_step cannot be read "
                               "from its signature; set prune.channel_step")
         channel_step = int(channel_step)
-        coarse = step_too_wide(UnitIndex(net), channel_step)
+        # (and min_kept's floor: review208 R2, a floor keeping every group whole was refused
+        # after the table)
+        min_kept = built_argument(get_method(method), prune_cfg, "min_kept")
+        coarse = step_too_wide(UnitIndex(net), channel_step,
+                               min_kept if isinstance(min_kept, (int, float)) else 0.0)
         if coarse:  # before the table's timing, which no choice would read (break151 F2)
             raise ConfigError(f"prune ({method}): {coarse}")
         if ckpt is not None:  # the run's own timings: a new measurement would move the budget

@@ -6,6 +6,7 @@ a position no prunable group owns (always kept).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -53,7 +54,16 @@ class UnitIndex:
         #: position j of every group, or a depthwise conv multiplies channels)
         self.unit_channels = [self._channels_per_unit(g) for g in self.groups]
         #: the fewest positions each group keeps by ``min_kept`` (1 at 0: no layer is emptied)
-        self.min_counts = [max(1, math.ceil(round(min_kept * g.size, 9))) for g in self.groups]
+        self.min_counts = self._min_counts(min_kept)
+
+    def _min_counts(self, min_kept: float) -> list[int]:
+        return [max(1, math.ceil(round(min_kept * g.size, 9))) for g in self.groups]
+
+    def with_floor(self, min_kept: float) -> "UnitIndex":
+        """This index with another ``min_kept`` (a shallow copy: the arrays are shared)."""
+        other = copy.copy(self)
+        other.min_counts = self._min_counts(min_kept)
+        return other
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -245,3 +245,30 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
     torch.save({"w": [1, 2]}, tmp_path / "odd.pt")
     with pytest.raises(ConfigError, match=r"holds a dict, not a state_dict"):
         train(cfg(tmp_path / "odd", f"model.init={tmp_path / 'odd.pt'}"))
+
+
+def test_a_floor_that_keeps_every_group_whole_is_named_not_the_step_or_the_cost_model(
+        tmp_path, monkeypatch):
+    """review208 R2: min_kept=0.95 was "channel_step=8 is at least as wide as every prunable
+    group (16, 32, ...)", min_kept=1 "check the cost model", and a latency recipe timed its
+    whole table before the refusal."""
+    said = r"min_kept=0\.95 keeps every prunable group whole at channel_step=8, so none can be " \
+           r"pruned and the model stays dense"
+    with pytest.raises(fxprune.InfeasibleBudget, match=said + r", above target 0\.5; lower "
+                                                      r"min_kept$"):
+        fxprune.SMCP(prepared(), target=0.5, min_kept=0.95)
+    with pytest.raises(fxprune.InfeasibleBudget, match=said + r"; lower min_kept$"):
+        CCP(prepared(), ratio=0.97, min_kept=0.95)
+    with pytest.raises(fxprune.InfeasibleBudget, match=r"min_kept=1 keeps every prunable group "
+                                                       r"whole at channel_step=1"):
+        fxprune.SMCP(prepared(), target=0.5, min_kept=1.0, channel_step=1)
+    import fxprune.train as train_module
+
+    monkeypatch.setattr(train_module, "latency_cost",
+                        lambda *a, **k: pytest.fail("timed before the floor was judged"))
+    cfg = resolve_config(TINY_RECIPE, [f"out={tmp_path / 'run'}", "prune.method=smcp",
+                                       "prune.cost=latency", "prune.channel_step=4",
+                                       "prune.min_kept=1.0", "prune.target=0.5"])
+    with pytest.raises(ConfigError, match=r"prune \(smcp\): min_kept=1 keeps every prunable "
+                                          r"group whole"):
+        train(cfg)

@@ -955,7 +955,7 @@ class PruningMethod:
         of groups narrower than the default step 8 pruned nothing, without a word)."""
         from ..allocation import InfeasibleBudget, step_too_wide
 
-        coarse = step_too_wide(self.index, self.channel_step)
+        coarse = step_too_wide(self.index, self.channel_step, self.min_kept)
         if coarse:
             raise InfeasibleBudget(coarse)
 
@@ -990,7 +990,7 @@ class PruningMethod:
             at_least = math.ceil(floor * 1000) / 1000
             from ..allocation import InfeasibleBudget
 
-            coarse = step_too_wide(self.index, self.channel_step)
+            coarse = step_too_wide(self.index, self.channel_step, self.min_kept)
             if coarse:  # (break105 F5: blamed on the cost model)
                 message = coarse.replace("stays dense;", f"stays dense, above target {target:.5g};")
             else:
