@@ -68,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import time
+
     from .pipeline import deploy
+
+    started_ns = time.time_ns()  # a report.json written since is this deploy's
 
     try:
         if args.workspace_mib is not None and args.workspace_mib < 1:
@@ -84,29 +88,38 @@ def _run(args: argparse.Namespace) -> int:
         print(f"fxprune deploy: error: {_file_system_said(e, args.out) or e}", file=sys.stderr)
         return 2  # as every fxprune command's errors (argparse's usage errors too)
     except KeyboardInterrupt:
-        print(f"fxprune deploy: interrupted; {_left_behind(args.out)}; run it again to time "
-              "the model", file=sys.stderr)
+        print(f"fxprune deploy: interrupted; {_left_behind(args.out, started_ns)}; run it again "
+              "to time the model", file=sys.stderr)
         return 130
     return 0
 
 
 def _file_system_said(exc: BaseException, out) -> str | None:
-    """A full disk, a quota or a read-only place said with the way out (break206 F7: the
-    system's words alone, "[Errno 30] Read-only file system: '.../report.json'"); None for
-    any other error."""
+    """A full disk, a quota, a read-only place or a permission refused in ``out`` said with
+    the way out (break206 F7: the system's words alone, "[Errno 30] Read-only file system:
+    '.../report.json'"); None for any other error (review208 R3: an input it could not read
+    was "writing" it)."""
     import errno
+    import os
 
-    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT,
-                                                         errno.EROFS, errno.EACCES, errno.EPERM):
+    from .common import NO_WRITE_ERRNOS
+
+    if not isinstance(exc, OSError):
         return None
     where = exc.filename or out
+    folder = os.path.realpath(os.path.expanduser(os.fspath(out)))
+    real = os.path.realpath(os.fspath(where))
+    inside = real == folder or real.startswith(folder + os.sep)
+    if exc.errno not in NO_WRITE_ERRNOS and not (exc.errno in (errno.EACCES, errno.EPERM)
+                                                 and inside):
+        return None
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return (f"writing {where}: {(exc.strerror or '').lower() or 'cannot write'}"
             + ("; free space there, then deploy again" if full else
                "; choose an --out you can write"))
 
 
-def _left_behind(out) -> str:
+def _left_behind(out, started_ns: int = 0) -> str:
     """What an interrupted deploy left in ``out``, as it is (break158 F8: the fixed text spoke
     of checked ONNX files in a folder not yet made)."""
     from pathlib import Path
@@ -118,8 +131,10 @@ def _left_behind(out) -> str:
         onnx = []
     if not folder.is_dir():
         return f"{out} was not created"
-    if (folder / "report.json").is_file():  # a deploy removes the last one first, and writes
-        # its own whole or not at all (break206 F1: "no report.json" beside one)
+    report = folder / "report.json"
+    if report.is_file() and report.stat().st_mtime_ns >= started_ns:  # written whole, since
+        # this deploy started (break206 F1: "no report.json" beside one; review208 R4: the
+        # last deploy's, stopped before it was removed, was called this one's)
         return f"{out} holds this deploy's report.json, written before it stopped"
     if not onnx:
         return f"{out} holds no file of this deploy"

@@ -1,6 +1,7 @@
 """Small pieces shared by the deploy backends: the error type, device names, timing statistics."""
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import operator
@@ -12,6 +13,10 @@ from typing import Callable, Mapping, Sequence
 
 from fxprune.errors import (ArgumentError, ArgumentTypeError, FxPruneError,  # noqa: F401
                             first_line, out_of_memory)  # (deploy's modules import these here)
+
+#: a file system that takes no more writes (full, over quota, read-only): no exporter's or
+#: model's failure, said with the way out (break206 F7)
+NO_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class DeployError(FxPruneError, RuntimeError):

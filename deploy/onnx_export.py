@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import errno
 import io
 import linecache
 import math
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .common import DeployError, check_tolerance, out_of_memory, parse_shape, silent
+from .common import (NO_WRITE_ERRNOS, DeployError, check_tolerance, out_of_memory, parse_shape,
+                     silent)
 from .model_io import (EXPORT_DTYPES, check_input_fits, check_one_tensor_input, dtype_refusal,
                        eval_copy, flat_outputs, memory_refusal, overflow_refusal, read_onnx)
 
@@ -33,8 +33,6 @@ DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 # ONNX protobufs cannot hold more than 2 GiB; above that the weights must go to a side file.
 _PROTOBUF_LIMIT = 2 * 1024**3
-#: errors of the file system (full, over quota, read-only, not permitted), not of an exporter
-_FILE_SYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 # max|onnx - torch| must stay under atol + rtol * max|torch| (fp16 rounds every layer's output).
 # The scale carries the check: an atol near a small output's scale (a 1000-class softmax peaks
 # near 1e-3) let any model of that shape pass (break48 #2), so atol is a floor for outputs ~0.
@@ -580,7 +578,7 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
                                             f"{b} (a branch on the batch size)")
         except Exception as batch_err:  # noqa: BLE001
             if not dynamic_batch or isinstance(batch_err, _DiffersFromItself) or (
-                    isinstance(batch_err, OSError) and batch_err.errno in _FILE_SYSTEM_ERRNOS):
+                    isinstance(batch_err, OSError) and batch_err.errno in NO_WRITE_ERRNOS):
                 raise
             # code that depends on the batch size (a branch on it, a reshape to it): exported
             # exactly at this batch, which is the batch timed (the file then says it is fixed)
@@ -595,14 +593,11 @@ def export_model(module: nn.Module, input_shape, path: str | os.PathLike, *,
     except Exception as dynamo_err:  # noqa: BLE001 - any exporter failure triggers the fallback
         # a file that cannot be written is no exporter's failure (break206 F7: a full disk
         # was "ONNX export failed with both exporters"): said as what it is, nothing retried
-        if isinstance(dynamo_err, OSError) and dynamo_err.errno in _FILE_SYSTEM_ERRNOS:
-            for written in (path, side) if external else (path,):
-                if os.path.isfile(written):
-                    os.remove(written)
-            raise
-        if isinstance(dynamo_err, _DiffersFromItself):  # the model's, not the exporter's:
-            # the file it could not check is not left, and its weights only where this export
-            # wrote them (break182 F1: a user's PATH.data beside a small model was removed)
+        if isinstance(dynamo_err, _DiffersFromItself) or (
+                isinstance(dynamo_err, OSError) and dynamo_err.errno in NO_WRITE_ERRNOS):
+            # the model's, not the exporter's: the file it could not check is not left, and
+            # its weights only where this export wrote them (break182 F1: a user's PATH.data
+            # beside a small model was removed)
             for written in (path, side) if external else (path,):
                 if os.path.isfile(written):
                     os.remove(written)

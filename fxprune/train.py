@@ -50,6 +50,7 @@ from . import distributed as fxdist
 from .allocation import InfeasibleBudget, step_too_wide
 from .cpu_kernels import nhwc_weight_grad_fault
 from .data import make_loaders
+from .passes.insert_masks import MASK_OWNER
 from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
                                    measured_cost_from_dict, measured_cost_to_dict)
 from .errors import (ArgumentError, DivergedError, FxPruneError, MethodProtocolError,
@@ -1030,9 +1031,18 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
                           "(names to tensors); save the weights as "
                           "torch.save(model.state_dict(), PATH)")
     own = model.state_dict()
+    for prefix in ("module.", "_orig_mod.", "model."):  # DDP's, torch.compile's, a wrapper's
+        # (review208 R7, break207 F3: refused with advice about the model's widths)
+        if loaded and set(own) != set(loaded) and all(k.startswith(prefix) for k in loaded) \
+                and {k[len(prefix):] for k in loaded} == set(own):
+            loaded = {k[len(prefix):]: v for k, v in loaded.items()}
     missing = [k for k in own if k not in loaded]
     unexpected = [k for k in loaded if k not in own]
     shapes = [k for k in own if k in loaded and loaded[k].shape != own[k].shape]
+    if any(k.startswith(f"{MASK_OWNER}.") for k in unexpected):
+        raise ConfigError(f"model.init {path} holds a prepared model's masks (a pruning run's "
+                          "checkpoint): give the dense weights, a dense run's checkpoint.pt or "
+                          "torch.save(model.state_dict(), PATH) of the model before prepare")
     if missing or unexpected or shapes:
         def some(keys):
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -1041,6 +1051,11 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
         raise ConfigError(f"model.init {path} does not fit model {name} as the recipe builds "
                           f"it ({said}); give the weights of this model (model.widths, "
                           "model.blocks and data.channels as when it was trained)")
+    broken = next((k for k, v in loaded.items() if v.is_floating_point()
+                   and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:  # (break207 F4: said as "training diverged ... lower optim.lr")
+        raise ConfigError(f"model.init {path} holds NaN or inf in {broken}: those weights "
+                          "cannot be trained on; give a finite state_dict")
     model.load_state_dict(loaded)
     return {"file": str(path), "sha256": file_sha256(path)}
 
@@ -1240,6 +1255,10 @@ def _resumed(ckpt: dict, ckpt_path: Path, net: nn.Module, optimizer, scheduler, 
     world, main = fxdist.world_size(), fxdist.is_main_process()
     method = cfg["prune"]["method"]
     try:
+        for part in ("model", "optimizer", "scheduler"):  # (break206 F5: a str's AttributeError
+            # was a traceback; caught here by name, not as any AttributeError: review208 R6)
+            if not isinstance(ckpt[part], dict):
+                raise ValueError(f"its {part} state is a {type(ckpt[part]).__name__}, not a dict")
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         check_optimizer_state(optimizer)
@@ -1258,8 +1277,7 @@ def _resumed(ckpt: dict, ckpt_path: Path, net: nn.Module, optimizer, scheduler, 
                     f"{first_line(exc)}): its save and load disagree; fix the method, the "
                     "checkpoint is as it saved it") from exc
             check_resumed_steps(pruner, method, ckpt.get("pruner_step_count"))
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        # (AttributeError: an optimizer state that is no dict, break206 F5)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, MethodProtocolError):
             raise
         # torch's load_state_dict says what differs on the lines after "Error(s) in loading

@@ -1704,6 +1704,10 @@ def test_params_of_a_module_and_an_onnx_file_are_counted_the_same_way(tmp_path):
     assert (report["flops"], report["dense"]["flops"]) == flops
     assert report["flops_ratio"] == pytest.approx(flops[0] / flops[1])
     assert f"FLOPs (batch {SHAPE[0]})" in format_table(report)
+    four = deploy(net, tmp_path / "out4", compare=small_net(16), backend="onnxruntime",
+                  input_shape=(4, *SHAPE[1:]), iters=3, warmup=1, progress=False,
+                  log=lambda s: None)  # one image's count times the batch (review208 R5)
+    assert four["flops"] == fxprune.count_flops(net, (torch.randn(4, *SHAPE[1:]),))
     first = deploy(net, tmp_path / "out3", compare=str(tmp_path / "same.onnx"),
                    backend="onnxruntime", iters=3, warmup=1, progress=False, log=lambda s: None)
     assert "flops" not in first and "flops_ratio" not in first and "FLOPs" not in format_table(first)
@@ -2387,8 +2391,11 @@ def test_an_interrupted_deploy_says_a_report_it_wrote_is_there(tmp_path):
     assert _left_behind(tmp_path) == (f"{tmp_path} holds no report.json of this deploy (the "
                                       "ONNX files there, model.onnx, stay)")
     (tmp_path / "report.json").write_text("{}")
-    assert _left_behind(tmp_path) == (f"{tmp_path} holds this deploy's report.json, written "
-                                      "before it stopped")
+    assert _left_behind(tmp_path, 0) == (f"{tmp_path} holds this deploy's report.json, written "
+                                         "before it stopped")
+    # review208 R4: one older than this deploy is the last deploy's, not this one's
+    later = (tmp_path / "report.json").stat().st_mtime_ns + 1
+    assert "holds no report.json of this deploy" in _left_behind(tmp_path, later)
 
 
 def test_a_full_disk_or_read_only_folder_is_said_with_the_way_out(saved, tmp_path, capsys,
@@ -2424,3 +2431,11 @@ def test_a_full_disk_or_read_only_folder_is_said_with_the_way_out(saved, tmp_pat
     assert main(["deploy", str(saved / "pruned.pt"), "--out", str(out), *QUICK, *TRUST]) == 2
     assert capsys.readouterr().err == (f"fxprune deploy: error: writing {out / 'report.json'}: "
                                        "read-only file system; choose an --out you can write\n")
+    # review208 R3: a permission refused on an input is no write in --out: the system's words
+    from fxprune.deploy.cli import _file_system_said
+
+    denied = OSError(errno.EACCES, "Permission denied", str(tmp_path / "model.pt"))
+    assert _file_system_said(denied, out) is None
+    denied.filename = str(out / "report.json")
+    assert _file_system_said(denied, out) == (f"writing {out / 'report.json'}: permission "
+                                              "denied; choose an --out you can write")

@@ -245,6 +245,20 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
     torch.save({"w": [1, 2]}, tmp_path / "odd.pt")
     with pytest.raises(ConfigError, match=r"holds a dict, not a state_dict"):
         train(cfg(tmp_path / "odd", f"model.init={tmp_path / 'odd.pt'}"))
+    # review208 R7, break207 F3, F4: a DDP or compiled model's keys load; a pruning run's
+    # checkpoint (its masks) and NaN weights are said as such
+    wrapped = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in weights.items()}, wrapped)
+    assert train(cfg(tmp_path / "ddp", f"model.init={wrapped}"))["model_init"]["file"] == \
+        str(wrapped)
+    with pytest.raises(ConfigError, match=r"holds a prepared model's masks \(a pruning run's "
+                                          r"checkpoint\): give the dense weights"):
+        train(cfg(tmp_path / "m", f"model.init={tmp_path / 'pruned' / 'checkpoint.pt'}"))
+    nan = tmp_path / "nan.pt"
+    torch.save({k: v * float("nan") if v.is_floating_point() else v
+                for k, v in weights.items()}, nan)
+    with pytest.raises(ConfigError, match=r"holds NaN or inf in conv1.weight"):
+        train(cfg(tmp_path / "n", f"model.init={nan}"))
 
 
 def test_a_floor_that_keeps_every_group_whole_is_named_not_the_step_or_the_cost_model(

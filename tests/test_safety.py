@@ -1171,7 +1171,8 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
                 "config": "its config is a str, not the recipe's mapping",
                 "prune": "its config lacks its 'prune' section",
                 "rng": "its rng lacks python's generator state",
-                "optimizer_str": "does not fit this run (",
+                "optimizer_str": "does not fit this run (its optimizer state is a str, not a "
+                                 "dict)",
                 "model_key": 'Missing key(s) in state_dict: "conv1.weight"',
                 "model_shape": "size mismatch for conv1.weight"}[edit]
     assert expected in err and ("checkpoint.prev.pt holds the epoch before it" in err
