@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,7 +202,8 @@ def _solve_priced(values, costs, constant, budget, resolution):
 
 
 def allocate(options: list[GroupOptions], budget: Budget, target: float, current: np.ndarray, *,
-             resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES, hint: str = "") -> Allocation:
+             resolution: int = DEFAULT_RESOLUTION, max_resolves: int = DEFAULT_MAX_RESOLVES,
+             widths: Mapping[str, float] | None = None) -> Allocation:
     """One option per group with real cost <= ``target`` x dense and a summed value as high as
     the search finds: re-priced knapsack solves, then :func:`repair`; then every combination
     where there are at most :data:`EXHAUSTIVE_ALWAYS` (the optimum), else, where over 1% of the
@@ -215,8 +216,8 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
     update on deep models of few groups and changed CCP's budget filling.
 
     ``current``: bool per flat channel, the widths the first pricing holds the other groups at.
-    Raises :class:`InfeasibleBudget` (with ``hint`` appended) when even the cheapest options
-    are over the target.
+    Raises :class:`InfeasibleBudget` (naming ``widths``, the arguments that bound the options,
+    see :func:`raise_infeasible`) when even the cheapest options are over the target.
     """
     if isinstance(max_resolves, bool) or not isinstance(max_resolves, int) or max_resolves < 1:
         raise ArgumentError(f"max_resolves must be an integer >= 1, got {max_resolves!r}")
@@ -239,7 +240,7 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
         current = kept
     combinations = math.prod(len(o.counts) for o in options)
     try:
-        choice = repair(answers[-1], options, budget, limit, target, hint)
+        choice = repair(answers[-1], options, budget, limit, target, widths)
     except InfeasibleBudget:
         # every group at its smallest width is not the cheapest model under a cost that is not
         # monotone in width: where all can be tried, one that fits is taken (break156 F2)
@@ -261,7 +262,7 @@ def allocate(options: list[GroupOptions], budget: Budget, target: float, current
             choice = _exhaustive(options, budget, limit) or choice
         else:
             for other in {tuple(a): a for a in answers if a != answers[-1]}.values():
-                other = repair(other, options, budget, limit, target, hint)
+                other = repair(other, options, budget, limit, target, widths)
                 if _value(options, other) > _value(options, choice):
                     choice = other
             choice = trade_steps(choice, options, budget, limit)
@@ -304,7 +305,8 @@ def _exhaustive(options: list[GroupOptions], budget: Budget, limit: float) -> li
 
 
 def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit: float,
-           target: float = float("nan"), hint: str = "", hold: int | None = None) -> list[int] | None:
+           target: float = float("nan"), widths: Mapping[str, float] | None = None,
+           hold: int | None = None) -> list[int] | None:
     """Make ``choice`` fit ``limit`` (absolute cost) by exact steps down, each to a group's
     nearest option that saves cost (from every group's smallest option when none does, as a
     measured table's noise allows), then spend what is left on the most valuable steps per cost
@@ -372,7 +374,7 @@ def repair(choice: list[int], options: list[GroupOptions], budget: Budget, limit
                     for cache in priced:
                         cache.clear()
                     continue
-            raise_infeasible(options, budget, target, hint)
+            raise_infeasible(options, budget, target, widths)
         total += take(best[1], best[2])
     while True:
         while True:  # room left: add the step that gains most per cost
@@ -473,7 +475,7 @@ def trade_steps(choice: list[int], options: list[GroupOptions], budget: Budget, 
 
 
 def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float, sizes, *,
-                     hint: str = "") -> Allocation:
+                     widths: Mapping[str, float] | None = None) -> Allocation:
     """Every group keeps (about) the same fraction ``rho`` of its channels (the option whose
     count is nearest ``rho`` x its size): the largest ``rho`` whose real cost fits ``target`` x
     dense. A baseline to the knapsack.
@@ -503,7 +505,7 @@ def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float,
                 return Allocation(kept, list(choice), a, a, a, priced, rho=(low, high))
             total = exact
         if at == len(events):
-            raise_infeasible(options, budget, target, hint)
+            raise_infeasible(options, budget, target, widths)
         rho = high = events[at][0]
         while at < len(events) and events[at][0] == rho:  # every group changing at this rho
             _, i, j = events[at]
@@ -514,12 +516,23 @@ def allocate_uniform(options: list[GroupOptions], budget: Budget, target: float,
         priced += 1
 
 
-def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float, hint: str = ""):
+#: the least value of a width argument (others: 0), below which lowering it cannot go
+_LEAST_WIDTH_ARGUMENT = {"channel_step": 1}
+
+
+def raise_infeasible(options: list[GroupOptions], budget: Budget, target: float,
+                     widths: Mapping[str, float] | None = None):
+    """Raise :class:`InfeasibleBudget`: ``target`` is below the cheapest options' cost.
+    ``widths`` (``{"channel_step": 8, "min_kept": 0.25}``): the arguments that bound the
+    options, named, and offered as the way out where they can be lowered."""
     floor = budget.fraction(kept_from(budget.index.offsets, options, [0] * len(options)))
+    widths = dict(widths or {})
+    lower = [k for k, v in widths.items() if v > _LEAST_WIDTH_ARGUMENT.get(k, 0)]
     error = InfeasibleBudget(
         f"cost target {target:.3g} of dense is below the narrowest model the constraints allow "
-        f"({floor:.3f}: every group at its smallest allowed width{hint}); "
-        "raise the target" + (" or relax the constraints" if not hint else
-                              " or lower " + " or ".join(re.findall(r"(\w+)=", hint))))
+        f"({floor:.3f}: every group at its smallest allowed width"
+        + "".join(f", {k}={v:g}" for k, v in widths.items()) + "); raise the target"
+        + (f" or lower {' or '.join(lower)}" if lower else
+           " or relax the constraints" if not widths else ""))
     error.floor = floor
     raise error

@@ -317,6 +317,10 @@ def _kept_modules(model: nn.Module, keep) -> dict[str, str]:
         path_of.setdefault(id(module), path)
     kept = {}
     for entry in keep:
+        if entry is model or entry is type(model):  # (break207 F8: "a copy, or another
+            # model's?" of the model itself)
+            raise ArgumentError("prepare: keep= names the whole model: nothing would be "
+                                "pruned; name the layers to keep")
         if isinstance(entry, str):
             if entry not in modules:
                 paths = [p for p in modules if p]
@@ -328,7 +332,8 @@ def _kept_modules(model: nn.Module, keep) -> dict[str, str]:
             if not entry:
                 raise ArgumentError("prepare: keep= names the whole model (''): nothing would "
                                     "be pruned; name the layers to keep")
-            kept.setdefault(entry, f"`{entry}`")
+            # a module's second name is its first, which the traced graph uses (break207 F5)
+            kept.setdefault(path_of[id(modules[entry])], f"`{entry}`")
         elif isinstance(entry, type) and issubclass(entry, nn.Module):
             paths = [p for p, m in modules.items() if p and isinstance(m, entry)]
             if not paths:
@@ -676,7 +681,8 @@ def copy_masks(source: fx.GraphModule, target: fx.GraphModule) -> None:
     if {k: v.shape for k, v in src.items()} != {k: v.shape for k, v in dst.items()} \
             or groups[0] != groups[1]:  # the same keys may name other groups (break69 F3)
         raise ArgumentError("copy_masks: the two models hold different channel masks; they must be "
-                            "prepared from the same model and example inputs")
+                            "prepared from the same model and example inputs, with the same "
+                            "keep=")  # (break207 F8)
     for role, masks in (("source", src), ("target", dst)):
         if any(mask.is_meta for mask in masks.values()):
             raise ArgumentError(f"copy_masks: the {role} model's masks are on the meta device (they "

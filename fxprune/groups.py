@@ -196,13 +196,15 @@ class ChannelGroup:
         """Which weight rows or columns each mask entry stands for: ``{"<tensor>:<dim>":
         (n,) int64}`` for every tensor dim the group touches (a conv's ``weight:0``, the next
         conv's ``weight:1``, a BatchNorm's ``weight:0``...), each position's mask entry, or -1
-        for a position of another group (a concat's consumer reads several). Entry j of a
+        for a position of another group (a concat's consumer reads several: select
+        ``pos >= 0`` before indexing the mask, where numpy would read -1 as its last entry).
+        Entry j of a
         grouped conv's group is channel j of every conv group (``[0, 16, 32, 48]``), a channel
         read through flatten -> linear its H*W columns (break205 F9: a criterion of one's own
         had to work this out)."""
         if self.graph is None:
             return {}
-        gi = int(self.key[1:])  # "g<index>", as the analysis names them
+        gi = next(i for i, g in enumerate(self.graph.groups) if g.key == self.key)
         out = {}
         for key in self.graph.group_by_key[self.key].spaces:
             units = self.graph.units(self.graph.space_by_key[key].ids)

@@ -612,8 +612,9 @@ class ChannelAnalysis(NodeFacts):
         if missed:
             raise ArgumentError(
                 f"prepare: keep= names {missed[0]}, which holds no channels fxprune prunes (no "
-                "conv, linear or norm layer's output in the traced graph); name the layer "
-                "whose output channels to keep")
+                "conv, linear or norm layer's output in the traced graph: an activation, or a "
+                "module inside a leaf module, called as one op and kept whole anyway); name "
+                "the layer whose output channels to keep")
 
 
 def _first_seen(seen: list[np.ndarray], n: int) -> np.ndarray:

@@ -156,8 +156,20 @@ def test_allocate_finds_a_fitting_model_cheaper_than_the_narrowest_and_checks_it
     assert fits < 0.4023 < narrowest  # the premise: the narrowest model is not the cheapest
     got = allocate(options, budget, 0.4023, np.ones(6, bool))
     assert got.choice == [1, 0] and got.actual <= 0.4023
-    with pytest.raises(InfeasibleBudget, match="below the narrowest model the constraints allow"):
+    with pytest.raises(InfeasibleBudget, match=r"below the narrowest model the constraints "
+                                               r"allow \(\d\.\d+: every group at its smallest "
+                                               r"allowed width\); raise the target or relax the "
+                                               r"constraints$"):
         allocate(options, budget, 0.3, np.ones(6, bool))
+    # the width arguments named, and offered where they can be lowered (review208 R9: read
+    # back out of a formatted hint, "lower channel_step" at 1)
+    for widths, said in (({"channel_step": 8, "min_kept": 0.25}, r"channel_step=8, min_kept="
+                          r"0\.25\); raise the target or lower channel_step or min_kept$"),
+                         ({"channel_step": 1, "min_kept": 0.25}, r"channel_step=1, min_kept="
+                          r"0\.25\); raise the target or lower min_kept$"),
+                         ({"channel_step": 1}, r"channel_step=1\); raise the target$")):
+        with pytest.raises(InfeasibleBudget, match=said):
+            allocate(options, budget, 0.3, np.ones(6, bool), widths=widths)
     for bad in (float("nan"), -0.5, "0.5"):
         with pytest.raises(ValueError, match=r"target is a fraction of the dense cost, a number "
                                              r"> 0; got"):

@@ -286,3 +286,28 @@ def test_a_floor_that_keeps_every_group_whole_is_named_not_the_step_or_the_cost_
     with pytest.raises(ConfigError, match=r"prune \(smcp\): min_kept=1 keeps every prunable "
                                           r"group whole"):
         train(cfg)
+
+
+def test_keep_follows_a_modules_second_name_and_refuses_the_model_itself():
+    """break207 F5: a module's second name ("alias" of c2) was "holds no channels"; F8: the
+    model itself was "a copy, or another model's?", and copy_masks between models prepared with
+    other keep= said they must come from the same model, which they did."""
+    class Alias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.head = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Linear(16, 4)
+            self.alias = self.c2
+
+        def forward(self, x):
+            return self.head(self.alias(torch.relu(self.c1(x))).mean((2, 3)))
+
+    model, x = Alias().eval(), (torch.randn(2, 3, 12, 12),)
+    pm = fxprune.prepare(model, x, keep=["alias"])
+    assert _kept(pm)["c2"] == "prepare(keep=...) names `alias` (`c2`)"
+    for whole in (model, Alias):
+        with pytest.raises(ValueError, match=r"^prepare: keep= names the whole model: nothing "
+                                             r"would be pruned"):
+            fxprune.prepare(model, x, keep=[whole])
+    with pytest.raises(ValueError, match=r"prepared from the same model and example inputs, "
+                                         r"with the same keep="):
+        fxprune.copy_masks(pm, fxprune.prepare(model, x))

@@ -948,6 +948,12 @@ def test_a_resumed_fit_keeps_the_checkpoints_cost_kind_whichever_it_was(tmp_path
     with pytest.raises(ValueError, match=r"cost='flops'\): the checkpoint priced by "
                                          r"cost='latency', which a resumed fit keeps"):
         kept._build_kwargs(None, prepared=Classifier().model)
+    # a cost model object by its name (break207 F2: FlopsCost() on a latency checkpoint warned)
+    kept = PruningCallback("smcp", **{**SMCP_ARGS, "cost": fxprune.FlopsCost()})
+    kept._pending_state = {"method": "smcp", "state": {"run_settings": {"cost": "latency"}}}
+    with pytest.raises(ValueError, match=r"cost='flops'\): the checkpoint priced by "
+                                         r"cost='latency', which a resumed fit keeps"):
+        kept._build_kwargs(None, prepared=Classifier().model)
     same = PruningCallback("smcp", **SMCP_ARGS)  # the same kind goes on
     same._pending_state = {"method": "smcp", "state": {"run_settings": {"cost": "flops"}}}
     assert same._build_kwargs(None, prepared=Classifier().model).get("cost", "flops") == "flops"

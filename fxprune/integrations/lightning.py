@@ -531,6 +531,9 @@ class PruningCallback(pl.Callback):
         settings = state.get("run_settings", state) if isinstance(state, dict) else None
         saved = settings.get("cost") if isinstance(settings, dict) else None
         kinds = ("flops", "params", *LATENCY_COSTS)  # a recipe's names, which states record
+        # a cost model object by its name, as states record it (break207 F2: FlopsCost() on a
+        # latency checkpoint only warned)
+        given = given if isinstance(given, str) else getattr(given, "name", None)
         if given in kinds and saved in kinds and given != saved:
             raise self._cost_kept(given, saved)
 

@@ -964,7 +964,7 @@ class PruningMethod:
         allow: every group at its smallest allowed width (``channel_step``, split pieces).
         That model is kept as :attr:`floor_kept`, which the allocator's options always hold,
         so no ranking of channels found later makes the target unreachable."""
-        from ..allocation import step_too_wide, uniform_kept
+        from ..allocation import step_too_wide
 
         narrowest = uniform_kept(self.index, 0.0, self.channel_step)
         floor = self.budget.fraction(narrowest)
@@ -999,7 +999,7 @@ class PruningMethod:
                 message = (
                     f"target {target:.5g} of dense is below the narrowest model the constraints "
                     f"allow ({floor:.5f}: every group at its smallest allowed width, "
-                    f"{self.widths_said()}); raise the target to at least {at_least:.3f}"
+                    f"{self._widths_said()}); raise the target to at least {at_least:.3f}"
                     + (self._levers(floor) or self._floor_parts(floor) if floor < 1 - 1e-9 else
                        # a cost that no width changes (break67 #5): channel_step cannot help
                        ": the cost model prices it as the dense model, so no pruning lowers "
@@ -1019,26 +1019,29 @@ class PruningMethod:
                                 f"{self.min_kept:g}, the floor every group keeps: raise {name} "
                                 "or lower min_kept")
 
-    def widths_said(self) -> str:
+    def _widths(self) -> dict[str, float]:
         """The arguments that bound the widths the method chooses, as its errors name them."""
-        return f"channel_step={self.channel_step}" + (f", min_kept={self.min_kept:g}"
-                                                      if self.min_kept else "")
+        return {"channel_step": self.channel_step,
+                **({"min_kept": self.min_kept} if self.min_kept else {})}
+
+    def _widths_said(self) -> str:
+        return ", ".join(f"{k}={v:g}" for k, v in self._widths().items())
 
     def _levers(self, floor: float) -> str:
         """" or lower channel_step (...)" for each width argument whose lowering moves the
         floor at the precision it is said at, with the floor it leaves; "" for none (break205
         F7: lowering channel_step was advised where it moved the floor by 0.0005; at step 1
         swin_t's attention was advised it, break193 F6)."""
-        from ..allocation import uniform_kept
-
         lowered = []
         if self.channel_step > 1:
             lowered.append(("channel_step", "at 1", uniform_kept(self.index, 0.0, 1)))
         if self.min_kept > 0:
             lowered.append(("min_kept", "at 0", uniform_kept(UnitIndex(self.prepared), 0.0,
                                                              self.channel_step)))
-        said = [f"{name} ({at} the floor is {self.budget.fraction(kept):.3f})"
-                for name, at, kept in lowered if self.budget.fraction(kept) < floor - 1e-3]
+        # rounded up, as the target advised above (break207 F7: 0.398 for 0.39845 was refused)
+        floors = [(name, at, self.budget.fraction(kept)) for name, at, kept in lowered]
+        said = [f"{name} ({at} the floor is {math.ceil(low * 1000) / 1000:.3f})"
+                for name, at, low in floors if low < floor - 1e-3]
         return f" or lower {' or '.join(said)}" if said else ""
 
     def _floor_parts(self, floor: float) -> str:

@@ -769,7 +769,7 @@ class CCP(PruningMethod):
         elif self.mode == "ratio":  # one ratio for every group: the largest that fits the target
             target = 1 - (1 - self.cost_target) * frac
             result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
-                                      hint=f", {self.widths_said()}")
+                                      widths=self._widths())
             choice = result.choice
             if self.swaps:
                 choice = self._swapped_uniform(options, problems, predicted_by, choice,
@@ -888,7 +888,7 @@ class CCP(PruningMethod):
             priced = [GroupOptions(o.counts, v if costs is None else v + price * c, o.keep)
                       for o, v, c in zip(options, raw_values, costs or raw_values)]
             return allocate(priced, self.budget, target, before, resolution=self.resolution,
-                            max_resolves=self.max_resolves, hint=f", {self.widths_said()}")
+                            max_resolves=self.max_resolves, widths=self._widths())
 
         result = solve(0.0)
         if target - result.actual <= _FILLED:

@@ -478,14 +478,14 @@ class CUCB(PruningMethod):
                 values = np.maximum(s, 0.0)
                 ranked = ranked_options(values, order, counts)  # the knapsack: the floor too
                 options.append(self._with_floor(i, ranked, values) if self.mode == "budget" else ranked)
-        hint = f", {self.widths_said()}"
+        widths = self._widths()
         if self.mode == "budget":
             current = self.active if hasattr(self, "active") else np.ones(self.index.n, bool)
             kept = allocate(options, self.budget, self.cost_target, current, resolution=self.resolution,
-                            max_resolves=self.max_resolves, hint=hint).kept
+                            max_resolves=self.max_resolves, widths=widths).kept
         elif not by_ratio:
             kept = allocate_uniform(options, self.budget, self.cost_target,
-                                    [g.size for g in self.index.groups], hint=hint).kept
+                                    [g.size for g in self.index.groups], widths=widths).kept
         return kept
 
     def _select(self, step: int) -> np.ndarray:

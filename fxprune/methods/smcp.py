@@ -401,13 +401,13 @@ class SMCP(PruningMethod):
                 "taken before")
         scores = damp_churn(scores, before, self.hysteresis)
         options = self._options(scores)
-        hint = f", {self.widths_said()}"
+        widths = self._widths()
         if self.allocation == "knapsack":
             result = allocate(options, self.budget, target, before, resolution=self.resolution,
-                              max_resolves=self.max_resolves, hint=hint)
+                              max_resolves=self.max_resolves, widths=widths)
         else:
             result = allocate_uniform(options, self.budget, target, [g.size for g in self.index.groups],
-                                      hint=hint)
+                                      widths=widths)
         kept, predicted, solved, resolves = result.kept, result.predicted, result.solved_actual, result.resolves
         self.index.set_masks(self.prepared, kept.astype(np.float32))
         if self.masks_kind == "hard":
