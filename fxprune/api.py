@@ -73,7 +73,10 @@ def prepare(model: nn.Module, example_inputs, *, leaf_modules=(), rules: dict | 
             and all that share them (the residual stream it adds into), stay whole; its input
             channels follow the layer before it (keep that one too to keep them). Their groups
             say why in :func:`channel_groups` and :func:`fxprune.summary`. An entry that is no
-            module of the model, or holds no prunable channels, raises ArgumentError.
+            module of the model, the model itself, or no conv, linear or norm layer whose
+            output channels the graph holds (an activation, a module inside a leaf module)
+            raises ArgumentError; a layer kept whole anyway (the model's output) changes
+            nothing.
 
     Returns:
         A ``torch.fx.GraphModule`` computing the same function while all masks are 1. Its groups

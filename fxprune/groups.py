@@ -198,10 +198,9 @@ class ChannelGroup:
         conv's ``weight:1``, a BatchNorm's ``weight:0``...), each position's mask entry, or -1
         for a position of another group (a concat's consumer reads several: select
         ``pos >= 0`` before indexing the mask, where numpy would read -1 as its last entry).
-        Entry j of a
-        grouped conv's group is channel j of every conv group (``[0, 16, 32, 48]``), a channel
-        read through flatten -> linear its H*W columns (break205 F9: a criterion of one's own
-        had to work this out)."""
+        Entry j of a grouped conv's group is channel j of every conv group (``[0, 16, 32,
+        48]``), a channel read through flatten -> linear its H*W columns (break205 F9: a
+        criterion of one's own had to work this out)."""
         if self.graph is None:
             return {}
         gi = next(i for i, g in enumerate(self.graph.groups) if g.key == self.key)
