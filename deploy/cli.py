@@ -106,7 +106,7 @@ def _file_system_said(exc: BaseException, out) -> str | None:
 
     if not isinstance(exc, OSError):
         return None
-    where = exc.filename or out
+    where = exc.filename if isinstance(exc.filename, (str, os.PathLike)) else out
     folder = os.path.realpath(os.path.expanduser(os.fspath(out)))
     real = os.path.realpath(os.fspath(where))
     inside = real == folder or real.startswith(folder + os.sep)
