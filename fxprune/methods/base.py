@@ -478,6 +478,11 @@ class PruningMethod:
 
     def __setstate__(self, state):
         was_latest = state.pop("_was_latest", True)  # (a pickle from before the flag: as it was)
+        # a pickle from before 2026-12-05 (4dc5722) lacks what later pruners keep, too much to
+        # stand in for: said at its first step, with the way on (break209 F1: an AttributeError
+        # at the first mask update); later ones' few new attributes have class defaults
+        if state.pop("_pickle_format", None) is None and "_untrained_since" not in state:
+            state["_pickled_by_older"] = True
         self.__dict__.update(state)
         self._copied_as = "unpickled"
         if was_latest:
@@ -527,6 +532,9 @@ class PruningMethod:
         state = self.__dict__.copy()
         state.pop("_last_grads", None)
         state["_was_latest"] = latest_pruner(self.prepared) is self
+        # (an attribute added later needs a class default, or this number raised and an older
+        # one refused as ``_pickled_by_older`` is)
+        state["_pickle_format"] = 1
         return state
 
     def state_origin(self) -> dict:
@@ -671,6 +679,12 @@ class PruningMethod:
         is said (:meth:`_check_copied_alone`), a backward ran since the last step
         (:meth:`_check_backward_since_last_step`), and at the first step, masks pruned before
         it without the pruner's state (a resume that loaded the model's alone)."""
+        if self.__dict__.get("_pickled_by_older"):
+            raise NotCopyableError(
+                f"{type(self).__name__} was pickled by an fxprune older than 2026-12-05, whose "
+                "pruners lack what this one keeps: build the method again on the loaded model "
+                "(its masks are in the model, and the new pruner goes on from them), or finish "
+                "the run with the fxprune that pickled it")
         self._check_superseded()
         self._check_priced_dtypes()
         self._check_copied_alone()
