@@ -107,8 +107,9 @@ def own_log(log: Path, out: Path) -> bool:
     said = re.match(r"fxprune train: (.+?) on ", first)
     # one from before fxprune train named its folder (6ec152e) begins with the schedule of the
     # pruned run fxprune train made beside it (break204 F3: refused as a file of the user's)
-    older = (re.match(r"prune \(\w+\) schedule in optimizer steps ", first) is not None
-             and (out / RUN_MARKER).is_file())
+    # (a dense row's begins with its first epoch: break209 F5)
+    older = (re.match(r"prune \(\w+\) schedule in optimizer steps |epoch 1/\d+: ", first)
+             is not None and (out / RUN_MARKER).is_file())
     return first == LOG_HEADER or older or (said is not None
                                             and Path(said.group(1)).name == out.name)
 

@@ -173,6 +173,8 @@ def test_a_log_of_an_earlier_version_is_its_own_in_a_moved_runs_folder(tmp_path)
     assert bench.own_log(log, out)
     log.write_text("my notes on prune (smcp) schedule in optimizer steps\n")
     assert not bench.own_log(log, out)
+    log.write_text("epoch 1/1: train loss 0.5 acc 0.8 | test loss 0.4 acc 0.85\n")  # a dense
+    assert bench.own_log(log, out)  # row's (break209 F5)
 
 
 @pytest.mark.parametrize("option, value, says", [

@@ -311,3 +311,18 @@ def test_keep_follows_a_modules_second_name_and_refuses_the_model_itself():
     with pytest.raises(ValueError, match=r"prepared from the same model and example inputs, "
                                          r"with the same keep="):
         fxprune.copy_masks(pm, fxprune.prepare(model, x))
+
+
+def test_a_state_loaded_under_another_min_kept_says_that_alone():
+    """break209 F2: the half-width price that fingerprints the cost model moved with the floor,
+    so a min_kept change was also said as "another cost model pricing (... another latency
+    table ...?)"."""
+    import warnings
+
+    pm = prepared()
+    state = fxprune.SMCP(pm, target=0.5, channel_step=1).state_dict()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fxprune.SMCP(pm, target=0.5, channel_step=1, min_kept=0.6).load_state_dict(state)
+    text = " ".join(str(w.message) for w in said)
+    assert "min_kept 0.0 -> 0.6" in text and "cost model pricing" not in text, text

@@ -144,7 +144,8 @@ def test_errors_name_the_way_out(tmp_path):
     blocked = [(tmp_path / "a_file" / "m.pt", "a_file is a file, not a folder"),
                (tmp_path, "is a folder"),
                (tmp_path / "dangling.pt", "is a symbolic link \\(to .*nowhere/x.pt\\), which "
-                                          "the save would replace, not write through"),
+                                          "the save would replace, not write through; pass "
+                                          "the file's own path, or remove the link"),
                (tmp_path / "to_mine.pt", "is a symbolic link")]
     try:
         if os.geteuid() != 0:  # root writes anywhere the permission bits say not to

@@ -84,7 +84,7 @@ def _unwritable(path: Path) -> str | None:
     cannot hold a new file."""
     if path.is_symlink():
         return (f"is a symbolic link (to {os.readlink(path)}), which the save would replace, "
-                "not write through")
+                "not write through; pass the file's own path, or remove the link")
     return "is a folder" if path.is_dir() else unwritable_folder(path.parent)
 
 
@@ -258,8 +258,10 @@ class PruningCallback(pl.Callback):
         unwritable = fxdist.broadcast_object(
             _unwritable(self.save_path) if self.save_path is not None else None)
         if unwritable:
-            raise ArgumentError(f"save_path {self.save_path}: {unwritable}; pass a save_path in a "
-                                "folder you can write (checked before training)")
+            raise ArgumentError(f"save_path {self.save_path}: {unwritable}"
+                                + ("" if "; " in unwritable else
+                                   "; pass a save_path in a folder you can write")
+                                + " (checked before training)")
         averaging = next((cb for cb in trainer.callbacks if getattr(cb, "_use_buffers", False)
                           and type(cb).__name__.endswith("WeightAveraging")), None)
         if averaging is not None:  # (break119 #1: silently soft masks, or a false "above target")

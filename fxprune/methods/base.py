@@ -815,7 +815,10 @@ class PruningMethod:
         widths the run prices (at step 1 a table's grid clamped them, warned: break49 #6)."""
         model = self.budget.model
         if getattr(self, "_priced", None) is None:  # the budget is fixed for the run
-            half = self.budget.total(uniform_kept(self.index, 0.5, self.channel_step))
+            # on the floor-free index: a min_kept change is said as itself, not as another
+            # cost model (break209 F2)
+            half = self.budget.total(uniform_kept(self.index.with_floor(0.0), 0.5,
+                                                  self.channel_step))
             self._priced = {"half_width_fraction": float(f"{half / self.budget.dense:.6g}")}
         return {"cost": str(getattr(model, "name", type(model).__name__)), **self._priced,
                 "channel_step": self.channel_step, "min_kept": self.min_kept,
