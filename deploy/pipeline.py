@@ -686,18 +686,30 @@ def _onnx_params(path: str) -> int:
 
 
 def _flops(module: nn.Module, shape) -> int | None:
-    """FLOPs of one forward of ``module`` at ``shape``: one image's (fxprune.count_flops, on
-    an fp32 CPU copy) times the batch, as an eval forward's images are computed apart (a
-    ResNet-50 at batch 256 counted whole took about 90 s: review208 R5); None where torch's
-    flop counter cannot run it (not a reason to fail a deploy)."""
+    """FLOPs of one forward of ``module`` at ``shape`` (fxprune.count_flops, on an fp32 CPU
+    copy): one image's times the batch where an image's and two images' counts show the
+    forward computes images apart (a ResNet-50 at batch 256 counted whole took about 90 s:
+    review208 R5), else the whole batch counted (a forward that reshapes the batch into clips,
+    or mixes samples: break209 F3); None where torch's flop counter cannot run it (not a
+    reason to fail a deploy)."""
     from fxprune.summary import count_flops
 
-    try:
+    copy = eval_copy(module, "fp32")
+
+    def at(batch):
         with torch.no_grad():
-            one = count_flops(eval_copy(module, "fp32"), (example_input((1, *shape[1:]), "fp32"),))
+            return count_flops(copy, (example_input((batch, *shape[1:]), "fp32"),))
+
+    try:
+        one, two = at(1), at(2)
+        if two == 2 * one:
+            return one * int(shape[0])
+    except Exception:  # noqa: BLE001 - the whole batch below, as it is timed
+        pass
+    try:
+        return at(int(shape[0]))
     except Exception:  # noqa: BLE001 - a count is extra; the timing stands without it
         return None
-    return one * int(shape[0])
 
 
 def _backend_diff(runner, module: nn.Module, shape) -> float:

@@ -2439,3 +2439,36 @@ def test_a_full_disk_or_read_only_folder_is_said_with_the_way_out(saved, tmp_pat
     denied.filename = str(out / "report.json")
     assert _file_system_said(denied, out) == (f"writing {out / 'report.json'}: permission "
                                               "denied; choose an --out you can write")
+
+
+class _Clips(nn.Module):
+    """Reshapes the batch into clips of 4 images (TSN-style): no forward at batch 1 or 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.c(x).mean((2, 3)).reshape(-1, 4, 8).flatten(1))
+
+
+class _Similarity(nn.Module):
+    """Mixes the samples (a batch x batch product): FLOPs grow as the batch squared."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        f = self.c(x).flatten(1)
+        return f @ f.T
+
+
+def test_deploys_flops_are_the_whole_batchs_where_the_forward_depends_on_it():
+    """break209 F3: one image's count times the batch lost the row of a model that reshapes
+    the batch into clips, and under-counted one that mixes samples."""
+    from fxprune.deploy.pipeline import _flops
+
+    for model in (_Clips(), _Similarity(), small_net(8)):
+        x = torch.randn(8, 3, 16, 16)
+        assert _flops(model, (8, 3, 16, 16)) == fxprune.count_flops(model.eval(), (x,))
