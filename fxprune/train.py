@@ -30,6 +30,7 @@ import inspect
 import json
 import math
 import os
+import pickle
 import random
 import re
 import signal
@@ -1018,9 +1019,13 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is said as one
+        why = ("it holds Python objects beyond tensors and plain data (a training script's "
+               "arguments, say), which weights_only=True does not load: no code runs from it"
+               if isinstance(exc, pickle.UnpicklingError) else
+               re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {first_line(exc)}"))
         raise ConfigError(f"model.init {path} is not a file torch.load reads with "
-                          f"weights_only=True ({type(exc).__name__}: {first_line(exc)}); save "
-                          "the weights as torch.save(model.state_dict(), PATH)") from None
+                          f"weights_only=True ({why}); save the weights alone as "
+                          "torch.save(model.state_dict(), PATH)") from None
     for key in ("state_dict", "model"):  # a checkpoint holding the state_dict
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -1030,19 +1035,22 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
         raise ConfigError(f"model.init {path} holds a {type(loaded).__name__}, not a state_dict "
                           "(names to tensors); save the weights as "
                           "torch.save(model.state_dict(), PATH)")
-    own = model.state_dict()
-    for prefix in ("module.", "_orig_mod.", "model."):  # DDP's, torch.compile's, a wrapper's
-        # (review208 R7, break207 F3: refused with advice about the model's widths)
-        if loaded and set(own) != set(loaded) and all(k.startswith(prefix) for k in loaded) \
-                and {k[len(prefix):] for k in loaded} == set(own):
-            loaded = {k[len(prefix):]: v for k, v in loaded.items()}
-    missing = [k for k in own if k not in loaded]
-    unexpected = [k for k in loaded if k not in own]
-    shapes = [k for k in own if k in loaded and loaded[k].shape != own[k].shape]
-    if any(k.startswith(f"{MASK_OWNER}.") for k in unexpected):
+    if any(f"{MASK_OWNER}." in k for k in loaded):
         raise ConfigError(f"model.init {path} holds a prepared model's masks (a pruning run's "
                           "checkpoint): give the dense weights, a dense run's checkpoint.pt or "
                           "torch.save(model.state_dict(), PATH) of the model before prepare")
+    own = model.state_dict()
+    loaded = _own_keys(loaded, own)
+    missing = [k for k in own if k not in loaded]
+    unexpected = [k for k in loaded if k not in own]
+    shapes = [k for k in own if k in loaded and loaded[k].shape != own[k].shape]
+    head = next(reversed(own)).rpartition(".")[0]  # the classifier: the last layer
+    if (missing or shapes) and not unexpected and all(
+            k.rpartition(".")[0] == head for k in missing + shapes):
+        raise ConfigError(f"model.init {path}: its `{head}` (the classifier) is not the one "
+                          f"model {name} builds here ({'missing' if missing else 'other shapes'})"
+                          "; give weights trained for model.num_classes classes, or set "
+                          "model.num_classes to theirs")
     if missing or unexpected or shapes:
         def some(keys):
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -1058,6 +1066,21 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
                           "cannot be trained on; give a finite state_dict")
     model.load_state_dict(loaded)
     return {"file": str(path), "sha256": file_sha256(path)}
+
+
+def _own_keys(loaded: dict, own: dict) -> dict:
+    """``loaded``'s entries for the model's own keys where they sit under one prefix (DDP's
+    ``module.``, torch.compile's ``_orig_mod.``, a LightningModule's ``model.``, stacked), the
+    rest of the file other modules' (a loss's weights); ``loaded`` itself otherwise (review208
+    R7, break209 F4: refused with advice about the model's widths)."""
+    if not own or own.keys() <= loaded.keys():  # (no prefix: an extra key is refused below)
+        return loaded
+    first = next(iter(own))
+    for prefix in sorted({k[: -len(first)] for k in loaded if k.endswith("." + first)},
+                         key=len):
+        if all(prefix + k in loaded for k in own):
+            return {k: loaded[prefix + k] for k in own}
+    return loaded
 
 
 def _recipe_model(cfg: dict) -> nn.Module:

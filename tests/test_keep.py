@@ -254,6 +254,24 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
     with pytest.raises(ConfigError, match=r"holds a prepared model's masks \(a pruning run's "
                                           r"checkpoint\): give the dense weights"):
         train(cfg(tmp_path / "m", f"model.init={tmp_path / 'pruned' / 'checkpoint.pt'}"))
+    # break209 F4: stacked prefixes, a LightningModule with more than its model, a timm
+    # checkpoint's arguments, another classifier
+    lightning = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {**{f"model._orig_mod.{k}": v for k, v in weights.items()},
+                               "criterion.weight": torch.ones(10)}}, lightning)
+    assert train(cfg(tmp_path / "lt", f"model.init={lightning}"))["model_init"]
+    import argparse
+
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.1)}, tmp_path / "timm.pt")
+    with pytest.raises(ConfigError, match=r"timm.pt is not a file torch.load reads with "
+                                          r"weights_only=True \(it holds Python objects beyond "
+                                          r"tensors and plain data") as e:
+        train(cfg(tmp_path / "t", f"model.init={tmp_path / 'timm.pt'}"))
+    assert "\x1b" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"its `fc` \(the classifier\) is not the one model "
+                                          r"resnet_fmnist builds here \(other shapes\); give "
+                                          r"weights trained for model.num_classes classes"):
+        train(cfg(tmp_path / "h", f"model.init={plain}", "model.num_classes=4"))
     nan = tmp_path / "nan.pt"
     torch.save({k: v * float("nan") if v.is_floating_point() else v
                 for k, v in weights.items()}, nan)
