@@ -116,7 +116,8 @@ def _file_system_said(exc: BaseException, out) -> str | None:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return (f"writing {where}: {(exc.strerror or '').lower() or 'cannot write'}"
             + ("; free space there, then deploy again" if full else
-               "; choose an --out you can write"))
+               "; choose an --out on a file system that takes files this large"
+               if exc.errno == errno.EFBIG else "; choose an --out you can write"))
 
 
 def _left_behind(out, started_ns: int = 0) -> str:

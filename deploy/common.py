@@ -14,9 +14,9 @@ from typing import Callable, Mapping, Sequence
 from fxprune.errors import (ArgumentError, ArgumentTypeError, FxPruneError,  # noqa: F401
                             first_line, out_of_memory)  # (deploy's modules import these here)
 
-#: a file system that takes no more writes (full, over quota, read-only): no exporter's or
-#: model's failure, said with the way out (break206 F7)
-NO_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+#: a file system that takes no more writes (full, over quota, read-only, or no file this
+#: large): no exporter's or model's failure, said with the way out (break206 F7, break209 F7)
+NO_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 class DeployError(FxPruneError, RuntimeError):

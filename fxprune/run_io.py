@@ -222,6 +222,14 @@ def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = (),
     if not foreign:
         return
     them = ", ".join(foreign)
+    if (out / RUN_MARKER).is_file() and _marker_data(out) == {}:
+        # its marker, not its files (break209 F8: an empty or cut marker, what a power loss
+        # can leave, was "not written by fxprune" of every file the run wrote)
+        raise FileExistsError(
+            f"{who}: {out / RUN_MARKER}, the record of the files fxprune wrote there, is empty "
+            f"or cut (a power loss or a full disk?), so {them} cannot be told from files of "
+            f"yours: move them out of the folder (--resume then goes on from the checkpoint, "
+            f"its logs begun anew), or choose another {option}")
     raise FileExistsError(
         f"{who}: {them} in {out} {'was' if len(foreign) == 1 else 'were'} not written by "
         f"fxprune (or changed since), and "

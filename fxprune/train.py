@@ -1283,7 +1283,10 @@ def _resumed(ckpt: dict, ckpt_path: Path, net: nn.Module, optimizer, scheduler, 
             if not isinstance(ckpt[part], dict):
                 raise ValueError(f"its {part} state is a {type(ckpt[part]).__name__}, not a dict")
         net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except AttributeError as exc:  # a part of it that is no dict (break209 F6)
+            raise ValueError(f"its optimizer state does not load ({exc})") from None
         check_optimizer_state(optimizer)
         scheduler.load_state_dict(ckpt["scheduler"])
         if pruner is not None:

@@ -2434,6 +2434,10 @@ def test_a_full_disk_or_read_only_folder_is_said_with_the_way_out(saved, tmp_pat
     # review208 R3: a permission refused on an input is no write in --out: the system's words
     from fxprune.deploy.cli import _file_system_said
 
+    too_large = OSError(errno.EFBIG, "File too large", str(out / "model.onnx"))  # (break209 F7)
+    assert _file_system_said(too_large, out) == (f"writing {out / 'model.onnx'}: file too large; "
+                                                 "choose an --out on a file system that takes "
+                                                 "files this large")
     denied = OSError(errno.EACCES, "Permission denied", str(tmp_path / "model.pt"))
     assert _file_system_said(denied, out) is None
     denied.filename = str(out / "report.json")

@@ -1127,7 +1127,8 @@ def test_resume_on_a_damaged_checkpoint_says_what_to_do(recipe, tmp_path, capsys
 
 
 @pytest.mark.parametrize("edit", ["epoch", "step", "optimizer", "elapsed_s", "config", "prune",
-                                  "rng", "optimizer_str", "model_key", "model_shape"])
+                                  "rng", "optimizer_str", "model_key", "model_shape",
+                                  "optimizer_state_str"])
 def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsys, edit):
     """break103 F1: the README says the checkpoints may be edited, but an `epoch` of -3 trained
     a run labelled "epoch -2/12" on a schedule run past its end, with rc 0; a `step` of "abc"
@@ -1150,6 +1151,8 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
         del ckpt["rng"]["python"]
     elif edit == "optimizer_str":  # break206 F5: an AttributeError traceback
         ckpt["optimizer"] = "x"
+    elif edit == "optimizer_state_str":  # break209 F6: the same, one level down
+        ckpt["optimizer"]["state"] = "x"
     elif edit == "model_key":  # break206 F5: "Error(s) in loading state_dict for ...:" alone
         del ckpt["model"]["conv1.weight"]
     elif edit == "model_shape":
@@ -1174,7 +1177,9 @@ def test_resume_refuses_an_edited_checkpoint_in_one_line(recipe, tmp_path, capsy
                 "optimizer_str": "does not fit this run (its optimizer state is a str, not a "
                                  "dict)",
                 "model_key": 'Missing key(s) in state_dict: "conv1.weight"',
-                "model_shape": "size mismatch for conv1.weight"}[edit]
+                "model_shape": "size mismatch for conv1.weight",
+                "optimizer_state_str": "does not fit this run (its optimizer state does not "
+                                       "load ("}[edit]
     assert expected in err and ("checkpoint.prev.pt holds the epoch before it" in err
                                 or "start over with --overwrite" in err), err
 
@@ -1616,3 +1621,23 @@ def test_a_saved_checkpoint_is_on_the_disk_before_its_rename(tmp_path, monkeypat
     monkeypatch.undo()
     target = renamed.index(out / "checkpoint.pt")
     assert synced and synced[0] <= target  # synced before the rename that publishes it
+
+
+def test_a_cut_run_marker_is_named_and_its_way_out_resumes(recipe, tmp_path, capsys):
+    """break209 F8: an empty marker (what a power loss can leave: it is renamed into place,
+    not synced) made --resume call the run's own logs "not written by fxprune"."""
+    out = tmp_path / "run"
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out)]) == 0
+    (out / "results.json").unlink()  # as if stopped after its checkpoint
+    (out / ".fxprune-run").write_text("")
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out),
+                     "--resume"]) == 2
+    err = one_line_error(capsys)
+    assert (f"{out / '.fxprune-run'}, the record of the files fxprune wrote there, is empty or "
+            "cut") in err and "move them out of the folder (--resume then goes on from the " \
+            "checkpoint" in err, err
+    said = re.search(r"so (.*) cannot be told", err).group(1).split(", ")
+    for name in said:
+        (out / name).rename(tmp_path / name)
+    assert cli_main(["train", str(recipe), "--set", "optim.epochs=1", "--out", str(out),
+                     "--resume"]) == 0
