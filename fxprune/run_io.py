@@ -222,9 +222,10 @@ def _refuse_foreign(out: Path, who: str, would: str, skip: tuple[str, ...] = (),
     if not foreign:
         return
     them = ", ".join(foreign)
-    if (out / RUN_MARKER).is_file() and _marker_data(out) == {}:
+    if who == "--resume" and (out / RUN_MARKER).is_file() and _marker_data(out) == {}:
         # its marker, not its files (break209 F8: an empty or cut marker, what a power loss
-        # can leave, was "not written by fxprune" of every file the run wrote)
+        # can leave, was "not written by fxprune" of every file the run wrote); a start over
+        # keeps the refusal as it is: the files may be the user's
         raise FileExistsError(
             f"{who}: {out / RUN_MARKER}, the record of the files fxprune wrote there, is empty "
             f"or cut (a power loss or a full disk?), so {them} cannot be told from files of "
