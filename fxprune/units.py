@@ -68,7 +68,8 @@ class UnitIndex:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         # an index pickled (with its pruner) before min_kept: no floor but the one channel
-        self.__dict__.setdefault("min_counts", [1] * len(self.groups))
+        if "min_counts" not in self.__dict__:
+            self.min_counts = self._min_counts(0.0)
 
     def _channels_per_unit(self, group: GroupInfo) -> int:
         for key in group.sources[:1]:

@@ -1053,7 +1053,7 @@ class PruningMethod:
         if self.channel_step > 1:
             lowered.append(("channel_step", "at 1", uniform_kept(self.index, 0.0, 1)))
         if self.min_kept > 0:
-            lowered.append(("min_kept", "at 0", uniform_kept(UnitIndex(self.prepared), 0.0,
+            lowered.append(("min_kept", "at 0", uniform_kept(self.index.with_floor(0.0), 0.0,
                                                              self.channel_step)))
         # rounded up, as the target advised above (break207 F7: 0.398 for 0.39845 was refused)
         floors = [(name, at, self.budget.fraction(kept)) for name, at, kept in lowered]
