@@ -78,14 +78,15 @@ from ..run_io import save_module, unwritable_folder
 
 
 def _unwritable(path: Path) -> str | None:
-    """Why the finalized model could not be saved to ``path`` at the end of the fit (None when
-    it can): a folder there, a symbolic link (the save would replace the link, not write the
-    file it points to: break206 F3, refused only after the fit), or a folder on its way that
-    cannot hold a new file."""
+    """Why the finalized model could not be saved to ``path`` at the end of the fit, and the
+    way out (None when it can): a folder there, a symbolic link (the save would replace the
+    link, not write the file it points to: break206 F3, refused only after the fit), or a
+    folder on its way that cannot hold a new file."""
     if path.is_symlink():
         return (f"is a symbolic link (to {os.readlink(path)}), which the save would replace, "
                 "not write through; pass the file's own path, or remove the link")
-    return "is a folder" if path.is_dir() else unwritable_folder(path.parent)
+    why = "is a folder" if path.is_dir() else unwritable_folder(path.parent)
+    return None if why is None else f"{why}; pass a save_path in a folder you can write"
 
 
 def _method_entry(name: str):
@@ -258,10 +259,8 @@ class PruningCallback(pl.Callback):
         unwritable = fxdist.broadcast_object(
             _unwritable(self.save_path) if self.save_path is not None else None)
         if unwritable:
-            raise ArgumentError(f"save_path {self.save_path}: {unwritable}"
-                                + ("" if "; " in unwritable else
-                                   "; pass a save_path in a folder you can write")
-                                + " (checked before training)")
+            raise ArgumentError(f"save_path {self.save_path}: {unwritable} (checked before "
+                                "training)")
         averaging = next((cb for cb in trainer.callbacks if getattr(cb, "_use_buffers", False)
                           and type(cb).__name__.endswith("WeightAveraging")), None)
         if averaging is not None:  # (break119 #1: silently soft masks, or a false "above target")
