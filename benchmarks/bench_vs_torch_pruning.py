@@ -305,7 +305,7 @@ def train_rows(net: str, seed: int, args, tp) -> list[dict]:
 SCHEDULE = {"warmup": 0.1, "ramp_until": 0.6, "freeze_from": 0.7, "update_every": 0.02}
 # The rows the issue asks for. smcp-flops is SMCP with that schedule; on this short schedule
 # (~940 steps) pruning later with hard masks was more accurate (3 seeds of the concat net, see
-# the README), so the latency rows run that way, each timed at its deployment batch. Their
+# benchmarks/RESULTS.md), so the latency rows run that way, each timed at its deployment batch. Their
 # target is 85% of the dense latency: at 75% (an earlier, interrupted run, 2 seeds) the models
 # came out 1.37-1.49x faster than dense, more than the tables predicted (1.33x) and past every
 # Torch-Pruning row (0.93-1.29x), so no Torch-Pruning row was at equal latency to compare with.
