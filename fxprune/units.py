@@ -36,8 +36,10 @@ def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | N
 
 class UnitIndex:
     """The prepared model's prunable channels numbered flat, group after group. ``min_kept``
-    (a fraction in [0, 1]): every group keeps at least that share of its positions (rounded
-    up), which :meth:`ranking` reports as its fewest."""
+    (a fraction in [0, 1]): every group keeps at least that share of its positions, and every
+    layer's part of a group (a concat's piece, a weight dim holding some of its channels: the
+    group's ``keep_one_of`` sets) that share of the part, each rounded up
+    (:meth:`piece_floors`); :meth:`ranking` reports the fewest that meets them all."""
 
     def __init__(self, prepared: fx.GraphModule, min_kept: float = 0.0):
         state = state_of(prepared)
@@ -53,6 +55,7 @@ class UnitIndex:
         #: channels one unit is in its producer's output (more than 1 when a grouped conv ties
         #: position j of every group, or a depthwise conv multiplies channels)
         self.unit_channels = [self._channels_per_unit(g) for g in self.groups]
+        self.min_kept = float(min_kept)
         #: the fewest positions each group keeps by ``min_kept`` (1 at 0: no layer is emptied)
         self.min_counts = self._min_counts(min_kept)
 
@@ -62,6 +65,7 @@ class UnitIndex:
     def with_floor(self, min_kept: float) -> "UnitIndex":
         """This index with another ``min_kept`` (a shallow copy: the arrays are shared)."""
         other = copy.copy(self)
+        other.min_kept = float(min_kept)
         other.min_counts = self._min_counts(min_kept)
         return other
 
@@ -70,6 +74,9 @@ class UnitIndex:
         # an index pickled (with its pruner) before min_kept: no floor but the one channel
         if "min_counts" not in self.__dict__:
             self.min_counts = self._min_counts(0.0)
+        # one pickled before the floor held per layer too (break210 F1): per group only, as
+        # the run it belongs to began
+        self.__dict__.setdefault("min_kept", 0.0)
 
     def _channels_per_unit(self, group: GroupInfo) -> int:
         for key in group.sources[:1]:
@@ -123,19 +130,32 @@ class UnitIndex:
                 if on_host:  # known here: a masked norm's all-ones check need not read it back
                     remember_all_ones(t, bool((flat[self.group_slice(i)].to(t.dtype) == 1).all()))
 
+    def piece_floors(self, i: int) -> list[tuple[np.ndarray, int]]:
+        """Group ``i``'s parts that a layer holds (its ``keep_one_of`` sets: a split piece, a
+        slice, a conv writing or reading some of the group's channels), each with the fewest of
+        its positions kept: ``min_kept``'s share of it rounded up, at least 1. (break210 F1:
+        with the floor per group alone, a concat piece's conv went from 16 channels to 1 at
+        ``min_kept=0.5``.)"""
+        return [(positions, max(1, math.ceil(round(self.min_kept * len(positions), 9))))
+                for positions, _ in self.groups[i].keep_one_of]
+
     def ranking(self, i: int, scores: np.ndarray) -> tuple[np.ndarray, int]:
         """Group ``i``'s channels, most important first, and the fewest that may be kept
         (``min_kept``'s count, or more).
 
-        The best channel of every split piece or slice the group feeds (``keep_one_of``) is moved
-        to the front, so keeping the top ``k >= min_k`` never empties a piece.
+        The best channels of every part a layer holds (:meth:`piece_floors`: as many as its
+        floor, of those with a finite score where it has that many) are moved to the front, so
+        keeping the top ``k >= min_k`` never empties a piece nor takes one below its floor.
         """
         order = np.argsort(-scores, kind="stable")
-        front = []
-        for positions, _ in self.groups[i].keep_one_of:
-            best = int(positions[np.argmax(scores[positions])])
-            if best not in front:
-                front.append(best)
+        front, chosen = [], set()
+        for positions, need in self.piece_floors(i):
+            part = scores[positions]
+            need = min(need, max(1, int(np.isfinite(part).sum())))
+            for best in positions[np.argsort(-part, kind="stable")[:need]].tolist():
+                if best not in chosen:
+                    chosen.add(best)
+                    front.append(best)
         if not front:
             return order, self.min_counts[i]
         front = sorted(front, key=lambda p: -scores[p])

@@ -846,8 +846,8 @@ def test_one_common_ratios_swapped_channels_stay_within_the_target(monkeypatch):
 
     real = ccp_module.best_subsets
 
-    def costly_swaps(S, counts, keep_one_of=(), *, swaps=True):
-        out = real(S, counts, keep_one_of, swaps=swaps)
+    def costly_swaps(S, counts, keep_one_of=(), need=None, *, swaps=True):
+        out = real(S, counts, keep_one_of, need, swaps=swaps)
         if swaps and len(S) == 16:  # UnequalPieces' split group: channels 8-15 feed the 5x5
             for p in out:  # one of the cheap piece (keep_one_of), then the costly piece's
                 beta = np.zeros(16, bool)
@@ -932,7 +932,7 @@ def test_one_common_ratio_swaps_at_the_picked_count_only(monkeypatch):
         S, alive, constraints = problems[i]
         kept = pruner.index.masks(pm).numpy()[pruner.index.group_slice(i)] > 0
         p = int(kept.sum())
-        beta, _ = best_subsets(S, range(1, len(S) + 1), constraints)[p]
+        beta, _ = best_subsets(S, range(1, len(S) + 1), *constraints)[p]
         assert np.array_equal(kept[alive], beta)
 
 

@@ -4,8 +4,10 @@ NNI's excluded ops do), and the methods' min_kept, a floor every group keeps (F2
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -181,6 +183,78 @@ def test_ccp_and_cucb_keep_the_floor_too(build):
     counts = _kept_counts(pm)
     assert all(k >= math.ceil(0.5 * size) for k, size in counts), counts
     assert any(k < size for k, size in counts)  # it pruned
+
+
+class _TwoPieces(nn.Module):
+    """Two convs whose outputs are concatenated into one group (a depthwise conv reads it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw = nn.Conv2d(32, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.pw(torch.relu(self.dw(torch.cat([self.a(x), self.b(x)], 1)))))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method, kwargs", [
+    ("magnitude", dict(target=0.4, prune_at=1)),
+    ("smcp", dict(target=0.4, warmup=0, ramp=1, update_every=1)),
+    ("ccp", dict(mode="adaptive", target=0.4, prune_at=1, collect=1)),
+    ("ccp", dict(ratio=0.5, prune_at=1, collect=1)),
+    ("cucb", dict(target=0.4, mode="budget", warmup=1, explore=2, execution="masked")),
+    ("cucb", dict(rho=0.5, warmup=1, explore=2, execution="masked")),
+], ids=["magnitude", "smcp", "ccp-adaptive", "ccp-ratio", "cucb-budget", "cucb-ratio"])
+def test_min_kept_holds_for_each_layer_that_writes_part_of_a_group(method, kwargs):
+    """break210 F1: the floor held per group only, so a conv writing half of a concatenated
+    group went from 16 channels to 1 at min_kept=0.5 (its channels looked unimportant to the
+    layers reading them) while the group kept its 16 of 32."""
+    torch.manual_seed(0)
+    net = _TwoPieces()
+    with torch.no_grad():  # b's channels matter little to their readers
+        net.dw.weight[16:].mul_(1e-3)
+        net.pw.weight[:, 16:].mul_(1e-3)
+    pm = fxprune.prepare(net, (torch.randn(1, 3, 16, 16),))
+    pruner = fxprune.get_method(method)(pm, min_kept=0.5, channel_step=1, **kwargs)
+    for step in range(3):
+        torch.manual_seed(step)
+        nn.functional.cross_entropy(pm(torch.randn(4, 3, 16, 16)), torch.arange(4)).backward()
+        pruner.step()
+    pruner.finalize_masks()
+    small = fxprune.finalize(pm)  # (checked equal to the masked model)
+    widths = {name: small.get_submodule(name).out_channels for name in ("a", "b", "dw", "pw")}
+    assert widths["a"] >= 8 and widths["b"] >= 8 and widths["pw"] >= 16, widths
+    assert widths["dw"] < 32 or widths["pw"] < 32, widths  # it pruned
+
+
+def test_the_qp_keeps_as_many_of_a_set_as_it_needs():
+    """CCP's solvers with a count per constraint set (a layer's min_kept floor): the exhaustive
+    optimum and the greedy path with swaps meet it; a count outside 1..the set's size is
+    refused."""
+    from fxprune.methods.ccp import best_subsets, keep_form, solve_exhaustive
+
+    rng = np.random.default_rng(0)
+    a, g = rng.normal(size=10), rng.normal(size=(40, 10))
+    S = keep_form(a, g.T @ g / 40)
+    piece = [0, 1, 2, 3]
+    free, _ = solve_exhaustive(S, 4)
+    for need in (1, 2, 3):
+        exact, value = solve_exhaustive(S, 4, [piece], [need])
+        assert exact[piece].sum() >= need
+        subsets = [np.isin(np.arange(10), c).astype(float)
+                   for c in itertools.combinations(range(10), 4) if len(set(c) & set(piece)) >= need]
+        brute = min(float(b @ S @ b) for b in subsets)
+        assert value == pytest.approx(brute)
+        for p, (beta, _) in best_subsets(S, [4, 6], [piece], [need]).items():
+            assert beta.sum() == p and beta[piece].sum() >= need
+    assert free[piece].sum() < 3  # what the count changes
+    with pytest.raises(ValueError, match=r"need gives the fewest channels kept of each "
+                                         r"keep_one_of set, one count in 1\.\.its size per set"):
+        solve_exhaustive(S, 4, [piece], [5])
 
 
 def test_a_target_below_the_floor_says_min_kept_and_min_kept_out_of_range_is_refused():

@@ -9,18 +9,18 @@
     pruner.finalize_masks()        # closes the statistics hooks; warns above the target
     small = fxprune.finalize(pm)
 
-What it does (conventions chosen here; ../shared/notes/methods.md tags what is confirmed):
+What it does (with the conventions chosen here where the paper leaves details open):
 
 * Statistics (:class:`fxprune.importance.PairwiseTaylor`): per sample n and channel i,
   ``t_i = sum over positions of A_i * dL_n/dA_i`` with A the input of each layer reading the
   channel (where the group's mask acts), summed over those layers; ``a_i = mean t_i``,
   ``B_ij = mean t_i t_j`` per group, in float64. B is the Gauss-Newton / empirical-Fisher
   approximation of the Hessian in the mask coordinates (exact for cross-entropy with one-hot
-  labels: the notes' [D]). They are gathered over the ``collect`` training steps before
+  labels). They are gathered over the ``collect`` training steps before
   each pruning step, from the trainer's own forward/backward. With ``collect_bn="train"`` (the
   default) the batch norms are left alone: samples interact through the batch statistics, so
   ``t`` is a per-sample share of the batch gradient rather than a gradient of its own. With
-  ``"eval"`` (what the notes advise for a trained model) they run in eval mode in the
+  ``"eval"`` (the choice for a trained model) they run in eval mode in the
   training forwards of those steps (switched around each forward, so a validation pass
   between steps does not undo it), so ``t`` is truly per sample — but the optimizer then also
   steps on eval-mode batch norms: in the Fashion-MNIST recipe (lr 0.1, collection at 0.2 of
@@ -38,14 +38,14 @@ What it does (conventions chosen here; ../shared/notes/methods.md tags what is c
   removal raises the objective least, O(n) per removal with a running ``S beta``) followed by
   local search at each count asked for: 1-swaps, and pair moves that take out two kept channels
   together (a cancelling pair, which no single-channel step removes). ``keep_one_of`` constraints (a split piece must
-  keep a channel) are enforced by both.
+  keep a channel; with ``min_kept``, each layer's part its floor) are enforced by both.
 * How many per group: ``mode="ratio"``: every group keeps ``ratio`` of its channels (the paper's
   preset per-layer ratio; on the ``channel_step`` grid; ``ratio=None``: the largest common ratio
   whose real cost fits ``target``); ``mode="adaptive"``: each group offers
   its best subset at every allowed count, valued by minus its predicted loss change, and
   fxprune's allocator picks the counts under ``target`` x the dense cost (FLOPs, params or a
-  latency table). This is the notes' "principled adaptive version"; the paper's CCP-AC
-  mechanism is unconfirmed.
+  latency table). This adaptive version is fxprune's; the paper's own CCP-AC mechanism is
+  not described in enough detail to reproduce.
   ``target=None`` is 0.5; a target given beside ``ratio`` in ratio mode is unused (a warning
   says so).
 * Mixed precision: pass the loop's ``torch.amp.GradScaler`` as ``scaler``: the statistics
@@ -108,11 +108,19 @@ def objective(S: np.ndarray, keep: np.ndarray) -> float:
     return float(b @ S @ b)
 
 
-def _constraint_matrix(n: int, keep_one_of) -> np.ndarray:
+def _constraint_matrix(n: int, keep_one_of, need=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, q)``: row c of the bool ``M`` marks set c of ``keep_one_of``, of which at least
+    ``q[c]`` channels are kept (``need``; 1 each where None). ValueError for a ``need`` of
+    another length, or a count that is not in 1..its set's size."""
     M = np.zeros((len(keep_one_of), n), dtype=bool)
     for c, positions in enumerate(keep_one_of):
         M[c, np.asarray(positions, dtype=np.int64)] = True
-    return M
+    q = np.ones(len(keep_one_of), dtype=np.int64) if need is None else np.asarray(need, np.int64)
+    if q.shape != (len(keep_one_of),) or (q < 1).any() or (q > M.sum(1)).any():
+        raise ArgumentError(f"need gives the fewest channels kept of each keep_one_of set, one "
+                            f"count in 1..its size per set; got {list(np.ravel(need))} for sets of "
+                            f"{M.sum(1).tolist()} channels")
+    return M, q
 
 
 def _check_counts(n: int, counts) -> list[int]:
@@ -127,20 +135,21 @@ def _check_counts(n: int, counts) -> list[int]:
     return [int(p) for p in counts]
 
 
-def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=()) -> tuple[np.ndarray, float]:
+def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=(), need=None) -> tuple[np.ndarray, float]:
     """The exact ``argmin beta^T S beta`` over all 0/1 beta with ``p`` ones satisfying every
-    ``keep_one_of`` set (at least one kept from each). C(n, p) candidates: small n only.
-    Raises ValueError when ``p`` is not in 1..n or no subset meets the constraints."""
+    ``keep_one_of`` set (at least one kept from each, or ``need[c]`` from set c: a layer's
+    ``min_kept`` floor). C(n, p) candidates: small n only. Raises ValueError when ``p`` is not
+    in 1..n or no subset meets the constraints."""
     n = len(S)
     (p,) = _check_counts(n, [p])
-    M = _constraint_matrix(n, keep_one_of)
+    M, q = _constraint_matrix(n, keep_one_of, need)
     best, best_val = None, np.inf
     combos = np.array(list(itertools.combinations(range(n), p)), dtype=np.int64).reshape(-1, p)
     for chunk in np.array_split(combos, max(1, len(combos) // 4096)):
         beta = np.zeros((len(chunk), n))
         np.put_along_axis(beta, chunk, 1.0, axis=1)
         if len(M):
-            ok = ((beta @ M.T.astype(np.float64)) > 0).all(1)
+            ok = ((beta @ M.T.astype(np.float64)) >= q).all(1)
             beta = beta[ok]
             if not len(beta):
                 continue
@@ -157,7 +166,7 @@ def solve_exhaustive(S: np.ndarray, p: int, keep_one_of=()) -> tuple[np.ndarray,
 PAIR_CANDIDATES = 256
 
 
-def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
+def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Best-improvement 1-swap (one kept channel out, one removed in) until none improves, then
     a pair move (:func:`_pair_move`); again until neither improves."""
     beta = beta.copy()
@@ -176,7 +185,7 @@ def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
         delta += (2 * r[O] + diag[O])[None, :]
         delta += (diag[K] - 2 * r[K])[:, None]
         if len(M):
-            critical = M[M[:, beta].sum(1) == 1]  # constraints held by one kept channel
+            critical = M[M[:, beta].sum(1) <= q]  # constraints held by as few as they need
             if len(critical):
                 bad = (critical[:, K][:, :, None] & ~critical[:, O][:, None, :]).any(0)
                 delta = np.where(bad, np.inf, delta)
@@ -184,14 +193,15 @@ def _local_search(S: np.ndarray, beta: np.ndarray, M: np.ndarray) -> np.ndarray:
         if delta[i, j] < -1e-12 * scale:
             beta[K[i]], beta[O[j]] = False, True
             continue
-        moved = _pair_move(S, beta, r, M, 1e-12 * scale)
+        moved = _pair_move(S, beta, r, M, q, 1e-12 * scale)
         if moved is None:
             break
         beta = moved
     return beta
 
 
-def _pair_move(S: np.ndarray, beta: np.ndarray, r: np.ndarray, M: np.ndarray, tol: float):
+def _pair_move(S: np.ndarray, beta: np.ndarray, r: np.ndarray, M: np.ndarray, q: np.ndarray,
+               tol: float):
     """Remove two kept channels together and put back the two removed ones that then cost
     least, if that lowers the objective: the move that takes out a cancelling pair (channels
     whose effects cancel, so that removing both costs little and either alone much: a
@@ -231,12 +241,13 @@ def _pair_move(S: np.ndarray, beta: np.ndarray, r: np.ndarray, M: np.ndarray, to
         trial = beta.copy()
         trial[[i[c], j[c]]] = False
         trial[[k[c], m[c]]] = True
-        if not len(M) or M[:, trial].any(1).all():  # no keep_one_of set left empty
+        if not len(M) or (M[:, trial].sum(1) >= q).all():  # no keep_one_of set below its need
             return trial
     return None
 
 
-def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -> dict[int, tuple[np.ndarray, float]]:
+def best_subsets(S: np.ndarray, counts, keep_one_of=(), need=None, *,
+                 swaps: bool = True) -> dict[int, tuple[np.ndarray, float]]:
     """For every ``p`` in ``counts``: a good ``beta`` (bool) with ``p`` ones and its objective,
     by greedy backward elimination from all-kept (one pass gives every count) plus local search
     at each requested count (1-swaps and pair moves). O(n^2) for the path (its objective kept
@@ -245,7 +256,7 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
     S = np.asarray(S, np.float64)
     S = (S + S.T) / 2
     n = len(S)
-    M = _constraint_matrix(n, keep_one_of)
+    M, q = _constraint_matrix(n, keep_one_of, need)
     wanted = sorted(set(_check_counts(n, counts)), reverse=True)
     beta = np.ones(n, dtype=bool)
     r = S.sum(1)
@@ -256,7 +267,7 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
     for size in range(n, wanted[-1] - 1, -1):
         if size in wanted:  # the path's running objective, or the swapped subset's own
             if swaps and size < n:
-                b = _local_search(S, beta, M)
+                b = _local_search(S, beta, M, q)
                 out[size] = (b, objective(S, b))
             else:
                 out[size] = (beta.copy(), f)
@@ -264,7 +275,7 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
             break
         removable = beta.copy()
         if len(M):
-            removable &= ~(M[held == 1].any(0))
+            removable &= ~(M[held <= q].any(0))
         if not removable.any():
             # (break147 F2: a smaller set can exist where keep_one_of sets overlap, so the
             # message names the search's limit, not the constraints')
@@ -282,12 +293,13 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), *, swaps: bool = True) -
     return out
 
 
-def solve(S: np.ndarray, p: int, keep_one_of=(), *, exhaustive_max: int = 12) -> tuple[np.ndarray, float]:
+def solve(S: np.ndarray, p: int, keep_one_of=(), need=None, *,
+          exhaustive_max: int = 12) -> tuple[np.ndarray, float]:
     """``min beta^T S beta, 1^T beta = p``: exhaustive up to ``exhaustive_max`` channels,
     greedy elimination + local search (1-swaps, pair moves) beyond."""
     if len(S) <= exhaustive_max:
-        return solve_exhaustive(S, p, keep_one_of)
-    return best_subsets(S, [p], keep_one_of)[p]
+        return solve_exhaustive(S, p, keep_one_of, need)
+    return best_subsets(S, [p], keep_one_of, need)[p]
 
 
 # ----------------------------------------------------------------------------- the method
@@ -356,8 +368,9 @@ class CCP(PruningMethod):
         channel_step: widths per group are multiples of it (8, as SMCP's: counts off
             multiples of 8 ran slower than dense on ONNX Runtime's blocked kernels; 1 for the
             paper's per-channel choice).
-        min_kept: the share of every group's channels it keeps at least, in [0, 1], rounded
-            up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+        min_kept: the share it keeps at least, in [0, 1], of every group's channels and of
+            each layer's part of a group (a conv writing one piece of a concatenated group),
+            each rounded up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
             ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
             which a global allocation can otherwise drive to ``channel_step`` channels.
         exhaustive_max, swaps: groups of at most this many channels are solved exhaustively;
@@ -648,7 +661,9 @@ class CCP(PruningMethod):
 
     # -- selection ---------------------------------------------------------------------------
     def _group_problem(self, i: int):
-        """Group i's keep-form S over its alive channels, their positions, constraints."""
+        """Group i's keep-form S over its alive channels, their positions, and its
+        constraints: ``(sets, need)``, each part a layer holds and the fewest of its alive
+        channels kept (:meth:`UnitIndex.piece_floors`)."""
         a, B = self.stats.moments(i)
         if not (np.isfinite(a).all() and np.isfinite(B).all()):
             raise DivergedError(
@@ -660,23 +675,25 @@ class CCP(PruningMethod):
         alive = np.flatnonzero(~self.dead[sl])
         S = keep_form(a[alive], B[np.ix_(alive, alive)])
         where = {p: j for j, p in enumerate(alive.tolist())}
-        constraints = []
-        for positions, _ in self.index.groups[i].keep_one_of:
+        sets, need = [], []
+        for positions, floor in self.index.piece_floors(i):
             inside = [where[p] for p in np.asarray(positions).tolist() if p in where]
-            if inside:
-                constraints.append(inside)
-        return S, alive, constraints
+            if inside:  # (a mask set to 0 by hand stays 0: the floor among the alive)
+                sets.append(inside)
+                need.append(min(floor, len(inside)))
+        return S, alive, (sets, need)
 
     def _counts(self, i: int, alive: int, constraints) -> np.ndarray:
         g = self.index.groups[i]
-        # min_kept's floor, among the channels still alive (a mask set to 0 by hand stays 0)
-        low = max(1, len(constraints), min(self.index.min_counts[i], alive))
+        # min_kept's floor, among the channels still alive (a mask set to 0 by hand stays 0),
+        # and each layer's: as many as its parts need (overlapping parts may need fewer)
+        low = max(1, min(sum(constraints[1]), alive), min(self.index.min_counts[i], alive))
         return allowed_counts(g.size, self.channel_step, low, alive, self.index.unit_channels[i])
 
     def _subsets(self, S, counts, constraints, swaps=None):
         if len(S) <= self.exhaustive_max:
-            return {int(p): solve_exhaustive(S, int(p), constraints) for p in counts}
-        return best_subsets(S, counts, constraints, swaps=self.swaps if swaps is None else swaps)
+            return {int(p): solve_exhaustive(S, int(p), *constraints) for p in counts}
+        return best_subsets(S, counts, *constraints, swaps=self.swaps if swaps is None else swaps)
 
     def prune(self, round_k: int = 1) -> dict | None:
         """Decide round ``round_k`` now, from the statistics collected so far: each group's
@@ -800,7 +817,7 @@ class CCP(PruningMethod):
         S, alive, constraints, full = problem
         if len(S) > self.exhaustive_max:
             p = int(option.counts[c])
-            beta, val = best_subsets(S, [p], constraints)[p]
+            beta, val = best_subsets(S, [p], *constraints)[p]
             option.keep[c] = False
             option.keep[c, alive[beta]] = True
             option.values[c] = values[c] = full - val
