@@ -40,7 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fxprune.cost import LayerSpec
+from fxprune.cost import LayerSpec, pricing_hypothetically
 from fxprune.errors import ArgumentTypeError, FxPruneError
 from fxprune.run_io import atomic_write, check_replaceable
 
@@ -551,7 +551,8 @@ class LatencyTable:
                 f"({cins[-1]}x{couts[-1] if not diag else c_in}): a table prices a layer at its "
                 "dense width or narrower; measure a table for the wider layer")
         pts = self._points.get(point_key(layer), {})
-        if (c_in < cins[0] or (not diag and c_out < couts[0])) and not self._clamp_warned:
+        if (c_in < cins[0] or (not diag and c_out < couts[0])) and not self._clamp_warned \
+                and not pricing_hypothetically():
             self._warn_below_grid(layer, c_in, c_out, cins, couts)
         try:
             if diag:

@@ -8,6 +8,8 @@ adds the constant a per-layer model misses on one model (:func:`fit_fixed_cost`)
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import numbers
@@ -20,7 +22,8 @@ from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["CostModel", "FlopsCost", "ParamsCost", "WithFixedCost", "LayerSpec",
            "LayerKind", "LAYER_KINDS", "fit_fixed_cost", "fixed_cost_of", "layer_key",
-           "layer_keys", "LATENCY_COSTS"]
+           "layer_keys", "LATENCY_COSTS", "pricing_hypothetical_widths",
+           "pricing_hypothetically"]
 
 #: the cost names a recipe (``prune.cost``) prices by with a measurement on this machine: a
 #: latency table, and that table with its fitted fixed cost. A method takes the measured cost
@@ -229,6 +232,27 @@ LAYER_KINDS: dict[str, LayerKind] = {kind.name: kind for kind in (
 
 def _kind_names() -> str:
     return ", ".join(repr(k) for k in LAYER_KINDS)
+
+
+_HYPOTHETICAL = contextvars.ContextVar("fxprune_pricing_hypothetical_widths", default=False)
+
+
+@contextlib.contextmanager
+def pricing_hypothetical_widths():
+    """Prices asked inside are of widths the method will not choose (what an error message
+    says another ``channel_step`` or ``min_kept`` would reach): a cost model warns of nothing
+    about them, e.g. a latency table of no width below its grid (break210 F2: a table timed at
+    the method's own step was said to need a finer one, and its one warning was spent)."""
+    token = _HYPOTHETICAL.set(True)
+    try:
+        yield
+    finally:
+        _HYPOTHETICAL.reset(token)
+
+
+def pricing_hypothetically() -> bool:
+    """Whether the prices now asked are hypothetical (:func:`pricing_hypothetical_widths`)."""
+    return _HYPOTHETICAL.get()
 
 
 @runtime_checkable

@@ -953,6 +953,26 @@ def test_a_method_on_a_table_at_its_channel_step_saves_and_resumes_quietly():
     assert sum("below the smallest count" in str(w.message) for w in said) == 1
 
 
+def test_an_unreachable_target_prices_its_advice_without_the_tables_warning():
+    """break210 F2, break211 F1: a target below the floor was refused with a warning that the
+    table, timed at the method's own step, needed a finer one: the error's "at channel_step 1"
+    advice was priced on it. That spent the table's one warning, so a real one later was not
+    given."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
+                                torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1))
+    pm = fxprune.prepare(model, (torch.randn(1, 3, 12, 12),))
+    macs = lambda layer, ci, co: layer.macs(ci, co) / 1e6 + 0.01  # noqa: E731
+    table = LatencyTable.measure(pm, step=8, timer=macs, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for min_kept in (0.0, 0.5):
+            with pytest.raises(fxprune.InfeasibleBudget, match=r"below the narrowest model"):
+                fxprune.SMCP(pm, 0.05, cost=table, channel_step=8, min_kept=min_kept)
+    with pytest.warns(RuntimeWarning, match="priced at 4 output channels, below the smallest count"):
+        fxprune.SMCP(pm, 0.5, cost=table, channel_step=4)  # the real one, still said
+
+
 def test_a_table_of_a_model_that_kept_a_layers_channels_says_so_not_finer_step():
     """break164 F2: a table measured where c2's outputs reached the model's output (kept
     whole: its grid holds 32 only), used for a model that prunes them, priced every width as

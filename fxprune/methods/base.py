@@ -66,7 +66,7 @@ from torch import fx
 from ..allocation import uniform_kept
 from ..budget import Budget
 from ..checks import check_fraction, check_number
-from ..cost import LATENCY_COSTS, CostModel
+from ..cost import LATENCY_COSTS, CostModel, pricing_hypothetical_widths
 from ..errors import (ArgumentError, ArgumentTypeError, InfeasibleBudget, MethodProtocolError,
                       NotCopyableError, warn)
 from ..groups import latest_pruner, register_pruner, state_of
@@ -1056,7 +1056,8 @@ class PruningMethod:
             lowered.append(("min_kept", "at 0", uniform_kept(self.index.with_floor(0.0), 0.0,
                                                              self.channel_step)))
         # rounded up, as the target advised above (break207 F7: 0.398 for 0.39845 was refused)
-        floors = [(name, at, self.budget.fraction(kept)) for name, at, kept in lowered]
+        with pricing_hypothetical_widths():  # widths this method never takes: no warnings
+            floors = [(name, at, self.budget.fraction(kept)) for name, at, kept in lowered]
         said = [f"{name} ({at} the floor is {math.ceil(low * 1000) / 1000:.3f})"
                 for name, at, low in floors if low < floor - 1e-3]
         return f" or lower {' or '.join(said)}" if said else ""
