@@ -100,6 +100,21 @@ class GroupInfo:
     #: (positions, why): at least one of these channels must be kept (a split piece or slice)
     keep_one_of: list = field(default_factory=list)
 
+    @property
+    def kept_on_request(self) -> bool:
+        """Kept whole because ``prepare(keep=...)`` names a layer of it, and for nothing else
+        (the structure's own reasons are named first)."""
+        return self.reason.startswith(KEPT_ON_REQUEST)
+
+
+#: how a group kept by ``prepare(keep=...)`` gives its reason (followed by how the user named it)
+KEPT_ON_REQUEST = "prepare(keep=...) names "
+
+
+def described(names: list[str], most: int = 3) -> str:
+    """``"a, b, c and 4 more"``: the first ``most`` names and how many others."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
 
 class ChannelGraph:
     """The result of the group analysis, stored in ``prepared.meta["fxprune"]``."""

@@ -54,6 +54,7 @@ from .data import make_loaders
 from .passes.insert_masks import MASK_OWNER
 from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
                                    measured_cost_from_dict, measured_cost_to_dict)
+from .groups import described, state_of
 from .errors import (ArgumentError, DivergedError, FxPruneError, MethodProtocolError,
                      TargetNotReachedError, TraceError, first_line, out_of_memory)
 from .methods.base import (check_resumed_steps, method_cost, method_parameters,
@@ -1152,6 +1153,11 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
                          "leaf_modules: choose another model, or prune this one from "
                          "Python (fxprune.prepare(model, example_inputs, leaf_modules=[...]), "
                          "README's 'The pipeline')") from None
+    asked = [g.name for g in state_of(net).channels.groups if g.kept_on_request]
+    if asked and not UnitIndex(net).n:  # (break210 F3: "see fxprune.summary(prepared)")
+        raise ConfigError(f"prune.keep keeps every channel group that could be pruned "
+                          f"({described(asked)}), the others are kept for their structure: "
+                          "nothing is left to prune; keep fewer layers")
     build_cfg = prune_cfg
     context = {}
     if distributed and getattr(pruner_class(method), "rank_local_statistics", False):

@@ -25,7 +25,8 @@ from fxprune.errors import ArgumentError, FxPruneError
 from fxprune.rules import Barrier, Elementwise, SizeOf
 from fxprune.rules.layers import _WeightLayer
 from fxprune.cost import LayerSpec
-from fxprune.groups import ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space, StatSite
+from fxprune.groups import (KEPT_ON_REQUEST, ChannelGraph, GroupInfo, LayerInfo, MaskSite, Space,
+                            StatSite)
 from fxprune.op_table import (CHANNEL_RULES, INDEX, QUANTIZATION_WAY_OUT, TUPLE_ITEM, describe,
                               quantization_stage)
 
@@ -607,7 +608,7 @@ class ChannelAnalysis(NodeFacts):
             if names:
                 matched.update(names)
                 where = "" if names[0] == f"`{owner}`" else f" (`{owner}`)"
-                self.marks.append((sp.ids, f"prepare(keep=...) names {names[0]}{where}"))
+                self.marks.append((sp.ids, f"{KEPT_ON_REQUEST}{names[0]}{where}"))
         missed = [named for named in self.keep.values() if named not in matched]
         if missed:
             raise ArgumentError(

@@ -231,6 +231,26 @@ def test_min_kept_holds_for_each_layer_that_writes_part_of_a_group(method, kwarg
     assert widths["dw"] < 32 or widths["pw"] < 32, widths  # it pruned
 
 
+def test_keeping_every_prunable_layer_says_keep_not_the_model(tmp_path):
+    """break210 F3: a keep= that covered every group that could be pruned was refused as if the
+    model had none ("see fxprune.summary(prepared)", a Python object a recipe user lacks)."""
+    pm = fxprune.prepare(_TwoPieces(), (torch.randn(1, 3, 16, 16),), keep=["a", "b", "pw"])
+    with pytest.raises(ValueError, match=r"^the prepared model has no prunable channel group: "
+                                         r"prepare\(keep=\.\.\.\) keeps the 2 that could be "
+                                         r"pruned \(a, pw\), the others are kept for their "
+                                         r"structure .*; keep fewer layers$"):
+        fxprune.SMCP(pm, 0.5)
+    cfg = resolve_config(TINY_RECIPE, [f"out={tmp_path / 'k'}", "optim.epochs=1",
+                                       "prune.method=smcp",
+                                       "prune.keep=[conv1, layer1, layer2, layer3]"])
+    with pytest.raises(ConfigError, match=r"^prune.keep keeps every channel group that could be "
+                                          r"pruned \(conv1, .*\), the others are kept for their "
+                                          r"structure: nothing is left to prune; keep fewer "
+                                          r"layers$"):
+        train(cfg)
+    assert not (tmp_path / "k").exists()
+
+
 def test_the_qp_keeps_as_many_of_a_set_as_it_needs():
     """CCP's solvers with a count per constraint set (a layer's min_kept floor): the exhaustive
     optimum and the greedy path with swaps meet it; a count outside 1..the set's size is

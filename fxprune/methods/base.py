@@ -69,7 +69,7 @@ from ..checks import check_fraction, check_number
 from ..cost import LATENCY_COSTS, CostModel, pricing_hypothetical_widths
 from ..errors import (ArgumentError, ArgumentTypeError, InfeasibleBudget, MethodProtocolError,
                       NotCopyableError, warn)
-from ..groups import latest_pruner, register_pruner, state_of
+from ..groups import described, latest_pruner, register_pruner, state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
@@ -872,6 +872,13 @@ class PruningMethod:
         self._masks_finalized_at: int | None = None  # the step finalize_masks() last ran at
         self._said_after_final = False  # a mask update after it was warned of
         if not self.index.n:
+            asked = [g.name for g in self.index.channels.groups if g.kept_on_request]
+            if asked:  # (break210 F3: named as if the model could not be pruned)
+                raise ArgumentError(f"the prepared model has no prunable channel group: "
+                                    f"prepare(keep=...) keeps the {len(asked)} that could be "
+                                    f"pruned ({described(asked)}), the others are kept for their "
+                                    "structure (fxprune.summary(prepared) says why); keep fewer "
+                                    "layers")
             raise ArgumentError("the prepared model has no prunable channel group; see "
                                 "fxprune.summary(prepared) for why each group is kept")
         self.consumers = consumer_weights(prepared, self.index)
