@@ -1020,12 +1020,21 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is said as one
-        why = ("it holds Python objects beyond tensors and plain data (a training script's "
-               "arguments, say), which weights_only=True does not load: no code runs from it"
-               if isinstance(exc, pickle.UnpicklingError) else
-               re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {first_line(exc)}"))
+        if isinstance(exc, pickle.UnpicklingError):
+            # (break210 F4: a run's own model_dense.pt was called a script's arguments)
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            why = ("it holds Python objects beyond tensors and plain data"
+                   + (f", `{found.group(1)}` first" if found else "") +
+                   ": a whole model saved with torch.save(model), as a run's model_dense.pt, or "
+                   "a training script's arguments, which weights_only=True does not load: no "
+                   "code runs from it")
+        else:
+            why = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {first_line(exc)}")
+        beside = path.parent / "checkpoint.pt"
+        way = (f"give {beside}, the run's checkpoint, which holds its weights, or save"
+               if path.name == "model_dense.pt" and beside.is_file() else "save")
         raise ConfigError(f"model.init {path} is not a file torch.load reads with "
-                          f"weights_only=True ({why}); save the weights alone as "
+                          f"weights_only=True ({why}); {way} the weights alone as "
                           "torch.save(model.state_dict(), PATH)") from None
     for key in ("state_dict", "model"):  # a checkpoint holding the state_dict
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
@@ -1052,10 +1061,17 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
                           f"model {name} builds here ({'missing' if missing else 'other shapes'})"
                           "; give weights trained for model.num_classes classes, or set "
                           "model.num_classes to theirs")
+    if shapes and not (missing or unexpected) and all(
+            loaded[k].dim() == own[k].dim() and all(a <= b for a, b in zip(loaded[k].shape,
+                                                                           own[k].shape))
+            for k in shapes):  # (break210 F5: a finalized model's weights, said as widths)
+        raise ConfigError(f"model.init {path} holds narrower layers than model {name} as the "
+                          f"recipe builds it (at {described(shapes)}): a pruned (finalized) "
+                          "model's weights, which a recipe cannot start from (prune a finalized "
+                          "model again from Python: README, 'pruning again'), or this model "
+                          "built narrower (set model.widths as when it was trained)")
     if missing or unexpected or shapes:
-        def some(keys):
-            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-        said = "; ".join(f"{what} {some(keys)}" for what, keys in (
+        said = "; ".join(f"{what} {described(keys)}" for what, keys in (
             ("missing", missing), ("unexpected", unexpected), ("other shapes at", shapes)) if keys)
         raise ConfigError(f"model.init {path} does not fit model {name} as the recipe builds "
                           f"it ({said}); give the weights of this model (model.widths, "

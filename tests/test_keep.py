@@ -335,6 +335,10 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
     with pytest.raises(ConfigError, match=r"model.init .*plain.pt does not fit model "
                                           r"resnet_fmnist as the recipe builds it \(other shapes "
                                           r"at conv1.weight, .*\); give the weights of this model"):
+        train(cfg(tmp_path / "wide", f"model.init={plain}", "model.widths=[2, 8, 8]"))
+    with pytest.raises(ConfigError, match=r"model.init .*plain.pt holds narrower layers than "
+                                          r"model resnet_fmnist .*, or this model built narrower "
+                                          r"\(set model.widths as when it was trained\)$"):
         train(cfg(tmp_path / "wide", f"model.init={plain}", "model.widths=[8, 8, 8]"))
     torch.save({"w": [1, 2]}, tmp_path / "odd.pt")
     with pytest.raises(ConfigError, match=r"holds a dict, not a state_dict"):
@@ -371,6 +375,23 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
                 for k, v in weights.items()}, nan)
     with pytest.raises(ConfigError, match=r"holds NaN or inf in conv1.weight"):
         train(cfg(tmp_path / "n", f"model.init={nan}"))
+    # break210 F4, F5: the dense run's own model file (a pickled module) and a finalized
+    # model's weights were said as a script's arguments and as the recipe's widths
+    dense_file = tmp_path / "dense" / "model_dense.pt"
+    with pytest.raises(ConfigError, match=r"model_dense.pt is not a file torch.load reads with "
+                                          r"weights_only=True \(it holds Python objects beyond "
+                                          r"tensors and plain data, `fxprune.models.ResNetFMNIST` "
+                                          r"first: a whole model saved with torch.save\(model\), "
+                                          r".*\); give .*dense.checkpoint.pt, the run's checkpoint, "
+                                          r"which holds its weights, or save the weights alone"):
+        train(cfg(tmp_path / "md", f"model.init={dense_file}"))
+    small = torch.load(tmp_path / "pruned" / "model_pruned.pt", weights_only=False)
+    torch.save(small.state_dict(), tmp_path / "small.pt")
+    with pytest.raises(ConfigError, match=r"small.pt holds narrower layers than model "
+                                          r"resnet_fmnist as the recipe builds it \(at .*\): a "
+                                          r"pruned \(finalized\) model's weights, which a recipe "
+                                          r"cannot start from"):
+        train(cfg(tmp_path / "s", f"model.init={tmp_path / 'small.pt'}"))
 
 
 def test_a_floor_that_keeps_every_group_whole_is_named_not_the_step_or_the_cost_model(
