@@ -251,6 +251,22 @@ def test_keeping_every_prunable_layer_says_keep_not_the_model(tmp_path):
     assert not (tmp_path / "k").exists()
 
 
+def test_keep_given_to_a_method_says_it_is_prepares():
+    """break210 F6: PruningCallback("smcp", keep=[...]) (a recipe's prune.keep) was refused as
+    an unknown argument, without where it goes."""
+    from fxprune.integrations.lightning import PruningCallback
+
+    pm = fxprune.prepare(_TwoPieces(), (torch.randn(1, 3, 16, 16),))
+    for call in (lambda: PruningCallback("smcp", target=0.5, keep=["a"]),
+                 lambda: fxprune.SMCP(pm, 0.5, keep=["a"]),
+                 lambda: fxprune.get_method("ccp")(pm, ratio=0.5, keep=["a"])):
+        with pytest.raises(TypeError, match=r"'keep' is not an argument of the method \(keep= is "
+                                            r"fxprune.prepare's: prepare the model with it, "
+                                            r"fxprune.prepare\(model, example_inputs, keep=\.\.\.\)\); "
+                                            r"it takes target, "):
+            call()
+
+
 def test_the_qp_keeps_as_many_of_a_set_as_it_needs():
     """CCP's solvers with a count per constraint set (a layer's min_kept floor): the exhaustive
     optimum and the greedy path with swaps meet it; a count outside 1..the set's size is

@@ -1222,6 +1222,10 @@ def method_parameters(cls: Callable) -> dict[str, inspect.Parameter]:
     return {**own, **theirs}
 
 
+#: fxprune.prepare's own keywords, which a method is sometimes given by mistake
+PREPARE_ARGUMENTS = ("keep", "leaf_modules", "rules")
+
+
 def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
                         refuse_own: bool = True) -> None:
     """Refuse a keyword ``cls`` (a method's class or factory) does not take, or (``refuse_own``)
@@ -1248,6 +1252,9 @@ def check_method_kwargs(cls: Callable, kwargs: dict, caller: str, *,
 
         close = difflib.get_close_matches(unknown[0], valid, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
+        if unknown[0] in PREPARE_ARGUMENTS:  # (break210 F6: a recipe's prune.keep, say)
+            hint = (f" ({unknown[0]}= is fxprune.prepare's: prepare the model with it, "
+                    f"fxprune.prepare(model, example_inputs, {unknown[0]}=...))")
         raise ArgumentTypeError(f"{caller}: {unknown[0]!r} is not an argument of the method{hint}; it "
                                 f"takes {', '.join(valid)}")
 
