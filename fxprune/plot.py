@@ -824,7 +824,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
     p.add_argument("--x", choices=("latency", "speedup", "flops"), default="latency",
                    help="x axis: measured median latency (ms; the default: a run needs a "
-                        "fxprune deploy report), measured speedup over dense (benchmark rows) "
+                        "fxprune deploy report), measured speedup over dense (benchmark rows, runs "
+                        "deployed with --compare) "
                         "or FLOPs per image")
     p.add_argument("--batch", type=int, default=None,
                    help="latency or speedup at this batch size (default: the smallest "

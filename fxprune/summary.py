@@ -48,7 +48,7 @@ def count_flops(model: nn.Module, inputs: tuple) -> int:
     torch.utils.flop_counter counts them (2 per MAC), attention and RNNs included
     (:func:`counted_kernels`).
 
-    Raises TypeError for a non-module or inputs not given as a tuple, and ExampleInputsError
+    Raises TypeError for a non-module or inputs not given as a tuple (or list), and ExampleInputsError
     (chained to the model's own error) when the model does not run on ``inputs``. Warns for a
     prepared model with pruned channels, which counts as the dense model."""
     _check_module(model, "count_flops")

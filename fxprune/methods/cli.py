@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipe_config import CONTEXT_ARGS
+    from ..recipe_config import CONTEXT_ARGS, TRAINER_GIVES
     from .base import method_parameters
     from .registration import RESERVED_NAMES, get_method, method_names
 
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                 elif p.name == "schedule":  # built from the schedule keys (break57 #9)
                     said = "  (Python API only: a recipe sets warmup/ramp/update_every/freeze_after)"
                 elif p.name in CONTEXT_ARGS:  # break56 #10: listed, then refused in a recipe
-                    said = "  (Python API only: fxprune train gives it, not a recipe key)"
+                    # (break211 F4: the trainer passes no scaler and no loss_reduction)
+                    said = ("  (Python API only: fxprune train gives it, not a recipe key)"
+                            if p.name in TRAINER_GIVES else "  (Python API only, not a recipe key)")
                 print(f"    {p.name} = {default!r}{said}")
     return 0
