@@ -34,6 +34,40 @@ def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | N
     return t.to(device, dtype)
 
 
+def share_kept(fraction: float, size: int) -> int:
+    """The fewest of ``size`` channels that keep ``fraction`` of them: rounded up (a float's
+    last bits not counted: 0.3 of 10 is 3), at least 1."""
+    return max(1, math.ceil(round(fraction * size, 9)))
+
+
+def floor_picks(floors, scores: np.ndarray) -> list[int]:
+    """The positions that meet every part's floor (``floors``: ``(positions, need)`` pairs),
+    each part taking its best by ``scores`` (as many as its need, of those with a finite
+    score where it has that many). Parts are served smallest first and count what a part
+    inside them took, so a layer's piece and a slice of it need no more than the piece
+    (review212 R1: 20 of 32 channels for floors that 16 meet): the fewest where parts are
+    nested or apart, as a model's are. Returned part by part in the parts' own order, each
+    part's by score (so equal scores fall as they did when each part took one)."""
+    chosen: set[int] = set()
+    for positions, need in sorted(floors, key=lambda floor: len(floor[0])):
+        part = scores[positions]
+        short = min(need, max(1, int(np.isfinite(part).sum())))
+        short -= sum(p in chosen for p in positions.tolist())
+        for best in positions[np.argsort(-part, kind="stable")].tolist():
+            if short <= 0:
+                break
+            if best not in chosen:
+                chosen.add(best)
+                short -= 1
+    picks, listed = [], set()
+    for positions, _ in floors:
+        for p in positions[np.argsort(-scores[positions], kind="stable")].tolist():
+            if p in chosen and p not in listed:
+                listed.add(p)
+                picks.append(p)
+    return picks
+
+
 class UnitIndex:
     """The prepared model's prunable channels numbered flat, group after group. ``min_kept``
     (a fraction in [0, 1]): every group keeps at least that share of its positions, and every
@@ -60,7 +94,7 @@ class UnitIndex:
         self.min_counts = self._min_counts(min_kept)
 
     def _min_counts(self, min_kept: float) -> list[int]:
-        return [max(1, math.ceil(round(min_kept * g.size, 9))) for g in self.groups]
+        return [share_kept(min_kept, g.size) for g in self.groups]
 
     def with_floor(self, min_kept: float) -> "UnitIndex":
         """This index with another ``min_kept`` (a shallow copy: the arrays are shared)."""
@@ -136,7 +170,7 @@ class UnitIndex:
         its positions kept: ``min_kept``'s share of it rounded up, at least 1. (break210 F1:
         with the floor per group alone, a concat piece's conv went from 16 channels to 1 at
         ``min_kept=0.5``.)"""
-        return [(positions, max(1, math.ceil(round(self.min_kept * len(positions), 9))))
+        return [(positions, share_kept(self.min_kept, len(positions)))
                 for positions, _ in self.groups[i].keep_one_of]
 
     def ranking(self, i: int, scores: np.ndarray) -> tuple[np.ndarray, int]:
@@ -148,14 +182,7 @@ class UnitIndex:
         keeping the top ``k >= min_k`` never empties a piece nor takes one below its floor.
         """
         order = np.argsort(-scores, kind="stable")
-        front, chosen = [], set()
-        for positions, need in self.piece_floors(i):
-            part = scores[positions]
-            need = min(need, max(1, int(np.isfinite(part).sum())))
-            for best in positions[np.argsort(-part, kind="stable")[:need]].tolist():
-                if best not in chosen:
-                    chosen.add(best)
-                    front.append(best)
+        front = floor_picks(self.piece_floors(i), scores)
         if not front:
             return order, self.min_counts[i]
         front = sorted(front, key=lambda p: -scores[p])

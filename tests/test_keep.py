@@ -228,7 +228,7 @@ def test_min_kept_holds_for_each_layer_that_writes_part_of_a_group(method, kwarg
     small = fxprune.finalize(pm)  # (checked equal to the masked model)
     widths = {name: small.get_submodule(name).out_channels for name in ("a", "b", "dw", "pw")}
     assert widths["a"] >= 8 and widths["b"] >= 8 and widths["pw"] >= 16, widths
-    assert widths["dw"] < 32 or widths["pw"] < 32, widths  # it pruned
+    assert widths["a"] + widths["b"] < 32, widths  # it pruned the concatenated group
 
 
 def test_keeping_every_prunable_layer_says_keep_not_the_model(tmp_path):
@@ -265,6 +265,88 @@ def test_keep_given_to_a_method_says_it_is_prepares():
                                             r"fxprune.prepare\(model, example_inputs, keep=\.\.\.\)\); "
                                             r"it takes target, "):
             call()
+
+
+class _PieceAndSlice(nn.Module):
+    """A concatenated group (a, b: 16 each) whose first 8 channels, a slice of a's piece, a
+    conv also reads: floors on a part and on a part of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.side = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(36, 10)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        return self.fc(torch.cat([torch.relu(self.dw(y)).mean((2, 3)),
+                                  self.side(y[:, :8]).mean((2, 3))], 1))
+
+
+def test_nested_parts_need_no_more_than_their_floors():
+    """review212 R1: a piece (16 channels) and a slice of it (8) at min_kept=0.5 were counted
+    apart: CCP at ratio=0.5 kept 20 of the group's 32 where 16 meet every floor, and the
+    ranking's fewest moved between 16 and 20 with the scores."""
+    from fxprune.units import UnitIndex
+
+    torch.manual_seed(0)
+    pm = fxprune.prepare(_PieceAndSlice(), (torch.randn(1, 3, 8, 8),))
+    index = UnitIndex(pm, 0.5)
+    assert sorted((len(p), need) for p, need in index.piece_floors(0)) == [(8, 4), (16, 8), (16, 8)]
+    scores = np.zeros(32)
+    scores[8:16], scores[:8] = 10, np.arange(8)  # a's best lie outside the slice
+    for s in (np.zeros(32), scores):
+        order, fewest = index.ranking(0, s)
+        top = set(order[:fewest].tolist())
+        assert fewest == 16 and len(top & set(range(8))) >= 4 and len(top & set(range(16))) >= 8
+    for kwargs in (dict(ratio=0.5), dict(mode="adaptive", target=0.5)):
+        pm = fxprune.prepare(_PieceAndSlice(), (torch.randn(1, 3, 8, 8),))
+        pruner = CCP(pm, channel_step=1, min_kept=0.5, collect=2, prune_at=2, **kwargs)
+        for step in range(3):
+            torch.manual_seed(step)
+            nn.functional.cross_entropy(pm(torch.randn(8, 3, 8, 8)), torch.arange(8)).backward()
+            pruner.step()
+        pruner.finalize_masks()
+        mask = fxprune.channel_groups(pm)[0].mask
+        assert int(mask.sum()) == 16, (kwargs, mask)
+        assert mask[:8].sum() >= 4 and mask[:16].sum() >= 8 and mask[16:].sum() >= 8
+        fxprune.finalize(pm)
+
+
+def test_an_index_pickled_before_the_floor_per_layer_keeps_the_groups_alone():
+    """An index saved (with its pruner) before min_kept held per layer goes on as its run
+    began: the group's floor alone."""
+    import pickle
+
+    from fxprune.units import UnitIndex
+
+    index = UnitIndex(fxprune.prepare(_TwoPieces(), (torch.randn(1, 3, 16, 16),)), 0.5)
+    state = dict(index.__dict__)
+    del state["min_kept"]
+    old = UnitIndex.__new__(UnitIndex)
+    old.__setstate__(state)
+    assert old.min_kept == 0.0 and all(need == 1 for _, need in old.piece_floors(0))
+    assert old.min_counts == index.min_counts
+    assert pickle.loads(pickle.dumps(index)).piece_floors(0)[0][1] == 8
+
+
+def test_a_group_its_structure_keeps_is_named_for_that_not_for_keep():
+    """review212 R2: a group kept whole by an integer index on one of its channels was named
+    for keep= when keep= marked an earlier channel of it, and 'keep fewer layers' advised."""
+    class Indexed(_TwoPieces):
+        def forward(self, x):
+            ya, yb = self.a(x), self.b(x)
+            z = torch.relu(self.pw(torch.relu(self.dw(torch.cat([ya, yb], 1)))))
+            return self.fc(z.mean((2, 3))) + yb[:, 0].mean((1, 2)).unsqueeze(1)
+
+    x = (torch.randn(1, 3, 16, 16),)
+    alone = _kept(fxprune.prepare(Indexed(), x))["a"]
+    pm = fxprune.prepare(Indexed(), x, keep=["a", "pw"])
+    assert _kept(pm)["a"] == alone and "prepare(keep=" not in alone
+    with pytest.raises(ValueError, match=r"keeps the 1 that could be pruned \(pw\)"):
+        fxprune.SMCP(pm, 0.5, channel_step=1)
 
 
 def test_the_qp_keeps_as_many_of_a_set_as_it_needs():

@@ -73,6 +73,7 @@ from ..allocation import (DEFAULT_MAX_RESOLVES, Allocation, GroupOptions, alloca
 from ..importance import PairwiseTaylor
 from ..knapsack import DEFAULT_RESOLUTION
 from ..masks import MethodHook, set_straight_through
+from ..units import floor_picks
 from ..checks import check_bool, check_fraction, check_number
 from .base import (DEFAULT_TARGET, PruningMethod, trainable_state, warn_unused_allocator_settings,
                    warn_unused_target)
@@ -121,6 +122,13 @@ def _constraint_matrix(n: int, keep_one_of, need=None) -> tuple[np.ndarray, np.n
                             f"count in 1..its size per set; got {list(np.ravel(need))} for sets of "
                             f"{M.sum(1).tolist()} channels")
     return M, q
+
+
+def _laminar(sets) -> bool:
+    """Whether every two of ``sets`` are disjoint or one holds the other."""
+    as_sets = [set(s) for s in sets]
+    return all(not (a & b) or a <= b or b <= a
+               for j, a in enumerate(as_sets) for b in as_sets[j + 1:])
 
 
 def _check_counts(n: int, counts) -> list[int]:
@@ -686,8 +694,12 @@ class CCP(PruningMethod):
     def _counts(self, i: int, alive: int, constraints) -> np.ndarray:
         g = self.index.groups[i]
         # min_kept's floor, among the channels still alive (a mask set to 0 by hand stays 0),
-        # and each layer's: as many as its parts need (overlapping parts may need fewer)
-        low = max(1, min(sum(constraints[1]), alive), min(self.index.min_counts[i], alive))
+        # and each layer's: the fewest that meet its parts' floors where they nest (a piece and
+        # a slice of it, review212 R1), which the greedy elimination reaches; else their sum
+        sets, need = constraints
+        parts = [(np.asarray(s, dtype=np.int64), q) for s, q in zip(sets, need)]
+        fewest = (len(floor_picks(parts, np.zeros(alive))) if _laminar(sets) else sum(need))
+        low = max(1, min(fewest, alive), min(self.index.min_counts[i], alive))
         return allowed_counts(g.size, self.channel_step, low, alive, self.index.unit_channels[i])
 
     def _subsets(self, S, counts, constraints, swaps=None):
