@@ -349,6 +349,83 @@ def test_a_group_its_structure_keeps_is_named_for_that_not_for_keep():
         fxprune.SMCP(pm, 0.5, channel_step=1)
 
 
+class _SliceRead(nn.Module):
+    """A stem whose channels ``lo:lo + 16`` a conv reads as a slice, beside one reading all."""
+
+    def __init__(self, lo: int):
+        super().__init__()
+        self.lo = lo
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.a = nn.Conv2d(16, 32, 3, padding=1)
+        self.b = nn.Conv2d(64, 32, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([self.a(x[:, self.lo:self.lo + 16]), self.b(x)], 1)
+        return self.fc(torch.relu(y).mean((2, 3)))
+
+
+def test_the_narrowest_model_fills_no_slice_first():
+    """break213 F3: the narrowest model kept each group's channels in index order, so a slice
+    at the front of a group was kept whole: its floor read 0.704 at min_kept=0.75 where the
+    same net with the slice at the end read 0.601, and a reachable 0.65 was refused."""
+    x = (torch.randn(1, 3, 16, 16),)
+    floors = []
+    for lo in (0, 48):
+        pm = fxprune.prepare(_SliceRead(lo), x)
+        pruner = fxprune.SMCP(pm, target=0.65, min_kept=0.75, channel_step=1)
+        floors.append(pruner.budget.fraction(pruner.floor_kept))
+    assert floors[0] == pytest.approx(floors[1]) and floors[0] < 0.62, floors
+
+
+def test_ccp_keeps_as_few_as_the_narrowest_model_where_parts_cross():
+    """break213 F2: on shufflenet_v2's groups (parts from chunk and channel shuffle, two of them
+    crossing) CCP summed the parts' floors and kept every stage group whole at min_kept=0.5,
+    while the constructor's narrowest model, which accepts a target, kept fewer: the run failed
+    at its pruning step. Its lowest count per group is now the narrowest model's."""
+    from fxprune.allocation import uniform_counts
+
+    pm = fxprune.prepare(torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval(),
+                         (torch.randn(1, 3, 32, 32),))
+    pruner = CCP(pm, mode="adaptive", target=0.9, min_kept=0.5, channel_step=8)
+    for i, group in enumerate(pruner.index.groups):  # (every channel alive: positions as they are)
+        floors = pruner.index.piece_floors(i)
+        constraints = ([p.tolist() for p, _ in floors], [need for _, need in floors])
+        assert pruner._counts(i, group.size, constraints)[0] == \
+            uniform_counts(pruner.index, i, 8, cheapest=True)[1][0], group.name
+    pruner.finalize_masks()
+
+
+def test_the_greedy_path_grows_from_the_floor_where_crossing_sets_stop_it():
+    """break213 F2: where keep_one_of sets cross, the greedy elimination can stop above counts
+    that meet them (it raised); those counts grow from the floor subset, every set's count
+    held."""
+    import fxprune.methods.ccp as ccp_module
+
+    grown = []
+    real = ccp_module._grown
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        sets = [sorted(rng.choice(7, rng.integers(2, 4), replace=False).tolist()) for _ in range(3)]
+        need = [int(rng.integers(1, len(s) + 1)) for s in sets]
+        g = rng.normal(size=(20, 7))
+        S = ccp_module.keep_form(rng.normal(size=7), g.T @ g / 20)
+        floor = ccp_module._floor_subset(7, sets, need)
+        calls = []
+        ccp_module._grown = lambda *a: calls.append(1) or real(*a)
+        try:
+            out = ccp_module.best_subsets(S, range(len(floor), 8), sets, need)
+        finally:
+            ccp_module._grown = real
+        assert sorted(out) == list(range(len(floor), 8))
+        for p, (beta, value) in out.items():
+            assert beta.sum() == p and all(beta[s].sum() >= q for s, q in zip(sets, need))
+            assert value == pytest.approx(ccp_module.objective(S, beta))
+        grown += calls
+    assert grown  # the path that raised before was taken
+
+
 def test_the_qp_keeps_as_many_of_a_set_as_it_needs():
     """CCP's solvers with a count per constraint set (a layer's min_kept floor): the exhaustive
     optimum and the greedy path with swaps meet it; a count outside 1..the set's size is

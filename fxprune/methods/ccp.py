@@ -124,11 +124,14 @@ def _constraint_matrix(n: int, keep_one_of, need=None) -> tuple[np.ndarray, np.n
     return M, q
 
 
-def _laminar(sets) -> bool:
-    """Whether every two of ``sets`` are disjoint or one holds the other."""
-    as_sets = [set(s) for s in sets]
-    return all(not (a & b) or a <= b or b <= a
-               for j, a in enumerate(as_sets) for b in as_sets[j + 1:])
+def _floor_subset(n: int, keep_one_of=(), need=None) -> np.ndarray:
+    """Few of ``n`` channels that meet every set's count (:func:`fxprune.units.floor_picks`,
+    channels in fewer sets first, as :func:`fxprune.allocation.uniform_kept` picks the
+    narrowest model): the smallest subset the method keeps, which adding channels to keeps
+    valid."""
+    M, q = _constraint_matrix(n, keep_one_of, need)
+    parts = [(np.flatnonzero(row), int(c)) for row, c in zip(M, q)]
+    return np.asarray(floor_picks(parts, -M.sum(0).astype(np.float64)), dtype=np.int64)
 
 
 def _check_counts(n: int, counts) -> list[int]:
@@ -285,12 +288,19 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), need=None, *,
         if len(M):
             removable &= ~(M[held <= q].any(0))
         if not removable.any():
-            # (break147 F2: a smaller set can exist where keep_one_of sets overlap, so the
-            # message names the search's limit, not the constraints')
-            raise ArgumentError(f"the greedy elimination cannot keep fewer than {size} channels "
-                                "under these keep_one_of constraints; solve_exhaustive searches "
-                                "every subset (CCP's exhaustive_max, up to "
-                                f"{EXHAUSTIVE_MAX_LIMIT} channels)")
+            # sets that cross (shufflenet's) can stop it above counts that meet them: those
+            # grow from the floor subset instead (break213 F2)
+            rest = [p for p in wanted if p < size]
+            floor = _floor_subset(n, keep_one_of, need)
+            if len(floor) > rest[-1]:
+                # (break147 F2: a smaller set can exist where keep_one_of sets overlap, so the
+                # message names the search's limit, not the constraints')
+                raise ArgumentError(f"the greedy elimination cannot keep fewer than {size} "
+                                    "channels under these keep_one_of constraints; "
+                                    "solve_exhaustive searches every subset (CCP's exhaustive_max, "
+                                    f"up to {EXHAUSTIVE_MAX_LIMIT} channels)")
+            out.update(_grown(S, floor, rest, M, q, swaps))
+            return out
         delta = np.where(removable, -2 * r + diag, np.inf)
         i = int(np.argmin(delta))
         beta[i] = False
@@ -298,6 +308,28 @@ def best_subsets(S: np.ndarray, counts, keep_one_of=(), need=None, *,
         r -= S[:, i]
         if len(M):
             held -= M[:, i]
+    return out
+
+
+def _grown(S: np.ndarray, floor: np.ndarray, counts, M: np.ndarray, q: np.ndarray,
+           swaps: bool) -> dict[int, tuple[np.ndarray, float]]:
+    """Subsets of each of ``counts`` (none below ``len(floor)``) grown from ``floor`` by greedy
+    addition (the channel that raises the objective least, O(n) each with a running
+    ``S beta``), then the local search at each count: every one holds what ``floor`` holds."""
+    beta = np.zeros(len(S), dtype=bool)
+    beta[floor] = True
+    r = S @ beta.astype(np.float64)
+    diag = np.diag(S)
+    out = {}
+    for size in range(int(beta.sum()), max(counts) + 1):
+        if size in counts:
+            b = _local_search(S, beta, M, q) if swaps else beta.copy()
+            out[size] = (b, objective(S, b))
+        if size == max(counts):
+            break
+        i = int(np.argmin(np.where(beta, np.inf, 2 * r + diag)))
+        beta[i] = True
+        r += S[:, i]
     return out
 
 
@@ -694,11 +726,11 @@ class CCP(PruningMethod):
     def _counts(self, i: int, alive: int, constraints) -> np.ndarray:
         g = self.index.groups[i]
         # min_kept's floor, among the channels still alive (a mask set to 0 by hand stays 0),
-        # and each layer's: the fewest that meet its parts' floors where they nest (a piece and
-        # a slice of it, review212 R1), which the greedy elimination reaches; else their sum
-        sets, need = constraints
-        parts = [(np.asarray(s, dtype=np.int64), q) for s, q in zip(sets, need)]
-        fewest = (len(floor_picks(parts, np.zeros(alive))) if _laminar(sets) else sum(need))
+        # and each layer's: as few as meet its parts' floors (a piece and a slice of it need
+        # no more than the piece, review212 R1), picked as the constructor's narrowest model
+        # picks them (break213 F2: their sum kept shufflenet's groups whole, and a target the
+        # constructor accepted failed at the pruning step)
+        fewest = len(_floor_subset(alive, *constraints))
         low = max(1, min(fewest, alive), min(self.index.min_counts[i], alive))
         return allowed_counts(g.size, self.channel_step, low, alive, self.index.unit_channels[i])
 
