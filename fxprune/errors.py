@@ -84,6 +84,12 @@ class MethodProtocolError(FxPruneError, TypeError):
     method and the member to fix."""
 
 
+def described(names: list[str], most: int = 3) -> str:
+    """``"a, b, c and 4 more"``: the first ``most`` names and how many others, as a one-line
+    error lists them."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of ``err``'s message (at most ``limit`` characters; "" when it has none):
     what a one-line error quotes of an exception from torch, ONNX Runtime or a file."""

@@ -111,11 +111,6 @@ class GroupInfo:
 KEPT_ON_REQUEST = "prepare(keep=...) names "
 
 
-def described(names: list[str], most: int = 3) -> str:
-    """``"a, b, c and 4 more"``: the first ``most`` names and how many others."""
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
 class ChannelGraph:
     """The result of the group analysis, stored in ``prepared.meta["fxprune"]``."""
 

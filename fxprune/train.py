@@ -54,9 +54,9 @@ from .data import make_loaders
 from .passes.insert_masks import MASK_OWNER
 from .deploy.measured_cost import (LATENCY_COSTS, TIMED_FLOOR, latency_cost,
                                    measured_cost_from_dict, measured_cost_to_dict)
-from .groups import described, state_of
+from .groups import state_of
 from .errors import (ArgumentError, DivergedError, FxPruneError, MethodProtocolError,
-                     TargetNotReachedError, TraceError, first_line, out_of_memory)
+                     TargetNotReachedError, TraceError, described, first_line, out_of_memory)
 from .methods.base import (check_resumed_steps, method_cost, method_parameters,
                            refuse_unloadable_state, schedule_end, check_on_trial)
 from .models import build_model, timm_name
@@ -1169,7 +1169,8 @@ def _prepared_pruner(cfg: dict, model: nn.Module, example_batch: torch.Tensor, *
                          "leaf_modules: choose another model, or prune this one from "
                          "Python (fxprune.prepare(model, example_inputs, leaf_modules=[...]), "
                          "README's 'The pipeline')") from None
-    asked = [g.name for g in state_of(net).channels.groups if g.kept_on_request]
+    asked = ([g.name for g in state_of(net).channels.groups if g.kept_on_request]
+             if prune_cfg.get("keep") else [])
     if asked and not UnitIndex(net).n:  # (break210 F3: "see fxprune.summary(prepared)")
         raise ConfigError(f"prune.keep keeps every channel group that could be pruned "
                           f"({described(asked)}), the others are kept for their structure: "

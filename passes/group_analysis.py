@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from fxprune.errors import ArgumentError, FxPruneError
+from fxprune.errors import ArgumentError, FxPruneError, described
 from fxprune.rules import Barrier, Elementwise, SizeOf
 from fxprune.rules.layers import _WeightLayer
 from fxprune.cost import LayerSpec
@@ -493,8 +493,7 @@ class ChannelAnalysis(NodeFacts):
         names = [n for n, t in [*module.named_parameters(), *module.named_buffers()]
                  if n not in sliced and not n.startswith("parametrizations.")
                  and any(d >= c and d % c == 0 for d in t.shape for c in counts)]
-        return ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more"
-                                                         if len(names) > 3 else "")
+        return described([f"`{n}`" for n in names])
 
     def _result(self) -> ChannelGraph:
         aliases = _tied_tensors(self.gm)
@@ -558,7 +557,11 @@ class ChannelAnalysis(NodeFacts):
             tensors = [self.space_by_key[k].tensor for k in keys]
             owners = [t.rpartition(".")[0] or t for t in tensors]
             producers = [o for o, k in zip(owners, keys) if k in self.sources]
-            reason = next((barrier_reason[u] for u in units.tolist() if u in barrier_reason), "")
+            reasons = [barrier_reason[u] for u in units.tolist() if u in barrier_reason]
+            # the structure's own reason first, on whichever unit it falls (review212 R2: a
+            # keep= mark on an earlier unit was named, and "keep fewer layers" advised)
+            reason = next((r for r in reasons if not r.startswith(KEPT_ON_REQUEST)),
+                          reasons[0] if reasons else "")
             if not reason and not site_units.intersection(units.tolist()):
                 reason = "no layer reads these channels through weights"
                 if producers:  # (break101 #1: separate q and k projections read as unread)

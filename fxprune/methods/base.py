@@ -68,8 +68,8 @@ from ..budget import Budget
 from ..checks import check_fraction, check_number
 from ..cost import LATENCY_COSTS, CostModel, pricing_hypothetical_widths
 from ..errors import (ArgumentError, ArgumentTypeError, InfeasibleBudget, MethodProtocolError,
-                      NotCopyableError, warn)
-from ..groups import described, latest_pruner, register_pruner, state_of
+                      NotCopyableError, described, warn)
+from ..groups import latest_pruner, register_pruner, state_of
 from ..passes.grad_mode import GRAD_ENABLED
 from ..importance import close_live_taps
 from ..units import UnitIndex, consumer_weights, costed_layers
