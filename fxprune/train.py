@@ -1065,11 +1065,14 @@ def _load_model_init(model: nn.Module, init, name: str) -> dict | None:
             loaded[k].dim() == own[k].dim() and all(a <= b for a, b in zip(loaded[k].shape,
                                                                            own[k].shape))
             for k in shapes):  # (break210 F5: a finalized model's weights, said as widths)
+        # (review212 R3: resnet_fmnist builds a pruned model's widths, inner ones too)
         raise ConfigError(f"model.init {path} holds narrower layers than model {name} as the "
                           f"recipe builds it (at {described(shapes)}): a pruned (finalized) "
-                          "model's weights, which a recipe cannot start from (prune a finalized "
-                          "model again from Python: README, 'pruning again'), or this model "
-                          "built narrower (set model.widths as when it was trained)")
+                          "model's weights, which fit only a model built at the widths they "
+                          "were pruned to (resnet_fmnist: model.widths and model.inner_widths; "
+                          "else prune the finalized model again from Python: README, 'pruning "
+                          "again'), or this model built narrower (model.widths as when it was "
+                          "trained)")
     if missing or unexpected or shapes:
         said = "; ".join(f"{what} {described(keys)}" for what, keys in (
             ("missing", missing), ("unexpected", unexpected), ("other shapes at", shapes)) if keys)

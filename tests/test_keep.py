@@ -513,7 +513,7 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
         train(cfg(tmp_path / "wide", f"model.init={plain}", "model.widths=[2, 8, 8]"))
     with pytest.raises(ConfigError, match=r"model.init .*plain.pt holds narrower layers than "
                                           r"model resnet_fmnist .*, or this model built narrower "
-                                          r"\(set model.widths as when it was trained\)$"):
+                                          r"\(model.widths as when it was trained\)$"):
         train(cfg(tmp_path / "wide", f"model.init={plain}", "model.widths=[8, 8, 8]"))
     torch.save({"w": [1, 2]}, tmp_path / "odd.pt")
     with pytest.raises(ConfigError, match=r"holds a dict, not a state_dict"):
@@ -564,8 +564,10 @@ def test_a_recipe_prunes_trained_weights_from_model_init(tmp_path):
     torch.save(small.state_dict(), tmp_path / "small.pt")
     with pytest.raises(ConfigError, match=r"small.pt holds narrower layers than model "
                                           r"resnet_fmnist as the recipe builds it \(at .*\): a "
-                                          r"pruned \(finalized\) model's weights, which a recipe "
-                                          r"cannot start from"):
+                                          r"pruned \(finalized\) model's weights, which fit only "
+                                          r"a model built at the widths they were pruned to "
+                                          r"\(resnet_fmnist: model.widths and "
+                                          r"model.inner_widths;"):
         train(cfg(tmp_path / "s", f"model.init={tmp_path / 'small.pt'}"))
 
 
