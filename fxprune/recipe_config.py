@@ -337,8 +337,9 @@ STEP_ARGS = {"warmup", "ramp", "update_every", "freeze_after", "prune_at", "wind
 # the first step: break52 #3, #4)
 CONTEXT_ARGS = {"prepared", "steps_per_epoch", "epochs", "schedule", "reduce_fn", "scaler",
                  "loss_reduction"}
-#: those of them ``fxprune train`` passes (the recipe has no loss scaler and a mean loss)
-TRAINER_GIVES = {"prepared", "steps_per_epoch", "epochs", "reduce_fn"}
+#: those of them ``fxprune train`` passes, and when (the recipe has no loss scaler and a mean
+#: loss; reduce_fn: under torchrun, to a method whose statistics are each process's own)
+TRAINER_GIVES = {"prepared": "", "steps_per_epoch": "", "epochs": "", "reduce_fn": " under torchrun"}
 _EPOCH_KEYS = {"warmup_epochs": "warmup", "ramp_epochs": "ramp", "cooldown_epochs": "freeze_after"}
 
 

@@ -818,7 +818,8 @@ def test_cli_lists_the_registry(capsys):
     out = capsys.readouterr().out
     assert "exhaustive_max = 12" in out and "rho = " in out and "no pruning" in out
     # break56 #10: the trainer's own arguments are listed as such, not as recipe keys
-    assert "reduce_fn = None  (Python API only: fxprune train gives it, not a recipe key)" in out
+    assert ("reduce_fn = None  (Python API only: fxprune train gives it under torchrun, not a "
+            "recipe key)") in out
     # break211 F4: the trainer passes no scaler and no loss_reduction; it said it did
     assert "scaler = None  (Python API only, not a recipe key)" in out
     assert "loss_reduction = 'mean'  (Python API only, not a recipe key)" in out

@@ -933,7 +933,7 @@ def test_a_tables_header_that_contradicts_its_timings_is_refused_on_load(tmp_pat
         LatencyTable.load(path)
 
 
-def _two_layers_and_their_table():
+def _two_groups_and_their_table():
     """Three convs (two prunable groups), prepared, and a MACs-timed table of them at step 8."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
@@ -947,7 +947,7 @@ def test_a_method_on_a_table_at_its_channel_step_saves_and_resumes_quietly():
     """break49 #6, break50 #3: state_dict() priced its half-width fingerprint at channel step 1,
     below a step-8 table's grid, and warned with advice the run already followed; a table that
     is coarser warned once per layer (14 on mobilenet_v3_small)."""
-    pm, table, macs = _two_layers_and_their_table()
+    pm, table, macs = _two_groups_and_their_table()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pruner = fxprune.SMCP(pm, 0.5, cost=table, channel_step=8)
@@ -963,7 +963,7 @@ def test_an_unreachable_target_prices_its_advice_without_the_tables_warning():
     table, timed at the method's own step, needed a finer one: the error's "at channel_step 1"
     advice was priced on it. That spent the table's one warning, so a real one later was not
     given."""
-    pm, table, macs = _two_layers_and_their_table()
+    pm, table, macs = _two_groups_and_their_table()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for min_kept in (0.0, 0.5):

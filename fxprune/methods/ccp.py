@@ -9,7 +9,7 @@
     pruner.finalize_masks()        # closes the statistics hooks; warns above the target
     small = fxprune.finalize(pm)
 
-What it does (with the conventions chosen here where the paper leaves details open):
+What it does (with fxprune's choices where its sources say nothing of a detail):
 
 * Statistics (:class:`fxprune.importance.PairwiseTaylor`): per sample n and channel i,
   ``t_i = sum over positions of A_i * dL_n/dA_i`` with A the input of each layer reading the
@@ -44,8 +44,8 @@ What it does (with the conventions chosen here where the paper leaves details op
   whose real cost fits ``target``); ``mode="adaptive"``: each group offers
   its best subset at every allowed count, valued by minus its predicted loss change, and
   fxprune's allocator picks the counts under ``target`` x the dense cost (FLOPs, params or a
-  latency table). This adaptive version is fxprune's; the paper's own CCP-AC mechanism is
-  not described in enough detail to reproduce.
+  latency table). This adaptive version is fxprune's; the paper's CCP-AC mechanism is not
+  reproduced (its details were not available).
   ``target=None`` is 0.5; a target given beside ``ratio`` in ratio mode is unused (a warning
   says so).
 * Mixed precision: pass the loop's ``torch.amp.GradScaler`` as ``scaler``: the statistics
@@ -410,7 +410,9 @@ class CCP(PruningMethod):
             paper's per-channel choice).
         min_kept: the share it keeps at least, in [0, 1], of every group's channels and of
             each layer's part of a group (a conv writing one piece of a concatenated group),
-            each rounded up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+            each rounded up, counted in the group's positions (0.25: no layer loses more
+            than 3/4 of its channels, but where a channel shuffle ties one position to several
+            of a layer's input channels, as in shufflenet_v2, that input may; Torch-Pruning's
             ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
             which a global allocation can otherwise drive to ``channel_step`` channels.
         exhaustive_max, swaps: groups of at most this many channels are solved exhaustively;

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                     said = "  (Python API only: a recipe sets warmup/ramp/update_every/freeze_after)"
                 elif p.name in CONTEXT_ARGS:  # break56 #10: listed, then refused in a recipe
                     # (break211 F4: the trainer passes no scaler and no loss_reduction)
-                    said = ("  (Python API only: fxprune train gives it, not a recipe key)"
-                            if p.name in TRAINER_GIVES else "  (Python API only, not a recipe key)")
+                    said = (f"  (Python API only: fxprune train gives it{TRAINER_GIVES[p.name]}, "
+                            "not a recipe key)" if p.name in TRAINER_GIVES
+                            else "  (Python API only, not a recipe key)")
                 print(f"    {p.name} = {default!r}{said}")
     return 0

@@ -14,7 +14,7 @@ Arms are the channels of each prunable group (a residual stream is one group: it
 active together in every layer that reads them). Per channel ``T_i`` (times active) and ``mu_i``
 (mean reward), :class:`fxprune.importance.BanditStats`.
 
-Conventions chosen here, where the paper and its poster leave details open:
+Conventions chosen here (fxprune's choices where its sources say nothing of a detail):
 
 * Reward: the first-order Taylor saliency of each active channel, ``|dL/dm_i|`` = ``|sum over
   its readers' weights of W * dL/dW|`` (= ``|sum over the batch and positions of A_i dL/dA_i|``
@@ -23,8 +23,8 @@ Conventions chosen here, where the paper and its poster leave details open:
   on the arms drawn with it; a running max only grows, so early rewards are scaled by a smaller
   maximum - the warm-up evens that out).
 * Index ``mu_i + c sqrt(3 ln t / (2 T_i))`` (Chen, Wang & Yuan 2013), ``c`` a parameter
-  (default 1; in a simulated bandit 0.25 picked the best set 99% of the time late on, against
-  74% at 1, and the recipe uses it), +inf for channels
+  (default 1, Chen et al.'s; the recipe uses 0.25, which explores less once the means are
+  apart), +inf for channels
   never played; ties broken at random by a seeded generator (the state is checkpointed).
 * Per step: ``mode="ratio"`` activates the top ``rho`` fraction of every group (the paper's
   per-layer budget; the exact oracle for a per-group cardinality budget; ``rho=None``: the
@@ -152,7 +152,9 @@ class CUCB(PruningMethod):
             off multiples of 8 ran slower than dense on ONNX Runtime's blocked kernels).
         min_kept: the share it keeps at least, in [0, 1], of every group's channels and of
             each layer's part of a group (a conv writing one piece of a concatenated group),
-            each rounded up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+            each rounded up, counted in the group's positions (0.25: no layer loses more
+            than 3/4 of its channels, but where a channel shuffle ties one position to several
+            of a layer's input channels, as in shufflenet_v2, that input may; Torch-Pruning's
             ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
             which a global allocation can otherwise drive to ``channel_step`` channels.
         execution: ``"gathered"`` (the active sub-network runs, through :attr:`train_forward`,

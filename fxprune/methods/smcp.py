@@ -165,7 +165,9 @@ class SMCP(PruningMethod):
         channel_step: widths offered per group are multiples of it (8 for GPU kernels).
         min_kept: the share it keeps at least, in [0, 1], of every group's channels and of
             each layer's part of a group (a conv writing one piece of a concatenated group),
-            each rounded up (0.25: no layer loses more than 3/4 of its channels; Torch-Pruning's
+            each rounded up, counted in the group's positions (0.25: no layer loses more
+            than 3/4 of its channels, but where a channel shuffle ties one position to several
+            of a layer's input channels, as in shufflenet_v2, that input may; Torch-Pruning's
             ``max_pruning_ratio`` is ``1 - min_kept``): a floor against layer collapse,
             which a global allocation can otherwise drive to ``channel_step`` channels.
         bn_rescale: ``"off"`` or ``"kept_fraction"`` (SMCP's gamma scaling).
