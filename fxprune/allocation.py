@@ -129,10 +129,10 @@ def uniform_kept(index, keep: float, step: int) -> np.ndarray:
     """Bool per flat channel of ``index`` (a :class:`~fxprune.units.UnitIndex`): every prunable
     group keeps the allowed count (:func:`allowed_counts` at ``step``, at least one channel of
     every piece it feeds) nearest ``keep`` x its size; ``keep=0`` is the cheapest model the
-    constraints allow (channels in fewer of its pieces and slices first)."""
+    constraints allow."""
     kept = np.zeros(index.n, dtype=bool)
     for i, group in enumerate(index.groups):
-        order, counts = uniform_counts(index, i, step, cheapest=keep == 0)
+        order, counts = uniform_counts(index, i, step)
         k = int(counts[np.argmin(np.abs(counts - keep * group.size))])
         kept[index.group_slice(i).start + order[:k]] = True
     return kept
@@ -161,19 +161,11 @@ def step_too_wide(index, channel_step: int, min_kept: float = 0.0) -> str | None
             "the model stays dense; lower channel_step")
 
 
-def uniform_counts(index, i: int, step: int, *, cheapest: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def uniform_counts(index, i: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Group ``i`` of ``index`` ranked without scores (the first channels of every piece it
-    feeds first) and the counts it may keep at ``step``: what :func:`uniform_kept` picks from.
-    ``cheapest``: channels held by fewer of the layers that read or write part of the group
-    (its pieces and slices) before others, so the narrowest model fills no slice first
-    (break213 F3: reading x[:, :16] whole priced the floor at 0.704 where 0.601 was reachable);
-    else in their order."""
+    feeds first) and the counts it may keep at ``step``: what :func:`uniform_kept` picks from."""
     group = index.groups[i]
-    scores = np.zeros(group.size)
-    if cheapest:
-        for positions, _ in group.keep_one_of:
-            scores[positions] -= 1
-    order, min_k = index.ranking(i, scores)
+    order, min_k = index.ranking(i, np.zeros(group.size))
     return order, allowed_counts(group.size, step, min_k, group.size, index.unit_channels[i])
 
 
