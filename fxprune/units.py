@@ -48,20 +48,21 @@ def floor_picks(floors, scores: np.ndarray) -> list[int]:
     (review212 R1: 20 of 32 channels for floors that 16 meet): the fewest where parts are
     nested or apart, as a model's are. Returned part by part in the parts' own order, each
     part's by score (so equal scores fall as they did when each part took one)."""
+    # each part's positions best first, ranked once for both passes
+    ranked = [(positions[np.argsort(-scores[positions], kind="stable")].tolist(), need,
+               int(np.isfinite(scores[positions]).sum())) for positions, need in floors]
     chosen: set[int] = set()
-    for positions, need in sorted(floors, key=lambda floor: len(floor[0])):
-        part = scores[positions]
-        short = min(need, max(1, int(np.isfinite(part).sum())))
-        short -= sum(p in chosen for p in positions.tolist())
-        for best in positions[np.argsort(-part, kind="stable")].tolist():
+    for best_first, need, finite in sorted(ranked, key=lambda part: len(part[0])):
+        short = min(need, max(1, finite)) - sum(p in chosen for p in best_first)
+        for best in best_first:
             if short <= 0:
                 break
             if best not in chosen:
                 chosen.add(best)
                 short -= 1
     picks, listed = [], set()
-    for positions, _ in floors:
-        for p in positions[np.argsort(-scores[positions], kind="stable")].tolist():
+    for best_first, _, _ in ranked:
+        for p in best_first:
             if p in chosen and p not in listed:
                 listed.add(p)
                 picks.append(p)

@@ -126,9 +126,8 @@ def _constraint_matrix(n: int, keep_one_of, need=None) -> tuple[np.ndarray, np.n
 
 def _floor_subset(n: int, keep_one_of=(), need=None) -> np.ndarray:
     """Few of ``n`` channels that meet every set's count (:func:`fxprune.units.floor_picks`,
-    channels in fewer sets first, as :func:`fxprune.allocation.uniform_kept` picks the
-    narrowest model): the smallest subset the method keeps, which adding channels to keeps
-    valid."""
+    channels in fewer sets first): the smallest subset the method keeps, which adding
+    channels to keeps valid."""
     M, q = _constraint_matrix(n, keep_one_of, need)
     parts = [(np.flatnonzero(row), int(c)) for row, c in zip(M, q)]
     return np.asarray(floor_picks(parts, -M.sum(0).astype(np.float64)), dtype=np.int64)
@@ -729,9 +728,8 @@ class CCP(PruningMethod):
         g = self.index.groups[i]
         # min_kept's floor, among the channels still alive (a mask set to 0 by hand stays 0),
         # and each layer's: as few as meet its parts' floors (a piece and a slice of it need
-        # no more than the piece, review212 R1), picked as the constructor's narrowest model
-        # picks them (break213 F2: their sum kept shufflenet's groups whole, and a target the
-        # constructor accepted failed at the pruning step)
+        # no more than the piece, review212 R1; break213 F2: their sum kept shufflenet's groups
+        # whole, and a target the constructor accepted failed at the pruning step)
         fewest = len(_floor_subset(alive, *constraints))
         low = max(1, min(fewest, alive), min(self.index.min_counts[i], alive))
         return allowed_counts(g.size, self.channel_step, low, alive, self.index.unit_channels[i])
