@@ -267,15 +267,13 @@ def test_keep_given_to_a_method_says_it_is_prepares():
             call()
 
 
-class _PieceAndSlice(nn.Module):
+class _PieceAndSlice(_TwoPieces):
     """A concatenated group (a, b: 16 each) whose first 8 channels, a slice of a's piece, a
     conv also reads: floors on a part and on a part of it."""
 
     def __init__(self):
         super().__init__()
-        self.a = nn.Conv2d(3, 16, 3, padding=1)
-        self.b = nn.Conv2d(3, 16, 3, padding=1)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        del self.pw
         self.side = nn.Conv2d(8, 4, 1)
         self.fc = nn.Linear(36, 10)
 
